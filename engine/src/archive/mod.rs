@@ -1,0 +1,16 @@
+//! The WAL archive: what `archive_command` and `restore_command` call.
+//!
+//! - [`push`]: store one WAL file (synchronously, durable before it returns).
+//! - [`get`]: fetch one WAL file, telling "definitely absent" from "unknown".
+//! - [`spool`]: asynchronous archiving, a background pusher and acknowledgements in a spool
+//!   directory.
+//! - [`listing`]: archived ranges and gaps per timeline, for `info`.
+
+pub mod get;
+pub mod listing;
+pub mod push;
+pub mod spool;
+
+pub use get::{get_wal_file, write_atomically};
+pub use listing::{list_wal, TimelineWal, WalListing};
+pub use push::{push_wal_file, PushOutcome};

@@ -1,0 +1,353 @@
+//! archive-push: store one WAL file, never lose, overwrite or mislabel it.
+//!
+//! Order of operations (each step create-only):
+//! 1. Check the name parses and, for segments, that the first page's long header agrees with
+//!    the name (page address, timeline), the file size and the cluster's system identifier.
+//!    The first segment pushed for a cluster binds its system identifier (`cluster.json`).
+//! 2. Read the pointer `wal/<TLI>/<name>`: if it exists with the same content id the push is a
+//!    success with nothing uploaded; with another content id it is a [`Error::Conflict`]
+//!    naming both ids. PostgreSQL may legitimately re-push a segment after a crash.
+//! 3. Upload the sealed contents under `waldata/<TLI>/<name>.<content id>`.
+//! 4. Create the pointer. This is the commit point: a crash before it leaves garbage only.
+//!    If another pusher created the pointer meanwhile, the ids are compared as in 2.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, instrument};
+
+use crate::codec::ObjectKind;
+use crate::error::{Error, Result};
+use crate::pg::wal_header::LongPageHeader;
+use crate::repo::{layout, ClusterRecord, Repository};
+use crate::storage::{CreateOutcome, StorageError};
+use crate::types::WalFileName;
+
+/// The pointer object: the commit record of one archived WAL file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WalPointer {
+    /// Keyed content id of the file (hex).
+    pub content_id: String,
+    /// Size of the original file.
+    pub size: u64,
+    /// Size of the sealed object.
+    pub stored_size: u64,
+    /// RFC 3339 time of the push.
+    pub archived_at: String,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Uploaded now; `stored_size` bytes written.
+    Uploaded { stored_size: u64 },
+    /// The same content was already archived; nothing uploaded.
+    AlreadyArchived,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting")
+}
+
+/// The WAL object's authenticated context: which cluster and file it claims to be.
+pub(crate) fn wal_context(cluster: &str, name: &WalFileName) -> Vec<u8> {
+    format!("{cluster}/{name}").into_bytes()
+}
+
+/// Reads the cluster record, if the cluster is bound yet.
+pub async fn read_cluster_record(
+    repo: &Repository,
+    cluster: &str,
+) -> Result<Option<ClusterRecord>> {
+    match repo.storage().get(&layout::cluster_record(cluster)).await {
+        Ok(raw) => serde_json::from_slice(&raw).map(Some).map_err(|e| {
+            Error::corrupt(layout::cluster_record(cluster).to_string(), e.to_string())
+        }),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Checks a segment's header against the cluster record, binding the cluster on first use.
+async fn check_or_bind_cluster(
+    repo: &Repository,
+    cluster: &str,
+    header: &LongPageHeader,
+) -> Result<()> {
+    let sysid = header.system_identifier.to_string();
+    let record = match read_cluster_record(repo, cluster).await? {
+        Some(r) => r,
+        None => {
+            let record = ClusterRecord {
+                name: cluster.to_string(),
+                system_identifier: sysid.clone(),
+                wal_segment_size: u64::from(header.segment_size),
+                pg_major: header.pg_major,
+                bound_at: now_rfc3339(),
+            };
+            let body = Bytes::from(serde_json::to_vec_pretty(&record).expect("record serialises"));
+            match repo
+                .storage()
+                .put_create(&layout::cluster_record(cluster), body)
+                .await?
+            {
+                CreateOutcome::Created => return Ok(()),
+                // Someone bound it at the same moment: compare with theirs.
+                CreateOutcome::AlreadyExists => {
+                    read_cluster_record(repo, cluster).await?.ok_or_else(|| {
+                        Error::NotFound(format!("cluster record of {cluster} vanished"))
+                    })?
+                }
+            }
+        }
+    };
+    if record.system_identifier != sysid {
+        return Err(Error::InvalidInput(format!(
+            "WAL from database system {sysid} refused: cluster {cluster:?} in this repository belongs to system {} \
+             (bound {}). Use another --cluster name for this server, or check archive_command points at the right repository",
+            record.system_identifier, record.bound_at
+        )));
+    }
+    if record.wal_segment_size != u64::from(header.segment_size) {
+        return Err(Error::InvalidInput(format!(
+            "WAL segment size {} refused: cluster {cluster:?} uses {}-byte segments",
+            header.segment_size, record.wal_segment_size
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a WAL file's content against its name; returns the parsed header for segments.
+pub fn validate_wal_content(name: &WalFileName, data: &[u8]) -> Result<Option<LongPageHeader>> {
+    if !name.has_wal_pages() {
+        if data.is_empty() && matches!(name, WalFileName::History { .. }) {
+            return Err(Error::InvalidInput(format!(
+                "{name} is empty; a timeline history file never is"
+            )));
+        }
+        return Ok(None);
+    }
+    let header = LongPageHeader::parse(data)
+        .map_err(|e| Error::InvalidInput(format!("{name} is not a valid WAL segment: {e}")))?;
+    header
+        .check_against(name, data.len())
+        .map_err(|why| Error::InvalidInput(format!("{name} refused: {why}")))?;
+    Ok(Some(header))
+}
+
+async fn read_pointer(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+) -> Result<Option<WalPointer>> {
+    let key = layout::wal_pointer(cluster, name);
+    match repo.storage().get(&key).await {
+        Ok(raw) => serde_json::from_slice(&raw)
+            .map(Some)
+            .map_err(|e| Error::corrupt(key.to_string(), e.to_string())),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn conflict(cluster: &str, name: &WalFileName, existing: &str, pushed: &str) -> Error {
+    Error::Conflict(format!(
+        "{name} is already archived for cluster {cluster:?} with different content \
+         (repository: {existing}, pushed file: {pushed}); not overwriting. \
+         This happens when two servers archive to the same cluster or after restoring without a new timeline: \
+         check archive_command and the cluster name"
+    ))
+}
+
+/// Archives one WAL file whose bytes are `data`.
+#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
+pub async fn push_wal_file(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    data: Vec<u8>,
+) -> Result<PushOutcome> {
+    if let Some(header) = validate_wal_content(name, &data)? {
+        check_or_bind_cluster(repo, cluster, &header).await?;
+    }
+    let codec = repo.codec().clone();
+    let level = repo.config().wal_compress_level;
+    let context = wal_context(cluster, name);
+    // Hash and seal on the CPU pool, not on an async worker thread.
+    let (id, sealed, size) = run_cpu(move || {
+        let id = codec.content_id(&data);
+        let sealed = codec.seal(ObjectKind::Wal, &id, &context, &data, level);
+        (id, sealed, data.len() as u64)
+    })
+    .await;
+    let hex_id = id.to_hex();
+    if let Some(existing) = read_pointer(repo, cluster, name).await? {
+        return if existing.content_id == hex_id {
+            debug!("already archived with the same content");
+            Ok(PushOutcome::AlreadyArchived)
+        } else {
+            Err(conflict(cluster, name, &existing.content_id, &hex_id))
+        };
+    }
+    let stored_size = sealed.len() as u64;
+    // Data first. An existing data object under this name holds the same content (its name
+    // carries the content id), so AlreadyExists is fine here.
+    repo.storage()
+        .put_create(&layout::wal_data(cluster, name, &id), Bytes::from(sealed))
+        .await?;
+    let pointer = WalPointer {
+        content_id: hex_id.clone(),
+        size,
+        stored_size,
+        archived_at: now_rfc3339(),
+    };
+    let body = Bytes::from(serde_json::to_vec(&pointer).expect("pointer serialises"));
+    match repo
+        .storage()
+        .put_create(&layout::wal_pointer(cluster, name), body)
+        .await?
+    {
+        CreateOutcome::Created => Ok(PushOutcome::Uploaded { stored_size }),
+        CreateOutcome::AlreadyExists => {
+            let existing = read_pointer(repo, cluster, name).await?.ok_or_else(|| {
+                Error::NotFound(format!("pointer of {name} vanished during push"))
+            })?;
+            if existing.content_id == hex_id {
+                Ok(PushOutcome::AlreadyArchived)
+            } else {
+                Err(conflict(cluster, name, &existing.content_id, &hex_id))
+            }
+        }
+    }
+}
+
+/// Runs CPU-heavy work on the rayon pool and awaits its result.
+pub(crate) async fn run_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.await.expect("CPU task panicked")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::archive::get::get_wal_file;
+    use crate::crypto::KdfParams;
+    use crate::pg::wal_header::tests::fake_segment;
+    use crate::repo::InitOptions;
+    use crate::storage::{MemoryStorage, Storage};
+    use std::sync::Arc;
+
+    pub(crate) async fn memory_repo() -> (Arc<MemoryStorage>, Repository) {
+        let mem = Arc::new(MemoryStorage::new());
+        let s: Arc<dyn Storage> = mem.clone();
+        let opts = InitOptions {
+            unlock: Some(crate::crypto::Unlock::Passphrase("pw".into())),
+            kdf: KdfParams::insecure_for_tests(),
+            wal_compress_level: 1,
+        };
+        Repository::init(s.clone(), opts).await.unwrap();
+        let repo = Repository::open(s, Some(&crate::crypto::Unlock::Passphrase("pw".into())))
+            .await
+            .unwrap();
+        (mem, repo)
+    }
+
+    fn seg(n: u64, sysid: u64) -> (WalFileName, Vec<u8>) {
+        let name: WalFileName = format!("00000001{:08X}{:08X}", n >> 8, n & 0xff)
+            .parse()
+            .unwrap();
+        (
+            name,
+            fake_segment(sysid, 1, n * (16 << 20), 16 << 20, 16 << 20),
+        )
+    }
+
+    #[tokio::test]
+    async fn push_then_get_round_trips_and_duplicates_are_free() {
+        let (_mem, repo) = memory_repo().await;
+        let (name, data) = seg(3, 42);
+        let out = push_wal_file(&repo, "main", &name, data.clone())
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, PushOutcome::Uploaded { stored_size } if stored_size < data.len() as u64 / 2)
+        );
+        assert_eq!(
+            push_wal_file(&repo, "main", &name, data.clone())
+                .await
+                .unwrap(),
+            PushOutcome::AlreadyArchived
+        );
+        assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn different_content_under_the_same_name_is_refused_naming_both_ids() {
+        let (_mem, repo) = memory_repo().await;
+        let (name, data) = seg(3, 42);
+        push_wal_file(&repo, "main", &name, data.clone())
+            .await
+            .unwrap();
+        let mut other = data.clone();
+        other[100_000] ^= 1;
+        let err = push_wal_file(&repo, "main", &name, other.clone())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Conflict(_)));
+        assert!(
+            msg.contains(&repo.codec().content_id(&data).to_hex()),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(&repo.codec().content_id(&other).to_hex()),
+            "{msg}"
+        );
+        assert_eq!(
+            get_wal_file(&repo, "main", &name).await.unwrap(),
+            data,
+            "the original is untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn another_system_identifier_is_refused() {
+        let (_mem, repo) = memory_repo().await;
+        let (a, da) = seg(1, 42);
+        push_wal_file(&repo, "main", &a, da).await.unwrap();
+        let (b, db) = seg(2, 43);
+        let err = push_wal_file(&repo, "main", &b, db.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("system 43") || err.contains("43 refused"),
+            "{err}"
+        );
+        assert!(err.contains("belongs to system 42"), "{err}");
+        // The same system under another cluster name is fine.
+        push_wal_file(&repo, "other", &b, db).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn mislabelled_and_truncated_segments_are_refused() {
+        let (_mem, repo) = memory_repo().await;
+        let (_, data) = seg(5, 42);
+        let wrong: WalFileName = "000000010000000000000006".parse().unwrap();
+        let err = push_wal_file(&repo, "main", &wrong, data.clone())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mislabelled"), "{err}");
+        let right: WalFileName = "000000010000000000000005".parse().unwrap();
+        let err = push_wal_file(&repo, "main", &right, data[..1 << 20].to_vec())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("truncated"), "{err}");
+    }
+}

@@ -1,0 +1,409 @@
+//! Asynchronous archiving through a spool directory.
+//!
+//! With `[archive] async = true`, `archive-push %p` does not talk to the repository itself:
+//! 1. it computes a digest of its file (plain BLAKE3, local only);
+//! 2. it makes sure one background **pusher** runs for this spool (an exclusive lock on
+//!    `<spool>/<cluster>/pusher.lock`; if free, it starts one);
+//! 3. it waits until the pusher writes `ack/<name>` (success) or `error/<name>` (failure),
+//!    and returns as soon as its own file is acknowledged.
+//!
+//! The pusher scans `pg_wal/archive_status/*.ready`, history files first then oldest
+//! segments, and pushes them ahead of PostgreSQL's requests with bounded parallelism. An ack
+//! is written only after the push is durable in the repository, and records the digest of
+//! what was pushed: the foreground call accepts an ack only for the same bytes it was given.
+//! When no `.ready` file appears for a while the pusher exits.
+//!
+//! When the repository is unreachable, pushes fail and error files say why; PostgreSQL keeps
+//! its WAL and retries, so nothing is lost. Only if the operator sets `archive.queue_max`
+//! (bytes) and the `.ready` backlog exceeds it while pushes fail does the pusher acknowledge
+//! the backlog as **dropped** (loudly, in every message) so PostgreSQL can recycle WAL and the
+//! primary survives; the dropped range then shows as a gap in `info`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::archive::push::{push_wal_file, PushOutcome};
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::types::WalFileName;
+
+/// How the pusher behaves.
+#[derive(Debug, Clone)]
+pub struct PusherOptions {
+    /// Files pushed in parallel.
+    pub jobs: usize,
+    /// Exit after this long without any `.ready` file.
+    pub idle_exit: Duration,
+    /// Backlog in bytes above which failing WAL is dropped; `None`: never drop.
+    pub queue_max: Option<u64>,
+}
+
+/// What the pusher recorded for one file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ack {
+    /// Plain BLAKE3 of the file's bytes.
+    pub digest: String,
+    /// `archived`, `already-archived` or `dropped`.
+    pub outcome: String,
+}
+
+/// The spool directory of one cluster.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+/// Digest recorded in acks (plain BLAKE3; local integrity, not a repository id).
+pub fn file_digest(data: &[u8]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update_rayon(data);
+    h.finalize().to_hex().to_string()
+}
+
+impl Spool {
+    /// Opens (creating) `<spool_dir>/<cluster>/`.
+    pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
+        let root = spool_dir.join(cluster);
+        for sub in ["ack", "error"] {
+            fs::create_dir_all(root.join(sub)).map_err(|e| {
+                Error::io(
+                    format!(
+                        "creating spool directory {} (archive.spool_dir)",
+                        root.join(sub).display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(Spool { root })
+    }
+
+    /// The spool's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn ack_path(&self, name: &str) -> PathBuf {
+        self.root.join("ack").join(name)
+    }
+
+    fn error_path(&self, name: &str) -> PathBuf {
+        self.root.join("error").join(name)
+    }
+
+    /// Path of the pusher's lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("pusher.lock")
+    }
+
+    /// Path of the pusher's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("pusher.log")
+    }
+
+    /// Tries to take the pusher lock; `None` if another pusher holds it.
+    pub fn try_lock_pusher(&self) -> Result<Option<fs::File>> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lock_path())
+            .map_err(|e| Error::io(format!("opening {}", self.lock_path().display()), e))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io(
+                format!("locking {}", self.lock_path().display()),
+                e,
+            )),
+        }
+    }
+
+    /// True if a pusher holds the lock right now.
+    pub fn pusher_running(&self) -> Result<bool> {
+        Ok(self.try_lock_pusher()?.is_none())
+    }
+
+    fn write_small(path: &Path, body: &[u8]) -> Result<()> {
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, body)
+            .and_then(|_| fs::rename(&tmp, path))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Records a successful (or dropped) push.
+    pub fn write_ack(&self, name: &str, ack: &Ack) -> Result<()> {
+        let _ = fs::remove_file(self.error_path(name));
+        Self::write_small(
+            &self.ack_path(name),
+            &serde_json::to_vec(ack).expect("ack serialises"),
+        )
+    }
+
+    /// Records a failed push.
+    pub fn write_error(&self, name: &str, message: &str) -> Result<()> {
+        Self::write_small(&self.error_path(name), message.as_bytes())
+    }
+
+    /// Reads an ack.
+    pub fn read_ack(&self, name: &str) -> Option<Ack> {
+        fs::read(self.ack_path(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Reads an error message.
+    pub fn read_error(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.error_path(name)).ok()
+    }
+
+    /// Forgets a file's ack and error (once PostgreSQL has been answered).
+    pub fn clear(&self, name: &str) {
+        let _ = fs::remove_file(self.ack_path(name));
+        let _ = fs::remove_file(self.error_path(name));
+    }
+
+    /// Forgets only the error (before waiting for a fresh attempt).
+    pub fn clear_error(&self, name: &str) {
+        let _ = fs::remove_file(self.error_path(name));
+    }
+}
+
+/// What the foreground call learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// Acknowledged with the matching digest.
+    Acked(Ack),
+    /// The pusher failed to push it, with its message.
+    Failed(String),
+    /// Nothing within the timeout.
+    TimedOut,
+    /// No pusher holds the lock (it exited): the caller should start one and wait again.
+    NoPusher,
+}
+
+/// Waits for the pusher's answer about `name` with `digest`.
+pub fn wait_for_ack(
+    spool: &Spool,
+    name: &str,
+    digest: &str,
+    deadline: Instant,
+) -> Result<WaitOutcome> {
+    let mut sleep = Duration::from_millis(2);
+    let mut last_lock_check = Instant::now();
+    loop {
+        if let Some(ack) = spool.read_ack(name) {
+            if ack.digest == digest {
+                return Ok(WaitOutcome::Acked(ack));
+            }
+            // An ack for other bytes under this name (stale): forget it; the pusher retries.
+            spool.clear(name);
+        }
+        if let Some(msg) = spool.read_error(name) {
+            return Ok(WaitOutcome::Failed(msg));
+        }
+        if Instant::now() >= deadline {
+            return Ok(WaitOutcome::TimedOut);
+        }
+        if last_lock_check.elapsed() > Duration::from_millis(500) {
+            last_lock_check = Instant::now();
+            if !spool.pusher_running()? {
+                return Ok(WaitOutcome::NoPusher);
+            }
+        }
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(25));
+    }
+}
+
+/// `.ready` files waiting in `pg_wal/archive_status`, history files first, then by name.
+pub fn ready_files(pg_wal: &Path) -> Result<Vec<(WalFileName, u64)>> {
+    let status = pg_wal.join("archive_status");
+    let entries =
+        fs::read_dir(&status).map_err(|e| Error::io(format!("reading {}", status.display()), e))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let fname = entry.file_name().to_string_lossy().to_string();
+        let Some(base) = fname.strip_suffix(".ready") else {
+            continue;
+        };
+        let Ok(name) = base.parse::<WalFileName>() else {
+            continue;
+        };
+        let size = fs::metadata(pg_wal.join(base))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        out.push((name, size));
+    }
+    out.sort_by_key(|(n, _)| (!matches!(n, WalFileName::History { .. }), n.to_string()));
+    Ok(out)
+}
+
+/// Runs the background pusher until it has been idle for `opts.idle_exit`.
+/// The caller holds the pusher lock for the whole run.
+pub async fn run_pusher(
+    repo: &Repository,
+    cluster: &str,
+    spool: &Spool,
+    pg_wal: &Path,
+    opts: &PusherOptions,
+) -> Result<()> {
+    let mut idle_since = Instant::now();
+    let mut backoff = Duration::from_millis(250);
+    info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
+    loop {
+        let ready = ready_files(pg_wal)?;
+        let todo: Vec<(WalFileName, u64)> = ready
+            .iter()
+            .filter(|(n, _)| spool.read_ack(&n.to_string()).is_none())
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            if idle_since.elapsed() >= opts.idle_exit {
+                info!("no WAL waiting; pusher exits");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        idle_since = Instant::now();
+        let results: Vec<(WalFileName, Result<(String, PushOutcome)>)> =
+            futures::stream::iter(todo)
+                .map(|(name, _)| async move {
+                    let path = pg_wal.join(name.to_string());
+                    let res = async {
+                        let data = tokio::fs::read(&path)
+                            .await
+                            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                        let digest = file_digest(&data);
+                        let outcome = push_wal_file(repo, cluster, &name, data).await?;
+                        Ok((digest, outcome))
+                    }
+                    .await;
+                    (name, res)
+                })
+                .buffer_unordered(opts.jobs.max(1))
+                .collect()
+                .await;
+        let mut failed = Vec::new();
+        for (name, res) in results {
+            let n = name.to_string();
+            match res {
+                Ok((digest, outcome)) => {
+                    let outcome = match outcome {
+                        PushOutcome::Uploaded { .. } => "archived",
+                        PushOutcome::AlreadyArchived => "already-archived",
+                    };
+                    spool.write_ack(
+                        &n,
+                        &Ack {
+                            digest,
+                            outcome: outcome.into(),
+                        },
+                    )?;
+                }
+                Err(e) => {
+                    warn!(wal = %n, error = %e, "push failed");
+                    spool.write_error(&n, &e.to_string())?;
+                    failed.push(name);
+                }
+            }
+        }
+        if failed.is_empty() {
+            backoff = Duration::from_millis(250);
+            continue;
+        }
+        if let Some(cap) = opts.queue_max {
+            let backlog: u64 = ready_files(pg_wal)?.iter().map(|(_, s)| s).sum();
+            if backlog > cap {
+                for name in &failed {
+                    let n = name.to_string();
+                    let data = fs::read(pg_wal.join(&n)).unwrap_or_default();
+                    warn!(wal = %n, backlog, queue_max = cap, "WAL DROPPED: backlog exceeds archive.queue_max while the repository fails; this segment is NOT archived and point-in-time recovery across it is impossible");
+                    spool.write_ack(
+                        &n,
+                        &Ack {
+                            digest: file_digest(&data),
+                            outcome: "dropped".into(),
+                        },
+                    )?;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_files_put_history_first_and_ignore_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("archive_status");
+        fs::create_dir(&status).unwrap();
+        for f in [
+            "000000020000000000000003.ready",
+            "00000002.history.ready",
+            "000000010000000000000002.ready",
+            "000000010000000000000001.done",
+            "junk.ready",
+        ] {
+            fs::write(status.join(f), b"").unwrap();
+        }
+        let names: Vec<String> = ready_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "00000002.history",
+                "000000010000000000000002",
+                "000000020000000000000003"
+            ]
+        );
+    }
+
+    #[test]
+    fn acks_match_only_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), "main").unwrap();
+        let name = "000000010000000000000001";
+        spool
+            .write_ack(
+                name,
+                &Ack {
+                    digest: file_digest(b"a"),
+                    outcome: "archived".into(),
+                },
+            )
+            .unwrap();
+        let _lock = spool.try_lock_pusher().unwrap().unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert!(matches!(
+            wait_for_ack(&spool, name, &file_digest(b"a"), soon).unwrap(),
+            WaitOutcome::Acked(_)
+        ));
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            wait_for_ack(&spool, name, &file_digest(b"b"), soon).unwrap(),
+            WaitOutcome::TimedOut
+        );
+        assert!(spool.read_ack(name).is_none(), "a stale ack is forgotten");
+        spool.write_error(name, "boom").unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            wait_for_ack(&spool, name, "x", soon).unwrap(),
+            WaitOutcome::Failed("boom".into())
+        );
+    }
+}

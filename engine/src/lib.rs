@@ -1,0 +1,32 @@
+//! pgbunker engine: everything pgbunker knows, as a library.
+//!
+//! The binary (`cli/`) parses arguments and calls into this crate; storage backends
+//! (`storage-backends/`) implement [`storage::Storage`]. Nothing here depends on
+//! `object_store`, clap or a terminal: the engine defines the narrow storage trait it needs
+//! and talks to PostgreSQL files and objects only through its own types.
+//!
+//! Map of the crate:
+//! - [`types`]: PostgreSQL-compatible domain newtypes (`Lsn`, `TimelineId`, WAL file names).
+//! - [`storage`]: the repository-shaped storage trait, its error policy and an in-memory
+//!   implementation for tests.
+//! - [`crypto`]: master secret, key slots (passphrase through argon2id, or a key file),
+//!   derived subkeys.
+//! - [`codec`]: the sealed-object envelope (zstd, then XChaCha20-Poly1305 with AAD).
+//! - [`pack`] and [`index`]: pack objects with encrypted trailers and index segments, the
+//!   block store that base backups build on.
+//! - [`repo`]: the on-storage layout, the repository config, opening and creating a repository.
+//! - [`pg`]: PostgreSQL knowledge (WAL page headers).
+//! - [`archive`]: `archive-push`, `archive-get`, the asynchronous pusher and WAL listings.
+
+pub mod archive;
+pub mod codec;
+pub mod crypto;
+pub mod error;
+pub mod index;
+pub mod pack;
+pub mod pg;
+pub mod repo;
+pub mod storage;
+pub mod types;
+
+pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! PostgreSQL knowledge: on-disk formats pgbunker reads directly.
+
+pub mod wal_header;

@@ -1,0 +1,114 @@
+//! Object names. The only place that builds [`ObjectKey`]s, so the naming scheme documented in
+//! [`crate::repo`] has one source of truth.
+
+use crate::crypto::ContentId;
+use crate::error::{Error, Result};
+use crate::storage::ObjectKey;
+use crate::types::{TimelineId, WalFileName};
+
+/// Key of the repository config.
+pub const CONFIG: &str = "config";
+
+/// The repository config.
+pub fn config() -> ObjectKey {
+    ObjectKey::new(CONFIG)
+}
+
+/// Checks a cluster name: 1 to 64 of `a-z 0-9 _ -`, so it is safe in object names.
+pub fn validate_cluster_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid cluster name {name:?}: use 1 to 64 characters among a-z, 0-9, '_' and '-' (cluster.name / --cluster)"
+        )))
+    }
+}
+
+/// The record binding a cluster to its system identifier.
+pub fn cluster_record(cluster: &str) -> ObjectKey {
+    ObjectKey::new(format!("clusters/{cluster}/cluster.json"))
+}
+
+/// Prefix of every WAL pointer of a cluster.
+pub fn wal_pointer_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/wal/")
+}
+
+/// Prefix of every WAL data object of a cluster.
+pub fn wal_data_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/waldata/")
+}
+
+/// Pointer (commit record) of one archived WAL file.
+pub fn wal_pointer(cluster: &str, name: &WalFileName) -> ObjectKey {
+    ObjectKey::new(format!(
+        "{}{}/{name}",
+        wal_pointer_prefix(cluster),
+        name.timeline()
+    ))
+}
+
+/// Sealed contents of one archived WAL file.
+pub fn wal_data(cluster: &str, name: &WalFileName, id: &ContentId) -> ObjectKey {
+    ObjectKey::new(format!(
+        "{}{}/{name}.{}",
+        wal_data_prefix(cluster),
+        name.timeline(),
+        id.to_hex()
+    ))
+}
+
+/// Parses a pointer key back into its timeline folder and file name.
+pub fn parse_wal_pointer(cluster: &str, key: &str) -> Option<(TimelineId, WalFileName)> {
+    let rest = key.strip_prefix(&wal_pointer_prefix(cluster))?;
+    let (tli, file) = rest.split_once('/')?;
+    let name: WalFileName = file.parse().ok()?;
+    (name.timeline().to_string() == tli).then_some((name.timeline(), name))
+}
+
+/// A pack object.
+pub fn pack(pack_id: &[u8; 32]) -> ObjectKey {
+    let hex = hex::encode(pack_id);
+    ObjectKey::new(format!("packs/{}/{hex}", &hex[..2]))
+}
+
+/// An index segment.
+pub fn index_segment(id: &[u8; 32]) -> ObjectKey {
+    ObjectKey::new(format!("index/{}", hex::encode(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_keys_round_trip() {
+        let name: WalFileName = "000000020000000100000003".parse().unwrap();
+        let key = wal_pointer("main", &name);
+        assert_eq!(
+            key.as_str(),
+            "clusters/main/wal/00000002/000000020000000100000003"
+        );
+        assert_eq!(
+            parse_wal_pointer("main", key.as_str()),
+            Some((TimelineId(2), name))
+        );
+        assert_eq!(parse_wal_pointer("other", key.as_str()), None);
+    }
+
+    #[test]
+    fn cluster_names_are_checked() {
+        for ok in ["main", "db-1", "a_b"] {
+            validate_cluster_name(ok).unwrap();
+        }
+        for bad in ["", "Main", "a/b", "..", &"x".repeat(65)] {
+            assert!(validate_cluster_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The repository: layout, config, creation and opening.
+//!
+//! # On-storage format (version 1)
+//!
+//! ```text
+//! config                                       plaintext JSON (RepoConfig): format, repo id,
+//!                                              encryption, key slots; CAS-updated when slots change
+//! clusters/<cluster>/cluster.json              plaintext JSON (ClusterRecord), create-only: binds the
+//!                                              cluster name to a PostgreSQL system identifier
+//! clusters/<cluster>/wal/<TLI>/<file>          WAL pointer, plaintext JSON (WalPointer), create-only:
+//!                                              the commit point of one archived WAL file
+//! clusters/<cluster>/waldata/<TLI>/<file>.<id> sealed WAL contents (codec kind Wal; context
+//!                                              "<cluster>/<file>"), named by keyed content id
+//! packs/<2 hex>/<pack id>                      pack objects (see `pack`), named by BLAKE3 of their bytes
+//! index/<id>                                   index segments (see `index`)
+//! ```
+//!
+//! Writes go data first, pointer (or index, then manifest) last, always create-only: a crash
+//! at any point leaves unreferenced objects (garbage), never a pointer to missing data.
+//! Reading a WAL file costs two GETs (pointer, then data) and no LIST; `info` lists pointers.
+
+pub mod config;
+pub mod layout;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use config::{ClusterRecord, Encryption, RepoConfig};
+
+use crate::codec::Codec;
+use crate::crypto::{KdfParams, KeySlot, MasterSecret, Unlock};
+use crate::error::{Error, Result};
+use crate::storage::{CreateOutcome, Storage, StorageError};
+
+/// An open repository: storage, its config and the codec built from the unlocked keys.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    storage: Arc<dyn Storage>,
+    config: RepoConfig,
+    codec: Codec,
+}
+
+/// Options for `init`.
+#[derive(Debug)]
+pub struct InitOptions {
+    /// How the master secret is wrapped; `None` creates an unencrypted repository.
+    pub unlock: Option<Unlock>,
+    /// argon2id parameters for a passphrase slot.
+    pub kdf: KdfParams,
+    /// zstd level for WAL objects.
+    pub wal_compress_level: i32,
+}
+
+impl Repository {
+    /// Creates a repository in empty storage; refuses storage that holds anything.
+    pub async fn init(storage: Arc<dyn Storage>, opts: InitOptions) -> Result<RepoConfig> {
+        let existing = storage.list("").await?;
+        if !existing.is_empty() {
+            let what = if existing.iter().any(|o| o.key.as_str() == layout::CONFIG) {
+                "a pgbunker repository already exists there"
+            } else {
+                "it is not empty"
+            };
+            return Err(Error::Config(format!(
+                "refusing to create a repository at {}: {what} ({} objects). Choose an empty location.",
+                storage.describe(),
+                existing.len()
+            )));
+        }
+        let master = MasterSecret::generate();
+        let config = RepoConfig::new(
+            &master,
+            opts.unlock.as_ref(),
+            opts.kdf,
+            opts.wal_compress_level,
+        )?;
+        let body = Bytes::from(serde_json::to_vec_pretty(&config).expect("config serialises"));
+        match storage.put_create(&layout::config(), body).await? {
+            CreateOutcome::Created => Ok(config),
+            CreateOutcome::AlreadyExists => Err(Error::Config(format!(
+                "refusing to create a repository at {}: another init created one at the same moment",
+                storage.describe()
+            ))),
+        }
+    }
+
+    /// Opens a repository and unlocks its keys.
+    pub async fn open(storage: Arc<dyn Storage>, unlock: Option<&Unlock>) -> Result<Self> {
+        let raw = match storage.get(&layout::config()).await {
+            Ok(raw) => raw,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(Error::Config(format!(
+                    "no pgbunker repository at {} (object `config` missing): check repo.url, or create one with `pgbunker init`",
+                    storage.describe()
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| {
+            Error::corrupt(
+                format!("{}/config", storage.describe()),
+                format!("not a valid repository config: {e}"),
+            )
+        })?;
+        let master = config.unlock(unlock)?;
+        let encrypted = config.encryption == Encryption::XChaCha20Poly1305;
+        let codec = Codec::new(
+            &config.repo_id,
+            master.derive(),
+            encrypted,
+            config.data_key_version,
+        );
+        Ok(Repository {
+            storage,
+            config,
+            codec,
+        })
+    }
+
+    /// Adds a key slot (another passphrase or key file) with compare-and-swap on the config.
+    pub async fn add_key_slot(
+        &mut self,
+        current: Option<&Unlock>,
+        new: &Unlock,
+        kdf: KdfParams,
+    ) -> Result<()> {
+        let (raw, version) = self.storage.get_versioned(&layout::config()).await?;
+        let mut config: RepoConfig = serde_json::from_slice(&raw)
+            .map_err(|e| Error::corrupt("config", format!("not a valid repository config: {e}")))?;
+        let master = config.unlock(current)?;
+        config
+            .key_slots
+            .push(KeySlot::wrap(&config.repo_id, &master, new, kdf)?);
+        let body = Bytes::from(serde_json::to_vec_pretty(&config).expect("config serialises"));
+        self.storage
+            .put_swap(&layout::config(), body, Some(&version))
+            .await
+            .map_err(|e| match e {
+                StorageError::Precondition { .. } => Error::Conflict(
+                    "the repository config changed while adding a key; run the command again"
+                        .into(),
+                ),
+                other => other.into(),
+            })?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyFile;
+    use crate::storage::MemoryStorage;
+
+    fn opts(unlock: Option<Unlock>) -> InitOptions {
+        InitOptions {
+            unlock,
+            kdf: KdfParams::insecure_for_tests(),
+            wal_compress_level: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn init_refuses_an_existing_repository() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        Repository::init(s.clone(), opts(Some(Unlock::Passphrase("pw".into()))))
+            .await
+            .unwrap();
+        let err = Repository::init(s, opts(None))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already exists"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn open_needs_the_right_key_and_refuses_downgrade() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let kf = KeyFile::generate();
+        Repository::init(s.clone(), opts(Some(Unlock::KeyFile(kf.clone()))))
+            .await
+            .unwrap();
+        let repo = Repository::open(s.clone(), Some(&Unlock::KeyFile(kf.clone())))
+            .await
+            .unwrap();
+        assert_eq!(repo.config().encryption, Encryption::XChaCha20Poly1305);
+        let wrong = Repository::open(s.clone(), Some(&Unlock::KeyFile(KeyFile::generate())))
+            .await
+            .unwrap_err();
+        assert!(matches!(wrong, Error::Key(_)), "{wrong}");
+        let none = Repository::open(s.clone(), None).await.unwrap_err();
+        assert!(matches!(none, Error::Key(_)), "{none}");
+
+        let plain: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        Repository::init(plain.clone(), opts(None)).await.unwrap();
+        let downgrade = Repository::open(plain.clone(), Some(&Unlock::KeyFile(kf)))
+            .await
+            .unwrap_err();
+        assert!(downgrade.to_string().contains("unencrypted"), "{downgrade}");
+        Repository::open(plain, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_key_slot_opens_the_same_repository() {
+        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let kf = KeyFile::generate();
+        Repository::init(s.clone(), opts(Some(Unlock::KeyFile(kf.clone()))))
+            .await
+            .unwrap();
+        let mut repo = Repository::open(s.clone(), Some(&Unlock::KeyFile(kf.clone())))
+            .await
+            .unwrap();
+        let pw = Unlock::Passphrase("second".into());
+        repo.add_key_slot(
+            Some(&Unlock::KeyFile(kf.clone())),
+            &pw,
+            KdfParams::insecure_for_tests(),
+        )
+        .await
+        .unwrap();
+        let by_pw = Repository::open(s.clone(), Some(&pw)).await.unwrap();
+        assert_eq!(by_pw.codec().keys().id_key, repo.codec().keys().id_key);
+    }
+}

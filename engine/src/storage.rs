@@ -1,0 +1,254 @@
+//! The storage trait the engine needs, and an in-memory implementation for tests.
+//!
+//! The trait is repository-shaped: it stores immutable objects under [`ObjectKey`]s that only
+//! the [`crate::repo::layout`] module builds, with exactly the write modes the repository
+//! format relies on:
+//! - [`Storage::put_create`]: create-only. Everything immutable (WAL objects, packs, index
+//!   segments, manifests, key-bound cluster records) is written this way, so two writers can
+//!   never silently overwrite each other.
+//! - [`Storage::put_swap`]: compare-and-swap for the very few small mutable objects
+//!   (the repository config when a key slot is added, GC generations).
+//!
+//! Error policy: [`StorageError`] keeps the meanings callers act on (not found, already
+//! exists, precondition failed, transient vs permanent). Retries with a deadline live in the
+//! backend crate, so by the time an error reaches the engine it is final.
+//!
+//! Durability contract: a successful put means the object is durable (for local disks the
+//! backend fsyncs the file and its directory before returning).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A key inside the repository (relative to the repository root, `/`-separated).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey(String);
+
+impl ObjectKey {
+    /// Builds a key. Only the layout module should call this: it owns the naming scheme.
+    pub fn new(key: impl Into<String>) -> Self {
+        ObjectKey(key.into())
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Opaque version of an object, used for compare-and-swap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion(pub String);
+
+/// Listing entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's key.
+    pub key: ObjectKey,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What a create-only put found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The object was created by this call (including a retried attempt whose first try
+    /// landed: the backend recognises its own bytes).
+    Created,
+    /// An object already existed under that key; it was left untouched.
+    AlreadyExists,
+}
+
+/// Storage errors, by meaning.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No object under this key.
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    /// Compare-and-swap lost: the object changed since it was read.
+    #[error("object {key} was changed concurrently (compare-and-swap precondition failed)")]
+    Precondition { key: String },
+    /// The backend cannot do what was asked (for example compare-and-swap).
+    #[error("{backend} does not support {what}")]
+    Unsupported { backend: String, what: String },
+    /// A fault that may pass (network, throttling, timeout), still failing after retries.
+    #[error("{op} {key}: {detail} (transient; retries exhausted)")]
+    Transient {
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+    /// A fault that will not pass by retrying (permissions, bad credentials, bad bucket).
+    #[error("{op} {key}: {detail}")]
+    Permanent {
+        op: &'static str,
+        key: String,
+        detail: String,
+    },
+}
+
+impl StorageError {
+    /// True when the object definitely does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+}
+
+/// The repository's view of object storage.
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// A human-readable location (URL without credentials), for messages.
+    fn describe(&self) -> String;
+
+    /// Reads a whole object.
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError>;
+
+    /// Reads a whole object and its version, for a later [`Storage::put_swap`].
+    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError>;
+
+    /// Reads a byte range of an object.
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError>;
+
+    /// Size of an object.
+    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError>;
+
+    /// Creates an object; never overwrites. Durable when it returns `Created`.
+    async fn put_create(&self, key: &ObjectKey, data: Bytes)
+        -> Result<CreateOutcome, StorageError>;
+
+    /// Replaces an object only if its version is still `expected` (`None`: only if absent).
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion, StorageError>;
+
+    /// Lists every object whose key starts with `prefix` (a `/`-terminated folder prefix).
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
+
+    /// Deletes an object; deleting a missing object is not an error.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+}
+
+/// An in-memory [`Storage`] for unit tests of the engine.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
+    next_version: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces an object's bytes behind the repository's back (to simulate corruption).
+    pub fn tamper(&self, key: &str, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut map = self.objects.lock().expect("memory storage lock");
+        let entry = map.get_mut(key).expect("tampered object exists");
+        let mut v = entry.0.to_vec();
+        f(&mut v);
+        entry.0 = Bytes::from(v);
+    }
+
+    fn bump(&self) -> u64 {
+        self.next_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    fn describe(&self) -> String {
+        "memory://".to_string()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+        Ok(self.get_versioned(key).await?.0)
+    }
+
+    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
+        let map = self.objects.lock().expect("memory storage lock");
+        map.get(key.as_str())
+            .map(|(b, v)| (b.clone(), ObjectVersion(v.to_string())))
+            .ok_or_else(|| StorageError::NotFound {
+                key: key.to_string(),
+            })
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        let all = self.get(key).await?;
+        let end = (range.end as usize).min(all.len());
+        let start = (range.start as usize).min(end);
+        Ok(all.slice(start..end))
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+        Ok(self.get(key).await?.len() as u64)
+    }
+
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> Result<CreateOutcome, StorageError> {
+        let version = self.bump();
+        let mut map = self.objects.lock().expect("memory storage lock");
+        if map.contains_key(key.as_str()) {
+            return Ok(CreateOutcome::AlreadyExists);
+        }
+        map.insert(key.to_string(), (data, version));
+        Ok(CreateOutcome::Created)
+    }
+
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion, StorageError> {
+        let version = self.bump();
+        let mut map = self.objects.lock().expect("memory storage lock");
+        let current = map.get(key.as_str()).map(|(_, v)| v.to_string());
+        if current.as_deref() != expected.map(|v| v.0.as_str()) {
+            return Err(StorageError::Precondition {
+                key: key.to_string(),
+            });
+        }
+        map.insert(key.to_string(), (data, version));
+        Ok(ObjectVersion(version.to_string()))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let map = self.objects.lock().expect("memory storage lock");
+        Ok(map
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (b, _))| ObjectInfo {
+                key: ObjectKey(k.clone()),
+                size: b.len() as u64,
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.objects
+            .lock()
+            .expect("memory storage lock")
+            .remove(key.as_str());
+        Ok(())
+    }
+}
