@@ -207,8 +207,13 @@ impl Storage for MemoryStorage {
     ) -> Result<CreateOutcome, StorageError> {
         let version = self.bump();
         let mut map = self.objects.lock().expect("memory storage lock");
-        if map.contains_key(key.as_str()) {
-            return Ok(CreateOutcome::AlreadyExists);
+        if let Some((existing, _)) = map.get(key.as_str()) {
+            // Same contract as the real backends: identical bytes are our own write.
+            return Ok(if *existing == data {
+                CreateOutcome::Created
+            } else {
+                CreateOutcome::AlreadyExists
+            });
         }
         map.insert(key.to_string(), (data, version));
         Ok(CreateOutcome::Created)

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Install what building and testing pgbunker needs on Debian 12 (run as root):
+#   - Debian packages: PostgreSQL 15 server (+ contrib: amcheck), pgBackRest, socat, openssl,
+#     curl, procps, util-linux (runuser), a C toolchain for -sys crates, python3-venv if needed;
+#   - a Python venv with moto[server] (a local S3-compatible server, see scripts/s3-local.sh)
+#     at ${PGBUNKER_CACHE:-/var/cache/pgbunker-test}/venv.
+# The Rust toolchain is expected to be present already; it is not installed here.
+#
+# Idempotent and fast when everything is installed: `apt-get update` runs only if a package is
+# missing. The Debian packaging's default cluster (15/main) is never auto-created by this script
+# (create_main_cluster = false) and no cluster is left started by package installation: tests
+# run their own clusters as the `postgres` OS user in their own directories.
+#
+# Environment:
+#   PGBUNKER_CACHE       cache directory (default /var/cache/pgbunker-test)
+#   PGBUNKER_MOTO_SPEC   pip requirement for moto (default 'moto[server]>=5,<6')
+set -euo pipefail
+
+PG_MAJOR=15
+PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
+CACHE=${PGBUNKER_CACHE:-/var/cache/pgbunker-test}
+VENV=$CACHE/venv
+MOTO_SPEC=${PGBUNKER_MOTO_SPEC:-'moto[server]>=5,<6'}
+
+log() { printf 'install-deps: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+is_installed() {
+    [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" == installed ]]
+}
+
+# Clusters of the Debian packaging (pg_lsclusters) that are online, one "VER NAME" per line.
+online_clusters() {
+    command -v pg_lsclusters >/dev/null 2>&1 || return 0
+    pg_lsclusters --no-header 2>/dev/null | awk '$4 ~ /^online/ { print $1, $2 }' || true
+}
+
+[[ "$(id -u)" -eq 0 ]] || die "must run as root (installs Debian packages)"
+command -v dpkg-query >/dev/null 2>&1 || die "this script supports Debian/Ubuntu (dpkg) only"
+
+mkdir -p "$CACHE"
+# Serialize concurrent runs (flock is in util-linux, which is Essential on Debian).
+exec 9>"$CACHE/.install-deps.lock"
+flock 9
+
+# --- Python: prefer the system /usr/bin/python3 (with venv support) over pyenv & co. -------
+has_venv() { "$1" -c 'import venv, ensurepip' >/dev/null 2>&1; }
+need_python_venv=0
+if [[ -x /usr/bin/python3 ]] && has_venv /usr/bin/python3; then
+    :
+elif [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
+    : # the venv is already usable; no need for a system python with venv support
+else
+    need_python_venv=1
+fi
+
+# --- Debian packages ---------------------------------------------------------------------
+packages=(
+    "postgresql-$PG_MAJOR"      # server binaries in $PG_BINDIR (includes contrib modules: amcheck)
+    postgresql-contrib          # metapackage; contrib is part of postgresql-15 on Debian 12
+    pgbackrest
+    socat
+    openssl
+    curl
+    procps
+    util-linux                  # runuser, flock
+    build-essential             # cc/ld for -sys crates (zstd-sys, aws-lc-sys)
+    pkg-config
+)
+((need_python_venv)) && packages+=(python3-venv)
+
+missing=()
+for p in "${packages[@]}"; do
+    is_installed "$p" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    log "installing: ${missing[*]}"
+    started=$SECONDS
+
+    # Never let the packaging create its default cluster. postgresql-common's maintainer
+    # scripts read create_main_cluster from createcluster.conf, which includes createcluster.d/;
+    # the drop-in may be written before postgresql-common itself is installed, and it leaves the
+    # ucf-managed createcluster.conf untouched.
+    mkdir -p /etc/postgresql-common/createcluster.d
+    dropin=/etc/postgresql-common/createcluster.d/pgbunker-no-main-cluster.conf
+    if [[ ! -f $dropin ]] || ! grep -qx 'create_main_cluster = false' "$dropin"; then
+        printf '%s\n' '# written by pgbunker scripts/install-deps.sh: tests create their own clusters' \
+            'create_main_cluster = false' >"$dropin"
+    fi
+    main_existed=0
+    [[ -e /etc/postgresql/$PG_MAJOR/main ]] && main_existed=1
+    before_online=$(online_clusters)
+
+    # Do not let maintainer scripts start services (e.g. already existing clusters) while
+    # installing. Only install a policy-rc.d if there is none; remove only our own.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, from pgbunker scripts/install-deps.sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        own_policy=1
+        trap '[[ $own_policy == 1 ]] && rm -f "$policy"' EXIT
+    fi
+
+    export DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" >/dev/null
+
+    if ((own_policy)); then rm -f "$policy"; own_policy=0; fi
+
+    # If the packaging created its default cluster anyway, drop it (it was not there before).
+    if ((!main_existed)) && [[ -e /etc/postgresql/$PG_MAJOR/main ]]; then
+        log "dropping the packaged default cluster $PG_MAJOR/main created by the install"
+        pg_dropcluster --stop "$PG_MAJOR" main
+    fi
+    # Stop any cluster that installation started (it was not online before).
+    while read -r ver name; do
+        [[ -n ${ver:-} ]] || continue
+        if ! grep -qx "$ver $name" <<<"$before_online"; then
+            log "stopping cluster $ver/$name started by package installation"
+            pg_ctlcluster "$ver" "$name" stop || true
+        fi
+    done < <(online_clusters)
+
+    log "apt done in $((SECONDS - started))s"
+fi
+
+# --- Sanity checks ------------------------------------------------------------------------
+[[ -x $PG_BINDIR/initdb && -x $PG_BINDIR/postgres ]] || die "PostgreSQL $PG_MAJOR binaries not found in $PG_BINDIR"
+[[ -f /usr/share/postgresql/$PG_MAJOR/extension/amcheck.control ]] || die "amcheck extension not installed"
+command -v pgbackrest >/dev/null || die "pgbackrest not on PATH"
+command -v runuser >/dev/null || die "runuser not on PATH"
+id postgres >/dev/null 2>&1 || die "the postgres OS user does not exist (expected from postgresql-common)"
+
+# --- Python venv with moto[server] --------------------------------------------------------
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1 \
+    && [[ -x "$VENV/bin/moto_server" ]]; then
+    :
+else
+    py=
+    for cand in /usr/bin/python3 "$(command -v python3 || true)"; do
+        if [[ -n $cand && -x $cand ]] && has_venv "$cand"; then py=$cand; break; fi
+    done
+    [[ -n $py ]] || die "no python3 with venv/ensurepip support found"
+    log "creating venv $VENV with $py and installing $MOTO_SPEC"
+    started=$SECONDS
+    # --clear: recreate a broken venv (e.g. its base interpreter went away).
+    "$py" -m venv --clear "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$MOTO_SPEC"
+    "$VENV/bin/python" -c 'import moto.server' || die "moto[server] import failed in $VENV"
+    log "venv done in $((SECONDS - started))s"
+fi
+
+# --- Summary ------------------------------------------------------------------------------
+pg_v=$("$PG_BINDIR/initdb" --version | awk '{print $3}')
+br_v=$(pgbackrest version | awk '{print $NF}')
+socat_v=$(socat -V 2>/dev/null | awk '/socat version/ {print $3; exit}')
+ssl_v=$(openssl version | awk '{print $2}')
+moto_v=$("$VENV/bin/python" -c 'import moto; print(moto.__version__)')
+py_v=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')
+cargo=$(command -v cargo || echo /root/.cargo/bin/cargo)
+rust_v=$("$cargo" --version 2>/dev/null | awk '{print $2}' || true)
+echo "pgbunker deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v moto=$moto_v python=$py_v cargo=${rust_v:-absent} venv=$VENV"

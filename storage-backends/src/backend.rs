@@ -1,0 +1,422 @@
+//! [`Storage`] over any `object_store` backend.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion, WriteMultipart,
+};
+use pgbunker_engine::storage::{
+    CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storage, StorageError,
+};
+
+use crate::errors::classify;
+use crate::local;
+use crate::options::StorageOptions;
+use crate::OpenError;
+
+/// Part size of multipart uploads.
+const PART_SIZE: usize = 16 << 20;
+
+/// The engine's storage over an `object_store` implementation.
+#[derive(Debug)]
+pub struct ObjectStoreBackend {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket (`""` or ending with `/`).
+    prefix: String,
+    /// Root directory for `file://`: enables fsync and local compare-and-swap.
+    local_root: Option<PathBuf>,
+    describe: String,
+    multipart_threshold: usize,
+}
+
+fn backend_err(url: &url::Url, e: impl std::fmt::Display) -> OpenError {
+    OpenError::Backend {
+        url: url.to_string(),
+        why: e.to_string(),
+    }
+}
+
+impl ObjectStoreBackend {
+    /// `file:///path`: creates the directory if needed.
+    pub fn local(url: &url::Url, options: &StorageOptions) -> Result<Self, OpenError> {
+        let root = url.to_file_path().map_err(|_| OpenError::BadUrl {
+            url: url.to_string(),
+            why: "file:// URLs need an absolute path, like file:///var/lib/pgbunker".into(),
+        })?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| backend_err(url, format!("creating {}: {e}", root.display())))?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| backend_err(url, e))?;
+        Ok(ObjectStoreBackend {
+            store: Arc::new(store),
+            prefix: String::new(),
+            local_root: Some(root),
+            describe: url.to_string(),
+            multipart_threshold: options.multipart_threshold()?,
+        })
+    }
+
+    /// `memory://`: object_store's in-memory store (so tests exercise the same code path).
+    pub fn memory(url: &url::Url, options: &StorageOptions) -> Result<Self, OpenError> {
+        Ok(ObjectStoreBackend {
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: String::new(),
+            local_root: None,
+            describe: url.to_string(),
+            multipart_threshold: options.multipart_threshold()?,
+        })
+    }
+
+    /// `s3://`, `gs://` or `az://`.
+    pub fn remote(url: &url::Url, options: &StorageOptions) -> Result<Self, OpenError> {
+        let bucket = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| OpenError::BadUrl {
+                url: url.to_string(),
+                why: "missing bucket (container) name, as in s3://bucket/prefix".into(),
+            })?;
+        let mut prefix = url.path().trim_matches('/').to_string();
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(15),
+                base: 2.0,
+            },
+            max_retries: options.max_retries()?,
+            retry_timeout: options.retry_timeout()?,
+        };
+        // One ClientOptions carries allow_http and the CA: setting client options replaces
+        // earlier ones, so everything goes here (see S3-LOCAL.md).
+        let mut client = ClientOptions::new()
+            .with_allow_http(options.flag("allow_http")?.unwrap_or(false))
+            .with_timeout(
+                options
+                    .duration("request_timeout")?
+                    .unwrap_or(Duration::from_secs(120)),
+            )
+            .with_connect_timeout(
+                options
+                    .duration("connect_timeout")?
+                    .unwrap_or(Duration::from_secs(10)),
+            );
+        if let Some(ca) = options.get("ca_file") {
+            let pem = std::fs::read(ca).map_err(|e| OpenError::BadOption {
+                key: "ca_file".into(),
+                why: format!("{ca}: {e}"),
+            })?;
+            for cert in object_store::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                OpenError::BadOption {
+                    key: "ca_file".into(),
+                    why: e.to_string(),
+                }
+            })? {
+                client = client.with_root_certificate(cert);
+            }
+        }
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "s3" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = options.get("endpoint") {
+                    b = b.with_endpoint(endpoint);
+                }
+                b = b.with_region(options.get("region").unwrap_or("us-east-1"));
+                // Path style unless asked otherwise: it works with every S3 compatible.
+                b = b.with_virtual_hosted_style_request(
+                    options.flag("virtual_hosted_style")?.unwrap_or(false),
+                );
+                if let Some(k) = options.get("access_key_id") {
+                    b = b.with_access_key_id(k);
+                }
+                if let Some(k) = options.get("secret_access_key") {
+                    b = b.with_secret_access_key(k);
+                }
+                if let Some(t) = options.get("session_token") {
+                    b = b.with_token(t);
+                }
+                Arc::new(
+                    b.with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(|e| backend_err(url, e))?,
+                )
+            }
+            "gs" => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry)
+                    .with_client_options(client)
+                    .build()
+                    .map_err(|e| backend_err(url, e))?,
+            ),
+            "az" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .with_retry(retry)
+                    .with_client_options(client)
+                    .build()
+                    .map_err(|e| backend_err(url, e))?,
+            ),
+            other => {
+                return Err(OpenError::BadUrl {
+                    url: url.to_string(),
+                    why: format!("not a remote scheme: {other}"),
+                })
+            }
+        };
+        let mut describe = url.clone();
+        let _ = describe.set_password(None);
+        let _ = describe.set_username("");
+        Ok(ObjectStoreBackend {
+            store,
+            prefix,
+            local_root: None,
+            describe: describe.to_string(),
+            multipart_threshold: options.multipart_threshold()?,
+        })
+    }
+
+    fn path(&self, key: &ObjectKey) -> StorePath {
+        StorePath::from(format!("{}{}", self.prefix, key.as_str()))
+    }
+
+    async fn sync_local(&self, key: &ObjectKey, dirs: Vec<PathBuf>) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            let path = root.join(key.as_str());
+            tokio::task::spawn_blocking(move || local::sync_file_and_dirs(&path, &dirs))
+                .await
+                .map_err(|e| StorageError::Permanent {
+                    op: "fsync",
+                    key: key.to_string(),
+                    detail: e.to_string(),
+                })??;
+        }
+        Ok(())
+    }
+
+    fn local_dirs(&self, key: &ObjectKey) -> Vec<PathBuf> {
+        match &self.local_root {
+            Some(root) => local::dirs_to_sync(root, &root.join(key.as_str())),
+            None => Vec::new(),
+        }
+    }
+
+    async fn put_multipart(&self, key: &ObjectKey, data: Bytes) -> Result<(), StorageError> {
+        let upload = self
+            .store
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(|e| classify("put", key.as_str(), e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        writer.put(data);
+        writer
+            .finish()
+            .await
+            .map_err(|e| classify("put", key.as_str(), e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for ObjectStoreBackend {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+        let r = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| classify("get", key.as_str(), e))?;
+        r.bytes()
+            .await
+            .map_err(|e| classify("get", key.as_str(), e))
+    }
+
+    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
+        let r = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| classify("get", key.as_str(), e))?;
+        let meta = r.meta.clone();
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| classify("get", key.as_str(), e))?;
+        let version = if self.local_root.is_some() {
+            local::version_of(&bytes)
+        } else {
+            ObjectVersion(serde_version(
+                meta.e_tag.as_deref(),
+                meta.version.as_deref(),
+            ))
+        };
+        Ok((bytes, version))
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.store
+            .get_range(&self.path(key), range)
+            .await
+            .map_err(|e| classify("get", key.as_str(), e))
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+        Ok(self
+            .store
+            .head(&self.path(key))
+            .await
+            .map_err(|e| classify("head", key.as_str(), e))?
+            .size)
+    }
+
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> Result<CreateOutcome, StorageError> {
+        let dirs = self.local_dirs(key);
+        if self.local_root.is_none() && data.len() > self.multipart_threshold {
+            // Multipart uploads cannot be conditional. Large objects are content-addressed
+            // (packs), so an existing object under the name holds the same bytes.
+            match self.head(key).await {
+                Ok(_) => return Ok(CreateOutcome::AlreadyExists),
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.put_multipart(key, data).await?;
+            return Ok(CreateOutcome::Created);
+        }
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from_bytes(data.clone()), opts)
+            .await
+        {
+            Ok(_) => {
+                self.sync_local(key, dirs).await?;
+                Ok(CreateOutcome::Created)
+            }
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                // A retried request whose first attempt landed looks exactly like this; so
+                // does an identical object written earlier. Both are our object.
+                match self.get(key).await {
+                    Ok(existing) if existing == data => {
+                        self.sync_local(key, dirs).await?;
+                        Ok(CreateOutcome::Created)
+                    }
+                    Ok(_) => Ok(CreateOutcome::AlreadyExists),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(classify("put", key.as_str(), e)),
+        }
+    }
+
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion, StorageError> {
+        if let Some(root) = self.local_root.clone() {
+            let k = key.as_str().to_string();
+            let expected = expected.cloned();
+            return tokio::task::spawn_blocking(move || {
+                local::cas_write(&root, &k, &data, expected.as_ref())
+            })
+            .await
+            .map_err(|e| StorageError::Permanent {
+                op: "put",
+                key: key.to_string(),
+                detail: e.to_string(),
+            })?;
+        }
+        let mode = match expected {
+            None => PutMode::Create,
+            Some(v) => {
+                let (e_tag, version) = parse_version(&v.0);
+                PutMode::Update(UpdateVersion { e_tag, version })
+            }
+        };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(r) => Ok(ObjectVersion(serde_version(
+                r.e_tag.as_deref(),
+                r.version.as_deref(),
+            ))),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Err(StorageError::Precondition {
+                key: key.to_string(),
+            }),
+            Err(e) => Err(classify("put", key.as_str(), e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let full = format!("{}{}", self.prefix, prefix);
+        let trimmed = full.trim_end_matches('/');
+        let path = (!trimmed.is_empty()).then(|| StorePath::from(trimmed));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(path.as_ref())
+            .try_collect()
+            .await
+            .map_err(|e| classify("list", prefix, e))?;
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let loc = m.location.to_string();
+                let key = loc.strip_prefix(&self.prefix)?.to_string();
+                (!key.starts_with(local::LOCK_DIR) && key.starts_with(prefix)).then(|| ObjectInfo {
+                    key: ObjectKey::new(key),
+                    size: m.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify("delete", key.as_str(), e)),
+        }
+    }
+}
+
+/// Encodes an e-tag and version as one opaque string.
+fn serde_version(e_tag: Option<&str>, version: Option<&str>) -> String {
+    format!("{}\n{}", e_tag.unwrap_or(""), version.unwrap_or(""))
+}
+
+fn parse_version(v: &str) -> (Option<String>, Option<String>) {
+    let (e, ver) = v.split_once('\n').unwrap_or((v, ""));
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    (some(e), some(ver))
+}

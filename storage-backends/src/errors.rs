@@ -1,0 +1,54 @@
+//! Classification of object_store errors into the engine's [`StorageError`] meanings.
+
+use pgbunker_engine::storage::StorageError;
+
+/// Maps an object_store error for operation `op` on `key`.
+pub fn classify(op: &'static str, key: &str, e: object_store::Error) -> StorageError {
+    use object_store::Error as E;
+    match e {
+        E::NotFound { .. } => StorageError::NotFound {
+            key: key.to_string(),
+        },
+        E::Precondition { .. } | E::AlreadyExists { .. } => StorageError::Precondition {
+            key: key.to_string(),
+        },
+        E::NotSupported { .. } | E::NotImplemented { .. } => StorageError::Unsupported {
+            backend: "this backend".into(),
+            what: format!("{op}: {e}"),
+        },
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::InvalidPath { .. } => {
+            StorageError::Permanent {
+                op,
+                key: key.to_string(),
+                detail: e.to_string(),
+            }
+        }
+        other => {
+            let detail = other.to_string();
+            // Client errors (4xx other than the above) do not pass by retrying.
+            let permanent = [
+                "403",
+                "400",
+                "NoSuchBucket",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "BadScheme",
+            ]
+            .iter()
+            .any(|m| detail.contains(m));
+            if permanent {
+                StorageError::Permanent {
+                    op,
+                    key: key.to_string(),
+                    detail,
+                }
+            } else {
+                StorageError::Transient {
+                    op,
+                    key: key.to_string(),
+                    detail,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Backend options (the `[repo]` table of the config file, minus url and keys).
+//!
+//! Option names follow object_store's where one exists. Defaults are documented on each
+//! accessor; unknown options are an error, so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::OpenError;
+
+/// Objects larger than this are uploaded in parts (remote backends).
+pub const DEFAULT_MULTIPART_THRESHOLD: usize = 64 << 20;
+
+const KNOWN: &[&str] = &[
+    "endpoint",
+    "region",
+    "allow_http",
+    "virtual_hosted_style",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "ca_file",
+    "max_retries",
+    "retry_timeout",
+    "request_timeout",
+    "connect_timeout",
+    "multipart_threshold",
+];
+
+/// String options with typed accessors.
+#[derive(Debug, Clone, Default)]
+pub struct StorageOptions {
+    values: BTreeMap<String, String>,
+}
+
+impl StorageOptions {
+    /// Builds options, refusing unknown keys.
+    pub fn new(values: BTreeMap<String, String>) -> Result<Self, OpenError> {
+        for k in values.keys() {
+            if !KNOWN.contains(&k.as_str()) {
+                return Err(OpenError::BadOption {
+                    key: k.clone(),
+                    why: format!(
+                        "unknown option; known repository options: {}",
+                        KNOWN.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(StorageOptions { values })
+    }
+
+    /// Sets one option (builder style, for tests).
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.values.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Raw value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// Boolean option.
+    pub fn flag(&self, key: &str) -> Result<Option<bool>, OpenError> {
+        self.get(key)
+            .map(|v| match v {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                other => Err(OpenError::BadOption {
+                    key: key.into(),
+                    why: format!("{other:?} is not a boolean"),
+                }),
+            })
+            .transpose()
+    }
+
+    /// Duration option: a number with unit `ms`, `s`, `m` (or bare seconds).
+    pub fn duration(&self, key: &str) -> Result<Option<Duration>, OpenError> {
+        self.get(key)
+            .map(|v| {
+                parse_duration(v).ok_or_else(|| OpenError::BadOption {
+                    key: key.into(),
+                    why: format!("{v:?} is not a duration like 500ms, 30s or 2m"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Unsigned option.
+    pub fn number(&self, key: &str) -> Result<Option<u64>, OpenError> {
+        self.get(key)
+            .map(|v| {
+                v.parse().map_err(|_| OpenError::BadOption {
+                    key: key.into(),
+                    why: format!("{v:?} is not a number"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Retries after a failed request (default 5).
+    pub fn max_retries(&self) -> Result<usize, OpenError> {
+        Ok(self.number("max_retries")?.unwrap_or(5) as usize)
+    }
+
+    /// Deadline for all retries of one request (default 60 s).
+    pub fn retry_timeout(&self) -> Result<Duration, OpenError> {
+        Ok(self
+            .duration("retry_timeout")?
+            .unwrap_or(Duration::from_secs(60)))
+    }
+
+    /// Multipart threshold in bytes (default 64 MiB).
+    pub fn multipart_threshold(&self) -> Result<usize, OpenError> {
+        Ok(self
+            .number("multipart_threshold")?
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_MULTIPART_THRESHOLD))
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` or bare seconds.
+pub fn parse_duration(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let (num, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| v.split_at(i))
+        .unwrap_or((v, "s"));
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_options_are_refused_and_values_checked() {
+        let mut m = BTreeMap::new();
+        m.insert("endpont".to_string(), "x".to_string());
+        assert!(StorageOptions::new(m)
+            .unwrap_err()
+            .to_string()
+            .contains("endpont"));
+        let o = StorageOptions::default()
+            .with("retry_timeout", "1500ms")
+            .with("allow_http", "maybe");
+        assert_eq!(o.retry_timeout().unwrap(), Duration::from_millis(1500));
+        assert!(o.flag("allow_http").is_err());
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("x"), None);
+    }
+}

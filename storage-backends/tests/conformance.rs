@@ -1,0 +1,280 @@
+//! One conformance suite, run against every backend: memory, local disk, and a real
+//! S3-compatible server on loopback (started by `scripts/test.sh`, which exports
+//! `PGBUNKER_TEST_S3_ENDPOINT` and `PGBUNKER_TEST_S3_BUCKET`).
+//!
+//! Without those variables the S3 cases fail when `PGBUNKER_REQUIRE_S3=1` (as in CI) and
+//! are skipped with a message otherwise.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgbunker_engine::storage::{CreateOutcome, ObjectKey, Storage, StorageError};
+use pgbunker_storage::{open, StorageOptions};
+
+fn s3_target(test: &str) -> Option<(String, StorageOptions)> {
+    let endpoint = match std::env::var("PGBUNKER_TEST_S3_ENDPOINT") {
+        Ok(e) => e,
+        Err(_) => {
+            assert!(
+                std::env::var("PGBUNKER_REQUIRE_S3").is_err(),
+                "PGBUNKER_REQUIRE_S3 is set but PGBUNKER_TEST_S3_ENDPOINT is not: start scripts/s3-local.sh"
+            );
+            eprintln!("skipping S3 case of {test}: PGBUNKER_TEST_S3_ENDPOINT not set (scripts/test.sh sets it)");
+            return None;
+        }
+    };
+    let bucket =
+        std::env::var("PGBUNKER_TEST_S3_BUCKET").unwrap_or_else(|_| "pgbunker-test".into());
+    let unique = format!("{test}-{}-{}", std::process::id(), rand_suffix());
+    let opts = StorageOptions::default()
+        .with("endpoint", &endpoint)
+        .with("allow_http", "true")
+        .with("access_key_id", "test")
+        .with("secret_access_key", "test")
+        .with("multipart_threshold", &(6 << 20).to_string());
+    Some((format!("s3://{bucket}/conformance/{unique}"), opts))
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+/// Every backend under test, with a name for messages. The tempdir lives as long as the vec.
+fn backends(test: &str) -> (Vec<(String, Arc<dyn Storage>)>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut out: Vec<(String, Arc<dyn Storage>)> = vec![
+        (
+            "memory".into(),
+            open("memory://", &StorageOptions::default()).unwrap(),
+        ),
+        (
+            "file".into(),
+            open(
+                &format!("file://{}/repo", dir.path().display()),
+                &StorageOptions::default(),
+            )
+            .unwrap(),
+        ),
+    ];
+    if let Some((url, opts)) = s3_target(test) {
+        out.push(("s3".into(), open(&url, &opts).unwrap()));
+    }
+    (out, dir)
+}
+
+fn key(s: &str) -> ObjectKey {
+    ObjectKey::new(s)
+}
+
+#[tokio::test]
+async fn create_only_puts_never_overwrite() {
+    let (all, _dir) = backends("create");
+    for (name, s) in all {
+        let k = key("clusters/main/wal/00000001/000000010000000000000001");
+        assert_eq!(
+            s.put_create(&k, Bytes::from_static(b"first"))
+                .await
+                .unwrap(),
+            CreateOutcome::Created,
+            "{name}"
+        );
+        assert_eq!(
+            s.put_create(&k, Bytes::from_static(b"second"))
+                .await
+                .unwrap(),
+            CreateOutcome::AlreadyExists,
+            "{name}: a second create with other bytes is refused"
+        );
+        assert_eq!(
+            &s.get(&k).await.unwrap()[..],
+            b"first",
+            "{name}: content untouched"
+        );
+        assert_eq!(
+            s.put_create(&k, Bytes::from_static(b"first"))
+                .await
+                .unwrap(),
+            CreateOutcome::Created,
+            "{name}: identical bytes (a retried create that landed) count as our own write"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reads_ranges_heads_and_not_found() {
+    let (all, _dir) = backends("reads");
+    for (name, s) in all {
+        let k = key("packs/ab/abcdef");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        s.put_create(&k, Bytes::from(data.clone())).await.unwrap();
+        assert_eq!(s.head(&k).await.unwrap(), 100_000, "{name}");
+        assert_eq!(
+            &s.get_range(&k, 1000..1010).await.unwrap()[..],
+            &data[1000..1010],
+            "{name}"
+        );
+        assert_eq!(s.get(&k).await.unwrap().len(), 100_000, "{name}");
+        let missing = key("packs/ab/missing");
+        assert!(
+            matches!(s.get(&missing).await, Err(StorageError::NotFound { .. })),
+            "{name}"
+        );
+        assert!(
+            matches!(s.head(&missing).await, Err(StorageError::NotFound { .. })),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn compare_and_swap_detects_concurrent_change() {
+    let (all, _dir) = backends("cas");
+    for (name, s) in all {
+        let k = key("gc/generations");
+        let v1 = s
+            .put_swap(&k, Bytes::from_static(b"gen1"), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                s.put_swap(&k, Bytes::from_static(b"other"), None).await,
+                Err(StorageError::Precondition { .. })
+            ),
+            "{name}: create-if-absent fails when present"
+        );
+        let (_, read_v1) = s.get_versioned(&k).await.unwrap();
+        let v2 = s
+            .put_swap(&k, Bytes::from_static(b"gen2"), Some(&read_v1))
+            .await
+            .unwrap();
+        assert_ne!(v1, v2, "{name}");
+        assert!(
+            matches!(
+                s.put_swap(&k, Bytes::from_static(b"gen3"), Some(&read_v1))
+                    .await,
+                Err(StorageError::Precondition { .. })
+            ),
+            "{name}: a stale version loses"
+        );
+        assert_eq!(&s.get(&k).await.unwrap()[..], b"gen2", "{name}");
+    }
+}
+
+#[tokio::test]
+async fn list_is_prefix_bounded_and_delete_is_idempotent() {
+    let (all, _dir) = backends("list");
+    for (name, s) in all {
+        for k in [
+            "clusters/a/wal/1",
+            "clusters/a/wal/2",
+            "clusters/ab/wal/1",
+            "config",
+        ] {
+            s.put_create(&key(k), Bytes::from(k.as_bytes().to_vec()))
+                .await
+                .unwrap();
+        }
+        let listed: Vec<String> = s
+            .list("clusters/a/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.to_string())
+            .collect();
+        assert_eq!(listed, ["clusters/a/wal/1", "clusters/a/wal/2"], "{name}");
+        assert_eq!(s.list("").await.unwrap().len(), 4, "{name}");
+        s.delete(&key("clusters/a/wal/1")).await.unwrap();
+        s.delete(&key("clusters/a/wal/1")).await.unwrap();
+        assert_eq!(s.list("clusters/a/").await.unwrap().len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn large_objects_round_trip_through_multipart() {
+    let Some((url, opts)) = s3_target("multipart") else {
+        return;
+    };
+    let s = open(&url, &opts).unwrap();
+    let data: Vec<u8> = (0..(13u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let k = key("packs/00/large");
+    assert_eq!(
+        s.put_create(&k, Bytes::from(data.clone())).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(s.get(&k).await.unwrap(), data);
+    assert_eq!(
+        s.put_create(&k, Bytes::from(data)).await.unwrap(),
+        CreateOutcome::AlreadyExists
+    );
+}
+
+#[tokio::test]
+async fn local_writes_are_visible_as_files_and_locks_are_not_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(
+        &format!("file://{}", dir.path().display()),
+        &StorageOptions::default(),
+    )
+    .unwrap();
+    s.put_create(&key("a/b/c"), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    s.put_swap(&key("config"), Bytes::from_static(b"y"), None)
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a/b/c")).unwrap(), b"x");
+    let keys: Vec<String> = s
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.to_string())
+        .collect();
+    assert_eq!(keys, ["a/b/c", "config"]);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_within_the_retry_deadline_as_transient() {
+    // A port nobody listens on: connection refused on every retry.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let opts = StorageOptions::default()
+        .with("endpoint", &format!("http://127.0.0.1:{port}"))
+        .with("allow_http", "true")
+        .with("access_key_id", "test")
+        .with("secret_access_key", "test")
+        .with("max_retries", "3")
+        .with("retry_timeout", "3s")
+        .with("connect_timeout", "1s");
+    let s = open("s3://nobucket/x", &opts).unwrap();
+    let started = std::time::Instant::now();
+    let err = s.get(&key("config")).await.unwrap_err();
+    assert!(matches!(err, StorageError::Transient { .. }), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the deadline bounds retries"
+    );
+}
+
+#[test]
+fn bad_urls_and_options_are_named() {
+    let e = open("ftp://x/y", &StorageOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown scheme"), "{e}");
+    let e = open("not a url", &StorageOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("invalid repository URL"), "{e}");
+    let e = open("s3:///prefix", &StorageOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bucket"), "{e}");
+}
