@@ -76,6 +76,7 @@ stop() {
 
 start() {
     local dir=$1 port pid attempt deadline
+    [[ -x $VENV/bin/moto_server ]] || die "$VENV/bin/moto_server not found; run scripts/install-deps.sh"
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
 
@@ -85,8 +86,6 @@ start() {
         return 0
     fi
     stop "$dir" 2>/dev/null # clear a stale pid file
-
-    [[ -x $VENV/bin/moto_server ]] || die "$VENV/bin/moto_server not found; run scripts/install-deps.sh"
 
     # A port picked this way can be taken by someone else before moto binds it; retry then.
     for attempt in 1 2 3; do

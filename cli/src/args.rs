@@ -1,0 +1,130 @@
+//! Command-line arguments (clap). These types stop at `main`: everything is turned into a
+//! resolved [`crate::settings::Settings`] before any engine call.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// pgbunker: backup and point-in-time recovery for PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "pgbunker", version, about, long_about = None, after_help = "\
+Configuration is read from --config, else $PGBUNKER_CONFIG, else /etc/pgbunker/pgbunker.toml,
+then PGBUNKER_<SECTION>_<KEY> environment variables, then flags. Secrets never come from flags:
+the passphrase comes from PGBUNKER_PASSPHRASE or repo.passphrase_file, a raw key from repo.key_file.
+
+Exit codes: 0 success; 1 failed (archive-get: file not in the archive); 2 usage or configuration
+error; 200 archive-get could not tell whether the file exists (PostgreSQL aborts recovery).")]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "PGBUNKER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Repository URL (overrides repo.url): file:///path, s3://bucket/prefix, gs://..., az://...
+    #[arg(long, global = true, value_name = "URL")]
+    pub repo: Option<String>,
+
+    /// Cluster name inside the repository (overrides cluster.name; default "main").
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// Progress display.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, env = "PGBUNKER_LOG", default_value = "warn")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// When to draw progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, periodic log lines otherwise.
+    Auto,
+    /// Always bars.
+    Always,
+    /// Nothing.
+    Never,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// Stable JSON for monitoring.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a repository (refuses an existing one).
+    #[command(after_help = "Examples:
+  pgbunker --repo file:///var/lib/pgbunker init --key-file /etc/pgbunker/repo.key
+  PGBUNKER_PASSPHRASE=... pgbunker --repo s3://bucket/pg init
+  pgbunker --repo file:///tmp/scratch init --no-encryption")]
+    Init {
+        /// Key file: created (mode 0600) if it does not exist, else used.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Create an unencrypted repository (objects still carry keyed checksums).
+        #[arg(long)]
+        no_encryption: bool,
+    },
+
+    /// Archive one WAL file (for archive_command = 'pgbunker archive-push %p').
+    #[command(after_help = "Examples:
+  archive_command = 'pgbunker --config /etc/pgbunker/pgbunker.toml archive-push %p'
+Exit 0 only once the file is durable in the repository (or, with archive.async, acknowledged
+by the background pusher, which acknowledges only durable files).")]
+    ArchivePush {
+        /// Path of the WAL file (%p), relative to the data directory or absolute.
+        wal_path: PathBuf,
+    },
+
+    /// Fetch one WAL file (for restore_command = 'pgbunker archive-get %f %p').
+    #[command(after_help = "Examples:
+  restore_command = 'pgbunker --config /etc/pgbunker/pgbunker.toml archive-get %f %p'
+Exit 0: written; 1: not in the archive; 200: unknown (storage, key or corruption error):
+PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
+    ArchiveGet {
+        /// WAL file name (%f).
+        wal_name: String,
+        /// Destination path (%p).
+        dest_path: PathBuf,
+    },
+
+    /// Show the repository: clusters, archived WAL ranges and gaps per timeline.
+    #[command(after_help = "Examples:
+  pgbunker info
+  pgbunker info --output json | jq '.clusters[0].wal.timelines'")]
+    Info {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
+    /// Run the whole engine on a throwaway cluster and local repository.
+    #[command(after_help = "Examples:
+  pgbunker demo
+  pgbunker demo --dir /tmp/pgbunker-demo --keep")]
+    Demo {
+        /// Working directory (default: a new directory under /tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the directory (cluster stopped) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+
+    /// Internal: the background WAL pusher started by asynchronous archive-push.
+    #[command(hide = true)]
+    ArchivePushDaemon {
+        /// The cluster's pg_wal directory.
+        #[arg(long)]
+        pg_wal: PathBuf,
+    },
+}

@@ -1,0 +1,213 @@
+//! `archive-push`, `archive-get` and the background pusher.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pgbunker_engine::archive::spool::{self, file_digest, PusherOptions, Spool, WaitOutcome};
+use pgbunker_engine::archive::{get_wal_file, push_wal_file, write_atomically, PushOutcome};
+use pgbunker_engine::types::WalFileName;
+use pgbunker_engine::Error as EngineError;
+use tracing::{info, warn};
+
+use super::open_repo;
+use crate::args::Cli;
+use crate::exit::{ExitCode, Failure};
+use crate::settings::Settings;
+
+fn wal_name_of(path: &Path) -> Result<WalFileName, Failure> {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    file.parse()
+        .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Failure> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    let cwd = std::env::current_dir().map_err(|e| {
+        Failure::new(
+            ExitCode::Failed,
+            format!("cannot read the current directory: {e}"),
+        )
+    })?;
+    Ok(cwd.join(path))
+}
+
+/// `archive-push %p`.
+pub async fn push(cli: &Cli, settings: &Settings, wal_path: &Path) -> Result<(), Failure> {
+    let name = wal_name_of(wal_path)?;
+    let path = absolute(wal_path)?;
+    let data = tokio::fs::read(&path).await.map_err(|e| {
+        Failure::new(
+            ExitCode::Failed,
+            format!("cannot read WAL file {}: {e}", path.display()),
+        )
+    })?;
+    if settings.archive_async {
+        return push_async(cli, settings, &name, &path, data).await;
+    }
+    let repo = open_repo(settings).await?;
+    let started = Instant::now();
+    match push_wal_file(&repo, &settings.cluster, &name, data).await? {
+        PushOutcome::Uploaded { stored_size } => {
+            info!(wal = %name, stored_size, ms = started.elapsed().as_millis() as u64, "archived")
+        }
+        PushOutcome::AlreadyArchived => {
+            info!(wal = %name, "already archived with identical content")
+        }
+    }
+    Ok(())
+}
+
+fn spawn_pusher(
+    cli: &Cli,
+    settings: &Settings,
+    spool: &Spool,
+    pg_wal: &Path,
+) -> Result<(), Failure> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(ExitCode::Failed, format!("cannot find own executable: {e}")))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.log_path())
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::Failed,
+                format!("cannot open {}: {e}", spool.log_path().display()),
+            )
+        })?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(cfg) = &settings.config_file {
+        cmd.arg("--config").arg(cfg);
+    }
+    if let Some(repo) = &cli.repo {
+        cmd.arg("--repo").arg(repo);
+    }
+    cmd.args([
+        "--cluster",
+        &settings.cluster,
+        "--log-level",
+        "info",
+        "archive-push-daemon",
+        "--pg-wal",
+    ])
+    .arg(pg_wal)
+    .stdin(std::process::Stdio::null())
+    .stdout(log)
+    .stderr(log2)
+    // Its own process group: signals for the archiver's shell do not reach it.
+    .process_group(0);
+    cmd.spawn().map_err(|e| {
+        Failure::new(
+            ExitCode::Failed,
+            format!("cannot start the background WAL pusher: {e}"),
+        )
+    })?;
+    Ok(())
+}
+
+async fn push_async(
+    cli: &Cli,
+    settings: &Settings,
+    name: &WalFileName,
+    path: &Path,
+    data: Vec<u8>,
+) -> Result<(), Failure> {
+    let pg_wal = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let spool = Spool::open(&settings.spool_dir, &settings.cluster)?;
+    let digest = tokio::task::spawn_blocking(move || file_digest(&data))
+        .await
+        .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+    let n = name.to_string();
+    spool.clear_error(&n);
+    let deadline = Instant::now() + settings.archive_timeout;
+    loop {
+        if !spool.pusher_running()? {
+            spawn_pusher(cli, settings, &spool, &pg_wal)?;
+        }
+        let (s, n2, d2) = (spool.clone(), n.clone(), digest.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || spool::wait_for_ack(&s, &n2, &d2, deadline))
+                .await
+                .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))??;
+        match outcome {
+            WaitOutcome::Acked(ack) if ack.outcome == "dropped" => {
+                warn!(wal = %n, "WAL DROPPED by archive.queue_max: not archived");
+                eprintln!(
+                    "pgbunker: WARNING: {n} was DROPPED, not archived: the backlog exceeded archive.queue_max while the repository failed; \
+                     point-in-time recovery across it is impossible until the next backup"
+                );
+                return Ok(());
+            }
+            WaitOutcome::Acked(_) => return Ok(()),
+            WaitOutcome::Failed(msg) => {
+                spool.clear_error(&n);
+                return Err(Failure::new(ExitCode::Failed, format!("background push of {n} failed: {msg}")));
+            }
+            WaitOutcome::TimedOut => {
+                return Err(Failure::new(
+                    ExitCode::Failed,
+                    format!(
+                        "{n} not acknowledged within archive.timeout ({}s); PostgreSQL keeps it and will retry. See {}",
+                        settings.archive_timeout.as_secs(),
+                        spool.log_path().display()
+                    ),
+                ))
+            }
+            WaitOutcome::NoPusher => continue,
+        }
+    }
+}
+
+/// `archive-push-daemon`: the background pusher.
+pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
+    let spool = Spool::open(&settings.spool_dir, &settings.cluster)?;
+    let Some(_lock) = spool.try_lock_pusher()? else {
+        info!("another pusher is running; exiting");
+        return Ok(());
+    };
+    let repo = open_repo(settings).await?;
+    let opts = PusherOptions {
+        jobs: settings.archive_jobs,
+        idle_exit: settings.idle_exit,
+        queue_max: settings.queue_max,
+    };
+    spool::run_pusher(&repo, &settings.cluster, &spool, pg_wal, &opts).await?;
+    Ok(())
+}
+
+/// `archive-get %f %p`.
+pub async fn get(settings: &Settings, wal_name: &str, dest: &Path) -> Result<(), Failure> {
+    let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
+    let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
+    let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
+    match get_wal_file(&repo, &settings.cluster, &name).await {
+        Ok(data) => {
+            let dest = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || write_atomically(&dest, &data))
+                .await
+                .map_err(|e| abort(e.to_string()))?
+                .map_err(|e| abort(e.to_string()))?;
+            info!(wal = %name, "restored");
+            Ok(())
+        }
+        // Definitely absent: quiet, PostgreSQL probes for files that often do not exist.
+        Err(EngineError::NotFound(msg)) => {
+            info!("{msg}");
+            Err(Failure::new(ExitCode::Failed, String::new()))
+        }
+        Err(e) => Err(abort(format!(
+            "cannot fetch {name}: {e}. Exiting with {} so PostgreSQL stops recovery instead of ending it at the wrong point; \
+             fix the cause and restart PostgreSQL to resume",
+            ExitCode::AbortRecovery as i32
+        ))),
+    }
+}

@@ -1,0 +1,48 @@
+//! One module per command; each turns resolved settings into engine calls.
+
+mod archive;
+mod demo;
+mod info;
+mod init;
+
+use std::sync::Arc;
+
+use pgbunker_engine::repo::Repository;
+use pgbunker_engine::storage::Storage;
+
+use crate::args::{Cli, Command};
+use crate::exit::Failure;
+use crate::settings::Settings;
+
+/// Runs the command.
+pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Init {
+            key_file,
+            no_encryption,
+        } => init::run(settings, key_file.as_deref(), *no_encryption).await,
+        Command::ArchivePush { wal_path } => archive::push(cli, settings, wal_path).await,
+        Command::ArchiveGet {
+            wal_name,
+            dest_path,
+        } => archive::get(settings, wal_name, dest_path).await,
+        Command::ArchivePushDaemon { pg_wal } => archive::daemon(settings, pg_wal).await,
+        Command::Info { output } => info::run(settings, *output).await,
+        Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
+    }
+}
+
+/// Opens the configured storage.
+pub fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
+    Ok(pgbunker_storage::open(
+        settings.require_repo_url()?,
+        &settings.storage_options()?,
+    )?)
+}
+
+/// Opens and unlocks the configured repository.
+pub async fn open_repo(settings: &Settings) -> Result<Repository, Failure> {
+    let storage = open_storage(settings)?;
+    let unlock = settings.unlock()?;
+    Ok(Repository::open(storage, unlock.as_ref()).await?)
+}

@@ -1,0 +1,322 @@
+//! One resolved configuration: config file, then `PGBUNKER_<SECTION>_<KEY>` environment
+//! variables, then flags. Unknown sections and keys are errors that name the key and where
+//! it came from, so a typo never silently does nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgbunker_engine::crypto::{KeyFile, Unlock};
+use pgbunker_storage::StorageOptions;
+
+use crate::args::Cli;
+use crate::exit::Failure;
+
+const DEFAULT_CONFIG: &str = "/etc/pgbunker/pgbunker.toml";
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("repo", &["url", "key_file", "passphrase_file"]),
+    ("cluster", &["name", "pgdata", "conninfo"]),
+    (
+        "archive",
+        &[
+            "async",
+            "spool_dir",
+            "jobs",
+            "timeout",
+            "queue_max",
+            "idle_exit",
+            "compress_level",
+        ],
+    ),
+    ("backup", &["jobs", "compress_level"]),
+    ("retention", &["full"]),
+];
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config file actually read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Repository URL.
+    pub repo_url: Option<String>,
+    /// Key file.
+    pub key_file: Option<PathBuf>,
+    /// Passphrase file.
+    pub passphrase_file: Option<PathBuf>,
+    /// Backend options (the rest of `[repo]`).
+    pub storage_options: BTreeMap<String, String>,
+    /// Cluster name.
+    pub cluster: String,
+    /// Asynchronous archiving.
+    pub archive_async: bool,
+    /// Spool directory for async archiving.
+    pub spool_dir: PathBuf,
+    /// Parallel pushes in async mode.
+    pub archive_jobs: usize,
+    /// How long archive-push waits for its acknowledgement.
+    pub archive_timeout: Duration,
+    /// Backlog (bytes) above which failing WAL is dropped; None: never.
+    pub queue_max: Option<u64>,
+    /// Pusher idle exit.
+    pub idle_exit: Duration,
+    /// zstd level for WAL at init.
+    pub wal_compress_level: i32,
+}
+
+type Table = BTreeMap<String, BTreeMap<String, (String, String)>>; // section -> key -> (value, origin)
+
+fn value_to_string(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Settings {
+    /// Resolves settings from the file, the environment and the flags.
+    pub fn resolve(cli: &Cli) -> Result<Self, Failure> {
+        let mut table: Table = BTreeMap::new();
+        let config_file = match &cli.config {
+            Some(p) => Some(p.clone()),
+            None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+            None => None,
+        };
+        if let Some(path) = &config_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::usage(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            let parsed: toml::Table = text.parse().map_err(|e| {
+                Failure::usage(format!(
+                    "config file {} is not valid TOML: {e}",
+                    path.display()
+                ))
+            })?;
+            for (section, body) in parsed {
+                let toml::Value::Table(body) = body else {
+                    return Err(Failure::usage(format!(
+                        "config file {}: top-level key {section:?} must be a [section]",
+                        path.display()
+                    )));
+                };
+                for (k, v) in body {
+                    table.entry(section.clone()).or_default().insert(
+                        k,
+                        (
+                            value_to_string(&v),
+                            format!("config file {}", path.display()),
+                        ),
+                    );
+                }
+            }
+        }
+        for (name, value) in std::env::vars() {
+            let Some(rest) = name.strip_prefix("PGBUNKER_") else {
+                continue;
+            };
+            if matches!(rest, "CONFIG" | "PASSPHRASE" | "LOG")
+                || rest.starts_with("TEST_")
+                || rest.starts_with("REQUIRE_")
+            {
+                continue;
+            }
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
+            table
+                .entry(section.to_ascii_lowercase())
+                .or_default()
+                .insert(
+                    key.to_ascii_lowercase(),
+                    (value, format!("environment variable {name}")),
+                );
+        }
+        if let Some(url) = &cli.repo {
+            table
+                .entry("repo".into())
+                .or_default()
+                .insert("url".into(), (url.clone(), "--repo".into()));
+        }
+        if let Some(c) = &cli.cluster {
+            table
+                .entry("cluster".into())
+                .or_default()
+                .insert("name".into(), (c.clone(), "--cluster".into()));
+        }
+        Self::from_table(table, config_file)
+    }
+
+    fn from_table(mut table: Table, config_file: Option<PathBuf>) -> Result<Self, Failure> {
+        for (section, keys) in &table {
+            let Some((_, known)) = SECTIONS.iter().find(|(s, _)| s == section) else {
+                let origin = keys.values().next().map(|(_, o)| o.as_str()).unwrap_or("?");
+                return Err(Failure::usage(format!(
+                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention"
+                )));
+            };
+            if section == "repo" {
+                continue; // the rest of [repo] is backend options, checked by the storage crate
+            }
+            for (k, (_, origin)) in keys {
+                if !known.contains(&k.as_str()) {
+                    return Err(Failure::usage(format!(
+                        "unknown setting {section}.{k} (from {origin}); known in [{section}]: {}",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        let mut take =
+            |section: &str, key: &str| table.get_mut(section).and_then(|s| s.remove(key));
+        let repo_url = take("repo", "url").map(|v| v.0);
+        let key_file = take("repo", "key_file").map(|v| PathBuf::from(v.0));
+        let passphrase_file = take("repo", "passphrase_file").map(|v| PathBuf::from(v.0));
+        let cluster = take("cluster", "name")
+            .map(|v| v.0)
+            .unwrap_or_else(|| "main".into());
+        // cluster.pgdata and cluster.conninfo are accepted now and used by base backups.
+        let archive_async = parse_bool(take("archive", "async"), "archive.async")?.unwrap_or(false);
+        let spool_dir = take("archive", "spool_dir")
+            .map(|v| PathBuf::from(v.0))
+            .unwrap_or_else(|| "/var/spool/pgbunker".into());
+        let archive_jobs = parse_num(take("archive", "jobs"), "archive.jobs")?
+            .unwrap_or_else(|| default_jobs().min(4) as u64) as usize;
+        let archive_timeout = parse_dur(take("archive", "timeout"), "archive.timeout")?
+            .unwrap_or(Duration::from_secs(60));
+        let queue_max = parse_size(take("archive", "queue_max"), "archive.queue_max")?;
+        let idle_exit = parse_dur(take("archive", "idle_exit"), "archive.idle_exit")?
+            .unwrap_or(Duration::from_secs(10));
+        let wal_compress_level =
+            parse_num(take("archive", "compress_level"), "archive.compress_level")?.unwrap_or(1)
+                as i32;
+        if !(1..=19).contains(&wal_compress_level) {
+            return Err(Failure::usage(format!(
+                "archive.compress_level = {wal_compress_level}: use 1 to 19"
+            )));
+        }
+        let storage_options = table
+            .remove("repo")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, (v, _))| (k, v))
+            .collect();
+        pgbunker_engine::repo::layout::validate_cluster_name(&cluster)?;
+        Ok(Settings {
+            config_file,
+            repo_url,
+            key_file,
+            passphrase_file,
+            storage_options,
+            cluster,
+            archive_async,
+            spool_dir,
+            archive_jobs,
+            archive_timeout,
+            queue_max,
+            idle_exit,
+            wal_compress_level,
+        })
+    }
+
+    /// The repository URL, or a usage error saying how to set it.
+    pub fn require_repo_url(&self) -> Result<&str, Failure> {
+        self.repo_url.as_deref().ok_or_else(|| {
+            Failure::usage("no repository configured: set repo.url in the config file, PGBUNKER_REPO_URL, or --repo")
+        })
+    }
+
+    /// Backend options checked by the storage crate.
+    pub fn storage_options(&self) -> Result<StorageOptions, Failure> {
+        Ok(StorageOptions::new(self.storage_options.clone())?)
+    }
+
+    /// What unlocks the repository: key file, passphrase file or `PGBUNKER_PASSPHRASE`.
+    pub fn unlock(&self) -> Result<Option<Unlock>, Failure> {
+        if let Some(kf) = &self.key_file {
+            return Ok(Some(Unlock::KeyFile(KeyFile::load(kf)?)));
+        }
+        if let Some(pf) = &self.passphrase_file {
+            let p = std::fs::read_to_string(pf).map_err(|e| {
+                Failure::usage(format!(
+                    "cannot read repo.passphrase_file {}: {e}",
+                    pf.display()
+                ))
+            })?;
+            let p = p.trim_end_matches(['\n', '\r']).to_string();
+            if p.is_empty() {
+                return Err(Failure::usage(format!(
+                    "repo.passphrase_file {} is empty",
+                    pf.display()
+                )));
+            }
+            return Ok(Some(Unlock::Passphrase(p)));
+        }
+        match std::env::var("PGBUNKER_PASSPHRASE") {
+            Ok(p) if !p.is_empty() => Ok(Some(Unlock::Passphrase(p))),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Default parallelism: the number of cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn parse_bool(v: Option<(String, String)>, name: &str) -> Result<Option<bool>, Failure> {
+    v.map(|(v, origin)| match v.as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(Failure::usage(format!(
+            "{name} = {v:?} (from {origin}) is not a boolean"
+        ))),
+    })
+    .transpose()
+}
+
+fn parse_num(v: Option<(String, String)>, name: &str) -> Result<Option<u64>, Failure> {
+    v.map(|(v, origin)| {
+        v.parse()
+            .map_err(|_| Failure::usage(format!("{name} = {v:?} (from {origin}) is not a number")))
+    })
+    .transpose()
+}
+
+fn parse_dur(v: Option<(String, String)>, name: &str) -> Result<Option<Duration>, Failure> {
+    v.map(|(v, origin)| {
+        pgbunker_storage::parse_duration(&v).ok_or_else(|| {
+            Failure::usage(format!(
+                "{name} = {v:?} (from {origin}) is not a duration like 30s or 5m"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// Sizes like `512MiB`, `4GiB`, `1000000`.
+fn parse_size(v: Option<(String, String)>, name: &str) -> Result<Option<u64>, Failure> {
+    v.map(|(v, origin)| {
+        let t = v.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "KB" => 1 << 10,
+            "MiB" | "M" | "MB" => 1 << 20,
+            "GiB" | "G" | "GB" => 1 << 30,
+            "TiB" | "T" | "TB" => 1 << 40,
+            _ => 0,
+        };
+        n.parse::<u64>()
+            .ok()
+            .filter(|_| mult > 0)
+            .map(|n| n * mult)
+            .ok_or_else(|| {
+                Failure::usage(format!(
+                    "{name} = {v:?} (from {origin}) is not a size like 4GiB"
+                ))
+            })
+    })
+    .transpose()
+}
