@@ -1,1 +1,287 @@
+//! Fixtures for end-to-end tests: a working directory PostgreSQL can use, the `pgbunker`
+//! binary copied where the `postgres` OS user can run it, a repository on local disk or on
+//! the S3-compatible server that `scripts/test.sh` starts on loopback, and real PostgreSQL 15
+//! clusters whose `archive_command` / `restore_command` call that binary.
+//!
+//! As root (CI), PostgreSQL and every pgbunker call that PostgreSQL would make run as the
+//! `postgres` OS user, exactly as in production.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub use pgbunker_engine::pg::instance::{free_port, give_to, postgres_user_if_root, Instance, PgBinaries};
+
+/// Where the repository lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `file://` in the working directory.
+    File,
+    /// `s3://` on the loopback S3 server.
+    S3,
+}
+
+/// The S3 endpoint from `scripts/test.sh`, or `None` (the caller skips) when not running
+/// under it. With `PGBUNKER_REQUIRE_S3=1` a missing endpoint fails instead.
+pub fn s3_endpoint() -> Option<String> {
+    match std::env::var("PGBUNKER_TEST_S3_ENDPOINT") {
+        Ok(e) => Some(e),
+        Err(_) => {
+            assert!(
+                std::env::var("PGBUNKER_REQUIRE_S3").is_err(),
+                "PGBUNKER_REQUIRE_S3 is set but PGBUNKER_TEST_S3_ENDPOINT is not: start scripts/s3-local.sh"
+            );
+            eprintln!("skipping S3 variant: PGBUNKER_TEST_S3_ENDPOINT not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// The backends to run a scenario on: always `file://`, and S3 when available.
+pub fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::File];
+    if s3_endpoint().is_some() {
+        v.push(Backend::S3);
+    }
+    v
+}
+
+/// The pgbunker binary built by cargo for this workspace.
+pub fn built_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PGBUNKER_BIN") {
+        return p.into();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let p = target.join("debug/pgbunker");
+    assert!(p.is_file(), "{} missing: build it first (cargo build -p pgbunker)", p.display());
+    p
+}
+
+/// Options for a test environment.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// Repository backend.
+    pub backend: Backend,
+    /// `[archive] async = true`.
+    pub archive_async: bool,
+    /// Extra lines for the `[archive]` section.
+    pub archive_extra: String,
+    /// S3 endpoint override (for example a forwarder in front of the server).
+    pub s3_endpoint: Option<String>,
+}
+
+impl EnvOptions {
+    /// Synchronous archiving on `backend`.
+    pub fn new(backend: Backend) -> Self {
+        EnvOptions { backend, archive_async: false, archive_extra: String::new(), s3_endpoint: None }
+    }
+}
+
+/// A working directory with a pgbunker binary, a config and an initialised repository.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// Root of everything (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// pgbunker, where `postgres` can execute it.
+    pub bin: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    /// The key file.
+    pub key_file: PathBuf,
+    /// Repository URL.
+    pub repo_url: String,
+    /// OS user PostgreSQL and archive commands run as (when root).
+    pub run_as: Option<String>,
+    /// The options used.
+    pub options: EnvOptions,
+}
+
+fn unique() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    format!("{}-{}", std::process::id(), n % 1_000_000_000_000)
+}
+
+impl TestEnv {
+    /// Creates the directory, the config and the repository (`init` with a new key file).
+    pub fn new(options: EnvOptions) -> Self {
+        let dir = tempfile::Builder::new().prefix("pgbunker-e2e-").tempdir_in("/tmp").expect("tempdir");
+        let run_as = postgres_user_if_root("postgres");
+        let bin = dir.path().join("bin/pgbunker");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(built_binary(), &bin).expect("copy pgbunker binary");
+        let key_file = dir.path().join("repo.key");
+        let repo_url = match options.backend {
+            Backend::File => format!("file://{}/repo", dir.path().display()),
+            Backend::S3 => {
+                let bucket = std::env::var("PGBUNKER_TEST_S3_BUCKET").unwrap_or_else(|_| "pgbunker-test".into());
+                format!("s3://{bucket}/e2e-{}", unique())
+            }
+        };
+        let mut repo_section = format!("url = \"{repo_url}\"\nkey_file = \"{}\"\n", key_file.display());
+        if options.backend == Backend::S3 {
+            let endpoint = options.s3_endpoint.clone().or_else(s3_endpoint).expect("S3 endpoint");
+            repo_section.push_str(&format!(
+                "endpoint = \"{endpoint}\"\nallow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
+                 max_retries = 2\nretry_timeout = \"5s\"\nconnect_timeout = \"2s\"\n"
+            ));
+        }
+        let config = dir.path().join("pgbunker.toml");
+        let toml = format!(
+            "[repo]\n{repo_section}\n[cluster]\nname = \"main\"\n\n[archive]\nasync = {}\nspool_dir = \"{}\"\ntimeout = \"20s\"\nidle_exit = \"3s\"\n{}\n",
+            options.archive_async,
+            dir.path().join("spool").display(),
+            options.archive_extra
+        );
+        std::fs::write(&config, toml).unwrap();
+        let env = TestEnv { dir, bin, config, key_file, repo_url, run_as, options };
+        give_to(env.run_as.as_deref(), env.dir.path()).unwrap();
+        let out = env.pgbunker(&["init", "--key-file", &env.key_file.display().to_string()]);
+        assert_success(&out, "pgbunker init");
+        env
+    }
+
+    /// Root directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs pgbunker with this environment's config, as PostgreSQL's OS user.
+    pub fn pgbunker(&self, args: &[&str]) -> Output {
+        self.pgbunker_with_config(&self.config, args)
+    }
+
+    /// Runs pgbunker with another config file, as PostgreSQL's OS user.
+    pub fn pgbunker_with_config(&self, config: &Path, args: &[&str]) -> Output {
+        let mut c = pgbunker_engine::pg::instance::command_as(self.run_as.as_deref(), &self.bin);
+        c.arg("--config").arg(config).args(args);
+        c.env_remove("PGBUNKER_PASSPHRASE");
+        c.output().expect("run pgbunker")
+    }
+
+    /// The `archive_command` for PostgreSQL.
+    pub fn archive_command(&self) -> String {
+        format!("'{}' --config '{}' archive-push %p", self.bin.display(), self.config.display())
+    }
+
+    /// The `restore_command` for PostgreSQL.
+    pub fn restore_command(&self) -> String {
+        format!("'{}' --config '{}' archive-get %f %p", self.bin.display(), self.config.display())
+    }
+
+    /// A new cluster (not started) in `<dir>/<name>`, archiving to this repository.
+    pub fn cluster(&self, name: &str) -> Instance {
+        let datadir = self.path().join(name);
+        let inst = Instance::new(PgBinaries::find().unwrap(), datadir, self.path().to_path_buf(), free_port().unwrap(), self.run_as.clone());
+        inst.initdb().expect("initdb");
+        inst.configure(&[
+            ("wal_level", "replica".into()),
+            ("archive_mode", "on".into()),
+            ("archive_command", self.archive_command()),
+            ("archive_timeout", "0".into()),
+            ("max_wal_size", "256MB".into()),
+            ("fsync", "off".into()),
+        ])
+        .expect("configure");
+        inst
+    }
+}
+
+/// Asserts a command succeeded, showing its output otherwise.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}:\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Text of stderr.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Waits until `pg_stat_archiver` reports `segment` (or later) archived.
+pub fn wait_archived(inst: &Instance, segment: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let row = inst
+            .psql("postgres", "select coalesce(last_archived_wal,'') || '|' || coalesce(last_failed_wal,'') from pg_stat_archiver")
+            .unwrap();
+        let (archived, failed) = row.split_once('|').unwrap_or((&row, ""));
+        if archived.len() >= 24 && archived[..24] >= *segment {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{segment} not archived in {timeout:?}: last archived {archived:?}, last failed {failed:?}; server log:\n{}",
+            std::fs::read_to_string(inst.datadir.join("pgbunker-server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Switches to a new WAL segment and returns the name of the one just finished.
+pub fn switch_wal(inst: &Instance) -> String {
+    inst.psql("postgres", "select pg_walfile_name(pg_switch_wal())").unwrap()
+}
+
+/// WAL file names PostgreSQL marked `.done` (archived).
+pub fn done_files(inst: &Instance) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(inst.datadir.join("pg_wal/archive_status"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".done").map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A stable fingerprint of the pgbench data: row counts and sums.
+pub fn pgbench_fingerprint(inst: &Instance) -> String {
+    inst.psql(
+        "postgres",
+        "select (select count(*) from pgbench_accounts) || ':' || (select sum(abalance) from pgbench_accounts) || ':' || \
+         (select count(*) from pgbench_history) || ':' || (select coalesce(sum(delta),0) from pgbench_history) || ':' || \
+         (select md5(string_agg(bid::text || '/' || bbalance::text, ',' order by bid)) from pgbench_branches)",
+    )
+    .unwrap()
+}
+
+/// A small process guard that kills a child on drop (for socat forwarders).
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a TCP forwarder `127.0.0.1:listen -> 127.0.0.1:target` with socat.
+pub fn start_forwarder(listen: u16, target: &str) -> KillOnDrop {
+    let target = target.trim_start_matches("http://");
+    let child = Command::new("socat")
+        .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,fork,reuseaddr"))
+        .arg(format!("TCP:{target}"))
+        .spawn()
+        .expect("socat (scripts/install-deps.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
+        assert!(Instant::now() < deadline, "socat did not listen on {listen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    KillOnDrop(child)
+}
+
+/// Stops a cluster when dropped, so a failing test leaves no server behind.
+#[derive(Debug)]
+pub struct StopOnDrop<'a>(pub &'a Instance);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need, then runs every test.
+#
+#   ./scripts/test.sh            # as root on a fresh Debian 12 machine, or as a developer
+#
+# Steps: dependencies (scripts/install-deps.sh), formatting and clippy gates, a local
+# S3-compatible server on loopback (scripts/s3-local.sh), then `cargo test` for the whole
+# workspace: unit tests, the storage conformance suite (memory, file, S3) and end-to-end
+# tests against real PostgreSQL 15 clusters. S3 is required here (PGBUNKER_REQUIRE_S3=1):
+# a missing server fails the run instead of silently skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started=$(date +%s)
+step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+step "dependencies"
+if [ "$(id -u)" = 0 ]; then
+    ./scripts/install-deps.sh
+else
+    echo "not root: assuming dependencies are installed (run scripts/install-deps.sh as root once)"
+fi
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "local S3 server"
+S3_DIR=$(mktemp -d /tmp/pgbunker-s3.XXXXXX)
+cleanup() { ./scripts/s3-local.sh stop "$S3_DIR" >/dev/null 2>&1 || true; rm -rf "$S3_DIR"; }
+trap cleanup EXIT
+eval "$(./scripts/s3-local.sh start "$S3_DIR")"
+export PGBUNKER_TEST_S3_ENDPOINT PGBUNKER_TEST_S3_BUCKET
+export PGBUNKER_REQUIRE_S3=1
+
+step "tests"
+# Two cores: end-to-end tests start PostgreSQL clusters, so keep parallelism modest.
+cargo test --workspace --locked -- --test-threads "${PGBUNKER_TEST_THREADS:-2}"
+
+step "done"
