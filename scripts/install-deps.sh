@@ -66,6 +66,7 @@ packages=(
     util-linux                  # runuser, flock
     build-essential             # cc/ld for -sys crates (zstd-sys, aws-lc-sys)
     pkg-config
+    time                        # /usr/bin/time: peak RSS in benchmarks
 )
 ((need_python_venv)) && packages+=(python3-venv)
 
