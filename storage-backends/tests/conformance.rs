@@ -278,3 +278,128 @@ fn bad_urls_and_options_are_named() {
         .to_string();
     assert!(e.contains("bucket"), "{e}");
 }
+
+/// HTTPS with a private CA: a TLS terminator (socat) in front of the loopback S3 server, a
+/// server certificate signed by a test CA, and `ca_file` naming that CA.
+#[tokio::test]
+async fn s3_over_https_with_a_custom_ca() {
+    let Some((url, _)) = s3_target("https") else {
+        return;
+    };
+    let endpoint = std::env::var("PGBUNKER_TEST_S3_ENDPOINT").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=pgbunker test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let pem = [
+        std::fs::read(d.join("server.crt")).unwrap(),
+        std::fs::read(d.join("server.key")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(d.join("server.pem"), pem).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut socat = std::process::Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
+            d.join("server.pem").display()
+        ))
+        .arg(format!("TCP:{}", endpoint.trim_start_matches("http://")))
+        .spawn()
+        .expect("socat");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let base = StorageOptions::default()
+        .with("endpoint", &format!("https://127.0.0.1:{port}"))
+        .with("access_key_id", "test")
+        .with("secret_access_key", "test")
+        .with("max_retries", "1")
+        .with("retry_timeout", "3s");
+    let trusted = open(
+        &url,
+        &base
+            .clone()
+            .with("ca_file", &d.join("ca.pem").display().to_string()),
+    )
+    .unwrap();
+    let k = key("tls/object");
+    let created = trusted
+        .put_create(&k, Bytes::from_static(b"over tls"))
+        .await;
+    let read_back = trusted.get(&k).await;
+    let untrusted = open(&url, &base).unwrap().get(&k).await;
+    let _ = socat.kill();
+    let _ = socat.wait();
+    assert_eq!(created.unwrap(), CreateOutcome::Created);
+    assert_eq!(&read_back.unwrap()[..], b"over tls");
+    assert!(
+        untrusted.is_err(),
+        "without ca_file the private CA is not trusted"
+    );
+}
