@@ -34,7 +34,7 @@ fn synthetic_wal(len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            *b = if x % 4 == 0 {
+            *b = if x.is_multiple_of(4) {
                 (x >> 32) as u8
             } else {
                 (x % 16) as u8

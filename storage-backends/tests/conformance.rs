@@ -43,10 +43,13 @@ fn rand_suffix() -> u64 {
         % 1_000_000_007
 }
 
-/// Every backend under test, with a name for messages. The tempdir lives as long as the vec.
-fn backends(test: &str) -> (Vec<(String, Arc<dyn Storage>)>, tempfile::TempDir) {
+/// A backend under test, with a name for messages.
+type Named = (String, Arc<dyn Storage>);
+
+/// Every backend under test. The tempdir must live as long as the vec.
+fn backends(test: &str) -> (Vec<Named>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let mut out: Vec<(String, Arc<dyn Storage>)> = vec![
+    let mut out: Vec<Named> = vec![
         (
             "memory".into(),
             open("memory://", &StorageOptions::default()).unwrap(),

@@ -31,7 +31,6 @@ fn fail(e: impl std::fmt::Display) -> Failure {
 /// Prints a step: a spinner on a terminal, a plain line otherwise.
 struct Steps {
     bars: bool,
-    quiet: bool,
 }
 
 impl Steps {
@@ -52,10 +51,8 @@ impl Steps {
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        if !self.quiet {
-            let mark = if r.is_ok() { "ok" } else { "FAILED" };
-            println!("==> {what}: {mark} ({secs:.1}s)");
-        }
+        let mark = if r.is_ok() { "ok" } else { "FAILED" };
+        println!("==> {what}: {mark} ({secs:.1}s)");
         r
     }
 }
@@ -78,7 +75,6 @@ pub async fn run(cli: &Cli, dir: Option<&Path>, keep: bool) -> Result<(), Failur
     let steps = Steps {
         bars: cli.progress == ProgressMode::Always
             || (cli.progress == ProgressMode::Auto && std::io::stdout().is_terminal()),
-        quiet: cli.progress == ProgressMode::Never && false,
     };
     let bin = PgBinaries::find()?;
     let run_as = postgres_user_if_root("postgres");
