@@ -51,9 +51,9 @@ checkpoint_timeout = '1h'
 CONF
 as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
 psql_pg() { as_pg "$PGBIN/psql" -X -A -t -h "$W" -p "$PORT" -U postgres -d postgres -c "$1"; }
-# Scale 30 initialises about 450 MB of tables; then a little OLTP load.
-as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -i -s 30 -q postgres >/dev/null 2>&1
-as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -T 15 -c 2 postgres >/dev/null 2>&1
+# Scale 50 initialises about 750 MB of tables (about 40 segments of WAL); then OLTP load.
+as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -i -s 50 -q postgres >/dev/null 2>&1
+as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -T 20 -c 2 postgres >/dev/null 2>&1
 psql_pg "select pg_switch_wal()" >/dev/null
 psql_pg "checkpoint" >/dev/null
 

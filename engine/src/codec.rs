@@ -152,37 +152,52 @@ impl Codec {
         plaintext: &[u8],
         level: i32,
     ) -> Vec<u8> {
+        let compressed = if level > 0 {
+            compress(plaintext, level)
+        } else {
+            None
+        };
+        match compressed {
+            Some(mut body) => {
+                body.splice(0..0, [0u8; HEADER_LEN]);
+                self.seal_prepared(kind, id, context, body, true)
+            }
+            None => {
+                let mut raw = Vec::with_capacity(HEADER_LEN + plaintext.len() + CHECKSUM_LEN);
+                raw.extend_from_slice(&[0u8; HEADER_LEN]);
+                raw.extend_from_slice(plaintext);
+                self.seal_prepared(kind, id, context, raw, false)
+            }
+        }
+    }
+
+    /// Seals a buffer whose first [`HEADER_LEN`] bytes are reserved for the header and whose
+    /// rest is the body (zstd frame when `compressed`), in place.
+    fn seal_prepared(
+        &self,
+        kind: ObjectKind,
+        id: &ContentId,
+        context: &[u8],
+        mut out: Vec<u8>,
+        compressed: bool,
+    ) -> Vec<u8> {
         let key_version = if kind == ObjectKind::Block {
             self.data_key_version
         } else {
             1
         };
-        let mut header = [0u8; HEADER_LEN];
+        let header = &mut out[..HEADER_LEN];
         header[0..4].copy_from_slice(MAGIC);
         header[4] = VERSION;
         header[5] = kind as u8;
+        header[6] = u8::from(compressed);
         header[7] = u8::from(self.encrypted);
         header[8..12].copy_from_slice(&key_version.to_le_bytes());
         if self.encrypted {
             rand::rngs::OsRng.fill_bytes(&mut header[12..36]);
-        }
-        let mut out = match if level > 0 {
-            compress(plaintext, level)
         } else {
-            None
-        } {
-            Some(mut compressed) => {
-                header[6] = 1;
-                compressed.splice(0..0, header);
-                compressed
-            }
-            None => {
-                let mut raw = Vec::with_capacity(HEADER_LEN + plaintext.len() + CHECKSUM_LEN);
-                raw.extend_from_slice(&header);
-                raw.extend_from_slice(plaintext);
-                raw
-            }
-        };
+            header[12..36].fill(0);
+        }
         let aad = self.aad(&out[..HEADER_LEN], id, context);
         let key = self.key_for(kind, key_version);
         if self.encrypted {
@@ -196,6 +211,22 @@ impl Codec {
             out.extend_from_slice(&sum);
         }
         out
+    }
+
+    /// Starts a streaming seal: feed plaintext in chunks, get the content id and the sealed
+    /// object at the end. Only the compressed output is held in memory.
+    pub fn seal_stream(&self, kind: ObjectKind, level: i32) -> SealStream<'_> {
+        let mut out = Vec::with_capacity(1 << 20);
+        out.resize(HEADER_LEN, 0);
+        let encoder =
+            zstd::stream::write::Encoder::new(out, level).expect("zstd encoder with a valid level");
+        SealStream {
+            codec: self,
+            kind,
+            hasher: blake3::Hasher::new_keyed(&self.keys.id_key),
+            encoder,
+            raw_len: 0,
+        }
     }
 
     /// Authenticates, decrypts and decompresses an envelope.
@@ -280,6 +311,73 @@ fn checksum(key: &[u8; 32], aad: &[u8], data: &[u8]) -> [u8; 32] {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A seal in progress (see [`Codec::seal_stream`]).
+///
+/// Each chunk is hashed (keyed BLAKE3) and compressed at the same time on two rayon threads,
+/// so a 16 MiB WAL segment is read once, in chunks, and never held whole in memory.
+pub struct SealStream<'a> {
+    codec: &'a Codec,
+    kind: ObjectKind,
+    hasher: blake3::Hasher,
+    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    raw_len: u64,
+}
+
+impl std::fmt::Debug for SealStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealStream({:?}, {} bytes)", self.kind, self.raw_len)
+    }
+}
+
+/// The end of a streaming seal.
+#[derive(Debug)]
+pub enum StreamOutcome {
+    /// Sealed, compressed.
+    Sealed {
+        id: ContentId,
+        sealed: Vec<u8>,
+        raw_len: u64,
+    },
+    /// Compression did not pay: the caller seals the plaintext uncompressed (it has the id).
+    Incompressible { id: ContentId, raw_len: u64 },
+}
+
+impl SealStream<'_> {
+    /// Feeds the next chunk.
+    pub fn update(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let (hasher, encoder) = (&mut self.hasher, &mut self.encoder);
+        let ((), written) = rayon::join(
+            || {
+                hasher.update(chunk);
+            },
+            || encoder.write_all(chunk),
+        );
+        self.raw_len += chunk.len() as u64;
+        written
+    }
+
+    /// Finishes: the content id and the sealed object (or the verdict that compression
+    /// did not pay, under the same rule as [`Codec::seal`]).
+    pub fn finish(self, context: &[u8]) -> std::io::Result<StreamOutcome> {
+        let id = ContentId(*self.hasher.finalize().as_bytes());
+        let out = self.encoder.finish()?;
+        let body = (out.len() - HEADER_LEN) as u64;
+        if body + self.raw_len / 32 >= self.raw_len {
+            return Ok(StreamOutcome::Incompressible {
+                id,
+                raw_len: self.raw_len,
+            });
+        }
+        let sealed = self.codec.seal_prepared(self.kind, &id, context, out, true);
+        Ok(StreamOutcome::Sealed {
+            id,
+            sealed,
+            raw_len: self.raw_len,
+        })
+    }
 }
 
 /// zstd-compresses `data` into a buffer with room for the envelope's header and tag;
@@ -405,6 +503,38 @@ mod tests {
             c.open(ObjectKind::Wal, &id, b"n", &sealed),
             Err(CodecError::Authentication)
         );
+    }
+
+    #[test]
+    fn streaming_seal_matches_the_one_shot_id_and_opens() {
+        let c = codec(true);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i / 1000 % 7) as u8).collect();
+        let mut s = c.seal_stream(ObjectKind::Wal, 1);
+        for chunk in data.chunks(1 << 20) {
+            s.update(chunk).unwrap();
+        }
+        let StreamOutcome::Sealed {
+            id,
+            sealed,
+            raw_len,
+        } = s.finish(b"name").unwrap()
+        else {
+            panic!("compressible data must compress")
+        };
+        assert_eq!(raw_len, data.len() as u64);
+        assert_eq!(id, c.content_id(&data));
+        assert_eq!(
+            c.open(ObjectKind::Wal, &id, b"name", &sealed).unwrap(),
+            data
+        );
+        let mut random = vec![0u8; 100_000];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        let mut s = c.seal_stream(ObjectKind::Wal, 1);
+        s.update(&random).unwrap();
+        assert!(matches!(
+            s.finish(b"n").unwrap(),
+            StreamOutcome::Incompressible { .. }
+        ));
     }
 
     #[test]

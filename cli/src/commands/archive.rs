@@ -4,8 +4,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pgbunker_engine::archive::spool::{self, file_digest, PusherOptions, Spool, WaitOutcome};
-use pgbunker_engine::archive::{get_wal_file, push_wal_file, write_atomically, PushOutcome};
+use pgbunker_engine::archive::spool::{self, file_digest_path, PusherOptions, Spool, WaitOutcome};
+use pgbunker_engine::archive::{
+    get_wal_file, push_wal_file, write_atomically, PushOutcome, WalSource,
+};
 use pgbunker_engine::types::WalFileName;
 use pgbunker_engine::Error as EngineError;
 use tracing::{info, warn};
@@ -38,18 +40,18 @@ fn absolute(path: &Path) -> Result<PathBuf, Failure> {
 pub async fn push(cli: &Cli, settings: &Settings, wal_path: &Path) -> Result<(), Failure> {
     let name = wal_name_of(wal_path)?;
     let path = absolute(wal_path)?;
-    let data = tokio::fs::read(&path).await.map_err(|e| {
-        Failure::new(
+    if let Err(e) = std::fs::metadata(&path) {
+        return Err(Failure::new(
             ExitCode::Failed,
             format!("cannot read WAL file {}: {e}", path.display()),
-        )
-    })?;
+        ));
+    }
     if settings.archive_async {
-        return push_async(cli, settings, &name, &path, data).await;
+        return push_async(cli, settings, &name, &path).await;
     }
     let repo = open_repo(settings).await?;
     let started = Instant::now();
-    match push_wal_file(&repo, &settings.cluster, &name, data).await? {
+    match push_wal_file(&repo, &settings.cluster, &name, WalSource::File(path)).await? {
         PushOutcome::Uploaded { stored_size } => {
             info!(wal = %name, stored_size, ms = started.elapsed().as_millis() as u64, "archived")
         }
@@ -116,16 +118,16 @@ async fn push_async(
     settings: &Settings,
     name: &WalFileName,
     path: &Path,
-    data: Vec<u8>,
 ) -> Result<(), Failure> {
     let pg_wal = path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let spool = Spool::open(&settings.spool_dir, &settings.cluster)?;
-    let digest = tokio::task::spawn_blocking(move || file_digest(&data))
+    let file = path.to_path_buf();
+    let digest = tokio::task::spawn_blocking(move || file_digest_path(&file))
         .await
-        .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+        .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))??;
     let n = name.to_string();
     spool.clear_error(&n);
     let deadline = Instant::now() + settings.archive_timeout;

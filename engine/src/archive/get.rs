@@ -103,8 +103,8 @@ pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::push::push_wal_file;
     use crate::archive::push::tests::memory_repo;
+    use crate::archive::push::{push_wal_file, WalSource};
     use crate::pg::wal_header::tests::fake_segment;
 
     #[tokio::test]
@@ -122,7 +122,9 @@ mod tests {
         ));
 
         let data = fake_segment(9, 1, 16 << 20, 16 << 20, 16 << 20);
-        push_wal_file(&repo, "main", &name, data).await.unwrap();
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data))
+            .await
+            .unwrap();
         let id = repo
             .codec()
             .content_id(&fake_segment(9, 1, 16 << 20, 16 << 20, 16 << 20));
@@ -150,7 +152,7 @@ mod tests {
         let (mem, repo) = memory_repo().await;
         let name: WalFileName = "00000002.history".parse().unwrap();
         let body = b"1\t0/3000000\tno recovery target specified\n".to_vec();
-        push_wal_file(&repo, "main", &name, body.clone())
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(body.clone()))
             .await
             .unwrap();
         assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), body);

@@ -13,4 +13,4 @@ pub mod spool;
 
 pub use get::{get_wal_file, write_atomically};
 pub use listing::{list_wal, TimelineWal, WalListing};
-pub use push::{push_wal_file, PushOutcome};
+pub use push::{push_wal_file, PushOutcome, WalSource};

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, instrument};
 
-use crate::codec::ObjectKind;
+use crate::codec::{Codec, ObjectKind, StreamOutcome};
+use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::pg::wal_header::LongPageHeader;
 use crate::repo::{layout, ClusterRecord, Repository};
@@ -120,18 +121,27 @@ async fn check_or_bind_cluster(
 
 /// Validates a WAL file's content against its name; returns the parsed header for segments.
 pub fn validate_wal_content(name: &WalFileName, data: &[u8]) -> Result<Option<LongPageHeader>> {
+    validate_wal_head(name, data, data.len())
+}
+
+/// Validates a WAL file from its first bytes (at least the long page header) and its length.
+pub fn validate_wal_head(
+    name: &WalFileName,
+    head: &[u8],
+    total_len: usize,
+) -> Result<Option<LongPageHeader>> {
     if !name.has_wal_pages() {
-        if data.is_empty() && matches!(name, WalFileName::History { .. }) {
+        if total_len == 0 && matches!(name, WalFileName::History { .. }) {
             return Err(Error::InvalidInput(format!(
                 "{name} is empty; a timeline history file never is"
             )));
         }
         return Ok(None);
     }
-    let header = LongPageHeader::parse(data)
+    let header = LongPageHeader::parse(head)
         .map_err(|e| Error::InvalidInput(format!("{name} is not a valid WAL segment: {e}")))?;
     header
-        .check_against(name, data.len())
+        .check_against(name, total_len)
         .map_err(|why| Error::InvalidInput(format!("{name} refused: {why}")))?;
     Ok(Some(header))
 }
@@ -160,27 +170,115 @@ fn conflict(cluster: &str, name: &WalFileName, existing: &str, pushed: &str) -> 
     ))
 }
 
-/// Archives one WAL file whose bytes are `data`.
+/// Where the bytes of a WAL file come from.
+#[derive(Debug)]
+pub enum WalSource {
+    /// A file on disk (`%p`): read in chunks, never held whole in memory.
+    File(std::path::PathBuf),
+    /// Bytes already in memory (tests, tools).
+    Bytes(Vec<u8>),
+}
+
+/// Chunk size of streamed reads.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Hashes and seals a WAL file: (header if a segment, content id, sealed bytes, size).
+fn seal_wal(
+    codec: &Codec,
+    name: &WalFileName,
+    context: &[u8],
+    level: i32,
+    source: WalSource,
+) -> Result<(Option<LongPageHeader>, ContentId, Vec<u8>, u64)> {
+    let path = match source {
+        WalSource::Bytes(data) => {
+            let header = validate_wal_content(name, &data)?;
+            let id = codec.content_id(&data);
+            let sealed = codec.seal(ObjectKind::Wal, &id, context, &data, level);
+            return Ok((header, id, sealed, data.len() as u64));
+        }
+        WalSource::File(path) => path,
+    };
+    let read_err = |e: std::io::Error| Error::io(format!("reading WAL file {}", path.display()), e);
+    let mut file = std::fs::File::open(&path).map_err(read_err)?;
+    let total_len = file.metadata().map_err(read_err)?.len() as usize;
+    let mut buf = vec![0u8; READ_CHUNK.min(total_len.max(1))];
+    let mut stream = codec.seal_stream(ObjectKind::Wal, level);
+    let mut header = None;
+    let mut seen = 0usize;
+    loop {
+        let n = read_full(&mut file, &mut buf).map_err(read_err)?;
+        if seen == 0 {
+            header = validate_wal_head(name, &buf[..n], total_len)?;
+        }
+        if n == 0 {
+            break;
+        }
+        seen += n;
+        stream.update(&buf[..n]).map_err(read_err)?;
+    }
+    if seen != total_len {
+        return Err(Error::InvalidInput(format!(
+            "{} changed size while being read ({total_len} then {seen} bytes); PostgreSQL will retry",
+            path.display()
+        )));
+    }
+    match stream.finish(context).map_err(read_err)? {
+        StreamOutcome::Sealed {
+            id,
+            sealed,
+            raw_len,
+        } => Ok((header, id, sealed, raw_len)),
+        StreamOutcome::Incompressible { id, raw_len } => {
+            // Rare for WAL: store it raw, which needs the bytes once more.
+            let data = std::fs::read(&path).map_err(read_err)?;
+            if codec.content_id(&data) != id {
+                return Err(Error::InvalidInput(format!(
+                    "{} changed while being read; PostgreSQL will retry",
+                    path.display()
+                )));
+            }
+            Ok((
+                header,
+                id,
+                codec.seal(ObjectKind::Wal, &id, context, &data, 0),
+                raw_len,
+            ))
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Archives one WAL file.
 #[instrument(skip_all, fields(cluster = cluster, wal = %name))]
 pub async fn push_wal_file(
     repo: &Repository,
     cluster: &str,
     name: &WalFileName,
-    data: Vec<u8>,
+    source: WalSource,
 ) -> Result<PushOutcome> {
-    if let Some(header) = validate_wal_content(name, &data)? {
-        check_or_bind_cluster(repo, cluster, &header).await?;
-    }
     let codec = repo.codec().clone();
     let level = repo.config().wal_compress_level;
     let context = wal_context(cluster, name);
-    // Hash and seal on the CPU pool, not on an async worker thread.
-    let (id, sealed, size) = run_cpu(move || {
-        let id = codec.content_id(&data);
-        let sealed = codec.seal(ObjectKind::Wal, &id, &context, &data, level);
-        (id, sealed, data.len() as u64)
-    })
-    .await;
+    let wal_name = name.clone();
+    // Read, hash and seal on the CPU pool, not on an async worker thread.
+    let (header, id, sealed, size) =
+        run_cpu(move || seal_wal(&codec, &wal_name, &context, level, source)).await?;
+    if let Some(header) = header {
+        check_or_bind_cluster(repo, cluster, &header).await?;
+    }
     let hex_id = id.to_hex();
     if let Some(existing) = read_pointer(repo, cluster, name).await? {
         return if existing.content_id == hex_id {
@@ -270,14 +368,14 @@ pub(crate) mod tests {
     async fn push_then_get_round_trips_and_duplicates_are_free() {
         let (_mem, repo) = memory_repo().await;
         let (name, data) = seg(3, 42);
-        let out = push_wal_file(&repo, "main", &name, data.clone())
+        let out = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
             .await
             .unwrap();
         assert!(
             matches!(out, PushOutcome::Uploaded { stored_size } if stored_size < data.len() as u64 / 2)
         );
         assert_eq!(
-            push_wal_file(&repo, "main", &name, data.clone())
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
                 .await
                 .unwrap(),
             PushOutcome::AlreadyArchived
@@ -289,12 +387,12 @@ pub(crate) mod tests {
     async fn different_content_under_the_same_name_is_refused_naming_both_ids() {
         let (_mem, repo) = memory_repo().await;
         let (name, data) = seg(3, 42);
-        push_wal_file(&repo, "main", &name, data.clone())
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
             .await
             .unwrap();
         let mut other = data.clone();
         other[100_000] ^= 1;
-        let err = push_wal_file(&repo, "main", &name, other.clone())
+        let err = push_wal_file(&repo, "main", &name, WalSource::Bytes(other.clone()))
             .await
             .unwrap_err();
         let msg = err.to_string();
@@ -318,9 +416,11 @@ pub(crate) mod tests {
     async fn another_system_identifier_is_refused() {
         let (_mem, repo) = memory_repo().await;
         let (a, da) = seg(1, 42);
-        push_wal_file(&repo, "main", &a, da).await.unwrap();
+        push_wal_file(&repo, "main", &a, WalSource::Bytes(da))
+            .await
+            .unwrap();
         let (b, db) = seg(2, 43);
-        let err = push_wal_file(&repo, "main", &b, db.clone())
+        let err = push_wal_file(&repo, "main", &b, WalSource::Bytes(db.clone()))
             .await
             .unwrap_err()
             .to_string();
@@ -330,7 +430,9 @@ pub(crate) mod tests {
         );
         assert!(err.contains("belongs to system 42"), "{err}");
         // The same system under another cluster name is fine.
-        push_wal_file(&repo, "other", &b, db).await.unwrap();
+        push_wal_file(&repo, "other", &b, WalSource::Bytes(db))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -338,16 +440,21 @@ pub(crate) mod tests {
         let (_mem, repo) = memory_repo().await;
         let (_, data) = seg(5, 42);
         let wrong: WalFileName = "000000010000000000000006".parse().unwrap();
-        let err = push_wal_file(&repo, "main", &wrong, data.clone())
+        let err = push_wal_file(&repo, "main", &wrong, WalSource::Bytes(data.clone()))
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("mislabelled"), "{err}");
         let right: WalFileName = "000000010000000000000005".parse().unwrap();
-        let err = push_wal_file(&repo, "main", &right, data[..1 << 20].to_vec())
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = push_wal_file(
+            &repo,
+            "main",
+            &right,
+            WalSource::Bytes(data[..1 << 20].to_vec()),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("truncated"), "{err}");
     }
 }

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::archive::push::{push_wal_file, PushOutcome};
+use crate::archive::push::{push_wal_file, PushOutcome, WalSource};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::types::WalFileName;
@@ -60,9 +60,15 @@ pub struct Spool {
 
 /// Digest recorded in acks (plain BLAKE3; local integrity, not a repository id).
 pub fn file_digest(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
+/// [`file_digest`] of a file, read in chunks.
+pub fn file_digest_path(path: &Path) -> Result<String> {
     let mut h = blake3::Hasher::new();
-    h.update_rayon(data);
-    h.finalize().to_hex().to_string()
+    h.update_mmap(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(h.finalize().to_hex().to_string())
 }
 
 impl Spool {
@@ -277,11 +283,11 @@ pub async fn run_pusher(
                 .map(|(name, _)| async move {
                     let path = pg_wal.join(name.to_string());
                     let res = async {
-                        let data = tokio::fs::read(&path)
-                            .await
-                            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-                        let digest = file_digest(&data);
-                        let outcome = push_wal_file(repo, cluster, &name, data).await?;
+                        let p = path.clone();
+                        let digest =
+                            crate::archive::push::run_cpu(move || file_digest_path(&p)).await?;
+                        let outcome =
+                            push_wal_file(repo, cluster, &name, WalSource::File(path)).await?;
                         Ok((digest, outcome))
                     }
                     .await;
@@ -323,12 +329,12 @@ pub async fn run_pusher(
             if backlog > cap {
                 for name in &failed {
                     let n = name.to_string();
-                    let data = fs::read(pg_wal.join(&n)).unwrap_or_default();
+                    let digest = file_digest_path(&pg_wal.join(&n)).unwrap_or_default();
                     warn!(wal = %n, backlog, queue_max = cap, "WAL DROPPED: backlog exceeds archive.queue_max while the repository fails; this segment is NOT archived and point-in-time recovery across it is impossible");
                     spool.write_ack(
                         &n,
                         &Ack {
-                            digest: file_digest(&data),
+                            digest,
                             outcome: "dropped".into(),
                         },
                     )?;
