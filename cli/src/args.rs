@@ -50,6 +50,17 @@ pub enum ProgressMode {
     Never,
 }
 
+/// Backup types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackupTypeArg {
+    /// Every file.
+    Full,
+    /// Changed since the last full backup.
+    Diff,
+    /// Changed since the last backup.
+    Incr,
+}
+
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -96,6 +107,51 @@ PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
         /// Destination path (%p).
         dest_path: PathBuf,
     },
+
+    /// Take a base backup (default incr; becomes full when the cluster has none).
+    #[command(after_help = "Examples:
+  pgbunker backup --type full
+  pgbunker backup                 # incremental: re-reads only files changed since the last backup
+  pgbunker backup --type diff --checksum-delta
+Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo.")]
+    Backup {
+        /// full: read everything; diff: files changed since the last full; incr: since the last backup.
+        #[arg(long = "type", value_enum, default_value_t = BackupTypeArg::Incr)]
+        backup_type: BackupTypeArg,
+        /// Re-read every file even when size and mtime are unchanged.
+        #[arg(long)]
+        checksum_delta: bool,
+        /// Files read in parallel (default: backup.jobs, else the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
+    /// Restore a backup into an empty directory, set up to replay the archive to its end.
+    #[command(after_help = "Examples:
+  pgbunker restore --pgdata /var/lib/postgresql/15/restored
+  pgbunker restore --pgdata /srv/pg --backup 20261124-070000F
+Writes backup_label, recovery.signal and restore_command (pgbunker archive-get) so PostgreSQL
+replays the archived WAL when started.")]
+    Restore {
+        /// Target data directory (must not exist or be empty).
+        #[arg(long)]
+        pgdata: PathBuf,
+        /// Backup id (default: the newest).
+        #[arg(long)]
+        backup: Option<String>,
+        /// Files restored in parallel.
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+
+    /// Check configuration, PostgreSQL settings, repository access and WAL archiving.
+    #[command(after_help = "Examples:
+  pgbunker check
+Forces a WAL switch and waits until that segment is in the repository.")]
+    Check,
 
     /// Show the repository: clusters, archived WAL ranges and gaps per timeline.
     #[command(after_help = "Examples:

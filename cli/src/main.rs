@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod exit;
+mod progress;
 mod settings;
 
 use clap::Parser;

@@ -28,7 +28,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "compress_level",
         ],
     ),
-    ("backup", &["jobs", "compress_level"]),
+    (
+        "backup",
+        &["jobs", "compress_level", "block_size", "archive_timeout"],
+    ),
     ("retention", &["full"]),
 ];
 
@@ -47,6 +50,18 @@ pub struct Settings {
     pub storage_options: BTreeMap<String, String>,
     /// Cluster name.
     pub cluster: String,
+    /// Data directory.
+    pub pgdata: Option<PathBuf>,
+    /// libpq connection string.
+    pub conninfo: String,
+    /// Parallel file reads of backups and restores.
+    pub backup_jobs: usize,
+    /// zstd level of backup blocks.
+    pub backup_compress_level: i32,
+    /// Block size of backups.
+    pub block_size: usize,
+    /// How long a backup waits for its WAL to be archived.
+    pub backup_archive_timeout: Duration,
     /// Asynchronous archiving.
     pub archive_async: bool,
     /// Spool directory for async archiving.
@@ -173,7 +188,24 @@ impl Settings {
         let cluster = take("cluster", "name")
             .map(|v| v.0)
             .unwrap_or_else(|| "main".into());
-        // cluster.pgdata and cluster.conninfo are accepted now and used by base backups.
+        let pgdata = take("cluster", "pgdata").map(|v| PathBuf::from(v.0));
+        let conninfo = take("cluster", "conninfo").map(|v| v.0).unwrap_or_default();
+        let backup_jobs = parse_num(take("backup", "jobs"), "backup.jobs")?
+            .unwrap_or(default_jobs() as u64)
+            .max(1) as usize;
+        let backup_compress_level =
+            parse_num(take("backup", "compress_level"), "backup.compress_level")?.unwrap_or(3)
+                as i32;
+        let block_size = parse_size(take("backup", "block_size"), "backup.block_size")?
+            .unwrap_or(64 << 10) as usize;
+        if block_size % 8192 != 0 || !(8192..=16 << 20).contains(&block_size) {
+            return Err(Failure::usage(format!(
+                "backup.block_size = {block_size}: use a multiple of 8KiB between 8KiB and 16MiB"
+            )));
+        }
+        let backup_archive_timeout =
+            parse_dur(take("backup", "archive_timeout"), "backup.archive_timeout")?
+                .unwrap_or(Duration::from_secs(300));
         let archive_async = parse_bool(take("archive", "async"), "archive.async")?.unwrap_or(false);
         let spool_dir = take("archive", "spool_dir")
             .map(|v| PathBuf::from(v.0))
@@ -207,6 +239,12 @@ impl Settings {
             passphrase_file,
             storage_options,
             cluster,
+            pgdata,
+            conninfo,
+            backup_jobs,
+            backup_compress_level,
+            block_size,
+            backup_archive_timeout,
             archive_async,
             spool_dir,
             archive_jobs,

@@ -19,13 +19,16 @@
 //! - [`archive`]: `archive-push`, `archive-get`, the asynchronous pusher and WAL listings.
 
 pub mod archive;
+pub mod backup;
 pub mod codec;
 pub mod crypto;
 pub mod error;
 pub mod index;
 pub mod pack;
 pub mod pg;
+pub mod progress;
 pub mod repo;
+pub mod restore;
 pub mod storage;
 pub mod types;
 

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub use pgbunker_engine::pg::instance::{free_port, give_to, postgres_user_if_root, Instance, PgBinaries};
+pub use pgbunker_engine::pg::instance::{
+    free_port, give_to, postgres_user_if_root, Instance, PgBinaries,
+};
 
 /// Where the repository lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +33,9 @@ pub fn s3_endpoint() -> Option<String> {
                 std::env::var("PGBUNKER_REQUIRE_S3").is_err(),
                 "PGBUNKER_REQUIRE_S3 is set but PGBUNKER_TEST_S3_ENDPOINT is not: start scripts/s3-local.sh"
             );
-            eprintln!("skipping S3 variant: PGBUNKER_TEST_S3_ENDPOINT not set (scripts/test.sh sets it)");
+            eprintln!(
+                "skipping S3 variant: PGBUNKER_TEST_S3_ENDPOINT not set (scripts/test.sh sets it)"
+            );
             None
         }
     }
@@ -51,10 +55,19 @@ pub fn built_binary() -> PathBuf {
     if let Ok(p) = std::env::var("PGBUNKER_BIN") {
         return p.into();
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     let p = target.join("debug/pgbunker");
-    assert!(p.is_file(), "{} missing: build it first (cargo build -p pgbunker)", p.display());
+    assert!(
+        p.is_file(),
+        "{} missing: build it first (cargo build -p pgbunker)",
+        p.display()
+    );
     p
 }
 
@@ -74,7 +87,12 @@ pub struct EnvOptions {
 impl EnvOptions {
     /// Synchronous archiving on `backend`.
     pub fn new(backend: Backend) -> Self {
-        EnvOptions { backend, archive_async: false, archive_extra: String::new(), s3_endpoint: None }
+        EnvOptions {
+            backend,
+            archive_async: false,
+            archive_extra: String::new(),
+            s3_endpoint: None,
+        }
     }
 }
 
@@ -98,14 +116,20 @@ pub struct TestEnv {
 }
 
 fn unique() -> String {
-    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
     format!("{}-{}", std::process::id(), n % 1_000_000_000_000)
 }
 
 impl TestEnv {
     /// Creates the directory, the config and the repository (`init` with a new key file).
     pub fn new(options: EnvOptions) -> Self {
-        let dir = tempfile::Builder::new().prefix("pgbunker-e2e-").tempdir_in("/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("pgbunker-e2e-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
         let run_as = postgres_user_if_root("postgres");
         let bin = dir.path().join("bin/pgbunker");
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
@@ -114,13 +138,21 @@ impl TestEnv {
         let repo_url = match options.backend {
             Backend::File => format!("file://{}/repo", dir.path().display()),
             Backend::S3 => {
-                let bucket = std::env::var("PGBUNKER_TEST_S3_BUCKET").unwrap_or_else(|_| "pgbunker-test".into());
+                let bucket = std::env::var("PGBUNKER_TEST_S3_BUCKET")
+                    .unwrap_or_else(|_| "pgbunker-test".into());
                 format!("s3://{bucket}/e2e-{}", unique())
             }
         };
-        let mut repo_section = format!("url = \"{repo_url}\"\nkey_file = \"{}\"\n", key_file.display());
+        let mut repo_section = format!(
+            "url = \"{repo_url}\"\nkey_file = \"{}\"\n",
+            key_file.display()
+        );
         if options.backend == Backend::S3 {
-            let endpoint = options.s3_endpoint.clone().or_else(s3_endpoint).expect("S3 endpoint");
+            let endpoint = options
+                .s3_endpoint
+                .clone()
+                .or_else(s3_endpoint)
+                .expect("S3 endpoint");
             repo_section.push_str(&format!(
                 "endpoint = \"{endpoint}\"\nallow_http = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n\
                  max_retries = 2\nretry_timeout = \"5s\"\nconnect_timeout = \"2s\"\n"
@@ -134,7 +166,15 @@ impl TestEnv {
             options.archive_extra
         );
         std::fs::write(&config, toml).unwrap();
-        let env = TestEnv { dir, bin, config, key_file, repo_url, run_as, options };
+        let env = TestEnv {
+            dir,
+            bin,
+            config,
+            key_file,
+            repo_url,
+            run_as,
+            options,
+        };
         give_to(env.run_as.as_deref(), env.dir.path()).unwrap();
         let out = env.pgbunker(&["init", "--key-file", &env.key_file.display().to_string()]);
         assert_success(&out, "pgbunker init");
@@ -161,18 +201,32 @@ impl TestEnv {
 
     /// The `archive_command` for PostgreSQL.
     pub fn archive_command(&self) -> String {
-        format!("'{}' --config '{}' archive-push %p", self.bin.display(), self.config.display())
+        format!(
+            "'{}' --config '{}' archive-push %p",
+            self.bin.display(),
+            self.config.display()
+        )
     }
 
     /// The `restore_command` for PostgreSQL.
     pub fn restore_command(&self) -> String {
-        format!("'{}' --config '{}' archive-get %f %p", self.bin.display(), self.config.display())
+        format!(
+            "'{}' --config '{}' archive-get %f %p",
+            self.bin.display(),
+            self.config.display()
+        )
     }
 
     /// A new cluster (not started) in `<dir>/<name>`, archiving to this repository.
     pub fn cluster(&self, name: &str) -> Instance {
         let datadir = self.path().join(name);
-        let inst = Instance::new(PgBinaries::find().unwrap(), datadir, self.path().to_path_buf(), free_port().unwrap(), self.run_as.clone());
+        let inst = Instance::new(
+            PgBinaries::find().unwrap(),
+            datadir,
+            self.path().to_path_buf(),
+            free_port().unwrap(),
+            self.run_as.clone(),
+        );
         inst.initdb().expect("initdb");
         inst.configure(&[
             ("wal_level", "replica".into()),
@@ -225,14 +279,21 @@ pub fn wait_archived(inst: &Instance, segment: &str, timeout: Duration) {
 
 /// Switches to a new WAL segment and returns the name of the one just finished.
 pub fn switch_wal(inst: &Instance) -> String {
-    inst.psql("postgres", "select pg_walfile_name(pg_switch_wal())").unwrap()
+    inst.psql("postgres", "select pg_walfile_name(pg_switch_wal())")
+        .unwrap()
 }
 
 /// WAL file names PostgreSQL marked `.done` (archived).
 pub fn done_files(inst: &Instance) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(inst.datadir.join("pg_wal/archive_status"))
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".done").map(str::to_string))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".done")
+                .map(str::to_string)
+        })
         .collect();
     v.sort();
     v
@@ -270,7 +331,10 @@ pub fn start_forwarder(listen: u16, target: &str) -> KillOnDrop {
         .expect("socat (scripts/install-deps.sh installs it)");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(Instant::now() < deadline, "socat did not listen on {listen}");
+        assert!(
+            Instant::now() < deadline,
+            "socat did not listen on {listen}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     KillOnDrop(child)
@@ -284,4 +348,76 @@ impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         let _ = self.0.stop();
     }
+}
+
+impl TestEnv {
+    /// Points `cluster.pgdata` and `cluster.conninfo` of the config at `inst` (for backup and check).
+    pub fn use_cluster(&self, inst: &Instance) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let conninfo = format!(
+            "host={} port={} user=postgres dbname=postgres",
+            inst.socket_dir.display(),
+            inst.port
+        );
+        let mut out = String::new();
+        for line in text.lines() {
+            if line.starts_with("pgdata =") || line.starts_with("conninfo =") {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+            if line == "[cluster]" {
+                out.push_str(&format!(
+                    "pgdata = \"{}\"\nconninfo = \"{conninfo}\"\n",
+                    inst.datadir.display()
+                ));
+            }
+        }
+        std::fs::write(&self.config, out).unwrap();
+    }
+
+    /// Restores a backup into `<dir>/<name>` with `pgbunker restore`, starts it with archiving
+    /// off, waits until recovery finished, and returns the running instance.
+    pub fn restore_and_start(&self, name: &str, backup: Option<&str>) -> Instance {
+        let target = self.path().join(name);
+        let mut args = vec![
+            "restore".to_string(),
+            "--pgdata".into(),
+            target.display().to_string(),
+        ];
+        if let Some(b) = backup {
+            args.extend(["--backup".to_string(), b.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.pgbunker(&args);
+        assert_success(&out, &format!("pgbunker {}", args.join(" ")));
+        let inst = Instance::new(
+            PgBinaries::find().unwrap(),
+            target,
+            self.path().to_path_buf(),
+            free_port().unwrap(),
+            self.run_as.clone(),
+        );
+        inst.configure(&[("archive_mode", "off".into())]).unwrap();
+        inst.start().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while inst.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
+            assert!(
+                Instant::now() < deadline,
+                "recovery of {name} did not finish"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        inst
+    }
+}
+
+/// Runs `pgbunker backup` with arguments and returns its JSON summary.
+pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--progress", "never", "backup", "--output", "json"];
+    all.extend_from_slice(args);
+    let out = env.pgbunker(&all);
+    assert_success(&out, &format!("pgbunker backup {}", args.join(" ")));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("backup JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }

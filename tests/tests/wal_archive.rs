@@ -7,7 +7,10 @@ use pgbunker_tests::*;
 
 /// Every segment PostgreSQL marked `.done` is in the repository and comes back byte for byte.
 fn archive_round_trip(backend: Backend, archive_async: bool) {
-    let env = TestEnv::new(EnvOptions { archive_async, ..EnvOptions::new(backend) });
+    let env = TestEnv::new(EnvOptions {
+        archive_async,
+        ..EnvOptions::new(backend)
+    });
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
@@ -16,7 +19,10 @@ fn archive_round_trip(backend: Backend, archive_async: bool) {
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
     let done = done_files(&pg);
-    assert!(done.len() >= 2, "expected several archived segments, got {done:?}");
+    assert!(
+        done.len() >= 2,
+        "expected several archived segments, got {done:?}"
+    );
     let fetched = env.path().join("fetched");
     std::fs::create_dir_all(&fetched).unwrap();
     give_to(env.run_as.as_deref(), &fetched).unwrap();
@@ -28,7 +34,10 @@ fn archive_round_trip(backend: Backend, archive_async: bool) {
         let dest = fetched.join(name);
         let out = env.pgbunker(&["archive-get", name, &dest.display().to_string()]);
         assert_success(&out, &format!("archive-get {name}"));
-        assert!(std::fs::read(&dest).unwrap() == original_bytes, "{name} differs after archive-get");
+        assert!(
+            std::fs::read(&dest).unwrap() == original_bytes,
+            "{name} differs after archive-get"
+        );
     }
     let info = env.pgbunker(&["info", "--output", "json"]);
     assert_success(&info, "info");
@@ -36,8 +45,14 @@ fn archive_round_trip(backend: Backend, archive_async: bool) {
     let tl = &doc["clusters"][0]["wal"]["timelines"][0];
     assert_eq!(tl["timeline"], 1);
     assert_eq!(tl["gaps"].as_array().unwrap().len(), 0, "no gaps: {tl}");
-    let last_archived = tl["ranges"].as_array().unwrap().last().unwrap()["last"].as_str().unwrap().to_string();
-    assert!(last_archived >= last, "info shows {last_archived}, PostgreSQL archived {last}");
+    let last_archived = tl["ranges"].as_array().unwrap().last().unwrap()["last"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last_archived >= last,
+        "info shows {last_archived}, PostgreSQL archived {last}"
+    );
 }
 
 #[test]
@@ -65,11 +80,17 @@ fn recovery_from_archive(backend: Backend) {
     pg.stop().unwrap();
     // Cold copy of the stopped cluster: the base for recovery.
     let copy_dir = env.path().join("copy");
-    let status = std::process::Command::new("cp").arg("-a").arg(&pg.datadir).arg(&copy_dir).status().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&pg.datadir)
+        .arg(&copy_dir)
+        .status()
+        .unwrap();
     assert!(status.success());
     pg.start().unwrap();
     pg.pgbench(&["-T", "3", "-c", "2"]).unwrap();
-    pg.psql("postgres", "create table marker as select 42 as answer").unwrap();
+    pg.psql("postgres", "create table marker as select 42 as answer")
+        .unwrap();
     let expected = pgbench_fingerprint(&pg);
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
@@ -81,17 +102,37 @@ fn recovery_from_archive(backend: Backend) {
     std::fs::create_dir_all(copy_dir.join("pg_wal/archive_status")).unwrap();
     std::fs::write(copy_dir.join("recovery.signal"), b"").unwrap();
     give_to(env.run_as.as_deref(), &copy_dir).unwrap();
-    let copy = Instance::new(PgBinaries::find().unwrap(), copy_dir, env.path().to_path_buf(), free_port().unwrap(), env.run_as.clone());
-    copy.configure(&[("restore_command", env.restore_command()), ("archive_mode", "off".into())]).unwrap();
+    let copy = Instance::new(
+        PgBinaries::find().unwrap(),
+        copy_dir,
+        env.path().to_path_buf(),
+        free_port().unwrap(),
+        env.run_as.clone(),
+    );
+    copy.configure(&[
+        ("restore_command", env.restore_command()),
+        ("archive_mode", "off".into()),
+    ])
+    .unwrap();
     copy.start().unwrap();
     let _stop_copy = StopOnDrop(&copy);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while copy.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
-        assert!(std::time::Instant::now() < deadline, "recovery did not finish");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery did not finish"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(pgbench_fingerprint(&copy), expected, "recovered data equals the source");
-    assert_eq!(copy.psql("postgres", "select answer from marker").unwrap(), "42");
+    assert_eq!(
+        pgbench_fingerprint(&copy),
+        expected,
+        "recovered data equals the source"
+    );
+    assert_eq!(
+        copy.psql("postgres", "select answer from marker").unwrap(),
+        "42"
+    );
 }
 
 #[test]

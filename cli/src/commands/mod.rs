@@ -1,6 +1,7 @@
 //! One module per command; each turns resolved settings into engine calls.
 
 mod archive;
+mod backup;
 mod demo;
 mod info;
 mod init;
@@ -27,6 +28,18 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
             dest_path,
         } => archive::get(settings, wal_name, dest_path).await,
         Command::ArchivePushDaemon { pg_wal } => archive::daemon(settings, pg_wal).await,
+        Command::Backup {
+            backup_type,
+            checksum_delta,
+            jobs,
+            output,
+        } => backup::backup(cli, settings, *backup_type, *checksum_delta, *jobs, *output).await,
+        Command::Restore {
+            pgdata,
+            backup: id,
+            jobs,
+        } => backup::restore_cmd(cli, settings, pgdata, id.as_deref(), *jobs).await,
+        Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
     }

@@ -200,7 +200,10 @@ pub fn wait_for_ack(
     digest: &str,
     deadline: Instant,
 ) -> Result<WaitOutcome> {
-    let mut sleep = Duration::from_millis(2);
+    // Poll often: PostgreSQL waits for this answer, and a stat is cheap. Back off only after
+    // the first second.
+    let started = Instant::now();
+    let mut sleep = Duration::from_micros(500);
     let mut last_lock_check = Instant::now();
     loop {
         if let Some(ack) = spool.read_ack(name) {
@@ -223,7 +226,9 @@ pub fn wait_for_ack(
             }
         }
         std::thread::sleep(sleep);
-        sleep = (sleep * 2).min(Duration::from_millis(25));
+        if started.elapsed() > Duration::from_secs(1) {
+            sleep = Duration::from_millis(20);
+        }
     }
 }
 
@@ -274,7 +279,8 @@ pub async fn run_pusher(
                 info!("no WAL waiting; pusher exits");
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // A new .ready file is usually followed at once by its archive-push call.
+            tokio::time::sleep(Duration::from_millis(3)).await;
             continue;
         }
         idle_since = Instant::now();

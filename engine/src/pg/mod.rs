@@ -1,4 +1,7 @@
 //! PostgreSQL knowledge: on-disk formats pgbunker reads directly.
 
+pub mod checksum;
+pub mod control;
+pub mod datadir;
 pub mod instance;
 pub mod wal_header;

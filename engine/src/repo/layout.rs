@@ -72,6 +72,19 @@ pub fn parse_wal_pointer(cluster: &str, key: &str) -> Option<(TimelineId, WalFil
     (name.timeline().to_string() == tli).then_some((name.timeline(), name))
 }
 
+/// Prefix of a cluster's backups.
+pub fn backups_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/backups/")
+}
+
+/// A backup's manifest.
+pub fn backup_manifest(cluster: &str, id: &str) -> ObjectKey {
+    ObjectKey::new(format!("{}{id}/manifest", backups_prefix(cluster)))
+}
+
+/// Prefix of every index segment.
+pub const INDEX_PREFIX: &str = "index/";
+
 /// A pack object.
 pub fn pack(pack_id: &[u8; 32]) -> ObjectKey {
     let hex = hex::encode(pack_id);

@@ -1,0 +1,237 @@
+//! Backup manifests: the commit point of a backup.
+//!
+//! A manifest is one sealed object (codec kind `Manifest`, metadata key, context
+//! `"<cluster>/<backup id>"`) at `clusters/<cluster>/backups/<id>/manifest`, written
+//! create-only after every pack and index segment it references. Its plaintext is JSON:
+//! the backup's identity and WAL positions, `backup_label` and `tablespace_map` as
+//! `pg_backup_stop` returned them, the tablespaces, and every directory and file with its
+//! metadata and the ids of its blocks in order. A manifest references blocks, never another
+//! backup: any backup restores, or is deleted, on its own.
+//!
+//! Memory: a manifest in memory costs about 150 bytes per file plus 65 bytes per block
+//! (hex id); at 64 KiB blocks that is about 1 MB per GiB of database.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::ObjectKind;
+use crate::crypto::ContentId;
+use crate::error::{Error, Result};
+use crate::pg::datadir::Tablespace;
+use crate::repo::{layout, Repository};
+use crate::storage::{CreateOutcome, StorageError};
+use crate::types::Lsn;
+
+/// Manifest format version.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Which files a backup re-reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    /// Every file.
+    Full,
+    /// Files changed since the last full backup.
+    Diff,
+    /// Files changed since the last backup.
+    Incr,
+}
+
+impl BackupType {
+    /// The letter ending backup ids (pgBackRest's convention).
+    pub fn letter(self) -> char {
+        match self {
+            BackupType::Full => 'F',
+            BackupType::Diff => 'D',
+            BackupType::Incr => 'I',
+        }
+    }
+}
+
+/// A directory to recreate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Relative path.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+}
+
+/// A file and its blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path.
+    pub path: String,
+    /// Bytes stored (what was read; may be less than listed if the file shrank).
+    pub size: u64,
+    /// Modification time when listed (ns since the epoch).
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Block ids in order (hex); `""` for an all-zero block.
+    pub blocks: Vec<String>,
+    /// BLAKE3 (unkeyed) of the whole file as stored, checked after restore.
+    pub checksum: String,
+    /// Pages whose checksum failed while reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_pages: Vec<u32>,
+}
+
+/// Byte counts of one backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    /// Files in the backup.
+    pub files: u64,
+    /// Database size: bytes of all files.
+    pub size: u64,
+    /// Bytes read (files not skipped as unchanged).
+    pub bytes_read: u64,
+    /// Plaintext bytes of blocks this backup stored for the first time.
+    pub bytes_new: u64,
+    /// Stored (compressed, sealed) bytes this backup added.
+    pub stored_new: u64,
+    /// Blocks referenced.
+    pub blocks: u64,
+    /// Of which stored by this backup.
+    pub blocks_new: u64,
+    /// Files reused from the reference backup without reading.
+    pub files_unchanged: u64,
+}
+
+/// The manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub format: u32,
+    /// Backup id, like `20261124-070000F`.
+    pub id: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub backup_type: BackupType,
+    /// The backup whose file list decided what to re-read (informational: nothing depends on it).
+    pub reference: Option<String>,
+    /// Cluster name.
+    pub cluster: String,
+    /// System identifier (decimal).
+    pub system_identifier: String,
+    /// `server_version_num`.
+    pub pg_version_num: u32,
+    /// Timeline at start.
+    pub timeline: u32,
+    /// `pg_backup_start` LSN.
+    pub start_lsn: Lsn,
+    /// `pg_backup_stop` LSN: the consistency point.
+    pub stop_lsn: Lsn,
+    /// WAL file holding the start LSN.
+    pub start_wal: String,
+    /// WAL file holding the stop LSN.
+    pub stop_wal: String,
+    /// RFC 3339.
+    pub start_time: String,
+    /// RFC 3339.
+    pub stop_time: String,
+    /// Block size used.
+    pub block_size: u32,
+    /// Whether page checksums were verified.
+    pub checksums_verified: bool,
+    /// `backup_label` contents.
+    pub backup_label: String,
+    /// `tablespace_map` contents, if any.
+    pub tablespace_map: Option<String>,
+    /// Tablespaces.
+    pub tablespaces: Vec<Tablespace>,
+    /// Directories.
+    pub directories: Vec<DirEntry>,
+    /// Files.
+    pub files: Vec<FileEntry>,
+    /// Counts.
+    pub stats: BackupStats,
+}
+
+impl Manifest {
+    /// Total bad pages.
+    pub fn bad_page_count(&self) -> usize {
+        self.files.iter().map(|f| f.bad_pages.len()).sum()
+    }
+}
+
+fn context(cluster: &str, id: &str) -> Vec<u8> {
+    format!("{cluster}/{id}").into_bytes()
+}
+
+/// Seals and writes a manifest (create-only: a backup id is never reused).
+pub async fn save(repo: &Repository, m: &Manifest) -> Result<()> {
+    let plain = serde_json::to_vec(m).expect("manifest serialises");
+    let sealed = repo.codec().seal(
+        ObjectKind::Manifest,
+        &ContentId([0; 32]),
+        &context(&m.cluster, &m.id),
+        &plain,
+        3,
+    );
+    match repo
+        .storage()
+        .put_create(&layout::backup_manifest(&m.cluster, &m.id), sealed.into())
+        .await?
+    {
+        CreateOutcome::Created => Ok(()),
+        CreateOutcome::AlreadyExists => {
+            Err(Error::Conflict(format!("backup {} already exists", m.id)))
+        }
+    }
+}
+
+/// Reads and authenticates a manifest.
+pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
+    let key = layout::backup_manifest(cluster, id);
+    let sealed = match repo.storage().get(&key).await {
+        Ok(s) => s,
+        Err(StorageError::NotFound { .. }) => {
+            return Err(Error::NotFound(format!(
+                "backup {id} not found in cluster {cluster:?}; see `pgbunker info`"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let plain = repo
+        .codec()
+        .open(
+            ObjectKind::Manifest,
+            &ContentId([0; 32]),
+            &context(cluster, id),
+            &sealed,
+        )
+        .map_err(|e| Error::corrupt(key.to_string(), e.to_string()))?;
+    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(key.to_string(), e.to_string()))
+}
+
+/// Backup ids of a cluster, oldest first (ids sort by time).
+pub async fn list_ids(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
+    let prefix = layout::backups_prefix(cluster);
+    let mut ids: Vec<String> = repo
+        .storage()
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            o.key
+                .as_str()
+                .strip_prefix(&prefix)?
+                .strip_suffix("/manifest")
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort_by(|a, b| id_time(a).cmp(id_time(b)).then(a.cmp(b)));
+    Ok(ids)
+}
+
+fn id_time(id: &str) -> &str {
+    id.get(..15).unwrap_or(id)
+}

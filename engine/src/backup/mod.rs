@@ -1,0 +1,639 @@
+//! Base backups: full, differential and incremental, every one self-contained.
+//!
+//! Flow of [`run_backup`]:
+//! 1. connect (`tokio-postgres`), read the server version, `data_checksums` and the WAL
+//!    segment size; check the data directory's system identifier against the cluster record
+//!    (binding it if this is the cluster's first contact);
+//! 2. pick the reference backup (`diff`: the last full; `incr`: the last backup; none: the
+//!    backup becomes `full`) and load the repository's block index;
+//! 3. `pg_backup_start(label, fast => true)` on that session (non-exclusive: the backup is
+//!    aborted by PostgreSQL if the session dies);
+//! 4. walk the data directory (see [`crate::pg::datadir`]) and read files in parallel on the
+//!    CPU pool ([`reader`]): files whose size and mtime match the reference backup, and whose
+//!    mtime is older than the reference's start minus a safety window, are taken from the
+//!    reference manifest without reading (unless `--checksum-delta`);
+//! 5. new blocks flow through a bounded channel into the [`blockstore::Packer`]: packs, then
+//!    index segments;
+//! 6. `pg_backup_stop(wait_for_archive => false)`, then wait (bounded) until every WAL segment
+//!    from the start to the stop LSN is in the repository, so the backup is restorable;
+//! 7. write the manifest (the commit point).
+
+pub mod blockstore;
+pub mod manifest;
+pub mod reader;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, instrument};
+
+use self::blockstore::{BlockIndex, KnownBlocks, Packer};
+use self::manifest::{BackupStats, BackupType, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
+use self::reader::{read_file, FileRead, ReadContext};
+use crate::archive::push::{read_cluster_record, run_cpu};
+use crate::error::{Error, Result};
+use crate::pg::datadir::{self, Entry, EntryKind};
+use crate::progress::Progress;
+use crate::repo::{layout, ClusterRecord, Repository};
+use crate::storage::CreateOutcome;
+use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
+
+/// Default block size: 64 KiB.
+pub const DEFAULT_BLOCK_SIZE: usize = 64 << 10;
+/// Files modified this close to the reference backup's start are re-read (mtime granularity).
+const MTIME_SAFETY_NS: i64 = 2_000_000_000;
+
+/// What to back up and how.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// Cluster name in the repository.
+    pub cluster: String,
+    /// Data directory.
+    pub pgdata: PathBuf,
+    /// libpq connection string.
+    pub conninfo: String,
+    /// Requested type (`Incr`/`Diff` become `Full` without a reference).
+    pub backup_type: BackupType,
+    /// Files read in parallel.
+    pub jobs: usize,
+    /// Block size.
+    pub block_size: usize,
+    /// zstd level for blocks.
+    pub compress_level: i32,
+    /// Re-read every file even if size and mtime are unchanged.
+    pub checksum_delta: bool,
+    /// How long to wait for the WAL up to the stop LSN to be archived.
+    pub archive_timeout: Duration,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+}
+
+fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+    move |e| {
+        let detail = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        Error::InvalidInput(format!("{what}: {detail}"))
+    }
+}
+
+/// A connected session with the facts the backup needs.
+struct Session {
+    client: tokio_postgres::Client,
+    version_num: u32,
+    data_checksums: bool,
+    wal_segment_size: u64,
+}
+
+async fn connect(conninfo: &str) -> Result<Session> {
+    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot connect to PostgreSQL with cluster.conninfo {conninfo:?}: {e}"
+            ))
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("PostgreSQL connection ended: {e}");
+        }
+    });
+    let row = client
+        .query_one(
+            "select current_setting('server_version_num')::int, current_setting('data_checksums'), \
+             (select setting::bigint from pg_settings where name = 'wal_segment_size')",
+            &[],
+        )
+        .await
+        .map_err(pg_err("reading server settings"))?;
+    let version_num: i32 = row.get(0);
+    let checksums: String = row.get(1);
+    let seg: i64 = row.get(2);
+    Ok(Session {
+        client,
+        version_num: version_num as u32,
+        data_checksums: checksums == "on",
+        wal_segment_size: seg as u64,
+    })
+}
+
+async fn bind_cluster(
+    repo: &Repository,
+    cluster: &str,
+    sysid: u64,
+    seg_size: u64,
+    pg_major: u32,
+) -> Result<()> {
+    let sysid = sysid.to_string();
+    let record = match read_cluster_record(repo, cluster).await? {
+        Some(r) => r,
+        None => {
+            let r = ClusterRecord {
+                name: cluster.into(),
+                system_identifier: sysid.clone(),
+                wal_segment_size: seg_size,
+                pg_major,
+                bound_at: now_rfc3339(),
+            };
+            let body = serde_json::to_vec_pretty(&r).expect("record serialises");
+            if repo
+                .storage()
+                .put_create(&layout::cluster_record(cluster), body.into())
+                .await?
+                == CreateOutcome::Created
+            {
+                return Ok(());
+            }
+            read_cluster_record(repo, cluster)
+                .await?
+                .ok_or_else(|| Error::NotFound("cluster record vanished".into()))?
+        }
+    };
+    if record.system_identifier != sysid {
+        return Err(Error::InvalidInput(format!(
+            "the data directory belongs to database system {sysid}, but cluster {cluster:?} in this repository is system {}; \
+             use another --cluster name for this server",
+            record.system_identifier
+        )));
+    }
+    Ok(())
+}
+
+fn wal_name(tli: u32, lsn: Lsn, seg_size: u64) -> WalFileName {
+    WalFileName::Segment {
+        tli: TimelineId(tli),
+        segno: SegmentNo::from_absolute(lsn.segment_no(seg_size), seg_size),
+    }
+}
+
+/// Waits until every segment from `start` to `stop` is archived; names the missing one.
+async fn wait_for_wal(
+    repo: &Repository,
+    cluster: &str,
+    tli: u32,
+    start: Lsn,
+    stop: Lsn,
+    seg_size: u64,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut segno = start.segment_no(seg_size);
+    let last = stop.segment_no(seg_size);
+    while segno <= last {
+        let name = WalFileName::Segment {
+            tli: TimelineId(tli),
+            segno: SegmentNo::from_absolute(segno, seg_size),
+        };
+        match repo
+            .storage()
+            .head(&layout::wal_pointer(cluster, &name))
+            .await
+        {
+            Ok(_) => segno += 1,
+            Err(e) if e.is_not_found() => {
+                if Instant::now() > deadline {
+                    return Err(Error::Timeout(format!(
+                        "WAL segment {name} (needed to make this backup consistent) was not archived within {}s; \
+                         check archive_command (pgbunker check) and backup.archive_timeout. No manifest was written",
+                        timeout.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn new_backup_id(t: BackupType, existing: &[String]) -> String {
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        let id = format!(
+            "{:04}{:02}{:02}-{:02}{:02}{:02}{}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.hour(),
+            now.minute(),
+            now.second(),
+            t.letter()
+        );
+        if !existing.iter().any(|e| e[..15] == id[..15]) {
+            return id;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Takes a base backup.
+#[instrument(skip_all, fields(cluster = %opts.cluster))]
+pub async fn run_backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<Manifest> {
+    let session = connect(&opts.conninfo).await?;
+    let control = crate::pg::control::read(&opts.pgdata)?;
+    bind_cluster(
+        repo,
+        &opts.cluster,
+        control.system_identifier,
+        session.wal_segment_size,
+        session.version_num / 10000,
+    )
+    .await?;
+
+    let ids = manifest::list_ids(repo, &opts.cluster).await?;
+    let mut reference = None;
+    for id in ids.iter().rev() {
+        let candidate = match opts.backup_type {
+            BackupType::Full => break,
+            BackupType::Incr => true,
+            BackupType::Diff => id.ends_with('F'),
+        };
+        if candidate {
+            reference = Some(manifest::load(repo, &opts.cluster, id).await?);
+            break;
+        }
+    }
+    let backup_type = if reference.is_none() {
+        BackupType::Full
+    } else {
+        opts.backup_type
+    };
+    let id = new_backup_id(backup_type, &ids);
+    info!(backup = %id, ?backup_type, reference = reference.as_ref().map(|r| r.id.as_str()), "starting");
+
+    let index = BlockIndex::load(repo).await?;
+    let known = Arc::new(KnownBlocks::from_index(&index));
+    drop(index);
+    let reference_files: HashMap<String, FileEntry> = reference
+        .as_ref()
+        .map(|r| {
+            r.files
+                .iter()
+                .map(|f| (f.path.clone(), f.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let reference_start_ns = reference
+        .as_ref()
+        .and_then(|r| {
+            time::OffsetDateTime::parse(
+                &r.start_time,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        })
+        .map(|t| t.unix_timestamp_nanos() as i64)
+        .unwrap_or(0);
+
+    let start_time = now_rfc3339();
+    let label = format!("pgbunker backup {id}");
+    let start_text: String = if session.version_num >= 150000 {
+        session
+            .client
+            .query_one("select pg_backup_start($1, true)::text", &[&label])
+            .await
+    } else {
+        session
+            .client
+            .query_one("select pg_start_backup($1, true, false)::text", &[&label])
+            .await
+    }
+    .map_err(pg_err("pg_backup_start"))?
+    .get(0);
+    let start_lsn: Lsn = start_text
+        .parse()
+        .map_err(|e| Error::InvalidInput(format!("{e}")))?;
+    let tli_hex: String = session
+        .client
+        .query_one(
+            "select substr(pg_walfile_name($1::text::pg_lsn), 1, 8)",
+            &[&start_text],
+        )
+        .await
+        .map_err(pg_err("reading the timeline"))?
+        .get(0);
+    let timeline = u32::from_str_radix(&tli_hex, 16)
+        .map_err(|_| Error::InvalidInput(format!("bad timeline {tli_hex}")))?;
+
+    // Size first, for progress and ETA (a stat-only walk).
+    let pgdata = opts.pgdata.clone();
+    let total: u64 = tokio::task::spawn_blocking(move || {
+        let mut total = 0u64;
+        datadir::walk(&pgdata, |e| {
+            if let EntryKind::File { size, .. } = e.kind {
+                total += size;
+            }
+            Ok(())
+        })
+        .map(|_| total)
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(e.to_string()))??;
+    progress.phase("backup", Some(total));
+
+    // The walk runs on a blocking thread and streams entries through a bounded channel.
+    let (entry_tx, mut entry_rx) = mpsc::channel::<Entry>(256);
+    let pgdata = opts.pgdata.clone();
+    let walker = tokio::task::spawn_blocking(move || {
+        datadir::walk(&pgdata, |e| {
+            entry_tx
+                .blocking_send(e)
+                .map_err(|_| Error::InvalidInput("backup aborted".into()))
+        })
+    });
+    let (block_tx, mut block_rx) = mpsc::channel(64);
+    let mut packer = Packer::new(repo.clone());
+    let packer_task = tokio::spawn(async move {
+        while let Some(b) = block_rx.recv().await {
+            packer.add(b).await?;
+        }
+        packer.flush().await?;
+        Ok::<Packer, Error>(packer)
+    });
+
+    let mut directories = Vec::new();
+    let mut stats = BackupStats::default();
+    let mut files: Vec<FileEntry> = Vec::new();
+    let codec = Arc::new(repo.codec().clone());
+    let verify = session.data_checksums;
+    let checksum_delta = opts.checksum_delta;
+    let results = {
+        let codec = codec.clone();
+        let known = known.clone();
+        let block_tx = block_tx.clone();
+        let block_size = opts.block_size;
+        let level = opts.compress_level;
+        let reference_files = Arc::new(reference_files);
+        let stream = futures::stream::poll_fn(|cx| entry_rx.poll_recv(cx))
+            .filter_map(|e| {
+                let is_dir = e.kind == EntryKind::Dir;
+                if is_dir {
+                    directories.push(DirEntry {
+                        path: e.path.clone(),
+                        mode: e.mode,
+                        uid: e.uid,
+                        gid: e.gid,
+                    });
+                }
+                futures::future::ready((!is_dir).then_some(e))
+            })
+            .map(|e| {
+                let codec = codec.clone();
+                let known = known.clone();
+                let sink = block_tx.clone();
+                let refs = reference_files.clone();
+                async move {
+                    let parent = refs.get(&e.path).cloned();
+                    if let (Some(p), EntryKind::File { size, mtime_ns }, false) =
+                        (&parent, &e.kind, checksum_delta)
+                    {
+                        if p.size == *size
+                            && p.mtime_ns == *mtime_ns
+                            && *mtime_ns < reference_start_ns - MTIME_SAFETY_NS
+                        {
+                            let mut unchanged = p.clone();
+                            unchanged.mode = e.mode;
+                            unchanged.uid = e.uid;
+                            unchanged.gid = e.gid;
+                            return Ok((
+                                FileRead {
+                                    entry: Some(unchanged),
+                                    read: 0,
+                                    new_bytes: 0,
+                                    new_blocks: 0,
+                                },
+                                true,
+                            ));
+                        }
+                    }
+                    run_cpu(move || {
+                        let ctx = ReadContext {
+                            codec: &codec,
+                            block_size,
+                            compress_level: level,
+                            verify_checksums: verify,
+                            start_lsn: start_lsn.0,
+                            known: &known,
+                            sink,
+                        };
+                        read_file(&ctx, &e, parent.as_ref()).map(|r| (r, false))
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(opts.jobs.max(1));
+        let mut stream = Box::pin(stream);
+        let mut failure = None;
+        while let Some(r) = stream.next().await {
+            match r {
+                Ok((read, unchanged)) => {
+                    progress.advance(
+                        read.entry.as_ref().map(|e| e.size).unwrap_or(0),
+                        read.new_bytes,
+                    );
+                    stats.bytes_read += read.read;
+                    stats.bytes_new += read.new_bytes;
+                    stats.blocks_new += read.new_blocks;
+                    stats.files_unchanged += u64::from(unchanged);
+                    if let Some(f) = read.entry {
+                        files.push(f);
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        failure
+    };
+    drop(block_tx);
+    if let Some(e) = results {
+        packer_task.abort();
+        return Err(e);
+    }
+    let mut tablespaces = walker
+        .await
+        .map_err(|e| Error::InvalidInput(e.to_string()))??;
+    tablespaces.sort_by_key(|t| t.oid);
+    let packer = packer_task
+        .await
+        .map_err(|e| Error::InvalidInput(e.to_string()))??;
+
+    let stop = session
+        .client
+        .query_one(
+            if session.version_num >= 150000 {
+                "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
+            } else {
+                "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
+            },
+            &[],
+        )
+        .await
+        .map_err(pg_err("pg_backup_stop"))?;
+    let stop_text: String = stop.get(0);
+    let stop_lsn: Lsn = stop_text
+        .parse()
+        .map_err(|e| Error::InvalidInput(format!("{e}")))?;
+    let backup_label: String = stop.get(1);
+    let spcmap: Option<String> = stop.get(2);
+    let stop_time = now_rfc3339();
+    let seg = session.wal_segment_size;
+    progress.phase("waiting for WAL", None);
+    wait_for_wal(
+        repo,
+        &opts.cluster,
+        timeline,
+        start_lsn,
+        stop_lsn,
+        seg,
+        opts.archive_timeout,
+    )
+    .await?;
+
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    directories.sort_by(|a, b| a.path.cmp(&b.path));
+    stats.files = files.len() as u64;
+    stats.size = files.iter().map(|f| f.size).sum();
+    stats.blocks = files
+        .iter()
+        .map(|f| f.blocks.iter().filter(|b| !b.is_empty()).count() as u64)
+        .sum();
+    stats.stored_new = packer.stored;
+    let m = Manifest {
+        format: MANIFEST_FORMAT,
+        id,
+        backup_type,
+        reference: reference.map(|r| r.id),
+        cluster: opts.cluster.clone(),
+        system_identifier: control.system_identifier.to_string(),
+        pg_version_num: session.version_num,
+        timeline,
+        start_lsn,
+        stop_lsn,
+        start_wal: wal_name(timeline, start_lsn, seg).to_string(),
+        stop_wal: wal_name(timeline, stop_lsn, seg).to_string(),
+        start_time,
+        stop_time,
+        block_size: opts.block_size as u32,
+        checksums_verified: verify,
+        backup_label,
+        tablespace_map: spcmap.filter(|s| !s.is_empty()),
+        tablespaces,
+        directories,
+        files,
+        stats,
+    };
+    manifest::save(repo, &m).await?;
+    progress.finish();
+    Ok(m)
+}
+
+/// What `pgbunker check` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    /// `server_version_num`.
+    pub pg_version_num: u32,
+    /// `wal_level`.
+    pub wal_level: String,
+    /// `archive_mode`.
+    pub archive_mode: String,
+    /// `archive_command`.
+    pub archive_command: String,
+    /// The segment switched to and found archived.
+    pub archived_segment: String,
+    /// Seconds until it was in the repository.
+    pub archive_wait_seconds: f64,
+}
+
+/// Checks PostgreSQL's archiving settings, forces a WAL switch and waits until the finished
+/// segment is in the repository.
+pub async fn check_archiving(
+    repo: &Repository,
+    cluster: &str,
+    conninfo: &str,
+    timeout: Duration,
+) -> Result<CheckReport> {
+    let session = connect(conninfo).await?;
+    let row = session
+        .client
+        .query_one(
+            "select current_setting('wal_level'), current_setting('archive_mode'), current_setting('archive_command')",
+            &[],
+        )
+        .await
+        .map_err(pg_err("reading archiving settings"))?;
+    let (wal_level, archive_mode, archive_command): (String, String, String) =
+        (row.get(0), row.get(1), row.get(2));
+    if wal_level == "minimal" {
+        return Err(Error::Config(
+            "wal_level = minimal: set wal_level = replica (or logical) and restart PostgreSQL"
+                .into(),
+        ));
+    }
+    if archive_mode == "off" {
+        return Err(Error::Config(
+            "archive_mode = off: set archive_mode = on and restart PostgreSQL".into(),
+        ));
+    }
+    if !archive_command.contains("pgbunker") || !archive_command.contains("archive-push") {
+        return Err(Error::Config(format!(
+            "archive_command = {archive_command:?} does not call pgbunker archive-push; set archive_command = 'pgbunker archive-push %p'"
+        )));
+    }
+    let seg: String = session
+        .client
+        .query_one("select pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .map_err(pg_err(
+            "pg_switch_wal (grant EXECUTE on it to the backup role)",
+        ))?
+        .get(0);
+    let name: WalFileName = seg
+        .parse()
+        .map_err(|e| Error::InvalidInput(format!("{e}")))?;
+    let started = Instant::now();
+    loop {
+        match repo
+            .storage()
+            .head(&layout::wal_pointer(cluster, &name))
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.is_not_found() => {
+                if started.elapsed() > timeout {
+                    return Err(Error::Timeout(format!(
+                        "WAL segment {seg} was not archived into cluster {cluster:?} of {} within {}s: check the PostgreSQL log \
+                         for archive_command errors, and that archive_command uses this repository and cluster name",
+                        repo.storage().describe(),
+                        timeout.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(CheckReport {
+        pg_version_num: session.version_num,
+        wal_level,
+        archive_mode,
+        archive_command,
+        archived_segment: seg,
+        archive_wait_seconds: started.elapsed().as_secs_f64(),
+    })
+}
