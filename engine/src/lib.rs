@@ -24,6 +24,7 @@ pub mod codec;
 pub mod crypto;
 pub mod error;
 pub mod index;
+pub mod info;
 pub mod pack;
 pub mod pg;
 pub mod progress;

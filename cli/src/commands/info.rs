@@ -1,14 +1,20 @@
-//! `pgbunker info`: clusters and archived WAL per timeline (text or JSON).
+//! `pgbunker info`: clusters, backups, archived WAL per timeline and the recoverable window.
 //!
 //! JSON shape (stable; fields are only ever added):
 //! `{"repository": {"url", "repo_id", "format", "encryption", "created_at"},
 //!   "clusters": [{"name", "system_identifier", "wal_segment_size",
-//!                 "wal": {"timelines": [{"timeline", "history_file", "segments",
+//!                 "backups": [{"id", "type", "reference", "timeline", "start_time", "stop_time",
+//!                              "start_lsn", "stop_lsn", "stats": {"files", "size", "bytes_read",
+//!                              "bytes_new", "stored_new", "blocks", "blocks_new", "files_unchanged"},
+//!                              "dedup_ratio", "bad_pages"}],
+//!                 "wal": {"cluster", "system_identifier", "wal_segment_size",
+//!                         "timelines": [{"timeline", "history_file", "segments",
 //!                          "ranges": [{"first","last","segments"}],
 //!                          "gaps": [{"first_missing","last_missing","segments"}],
-//!                          "partial_files", "backup_history_files"}]}}]}`
+//!                          "partial_files", "backup_history_files"}]},
+//!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"}}]}`
 
-use pgbunker_engine::archive::{list_wal, WalListing};
+use pgbunker_engine::info::{cluster_info, ClusterInfo};
 use pgbunker_engine::repo::Encryption;
 use serde_json::json;
 
@@ -16,6 +22,10 @@ use super::open_repo;
 use crate::args::OutputFormat;
 use crate::exit::Failure;
 use crate::settings::Settings;
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
 
 pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
@@ -35,80 +45,99 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
         })
         .collect();
     names.dedup();
-    let mut listings: Vec<WalListing> = Vec::new();
+    let mut clusters: Vec<ClusterInfo> = Vec::new();
     for n in &names {
-        listings.push(list_wal(&repo, n).await?);
+        clusters.push(cluster_info(&repo, n).await?);
     }
     let cfg = repo.config();
     let encryption = match cfg.encryption {
         Encryption::XChaCha20Poly1305 => "xchacha20poly1305",
         Encryption::None => "none",
     };
-    match output {
-        OutputFormat::Json => {
-            let clusters: Vec<_> = listings
-                .iter()
-                .map(|l| {
-                    json!({
-                        "name": l.cluster,
-                        "system_identifier": l.system_identifier,
-                        "wal_segment_size": l.wal_segment_size,
-                        "wal": {"timelines": l.timelines},
-                    })
-                })
-                .collect();
-            let doc = json!({
-                "repository": {
-                    "url": repo.storage().describe(),
-                    "repo_id": cfg.repo_id,
-                    "format": cfg.format,
-                    "encryption": encryption,
-                    "created_at": cfg.created_at,
-                },
-                "clusters": clusters,
-            });
-            println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+    if output == OutputFormat::Json {
+        let doc = json!({
+            "repository": {
+                "url": repo.storage().describe(),
+                "repo_id": cfg.repo_id,
+                "format": cfg.format,
+                "encryption": encryption,
+                "created_at": cfg.created_at,
+            },
+            "clusters": clusters,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+        return Ok(());
+    }
+    println!("repository {} ({})", repo.storage().describe(), cfg.repo_id);
+    println!("  encryption: {encryption}, created {}", cfg.created_at);
+    if clusters.is_empty() {
+        println!("  no clusters yet: the first archive-push or backup binds one");
+    }
+    for c in &clusters {
+        println!();
+        println!(
+            "cluster {} (system identifier {}, {} MiB segments)",
+            c.name,
+            c.system_identifier.as_deref().unwrap_or("not bound yet"),
+            c.wal_segment_size >> 20
+        );
+        if c.backups.is_empty() {
+            println!("  no backups");
         }
-        OutputFormat::Text => {
-            println!("repository {} ({})", repo.storage().describe(), cfg.repo_id);
-            println!("  encryption: {encryption}, created {}", cfg.created_at);
-            if listings.is_empty() {
-                println!("  no clusters yet: the first archive-push binds one");
-            }
-            for l in &listings {
-                println!();
-                println!(
-                    "cluster {} (system identifier {}, {} MiB segments)",
-                    l.cluster,
-                    l.system_identifier.as_deref().unwrap_or("not bound yet"),
-                    l.wal_segment_size >> 20
-                );
-                for t in &l.timelines {
-                    let hist = if t.history_file {
-                        ", history file archived"
-                    } else {
-                        ""
-                    };
-                    println!("  timeline {}: {} segments{hist}", t.timeline, t.segments);
-                    for r in &t.ranges {
-                        println!(
-                            "    archived {} .. {} ({} segments)",
-                            r.first, r.last, r.segments
-                        );
-                    }
-                    for g in &t.gaps {
-                        println!(
-                            "    GAP      {} .. {} ({} segments missing)",
-                            g.first_missing, g.last_missing, g.segments
-                        );
-                    }
-                    for p in &t.partial_files {
-                        println!("    partial  {p}");
-                    }
-                    for b in &t.backup_history_files {
-                        println!("    backup history {b}");
-                    }
+        for b in &c.backups {
+            println!(
+                "  backup {} {:?} tl {} {} .. {} lsn {} .. {}: db {}, added {} (dedup {}x){}",
+                b.id,
+                b.backup_type,
+                b.timeline,
+                b.start_time,
+                b.stop_time,
+                b.start_lsn,
+                b.stop_lsn,
+                mib(b.stats.size),
+                mib(b.stats.stored_new),
+                b.dedup_ratio,
+                if b.bad_pages > 0 {
+                    format!(", {} BAD PAGES", b.bad_pages)
+                } else {
+                    String::new()
                 }
+            );
+        }
+        match &c.recoverable {
+            Some(w) => println!(
+                "  recoverable: from {} (lsn {}) to lsn {} (end of {}, timeline {})",
+                w.from_time, w.from_lsn, w.to_lsn, w.to_wal, w.timeline
+            ),
+            None if !c.backups.is_empty() => {
+                println!("  recoverable: NOTHING (the oldest backup's WAL is not all archived)")
+            }
+            None => {}
+        }
+        for t in &c.wal.timelines {
+            let hist = if t.history_file {
+                ", history file archived"
+            } else {
+                ""
+            };
+            println!("  timeline {}: {} segments{hist}", t.timeline, t.segments);
+            for r in &t.ranges {
+                println!(
+                    "    archived {} .. {} ({} segments)",
+                    r.first, r.last, r.segments
+                );
+            }
+            for g in &t.gaps {
+                println!(
+                    "    GAP      {} .. {} ({} segments missing)",
+                    g.first_missing, g.last_missing, g.segments
+                );
+            }
+            for p in &t.partial_files {
+                println!("    partial  {p}");
+            }
+            for b in &t.backup_history_files {
+                println!("    backup history {b}");
             }
         }
     }

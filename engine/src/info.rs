@@ -1,0 +1,143 @@
+//! What `pgbunker info` reports per cluster: backups, archived WAL, the recoverable window.
+
+use serde::Serialize;
+
+use crate::archive::listing::{list_wal, WalListing};
+use crate::backup::manifest::{self, BackupStats, BackupType};
+use crate::error::Result;
+use crate::repo::Repository;
+use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
+
+/// One backup, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    /// Id.
+    pub id: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub backup_type: BackupType,
+    /// Reference backup (what decided which files were re-read).
+    pub reference: Option<String>,
+    /// Timeline.
+    pub timeline: u32,
+    /// Start.
+    pub start_time: String,
+    /// Consistency point time.
+    pub stop_time: String,
+    /// Start LSN.
+    pub start_lsn: Lsn,
+    /// Consistency LSN.
+    pub stop_lsn: Lsn,
+    /// Counts: `size` is the database size, `stored_new` the bytes this backup added.
+    pub stats: BackupStats,
+    /// Database size divided by the bytes this backup added.
+    pub dedup_ratio: f64,
+    /// Pages whose checksum failed.
+    pub bad_pages: usize,
+}
+
+/// From the oldest backup's consistency point to the end of continuous WAL after it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoverableWindow {
+    /// Earliest target: the oldest backup's consistency point.
+    pub from_lsn: Lsn,
+    /// Its time.
+    pub from_time: String,
+    /// Latest reachable position: end of the continuous archive after that backup.
+    pub to_lsn: Lsn,
+    /// Last segment of that continuous range.
+    pub to_wal: String,
+    /// Timeline of `to_wal`.
+    pub timeline: u32,
+}
+
+/// Everything `info` shows for one cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterInfo {
+    /// Name.
+    pub name: String,
+    /// System identifier.
+    pub system_identifier: Option<String>,
+    /// WAL segment size.
+    pub wal_segment_size: u64,
+    /// Backups, oldest first.
+    pub backups: Vec<BackupSummary>,
+    /// Archived WAL.
+    pub wal: WalListing,
+    /// Recoverable window, once there is a backup.
+    pub recoverable: Option<RecoverableWindow>,
+}
+
+/// Gathers a cluster's info.
+pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInfo> {
+    let wal = list_wal(repo, cluster).await?;
+    let mut backups = Vec::new();
+    for id in manifest::list_ids(repo, cluster).await? {
+        let m = manifest::load(repo, cluster, &id).await?;
+        let dedup_ratio = if m.stats.stored_new > 0 {
+            m.stats.size as f64 / m.stats.stored_new as f64
+        } else {
+            f64::INFINITY
+        };
+        backups.push(BackupSummary {
+            bad_pages: m.bad_page_count(),
+            id: m.id,
+            backup_type: m.backup_type,
+            reference: m.reference,
+            timeline: m.timeline,
+            start_time: m.start_time,
+            stop_time: m.stop_time,
+            start_lsn: m.start_lsn,
+            stop_lsn: m.stop_lsn,
+            stats: m.stats,
+            dedup_ratio: if dedup_ratio.is_finite() {
+                (dedup_ratio * 10.0).round() / 10.0
+            } else {
+                0.0
+            },
+        });
+    }
+    let recoverable = backups.first().and_then(|b| window(&wal, b));
+    Ok(ClusterInfo {
+        name: cluster.to_string(),
+        system_identifier: wal.system_identifier.clone(),
+        wal_segment_size: wal.wal_segment_size,
+        backups,
+        wal,
+        recoverable,
+    })
+}
+
+fn window(wal: &WalListing, oldest: &BackupSummary) -> Option<RecoverableWindow> {
+    let seg = wal.wal_segment_size;
+    let tl = wal
+        .timelines
+        .iter()
+        .find(|t| t.timeline == oldest.timeline)?;
+    let stop_seg = oldest.stop_lsn.segment_no(seg);
+    let start_seg = oldest.start_lsn.segment_no(seg);
+    let absolute = |name: &str| {
+        name.parse::<WalFileName>()
+            .ok()?
+            .segment()
+            .map(|s| s.absolute(seg))
+    };
+    let range = tl.ranges.iter().find(|r| {
+        let (Some(first), Some(last)) = (absolute(&r.first), absolute(&r.last)) else {
+            return false;
+        };
+        first <= start_seg && stop_seg <= last
+    })?;
+    let last = absolute(&range.last)?;
+    let to_wal = WalFileName::Segment {
+        tli: TimelineId(tl.timeline),
+        segno: SegmentNo::from_absolute(last, seg),
+    };
+    Some(RecoverableWindow {
+        from_lsn: oldest.stop_lsn,
+        from_time: oldest.stop_time.clone(),
+        to_lsn: Lsn((last + 1) * seg),
+        to_wal: to_wal.to_string(),
+        timeline: tl.timeline,
+    })
+}
