@@ -1,0 +1,201 @@
+//! Base backups under adverse conditions: a least-privilege role, damaged pages, a backup
+//! killed mid-way, and `check`.
+
+use std::time::{Duration, Instant};
+
+use pgbunker_tests::*;
+
+/// The GRANTs the README documents for a non-superuser backup role.
+const LEAST_PRIVILEGE: &str = "create role pgbunker login;
+grant execute on function pg_backup_start(text, boolean) to pgbunker;
+grant execute on function pg_backup_stop(boolean) to pgbunker;
+grant execute on function pg_switch_wal() to pgbunker;
+grant execute on function pg_create_restore_point(text) to pgbunker;
+grant pg_read_all_settings to pgbunker;";
+
+fn with_role(env: &TestEnv, pg: &Instance, role: &str) {
+    env.use_cluster(pg);
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("user=postgres", &format!("user={role}"));
+    std::fs::write(&env.config, text).unwrap();
+}
+
+#[test]
+fn a_least_privilege_role_can_check_and_back_up() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg.psql("postgres", LEAST_PRIVILEGE).unwrap();
+    with_role(&env, &pg, "pgbunker");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select rolsuper from pg_roles where rolname = 'pgbunker'"
+        )
+        .unwrap(),
+        "f"
+    );
+
+    let check = env.pgbunker(&["check"]);
+    assert_success(&check, "pgbunker check as a non-superuser");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("archived after"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let b = backup_json(&env, &["--type", "full"]);
+    assert_eq!(b["type"], "full");
+
+    // Without the grants the same role gets a clear error naming the function.
+    pg.psql(
+        "postgres",
+        "revoke execute on function pg_backup_start(text, boolean) from pgbunker",
+    )
+    .unwrap();
+    let out = env.pgbunker(&["--progress", "never", "backup", "--type", "full"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pg_backup_start"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_fails_clearly_when_archiving_is_not_pgbunker() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.configure(&[("archive_command", "/bin/true".into())])
+        .unwrap();
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let out = env.pgbunker(&["check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("archive_command"), "{}", stderr(&out));
+}
+
+#[test]
+fn damaged_pages_are_reported_and_the_backup_completes() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg.psql("postgres", "checkpoint").unwrap();
+    let rel = pg
+        .psql(
+            "postgres",
+            "select pg_relation_filepath('pgbench_accounts')",
+        )
+        .unwrap();
+    drop(stop);
+    pg.stop().unwrap();
+    // Damage the data area of block 3 behind PostgreSQL's back.
+    let path = pg.datadir.join(&rel);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[3 * 8192 + 4000] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    let b = backup_json(&env, &["--type", "full"]);
+    let bad = b["bad_pages"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{b}");
+    assert_eq!(bad[0]["file"], rel.as_str());
+    assert_eq!(bad[0]["blocks"], serde_json::json!([3]));
+    let info = env.pgbunker(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(doc["clusters"][0]["backups"][0]["bad_pages"], 1);
+}
+
+#[test]
+fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "12", "-q"]).unwrap();
+    // Random-ish data that does not compress away, so the backup takes a while.
+    pg.psql("postgres", "create table noise as select g, md5(g::text) || md5((g*7)::text) as v from generate_series(1, 400000) g").unwrap();
+    let packs_dir = env.path().join("repo/packs");
+    let mut child = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--progress",
+            "never",
+            "backup",
+            "--type",
+            "full",
+        ])
+        .spawn()
+        .unwrap();
+    // Kill it once at least one pack is uploaded.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let packs = walk_count(&packs_dir);
+        if packs >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pack uploaded");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it could be killed; make the data bigger"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // runuser forwards SIGKILL poorly: kill the real pgbunker process by its command line.
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("{} --config", env.bin.display())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+    let info = env.pgbunker(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        doc["clusters"][0]["backups"].as_array().unwrap().len(),
+        0,
+        "no manifest after a kill: {doc}"
+    );
+    // PostgreSQL ended the aborted non-exclusive backup with the session: a new one starts.
+    let b = backup_json(&env, &["--type", "full"]);
+    let s = &b["stats"];
+    assert!(
+        s["blocks_new"].as_u64().unwrap() < s["blocks"].as_u64().unwrap(),
+        "blocks uploaded by the killed backup are reused: {s}"
+    );
+    pg.psql("postgres", "create table after_kill as select 1 as x")
+        .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
+    let restored = env.restore_and_start("restored", None);
+    let _stop_restored = StopOnDrop(&restored);
+    assert_eq!(
+        restored
+            .psql("postgres", "select count(*) from noise")
+            .unwrap(),
+        "400000"
+    );
+    assert_eq!(
+        restored
+            .psql("postgres", "select x from after_kill")
+            .unwrap(),
+        "1"
+    );
+}
+
+fn walk_count(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk_count(&e.path())
+            } else {
+                usize::from(!e.file_name().to_string_lossy().starts_with('#'))
+            }
+        })
+        .sum()
+}
