@@ -28,6 +28,7 @@ pub mod info;
 pub mod pack;
 pub mod pg;
 pub mod progress;
+pub mod recovery;
 pub mod repo;
 pub mod restore;
 pub mod storage;

@@ -174,6 +174,23 @@ impl Spool {
         let _ = fs::remove_file(self.error_path(name));
     }
 
+    /// Removes acks of files PostgreSQL no longer lists as `.ready`: it was answered and
+    /// renamed them `.done` (PostgreSQL renames only after archive-push returned 0, so an ack
+    /// without its `.ready` file has been consumed). Keeps the spool from growing forever.
+    pub fn forget_consumed_acks(&self, ready: &[(WalFileName, u64)]) {
+        let ready: std::collections::HashSet<String> =
+            ready.iter().map(|(n, _)| n.to_string()).collect();
+        let Ok(entries) = fs::read_dir(self.root.join("ack")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.ends_with(".tmp") && !ready.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Forgets only the error (before waiting for a fresh attempt).
     pub fn clear_error(&self, name: &str) {
         let _ = fs::remove_file(self.error_path(name));
@@ -269,6 +286,7 @@ pub async fn run_pusher(
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
         let ready = ready_files(pg_wal)?;
+        spool.forget_consumed_acks(&ready);
         let todo: Vec<(WalFileName, u64)> = ready
             .iter()
             .filter(|(n, _)| spool.read_ack(&n.to_string()).is_none())

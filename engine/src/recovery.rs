@@ -1,0 +1,553 @@
+//! Point-in-time recovery: targets, timeline histories, and the WAL a restore needs.
+//!
+//! A restore to a target needs (a) a backup whose consistency point precedes the target on the
+//! target timeline's history and (b) every WAL segment from that backup's start to the target,
+//! switching timelines at the switch points the `.history` files record. [`plan`] works this
+//! out from the repository before anything is written, and names exactly what is missing, and
+//! the latest target that *is* reachable, when the target is not.
+//!
+//! Time targets: the segment holding a commit at time T is archived at or after T, so the WAL
+//! needed to reach T is everything up to the first segment (on the path) archived at or after T.
+//! If no segment was archived after T yet, T is not reachable from the archive.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::archive::push::WalPointer;
+use crate::backup::manifest::{self, Manifest};
+use crate::error::{Error, Result};
+use crate::repo::{layout, Repository};
+use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
+
+/// What to recover to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The end of the archive (PostgreSQL replays until archive-get says "absent").
+    EndOfArchive,
+    /// The backup's consistency point (`recovery_target = 'immediate'`).
+    Immediate,
+    /// A commit timestamp.
+    Time(OffsetDateTime),
+    /// An LSN.
+    Lsn(Lsn),
+    /// A transaction id.
+    Xid(u64),
+    /// A restore point name.
+    Name(String),
+}
+
+/// Which timeline to follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineTarget {
+    /// The newest timeline descending from the backup's.
+    Latest,
+    /// The backup's own timeline.
+    Current,
+    /// A specific timeline.
+    Id(u32),
+}
+
+/// Parses a target time; a timestamp without a time zone is refused, never guessed.
+pub fn parse_target_time(s: &str) -> Result<OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    let t = s.trim();
+    if let Ok(v) = OffsetDateTime::parse(t, &Rfc3339) {
+        return Ok(v);
+    }
+    // PostgreSQL style: "2026-11-24 07:10:00.123+00", "+05:30", "+0530".
+    let normalized = {
+        let mut v = t.replacen(' ', "T", 1);
+        if let Some(pos) = v.rfind(['+', '-']).filter(|p| *p > 10) {
+            let (head, off) = v.split_at(pos);
+            let digits: String = off[1..].chars().filter(|c| c.is_ascii_digit()).collect();
+            let off = match digits.len() {
+                2 => format!("{}{}:00", &off[..1], digits),
+                4 => format!("{}{}:{}", &off[..1], &digits[..2], &digits[2..]),
+                _ => off.to_string(),
+            };
+            v = format!("{head}{off}");
+        } else if let Some(head) = v.strip_suffix(" UTC").or_else(|| v.strip_suffix("UTC")) {
+            v = format!("{}Z", head.trim_end());
+        }
+        v
+    };
+    OffsetDateTime::parse(&normalized, &Rfc3339).map_err(|_| {
+        Error::Config(format!(
+            "--target-time {s:?}: not a timestamp with a time zone; write it like 2026-11-24 07:10:00+00 or \
+             2026-11-24T07:10:00Z (a bare timestamp is refused: the server's time zone would be a guess)"
+        ))
+    })
+}
+
+/// Formats a time as PostgreSQL reads `recovery_target_time`.
+pub fn pg_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// One line of a timeline history file: timeline `parent` ended at `switch_lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// The ancestor timeline.
+    pub parent: u32,
+    /// Where the child branched off it.
+    pub switch_lsn: Lsn,
+}
+
+/// Parses a `.history` file.
+pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let parent = parts.next()?.parse().ok()?;
+            let switch_lsn = parts.next()?.parse().ok()?;
+            Some(HistoryEntry { parent, switch_lsn })
+        })
+        .collect()
+}
+
+/// The archive of one cluster as the planner needs it: segments per timeline, histories.
+#[derive(Debug, Default)]
+pub struct ArchiveView {
+    /// Segment numbers archived per timeline.
+    pub segments: BTreeMap<u32, std::collections::BTreeSet<u64>>,
+    /// History file per timeline.
+    pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
+    /// Segment size.
+    pub seg_size: u64,
+}
+
+impl ArchiveView {
+    /// Lists the cluster's WAL pointers and reads its history files.
+    pub async fn load(repo: &Repository, cluster: &str, seg_size: u64) -> Result<Self> {
+        let mut v = ArchiveView {
+            seg_size,
+            ..Default::default()
+        };
+        for o in repo
+            .storage()
+            .list(&layout::wal_pointer_prefix(cluster))
+            .await?
+        {
+            let Some((tli, name)) = layout::parse_wal_pointer(cluster, o.key.as_str()) else {
+                continue;
+            };
+            match name {
+                WalFileName::Segment { segno, .. } => {
+                    v.segments
+                        .entry(tli.0)
+                        .or_default()
+                        .insert(segno.absolute(seg_size));
+                }
+                WalFileName::History { .. } => {
+                    let text = crate::archive::get::get_wal_file(repo, cluster, &name).await?;
+                    v.histories
+                        .insert(tli.0, parse_history(&String::from_utf8_lossy(&text)));
+                }
+                _ => {}
+            }
+        }
+        Ok(v)
+    }
+
+    /// The ancestry of `tli`: (timeline, end LSN or None for the last), oldest first.
+    pub fn path_to(&self, tli: u32) -> Vec<(u32, Option<Lsn>)> {
+        let mut path: Vec<(u32, Option<Lsn>)> = self
+            .histories
+            .get(&tli)
+            .map(|h| h.iter().map(|e| (e.parent, Some(e.switch_lsn))).collect())
+            .unwrap_or_default();
+        path.push((tli, None));
+        path
+    }
+
+    /// The newest timeline whose ancestry includes `base` at or after `lsn`.
+    pub fn latest_descendant(&self, base: u32, lsn: Lsn) -> u32 {
+        let mut best = base;
+        let candidates = self
+            .segments
+            .keys()
+            .chain(self.histories.keys())
+            .copied()
+            .collect::<Vec<_>>();
+        for t in candidates {
+            if t > best
+                && self
+                    .path_to(t)
+                    .iter()
+                    .any(|(p, end)| *p == base && end.is_none_or(|e| e >= lsn))
+            {
+                best = t;
+            }
+        }
+        best
+    }
+
+    fn name(&self, tli: u32, segno: u64) -> WalFileName {
+        WalFileName::Segment {
+            tli: TimelineId(tli),
+            segno: SegmentNo::from_absolute(segno, self.seg_size),
+        }
+    }
+
+    /// Segments needed from `start` (on the path to `tli`) up to and including segment `end`
+    /// of the last timeline: (timeline, segno) in replay order.
+    pub fn needed(&self, tli: u32, start: Lsn, end_segno_on_last: Option<u64>) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        let mut seg = start.segment_no(self.seg_size);
+        for (t, switch) in self.path_to(tli) {
+            let last = match switch {
+                Some(sw) => {
+                    if sw.segment_no(self.seg_size) < seg {
+                        continue; // this ancestor ended before the backup started
+                    }
+                    sw.segment_no(self.seg_size)
+                }
+                None => match end_segno_on_last {
+                    Some(e) => e,
+                    None => self
+                        .segments
+                        .get(&t)
+                        .and_then(|s| s.iter().next_back().copied())
+                        .unwrap_or(seg),
+                },
+            };
+            while seg <= last {
+                out.push((t, seg));
+                seg += 1;
+            }
+            // The switch segment is replayed from the child timeline.
+            if switch.is_some() {
+                seg = last;
+                out.pop();
+            }
+        }
+        out
+    }
+
+    /// The first needed segment that is not archived.
+    pub fn first_missing(&self, needed: &[(u32, u64)]) -> Option<WalFileName> {
+        needed
+            .iter()
+            .find(|(t, s)| !self.segments.get(t).is_some_and(|set| set.contains(s)))
+            .map(|(t, s)| self.name(*t, *s))
+    }
+}
+
+/// The restore plan, computed before anything is written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Chosen backup.
+    pub backup_id: String,
+    /// Why it was chosen.
+    pub reason: String,
+    /// Timeline recovery follows.
+    pub timeline: u32,
+    /// First WAL file needed.
+    pub first_wal: String,
+    /// Last WAL file known to be needed.
+    pub last_wal: String,
+    /// Segments to fetch.
+    pub wal_segments: u64,
+    /// Bytes of files to restore.
+    pub restore_bytes: u64,
+}
+
+async fn pointer_time(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+) -> Result<Option<OffsetDateTime>> {
+    match repo
+        .storage()
+        .get(&layout::wal_pointer(cluster, name))
+        .await
+    {
+        Ok(raw) => {
+            let p: WalPointer = serde_json::from_slice(&raw).map_err(|e| {
+                Error::corrupt(
+                    layout::wal_pointer(cluster, name).to_string(),
+                    e.to_string(),
+                )
+            })?;
+            Ok(OffsetDateTime::parse(
+                &p.archived_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok())
+        }
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339")
+}
+
+fn stop_time(m: &Manifest) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(&m.stop_time, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Chooses the backup and checks the WAL to the target is continuous.
+pub async fn plan(
+    repo: &Repository,
+    cluster: &str,
+    backup: Option<&str>,
+    target: &Target,
+    timeline: TimelineTarget,
+) -> Result<(Manifest, Plan)> {
+    let ids = manifest::list_ids(repo, cluster).await?;
+    if ids.is_empty() {
+        return Err(Error::NotFound(format!(
+            "cluster {cluster:?} has no backup yet: run `pgbunker backup` first"
+        )));
+    }
+    let record = crate::archive::push::read_cluster_record(repo, cluster).await?;
+    let seg_size = record
+        .map(|r| r.wal_segment_size)
+        .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
+    let view = ArchiveView::load(repo, cluster, seg_size).await?;
+
+    // Candidates newest first.
+    let mut chosen: Option<(Manifest, String)> = None;
+    let mut oldest: Option<Manifest> = None;
+    for id in ids.iter().rev() {
+        if let Some(b) = backup {
+            if b != id {
+                continue;
+            }
+        }
+        let m = manifest::load(repo, cluster, id).await?;
+        let tli = resolve_timeline(&view, timeline, &m);
+        let on_path = view
+            .path_to(tli)
+            .iter()
+            .any(|(t, end)| *t == m.timeline && end.is_none_or(|e| e >= m.stop_lsn));
+        let fits = match target {
+            Target::Time(t) => stop_time(&m).is_some_and(|s| s < *t),
+            Target::Lsn(l) => m.stop_lsn <= *l,
+            _ => true,
+        };
+        if backup.is_some() {
+            if !fits {
+                return Err(Error::Config(format!(
+                    "backup {id} is not usable for this target: its consistency point ({}, lsn {}) is not before the target",
+                    m.stop_time, m.stop_lsn
+                )));
+            }
+            chosen = Some((m, "requested with --backup".into()));
+            break;
+        }
+        if fits && on_path {
+            let why = match target {
+                Target::Time(t) => format!("newest backup whose consistency point ({}) precedes {}", m.stop_time, rfc3339(*t)),
+                Target::Lsn(l) => format!("newest backup whose consistency point (lsn {}) precedes lsn {l}", m.stop_lsn),
+                Target::Xid(_) | Target::Name(_) => {
+                    "newest backup (an xid or restore point cannot be placed before replay; use --backup to pick an older one)".into()
+                }
+                Target::EndOfArchive | Target::Immediate => "newest backup".into(),
+            };
+            chosen = Some((m, why));
+            break;
+        }
+        oldest = Some(m);
+    }
+    let Some((m, reason)) = chosen else {
+        if let Some(b) = backup {
+            return Err(Error::NotFound(format!(
+                "backup {b} not found in cluster {cluster:?}; see `pgbunker info`"
+            )));
+        }
+        let o = oldest.expect("at least one backup");
+        return Err(Error::Config(format!(
+            "no backup precedes the target: the oldest backup {} is consistent at {} (lsn {}); that is the earliest reachable target",
+            o.id, o.stop_time, o.stop_lsn
+        )));
+    };
+    let tli = resolve_timeline(&view, timeline, &m);
+    // How far the WAL must reach on the last timeline.
+    let end_seg: Option<u64> = match target {
+        Target::Lsn(l) => Some(l.segment_no(seg_size)),
+        Target::Immediate => Some(m.stop_lsn.segment_no(seg_size)),
+        Target::Time(t) => {
+            let all = view.needed(tli, m.start_lsn, None);
+            let mut found = None;
+            for (tl, s) in &all {
+                let name = view.name(*tl, *s);
+                match pointer_time(repo, cluster, &name).await? {
+                    Some(at) if at >= *t => {
+                        found = Some(*s);
+                        break;
+                    }
+                    None => break, // a gap: reported below
+                    _ => {}
+                }
+            }
+            match found {
+                Some(s) => Some(s),
+                None => {
+                    let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
+                    return Err(Error::Config(format!(
+                        "target time {} is not reachable: the archive has no WAL written after it{}. {reachable}",
+                        rfc3339(*t),
+                        view.first_missing(&all).map(|n| format!(" (first missing segment {n})")).unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        // End of archive, xid, name: at least the backup's consistency WAL.
+        _ => None,
+    };
+    let mut needed = view.needed(tli, m.start_lsn, end_seg);
+    let stop_seg = m.stop_lsn.segment_no(seg_size);
+    if needed.iter().all(|(_, s)| *s < stop_seg) {
+        needed = view.needed(tli, m.start_lsn, Some(stop_seg.max(end_seg.unwrap_or(0))));
+    }
+    if let Some(missing) = view.first_missing(&needed) {
+        let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
+        return Err(Error::Config(format!(
+            "target not reachable from backup {}: WAL segment {missing} is missing from the archive (timeline {tli}). {reachable}",
+            m.id
+        )));
+    }
+    if let (Target::EndOfArchive, None) = (target, end_seg) {
+        // Until the first gap: PostgreSQL stops there, which is the end of the archive it sees.
+        let all = view.needed(tli, m.start_lsn, None);
+        let cut = all
+            .iter()
+            .position(|(t, s)| !view.segments.get(t).is_some_and(|set| set.contains(s)));
+        needed = all[..cut.unwrap_or(all.len())].to_vec();
+    }
+    let first = needed
+        .first()
+        .map(|(t, s)| view.name(*t, *s).to_string())
+        .unwrap_or_default();
+    let last = needed
+        .last()
+        .map(|(t, s)| view.name(*t, *s).to_string())
+        .unwrap_or_default();
+    let plan = Plan {
+        backup_id: m.id.clone(),
+        reason,
+        timeline: tli,
+        first_wal: first,
+        last_wal: last,
+        wal_segments: needed.len() as u64,
+        restore_bytes: m.stats.size,
+    };
+    Ok((m, plan))
+}
+
+fn resolve_timeline(view: &ArchiveView, t: TimelineTarget, m: &Manifest) -> u32 {
+    match t {
+        TimelineTarget::Current => m.timeline,
+        TimelineTarget::Id(n) => n,
+        TimelineTarget::Latest => view.latest_descendant(m.timeline, m.stop_lsn),
+    }
+}
+
+/// "The latest reachable point is ..." for error messages.
+async fn reachable_end(
+    repo: &Repository,
+    cluster: &str,
+    view: &ArchiveView,
+    tli: u32,
+    m: &Manifest,
+) -> Result<String> {
+    let all = view.needed(tli, m.start_lsn, None);
+    let mut last = None;
+    for (t, s) in &all {
+        if !view.segments.get(t).is_some_and(|set| set.contains(s)) {
+            break;
+        }
+        last = Some(view.name(*t, *s));
+    }
+    Ok(match last {
+        Some(name)
+            if name.segment().map(|s| s.absolute(view.seg_size))
+                >= Some(m.stop_lsn.segment_no(view.seg_size)) =>
+        {
+            let when = pointer_time(repo, cluster, &name)
+                .await?
+                .map(rfc3339)
+                .unwrap_or_else(|| "?".into());
+            format!(
+                "The latest reachable target from backup {} is the end of {name} (archived {when}); the earliest is its consistency point {} (lsn {})",
+                m.id, m.stop_time, m.stop_lsn
+            )
+        }
+        _ => format!(
+            "Backup {} itself is not restorable: the WAL up to its consistency point is incomplete",
+            m.id
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_times_need_a_zone() {
+        assert!(parse_target_time("2026-11-24 07:10:00").is_err());
+        assert!(parse_target_time("2026-11-24").is_err());
+        let a = parse_target_time("2026-11-24 07:10:00+00").unwrap();
+        let b = parse_target_time("2026-11-24T07:10:00Z").unwrap();
+        let c = parse_target_time("2026-11-24 09:10:00+0200").unwrap();
+        let d = parse_target_time("2026-11-24 12:40:00.000+05:30").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+        assert_eq!(a, d);
+        assert_eq!(pg_time(c), "2026-11-24 07:10:00.000000+00");
+    }
+
+    #[test]
+    fn history_paths_switch_timelines_at_the_switch_point() {
+        let seg = 16u64 << 20;
+        let mut v = ArchiveView {
+            seg_size: seg,
+            ..Default::default()
+        };
+        v.histories.insert(
+            2,
+            parse_history("1\t0/5000100\tno recovery target specified\n"),
+        );
+        v.histories
+            .insert(3, parse_history("1\t0/5000100\tx\n2\t0/8000000\ty\n"));
+        for s in 1..=5 {
+            v.segments.entry(1).or_default().insert(s);
+        }
+        for s in 5..=9 {
+            v.segments.entry(2).or_default().insert(s);
+        }
+        let start: Lsn = "0/2000028".parse().unwrap();
+        let needed = v.needed(2, start, Some(7));
+        assert_eq!(needed, vec![(1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (2, 7)]);
+        assert_eq!(v.first_missing(&needed), None);
+        assert_eq!(v.latest_descendant(1, "0/3000000".parse().unwrap()), 3);
+        assert_eq!(
+            v.latest_descendant(1, "0/6000000".parse().unwrap()),
+            1,
+            "a backup after the fork is not on timeline 2's path"
+        );
+        let to3 = v.needed(3, start, Some(9));
+        assert_eq!(
+            v.first_missing(&to3).unwrap().to_string(),
+            "000000030000000000000008"
+        );
+    }
+}
