@@ -108,18 +108,24 @@ fresh_pgbackrest() { # $1 = async y|n
     echo "archive-async=$1" >> "$W/pgbackrest.conf"
 }
 push_all() { # $1 = tool; pushes every segment like PostgreSQL would; prints elapsed ns
-    local start end s
-    start=$(now_ns)
-    for s in "${SEGS[@]}"; do
-        if [ "$1" = pgbunker ]; then
-            (cd "$W/pg" && as_pg "$W/bin/pgbunker" --config "$W/pgbunker.toml" archive-push "pg_wal/$s")
-        else
-            (cd "$W/pg" && as_pg pgbackrest --config="$W/pgbackrest.conf" --stanza=bench archive-push "$W/pg/pg_wal/$s")
-        fi
-        [ -e "$W/pg/pg_wal/archive_status/$s.ready" ] && as_pg mv "$W/pg/pg_wal/archive_status/$s.ready" "$W/pg/pg_wal/archive_status/$s.done"
-    done
-    end=$(now_ns)
-    echo $(( end - start ))
+    # One shell as the postgres user runs the loop, as PostgreSQL's archiver would (it calls
+    # archive_command through sh -c and renames .ready to .done itself).
+    local cmd
+    if [ "$1" = pgbunker ]; then
+        cmd="'$W/bin/pgbunker' --config '$W/pgbunker.toml' archive-push pg_wal/\$s"
+    else
+        cmd="pgbackrest --config='$W/pgbackrest.conf' --stanza=bench archive-push '$W/pg/pg_wal/'\$s"
+    fi
+    as_pg bash -c "
+        cd '$W/pg'
+        start=\$(date +%s%N)
+        for s in ${SEGS[*]}; do
+            sh -c \"$cmd\" || exit 1
+            [ -e pg_wal/archive_status/\$s.ready ] && mv pg_wal/archive_status/\$s.ready pg_wal/archive_status/\$s.done
+        done
+        end=\$(date +%s%N)
+        echo \$(( end - start ))
+    "
 }
 min() { if [ -z "$1" ] || [ "$2" -lt "$1" ]; then echo "$2"; else echo "$1"; fi; }
 

@@ -129,22 +129,25 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
         output: OutputFormat,
     },
 
-    /// Restore a backup into an empty directory, set up to replay the archive to its end.
+    /// Restore a backup, to the end of the archive or to a point in time.
     #[command(after_help = "Examples:
-  pgbunker restore --pgdata /var/lib/postgresql/15/restored
-  pgbunker restore --pgdata /srv/pg --backup 20261124-070000F
-Writes backup_label, recovery.signal and restore_command (pgbunker archive-get) so PostgreSQL
-replays the archived WAL when started.")]
-    Restore {
-        /// Target data directory (must not exist or be empty).
-        #[arg(long)]
-        pgdata: PathBuf,
-        /// Backup id (default: the newest).
-        #[arg(long)]
-        backup: Option<String>,
-        /// Files restored in parallel.
-        #[arg(long)]
-        jobs: Option<usize>,
+  pgbunker restore --pgdata /srv/pg --target-time '2026-11-24 07:10:00+00' --target-action promote
+  pgbunker restore --pgdata /srv/pg --target-lsn 0/3000060
+  pgbunker restore --pgdata /srv/pg --target-name before_migration --dry-run
+  pgbunker restore --pgdata /srv/pg --delta            # reuse what is already in /srv/pg
+  pgbunker restore --pgdata /srv/replica --type standby
+Before writing anything, checks the backup is intact and the WAL from it to the target is
+continuous; if not, names the missing segment and the latest reachable target.
+Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_resume() or promote.")]
+    Restore(Box<RestoreArgs>),
+
+    /// Create a named restore point (pg_create_restore_point) to recover to later.
+    #[command(after_help = "Examples:
+  pgbunker restore-point before_migration
+  pgbunker restore --pgdata /srv/pg --target-name before_migration")]
+    RestorePoint {
+        /// Restore point name.
+        name: String,
     },
 
     /// Check configuration, PostgreSQL settings, repository access and WAL archiving.
@@ -183,4 +186,57 @@ Forces a WAL switch and waits until that segment is in the repository.")]
         #[arg(long)]
         pg_wal: PathBuf,
     },
+}
+
+/// Arguments of `pgbunker restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Target data directory (must not exist or be empty, unless --delta).
+    #[arg(long)]
+    pub pgdata: PathBuf,
+    /// Backup id (default: the newest whose consistency point precedes the target).
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Files restored in parallel.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Recover to this commit time (with a time zone: 2026-11-24 07:10:00+00).
+    #[arg(long)]
+    pub target_time: Option<String>,
+    /// Recover to this LSN.
+    #[arg(long)]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long)]
+    pub target_xid: Option<u64>,
+    /// Recover to this restore point (pgbunker restore-point NAME).
+    #[arg(long)]
+    pub target_name: Option<String>,
+    /// `immediate`: stop as soon as the backup is consistent.
+    #[arg(long = "target", value_parser = ["immediate"])]
+    pub target_immediate: Option<String>,
+    /// Stop just before the target instead of just after it.
+    #[arg(long)]
+    pub target_exclusive: bool,
+    /// What PostgreSQL does at the target: promote, pause (PostgreSQL's default) or shutdown.
+    #[arg(long, value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: Option<String>,
+    /// Timeline to follow: latest (default), current, or a number.
+    #[arg(long, default_value = "latest")]
+    pub target_timeline: String,
+    /// `standby`: write standby.signal and follow the archive, no target.
+    #[arg(long = "type", value_parser = ["default", "standby"], default_value = "default")]
+    pub restore_type: String,
+    /// Only check and print the plan (backup, WAL range, bytes); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Reuse an existing data directory (PostgreSQL stopped), rewriting only what differs.
+    #[arg(long)]
+    pub delta: bool,
+    /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Restore every tablespace under DIR/<oid>.
+    #[arg(long, value_name = "DIR")]
+    pub tablespace_map_all: Option<PathBuf>,
 }

@@ -198,7 +198,7 @@ impl Settings {
                 as i32;
         let block_size = parse_size(take("backup", "block_size"), "backup.block_size")?
             .unwrap_or(64 << 10) as usize;
-        if block_size % 8192 != 0 || !(8192..=16 << 20).contains(&block_size) {
+        if !block_size.is_multiple_of(8192) || !(8192..=16 << 20).contains(&block_size) {
             return Err(Failure::usage(format!(
                 "backup.block_size = {block_size}: use a multiple of 8KiB between 8KiB and 16MiB"
             )));

@@ -213,13 +213,67 @@ impl Codec {
         out
     }
 
+    /// Seals a large buffer using every core: the keyed hash runs alongside zstd compression of
+    /// equal parts (independent zstd frames, concatenated, which decoders read as one stream).
+    /// Returns the content id and the sealed object.
+    pub fn seal_parallel(
+        &self,
+        kind: ObjectKind,
+        context: &[u8],
+        data: &[u8],
+        level: i32,
+    ) -> (ContentId, Vec<u8>) {
+        // A few parts per thread so work stealing balances the hash against compression.
+        let parts = (rayon::current_num_threads() * 4).clamp(1, 16);
+        let part_len = data.len().div_ceil(parts).max(1);
+        let (id, compressed) = rayon::join(
+            || {
+                let mut h = blake3::Hasher::new_keyed(&self.keys.id_key);
+                h.update(data);
+                ContentId(*h.finalize().as_bytes())
+            },
+            || {
+                use rayon::prelude::*;
+                data.par_chunks(part_len)
+                    .map(|chunk| {
+                        let mut c = zstd::bulk::Compressor::new(level).ok()?;
+                        let mut out =
+                            Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
+                        c.compress_to_buffer(chunk, &mut out).ok()?;
+                        Some(out)
+                    })
+                    .collect::<Option<Vec<Vec<u8>>>>()
+            },
+        );
+        let body_len: usize = compressed.iter().flatten().map(Vec::len).sum();
+        match compressed {
+            Some(frames) if level > 0 && body_len + data.len() / 32 < data.len() => {
+                let mut out = Vec::with_capacity(HEADER_LEN + body_len + CHECKSUM_LEN);
+                out.resize(HEADER_LEN, 0);
+                for f in &frames {
+                    out.extend_from_slice(f);
+                }
+                drop(frames);
+                (id, self.seal_prepared(kind, &id, context, out, true))
+            }
+            _ => (id, self.seal(kind, &id, context, data, 0)),
+        }
+    }
+
     /// Starts a streaming seal: feed plaintext in chunks, get the content id and the sealed
     /// object at the end. Only the compressed output is held in memory.
     pub fn seal_stream(&self, kind: ObjectKind, level: i32) -> SealStream<'_> {
         let mut out = Vec::with_capacity(1 << 20);
         out.resize(HEADER_LEN, 0);
-        let encoder =
+        let mut encoder =
             zstd::stream::write::Encoder::new(out, level).expect("zstd encoder with a valid level");
+        // zstd's own worker threads compress while this thread hashes: both cores busy.
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1) as u32;
+        if workers > 1 {
+            let _ = encoder.multithread(workers);
+        }
         SealStream {
             codec: self,
             kind,
@@ -315,7 +369,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// A seal in progress (see [`Codec::seal_stream`]).
 ///
-/// Each chunk is hashed (keyed BLAKE3) and compressed at the same time on two rayon threads,
+/// Each chunk is hashed (keyed BLAKE3) on the calling thread while zstd's worker threads
+/// compress it,
 /// so a 16 MiB WAL segment is read once, in chunks, and never held whole in memory.
 pub struct SealStream<'a> {
     codec: &'a Codec,
@@ -348,13 +403,10 @@ impl SealStream<'_> {
     /// Feeds the next chunk.
     pub fn update(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
-        let (hasher, encoder) = (&mut self.hasher, &mut self.encoder);
-        let ((), written) = rayon::join(
-            || {
-                hasher.update(chunk);
-            },
-            || encoder.write_all(chunk),
-        );
+        // With workers, write_all hands the chunk to zstd's threads and returns; hashing here
+        // overlaps with their compression.
+        let written = self.encoder.write_all(chunk);
+        self.hasher.update(chunk);
         self.raw_len += chunk.len() as u64;
         written
     }
@@ -535,6 +587,27 @@ mod tests {
             s.finish(b"n").unwrap(),
             StreamOutcome::Incompressible { .. }
         ));
+    }
+
+    #[test]
+    fn parallel_seal_matches_the_one_shot_id_and_opens() {
+        let c = codec(true);
+        let data: Vec<u8> = (0..5_000_001u32).map(|i| (i / 3000 % 11) as u8).collect();
+        let (id, sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &data, 1);
+        assert_eq!(id, c.content_id(&data));
+        assert!(sealed.len() < data.len() / 10);
+        assert_eq!(c.open(ObjectKind::Wal, &id, b"n", &sealed).unwrap(), data);
+        let mut random = vec![0u8; 300_000];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        let (rid, rsealed) = c.seal_parallel(ObjectKind::Wal, b"n", &random, 1);
+        assert!(
+            rsealed.len() > random.len(),
+            "incompressible data is stored raw"
+        );
+        assert_eq!(
+            c.open(ObjectKind::Wal, &rid, b"n", &rsealed).unwrap(),
+            random
+        );
     }
 
     #[test]

@@ -322,6 +322,13 @@ pub async fn plan(
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
     let view = ArchiveView::load(repo, cluster, seg_size).await?;
 
+    // A restore point pgbunker recorded places a name target like an LSN.
+    let named_lsn = match target {
+        Target::Name(n) => crate::backup::read_restore_point(repo, cluster, n)
+            .await?
+            .map(|rp| rp.lsn),
+        _ => None,
+    };
     // Candidates newest first.
     let mut chosen: Option<(Manifest, String)> = None;
     let mut oldest: Option<Manifest> = None;
@@ -340,6 +347,8 @@ pub async fn plan(
         let fits = match target {
             Target::Time(t) => stop_time(&m).is_some_and(|s| s < *t),
             Target::Lsn(l) => m.stop_lsn <= *l,
+            Target::Xid(x) => m.xmin_after_stop.is_none_or(|xmin| *x >= xmin),
+            Target::Name(_) => named_lsn.is_none_or(|l| m.stop_lsn <= l),
             _ => true,
         };
         if backup.is_some() {
@@ -356,9 +365,14 @@ pub async fn plan(
             let why = match target {
                 Target::Time(t) => format!("newest backup whose consistency point ({}) precedes {}", m.stop_time, rfc3339(*t)),
                 Target::Lsn(l) => format!("newest backup whose consistency point (lsn {}) precedes lsn {l}", m.stop_lsn),
-                Target::Xid(_) | Target::Name(_) => {
-                    "newest backup (an xid or restore point cannot be placed before replay; use --backup to pick an older one)".into()
-                }
+                Target::Xid(x) => format!(
+                    "newest backup consistent before transaction {x} committed (oldest running xid after its stop: {})",
+                    m.xmin_after_stop.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
+                ),
+                Target::Name(n) => match named_lsn {
+                    Some(l) => format!("newest backup whose consistency point (lsn {}) precedes restore point {n:?} (lsn {l})", m.stop_lsn),
+                    None => format!("newest backup (restore point {n:?} was not created through pgbunker, so its position is unknown before replay)"),
+                },
                 Target::EndOfArchive | Target::Immediate => "newest backup".into(),
             };
             chosen = Some((m, why));
@@ -382,6 +396,7 @@ pub async fn plan(
     // How far the WAL must reach on the last timeline.
     let end_seg: Option<u64> = match target {
         Target::Lsn(l) => Some(l.segment_no(seg_size)),
+        Target::Name(_) if named_lsn.is_some() => named_lsn.map(|l| l.segment_no(seg_size)),
         Target::Immediate => Some(m.stop_lsn.segment_no(seg_size)),
         Target::Time(t) => {
             let all = view.needed(tli, m.start_lsn, None);
@@ -412,26 +427,32 @@ pub async fn plan(
         // End of archive, xid, name: at least the backup's consistency WAL.
         _ => None,
     };
-    let mut needed = view.needed(tli, m.start_lsn, end_seg);
+    // What must be present: from the backup's start to the target's segment (or, when the
+    // target's position is unknown before replay, to the backup's consistency point).
     let stop_seg = m.stop_lsn.segment_no(seg_size);
-    if needed.iter().all(|(_, s)| *s < stop_seg) {
-        needed = view.needed(tli, m.start_lsn, Some(stop_seg.max(end_seg.unwrap_or(0))));
-    }
-    if let Some(missing) = view.first_missing(&needed) {
+    let required = view.needed(
+        tli,
+        m.start_lsn,
+        Some(end_seg.unwrap_or(stop_seg).max(stop_seg)),
+    );
+    if let Some(missing) = view.first_missing(&required) {
         let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
         return Err(Error::Config(format!(
             "target not reachable from backup {}: WAL segment {missing} is missing from the archive (timeline {tli}). {reachable}",
             m.id
         )));
     }
-    if let (Target::EndOfArchive, None) = (target, end_seg) {
-        // Until the first gap: PostgreSQL stops there, which is the end of the archive it sees.
-        let all = view.needed(tli, m.start_lsn, None);
-        let cut = all
-            .iter()
-            .position(|(t, s)| !view.segments.get(t).is_some_and(|set| set.contains(s)));
-        needed = all[..cut.unwrap_or(all.len())].to_vec();
-    }
+    let needed = match end_seg {
+        Some(_) => required,
+        None => {
+            // Replay continues until the first gap: PostgreSQL sees that as the end of the archive.
+            let all = view.needed(tli, m.start_lsn, None);
+            let cut = all
+                .iter()
+                .position(|(t, s)| !view.segments.get(t).is_some_and(|set| set.contains(s)));
+            all[..cut.unwrap_or(all.len())].to_vec()
+        }
+    };
     let first = needed
         .first()
         .map(|(t, s)| view.name(*t, *s).to_string())

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::index::IndexEntry;
 use crate::pack::open_block;
 use crate::progress::Progress;
+use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
 
 /// Largest single range read.
@@ -45,11 +46,58 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// Restore recorded ownership (only meaningful as root).
     pub restore_owner: bool,
+    /// Recovery target.
+    pub target_spec: Target,
+    /// Stop just before the target instead of just after (`recovery_target_inclusive = off`).
+    pub target_exclusive: bool,
+    /// `recovery_target_action` (`None`: PostgreSQL's default, pause).
+    pub target_action: Option<String>,
+    /// Timeline to follow.
+    pub target_timeline: TimelineTarget,
+    /// Restore as a standby (`standby.signal`, no target).
+    pub standby: bool,
+    /// Only plan and check; write nothing.
+    pub dry_run: bool,
+    /// Reuse an existing data directory, rewriting only blocks that differ.
+    pub delta: bool,
+    /// Tablespace locations by OID, replacing the recorded ones.
+    pub tablespace_map: Vec<(u32, PathBuf)>,
+    /// Put every tablespace under this directory (`DIR/<oid>`).
+    pub tablespace_map_all: Option<PathBuf>,
+}
+
+impl RestoreOptions {
+    /// Options for a plain restore to the end of the archive.
+    pub fn new(cluster: &str, target: PathBuf, restore_command: String) -> Self {
+        RestoreOptions {
+            cluster: cluster.to_string(),
+            backup: None,
+            target,
+            jobs: 2,
+            restore_command,
+            restore_owner: false,
+            target_spec: Target::EndOfArchive,
+            target_exclusive: false,
+            target_action: None,
+            target_timeline: TimelineTarget::Latest,
+            standby: false,
+            dry_run: false,
+            delta: false,
+            tablespace_map: Vec::new(),
+            tablespace_map_all: None,
+        }
+    }
 }
 
 /// What a restore did.
 #[derive(Debug, Clone)]
 pub struct RestoreSummary {
+    /// The plan it followed.
+    pub plan: Plan,
+    /// Bytes already right in the target (delta restore).
+    pub bytes_reused: u64,
+    /// Files removed because the backup does not have them (delta restore).
+    pub files_removed: u64,
     /// Backup restored.
     pub backup_id: String,
     /// Files written.
@@ -140,14 +188,43 @@ pub async fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let started = Instant::now();
-    let m = choose_backup(repo, &opts.cluster, opts.backup.as_deref()).await?;
+    if opts.standby && opts.target_spec != Target::EndOfArchive {
+        return Err(Error::Config(
+            "--type standby takes no recovery target: a standby follows the archive".into(),
+        ));
+    }
+    let (mut m, plan) = recovery::plan(
+        repo,
+        &opts.cluster,
+        opts.backup.as_deref(),
+        &opts.target_spec,
+        opts.target_timeline,
+    )
+    .await?;
     let index = Arc::new(preflight(repo, &m).await?);
-    ensure_empty_dir(&opts.target, "target directory")?;
+    if opts.dry_run {
+        return Ok(RestoreSummary {
+            plan,
+            bytes_reused: 0,
+            files_removed: 0,
+            backup_id: m.id.clone(),
+            files: 0,
+            bytes: 0,
+            seconds: 0.0,
+        });
+    }
+    remap_tablespaces(&mut m, opts)?;
+    if opts.delta {
+        refuse_running_postmaster(&opts.target)?;
+        std::fs::create_dir_all(&opts.target).map_err(|e| io(&opts.target, e))?;
+    } else {
+        ensure_empty_dir(&opts.target, "target directory")?;
+        for t in &m.tablespaces {
+            ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?;
+        }
+    }
     std::fs::set_permissions(&opts.target, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io(&opts.target, e))?;
-    for t in &m.tablespaces {
-        ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?;
-    }
     for d in &m.directories {
         let path = opts.target.join(&d.path);
         let tablespace = d
@@ -155,7 +232,22 @@ pub async fn restore(
             .strip_prefix("pg_tblspc/")
             .and_then(|oid| oid.parse::<u32>().ok());
         match tablespace.and_then(|oid| m.tablespaces.iter().find(|t| t.oid == oid)) {
-            Some(t) => std::os::unix::fs::symlink(&t.location, &path).map_err(|e| io(&path, e))?,
+            Some(t) => {
+                std::fs::create_dir_all(&t.location).map_err(|e| io(&t.location, e))?;
+                match std::fs::read_link(&path) {
+                    Ok(existing) if existing == t.location => {}
+                    Ok(_) => {
+                        std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+                        std::os::unix::fs::symlink(&t.location, &path).map_err(|e| io(&path, e))?;
+                    }
+                    Err(_) => {
+                        if path.is_dir() {
+                            std::fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+                        }
+                        std::os::unix::fs::symlink(&t.location, &path).map_err(|e| io(&path, e))?;
+                    }
+                }
+            }
             None => {
                 std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.mode))
@@ -163,9 +255,16 @@ pub async fn restore(
             }
         }
     }
+    let files_removed = if opts.delta {
+        remove_extra_files(&m, &opts.target)?
+    } else {
+        0
+    };
     let total: u64 = m.files.iter().map(|f| f.size).sum();
     progress.phase("restore", Some(total));
     let files = Arc::new(m.files.clone());
+    let delta = opts.delta;
+    let block_size = m.block_size as u64;
     let mut writes = futures::stream::iter(0..files.len())
         .map(|i| {
             let files = files.clone();
@@ -173,18 +272,20 @@ pub async fn restore(
             let target = opts.target.clone();
             async move {
                 let f = &files[i];
-                restore_file(repo, &index, &target.join(&f.path), f, m.block_size as u64)
+                restore_file(repo, &index, &target.join(&f.path), f, block_size, delta)
                     .await
-                    .map(|_| f.size)
+                    .map(|reused| (f.size, reused))
             }
         })
         .buffer_unordered(opts.jobs.max(1));
-    let mut bytes = 0;
+    let (mut bytes, mut bytes_reused) = (0, 0);
     while let Some(r) = writes.next().await {
-        let n = r?;
+        let (n, reused) = r?;
         bytes += n;
-        progress.advance(n, 0);
+        bytes_reused += reused;
+        progress.advance(n, n - reused);
     }
+    drop(writes);
     write_recovery_files(&m, opts)?;
     if opts.restore_owner {
         restore_ownership(&m, &opts.target)?;
@@ -195,11 +296,108 @@ pub async fn restore(
     sync_dir(&opts.target)?;
     progress.finish();
     Ok(RestoreSummary {
+        plan,
+        bytes_reused,
+        files_removed,
         backup_id: m.id.clone(),
         files: m.files.len() as u64,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Applies `--tablespace-map` / `--tablespace-map-all` to the manifest's tablespaces and its
+/// `tablespace_map` text (which PostgreSQL reads at startup to recreate the links).
+fn remap_tablespaces(m: &mut Manifest, opts: &RestoreOptions) -> Result<()> {
+    for (oid, _) in &opts.tablespace_map {
+        if !m.tablespaces.iter().any(|t| t.oid == *oid) {
+            let known: Vec<String> = m.tablespaces.iter().map(|t| t.oid.to_string()).collect();
+            return Err(Error::Config(format!(
+                "--tablespace-map {oid}=...: backup {} has no tablespace {oid} (it has: {})",
+                m.id,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+    }
+    for t in &mut m.tablespaces {
+        if let Some((_, dir)) = opts.tablespace_map.iter().find(|(oid, _)| *oid == t.oid) {
+            t.location = dir.clone();
+        } else if let Some(all) = &opts.tablespace_map_all {
+            t.location = all.join(t.oid.to_string());
+        }
+    }
+    if m.tablespace_map.is_some() {
+        let text: String = m
+            .tablespaces
+            .iter()
+            .map(|t| format!("{} {}\n", t.oid, t.location.display()))
+            .collect();
+        m.tablespace_map = Some(text);
+    }
+    Ok(())
+}
+
+/// Delta restore needs PostgreSQL stopped: refuse if `postmaster.pid` names a live process.
+fn refuse_running_postmaster(target: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(target.join("postmaster.pid")) else {
+        return Ok(());
+    };
+    if let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok())
+    {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(Error::Config(format!(
+                "{} is in use by a running PostgreSQL (postmaster.pid names live process {pid}); stop it before a delta restore",
+                target.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Delta restore: removes files and links under the target that the backup does not have.
+fn remove_extra_files(m: &Manifest, target: &Path) -> Result<u64> {
+    let keep: HashSet<&str> = m
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(m.directories.iter().map(|d| d.path.as_str()))
+        .collect();
+    let mut removed = 0;
+    let mut stack = vec![(target.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = e.file_type().map_err(|err| io(&e.path(), err))?;
+            if ft.is_dir() || (ft.is_symlink() && e.path().is_dir()) {
+                if keep.contains(path.as_str()) {
+                    stack.push((e.path(), path));
+                } else {
+                    if ft.is_symlink() {
+                        std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
+                    } else {
+                        std::fs::remove_dir_all(e.path()).map_err(|err| io(&e.path(), err))?;
+                    }
+                    removed += 1;
+                }
+            } else if !keep.contains(path.as_str()) {
+                std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// One file: runs of pack-adjacent blocks per range read, hashed in order, then fsynced.
@@ -209,14 +407,49 @@ async fn restore_file(
     path: &Path,
     f: &FileEntry,
     block_size: u64,
-) -> Result<()> {
-    let file = Arc::new(std::fs::File::create(path).map_err(|e| io(path, e))?);
-    let mut hasher = blake3::Hasher::new();
+    delta: bool,
+) -> Result<u64> {
+    // Delta: blocks already right in an existing file are kept (compared by keyed id).
+    let existing = if delta {
+        read_existing_ids(repo, path, f, block_size).await?
+    } else {
+        None
+    };
+    if let Some(same) = &existing {
+        if same.iter().all(|s| *s) && std::fs::metadata(path).map(|m| m.len()).ok() == Some(f.size)
+        {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode))
+                .map_err(|e| io(path, e))?;
+            return Ok(f.size);
+        }
+    }
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(!delta)
+            .open(path)
+            .map_err(|e| io(path, e))?,
+    );
+    let same = |i: usize| {
+        existing
+            .as_ref()
+            .is_some_and(|v| v.get(i).copied().unwrap_or(false))
+    };
+    let mut reused = 0u64;
     let mut i = 0;
     while i < f.blocks.len() {
+        if same(i) {
+            reused += block_len(f, i, block_size);
+            i += 1;
+            continue;
+        }
         if f.blocks[i].is_empty() {
             let len = block_len(f, i, block_size);
-            hasher.update(&vec![0u8; len as usize]);
+            if delta {
+                file.write_at(&vec![0u8; len as usize], i as u64 * block_size)
+                    .map_err(|e| io(path, e))?;
+            }
             i += 1;
             continue;
         }
@@ -225,7 +458,7 @@ async fn restore_file(
         let mut run: Vec<(usize, IndexEntry)> = vec![(i, first)];
         let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
         let mut j = i + 1;
-        while j < f.blocks.len() && !f.blocks[j].is_empty() {
+        while j < f.blocks.len() && !f.blocks[j].is_empty() && !same(j) {
             let e = locate(index, f, j)?;
             if e.pack_id != first.pack_id
                 || e.entry.offset != end
@@ -246,8 +479,7 @@ async fn restore_file(
         let file2 = file.clone();
         let base = first.entry.offset;
         let key_s = key.to_string();
-        let plain_runs = run_cpu(move || -> Result<Vec<Vec<u8>>> {
-            let mut out = Vec::with_capacity(run.len());
+        run_cpu(move || -> Result<()> {
             for (pos, e) in &run {
                 let s = (e.entry.offset - base) as usize;
                 let sealed = &bytes[s..s + e.entry.sealed_len as usize];
@@ -256,27 +488,71 @@ async fn restore_file(
                 file2
                     .write_at(&plain, *pos as u64 * block_size)
                     .map_err(|err| Error::io("writing a restored file", err))?;
-                out.push(plain);
             }
-            Ok(out)
+            Ok(())
         })
         .await?;
-        for p in &plain_runs {
-            hasher.update(p);
-        }
         i = j;
     }
     file.set_len(f.size).map_err(|e| io(path, e))?;
-    if hasher.finalize().to_hex().as_str() != f.checksum {
+    file.sync_all().map_err(|e| io(path, e))?;
+    // Whole-file check against the checksum recorded at backup, read back from disk (this
+    // also covers blocks a delta restore kept).
+    let (check_path, expected) = (path.to_path_buf(), f.checksum.clone());
+    let actual = run_cpu(move || {
+        let mut h = blake3::Hasher::new();
+        h.update_mmap(&check_path)
+            .map(|h| h.finalize().to_hex().to_string())
+    })
+    .await
+    .map_err(|e| io(path, e))?;
+    if actual != expected {
         return Err(Error::corrupt(
             f.path.clone(),
             "restored file does not match the checksum recorded at backup",
         ));
     }
-    file.sync_all().map_err(|e| io(path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode))
         .map_err(|e| io(path, e))?;
-    Ok(())
+    Ok(reused)
+}
+
+/// For delta restore: which blocks of an existing file already hold the backup's content.
+async fn read_existing_ids(
+    repo: &Repository,
+    path: &Path,
+    f: &FileEntry,
+    block_size: u64,
+) -> Result<Option<Vec<bool>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let codec = repo.codec().clone();
+    let (p, blocks) = (path.to_path_buf(), f.blocks.clone());
+    run_cpu(move || -> Result<Option<Vec<bool>>> {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&p).map_err(|e| io(&p, e))?;
+        let mut buf = vec![0u8; block_size as usize];
+        let mut out = Vec::with_capacity(blocks.len());
+        for b in &blocks {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match file.read(&mut buf[filled..]).map_err(|e| io(&p, e))? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            let data = &buf[..filled];
+            let same = if b.is_empty() {
+                !data.is_empty() && data.iter().all(|x| *x == 0)
+            } else {
+                codec.content_id(data).to_hex() == *b
+            };
+            out.push(same);
+        }
+        Ok(Some(out))
+    })
+    .await
 }
 
 fn block_len(f: &FileEntry, i: usize, block_size: u64) -> u64 {
@@ -308,13 +584,54 @@ pub const AUTO_CONF_BEGIN: &str = "# pgbunker recovery settings (begin)";
 /// End marker.
 pub const AUTO_CONF_END: &str = "# pgbunker recovery settings (end)";
 
+/// The recovery settings pgbunker writes for a restore.
+pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(&'static str, String)> {
+    let mut v = vec![("restore_command", opts.restore_command.clone())];
+    match &opts.target_spec {
+        Target::EndOfArchive => {}
+        Target::Immediate => v.push(("recovery_target", "immediate".into())),
+        Target::Time(t) => v.push(("recovery_target_time", recovery::pg_time(*t))),
+        Target::Lsn(l) => v.push(("recovery_target_lsn", l.to_string())),
+        Target::Xid(x) => v.push(("recovery_target_xid", x.to_string())),
+        Target::Name(n) => v.push(("recovery_target_name", n.clone())),
+    }
+    if opts.target_spec != Target::EndOfArchive && opts.target_spec != Target::Immediate {
+        v.push((
+            "recovery_target_inclusive",
+            if opts.target_exclusive { "off" } else { "on" }.into(),
+        ));
+    }
+    if let Some(a) = &opts.target_action {
+        v.push(("recovery_target_action", a.clone()));
+    }
+    v.push((
+        "recovery_target_timeline",
+        match opts.target_timeline {
+            TimelineTarget::Latest => "latest".into(),
+            TimelineTarget::Current => "current".into(),
+            TimelineTarget::Id(n) => n.to_string(),
+        },
+    ));
+    v
+}
+
 fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     let t = &opts.target;
     write_file(&t.join("backup_label"), m.backup_label.as_bytes(), 0o600)?;
-    if let Some(map) = &m.tablespace_map {
-        write_file(&t.join("tablespace_map"), map.as_bytes(), 0o600)?;
+    let map = t.join("tablespace_map");
+    match &m.tablespace_map {
+        Some(text) => write_file(&map, text.as_bytes(), 0o600)?,
+        None => {
+            let _ = std::fs::remove_file(&map);
+        }
     }
-    write_file(&t.join("recovery.signal"), b"", 0o600)?;
+    let (signal, other) = if opts.standby {
+        ("standby.signal", "recovery.signal")
+    } else {
+        ("recovery.signal", "standby.signal")
+    };
+    write_file(&t.join(signal), b"", 0o600)?;
+    let _ = std::fs::remove_file(t.join(other));
     let auto = t.join("postgresql.auto.conf");
     let existing = std::fs::read_to_string(&auto).unwrap_or_default();
     // Keep the user's settings, replace earlier pgbunker ones.
@@ -330,10 +647,13 @@ fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
             kept.push('\n');
         }
     }
-    kept.push_str(&format!(
-        "{AUTO_CONF_BEGIN}\nrestore_command = '{}'\n{AUTO_CONF_END}\n",
-        opts.restore_command.replace('\'', "''")
-    ));
+    kept.push_str(AUTO_CONF_BEGIN);
+    kept.push('\n');
+    for (k, v) in recovery_settings(opts) {
+        kept.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+    }
+    kept.push_str(AUTO_CONF_END);
+    kept.push('\n');
     write_file(&auto, kept.as_bytes(), 0o600)
 }
 

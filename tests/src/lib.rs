@@ -379,26 +379,43 @@ impl TestEnv {
     /// Restores a backup into `<dir>/<name>` with `pgbunker restore`, starts it with archiving
     /// off, waits until recovery finished, and returns the running instance.
     pub fn restore_and_start(&self, name: &str, backup: Option<&str>) -> Instance {
-        let target = self.path().join(name);
-        let mut args = vec![
-            "restore".to_string(),
-            "--pgdata".into(),
-            target.display().to_string(),
-        ];
+        let mut args = Vec::new();
         if let Some(b) = backup {
-            args.extend(["--backup".to_string(), b.to_string()]);
+            args.extend(["--backup", b]);
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.pgbunker(&args);
-        assert_success(&out, &format!("pgbunker {}", args.join(" ")));
+        self.restore_and_start_with(name, &args, false)
+    }
+
+    /// `pgbunker restore --pgdata <dir>/<name> ARGS`, asserting success.
+    pub fn restore(&self, name: &str, args: &[&str]) -> Output {
+        let target = self.path().join(name).display().to_string();
+        let mut all = vec![
+            "--progress",
+            "never",
+            "restore",
+            "--pgdata",
+            target.as_str(),
+        ];
+        all.extend_from_slice(args);
+        let out = self.pgbunker(&all);
+        assert_success(&out, &format!("pgbunker {}", all.join(" ")));
+        out
+    }
+
+    /// Restores with `args`, starts (archiving into this repository when `archive`), and waits
+    /// until recovery ended (promoted).
+    pub fn restore_and_start_with(&self, name: &str, args: &[&str], archive: bool) -> Instance {
+        self.restore(name, args);
         let inst = Instance::new(
             PgBinaries::find().unwrap(),
-            target,
+            self.path().join(name),
             self.path().to_path_buf(),
             free_port().unwrap(),
             self.run_as.clone(),
         );
-        inst.configure(&[("archive_mode", "off".into())]).unwrap();
+        if !archive {
+            inst.configure(&[("archive_mode", "off".into())]).unwrap();
+        }
         inst.start().unwrap();
         let deadline = Instant::now() + Duration::from_secs(180);
         while inst.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {

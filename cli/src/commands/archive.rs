@@ -4,7 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pgbunker_engine::archive::spool::{self, file_digest_path, PusherOptions, Spool, WaitOutcome};
+use pgbunker_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
 use pgbunker_engine::archive::{
     get_wal_file, push_wal_file, write_atomically, PushOutcome, WalSource,
 };
@@ -125,7 +125,7 @@ async fn push_async(
         .unwrap_or_else(|| PathBuf::from("."));
     let spool = Spool::open(&settings.spool_dir, &settings.cluster)?;
     let file = path.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || file_digest_path(&file))
+    let digest = tokio::task::spawn_blocking(move || file_fingerprint(&file))
         .await
         .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))??;
     let n = name.to_string();

@@ -3,11 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use pgbunker_engine::backup::manifest::BackupType;
-use pgbunker_engine::backup::{check_archiving, run_backup, BackupOptions, DEFAULT_BLOCK_SIZE};
-use pgbunker_engine::restore::{restore, RestoreOptions};
+use pgbunker_engine::backup::{
+    check_archiving, create_and_record_restore_point, run_backup, BackupOptions, DEFAULT_BLOCK_SIZE,
+};
+use pgbunker_engine::recovery::{parse_target_time, Target, TimelineTarget};
+use pgbunker_engine::restore::{recovery_settings, restore, RestoreOptions};
 
 use super::open_repo;
-use crate::args::{BackupTypeArg, Cli, OutputFormat};
+use crate::args::{BackupTypeArg, Cli, OutputFormat, RestoreArgs};
 use crate::exit::Failure;
 use crate::progress::Reporter;
 use crate::settings::Settings;
@@ -95,7 +98,7 @@ pub async fn backup(
 pub fn restore_command(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find own executable: {e}")))?;
-    let mut cmd = format!("{}", shell_quote(&exe));
+    let mut cmd = shell_quote(&exe);
     if let Some(cfg) = &settings.config_file {
         let cfg = std::fs::canonicalize(cfg).unwrap_or_else(|_| cfg.clone());
         cmd.push_str(&format!(" --config {}", shell_quote(&cfg)));
@@ -114,37 +117,163 @@ fn shell_quote(p: &Path) -> String {
     format!("\"{}\"", p.display().to_string().replace('"', "\\\""))
 }
 
-pub async fn restore_cmd(
+fn restore_options(
     cli: &Cli,
     settings: &Settings,
-    pgdata: &Path,
-    backup: Option<&str>,
-    jobs: Option<usize>,
-) -> Result<(), Failure> {
-    let repo = open_repo(settings).await?;
+    args: &RestoreArgs,
+) -> Result<RestoreOptions, Failure> {
+    let RestoreArgs {
+        pgdata,
+        backup,
+        jobs,
+        target_time,
+        target_lsn,
+        target_xid,
+        target_name,
+        target_immediate,
+        target_exclusive,
+        target_action,
+        target_timeline,
+        restore_type,
+        dry_run,
+        delta,
+        tablespace_map,
+        tablespace_map_all,
+    } = args;
     let target: PathBuf = if pgdata.is_absolute() {
-        pgdata.to_path_buf()
+        pgdata.clone()
     } else {
         std::env::current_dir().unwrap_or_default().join(pgdata)
     };
-    let opts = RestoreOptions {
-        cluster: settings.cluster.clone(),
-        backup: backup.map(str::to_string),
-        target,
-        jobs: jobs.unwrap_or(settings.backup_jobs),
-        restore_command: restore_command(cli, settings)?,
-        restore_owner: pgbunker_engine::pg::instance::current_uid() == 0,
+    let given = [
+        target_time.is_some(),
+        target_lsn.is_some(),
+        target_xid.is_some(),
+        target_name.is_some(),
+        target_immediate.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(Failure::usage(
+            "give one recovery target: --target-time, --target-lsn, --target-xid, --target-name or --target immediate",
+        ));
+    }
+    let target_spec = if let Some(t) = target_time {
+        Target::Time(parse_target_time(t)?)
+    } else if let Some(l) = target_lsn {
+        Target::Lsn(
+            l.parse()
+                .map_err(|e| Failure::usage(format!("--target-lsn: {e}")))?,
+        )
+    } else if let Some(x) = target_xid {
+        Target::Xid(*x)
+    } else if let Some(n) = target_name {
+        Target::Name(n.clone())
+    } else if target_immediate.is_some() {
+        Target::Immediate
+    } else {
+        Target::EndOfArchive
     };
+    if *target_exclusive && matches!(target_spec, Target::EndOfArchive | Target::Immediate) {
+        return Err(Failure::usage(
+            "--target-exclusive needs --target-time, --target-lsn, --target-xid or --target-name",
+        ));
+    }
+    let target_timeline = match target_timeline.as_str() {
+        "latest" => TimelineTarget::Latest,
+        "current" => TimelineTarget::Current,
+        n => TimelineTarget::Id(n.parse().map_err(|_| {
+            Failure::usage(format!(
+                "--target-timeline {n:?}: use latest, current or a number"
+            ))
+        })?),
+    };
+    let mut map = Vec::new();
+    for m in tablespace_map {
+        let (oid, dir) = m
+            .split_once('=')
+            .and_then(|(o, d)| Some((o.parse::<u32>().ok()?, PathBuf::from(d))))
+            .ok_or_else(|| Failure::usage(format!("--tablespace-map {m:?}: expected OID=DIR")))?;
+        if !dir.is_absolute() {
+            return Err(Failure::usage(format!(
+                "--tablespace-map {m:?}: DIR must be absolute"
+            )));
+        }
+        map.push((oid, dir));
+    }
+    Ok(RestoreOptions {
+        backup: backup.clone(),
+        jobs: jobs.unwrap_or(settings.backup_jobs),
+        restore_owner: pgbunker_engine::pg::instance::current_uid() == 0,
+        target_spec,
+        target_exclusive: *target_exclusive,
+        target_action: target_action.clone(),
+        target_timeline,
+        standby: restore_type == "standby",
+        dry_run: *dry_run,
+        delta: *delta,
+        tablespace_map: map,
+        tablespace_map_all: tablespace_map_all.clone(),
+        ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
+    })
+}
+
+pub async fn restore_cmd(
+    cli: &Cli,
+    settings: &Settings,
+    args: &RestoreArgs,
+) -> Result<(), Failure> {
+    let opts = restore_options(cli, settings, args)?;
+    let repo = open_repo(settings).await?;
     let reporter = Reporter::new(cli.progress);
     let s = restore(&repo, &opts, &reporter).await?;
+    let p = &s.plan;
+    println!("backup {}: {}", p.backup_id, p.reason);
     println!(
-        "restored backup {} into {}: {} files, {:.1} MiB in {:.1}s; start PostgreSQL to replay the archived WAL",
-        s.backup_id,
+        "WAL {} .. {} ({} segments, timeline {}); {:.1} MiB of files",
+        p.first_wal,
+        p.last_wal,
+        p.wal_segments,
+        p.timeline,
+        p.restore_bytes as f64 / 1048576.0
+    );
+    if opts.dry_run {
+        println!("dry run: the target is reachable; nothing was written");
+        return Ok(());
+    }
+    println!(
+        "restored into {}: {} files, {:.1} MiB in {:.1}s{}",
         opts.target.display(),
         s.files,
         s.bytes as f64 / 1048576.0,
-        s.seconds
+        s.seconds,
+        if opts.delta {
+            format!(
+                "; delta: {:.1} MiB reused, {:.1} MiB rewritten, {} files removed",
+                s.bytes_reused as f64 / 1048576.0,
+                (s.bytes - s.bytes_reused) as f64 / 1048576.0,
+                s.files_removed
+            )
+        } else {
+            String::new()
+        }
     );
+    for (k, v) in recovery_settings(&opts) {
+        println!("  {k} = '{v}'");
+    }
+    println!("start PostgreSQL to recover");
+    Ok(())
+}
+
+pub async fn restore_point(settings: &Settings, name: &str) -> Result<(), Failure> {
+    let repo = open_repo(settings).await?;
+    let lsn = create_and_record_restore_point(
+        &repo,
+        &settings.cluster,
+        &require_conninfo(settings)?,
+        name,
+    )
+    .await?;
+    println!("restore point {name:?} created at lsn {lsn}");
     Ok(())
 }
 

@@ -225,16 +225,18 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
     // Restore the incremental into a new directory and let PostgreSQL replay the archive.
     let restored_dir = dir.join("restored");
     let restore_opts = RestoreOptions {
-        cluster: "main".into(),
         backup: Some(incr.id.clone()),
-        target: restored_dir.clone(),
         jobs: 2,
-        restore_command: format!(
-            "'{}' --config '{}' archive-get %f %p",
-            exe_copy.display(),
-            config_path.display()
-        ),
         restore_owner: run_as.is_some(),
+        ..RestoreOptions::new(
+            "main",
+            restored_dir.clone(),
+            format!(
+                "'{}' --config '{}' archive-get %f %p",
+                exe_copy.display(),
+                config_path.display()
+            ),
+        )
     };
     let summary = timed(
         "restore the incremental backup",

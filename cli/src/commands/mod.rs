@@ -34,11 +34,8 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
             jobs,
             output,
         } => backup::backup(cli, settings, *backup_type, *checksum_delta, *jobs, *output).await,
-        Command::Restore {
-            pgdata,
-            backup: id,
-            jobs,
-        } => backup::restore_cmd(cli, settings, pgdata, id.as_deref(), *jobs).await,
+        Command::Restore(args) => backup::restore_cmd(cli, settings, args).await,
+        Command::RestorePoint { name } => backup::restore_point(settings, name).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,

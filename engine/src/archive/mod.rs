@@ -8,6 +8,7 @@
 
 pub mod get;
 pub mod listing;
+pub mod mapped;
 pub mod push;
 pub mod spool;
 

@@ -15,7 +15,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, instrument};
 
-use crate::codec::{Codec, ObjectKind, StreamOutcome};
+use crate::archive::mapped::MappedFile;
+use crate::codec::{Codec, ObjectKind};
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::pg::wal_header::LongPageHeader;
@@ -179,9 +180,6 @@ pub enum WalSource {
     Bytes(Vec<u8>),
 }
 
-/// Chunk size of streamed reads.
-const READ_CHUNK: usize = 1 << 20;
-
 /// Hashes and seals a WAL file: (header if a segment, content id, sealed bytes, size).
 fn seal_wal(
     codec: &Codec,
@@ -199,66 +197,11 @@ fn seal_wal(
         }
         WalSource::File(path) => path,
     };
-    let read_err = |e: std::io::Error| Error::io(format!("reading WAL file {}", path.display()), e);
-    let mut file = std::fs::File::open(&path).map_err(read_err)?;
-    let total_len = file.metadata().map_err(read_err)?.len() as usize;
-    let mut buf = vec![0u8; READ_CHUNK.min(total_len.max(1))];
-    let mut stream = codec.seal_stream(ObjectKind::Wal, level);
-    let mut header = None;
-    let mut seen = 0usize;
-    loop {
-        let n = read_full(&mut file, &mut buf).map_err(read_err)?;
-        if seen == 0 {
-            header = validate_wal_head(name, &buf[..n], total_len)?;
-        }
-        if n == 0 {
-            break;
-        }
-        seen += n;
-        stream.update(&buf[..n]).map_err(read_err)?;
-    }
-    if seen != total_len {
-        return Err(Error::InvalidInput(format!(
-            "{} changed size while being read ({total_len} then {seen} bytes); PostgreSQL will retry",
-            path.display()
-        )));
-    }
-    match stream.finish(context).map_err(read_err)? {
-        StreamOutcome::Sealed {
-            id,
-            sealed,
-            raw_len,
-        } => Ok((header, id, sealed, raw_len)),
-        StreamOutcome::Incompressible { id, raw_len } => {
-            // Rare for WAL: store it raw, which needs the bytes once more.
-            let data = std::fs::read(&path).map_err(read_err)?;
-            if codec.content_id(&data) != id {
-                return Err(Error::InvalidInput(format!(
-                    "{} changed while being read; PostgreSQL will retry",
-                    path.display()
-                )));
-            }
-            Ok((
-                header,
-                id,
-                codec.seal(ObjectKind::Wal, &id, context, &data, 0),
-                raw_len,
-            ))
-        }
-    }
-}
-
-/// Reads until `buf` is full or the file ends.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
+    let mapped = MappedFile::open(&path)?;
+    let data = mapped.bytes();
+    let header = validate_wal_content(name, data)?;
+    let (id, sealed) = codec.seal_parallel(ObjectKind::Wal, context, data, level);
+    Ok((header, id, sealed, data.len() as u64))
 }
 
 /// Archives one WAL file.

@@ -58,17 +58,34 @@ pub struct Spool {
     root: PathBuf,
 }
 
-/// Digest recorded in acks (plain BLAKE3; local integrity, not a repository id).
-pub fn file_digest(data: &[u8]) -> String {
-    blake3::hash(data).to_hex().to_string()
-}
-
-/// [`file_digest`] of a file, read in chunks.
-pub fn file_digest_path(path: &Path) -> Result<String> {
+/// What an ack records about the file it acknowledges, and what archive-push compares:
+/// size, modification time, inode, and a BLAKE3 of the first and last 64 KiB (the first page
+/// carries the segment's system identifier and address). Cheap enough for the foreground call,
+/// which must answer PostgreSQL fast; the repository itself still refuses different content
+/// under an existing name.
+pub fn file_fingerprint(path: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let err = |e| Error::io(format!("reading {}", path.display()), e);
+    let mut f = fs::File::open(path).map_err(err)?;
+    let m = f.metadata().map_err(err)?;
     let mut h = blake3::Hasher::new();
-    h.update_mmap(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    Ok(h.finalize().to_hex().to_string())
+    let mut buf = vec![0u8; 64 << 10];
+    let n = f.read(&mut buf).map_err(err)?;
+    h.update(&buf[..n]);
+    if m.len() > 2 * buf.len() as u64 {
+        f.seek(SeekFrom::End(-(buf.len() as i64))).map_err(err)?;
+        f.read_exact(&mut buf).map_err(err)?;
+        h.update(&buf);
+    }
+    Ok(format!(
+        "{}:{}.{}:{}:{}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ino(),
+        h.finalize().to_hex()
+    ))
 }
 
 impl Spool {
@@ -307,11 +324,17 @@ pub async fn run_pusher(
                 .map(|(name, _)| async move {
                     let path = pg_wal.join(name.to_string());
                     let res = async {
-                        let p = path.clone();
-                        let digest =
-                            crate::archive::push::run_cpu(move || file_digest_path(&p)).await?;
+                        let before = file_fingerprint(&path)?;
                         let outcome =
-                            push_wal_file(repo, cluster, &name, WalSource::File(path)).await?;
+                            push_wal_file(repo, cluster, &name, WalSource::File(path.clone()))
+                                .await?;
+                        if file_fingerprint(&path)? != before {
+                            return Err(Error::InvalidInput(format!(
+                                "{} changed while it was archived; PostgreSQL will retry",
+                                path.display()
+                            )));
+                        }
+                        let digest = before;
                         Ok((digest, outcome))
                     }
                     .await;
@@ -353,7 +376,7 @@ pub async fn run_pusher(
             if backlog > cap {
                 for name in &failed {
                     let n = name.to_string();
-                    let digest = file_digest_path(&pg_wal.join(&n)).unwrap_or_default();
+                    let digest = file_fingerprint(&pg_wal.join(&n)).unwrap_or_default();
                     warn!(wal = %n, backlog, queue_max = cap, "WAL DROPPED: backlog exceeds archive.queue_max while the repository fails; this segment is NOT archived and point-in-time recovery across it is impossible");
                     spool.write_ack(
                         &n,
@@ -412,7 +435,7 @@ mod tests {
             .write_ack(
                 name,
                 &Ack {
-                    digest: file_digest(b"a"),
+                    digest: "fp-a".to_string(),
                     outcome: "archived".into(),
                 },
             )
@@ -420,12 +443,12 @@ mod tests {
         let _lock = spool.try_lock_pusher().unwrap().unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
         assert!(matches!(
-            wait_for_ack(&spool, name, &file_digest(b"a"), soon).unwrap(),
+            wait_for_ack(&spool, name, "fp-a", soon).unwrap(),
             WaitOutcome::Acked(_)
         ));
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
-            wait_for_ack(&spool, name, &file_digest(b"b"), soon).unwrap(),
+            wait_for_ack(&spool, name, "fp-b", soon).unwrap(),
             WaitOutcome::TimedOut
         );
         assert!(spool.read_ack(name).is_none(), "a stale ack is forgotten");

@@ -139,6 +139,10 @@ pub struct Manifest {
     pub stop_time: String,
     /// Block size used.
     pub block_size: u32,
+    /// Oldest transaction still running just after `pg_backup_stop`: an xid target below it
+    /// committed before this backup was consistent, so replay from it cannot reach it.
+    #[serde(default)]
+    pub xmin_after_stop: Option<u64>,
     /// Whether page checksums were verified.
     pub checksums_verified: bool,
     /// `backup_label` contents.

@@ -492,6 +492,15 @@ pub async fn run_backup(
     let backup_label: String = stop.get(1);
     let spcmap: Option<String> = stop.get(2);
     let stop_time = now_rfc3339();
+    let xmin_after_stop: Option<u64> = session
+        .client
+        .query_one(
+            "select txid_snapshot_xmin(txid_current_snapshot())::text",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, String>(0).parse().ok());
     let seg = session.wal_segment_size;
     progress.phase("waiting for WAL", None);
     wait_for_wal(
@@ -530,6 +539,7 @@ pub async fn run_backup(
         start_time,
         stop_time,
         block_size: opts.block_size as u32,
+        xmin_after_stop,
         checksums_verified: verify,
         backup_label,
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
@@ -636,4 +646,72 @@ pub async fn check_archiving(
         archived_segment: seg,
         archive_wait_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A restore point pgbunker created, recorded so restores can pick the right backup for it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RestorePoint {
+    /// Name.
+    pub name: String,
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// Reads a recorded restore point.
+pub async fn read_restore_point(
+    repo: &Repository,
+    cluster: &str,
+    name: &str,
+) -> Result<Option<RestorePoint>> {
+    match repo
+        .storage()
+        .get(&layout::restore_point(cluster, name))
+        .await
+    {
+        Ok(raw) => Ok(serde_json::from_slice(&raw).ok()),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates a named restore point and records it in the repository; returns its LSN.
+pub async fn create_and_record_restore_point(
+    repo: &Repository,
+    cluster: &str,
+    conninfo: &str,
+    name: &str,
+) -> Result<Lsn> {
+    let lsn = create_restore_point(conninfo, name).await?;
+    let rp = RestorePoint {
+        name: name.to_string(),
+        lsn,
+        created_at: now_rfc3339(),
+    };
+    let body = serde_json::to_vec(&rp).expect("restore point serialises");
+    // Names can be reused in PostgreSQL; the first record wins here and later ones are only in WAL.
+    repo.storage()
+        .put_create(&layout::restore_point(cluster, name), body.into())
+        .await?;
+    Ok(lsn)
+}
+
+/// Creates a named restore point; returns its LSN.
+pub async fn create_restore_point(conninfo: &str, name: &str) -> Result<Lsn> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(Error::Config(format!(
+            "restore point name {name:?}: use 1 to 63 characters"
+        )));
+    }
+    let session = connect(conninfo).await?;
+    let lsn: String = session
+        .client
+        .query_one("select pg_create_restore_point($1)::text", &[&name])
+        .await
+        .map_err(pg_err(
+            "pg_create_restore_point (grant EXECUTE on it to the backup role)",
+        ))?
+        .get(0);
+    lsn.parse().map_err(|e| Error::InvalidInput(format!("{e}")))
 }

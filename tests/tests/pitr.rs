@@ -1,0 +1,334 @@
+//! Point-in-time recovery end to end: rows stamped with their time and sequence number are
+//! committed continuously while backups run; restores to a time, an LSN, an XID and a named
+//! restore point give exactly the rows committed up to the target; timelines; preflight.
+
+use std::time::Duration;
+
+use pgbunker_tests::*;
+
+const WRITER: &str = "do $$ begin for i in 1..600 loop insert into stamps(seq) values (i); commit; perform pg_sleep(0.01); end loop; end $$";
+
+struct Source<'a> {
+    env: &'a TestEnv,
+    pg: &'a Instance,
+}
+
+impl Source<'_> {
+    fn q(&self, sql: &str) -> String {
+        self.pg.psql("postgres", sql).unwrap()
+    }
+}
+
+fn max_seq(inst: &Instance) -> i64 {
+    inst.psql(
+        "postgres",
+        "select coalesce(max(seq), 0) from stamps where seq < 100000",
+    )
+    .unwrap()
+    .parse()
+    .unwrap()
+}
+
+fn has(inst: &Instance, seq: i64) -> bool {
+    inst.psql(
+        "postgres",
+        &format!("select count(*) from stamps where seq = {seq}"),
+    )
+    .unwrap()
+        == "1"
+}
+
+/// Builds the source: backups taken while the writer commits rows.
+fn prepare(env: &TestEnv, pg: &Instance) -> (String, String) {
+    pg.psql("postgres", "create table stamps(seq bigint primary key, ts timestamptz not null default clock_timestamp(), xid bigint not null default txid_current())").unwrap();
+    let writer = {
+        let pg = pg.clone();
+        std::thread::spawn(move || pg.psql("postgres", WRITER).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let full = backup_json(env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let incr = backup_json(env, &[])["id"].as_str().unwrap().to_string();
+    writer.join().unwrap();
+    (full, incr)
+}
+
+fn pitr_targets(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let (full, incr) = prepare(&env, &pg);
+    let src = Source { env: &env, pg: &pg };
+    let n: i64 = src.q("select max(seq) from stamps").parse().unwrap();
+    assert_eq!(n, 600);
+
+    // LSN and restore point targets after the writer.
+    src.q("insert into stamps(seq) values (100001)");
+    let lsn = src.q("select pg_current_wal_insert_lsn()");
+    src.q("insert into stamps(seq) values (100002)");
+    src.q("insert into stamps(seq) values (100003)");
+    let rp = src.env.pgbunker(&["restore-point", "rp_before_4"]);
+    assert_success(&rp, "restore-point");
+    src.q("insert into stamps(seq) values (100004)");
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+
+    // Time: a row committed after the full backup, before the incremental.
+    let full_stop: String = {
+        let info = env.pgbunker(&["info", "--output", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        doc["clusters"][0]["backups"][0]["stop_time"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let k: i64 = src
+        .q(&format!("select min(seq) + 20 from stamps where ts > '{full_stop}'::timestamptz and seq < 100000"))
+        .parse()
+        .unwrap();
+    // Just before row k+1 was stamped: row k committed already (10 ms sleep between rows).
+    let t = src.q(&format!("select to_char((ts - interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' from stamps where seq = {}", k + 1));
+    let r = env.restore_and_start_with(
+        "by_time",
+        &["--target-time", &t, "--target-action", "promote"],
+        false,
+    );
+    assert_eq!(
+        max_seq(&r),
+        k,
+        "restore to {t} has exactly the rows committed by then"
+    );
+    assert!(!has(&r, 100001));
+    r.stop().unwrap();
+    let out = env.restore("by_time_plan", &["--target-time", &t, "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&full) && text.contains("precedes"),
+        "the full backup is chosen for a time before the incremental: {text}"
+    );
+    assert!(
+        !env.path().join("by_time_plan").join("PG_VERSION").exists(),
+        "--dry-run writes nothing"
+    );
+
+    // XID, inclusive and exclusive.
+    let xid = src.q(&format!("select xid from stamps where seq = {k}"));
+    let r = env.restore_and_start_with(
+        "by_xid",
+        &["--target-xid", &xid, "--target-action", "promote"],
+        false,
+    );
+    assert_eq!(
+        max_seq(&r),
+        k,
+        "inclusive xid target includes its transaction"
+    );
+    r.stop().unwrap();
+    let r = env.restore_and_start_with(
+        "by_xid_excl",
+        &[
+            "--target-xid",
+            &xid,
+            "--target-exclusive",
+            "--target-action",
+            "promote",
+        ],
+        false,
+    );
+    assert_eq!(
+        max_seq(&r),
+        k - 1,
+        "exclusive xid target stops just before it"
+    );
+    r.stop().unwrap();
+
+    // LSN.
+    let r = env.restore_and_start_with(
+        "by_lsn",
+        &["--target-lsn", &lsn, "--target-action", "promote"],
+        false,
+    );
+    assert!(has(&r, 100001) && !has(&r, 100002), "lsn target {lsn}");
+    assert_eq!(max_seq(&r), 600);
+    r.stop().unwrap();
+
+    // Restore point.
+    let r = env.restore_and_start_with(
+        "by_name",
+        &["--target-name", "rp_before_4", "--target-action", "promote"],
+        false,
+    );
+    assert!(has(&r, 100003) && !has(&r, 100004), "restore point target");
+    r.stop().unwrap();
+
+    // End of archive, from the incremental.
+    let r = env.restore_and_start_with("to_end", &["--backup", &incr], false);
+    assert!(has(&r, 100004));
+    r.stop().unwrap();
+}
+
+#[test]
+fn every_recovery_target_gives_exactly_the_committed_rows() {
+    for b in backends() {
+        pitr_targets(b);
+    }
+}
+
+#[test]
+fn preflight_refuses_unreachable_targets_before_writing() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let before = pg
+        .psql(
+            "postgres",
+            "select to_char(now() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00'",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let (_full, _incr) = prepare(&env, &pg);
+    pg.psql("postgres", "insert into stamps(seq) values (100001)")
+        .unwrap();
+    let lsn = pg
+        .psql("postgres", "select pg_current_wal_insert_lsn()")
+        .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+
+    // A target before the oldest backup.
+    let target = env.path().join("early");
+    let out = env.pgbunker(&[
+        "restore",
+        "--pgdata",
+        &target.display().to_string(),
+        "--target-time",
+        &before,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("earliest reachable"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.join("PG_VERSION").exists());
+
+    // A bare timestamp is refused, not guessed.
+    let out = env.pgbunker(&[
+        "restore",
+        "--pgdata",
+        &target.display().to_string(),
+        "--target-time",
+        "2026-01-01 00:00:00",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("time zone"), "{}", stderr(&out));
+
+    // Remove a WAL segment the target needs: named, with the latest reachable point.
+    let seg: String = pg
+        .psql(
+            "postgres",
+            &format!("select pg_walfile_name('{lsn}'::pg_lsn)"),
+        )
+        .unwrap();
+    let pointer = env
+        .path()
+        .join(format!("repo/clusters/main/wal/{}/{seg}", &seg[..8]));
+    assert!(pointer.exists(), "{}", pointer.display());
+    std::fs::remove_file(&pointer).unwrap();
+    let out = env.pgbunker(&[
+        "restore",
+        "--pgdata",
+        &target.display().to_string(),
+        "--target-lsn",
+        &lsn,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&seg) && err.contains("missing"), "{err}");
+    assert!(err.contains("latest reachable"), "{err}");
+    assert!(
+        !target.join("PG_VERSION").exists(),
+        "nothing written before the preflight passed"
+    );
+}
+
+#[test]
+fn timelines_restore_to_either_side_of_a_fork() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let (_full, _incr) = prepare(&env, &pg);
+    let xid_k = pg
+        .psql("postgres", "select xid from stamps where seq = 590")
+        .unwrap();
+    let xid_late = pg
+        .psql("postgres", "select xid from stamps where seq = 598")
+        .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    drop(stop);
+    pg.stop().unwrap();
+
+    // Recover to row 590 (after both backups) and promote: timeline 2, archiving into the same repository.
+    let t2 = env.restore_and_start_with(
+        "tl2",
+        &["--target-xid", &xid_k, "--target-action", "promote"],
+        true,
+    );
+    let stop_t2 = StopOnDrop(&t2);
+    assert_eq!(max_seq(&t2), 590);
+    assert_eq!(
+        t2.psql(
+            "postgres",
+            "select timeline_id from pg_control_checkpoint()"
+        )
+        .unwrap(),
+        "2"
+    );
+    t2.psql("postgres", "insert into stamps(seq) values (200001)")
+        .unwrap();
+    let seg = switch_wal(&t2);
+    wait_archived(&t2, &seg, Duration::from_secs(90));
+    drop(stop_t2);
+    t2.stop().unwrap();
+
+    let info = env.pgbunker(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let tls: Vec<u64> = doc["clusters"][0]["wal"]["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["timeline"].as_u64().unwrap())
+        .collect();
+    assert!(tls.contains(&2), "info shows the new timeline: {tls:?}");
+
+    // Latest timeline: the rows written on timeline 2.
+    let r = env.restore_and_start_with("follow_latest", &[], false);
+    assert!(has(&r, 200001) && max_seq(&r) == 590, "timeline 2 data");
+    r.stop().unwrap();
+    // Timeline 1 after the fork point: the original history.
+    let r = env.restore_and_start_with(
+        "stay_on_1",
+        &[
+            "--target-timeline",
+            "1",
+            "--target-xid",
+            &xid_late,
+            "--target-action",
+            "promote",
+        ],
+        false,
+    );
+    assert!(!has(&r, 200001));
+    assert_eq!(max_seq(&r), 598, "timeline 1 after the fork");
+    r.stop().unwrap();
+}
