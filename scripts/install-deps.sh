@@ -67,6 +67,7 @@ packages=(
     build-essential             # cc/ld for -sys crates (zstd-sys, aws-lc-sys)
     pkg-config
     time                        # /usr/bin/time: peak RSS in benchmarks
+    chromium                    # renders drill reports in the end-to-end tests (headless)
 )
 ((need_python_venv)) && packages+=(python3-venv)
 

@@ -141,6 +141,15 @@ continuous; if not, names the missing segment and the latest reachable target.
 Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_resume() or promote.")]
     Restore(Box<RestoreArgs>),
 
+    /// Restore into an ephemeral instance, check integrity, measure MTTR, write a report.
+    #[command(after_help = "Examples:
+  pgbunker drill                                   # end of the archive
+  pgbunker drill --target-time '2026-11-24 07:10:00+00' --max-mttr 15m --check-sql checks.sql
+  pgbunker drill --history
+Exit codes: 0 passed; 1 the drill could not run; 3 an integrity check failed; 4 the MTTR
+objective was missed. Reports: JSON and HTML in the report directory and the repository.")]
+    Drill(Box<DrillArgs>),
+
     /// Create a named restore point (pg_create_restore_point) to recover to later.
     #[command(after_help = "Examples:
   pgbunker restore-point before_migration
@@ -179,6 +188,10 @@ Forces a WAL switch and waits until that segment is in the repository.")]
         keep: bool,
     },
 
+    /// Internal: the background WAL prefetcher started by asynchronous archive-get.
+    #[command(hide = true)]
+    ArchiveGetDaemon,
+
     /// Internal: the background WAL pusher started by asynchronous archive-push.
     #[command(hide = true)]
     ArchivePushDaemon {
@@ -200,6 +213,32 @@ pub struct RestoreArgs {
     /// Files restored in parallel.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Recovery target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// What PostgreSQL does at the target: promote, pause (PostgreSQL's default) or shutdown.
+    #[arg(long, value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: Option<String>,
+    /// `standby`: write standby.signal and follow the archive, no target.
+    #[arg(long = "type", value_parser = ["default", "standby"], default_value = "default")]
+    pub restore_type: String,
+    /// Only check and print the plan (backup, WAL range, bytes); write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Reuse an existing data directory (PostgreSQL stopped), rewriting only what differs.
+    #[arg(long)]
+    pub delta: bool,
+    /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+    /// Restore every tablespace under DIR/<oid>.
+    #[arg(long, value_name = "DIR")]
+    pub tablespace_map_all: Option<PathBuf>,
+}
+
+/// Recovery target options shared by `restore` and `drill`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
     /// Recover to this commit time (with a time zone: 2026-11-24 07:10:00+00).
     #[arg(long)]
     pub target_time: Option<String>,
@@ -218,25 +257,42 @@ pub struct RestoreArgs {
     /// Stop just before the target instead of just after it.
     #[arg(long)]
     pub target_exclusive: bool,
-    /// What PostgreSQL does at the target: promote, pause (PostgreSQL's default) or shutdown.
-    #[arg(long, value_parser = ["promote", "pause", "shutdown"])]
-    pub target_action: Option<String>,
     /// Timeline to follow: latest (default), current, or a number.
     #[arg(long, default_value = "latest")]
     pub target_timeline: String,
-    /// `standby`: write standby.signal and follow the archive, no target.
-    #[arg(long = "type", value_parser = ["default", "standby"], default_value = "default")]
-    pub restore_type: String,
-    /// Only check and print the plan (backup, WAL range, bytes); write nothing.
+}
+
+/// Arguments of `pgbunker drill`.
+#[derive(Debug, clap::Args)]
+pub struct DrillArgs {
+    /// Recovery target (default: the end of the archive).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Backup id (default: chosen like restore does).
     #[arg(long)]
-    pub dry_run: bool,
-    /// Reuse an existing data directory (PostgreSQL stopped), rewriting only what differs.
+    pub backup: Option<String>,
+    /// Files restored in parallel.
     #[arg(long)]
-    pub delta: bool,
-    /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
-    #[arg(long, value_name = "OID=DIR")]
-    pub tablespace_map: Vec<String>,
-    /// Restore every tablespace under DIR/<oid>.
+    pub jobs: Option<usize>,
+    /// MTTR objective (like 15m or 90s): exit 4 when the drill takes longer.
+    #[arg(long, value_name = "DURATION")]
+    pub max_mttr: Option<String>,
+    /// File of SQL checks, separated by ';' at line ends; each must return a single true.
+    #[arg(long, value_name = "FILE")]
+    pub check_sql: Option<PathBuf>,
+    /// Keep the stopped instance and its directory.
+    #[arg(long)]
+    pub keep: bool,
+    /// Working directory for the ephemeral instance (default: a new one under /tmp).
     #[arg(long, value_name = "DIR")]
-    pub tablespace_map_all: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    /// Where to write the report files (default: drill.report_dir, else the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// List past drills instead of running one.
+    #[arg(long)]
+    pub history: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }

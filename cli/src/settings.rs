@@ -26,6 +26,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "queue_max",
             "idle_exit",
             "compress_level",
+            "prefetch",
         ],
     ),
     (
@@ -72,6 +73,8 @@ pub struct Settings {
     pub archive_timeout: Duration,
     /// Backlog (bytes) above which failing WAL is dropped; None: never.
     pub queue_max: Option<u64>,
+    /// Segments archive-get keeps prefetched ahead (async mode).
+    pub prefetch: usize,
     /// Pusher idle exit.
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
@@ -215,6 +218,8 @@ impl Settings {
         let archive_timeout = parse_dur(take("archive", "timeout"), "archive.timeout")?
             .unwrap_or(Duration::from_secs(60));
         let queue_max = parse_size(take("archive", "queue_max"), "archive.queue_max")?;
+        let prefetch =
+            parse_num(take("archive", "prefetch"), "archive.prefetch")?.unwrap_or(8) as usize;
         let idle_exit = parse_dur(take("archive", "idle_exit"), "archive.idle_exit")?
             .unwrap_or(Duration::from_secs(10));
         let wal_compress_level =
@@ -250,6 +255,7 @@ impl Settings {
             archive_jobs,
             archive_timeout,
             queue_max,
+            prefetch,
             idle_exit,
             wal_compress_level,
         })

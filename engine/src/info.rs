@@ -66,6 +66,23 @@ pub struct ClusterInfo {
     pub wal: WalListing,
     /// Recoverable window, once there is a backup.
     pub recoverable: Option<RecoverableWindow>,
+    /// The most recent restore drill.
+    pub last_drill: Option<LastDrill>,
+}
+
+/// The most recent drill, summarised.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDrill {
+    /// Drill id.
+    pub id: String,
+    /// Outcome.
+    pub outcome: String,
+    /// MTTR in seconds.
+    pub mttr_seconds: f64,
+    /// Backup restored.
+    pub backup_id: String,
+    /// One-line summary.
+    pub summary: String,
 }
 
 /// Gathers a cluster's info.
@@ -98,6 +115,16 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         });
     }
     let recoverable = backups.first().and_then(|b| window(&wal, b));
+    let last_drill = crate::drill::report::history(repo, cluster)
+        .await?
+        .pop()
+        .map(|r| LastDrill {
+            id: r.id,
+            outcome: r.outcome,
+            mttr_seconds: r.mttr_seconds,
+            backup_id: r.backup_id,
+            summary: r.summary,
+        });
     Ok(ClusterInfo {
         name: cluster.to_string(),
         system_identifier: wal.system_identifier.clone(),
@@ -105,6 +132,7 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         backups,
         wal,
         recoverable,
+        last_drill,
     })
 }
 

@@ -332,3 +332,179 @@ fn timelines_restore_to_either_side_of_a_fork() {
     assert_eq!(max_seq(&r), 598, "timeline 1 after the fork");
     r.stop().unwrap();
 }
+
+#[test]
+fn delta_standby_and_tablespace_remapping() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let ts = env.path().join("ts_src");
+    std::fs::create_dir_all(&ts).unwrap();
+    give_to(env.run_as.as_deref(), &ts).unwrap();
+    pg.psql(
+        "postgres",
+        &format!("create tablespace extra location '{}'", ts.display()),
+    )
+    .unwrap();
+    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    pg.psql(
+        "postgres",
+        "create table in_ts tablespace extra as select g from generate_series(1, 5000) g",
+    )
+    .unwrap();
+    let oid = pg
+        .psql(
+            "postgres",
+            "select oid from pg_tablespace where spcname = 'extra'",
+        )
+        .unwrap();
+    let b = backup_json(&env, &["--type", "full"]);
+    let expected = pgbench_fingerprint(&pg);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    drop(stop);
+    pg.stop().unwrap();
+
+    // Remap the tablespace: the source's location is untouched.
+    let remapped = env.path().join("ts_remapped");
+    let map = format!("{oid}={}", remapped.display());
+    let r = env.restore_and_start_with("remap", &["--tablespace-map", &map], false);
+    assert_eq!(
+        r.psql("postgres", "select count(*) from in_ts").unwrap(),
+        "5000"
+    );
+    assert_eq!(
+        std::fs::read_link(r.datadir.join("pg_tblspc").join(&oid)).unwrap(),
+        remapped,
+        "pg_tblspc link points at the remapped location"
+    );
+    assert_eq!(pgbench_fingerprint(&r), expected);
+    // Change it, then a delta restore brings it back, reusing what did not change.
+    r.psql(
+        "postgres",
+        "update pgbench_accounts set abalance = abalance + 1 where aid < 1000",
+    )
+    .unwrap();
+    r.psql("postgres", "create table junk as select 1").unwrap();
+    r.psql("postgres", "checkpoint").unwrap();
+    // A running server is refused.
+    let target = r.datadir.display().to_string();
+    let out = env.pgbunker(&[
+        "restore",
+        "--pgdata",
+        &target,
+        "--delta",
+        "--tablespace-map",
+        &map,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("running PostgreSQL"),
+        "{}",
+        stderr(&out)
+    );
+    r.stop().unwrap();
+    std::fs::write(r.datadir.join("stray_file"), b"x").unwrap();
+    let out = env.pgbunker(&[
+        "--progress",
+        "never",
+        "restore",
+        "--pgdata",
+        &target,
+        "--delta",
+        "--tablespace-map",
+        &map,
+        "--backup",
+        b["id"].as_str().unwrap(),
+    ]);
+    assert_success(&out, "delta restore");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let reused: f64 = text
+        .split("delta: ")
+        .nth(1)
+        .and_then(|t| t.split(" MiB reused").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(-1.0);
+    assert!(
+        reused > 10.0,
+        "most of the data directory is reused: {text}"
+    );
+    assert!(
+        !r.datadir.join("stray_file").exists(),
+        "files the backup does not have are removed"
+    );
+    r.start().unwrap();
+    let _stop_r = StopOnDrop(&r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while r.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        pgbench_fingerprint(&r),
+        expected,
+        "delta restore gives the backup's data back"
+    );
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "select count(*) from pg_class where relname = 'junk'"
+        )
+        .unwrap(),
+        "0"
+    );
+    r.stop().unwrap();
+
+    // Standby: standby.signal, stays in recovery following the archive.
+    env.restore(
+        "standby",
+        &[
+            "--type",
+            "standby",
+            "--tablespace-map",
+            &format!("{oid}={}", env.path().join("ts_standby").display()),
+        ],
+    );
+    let sdir = env.path().join("standby");
+    assert!(sdir.join("standby.signal").exists() && !sdir.join("recovery.signal").exists());
+    let s = Instance::new(
+        PgBinaries::find().unwrap(),
+        sdir,
+        env.path().to_path_buf(),
+        free_port().unwrap(),
+        env.run_as.clone(),
+    );
+    s.configure(&[("archive_mode", "off".into())]).unwrap();
+    s.start().unwrap();
+    let _stop_s = StopOnDrop(&s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(fp) = s.psql("postgres", "select 1 from pgbench_branches limit 1") {
+            if fp == "1" {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "standby never accepted read-only queries"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        s.psql("postgres", "select pg_is_in_recovery()").unwrap(),
+        "t",
+        "a standby stays in recovery"
+    );
+    let out = env.pgbunker(&[
+        "restore",
+        "--pgdata",
+        "/tmp/never",
+        "--type",
+        "standby",
+        "--target-lsn",
+        "0/1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

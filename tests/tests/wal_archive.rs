@@ -71,8 +71,11 @@ fn async_archive_round_trip_on_every_backend() {
 
 /// A cold copy taken before the load, recovering with restore_command from the archive,
 /// reaches exactly the source's data.
-fn recovery_from_archive(backend: Backend) {
-    let env = TestEnv::new(EnvOptions::new(backend));
+fn recovery_from_archive(backend: Backend, archive_async: bool) {
+    let env = TestEnv::new(EnvOptions {
+        archive_async,
+        ..EnvOptions::new(backend)
+    });
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let stop = StopOnDrop(&pg);
@@ -109,8 +112,12 @@ fn recovery_from_archive(backend: Backend) {
         free_port().unwrap(),
         env.run_as.clone(),
     );
+    // Log archive-get's decisions into the server log, to see prefetched segments served.
+    let restore_command = env
+        .restore_command()
+        .replace(" archive-get ", " --log-level info archive-get ");
     copy.configure(&[
-        ("restore_command", env.restore_command()),
+        ("restore_command", restore_command),
         ("archive_mode", "off".into()),
     ])
     .unwrap();
@@ -133,11 +140,44 @@ fn recovery_from_archive(backend: Backend) {
         copy.psql("postgres", "select answer from marker").unwrap(),
         "42"
     );
+    if archive_async {
+        let log = std::fs::read_to_string(copy.datadir.join("pgbunker-server.log")).unwrap();
+        assert!(
+            log.contains("restored from the prefetch spool"),
+            "async archive-get serves prefetched segments:\n{log}"
+        );
+        let prefetch = env.path().join("spool/main/prefetch");
+        let stale = || -> Vec<String> {
+            std::fs::read_dir(&prefetch)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.len() == 24 && *n < last)
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut left = stale();
+        while !left.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            left = stale();
+        }
+        assert!(
+            left.is_empty(),
+            "segments already replayed are not kept in the spool: {left:?}"
+        );
+    }
 }
 
 #[test]
 fn recovery_replays_the_archive_to_the_source_state() {
     for b in backends() {
-        recovery_from_archive(b);
+        recovery_from_archive(b, false);
+    }
+}
+
+#[test]
+fn recovery_with_async_archive_get_prefetches_ahead() {
+    for b in backends() {
+        recovery_from_archive(b, true);
     }
 }

@@ -4,6 +4,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use pgbunker_engine::archive::prefetch::{run_prefetcher, PrefetchOptions, PrefetchSpool};
+use pgbunker_engine::archive::push::read_cluster_record;
 use pgbunker_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
 use pgbunker_engine::archive::{
     get_wal_file, push_wal_file, write_atomically, PushOutcome, WalSource,
@@ -68,16 +70,35 @@ fn spawn_pusher(
     spool: &Spool,
     pg_wal: &Path,
 ) -> Result<(), Failure> {
+    spawn_daemon(
+        cli,
+        settings,
+        &spool.log_path(),
+        &[
+            "archive-push-daemon",
+            "--pg-wal",
+            &pg_wal.display().to_string(),
+        ],
+    )
+}
+
+/// Starts a background pgbunker (pusher or prefetcher) with the same configuration.
+fn spawn_daemon(
+    cli: &Cli,
+    settings: &Settings,
+    log_path: &Path,
+    args: &[&str],
+) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(ExitCode::Failed, format!("cannot find own executable: {e}")))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(spool.log_path())
+        .open(log_path)
         .map_err(|e| {
             Failure::new(
                 ExitCode::Failed,
-                format!("cannot open {}: {e}", spool.log_path().display()),
+                format!("cannot open {}: {e}", log_path.display()),
             )
         })?;
     let log2 = log
@@ -90,24 +111,17 @@ fn spawn_pusher(
     if let Some(repo) = &cli.repo {
         cmd.arg("--repo").arg(repo);
     }
-    cmd.args([
-        "--cluster",
-        &settings.cluster,
-        "--log-level",
-        "info",
-        "archive-push-daemon",
-        "--pg-wal",
-    ])
-    .arg(pg_wal)
-    .stdin(std::process::Stdio::null())
-    .stdout(log)
-    .stderr(log2)
-    // Its own process group: signals for the archiver's shell do not reach it.
-    .process_group(0);
+    cmd.args(["--cluster", &settings.cluster, "--log-level", "info"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: signals for the archiver's shell do not reach it.
+        .process_group(0);
     cmd.spawn().map_err(|e| {
         Failure::new(
             ExitCode::Failed,
-            format!("cannot start the background WAL pusher: {e}"),
+            format!("cannot start a background pgbunker: {e}"),
         )
     })?;
     Ok(())
@@ -187,9 +201,37 @@ pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
 }
 
 /// `archive-get %f %p`.
-pub async fn get(settings: &Settings, wal_name: &str, dest: &Path) -> Result<(), Failure> {
+pub async fn get(
+    cli: &Cli,
+    settings: &Settings,
+    wal_name: &str,
+    dest: &Path,
+) -> Result<(), Failure> {
     let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
     let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
+    // Asynchronous mode: serve from the prefetch spool when the segment is already there.
+    let spool = if settings.archive_async && name.has_wal_pages() {
+        match PrefetchSpool::open(&settings.spool_dir, &settings.cluster) {
+            Ok(spool) => Some(spool),
+            Err(e) => {
+                warn!("prefetch disabled: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(spool) = &spool {
+        spool
+            .set_requested(&name)
+            .map_err(|e| abort(e.to_string()))?;
+        let served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
+        ensure_prefetcher(cli, settings, spool);
+        if served {
+            info!(wal = %name, "restored from the prefetch spool");
+            return Ok(());
+        }
+    }
     let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
     match get_wal_file(&repo, &settings.cluster, &name).await {
         Ok(data) => {
@@ -212,4 +254,40 @@ pub async fn get(settings: &Settings, wal_name: &str, dest: &Path) -> Result<(),
             ExitCode::AbortRecovery as i32
         ))),
     }
+}
+
+/// Starts the prefetcher unless one runs (errors only cost the prefetch, never the fetch).
+fn ensure_prefetcher(cli: &Cli, settings: &Settings, spool: &PrefetchSpool) {
+    match spool.try_lock() {
+        Ok(Some(lock)) => {
+            drop(lock);
+            let log = spool.dir().join("prefetcher.log");
+            if let Err(f) = spawn_daemon(cli, settings, &log, &["archive-get-daemon"]) {
+                warn!("prefetcher not started: {}", f.message);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!("prefetcher not started: {e}"),
+    }
+}
+
+/// `archive-get-daemon`: the background prefetcher.
+pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
+    let spool = PrefetchSpool::open(&settings.spool_dir, &settings.cluster)?;
+    let Some(_lock) = spool.try_lock()? else {
+        info!("another prefetcher is running; exiting");
+        return Ok(());
+    };
+    let repo = open_repo(settings).await?;
+    let seg_size = read_cluster_record(&repo, &settings.cluster)
+        .await?
+        .map(|r| r.wal_segment_size)
+        .unwrap_or(pgbunker_engine::types::DEFAULT_WAL_SEGMENT_SIZE);
+    let opts = PrefetchOptions {
+        count: settings.prefetch,
+        jobs: settings.archive_jobs,
+        idle_exit: settings.idle_exit,
+    };
+    run_prefetcher(&repo, &settings.cluster, &spool, seg_size, &opts).await?;
+    Ok(())
 }

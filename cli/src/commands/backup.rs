@@ -10,7 +10,7 @@ use pgbunker_engine::recovery::{parse_target_time, Target, TimelineTarget};
 use pgbunker_engine::restore::{recovery_settings, restore, RestoreOptions};
 
 use super::open_repo;
-use crate::args::{BackupTypeArg, Cli, OutputFormat, RestoreArgs};
+use crate::args::{BackupTypeArg, Cli, OutputFormat, RestoreArgs, TargetArgs};
 use crate::exit::Failure;
 use crate::progress::Reporter;
 use crate::settings::Settings;
@@ -117,68 +117,48 @@ fn shell_quote(p: &Path) -> String {
     format!("\"{}\"", p.display().to_string().replace('"', "\\\""))
 }
 
-fn restore_options(
-    cli: &Cli,
-    settings: &Settings,
-    args: &RestoreArgs,
-) -> Result<RestoreOptions, Failure> {
-    let RestoreArgs {
-        pgdata,
-        backup,
-        jobs,
-        target_time,
-        target_lsn,
-        target_xid,
-        target_name,
-        target_immediate,
-        target_exclusive,
-        target_action,
-        target_timeline,
-        restore_type,
-        dry_run,
-        delta,
-        tablespace_map,
-        tablespace_map_all,
-    } = args;
-    let target: PathBuf = if pgdata.is_absolute() {
-        pgdata.clone()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(pgdata)
-    };
+/// Turns target flags into the engine's target.
+pub fn target_spec(t: &TargetArgs) -> Result<(Target, TimelineTarget, String), Failure> {
     let given = [
-        target_time.is_some(),
-        target_lsn.is_some(),
-        target_xid.is_some(),
-        target_name.is_some(),
-        target_immediate.is_some(),
+        t.target_time.is_some(),
+        t.target_lsn.is_some(),
+        t.target_xid.is_some(),
+        t.target_name.is_some(),
+        t.target_immediate.is_some(),
     ];
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(Failure::usage(
             "give one recovery target: --target-time, --target-lsn, --target-xid, --target-name or --target immediate",
         ));
     }
-    let target_spec = if let Some(t) = target_time {
-        Target::Time(parse_target_time(t)?)
-    } else if let Some(l) = target_lsn {
-        Target::Lsn(
-            l.parse()
-                .map_err(|e| Failure::usage(format!("--target-lsn: {e}")))?,
+    let (spec, label) = if let Some(v) = &t.target_time {
+        (Target::Time(parse_target_time(v)?), format!("time {v}"))
+    } else if let Some(l) = &t.target_lsn {
+        (
+            Target::Lsn(
+                l.parse()
+                    .map_err(|e| Failure::usage(format!("--target-lsn: {e}")))?,
+            ),
+            format!("lsn {l}"),
         )
-    } else if let Some(x) = target_xid {
-        Target::Xid(*x)
-    } else if let Some(n) = target_name {
-        Target::Name(n.clone())
-    } else if target_immediate.is_some() {
-        Target::Immediate
+    } else if let Some(x) = t.target_xid {
+        (Target::Xid(x), format!("xid {x}"))
+    } else if let Some(n) = &t.target_name {
+        (Target::Name(n.clone()), format!("restore point {n}"))
+    } else if t.target_immediate.is_some() {
+        (
+            Target::Immediate,
+            "immediate (backup consistency point)".into(),
+        )
     } else {
-        Target::EndOfArchive
+        (Target::EndOfArchive, "end of the archive".into())
     };
-    if *target_exclusive && matches!(target_spec, Target::EndOfArchive | Target::Immediate) {
+    if t.target_exclusive && matches!(spec, Target::EndOfArchive | Target::Immediate) {
         return Err(Failure::usage(
             "--target-exclusive needs --target-time, --target-lsn, --target-xid or --target-name",
         ));
     }
-    let target_timeline = match target_timeline.as_str() {
+    let timeline = match t.target_timeline.as_str() {
         "latest" => TimelineTarget::Latest,
         "current" => TimelineTarget::Current,
         n => TimelineTarget::Id(n.parse().map_err(|_| {
@@ -187,8 +167,24 @@ fn restore_options(
             ))
         })?),
     };
+    Ok((spec, timeline, label))
+}
+
+fn restore_options(
+    cli: &Cli,
+    settings: &Settings,
+    args: &RestoreArgs,
+) -> Result<RestoreOptions, Failure> {
+    let target: PathBuf = if args.pgdata.is_absolute() {
+        args.pgdata.clone()
+    } else {
+        std::env::current_dir()
+            .unwrap_or_default()
+            .join(&args.pgdata)
+    };
+    let (target_spec, target_timeline, _) = target_spec(&args.target)?;
     let mut map = Vec::new();
-    for m in tablespace_map {
+    for m in &args.tablespace_map {
         let (oid, dir) = m
             .split_once('=')
             .and_then(|(o, d)| Some((o.parse::<u32>().ok()?, PathBuf::from(d))))
@@ -201,18 +197,18 @@ fn restore_options(
         map.push((oid, dir));
     }
     Ok(RestoreOptions {
-        backup: backup.clone(),
-        jobs: jobs.unwrap_or(settings.backup_jobs),
+        backup: args.backup.clone(),
+        jobs: args.jobs.unwrap_or(settings.backup_jobs),
         restore_owner: pgbunker_engine::pg::instance::current_uid() == 0,
         target_spec,
-        target_exclusive: *target_exclusive,
-        target_action: target_action.clone(),
+        target_exclusive: args.target.target_exclusive,
+        target_action: args.target_action.clone(),
         target_timeline,
-        standby: restore_type == "standby",
-        dry_run: *dry_run,
-        delta: *delta,
+        standby: args.restore_type == "standby",
+        dry_run: args.dry_run,
+        delta: args.delta,
         tablespace_map: map,
-        tablespace_map_all: tablespace_map_all.clone(),
+        tablespace_map_all: args.tablespace_map_all.clone(),
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }

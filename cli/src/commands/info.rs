@@ -12,7 +12,8 @@
 //!                          "ranges": [{"first","last","segments"}],
 //!                          "gaps": [{"first_missing","last_missing","segments"}],
 //!                          "partial_files", "backup_history_files"}]},
-//!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"}}]}`
+//!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"},
+//!                 "last_drill": null | {"id", "outcome", "mttr_seconds", "backup_id", "summary"}}]}`
 
 use pgbunker_engine::info::{cluster_info, ClusterInfo};
 use pgbunker_engine::repo::Encryption;
@@ -102,6 +103,16 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                 } else {
                     String::new()
                 }
+            );
+        }
+        if let Some(d) = &c.last_drill {
+            println!(
+                "  last drill {}: {} (MTTR {:.1}s, backup {}): {}",
+                d.id,
+                d.outcome.to_uppercase(),
+                d.mttr_seconds,
+                d.backup_id,
+                d.summary
             );
         }
         match &c.recoverable {

@@ -3,6 +3,7 @@
 mod archive;
 mod backup;
 mod demo;
+mod drill;
 mod info;
 mod init;
 
@@ -26,7 +27,8 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::ArchiveGet {
             wal_name,
             dest_path,
-        } => archive::get(settings, wal_name, dest_path).await,
+        } => archive::get(cli, settings, wal_name, dest_path).await,
+        Command::ArchiveGetDaemon => archive::get_daemon(settings).await,
         Command::ArchivePushDaemon { pg_wal } => archive::daemon(settings, pg_wal).await,
         Command::Backup {
             backup_type,
@@ -36,6 +38,7 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         } => backup::backup(cli, settings, *backup_type, *checksum_delta, *jobs, *output).await,
         Command::Restore(args) => backup::restore_cmd(cli, settings, args).await,
         Command::RestorePoint { name } => backup::restore_point(settings, name).await,
+        Command::Drill(args) => drill::run(cli, settings, args).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,

@@ -9,6 +9,7 @@
 pub mod get;
 pub mod listing;
 pub mod mapped;
+pub mod prefetch;
 pub mod push;
 pub mod spool;
 

@@ -90,6 +90,16 @@ pub fn restore_point(cluster: &str, name: &str) -> ObjectKey {
     ))
 }
 
+/// Prefix of a cluster's drill reports.
+pub fn drills_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/drills/")
+}
+
+/// One drill report.
+pub fn drill_report(cluster: &str, id: &str) -> ObjectKey {
+    ObjectKey::new(format!("{}{id}", drills_prefix(cluster)))
+}
+
 /// Prefix of every index segment.
 pub const INDEX_PREFIX: &str = "index/";
 

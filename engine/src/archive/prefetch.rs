@@ -1,0 +1,229 @@
+//! archive-get prefetch: keep the next segments fetched and verified in the spool, so
+//! recovery does not wait on an object-store round trip per 16 MiB segment.
+//!
+//! Layout: `<spool>/<cluster>/prefetch/<WAL name>` (verified contents), `.requested` (the
+//! last name PostgreSQL asked for), `prefetcher.lock`. With `[archive] async = true`,
+//! `archive-get X`:
+//! 1. records X as requested and, if `prefetch/X` exists, moves it to `%p` (same file system:
+//!    rename; else copy and fsync) and is done;
+//! 2. otherwise fetches X itself as in synchronous mode;
+//! 3. makes sure a background prefetcher runs.
+//!
+//! The prefetcher fetches the `count` segments after the last requested one **on its
+//! timeline** (names carry the timeline, so a file is only ever served under its own name),
+//! removes segments behind the requested one and any from other timelines, and exits when
+//! PostgreSQL stops asking. Every file in the spool passed the same checks as a direct
+//! archive-get (authentication, content id, page header against the name). A segment that
+//! does not exist yet ends the round; it is tried again on the next request.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::archive::get::{get_wal_file, write_atomically};
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use crate::types::{SegmentNo, WalFileName};
+
+/// The prefetch area of one cluster's spool.
+#[derive(Debug, Clone)]
+pub struct PrefetchSpool {
+    dir: PathBuf,
+}
+
+impl PrefetchSpool {
+    /// Opens (creating) `<spool_dir>/<cluster>/prefetch/`.
+    pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
+        let dir = spool_dir.join(cluster).join("prefetch");
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {} (archive.spool_dir)", dir.display()), e))?;
+        Ok(PrefetchSpool { dir })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn requested_path(&self) -> PathBuf {
+        self.dir.join(".requested")
+    }
+
+    /// Records the name PostgreSQL asked for.
+    pub fn set_requested(&self, name: &WalFileName) -> Result<()> {
+        let tmp = self.dir.join(".requested.tmp");
+        fs::write(&tmp, name.to_string())
+            .and_then(|_| fs::rename(&tmp, self.requested_path()))
+            .map_err(|e| Error::io(format!("writing {}", self.requested_path().display()), e))
+    }
+
+    /// The last name PostgreSQL asked for.
+    pub fn requested(&self) -> Option<WalFileName> {
+        fs::read_to_string(self.requested_path())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Lock file of the prefetcher.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("prefetcher.lock")
+    }
+
+    /// Tries to take the prefetcher lock.
+    pub fn try_lock(&self) -> Result<Option<fs::File>> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lock_path())
+            .map_err(|e| Error::io(format!("opening {}", self.lock_path().display()), e))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("locking the prefetcher", e)),
+        }
+    }
+
+    /// Moves a prefetched file to `dest` if there is one; true if it did.
+    pub fn take(&self, name: &WalFileName, dest: &Path) -> Result<bool> {
+        let src = self.dir.join(name.to_string());
+        if !src.exists() {
+            return Ok(false);
+        }
+        let err = |e| Error::io(format!("moving {} to {}", src.display(), dest.display()), e);
+        match fs::rename(&src, dest) {
+            Ok(()) => {}
+            // Another file system: copy durably, then drop the spool copy.
+            Err(e) if e.raw_os_error() == Some(18) => {
+                let data = fs::read(&src).map_err(err)?;
+                write_atomically(dest, &data)?;
+                let _ = fs::remove_file(&src);
+                return Ok(true);
+            }
+            Err(e) => return Err(err(e)),
+        }
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(err)?;
+        }
+        Ok(true)
+    }
+
+    /// Removes files behind `requested` on its timeline and every file of another timeline.
+    pub fn clean(&self, requested: &WalFileName, seg_size: u64) {
+        let (Some(req_seg), tli) = (requested.segment(), requested.timeline()) else {
+            return;
+        };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(name) = e.file_name().to_string_lossy().parse::<WalFileName>() else {
+                continue;
+            };
+            let stale = name.timeline() != tli
+                || name
+                    .segment()
+                    .is_some_and(|s| s.absolute(seg_size) <= req_seg.absolute(seg_size));
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Prefetched file names currently in the spool.
+    pub fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.parse::<WalFileName>().is_ok())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// Options of the prefetcher.
+#[derive(Debug, Clone)]
+pub struct PrefetchOptions {
+    /// Segments kept ahead of the requested one.
+    pub count: usize,
+    /// Parallel fetches.
+    pub jobs: usize,
+    /// Exit after this long without a new request.
+    pub idle_exit: Duration,
+}
+
+/// Runs the prefetcher until PostgreSQL stops asking. The caller holds the lock.
+pub async fn run_prefetcher(
+    repo: &Repository,
+    cluster: &str,
+    spool: &PrefetchSpool,
+    seg_size: u64,
+    opts: &PrefetchOptions,
+) -> Result<()> {
+    let mut last_seen: Option<WalFileName> = None;
+    let mut idle_since = Instant::now();
+    loop {
+        let Some(req) = spool.requested() else {
+            if idle_since.elapsed() > opts.idle_exit {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        if last_seen.as_ref() != Some(&req) {
+            idle_since = Instant::now();
+            last_seen = Some(req.clone());
+        } else if idle_since.elapsed() > opts.idle_exit {
+            return Ok(());
+        }
+        spool.clean(&req, seg_size);
+        let Some(seg) = req.segment() else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let base = seg.absolute(seg_size);
+        let wanted: Vec<WalFileName> = (1..=opts.count as u64)
+            .map(|i| WalFileName::Segment {
+                tli: req.timeline(),
+                segno: SegmentNo::from_absolute(base + i, seg_size),
+            })
+            .filter(|n| !spool.dir().join(n.to_string()).exists())
+            .collect();
+        let mut fetched_any = false;
+        let mut results = futures::stream::iter(wanted)
+            .map(|name| async move {
+                let r = get_wal_file(repo, cluster, &name).await;
+                (name, r)
+            })
+            .buffered(opts.jobs.max(1));
+        while let Some((name, r)) = results.next().await {
+            match r {
+                Ok(data) => {
+                    let path = spool.dir().join(name.to_string());
+                    tokio::task::spawn_blocking(move || write_atomically(&path, &data))
+                        .await
+                        .map_err(|e| Error::InvalidInput(e.to_string()))??;
+                    fetched_any = true;
+                }
+                // Not archived yet (or the end of the archive): stop this round.
+                Err(Error::NotFound(_)) => break,
+                Err(e) => {
+                    tracing::warn!(wal = %name, error = %e, "prefetch failed; archive-get will fetch it directly");
+                    break;
+                }
+            }
+        }
+        if !fetched_any {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
