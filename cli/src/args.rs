@@ -150,6 +150,25 @@ Exit codes: 0 passed; 1 the drill could not run; 3 an integrity check failed; 4 
 objective was missed. Reports: JSON and HTML in the report directory and the repository.")]
     Drill(Box<DrillArgs>),
 
+    /// Check the repository: structure, WAL continuity, and with --read-data the data itself.
+    #[command(after_help = "Examples:
+  pgbunker verify                      # manifests, index, packs present, WAL of every backup
+  pgbunker verify --read-data          # also decrypt and re-hash every block not verified before
+  pgbunker verify --read-data 10%      # a random tenth of the packs
+  pgbunker verify --read-data 3/7      # slice 3 of 7: seven nightly runs cover everything
+Exit 1 when anything is damaged; every damaged backup is named.")]
+    Verify {
+        /// Read and re-hash data: all (no value), PERCENT% or N/T.
+        #[arg(long, num_args = 0..=1, default_missing_value = "100%", value_name = "PERCENT|N/T")]
+        read_data: Option<String>,
+        /// Re-read packs verified by earlier runs too.
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
     /// Create a named restore point (pg_create_restore_point) to recover to later.
     #[command(after_help = "Examples:
   pgbunker restore-point before_migration

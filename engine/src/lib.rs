@@ -34,5 +34,6 @@ pub mod repo;
 pub mod restore;
 pub mod storage;
 pub mod types;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -264,6 +264,15 @@ fn drills_fail_for_the_right_reason_with_the_right_exit_code() {
             .unwrap()
             .to_string()
     };
+    let clean = env.pgbunker(&["verify", "--read-data"]);
+    assert_success(&clean, "verify --read-data on an intact repository");
+    let again = env.pgbunker(&["verify", "--read-data", "--output", "json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        again["packs_read"], 0,
+        "packs verified before are skipped: {again}"
+    );
+    assert!(again["packs_skipped"].as_u64().unwrap() > 0);
     let packs = env.path().join("repo/packs");
     let pack = std::fs::read_dir(&packs)
         .unwrap()

@@ -6,6 +6,7 @@ mod demo;
 mod drill;
 mod info;
 mod init;
+mod verify;
 
 use std::sync::Arc;
 
@@ -39,6 +40,11 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Restore(args) => backup::restore_cmd(cli, settings, args).await,
         Command::RestorePoint { name } => backup::restore_point(settings, name).await,
         Command::Drill(args) => drill::run(cli, settings, args).await,
+        Command::Verify {
+            read_data,
+            all,
+            output,
+        } => verify::run(settings, read_data.as_deref(), *all, *output).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
