@@ -67,15 +67,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Err(f) => return Err(f),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(settings::default_jobs().clamp(1, 4))
-        .build()
-        .map_err(|e| {
-            Failure::new(
-                ExitCode::Failed,
-                format!("cannot start the async runtime: {e}"),
-            )
-        })?;
+    // archive-push and archive-get run once per WAL segment: a single-threaded runtime starts
+    // fastest, and their CPU work runs on the rayon pool anyway.
+    let per_segment = matches!(
+        cli.command,
+        Command::ArchivePush { .. } | Command::ArchiveGet { .. }
+    );
+    let mut builder = if per_segment {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(settings::default_jobs().clamp(1, 4));
+        b
+    };
+    let runtime = builder.enable_all().build().map_err(|e| {
+        Failure::new(
+            ExitCode::Failed,
+            format!("cannot start the async runtime: {e}"),
+        )
+    })?;
     runtime.block_on(commands::dispatch(&cli, &settings))
 }

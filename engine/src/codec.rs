@@ -224,7 +224,7 @@ impl Codec {
         level: i32,
     ) -> (ContentId, Vec<u8>) {
         // A few parts per thread so work stealing balances the hash against compression.
-        let parts = (rayon::current_num_threads() * 4).clamp(1, 16);
+        let parts = (rayon::current_num_threads() * 2).clamp(1, 16);
         let part_len = data.len().div_ceil(parts).max(1);
         let (id, compressed) = rayon::join(
             || {
@@ -236,11 +236,22 @@ impl Codec {
                 use rayon::prelude::*;
                 data.par_chunks(part_len)
                     .map(|chunk| {
-                        let mut c = zstd::bulk::Compressor::new(level).ok()?;
-                        let mut out =
-                            Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
-                        c.compress_to_buffer(chunk, &mut out).ok()?;
-                        Some(out)
+                        // One compression context per pool thread, reused across parts: a fresh
+                        // context per part costs more in page faults than the compression.
+                        thread_local! {
+                            static CONTEXT: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+                                const { std::cell::RefCell::new(None) };
+                        }
+                        CONTEXT.with(|cell| {
+                            let mut slot = cell.borrow_mut();
+                            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                                *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+                            }
+                            let (_, c) = slot.as_mut()?;
+                            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
+                            c.compress_to_buffer(chunk, &mut out).ok()?;
+                            Some(out)
+                        })
                     })
                     .collect::<Option<Vec<Vec<u8>>>>()
             },
