@@ -328,20 +328,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         run_drill(&repo, &drill_opts, &NoProgress),
     )
     .await?;
-    println!("    backup {} ({})", report.backup_id, report.backup_reason);
-    for p in &report.phases {
-        println!("    {:<10} {:>7.2}s  {}", p.name, p.seconds, p.detail);
-    }
-    for c in &report.checks {
-        println!("    [{}] {}: {}", c.status, c.name, c.detail);
-    }
-    println!(
-        "==> drill outcome: {} ({})",
-        report.outcome.to_uppercase(),
-        report.summary
-    );
-    println!("    report: {}", files.html.display());
-    println!("            {}", files.markdown.display());
+    super::drill::print_report(&report, &files);
     if report.outcome != "passed" {
         return Err(fail(format!("the drill did not pass: {}", report.summary)));
     }

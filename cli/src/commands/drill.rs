@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgbunker_engine::drill::report::history;
-use pgbunker_engine::drill::{abort_cleanup, run_drill, DrillOptions};
+use pgbunker_engine::drill::report::{history, DrillReport};
+use pgbunker_engine::drill::{abort_cleanup, run_drill, DrillFiles, DrillOptions};
 use pgbunker_engine::restore::RestoreOptions;
 
 use super::backup::{restore_command, target_spec};
@@ -156,33 +156,33 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
     if args.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
     } else {
-        println!(
-            "drill {} of cluster {}: backup {} ({})",
-            report.id, report.cluster, report.backup_id, report.backup_reason
-        );
-        for p in &report.phases {
-            println!("  {:<10} {:>8.2}s  {}", p.name, p.seconds, p.detail);
-        }
-        for c in &report.checks {
-            println!("  [{}] {}: {}", c.status, c.name, c.detail);
-        }
-        println!(
-            "outcome: {} ({})",
-            report.outcome.to_uppercase(),
-            report.summary
-        );
-        println!(
-            "report: {}\n        {}\n        {}",
-            files.html.display(),
-            files.markdown.display(),
-            files.json.display()
-        );
+        println!("drill {} of cluster {}:", report.id, report.cluster);
+        print_report(&report, &files);
     }
     match report.outcome.as_str() {
         "passed" => Ok(()),
         "objective-missed" => std::process::exit(EXIT_OBJECTIVE),
         _ => std::process::exit(EXIT_INTEGRITY),
     }
+}
+
+/// Prints a drill report for people (the drill command and the demo).
+pub fn print_report(report: &DrillReport, files: &DrillFiles) {
+    println!("    backup {} ({})", report.backup_id, report.backup_reason);
+    for p in &report.phases {
+        println!("    {:<10} {:>7.2}s  {}", p.name, p.seconds, p.detail);
+    }
+    for c in &report.checks {
+        println!("    [{}] {}: {}", c.status, c.name, c.detail);
+    }
+    println!(
+        "==> drill outcome: {} ({})",
+        report.outcome.to_uppercase(),
+        report.summary
+    );
+    println!("    report: {}", files.html.display());
+    println!("            {}", files.markdown.display());
+    println!("            {}", files.json.display());
 }
 
 #[cfg(test)]

@@ -75,17 +75,7 @@ impl PrefetchSpool {
 
     /// Tries to take the prefetcher lock.
     pub fn try_lock(&self) -> Result<Option<fs::File>> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.lock_path())
-            .map_err(|e| Error::io(format!("opening {}", self.lock_path().display()), e))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(f)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io("locking the prefetcher", e)),
-        }
+        crate::archive::spool::try_lock_file(&self.lock_path())
     }
 
     /// Moves a prefetched file to `dest` if there is one; true if it did.

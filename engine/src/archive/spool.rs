@@ -58,6 +58,22 @@ pub struct Spool {
     root: PathBuf,
 }
 
+/// Takes an exclusive lock on `path` (created if needed) without waiting; `None` if another
+/// process holds it. The lock lives as long as the returned file.
+pub fn try_lock_file(path: &Path) -> Result<Option<fs::File>> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("locking {}", path.display()), e)),
+    }
+}
+
 /// What an ack records about the file it acknowledges, and what archive-push compares:
 /// size, modification time, inode, and a BLAKE3 of the first and last 64 KiB (the first page
 /// carries the segment's system identifier and address). Cheap enough for the foreground call,
@@ -131,20 +147,7 @@ impl Spool {
 
     /// Tries to take the pusher lock; `None` if another pusher holds it.
     pub fn try_lock_pusher(&self) -> Result<Option<fs::File>> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.lock_path())
-            .map_err(|e| Error::io(format!("opening {}", self.lock_path().display()), e))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(f)),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io(
-                format!("locking {}", self.lock_path().display()),
-                e,
-            )),
-        }
+        try_lock_file(&self.lock_path())
     }
 
     /// True if a pusher holds the lock right now.
