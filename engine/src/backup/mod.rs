@@ -95,13 +95,31 @@ struct Session {
 }
 
 async fn connect(conninfo: &str) -> Result<Session> {
-    let (client, connection) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot connect to PostgreSQL with cluster.conninfo {conninfo:?}: {e}"
-            ))
-        })?;
+    let config: tokio_postgres::Config = conninfo.parse().map_err(|e| {
+        Error::Config(format!(
+            "cluster.conninfo {conninfo:?} is not a valid connection string: {e}"
+        ))
+    })?;
+    let failed = |e: tokio_postgres::Error| {
+        Error::Config(format!(
+            "cannot connect to PostgreSQL with cluster.conninfo {conninfo:?}: {e}"
+        ))
+    };
+    // TLS per sslmode (see crate::pg::tls); Unix sockets never negotiate TLS.
+    let (client, connection) = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable
+    {
+        let (c, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(failed)?;
+        (c, futures::future::Either::Left(conn))
+    } else {
+        let (c, conn) = config
+            .connect(crate::pg::tls::connector()?)
+            .await
+            .map_err(failed)?;
+        (c, futures::future::Either::Right(conn))
+    };
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!("PostgreSQL connection ended: {e}");

@@ -186,9 +186,15 @@ impl Instance {
 
     /// Starts the server and waits until it accepts connections (`pg_ctl -w`).
     pub fn start(&self) -> Result<()> {
+        self.start_with("")
+    }
+
+    /// Like [`Instance::start`] with extra server options (later `-c` settings win), for
+    /// example `-c listen_addresses=127.0.0.1` in tests that need TCP.
+    pub fn start_with(&self, extra: &str) -> Result<()> {
         let log = self.datadir.join("pgbunker-server.log");
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=''",
+            "-p {} -k {} -c listen_addresses='' {extra}",
             self.port,
             self.socket_dir.display()
         );

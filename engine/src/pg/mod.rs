@@ -4,4 +4,5 @@ pub mod checksum;
 pub mod control;
 pub mod datadir;
 pub mod instance;
+pub mod tls;
 pub mod wal_header;
