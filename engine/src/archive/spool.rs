@@ -322,7 +322,9 @@ pub async fn run_pusher(
             continue;
         }
         idle_since = Instant::now();
-        let results: Vec<(WalFileName, Result<(String, PushOutcome)>)> =
+        // Acks are written as each push completes, so PostgreSQL's call for the oldest segment
+        // returns while later ones are still uploading.
+        let mut results = Box::pin(
             futures::stream::iter(todo)
                 .map(|(name, _)| async move {
                     let path = pg_wal.join(name.to_string());
@@ -343,11 +345,10 @@ pub async fn run_pusher(
                     .await;
                     (name, res)
                 })
-                .buffer_unordered(opts.jobs.max(1))
-                .collect()
-                .await;
+                .buffered(opts.jobs.max(1)),
+        );
         let mut failed = Vec::new();
-        for (name, res) in results {
+        while let Some((name, res)) = results.next().await {
             let n = name.to_string();
             match res {
                 Ok((digest, outcome)) => {
