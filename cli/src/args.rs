@@ -169,6 +169,35 @@ Exit 1 when anything is damaged; every damaged backup is named.")]
         output: OutputFormat,
     },
 
+    /// Apply the retention policy: expire backups no rule keeps, and WAL none needs.
+    #[command(after_help = "Examples:
+  pgbunker expire --dry-run            # every backup with the rule that keeps or drops it
+  pgbunker expire
+Policy in [retention]: full = N, keep_within = \"14d\", daily = D, weekly = W, monthly = M.
+Pinned backups (pgbunker pin ID) and the newest backup are never expired; with no policy,
+nothing is. Space held by expired backups' blocks is reclaimed by garbage collection (not
+yet implemented).")]
+    Expire {
+        /// Show what would go and why; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
+    /// Pin a backup: expire never removes it.
+    Pin {
+        /// Backup id.
+        id: String,
+    },
+
+    /// Unpin a backup.
+    Unpin {
+        /// Backup id.
+        id: String,
+    },
+
     /// Create a named restore point (pg_create_restore_point) to recover to later.
     #[command(after_help = "Examples:
   pgbunker restore-point before_migration

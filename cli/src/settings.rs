@@ -33,7 +33,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
         "backup",
         &["jobs", "compress_level", "block_size", "archive_timeout"],
     ),
-    ("retention", &["full"]),
+    (
+        "retention",
+        &["full", "keep_within", "daily", "weekly", "monthly"],
+    ),
 ];
 
 /// The resolved configuration.
@@ -75,6 +78,8 @@ pub struct Settings {
     pub queue_max: Option<u64>,
     /// Segments archive-get keeps prefetched ahead (async mode).
     pub prefetch: usize,
+    /// Retention policy.
+    pub retention: pgbunker_engine::retention::Policy,
     /// Pusher idle exit.
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
@@ -218,6 +223,14 @@ impl Settings {
         let archive_timeout = parse_dur(take("archive", "timeout"), "archive.timeout")?
             .unwrap_or(Duration::from_secs(60));
         let queue_max = parse_size(take("archive", "queue_max"), "archive.queue_max")?;
+        let retention = pgbunker_engine::retention::Policy {
+            full: parse_num(take("retention", "full"), "retention.full")?.map(|n| n as usize),
+            keep_within: parse_dur(take("retention", "keep_within"), "retention.keep_within")?,
+            daily: parse_num(take("retention", "daily"), "retention.daily")?.map(|n| n as u32),
+            weekly: parse_num(take("retention", "weekly"), "retention.weekly")?.map(|n| n as u32),
+            monthly: parse_num(take("retention", "monthly"), "retention.monthly")?
+                .map(|n| n as u32),
+        };
         let prefetch =
             parse_num(take("archive", "prefetch"), "archive.prefetch")?.unwrap_or(8) as usize;
         let idle_exit = parse_dur(take("archive", "idle_exit"), "archive.idle_exit")?
@@ -256,6 +269,7 @@ impl Settings {
             archive_timeout,
             queue_max,
             prefetch,
+            retention,
             idle_exit,
             wal_compress_level,
         })

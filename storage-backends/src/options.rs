@@ -133,6 +133,7 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
         _ => return None,
     })
 }

@@ -398,6 +398,7 @@ fn demo_settings(dir: &Path) -> Settings {
         archive_timeout: Duration::from_secs(60),
         queue_max: None,
         prefetch: 8,
+        retention: Default::default(),
         idle_exit: Duration::from_secs(10),
         wal_compress_level: 1,
     }

@@ -4,6 +4,7 @@ mod archive;
 mod backup;
 mod demo;
 mod drill;
+mod expire;
 mod info;
 mod init;
 mod verify;
@@ -45,6 +46,9 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
             all,
             output,
         } => verify::run(settings, read_data.as_deref(), *all, *output).await,
+        Command::Expire { dry_run, output } => expire::run(settings, *dry_run, *output).await,
+        Command::Pin { id } => expire::pin(settings, id, true).await,
+        Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,

@@ -100,6 +100,11 @@ pub fn drill_report(cluster: &str, id: &str) -> ObjectKey {
     ObjectKey::new(format!("{}{id}", drills_prefix(cluster)))
 }
 
+/// A pin marker: the backup is never expired.
+pub fn pin(cluster: &str, id: &str) -> ObjectKey {
+    ObjectKey::new(format!("clusters/{cluster}/pins/{id}"))
+}
+
 /// Prefix of every index segment.
 pub const INDEX_PREFIX: &str = "index/";
 
