@@ -186,6 +186,24 @@ yet implemented).")]
         output: OutputFormat,
     },
 
+    /// Garbage collection: delete packs no backup references (mark, condemn, sweep after a grace period).
+    #[command(after_help = "Examples:
+  pgbunker gc --dry-run
+  pgbunker gc                       # condemns now, sweeps what was condemned a grace period ago
+  pgbunker gc --grace 0s            # only when nothing else uses the repository
+Safe while backups and archive-push run: see the protocol in engine/src/gc.rs.")]
+    Gc {
+        /// Show what would be condemned and swept; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Grace period (default retention.gc_grace, else 1h): longer than your longest backup.
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
     /// Pin a backup: expire never removes it.
     Pin {
         /// Backup id.

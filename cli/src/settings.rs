@@ -80,6 +80,10 @@ pub struct Settings {
     pub prefetch: usize,
     /// Retention policy.
     pub retention: pgbunker_engine::retention::Policy,
+    /// Run expire after each backup.
+    pub retention_auto: bool,
+    /// GC grace period.
+    pub gc_grace: Duration,
     /// Pusher idle exit.
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
@@ -231,6 +235,10 @@ impl Settings {
             monthly: parse_num(take("retention", "monthly"), "retention.monthly")?
                 .map(|n| n as u32),
         };
+        let retention_auto =
+            parse_bool(take("retention", "auto"), "retention.auto")?.unwrap_or(false);
+        let gc_grace = parse_dur(take("retention", "gc_grace"), "retention.gc_grace")?
+            .unwrap_or(Duration::from_secs(3600));
         let prefetch =
             parse_num(take("archive", "prefetch"), "archive.prefetch")?.unwrap_or(8) as usize;
         let idle_exit = parse_dur(take("archive", "idle_exit"), "archive.idle_exit")?
@@ -270,6 +278,8 @@ impl Settings {
             queue_max,
             prefetch,
             retention,
+            retention_auto,
+            gc_grace,
             idle_exit,
             wal_compress_level,
         })

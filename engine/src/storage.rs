@@ -57,6 +57,8 @@ pub struct ObjectInfo {
     pub key: ObjectKey,
     /// Size in bytes.
     pub size: u64,
+    /// Last modification, unix seconds (when the backend knows it).
+    pub modified: Option<i64>,
 }
 
 /// What a create-only put found.
@@ -245,6 +247,8 @@ impl Storage for MemoryStorage {
             .map(|(k, (b, _))| ObjectInfo {
                 key: ObjectKey(k.clone()),
                 size: b.len() as u64,
+                // The in-memory store does not track time: objects count as old.
+                modified: None,
             })
             .collect())
     }

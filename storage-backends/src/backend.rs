@@ -395,6 +395,7 @@ impl Storage for ObjectStoreBackend {
                 (!key.starts_with(local::LOCK_DIR) && key.starts_with(prefix)).then(|| ObjectInfo {
                     key: ObjectKey::new(key),
                     size: m.size,
+                    modified: Some(m.last_modified.timestamp()),
                 })
             })
             .collect();

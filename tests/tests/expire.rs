@@ -112,3 +112,110 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
         "1"
     );
 }
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    // Poorly compressible data filling several packs, dropped after the first backup: the
+    // packs holding only its blocks become garbage once that backup expires.
+    pg.psql("postgres", "create table big as select g, md5(g::text) || md5((g * 3)::text) || md5((g * 7)::text) as v from generate_series(1, 1200000) g").unwrap();
+    backup_json(&env, &["--type", "full"]);
+    pg.psql("postgres", "drop table big; create table noise as select g, md5(g::text) as v from generate_series(1, 200000) g").unwrap();
+    switch_wal(&pg);
+    let keep = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 1\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    assert_success(&env.pgbunker(&["expire"]), "expire");
+
+    let packs = env.path().join("repo/packs");
+    let before = dir_size(&packs);
+    let dry = env.pgbunker(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
+    assert_success(&dry, "gc --dry-run");
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert!(
+        !dry["swept"].as_array().unwrap().is_empty(),
+        "something to reclaim: {dry:#}"
+    );
+    assert_eq!(dir_size(&packs), before, "a dry run deletes nothing");
+
+    // kill -9 at several points, then the repository is still consistent.
+    for delay_ms in [0u64, 5, 15, 30, 60] {
+        let mut child = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
+            .args([
+                "--config",
+                &env.config.display().to_string(),
+                "gc",
+                "--grace",
+                "0s",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = std::process::Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                &format!("{} --config {} gc", env.bin.display(), env.config.display()),
+            ])
+            .status();
+        let _ = child.wait();
+        let v = env.pgbunker(&["verify"]);
+        assert_success(&v, &format!("verify after gc killed at {delay_ms} ms"));
+    }
+    let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    assert_success(&out, "gc");
+    let after = dir_size(&packs);
+    assert!(
+        after < before,
+        "gc reclaimed space: {before} -> {after} bytes"
+    );
+    let again = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        again["swept"].as_array().unwrap().len(),
+        0,
+        "a second gc finds nothing left: {again:#}"
+    );
+    let v = env.pgbunker(&["verify", "--read-data", "--all"]);
+    assert_success(&v, "verify --read-data after gc");
+
+    // A backup taken after gc, and the retained one, both restore.
+    pg.psql("postgres", "create table after_gc as select 1 as x")
+        .unwrap();
+    backup_json(&env, &[]);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
+    let r = env.restore_and_start("from_kept", Some(&keep));
+    let _stop_r = StopOnDrop(&r);
+    assert_eq!(
+        r.psql("postgres", "select count(*) from noise").unwrap(),
+        "200000"
+    );
+    assert_eq!(r.psql("postgres", "select x from after_gc").unwrap(), "1");
+}

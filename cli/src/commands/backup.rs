@@ -91,6 +91,9 @@ pub async fn backup(
             }
         }
     }
+    if settings.retention_auto {
+        super::expire::auto_expire(settings).await?;
+    }
     Ok(())
 }
 

@@ -399,6 +399,8 @@ fn demo_settings(dir: &Path) -> Settings {
         queue_max: None,
         prefetch: 8,
         retention: Default::default(),
+        retention_auto: false,
+        gc_grace: Duration::from_secs(3600),
         idle_exit: Duration::from_secs(10),
         wal_compress_level: 1,
     }

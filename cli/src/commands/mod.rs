@@ -47,6 +47,11 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
             output,
         } => verify::run(settings, read_data.as_deref(), *all, *output).await,
         Command::Expire { dry_run, output } => expire::run(settings, *dry_run, *output).await,
+        Command::Gc {
+            dry_run,
+            grace,
+            output,
+        } => expire::gc(settings, *dry_run, grace.as_deref(), *output).await,
         Command::Pin { id } => expire::pin(settings, id, true).await,
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,

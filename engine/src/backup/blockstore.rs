@@ -77,6 +77,22 @@ impl KnownBlocks {
         KnownBlocks(Mutex::new(index.ids().copied().collect()))
     }
 
+    /// From an index, leaving out blocks in packs GC condemned: a backup must never start
+    /// depending on a pack that may be deleted (those blocks are stored again).
+    pub fn from_index_excluding(
+        index: &BlockIndex,
+        condemned: &std::collections::HashSet<[u8; 32]>,
+    ) -> Self {
+        KnownBlocks(Mutex::new(
+            index
+                .map
+                .iter()
+                .filter(|(_, e)| !condemned.contains(&e.pack_id))
+                .map(|(id, _)| *id)
+                .collect(),
+        ))
+    }
+
     /// Claims a block: true if it was unknown (the caller must store it).
     pub fn claim(&self, id: ContentId) -> bool {
         self.0.lock().expect("known blocks lock").insert(id)

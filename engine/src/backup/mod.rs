@@ -292,8 +292,44 @@ pub async fn run_backup(
     let id = new_backup_id(backup_type, &ids);
     info!(backup = %id, ?backup_type, reference = reference.as_ref().map(|r| r.id.as_str()), "starting");
 
+    // The lease first, then the GC state, then the index: a GC that condemns a pack after
+    // this point sees the lease and does not sweep it until this backup ends.
+    let lease = crate::gc::lease_key(&opts.cluster, &id);
+    repo.storage()
+        .put_create(
+            &lease,
+            bytes::Bytes::from(format!("{{\"started\":\"{}\"}}", now_rfc3339())),
+        )
+        .await?;
+    let result = backup_with_lease(
+        repo,
+        opts,
+        progress,
+        session,
+        control,
+        reference,
+        backup_type,
+        id,
+    )
+    .await;
+    let _ = repo.storage().delete(&lease).await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn backup_with_lease(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    session: Session,
+    control: crate::pg::control::ControlFile,
+    reference: Option<Manifest>,
+    backup_type: BackupType,
+    id: String,
+) -> Result<Manifest> {
+    let condemned = crate::gc::condemned_packs(repo).await?;
     let index = BlockIndex::load(repo).await?;
-    let known = Arc::new(KnownBlocks::from_index(&index));
+    let known = Arc::new(KnownBlocks::from_index_excluding(&index, &condemned));
     drop(index);
     let reference_files: HashMap<String, FileEntry> = reference
         .as_ref()
