@@ -149,7 +149,11 @@ impl Packer {
         }
         let writer = std::mem::take(&mut self.writer);
         let codec = self.repo.codec().clone();
-        let pack: FinishedPack = crate::archive::push::run_cpu(move || writer.finish(&codec)).await;
+        // Not on the rayon pool: readers on that pool block on the bounded channel into this
+        // packer, so a pool task here could wait for a thread that waits for us (deadlock).
+        let pack: FinishedPack = tokio::task::spawn_blocking(move || writer.finish(&codec))
+            .await
+            .map_err(|e| Error::InvalidInput(format!("sealing a pack failed: {e}")))?;
         let pack_id = *pack.pack_id.as_bytes();
         let len = pack.bytes.len() as u64;
         self.repo
