@@ -31,7 +31,13 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     (
         "backup",
-        &["jobs", "compress_level", "block_size", "archive_timeout"],
+        &[
+            "jobs",
+            "compress_level",
+            "block_size",
+            "archive_timeout",
+            "lease_wait",
+        ],
     ),
     (
         "retention",
@@ -66,6 +72,8 @@ pub struct Settings {
     pub block_size: usize,
     /// How long a backup waits for its WAL to be archived.
     pub backup_archive_timeout: Duration,
+    /// How long a backup waits for another backup of the cluster to finish.
+    pub lease_wait: Duration,
     /// Asynchronous archiving.
     pub archive_async: bool,
     /// Spool directory for async archiving.
@@ -239,6 +247,8 @@ impl Settings {
             parse_bool(take("retention", "auto"), "retention.auto")?.unwrap_or(false);
         let gc_grace = parse_dur(take("retention", "gc_grace"), "retention.gc_grace")?
             .unwrap_or(Duration::from_secs(3600));
+        let lease_wait =
+            parse_dur(take("backup", "lease_wait"), "backup.lease_wait")?.unwrap_or(Duration::ZERO);
         let prefetch =
             parse_num(take("archive", "prefetch"), "archive.prefetch")?.unwrap_or(8) as usize;
         let idle_exit = parse_dur(take("archive", "idle_exit"), "archive.idle_exit")?
@@ -271,6 +281,7 @@ impl Settings {
             backup_compress_level,
             block_size,
             backup_archive_timeout,
+            lease_wait,
             archive_async,
             spool_dir,
             archive_jobs,

@@ -16,7 +16,7 @@
 //! 3. **Sweep** (a later run, or the same run when the grace period is zero). A condemned pack
 //!    is deleted only if (a) it was condemned at least a grace period ago, (b) it is still
 //!    unreferenced by the manifests read *now*, and (c) no backup lease older than its
-//!    condemnation exists (a backup that started before the condemnation may have
+//!    condemnation exists (see [`crate::lease`]; a backup that started before the condemnation may have
 //!    deduplicated against it; its manifest is not written yet). Index segments listing a
 //!    swept pack are first rewritten without its entries (new segment created, then the old
 //!    one deleted), then the pack is deleted, then `gc/state` forgets it.
@@ -76,14 +76,6 @@ pub async fn condemned_packs(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
         .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
         .collect())
 }
-
-/// A backup's lease: written when it starts, removed when it ends.
-pub fn lease_key(cluster: &str, backup_id: &str) -> ObjectKey {
-    ObjectKey::new(format!("leases/backup-{cluster}-{backup_id}"))
-}
-
-/// Leases older than this are from backups that died; they no longer hold GC back.
-const STALE_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 /// What a GC run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -173,13 +165,9 @@ pub async fn gc(repo: &Repository, grace: Duration, dry_run: bool) -> Result<GcR
     // Condemned packs that no longer exist are forgotten.
     state.condemned.retain(|h, _| sizes.contains_key(h));
     // Sweep candidates: condemned long enough, and no older backup lease.
-    let leases = repo.storage().list("leases/").await?;
+    let leases = crate::lease::live(repo).await?;
     report.objects_listed += leases.len();
-    let oldest_live_lease = leases
-        .iter()
-        .filter_map(|l| l.modified)
-        .filter(|m| now - m < STALE_LEASE.as_secs() as i64)
-        .min();
+    let oldest_live_lease = leases.iter().map(|l| l.body.started).min();
     let sweep: Vec<String> = state
         .condemned
         .iter()

@@ -28,6 +28,7 @@ pub mod expire;
 pub mod gc;
 pub mod index;
 pub mod info;
+pub mod lease;
 pub mod pack;
 pub mod pg;
 pub mod progress;

@@ -267,3 +267,66 @@ fn backups_connect_over_tls_when_sslmode_asks_for_it() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql("postgres", "create table noise as select g, md5(g::text) || md5((g*7)::text) as v from generate_series(1, 600000) g").unwrap();
+    let mut first = std::process::Command::new(&env.bin);
+    if env.run_as.is_some() {
+        let meta = std::fs::metadata(env.path()).unwrap();
+        first.uid(meta.uid()).gid(meta.gid());
+    }
+    let mut first = first
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--progress",
+            "never",
+            "backup",
+            "--type",
+            "full",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let leases = env.path().join("repo/leases");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first backup never took its lease"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first backup ended before the second could start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = env.pgbunker(&["--progress", "never", "backup", "--type", "full"]);
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another backup of cluster \"main\" is running"),
+        "{}",
+        stderr(&second)
+    );
+    let out = first.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the first backup completed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&leases).unwrap().count(),
+        0,
+        "the lease is released"
+    );
+    backup_json(&env, &[]);
+}

@@ -55,6 +55,7 @@ pub async fn backup(
         compress_level: settings.backup_compress_level,
         checksum_delta,
         archive_timeout: settings.backup_archive_timeout,
+        lease_wait: settings.lease_wait,
     };
     let reporter = Reporter::new(cli.progress);
     let m = run_backup(&repo, &opts, &reporter).await?;

@@ -204,6 +204,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         compress_level: 3,
         checksum_delta: false,
         archive_timeout: Duration::from_secs(120),
+        lease_wait: Duration::ZERO,
     };
     // Let the initial load age past the incremental's mtime safety window.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -392,6 +393,7 @@ fn demo_settings(dir: &Path) -> Settings {
         backup_compress_level: 3,
         block_size: 64 << 10,
         backup_archive_timeout: Duration::from_secs(120),
+        lease_wait: Duration::ZERO,
         archive_async: false,
         spool_dir: PathBuf::from(dir).join("spool"),
         archive_jobs: 2,

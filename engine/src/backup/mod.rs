@@ -68,6 +68,8 @@ pub struct BackupOptions {
     pub checksum_delta: bool,
     /// How long to wait for the WAL up to the stop LSN to be archived.
     pub archive_timeout: Duration,
+    /// How long to wait for another backup of the same cluster to finish (0: fail at once).
+    pub lease_wait: Duration,
 }
 
 fn now_rfc3339() -> String {
@@ -294,13 +296,7 @@ pub async fn run_backup(
 
     // The lease first, then the GC state, then the index: a GC that condemns a pack after
     // this point sees the lease and does not sweep it until this backup ends.
-    let lease = crate::gc::lease_key(&opts.cluster, &id);
-    repo.storage()
-        .put_create(
-            &lease,
-            bytes::Bytes::from(format!("{{\"started\":\"{}\"}}", now_rfc3339())),
-        )
-        .await?;
+    let lease = crate::lease::acquire_backup(repo, &opts.cluster, &id, opts.lease_wait).await?;
     let result = backup_with_lease(
         repo,
         opts,
@@ -312,7 +308,7 @@ pub async fn run_backup(
         id,
     )
     .await;
-    let _ = repo.storage().delete(&lease).await;
+    lease.release().await;
     result
 }
 
