@@ -36,7 +36,6 @@ use time::OffsetDateTime;
 
 use crate::backup::blockstore::BlockIndex;
 use crate::backup::manifest;
-use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment};
 use crate::repo::{layout, Repository};
@@ -130,8 +129,8 @@ pub async fn gc(repo: &Repository, grace: Duration, dry_run: bool) -> Result<GcR
         for id in manifest::list_ids(repo, c).await? {
             let m = manifest::load(repo, c, &id).await?;
             for f in &m.files {
-                for b in f.blocks.iter().filter(|b| !b.is_empty()) {
-                    if let Some(e) = ContentId::from_hex(b).and_then(|id| index.get(&id)) {
+                for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
+                    if let Some(e) = index.get(id) {
                         referenced.insert(e.pack_id);
                     }
                 }

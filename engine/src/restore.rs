@@ -20,7 +20,6 @@ use futures::StreamExt;
 use crate::archive::push::run_cpu;
 use crate::backup::blockstore::BlockIndex;
 use crate::backup::manifest::{self, FileEntry, Manifest};
-use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::index::IndexEntry;
 use crate::pack::open_block;
@@ -129,13 +128,15 @@ pub async fn preflight(repo: &Repository, m: &Manifest) -> Result<BlockIndex> {
     let index = BlockIndex::load(repo).await?;
     let mut packs = HashSet::new();
     for f in &m.files {
-        for b in f.blocks.iter().filter(|b| !b.is_empty()) {
-            let id = ContentId::from_hex(b)
-                .ok_or_else(|| Error::corrupt(&m.id, format!("bad block id in {}", f.path)))?;
-            let e = index.get(&id).ok_or_else(|| {
+        for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
+            let e = index.get(id).ok_or_else(|| {
                 Error::corrupt(
                     format!("backup {}", m.id),
-                    format!("block {b} of {} is not in any index segment", f.path),
+                    format!(
+                        "block {} of {} is not in any index segment",
+                        id.to_hex(),
+                        f.path
+                    ),
                 )
             })?;
             packs.insert(e.pack_id);
@@ -444,7 +445,7 @@ async fn restore_file(
             i += 1;
             continue;
         }
-        if f.blocks[i].is_empty() {
+        if f.blocks[i].is_zero() {
             let len = block_len(f, i, block_size);
             if delta {
                 file.write_at(&vec![0u8; len as usize], i as u64 * block_size)
@@ -458,7 +459,7 @@ async fn restore_file(
         let mut run: Vec<(usize, IndexEntry)> = vec![(i, first)];
         let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
         let mut j = i + 1;
-        while j < f.blocks.len() && !f.blocks[j].is_empty() && !same(j) {
+        while j < f.blocks.len() && !f.blocks[j].is_zero() && !same(j) {
             let e = locate(index, f, j)?;
             if e.pack_id != first.pack_id
                 || e.entry.offset != end
@@ -549,10 +550,9 @@ async fn read_existing_ids(
                 }
             }
             let data = &buf[..filled];
-            let same = if b.is_empty() {
-                !data.is_empty() && data.iter().all(|x| *x == 0)
-            } else {
-                codec.content_id(data).to_hex() == *b
+            let same = match b.0 {
+                None => !data.is_empty() && data.iter().all(|x| *x == 0),
+                Some(id) => codec.content_id(data) == id,
             };
             out.push(same);
         }
@@ -566,12 +566,13 @@ fn block_len(f: &FileEntry, i: usize, block_size: u64) -> u64 {
 }
 
 fn locate(index: &BlockIndex, f: &FileEntry, i: usize) -> Result<IndexEntry> {
-    let id = ContentId::from_hex(&f.blocks[i])
-        .ok_or_else(|| Error::corrupt(f.path.clone(), "bad block id"))?;
+    let id = f.blocks[i]
+        .0
+        .ok_or_else(|| Error::corrupt(f.path.clone(), "a zero block has no location"))?;
     index.get(&id).copied().ok_or_else(|| {
         Error::corrupt(
             f.path.clone(),
-            format!("block {} is not indexed", f.blocks[i]),
+            format!("block {} is not indexed", id.to_hex()),
         )
     })
 }

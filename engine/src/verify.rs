@@ -18,7 +18,6 @@ use serde::Serialize;
 
 use crate::backup::blockstore::BlockIndex;
 use crate::backup::manifest::{self, Manifest};
-use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::pack::{open_block, read_pack_entries};
 use crate::recovery::ArchiveView;
@@ -120,8 +119,8 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     for m in &manifests {
         let mut missing = 0usize;
         for f in &m.files {
-            for b in f.blocks.iter().filter(|b| !b.is_empty()) {
-                match ContentId::from_hex(b).and_then(|id| index.get(&id)) {
+            for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
+                match index.get(id) {
                     Some(e) => {
                         users.entry(e.pack_id).or_default().insert(m.id.clone());
                     }

@@ -570,7 +570,7 @@ async fn backup_with_lease(
     stats.size = files.iter().map(|f| f.size).sum();
     stats.blocks = files
         .iter()
-        .map(|f| f.blocks.iter().filter(|b| !b.is_empty()).count() as u64)
+        .map(|f| f.blocks.iter().filter(|b| !b.is_zero()).count() as u64)
         .sum();
     stats.stored_new = packer.stored;
     let m = Manifest {

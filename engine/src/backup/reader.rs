@@ -11,7 +11,7 @@ use std::io::Read;
 use tokio::sync::mpsc;
 
 use super::blockstore::{KnownBlocks, SealedBlock};
-use super::manifest::FileEntry;
+use super::manifest::{BlockRef, FileEntry};
 use crate::codec::{Codec, ObjectKind};
 use crate::error::{Error, Result};
 use crate::pg::checksum::{check_page, relation_segment, PageCheck, BLCKSZ, RELSEG_SIZE};
@@ -111,14 +111,13 @@ pub fn read_file(
         let position = blocks.len();
         read += n as u64;
         if data.iter().all(|b| *b == 0) {
-            blocks.push(String::new());
+            blocks.push(BlockRef::ZERO);
             continue;
         }
         let id = ctx.codec.content_id(data);
-        let hex = id.to_hex();
         let same_as_parent = parent
             .and_then(|p| p.blocks.get(position))
-            .is_some_and(|b| *b == hex);
+            .is_some_and(|b| b.0 == Some(id));
         if !same_as_parent && ctx.known.claim(id) {
             let sealed = ctx
                 .codec
@@ -135,7 +134,7 @@ pub fn read_file(
             new_bytes += n as u64;
             new_blocks += 1;
         }
-        blocks.push(hex);
+        blocks.push(BlockRef(Some(id)));
     }
     Ok(FileRead {
         entry: Some(FileEntry {
