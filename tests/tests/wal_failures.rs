@@ -944,3 +944,78 @@ fn async_spool_forgets_acks_once_postgresql_is_answered() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// With `archive.queue_max` set and the repository failing, the pusher drops WAL (loudly) so
+/// PostgreSQL can recycle it; the hole shows in `info`. Without the cap nothing is ever dropped
+/// (the S3 outage test above).
+#[test]
+fn queue_max_drops_wal_loudly_when_the_repository_fails() {
+    let env = TestEnv::new(EnvOptions {
+        archive_async: true,
+        archive_extra: "queue_max = \"1MiB\"\n".into(),
+        ..EnvOptions::new(Backend::File)
+    });
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    pg.psql("postgres", "create table t as select 1 as x")
+        .unwrap();
+    let first = switch_wal(&pg);
+    wait_archived(&pg, &first, Duration::from_secs(60));
+    // The repository stops accepting writes (PostgreSQL's user can no longer write there).
+    let wal_dir = env.path().join("repo/clusters/main");
+    let chmod = |mode: &str| {
+        let ok = Command::new("chmod")
+            .args(["-R", mode])
+            .arg(&wal_dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    chmod("a-w");
+    pg.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 1000) g",
+    )
+    .unwrap();
+    let dropped = switch_wal(&pg);
+    wait_archived(&pg, &dropped, Duration::from_secs(60));
+    chmod("u+w");
+    let log = std::fs::read_to_string(pg.datadir.join("pgbunker-server.log")).unwrap();
+    assert!(
+        log.contains("DROPPED"),
+        "PostgreSQL's log says the segment was dropped:\n{log}"
+    );
+    let info = env.pgbunker(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let gaps = doc["clusters"][0]["wal"]["timelines"][0]["gaps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ranges = doc["clusters"][0]["wal"]["timelines"][0]["ranges"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let archived_dropped = ranges.iter().any(|r| {
+        r["first"].as_str().unwrap() <= dropped.as_str()
+            && dropped.as_str() <= r["last"].as_str().unwrap()
+    });
+    assert!(
+        !archived_dropped,
+        "{dropped} is not in the archive: {ranges:?}"
+    );
+    // Archiving resumes once the repository accepts writes again, and the hole stays visible.
+    pg.psql("postgres", "insert into t values (2)").unwrap();
+    let after = switch_wal(&pg);
+    wait_archived(&pg, &after, Duration::from_secs(60));
+    let info = env.pgbunker(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let gaps_after = doc["clusters"][0]["wal"]["timelines"][0]["gaps"]
+        .as_array()
+        .unwrap();
+    assert!(
+        !gaps_after.is_empty() || !gaps.is_empty(),
+        "info shows the gap: {doc:#}"
+    );
+}
