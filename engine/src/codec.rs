@@ -271,29 +271,6 @@ impl Codec {
         }
     }
 
-    /// Starts a streaming seal: feed plaintext in chunks, get the content id and the sealed
-    /// object at the end. Only the compressed output is held in memory.
-    pub fn seal_stream(&self, kind: ObjectKind, level: i32) -> SealStream<'_> {
-        let mut out = Vec::with_capacity(1 << 20);
-        out.resize(HEADER_LEN, 0);
-        let mut encoder =
-            zstd::stream::write::Encoder::new(out, level).expect("zstd encoder with a valid level");
-        // zstd's own worker threads compress while this thread hashes: both cores busy.
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as u32;
-        if workers > 1 {
-            let _ = encoder.multithread(workers);
-        }
-        SealStream {
-            codec: self,
-            kind,
-            hasher: blake3::Hasher::new_keyed(&self.keys.id_key),
-            encoder,
-            raw_len: 0,
-        }
-    }
-
     /// Authenticates, decrypts and decompresses an envelope.
     pub fn open(
         &self,
@@ -376,71 +353,6 @@ fn checksum(key: &[u8; 32], aad: &[u8], data: &[u8]) -> [u8; 32] {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// A seal in progress (see [`Codec::seal_stream`]).
-///
-/// Each chunk is hashed (keyed BLAKE3) on the calling thread while zstd's worker threads
-/// compress it,
-/// so a 16 MiB WAL segment is read once, in chunks, and never held whole in memory.
-pub struct SealStream<'a> {
-    codec: &'a Codec,
-    kind: ObjectKind,
-    hasher: blake3::Hasher,
-    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
-    raw_len: u64,
-}
-
-impl std::fmt::Debug for SealStream<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealStream({:?}, {} bytes)", self.kind, self.raw_len)
-    }
-}
-
-/// The end of a streaming seal.
-#[derive(Debug)]
-pub enum StreamOutcome {
-    /// Sealed, compressed.
-    Sealed {
-        id: ContentId,
-        sealed: Vec<u8>,
-        raw_len: u64,
-    },
-    /// Compression did not pay: the caller seals the plaintext uncompressed (it has the id).
-    Incompressible { id: ContentId, raw_len: u64 },
-}
-
-impl SealStream<'_> {
-    /// Feeds the next chunk.
-    pub fn update(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        // With workers, write_all hands the chunk to zstd's threads and returns; hashing here
-        // overlaps with their compression.
-        let written = self.encoder.write_all(chunk);
-        self.hasher.update(chunk);
-        self.raw_len += chunk.len() as u64;
-        written
-    }
-
-    /// Finishes: the content id and the sealed object (or the verdict that compression
-    /// did not pay, under the same rule as [`Codec::seal`]).
-    pub fn finish(self, context: &[u8]) -> std::io::Result<StreamOutcome> {
-        let id = ContentId(*self.hasher.finalize().as_bytes());
-        let out = self.encoder.finish()?;
-        let body = (out.len() - HEADER_LEN) as u64;
-        if body + self.raw_len / 32 >= self.raw_len {
-            return Ok(StreamOutcome::Incompressible {
-                id,
-                raw_len: self.raw_len,
-            });
-        }
-        let sealed = self.codec.seal_prepared(self.kind, &id, context, out, true);
-        Ok(StreamOutcome::Sealed {
-            id,
-            sealed,
-            raw_len: self.raw_len,
-        })
-    }
 }
 
 /// zstd-compresses `data` into a buffer with room for the envelope's header and tag;
@@ -566,38 +478,6 @@ mod tests {
             c.open(ObjectKind::Wal, &id, b"n", &sealed),
             Err(CodecError::Authentication)
         );
-    }
-
-    #[test]
-    fn streaming_seal_matches_the_one_shot_id_and_opens() {
-        let c = codec(true);
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i / 1000 % 7) as u8).collect();
-        let mut s = c.seal_stream(ObjectKind::Wal, 1);
-        for chunk in data.chunks(1 << 20) {
-            s.update(chunk).unwrap();
-        }
-        let StreamOutcome::Sealed {
-            id,
-            sealed,
-            raw_len,
-        } = s.finish(b"name").unwrap()
-        else {
-            panic!("compressible data must compress")
-        };
-        assert_eq!(raw_len, data.len() as u64);
-        assert_eq!(id, c.content_id(&data));
-        assert_eq!(
-            c.open(ObjectKind::Wal, &id, b"name", &sealed).unwrap(),
-            data
-        );
-        let mut random = vec![0u8; 100_000];
-        rand::rngs::OsRng.fill_bytes(&mut random);
-        let mut s = c.seal_stream(ObjectKind::Wal, 1);
-        s.update(&random).unwrap();
-        assert!(matches!(
-            s.finish(b"n").unwrap(),
-            StreamOutcome::Incompressible { .. }
-        ));
     }
 
     #[test]

@@ -27,7 +27,7 @@
 //! worst an extra index segment (duplicates are harmless) or a condemned pack not yet swept:
 //! the next run completes the work. WAL objects are not GC's business (expire removes them).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -114,17 +114,7 @@ pub async fn gc(repo: &Repository, grace: Duration, dry_run: bool) -> Result<GcR
     // Mark.
     let index = BlockIndex::load(repo).await?;
     let mut referenced: HashSet<[u8; 32]> = HashSet::new();
-    let mut clusters: BTreeSet<String> = BTreeSet::new();
-    for o in repo.storage().list("clusters/").await? {
-        if let Some(c) = o
-            .key
-            .as_str()
-            .strip_prefix("clusters/")
-            .and_then(|r| r.split('/').next())
-        {
-            clusters.insert(c.to_string());
-        }
-    }
+    let clusters = manifest::cluster_names(repo).await?;
     for c in &clusters {
         for id in manifest::list_ids(repo, c).await? {
             let m = manifest::load(repo, c, &id).await?;

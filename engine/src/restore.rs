@@ -19,7 +19,7 @@ use futures::StreamExt;
 
 use crate::archive::push::run_cpu;
 use crate::backup::blockstore::BlockIndex;
-use crate::backup::manifest::{self, FileEntry, Manifest};
+use crate::backup::manifest::{FileEntry, Manifest};
 use crate::error::{Error, Result};
 use crate::index::IndexEntry;
 use crate::pack::open_block;
@@ -105,22 +105,6 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Seconds spent.
     pub seconds: f64,
-}
-
-/// Picks the backup: the given id, or the newest.
-pub async fn choose_backup(repo: &Repository, cluster: &str, id: Option<&str>) -> Result<Manifest> {
-    let id = match id {
-        Some(id) => id.to_string(),
-        None => manifest::list_ids(repo, cluster)
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "cluster {cluster:?} has no backup yet: run `pgbunker backup` first"
-                ))
-            })?,
-    };
-    manifest::load(repo, cluster, &id).await
 }
 
 /// Checks that everything the backup references is present; returns the index.

@@ -90,17 +90,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     let mut report = VerifyReport::default();
     let index = BlockIndex::load(repo).await?;
     let mut manifests: Vec<Manifest> = Vec::new();
-    let mut clusters: BTreeSet<String> = BTreeSet::new();
-    for o in repo.storage().list("clusters/").await? {
-        if let Some(c) = o
-            .key
-            .as_str()
-            .strip_prefix("clusters/")
-            .and_then(|r| r.split('/').next())
-        {
-            clusters.insert(c.to_string());
-        }
-    }
+    let clusters = manifest::cluster_names(repo).await?;
     for cluster in &clusters {
         for id in manifest::list_ids(repo, cluster).await? {
             match manifest::load(repo, cluster, &id).await {
@@ -116,6 +106,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     report.backups = manifests.len();
     // Which backups use which pack.
     let mut users: HashMap<[u8; 32], BTreeSet<String>> = HashMap::new();
+    let mut views: HashMap<String, ArchiveView> = HashMap::new();
     for m in &manifests {
         let mut missing = 0usize;
         for f in &m.files {
@@ -135,12 +126,19 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
                 backups: vec![m.id.clone()],
             });
         }
-        // WAL from start to consistency.
-        let seg_size = crate::archive::push::read_cluster_record(repo, &m.cluster)
-            .await?
-            .map(|r| r.wal_segment_size)
-            .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
-        let view = ArchiveView::load(repo, &m.cluster, seg_size).await?;
+        // WAL from start to consistency (the archive view is read once per cluster).
+        if !views.contains_key(&m.cluster) {
+            let seg_size = crate::archive::push::read_cluster_record(repo, &m.cluster)
+                .await?
+                .map(|r| r.wal_segment_size)
+                .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
+            views.insert(
+                m.cluster.clone(),
+                ArchiveView::load(repo, &m.cluster, seg_size).await?,
+            );
+        }
+        let view = &views[&m.cluster];
+        let seg_size = view.seg_size;
         let needed = view.needed(
             m.timeline,
             m.start_lsn,

@@ -310,25 +310,32 @@ pub fn pgbench_fingerprint(inst: &Instance) -> String {
     .unwrap()
 }
 
-/// A small process guard that kills a child on drop (for socat forwarders).
+/// A socat forwarder; dropping it kills its whole process group, so the connections it
+/// forked die too and the outage is real.
 #[derive(Debug)]
-pub struct KillOnDrop(pub std::process::Child);
+pub struct Forwarder(pub std::process::Child);
 
-impl Drop for KillOnDrop {
+impl Drop for Forwarder {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.wait();
     }
 }
 
-/// Starts a TCP forwarder `127.0.0.1:listen -> 127.0.0.1:target` with socat.
-pub fn start_forwarder(listen: u16, target: &str) -> KillOnDrop {
+/// Starts a TCP forwarder `127.0.0.1:listen -> target` with socat, in its own process group.
+pub fn start_forwarder(listen: u16, target: &str) -> Forwarder {
+    use std::os::unix::process::CommandExt;
     let target = target.trim_start_matches("http://");
     let child = Command::new("socat")
         .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,fork,reuseaddr"))
         .arg(format!("TCP:{target}"))
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
         .spawn()
         .expect("socat (scripts/install-deps.sh installs it)");
+    let fwd = Forwarder(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
         assert!(
@@ -337,7 +344,19 @@ pub fn start_forwarder(listen: u16, target: &str) -> KillOnDrop {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    KillOnDrop(child)
+    fwd
+}
+
+/// Waits until `inst` has left recovery (promoted), failing after `timeout`.
+pub fn wait_recovered(inst: &Instance, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while inst.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
+        assert!(
+            Instant::now() < deadline,
+            "recovery of {what} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Stops a cluster when dropped, so a failing test leaves no server behind.
@@ -417,14 +436,7 @@ impl TestEnv {
             inst.configure(&[("archive_mode", "off".into())]).unwrap();
         }
         inst.start().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while inst.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
-            assert!(
-                Instant::now() < deadline,
-                "recovery of {name} did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_recovered(&inst, name, Duration::from_secs(180));
         inst
     }
 }

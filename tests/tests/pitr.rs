@@ -437,11 +437,7 @@ fn delta_standby_and_tablespace_remapping() {
     );
     r.start().unwrap();
     let _stop_r = StopOnDrop(&r);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while r.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_recovered(&r, "the delta restore", Duration::from_secs(120));
     assert_eq!(
         pgbench_fingerprint(&r),
         expected,

@@ -123,14 +123,7 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
     .unwrap();
     copy.start().unwrap();
     let _stop_copy = StopOnDrop(&copy);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while copy.psql("postgres", "select pg_is_in_recovery()").unwrap() == "t" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "recovery did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_recovered(&copy, "the cold copy", Duration::from_secs(120));
     assert_eq!(
         pgbench_fingerprint(&copy),
         expected,

@@ -633,43 +633,6 @@ fn kill_9_mid_push_then_retry_on_every_backend() {
 
 // 6. S3 outage during async archiving -------------------------------------------------------
 
-/// A socat forwarder in its own process group. Dropping it kills the whole group, including
-/// the children socat forked for open connections: a real outage (the fixture's
-/// `start_forwarder` kills only the listening parent, and pooled keep-alive connections
-/// would keep working through the surviving children).
-#[derive(Debug)]
-struct Forwarder(Child);
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_forwarder_group(listen: u16, target: &str) -> Forwarder {
-    let target = target.trim_start_matches("http://");
-    let child = Command::new("socat")
-        .arg(format!("TCP-LISTEN:{listen},bind=127.0.0.1,fork,reuseaddr"))
-        .arg(format!("TCP:{target}"))
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("socat (scripts/install-deps.sh installs it)");
-    let fwd = Forwarder(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "socat did not listen on {listen}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    fwd
-}
-
 fn archiver_stats(inst: &Instance) -> (u64, String) {
     let row = inst
         .psql(
@@ -689,7 +652,7 @@ fn s3_outage_during_async_archiving_loses_nothing() {
     let started = Instant::now();
     let phase = |what: &str| eprintln!("s3 outage: {what} at {:?}", started.elapsed());
     let port = free_port().unwrap();
-    let fwd = start_forwarder_group(port, &endpoint);
+    let fwd = start_forwarder(port, &endpoint);
     let env = TestEnv::new(EnvOptions {
         archive_async: true,
         s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
@@ -763,7 +726,7 @@ fn s3_outage_during_async_archiving_loses_nothing() {
     // The server is back on the same address.
     phase("outage checked; endpoint back");
     let back = Instant::now();
-    let _fwd = start_forwarder_group(port, &endpoint);
+    let _fwd = start_forwarder(port, &endpoint);
     // After three failed attempts in a row PostgreSQL's archiver sleeps up to 60 s (measured:
     // 46 s after a 30 s outage) unless a new .ready file wakes it. New WAL wakes it, as it
     // would on any busy server, and keeps this test short.

@@ -30,22 +30,7 @@ fn mib(b: u64) -> String {
 
 pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
-    let mut names: Vec<String> = repo
-        .storage()
-        .list("clusters/")
-        .await
-        .map_err(pgbunker_engine::Error::from)?
-        .into_iter()
-        .filter_map(|o| {
-            o.key
-                .as_str()
-                .strip_prefix("clusters/")?
-                .split('/')
-                .next()
-                .map(str::to_string)
-        })
-        .collect();
-    names.dedup();
+    let names = pgbunker_engine::backup::manifest::cluster_names(&repo).await?;
     let mut clusters: Vec<ClusterInfo> = Vec::new();
     for n in &names {
         clusters.push(cluster_info(&repo, n).await?);

@@ -72,11 +72,6 @@ impl BlockIndex {
 pub struct KnownBlocks(Mutex<std::collections::HashSet<ContentId>>);
 
 impl KnownBlocks {
-    /// From an index.
-    pub fn from_index(index: &BlockIndex) -> Self {
-        KnownBlocks(Mutex::new(index.ids().copied().collect()))
-    }
-
     /// From an index, leaving out blocks in packs GC condemned: a backup must never start
     /// depending on a pack that may be deleted (those blocks are stored again).
     pub fn from_index_excluding(

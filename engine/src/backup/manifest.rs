@@ -254,6 +254,22 @@ pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest
     serde_json::from_slice(&plain).map_err(|e| Error::corrupt(key.to_string(), e.to_string()))
 }
 
+/// Names of the clusters a repository holds.
+pub async fn cluster_names(repo: &Repository) -> Result<Vec<String>> {
+    let mut names = std::collections::BTreeSet::new();
+    for o in repo.storage().list("clusters/").await? {
+        if let Some(c) = o
+            .key
+            .as_str()
+            .strip_prefix("clusters/")
+            .and_then(|r| r.split('/').next())
+        {
+            names.insert(c.to_string());
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// Backup ids of a cluster, oldest first (ids sort by time).
 pub async fn list_ids(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
     let prefix = layout::backups_prefix(cluster);
