@@ -186,12 +186,14 @@ yet implemented).")]
         output: OutputFormat,
     },
 
-    /// Garbage collection: delete packs no backup references (mark, condemn, sweep after a grace period).
+    /// Garbage collection: delete packs no backup references and repack mostly-garbage ones (mark, condemn, sweep after a grace period).
     #[command(after_help = "Examples:
   pgbunker gc --dry-run
   pgbunker gc                       # condemns now, sweeps what was condemned a grace period ago
   pgbunker gc --grace 0s            # only when nothing else uses the repository
-Safe while backups and archive-push run: see the protocol in engine/src/gc.rs.")]
+Packs less than retention.gc_repack_below (default 50%) live are repacked: their live blocks
+are copied, still encrypted, into new packs. One gc runs at a time (lease in the repository).
+Safe while backups and archive-push run: see the protocol in engine/src/gc/mod.rs.")]
     Gc {
         /// Show what would be condemned and swept; change nothing.
         #[arg(long)]

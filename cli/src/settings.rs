@@ -41,7 +41,18 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     (
         "retention",
-        &["full", "keep_within", "daily", "weekly", "monthly"],
+        &[
+            "full",
+            "keep_within",
+            "daily",
+            "weekly",
+            "monthly",
+            "pitr_window",
+            "auto",
+            "gc_grace",
+            "gc_repack_below",
+            "lease_wait",
+        ],
     ),
 ];
 
@@ -92,6 +103,10 @@ pub struct Settings {
     pub retention_auto: bool,
     /// GC grace period.
     pub gc_grace: Duration,
+    /// GC repacks packs whose live bytes are below this fraction (0: never).
+    pub gc_repack_below: f64,
+    /// How long expire and gc wait for another run of themselves.
+    pub maintenance_lease_wait: Duration,
     /// Pusher idle exit.
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
@@ -242,11 +257,20 @@ impl Settings {
             weekly: parse_num(take("retention", "weekly"), "retention.weekly")?.map(|n| n as u32),
             monthly: parse_num(take("retention", "monthly"), "retention.monthly")?
                 .map(|n| n as u32),
+            pitr_window: parse_dur(take("retention", "pitr_window"), "retention.pitr_window")?,
         };
         let retention_auto =
             parse_bool(take("retention", "auto"), "retention.auto")?.unwrap_or(false);
         let gc_grace = parse_dur(take("retention", "gc_grace"), "retention.gc_grace")?
             .unwrap_or(Duration::from_secs(3600));
+        let gc_repack_below = parse_fraction(
+            take("retention", "gc_repack_below"),
+            "retention.gc_repack_below",
+        )?
+        .unwrap_or(0.5);
+        let maintenance_lease_wait =
+            parse_dur(take("retention", "lease_wait"), "retention.lease_wait")?
+                .unwrap_or(Duration::ZERO);
         let lease_wait =
             parse_dur(take("backup", "lease_wait"), "backup.lease_wait")?.unwrap_or(Duration::ZERO);
         let prefetch =
@@ -291,6 +315,8 @@ impl Settings {
             retention,
             retention_auto,
             gc_grace,
+            gc_repack_below,
+            maintenance_lease_wait,
             idle_exit,
             wal_compress_level,
         })
@@ -367,6 +393,23 @@ fn parse_dur(v: Option<(String, String)>, name: &str) -> Result<Option<Duration>
         pgbunker_storage::parse_duration(&v).ok_or_else(|| {
             Failure::usage(format!(
                 "{name} = {v:?} (from {origin}) is not a duration like 30s or 5m"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// A fraction like `0.5` or `50%` (0 to 1).
+fn parse_fraction(v: Option<(String, String)>, name: &str) -> Result<Option<f64>, Failure> {
+    v.map(|(v, origin)| {
+        let t = v.trim();
+        let f = match t.strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().map(|p| p / 100.0),
+            None => t.parse::<f64>(),
+        };
+        f.ok().filter(|f| (0.0..=1.0).contains(f)).ok_or_else(|| {
+            Failure::usage(format!(
+                "{name} = {v:?} (from {origin}) is not a fraction like 0.5 or 50% (0 disables)"
             ))
         })
     })

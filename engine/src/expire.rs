@@ -3,8 +3,9 @@
 //! Order: decide (see [`crate::retention`]); delete the manifests of expired backups (the
 //! manifest is a backup's commit record: once it is gone the backup is gone, and since every
 //! backup is self-contained no other backup is affected); then delete WAL no retained backup
-//! needs: segments numbered below the oldest retained backup's start segment, on every
-//! timeline (history files are kept). For each WAL file the pointer goes first, then its data,
+//! needs ([`crate::retention::wal_plan`]: below the oldest retained backup's start, or with
+//! `pitr_window` also between older backups' consistency ranges), on every timeline (history
+//! files are kept). One expire per cluster runs at a time (lease `leases/expire-<cluster>`). For each WAL file the pointer goes first, then its data,
 //! so a crash in between leaves garbage, never a pointer to missing data. Packs and index
 //! entries only expired backups used are garbage for `gc`.
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 use crate::backup::manifest;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
-use crate::retention::{decide, Candidate, Decision, Policy};
+use crate::retention::{decide, wal_plan, Candidate, Decision, Policy, WalNeed};
 use crate::types::WalFileName;
 
 /// What expire decided (and, unless a dry run, did).
@@ -23,10 +24,27 @@ pub struct ExpireReport {
     pub backups: Vec<Decision>,
     /// WAL files removed (or to remove).
     pub wal_files: usize,
-    /// First WAL segment that stays, if any WAL goes.
-    pub wal_kept_from: Option<String>,
+    /// Runs of archived WAL per timeline, each kept or removed with its reason.
+    pub wal_ranges: Vec<WalRange>,
     /// True for `--dry-run`.
     pub dry_run: bool,
+}
+
+/// A run of consecutive archived WAL files with one decision.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WalRange {
+    /// Timeline (hex, as in file names).
+    pub timeline: String,
+    /// First file.
+    pub first: String,
+    /// Last file.
+    pub last: String,
+    /// Files in the run.
+    pub files: usize,
+    /// Kept or removed.
+    pub keep: bool,
+    /// The rule.
+    pub reason: String,
 }
 
 /// Whether a backup is pinned.
@@ -54,15 +72,34 @@ pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -
     Ok(())
 }
 
-/// Applies `policy` to `cluster`.
+/// Applies `policy` to `cluster`, holding the cluster's exclusive expire lease (a dry run
+/// takes none).
 pub async fn expire(
+    repo: &Repository,
+    cluster: &str,
+    policy: &Policy,
+    dry_run: bool,
+    lease_wait: std::time::Duration,
+) -> Result<ExpireReport> {
+    if dry_run {
+        return expire_locked(repo, cluster, policy, true).await;
+    }
+    let lease =
+        crate::lease::acquire_exclusive(repo, &format!("expire-{cluster}"), cluster, lease_wait)
+            .await?;
+    let result = expire_locked(repo, cluster, policy, false).await;
+    lease.release().await;
+    result
+}
+
+async fn expire_locked(
     repo: &Repository,
     cluster: &str,
     policy: &Policy,
     dry_run: bool,
 ) -> Result<ExpireReport> {
     let mut candidates = Vec::new();
-    let mut starts = Vec::new();
+    let mut needs = Vec::new();
     let seg_size = crate::archive::push::read_cluster_record(repo, cluster)
         .await?
         .map(|r| r.wal_segment_size)
@@ -80,44 +117,59 @@ pub async fn expire(
             backup_type: m.backup_type,
             stop_time,
         });
-        starts.push((id, m.start_lsn.segment_no(seg_size)));
+        needs.push(WalNeed {
+            id,
+            stop_time,
+            start_seg: m.start_lsn.segment_no(seg_size),
+            stop_seg: m.stop_lsn.segment_no(seg_size),
+        });
     }
-    let decisions = decide(&candidates, policy, time::OffsetDateTime::now_utc());
-    let oldest_kept_start = decisions
+    let now = time::OffsetDateTime::now_utc();
+    let decisions = decide(&candidates, policy, now);
+    let retained: Vec<WalNeed> = needs
+        .into_iter()
+        .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
+        .collect();
+    let plan = wal_plan(&retained, policy.pitr_window, now);
+    // Every archived WAL file with its decision; history files always stay.
+    let mut names: Vec<WalFileName> = repo
+        .storage()
+        .list(&layout::wal_pointer_prefix(cluster))
+        .await?
         .iter()
-        .filter(|d| d.keep)
-        .filter_map(|d| starts.iter().find(|(id, _)| *id == d.id).map(|(_, s)| *s))
-        .min();
-    // WAL below the oldest retained start: only once there is a retained backup.
+        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()).map(|(_, n)| n))
+        .collect();
+    names.sort_by_key(|n| (n.timeline(), n.to_string()));
     let mut wal: Vec<WalFileName> = Vec::new();
-    if let Some(keep_from) = oldest_kept_start {
-        for o in repo
-            .storage()
-            .list(&layout::wal_pointer_prefix(cluster))
-            .await?
-        {
-            if let Some((_, name)) = layout::parse_wal_pointer(cluster, o.key.as_str()) {
-                let old = name
-                    .segment()
-                    .is_some_and(|s| s.absolute(seg_size) < keep_from);
-                if old && !matches!(name, WalFileName::History { .. }) {
-                    wal.push(name);
-                }
+    let mut ranges: Vec<WalRange> = Vec::new();
+    for name in names {
+        let (keep, reason) = match (&plan, name.segment()) {
+            (_, None) => (true, "timeline history: always kept".to_string()),
+            (None, Some(_)) => (true, "no retained backup: nothing removed".to_string()),
+            (Some(p), Some(seg)) => match p.keep_reason(seg.absolute(seg_size)) {
+                Some(r) => (true, r),
+                None => (false, "no retained backup needs it".to_string()),
+            },
+        };
+        if !keep {
+            wal.push(name.clone());
+        }
+        let tli = name.timeline().to_string();
+        match ranges.last_mut() {
+            Some(r) if r.timeline == tli && r.keep == keep && r.reason == reason => {
+                r.last = name.to_string();
+                r.files += 1;
             }
+            _ => ranges.push(WalRange {
+                timeline: tli,
+                first: name.to_string(),
+                last: name.to_string(),
+                files: 1,
+                keep,
+                reason,
+            }),
         }
     }
-    let wal_kept_from = oldest_kept_start.filter(|_| !wal.is_empty()).map(|s| {
-        let tli = wal
-            .iter()
-            .map(|n| n.timeline())
-            .max()
-            .unwrap_or(crate::types::TimelineId(1));
-        WalFileName::Segment {
-            tli,
-            segno: crate::types::SegmentNo::from_absolute(s, seg_size),
-        }
-        .to_string()
-    });
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
             repo.storage()
@@ -147,7 +199,7 @@ pub async fn expire(
     Ok(ExpireReport {
         backups: decisions,
         wal_files: wal.len(),
-        wal_kept_from,
+        wal_ranges: ranges,
         dry_run,
     })
 }

@@ -1,10 +1,19 @@
-//! Leases in the repository: who is running a backup, so GC and a second backup know.
+//! Leases in the repository: who is running a backup, `expire` or `gc`, so that several hosts
+//! sharing one repository (object storage, no lock server) coordinate.
 //!
-//! A lease is a small object `leases/backup-<cluster>-<id>` holding the host, process id and
-//! start time; its holder rewrites it every [`HEARTBEAT`]. A lease is live while its heartbeat
-//! is fresh (younger than [`EXPIRY`]) and, when it was taken on this host, while its process
-//! exists: a holder killed with SIGKILL stops holding anything at once on its own host, and
-//! within [`EXPIRY`] everywhere else. Leases never stop archive-push.
+//! A lease is a small object under `leases/` holding its kind, the host, process id and start
+//! time; its holder rewrites it every [`HEARTBEAT`]. A lease is live while its heartbeat is
+//! fresh (younger than [`EXPIRY`], by the storage's modification time) and, when it was taken
+//! on this host, while its process exists: a holder killed with SIGKILL stops holding anything
+//! at once on its own host, and within [`EXPIRY`] everywhere else.
+//!
+//! - `leases/backup-<cluster>-<id>`: one per running backup. GC reads them (a backup that
+//!   started before a pack was condemned may depend on it); a second backup of the same
+//!   cluster waits or fails.
+//! - `leases/gc` and `leases/expire-<cluster>`: exclusive, taken by compare-and-swap (create if
+//!   absent, or replace a dead holder's object at the version read), so two runs never overlap.
+//!
+//! Leases never stop archive-push: it takes none and checks none.
 
 use std::time::Duration;
 
@@ -23,7 +32,10 @@ pub const EXPIRY: Duration = Duration::from_secs(90);
 /// What a lease says.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LeaseBody {
-    /// Cluster.
+    /// `backup`, `gc` or `expire`.
+    #[serde(default = "backup_kind")]
+    pub kind: String,
+    /// Cluster (empty for gc).
     pub cluster: String,
     /// Backup id.
     pub backup_id: String,
@@ -44,6 +56,10 @@ pub struct LiveLease {
     pub heartbeat: i64,
 }
 
+fn backup_kind() -> String {
+    "backup".into()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -62,12 +78,36 @@ fn process_alive(pid: u32) -> bool {
     !matches!(state, Some('Z') | Some('X') | None)
 }
 
+/// False when the holder ran on this host and its process is gone.
+fn holder_alive(body: &LeaseBody, me: &str) -> bool {
+    body.host != me || process_alive(body.pid)
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 fn key(cluster: &str, id: &str) -> ObjectKey {
     ObjectKey::new(format!("leases/backup-{cluster}-{id}"))
 }
 
 /// Live backup leases (of every cluster).
 pub async fn live(repo: &Repository) -> Result<Vec<LiveLease>> {
+    Ok(live_any(repo)
+        .await?
+        .into_iter()
+        .filter(|l| l.body.kind == "backup")
+        .collect())
+}
+
+/// Live leases of every kind.
+pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let me = hostname();
     let mut out = Vec::new();
@@ -84,8 +124,8 @@ pub async fn live(repo: &Repository) -> Result<Vec<LiveLease>> {
         let Ok(body) = serde_json::from_slice::<LeaseBody>(&raw) else {
             continue;
         };
-        if body.host == me && !process_alive(body.pid) {
-            continue; // its holder died on this host
+        if !holder_alive(&body, &me) {
+            continue;
         }
         out.push(LiveLease { body, heartbeat });
     }
@@ -117,13 +157,7 @@ pub async fn acquire_backup(
             .collect();
         let Some(h) = holders.first() else { break };
         if std::time::Instant::now() >= deadline {
-            let started = time::OffsetDateTime::from_unix_timestamp(h.body.started)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+            let started = rfc3339(h.body.started);
             return Err(Error::Conflict(format!(
                 "another backup of cluster {cluster:?} is running ({} on host {}, pid {}, started {started}); \
                  not starting a second one. Wait for it, or set backup.lease_wait to wait automatically",
@@ -133,6 +167,7 @@ pub async fn acquire_backup(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let body = LeaseBody {
+        kind: backup_kind(),
         cluster: cluster.into(),
         backup_id: backup_id.into(),
         host: hostname(),
@@ -141,25 +176,104 @@ pub async fn acquire_backup(
     };
     let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
     let k = key(cluster, backup_id);
-    let mut version = repo.storage().put_swap(&k, raw.clone(), None).await?;
-    let (r, k2) = (repo.clone(), k.clone());
-    let heartbeat = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(HEARTBEAT).await;
-            match r.storage().put_swap(&k2, raw.clone(), Some(&version)).await {
-                Ok(v) => version = v,
-                Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
+    let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
+    Ok(Lease::hold(repo, k, raw, version))
+}
+
+/// Takes the exclusive lease `name` (`gc`, `expire-<cluster>`) for `what`, waiting up to
+/// `wait` for a live holder; a dead holder's lease is taken over by compare-and-swap.
+pub async fn acquire_exclusive(
+    repo: &Repository,
+    name: &str,
+    cluster: &str,
+    wait: Duration,
+) -> Result<Lease> {
+    let k = ObjectKey::new(format!("leases/{name}"));
+    let body = LeaseBody {
+        kind: name.split('-').next().unwrap_or(name).to_string(),
+        cluster: cluster.into(),
+        backup_id: String::new(),
+        host: hostname(),
+        pid: std::process::id(),
+        started: time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
+    let deadline = std::time::Instant::now() + wait;
+    let me = hostname();
+    loop {
+        let current = match repo.storage().get_versioned(&k).await {
+            Ok((bytes, version)) => Some((bytes, version)),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let holder = match &current {
+            None => None,
+            Some((bytes, _)) => {
+                let fresh = repo
+                    .storage()
+                    .list("leases/")
+                    .await?
+                    .into_iter()
+                    .find(|o| o.key == k)
+                    .and_then(|o| o.modified)
+                    .is_some_and(|m| {
+                        time::OffsetDateTime::now_utc().unix_timestamp() - m
+                            <= EXPIRY.as_secs() as i64
+                    });
+                serde_json::from_slice::<LeaseBody>(bytes)
+                    .ok()
+                    .filter(|b| fresh && holder_alive(b, &me))
             }
+        };
+        if let Some(h) = holder {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Conflict(format!(
+                    "another {name} is running (host {}, pid {}, started {}); not starting a second one. \
+                     Wait for it to finish (a holder that died is forgotten within {}s)",
+                    h.host,
+                    h.pid,
+                    rfc3339(h.started),
+                    EXPIRY.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
         }
-    });
-    Ok(Lease {
-        repo: repo.clone(),
-        key: k,
-        heartbeat,
-    })
+        let expected = current.as_ref().map(|(_, v)| v);
+        match repo.storage().put_swap(&k, raw.clone(), expected).await {
+            Ok(version) => return Ok(Lease::hold(repo, k, raw, version)),
+            // Someone else took it between our read and our write: look again.
+            Err(crate::storage::StorageError::Precondition { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 impl Lease {
+    /// Holds a lease just written at `version`, refreshing it every [`HEARTBEAT`].
+    fn hold(
+        repo: &Repository,
+        k: ObjectKey,
+        raw: Bytes,
+        mut version: crate::storage::ObjectVersion,
+    ) -> Lease {
+        let (r, k2) = (repo.clone(), k.clone());
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                match r.storage().put_swap(&k2, raw.clone(), Some(&version)).await {
+                    Ok(v) => version = v,
+                    Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
+                }
+            }
+        });
+        Lease {
+            repo: repo.clone(),
+            key: k,
+            heartbeat,
+        }
+    }
+
     /// Stops the heartbeat and removes the lease.
     pub async fn release(self) {
         self.heartbeat.abort();

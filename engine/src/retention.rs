@@ -10,8 +10,14 @@
 //!   and `monthly` months (UTC).
 //!
 //! With no rule configured nothing is expired: deleting needs an explicit policy.
-//! Every backup is self-contained, so expiring one never breaks another; the WAL older than the
-//! oldest retained backup's start is no longer needed by any of them.
+//! Every backup is self-contained, so expiring one never breaks another.
+//!
+//! WAL ([`wal_plan`]): by default every retained backup can be recovered to any time after it,
+//! so WAL from the oldest retained backup's start onward is kept. With `pitr_window = D`,
+//! point-in-time recovery is promised only for the last D: WAL is kept from the start of the
+//! newest retained backup that ended before that window (it is the one a recovery to the
+//! window's first moment starts from), and the older retained backups keep only their
+//! consistency WAL (start to stop), so each still restores to its own end.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -34,13 +40,90 @@ pub struct Policy {
     pub weekly: Option<u32>,
     /// Newest backup of each of the last N months.
     pub monthly: Option<u32>,
+    /// Point-in-time recovery promised for this long; older backups keep consistency WAL only.
+    pub pitr_window: Option<Duration>,
 }
 
 impl Policy {
-    /// True when no rule is set.
+    /// True when no rule about backups is set (then no backup expires).
     pub fn is_empty(&self) -> bool {
-        *self == Policy::default()
+        self.full.is_none()
+            && self.keep_within.is_none()
+            && self.daily.is_none()
+            && self.weekly.is_none()
+            && self.monthly.is_none()
     }
+}
+
+/// What WAL retention needs to know about a retained backup.
+#[derive(Debug, Clone)]
+pub struct WalNeed {
+    /// Backup id.
+    pub id: String,
+    /// Consistency point time.
+    pub stop_time: OffsetDateTime,
+    /// Absolute segment number of its start.
+    pub start_seg: u64,
+    /// Absolute segment number holding its stop LSN.
+    pub stop_seg: u64,
+}
+
+/// Which WAL segments stay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalPlan {
+    /// Every segment from here on stays (point-in-time recovery), with the backup it serves.
+    pub pitr_from: (u64, String),
+    /// Older retained backups: only these ranges (inclusive) stay.
+    pub consistency: Vec<(u64, u64, String)>,
+}
+
+impl WalPlan {
+    /// Why a segment stays, or `None` if no retained backup needs it.
+    pub fn keep_reason(&self, seg: u64) -> Option<String> {
+        if seg >= self.pitr_from.0 {
+            return Some(format!(
+                "point-in-time recovery from backup {} onward",
+                self.pitr_from.1
+            ));
+        }
+        self.consistency
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&seg))
+            .map(|(_, _, id)| format!("consistency WAL of backup {id} (older than pitr_window)"))
+    }
+}
+
+/// Plans WAL retention for the retained backups (`None` when none is retained: then no WAL
+/// is removed).
+pub fn wal_plan(
+    retained: &[WalNeed],
+    pitr_window: Option<Duration>,
+    now: OffsetDateTime,
+) -> Option<WalPlan> {
+    let mut sorted: Vec<&WalNeed> = retained.iter().collect();
+    sorted.sort_by_key(|b| (b.stop_time, b.start_seg));
+    let oldest = *sorted.first()?;
+    let anchor = match pitr_window {
+        None => oldest,
+        Some(w) => {
+            let edge = now - time::Duration::try_from(w).unwrap_or(time::Duration::MAX);
+            sorted
+                .iter()
+                .rev()
+                .find(|b| b.stop_time <= edge)
+                .copied()
+                .unwrap_or(oldest)
+        }
+    };
+    let consistency = sorted
+        .iter()
+        .filter(|b| b.start_seg < anchor.start_seg)
+        .map(|b| (b.start_seg, b.stop_seg, b.id.clone()))
+        .collect();
+    Some(WalPlan {
+        pitr_from: (anchor.start_seg, anchor.id.clone()),
+        consistency,
+    })
 }
 
 /// What retention needs to know about a backup.
@@ -179,6 +262,66 @@ pub fn decide(backups: &[Candidate], policy: &Policy, now: OffsetDateTime) -> Ve
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    fn need(id: &str, at: OffsetDateTime, start: u64, stop: u64) -> WalNeed {
+        WalNeed {
+            id: id.into(),
+            stop_time: at,
+            start_seg: start,
+            stop_seg: stop,
+        }
+    }
+
+    #[test]
+    fn wal_is_kept_from_the_oldest_backup_without_a_window() {
+        let now = datetime!(2026-11-24 12:00 UTC);
+        let b = vec![
+            need("b2", datetime!(2026-11-20 01:00 UTC), 50, 52),
+            need("b1", datetime!(2026-11-10 01:00 UTC), 10, 11),
+        ];
+        let p = wal_plan(&b, None, now).unwrap();
+        assert_eq!(p.pitr_from.0, 10);
+        assert!(p.consistency.is_empty());
+        assert!(p.keep_reason(9).is_none());
+        assert!(p.keep_reason(10).unwrap().contains("b1"));
+        assert!(
+            wal_plan(&[], None, now).is_none(),
+            "nothing retained: keep all WAL"
+        );
+    }
+
+    #[test]
+    fn beyond_the_pitr_window_only_consistency_wal_stays() {
+        let now = datetime!(2026-11-24 12:00 UTC);
+        let b = vec![
+            need("b1", datetime!(2026-11-01 01:00 UTC), 10, 11),
+            need("b2", datetime!(2026-11-10 01:00 UTC), 30, 30),
+            need("b3", datetime!(2026-11-20 01:00 UTC), 50, 52),
+            need("b4", datetime!(2026-11-23 01:00 UTC), 70, 71),
+        ];
+        let week = Duration::from_secs(7 * 86400);
+        let p = wal_plan(&b, Some(week), now).unwrap();
+        // The window starts 2026-11-17 12:00: b2 is the newest backup before it.
+        assert_eq!(p.pitr_from, (30, "b2".to_string()));
+        assert_eq!(p.consistency, vec![(10, 11, "b1".to_string())]);
+        assert!(p
+            .keep_reason(11)
+            .unwrap()
+            .contains("consistency WAL of backup b1"));
+        assert!(
+            p.keep_reason(12).is_none(),
+            "between b1's stop and b2's start"
+        );
+        assert!(p.keep_reason(29).is_none());
+        assert!(p.keep_reason(30).unwrap().contains("point-in-time"));
+        // A window older than every backup: PITR from the oldest.
+        let p = wal_plan(&b, Some(week * 10), now).unwrap();
+        assert_eq!(p.pitr_from.0, 10);
+        // A window shorter than the newest backup's age: PITR from the newest.
+        let p = wal_plan(&b, Some(Duration::from_secs(3600)), now).unwrap();
+        assert_eq!(p.pitr_from, (70, "b4".to_string()));
+        assert_eq!(p.consistency.len(), 3);
+    }
 
     fn c(id: &str, t: BackupType, at: OffsetDateTime) -> Candidate {
         Candidate {

@@ -219,3 +219,249 @@ fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable(
     );
     assert_eq!(r.psql("postgres", "select x from after_gc").unwrap(), "1");
 }
+
+fn sizes_by_top_dir(root: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let size = if e.path().is_dir() {
+                dir_size(&e.path())
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+            (e.file_name().to_string_lossy().to_string(), size)
+        })
+        .collect()
+}
+
+/// Bytes under `clusters/main/wal*` (the archived WAL) of a file:// repository.
+fn wal_bytes(repo: &std::path::Path) -> u64 {
+    let cluster = repo.join("clusters/main");
+    std::fs::read_dir(&cluster)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("wal"))
+        .map(|e| dir_size(&e.path()))
+        .sum()
+}
+
+#[test]
+fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    env.use_cluster(&pg);
+    // A second repository that only ever gets one full backup: the yardstick. The cluster
+    // archives into both, so that backup finds its consistency WAL.
+    let fresh_cfg = env.path().join("fresh.toml");
+    let fresh_key = env.path().join("fresh.key");
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let fresh_text = cfg
+        .replace(&env.repo_url, &format!("{}-fresh", env.repo_url))
+        .replace(
+            &env.key_file.display().to_string(),
+            &fresh_key.display().to_string(),
+        );
+    std::fs::write(&fresh_cfg, fresh_text).unwrap();
+    let out = env.pgbunker_with_config(
+        &fresh_cfg,
+        &["init", "--key-file", &fresh_key.display().to_string()],
+    );
+    assert_success(&out, "init the fresh repository");
+    pg.configure(&[(
+        "archive_command",
+        format!(
+            "'{bin}' --config '{}' archive-push %p && '{bin}' --config '{}' archive-push %p",
+            env.config.display(),
+            fresh_cfg.display(),
+            bin = env.bin.display()
+        ),
+    )])
+    .unwrap();
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    pg.pgbench(&["-i", "-s", "4", "-q"]).unwrap();
+    // Backups with churn in between: most blocks of the early backups change, so once only
+    // the last backup is retained their packs are mostly garbage.
+    backup_json(&env, &["--type", "full"]);
+    for t in ["incr", "incr", "diff", "full"] {
+        pg.pgbench(&["-t", "3000", "-c", "2", "-N"]).unwrap();
+        pg.psql("postgres", "vacuum pgbench_accounts").unwrap();
+        switch_wal(&pg);
+        backup_json(&env, &["--type", t]);
+    }
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 1\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    assert_success(&env.pgbunker(&["expire"]), "expire");
+    let before = info(&env)["repository"]["space"].clone();
+    assert!(
+        before["reclaimable_bytes"].as_u64().unwrap() > before["pack_bytes"].as_u64().unwrap() / 2,
+        "info shows most pack bytes reclaimable once the old backups expired: {before:#}"
+    );
+
+    let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    assert_success(&out, "gc");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !report["repacked"].as_array().unwrap().is_empty(),
+        "partly live packs were repacked: {report:#}"
+    );
+    let again = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    assert_success(&again, "second gc");
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["swept"].as_array().unwrap().len(), 0, "{again:#}");
+    assert_eq!(again["repacked"].as_array().unwrap().len(), 0, "{again:#}");
+    let after = info(&env)["repository"]["space"].clone();
+    assert!(
+        after["reclaimable_bytes"].as_u64().unwrap() < after["pack_bytes"].as_u64().unwrap() / 10,
+        "little left to reclaim: {after:#}"
+    );
+
+    // The yardstick: one full backup of the same, now idle, cluster in a fresh repository.
+    let out = env.pgbunker_with_config(
+        &fresh_cfg,
+        &["--progress", "never", "backup", "--type", "full"],
+    );
+    assert_success(&out, "fresh full backup");
+    let repo = env.path().join("repo");
+    let fresh = env.path().join("repo-fresh");
+    let (main_sizes, fresh_sizes) = (sizes_by_top_dir(&repo), sizes_by_top_dir(&fresh));
+    let main_total: u64 = main_sizes.values().sum();
+    let fresh_total: u64 = fresh_sizes.values().sum();
+    let (main_wal, fresh_wal) = (wal_bytes(&repo), wal_bytes(&fresh));
+    eprintln!(
+        "after gc: repository {main_total} bytes (WAL {main_wal}); fresh full backup {} bytes; gc: {report}",
+        fresh_total - fresh_wal
+    );
+    let allowed = (fresh_total - fresh_wal) + main_wal + (fresh_total - fresh_wal) / 10 + (2 << 20);
+    assert!(
+        main_total <= allowed,
+        "repository after gc: {main_total} bytes ({main_sizes:?}, WAL {main_wal}); a fresh full \
+         backup: {} bytes ({fresh_sizes:?}); allowed {allowed}",
+        fresh_total - fresh_wal
+    );
+
+    // And what is left is intact and restores.
+    let v = env.pgbunker(&["verify", "--read-data", "--all"]);
+    assert_success(&v, "verify --read-data after repack");
+    let want = pgbench_fingerprint(&pg);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
+    let r = env.restore_and_start("after_repack", None);
+    let _stop_r = StopOnDrop(&r);
+    assert_eq!(pgbench_fingerprint(&r), want);
+}
+
+#[test]
+fn pitr_window_keeps_only_consistency_wal_for_older_backups() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    pg.psql(
+        "postgres",
+        "create table marks(n int, at timestamptz default clock_timestamp())",
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        pg.psql("postgres", &format!("insert into marks(n) values ({n})"))
+            .unwrap();
+        for round in 0..3 {
+            pg.pgbench(&["-t", "300", "-c", "2"]).unwrap();
+            switch_wal(&pg);
+            if round == 0 {
+                // A moment well between two backups.
+                pg.psql(
+                    "postgres",
+                    &format!("insert into marks(n) values ({})", n * 10 + 5),
+                )
+                .unwrap();
+            }
+        }
+        ids.push(
+            backup_json(&env, &["--type", "full"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 3\npitr_window = \"1s\"\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    let out = env.pgbunker(&["expire", "--dry-run", "--output", "json"]);
+    assert_success(&out, "expire --dry-run");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ranges = plan["wal_ranges"].as_array().unwrap();
+    let reasons: Vec<&str> = ranges
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    for id in &ids[..2] {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("consistency WAL") && r.contains(id.as_str())),
+            "{id} keeps its consistency WAL: {plan:#}"
+        );
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("point-in-time") && r.contains(ids[2].as_str())),
+        "PITR from the newest backup (the window is shorter than its age): {plan:#}"
+    );
+    let removed: u64 = ranges
+        .iter()
+        .filter(|r| !r["keep"].as_bool().unwrap())
+        .map(|r| r["files"].as_u64().unwrap())
+        .sum();
+    assert!(removed >= 4, "WAL between the backups goes: {plan:#}");
+    assert_success(&env.pgbunker(&["expire"]), "expire");
+
+    // The oldest backup still restores to its own consistency point...
+    let r = env.restore_and_start_with(
+        "oldest",
+        &[
+            "--backup",
+            &ids[0],
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+        false,
+    );
+    assert_eq!(
+        r.psql("postgres", "select max(n) from marks where n < 10")
+            .unwrap(),
+        "1"
+    );
+    r.stop().unwrap();
+    // ...but a time between it and the next one is refused before anything is written.
+    let between = pg
+        .psql(
+            "postgres",
+            "select to_char((at + interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' from marks where n = 25",
+        )
+        .unwrap();
+    let target = env.path().join("between");
+    let out = env.pgbunker(&[
+        "restore",
+        "--pgdata",
+        &target.display().to_string(),
+        "--target-time",
+        &between,
+        "--dry-run",
+    ]);
+    assert!(!out.status.success(), "no WAL to reach {between}");
+    assert!(
+        stderr(&out).contains("missing") || stderr(&out).contains("not reachable"),
+        "{}",
+        stderr(&out)
+    );
+}

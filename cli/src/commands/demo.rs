@@ -403,6 +403,8 @@ fn demo_settings(dir: &Path) -> Settings {
         retention: Default::default(),
         retention_auto: false,
         gc_grace: Duration::from_secs(3600),
+        gc_repack_below: 0.5,
+        maintenance_lease_wait: Duration::ZERO,
         idle_exit: Duration::from_secs(10),
         wal_compress_level: 1,
     }

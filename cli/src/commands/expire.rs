@@ -1,7 +1,7 @@
 //! `pgbunker expire`, `pin`, `unpin`.
 
 use pgbunker_engine::expire::{expire, set_pin};
-use pgbunker_engine::gc::gc as run_gc;
+use pgbunker_engine::gc::{gc as run_gc, GcOptions};
 
 use super::open_repo;
 use crate::args::OutputFormat;
@@ -10,7 +10,14 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
-    let r = expire(&repo, &settings.cluster, &settings.retention, dry_run).await?;
+    let r = expire(
+        &repo,
+        &settings.cluster,
+        &settings.retention,
+        dry_run,
+        settings.maintenance_lease_wait,
+    )
+    .await?;
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
         return Ok(());
@@ -26,12 +33,21 @@ pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Re
     for d in &r.backups {
         println!("{} {}: {}", verb(d.keep), d.id, d.reasons.join("; "));
     }
-    match (&r.wal_kept_from, r.wal_files) {
-        (Some(from), n) if n > 0 => println!(
-            "WAL: {} {n} files before {from} (no retained backup needs them); history files kept",
-            if dry_run { "would remove" } else { "removed" }
-        ),
-        _ => println!("WAL: nothing to remove"),
+    for w in &r.wal_ranges {
+        let verb = match (w.keep, dry_run) {
+            (true, _) => "keep  ",
+            (false, true) => "WOULD REMOVE",
+            (false, false) => "REMOVED",
+        };
+        let span = if w.first == w.last {
+            w.first.clone()
+        } else {
+            format!("{}..{}", w.first, w.last)
+        };
+        println!("{verb} WAL {span} ({} files): {}", w.files, w.reason);
+    }
+    if r.wal_ranges.is_empty() {
+        println!("WAL: none archived");
     }
     Ok(())
 }
@@ -64,26 +80,61 @@ pub async fn gc(
     };
     let repo = open_repo(settings).await?;
     let started = std::time::Instant::now();
-    let r = run_gc(&repo, grace, dry_run).await?;
+    let opts = GcOptions {
+        grace,
+        repack_below: settings.gc_repack_below,
+        dry_run,
+        lease_wait: settings.maintenance_lease_wait,
+    };
+    let r = run_gc(&repo, &opts).await?;
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
         return Ok(());
     }
     let mib = |b: u64| b as f64 / 1048576.0;
+    let would = |done: &'static str, maybe: &'static str| if dry_run { maybe } else { done };
     println!(
-        "{} packs, {} live; {} newly condemned; {} {} ({:.1} MiB){}; {:.1} MiB condemned awaiting the grace period ({}s); {} index segments rewritten; {} objects listed in {:.1}s",
+        "{} packs ({:.1} MiB); {} still needed; {} newly condemned; {} reprieved",
         r.packs,
+        mib(r.space.pack_bytes + r.reclaimed_bytes),
         r.live_packs,
         r.condemned.len(),
-        if dry_run { "would sweep" } else { "swept" },
+        r.reprieved.len()
+    );
+    println!(
+        "{} {} packs less than {:.0}% live ({:.1} MiB of live blocks copied into {} new packs)",
+        would("repacked", "would repack"),
+        r.repacked.len(),
+        settings.gc_repack_below * 100.0,
+        mib(r.repack_copied_bytes),
+        r.repack_new_packs
+    );
+    println!(
+        "{} {} packs ({:.1} MiB); {:.1} MiB condemned awaiting the grace period ({}s){}",
+        would("swept", "would sweep"),
         r.swept.len(),
         mib(r.reclaimed_bytes),
-        if dry_run { " (dry run: nothing changed)" } else { "" },
         mib(r.pending_bytes),
         grace.as_secs(),
-        r.index_rewritten,
+        if r.waiting_for_backups > 0 {
+            format!(
+                "; {} packs wait for backups that started before they were condemned",
+                r.waiting_for_backups
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "read {} manifests, {} index entries ({} blocks referenced); {} objects listed, {:.1} MiB read, {} index segments rewritten, in {:.1}s{}",
+        r.manifests,
+        r.index_entries,
+        r.referenced_blocks,
         r.objects_listed,
-        started.elapsed().as_secs_f64()
+        mib(r.bytes_read),
+        r.index_rewritten,
+        started.elapsed().as_secs_f64(),
+        if dry_run { " (dry run: nothing changed)" } else { "" }
     );
     Ok(())
 }

@@ -35,6 +35,7 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
     for n in &names {
         clusters.push(cluster_info(&repo, n).await?);
     }
+    let space = pgbunker_engine::gc::space_summary(&repo).await?;
     let cfg = repo.config();
     let encryption = match cfg.encryption {
         Encryption::XChaCha20Poly1305 => "xchacha20poly1305",
@@ -48,6 +49,7 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                 "format": cfg.format,
                 "encryption": encryption,
                 "created_at": cfg.created_at,
+                "space": space,
             },
             "clusters": clusters,
         });
@@ -56,6 +58,13 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
     }
     println!("repository {} ({})", repo.storage().describe(), cfg.repo_id);
     println!("  encryption: {encryption}, created {}", cfg.created_at);
+    println!(
+        "  packs: {} holding {}, {} referenced by backups, {} reclaimable by gc",
+        space.packs,
+        mib(space.pack_bytes),
+        mib(space.referenced_bytes),
+        mib(space.reclaimable_bytes)
+    );
     if clusters.is_empty() {
         println!("  no clusters yet: the first archive-push or backup binds one");
     }

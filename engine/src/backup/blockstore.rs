@@ -27,8 +27,10 @@ pub struct BlockIndex {
 }
 
 impl BlockIndex {
-    /// Loads every index segment (in parallel).
+    /// Loads every index segment (in parallel). Where a block is in two packs (a gc repack
+    /// copied it), the copy in a pack gc has not condemned wins.
     pub async fn load(repo: &Repository) -> Result<Self> {
+        let condemned = crate::gc::condemned_packs(repo).await?;
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
         let mut map = HashMap::new();
         let mut segments = futures::stream::iter(keys)
@@ -40,7 +42,16 @@ impl BlockIndex {
             .buffer_unordered(8);
         while let Some(seg) = segments.next().await {
             for e in seg? {
-                map.insert(e.entry.block_id, e);
+                match map.entry(e.entry.block_id) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(e);
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut o) => {
+                        if condemned.contains(&o.get().pack_id) {
+                            o.insert(e);
+                        }
+                    }
+                }
             }
         }
         Ok(BlockIndex { map })
@@ -114,6 +125,10 @@ pub struct Packer {
     pub stored: u64,
     /// Packs uploaded.
     pub packs: u64,
+    /// With [`Packer::recording`]: each pack written, its size and entries (for gc's repack;
+    /// a backup does not keep them, they would cost memory per block).
+    pub written: Vec<([u8; 32], u64, Vec<crate::pack::PackEntry>)>,
+    record: bool,
 }
 
 impl Packer {
@@ -124,6 +139,16 @@ impl Packer {
             writer: PackWriter::new(),
             stored: 0,
             packs: 0,
+            written: Vec::new(),
+            record: false,
+        }
+    }
+
+    /// A packer that remembers what it wrote in [`Packer::written`].
+    pub fn recording(repo: Repository) -> Self {
+        Packer {
+            record: true,
+            ..Packer::new(repo)
         }
     }
 
@@ -168,6 +193,9 @@ impl Packer {
             .await?;
         self.stored += len;
         self.packs += 1;
+        if self.record {
+            self.written.push((pack_id, len, pack.entries));
+        }
         Ok(())
     }
 }

@@ -1,0 +1,318 @@
+//! Mark: which blocks the backups reference, which packs hold them, and so which packs are
+//! still needed.
+//!
+//! A block may be held by several packs (a repack copies live blocks before the old pack is
+//! condemned; a crash between the two leaves both). So liveness is counted per block: the
+//! number of *holders*, existing packs that hold the block and are not condemned. A pack is
+//! needed while it holds a referenced block no other holder has; it may be condemned once every
+//! referenced block it holds has another holder. Condemning one pack at a time and updating the
+//! counts as we go is what keeps two copies of a block from both being condemned in one run.
+//!
+//! Memory: every index entry of every pack (48 bytes, grouped by pack) plus one hash map entry
+//! per distinct referenced block; manifests are read one at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::backup::manifest;
+use crate::crypto::ContentId;
+use crate::error::{Error, Result};
+use crate::index::open_segment;
+use crate::pack::PackEntry;
+use crate::repo::{layout, Repository};
+
+/// A pack as listed, with the blocks the index says it holds.
+#[derive(Debug, Clone)]
+pub struct PackUsage {
+    /// Object size.
+    pub size: u64,
+    /// Last modified, unix seconds.
+    pub modified: Option<i64>,
+    /// Its blocks, one entry per block id.
+    pub entries: Vec<PackEntry>,
+}
+
+/// What the repository holds and what the backups use.
+#[derive(Debug, Default)]
+pub struct RepoUsage {
+    /// Every pack in the repository.
+    pub packs: BTreeMap<[u8; 32], PackUsage>,
+    /// Referenced block → number of holders (see the module docs).
+    holders: HashMap<ContentId, u32>,
+    /// Objects listed to build this.
+    pub objects_listed: usize,
+    /// Bytes read (index segments and manifests).
+    pub bytes_read: u64,
+    /// Manifests read.
+    pub manifests: usize,
+    /// Index entries naming a pack that does not exist (should be none).
+    pub dangling_entries: usize,
+}
+
+/// Space held by packs, for `info` and gc reports.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct SpaceSummary {
+    /// Packs.
+    pub packs: usize,
+    /// Bytes in packs.
+    pub pack_bytes: u64,
+    /// Sealed bytes of referenced blocks, each counted once.
+    pub referenced_bytes: u64,
+    /// What gc (with repacking) could give back: pack bytes not holding a referenced block.
+    pub reclaimable_bytes: u64,
+}
+
+impl RepoUsage {
+    /// Lists packs, reads every index segment and every manifest.
+    pub async fn load(repo: &Repository) -> Result<Self> {
+        let mut usage = RepoUsage::default();
+        let listed = repo.storage().list("packs/").await?;
+        usage.objects_listed += listed.len();
+        for o in listed {
+            let Some(id) = o
+                .key
+                .as_str()
+                .rsplit('/')
+                .next()
+                .and_then(super::state::pack_id)
+            else {
+                continue;
+            };
+            usage.packs.insert(
+                id,
+                PackUsage {
+                    size: o.size,
+                    modified: o.modified,
+                    entries: Vec::new(),
+                },
+            );
+        }
+        let segments = repo.storage().list(layout::INDEX_PREFIX).await?;
+        usage.objects_listed += segments.len();
+        let mut loaded = futures::stream::iter(segments)
+            .map(|o| async move {
+                let sealed = repo.storage().get(&o.key).await?;
+                let entries = open_segment(repo.codec(), &sealed)
+                    .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
+                Ok::<_, Error>((sealed.len() as u64, entries))
+            })
+            .buffer_unordered(8);
+        while let Some(seg) = loaded.next().await {
+            let (len, entries) = seg?;
+            usage.bytes_read += len;
+            for e in entries {
+                match usage.packs.get_mut(&e.pack_id) {
+                    Some(p) => p.entries.push(e.entry),
+                    None => usage.dangling_entries += 1,
+                }
+            }
+        }
+        drop(loaded);
+        for p in usage.packs.values_mut() {
+            p.entries.sort_by_key(|e| e.block_id.0);
+            p.entries.dedup_by_key(|e| e.block_id.0);
+            p.entries.shrink_to_fit();
+        }
+        for c in manifest::cluster_names(repo).await? {
+            for id in manifest::list_ids(repo, &c).await? {
+                let m = manifest::load(repo, &c, &id).await?;
+                usage.manifests += 1;
+                for f in &m.files {
+                    for b in f.blocks.iter().filter_map(|b| b.0) {
+                        usage.holders.entry(b).or_insert(0);
+                    }
+                }
+            }
+        }
+        Ok(usage)
+    }
+
+    /// True if a retained backup references the block.
+    pub fn is_referenced(&self, id: &ContentId) -> bool {
+        self.holders.contains_key(id)
+    }
+
+    /// Distinct referenced blocks.
+    pub fn referenced_blocks(&self) -> usize {
+        self.holders.len()
+    }
+
+    /// Index entries over all packs.
+    pub fn indexed_entries(&self) -> usize {
+        self.packs.values().map(|p| p.entries.len()).sum()
+    }
+
+    /// Sealed bytes of the referenced blocks `pack` holds.
+    pub fn referenced_bytes(&self, pack: &[u8; 32]) -> u64 {
+        self.packs.get(pack).map_or(0, |p| {
+            p.entries
+                .iter()
+                .filter(|e| self.is_referenced(&e.block_id))
+                .map(|e| u64::from(e.sealed_len))
+                .sum()
+        })
+    }
+
+    /// Counts holders: every existing pack not in `condemned`.
+    pub fn count_holders(&mut self, condemned: &HashSet<[u8; 32]>) {
+        self.holders.values_mut().for_each(|c| *c = 0);
+        for (id, p) in &self.packs {
+            if condemned.contains(id) {
+                continue;
+            }
+            for e in &p.entries {
+                if let Some(c) = self.holders.get_mut(&e.block_id) {
+                    *c += 1;
+                }
+            }
+        }
+    }
+
+    /// Referenced blocks in `pack` that no holder other than `pack` has (with `pack` counted as
+    /// a holder, these are its blocks with exactly one holder).
+    pub fn sole_copies(&self, pack: &[u8; 32]) -> Vec<PackEntry> {
+        self.packs.get(pack).map_or_else(Vec::new, |p| {
+            p.entries
+                .iter()
+                .filter(|e| self.holders.get(&e.block_id) == Some(&1))
+                .copied()
+                .collect()
+        })
+    }
+
+    /// For a condemned pack (not counted as a holder): true if it holds a referenced block
+    /// that has no holder at all, so it must be reprieved.
+    pub fn needed_while_condemned(&self, pack: &[u8; 32]) -> bool {
+        self.packs.get(pack).is_some_and(|p| {
+            p.entries
+                .iter()
+                .any(|e| self.holders.get(&e.block_id) == Some(&0))
+        })
+    }
+
+    /// Adds `pack` as a holder of its blocks (after a reprieve, or a new pack from a repack).
+    pub fn add_holder(&mut self, pack: &[u8; 32]) {
+        if let Some(p) = self.packs.get(pack) {
+            for e in &p.entries {
+                if let Some(c) = self.holders.get_mut(&e.block_id) {
+                    *c += 1;
+                }
+            }
+        }
+    }
+
+    /// Records a pack written by this run (a repack).
+    pub fn add_pack(&mut self, id: [u8; 32], size: u64, entries: Vec<PackEntry>) {
+        self.packs.insert(
+            id,
+            PackUsage {
+                size,
+                modified: None,
+                entries,
+            },
+        );
+        self.add_holder(&id);
+    }
+
+    /// Condemns `pack` (a holder until now) if every referenced block it holds has another
+    /// holder; updates the counts. False, and nothing changes, otherwise.
+    pub fn try_condemn(&mut self, pack: &[u8; 32]) -> bool {
+        let Some(p) = self.packs.get(pack) else {
+            return false;
+        };
+        if p.entries
+            .iter()
+            .any(|e| self.holders.get(&e.block_id).is_some_and(|c| *c < 2))
+        {
+            return false;
+        }
+        for e in &p.entries {
+            if let Some(c) = self.holders.get_mut(&e.block_id) {
+                *c -= 1;
+            }
+        }
+        true
+    }
+
+    /// Pack space: total, referenced (each block once), reclaimable.
+    pub fn space(&self) -> SpaceSummary {
+        let mut seen: HashSet<&ContentId> = HashSet::new();
+        let mut s = SpaceSummary {
+            packs: self.packs.len(),
+            ..Default::default()
+        };
+        for p in self.packs.values() {
+            s.pack_bytes += p.size;
+            for e in &p.entries {
+                if self.is_referenced(&e.block_id) && seen.insert(&e.block_id) {
+                    s.referenced_bytes += u64::from(e.sealed_len);
+                }
+            }
+        }
+        s.reclaimable_bytes = s.pack_bytes.saturating_sub(s.referenced_bytes);
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(b: u8) -> PackEntry {
+        PackEntry {
+            block_id: ContentId([b; 32]),
+            offset: 0,
+            sealed_len: 100,
+            raw_len: 100,
+        }
+    }
+
+    fn usage(packs: &[(u8, &[u8])], referenced: &[u8]) -> RepoUsage {
+        let mut u = RepoUsage::default();
+        for (id, blocks) in packs {
+            u.packs.insert(
+                [*id; 32],
+                PackUsage {
+                    size: 1000,
+                    modified: Some(0),
+                    entries: blocks.iter().map(|b| entry(*b)).collect(),
+                },
+            );
+        }
+        for b in referenced {
+            u.holders.insert(ContentId([*b; 32]), 0);
+        }
+        u.count_holders(&HashSet::new());
+        u
+    }
+
+    #[test]
+    fn two_copies_of_a_block_are_never_both_condemned() {
+        let mut u = usage(&[(1, &[7, 8]), (2, &[7])], &[7]);
+        assert!(u.try_condemn(&[1; 32]), "block 7 is also in pack 2");
+        assert!(!u.try_condemn(&[2; 32]), "pack 2 now holds the only copy");
+        assert_eq!(u.sole_copies(&[2; 32]), vec![entry(7)]);
+    }
+
+    #[test]
+    fn a_condemned_pack_holding_the_only_copy_is_needed() {
+        let mut u = usage(&[(1, &[7]), (2, &[9])], &[7]);
+        u.count_holders(&HashSet::from([[1; 32]]));
+        assert!(u.needed_while_condemned(&[1; 32]));
+        u.add_holder(&[1; 32]);
+        assert!(!u.needed_while_condemned(&[1; 32]));
+        assert!(u.try_condemn(&[2; 32]), "pack 2 holds nothing referenced");
+    }
+
+    #[test]
+    fn space_counts_each_referenced_block_once() {
+        let u = usage(&[(1, &[7, 8]), (2, &[7])], &[7]);
+        let s = u.space();
+        assert_eq!(s.pack_bytes, 2000);
+        assert_eq!(s.referenced_bytes, 100);
+        assert_eq!(s.reclaimable_bytes, 1900);
+        assert_eq!(u.referenced_bytes(&[1; 32]), 100);
+    }
+}

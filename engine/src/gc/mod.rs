@@ -1,0 +1,314 @@
+//! Garbage collection: remove packs no backup needs, and repack packs that are mostly
+//! garbage, safely while backups and archive-push run, from any number of hosts.
+//!
+//! # Protocol
+//!
+//! State lives in one small object, `gc/state` ([`state`]), updated only by compare-and-swap:
+//! the set of **condemned** packs, each with the time it was condemned. One gc runs at a time:
+//! it holds the exclusive lease `leases/gc` ([`crate::lease`]).
+//!
+//! 1. **Leases first.** Read the live backup leases *before* the manifests: a backup that ends
+//!    after this snapshot wrote its manifest before releasing its lease, so either its lease
+//!    is in the snapshot or its manifest is in the listing below.
+//! 2. **Mark** ([`liveness`]). Read every manifest of every cluster and every index segment. A
+//!    block is referenced if a manifest names it; its *holders* are the existing, uncondemned
+//!    packs the index says hold it.
+//! 3. **Reprieve.** A condemned pack holding a referenced block that has no holder (a backup
+//!    deduplicated against it before it was condemned) leaves the condemned set.
+//! 4. **Repack** ([`repack`]). An uncondemned pack older than the grace period whose referenced
+//!    bytes are below `repack_below` of its size has its sole-copy blocks copied, still
+//!    sealed, into new packs, indexed like a backup's. It is then an ordinary unneeded pack.
+//! 5. **Condemn.** A pack older than the grace period is condemned when every referenced block
+//!    it holds has another holder (for most, it holds none). Packs and index segments younger
+//!    than the grace period are never condemned: a backup in progress writes packs before its
+//!    index segments and manifest. From then on new backups exclude condemned packs from
+//!    deduplication, and readers prefer another copy.
+//! 6. **Sweep** (a later run, or the same run with a zero grace period). A condemned pack is
+//!    deleted only if (a) it was condemned at least a grace period ago, (b) it survived step 3
+//!    of *this* run, and (c) no live backup lease started before its condemnation plus
+//!    [`CONDEMN_MARGIN`] (such a backup may have read the index before `gc/state` said
+//!    so, and deduplicated against it; its manifest is not written yet). Index segments listing
+//!    a swept pack are first rewritten without its entries (new segment created, then the old
+//!    one deleted), then the pack is deleted, then `gc/state` forgets it.
+//!
+//! Invariants: an index entry never points to a deleted pack (index rewritten before the pack
+//! goes); every block a manifest references keeps at least one holder (a pack is condemned only
+//! while its referenced blocks have another holder, counted one condemnation at a time, and
+//! backups that might reference a condemned pack's other blocks are excluded by (c) and then
+//! reprieve it). A crash anywhere leaves at worst an extra index segment or pack (duplicates
+//! are harmless), or a condemned pack not yet swept: the next run completes the work. WAL
+//! objects are not gc's business (expire removes them). Clocks: (a) and (c) compare times from
+//! different hosts; they must agree to within [`CONDEMN_MARGIN`].
+
+pub mod liveness;
+pub mod repack;
+pub mod state;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::index::{open_segment, seal_segment};
+use crate::repo::{layout, Repository};
+
+pub use liveness::SpaceSummary;
+pub use state::{condemned_packs, read_state, GcState};
+
+/// A backup lease that started less than this after a condemnation still blocks the sweep of
+/// that pack: slack for the time between recording the condemnation and a backup reading it,
+/// and for clock differences between hosts.
+pub const CONDEMN_MARGIN: i64 = 60;
+
+/// How gc runs.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Grace period: longer than the longest backup and restore.
+    pub grace: Duration,
+    /// Repack packs whose referenced bytes are below this fraction of their size (0 = never).
+    pub repack_below: f64,
+    /// Report only.
+    pub dry_run: bool,
+    /// How long to wait for another gc to finish.
+    pub lease_wait: Duration,
+}
+
+impl GcOptions {
+    /// Defaults with a grace period: repack packs less than half live.
+    pub fn with_grace(grace: Duration) -> Self {
+        GcOptions {
+            grace,
+            repack_below: 0.5,
+            dry_run: false,
+            lease_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// What a GC run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// Packs in the repository.
+    pub packs: usize,
+    /// Packs still needed (referenced or too young to judge) after this run.
+    pub live_packs: usize,
+    /// Packs newly condemned.
+    pub condemned: Vec<String>,
+    /// Condemned packs a backup turned out to need.
+    pub reprieved: Vec<String>,
+    /// Packs whose live blocks were copied out (with `--dry-run`: would be).
+    pub repacked: Vec<String>,
+    /// Sealed bytes copied by the repack.
+    pub repack_copied_bytes: u64,
+    /// Packs the repack wrote.
+    pub repack_new_packs: u64,
+    /// Packs deleted (with `--dry-run`: would be).
+    pub swept: Vec<String>,
+    /// Bytes reclaimed.
+    pub reclaimed_bytes: u64,
+    /// Bytes held by condemned packs not yet swept.
+    pub pending_bytes: u64,
+    /// Condemned packs whose sweep waits for a backup that started before their condemnation.
+    pub waiting_for_backups: usize,
+    /// Space after this run (packs written and deleted included).
+    pub space: SpaceSummary,
+    /// Objects listed.
+    pub objects_listed: usize,
+    /// Bytes read (index segments, manifests' sealed size excluded, packs being repacked).
+    pub bytes_read: u64,
+    /// Manifests read.
+    pub manifests: usize,
+    /// Index entries read.
+    pub index_entries: usize,
+    /// Distinct blocks the manifests reference.
+    pub referenced_blocks: usize,
+    /// Index segments rewritten.
+    pub index_rewritten: usize,
+    /// True for `--dry-run`.
+    pub dry_run: bool,
+}
+
+fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn hex_id(id: &[u8; 32]) -> String {
+    hex::encode(id)
+}
+
+/// Pack space for `info`: total, referenced by retained backups, and reclaimable by gc (with
+/// repacking). Reads every index segment and manifest, like gc's mark.
+pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
+    Ok(liveness::RepoUsage::load(repo).await?.space())
+}
+
+/// Runs GC under the exclusive gc lease (a dry run takes none: it changes nothing).
+pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    if opts.dry_run {
+        return gc_locked(repo, opts).await;
+    }
+    let lease = crate::lease::acquire_exclusive(repo, "gc", "", opts.lease_wait).await?;
+    let result = gc_locked(repo, opts).await;
+    lease.release().await;
+    result
+}
+
+async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
+    let grace_s = opts.grace.as_secs() as i64;
+    // 1. Leases before manifests.
+    let leases = crate::lease::live(repo).await?;
+    report.objects_listed += leases.len();
+    // 2. Mark.
+    let mut usage = liveness::RepoUsage::load(repo).await?;
+    report.objects_listed += usage.objects_listed;
+    report.bytes_read += usage.bytes_read;
+    report.manifests = usage.manifests;
+    report.index_entries = usage.indexed_entries();
+    report.referenced_blocks = usage.referenced_blocks();
+    report.packs = usage.packs.len();
+    let (mut state, version) = read_state(repo).await?;
+    state
+        .condemned
+        .retain(|h, _| state::pack_id(h).is_some_and(|id| usage.packs.contains_key(&id)));
+    let condemned: HashSet<[u8; 32]> = state
+        .condemned
+        .keys()
+        .filter_map(|h| state::pack_id(h))
+        .collect();
+    usage.count_holders(&condemned);
+    // 3. Reprieve.
+    for id in &condemned {
+        if usage.needed_while_condemned(id) {
+            state.condemned.remove(&hex_id(id));
+            usage.add_holder(id);
+            report.reprieved.push(hex_id(id));
+        }
+    }
+    let now = unix_now();
+    let old = |modified: Option<i64>| modified.is_none_or(|m| now - m >= grace_s);
+    let uncondemned_old: Vec<[u8; 32]> = usage
+        .packs
+        .iter()
+        .filter(|(id, p)| !state.condemned.contains_key(&hex_id(id)) && old(p.modified))
+        .map(|(id, _)| *id)
+        .collect();
+    // 4. Repack.
+    if opts.repack_below > 0.0 {
+        let sources: Vec<[u8; 32]> = uncondemned_old
+            .iter()
+            .filter(|id| {
+                let live = usage.referenced_bytes(id);
+                let size = usage.packs[*id].size;
+                live > 0 && (live as f64) < opts.repack_below * size as f64
+            })
+            .copied()
+            .collect();
+        if opts.dry_run {
+            report.repack_copied_bytes = sources.iter().map(|s| usage.referenced_bytes(s)).sum();
+            report.repacked = sources.iter().map(hex_id).collect();
+        } else if !sources.is_empty() {
+            let done = repack::repack(repo, &mut usage, &sources).await?;
+            report.bytes_read += done.bytes_read;
+            report.repack_copied_bytes = done.copied_bytes;
+            report.repack_new_packs = done.new_packs;
+            report.repacked = done.repacked.iter().map(hex_id).collect();
+        }
+    }
+    // 5. Condemn, one pack at a time.
+    let condemned_at = unix_now();
+    for id in &uncondemned_old {
+        let would_empty = opts.dry_run && report.repacked.contains(&hex_id(id));
+        if would_empty || usage.try_condemn(id) {
+            report.condemned.push(hex_id(id));
+            state.condemned.insert(hex_id(id), condemned_at);
+        }
+    }
+    // 6. Sweep candidates.
+    let oldest_lease = leases.iter().map(|l| l.body.started).min();
+    let mut sweep: Vec<[u8; 32]> = Vec::new();
+    for (h, at) in &state.condemned {
+        let Some(id) = state::pack_id(h) else {
+            continue;
+        };
+        if now - at < grace_s {
+            continue;
+        }
+        if oldest_lease.is_some_and(|l| l <= at + CONDEMN_MARGIN) {
+            report.waiting_for_backups += 1;
+            continue;
+        }
+        sweep.push(id);
+    }
+    let size = |id: &[u8; 32]| usage.packs.get(id).map_or(0, |p| p.size);
+    report.pending_bytes = state
+        .condemned
+        .keys()
+        .filter_map(|h| state::pack_id(h))
+        .filter(|id| !sweep.contains(id))
+        .map(|id| size(&id))
+        .sum();
+    report.reclaimed_bytes = sweep.iter().map(size).sum();
+    report.swept = sweep.iter().map(hex_id).collect();
+    report.live_packs = usage.packs.len() - state.condemned.len();
+    if opts.dry_run {
+        report.space = usage.space();
+        return Ok(report);
+    }
+    // Record condemnations first: backups starting from now on avoid these packs.
+    let version = state::write_state(repo, &state, version.as_ref(), "condemning").await?;
+    if sweep.is_empty() {
+        report.space = usage.space();
+        return Ok(report);
+    }
+    let doomed: HashSet<[u8; 32]> = sweep.iter().copied().collect();
+    report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
+    for id in &sweep {
+        repo.storage().delete(&layout::pack(id)).await?;
+        state.condemned.remove(&hex_id(id));
+        usage.packs.remove(id);
+    }
+    state::write_state(repo, &state, Some(&version), "sweeping").await?;
+    report.space = usage.space();
+    Ok(report)
+}
+
+/// Rewrites every index segment naming a doomed pack without those entries (new segment
+/// first, then the old one deleted). Returns how many segments were rewritten.
+async fn drop_index_entries(
+    repo: &Repository,
+    doomed: &HashSet<[u8; 32]>,
+    report: &mut GcReport,
+) -> Result<usize> {
+    let segments = repo.storage().list(layout::INDEX_PREFIX).await?;
+    report.objects_listed += segments.len();
+    let mut rewritten = 0;
+    for seg in segments {
+        let sealed = repo.storage().get(&seg.key).await?;
+        report.bytes_read += sealed.len() as u64;
+        let entries = open_segment(repo.codec(), &sealed)
+            .map_err(|e| Error::corrupt(seg.key.to_string(), e.to_string()))?;
+        if !entries.iter().any(|e| doomed.contains(&e.pack_id)) {
+            continue;
+        }
+        let kept: Vec<_> = entries
+            .into_iter()
+            .filter(|e| !doomed.contains(&e.pack_id))
+            .collect();
+        if !kept.is_empty() {
+            let new = seal_segment(repo.codec(), &kept);
+            let id = *blake3::hash(&new).as_bytes();
+            repo.storage()
+                .put_create(&layout::index_segment(&id), bytes::Bytes::from(new))
+                .await?;
+        }
+        repo.storage().delete(&seg.key).await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}
