@@ -442,3 +442,52 @@ fn parse_size(v: Option<(String, String)>, name: &str) -> Result<Option<u64>, Fa
     })
     .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(entries: &[(&str, &str, &str)]) -> Table {
+        let mut t: Table = BTreeMap::new();
+        for (section, key, value) in entries {
+            t.entry(section.to_string())
+                .or_default()
+                .insert(key.to_string(), (value.to_string(), "test".into()));
+        }
+        t
+    }
+
+    #[test]
+    fn retention_and_gc_settings_are_read() {
+        let s = Settings::from_table(
+            table(&[
+                ("retention", "full", "2"),
+                ("retention", "auto", "true"),
+                ("retention", "gc_grace", "10m"),
+                ("retention", "gc_repack_below", "30%"),
+                ("retention", "pitr_window", "7d"),
+                ("retention", "lease_wait", "1m"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.retention.full, Some(2));
+        assert!(s.retention_auto);
+        assert_eq!(s.gc_grace, Duration::from_secs(600));
+        assert!((s.gc_repack_below - 0.3).abs() < 1e-9);
+        assert_eq!(
+            s.retention.pitr_window,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert_eq!(s.maintenance_lease_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_retention_values_name_the_setting() {
+        let err = Settings::from_table(table(&[("retention", "gc_repack_below", "2")]), None)
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("retention.gc_repack_below"));
+        let err = Settings::from_table(table(&[("retention", "fulll", "2")]), None).unwrap_err();
+        assert!(format!("{err:?}").contains("unknown setting retention.fulll"));
+    }
+}

@@ -465,3 +465,54 @@ fn pitr_window_keeps_only_consistency_wal_for_older_backups() {
         stderr(&out)
     );
 }
+
+#[test]
+fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let leases = env.path().join("repo/leases");
+    std::fs::create_dir_all(&leases).unwrap();
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 1\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    for (name, args) in [("gc", &["gc"][..]), ("expire-main", &["expire"][..])] {
+        // Another host holds the lease, with a fresh heartbeat.
+        let lease = leases.join(name);
+        std::fs::write(
+            &lease,
+            format!(
+                r#"{{"kind":"{}","cluster":"main","backup_id":"","host":"db-other","pid":4242,"started":1}}"#,
+                name.split('-').next().unwrap()
+            ),
+        )
+        .unwrap();
+        pgbunker_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
+        let out = env.pgbunker(args);
+        assert!(!out.status.success(), "{name}: a second run must not start");
+        let err = stderr(&out);
+        assert!(
+            err.contains("is running (host db-other, pid 4242"),
+            "{name}: the error names the holder: {err}"
+        );
+        // Its heartbeat stops: the lease expires and the next run takes it over.
+        let status = std::process::Command::new("touch")
+            .args(["-d", "-5 minutes"])
+            .arg(&lease)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = env.pgbunker(args);
+        assert_success(&out, &format!("{name} after the holder's lease expired"));
+        assert!(!lease.exists(), "{name}: the run released its lease");
+    }
+    // A dry run takes no lease and so is never kept out.
+    std::fs::write(
+        leases.join("gc"),
+        r#"{"kind":"gc","cluster":"","backup_id":"","host":"db-other","pid":1,"started":1}"#,
+    )
+    .unwrap();
+    pgbunker_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
+    assert_success(
+        &env.pgbunker(&["gc", "--dry-run"]),
+        "gc --dry-run under a lease",
+    );
+}
