@@ -121,6 +121,9 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
         /// Re-read every file even when size and mtime are unchanged.
         #[arg(long)]
         checksum_delta: bool,
+        /// Pin the new backup: expire never removes it (`pgbunker unpin ID` to release).
+        #[arg(long)]
+        pin: bool,
         /// Files read in parallel (default: backup.jobs, else the number of cores).
         #[arg(long)]
         jobs: Option<usize>,

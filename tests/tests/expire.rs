@@ -20,15 +20,18 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
     env.use_cluster(&pg);
     pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     let mut ids = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
         pg.pgbench(&["-t", "200", "-c", "2"]).unwrap();
         switch_wal(&pg);
-        ids.push(
-            backup_json(&env, &["--type", "full"])["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        // The first is pinned as it is taken.
+        let args: &[&str] = if i == 0 {
+            &["--type", "full", "--pin"]
+        } else {
+            &["--type", "full"]
+        };
+        let b = backup_json(&env, args);
+        assert_eq!(b["pinned"].as_bool(), Some(i == 0));
+        ids.push(b["id"].as_str().unwrap().to_string());
         std::thread::sleep(Duration::from_millis(1100));
     }
     // No policy: nothing expires.
@@ -45,7 +48,13 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
     std::fs::write(&env.config, cfg).unwrap();
-    assert_success(&env.pgbunker(&["pin", &ids[0]]), "pin");
+    // `pin` of an already pinned backup is a no-op; of a missing one, an error.
+    assert_success(&env.pgbunker(&["pin", &ids[0]]), "pin again");
+    let out = env.pgbunker(&["pin", "20200101-000000F"]);
+    assert!(
+        !out.status.success(),
+        "pinning a backup that does not exist"
+    );
     let out = env.pgbunker(&["expire", "--dry-run", "--output", "json"]);
     assert_success(&out, "expire --dry-run");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -24,14 +24,26 @@ fn require_conninfo(settings: &Settings) -> Result<String, Failure> {
     Ok(settings.conninfo.clone())
 }
 
+/// `backup` flags besides the type.
+pub struct BackupFlags {
+    pub checksum_delta: bool,
+    pub pin: bool,
+    pub jobs: Option<usize>,
+    pub output: OutputFormat,
+}
+
 pub async fn backup(
     cli: &Cli,
     settings: &Settings,
     t: BackupTypeArg,
-    checksum_delta: bool,
-    jobs: Option<usize>,
-    output: OutputFormat,
+    flags: BackupFlags,
 ) -> Result<(), Failure> {
+    let BackupFlags {
+        checksum_delta,
+        pin,
+        jobs,
+        output,
+    } = flags;
     let pgdata = settings
         .pgdata
         .clone()
@@ -59,13 +71,17 @@ pub async fn backup(
     };
     let reporter = Reporter::new(cli.progress);
     let m = run_backup(&repo, &opts, &reporter).await?;
+    if pin {
+        // The newest backup is never expired, so nothing can remove it before this lands.
+        pgbunker_engine::expire::set_pin(&repo, &settings.cluster, &m.id, true).await?;
+    }
     let s = &m.stats;
     match output {
         OutputFormat::Json => {
             let doc = serde_json::json!({
                 "id": m.id, "type": m.backup_type, "reference": m.reference, "timeline": m.timeline,
                 "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_time": m.start_time, "stop_time": m.stop_time,
-                "stats": s, "bad_pages": m.files.iter().filter(|f| !f.bad_pages.is_empty())
+                "stats": s, "pinned": pin, "bad_pages": m.files.iter().filter(|f| !f.bad_pages.is_empty())
                     .map(|f| serde_json::json!({"file": f.path, "blocks": f.bad_pages})).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));

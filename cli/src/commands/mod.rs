@@ -35,9 +35,18 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Backup {
             backup_type,
             checksum_delta,
+            pin,
             jobs,
             output,
-        } => backup::backup(cli, settings, *backup_type, *checksum_delta, *jobs, *output).await,
+        } => {
+            let flags = backup::BackupFlags {
+                checksum_delta: *checksum_delta,
+                pin: *pin,
+                jobs: *jobs,
+                output: *output,
+            };
+            backup::backup(cli, settings, *backup_type, flags).await
+        }
         Command::Restore(args) => backup::restore_cmd(cli, settings, args).await,
         Command::RestorePoint { name } => backup::restore_point(settings, name).await,
         Command::Drill(args) => drill::run(cli, settings, args).await,
