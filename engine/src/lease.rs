@@ -112,9 +112,9 @@ pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
     let me = hostname();
     let mut out = Vec::new();
     for o in repo.storage().list("leases/").await? {
-        let Some(heartbeat) = o.modified else {
-            continue;
-        };
+        // A backend that reports no modification time cannot age a lease: treat it as fresh
+        // (a lease wrongly thought live only delays gc; one wrongly thought dead is unsafe).
+        let heartbeat = o.modified.unwrap_or(now);
         if now - heartbeat > EXPIRY.as_secs() as i64 {
             continue;
         }
@@ -215,10 +215,11 @@ pub async fn acquire_exclusive(
                     .await?
                     .into_iter()
                     .find(|o| o.key == k)
-                    .and_then(|o| o.modified)
-                    .is_some_and(|m| {
-                        time::OffsetDateTime::now_utc().unix_timestamp() - m
-                            <= EXPIRY.as_secs() as i64
+                    .is_some_and(|o| {
+                        o.modified.is_none_or(|m| {
+                            time::OffsetDateTime::now_utc().unix_timestamp() - m
+                                <= EXPIRY.as_secs() as i64
+                        })
                     });
                 serde_json::from_slice::<LeaseBody>(bytes)
                     .ok()

@@ -109,6 +109,11 @@ pub async fn gc(
         mib(r.repack_copied_bytes),
         r.repack_new_packs
     );
+    for skipped in &r.repack_skipped {
+        eprintln!(
+            "WARNING: not repacked, damaged: {skipped}; run pgbunker verify --read-data --all"
+        );
+    }
     println!(
         "{} {} packs ({:.1} MiB); {:.1} MiB condemned awaiting the grace period ({}s){}",
         would("swept", "would sweep"),

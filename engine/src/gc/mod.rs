@@ -104,6 +104,8 @@ pub struct GcReport {
     pub repack_copied_bytes: u64,
     /// Packs the repack wrote.
     pub repack_new_packs: u64,
+    /// Damaged packs the repack left alone, and why (run `verify --read-data`).
+    pub repack_skipped: Vec<String>,
     /// Packs deleted (with `--dry-run`: would be).
     pub swept: Vec<String>,
     /// Bytes reclaimed.
@@ -218,6 +220,11 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             report.repack_copied_bytes = done.copied_bytes;
             report.repack_new_packs = done.new_packs;
             report.repacked = done.repacked.iter().map(hex_id).collect();
+            report.repack_skipped = done
+                .skipped
+                .iter()
+                .map(|(id, why)| format!("{}: {why}", hex_id(id)))
+                .collect();
         }
     }
     // 5. Condemn, one pack at a time.
@@ -312,3 +319,6 @@ async fn drop_index_entries(
     }
     Ok(rewritten)
 }
+
+#[cfg(test)]
+mod tests;
