@@ -143,10 +143,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
 }
 
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
 /// An in-memory [`Storage`] for unit tests of the engine.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
-    objects: Mutex<BTreeMap<String, (Bytes, u64)>>,
+    /// Key → (bytes, version, modified unix seconds).
+    objects: Mutex<BTreeMap<String, (Bytes, u64, i64)>>,
     next_version: std::sync::atomic::AtomicU64,
 }
 
@@ -163,6 +168,14 @@ impl MemoryStorage {
         let mut v = entry.0.to_vec();
         f(&mut v);
         entry.0 = Bytes::from(v);
+    }
+
+    /// Makes an object look `secs` older (to test age-based rules).
+    pub fn backdate(&self, key: &str, secs: i64) {
+        let mut map = self.objects.lock().expect("memory storage lock");
+        if let Some(entry) = map.get_mut(key) {
+            entry.2 -= secs;
+        }
     }
 
     fn bump(&self) -> u64 {
@@ -185,7 +198,7 @@ impl Storage for MemoryStorage {
     async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
         let map = self.objects.lock().expect("memory storage lock");
         map.get(key.as_str())
-            .map(|(b, v)| (b.clone(), ObjectVersion(v.to_string())))
+            .map(|(b, v, _)| (b.clone(), ObjectVersion(v.to_string())))
             .ok_or_else(|| StorageError::NotFound {
                 key: key.to_string(),
             })
@@ -209,7 +222,7 @@ impl Storage for MemoryStorage {
     ) -> Result<CreateOutcome, StorageError> {
         let version = self.bump();
         let mut map = self.objects.lock().expect("memory storage lock");
-        if let Some((existing, _)) = map.get(key.as_str()) {
+        if let Some((existing, _, _)) = map.get(key.as_str()) {
             // Same contract as the real backends: identical bytes are our own write.
             return Ok(if *existing == data {
                 CreateOutcome::Created
@@ -217,7 +230,7 @@ impl Storage for MemoryStorage {
                 CreateOutcome::AlreadyExists
             });
         }
-        map.insert(key.to_string(), (data, version));
+        map.insert(key.to_string(), (data, version, unix_now()));
         Ok(CreateOutcome::Created)
     }
 
@@ -229,13 +242,13 @@ impl Storage for MemoryStorage {
     ) -> Result<ObjectVersion, StorageError> {
         let version = self.bump();
         let mut map = self.objects.lock().expect("memory storage lock");
-        let current = map.get(key.as_str()).map(|(_, v)| v.to_string());
+        let current = map.get(key.as_str()).map(|(_, v, _)| v.to_string());
         if current.as_deref() != expected.map(|v| v.0.as_str()) {
             return Err(StorageError::Precondition {
                 key: key.to_string(),
             });
         }
-        map.insert(key.to_string(), (data, version));
+        map.insert(key.to_string(), (data, version, unix_now()));
         Ok(ObjectVersion(version.to_string()))
     }
 
@@ -244,11 +257,10 @@ impl Storage for MemoryStorage {
         Ok(map
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (b, _))| ObjectInfo {
+            .map(|(k, (b, _, modified))| ObjectInfo {
                 key: ObjectKey(k.clone()),
                 size: b.len() as u64,
-                // The in-memory store does not track time: objects count as old.
-                modified: None,
+                modified: Some(*modified),
             })
             .collect())
     }

@@ -193,7 +193,8 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         }
     }
     let now = unix_now();
-    let old = |modified: Option<i64>| modified.is_none_or(|m| now - m >= grace_s);
+    // An object of unknown age is never judged old enough.
+    let old = |modified: Option<i64>| modified.is_some_and(|m| now - m >= grace_s);
     let uncondemned_old: Vec<[u8; 32]> = usage
         .packs
         .iter()

@@ -15,7 +15,12 @@ use crate::repo::InitOptions;
 use crate::storage::{MemoryStorage, Storage};
 
 async fn repo() -> Repository {
-    let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    repo_on_memory().await.1
+}
+
+async fn repo_on_memory() -> (Arc<MemoryStorage>, Repository) {
+    let mem = Arc::new(MemoryStorage::new());
+    let s: Arc<dyn Storage> = mem.clone();
     let kf = KeyFile::generate();
     let unlock = Unlock::KeyFile(kf);
     Repository::init(
@@ -28,7 +33,7 @@ async fn repo() -> Repository {
     )
     .await
     .unwrap();
-    Repository::open(s, Some(&unlock)).await.unwrap()
+    (mem, Repository::open(s, Some(&unlock)).await.unwrap())
 }
 
 fn block(n: u32) -> Vec<u8> {
@@ -224,4 +229,22 @@ async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep()
     .unwrap();
     assert!(r.swept.is_empty() && r.condemned.is_empty(), "{r:?}");
     assert_readable(&repo, &a[..1]).await;
+}
+
+#[tokio::test]
+async fn packs_younger_than_the_grace_period_are_never_condemned() {
+    let (mem, repo) = repo_on_memory().await;
+    pack_of(&repo, 0..5).await; // no manifest: like a backup still running
+    let hour = GcOptions::with_grace(Duration::from_secs(3600));
+    let r = gc(&repo, &hour).await.unwrap();
+    assert!(r.condemned.is_empty(), "{r:?}");
+    let name = pack_names(&repo).await.remove(0);
+    mem.backdate(&format!("packs/{}/{name}", &name[..2]), 7200);
+    let r = gc(&repo, &hour).await.unwrap();
+    assert_eq!(r.condemned, vec![name.clone()], "{r:?}");
+    assert!(
+        r.swept.is_empty(),
+        "condemned just now: swept a grace period later"
+    );
+    assert_eq!(pack_names(&repo).await, vec![name]);
 }
