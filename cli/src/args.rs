@@ -176,10 +176,10 @@ Exit 1 when anything is damaged; every damaged backup is named.")]
     #[command(after_help = "Examples:
   pgbunker expire --dry-run            # every backup with the rule that keeps or drops it
   pgbunker expire
-Policy in [retention]: full = N, keep_within = \"14d\", daily = D, weekly = W, monthly = M.
-Pinned backups (pgbunker pin ID) and the newest backup are never expired; with no policy,
-nothing is. Space held by expired backups' blocks is reclaimed by garbage collection (not
-yet implemented).")]
+Policy in [retention]: full = N, keep_within = \"14d\", daily = D, weekly = W, monthly = M;
+pitr_window = \"7d\" keeps only consistency WAL for backups older than that.
+Pinned backups (backup --pin, pgbunker pin ID) and the newest backup are never expired; with
+no policy, nothing is. Space held by expired backups' blocks is reclaimed by pgbunker gc.")]
     Expire {
         /// Show what would go and why; change nothing.
         #[arg(long)]

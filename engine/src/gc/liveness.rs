@@ -8,8 +8,11 @@
 //! referenced block it holds has another holder. Condemning one pack at a time and updating the
 //! counts as we go is what keeps two copies of a block from both being condemned in one run.
 //!
-//! Memory: every index entry of every pack (48 bytes, grouped by pack) plus one hash map entry
-//! per distinct referenced block; manifests are read one at a time.
+//! Memory: every index entry of every pack (48 bytes, grouped by pack), one hash map entry per
+//! distinct referenced block (about 45 bytes), and one manifest at a time while it is read
+//! (sealed, JSON and parsed forms at once). Measured (`benches/gc_scale.sh`): about 240 bytes
+//! of peak RSS per block, so a repository of 10 million distinct 64 KiB blocks (640 GB of
+//! unique data) needs about 2.4 GB to mark. Streaming manifests is the next step.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -244,7 +244,9 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         let Some(id) = state::pack_id(h) else {
             continue;
         };
-        if now - at < grace_s {
+        // The clock read at condemnation, not at the start: with a zero grace period, packs
+        // condemned by this run are swept by it whatever second the repack ended in.
+        if condemned_at - at < grace_s {
             continue;
         }
         if oldest_lease.is_some_and(|l| l <= at + CONDEMN_MARGIN) {
