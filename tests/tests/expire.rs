@@ -525,3 +525,33 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
         "gc --dry-run under a lease",
     );
 }
+
+#[test]
+fn retention_auto_expires_after_each_backup() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 1\nauto = true\n");
+    std::fs::write(&env.config, cfg).unwrap();
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let first = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pg.pgbench(&["-t", "200", "-c", "2"]).unwrap();
+    switch_wal(&pg);
+    let second = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let left: Vec<String> = info(&env)["clusters"][0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, [second], "{first} expired by the second backup's run");
+}

@@ -109,7 +109,7 @@ pub async fn backup(
         }
     }
     if settings.retention_auto {
-        super::expire::auto_expire(settings).await?;
+        super::expire::auto_expire(settings, &m.id).await?;
     }
     Ok(())
 }

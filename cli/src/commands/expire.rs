@@ -144,7 +144,51 @@ pub async fn gc(
     Ok(())
 }
 
-/// `[retention] auto = true`: expire after a successful backup.
-pub async fn auto_expire(settings: &Settings) -> Result<(), Failure> {
-    run(settings, false, OutputFormat::Text).await
+/// `[retention] auto = true`: expire after a successful backup. The summary goes to stderr
+/// (stdout carries the backup's own output, JSON included); a failure says the backup itself
+/// succeeded.
+pub async fn auto_expire(settings: &Settings, backup_id: &str) -> Result<(), Failure> {
+    let result = async {
+        let repo = open_repo(settings).await?;
+        Ok::<_, Failure>(
+            expire(
+                &repo,
+                &settings.cluster,
+                &settings.retention,
+                false,
+                settings.maintenance_lease_wait,
+            )
+            .await?,
+        )
+    }
+    .await;
+    match result {
+        Ok(r) => {
+            let expired: Vec<&str> = r
+                .backups
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.id.as_str())
+                .collect();
+            eprintln!(
+                "retention.auto: expired {} backups{}; removed {} WAL files",
+                expired.len(),
+                if expired.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", expired.join(", "))
+                },
+                r.wal_files
+            );
+            Ok(())
+        }
+        Err(mut f) => {
+            f.message = format!(
+                "backup {backup_id} completed, but the automatic expire (retention.auto) failed: {}; \
+                 run pgbunker expire",
+                f.message
+            );
+            Err(f)
+        }
+    }
 }
