@@ -3,7 +3,9 @@
 #   - Debian packages: PostgreSQL 15 server (+ contrib: amcheck), pgBackRest, socat, openssl,
 #     curl, procps, util-linux (runuser), a C toolchain for -sys crates, python3-venv if needed;
 #   - a Python venv with moto[server] (a local S3-compatible server, see scripts/s3-local.sh)
-#     at ${PGBUNKER_CACHE:-/var/cache/pgbunker-test}/venv.
+#     at ${PGBUNKER_CACHE:-/var/cache/pgbunker-test}/venv;
+#   - Azurite, the Azure Blob Storage emulator, from npm (see scripts/cloud-emulators.sh) at
+#     ${PGBUNKER_CACHE:-/var/cache/pgbunker-test}/node; Node.js and npm from Debian if missing.
 # The Rust toolchain is expected to be present already; it is not installed here.
 #
 # Idempotent and fast when everything is installed: `apt-get update` runs only if a package is
@@ -14,6 +16,8 @@
 # Environment:
 #   PGBUNKER_CACHE       cache directory (default /var/cache/pgbunker-test)
 #   PGBUNKER_MOTO_SPEC   pip requirement for moto (default 'moto[server]>=5,<6')
+#   PGBUNKER_AZURITE_VERSION  Azurite version from npm (default 3.35.0: the last release that
+#                        runs on Node.js 20; 3.36 and later want Node.js 21 or 22)
 set -euo pipefail
 
 PG_MAJOR=15
@@ -21,6 +25,8 @@ PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
 CACHE=${PGBUNKER_CACHE:-/var/cache/pgbunker-test}
 VENV=$CACHE/venv
 MOTO_SPEC=${PGBUNKER_MOTO_SPEC:-'moto[server]>=5,<6'}
+NODE_PREFIX=$CACHE/node
+AZURITE_VERSION=${PGBUNKER_AZURITE_VERSION:-3.35.0}
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -70,6 +76,10 @@ packages=(
     chromium                    # renders drill reports in the end-to-end tests (headless)
 )
 ((need_python_venv)) && packages+=(python3-venv)
+# Node.js for Azurite: whatever node/npm is on PATH (NodeSource, nvm, ...), else Debian's.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -156,6 +166,24 @@ else
     log "venv done in $((SECONDS - started))s"
 fi
 
+# --- Azurite (Azure Blob Storage emulator) from npm -----------------------------------------
+azurite_version() {
+    # The installed version, from its package.json (empty if none).
+    node -e 'try { process.stdout.write(require(process.argv[1]).version) } catch (e) {}' \
+        "$NODE_PREFIX/node_modules/azurite/package.json" 2>/dev/null || true
+}
+if [[ "$(azurite_version)" == "$AZURITE_VERSION" && -x $NODE_PREFIX/node_modules/.bin/azurite-blob ]]; then
+    :
+else
+    log "installing azurite@$AZURITE_VERSION into $NODE_PREFIX"
+    started=$SECONDS
+    mkdir -p "$NODE_PREFIX"
+    npm install --prefix "$NODE_PREFIX" --no-save --no-package-lock --omit=dev --no-audit \
+        --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2
+    [[ "$(azurite_version)" == "$AZURITE_VERSION" ]] || die "azurite@$AZURITE_VERSION install failed in $NODE_PREFIX"
+    log "azurite done in $((SECONDS - started))s"
+fi
+
 # --- Summary ------------------------------------------------------------------------------
 pg_v=$("$PG_BINDIR/initdb" --version | awk '{print $3}')
 br_v=$(pgbackrest version | awk '{print $NF}')
@@ -165,4 +193,6 @@ moto_v=$("$VENV/bin/python" -c 'import moto; print(moto.__version__)')
 py_v=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')
 cargo=$(command -v cargo || echo /root/.cargo/bin/cargo)
 rust_v=$("$cargo" --version 2>/dev/null | awk '{print $2}' || true)
-echo "pgbunker deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v moto=$moto_v python=$py_v cargo=${rust_v:-absent} venv=$VENV"
+node_v=$(node --version)
+azurite_v=$(azurite_version)
+echo "pgbunker deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"

@@ -4,10 +4,12 @@
 #   ./scripts/test.sh            # as root on a fresh Debian 12 machine, or as a developer
 #
 # Steps: dependencies (scripts/install-deps.sh), formatting and clippy gates, a local
-# S3-compatible server on loopback (scripts/s3-local.sh), then `cargo test` for the whole
-# workspace: unit tests, the storage conformance suite (memory, file, S3) and end-to-end
-# tests against real PostgreSQL 15 clusters. S3 is required here (PGBUNKER_REQUIRE_S3=1):
-# a missing server fails the run instead of silently skipping.
+# S3-compatible server (scripts/s3-local.sh) and the Azure Blob emulator Azurite
+# (scripts/cloud-emulators.sh) on loopback, then `cargo test` for the whole workspace: unit
+# tests, the storage conformance suite (memory, file, S3, Azure) and end-to-end tests against
+# real PostgreSQL 15 clusters. S3 and Azure are required here (PGBUNKER_REQUIRE_S3=1,
+# PGBUNKER_REQUIRE_AZURE=1): a missing server fails the run instead of silently skipping.
+# (No GCS emulator runs: see scripts/cloud-emulators.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,13 +30,21 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --all-targets --locked
 
-step "local S3 server"
+step "local S3 and Azure servers"
 S3_DIR=$(mktemp -d /tmp/pgbunker-s3.XXXXXX)
-cleanup() { ./scripts/s3-local.sh stop "$S3_DIR" >/dev/null 2>&1 || true; rm -rf "$S3_DIR"; }
+CLOUD_DIR=$(mktemp -d /tmp/pgbunker-cloud.XXXXXX)
+cleanup() {
+    ./scripts/s3-local.sh stop "$S3_DIR" >/dev/null 2>&1 || true
+    ./scripts/cloud-emulators.sh stop "$CLOUD_DIR" >/dev/null 2>&1 || true
+    rm -rf "$S3_DIR" "$CLOUD_DIR"
+}
 trap cleanup EXIT
 eval "$(./scripts/s3-local.sh start "$S3_DIR")"
 export PGBUNKER_TEST_S3_ENDPOINT PGBUNKER_TEST_S3_BUCKET
 export PGBUNKER_REQUIRE_S3=1
+eval "$(./scripts/cloud-emulators.sh start "$CLOUD_DIR")"
+export PGBUNKER_TEST_AZURE_ENDPOINT PGBUNKER_TEST_AZURE_CONTAINER
+export PGBUNKER_REQUIRE_AZURE=1
 
 step "tests"
 # Two cores: end-to-end tests start PostgreSQL clusters, so keep parallelism modest.

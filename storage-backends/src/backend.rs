@@ -25,6 +25,15 @@ use crate::OpenError;
 /// Part size of multipart uploads.
 const PART_SIZE: usize = 16 << 20;
 
+/// The well-known account of Azurite and the legacy Azure Storage Emulator (public, documented
+/// by Microsoft: it only ever unlocks a local emulator).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+/// The well-known key of that account.
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// Azurite's default blob endpoint.
+const AZURITE_DEFAULT_ENDPOINT: &str = "http://127.0.0.1:10000";
+
 /// The engine's storage over an `object_store` implementation.
 #[derive(Debug)]
 pub struct ObjectStoreBackend {
@@ -88,6 +97,10 @@ impl ObjectStoreBackend {
         if !prefix.is_empty() {
             prefix.push('/');
         }
+        let scheme = url.scheme();
+        options.check_scheme(scheme)?;
+        let azure_emulator = scheme == "az" && options.flag("use_emulator")?.unwrap_or(false);
+        let skip_signature = options.flag("skip_signature")?.unwrap_or(false);
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: Duration::from_millis(100),
@@ -100,7 +113,7 @@ impl ObjectStoreBackend {
         // One ClientOptions carries allow_http and the CA: setting client options replaces
         // earlier ones, so everything goes here (see S3-LOCAL.md).
         let mut client = ClientOptions::new()
-            .with_allow_http(options.flag("allow_http")?.unwrap_or(false))
+            .with_allow_http(options.flag("allow_http")?.unwrap_or(azure_emulator))
             .with_timeout(
                 options
                     .duration("request_timeout")?
@@ -125,7 +138,7 @@ impl ObjectStoreBackend {
                 client = client.with_root_certificate(cert);
             }
         }
-        let store: Arc<dyn ObjectStore> = match url.scheme() {
+        let store: Arc<dyn ObjectStore> = match scheme {
             "s3" => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
                 if let Some(endpoint) = options.get("endpoint") {
@@ -145,6 +158,9 @@ impl ObjectStoreBackend {
                 if let Some(t) = options.get("session_token") {
                     b = b.with_token(t);
                 }
+                if skip_signature {
+                    b = b.with_skip_signature(true);
+                }
                 Arc::new(
                     b.with_retry(retry)
                         .with_client_options(client)
@@ -152,22 +168,68 @@ impl ObjectStoreBackend {
                         .map_err(|e| backend_err(url, e))?,
                 )
             }
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
-                    .map_err(|e| backend_err(url, e))?,
-            ),
-            "az" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(bucket)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
-                    .map_err(|e| backend_err(url, e))?,
-            ),
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket);
+                if let Some(endpoint) = options.get("endpoint") {
+                    b = b.with_base_url(endpoint.trim_end_matches('/'));
+                }
+                if let Some(p) = options.get("service_account_path") {
+                    b = b.with_service_account_path(p);
+                }
+                if skip_signature {
+                    // object_store 0.14 still asks its credential provider for a token on
+                    // uploads when signing is skipped, and the default provider is the GCE
+                    // metadata server: a static empty token keeps it from being asked.
+                    b = b.with_skip_signature(true).with_bearer_token(String::new());
+                }
+                Arc::new(
+                    b.with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(|e| backend_err(url, e))?,
+                )
+            }
+            "az" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket);
+                let account = options
+                    .get("account_name")
+                    .or(azure_emulator.then_some(AZURITE_ACCOUNT));
+                if let Some(a) = account {
+                    b = b.with_account(a);
+                }
+                let key = options
+                    .get("access_key")
+                    .or(azure_emulator.then_some(AZURITE_KEY));
+                if let Some(k) = key {
+                    b = b.with_access_key(k).with_credential_type("access_key");
+                }
+                if azure_emulator {
+                    // Our own emulator mode rather than object_store's, whose endpoint comes
+                    // from the environment only: the emulator is addressed path-style, with
+                    // the account as the first path segment.
+                    let root = options
+                        .get("endpoint")
+                        .unwrap_or(AZURITE_DEFAULT_ENDPOINT)
+                        .trim_end_matches('/');
+                    let account = account.unwrap_or(AZURITE_ACCOUNT);
+                    b = b
+                        .with_use_emulator(false)
+                        .with_endpoint(format!("{root}/{account}"));
+                } else if let Some(endpoint) = options.get("endpoint") {
+                    b = b.with_endpoint(endpoint.trim_end_matches('/').to_string());
+                }
+                if skip_signature {
+                    b = b.with_skip_signature(true);
+                }
+                Arc::new(
+                    b.with_retry(retry)
+                        .with_client_options(client)
+                        .build()
+                        .map_err(|e| backend_err(url, e))?,
+                )
+            }
             other => {
                 return Err(OpenError::BadUrl {
                     url: url.to_string(),

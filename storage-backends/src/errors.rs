@@ -25,10 +25,12 @@ pub fn classify(op: &'static str, key: &str, e: object_store::Error) -> StorageE
         }
         other => {
             let detail = other.to_string();
-            // Client errors (4xx other than the above) do not pass by retrying.
+            // Client errors (4xx other than the above) do not pass by retrying. Matched with
+            // their reason phrase ("status code: 403 Forbidden"): a bare "400" also matches
+            // an elapsed time like "in 400.04ms" in a transient error's text.
             let permanent = [
-                "403",
-                "400",
+                "403 Forbidden",
+                "400 Bad Request",
                 "NoSuchBucket",
                 "InvalidAccessKeyId",
                 "SignatureDoesNotMatch",

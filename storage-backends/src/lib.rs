@@ -9,6 +9,27 @@
 //! | `az://container/prefix`    | Azure Blob Storage (credentials from the environment)     |
 //! | `memory://`                | in process, for tests and demos                            |
 //!
+//! Options (the `[repo]` table, see [`StorageOptions`]), by scheme:
+//! - every remote scheme: `endpoint`, `allow_http`, `ca_file`, `max_retries`, `retry_timeout`,
+//!   `request_timeout`, `connect_timeout`, `multipart_threshold`, `skip_signature` (send no
+//!   credentials: public buckets and emulators);
+//! - `s3://`: `region`, `virtual_hosted_style`, `access_key_id`, `secret_access_key`,
+//!   `session_token` (else the `AWS_*` environment variables);
+//! - `az://`: `account_name`, `access_key` (else the `AZURE_STORAGE_*` environment variables),
+//!   `endpoint` (the blob service URL, default `https://ACCOUNT.blob.core.windows.net`), and
+//!   `use_emulator = true` for Azurite: account `devstoreaccount1` and its well-known key unless
+//!   given, `endpoint` is the emulator's root (default `http://127.0.0.1:10000`, the account is
+//!   appended as the first path segment) and `allow_http` defaults to true;
+//! - `gs://`: `service_account_path` (a service account JSON file; else the `GOOGLE_*`
+//!   environment variables or application default credentials), `endpoint` (the XML API base
+//!   URL, default `https://storage.googleapis.com`).
+//!
+//! An option given for a scheme it does not apply to is an error.
+//!
+//! Tested against real servers on loopback (`tests/conformance.rs`): S3 with moto, Azure with
+//! Azurite. `gs://` is not: object_store's GCS client speaks the XML API with
+//! `x-goog-if-generation-match` preconditions, which no emulator on PyPI or npm implements.
+//!
 //! What every backend guarantees to the engine:
 //! - **create-only puts** never overwrite. If a create finds the name taken and the existing
 //!   bytes are identical to ours, it is reported as `Created`: that is what a retried request

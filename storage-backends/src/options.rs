@@ -19,12 +19,32 @@ const KNOWN: &[&str] = &[
     "access_key_id",
     "secret_access_key",
     "session_token",
+    "account_name",
+    "access_key",
+    "use_emulator",
+    "service_account_path",
+    "skip_signature",
     "ca_file",
     "max_retries",
     "retry_timeout",
     "request_timeout",
     "connect_timeout",
     "multipart_threshold",
+];
+
+/// Options that only mean something for some URL schemes, and those schemes. Every other
+/// option applies to every remote scheme (`endpoint`, `allow_http`, `ca_file`, retries and
+/// timeouts, `multipart_threshold`, `skip_signature`).
+const SCHEME_ONLY: &[(&str, &[&str])] = &[
+    ("region", &["s3"]),
+    ("virtual_hosted_style", &["s3"]),
+    ("access_key_id", &["s3"]),
+    ("secret_access_key", &["s3"]),
+    ("session_token", &["s3"]),
+    ("account_name", &["az"]),
+    ("access_key", &["az"]),
+    ("use_emulator", &["az"]),
+    ("service_account_path", &["gs"]),
 ];
 
 /// String options with typed accessors.
@@ -48,6 +68,24 @@ impl StorageOptions {
             }
         }
         Ok(StorageOptions { values })
+    }
+
+    /// Refuses an option set for a scheme it does not apply to (say `access_key_id` with an
+    /// `az://` URL), so that it never silently does nothing.
+    pub fn check_scheme(&self, scheme: &str) -> Result<(), OpenError> {
+        for (key, schemes) in SCHEME_ONLY {
+            if self.values.contains_key(*key) && !schemes.contains(&scheme) {
+                let urls: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+                return Err(OpenError::BadOption {
+                    key: (*key).into(),
+                    why: format!(
+                        "applies to {} repositories only, not {scheme}://",
+                        urls.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Sets one option (builder style, for tests).
@@ -158,5 +196,21 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("10"), Some(Duration::from_secs(10)));
         assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn scheme_specific_options_are_refused_elsewhere() {
+        let o = StorageOptions::default().with("access_key_id", "k");
+        assert!(o.check_scheme("s3").is_ok());
+        let e = o.check_scheme("az").unwrap_err().to_string();
+        assert!(e.contains("access_key_id") && e.contains("s3://"), "{e}");
+        let o = StorageOptions::default()
+            .with("use_emulator", "true")
+            .with("endpoint", "http://127.0.0.1:1");
+        assert!(o.check_scheme("az").is_ok());
+        assert!(o.check_scheme("gs").is_err());
+        let o = StorageOptions::default().with("service_account_path", "/k.json");
+        assert!(o.check_scheme("gs").is_ok());
+        assert!(o.check_scheme("s3").is_err());
     }
 }
