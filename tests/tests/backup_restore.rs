@@ -124,3 +124,51 @@ fn full_incr_and_diff_backups_restore_on_every_backend() {
         backups_restore_to_the_source_state(b);
     }
 }
+
+/// Run as root, `restore` chowns the files to their owner and writes its own path into
+/// `restore_command`: when that owner cannot execute the binary it says so before recovery
+/// would fail at its first WAL file.
+#[test]
+fn a_root_restore_warns_when_postgres_cannot_run_the_restore_command() {
+    if pgbunker_engine::pg::instance::current_uid() != 0 {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    backup_json(&env, &["--type", "full"]);
+    // The binary where only root can reach it.
+    let private = tempfile::Builder::new()
+        .prefix("pgbunker-root-only-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        private.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let bin = private.path().join("pgbunker");
+    std::fs::copy(&env.bin, &bin).unwrap();
+    let restore_as_root = |bin: &std::path::Path, dir: &str| {
+        let out = std::process::Command::new(bin)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["--progress", "never", "restore", "--pgdata"])
+            .arg(env.path().join(dir))
+            .output()
+            .unwrap();
+        assert_success(&out, "restore as root");
+        stderr(&out)
+    };
+    let err = restore_as_root(&bin, "as_root_private");
+    assert!(
+        err.contains("WARNING: restore_command runs") && err.contains("cannot execute it"),
+        "{err}"
+    );
+    // The binary postgres can run: no warning.
+    let err = restore_as_root(&env.bin, "as_root_shared");
+    assert!(!err.contains("WARNING"), "{err}");
+}

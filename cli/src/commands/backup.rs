@@ -276,8 +276,69 @@ pub async fn restore_cmd(
     for (k, v) in recovery_settings(&opts) {
         println!("  {k} = '{v}'");
     }
+    if opts.restore_owner {
+        warn_if_owner_cannot_run(&opts.target, settings);
+    }
     println!("start PostgreSQL to recover");
     Ok(())
+}
+
+/// Run as root, `restore_command` names this binary and config, but PostgreSQL runs it as the
+/// data directory's owner: say so now if that user cannot run them, rather than let recovery
+/// fail at its first WAL file.
+fn warn_if_owner_cannot_run(datadir: &Path, settings: &Settings) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata(datadir).map(|m| m.uid()) else {
+        return;
+    };
+    let Some(user) = user_name(uid) else {
+        return;
+    };
+    if uid == 0 {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let can = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("runuser")
+            .args(["-u", &user, "--"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !can(&[exe.as_os_str(), "--version".as_ref()]) {
+        eprintln!(
+            "WARNING: restore_command runs {} as {user}, who cannot execute it: install pgbunker \
+             where {user} can run it (e.g. /usr/local/bin) and restore again, or fix \
+             restore_command in postgresql.auto.conf",
+            exe.display()
+        );
+    }
+    if let Some(cfg) = &settings.config_file {
+        if !can(&["test".as_ref(), "-r".as_ref(), cfg.as_os_str()]) {
+            eprintln!(
+                "WARNING: restore_command reads {} as {user}, who cannot read it: recovery will \
+                 fail at its first WAL file. Let {user} read it (and the key file it names)",
+                cfg.display()
+            );
+        }
+    }
+}
+
+/// The login name of `uid`, from /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let id = f.nth(1)?.parse::<u32>().ok()?;
+            (id == uid).then(|| name.to_string())
+        })
 }
 
 pub async fn restore_point(settings: &Settings, name: &str) -> Result<(), Failure> {
