@@ -138,6 +138,37 @@ fn dir_size(p: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `gc --grace 0s` and kill -9s it after 0 to 400 ms (startup, mark, repack, condemn,
+/// sweep, on these repositories); after each, `verify` must pass: a gc killed anywhere leaves
+/// the repository consistent.
+fn kill_gc_at_several_points(env: &TestEnv) {
+    for delay_ms in [0u64, 10, 40, 100, 200, 400] {
+        let mut child = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
+            .args([
+                "--config",
+                &env.config.display().to_string(),
+                "gc",
+                "--grace",
+                "0s",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = std::process::Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                &format!("{} --config {} gc", env.bin.display(), env.config.display()),
+            ])
+            .status();
+        let _ = child.wait();
+        let v = env.pgbunker(&["verify"]);
+        assert_success(&v, &format!("verify after gc killed at {delay_ms} ms"));
+    }
+}
+
 #[test]
 fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
@@ -171,32 +202,7 @@ fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable(
     );
     assert_eq!(dir_size(&packs), before, "a dry run deletes nothing");
 
-    // kill -9 at several points, then the repository is still consistent.
-    for delay_ms in [0u64, 5, 15, 30, 60] {
-        let mut child = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
-            .args([
-                "--config",
-                &env.config.display().to_string(),
-                "gc",
-                "--grace",
-                "0s",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = std::process::Command::new("pkill")
-            .args([
-                "-KILL",
-                "-f",
-                &format!("{} --config {} gc", env.bin.display(), env.config.display()),
-            ])
-            .status();
-        let _ = child.wait();
-        let v = env.pgbunker(&["verify"]);
-        assert_success(&v, &format!("verify after gc killed at {delay_ms} ms"));
-    }
+    kill_gc_at_several_points(&env);
     let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&out, "gc");
     let after = dir_size(&packs);
@@ -309,13 +315,18 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
         "info shows most pack bytes reclaimable once the old backups expired: {before:#}"
     );
 
+    let dry = env.pgbunker(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
+    assert_success(&dry, "gc --dry-run");
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert!(
+        !dry["repacked"].as_array().unwrap().is_empty(),
+        "partly live packs are to be repacked: {dry:#}"
+    );
+    // Killed while repacking, condemning or sweeping: still consistent each time.
+    kill_gc_at_several_points(&env);
     let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&out, "gc");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        !report["repacked"].as_array().unwrap().is_empty(),
-        "partly live packs were repacked: {report:#}"
-    );
     let again = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&again, "second gc");
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
