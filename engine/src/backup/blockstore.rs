@@ -83,20 +83,31 @@ impl BlockIndex {
 pub struct KnownBlocks(Mutex<std::collections::HashSet<ContentId>>);
 
 impl KnownBlocks {
-    /// From an index, leaving out blocks in packs GC condemned: a backup must never start
-    /// depending on a pack that may be deleted (those blocks are stored again).
-    pub fn from_index_excluding(
-        index: &BlockIndex,
+    /// Every indexed block outside the packs GC condemned, read segment by segment: a backup
+    /// needs only the ids, so it never holds the whole index (about a third of the memory).
+    /// A backup must never start depending on a pack that may be deleted: blocks only found
+    /// in condemned packs are stored again.
+    pub async fn load_excluding(
+        repo: &Repository,
         condemned: &std::collections::HashSet<[u8; 32]>,
-    ) -> Self {
-        KnownBlocks(Mutex::new(
-            index
-                .map
-                .iter()
-                .filter(|(_, e)| !condemned.contains(&e.pack_id))
-                .map(|(id, _)| *id)
-                .collect(),
-        ))
+    ) -> Result<Self> {
+        let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+        let mut ids = std::collections::HashSet::new();
+        let mut segments = futures::stream::iter(keys)
+            .map(|o| async move {
+                let sealed = repo.storage().get(&o.key).await?;
+                open_segment(repo.codec(), &sealed)
+                    .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))
+            })
+            .buffer_unordered(4);
+        while let Some(seg) = segments.next().await {
+            ids.extend(
+                seg?.iter()
+                    .filter(|e| !condemned.contains(&e.pack_id))
+                    .map(|e| e.entry.block_id),
+            );
+        }
+        Ok(KnownBlocks(Mutex::new(ids)))
     }
 
     /// Claims a block: true if it was unknown (the caller must store it).

@@ -31,7 +31,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
-use self::blockstore::{BlockIndex, KnownBlocks, Packer};
+use self::blockstore::{KnownBlocks, Packer};
 use self::manifest::{BackupStats, BackupType, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
 use crate::archive::push::{read_cluster_record, run_cpu};
@@ -324,9 +324,7 @@ async fn backup_with_lease(
     id: String,
 ) -> Result<Manifest> {
     let condemned = crate::gc::condemned_packs(repo).await?;
-    let index = BlockIndex::load(repo).await?;
-    let known = Arc::new(KnownBlocks::from_index_excluding(&index, &condemned));
-    drop(index);
+    let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
     let reference_files: HashMap<String, FileEntry> = reference
         .as_ref()
         .map(|r| {
