@@ -109,7 +109,7 @@ pub struct RestoreSummary {
 
 /// Checks that everything the backup references is present; returns the index.
 pub async fn preflight(repo: &Repository, m: &Manifest) -> Result<BlockIndex> {
-    let index = BlockIndex::load(repo).await?;
+    let index = BlockIndex::load_for(repo, m).await?;
     let mut packs = HashSet::new();
     for f in &m.files {
         for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
@@ -247,7 +247,8 @@ pub async fn restore(
     };
     let total: u64 = m.files.iter().map(|f| f.size).sum();
     progress.phase("restore", Some(total));
-    let files = Arc::new(m.files.clone());
+    // Shared by the writers, not copied (33 bytes per block); back into the manifest after.
+    let files = Arc::new(std::mem::take(&mut m.files));
     let delta = opts.delta;
     let block_size = m.block_size as u64;
     let mut writes = futures::stream::iter(0..files.len())
@@ -271,6 +272,7 @@ pub async fn restore(
         progress.advance(n, n - reused);
     }
     drop(writes);
+    m.files = Arc::try_unwrap(files).unwrap_or_else(|shared| (*shared).clone());
     write_recovery_files(&m, opts)?;
     if opts.restore_owner {
         restore_ownership(&m, &opts.target)?;

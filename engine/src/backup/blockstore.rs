@@ -19,20 +19,45 @@ use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
 
-/// Every indexed block: id → location. About 130 bytes per distinct block in memory
-/// (80-byte entry plus hash map overhead): 2 MB per GiB of unique data at 64 KiB blocks.
+/// Indexed blocks: id → location. About 130 bytes per block in memory (80-byte entry plus
+/// hash map overhead). [`BlockIndex::load`] holds every block of the repository (verify);
+/// [`BlockIndex::load_for`] only the blocks of one backup (restore), so a restore's memory
+/// follows the backup's size, not the repository's.
 #[derive(Debug, Default)]
 pub struct BlockIndex {
-    map: HashMap<ContentId, IndexEntry>,
+    /// `None`: wanted (by `load_for`) but in no index segment.
+    map: HashMap<ContentId, Option<IndexEntry>>,
 }
 
 impl BlockIndex {
     /// Loads every index segment (in parallel). Where a block is in two packs (a gc repack
     /// copied it), the copy in a pack gc has not condemned wins.
     pub async fn load(repo: &Repository) -> Result<Self> {
+        let mut index = BlockIndex::default();
+        index.fill(repo, true).await?;
+        Ok(index)
+    }
+
+    /// Loads the locations of the blocks `m` references, and only those.
+    pub async fn load_for(
+        repo: &Repository,
+        m: &crate::backup::manifest::Manifest,
+    ) -> Result<Self> {
+        let mut map = HashMap::new();
+        for f in &m.files {
+            for id in f.blocks.iter().filter_map(|b| b.0) {
+                map.insert(id, None);
+            }
+        }
+        let mut index = BlockIndex { map };
+        index.fill(repo, false).await?;
+        Ok(index)
+    }
+
+    /// Reads every segment; `all`: keep every block, else only blocks already in the map.
+    async fn fill(&mut self, repo: &Repository, all: bool) -> Result<()> {
         let condemned = crate::gc::condemned_packs(repo).await?;
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
-        let mut map = HashMap::new();
         let mut segments = futures::stream::iter(keys)
             .map(|o| async move {
                 let sealed = repo.storage().get(&o.key).await?;
@@ -42,39 +67,44 @@ impl BlockIndex {
             .buffer_unordered(8);
         while let Some(seg) = segments.next().await {
             for e in seg? {
-                match map.entry(e.entry.block_id) {
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(e);
-                    }
-                    std::collections::hash_map::Entry::Occupied(mut o) => {
-                        if condemned.contains(&o.get().pack_id) {
-                            o.insert(e);
-                        }
-                    }
+                let slot = match self.map.get_mut(&e.entry.block_id) {
+                    Some(slot) => slot,
+                    None if all => self.map.entry(e.entry.block_id).or_insert(None),
+                    None => continue,
+                };
+                // First copy found, or a copy outside a condemned pack replacing one inside.
+                if slot
+                    .as_ref()
+                    .is_none_or(|cur| condemned.contains(&cur.pack_id))
+                {
+                    *slot = Some(e);
                 }
             }
         }
-        Ok(BlockIndex { map })
+        Ok(())
     }
 
     /// Where a block is.
     pub fn get(&self, id: &ContentId) -> Option<&IndexEntry> {
-        self.map.get(id)
+        self.map.get(id).and_then(Option::as_ref)
     }
 
-    /// Number of blocks.
+    /// Number of blocks located.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.values().filter(|e| e.is_some()).count()
     }
 
-    /// True when empty.
+    /// True when no block is located.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
-    /// The ids, for a dedup set.
+    /// The ids of the blocks located.
     pub fn ids(&self) -> impl Iterator<Item = &ContentId> {
-        self.map.keys()
+        self.map
+            .iter()
+            .filter(|(_, e)| e.is_some())
+            .map(|(id, _)| id)
     }
 }
 
