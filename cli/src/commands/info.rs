@@ -1,7 +1,8 @@
 //! `pgbunker info`: clusters, backups, archived WAL per timeline and the recoverable window.
 //!
 //! JSON shape (stable; fields are only ever added):
-//! `{"repository": {"url", "repo_id", "format", "encryption", "created_at"},
+//! `{"repository": {"url", "repo_id", "format", "encryption", "created_at",
+//!                  "space": {"packs", "pack_bytes", "referenced_bytes", "reclaimable_bytes"}},
 //!   "clusters": [{"name", "system_identifier", "wal_segment_size",
 //!                 "backups": [{"id", "type", "reference", "timeline", "start_time", "stop_time",
 //!                              "start_lsn", "stop_lsn", "stats": {"files", "size", "bytes_read",
