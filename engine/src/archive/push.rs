@@ -71,14 +71,16 @@ pub async fn read_cluster_record(
     }
 }
 
-/// Checks a segment's header against the cluster record, binding the cluster on first use.
+/// Checks a segment's header against the cluster record (`known`: as read already, if it
+/// was), binding the cluster on first use.
 async fn check_or_bind_cluster(
     repo: &Repository,
     cluster: &str,
     header: &LongPageHeader,
+    known: Option<ClusterRecord>,
 ) -> Result<()> {
     let sysid = header.system_identifier.to_string();
-    let record = match read_cluster_record(repo, cluster).await? {
+    let record = match known {
         Some(r) => r,
         None => {
             let record = ClusterRecord {
@@ -216,14 +218,19 @@ pub async fn push_wal_file(
     let level = repo.config().wal_compress_level;
     let context = wal_context(cluster, name);
     let wal_name = name.clone();
-    // Read, hash and seal on the CPU pool, not on an async worker thread.
-    let (header, id, sealed, size) =
-        run_cpu(move || seal_wal(&codec, &wal_name, &context, level, source)).await?;
+    // Read, hash and seal on the CPU pool, not on an async worker thread; meanwhile read the
+    // cluster record and any existing pointer, so their round trips hide behind the CPU work.
+    let (sealed, record, existing) = tokio::join!(
+        run_cpu(move || seal_wal(&codec, &wal_name, &context, level, source)),
+        read_cluster_record(repo, cluster),
+        read_pointer(repo, cluster, name),
+    );
+    let (header, id, sealed, size) = sealed?;
     if let Some(header) = header {
-        check_or_bind_cluster(repo, cluster, &header).await?;
+        check_or_bind_cluster(repo, cluster, &header, record?).await?;
     }
     let hex_id = id.to_hex();
-    if let Some(existing) = read_pointer(repo, cluster, name).await? {
+    if let Some(existing) = existing? {
         return if existing.content_id == hex_id {
             debug!("already archived with the same content");
             Ok(PushOutcome::AlreadyArchived)
