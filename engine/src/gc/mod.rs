@@ -19,9 +19,9 @@
 //!    bytes are below `repack_below` of its size has its sole-copy blocks copied, still
 //!    sealed, into new packs, indexed like a backup's. It is then an ordinary unneeded pack.
 //! 5. **Condemn.** A pack older than the grace period is condemned when every referenced block
-//!    it holds has another holder (for most, it holds none). Packs and index segments younger
-//!    than the grace period are never condemned: a backup in progress writes packs before its
-//!    index segments and manifest. From then on new backups exclude condemned packs from
+//!    it holds has another holder (for most, it holds none). Packs younger than the grace
+//!    period (or of unknown age) are never condemned: a backup in progress writes packs
+//!    before its index segments and manifest. From then on new backups exclude condemned packs from
 //!    deduplication, and readers prefer another copy.
 //! 6. **Sweep** (a later run, or the same run with a zero grace period). A condemned pack is
 //!    deleted only if (a) it was condemned at least a grace period ago, (b) it survived step 3
@@ -38,7 +38,9 @@
 //! reprieve it). A crash anywhere leaves at worst an extra index segment or pack (duplicates
 //! are harmless), or a condemned pack not yet swept: the next run completes the work. WAL
 //! objects are not gc's business (expire removes them). Clocks: (a) and (c) compare times from
-//! different hosts; they must agree to within [`CONDEMN_MARGIN`].
+//! different hosts; they must agree to within [`CONDEMN_MARGIN`]. Readers hold no lease: a
+//! restore, drill or verify that located a block in a pack before it was condemned may read
+//! that pack for up to a grace period afterwards, so the grace period must outlast them too.
 
 pub mod liveness;
 pub mod repack;
