@@ -203,3 +203,117 @@ async fn expire_locked(
         dry_run,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
+    use crate::pg::wal_header::tests::fake_segment;
+    use crate::test_support::manifest;
+
+    const SEG: u64 = 1 << 20; // 1 MiB segments keep the test light
+
+    async fn push(repo: &Repository, tli: u32, n: u64) {
+        let name: WalFileName = format!("{tli:08X}00000000{n:08X}").parse().unwrap();
+        let data = fake_segment(9, tli, n * SEG, SEG as u32, SEG as usize);
+        push_wal_file(repo, "main", &name, WalSource::Bytes(data))
+            .await
+            .unwrap();
+    }
+
+    async fn archived(repo: &Repository) -> Vec<String> {
+        let mut v: Vec<String> = repo
+            .storage()
+            .list(&layout::wal_pointer_prefix("main"))
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|o| layout::parse_wal_pointer("main", o.key.as_str()))
+            .map(|(_, n)| n.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn wal_goes_below_the_retained_backup_on_every_timeline_and_history_stays() {
+        let (_mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        // Timeline 2 forked in segment 8.
+        let history = "00000002.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &history,
+            WalSource::Bytes(b"1\t0/800000\tno recovery target specified\n".to_vec()),
+        )
+        .await
+        .unwrap();
+        for n in 8..=12 {
+            push(&repo, 2, n).await;
+        }
+        let old = manifest(
+            "20261101-000000F",
+            "0/300028",
+            "0/300100",
+            "2026-11-01T00:00:00Z",
+            &[],
+        );
+        let new = manifest(
+            "20261120-000000F",
+            "0/900028",
+            "0/900100",
+            "2026-11-20T00:00:00Z",
+            &[],
+        );
+        manifest::save(&repo, &old).await.unwrap();
+        manifest::save(&repo, &new).await.unwrap();
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+
+        let dry = expire(&repo, "main", &policy, true, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(dry.wal_files, 8 + 1, "tli 1: 1..=8; tli 2: 8");
+        let history_rule = dry
+            .wal_ranges
+            .iter()
+            .find(|r| r.first == "00000002.history")
+            .unwrap();
+        assert!(history_rule.keep && history_rule.reason.contains("history"));
+        assert_eq!(archived(&repo).await.len(), 16, "a dry run removes nothing");
+
+        let done = expire(&repo, "main", &policy, false, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(done.backups.iter().filter(|d| !d.keep).count(), 1);
+        assert_eq!(
+            archived(&repo).await,
+            [
+                "000000010000000000000009",
+                "00000001000000000000000A",
+                "00000002.history",
+                "000000020000000000000009",
+                "00000002000000000000000A",
+                "00000002000000000000000B",
+                "00000002000000000000000C",
+            ]
+        );
+        // WAL data objects went with their pointers.
+        let data = repo
+            .storage()
+            .list(&layout::wal_data_prefix("main"))
+            .await
+            .unwrap();
+        assert_eq!(data.len(), 7);
+        assert!(manifest::list_ids(&repo, "main")
+            .await
+            .unwrap()
+            .iter()
+            .all(|id| id == "20261120-000000F"));
+    }
+}

@@ -40,4 +40,7 @@ pub mod storage;
 pub mod types;
 pub mod verify;
 
+#[cfg(test)]
+mod test_support;
+
 pub use error::{Error, Result};

@@ -8,7 +8,6 @@ use bytes::Bytes;
 
 use super::*;
 use crate::backup::blockstore::{BlockIndex, Packer, SealedBlock};
-use crate::backup::manifest::{self, Manifest};
 use crate::codec::ObjectKind;
 use crate::crypto::{ContentId, KdfParams, KeyFile, Unlock};
 use crate::repo::InitOptions;
@@ -70,22 +69,7 @@ async fn pack_of(repo: &Repository, ns: std::ops::Range<u32>) -> Vec<ContentId> 
 }
 
 async fn manifest_of(repo: &Repository, id: &str, blocks: &[ContentId]) {
-    let hexes: Vec<String> = blocks.iter().map(|b| b.to_hex()).collect();
-    let m: Manifest = serde_json::from_value(serde_json::json!({
-        "format": 1, "id": id, "type": "full", "reference": null, "cluster": "main",
-        "system_identifier": "1", "pg_version_num": 150000, "timeline": 1,
-        "start_lsn": "0/1000000", "stop_lsn": "0/1000100",
-        "start_wal": "000000010000000000000001", "stop_wal": "000000010000000000000001",
-        "start_time": "2026-11-24T00:00:00Z", "stop_time": "2026-11-24T00:00:01Z",
-        "block_size": 8192, "checksums_verified": true, "backup_label": "", "tablespace_map": null,
-        "tablespaces": [], "directories": [],
-        "files": [{"path": "base/1/1", "size": 8192 * blocks.len(), "mtime_ns": 0, "mode": 384,
-                   "uid": 0, "gid": 0, "blocks": hexes, "checksum": "", "bad_pages": []}],
-        "stats": {"files": 1, "size": 0, "bytes_read": 0, "bytes_new": 0, "stored_new": 0,
-                  "blocks": 0, "blocks_new": 0, "files_unchanged": 0}
-    }))
-    .unwrap();
-    manifest::save(repo, &m).await.unwrap();
+    crate::test_support::save_manifest(repo, id, blocks).await;
 }
 
 async fn pack_names(repo: &Repository) -> Vec<String> {
