@@ -156,13 +156,24 @@ fn kill_gc_at_several_points(env: &TestEnv) {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = std::process::Command::new("pkill")
-            .args([
-                "-KILL",
-                "-f",
-                &format!("{} --config {} gc", env.bin.display(), env.config.display()),
-            ])
-            .status();
+        // Kill until none is left: a kill that lands between runuser's fork and its child's
+        // exec would otherwise leave an orphan gc running into the next step.
+        let pattern = format!("{} --config {} gc", env.bin.display(), env.config.display());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let _ = std::process::Command::new("pkill")
+                .args(["-KILL", "-f", &pattern])
+                .status();
+            let left = std::process::Command::new("pgrep")
+                .args(["-f", &pattern])
+                .output()
+                .map(|o| !o.stdout.is_empty())
+                .unwrap_or(false);
+            if !left || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = child.wait();
         let v = env.pgbunker(&["verify"]);
         assert_success(&v, &format!("verify after gc killed at {delay_ms} ms"));
@@ -327,6 +338,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
     let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&out, "gc");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("gc after the kills: {report}");
     let again = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&again, "second gc");
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();

@@ -19,7 +19,8 @@
 //!    bytes are below `repack_below` of its size has its sole-copy blocks copied, still
 //!    sealed, into new packs, indexed like a backup's. It is then an ordinary unneeded pack.
 //! 5. **Condemn.** A pack older than the grace period is condemned when every referenced block
-//!    it holds has another holder (for most, it holds none). Packs younger than the grace
+//!    it holds has another holder (for most, it holds none), the emptiest packs first (so a
+//!    repack source goes, not its copy). Packs younger than the grace
 //!    period (or of unknown age) are never condemned: a backup in progress writes packs
 //!    before its index segments and manifest. From then on new backups exclude condemned packs from
 //!    deduplication, and readers prefer another copy.
@@ -230,9 +231,19 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
                 .collect();
         }
     }
-    // 5. Condemn, one pack at a time.
+    // 5. Condemn, one pack at a time, most garbage first: where two packs hold the same
+    // blocks (a repack source and its copy), the source goes and the dense copy stays; in id
+    // order the copy could go instead and undo the repack.
+    let mut by_garbage = uncondemned_old.clone();
+    by_garbage.sort_by_cached_key(|id| {
+        let size = usage.packs.get(id).map_or(1, |p| p.size.max(1));
+        (
+            usage.referenced_bytes(id) as u128 * 1_000_000 / u128::from(size),
+            *id,
+        )
+    });
     let condemned_at = unix_now();
-    for id in &uncondemned_old {
+    for id in &by_garbage {
         let would_empty = opts.dry_run && report.repacked.contains(&hex_id(id));
         if would_empty || usage.try_condemn(id) {
             report.condemned.push(hex_id(id));

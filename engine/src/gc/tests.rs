@@ -232,3 +232,33 @@ async fn packs_younger_than_the_grace_period_are_never_condemned() {
     );
     assert_eq!(pack_names(&repo).await, vec![name]);
 }
+
+#[tokio::test]
+async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
+    // A crash between a repack and the condemnation leaves both; the next gc must finish the
+    // repack (condemn the source), not undo it (condemn the copy). Pack names are hashes:
+    // set up until the copy's name sorts first, the order in which the copy would go if gc
+    // went by name.
+    for _ in 0..50 {
+        let repo = repo().await;
+        let a = pack_of(&repo, 0..20).await;
+        manifest_of(&repo, "20261124-000000F", &a[..2]).await;
+        let source = pack_names(&repo).await;
+        let mut usage = liveness::RepoUsage::load(&repo).await.unwrap();
+        usage.count_holders(&Default::default());
+        let src_id = state::pack_id(&source[0]).unwrap();
+        let copied = repack::repack(&repo, &mut usage, &[src_id]).await.unwrap();
+        assert_eq!(copied.new_packs, 1);
+        let with_copy = pack_names(&repo).await;
+        if with_copy[0] == source[0] {
+            continue; // the copy sorts after the source: try again
+        }
+        let r = gc(&repo, &opts()).await.unwrap();
+        assert_eq!(r.condemned, source, "the 10%-live source goes: {r:?}");
+        assert_eq!(r.swept, source);
+        assert_eq!(pack_names(&repo).await, vec![with_copy[0].clone()]);
+        assert_readable(&repo, &a[..2]).await;
+        return;
+    }
+    panic!("never got a copy whose name sorts before its source");
+}
