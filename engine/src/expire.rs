@@ -81,15 +81,9 @@ pub async fn expire(
     dry_run: bool,
     lease_wait: std::time::Duration,
 ) -> Result<ExpireReport> {
-    if dry_run {
-        return expire_locked(repo, cluster, policy, true).await;
-    }
-    let lease =
-        crate::lease::acquire_exclusive(repo, &format!("expire-{cluster}"), cluster, lease_wait)
-            .await?;
-    let result = expire_locked(repo, cluster, policy, false).await;
-    lease.release().await;
-    result
+    let work = expire_locked(repo, cluster, policy, dry_run);
+    let name = format!("expire-{cluster}");
+    crate::lease::exclusive(repo, &name, cluster, lease_wait, dry_run, work).await
 }
 
 async fn expire_locked(

@@ -250,6 +250,25 @@ pub async fn acquire_exclusive(
     }
 }
 
+/// Runs `work` holding the exclusive lease `name` (see [`acquire_exclusive`]), or without any
+/// lease when `dry_run` (a run that changes nothing never keeps another out).
+pub async fn exclusive<T>(
+    repo: &Repository,
+    name: &str,
+    cluster: &str,
+    wait: Duration,
+    dry_run: bool,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    if dry_run {
+        return work.await;
+    }
+    let lease = acquire_exclusive(repo, name, cluster, wait).await?;
+    let result = work.await;
+    lease.release().await;
+    result
+}
+
 impl Lease {
     /// Holds a lease just written at `version`, refreshing it every [`HEARTBEAT`].
     fn hold(

@@ -220,9 +220,15 @@ pub async fn push_wal_file(
     let wal_name = name.clone();
     // Read, hash and seal on the CPU pool, not on an async worker thread; meanwhile read the
     // cluster record and any existing pointer, so their round trips hide behind the CPU work.
+    let has_pages = name.has_wal_pages();
     let (sealed, record, existing) = tokio::join!(
         run_cpu(move || seal_wal(&codec, &wal_name, &context, level, source)),
-        read_cluster_record(repo, cluster),
+        async {
+            match has_pages {
+                true => read_cluster_record(repo, cluster).await,
+                false => Ok(None), // history files carry no header to check
+            }
+        },
         read_pointer(repo, cluster, name),
     );
     let (header, id, sealed, size) = sealed?;

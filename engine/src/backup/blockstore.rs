@@ -19,6 +19,29 @@ use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
 
+/// Reads every index segment, a few at a time, and hands each one's entries (with its sealed
+/// size) to `each`: the one way the index is read, whatever a reader keeps of it.
+pub async fn for_each_index_segment(
+    repo: &Repository,
+    mut each: impl FnMut(Vec<IndexEntry>, u64),
+) -> Result<usize> {
+    let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+    let listed = keys.len();
+    let mut segments = futures::stream::iter(keys)
+        .map(|o| async move {
+            let sealed = repo.storage().get(&o.key).await?;
+            let entries = open_segment(repo.codec(), &sealed)
+                .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
+            Ok::<_, Error>((entries, sealed.len() as u64))
+        })
+        .buffer_unordered(8);
+    while let Some(seg) = segments.next().await {
+        let (entries, len) = seg?;
+        each(entries, len);
+    }
+    Ok(listed)
+}
+
 /// Indexed blocks: id → location. About 130 bytes per block in memory (80-byte entry plus
 /// hash map overhead). [`BlockIndex::load`] holds every block of the repository (verify);
 /// [`BlockIndex::load_for`] only the blocks of one backup (restore), so a restore's memory
@@ -57,19 +80,12 @@ impl BlockIndex {
     /// Reads every segment; `all`: keep every block, else only blocks already in the map.
     async fn fill(&mut self, repo: &Repository, all: bool) -> Result<()> {
         let condemned = crate::gc::condemned_packs(repo).await?;
-        let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
-        let mut segments = futures::stream::iter(keys)
-            .map(|o| async move {
-                let sealed = repo.storage().get(&o.key).await?;
-                open_segment(repo.codec(), &sealed)
-                    .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))
-            })
-            .buffer_unordered(8);
-        while let Some(seg) = segments.next().await {
-            for e in seg? {
-                let slot = match self.map.get_mut(&e.entry.block_id) {
+        let map = &mut self.map;
+        for_each_index_segment(repo, |entries, _| {
+            for e in entries {
+                let slot = match map.get_mut(&e.entry.block_id) {
                     Some(slot) => slot,
-                    None if all => self.map.entry(e.entry.block_id).or_insert(None),
+                    None if all => map.entry(e.entry.block_id).or_insert(None),
                     None => continue,
                 };
                 // First copy found, or a copy outside a condemned pack replacing one inside.
@@ -80,7 +96,8 @@ impl BlockIndex {
                     *slot = Some(e);
                 }
             }
-        }
+        })
+        .await?;
         Ok(())
     }
 
@@ -121,22 +138,16 @@ impl KnownBlocks {
         repo: &Repository,
         condemned: &std::collections::HashSet<[u8; 32]>,
     ) -> Result<Self> {
-        let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
         let mut ids = std::collections::HashSet::new();
-        let mut segments = futures::stream::iter(keys)
-            .map(|o| async move {
-                let sealed = repo.storage().get(&o.key).await?;
-                open_segment(repo.codec(), &sealed)
-                    .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))
-            })
-            .buffer_unordered(4);
-        while let Some(seg) = segments.next().await {
+        for_each_index_segment(repo, |entries, _| {
             ids.extend(
-                seg?.iter()
+                entries
+                    .iter()
                     .filter(|e| !condemned.contains(&e.pack_id))
                     .map(|e| e.entry.block_id),
             );
-        }
+        })
+        .await?;
         Ok(KnownBlocks(Mutex::new(ids)))
     }
 

@@ -16,15 +16,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use futures::StreamExt;
 use serde::Serialize;
 
+use crate::backup::blockstore::for_each_index_segment;
 use crate::backup::manifest;
 use crate::crypto::ContentId;
-use crate::error::{Error, Result};
-use crate::index::open_segment;
+use crate::error::Result;
 use crate::pack::PackEntry;
-use crate::repo::{layout, Repository};
+use crate::repo::Repository;
 
 /// A pack as listed, with the blocks the index says it holds.
 #[derive(Debug, Clone)]
@@ -92,27 +91,20 @@ impl RepoUsage {
                 },
             );
         }
-        let segments = repo.storage().list(layout::INDEX_PREFIX).await?;
-        usage.objects_listed += segments.len();
-        let mut loaded = futures::stream::iter(segments)
-            .map(|o| async move {
-                let sealed = repo.storage().get(&o.key).await?;
-                let entries = open_segment(repo.codec(), &sealed)
-                    .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
-                Ok::<_, Error>((sealed.len() as u64, entries))
-            })
-            .buffer_unordered(8);
-        while let Some(seg) = loaded.next().await {
-            let (len, entries) = seg?;
-            usage.bytes_read += len;
+        let (packs, mut read, mut dangling) = (&mut usage.packs, 0, 0);
+        let segments = for_each_index_segment(repo, |entries, len| {
+            read += len;
             for e in entries {
-                match usage.packs.get_mut(&e.pack_id) {
+                match packs.get_mut(&e.pack_id) {
                     Some(p) => p.entries.push(e.entry),
-                    None => usage.dangling_entries += 1,
+                    None => dangling += 1,
                 }
             }
-        }
-        drop(loaded);
+        })
+        .await?;
+        usage.objects_listed += segments;
+        usage.bytes_read += read;
+        usage.dangling_entries += dangling;
         for p in usage.packs.values_mut() {
             p.entries.sort_by_key(|e| e.block_id.0);
             p.entries.dedup_by_key(|e| e.block_id.0);

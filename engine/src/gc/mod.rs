@@ -151,13 +151,8 @@ pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
 
 /// Runs GC under the exclusive gc lease (a dry run takes none: it changes nothing).
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
-    if opts.dry_run {
-        return gc_locked(repo, opts).await;
-    }
-    let lease = crate::lease::acquire_exclusive(repo, "gc", "", opts.lease_wait).await?;
-    let result = gc_locked(repo, opts).await;
-    lease.release().await;
-    result
+    let work = gc_locked(repo, opts);
+    crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await
 }
 
 async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {

@@ -12,6 +12,7 @@ use crate::codec::ObjectKind;
 use crate::crypto::{ContentId, KdfParams, KeyFile, Unlock};
 use crate::repo::InitOptions;
 use crate::storage::{MemoryStorage, Storage};
+use crate::test_support::save_manifest;
 
 async fn repo() -> Repository {
     repo_on_memory().await.1
@@ -68,10 +69,6 @@ async fn pack_of(repo: &Repository, ns: std::ops::Range<u32>) -> Vec<ContentId> 
     ids
 }
 
-async fn manifest_of(repo: &Repository, id: &str, blocks: &[ContentId]) {
-    crate::test_support::save_manifest(repo, id, blocks).await;
-}
-
 async fn pack_names(repo: &Repository) -> Vec<String> {
     let mut v: Vec<String> = repo
         .storage()
@@ -111,8 +108,8 @@ async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readab
     let a = pack_of(&repo, 0..20).await;
     let b = pack_of(&repo, 100..120).await;
     let all: Vec<ContentId> = a.iter().chain(&b).copied().collect();
-    manifest_of(&repo, "20261124-000000F", &all).await;
-    manifest_of(&repo, "20261124-000100F", &a[..3]).await;
+    save_manifest(&repo, "20261124-000000F", &all).await;
+    save_manifest(&repo, "20261124-000100F", &a[..3]).await;
     let first = gc(&repo, &opts()).await.unwrap();
     assert!(
         first.condemned.is_empty(),
@@ -158,7 +155,7 @@ async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readab
 async fn a_damaged_pack_is_not_repacked_nor_deleted() {
     let repo = repo().await;
     let a = pack_of(&repo, 0..20).await;
-    manifest_of(&repo, "20261124-000000F", &a[..2]).await;
+    save_manifest(&repo, "20261124-000000F", &a[..2]).await;
     let name = pack_names(&repo).await.remove(0);
     let key = layout::pack(&state::pack_id(&name).unwrap());
     let mut bytes = repo.storage().get(&key).await.unwrap().to_vec();
@@ -180,7 +177,7 @@ async fn a_damaged_pack_is_not_repacked_nor_deleted() {
 async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep() {
     let repo = repo().await;
     let a = pack_of(&repo, 0..5).await;
-    manifest_of(&repo, "20261124-000000F", &a).await;
+    save_manifest(&repo, "20261124-000000F", &a).await;
     repo.storage()
         .delete(&layout::backup_manifest("main", "20261124-000000F"))
         .await
@@ -196,7 +193,7 @@ async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep()
     );
     assert_eq!(r.waiting_for_backups, 1);
     // The backup commits a manifest using one of those blocks: the pack is reprieved.
-    manifest_of(&repo, "20261124-000200I", &a[..1]).await;
+    save_manifest(&repo, "20261124-000200I", &a[..1]).await;
     lease.release().await;
     let r = gc(&repo, &opts()).await.unwrap();
     assert_eq!(r.reprieved.len(), 1, "{r:?}");
@@ -242,7 +239,7 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
     for _ in 0..50 {
         let repo = repo().await;
         let a = pack_of(&repo, 0..20).await;
-        manifest_of(&repo, "20261124-000000F", &a[..2]).await;
+        save_manifest(&repo, "20261124-000000F", &a[..2]).await;
         let source = pack_names(&repo).await;
         let mut usage = liveness::RepoUsage::load(&repo).await.unwrap();
         usage.count_holders(&Default::default());
