@@ -89,6 +89,9 @@ reset_status() {
     if [ "$1" = ready ]; then for s in "${SEGS[@]}"; do as_pg touch "$W/pg/pg_wal/archive_status/$s.ready"; done; fi
 }
 fresh_pgbunker() { # $1 = async true|false
+    # A background pusher left from an async round still holds the previous repository's key.
+    pkill -9 -f "$W/bin/pgbunker.*archive-push-daemon" 2>/dev/null || true
+    while pgrep -f "$W/bin/pgbunker.*archive-push-daemon" >/dev/null; do sleep 0.1; done
     as_pg rm -rf "$W/pgb-repo" "$W/pgb-spool" "$W/pgb.key"
     cat > "$W/pgbunker.toml" <<CONF
 [repo]

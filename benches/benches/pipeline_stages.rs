@@ -1,14 +1,16 @@
-//! Per-core ceilings of each pipeline stage: keyed BLAKE3, zstd levels 1 and 3,
-//! XChaCha20-Poly1305, and the whole seal (compress + encrypt) as archive-push does it.
+//! Per-core ceilings of each pipeline stage: keyed BLAKE3, zstd levels 1 and 3, levels 1
+//! and -1 with the WAL tuning, XChaCha20-Poly1305, and the whole seal as archive-push does it.
 //!
 //! `cargo bench -p pgbunker-benches` runs it on synthetic, WAL-like data; set
 //! `PGBUNKER_BENCH_WAL=/path/to/segment` to measure on a real WAL segment instead.
-//! Everything here is single-threaded on purpose: the numbers are per core.
+//! Everything but the last lines is single-threaded on purpose: those numbers are per core.
+//! The last lines seal and open the way archive-push and archive-get do, on every core.
 
 use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use pgbunker_engine::codec::compression::compress_part;
 use pgbunker_engine::codec::{Codec, ObjectKind};
 use pgbunker_engine::crypto::MasterSecret;
 
@@ -87,6 +89,19 @@ fn main() {
         );
     }
 
+    for level in [1, -1] {
+        let tuned = compress_part(ObjectKind::Wal, level, &data).unwrap();
+        let mbs = throughput(n, budget, || {
+            std::hint::black_box(compress_part(ObjectKind::Wal, level, &data).unwrap());
+        });
+        println!(
+            "{:<34} {:>10.0}   (ratio {:.2})",
+            format!("zstd level {level}, WAL tuning"),
+            mbs,
+            n as f64 / tuned.len() as f64
+        );
+    }
+
     let cipher = XChaCha20Poly1305::new((&key).into());
     let nonce = XNonce::from_slice(&[1u8; 24]);
     let aead = throughput(n, budget, || {
@@ -101,11 +116,33 @@ fn main() {
         std::hint::black_box(codec.seal(ObjectKind::Wal, &id, b"bench", &data, 1));
     });
     println!(
-        "{:<34} {:>10.0}   (zstd workers on inputs >= 4 MiB)",
-        "seal: zstd-1 + AEAD (archive-push)", seal
+        "{:<34} {:>10.0}   (version 1 envelope, zstd workers)",
+        "seal in one piece: zstd-1 + AEAD", seal
     );
     let open = throughput(n, budget, || {
         std::hint::black_box(codec.open(ObjectKind::Wal, &id, b"bench", &sealed).unwrap());
     });
-    println!("{:<34} {:>10.0}", "open: AEAD + unzstd (archive-get)", open);
+    println!("{:<34} {:>10.0}", "open in one piece", open);
+
+    println!(
+        "{:<34} {:>10}",
+        format!("all {} cores", rayon::current_num_threads()),
+        "MB/s"
+    );
+    for level in [1, -1] {
+        let (id, sealed) = codec.seal_parallel(ObjectKind::Wal, b"bench", &data, level);
+        let seal = throughput(n, budget, || {
+            std::hint::black_box(codec.seal_parallel(ObjectKind::Wal, b"bench", &data, level));
+        });
+        println!(
+            "{:<34} {:>10.0}   (stored {:.1}%)",
+            format!("seal_parallel, level {level}"),
+            seal,
+            100.0 * sealed.len() as f64 / n as f64
+        );
+        let open = throughput(n, budget, || {
+            std::hint::black_box(codec.open(ObjectKind::Wal, &id, b"bench", &sealed).unwrap());
+        });
+        println!("{:<34} {:>10.0}", format!("open, level {level}"), open);
+    }
 }

@@ -229,8 +229,7 @@ impl Settings {
             .unwrap_or(default_jobs() as u64)
             .max(1) as usize;
         let backup_compress_level =
-            parse_num(take("backup", "compress_level"), "backup.compress_level")?.unwrap_or(3)
-                as i32;
+            parse_level(take("backup", "compress_level"), "backup.compress_level")?.unwrap_or(3);
         let block_size = parse_size(take("backup", "block_size"), "backup.block_size")?
             .unwrap_or(64 << 10) as usize;
         if !block_size.is_multiple_of(8192) || !(8192..=16 << 20).contains(&block_size) {
@@ -278,13 +277,8 @@ impl Settings {
         let idle_exit = parse_dur(take("archive", "idle_exit"), "archive.idle_exit")?
             .unwrap_or(Duration::from_secs(10));
         let wal_compress_level =
-            parse_num(take("archive", "compress_level"), "archive.compress_level")?.unwrap_or(1)
-                as i32;
-        if !(1..=19).contains(&wal_compress_level) {
-            return Err(Failure::usage(format!(
-                "archive.compress_level = {wal_compress_level}: use 1 to 19"
-            )));
-        }
+            parse_level(take("archive", "compress_level"), "archive.compress_level")?
+                .unwrap_or(DEFAULT_WAL_COMPRESS_LEVEL);
         let storage_options = table
             .remove("repo")
             .unwrap_or_default()
@@ -375,6 +369,24 @@ fn parse_bool(v: Option<(String, String)>, name: &str) -> Result<Option<bool>, F
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(Failure::usage(format!(
             "{name} = {v:?} (from {origin}) is not a boolean"
+        ))),
+    })
+    .transpose()
+}
+
+/// zstd level of WAL in new repositories: -1 with the WAL tuning stores about 5% more than
+/// level 3 at nearly twice its speed (see `pgbunker_engine::codec::compression`).
+pub const DEFAULT_WAL_COMPRESS_LEVEL: i32 = -1;
+
+/// A zstd level: -7 to -1 (fastest) or 1 to 19.
+fn parse_level(v: Option<(String, String)>, name: &str) -> Result<Option<i32>, Failure> {
+    use pgbunker_engine::codec::compression::{is_valid_level, LEVELS};
+    v.map(|(v, origin)| match v.parse::<i32>() {
+        Ok(level) if is_valid_level(level) => Ok(level),
+        _ => Err(Failure::usage(format!(
+            "{name} = {v:?} (from {origin}): use a zstd level from {} to -1 or 1 to {}",
+            LEVELS.start(),
+            LEVELS.end()
         ))),
     })
     .transpose()
@@ -489,5 +501,23 @@ mod tests {
         assert!(format!("{err:?}").contains("retention.gc_repack_below"));
         let err = Settings::from_table(table(&[("retention", "fulll", "2")]), None).unwrap_err();
         assert!(format!("{err:?}").contains("unknown setting retention.fulll"));
+    }
+
+    #[test]
+    fn compression_levels_accept_the_fast_levels_and_refuse_zero() {
+        let s = Settings::from_table(table(&[]), None).unwrap();
+        assert_eq!(s.wal_compress_level, DEFAULT_WAL_COMPRESS_LEVEL);
+        assert_eq!(s.backup_compress_level, 3);
+        let s = Settings::from_table(table(&[("archive", "compress_level", "-3")]), None).unwrap();
+        assert_eq!(s.wal_compress_level, -3);
+        for bad in ["0", "20", "-8", "fast"] {
+            let err = Settings::from_table(table(&[("archive", "compress_level", bad)]), None)
+                .unwrap_err();
+            let msg = format!("{err:?}");
+            assert!(
+                msg.contains("archive.compress_level") && msg.contains("-7"),
+                "{msg}"
+            );
+        }
     }
 }

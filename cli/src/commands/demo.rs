@@ -131,7 +131,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
     let opts = InitOptions {
         unlock: Some(Unlock::KeyFile(key.clone())),
         kdf: KdfParams::recommended(),
-        wal_compress_level: 1,
+        wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
     };
     let started = Instant::now();
     let config = Repository::init(storage.clone(), opts).await?;
@@ -406,7 +406,7 @@ fn demo_settings(dir: &Path) -> Settings {
         gc_repack_below: 0.5,
         maintenance_lease_wait: Duration::ZERO,
         idle_exit: Duration::from_secs(10),
-        wal_compress_level: 1,
+        wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
     }
 }
 

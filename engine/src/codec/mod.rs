@@ -3,14 +3,16 @@
 //! ```text
 //! offset size  field
 //! 0      4     magic "PGBK"
-//! 4      1     envelope version (1)
+//! 4      1     envelope version (1: one piece; 2: chunked, see `chunked`)
 //! 5      1     object kind (see ObjectKind)
 //! 6      1     compression: 0 none, 1 zstd
 //! 7      1     protection: 0 keyed-BLAKE3 checksum (unencrypted repository),
 //!                          1 XChaCha20-Poly1305
 //! 8      4     key version (u32 LE; data keys rotate, others are version 1)
 //! 12     24    nonce (random per object; zero when protection = 0)
-//! 36     ..    body: ciphertext || 16-byte Poly1305 tag, or plaintext || 32-byte checksum
+//! 36     ..    version 1 body: ciphertext || 16-byte Poly1305 tag,
+//!                              or plaintext || 32-byte checksum
+//!              version 2 body: chunks, each sealed on its own (see `chunked`)
 //! ```
 //!
 //! The associated data is `header(36) || repo id || content id(32) || context`, where the
@@ -19,8 +21,11 @@
 //! content id or another name: it fails authentication instead of being mislabelled.
 //!
 //! Compression happens before encryption and is skipped when it does not save at least
-//! 1/32 of the size (random data, already-compressed files). Large inputs compress with zstd's
-//! own worker threads so a single WAL segment uses every core.
+//! 1/32 of the size (random data, already-compressed files).
+//!
+//! Small objects (blocks, manifests, index segments) are sealed in one piece. Large ones on
+//! the latency path (WAL segments) use version 2, whose parts are hashed, compressed,
+//! encrypted and opened on every core.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -28,14 +33,17 @@ use rand::RngCore;
 
 use crate::crypto::{ContentId, RepoKeys};
 
+mod chunked;
+pub mod compression;
+pub mod tree_hash;
+
 const MAGIC: &[u8; 4] = b"PGBK";
+/// The envelope version of objects sealed in one piece.
 const VERSION: u8 = 1;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 36;
 const TAG_LEN: usize = 16;
 const CHECKSUM_LEN: usize = 32;
-/// Inputs at least this large compress with zstd worker threads.
-const MULTITHREAD_MIN: usize = 4 << 20;
 
 /// What an object is; part of its authenticated header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +160,8 @@ impl Codec {
         plaintext: &[u8],
         level: i32,
     ) -> Vec<u8> {
-        let compressed = if level > 0 {
-            compress(plaintext, level)
+        let compressed = if level != 0 {
+            compression::compress_whole(kind, plaintext, level, HEADER_LEN + CHECKSUM_LEN)
         } else {
             None
         };
@@ -181,23 +189,7 @@ impl Codec {
         mut out: Vec<u8>,
         compressed: bool,
     ) -> Vec<u8> {
-        let key_version = if kind == ObjectKind::Block {
-            self.data_key_version
-        } else {
-            1
-        };
-        let header = &mut out[..HEADER_LEN];
-        header[0..4].copy_from_slice(MAGIC);
-        header[4] = VERSION;
-        header[5] = kind as u8;
-        header[6] = u8::from(compressed);
-        header[7] = u8::from(self.encrypted);
-        header[8..12].copy_from_slice(&key_version.to_le_bytes());
-        if self.encrypted {
-            rand::rngs::OsRng.fill_bytes(&mut header[12..36]);
-        } else {
-            header[12..36].fill(0);
-        }
+        let key_version = self.write_header(&mut out[..HEADER_LEN], kind, VERSION, compressed);
         let aad = self.aad(&out[..HEADER_LEN], id, context);
         let key = self.key_for(kind, key_version);
         if self.encrypted {
@@ -213,66 +205,35 @@ impl Codec {
         out
     }
 
-    /// Seals a large buffer using every core: the keyed hash runs alongside zstd compression of
-    /// equal parts (independent zstd frames, concatenated, which decoders read as one stream).
-    /// Returns the content id and the sealed object.
-    pub fn seal_parallel(
+    /// Fills in an envelope header (fresh random nonce when encrypting); returns the key
+    /// version it names.
+    fn write_header(
         &self,
+        header: &mut [u8],
         kind: ObjectKind,
-        context: &[u8],
-        data: &[u8],
-        level: i32,
-    ) -> (ContentId, Vec<u8>) {
-        // A few parts per thread so work stealing balances the hash against compression.
-        // (Finer parts and a pool-split hash measured no faster on 2 cores.)
-        let parts = (rayon::current_num_threads() * 2).clamp(1, 16);
-        let part_len = data.len().div_ceil(parts).max(1);
-        let (id, compressed) = rayon::join(
-            || {
-                let mut h = blake3::Hasher::new_keyed(&self.keys.id_key);
-                h.update(data);
-                ContentId(*h.finalize().as_bytes())
-            },
-            || {
-                use rayon::prelude::*;
-                data.par_chunks(part_len)
-                    .map(|chunk| {
-                        // One compression context per pool thread, reused across parts: a fresh
-                        // context per part costs more in page faults than the compression.
-                        thread_local! {
-                            static CONTEXT: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
-                                const { std::cell::RefCell::new(None) };
-                        }
-                        CONTEXT.with(|cell| {
-                            let mut slot = cell.borrow_mut();
-                            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                                *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
-                            }
-                            let (_, c) = slot.as_mut()?;
-                            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(chunk.len()));
-                            c.compress_to_buffer(chunk, &mut out).ok()?;
-                            Some(out)
-                        })
-                    })
-                    .collect::<Option<Vec<Vec<u8>>>>()
-            },
-        );
-        let body_len: usize = compressed.iter().flatten().map(Vec::len).sum();
-        match compressed {
-            Some(frames) if level > 0 && body_len + data.len() / 32 < data.len() => {
-                let mut out = Vec::with_capacity(HEADER_LEN + body_len + CHECKSUM_LEN);
-                out.resize(HEADER_LEN, 0);
-                for f in &frames {
-                    out.extend_from_slice(f);
-                }
-                drop(frames);
-                (id, self.seal_prepared(kind, &id, context, out, true))
-            }
-            _ => (id, self.seal(kind, &id, context, data, 0)),
+        version: u8,
+        compressed: bool,
+    ) -> u32 {
+        let key_version = if kind == ObjectKind::Block {
+            self.data_key_version
+        } else {
+            1
+        };
+        header[0..4].copy_from_slice(MAGIC);
+        header[4] = version;
+        header[5] = kind as u8;
+        header[6] = u8::from(compressed);
+        header[7] = u8::from(self.encrypted);
+        header[8..12].copy_from_slice(&key_version.to_le_bytes());
+        if self.encrypted {
+            rand::rngs::OsRng.fill_bytes(&mut header[12..36]);
+        } else {
+            header[12..36].fill(0);
         }
+        key_version
     }
 
-    /// Authenticates, decrypts and decompresses an envelope.
+    /// Authenticates, decrypts and decompresses an envelope (either version).
     pub fn open(
         &self,
         kind: ObjectKind,
@@ -284,7 +245,7 @@ impl Codec {
             return Err(CodecError::Malformed(format!("{} bytes", sealed.len())));
         }
         let header = &sealed[..HEADER_LEN];
-        if &header[0..4] != MAGIC || header[4] != VERSION {
+        if &header[0..4] != MAGIC || !(header[4] == VERSION || header[4] == chunked::VERSION) {
             return Err(CodecError::Malformed("bad magic or version".into()));
         }
         match ObjectKind::from_u8(header[5]) {
@@ -307,6 +268,9 @@ impl Codec {
         let key = self.key_for(kind, key_version);
         let aad = self.aad(header, id, context);
         let body = &sealed[HEADER_LEN..];
+        if header[4] == chunked::VERSION {
+            return self.open_chunked(&key, header, &aad, body);
+        }
         let plain_body: Vec<u8> = if self.encrypted {
             if body.len() < TAG_LEN {
                 return Err(CodecError::Malformed("shorter than its tag".into()));
@@ -354,25 +318,6 @@ fn checksum(key: &[u8; 32], aad: &[u8], data: &[u8]) -> [u8; 32] {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// zstd-compresses `data` into a buffer with room for the envelope's header and tag;
-/// `None` when that saves less than 1/32 of the size.
-fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
-    let mut c = zstd::bulk::Compressor::new(level).ok()?;
-    if data.len() >= MULTITHREAD_MIN {
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1) as u32;
-        if workers > 1 {
-            // Ignored (and harmless) if the library was built without multithreading.
-            let _ = c.set_parameter(zstd::zstd_safe::CParameter::NbWorkers(workers));
-        }
-    }
-    let mut out =
-        Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + HEADER_LEN + CHECKSUM_LEN);
-    c.compress_to_buffer(data, &mut out).ok()?;
-    (out.len() + data.len() / 32 < data.len()).then_some(out)
 }
 
 #[cfg(test)]
@@ -478,27 +423,6 @@ mod tests {
         assert_eq!(
             c.open(ObjectKind::Wal, &id, b"n", &sealed),
             Err(CodecError::Authentication)
-        );
-    }
-
-    #[test]
-    fn parallel_seal_matches_the_one_shot_id_and_opens() {
-        let c = codec(true);
-        let data: Vec<u8> = (0..5_000_001u32).map(|i| (i / 3000 % 11) as u8).collect();
-        let (id, sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &data, 1);
-        assert_eq!(id, c.content_id(&data));
-        assert!(sealed.len() < data.len() / 10);
-        assert_eq!(c.open(ObjectKind::Wal, &id, b"n", &sealed).unwrap(), data);
-        let mut random = vec![0u8; 300_000];
-        rand::rngs::OsRng.fill_bytes(&mut random);
-        let (rid, rsealed) = c.seal_parallel(ObjectKind::Wal, b"n", &random, 1);
-        assert!(
-            rsealed.len() > random.len(),
-            "incompressible data is stored raw"
-        );
-        assert_eq!(
-            c.open(ObjectKind::Wal, &rid, b"n", &rsealed).unwrap(),
-            random
         );
     }
 

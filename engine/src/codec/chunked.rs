@@ -1,0 +1,405 @@
+//! Envelope version 2: a body of independently sealed chunks, so one large object (a WAL
+//! segment) is hashed, compressed and encrypted, and later authenticated and decompressed, on
+//! every core.
+//!
+//! Why: with version 1 a segment's compression ran in parallel but its encryption (one AEAD
+//! message) and decompression did not, and on a segment of busy OLTP WAL those serial steps
+//! took about 6 ms of a 45 ms archive-push. Version 2 cuts the input into
+//! [`PART_LEN`](super::tree_hash::PART_LEN) parts; each becomes one chunk.
+//!
+//! ```text
+//! header (36 bytes, as version 1, version byte = 2)
+//! chunk*:  payload length (u32 LE) || plain length (u32 LE) || payload || tag
+//! ```
+//!
+//! - The payload is the part's zstd frame when the header says compressed, else the part.
+//!   The plain length is the part's size (at most `PART_LEN`).
+//! - The tag is the 16-byte Poly1305 tag (the payload is then ciphertext) or, in
+//!   unencrypted repositories, a 32-byte keyed-BLAKE3 checksum.
+//! - Chunk `i`'s nonce is the header's nonce with `i` (u32 LE) XORed into bytes 0..4 and, on
+//!   the last chunk, 1 XORed into byte 4. Nonces therefore never repeat within an object;
+//!   across objects the 192-bit random base keeps them apart.
+//! - Chunk `i`'s associated data is the object's (header, repository id, content id, context)
+//!   followed by `i`, the last-chunk flag and the chunk's two lengths. Reordered, dropped,
+//!   duplicated or truncated chunks, altered lengths, and chunks spliced in from another
+//!   object all fail authentication. There is always at least one chunk (the last).
+//!
+//! Opening authenticates every chunk before allocating the output, so sizes come only from
+//! authenticated lengths.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rayon::prelude::*;
+
+use super::compression::{compress_part, worth_it};
+use super::tree_hash::{self, PART_LEN};
+use super::{
+    checksum, constant_time_eq, Codec, CodecError, ObjectKind, CHECKSUM_LEN, HEADER_LEN, TAG_LEN,
+};
+use crate::crypto::ContentId;
+
+/// The envelope version of chunked objects.
+pub const VERSION: u8 = 2;
+const CHUNK_HEADER_LEN: usize = 8;
+
+fn chunk_nonce(base: &[u8], index: u32, last: bool) -> XNonce {
+    let mut n = [0u8; 24];
+    n.copy_from_slice(base);
+    for (b, x) in n[..4].iter_mut().zip(index.to_le_bytes()) {
+        *b ^= x;
+    }
+    n[4] ^= u8::from(last);
+    n.into()
+}
+
+fn chunk_aad(object_aad: &[u8], index: u32, last: bool, lengths: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(object_aad.len() + 5 + CHUNK_HEADER_LEN);
+    aad.extend_from_slice(object_aad);
+    aad.extend_from_slice(&index.to_le_bytes());
+    aad.push(u8::from(last));
+    aad.extend_from_slice(lengths);
+    aad
+}
+
+/// One chunk of a body being opened, as read from the envelope (not yet authenticated).
+struct RawChunk<'a> {
+    lengths: &'a [u8],
+    plain_len: usize,
+    payload: &'a [u8],
+    tag: &'a [u8],
+}
+
+impl Codec {
+    fn tag_len(&self) -> usize {
+        if self.encrypted {
+            TAG_LEN
+        } else {
+            CHECKSUM_LEN
+        }
+    }
+
+    /// Hashes, compresses (zstd at `level`, 0 = never) and seals `data` on every core.
+    /// Returns the keyed content id of `data` and the sealed object (envelope version 2).
+    pub fn seal_parallel(
+        &self,
+        kind: ObjectKind,
+        context: &[u8],
+        data: &[u8],
+        level: i32,
+    ) -> (ContentId, Vec<u8>) {
+        let id_key = &self.keys.id_key;
+        let parts: Vec<&[u8]> = if data.is_empty() {
+            vec![data]
+        } else {
+            data.chunks(PART_LEN).collect()
+        };
+        // Phase 1: each part is hashed and compressed by the same task, while in cache.
+        let (hashes, frames): (Vec<_>, Vec<_>) = parts
+            .par_iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let hash = tree_hash::hash_part(id_key, data.len(), i, part);
+                let frame = (level != 0)
+                    .then(|| compress_part(kind, level, part))
+                    .flatten();
+                (hash, frame)
+            })
+            .unzip();
+        let id = tree_hash::merge(id_key, data.len(), &hashes);
+        let frames: Option<Vec<Vec<u8>>> = frames.into_iter().collect();
+        let frames = frames.filter(|f| worth_it(f.iter().map(Vec::len).sum(), data.len()));
+        let payloads: Vec<&[u8]> = match &frames {
+            Some(f) => f.iter().map(Vec::as_slice).collect(),
+            None => parts.clone(),
+        };
+        // Phase 2: every chunk is written and sealed in place in its slot of the output.
+        let tag_len = self.tag_len();
+        let total: usize = payloads
+            .iter()
+            .map(|p| CHUNK_HEADER_LEN + p.len() + tag_len)
+            .sum();
+        let mut out = vec![0u8; HEADER_LEN + total];
+        let (header, mut rest) = out.split_at_mut(HEADER_LEN);
+        let key_version = self.write_header(header, kind, VERSION, frames.is_some());
+        let header: &[u8] = header;
+        let object_aad = self.aad(header, &id, context);
+        let key = self.key_for(kind, key_version);
+        let mut slots = Vec::with_capacity(payloads.len());
+        for p in &payloads {
+            let (slot, tail) = rest.split_at_mut(CHUNK_HEADER_LEN + p.len() + tag_len);
+            slots.push(slot);
+            rest = tail;
+        }
+        let count = payloads.len();
+        slots
+            .into_par_iter()
+            .zip(payloads.par_iter().zip(parts.par_iter()))
+            .enumerate()
+            .for_each(|(i, (slot, (payload, part)))| {
+                let last = i + 1 == count;
+                let (lengths, rest) = slot.split_at_mut(CHUNK_HEADER_LEN);
+                lengths[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+                lengths[4..].copy_from_slice(&(part.len() as u32).to_le_bytes());
+                let aad = chunk_aad(&object_aad, i as u32, last, lengths);
+                let (body, tag) = rest.split_at_mut(payload.len());
+                body.copy_from_slice(payload);
+                if self.encrypted {
+                    let t = XChaCha20Poly1305::new((&key).into())
+                        .encrypt_in_place_detached(
+                            &chunk_nonce(&header[12..36], i as u32, last),
+                            &aad,
+                            body,
+                        )
+                        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+                    tag.copy_from_slice(&t);
+                } else {
+                    tag.copy_from_slice(&checksum(&key, &aad, body));
+                }
+            });
+        (id, out)
+    }
+
+    /// Opens the body of a version 2 envelope whose header was checked by the caller.
+    pub(super) fn open_chunked(
+        &self,
+        key: &[u8; 32],
+        header: &[u8],
+        object_aad: &[u8],
+        body: &[u8],
+    ) -> Result<Vec<u8>, CodecError> {
+        let chunks = self.split_chunks(body)?;
+        let count = chunks.len();
+        // Authenticate (and decrypt) every chunk first.
+        let plains: Vec<Vec<u8>> = chunks
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let last = i + 1 == count;
+                let aad = chunk_aad(object_aad, i as u32, last, c.lengths);
+                let mut buf = c.payload.to_vec();
+                if self.encrypted {
+                    XChaCha20Poly1305::new(key.into())
+                        .decrypt_in_place_detached(
+                            &chunk_nonce(&header[12..36], i as u32, last),
+                            &aad,
+                            &mut buf,
+                            c.tag.into(),
+                        )
+                        .map_err(|_| CodecError::Authentication)?;
+                } else if !constant_time_eq(&checksum(key, &aad, &buf), c.tag) {
+                    return Err(CodecError::Authentication);
+                }
+                Ok(buf)
+            })
+            .collect::<Result<_, _>>()?;
+        let compressed = header[6] == 1;
+        let total: usize = chunks.iter().map(|c| c.plain_len).sum();
+        let mut out = vec![0u8; total];
+        let mut slots = Vec::with_capacity(count);
+        let mut rest = out.as_mut_slice();
+        for c in &chunks {
+            let (slot, tail) = rest.split_at_mut(c.plain_len);
+            slots.push(slot);
+            rest = tail;
+        }
+        slots
+            .into_par_iter()
+            .zip(plains.par_iter())
+            .try_for_each(|(slot, payload)| {
+                if compressed {
+                    match zstd::bulk::decompress_to_buffer(payload, slot) {
+                        Ok(n) if n == slot.len() => Ok(()),
+                        Ok(n) => Err(CodecError::Decompress(format!(
+                            "a chunk decompressed to {n} bytes, its header says {}",
+                            slot.len()
+                        ))),
+                        Err(e) => Err(CodecError::Decompress(e.to_string())),
+                    }
+                } else if payload.len() == slot.len() {
+                    slot.copy_from_slice(payload);
+                    Ok(())
+                } else {
+                    Err(CodecError::Malformed("stored chunk length mismatch".into()))
+                }
+            })?;
+        Ok(out)
+    }
+
+    fn split_chunks<'a>(&self, mut body: &'a [u8]) -> Result<Vec<RawChunk<'a>>, CodecError> {
+        let tag_len = self.tag_len();
+        let mut chunks = Vec::new();
+        while !body.is_empty() {
+            if body.len() < CHUNK_HEADER_LEN {
+                return Err(CodecError::Malformed("truncated chunk header".into()));
+            }
+            let (lengths, rest) = body.split_at(CHUNK_HEADER_LEN);
+            let payload_len =
+                u32::from_le_bytes(lengths[..4].try_into().expect("4 bytes")) as usize;
+            let plain_len = u32::from_le_bytes(lengths[4..].try_into().expect("4 bytes")) as usize;
+            if plain_len > PART_LEN || rest.len() < payload_len + tag_len {
+                return Err(CodecError::Malformed(format!(
+                    "chunk {} claims {payload_len} stored and {plain_len} plain bytes, {} remain",
+                    chunks.len(),
+                    rest.len()
+                )));
+            }
+            let (payload, rest) = rest.split_at(payload_len);
+            let (tag, rest) = rest.split_at(tag_len);
+            chunks.push(RawChunk {
+                lengths,
+                plain_len,
+                payload,
+                tag,
+            });
+            body = rest;
+        }
+        if chunks.is_empty() {
+            return Err(CodecError::Malformed("no chunks".into()));
+        }
+        Ok(chunks)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterSecret;
+    use rand::RngCore;
+
+    fn codec(encrypted: bool) -> Codec {
+        Codec::new(
+            "repo-a",
+            MasterSecret::from_bytes([9; 32]).derive(),
+            encrypted,
+            1,
+        )
+    }
+
+    /// Byte ranges of the chunks of a sealed object (each: lengths, payload, tag).
+    fn chunk_ranges(c: &Codec, sealed: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut pos = HEADER_LEN;
+        let mut out = Vec::new();
+        while pos < sealed.len() {
+            let len = u32::from_le_bytes(sealed[pos..pos + 4].try_into().unwrap()) as usize;
+            let end = pos + CHUNK_HEADER_LEN + len + c.tag_len();
+            out.push(pos..end);
+            pos = end;
+        }
+        out
+    }
+
+    fn wal_like(len: usize) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| ((i / 700) % 13) as u8 ^ (i % 5) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_every_size_and_protection_with_the_one_shot_content_id() {
+        let mut random = vec![0u8; 2 * PART_LEN + 77];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        for encrypted in [true, false] {
+            let c = codec(encrypted);
+            for data in [
+                Vec::new(),
+                b"x".to_vec(),
+                wal_like(PART_LEN),
+                wal_like(3 * PART_LEN + 5),
+                wal_like(16 << 20),
+                random.clone(),
+            ] {
+                for level in [0, 1, -1] {
+                    let (id, sealed) = c.seal_parallel(ObjectKind::Wal, b"name", &data, level);
+                    assert_eq!(id, c.content_id(&data), "len {}", data.len());
+                    assert_eq!(sealed[4], VERSION);
+                    let opened = c.open(ObjectKind::Wal, &id, b"name", &sealed).unwrap();
+                    assert!(
+                        opened == data,
+                        "len {} level {level} encrypted {encrypted}",
+                        data.len()
+                    );
+                    let chunks = chunk_ranges(&c, &sealed).len();
+                    assert_eq!(chunks, data.len().div_ceil(PART_LEN).max(1));
+                }
+            }
+            let (_, sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &wal_like(16 << 20), -1);
+            assert!(sealed.len() < (16 << 20) / 10, "WAL-like data compresses");
+            assert_eq!(sealed[6], 1);
+            let (_, sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &random, -1);
+            assert_eq!(sealed[6], 0, "random data is stored");
+        }
+    }
+
+    #[test]
+    fn reordered_dropped_duplicated_or_altered_chunks_fail_authentication() {
+        for encrypted in [true, false] {
+            let c = codec(encrypted);
+            let data = wal_like(3 * PART_LEN + 100);
+            let (id, sealed) = c.seal_parallel(ObjectKind::Wal, b"seg", &data, -1);
+            let r = chunk_ranges(&c, &sealed);
+            assert_eq!(r.len(), 4);
+            let rebuild = |order: &[usize]| {
+                let mut v = sealed[..HEADER_LEN].to_vec();
+                for &i in order {
+                    v.extend_from_slice(&sealed[r[i].clone()]);
+                }
+                v
+            };
+            let fails = |bad: &[u8]| {
+                matches!(
+                    c.open(ObjectKind::Wal, &id, b"seg", bad),
+                    Err(CodecError::Authentication)
+                )
+            };
+            assert!(fails(&rebuild(&[1, 0, 2, 3])), "swapped");
+            assert!(fails(&rebuild(&[0, 1, 2])), "last dropped");
+            assert!(fails(&rebuild(&[0, 1, 3])), "middle dropped");
+            assert!(fails(&rebuild(&[0, 1, 2, 2, 3])), "duplicated");
+            assert!(
+                !fails(&rebuild(&[0, 1, 2, 3])),
+                "the rebuild itself is sound"
+            );
+            if encrypted {
+                // A chunk spliced in from another sealing of the same name and content.
+                let (_, other) = c.seal_parallel(ObjectKind::Wal, b"seg", &data, -1);
+                let mut spliced = sealed.clone();
+                spliced[r[1].clone()].copy_from_slice(&other[r[1].clone()]);
+                assert!(fails(&spliced), "spliced");
+            }
+            // Altered plain length (lengths are authenticated), payload and tag.
+            for pos in [r[2].start + 5, r[2].start + 20, r[3].end - 1] {
+                let mut bad = sealed.clone();
+                bad[pos] ^= 1;
+                assert!(
+                    c.open(ObjectKind::Wal, &id, b"seg", &bad).is_err(),
+                    "flip at {pos} detected"
+                );
+            }
+            // Truncation anywhere.
+            for cut in [HEADER_LEN, HEADER_LEN + 3, r[1].start, r[3].end - 1] {
+                assert!(
+                    c.open(ObjectKind::Wal, &id, b"seg", &sealed[..cut])
+                        .is_err(),
+                    "cut at {cut} detected"
+                );
+            }
+            // Another name.
+            assert!(matches!(
+                c.open(ObjectKind::Wal, &id, b"other", &sealed),
+                Err(CodecError::Authentication)
+            ));
+        }
+    }
+
+    #[test]
+    fn oversized_chunk_lengths_are_refused_before_allocating() {
+        let c = codec(true);
+        let data = wal_like(PART_LEN + 1);
+        let (id, mut sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &data, -1);
+        sealed[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            c.open(ObjectKind::Wal, &id, b"n", &sealed),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+}
