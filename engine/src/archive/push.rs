@@ -190,20 +190,15 @@ fn seal_wal(
     level: i32,
     source: WalSource,
 ) -> Result<(Option<LongPageHeader>, ContentId, Vec<u8>, u64)> {
-    let path = match source {
-        WalSource::Bytes(data) => {
-            let header = validate_wal_content(name, &data)?;
-            let id = codec.content_id(&data);
-            let sealed = codec.seal(ObjectKind::Wal, &id, context, &data, level);
-            return Ok((header, id, sealed, data.len() as u64));
-        }
-        WalSource::File(path) => path,
+    let seal = |data: &[u8]| {
+        let header = validate_wal_content(name, data)?;
+        let (id, sealed) = codec.seal_parallel(ObjectKind::Wal, context, data, level);
+        Ok((header, id, sealed, data.len() as u64))
     };
-    let mapped = MappedFile::open(&path)?;
-    let data = mapped.bytes();
-    let header = validate_wal_content(name, data)?;
-    let (id, sealed) = codec.seal_parallel(ObjectKind::Wal, context, data, level);
-    Ok((header, id, sealed, data.len() as u64))
+    match source {
+        WalSource::Bytes(data) => seal(&data),
+        WalSource::File(path) => seal(MappedFile::open(&path)?.bytes()),
+    }
 }
 
 /// Archives one WAL file.
@@ -337,6 +332,40 @@ pub(crate) mod tests {
             PushOutcome::AlreadyArchived
         );
         assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn wal_sealed_in_one_piece_by_earlier_versions_is_still_served() {
+        let (_mem, repo) = memory_repo().await;
+        let (name, data) = seg(4, 42);
+        let codec = repo.codec();
+        let id = codec.content_id(&data);
+        let sealed = codec.seal(ObjectKind::Wal, &id, &wal_context("main", &name), &data, 1);
+        assert_eq!(sealed[4], 1, "an envelope of version 1");
+        let pointer = WalPointer {
+            content_id: id.to_hex(),
+            size: data.len() as u64,
+            stored_size: sealed.len() as u64,
+            archived_at: now_rfc3339(),
+        };
+        let s = repo.storage();
+        s.put_create(&layout::wal_data("main", &name, &id), Bytes::from(sealed))
+            .await
+            .unwrap();
+        s.put_create(
+            &layout::wal_pointer("main", &name),
+            Bytes::from(serde_json::to_vec(&pointer).unwrap()),
+        )
+        .await
+        .unwrap();
+        assert!(get_wal_file(&repo, "main", &name).await.unwrap() == data);
+        // Pushing the same file now (chunked envelope) is recognised as the same content.
+        assert_eq!(
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data))
+                .await
+                .unwrap(),
+            PushOutcome::AlreadyArchived
+        );
     }
 
     #[tokio::test]
