@@ -7,9 +7,7 @@ use std::time::Instant;
 use pgbunker_engine::archive::prefetch::{run_prefetcher, PrefetchOptions, PrefetchSpool};
 use pgbunker_engine::archive::push::read_cluster_record;
 use pgbunker_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
-use pgbunker_engine::archive::{
-    get_wal_file, push_wal_file, write_atomically, PushOutcome, WalSource,
-};
+use pgbunker_engine::archive::{get_wal_file_to, push_wal_file, PushOutcome, WalSource};
 use pgbunker_engine::types::WalFileName;
 use pgbunker_engine::Error as EngineError;
 use tracing::{info, warn};
@@ -233,13 +231,8 @@ pub async fn get(
         }
     }
     let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
-    match get_wal_file(&repo, &settings.cluster, &name).await {
-        Ok(data) => {
-            let dest = dest.to_path_buf();
-            tokio::task::spawn_blocking(move || write_atomically(&dest, &data))
-                .await
-                .map_err(|e| abort(e.to_string()))?
-                .map_err(|e| abort(e.to_string()))?;
+    match get_wal_file_to(&repo, &settings.cluster, &name, dest).await {
+        Ok(()) => {
             info!(wal = %name, "restored");
             Ok(())
         }

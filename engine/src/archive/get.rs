@@ -11,8 +11,8 @@ use std::path::Path;
 
 use tracing::instrument;
 
-use crate::archive::push::{run_cpu, validate_wal_content, wal_context, WalPointer};
-use crate::codec::ObjectKind;
+use crate::archive::push::{run_cpu, validate_wal_head, wal_context, WalPointer};
+use crate::codec::{ObjectKind, OpenToError};
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
@@ -20,8 +20,16 @@ use crate::storage::StorageError;
 use crate::types::WalFileName;
 
 /// Fetches, authenticates and decompresses one WAL file.
-#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
-pub async fn get_wal_file(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<Vec<u8>> {
+/// A WAL file's sealed object as fetched, with what its pointer says about it.
+struct Fetched {
+    pointer: WalPointer,
+    id: ContentId,
+    data_key: String,
+    sealed: bytes::Bytes,
+}
+
+/// Reads the pointer, then the sealed object it names.
+async fn fetch(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<Fetched> {
     let pointer_key = layout::wal_pointer(cluster, name);
     let raw = match repo.storage().get(&pointer_key).await {
         Ok(raw) => raw,
@@ -48,37 +56,120 @@ pub async fn get_wal_file(repo: &Repository, cluster: &str, name: &WalFileName) 
         }
         Err(e) => return Err(e.into()),
     };
-    let codec = repo.codec().clone();
-    let context = wal_context(cluster, name);
-    let object = data_key.to_string();
-    let plain = run_cpu(move || -> Result<Vec<u8>> {
-        let plain = codec
-            .open(ObjectKind::Wal, &id, &context, &sealed)
-            .map_err(|e| Error::corrupt(object.clone(), e.to_string()))?;
-        if codec.content_id(&plain) != id {
+    Ok(Fetched {
+        pointer,
+        id,
+        data_key: data_key.to_string(),
+        sealed,
+    })
+}
+
+impl Fetched {
+    /// The checks on an opened file: its content id, size and (defence in depth) that it
+    /// still is the segment its name says (`head`: its first bytes).
+    fn check(&self, name: &WalFileName, len: u64, id: &ContentId, head: &[u8]) -> Result<()> {
+        if *id != self.id {
             return Err(Error::corrupt(
-                object,
+                self.data_key.clone(),
                 "content does not match its content id",
             ));
         }
+        if len != self.pointer.size {
+            return Err(Error::corrupt(
+                self.data_key.clone(),
+                format!("{len} bytes, pointer says {}", self.pointer.size),
+            ));
+        }
+        validate_wal_head(name, head, len as usize)
+            .map_err(|e| Error::corrupt(self.data_key.clone(), e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Fetches, authenticates and decompresses one WAL file into memory.
+#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
+pub async fn get_wal_file(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<Vec<u8>> {
+    let fetched = fetch(repo, cluster, name).await?;
+    let codec = repo.codec().clone();
+    let context = wal_context(cluster, name);
+    let name = name.clone();
+    run_cpu(move || -> Result<Vec<u8>> {
+        let plain = codec
+            .open(ObjectKind::Wal, &fetched.id, &context, &fetched.sealed)
+            .map_err(|e| Error::corrupt(fetched.data_key.clone(), e.to_string()))?;
+        fetched.check(&name, plain.len() as u64, &codec.content_id(&plain), &plain)?;
         Ok(plain)
     })
-    .await?;
-    if plain.len() as u64 != pointer.size {
-        return Err(Error::corrupt(
-            data_key.to_string(),
-            format!("{} bytes, pointer says {}", plain.len(), pointer.size),
-        ));
-    }
-    // Defence in depth: the content must still be the segment its name says.
-    validate_wal_content(name, &plain)
-        .map_err(|e| Error::corrupt(data_key.to_string(), e.to_string()))?;
-    Ok(plain)
+    .await
+}
+
+/// Fetches one WAL file into `dest` (atomically and durably, as [`write_atomically`]),
+/// opening it part by part on every core straight into the file: memory stays at about one
+/// 1 MiB part per core, and nothing reaches `dest` unless every check passed.
+#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
+pub async fn get_wal_file_to(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    dest: &Path,
+) -> Result<()> {
+    let fetched = fetch(repo, cluster, name).await?;
+    let codec = repo.codec().clone();
+    let context = wal_context(cluster, name);
+    let name = name.clone();
+    let dest = dest.to_path_buf();
+    // A blocking thread, not the CPU pool: the fsync waits for the disk. The parts are opened
+    // on the CPU pool from there.
+    tokio::task::spawn_blocking(move || {
+        write_atomically_with(&dest, |file| {
+            use std::os::unix::fs::FileExt;
+            let head = std::sync::Mutex::new(Vec::new());
+            let sink = |offset: u64, bytes: &[u8]| {
+                if offset == 0 {
+                    let n = bytes.len().min(crate::pg::wal_header::LONG_HEADER_LEN);
+                    head.lock()
+                        .expect("head lock")
+                        .extend_from_slice(&bytes[..n]);
+                }
+                file.write_all_at(bytes, offset)
+            };
+            let (len, id) = codec
+                .open_to(
+                    ObjectKind::Wal,
+                    &fetched.id,
+                    &context,
+                    &fetched.sealed,
+                    &sink,
+                )
+                .map_err(|e| match e {
+                    OpenToError::Sink(e) => Error::io(format!("writing {}", dest.display()), e),
+                    OpenToError::Codec(e) => {
+                        Error::corrupt(fetched.data_key.clone(), e.to_string())
+                    }
+                })?;
+            let head = head.into_inner().expect("head lock");
+            fetched.check(&name, len, &id, &head)
+        })
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("fetching a WAL file failed: {e}")))?
 }
 
 /// Writes `data` to `dest` atomically and durably: temp file in the same directory, fsync,
 /// rename, fsync of the directory. A reader never sees a partial file.
 pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
+    write_atomically_with(dest, |mut f| {
+        f.write_all(data)
+            .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
+    })
+}
+
+/// As [`write_atomically`], with `fill` writing the temp file; when it fails the temp file is
+/// removed and `dest` is untouched.
+pub fn write_atomically_with(
+    dest: &Path,
+    fill: impl FnOnce(&std::fs::File) -> Result<()>,
+) -> Result<()> {
     let dir = match dest.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -87,17 +178,20 @@ pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
         .file_name()
         .ok_or_else(|| Error::Config(format!("destination {} has no file name", dest.display())))?;
     let tmp = dir.join(format!(".{}.pgbunker-tmp", file_name.to_string_lossy()));
+    let io = |e| Error::io(format!("writing {}", dest.display()), e);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        std::fs::File::open(&dir)?.sync_all()
+        let f = std::fs::File::create(&tmp).map_err(io)?;
+        fill(&f)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, dest).map_err(io)?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
     })();
-    result.map_err(|e| {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("writing {}", dest.display()), e)
-    })
+    }
+    result
 }
 
 #[cfg(test)]
@@ -165,6 +259,72 @@ mod tests {
             get_wal_file(&repo, "main", &name).await,
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn streaming_get_writes_the_file_only_when_every_check_passes() {
+        let (mem, repo) = memory_repo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let name: WalFileName = "000000010000000000000001".parse().unwrap();
+        assert!(matches!(
+            get_wal_file_to(&repo, "main", &name, &dest).await,
+            Err(Error::NotFound(_))
+        ));
+        // Varied content so that every 1 MiB part differs.
+        let mut data = fake_segment(9, 1, 16 << 20, 16 << 20, 16 << 20);
+        for (i, b) in data.iter_mut().enumerate().skip(8192) {
+            *b = (i / 777 % 253) as u8;
+        }
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        get_wal_file_to(&repo, "main", &name, &dest).await.unwrap();
+        assert!(std::fs::read(&dest).unwrap() == data);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file"
+        );
+
+        // Damage in the middle: an error naming the object; nothing written, no temp left.
+        std::fs::remove_file(&dest).unwrap();
+        let key = layout::wal_data("main", &name, &repo.codec().content_id(&data));
+        mem.tamper(key.as_str(), |v| {
+            let n = v.len();
+            v[n / 2] ^= 0x10;
+        });
+        let err = get_wal_file_to(&repo, "main", &name, &dest)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(key.as_str()), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+        // An unwritable destination is an I/O error, not absence or corruption.
+        let other: WalFileName = "000000010000000000000002".parse().unwrap();
+        let data2 = fake_segment(9, 1, 2 * (16 << 20), 16 << 20, 16 << 20);
+        push_wal_file(&repo, "main", &other, WalSource::Bytes(data2))
+            .await
+            .unwrap();
+        let err = get_wal_file_to(&repo, "main", &other, &dir.path().join("no/such/dir/X"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn streaming_get_serves_history_files_and_one_piece_objects() {
+        let (_mem, repo) = memory_repo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let name: WalFileName = "00000002.history".parse().unwrap();
+        let body = b"1\t0/3000000\tno recovery target specified\n".to_vec();
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(body.clone()))
+            .await
+            .unwrap();
+        let dest = dir.path().join("00000002.history");
+        get_wal_file_to(&repo, "main", &name, &dest).await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use crate::archive::get::{get_wal_file, write_atomically};
+use crate::archive::get::{get_wal_file_to, write_atomically};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::types::{SegmentNo, WalFileName};
@@ -191,19 +191,14 @@ pub async fn run_prefetcher(
         let mut fetched_any = false;
         let mut results = futures::stream::iter(wanted)
             .map(|name| async move {
-                let r = get_wal_file(repo, cluster, &name).await;
+                let path = spool.dir().join(name.to_string());
+                let r = get_wal_file_to(repo, cluster, &name, &path).await;
                 (name, r)
             })
             .buffered(opts.jobs.max(1));
         while let Some((name, r)) = results.next().await {
             match r {
-                Ok(data) => {
-                    let path = spool.dir().join(name.to_string());
-                    tokio::task::spawn_blocking(move || write_atomically(&path, &data))
-                        .await
-                        .map_err(|e| Error::InvalidInput(e.to_string()))??;
-                    fetched_any = true;
-                }
+                Ok(()) => fetched_any = true,
                 // Not archived yet (or the end of the archive): stop this round.
                 Err(Error::NotFound(_)) => break,
                 Err(e) => {

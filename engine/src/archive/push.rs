@@ -359,6 +359,12 @@ pub(crate) mod tests {
         .await
         .unwrap();
         assert!(get_wal_file(&repo, "main", &name).await.unwrap() == data);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        crate::archive::get::get_wal_file_to(&repo, "main", &name, &dest)
+            .await
+            .unwrap();
+        assert!(std::fs::read(&dest).unwrap() == data);
         // Pushing the same file now (chunked envelope) is recognised as the same content.
         assert_eq!(
             push_wal_file(&repo, "main", &name, WalSource::Bytes(data))

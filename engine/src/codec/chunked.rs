@@ -34,7 +34,8 @@ use rayon::prelude::*;
 use super::compression::{compress_part, worth_it};
 use super::tree_hash::{self, PART_LEN};
 use super::{
-    checksum, constant_time_eq, Codec, CodecError, ObjectKind, CHECKSUM_LEN, HEADER_LEN, TAG_LEN,
+    checksum, constant_time_eq, Codec, CodecError, ObjectKind, OpenToError, CHECKSUM_LEN,
+    HEADER_LEN, TAG_LEN,
 };
 use crate::crypto::ContentId;
 
@@ -159,6 +160,53 @@ impl Codec {
         (id, out)
     }
 
+    /// Authenticates (and decrypts) chunk `index` of `count`; returns its payload in clear.
+    fn open_chunk(
+        &self,
+        key: &[u8; 32],
+        header: &[u8],
+        object_aad: &[u8],
+        (index, count): (usize, usize),
+        chunk: &RawChunk,
+    ) -> Result<Vec<u8>, CodecError> {
+        let last = index + 1 == count;
+        let aad = chunk_aad(object_aad, index as u32, last, chunk.lengths);
+        let mut buf = chunk.payload.to_vec();
+        if self.encrypted {
+            XChaCha20Poly1305::new(key.into())
+                .decrypt_in_place_detached(
+                    &chunk_nonce(&header[12..36], index as u32, last),
+                    &aad,
+                    &mut buf,
+                    chunk.tag.into(),
+                )
+                .map_err(|_| CodecError::Authentication)?;
+        } else if !constant_time_eq(&checksum(key, &aad, &buf), chunk.tag) {
+            return Err(CodecError::Authentication);
+        }
+        Ok(buf)
+    }
+
+    /// Turns an authenticated payload into the part's plaintext, written into `out` (exactly
+    /// the chunk's plain length).
+    fn unpack_chunk(compressed: bool, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
+        if compressed {
+            match zstd::bulk::decompress_to_buffer(payload, out) {
+                Ok(n) if n == out.len() => Ok(()),
+                Ok(n) => Err(CodecError::Decompress(format!(
+                    "a chunk decompressed to {n} bytes, its header says {}",
+                    out.len()
+                ))),
+                Err(e) => Err(CodecError::Decompress(e.to_string())),
+            }
+        } else if payload.len() == out.len() {
+            out.copy_from_slice(payload);
+            Ok(())
+        } else {
+            Err(CodecError::Malformed("stored chunk length mismatch".into()))
+        }
+    }
+
     /// Opens the body of a version 2 envelope whose header was checked by the caller.
     pub(super) fn open_chunked(
         &self,
@@ -169,28 +217,12 @@ impl Codec {
     ) -> Result<Vec<u8>, CodecError> {
         let chunks = self.split_chunks(body)?;
         let count = chunks.len();
-        // Authenticate (and decrypt) every chunk first.
+        // Authenticate (and decrypt) every chunk first, so sizes come only from authenticated
+        // lengths.
         let plains: Vec<Vec<u8>> = chunks
             .par_iter()
             .enumerate()
-            .map(|(i, c)| {
-                let last = i + 1 == count;
-                let aad = chunk_aad(object_aad, i as u32, last, c.lengths);
-                let mut buf = c.payload.to_vec();
-                if self.encrypted {
-                    XChaCha20Poly1305::new(key.into())
-                        .decrypt_in_place_detached(
-                            &chunk_nonce(&header[12..36], i as u32, last),
-                            &aad,
-                            &mut buf,
-                            c.tag.into(),
-                        )
-                        .map_err(|_| CodecError::Authentication)?;
-                } else if !constant_time_eq(&checksum(key, &aad, &buf), c.tag) {
-                    return Err(CodecError::Authentication);
-                }
-                Ok(buf)
-            })
+            .map(|(i, c)| self.open_chunk(key, header, object_aad, (i, count), c))
             .collect::<Result<_, _>>()?;
         let compressed = header[6] == 1;
         let total: usize = chunks.iter().map(|c| c.plain_len).sum();
@@ -205,24 +237,47 @@ impl Codec {
         slots
             .into_par_iter()
             .zip(plains.par_iter())
-            .try_for_each(|(slot, payload)| {
-                if compressed {
-                    match zstd::bulk::decompress_to_buffer(payload, slot) {
-                        Ok(n) if n == slot.len() => Ok(()),
-                        Ok(n) => Err(CodecError::Decompress(format!(
-                            "a chunk decompressed to {n} bytes, its header says {}",
-                            slot.len()
-                        ))),
-                        Err(e) => Err(CodecError::Decompress(e.to_string())),
-                    }
-                } else if payload.len() == slot.len() {
-                    slot.copy_from_slice(payload);
-                    Ok(())
-                } else {
-                    Err(CodecError::Malformed("stored chunk length mismatch".into()))
-                }
-            })?;
+            .try_for_each(|(slot, payload)| Self::unpack_chunk(compressed, payload, slot))?;
         Ok(out)
+    }
+
+    /// Opens a version 2 body into `sink`, one part per task: authenticate, decompress into a
+    /// buffer of at most one part, hash it (a BLAKE3 subtree), hand it to the sink. Returns the
+    /// length and content id of the whole plaintext.
+    pub(super) fn open_chunked_to(
+        &self,
+        key: &[u8; 32],
+        header: &[u8],
+        object_aad: &[u8],
+        body: &[u8],
+        sink: &(dyn Fn(u64, &[u8]) -> std::io::Result<()> + Sync),
+    ) -> Result<(u64, ContentId), OpenToError> {
+        let chunks = self.split_chunks(body)?;
+        let count = chunks.len();
+        let compressed = header[6] == 1;
+        let total: usize = chunks.iter().map(|c| c.plain_len).sum();
+        // Only the last chunk may be short: the parts are PART_LEN apart.
+        if chunks[..count - 1].iter().any(|c| c.plain_len != PART_LEN) {
+            return Err(CodecError::Malformed(
+                "a chunk before the last is not a whole part".into(),
+            )
+            .into());
+        }
+        let id_key = &self.keys.id_key;
+        let hashes = chunks
+            .par_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let payload = self.open_chunk(key, header, object_aad, (i, count), c)?;
+                let mut part = vec![0u8; c.plain_len];
+                Self::unpack_chunk(compressed, &payload, &mut part)?;
+                drop(payload);
+                let hash = tree_hash::hash_part(id_key, total, i, &part);
+                sink((i * PART_LEN) as u64, &part).map_err(OpenToError::Sink)?;
+                Ok(hash)
+            })
+            .collect::<Result<Vec<_>, OpenToError>>()?;
+        Ok((total as u64, tree_hash::merge(id_key, total, &hashes)))
     }
 
     fn split_chunks<'a>(&self, mut body: &'a [u8]) -> Result<Vec<RawChunk<'a>>, CodecError> {
@@ -389,6 +444,45 @@ mod tests {
                 Err(CodecError::Authentication)
             ));
         }
+    }
+
+    #[test]
+    fn opening_into_a_sink_delivers_every_byte_and_the_content_id() {
+        use std::sync::Mutex;
+        for encrypted in [true, false] {
+            let c = codec(encrypted);
+            for len in [0, 10, PART_LEN, 3 * PART_LEN + 7] {
+                let data = wal_like(len);
+                let (id, sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &data, -1);
+                let out = Mutex::new(vec![0u8; len]);
+                let sink = |off: u64, bytes: &[u8]| {
+                    let off = off as usize;
+                    out.lock().unwrap()[off..off + bytes.len()].copy_from_slice(bytes);
+                    Ok(())
+                };
+                let (n, got) = c
+                    .open_to(ObjectKind::Wal, &id, b"n", &sealed, &sink)
+                    .unwrap();
+                assert_eq!((n as usize, got), (len, id));
+                assert!(out.into_inner().unwrap() == data, "len {len}");
+            }
+        }
+        let c = codec(true);
+        let data = wal_like(2 * PART_LEN);
+        let (id, sealed) = c.seal_parallel(ObjectKind::Wal, b"n", &data, -1);
+        let failing = |_: u64, _: &[u8]| Err(std::io::Error::other("disk full"));
+        assert!(matches!(
+            c.open_to(ObjectKind::Wal, &id, b"n", &sealed, &failing),
+            Err(OpenToError::Sink(_))
+        ));
+        let mut bad = sealed.clone();
+        let n = bad.len();
+        bad[n - 5] ^= 1;
+        let ignore = |_: u64, _: &[u8]| Ok(());
+        assert!(matches!(
+            c.open_to(ObjectKind::Wal, &id, b"n", &bad, &ignore),
+            Err(OpenToError::Codec(CodecError::Authentication))
+        ));
     }
 
     #[test]

@@ -98,6 +98,17 @@ pub enum CodecError {
     Protection { expected: u8, found: u8 },
 }
 
+/// Why [`Codec::open_to`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenToError {
+    /// The envelope did not open.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The sink failed (writing the plaintext out).
+    #[error("writing the opened object: {0}")]
+    Sink(std::io::Error),
+}
+
 /// Seals and opens envelopes for one repository.
 #[derive(Debug, Clone)]
 pub struct Codec {
@@ -241,6 +252,44 @@ impl Codec {
         context: &[u8],
         sealed: &[u8],
     ) -> Result<Vec<u8>, CodecError> {
+        let (key, aad) = self.check_header(kind, id, context, sealed)?;
+        let (header, body) = sealed.split_at(HEADER_LEN);
+        if header[4] == chunked::VERSION {
+            return self.open_chunked(&key, header, &aad, body);
+        }
+        self.open_single(&key, header, &aad, body)
+    }
+
+    /// Opens an envelope piece by piece: `sink(offset, bytes)` receives the plaintext (in any
+    /// order, from several threads). Returns the plaintext's length and keyed content id.
+    /// A chunked envelope never holds more than about one part per thread in memory; the
+    /// caller must discard what the sink received when this fails.
+    pub fn open_to(
+        &self,
+        kind: ObjectKind,
+        id: &ContentId,
+        context: &[u8],
+        sealed: &[u8],
+        sink: &(dyn Fn(u64, &[u8]) -> std::io::Result<()> + Sync),
+    ) -> Result<(u64, ContentId), OpenToError> {
+        let (key, aad) = self.check_header(kind, id, context, sealed)?;
+        let (header, body) = sealed.split_at(HEADER_LEN);
+        if header[4] == chunked::VERSION {
+            return self.open_chunked_to(&key, header, &aad, body, sink);
+        }
+        let plain = self.open_single(&key, header, &aad, body)?;
+        sink(0, &plain).map_err(OpenToError::Sink)?;
+        Ok((plain.len() as u64, self.content_id(&plain)))
+    }
+
+    /// Checks magic, version, kind and protection; returns the key and associated data.
+    fn check_header(
+        &self,
+        kind: ObjectKind,
+        id: &ContentId,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<([u8; 32], Vec<u8>), CodecError> {
         if sealed.len() < HEADER_LEN {
             return Err(CodecError::Malformed(format!("{} bytes", sealed.len())));
         }
@@ -265,22 +314,30 @@ impl Codec {
             });
         }
         let key_version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-        let key = self.key_for(kind, key_version);
-        let aad = self.aad(header, id, context);
-        let body = &sealed[HEADER_LEN..];
-        if header[4] == chunked::VERSION {
-            return self.open_chunked(&key, header, &aad, body);
-        }
+        Ok((
+            self.key_for(kind, key_version),
+            self.aad(header, id, context),
+        ))
+    }
+
+    /// Opens the body of a version 1 envelope.
+    fn open_single(
+        &self,
+        key: &[u8; 32],
+        header: &[u8],
+        aad: &[u8],
+        body: &[u8],
+    ) -> Result<Vec<u8>, CodecError> {
         let plain_body: Vec<u8> = if self.encrypted {
             if body.len() < TAG_LEN {
                 return Err(CodecError::Malformed("shorter than its tag".into()));
             }
             let (ct, tag) = body.split_at(body.len() - TAG_LEN);
             let mut buf = ct.to_vec();
-            XChaCha20Poly1305::new((&key).into())
+            XChaCha20Poly1305::new(key.into())
                 .decrypt_in_place_detached(
                     XNonce::from_slice(&header[12..36]),
-                    &aad,
+                    aad,
                     &mut buf,
                     tag.into(),
                 )
@@ -291,7 +348,7 @@ impl Codec {
                 return Err(CodecError::Malformed("shorter than its checksum".into()));
             }
             let (data, sum) = body.split_at(body.len() - CHECKSUM_LEN);
-            let expected = checksum(&key, &aad, data);
+            let expected = checksum(key, aad, data);
             if !constant_time_eq(&expected, sum) {
                 return Err(CodecError::Authentication);
             }
