@@ -12,7 +12,8 @@
 #    archive-push is called for each segment in order, as PostgreSQL would, and the status
 #    file is renamed to .done on success. pgBackRest: archive-async=y, process-max=2;
 #    pgbunker: [archive] async = true (jobs default: min(4, cores)).
-# 4. Stored bytes of the archive, and peak RSS of one sync archive-push call (/usr/bin/time).
+# 4. archive-get of every segment by each tool, one call per segment, checked byte for byte.
+# 5. Stored bytes of the archive, and peak RSS of one sync archive-push call (/usr/bin/time).
 #
 # Every round uses fresh repositories; rounds alternate tools; the best of ROUNDS (default 2)
 # is reported. Figures are ratios measured in one run: the machine is shared and noisy.
@@ -144,6 +145,34 @@ for round in $(seq 1 "$ROUNDS"); do
     sleep 1
 done
 
+# archive-get: after the last round both repositories hold every segment. Each tool restores
+# them one call per segment into an empty directory, as restore_command does (sync mode for
+# both; pgBackRest writes the file in place without fsync, pgbunker writes a temp file, fsyncs
+# and renames), and every restored file is compared with the original.
+sed -i "s/^async = .*/async = false/" "$W/pgbunker.toml"
+sed -i "s/^archive-async=.*//" "$W/pgbackrest.conf"
+get_all() { # $1 = tool; prints elapsed ns
+    local cmd out="$W/restored-$1"
+    as_pg rm -rf "$out"; as_pg mkdir -p "$out"
+    if [ "$1" = pgbunker ]; then
+        cmd="'$W/bin/pgbunker' --config '$W/pgbunker.toml' archive-get \$s '$out/'\$s"
+    else
+        cmd="pgbackrest --config='$W/pgbackrest.conf' --stanza=bench archive-get \$s '$out/'\$s"
+    fi
+    as_pg bash -c "
+        start=\$(date +%s%N)
+        for s in ${SEGS[*]}; do sh -c \"$cmd\" || exit 1; done
+        end=\$(date +%s%N)
+        for s in ${SEGS[*]}; do cmp -s '$W/pg/pg_wal/'\$s '$out/'\$s || { echo \"\$s differs\" >&2; exit 1; }; done
+        echo \$(( end - start ))
+    "
+}
+best_pgb_get= best_pgbr_get=
+for round in $(seq 1 "$ROUNDS"); do
+    t=$(get_all pgbackrest); best_pgbr_get=$(min "$best_pgbr_get" "$t")
+    t=$(get_all pgbunker); best_pgb_get=$(min "$best_pgb_get" "$t")
+done
+
 # Peak RSS of single sync calls (max over three segments).
 fresh_pgbunker false; fresh_pgbackrest n; reset_status none
 rss_pgb=0 rss_pgbr=0
@@ -155,9 +184,9 @@ for s in "${SEGS[@]:0:3}"; do
 done
 
 n=${#SEGS[@]}
-python3 - "$n" "$WAL_BYTES" "$best_pgb_sync" "$best_pgbr_sync" "$best_pgb_async" "$best_pgbr_async" "$PGB_BYTES" "$PGBR_BYTES" "$rss_pgb" "$rss_pgbr" "$(pgbackrest version)" <<'PY'
+python3 - "$n" "$WAL_BYTES" "$best_pgb_sync" "$best_pgbr_sync" "$best_pgb_async" "$best_pgbr_async" "$best_pgb_get" "$best_pgbr_get" "$PGB_BYTES" "$PGBR_BYTES" "$rss_pgb" "$rss_pgbr" "$(pgbackrest version)" <<'PY'
 import sys
-n, wal, pgb_s, pgbr_s, pgb_a, pgbr_a, pgb_b, pgbr_b, rss_pgb, rss_pgbr, ver = sys.argv[1:]
+n, wal, pgb_s, pgbr_s, pgb_a, pgbr_a, pgb_g, pgbr_g, pgb_b, pgbr_b, rss_pgb, rss_pgbr, ver = sys.argv[1:]
 n, wal = int(n), int(wal)
 ms = lambda ns: int(ns) / 1e6 / n
 print()
@@ -165,6 +194,7 @@ print(f"archive-push of {n} real 16 MiB WAL segments ({wal/2**20:.0f} MiB), best
 print(f"{'':28}{'pgbunker':>12}{'pgBackRest':>12}{'ratio':>10}")
 print(f"{'sync  ms per segment':28}{ms(pgb_s):>12.1f}{ms(pgbr_s):>12.1f}{ms(pgbr_s)/ms(pgb_s):>9.2f}x  (pgbunker throughput / pgBackRest)")
 print(f"{'async ms per segment':28}{ms(pgb_a):>12.1f}{ms(pgbr_a):>12.1f}{ms(pgbr_a)/ms(pgb_a):>9.2f}x")
+print(f"{'archive-get ms per segment':28}{ms(pgb_g):>12.1f}{ms(pgbr_g):>12.1f}{ms(pgbr_g)/ms(pgb_g):>9.2f}x  (pgbunker fsyncs, pgBackRest does not)")
 print(f"{'stored MiB':28}{int(pgb_b)/2**20:>12.1f}{int(pgbr_b)/2**20:>12.1f}{int(pgb_b)/int(pgbr_b):>9.2f}x  (pgbunker bytes / pgBackRest; lower is better)")
 print(f"{'peak RSS per call (MiB)':28}{int(rss_pgb)/1024:>12.1f}{int(rss_pgbr)/1024:>12.1f}")
 PY
