@@ -24,8 +24,10 @@
 //!   duplicated or truncated chunks, altered lengths, and chunks spliced in from another
 //!   object all fail authentication. There is always at least one chunk (the last).
 //!
-//! Opening authenticates every chunk before allocating the output, so sizes come only from
-//! authenticated lengths.
+//! Opening into memory authenticates every chunk before allocating the output, so sizes come
+//! only from authenticated lengths. Opening into a sink (archive-get writing a temp file)
+//! handles one chunk per task, at most one part each, and the caller discards everything when
+//! any chunk fails.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
