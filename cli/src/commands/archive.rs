@@ -198,6 +198,10 @@ pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How long archive-get waits for the prefetcher's fetch of the same segment before
+/// fetching it itself.
+const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `archive-get %f %p`.
 pub async fn get(
     cli: &Cli,
@@ -223,8 +227,11 @@ pub async fn get(
         spool
             .set_requested(&name)
             .map_err(|e| abort(e.to_string()))?;
-        let served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
+        let mut served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
         ensure_prefetcher(cli, settings, spool);
+        if !served && spool.wait_if_fetching(&name, PREFETCH_WAIT) {
+            served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
+        }
         if served {
             info!(wal = %name, "restored from the prefetch spool");
             return Ok(());

@@ -6,8 +6,11 @@
 //! `archive-get X`:
 //! 1. records X as requested and, if `prefetch/X` exists, moves it to `%p` (same file system:
 //!    rename; else copy and fsync) and is done;
-//! 2. otherwise fetches X itself as in synchronous mode;
-//! 3. makes sure a background prefetcher runs.
+//! 2. makes sure a background prefetcher runs;
+//! 3. if the prefetcher is fetching X right now (marker `.X.fetching`, written while a fetch
+//!    runs), waits for it rather than fetching the same segment a second time, which happens
+//!    when recovery replays faster than the prefetcher fetches;
+//! 4. otherwise fetches X itself as in synchronous mode.
 //!
 //! The prefetcher fetches the `count` segments after the last requested one **on its
 //! timeline** (names carry the timeline, so a file is only ever served under its own name),
@@ -126,6 +129,49 @@ impl PrefetchSpool {
         }
     }
 
+    fn fetching_path(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(format!(".{name}.fetching"))
+    }
+
+    /// Marks `name` as being fetched by the prefetcher while the returned guard lives.
+    pub fn mark_fetching(&self, name: &WalFileName) -> FetchingMark {
+        let path = self.fetching_path(name);
+        let _ = fs::write(&path, b"");
+        FetchingMark(path)
+    }
+
+    /// Removes every fetching marker (the prefetcher at start: it holds the lock, so any
+    /// marker is left over from one that was killed).
+    pub fn clear_marks(&self) {
+        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".fetching") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// If the prefetcher is fetching `name` now (a marker younger than [`MARK_STALE`]), waits
+    /// until it is done or `max` has passed. True when the file is in the spool.
+    pub fn wait_if_fetching(&self, name: &WalFileName, max: Duration) -> bool {
+        let file = self.dir.join(name.to_string());
+        let marker = self.fetching_path(name);
+        let deadline = Instant::now() + max;
+        loop {
+            if file.exists() {
+                return true;
+            }
+            let fresh = fs::metadata(&marker)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < MARK_STALE);
+            if !fresh || Instant::now() >= deadline {
+                return file.exists();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Prefetched file names currently in the spool.
     pub fn files(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(&self.dir)
@@ -137,6 +183,19 @@ impl PrefetchSpool {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// A fetching marker older than this is left over (a fetch gives up well before).
+pub const MARK_STALE: Duration = Duration::from_secs(120);
+
+/// Removes its fetching marker when dropped (also when the fetch is cancelled).
+#[derive(Debug)]
+pub struct FetchingMark(PathBuf);
+
+impl Drop for FetchingMark {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
     }
 }
 
@@ -159,6 +218,7 @@ pub async fn run_prefetcher(
     seg_size: u64,
     opts: &PrefetchOptions,
 ) -> Result<()> {
+    spool.clear_marks();
     let mut last_seen: Option<WalFileName> = None;
     let mut idle_since = Instant::now();
     loop {
@@ -192,6 +252,7 @@ pub async fn run_prefetcher(
         let mut results = futures::stream::iter(wanted)
             .map(|name| async move {
                 let path = spool.dir().join(name.to_string());
+                let _mark = spool.mark_fetching(&name);
                 let r = get_wal_file_to(repo, cluster, &name, &path).await;
                 (name, r)
             })
@@ -210,5 +271,80 @@ pub async fn run_prefetcher(
         if !fetched_any {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(n: u64) -> WalFileName {
+        format!("00000001{:08X}{:08X}", n >> 8, n & 0xff)
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn archive_get_waits_for_the_prefetchers_fetch_of_the_same_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        let name = seg(5);
+        // Nothing being fetched: no wait.
+        let started = Instant::now();
+        assert!(!spool.wait_if_fetching(&name, Duration::from_secs(5)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Being fetched: the wait ends when the file lands, and take serves it.
+        let mark = spool.mark_fetching(&name);
+        let writer = {
+            let path = spool.dir().join(name.to_string());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                write_atomically(&path, b"segment").unwrap();
+                drop(mark);
+            })
+        };
+        let started = Instant::now();
+        assert!(spool.wait_if_fetching(&name, Duration::from_secs(5)));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        writer.join().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(spool.take(&name, &dest).unwrap());
+        assert_eq!(fs::read(&dest).unwrap(), b"segment");
+        assert!(
+            !spool.fetching_path(&name).exists(),
+            "the marker goes with its guard"
+        );
+    }
+
+    #[test]
+    fn a_fetch_that_fails_or_a_leftover_marker_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        let name = seg(6);
+        // The prefetcher's fetch fails: its marker goes, the wait ends without a file.
+        let mark = spool.mark_fetching(&name);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(mark);
+        });
+        let started = Instant::now();
+        assert!(!spool.wait_if_fetching(&name, Duration::from_secs(5)));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        t.join().unwrap();
+        // A marker left by a killed prefetcher is stale once old enough, and cleared at start.
+        let leftover = spool.mark_fetching(&name);
+        std::mem::forget(leftover);
+        let old = std::time::SystemTime::now() - MARK_STALE - Duration::from_secs(1);
+        fs::File::options()
+            .write(true)
+            .open(spool.fetching_path(&name))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let started = Instant::now();
+        assert!(!spool.wait_if_fetching(&name, Duration::from_secs(5)));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        spool.clear_marks();
+        assert!(!spool.fetching_path(&name).exists());
     }
 }
