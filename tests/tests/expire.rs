@@ -11,6 +11,13 @@ fn info(env: &TestEnv) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The report of `gc --grace 0s --dry-run`.
+fn gc_dry_run(env: &TestEnv) -> serde_json::Value {
+    let out = env.pgbunker(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
+    assert_success(&out, "gc --dry-run");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn expire_follows_policy_and_pins_and_the_rest_restores() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
@@ -204,9 +211,7 @@ fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable(
 
     let packs = env.path().join("repo/packs");
     let before = dir_size(&packs);
-    let dry = env.pgbunker(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
-    assert_success(&dry, "gc --dry-run");
-    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let dry = gc_dry_run(&env);
     assert!(
         !dry["swept"].as_array().unwrap().is_empty(),
         "something to reclaim: {dry:#}"
@@ -326,9 +331,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
         "info shows most pack bytes reclaimable once the old backups expired: {before:#}"
     );
 
-    let dry = env.pgbunker(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
-    assert_success(&dry, "gc --dry-run");
-    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let dry = gc_dry_run(&env);
     assert!(
         !dry["repacked"].as_array().unwrap().is_empty(),
         "partly live packs are to be repacked: {dry:#}"

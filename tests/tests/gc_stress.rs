@@ -114,6 +114,14 @@ fn utc_now_text(pg: &Instance) -> String {
     .unwrap()
 }
 
+/// Restores with `args` into a new instance `name`, starts it, and returns its highest mark
+/// (the instance stops again before this returns).
+fn restored_mark(env: &TestEnv, name: &str, args: &[&str]) -> i64 {
+    let r = env.restore_and_start_with(name, args, false);
+    let _stop = StopOnDrop(&r);
+    max_mark(&r)
+}
+
 fn max_mark(inst: &Instance) -> i64 {
     inst.psql(
         "postgres",
@@ -482,7 +490,8 @@ fn gc_under_load(backend: Backend) {
     }
     for t in chosen {
         let name = format!("r{}", t.mark);
-        let r = env.restore_and_start_with(
+        let restored = restored_mark(
+            &env,
             &name,
             &[
                 "--backup",
@@ -492,23 +501,18 @@ fn gc_under_load(backend: Backend) {
                 "--target-action",
                 "promote",
             ],
-            false,
         );
-        let stop_r = StopOnDrop(&r);
         assert_eq!(
-            max_mark(&r),
-            t.mark,
+            restored, t.mark,
             "backup {} restored to {} has exactly marks 1..={}",
-            t.id,
-            t.target,
-            t.mark
+            t.id, t.target, t.mark
         );
-        drop(stop_r);
         phase(&format!("backup {} restored to its target", t.id));
     }
     // The oldest retained one also to its own consistency point: the marks before it only.
     let oldest = expected[0];
-    let r = env.restore_and_start_with(
+    let restored = restored_mark(
+        &env,
         "oldest_immediate",
         &[
             "--backup",
@@ -518,16 +522,13 @@ fn gc_under_load(backend: Backend) {
             "--target-action",
             "promote",
         ],
-        false,
     );
-    let stop_r = StopOnDrop(&r);
     assert_eq!(
-        max_mark(&r),
+        restored,
         oldest.mark - 1,
         "backup {} restored to its consistency point",
         oldest.id
     );
-    drop(stop_r);
     phase("done");
 }
 

@@ -19,7 +19,6 @@ use crate::repo::{layout, Repository};
 use crate::storage::StorageError;
 use crate::types::WalFileName;
 
-/// Fetches, authenticates and decompresses one WAL file.
 /// A WAL file's sealed object as fetched, with what its pointer says about it.
 struct Fetched {
     pointer: WalPointer,
@@ -94,10 +93,10 @@ pub async fn get_wal_file(repo: &Repository, cluster: &str, name: &WalFileName) 
     let context = wal_context(cluster, name);
     let name = name.clone();
     run_cpu(move || -> Result<Vec<u8>> {
-        let plain = codec
-            .open(ObjectKind::Wal, &fetched.id, &context, &fetched.sealed)
+        let (plain, id) = codec
+            .open_with_id(ObjectKind::Wal, &fetched.id, &context, &fetched.sealed)
             .map_err(|e| Error::corrupt(fetched.data_key.clone(), e.to_string()))?;
-        fetched.check(&name, plain.len() as u64, &codec.content_id(&plain), &plain)?;
+        fetched.check(&name, plain.len() as u64, &id, &plain)?;
         Ok(plain)
     })
     .await

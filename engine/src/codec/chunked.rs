@@ -24,10 +24,10 @@
 //!   duplicated or truncated chunks, altered lengths, and chunks spliced in from another
 //!   object all fail authentication. There is always at least one chunk (the last).
 //!
-//! Opening into memory authenticates every chunk before allocating the output, so sizes come
-//! only from authenticated lengths. Opening into a sink (archive-get writing a temp file)
-//! handles one chunk per task, at most one part each, and the caller discards everything when
-//! any chunk fails.
+//! Opening handles one chunk per task: authenticate, decompress into at most one part, hash,
+//! hand the part to a sink (archive-get writes it into a temp file; opening into memory
+//! appends it to a buffer that grows only with authenticated parts). The caller discards
+//! everything when any chunk fails.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -209,40 +209,6 @@ impl Codec {
         }
     }
 
-    /// Opens the body of a version 2 envelope whose header was checked by the caller.
-    pub(super) fn open_chunked(
-        &self,
-        key: &[u8; 32],
-        header: &[u8],
-        object_aad: &[u8],
-        body: &[u8],
-    ) -> Result<Vec<u8>, CodecError> {
-        let chunks = self.split_chunks(body)?;
-        let count = chunks.len();
-        // Authenticate (and decrypt) every chunk first, so sizes come only from authenticated
-        // lengths.
-        let plains: Vec<Vec<u8>> = chunks
-            .par_iter()
-            .enumerate()
-            .map(|(i, c)| self.open_chunk(key, header, object_aad, (i, count), c))
-            .collect::<Result<_, _>>()?;
-        let compressed = header[6] == 1;
-        let total: usize = chunks.iter().map(|c| c.plain_len).sum();
-        let mut out = vec![0u8; total];
-        let mut slots = Vec::with_capacity(count);
-        let mut rest = out.as_mut_slice();
-        for c in &chunks {
-            let (slot, tail) = rest.split_at_mut(c.plain_len);
-            slots.push(slot);
-            rest = tail;
-        }
-        slots
-            .into_par_iter()
-            .zip(plains.par_iter())
-            .try_for_each(|(slot, payload)| Self::unpack_chunk(compressed, payload, slot))?;
-        Ok(out)
-    }
-
     /// Opens a version 2 body into `sink`, one part per task: authenticate, decompress into a
     /// buffer of at most one part, hash it (a BLAKE3 subtree), hand it to the sink. Returns the
     /// length and content id of the whole plaintext.
@@ -280,6 +246,34 @@ impl Codec {
             })
             .collect::<Result<Vec<_>, OpenToError>>()?;
         Ok((total as u64, tree_hash::merge(id_key, total, &hashes)))
+    }
+
+    /// Opens a version 2 body into memory: each authenticated part lands at its offset in a
+    /// buffer that grows only as far as parts have arrived.
+    pub(super) fn open_chunked_to_vec(
+        &self,
+        key: &[u8; 32],
+        header: &[u8],
+        object_aad: &[u8],
+        body: &[u8],
+    ) -> Result<(Vec<u8>, ContentId), CodecError> {
+        let out = std::sync::Mutex::new(Vec::new());
+        let sink = |offset: u64, bytes: &[u8]| {
+            let start = offset as usize;
+            let mut out = out.lock().expect("output lock");
+            if out.len() < start + bytes.len() {
+                out.resize(start + bytes.len(), 0);
+            }
+            out[start..start + bytes.len()].copy_from_slice(bytes);
+            Ok(())
+        };
+        let (_, id) = self
+            .open_chunked_to(key, header, object_aad, body, &sink)
+            .map_err(|e| match e {
+                OpenToError::Codec(e) => e,
+                OpenToError::Sink(e) => unreachable!("a memory sink does not fail: {e}"),
+            })?;
+        Ok((out.into_inner().expect("output lock"), id))
     }
 
     fn split_chunks<'a>(&self, mut body: &'a [u8]) -> Result<Vec<RawChunk<'a>>, CodecError> {
@@ -320,17 +314,8 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::MasterSecret;
+    use crate::codec::tests::codec;
     use rand::RngCore;
-
-    fn codec(encrypted: bool) -> Codec {
-        Codec::new(
-            "repo-a",
-            MasterSecret::from_bytes([9; 32]).derive(),
-            encrypted,
-            1,
-        )
-    }
 
     /// Byte ranges of the chunks of a sealed object (each: lengths, payload, tag).
     fn chunk_ranges(c: &Codec, sealed: &[u8]) -> Vec<std::ops::Range<usize>> {

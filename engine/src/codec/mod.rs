@@ -255,9 +255,28 @@ impl Codec {
         let (key, aad) = self.check_header(kind, id, context, sealed)?;
         let (header, body) = sealed.split_at(HEADER_LEN);
         if header[4] == chunked::VERSION {
-            return self.open_chunked(&key, header, &aad, body);
+            return Ok(self.open_chunked_to_vec(&key, header, &aad, body)?.0);
         }
         self.open_single(&key, header, &aad, body)
+    }
+
+    /// Opens an envelope into memory and also returns the plaintext's keyed content id
+    /// (computed part by part while opening a chunked envelope).
+    pub fn open_with_id(
+        &self,
+        kind: ObjectKind,
+        id: &ContentId,
+        context: &[u8],
+        sealed: &[u8],
+    ) -> Result<(Vec<u8>, ContentId), CodecError> {
+        let (key, aad) = self.check_header(kind, id, context, sealed)?;
+        let (header, body) = sealed.split_at(HEADER_LEN);
+        if header[4] == chunked::VERSION {
+            return self.open_chunked_to_vec(&key, header, &aad, body);
+        }
+        let plain = self.open_single(&key, header, &aad, body)?;
+        let id = self.content_id(&plain);
+        Ok((plain, id))
     }
 
     /// Opens an envelope piece by piece: `sink(offset, bytes)` receives the plaintext (in any
@@ -378,11 +397,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crypto::MasterSecret;
 
-    fn codec(encrypted: bool) -> Codec {
+    /// A codec over a fixed master secret, for the codec's tests.
+    pub(crate) fn codec(encrypted: bool) -> Codec {
         Codec::new(
             "repo-a",
             MasterSecret::from_bytes([9; 32]).derive(),
