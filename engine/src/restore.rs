@@ -555,7 +555,7 @@ fn locate(index: &BlockIndex, f: &FileEntry, i: usize) -> Result<IndexEntry> {
     let id = f.blocks[i]
         .0
         .ok_or_else(|| Error::corrupt(f.path.clone(), "a zero block has no location"))?;
-    index.get(&id).copied().ok_or_else(|| {
+    index.get(&id).ok_or_else(|| {
         Error::corrupt(
             f.path.clone(),
             format!("block {} is not indexed", id.to_hex()),

@@ -169,9 +169,9 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         .map(|p| (layout::pack(p).to_string(), *p))
         .collect();
     let all_indexed: HashSet<String> = index
-        .ids()
-        .filter_map(|id| index.get(id))
-        .map(|e| layout::pack(&e.pack_id).to_string())
+        .pack_ids()
+        .iter()
+        .map(|p| layout::pack(p).to_string())
         .collect();
     for key in &present {
         if !all_indexed.contains(key) {

@@ -23,9 +23,18 @@ use crate::repo::{layout, Repository};
 /// size) to `each`: the one way the index is read, whatever a reader keeps of it.
 pub async fn for_each_index_segment(
     repo: &Repository,
-    mut each: impl FnMut(Vec<IndexEntry>, u64),
+    each: impl FnMut(Vec<IndexEntry>, u64),
 ) -> Result<usize> {
     let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+    for_each_listed_segment(repo, keys, each).await
+}
+
+/// [`for_each_index_segment`] over segments already listed.
+async fn for_each_listed_segment(
+    repo: &Repository,
+    keys: Vec<crate::storage::ObjectInfo>,
+    mut each: impl FnMut(Vec<IndexEntry>, u64),
+) -> Result<usize> {
     let listed = keys.len();
     let mut segments = futures::stream::iter(keys)
         .map(|o| async move {
@@ -42,23 +51,110 @@ pub async fn for_each_index_segment(
     Ok(listed)
 }
 
-/// Indexed blocks: id → location. About 130 bytes per block in memory (80-byte entry plus
-/// hash map overhead). [`BlockIndex::load`] holds every block of the repository (verify);
-/// [`BlockIndex::load_for`] only the blocks of one backup (restore), so a restore's memory
-/// follows the backup's size, not the repository's.
+/// An upper bound on the entries of listed index segments, to size a vector once: an entry's
+/// block id is 32 random bytes, which no compression shrinks, so a segment holds at most
+/// one entry per 32 sealed bytes (in practice about 40).
+fn max_entries(keys: &[crate::storage::ObjectInfo]) -> usize {
+    keys.iter().map(|o| (o.size / 32) as usize).sum()
+}
+
+/// Where a block is, compactly: 20 bytes, its pack named by number (see [`BlockIndex`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Location {
+    pack: u32,
+    offset: [u32; 2],
+    sealed_len: u32,
+    raw_len: u32,
+}
+
+impl Location {
+    /// Wanted (by [`BlockIndex::load_for`]) but in no index segment so far.
+    const NOWHERE: Location = Location {
+        pack: u32::MAX,
+        offset: [0; 2],
+        sealed_len: 0,
+        raw_len: 0,
+    };
+
+    fn is_somewhere(&self) -> bool {
+        self.pack != u32::MAX
+    }
+}
+
+/// Indexed blocks: id → location, as one vector sorted by id (52 bytes per block: the id and
+/// a 20-byte [`Location`] whose pack is a number into a table of pack ids), looked up by
+/// binary search. A hash map of full [`IndexEntry`] values cost about 130 bytes per block.
+/// [`BlockIndex::load`] holds every block of the repository (verify); [`BlockIndex::load_for`]
+/// only the blocks of one backup (restore), so a restore's memory follows the backup's size,
+/// not the repository's.
 #[derive(Debug, Default)]
 pub struct BlockIndex {
-    /// `None`: wanted (by `load_for`) but in no index segment.
-    map: HashMap<ContentId, Option<IndexEntry>>,
+    entries: Vec<(ContentId, Location)>,
+    packs: Vec<[u8; 32]>,
+}
+
+/// Numbers pack ids while an index is filled.
+#[derive(Default)]
+struct PackNumbers {
+    numbers: HashMap<[u8; 32], u32>,
+    packs: Vec<[u8; 32]>,
+}
+
+impl PackNumbers {
+    fn locate(&mut self, e: &IndexEntry) -> Location {
+        let next = self.packs.len() as u32;
+        let pack = *self.numbers.entry(e.pack_id).or_insert(next);
+        if pack == next {
+            self.packs.push(e.pack_id);
+        }
+        Location {
+            pack,
+            offset: [e.entry.offset as u32, (e.entry.offset >> 32) as u32],
+            sealed_len: e.entry.sealed_len,
+            raw_len: e.entry.raw_len,
+        }
+    }
 }
 
 impl BlockIndex {
     /// Loads every index segment (in parallel). Where a block is in two packs (a gc repack
     /// copied it), the copy in a pack gc has not condemned wins.
     pub async fn load(repo: &Repository) -> Result<Self> {
-        let mut index = BlockIndex::default();
-        index.fill(repo, true).await?;
-        Ok(index)
+        let condemned = crate::gc::condemned_packs(repo).await?;
+        let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+        let mut all = Vec::with_capacity(max_entries(&keys));
+        let mut numbers = PackNumbers::default();
+        for_each_listed_segment(repo, keys, |entries, _| {
+            all.extend(
+                entries
+                    .iter()
+                    .map(|e| (e.entry.block_id, numbers.locate(e))),
+            );
+        })
+        .await?;
+        // In place (a stable sort would borrow half the vector again); which of two copies
+        // outside condemned packs is kept does not matter.
+        all.sort_unstable_by_key(|e| e.0);
+        let packs = numbers.packs;
+        let condemned_at = |l: &Location| condemned.contains(&packs[l.pack as usize]);
+        // Keep one copy per block: one outside a condemned pack if there is one.
+        let mut kept: usize = 0;
+        for i in 0..all.len() {
+            if kept > 0 && all[kept - 1].0 == all[i].0 {
+                if condemned_at(&all[kept - 1].1) && !condemned_at(&all[i].1) {
+                    all[kept - 1] = all[i];
+                }
+                continue;
+            }
+            all[kept] = all[i];
+            kept += 1;
+        }
+        all.truncate(kept);
+        all.shrink_to_fit();
+        Ok(BlockIndex {
+            entries: all,
+            packs,
+        })
     }
 
     /// Loads the locations of the blocks `m` references, and only those.
@@ -66,49 +162,54 @@ impl BlockIndex {
         repo: &Repository,
         m: &crate::backup::manifest::Manifest,
     ) -> Result<Self> {
-        let mut map = HashMap::new();
-        for f in &m.files {
-            for id in f.blocks.iter().filter_map(|b| b.0) {
-                map.insert(id, None);
-            }
-        }
-        let mut index = BlockIndex { map };
-        index.fill(repo, false).await?;
-        Ok(index)
-    }
-
-    /// Reads every segment; `all`: keep every block, else only blocks already in the map.
-    async fn fill(&mut self, repo: &Repository, all: bool) -> Result<()> {
+        let mut wanted: Vec<(ContentId, Location)> = m
+            .files
+            .iter()
+            .flat_map(|f| f.blocks.iter().filter_map(|b| b.0))
+            .map(|id| (id, Location::NOWHERE))
+            .collect();
+        wanted.sort_unstable_by_key(|e| e.0);
+        wanted.dedup_by(|a, b| a.0 == b.0);
+        wanted.shrink_to_fit();
         let condemned = crate::gc::condemned_packs(repo).await?;
-        let map = &mut self.map;
+        let mut numbers = PackNumbers::default();
         for_each_index_segment(repo, |entries, _| {
             for e in entries {
-                let slot = match map.get_mut(&e.entry.block_id) {
-                    Some(slot) => slot,
-                    None if all => map.entry(e.entry.block_id).or_insert(None),
-                    None => continue,
+                let Ok(i) = wanted.binary_search_by(|w| w.0.cmp(&e.entry.block_id)) else {
+                    continue;
                 };
+                let slot = &mut wanted[i].1;
                 // First copy found, or a copy outside a condemned pack replacing one inside.
-                if slot
-                    .as_ref()
-                    .is_none_or(|cur| condemned.contains(&cur.pack_id))
-                {
-                    *slot = Some(e);
+                if !slot.is_somewhere() || condemned.contains(&numbers.packs[slot.pack as usize]) {
+                    *slot = numbers.locate(&e);
                 }
             }
         })
         .await?;
-        Ok(())
+        Ok(BlockIndex {
+            entries: wanted,
+            packs: numbers.packs,
+        })
     }
 
     /// Where a block is.
-    pub fn get(&self, id: &ContentId) -> Option<&IndexEntry> {
-        self.map.get(id).and_then(Option::as_ref)
+    pub fn get(&self, id: &ContentId) -> Option<IndexEntry> {
+        let i = self.entries.binary_search_by(|e| e.0.cmp(id)).ok()?;
+        let l = self.entries[i].1;
+        l.is_somewhere().then(|| IndexEntry {
+            pack_id: self.packs[l.pack as usize],
+            entry: crate::pack::PackEntry {
+                block_id: *id,
+                offset: u64::from(l.offset[0]) | u64::from(l.offset[1]) << 32,
+                sealed_len: l.sealed_len,
+                raw_len: l.raw_len,
+            },
+        })
     }
 
     /// Number of blocks located.
     pub fn len(&self) -> usize {
-        self.map.values().filter(|e| e.is_some()).count()
+        self.located().count()
     }
 
     /// True when no block is located.
@@ -116,31 +217,42 @@ impl BlockIndex {
         self.len() == 0
     }
 
-    /// The ids of the blocks located.
-    pub fn ids(&self) -> impl Iterator<Item = &ContentId> {
-        self.map
-            .iter()
-            .filter(|(_, e)| e.is_some())
-            .map(|(id, _)| id)
+    /// The packs holding located blocks.
+    pub fn pack_ids(&self) -> std::collections::HashSet<[u8; 32]> {
+        self.located()
+            .map(|(_, l)| self.packs[l.pack as usize])
+            .collect()
+    }
+
+    fn located(&self) -> impl Iterator<Item = &(ContentId, Location)> {
+        self.entries.iter().filter(|(_, l)| l.is_somewhere())
     }
 }
 
-/// Block ids known to the repository or already queued by this backup.
+/// Block ids known to the repository or already claimed by this backup.
+///
+/// Memory: the repository's blocks as one sorted vector (32 bytes each, sized once from the
+/// index segments' listed sizes), plus a hash set of the blocks this backup claims (about
+/// 50 bytes each: for a first full backup, every block).
 #[derive(Debug, Default)]
-pub struct KnownBlocks(Mutex<std::collections::HashSet<ContentId>>);
+pub struct KnownBlocks {
+    stored: Vec<ContentId>,
+    claimed: Mutex<std::collections::HashSet<ContentId>>,
+}
 
 impl KnownBlocks {
     /// Every indexed block outside the packs GC condemned, read segment by segment: a backup
-    /// needs only the ids, so it never holds the whole index (about a third of the memory).
+    /// needs only the ids, so it never holds the whole index.
     /// A backup must never start depending on a pack that may be deleted: blocks only found
     /// in condemned packs are stored again.
     pub async fn load_excluding(
         repo: &Repository,
         condemned: &std::collections::HashSet<[u8; 32]>,
     ) -> Result<Self> {
-        let mut ids = std::collections::HashSet::new();
-        for_each_index_segment(repo, |entries, _| {
-            ids.extend(
+        let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+        let mut stored = Vec::with_capacity(max_entries(&keys));
+        for_each_listed_segment(repo, keys, |entries, _| {
+            stored.extend(
                 entries
                     .iter()
                     .filter(|e| !condemned.contains(&e.pack_id))
@@ -148,12 +260,19 @@ impl KnownBlocks {
             );
         })
         .await?;
-        Ok(KnownBlocks(Mutex::new(ids)))
+        stored.sort_unstable();
+        stored.dedup();
+        stored.shrink_to_fit();
+        Ok(KnownBlocks {
+            stored,
+            claimed: Mutex::default(),
+        })
     }
 
     /// Claims a block: true if it was unknown (the caller must store it).
     pub fn claim(&self, id: ContentId) -> bool {
-        self.0.lock().expect("known blocks lock").insert(id)
+        self.stored.binary_search(&id).is_err()
+            && self.claimed.lock().expect("known blocks lock").insert(id)
     }
 }
 
@@ -249,5 +368,40 @@ impl Packer {
             self.written.push((pack_id, len, pack.entries));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::PackEntry;
+
+    #[test]
+    fn compact_locations_keep_every_field_even_offsets_beyond_4_gib() {
+        assert_eq!(std::mem::size_of::<Location>(), 20);
+        let mut numbers = PackNumbers::default();
+        let entries: Vec<IndexEntry> = (0..3u8)
+            .map(|i| IndexEntry {
+                pack_id: [i % 2; 32],
+                entry: PackEntry {
+                    block_id: ContentId([i; 32]),
+                    offset: (5u64 << 32) + u64::from(i) * 1000 + 123,
+                    sealed_len: 9 + u32::from(i),
+                    raw_len: 65536 - u32::from(i),
+                },
+            })
+            .collect();
+        let index = BlockIndex {
+            entries: entries
+                .iter()
+                .map(|e| (e.entry.block_id, numbers.locate(e)))
+                .collect(),
+            packs: numbers.packs,
+        };
+        assert_eq!(index.packs.len(), 2, "pack ids are numbered once each");
+        for e in &entries {
+            assert_eq!(index.get(&e.entry.block_id), Some(*e));
+        }
+        assert_eq!(index.get(&ContentId([9; 32])), None);
     }
 }

@@ -98,6 +98,16 @@ impl<'de> Deserialize<'de> for BlockRef {
     }
 }
 
+/// Parses a block list without the spare capacity a growing vector leaves (up to half of it):
+/// a manifest in memory costs 33 bytes per block, not up to 66.
+fn blocks_exact<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<BlockRef>, D::Error> {
+    let mut blocks = Vec::<BlockRef>::deserialize(d)?;
+    blocks.shrink_to_fit();
+    Ok(blocks)
+}
+
 /// A file and its blocks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -114,6 +124,7 @@ pub struct FileEntry {
     /// Group.
     pub gid: u32,
     /// Block ids in order; zero for an all-zero block.
+    #[serde(deserialize_with = "blocks_exact")]
     pub blocks: Vec<BlockRef>,
     /// BLAKE3 (unkeyed) of the whole file as stored, checked after restore.
     pub checksum: String,
@@ -208,16 +219,19 @@ fn context(cluster: &str, id: &str) -> Vec<u8> {
     format!("{cluster}/{id}").into_bytes()
 }
 
-/// Seals and writes a manifest (create-only: a backup id is never reused).
+/// Seals and writes a manifest (create-only: a backup id is never reused). The JSON is
+/// streamed into the compressor: only the compressed form is ever in memory.
 pub async fn save(repo: &Repository, m: &Manifest) -> Result<()> {
-    let plain = serde_json::to_vec(m).expect("manifest serialises");
-    let sealed = repo.codec().seal(
-        ObjectKind::Manifest,
-        &ContentId([0; 32]),
-        &context(&m.cluster, &m.id),
-        &plain,
-        3,
-    );
+    let sealed = repo
+        .codec()
+        .seal_streamed(
+            ObjectKind::Manifest,
+            &ContentId([0; 32]),
+            &context(&m.cluster, &m.id),
+            3,
+            |w| serde_json::to_writer(w, m).map_err(std::io::Error::other),
+        )
+        .map_err(|e| Error::InvalidInput(format!("serialising manifest {}: {e}", m.id)))?;
     match repo
         .storage()
         .put_create(&layout::backup_manifest(&m.cluster, &m.id), sealed.into())
@@ -242,16 +256,26 @@ pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest
         }
         Err(e) => return Err(e.into()),
     };
-    let plain = repo
-        .codec()
-        .open(
-            ObjectKind::Manifest,
-            &ContentId([0; 32]),
-            &context(cluster, id),
-            &sealed,
-        )
-        .map_err(|e| Error::corrupt(key.to_string(), e.to_string()))?;
-    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(key.to_string(), e.to_string()))
+    // Authenticated and decrypted in place, then parsed while it decompresses: the JSON is
+    // never in memory whole.
+    let key_text = key.to_string();
+    tokio::task::spawn_blocking({
+        let codec = repo.codec().clone();
+        let context = context(cluster, id);
+        move || {
+            let plain = codec
+                .open_streamed(
+                    ObjectKind::Manifest,
+                    &ContentId([0; 32]),
+                    &context,
+                    Vec::from(sealed),
+                )
+                .map_err(|e| Error::corrupt(key_text.clone(), e.to_string()))?;
+            serde_json::from_reader(plain).map_err(|e| Error::corrupt(key_text, e.to_string()))
+        }
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
 }
 
 /// Names of the clusters a repository holds.

@@ -325,26 +325,22 @@ async fn backup_with_lease(
 ) -> Result<Manifest> {
     let condemned = crate::gc::condemned_packs(repo).await?;
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
-    let reference_files: HashMap<String, FileEntry> = reference
-        .as_ref()
-        .map(|r| {
-            r.files
-                .iter()
-                .map(|f| (f.path.clone(), f.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let reference_start_ns = reference
-        .as_ref()
-        .and_then(|r| {
-            time::OffsetDateTime::parse(
+    // The reference's file entries move into a map that each file's lookup empties, so an
+    // incremental holds one file list at a time, not the reference's and its own.
+    let (reference_id, reference_start_ns, reference_files) = match reference {
+        Some(r) => {
+            let start_ns = time::OffsetDateTime::parse(
                 &r.start_time,
                 &time::format_description::well_known::Rfc3339,
             )
-            .ok()
-        })
-        .map(|t| t.unix_timestamp_nanos() as i64)
-        .unwrap_or(0);
+            .map(|t| t.unix_timestamp_nanos() as i64)
+            .unwrap_or(0);
+            let files: HashMap<String, FileEntry> =
+                r.files.into_iter().map(|f| (f.path.clone(), f)).collect();
+            (Some(r.id), start_ns, files)
+        }
+        None => (None, 0, HashMap::new()),
+    };
 
     let start_time = now_rfc3339();
     let label = format!("pgbunker backup {id}");
@@ -424,7 +420,7 @@ async fn backup_with_lease(
         let block_tx = block_tx.clone();
         let block_size = opts.block_size;
         let level = opts.compress_level;
-        let reference_files = Arc::new(reference_files);
+        let reference_files = Arc::new(std::sync::Mutex::new(reference_files));
         let stream = futures::stream::poll_fn(|cx| entry_rx.poll_recv(cx))
             .filter_map(|e| {
                 let is_dir = e.kind == EntryKind::Dir;
@@ -444,7 +440,7 @@ async fn backup_with_lease(
                 let sink = block_tx.clone();
                 let refs = reference_files.clone();
                 async move {
-                    let parent = refs.get(&e.path).cloned();
+                    let parent = refs.lock().expect("reference files lock").remove(&e.path);
                     if let (Some(p), EntryKind::File { size, mtime_ns }, false) =
                         (&parent, &e.kind, checksum_delta)
                     {
@@ -452,7 +448,7 @@ async fn backup_with_lease(
                             && p.mtime_ns == *mtime_ns
                             && *mtime_ns < reference_start_ns - MTIME_SAFETY_NS
                         {
-                            let mut unchanged = p.clone();
+                            let mut unchanged = parent.expect("matched above");
                             unchanged.mode = e.mode;
                             unchanged.uid = e.uid;
                             unchanged.gid = e.gid;
@@ -575,7 +571,7 @@ async fn backup_with_lease(
         format: MANIFEST_FORMAT,
         id,
         backup_type,
-        reference: reference.map(|r| r.id),
+        reference: reference_id,
         cluster: opts.cluster.clone(),
         system_identifier: control.system_identifier.to_string(),
         pg_version_num: session.version_num,

@@ -25,7 +25,8 @@
 //!
 //! Small objects (blocks, manifests, index segments) are sealed in one piece. Large ones on
 //! the latency path (WAL segments) use version 2, whose parts are hashed, compressed,
-//! encrypted and opened on every core.
+//! encrypted and opened on every core. Manifests, which grow with the database, are written
+//! and read as streams (see `streamed`) so their plaintext is never in memory whole.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -35,7 +36,10 @@ use crate::crypto::{ContentId, RepoKeys};
 
 mod chunked;
 pub mod compression;
+mod streamed;
 pub mod tree_hash;
+
+pub use streamed::PlainReader;
 
 const MAGIC: &[u8; 4] = b"PGBK";
 /// The envelope version of objects sealed in one piece.

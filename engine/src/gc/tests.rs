@@ -259,3 +259,72 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
     }
     panic!("never got a copy whose name sorts before its source");
 }
+
+#[tokio::test]
+async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_the_rest_again() {
+    use crate::backup::blockstore::KnownBlocks;
+    let repo = repo().await;
+    let a = pack_of(&repo, 0..4).await;
+    let pack_a = pack_names(&repo).await;
+    let b = pack_of(&repo, 2..6).await;
+    let pack_b: Vec<String> = pack_names(&repo)
+        .await
+        .into_iter()
+        .filter(|n| !pack_a.contains(n))
+        .collect();
+    let (id_a, id_b) = (
+        state::pack_id(&pack_a[0]).unwrap(),
+        state::pack_id(&pack_b[0]).unwrap(),
+    );
+    let unindexed = repo.codec().content_id(b"in no pack");
+    for (condemned, other) in [(id_a, id_b), (id_b, id_a)] {
+        let mut st = GcState::default();
+        st.condemned.insert(hex::encode(condemned), 0);
+        let (_, version) = state::read_state(&repo).await.unwrap();
+        state::write_state(&repo, &st, version.as_ref(), "test")
+            .await
+            .unwrap();
+
+        let index = BlockIndex::load(&repo).await.unwrap();
+        assert_eq!(index.len(), 6);
+        for shared in &b[..2] {
+            assert_eq!(index.get(shared).unwrap().pack_id, other, "shared block");
+        }
+        assert_eq!(index.get(&a[0]).unwrap().pack_id, id_a);
+        assert_eq!(index.get(&b[3]).unwrap().pack_id, id_b);
+        assert!(index.get(&unindexed).is_none());
+        assert_eq!(index.pack_ids().len(), 2);
+
+        let mut refs = vec![a[0], b[0], unindexed];
+        refs.extend_from_slice(&b[..1]);
+        let m = crate::test_support::manifest(
+            "20261124-000000F",
+            "0/1000000",
+            "0/1000100",
+            "2026-11-24T00:00:01Z",
+            &refs,
+        );
+        let some = BlockIndex::load_for(&repo, &m).await.unwrap();
+        assert_eq!(
+            some.len(),
+            2,
+            "two located, the unindexed one wanted but nowhere"
+        );
+        assert_eq!(some.get(&b[0]).unwrap().pack_id, other);
+        assert_eq!(some.get(&a[0]), index.get(&a[0]));
+        assert!(some.get(&unindexed).is_none() && some.get(&b[3]).is_none());
+
+        let known = KnownBlocks::load_excluding(&repo, &[condemned].into())
+            .await
+            .unwrap();
+        let only_in_condemned = if condemned == id_a { a[0] } else { b[3] };
+        let only_in_other = if condemned == id_a { b[3] } else { a[0] };
+        assert!(
+            known.claim(only_in_condemned),
+            "stored again, not reused from {condemned:?}"
+        );
+        assert!(!known.claim(only_in_condemned), "claimed once");
+        assert!(!known.claim(b[0]) && !known.claim(only_in_other));
+        assert!(known.claim(unindexed) && !known.claim(unindexed));
+    }
+}
