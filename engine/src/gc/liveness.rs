@@ -8,16 +8,16 @@
 //! referenced block it holds has another holder. Condemning one pack at a time and updating the
 //! counts as we go is what keeps two copies of a block from both being condemned in one run.
 //!
-//! Memory: every index entry of every pack (48 bytes, grouped by pack), one hash map entry per
-//! distinct referenced block (about 45 bytes), and one manifest at a time while it is read
-//! (sealed, JSON and parsed forms at once). Measured (`benches/gc_scale.sh`): about 240 bytes
-//! of peak RSS per block, so a repository of 10 million distinct 64 KiB blocks (640 GB of
-//! unique data) needs about 2.4 GB to mark. Streaming manifests is the next step.
+//! Memory: every index entry of every pack (48 bytes, grouped by pack), 36 bytes per distinct
+//! referenced block (see [`Holders`]), and one manifest at a time while it is read (its
+//! compressed form and its parsed form, 33 bytes per block; the JSON is streamed). See the
+//! README's benchmarks for the peak RSS per block measured with `benches/gc_scale.sh`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
 
+use super::holders::Holders;
 use crate::backup::blockstore::for_each_index_segment;
 use crate::backup::manifest;
 use crate::crypto::ContentId;
@@ -42,7 +42,7 @@ pub struct RepoUsage {
     /// Every pack in the repository.
     pub packs: BTreeMap<[u8; 32], PackUsage>,
     /// Referenced block → number of holders (see the module docs).
-    holders: HashMap<ContentId, u32>,
+    holders: Holders,
     /// Objects listed to build this.
     pub objects_listed: usize,
     /// Bytes read (index segments and manifests).
@@ -114,11 +114,12 @@ impl RepoUsage {
             for id in manifest::list_ids(repo, &c).await? {
                 let m = manifest::load(repo, &c, &id).await?;
                 usage.manifests += 1;
-                for f in &m.files {
-                    for b in f.blocks.iter().filter_map(|b| b.0) {
-                        usage.holders.entry(b).or_insert(0);
-                    }
-                }
+                usage.holders.add_referenced(
+                    m.files
+                        .iter()
+                        .flat_map(|f| f.blocks.iter().filter_map(|b| b.0))
+                        .collect(),
+                );
             }
         }
         Ok(usage)
@@ -126,7 +127,7 @@ impl RepoUsage {
 
     /// True if a retained backup references the block.
     pub fn is_referenced(&self, id: &ContentId) -> bool {
-        self.holders.contains_key(id)
+        self.holders.position(id).is_some()
     }
 
     /// Distinct referenced blocks.
@@ -152,7 +153,7 @@ impl RepoUsage {
 
     /// Counts holders: every existing pack not in `condemned`.
     pub fn count_holders(&mut self, condemned: &HashSet<[u8; 32]>) {
-        self.holders.values_mut().for_each(|c| *c = 0);
+        self.holders.reset();
         for (id, p) in &self.packs {
             if condemned.contains(id) {
                 continue;
@@ -171,7 +172,7 @@ impl RepoUsage {
         self.packs.get(pack).map_or_else(Vec::new, |p| {
             p.entries
                 .iter()
-                .filter(|e| self.holders.get(&e.block_id) == Some(&1))
+                .filter(|e| self.holders.get(&e.block_id) == Some(1))
                 .copied()
                 .collect()
         })
@@ -183,7 +184,7 @@ impl RepoUsage {
         self.packs.get(pack).is_some_and(|p| {
             p.entries
                 .iter()
-                .any(|e| self.holders.get(&e.block_id) == Some(&0))
+                .any(|e| self.holders.get(&e.block_id) == Some(0))
         })
     }
 
@@ -219,7 +220,7 @@ impl RepoUsage {
         };
         if p.entries
             .iter()
-            .any(|e| self.holders.get(&e.block_id).is_some_and(|c| *c < 2))
+            .any(|e| self.holders.get(&e.block_id).is_some_and(|c| c < 2))
         {
             return false;
         }
@@ -233,7 +234,7 @@ impl RepoUsage {
 
     /// Pack space: total, referenced (each block once), reclaimable.
     pub fn space(&self) -> SpaceSummary {
-        let mut seen: HashSet<&ContentId> = HashSet::new();
+        let mut seen = self.holders.seen_marks();
         let mut s = SpaceSummary {
             packs: self.packs.len(),
             ..Default::default()
@@ -241,7 +242,12 @@ impl RepoUsage {
         for p in self.packs.values() {
             s.pack_bytes += p.size;
             for e in &p.entries {
-                if self.is_referenced(&e.block_id) && seen.insert(&e.block_id) {
+                let Some(i) = self.holders.position(&e.block_id) else {
+                    continue;
+                };
+                let (word, bit) = (i / 64, 1u64 << (i % 64));
+                if seen[word] & bit == 0 {
+                    seen[word] |= bit;
                     s.referenced_bytes += u64::from(e.sealed_len);
                 }
             }
@@ -276,9 +282,8 @@ mod tests {
                 },
             );
         }
-        for b in referenced {
-            u.holders.insert(ContentId([*b; 32]), 0);
-        }
+        u.holders
+            .add_referenced(referenced.iter().map(|b| ContentId([*b; 32])).collect());
         u.count_holders(&HashSet::new());
         u
     }

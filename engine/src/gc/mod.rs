@@ -43,6 +43,7 @@
 //! restore, drill or verify that located a block in a pack before it was condemned may read
 //! that pack for up to a grace period afterwards, so the grace period must outlast them too.
 
+mod holders;
 pub mod liveness;
 pub mod repack;
 pub mod state;
