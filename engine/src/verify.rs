@@ -89,25 +89,30 @@ fn slice_of(pack: &[u8; 32], t: u32) -> u32 {
 pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let index = BlockIndex::load(repo).await?;
-    let mut manifests: Vec<Manifest> = Vec::new();
-    let clusters = manifest::cluster_names(repo).await?;
-    for cluster in &clusters {
-        for id in manifest::list_ids(repo, cluster).await? {
-            match manifest::load(repo, cluster, &id).await {
-                Ok(m) => manifests.push(m),
-                Err(e) => report.problems.push(Problem {
-                    object: layout::backup_manifest(cluster, &id).to_string(),
-                    detail: e.to_string(),
-                    backups: vec![id.clone()],
-                }),
-            }
-        }
-    }
-    report.backups = manifests.len();
     // Which backups use which pack.
     let mut users: HashMap<[u8; 32], BTreeSet<String>> = HashMap::new();
     let mut views: HashMap<String, ArchiveView> = HashMap::new();
-    for m in &manifests {
+    // One manifest in memory at a time: a repository of many backups costs one backup's
+    // block list, not all of them.
+    let mut listed = Vec::new();
+    for cluster in manifest::cluster_names(repo).await? {
+        for id in manifest::list_ids(repo, &cluster).await? {
+            listed.push((cluster.clone(), id));
+        }
+    }
+    for (cluster, id) in listed {
+        let m: Manifest = match manifest::load(repo, &cluster, &id).await {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(Problem {
+                    object: layout::backup_manifest(&cluster, &id).to_string(),
+                    detail: e.to_string(),
+                    backups: vec![id.clone()],
+                });
+                continue;
+            }
+        };
+        report.backups += 1;
         let mut missing = 0usize;
         for f in &m.files {
             for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
