@@ -36,6 +36,7 @@ pub mod recovery;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod sorted;
 pub mod storage;
 pub mod types;
 pub mod verify;

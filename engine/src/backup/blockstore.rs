@@ -231,14 +231,21 @@ impl BlockIndex {
 
 /// Block ids known to the repository or already claimed by this backup.
 ///
-/// Memory: the repository's blocks as one sorted vector (32 bytes each, sized once from the
-/// index segments' listed sizes), plus a hash set of the blocks this backup claims (about
-/// 50 bytes each: for a first full backup, every block).
+/// Memory: one vector sorted by id (32 bytes per block: the repository's blocks, then this
+/// backup's as they are claimed) and a hash set of the latest claims, merged into the vector
+/// (see [`crate::sorted`]) whenever it reaches an eighth of it. About 40 bytes per block in
+/// all, where a hash set of every claim cost 75 bytes per block, 120 while it grew.
 #[derive(Debug, Default)]
-pub struct KnownBlocks {
-    stored: Vec<ContentId>,
-    claimed: Mutex<std::collections::HashSet<ContentId>>,
+pub struct KnownBlocks(Mutex<Known>);
+
+#[derive(Debug, Default)]
+struct Known {
+    sorted: Vec<ContentId>,
+    recent: std::collections::HashSet<ContentId>,
 }
+
+/// Claims held in the hash set before a merge, at least.
+const MIN_RECENT: usize = 1 << 16;
 
 impl KnownBlocks {
     /// Every indexed block outside the packs GC condemned, read segment by segment: a backup
@@ -250,9 +257,9 @@ impl KnownBlocks {
         condemned: &std::collections::HashSet<[u8; 32]>,
     ) -> Result<Self> {
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
-        let mut stored = Vec::with_capacity(max_entries(&keys));
+        let mut sorted = Vec::with_capacity(max_entries(&keys));
         for_each_listed_segment(repo, keys, |entries, _| {
-            stored.extend(
+            sorted.extend(
                 entries
                     .iter()
                     .filter(|e| !condemned.contains(&e.pack_id))
@@ -260,19 +267,28 @@ impl KnownBlocks {
             );
         })
         .await?;
-        stored.sort_unstable();
-        stored.dedup();
-        stored.shrink_to_fit();
-        Ok(KnownBlocks {
-            stored,
-            claimed: Mutex::default(),
-        })
+        sorted.sort_unstable();
+        sorted.dedup();
+        sorted.shrink_to_fit();
+        Ok(KnownBlocks(Mutex::new(Known {
+            sorted,
+            recent: Default::default(),
+        })))
     }
 
     /// Claims a block: true if it was unknown (the caller must store it).
     pub fn claim(&self, id: ContentId) -> bool {
-        self.stored.binary_search(&id).is_err()
-            && self.claimed.lock().expect("known blocks lock").insert(id)
+        let mut known = self.0.lock().expect("known blocks lock");
+        if known.sorted.binary_search(&id).is_ok() || !known.recent.insert(id) {
+            return false;
+        }
+        if known.recent.len() >= MIN_RECENT.max(known.sorted.len() / 8) {
+            let Known { sorted, recent } = &mut *known;
+            let mut batch: Vec<ContentId> = recent.drain().collect();
+            batch.sort_unstable();
+            crate::sorted::merge_into(sorted, &batch, |id| *id);
+        }
+        true
     }
 }
 
@@ -403,5 +419,21 @@ mod tests {
             assert_eq!(index.get(&e.entry.block_id), Some(*e));
         }
         assert_eq!(index.get(&ContentId([9; 32])), None);
+    }
+
+    #[test]
+    fn claims_survive_the_merges_into_the_sorted_vector() {
+        let id = |n: u32| ContentId(*blake3::hash(&n.to_le_bytes()).as_bytes());
+        let known = KnownBlocks::default();
+        let n = 3 * MIN_RECENT as u32 + 17;
+        assert!(
+            (0..n).all(|i| known.claim(id(i))),
+            "every new block is claimed once"
+        );
+        assert!((0..n).all(|i| !known.claim(id(i))), "and never again");
+        let k = known.0.lock().unwrap();
+        assert!(k.sorted.len() >= 2 * MIN_RECENT, "merged at least twice");
+        assert_eq!(k.sorted.len() + k.recent.len(), n as usize);
+        assert!(k.sorted.windows(2).all(|w| w[0] < w[1]));
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! One vector sorted by block id, 36 bytes per distinct referenced block (id and count), looked
 //! up by binary search. A hash map of the same cost about 45 to 90 bytes per block depending
-//! on its fill, and twice that while it grew. Each manifest's blocks are merged in from the
-//! back, in place, so the vector never exists twice.
+//! on its fill, and twice that while it grew. Each manifest's blocks are merged in place
+//! (see [`crate::sorted`]).
 
 use crate::crypto::ContentId;
 
@@ -19,23 +19,8 @@ impl Holders {
         ids.sort_unstable();
         ids.dedup();
         ids.retain(|id| self.position(id).is_none());
-        if ids.is_empty() {
-            return;
-        }
-        let (mut old, mut new) = (self.entries.len(), ids.len());
-        self.entries.reserve_exact(new);
-        self.entries.resize(old + new, (ContentId([0; 32]), 0));
-        let mut to = old + new;
-        while new > 0 {
-            to -= 1;
-            if old > 0 && self.entries[old - 1].0 > ids[new - 1] {
-                self.entries[to] = self.entries[old - 1];
-                old -= 1;
-            } else {
-                self.entries[to] = (ids[new - 1], 0);
-                new -= 1;
-            }
-        }
+        let fresh: Vec<(ContentId, u32)> = ids.into_iter().map(|id| (id, 0)).collect();
+        crate::sorted::merge_into(&mut self.entries, &fresh, |e| e.0);
     }
 
     /// Where `id` is, if referenced (an index for [`Holders::seen_marks`]).
