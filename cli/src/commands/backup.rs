@@ -70,7 +70,8 @@ pub async fn backup(
         lease_wait: settings.lease_wait,
     };
     let reporter = Reporter::new(cli.progress);
-    let m = run_backup(&repo, &opts, &reporter).await?;
+    let done = run_backup(&repo, &opts, &reporter).await?;
+    let m = &done.manifest;
     if pin {
         // The newest backup is never expired, so nothing can remove it before this lands.
         pgbunker_engine::expire::set_pin(&repo, &settings.cluster, &m.id, true).await?;
@@ -81,8 +82,8 @@ pub async fn backup(
             let doc = serde_json::json!({
                 "id": m.id, "type": m.backup_type, "reference": m.reference, "timeline": m.timeline,
                 "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_time": m.start_time, "stop_time": m.stop_time,
-                "stats": s, "pinned": pin, "bad_pages": m.files.iter().filter(|f| !f.bad_pages.is_empty())
-                    .map(|f| serde_json::json!({"file": f.path, "blocks": f.bad_pages})).collect::<Vec<_>>(),
+                "stats": s, "pinned": pin, "bad_pages": done.bad_pages.iter()
+                    .map(|(file, blocks)| serde_json::json!({"file": file, "blocks": blocks})).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
         }
@@ -100,11 +101,8 @@ pub async fn backup(
                 m.start_wal,
                 m.stop_wal
             );
-            for f in m.files.iter().filter(|f| !f.bad_pages.is_empty()) {
-                println!(
-                    "WARNING: page checksum failures in {}: blocks {:?}",
-                    f.path, f.bad_pages
-                );
+            for (file, blocks) in &done.bad_pages {
+                println!("WARNING: page checksum failures in {file}: blocks {blocks:?}");
             }
         }
     }

@@ -213,7 +213,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         run_backup(&repo, &backup_opts(BackupType::Full), &NoProgress),
     )
     .await?;
-    print_backup(&full);
+    print_backup(&full.manifest);
     // An "incident" between the two backups: the drill at the end recovers to just before it.
     let target_time = steps.run("record a row, note the time, then the incident", || {
         instance.psql("postgres", "create table demo_events(label text, at timestamptz default clock_timestamp()); insert into demo_events values ('before the incident')")?;
@@ -232,7 +232,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         run_backup(&repo, &backup_opts(BackupType::Incr), &NoProgress),
     )
     .await?;
-    print_backup(&incr);
+    print_backup(&incr.manifest);
     let expected = instance.psql("postgres", FINGERPRINT_SQL)?;
     let seg = instance.psql("postgres", "select pg_walfile_name(pg_switch_wal())")?;
     wait_archived(instance, &seg, Duration::from_secs(120))?;
@@ -240,7 +240,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
     // Restore the incremental into a new directory and let PostgreSQL replay the archive.
     let restored_dir = dir.join("restored");
     let restore_opts = RestoreOptions {
-        backup: Some(incr.id.clone()),
+        backup: Some(incr.manifest.id.clone()),
         jobs: 2,
         restore_owner: run_as.is_some(),
         ..RestoreOptions::new(

@@ -209,6 +209,35 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Everything but the file list.
+    pub fn clone_head(&self) -> Manifest {
+        Manifest {
+            format: self.format,
+            id: self.id.clone(),
+            backup_type: self.backup_type,
+            reference: self.reference.clone(),
+            cluster: self.cluster.clone(),
+            system_identifier: self.system_identifier.clone(),
+            pg_version_num: self.pg_version_num,
+            timeline: self.timeline,
+            start_lsn: self.start_lsn,
+            stop_lsn: self.stop_lsn,
+            start_wal: self.start_wal.clone(),
+            stop_wal: self.stop_wal.clone(),
+            start_time: self.start_time.clone(),
+            stop_time: self.stop_time.clone(),
+            block_size: self.block_size,
+            xmin_after_stop: self.xmin_after_stop,
+            checksums_verified: self.checksums_verified,
+            backup_label: self.backup_label.clone(),
+            tablespace_map: self.tablespace_map.clone(),
+            tablespaces: self.tablespaces.clone(),
+            directories: self.directories.clone(),
+            files: Vec::new(),
+            stats: self.stats.clone(),
+        }
+    }
+
     /// Total bad pages.
     pub fn bad_page_count(&self) -> usize {
         self.files.iter().map(|f| f.bad_pages.len()).sum()
@@ -219,28 +248,91 @@ fn context(cluster: &str, id: &str) -> Vec<u8> {
     format!("{cluster}/{id}").into_bytes()
 }
 
-/// Seals and writes a manifest (create-only: a backup id is never reused). The JSON is
-/// streamed into the compressor: only the compressed form is ever in memory.
+/// Seals and writes a manifest held whole in memory (create-only: a backup id is never
+/// reused). The JSON is streamed into the compressor.
 pub async fn save(repo: &Repository, m: &Manifest) -> Result<()> {
-    let sealed = repo
-        .codec()
-        .seal_streamed(
+    let files: Vec<Result<FileEntry>> = m.files.iter().cloned().map(Ok).collect();
+    save_streamed(repo, m, files.into_iter()).await
+}
+
+/// Seals and writes a manifest whose file list comes from `files` (in path order), not from
+/// `head.files`: a backup's file list is read back from its spool one entry at a time, so
+/// only the compressed manifest is ever in memory.
+pub async fn save_streamed(
+    repo: &Repository,
+    head: &Manifest,
+    files: impl Iterator<Item = Result<FileEntry>> + Send + 'static,
+) -> Result<()> {
+    let serde_json::Value::Object(mut fields) =
+        serde_json::to_value(head.clone_head()).expect("manifest serialises")
+    else {
+        unreachable!("a manifest serialises to a JSON object")
+    };
+    fields.remove("files");
+    let codec = repo.codec().clone();
+    let context = context(&head.cluster, &head.id);
+    let sealed = tokio::task::spawn_blocking(move || {
+        let doc = StreamedManifest {
+            fields,
+            files: std::sync::Mutex::new(files),
+        };
+        codec.seal_streamed(
             ObjectKind::Manifest,
             &ContentId([0; 32]),
-            &context(&m.cluster, &m.id),
+            &context,
             3,
-            |w| serde_json::to_writer(w, m).map_err(std::io::Error::other),
+            |w| serde_json::to_writer(w, &doc).map_err(std::io::Error::other),
         )
-        .map_err(|e| Error::InvalidInput(format!("serialising manifest {}: {e}", m.id)))?;
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("writing manifest {}: {e}", head.id)))?
+    .map_err(|e| Error::InvalidInput(format!("writing manifest {}: {e}", head.id)))?;
     match repo
         .storage()
-        .put_create(&layout::backup_manifest(&m.cluster, &m.id), sealed.into())
+        .put_create(
+            &layout::backup_manifest(&head.cluster, &head.id),
+            sealed.into(),
+        )
         .await?
     {
         CreateOutcome::Created => Ok(()),
-        CreateOutcome::AlreadyExists => {
-            Err(Error::Conflict(format!("backup {} already exists", m.id)))
+        CreateOutcome::AlreadyExists => Err(Error::Conflict(format!(
+            "backup {} already exists",
+            head.id
+        ))),
+    }
+}
+
+/// A manifest's JSON with its file list pulled from an iterator while it is written.
+struct StreamedManifest<I> {
+    fields: serde_json::Map<String, serde_json::Value>,
+    files: std::sync::Mutex<I>,
+}
+
+impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeMap};
+        struct Files<'a, I>(&'a std::sync::Mutex<I>);
+        impl<I: Iterator<Item = Result<FileEntry>>> Serialize for Files<'_, I> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut files = self.0.lock().expect("file list lock");
+                let mut seq = s.serialize_seq(None)?;
+                for f in &mut *files {
+                    seq.serialize_element(&f.map_err(S::Error::custom)?)?;
+                }
+                seq.end()
+            }
         }
+        let mut map = s.serialize_map(Some(self.fields.len() + 1))?;
+        for (k, v) in &self.fields {
+            map.serialize_entry(k, v)?;
+        }
+        map.serialize_entry("files", &Files(&self.files))?;
+        map.end()
     }
 }
 

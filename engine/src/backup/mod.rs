@@ -19,6 +19,7 @@
 //! 7. write the manifest (the commit point).
 
 pub mod blockstore;
+pub mod file_spool;
 pub mod manifest;
 pub mod reader;
 
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
 use self::blockstore::{KnownBlocks, Packer};
+use self::file_spool::FileSpool;
 use self::manifest::{BackupStats, BackupType, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
 use crate::archive::push::{read_cluster_record, run_cpu};
@@ -261,7 +263,7 @@ pub async fn run_backup(
     repo: &Repository,
     opts: &BackupOptions,
     progress: &dyn Progress,
-) -> Result<Manifest> {
+) -> Result<BackupDone> {
     let session = connect(&opts.conninfo).await?;
     let control = crate::pg::control::read(&opts.pgdata)?;
     bind_cluster(
@@ -322,7 +324,7 @@ async fn backup_with_lease(
     reference: Option<Manifest>,
     backup_type: BackupType,
     id: String,
-) -> Result<Manifest> {
+) -> Result<BackupDone> {
     let condemned = crate::gc::condemned_packs(repo).await?;
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
     // The reference's file entries move into a map that each file's lookup empties, so an
@@ -410,7 +412,7 @@ async fn backup_with_lease(
 
     let mut directories = Vec::new();
     let mut stats = BackupStats::default();
-    let mut files: Vec<FileEntry> = Vec::new();
+    let mut files = FileSpool::new()?;
     let codec = Arc::new(repo.codec().clone());
     let verify = session.data_checksums;
     let checksum_delta = opts.checksum_delta;
@@ -493,7 +495,10 @@ async fn backup_with_lease(
                     stats.blocks_new += read.new_blocks;
                     stats.files_unchanged += u64::from(unchanged);
                     if let Some(f) = read.entry {
-                        files.push(f);
+                        if let Err(e) = files.push(&f, &mut stats) {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                 }
                 Err(e) => {
@@ -505,6 +510,8 @@ async fn backup_with_lease(
         failure
     };
     drop(block_tx);
+    // Only the readers needed the known blocks: gone before the manifest is written.
+    drop(known);
     if let Some(e) = results {
         packer_task.abort();
         return Err(e);
@@ -558,14 +565,7 @@ async fn backup_with_lease(
     )
     .await?;
 
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     directories.sort_by(|a, b| a.path.cmp(&b.path));
-    stats.files = files.len() as u64;
-    stats.size = files.iter().map(|f| f.size).sum();
-    stats.blocks = files
-        .iter()
-        .map(|f| f.blocks.iter().filter(|b| !b.is_zero()).count() as u64)
-        .sum();
     stats.stored_new = packer.stored;
     let m = Manifest {
         format: MANIFEST_FORMAT,
@@ -589,12 +589,26 @@ async fn backup_with_lease(
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
         tablespaces,
         directories,
-        files,
+        files: Vec::new(),
         stats,
     };
-    manifest::save(repo, &m).await?;
+    let bad_pages = std::mem::take(&mut files.bad_pages);
+    manifest::save_streamed(repo, &m, files.into_sorted()?).await?;
     progress.finish();
-    Ok(m)
+    Ok(BackupDone {
+        manifest: m,
+        bad_pages,
+    })
+}
+
+/// A finished backup: its manifest without the file list (that went from the spool to the
+/// repository without being held in memory) and the files whose page checksums failed.
+#[derive(Debug)]
+pub struct BackupDone {
+    /// The manifest as written, but `files` is empty.
+    pub manifest: Manifest,
+    /// Files with page checksum failures, and the failing blocks.
+    pub bad_pages: Vec<(String, Vec<u32>)>,
 }
 
 /// What `pgbunker check` found.
