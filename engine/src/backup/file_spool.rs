@@ -68,6 +68,18 @@ impl FileSpool {
         Ok(())
     }
 
+    /// The entries by path, each to be taken once.
+    pub fn into_lookup(mut self) -> Result<SpooledFiles> {
+        self.out.flush().map_err(spool_error)?;
+        let file = self.out.into_inner().map_err(spool_error)?;
+        let places = self
+            .places
+            .into_iter()
+            .map(|p| (p.path, (p.offset, p.len)))
+            .collect();
+        Ok(SpooledFiles { file, places })
+    }
+
     /// The entries in path order, read back one at a time.
     pub fn into_sorted(mut self) -> Result<SortedEntries> {
         self.out.flush().map_err(spool_error)?;
@@ -78,6 +90,30 @@ impl FileSpool {
             places: self.places.into_iter(),
         })
     }
+}
+
+/// Entries of a [`FileSpool`] looked up by path (the reference backup's, for an incremental:
+/// memory holds each file's path and place, not its blocks).
+#[derive(Debug)]
+pub struct SpooledFiles {
+    file: File,
+    places: std::collections::HashMap<String, (u64, u32)>,
+}
+
+impl SpooledFiles {
+    /// Takes the entry for `path`, if any (a second take finds nothing).
+    pub fn take(&mut self, path: &str) -> Result<Option<FileEntry>> {
+        let Some((offset, len)) = self.places.remove(path) else {
+            return Ok(None);
+        };
+        read_entry(&self.file, offset, len).map(Some)
+    }
+}
+
+fn read_entry(file: &File, offset: u64, len: u32) -> Result<FileEntry> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset).map_err(spool_error)?;
+    serde_json::from_slice(&buf).map_err(spool_error)
 }
 
 /// Entries of a [`FileSpool`] in path order.
@@ -92,13 +128,7 @@ impl Iterator for SortedEntries {
 
     fn next(&mut self) -> Option<Self::Item> {
         let place = self.places.next()?;
-        let mut buf = vec![0u8; place.len as usize];
-        Some(
-            self.file
-                .read_exact_at(&mut buf, place.offset)
-                .map_err(spool_error)
-                .and_then(|()| serde_json::from_slice(&buf).map_err(spool_error)),
-        )
+        Some(read_entry(&self.file, place.offset, place.len))
     }
 }
 
@@ -152,6 +182,22 @@ mod tests {
         assert_eq!(
             back,
             vec![written[1].clone(), written[2].clone(), written[0].clone()]
+        );
+
+        let mut spool = FileSpool::new().unwrap();
+        for e in &written {
+            spool.push(e, &mut stats).unwrap();
+        }
+        let mut by_path = spool.into_lookup().unwrap();
+        assert_eq!(
+            by_path.take("base/1/1259").unwrap().as_ref(),
+            Some(&written[2])
+        );
+        assert_eq!(by_path.take("base/1/1259").unwrap(), None, "taken once");
+        assert_eq!(by_path.take("nope").unwrap(), None);
+        assert_eq!(
+            by_path.take("PG_VERSION").unwrap().as_ref(),
+            Some(&written[1])
         );
     }
 }

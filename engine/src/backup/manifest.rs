@@ -10,8 +10,15 @@
 //!
 //! Memory: a manifest in memory costs about 150 bytes per file plus 33 bytes per block (the
 //! JSON carries hex ids; memory holds 32-byte ids); at 64 KiB blocks about 0.5 MB per GiB.
+//! Its JSON is never held whole: it is streamed into the compressor when written and parsed
+//! while it decompresses when read (see `codec::streamed`), and a backup writes it from its
+//! spilled file list ([`super::file_spool`]) without holding the file list at all.
 
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
+
+use super::file_spool::{FileSpool, SpooledFiles};
+use crate::codec::PlainReader;
 
 use crate::codec::ObjectKind;
 use crate::crypto::ContentId;
@@ -338,6 +345,40 @@ impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
 
 /// Reads and authenticates a manifest.
 pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
+    let plain = open_plain(repo, cluster, id).await?;
+    let key = layout::backup_manifest(cluster, id).to_string();
+    tokio::task::spawn_blocking(move || {
+        serde_json::from_reader(plain).map_err(|e| Error::corrupt(key, e.to_string()))
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+}
+
+/// Reads a manifest, spilling its file entries to a [`FileSpool`] as they are parsed: the
+/// returned manifest's `files` is empty, and memory holds each file's path, not its blocks.
+pub async fn load_spilled(
+    repo: &Repository,
+    cluster: &str,
+    id: &str,
+) -> Result<(Manifest, SpooledFiles)> {
+    let plain = open_plain(repo, cluster, id).await?;
+    let key = layout::backup_manifest(cluster, id).to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut spool = FileSpool::new()?;
+        let mut de = serde_json::Deserializer::from_reader(plain);
+        let head = HeadSpillingFiles(&mut spool)
+            .deserialize(&mut de)
+            .and_then(|m| de.end().map(|()| m))
+            .map_err(|e| Error::corrupt(key, e.to_string()))?;
+        Ok((head, spool.into_lookup()?))
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+}
+
+/// Fetches a manifest and authenticates it (decrypting in place); its JSON is then read while
+/// it decompresses, never held whole.
+async fn open_plain(repo: &Repository, cluster: &str, id: &str) -> Result<PlainReader> {
     let key = layout::backup_manifest(cluster, id);
     let sealed = match repo.storage().get(&key).await {
         Ok(s) => s,
@@ -348,26 +389,91 @@ pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest
         }
         Err(e) => return Err(e.into()),
     };
-    // Authenticated and decrypted in place, then parsed while it decompresses: the JSON is
-    // never in memory whole.
-    let key_text = key.to_string();
-    tokio::task::spawn_blocking({
-        let codec = repo.codec().clone();
-        let context = context(cluster, id);
-        move || {
-            let plain = codec
-                .open_streamed(
-                    ObjectKind::Manifest,
-                    &ContentId([0; 32]),
-                    &context,
-                    Vec::from(sealed),
-                )
-                .map_err(|e| Error::corrupt(key_text.clone(), e.to_string()))?;
-            serde_json::from_reader(plain).map_err(|e| Error::corrupt(key_text, e.to_string()))
-        }
+    let codec = repo.codec().clone();
+    let context = context(cluster, id);
+    tokio::task::spawn_blocking(move || {
+        codec
+            .open_streamed(
+                ObjectKind::Manifest,
+                &ContentId([0; 32]),
+                &context,
+                Vec::from(sealed),
+            )
+            .map_err(|e| Error::corrupt(key.to_string(), e.to_string()))
     })
     .await
     .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+}
+
+/// Parses a manifest's top level, keeping every field but `files`, whose entries go to the
+/// spool one by one.
+struct HeadSpillingFiles<'a>(&'a mut FileSpool);
+
+impl<'de> serde::de::DeserializeSeed<'de> for HeadSpillingFiles<'_> {
+    type Value = Manifest;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Manifest, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HeadSpillingFiles<'_> {
+    type Value = Manifest;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a backup manifest")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Manifest, A::Error> {
+        use serde::de::Error as _;
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "files" {
+                map.next_value_seed(SpillFiles(&mut *self.0))?;
+            } else {
+                fields.insert(key, map.next_value()?);
+            }
+        }
+        fields.insert("files".into(), serde_json::Value::Array(Vec::new()));
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(A::Error::custom)
+    }
+}
+
+/// Parses a `files` array into the spool, one entry at a time.
+struct SpillFiles<'a>(&'a mut FileSpool);
+
+impl<'de> serde::de::DeserializeSeed<'de> for SpillFiles<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SpillFiles<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of file entries")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::Error as _;
+        let mut uncounted = BackupStats::default();
+        while let Some(f) = seq.next_element::<FileEntry>()? {
+            self.0.push(&f, &mut uncounted).map_err(A::Error::custom)?;
+        }
+        Ok(())
+    }
 }
 
 /// Names of the clusters a repository holds.
@@ -424,5 +530,42 @@ mod tests {
         assert_eq!(back, v);
         assert!(serde_json::from_str::<Vec<BlockRef>>("[\"xyz\"]").is_err());
         assert!(std::mem::size_of::<BlockRef>() <= 33);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_reads_back_the_same_whole_or_with_its_files_spilled() {
+        let (_, repo) = crate::archive::push::tests::memory_repo().await;
+        let ids: Vec<ContentId> = (0..5u8).map(|i| ContentId([i; 32])).collect();
+        let mut m = crate::test_support::manifest(
+            "20261124-000000F",
+            "0/1000000",
+            "0/1000100",
+            "2026-11-24T00:00:01Z",
+            &ids,
+        );
+        let mut second = m.files[0].clone();
+        second.path = "base/1/2".into();
+        second.blocks.push(BlockRef::ZERO);
+        second.bad_pages = vec![3];
+        m.files.push(second);
+        save(&repo, &m).await.unwrap();
+
+        let whole = load(&repo, "main", &m.id).await.unwrap();
+        assert_eq!(
+            serde_json::to_value(&whole).unwrap(),
+            serde_json::to_value(&m).unwrap()
+        );
+        let (head, mut files) = load_spilled(&repo, "main", &m.id).await.unwrap();
+        assert!(head.files.is_empty());
+        assert_eq!(
+            serde_json::to_value(&head).unwrap(),
+            serde_json::to_value(m.clone_head()).unwrap()
+        );
+        for f in &m.files {
+            assert_eq!(files.take(&f.path).unwrap().as_ref(), Some(f));
+        }
+        assert!(load_spilled(&repo, "main", "20261124-000001F")
+            .await
+            .is_err());
     }
 }

@@ -16,14 +16,19 @@
 //!    index segments;
 //! 6. `pg_backup_stop(wait_for_archive => false)`, then wait (bounded) until every WAL segment
 //!    from the start to the stop LSN is in the repository, so the backup is restorable;
-//! 7. write the manifest (the commit point).
+//! 7. write the manifest (the commit point), streamed from the file list that finished files
+//!    were spilled to ([`file_spool`]).
+//!
+//! Memory per 64 KiB block: the known-block set (about 40 bytes per block of the repository,
+//! see [`blockstore::KnownBlocks`]) while files are read; for an incremental, the reference's
+//! file entries (33 bytes per block) until each file is visited; and the sealed manifest
+//! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
 pub mod blockstore;
 pub mod file_spool;
 pub mod manifest;
 pub mod reader;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +38,8 @@ use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
 use self::blockstore::{KnownBlocks, Packer};
-use self::file_spool::FileSpool;
-use self::manifest::{BackupStats, BackupType, DirEntry, FileEntry, Manifest, MANIFEST_FORMAT};
+use self::file_spool::{FileSpool, SpooledFiles};
+use self::manifest::{BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
 use crate::archive::push::{read_cluster_record, run_cpu};
 use crate::error::{Error, Result};
@@ -284,7 +289,7 @@ pub async fn run_backup(
             BackupType::Diff => id.ends_with('F'),
         };
         if candidate {
-            reference = Some(manifest::load(repo, &opts.cluster, id).await?);
+            reference = Some(manifest::load_spilled(repo, &opts.cluster, id).await?);
             break;
         }
     }
@@ -294,7 +299,7 @@ pub async fn run_backup(
         opts.backup_type
     };
     let id = new_backup_id(backup_type, &ids);
-    info!(backup = %id, ?backup_type, reference = reference.as_ref().map(|r| r.id.as_str()), "starting");
+    info!(backup = %id, ?backup_type, reference = reference.as_ref().map(|r| r.0.id.as_str()), "starting");
 
     // The lease first, then the GC state, then the index: a GC that condemns a pack after
     // this point sees the lease and does not sweep it until this backup ends.
@@ -321,27 +326,25 @@ async fn backup_with_lease(
     progress: &dyn Progress,
     session: Session,
     control: crate::pg::control::ControlFile,
-    reference: Option<Manifest>,
+    reference: Option<(Manifest, SpooledFiles)>,
     backup_type: BackupType,
     id: String,
 ) -> Result<BackupDone> {
     let condemned = crate::gc::condemned_packs(repo).await?;
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
-    // The reference's file entries move into a map that each file's lookup empties, so an
-    // incremental holds one file list at a time, not the reference's and its own.
+    // The reference's file entries stay in its spool (memory holds their paths); each file's
+    // lookup takes its entry out.
     let (reference_id, reference_start_ns, reference_files) = match reference {
-        Some(r) => {
+        Some((r, files)) => {
             let start_ns = time::OffsetDateTime::parse(
                 &r.start_time,
                 &time::format_description::well_known::Rfc3339,
             )
             .map(|t| t.unix_timestamp_nanos() as i64)
             .unwrap_or(0);
-            let files: HashMap<String, FileEntry> =
-                r.files.into_iter().map(|f| (f.path.clone(), f)).collect();
-            (Some(r.id), start_ns, files)
+            (Some(r.id), start_ns, Some(files))
         }
-        None => (None, 0, HashMap::new()),
+        None => (None, 0, None),
     };
 
     let start_time = now_rfc3339();
@@ -442,7 +445,10 @@ async fn backup_with_lease(
                 let sink = block_tx.clone();
                 let refs = reference_files.clone();
                 async move {
-                    let parent = refs.lock().expect("reference files lock").remove(&e.path);
+                    let parent = match refs.lock().expect("reference files lock").as_mut() {
+                        Some(files) => files.take(&e.path)?,
+                        None => None,
+                    };
                     if let (Some(p), EntryKind::File { size, mtime_ns }, false) =
                         (&parent, &e.kind, checksum_delta)
                     {
