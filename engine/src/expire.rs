@@ -58,7 +58,7 @@ pub async fn is_pinned(repo: &Repository, cluster: &str, id: &str) -> Result<boo
 
 /// Pins or unpins a backup (it must exist).
 pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -> Result<()> {
-    manifest::load(repo, cluster, id).await?;
+    manifest::load_head(repo, cluster, id).await?;
     if pinned {
         repo.storage()
             .put_create(
@@ -99,7 +99,7 @@ async fn expire_locked(
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
     for id in manifest::list_ids(repo, cluster).await? {
-        let m = manifest::load(repo, cluster, &id).await?;
+        let m = manifest::load_head(repo, cluster, &id).await?;
         let stop_time = time::OffsetDateTime::parse(
             &m.stop_time,
             &time::format_description::well_known::Rfc3339,

@@ -338,7 +338,7 @@ pub async fn plan(
                 continue;
             }
         }
-        let m = manifest::load(repo, cluster, id).await?;
+        let m = manifest::load_head(repo, cluster, id).await?;
         let tli = resolve_timeline(&view, timeline, &m);
         let on_path = view
             .path_to(tli)

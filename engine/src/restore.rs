@@ -19,7 +19,8 @@ use futures::StreamExt;
 
 use crate::archive::push::run_cpu;
 use crate::backup::blockstore::BlockIndex;
-use crate::backup::manifest::{FileEntry, Manifest};
+use crate::backup::file_spool::SpooledFiles;
+use crate::backup::manifest::{self, FileEntry, Manifest};
 use crate::error::{Error, Result};
 use crate::index::IndexEntry;
 use crate::pack::open_block;
@@ -107,26 +108,37 @@ pub struct RestoreSummary {
     pub seconds: f64,
 }
 
-/// Checks that everything the backup references is present; returns the index.
-pub async fn preflight(repo: &Repository, m: &Manifest) -> Result<BlockIndex> {
-    let index = BlockIndex::load_for(repo, m).await?;
-    let mut packs = HashSet::new();
-    for f in &m.files {
-        for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
-            let e = index.get(id).ok_or_else(|| {
-                Error::corrupt(
-                    format!("backup {}", m.id),
-                    format!(
-                        "block {} of {} is not in any index segment",
-                        id.to_hex(),
-                        f.path
-                    ),
-                )
-            })?;
-            packs.insert(e.pack_id);
-        }
+/// Checks that everything the backup references is present; returns the index of its
+/// blocks. `files` is the backup's file list (spilled to local disk: read here twice at most,
+/// one entry at a time).
+pub async fn preflight(
+    repo: &Repository,
+    m: &Manifest,
+    files: &SpooledFiles,
+) -> Result<BlockIndex> {
+    let mut wanted = Vec::new();
+    for f in files.entries() {
+        wanted.extend(f?.blocks.iter().filter_map(|b| b.0));
     }
-    let mut checks = futures::stream::iter(packs)
+    let index = BlockIndex::load_wanted(repo, wanted).await?;
+    if let Some(missing) = index.first_missing() {
+        let mut path = String::from("?");
+        for f in files.entries() {
+            let f = f?;
+            if f.blocks.iter().any(|b| b.0 == Some(missing)) {
+                path = f.path;
+                break;
+            }
+        }
+        return Err(Error::corrupt(
+            format!("backup {}", m.id),
+            format!(
+                "block {} of {path} is not in any index segment",
+                missing.to_hex()
+            ),
+        ));
+    }
+    let mut checks = futures::stream::iter(index.pack_ids())
         .map(|p| async move { (p, repo.storage().head(&layout::pack(&p)).await) })
         .buffer_unordered(16);
     while let Some((p, r)) = checks.next().await {
@@ -178,7 +190,7 @@ pub async fn restore(
             "--type standby takes no recovery target: a standby follows the archive".into(),
         ));
     }
-    let (mut m, plan) = recovery::plan(
+    let (chosen, plan) = recovery::plan(
         repo,
         &opts.cluster,
         opts.backup.as_deref(),
@@ -186,7 +198,10 @@ pub async fn restore(
         opts.target_timeline,
     )
     .await?;
-    let index = Arc::new(preflight(repo, &m).await?);
+    // The file list goes to local disk as the manifest is parsed: memory holds the index of
+    // the backup's blocks (52 bytes per block) and each file's path, not the block lists.
+    let (mut m, files) = manifest::load_spilled(repo, &opts.cluster, &chosen.id).await?;
+    let index = Arc::new(preflight(repo, &m, &files).await?);
     if opts.dry_run {
         return Ok(RestoreSummary {
             plan,
@@ -241,24 +256,26 @@ pub async fn restore(
         }
     }
     let files_removed = if opts.delta {
-        remove_extra_files(&m, &opts.target)?
+        remove_extra_files(&m, files.paths(), &opts.target)?
     } else {
         0
     };
-    let total: u64 = m.files.iter().map(|f| f.size).sum();
+    let total: u64 = m.stats.size;
     progress.phase("restore", Some(total));
-    // Shared by the writers, not copied (33 bytes per block); back into the manifest after.
-    let files = Arc::new(std::mem::take(&mut m.files));
+    let files = Arc::new(files);
+    let paths: Vec<String> = files.paths().map(str::to_string).collect();
     let delta = opts.delta;
     let block_size = m.block_size as u64;
-    let mut writes = futures::stream::iter(0..files.len())
-        .map(|i| {
+    let mut writes = futures::stream::iter(paths)
+        .map(|path| {
             let files = files.clone();
             let index = index.clone();
             let target = opts.target.clone();
             async move {
-                let f = &files[i];
-                restore_file(repo, &index, &target.join(&f.path), f, block_size, delta)
+                let f = files
+                    .get(&path)?
+                    .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
+                restore_file(repo, &index, &target.join(&f.path), &f, block_size, delta)
                     .await
                     .map(|reused| (f.size, reused))
             }
@@ -272,10 +289,9 @@ pub async fn restore(
         progress.advance(n, n - reused);
     }
     drop(writes);
-    m.files = Arc::try_unwrap(files).unwrap_or_else(|shared| (*shared).clone());
     write_recovery_files(&m, opts)?;
     if opts.restore_owner {
-        restore_ownership(&m, &opts.target)?;
+        restore_ownership(&m, &files, &opts.target)?;
     }
     for t in &m.tablespaces {
         sync_dir(&t.location)?;
@@ -287,7 +303,7 @@ pub async fn restore(
         bytes_reused,
         files_removed,
         backup_id: m.id.clone(),
-        files: m.files.len() as u64,
+        files: files.len() as u64,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -349,11 +365,12 @@ fn refuse_running_postmaster(target: &Path) -> Result<()> {
 }
 
 /// Delta restore: removes files and links under the target that the backup does not have.
-fn remove_extra_files(m: &Manifest, target: &Path) -> Result<u64> {
-    let keep: HashSet<&str> = m
-        .files
-        .iter()
-        .map(|f| f.path.as_str())
+fn remove_extra_files<'a>(
+    m: &'a Manifest,
+    file_paths: impl Iterator<Item = &'a str>,
+    target: &Path,
+) -> Result<u64> {
+    let keep: HashSet<&str> = file_paths
         .chain(m.directories.iter().map(|d| d.path.as_str()))
         .collect();
     let mut removed = 0;
@@ -650,11 +667,15 @@ fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     write_file(&auto, kept.as_bytes(), 0o600)
 }
 
-fn restore_ownership(m: &Manifest, target: &Path) -> Result<()> {
+fn restore_ownership(m: &Manifest, files: &SpooledFiles, target: &Path) -> Result<()> {
     let chown = |p: &Path, uid: u32, gid: u32| {
         std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| io(p, e))
     };
-    let owner = m.files.first().map(|f| (f.uid, f.gid)).unwrap_or((0, 0));
+    // The owner of the data directory: that of PG_VERSION, which every cluster has.
+    let owner = files
+        .get("PG_VERSION")?
+        .map(|f| (f.uid, f.gid))
+        .unwrap_or((0, 0));
     chown(target, owner.0, owner.1)?;
     for d in &m.directories {
         chown(&target.join(&d.path), d.uid, d.gid)?;
@@ -662,7 +683,8 @@ fn restore_ownership(m: &Manifest, target: &Path) -> Result<()> {
     for t in &m.tablespaces {
         chown(&t.location, owner.0, owner.1)?;
     }
-    for f in &m.files {
+    for f in files.entries() {
+        let f = f?;
         chown(&target.join(&f.path), f.uid, f.gid)?;
     }
     for name in [

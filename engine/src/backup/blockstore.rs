@@ -68,7 +68,7 @@ struct Location {
 }
 
 impl Location {
-    /// Wanted (by [`BlockIndex::load_for`]) but in no index segment so far.
+    /// Wanted (by [`BlockIndex::load_wanted`]) but in no index segment so far.
     const NOWHERE: Location = Location {
         pack: u32::MAX,
         offset: [0; 2],
@@ -84,7 +84,7 @@ impl Location {
 /// Indexed blocks: id → location, as one vector sorted by id (52 bytes per block: the id and
 /// a 20-byte [`Location`] whose pack is a number into a table of pack ids), looked up by
 /// binary search. A hash map of full [`IndexEntry`] values cost about 130 bytes per block.
-/// [`BlockIndex::load`] holds every block of the repository (verify); [`BlockIndex::load_for`]
+/// [`BlockIndex::load`] holds every block of the repository (verify); [`BlockIndex::load_wanted`]
 /// only the blocks of one backup (restore), so a restore's memory follows the backup's size,
 /// not the repository's.
 #[derive(Debug, Default)]
@@ -157,15 +157,11 @@ impl BlockIndex {
         })
     }
 
-    /// Loads the locations of the blocks `m` references, and only those.
-    pub async fn load_for(
-        repo: &Repository,
-        m: &crate::backup::manifest::Manifest,
-    ) -> Result<Self> {
-        let mut wanted: Vec<(ContentId, Location)> = m
-            .files
-            .iter()
-            .flat_map(|f| f.blocks.iter().filter_map(|b| b.0))
+    /// Loads the locations of the blocks `wanted` names (in any order, repeats allowed), and
+    /// only those.
+    pub async fn load_wanted(repo: &Repository, wanted: Vec<ContentId>) -> Result<Self> {
+        let mut wanted: Vec<(ContentId, Location)> = wanted
+            .into_iter()
             .map(|id| (id, Location::NOWHERE))
             .collect();
         wanted.sort_unstable_by_key(|e| e.0);
@@ -215,6 +211,14 @@ impl BlockIndex {
     /// True when no block is located.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A block wanted (by [`BlockIndex::load_wanted`]) but in no index segment.
+    pub fn first_missing(&self) -> Option<ContentId> {
+        self.entries
+            .iter()
+            .find(|(_, l)| !l.is_somewhere())
+            .map(|(id, _)| *id)
     }
 
     /// The packs holding located blocks.

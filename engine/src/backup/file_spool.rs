@@ -108,6 +108,36 @@ impl SpooledFiles {
         };
         read_entry(&self.file, offset, len).map(Some)
     }
+
+    /// The entry for `path`, if any.
+    pub fn get(&self, path: &str) -> Result<Option<FileEntry>> {
+        self.places
+            .get(path)
+            .map(|(offset, len)| read_entry(&self.file, *offset, *len))
+            .transpose()
+    }
+
+    /// The paths of the entries (in no particular order).
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.places.keys().map(String::as_str)
+    }
+
+    /// Every entry, read back one at a time (in no particular order).
+    pub fn entries(&self) -> impl Iterator<Item = Result<FileEntry>> + '_ {
+        self.places
+            .values()
+            .map(|(offset, len)| read_entry(&self.file, *offset, *len))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.places.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.places.is_empty()
+    }
 }
 
 fn read_entry(file: &File, offset: u64, len: u32) -> Result<FileEntry> {
@@ -189,6 +219,14 @@ mod tests {
             spool.push(e, &mut stats).unwrap();
         }
         let mut by_path = spool.into_lookup().unwrap();
+        assert_eq!(by_path.len(), 3);
+        let mut all: Vec<FileEntry> = by_path.entries().map(|e| e.unwrap()).collect();
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(all, back);
+        assert_eq!(
+            by_path.get("PG_VERSION").unwrap().as_ref(),
+            Some(&written[1])
+        );
         assert_eq!(
             by_path.take("base/1/1259").unwrap().as_ref(),
             Some(&written[2])
@@ -199,5 +237,6 @@ mod tests {
             by_path.take("PG_VERSION").unwrap().as_ref(),
             Some(&written[1])
         );
+        assert_eq!(by_path.paths().collect::<Vec<_>>(), vec!["base/5/16384"]);
     }
 }

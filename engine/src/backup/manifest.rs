@@ -354,6 +354,22 @@ pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest
     .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
 }
 
+/// Reads a manifest without its file list (parsed past, never held): for planning a
+/// restore, retention and pins, which need a backup's identity and positions only.
+pub async fn load_head(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
+    let plain = open_plain(repo, cluster, id).await?;
+    let key = layout::backup_manifest(cluster, id).to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut de = serde_json::Deserializer::from_reader(plain);
+        HeadSpillingFiles(None)
+            .deserialize(&mut de)
+            .and_then(|m| de.end().map(|()| m))
+            .map_err(|e| Error::corrupt(key, e.to_string()))
+    })
+    .await
+    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+}
+
 /// Reads a manifest, spilling its file entries to a [`FileSpool`] as they are parsed: the
 /// returned manifest's `files` is empty, and memory holds each file's path, not its blocks.
 pub async fn load_spilled(
@@ -366,7 +382,7 @@ pub async fn load_spilled(
     tokio::task::spawn_blocking(move || {
         let mut spool = FileSpool::new()?;
         let mut de = serde_json::Deserializer::from_reader(plain);
-        let head = HeadSpillingFiles(&mut spool)
+        let head = HeadSpillingFiles(Some(&mut spool))
             .deserialize(&mut de)
             .and_then(|m| de.end().map(|()| m))
             .map_err(|e| Error::corrupt(key, e.to_string()))?;
@@ -406,8 +422,8 @@ async fn open_plain(repo: &Repository, cluster: &str, id: &str) -> Result<PlainR
 }
 
 /// Parses a manifest's top level, keeping every field but `files`, whose entries go to the
-/// spool one by one.
-struct HeadSpillingFiles<'a>(&'a mut FileSpool);
+/// spool one by one (or are skipped, without a spool).
+struct HeadSpillingFiles<'a>(Option<&'a mut FileSpool>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for HeadSpillingFiles<'_> {
     type Value = Manifest;
@@ -428,16 +444,18 @@ impl<'de> serde::de::Visitor<'de> for HeadSpillingFiles<'_> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
+        mut self,
         mut map: A,
     ) -> std::result::Result<Manifest, A::Error> {
         use serde::de::Error as _;
         let mut fields = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if key == "files" {
-                map.next_value_seed(SpillFiles(&mut *self.0))?;
-            } else {
+            if key != "files" {
                 fields.insert(key, map.next_value()?);
+            } else if let Some(spool) = self.0.as_deref_mut() {
+                map.next_value_seed(SpillFiles(spool))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
             }
         }
         fields.insert("files".into(), serde_json::Value::Array(Vec::new()));

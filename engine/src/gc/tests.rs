@@ -304,7 +304,13 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
             "2026-11-24T00:00:01Z",
             &refs,
         );
-        let some = BlockIndex::load_for(&repo, &m).await.unwrap();
+        let wanted = m
+            .files
+            .iter()
+            .flat_map(|f| f.blocks.iter().filter_map(|b| b.0))
+            .collect();
+        let some = BlockIndex::load_wanted(&repo, wanted).await.unwrap();
+        assert_eq!(some.first_missing(), Some(unindexed));
         assert_eq!(
             some.len(),
             2,
