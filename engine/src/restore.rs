@@ -8,6 +8,11 @@
 //! offsets; all-zero blocks are left as holes. Each file's BLAKE3 is compared with the
 //! manifest's before it is fsynced. Last, `backup_label`, `tablespace_map`, `recovery.signal`
 //! and the recovery settings. Run as root, ownership is restored from the manifest.
+//!
+//! Memory: the manifest's file list is spilled to a temporary file while it is parsed
+//! ([`crate::backup::file_spool`]) and each file's entry is read back when it is restored, so
+//! what grows with the backup is the index of its blocks (52 bytes per distinct block, see
+//! [`BlockIndex`]) and each file's path.
 
 use std::collections::HashSet;
 use std::os::unix::fs::{FileExt, PermissionsExt};
