@@ -12,6 +12,36 @@ use crate::args::{Cli, Command};
 use crate::exit::{ExitCode, Failure};
 use crate::settings::Settings;
 
+/// Large allocations straight from the kernel, returned to it when freed (long-running
+/// commands only).
+///
+/// glibc serves an allocation above its mmap threshold with its own mapping, but raises the
+/// threshold (up to 32 MiB) each time such a mapping is freed, so later buffers of that size
+/// come from the per-thread arenas instead, and the arenas keep what they once held. Backups,
+/// restores and gc's mark pass many short-lived buffers of 100 KiB to 40 MiB (index segments,
+/// manifests, pack range reads, packs) through several threads. Measured at pgbench scale 500
+/// (7.5 GB), peak RSS with the default against a fixed 256 KiB threshold: full backup 80 and
+/// 63 MiB, restore 115 to 134 and 31 MiB, `info` 60 and 34 MiB, at the same wall time (zstd
+/// contexts are reused per thread, so no per-block buffer crosses the threshold).
+/// archive-push and archive-get keep the default: one segment's buffers, reused.
+fn bound_allocator_retention(command: &Command) {
+    if matches!(
+        command,
+        Command::ArchivePush { .. }
+            | Command::ArchiveGet { .. }
+            | Command::ArchivePushDaemon { .. }
+            | Command::ArchiveGetDaemon
+    ) {
+        return;
+    }
+    // SAFETY: mallopt only sets an allocator parameter (any M_MMAP_THRESHOLD up to 32 MiB is
+    // valid on 64-bit glibc); it runs before any other thread starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -44,6 +74,7 @@ fn main() {
             std::process::exit(code as i32);
         }
     };
+    bound_allocator_retention(&cli.command);
     init_logging(&cli.log_level);
     let code = match run(cli) {
         Ok(()) => ExitCode::Success,

@@ -33,10 +33,14 @@ fn compressor(kind: ObjectKind, level: i32) -> Option<Compressor<'static>> {
     Some(c)
 }
 
-/// Compresses one part with this thread's context (created once per thread and setting, as
-/// a fresh context per part costs more in page faults than the compression). `None` when
-/// zstd fails.
-pub fn compress_part(kind: ObjectKind, level: i32, input: &[u8]) -> Option<Vec<u8>> {
+/// Runs `f` with this thread's context for (`kind`, `level`), created once per thread and
+/// setting: a fresh context per call allocates and faults in its workspace (about 1 MiB at
+/// level 3) for every 64 KiB block or 1 MiB part, which costs more than the compression.
+fn with_thread_context<R>(
+    kind: ObjectKind,
+    level: i32,
+    f: impl FnOnce(&mut Compressor<'static>) -> Option<R>,
+) -> Option<R> {
     type Slot = Option<((ObjectKind, i32), Compressor<'static>)>;
     thread_local! {
         static CONTEXT: RefCell<Slot> = const { RefCell::new(None) };
@@ -47,22 +51,31 @@ pub fn compress_part(kind: ObjectKind, level: i32, input: &[u8]) -> Option<Vec<u
             *slot = Some(((kind, level), compressor(kind, level)?));
         }
         let (_, c) = slot.as_mut()?;
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(input.len()));
-        c.compress_to_buffer(input, &mut out).ok()?;
-        Some(out)
+        f(c)
     })
 }
 
+/// Compresses one part with this thread's context. `None` when zstd fails.
+pub fn compress_part(kind: ObjectKind, level: i32, input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(input.len()));
+    with_thread_context(kind, level, |c| c.compress_to_buffer(input, &mut out).ok())?;
+    Some(out)
+}
+
 /// zstd-compresses `data` in one frame into a buffer with `reserve` spare bytes (for the
-/// envelope's header and tag); `None` when that saves less than 1/32 of the size.
+/// envelope's header and tag); `None` when that saves less than 1/32 of the size. Small
+/// inputs (blocks) use this thread's context; large ones a context with worker threads.
 pub fn compress_whole(
     kind: ObjectKind,
     data: &[u8],
     level: i32,
     reserve: usize,
 ) -> Option<Vec<u8>> {
-    let mut c = compressor(kind, level)?;
-    if data.len() >= MULTITHREAD_MIN {
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + reserve);
+    if data.len() < MULTITHREAD_MIN {
+        with_thread_context(kind, level, |c| c.compress_to_buffer(data, &mut out).ok())?;
+    } else {
+        let mut c = compressor(kind, level)?;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1) as u32;
@@ -70,10 +83,38 @@ pub fn compress_whole(
             // Ignored (and harmless) if the library was built without multithreading.
             let _ = c.set_parameter(CParameter::NbWorkers(workers));
         }
+        c.compress_to_buffer(data, &mut out).ok()?;
     }
-    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()) + reserve);
-    c.compress_to_buffer(data, &mut out).ok()?;
     worth_it(out.len(), data.len()).then_some(out)
+}
+
+/// Frames whose header states a content size up to this are decompressed in one call with
+/// this thread's context into a buffer of exactly that size; others (streamed frames, such as
+/// manifests) stream.
+const ONE_CALL_MAX: u64 = 64 << 20;
+
+/// Decompresses one zstd frame (an authenticated envelope body). Blocks take the one-call
+/// path: a fresh streaming decoder per 64 KiB block allocated and faulted in its buffers for
+/// each one.
+pub fn decompress_whole(frame: &[u8]) -> Result<Vec<u8>, String> {
+    type Slot = Option<zstd::bulk::Decompressor<'static>>;
+    thread_local! {
+        static CONTEXT: RefCell<Slot> = const { RefCell::new(None) };
+    }
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= ONE_CALL_MAX => CONTEXT.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+            }
+            let d = slot.as_mut().expect("set above");
+            let mut out = Vec::with_capacity(size as usize);
+            d.decompress_to_buffer(frame, &mut out)
+                .map_err(|e| e.to_string())?;
+            Ok(out)
+        }),
+        _ => zstd::stream::decode_all(frame).map_err(|e| e.to_string()),
+    }
 }
 
 /// Compression is kept only when it saves at least 1/32 of the size.

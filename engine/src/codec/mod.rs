@@ -379,8 +379,7 @@ impl Codec {
         };
         match header[6] {
             0 => Ok(plain_body),
-            1 => zstd::stream::decode_all(plain_body.as_slice())
-                .map_err(|e| CodecError::Decompress(e.to_string())),
+            1 => compression::decompress_whole(&plain_body).map_err(CodecError::Decompress),
             other => Err(CodecError::Malformed(format!(
                 "unknown compression {other}"
             ))),
