@@ -38,10 +38,18 @@ fn spool_error(e: impl std::fmt::Display) -> Error {
 }
 
 impl FileSpool {
-    /// An empty spool in a new unnamed temporary file.
+    /// An empty spool in a new unnamed temporary file in `TMPDIR`.
     pub fn new() -> Result<Self> {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// An empty spool in a new unnamed temporary file in `dir`.
+    fn new_in(dir: &std::path::Path) -> Result<Self> {
         Ok(FileSpool {
-            out: BufWriter::with_capacity(256 << 10, tempfile::tempfile().map_err(spool_error)?),
+            out: BufWriter::with_capacity(
+                256 << 10,
+                tempfile::tempfile_in(dir).map_err(spool_error)?,
+            ),
             end: 0,
             places: Vec::new(),
             bad_pages: Vec::new(),
@@ -238,5 +246,13 @@ mod tests {
             Some(&written[1])
         );
         assert_eq!(by_path.paths().collect::<Vec<_>>(), vec!["base/5/16384"]);
+    }
+
+    #[test]
+    fn an_unusable_temporary_directory_is_named_in_the_error() {
+        let err = FileSpool::new_in(std::path::Path::new("/nonexistent/pgbunker-spool"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TMPDIR"), "{err}");
     }
 }
