@@ -345,29 +345,16 @@ impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
 
 /// Reads and authenticates a manifest.
 pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
-    let plain = open_plain(repo, cluster, id).await?;
-    let key = layout::backup_manifest(cluster, id).to_string();
-    tokio::task::spawn_blocking(move || {
+    parse(repo, cluster, id, |plain, key| {
         serde_json::from_reader(plain).map_err(|e| Error::corrupt(key, e.to_string()))
     })
     .await
-    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
 }
 
 /// Reads a manifest without its file list (parsed past, never held): for planning a
 /// restore, retention and pins, which need a backup's identity and positions only.
 pub async fn load_head(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
-    let plain = open_plain(repo, cluster, id).await?;
-    let key = layout::backup_manifest(cluster, id).to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut de = serde_json::Deserializer::from_reader(plain);
-        HeadSpillingFiles(None)
-            .deserialize(&mut de)
-            .and_then(|m| de.end().map(|()| m))
-            .map_err(|e| Error::corrupt(key, e.to_string()))
-    })
-    .await
-    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+    parse(repo, cluster, id, |plain, key| parse_head(plain, key, None)).await
 }
 
 /// Reads a manifest, spilling its file entries to a [`FileSpool`] as they are parsed: the
@@ -377,19 +364,36 @@ pub async fn load_spilled(
     cluster: &str,
     id: &str,
 ) -> Result<(Manifest, SpooledFiles)> {
-    let plain = open_plain(repo, cluster, id).await?;
-    let key = layout::backup_manifest(cluster, id).to_string();
-    tokio::task::spawn_blocking(move || {
+    parse(repo, cluster, id, |plain, key| {
         let mut spool = FileSpool::new()?;
-        let mut de = serde_json::Deserializer::from_reader(plain);
-        let head = HeadSpillingFiles(Some(&mut spool))
-            .deserialize(&mut de)
-            .and_then(|m| de.end().map(|()| m))
-            .map_err(|e| Error::corrupt(key, e.to_string()))?;
+        let head = parse_head(plain, key, Some(&mut spool))?;
         Ok((head, spool.into_lookup()?))
     })
     .await
-    .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+}
+
+/// Fetches and authenticates a manifest, then runs `parse` on its plaintext (and its key, for
+/// errors) off the async threads.
+async fn parse<T: Send + 'static>(
+    repo: &Repository,
+    cluster: &str,
+    id: &str,
+    parse: impl FnOnce(PlainReader, String) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let plain = open_plain(repo, cluster, id).await?;
+    let key = layout::backup_manifest(cluster, id).to_string();
+    tokio::task::spawn_blocking(move || parse(plain, key))
+        .await
+        .map_err(|e| Error::InvalidInput(format!("reading manifest {id}: {e}")))?
+}
+
+/// Parses a manifest's top level; its file entries go to `spool`, or are skipped.
+fn parse_head(plain: PlainReader, key: String, spool: Option<&mut FileSpool>) -> Result<Manifest> {
+    let mut de = serde_json::Deserializer::from_reader(plain);
+    HeadSpillingFiles(spool)
+        .deserialize(&mut de)
+        .and_then(|m| de.end().map(|()| m))
+        .map_err(|e| Error::corrupt(key, e.to_string()))
 }
 
 /// Fetches a manifest and authenticates it (decrypting in place); its JSON is then read while
