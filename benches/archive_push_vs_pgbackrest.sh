@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# archive-push: pgbunker against pgBackRest on the same real WAL segments.
+# archive-push: pgcairn against pgBackRest on the same real WAL segments.
 #
 #   benches/archive_push_vs_pgbackrest.sh [SEGMENTS]      (default 32; run as root or postgres)
 #
@@ -7,11 +7,11 @@
 #    finished 16 MiB segments are kept in its pg_wal.
 # 2. Sync: each tool archives every segment, one call per segment as archive_command does,
 #    into a fresh local repository. pgBackRest: compress-type=zst, compress-level=3.
-#    pgbunker: its defaults (zstd level 1 for WAL, XChaCha20-Poly1305, key file).
+#    pgcairn: its defaults (zstd level 1 for WAL, XChaCha20-Poly1305, key file).
 # 3. Async: all segments are marked .ready (PostgreSQL behind on archiving), then each tool's
 #    archive-push is called for each segment in order, as PostgreSQL would, and the status
 #    file is renamed to .done on success. pgBackRest: archive-async=y, process-max=2;
-#    pgbunker: [archive] async = true (jobs default: min(4, cores)).
+#    pgcairn: [archive] async = true (jobs default: min(4, cores)).
 # 4. archive-get of every segment by each tool, one call per segment, checked byte for byte.
 # 5. Stored bytes of the archive, and peak RSS of one sync archive-push call (/usr/bin/time).
 #
@@ -26,14 +26,14 @@ PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 
 if [ "$(id -u)" = 0 ]; then ./scripts/install-deps.sh >/dev/null; fi
 command -v pgbackrest >/dev/null || { echo "pgbackrest missing: run scripts/install-deps.sh as root" >&2; exit 2; }
-cargo build --release --locked -p pgbunker >/dev/null 2>&1 || cargo build --release --locked -p pgbunker
+cargo build --release --locked -p pgcairn >/dev/null 2>&1 || cargo build --release --locked -p pgcairn
 
-W=$(mktemp -d /tmp/pgbunker-bench.XXXXXX)
+W=$(mktemp -d /tmp/pgcairn-bench.XXXXXX)
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() { as_pg "$PGBIN/pg_ctl" -D "$W/pg" -m immediate stop >/dev/null 2>&1 || true; pkill -f "$W" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 mkdir -p "$W/bin"
-cp target/release/pgbunker "$W/bin/pgbunker"
+cp target/release/pgcairn "$W/bin/pgcairn"
 [ "$(id -u)" = 0 ] && chown -R postgres: "$W"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
@@ -89,12 +89,12 @@ reset_status() {
     as_pg find "$W/pg/pg_wal/archive_status" -type f -delete
     if [ "$1" = ready ]; then for s in "${SEGS[@]}"; do as_pg touch "$W/pg/pg_wal/archive_status/$s.ready"; done; fi
 }
-fresh_pgbunker() { # $1 = async true|false
+fresh_pgcairn() { # $1 = async true|false
     # A background pusher left from an async round still holds the previous repository's key.
-    pkill -9 -f "$W/bin/pgbunker.*archive-push-daemon" 2>/dev/null || true
-    while pgrep -f "$W/bin/pgbunker.*archive-push-daemon" >/dev/null; do sleep 0.1; done
+    pkill -9 -f "$W/bin/pgcairn.*archive-push-daemon" 2>/dev/null || true
+    while pgrep -f "$W/bin/pgcairn.*archive-push-daemon" >/dev/null; do sleep 0.1; done
     as_pg rm -rf "$W/pgb-repo" "$W/pgb-spool" "$W/pgb.key"
-    cat > "$W/pgbunker.toml" <<CONF
+    cat > "$W/pgcairn.toml" <<CONF
 [repo]
 url = "file://$W/pgb-repo"
 key_file = "$W/pgb.key"
@@ -102,8 +102,8 @@ key_file = "$W/pgb.key"
 async = $1
 spool_dir = "$W/pgb-spool"
 CONF
-    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgbunker.toml"
-    as_pg "$W/bin/pgbunker" --config "$W/pgbunker.toml" init --key-file "$W/pgb.key" >/dev/null
+    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgcairn.toml"
+    as_pg "$W/bin/pgcairn" --config "$W/pgcairn.toml" init --key-file "$W/pgb.key" >/dev/null
 }
 fresh_pgbackrest() { # $1 = async y|n
     as_pg rm -rf "$W/pgbr-repo/archive/bench/15-1" "$W/pgbr-spool" "$W/pgbr-lock"
@@ -115,8 +115,8 @@ push_all() { # $1 = tool; pushes every segment like PostgreSQL would; prints ela
     # One shell as the postgres user runs the loop, as PostgreSQL's archiver would (it calls
     # archive_command through sh -c and renames .ready to .done itself).
     local cmd
-    if [ "$1" = pgbunker ]; then
-        cmd="'$W/bin/pgbunker' --config '$W/pgbunker.toml' archive-push pg_wal/\$s"
+    if [ "$1" = pgcairn ]; then
+        cmd="'$W/bin/pgcairn' --config '$W/pgcairn.toml' archive-push pg_wal/\$s"
     else
         cmd="pgbackrest --config='$W/pgbackrest.conf' --stanza=bench archive-push '$W/pg/pg_wal/'\$s"
     fi
@@ -138,24 +138,24 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "== round $round"
     fresh_pgbackrest n; reset_status none; t=$(push_all pgbackrest); best_pgbr_sync=$(min "$best_pgbr_sync" "$t")
     PGBR_BYTES=$(du -sb --apparent-size "$W/pgbr-repo/archive/bench/15-1" | cut -f1)
-    fresh_pgbunker false; reset_status none; t=$(push_all pgbunker); best_pgb_sync=$(min "$best_pgb_sync" "$t")
+    fresh_pgcairn false; reset_status none; t=$(push_all pgcairn); best_pgb_sync=$(min "$best_pgb_sync" "$t")
     PGB_BYTES=$(du -sb --apparent-size "$W/pgb-repo/clusters" | cut -f1)
     fresh_pgbackrest y; reset_status ready; t=$(push_all pgbackrest); best_pgbr_async=$(min "$best_pgbr_async" "$t")
-    fresh_pgbunker true; reset_status ready; t=$(push_all pgbunker); best_pgb_async=$(min "$best_pgb_async" "$t")
+    fresh_pgcairn true; reset_status ready; t=$(push_all pgcairn); best_pgb_async=$(min "$best_pgb_async" "$t")
     sleep 1
 done
 
 # archive-get: after the last round both repositories hold every segment. Each tool restores
 # them one call per segment into an empty directory, as restore_command does (sync mode for
-# both; pgBackRest writes the file in place without fsync, pgbunker writes a temp file, fsyncs
+# both; pgBackRest writes the file in place without fsync, pgcairn writes a temp file, fsyncs
 # and renames), and every restored file is compared with the original.
-sed -i "s/^async = .*/async = false/" "$W/pgbunker.toml"
+sed -i "s/^async = .*/async = false/" "$W/pgcairn.toml"
 sed -i "s/^archive-async=.*//" "$W/pgbackrest.conf"
 get_all() { # $1 = tool; prints elapsed ns
     local cmd out="$W/restored-$1"
     as_pg rm -rf "$out"; as_pg mkdir -p "$out"
-    if [ "$1" = pgbunker ]; then
-        cmd="'$W/bin/pgbunker' --config '$W/pgbunker.toml' archive-get \$s '$out/'\$s"
+    if [ "$1" = pgcairn ]; then
+        cmd="'$W/bin/pgcairn' --config '$W/pgcairn.toml' archive-get \$s '$out/'\$s"
     else
         cmd="pgbackrest --config='$W/pgbackrest.conf' --stanza=bench archive-get \$s '$out/'\$s"
     fi
@@ -170,14 +170,14 @@ get_all() { # $1 = tool; prints elapsed ns
 best_pgb_get= best_pgbr_get=
 for round in $(seq 1 "$ROUNDS"); do
     t=$(get_all pgbackrest); best_pgbr_get=$(min "$best_pgbr_get" "$t")
-    t=$(get_all pgbunker); best_pgb_get=$(min "$best_pgb_get" "$t")
+    t=$(get_all pgcairn); best_pgb_get=$(min "$best_pgb_get" "$t")
 done
 
 # Peak RSS of single sync calls (max over three segments).
-fresh_pgbunker false; fresh_pgbackrest n; reset_status none
+fresh_pgcairn false; fresh_pgbackrest n; reset_status none
 rss_pgb=0 rss_pgbr=0
 for s in "${SEGS[@]:0:3}"; do
-    r=$(cd "$W/pg" && as_pg /usr/bin/time -f %M "$W/bin/pgbunker" --config "$W/pgbunker.toml" archive-push "pg_wal/$s" 2>&1 >/dev/null | tail -1)
+    r=$(cd "$W/pg" && as_pg /usr/bin/time -f %M "$W/bin/pgcairn" --config "$W/pgcairn.toml" archive-push "pg_wal/$s" 2>&1 >/dev/null | tail -1)
     [ "$r" -gt "$rss_pgb" ] && rss_pgb=$r
     r=$(cd "$W/pg" && as_pg /usr/bin/time -f %M pgbackrest --config="$W/pgbackrest.conf" --stanza=bench archive-push "$W/pg/pg_wal/$s" 2>&1 >/dev/null | tail -1)
     [ "$r" -gt "$rss_pgbr" ] && rss_pgbr=$r
@@ -191,10 +191,10 @@ n, wal = int(n), int(wal)
 ms = lambda ns: int(ns) / 1e6 / n
 print()
 print(f"archive-push of {n} real 16 MiB WAL segments ({wal/2**20:.0f} MiB), best of rounds; pgBackRest = {ver}")
-print(f"{'':28}{'pgbunker':>12}{'pgBackRest':>12}{'ratio':>10}")
-print(f"{'sync  ms per segment':28}{ms(pgb_s):>12.1f}{ms(pgbr_s):>12.1f}{ms(pgbr_s)/ms(pgb_s):>9.2f}x  (pgbunker throughput / pgBackRest)")
+print(f"{'':28}{'pgcairn':>12}{'pgBackRest':>12}{'ratio':>10}")
+print(f"{'sync  ms per segment':28}{ms(pgb_s):>12.1f}{ms(pgbr_s):>12.1f}{ms(pgbr_s)/ms(pgb_s):>9.2f}x  (pgcairn throughput / pgBackRest)")
 print(f"{'async ms per segment':28}{ms(pgb_a):>12.1f}{ms(pgbr_a):>12.1f}{ms(pgbr_a)/ms(pgb_a):>9.2f}x")
-print(f"{'archive-get ms per segment':28}{ms(pgb_g):>12.1f}{ms(pgbr_g):>12.1f}{ms(pgbr_g)/ms(pgb_g):>9.2f}x  (pgbunker fsyncs, pgBackRest does not)")
-print(f"{'stored MiB':28}{int(pgb_b)/2**20:>12.1f}{int(pgbr_b)/2**20:>12.1f}{int(pgb_b)/int(pgbr_b):>9.2f}x  (pgbunker bytes / pgBackRest; lower is better)")
+print(f"{'archive-get ms per segment':28}{ms(pgb_g):>12.1f}{ms(pgbr_g):>12.1f}{ms(pgbr_g)/ms(pgb_g):>9.2f}x  (pgcairn fsyncs, pgBackRest does not)")
+print(f"{'stored MiB':28}{int(pgb_b)/2**20:>12.1f}{int(pgbr_b)/2**20:>12.1f}{int(pgb_b)/int(pgbr_b):>9.2f}x  (pgcairn bytes / pgBackRest; lower is better)")
 print(f"{'peak RSS per call (MiB)':28}{int(rss_pgb)/1024:>12.1f}{int(rss_pgbr)/1024:>12.1f}")
 PY

@@ -4,10 +4,10 @@
 #   benches/backup_memory.sh [SCALE...]      (default: 50 500; run as root or postgres)
 #
 # For each pgbench SCALE, on a fresh throwaway PostgreSQL 15 cluster (data checksums, WAL
-# archived by pgbunker archive-push into a fresh local encrypted repository):
-# 1. pgbench -i -s SCALE, then `pgbunker backup --type full`;
-# 2. pgbench -T 10 -c 2, then `pgbunker backup` (incr, the default);
-# 3. `pgbunker restore --pgdata` into a new directory (latest backup, the incr).
+# archived by pgcairn archive-push into a fresh local encrypted repository):
+# 1. pgbench -i -s SCALE, then `pgcairn backup --type full`;
+# 2. pgbench -T 10 -c 2, then `pgcairn backup` (incr, the default);
+# 3. `pgcairn restore --pgdata` into a new directory (latest backup, the incr).
 # Each command runs under /usr/bin/time: wall seconds and peak RSS (%M). The peak RSS growth
 # between scales, divided by the growth in 64 KiB blocks of the database, is the per-block
 # memory cost of whatever the process keeps for every block (manifest, block maps, ...).
@@ -16,9 +16,9 @@
 # and WAL; each scale's directory is removed before the next. Timings are noisy on a shared
 # machine; peak RSS is not.
 #
-# Environment: PGBUNKER_BIN (default target/release/pgbunker, snapshotted once so every scale
+# Environment: PGCAIRN_BIN (default target/release/pgcairn, snapshotted once so every scale
 # runs the same binary), BACKUP_JOBS (passes --jobs to both backups), CMD_TIMEOUT (seconds per
-# pgbunker command, default 1800: a hang is reported as a failure of that scale, and the
+# pgcairn command, default 1800: a hang is reported as a failure of that scale, and the
 # remaining scales still run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +28,12 @@ PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 
 CMD_TIMEOUT=${CMD_TIMEOUT:-1800}
 BACKUP_JOBS=${BACKUP_JOBS:-}
-BIN=${PGBUNKER_BIN:-target/release/pgbunker}
-[ -x "$BIN" ] || [ -n "${PGBUNKER_BIN:-}" ] || cargo build --release --locked -p pgbunker
+BIN=${PGCAIRN_BIN:-target/release/pgcairn}
+[ -x "$BIN" ] || [ -n "${PGCAIRN_BIN:-}" ] || cargo build --release --locked -p pgcairn
 
 W=
-RESULTS=$(mktemp /tmp/pgbunker-bench-results.XXXXXX)
-SNAPSHOT=$(mktemp /tmp/pgbunker-bench-bin.XXXXXX)
+RESULTS=$(mktemp /tmp/pgcairn-bench-results.XXXXXX)
+SNAPSHOT=$(mktemp /tmp/pgcairn-bench-bin.XXXXXX)
 cp "$BIN" "$SNAPSHOT"
 chmod 755 "$SNAPSHOT"
 echo "== $("$SNAPSHOT" --version), binary $BIN (md5 $(md5sum < "$SNAPSHOT" | cut -c1-12))${BACKUP_JOBS:+, backup --jobs $BACKUP_JOBS}"
@@ -68,10 +68,10 @@ timed() {
 
 run_scale() { # $1 = pgbench scale
     local scale=$1
-    W=$(mktemp -d /tmp/pgbunker-bench.XXXXXX)
+    W=$(mktemp -d /tmp/pgcairn-bench.XXXXXX)
     mkdir -p "$W/bin"
-    cp "$SNAPSHOT" "$W/bin/pgbunker"
-    chmod 755 "$W/bin/pgbunker"
+    cp "$SNAPSHOT" "$W/bin/pgcairn"
+    chmod 755 "$W/bin/pgcairn"
     [ "$(id -u)" = 0 ] && chown -R postgres: "$W"
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -84,11 +84,11 @@ port = $port
 unix_socket_directories = '$W'
 wal_level = replica
 archive_mode = on
-archive_command = '''$W/bin/pgbunker'' --config ''$W/pgbunker.toml'' archive-push %p'
+archive_command = '''$W/bin/pgcairn'' --config ''$W/pgcairn.toml'' archive-push %p'
 max_wal_size = '4GB'
 checkpoint_timeout = '30min'
 CONF
-    cat > "$W/pgbunker.toml" <<CONF
+    cat > "$W/pgcairn.toml" <<CONF
 [repo]
 url = "file://$W/repo"
 key_file = "$W/repo.key"
@@ -99,8 +99,8 @@ conninfo = "host=$W port=$port user=postgres dbname=postgres"
 [archive]
 spool_dir = "$W/spool"
 CONF
-    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgbunker.toml"
-    local pgb=("$W/bin/pgbunker" --config "$W/pgbunker.toml")
+    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgcairn.toml"
+    local pgb=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
     as_pg "${pgb[@]}" init --key-file "$W/repo.key" >/dev/null
     as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
     psql_pg() { as_pg "$PGBIN/psql" -X -A -t -h "$W" -p "$port" -U postgres -d postgres -c "$1"; }
@@ -151,7 +151,7 @@ lines = [l.split() for l in open(sys.argv[1]) if l.strip()]
 rows = [l for l in lines if l[2] != "FAIL"]
 MiB = 2**20
 print()
-print("pgbunker peak RSS (MiB) and wall time (s) against database size")
+print("pgcairn peak RSS (MiB) and wall time (s) against database size")
 print(f"{'scale':>6}{'db MiB':>9}{'blocks':>9}{'repo MiB':>10}"
       f"{'full s':>8}{'full MB/s':>10}{'full RSS':>9}{'incr s':>8}{'incr RSS':>9}{'rest s':>8}{'rest RSS':>9}")
 for scale, db, repo, fw, fr, iw, ir, rw, rr in rows:

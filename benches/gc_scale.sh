@@ -4,20 +4,20 @@
 #   benches/gc_scale.sh [SCALE...]      (default: 20 100; run as root or postgres)
 #
 # For each pgbench SCALE, on a fresh throwaway PostgreSQL 15 cluster (data checksums, WAL
-# archived by pgbunker archive-push into a fresh local encrypted repository):
+# archived by pgcairn archive-push into a fresh local encrypted repository):
 # 1. pgbench -i -s SCALE;
 # 2. BACKUPS rounds (default 8) of: `pgbench -c 2 -N -t SCALE*TX_PER_SCALE` (simple updates
 #    spread over all of pgbench_accounts: most 64 KiB blocks change every round), then
-#    `pgbunker backup`: full for rounds 1, 5, 9, ..., incr otherwise;
-# 3. PostgreSQL stopped; `[retention] full = 1` added to the config and `pgbunker expire`: the
+#    `pgcairn backup`: full for rounds 1, 5, 9, ..., incr otherwise;
+# 3. PostgreSQL stopped; `[retention] full = 1` added to the config and `pgcairn expire`: the
 #    backups before the newest full one go, so most of the oldest packs are garbage and the
 #    ones the newest full deduplicated against are partly live (repack candidates);
-# 4. `pgbunker info --output json` (its space summary does gc's mark), then
-#    `pgbunker gc --grace 0s --output json` (mark, repack, condemn, sweep), then the same gc
+# 4. `pgcairn info --output json` (its space summary does gc's mark), then
+#    `pgcairn gc --grace 0s --output json` (mark, repack, condemn, sweep), then the same gc
 #    again (a no-op: its cost is the mark; if it still had work to do, e.g. a sweep the first
-#    run left, a third gc is the no-op), then info again, then `pgbunker verify --read-data`
+#    run left, a third gc is the no-op), then info again, then `pgcairn verify --read-data`
 #    (every retained block still indexed, readable and intact after gc).
-# Each pgbunker command of step 4 runs under /usr/bin/time: wall seconds and peak RSS (%M).
+# Each pgcairn command of step 4 runs under /usr/bin/time: wall seconds and peak RSS (%M).
 # The peak RSS growth of the no-op gc between the first and last scale, divided by the growth
 # in index entries (and in distinct referenced blocks), is the per-block memory cost of the
 # mark (index entries grouped by pack, the referenced-block map). The first gc's peak includes
@@ -28,9 +28,9 @@
 # the next. Timings are noisy on a shared machine; peak RSS much less so. With the defaults the
 # whole run takes 3 to 5 minutes on 2 cores, mostly pgbench and the backups.
 #
-# Environment: PGBUNKER_BIN (default target/release/pgbunker, snapshotted once so every scale
+# Environment: PGCAIRN_BIN (default target/release/pgcairn, snapshotted once so every scale
 # runs the same binary), BACKUPS (default 8), TX_PER_SCALE (pgbench transactions per client per
-# round, times the scale; default 200), CMD_TIMEOUT (seconds per pgbunker command, default
+# round, times the scale; default 200), CMD_TIMEOUT (seconds per pgcairn command, default
 # 1800: a hang is reported as a failure of that scale, and the remaining scales still run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,12 +41,12 @@ PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 CMD_TIMEOUT=${CMD_TIMEOUT:-1800}
 BACKUPS=${BACKUPS:-8}
 TX_PER_SCALE=${TX_PER_SCALE:-200}
-BIN=${PGBUNKER_BIN:-target/release/pgbunker}
-[ -x "$BIN" ] || [ -n "${PGBUNKER_BIN:-}" ] || cargo build --release --locked -p pgbunker
+BIN=${PGCAIRN_BIN:-target/release/pgcairn}
+[ -x "$BIN" ] || [ -n "${PGCAIRN_BIN:-}" ] || cargo build --release --locked -p pgcairn
 
 W=
-RESULTS=$(mktemp /tmp/pgbunker-bench-results.XXXXXX)
-SNAPSHOT=$(mktemp /tmp/pgbunker-bench-bin.XXXXXX)
+RESULTS=$(mktemp /tmp/pgcairn-bench-results.XXXXXX)
+SNAPSHOT=$(mktemp /tmp/pgcairn-bench-bin.XXXXXX)
 cp "$BIN" "$SNAPSHOT"
 chmod 755 "$SNAPSHOT"
 echo "== $("$SNAPSHOT" --version), binary $BIN (md5 $(md5sum < "$SNAPSHOT" | cut -c1-12)); $BACKUPS backups per scale, pgbench -t SCALE*$TX_PER_SCALE per client"
@@ -82,10 +82,10 @@ timed() {
 
 run_scale() { # $1 = pgbench scale
     local scale=$1
-    W=$(mktemp -d /tmp/pgbunker-bench.XXXXXX)
+    W=$(mktemp -d /tmp/pgcairn-bench.XXXXXX)
     mkdir -p "$W/bin"
-    cp "$SNAPSHOT" "$W/bin/pgbunker"
-    chmod 755 "$W/bin/pgbunker"
+    cp "$SNAPSHOT" "$W/bin/pgcairn"
+    chmod 755 "$W/bin/pgcairn"
     [ "$(id -u)" = 0 ] && chown -R postgres: "$W"
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -99,12 +99,12 @@ port = $port
 unix_socket_directories = '$W'
 wal_level = replica
 archive_mode = on
-archive_command = '''$W/bin/pgbunker'' --config ''$W/pgbunker.toml'' archive-push %p'
+archive_command = '''$W/bin/pgcairn'' --config ''$W/pgcairn.toml'' archive-push %p'
 max_wal_size = '4GB'
 checkpoint_timeout = '30min'
 synchronous_commit = off
 CONF
-    cat > "$W/pgbunker.toml" <<CONF
+    cat > "$W/pgcairn.toml" <<CONF
 [repo]
 url = "file://$W/repo"
 key_file = "$W/repo.key"
@@ -115,8 +115,8 @@ conninfo = "host=$W port=$port user=postgres dbname=postgres"
 [archive]
 spool_dir = "$W/spool"
 CONF
-    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgbunker.toml"
-    local pgb=("$W/bin/pgbunker" --config "$W/pgbunker.toml")
+    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgcairn.toml"
+    local pgb=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
     as_pg "${pgb[@]}" init --key-file "$W/repo.key" >/dev/null
     as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
     psql_pg() { as_pg "$PGBIN/psql" -X -A -t -h "$W" -p "$port" -U postgres -d postgres -c "$1"; }
@@ -151,7 +151,7 @@ CONF
     as_pg "$PGBIN/pg_ctl" -D "$W/pg" -m fast -w stop >/dev/null
     echo "   $BACKUPS backups ($backup_list): pgbench ${load_s} s, backups ${backup_s} s; database now $(( db_bytes / 1048576 )) MiB, repository $(( repo_before / 1048576 )) MiB"
 
-    printf '[retention]\nfull = 1\n' >> "$W/pgbunker.toml"
+    printf '[retention]\nfull = 1\n' >> "$W/pgcairn.toml"
     timed expire "${pgb[@]}" expire || { fail expire; return 0; }
     local expire_wall=$T_WALL expired
     expired=$(grep -c '^EXPIRED ' "$W/expire.out" || true)

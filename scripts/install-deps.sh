@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Install what building and testing pgbunker needs on Debian 12 (run as root):
+# Install what building and testing pgcairn needs on Debian 12 (run as root):
 #   - Debian packages: PostgreSQL 15 server (+ contrib: amcheck), pgBackRest, socat, openssl,
 #     curl, procps, util-linux (runuser), a C toolchain for -sys crates, python3-venv if needed;
 #   - a Python venv with moto[server] (a local S3-compatible server, see scripts/s3-local.sh)
-#     at ${PGBUNKER_CACHE:-/var/cache/pgbunker-test}/venv;
+#     at ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/venv;
 #   - Azurite, the Azure Blob Storage emulator, from npm (see scripts/cloud-emulators.sh) at
-#     ${PGBUNKER_CACHE:-/var/cache/pgbunker-test}/node; Node.js and npm from Debian if missing.
+#     ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/node; Node.js and npm from Debian if missing.
 # The Rust toolchain is expected to be present already; it is not installed here.
 #
 # Idempotent and fast when everything is installed: `apt-get update` runs only if a package is
@@ -14,19 +14,19 @@
 # run their own clusters as the `postgres` OS user in their own directories.
 #
 # Environment:
-#   PGBUNKER_CACHE       cache directory (default /var/cache/pgbunker-test)
-#   PGBUNKER_MOTO_SPEC   pip requirement for moto (default 'moto[server]>=5,<6')
-#   PGBUNKER_AZURITE_VERSION  Azurite version from npm (default 3.35.0: the last release that
+#   PGCAIRN_CACHE       cache directory (default /var/cache/pgcairn-test)
+#   PGCAIRN_MOTO_SPEC   pip requirement for moto (default 'moto[server]>=5,<6')
+#   PGCAIRN_AZURITE_VERSION  Azurite version from npm (default 3.35.0: the last release that
 #                        runs on Node.js 20; 3.36 and later want Node.js 21 or 22)
 set -euo pipefail
 
 PG_MAJOR=15
 PG_BINDIR=/usr/lib/postgresql/$PG_MAJOR/bin
-CACHE=${PGBUNKER_CACHE:-/var/cache/pgbunker-test}
+CACHE=${PGCAIRN_CACHE:-/var/cache/pgcairn-test}
 VENV=$CACHE/venv
-MOTO_SPEC=${PGBUNKER_MOTO_SPEC:-'moto[server]>=5,<6'}
+MOTO_SPEC=${PGCAIRN_MOTO_SPEC:-'moto[server]>=5,<6'}
 NODE_PREFIX=$CACHE/node
-AZURITE_VERSION=${PGBUNKER_AZURITE_VERSION:-3.35.0}
+AZURITE_VERSION=${PGCAIRN_AZURITE_VERSION:-3.35.0}
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -95,9 +95,9 @@ if ((${#missing[@]})); then
     # the drop-in may be written before postgresql-common itself is installed, and it leaves the
     # ucf-managed createcluster.conf untouched.
     mkdir -p /etc/postgresql-common/createcluster.d
-    dropin=/etc/postgresql-common/createcluster.d/pgbunker-no-main-cluster.conf
+    dropin=/etc/postgresql-common/createcluster.d/pgcairn-no-main-cluster.conf
     if [[ ! -f $dropin ]] || ! grep -qx 'create_main_cluster = false' "$dropin"; then
-        printf '%s\n' '# written by pgbunker scripts/install-deps.sh: tests create their own clusters' \
+        printf '%s\n' '# written by pgcairn scripts/install-deps.sh: tests create their own clusters' \
             'create_main_cluster = false' >"$dropin"
     fi
     main_existed=0
@@ -109,7 +109,7 @@ if ((${#missing[@]})); then
     policy=/usr/sbin/policy-rc.d
     own_policy=0
     if [[ ! -e $policy ]]; then
-        printf '#!/bin/sh\n# temporary, from pgbunker scripts/install-deps.sh\nexit 101\n' >"$policy"
+        printf '#!/bin/sh\n# temporary, from pgcairn scripts/install-deps.sh\nexit 101\n' >"$policy"
         chmod 755 "$policy"
         own_policy=1
         trap '[[ $own_policy == 1 ]] && rm -f "$policy"' EXIT
@@ -195,4 +195,4 @@ cargo=$(command -v cargo || echo /root/.cargo/bin/cargo)
 rust_v=$("$cargo" --version 2>/dev/null | awk '{print $2}' || true)
 node_v=$(node --version)
 azurite_v=$(azurite_version)
-echo "pgbunker deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"
+echo "pgcairn deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds pgbunker and runs `pgbunker demo`: a throwaway PostgreSQL cluster archiving its WAL
+# Builds pgcairn and runs `pgcairn demo`: a throwaway PostgreSQL cluster archiving its WAL
 # into a fresh encrypted local repository, then `info`.
 #
 #   ./scripts/quickstart.sh          # as root on a fresh Debian 12 machine (installs PostgreSQL 15)
@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then
     ./scripts/install-deps.sh
 fi
-cargo build --release --locked -p pgbunker
-exec ./target/release/pgbunker demo "$@"
+cargo build --release --locked -p pgcairn
+exec ./target/release/pgcairn demo "$@"

@@ -4,8 +4,8 @@
 #   scripts/s3-local.sh start DIR    start moto_server on a free 127.0.0.1 port (or reuse the one
 #                                    already running for DIR), create the test bucket, and print
 #                                    on stdout:
-#                                      export PGBUNKER_TEST_S3_ENDPOINT=http://127.0.0.1:PORT
-#                                      export PGBUNKER_TEST_S3_BUCKET=pgbunker-test
+#                                      export PGCAIRN_TEST_S3_ENDPOINT=http://127.0.0.1:PORT
+#                                      export PGCAIRN_TEST_S3_BUCKET=pgcairn-test
 #                                    usage: eval "$(scripts/s3-local.sh start DIR)"
 #   scripts/s3-local.sh stop DIR     stop the server started for DIR (no-op if none)
 #   scripts/s3-local.sh status DIR   exit 0 and print the exports if it is running, else exit 1
@@ -14,13 +14,13 @@
 # Any credentials are accepted (e.g. test/test), region us-east-1; path-style URLs work.
 # Diagnostics go to stderr; stdout carries only the export lines.
 #
-# Environment: PGBUNKER_CACHE (venv at $PGBUNKER_CACHE/venv, default /var/cache/pgbunker-test),
-# S3_LOCAL_BUCKET (default pgbunker-test), S3_LOCAL_START_TIMEOUT (seconds, default 30).
+# Environment: PGCAIRN_CACHE (venv at $PGCAIRN_CACHE/venv, default /var/cache/pgcairn-test),
+# S3_LOCAL_BUCKET (default pgcairn-test), S3_LOCAL_START_TIMEOUT (seconds, default 30).
 set -euo pipefail
 
-CACHE=${PGBUNKER_CACHE:-/var/cache/pgbunker-test}
+CACHE=${PGCAIRN_CACHE:-/var/cache/pgcairn-test}
 VENV=$CACHE/venv
-BUCKET=${S3_LOCAL_BUCKET:-pgbunker-test}
+BUCKET=${S3_LOCAL_BUCKET:-pgcairn-test}
 START_TIMEOUT=${S3_LOCAL_START_TIMEOUT:-30}
 
 log() { printf 's3-local: %s\n' "$*" >&2; }
@@ -37,8 +37,8 @@ is_moto() {
 answers() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/"; }
 
 print_env() {
-    echo "export PGBUNKER_TEST_S3_ENDPOINT=http://127.0.0.1:$1"
-    echo "export PGBUNKER_TEST_S3_BUCKET=$BUCKET"
+    echo "export PGCAIRN_TEST_S3_ENDPOINT=http://127.0.0.1:$1"
+    echo "export PGCAIRN_TEST_S3_BUCKET=$BUCKET"
 }
 
 # Running server for DIR: prints its port, or fails.

@@ -7,8 +7,8 @@
 # S3-compatible server (scripts/s3-local.sh) and the Azure Blob emulator Azurite
 # (scripts/cloud-emulators.sh) on loopback, then `cargo test` for the whole workspace: unit
 # tests, the storage conformance suite (memory, file, S3, Azure) and end-to-end tests against
-# real PostgreSQL 15 clusters. S3 and Azure are required here (PGBUNKER_REQUIRE_S3=1,
-# PGBUNKER_REQUIRE_AZURE=1): a missing server fails the run instead of silently skipping.
+# real PostgreSQL 15 clusters. S3 and Azure are required here (PGCAIRN_REQUIRE_S3=1,
+# PGCAIRN_REQUIRE_AZURE=1): a missing server fails the run instead of silently skipping.
 # (No GCS emulator runs: see scripts/cloud-emulators.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,8 +31,8 @@ step "build"
 cargo build --workspace --all-targets --locked
 
 step "local S3 and Azure servers"
-S3_DIR=$(mktemp -d /tmp/pgbunker-s3.XXXXXX)
-CLOUD_DIR=$(mktemp -d /tmp/pgbunker-cloud.XXXXXX)
+S3_DIR=$(mktemp -d /tmp/pgcairn-s3.XXXXXX)
+CLOUD_DIR=$(mktemp -d /tmp/pgcairn-cloud.XXXXXX)
 cleanup() {
     ./scripts/s3-local.sh stop "$S3_DIR" >/dev/null 2>&1 || true
     ./scripts/cloud-emulators.sh stop "$CLOUD_DIR" >/dev/null 2>&1 || true
@@ -40,14 +40,14 @@ cleanup() {
 }
 trap cleanup EXIT
 eval "$(./scripts/s3-local.sh start "$S3_DIR")"
-export PGBUNKER_TEST_S3_ENDPOINT PGBUNKER_TEST_S3_BUCKET
-export PGBUNKER_REQUIRE_S3=1
+export PGCAIRN_TEST_S3_ENDPOINT PGCAIRN_TEST_S3_BUCKET
+export PGCAIRN_REQUIRE_S3=1
 eval "$(./scripts/cloud-emulators.sh start "$CLOUD_DIR")"
-export PGBUNKER_TEST_AZURE_ENDPOINT PGBUNKER_TEST_AZURE_CONTAINER
-export PGBUNKER_REQUIRE_AZURE=1
+export PGCAIRN_TEST_AZURE_ENDPOINT PGCAIRN_TEST_AZURE_CONTAINER
+export PGCAIRN_REQUIRE_AZURE=1
 
 step "tests"
 # Two cores: end-to-end tests start PostgreSQL clusters, so keep parallelism modest.
-cargo test --workspace --locked -- --test-threads "${PGBUNKER_TEST_THREADS:-2}"
+cargo test --workspace --locked -- --test-threads "${PGCAIRN_TEST_THREADS:-2}"
 
 step "done"

@@ -1,8 +1,8 @@
 //! Per-core ceilings of each pipeline stage: keyed BLAKE3, zstd levels 1 and 3, levels 1
 //! and -1 with the WAL tuning, XChaCha20-Poly1305, and the whole seal as archive-push does it.
 //!
-//! `cargo bench -p pgbunker-benches` runs it on synthetic, WAL-like data; set
-//! `PGBUNKER_BENCH_WAL=/path/to/segment` to measure on a real WAL segment instead.
+//! `cargo bench -p pgcairn-benches` runs it on synthetic, WAL-like data; set
+//! `PGCAIRN_BENCH_WAL=/path/to/segment` to measure on a real WAL segment instead.
 //! Everything but the last lines is single-threaded on purpose: those numbers are per core.
 //! The last lines seal and open the way archive-push and archive-get do, on every core.
 
@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use pgbunker_engine::codec::compression::compress_part;
-use pgbunker_engine::codec::{Codec, ObjectKind};
-use pgbunker_engine::crypto::MasterSecret;
+use pgcairn_engine::codec::compression::compress_part;
+use pgcairn_engine::codec::{Codec, ObjectKind};
+use pgcairn_engine::crypto::MasterSecret;
 
 /// Runs `f` repeatedly for at least `budget` and returns MB/s over `bytes` per call.
 fn throughput(bytes: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -47,12 +47,12 @@ fn synthetic_wal(len: usize) -> Vec<u8> {
 }
 
 fn main() {
-    let data = match std::env::var("PGBUNKER_BENCH_WAL") {
+    let data = match std::env::var("PGCAIRN_BENCH_WAL") {
         Ok(p) => std::fs::read(&p).unwrap_or_else(|e| panic!("reading {p}: {e}")),
         Err(_) => synthetic_wal(16 << 20),
     };
     let budget = Duration::from_millis(
-        std::env::var("PGBUNKER_BENCH_MS")
+        std::env::var("PGCAIRN_BENCH_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1500),
@@ -61,7 +61,7 @@ fn main() {
     println!(
         "input: {} MiB ({})",
         n >> 20,
-        if std::env::var("PGBUNKER_BENCH_WAL").is_ok() {
+        if std::env::var("PGCAIRN_BENCH_WAL").is_ok() {
             "real WAL segment"
         } else {
             "synthetic WAL-like data"

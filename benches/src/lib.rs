@@ -1,2 +1,2 @@
-//! Benchmarks live in `benches/` (pipeline stage ceilings, `cargo bench -p pgbunker-benches`)
-//! and in the scripts beside this crate that compare pgbunker with pgBackRest end to end.
+//! Benchmarks live in `benches/` (pipeline stage ceilings, `cargo bench -p pgcairn-benches`)
+//! and in the scripts beside this crate that compare pgcairn with pgBackRest end to end.

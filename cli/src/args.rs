@@ -5,18 +5,18 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// pgbunker: backup and point-in-time recovery for PostgreSQL.
+/// pgcairn: backup and point-in-time recovery for PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "pgbunker", version, about, long_about = None, after_help = "\
-Configuration is read from --config, else $PGBUNKER_CONFIG, else /etc/pgbunker/pgbunker.toml,
-then PGBUNKER_<SECTION>_<KEY> environment variables, then flags. Secrets never come from flags:
-the passphrase comes from PGBUNKER_PASSPHRASE or repo.passphrase_file, a raw key from repo.key_file.
+#[command(name = "pgcairn", version, about, long_about = None, after_help = "\
+Configuration is read from --config, else $PGCAIRN_CONFIG, else /etc/pgcairn/pgcairn.toml,
+then PGCAIRN_<SECTION>_<KEY> environment variables, then flags. Secrets never come from flags:
+the passphrase comes from PGCAIRN_PASSPHRASE or repo.passphrase_file, a raw key from repo.key_file.
 
 Exit codes: 0 success; 1 failed (archive-get: file not in the archive); 2 usage or configuration
 error; 200 archive-get could not tell whether the file exists (PostgreSQL aborts recovery).")]
 pub struct Cli {
     /// Configuration file (TOML).
-    #[arg(long, global = true, env = "PGBUNKER_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "PGCAIRN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Repository URL (overrides repo.url): file:///path, s3://bucket/prefix, gs://..., az://...
@@ -32,7 +32,7 @@ pub struct Cli {
     pub progress: ProgressMode,
 
     /// Log level filter (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long, global = true, env = "PGBUNKER_LOG", default_value = "warn")]
+    #[arg(long, global = true, env = "PGCAIRN_LOG", default_value = "warn")]
     pub log_level: String,
 
     #[command(subcommand)]
@@ -74,9 +74,9 @@ pub enum OutputFormat {
 pub enum Command {
     /// Create a repository (refuses an existing one).
     #[command(after_help = "Examples:
-  pgbunker --repo file:///var/lib/pgbunker init --key-file /etc/pgbunker/repo.key
-  PGBUNKER_PASSPHRASE=... pgbunker --repo s3://bucket/pg init
-  pgbunker --repo file:///tmp/scratch init --no-encryption")]
+  pgcairn --repo file:///var/lib/pgcairn init --key-file /etc/pgcairn/repo.key
+  PGCAIRN_PASSPHRASE=... pgcairn --repo s3://bucket/pg init
+  pgcairn --repo file:///tmp/scratch init --no-encryption")]
     Init {
         /// Key file: created (mode 0600) if it does not exist, else used.
         #[arg(long, value_name = "PATH")]
@@ -86,9 +86,9 @@ pub enum Command {
         no_encryption: bool,
     },
 
-    /// Archive one WAL file (for archive_command = 'pgbunker archive-push %p').
+    /// Archive one WAL file (for archive_command = 'pgcairn archive-push %p').
     #[command(after_help = "Examples:
-  archive_command = 'pgbunker --config /etc/pgbunker/pgbunker.toml archive-push %p'
+  archive_command = 'pgcairn --config /etc/pgcairn/pgcairn.toml archive-push %p'
 Exit 0 only once the file is durable in the repository (or, with archive.async, acknowledged
 by the background pusher, which acknowledges only durable files).")]
     ArchivePush {
@@ -96,9 +96,9 @@ by the background pusher, which acknowledges only durable files).")]
         wal_path: PathBuf,
     },
 
-    /// Fetch one WAL file (for restore_command = 'pgbunker archive-get %f %p').
+    /// Fetch one WAL file (for restore_command = 'pgcairn archive-get %f %p').
     #[command(after_help = "Examples:
-  restore_command = 'pgbunker --config /etc/pgbunker/pgbunker.toml archive-get %f %p'
+  restore_command = 'pgcairn --config /etc/pgcairn/pgcairn.toml archive-get %f %p'
 Exit 0: written; 1: not in the archive; 200: unknown (storage, key or corruption error):
 PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
     ArchiveGet {
@@ -110,9 +110,9 @@ PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
 
     /// Take a base backup (default incr; becomes full when the cluster has none).
     #[command(after_help = "Examples:
-  pgbunker backup --type full
-  pgbunker backup                 # incremental: re-reads only files changed since the last backup
-  pgbunker backup --type diff --checksum-delta
+  pgcairn backup --type full
+  pgcairn backup                 # incremental: re-reads only files changed since the last backup
+  pgcairn backup --type diff --checksum-delta
 Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo.")]
     Backup {
         /// full: read everything; diff: files changed since the last full; incr: since the last backup.
@@ -121,7 +121,7 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
         /// Re-read every file even when size and mtime are unchanged.
         #[arg(long)]
         checksum_delta: bool,
-        /// Pin the new backup: expire never removes it (`pgbunker unpin ID` to release).
+        /// Pin the new backup: expire never removes it (`pgcairn unpin ID` to release).
         #[arg(long)]
         pin: bool,
         /// Files read in parallel (default: backup.jobs, else the number of cores).
@@ -134,11 +134,11 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
 
     /// Restore a backup, to the end of the archive or to a point in time.
     #[command(after_help = "Examples:
-  pgbunker restore --pgdata /srv/pg --target-time '2026-11-24 07:10:00+00' --target-action promote
-  pgbunker restore --pgdata /srv/pg --target-lsn 0/3000060
-  pgbunker restore --pgdata /srv/pg --target-name before_migration --dry-run
-  pgbunker restore --pgdata /srv/pg --delta            # reuse what is already in /srv/pg
-  pgbunker restore --pgdata /srv/replica --type standby
+  pgcairn restore --pgdata /srv/pg --target-time '2026-11-24 07:10:00+00' --target-action promote
+  pgcairn restore --pgdata /srv/pg --target-lsn 0/3000060
+  pgcairn restore --pgdata /srv/pg --target-name before_migration --dry-run
+  pgcairn restore --pgdata /srv/pg --delta            # reuse what is already in /srv/pg
+  pgcairn restore --pgdata /srv/replica --type standby
 Before writing anything, checks the backup is intact and the WAL from it to the target is
 continuous; if not, names the missing segment and the latest reachable target.
 Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_resume() or promote.")]
@@ -146,19 +146,19 @@ Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_res
 
     /// Restore into an ephemeral instance, check integrity, measure MTTR, write a report.
     #[command(after_help = "Examples:
-  pgbunker drill                                   # end of the archive
-  pgbunker drill --target-time '2026-11-24 07:10:00+00' --max-mttr 15m --check-sql checks.sql
-  pgbunker drill --history
+  pgcairn drill                                   # end of the archive
+  pgcairn drill --target-time '2026-11-24 07:10:00+00' --max-mttr 15m --check-sql checks.sql
+  pgcairn drill --history
 Exit codes: 0 passed; 1 the drill could not run; 3 an integrity check failed; 4 the MTTR
 objective was missed. Reports: JSON and HTML in the report directory and the repository.")]
     Drill(Box<DrillArgs>),
 
     /// Check the repository: structure, WAL continuity, and with --read-data the data itself.
     #[command(after_help = "Examples:
-  pgbunker verify                      # manifests, index, packs present, WAL of every backup
-  pgbunker verify --read-data          # also decrypt and re-hash every block not verified before
-  pgbunker verify --read-data 10%      # a random tenth of the packs
-  pgbunker verify --read-data 3/7      # slice 3 of 7: seven nightly runs cover everything
+  pgcairn verify                      # manifests, index, packs present, WAL of every backup
+  pgcairn verify --read-data          # also decrypt and re-hash every block not verified before
+  pgcairn verify --read-data 10%      # a random tenth of the packs
+  pgcairn verify --read-data 3/7      # slice 3 of 7: seven nightly runs cover everything
 Exit 1 when anything is damaged; every damaged backup is named.")]
     Verify {
         /// Read and re-hash data: all (no value), PERCENT% or N/T.
@@ -174,12 +174,12 @@ Exit 1 when anything is damaged; every damaged backup is named.")]
 
     /// Apply the retention policy: expire backups no rule keeps, and WAL none needs.
     #[command(after_help = "Examples:
-  pgbunker expire --dry-run            # every backup with the rule that keeps or drops it
-  pgbunker expire
+  pgcairn expire --dry-run            # every backup with the rule that keeps or drops it
+  pgcairn expire
 Policy in [retention]: full = N, keep_within = \"14d\", daily = D, weekly = W, monthly = M;
 pitr_window = \"7d\" keeps only consistency WAL for backups older than that.
-Pinned backups (backup --pin, pgbunker pin ID) and the newest backup are never expired; with
-no policy, nothing is. Space held by expired backups' blocks is reclaimed by pgbunker gc.")]
+Pinned backups (backup --pin, pgcairn pin ID) and the newest backup are never expired; with
+no policy, nothing is. Space held by expired backups' blocks is reclaimed by pgcairn gc.")]
     Expire {
         /// Show what would go and why; change nothing.
         #[arg(long)]
@@ -191,9 +191,9 @@ no policy, nothing is. Space held by expired backups' blocks is reclaimed by pgb
 
     /// Garbage collection: delete packs no backup references and repack mostly-garbage ones (mark, condemn, sweep after a grace period).
     #[command(after_help = "Examples:
-  pgbunker gc --dry-run
-  pgbunker gc                       # condemns now, sweeps what was condemned a grace period ago
-  pgbunker gc --grace 0s            # only when nothing else uses the repository
+  pgcairn gc --dry-run
+  pgcairn gc                       # condemns now, sweeps what was condemned a grace period ago
+  pgcairn gc --grace 0s            # only when nothing else uses the repository
 Packs less than retention.gc_repack_below (default 50%) live are repacked: their live blocks
 are copied, still encrypted, into new packs. One gc runs at a time (lease in the repository).
 Safe while backups and archive-push run: see the protocol in engine/src/gc/mod.rs.")]
@@ -223,8 +223,8 @@ Safe while backups and archive-push run: see the protocol in engine/src/gc/mod.r
 
     /// Create a named restore point (pg_create_restore_point) to recover to later.
     #[command(after_help = "Examples:
-  pgbunker restore-point before_migration
-  pgbunker restore --pgdata /srv/pg --target-name before_migration")]
+  pgcairn restore-point before_migration
+  pgcairn restore --pgdata /srv/pg --target-name before_migration")]
     RestorePoint {
         /// Restore point name.
         name: String,
@@ -232,14 +232,14 @@ Safe while backups and archive-push run: see the protocol in engine/src/gc/mod.r
 
     /// Check configuration, PostgreSQL settings, repository access and WAL archiving.
     #[command(after_help = "Examples:
-  pgbunker check
+  pgcairn check
 Forces a WAL switch and waits until that segment is in the repository.")]
     Check,
 
     /// Show the repository: clusters, archived WAL ranges and gaps per timeline.
     #[command(after_help = "Examples:
-  pgbunker info
-  pgbunker info --output json | jq '.clusters[0].wal.timelines'")]
+  pgcairn info
+  pgcairn info --output json | jq '.clusters[0].wal.timelines'")]
     Info {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
@@ -248,8 +248,8 @@ Forces a WAL switch and waits until that segment is in the repository.")]
 
     /// Run the whole engine on a throwaway cluster and local repository.
     #[command(after_help = "Examples:
-  pgbunker demo
-  pgbunker demo --dir /tmp/pgbunker-demo --keep")]
+  pgcairn demo
+  pgcairn demo --dir /tmp/pgcairn-demo --keep")]
     Demo {
         /// Working directory (default: a new directory under /tmp).
         #[arg(long)]
@@ -272,7 +272,7 @@ Forces a WAL switch and waits until that segment is in the repository.")]
     },
 }
 
-/// Arguments of `pgbunker restore`.
+/// Arguments of `pgcairn restore`.
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
     /// Target data directory (must not exist or be empty, unless --delta).
@@ -319,7 +319,7 @@ pub struct TargetArgs {
     /// Recover to this transaction id.
     #[arg(long)]
     pub target_xid: Option<u64>,
-    /// Recover to this restore point (pgbunker restore-point NAME).
+    /// Recover to this restore point (pgcairn restore-point NAME).
     #[arg(long)]
     pub target_name: Option<String>,
     /// `immediate`: stop as soon as the backup is consistent.
@@ -333,7 +333,7 @@ pub struct TargetArgs {
     pub target_timeline: String,
 }
 
-/// Arguments of `pgbunker drill`.
+/// Arguments of `pgcairn drill`.
 #[derive(Debug, clap::Args)]
 pub struct DrillArgs {
     /// Recovery target (default: the end of the archive).

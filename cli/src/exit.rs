@@ -1,6 +1,6 @@
 //! Exit codes as a type, and how errors map to them.
 
-use pgbunker_engine::Error as EngineError;
+use pgcairn_engine::Error as EngineError;
 
 /// The process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +50,8 @@ impl From<EngineError> for Failure {
     }
 }
 
-impl From<pgbunker_storage::OpenError> for Failure {
-    fn from(e: pgbunker_storage::OpenError) -> Self {
+impl From<pgcairn_storage::OpenError> for Failure {
+    fn from(e: pgcairn_storage::OpenError) -> Self {
         Failure::usage(e.to_string())
     }
 }

@@ -1,4 +1,4 @@
-//! The `pgbunker` binary: flags → resolved settings → engine calls → exit code.
+//! The `pgcairn` binary: flags → resolved settings → engine calls → exit code.
 
 mod args;
 mod commands;
@@ -80,7 +80,7 @@ fn main() {
         Ok(()) => ExitCode::Success,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("pgbunker: {}", f.message);
+                eprintln!("pgcairn: {}", f.message);
             }
             f.code
         }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use pgbunker_engine::progress::Progress;
+use pgcairn_engine::progress::Progress;
 
 use crate::args::ProgressMode;
 
@@ -99,7 +99,7 @@ impl Progress for Reporter {
                     *last = Instant::now();
                     let total = self.total.load(Ordering::Relaxed);
                     eprintln!(
-                        "pgbunker: {}: {:.0}/{:.0} MiB read, {:.0} MiB new",
+                        "pgcairn: {}: {:.0}/{:.0} MiB read, {:.0} MiB new",
                         self.phase.lock().expect("lock"),
                         mib(r),
                         mib(total),

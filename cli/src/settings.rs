@@ -1,4 +1,4 @@
-//! One resolved configuration: config file, then `PGBUNKER_<SECTION>_<KEY>` environment
+//! One resolved configuration: config file, then `PGCAIRN_<SECTION>_<KEY>` environment
 //! variables, then flags. Unknown sections and keys are errors that name the key and where
 //! it came from, so a typo never silently does nothing.
 
@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgbunker_engine::crypto::{KeyFile, Unlock};
-use pgbunker_storage::StorageOptions;
+use pgcairn_engine::crypto::{KeyFile, Unlock};
+use pgcairn_storage::StorageOptions;
 
 use crate::args::Cli;
 use crate::exit::Failure;
 
-const DEFAULT_CONFIG: &str = "/etc/pgbunker/pgbunker.toml";
+const DEFAULT_CONFIG: &str = "/etc/pgcairn/pgcairn.toml";
 const SECTIONS: &[(&str, &[&str])] = &[
     ("repo", &["url", "key_file", "passphrase_file"]),
     ("cluster", &["name", "pgdata", "conninfo"]),
@@ -98,7 +98,7 @@ pub struct Settings {
     /// Segments archive-get keeps prefetched ahead (async mode).
     pub prefetch: usize,
     /// Retention policy.
-    pub retention: pgbunker_engine::retention::Policy,
+    pub retention: pgcairn_engine::retention::Policy,
     /// Run expire after each backup.
     pub retention_auto: bool,
     /// GC grace period.
@@ -160,7 +160,7 @@ impl Settings {
             }
         }
         for (name, value) in std::env::vars() {
-            let Some(rest) = name.strip_prefix("PGBUNKER_") else {
+            let Some(rest) = name.strip_prefix("PGCAIRN_") else {
                 continue;
             };
             if matches!(rest, "CONFIG" | "PASSPHRASE" | "LOG")
@@ -243,13 +243,13 @@ impl Settings {
         let archive_async = parse_bool(take("archive", "async"), "archive.async")?.unwrap_or(false);
         let spool_dir = take("archive", "spool_dir")
             .map(|v| PathBuf::from(v.0))
-            .unwrap_or_else(|| "/var/spool/pgbunker".into());
+            .unwrap_or_else(|| "/var/spool/pgcairn".into());
         let archive_jobs = parse_num(take("archive", "jobs"), "archive.jobs")?
             .unwrap_or_else(|| default_jobs().min(4) as u64) as usize;
         let archive_timeout = parse_dur(take("archive", "timeout"), "archive.timeout")?
             .unwrap_or(Duration::from_secs(60));
         let queue_max = parse_size(take("archive", "queue_max"), "archive.queue_max")?;
-        let retention = pgbunker_engine::retention::Policy {
+        let retention = pgcairn_engine::retention::Policy {
             full: parse_num(take("retention", "full"), "retention.full")?.map(|n| n as usize),
             keep_within: parse_dur(take("retention", "keep_within"), "retention.keep_within")?,
             daily: parse_num(take("retention", "daily"), "retention.daily")?.map(|n| n as u32),
@@ -285,7 +285,7 @@ impl Settings {
             .into_iter()
             .map(|(k, (v, _))| (k, v))
             .collect();
-        pgbunker_engine::repo::layout::validate_cluster_name(&cluster)?;
+        pgcairn_engine::repo::layout::validate_cluster_name(&cluster)?;
         Ok(Settings {
             config_file,
             repo_url,
@@ -319,7 +319,7 @@ impl Settings {
     /// The repository URL, or a usage error saying how to set it.
     pub fn require_repo_url(&self) -> Result<&str, Failure> {
         self.repo_url.as_deref().ok_or_else(|| {
-            Failure::usage("no repository configured: set repo.url in the config file, PGBUNKER_REPO_URL, or --repo")
+            Failure::usage("no repository configured: set repo.url in the config file, PGCAIRN_REPO_URL, or --repo")
         })
     }
 
@@ -328,7 +328,7 @@ impl Settings {
         Ok(StorageOptions::new(self.storage_options.clone())?)
     }
 
-    /// What unlocks the repository: key file, passphrase file or `PGBUNKER_PASSPHRASE`.
+    /// What unlocks the repository: key file, passphrase file or `PGCAIRN_PASSPHRASE`.
     pub fn unlock(&self) -> Result<Option<Unlock>, Failure> {
         if let Some(kf) = &self.key_file {
             return Ok(Some(Unlock::KeyFile(KeyFile::load(kf)?)));
@@ -349,7 +349,7 @@ impl Settings {
             }
             return Ok(Some(Unlock::Passphrase(p)));
         }
-        match std::env::var("PGBUNKER_PASSPHRASE") {
+        match std::env::var("PGCAIRN_PASSPHRASE") {
             Ok(p) if !p.is_empty() => Ok(Some(Unlock::Passphrase(p))),
             _ => Ok(None),
         }
@@ -375,12 +375,12 @@ fn parse_bool(v: Option<(String, String)>, name: &str) -> Result<Option<bool>, F
 }
 
 /// zstd level of WAL in new repositories: -1 with the WAL tuning stores about 5% more than
-/// level 3 at nearly twice its speed (see `pgbunker_engine::codec::compression`).
+/// level 3 at nearly twice its speed (see `pgcairn_engine::codec::compression`).
 pub const DEFAULT_WAL_COMPRESS_LEVEL: i32 = -1;
 
 /// A zstd level: -7 to -1 (fastest) or 1 to 19.
 fn parse_level(v: Option<(String, String)>, name: &str) -> Result<Option<i32>, Failure> {
-    use pgbunker_engine::codec::compression::{is_valid_level, LEVELS};
+    use pgcairn_engine::codec::compression::{is_valid_level, LEVELS};
     v.map(|(v, origin)| match v.parse::<i32>() {
         Ok(level) if is_valid_level(level) => Ok(level),
         _ => Err(Failure::usage(format!(
@@ -402,7 +402,7 @@ fn parse_num(v: Option<(String, String)>, name: &str) -> Result<Option<u64>, Fai
 
 fn parse_dur(v: Option<(String, String)>, name: &str) -> Result<Option<Duration>, Failure> {
     v.map(|(v, origin)| {
-        pgbunker_storage::parse_duration(&v).ok_or_else(|| {
+        pgcairn_storage::parse_duration(&v).ok_or_else(|| {
             Failure::usage(format!(
                 "{name} = {v:?} (from {origin}) is not a duration like 30s or 5m"
             ))

@@ -1,4 +1,4 @@
-//! `pgbunker expire`: apply the retention policy to backups and WAL.
+//! `pgcairn expire`: apply the retention policy to backups and WAL.
 //!
 //! Order: decide (see [`crate::retention`]); delete the manifests of expired backups (the
 //! manifest is a backup's commit record: once it is gone the backup is gone, and since every

@@ -1,4 +1,4 @@
-//! What `pgbunker info` reports per cluster: backups, archived WAL, the recoverable window.
+//! What `pgcairn info` reports per cluster: backups, archived WAL, the recoverable window.
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! pgbunker engine: everything pgbunker knows, as a library.
+//! pgcairn engine: everything pgcairn knows, as a library.
 //!
 //! The binary (`cli/`) parses arguments and calls into this crate; storage backends
 //! (`storage-backends/`) implement [`storage::Storage`]. Nothing here depends on

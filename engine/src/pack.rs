@@ -1,7 +1,7 @@
 //! Pack objects: many sealed blocks in one object, with an encrypted trailer.
 //!
 //! ```text
-//! pack  = sealed block 1 || ... || sealed block n || sealed trailer || trailer_len u32 LE || "PGBKPAK1"
+//! pack  = sealed block 1 || ... || sealed block n || sealed trailer || trailer_len u32 LE || "PGCAPAK1"
 //! trailer (plaintext) = count u32 LE, then per block:
 //!         block id (32) || offset u64 LE || sealed length u32 LE || raw length u32 LE
 //! ```
@@ -25,7 +25,7 @@ pub const TARGET_PACK_SIZE: usize = 32 << 20;
 /// last doubling reserved 64 MiB (54 MB of heap at the peak of a profiled full backup).
 /// Reserved whole it is one mapping, returned to the system when the pack is uploaded.
 const PACK_CAPACITY: usize = TARGET_PACK_SIZE + (4 << 20);
-const PACK_MAGIC: &[u8; 8] = b"PGBKPAK1";
+const PACK_MAGIC: &[u8; 8] = b"PGCAPAK1";
 const ENTRY_LEN: usize = 32 + 8 + 4 + 4;
 const TRAILER_CONTEXT: &[u8] = b"pack-trailer";
 

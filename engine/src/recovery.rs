@@ -313,7 +313,7 @@ pub async fn plan(
     let ids = manifest::list_ids(repo, cluster).await?;
     if ids.is_empty() {
         return Err(Error::NotFound(format!(
-            "cluster {cluster:?} has no backup yet: run `pgbunker backup` first"
+            "cluster {cluster:?} has no backup yet: run `pgcairn backup` first"
         )));
     }
     let record = crate::archive::push::read_cluster_record(repo, cluster).await?;
@@ -322,7 +322,7 @@ pub async fn plan(
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
     let view = ArchiveView::load(repo, cluster, seg_size).await?;
 
-    // A restore point pgbunker recorded places a name target like an LSN.
+    // A restore point pgcairn recorded places a name target like an LSN.
     let named_lsn = match target {
         Target::Name(n) => crate::backup::read_restore_point(repo, cluster, n)
             .await?
@@ -371,7 +371,7 @@ pub async fn plan(
                 ),
                 Target::Name(n) => match named_lsn {
                     Some(l) => format!("newest backup whose consistency point (lsn {}) precedes restore point {n:?} (lsn {l})", m.stop_lsn),
-                    None => format!("newest backup (restore point {n:?} was not created through pgbunker, so its position is unknown before replay)"),
+                    None => format!("newest backup (restore point {n:?} was not created through pgcairn, so its position is unknown before replay)"),
                 },
                 Target::EndOfArchive | Target::Immediate => "newest backup".into(),
             };
@@ -383,7 +383,7 @@ pub async fn plan(
     let Some((m, reason)) = chosen else {
         if let Some(b) = backup {
             return Err(Error::NotFound(format!(
-                "backup {b} not found in cluster {cluster:?}; see `pgbunker info`"
+                "backup {b} not found in cluster {cluster:?}; see `pgcairn info`"
             )));
         }
         let o = oldest.expect("at least one backup");

@@ -594,12 +594,12 @@ fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<()> {
         .map_err(|e| io(path, e))
 }
 
-/// Marker comments around the settings pgbunker writes into `postgresql.auto.conf`.
-pub const AUTO_CONF_BEGIN: &str = "# pgbunker recovery settings (begin)";
+/// Marker comments around the settings pgcairn writes into `postgresql.auto.conf`.
+pub const AUTO_CONF_BEGIN: &str = "# pgcairn recovery settings (begin)";
 /// End marker.
-pub const AUTO_CONF_END: &str = "# pgbunker recovery settings (end)";
+pub const AUTO_CONF_END: &str = "# pgcairn recovery settings (end)";
 
-/// The recovery settings pgbunker writes for a restore.
+/// The recovery settings pgcairn writes for a restore.
 pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(&'static str, String)> {
     let mut v = vec![("restore_command", opts.restore_command.clone())];
     match &opts.target_spec {
@@ -649,7 +649,7 @@ fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     let _ = std::fs::remove_file(t.join(other));
     let auto = t.join("postgresql.auto.conf");
     let existing = std::fs::read_to_string(&auto).unwrap_or_default();
-    // Keep the user's settings, replace earlier pgbunker ones.
+    // Keep the user's settings, replace earlier pgcairn ones.
     let mut kept = String::new();
     let mut inside = false;
     for line in existing.lines() {

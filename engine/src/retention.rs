@@ -2,7 +2,7 @@
 //!
 //! A backup is kept when any rule keeps it, and every decision carries its reason, so
 //! `expire --dry-run` can show the operator exactly what would go:
-//! - pinned backups (`pgbunker pin ID`) are never expired;
+//! - pinned backups (`pgcairn pin ID`) are never expired;
 //! - the newest backup is always kept;
 //! - `full = N`: the N newest full backups, and every backup newer than the oldest of them;
 //! - `keep_within = DURATION`: backups whose consistency point is within that age;

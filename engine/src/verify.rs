@@ -1,4 +1,4 @@
-//! `pgbunker verify`: is the repository intact, and which backups does any damage affect?
+//! `pgcairn verify`: is the repository intact, and which backups does any damage affect?
 //!
 //! Structure (always): every manifest authenticates; every block it references is indexed and
 //! its pack exists; the WAL from each backup's start to its consistency point is archived.

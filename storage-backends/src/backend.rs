@@ -13,7 +13,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
     RetryConfig, UpdateVersion, WriteMultipart,
 };
-use pgbunker_engine::storage::{
+use pgcairn_engine::storage::{
     CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storage, StorageError,
 };
 
@@ -58,7 +58,7 @@ impl ObjectStoreBackend {
     pub fn local(url: &url::Url, options: &StorageOptions) -> Result<Self, OpenError> {
         let root = url.to_file_path().map_err(|_| OpenError::BadUrl {
             url: url.to_string(),
-            why: "file:// URLs need an absolute path, like file:///var/lib/pgbunker".into(),
+            why: "file:// URLs need an absolute path, like file:///var/lib/pgcairn".into(),
         })?;
         std::fs::create_dir_all(&root)
             .map_err(|e| backend_err(url, format!("creating {}: {e}", root.display())))?;

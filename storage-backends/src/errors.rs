@@ -1,6 +1,6 @@
 //! Classification of object_store errors into the engine's [`StorageError`] meanings.
 
-use pgbunker_engine::storage::StorageError;
+use pgcairn_engine::storage::StorageError;
 
 /// Maps an object_store error for operation `op` on `key`.
 pub fn classify(op: &'static str, key: &str, e: object_store::Error) -> StorageError {

@@ -1,9 +1,9 @@
-//! pgbunker storage backends: a repository URL plus options becomes the engine's
+//! pgcairn storage backends: a repository URL plus options becomes the engine's
 //! [`Storage`] trait, implemented over the `object_store` crate.
 //!
 //! | URL                        | backend                                                    |
 //! |----------------------------|------------------------------------------------------------|
-//! | `file:///var/lib/pgbunker` | local disk; every successful write fsyncs file and dirs   |
+//! | `file:///var/lib/pgcairn` | local disk; every successful write fsyncs file and dirs   |
 //! | `s3://bucket/prefix`       | S3 and compatibles (endpoint, region, path style, CA, ...) |
 //! | `gs://bucket/prefix`       | Google Cloud Storage (credentials from the environment)   |
 //! | `az://container/prefix`    | Azure Blob Storage (credentials from the environment)     |
@@ -51,7 +51,7 @@ use std::sync::Arc;
 
 pub use backend::ObjectStoreBackend;
 pub use options::{parse_duration, StorageOptions, DEFAULT_MULTIPART_THRESHOLD};
-use pgbunker_engine::storage::Storage;
+use pgcairn_engine::storage::Storage;
 
 /// Why a repository URL could not be turned into storage.
 #[derive(Debug, thiserror::Error)]

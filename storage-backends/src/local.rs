@@ -5,7 +5,7 @@
 //!   directory from its parent up to the first one that already existed before the put,
 //!   so the new name survives a power loss. Only then does the put return.
 //! - Compare-and-swap: LocalFileSystem has no conditional update. We take an exclusive
-//!   lock on `.pgbunker-locks/<key>` under the repository root, compare the current
+//!   lock on `.pgcairn-locks/<key>` under the repository root, compare the current
 //!   content hash with the expected version, write a temporary file, fsync, rename, fsync
 //!   the directory. Versions on local disk are BLAKE3 hashes of the content.
 
@@ -13,10 +13,10 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use pgbunker_engine::storage::{ObjectVersion, StorageError};
+use pgcairn_engine::storage::{ObjectVersion, StorageError};
 
 /// Directory (under the root) that holds CAS lock files; never listed as objects.
-pub const LOCK_DIR: &str = ".pgbunker-locks";
+pub const LOCK_DIR: &str = ".pgcairn-locks";
 
 fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> StorageError {
     StorageError::Permanent {

@@ -3,15 +3,15 @@
 //!
 //! | backend | server                                 | variables                                                        |
 //! |---------|----------------------------------------|------------------------------------------------------------------|
-//! | `s3`    | moto (`scripts/s3-local.sh`)           | `PGBUNKER_TEST_S3_ENDPOINT`, `PGBUNKER_TEST_S3_BUCKET`           |
-//! | `az`    | Azurite (`scripts/cloud-emulators.sh`) | `PGBUNKER_TEST_AZURE_ENDPOINT`, `PGBUNKER_TEST_AZURE_CONTAINER`  |
-//! | `gs`    | none yet (see below)                   | `PGBUNKER_TEST_GCS_ENDPOINT`, `PGBUNKER_TEST_GCS_BUCKET`         |
+//! | `s3`    | moto (`scripts/s3-local.sh`)           | `PGCAIRN_TEST_S3_ENDPOINT`, `PGCAIRN_TEST_S3_BUCKET`           |
+//! | `az`    | Azurite (`scripts/cloud-emulators.sh`) | `PGCAIRN_TEST_AZURE_ENDPOINT`, `PGCAIRN_TEST_AZURE_CONTAINER`  |
+//! | `gs`    | none yet (see below)                   | `PGCAIRN_TEST_GCS_ENDPOINT`, `PGCAIRN_TEST_GCS_BUCKET`         |
 //!
 //! Without its endpoint variable a backend's cases are skipped with a message, unless
-//! `PGBUNKER_REQUIRE_S3=1`, `PGBUNKER_REQUIRE_AZURE=1` or `PGBUNKER_REQUIRE_GCS=1` requires it:
+//! `PGCAIRN_REQUIRE_S3=1`, `PGCAIRN_REQUIRE_AZURE=1` or `PGCAIRN_REQUIRE_GCS=1` requires it:
 //! then they fail. `scripts/test.sh` (and so CI) requires S3 and Azure.
 //!
-//! `gs://` runs against whatever server `PGBUNKER_TEST_GCS_ENDPOINT` names (no credentials are
+//! `gs://` runs against whatever server `PGCAIRN_TEST_GCS_ENDPOINT` names (no credentials are
 //! sent). No emulator on PyPI or npm passes today: object_store's GCS client speaks the XML API
 //! with `x-goog-if-generation-match` preconditions, which they do not implement (see
 //! `scripts/cloud-emulators.sh`).
@@ -19,8 +19,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgbunker_engine::storage::{CreateOutcome, ObjectKey, Storage, StorageError};
-use pgbunker_storage::{open, StorageOptions};
+use pgcairn_engine::storage::{CreateOutcome, ObjectKey, Storage, StorageError};
+use pgcairn_storage::{open, StorageOptions};
 
 /// The endpoint of a server from `var`, or `None` (skip) with a message; panics instead if
 /// `require` is set. `hint` says where the server comes from.
@@ -47,12 +47,11 @@ fn s3_target(test: &str) -> Option<(String, StorageOptions)> {
     let endpoint = endpoint(
         test,
         "S3",
-        "PGBUNKER_TEST_S3_ENDPOINT",
-        "PGBUNKER_REQUIRE_S3",
+        "PGCAIRN_TEST_S3_ENDPOINT",
+        "PGCAIRN_REQUIRE_S3",
         "start scripts/s3-local.sh; scripts/test.sh does",
     )?;
-    let bucket =
-        std::env::var("PGBUNKER_TEST_S3_BUCKET").unwrap_or_else(|_| "pgbunker-test".into());
+    let bucket = std::env::var("PGCAIRN_TEST_S3_BUCKET").unwrap_or_else(|_| "pgcairn-test".into());
     let opts = StorageOptions::default()
         .with("endpoint", &endpoint)
         .with("allow_http", "true")
@@ -67,12 +66,12 @@ fn azure_target(test: &str) -> Option<(String, StorageOptions)> {
     let endpoint = endpoint(
         test,
         "Azure",
-        "PGBUNKER_TEST_AZURE_ENDPOINT",
-        "PGBUNKER_REQUIRE_AZURE",
+        "PGCAIRN_TEST_AZURE_ENDPOINT",
+        "PGCAIRN_REQUIRE_AZURE",
         "start scripts/cloud-emulators.sh; scripts/test.sh does",
     )?;
     let container =
-        std::env::var("PGBUNKER_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "pgbunker-test".into());
+        std::env::var("PGCAIRN_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "pgcairn-test".into());
     let opts = StorageOptions::default()
         .with("use_emulator", "true")
         .with("endpoint", &endpoint)
@@ -88,12 +87,11 @@ fn gcs_target(test: &str) -> Option<(String, StorageOptions)> {
     let endpoint = endpoint(
         test,
         "GCS",
-        "PGBUNKER_TEST_GCS_ENDPOINT",
-        "PGBUNKER_REQUIRE_GCS",
+        "PGCAIRN_TEST_GCS_ENDPOINT",
+        "PGCAIRN_REQUIRE_GCS",
         "no emulator passes yet; point it at a server of the GCS XML API",
     )?;
-    let bucket =
-        std::env::var("PGBUNKER_TEST_GCS_BUCKET").unwrap_or_else(|_| "pgbunker-test".into());
+    let bucket = std::env::var("PGCAIRN_TEST_GCS_BUCKET").unwrap_or_else(|_| "pgcairn-test".into());
     let opts = StorageOptions::default()
         .with("endpoint", &endpoint)
         .with("allow_http", "true")
@@ -410,7 +408,7 @@ async fn s3_over_https_with_a_custom_ca() {
     let Some((url, _)) = s3_target("https") else {
         return;
     };
-    let endpoint = std::env::var("PGBUNKER_TEST_S3_ENDPOINT").unwrap();
+    let endpoint = std::env::var("PGCAIRN_TEST_S3_ENDPOINT").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let openssl = |args: &[&str]| {
@@ -438,7 +436,7 @@ async fn s3_over_https_with_a_custom_ca() {
         "-days",
         "2",
         "-subj",
-        "/CN=pgbunker test CA",
+        "/CN=pgcairn test CA",
     ]);
     openssl(&[
         "req",

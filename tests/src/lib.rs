@@ -1,16 +1,16 @@
-//! Fixtures for end-to-end tests: a working directory PostgreSQL can use, the `pgbunker`
+//! Fixtures for end-to-end tests: a working directory PostgreSQL can use, the `pgcairn`
 //! binary copied where the `postgres` OS user can run it, a repository on local disk or on
 //! the S3-compatible server that `scripts/test.sh` starts on loopback, and real PostgreSQL 15
 //! clusters whose `archive_command` / `restore_command` call that binary.
 //!
-//! As root (CI), PostgreSQL and every pgbunker call that PostgreSQL would make run as the
+//! As root (CI), PostgreSQL and every pgcairn call that PostgreSQL would make run as the
 //! `postgres` OS user, exactly as in production.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-pub use pgbunker_engine::pg::instance::{
+pub use pgcairn_engine::pg::instance::{
     free_port, give_to, postgres_user_if_root, Instance, PgBinaries,
 };
 
@@ -24,17 +24,17 @@ pub enum Backend {
 }
 
 /// The S3 endpoint from `scripts/test.sh`, or `None` (the caller skips) when not running
-/// under it. With `PGBUNKER_REQUIRE_S3=1` a missing endpoint fails instead.
+/// under it. With `PGCAIRN_REQUIRE_S3=1` a missing endpoint fails instead.
 pub fn s3_endpoint() -> Option<String> {
-    match std::env::var("PGBUNKER_TEST_S3_ENDPOINT") {
+    match std::env::var("PGCAIRN_TEST_S3_ENDPOINT") {
         Ok(e) => Some(e),
         Err(_) => {
             assert!(
-                std::env::var("PGBUNKER_REQUIRE_S3").is_err(),
-                "PGBUNKER_REQUIRE_S3 is set but PGBUNKER_TEST_S3_ENDPOINT is not: start scripts/s3-local.sh"
+                std::env::var("PGCAIRN_REQUIRE_S3").is_err(),
+                "PGCAIRN_REQUIRE_S3 is set but PGCAIRN_TEST_S3_ENDPOINT is not: start scripts/s3-local.sh"
             );
             eprintln!(
-                "skipping S3 variant: PGBUNKER_TEST_S3_ENDPOINT not set (scripts/test.sh sets it)"
+                "skipping S3 variant: PGCAIRN_TEST_S3_ENDPOINT not set (scripts/test.sh sets it)"
             );
             None
         }
@@ -50,9 +50,9 @@ pub fn backends() -> Vec<Backend> {
     v
 }
 
-/// The pgbunker binary built by cargo for this workspace.
+/// The pgcairn binary built by cargo for this workspace.
 pub fn built_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("PGBUNKER_BIN") {
+    if let Ok(p) = std::env::var("PGCAIRN_BIN") {
         return p.into();
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,10 +62,10 @@ pub fn built_binary() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    let p = target.join("debug/pgbunker");
+    let p = target.join("debug/pgcairn");
     assert!(
         p.is_file(),
-        "{} missing: build it first (cargo build -p pgbunker)",
+        "{} missing: build it first (cargo build -p pgcairn)",
         p.display()
     );
     p
@@ -96,12 +96,12 @@ impl EnvOptions {
     }
 }
 
-/// A working directory with a pgbunker binary, a config and an initialised repository.
+/// A working directory with a pgcairn binary, a config and an initialised repository.
 #[derive(Debug)]
 pub struct TestEnv {
     /// Root of everything (removed on drop).
     pub dir: tempfile::TempDir,
-    /// pgbunker, where `postgres` can execute it.
+    /// pgcairn, where `postgres` can execute it.
     pub bin: PathBuf,
     /// The config file.
     pub config: PathBuf,
@@ -127,19 +127,19 @@ impl TestEnv {
     /// Creates the directory, the config and the repository (`init` with a new key file).
     pub fn new(options: EnvOptions) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("pgbunker-e2e-")
+            .prefix("pgcairn-e2e-")
             .tempdir_in("/tmp")
             .expect("tempdir");
         let run_as = postgres_user_if_root("postgres");
-        let bin = dir.path().join("bin/pgbunker");
+        let bin = dir.path().join("bin/pgcairn");
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
-        std::fs::copy(built_binary(), &bin).expect("copy pgbunker binary");
+        std::fs::copy(built_binary(), &bin).expect("copy pgcairn binary");
         let key_file = dir.path().join("repo.key");
         let repo_url = match options.backend {
             Backend::File => format!("file://{}/repo", dir.path().display()),
             Backend::S3 => {
-                let bucket = std::env::var("PGBUNKER_TEST_S3_BUCKET")
-                    .unwrap_or_else(|_| "pgbunker-test".into());
+                let bucket = std::env::var("PGCAIRN_TEST_S3_BUCKET")
+                    .unwrap_or_else(|_| "pgcairn-test".into());
                 format!("s3://{bucket}/e2e-{}", unique())
             }
         };
@@ -158,7 +158,7 @@ impl TestEnv {
                  max_retries = 2\nretry_timeout = \"5s\"\nconnect_timeout = \"2s\"\n"
             ));
         }
-        let config = dir.path().join("pgbunker.toml");
+        let config = dir.path().join("pgcairn.toml");
         let toml = format!(
             "[repo]\n{repo_section}\n[cluster]\nname = \"main\"\n\n[archive]\nasync = {}\nspool_dir = \"{}\"\ntimeout = \"20s\"\nidle_exit = \"3s\"\n{}\n",
             options.archive_async,
@@ -176,8 +176,8 @@ impl TestEnv {
             options,
         };
         give_to(env.run_as.as_deref(), env.dir.path()).unwrap();
-        let out = env.pgbunker(&["init", "--key-file", &env.key_file.display().to_string()]);
-        assert_success(&out, "pgbunker init");
+        let out = env.pgcairn(&["init", "--key-file", &env.key_file.display().to_string()]);
+        assert_success(&out, "pgcairn init");
         env
     }
 
@@ -186,17 +186,17 @@ impl TestEnv {
         self.dir.path()
     }
 
-    /// Runs pgbunker with this environment's config, as PostgreSQL's OS user.
-    pub fn pgbunker(&self, args: &[&str]) -> Output {
-        self.pgbunker_with_config(&self.config, args)
+    /// Runs pgcairn with this environment's config, as PostgreSQL's OS user.
+    pub fn pgcairn(&self, args: &[&str]) -> Output {
+        self.pgcairn_with_config(&self.config, args)
     }
 
-    /// Runs pgbunker with another config file, as PostgreSQL's OS user.
-    pub fn pgbunker_with_config(&self, config: &Path, args: &[&str]) -> Output {
-        let mut c = pgbunker_engine::pg::instance::command_as(self.run_as.as_deref(), &self.bin);
+    /// Runs pgcairn with another config file, as PostgreSQL's OS user.
+    pub fn pgcairn_with_config(&self, config: &Path, args: &[&str]) -> Output {
+        let mut c = pgcairn_engine::pg::instance::command_as(self.run_as.as_deref(), &self.bin);
         c.arg("--config").arg(config).args(args);
-        c.env_remove("PGBUNKER_PASSPHRASE");
-        c.output().expect("run pgbunker")
+        c.env_remove("PGCAIRN_PASSPHRASE");
+        c.output().expect("run pgcairn")
     }
 
     /// The `archive_command` for PostgreSQL.
@@ -271,7 +271,7 @@ pub fn wait_archived(inst: &Instance, segment: &str, timeout: Duration) {
         assert!(
             Instant::now() < deadline,
             "{segment} not archived in {timeout:?}: last archived {archived:?}, last failed {failed:?}; server log:\n{}",
-            std::fs::read_to_string(inst.datadir.join("pgbunker-server.log")).unwrap_or_default()
+            std::fs::read_to_string(inst.datadir.join("pgcairn-server.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -395,7 +395,7 @@ impl TestEnv {
         std::fs::write(&self.config, out).unwrap();
     }
 
-    /// Restores a backup into `<dir>/<name>` with `pgbunker restore`, starts it with archiving
+    /// Restores a backup into `<dir>/<name>` with `pgcairn restore`, starts it with archiving
     /// off, waits until recovery finished, and returns the running instance.
     pub fn restore_and_start(&self, name: &str, backup: Option<&str>) -> Instance {
         let mut args = Vec::new();
@@ -405,7 +405,7 @@ impl TestEnv {
         self.restore_and_start_with(name, &args, false)
     }
 
-    /// `pgbunker restore --pgdata <dir>/<name> ARGS`, asserting success.
+    /// `pgcairn restore --pgdata <dir>/<name> ARGS`, asserting success.
     pub fn restore(&self, name: &str, args: &[&str]) -> Output {
         let target = self.path().join(name).display().to_string();
         let mut all = vec![
@@ -416,8 +416,8 @@ impl TestEnv {
             target.as_str(),
         ];
         all.extend_from_slice(args);
-        let out = self.pgbunker(&all);
-        assert_success(&out, &format!("pgbunker {}", all.join(" ")));
+        let out = self.pgcairn(&all);
+        assert_success(&out, &format!("pgcairn {}", all.join(" ")));
         out
     }
 
@@ -441,12 +441,12 @@ impl TestEnv {
     }
 }
 
-/// Runs `pgbunker backup` with arguments and returns its JSON summary.
+/// Runs `pgcairn backup` with arguments and returns its JSON summary.
 pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--progress", "never", "backup", "--output", "json"];
     all.extend_from_slice(args);
-    let out = env.pgbunker(&all);
-    assert_success(&out, &format!("pgbunker backup {}", args.join(" ")));
+    let out = env.pgcairn(&all);
+    assert_success(&out, &format!("pgcairn backup {}", args.join(" ")));
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("backup JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }

@@ -3,15 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 /// The GRANTs the README documents for a non-superuser backup role.
-const LEAST_PRIVILEGE: &str = "create role pgbunker login;
-grant execute on function pg_backup_start(text, boolean) to pgbunker;
-grant execute on function pg_backup_stop(boolean) to pgbunker;
-grant execute on function pg_switch_wal() to pgbunker;
-grant execute on function pg_create_restore_point(text) to pgbunker;
-grant pg_read_all_settings to pgbunker;";
+const LEAST_PRIVILEGE: &str = "create role pgcairn login;
+grant execute on function pg_backup_start(text, boolean) to pgcairn;
+grant execute on function pg_backup_stop(boolean) to pgcairn;
+grant execute on function pg_switch_wal() to pgcairn;
+grant execute on function pg_create_restore_point(text) to pgcairn;
+grant pg_read_all_settings to pgcairn;";
 
 fn with_role(env: &TestEnv, pg: &Instance, role: &str) {
     env.use_cluster(pg);
@@ -29,18 +29,18 @@ fn a_least_privilege_role_can_check_and_back_up() {
     let _stop = StopOnDrop(&pg);
     pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     pg.psql("postgres", LEAST_PRIVILEGE).unwrap();
-    with_role(&env, &pg, "pgbunker");
+    with_role(&env, &pg, "pgcairn");
     assert_eq!(
         pg.psql(
             "postgres",
-            "select rolsuper from pg_roles where rolname = 'pgbunker'"
+            "select rolsuper from pg_roles where rolname = 'pgcairn'"
         )
         .unwrap(),
         "f"
     );
 
-    let check = env.pgbunker(&["check"]);
-    assert_success(&check, "pgbunker check as a non-superuser");
+    let check = env.pgcairn(&["check"]);
+    assert_success(&check, "pgcairn check as a non-superuser");
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("archived after"),
         "{}",
@@ -52,16 +52,16 @@ fn a_least_privilege_role_can_check_and_back_up() {
     // Without the grants the same role gets a clear error naming the function.
     pg.psql(
         "postgres",
-        "revoke execute on function pg_backup_start(text, boolean) from pgbunker",
+        "revoke execute on function pg_backup_start(text, boolean) from pgcairn",
     )
     .unwrap();
-    let out = env.pgbunker(&["--progress", "never", "backup", "--type", "full"]);
+    let out = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("pg_backup_start"), "{}", stderr(&out));
 }
 
 #[test]
-fn check_fails_clearly_when_archiving_is_not_pgbunker() {
+fn check_fails_clearly_when_archiving_is_not_pgcairn() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     let pg = env.cluster("pg");
     pg.configure(&[("archive_command", "/bin/true".into())])
@@ -69,7 +69,7 @@ fn check_fails_clearly_when_archiving_is_not_pgbunker() {
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    let out = env.pgbunker(&["check"]);
+    let out = env.pgcairn(&["check"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("archive_command"), "{}", stderr(&out));
 }
@@ -103,7 +103,7 @@ fn damaged_pages_are_reported_and_the_backup_completes() {
     assert_eq!(bad.len(), 1, "{b}");
     assert_eq!(bad[0]["file"], rel.as_str());
     assert_eq!(bad[0]["blocks"], serde_json::json!([3]));
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(doc["clusters"][0]["backups"][0]["bad_pages"], 1);
 }
@@ -119,7 +119,7 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
     // Random-ish data that does not compress away, so the backup takes a while.
     pg.psql("postgres", "create table noise as select g, md5(g::text) || md5((g*7)::text) as v from generate_series(1, 400000) g").unwrap();
     let packs_dir = env.path().join("repo/packs");
-    let mut child = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
+    let mut child = pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
         .args([
             "--config",
             &env.config.display().to_string(),
@@ -145,13 +145,13 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // runuser forwards SIGKILL poorly: kill the real pgbunker process by its command line.
+    // runuser forwards SIGKILL poorly: kill the real pgcairn process by its command line.
     let _ = std::process::Command::new("pkill")
         .args(["-KILL", "-f", &format!("{} --config", env.bin.display())])
         .status();
     let _ = child.kill();
     let _ = child.wait();
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(
         doc["clusters"][0]["backups"].as_array().unwrap().len(),
@@ -263,7 +263,7 @@ fn backups_connect_over_tls_when_sslmode_asks_for_it() {
     assert_eq!(b["type"], "full");
     // Proof that TLS was in use: without it the server refuses the connection.
     set_conninfo("disable");
-    let out = env.pgbunker(&["--progress", "never", "backup"]);
+    let out = env.pgcairn(&["--progress", "never", "backup"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
@@ -310,7 +310,7 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = env.pgbunker(&["--progress", "never", "backup", "--type", "full"]);
+    let second = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
     assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
     assert!(
         stderr(&second).contains("another backup of cluster \"main\" is running"),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 fn backups_restore_to_the_source_state(backend: Backend) {
     let env = TestEnv::new(EnvOptions::new(backend));
@@ -130,7 +130,7 @@ fn full_incr_and_diff_backups_restore_on_every_backend() {
 /// would fail at its first WAL file.
 #[test]
 fn a_root_restore_warns_when_postgres_cannot_run_the_restore_command() {
-    if pgbunker_engine::pg::instance::current_uid() != 0 {
+    if pgcairn_engine::pg::instance::current_uid() != 0 {
         eprintln!("skipping: needs root");
         return;
     }
@@ -142,7 +142,7 @@ fn a_root_restore_warns_when_postgres_cannot_run_the_restore_command() {
     backup_json(&env, &["--type", "full"]);
     // The binary where only root can reach it.
     let private = tempfile::Builder::new()
-        .prefix("pgbunker-root-only-")
+        .prefix("pgcairn-root-only-")
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(
@@ -150,7 +150,7 @@ fn a_root_restore_warns_when_postgres_cannot_run_the_restore_command() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    let bin = private.path().join("pgbunker");
+    let bin = private.path().join("pgcairn");
     std::fs::copy(&env.bin, &bin).unwrap();
     let restore_as_root = |bin: &std::path::Path, dir: &str| {
         let out = std::process::Command::new(bin)

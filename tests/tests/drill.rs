@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 /// A cluster with a full backup and archived WAL after it.
 fn prepared() -> (TestEnv, Instance) {
@@ -36,7 +36,7 @@ fn drill(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         reports.as_str(),
     ];
     args.extend_from_slice(extra);
-    let out = env.pgbunker(&args);
+    let out = env.pgcairn(&args);
     let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "drill output is not JSON ({e}): {}\n{}",
@@ -136,14 +136,14 @@ fn a_drill_passes_and_reports_every_phase_and_check() {
         .exists());
     let (code2, second) = drill(&env, &["--workdir", &work]);
     assert_eq!(code2, Some(0), "{second:#}");
-    let hist = env.pgbunker(&["drill", "--history"]);
+    let hist = env.pgcairn(&["drill", "--history"]);
     assert_success(&hist, "drill --history");
     let listed = String::from_utf8_lossy(&hist.stdout)
         .lines()
         .filter(|l| l.starts_with("drill "))
         .count();
     assert_eq!(listed, 2, "{}", String::from_utf8_lossy(&hist.stdout));
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(
         info["clusters"][0]["last_drill"]["outcome"], "passed",
@@ -204,7 +204,7 @@ fn a_drill_passes_and_reports_every_phase_and_check() {
         std::fs::metadata(&png).unwrap().len() > 10_000,
         "a rendered page, not a blank one"
     );
-    if let Ok(dir) = std::env::var("PGBUNKER_TEST_SCREENSHOT_DIR") {
+    if let Ok(dir) = std::env::var("PGCAIRN_TEST_SCREENSHOT_DIR") {
         let _ = std::fs::copy(&png, Path::new(&dir).join("drill-report.png"));
     }
     assert!(
@@ -257,16 +257,16 @@ fn drills_fail_for_the_right_reason_with_the_right_exit_code() {
 
     // A corrupted block in a pack: the restore fails, naming the backup.
     let backup = {
-        let info = env.pgbunker(&["info", "--output", "json"]);
+        let info = env.pgcairn(&["info", "--output", "json"]);
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         info["clusters"][0]["backups"][0]["id"]
             .as_str()
             .unwrap()
             .to_string()
     };
-    let clean = env.pgbunker(&["verify", "--read-data"]);
+    let clean = env.pgcairn(&["verify", "--read-data"]);
     assert_success(&clean, "verify --read-data on an intact repository");
-    let again = env.pgbunker(&["verify", "--read-data", "--output", "json"]);
+    let again = env.pgcairn(&["verify", "--read-data", "--output", "json"]);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(
         again["packs_read"], 0,

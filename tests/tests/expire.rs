@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 fn info(env: &TestEnv) -> serde_json::Value {
-    let out = env.pgbunker(&["info", "--output", "json"]);
+    let out = env.pgcairn(&["info", "--output", "json"]);
     assert_success(&out, "info");
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The report of `gc --grace 0s --dry-run`.
 fn gc_dry_run(env: &TestEnv) -> serde_json::Value {
-    let out = env.pgbunker(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
+    let out = env.pgcairn(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
     assert_success(&out, "gc --dry-run");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -42,7 +42,7 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
         std::thread::sleep(Duration::from_millis(1100));
     }
     // No policy: nothing expires.
-    let out = env.pgbunker(&["expire"]);
+    let out = env.pgcairn(&["expire"]);
     assert_success(&out, "expire without a policy");
     assert_eq!(
         info(&env)["clusters"][0]["backups"]
@@ -56,13 +56,13 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
     cfg.push_str("\n[retention]\nfull = 1\n");
     std::fs::write(&env.config, cfg).unwrap();
     // `pin` of an already pinned backup is a no-op; of a missing one, an error.
-    assert_success(&env.pgbunker(&["pin", &ids[0]]), "pin again");
-    let out = env.pgbunker(&["pin", "20200101-000000F"]);
+    assert_success(&env.pgcairn(&["pin", &ids[0]]), "pin again");
+    let out = env.pgcairn(&["pin", "20200101-000000F"]);
     assert!(
         !out.status.success(),
         "pinning a backup that does not exist"
     );
-    let out = env.pgbunker(&["expire", "--dry-run", "--output", "json"]);
+    let out = env.pgcairn(&["expire", "--dry-run", "--output", "json"]);
     assert_success(&out, "expire --dry-run");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let keep: Vec<bool> = plan["backups"]
@@ -82,7 +82,7 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
         "a dry run changes nothing"
     );
 
-    assert_success(&env.pgbunker(&["expire"]), "expire");
+    assert_success(&env.pgcairn(&["expire"]), "expire");
     let left: Vec<String> = info(&env)["clusters"][0]["backups"]
         .as_array()
         .unwrap()
@@ -95,8 +95,8 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_success(&env.pgbunker(&["unpin", &ids[0]]), "unpin");
-    assert_success(&env.pgbunker(&["expire"]), "expire after unpin");
+    assert_success(&env.pgcairn(&["unpin", &ids[0]]), "unpin");
+    assert_success(&env.pgcairn(&["expire"]), "expire after unpin");
     let doc = info(&env);
     let left: Vec<&str> = doc["clusters"][0]["backups"]
         .as_array()
@@ -150,7 +150,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
 /// the repository consistent.
 fn kill_gc_at_several_points(env: &TestEnv) {
     for delay_ms in [0u64, 10, 40, 100, 200, 400] {
-        let mut child = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
+        let mut child = pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
             .args([
                 "--config",
                 &env.config.display().to_string(),
@@ -182,7 +182,7 @@ fn kill_gc_at_several_points(env: &TestEnv) {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = child.wait();
-        let v = env.pgbunker(&["verify"]);
+        let v = env.pgcairn(&["verify"]);
         assert_success(&v, &format!("verify after gc killed at {delay_ms} ms"));
     }
 }
@@ -207,7 +207,7 @@ fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable(
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
     std::fs::write(&env.config, cfg).unwrap();
-    assert_success(&env.pgbunker(&["expire"]), "expire");
+    assert_success(&env.pgcairn(&["expire"]), "expire");
 
     let packs = env.path().join("repo/packs");
     let before = dir_size(&packs);
@@ -219,21 +219,21 @@ fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable(
     assert_eq!(dir_size(&packs), before, "a dry run deletes nothing");
 
     kill_gc_at_several_points(&env);
-    let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    let out = env.pgcairn(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&out, "gc");
     let after = dir_size(&packs);
     assert!(
         after < before,
         "gc reclaimed space: {before} -> {after} bytes"
     );
-    let again = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    let again = env.pgcairn(&["gc", "--grace", "0s", "--output", "json"]);
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(
         again["swept"].as_array().unwrap().len(),
         0,
         "a second gc finds nothing left: {again:#}"
     );
-    let v = env.pgbunker(&["verify", "--read-data", "--all"]);
+    let v = env.pgcairn(&["verify", "--read-data", "--all"]);
     assert_success(&v, "verify --read-data after gc");
 
     // A backup taken after gc, and the retained one, both restore.
@@ -294,7 +294,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
             &fresh_key.display().to_string(),
         );
     std::fs::write(&fresh_cfg, fresh_text).unwrap();
-    let out = env.pgbunker_with_config(
+    let out = env.pgcairn_with_config(
         &fresh_cfg,
         &["init", "--key-file", &fresh_key.display().to_string()],
     );
@@ -324,7 +324,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
     std::fs::write(&env.config, cfg).unwrap();
-    assert_success(&env.pgbunker(&["expire"]), "expire");
+    assert_success(&env.pgcairn(&["expire"]), "expire");
     let before = info(&env)["repository"]["space"].clone();
     assert!(
         before["reclaimable_bytes"].as_u64().unwrap() > before["pack_bytes"].as_u64().unwrap() / 2,
@@ -338,11 +338,11 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
     );
     // Killed while repacking, condemning or sweeping: still consistent each time.
     kill_gc_at_several_points(&env);
-    let out = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    let out = env.pgcairn(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&out, "gc");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("gc after the kills: {report}");
-    let again = env.pgbunker(&["gc", "--grace", "0s", "--output", "json"]);
+    let again = env.pgcairn(&["gc", "--grace", "0s", "--output", "json"]);
     assert_success(&again, "second gc");
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(again["swept"].as_array().unwrap().len(), 0, "{again:#}");
@@ -354,7 +354,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
     );
 
     // The yardstick: one full backup of the same, now idle, cluster in a fresh repository.
-    let out = env.pgbunker_with_config(
+    let out = env.pgcairn_with_config(
         &fresh_cfg,
         &["--progress", "never", "backup", "--type", "full"],
     );
@@ -378,7 +378,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
     );
 
     // And what is left is intact and restores.
-    let v = env.pgbunker(&["verify", "--read-data", "--all"]);
+    let v = env.pgcairn(&["verify", "--read-data", "--all"]);
     assert_success(&v, "verify --read-data after repack");
     let want = pgbench_fingerprint(&pg);
     let last = switch_wal(&pg);
@@ -428,7 +428,7 @@ fn pitr_window_keeps_only_consistency_wal_for_older_backups() {
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 3\npitr_window = \"1s\"\n");
     std::fs::write(&env.config, cfg).unwrap();
-    let out = env.pgbunker(&["expire", "--dry-run", "--output", "json"]);
+    let out = env.pgcairn(&["expire", "--dry-run", "--output", "json"]);
     assert_success(&out, "expire --dry-run");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ranges = plan["wal_ranges"].as_array().unwrap();
@@ -456,7 +456,7 @@ fn pitr_window_keeps_only_consistency_wal_for_older_backups() {
         .map(|r| r["files"].as_u64().unwrap())
         .sum();
     assert!(removed >= 4, "WAL between the backups goes: {plan:#}");
-    assert_success(&env.pgbunker(&["expire"]), "expire");
+    assert_success(&env.pgcairn(&["expire"]), "expire");
 
     // The oldest backup still restores to its own consistency point...
     let r = env.restore_and_start_with(
@@ -485,7 +485,7 @@ fn pitr_window_keeps_only_consistency_wal_for_older_backups() {
         )
         .unwrap();
     let target = env.path().join("between");
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "restore",
         "--pgdata",
         &target.display().to_string(),
@@ -520,8 +520,8 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
             ),
         )
         .unwrap();
-        pgbunker_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
-        let out = env.pgbunker(args);
+        pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
+        let out = env.pgcairn(args);
         assert!(!out.status.success(), "{name}: a second run must not start");
         let err = stderr(&out);
         assert!(
@@ -535,7 +535,7 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
             .status()
             .unwrap();
         assert!(status.success());
-        let out = env.pgbunker(args);
+        let out = env.pgcairn(args);
         assert_success(&out, &format!("{name} after the holder's lease expired"));
         assert!(!lease.exists(), "{name}: the run released its lease");
     }
@@ -545,9 +545,9 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
         r#"{"kind":"gc","cluster":"","backup_id":"","host":"db-other","pid":1,"started":1}"#,
     )
     .unwrap();
-    pgbunker_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
+    pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
     assert_success(
-        &env.pgbunker(&["gc", "--dry-run"]),
+        &env.pgcairn(&["gc", "--dry-run"]),
         "gc --dry-run under a lease",
     );
 }

@@ -28,12 +28,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pgbunker_engine::backup::blockstore::BlockIndex;
-use pgbunker_engine::backup::manifest;
-use pgbunker_engine::crypto::{ContentId, KeyFile, Unlock};
-use pgbunker_engine::index::open_segment;
-use pgbunker_engine::repo::{layout, Repository};
-use pgbunker_tests::*;
+use pgcairn_engine::backup::blockstore::BlockIndex;
+use pgcairn_engine::backup::manifest;
+use pgcairn_engine::crypto::{ContentId, KeyFile, Unlock};
+use pgcairn_engine::index::open_segment;
+use pgcairn_engine::repo::{layout, Repository};
+use pgcairn_tests::*;
 
 /// How long backups, load and expire/gc run concurrently (at least).
 const CONCURRENT: Duration = Duration::from_secs(28);
@@ -96,10 +96,7 @@ fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
 fn gc_json(env: &TestEnv, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["gc", "--grace", GRACE, "--output", "json"];
     args.extend_from_slice(extra);
-    json(
-        &env.pgbunker(&args),
-        &format!("pgbunker {}", args.join(" ")),
-    )
+    json(&env.pgcairn(&args), &format!("pgcairn {}", args.join(" ")))
 }
 
 fn count(v: &serde_json::Value, field: &str) -> usize {
@@ -200,8 +197,8 @@ fn maintenance_loop(env: &TestEnv, stop: &AtomicBool) -> GcTotals {
     let mut t = GcTotals::default();
     while !stop.load(Ordering::SeqCst) {
         let e = json(
-            &env.pgbunker(&["expire", "--output", "json"]),
-            "pgbunker expire",
+            &env.pgcairn(&["expire", "--output", "json"]),
+            "pgcairn expire",
         );
         t.expired += e["backups"]
             .as_array()
@@ -267,9 +264,9 @@ fn audit_packs(env: &TestEnv, grace: Duration) -> PackAudit {
         .build()
         .unwrap();
     rt.block_on(async {
-        let options = pgbunker_storage::StorageOptions::new(storage_options(&env.config))
+        let options = pgcairn_storage::StorageOptions::new(storage_options(&env.config))
             .expect("storage options");
-        let storage = pgbunker_storage::open(&env.repo_url, &options).expect("open storage");
+        let storage = pgcairn_storage::open(&env.repo_url, &options).expect("open storage");
         let unlock = Unlock::KeyFile(KeyFile::load(&env.key_file).expect("key file"));
         let repo = Repository::open(storage, Some(&unlock))
             .await
@@ -394,7 +391,7 @@ fn gc_under_load(backend: Backend) {
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(120));
     let e = json(
-        &env.pgbunker(&["expire", "--output", "json"]),
+        &env.pgcairn(&["expire", "--output", "json"]),
         "final expire",
     );
     let grace = Duration::from_secs(GRACE_SECS);
@@ -425,7 +422,7 @@ fn gc_under_load(backend: Backend) {
     // 3. Exactly what the policy keeps: the newest full backup and everything after it.
     let newest_full = taken.iter().rposition(|t| t.full).unwrap();
     let expected: Vec<&Taken> = taken[newest_full..].iter().collect();
-    let info = json(&env.pgbunker(&["info", "--output", "json"]), "info");
+    let info = json(&env.pgcairn(&["info", "--output", "json"]), "info");
     let cluster = &info["clusters"][0];
     let retained: Vec<&str> = cluster["backups"]
         .as_array()
@@ -452,7 +449,7 @@ fn gc_under_load(backend: Backend) {
     );
 
     // 4. Every stored block decrypts and matches its id.
-    let v = env.pgbunker(&["verify", "--read-data", "--all"]);
+    let v = env.pgcairn(&["verify", "--read-data", "--all"]);
     assert_success(&v, "verify --read-data --all after gc under load");
     phase("verify --read-data --all passed");
 

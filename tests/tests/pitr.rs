@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 const WRITER: &str = "do $$ begin for i in 1..600 loop insert into stamps(seq) values (i); commit; perform pg_sleep(0.01); end loop; end $$";
 
@@ -72,7 +72,7 @@ fn pitr_targets(backend: Backend) {
     let lsn = src.q("select pg_current_wal_insert_lsn()");
     src.q("insert into stamps(seq) values (100002)");
     src.q("insert into stamps(seq) values (100003)");
-    let rp = src.env.pgbunker(&["restore-point", "rp_before_4"]);
+    let rp = src.env.pgcairn(&["restore-point", "rp_before_4"]);
     assert_success(&rp, "restore-point");
     src.q("insert into stamps(seq) values (100004)");
     let last = switch_wal(&pg);
@@ -80,7 +80,7 @@ fn pitr_targets(backend: Backend) {
 
     // Time: a row committed after the full backup, before the incremental.
     let full_stop: String = {
-        let info = env.pgbunker(&["info", "--output", "json"]);
+        let info = env.pgcairn(&["info", "--output", "json"]);
         let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         doc["clusters"][0]["backups"][0]["stop_time"]
             .as_str()
@@ -204,7 +204,7 @@ fn preflight_refuses_unreachable_targets_before_writing() {
 
     // A target before the oldest backup.
     let target = env.path().join("early");
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "restore",
         "--pgdata",
         &target.display().to_string(),
@@ -220,7 +220,7 @@ fn preflight_refuses_unreachable_targets_before_writing() {
     assert!(!target.join("PG_VERSION").exists());
 
     // A bare timestamp is refused, not guessed.
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "restore",
         "--pgdata",
         &target.display().to_string(),
@@ -242,7 +242,7 @@ fn preflight_refuses_unreachable_targets_before_writing() {
         .join(format!("repo/clusters/main/wal/{}/{seg}", &seg[..8]));
     assert!(pointer.exists(), "{}", pointer.display());
     std::fs::remove_file(&pointer).unwrap();
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "restore",
         "--pgdata",
         &target.display().to_string(),
@@ -301,7 +301,7 @@ fn timelines_restore_to_either_side_of_a_fork() {
     drop(stop_t2);
     t2.stop().unwrap();
 
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let tls: Vec<u64> = doc["clusters"][0]["wal"]["timelines"]
         .as_array()
@@ -391,7 +391,7 @@ fn delta_standby_and_tablespace_remapping() {
     r.psql("postgres", "checkpoint").unwrap();
     // A running server is refused.
     let target = r.datadir.display().to_string();
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "restore",
         "--pgdata",
         &target,
@@ -407,7 +407,7 @@ fn delta_standby_and_tablespace_remapping() {
     );
     r.stop().unwrap();
     std::fs::write(r.datadir.join("stray_file"), b"x").unwrap();
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "--progress",
         "never",
         "restore",
@@ -493,7 +493,7 @@ fn delta_standby_and_tablespace_remapping() {
         "t",
         "a standby stays in recovery"
     );
-    let out = env.pgbunker(&[
+    let out = env.pgcairn(&[
         "restore",
         "--pgdata",
         "/tmp/never",

@@ -1,9 +1,9 @@
-//! End to end: PostgreSQL archives through `pgbunker archive-push` and recovers through
-//! `pgbunker archive-get`, on `file://` and S3, synchronously and asynchronously.
+//! End to end: PostgreSQL archives through `pgcairn archive-push` and recovers through
+//! `pgcairn archive-get`, on `file://` and S3, synchronously and asynchronously.
 
 use std::time::Duration;
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 /// Every segment PostgreSQL marked `.done` is in the repository and comes back byte for byte.
 fn archive_round_trip(backend: Backend, archive_async: bool) {
@@ -32,14 +32,14 @@ fn archive_round_trip(backend: Backend, archive_async: bool) {
             continue; // recycled by a checkpoint since; the others prove the point
         };
         let dest = fetched.join(name);
-        let out = env.pgbunker(&["archive-get", name, &dest.display().to_string()]);
+        let out = env.pgcairn(&["archive-get", name, &dest.display().to_string()]);
         assert_success(&out, &format!("archive-get {name}"));
         assert!(
             std::fs::read(&dest).unwrap() == original_bytes,
             "{name} differs after archive-get"
         );
     }
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     assert_success(&info, "info");
     let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let tl = &doc["clusters"][0]["wal"]["timelines"][0];
@@ -134,7 +134,7 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
         "42"
     );
     if archive_async {
-        let log = std::fs::read_to_string(copy.datadir.join("pgbunker-server.log")).unwrap();
+        let log = std::fs::read_to_string(copy.datadir.join("pgcairn-server.log")).unwrap();
         assert!(
             log.contains("restored from the prefetch spool"),
             "async archive-get serves prefetched segments:\n{log}"

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pgbunker_tests::*;
+use pgcairn_tests::*;
 
 const SEGMENT_SIZE: usize = 16 << 20;
 
@@ -162,7 +162,7 @@ fn waldata_path(env: &TestEnv, name: &str) -> PathBuf {
 }
 
 fn info_json(env: &TestEnv) -> serde_json::Value {
-    let out = env.pgbunker(&["info", "--output", "json"]);
+    let out = env.pgcairn(&["info", "--output", "json"]);
     assert_success(&out, "info --output json");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -172,7 +172,7 @@ fn fetch(env: &TestEnv, name: &str) -> Vec<u8> {
     let dir = dest_dir(env, "fetched");
     let dest = dir.join(name);
     let _ = std::fs::remove_file(&dest);
-    let out = env.pgbunker(&["archive-get", name, &p(&dest)]);
+    let out = env.pgcairn(&["archive-get", name, &p(&dest)]);
     assert_success(&out, &format!("archive-get {name}"));
     std::fs::read(&dest).unwrap()
 }
@@ -185,7 +185,7 @@ fn duplicate_push(backend: Backend) {
     let name = file_name(&seg);
     let original = std::fs::read(&seg).unwrap();
     for attempt in 1..=2 {
-        let out = env.pgbunker(&["archive-push", &p(&seg)]);
+        let out = env.pgcairn(&["archive-push", &p(&seg)]);
         assert_success(
             &out,
             &format!("{backend:?}: archive-push {name}, attempt {attempt}"),
@@ -198,7 +198,7 @@ fn duplicate_push(backend: Backend) {
     altered[9 * 1024 * 1024 + 4321] ^= 0x5a;
     let altered_path = env.path().join("altered").join(&name);
     write_for_postgres(&env, &altered_path, &altered);
-    let out = env.pgbunker(&["archive-push", &p(&altered_path)]);
+    let out = env.pgcairn(&["archive-push", &p(&altered_path)]);
     assert_exit(&out, 1, &format!("{backend:?}: push of different content"));
     let err = stderr(&out);
     let ids = hex64_tokens(&err);
@@ -223,7 +223,7 @@ fn duplicate_push(backend: Backend) {
         "{backend:?}: archive-get still returns the original bytes"
     );
     // And the original is still accepted as a duplicate.
-    let out = env.pgbunker(&["archive-push", &p(&seg)]);
+    let out = env.pgcairn(&["archive-push", &p(&seg)]);
     assert_success(&out, &format!("{backend:?}: original pushed again"));
 }
 
@@ -242,7 +242,7 @@ fn wrong_key_or_passphrase_is_refused() {
     let segs = real_segments(&env, 2);
     let archived = file_name(&segs[0]);
     assert_success(
-        &env.pgbunker(&["archive-push", &p(&segs[0])]),
+        &env.pgcairn(&["archive-push", &p(&segs[0])]),
         "archive-push with the right key",
     );
 
@@ -250,7 +250,7 @@ fn wrong_key_or_passphrase_is_refused() {
     let wrong_key = env.path().join("wrong.key");
     let throwaway = format!("file://{}/throwaway-repo", env.path().display());
     assert_success(
-        &env.pgbunker(&["--repo", &throwaway, "init", "--key-file", &p(&wrong_key)]),
+        &env.pgcairn(&["--repo", &throwaway, "init", "--key-file", &p(&wrong_key)]),
         "init of a throwaway repository",
     );
     let config = std::fs::read_to_string(&env.config).unwrap();
@@ -262,22 +262,22 @@ fn wrong_key_or_passphrase_is_refused() {
         config.replace(&p(&env.key_file), &p(&wrong_key)).as_bytes(),
     );
 
-    let out = env.pgbunker_with_config(&wrong_config, &["archive-push", &p(&segs[1])]);
+    let out = env.pgcairn_with_config(&wrong_config, &["archive-push", &p(&segs[1])]);
     assert_exit(&out, 2, "archive-push with another key");
     assert!(stderr(&out).contains("does not unlock"), "{}", stderr(&out));
 
     let dest = dest_dir(&env, "wrong-key-dest").join(&archived);
-    let out = env.pgbunker_with_config(&wrong_config, &["archive-get", &archived, &p(&dest)]);
+    let out = env.pgcairn_with_config(&wrong_config, &["archive-get", &archived, &p(&dest)]);
     assert_exit(&out, 200, "archive-get with another key");
     assert!(stderr(&out).contains("does not unlock"), "{}", stderr(&out));
     assert!(!dest.exists(), "nothing written with the wrong key");
 
     // Nothing was stored by the refused push.
     let dest = dest_dir(&env, "right-key-dest").join(file_name(&segs[1]));
-    let out = env.pgbunker(&["archive-get", &file_name(&segs[1]), &p(&dest)]);
+    let out = env.pgcairn(&["archive-get", &file_name(&segs[1]), &p(&dest)]);
     assert_exit(&out, 1, "the refused segment is not in the archive");
 
-    // A passphrase repository: PGBUNKER_PASSPHRASE is the only way in.
+    // A passphrase repository: PGCAIRN_PASSPHRASE is the only way in.
     let pp_config = env.path().join("passphrase.toml");
     write_for_postgres(
         &env,
@@ -289,13 +289,13 @@ fn wrong_key_or_passphrase_is_refused() {
         .as_bytes(),
     );
     let run = |passphrase: Option<&str>, args: &[&str]| -> Output {
-        let mut c = pgbunker_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin);
+        let mut c = pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin);
         c.arg("--config").arg(&pp_config).args(args);
         match passphrase {
-            Some(pw) => c.env("PGBUNKER_PASSPHRASE", pw),
-            None => c.env_remove("PGBUNKER_PASSPHRASE"),
+            Some(pw) => c.env("PGCAIRN_PASSPHRASE", pw),
+            None => c.env_remove("PGCAIRN_PASSPHRASE"),
         };
-        c.output().expect("run pgbunker")
+        c.output().expect("run pgcairn")
     };
     assert_success(&run(Some("right"), &["init"]), "init with a passphrase");
     let out = run(Some("wrong"), &["archive-push", &p(&segs[0])]);
@@ -324,7 +324,7 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     let segs = real_segments(&env, 6);
     for s in &segs {
-        assert_success(&env.pgbunker(&["archive-push", &p(s)]), "archive-push");
+        assert_success(&env.pgcairn(&["archive-push", &p(s)]), "archive-push");
     }
     let names: Vec<String> = segs.iter().map(|s| file_name(s)).collect();
     let dir = dest_dir(&env, "dest");
@@ -364,7 +364,7 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
         (&names[4], &impostor, "another segment's object"),
     ] {
         let dest = dir.join(name);
-        let out = env.pgbunker(&["archive-get", name, &p(&dest)]);
+        let out = env.pgcairn(&["archive-get", name, &p(&dest)]);
         assert_exit(&out, 200, &format!("archive-get of {name} with {what}"));
         let err = stderr(&out);
         let key = object
@@ -388,7 +388,7 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
     let pointer_file = tli.join(&names[3]);
     std::fs::write(&pointer_file, b"{\"content_id\": \"not hex\"").unwrap();
     let dest = dir.join(&names[3]);
-    let out = env.pgbunker(&["archive-get", &names[3], &p(&dest)]);
+    let out = env.pgcairn(&["archive-get", &names[3], &p(&dest)]);
     assert_exit(&out, 200, "archive-get with an unreadable pointer");
     let key = format!("clusters/main/wal/00000001/{}", names[3]);
     assert!(stderr(&out).contains(&key), "names {key}: {}", stderr(&out));
@@ -400,7 +400,7 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
     // Definitely absent: exit 1, quietly (PostgreSQL probes for these all the time).
     for absent in ["0000000100000000000000FF", "00000099.history"] {
         let dest = dir.join(absent);
-        let out = env.pgbunker(&["archive-get", absent, &p(&dest)]);
+        let out = env.pgcairn(&["archive-get", absent, &p(&dest)]);
         assert_exit(&out, 1, &format!("archive-get of never-archived {absent}"));
         assert_eq!(stderr(&out), "", "{absent}: stderr is empty");
         assert!(!dest.exists());
@@ -476,7 +476,7 @@ fn segment_of_another_system_is_refused() {
         .join(format!("{}.ready", b_segments[0]))
         .exists());
     assert!(
-        std::fs::read_to_string(b.datadir.join("pgbunker-server.log"))
+        std::fs::read_to_string(b.datadir.join("pgcairn-server.log"))
             .unwrap()
             .contains("refused"),
         "b's server log shows the refusal"
@@ -489,7 +489,7 @@ fn segment_of_another_system_is_refused() {
         &b_seg,
         &std::fs::read(b.datadir.join("pg_wal").join(&b_segments[1])).unwrap(),
     );
-    let out = env.pgbunker(&["archive-push", &p(&b_seg)]);
+    let out = env.pgcairn(&["archive-push", &p(&b_seg)]);
     assert_exit(&out, 1, "archive-push of a segment from another system");
     let err = stderr(&out);
     assert!(
@@ -527,7 +527,7 @@ fn segment_of_another_system_is_refused() {
 // 5. kill -9 mid-push, then retry -----------------------------------------------------------
 
 /// Starts `archive-push` directly as PostgreSQL's OS user (setuid in the child, not through
-/// runuser: SIGKILL to runuser would leave pgbunker running), output discarded.
+/// runuser: SIGKILL to runuser would leave pgcairn running), output discarded.
 fn spawn_push(env: &TestEnv, wal: &Path) -> Child {
     let mut c = Command::new(&env.bin);
     if env.run_as.is_some() {
@@ -539,11 +539,11 @@ fn spawn_push(env: &TestEnv, wal: &Path) -> Child {
         .arg(&env.config)
         .arg("archive-push")
         .arg(wal)
-        .env_remove("PGBUNKER_PASSPHRASE")
+        .env_remove("PGCAIRN_PASSPHRASE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    c.spawn().expect("spawn pgbunker")
+    c.spawn().expect("spawn pgcairn")
 }
 
 /// Every pointer under `clusters/main/wal/` of a file:// repository has its data object.
@@ -587,7 +587,7 @@ fn kill_mid_push(backend: Backend) {
     // so kills also land in the sealing, the data upload and the pointer write.
     let t = Instant::now();
     assert_success(
-        &env.pgbunker(&["--cluster", "timing", "archive-push", &p(&seg)]),
+        &env.pgcairn(&["--cluster", "timing", "archive-push", &p(&seg)]),
         "timing push",
     );
     let full = t.elapsed();
@@ -611,13 +611,13 @@ fn kill_mid_push(backend: Backend) {
         delays.len() - finished_before_kill
     );
 
-    let out = env.pgbunker(&["archive-push", &p(&seg)]);
+    let out = env.pgcairn(&["archive-push", &p(&seg)]);
     assert_success(&out, &format!("{backend:?}: archive-push after the kills"));
     assert!(
         fetch(&env, &name) == original,
         "{backend:?}: archive-get returns identical bytes"
     );
-    let out = env.pgbunker(&["archive-push", &p(&seg)]);
+    let out = env.pgcairn(&["archive-push", &p(&seg)]);
     assert_success(&out, &format!("{backend:?}: second push"));
     if backend == Backend::File {
         assert_no_pointer_without_data(&env);
@@ -688,7 +688,7 @@ fn s3_outage_during_async_archiving_loses_nothing() {
     // never take "not found" for an answer.
     let dir = dest_dir(&env, "outage-dest");
     for name in [first_switched.as_str(), "0000000100000000000000FF"] {
-        let out = env.pgbunker(&["archive-get", name, &p(&dir.join(name))]);
+        let out = env.pgcairn(&["archive-get", name, &p(&dir.join(name))]);
         assert_exit(
             &out,
             200,
@@ -777,25 +777,25 @@ fn malformed_arguments_paths_and_config_are_reported() {
     let dir = dest_dir(&env, "dest");
 
     let missing = "/nonexistent/000000010000000000000001";
-    let out = env.pgbunker(&["archive-push", missing]);
+    let out = env.pgcairn(&["archive-push", missing]);
     assert_exit(&out, 1, "archive-push of a missing file");
     assert!(stderr(&out).contains(missing), "{}", stderr(&out));
 
     let not_wal = env.path().join("notawalname");
     write_for_postgres(&env, &not_wal, b"hello");
-    let out = env.pgbunker(&["archive-push", &p(&not_wal)]);
+    let out = env.pgcairn(&["archive-push", &p(&not_wal)]);
     assert_exit(&out, 2, "archive-push of a file that is not named like WAL");
     assert!(stderr(&out).contains(&p(&not_wal)), "{}", stderr(&out));
 
-    let out = env.pgbunker(&["archive-push"]);
+    let out = env.pgcairn(&["archive-push"]);
     assert_exit(&out, 2, "archive-push without its argument");
 
-    let out = env.pgbunker(&["archive-get", "not-a-wal", &p(&dir.join("x"))]);
+    let out = env.pgcairn(&["archive-get", "not-a-wal", &p(&dir.join("x"))]);
     assert_exit(&out, 200, "archive-get of a malformed name");
     assert!(!dir.join("x").exists());
-    let out = env.pgbunker(&["archive-get"]);
+    let out = env.pgcairn(&["archive-get"]);
     assert_exit(&out, 200, "archive-get without arguments");
-    let out = env.pgbunker(&["archive-get", &name]);
+    let out = env.pgcairn(&["archive-get", &name]);
     assert_exit(&out, 200, "archive-get without its destination");
 
     // A repository URL pointing at an empty directory.
@@ -811,11 +811,10 @@ fn malformed_arguments_paths_and_config_are_reported() {
             .replace(&env.repo_url, &format!("file://{}", empty.display()))
             .as_bytes(),
     );
-    let out = env.pgbunker_with_config(&empty_config, &["archive-push", &p(&seg)]);
+    let out = env.pgcairn_with_config(&empty_config, &["archive-push", &p(&seg)]);
     assert_exit(&out, 2, "archive-push to an empty directory");
-    assert!(stderr(&out).contains("pgbunker init"), "{}", stderr(&out));
-    let out =
-        env.pgbunker_with_config(&empty_config, &["archive-get", &name, &p(&dir.join(&name))]);
+    assert!(stderr(&out).contains("pgcairn init"), "{}", stderr(&out));
+    let out = env.pgcairn_with_config(&empty_config, &["archive-get", &name, &p(&dir.join(&name))]);
     assert_exit(&out, 200, "archive-get from an empty directory");
     assert!(
         std::fs::read_dir(&empty).unwrap().next().is_none(),
@@ -829,23 +828,23 @@ fn malformed_arguments_paths_and_config_are_reported() {
         &typo_config,
         format!("{config}asynk = true\n").as_bytes(),
     );
-    let out = env.pgbunker_with_config(&typo_config, &["archive-push", &p(&seg)]);
+    let out = env.pgcairn_with_config(&typo_config, &["archive-push", &p(&seg)]);
     assert_exit(&out, 2, "unknown setting");
     assert!(stderr(&out).contains("archive.asynk"), "{}", stderr(&out));
     // For restore_command a configuration error must abort recovery, not mean "not found".
-    let out = env.pgbunker_with_config(&typo_config, &["archive-get", &name, &p(&dir.join(&name))]);
+    let out = env.pgcairn_with_config(&typo_config, &["archive-get", &name, &p(&dir.join(&name))]);
     assert_exit(&out, 200, "archive-get with an unknown setting");
     assert!(stderr(&out).contains("archive.asynk"), "{}", stderr(&out));
     let no_config = env.path().join("no-such-config.toml");
-    let out = env.pgbunker_with_config(&no_config, &["archive-push", &p(&seg)]);
+    let out = env.pgcairn_with_config(&no_config, &["archive-push", &p(&seg)]);
     assert_exit(&out, 2, "archive-push with a missing config file");
     assert!(stderr(&out).contains(&p(&no_config)), "{}", stderr(&out));
-    let out = env.pgbunker_with_config(&no_config, &["archive-get", &name, &p(&dir.join(&name))]);
+    let out = env.pgcairn_with_config(&no_config, &["archive-get", &name, &p(&dir.join(&name))]);
     assert_exit(&out, 200, "archive-get with a missing config file");
 
     // init over an existing repository: refused, key and repository untouched.
     let key_before = std::fs::read(&env.key_file).unwrap();
-    let out = env.pgbunker(&["init", "--key-file", &p(&env.key_file)]);
+    let out = env.pgcairn(&["init", "--key-file", &p(&env.key_file)]);
     assert_exit(&out, 2, "init on an existing repository");
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&env.key_file).unwrap(), key_before);
@@ -853,14 +852,14 @@ fn malformed_arguments_paths_and_config_are_reported() {
     // A segment cut short.
     let short = env.path().join("short").join(&name);
     write_for_postgres(&env, &short, &std::fs::read(&seg).unwrap()[..1 << 20]);
-    let out = env.pgbunker(&["archive-push", &p(&short)]);
+    let out = env.pgcairn(&["archive-push", &p(&short)]);
     assert_exit(&out, 1, "archive-push of a truncated segment");
     assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
 
     // The repository still works and holds only what was pushed whole.
-    let out = env.pgbunker(&["archive-get", &name, &p(&dir.join(&name))]);
+    let out = env.pgcairn(&["archive-get", &name, &p(&dir.join(&name))]);
     assert_exit(&out, 1, "the truncated segment was not archived");
-    assert_success(&env.pgbunker(&["archive-push", &p(&seg)]), "archive-push");
+    assert_success(&env.pgcairn(&["archive-push", &p(&seg)]), "archive-push");
     assert!(fetch(&env, &name) == std::fs::read(&seg).unwrap());
 }
 
@@ -945,12 +944,12 @@ fn queue_max_drops_wal_loudly_when_the_repository_fails() {
     let dropped = switch_wal(&pg);
     wait_archived(&pg, &dropped, Duration::from_secs(60));
     chmod("u+w");
-    let log = std::fs::read_to_string(pg.datadir.join("pgbunker-server.log")).unwrap();
+    let log = std::fs::read_to_string(pg.datadir.join("pgcairn-server.log")).unwrap();
     assert!(
         log.contains("DROPPED"),
         "PostgreSQL's log says the segment was dropped:\n{log}"
     );
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let gaps = doc["clusters"][0]["wal"]["timelines"][0]["gaps"]
         .as_array()
@@ -972,7 +971,7 @@ fn queue_max_drops_wal_loudly_when_the_repository_fails() {
     pg.psql("postgres", "insert into t values (2)").unwrap();
     let after = switch_wal(&pg);
     wait_archived(&pg, &after, Duration::from_secs(60));
-    let info = env.pgbunker(&["info", "--output", "json"]);
+    let info = env.pgcairn(&["info", "--output", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     let gaps_after = doc["clusters"][0]["wal"]["timelines"][0]["gaps"]
         .as_array()

@@ -4,12 +4,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pgbunker_engine::archive::prefetch::{run_prefetcher, PrefetchOptions, PrefetchSpool};
-use pgbunker_engine::archive::push::read_cluster_record;
-use pgbunker_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
-use pgbunker_engine::archive::{get_wal_file_to, push_wal_file, PushOutcome, WalSource};
-use pgbunker_engine::types::WalFileName;
-use pgbunker_engine::Error as EngineError;
+use pgcairn_engine::archive::prefetch::{run_prefetcher, PrefetchOptions, PrefetchSpool};
+use pgcairn_engine::archive::push::read_cluster_record;
+use pgcairn_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
+use pgcairn_engine::archive::{get_wal_file_to, push_wal_file, PushOutcome, WalSource};
+use pgcairn_engine::types::WalFileName;
+use pgcairn_engine::Error as EngineError;
 use tracing::{info, warn};
 
 use super::open_repo;
@@ -80,7 +80,7 @@ fn spawn_pusher(
     )
 }
 
-/// Starts a background pgbunker (pusher or prefetcher) with the same configuration.
+/// Starts a background pgcairn (pusher or prefetcher) with the same configuration.
 fn spawn_daemon(
     cli: &Cli,
     settings: &Settings,
@@ -119,7 +119,7 @@ fn spawn_daemon(
     cmd.spawn().map_err(|e| {
         Failure::new(
             ExitCode::Failed,
-            format!("cannot start a background pgbunker: {e}"),
+            format!("cannot start a background pgcairn: {e}"),
         )
     })?;
     Ok(())
@@ -156,7 +156,7 @@ async fn push_async(
             WaitOutcome::Acked(ack) if ack.outcome == "dropped" => {
                 warn!(wal = %n, "WAL DROPPED by archive.queue_max: not archived");
                 eprintln!(
-                    "pgbunker: WARNING: {n} was DROPPED, not archived: the backlog exceeded archive.queue_max while the repository failed; \
+                    "pgcairn: WARNING: {n} was DROPPED, not archived: the backlog exceeded archive.queue_max while the repository failed; \
                      point-in-time recovery across it is impossible until the next backup"
                 );
                 return Ok(());
@@ -282,7 +282,7 @@ pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
     let seg_size = read_cluster_record(&repo, &settings.cluster)
         .await?
         .map(|r| r.wal_segment_size)
-        .unwrap_or(pgbunker_engine::types::DEFAULT_WAL_SEGMENT_SIZE);
+        .unwrap_or(pgcairn_engine::types::DEFAULT_WAL_SEGMENT_SIZE);
     let opts = PrefetchOptions {
         count: settings.prefetch,
         jobs: settings.archive_jobs,

@@ -1,13 +1,13 @@
-//! `pgbunker backup`, `pgbunker restore` and `pgbunker check`.
+//! `pgcairn backup`, `pgcairn restore` and `pgcairn check`.
 
 use std::path::{Path, PathBuf};
 
-use pgbunker_engine::backup::manifest::BackupType;
-use pgbunker_engine::backup::{
+use pgcairn_engine::backup::manifest::BackupType;
+use pgcairn_engine::backup::{
     check_archiving, create_and_record_restore_point, run_backup, BackupOptions, DEFAULT_BLOCK_SIZE,
 };
-use pgbunker_engine::recovery::{parse_target_time, Target, TimelineTarget};
-use pgbunker_engine::restore::{recovery_settings, restore, RestoreOptions};
+use pgcairn_engine::recovery::{parse_target_time, Target, TimelineTarget};
+use pgcairn_engine::restore::{recovery_settings, restore, RestoreOptions};
 
 use super::open_repo;
 use crate::args::{BackupTypeArg, Cli, OutputFormat, RestoreArgs, TargetArgs};
@@ -18,7 +18,7 @@ use crate::settings::Settings;
 fn require_conninfo(settings: &Settings) -> Result<String, Failure> {
     if settings.conninfo.is_empty() {
         return Err(Failure::usage(
-            "no connection configured: set cluster.conninfo (for example \"host=/var/run/postgresql user=pgbunker dbname=postgres\")",
+            "no connection configured: set cluster.conninfo (for example \"host=/var/run/postgresql user=pgcairn dbname=postgres\")",
         ));
     }
     Ok(settings.conninfo.clone())
@@ -74,7 +74,7 @@ pub async fn backup(
     let m = &done.manifest;
     if pin {
         // The newest backup is never expired, so nothing can remove it before this lands.
-        pgbunker_engine::expire::set_pin(&repo, &settings.cluster, &m.id, true).await?;
+        pgcairn_engine::expire::set_pin(&repo, &settings.cluster, &m.id, true).await?;
     }
     let s = &m.stats;
     match output {
@@ -217,7 +217,7 @@ fn restore_options(
     Ok(RestoreOptions {
         backup: args.backup.clone(),
         jobs: args.jobs.unwrap_or(settings.backup_jobs),
-        restore_owner: pgbunker_engine::pg::instance::current_uid() == 0,
+        restore_owner: pgcairn_engine::pg::instance::current_uid() == 0,
         target_spec,
         target_exclusive: args.target.target_exclusive,
         target_action: args.target_action.clone(),
@@ -309,7 +309,7 @@ fn warn_if_owner_cannot_run(datadir: &Path, settings: &Settings) {
     };
     if !can(&[exe.as_os_str(), "--version".as_ref()]) {
         eprintln!(
-            "WARNING: restore_command runs {} as {user}, who cannot execute it: install pgbunker \
+            "WARNING: restore_command runs {} as {user}, who cannot execute it: install pgcairn \
              where {user} can run it (e.g. /usr/local/bin) and restore again, or fix \
              restore_command in postgresql.auto.conf",
             exe.display()

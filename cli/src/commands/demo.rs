@@ -1,7 +1,7 @@
-//! `pgbunker demo`: the whole engine on a throwaway cluster and a local repository.
+//! `pgcairn demo`: the whole engine on a throwaway cluster and a local repository.
 //!
 //! Today: create an encrypted repository with a key file, initdb a cluster with data
-//! checksums, archive its WAL through `archive_command = 'pgbunker archive-push %p'` while
+//! checksums, archive its WAL through `archive_command = 'pgcairn archive-push %p'` while
 //! pgbench runs, force a segment switch, wait until PostgreSQL reports it archived, fetch a
 //! segment back with archive-get and compare it byte for byte; take a full backup, mark an
 //! "incident", take an incremental backup; restore the incremental and compare it with the
@@ -14,19 +14,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pgbunker_engine::archive::get_wal_file;
-use pgbunker_engine::backup::manifest::BackupType;
-use pgbunker_engine::backup::{run_backup, BackupOptions, DEFAULT_BLOCK_SIZE};
-use pgbunker_engine::crypto::{KdfParams, KeyFile, Unlock};
-use pgbunker_engine::drill::{run_drill, DrillOptions};
-use pgbunker_engine::pg::instance::{
+use pgcairn_engine::archive::get_wal_file;
+use pgcairn_engine::backup::manifest::BackupType;
+use pgcairn_engine::backup::{run_backup, BackupOptions, DEFAULT_BLOCK_SIZE};
+use pgcairn_engine::crypto::{KdfParams, KeyFile, Unlock};
+use pgcairn_engine::drill::{run_drill, DrillOptions};
+use pgcairn_engine::pg::instance::{
     free_port, give_to, postgres_user_if_root, Instance, PgBinaries,
 };
-use pgbunker_engine::progress::NoProgress;
-use pgbunker_engine::recovery::{parse_target_time, Target};
-use pgbunker_engine::repo::{InitOptions, Repository};
-use pgbunker_engine::restore::{restore, RestoreOptions};
-use pgbunker_engine::types::WalFileName;
+use pgcairn_engine::progress::NoProgress;
+use pgcairn_engine::recovery::{parse_target_time, Target};
+use pgcairn_engine::repo::{InitOptions, Repository};
+use pgcairn_engine::restore::{restore, RestoreOptions};
+use pgcairn_engine::types::WalFileName;
 
 use crate::args::{Cli, OutputFormat, ProgressMode};
 use crate::exit::{ExitCode, Failure};
@@ -68,7 +68,7 @@ impl Steps {
 pub async fn run(cli: &Cli, dir: Option<&Path>, keep: bool) -> Result<(), Failure> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),
-        None => std::env::temp_dir().join(format!("pgbunker-demo-{}", std::process::id())),
+        None => std::env::temp_dir().join(format!("pgcairn-demo-{}", std::process::id())),
     };
     if dir.exists()
         && std::fs::read_dir(&dir)
@@ -107,8 +107,8 @@ pub async fn run(cli: &Cli, dir: Option<&Path>, keep: bool) -> Result<(), Failur
 
 async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(), Failure> {
     let run_as = instance.run_as.clone();
-    let exe_copy = dir.join("bin/pgbunker");
-    let config_path = dir.join("pgbunker.toml");
+    let exe_copy = dir.join("bin/pgcairn");
+    let config_path = dir.join("pgcairn.toml");
     let repo_url = format!("file://{}", dir.join("repo").display());
     let key_path = dir.join("repo.key");
     steps.run("prepare a working directory, a key file and the configuration", || {
@@ -126,8 +126,8 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         std::fs::write(&config_path, toml).map_err(fail)
     })?;
     let key = KeyFile::load(&key_path)?;
-    let storage: Arc<dyn pgbunker_engine::storage::Storage> =
-        pgbunker_storage::open(&repo_url, &pgbunker_storage::StorageOptions::default())?;
+    let storage: Arc<dyn pgcairn_engine::storage::Storage> =
+        pgcairn_storage::open(&repo_url, &pgcairn_storage::StorageOptions::default())?;
     let opts = InitOptions {
         unlock: Some(Unlock::KeyFile(key.clone())),
         kdf: KdfParams::recommended(),
@@ -152,7 +152,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         || Ok(instance.initdb()?),
     )?;
     steps.run(
-        "start it with archive_command = pgbunker archive-push %p",
+        "start it with archive_command = pgcairn archive-push %p",
         || {
             instance.configure(&[
                 ("wal_level", "replica".into()),
@@ -299,7 +299,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         "select count(*) = 1 from demo_events where label = 'before the incident'".to_string(),
         "select count(*) = 0 from demo_events where label like 'the incident%'".to_string(),
     ];
-    let report_dir = std::env::temp_dir().join("pgbunker-demo-reports");
+    let report_dir = std::env::temp_dir().join("pgcairn-demo-reports");
     let drill_opts = DrillOptions {
         restore: RestoreOptions {
             target_spec: Target::Time(parse_target_time(&target_time)?),
@@ -343,7 +343,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
     super::info::run(&settings, OutputFormat::Text).await?;
     println!();
     println!(
-        "Try it yourself: pgbunker --config {} info --output json",
+        "Try it yourself: pgcairn --config {} info --output json",
         config_path.display()
     );
     Ok(())
@@ -351,7 +351,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
 
 async fn timed<T>(
     what: &str,
-    f: impl std::future::Future<Output = pgbunker_engine::Result<T>>,
+    f: impl std::future::Future<Output = pgcairn_engine::Result<T>>,
 ) -> Result<T, Failure> {
     let started = Instant::now();
     let r = f.await;
@@ -363,7 +363,7 @@ async fn timed<T>(
     Ok(r?)
 }
 
-fn print_backup(m: &pgbunker_engine::backup::manifest::Manifest) {
+fn print_backup(m: &pgcairn_engine::backup::manifest::Manifest) {
     let s = &m.stats;
     println!(
         "    backup {}: {} files, {:.1} MiB; read {:.1} MiB ({} files unchanged), stored {:.1} MiB new",
@@ -423,7 +423,7 @@ pub fn wait_archived(instance: &Instance, segment: &str, timeout: Duration) -> R
             return Err(fail(format!(
                 "{segment} not archived after {}s (last archived {archived:?}, last failed {failed:?}); see {}",
                 timeout.as_secs(),
-                instance.datadir.join("pgbunker-server.log").display()
+                instance.datadir.join("pgcairn-server.log").display()
             )));
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -1,4 +1,4 @@
-//! `pgbunker drill`: restore into an ephemeral instance, check, measure, report.
+//! `pgcairn drill`: restore into an ephemeral instance, check, measure, report.
 //!
 //! Exit codes: 0 passed; 1 the drill could not run; 3 an integrity check failed; 4 the MTTR
 //! objective was missed. SIGINT/SIGTERM stop the instance and remove it before exiting; a
@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgbunker_engine::drill::report::{history, DrillReport};
-use pgbunker_engine::drill::{abort_cleanup, run_drill, DrillFiles, DrillOptions};
-use pgbunker_engine::restore::RestoreOptions;
+use pgcairn_engine::drill::report::{history, DrillReport};
+use pgcairn_engine::drill::{abort_cleanup, run_drill, DrillFiles, DrillOptions};
+use pgcairn_engine::restore::RestoreOptions;
 
 use super::backup::{restore_command, target_spec};
 use super::open_repo;
@@ -61,7 +61,7 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
     }
     let (spec, timeline, label) = target_spec(&args.target)?;
     let workdir = args.workdir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("pgbunker-drill-{}", std::process::id()))
+        std::env::temp_dir().join(format!("pgcairn-drill-{}", std::process::id()))
     });
     if workdir.exists()
         && std::fs::read_dir(&workdir)
@@ -82,11 +82,11 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
     // The ephemeral PostgreSQL runs restore_command as its own OS user: give it a copy of
     // this binary it can execute.
     let exe = std::env::current_exe().map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
-    let copy = workdir.join("bin/pgbunker");
+    let copy = workdir.join("bin/pgcairn");
     std::fs::copy(&exe, &copy).map_err(|e| {
         Failure::new(
             ExitCode::Failed,
-            format!("copying pgbunker to {}: {e}", copy.display()),
+            format!("copying pgcairn to {}: {e}", copy.display()),
         )
     })?;
     let restore_cmd = restore_command(cli, settings)?.replacen(
@@ -105,7 +105,7 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
         .max_mttr
         .as_deref()
         .map(|v| {
-            pgbunker_storage::parse_duration(v).ok_or_else(|| {
+            pgcairn_storage::parse_duration(v).ok_or_else(|| {
                 Failure::usage(format!("--max-mttr {v:?}: use a duration like 15m or 90s"))
             })
         })
@@ -118,7 +118,7 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
         restore: RestoreOptions {
             backup: args.backup.clone(),
             jobs: args.jobs.unwrap_or(settings.backup_jobs),
-            restore_owner: pgbunker_engine::pg::instance::current_uid() == 0,
+            restore_owner: pgcairn_engine::pg::instance::current_uid() == 0,
             target_spec: spec,
             target_exclusive: args.target.target_exclusive,
             target_timeline: timeline,

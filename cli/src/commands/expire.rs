@@ -1,7 +1,7 @@
-//! `pgbunker expire`, `pin`, `unpin`.
+//! `pgcairn expire`, `pin`, `unpin`.
 
-use pgbunker_engine::expire::{expire, set_pin};
-use pgbunker_engine::gc::{gc as run_gc, GcOptions};
+use pgcairn_engine::expire::{expire, set_pin};
+use pgcairn_engine::gc::{gc as run_gc, GcOptions};
 
 use super::open_repo;
 use crate::args::OutputFormat;
@@ -73,7 +73,7 @@ pub async fn gc(
     output: OutputFormat,
 ) -> Result<(), Failure> {
     let grace = match grace {
-        Some(g) => pgbunker_storage::parse_duration(g).ok_or_else(|| {
+        Some(g) => pgcairn_storage::parse_duration(g).ok_or_else(|| {
             Failure::usage(format!("--grace {g:?}: use a duration like 1h or 0s"))
         })?,
         None => settings.gc_grace,
@@ -111,7 +111,7 @@ pub async fn gc(
     );
     for skipped in &r.repack_skipped {
         eprintln!(
-            "WARNING: not repacked, damaged: {skipped}; run pgbunker verify --read-data --all"
+            "WARNING: not repacked, damaged: {skipped}; run pgcairn verify --read-data --all"
         );
     }
     println!(
@@ -185,7 +185,7 @@ pub async fn auto_expire(settings: &Settings, backup_id: &str) -> Result<(), Fai
         Err(mut f) => {
             f.message = format!(
                 "backup {backup_id} completed, but the automatic expire (retention.auto) failed: {}; \
-                 run pgbunker expire",
+                 run pgcairn expire",
                 f.message
             );
             Err(f)

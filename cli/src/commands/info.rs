@@ -1,4 +1,4 @@
-//! `pgbunker info`: clusters, backups, archived WAL per timeline and the recoverable window.
+//! `pgcairn info`: clusters, backups, archived WAL per timeline and the recoverable window.
 //!
 //! JSON shape (stable; fields are only ever added):
 //! `{"repository": {"url", "repo_id", "format", "encryption", "created_at",
@@ -16,8 +16,8 @@
 //!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"},
 //!                 "last_drill": null | {"id", "outcome", "mttr_seconds", "backup_id", "summary"}}]}`
 
-use pgbunker_engine::info::{cluster_info, ClusterInfo};
-use pgbunker_engine::repo::Encryption;
+use pgcairn_engine::info::{cluster_info, ClusterInfo};
+use pgcairn_engine::repo::Encryption;
 use serde_json::json;
 
 use super::open_repo;
@@ -31,12 +31,12 @@ fn mib(b: u64) -> String {
 
 pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
-    let names = pgbunker_engine::backup::manifest::cluster_names(&repo).await?;
+    let names = pgcairn_engine::backup::manifest::cluster_names(&repo).await?;
     let mut clusters: Vec<ClusterInfo> = Vec::new();
     for n in &names {
         clusters.push(cluster_info(&repo, n).await?);
     }
-    let space = pgbunker_engine::gc::space_summary(&repo).await?;
+    let space = pgcairn_engine::gc::space_summary(&repo).await?;
     let cfg = repo.config();
     let encryption = match cfg.encryption {
         Encryption::XChaCha20Poly1305 => "xchacha20poly1305",

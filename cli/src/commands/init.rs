@@ -1,9 +1,9 @@
-//! `pgbunker init`.
+//! `pgcairn init`.
 
 use std::path::Path;
 
-use pgbunker_engine::crypto::{KdfParams, KeyFile, Unlock};
-use pgbunker_engine::repo::{Encryption, InitOptions, Repository};
+use pgcairn_engine::crypto::{KdfParams, KeyFile, Unlock};
+use pgcairn_engine::repo::{Encryption, InitOptions, Repository};
 
 use super::open_storage;
 use crate::exit::Failure;
@@ -44,7 +44,7 @@ pub async fn run(
             Some(u) => Some(u),
             None => {
                 return Err(Failure::usage(
-                    "no key given: use --key-file PATH (created if missing), set PGBUNKER_PASSPHRASE or repo.passphrase_file, \
+                    "no key given: use --key-file PATH (created if missing), set PGCAIRN_PASSPHRASE or repo.passphrase_file, \
                      or pass --no-encryption explicitly",
                 ))
             }

@@ -11,8 +11,8 @@ mod verify;
 
 use std::sync::Arc;
 
-use pgbunker_engine::repo::Repository;
-use pgbunker_engine::storage::Storage;
+use pgcairn_engine::repo::Repository;
+use pgcairn_engine::storage::Storage;
 
 use crate::args::{Cli, Command};
 use crate::exit::Failure;
@@ -71,7 +71,7 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
 
 /// Opens the configured storage.
 pub fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
-    Ok(pgbunker_storage::open(
+    Ok(pgcairn_storage::open(
         settings.require_repo_url()?,
         &settings.storage_options()?,
     )?)

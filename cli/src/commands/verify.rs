@@ -1,6 +1,6 @@
-//! `pgbunker verify`.
+//! `pgcairn verify`.
 
-use pgbunker_engine::verify::{verify, ReadData, VerifyOptions};
+use pgcairn_engine::verify::{verify, ReadData, VerifyOptions};
 
 use super::open_repo;
 use crate::args::OutputFormat;

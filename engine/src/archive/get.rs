@@ -176,7 +176,7 @@ pub fn write_atomically_with(
     let file_name = dest
         .file_name()
         .ok_or_else(|| Error::Config(format!("destination {} has no file name", dest.display())))?;
-    let tmp = dir.join(format!(".{}.pgbunker-tmp", file_name.to_string_lossy()));
+    let tmp = dir.join(format!(".{}.pgcairn-tmp", file_name.to_string_lossy()));
     let io = |e| Error::io(format!("writing {}", dest.display()), e);
     let result = (|| {
         let f = std::fs::File::create(&tmp).map_err(io)?;

@@ -250,7 +250,7 @@ mod tests {
 
     #[test]
     fn an_unusable_temporary_directory_is_named_in_the_error() {
-        let err = FileSpool::new_in(std::path::Path::new("/nonexistent/pgbunker-spool"))
+        let err = FileSpool::new_in(std::path::Path::new("/nonexistent/pgcairn-spool"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("TMPDIR"), "{err}");

@@ -404,7 +404,7 @@ async fn open_plain(repo: &Repository, cluster: &str, id: &str) -> Result<PlainR
         Ok(s) => s,
         Err(StorageError::NotFound { .. }) => {
             return Err(Error::NotFound(format!(
-                "backup {id} not found in cluster {cluster:?}; see `pgbunker info`"
+                "backup {id} not found in cluster {cluster:?}; see `pgcairn info`"
             )))
         }
         Err(e) => return Err(e.into()),

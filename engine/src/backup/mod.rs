@@ -230,7 +230,7 @@ async fn wait_for_wal(
                 if Instant::now() > deadline {
                     return Err(Error::Timeout(format!(
                         "WAL segment {name} (needed to make this backup consistent) was not archived within {}s; \
-                         check archive_command (pgbunker check) and backup.archive_timeout. No manifest was written",
+                         check archive_command (pgcairn check) and backup.archive_timeout. No manifest was written",
                         timeout.as_secs()
                     )));
                 }
@@ -348,7 +348,7 @@ async fn backup_with_lease(
     };
 
     let start_time = now_rfc3339();
-    let label = format!("pgbunker backup {id}");
+    let label = format!("pgcairn backup {id}");
     let start_text: String = if session.version_num >= 150000 {
         session
             .client
@@ -617,7 +617,7 @@ pub struct BackupDone {
     pub bad_pages: Vec<(String, Vec<u32>)>,
 }
 
-/// What `pgbunker check` found.
+/// What `pgcairn check` found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckReport {
     /// `server_version_num`.
@@ -664,9 +664,9 @@ pub async fn check_archiving(
             "archive_mode = off: set archive_mode = on and restart PostgreSQL".into(),
         ));
     }
-    if !archive_command.contains("pgbunker") || !archive_command.contains("archive-push") {
+    if !archive_command.contains("pgcairn") || !archive_command.contains("archive-push") {
         return Err(Error::Config(format!(
-            "archive_command = {archive_command:?} does not call pgbunker archive-push; set archive_command = 'pgbunker archive-push %p'"
+            "archive_command = {archive_command:?} does not call pgcairn archive-push; set archive_command = 'pgcairn archive-push %p'"
         )));
     }
     let seg: String = session
@@ -712,7 +712,7 @@ pub async fn check_archiving(
     })
 }
 
-/// A restore point pgbunker created, recorded so restores can pick the right backup for it.
+/// A restore point pgcairn created, recorded so restores can pick the right backup for it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RestorePoint {
     /// Name.

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset size  field
-//! 0      4     magic "PGBK"
+//! 0      4     magic "PGCA"
 //! 4      1     envelope version (1: one piece; 2: chunked, see `chunked`)
 //! 5      1     object kind (see ObjectKind)
 //! 6      1     compression: 0 none, 1 zstd
@@ -41,7 +41,7 @@ pub mod tree_hash;
 
 pub use streamed::PlainReader;
 
-const MAGIC: &[u8; 4] = b"PGBK";
+const MAGIC: &[u8; 4] = b"PGCA";
 /// The envelope version of objects sealed in one piece.
 const VERSION: u8 = 1;
 /// Bytes of the fixed header.
@@ -85,7 +85,7 @@ impl ObjectKind {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// Too short or wrong magic/version: not one of our objects, or truncated.
-    #[error("not a pgbunker object or truncated ({0})")]
+    #[error("not a pgcairn object or truncated ({0})")]
     Malformed(String),
     /// The header says another kind than expected.
     #[error("object kind mismatch: expected {expected:?}, found {found}")]

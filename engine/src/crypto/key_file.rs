@@ -1,6 +1,6 @@
 //! Raw key files for unattended servers.
 //!
-//! Format: one line `pgbunker-key-v1:<base64 of 32 random bytes>`. Created with mode 0600
+//! Format: one line `pgcairn-key-v1:<base64 of 32 random bytes>`. Created with mode 0600
 //! and never overwritten. The key file unlocks its slot through BLAKE3 `derive_key`; its
 //! fingerprint (a second derivation) lets the repository find the right slot without trying
 //! them all.
@@ -14,7 +14,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::{Error, Result};
 
-const PREFIX: &str = "pgbunker-key-v1:";
+const PREFIX: &str = "pgcairn-key-v1:";
 
 /// The secret of a key file.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -45,8 +45,8 @@ impl KeyFile {
         })?;
         Self::parse(text.trim()).ok_or_else(|| {
             Error::Key(format!(
-                "key file {} is not a pgbunker key file (expected one line starting with {PREFIX}); \
-                 create one with `pgbunker init --key-file PATH`",
+                "key file {} is not a pgcairn key file (expected one line starting with {PREFIX}); \
+                 create one with `pgcairn init --key-file PATH`",
                 path.display()
             ))
         })
@@ -79,12 +79,12 @@ impl KeyFile {
 
     /// The key-encryption key for its slot.
     pub fn kek(&self) -> [u8; 32] {
-        blake3::derive_key("pgbunker 2026-11 key-file kek v1", &self.0)
+        blake3::derive_key("pgcairn 2026-12 key-file kek v1", &self.0)
     }
 
     /// A public fingerprint that names the slot this key file opens.
     pub fn fingerprint(&self) -> String {
-        hex::encode(&blake3::derive_key("pgbunker 2026-11 key-file fingerprint v1", &self.0)[..8])
+        hex::encode(&blake3::derive_key("pgcairn 2026-12 key-file fingerprint v1", &self.0)[..8])
     }
 }
 
@@ -115,6 +115,6 @@ mod tests {
         let path = dir.path().join("bad.key");
         std::fs::write(&path, "hello").unwrap();
         let err = KeyFile::load(&path).unwrap_err().to_string();
-        assert!(err.contains("not a pgbunker key file"), "{err}");
+        assert!(err.contains("not a pgcairn key file"), "{err}");
     }
 }

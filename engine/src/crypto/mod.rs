@@ -56,9 +56,9 @@ impl MasterSecret {
     pub fn derive(&self) -> RepoKeys {
         let sub = |ctx: &str| blake3::derive_key(ctx, &self.0);
         RepoKeys {
-            id_key: sub("pgbunker 2026-11 content id key v1"),
-            meta_key: sub("pgbunker 2026-11 metadata key v1"),
-            wal_key: sub("pgbunker 2026-11 wal key v1"),
+            id_key: sub("pgcairn 2026-12 content id key v1"),
+            meta_key: sub("pgcairn 2026-12 metadata key v1"),
+            wal_key: sub("pgcairn 2026-12 wal key v1"),
             master: self.clone(),
         }
     }
@@ -88,7 +88,7 @@ impl RepoKeys {
         let mut material = Vec::with_capacity(KEY_LEN + 4);
         material.extend_from_slice(self.master.as_bytes());
         material.extend_from_slice(&version.to_le_bytes());
-        let key = blake3::derive_key("pgbunker 2026-11 data key v1", &material);
+        let key = blake3::derive_key("pgcairn 2026-12 data key v1", &material);
         material.zeroize();
         key
     }

@@ -92,7 +92,7 @@ pub struct KeySlot {
 /// What the operator gave us to unlock the repository.
 #[derive(Debug, Clone)]
 pub enum Unlock {
-    /// A passphrase (from `PGBUNKER_PASSPHRASE` or `passphrase_file`).
+    /// A passphrase (from `PGCAIRN_PASSPHRASE` or `passphrase_file`).
     Passphrase(String),
     /// A key file's secret.
     KeyFile(KeyFile),
@@ -107,7 +107,7 @@ impl Drop for Unlock {
 }
 
 fn aad(repo_id: &str, slot_id: &str) -> Vec<u8> {
-    format!("pgbunker key slot|{repo_id}|{slot_id}").into_bytes()
+    format!("pgcairn key slot|{repo_id}|{slot_id}").into_bytes()
 }
 
 impl KeySlot {

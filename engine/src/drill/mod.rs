@@ -271,7 +271,7 @@ pub async fn run_drill(
     let bin = PgBinaries::find()?;
     let run_as = owner_of(&datadir);
     give_to(run_as.as_deref(), &socket_dir)?;
-    let drill_conf = "\n# pgbunker drill overrides\narchive_mode = 'off'\nshared_buffers = '64MB'\nhot_standby = 'on'\nlogging_collector = 'off'\n";
+    let drill_conf = "\n# pgcairn drill overrides\narchive_mode = 'off'\nshared_buffers = '64MB'\nhot_standby = 'on'\nlogging_collector = 'off'\n";
     let auto = datadir.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
     text.push_str(drill_conf);
@@ -452,7 +452,7 @@ async fn run_instance(
     let t = Instant::now();
     let inst = instance.clone();
     let started = blocking(move || inst.start()).await?;
-    let log_path = instance.datadir.join("pgbunker-server.log");
+    let log_path = instance.datadir.join("pgcairn-server.log");
     if let Err(e) = started {
         phases.push(Phase {
             name: "startup".into(),

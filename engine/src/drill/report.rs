@@ -131,7 +131,7 @@ pub async fn history(repo: &Repository, cluster: &str) -> Result<Vec<DrillReport
 /// Markdown summary.
 pub fn markdown(r: &DrillReport) -> String {
     let mut s = format!(
-        "# pgbunker restore drill {} ({})\n\n**Outcome: {}** — {}\n\n- cluster: `{}`\n- backup: `{}` ({})\n- target: {}\n- MTTR: {:.1} s{}\n- restored: {:.1} MiB, {} WAL segments\n- newest archived WAL age: {}\n\n## Phases\n\n| phase | seconds | detail |\n|---|---:|---|\n",
+        "# pgcairn restore drill {} ({})\n\n**Outcome: {}** — {}\n\n- cluster: `{}`\n- backup: `{}` ({})\n- target: {}\n- MTTR: {:.1} s{}\n- restored: {:.1} MiB, {} WAL segments\n- newest archived WAL age: {}\n\n## Phases\n\n| phase | seconds | detail |\n|---|---:|---|\n",
         r.id,
         r.started_at,
         r.outcome.to_uppercase(),
@@ -297,10 +297,10 @@ pub fn html(r: &DrillReport, history: &[DrillReport]) -> String {
         "#c0392b"
     };
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pgbunker drill {id}</title>\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>pgcairn drill {id}</title>\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\
          td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.outcome{{color:#fff;background:{color};padding:4px 10px;border-radius:4px}}</style>\
-         </head><body><h1>pgbunker restore drill {id}</h1>\
+         </head><body><h1>pgcairn restore drill {id}</h1>\
          <p><span class=\"outcome\" id=\"outcome\">{outcome}</span> {summary}</p>\
          <p>cluster <b>{cluster}</b>, backup <b>{backup}</b> ({reason}), target {target}; MTTR <b id=\"mttr\">{mttr:.1} s</b>; restored {mib:.1} MiB and {segs} WAL segments.</p>\
          <h2>MTTR and restored size across drills</h2>{svg}\

@@ -1,8 +1,8 @@
-//! The few `global/pg_control` fields pgbunker reads without a connection.
+//! The few `global/pg_control` fields pgcairn reads without a connection.
 //!
 //! `ControlFileData` starts with `uint64 system_identifier`, then `uint32 pg_control_version`
 //! and `uint32 catalog_version_no`; `data_checksum_version` sits further in at a
-//! version-dependent offset, so pgbunker asks the server (`SHOW data_checksums`) for that.
+//! version-dependent offset, so pgcairn asks the server (`SHOW data_checksums`) for that.
 
 use std::path::Path;
 

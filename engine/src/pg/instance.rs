@@ -176,7 +176,7 @@ impl Instance {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let mut text = String::from("\n# added by pgbunker\n");
+        let mut text = String::from("\n# added by pgcairn\n");
         for (k, v) in settings {
             text.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
         }
@@ -192,7 +192,7 @@ impl Instance {
     /// Like [`Instance::start`] with extra server options (later `-c` settings win), for
     /// example `-c listen_addresses=127.0.0.1` in tests that need TCP.
     pub fn start_with(&self, extra: &str) -> Result<()> {
-        let log = self.datadir.join("pgbunker-server.log");
+        let log = self.datadir.join("pgcairn-server.log");
         let opts = format!(
             "-p {} -k {} -c listen_addresses='' {extra}",
             self.port,

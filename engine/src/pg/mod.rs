@@ -1,4 +1,4 @@
-//! PostgreSQL knowledge: on-disk formats pgbunker reads directly.
+//! PostgreSQL knowledge: on-disk formats pgcairn reads directly.
 
 pub mod checksum;
 pub mod control;

@@ -85,7 +85,7 @@ impl RepoConfig {
     pub fn unlock(&self, unlock: Option<&Unlock>) -> Result<MasterSecret> {
         if self.format > FORMAT_VERSION {
             return Err(Error::Config(format!(
-                "repository format {} is newer than this pgbunker understands ({FORMAT_VERSION}); upgrade pgbunker",
+                "repository format {} is newer than this pgcairn understands ({FORMAT_VERSION}); upgrade pgcairn",
                 self.format
             )));
         }
@@ -104,7 +104,7 @@ impl RepoConfig {
                     .into(),
             )),
             (Encryption::XChaCha20Poly1305, None) => Err(Error::Key(
-                "the repository is encrypted: set repo.key_file, repo.passphrase_file or PGBUNKER_PASSPHRASE".into(),
+                "the repository is encrypted: set repo.key_file, repo.passphrase_file or PGCAIRN_PASSPHRASE".into(),
             )),
             (Encryption::XChaCha20Poly1305, Some(u)) => {
                 let candidates: Vec<&KeySlot> = self.key_slots.iter().filter(|s| s.matches(u)).collect();
@@ -116,7 +116,7 @@ impl RepoConfig {
                 Err(Error::Key(match u {
                     Unlock::Passphrase(_) => "wrong passphrase: it does not unlock any key slot of this repository".into(),
                     Unlock::KeyFile(k) => format!(
-                        "key file (fingerprint {}) does not unlock this repository; check repo.key_file points at the key created by `pgbunker init`",
+                        "key file (fingerprint {}) does not unlock this repository; check repo.key_file points at the key created by `pgcairn init`",
                         k.fingerprint()
                     ),
                 }))

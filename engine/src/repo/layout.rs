@@ -82,7 +82,7 @@ pub fn backup_manifest(cluster: &str, id: &str) -> ObjectKey {
     ObjectKey::new(format!("{}{id}/manifest", backups_prefix(cluster)))
 }
 
-/// A restore point recorded by `pgbunker restore-point` (names are hex-encoded: any text).
+/// A restore point recorded by `pgcairn restore-point` (names are hex-encoded: any text).
 pub fn restore_point(cluster: &str, name: &str) -> ObjectKey {
     ObjectKey::new(format!(
         "clusters/{cluster}/restore-points/{}",

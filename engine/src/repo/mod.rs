@@ -58,7 +58,7 @@ impl Repository {
         let existing = storage.list("").await?;
         if !existing.is_empty() {
             let what = if existing.iter().any(|o| o.key.as_str() == layout::CONFIG) {
-                "a pgbunker repository already exists there"
+                "a pgcairn repository already exists there"
             } else {
                 "it is not empty"
             };
@@ -91,7 +91,7 @@ impl Repository {
             Ok(raw) => raw,
             Err(StorageError::NotFound { .. }) => {
                 return Err(Error::Config(format!(
-                    "no pgbunker repository at {} (object `config` missing): check repo.url, or create one with `pgbunker init`",
+                    "no pgcairn repository at {} (object `config` missing): check repo.url, or create one with `pgcairn init`",
                     storage.describe()
                 )))
             }
