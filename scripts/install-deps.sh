@@ -74,6 +74,8 @@ packages=(
     pkg-config
     time                        # /usr/bin/time: peak RSS in benchmarks
     chromium                    # renders drill reports in the end-to-end tests (headless)
+    man-db                      # man -l: the package check renders every man page
+    systemd                     # systemd-analyze verify: the package check verifies the units
 )
 ((need_python_venv)) && packages+=(python3-venv)
 # Node.js for Azurite: whatever node/npm is on PATH (NodeSource, nvm, ...), else Debian's.

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// pgcairn: backup and point-in-time recovery for PostgreSQL.
 #[derive(Debug, Parser)]
-#[command(name = "pgcairn", version, about, long_about = None, after_help = "\
+#[command(name = "pgcairn", version = crate::VERSION, about, long_about = None, after_help = "\
 Configuration is read from --config, else $PGCAIRN_CONFIG, else /etc/pgcairn/pgcairn.toml,
 then PGCAIRN_<SECTION>_<KEY> environment variables, then flags. Secrets never come from flags:
 the passphrase comes from PGCAIRN_PASSPHRASE or repo.passphrase_file, a raw key from repo.key_file.
@@ -59,6 +59,17 @@ pub enum BackupTypeArg {
     Diff,
     /// Changed since the last backup.
     Incr,
+}
+
+/// Shells with completion scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash (bash-completion).
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// Output format.
@@ -257,6 +268,24 @@ Forces a WAL switch and waits until that segment is in the repository.")]
         /// Keep the directory (cluster stopped) afterwards.
         #[arg(long)]
         keep: bool,
+    },
+
+    /// Print a shell completion script (bash, zsh or fish) to standard output.
+    #[command(after_help = "Examples:
+  pgcairn completions bash > /usr/share/bash-completion/completions/pgcairn
+  pgcairn completions zsh > /usr/share/zsh/vendor-completions/_pgcairn
+  pgcairn completions fish > /usr/share/fish/vendor_completions.d/pgcairn.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+
+    /// Internal: write the man pages (pgcairn.1 and one per subcommand) into DIR (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory (created if missing).
+        dir: PathBuf,
     },
 
     /// Internal: the background WAL prefetcher started by asynchronous archive-get.

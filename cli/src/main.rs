@@ -6,6 +6,15 @@ mod exit;
 mod progress;
 mod settings;
 
+/// The version `--version` prints: the crate version and the git commit it was built from
+/// (set by `build.rs`; "unknown commit" when built outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("PGCAIRN_GIT_COMMIT"),
+    ")"
+);
+
 use clap::Parser;
 
 use crate::args::{Cli, Command};
@@ -74,6 +83,18 @@ fn main() {
             std::process::exit(code as i32);
         }
     };
+    // Completions and man pages need no configuration: a broken config file must not stop a
+    // packager or a shell from getting them.
+    if let Some(result) = commands::docs::answer(&cli.command) {
+        let code = match result {
+            Ok(()) => ExitCode::Success,
+            Err(f) => {
+                eprintln!("pgcairn: {}", f.message);
+                f.code
+            }
+        };
+        std::process::exit(code as i32);
+    }
     bound_allocator_retention(&cli.command);
     init_logging(&cli.log_level);
     let code = match run(cli) {

@@ -166,6 +166,7 @@ impl Settings {
             if matches!(rest, "CONFIG" | "PASSPHRASE" | "LOG")
                 || rest.starts_with("TEST_")
                 || rest.starts_with("REQUIRE_")
+                || rest.starts_with("BUILD_")
             {
                 continue;
             }

@@ -3,6 +3,7 @@
 mod archive;
 mod backup;
 mod demo;
+pub mod docs;
 mod drill;
 mod expire;
 mod info;
@@ -66,6 +67,9 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
+        Command::Completions { .. } | Command::Manpages { .. } => {
+            docs::answer(&cli.command).unwrap_or(Ok(()))
+        }
     }
 }
 
