@@ -3,6 +3,8 @@
 mod args;
 mod commands;
 mod exit;
+mod fault;
+mod file_checks;
 mod progress;
 mod settings;
 
@@ -65,6 +67,7 @@ fn main() {
     // restore_command must never mistake a usage error for "file not found": for archive-get
     // even malformed arguments make PostgreSQL abort recovery.
     let is_archive_get = std::env::args().any(|a| a == "archive-get");
+    fault::install_panic_policy(is_archive_get);
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

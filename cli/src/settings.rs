@@ -14,7 +14,10 @@ use crate::exit::Failure;
 
 const DEFAULT_CONFIG: &str = "/etc/pgcairn/pgcairn.toml";
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("repo", &["url", "key_file", "passphrase_file"]),
+    (
+        "repo",
+        &["url", "key_file", "passphrase_file", "allow_insecure_files"],
+    ),
     ("cluster", &["name", "pgdata", "conninfo"]),
     (
         "archive",
@@ -67,6 +70,8 @@ pub struct Settings {
     pub key_file: Option<PathBuf>,
     /// Passphrase file.
     pub passphrase_file: Option<PathBuf>,
+    /// Accept key, passphrase and config files other users could read or change (warn only).
+    pub allow_insecure_files: bool,
     /// Backend options (the rest of `[repo]`).
     pub storage_options: BTreeMap<String, String>,
     /// Cluster name.
@@ -141,6 +146,18 @@ impl Settings {
                     path.display()
                 ))
             })?;
+            let allow = parsed
+                .get("repo")
+                .and_then(|r| r.get("allow_insecure_files"))
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false);
+            crate::file_checks::check(
+                path,
+                crate::file_checks::Kind::Config {
+                    holds_secret: crate::file_checks::config_holds_secret(&parsed),
+                },
+                allow,
+            )?;
             for (section, body) in parsed {
                 let toml::Value::Table(body) = body else {
                     return Err(Failure::usage(format!(
@@ -221,6 +238,11 @@ impl Settings {
         let repo_url = take("repo", "url").map(|v| v.0);
         let key_file = take("repo", "key_file").map(|v| PathBuf::from(v.0));
         let passphrase_file = take("repo", "passphrase_file").map(|v| PathBuf::from(v.0));
+        let allow_insecure_files = parse_bool(
+            take("repo", "allow_insecure_files"),
+            "repo.allow_insecure_files",
+        )?
+        .unwrap_or(false);
         let cluster = take("cluster", "name")
             .map(|v| v.0)
             .unwrap_or_else(|| "main".into());
@@ -292,6 +314,7 @@ impl Settings {
             repo_url,
             key_file,
             passphrase_file,
+            allow_insecure_files,
             storage_options,
             cluster,
             pgdata,
@@ -332,9 +355,19 @@ impl Settings {
     /// What unlocks the repository: key file, passphrase file or `PGCAIRN_PASSPHRASE`.
     pub fn unlock(&self) -> Result<Option<Unlock>, Failure> {
         if let Some(kf) = &self.key_file {
+            crate::file_checks::check(
+                kf,
+                crate::file_checks::Kind::Secret("repo.key_file"),
+                self.allow_insecure_files,
+            )?;
             return Ok(Some(Unlock::KeyFile(KeyFile::load(kf)?)));
         }
         if let Some(pf) = &self.passphrase_file {
+            crate::file_checks::check(
+                pf,
+                crate::file_checks::Kind::Secret("repo.passphrase_file"),
+                self.allow_insecure_files,
+            )?;
             let p = std::fs::read_to_string(pf).map_err(|e| {
                 Failure::usage(format!(
                     "cannot read repo.passphrase_file {}: {e}",

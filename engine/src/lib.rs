@@ -31,6 +31,7 @@ pub mod info;
 pub mod lease;
 pub mod pack;
 pub mod pg;
+pub mod private_fs;
 pub mod progress;
 pub mod recovery;
 pub mod repo;

@@ -665,7 +665,7 @@ fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     kept.push_str(AUTO_CONF_BEGIN);
     kept.push('\n');
     for (k, v) in recovery_settings(opts) {
-        kept.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+        kept.push_str(&crate::pg::guc::line(k, &v));
     }
     kept.push_str(AUTO_CONF_END);
     kept.push('\n');

@@ -54,14 +54,30 @@ fn backend_err(url: &url::Url, e: impl std::fmt::Display) -> OpenError {
 }
 
 impl ObjectStoreBackend {
-    /// `file:///path`: creates the directory if needed.
-    pub fn local(url: &url::Url, options: &StorageOptions) -> Result<Self, OpenError> {
+    /// `file:///path`. With `create` (init only) the directory is created 0700 when missing;
+    /// otherwise a missing directory is an error and nothing is created: a mistyped URL given
+    /// to `info` or `archive-get` must not leave a directory tree behind.
+    pub fn local(
+        url: &url::Url,
+        options: &StorageOptions,
+        create: bool,
+    ) -> Result<Self, OpenError> {
         let root = url.to_file_path().map_err(|_| OpenError::BadUrl {
             url: url.to_string(),
             why: "file:// URLs need an absolute path, like file:///var/lib/pgcairn".into(),
         })?;
-        std::fs::create_dir_all(&root)
-            .map_err(|e| backend_err(url, format!("creating {}: {e}", root.display())))?;
+        if create {
+            crate::local::create_root(&root)
+                .map_err(|e| backend_err(url, format!("creating {}: {e}", root.display())))?;
+        } else if !root.is_dir() {
+            return Err(OpenError::NoRepository {
+                url: url.to_string(),
+                why: format!(
+                    "directory {} does not exist: check repo.url, or create a repository with `pgcairn init`",
+                    root.display()
+                ),
+            });
+        }
         let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| backend_err(url, e))?;
         Ok(ObjectStoreBackend {

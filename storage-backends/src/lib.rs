@@ -62,20 +62,68 @@ pub enum OpenError {
     /// An option has a bad value.
     #[error("invalid repository option {key}: {why}")]
     BadOption { key: String, why: String },
+    /// Nothing is at that URL (file://: no such directory); nothing was created.
+    #[error("no pgcairn repository at {url}: {why}")]
+    NoRepository { url: String, why: String },
     /// The backend refused its configuration.
     #[error("cannot configure {url}: {why}")]
     Backend { url: String, why: String },
 }
 
-/// Opens storage for a repository URL.
+/// `url` with any user name and password replaced by `****`, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("****");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Ok(_) => url.to_string(),
+        // Not a URL: the part before an '@' may still be a secret.
+        Err(_) => match url.rfind('@') {
+            Some(at) => format!("****{}", &url[at..]),
+            None => url.to_string(),
+        },
+    }
+}
+
+/// Opens storage for an existing repository URL; never creates anything.
 pub fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Storage>, OpenError> {
+    open_with(url, options, false)
+}
+
+/// Opens storage for `init`: a `file://` directory is created (0700) when missing.
+pub fn create(url: &str, options: &StorageOptions) -> Result<Arc<dyn Storage>, OpenError> {
+    open_with(url, options, true)
+}
+
+fn open_with(
+    url: &str,
+    options: &StorageOptions,
+    create: bool,
+) -> Result<Arc<dyn Storage>, OpenError> {
     let parsed = url::Url::parse(url).map_err(|e| OpenError::BadUrl {
-        url: url.to_string(),
+        url: redact_url(url),
         why: format!("{e}; expected file:///path, s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or memory://"),
     })?;
+    // Credentials in the URL would be printed in errors, copied into restore_command and
+    // shown by `ps`; object_store would also ignore them silently and fall back to the
+    // instance metadata service. Refuse them, and say where they go.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(OpenError::BadUrl {
+            url: redact_url(url),
+            why: "credentials do not belong in the repository URL (it is printed in messages and \
+                  copied into restore_command): put them in the config file's [repo] section \
+                  (access_key_id / secret_access_key, account_name / access_key) or in the \
+                  provider's environment variables (AWS_ACCESS_KEY_ID, ...)"
+                .into(),
+        });
+    }
     match parsed.scheme() {
         "memory" => Ok(Arc::new(ObjectStoreBackend::memory(&parsed, options)?)),
-        "file" => Ok(Arc::new(ObjectStoreBackend::local(&parsed, options)?)),
+        "file" => Ok(Arc::new(ObjectStoreBackend::local(
+            &parsed, options, create,
+        )?)),
         "s3" | "gs" | "az" => Ok(Arc::new(ObjectStoreBackend::remote(&parsed, options)?)),
         other => Err(OpenError::BadUrl {
             url: url.to_string(),

@@ -41,14 +41,39 @@ pub fn dirs_to_sync(root: &Path, path: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// fsyncs a file and the given directories.
+/// Creates a repository root for `init`: 0700 whatever the umask (parents likewise when
+/// missing). Nothing below it is reachable by other users, even in the moment between
+/// `object_store` creating a file under the umask and [`sync_file_and_dirs`] tightening it.
+pub fn create_root(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)?;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+}
+
+/// fsyncs a file and the given directories (from [`dirs_to_sync`]), and makes the file 0600
+/// and the directories the put created 0700: repository objects are for their owner only,
+/// whatever the umask.
 pub fn sync_file_and_dirs(path: &Path, dirs: &[PathBuf]) -> Result<(), StorageError> {
+    use std::os::unix::fs::PermissionsExt;
     fs::File::open(path)
-        .and_then(|f| f.sync_all())
+        .and_then(|f| {
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.sync_all()
+        })
         .map_err(|e| io_err("fsync", path, e))?;
-    for d in dirs {
+    // The last directory is the first that already existed (or the root): leave its mode.
+    let created = dirs.len().saturating_sub(1);
+    for (i, d) in dirs.iter().enumerate() {
         fs::File::open(d)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| {
+                if i < created {
+                    f.set_permissions(fs::Permissions::from_mode(0o700))?;
+                }
+                f.sync_all()
+            })
             .map_err(|e| io_err("fsync", d, e))?;
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `archive-push`, `archive-get` and the background pusher.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -92,6 +93,7 @@ fn spawn_daemon(
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log_path)
         .map_err(|e| {
             Failure::new(
@@ -209,6 +211,7 @@ pub async fn get(
     wal_name: &str,
     dest: &Path,
 ) -> Result<(), Failure> {
+    crate::fault::panic_point("archive-get");
     let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
     let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
     // Asynchronous mode: serve from the prefetch spool when the segment is already there.

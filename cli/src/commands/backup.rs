@@ -116,23 +116,39 @@ pub async fn backup(
 pub fn restore_command(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find own executable: {e}")))?;
-    let mut cmd = shell_quote(&exe);
-    if let Some(cfg) = &settings.config_file {
-        let cfg = std::fs::canonicalize(cfg).unwrap_or_else(|_| cfg.clone());
-        cmd.push_str(&format!(" --config {}", shell_quote(&cfg)));
-    }
-    if let Some(repo) = &cli.repo {
-        cmd.push_str(&format!(" --repo {}", shell_quote(Path::new(repo))));
-    }
-    cmd.push_str(&format!(
-        " --cluster {} archive-get %f %p",
-        settings.cluster
-    ));
-    Ok(cmd)
+    Ok(restore_command_with(&exe, cli, settings))
 }
 
-fn shell_quote(p: &Path) -> String {
-    format!("\"{}\"", p.display().to_string().replace('"', "\\\""))
+/// The `restore_command` running the pgcairn binary at `exe`.
+///
+/// PostgreSQL hands the command to `/bin/sh -c` after replacing `%f`, `%p`, `%r` and `%%`, so
+/// every word taken from the user (paths, URL, cluster name) is one single-quoted shell word
+/// with its `%` doubled: `$(...)`, backticks, quotes and `%` in a path stay literal.
+pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings) -> String {
+    let mut cmd = placeholder_safe(&shell_word(&exe.display().to_string()));
+    if let Some(cfg) = &settings.config_file {
+        let cfg = std::fs::canonicalize(cfg).unwrap_or_else(|_| cfg.clone());
+        cmd.push_str(" --config ");
+        cmd.push_str(&placeholder_safe(&shell_word(&cfg.display().to_string())));
+    }
+    if let Some(repo) = &cli.repo {
+        cmd.push_str(" --repo ");
+        cmd.push_str(&placeholder_safe(&shell_word(repo)));
+    }
+    cmd.push_str(" --cluster ");
+    cmd.push_str(&placeholder_safe(&shell_word(&settings.cluster)));
+    cmd.push_str(" archive-get %f %p");
+    cmd
+}
+
+/// One POSIX shell word: single quotes, each `'` written as `'\''`.
+pub fn shell_word(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Doubles `%` so PostgreSQL's placeholder expansion leaves it alone.
+fn placeholder_safe(s: &str) -> String {
+    s.replace('%', "%%")
 }
 
 /// Turns target flags into the engine's target.

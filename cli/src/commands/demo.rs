@@ -127,7 +127,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
     })?;
     let key = KeyFile::load(&key_path)?;
     let storage: Arc<dyn pgcairn_engine::storage::Storage> =
-        pgcairn_storage::open(&repo_url, &pgcairn_storage::StorageOptions::default())?;
+        pgcairn_storage::create(&repo_url, &pgcairn_storage::StorageOptions::default())?;
     let opts = InitOptions {
         unlock: Some(Unlock::KeyFile(key.clone())),
         kdf: KdfParams::recommended(),
@@ -385,6 +385,7 @@ fn demo_settings(dir: &Path) -> Settings {
         repo_url: None,
         key_file: None,
         passphrase_file: None,
+        allow_insecure_files: false,
         storage_options: Default::default(),
         cluster: "main".into(),
         pgdata: Some(dir.join("pgdata")),

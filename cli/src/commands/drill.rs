@@ -11,7 +11,7 @@ use pgcairn_engine::drill::report::{history, DrillReport};
 use pgcairn_engine::drill::{abort_cleanup, run_drill, DrillFiles, DrillOptions};
 use pgcairn_engine::restore::RestoreOptions;
 
-use super::backup::{restore_command, target_spec};
+use super::backup::{restore_command_with, target_spec};
 use super::open_repo;
 use crate::args::{Cli, DrillArgs, OutputFormat};
 use crate::exit::{ExitCode, Failure};
@@ -89,11 +89,7 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
             format!("copying pgcairn to {}: {e}", copy.display()),
         )
     })?;
-    let restore_cmd = restore_command(cli, settings)?.replacen(
-        &format!("\"{}\"", exe.display()),
-        &format!("\"{}\"", copy.display()),
-        1,
-    );
+    let restore_cmd = restore_command_with(&copy, cli, settings);
     let check_sql = match &args.check_sql {
         Some(p) => split_sql(
             &std::fs::read_to_string(p)

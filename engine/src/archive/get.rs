@@ -179,7 +179,8 @@ pub fn write_atomically_with(
     let tmp = dir.join(format!(".{}.pgcairn-tmp", file_name.to_string_lossy()));
     let io = |e| Error::io(format!("writing {}", dest.display()), e);
     let result = (|| {
-        let f = std::fs::File::create(&tmp).map_err(io)?;
+        // 0600 like PostgreSQL's own files: this is decrypted WAL (also in the prefetch spool).
+        let f = crate::private_fs::create_file(&tmp).map_err(io)?;
         fill(&f)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, dest).map_err(io)?;

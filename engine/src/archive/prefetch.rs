@@ -40,7 +40,7 @@ impl PrefetchSpool {
     /// Opens (creating) `<spool_dir>/<cluster>/prefetch/`.
     pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
         let dir = spool_dir.join(cluster).join("prefetch");
-        fs::create_dir_all(&dir)
+        crate::private_fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {} (archive.spool_dir)", dir.display()), e))?;
         Ok(PrefetchSpool { dir })
     }
@@ -57,7 +57,7 @@ impl PrefetchSpool {
     /// Records the name PostgreSQL asked for.
     pub fn set_requested(&self, name: &WalFileName) -> Result<()> {
         let tmp = self.dir.join(".requested.tmp");
-        fs::write(&tmp, name.to_string())
+        crate::private_fs::write(&tmp, name.to_string().as_bytes())
             .and_then(|_| fs::rename(&tmp, self.requested_path()))
             .map_err(|e| Error::io(format!("writing {}", self.requested_path().display()), e))
     }
@@ -136,7 +136,7 @@ impl PrefetchSpool {
     /// Marks `name` as being fetched by the prefetcher while the returned guard lives.
     pub fn mark_fetching(&self, name: &WalFileName) -> FetchingMark {
         let path = self.fetching_path(name);
-        let _ = fs::write(&path, b"");
+        let _ = crate::private_fs::write(&path, b"");
         FetchingMark(path)
     }
 

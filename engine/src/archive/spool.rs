@@ -20,6 +20,7 @@
 //! primary survives; the dropped range then shows as a gap in `info`.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,7 @@ pub fn try_lock_file(path: &Path) -> Result<Option<fs::File>> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::private_fs::FILE_MODE)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     match f.try_lock() {
@@ -109,7 +111,7 @@ impl Spool {
     pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
         let root = spool_dir.join(cluster);
         for sub in ["ack", "error"] {
-            fs::create_dir_all(root.join(sub)).map_err(|e| {
+            crate::private_fs::create_dir_all(&root.join(sub)).map_err(|e| {
                 Error::io(
                     format!(
                         "creating spool directory {} (archive.spool_dir)",
@@ -157,7 +159,7 @@ impl Spool {
 
     fn write_small(path: &Path, body: &[u8]) -> Result<()> {
         let tmp = path.with_extension("tmp");
-        fs::write(&tmp, body)
+        crate::private_fs::write(&tmp, body)
             .and_then(|_| fs::rename(&tmp, path))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }

@@ -104,19 +104,15 @@ struct Session {
 }
 
 async fn connect(conninfo: &str) -> Result<Session> {
-    let config: tokio_postgres::Config = conninfo.parse().map_err(|e| {
-        Error::Config(format!(
-            "cluster.conninfo {conninfo:?} is not a valid connection string: {e}"
-        ))
-    })?;
+    let parsed = crate::pg::conninfo::parse(conninfo)?;
+    let (config, redacted) = (parsed.config, parsed.redacted);
     let failed = |e: tokio_postgres::Error| {
         Error::Config(format!(
-            "cannot connect to PostgreSQL with cluster.conninfo {conninfo:?}: {e}"
+            "cannot connect to PostgreSQL with cluster.conninfo {redacted:?}: {e}"
         ))
     };
     // TLS per sslmode (see crate::pg::tls); Unix sockets never negotiate TLS.
-    let (client, connection) = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable
-    {
+    let (client, connection) = if parsed.tls.mode == crate::pg::conninfo::SslMode::Disable {
         let (c, conn) = config
             .connect(tokio_postgres::NoTls)
             .await
@@ -124,7 +120,7 @@ async fn connect(conninfo: &str) -> Result<Session> {
         (c, futures::future::Either::Left(conn))
     } else {
         let (c, conn) = config
-            .connect(crate::pg::tls::connector()?)
+            .connect(crate::pg::tls::connector(&parsed.tls)?)
             .await
             .map_err(failed)?;
         (c, futures::future::Either::Right(conn))

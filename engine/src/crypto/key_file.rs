@@ -62,19 +62,70 @@ impl KeyFile {
 
     /// Writes a new key file with mode 0600; refuses to replace an existing file.
     pub fn create(&self, path: &Path) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| Error::io(format!("creating key file {}", path.display()), e))?;
-        let line = format!(
-            "{PREFIX}{}\n",
-            base64::engine::general_purpose::STANDARD.encode(self.0)
-        );
-        f.write_all(line.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(format!("writing key file {}", path.display()), e))
+        if self.create_exclusive(path)? {
+            Ok(())
+        } else {
+            Err(Error::io(
+                format!("creating key file {}", path.display()),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ))
+        }
+    }
+
+    /// Writes a new key file with mode 0600 unless `path` exists: `Ok(false)` then, and
+    /// nothing is touched.
+    ///
+    /// The file appears whole or not at all: the key is written and fsynced under a temporary
+    /// name and hard-linked into place (a link, unlike a rename, fails when the name exists).
+    /// A concurrent `init` therefore never reads a half-written key, and exactly one of two
+    /// racing creators wins.
+    pub fn create_exclusive(&self, path: &Path) -> Result<bool> {
+        let err = |e| Error::io(format!("creating key file {}", path.display()), e);
+        let name = path.file_name().ok_or_else(|| {
+            Error::Config(format!("key file {} has no file name", path.display()))
+        })?;
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.{:016x}.tmp",
+            name.to_string_lossy(),
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let line = format!(
+                "{PREFIX}{}\n",
+                base64::engine::general_purpose::STANDARD.encode(self.0)
+            );
+            f.write_all(line.as_bytes())?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(err)?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// True when the file at `path` holds this key.
+    pub fn is_at(&self, path: &Path) -> bool {
+        Self::load(path).is_ok_and(|k| k.0 == self.0)
     }
 
     /// The key-encryption key for its slot.

@@ -178,7 +178,7 @@ impl Instance {
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         let mut text = String::from("\n# added by pgcairn\n");
         for (k, v) in settings {
-            text.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+            text.push_str(&crate::pg::guc::line(k, v));
         }
         f.write_all(text.as_bytes())
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))

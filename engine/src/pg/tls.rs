@@ -1,10 +1,10 @@
 //! TLS for the PostgreSQL connection of backups, checks and restore points.
 //!
-//! `sslmode` in `cluster.conninfo` decides, as libpq does: `disable` connects in clear;
-//! `prefer` (the default) uses TLS when the server offers it; `require` refuses a server
-//! without TLS. Like libpq's `require`, the server certificate is not verified by default
-//! (the connection is encrypted, not authenticated); set `PGSSLROOTCERT` to a CA file and the
-//! certificate is verified against it and the host name (libpq's `verify-full`).
+//! `sslmode` and `sslrootcert` in `cluster.conninfo` decide, as libpq does (parsed in
+//! [`crate::pg::conninfo`]): `disable` connects in clear; `prefer` (the default) uses TLS when
+//! the server offers it; `require` refuses a server without TLS, and like libpq checks the
+//! certificate chain only when a root certificate is given (`sslrootcert`, `PGSSLROOTCERT`);
+//! `verify-ca` checks the chain; `verify-full` the chain and the host name.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::error::{Error, Result};
+use crate::pg::conninfo::{SslMode, TlsPolicy};
 
 /// Accepts any server certificate but still checks handshake signatures (libpq `require`).
 #[derive(Debug)]
@@ -64,30 +65,101 @@ impl ServerCertVerifier for EncryptOnly {
     }
 }
 
-/// The TLS connector for `tokio-postgres`.
-pub fn connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+/// Checks the chain against the roots but accepts any host name (libpq `verify-ca`).
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore> {
+    let what = format!("sslrootcert {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| Error::Config(format!("{what}: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let cert: CertificateDer<'static> =
+            cert.map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(Error::Config(format!("{what}: no certificate in it")));
+    }
+    Ok(roots)
+}
+
+/// The TLS connector for `tokio-postgres`, per `sslmode` and `sslrootcert` (see
+/// [`crate::pg::conninfo`]): `verify-full` checks chain and host name, `verify-ca` the chain,
+/// `require`/`prefer` with a root certificate the chain (as libpq does), without one nothing.
+pub fn connector(policy: &TlsPolicy) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS setup: {e}")))?;
-    let config = match std::env::var("PGSSLROOTCERT")
-        .ok()
-        .filter(|p| !p.is_empty())
-    {
-        Some(path) => {
-            let pem = std::fs::read(&path)
-                .map_err(|e| Error::Config(format!("PGSSLROOTCERT {path}: {e}")))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-                let cert: CertificateDer<'static> =
-                    cert.map_err(|e| Error::Config(format!("PGSSLROOTCERT {path}: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::Config(format!("PGSSLROOTCERT {path}: {e}")))?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+    let config = match (&policy.root_cert, policy.mode) {
+        (Some(path), SslMode::VerifyFull) => builder
+            .with_root_certificates(load_roots(path)?)
+            .with_no_client_auth(),
+        (Some(path), _) => {
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(load_roots(path)?),
+                provider,
+            )
+            .build()
+            .map_err(|e| Error::Config(format!("TLS setup: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+                .with_no_client_auth()
         }
-        None => builder
+        (None, SslMode::VerifyCa | SslMode::VerifyFull) => {
+            return Err(Error::Config(
+                "sslmode=verify-ca/verify-full needs sslrootcert (or PGSSLROOTCERT)".into(),
+            ))
+        }
+        (None, _) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
             .with_no_client_auth(),
