@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pgcairn_engine::storage::{CreateOutcome, ObjectKey, Storage, StorageError};
-use pgcairn_storage::{open, StorageOptions};
+use pgcairn_storage::{create, open, StorageOptions};
 
 /// The endpoint of a server from `var`, or `None` (skip) with a message; panics instead if
 /// `require` is set. `hint` says where the server comes from.
@@ -139,7 +139,7 @@ fn backends(test: &str) -> (Vec<Named>, tempfile::TempDir) {
         ),
         (
             "file".into(),
-            open(
+            create(
                 &format!("file://{}/repo", dir.path().display()),
                 &StorageOptions::default(),
             )
@@ -524,4 +524,66 @@ async fn s3_over_https_with_a_custom_ca() {
         untrusted.is_err(),
         "without ca_file the private CA is not trusted"
     );
+}
+
+/// A read-only command given a mistyped file:// URL left the directory tree behind.
+#[test]
+fn opening_a_missing_file_repository_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("typo/repo");
+    let e = open(
+        &format!("file://{}", missing.display()),
+        &StorageOptions::default(),
+    )
+    .expect_err("a missing file:// repository is an error");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("does not exist") && msg.contains("pgcairn init"),
+        "{msg}"
+    );
+    assert!(
+        !dir.path().join("typo").exists(),
+        "open created a directory"
+    );
+}
+
+/// file:// repository objects were world-readable under the usual umask.
+#[tokio::test]
+async fn local_repository_objects_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let s = create(
+        &format!("file://{}", root.display()),
+        &StorageOptions::default(),
+    )
+    .unwrap();
+    s.put_create(&key("packs/ab/cd"), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    s.put_swap(&key("config"), Bytes::from_static(b"y"), None)
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700, "repository root");
+    assert_eq!(mode(&root.join("packs")), 0o700);
+    assert_eq!(mode(&root.join("packs/ab")), 0o700);
+    assert_eq!(mode(&root.join("packs/ab/cd")), 0o600);
+    assert_eq!(mode(&root.join("config")), 0o600);
+}
+
+/// s3://KEY:SECRET@bucket was printed verbatim in errors and its credentials silently ignored.
+#[test]
+fn credentials_in_a_repository_url_are_refused_without_being_shown() {
+    for url in [
+        "s3://AKIAEXAMPLE:topsecret@bucket/prefix",
+        "az://account:topsecret@container/x",
+        "gs://user:topsecret@bucket/x",
+    ] {
+        let e =
+            open(url, &StorageOptions::default()).expect_err("credentials in a URL are refused");
+        let msg = e.to_string();
+        assert!(!msg.contains("topsecret"), "{msg}");
+        assert!(msg.contains("secret_access_key"), "{msg}");
+    }
 }

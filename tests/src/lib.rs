@@ -6,6 +6,7 @@
 //! As root (CI), PostgreSQL and every pgcairn call that PostgreSQL would make run as the
 //! `postgres` OS user, exactly as in production.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -166,6 +167,8 @@ impl TestEnv {
             options.archive_extra
         );
         std::fs::write(&config, toml).unwrap();
+        // It may hold credentials: pgcairn refuses a config others can read then.
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
         let env = TestEnv {
             dir,
             bin,
@@ -193,10 +196,22 @@ impl TestEnv {
 
     /// Runs pgcairn with another config file, as PostgreSQL's OS user.
     pub fn pgcairn_with_config(&self, config: &Path, args: &[&str]) -> Output {
-        let mut c = pgcairn_engine::pg::instance::command_as(self.run_as.as_deref(), &self.bin);
-        c.arg("--config").arg(config).args(args);
-        c.env_remove("PGCAIRN_PASSPHRASE");
-        c.output().expect("run pgcairn")
+        // Text file busy: while one test thread copies its binary, another may fork, and the
+        // child holds the copy open for writing until it execs; exec then fails with ETXTBSY.
+        // That is the test harness racing itself, not pgcairn: retry briefly.
+        let mut attempt = 0;
+        loop {
+            let mut c = pgcairn_engine::pg::instance::command_as(self.run_as.as_deref(), &self.bin);
+            c.arg("--config").arg(config).args(args);
+            c.env_remove("PGCAIRN_PASSPHRASE");
+            let out = c.output().expect("run pgcairn");
+            let busy = String::from_utf8_lossy(&out.stderr).contains("Text file busy");
+            if !busy || attempt == 20 {
+                return out;
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The `archive_command` for PostgreSQL.

@@ -297,8 +297,15 @@ fn wrong_key_or_passphrase_is_refused() {
         };
         c.output().expect("run pgcairn")
     };
-    assert_success(&run(Some("right"), &["init"]), "init with a passphrase");
-    let out = run(Some("wrong"), &["archive-push", &p(&segs[0])]);
+    // A one-character passphrase was accepted by init.
+    let out = run(Some("a"), &["init"]);
+    assert_exit(&out, 2, "init with a one-character passphrase");
+    assert!(stderr(&out).contains("at least 12"), "{}", stderr(&out));
+    assert_success(
+        &run(Some("right horse battery"), &["init"]),
+        "init with a passphrase",
+    );
+    let out = run(Some("wrong horse battery"), &["archive-push", &p(&segs[0])]);
     assert_exit(&out, 2, "archive-push with the wrong passphrase");
     assert!(
         stderr(&out).contains("wrong passphrase"),
@@ -307,12 +314,18 @@ fn wrong_key_or_passphrase_is_refused() {
     );
     let out = run(None, &["archive-push", &p(&segs[0])]);
     assert_exit(&out, 2, "archive-push with no passphrase at all");
-    let out = run(Some("right"), &["archive-push", &p(&segs[0])]);
+    let out = run(Some("right horse battery"), &["archive-push", &p(&segs[0])]);
     assert_success(&out, "archive-push with the right passphrase");
     let dest = dest_dir(&env, "pp-dest").join(&archived);
-    let out = run(Some("wrong"), &["archive-get", &archived, &p(&dest)]);
+    let out = run(
+        Some("wrong horse battery"),
+        &["archive-get", &archived, &p(&dest)],
+    );
     assert_exit(&out, 200, "archive-get with the wrong passphrase");
-    let out = run(Some("right"), &["archive-get", &archived, &p(&dest)]);
+    let out = run(
+        Some("right horse battery"),
+        &["archive-get", &archived, &p(&dest)],
+    );
     assert_success(&out, "archive-get with the right passphrase");
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&segs[0]).unwrap());
 }
