@@ -330,3 +330,59 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
     );
     backup_json(&env, &[]);
 }
+
+/// Before: with `pgdata` pointing at a stale restored copy of the same system, `backup`
+/// reported success, and restoring it gave the copy's old rows.
+fn a_backup_refuses_a_data_directory_that_is_not_the_servers(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table t as select generate_series(1, 2000) i",
+    )
+    .unwrap();
+    backup_json(&env, &["--type", "full"]);
+    // A stale copy of the same system: the backup restored, never started.
+    env.restore("stale", &[]);
+    pg.psql(
+        "postgres",
+        "insert into t select generate_series(2001, 5000); checkpoint",
+    )
+    .unwrap();
+    let stale = env.path().join("stale");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace(
+            &format!("pgdata = \"{}\"", pg.datadir.display()),
+            &format!("pgdata = \"{}\"", stale.display()),
+        ),
+    )
+    .unwrap();
+    let out = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let msg = stderr(&out);
+    assert!(
+        msg.contains(&stale.display().to_string())
+            && msg.contains(&pg.datadir.display().to_string()),
+        "the error names both directories: {msg}"
+    );
+    // Pointed back at the server's own directory, the backup works.
+    std::fs::write(&env.config, text).unwrap();
+    backup_json(&env, &["--type", "full"]);
+}
+
+#[test]
+fn a_backup_refuses_a_data_directory_that_is_not_the_servers_file() {
+    a_backup_refuses_a_data_directory_that_is_not_the_servers(Backend::File);
+}
+
+#[test]
+fn a_backup_refuses_a_data_directory_that_is_not_the_servers_s3() {
+    if s3_endpoint().is_some() {
+        a_backup_refuses_a_data_directory_that_is_not_the_servers(Backend::S3);
+    }
+}

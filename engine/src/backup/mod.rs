@@ -29,7 +29,7 @@ pub mod file_spool;
 pub mod manifest;
 pub mod reader;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,82 @@ async fn connect(conninfo: &str) -> Result<Session> {
     })
 }
 
+/// Proves that `pgdata` is the data directory of the server `client` is connected to, and
+/// returns its control file.
+///
+/// A backup reads files from `pgdata` and WAL positions from the connection: pointed at a
+/// stale restored copy of the same system (same system identifier), it would succeed and
+/// restore to old data. The decisive test is the last checkpoint: the server reports the one
+/// in its own `pg_control` (`pg_control_checkpoint()`), which must be the one in
+/// `pgdata/global/pg_control` (read twice more if a checkpoint lands in between). Paths may
+/// legitimately differ (a container mounts the directory elsewhere), so they decide only when
+/// the checkpoint cannot be asked for.
+async fn prove_pgdata_is_the_servers(
+    client: &tokio_postgres::Client,
+    pgdata: &Path,
+) -> Result<crate::pg::control::ControlFile> {
+    let data_directory: Option<String> = client
+        .query_one("select current_setting('data_directory')", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0));
+    let server_dir = data_directory
+        .as_deref()
+        .unwrap_or("(not readable by this role)");
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let control = crate::pg::control::read(pgdata)?;
+        let server: Option<String> = client
+            .query_one("select (pg_control_checkpoint()).checkpoint_lsn::text", &[])
+            .await
+            .ok()
+            .map(|r| r.get(0));
+        let server: Option<crate::types::Lsn> = server.and_then(|s| s.parse().ok());
+        match (server, control.checkpoint) {
+            (Some(s), Some(local)) if s == local => return Ok(control),
+            (Some(s), local) => {
+                if attempt < 3 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                return Err(Error::Config(format!(
+                    "cluster.pgdata {} is not the data directory of the server at cluster.conninfo: \
+                     the server's data_directory is {server_dir} and its last checkpoint is {s}, \
+                     but {}/global/pg_control records {} (a stale copy, or another server); \
+                     point cluster.pgdata at the server's data directory",
+                    pgdata.display(),
+                    pgdata.display(),
+                    local.map_or("no checkpoint".to_string(), |l| l.to_string()),
+                )));
+            }
+            (None, _) => {
+                // The role may not call pg_control_checkpoint(): compare the paths.
+                let Some(dir) = &data_directory else {
+                    return Err(Error::Config(format!(
+                        "cannot prove that cluster.pgdata {} belongs to the server at cluster.conninfo: \
+                         the role can neither read data_directory nor call pg_control_checkpoint(); \
+                         grant pg_read_all_settings (see the README's least-privilege role)",
+                        pgdata.display()
+                    )));
+                };
+                let same = match (std::fs::canonicalize(dir), std::fs::canonicalize(pgdata)) {
+                    (Ok(a), Ok(b)) => a == b,
+                    _ => false,
+                };
+                if !same {
+                    return Err(Error::Config(format!(
+                        "cluster.pgdata {} is not the data directory of the server at \
+                         cluster.conninfo (its data_directory is {dir}); point cluster.pgdata at it",
+                        pgdata.display()
+                    )));
+                }
+                return Ok(control);
+            }
+        }
+    }
+}
+
 async fn bind_cluster(
     repo: &Repository,
     cluster: &str,
@@ -266,7 +342,7 @@ pub async fn run_backup(
     progress: &dyn Progress,
 ) -> Result<BackupDone> {
     let session = connect(&opts.conninfo).await?;
-    let control = crate::pg::control::read(&opts.pgdata)?;
+    let control = prove_pgdata_is_the_servers(&session.client, &opts.pgdata).await?;
     bind_cluster(
         repo,
         &opts.cluster,

@@ -15,6 +15,9 @@ pub struct ControlFile {
     pub system_identifier: u64,
     /// `pg_control_version` (1300 for PostgreSQL 13 to 16).
     pub control_version: u32,
+    /// The latest checkpoint's location (`checkPoint`, at offset 32 in PostgreSQL 13 to 18:
+    /// after `state` (4 bytes, padded) and `time` (8 bytes)); `None` in a short file.
+    pub checkpoint: Option<crate::types::Lsn>,
 }
 
 /// Reads `global/pg_control` under `pgdata`.
@@ -35,5 +38,8 @@ pub fn read(pgdata: &Path) -> Result<ControlFile> {
     Ok(ControlFile {
         system_identifier: u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
         control_version: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        checkpoint: bytes
+            .get(32..40)
+            .map(|b| crate::types::Lsn(u64::from_le_bytes(b.try_into().expect("8 bytes")))),
     })
 }
