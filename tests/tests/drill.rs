@@ -825,3 +825,45 @@ fn a_full_or_unwritable_tmpdir_is_an_error_not_an_integrity_failure() {
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["clusters"][0]["last_drill"]["outcome"], "error");
 }
+
+/// The other half of item 10: a repository that cannot be read while WAL is replayed (here
+/// a WAL pointer the drill's user may not read; in production, storage unreachable) stops
+/// recovery through restore_command, and that is the drill not running (exit 1, `error`),
+/// not a failed integrity check.
+#[test]
+fn a_repository_unreadable_during_replay_is_an_error_not_an_integrity_failure() {
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let wal = env.path().join("repo/clusters/main/wal/00000001");
+    let newest = entries(&wal)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .max()
+        .expect("archived WAL");
+    std::fs::set_permissions(&newest, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (code, doc) = drill(&env, &[]);
+    std::fs::set_permissions(&newest, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["outcome"], "error", "{doc:#}");
+    let errors: Vec<&serde_json::Value> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "error")
+        .collect();
+    assert!(
+        errors.iter().any(|c| c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restore_command could not fetch WAL")),
+        "{doc:#}"
+    );
+    assert!(
+        !doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["status"] == "failed"),
+        "{doc:#}"
+    );
+}

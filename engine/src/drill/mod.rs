@@ -54,6 +54,9 @@
 //! check that fails. When the drill cannot run for a reason outside the data (a full or
 //! unwritable `TMPDIR` or disk, storage unreachable: [`Error::is_operational`]), the outcome
 //! is `error`: nobody should be paged about a backup because a temporary directory filled up.
+//! The same holds when recovery stops because `restore_command` (`pgcairn archive-get`)
+//! could not read storage or write to a full disk: its message in the server log turns the
+//! recovery failure into `error` (a missing or corrupt WAL object stays a failure).
 //!
 //! Cleanup does not depend on this process surviving: a watchdog (`sh`, in its own process
 //! group) stops the instance and removes the directory within a second if the drill process
@@ -678,6 +681,21 @@ pub async fn run_drill(
             detail: e.to_string(),
         });
     }
+    // Recovery that stopped because restore_command could not reach the repository says
+    // nothing about the backup: those failures are the drill not running.
+    let log = std::fs::read_to_string(datadir.join("pgcairn-server.log")).unwrap_or_default();
+    if let Some(line) = wal_unreachable(&log) {
+        for c in checks.iter_mut().filter(|c| {
+            c.status == "failed"
+                && matches!(c.name.as_str(), "recovery reached the target" | "drill ran")
+        }) {
+            c.status = "error".into();
+            c.detail = format!(
+                "{} (restore_command could not fetch WAL for a reason outside the data: {line})",
+                c.detail
+            );
+        }
+    }
     if let Some(w) = watchdog.as_mut() {
         let _ = w.kill();
         let _ = w.wait();
@@ -979,6 +997,19 @@ async fn run_instance(
         detail: format!("{} checks", checks.len()),
     });
     Ok(())
+}
+
+/// The line where `pgcairn archive-get` (restore_command) gave up because storage could not
+/// be read (unreachable, refusing access) or the local disk was full: its errors reach the
+/// server log. A missing or corrupt object is not such a line (that is a finding).
+fn wal_unreachable(log: &str) -> Option<String> {
+    log.lines()
+        .find(|l| {
+            l.contains("cannot fetch")
+                && ((l.contains(": storage: ") && !l.contains("not found"))
+                    || l.contains("No space left on device"))
+        })
+        .map(|l| l.trim().chars().take(300).collect())
 }
 
 /// Did recovery stop where it was asked to? Read from the server's own log lines.
