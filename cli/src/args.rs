@@ -160,8 +160,9 @@ Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_res
   pgcairn drill                                   # end of the archive
   pgcairn drill --target-time '2026-11-24 07:10:00+00' --max-mttr 15m --check-sql checks.sql
   pgcairn drill --history
-Exit codes: 0 passed; 1 the drill could not run; 3 an integrity check failed; 4 the MTTR
-objective was missed. Reports: JSON and HTML in the report directory and the repository.")]
+Exit codes: 0 passed; 1 the drill could not run (full or unwritable disk or TMPDIR, storage
+unreachable: the report says error); 2 usage; 3 an integrity check failed; 4 the MTTR objective
+was missed. Reports: JSON and HTML in the report directory and the repository.")]
     Drill(Box<DrillArgs>),
 
     /// Check the repository: structure, WAL continuity, and with --read-data the data itself.
@@ -383,7 +384,8 @@ pub struct DrillArgs {
     /// Keep the stopped instance and its directory.
     #[arg(long)]
     pub keep: bool,
-    /// Working directory for the ephemeral instance (default: a new one under /tmp).
+    /// Working directory for the ephemeral instance, created by the drill: it must not exist
+    /// (default: a new private one with a random name in TMPDIR).
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
     /// Where to write the report files (default: drill.report_dir, else the current directory).

@@ -7,10 +7,16 @@ use pgcairn_engine::Error as EngineError;
 pub enum ExitCode {
     /// Success.
     Success = 0,
-    /// The operation failed; for archive-get: the file is not in the archive.
+    /// The operation failed; for archive-get: the file is not in the archive; for drill:
+    /// the drill could not run (an operational error such as a full or unwritable disk or
+    /// TMPDIR, or storage unreachable), which says nothing about the backup.
     Failed = 1,
     /// Usage or configuration error.
     Usage = 2,
+    /// drill: an integrity check failed, or the backup could not be restored.
+    DrillIntegrity = 3,
+    /// drill: the MTTR objective (`--max-mttr`) was missed.
+    DrillObjective = 4,
     /// archive-get cannot tell whether the file exists: PostgreSQL must abort recovery
     /// (PostgreSQL treats exit codes above 125 as fatal for restore_command).
     AbortRecovery = 200,

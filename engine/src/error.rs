@@ -70,6 +70,20 @@ impl Error {
         }
     }
 
+    /// True when the operation could not run for a reason outside the repository's data:
+    /// local resources (a full or unwritable disk or temporary directory), storage that
+    /// cannot be reached or refuses access, a wait that ran out. Such an error says nothing
+    /// about whether a backup is intact: a drill reports it as `error` (the drill could not
+    /// run), never as an integrity failure. Missing objects ([`Error::NotFound`], a storage
+    /// not-found) and authentication failures ([`Error::Corrupt`]) are not operational.
+    pub fn is_operational(&self) -> bool {
+        match self {
+            Error::Io { .. } | Error::Timeout(_) => true,
+            Error::Storage(e) => !e.is_not_found(),
+            _ => false,
+        }
+    }
+
     /// Builds a [`Error::Corrupt`].
     pub fn corrupt(object: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Corrupt {

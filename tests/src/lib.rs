@@ -214,6 +214,26 @@ impl TestEnv {
         }
     }
 
+    /// The command [`TestEnv::pgcairn`] runs (as PostgreSQL's OS user, with this config), to
+    /// add environment variables or spawn it.
+    pub fn pgcairn_command(&self, args: &[&str]) -> Command {
+        let mut c = pgcairn_engine::pg::instance::command_as(self.run_as.as_deref(), &self.bin);
+        c.arg("--config").arg(&self.config).args(args);
+        c.env_remove("PGCAIRN_PASSPHRASE");
+        c
+    }
+
+    /// A directory PostgreSQL's OS user (who runs pgcairn here) owns, mode 0700: a private
+    /// `TMPDIR` for a drill.
+    pub fn private_dir(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        give_to(self.run_as.as_deref(), &dir).unwrap();
+        dir
+    }
+
     /// The `archive_command` for PostgreSQL.
     pub fn archive_command(&self) -> String {
         format!(

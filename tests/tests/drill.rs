@@ -3,6 +3,7 @@
 //! and drills killed mid-run leaving no PostgreSQL behind.
 
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,6 +26,12 @@ fn prepared() -> (TestEnv, Instance) {
 }
 
 fn drill(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    drill_with(env, &[], extra)
+}
+
+/// `pgcairn drill --output json ...` with environment variables (TMPDIR), as the fixtures'
+/// pgcairn user; its output, whatever it is.
+fn drill_output(env: &TestEnv, vars: &[(&str, &Path)], extra: &[&str]) -> std::process::Output {
     let reports = env.path().join("reports").display().to_string();
     let mut args = vec![
         "--progress",
@@ -36,7 +43,19 @@ fn drill(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         reports.as_str(),
     ];
     args.extend_from_slice(extra);
-    let out = env.pgcairn(&args);
+    let mut c = env.pgcairn_command(&args);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.output().expect("run pgcairn drill")
+}
+
+fn drill_with(
+    env: &TestEnv,
+    vars: &[(&str, &Path)],
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value) {
+    let out = drill_output(env, vars, extra);
     let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "drill output is not JSON ({e}): {}\n{}",
@@ -45,6 +64,36 @@ fn drill(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
         )
     });
     (out.status.code(), doc)
+}
+
+/// Polls `sql` on `inst` until it returns `want`.
+fn wait_for(inst: &Instance, sql: &str, want: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = inst.psql("postgres", sql).unwrap();
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {sql} gives {got}, not {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Entries of a directory.
+fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn is_root() -> bool {
+    pgcairn_engine::pg::instance::current_uid() == 0
 }
 
 fn status_of<'a>(doc: &'a serde_json::Value, prefix: &str) -> &'a str {
@@ -350,4 +399,471 @@ fn a_drill_killed_mid_run_leaves_no_postgres_behind() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Regression (audit issue 13, item 1): with a logical subscription in the backup, a drill's
+/// instance started an apply worker that ran START_REPLICATION against the production
+/// publisher and advanced its slot; the real subscriber then missed those rows, and the drill
+/// passed. Here the subscriber S is paused (subscription disabled) while 100 rows wait in the
+/// publisher's slot; a drill of S's backup (taken while the subscription was enabled, and
+/// proven to hold it enabled) must leave the slot where it was, and every row must reach S
+/// when it resumes.
+#[test]
+fn a_drill_of_a_subscriber_cannot_consume_the_production_publishers_slot() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    // Production publisher P: another system, not archived here.
+    let publisher = env.cluster("publisher");
+    publisher
+        .configure(&[
+            ("wal_level", "logical".into()),
+            ("archive_mode", "off".into()),
+        ])
+        .unwrap();
+    publisher.start().unwrap();
+    let _stop_p = StopOnDrop(&publisher);
+    publisher
+        .psql(
+            "postgres",
+            "create table t (id int primary key, v text); \
+             insert into t select g, 'before' from generate_series(1, 10) g; \
+             create publication pub for table t",
+        )
+        .unwrap();
+
+    // Subscriber S, archived into the repository and backed up while subscribed.
+    let subscriber = env.cluster("subscriber");
+    subscriber.start().unwrap();
+    let _stop_s = StopOnDrop(&subscriber);
+    env.use_cluster(&subscriber);
+    subscriber
+        .psql("postgres", "create table t (id int primary key, v text)")
+        .unwrap();
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        publisher.socket_dir.display(),
+        publisher.port
+    );
+    subscriber
+        .psql(
+            "postgres",
+            &format!("create subscription sub connection '{conninfo}' publication pub"),
+        )
+        .unwrap();
+    wait_for(&subscriber, "select count(*) from t", "10", "initial copy");
+    backup_json(&env, &["--type", "full"]);
+    let last = switch_wal(&subscriber);
+    wait_archived(&subscriber, &last, Duration::from_secs(90));
+
+    // S pauses (its WAL from here on is not archived, so the drill's copy has the
+    // subscription enabled); 100 rows wait in P's slot.
+    subscriber
+        .psql("postgres", "alter subscription sub disable")
+        .unwrap();
+    wait_for(
+        &publisher,
+        "select count(*) from pg_replication_slots where slot_name = 'sub' and not active",
+        "1",
+        "the subscriber's walsender stops",
+    );
+    publisher
+        .psql(
+            "postgres",
+            "insert into t select g, 'while paused' from generate_series(11, 110) g",
+        )
+        .unwrap();
+    let slot = "select confirmed_flush_lsn || ' ' || active from pg_replication_slots where slot_name = 'sub'";
+    let before = publisher.psql("postgres", slot).unwrap();
+
+    let checks = env.path().join("subscription.sql");
+    std::fs::write(
+        &checks,
+        "select count(*) = 1 from pg_subscription where subname = 'sub' and subenabled;\n\
+         select true from pg_sleep(3);\n",
+    )
+    .unwrap();
+    give_to(env.run_as.as_deref(), &checks).unwrap();
+    let (code, doc) = drill(&env, &["--check-sql", &checks.display().to_string()]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(
+        status_of(&doc, "isolated from production"),
+        "passed",
+        "{doc:#}"
+    );
+    assert_eq!(
+        status_of(&doc, "check-sql #1"),
+        "passed",
+        "the drill's copy holds the enabled subscription: {doc:#}"
+    );
+    assert_eq!(
+        publisher.psql("postgres", slot).unwrap(),
+        before,
+        "the drill must not move (or use) the publisher's slot"
+    );
+
+    // The real subscriber resumes and gets every row.
+    subscriber
+        .psql("postgres", "alter subscription sub enable")
+        .unwrap();
+    wait_for(
+        &subscriber,
+        "select count(*) from t",
+        "110",
+        "every row reaches the real subscriber",
+    );
+}
+
+/// A restored pg_hba.conf demanding passwords for local connections made drills fail (the
+/// drill connects without one): the drill uses its own pg_hba.conf and pg_ident.conf.
+#[test]
+fn a_restored_pg_hba_demanding_passwords_does_not_break_the_drill() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table t as select g from generate_series(1, 1000) g",
+    )
+    .unwrap();
+    // Production's rules (not reloaded: the running server keeps trusting the fixtures; the
+    // backup copies the files).
+    std::fs::write(
+        pg.datadir.join("pg_hba.conf"),
+        "local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    std::fs::write(pg.datadir.join("pg_ident.conf"), "prod root postgres\n").unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let (code, doc) = drill(&env, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(status_of(&doc, "isolated from production"), "passed");
+    assert_eq!(status_of(&doc, "every table read in full"), "passed");
+}
+
+/// Regression (audit issue 13, item 4): `/tmp/pgcairn-drill-<pid>` was used when another
+/// user had created it first, and that user's script ran as `postgres`. The work directory is
+/// now a new random name, created exclusively and private; the old names, planted for the
+/// next few hundred process ids and writable by their owner, are left alone; a path given
+/// with --workdir that exists (a directory, a symlink) is refused.
+#[test]
+fn the_work_directory_is_new_and_private_never_one_that_existed() {
+    use std::os::unix::fs::MetadataExt;
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let tmp = env.private_dir("tmp");
+    let drill_uid = std::fs::metadata(&tmp).unwrap().uid();
+    let last_pid: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let traps: Vec<std::path::PathBuf> = (last_pid + 1..last_pid + 400)
+        .map(|p| tmp.join(format!("pgcairn-drill-{p}")))
+        .collect();
+    for t in &traps {
+        std::fs::create_dir(t).unwrap();
+        std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if is_root() {
+            std::os::unix::fs::chown(t, Some(65534), Some(65534)).unwrap(); // nobody
+        }
+    }
+    let reports = env.path().join("reports").display().to_string();
+    let mut child = env
+        .pgcairn_command(&[
+            "--progress",
+            "never",
+            "drill",
+            "--output",
+            "json",
+            "--report-dir",
+            &reports,
+        ])
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(
+        pid > last_pid && pid + 5 < last_pid + 400,
+        "the drill's process id {pid} falls among the planted names"
+    );
+    // Look at the drill's directory while its instance runs.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = None;
+    while seen.is_none() && child.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the drill never started PostgreSQL"
+        );
+        seen = entries(&tmp)
+            .into_iter()
+            .find(|p| !traps.contains(p) && p.join("pgdata/postmaster.pid").exists())
+            .map(|d| {
+                let m = std::fs::metadata(&d).unwrap();
+                let b = std::fs::metadata(d.join("bin/pgcairn")).unwrap();
+                (d, m.mode() & 0o7777, m.uid(), b.mode() & 0o7777)
+            });
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    let (dir, mode, uid, bin_mode) = seen.expect("the drill's directory was seen");
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("pgcairn-drill-"), "{name}");
+    assert_eq!(mode, 0o700, "the work directory is private");
+    assert_eq!(uid, drill_uid, "owned by the user running the drill");
+    assert_eq!(bin_mode, 0o755);
+    for t in &traps {
+        let m = std::fs::symlink_metadata(t).unwrap();
+        assert!(
+            m.is_dir() && entries(t).is_empty(),
+            "{} untouched",
+            t.display()
+        );
+    }
+    assert_eq!(entries(&tmp), traps, "the drill's own directory is removed");
+
+    // An explicit --workdir that exists is refused, and left as it was.
+    let existing = env.private_dir("existing");
+    let out = drill_output(&env, &[], &["--workdir", &existing.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    assert!(existing.is_dir() && entries(&existing).is_empty());
+    let link = env.path().join("link");
+    let target = env.path().join("link-target");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = drill_output(&env, &[], &["--workdir", &link.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        !target.exists(),
+        "nothing is created through a planted symlink"
+    );
+}
+
+/// As root, the instance runs as the data directory's owner: it can reach what it needs in
+/// the work directory but cannot create, rename or replace anything there, in particular not
+/// the pgcairn binary its restore_command runs.
+#[test]
+fn as_root_the_instance_user_cannot_replace_anything_in_the_work_directory() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("skipping: needs root (the drill runs PostgreSQL as another user)");
+        return;
+    }
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let pg_uid = std::fs::metadata(env.path()).unwrap().uid();
+    let work = env.path().join("rootwork");
+    let reports = env.path().join("root-reports");
+    let mut child = Command::new(&env.bin)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["--progress", "never", "drill", "--output", "json"])
+        .arg("--workdir")
+        .arg(&work)
+        .arg("--report-dir")
+        .arg(&reports)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !work.join("pgdata/postmaster.pid").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the drill never started PostgreSQL"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stat = |p: &str| {
+        let m = std::fs::symlink_metadata(work.join(p)).unwrap();
+        (m.uid(), m.mode() & 0o7777)
+    };
+    assert_eq!(stat(""), (0, 0o711));
+    assert_eq!(stat("bin"), (0, 0o755));
+    assert_eq!(stat("bin/pgcairn"), (0, 0o755));
+    assert_eq!(stat("conf"), (0, 0o755));
+    assert_eq!(stat("conf/pg_hba.conf"), (0, 0o644));
+    assert_eq!(stat("pgdata"), (pg_uid, 0o700));
+    assert_eq!(stat("socket"), (pg_uid, 0o700));
+    let w = work.display();
+    for attempt in [
+        format!("echo x > {w}/bin/pgcairn"),
+        format!("mkdir {w}/planted"),
+        format!("mv {w}/bin {w}/old"),
+        format!("cp /bin/true {w}/bin/other"),
+        format!("echo 'local all all trust' >> {w}/conf/pg_hba.conf"),
+    ] {
+        let st = Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", &attempt])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!st.success(), "postgres could: {attempt}");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!work.exists());
+}
+
+/// Regression (audit issue 13, item 16): a drill that failed on a usage error left its copy
+/// of the binary (100 MB) in /tmp. No way out leaves the work directory behind: usage
+/// errors, a failure before the instance starts, a failure after it started; with --keep the
+/// directory stays.
+#[test]
+fn no_exit_path_leaves_the_work_directory_behind() {
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let tmp = env.private_dir("tmp");
+    let vars = [("TMPDIR", tmp.as_path())];
+    for args in [
+        &["--max-mttr", "soon"][..],
+        &["--check-sql", "/nonexistent/checks.sql"][..],
+        &["--target-lsn", "not-an-lsn"][..],
+    ] {
+        let out = drill_output(&env, &vars, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            entries(&tmp).is_empty(),
+            "{args:?} left {:?}",
+            entries(&tmp)
+        );
+    }
+    // Before the instance starts: a backup that does not exist.
+    let (code, doc) = drill_with(&env, &vars, &["--backup", "20200101-000000F"]);
+    assert_eq!(code, Some(3), "{doc:#}");
+    assert!(entries(&tmp).is_empty(), "left {:?}", entries(&tmp));
+    // After it started: a check that fails.
+    let checks = env.path().join("false.sql");
+    std::fs::write(&checks, "select false;\n").unwrap();
+    give_to(env.run_as.as_deref(), &checks).unwrap();
+    let (code, doc) = drill_with(&env, &vars, &["--check-sql", &checks.display().to_string()]);
+    assert_eq!(code, Some(3), "{doc:#}");
+    assert!(entries(&tmp).is_empty(), "left {:?}", entries(&tmp));
+    // --keep keeps the stopped instance.
+    let (code, doc) = drill_with(&env, &vars, &["--keep"]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    let kept = entries(&tmp);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join("pgdata/PG_VERSION").exists());
+    assert!(!postgres_running_in(&kept[0]));
+}
+
+/// Unmounts a test file system when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Regression (audit issue 13, item 10): a full TMPDIR was reported as "corrupt object …
+/// manifest" and the drill exited 3 (page someone). A TMPDIR the drill cannot write, or one
+/// that is full, is an operational error: exit 1 ("could not run"), outcome and check
+/// `error`, never an integrity failure.
+#[test]
+fn a_full_or_unwritable_tmpdir_is_an_error_not_an_integrity_failure() {
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    // A directory the drill's user cannot write (root's, or ours without write permission).
+    let readonly = env.path().join("readonly");
+    std::fs::create_dir(&readonly).unwrap();
+    let mode = if is_root() { 0o755 } else { 0o555 };
+    std::fs::set_permissions(&readonly, std::fs::Permissions::from_mode(mode)).unwrap();
+    let work = env.path().join("work-readonly").display().to_string();
+    let (code, doc) = drill_with(&env, &[("TMPDIR", &readonly)], &["--workdir", &work]);
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["outcome"], "error", "{doc:#}");
+    assert_eq!(status_of(&doc, "preflight"), "error");
+    let summary = doc["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("TMPDIR") && !summary.contains("corrupt"),
+        "{summary}"
+    );
+    // Without --workdir, the drill cannot even make its directory there: exit 1, named.
+    let out = drill_output(&env, &[("TMPDIR", &readonly)], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("TMPDIR"), "{}", stderr(&out));
+
+    // A full TMPDIR: a tiny tmpfs, filled (mounting needs root).
+    if is_root() {
+        let full = env.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs"])
+            .arg(&full)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        let _unmount = Unmount(full.clone());
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=4k"])
+            .arg(format!("of={}", full.join("fill").display()))
+            .stderr(Stdio::null())
+            .status();
+        let work = env.path().join("work-full").display().to_string();
+        let (code, doc) = drill_with(&env, &[("TMPDIR", &full)], &["--workdir", &work]);
+        assert_eq!(code, Some(1), "{doc:#}");
+        assert_eq!(doc["outcome"], "error", "{doc:#}");
+        assert_eq!(status_of(&doc, "preflight"), "error");
+        let summary = doc["summary"].as_str().unwrap();
+        assert!(!summary.contains("corrupt"), "{summary}");
+        assert!(!Path::new(&work).exists(), "the work directory is removed");
+    } else {
+        eprintln!("skipping the full-TMPDIR half: mounting a tmpfs needs root");
+    }
+    // The repository's history records them as errors, not failed drills.
+    let info = env.pgcairn(&["info", "--output", "json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["clusters"][0]["last_drill"]["outcome"], "error");
+}
+
+/// The other half of item 10: a repository that cannot be read while WAL is replayed (here
+/// a WAL pointer the drill's user may not read; in production, storage unreachable) stops
+/// recovery through restore_command, and that is the drill not running (exit 1, `error`),
+/// not a failed integrity check.
+#[test]
+fn a_repository_unreadable_during_replay_is_an_error_not_an_integrity_failure() {
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let wal = env.path().join("repo/clusters/main/wal/00000001");
+    let newest = entries(&wal)
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().len() == 24)
+        .max()
+        .expect("archived WAL");
+    std::fs::set_permissions(&newest, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (code, doc) = drill(&env, &[]);
+    std::fs::set_permissions(&newest, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["outcome"], "error", "{doc:#}");
+    let errors: Vec<&serde_json::Value> = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["status"] == "error")
+        .collect();
+    assert!(
+        errors.iter().any(|c| c["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restore_command could not fetch WAL")),
+        "{doc:#}"
+    );
+    assert!(
+        !doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["status"] == "failed"),
+        "{doc:#}"
+    );
 }

@@ -125,25 +125,28 @@ pub fn restore_command(cli: &Cli, settings: &Settings) -> Result<String, Failure
 /// every word taken from the user (paths, URL, cluster name) is one single-quoted shell word
 /// with its `%` doubled: `$(...)`, backticks, quotes and `%` in a path stay literal.
 pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings) -> String {
-    let mut cmd = placeholder_safe(&shell_word(&exe.display().to_string()));
+    let mut cmd = placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
+        &exe.display().to_string(),
+    ));
     if let Some(cfg) = &settings.config_file {
         let cfg = std::fs::canonicalize(cfg).unwrap_or_else(|_| cfg.clone());
         cmd.push_str(" --config ");
-        cmd.push_str(&placeholder_safe(&shell_word(&cfg.display().to_string())));
+        cmd.push_str(&placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
+            &cfg.display().to_string(),
+        )));
     }
     if let Some(repo) = &cli.repo {
         cmd.push_str(" --repo ");
-        cmd.push_str(&placeholder_safe(&shell_word(repo)));
+        cmd.push_str(&placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
+            repo,
+        )));
     }
     cmd.push_str(" --cluster ");
-    cmd.push_str(&placeholder_safe(&shell_word(&settings.cluster)));
+    cmd.push_str(&placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
+        &settings.cluster,
+    )));
     cmd.push_str(" archive-get %f %p");
     cmd
-}
-
-/// One POSIX shell word: single quotes, each `'` written as `'\''`.
-pub fn shell_word(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Doubles `%` so PostgreSQL's placeholder expansion leaves it alone.

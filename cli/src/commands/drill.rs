@@ -1,15 +1,22 @@
 //! `pgcairn drill`: restore into an ephemeral instance, check, measure, report.
 //!
-//! Exit codes: 0 passed; 1 the drill could not run; 3 an integrity check failed; 4 the MTTR
-//! objective was missed. SIGINT/SIGTERM stop the instance and remove it before exiting; a
+//! Exit codes ([`ExitCode`]): 0 passed; 1 the drill could not run (an operational error: a
+//! full or unwritable disk or TMPDIR, storage unreachable; the report, when one could be
+//! written, says `error`); 2 usage; 3 an integrity check failed; 4 the MTTR objective was
+//! missed. Arguments are checked before the work directory is created, and every way out
+//! (including SIGINT/SIGTERM) stops the instance and removes the directory unless `--keep`; a
 //! watchdog does the same if this process is killed outright.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgcairn_engine::drill::report::{history, DrillReport};
-use pgcairn_engine::drill::{abort_cleanup, run_drill, DrillFiles, DrillOptions};
+use pgcairn_engine::drill::{
+    abort_cleanup, create_workdir, install_binary, run_drill, DrillFiles, DrillOptions,
+};
+use pgcairn_engine::repo::Repository;
 use pgcairn_engine::restore::RestoreOptions;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::backup::{restore_command_with, target_spec};
 use super::open_repo;
@@ -17,11 +24,6 @@ use crate::args::{Cli, DrillArgs, OutputFormat};
 use crate::exit::{ExitCode, Failure};
 use crate::progress::Reporter;
 use crate::settings::Settings;
-
-/// Exit code of a failed integrity check.
-pub const EXIT_INTEGRITY: i32 = 3;
-/// Exit code of a missed objective.
-pub const EXIT_OBJECTIVE: i32 = 4;
 
 fn split_sql(text: &str) -> Vec<String> {
     text.split(';')
@@ -59,37 +61,8 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
         }
         return Ok(());
     }
+    // Everything that can be wrong with the arguments is found before anything is created.
     let (spec, timeline, label) = target_spec(&args.target)?;
-    let workdir = args.workdir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("pgcairn-drill-{}", std::process::id()))
-    });
-    if workdir.exists()
-        && std::fs::read_dir(&workdir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(Failure::usage(format!(
-            "drill directory {} exists and is not empty",
-            workdir.display()
-        )));
-    }
-    std::fs::create_dir_all(workdir.join("bin")).map_err(|e| {
-        Failure::new(
-            ExitCode::Failed,
-            format!("creating {}: {e}", workdir.display()),
-        )
-    })?;
-    // The ephemeral PostgreSQL runs restore_command as its own OS user: give it a copy of
-    // this binary it can execute.
-    let exe = std::env::current_exe().map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
-    let copy = workdir.join("bin/pgcairn");
-    std::fs::copy(&exe, &copy).map_err(|e| {
-        Failure::new(
-            ExitCode::Failed,
-            format!("copying pgcairn to {}: {e}", copy.display()),
-        )
-    })?;
-    let restore_cmd = restore_command_with(&copy, cli, settings);
     let check_sql = match &args.check_sql {
         Some(p) => split_sql(
             &std::fs::read_to_string(p)
@@ -110,30 +83,26 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
         .report_dir
         .clone()
         .unwrap_or_else(|| settings.spool_dir.join("drills"));
-    let opts = DrillOptions {
-        restore: RestoreOptions {
-            backup: args.backup.clone(),
-            jobs: args.jobs.unwrap_or(settings.backup_jobs),
-            restore_owner: pgcairn_engine::pg::instance::current_uid() == 0,
-            target_spec: spec,
-            target_exclusive: args.target.target_exclusive,
-            target_timeline: timeline,
-            ..RestoreOptions::new(&settings.cluster, workdir.join("pgdata"), restore_cmd)
-        },
-        workdir: workdir.clone(),
-        keep: args.keep,
-        max_mttr,
+    let exe = std::env::current_exe().map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+    let planned = Planned {
+        spec,
+        timeline,
+        label,
         check_sql,
+        max_mttr,
         report_dir,
-        target_label: label,
-        recovery_timeout: Duration::from_secs(3600),
     };
-    let reporter = Reporter::new(cli.progress);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+
+    // Signals are caught from here on, so that no exit path leaves the work directory behind.
+    let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+    let mut sigterm = signal(SignalKind::terminate())
+        .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+    // A new private directory, never one that existed (see pgcairn_engine::drill).
+    let workdir = create_workdir(args.workdir.as_deref())?;
     let result = tokio::select! {
-        r = run_drill(&repo, &opts, &reporter) => r,
-        _ = tokio::signal::ctrl_c() => {
+        r = drill_in(cli, settings, args, &repo, &workdir, &exe, planned) => r,
+        _ = sigint.recv() => {
             abort_cleanup(&workdir, args.keep);
             std::process::exit(130);
         }
@@ -142,24 +111,69 @@ pub async fn run(cli: &Cli, settings: &Settings, args: &DrillArgs) -> Result<(),
             std::process::exit(143);
         }
     };
-    let (report, files) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            abort_cleanup(&workdir, args.keep);
-            return Err(e.into());
-        }
+    // Whatever happened (a failed or passed drill, an error before or after the instance
+    // started), the instance is stopped and the directory removed unless --keep.
+    abort_cleanup(&workdir, args.keep);
+    let report = result?;
+    match report.outcome.as_str() {
+        "passed" => Ok(()),
+        "objective-missed" => Err(Failure::new(ExitCode::DrillObjective, "")),
+        "error" => Err(Failure::new(ExitCode::Failed, "")),
+        _ => Err(Failure::new(ExitCode::DrillIntegrity, "")),
+    }
+}
+
+/// The drill's arguments, checked.
+struct Planned {
+    spec: pgcairn_engine::recovery::Target,
+    timeline: pgcairn_engine::recovery::TimelineTarget,
+    label: String,
+    check_sql: Vec<String>,
+    max_mttr: Option<Duration>,
+    report_dir: PathBuf,
+}
+
+/// Runs the drill in `workdir` (created) and prints its report.
+async fn drill_in(
+    cli: &Cli,
+    settings: &Settings,
+    args: &DrillArgs,
+    repo: &Repository,
+    workdir: &Path,
+    exe: &Path,
+    planned: Planned,
+) -> Result<DrillReport, Failure> {
+    // The ephemeral PostgreSQL runs restore_command as its own OS user: give it a copy of
+    // this binary it can execute (and not replace).
+    let copy = install_binary(workdir, exe)?;
+    let restore_cmd = restore_command_with(&copy, cli, settings);
+    let opts = DrillOptions {
+        restore: RestoreOptions {
+            backup: args.backup.clone(),
+            jobs: args.jobs.unwrap_or(settings.backup_jobs),
+            restore_owner: pgcairn_engine::pg::instance::current_uid() == 0,
+            target_spec: planned.spec,
+            target_exclusive: args.target.target_exclusive,
+            target_timeline: planned.timeline,
+            ..RestoreOptions::new(&settings.cluster, workdir.join("pgdata"), restore_cmd)
+        },
+        workdir: workdir.to_path_buf(),
+        keep: args.keep,
+        max_mttr: planned.max_mttr,
+        check_sql: planned.check_sql,
+        report_dir: planned.report_dir,
+        target_label: planned.label,
+        recovery_timeout: Duration::from_secs(3600),
     };
+    let reporter = Reporter::new(cli.progress);
+    let (report, files) = run_drill(repo, &opts, &reporter).await?;
     if args.output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&report).expect("JSON"));
     } else {
         println!("drill {} of cluster {}:", report.id, report.cluster);
         print_report(&report, &files);
     }
-    match report.outcome.as_str() {
-        "passed" => Ok(()),
-        "objective-missed" => std::process::exit(EXIT_OBJECTIVE),
-        _ => std::process::exit(EXIT_INTEGRITY),
-    }
+    Ok(report)
 }
 
 /// Prints a drill report for people (the drill command and the demo).

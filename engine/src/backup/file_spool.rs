@@ -30,11 +30,19 @@ struct Place {
     len: u32,
 }
 
-fn spool_error(e: impl std::fmt::Display) -> Error {
-    Error::InvalidInput(format!(
+/// Every spool failure is local (the temporary directory is full, unwritable or gone): an
+/// [`Error::Io`], never a finding about the repository's data.
+fn spool_error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+    let source = match e.downcast::<std::io::Error>() {
+        Ok(io) => *io,
+        Err(other) => std::io::Error::other(other),
+    };
+    Error::io(
         "the backup's file list could not be spilled to the temporary directory \
-         (TMPDIR, default /tmp): {e}; free space there or point TMPDIR elsewhere"
-    ))
+         (TMPDIR, default /tmp); free space there or point TMPDIR elsewhere",
+        source,
+    )
 }
 
 impl FileSpool {
@@ -54,6 +62,17 @@ impl FileSpool {
             places: Vec::new(),
             bad_pages: Vec::new(),
         })
+    }
+
+    /// A spool writing to `file` (tests: `/dev/full`).
+    #[cfg(test)]
+    pub(crate) fn over(file: File) -> Self {
+        FileSpool {
+            out: BufWriter::with_capacity(256 << 10, file),
+            end: 0,
+            places: Vec::new(),
+            bad_pages: Vec::new(),
+        }
     }
 
     /// Appends an entry and counts it in `stats` (files, size, blocks).
@@ -250,9 +269,13 @@ mod tests {
 
     #[test]
     fn an_unusable_temporary_directory_is_named_in_the_error() {
-        let err = FileSpool::new_in(std::path::Path::new("/nonexistent/pgcairn-spool"))
-            .unwrap_err()
-            .to_string();
+        let err =
+            FileSpool::new_in(std::path::Path::new("/nonexistent/pgcairn-spool")).unwrap_err();
+        assert!(
+            err.is_operational(),
+            "a local failure, not a finding about the data: {err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("TMPDIR"), "{err}");
     }
 }

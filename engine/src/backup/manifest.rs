@@ -388,12 +388,25 @@ async fn parse<T: Send + 'static>(
 }
 
 /// Parses a manifest's top level; its file entries go to `spool`, or are skipped.
+///
+/// A failure to spill (a full or unwritable `TMPDIR`) is returned as the local error it is:
+/// only what the manifest's bytes say can make it corrupt.
 fn parse_head(plain: PlainReader, key: String, spool: Option<&mut FileSpool>) -> Result<Manifest> {
     let mut de = serde_json::Deserializer::from_reader(plain);
-    HeadSpillingFiles(spool)
-        .deserialize(&mut de)
-        .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| Error::corrupt(key, e.to_string()))
+    let mut local_error = None;
+    let parsed = HeadSpillingFiles(spool.map(|spool| Spill {
+        spool,
+        local_error: &mut local_error,
+    }))
+    .deserialize(&mut de)
+    .and_then(|m| de.end().map(|()| m));
+    parsed.map_err(|e| local_error.unwrap_or_else(|| Error::corrupt(key, e.to_string())))
+}
+
+/// Where parsed file entries go, and the local error that stopped them, if one did.
+struct Spill<'a> {
+    spool: &'a mut FileSpool,
+    local_error: &'a mut Option<Error>,
 }
 
 /// Fetches a manifest and authenticates it (decrypting in place); its JSON is then read while
@@ -427,7 +440,7 @@ async fn open_plain(repo: &Repository, cluster: &str, id: &str) -> Result<PlainR
 
 /// Parses a manifest's top level, keeping every field but `files`, whose entries go to the
 /// spool one by one (or are skipped, without a spool).
-struct HeadSpillingFiles<'a>(Option<&'a mut FileSpool>);
+struct HeadSpillingFiles<'a>(Option<Spill<'a>>);
 
 impl<'de> serde::de::DeserializeSeed<'de> for HeadSpillingFiles<'_> {
     type Value = Manifest;
@@ -456,8 +469,8 @@ impl<'de> serde::de::Visitor<'de> for HeadSpillingFiles<'_> {
         while let Some(key) = map.next_key::<String>()? {
             if key != "files" {
                 fields.insert(key, map.next_value()?);
-            } else if let Some(spool) = self.0.as_deref_mut() {
-                map.next_value_seed(SpillFiles(spool))?;
+            } else if let Some(spill) = self.0.as_mut() {
+                map.next_value_seed(SpillFiles(spill))?;
             } else {
                 map.next_value::<serde::de::IgnoredAny>()?;
             }
@@ -468,9 +481,9 @@ impl<'de> serde::de::Visitor<'de> for HeadSpillingFiles<'_> {
 }
 
 /// Parses a `files` array into the spool, one entry at a time.
-struct SpillFiles<'a>(&'a mut FileSpool);
+struct SpillFiles<'a, 'b>(&'a mut Spill<'b>);
 
-impl<'de> serde::de::DeserializeSeed<'de> for SpillFiles<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for SpillFiles<'_, '_> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
@@ -478,7 +491,7 @@ impl<'de> serde::de::DeserializeSeed<'de> for SpillFiles<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for SpillFiles<'_> {
+impl<'de> serde::de::Visitor<'de> for SpillFiles<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -492,7 +505,11 @@ impl<'de> serde::de::Visitor<'de> for SpillFiles<'_> {
         use serde::de::Error as _;
         let mut uncounted = BackupStats::default();
         while let Some(f) = seq.next_element::<FileEntry>()? {
-            self.0.push(&f, &mut uncounted).map_err(A::Error::custom)?;
+            if let Err(e) = self.0.spool.push(&f, &mut uncounted) {
+                let message = e.to_string();
+                *self.0.local_error = Some(e);
+                return Err(A::Error::custom(message));
+            }
         }
         Ok(())
     }
@@ -589,5 +606,42 @@ mod tests {
         assert!(load_spilled(&repo, "main", "20261124-000001F")
             .await
             .is_err());
+    }
+
+    /// Regression (audit issue 13, item 10): a full TMPDIR while a manifest's file list was
+    /// spilled was reported as "corrupt object … manifest", failing a drill for integrity.
+    #[tokio::test]
+    async fn a_spool_that_cannot_be_written_is_a_local_error_not_a_corrupt_manifest() {
+        let (_, repo) = crate::archive::push::tests::memory_repo().await;
+        let ids: Vec<ContentId> = (0..64u8).map(|i| ContentId([i; 32])).collect();
+        let mut m = crate::test_support::manifest(
+            "20261124-000000F",
+            "0/1000000",
+            "0/1000100",
+            "2026-11-24T00:00:01Z",
+            &ids,
+        );
+        // Enough entries to overflow the spool's write buffer while the manifest is parsed.
+        let first = m.files[0].clone();
+        for i in 0..200 {
+            let mut f = first.clone();
+            f.path = format!("base/1/{i}");
+            m.files.push(f);
+        }
+        save(&repo, &m).await.unwrap();
+        let plain = open_plain(&repo, "main", &m.id).await.unwrap();
+        let full = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut spool = FileSpool::over(full);
+        let key = layout::backup_manifest("main", &m.id).to_string();
+        let err = parse_head(plain, key, Some(&mut spool)).unwrap_err();
+        assert!(
+            err.is_operational() && !matches!(err, Error::Corrupt { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("TMPDIR"), "{err}");
     }
 }

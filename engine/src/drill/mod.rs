@@ -1,17 +1,62 @@
 //! Restore drills: prove a backup restores, measure how long it takes, and say so in a report.
 //!
 //! [`run_drill`] restores (any target `restore` accepts) into a fresh directory, starts an
-//! ephemeral PostgreSQL on a free port with a private socket directory,
-//! `listen_addresses = ''` and `archive_mode = off` (a drill never writes into the repository
-//! and cannot be reached from the network), modest memory (`shared_buffers`; connection and worker limits must stay at least the
-//! primary's for hot standby), and `recovery_target_action =
-//! promote`; waits for recovery; runs the integrity checks; stops the instance and removes it.
+//! ephemeral PostgreSQL with modest memory (`shared_buffers`; connection and worker limits
+//! must stay at least the primary's for hot standby) and `recovery_target_action = promote`;
+//! waits for recovery; runs the integrity checks; stops the instance and removes it.
 //!
-//! Checks, each passed/failed/skipped with detail: recovery reached the target (from the
-//! server's own "recovery stopping" / "redo done" lines); `amcheck` `bt_index_check` on every
-//! B-tree index of every database when the extension is available; every table read in full
-//! (page checksum failures surface as errors) with its row count; user SQL checks (each must
-//! return true); `pg_checksums --check` on the stopped instance when data checksums are on.
+//! # Isolation
+//!
+//! The restored configuration is production's, and a drill must not be able to act on
+//! production through it (an audit found a drill's apply worker consuming a production
+//! publisher's slot). The instance gets these settings on its command line, where they
+//! outrank every configuration file, and in `postgresql.auto.conf` (so a `--keep` copy started
+//! by hand is isolated too); after startup the drill reads them back and refuses to go on
+//! ([`ISOLATION_CHECK`] is `error`) if any is not in force:
+//! - no network: `listen_addresses = ''`, a socket in the drill's private directory with
+//!   `unix_socket_permissions = 0700`, `bonjour = off`, `ssl = off`;
+//! - no authentication from the restored files: `hba_file` and `ident_file` point at files in
+//!   the drill's directory allowing local connections only (`trust`, no replication): the
+//!   socket is reachable only by the instance's OS user;
+//! - no outbound replication: `max_logical_replication_workers = 0` and
+//!   `max_sync_workers_per_subscription = 0` (no apply worker, so no subscription connects to
+//!   its publisher), `primary_conninfo = ''` and `primary_slot_name = ''` (no WAL receiver);
+//! - nothing written or run on production's behalf: `archive_mode = off` (a drill never
+//!   writes into the repository), `recovery_end_command`, `archive_cleanup_command` and
+//!   `external_pid_file` empty, `synchronous_standby_names = ''` (commits never wait for a
+//!   production standby), `cron.launch_active_jobs = off` (pg_cron);
+//! - `shared_preload_libraries` is kept: some extensions must be preloaded for their tables to
+//!   be read. A preloaded extension that connects out on its own (pglogical, a scheduler
+//!   running dblink jobs) is not stopped by the above; the README says so.
+//!
+//! # Work directory
+//!
+//! [`create_workdir`] makes the directory: a new random name in `TMPDIR` (or the path given,
+//! which must not exist), created exclusively, owned by the running user, never a directory
+//! someone else could have prepared. Running as root with PostgreSQL as the data directory's
+//! owner, it is `0711` and root's: the instance's user can reach what it needs inside but
+//! cannot create, rename or replace anything there; `bin/` (the copied pgcairn that
+//! `restore_command` runs) and `conf/` (pg_hba.conf, pg_ident.conf) are root's `0755` with
+//! root's files, and only `pgdata/` and `socket/` (both `0700`) belong to the instance's
+//! user. Not as root, everything is ours and the directory is `0700`.
+//!
+//! # Outcomes
+//!
+//! Checks, each passed/failed/skipped/error with detail: the isolation settings are in force;
+//! recovery reached the target (from the server's own "recovery stopping" / "redo done"
+//! lines); `amcheck` `bt_index_check` on every B-tree index of every database when the
+//! extension is available; every table read in full (page checksum failures surface as
+//! errors) with its row count; user SQL checks (each must return true); `pg_checksums
+//! --check` on the stopped instance when data checksums are on.
+//!
+//! Only evidence about the backup fails a drill (`integrity-failed`): an object that does
+//! not authenticate, one that is missing, a restore or recovery that does not get there, a
+//! check that fails. When the drill cannot run for a reason outside the data (a full or
+//! unwritable `TMPDIR` or disk, storage unreachable: [`Error::is_operational`]), the outcome
+//! is `error`: nobody should be paged about a backup because a temporary directory filled up.
+//! The same holds when recovery stops because `restore_command` (`pgcairn archive-get`)
+//! could not read storage or write to a full disk: its message in the server log turns the
+//! recovery failure into `error` (a missing or corrupt WAL object stays a failure).
 //!
 //! Cleanup does not depend on this process surviving: a watchdog (`sh`, in its own process
 //! group) stops the instance and removes the directory within a second if the drill process
@@ -26,7 +71,9 @@ use std::time::{Duration, Instant};
 
 use self::report::{Check, DrillReport, Phase, TableRows};
 use crate::error::{Error, Result};
-use crate::pg::instance::{command_as, free_port, give_to, Instance, PgBinaries};
+use crate::pg::instance::{
+    command_as, current_uid, free_port, give_to, sh_quote, Instance, PgBinaries,
+};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore::{restore, RestoreOptions};
@@ -78,6 +125,295 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Error::InvalidInput(format!("drill task failed: {e}")))
 }
 
+/// Name of the check that the isolation settings are in force.
+pub const ISOLATION_CHECK: &str = "isolated from production";
+
+/// Mode of the work directory: `0711` as root (the instance's user may traverse it, nothing
+/// more), else `0700`.
+fn workdir_mode() -> u32 {
+    if current_uid() == 0 {
+        0o711
+    } else {
+        0o700
+    }
+}
+
+fn already_exists(dir: &Path) -> Error {
+    Error::Config(format!(
+        "drill directory {} already exists: a drill works only in a directory it creates \
+         itself, so that nobody else can have put anything in it; name a path that does not \
+         exist yet (it is created and removed by the drill), or leave --workdir out",
+        dir.display()
+    ))
+}
+
+/// Refuses a parent where another user could rename our directory away and put theirs in its
+/// place: writable by everyone without the sticky bit.
+fn check_parent(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(parent).map_err(|e| {
+        Error::Config(format!(
+            "drill directory {}: its parent {} is not usable: {e}",
+            dir.display(),
+            parent.display()
+        ))
+    })?;
+    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+        return Err(Error::Config(format!(
+            "drill directory {}: its parent {} is writable by everyone without the sticky bit, \
+             so another user could replace the drill's directory; use a private directory",
+            dir.display(),
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a drill's work directory, new and private (see the module docs): `explicit`, which
+/// must not exist, else a random name in `TMPDIR`. Never reuses a path that exists.
+pub fn create_workdir(explicit: Option<&Path>) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = match explicit {
+        Some(dir) => {
+            if std::fs::symlink_metadata(dir).is_ok() {
+                return Err(already_exists(dir));
+            }
+            check_parent(dir)?;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => already_exists(dir),
+                    std::io::ErrorKind::NotFound => Error::Config(format!(
+                        "drill directory {}: its parent directory does not exist",
+                        dir.display()
+                    )),
+                    _ => Error::io(format!("creating drill directory {}", dir.display()), e),
+                })?;
+            dir.to_path_buf()
+        }
+        None => {
+            let tmp = std::env::temp_dir();
+            check_parent(&tmp.join("x"))?;
+            tempfile::Builder::new()
+                .prefix("pgcairn-drill-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir_in(&tmp)
+                .map_err(|e| {
+                    Error::io(
+                        format!(
+                            "creating a drill directory in {} (TMPDIR); free space there, \
+                             point TMPDIR elsewhere or give --workdir",
+                            tmp.display()
+                        ),
+                        e,
+                    )
+                })?
+                .keep()
+        }
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(workdir_mode()))
+        .map_err(|e| Error::io(format!("setting the mode of {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// Copies the pgcairn binary to `<workdir>/bin/pgcairn` for `restore_command` (PostgreSQL
+/// runs it as its own OS user, who may not reach the original): a new `0755` directory and a
+/// new `0755` file, both ours (root's, as root), so the instance's user can run it and
+/// cannot replace it.
+pub fn install_binary(workdir: &Path, exe: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let bin = workdir.join("bin");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&bin)
+        .and_then(|()| std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)))
+        .map_err(|e| Error::io(format!("creating {}", bin.display()), e))?;
+    let copy = bin.join("pgcairn");
+    let copied = (|| {
+        let mut from = std::fs::File::open(exe)?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&copy)?;
+        std::io::copy(&mut from, &mut to)?;
+        to.set_permissions(std::fs::Permissions::from_mode(0o755))
+    })();
+    copied.map_err(|e| {
+        Error::io(
+            format!("copying {} to {}", exe.display(), copy.display()),
+            e,
+        )
+    })?;
+    Ok(copy)
+}
+
+/// Creates `dir` (it must not exist) with `mode`.
+fn private_dir(dir: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .mode(mode)
+        .create(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))
+}
+
+/// Writes a new file (it must not exist), readable by everyone, ours.
+fn new_file(path: &Path, body: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .and_then(|mut f| f.write_all(body.as_bytes()))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// The drill's own authentication files, in `<workdir>/conf`: local connections only (the
+/// socket directory and the socket are the instance's user's alone), no replication.
+fn write_auth_files(conf_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    private_dir(conf_dir, 0o755)?;
+    let hba = conf_dir.join("pg_hba.conf");
+    let ident = conf_dir.join("pg_ident.conf");
+    new_file(
+        &hba,
+        "# pgcairn drill: the restored pg_hba.conf is not used. Local connections through the\n\
+         # drill's private socket only (the instance's OS user alone can reach it); no TCP, no\n\
+         # replication.\n\
+         local all all trust\n",
+    )?;
+    new_file(
+        &ident,
+        "# pgcairn drill: no user name maps (the restored pg_ident.conf is not used).\n",
+    )?;
+    Ok((hba, ident))
+}
+
+/// The settings that cut a drill off from production (module docs), in force on the command
+/// line and checked after startup.
+/// Settings by name, as the server must report them.
+type Settings = Vec<(&'static str, String)>;
+
+fn isolation_settings(hba: &Path, ident: &Path) -> Settings {
+    vec![
+        ("listen_addresses", String::new()),
+        ("unix_socket_permissions", "0700".into()),
+        ("unix_socket_group", String::new()),
+        ("bonjour", "off".into()),
+        ("ssl", "off".into()),
+        ("hba_file", hba.display().to_string()),
+        ("ident_file", ident.display().to_string()),
+        ("max_logical_replication_workers", "0".into()),
+        ("max_sync_workers_per_subscription", "0".into()),
+        ("primary_conninfo", String::new()),
+        ("primary_slot_name", String::new()),
+        ("archive_mode", "off".into()),
+        ("recovery_end_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("external_pid_file", String::new()),
+        ("synchronous_standby_names", String::new()),
+    ]
+}
+
+/// Settings that are not about isolation: memory, hot standby, the log where the drill reads
+/// it, and a placeholder pg_cron honours when it is preloaded (not checked back: without
+/// pg_cron it is only a placeholder).
+const OTHER_SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "64MB"),
+    ("hot_standby", "on"),
+    ("logging_collector", "off"),
+    ("cron.launch_active_jobs", "off"),
+];
+
+/// `-c name=value` options for `pg_ctl -o` (through `/bin/sh`).
+fn command_line(settings: &[(&str, String)]) -> String {
+    settings
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(OTHER_SETTINGS.iter().copied())
+        .map(|(k, v)| format!("-c {}", sh_quote(&format!("{k}={v}"))))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The same settings as configuration-file lines (for `postgresql.auto.conf`).
+fn config_lines(settings: &[(&str, String)]) -> String {
+    let mut text = String::from(
+        "\n# pgcairn drill overrides: isolation from production (also given on the command line)\n",
+    );
+    for (k, v) in settings
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain(OTHER_SETTINGS.iter().copied())
+    {
+        text.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+    }
+    text
+}
+
+/// Reads the isolation settings back from the running instance: `passed`, or `error` naming
+/// each one not in force (the drill then stops the instance at once).
+fn isolation_check(inst: &Instance, settings: &[(&str, String)]) -> Check {
+    let names = settings
+        .iter()
+        .map(|(k, _)| format!("'{k}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "select n || '=' || current_setting(n) from unnest(array[{names}]) n \
+         union all select 'replication workers=' || count(*) from pg_stat_activity \
+         where backend_type like 'logical replication%'"
+    );
+    let found = match inst.psql("postgres", &sql) {
+        Ok(v) => v,
+        Err(e) => {
+            return Check {
+                name: ISOLATION_CHECK.into(),
+                status: "error".into(),
+                detail: format!("could not read the settings back: {e}"),
+            }
+        }
+    };
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for line in found.lines() {
+        let (k, v) = line.split_once('=').unwrap_or((line, ""));
+        if k == "replication workers" {
+            if v != "0" {
+                wrong.push(format!("{v} logical replication processes running"));
+            }
+            continue;
+        }
+        if let Some((_, want)) = settings.iter().find(|(n, _)| *n == k) {
+            seen += 1;
+            if v != want {
+                wrong.push(format!("{k} = {v:?}, not {want:?}"));
+            }
+        }
+    }
+    if seen != settings.len() {
+        wrong.push(format!("{} of {} settings read back", seen, settings.len()));
+    }
+    Check {
+        name: ISOLATION_CHECK.into(),
+        status: if wrong.is_empty() { "passed" } else { "error" }.into(),
+        detail: if wrong.is_empty() {
+            "no network, own pg_hba.conf, no replication or apply workers, no archiving, \
+             no primary_conninfo, no synchronous standbys"
+                .into()
+        } else {
+            format!("not isolated, stopped at once: {}", wrong.join("; "))
+        },
+    }
+}
+
 /// Stops a drill instance left in `workdir` and removes the directory (signal handlers).
 pub fn abort_cleanup(workdir: &Path, keep: bool) {
     let datadir = workdir.join("pgdata");
@@ -124,23 +460,19 @@ fn spawn_watchdog(
     bin: &PgBinaries,
     keep: bool,
 ) -> Option<Child> {
-    let pg_ctl = bin.program("pg_ctl");
+    let pg_ctl = sh_quote(&bin.program("pg_ctl").display().to_string());
+    let data = sh_quote(&datadir.display().to_string());
     let stop = match run_as {
         Some(u) => format!(
-            "runuser -u {u} -- '{}' -D '{}' -m immediate -w stop",
-            pg_ctl.display(),
-            datadir.display()
+            "runuser -u {} -- {pg_ctl} -D {data} -m immediate -w stop",
+            sh_quote(u)
         ),
-        None => format!(
-            "'{}' -D '{}' -m immediate -w stop",
-            pg_ctl.display(),
-            datadir.display()
-        ),
+        None => format!("{pg_ctl} -D {data} -m immediate -w stop"),
     };
     let remove = if keep {
         String::new()
     } else {
-        format!("; rm -rf '{}'", workdir.display())
+        format!("; rm -rf -- {}", sh_quote(&workdir.display().to_string()))
     };
     let script = format!(
         "while kill -0 {} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1{remove}",
@@ -219,21 +551,34 @@ pub async fn run_drill(
     let rpo = newest_wal_age(repo, &cluster).await;
     let datadir = opts.workdir.join("pgdata");
     let socket_dir = opts.workdir.join("socket");
-    std::fs::create_dir_all(&socket_dir)
-        .map_err(|e| Error::io(format!("creating {}", socket_dir.display()), e))?;
     let mut phases = Vec::new();
     let mut checks = Vec::new();
     let mut row_counts = Vec::new();
 
     // Preflight: plan and verify without writing. A failure here or in the restore is a
-    // drill result (the backup is not restorable), reported like any failed check.
+    // drill result (the backup is not restorable), reported like any failed check, unless
+    // the drill could not run at all (operational: a full TMPDIR, storage unreachable).
     let t = Instant::now();
     let mut ropts = opts.restore.clone();
     ropts.target = datadir.clone();
     ropts.dry_run = true;
     let planned = match restore(repo, &ropts, progress).await {
         Ok(p) => p,
-        Err(e) => return finish_failed(repo, opts, id, started_at, rpo, "preflight", t, e).await,
+        Err(e) => {
+            let operational = e.is_operational();
+            return finish_early(
+                repo,
+                opts,
+                id,
+                started_at,
+                rpo,
+                "preflight",
+                t,
+                operational,
+                e,
+            )
+            .await;
+        }
     };
     phases.push(Phase {
         name: "preflight".into(),
@@ -251,8 +596,20 @@ pub async fn run_drill(
     let restored = match restore(repo, &ropts, progress).await {
         Ok(r) => r,
         Err(e) => {
+            let operational = e.is_operational();
             let e = Error::InvalidInput(format!("backup {}: {e}", planned.plan.backup_id));
-            return finish_failed(repo, opts, id, started_at, rpo, "restore", t, e).await;
+            return finish_early(
+                repo,
+                opts,
+                id,
+                started_at,
+                rpo,
+                "restore",
+                t,
+                operational,
+                e,
+            )
+            .await;
         }
     };
     let secs = t.elapsed().as_secs_f64();
@@ -267,30 +624,77 @@ pub async fn run_drill(
         ),
     });
 
-    // An ephemeral instance: private socket, no network, no archiving, modest memory.
-    let bin = PgBinaries::find()?;
-    let run_as = owner_of(&datadir);
-    give_to(run_as.as_deref(), &socket_dir)?;
-    let drill_conf = "\n# pgcairn drill overrides\narchive_mode = 'off'\nshared_buffers = '64MB'\nhot_standby = 'on'\nlogging_collector = 'off'\n";
-    let auto = datadir.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(drill_conf);
-    std::fs::write(&auto, text).map_err(|e| Error::io(format!("writing {}", auto.display()), e))?;
-    let instance = Instance::new(
-        bin.clone(),
-        datadir.clone(),
-        socket_dir.clone(),
-        free_port()?,
-        run_as.clone(),
-    );
+    // An ephemeral instance cut off from production (module docs). Failing to set it up is
+    // the drill not running, not a finding about the backup.
+    let t = Instant::now();
+    let setup = (|| -> Result<(Instance, PgBinaries, Settings)> {
+        let bin = PgBinaries::find()?;
+        let run_as = owner_of(&datadir);
+        private_dir(&socket_dir, 0o700)?;
+        give_to(run_as.as_deref(), &socket_dir)?;
+        let (hba, ident) = write_auth_files(&opts.workdir.join("conf"))?;
+        let settings = isolation_settings(&hba, &ident);
+        let auto = datadir.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        text.push_str(&config_lines(&settings));
+        std::fs::write(&auto, text)
+            .map_err(|e| Error::io(format!("writing {}", auto.display()), e))?;
+        let instance = Instance::new(
+            bin.clone(),
+            datadir.clone(),
+            socket_dir.clone(),
+            free_port()?,
+            run_as,
+        );
+        Ok((instance, bin, settings))
+    })();
+    let (instance, bin, settings) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            return finish_early(repo, opts, id, started_at, rpo, "startup", t, true, e).await;
+        }
+    };
+    let run_as = instance.run_as.clone();
     let mut watchdog = spawn_watchdog(&opts.workdir, &datadir, run_as.as_deref(), &bin, opts.keep);
 
-    let outcome = run_instance(&instance, opts, &mut phases, &mut checks, &mut row_counts).await;
+    let outcome = run_instance(
+        &instance,
+        &settings,
+        opts,
+        &mut phases,
+        &mut checks,
+        &mut row_counts,
+    )
+    .await;
     // Stop (the checks already did, unless one failed early) and clean up.
     let inst = instance.clone();
     let _ = blocking(move || inst.stop()).await;
     if let Err(e) = &outcome {
-        checks.push(check("drill ran", false, e.to_string()));
+        checks.push(Check {
+            name: "drill ran".into(),
+            status: if e.is_operational() {
+                "error"
+            } else {
+                "failed"
+            }
+            .into(),
+            detail: e.to_string(),
+        });
+    }
+    // Recovery that stopped because restore_command could not reach the repository says
+    // nothing about the backup: those failures are the drill not running.
+    let log = std::fs::read_to_string(datadir.join("pgcairn-server.log")).unwrap_or_default();
+    if let Some(line) = wal_unreachable(&log) {
+        for c in checks.iter_mut().filter(|c| {
+            c.status == "failed"
+                && matches!(c.name.as_str(), "recovery reached the target" | "drill ran")
+        }) {
+            c.status = "error".into();
+            c.detail = format!(
+                "{} (restore_command could not fetch WAL for a reason outside the data: {line})",
+                c.detail
+            );
+        }
     }
     if let Some(w) = watchdog.as_mut() {
         let _ = w.kill();
@@ -317,6 +721,7 @@ pub async fn run_drill(
         detail: format!("MTTR {mttr:.1} s (preflight + restore + startup + replay)"),
     });
     let failed: Vec<&Check> = checks.iter().filter(|c| c.status == "failed").collect();
+    let errors: Vec<&Check> = checks.iter().filter(|c| c.status == "error").collect();
     let (outcome_name, summary) = if !failed.is_empty() {
         (
             "integrity-failed".to_string(),
@@ -328,6 +733,18 @@ pub async fn run_drill(
                     .map(|c| c.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+        )
+    } else if !errors.is_empty() {
+        (
+            "error".to_string(),
+            format!(
+                "the drill could not run: {}",
+                errors
+                    .iter()
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
         )
     } else if let Some(max) = opts.max_mttr.filter(|m| mttr > m.as_secs_f64()) {
@@ -399,9 +816,11 @@ async fn publish(
     Ok(files)
 }
 
-/// A drill that could not restore: the report says where and why.
+/// A drill that ended before its instance started: the report says where and why. An
+/// `operational` error (the drill could not run) is reported as `error`, anything else as an
+/// integrity failure (the backup could not be restored).
 #[allow(clippy::too_many_arguments)]
-async fn finish_failed(
+async fn finish_early(
     repo: &Repository,
     opts: &DrillOptions,
     id: String,
@@ -409,11 +828,21 @@ async fn finish_failed(
     rpo: Option<f64>,
     phase: &str,
     t: Instant,
+    operational: bool,
     e: Error,
 ) -> Result<(DrillReport, DrillFiles)> {
     if !opts.keep {
         let _ = std::fs::remove_dir_all(&opts.workdir);
     }
+    let (status, outcome, summary) = if operational {
+        (
+            "error",
+            "error",
+            format!("the drill could not run: {phase}: {e}"),
+        )
+    } else {
+        ("failed", "integrity-failed", format!("{phase} failed: {e}"))
+    };
     let report = DrillReport {
         id,
         cluster: opts.restore.cluster.clone(),
@@ -425,17 +854,21 @@ async fn finish_failed(
         phases: vec![Phase {
             name: phase.into(),
             seconds: t.elapsed().as_secs_f64(),
-            detail: "failed".into(),
+            detail: if operational { "error" } else { "failed" }.into(),
         }],
         mttr_seconds: t.elapsed().as_secs_f64(),
         max_mttr_seconds: opts.max_mttr.map(|d| d.as_secs_f64()),
         restored_bytes: 0,
         wal_segments: 0,
         newest_wal_age_seconds: rpo,
-        checks: vec![check(phase, false, e.to_string())],
+        checks: vec![Check {
+            name: phase.into(),
+            status: status.into(),
+            detail: e.to_string(),
+        }],
         row_counts: Vec::new(),
-        outcome: "integrity-failed".into(),
-        summary: format!("{phase} failed: {e}"),
+        outcome: outcome.into(),
+        summary,
     };
     let files = publish(repo, opts, &report).await?;
     Ok((report, files))
@@ -444,6 +877,7 @@ async fn finish_failed(
 /// Starts the instance, waits for recovery, runs the checks, stops it.
 async fn run_instance(
     instance: &Instance,
+    settings: &[(&'static str, String)],
     opts: &DrillOptions,
     phases: &mut Vec<Phase>,
     checks: &mut Vec<Check>,
@@ -451,7 +885,8 @@ async fn run_instance(
 ) -> Result<()> {
     let t = Instant::now();
     let inst = instance.clone();
-    let started = blocking(move || inst.start()).await?;
+    let options = command_line(settings);
+    let started = blocking(move || inst.start_with(&options)).await?;
     let log_path = instance.datadir.join("pgcairn-server.log");
     if let Err(e) = started {
         phases.push(Phase {
@@ -477,6 +912,16 @@ async fn run_instance(
         seconds: t.elapsed().as_secs_f64(),
         detail: "until the first accepted connection".into(),
     });
+    let inst = instance.clone();
+    let wanted = settings.to_vec();
+    let isolated = blocking(move || isolation_check(&inst, &wanted)).await?;
+    let stop_now = isolated.status != "passed";
+    checks.push(isolated);
+    if stop_now {
+        let inst = instance.clone();
+        blocking(move || inst.crash()).await??;
+        return Ok(());
+    }
     let t = Instant::now();
     let deadline = Instant::now() + opts.recovery_timeout;
     loop {
@@ -552,6 +997,19 @@ async fn run_instance(
         detail: format!("{} checks", checks.len()),
     });
     Ok(())
+}
+
+/// The line where `pgcairn archive-get` (restore_command) gave up because storage could not
+/// be read (unreachable, refusing access) or the local disk was full: its errors reach the
+/// server log. A missing or corrupt object is not such a line (that is a finding).
+fn wal_unreachable(log: &str) -> Option<String> {
+    log.lines()
+        .find(|l| {
+            l.contains("cannot fetch")
+                && ((l.contains(": storage: ") && !l.contains("not found"))
+                    || l.contains("No space left on device"))
+        })
+        .map(|l| l.trim().chars().take(300).collect())
 }
 
 /// Did recovery stop where it was asked to? Read from the server's own log lines.

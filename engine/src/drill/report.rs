@@ -25,7 +25,8 @@ pub struct Phase {
 pub struct Check {
     /// Name.
     pub name: String,
-    /// `passed`, `failed` or `skipped`.
+    /// `passed`, `failed`, `skipped`, or `error` (the check could not be made for a reason
+    /// outside the data: not an integrity failure).
     pub status: String,
     /// What was found.
     pub detail: String,
@@ -73,7 +74,8 @@ pub struct DrillReport {
     pub checks: Vec<Check>,
     /// Row counts per table.
     pub row_counts: Vec<TableRows>,
-    /// `passed`, `integrity-failed`, `objective-missed`, `error`.
+    /// `passed`, `integrity-failed`, `objective-missed`, or `error` (the drill could not run:
+    /// local resources, storage unreachable; says nothing about the backup).
     pub outcome: String,
     /// Why, in one line.
     pub summary: String,
@@ -168,6 +170,15 @@ pub fn markdown(r: &DrillReport) -> String {
     s
 }
 
+/// Green for passed, amber for a drill that could not run, red for a failure.
+fn outcome_color(outcome: &str) -> &'static str {
+    match outcome {
+        "passed" => "#27ae60",
+        "error" => "#d68910",
+        _ => "#c0392b",
+    }
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -224,11 +235,7 @@ pub fn history_svg(history: &[DrillReport]) -> String {
     svg.push_str(&format!("<polyline class=\"mttr\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"2\" points=\"{}\"/>", line(mttr.clone(), max_mttr)));
     svg.push_str(&format!("<polyline class=\"size\" fill=\"none\" stroke=\"#2471a3\" stroke-width=\"2\" stroke-dasharray=\"4 3\" points=\"{}\"/>", line(mib, max_mib)));
     for (i, (r, v)) in history.iter().zip(&mttr).enumerate() {
-        let color = if r.outcome == "passed" {
-            "#27ae60"
-        } else {
-            "#c0392b"
-        };
+        let color = outcome_color(&r.outcome);
         svg.push_str(&format!(
             "<circle class=\"drill-point\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{color}\"><title>{} {} MTTR {v:.1}s</title></circle>",
             x(i),
@@ -291,11 +298,7 @@ pub fn html(r: &DrillReport, history: &[DrillReport]) -> String {
             })
             .collect(),
     );
-    let color = if r.outcome == "passed" {
-        "#27ae60"
-    } else {
-        "#c0392b"
-    };
+    let color = outcome_color(&r.outcome);
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>pgcairn drill {id}</title>\
          <style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0}}\

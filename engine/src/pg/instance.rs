@@ -104,6 +104,11 @@ pub fn give_to(user: Option<&str>, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Quotes `s` as one word for `/bin/sh` (single quotes; a quote inside becomes `'\''`).
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// A free TCP port number on loopback (used as the instance's port number; it listens
 /// only on its socket directory).
 pub fn free_port() -> Result<u16> {
@@ -190,13 +195,15 @@ impl Instance {
     }
 
     /// Like [`Instance::start`] with extra server options (later `-c` settings win), for
-    /// example `-c listen_addresses=127.0.0.1` in tests that need TCP.
+    /// example `-c listen_addresses=127.0.0.1` in tests that need TCP. `pg_ctl` passes them
+    /// through `/bin/sh`: quote values with [`sh_quote`]. Settings given here outrank every
+    /// configuration file, `postgresql.auto.conf` included.
     pub fn start_with(&self, extra: &str) -> Result<()> {
         let log = self.datadir.join("pgcairn-server.log");
         let opts = format!(
             "-p {} -k {} -c listen_addresses='' {extra}",
             self.port,
-            self.socket_dir.display()
+            sh_quote(&self.socket_dir.display().to_string())
         );
         let mut c = self.cmd("pg_ctl");
         c.arg("-D")
@@ -268,5 +275,20 @@ impl Instance {
             .args(args)
             .arg("postgres");
         run_checked(c, &format!("pgbench {}", args.join(" "))).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_quotes_and_spaces() {
+        let tricky = "/tmp/a dir/it's $(here)";
+        let out = Command::new("sh")
+            .args(["-c", &format!("printf %s {}", sh_quote(tricky))])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), tricky);
     }
 }
