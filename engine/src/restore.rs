@@ -323,7 +323,7 @@ pub async fn restore(
             .parent_existing(PG_CONTROL)
             .map_err(|e| io(&target.join(PG_CONTROL), e))?
         {
-            fs_beneath::unlink(dir.as_fd(), name)
+            fs_beneath::remove_entry(dir.as_fd(), name)
                 .and_then(|()| fs_beneath::sync(dir.as_fd()))
                 .map_err(|e| io(&target.join(PG_CONTROL), e))?;
         }
@@ -421,7 +421,7 @@ pub async fn restore(
             .map_err(|e| io(&target.join(PG_CONTROL), e))?;
         fs_beneath::sync(dir.as_fd()).map_err(|e| io(&target.join("global"), e))?;
     }
-    fs_beneath::unlink(tree.root.as_fd(), Path::new(INCOMPLETE_MARKER))
+    fs_beneath::remove_entry(tree.root.as_fd(), Path::new(INCOMPLETE_MARKER))
         .and_then(|()| fs_beneath::sync(tree.root.as_fd()))
         .map_err(|e| io(&target.join(INCOMPLETE_MARKER), e))?;
     progress.finish();
@@ -847,8 +847,9 @@ fn write_recovery_files(
         fs_beneath::write_file(root, Path::new(name), body, 0o600, owner)
             .map_err(|e| io(&t.join(name), e))
     };
-    let remove =
-        |name: &str| fs_beneath::unlink(root, Path::new(name)).map_err(|e| io(&t.join(name), e));
+    let remove = |name: &str| {
+        fs_beneath::remove_entry(root, Path::new(name)).map_err(|e| io(&t.join(name), e))
+    };
     write("backup_label", m.backup_label.as_bytes())?;
     match &m.tablespace_map {
         Some(text) => write("tablespace_map", text.as_bytes())?,
