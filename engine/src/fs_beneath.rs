@@ -65,6 +65,47 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Opens a root (the target directory, a tablespace location) like [`open_root`], but if its
+/// last component is a symbolic link in a directory owned by another user than `me`, refuses:
+/// that user (say `postgres`, owner of `/var/lib/postgresql/15`) could have pointed it
+/// anywhere, and the restore would then write, remove and chown there. A link in a directory
+/// of our own (or root's, when we are root) is followed: the operator made it.
+pub fn open_root_checked(path: &Path, me: u32) -> io::Result<OwnedFd> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return open_root(path);
+    };
+    let pfd = open_root(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    })?;
+    match rfs::openat(&pfd, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+            let owner = rfs::fstat(&pfd)?.st_uid;
+            if owner != me && owner != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is a symbolic link in {}, which belongs to uid {owner}, not to the user \
+                         running the restore (uid {me}): it could point anywhere. Name the \
+                         directory it points to instead",
+                        path.display(),
+                        parent.display()
+                    ),
+                ));
+            }
+            Ok(rfs::openat(
+                &pfd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens the existing real directory `name` in `dir`; a link there is an error (`ELOOP` or
 /// `ENOTDIR`), never followed.
 pub fn open_dir(dir: BorrowedFd<'_>, name: &Path) -> io::Result<OwnedFd> {
@@ -515,6 +556,28 @@ mod tests {
             assert_eq!(std::fs::read(data.join(n)).unwrap(), b"new");
         }
         assert_eq!(std::fs::read(&other).unwrap(), b"other");
+    }
+
+    #[test]
+    fn a_root_linked_from_another_users_directory_is_refused() {
+        use std::os::unix::fs::chown;
+        let t = tempfile::tempdir().unwrap();
+        let (theirs, real) = (t.path().join("theirs"), t.path().join("real"));
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::create_dir_all(&real).unwrap();
+        symlink(&real, theirs.join("main")).unwrap();
+        let me = crate::pg::instance::current_uid();
+        // In a directory of our own, the operator's link is followed.
+        open_root_checked(&theirs.join("main"), me).unwrap();
+        // In someone else's (not root's), it is refused.
+        let other = if me == 0 { 65534 } else { me };
+        if me == 0 {
+            chown(&theirs, Some(other), Some(other)).unwrap();
+            let err = open_root_checked(&theirs.join("main"), me).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        }
+        // A real directory is fine wherever it is.
+        open_root_checked(&real, me).unwrap();
     }
 
     #[test]

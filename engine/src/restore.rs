@@ -280,7 +280,10 @@ pub async fn restore(
             ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?;
         }
     }
-    let root = fs_beneath::open_root(target).map_err(|e| io(target, e))?;
+    // Run as root into a directory someone else owns: its own path must not be a link that
+    // user planted.
+    let me = crate::pg::instance::current_uid();
+    let root = fs_beneath::open_root_checked(target, me).map_err(|e| io(target, e))?;
     if opts.delta {
         refuse_running_postmaster(&root, target)?;
     }
@@ -330,7 +333,7 @@ pub async fn restore(
     }
     for t in &m.tablespaces {
         std::fs::create_dir_all(&t.location).map_err(|e| io(&t.location, e))?;
-        let fd = fs_beneath::open_root(&t.location).map_err(|e| io(&t.location, e))?;
+        let fd = fs_beneath::open_root_checked(&t.location, me).map_err(|e| io(&t.location, e))?;
         if let Some((uid, gid)) = owner {
             rustix::fs::fchown(
                 &fd,

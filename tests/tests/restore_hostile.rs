@@ -263,6 +263,23 @@ fn delta_restore_as_root_writes_through_a_symlinked_ancestor_directory() {
     assert_starts_with_rows(&src, &dir);
 }
 
+#[test]
+fn delta_restore_as_root_follows_a_target_symlinked_by_the_owner_of_its_parent() {
+    if !is_root() {
+        return;
+    }
+    let src = source(Backend::File, "1");
+    let victim = Victim::new();
+    // The environment's directory belongs to postgres, as /var/lib/postgresql does: postgres
+    // can make `--pgdata` a link to anywhere.
+    let dir = src.env.path().join("d");
+    symlink(&victim.path, &dir).unwrap();
+    let out = restore_as_root(&src.env, &dir, &["--delta"]);
+    assert!(!out.status.success(), "a root restore through the link");
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    victim.assert_untouched();
+}
+
 /// Starts a root restore, waits until it has written some files, and kills it.
 fn interrupted_restore(src: &Source, dir: &Path, signal: &str) -> Output {
     let mut child = restore_cmd(&src.env, dir, &["--jobs", "1"])
