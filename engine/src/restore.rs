@@ -17,7 +17,10 @@
 //! link, not its target) and the real thing created; the delta walk that removes extra files
 //! never descends through a link. The only links left are the tablespace links
 //! `pg_tblspc/<oid>`, which the restore recreates itself; files of a tablespace are written
-//! beneath a descriptor of the location the restore set up, never through the link.
+//! beneath a descriptor of the location the restore set up, never through the link. The
+//! target directory and tablespace locations themselves are followed if they are links, unless
+//! the link sits in a directory owned by another user than the one restoring
+//! ([`fs_beneath::open_root_checked`]): that user could have pointed it anywhere.
 //!
 //! Unfinished restores: a restore that is killed, crashes or fails part-way must never look
 //! like a data directory PostgreSQL can start. So, in this order: the marker
