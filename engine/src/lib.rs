@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod drill;
 pub mod error;
 pub mod expire;
+pub mod fs_beneath;
 pub mod gc;
 pub mod index;
 pub mod info;

@@ -6,8 +6,33 @@
 //! runs of blocks that sit next to each other in one pack are fetched with one range read,
 //! opened (authenticated, decompressed, id re-checked) on the CPU pool and written at their
 //! offsets; all-zero blocks are left as holes. Each file's BLAKE3 is compared with the
-//! manifest's before it is fsynced. Last, `backup_label`, `tablespace_map`, `recovery.signal`
+//! manifest's after it is fsynced. Last, `backup_label`, `tablespace_map`, `recovery.signal`
 //! and the recovery settings. Run as root, ownership is restored from the manifest.
+//!
+//! Hostile data directories: `restore` often runs as root into a directory owned by
+//! PostgreSQL's OS user, and `--delta` reuses whatever that user left there. Nothing here
+//! touches the target by path: every directory, file, `chmod` and `chown` goes through
+//! descriptors opened beneath the data directory without following links
+//! ([`crate::fs_beneath`]). A link where the backup has a directory or file is removed (the
+//! link, not its target) and the real thing created; the delta walk that removes extra files
+//! never descends through a link. The only links left are the tablespace links
+//! `pg_tblspc/<oid>`, which the restore recreates itself; files of a tablespace are written
+//! beneath a descriptor of the location the restore set up, never through the link. The
+//! target directory and tablespace locations themselves are followed if they are links, unless
+//! the link sits in a directory owned by another user than the one restoring
+//! ([`fs_beneath::open_root_checked`]): that user could have pointed it anywhere.
+//!
+//! Unfinished restores: a restore that is killed, crashes or fails part-way must never look
+//! like a data directory PostgreSQL can start. So, in this order: the marker
+//! [`INCOMPLETE_MARKER`] is written and fsynced in the data directory (a delta restore also
+//! removes an existing `global/pg_control`); directories and files are restored, with
+//! `global/pg_control` held back from the parallel stream; the recovery files are written;
+//! every restored directory is fsynced; only then is `global/pg_control` restored (and
+//! fsynced with its directory); last the marker is removed and the data directory fsynced.
+//! PostgreSQL refuses to start without `pg_control`, so an interrupted restore cannot be
+//! started by mistake; a plain restore into a directory with the marker refuses and says to
+//! finish it with `--delta`, which recognises the marker, reuses what was already written
+//! and completes the restore.
 //!
 //! Memory: the manifest's file list is spilled to a temporary file while it is parsed
 //! ([`crate::backup::file_spool`]) and each file's entry is read back when it is restored, so
@@ -15,7 +40,9 @@
 //! [`BlockIndex`]) and each file's path.
 
 use std::collections::HashSet;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +54,7 @@ use crate::backup::blockstore::BlockIndex;
 use crate::backup::file_spool::SpooledFiles;
 use crate::backup::manifest::{self, FileEntry, Manifest};
 use crate::error::{Error, Result};
+use crate::fs_beneath;
 use crate::index::IndexEntry;
 use crate::pack::open_block;
 use crate::progress::Progress;
@@ -165,10 +193,37 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     Error::io(format!("writing {}", path.display()), e)
 }
 
+/// Marks a data directory whose restore has not finished. Written (and fsynced) before
+/// anything else, removed after everything else is durable.
+pub const INCOMPLETE_MARKER: &str = "pgcairn.restore-incomplete";
+
+/// Whether `dir` holds an unfinished restore ([`INCOMPLETE_MARKER`]).
+pub fn is_incomplete(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(INCOMPLETE_MARKER)).is_ok()
+}
+
+/// What to tell an operator about an unfinished restore in `dir`.
+pub fn incomplete_hint(dir: &Path) -> String {
+    format!(
+        "{} holds an unfinished restore (marked by {INCOMPLETE_MARKER}; it has no global/pg_control, \
+         so PostgreSQL will not start it): finish it with `pgcairn restore --delta --pgdata {}` \
+         (same backup and target), or empty the directory",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// Written last, so that a data directory without it (PostgreSQL refuses to start) is one
+/// whose restore did not finish.
+const PG_CONTROL: &str = "global/pg_control";
+
 fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut d) => {
             if d.next().is_some() {
+                if is_incomplete(dir) {
+                    return Err(Error::Config(incomplete_hint(dir)));
+                }
                 return Err(Error::Config(format!(
                     "{what} {} is not empty; restore into an empty or new directory (delta restore comes with --delta)",
                     dir.display()
@@ -219,70 +274,135 @@ pub async fn restore(
         });
     }
     remap_tablespaces(&mut m, opts)?;
+    let target = &opts.target;
     if opts.delta {
-        refuse_running_postmaster(&opts.target)?;
-        std::fs::create_dir_all(&opts.target).map_err(|e| io(&opts.target, e))?;
+        std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
     } else {
-        ensure_empty_dir(&opts.target, "target directory")?;
+        ensure_empty_dir(target, "target directory")?;
         for t in &m.tablespaces {
             ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?;
         }
     }
-    std::fs::set_permissions(&opts.target, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| io(&opts.target, e))?;
+    // Run as root into a directory someone else owns: its own path must not be a link that
+    // user planted.
+    let me = crate::pg::instance::current_uid();
+    let root = fs_beneath::open_root_checked(target, me).map_err(|e| io(target, e))?;
+    if opts.delta {
+        refuse_running_postmaster(&root, target)?;
+    }
+    // The owner of the data directory: that of PG_VERSION, which every cluster has.
+    let owner = if opts.restore_owner {
+        Some(
+            files
+                .get("PG_VERSION")?
+                .map(|f| (f.uid, f.gid))
+                .unwrap_or((0, 0)),
+        )
+    } else {
+        None
+    };
+    // Unfinished until proven otherwise: the marker first, and no pg_control until the end.
+    fs_beneath::set_owner_mode(root.as_fd(), owner, 0o700).map_err(|e| io(target, e))?;
+    let marker = format!(
+        "pgcairn restore of backup {} into {} started and has not finished.\n\
+         global/pg_control is written last, so PostgreSQL will not start this directory.\n\
+         Finish it with: pgcairn restore --delta --pgdata {}\n",
+        m.id,
+        target.display(),
+        target.display()
+    );
+    fs_beneath::write_file(
+        root.as_fd(),
+        Path::new(INCOMPLETE_MARKER),
+        marker.as_bytes(),
+        0o600,
+        owner,
+    )
+    .map_err(|e| io(&target.join(INCOMPLETE_MARKER), e))?;
+    fs_beneath::sync(root.as_fd()).map_err(|e| io(target, e))?;
+    let mut tree = fs_beneath::Tree {
+        root,
+        tablespaces: Vec::new(),
+    };
+    if opts.delta {
+        if let Some((dir, name)) = tree
+            .parent_existing(PG_CONTROL)
+            .map_err(|e| io(&target.join(PG_CONTROL), e))?
+        {
+            fs_beneath::remove_entry(dir.as_fd(), name)
+                .and_then(|()| fs_beneath::sync(dir.as_fd()))
+                .map_err(|e| io(&target.join(PG_CONTROL), e))?;
+        }
+    }
+    for t in &m.tablespaces {
+        std::fs::create_dir_all(&t.location).map_err(|e| io(&t.location, e))?;
+        let fd = fs_beneath::open_root_checked(&t.location, me).map_err(|e| io(&t.location, e))?;
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io(&t.location, e.into()))?;
+        }
+        tree.tablespaces.push((t.oid, fd));
+    }
     for d in &m.directories {
-        let path = opts.target.join(&d.path);
+        let path = target.join(&d.path);
         let tablespace = d
             .path
             .strip_prefix("pg_tblspc/")
             .and_then(|oid| oid.parse::<u32>().ok());
         match tablespace.and_then(|oid| m.tablespaces.iter().find(|t| t.oid == oid)) {
             Some(t) => {
-                std::fs::create_dir_all(&t.location).map_err(|e| io(&t.location, e))?;
-                match std::fs::read_link(&path) {
-                    Ok(existing) if existing == t.location => {}
-                    Ok(_) => {
-                        std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
-                        std::os::unix::fs::symlink(&t.location, &path).map_err(|e| io(&path, e))?;
-                    }
-                    Err(_) => {
-                        if path.is_dir() {
-                            std::fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
-                        }
-                        std::os::unix::fs::symlink(&t.location, &path).map_err(|e| io(&path, e))?;
-                    }
-                }
+                let (dir, name) = tree.parent_for_write(&d.path).map_err(|e| io(&path, e))?;
+                fs_beneath::ensure_symlink(
+                    dir.as_fd(),
+                    name,
+                    &t.location,
+                    owner.map(|_| (d.uid, d.gid)),
+                )
+                .map_err(|e| io(&path, e))?;
             }
             None => {
-                std::fs::create_dir_all(&path).map_err(|e| io(&path, e))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.mode))
+                let fd = tree.ensure_dir(&d.path, d.mode).map_err(|e| io(&path, e))?;
+                fs_beneath::set_owner_mode(fd.as_fd(), owner.map(|_| (d.uid, d.gid)), d.mode)
                     .map_err(|e| io(&path, e))?;
             }
         }
     }
     let files_removed = if opts.delta {
-        remove_extra_files(&m, files.paths(), &opts.target)?
+        remove_extra_files(&m, files.paths(), &tree, target)?
     } else {
         0
     };
     let total: u64 = m.stats.size;
     progress.phase("restore", Some(total));
     let files = Arc::new(files);
-    let paths: Vec<String> = files.paths().map(str::to_string).collect();
-    let delta = opts.delta;
-    let block_size = m.block_size as u64;
+    let tree = Arc::new(tree);
+    // pg_control is held back: written after everything else is durable.
+    let paths: Vec<String> = files
+        .paths()
+        .filter(|p| *p != PG_CONTROL)
+        .map(str::to_string)
+        .collect();
+    let job = FileJob {
+        repo,
+        index: &index,
+        tree: &tree,
+        target,
+        block_size: m.block_size as u64,
+        delta: opts.delta,
+        restore_owner: owner.is_some(),
+    };
     let mut writes = futures::stream::iter(paths)
         .map(|path| {
             let files = files.clone();
-            let index = index.clone();
-            let target = opts.target.clone();
             async move {
                 let f = files
                     .get(&path)?
                     .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
-                restore_file(repo, &index, &target.join(&f.path), &f, block_size, delta)
-                    .await
-                    .map(|reused| (f.size, reused))
+                job.restore_file(&f).await.map(|reused| (f.size, reused))
             }
         })
         .buffer_unordered(opts.jobs.max(1));
@@ -294,14 +414,22 @@ pub async fn restore(
         progress.advance(n, n - reused);
     }
     drop(writes);
-    write_recovery_files(&m, opts)?;
-    if opts.restore_owner {
-        restore_ownership(&m, &files, &opts.target)?;
+    write_recovery_files(&m, opts, &tree, owner)?;
+    // Every directory's entries durable, then pg_control, then the marker goes.
+    sync_tree(&m, &tree, target)?;
+    if let Some(f) = files.get(PG_CONTROL)? {
+        let reused = job.restore_file(&f).await?;
+        bytes += f.size;
+        bytes_reused += reused;
+        progress.advance(f.size, f.size - reused);
+        let (dir, _) = tree
+            .parent_for_write(PG_CONTROL)
+            .map_err(|e| io(&target.join(PG_CONTROL), e))?;
+        fs_beneath::sync(dir.as_fd()).map_err(|e| io(&target.join("global"), e))?;
     }
-    for t in &m.tablespaces {
-        sync_dir(&t.location)?;
-    }
-    sync_dir(&opts.target)?;
+    fs_beneath::remove_entry(tree.root.as_fd(), Path::new(INCOMPLETE_MARKER))
+        .and_then(|()| fs_beneath::sync(tree.root.as_fd()))
+        .map_err(|e| io(&target.join(INCOMPLETE_MARKER), e))?;
     progress.finish();
     Ok(RestoreSummary {
         plan,
@@ -312,6 +440,29 @@ pub async fn restore(
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Makes every restored directory's entries durable: each directory of the manifest, each
+/// tablespace location and the data directory.
+fn sync_tree(m: &Manifest, tree: &fs_beneath::Tree, target: &Path) -> Result<()> {
+    for d in &m.directories {
+        let is_link = d
+            .path
+            .strip_prefix("pg_tblspc/")
+            .and_then(|oid| oid.parse::<u32>().ok())
+            .is_some_and(|oid| tree.tablespace(oid).is_some());
+        if is_link {
+            continue;
+        }
+        let path = target.join(&d.path);
+        let fd = tree.ensure_dir(&d.path, d.mode).map_err(|e| io(&path, e))?;
+        fs_beneath::sync(fd.as_fd()).map_err(|e| io(&path, e))?;
+    }
+    for (oid, fd) in &tree.tablespaces {
+        fs_beneath::sync(fd.as_fd())
+            .map_err(|e| io(&target.join(format!("pg_tblspc/{oid}")), e))?;
+    }
+    fs_beneath::sync(tree.root.as_fd()).map_err(|e| io(target, e))
 }
 
 /// Applies `--tablespace-map` / `--tablespace-map-all` to the manifest's tablespaces and its
@@ -350,10 +501,11 @@ fn remap_tablespaces(m: &mut Manifest, opts: &RestoreOptions) -> Result<()> {
 }
 
 /// Delta restore needs PostgreSQL stopped: refuse if `postmaster.pid` names a live process.
-fn refuse_running_postmaster(target: &Path) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(target.join("postmaster.pid")) else {
+fn refuse_running_postmaster(root: &OwnedFd, target: &Path) -> Result<()> {
+    let Ok(Some(bytes)) = fs_beneath::read_file(root.as_fd(), Path::new("postmaster.pid")) else {
         return Ok(());
     };
+    let text = String::from_utf8_lossy(&bytes);
     if let Some(pid) = text
         .lines()
         .next()
@@ -370,193 +522,259 @@ fn refuse_running_postmaster(target: &Path) -> Result<()> {
 }
 
 /// Delta restore: removes files and links under the target that the backup does not have.
+/// Walks by descriptor and never descends through a link: links are removed (a link where
+/// the backup has a file is removed too, the file is then written anew), except the
+/// tablespace links the restore set up, whose locations are walked through their own
+/// descriptors.
 fn remove_extra_files<'a>(
     m: &'a Manifest,
     file_paths: impl Iterator<Item = &'a str>,
+    tree: &fs_beneath::Tree,
     target: &Path,
 ) -> Result<u64> {
+    use rustix::fs::FileType;
     let keep: HashSet<&str> = file_paths
         .chain(m.directories.iter().map(|d| d.path.as_str()))
         .collect();
+    let dup = |fd: BorrowedFd<'_>, rel: &str| {
+        fd.try_clone_to_owned()
+            .map_err(|e| io(&target.join(rel), e))
+    };
     let mut removed = 0;
-    let mut stack = vec![(target.to_path_buf(), String::new())];
+    let mut stack = vec![(dup(tree.root.as_fd(), "")?, String::new())];
     while let Some((dir, rel)) = stack.pop() {
-        for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))?.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
+        let at = |name: &str| {
+            target.join(if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            })
+        };
+        let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| io(&at(""), e.into()))?;
+        for e in entries {
+            let e = e.map_err(|e| io(&at(""), e.into()))?;
+            let name_os = std::ffi::OsStr::from_bytes(e.file_name().to_bytes());
+            if name_os == "." || name_os == ".." {
+                continue;
+            }
+            let name = name_os.to_string_lossy().to_string();
+            let name_p = Path::new(name_os);
+            if rel.is_empty() && name == INCOMPLETE_MARKER {
+                continue;
+            }
             let path = if rel.is_empty() {
                 name.clone()
             } else {
                 format!("{rel}/{name}")
             };
-            let ft = e.file_type().map_err(|err| io(&e.path(), err))?;
-            if ft.is_dir() || (ft.is_symlink() && e.path().is_dir()) {
-                if keep.contains(path.as_str()) {
-                    stack.push((e.path(), path));
-                } else {
-                    if ft.is_symlink() {
-                        std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
-                    } else {
-                        std::fs::remove_dir_all(e.path()).map_err(|err| io(&e.path(), err))?;
-                    }
+            let mut ft = e.file_type();
+            if ft == FileType::Unknown {
+                ft = rustix::fs::statat(&dir, name_p, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|st| FileType::from_raw_mode(st.st_mode))
+                    .map_err(|err| io(&at(&name), err.into()))?;
+            }
+            let tablespace = path
+                .strip_prefix("pg_tblspc/")
+                .and_then(|oid| oid.parse::<u32>().ok())
+                .and_then(|oid| tree.tablespace(oid));
+            match (ft, tablespace) {
+                (FileType::Symlink, Some(ts)) => stack.push((dup(ts, &path)?, path)),
+                (FileType::Directory, _) if keep.contains(path.as_str()) => {
+                    let sub = fs_beneath::open_dir(dir.as_fd(), name_p)
+                        .map_err(|err| io(&at(&name), err))?;
+                    stack.push((sub, path));
+                }
+                (FileType::Directory, _) => {
+                    fs_beneath::remove_tree(dir.as_fd(), name_p)
+                        .map_err(|err| io(&at(&name), err))?;
                     removed += 1;
                 }
-            } else if !keep.contains(path.as_str()) {
-                std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
-                removed += 1;
+                (FileType::Symlink, None) => {
+                    fs_beneath::unlink(dir.as_fd(), name_p).map_err(|err| io(&at(&name), err))?;
+                    if !keep.contains(path.as_str()) {
+                        removed += 1;
+                    }
+                }
+                _ if !keep.contains(path.as_str()) => {
+                    fs_beneath::remove_entry(dir.as_fd(), name_p)
+                        .map_err(|err| io(&at(&name), err))?;
+                    removed += 1;
+                }
+                _ => {}
             }
         }
     }
     Ok(removed)
 }
 
-/// One file: runs of pack-adjacent blocks per range read, hashed in order, then fsynced.
-async fn restore_file(
-    repo: &Repository,
-    index: &BlockIndex,
-    path: &Path,
-    f: &FileEntry,
+/// What every file of one restore shares.
+#[derive(Clone, Copy)]
+struct FileJob<'a> {
+    repo: &'a Repository,
+    index: &'a Arc<BlockIndex>,
+    tree: &'a Arc<fs_beneath::Tree>,
+    target: &'a Path,
     block_size: u64,
     delta: bool,
-) -> Result<u64> {
-    // Delta: blocks already right in an existing file are kept (compared by keyed id).
-    let existing = if delta {
-        read_existing_ids(repo, path, f, block_size).await?
-    } else {
-        None
-    };
-    if let Some(same) = &existing {
-        if same.iter().all(|s| *s) && std::fs::metadata(path).map(|m| m.len()).ok() == Some(f.size)
-        {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode))
-                .map_err(|e| io(path, e))?;
-            return Ok(f.size);
-        }
-    }
-    let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(!delta)
-            .open(path)
-            .map_err(|e| io(path, e))?,
-    );
-    let same = |i: usize| {
-        existing
-            .as_ref()
-            .is_some_and(|v| v.get(i).copied().unwrap_or(false))
-    };
-    let mut reused = 0u64;
-    let mut i = 0;
-    while i < f.blocks.len() {
-        if same(i) {
-            reused += block_len(f, i, block_size);
-            i += 1;
-            continue;
-        }
-        if f.blocks[i].is_zero() {
-            let len = block_len(f, i, block_size);
-            if delta {
-                file.write_at(&vec![0u8; len as usize], i as u64 * block_size)
-                    .map_err(|e| io(path, e))?;
-            }
-            i += 1;
-            continue;
-        }
-        // A run: consecutive non-zero blocks contiguous in one pack.
-        let first = locate(index, f, i)?;
-        let mut run: Vec<(usize, IndexEntry)> = vec![(i, first)];
-        let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
-        let mut j = i + 1;
-        while j < f.blocks.len() && !f.blocks[j].is_zero() && !same(j) {
-            let e = locate(index, f, j)?;
-            if e.pack_id != first.pack_id
-                || e.entry.offset != end
-                || end - first.entry.offset >= MAX_RUN
-            {
-                break;
-            }
-            end += u64::from(e.entry.sealed_len);
-            run.push((j, e));
-            j += 1;
-        }
-        let key = layout::pack(&first.pack_id);
-        let bytes = repo
-            .storage()
-            .get_range(&key, first.entry.offset..end)
-            .await?;
-        let codec = repo.codec().clone();
-        let file2 = file.clone();
-        let base = first.entry.offset;
-        let key_s = key.to_string();
-        run_cpu(move || -> Result<()> {
-            for (pos, e) in &run {
-                let s = (e.entry.offset - base) as usize;
-                let sealed = &bytes[s..s + e.entry.sealed_len as usize];
-                let plain = open_block(&codec, &e.entry, sealed)
-                    .map_err(|err| Error::corrupt(key_s.clone(), err.to_string()))?;
-                file2
-                    .write_at(&plain, *pos as u64 * block_size)
-                    .map_err(|err| Error::io("writing a restored file", err))?;
-            }
-            Ok(())
-        })
-        .await?;
-        i = j;
-    }
-    file.set_len(f.size).map_err(|e| io(path, e))?;
-    file.sync_all().map_err(|e| io(path, e))?;
-    // Whole-file check against the checksum recorded at backup, read back from disk (this
-    // also covers blocks a delta restore kept).
-    let (check_path, expected) = (path.to_path_buf(), f.checksum.clone());
-    let actual = run_cpu(move || {
-        let mut h = blake3::Hasher::new();
-        // A bounded buffer, not a map: mapped pages of a 1 GiB relation file would count as
-        // resident memory of the restore.
-        std::fs::File::open(&check_path)
-            .and_then(|f| {
-                h.update_reader(std::io::BufReader::with_capacity(1 << 20, f))
-                    .map(|_| ())
-            })
-            .map(|_| h.finalize().to_hex().to_string())
-    })
-    .await
-    .map_err(|e| io(path, e))?;
-    if actual != expected {
-        return Err(Error::corrupt(
-            f.path.clone(),
-            "restored file does not match the checksum recorded at backup",
-        ));
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(f.mode))
-        .map_err(|e| io(path, e))?;
-    Ok(reused)
+    restore_owner: bool,
 }
 
-/// For delta restore: which blocks of an existing file already hold the backup's content.
+impl FileJob<'_> {
+    /// One file: runs of pack-adjacent blocks per range read, hashed in order, then fsynced.
+    /// Opened once, beneath the data directory (or its tablespace location) without following
+    /// a link; everything after that (delta comparison, writes, checksum read-back, owner,
+    /// mode) goes through that descriptor.
+    async fn restore_file(&self, f: &FileEntry) -> Result<u64> {
+        let (repo, index, block_size, delta) =
+            (self.repo, &**self.index, self.block_size, self.delta);
+        let path = &self.target.join(&f.path);
+        let (dir, name) = self
+            .tree
+            .parent_for_write(&f.path)
+            .map_err(|e| io(path, e))?;
+        let file = fs_beneath::open_file_rw(dir.as_fd(), name).map_err(|e| io(path, e))?;
+        drop(dir);
+        if !delta {
+            file.set_len(0).map_err(|e| io(path, e))?;
+        }
+        let file = Arc::new(file);
+        let owner = self.restore_owner.then_some((f.uid, f.gid));
+        // Delta: blocks already right in an existing file are kept (compared by keyed id).
+        let existing = if delta {
+            read_existing_ids(repo, file.clone(), path, f, block_size).await?
+        } else {
+            None
+        };
+        if let Some(same) = &existing {
+            if same.iter().all(|s| *s) && file.metadata().map(|m| m.len()).ok() == Some(f.size) {
+                fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
+                return Ok(f.size);
+            }
+        }
+        let same = |i: usize| {
+            existing
+                .as_ref()
+                .is_some_and(|v| v.get(i).copied().unwrap_or(false))
+        };
+        let mut reused = 0u64;
+        let mut i = 0;
+        while i < f.blocks.len() {
+            if same(i) {
+                reused += block_len(f, i, block_size);
+                i += 1;
+                continue;
+            }
+            if f.blocks[i].is_zero() {
+                let len = block_len(f, i, block_size);
+                if delta {
+                    file.write_at(&vec![0u8; len as usize], i as u64 * block_size)
+                        .map_err(|e| io(path, e))?;
+                }
+                i += 1;
+                continue;
+            }
+            // A run: consecutive non-zero blocks contiguous in one pack.
+            let first = locate(index, f, i)?;
+            let mut run: Vec<(usize, IndexEntry)> = vec![(i, first)];
+            let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
+            let mut j = i + 1;
+            while j < f.blocks.len() && !f.blocks[j].is_zero() && !same(j) {
+                let e = locate(index, f, j)?;
+                if e.pack_id != first.pack_id
+                    || e.entry.offset != end
+                    || end - first.entry.offset >= MAX_RUN
+                {
+                    break;
+                }
+                end += u64::from(e.entry.sealed_len);
+                run.push((j, e));
+                j += 1;
+            }
+            let key = layout::pack(&first.pack_id);
+            let bytes = repo
+                .storage()
+                .get_range(&key, first.entry.offset..end)
+                .await?;
+            let codec = repo.codec().clone();
+            let file2 = file.clone();
+            let base = first.entry.offset;
+            let key_s = key.to_string();
+            run_cpu(move || -> Result<()> {
+                for (pos, e) in &run {
+                    let s = (e.entry.offset - base) as usize;
+                    let sealed = &bytes[s..s + e.entry.sealed_len as usize];
+                    let plain = open_block(&codec, &e.entry, sealed)
+                        .map_err(|err| Error::corrupt(key_s.clone(), err.to_string()))?;
+                    file2
+                        .write_at(&plain, *pos as u64 * block_size)
+                        .map_err(|err| Error::io("writing a restored file", err))?;
+                }
+                Ok(())
+            })
+            .await?;
+            i = j;
+        }
+        file.set_len(f.size).map_err(|e| io(path, e))?;
+        fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
+        file.sync_all().map_err(|e| io(path, e))?;
+        // Whole-file check against the checksum recorded at backup, read back from disk
+        // through the same descriptor (this also covers blocks a delta restore kept).
+        let (check, expected) = (file.clone(), f.checksum.clone());
+        let actual = run_cpu(move || -> std::io::Result<String> {
+            let mut h = blake3::Hasher::new();
+            // A bounded buffer, not a map: mapped pages of a 1 GiB relation file would count
+            // as resident memory of the restore.
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            loop {
+                let n = check.read_at(&mut buf, off)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            Ok(h.finalize().to_hex().to_string())
+        })
+        .await
+        .map_err(|e| io(path, e))?;
+        if actual != expected {
+            return Err(Error::corrupt(
+                f.path.clone(),
+                "restored file does not match the checksum recorded at backup",
+            ));
+        }
+        Ok(reused)
+    }
+}
+
+/// For delta restore: which blocks of an existing file already hold the backup's content
+/// (read through the descriptor the restore opened, never by name).
 async fn read_existing_ids(
     repo: &Repository,
+    file: Arc<std::fs::File>,
     path: &Path,
     f: &FileEntry,
     block_size: u64,
 ) -> Result<Option<Vec<bool>>> {
-    if !path.is_file() {
-        return Ok(None);
-    }
     let codec = repo.codec().clone();
     let (p, blocks) = (path.to_path_buf(), f.blocks.clone());
     run_cpu(move || -> Result<Option<Vec<bool>>> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&p).map_err(|e| io(&p, e))?;
         let mut buf = vec![0u8; block_size as usize];
         let mut out = Vec::with_capacity(blocks.len());
+        let mut off = 0u64;
         for b in &blocks {
             let mut filled = 0;
             while filled < buf.len() {
-                match file.read(&mut buf[filled..]).map_err(|e| io(&p, e))? {
+                match file
+                    .read_at(&mut buf[filled..], off + filled as u64)
+                    .map_err(|e| io(&p, e))?
+                {
                     0 => break,
                     n => filled += n,
                 }
             }
+            off += filled as u64;
             let data = &buf[..filled];
             let same = match b.0 {
                 None => !data.is_empty() && data.iter().all(|x| *x == 0),
@@ -583,15 +801,6 @@ fn locate(index: &BlockIndex, f: &FileEntry, i: usize) -> Result<IndexEntry> {
             format!("block {} is not indexed", id.to_hex()),
         )
     })
-}
-
-fn write_file(path: &Path, body: &[u8], mode: u32) -> Result<()> {
-    std::fs::write(path, body).map_err(|e| io(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io(path, e))?;
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io(path, e))
 }
 
 /// Marker comments around the settings pgcairn writes into `postgresql.auto.conf`.
@@ -630,25 +839,39 @@ pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(&'static str, String)> {
     v
 }
 
-fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+/// `backup_label`, `tablespace_map`, the signal file and the recovery settings, written and
+/// read beneath the data directory's descriptor (a link there is replaced, never followed).
+fn write_recovery_files(
+    m: &Manifest,
+    opts: &RestoreOptions,
+    tree: &fs_beneath::Tree,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let t = &opts.target;
-    write_file(&t.join("backup_label"), m.backup_label.as_bytes(), 0o600)?;
-    let map = t.join("tablespace_map");
+    let root = tree.root.as_fd();
+    let write = |name: &str, body: &[u8]| {
+        fs_beneath::write_file(root, Path::new(name), body, 0o600, owner)
+            .map_err(|e| io(&t.join(name), e))
+    };
+    let remove = |name: &str| {
+        fs_beneath::remove_entry(root, Path::new(name)).map_err(|e| io(&t.join(name), e))
+    };
+    write("backup_label", m.backup_label.as_bytes())?;
     match &m.tablespace_map {
-        Some(text) => write_file(&map, text.as_bytes(), 0o600)?,
-        None => {
-            let _ = std::fs::remove_file(&map);
-        }
+        Some(text) => write("tablespace_map", text.as_bytes())?,
+        None => remove("tablespace_map")?,
     }
     let (signal, other) = if opts.standby {
         ("standby.signal", "recovery.signal")
     } else {
         ("recovery.signal", "standby.signal")
     };
-    write_file(&t.join(signal), b"", 0o600)?;
-    let _ = std::fs::remove_file(t.join(other));
-    let auto = t.join("postgresql.auto.conf");
-    let existing = std::fs::read_to_string(&auto).unwrap_or_default();
+    write(signal, b"")?;
+    remove(other)?;
+    let existing = fs_beneath::read_file(root, Path::new("postgresql.auto.conf"))
+        .map_err(|e| io(&t.join("postgresql.auto.conf"), e))?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     // Keep the user's settings, replace earlier pgcairn ones.
     let mut kept = String::new();
     let mut inside = false;
@@ -669,45 +892,5 @@ fn write_recovery_files(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
     }
     kept.push_str(AUTO_CONF_END);
     kept.push('\n');
-    write_file(&auto, kept.as_bytes(), 0o600)
-}
-
-fn restore_ownership(m: &Manifest, files: &SpooledFiles, target: &Path) -> Result<()> {
-    let chown = |p: &Path, uid: u32, gid: u32| {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).map_err(|e| io(p, e))
-    };
-    // The owner of the data directory: that of PG_VERSION, which every cluster has.
-    let owner = files
-        .get("PG_VERSION")?
-        .map(|f| (f.uid, f.gid))
-        .unwrap_or((0, 0));
-    chown(target, owner.0, owner.1)?;
-    for d in &m.directories {
-        chown(&target.join(&d.path), d.uid, d.gid)?;
-    }
-    for t in &m.tablespaces {
-        chown(&t.location, owner.0, owner.1)?;
-    }
-    for f in files.entries() {
-        let f = f?;
-        chown(&target.join(&f.path), f.uid, f.gid)?;
-    }
-    for name in [
-        "backup_label",
-        "tablespace_map",
-        "recovery.signal",
-        "postgresql.auto.conf",
-    ] {
-        let p = target.join(name);
-        if p.exists() {
-            chown(&p, owner.0, owner.1)?;
-        }
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io(dir, e))
+    write("postgresql.auto.conf", kept.as_bytes())
 }

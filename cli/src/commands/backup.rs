@@ -7,11 +7,13 @@ use pgcairn_engine::backup::{
     check_archiving, create_and_record_restore_point, run_backup, BackupOptions, DEFAULT_BLOCK_SIZE,
 };
 use pgcairn_engine::recovery::{parse_target_time, Target, TimelineTarget};
-use pgcairn_engine::restore::{recovery_settings, restore, RestoreOptions};
+use pgcairn_engine::restore::{
+    incomplete_hint, is_incomplete, recovery_settings, restore, RestoreOptions, INCOMPLETE_MARKER,
+};
 
 use super::open_repo;
 use crate::args::{BackupTypeArg, Cli, OutputFormat, RestoreArgs, TargetArgs};
-use crate::exit::Failure;
+use crate::exit::{ExitCode, Failure};
 use crate::progress::Reporter;
 use crate::settings::Settings;
 
@@ -258,7 +260,36 @@ pub async fn restore_cmd(
     let opts = restore_options(cli, settings, args)?;
     let repo = open_repo(settings).await?;
     let reporter = Reporter::new(cli.progress);
-    let s = restore(&repo, &opts, &reporter).await?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
+    // An interrupted or failed restore leaves the target marked unfinished (no pg_control):
+    // say what that means and how to finish it.
+    let hint = |target: &Path| {
+        if !opts.dry_run && is_incomplete(target) {
+            eprintln!("{}", incomplete_hint(target));
+        }
+    };
+    let s = tokio::select! {
+        r = restore(&repo, &opts, &reporter) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                if !e.to_string().contains(INCOMPLETE_MARKER) {
+                    hint(&opts.target);
+                }
+                return Err(e.into());
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("restore interrupted");
+            hint(&opts.target);
+            std::process::exit(130);
+        }
+        _ = sigterm.recv() => {
+            eprintln!("restore interrupted (SIGTERM)");
+            hint(&opts.target);
+            std::process::exit(143);
+        }
+    };
     let p = &s.plan;
     println!("backup {}: {}", p.backup_id, p.reason);
     println!(

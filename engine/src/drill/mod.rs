@@ -431,6 +431,11 @@ pub fn abort_cleanup(workdir: &Path, keep: bool) {
     }
     if !keep {
         let _ = std::fs::remove_dir_all(workdir);
+    } else if crate::restore::is_incomplete(&datadir) {
+        eprintln!(
+            "drill stopped during its restore: {}",
+            crate::restore::incomplete_hint(&datadir)
+        );
     }
 }
 

@@ -1,0 +1,590 @@
+//! Filesystem access beneath a directory descriptor, never through a symbolic link.
+//!
+//! Why: `restore` often runs as root, into a data directory owned by PostgreSQL's OS user
+//! (and, for `--delta`, one that already holds whatever that user left there). Path-based
+//! calls (`open`, `chmod`, `chown`, `remove_dir_all` on `target.join(path)`) resolve every
+//! component afresh and follow symbolic links, so a link planted at `base/1`, at `global` or
+//! at `PG_VERSION` would make root delete, write, chmod or chown whatever it points to: the
+//! data directory's owner could write as root. Here every access is an `*at` call relative to
+//! a directory descriptor, each component opened with `O_NOFOLLOW`, so:
+//!
+//! - a link (or anything else that is not a real directory) where a directory must be is
+//!   removed (the link itself, [`unlinkat`](rustix::fs::unlinkat)) and a real directory made
+//!   in its place ([`ensure_dir`]);
+//! - a link where a file must be is removed and a new file created with `O_EXCL`; so is a
+//!   FIFO, socket or device node, and a regular file with more than one hard link (writing
+//!   into it would change the other name too, which may be outside the data directory)
+//!   ([`open_file_rw`]);
+//! - nothing is ever read, written, chmodded (`fchmod`), chowned (`fchown`) or descended into
+//!   except through a descriptor opened without following a link;
+//! - removing a tree ([`remove_tree`]) unlinks links and never descends through them.
+//!
+//! The only links a data directory legitimately holds are the tablespace links
+//! `pg_tblspc/<oid>`; the restore recreates them itself and writes tablespace files relative
+//! to a descriptor of the location it set up ([`Tree`]), never through the link.
+//!
+//! The roots themselves (the target directory and tablespace locations) are opened following
+//! links: the operator or the manifest named them. Files are opened with `O_NONBLOCK` so a FIFO
+//! planted where a file should be cannot stall the restore, and checked with `fstat` on the
+//! open descriptor (not a separate `stat` by name, which could race). Cost per restored file:
+//! one `openat` per directory level (a data directory is at most four deep), one `openat` and
+//! one `fstat` for the file: no per-block system calls.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+/// How directories are opened: never through a link.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Attempts before giving up on an entry that keeps changing under us.
+const ATTEMPTS: usize = 4;
+
+fn changing(name: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} keeps changing while it is being replaced (is something else writing to this directory?)",
+        name.display()
+    ))
+}
+
+/// Opens a directory named by the operator or the manifest (a root: links are followed).
+pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens a root (the target directory, a tablespace location) like [`open_root`], but if its
+/// last component is a symbolic link in a directory owned by another user than `me`, refuses:
+/// that user (say `postgres`, owner of `/var/lib/postgresql/15`) could have pointed it
+/// anywhere, and the restore would then write, remove and chown there. A link in a directory
+/// of our own (or root's, when we are root) is followed: the operator made it.
+pub fn open_root_checked(path: &Path, me: u32) -> io::Result<OwnedFd> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return open_root(path);
+    };
+    let pfd = open_root(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    })?;
+    match rfs::openat(&pfd, name, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+            let owner = rfs::fstat(&pfd)?.st_uid;
+            if owner != me && owner != 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is a symbolic link in {}, which belongs to uid {owner}, not to the user \
+                         running the restore (uid {me}): it could point anywhere. Name the \
+                         directory it points to instead",
+                        path.display(),
+                        parent.display()
+                    ),
+                ));
+            }
+            Ok(rfs::openat(
+                &pfd,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the existing real directory `name` in `dir`; a link there is an error (`ELOOP` or
+/// `ENOTDIR`), never followed.
+pub fn open_dir(dir: BorrowedFd<'_>, name: &Path) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(dir, name, DIR_FLAGS, Mode::empty())?)
+}
+
+/// Opens the real directory `name` in `dir`, creating it with `mode` if absent; a link, file
+/// or anything else in its place is removed first (the entry itself, never its target).
+pub fn ensure_dir(dir: BorrowedFd<'_>, name: &Path, mode: u32) -> io::Result<OwnedFd> {
+    for _ in 0..ATTEMPTS {
+        match rfs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOENT) => match rfs::mkdirat(dir, name, Mode::from_raw_mode(mode)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => remove_entry(dir, name)?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(changing(name))
+}
+
+/// Removes `name` from `dir` whatever it is: a link or file is unlinked, a real directory is
+/// removed with its contents ([`remove_tree`]). Absent is fine.
+pub fn remove_entry(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => remove_tree(dir, name),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the real directory `name` in `dir` and everything in it, never descending through
+/// a link (links inside are unlinked, not followed).
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    for _ in 0..ATTEMPTS {
+        let sub = match rfs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(()),
+            // Not (or no longer) a real directory: unlink the entry itself.
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                match rfs::unlinkat(dir, name, AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => return Ok(()),
+                    Err(Errno::ISDIR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for entry in rfs::Dir::read_from(&sub)? {
+            let entry = entry?;
+            let n = entry.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            remove_entry(sub.as_fd(), Path::new(OsStr::from_bytes(n)))?;
+        }
+        match rfs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => return Ok(()),
+            // Something was added meanwhile: go again.
+            Err(Errno::NOTEMPTY) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(changing(name))
+}
+
+/// Opens the regular file `name` in `dir` for reading and writing, creating it (mode 0600) if
+/// absent. Whatever else is there is removed first and a new file created: a link (the link
+/// itself is removed; its target is untouched), a directory, a FIFO, socket or device, and a
+/// regular file with other hard links. The existing contents of a plain regular file are
+/// kept (a delta restore compares them).
+pub fn open_file_rw(dir: BorrowedFd<'_>, name: &Path) -> io::Result<File> {
+    let base =
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let mut flags = base;
+    for _ in 0..ATTEMPTS {
+        match rfs::openat(dir, name, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => {
+                let st = rfs::fstat(&fd)?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink <= 1
+                {
+                    clear_nonblock(&fd)?;
+                    return Ok(File::from(fd));
+                }
+                drop(fd);
+                remove_entry(dir, name)?;
+            }
+            // ELOOP: a link. EISDIR: a directory. ENXIO/EOPNOTSUPP: a socket or device.
+            Err(Errno::LOOP) | Err(Errno::ISDIR) | Err(Errno::NXIO) | Err(Errno::OPNOTSUPP) => {
+                remove_entry(dir, name)?
+            }
+            // Created with O_EXCL, but something appeared meanwhile.
+            Err(Errno::EXIST) => remove_entry(dir, name)?,
+            Err(e) => return Err(e.into()),
+        }
+        flags = base | OFlags::EXCL;
+    }
+    Err(changing(name))
+}
+
+fn clear_nonblock(fd: &OwnedFd) -> io::Result<()> {
+    let fl = rustix::fs::fcntl_getfl(fd)?;
+    if fl.contains(OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(fd, fl - OFlags::NONBLOCK)?;
+    }
+    Ok(())
+}
+
+/// Reads the regular file `name` in `dir`; `None` when it is absent or is not a regular file
+/// (a link is not followed, so its target is never read).
+pub fn read_file(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let fd = match rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) | Err(Errno::LOOP) | Err(Errno::NXIO) | Err(Errno::OPNOTSUPP) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let st = rfs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    File::from(fd).read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
+/// Writes `body` as the whole of the regular file `name` in `dir` (replacing a link or
+/// anything else there), sets its owner (when given) and mode, and fsyncs it.
+pub fn write_file(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    body: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = open_file_rw(dir, name)?;
+    f.set_len(0)?;
+    f.write_all(body)?;
+    set_owner_mode(f.as_fd(), owner, mode)?;
+    f.sync_all()
+}
+
+/// Unlinks the file or link `name` in `dir` (never its target); absent is fine.
+pub fn unlink(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `fchown` (when `owner` is given), then `fchmod`, on an open descriptor.
+pub fn set_owner_mode(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        rfs::fchown(
+            fd,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+        )?;
+    }
+    rfs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+/// Makes `name` in `dir` a symbolic link to `target`, unless it already is one: anything
+/// else there (another link, a file, a directory tree) is removed first.
+pub fn ensure_symlink(
+    dir: BorrowedFd<'_>,
+    name: &Path,
+    target: &Path,
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    for _ in 0..ATTEMPTS {
+        match rfs::readlinkat(dir, name, Vec::new()) {
+            Ok(existing) if existing.as_bytes() == target.as_os_str().as_bytes() => {
+                break;
+            }
+            Ok(_) | Err(Errno::INVAL) => remove_entry(dir, name)?,
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match rfs::symlinkat(target, dir, name) {
+            Ok(()) => break,
+            Err(Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some((uid, gid)) = owner {
+        rfs::chownat(
+            dir,
+            name,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    Ok(())
+}
+
+/// `fsync` of an open descriptor (a directory: makes its entries durable).
+pub fn sync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rfs::fsync(fd)?)
+}
+
+/// Whether the entry `name` in `dir` is a symbolic link (`lstat`-like; absent: `false`).
+pub fn is_symlink(dir: BorrowedFd<'_>, name: &Path) -> io::Result<bool> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::Symlink),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A directory, borrowed (a root) or opened on the way down.
+#[derive(Debug)]
+pub enum DirFd<'a> {
+    /// A root descriptor.
+    Borrowed(BorrowedFd<'a>),
+    /// A directory opened beneath a root.
+    Owned(OwnedFd),
+}
+
+impl AsFd for DirFd<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DirFd::Borrowed(b) => *b,
+            DirFd::Owned(o) => o.as_fd(),
+        }
+    }
+}
+
+/// The components of a relative manifest path; `..`, `.`, empty components and absolute
+/// paths are refused (the manifest is authenticated, this is a second line of defence).
+pub fn components(rel: &str) -> io::Result<Vec<&str>> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if rel.is_empty()
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{rel:?} is not a plain relative path"),
+        ));
+    }
+    Ok(parts)
+}
+
+/// A data directory being restored: the descriptor of its root and of each tablespace
+/// location the restore set up. Paths `pg_tblspc/<oid>/...` resolve beneath the location's
+/// descriptor, never through the link `pg_tblspc/<oid>`.
+#[derive(Debug)]
+pub struct Tree {
+    /// The data directory.
+    pub root: OwnedFd,
+    /// Tablespace OID and its location's descriptor.
+    pub tablespaces: Vec<(u32, OwnedFd)>,
+}
+
+impl Tree {
+    /// Where `rel` lives: the descriptor it resolves beneath and the components below it.
+    fn base<'a>(&self, rel: &'a str) -> io::Result<(BorrowedFd<'_>, Vec<&'a str>)> {
+        let parts = components(rel)?;
+        if parts.len() > 2 && parts[0] == "pg_tblspc" {
+            if let Ok(oid) = parts[1].parse::<u32>() {
+                if let Some((_, fd)) = self.tablespaces.iter().find(|(o, _)| *o == oid) {
+                    return Ok((fd.as_fd(), parts[2..].to_vec()));
+                }
+            }
+        }
+        Ok((self.root.as_fd(), parts))
+    }
+
+    /// The tablespace location descriptor of `oid`, if the restore set one up.
+    pub fn tablespace(&self, oid: u32) -> Option<BorrowedFd<'_>> {
+        self.tablespaces
+            .iter()
+            .find(|(o, _)| *o == oid)
+            .map(|(_, fd)| fd.as_fd())
+    }
+
+    /// The directory holding `rel` (created as real directories, mode 0700, where missing or
+    /// where a link stood) and `rel`'s last component.
+    pub fn parent_for_write<'a>(&self, rel: &'a str) -> io::Result<(DirFd<'_>, &'a Path)> {
+        let (base, parts) = self.base(rel)?;
+        let (last, dirs) = parts.split_last().expect("components are never empty");
+        let mut dir = DirFd::Borrowed(base);
+        for d in dirs {
+            dir = DirFd::Owned(ensure_dir(dir.as_fd(), Path::new(d), 0o700)?);
+        }
+        Ok((dir, Path::new(*last)))
+    }
+
+    /// The real directory `rel`, created (and every missing ancestor, mode 0700) or with any
+    /// link on the way replaced by a real directory.
+    pub fn ensure_dir(&self, rel: &str, mode: u32) -> io::Result<OwnedFd> {
+        let (dir, last) = self.parent_for_write(rel)?;
+        ensure_dir(dir.as_fd(), last, mode)
+    }
+
+    /// The directory holding `rel` if every ancestor exists as a real directory (`None`
+    /// otherwise: nothing is created or followed), and `rel`'s last component.
+    pub fn parent_existing<'a>(&self, rel: &'a str) -> io::Result<Option<(DirFd<'_>, &'a Path)>> {
+        let (base, parts) = self.base(rel)?;
+        let (last, dirs) = parts.split_last().expect("components are never empty");
+        let mut dir = DirFd::Borrowed(base);
+        for d in dirs {
+            match rfs::openat(dir.as_fd(), Path::new(d), DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => dir = DirFd::Owned(fd),
+                Err(Errno::NOENT) | Err(Errno::LOOP) | Err(Errno::NOTDIR) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Some((dir, Path::new(*last))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    fn tree(root: &Path) -> Tree {
+        Tree {
+            root: open_root(root).unwrap(),
+            tablespaces: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_symlinked_final_component_is_replaced_not_written_through() {
+        let t = tempfile::tempdir().unwrap();
+        let (data, outside) = (t.path().join("data"), t.path().join("outside"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(&outside, b"precious").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
+        symlink(&outside, data.join("PG_VERSION")).unwrap();
+        let tr = tree(&data);
+        let (dir, name) = tr.parent_for_write("PG_VERSION").unwrap();
+        write_file(dir.as_fd(), name, b"15\n", 0o600, None).unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+        assert_eq!(std::fs::metadata(&outside).unwrap().mode() & 0o777, 0o644);
+        let meta = std::fs::symlink_metadata(data.join("PG_VERSION")).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(data.join("PG_VERSION")).unwrap(), b"15\n");
+        // Reading never follows a link either.
+        std::fs::remove_file(data.join("PG_VERSION")).unwrap();
+        symlink(&outside, data.join("PG_VERSION")).unwrap();
+        assert_eq!(
+            read_file(tr.root.as_fd(), Path::new("PG_VERSION")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_symlinked_intermediate_component_is_replaced_by_a_real_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let (data, outside) = (t.path().join("data"), t.path().join("outside"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("sentinel"), b"keep").unwrap();
+        std::fs::write(outside.join("1259"), b"keep too").unwrap();
+        std::fs::create_dir_all(data.join("base")).unwrap();
+        symlink(&outside, data.join("base/1")).unwrap();
+        let tr = tree(&data);
+        let (dir, name) = tr.parent_for_write("base/1/1259").unwrap();
+        let mut f = open_file_rw(dir.as_fd(), name).unwrap();
+        std::io::Write::write_all(&mut f, b"restored").unwrap();
+        assert_eq!(std::fs::read(outside.join("1259")).unwrap(), b"keep too");
+        assert_eq!(std::fs::read(outside.join("sentinel")).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(data.join("base/1"))
+            .unwrap()
+            .file_type()
+            .is_dir());
+        assert_eq!(
+            std::fs::read(data.join("base/1/1259")).unwrap(),
+            b"restored"
+        );
+        // Nothing existing is reached through a link that is not followed.
+        symlink(&outside, data.join("global")).unwrap();
+        assert!(tr.parent_existing("global/pg_control").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_link_loop_is_removed_and_open_dir_reports_eloop() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        symlink("loop", data.join("loop")).unwrap();
+        let tr = tree(&data);
+        let err = open_dir(tr.root.as_fd(), Path::new("loop")).unwrap_err();
+        assert!(
+            err.raw_os_error() == Some(libc::ELOOP) || err.raw_os_error() == Some(libc::ENOTDIR),
+            "{err}"
+        );
+        let fd = tr.ensure_dir("loop/sub", 0o700).unwrap();
+        drop(fd);
+        assert!(std::fs::symlink_metadata(data.join("loop"))
+            .unwrap()
+            .file_type()
+            .is_dir());
+        assert!(data.join("loop/sub").is_dir());
+    }
+
+    #[test]
+    fn remove_tree_unlinks_links_inside_without_descending() {
+        let t = tempfile::tempdir().unwrap();
+        let (data, outside) = (t.path().join("data"), t.path().join("outside"));
+        std::fs::create_dir_all(data.join("x/y")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("sentinel"), b"keep").unwrap();
+        symlink(&outside, data.join("x/y/link")).unwrap();
+        let tr = tree(&data);
+        remove_tree(tr.root.as_fd(), Path::new("x")).unwrap();
+        assert!(!data.join("x").exists());
+        assert_eq!(std::fs::read(outside.join("sentinel")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_fifo_or_hard_link_where_a_file_goes_is_replaced() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let other = t.path().join("other");
+        std::fs::write(&other, b"other").unwrap();
+        std::fs::hard_link(&other, data.join("hard")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            data.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let tr = tree(&data);
+        for n in ["hard", "fifo"] {
+            write_file(tr.root.as_fd(), Path::new(n), b"new", 0o600, None).unwrap();
+            assert_eq!(std::fs::read(data.join(n)).unwrap(), b"new");
+        }
+        assert_eq!(std::fs::read(&other).unwrap(), b"other");
+    }
+
+    #[test]
+    fn a_root_linked_from_another_users_directory_is_refused() {
+        use std::os::unix::fs::chown;
+        let t = tempfile::tempdir().unwrap();
+        let (theirs, real) = (t.path().join("theirs"), t.path().join("real"));
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::create_dir_all(&real).unwrap();
+        symlink(&real, theirs.join("main")).unwrap();
+        let me = crate::pg::instance::current_uid();
+        // In a directory of our own, the operator's link is followed.
+        open_root_checked(&theirs.join("main"), me).unwrap();
+        // In someone else's (not root's), it is refused.
+        let other = if me == 0 { 65534 } else { me };
+        if me == 0 {
+            chown(&theirs, Some(other), Some(other)).unwrap();
+            let err = open_root_checked(&theirs.join("main"), me).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        }
+        // A real directory is fine wherever it is.
+        open_root_checked(&real, me).unwrap();
+    }
+
+    #[test]
+    fn paths_that_climb_out_are_refused() {
+        for p in ["../x", "a/../b", "/etc/passwd", "a//b", "", "./a"] {
+            assert!(components(p).is_err(), "{p}");
+        }
+        assert_eq!(components("base/1/2").unwrap(), vec!["base", "1", "2"]);
+    }
+}

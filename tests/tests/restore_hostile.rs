@@ -1,0 +1,368 @@
+//! End to end, as root (as `restore` often runs): a data directory whose owner planted
+//! symbolic links must not make a root restore write, delete, chmod or chown anything outside
+//! it, and a restore cut short must leave a directory PostgreSQL refuses to start and that
+//! `restore --delta` finishes. Regressions for the restore findings of the security audit
+//! (issue 13).
+
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pgcairn_tests::*;
+
+const MARKER: &str = "pgcairn.restore-incomplete";
+
+fn is_root() -> bool {
+    if pgcairn_engine::pg::instance::current_uid() != 0 {
+        eprintln!("skipping: needs root (a root restore is what these tests attack)");
+        return false;
+    }
+    true
+}
+
+/// A backed-up pgbench cluster (stopped) and what a restore of it must show.
+struct Source {
+    env: TestEnv,
+    fingerprint: String,
+    /// OID of database `postgres`.
+    dboid: String,
+    /// `base/<dboid>/<relfilenode>` of `pgbench_accounts`.
+    accounts: String,
+}
+
+fn source(backend: Backend, scale: &str) -> Source {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", scale, "-q"]).unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let fingerprint = pgbench_fingerprint(&pg);
+    let dboid = pg
+        .psql(
+            "postgres",
+            "select oid from pg_database where datname = 'postgres'",
+        )
+        .unwrap();
+    let accounts = pg
+        .psql(
+            "postgres",
+            "select pg_relation_filepath('pgbench_accounts')",
+        )
+        .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    pg.stop().unwrap();
+    Source {
+        env,
+        fingerprint,
+        dboid,
+        accounts,
+    }
+}
+
+/// `pgcairn restore` run as root (not as PostgreSQL's user), as an operator would.
+fn restore_cmd(env: &TestEnv, dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(&env.bin);
+    c.arg("--config")
+        .arg(&env.config)
+        .args(["--progress", "never", "restore", "--pgdata"])
+        .arg(dir)
+        .args(args);
+    c.env_remove("PGCAIRN_PASSPHRASE");
+    c
+}
+
+fn restore_as_root(env: &TestEnv, dir: &Path, args: &[&str]) -> Output {
+    restore_cmd(env, dir, args).output().unwrap()
+}
+
+fn instance(env: &TestEnv, dir: &Path) -> Instance {
+    Instance::new(
+        PgBinaries::find().unwrap(),
+        dir.to_path_buf(),
+        env.path().to_path_buf(),
+        free_port().unwrap(),
+        env.run_as.clone(),
+    )
+}
+
+/// Starts the restored cluster, waits for recovery, and checks it has the source's rows.
+fn assert_starts_with_rows(src: &Source, dir: &Path) {
+    let inst = instance(&src.env, dir);
+    inst.configure(&[("archive_mode", "off".into())]).unwrap();
+    inst.start().unwrap();
+    let _stop = StopOnDrop(&inst);
+    wait_recovered(&inst, &dir.display().to_string(), Duration::from_secs(180));
+    assert_eq!(
+        pgbench_fingerprint(&inst),
+        src.fingerprint,
+        "restored cluster has the source's rows"
+    );
+    inst.stop().unwrap();
+}
+
+/// A root-owned directory outside the data directory with a sentinel file, and its state.
+struct Victim {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Victim {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("pgcairn-victim-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let path = dir.path().join("root-owned");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for name in ["sentinel", "pg_control", "PG_VERSION", "file"] {
+            let f = path.join(name);
+            std::fs::write(&f, format!("root's {name}\n")).unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        Victim { _dir: dir, path }
+    }
+
+    fn assert_untouched(&self) {
+        let m = std::fs::metadata(&self.path).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o755, "victim directory mode changed");
+        assert_eq!((m.uid(), m.gid()), (0, 0), "victim directory owner changed");
+        for name in ["sentinel", "pg_control", "PG_VERSION", "file"] {
+            let f = self.path.join(name);
+            let m = std::fs::metadata(&f)
+                .unwrap_or_else(|e| panic!("{} was deleted through a link: {e}", f.display()));
+            assert_eq!(
+                std::fs::read_to_string(&f).unwrap(),
+                format!("root's {name}\n"),
+                "{} was written through a link",
+                f.display()
+            );
+            assert_eq!(m.mode() & 0o7777, 0o644, "{} mode changed", f.display());
+            assert_eq!((m.uid(), m.gid()), (0, 0), "{} owner changed", f.display());
+        }
+        let extra: Vec<_> = std::fs::read_dir(&self.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| {
+                !["sentinel", "pg_control", "PG_VERSION", "file"].contains(&n.to_str().unwrap())
+            })
+            .collect();
+        assert!(extra.is_empty(), "files created through a link: {extra:?}");
+    }
+}
+
+fn replace_with_link(path: &Path, to: &Path) {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    if m.is_dir() {
+        std::fs::remove_dir_all(path).unwrap();
+    } else {
+        std::fs::remove_file(path).unwrap();
+    }
+    symlink(to, path).unwrap();
+}
+
+fn assert_real_dir(path: &Path) {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    assert!(
+        m.file_type().is_dir(),
+        "{} is not a real directory",
+        path.display()
+    );
+}
+
+fn assert_real_file(path: &Path) {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    assert!(
+        m.file_type().is_file(),
+        "{} is not a real file",
+        path.display()
+    );
+}
+
+/// A restored data directory (by root), ready for a hostile owner to plant links in.
+fn restored(src: &Source, name: &str) -> PathBuf {
+    let dir = src.env.path().join(name);
+    assert_success(&restore_as_root(&src.env, &dir, &[]), "restore as root");
+    dir
+}
+
+fn delta(src: &Source, dir: &Path) {
+    assert_success(
+        &restore_as_root(&src.env, dir, &["--delta"]),
+        "restore --delta as root",
+    );
+    assert!(
+        !dir.join(MARKER).exists(),
+        "a finished restore leaves no marker"
+    );
+}
+
+#[test]
+fn delta_restore_as_root_deletes_and_chmods_through_a_symlinked_database_directory() {
+    if !is_root() {
+        return;
+    }
+    let src = source(Backend::File, "1");
+    let dir = restored(&src, "a");
+    let victim = Victim::new();
+    let db = dir.join("base").join(&src.dboid);
+    replace_with_link(&db, &victim.path);
+    delta(&src, &dir);
+    victim.assert_untouched();
+    assert_real_dir(&db);
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().uid(),
+        std::fs::metadata(dir.join("PG_VERSION")).unwrap().uid(),
+        "the restored database directory has the cluster's owner"
+    );
+    assert_starts_with_rows(&src, &dir);
+}
+
+#[test]
+fn delta_restore_as_root_overwrites_and_chmods_files_through_symlinked_pg_version_and_relation() {
+    if !is_root() {
+        return;
+    }
+    let src = source(Backend::File, "1");
+    let dir = restored(&src, "b");
+    let victim = Victim::new();
+    replace_with_link(&dir.join("PG_VERSION"), &victim.path.join("PG_VERSION"));
+    replace_with_link(&dir.join(&src.accounts), &victim.path.join("file"));
+    // Also a link in place of a file the restore writes itself.
+    replace_with_link(&dir.join("backup_label"), &victim.path.join("sentinel"));
+    delta(&src, &dir);
+    victim.assert_untouched();
+    assert_real_file(&dir.join("PG_VERSION"));
+    assert_real_file(&dir.join(&src.accounts));
+    assert_real_file(&dir.join("backup_label"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("PG_VERSION")).unwrap(),
+        "15\n"
+    );
+    assert_starts_with_rows(&src, &dir);
+}
+
+#[test]
+fn delta_restore_as_root_writes_through_a_symlinked_ancestor_directory() {
+    if !is_root() {
+        return;
+    }
+    let src = source(Backend::File, "1");
+    let dir = restored(&src, "c");
+    let victim = Victim::new();
+    // `global` (holding pg_control) points at root's directory, which has a pg_control.
+    replace_with_link(&dir.join("global"), &victim.path);
+    delta(&src, &dir);
+    victim.assert_untouched();
+    assert_real_dir(&dir.join("global"));
+    assert_real_file(&dir.join("global/pg_control"));
+    assert_starts_with_rows(&src, &dir);
+}
+
+#[test]
+fn delta_restore_as_root_follows_a_target_symlinked_by_the_owner_of_its_parent() {
+    if !is_root() {
+        return;
+    }
+    let src = source(Backend::File, "1");
+    let victim = Victim::new();
+    // The environment's directory belongs to postgres, as /var/lib/postgresql does: postgres
+    // can make `--pgdata` a link to anywhere.
+    let dir = src.env.path().join("d");
+    symlink(&victim.path, &dir).unwrap();
+    let out = restore_as_root(&src.env, &dir, &["--delta"]);
+    assert!(!out.status.success(), "a root restore through the link");
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    victim.assert_untouched();
+}
+
+/// Starts a root restore, waits until it has written some files, and kills it.
+fn interrupted_restore(src: &Source, dir: &Path, signal: &str) -> Output {
+    let mut child = restore_cmd(&src.env, dir, &["--jobs", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = dir.join("base").join(&src.dboid);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = std::fs::read_dir(&base).map(|d| d.count()).unwrap_or(0);
+        if n >= 20 {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "restore ended ({status}) before it could be interrupted; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(Instant::now() < deadline, "restore wrote no files");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "an interrupted restore does not succeed"
+    );
+    out
+}
+
+fn killed_restore_is_marked_unfinished_and_delta_finishes_it(backend: Backend) {
+    let src = source(backend, "5");
+    for (i, signal) in ["-TERM", "-KILL"].iter().enumerate() {
+        let dir = src.env.path().join(format!("killed_{i}"));
+        let out = interrupted_restore(&src, &dir, signal);
+        assert!(
+            !dir.join("global/pg_control").exists(),
+            "{signal}: an unfinished restore has no pg_control"
+        );
+        assert!(dir.join(MARKER).is_file(), "{signal}: marker left");
+        if *signal == "-TERM" {
+            let err = stderr(&out);
+            assert!(
+                err.contains("restore --delta") && err.contains(MARKER),
+                "SIGTERM: the restore says how to finish: {err}"
+            );
+        }
+        // PostgreSQL refuses to start it.
+        let inst = instance(&src.env, &dir);
+        let started = inst.start();
+        let _stop = StopOnDrop(&inst);
+        assert!(
+            started.is_err(),
+            "{signal}: PostgreSQL started an unfinished restore"
+        );
+        // A plain restore into it refuses and says to finish it with --delta.
+        let again = restore_as_root(&src.env, &dir, &[]);
+        assert!(!again.status.success());
+        let err = stderr(&again);
+        assert!(
+            err.contains("unfinished restore") && err.contains("--delta"),
+            "{err}"
+        );
+        // `restore --delta` finishes it.
+        delta(&src, &dir);
+        assert!(dir.join("global/pg_control").is_file());
+        assert_starts_with_rows(&src, &dir);
+    }
+}
+
+#[test]
+fn a_killed_restore_leaves_a_startable_looking_directory_on_every_backend() {
+    if !is_root() {
+        return;
+    }
+    for b in backends() {
+        killed_restore_is_marked_unfinished_and_delta_finishes_it(b);
+    }
+}
