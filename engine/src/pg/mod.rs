@@ -3,6 +3,7 @@
 pub mod checksum;
 pub mod control;
 pub mod datadir;
+pub mod history;
 pub mod instance;
 pub mod tls;
 pub mod wal_header;
