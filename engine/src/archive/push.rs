@@ -6,7 +6,9 @@
 //!    The first segment pushed for a cluster binds its system identifier (`cluster.json`).
 //! 2. Read the pointer `wal/<TLI>/<name>`: if it exists with the same content id the push is a
 //!    success with nothing uploaded; with another content id it is a [`Error::Conflict`]
-//!    naming both ids. PostgreSQL may legitimately re-push a segment after a crash.
+//!    naming both ids. PostgreSQL may legitimately re-push a segment after a crash. (If the
+//!    record's data object was lost, a push of the same content uploads it again: one HEAD
+//!    per duplicate push buys a way to repair a hole the restore preflight reports.)
 //! 3. Upload the sealed contents under `waldata/<TLI>/<name>.<content id>`.
 //! 4. Create the pointer. This is the commit point: a crash before it leaves garbage only.
 //!    If another pusher created the pointer meanwhile, the ids are compared as in 2.
@@ -333,15 +335,31 @@ pub async fn push_wal_file(
         check_history_against_parent(repo, cluster, name, entries).await?;
     }
     let hex_id = id.to_hex();
+    let stored_size = sealed.len() as u64;
     if let Some(existing) = existing? {
-        return if existing.content_id == hex_id {
-            debug!("already archived with the same content");
-            Ok(PushOutcome::AlreadyArchived)
-        } else {
-            Err(conflict(cluster, name, &existing.content_id, &hex_id))
+        if existing.content_id != hex_id {
+            return Err(conflict(cluster, name, &existing.content_id, &hex_id));
+        }
+        // The same content again: free, unless the record's data object was lost, in which
+        // case this push restores it (one HEAD; the record stays as it is).
+        let data_key = layout::wal_data(cluster, name, &id);
+        return match repo.storage().head(&data_key).await {
+            Ok(_) => {
+                debug!("already archived with the same content");
+                Ok(PushOutcome::AlreadyArchived)
+            }
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(
+                    "{name} was recorded without its data object {data_key}: restoring it"
+                );
+                repo.storage()
+                    .put_create(&data_key, Bytes::from(sealed))
+                    .await?;
+                Ok(PushOutcome::Uploaded { stored_size })
+            }
+            Err(e) => Err(e.into()),
         };
     }
-    let stored_size = sealed.len() as u64;
     // Data first. An existing data object under this name holds the same content (its name
     // carries the content id), so AlreadyExists is fine here.
     repo.storage()
@@ -474,6 +492,24 @@ pub(crate) mod tests {
                 .unwrap(),
             PushOutcome::AlreadyArchived
         );
+    }
+
+    #[tokio::test]
+    async fn pushing_again_restores_a_lost_data_object() {
+        let (mem, repo) = memory_repo().await;
+        let (name, data) = seg(3, 42);
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        let key = layout::wal_data("main", &name, &repo.codec().content_id(&data));
+        use crate::storage::Storage;
+        mem.delete(&key).await.unwrap();
+        assert!(get_wal_file(&repo, "main", &name).await.is_err());
+        let out = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(out, PushOutcome::Uploaded { .. }), "{out:?}");
+        assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), data);
     }
 
     #[tokio::test]
