@@ -152,7 +152,9 @@ pub fn validate_wal_content(name: &WalFileName, data: &[u8]) -> Result<Option<Lo
 }
 
 /// A new timeline's history file repeats its parent's and adds one line (PostgreSQL copies
-/// the parent's file): when the parent timeline's history is archived, the two must agree.
+/// the parent's file): when the parent timeline's history is archived, the two must agree,
+/// except that a file with the parent's line only is accepted (PostgreSQL writes that when the
+/// promoting server could not read its parent's history).
 /// One GET, for history files only.
 async fn check_history_against_parent(
     repo: &Repository,
@@ -179,6 +181,15 @@ async fn check_history_against_parent(
         }
     };
     let theirs = crate::recovery::parse_history(&String::from_utf8_lossy(&text));
+    if inherited.is_empty() && !theirs.is_empty() {
+        // What PostgreSQL writes when the promoting server could not read its parent's
+        // history: incomplete, but genuine; refusing it would stop archiving.
+        tracing::warn!(
+            "{name} lists only its parent timeline {}, not the ancestors {parent} records:              the server that promoted did not have {parent}",
+            last.parent
+        );
+        return Ok(());
+    }
     if theirs != inherited {
         let show = |v: &[HistoryEntry]| {
             v.iter()
@@ -558,6 +569,17 @@ pub(crate) mod tests {
             err.contains("00000003.history") && err.contains("00000002.history"),
             "{err}"
         );
+        // Only the parent's line: what PostgreSQL writes when it could not read the parent's
+        // history; incomplete but genuine.
+        let four: WalFileName = "00000004.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &four,
+            WalSource::Bytes(b"2\t0/7000000\tz\n".to_vec()),
+        )
+        .await
+        .unwrap();
         let right = b"1\t0/3000158\tno recovery target specified\n2\t0/6000000\ty\n".to_vec();
         push_wal_file(&repo, "main", &three, WalSource::Bytes(right))
             .await
