@@ -2,10 +2,27 @@
 //! sharing one repository (object storage, no lock server) coordinate.
 //!
 //! A lease is a small object under `leases/` holding its kind, the host, process id and start
-//! time; its holder rewrites it every [`HEARTBEAT`]. A lease is live while its heartbeat is
-//! fresh (younger than [`EXPIRY`], by the storage's modification time) and, when it was taken
-//! on this host, while its process exists: a holder killed with SIGKILL stops holding anything
-//! at once on its own host, and within [`EXPIRY`] everywhere else.
+//! time, and who exactly holds it: the kernel's boot id, the holder's pid namespace and its
+//! process start time (field 22 of `/proc/<pid>/stat`); its holder rewrites it every
+//! [`HEARTBEAT`]. A lease is live while its heartbeat is fresh (younger than [`EXPIRY`], by
+//! the storage's modification time) and, when it was taken in this very pid namespace of this
+//! very boot, while its process exists with the same start time: a holder killed with SIGKILL
+//! stops holding anything at once where its pid can be checked, and within [`EXPIRY`]
+//! everywhere else.
+//!
+//! The host name alone does not identify where a pid means something: containers on one host
+//! (or several hosts given the same name) have their own pid namespaces, and judging a live
+//! holder in another namespace dead because its pid does not exist here would let gc sweep
+//! packs its backup needs. So a lease is judged dead locally only when boot id and pid
+//! namespace both match ours and its pid is gone (or is now another process: the start time
+//! differs); otherwise only its expiry time counts. Leases written before these fields
+//! existed are judged by their expiry time only.
+//!
+//! Leases fail closed: a lease that cannot be read (a read error other than not-found,
+//! content that is not a lease as pgcairn writes it) might belong to a running backup, so it
+//! stops gc, expire and backup with an error naming the object, whatever its age. Clearing it
+//! is the operator's call: make sure no backup, gc or expire runs on any host, then delete the
+//! object.
 //!
 //! - `leases/backup-<cluster>-<id>`: one per running backup. GC reads them (a backup that
 //!   started before a pack was condemned may depend on it); a second backup of the same
@@ -45,6 +62,16 @@ pub struct LeaseBody {
     pub pid: u32,
     /// Start, unix seconds.
     pub started: i64,
+    /// Kernel boot id of the holder's host (`/proc/sys/kernel/random/boot_id`); absent in
+    /// leases of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The holder's pid namespace (`readlink /proc/self/ns/pid`, like `pid:[4026531836]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<String>,
+    /// The holder's process start time, clock ticks after boot (field 22 of `/proc/self/stat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
 }
 
 /// A live lease found in the repository.
@@ -66,21 +93,120 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// True if the process exists and is not a zombie (an unreaped dead process still has a
-/// `/proc` entry).
-fn process_alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
+/// Where a pid means something: this boot of this kernel, this pid namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PidScope {
+    boot_id: Option<String>,
+    pid_ns: Option<String>,
 }
 
-/// False when the holder ran on this host and its process is gone.
-fn holder_alive(body: &LeaseBody, me: &str) -> bool {
-    body.host != me || process_alive(body.pid)
+impl PidScope {
+    fn here() -> Self {
+        PidScope {
+            boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|p| p.display().to_string()),
+        }
+    }
+}
+
+/// What `/proc` says about a pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Process {
+    /// No such process, or a zombie (an unreaped dead process still has a `/proc` entry).
+    Gone,
+    /// Running; its start time in clock ticks after boot, when readable.
+    Running(Option<u64>),
+}
+
+fn probe(pid: u32) -> Process {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Process::Gone;
+    };
+    // After "pid (comm) " come fields 3 (state) onwards; the start time is field 22.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return Process::Gone;
+    };
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z") | Some("X") | None) {
+        return Process::Gone;
+    }
+    Process::Running(fields.nth(22 - 4).and_then(|f| f.parse().ok()))
+}
+
+/// This process's start time (clock ticks after boot).
+fn own_start_ticks() -> Option<u64> {
+    match probe(std::process::id()) {
+        Process::Running(t) => t,
+        Process::Gone => None,
+    }
+}
+
+/// True only when this process can tell for sure that the lease's holder is gone: the lease
+/// was taken in our pid namespace during this boot, and its pid no longer exists or now
+/// belongs to a process started at another time. Anything else (another host, another
+/// container, a reboot, a lease of an older version without these fields) is left to the
+/// lease's expiry time.
+fn holder_dead_here(body: &LeaseBody, here: &PidScope, probe: impl Fn(u32) -> Process) -> bool {
+    let (Some(boot), Some(ns), Some(my_boot), Some(my_ns)) =
+        (&body.boot_id, &body.pid_ns, &here.boot_id, &here.pid_ns)
+    else {
+        return false;
+    };
+    if boot != my_boot || ns != my_ns {
+        return false;
+    }
+    match probe(body.pid) {
+        Process::Gone => true,
+        Process::Running(now) => matches!((body.start_ticks, now), (Some(a), Some(b)) if a != b),
+    }
+}
+
+/// A lease body for this process.
+fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
+    let here = PidScope::here();
+    LeaseBody {
+        kind,
+        cluster: cluster.into(),
+        backup_id: backup_id.into(),
+        host: hostname(),
+        pid: std::process::id(),
+        started: time::OffsetDateTime::now_utc().unix_timestamp(),
+        boot_id: here.boot_id,
+        pid_ns: here.pid_ns,
+        start_ticks: own_start_ticks(),
+    }
+}
+
+/// Reads a lease's bytes, failing closed: anything that is not a lease as pgcairn writes it
+/// is an error naming the object and how to clear it.
+fn parse_lease(repo: &Repository, key: &ObjectKey, raw: &[u8]) -> Result<LeaseBody> {
+    let unreadable = |why: String| {
+        Error::Conflict(format!(
+            "lease {key} in {} cannot be read ({why}). It may belong to a running backup, gc or expire, so \
+             gc, expire and backup refuse to go on while it is there. Make sure no pgcairn backup, gc or expire \
+             is running against this repository on any host, then delete the object {key} from the repository",
+            repo.storage().describe()
+        ))
+    };
+    let body: LeaseBody = serde_json::from_slice(raw).map_err(|e| unreadable(e.to_string()))?;
+    let kind_ok = matches!(body.kind.as_str(), "backup" | "gc" | "expire");
+    if !kind_ok {
+        return Err(unreadable(format!("unknown kind {:?}", body.kind)));
+    }
+    if body.pid == 0 || body.host.is_empty() {
+        return Err(unreadable("no holder (empty host or pid 0)".into()));
+    }
+    if body.kind == "backup" && (body.cluster.is_empty() || body.backup_id.is_empty()) {
+        return Err(unreadable(
+            "a backup lease without cluster or backup id".into(),
+        ));
+    }
+    Ok(body)
 }
 
 fn rfc3339(unix: i64) -> String {
@@ -109,22 +235,25 @@ pub async fn live(repo: &Repository) -> Result<Vec<LiveLease>> {
 /// Live leases of every kind.
 pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let me = hostname();
+    let here = PidScope::here();
     let mut out = Vec::new();
     for o in repo.storage().list("leases/").await? {
+        // Read every lease, even an old one: an unreadable lease stops us whatever its age
+        // (its holder may be alive and unable to refresh it). Only "gone since the LIST" is
+        // no lease.
+        let raw = match repo.storage().get(&o.key).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let body = parse_lease(repo, &o.key, &raw)?;
         // A backend that reports no modification time cannot age a lease: treat it as fresh
         // (a lease wrongly thought live only delays gc; one wrongly thought dead is unsafe).
         let heartbeat = o.modified.unwrap_or(now);
         if now - heartbeat > EXPIRY.as_secs() as i64 {
             continue;
         }
-        let Ok(raw) = repo.storage().get(&o.key).await else {
-            continue;
-        };
-        let Ok(body) = serde_json::from_slice::<LeaseBody>(&raw) else {
-            continue;
-        };
-        if !holder_alive(&body, &me) {
+        if holder_dead_here(&body, &here, probe) {
             continue;
         }
         out.push(LiveLease { body, heartbeat });
@@ -166,14 +295,7 @@ pub async fn acquire_backup(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let body = LeaseBody {
-        kind: backup_kind(),
-        cluster: cluster.into(),
-        backup_id: backup_id.into(),
-        host: hostname(),
-        pid: std::process::id(),
-        started: time::OffsetDateTime::now_utc().unix_timestamp(),
-    };
+    let body = my_body(backup_kind(), cluster, backup_id);
     let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
     let k = key(cluster, backup_id);
     let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
@@ -189,17 +311,14 @@ pub async fn acquire_exclusive(
     wait: Duration,
 ) -> Result<Lease> {
     let k = ObjectKey::new(format!("leases/{name}"));
-    let body = LeaseBody {
-        kind: name.split('-').next().unwrap_or(name).to_string(),
-        cluster: cluster.into(),
-        backup_id: String::new(),
-        host: hostname(),
-        pid: std::process::id(),
-        started: time::OffsetDateTime::now_utc().unix_timestamp(),
-    };
+    let body = my_body(
+        name.split('-').next().unwrap_or(name).to_string(),
+        cluster,
+        "",
+    );
     let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
     let deadline = std::time::Instant::now() + wait;
-    let me = hostname();
+    let here = PidScope::here();
     loop {
         let current = match repo.storage().get_versioned(&k).await {
             Ok((bytes, version)) => Some((bytes, version)),
@@ -209,6 +328,7 @@ pub async fn acquire_exclusive(
         let holder = match &current {
             None => None,
             Some((bytes, _)) => {
+                let body = parse_lease(repo, &k, bytes)?;
                 let fresh = repo
                     .storage()
                     .list("leases/")
@@ -221,9 +341,7 @@ pub async fn acquire_exclusive(
                                 <= EXPIRY.as_secs() as i64
                         })
                     });
-                serde_json::from_slice::<LeaseBody>(bytes)
-                    .ok()
-                    .filter(|b| fresh && holder_alive(b, &me))
+                (fresh && !holder_dead_here(&body, &here, probe)).then_some(body)
             }
         };
         if let Some(h) = holder {
@@ -298,5 +416,289 @@ impl Lease {
     pub async fn release(self) {
         self.heartbeat.abort();
         let _ = self.repo.storage().delete(&self.key).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::push::tests::memory_repo;
+    use crate::storage::{
+        CreateOutcome, MemoryStorage, ObjectInfo, ObjectVersion, Storage, StorageError,
+    };
+    use std::ops::Range;
+    use std::sync::Arc;
+
+    fn body(scope: &PidScope, pid: u32, start_ticks: Option<u64>) -> LeaseBody {
+        LeaseBody {
+            kind: "backup".into(),
+            cluster: "main".into(),
+            backup_id: "20261124-000000F".into(),
+            host: hostname(),
+            pid,
+            started: 0,
+            boot_id: scope.boot_id.clone(),
+            pid_ns: scope.pid_ns.clone(),
+            start_ticks,
+        }
+    }
+
+    fn scope() -> PidScope {
+        PidScope {
+            boot_id: Some("boot-a".into()),
+            pid_ns: Some("pid:[1]".into()),
+        }
+    }
+
+    #[test]
+    fn a_holder_is_dead_here_only_in_our_namespace_and_boot() {
+        let here = scope();
+        let gone = |_| Process::Gone;
+        let running = |t| move |_| Process::Running(Some(t));
+        // Our namespace and boot: gone, or the pid is another process now -> dead.
+        assert!(holder_dead_here(&body(&here, 7, Some(100)), &here, gone));
+        assert!(holder_dead_here(
+            &body(&here, 7, Some(100)),
+            &here,
+            running(555)
+        ));
+        // Same process (same start time) -> alive.
+        assert!(!holder_dead_here(
+            &body(&here, 7, Some(100)),
+            &here,
+            running(100)
+        ));
+        // Start time unknown on either side -> cannot tell a reused pid: alive.
+        assert!(!holder_dead_here(
+            &body(&here, 7, None),
+            &here,
+            running(100)
+        ));
+        assert!(!holder_dead_here(&body(&here, 7, Some(100)), &here, |_| {
+            Process::Running(None)
+        }));
+        // The same host name in another pid namespace (a container): its pid means nothing
+        // here, so only the expiry time decides.
+        let container = PidScope {
+            pid_ns: Some("pid:[2]".into()),
+            ..scope()
+        };
+        assert!(!holder_dead_here(
+            &body(&container, 7, Some(100)),
+            &here,
+            gone
+        ));
+        // Another boot (the host rebooted, or another host): expiry decides.
+        let other_boot = PidScope {
+            boot_id: Some("boot-b".into()),
+            ..scope()
+        };
+        assert!(!holder_dead_here(
+            &body(&other_boot, 7, Some(100)),
+            &here,
+            gone
+        ));
+        // A lease of an older version, without these fields, on this very host: expiry decides.
+        let old = PidScope {
+            boot_id: None,
+            pid_ns: None,
+        };
+        assert!(!holder_dead_here(&body(&old, 7, None), &here, gone));
+        // We cannot tell where we are: expiry decides.
+        assert!(!holder_dead_here(&body(&here, 7, Some(100)), &old, gone));
+    }
+
+    #[test]
+    fn the_real_probe_reads_pid_and_start_time() {
+        let me = std::process::id();
+        let Process::Running(Some(t)) = probe(me) else {
+            panic!("this process is running with a start time");
+        };
+        assert_eq!(own_start_ticks(), Some(t));
+        let here = PidScope::here();
+        assert!(here.boot_id.is_some() && here.pid_ns.is_some(), "{here:?}");
+        let mine = body(&here, me, Some(t));
+        assert!(!holder_dead_here(&mine, &here, probe), "we are alive");
+        assert!(
+            holder_dead_here(&body(&here, me, Some(t + 1)), &here, probe),
+            "our pid with another start time is a reused pid"
+        );
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(probe(pid), Process::Gone);
+        assert!(holder_dead_here(&body(&here, pid, Some(t)), &here, probe));
+    }
+
+    #[tokio::test]
+    async fn old_leases_without_identity_stay_readable_and_live_until_expiry() {
+        let (mem, repo) = memory_repo().await;
+        // A lease as older versions wrote it, on this host, for a pid that does not exist.
+        let raw = format!(
+            r#"{{"kind":"backup","cluster":"main","backup_id":"20261124-000000F","host":"{}","pid":4194303,"started":0}}"#,
+            hostname()
+        );
+        let k = ObjectKey::new("leases/backup-main-20261124-000000F");
+        mem.put_create(&k, Bytes::from(raw)).await.unwrap();
+        assert_eq!(
+            live(&repo).await.unwrap().len(),
+            1,
+            "judged by its age only"
+        );
+        mem.backdate(k.as_str(), EXPIRY.as_secs() as i64 + 5);
+        assert!(live(&repo).await.unwrap().is_empty(), "expired");
+    }
+
+    #[tokio::test]
+    async fn unreadable_lease_blocks_gc_expire_and_backup_naming_the_object() {
+        for garbage in [
+            &b"{\"kind\": \"backup\", \"cluster\": \"ma"[..],
+            b"not json at all",
+            b"[1, 2, 3]",
+            br#"{"kind":"mystery","cluster":"","backup_id":"","host":"h","pid":1,"started":0}"#,
+            br#"{"kind":"backup","cluster":"main","backup_id":"x","host":"","pid":0,"started":0}"#,
+        ] {
+            let (mem, repo) = memory_repo().await;
+            let k = ObjectKey::new("leases/backup-main-20261124-000000F");
+            mem.put_create(&k, Bytes::from_static(garbage))
+                .await
+                .unwrap();
+            // Whatever its age: its holder might be alive and unable to refresh it.
+            mem.backdate(k.as_str(), 3600);
+            let err = live(&repo).await.unwrap_err().to_string();
+            assert!(
+                err.contains(k.as_str()) && err.contains("delete the object"),
+                "{err}"
+            );
+            let err = crate::gc::gc(
+                &repo,
+                &crate::gc::GcOptions::with_grace(Duration::from_secs(3600)),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(k.as_str()), "gc refuses: {err}");
+            assert!(
+                acquire_backup(&repo, "main", "20261124-000100F", Duration::ZERO)
+                    .await
+                    .is_err(),
+                "backup refuses"
+            );
+            // Removing it, as the message says, clears the way.
+            mem.delete(&k).await.unwrap();
+            assert!(live(&repo).await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_exclusive_lease_is_not_taken_over() {
+        let (mem, repo) = memory_repo().await;
+        let k = ObjectKey::new("leases/expire-main");
+        mem.put_create(&k, Bytes::from_static(b"\x00\x01garbled"))
+            .await
+            .unwrap();
+        mem.backdate(k.as_str(), 3600);
+        let err = acquire_exclusive(&repo, "expire-main", "main", Duration::ZERO)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("leases/expire-main"), "{err}");
+        assert_eq!(
+            mem.get(&k).await.unwrap().as_ref(),
+            b"\x00\x01garbled",
+            "left as it was"
+        );
+    }
+
+    /// Storage whose lease reads fail with a permission error.
+    #[derive(Debug)]
+    struct LeaseReadsFail(Arc<MemoryStorage>);
+
+    fn denied(key: &ObjectKey) -> StorageError {
+        StorageError::Permanent {
+            op: "get",
+            key: key.to_string(),
+            detail: "access denied".into(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for LeaseReadsFail {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+            if key.as_str().starts_with("leases/") {
+                return Err(denied(key));
+            }
+            self.0.get(key).await
+        }
+        async fn get_versioned(
+            &self,
+            key: &ObjectKey,
+        ) -> Result<(Bytes, ObjectVersion), StorageError> {
+            if key.as_str().starts_with("leases/") {
+                return Err(denied(key));
+            }
+            self.0.get_versioned(key).await
+        }
+        async fn get_range(
+            &self,
+            key: &ObjectKey,
+            range: Range<u64>,
+        ) -> Result<Bytes, StorageError> {
+            self.0.get_range(key, range).await
+        }
+        async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+            self.0.head(key).await
+        }
+        async fn put_create(
+            &self,
+            key: &ObjectKey,
+            data: Bytes,
+        ) -> Result<CreateOutcome, StorageError> {
+            self.0.put_create(key, data).await
+        }
+        async fn put_swap(
+            &self,
+            key: &ObjectKey,
+            data: Bytes,
+            expected: Option<&ObjectVersion>,
+        ) -> Result<ObjectVersion, StorageError> {
+            self.0.put_swap(key, data, expected).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+            self.0.list(prefix).await
+        }
+        async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_read_error_is_not_taken_for_no_lease() {
+        let (mem, _repo) = memory_repo().await;
+        let k = ObjectKey::new("leases/backup-main-20261124-000000F");
+        let body =
+            serde_json::to_vec(&my_body("backup".into(), "main", "20261124-000000F")).unwrap();
+        mem.put_create(&k, Bytes::from(body)).await.unwrap();
+        let failing: Arc<dyn Storage> = Arc::new(LeaseReadsFail(mem.clone()));
+        let repo = Repository::open(
+            failing,
+            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
+        )
+        .await
+        .unwrap();
+        let err = live(&repo).await.unwrap_err().to_string();
+        assert!(
+            err.contains(k.as_str()) && err.contains("access denied"),
+            "{err}"
+        );
+        assert!(crate::gc::gc(
+            &repo,
+            &crate::gc::GcOptions::with_grace(Duration::from_secs(3600))
+        )
+        .await
+        .is_err());
     }
 }

@@ -119,10 +119,22 @@ pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
 }
 
 /// The archive of one cluster as the planner needs it: segments per timeline, histories.
+///
+/// A segment counts as archived only when both its record (`wal/<TLI>/<name>`) and a data
+/// object (`waldata/<TLI>/<name>.<content id>`) are listed: a record whose data is gone would
+/// make archive-get fail (exit above 125) and PostgreSQL stop there, so the planner must see
+/// it as a hole. This costs one more LIST (of the cluster's data objects), not a request per
+/// segment. The LIST of records comes first: a push writes data before its record, so a
+/// record seen in the first LIST has its data in the second unless it was really lost (or
+/// expired meanwhile). Which content id the record names is not checked here (that needs a
+/// GET per segment); archive-get checks it, and a data object under another id only exists
+/// after a lost race between two pushers of different content, which the loser reports.
 #[derive(Debug, Default)]
 pub struct ArchiveView {
-    /// Segment numbers archived per timeline.
+    /// Segment numbers archived per timeline (record and data both present).
     pub segments: BTreeMap<u32, std::collections::BTreeSet<u64>>,
+    /// Segments whose record exists but whose data object does not, per timeline.
+    pub dataless: BTreeMap<u32, std::collections::BTreeSet<u64>>,
     /// History file per timeline.
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
     /// Segment size.
@@ -159,7 +171,58 @@ impl ArchiveView {
                 _ => {}
             }
         }
+        // Then the data objects: a record without one is a hole, not an archived segment.
+        let mut with_data: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for o in repo
+            .storage()
+            .list(&layout::wal_data_prefix(cluster))
+            .await?
+        {
+            if let Some((tli, WalFileName::Segment { segno, .. })) =
+                layout::parse_wal_data(cluster, o.key.as_str())
+            {
+                with_data
+                    .entry(tli.0)
+                    .or_default()
+                    .insert(segno.absolute(seg_size));
+            }
+        }
+        for (tli, set) in v.segments.iter_mut() {
+            let data = with_data.get(tli);
+            let lost: Vec<u64> = set
+                .iter()
+                .copied()
+                .filter(|s| !data.is_some_and(|d| d.contains(s)))
+                .collect();
+            for s in lost {
+                set.remove(&s);
+                v.dataless.entry(*tli).or_default().insert(s);
+            }
+        }
         Ok(v)
+    }
+
+    /// True if segment `segno` of `tli` has a record but no data object.
+    pub fn is_dataless(&self, tli: u32, segno: u64) -> bool {
+        self.dataless.get(&tli).is_some_and(|d| d.contains(&segno))
+    }
+
+    /// True if `name` is a segment whose record exists but whose data object does not.
+    pub fn is_lost(&self, name: &WalFileName) -> bool {
+        match name {
+            WalFileName::Segment { tli, segno } => {
+                self.is_dataless(tli.0, segno.absolute(self.seg_size))
+            }
+            _ => false,
+        }
+    }
+
+    /// Every record without data, as WAL file names, oldest first per timeline.
+    pub fn dataless_names(&self) -> Vec<WalFileName> {
+        self.dataless
+            .iter()
+            .flat_map(|(t, set)| set.iter().map(|s| self.name(*t, *s)))
+            .collect()
     }
 
     /// The ancestry of `tli`: (timeline, end LSN or None for the last), oldest first.
@@ -415,6 +478,10 @@ pub async fn plan(
             match found {
                 Some(s) => Some(s),
                 None => {
+                    if let Some(lost) = view.first_missing(&all).filter(|n| view.is_lost(n)) {
+                        let what = format!("target time {}", rfc3339(*t));
+                        return Err(lost_data(repo, cluster, &view, tli, &m, &lost, &what).await?);
+                    }
                     let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
                     return Err(Error::Config(format!(
                         "target time {} is not reachable: the archive has no WAL written after it{}. {reachable}",
@@ -436,6 +503,9 @@ pub async fn plan(
         Some(end_seg.unwrap_or(stop_seg).max(stop_seg)),
     );
     if let Some(missing) = view.first_missing(&required) {
+        if view.is_lost(&missing) {
+            return Err(lost_data(repo, cluster, &view, tli, &m, &missing, "the target").await?);
+        }
         let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
         return Err(Error::Config(format!(
             "target not reachable from backup {}: WAL segment {missing} is missing from the archive (timeline {tli}). {reachable}",
@@ -450,6 +520,27 @@ pub async fn plan(
             let cut = all
                 .iter()
                 .position(|(t, s)| !view.segments.get(t).is_some_and(|set| set.contains(s)));
+            // A hole PostgreSQL would reach whose record is still there: archive-get fails on
+            // it (the data is lost, not absent) and recovery stops with an error, not at the
+            // end of the archive.
+            if let Some(&(t, s)) = cut.and_then(|c| all.get(c)) {
+                if view.is_dataless(t, s) {
+                    let lost = view.name(t, s);
+                    match target {
+                        Target::EndOfArchive => {
+                            let what = "the end of the archive";
+                            return Err(
+                                lost_data(repo, cluster, &view, tli, &m, &lost, what).await?
+                            );
+                        }
+                        _ => tracing::warn!(
+                            "WAL segment {lost} is recorded but its data object is missing: \
+                             if the target lies after it, recovery will stop there with an error \
+                             (run `pgcairn verify`)"
+                        ),
+                    }
+                }
+            }
             all[..cut.unwrap_or(all.len())].to_vec()
         }
     };
@@ -479,6 +570,46 @@ fn resolve_timeline(view: &ArchiveView, t: TimelineTarget, m: &Manifest) -> u32 
         TimelineTarget::Id(n) => n,
         TimelineTarget::Latest => view.latest_descendant(m.timeline, m.stop_lsn),
     }
+}
+
+/// The error for a needed segment whose record exists but whose data object is gone: damage
+/// (exit 1), naming the segment, its lost object, the latest reachable point and what to do.
+async fn lost_data(
+    repo: &Repository,
+    cluster: &str,
+    view: &ArchiveView,
+    tli: u32,
+    m: &Manifest,
+    lost: &WalFileName,
+    what: &str,
+) -> Result<Error> {
+    let pointer_key = layout::wal_pointer(cluster, lost);
+    let data_key = match repo.storage().get(&pointer_key).await {
+        Ok(raw) => serde_json::from_slice::<WalPointer>(&raw)
+            .ok()
+            .and_then(|p| crate::crypto::ContentId::from_hex(&p.content_id))
+            .map(|id| layout::wal_data(cluster, lost, &id).to_string()),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    }
+    .unwrap_or_else(|| {
+        format!(
+            "{}{}/{lost}.<content id>",
+            layout::wal_data_prefix(cluster),
+            lost.timeline()
+        )
+    });
+    let reachable = reachable_end(repo, cluster, view, tli, m).await?;
+    Ok(Error::corrupt(
+        data_key,
+        format!(
+            "{what} is not reachable from backup {}: WAL segment {lost} (timeline {tli}) is recorded in the archive \
+             ({pointer_key}) but its data object is missing, so archive-get would fail there and PostgreSQL stop recovery. \
+             {reachable}. Nothing was written. Restore to a target before {lost}, or, if the server or another copy still \
+             has the file, `pgcairn archive-push` it again (that restores the data object); `pgcairn verify` lists every such segment",
+            m.id
+        ),
+    ))
 }
 
 /// "The latest reachable point is ..." for error messages.
@@ -534,6 +665,48 @@ mod tests {
         assert_eq!(a, c);
         assert_eq!(a, d);
         assert_eq!(pg_time(c), "2026-11-24 07:10:00.000000+00");
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_data_object_is_gone_is_a_hole_not_an_archived_segment() {
+        use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
+        use crate::pg::wal_header::tests::fake_segment;
+        use crate::storage::Storage;
+        let (mem, repo) = memory_repo().await;
+        let seg = 16u64 << 20;
+        let mut lost_key = None;
+        for n in 1..=4u64 {
+            let name: WalFileName = format!("0000000100000000{n:08X}").parse().unwrap();
+            let data = fake_segment(7, 1, n * seg, seg as u32, seg as usize);
+            if n == 3 {
+                lost_key = Some(layout::wal_data(
+                    "main",
+                    &name,
+                    &repo.codec().content_id(&data),
+                ));
+            }
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        mem.delete(&lost_key.unwrap()).await.unwrap();
+        let v = ArchiveView::load(&repo, "main", seg).await.unwrap();
+        assert_eq!(
+            v.segments[&1].iter().copied().collect::<Vec<_>>(),
+            [1, 2, 4]
+        );
+        assert!(v.is_dataless(1, 3));
+        let needed = v.needed(1, Lsn(seg), Some(4));
+        let missing = v.first_missing(&needed).unwrap();
+        assert_eq!(missing.to_string(), "000000010000000000000003");
+        assert!(v.is_lost(&missing));
+        assert_eq!(
+            v.dataless_names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            ["000000010000000000000003"]
+        );
     }
 
     #[test]

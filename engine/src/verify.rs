@@ -1,7 +1,8 @@
 //! `pgcairn verify`: is the repository intact, and which backups does any damage affect?
 //!
 //! Structure (always): every manifest authenticates; every block it references is indexed and
-//! its pack exists; the WAL from each backup's start to its consistency point is archived.
+//! its pack exists; the WAL from each backup's start to its consistency point is archived;
+//! every WAL record still has its data object (one LIST of each cluster's data objects).
 //! Packs no index entry references are reported as orphans (garbage for `gc`, not damage).
 //!
 //! Data (`--read-data`): packs are downloaded, their names re-checked (BLAKE3 of the bytes),
@@ -150,13 +151,42 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
             Some(m.stop_lsn.segment_no(seg_size)),
         );
         if let Some(missing) = view.first_missing(&needed) {
+            let how = if view.is_lost(&missing) {
+                "recorded but its data object is missing"
+            } else {
+                "missing from the archive"
+            };
             report.problems.push(Problem {
                 object: format!("WAL {missing}"),
-                detail: format!(
-                    "needed to make backup {} consistent, missing from the archive",
-                    m.id
-                ),
+                detail: format!("needed to make backup {} consistent, {how}", m.id),
                 backups: vec![m.id.clone()],
+            });
+        }
+    }
+    // WAL records whose data object is gone (every cluster, backups or not): archive-get
+    // fails on them and no restore replays past them.
+    for cluster in manifest::cluster_names(repo).await? {
+        if !views.contains_key(&cluster) {
+            let seg_size = crate::archive::push::read_cluster_record(repo, &cluster)
+                .await?
+                .map(|r| r.wal_segment_size)
+                .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
+            views.insert(
+                cluster.clone(),
+                ArchiveView::load(repo, &cluster, seg_size).await?,
+            );
+        }
+        for name in views[&cluster].dataless_names() {
+            report.problems.push(Problem {
+                object: layout::wal_pointer(&cluster, &name).to_string(),
+                detail: format!(
+                    "WAL segment {name} is recorded but its data object (under {}{}/) is missing: \
+                     archive-get fails for it and no restore can replay past it. Push the file again with \
+                     `pgcairn archive-push` if a copy exists (that restores the data object)",
+                    layout::wal_data_prefix(&cluster),
+                    name.timeline()
+                ),
+                backups: Vec::new(),
             });
         }
     }

@@ -485,3 +485,103 @@ pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("backup JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+impl TestEnv {
+    /// Signed request (curl, the fixture's test credentials) to the loopback S3 server for
+    /// repository object `key`.
+    fn s3_request(&self, method: &str, key: &str) -> Output {
+        let endpoint = self
+            .options
+            .s3_endpoint
+            .clone()
+            .or_else(s3_endpoint)
+            .expect("S3 endpoint");
+        let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
+        Command::new("curl")
+            .args([
+                "-sf",
+                "-X",
+                method,
+                "--aws-sigv4",
+                "aws:amz:us-east-1:s3",
+                "--user",
+                "test:test",
+            ])
+            .arg(format!("{endpoint}/{bucket_prefix}/{key}"))
+            .output()
+            .expect("curl")
+    }
+
+    /// Reads one repository object by key (`None` when absent), on either backend.
+    pub fn read_object(&self, key: &str) -> Option<Vec<u8>> {
+        match self.options.backend {
+            Backend::File => std::fs::read(self.path().join("repo").join(key)).ok(),
+            Backend::S3 => {
+                let out = self.s3_request("GET", key);
+                out.status.success().then_some(out.stdout)
+            }
+        }
+    }
+
+    /// Writes (replaces) one repository object by key, on either backend.
+    pub fn write_object(&self, key: &str, body: &[u8]) {
+        match self.options.backend {
+            Backend::File => {
+                let path = self.path().join("repo").join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, body).unwrap();
+            }
+            Backend::S3 => {
+                let tmp = self.path().join("upload.tmp");
+                std::fs::write(&tmp, body).unwrap();
+                let endpoint = self
+                    .options
+                    .s3_endpoint
+                    .clone()
+                    .or_else(s3_endpoint)
+                    .unwrap();
+                let bucket_prefix = self.repo_url.strip_prefix("s3://").unwrap();
+                let out = Command::new("curl")
+                    .args([
+                        "-sf",
+                        "--aws-sigv4",
+                        "aws:amz:us-east-1:s3",
+                        "--user",
+                        "test:test",
+                    ])
+                    .arg("--upload-file")
+                    .arg(&tmp)
+                    .arg(format!("{endpoint}/{bucket_prefix}/{key}"))
+                    .output()
+                    .expect("curl");
+                assert!(out.status.success(), "PUT {key}: {}", stderr(&out));
+            }
+        }
+    }
+
+    /// Deletes one repository object by key, on either backend.
+    pub fn delete_object(&self, key: &str) {
+        match self.options.backend {
+            Backend::File => std::fs::remove_file(self.path().join("repo").join(key)).unwrap(),
+            Backend::S3 => {
+                let out = self.s3_request("DELETE", key);
+                assert!(out.status.success(), "DELETE {key}: {}", stderr(&out));
+            }
+        }
+        assert!(self.read_object(key).is_none(), "{key} still readable");
+    }
+
+    /// The key of the sealed data object of archived WAL file `name` of cluster `main`.
+    pub fn wal_data_key(&self, name: &str) -> String {
+        let pointer_key = format!("clusters/main/wal/{}/{name}", &name[..8]);
+        let raw = self
+            .read_object(&pointer_key)
+            .unwrap_or_else(|| panic!("pointer {pointer_key} missing"));
+        let pointer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        format!(
+            "clusters/main/waldata/{}/{name}.{}",
+            &name[..8],
+            pointer["content_id"].as_str().unwrap()
+        )
+    }
+}

@@ -259,6 +259,91 @@ fn preflight_refuses_unreachable_targets_before_writing() {
     );
 }
 
+/// A segment whose record is still in the archive but whose data object is gone: the
+/// preflight must see the hole (archive-get would fail there and PostgreSQL stop), refuse a
+/// restore to a later target with exit 1 before writing anything, name the segment and the
+/// latest reachable point; `--dry-run` reports the same and `verify` names the record.
+fn lost_data_object(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql("postgres", "create table t(v int)").unwrap();
+    backup_json(&env, &["--type", "full"]);
+    pg.psql("postgres", "insert into t values (1)").unwrap();
+    let before_hole = switch_wal(&pg);
+    pg.psql("postgres", "insert into t values (2)").unwrap();
+    let hole = switch_wal(&pg);
+    pg.psql("postgres", "insert into t values (3)").unwrap();
+    let target = pg
+        .psql(
+            "postgres",
+            "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    pg.psql("postgres", "insert into t values (4)").unwrap();
+    switch_wal(&pg);
+    pg.psql("postgres", "insert into t values (5)").unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+
+    let data_key = env.wal_data_key(&hole);
+    env.delete_object(&data_key);
+
+    let dir = env.path().join("restored");
+    for (what, extra) in [
+        ("--target-time", vec!["--target-time", target.as_str()]),
+        (
+            "--target-time --dry-run",
+            vec!["--target-time", target.as_str(), "--dry-run"],
+        ),
+        ("end of archive", vec![]),
+    ] {
+        let d = dir.display().to_string();
+        let mut args = vec!["--progress", "never", "restore", "--pgdata", d.as_str()];
+        args.extend(extra);
+        let out = env.pgcairn(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{backend:?} {what}: {err}");
+        assert!(
+            err.contains(&hole) && err.contains("data object is missing"),
+            "{backend:?} {what}: names the segment: {err}"
+        );
+        assert!(
+            err.contains(&data_key),
+            "{backend:?} {what}: names {data_key}: {err}"
+        );
+        assert!(
+            err.contains("latest reachable") && err.contains(&before_hole),
+            "{backend:?} {what}: names the latest reachable point (end of {before_hole}): {err}"
+        );
+        assert!(
+            !dir.exists() || std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "{backend:?} {what}: nothing written to {}",
+            dir.display()
+        );
+    }
+
+    let out = env.pgcairn(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        text.contains(&format!("clusters/main/wal/{}/{hole}", &hole[..8]))
+            && text.contains("data object"),
+        "{backend:?}: verify reports the record without data: {text}{}",
+        stderr(&out)
+    );
+    assert_ne!(out.status.code(), Some(0), "{backend:?}: verify fails");
+}
+
+#[test]
+fn restore_refuses_a_wal_record_whose_data_object_is_gone() {
+    for b in backends() {
+        lost_data_object(b);
+    }
+}
+
 #[test]
 fn timelines_restore_to_either_side_of_a_fork() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));

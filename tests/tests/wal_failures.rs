@@ -420,6 +420,92 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
     }
 }
 
+// 3b. Garbage history files ------------------------------------------------------------------
+
+/// A garbage or foreign `.history` file must be refused before anything is stored: pushes are
+/// create-only, so once archived it would refuse the genuine file of a later promotion.
+fn garbage_history(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let dir = env.path().join("wal");
+    let history = dir.join("00000002.history");
+    for (garbage, line) in [
+        (&b"this is not a history file\n"[..], "line 1"),
+        // Another tool's format: JSON.
+        (
+            b"{\"timeline\": 2, \"parent\": 1, \"lsn\": \"0/3000000\"}\n",
+            "line 1",
+        ),
+        // Spaces instead of tabs, after a comment.
+        (
+            b"# history\n1 0/3000158 no recovery target specified\n",
+            "line 2",
+        ),
+        // A parent timeline that is not below the file's own.
+        (b"1\t0/3000000\tx\n2\t0/4000000\ty\n", "line 2"),
+    ] {
+        write_for_postgres(&env, &history, garbage);
+        let out = env.pgcairn(&["archive-push", &p(&history)]);
+        assert_exit(&out, 1, &format!("{backend:?}: push of garbage history"));
+        let err = stderr(&out);
+        assert!(
+            err.contains("00000002.history")
+                && err.contains(line)
+                && err.contains("nothing stored"),
+            "{backend:?}: names the file and {line}: {err}"
+        );
+        assert!(
+            env.read_object("clusters/main/wal/00000002/00000002.history")
+                .is_none(),
+            "{backend:?}: no record stored"
+        );
+    }
+    if backend == Backend::File {
+        assert!(
+            !env.path().join("repo/clusters/main/waldata").exists(),
+            "no data object stored"
+        );
+    }
+    // The genuine file, as PostgreSQL writes it at promotion, is accepted afterwards.
+    let genuine = b"1\t0/3000158\tno recovery target specified\n";
+    write_for_postgres(&env, &history, genuine);
+    assert_success(
+        &env.pgcairn(&["archive-push", &p(&history)]),
+        &format!("{backend:?}: push of the genuine history file"),
+    );
+    assert_eq!(fetch(&env, "00000002.history"), genuine);
+
+    // A backup history file that does not start like PostgreSQL's is refused too.
+    let backup = dir.join("000000010000000000000002.00000028.backup");
+    write_for_postgres(&env, &backup, b"garbage\n");
+    let out = env.pgcairn(&["archive-push", &p(&backup)]);
+    assert_exit(
+        &out,
+        1,
+        &format!("{backend:?}: push of a garbage .backup file"),
+    );
+    assert!(
+        stderr(&out).contains("START WAL LOCATION"),
+        "{}",
+        stderr(&out)
+    );
+    write_for_postgres(
+        &env,
+        &backup,
+        b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nSTOP WAL LOCATION: 0/2000100 (file 000000010000000000000002)\n",
+    );
+    assert_success(
+        &env.pgcairn(&["archive-push", &p(&backup)]),
+        &format!("{backend:?}: push of a genuine .backup file"),
+    );
+}
+
+#[test]
+fn garbage_history_file_is_refused_and_does_not_block_the_genuine_one() {
+    for b in backends() {
+        garbage_history(b);
+    }
+}
+
 // 4. Another system identifier ------------------------------------------------------------
 
 #[test]

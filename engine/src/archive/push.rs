@@ -6,7 +6,9 @@
 //!    The first segment pushed for a cluster binds its system identifier (`cluster.json`).
 //! 2. Read the pointer `wal/<TLI>/<name>`: if it exists with the same content id the push is a
 //!    success with nothing uploaded; with another content id it is a [`Error::Conflict`]
-//!    naming both ids. PostgreSQL may legitimately re-push a segment after a crash.
+//!    naming both ids. PostgreSQL may legitimately re-push a segment after a crash. (If the
+//!    record's data object was lost, a push of the same content uploads it again: one HEAD
+//!    per duplicate push buys a way to repair a hole the restore preflight reports.)
 //! 3. Upload the sealed contents under `waldata/<TLI>/<name>.<content id>`.
 //! 4. Create the pointer. This is the commit point: a crash before it leaves garbage only.
 //!    If another pusher created the pointer meanwhile, the ids are compared as in 2.
@@ -19,7 +21,9 @@ use crate::archive::mapped::MappedFile;
 use crate::codec::{Codec, ObjectKind};
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
+use crate::pg::history;
 use crate::pg::wal_header::LongPageHeader;
+use crate::recovery::HistoryEntry;
 use crate::repo::{layout, ClusterRecord, Repository};
 use crate::storage::{CreateOutcome, StorageError};
 use crate::types::WalFileName;
@@ -123,8 +127,89 @@ async fn check_or_bind_cluster(
 }
 
 /// Validates a WAL file's content against its name; returns the parsed header for segments.
+/// History and backup history files must be as PostgreSQL writes them ([`crate::pg::history`]):
+/// once stored, a file can never be replaced, so a bad one would block the genuine one.
 pub fn validate_wal_content(name: &WalFileName, data: &[u8]) -> Result<Option<LongPageHeader>> {
-    validate_wal_head(name, data, data.len())
+    let refused = |why: String| {
+        Error::InvalidInput(format!(
+            "{name} refused, nothing stored: {why}. Only {} files as PostgreSQL writes them are archived \
+             (a stored file can never be replaced, so a damaged or foreign one would block the genuine one): \
+             check what wrote this file",
+            name.kind_name()
+        ))
+    };
+    match name {
+        WalFileName::History { tli } => {
+            history::parse_timeline_history(tli.0, data).map_err(refused)?;
+            Ok(None)
+        }
+        WalFileName::BackupHistory { .. } => {
+            history::check_backup_history(name, data).map_err(refused)?;
+            Ok(None)
+        }
+        _ => validate_wal_head(name, data, data.len()),
+    }
+}
+
+/// A new timeline's history file repeats its parent's and adds one line (PostgreSQL copies
+/// the parent's file): when the parent timeline's history is archived, the two must agree,
+/// except that a file with the parent's line only is accepted (PostgreSQL writes that when the
+/// promoting server could not read its parent's history).
+/// One GET, for history files only.
+async fn check_history_against_parent(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    entries: &[HistoryEntry],
+) -> Result<()> {
+    let Some((last, inherited)) = entries.split_last() else {
+        return Ok(());
+    };
+    if last.parent <= 1 {
+        return Ok(()); // timeline 1 has no history: nothing to compare with
+    }
+    let parent = WalFileName::History {
+        tli: crate::types::TimelineId(last.parent),
+    };
+    let text = match crate::archive::get::get_wal_file(repo, cluster, &parent).await {
+        Ok(t) => t,
+        Err(Error::NotFound(_)) => return Ok(()),
+        Err(Error::Storage(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!("cannot compare {name} with {parent}: {e}");
+            return Ok(());
+        }
+    };
+    let theirs = crate::recovery::parse_history(&String::from_utf8_lossy(&text));
+    if inherited.is_empty() && !theirs.is_empty() {
+        // What PostgreSQL writes when the promoting server could not read its parent's
+        // history: incomplete, but genuine; refusing it would stop archiving.
+        tracing::warn!(
+            "{name} lists only its parent timeline {}, not the ancestors {parent} records:              the server that promoted did not have {parent}",
+            last.parent
+        );
+        return Ok(());
+    }
+    if theirs != inherited {
+        let show = |v: &[HistoryEntry]| {
+            v.iter()
+                .map(|e| format!("{} at {}", e.parent, e.switch_lsn))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Err(Error::InvalidInput(format!(
+            "{name} refused, nothing stored: it says timeline {} forked from timeline {} at {}, but its earlier \
+             entries [{}] do not repeat the archived history of timeline {} ({parent}: [{}]), as PostgreSQL's always do. \
+             This file belongs to another server or another history: check archive_command and the cluster name",
+            name.timeline().0,
+            last.parent,
+            last.switch_lsn,
+            show(inherited),
+            last.parent,
+            show(&theirs)
+        )));
+    }
+    Ok(())
 }
 
 /// Validates a WAL file from its first bytes (at least the long page header) and its length.
@@ -182,18 +267,39 @@ pub enum WalSource {
     Bytes(Vec<u8>),
 }
 
-/// Hashes and seals a WAL file: (header if a segment, content id, sealed bytes, size).
+/// A WAL file checked and sealed.
+struct Sealed {
+    /// The long page header, for segments.
+    header: Option<LongPageHeader>,
+    /// The entries, for timeline history files.
+    history: Option<Vec<HistoryEntry>>,
+    id: ContentId,
+    sealed: Vec<u8>,
+    size: u64,
+}
+
+/// Checks, hashes and seals a WAL file.
 fn seal_wal(
     codec: &Codec,
     name: &WalFileName,
     context: &[u8],
     level: i32,
     source: WalSource,
-) -> Result<(Option<LongPageHeader>, ContentId, Vec<u8>, u64)> {
+) -> Result<Sealed> {
     let seal = |data: &[u8]| {
         let header = validate_wal_content(name, data)?;
+        let history = match name {
+            WalFileName::History { tli } => history::parse_timeline_history(tli.0, data).ok(),
+            _ => None,
+        };
         let (id, sealed) = codec.seal_parallel(ObjectKind::Wal, context, data, level);
-        Ok((header, id, sealed, data.len() as u64))
+        Ok(Sealed {
+            header,
+            history,
+            id,
+            sealed,
+            size: data.len() as u64,
+        })
     };
     match source {
         WalSource::Bytes(data) => seal(&data),
@@ -226,20 +332,45 @@ pub async fn push_wal_file(
         },
         read_pointer(repo, cluster, name),
     );
-    let (header, id, sealed, size) = sealed?;
+    let Sealed {
+        header,
+        history,
+        id,
+        sealed,
+        size,
+    } = sealed?;
     if let Some(header) = header {
         check_or_bind_cluster(repo, cluster, &header, record?).await?;
     }
+    if let Some(entries) = &history {
+        check_history_against_parent(repo, cluster, name, entries).await?;
+    }
     let hex_id = id.to_hex();
+    let stored_size = sealed.len() as u64;
     if let Some(existing) = existing? {
-        return if existing.content_id == hex_id {
-            debug!("already archived with the same content");
-            Ok(PushOutcome::AlreadyArchived)
-        } else {
-            Err(conflict(cluster, name, &existing.content_id, &hex_id))
+        if existing.content_id != hex_id {
+            return Err(conflict(cluster, name, &existing.content_id, &hex_id));
+        }
+        // The same content again: free, unless the record's data object was lost, in which
+        // case this push restores it (one HEAD; the record stays as it is).
+        let data_key = layout::wal_data(cluster, name, &id);
+        return match repo.storage().head(&data_key).await {
+            Ok(_) => {
+                debug!("already archived with the same content");
+                Ok(PushOutcome::AlreadyArchived)
+            }
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(
+                    "{name} was recorded without its data object {data_key}: restoring it"
+                );
+                repo.storage()
+                    .put_create(&data_key, Bytes::from(sealed))
+                    .await?;
+                Ok(PushOutcome::Uploaded { stored_size })
+            }
+            Err(e) => Err(e.into()),
         };
     }
-    let stored_size = sealed.len() as u64;
     // Data first. An existing data object under this name holds the same content (its name
     // carries the content id), so AlreadyExists is fine here.
     repo.storage()
@@ -372,6 +503,112 @@ pub(crate) mod tests {
                 .unwrap(),
             PushOutcome::AlreadyArchived
         );
+    }
+
+    #[tokio::test]
+    async fn pushing_again_restores_a_lost_data_object() {
+        let (mem, repo) = memory_repo().await;
+        let (name, data) = seg(3, 42);
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        let key = layout::wal_data("main", &name, &repo.codec().content_id(&data));
+        use crate::storage::Storage;
+        mem.delete(&key).await.unwrap();
+        assert!(get_wal_file(&repo, "main", &name).await.is_err());
+        let out = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(out, PushOutcome::Uploaded { .. }), "{out:?}");
+        assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn garbage_history_file_is_refused_and_does_not_block_the_genuine_one() {
+        let (mem, repo) = memory_repo().await;
+        let name: WalFileName = "00000002.history".parse().unwrap();
+        for garbage in [
+            &b"garbage\n"[..],
+            b"{\"timeline\": 2}",
+            b"1 0/3000000 spaces instead of tabs\n",
+            b"2\t0/3000000\tparent not below 2\n",
+        ] {
+            let err = push_wal_file(&repo, "main", &name, WalSource::Bytes(garbage.to_vec()))
+                .await
+                .unwrap_err();
+            let msg = err.to_string();
+            assert!(matches!(err, Error::InvalidInput(_)), "{msg}");
+            assert!(
+                msg.contains("00000002.history") && msg.contains("line 1"),
+                "names the file and the line: {msg}"
+            );
+        }
+        use crate::storage::Storage;
+        assert!(
+            mem.list("")
+                .await
+                .unwrap()
+                .iter()
+                .all(|o| !o.key.as_str().contains(".history")),
+            "nothing stored"
+        );
+        let genuine = b"1\t0/3000158\tno recovery target specified\n".to_vec();
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(genuine.clone()))
+            .await
+            .unwrap();
+        assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), genuine);
+
+        // A history of timeline 3 that does not repeat timeline 2's is from elsewhere.
+        let three: WalFileName = "00000003.history".parse().unwrap();
+        let foreign = b"1\t0/4000000\tx\n2\t0/6000000\ty\n".to_vec();
+        let err = push_wal_file(&repo, "main", &three, WalSource::Bytes(foreign))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("00000003.history") && err.contains("00000002.history"),
+            "{err}"
+        );
+        // Only the parent's line: what PostgreSQL writes when it could not read the parent's
+        // history; incomplete but genuine.
+        let four: WalFileName = "00000004.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &four,
+            WalSource::Bytes(b"2\t0/7000000\tz\n".to_vec()),
+        )
+        .await
+        .unwrap();
+        let right = b"1\t0/3000158\tno recovery target specified\n2\t0/6000000\ty\n".to_vec();
+        push_wal_file(&repo, "main", &three, WalSource::Bytes(right))
+            .await
+            .unwrap();
+        // Timeline 1 has no history file.
+        let one: WalFileName = "00000001.history".parse().unwrap();
+        assert!(
+            push_wal_file(&repo, "main", &one, WalSource::Bytes(genuine))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_backup_history_file_is_refused() {
+        let (_mem, repo) = memory_repo().await;
+        let name: WalFileName = "000000010000000000000002.00000028.backup".parse().unwrap();
+        let err = push_wal_file(&repo, "main", &name, WalSource::Bytes(b"junk".to_vec()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&name.to_string()) && err.contains("START WAL LOCATION"),
+            "{err}"
+        );
+        let good = b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nLABEL: x\n";
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(good.to_vec()))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@
 //!
 //! 1. **Leases first.** Read the live backup leases *before* the manifests: a backup that ends
 //!    after this snapshot wrote its manifest before releasing its lease, so either its lease
-//!    is in the snapshot or its manifest is in the listing below.
+//!    is in the snapshot or its manifest is in the listing below. A lease that cannot be read
+//!    stops the run (fail closed): it might be a running backup's.
 //! 2. **Mark** ([`liveness`]). Read every manifest of every cluster and every index segment. A
 //!    block is referenced if a manifest names it; its *holders* are the existing, uncondemned
 //!    packs the index says hold it.

@@ -72,6 +72,19 @@ pub fn parse_wal_pointer(cluster: &str, key: &str) -> Option<(TimelineId, WalFil
     (name.timeline().to_string() == tli).then_some((name.timeline(), name))
 }
 
+/// Parses a WAL data key back into its timeline folder and file name (the content id
+/// suffix, 64 hex digits, is checked and dropped).
+pub fn parse_wal_data(cluster: &str, key: &str) -> Option<(TimelineId, WalFileName)> {
+    let rest = key.strip_prefix(&wal_data_prefix(cluster))?;
+    let (tli, file) = rest.split_once('/')?;
+    let (file, id) = file.rsplit_once('.')?;
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let name: WalFileName = file.parse().ok()?;
+    (name.timeline().to_string() == tli).then_some((name.timeline(), name))
+}
+
 /// Prefix of a cluster's backups.
 pub fn backups_prefix(cluster: &str) -> String {
     format!("clusters/{cluster}/backups/")
@@ -133,9 +146,21 @@ mod tests {
         );
         assert_eq!(
             parse_wal_pointer("main", key.as_str()),
-            Some((TimelineId(2), name))
+            Some((TimelineId(2), name.clone()))
         );
         assert_eq!(parse_wal_pointer("other", key.as_str()), None);
+        let id = ContentId::from_hex(&"ab".repeat(32)).unwrap();
+        let data = wal_data("main", &name, &id);
+        assert_eq!(
+            parse_wal_data("main", data.as_str()),
+            Some((TimelineId(2), name.clone()))
+        );
+        assert_eq!(parse_wal_data("main", key.as_str()), None);
+        let history: WalFileName = "00000002.history".parse().unwrap();
+        assert_eq!(
+            parse_wal_data("main", wal_data("main", &history, &id).as_str()),
+            Some((TimelineId(2), history))
+        );
     }
 
     #[test]
