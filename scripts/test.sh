@@ -57,6 +57,6 @@ step "tests"
 # and it makes backup and restore scenarios several times faster than the debug build.
 export PGCAIRN_BIN=${PGCAIRN_BIN:-$PWD/target/release/pgcairn}
 # Two cores: end-to-end tests start PostgreSQL clusters, so keep parallelism modest.
-cargo test --workspace --locked -- --test-threads "${PGCAIRN_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${PGCAIRN_TEST_THREADS:-2}"
 
 step "done"
