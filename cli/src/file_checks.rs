@@ -4,7 +4,8 @@
 //! and passphrase file unlock the repository. Like ssh with private keys, pgcairn refuses:
 //! - a config file, key file or passphrase file writable by group or others, or owned by a
 //!   user other than the one running pgcairn or root (they could redirect backups, or swap
-//!   the key for one they know);
+//!   the key for one they know); root may use another user's key file (restores and drills
+//!   run as root with the service account's key), never another user's config file;
 //! - a key file or passphrase file readable by others, and a config file readable by others
 //!   while it holds a secret (`secret_access_key`, `access_key`, `session_token`, a
 //!   `password=` in `conninfo`, ...).
@@ -80,7 +81,12 @@ pub fn check(path: &Path, kind: Kind, allow_insecure: bool) -> Result<(), Failur
 
 fn problem(meta: &std::fs::Metadata, kind: Kind, uid: u32) -> Option<String> {
     let mode = meta.mode() & 0o7777;
-    if meta.uid() != uid && meta.uid() != 0 {
+    // Root may use the service account's key (restore and drill run as root with the
+    // postgres user's key file): a swapped key cannot open the repository anyway. Root must
+    // not take its configuration from another user, who could point it at paths of their
+    // choosing.
+    let owner_matters = matches!(kind, Kind::Config { .. }) || uid != 0;
+    if owner_matters && meta.uid() != uid && meta.uid() != 0 {
         return Some(format!(
             "belongs to uid {} (neither this user, uid {uid}, nor root): its owner could change it",
             meta.uid()
@@ -162,17 +168,26 @@ mod tests {
     #[test]
     fn a_key_file_owned_by_another_user_is_refused() {
         let (_d, p) = file(0o600);
-        let me = pgcairn_engine::pg::instance::current_uid();
-        // As root, hand the file to another user; otherwise judge it as another user would.
-        let judge = if me == 0 {
+        if pgcairn_engine::pg::instance::current_uid() == 0 {
             std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
-            0
-        } else {
-            me + 1
-        };
+        }
         let meta = std::fs::metadata(&p).unwrap();
-        let why = problem(&meta, Kind::Secret("key file"), judge).unwrap();
+        // Judged as another (non-root) user would.
+        let other = meta.uid() + 1;
+        let why = problem(&meta, Kind::Secret("key file"), other).unwrap();
         assert!(why.contains("belongs to uid"), "{why}");
+        // Root may use the service account's key, never its config.
+        if meta.uid() != 0 {
+            assert!(problem(&meta, Kind::Secret("key file"), 0).is_none());
+            assert!(problem(
+                &meta,
+                Kind::Config {
+                    holds_secret: false
+                },
+                0
+            )
+            .is_some());
+        }
     }
 
     #[test]

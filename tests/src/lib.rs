@@ -179,6 +179,18 @@ impl TestEnv {
             options,
         };
         give_to(env.run_as.as_deref(), env.dir.path()).unwrap();
+        // As the package installs it: root's, readable by PostgreSQL's group. pgcairn run as
+        // root (restore, drill) refuses a config owned by another user.
+        if env.run_as.is_some() {
+            let group = Command::new("chgrp")
+                .arg("postgres")
+                .arg(&env.config)
+                .status()
+                .expect("chgrp");
+            assert!(group.success());
+            std::os::unix::fs::chown(&env.config, Some(0), None).unwrap();
+            std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o640)).unwrap();
+        }
         let out = env.pgcairn(&["init", "--key-file", &env.key_file.display().to_string()]);
         assert_success(&out, "pgcairn init");
         env

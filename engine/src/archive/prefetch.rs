@@ -90,6 +90,9 @@ impl PrefetchSpool {
         let err = |e| Error::io(format!("moving {} to {}", src.display(), dest.display()), e);
         match fs::rename(&src, dest) {
             Ok(()) => {}
+            // Gone between the check and the rename (the prefetcher cleaned it): not there,
+            // archive-get fetches it from the repository instead.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             // Another file system: copy durably, then drop the spool copy.
             Err(e) if e.raw_os_error() == Some(18) => {
                 let data = fs::read(&src).map_err(err)?;
@@ -107,7 +110,8 @@ impl PrefetchSpool {
         Ok(true)
     }
 
-    /// Removes files behind `requested` on its timeline and every file of another timeline.
+    /// Removes files behind `requested` on its timeline (not `requested` itself: archive-get
+    /// is taking it) and every file of another timeline.
     pub fn clean(&self, requested: &WalFileName, seg_size: u64) {
         let (Some(req_seg), tli) = (requested.segment(), requested.timeline()) else {
             return;
@@ -122,7 +126,7 @@ impl PrefetchSpool {
             let stale = name.timeline() != tli
                 || name
                     .segment()
-                    .is_some_and(|s| s.absolute(seg_size) <= req_seg.absolute(seg_size));
+                    .is_some_and(|s| s.absolute(seg_size) < req_seg.absolute(seg_size));
             if stale {
                 let _ = fs::remove_file(e.path());
             }
@@ -314,6 +318,26 @@ mod tests {
             !spool.fetching_path(&name).exists(),
             "the marker goes with its guard"
         );
+    }
+
+    /// Before: the prefetcher's clean-up removed the segment archive-get had just asked for,
+    /// and archive-get's rename failed with "No such file" (exit 200).
+    #[test]
+    fn cleaning_keeps_the_requested_segment_and_a_vanished_one_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        for n in [4, 5, 6] {
+            write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
+        }
+        spool.clean(&seg(5), 16 << 20);
+        assert!(!spool.dir().join(seg(4).to_string()).exists());
+        assert!(
+            spool.dir().join(seg(5).to_string()).exists(),
+            "the requested one stays"
+        );
+        assert!(spool.dir().join(seg(6).to_string()).exists());
+        let dest = dir.path().join("dest");
+        assert!(!spool.take(&seg(9), &dest).unwrap());
     }
 
     #[test]
