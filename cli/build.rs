@@ -30,12 +30,16 @@ fn main() {
 
 fn from_git() -> Option<String> {
     let head = git(&["rev-parse", "--short=12", "HEAD"])?;
-    // Rebuild when HEAD moves or the index changes (a commit, a checkout).
-    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={git_dir}/HEAD");
-        println!("cargo:rerun-if-changed={git_dir}/index");
-        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={git_dir}/{reference}");
+    // Rebuild when HEAD moves or the index changes (a commit, a checkout). `--git-path`
+    // gives each file's real location, also in a worktree, whose refs live in the main
+    // repository's git directory.
+    let mut watch = vec!["HEAD".to_string(), "index".to_string()];
+    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(reference);
+    }
+    for name in watch {
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", &name]) {
+            println!("cargo:rerun-if-changed={path}");
         }
     }
     let dirty =
