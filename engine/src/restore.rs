@@ -63,6 +63,10 @@ use crate::repo::{layout, Repository};
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
+/// Range reads of one file in flight at once, each up to [`MAX_RUN`] bytes (blocks are opened
+/// one at a time from them): with `jobs` files at a time, at most `jobs * RUNS_IN_FLIGHT *
+/// MAX_RUN` of sealed bytes in memory (32 MiB at the default 2 jobs).
+const RUNS_IN_FLIGHT: usize = 2;
 
 /// What to restore where.
 #[derive(Debug, Clone)]
@@ -656,7 +660,12 @@ impl FileJob<'_> {
                 .as_ref()
                 .is_some_and(|v| v.get(i).copied().unwrap_or(false))
         };
+        // Plan the file's runs first (index lookups only), then fetch and open them
+        // RUNS_IN_FLIGHT at a time: the next range read is under way while the CPU pool opens
+        // the previous one, so one large relation file keeps storage and every core busy
+        // instead of alternating between them.
         let mut reused = 0u64;
+        let mut runs: Vec<Vec<(usize, IndexEntry)>> = Vec::new();
         let mut i = 0;
         while i < f.blocks.len() {
             if same(i) {
@@ -690,30 +699,43 @@ impl FileJob<'_> {
                 run.push((j, e));
                 j += 1;
             }
-            let key = layout::pack(&first.pack_id);
-            let bytes = repo
-                .storage()
-                .get_range(&key, first.entry.offset..end)
-                .await?;
-            let codec = repo.codec().clone();
-            let file2 = file.clone();
-            let base = first.entry.offset;
-            let key_s = key.to_string();
-            run_cpu(move || -> Result<()> {
-                for (pos, e) in &run {
-                    let s = (e.entry.offset - base) as usize;
-                    let sealed = &bytes[s..s + e.entry.sealed_len as usize];
-                    let plain = open_block(&codec, &e.entry, sealed)
-                        .map_err(|err| Error::corrupt(key_s.clone(), err.to_string()))?;
-                    file2
-                        .write_at(&plain, *pos as u64 * block_size)
-                        .map_err(|err| Error::io("writing a restored file", err))?;
-                }
-                Ok(())
-            })
-            .await?;
+            runs.push(run);
             i = j;
         }
+        let mut writes = futures::stream::iter(runs)
+            .map(|run| {
+                let file = file.clone();
+                async move {
+                    let first = run[0].1;
+                    let last = run[run.len() - 1].1;
+                    let end = last.entry.offset + u64::from(last.entry.sealed_len);
+                    let key = layout::pack(&first.pack_id);
+                    let bytes = repo
+                        .storage()
+                        .get_range(&key, first.entry.offset..end)
+                        .await?;
+                    let codec = repo.codec().clone();
+                    let base = first.entry.offset;
+                    let key_s = key.to_string();
+                    run_cpu(move || -> Result<()> {
+                        for (pos, e) in &run {
+                            let s = (e.entry.offset - base) as usize;
+                            let sealed = &bytes[s..s + e.entry.sealed_len as usize];
+                            let plain = open_block(&codec, &e.entry, sealed)
+                                .map_err(|err| Error::corrupt(key_s.clone(), err.to_string()))?;
+                            file.write_at(&plain, *pos as u64 * block_size)
+                                .map_err(|err| Error::io("writing a restored file", err))?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(RUNS_IN_FLIGHT);
+        while let Some(r) = writes.next().await {
+            r?;
+        }
+        drop(writes);
         file.set_len(f.size).map_err(|e| io(path, e))?;
         fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
         file.sync_all().map_err(|e| io(path, e))?;
