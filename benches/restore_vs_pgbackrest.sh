@@ -39,19 +39,20 @@
 #
 # Exits non-zero if any restore fails or any fingerprint differs.
 #
-# Environment: ROUNDS; PGCAIRN_BIN (a pgcairn binary to use instead of building the release
+# Environment: ROUNDS; S3; PGCAIRN_BIN (a pgcairn binary to use instead of building the release
 # one with `cargo build --release --locked -p pgcairn`); PG_BINDIR (PostgreSQL 15's bin).
 #
-# Not covered: an S3 repository (S3=1 is refused). Skipped for time: pgBackRest only speaks
-# HTTPS to S3, so the local server (scripts/s3-local.sh, moto) needs the socat TLS terminator
-# of S3-LOCAL.md with a test CA in front of it, and stored bytes would have to come from each
-# tool's info instead of du; moto itself (Python, in memory) would also dominate the timings.
+# S3=1: both repositories in the local S3 server (scripts/s3-local.sh: moto, in memory, one
+# bucket, a prefix per tool and round). pgcairn talks plain HTTP to it; pgBackRest only speaks
+# HTTPS to S3, so it goes through a socat TLS terminator with a self-signed certificate
+# (repo1-storage-verify-tls=n). Stored bytes are summed from the bucket listing (boto3 from
+# moto's venv). moto is a Python server: its own cost weighs on both tools' timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-10}
 ROUNDS=${ROUNDS:-1}
 PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
-[ "${S3:-0}" = 0 ] || { echo "S3=1 is not supported yet (see the header of $0)" >&2; exit 2; }
+S3=${S3:-0}
 [[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SCALE]" >&2; exit 2; }
 
 if [ "$(id -u)" = 0 ]; then ./scripts/install-deps.sh >/dev/null; fi
@@ -64,8 +65,13 @@ fi
 W=$(mktemp -d /tmp/pgcairn-bench.XXXXXX)
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 RUNNING=("$W/pg")      # data directories this script may have started
+SOCAT_PID=
 cleanup() {
     for d in "${RUNNING[@]}"; do as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
+    if [ "$S3" = 1 ]; then
+        [ -n "$SOCAT_PID" ] && kill "$SOCAT_PID" 2>/dev/null
+        ./scripts/s3-local.sh stop "$W/s3" >/dev/null 2>&1 || true
+    fi
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -103,9 +109,40 @@ max_wal_size = '4GB'
 checkpoint_timeout = '1h'
 CONF
 ARCHIVE_COMMAND="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p && $W/bin/pgcairn --config $W/pgcairn.toml archive-push %p"
-cat > "$W/pgbackrest.conf" <<CONF
+if [ "$S3" = 1 ]; then
+    mkdir -p "$W/s3"
+    eval "$(./scripts/s3-local.sh start "$W/s3")"
+    S3_PORT=${PGCAIRN_TEST_S3_ENDPOINT##*:}
+    S3_BUCKET=$PGCAIRN_TEST_S3_BUCKET
+    TLS_PORT=$(free_port)
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/tls.key" -out "$W/tls.crt" -days 2 \
+        -subj /CN=127.0.0.1 >/dev/null 2>&1
+    cat "$W/tls.key" "$W/tls.crt" > "$W/tls.pem"
+    socat "OPENSSL-LISTEN:$TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$W/tls.pem,verify=0" "TCP:127.0.0.1:$S3_PORT" \
+        2>"$W/socat.log" &
+    SOCAT_PID=$!
+    echo "   S3: moto at $PGCAIRN_TEST_S3_ENDPOINT (bucket $S3_BUCKET), TLS for pgBackRest on port $TLS_PORT"
+fi
+# Repository settings of round $1 (S3: a fresh prefix per round).
+write_configs() {
+    local repo
+    if [ "$S3" = 1 ]; then
+        repo="repo1-type=s3
+repo1-path=/pgbr-r$1
+repo1-s3-bucket=$S3_BUCKET
+repo1-s3-endpoint=127.0.0.1
+repo1-s3-region=us-east-1
+repo1-s3-key=test
+repo1-s3-key-secret=test
+repo1-s3-uri-style=path
+repo1-storage-port=$TLS_PORT
+repo1-storage-verify-tls=n"
+    else
+        repo="repo1-path=$W/pgbr-repo"
+    fi
+    cat > "$W/pgbackrest.conf" <<CONF
 [global]
-repo1-path=$W/pgbr-repo
+$repo
 repo1-retention-full=100
 ${PGBR_EXTRA}compress-type=zst
 compress-level=3
@@ -122,9 +159,19 @@ pg1-path=$W/pg
 pg1-port=$PORT
 pg1-socket-path=$W
 CONF
-cat > "$W/pgcairn.toml" <<CONF
+    if [ "$S3" = 1 ]; then
+        repo="url = \"s3://$S3_BUCKET/pgb-r$1\"
+endpoint = \"$PGCAIRN_TEST_S3_ENDPOINT\"
+region = \"us-east-1\"
+allow_http = true
+access_key_id = \"test\"
+secret_access_key = \"test\""
+    else
+        repo="url = \"file://$W/pgb-repo\""
+    fi
+    cat > "$W/pgcairn.toml" <<CONF
 [repo]
-url = "file://$W/pgb-repo"
+$repo
 key_file = "$W/pgb.key"
 [cluster]
 name = "main"
@@ -133,8 +180,10 @@ conninfo = "host=$W port=$PORT user=postgres dbname=postgres"
 [archive]
 spool_dir = "$W/pgb-spool"
 CONF
-[ "$(id -u)" = 0 ] && chown postgres: "$W/pgbackrest.conf" "$W/pgcairn.toml"
-chmod 600 "$W/pgbackrest.conf" "$W/pgcairn.toml"
+    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgbackrest.conf" "$W/pgcairn.toml"
+    chmod 600 "$W/pgbackrest.conf" "$W/pgcairn.toml"
+}
+write_configs 1
 
 as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
 t0=$SECONDS
@@ -158,11 +207,12 @@ timed() {
 
 # Fresh, empty repositories for both tools. Archiving is paused (an empty archive_command:
 # PostgreSQL keeps the WAL and pushes it once the command is back) while they are recreated.
-fresh_repos() {
+fresh_repos() { # $1 = round
     psql_pg "alter system set archive_command = ''" >/dev/null
     psql_pg "select pg_reload_conf()" >/dev/null
     sleep 1   # let a push that was already running finish
     as_pg rm -rf "$W/pgbr-repo" "$W/pgbr-lock" "$W/pgbr-spool" "$W/pgb-repo" "$W/pgb.key" "$W/pgb-spool"
+    write_configs "$1"
     as_pg "${PGBR[@]}" stanza-create >/dev/null
     as_pg "${PGB[@]}" init --key-file "$W/pgb.key" >/dev/null
     psql_pg "alter system set archive_command = '${ARCHIVE_COMMAND//\'/\'\'}'" >/dev/null
@@ -189,14 +239,29 @@ archive_now() {
 
 churn() { psql_pg "update pgbench_accounts set abalance = abalance + 1 where aid <= $((SCALE * 1000))" >/dev/null; }
 
-# pgcairn's repository bytes outside the WAL: packs, index and backup manifests.
-pgb_repo_bytes() {
-    local d dirs=()
-    for d in "$W/pgb-repo/packs" "$W/pgb-repo/index" "$W/pgb-repo/clusters/main/backups"; do
-        [ -d "$d" ] && dirs+=("$d")
-    done
+# Bytes stored under repository paths ("dir/"): du locally, the bucket listing on S3.
+repo_bytes() { # $1 = pgbr|pgb, then paths inside that tool's repository
+    local tool=$1 d dirs=(); shift
+    if [ "$S3" = 1 ]; then
+        local prefix=pgb-r$round/; [ "$tool" = pgbr ] && prefix=pgbr-r$round/
+        /var/cache/pgcairn-test/venv/bin/python - "$PGCAIRN_TEST_S3_ENDPOINT" "$S3_BUCKET" "$prefix" "$@" <<'PY'
+import sys, boto3
+ep, bucket, prefix, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+s3 = boto3.client("s3", endpoint_url=ep, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+total = 0
+for p in paths:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + p):
+        total += sum(o["Size"] for o in page.get("Contents", []))
+print(total)
+PY
+        return
+    fi
+    local base="$W/pgb-repo"; [ "$tool" = pgbr ] && base="$W/pgbr-repo"
+    for d in "$@"; do [ -e "$base/$d" ] && dirs+=("$base/$d"); done
     if [ "${#dirs[@]}" = 0 ]; then echo 0; else du -scb --apparent-size "${dirs[@]}" | tail -1 | cut -f1; fi
 }
+# pgcairn's repository bytes outside the WAL: packs, index and backup manifests.
+pgb_repo_bytes() { repo_bytes pgb packs/ index/ clusters/main/backups/; }
 
 backup() { # $1 = tool, $2 = full|incr; sets T_WALL, T_RSS; for incr also INCR_BYTES[$1]
     local before label
@@ -204,7 +269,7 @@ backup() { # $1 = tool, $2 = full|incr; sets T_WALL, T_RSS; for incr also INCR_B
         timed "r$round-$1-$2" "${PGBR[@]}" --type="$2" backup
         if [ "$2" = incr ]; then
             label=$(as_pg "${PGBR[@]}" --output=json info | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][-1]["label"])')
-            INCR_BYTES[$1]=$(du -sb --apparent-size "$W/pgbr-repo/backup/bench/$label" | cut -f1)
+            INCR_BYTES[$1]=$(repo_bytes pgbr "backup/bench/$label/")
         fi
     else
         before=$(pgb_repo_bytes)
@@ -279,7 +344,7 @@ keep() { # $1 = key, $2 = value, $3 = min|max
 for round in $(seq 1 "$ROUNDS"); do
     if [ $((round % 2)) = 1 ]; then ORDER=(pgbackrest pgcairn); else ORDER=(pgcairn pgbackrest); fi
     echo "== round $round (${ORDER[0]} first)"
-    fresh_repos
+    fresh_repos "$round"
     archive_now
     for tool in "${ORDER[@]}"; do
         backup "$tool" full; keep "$tool-full" "$T_WALL" min
@@ -321,17 +386,18 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 - "$SCALE" "$DB_BYTES" "$ROUNDS" "$PGBR_VERSION" "$PGBR_OPTS" "$PGB_STORED_NEW" \
+REPO_KIND=local; [ "$S3" = 1 ] && REPO_KIND="S3 (moto)"
+python3 - "$SCALE" "$DB_BYTES" "$ROUNDS" "$PGBR_VERSION" "$PGBR_OPTS" "$REPO_KIND" "$PGB_STORED_NEW" \
     "${BEST[pgcairn-full]}" "${BEST[pgbackrest-full]}" "${BEST[pgcairn-incr]}" "${BEST[pgbackrest-incr]}" \
     "${INCR_BYTES[pgcairn]}" "${INCR_BYTES[pgbackrest]}" "${BEST[pgcairn-restore]}" "${BEST[pgbackrest-restore]}" \
     "${BEST[pgcairn-rss]}" "${BEST[pgbackrest-rss]}" "${BEST[pgcairn-pitr]}" "${BEST[pgbackrest-pitr]}" <<'PY'
 import sys
-scale, db, rounds, ver, opts, stored_new = sys.argv[1:7]
-v = [float(x) for x in sys.argv[7:]]
+scale, db, rounds, ver, opts, kind, stored_new = sys.argv[1:8]
+v = [float(x) for x in sys.argv[8:]]
 pf, bf, pi, bi, pb, bb, pr, br, prss, brss, pp, bp = v
 MiB = 2**20
 print()
-print(f"pgbench scale {scale} ({int(db)/MiB:.0f} MiB), best of {rounds} round(s); pgBackRest {ver} ({opts}), pgcairn defaults")
+print(f"pgbench scale {scale} ({int(db)/MiB:.0f} MiB), best of {rounds} round(s), {kind} repositories; pgBackRest {ver} ({opts}), pgcairn defaults")
 print(f"{'':32}{'pgcairn':>10}{'pgBackRest':>12}{'ratio':>9}")
 def row(name, a, b, fmt, note=""):
     print(f"{name:32}{a:>10{fmt}}{b:>12{fmt}}{b/a if a else float('inf'):>8.2f}x{note}")
