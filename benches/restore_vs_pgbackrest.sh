@@ -5,7 +5,7 @@
 #
 # 1. A throwaway PostgreSQL 15 cluster (data checksums) is initialised with pgbench -i -s SCALE.
 #    Its archive_command pushes every WAL file to BOTH tools (pgBackRest first, then pgcairn),
-#    so both repositories hold the same WAL. pgBackRest: local repository, compress-type=zst,
+#    so both repositories hold the same WAL (local; S3=1: below). pgBackRest: compress-type=zst,
 #    compress-level=3, process-max=2, archive-async=n, plus repo1-bundle=y (>= 2.39) and
 #    repo1-block=y (block incremental, >= 2.46) when the installed version has them.
 #    pgcairn: its defaults (file:// repository made by `pgcairn init`, key file, zstd 3 for
