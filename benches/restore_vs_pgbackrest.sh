@@ -1,0 +1,413 @@
+#!/usr/bin/env bash
+# Backup, restore and point-in-time recovery: pgcairn against pgBackRest on the same cluster.
+#
+#   benches/restore_vs_pgbackrest.sh [SCALE]      (pgbench scale, default 10; run as root or postgres)
+#
+# 1. A throwaway PostgreSQL 15 cluster (data checksums) is initialised with pgbench -i -s SCALE.
+#    Its archive_command pushes every WAL file to BOTH tools (pgBackRest first, then pgcairn),
+#    so both repositories hold the same WAL (local; S3=1: below). pgBackRest: compress-type=zst,
+#    compress-level=3, process-max=2, archive-async=n, plus repo1-bundle=y (>= 2.39) and
+#    repo1-block=y (block incremental, >= 2.46) when the installed version has them.
+#    pgcairn: its defaults (file:// repository made by `pgcairn init`, key file, zstd 3 for
+#    blocks, XChaCha20-Poly1305), the release binary.
+# 2. A full backup by each tool; then a 1 % churn (update of the first SCALE*1000 rows of
+#    pgbench_accounts, contiguous) and an incremental by each (pgBackRest --type=incr, pgcairn
+#    --type incr). Stored bytes of the incremental: pgBackRest, the size of its backup directory
+#    in the repository; pgcairn, the growth of its repository outside the WAL (packs/, index/
+#    and the backup manifests), with `stored_new` of `backup --output json` shown beside it.
+# 3. Fingerprint F1 of the source right after the last incremental (count and sum of
+#    pgbench_accounts.abalance, count and newest row of a marker table). Then a marker row is
+#    inserted, fingerprint F2 taken and the time T recorded; after T another 1 % churn, a WAL
+#    switch, and a wait until the archiver has pushed that segment to both (pg_stat_archiver;
+#    then each tool's archive-get of it is checked).
+# 4. Each tool restores its newest backup to the backup's consistency point (pgBackRest
+#    --type=immediate, pgcairn --target immediate; both --target-action promote) into a fresh
+#    empty directory: wall time and peak RSS of the restore command (/usr/bin/time %M: the
+#    largest single process, pgBackRest's local workers included). The restored cluster is
+#    started on its own port with archive_mode=off; once promoted, its fingerprint must equal F1.
+# 5. Time to recover to T: each tool restores to --target-time T with promote into a fresh
+#    directory, PostgreSQL is started and polled until pg_is_in_recovery() is false; restore +
+#    start + WAL replay + promotion are timed as a whole. The fingerprint must equal F2, the
+#    restore_command must call the tool that restored, archive_mode must be off.
+#    Both tools' restore_command run synchronously (pgBackRest archive-async=n, pgcairn defaults).
+#
+# ROUNDS (default 1) repeats 2-5 with fresh repositories (archiving is paused while they are
+# recreated), alternating which tool goes first; times are the best of the rounds, peak RSS the
+# largest, stored bytes from the last round. Ratios: pgBackRest time / pgcairn time (>1: pgcairn
+# faster); stored bytes pgcairn / pgBackRest (<1: pgcairn smaller). The machine is shared and
+# noisy: compare ratios from one run, not across runs.
+#
+# Exits non-zero if any restore fails or any fingerprint differs.
+#
+# Environment: ROUNDS; S3; PGCAIRN_BIN (a pgcairn binary to use instead of building the release
+# one with `cargo build --release --locked -p pgcairn`); PG_BINDIR (PostgreSQL 15's bin).
+#
+# S3=1: both repositories in the local S3 server (scripts/s3-local.sh: moto, in memory, one
+# bucket, a prefix per tool and round). pgcairn talks plain HTTP to it; pgBackRest only speaks
+# HTTPS to S3, so it goes through a socat TLS terminator with a self-signed certificate
+# (repo1-storage-verify-tls=n). Stored bytes are summed from the bucket listing (boto3 from
+# moto's venv). moto is a Python server: its own cost weighs on both tools' timings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE=${1:-10}
+ROUNDS=${ROUNDS:-1}
+PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+S3=${S3:-0}
+[[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SCALE]" >&2; exit 2; }
+
+if [ "$(id -u)" = 0 ]; then ./scripts/install-deps.sh >/dev/null; fi
+command -v pgbackrest >/dev/null || { echo "pgbackrest missing: run scripts/install-deps.sh as root" >&2; exit 2; }
+BIN=${PGCAIRN_BIN:-target/release/pgcairn}
+if [ -z "${PGCAIRN_BIN:-}" ]; then
+    cargo build --release --locked -p pgcairn >/dev/null 2>&1 || cargo build --release --locked -p pgcairn
+fi
+
+W=$(mktemp -d /tmp/pgcairn-bench.XXXXXX)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+RUNNING=("$W/pg")      # data directories this script may have started
+SOCAT_PID=
+cleanup() {
+    for d in "${RUNNING[@]}"; do as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
+    if [ "$S3" = 1 ]; then
+        [ -n "$SOCAT_PID" ] && kill "$SOCAT_PID" 2>/dev/null
+        ./scripts/s3-local.sh stop "$W/s3" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$W"
+}
+trap cleanup EXIT
+mkdir -p "$W/bin"
+cp "$BIN" "$W/bin/pgcairn"
+chmod 755 "$W/bin/pgcairn"
+[ "$(id -u)" = 0 ] && chown -R postgres: "$W"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+now_ns() { date +%s%N; }
+psql_at() { as_pg "$PGBIN/psql" -X -A -t -q -h "$W" -p "$1" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$2"; }
+psql_pg() { psql_at "$PORT" "$1"; }
+FP_SQL="select (select count(*) || '/' || sum(abalance) from pgbench_accounts) || '/' ||
+               (select count(*) || '/' || coalesce(max(t)::text, '-') from marker)"
+
+PGBR_VERSION=$(pgbackrest version | awk '{print $2}')
+ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
+PGBR_EXTRA="" PGBR_OPTS="zst-3, process-max=2"
+if ver_ge "$PGBR_VERSION" 2.39; then PGBR_EXTRA+=$'repo1-bundle=y\n'; PGBR_OPTS+=", bundle"; fi
+if ver_ge "$PGBR_VERSION" 2.46; then PGBR_EXTRA+=$'repo1-block=y\n'; PGBR_OPTS+=", block incremental"; fi
+
+PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
+PGB=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
+
+echo "== pgBackRest $PGBR_VERSION ($PGBR_OPTS); $("$W/bin/pgcairn" --version); scale $SCALE, $ROUNDS round(s), in $W"
+as_pg "$PGBIN/initdb" -D "$W/pg" --data-checksums -A trust -U postgres >/dev/null
+cat >> "$W/pg/postgresql.conf" <<CONF
+listen_addresses = ''
+port = $PORT
+unix_socket_directories = '$W'
+wal_level = replica
+archive_mode = on
+archive_command = ''
+max_wal_size = '4GB'
+checkpoint_timeout = '1h'
+CONF
+ARCHIVE_COMMAND="pgbackrest --config=$W/pgbackrest.conf --stanza=bench archive-push %p && $W/bin/pgcairn --config $W/pgcairn.toml archive-push %p"
+if [ "$S3" = 1 ]; then
+    mkdir -p "$W/s3"
+    eval "$(./scripts/s3-local.sh start "$W/s3")"
+    S3_PORT=${PGCAIRN_TEST_S3_ENDPOINT##*:}
+    S3_BUCKET=$PGCAIRN_TEST_S3_BUCKET
+    TLS_PORT=$(free_port)
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/tls.key" -out "$W/tls.crt" -days 2 \
+        -subj /CN=127.0.0.1 >/dev/null 2>&1
+    cat "$W/tls.key" "$W/tls.crt" > "$W/tls.pem"
+    socat "OPENSSL-LISTEN:$TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$W/tls.pem,verify=0" "TCP:127.0.0.1:$S3_PORT" \
+        2>"$W/socat.log" &
+    SOCAT_PID=$!
+    echo "   S3: moto at $PGCAIRN_TEST_S3_ENDPOINT (bucket $S3_BUCKET), TLS for pgBackRest on port $TLS_PORT"
+fi
+# Repository settings of round $1 (S3: a fresh prefix per round).
+write_configs() {
+    local repo
+    if [ "$S3" = 1 ]; then
+        repo="repo1-type=s3
+repo1-path=/pgbr-r$1
+repo1-s3-bucket=$S3_BUCKET
+repo1-s3-endpoint=127.0.0.1
+repo1-s3-region=us-east-1
+repo1-s3-key=test
+repo1-s3-key-secret=test
+repo1-s3-uri-style=path
+repo1-storage-port=$TLS_PORT
+repo1-storage-verify-tls=n"
+    else
+        repo="repo1-path=$W/pgbr-repo"
+    fi
+    cat > "$W/pgbackrest.conf" <<CONF
+[global]
+$repo
+repo1-retention-full=100
+${PGBR_EXTRA}compress-type=zst
+compress-level=3
+log-level-console=warn
+log-level-file=off
+lock-path=$W/pgbr-lock
+spool-path=$W/pgbr-spool
+process-max=2
+start-fast=y
+archive-async=n
+
+[bench]
+pg1-path=$W/pg
+pg1-port=$PORT
+pg1-socket-path=$W
+CONF
+    if [ "$S3" = 1 ]; then
+        repo="url = \"s3://$S3_BUCKET/pgb-r$1\"
+endpoint = \"$PGCAIRN_TEST_S3_ENDPOINT\"
+region = \"us-east-1\"
+allow_http = true
+access_key_id = \"test\"
+secret_access_key = \"test\""
+    else
+        repo="url = \"file://$W/pgb-repo\""
+    fi
+    cat > "$W/pgcairn.toml" <<CONF
+[repo]
+$repo
+key_file = "$W/pgb.key"
+[cluster]
+name = "main"
+pgdata = "$W/pg"
+conninfo = "host=$W port=$PORT user=postgres dbname=postgres"
+[archive]
+spool_dir = "$W/pgb-spool"
+CONF
+    [ "$(id -u)" = 0 ] && chown postgres: "$W/pgbackrest.conf" "$W/pgcairn.toml"
+    chmod 600 "$W/pgbackrest.conf" "$W/pgcairn.toml"
+}
+write_configs 1
+
+as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
+t0=$SECONDS
+as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$W/pgbench-init.log" 2>&1 \
+    || { cat "$W/pgbench-init.log" >&2; exit 1; }
+psql_pg "create table marker(t timestamptz)" >/dev/null
+DB_BYTES=$(psql_pg "select pg_database_size('postgres')")
+echo "   pgbench -i -s $SCALE: $((SECONDS - t0)) s, database $((DB_BYTES / 1048576)) MiB"
+
+# Runs "$@" as postgres under /usr/bin/time, output to $W/$label.log and .err; sets T_WALL (s) and
+# T_RSS (KiB). Exits the script, showing the output, if the command fails.
+timed() {
+    local label=$1; shift
+    if ! as_pg /usr/bin/time -f '%e %M' -o "$W/$label.time" "$@" >"$W/$label.log" 2>"$W/$label.err"; then
+        echo "!! $label failed: $*" >&2
+        cat "$W/$label.log" "$W/$label.err" | sed 's/^/   | /' >&2
+        exit 1
+    fi
+    read -r T_WALL T_RSS < <(tail -1 "$W/$label.time")
+}
+
+# Fresh, empty repositories for both tools. Archiving is paused (an empty archive_command:
+# PostgreSQL keeps the WAL and pushes it once the command is back) while they are recreated.
+fresh_repos() { # $1 = round
+    psql_pg "alter system set archive_command = ''" >/dev/null
+    psql_pg "select pg_reload_conf()" >/dev/null
+    sleep 1   # let a push that was already running finish
+    as_pg rm -rf "$W/pgbr-repo" "$W/pgbr-lock" "$W/pgbr-spool" "$W/pgb-repo" "$W/pgb.key" "$W/pgb-spool"
+    write_configs "$1"
+    as_pg "${PGBR[@]}" stanza-create >/dev/null
+    as_pg "${PGB[@]}" init --key-file "$W/pgb.key" >/dev/null
+    psql_pg "alter system set archive_command = '${ARCHIVE_COMMAND//\'/\'\'}'" >/dev/null
+    psql_pg "select pg_reload_conf()" >/dev/null
+}
+
+# Switches WAL and waits until the archiver has pushed the switched segment (to both tools:
+# the archive_command succeeds only when both have it); then checks each tool can get it.
+archive_now() {
+    local seg last i=0
+    seg=$(psql_pg "select pg_walfile_name(pg_switch_wal())")
+    while :; do
+        last=$(psql_pg "select coalesce(last_archived_wal, '') from pg_stat_archiver")
+        [[ "$last" =~ ^[0-9A-F]{24}$ && ! "$last" < "$seg" ]] && break
+        i=$((i + 1))
+        [ "$i" -lt 36000 ] || { echo "!! $seg not archived after an hour" >&2; tail -20 "$W/pg.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    as_pg "${PGBR[@]}" archive-get "$seg" "$W/check-pgbr-$seg" >/dev/null
+    as_pg "${PGB[@]}" archive-get "$seg" "$W/check-pgb-$seg" >/dev/null
+    cmp -s "$W/check-pgbr-$seg" "$W/check-pgb-$seg" || { echo "!! the archives' copies of $seg differ" >&2; exit 1; }
+    as_pg rm -f "$W/check-pgbr-$seg" "$W/check-pgb-$seg"
+}
+
+churn() { psql_pg "update pgbench_accounts set abalance = abalance + 1 where aid <= $((SCALE * 1000))" >/dev/null; }
+
+# Bytes stored under repository paths ("dir/"): du locally, the bucket listing on S3.
+repo_bytes() { # $1 = pgbr|pgb, then paths inside that tool's repository
+    local tool=$1 d dirs=(); shift
+    if [ "$S3" = 1 ]; then
+        local prefix=pgb-r$round/; [ "$tool" = pgbr ] && prefix=pgbr-r$round/
+        /var/cache/pgcairn-test/venv/bin/python - "$PGCAIRN_TEST_S3_ENDPOINT" "$S3_BUCKET" "$prefix" "$@" <<'PY'
+import sys, boto3
+ep, bucket, prefix, paths = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+s3 = boto3.client("s3", endpoint_url=ep, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1")
+total = 0
+for p in paths:
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + p):
+        total += sum(o["Size"] for o in page.get("Contents", []))
+print(total)
+PY
+        return
+    fi
+    local base="$W/pgb-repo"; [ "$tool" = pgbr ] && base="$W/pgbr-repo"
+    for d in "$@"; do [ -e "$base/$d" ] && dirs+=("$base/$d"); done
+    if [ "${#dirs[@]}" = 0 ]; then echo 0; else du -scb --apparent-size "${dirs[@]}" | tail -1 | cut -f1; fi
+}
+# pgcairn's repository bytes outside the WAL: packs, index and backup manifests.
+pgb_repo_bytes() { repo_bytes pgb packs/ index/ clusters/main/backups/; }
+
+backup() { # $1 = tool, $2 = full|incr; sets T_WALL, T_RSS; for incr also INCR_BYTES[$1]
+    local before label
+    if [ "$1" = pgbackrest ]; then
+        timed "r$round-$1-$2" "${PGBR[@]}" --type="$2" backup
+        if [ "$2" = incr ]; then
+            label=$(as_pg "${PGBR[@]}" --output=json info | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["backup"][-1]["label"])')
+            INCR_BYTES[$1]=$(repo_bytes pgbr "backup/bench/$label/")
+        fi
+    else
+        before=$(pgb_repo_bytes)
+        timed "r$round-$1-$2" "${PGB[@]}" --progress never backup --type "$2" --output json
+        if [ "$2" = incr ]; then
+            INCR_BYTES[$1]=$(( $(pgb_repo_bytes) - before ))
+            PGB_STORED_NEW=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["stats"]["stored_new"])' "$W/r$round-$1-$2.log")
+        fi
+    fi
+}
+
+# Restores with $1 (tool) to $2 (imm: the newest backup's consistency point; pitr: time T)
+# into a fresh directory, starts it on its own port with archive_mode=off and waits for the
+# promotion. Sets T_WALL/T_RSS (the restore command), T_REC (restore + start + replay +
+# promotion, s) and FP (the restored cluster's fingerprint).
+recover() {
+    local tool=$1 kind=$2 dir="$W/restored-$1-$2" port t0 t1 i=0 rc
+    port=$(free_port)
+    as_pg rm -rf "$dir" "$dir.log"
+    as_pg mkdir -m 700 "$dir"
+    local cmd
+    if [ "$tool" = pgbackrest ]; then
+        cmd=("${PGBR[@]}" --pg1-path="$dir" --target-action=promote)
+        if [ "$kind" = imm ]; then cmd+=(--type=immediate); else cmd+=(--type=time "--target=$T"); fi
+        cmd+=(restore)
+    else
+        cmd=("${PGB[@]}" --progress never restore --pgdata "$dir" --target-action promote)
+        if [ "$kind" = imm ]; then cmd+=(--target immediate); else cmd+=(--target-time "$T"); fi
+    fi
+    t0=$(now_ns)
+    timed "r$round-$tool-$kind-restore" "${cmd[@]}"
+    RUNNING+=("$dir")
+    if ! as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$dir.log" -t 3600 -w \
+        -o "-c port=$port -c archive_mode=off -c unix_socket_directories=$W" start >/dev/null; then
+        echo "!! the cluster restored by $tool ($kind) did not start" >&2; tail -30 "$dir.log" >&2; exit 1
+    fi
+    while [ "$(psql_at "$port" "select pg_is_in_recovery()" 2>/dev/null || echo t)" != f ]; do
+        i=$((i + 1))
+        [ "$i" -lt 36000 ] || { echo "!! the cluster restored by $tool ($kind) is still in recovery" >&2; tail -30 "$dir.log" >&2; exit 1; }
+        as_pg "$PGBIN/pg_ctl" -D "$dir" status >/dev/null || { echo "!! the cluster restored by $tool ($kind) stopped" >&2; tail -30 "$dir.log" >&2; exit 1; }
+        sleep 0.05
+    done
+    t1=$(now_ns)
+    T_REC=$(python3 -c "print(($t1 - $t0) / 1e9)")
+    FP=$(psql_at "$port" "$FP_SQL")
+    # The restored cluster recovered through its own tool and does not archive.
+    local rcmd am
+    rcmd=$(psql_at "$port" "show restore_command")
+    am=$(psql_at "$port" "show archive_mode")
+    if [ "$tool" = pgbackrest ]; then [[ "$rcmd" == pgbackrest* && "$rcmd" != *"$W/bin/pgcairn"* ]]; else [[ "$rcmd" == *"$W/bin/pgcairn"* && "$rcmd" != *pgbackrest* ]]; fi \
+        || { echo "!! restore_command of the cluster restored by $tool: $rcmd" >&2; exit 1; }
+    [ "$am" = off ] || { echo "!! archive_mode of the cluster restored by $tool is $am" >&2; exit 1; }
+    rc=0
+    grep -q "recovery stopping\|recovery stopped\|redo done" "$dir.log" || rc=1
+    as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+    [ "$rc" = 0 ] || { echo "!! no end of recovery in the log of the cluster restored by $tool ($kind)" >&2; exit 1; }
+    as_pg rm -rf "$dir"
+}
+
+min() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:] if x]; print(min(v))' "$@"; }
+max() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:] if x]; print(max(v))' "$@"; }
+declare -A BEST INCR_BYTES
+FAILED=0
+check_fp() { # $1 = what, $2 = expected, $3 = got
+    if [ "$2" = "$3" ]; then echo "   $1: fingerprint $3 (as expected)"; else
+        echo "!! $1: fingerprint $3, expected $2" >&2; FAILED=1; fi
+}
+keep() { # $1 = key, $2 = value, $3 = min|max
+    BEST[$1]=$($3 "${BEST[$1]:-}" "$2")
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then ORDER=(pgbackrest pgcairn); else ORDER=(pgcairn pgbackrest); fi
+    echo "== round $round (${ORDER[0]} first)"
+    fresh_repos "$round"
+    archive_now
+    for tool in "${ORDER[@]}"; do
+        backup "$tool" full; keep "$tool-full" "$T_WALL" min
+        echo "   $tool full backup: $T_WALL s"
+    done
+    churn
+    for tool in "${ORDER[@]}"; do
+        backup "$tool" incr; keep "$tool-incr" "$T_WALL" min
+        echo "   $tool incremental: $T_WALL s, $((INCR_BYTES[$tool] / 1024)) KiB stored"
+    done
+    F1=$(psql_pg "$FP_SQL")
+    psql_pg "insert into marker values (now())" >/dev/null
+    F2=$(psql_pg "$FP_SQL")
+    T=$(psql_pg "select clock_timestamp()")
+    sleep 0.5
+    churn
+    F3=$(psql_pg "$FP_SQL")
+    archive_now
+    echo "   F1 (after the incrementals) $F1; F2 (at T = $T) $F2; now $F3"
+    [ "$F1" != "$F2" ] && [ "$F2" != "$F3" ] || { echo "!! the fingerprints do not tell the points apart" >&2; exit 1; }
+
+    declare -A FP_IMM=()
+    for tool in "${ORDER[@]}"; do
+        recover "$tool" imm
+        keep "$tool-restore" "$T_WALL" min; keep "$tool-rss" "$T_RSS" max
+        FP_IMM[$tool]=$FP
+        echo "   $tool restore of its newest backup: $T_WALL s, peak RSS $((T_RSS / 1024)) MiB"
+        check_fp "$tool restore to the backup's end" "$F1" "$FP"
+    done
+    if [ "${FP_IMM[pgbackrest]}" != "${FP_IMM[pgcairn]}" ]; then
+        echo "!! the two tools' backups restore different data: pgBackRest ${FP_IMM[pgbackrest]}, pgcairn ${FP_IMM[pgcairn]}" >&2
+        FAILED=1
+    fi
+    for tool in "${ORDER[@]}"; do
+        recover "$tool" pitr
+        keep "$tool-pitr" "$T_REC" min
+        printf '   %s time to recover to T: %.2f s (restore %s s)\n' "$tool" "$T_REC" "$T_WALL"
+        check_fp "$tool recovery to T" "$F2" "$FP"
+    done
+done
+
+REPO_KIND=local; [ "$S3" = 1 ] && REPO_KIND="S3 (moto)"
+python3 - "$SCALE" "$DB_BYTES" "$ROUNDS" "$PGBR_VERSION" "$PGBR_OPTS" "$REPO_KIND" "$PGB_STORED_NEW" \
+    "${BEST[pgcairn-full]}" "${BEST[pgbackrest-full]}" "${BEST[pgcairn-incr]}" "${BEST[pgbackrest-incr]}" \
+    "${INCR_BYTES[pgcairn]}" "${INCR_BYTES[pgbackrest]}" "${BEST[pgcairn-restore]}" "${BEST[pgbackrest-restore]}" \
+    "${BEST[pgcairn-rss]}" "${BEST[pgbackrest-rss]}" "${BEST[pgcairn-pitr]}" "${BEST[pgbackrest-pitr]}" <<'PY'
+import sys
+scale, db, rounds, ver, opts, kind, stored_new = sys.argv[1:8]
+v = [float(x) for x in sys.argv[8:]]
+pf, bf, pi, bi, pb, bb, pr, br, prss, brss, pp, bp = v
+MiB = 2**20
+print()
+print(f"pgbench scale {scale} ({int(db)/MiB:.0f} MiB), best of {rounds} round(s), {kind} repositories; pgBackRest {ver} ({opts}), pgcairn defaults")
+print(f"{'':32}{'pgcairn':>10}{'pgBackRest':>12}{'ratio':>9}")
+def row(name, a, b, fmt, note=""):
+    print(f"{name:32}{a:>10{fmt}}{b:>12{fmt}}{b/a if a else float('inf'):>8.2f}x{note}")
+row("full backup s", pf, bf, ".2f", "  (pgBackRest / pgcairn: >1 means pgcairn faster)")
+row("incremental backup s (1 % churn)", pi, bi, ".2f")
+print(f"{'incremental stored MiB':32}{pb/MiB:>10.2f}{bb/MiB:>12.2f}{pb/bb if bb else float('inf'):>8.2f}x"
+      f"  (pgcairn / pgBackRest: <1 means pgcairn smaller; pgcairn stored_new {int(stored_new)/MiB:.2f} MiB)")
+row("restore s (backup's end)", pr, br, ".2f")
+print(f"{'restore peak RSS MiB':32}{prss/1024:>10.1f}{brss/1024:>12.1f}")
+row("time to recover to T s", pp, bp, ".2f", "  (restore + start + replay + promotion)")
+PY
+if [ "$FAILED" != 0 ]; then echo "!! a fingerprint differed (see above)" >&2; exit 1; fi
+echo "all fingerprints matched"
