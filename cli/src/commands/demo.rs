@@ -65,10 +65,29 @@ impl Steps {
     }
 }
 
+/// A new directory under TMPDIR with a random name, created exclusively with mode 0700.
+fn fresh_temp_dir(prefix: &str) -> Result<PathBuf, Failure> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map(tempfile::TempDir::keep)
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::Failed,
+                format!(
+                    "cannot create a directory under TMPDIR ({}): {e}",
+                    std::env::temp_dir().display()
+                ),
+            )
+        })
+}
+
 pub async fn run(cli: &Cli, dir: Option<&Path>, keep: bool) -> Result<(), Failure> {
+    // Default: a new directory with a random name (created exclusively, 0700), never a
+    // predictable path another user could have created first.
     let dir = match dir {
         Some(d) => d.to_path_buf(),
-        None => std::env::temp_dir().join(format!("pgcairn-demo-{}", std::process::id())),
+        None => fresh_temp_dir("pgcairn-demo-")?,
     };
     if dir.exists()
         && std::fs::read_dir(&dir)
@@ -299,7 +318,8 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         "select count(*) = 1 from demo_events where label = 'before the incident'".to_string(),
         "select count(*) = 0 from demo_events where label like 'the incident%'".to_string(),
     ];
-    let report_dir = std::env::temp_dir().join("pgcairn-demo-reports");
+    let report_dir = fresh_temp_dir("pgcairn-demo-reports-")?;
+    give_to(run_as.as_deref(), &report_dir)?;
     let drill_opts = DrillOptions {
         restore: RestoreOptions {
             target_spec: Target::Time(parse_target_time(&target_time)?),
