@@ -275,6 +275,9 @@ fn lost_data_object(backend: Backend) {
     let before_hole = switch_wal(&pg);
     pg.psql("postgres", "insert into t values (2)").unwrap();
     let hole = switch_wal(&pg);
+    // Time targets are placed by when segments were archived: wait until the hole is archived
+    // before taking the target, so the target lies after it however slow the archiver is.
+    wait_archived(&pg, &hole, Duration::from_secs(90));
     pg.psql("postgres", "insert into t values (3)").unwrap();
     let target = pg
         .psql(

@@ -30,26 +30,65 @@ pub async fn for_each_index_segment(
 }
 
 /// [`for_each_index_segment`] over segments already listed.
+///
+/// gc rewrites index segments while backups and restores read them: it writes the
+/// replacement before it deletes the old segment, so a listed segment that is gone by the time
+/// it is read (not found) means its entries are in a segment this listing did not see. The
+/// index is then listed again and the segments not yet read are read, up to
+/// [`INDEX_RELISTS`] times; only a segment that keeps vanishing is an error.
 async fn for_each_listed_segment(
     repo: &Repository,
     keys: Vec<crate::storage::ObjectInfo>,
     mut each: impl FnMut(Vec<IndexEntry>, u64),
 ) -> Result<usize> {
     let listed = keys.len();
-    let mut segments = futures::stream::iter(keys)
-        .map(|o| async move {
-            let sealed = repo.storage().get(&o.key).await?;
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut pending = keys;
+    for round in 0..=INDEX_RELISTS {
+        let mut vanished = None;
+        let mut segments = futures::stream::iter(pending)
+            .map(|o| async move {
+                let got = repo.storage().get(&o.key).await;
+                (o, got)
+            })
+            .buffer_unordered(8);
+        while let Some((o, got)) = segments.next().await {
+            seen.insert(o.key.to_string());
+            let sealed = match got {
+                Ok(s) => s,
+                Err(crate::storage::StorageError::NotFound { .. }) => {
+                    vanished = Some(o.key.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let entries = open_segment(repo.codec(), &sealed)
                 .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
-            Ok::<_, Error>((entries, sealed.len() as u64))
-        })
-        .buffer_unordered(8);
-    while let Some(seg) = segments.next().await {
-        let (entries, len) = seg?;
-        each(entries, len);
+            each(entries, sealed.len() as u64);
+        }
+        drop(segments);
+        let Some(gone) = vanished else {
+            return Ok(listed);
+        };
+        if round == INDEX_RELISTS {
+            return Err(Error::NotFound(format!(
+                "index segment {gone} vanished while it was read, {INDEX_RELISTS} times in a row \
+                 (is something other than gc deleting index segments?)"
+            )));
+        }
+        pending = repo
+            .storage()
+            .list(layout::INDEX_PREFIX)
+            .await?
+            .into_iter()
+            .filter(|o| !seen.contains(&o.key.to_string()))
+            .collect();
     }
     Ok(listed)
 }
+
+/// How many times a read of the index lists it again after a segment vanished (gc's rewrite).
+const INDEX_RELISTS: usize = 3;
 
 /// An upper bound on the entries of listed index segments, to size a vector once: an entry's
 /// block id is 32 random bytes, which no compression shrinks, so a segment holds at most
