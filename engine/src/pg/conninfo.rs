@@ -110,8 +110,11 @@ fn redact_uri(uri: &str) -> String {
 
 /// True when the string carries a password.
 pub fn has_password(conninfo: &str) -> bool {
-    redact(conninfo) != conninfo
-        || split(conninfo).is_ok_and(|p| p.iter().any(|(k, _)| k == "password"))
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        return redact_uri(conninfo) != conninfo;
+    }
+    // Unparseable: assume the worst (callers use this to keep secrets private).
+    split(conninfo).map_or(true, |p| p.iter().any(|(k, _)| k == "password"))
 }
 
 fn quote(v: &str) -> String {
@@ -374,6 +377,12 @@ mod tests {
         assert!(!redact("host='unterminated password=x").contains("password=x"));
         assert!(has_password("password=x host=y"));
         assert!(!has_password("host=y user=z"));
+        assert!(
+            !has_password("host = y  user='z'"),
+            "spacing and quoting are not a password"
+        );
+        assert!(has_password("postgresql://u:pw@h/db"));
+        assert!(!has_password("postgresql://u@h/db"));
     }
 
     #[test]
