@@ -45,12 +45,7 @@ pub fn dirs_to_sync(root: &Path, path: &Path) -> Vec<PathBuf> {
 /// missing). Nothing below it is reachable by other users, even in the moment between
 /// `object_store` creating a file under the umask and [`sync_file_and_dirs`] tightening it.
 pub fn create_root(root: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(root)?;
-    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+    pgcairn_engine::private_fs::create_dir_all(root)
 }
 
 /// fsyncs a file and the given directories (from [`dirs_to_sync`]), and makes the file 0600

@@ -501,7 +501,7 @@ pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
 impl TestEnv {
     /// Signed request (curl, the fixture's test credentials) to the loopback S3 server for
     /// repository object `key`.
-    fn s3_request(&self, method: &str, key: &str) -> Output {
+    fn s3_request(&self, method: &str, key: &str, upload: Option<&Path>) -> Output {
         let endpoint = self
             .options
             .s3_endpoint
@@ -509,17 +509,20 @@ impl TestEnv {
             .or_else(s3_endpoint)
             .expect("S3 endpoint");
         let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
-        Command::new("curl")
-            .args([
-                "-sf",
-                "-X",
-                method,
-                "--aws-sigv4",
-                "aws:amz:us-east-1:s3",
-                "--user",
-                "test:test",
-            ])
-            .arg(format!("{endpoint}/{bucket_prefix}/{key}"))
+        let mut c = Command::new("curl");
+        c.args([
+            "-sf",
+            "-X",
+            method,
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            "test:test",
+        ]);
+        if let Some(file) = upload {
+            c.arg("--upload-file").arg(file);
+        }
+        c.arg(format!("{endpoint}/{bucket_prefix}/{key}"))
             .output()
             .expect("curl")
     }
@@ -529,7 +532,7 @@ impl TestEnv {
         match self.options.backend {
             Backend::File => std::fs::read(self.path().join("repo").join(key)).ok(),
             Backend::S3 => {
-                let out = self.s3_request("GET", key);
+                let out = self.s3_request("GET", key, None);
                 out.status.success().then_some(out.stdout)
             }
         }
@@ -546,26 +549,7 @@ impl TestEnv {
             Backend::S3 => {
                 let tmp = self.path().join("upload.tmp");
                 std::fs::write(&tmp, body).unwrap();
-                let endpoint = self
-                    .options
-                    .s3_endpoint
-                    .clone()
-                    .or_else(s3_endpoint)
-                    .unwrap();
-                let bucket_prefix = self.repo_url.strip_prefix("s3://").unwrap();
-                let out = Command::new("curl")
-                    .args([
-                        "-sf",
-                        "--aws-sigv4",
-                        "aws:amz:us-east-1:s3",
-                        "--user",
-                        "test:test",
-                    ])
-                    .arg("--upload-file")
-                    .arg(&tmp)
-                    .arg(format!("{endpoint}/{bucket_prefix}/{key}"))
-                    .output()
-                    .expect("curl");
+                let out = self.s3_request("PUT", key, Some(&tmp));
                 assert!(out.status.success(), "PUT {key}: {}", stderr(&out));
             }
         }
@@ -576,7 +560,7 @@ impl TestEnv {
         match self.options.backend {
             Backend::File => std::fs::remove_file(self.path().join("repo").join(key)).unwrap(),
             Backend::S3 => {
-                let out = self.s3_request("DELETE", key);
+                let out = self.s3_request("DELETE", key, None);
                 assert!(out.status.success(), "DELETE {key}: {}", stderr(&out));
             }
         }

@@ -104,39 +104,12 @@ fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_str().unwrap().to_string()
 }
 
-/// Reads one repository object by key: from disk for `file://`, by a signed GET (curl, with
-/// the fixture's test credentials) from the loopback S3 server otherwise. `None` when absent.
-fn read_object(env: &TestEnv, key: &str) -> Option<Vec<u8>> {
-    match env.options.backend {
-        Backend::File => std::fs::read(env.path().join("repo").join(key)).ok(),
-        Backend::S3 => {
-            let endpoint = env
-                .options
-                .s3_endpoint
-                .clone()
-                .or_else(s3_endpoint)
-                .unwrap();
-            let bucket_prefix = env.repo_url.strip_prefix("s3://").unwrap();
-            let out = Command::new("curl")
-                .args([
-                    "-sf",
-                    "--aws-sigv4",
-                    "aws:amz:us-east-1:s3",
-                    "--user",
-                    "test:test",
-                ])
-                .arg(format!("{endpoint}/{bucket_prefix}/{key}"))
-                .output()
-                .expect("curl");
-            out.status.success().then_some(out.stdout)
-        }
-    }
-}
-
 /// The pointer object (JSON) of an archived segment of cluster `main`.
 fn pointer(env: &TestEnv, name: &str) -> serde_json::Value {
     let key = format!("clusters/main/wal/{}/{name}", &name[..8]);
-    let raw = read_object(env, &key).unwrap_or_else(|| panic!("pointer {key} missing"));
+    let raw = env
+        .read_object(&key)
+        .unwrap_or_else(|| panic!("pointer {key} missing"));
     serde_json::from_slice(&raw).unwrap()
 }
 
