@@ -53,10 +53,11 @@ use crate::archive::push::run_cpu;
 use crate::backup::blockstore::BlockIndex;
 use crate::backup::file_spool::SpooledFiles;
 use crate::backup::manifest::{self, FileEntry, Manifest};
+use crate::codec::tree_hash::{PartHash, PartedHash};
 use crate::error::{Error, Result};
 use crate::fs_beneath;
 use crate::index::IndexEntry;
-use crate::pack::open_block;
+use crate::pack::{open_block, open_block_authenticated};
 use crate::progress::Progress;
 use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
@@ -666,6 +667,7 @@ impl FileJob<'_> {
         // instead of alternating between them.
         let mut reused = 0u64;
         let mut runs: Vec<Vec<(usize, IndexEntry)>> = Vec::new();
+        let mut zeros: Vec<usize> = Vec::new();
         let mut i = 0;
         while i < f.blocks.len() {
             if same(i) {
@@ -679,6 +681,7 @@ impl FileJob<'_> {
                     file.write_at(&vec![0u8; len as usize], i as u64 * block_size)
                         .map_err(|e| io(path, e))?;
                 }
+                zeros.push(i);
                 i += 1;
                 continue;
             }
@@ -702,6 +705,15 @@ impl FileJob<'_> {
             runs.push(run);
             i = j;
         }
+        // The whole-file check: a full (not delta) restore hashes each block where it opens
+        // it, at its offset in the file, and merges the hashes at the end; the file is never
+        // read back. A delta restore keeps blocks it did not open, so it reads the file back.
+        let parted = if delta {
+            None
+        } else {
+            PartedHash::plain(block_size as usize)
+        };
+        let size = f.size;
         let mut writes = futures::stream::iter(runs)
             .map(|run| {
                 let file = file.clone();
@@ -717,50 +729,68 @@ impl FileJob<'_> {
                     let codec = repo.codec().clone();
                     let base = first.entry.offset;
                     let key_s = key.to_string();
-                    run_cpu(move || -> Result<()> {
+                    run_cpu(move || -> Result<Vec<(usize, PartHash)>> {
+                        let mut hashes = Vec::with_capacity(run.len());
                         for (pos, e) in &run {
                             let s = (e.entry.offset - base) as usize;
                             let sealed = &bytes[s..s + e.entry.sealed_len as usize];
-                            let plain = open_block(&codec, &e.entry, sealed)
+                            let opened = match parted {
+                                Some(_) => open_block_authenticated(&codec, &e.entry, sealed),
+                                None => open_block(&codec, &e.entry, sealed),
+                            };
+                            let plain = opened
                                 .map_err(|err| Error::corrupt(key_s.clone(), err.to_string()))?;
+                            if let Some(p) = parted {
+                                hashes.push((*pos, p.part(size, *pos, &plain)));
+                            }
                             file.write_at(&plain, *pos as u64 * block_size)
                                 .map_err(|err| Error::io("writing a restored file", err))?;
                         }
-                        Ok(())
+                        Ok(hashes)
                     })
                     .await
                 }
             })
             .buffer_unordered(RUNS_IN_FLIGHT);
+        let mut parts: Vec<Option<PartHash>> = match parted {
+            Some(_) => vec![None; f.blocks.len()],
+            None => Vec::new(),
+        };
         while let Some(r) = writes.next().await {
-            r?;
+            for (pos, h) in r? {
+                parts[pos] = Some(h);
+            }
         }
         drop(writes);
+        if let Some(p) = parted {
+            if !zeros.is_empty() {
+                // Holes hash as the zeros they read as.
+                let zero_hashes = run_cpu(move || {
+                    let buf = vec![0u8; block_size as usize];
+                    zeros
+                        .into_iter()
+                        .map(|i| {
+                            let len = (size - i as u64 * block_size).min(block_size) as usize;
+                            (i, p.part(size, i, &buf[..len]))
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                for (pos, h) in zero_hashes {
+                    parts[pos] = Some(h);
+                }
+            }
+        }
         file.set_len(f.size).map_err(|e| io(path, e))?;
         fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
         file.sync_all().map_err(|e| io(path, e))?;
-        // Whole-file check against the checksum recorded at backup, read back from disk
-        // through the same descriptor (this also covers blocks a delta restore kept).
-        let (check, expected) = (file.clone(), f.checksum.clone());
-        let actual = run_cpu(move || -> std::io::Result<String> {
-            let mut h = blake3::Hasher::new();
-            // A bounded buffer, not a map: mapped pages of a 1 GiB relation file would count
-            // as resident memory of the restore.
-            let mut buf = vec![0u8; 1 << 20];
-            let mut off = 0u64;
-            loop {
-                let n = check.read_at(&mut buf, off)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                off += n as u64;
-            }
-            Ok(h.finalize().to_hex().to_string())
-        })
-        .await
-        .map_err(|e| io(path, e))?;
-        if actual != expected {
+        let actual = match parted {
+            Some(p) => merged_hash(p, f, parts),
+            None => read_back_hash(file.clone())
+                .await
+                .map_err(|e| io(path, e))?,
+        };
+        if actual != f.checksum {
             return Err(Error::corrupt(
                 f.path.clone(),
                 "restored file does not match the checksum recorded at backup",
@@ -768,6 +798,41 @@ impl FileJob<'_> {
         }
         Ok(reused)
     }
+}
+
+/// The file's BLAKE3 from the hashes of its blocks (hex; empty if a block's hash is missing,
+/// which then fails the comparison with the manifest's checksum).
+fn merged_hash(p: PartedHash<'_>, f: &FileEntry, parts: Vec<Option<PartHash>>) -> String {
+    if f.size == 0 {
+        return blake3::hash(b"").to_hex().to_string();
+    }
+    let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
+        return String::new();
+    };
+    p.merge(f.size, &parts)
+        .map(|h| blake3::Hash::from_bytes(h).to_hex().to_string())
+        .unwrap_or_default()
+}
+
+/// The file's BLAKE3, read back from disk through the restore's descriptor.
+async fn read_back_hash(file: Arc<std::fs::File>) -> std::io::Result<String> {
+    run_cpu(move || -> std::io::Result<String> {
+        let mut h = blake3::Hasher::new();
+        // A bounded buffer, not a map: mapped pages of a 1 GiB relation file would count as
+        // resident memory of the restore.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0u64;
+        loop {
+            let n = file.read_at(&mut buf, off)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(h.finalize().to_hex().to_string())
+    })
+    .await
 }
 
 /// For delta restore: which blocks of an existing file already hold the backup's content
