@@ -22,6 +22,7 @@ pub mod archive;
 pub mod backup;
 pub mod codec;
 pub mod crypto;
+pub mod direct_io;
 pub mod drill;
 pub mod error;
 pub mod expire;

@@ -54,6 +54,7 @@ use crate::backup::blockstore::BlockIndex;
 use crate::backup::file_spool::SpooledFiles;
 use crate::backup::manifest::{self, FileEntry, Manifest};
 use crate::codec::tree_hash::{PartHash, PartedHash};
+use crate::direct_io;
 use crate::error::{Error, Result};
 use crate::fs_beneath;
 use crate::index::IndexEntry;
@@ -391,8 +392,10 @@ pub async fn restore(
         .filter(|p| *p != PG_CONTROL)
         .map(str::to_string)
         .collect();
+    let pool = WorkerPool::new()?;
     let job = FileJob {
         repo,
+        pool: &pool,
         index: &index,
         tree: &tree,
         target,
@@ -407,23 +410,33 @@ pub async fn restore(
                 let f = files
                     .get(&path)?
                     .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
-                job.restore_file(&f).await.map(|reused| (f.size, reused))
+                let (reused, written) = job.restore_file(&f).await?;
+                Ok::<_, Error>((f.size, reused, written.map(|w| (target.join(&f.path), w))))
             }
         })
         .buffer_unordered(opts.jobs.max(1));
     let (mut bytes, mut bytes_reused) = (0, 0);
+    let mut syncs = BackgroundSyncs::default();
     while let Some(r) = writes.next().await {
-        let (n, reused) = r?;
+        let (n, reused, written) = r?;
         bytes += n;
         bytes_reused += reused;
         progress.advance(n, n - reused);
+        if let Some((path, file)) = written {
+            syncs.push(path, file).await?;
+        }
     }
     drop(writes);
+    syncs.finish().await?;
     write_recovery_files(&m, opts, &tree, owner)?;
     // Every directory's entries durable, then pg_control, then the marker goes.
     sync_tree(&m, &tree, target)?;
     if let Some(f) = files.get(PG_CONTROL)? {
-        let reused = job.restore_file(&f).await?;
+        let (reused, written) = job.restore_file(&f).await?;
+        if let Some(file) = written {
+            file.sync_all()
+                .map_err(|e| io(&target.join(PG_CONTROL), e))?;
+        }
         bytes += f.size;
         bytes_reused += reused;
         progress.advance(f.size, f.size - reused);
@@ -612,10 +625,38 @@ fn remove_extra_files<'a>(
     Ok(removed)
 }
 
+/// The threads that open, hash and write restored blocks. Twice as many as cores: a direct
+/// write holds its thread until the device has the data, and meanwhile another thread keeps
+/// the core busy opening the next run. A pool of the restore's own, so that the process-wide
+/// CPU pool (sized to the cores, for compute only) never waits on a disk.
+struct WorkerPool(rayon::ThreadPool);
+
+impl WorkerPool {
+    fn new() -> Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2 * cores)
+            .thread_name(|i| format!("pgcairn-restore-{i}"))
+            .build()
+            .map(WorkerPool)
+            .map_err(|e| Error::io("starting the restore's threads", std::io::Error::other(e)))
+    }
+
+    /// Runs `f` on the pool and waits for its result.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.0.spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.await.expect("restore task panicked")
+    }
+}
+
 /// What every file of one restore shares.
 #[derive(Clone, Copy)]
 struct FileJob<'a> {
     repo: &'a Repository,
+    pool: &'a WorkerPool,
     index: &'a Arc<BlockIndex>,
     tree: &'a Arc<fs_beneath::Tree>,
     target: &'a Path,
@@ -629,9 +670,16 @@ impl FileJob<'_> {
     /// Opened once, beneath the data directory (or its tablespace location) without following
     /// a link; everything after that (delta comparison, writes, checksum read-back, owner,
     /// mode) goes through that descriptor.
-    async fn restore_file(&self, f: &FileEntry) -> Result<u64> {
-        let (repo, index, block_size, delta) =
-            (self.repo, &**self.index, self.block_size, self.delta);
+    /// Returns the bytes reused (delta) and, if the file was written, its descriptor, still
+    /// to be made durable ([`BackgroundSyncs`]).
+    async fn restore_file(&self, f: &FileEntry) -> Result<(u64, Option<Arc<std::fs::File>>)> {
+        let (repo, pool, index, block_size, delta) = (
+            self.repo,
+            self.pool,
+            &**self.index,
+            self.block_size,
+            self.delta,
+        );
         let path = &self.target.join(&f.path);
         let (dir, name) = self
             .tree
@@ -653,7 +701,7 @@ impl FileJob<'_> {
         if let Some(same) = &existing {
             if same.iter().all(|s| *s) && file.metadata().map(|m| m.len()).ok() == Some(f.size) {
                 fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
-                return Ok(f.size);
+                return Ok((f.size, None));
             }
         }
         let same = |i: usize| {
@@ -714,6 +762,8 @@ impl FileJob<'_> {
             PartedHash::plain(block_size as usize)
         };
         let size = f.size;
+        // Large files of a full restore go past the page cache ([`direct_io`]).
+        let direct = !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
         let mut writes = futures::stream::iter(runs)
             .map(|run| {
                 let file = file.clone();
@@ -726,27 +776,24 @@ impl FileJob<'_> {
                         .storage()
                         .get_range(&key, first.entry.offset..end)
                         .await?;
-                    let codec = repo.codec().clone();
+                    let out = RunOutput {
+                        codec: repo.codec().clone(),
+                        file,
+                        pack: key.to_string(),
+                        block_size,
+                        size,
+                        parted,
+                    };
                     let base = first.entry.offset;
-                    let key_s = key.to_string();
-                    run_cpu(move || -> Result<Vec<(usize, PartHash)>> {
-                        let mut hashes = Vec::with_capacity(run.len());
-                        for (pos, e) in &run {
-                            let s = (e.entry.offset - base) as usize;
-                            let sealed = &bytes[s..s + e.entry.sealed_len as usize];
-                            let opened = match parted {
-                                Some(_) => open_block_authenticated(&codec, &e.entry, sealed),
-                                None => open_block(&codec, &e.entry, sealed),
-                            };
-                            let plain = opened
-                                .map_err(|err| Error::corrupt(key_s.clone(), err.to_string()))?;
-                            if let Some(p) = parted {
-                                hashes.push((*pos, p.part(size, *pos, &plain)));
-                            }
-                            file.write_at(&plain, *pos as u64 * block_size)
-                                .map_err(|err| Error::io("writing a restored file", err))?;
+                    pool.run(move || {
+                        if direct {
+                            let cap = direct_io::GROUP_LEN.max(block_size as usize);
+                            direct_io::with_group_buf(cap, |g| {
+                                out.write_run(&run, base, &bytes, Some(g))
+                            })
+                        } else {
+                            out.write_run(&run, base, &bytes, None)
                         }
-                        Ok(hashes)
                     })
                     .await
                 }
@@ -783,7 +830,6 @@ impl FileJob<'_> {
         }
         file.set_len(f.size).map_err(|e| io(path, e))?;
         fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
-        file.sync_all().map_err(|e| io(path, e))?;
         let actual = match parted {
             Some(p) => merged_hash(p, f, parts),
             None => read_back_hash(file.clone())
@@ -796,7 +842,125 @@ impl FileJob<'_> {
                 "restored file does not match the checksum recorded at backup",
             ));
         }
-        Ok(reused)
+        Ok((reused, Some(file)))
+    }
+}
+
+/// Restored files' fsyncs, run on blocking threads while the next files are restored. A
+/// file's fsync waits for the disk; inline, it held one of the `jobs` file slots (and with
+/// it a core's share of decompression) idle for that long. At most [`SYNCS_IN_FLIGHT`]
+/// run at once (each holds the file's descriptor); all have finished, and any error is
+/// reported, before the directories are synced and `pg_control` is written.
+#[derive(Default)]
+struct BackgroundSyncs {
+    pending: std::collections::VecDeque<(PathBuf, tokio::task::JoinHandle<std::io::Result<()>>)>,
+}
+
+/// Background fsyncs at once.
+const SYNCS_IN_FLIGHT: usize = 8;
+
+impl BackgroundSyncs {
+    async fn push(&mut self, path: PathBuf, file: Arc<std::fs::File>) -> Result<()> {
+        while self.pending.len() >= SYNCS_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        let sync = tokio::task::spawn_blocking(move || file.sync_all());
+        self.pending.push_back((path, sync));
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<()> {
+        if let Some((path, sync)) = self.pending.pop_front() {
+            sync.await
+                .map_err(|e| Error::io(format!("syncing {}", path.display()), e.into()))?
+                .map_err(|e| io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        while !self.pending.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the blocks of one run go.
+struct RunOutput {
+    codec: crate::codec::Codec,
+    file: Arc<std::fs::File>,
+    /// The pack the run was read from (named in errors).
+    pack: String,
+    block_size: u64,
+    /// The file's size.
+    size: u64,
+    /// Hashes the blocks for the whole-file check when set; otherwise each block's content id
+    /// is checked (the caller reads the file back).
+    parted: Option<PartedHash<'static>>,
+}
+
+impl RunOutput {
+    /// Opens the blocks of `run` from `sealed` (a range read starting at pack offset `base`),
+    /// hashes each and writes it at its offset: through `group` in direct writes of whole
+    /// blocks when given, else one buffered write per block. Returns the blocks' hashes.
+    fn write_run(
+        &self,
+        run: &[(usize, IndexEntry)],
+        base: u64,
+        sealed: &[u8],
+        mut group: Option<&mut direct_io::AlignedBuf>,
+    ) -> Result<Vec<(usize, PartHash)>> {
+        let write_err = |err| Error::io("writing a restored file", err);
+        let (block_size, size) = (self.block_size, self.size);
+        let mut hashes = Vec::with_capacity(run.len());
+        let mut group_at = 0u64;
+        for (pos, e) in run {
+            let s = (e.entry.offset - base) as usize;
+            let sealed = &sealed[s..s + e.entry.sealed_len as usize];
+            let opened = match self.parted {
+                Some(_) => open_block_authenticated(&self.codec, &e.entry, sealed),
+                None => open_block(&self.codec, &e.entry, sealed),
+            };
+            let plain = opened.map_err(|err| Error::corrupt(self.pack.clone(), err.to_string()))?;
+            let at = *pos as u64 * block_size;
+            // Every block but the file's last is whole: what is written is exactly the file's
+            // bytes (a direct write pads only past its end).
+            let want = (size - at).min(block_size);
+            if plain.len() as u64 != want {
+                return Err(Error::corrupt(
+                    self.pack.clone(),
+                    format!(
+                        "block {} opens to {} bytes where the file needs {want}",
+                        e.entry.block_id.to_hex(),
+                        plain.len()
+                    ),
+                ));
+            }
+            if let Some(p) = self.parted {
+                hashes.push((*pos, p.part(size, *pos, &plain)));
+            }
+            match group.as_deref_mut() {
+                Some(g) => {
+                    if !g.is_empty()
+                        && (group_at + g.len() as u64 != at || g.remaining() < plain.len())
+                    {
+                        g.write_at(&self.file, group_at).map_err(write_err)?;
+                    }
+                    if g.is_empty() {
+                        group_at = at;
+                    }
+                    g.push(&plain);
+                }
+                None => self.file.write_all_at(&plain, at).map_err(write_err)?,
+            }
+        }
+        if let Some(g) = group {
+            if !g.is_empty() {
+                g.write_at(&self.file, group_at).map_err(write_err)?;
+            }
+        }
+        Ok(hashes)
     }
 }
 

@@ -1,0 +1,191 @@
+//! Writing restored relation files with `O_DIRECT`, past the page cache.
+//!
+//! Why: profiles of a restore, ours and pgBackRest's alike, spend most of their time in the
+//! kernel copying written data into freshly allocated page-cache pages
+//! (`copy_folio_from_iter_atomic`: 38 % of pgcairn's restore, 57 % of pgBackRest's, at scale
+//! 100 on the 2-core test machine), and the final fsyncs then wait for the same bytes to
+//! reach the disk. A write with `O_DIRECT` goes from our buffer to the device: on the same
+//! machine `dd` wrote 1.5 GB in 1.2–1.4 s with 1 MiB direct writes against 2.5–3.2 s buffered
+//! (fsync included). Direct writes must start at an aligned offset, from an aligned buffer,
+//! for an aligned length, and are slow when small (each waits for the device), so restores use
+//! them only for large files, in groups of whole blocks ([`GROUP_LEN`]) gathered into an
+//! aligned buffer; the file's last, short block is padded with zeros to the alignment and the
+//! file truncated to its size afterwards.
+//!
+//! Where a filesystem does not take `O_DIRECT` (the flag is refused, or a write fails with
+//! `EINVAL`), the descriptor goes back to ordinary buffered writes: the result is the same
+//! file, only slower. `fsync` is still needed afterwards: a direct write does not make the
+//! file's size and block allocation durable.
+//!
+//! The page cache stays cold for what was written this way: PostgreSQL reads the pages from
+//! disk when it first needs them. Recovery mostly does not: a page's first change after a
+//! checkpoint is logged as a full-page image, which replay writes without reading.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Alignment of direct writes: offsets, lengths and buffer addresses. 4 KiB covers the
+/// logical block size of every common device.
+pub const ALIGN: usize = 4096;
+
+/// Bytes gathered before a direct write: large enough that the device, not the per-write
+/// latency, bounds throughput (1 MiB writes reached the disk's speed in the `dd` test, 64 KiB
+/// writes ran three times slower), small enough to keep a few per restore job in memory.
+pub const GROUP_LEN: usize = 2 << 20;
+
+/// Files smaller than this are written through the page cache: a few direct writes each
+/// would wait for the device for little gain.
+pub const MIN_FILE_LEN: u64 = 4 << 20;
+
+/// Asks for direct writes on `file`; `false` if the filesystem refuses them.
+pub fn enable(file: &File) -> bool {
+    use rustix::fs::OFlags;
+    let Ok(flags) = rustix::fs::fcntl_getfl(file) else {
+        return false;
+    };
+    rustix::fs::fcntl_setfl(file, flags | OFlags::DIRECT).is_ok()
+        && rustix::fs::fcntl_getfl(file).is_ok_and(|f| f.contains(OFlags::DIRECT))
+}
+
+/// Goes back to buffered writes on `file`.
+fn disable(file: &File) -> std::io::Result<()> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+    Ok(())
+}
+
+/// A buffer whose data starts at an [`ALIGN`]-aligned address, for direct writes. Allocated
+/// once per group of blocks and reused (no `unsafe`: a slightly larger vector, used from its
+/// first aligned byte).
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl AlignedBuf {
+    /// An empty buffer that holds up to `capacity` bytes (rounded up to [`ALIGN`]).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.next_multiple_of(ALIGN);
+        let raw = vec![0u8; capacity + ALIGN];
+        let start = raw.as_ptr().align_offset(ALIGN);
+        AlignedBuf {
+            raw,
+            start,
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Room left.
+    pub fn remaining(&self) -> usize {
+        self.capacity - self.len
+    }
+
+    /// Appends `data`; the caller keeps within [`AlignedBuf::remaining`].
+    pub fn push(&mut self, data: &[u8]) {
+        let at = self.start + self.len;
+        self.raw[at..at + data.len()].copy_from_slice(data);
+        self.len += data.len();
+    }
+
+    /// Writes what it holds at `offset` (aligned) with one write, the length padded with zeros
+    /// to [`ALIGN`] (only a file's last block is short: the caller truncates the file to its
+    /// size afterwards), then empties the buffer. A write refused with `EINVAL` (a filesystem
+    /// that takes the flag but not the write) switches the descriptor back to buffered writes
+    /// and writes the same bytes that way.
+    pub fn write_at(&mut self, file: &File, offset: u64) -> std::io::Result<()> {
+        let padded = self.len.next_multiple_of(ALIGN);
+        self.raw[self.start + self.len..self.start + padded].fill(0);
+        let data = &self.raw[self.start..self.start + padded];
+        let result = match file.write_all_at(data, offset) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                disable(file)?;
+                file.write_all_at(data, offset)
+            }
+            other => other,
+        };
+        self.len = 0;
+        result
+    }
+}
+
+thread_local! {
+    static GROUP_BUF: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's group buffer (at least `capacity` bytes, empty), allocated on a
+/// thread's first use and kept: a fresh 2 MiB buffer per group was mapped, faulted in and
+/// unmapped each time, and the unmapping's TLB shootdowns interrupted every core.
+pub fn with_group_buf<R>(capacity: usize, f: impl FnOnce(&mut AlignedBuf) -> R) -> R {
+    GROUP_BUF.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let buf = match slot.take() {
+            Some(b) if b.capacity >= capacity => b,
+            _ => AlignedBuf::new(capacity),
+        };
+        let mut buf = buf;
+        buf.len = 0;
+        let r = f(&mut buf);
+        buf.len = 0;
+        *slot = Some(buf);
+        r
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn aligned_writes_make_the_same_file_as_plain_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        // Whether or not this filesystem takes O_DIRECT, the bytes must come out the same.
+        let _ = enable(&file);
+        let data: Vec<u8> = (0..(GROUP_LEN + 3 * 8192 + 100) as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let mut buf = AlignedBuf::new(GROUP_LEN);
+        assert_eq!(buf.raw.as_ptr().wrapping_add(buf.start) as usize % ALIGN, 0);
+        buf.push(&data[..GROUP_LEN]);
+        assert_eq!(buf.remaining(), 0);
+        buf.write_at(&file, 0).unwrap();
+        assert!(buf.is_empty());
+        buf.push(&data[GROUP_LEN..]);
+        buf.write_at(&file, GROUP_LEN as u64).unwrap();
+        file.set_len(data.len() as u64).unwrap();
+        let mut back = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+}
