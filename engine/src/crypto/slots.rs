@@ -223,6 +223,26 @@ impl SlotKey {
         }))
     }
 
+    /// Checks that `unwrap` opens this command slot key's blob (run once at `key add`, so a
+    /// slot that could never be opened is not added).
+    pub fn check_unwrap(&self, unwrap: &KeyCommand) -> Result<()> {
+        let probe = KeySlot {
+            id: String::new(),
+            kind: self.kind.clone(),
+            nonce: String::new(),
+            wrapped: String::new(),
+            created_at: None,
+        };
+        let opened = SlotKey::for_slot(&probe, &Unlock::Command(unwrap.clone()))?;
+        match opened {
+            Some(k) if crate::codec::constant_time_eq(&k.kek, &self.kek) => Ok(()),
+            _ => Err(Error::Key(format!(
+                "unwrap_command `{}` does not give back what the wrap command wrapped: the slot was not added",
+                unwrap.command
+            ))),
+        }
+    }
+
     /// The slot kind this key makes.
     pub fn kind(&self) -> &SlotKind {
         &self.kind
