@@ -435,7 +435,12 @@ The command unlocking the repository is the configured one (repo.key_file, ...).
         #[arg(long, group = "new_key")]
         passphrase: bool,
         /// Command wrapping the slot secret (secret on stdin, wrapped blob on stdout).
-        #[arg(long, value_name = "CMD", group = "new_key", requires = "unwrap_command")]
+        #[arg(
+            long,
+            value_name = "CMD",
+            group = "new_key",
+            requires = "unwrap_command"
+        )]
         wrap_command: Option<String>,
         /// Command opening it (blob on stdin, secret on stdout); run now to check it works.
         #[arg(long, value_name = "CMD", requires = "wrap_command")]

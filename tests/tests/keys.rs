@@ -150,7 +150,14 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     let wrap = format!("age -r {recipient}");
     let unwrap = format!("age -d -i {}", identity.display());
 
-    let add = env.pgcairn(&["key", "add", "--wrap-command", &wrap, "--unwrap-command", &unwrap]);
+    let add = env.pgcairn(&[
+        "key",
+        "add",
+        "--wrap-command",
+        &wrap,
+        "--unwrap-command",
+        &unwrap,
+    ]);
     assert_success(&add, "key add (age)");
 
     // From now on the whole fixture (archive_command, backup, restore, drill) unlocks through
@@ -181,7 +188,10 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
         .unwrap()
         .to_string();
     let age_slot = slots.iter().find(|s| s["kind"] == "command").unwrap();
-    assert_eq!(age_slot["current"], true, "age unlocked this command: {list:#}");
+    assert_eq!(
+        age_slot["current"], true,
+        "age unlocked this command: {list:#}"
+    );
     assert_eq!(age_slot["unwrap_command"], unwrap.as_str());
     assert_eq!(list["key_epoch"], 1);
 
@@ -190,8 +200,11 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    pg.psql("postgres", "create table before_rotation as select g from generate_series(1, 50000) g")
-        .unwrap();
+    pg.psql(
+        "postgres",
+        "create table before_rotation as select g from generate_series(1, 50000) g",
+    )
+    .unwrap();
     let b1 = backup_json(&env, &["--type", "full"]);
     let b1 = b1["id"].as_str().unwrap().to_string();
     let pre_segment = switch_wal(&pg);
@@ -202,26 +215,43 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     // The leak: remove the slot, then rotate.
     let refused = env.pgcairn_with_config(&leaked_config, &["key", "remove", &leaked_slot]);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("unlocked with"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("unlocked with"),
+        "{}",
+        stderr(&refused)
+    );
     assert_success(&env.pgcairn(&["key", "remove", &leaked_slot]), "key remove");
     let locked_out = env.pgcairn_with_config(&leaked_config, &["info"]);
     assert_eq!(locked_out.status.code(), Some(2), "{}", stderr(&locked_out));
-    assert!(stderr(&locked_out).contains("does not unlock"), "{}", stderr(&locked_out));
+    assert!(
+        stderr(&locked_out).contains("does not unlock"),
+        "{}",
+        stderr(&locked_out)
+    );
 
     // The only slot left is the one unlocking: it is rewrapped with its own key.
     assert_success(&env.pgcairn(&["key", "rotate"]), "key rotate");
     let rotated = env.pgcairn(&["key", "rotate", "--wrap-command", &wrap, "--output", "json"]);
-    assert_success(&rotated, "key rotate --wrap-command (a fresh age-wrapped slot secret)");
+    assert_success(
+        &rotated,
+        "key rotate --wrap-command (a fresh age-wrapped slot secret)",
+    );
     let rotated: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
     assert_eq!(rotated["key_epoch"], 3, "two rotations: {rotated}");
 
     // Written after the rotation: WAL, a backup.
-    pg.psql("postgres", "create table after_rotation as select g from generate_series(1, 30000) g")
-        .unwrap();
+    pg.psql(
+        "postgres",
+        "create table after_rotation as select g from generate_series(1, 30000) g",
+    )
+    .unwrap();
     let b2 = backup_json(&env, &["--type", "full"]);
     let b2 = b2["id"].as_str().unwrap().to_string();
-    pg.psql("postgres", "insert into after_rotation select g from generate_series(1, 1000) g")
-        .unwrap();
+    pg.psql(
+        "postgres",
+        "insert into after_rotation select g from generate_series(1, 1000) g",
+    )
+    .unwrap();
     let post_segment = switch_wal(&pg);
     wait_archived(&pg, &post_segment, Duration::from_secs(90));
 
@@ -229,7 +259,9 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     // leaked key opens (the old config, which its holder may have kept) does not hold.
     let old: RepoConfig = serde_json::from_slice(&old_config).unwrap();
     let leaked_unlock = Unlock::KeyFile(KeyFile::load(&leaked).unwrap());
-    let old_ring = old.unlock_full(Some(&leaked_unlock)).expect("the leak opened the old config");
+    let old_ring = old
+        .unlock_full(Some(&leaked_unlock))
+        .expect("the leak opened the old config");
     let old_keys = RepoKeys::from_keyring(&old_ring.keyring);
     let after = objects(&env);
     let mut new_sealed = 0;
@@ -239,25 +271,49 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
         }
         new_sealed += 1;
         let epoch = Codec::epoch_of(head).unwrap_or_else(|| panic!("{key} is not an envelope"));
-        assert_eq!(epoch, 3, "{key} written after the rotation is sealed under epoch {epoch}");
+        assert_eq!(
+            epoch, 3,
+            "{key} written after the rotation is sealed under epoch {epoch}"
+        );
         for usage in [KeyUse::Data, KeyUse::Wal, KeyUse::Meta] {
-            assert!(old_keys.key(usage, epoch).is_none(), "the leaked keyring holds epoch {epoch}");
+            assert!(
+                old_keys.key(usage, epoch).is_none(),
+                "the leaked keyring holds epoch {epoch}"
+            );
         }
     }
-    assert!(new_sealed >= 4, "packs, index, manifest and WAL written after the rotation: {new_sealed}");
+    assert!(
+        new_sealed >= 4,
+        "packs, index, manifest and WAL written after the rotation: {new_sealed}"
+    );
 
     // The attacker puts the old config back (rollback) and reads with the leaked key.
     let new_config = env.read_object("config").expect("config");
     env.write_object("config", &old_config);
     let got_old = env.pgcairn_with_config(
         &leaked_config,
-        &["archive-get", &pre_segment, &env.path().join("pre.wal").display().to_string()],
+        &[
+            "archive-get",
+            &pre_segment,
+            &env.path().join("pre.wal").display().to_string(),
+        ],
     );
-    assert_success(&got_old, "the leaked key still reads what was written before the rotation");
+    assert_success(
+        &got_old,
+        "the leaked key still reads what was written before the rotation",
+    );
     let post_dest = env.path().join("post.wal").display().to_string();
-    let got_new = env.pgcairn_with_config(&leaked_config, &["archive-get", &post_segment, &post_dest]);
-    assert!(!got_new.status.success(), "the leaked key read post-rotation WAL");
-    assert!(stderr(&got_new).contains("key epoch 3"), "{}", stderr(&got_new));
+    let got_new =
+        env.pgcairn_with_config(&leaked_config, &["archive-get", &post_segment, &post_dest]);
+    assert!(
+        !got_new.status.success(),
+        "the leaked key read post-rotation WAL"
+    );
+    assert!(
+        stderr(&got_new).contains("key epoch 3"),
+        "{}",
+        stderr(&got_new)
+    );
     let stolen = env.pgcairn_with_config(
         &leaked_config,
         &[
@@ -270,11 +326,18 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
             &b2,
         ],
     );
-    assert!(!stolen.status.success(), "the leaked key restored a post-rotation backup");
+    assert!(
+        !stolen.status.success(),
+        "the leaked key restored a post-rotation backup"
+    );
     // A host that saw the rotation refuses the rolled-back config.
     let detected = env.pgcairn(&["info"]);
     assert_eq!(detected.status.code(), Some(2), "{}", stderr(&detected));
-    assert!(stderr(&detected).contains("rolled back"), "{}", stderr(&detected));
+    assert!(
+        stderr(&detected).contains("rolled back"),
+        "{}",
+        stderr(&detected)
+    );
     env.write_object("config", &new_config);
 
     // With the remaining (age) slot: every backup restores, every WAL segment comes back.
@@ -298,12 +361,24 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     }
     let r1 = env.restore_and_start("r1", Some(&b1));
     let _s1 = StopOnDrop(&r1);
-    assert_eq!(r1.psql("postgres", "select count(*) from before_rotation").unwrap(), "50000");
-    assert_eq!(r1.psql("postgres", "select count(*) from after_rotation").unwrap(), "31000");
+    assert_eq!(
+        r1.psql("postgres", "select count(*) from before_rotation")
+            .unwrap(),
+        "50000"
+    );
+    assert_eq!(
+        r1.psql("postgres", "select count(*) from after_rotation")
+            .unwrap(),
+        "31000"
+    );
     r1.stop().unwrap();
     let r2 = env.restore_and_start("r2", Some(&b2));
     let _s2 = StopOnDrop(&r2);
-    assert_eq!(r2.psql("postgres", "select count(*) from after_rotation").unwrap(), "31000");
+    assert_eq!(
+        r2.psql("postgres", "select count(*) from after_rotation")
+            .unwrap(),
+        "31000"
+    );
     r2.stop().unwrap();
 
     // A drill through the age slot.
@@ -322,7 +397,11 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     );
     let out = env.pgcairn_with_config(&failing, &["info"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("kms: access denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kms: access denied"),
+        "{}",
+        stderr(&out)
+    );
     let hanging = config_variant(
         &env,
         "hanging.toml",
@@ -332,10 +411,17 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     let t = Instant::now();
     let out = env.pgcairn_with_config(&hanging, &["info"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
-    assert!(stderr(&out).contains("sleep 60") && stderr(&out).contains("did not finish"), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("sleep 60") && stderr(&out).contains("did not finish"),
+        "{}",
+        stderr(&out)
+    );
     let last = env.pgcairn(&["key", "remove", age_slot["id"].as_str().unwrap(), "--force"]);
     assert_eq!(last.status.code(), Some(2), "{}", stderr(&last));
     assert!(stderr(&last).contains("last one"), "{}", stderr(&last));
 }
-

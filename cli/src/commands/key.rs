@@ -27,7 +27,10 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
             let key = if let Some(path) = key_file {
                 SlotKey::key_file(&load_or_create_key_file(settings, path)?)
             } else if let Some(path) = passphrase_file {
-                SlotKey::passphrase(&new_passphrase(settings, Some(path))?, KdfParams::recommended())?
+                SlotKey::passphrase(
+                    &new_passphrase(settings, Some(path))?,
+                    KdfParams::recommended(),
+                )?
             } else if *passphrase {
                 SlotKey::passphrase(&new_passphrase(settings, None)?, KdfParams::recommended())?
             } else if let (Some(wrap), Some(unwrap)) = (wrap_command, unwrap_command) {
@@ -143,7 +146,11 @@ async fn list(settings: &Settings, output: OutputFormat) -> Result<(), Failure> 
     let storage = open_storage(settings)?;
     let unlock = settings.unlock()?;
     let repo = Repository::open_with(storage, unlock.as_ref(), Some(&settings.state_dir)).await?;
-    let slots = keys::list_slots(repo.config(), repo.unlocked_slot(), Some(&settings.state_dir));
+    let slots = keys::list_slots(
+        repo.config(),
+        repo.unlocked_slot(),
+        Some(&settings.state_dir),
+    );
     match output {
         OutputFormat::Json => println!(
             "{}",
@@ -173,7 +180,11 @@ async fn list(settings: &Settings, output: OutputFormat) -> Result<(), Failure> 
                     s.fingerprint,
                     s.created.as_deref().unwrap_or("-"),
                     s.last_used.as_deref().unwrap_or("-"),
-                    if s.current { "  (unlocked this command)" } else { "" }
+                    if s.current {
+                        "  (unlocked this command)"
+                    } else {
+                        ""
+                    }
                 );
                 if let Some(w) = &s.wrap_command {
                     println!("    wrap: {w}");
@@ -207,7 +218,10 @@ fn load_or_create_key_file(settings: &Settings, path: &Path) -> Result<KeyFile, 
 fn read_passphrase(settings: &Settings, path: &Path) -> Result<String, Failure> {
     check_secret(settings, path, "passphrase file")?;
     let p = std::fs::read_to_string(path).map_err(|e| {
-        Failure::usage(format!("cannot read passphrase file {}: {e}", path.display()))
+        Failure::usage(format!(
+            "cannot read passphrase file {}: {e}",
+            path.display()
+        ))
     })?;
     Ok(p.lines().next().unwrap_or("").to_string())
 }
@@ -217,7 +231,9 @@ fn new_passphrase(settings: &Settings, file: Option<&Path>) -> Result<String, Fa
     let p = match file {
         Some(path) => read_passphrase(settings, path)?,
         None => std::env::var("PGCAIRN_NEW_PASSPHRASE").map_err(|_| {
-            Failure::usage("no new passphrase: set PGCAIRN_NEW_PASSPHRASE or pass --passphrase-file PATH")
+            Failure::usage(
+                "no new passphrase: set PGCAIRN_NEW_PASSPHRASE or pass --passphrase-file PATH",
+            )
         })?,
     };
     let min = super::init::MIN_PASSPHRASE_CHARS;

@@ -54,7 +54,11 @@ impl Drop for Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring(epochs {:?})", self.epochs.keys().collect::<Vec<_>>())
+        write!(
+            f,
+            "Keyring(epochs {:?})",
+            self.epochs.keys().collect::<Vec<_>>()
+        )
     }
 }
 
@@ -152,7 +156,9 @@ impl Keyring {
         let bad = |why: &str| {
             Error::corrupt(
                 "config",
-                format!("the sealed keyring does not open ({why}): the config was altered or damaged"),
+                format!(
+                    "the sealed keyring does not open ({why}): the config was altered or damaged"
+                ),
             )
         };
         let nonce = hex::decode(&sealed.nonce)

@@ -128,7 +128,11 @@ impl Drop for RepoKeys {
 
 impl std::fmt::Debug for RepoKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RepoKeys(epochs {:?})", self.epochs.keys().collect::<Vec<_>>())
+        write!(
+            f,
+            "RepoKeys(epochs {:?})",
+            self.epochs.keys().collect::<Vec<_>>()
+        )
     }
 }
 
@@ -226,9 +230,16 @@ mod tests {
         assert_ne!(meta, wal);
         assert_ne!(wal, data);
         assert_eq!(Some(data), b.key(KeyUse::Data, 1));
-        assert_eq!(a.key(KeyUse::Data, 2), None, "an epoch the keyring lacks has no key");
+        assert_eq!(
+            a.key(KeyUse::Data, 2),
+            None,
+            "an epoch the keyring lacks has no key"
+        );
         // The subkeys of epoch 1 are the ones every repository used before rotation existed.
-        assert_eq!(meta, blake3::derive_key("pgcairn 2026-12 metadata key v1", &[7; 32]));
+        assert_eq!(
+            meta,
+            blake3::derive_key("pgcairn 2026-12 metadata key v1", &[7; 32])
+        );
     }
 
     #[test]

@@ -208,7 +208,10 @@ impl SlotKey {
                 let blob = base64::engine::general_purpose::STANDARD
                     .decode(blob)
                     .map_err(|_| {
-                        Error::Key(format!("key slot {} has a blob that is not base64", slot.id))
+                        Error::Key(format!(
+                            "key slot {} has a blob that is not base64",
+                            slot.id
+                        ))
                     })?;
                 let mut secret = cmd.unwrap(&blob)?;
                 let kek = command_kek(&secret);
@@ -290,14 +293,28 @@ impl KeySlot {
         };
         let mut id = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut id);
-        Ok(Self::seal(repo_id, &hex::encode(id), 1, master, &key, Some(now_rfc3339())))
+        Ok(Self::seal(
+            repo_id,
+            &hex::encode(id),
+            1,
+            master,
+            &key,
+            Some(now_rfc3339()),
+        ))
     }
 
     /// A new slot with a fresh id wrapping the keyring key `secret` of `epoch`.
     pub fn new_slot(repo_id: &str, epoch: u32, secret: &MasterSecret, key: &SlotKey) -> Self {
         let mut id = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut id);
-        Self::seal(repo_id, &hex::encode(id), epoch, secret, key, Some(now_rfc3339()))
+        Self::seal(
+            repo_id,
+            &hex::encode(id),
+            epoch,
+            secret,
+            key,
+            Some(now_rfc3339()),
+        )
     }
 
     /// This slot (same id and creation time) wrapping another keyring key, or with a new key.
@@ -308,7 +325,14 @@ impl KeySlot {
         secret: &MasterSecret,
         key: &SlotKey,
     ) -> Self {
-        Self::seal(repo_id, &self.id, epoch, secret, key, self.created_at.clone())
+        Self::seal(
+            repo_id,
+            &self.id,
+            epoch,
+            secret,
+            key,
+            self.created_at.clone(),
+        )
     }
 
     fn seal(

@@ -116,8 +116,7 @@ impl GenerationCache {
         let now = time::OffsetDateTime::now_utc();
         let stale = |t: Option<&String>| {
             t.and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .ok()
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             })
             .is_none_or(|t| (now - t).whole_minutes() >= 10)
         };
@@ -130,7 +129,8 @@ impl GenerationCache {
         let mut next = seen;
         next.generation = config.generation;
         next.key_epoch = config.data_key_version;
-        next.slots_used.retain(|id, _| config.key_slots.iter().any(|s| &s.id == id));
+        next.slots_used
+            .retain(|id, _| config.key_slots.iter().any(|s| &s.id == id));
         if !slot_id.is_empty() {
             next.slots_used.insert(
                 slot_id.to_string(),
@@ -155,7 +155,10 @@ impl GenerationCache {
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
-            self.path.file_name().and_then(|f| f.to_str()).unwrap_or("repo"),
+            self.path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("repo"),
             std::process::id()
         ));
         let mut f = std::fs::OpenOptions::new()
@@ -428,7 +431,10 @@ fn slot_key_for_rotation(
         _ => {
             for u in &inputs.others {
                 if let Some(k) = SlotKey::for_slot(slot, u)? {
-                    if slot.open(&config.repo_id, config.data_key_version, &k)?.is_some() {
+                    if slot
+                        .open(&config.repo_id, config.data_key_version, &k)?
+                        .is_some()
+                    {
                         return Ok(Some(k));
                     }
                 }
@@ -523,22 +529,46 @@ mod tests {
         let ub = Unlock::KeyFile(b.clone());
         let repo = Repository::open(s.clone(), Some(&ua)).await.unwrap();
         let slot_a = repo.unlocked_slot().to_string();
-        let last = change(&s, Some(&ua), None, KeyChange::Remove { id: slot_a.clone(), force: true })
-            .await
-            .unwrap_err()
-            .to_string();
+        let last = change(
+            &s,
+            Some(&ua),
+            None,
+            KeyChange::Remove {
+                id: slot_a.clone(),
+                force: true,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(last.contains("last one"), "{last}");
         change(&s, Some(&ua), None, KeyChange::Add(SlotKey::key_file(&b)))
             .await
             .unwrap();
-        let used = change(&s, Some(&ua), None, KeyChange::Remove { id: slot_a.clone(), force: false })
-            .await
-            .unwrap_err()
-            .to_string();
+        let used = change(
+            &s,
+            Some(&ua),
+            None,
+            KeyChange::Remove {
+                id: slot_a.clone(),
+                force: false,
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(used.contains("unlocked with"), "{used}");
-        change(&s, Some(&ub), None, KeyChange::Remove { id: slot_a[..6].into(), force: false })
-            .await
-            .unwrap();
+        change(
+            &s,
+            Some(&ub),
+            None,
+            KeyChange::Remove {
+                id: slot_a[..6].into(),
+                force: false,
+            },
+        )
+        .await
+        .unwrap();
         let gone = Repository::open(s.clone(), Some(&ua)).await.unwrap_err();
         assert!(matches!(gone, Error::Key(_)), "{gone}");
         Repository::open(s, Some(&ub)).await.unwrap();
@@ -557,11 +587,18 @@ mod tests {
             .unwrap();
         let before = Repository::open(s.clone(), Some(&ua)).await.unwrap();
         let id = before.codec().content_id(b"old");
-        let old = before.codec().seal(ObjectKind::Manifest, &id, b"", b"old", 1);
-        let err = change(&s, Some(&ua), None, KeyChange::Rotate(RotateInputs::default()))
-            .await
-            .unwrap_err()
-            .to_string();
+        let old = before
+            .codec()
+            .seal(ObjectKind::Manifest, &id, b"", b"old", 1);
+        let err = change(
+            &s,
+            Some(&ua),
+            None,
+            KeyChange::Rotate(RotateInputs::default()),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("cannot be rewrapped"), "{err}");
         let out = change(
             &s,
@@ -577,18 +614,41 @@ mod tests {
         assert_eq!(out.config.data_key_version, 2);
         let after = Repository::open(s.clone(), Some(&ub)).await.unwrap();
         assert_eq!(after.codec().write_epoch(), 2);
-        assert_eq!(after.codec().content_id(b"old"), id, "content ids are stable");
-        assert_eq!(after.codec().open(ObjectKind::Manifest, &id, b"", &old).unwrap(), b"old");
-        let new = after.codec().seal(ObjectKind::Manifest, &id, b"", b"new", 1);
+        assert_eq!(
+            after.codec().content_id(b"old"),
+            id,
+            "content ids are stable"
+        );
+        assert_eq!(
+            after
+                .codec()
+                .open(ObjectKind::Manifest, &id, b"", &old)
+                .unwrap(),
+            b"old"
+        );
+        let new = after
+            .codec()
+            .seal(ObjectKind::Manifest, &id, b"", b"new", 1);
         // The keys before the rotation cannot open what is sealed after it.
         assert!(matches!(
             before.codec().open(ObjectKind::Manifest, &id, b"", &new),
             Err(crate::codec::CodecError::UnknownKeyEpoch(2))
         ));
-        change(&s, Some(&ub), None, KeyChange::DropBefore(2)).await.unwrap();
+        change(&s, Some(&ub), None, KeyChange::DropBefore(2))
+            .await
+            .unwrap();
         let dropped = Repository::open(s.clone(), Some(&ub)).await.unwrap();
-        assert!(dropped.codec().open(ObjectKind::Manifest, &id, b"", &old).is_err());
-        assert_eq!(dropped.codec().open(ObjectKind::Manifest, &id, b"", &new).unwrap(), b"new");
+        assert!(dropped
+            .codec()
+            .open(ObjectKind::Manifest, &id, b"", &old)
+            .is_err());
+        assert_eq!(
+            dropped
+                .codec()
+                .open(ObjectKind::Manifest, &id, b"", &new)
+                .unwrap(),
+            b"new"
+        );
     }
 
     #[tokio::test]
@@ -599,13 +659,22 @@ mod tests {
         let ua = Unlock::KeyFile(a.clone());
         let state = tempfile::tempdir().unwrap();
         let old = s.get(&layout::config()).await.unwrap();
-        change(&s, Some(&ua), Some(state.path()), KeyChange::Add(SlotKey::key_file(&b)))
+        change(
+            &s,
+            Some(&ua),
+            Some(state.path()),
+            KeyChange::Add(SlotKey::key_file(&b)),
+        )
+        .await
+        .unwrap();
+        Repository::open_with(s.clone(), Some(&ua), Some(state.path()))
             .await
             .unwrap();
-        Repository::open_with(s.clone(), Some(&ua), Some(state.path())).await.unwrap();
         // Put the older config back: this host saw a newer one.
         let (_, v) = s.get_versioned(&layout::config()).await.unwrap();
-        s.put_swap(&layout::config(), old.clone(), Some(&v)).await.unwrap();
+        s.put_swap(&layout::config(), old.clone(), Some(&v))
+            .await
+            .unwrap();
         let e = Repository::open_with(s.clone(), Some(&ua), Some(state.path()))
             .await
             .unwrap_err()
@@ -615,10 +684,17 @@ mod tests {
         let mut forged: RepoConfig = serde_json::from_slice(&old).unwrap();
         forged.generation = 99;
         let (_, v) = s.get_versioned(&layout::config()).await.unwrap();
-        s.put_swap(&layout::config(), serde_json::to_vec(&forged).unwrap().into(), Some(&v))
+        s.put_swap(
+            &layout::config(),
+            serde_json::to_vec(&forged).unwrap().into(),
+            Some(&v),
+        )
+        .await
+        .unwrap();
+        let e = Repository::open(s.clone(), Some(&ua))
             .await
-            .unwrap();
-        let e = Repository::open(s.clone(), Some(&ua)).await.unwrap_err().to_string();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fails authentication"), "{e}");
     }
 }

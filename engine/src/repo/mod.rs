@@ -114,7 +114,8 @@ impl Repository {
         let config = parse_config(&storage, &raw)?;
         let (config, unlocked) = keys::unlock_blocking(config, unlock.cloned()).await?;
         if let Some(dir) = state_dir {
-            keys::GenerationCache::new(dir, &config.repo_id).check_and_record(&config, &unlocked.slot_id)?;
+            keys::GenerationCache::new(dir, &config.repo_id)
+                .check_and_record(&config, &unlocked.slot_id)?;
         }
         let encrypted = config.encryption == Encryption::XChaCha20Poly1305;
         let codec = Codec::new(
@@ -147,13 +148,7 @@ impl Repository {
                 ))
             }
         };
-        let outcome = keys::change(
-            &self.storage,
-            current,
-            None,
-            keys::KeyChange::Add(key),
-        )
-        .await?;
+        let outcome = keys::change(&self.storage, current, None, keys::KeyChange::Add(key)).await?;
         self.config = outcome.config;
         Ok(())
     }
