@@ -7,10 +7,12 @@
 //!   stored in the repository config: by a passphrase through argon2id, or by a key file
 //!   (32 random bytes on the server, mode 0600) through BLAKE3 `derive_key`. Changing a
 //!   passphrase rewrites one slot; the data is untouched.
-//! - **Subkeys** come from the master secret with BLAKE3 `derive_key` and distinct
-//!   contexts: the id key (keyed BLAKE3 content ids, so ids leak nothing about contents),
-//!   the metadata key (pack trailers, index, manifests), the WAL key, and versioned data
-//!   keys (the version is written in every sealed object, so rotation never rewrites history).
+//! - **Subkeys** come with BLAKE3 `derive_key` and distinct contexts: the id key (keyed
+//!   BLAKE3 content ids, from the first master secret, never rotated) and, per **key epoch**,
+//!   the metadata key (pack trailers, index, manifests), the WAL key and the data key. Epoch
+//!   1's material is the master secret; `key rotate` adds epochs with fresh random material
+//!   ([`keyring`]), the epoch is written in every sealed object, and rotation never rewrites
+//!   history. Key slots may also be opened by an external key manager ([`command`]).
 
 pub mod command;
 mod key_file;
