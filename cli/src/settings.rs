@@ -85,8 +85,9 @@ pub struct Settings {
     pub wrap_command: Option<String>,
     /// Deadline of one wrap or unwrap command.
     pub command_timeout: Duration,
-    /// Where this host remembers the newest repository config it has seen.
-    pub state_dir: PathBuf,
+    /// Where this host remembers the newest repository config it has seen (`None`: no
+    /// rollback check, when unset and the user has no home directory of their own).
+    pub state_dir: Option<PathBuf>,
     /// Accept key, passphrase and config files other users could read or change (warn only).
     pub allow_insecure_files: bool,
     /// Backend options (the rest of `[repo]`).
@@ -259,14 +260,17 @@ impl Settings {
         let wrap_command = take("repo", "wrap_command").map(|v| v.0);
         let command_timeout = parse_dur(take("repo", "command_timeout"), "repo.command_timeout")?
             .unwrap_or(pgcairn_engine::crypto::command::DEFAULT_TIMEOUT);
+        // Default: the running user's own home (`runuser -u postgres` keeps root's HOME, which
+        // postgres cannot write: then there is no default rather than a warning per call).
         let state_dir = take("repo", "state_dir")
             .map(|v| PathBuf::from(v.0))
             .or_else(|| {
-                std::env::var_os("HOME")
-                    .filter(|h| !h.is_empty())
-                    .map(|h| PathBuf::from(h).join(".local/state/pgcairn"))
-            })
-            .unwrap_or_else(|| "/var/lib/pgcairn-state".into());
+                use std::os::unix::fs::MetadataExt;
+                let home = PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?);
+                let own = std::fs::metadata(&home).ok()?.uid()
+                    == pgcairn_engine::pg::instance::current_uid();
+                own.then(|| home.join(".local/state/pgcairn"))
+            });
         let allow_insecure_files = parse_bool(
             take("repo", "allow_insecure_files"),
             "repo.allow_insecure_files",

@@ -408,7 +408,7 @@ fn demo_settings(dir: &Path) -> Settings {
         unwrap_command: None,
         wrap_command: None,
         command_timeout: pgcairn_engine::crypto::command::DEFAULT_TIMEOUT,
-        state_dir: dir.join("state"),
+        state_dir: Some(dir.join("state")),
         allow_insecure_files: false,
         storage_options: Default::default(),
         cluster: "main".into(),

@@ -139,17 +139,24 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
 async fn change(settings: &Settings, change: KeyChange) -> Result<keys::ChangeOutcome, Failure> {
     let storage = open_storage(settings)?;
     let unlock = settings.unlock()?;
-    Ok(keys::change(&storage, unlock.as_ref(), Some(&settings.state_dir), change).await?)
+    Ok(keys::change(
+        &storage,
+        unlock.as_ref(),
+        settings.state_dir.as_deref(),
+        change,
+    )
+    .await?)
 }
 
 async fn list(settings: &Settings, output: OutputFormat) -> Result<(), Failure> {
     let storage = open_storage(settings)?;
     let unlock = settings.unlock()?;
-    let repo = Repository::open_with(storage, unlock.as_ref(), Some(&settings.state_dir)).await?;
+    let repo =
+        Repository::open_with(storage, unlock.as_ref(), settings.state_dir.as_deref()).await?;
     let slots = keys::list_slots(
         repo.config(),
         repo.unlocked_slot(),
-        Some(&settings.state_dir),
+        settings.state_dir.as_deref(),
     );
     match output {
         OutputFormat::Json => println!(

@@ -87,5 +87,5 @@ pub fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
 pub async fn open_repo(settings: &Settings) -> Result<Repository, Failure> {
     let storage = open_storage(settings)?;
     let unlock = settings.unlock()?;
-    Ok(Repository::open_with(storage, unlock.as_ref(), Some(&settings.state_dir)).await?)
+    Ok(Repository::open_with(storage, unlock.as_ref(), settings.state_dir.as_deref()).await?)
 }
