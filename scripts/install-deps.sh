@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what building and testing pgcairn needs on Debian 12 (run as root):
-#   - Debian packages: PostgreSQL 15 server (+ contrib: amcheck), pgBackRest, socat, openssl,
+#   - Debian packages: PostgreSQL 15 server (+ contrib: amcheck), pgBackRest, socat, openssl, age,
 #     curl, procps, util-linux (runuser), a C toolchain for -sys crates, python3-venv if needed;
 #   - a Python venv with moto[server] (a local S3-compatible server, see scripts/s3-local.sh)
 #     at ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/venv;
@@ -67,6 +67,7 @@ packages=(
     pgbackrest
     socat
     openssl
+    age                         # the external key manager of the key-slot end-to-end tests
     curl
     procps
     util-linux                  # runuser, flock
@@ -191,10 +192,11 @@ pg_v=$("$PG_BINDIR/initdb" --version | awk '{print $3}')
 br_v=$(pgbackrest version | awk '{print $NF}')
 socat_v=$(socat -V 2>/dev/null | awk '/socat version/ {print $3; exit}')
 ssl_v=$(openssl version | awk '{print $2}')
+age_v=$(age --version 2>/dev/null || echo absent)
 moto_v=$("$VENV/bin/python" -c 'import moto; print(moto.__version__)')
 py_v=$("$VENV/bin/python" -c 'import platform; print(platform.python_version())')
 cargo=$(command -v cargo || echo /root/.cargo/bin/cargo)
 rust_v=$("$cargo" --version 2>/dev/null | awk '{print $2}' || true)
 node_v=$(node --version)
 azurite_v=$(azurite_version)
-echo "pgcairn deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"
+echo "pgcairn deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v age=$age_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"

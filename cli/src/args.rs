@@ -97,6 +97,10 @@ pub enum Command {
         no_encryption: bool,
     },
 
+    /// Manage key slots and key epochs: list, add, remove, passwd, rotate.
+    #[command(subcommand)]
+    Key(KeyCmd),
+
     /// Archive one WAL file (for archive_command = 'pgcairn archive-push %p').
     #[command(after_help = "Examples:
   archive_command = 'pgcairn --config /etc/pgcairn/pgcairn.toml archive-push %p'
@@ -397,4 +401,97 @@ pub struct DrillArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+}
+
+/// `pgcairn key ...`. Secrets never come from argv: key files and passphrase files are
+/// paths, passphrases come from files or the environment.
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// List the key slots: id, kind, fingerprint, created, last used on this host.
+    #[command(after_help = "Examples:
+  pgcairn key list
+  pgcairn key list --output json")]
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
+    /// Add a key slot: a key file, a passphrase, or an external key manager's commands.
+    #[command(after_help = "Examples:
+  pgcairn key add --key-file /etc/pgcairn/second.key        # created (0600) if missing
+  PGCAIRN_NEW_PASSPHRASE=... pgcairn key add --passphrase
+  pgcairn key add --passphrase-file /root/new-passphrase
+  pgcairn key add --wrap-command 'age -r age1...' --unwrap-command 'age -d -i /etc/pgcairn/age.key'
+The command unlocking the repository is the configured one (repo.key_file, ...).")]
+    Add {
+        /// A key file: created (mode 0600) if it does not exist, else used.
+        #[arg(long, value_name = "PATH", group = "new_key")]
+        key_file: Option<PathBuf>,
+        /// A passphrase read from this file (first line).
+        #[arg(long, value_name = "PATH", group = "new_key")]
+        passphrase_file: Option<PathBuf>,
+        /// A passphrase from PGCAIRN_NEW_PASSPHRASE.
+        #[arg(long, group = "new_key")]
+        passphrase: bool,
+        /// Command wrapping the slot secret (secret on stdin, wrapped blob on stdout).
+        #[arg(
+            long,
+            value_name = "CMD",
+            group = "new_key",
+            requires = "unwrap_command"
+        )]
+        wrap_command: Option<String>,
+        /// Command opening it (blob on stdin, secret on stdout); run now to check it works.
+        #[arg(long, value_name = "CMD", requires = "wrap_command")]
+        unwrap_command: Option<String>,
+    },
+
+    /// Remove a key slot (refuses the last one, and without --force the one used to unlock).
+    #[command(after_help = "Examples:
+  pgcairn key remove 3f2a9c
+After removing a leaked key, run `pgcairn key rotate`: removal alone does not take back what
+the key already opened.")]
+    Remove {
+        /// Slot id (or a unique prefix), from `pgcairn key list`.
+        slot: String,
+        /// Allow removing the slot this command unlocked with.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Set a new passphrase on a passphrase slot.
+    #[command(after_help = "Examples:
+  PGCAIRN_PASSPHRASE=old PGCAIRN_NEW_PASSPHRASE=new pgcairn key passwd 3f2a9c
+  pgcairn key passwd 3f2a9c --passphrase-file /root/new-passphrase")]
+    Passwd {
+        /// Slot id (or a unique prefix).
+        slot: String,
+        /// The new passphrase, read from this file (else PGCAIRN_NEW_PASSPHRASE).
+        #[arg(long, value_name = "PATH")]
+        passphrase_file: Option<PathBuf>,
+    },
+
+    /// New random key material for everything written from now on; every remaining slot is
+    /// rewrapped, so removed slots open nothing new.
+    #[command(after_help = "Examples:
+  pgcairn key rotate
+  pgcairn key rotate --also-key-file /etc/pgcairn/second.key --wrap-command 'age -r age1...'
+Every slot must be rewrapped: the one unlocking, key files and passphrase files given with
+--also-*, command slots whose wrap command is confirmed with --wrap-command (or
+repo.wrap_command). Old material is kept (wrapped) so old backups and WAL stay readable.")]
+    Rotate {
+        /// Key files of further key-file slots.
+        #[arg(long, value_name = "PATH")]
+        also_key_file: Vec<PathBuf>,
+        /// Passphrase files of further passphrase slots.
+        #[arg(long, value_name = "PATH")]
+        also_passphrase_file: Vec<PathBuf>,
+        /// Wrap commands (as `key list` shows them) this host may run to rewrap command slots.
+        #[arg(long, value_name = "CMD")]
+        wrap_command: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgcairn_engine::crypto::{KeyFile, Unlock};
+use pgcairn_engine::crypto::{KeyCommand, KeyFile, Unlock};
 use pgcairn_storage::StorageOptions;
 
 use crate::args::Cli;
@@ -16,7 +16,16 @@ const DEFAULT_CONFIG: &str = "/etc/pgcairn/pgcairn.toml";
 const SECTIONS: &[(&str, &[&str])] = &[
     (
         "repo",
-        &["url", "key_file", "passphrase_file", "allow_insecure_files"],
+        &[
+            "url",
+            "key_file",
+            "passphrase_file",
+            "unwrap_command",
+            "wrap_command",
+            "command_timeout",
+            "state_dir",
+            "allow_insecure_files",
+        ],
     ),
     ("cluster", &["name", "pgdata", "conninfo"]),
     (
@@ -70,6 +79,15 @@ pub struct Settings {
     pub key_file: Option<PathBuf>,
     /// Passphrase file.
     pub passphrase_file: Option<PathBuf>,
+    /// Command that opens a command key slot's blob (the key_file / passphrase_file alternative).
+    pub unwrap_command: Option<String>,
+    /// Wrap command this host trusts to run at `key add` / `key rotate`.
+    pub wrap_command: Option<String>,
+    /// Deadline of one wrap or unwrap command.
+    pub command_timeout: Duration,
+    /// Where this host remembers the newest repository config it has seen (`None`: no
+    /// rollback check, when unset and the user has no home directory of their own).
+    pub state_dir: Option<PathBuf>,
     /// Accept key, passphrase and config files other users could read or change (warn only).
     pub allow_insecure_files: bool,
     /// Backend options (the rest of `[repo]`).
@@ -238,6 +256,21 @@ impl Settings {
         let repo_url = take("repo", "url").map(|v| v.0);
         let key_file = take("repo", "key_file").map(|v| PathBuf::from(v.0));
         let passphrase_file = take("repo", "passphrase_file").map(|v| PathBuf::from(v.0));
+        let unwrap_command = take("repo", "unwrap_command").map(|v| v.0);
+        let wrap_command = take("repo", "wrap_command").map(|v| v.0);
+        let command_timeout = parse_dur(take("repo", "command_timeout"), "repo.command_timeout")?
+            .unwrap_or(pgcairn_engine::crypto::command::DEFAULT_TIMEOUT);
+        // Default: the running user's own home (`runuser -u postgres` keeps root's HOME, which
+        // postgres cannot write: then there is no default rather than a warning per call).
+        let state_dir = take("repo", "state_dir")
+            .map(|v| PathBuf::from(v.0))
+            .or_else(|| {
+                use std::os::unix::fs::MetadataExt;
+                let home = PathBuf::from(std::env::var_os("HOME").filter(|h| !h.is_empty())?);
+                let own = std::fs::metadata(&home).ok()?.uid()
+                    == pgcairn_engine::pg::instance::current_uid();
+                own.then(|| home.join(".local/state/pgcairn"))
+            });
         let allow_insecure_files = parse_bool(
             take("repo", "allow_insecure_files"),
             "repo.allow_insecure_files",
@@ -314,6 +347,10 @@ impl Settings {
             repo_url,
             key_file,
             passphrase_file,
+            unwrap_command,
+            wrap_command,
+            command_timeout,
+            state_dir,
             allow_insecure_files,
             storage_options,
             cluster,
@@ -352,8 +389,25 @@ impl Settings {
         Ok(StorageOptions::new(self.storage_options.clone())?)
     }
 
-    /// What unlocks the repository: key file, passphrase file or `PGCAIRN_PASSPHRASE`.
+    /// What unlocks the repository: key file, passphrase file, unwrap command or
+    /// `PGCAIRN_PASSPHRASE`.
     pub fn unlock(&self) -> Result<Option<Unlock>, Failure> {
+        let configured = [
+            self.key_file.is_some(),
+            self.passphrase_file.is_some(),
+            self.unwrap_command.is_some(),
+        ];
+        if configured.iter().filter(|c| **c).count() > 1 {
+            return Err(Failure::usage(
+                "more than one of repo.key_file, repo.passphrase_file and repo.unwrap_command is set: keep one",
+            ));
+        }
+        if let Some(cmd) = &self.unwrap_command {
+            if cmd.trim().is_empty() {
+                return Err(Failure::usage("repo.unwrap_command is empty"));
+            }
+            return Ok(Some(Unlock::Command(self.key_command(cmd))));
+        }
         if let Some(kf) = &self.key_file {
             crate::file_checks::check(
                 kf,
@@ -386,6 +440,16 @@ impl Settings {
         match std::env::var("PGCAIRN_PASSPHRASE") {
             Ok(p) if !p.is_empty() => Ok(Some(Unlock::Passphrase(p))),
             _ => Ok(None),
+        }
+    }
+}
+
+impl Settings {
+    /// A wrap or unwrap command with the configured deadline.
+    pub fn key_command(&self, command: &str) -> KeyCommand {
+        KeyCommand {
+            command: command.to_string(),
+            timeout: self.command_timeout,
         }
     }
 }

@@ -8,6 +8,7 @@ mod drill;
 mod expire;
 mod info;
 mod init;
+mod key;
 mod verify;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
+        Command::Key(cmd) => key::run(settings, cmd).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
         Command::Completions { .. } | Command::Manpages { .. } => {
             docs::answer(&cli.command).unwrap_or(Ok(()))
@@ -85,5 +87,5 @@ pub fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
 pub async fn open_repo(settings: &Settings) -> Result<Repository, Failure> {
     let storage = open_storage(settings)?;
     let unlock = settings.unlock()?;
-    Ok(Repository::open(storage, unlock.as_ref()).await?)
+    Ok(Repository::open_with(storage, unlock.as_ref(), settings.state_dir.as_deref()).await?)
 }

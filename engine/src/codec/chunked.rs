@@ -123,10 +123,10 @@ impl Codec {
             .sum();
         let mut out = vec![0u8; HEADER_LEN + total];
         let (header, mut rest) = out.split_at_mut(HEADER_LEN);
-        let key_version = self.write_header(header, kind, VERSION, frames.is_some());
+        self.write_header(header, kind, VERSION, frames.is_some());
         let header: &[u8] = header;
         let object_aad = self.aad(header, &id, context);
-        let key = self.key_for(kind, key_version);
+        let key = self.write_key(kind);
         let mut slots = Vec::with_capacity(payloads.len());
         for p in &payloads {
             let (slot, tail) = rest.split_at_mut(CHUNK_HEADER_LEN + p.len() + tag_len);

@@ -8,7 +8,8 @@
 //! 6      1     compression: 0 none, 1 zstd
 //! 7      1     protection: 0 keyed-BLAKE3 checksum (unencrypted repository),
 //!                          1 XChaCha20-Poly1305
-//! 8      4     key version (u32 LE; data keys rotate, others are version 1)
+//! 8      4     key epoch (u32 LE): whose keys sealed it (see `crypto::keyring`); objects
+//!              written before `key rotate` existed say 1
 //! 12     24    nonce (random per object; zero when protection = 0)
 //! 36     ..    version 1 body: ciphertext || 16-byte Poly1305 tag,
 //!                              or plaintext || 32-byte checksum
@@ -32,7 +33,7 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 
-use crate::crypto::{ContentId, RepoKeys};
+use crate::crypto::{ContentId, KeyUse, RepoKeys};
 
 mod chunked;
 pub mod compression;
@@ -97,6 +98,9 @@ pub enum CodecError {
     /// Decompression failed after authentication (should not happen).
     #[error("decompression failed: {0}")]
     Decompress(String),
+    /// Sealed under a key epoch the keyring does not hold.
+    #[error("sealed under key epoch {0}, which this repository's keyring does not hold (dropped by `key rotate --reencrypt`, or the config was replaced by an older one)")]
+    UnknownKeyEpoch(u32),
     /// The repository is encrypted but the object is not, or the reverse.
     #[error("protection mismatch: object protection {found}, repository expects {expected}")]
     Protection { expected: u8, found: u8 },
@@ -119,18 +123,35 @@ pub struct Codec {
     repo_id: Vec<u8>,
     keys: RepoKeys,
     encrypted: bool,
-    data_key_version: u32,
+    write_epoch: u32,
 }
 
 impl Codec {
-    /// A codec for a repository (`encrypted = false` only for `--no-encryption` repositories).
-    pub fn new(repo_id: &str, keys: RepoKeys, encrypted: bool, data_key_version: u32) -> Self {
+    /// A codec for a repository (`encrypted = false` only for `--no-encryption` repositories)
+    /// sealing new objects under `write_epoch` (the keyring's newest epoch).
+    pub fn new(repo_id: &str, keys: RepoKeys, encrypted: bool, write_epoch: u32) -> Self {
+        let write_epoch = if keys.key(KeyUse::Meta, write_epoch).is_some() {
+            write_epoch
+        } else {
+            keys.newest_epoch()
+        };
         Codec {
             repo_id: repo_id.as_bytes().to_vec(),
             keys,
             encrypted,
-            data_key_version,
+            write_epoch,
         }
+    }
+
+    /// The key epoch new objects are sealed under.
+    pub fn write_epoch(&self) -> u32 {
+        self.write_epoch
+    }
+
+    /// The key epoch an envelope names (its header), without opening it.
+    pub fn epoch_of(sealed: &[u8]) -> Option<u32> {
+        (sealed.len() >= 12 && &sealed[0..4] == MAGIC)
+            .then(|| u32::from_le_bytes(sealed[8..12].try_into().expect("4 bytes")))
     }
 
     /// The repository's keys.
@@ -143,12 +164,21 @@ impl Codec {
         self.keys.content_id(plaintext)
     }
 
-    fn key_for(&self, kind: ObjectKind, version: u32) -> [u8; 32] {
-        match kind {
-            ObjectKind::Wal => self.keys.wal_key,
-            ObjectKind::Block => self.keys.data_key(version),
-            _ => self.keys.meta_key,
-        }
+    fn key_for(&self, kind: ObjectKind, epoch: u32) -> Result<[u8; 32], CodecError> {
+        let usage = match kind {
+            ObjectKind::Wal => KeyUse::Wal,
+            ObjectKind::Block => KeyUse::Data,
+            _ => KeyUse::Meta,
+        };
+        self.keys
+            .key(usage, epoch)
+            .ok_or(CodecError::UnknownKeyEpoch(epoch))
+    }
+
+    /// The key new objects of `kind` are sealed with (the write epoch is always held).
+    fn write_key(&self, kind: ObjectKind) -> [u8; 32] {
+        self.key_for(kind, self.write_epoch)
+            .unwrap_or_else(|_| unreachable!("Codec::new checks the write epoch is held"))
     }
 
     fn aad(&self, header: &[u8], id: &ContentId, context: &[u8]) -> Vec<u8> {
@@ -204,9 +234,9 @@ impl Codec {
         mut out: Vec<u8>,
         compressed: bool,
     ) -> Vec<u8> {
-        let key_version = self.write_header(&mut out[..HEADER_LEN], kind, VERSION, compressed);
+        self.write_header(&mut out[..HEADER_LEN], kind, VERSION, compressed);
         let aad = self.aad(&out[..HEADER_LEN], id, context);
-        let key = self.key_for(kind, key_version);
+        let key = self.write_key(kind);
         if self.encrypted {
             let nonce = *XNonce::from_slice(&out[12..36]);
             let tag = XChaCha20Poly1305::new((&key).into())
@@ -220,20 +250,10 @@ impl Codec {
         out
     }
 
-    /// Fills in an envelope header (fresh random nonce when encrypting); returns the key
-    /// version it names.
-    fn write_header(
-        &self,
-        header: &mut [u8],
-        kind: ObjectKind,
-        version: u8,
-        compressed: bool,
-    ) -> u32 {
-        let key_version = if kind == ObjectKind::Block {
-            self.data_key_version
-        } else {
-            1
-        };
+    /// Fills in an envelope header (fresh random nonce when encrypting), naming the write
+    /// epoch.
+    fn write_header(&self, header: &mut [u8], kind: ObjectKind, version: u8, compressed: bool) {
+        let key_version = self.write_epoch;
         header[0..4].copy_from_slice(MAGIC);
         header[4] = version;
         header[5] = kind as u8;
@@ -245,7 +265,6 @@ impl Codec {
         } else {
             header[12..36].fill(0);
         }
-        key_version
     }
 
     /// Authenticates, decrypts and decompresses an envelope (either version).
@@ -338,7 +357,7 @@ impl Codec {
         }
         let key_version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
         Ok((
-            self.key_for(kind, key_version),
+            self.key_for(kind, key_version)?,
             self.aad(header, id, context),
         ))
     }
@@ -395,7 +414,7 @@ fn checksum(key: &[u8; 32], aad: &[u8], data: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -7,16 +7,24 @@
 //!   stored in the repository config: by a passphrase through argon2id, or by a key file
 //!   (32 random bytes on the server, mode 0600) through BLAKE3 `derive_key`. Changing a
 //!   passphrase rewrites one slot; the data is untouched.
-//! - **Subkeys** come from the master secret with BLAKE3 `derive_key` and distinct
-//!   contexts: the id key (keyed BLAKE3 content ids, so ids leak nothing about contents),
-//!   the metadata key (pack trailers, index, manifests), the WAL key, and versioned data
-//!   keys (the version is written in every sealed object, so rotation never rewrites history).
+//! - **Subkeys** come with BLAKE3 `derive_key` and distinct contexts: the id key (keyed
+//!   BLAKE3 content ids, from the first master secret, never rotated) and, per **key epoch**,
+//!   the metadata key (pack trailers, index, manifests), the WAL key and the data key. Epoch
+//!   1's material is the master secret; `key rotate` adds epochs with fresh random material
+//!   ([`keyring`]), the epoch is written in every sealed object, and rotation never rewrites
+//!   history. Key slots may also be opened by an external key manager ([`command`]).
 
+pub mod command;
 mod key_file;
+pub mod keyring;
 mod slots;
 
+use std::collections::BTreeMap;
+
+pub use command::KeyCommand;
 pub use key_file::KeyFile;
-pub use slots::{KdfParams, KeySlot, SlotKind, Unlock};
+pub use keyring::Keyring;
+pub use slots::{KdfParams, KeySlot, SlotKey, SlotKind, Unlock};
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -52,45 +60,116 @@ impl MasterSecret {
         &self.0
     }
 
-    /// Derives every subkey.
+    /// Derives every subkey of a repository whose only key epoch is 1 and whose epoch-1
+    /// material is this master secret (every repository before its first `key rotate`).
     pub fn derive(&self) -> RepoKeys {
-        let sub = |ctx: &str| blake3::derive_key(ctx, &self.0);
+        let mut epochs = BTreeMap::new();
+        epochs.insert(1, EpochKeys::derive(1, &self.0));
         RepoKeys {
-            id_key: sub("pgcairn 2026-12 content id key v1"),
-            meta_key: sub("pgcairn 2026-12 metadata key v1"),
-            wal_key: sub("pgcairn 2026-12 wal key v1"),
-            master: self.clone(),
+            id_key: id_key_of(self),
+            epochs,
         }
     }
 }
 
-/// Subkeys derived from the master secret.
+/// The content-id key of a repository: derived from its first master secret and never
+/// rotated (content ids name objects and drive deduplication, so they stay stable).
+pub fn id_key_of(first_master: &MasterSecret) -> [u8; KEY_LEN] {
+    blake3::derive_key("pgcairn 2026-12 content id key v1", &first_master.0)
+}
+
+/// The keys of one key epoch, derived from that epoch's random material.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
+struct EpochKeys {
+    meta: [u8; KEY_LEN],
+    wal: [u8; KEY_LEN],
+    data: [u8; KEY_LEN],
+}
+
+impl EpochKeys {
+    /// For epoch 1 the material is the master secret, so these are the keys every repository
+    /// has used since `init`; later epochs' material is fresh randomness (see [`keyring`]).
+    fn derive(epoch: u32, material: &[u8; KEY_LEN]) -> Self {
+        let mut m = Vec::with_capacity(KEY_LEN + 4);
+        m.extend_from_slice(material);
+        m.extend_from_slice(&epoch.to_le_bytes());
+        let data = blake3::derive_key("pgcairn 2026-12 data key v1", &m);
+        m.zeroize();
+        EpochKeys {
+            meta: blake3::derive_key("pgcairn 2026-12 metadata key v1", material),
+            wal: blake3::derive_key("pgcairn 2026-12 wal key v1", material),
+            data,
+        }
+    }
+}
+
+/// Which family of subkey seals an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Block contents.
+    Data,
+    /// WAL objects.
+    Wal,
+    /// Pack trailers, index segments, manifests, reports.
+    Meta,
+}
+
+/// Subkeys of every key epoch the repository's keyring holds, and the content-id key.
+#[derive(Clone)]
 pub struct RepoKeys {
     /// Key of the keyed BLAKE3 content ids.
     pub id_key: [u8; KEY_LEN],
-    /// Key sealing metadata (pack trailers, index segments, manifests, reports).
-    pub meta_key: [u8; KEY_LEN],
-    /// Key sealing WAL objects.
-    pub wal_key: [u8; KEY_LEN],
-    master: MasterSecret,
+    epochs: BTreeMap<u32, EpochKeys>,
+}
+
+impl Drop for RepoKeys {
+    fn drop(&mut self) {
+        self.id_key.zeroize();
+    }
 }
 
 impl std::fmt::Debug for RepoKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RepoKeys(..)")
+        write!(
+            f,
+            "RepoKeys(epochs {:?})",
+            self.epochs.keys().collect::<Vec<_>>()
+        )
     }
 }
 
 impl RepoKeys {
-    /// The data key of a given version (block contents).
-    pub fn data_key(&self, version: u32) -> [u8; KEY_LEN] {
-        let mut material = Vec::with_capacity(KEY_LEN + 4);
-        material.extend_from_slice(self.master.as_bytes());
-        material.extend_from_slice(&version.to_le_bytes());
-        let key = blake3::derive_key("pgcairn 2026-12 data key v1", &material);
-        material.zeroize();
-        key
+    /// Keys from an opened keyring.
+    pub fn from_keyring(ring: &Keyring) -> Self {
+        RepoKeys {
+            id_key: ring.id_key,
+            epochs: ring
+                .epochs
+                .iter()
+                .map(|(e, m)| (*e, EpochKeys::derive(*e, m)))
+                .collect(),
+        }
+    }
+
+    /// The subkey for `usage` in key epoch `epoch`; `None` when the keyring does not hold
+    /// that epoch (dropped by `key rotate --reencrypt`, or never known to this keyring).
+    pub fn key(&self, usage: KeyUse, epoch: u32) -> Option<[u8; KEY_LEN]> {
+        let k = self.epochs.get(&epoch)?;
+        Some(match usage {
+            KeyUse::Data => k.data,
+            KeyUse::Wal => k.wal,
+            KeyUse::Meta => k.meta,
+        })
+    }
+
+    /// The newest epoch held.
+    pub fn newest_epoch(&self) -> u32 {
+        self.epochs.keys().next_back().copied().unwrap_or(1)
+    }
+
+    /// The epochs held, oldest first.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.epochs.keys().copied().collect()
     }
 
     /// The keyed BLAKE3 content id of some plaintext.
@@ -146,10 +225,23 @@ mod tests {
         let a = m.derive();
         let b = m.derive();
         assert_eq!(a.id_key, b.id_key);
-        assert_ne!(a.id_key, a.meta_key);
-        assert_ne!(a.meta_key, a.wal_key);
-        assert_ne!(a.data_key(1), a.data_key(2));
-        assert_eq!(a.data_key(1), b.data_key(1));
+        let meta = a.key(KeyUse::Meta, 1).unwrap();
+        let wal = a.key(KeyUse::Wal, 1).unwrap();
+        let data = a.key(KeyUse::Data, 1).unwrap();
+        assert_ne!(a.id_key, meta);
+        assert_ne!(meta, wal);
+        assert_ne!(wal, data);
+        assert_eq!(Some(data), b.key(KeyUse::Data, 1));
+        assert_eq!(
+            a.key(KeyUse::Data, 2),
+            None,
+            "an epoch the keyring lacks has no key"
+        );
+        // The subkeys of epoch 1 are the ones every repository used before rotation existed.
+        assert_eq!(
+            meta,
+            blake3::derive_key("pgcairn 2026-12 metadata key v1", &[7; 32])
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
-use super::{KeyFile, MasterSecret, KEY_LEN};
+use super::{KeyCommand, KeyFile, MasterSecret, KEY_LEN};
 use crate::error::{Error, Result};
 
 /// argon2id cost parameters.
@@ -73,9 +73,31 @@ pub enum SlotKind {
     Passphrase { kdf: KdfParams },
     /// A key file, found by its fingerprint.
     KeyFile { fingerprint: String },
+    /// An external key manager: a random slot secret wrapped by `wrap_command`, opened by
+    /// `unwrap_command` (see [`super::command`]).
+    Command {
+        /// The command that wrapped the slot secret (run again only when the operator names
+        /// it on the command line or in `repo.wrap_command`).
+        wrap_command: String,
+        /// The command that opens it (informational: only `repo.unwrap_command` runs).
+        unwrap_command: String,
+        /// The wrapped slot secret (the wrap command's output), base64.
+        blob: String,
+    },
 }
 
-/// One wrapped copy of the master secret.
+impl SlotKind {
+    /// `passphrase`, `key-file` or `command`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlotKind::Passphrase { .. } => "passphrase",
+            SlotKind::KeyFile { .. } => "key-file",
+            SlotKind::Command { .. } => "command",
+        }
+    }
+}
+
+/// One wrapped copy of the keyring key (the master secret until the first rotation).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeySlot {
     /// Random slot id (hex), bound in the AAD.
@@ -85,8 +107,11 @@ pub struct KeySlot {
     pub kind: SlotKind,
     /// XChaCha20 nonce, hex.
     pub nonce: String,
-    /// Wrapped master secret with its tag, hex.
+    /// Wrapped keyring key with its tag, hex.
     pub wrapped: String,
+    /// RFC 3339 creation time (absent in slots made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 /// What the operator gave us to unlock the repository.
@@ -96,6 +121,8 @@ pub enum Unlock {
     Passphrase(String),
     /// A key file's secret.
     KeyFile(KeyFile),
+    /// `repo.unwrap_command`: opens a command slot's blob.
+    Command(KeyCommand),
 }
 
 impl Drop for Unlock {
@@ -106,52 +133,234 @@ impl Drop for Unlock {
     }
 }
 
-fn aad(repo_id: &str, slot_id: &str) -> Vec<u8> {
-    format!("pgcairn key slot|{repo_id}|{slot_id}").into_bytes()
+/// A slot's key-encryption key and what the slot records about it: everything needed to
+/// (re)wrap the keyring key for one slot.
+#[derive(Clone)]
+pub struct SlotKey {
+    kind: SlotKind,
+    kek: [u8; KEY_LEN],
+}
+
+impl Drop for SlotKey {
+    fn drop(&mut self) {
+        self.kek.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SlotKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SlotKey({})", self.kind.name())
+    }
+}
+
+impl SlotKey {
+    /// A new passphrase slot's key (argon2id with fresh salt in `kdf`).
+    pub fn passphrase(passphrase: &str, kdf: KdfParams) -> Result<Self> {
+        let kek = kdf.kek(passphrase)?;
+        Ok(SlotKey {
+            kind: SlotKind::Passphrase { kdf },
+            kek,
+        })
+    }
+
+    /// A key file slot's key.
+    pub fn key_file(k: &KeyFile) -> Self {
+        SlotKey {
+            kind: SlotKind::KeyFile {
+                fingerprint: k.fingerprint(),
+            },
+            kek: k.kek(),
+        }
+    }
+
+    /// A command slot's key: a fresh random slot secret, wrapped by `wrap` (run now).
+    pub fn command(wrap: &KeyCommand, unwrap_command: &str) -> Result<Self> {
+        use base64::Engine as _;
+        let mut secret = [0u8; KEY_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let blob = wrap.wrap(&secret);
+        let kek = command_kek(&secret);
+        secret.zeroize();
+        Ok(SlotKey {
+            kind: SlotKind::Command {
+                wrap_command: wrap.command.clone(),
+                unwrap_command: unwrap_command.to_string(),
+                blob: base64::engine::general_purpose::STANDARD.encode(blob?),
+            },
+            kek,
+        })
+    }
+
+    /// The key for an existing slot from what the operator gave: `Ok(None)` when `unlock` is
+    /// not of the slot's kind (or, for key files, not its key). Runs argon2id or the unwrap
+    /// command.
+    pub fn for_slot(slot: &KeySlot, unlock: &Unlock) -> Result<Option<Self>> {
+        let kek = match (&slot.kind, unlock) {
+            (SlotKind::Passphrase { kdf }, Unlock::Passphrase(p)) => kdf.kek(p)?,
+            (SlotKind::KeyFile { fingerprint }, Unlock::KeyFile(k)) => {
+                if *fingerprint != k.fingerprint() {
+                    return Ok(None);
+                }
+                k.kek()
+            }
+            (SlotKind::Command { blob, .. }, Unlock::Command(cmd)) => {
+                use base64::Engine as _;
+                let blob = base64::engine::general_purpose::STANDARD
+                    .decode(blob)
+                    .map_err(|_| {
+                        Error::Key(format!(
+                            "key slot {} has a blob that is not base64",
+                            slot.id
+                        ))
+                    })?;
+                let mut secret = cmd.unwrap(&blob)?;
+                let kek = command_kek(&secret);
+                secret.zeroize();
+                kek
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(SlotKey {
+            kind: slot.kind.clone(),
+            kek,
+        }))
+    }
+
+    /// Checks that `unwrap` opens this command slot key's blob (run once at `key add`, so a
+    /// slot that could never be opened is not added).
+    pub fn check_unwrap(&self, unwrap: &KeyCommand) -> Result<()> {
+        let probe = KeySlot {
+            id: String::new(),
+            kind: self.kind.clone(),
+            nonce: String::new(),
+            wrapped: String::new(),
+            created_at: None,
+        };
+        let opened = SlotKey::for_slot(&probe, &Unlock::Command(unwrap.clone()))?;
+        match opened {
+            Some(k) if crate::codec::constant_time_eq(&k.kek, &self.kek) => Ok(()),
+            _ => Err(Error::Key(format!(
+                "unwrap_command `{}` does not give back what the wrap command wrapped: the slot was not added",
+                unwrap.command
+            ))),
+        }
+    }
+
+    /// The slot kind this key makes.
+    pub fn kind(&self) -> &SlotKind {
+        &self.kind
+    }
+}
+
+fn command_kek(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    blake3::derive_key("pgcairn 2026-12 command slot kek v1", secret)
+}
+
+/// The associated data of a slot: its repository, its id and the key epoch whose keyring
+/// key it wraps. Epoch 1 keeps the form slots had before rotation existed. Binding the epoch
+/// means a slot cannot be replayed from an older config into a newer one: whoever does not
+/// hold a slot's own secret cannot make it claim another epoch.
+fn aad(repo_id: &str, slot_id: &str, epoch: u32) -> Vec<u8> {
+    if epoch <= 1 {
+        format!("pgcairn key slot|{repo_id}|{slot_id}").into_bytes()
+    } else {
+        format!("pgcairn key slot|{repo_id}|{slot_id}|epoch {epoch}").into_bytes()
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting")
 }
 
 impl KeySlot {
-    /// Wraps `master` for `unlock`.
+    /// Wraps `master` (epoch 1) for `unlock` in a new slot.
     pub fn wrap(
         repo_id: &str,
         master: &MasterSecret,
         unlock: &Unlock,
         kdf: KdfParams,
     ) -> Result<Self> {
+        let key = match unlock {
+            Unlock::Passphrase(p) => SlotKey::passphrase(p, kdf)?,
+            Unlock::KeyFile(k) => SlotKey::key_file(k),
+            Unlock::Command(_) => {
+                return Err(Error::Key(
+                    "a command slot needs a wrap command: add it with `pgcairn key add --wrap-command CMD --unwrap-command CMD`".into(),
+                ))
+            }
+        };
         let mut id = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut id);
-        let id = hex::encode(id);
-        let (kind, mut kek) = match unlock {
-            Unlock::Passphrase(p) => {
-                let kek = kdf.kek(p)?;
-                (SlotKind::Passphrase { kdf }, kek)
-            }
-            Unlock::KeyFile(k) => (
-                SlotKind::KeyFile {
-                    fingerprint: k.fingerprint(),
-                },
-                k.kek(),
-            ),
-        };
+        Ok(Self::seal(
+            repo_id,
+            &hex::encode(id),
+            1,
+            master,
+            &key,
+            Some(now_rfc3339()),
+        ))
+    }
+
+    /// A new slot with a fresh id wrapping the keyring key `secret` of `epoch`.
+    pub fn new_slot(repo_id: &str, epoch: u32, secret: &MasterSecret, key: &SlotKey) -> Self {
+        let mut id = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        Self::seal(
+            repo_id,
+            &hex::encode(id),
+            epoch,
+            secret,
+            key,
+            Some(now_rfc3339()),
+        )
+    }
+
+    /// This slot (same id and creation time) wrapping another keyring key, or with a new key.
+    pub fn rewrapped(
+        &self,
+        repo_id: &str,
+        epoch: u32,
+        secret: &MasterSecret,
+        key: &SlotKey,
+    ) -> Self {
+        Self::seal(
+            repo_id,
+            &self.id,
+            epoch,
+            secret,
+            key,
+            self.created_at.clone(),
+        )
+    }
+
+    fn seal(
+        repo_id: &str,
+        id: &str,
+        epoch: u32,
+        secret: &MasterSecret,
+        key: &SlotKey,
+        created_at: Option<String>,
+    ) -> Self {
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher = XChaCha20Poly1305::new((&kek).into());
-        kek.zeroize();
-        let wrapped = cipher
+        let wrapped = XChaCha20Poly1305::new((&key.kek).into())
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: master.as_bytes(),
-                    aad: &aad(repo_id, &id),
+                    msg: secret.as_bytes(),
+                    aad: &aad(repo_id, id, epoch),
                 },
             )
-            .map_err(|_| Error::Key("wrapping the master secret failed".into()))?;
-        Ok(KeySlot {
-            id,
-            kind,
+            .expect("in-memory encryption cannot fail");
+        KeySlot {
+            id: id.to_string(),
+            kind: key.kind.clone(),
             nonce: hex::encode(nonce),
             wrapped: hex::encode(wrapped),
-        })
+            created_at,
+        }
     }
 
     /// True if this slot is of the kind `unlock` can open (and, for key files, its slot).
@@ -161,17 +370,13 @@ impl KeySlot {
             (SlotKind::KeyFile { fingerprint }, Unlock::KeyFile(k)) => {
                 *fingerprint == k.fingerprint()
             }
+            (SlotKind::Command { .. }, Unlock::Command(_)) => true,
             _ => false,
         }
     }
 
-    /// Unwraps the master secret; `None` when the passphrase or key is not the right one.
-    pub fn unwrap_master(&self, repo_id: &str, unlock: &Unlock) -> Result<Option<MasterSecret>> {
-        let mut kek = match (&self.kind, unlock) {
-            (SlotKind::Passphrase { kdf }, Unlock::Passphrase(p)) => kdf.kek(p)?,
-            (SlotKind::KeyFile { .. }, Unlock::KeyFile(k)) => k.kek(),
-            _ => return Ok(None),
-        };
+    /// Unwraps the keyring key of `epoch` with a slot key; `None` when it is not this slot's.
+    pub fn open(&self, repo_id: &str, epoch: u32, key: &SlotKey) -> Result<Option<MasterSecret>> {
         let nonce = hex::decode(&self.nonce).ok().filter(|n| n.len() == 24);
         let wrapped = hex::decode(&self.wrapped).ok();
         let (Some(nonce), Some(wrapped)) = (nonce, wrapped) else {
@@ -180,13 +385,11 @@ impl KeySlot {
                 self.id
             )));
         };
-        let cipher = XChaCha20Poly1305::new((&kek).into());
-        kek.zeroize();
-        let Ok(mut plain) = cipher.decrypt(
+        let Ok(mut plain) = XChaCha20Poly1305::new((&key.kek).into()).decrypt(
             XNonce::from_slice(&nonce),
             Payload {
                 msg: &wrapped,
-                aad: &aad(repo_id, &self.id),
+                aad: &aad(repo_id, &self.id, epoch),
             },
         ) else {
             return Ok(None);
@@ -194,6 +397,28 @@ impl KeySlot {
         let bytes: Option<[u8; KEY_LEN]> = plain.as_slice().try_into().ok();
         plain.zeroize();
         Ok(bytes.map(MasterSecret::from_bytes))
+    }
+
+    /// Unwraps the master secret of a never-rotated repository (epoch 1).
+    pub fn unwrap_master(&self, repo_id: &str, unlock: &Unlock) -> Result<Option<MasterSecret>> {
+        match SlotKey::for_slot(self, unlock)? {
+            Some(key) => self.open(repo_id, 1, &key),
+            None => Ok(None),
+        }
+    }
+
+    /// A short public fingerprint of the slot: the key file's, or a hash of the
+    /// passphrase salt or of the command slot's blob.
+    pub fn fingerprint(&self) -> String {
+        match &self.kind {
+            SlotKind::KeyFile { fingerprint } => fingerprint.clone(),
+            SlotKind::Passphrase { kdf } => {
+                hex::encode(&blake3::hash(kdf.salt.as_bytes()).as_bytes()[..8])
+            }
+            SlotKind::Command { blob, .. } => {
+                hex::encode(&blake3::hash(blob.as_bytes()).as_bytes()[..8])
+            }
+        }
     }
 }
 

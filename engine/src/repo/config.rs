@@ -2,11 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{KdfParams, KeySlot, MasterSecret, Unlock};
+use crate::crypto::keyring::{config_mac, SealedKeyring};
+use crate::crypto::{KdfParams, KeySlot, Keyring, MasterSecret, SlotKey, Unlock};
 use crate::error::{Error, Result};
 
-/// Repository format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest repository format this build reads. Format 1 is every repository never rotated;
+/// `key rotate` writes format 2 (a sealed keyring, objects under several key epochs), so
+/// an older pgcairn refuses it clearly instead of failing to unlock.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format of repositories that were never rotated (what `init` writes).
+pub const FORMAT_UNROTATED: u32 = 1;
 
 /// How objects are protected.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,10 +42,37 @@ pub struct RepoConfig {
     /// Wrapped copies of the master secret.
     #[serde(default)]
     pub key_slots: Vec<KeySlot>,
-    /// Current data key version.
+    /// The newest key epoch: new objects are sealed under it, and the key slots wrap its
+    /// keyring key (see [`crate::crypto::keyring`]).
     pub data_key_version: u32,
     /// zstd level used for WAL objects.
     pub wal_compress_level: i32,
+    /// Every epoch's material, sealed under the keyring key; absent until the first rotation
+    /// (epoch 1's material is then the master secret the slots wrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<SealedKeyring>,
+    /// Incremented by every change of the config; authenticated by `mac`, and remembered
+    /// by each host (see `repo::keys`), so a config replaced by an older one is detected.
+    /// 0 in configs written before it existed.
+    #[serde(default)]
+    pub generation: u64,
+    /// Keyed BLAKE3 of this config (with `mac` absent) under a key derived from the keyring
+    /// key: only a holder of a current key can change the config undetected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A config opened with one of its slots.
+#[derive(Debug)]
+pub struct Unlocked {
+    /// The keyring key of the newest epoch (the master secret before any rotation).
+    pub secret: MasterSecret,
+    /// Every epoch's material.
+    pub keyring: Keyring,
+    /// The slot that opened it.
+    pub slot_id: String,
+    /// That slot's key (reused to rewrap the slot at rotation).
+    pub slot_key: Option<SlotKey>,
 }
 
 impl RepoConfig {
@@ -78,17 +111,132 @@ impl RepoConfig {
             key_slots,
             data_key_version: 1,
             wal_compress_level,
+            keyring: None,
+            generation: 0,
+            mac: None,
         })
     }
 
-    /// Recovers the master secret with what the operator configured.
-    pub fn unlock(&self, unlock: Option<&Unlock>) -> Result<MasterSecret> {
+    /// The bytes the MAC covers: this config without its MAC.
+    fn mac_body(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        c.mac = None;
+        serde_json::to_vec(&c).expect("config serialises")
+    }
+
+    /// Bumps the generation and authenticates the config under `secret` (the keyring key of
+    /// its newest epoch).
+    pub fn seal_for_write(&mut self, secret: &MasterSecret) {
+        self.generation += 1;
+        self.mac = None;
+        if self.encryption == Encryption::XChaCha20Poly1305 {
+            self.mac = Some(config_mac(secret, &self.mac_body()));
+        }
+    }
+
+    /// Checks the MAC (configs from before it existed, generation 0, have none).
+    fn check_mac(&self, secret: &MasterSecret) -> Result<()> {
+        match &self.mac {
+            None if self.generation == 0 => Ok(()),
+            None => Err(Error::Key(format!(
+                "the repository config (generation {}) carries no authentication: it was altered by someone without                  the repository key; do not write to this repository until you have restored its config",
+                self.generation
+            ))),
+            Some(m) => {
+                let expected = config_mac(secret, &self.mac_body());
+                if crate::codec::constant_time_eq(expected.as_bytes(), m.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(Error::Key(format!(
+                        "the repository config (generation {}) fails authentication: it was altered by someone without                          the repository key; do not write to this repository until you have restored its config",
+                        self.generation
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Opens the config with what the operator configured: the keyring key, the keyring and
+    /// the slot used. Checks the config's authentication.
+    pub fn unlock_full(&self, unlock: Option<&Unlock>) -> Result<Unlocked> {
+        if self.encryption == Encryption::None || unlock.is_none() {
+            let master = self.unlock(unlock)?;
+            return Ok(Unlocked {
+                keyring: Keyring::initial(&master),
+                secret: master,
+                slot_id: String::new(),
+                slot_key: None,
+            });
+        }
+        self.check_format()?;
+        let u = unlock.expect("checked above");
+        let epoch = self.data_key_version;
+        let mut last_err = None;
+        for slot in self.key_slots.iter().filter(|s| s.matches(u)) {
+            let key = match SlotKey::for_slot(slot, u) {
+                Ok(Some(k)) => k,
+                Ok(None) => continue,
+                // A command that fails for one slot (another key manager's blob) may open
+                // the next; a timeout or failure is reported if none opens.
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
+            if let Some(secret) = slot.open(&self.repo_id, epoch, &key)? {
+                let keyring = match &self.keyring {
+                    Some(sealed) => Keyring::open(sealed, &self.repo_id, epoch, &secret)?,
+                    None if epoch == 1 => Keyring::initial(&secret),
+                    None => {
+                        return Err(Error::corrupt(
+                            "config",
+                            format!("key epoch {epoch} but no sealed keyring"),
+                        ))
+                    }
+                };
+                self.check_mac(&secret)?;
+                return Ok(Unlocked {
+                    secret,
+                    keyring,
+                    slot_id: slot.id.clone(),
+                    slot_key: Some(key),
+                });
+            }
+        }
+        if let Some(e) = last_err {
+            return Err(e);
+        }
+        Err(self.no_slot_error(u))
+    }
+
+    fn check_format(&self) -> Result<()> {
         if self.format > FORMAT_VERSION {
             return Err(Error::Config(format!(
                 "repository format {} is newer than this pgcairn understands ({FORMAT_VERSION}); upgrade pgcairn",
                 self.format
             )));
         }
+        Ok(())
+    }
+
+    fn no_slot_error(&self, u: &Unlock) -> Error {
+        Error::Key(match u {
+            Unlock::Passphrase(_) => "wrong passphrase: it does not unlock any key slot of this repository".into(),
+            Unlock::KeyFile(k) => format!(
+                "key file (fingerprint {}) does not unlock this repository (no key slot for it: it was never added, or it was removed                  with `pgcairn key remove`); check repo.key_file",
+                k.fingerprint()
+            ),
+            Unlock::Command(c) => format!(
+                "repo.unwrap_command `{}` does not unlock any command key slot of this repository; see `pgcairn key list`",
+                c.command
+            ),
+        })
+    }
+
+    /// Recovers the keyring key (the master secret before any rotation) with what the
+    /// operator configured.
+    pub fn unlock(&self, unlock: Option<&Unlock>) -> Result<MasterSecret> {
+        self.check_format()?;
         match (self.encryption, unlock) {
             (Encryption::None, None) => {
                 let raw = self.plain_master.as_deref().and_then(|h| hex::decode(h).ok());
@@ -106,21 +254,7 @@ impl RepoConfig {
             (Encryption::XChaCha20Poly1305, None) => Err(Error::Key(
                 "the repository is encrypted: set repo.key_file, repo.passphrase_file or PGCAIRN_PASSPHRASE".into(),
             )),
-            (Encryption::XChaCha20Poly1305, Some(u)) => {
-                let candidates: Vec<&KeySlot> = self.key_slots.iter().filter(|s| s.matches(u)).collect();
-                for slot in &candidates {
-                    if let Some(m) = slot.unwrap_master(&self.repo_id, u)? {
-                        return Ok(m);
-                    }
-                }
-                Err(Error::Key(match u {
-                    Unlock::Passphrase(_) => "wrong passphrase: it does not unlock any key slot of this repository".into(),
-                    Unlock::KeyFile(k) => format!(
-                        "key file (fingerprint {}) does not unlock this repository; check repo.key_file points at the key created by `pgcairn init`",
-                        k.fingerprint()
-                    ),
-                }))
-            }
+            (Encryption::XChaCha20Poly1305, Some(u)) => Ok(self.unlock_full(Some(u))?.secret),
         }
     }
 }

@@ -20,6 +20,7 @@
 //! Reading a WAL file costs two GETs (pointer, then data) and no LIST; `info` lists pointers.
 
 pub mod config;
+pub mod keys;
 pub mod layout;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use bytes::Bytes;
 pub use config::{ClusterRecord, Encryption, RepoConfig};
 
 use crate::codec::Codec;
-use crate::crypto::{KdfParams, KeySlot, MasterSecret, Unlock};
+use crate::crypto::{KdfParams, MasterSecret, RepoKeys, SlotKey, Unlock};
 use crate::error::{Error, Result};
 use crate::storage::{CreateOutcome, Storage, StorageError};
 
@@ -39,6 +40,7 @@ pub struct Repository {
     storage: Arc<dyn Storage>,
     config: RepoConfig,
     codec: Codec,
+    slot_id: String,
 }
 
 /// Options for `init`.
@@ -69,12 +71,13 @@ impl Repository {
             )));
         }
         let master = MasterSecret::generate();
-        let config = RepoConfig::new(
+        let mut config = RepoConfig::new(
             &master,
             opts.unlock.as_ref(),
             opts.kdf,
             opts.wal_compress_level,
         )?;
+        config.seal_for_write(&master);
         let body = Bytes::from(serde_json::to_vec_pretty(&config).expect("config serialises"));
         match storage.put_create(&layout::config(), body).await? {
             CreateOutcome::Created => Ok(config),
@@ -85,8 +88,19 @@ impl Repository {
         }
     }
 
-    /// Opens a repository and unlocks its keys.
+    /// Opens a repository and unlocks its keys (no local generation cache: see
+    /// [`Repository::open_with`]).
     pub async fn open(storage: Arc<dyn Storage>, unlock: Option<&Unlock>) -> Result<Self> {
+        Self::open_with(storage, unlock, None).await
+    }
+
+    /// Opens a repository and unlocks its keys; with a state directory, refuses a config
+    /// older than one this host has seen (see [`keys::GenerationCache`]) and records this one.
+    pub async fn open_with(
+        storage: Arc<dyn Storage>,
+        unlock: Option<&Unlock>,
+        state_dir: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let raw = match storage.get(&layout::config()).await {
             Ok(raw) => raw,
             Err(StorageError::NotFound { .. }) => {
@@ -97,17 +111,16 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let config: RepoConfig = serde_json::from_slice(&raw).map_err(|e| {
-            Error::corrupt(
-                format!("{}/config", storage.describe()),
-                format!("not a valid repository config: {e}"),
-            )
-        })?;
-        let master = config.unlock(unlock)?;
+        let config = parse_config(&storage, &raw)?;
+        let (config, unlocked) = keys::unlock_blocking(config, unlock.cloned()).await?;
+        if let Some(dir) = state_dir {
+            keys::GenerationCache::new(dir, &config.repo_id)
+                .check_and_record(&config, &unlocked.slot_id)?;
+        }
         let encrypted = config.encryption == Encryption::XChaCha20Poly1305;
         let codec = Codec::new(
             &config.repo_id,
-            master.derive(),
+            RepoKeys::from_keyring(&unlocked.keyring),
             encrypted,
             config.data_key_version,
         );
@@ -115,6 +128,7 @@ impl Repository {
             storage,
             config,
             codec,
+            slot_id: unlocked.slot_id.clone(),
         })
     }
 
@@ -125,26 +139,23 @@ impl Repository {
         new: &Unlock,
         kdf: KdfParams,
     ) -> Result<()> {
-        let (raw, version) = self.storage.get_versioned(&layout::config()).await?;
-        let mut config: RepoConfig = serde_json::from_slice(&raw)
-            .map_err(|e| Error::corrupt("config", format!("not a valid repository config: {e}")))?;
-        let master = config.unlock(current)?;
-        config
-            .key_slots
-            .push(KeySlot::wrap(&config.repo_id, &master, new, kdf)?);
-        let body = Bytes::from(serde_json::to_vec_pretty(&config).expect("config serialises"));
-        self.storage
-            .put_swap(&layout::config(), body, Some(&version))
-            .await
-            .map_err(|e| match e {
-                StorageError::Precondition { .. } => Error::Conflict(
-                    "the repository config changed while adding a key; run the command again"
-                        .into(),
-                ),
-                other => other.into(),
-            })?;
-        self.config = config;
+        let key = match new {
+            Unlock::Passphrase(p) => SlotKey::passphrase(p, kdf)?,
+            Unlock::KeyFile(k) => SlotKey::key_file(k),
+            Unlock::Command(_) => {
+                return Err(Error::Key(
+                    "a command slot is added with its wrap command (keys::KeyChange::Add)".into(),
+                ))
+            }
+        };
+        let outcome = keys::change(&self.storage, current, None, keys::KeyChange::Add(key)).await?;
+        self.config = outcome.config;
         Ok(())
+    }
+
+    /// The key slot this repository was opened with (empty for unencrypted repositories).
+    pub fn unlocked_slot(&self) -> &str {
+        &self.slot_id
     }
 
     /// The storage.
@@ -161,6 +172,16 @@ impl Repository {
     pub fn codec(&self) -> &Codec {
         &self.codec
     }
+}
+
+/// Parses the config object.
+pub(crate) fn parse_config(storage: &Arc<dyn Storage>, raw: &[u8]) -> Result<RepoConfig> {
+    serde_json::from_slice(raw).map_err(|e| {
+        Error::corrupt(
+            format!("{}/config", storage.describe()),
+            format!("not a valid repository config: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]

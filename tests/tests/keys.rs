@@ -1,0 +1,427 @@
+//! Key slots, external key managers and rotation, end to end: a real PostgreSQL cluster
+//! archiving through an `age`-wrapped command slot, a leaked key file removed and the keys
+//! rotated, what the leaked key can still open (nothing written after the rotation, even with
+//! the old config put back), rollback detection, and every backup and WAL segment restored
+//! with the remaining slot, by restore and by a drill. Runs on the local S3 server when
+//! available (scripts/test.sh), else on file://.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pgcairn_engine::codec::Codec;
+use pgcairn_engine::crypto::{KeyFile, KeyUse, RepoKeys, Unlock};
+use pgcairn_engine::repo::RepoConfig;
+use pgcairn_tests::*;
+
+fn backend() -> Backend {
+    if s3_endpoint().is_some() {
+        Backend::S3
+    } else {
+        Backend::File
+    }
+}
+
+/// A config file like the fixture's (root:postgres 0640 when root), with `[repo]` lines
+/// `key_file` replaced by `unlock_line` and `state_dir` set.
+fn config_variant(env: &TestEnv, name: &str, unlock_line: &str, state_dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("key_file =")
+            || line.starts_with("unwrap_command =")
+            || line.starts_with("state_dir =")
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line == "[repo]" {
+            out.push_str(unlock_line);
+            out.push('\n');
+            out.push_str(&format!("state_dir = \"{}\"\n", state_dir.display()));
+        }
+    }
+    let path = env.path().join(name);
+    let tmp = env.path().join(format!("{name}.tmp"));
+    std::fs::write(&tmp, out).unwrap();
+    let meta = std::fs::metadata(&env.config).unwrap();
+    std::fs::set_permissions(&tmp, meta.permissions()).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid())).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+fn storage_options(config: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut in_repo = false;
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_repo = line == "[repo]";
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=').filter(|_| in_repo) else {
+            continue;
+        };
+        let k = k.trim();
+        if ![
+            "url",
+            "key_file",
+            "passphrase_file",
+            "unwrap_command",
+            "state_dir",
+        ]
+        .contains(&k)
+        {
+            out.insert(k.to_string(), v.trim().trim_matches('"').to_string());
+        }
+    }
+    out
+}
+
+/// Every object key in the repository with its first 12 bytes (enough for the envelope's key
+/// epoch), read with the storage library.
+fn objects(env: &TestEnv) -> BTreeMap<String, Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = pgcairn_storage::StorageOptions::new(storage_options(&env.config)).unwrap();
+        let storage = pgcairn_storage::open(&env.repo_url, &options).unwrap();
+        let mut out = BTreeMap::new();
+        for o in storage.list("").await.unwrap() {
+            let head = if o.size >= 12 {
+                storage.get_range(&o.key, 0..12).await.unwrap().to_vec()
+            } else {
+                Vec::new()
+            };
+            out.insert(o.key.as_str().to_string(), head);
+        }
+        out
+    })
+}
+
+/// Sealed objects (as opposed to plaintext JSON pointers, leases and records).
+fn is_sealed(key: &str) -> bool {
+    key.starts_with("packs/")
+        || key.starts_with("index/")
+        || key.contains("/waldata/")
+        || (key.contains("/backups/") && key.ends_with("/manifest"))
+}
+
+fn key_list(env: &TestEnv, config: &Path) -> serde_json::Value {
+    let out = env.pgcairn_with_config(config, &["key", "list", "--output", "json"]);
+    assert_success(&out, "key list");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everything() {
+    let env = TestEnv::new(EnvOptions::new(backend()));
+    // The leaked key is the one `init` made (repo.key).
+    let leaked = env.key_file.clone();
+
+    // An age identity as the "key manager" (in production: Vault, KMS, ...).
+    let identity = env.path().join("age-identity.txt");
+    let keygen = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen (scripts/install-deps.sh installs age)");
+    assert_success(&keygen, "age-keygen");
+    std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600)).unwrap();
+    give_to(env.run_as.as_deref(), &identity).unwrap();
+    let recipient = String::from_utf8(
+        Command::new("age-keygen")
+            .arg("-y")
+            .arg(&identity)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let wrap = format!("age -r {recipient}");
+    let unwrap = format!("age -d -i {}", identity.display());
+
+    let add = env.pgcairn(&[
+        "key",
+        "add",
+        "--wrap-command",
+        &wrap,
+        "--unwrap-command",
+        &unwrap,
+    ]);
+    assert_success(&add, "key add (age)");
+
+    // From now on the whole fixture (archive_command, backup, restore, drill) unlocks through
+    // age; the leaked key file keeps its own config with its own (attacker's) state.
+    let state = env.path().join("state");
+    let attacker_state = env.path().join("attacker-state");
+    let leaked_config = config_variant(
+        &env,
+        "leaked.toml",
+        &format!("key_file = \"{}\"", leaked.display()),
+        &attacker_state,
+    );
+    config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("unwrap_command = \"{unwrap}\""),
+        &state,
+    );
+
+    let list = key_list(&env, &env.config);
+    let slots = list["slots"].as_array().unwrap();
+    assert_eq!(slots.len(), 2, "{list:#}");
+    let leaked_slot = slots
+        .iter()
+        .find(|s| s["kind"] == "key-file")
+        .expect("key-file slot")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let age_slot = slots.iter().find(|s| s["kind"] == "command").unwrap();
+    assert_eq!(
+        age_slot["current"], true,
+        "age unlocked this command: {list:#}"
+    );
+    assert_eq!(age_slot["unwrap_command"], unwrap.as_str());
+    assert_eq!(list["key_epoch"], 1);
+
+    // A cluster archiving through the age slot, a backup before the rotation.
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table before_rotation as select g from generate_series(1, 50000) g",
+    )
+    .unwrap();
+    let b1 = backup_json(&env, &["--type", "full"]);
+    let b1 = b1["id"].as_str().unwrap().to_string();
+    let pre_segment = switch_wal(&pg);
+    wait_archived(&pg, &pre_segment, Duration::from_secs(90));
+    let old_config = env.read_object("config").expect("config");
+    let before: BTreeSet<String> = objects(&env).into_keys().collect();
+
+    // The leak: remove the slot, then rotate.
+    let refused = env.pgcairn_with_config(&leaked_config, &["key", "remove", &leaked_slot]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("unlocked with"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_success(&env.pgcairn(&["key", "remove", &leaked_slot]), "key remove");
+    let locked_out = env.pgcairn_with_config(&leaked_config, &["info"]);
+    assert_eq!(locked_out.status.code(), Some(2), "{}", stderr(&locked_out));
+    assert!(
+        stderr(&locked_out).contains("does not unlock"),
+        "{}",
+        stderr(&locked_out)
+    );
+
+    // The only slot left is the one unlocking: it is rewrapped with its own key.
+    assert_success(&env.pgcairn(&["key", "rotate"]), "key rotate");
+    let rotated = env.pgcairn(&["key", "rotate", "--wrap-command", &wrap, "--output", "json"]);
+    assert_success(
+        &rotated,
+        "key rotate --wrap-command (a fresh age-wrapped slot secret)",
+    );
+    let rotated: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(rotated["key_epoch"], 3, "two rotations: {rotated}");
+
+    // Written after the rotation: WAL, a backup.
+    pg.psql(
+        "postgres",
+        "create table after_rotation as select g from generate_series(1, 30000) g",
+    )
+    .unwrap();
+    let b2 = backup_json(&env, &["--type", "full"]);
+    let b2 = b2["id"].as_str().unwrap().to_string();
+    pg.psql(
+        "postgres",
+        "insert into after_rotation select g from generate_series(1, 1000) g",
+    )
+    .unwrap();
+    let post_segment = switch_wal(&pg);
+    wait_archived(&pg, &post_segment, Duration::from_secs(90));
+
+    // Every sealed object written after the rotation names epoch 3, which the keyring the
+    // leaked key opens (the old config, which its holder may have kept) does not hold.
+    let old: RepoConfig = serde_json::from_slice(&old_config).unwrap();
+    let leaked_unlock = Unlock::KeyFile(KeyFile::load(&leaked).unwrap());
+    let old_ring = old
+        .unlock_full(Some(&leaked_unlock))
+        .expect("the leak opened the old config");
+    let old_keys = RepoKeys::from_keyring(&old_ring.keyring);
+    let after = objects(&env);
+    let mut new_sealed = 0;
+    for (key, head) in &after {
+        if before.contains(key) || !is_sealed(key) {
+            continue;
+        }
+        new_sealed += 1;
+        let epoch = Codec::epoch_of(head).unwrap_or_else(|| panic!("{key} is not an envelope"));
+        assert_eq!(
+            epoch, 3,
+            "{key} written after the rotation is sealed under epoch {epoch}"
+        );
+        for usage in [KeyUse::Data, KeyUse::Wal, KeyUse::Meta] {
+            assert!(
+                old_keys.key(usage, epoch).is_none(),
+                "the leaked keyring holds epoch {epoch}"
+            );
+        }
+    }
+    assert!(
+        new_sealed >= 4,
+        "packs, index, manifest and WAL written after the rotation: {new_sealed}"
+    );
+
+    // The attacker puts the old config back (rollback) and reads with the leaked key.
+    let new_config = env.read_object("config").expect("config");
+    env.write_object("config", &old_config);
+    let got_old = env.pgcairn_with_config(
+        &leaked_config,
+        &[
+            "archive-get",
+            &pre_segment,
+            &env.path().join("pre.wal").display().to_string(),
+        ],
+    );
+    assert_success(
+        &got_old,
+        "the leaked key still reads what was written before the rotation",
+    );
+    let post_dest = env.path().join("post.wal").display().to_string();
+    let got_new =
+        env.pgcairn_with_config(&leaked_config, &["archive-get", &post_segment, &post_dest]);
+    assert!(
+        !got_new.status.success(),
+        "the leaked key read post-rotation WAL"
+    );
+    assert!(
+        stderr(&got_new).contains("key epoch 3"),
+        "{}",
+        stderr(&got_new)
+    );
+    let stolen = env.pgcairn_with_config(
+        &leaked_config,
+        &[
+            "--progress",
+            "never",
+            "restore",
+            "--pgdata",
+            &env.path().join("stolen").display().to_string(),
+            "--backup",
+            &b2,
+        ],
+    );
+    assert!(
+        !stolen.status.success(),
+        "the leaked key restored a post-rotation backup"
+    );
+    // A host that saw the rotation refuses the rolled-back config.
+    let detected = env.pgcairn(&["info"]);
+    assert_eq!(detected.status.code(), Some(2), "{}", stderr(&detected));
+    assert!(
+        stderr(&detected).contains("rolled back"),
+        "{}",
+        stderr(&detected)
+    );
+    env.write_object("config", &new_config);
+
+    // With the remaining (age) slot: every backup restores, every WAL segment comes back.
+    // Every archived WAL file, from the repository's pointers.
+    let archived: Vec<String> = objects(&env)
+        .into_keys()
+        .filter_map(|k| k.strip_prefix("clusters/main/wal/").map(str::to_string))
+        .filter_map(|k| k.split_once('/').map(|(_, f)| f.to_string()))
+        .collect();
+    assert!(
+        archived.contains(&pre_segment) && archived.contains(&post_segment),
+        "{archived:?}"
+    );
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    for seg in &archived {
+        let dest = fetched.join(seg).display().to_string();
+        let out = env.pgcairn(&["archive-get", seg, &dest]);
+        assert_success(&out, &format!("archive-get {seg} through the age slot"));
+    }
+    let r1 = env.restore_and_start("r1", Some(&b1));
+    let _s1 = StopOnDrop(&r1);
+    assert_eq!(
+        r1.psql("postgres", "select count(*) from before_rotation")
+            .unwrap(),
+        "50000"
+    );
+    assert_eq!(
+        r1.psql("postgres", "select count(*) from after_rotation")
+            .unwrap(),
+        "31000"
+    );
+    r1.stop().unwrap();
+    let r2 = env.restore_and_start("r2", Some(&b2));
+    let _s2 = StopOnDrop(&r2);
+    assert_eq!(
+        r2.psql("postgres", "select count(*) from after_rotation")
+            .unwrap(),
+        "31000"
+    );
+    r2.stop().unwrap();
+
+    // A drill through the age slot.
+    let tmp = env.private_dir("drilltmp");
+    let mut drill = env.pgcairn_command(&["--progress", "never", "drill", "--output", "json"]);
+    drill.env("TMPDIR", &tmp).current_dir(&tmp);
+    let drill = drill.output().unwrap();
+    assert_success(&drill, "drill through the age slot");
+
+    // An unwrap command that fails, or hangs, is exit 2 naming it, quickly.
+    let failing = config_variant(
+        &env,
+        "failing.toml",
+        "unwrap_command = \"echo 'kms: access denied' >&2; exit 1\"",
+        &state,
+    );
+    let out = env.pgcairn_with_config(&failing, &["info"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("kms: access denied"),
+        "{}",
+        stderr(&out)
+    );
+    let hanging = config_variant(
+        &env,
+        "hanging.toml",
+        "unwrap_command = \"sleep 60\"\ncommand_timeout = \"1s\"",
+        &state,
+    );
+    let t = Instant::now();
+    let out = env.pgcairn_with_config(&hanging, &["info"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("sleep 60") && stderr(&out).contains("did not finish"),
+        "{}",
+        stderr(&out)
+    );
+    let last = env.pgcairn(&["key", "remove", age_slot["id"].as_str().unwrap(), "--force"]);
+    assert_eq!(last.status.code(), Some(2), "{}", stderr(&last));
+    assert!(stderr(&last).contains("last one"), "{}", stderr(&last));
+}
