@@ -58,7 +58,7 @@ use crate::direct_io;
 use crate::error::{Error, Result};
 use crate::fs_beneath;
 use crate::index::IndexEntry;
-use crate::pack::{open_block, open_block_authenticated};
+use crate::pack::{open_block, open_block_authenticated, open_block_authenticated_into};
 use crate::progress::Progress;
 use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
@@ -918,41 +918,50 @@ impl RunOutput {
         for (pos, e) in run {
             let s = (e.entry.offset - base) as usize;
             let sealed = &sealed[s..s + e.entry.sealed_len as usize];
-            let opened = match self.parted {
-                Some(_) => open_block_authenticated(&self.codec, &e.entry, sealed),
-                None => open_block(&self.codec, &e.entry, sealed),
-            };
-            let plain = opened.map_err(|err| Error::corrupt(self.pack.clone(), err.to_string()))?;
             let at = *pos as u64 * block_size;
             // Every block but the file's last is whole: what is written is exactly the file's
             // bytes (a direct write pads only past its end).
-            let want = (size - at).min(block_size);
-            if plain.len() as u64 != want {
-                return Err(Error::corrupt(
-                    self.pack.clone(),
-                    format!(
-                        "block {} opens to {} bytes where the file needs {want}",
-                        e.entry.block_id.to_hex(),
-                        plain.len()
-                    ),
-                ));
-            }
-            if let Some(p) = self.parted {
-                hashes.push((*pos, p.part(size, *pos, &plain)));
-            }
+            let want = (size - at).min(block_size) as usize;
+            let corrupt = |err: String| Error::corrupt(self.pack.clone(), err);
+            let wrong_len = |n: usize| {
+                corrupt(format!(
+                    "block {} opens to {n} bytes where the file needs {want}",
+                    e.entry.block_id.to_hex()
+                ))
+            };
             match group.as_deref_mut() {
                 Some(g) => {
-                    if !g.is_empty()
-                        && (group_at + g.len() as u64 != at || g.remaining() < plain.len())
-                    {
+                    if !g.is_empty() && (group_at + g.len() as u64 != at || g.remaining() < want) {
                         g.write_at(&self.file, group_at).map_err(write_err)?;
                     }
                     if g.is_empty() {
                         group_at = at;
                     }
-                    g.push(&plain);
+                    let n =
+                        open_block_authenticated_into(&self.codec, &e.entry, sealed, g.spare_mut())
+                            .map_err(|err| corrupt(err.to_string()))?;
+                    if n != want {
+                        return Err(wrong_len(n));
+                    }
+                    g.commit(n);
+                    if let Some(p) = self.parted {
+                        hashes.push((*pos, p.part(size, *pos, g.tail(n))));
+                    }
                 }
-                None => self.file.write_all_at(&plain, at).map_err(write_err)?,
+                None => {
+                    let plain = match self.parted {
+                        Some(_) => open_block_authenticated(&self.codec, &e.entry, sealed),
+                        None => open_block(&self.codec, &e.entry, sealed),
+                    }
+                    .map_err(|err| corrupt(err.to_string()))?;
+                    if plain.len() != want {
+                        return Err(wrong_len(plain.len()));
+                    }
+                    if let Some(p) = self.parted {
+                        hashes.push((*pos, p.part(size, *pos, &plain)));
+                    }
+                    self.file.write_all_at(&plain, at).map_err(write_err)?;
+                }
             }
         }
         if let Some(g) = group {
