@@ -57,6 +57,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "lease_wait",
         ],
     ),
+    ("drill", &["pg_bindir"]),
 ];
 
 /// The resolved configuration.
@@ -116,6 +117,9 @@ pub struct Settings {
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
     pub wal_compress_level: i32,
+    /// `[drill] pg_bindir`: the server binaries of a backup's major version when they are not
+    /// in `/usr/lib/postgresql/<major>/bin`; `{major}` stands for the major version.
+    pub drill_pg_bindir: Option<String>,
 }
 
 type Table = BTreeMap<String, BTreeMap<String, (String, String)>>; // section -> key -> (value, origin)
@@ -218,7 +222,7 @@ impl Settings {
             let Some((_, known)) = SECTIONS.iter().find(|(s, _)| s == section) else {
                 let origin = keys.values().next().map(|(_, o)| o.as_str()).unwrap_or("?");
                 return Err(Failure::usage(format!(
-                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention"
+                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention, drill"
                 )));
             };
             if section == "repo" {
@@ -302,6 +306,7 @@ impl Settings {
         let wal_compress_level =
             parse_level(take("archive", "compress_level"), "archive.compress_level")?
                 .unwrap_or(DEFAULT_WAL_COMPRESS_LEVEL);
+        let drill_pg_bindir = take("drill", "pg_bindir").map(|v| v.0);
         let storage_options = table
             .remove("repo")
             .unwrap_or_default()
@@ -337,6 +342,7 @@ impl Settings {
             maintenance_lease_wait,
             idle_exit,
             wal_compress_level,
+            drill_pg_bindir,
         })
     }
 

@@ -342,6 +342,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         report_dir: report_dir.clone(),
         target_label: format!("time {target_time}"),
         recovery_timeout: Duration::from_secs(300),
+        pg_bindir: None,
     };
     std::fs::create_dir_all(dir.join("drill")).map_err(fail)?;
     let (report, files) = timed(
@@ -428,6 +429,7 @@ fn demo_settings(dir: &Path) -> Settings {
         maintenance_lease_wait: Duration::ZERO,
         idle_exit: Duration::from_secs(10),
         wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
+        drill_pg_bindir: None,
     }
 }
 
