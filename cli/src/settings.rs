@@ -535,6 +535,24 @@ mod tests {
     }
 
     #[test]
+    fn drill_pg_bindir_is_read_and_a_typo_is_refused() {
+        let s = Settings::from_table(
+            table(&[("drill", "pg_bindir", "/usr/pgsql-{major}/bin")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.drill_pg_bindir.as_deref(), Some("/usr/pgsql-{major}/bin"));
+        assert_eq!(
+            Settings::from_table(table(&[]), None)
+                .unwrap()
+                .drill_pg_bindir,
+            None
+        );
+        let err = Settings::from_table(table(&[("drill", "pg_bin_dir", "/x")]), None).unwrap_err();
+        assert!(format!("{err:?}").contains("drill.pg_bin_dir"), "{err:?}");
+    }
+
+    #[test]
     fn bad_retention_values_name_the_setting() {
         let err = Settings::from_table(table(&[("retention", "gc_repack_below", "2")]), None)
             .unwrap_err();

@@ -342,7 +342,8 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         report_dir: report_dir.clone(),
         target_label: format!("time {target_time}"),
         recovery_timeout: Duration::from_secs(300),
-        pg_bindir: None,
+        // The demo's own server (PG_BINDIR, Debian's 15 or pg_config): the drill restores its data.
+        pg_bindir: Some(instance.bin.bindir().display().to_string()),
     };
     std::fs::create_dir_all(dir.join("drill")).map_err(fail)?;
     let (report, files) = timed(
