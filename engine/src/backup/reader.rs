@@ -14,7 +14,7 @@ use super::blockstore::{KnownBlocks, SealedBlock};
 use super::manifest::{BlockRef, FileEntry};
 use crate::codec::{Codec, ObjectKind};
 use crate::error::{Error, Result};
-use crate::pg::checksum::{check_page, relation_segment, PageCheck, BLCKSZ, RELSEG_SIZE};
+use crate::pg::checksum::{check_page, relation_segment_of_path, PageCheck, BLCKSZ, RELSEG_SIZE};
 use crate::pg::datadir::{Entry, EntryKind};
 
 /// What the reader needs to know.
@@ -49,17 +49,6 @@ pub struct FileRead {
     pub new_blocks: u64,
 }
 
-fn is_relation(path: &str) -> Option<u32> {
-    let in_db_dir =
-        path.starts_with("base/") || path.starts_with("global/") || path.starts_with("pg_tblspc/");
-    let name = path.rsplit('/').next()?;
-    if in_db_dir {
-        relation_segment(name)
-    } else {
-        None
-    }
-}
-
 /// Reads `entry` (a file) into blocks. `parent` is the reference backup's entry for the same path.
 pub fn read_file(
     ctx: &ReadContext<'_>,
@@ -83,7 +72,7 @@ pub fn read_file(
         Err(e) => return Err(Error::io(format!("reading {}", entry.abs.display()), e)),
     };
     let relation_seg = if ctx.verify_checksums {
-        is_relation(&entry.path)
+        relation_segment_of_path(&entry.path)
     } else {
         None
     };
