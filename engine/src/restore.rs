@@ -65,6 +65,10 @@ use crate::repo::{layout, Repository};
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
+/// Bytes of other blocks a range read may carry between two blocks of the file it restores:
+/// reading past a few blocks costs less than another request. Packs written before backups
+/// batched each file's blocks interleave the blocks of the files read in parallel.
+const MAX_GAP: u64 = 256 << 10;
 /// Range reads of one file in flight at once, each up to [`MAX_RUN`] bytes (blocks are opened
 /// one at a time from them): with `jobs` files at a time, at most `jobs * RUNS_IN_FLIGHT *
 /// MAX_RUN` of sealed bytes in memory (32 MiB at the default 2 jobs).
@@ -733,7 +737,8 @@ impl FileJob<'_> {
                 i += 1;
                 continue;
             }
-            // A run: consecutive non-zero blocks contiguous in one pack.
+            // A run: consecutive non-zero blocks that follow each other in one pack, with at
+            // most MAX_GAP bytes of other blocks between two of them.
             let first = locate(index, f, i)?;
             let mut run: Vec<(usize, IndexEntry)> = vec![(i, first)];
             let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
@@ -741,12 +746,13 @@ impl FileJob<'_> {
             while j < f.blocks.len() && !f.blocks[j].is_zero() && !same(j) {
                 let e = locate(index, f, j)?;
                 if e.pack_id != first.pack_id
-                    || e.entry.offset != end
+                    || e.entry.offset < end
+                    || e.entry.offset - end > MAX_GAP
                     || end - first.entry.offset >= MAX_RUN
                 {
                     break;
                 }
-                end += u64::from(e.entry.sealed_len);
+                end = e.entry.offset + u64::from(e.entry.sealed_len);
                 run.push((j, e));
                 j += 1;
             }

@@ -524,11 +524,15 @@ async fn backup_with_lease(
                 .map_err(|_| Error::InvalidInput("backup aborted".into()))
         })
     });
-    let (block_tx, mut block_rx) = mpsc::channel(64);
+    // Batches of up to reader::BATCH_BYTES sealed bytes: at most 4 waiting, plus one being
+    // filled by each reader.
+    let (block_tx, mut block_rx) = mpsc::channel::<Vec<blockstore::SealedBlock>>(4);
     let mut packer = Packer::new(repo.clone());
     let packer_task = tokio::spawn(async move {
-        while let Some(b) = block_rx.recv().await {
-            packer.add(b).await?;
+        while let Some(batch) = block_rx.recv().await {
+            for b in batch {
+                packer.add(b).await?;
+            }
         }
         packer.flush().await?;
         Ok::<Packer, Error>(packer)
