@@ -1160,3 +1160,60 @@ fn write_recovery_files(
     kept.push('\n');
     write("postgresql.auto.conf", kept.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backup::manifest::BlockRef;
+
+    fn entry(data: &[u8], block_size: usize) -> FileEntry {
+        FileEntry {
+            path: "base/1/16384".into(),
+            size: data.len() as u64,
+            mtime_ns: 0,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            blocks: vec![BlockRef::ZERO; data.len().div_ceil(block_size)],
+            checksum: blake3::hash(data).to_hex().to_string(),
+            bad_pages: Vec::new(),
+        }
+    }
+
+    fn parts(p: PartedHash<'_>, data: &[u8], block_size: usize) -> Vec<Option<PartHash>> {
+        data.chunks(block_size)
+            .enumerate()
+            .map(|(i, b)| Some(p.part(data.len() as u64, i, b)))
+            .collect()
+    }
+
+    #[test]
+    fn the_whole_file_check_passes_the_right_blocks_and_catches_misplaced_or_missing_ones() {
+        let bs = 65536;
+        let p = PartedHash::plain(bs).unwrap();
+        let data: Vec<u8> = (0..(5 * bs + 8192) as u32)
+            .map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8)
+            .collect();
+        let f = entry(&data, bs);
+        assert_eq!(merged_hash(p, &f, parts(p, &data, bs)), f.checksum);
+        // Two blocks written at each other's offsets.
+        let mut swapped = data.clone();
+        let (a, b) = swapped.split_at_mut(2 * bs);
+        a[bs..2 * bs].swap_with_slice(&mut b[..bs]);
+        assert_ne!(merged_hash(p, &f, parts(p, &swapped, bs)), f.checksum);
+        // A block whose hash never arrived.
+        let mut missing = parts(p, &data, bs);
+        missing[3] = None;
+        assert_ne!(merged_hash(p, &f, missing), f.checksum);
+        // One bit off in the short last block.
+        let mut flipped = data.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_ne!(merged_hash(p, &f, parts(p, &flipped, bs)), f.checksum);
+        // Files of one block and of none.
+        let small = &data[..8192];
+        let f1 = entry(small, bs);
+        assert_eq!(merged_hash(p, &f1, parts(p, small, bs)), f1.checksum);
+        let f0 = entry(&[], bs);
+        assert_eq!(merged_hash(p, &f0, Vec::new()), f0.checksum);
+    }
+}
