@@ -336,6 +336,11 @@ pub struct RestoreArgs {
     /// Reuse an existing data directory (PostgreSQL stopped), rewriting only what differs.
     #[arg(long)]
     pub delta: bool,
+    /// Write every file through the page cache. By default files of 4 MiB or more are
+    /// written with O_DIRECT where the filesystem takes it (faster, and leaves the page cache
+    /// to PostgreSQL); use this where direct I/O is slow (some network filesystems).
+    #[arg(long)]
+    pub buffered: bool,
     /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,

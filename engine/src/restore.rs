@@ -107,6 +107,9 @@ pub struct RestoreOptions {
     pub tablespace_map: Vec<(u32, PathBuf)>,
     /// Put every tablespace under this directory (`DIR/<oid>`).
     pub tablespace_map_all: Option<PathBuf>,
+    /// Write large files with `O_DIRECT` where the filesystem takes it ([`direct_io`]);
+    /// `false`: through the page cache.
+    pub direct_io: bool,
 }
 
 impl RestoreOptions {
@@ -128,6 +131,7 @@ impl RestoreOptions {
             delta: false,
             tablespace_map: Vec::new(),
             tablespace_map_all: None,
+            direct_io: true,
         }
     }
 }
@@ -405,29 +409,46 @@ pub async fn restore(
         target,
         block_size: m.block_size as u64,
         delta: opts.delta,
+        direct_io: opts.direct_io,
         restore_owner: owner.is_some(),
     };
-    let mut writes = futures::stream::iter(paths)
-        .map(|path| {
+    // Small files whose blocks lie close together in a pack are read together: one range
+    // read for many files ([`plan_work`]).
+    let work = plan_work(&files, paths, &index, opts.delta)?;
+    let mut writes = futures::stream::iter(work)
+        .map(|item| {
             let files = files.clone();
             async move {
-                let f = files
-                    .get(&path)?
-                    .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
-                let (reused, written) = job.restore_file(&f).await?;
-                Ok::<_, Error>((f.size, reused, written.map(|w| (target.join(&f.path), w))))
+                let (paths, span) = match item {
+                    Work::File(path) => (vec![path], None),
+                    Work::Span { pack, range, paths } => {
+                        let key = layout::pack(&pack);
+                        let bytes = repo.storage().get_range(&key, range.clone()).await?;
+                        (paths, Some((range.start, bytes)))
+                    }
+                };
+                let mut done = Vec::with_capacity(paths.len());
+                for path in paths {
+                    let f = files
+                        .get(&path)?
+                        .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
+                    let (reused, written) = job.restore_file(&f, span.as_ref()).await?;
+                    done.push((f.size, reused, written.map(|w| (target.join(&f.path), w))));
+                }
+                Ok::<_, Error>(done)
             }
         })
         .buffer_unordered(opts.jobs.max(1));
     let (mut bytes, mut bytes_reused) = (0, 0);
     let mut syncs = BackgroundSyncs::default();
     while let Some(r) = writes.next().await {
-        let (n, reused, written) = r?;
-        bytes += n;
-        bytes_reused += reused;
-        progress.advance(n, n - reused);
-        if let Some((path, file)) = written {
-            syncs.push(path, file).await?;
+        for (n, reused, written) in r? {
+            bytes += n;
+            bytes_reused += reused;
+            progress.advance(n, n - reused);
+            if let Some((path, file)) = written {
+                syncs.push(path, file).await?;
+            }
         }
     }
     drop(writes);
@@ -436,7 +457,7 @@ pub async fn restore(
     // Every directory's entries durable, then pg_control, then the marker goes.
     sync_tree(&m, &tree, target)?;
     if let Some(f) = files.get(PG_CONTROL)? {
-        let (reused, written) = job.restore_file(&f).await?;
+        let (reused, written) = job.restore_file(&f, None).await?;
         if let Some(file) = written {
             file.sync_all()
                 .map_err(|e| io(&target.join(PG_CONTROL), e))?;
@@ -666,6 +687,7 @@ struct FileJob<'a> {
     target: &'a Path,
     block_size: u64,
     delta: bool,
+    direct_io: bool,
     restore_owner: bool,
 }
 
@@ -676,7 +698,13 @@ impl FileJob<'_> {
     /// mode) goes through that descriptor.
     /// Returns the bytes reused (delta) and, if the file was written, its descriptor, still
     /// to be made durable ([`BackgroundSyncs`]).
-    async fn restore_file(&self, f: &FileEntry) -> Result<(u64, Option<Arc<std::fs::File>>)> {
+    /// `span`: bytes of a pack already read (from this pack offset); runs inside it are
+    /// served from it instead of a range read of their own.
+    async fn restore_file(
+        &self,
+        f: &FileEntry,
+        span: Option<&(u64, bytes::Bytes)>,
+    ) -> Result<(u64, Option<Arc<std::fs::File>>)> {
         let (repo, pool, index, block_size, delta) = (
             self.repo,
             self.pool,
@@ -769,7 +797,8 @@ impl FileJob<'_> {
         };
         let size = f.size;
         // Large files of a full restore go past the page cache ([`direct_io`]).
-        let direct = !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
+        let direct =
+            self.direct_io && !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
         let mut writes = futures::stream::iter(runs)
             .map(|run| {
                 let file = file.clone();
@@ -778,10 +807,18 @@ impl FileJob<'_> {
                     let last = run[run.len() - 1].1;
                     let end = last.entry.offset + u64::from(last.entry.sealed_len);
                     let key = layout::pack(&first.pack_id);
-                    let bytes = repo
-                        .storage()
-                        .get_range(&key, first.entry.offset..end)
-                        .await?;
+                    let bytes = match span {
+                        Some((at, b))
+                            if first.entry.offset >= *at && end <= *at + b.len() as u64 =>
+                        {
+                            b.slice((first.entry.offset - at) as usize..(end - at) as usize)
+                        }
+                        _ => {
+                            repo.storage()
+                                .get_range(&key, first.entry.offset..end)
+                                .await?
+                        }
+                    };
                     let out = RunOutput {
                         codec: repo.codec().clone(),
                         file,
@@ -850,6 +887,100 @@ impl FileJob<'_> {
         }
         Ok((reused, Some(file)))
     }
+}
+
+/// What one restore task does: a file on its own, or small files read with one range read.
+enum Work {
+    File(String),
+    Span {
+        pack: [u8; 32],
+        range: std::ops::Range<u64>,
+        paths: Vec<String>,
+    },
+}
+
+/// Sealed bytes of a file that make it small: read with its neighbours in the pack.
+const SMALL_FILE_SEALED: u64 = 256 << 10;
+/// Largest range read for a span of small files.
+const MAX_SPAN: u64 = 4 << 20;
+
+/// Orders the restore's work: large files one by one; small files (all their blocks within
+/// [`SMALL_FILE_SEALED`] bytes of one pack) sorted by where they lie and gathered into spans
+/// of at most [`MAX_SPAN`] bytes with at most [`MAX_GAP`] bytes between two files. A cluster
+/// is mostly small files (a thousand system catalog files in an empty one): read one by one
+/// that was a thousand requests, each a round trip on an object store. A delta restore reads
+/// nothing it already has, so it keeps to files.
+fn plan_work(
+    files: &SpooledFiles,
+    paths: Vec<String>,
+    index: &BlockIndex,
+    delta: bool,
+) -> Result<Vec<Work>> {
+    if delta {
+        return Ok(paths.into_iter().map(Work::File).collect());
+    }
+    let mut work = Vec::new();
+    let mut small: Vec<([u8; 32], u64, u64, String)> = Vec::new();
+    for path in paths {
+        let f = files
+            .get(&path)?
+            .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
+        match sealed_extent(index, &f) {
+            Some((pack, start, end)) if end - start <= SMALL_FILE_SEALED => {
+                small.push((pack, start, end, path))
+            }
+            _ => work.push(Work::File(path)),
+        }
+    }
+    small.sort();
+    let mut spans: Vec<Work> = Vec::new();
+    for (pack, start, end, path) in small {
+        if let Some(Work::Span {
+            pack: p,
+            range,
+            paths,
+        }) = spans.last_mut()
+        {
+            if *p == pack
+                && start >= range.start
+                && start <= range.end + MAX_GAP
+                && end.max(range.end) - range.start <= MAX_SPAN
+            {
+                range.end = range.end.max(end);
+                paths.push(path);
+                continue;
+            }
+        }
+        spans.push(Work::Span {
+            pack,
+            range: start..end,
+            paths: vec![path],
+        });
+    }
+    // Spans first: many files each, they start the restore's many small writes while the large
+    // files follow.
+    spans.extend(work);
+    Ok(spans)
+}
+
+/// The pack and sealed byte range holding every non-zero block of `f`, if they are all in one
+/// pack; `None` for files with no stored block or blocks in several packs.
+fn sealed_extent(index: &BlockIndex, f: &FileEntry) -> Option<([u8; 32], u64, u64)> {
+    let mut extent: Option<([u8; 32], u64, u64)> = None;
+    for b in &f.blocks {
+        let Some(id) = b.0 else { continue };
+        let e = index.get(&id)?;
+        let (start, end) = (
+            e.entry.offset,
+            e.entry.offset + u64::from(e.entry.sealed_len),
+        );
+        extent = match extent {
+            None => Some((e.pack_id, start, end)),
+            Some((p, s, t)) if p == e.pack_id => Some((p, s.min(start), t.max(end))),
+            Some(_) => return None,
+        };
+    }
+    extent
 }
 
 /// Restored files' fsyncs, run on blocking threads while the next files are restored. A
