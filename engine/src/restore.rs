@@ -2,12 +2,19 @@
 //!
 //! Before writing anything, a preflight checks that the manifest authenticates, that every
 //! block it references is indexed, and that every pack holding them exists. Then directories
-//! (tablespaces as links to their recorded locations), then files in parallel: for each file,
-//! runs of blocks that sit next to each other in one pack are fetched with one range read,
-//! opened (authenticated, decompressed, id re-checked) on the CPU pool and written at their
-//! offsets; all-zero blocks are left as holes. Each file's BLAKE3 is compared with the
-//! manifest's after it is fsynced. Last, `backup_label`, `tablespace_map`, `recovery.signal`
-//! and the recovery settings. Run as root, ownership is restored from the manifest.
+//! (tablespaces as links to their recorded locations), then files in parallel on the restore's
+//! own threads ([`WorkerPool`]). Reads: a file's blocks that follow each other in one pack
+//! (up to [`MAX_GAP`] bytes apart) come in one range read; small files are sorted by where
+//! they lie and read together in spans ([`plan_work`]), so an object store sees a few hundred
+//! requests for a cluster of a thousand files, not one per file. Each block is authenticated
+//! and opened (the AEAD binds its id; the content id is not recomputed), written at its offset
+//! (all-zero blocks are left as holes), and its BLAKE3 chaining value computed at that offset;
+//! the merged value must equal the file's checksum in the manifest, so files are checked
+//! without being read back ([`crate::codec::tree_hash`]). Files of [`direct_io::MIN_FILE_LEN`]
+//! or more are written with `O_DIRECT` ([`direct_io`]). Each file is fsynced in the background
+//! ([`BackgroundSyncs`]) while the next are written. Last, `backup_label`, `tablespace_map`,
+//! `recovery.signal` and the recovery settings. Run as root, ownership is restored from the
+//! manifest.
 //!
 //! Hostile data directories: `restore` often runs as root into a directory owned by
 //! PostgreSQL's OS user, and `--delta` reuses whatever that user left there. Nothing here
