@@ -45,7 +45,8 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     }
 }
 
-/// Writes `pgcairn.1` and `pgcairn-<subcommand>.1` for every visible subcommand.
+/// Writes `pgcairn.1` and `pgcairn-<subcommand>.1` for every visible subcommand, nested ones
+/// included (`pgcairn-key-add.1`: the `pgcairn key` page refers to them).
 fn manpages(dir: &Path) -> Result<(), Failure> {
     let fail = |what: &str, path: &Path, e: std::io::Error| {
         Failure::new(
@@ -57,14 +58,7 @@ fn manpages(dir: &Path) -> Result<(), Failure> {
     let mut root = Cli::command();
     root.build();
     let mut pages = vec![("pgcairn".to_string(), root.clone())];
-    for sub in root
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let name = format!("pgcairn-{}", sub.get_name());
-        // The page's title and synopsis carry the full command name ("pgcairn-backup").
-        pages.push((name.clone(), sub.clone().name(name)));
-    }
+    add_subcommand_pages("pgcairn", &root, &mut pages);
     for (name, cmd) in pages {
         let mut out = Vec::new();
         clap_mangen::Man::new(cmd)
@@ -74,4 +68,21 @@ fn manpages(dir: &Path) -> Result<(), Failure> {
         std::fs::write(&path, out).map_err(|e| fail("write", &path, e))?;
     }
     Ok(())
+}
+
+/// Adds a page `<prefix>-<name>` for each visible subcommand of `cmd`, and of theirs.
+fn add_subcommand_pages(
+    prefix: &str,
+    cmd: &clap::Command,
+    pages: &mut Vec<(String, clap::Command)>,
+) {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("{prefix}-{}", sub.get_name());
+        // The page's title and synopsis carry the full command name ("pgcairn-backup").
+        pages.push((name.clone(), sub.clone().name(name.clone())));
+        add_subcommand_pages(&name, sub, pages);
+    }
 }
