@@ -342,6 +342,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         report_dir: report_dir.clone(),
         target_label: format!("time {target_time}"),
         recovery_timeout: Duration::from_secs(300),
+        prefetch_spool: None,
     };
     std::fs::create_dir_all(dir.join("drill")).map_err(fail)?;
     let (report, files) = timed(

@@ -70,6 +70,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use self::report::{Check, DrillReport, Phase, TableRows};
+use crate::archive::prefetch::PrefetchSpool;
 use crate::error::{Error, Result};
 use crate::pg::instance::{
     command_as, current_uid, free_port, give_to, sh_quote, Instance, PgBinaries,
@@ -97,6 +98,9 @@ pub struct DrillOptions {
     pub target_label: String,
     /// How long recovery may take.
     pub recovery_timeout: Duration,
+    /// The prefetch spool the instance's `archive-get` uses (`archive.async`), whose counters
+    /// tell how often replay waited for WAL; `None`: not reported.
+    pub prefetch_spool: Option<PrefetchSpool>,
 }
 
 /// Where the drill wrote its report.
@@ -592,6 +596,7 @@ pub async fn run_drill(
             "backup {} intact; WAL {} .. {} continuous",
             planned.plan.backup_id, planned.plan.first_wal, planned.plan.last_wal
         ),
+        share_of_mttr: None,
     });
 
     // Restore.
@@ -627,6 +632,7 @@ pub async fn run_drill(
             restored.bytes as f64 / 1048576.0,
             restored.bytes as f64 / 1e6 / secs.max(1e-3)
         ),
+        share_of_mttr: None,
     });
 
     // An ephemeral instance cut off from production (module docs). Failing to set it up is
@@ -662,6 +668,7 @@ pub async fn run_drill(
     let run_as = instance.run_as.clone();
     let mut watchdog = spawn_watchdog(&opts.workdir, &datadir, run_as.as_deref(), &bin, opts.keep);
 
+    let fetch_before = opts.prefetch_spool.as_ref().map(|s| s.stats());
     let outcome = run_instance(
         &instance,
         &settings,
@@ -671,6 +678,11 @@ pub async fn run_drill(
         &mut row_counts,
     )
     .await;
+    let wal_fetch = opts
+        .prefetch_spool
+        .as_ref()
+        .zip(fetch_before)
+        .map(|(s, before)| s.stats().since(&before));
     // Stop (the checks already did, unless one failed early) and clean up.
     let inst = instance.clone();
     let _ = blocking(move || inst.stop()).await;
@@ -709,21 +721,20 @@ pub async fn run_drill(
         let _ = std::fs::remove_dir_all(&opts.workdir);
     }
 
-    let mttr: f64 = phases
-        .iter()
-        .filter(|p| {
-            matches!(
-                p.name.as_str(),
-                "preflight" | "restore" | "startup" | "replay"
-            )
-        })
-        .map(|p| p.seconds)
-        .sum();
+    let mttr = report::apportion(&mut phases);
+    let replay_share = phases.iter().any(|p| p.name == "replay").then(|| {
+        phases
+            .iter()
+            .filter(|p| matches!(p.name.as_str(), "startup" | "replay"))
+            .filter_map(|p| p.share_of_mttr)
+            .sum::<f64>()
+    });
     let total: f64 = phases.iter().map(|p| p.seconds).sum();
     phases.push(Phase {
         name: "total".into(),
         seconds: total,
         detail: format!("MTTR {mttr:.1} s (preflight + restore + startup + replay)"),
+        share_of_mttr: None,
     });
     let failed: Vec<&Check> = checks.iter().filter(|c| c.status == "failed").collect();
     let errors: Vec<&Check> = checks.iter().filter(|c| c.status == "error").collect();
@@ -777,6 +788,8 @@ pub async fn run_drill(
         phases,
         mttr_seconds: mttr,
         max_mttr_seconds: opts.max_mttr.map(|d| d.as_secs_f64()),
+        replay_share,
+        wal_fetch,
         restored_bytes: restored.bytes,
         wal_segments: planned.plan.wal_segments,
         newest_wal_age_seconds: rpo,
@@ -860,9 +873,12 @@ async fn finish_early(
             name: phase.into(),
             seconds: t.elapsed().as_secs_f64(),
             detail: if operational { "error" } else { "failed" }.into(),
+            share_of_mttr: None,
         }],
         mttr_seconds: t.elapsed().as_secs_f64(),
         max_mttr_seconds: opts.max_mttr.map(|d| d.as_secs_f64()),
+        replay_share: None,
+        wal_fetch: None,
         restored_bytes: 0,
         wal_segments: 0,
         newest_wal_age_seconds: rpo,
@@ -898,6 +914,7 @@ async fn run_instance(
             name: "startup".into(),
             seconds: t.elapsed().as_secs_f64(),
             detail: "failed".into(),
+            share_of_mttr: None,
         });
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let reason = log
@@ -915,7 +932,9 @@ async fn run_instance(
     phases.push(Phase {
         name: "startup".into(),
         seconds: t.elapsed().as_secs_f64(),
-        detail: "until the first accepted connection".into(),
+        detail: "until the first accepted connection (replays the backup's own WAL to consistency)"
+            .into(),
+        share_of_mttr: None,
     });
     let inst = instance.clone();
     let wanted = settings.to_vec();
@@ -955,6 +974,7 @@ async fn run_instance(
         detail:
             "from the first connection to the end of recovery (WAL fetched through archive-get)"
                 .into(),
+        share_of_mttr: None,
     });
 
     let t = Instant::now();
@@ -1000,6 +1020,7 @@ async fn run_instance(
         name: "checks".into(),
         seconds: t.elapsed().as_secs_f64(),
         detail: format!("{} checks", checks.len()),
+        share_of_mttr: None,
     });
     Ok(())
 }
