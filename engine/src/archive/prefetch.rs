@@ -17,7 +17,7 @@
 //! removes segments behind the requested one and any from other timelines, and exits when
 //! PostgreSQL stops asking. Every file in the spool passed the same checks as a direct
 //! archive-get (authentication, content id, page header against the name). A segment that
-//! does not exist yet is tried again after [`ABSENT_RETRY`] or on the next request.
+//! does not exist yet (nor any after it) is asked for again after [`ABSENT_RETRY`].
 //!
 //! The prefetcher keeps `jobs` fetches in flight at all times, always of the nearest missing
 //! segments of the window, and refills the window as soon as one lands or PostgreSQL asks for
@@ -308,7 +308,7 @@ impl GetStats {
     }
 }
 
-/// How long a segment found absent is not asked for again (unless the request moves).
+/// How long a segment found absent (and every one after it) is not asked for again.
 pub const ABSENT_RETRY: Duration = Duration::from_millis(250);
 
 /// A fetching marker older than this is left over (a fetch gives up well before).
