@@ -25,7 +25,9 @@
 # of these sets of settings on the server's command line (they outrank postgresql.auto.conf),
 # to compare replay with and without them. archive-get runs with PGCAIRN_LOG=info, so its
 # lines in the server log also count segments served from the spool and fetched directly
-# (for binaries without the spool's counters). Environment: MULTIPLES; PGCAIRN_BIN (default target/release/pgcairn, built if
+# (for binaries without the spool's counters). ALT_BIN=path: each recovery is also run with
+# that pgcairn binary (restore and archive-get; same repository format), to compare two builds
+# on the same data in one run. Environment: MULTIPLES; PGCAIRN_BIN (default target/release/pgcairn, built if
 # missing); PG_BINDIR (PostgreSQL 15's bin); KEEP=1 keeps the work directory.
 #
 # Exits non-zero if a recovery fails or a fingerprint differs.
@@ -162,6 +164,12 @@ recover() { # $1 = k, $2 = variant label, $3.. = extra server options
     fp=$(psql_at "$port" "$FP_SQL")
     as_pg "$PGBIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
     RUNNING=()
+    # The prefetcher exits archive.idle_exit after the last request; the next recovery must
+    # start its own (with its own binary), not find this one still running.
+    local lock="$W/spool/main/prefetch/prefetcher.lock" j=0
+    while [ -f "$lock" ] && ! flock -n "$lock" true; do
+        j=$((j + 1)); [ "$j" -lt 600 ] || { echo "!! the prefetcher did not exit" >&2; exit 1; }; sleep 0.1
+    done
     after=$(stat_json)
     local spool_lines direct_lines
     # archive-get's own lines (INFO; PostgreSQL's are LOG).
@@ -184,8 +192,12 @@ PY
 )")
     as_pg rm -rf "$dir"
 }
+use_bin() { as_pg cp "$1" "$W/bin/pgcairn.new" && as_pg mv "$W/bin/pgcairn.new" "$W/bin/pgcairn"; }
 for k in $MULTIPLES; do
     recover "$k" "as restored"
+    if [ -n "${ALT_BIN:-}" ]; then
+        use_bin "$ALT_BIN"; recover "$k" "as restored, ALT_BIN"; use_bin "$BIN"
+    fi
     if [ -n "$COMPARE_OPTS" ]; then
         IFS=';' read -ra VARIANTS <<<"$COMPARE_OPTS"
         for v in "${VARIANTS[@]}"; do
