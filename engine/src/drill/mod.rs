@@ -29,6 +29,15 @@
 //!   be read. A preloaded extension that connects out on its own (pglogical, a scheduler
 //!   running dblink jobs) is not stopped by the above; the README says so.
 //!
+//! # Measuring
+//!
+//! MTTR is preflight + restore + startup + replay; each of those phases carries its share of
+//! it, and the report the WAL replay share (startup + replay: PostgreSQL replays the backup's
+//! own WAL before it accepts a connection), the part shorter backup intervals would shorten.
+//! With `archive.async`, the difference of the prefetch spool's archive-get counters over the
+//! recovery says how often replay waited for WAL. The instance starts with
+//! `recovery_init_sync_method = syncfs` on its command line ([`startup_settings`]).
+//!
 //! # Work directory
 //!
 //! [`create_workdir`] makes the directory: a new random name in `TMPDIR` (or the path given,
