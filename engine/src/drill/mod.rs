@@ -36,7 +36,7 @@
 //! own WAL before it accepts a connection), the part shorter backup intervals would shorten.
 //! With `archive.async`, the difference of the prefetch spool's archive-get counters over the
 //! recovery says how often replay waited for WAL. The instance starts with
-//! `recovery_init_sync_method = syncfs` on its command line ([`startup_settings`]).
+//! `recovery_init_sync_method = syncfs` on its command line (`startup_settings`).
 //!
 //! # Work directory
 //!
