@@ -29,6 +29,10 @@
 #    directory, PostgreSQL is started and polled until pg_is_in_recovery() is false; restore +
 #    start + WAL replay + promotion are timed as a whole. The fingerprint must equal F2, the
 #    restore_command must call the tool that restored, archive_mode must be off.
+#    The time is split into restore (the tool's command), start (pg_ctl start -w: until the
+#    server accepts connections, which in archive recovery is when it is consistent, so it
+#    includes the replay of the backup's own WAL) and replay (the rest of the WAL to T, and the
+#    promotion); "WAL replay" is start + replay, and its share of the time to recover is shown.
 #    Both tools' restore_command run synchronously (pgBackRest archive-async=n, pgcairn defaults).
 #
 # ROUNDS (default 1) repeats 2-5 with fresh repositories (archiving is paused while they are
@@ -284,9 +288,9 @@ backup() { # $1 = tool, $2 = full|incr; sets T_WALL, T_RSS; for incr also INCR_B
 # Restores with $1 (tool) to $2 (imm: the newest backup's consistency point; pitr: time T)
 # into a fresh directory, starts it on its own port with archive_mode=off and waits for the
 # promotion. Sets T_WALL/T_RSS (the restore command), T_REC (restore + start + replay +
-# promotion, s) and FP (the restored cluster's fingerprint).
+# promotion, s), T_STARTUP and T_REPLAY (s) and FP (the restored cluster's fingerprint).
 recover() {
-    local tool=$1 kind=$2 dir="$W/restored-$1-$2" port t0 t1 i=0 rc
+    local tool=$1 kind=$2 dir="$W/restored-$1-$2" port t0 t1 ts tr i=0 rc
     port=$(free_port)
     as_pg rm -rf "$dir" "$dir.log"
     as_pg mkdir -m 700 "$dir"
@@ -301,11 +305,13 @@ recover() {
     fi
     t0=$(now_ns)
     timed "r$round-$tool-$kind-restore" "${cmd[@]}"
+    ts=$(now_ns)
     RUNNING+=("$dir")
     if ! as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$dir.log" -t 3600 -w \
         -o "-c port=$port -c archive_mode=off -c unix_socket_directories=$W" start >/dev/null; then
         echo "!! the cluster restored by $tool ($kind) did not start" >&2; tail -30 "$dir.log" >&2; exit 1
     fi
+    tr=$(now_ns)
     while [ "$(psql_at "$port" "select pg_is_in_recovery()" 2>/dev/null || echo t)" != f ]; do
         i=$((i + 1))
         [ "$i" -lt 36000 ] || { echo "!! the cluster restored by $tool ($kind) is still in recovery" >&2; tail -30 "$dir.log" >&2; exit 1; }
@@ -314,6 +320,8 @@ recover() {
     done
     t1=$(now_ns)
     T_REC=$(python3 -c "print(($t1 - $t0) / 1e9)")
+    T_STARTUP=$(python3 -c "print(($tr - $ts) / 1e9)")
+    T_REPLAY=$(python3 -c "print(($t1 - $tr) / 1e9)")
     FP=$(psql_at "$port" "$FP_SQL")
     # The restored cluster recovered through its own tool and does not archive.
     local rcmd am
@@ -381,7 +389,10 @@ for round in $(seq 1 "$ROUNDS"); do
     for tool in "${ORDER[@]}"; do
         recover "$tool" pitr
         keep "$tool-pitr" "$T_REC" min
-        printf '   %s time to recover to T: %.2f s (restore %s s)\n' "$tool" "$T_REC" "$T_WALL"
+        WAL_REPLAY=$(python3 -c "print($T_STARTUP + $T_REPLAY)")
+        keep "$tool-walreplay" "$WAL_REPLAY" min
+        printf '   %s time to recover to T: %.2f s (restore %s s, start %.2f s, replay %.2f s: WAL replay %.0f %%)\n' \
+            "$tool" "$T_REC" "$T_WALL" "$T_STARTUP" "$T_REPLAY" "$(python3 -c "print(100 * $WAL_REPLAY / $T_REC)")"
         check_fp "$tool recovery to T" "$F2" "$FP"
     done
 done
@@ -390,11 +401,12 @@ REPO_KIND=local; [ "$S3" = 1 ] && REPO_KIND="S3 (moto)"
 python3 - "$SCALE" "$DB_BYTES" "$ROUNDS" "$PGBR_VERSION" "$PGBR_OPTS" "$REPO_KIND" "$PGB_STORED_NEW" \
     "${BEST[pgcairn-full]}" "${BEST[pgbackrest-full]}" "${BEST[pgcairn-incr]}" "${BEST[pgbackrest-incr]}" \
     "${INCR_BYTES[pgcairn]}" "${INCR_BYTES[pgbackrest]}" "${BEST[pgcairn-restore]}" "${BEST[pgbackrest-restore]}" \
-    "${BEST[pgcairn-rss]}" "${BEST[pgbackrest-rss]}" "${BEST[pgcairn-pitr]}" "${BEST[pgbackrest-pitr]}" <<'PY'
+    "${BEST[pgcairn-rss]}" "${BEST[pgbackrest-rss]}" "${BEST[pgcairn-pitr]}" "${BEST[pgbackrest-pitr]}" \
+    "${BEST[pgcairn-walreplay]}" "${BEST[pgbackrest-walreplay]}" <<'PY'
 import sys
 scale, db, rounds, ver, opts, kind, stored_new = sys.argv[1:8]
 v = [float(x) for x in sys.argv[8:]]
-pf, bf, pi, bi, pb, bb, pr, br, prss, brss, pp, bp = v
+pf, bf, pi, bi, pb, bb, pr, br, prss, brss, pp, bp, pw, bw = v
 MiB = 2**20
 print()
 print(f"pgbench scale {scale} ({int(db)/MiB:.0f} MiB), best of {rounds} round(s), {kind} repositories; pgBackRest {ver} ({opts}), pgcairn defaults")
@@ -408,6 +420,8 @@ print(f"{'incremental stored MiB':32}{pb/MiB:>10.2f}{bb/MiB:>12.2f}{pb/bb if bb 
 row("restore s (backup's end)", pr, br, ".2f")
 print(f"{'restore peak RSS MiB':32}{prss/1024:>10.1f}{brss/1024:>12.1f}")
 row("time to recover to T s", pp, bp, ".2f", "  (restore + start + replay + promotion)")
+row("  of which WAL replay s", pw, bw, ".2f", "  (start + replay; best of the rounds)")
+print(f"{'  WAL replay share':32}{100*pw/pp:>9.0f}%{100*bw/bp:>11.0f}%")
 PY
 if [ "$FAILED" != 0 ]; then echo "!! a fingerprint differed (see above)" >&2; exit 1; fi
 echo "all fingerprints matched"

@@ -36,6 +36,7 @@ pub mod pg;
 pub mod private_fs;
 pub mod progress;
 pub mod recovery;
+pub mod replay_speed;
 pub mod repo;
 pub mod restore;
 pub mod retention;

@@ -1212,6 +1212,10 @@ pub const AUTO_CONF_BEGIN: &str = "# pgcairn recovery settings (begin)";
 /// End marker.
 pub const AUTO_CONF_END: &str = "# pgcairn recovery settings (end)";
 
+/// Comment above the replay settings in the pgcairn block ([`crate::replay_speed`]).
+pub const REPLAY_SETTINGS_NOTE: &str =
+    "# faster WAL replay; read by PostgreSQL only during recovery, inert after promotion";
+
 /// The recovery settings pgcairn writes for a restore.
 pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(&'static str, String)> {
     let mut v = vec![("restore_command", opts.restore_command.clone())];
@@ -1293,6 +1297,14 @@ fn write_recovery_files(
     kept.push('\n');
     for (k, v) in recovery_settings(opts) {
         kept.push_str(&crate::pg::guc::line(k, &v));
+    }
+    let replay = crate::replay_speed::replay_settings(m.pg_version_num);
+    if !replay.is_empty() {
+        kept.push_str(REPLAY_SETTINGS_NOTE);
+        kept.push('\n');
+        for (k, v) in replay {
+            kept.push_str(&crate::pg::guc::line(k, &v));
+        }
     }
     kept.push_str(AUTO_CONF_END);
     kept.push('\n');

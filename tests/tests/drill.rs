@@ -13,7 +13,15 @@ use pgcairn_tests::*;
 
 /// A cluster with a full backup and archived WAL after it.
 fn prepared() -> (TestEnv, Instance) {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    prepared_with(false)
+}
+
+/// As [`prepared`], with `archive.async` (archive-get prefetches) when `archive_async`.
+fn prepared_with(archive_async: bool) -> (TestEnv, Instance) {
+    let env = TestEnv::new(EnvOptions {
+        archive_async,
+        ..EnvOptions::new(Backend::File)
+    });
     let pg = env.cluster("pg");
     pg.start().unwrap();
     env.use_cluster(&pg);
@@ -116,7 +124,7 @@ fn postgres_running_in(dir: &Path) -> bool {
 
 #[test]
 fn a_drill_passes_and_reports_every_phase_and_check() {
-    let (env, pg) = prepared();
+    let (env, pg) = prepared_with(true);
     let _stop = StopOnDrop(&pg);
     let checks = env.path().join("checks.sql");
     std::fs::write(
@@ -175,14 +183,54 @@ fn a_drill_passes_and_reports_every_phase_and_check() {
     assert_eq!(accounts["rows"], 200000);
     assert!(doc["mttr_seconds"].as_f64().unwrap() > 0.0);
     assert!(doc["newest_wal_age_seconds"].as_f64().unwrap() >= 0.0);
+    // Each MTTR phase's share of it; WAL replay's share (startup + replay).
+    let share = |name: &str| {
+        doc["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()
+            .get("share_of_mttr")
+            .and_then(|v| v.as_f64())
+    };
+    let shares: Vec<f64> = ["preflight", "restore", "startup", "replay"]
+        .iter()
+        .map(|n| share(n).unwrap_or_else(|| panic!("{n} has a share: {doc:#}")))
+        .collect();
+    assert!(
+        (shares.iter().sum::<f64>() - 1.0).abs() < 1e-6,
+        "the MTTR phases' shares add up: {shares:?}"
+    );
+    assert!(share("checks").is_none() && share("total").is_none());
+    let replay_share = doc["replay_share"].as_f64().unwrap();
+    assert!(
+        (replay_share - shares[2] - shares[3]).abs() < 1e-6 && replay_share > 0.0,
+        "{doc:#}"
+    );
+    // How archive-get served this recovery's segments (archive.async: from the prefetch
+    // spool's counters).
+    let f = &doc["wal_fetch"];
+    let n = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{k}: {doc:#}"));
+    assert!(n("calls") >= 1, "{f}");
+    assert_eq!(
+        n("calls"),
+        n("from_spool") + n("waited") + n("direct") + n("absent"),
+        "{f}"
+    );
+    assert!(f["wait_seconds"].as_f64().unwrap() <= f["total_seconds"].as_f64().unwrap());
 
     // The reports, and the history.
     let id = doc["id"].as_str().unwrap();
     let html = env.path().join(format!("reports/drill-main-{id}.html"));
-    assert!(env
-        .path()
-        .join(format!("reports/drill-main-{id}.md"))
-        .exists());
+    let md =
+        std::fs::read_to_string(env.path().join(format!("reports/drill-main-{id}.md"))).unwrap();
+    assert!(
+        md.contains("share of MTTR")
+            && md.contains("of which WAL replay")
+            && md.contains("archive-get:"),
+        "{md}"
+    );
     let (code2, second) = drill(&env, &["--workdir", &work]);
     assert_eq!(code2, Some(0), "{second:#}");
     let hist = env.pgcairn(&["drill", "--history"]);

@@ -157,6 +157,10 @@ fn pitr_targets(backend: Backend) {
     assert_eq!(max_seq(&r), 600);
     r.stop().unwrap();
 
+    // The replay settings are in force during recovery; after promotion, nothing pgcairn
+    // wrote is read any more (only recovery parameters).
+    replay_settings_only_during_recovery(&env, &lsn);
+
     // Restore point.
     let r = env.restore_and_start_with(
         "by_name",
@@ -169,6 +173,76 @@ fn pitr_targets(backend: Backend) {
     // End of archive, from the incremental.
     let r = env.restore_and_start_with("to_end", &["--backup", &incr], false);
     assert!(has(&r, 100004));
+    r.stop().unwrap();
+}
+
+/// Restores to `lsn` and pauses there: the replay settings are in force while the server
+/// recovers; once it is promoted, every setting the restore wrote is a recovery parameter
+/// that PostgreSQL no longer reads (nothing stays in effect for the promoted server).
+fn replay_settings_only_during_recovery(env: &TestEnv, lsn: &str) {
+    env.restore("paused", &["--target-lsn", lsn, "--target-action", "pause"]);
+    let r = Instance::new(
+        PgBinaries::find().unwrap(),
+        env.path().join("paused"),
+        env.path().to_path_buf(),
+        free_port().unwrap(),
+        env.run_as.clone(),
+    );
+    r.configure(&[("archive_mode", "off".into())]).unwrap();
+    r.start().unwrap();
+    let _stop = StopOnDrop(&r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while r
+        .psql("postgres", "select pg_get_wal_replay_pause_state()")
+        .unwrap()
+        != "paused"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never paused at the target"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let q = |sql: &str| r.psql("postgres", sql).unwrap();
+    assert_eq!(q("select pg_is_in_recovery()"), "t");
+    assert_eq!(
+        q("show wal_decode_buffer_size"),
+        "4MB",
+        "in force during recovery"
+    );
+    assert_eq!(
+        q("select source from pg_settings where name = 'maintenance_io_concurrency'"),
+        "default",
+        "a setting the primary also reads is left alone"
+    );
+    q("select pg_wal_replay_resume()");
+    wait_recovered(&r, "paused", Duration::from_secs(60));
+    // Every setting pgcairn's block holds is read only during recovery.
+    let conf = std::fs::read_to_string(env.path().join("paused/postgresql.auto.conf")).unwrap();
+    let block: Vec<&str> = conf
+        .lines()
+        .skip_while(|l| !l.starts_with("# pgcairn recovery settings (begin)"))
+        .take_while(|l| !l.starts_with("# pgcairn recovery settings (end)"))
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split('=').next().unwrap().trim())
+        .collect();
+    assert!(block.contains(&"wal_decode_buffer_size"), "{conf}");
+    for name in block {
+        let recovery_only = name == "restore_command"
+            || name.starts_with("recovery_target")
+            || name == "wal_decode_buffer_size";
+        assert!(
+            recovery_only,
+            "{name} stays in effect after promotion: {conf}"
+        );
+        let category = q(&format!(
+            "select category from pg_settings where name = '{name}'"
+        ));
+        assert!(
+            category.contains("Recovery"),
+            "{name} is a recovery parameter, PostgreSQL says {category:?}"
+        );
+    }
     r.stop().unwrap();
 }
 

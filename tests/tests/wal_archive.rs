@@ -140,6 +140,22 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
             "async archive-get serves prefetched segments:\n{log}"
         );
         let prefetch = env.path().join("spool/main/prefetch");
+        // Every call is counted, and how it was served.
+        let stats: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(prefetch.join("get-stats.json")).unwrap())
+                .unwrap();
+        let n = |k: &str| stats[k].as_u64().unwrap();
+        assert!(n("from_spool") >= 1, "{stats}");
+        assert_eq!(
+            n("calls"),
+            n("from_spool") + n("waited") + n("direct") + n("absent"),
+            "{stats}"
+        );
+        assert!(
+            n("absent") >= 1,
+            "the end of the archive is counted as absent: {stats}"
+        );
+        eprintln!("archive-get through the spool: {stats}");
         let stale = || -> Vec<String> {
             std::fs::read_dir(&prefetch)
                 .unwrap()

@@ -5,7 +5,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use pgcairn_engine::archive::prefetch::{run_prefetcher, PrefetchOptions, PrefetchSpool};
+use pgcairn_engine::archive::prefetch::{
+    run_prefetcher, GetOutcome, PrefetchOptions, PrefetchSpool,
+};
 use pgcairn_engine::archive::push::read_cluster_record;
 use pgcairn_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
 use pgcairn_engine::archive::{get_wal_file_to, push_wal_file, PushOutcome, WalSource};
@@ -212,6 +214,7 @@ pub async fn get(
     dest: &Path,
 ) -> Result<(), Failure> {
     crate::fault::panic_point("archive-get");
+    let started = Instant::now();
     let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
     let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
     // Asynchronous mode: serve from the prefetch spool when the segment is already there.
@@ -230,24 +233,33 @@ pub async fn get(
         spool
             .set_requested(&name)
             .map_err(|e| abort(e.to_string()))?;
+        let mut outcome = GetOutcome::FromSpool;
         let mut served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
         ensure_prefetcher(cli, settings, spool);
         if !served && spool.wait_if_fetching(&name, PREFETCH_WAIT) {
+            outcome = GetOutcome::Waited;
             served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
         }
         if served {
-            info!(wal = %name, "restored from the prefetch spool");
+            record(spool, outcome, started);
+            info!(wal = %name, ?outcome, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
             return Ok(());
         }
     }
     let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
     match get_wal_file_to(&repo, &settings.cluster, &name, dest).await {
         Ok(()) => {
-            info!(wal = %name, "restored");
+            if let Some(spool) = &spool {
+                record(spool, GetOutcome::Direct, started);
+            }
+            info!(wal = %name, ms = started.elapsed().as_millis() as u64, "restored");
             Ok(())
         }
         // Definitely absent: quiet, PostgreSQL probes for files that often do not exist.
         Err(EngineError::NotFound(msg)) => {
+            if let Some(spool) = &spool {
+                record(spool, GetOutcome::Absent, started);
+            }
             info!("{msg}");
             Err(Failure::new(ExitCode::Failed, String::new()))
         }
@@ -256,6 +268,13 @@ pub async fn get(
              fix the cause and restart PostgreSQL to resume",
             ExitCode::AbortRecovery as i32
         ))),
+    }
+}
+
+/// Counts the call in the spool's statistics (a failure to count costs nothing else).
+fn record(spool: &PrefetchSpool, outcome: GetOutcome, started: Instant) {
+    if let Err(e) = spool.record(outcome, started.elapsed()) {
+        warn!("archive-get statistics not updated: {e}");
     }
 }
 

@@ -344,6 +344,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         recovery_timeout: Duration::from_secs(300),
         // The demo's own server (PG_BINDIR, Debian's 15 or pg_config): the drill restores its data.
         pg_bindir: Some(instance.bin.bindir().display().to_string()),
+        prefetch_spool: None,
     };
     std::fs::create_dir_all(dir.join("drill")).map_err(fail)?;
     let (report, files) = timed(

@@ -24,6 +24,7 @@ use crate::args::{Cli, DrillArgs, OutputFormat};
 use crate::exit::{ExitCode, Failure};
 use crate::progress::Reporter;
 use crate::settings::Settings;
+use pgcairn_engine::archive::prefetch::PrefetchSpool;
 
 fn split_sql(text: &str) -> Vec<String> {
     text.split(';')
@@ -165,6 +166,10 @@ async fn drill_in(
         target_label: planned.label,
         recovery_timeout: Duration::from_secs(3600),
         pg_bindir: settings.drill_pg_bindir.clone(),
+        prefetch_spool: settings
+            .archive_async
+            .then(|| PrefetchSpool::open(&settings.spool_dir, &settings.cluster).ok())
+            .flatten(),
     };
     let reporter = Reporter::new(cli.progress);
     let (report, files) = run_drill(repo, &opts, &reporter).await?;
@@ -181,7 +186,23 @@ async fn drill_in(
 pub fn print_report(report: &DrillReport, files: &DrillFiles) {
     println!("    backup {} ({})", report.backup_id, report.backup_reason);
     for p in &report.phases {
-        println!("    {:<10} {:>7.2}s  {}", p.name, p.seconds, p.detail);
+        let share = p
+            .share_of_mttr
+            .map(|v| format!("{:>3.0} %", v * 100.0))
+            .unwrap_or_default();
+        println!(
+            "    {:<10} {:>7.2}s {:>5}  {}",
+            p.name, p.seconds, share, p.detail
+        );
+    }
+    if let Some(v) = report.replay_share {
+        println!(
+            "    WAL replay (startup + replay): {:.0} % of the MTTR",
+            v * 100.0
+        );
+    }
+    if let Some(w) = &report.wal_fetch {
+        println!("    archive-get: {}", w.summary());
     }
     for c in &report.checks {
         println!("    [{}] {}: {}", c.status, c.name, c.detail);

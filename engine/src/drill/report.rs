@@ -18,6 +18,26 @@ pub struct Phase {
     pub seconds: f64,
     /// Details (bytes, MB/s, segments...).
     pub detail: String,
+    /// This phase's share of the MTTR (0..1); `None` for phases outside it (checks, total).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_of_mttr: Option<f64>,
+}
+
+/// The phases that make up the MTTR.
+pub const MTTR_PHASES: [&str; 4] = ["preflight", "restore", "startup", "replay"];
+
+/// Sets each MTTR phase's share of the MTTR; returns the MTTR (their sum).
+pub fn apportion(phases: &mut [Phase]) -> f64 {
+    let mttr: f64 = phases
+        .iter()
+        .filter(|p| MTTR_PHASES.contains(&p.name.as_str()))
+        .map(|p| p.seconds)
+        .sum();
+    for p in phases.iter_mut() {
+        p.share_of_mttr =
+            (MTTR_PHASES.contains(&p.name.as_str()) && mttr > 0.0).then(|| p.seconds / mttr);
+    }
+    mttr
 }
 
 /// One integrity check.
@@ -64,6 +84,15 @@ pub struct DrillReport {
     pub mttr_seconds: f64,
     /// Objective, if one was set.
     pub max_mttr_seconds: Option<f64>,
+    /// Share of the MTTR spent replaying WAL: the startup phase (PostgreSQL replays the
+    /// backup's own WAL before it accepts a connection) plus the replay phase, 0..1. What a
+    /// shorter backup interval would shorten (README, "What a backup interval buys").
+    #[serde(default)]
+    pub replay_share: Option<f64>,
+    /// How archive-get served the segments of this recovery (with `archive.async`, from the
+    /// prefetch spool's counters): how often replay waited for WAL.
+    #[serde(default)]
+    pub wal_fetch: Option<crate::archive::prefetch::GetStats>,
     /// Bytes of files restored.
     pub restored_bytes: u64,
     /// WAL segments in the plan.
@@ -133,7 +162,7 @@ pub async fn history(repo: &Repository, cluster: &str) -> Result<Vec<DrillReport
 /// Markdown summary.
 pub fn markdown(r: &DrillReport) -> String {
     let mut s = format!(
-        "# pgcairn restore drill {} ({})\n\n**Outcome: {}** — {}\n\n- cluster: `{}`\n- backup: `{}` ({})\n- target: {}\n- MTTR: {:.1} s{}\n- restored: {:.1} MiB, {} WAL segments\n- newest archived WAL age: {}\n\n## Phases\n\n| phase | seconds | detail |\n|---|---:|---|\n",
+        "# pgcairn restore drill {} ({})\n\n**Outcome: {}** — {}\n\n- cluster: `{}`\n- backup: `{}` ({})\n- target: {}\n- MTTR: {:.1} s{}{}\n- restored: {:.1} MiB, {} WAL segments\n- newest archived WAL age: {}\n{}\n## Phases\n\n| phase | seconds | share of MTTR | detail |\n|---|---:|---:|---|\n",
         r.id,
         r.started_at,
         r.outcome.to_uppercase(),
@@ -144,14 +173,21 @@ pub fn markdown(r: &DrillReport) -> String {
         r.target,
         r.mttr_seconds,
         r.max_mttr_seconds.map(|m| format!(" (objective {m:.0} s)")).unwrap_or_default(),
+        r.replay_share.map(|v| format!(", of which WAL replay {:.0} %", v * 100.0)).unwrap_or_default(),
         r.restored_bytes as f64 / 1048576.0,
         r.wal_segments,
         r.newest_wal_age_seconds.map(|a| format!("{a:.0} s")).unwrap_or_else(|| "unknown".into()),
+        r.wal_fetch.as_ref().map(|w| format!("- archive-get: {}\n", w.summary())).unwrap_or_default(),
     );
     for p in &r.phases {
         s.push_str(&format!(
-            "| {} | {:.2} | {} |\n",
-            p.name, p.seconds, p.detail
+            "| {} | {:.2} | {} | {} |\n",
+            p.name,
+            p.seconds,
+            p.share_of_mttr
+                .map(|v| format!("{:.0} %", v * 100.0))
+                .unwrap_or_default(),
+            p.detail
         ));
     }
     s.push_str("\n## Checks\n\n| check | status | detail |\n|---|---|---|\n");
@@ -323,4 +359,43 @@ pub fn html(r: &DrillReport, history: &[DrillReport]) -> String {
         segs = r.wal_segments,
         svg = history_svg(history),
     )
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    fn phase(name: &str, seconds: f64) -> Phase {
+        Phase {
+            name: name.into(),
+            seconds,
+            detail: String::new(),
+            share_of_mttr: None,
+        }
+    }
+
+    #[test]
+    fn mttr_phases_get_their_share_and_the_others_none() {
+        let mut p = vec![
+            phase("preflight", 1.0),
+            phase("restore", 5.0),
+            phase("startup", 1.0),
+            phase("replay", 3.0),
+            phase("checks", 7.0),
+        ];
+        assert_eq!(apportion(&mut p), 10.0);
+        let shares: Vec<Option<f64>> = p.iter().map(|p| p.share_of_mttr).collect();
+        assert_eq!(shares, [Some(0.1), Some(0.5), Some(0.1), Some(0.3), None]);
+        // Nothing measured (a drill that failed at once): no shares, no division by zero.
+        let mut p = vec![phase("preflight", 0.0)];
+        assert_eq!(apportion(&mut p), 0.0);
+        assert_eq!(p[0].share_of_mttr, None);
+    }
+
+    #[test]
+    fn reports_written_before_shares_existed_still_read() {
+        let old = r#"{"name":"restore","seconds":1.5,"detail":"x"}"#;
+        let p: Phase = serde_json::from_str(old).unwrap();
+        assert_eq!(p.share_of_mttr, None);
+    }
 }
