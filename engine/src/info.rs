@@ -68,6 +68,9 @@ pub struct ClusterInfo {
     pub recoverable: Option<RecoverableWindow>,
     /// The most recent restore drill.
     pub last_drill: Option<LastDrill>,
+    /// The catalog head (generation, latest verify and drill) and what it records that
+    /// storage no longer holds.
+    pub catalog: crate::store::audit::HeadAudit,
 }
 
 /// The most recent drill, summarised.
@@ -133,6 +136,7 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         wal,
         recoverable,
         last_drill,
+        catalog: crate::store::audit::audit(repo, cluster, None).await?,
     })
 }
 

@@ -41,6 +41,7 @@ pub mod restore;
 pub mod retention;
 pub mod sorted;
 pub mod storage;
+pub mod store;
 pub mod types;
 pub mod verify;
 

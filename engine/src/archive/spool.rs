@@ -294,6 +294,45 @@ pub fn ready_files(pg_wal: &Path) -> Result<Vec<(WalFileName, u64)>> {
     Ok(out)
 }
 
+/// Records a pushed batch in the catalog head (see [`crate::store::head`]): per timeline,
+/// the highest segment pushed below the first that failed in this batch. Best effort.
+async fn note_batch(
+    repo: &Repository,
+    cluster: &str,
+    pushed: &[WalFileName],
+    failed: &[WalFileName],
+    seg_size: &mut Option<u64>,
+) {
+    if pushed.is_empty() {
+        return;
+    }
+    if seg_size.is_none() {
+        *seg_size = crate::archive::push::read_cluster_record(repo, cluster)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.wal_segment_size);
+    }
+    let Some(size) = *seg_size else { return };
+    let abs = |n: &WalFileName| match n {
+        WalFileName::Segment { tli, segno } => Some((tli.0, segno.absolute(size))),
+        _ => None,
+    };
+    let mut high: std::collections::BTreeMap<u32, u64> = Default::default();
+    for (t, s) in pushed.iter().filter_map(abs) {
+        let below_failure = failed
+            .iter()
+            .filter_map(abs)
+            .all(|(ft, fs)| ft != t || fs > s);
+        if below_failure {
+            let h = high.entry(t).or_insert(s);
+            *h = (*h).max(s);
+        }
+    }
+    let segs: Vec<(u32, u64)> = high.into_iter().collect();
+    crate::store::head::note_segments(repo, cluster, size, &segs).await;
+}
+
 /// Runs the background pusher until it has been idle for `opts.idle_exit`.
 /// The caller holds the pusher lock for the whole run.
 pub async fn run_pusher(
@@ -305,6 +344,7 @@ pub async fn run_pusher(
 ) -> Result<()> {
     let mut idle_since = Instant::now();
     let mut backoff = Duration::from_millis(250);
+    let mut seg_size: Option<u64> = None;
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
         let ready = ready_files(pg_wal)?;
@@ -350,10 +390,12 @@ pub async fn run_pusher(
                 .buffered(opts.jobs.max(1)),
         );
         let mut failed = Vec::new();
+        let mut pushed: Vec<WalFileName> = Vec::new();
         while let Some((name, res)) = results.next().await {
             let n = name.to_string();
             match res {
                 Ok((digest, outcome)) => {
+                    pushed.push(name.clone());
                     let outcome = match outcome {
                         PushOutcome::Uploaded { .. } => "archived",
                         PushOutcome::AlreadyArchived => "already-archived",
@@ -373,6 +415,8 @@ pub async fn run_pusher(
                 }
             }
         }
+        drop(results);
+        note_batch(repo, cluster, &pushed, &failed, &mut seg_size).await;
         if failed.is_empty() {
             backoff = Duration::from_millis(250);
             continue;

@@ -1,4 +1,5 @@
-//! `gc/state`: the one object GC updates, only by compare-and-swap.
+//! `gc/state`: the one object GC updates, only by compare-and-swap; sealed for its name
+//! (see [`crate::store::sealed`]), so only a holder of the repository key can forge it.
 //!
 //! It holds the condemned packs and when each was condemned. Backups read it after taking
 //! their lease and never deduplicate against a condemned pack; readers building the block
@@ -6,12 +7,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::Repository;
+use crate::repo::{layout, Repository};
 use crate::storage::{ObjectKey, ObjectVersion, StorageError};
+use crate::store::sealed::{self, DocKind};
 
 /// The CAS-updated GC state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -21,14 +22,14 @@ pub struct GcState {
 }
 
 fn state_key() -> ObjectKey {
-    ObjectKey::new("gc/state")
+    layout::gc_state()
 }
 
 /// Reads the GC state (empty when none) and its version for a later swap.
 pub async fn read_state(repo: &Repository) -> Result<(GcState, Option<ObjectVersion>)> {
     match repo.storage().get_versioned(&state_key()).await {
         Ok((raw, v)) => Ok((
-            serde_json::from_slice(&raw).map_err(|e| Error::corrupt("gc/state", e.to_string()))?,
+            sealed::open(repo, DocKind::GcState, &state_key(), &raw)?,
             Some(v),
         )),
         Err(StorageError::NotFound { .. }) => Ok((GcState::default(), None)),
@@ -43,7 +44,7 @@ pub async fn write_state(
     version: Option<&ObjectVersion>,
     what: &str,
 ) -> Result<ObjectVersion> {
-    let body = Bytes::from(serde_json::to_vec_pretty(state).expect("state serialises"));
+    let body = sealed::seal(repo, DocKind::GcState, &state_key(), state);
     repo.storage()
         .put_swap(&state_key(), body, version)
         .await

@@ -41,6 +41,7 @@ pub struct Repository {
     config: RepoConfig,
     codec: Codec,
     slot_id: String,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 /// Options for `init`.
@@ -129,6 +130,7 @@ impl Repository {
             config,
             codec,
             slot_id: unlocked.slot_id.clone(),
+            state_dir: state_dir.map(|d| d.to_path_buf()),
         })
     }
 
@@ -156,6 +158,27 @@ impl Repository {
     /// The key slot this repository was opened with (empty for unencrypted repositories).
     pub fn unlocked_slot(&self) -> &str {
         &self.slot_id
+    }
+
+    /// The same repository with this host's state directory (where the generations of the
+    /// config and catalog heads seen are kept).
+    pub fn with_state_dir(mut self, dir: &std::path::Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The same repository over other storage (a wrapper of the same storage, such as
+    /// [`crate::store::append_only::AppendOnly`]).
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// This host's record of the generations seen, when a state directory is configured.
+    pub fn generation_cache(&self) -> Option<keys::GenerationCache> {
+        self.state_dir
+            .as_deref()
+            .map(|d| keys::GenerationCache::new(d, &self.config.repo_id))
     }
 
     /// The storage.
