@@ -27,3 +27,6 @@ pub mod audit;
 pub mod head;
 pub mod ids;
 pub mod sealed;
+
+#[cfg(test)]
+mod tests;
