@@ -104,19 +104,13 @@ fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_str().unwrap().to_string()
 }
 
-/// The pointer object (JSON) of an archived segment of cluster `main`.
-fn pointer(env: &TestEnv, name: &str) -> serde_json::Value {
-    let key = format!("clusters/main/wal/{}/{name}", &name[..8]);
-    let raw = env
-        .read_object(&key)
-        .unwrap_or_else(|| panic!("pointer {key} missing"));
-    serde_json::from_slice(&raw).unwrap()
-}
-
 fn content_id(env: &TestEnv, name: &str) -> String {
-    let id = pointer(env, name)["content_id"]
-        .as_str()
+    // WAL records are sealed: the content id is read from the data object's name.
+    let id = env
+        .wal_data_key(name)
+        .rsplit_once('.')
         .unwrap()
+        .1
         .to_string();
     assert!(
         id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
