@@ -1,7 +1,8 @@
 //! archive-get: fetch one WAL file for `restore_command`.
 //!
-//! Only a missing pointer means "definitely absent" ([`Error::NotFound`]): PostgreSQL probes
-//! for history files and the next segment, and absence ends recovery normally. Anything else
+//! Only a missing pointer means "definitely absent" ([`Error::NotFound`]), and only when the
+//! catalog head does not record the file as archived (see [`crate::store::head`]): PostgreSQL
+//! probes for history files and the next segment, and absence ends recovery normally. Anything else
 //! (a pointer whose data object is gone, an object that fails authentication, a storage
 //! error) leaves presence unknown and is reported as such, so the caller can make
 //! PostgreSQL abort recovery instead of ending it early at the wrong point.

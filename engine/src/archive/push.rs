@@ -10,8 +10,11 @@
 //!    record's data object was lost, a push of the same content uploads it again: one HEAD
 //!    per duplicate push buys a way to repair a hole the restore preflight reports.)
 //! 3. Upload the sealed contents under `waldata/<TLI>/<name>.<content id>`.
-//! 4. Create the pointer. This is the commit point: a crash before it leaves garbage only.
-//!    If another pusher created the pointer meanwhile, the ids are compared as in 2.
+//! 4. Create the pointer (sealed for its name, see [`crate::store::sealed`]). This is the
+//!    commit point: a crash before it leaves garbage only. If another pusher created the
+//!    pointer meanwhile, the ids are compared as in 2.
+//! 5. For segments whose number is a multiple of [`crate::store::head::HEAD_EVERY_SEGMENTS`],
+//!    raise the catalog head's high-water mark (best effort: the segment is already durable).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -1,19 +1,31 @@
 //! The repository: layout, config, creation and opening.
 //!
-//! # On-storage format (version 1)
+//! # On-storage format (version 3)
 //!
 //! ```text
-//! config                                       plaintext JSON (RepoConfig): format, repo id,
-//!                                              encryption, key slots; CAS-updated when slots change
-//! clusters/<cluster>/cluster.json              plaintext JSON (ClusterRecord), create-only: binds the
-//!                                              cluster name to a PostgreSQL system identifier
-//! clusters/<cluster>/wal/<TLI>/<file>          WAL pointer, plaintext JSON (WalPointer), create-only:
-//!                                              the commit point of one archived WAL file
+//! config                                       plaintext JSON (RepoConfig) with a MAC: format, repo id,
+//!                                              encryption, key slots; CAS-updated when keys change
+//! clusters/<cluster>/head                      sealed catalog document (CatalogHead), CAS-updated: what
+//!                                              the cluster must hold (see `store::head`)
+//! clusters/<cluster>/cluster.json              sealed catalog document (ClusterRecord), create-only: binds
+//!                                              the cluster name to a PostgreSQL system identifier
+//! clusters/<cluster>/wal/<TLI>/<file>          sealed catalog document (WalPointer), create-only: the
+//!                                              commit record of one archived WAL file
 //! clusters/<cluster>/waldata/<TLI>/<file>.<id> sealed WAL contents (codec kind Wal; context
 //!                                              "<cluster>/<file>"), named by keyed content id
+//! clusters/<cluster>/backups/<id>/manifest     sealed manifest (see `backup::manifest`)
+//! clusters/<cluster>/pins/<id>                 sealed catalog document (Pin)
+//! clusters/<cluster>/restore-points/<hex name> sealed catalog document (RestorePoint)
 //! packs/<2 hex>/<pack id>                      pack objects (see `pack`), named by BLAKE3 of their bytes
-//! index/<id>                                   index segments (see `index`)
+//! index/<id>                                   index segments (see `index`), named by keyed content id
+//! gc/state                                     sealed catalog document (GcState), CAS-updated by gc
+//! leases/...                                   plaintext JSON leases (see `lease`)
 //! ```
+//!
+//! A catalog document is sealed with its kind and exact key as authenticated context
+//! ([`crate::store::sealed`]): renamed, copied or forged, it fails authentication, naming the
+//! object. Formats 1 and 2 (plaintext catalog objects, index segments named by the hash of
+//! their bytes) are not readable: `config::check_format` refuses them with a clear error.
 //!
 //! Writes go data first, pointer (or index, then manifest) last, always create-only: a crash
 //! at any point leaves unreferenced objects (garbage), never a pointer to missing data.
