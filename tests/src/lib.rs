@@ -595,7 +595,8 @@ impl TestEnv {
                             continue;
                         }
                         let key = p.strip_prefix(&root).unwrap().to_string_lossy().to_string();
-                        if key.starts_with(prefix) && !key.contains(".pgcairn-tmp") {
+                        // `name#n`: object_store's staging files (garbage after a kill).
+                        if key.starts_with(prefix) && !key.contains('#') {
                             out.push(key);
                         }
                     }

@@ -106,7 +106,7 @@ fn archived(backend: Backend) -> Archived {
             .unwrap();
         i += 1;
         let s = switch_wal(&pg);
-        if segno(&s) % 16 == 0 {
+        if segno(&s).is_multiple_of(16) {
             break s;
         }
     };

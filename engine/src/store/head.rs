@@ -301,7 +301,24 @@ pub async fn update(
     for attempt in 0..CAS_ATTEMPTS {
         let (mut head, version) = match read(repo, cluster).await? {
             Some((h, v)) => (h, Some(v)),
-            None => (CatalogHead::new(cluster, wal_segment_size), None),
+            None => {
+                // Created before the cluster record: a record without a head means the head
+                // was deleted, and a new empty one would hide what it recorded.
+                if crate::archive::push::read_cluster_record(repo, cluster)
+                    .await?
+                    .is_some()
+                {
+                    return Err(Error::corrupt(
+                        key.to_string(),
+                        format!(
+                            "the catalog head of cluster {cluster:?} is missing although the cluster is bound: it was \
+                             deleted outside pgcairn. Not creating an empty one (that would hide what it recorded): \
+                             put it back from a copy, or run `pgcairn verify` to see what else is missing"
+                        ),
+                    ));
+                }
+                (CatalogHead::new(cluster, wal_segment_size), None)
+            }
         };
         let changed = change(&mut head);
         if !changed && version.is_some() {
