@@ -98,7 +98,7 @@ impl HeadAudit {
 pub fn compare(head: &CatalogHead, ids: &[String], view: &ArchiveView) -> HeadAudit {
     let listed: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
     let mut audit = HeadAudit {
-        cluster: head.cluster.clone(),
+        cluster: head.cluster.to_string(),
         generation: Some(head.generation),
         last_verify: head.last_verify.clone(),
         last_drill: head.last_drill.clone(),

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::BackupId;
+use super::ids::{BackupId, ClusterName};
 use super::sealed::{self, DocKind};
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
@@ -138,7 +138,7 @@ pub struct CheckResult {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CatalogHead {
     /// The cluster (also bound by the sealing context; kept for readers of dumps).
-    pub cluster: String,
+    pub cluster: ClusterName,
     /// Incremented by every update.
     pub generation: u64,
     /// RFC 3339 time of the last update.
@@ -158,9 +158,9 @@ pub struct CatalogHead {
 }
 
 impl CatalogHead {
-    fn new(cluster: &str, wal_segment_size: u64) -> Self {
+    fn new(cluster: ClusterName, wal_segment_size: u64) -> Self {
         CatalogHead {
-            cluster: cluster.to_string(),
+            cluster,
             generation: 0,
             updated_at: now(),
             wal_segment_size,
@@ -317,7 +317,10 @@ pub async fn update(
                         ),
                     ));
                 }
-                (CatalogHead::new(cluster, wal_segment_size), None)
+                (
+                    CatalogHead::new(ClusterName::new(cluster)?, wal_segment_size),
+                    None,
+                )
             }
         };
         let changed = change(&mut head);
