@@ -318,18 +318,22 @@ async fn note_batch(
         WalFileName::Segment { tli, segno } => Some((tli.0, segno.absolute(size))),
         _ => None,
     };
-    let mut high: std::collections::BTreeMap<u32, u64> = Default::default();
+    // Per timeline, the lowest and highest segment pushed below the batch's first failure.
+    let mut range: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
     for (t, s) in pushed.iter().filter_map(abs) {
         let below_failure = failed
             .iter()
             .filter_map(abs)
             .all(|(ft, fs)| ft != t || fs > s);
         if below_failure {
-            let h = high.entry(t).or_insert(s);
-            *h = (*h).max(s);
+            let r = range.entry(t).or_insert((s, s));
+            *r = (r.0.min(s), r.1.max(s));
         }
     }
-    let segs: Vec<(u32, u64)> = high.into_iter().collect();
+    let segs: Vec<(u32, u64)> = range
+        .into_iter()
+        .flat_map(|(t, (lo, hi))| [(t, lo), (t, hi)])
+        .collect();
     crate::store::head::note_segments(repo, cluster, size, &segs).await;
 }
 
@@ -446,6 +450,45 @@ pub async fn run_pusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_batch_raises_the_high_water_mark_only_below_its_first_failure() {
+        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+        const SEG: u64 = 1 << 20;
+        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
+        for n in 1..=5 {
+            let data =
+                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
+            push_wal_file(&repo, "main", &name(n), WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        let high = |h: &crate::store::head::CatalogHead| h.timelines.get(&1).map(|t| t.high);
+        let head = crate::store::head::read(&repo, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(high(&head), None, "no multiple of 16 pushed yet");
+        let mut size = None;
+        let pushed: Vec<WalFileName> = [1, 2, 3, 5].into_iter().map(name).collect();
+        note_batch(&repo, "main", &pushed, &[name(4)], &mut size).await;
+        assert_eq!(size, Some(SEG));
+        let head = crate::store::head::read(&repo, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(high(&head), Some(3), "not past the failed segment 4");
+        note_batch(&repo, "main", &[name(4), name(5)], &[], &mut size).await;
+        let head = crate::store::head::read(&repo, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(high(&head), Some(5));
+        assert_eq!(head.timelines[&1].first, 1);
+    }
 
     #[test]
     fn ready_files_put_history_first_and_ignore_other_files() {
