@@ -281,7 +281,7 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         return Ok(report);
     }
     // Record condemnations first: backups starting from now on avoid these packs.
-    let version = state::write_state(repo, &state, version.as_ref(), "condemning").await?;
+    let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if sweep.is_empty() {
         report.space = usage.space();
         return Ok(report);
@@ -293,7 +293,7 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         state.condemned.remove(&hex_id(id));
         usage.packs.remove(id);
     }
-    state::write_state(repo, &state, Some(&version), "sweeping").await?;
+    state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
     report.space = usage.space();
     Ok(report)
 }

@@ -224,13 +224,13 @@ fn now() -> String {
 
 fn seen(repo: &Repository, cluster: &str) -> u64 {
     repo.generation_cache()
-        .map(|c| c.head_seen(cluster))
+        .map(|c| c.catalog_seen(cluster))
         .unwrap_or(0)
 }
 
 fn record_seen(repo: &Repository, cluster: &str, generation: u64) {
     if let Some(c) = repo.generation_cache() {
-        c.record_head(cluster, generation);
+        c.record_catalog(cluster, generation);
     }
 }
 

@@ -284,3 +284,28 @@ async fn what_expire_removes_is_not_reported_as_missing() {
     assert_eq!(h.backups.len(), 1);
     assert!(!h.must_exist(&seg_name(9)) && h.must_exist(&seg_name(10)));
 }
+
+#[tokio::test]
+async fn an_older_gc_state_put_back_is_refused() {
+    use crate::gc::state::{read_state, write_state};
+    let (mem, repo) = memory_repo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo.with_state_dir(dir.path());
+    let (mut st, v) = read_state(&repo).await.unwrap();
+    st.condemned.insert("ab".repeat(32), 1);
+    let v = write_state(&repo, &mut st, v.as_ref(), "test")
+        .await
+        .unwrap();
+    let key = layout::gc_state();
+    let (old, _) = mem.get_versioned(&key).await.unwrap();
+    st.condemned.clear();
+    let v = write_state(&repo, &mut st, Some(&v), "test").await.unwrap();
+    assert_eq!(st.generation, 2);
+    mem.put_swap(&key, old, Some(&v)).await.unwrap();
+    let err = read_state(&repo).await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("gc/state") && err.to_string().contains("generation 1"),
+        "{err}"
+    );
+}
