@@ -1,4 +1,5 @@
-//! What `pgcairn info` reports per cluster: backups, archived WAL, the recoverable window.
+//! What `pgcairn info` reports per cluster: backups, archived WAL, the recoverable window,
+//! and the catalog head compared with storage (its generation and anything missing).
 
 use serde::Serialize;
 

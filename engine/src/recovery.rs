@@ -6,6 +6,12 @@
 //! out from the repository before anything is written, and names exactly what is missing, and
 //! the latest target that *is* reachable, when the target is not.
 //!
+//! The cluster's catalog head ([`crate::store::head`]) says what *should* be there: when a
+//! backup it records is gone and the target would have used it, or WAL it records as archived
+//! is gone on the way to the target, the plan refuses and names it instead of silently
+//! choosing an older backup or an earlier end of the archive (`--backup` still restores a
+//! named backup on purpose).
+//!
 //! Time targets: the segment holding a commit at time T is archived at or after T, so the WAL
 //! needed to reach T is everything up to the first segment (on the path) archived at or after T.
 //! If no segment was archived after T yet, T is not reachable from the archive.

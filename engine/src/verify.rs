@@ -4,6 +4,9 @@
 //! its pack exists; the WAL from each backup's start to its consistency point is archived;
 //! every WAL record still has its data object (one LIST of each cluster's data objects).
 //! Packs no index entry references are reported as orphans (garbage for `gc`, not damage).
+//! Each cluster's catalog head is compared with storage ([`crate::store::audit`]): backups
+//! and WAL it records that are gone, and a head that is missing or rolled back, are damage;
+//! the result is recorded in the head (best effort).
 //!
 //! Data (`--read-data`): packs are downloaded, their names re-checked (BLAKE3 of the bytes),
 //! their trailers opened, and every block decrypted, decompressed and re-hashed against its
