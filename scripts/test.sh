@@ -7,8 +7,10 @@
 # S3-compatible server (scripts/s3-local.sh) and the Azure Blob emulator Azurite
 # (scripts/cloud-emulators.sh) on loopback, then `cargo test` for the whole workspace: unit
 # tests, the storage conformance suite (memory, file, S3, Azure) and end-to-end tests against
-# real PostgreSQL 15 clusters. S3 and Azure are required here (PGCAIRN_REQUIRE_S3=1,
-# PGCAIRN_REQUIRE_AZURE=1): a missing server fails the run instead of silently skipping.
+# real PostgreSQL 15 clusters, plus one end-to-end test for each of 13, 14, 16, 17 and 18. S3,
+# Azure and every PostgreSQL major are required here (PGCAIRN_REQUIRE_S3=1,
+# PGCAIRN_REQUIRE_AZURE=1, PGCAIRN_REQUIRE_PG_MAJORS=1): a missing one fails the run instead of
+# silently skipping.
 # (No GCS emulator runs: see scripts/cloud-emulators.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +53,9 @@ export PGCAIRN_REQUIRE_S3=1
 eval "$(./scripts/cloud-emulators.sh start "$CLOUD_DIR")"
 export PGCAIRN_TEST_AZURE_ENDPOINT PGCAIRN_TEST_AZURE_CONTAINER
 export PGCAIRN_REQUIRE_AZURE=1
+# Every PostgreSQL major (13 to 18, tests/tests/versions.rs) is required too: a missing one
+# fails instead of being skipped.
+export PGCAIRN_REQUIRE_PG_MAJORS=1
 
 step "tests"
 # End-to-end tests run the release binary the package holds (PGCAIRN_BIN): it is what ships,

@@ -164,9 +164,12 @@ Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_res
   pgcairn drill                                   # end of the archive
   pgcairn drill --target-time '2026-11-24 07:10:00+00' --max-mttr 15m --check-sql checks.sql
   pgcairn drill --history
+Runs the server of the backup's PostgreSQL major version: /usr/lib/postgresql/<major>/bin, else
+[drill] pg_bindir (\"{major}\" stands for the version), else pg_config --bindir of that major.
 Exit codes: 0 passed; 1 the drill could not run (full or unwritable disk or TMPDIR, storage
-unreachable: the report says error); 2 usage; 3 an integrity check failed; 4 the MTTR objective
-was missed. Reports: JSON and HTML in the report directory and the repository.")]
+unreachable, no server of the backup's major: the report says error); 2 usage; 3 an integrity
+check failed; 4 the MTTR objective was missed. Reports: JSON and HTML in the report directory
+and the repository.")]
     Drill(Box<DrillArgs>),
 
     /// Check the repository: structure, WAL continuity, and with --read-data the data itself.
@@ -333,6 +336,11 @@ pub struct RestoreArgs {
     /// Reuse an existing data directory (PostgreSQL stopped), rewriting only what differs.
     #[arg(long)]
     pub delta: bool,
+    /// Write every file through the page cache. By default files of 4 MiB or more are
+    /// written with O_DIRECT where the filesystem takes it (faster, and leaves the page cache
+    /// to PostgreSQL); use this where direct I/O is slow (some network filesystems).
+    #[arg(long)]
+    pub buffered: bool,
     /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,

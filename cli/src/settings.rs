@@ -66,6 +66,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "lease_wait",
         ],
     ),
+    ("drill", &["pg_bindir"]),
 ];
 
 /// The resolved configuration.
@@ -134,6 +135,9 @@ pub struct Settings {
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
     pub wal_compress_level: i32,
+    /// `[drill] pg_bindir`: the server binaries of a backup's major version when they are not
+    /// in `/usr/lib/postgresql/<major>/bin`; `{major}` stands for the major version.
+    pub drill_pg_bindir: Option<String>,
 }
 
 type Table = BTreeMap<String, BTreeMap<String, (String, String)>>; // section -> key -> (value, origin)
@@ -236,7 +240,7 @@ impl Settings {
             let Some((_, known)) = SECTIONS.iter().find(|(s, _)| s == section) else {
                 let origin = keys.values().next().map(|(_, o)| o.as_str()).unwrap_or("?");
                 return Err(Failure::usage(format!(
-                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention"
+                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention, drill"
                 )));
             };
             if section == "repo" {
@@ -335,6 +339,7 @@ impl Settings {
         let wal_compress_level =
             parse_level(take("archive", "compress_level"), "archive.compress_level")?
                 .unwrap_or(DEFAULT_WAL_COMPRESS_LEVEL);
+        let drill_pg_bindir = take("drill", "pg_bindir").map(|v| v.0);
         let storage_options = table
             .remove("repo")
             .unwrap_or_default()
@@ -374,6 +379,7 @@ impl Settings {
             maintenance_lease_wait,
             idle_exit,
             wal_compress_level,
+            drill_pg_bindir,
         })
     }
 
@@ -590,6 +596,24 @@ mod tests {
             Some(Duration::from_secs(7 * 86400))
         );
         assert_eq!(s.maintenance_lease_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn drill_pg_bindir_is_read_and_a_typo_is_refused() {
+        let s = Settings::from_table(
+            table(&[("drill", "pg_bindir", "/usr/pgsql-{major}/bin")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.drill_pg_bindir.as_deref(), Some("/usr/pgsql-{major}/bin"));
+        assert_eq!(
+            Settings::from_table(table(&[]), None)
+                .unwrap()
+                .drill_pg_bindir,
+            None
+        );
+        let err = Settings::from_table(table(&[("drill", "pg_bin_dir", "/x")]), None).unwrap_err();
+        assert!(format!("{err:?}").contains("drill.pg_bin_dir"), "{err:?}");
     }
 
     #[test]

@@ -103,6 +103,24 @@ impl AlignedBuf {
         self.capacity - self.len
     }
 
+    /// The room after what it holds, to fill in place; [`AlignedBuf::commit`] then says how
+    /// much was filled.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let at = self.start + self.len;
+        &mut self.raw[at..self.start + self.capacity]
+    }
+
+    /// Counts `n` bytes written into [`AlignedBuf::spare_mut`] as held.
+    pub fn commit(&mut self, n: usize) {
+        assert!(n <= self.remaining(), "committed past the buffer's end");
+        self.len += n;
+    }
+
+    /// The last `n` bytes it holds.
+    pub fn tail(&self, n: usize) -> &[u8] {
+        &self.raw[self.start + self.len - n..self.start + self.len]
+    }
+
     /// Appends `data`; the caller keeps within [`AlignedBuf::remaining`].
     pub fn push(&mut self, data: &[u8]) {
         let at = self.start + self.len;

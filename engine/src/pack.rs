@@ -196,6 +196,16 @@ pub fn open_block(codec: &Codec, entry: &PackEntry, sealed: &[u8]) -> Result<Vec
     Ok(plain)
 }
 
+/// [`open_block_authenticated`] into `out`; returns the plaintext's length.
+pub fn open_block_authenticated_into(
+    codec: &Codec,
+    entry: &PackEntry,
+    sealed: &[u8],
+    out: &mut [u8],
+) -> Result<usize, CodecError> {
+    codec.open_into(ObjectKind::Block, &entry.block_id, b"", sealed, out)
+}
+
 /// Opens one block without recomputing its content id: the envelope still authenticates it,
 /// and binds the block id in its associated data, so only a holder of the repository's key
 /// could have sealed other content under that id. For a caller that checks a hash covering

@@ -1,7 +1,9 @@
 //! Fixtures for end-to-end tests: a working directory PostgreSQL can use, the `pgcairn`
 //! binary copied where the `postgres` OS user can run it, a repository on local disk or on
-//! the S3-compatible server that `scripts/test.sh` starts on loopback, and real PostgreSQL 15
-//! clusters whose `archive_command` / `restore_command` call that binary.
+//! the S3-compatible server that `scripts/test.sh` starts on loopback, and real PostgreSQL
+//! clusters (Debian's 15 by default, any major from 13 to 18 with [`TestEnv::cluster_of`])
+//! whose `archive_command` / `restore_command` call that binary. A restored data directory is
+//! started with the server of its own major version.
 //!
 //! As root (CI), PostgreSQL and every pgcairn call that PostgreSQL would make run as the
 //! `postgres` OS user, exactly as in production.
@@ -40,6 +42,31 @@ pub fn s3_endpoint() -> Option<String> {
             None
         }
     }
+}
+
+/// The server binaries of PostgreSQL `major` (from `/usr/lib/postgresql/<major>/bin`, where
+/// `scripts/install-postgres-majors.sh` puts them), or `None` (the caller skips) when that
+/// major is not installed. With `PGCAIRN_REQUIRE_PG_MAJORS=1` (set by `scripts/test.sh`) a
+/// missing major fails instead, so CI never passes without testing every version.
+pub fn pg_binaries_of(major: u32) -> Option<PgBinaries> {
+    match PgBinaries::for_major(major, None) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var("PGCAIRN_REQUIRE_PG_MAJORS").is_err(),
+                "PGCAIRN_REQUIRE_PG_MAJORS is set but PostgreSQL {major} is missing \
+                 (run scripts/install-deps.sh as root): {e}"
+            );
+            eprintln!("skipping PostgreSQL {major}: not installed (scripts/install-deps.sh installs it): {e}");
+            None
+        }
+    }
+}
+
+/// The server binaries that run the data directory `datadir` (of its `PG_VERSION`).
+pub fn pg_binaries_for(datadir: &Path) -> PgBinaries {
+    let major = pgcairn_engine::pg::instance::data_directory_major(datadir).unwrap();
+    PgBinaries::for_major(major, None).unwrap()
 }
 
 /// The backends to run a scenario on: always `file://`, and S3 when available.
@@ -266,9 +293,14 @@ impl TestEnv {
 
     /// A new cluster (not started) in `<dir>/<name>`, archiving to this repository.
     pub fn cluster(&self, name: &str) -> Instance {
+        self.cluster_of(name, &PgBinaries::find().unwrap())
+    }
+
+    /// Like [`TestEnv::cluster`], of the PostgreSQL major of `bin` ([`pg_binaries_of`]).
+    pub fn cluster_of(&self, name: &str, bin: &PgBinaries) -> Instance {
         let datadir = self.path().join(name);
         let inst = Instance::new(
-            PgBinaries::find().unwrap(),
+            bin.clone(),
             datadir,
             self.path().to_path_buf(),
             free_port().unwrap(),
@@ -473,7 +505,7 @@ impl TestEnv {
     pub fn restore_and_start_with(&self, name: &str, args: &[&str], archive: bool) -> Instance {
         self.restore(name, args);
         let inst = Instance::new(
-            PgBinaries::find().unwrap(),
+            pg_binaries_for(&self.path().join(name)),
             self.path().join(name),
             self.path().to_path_buf(),
             free_port().unwrap(),

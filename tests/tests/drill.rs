@@ -160,7 +160,7 @@ fn a_drill_passes_and_reports_every_phase_and_check() {
         "recovery reached the target",
         "amcheck bt_index_check",
         "every table read in full",
-        "pg_checksums --check",
+        "page checksums",
         "check-sql #1",
         "check-sql #2",
     ] {

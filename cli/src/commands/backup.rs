@@ -246,6 +246,7 @@ fn restore_options(
         standby: args.restore_type == "standby",
         dry_run: args.dry_run,
         delta: args.delta,
+        direct_io: !args.buffered,
         tablespace_map: map,
         tablespace_map_all: args.tablespace_map_all.clone(),
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)

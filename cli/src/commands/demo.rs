@@ -342,6 +342,8 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         report_dir: report_dir.clone(),
         target_label: format!("time {target_time}"),
         recovery_timeout: Duration::from_secs(300),
+        // The demo's own server (PG_BINDIR, Debian's 15 or pg_config): the drill restores its data.
+        pg_bindir: Some(instance.bin.bindir().display().to_string()),
     };
     std::fs::create_dir_all(dir.join("drill")).map_err(fail)?;
     let (report, files) = timed(
@@ -432,6 +434,7 @@ fn demo_settings(dir: &Path) -> Settings {
         maintenance_lease_wait: Duration::ZERO,
         idle_exit: Duration::from_secs(10),
         wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
+        drill_pg_bindir: None,
     }
 }
 

@@ -164,6 +164,7 @@ async fn drill_in(
         report_dir: planned.report_dir,
         target_label: planned.label,
         recovery_timeout: Duration::from_secs(3600),
+        pg_bindir: settings.drill_pg_bindir.clone(),
     };
     let reporter = Reporter::new(cli.progress);
     let (report, files) = run_drill(repo, &opts, &reporter).await?;

@@ -122,6 +122,12 @@ async fn check_or_bind_cluster(
             bind_cluster_record(repo, record).await?
         }
     };
+    if let Some(why) = record.other_major(header.pg_major) {
+        return Err(Error::InvalidInput(format!(
+            "WAL of PostgreSQL {} refused: {why}",
+            header.pg_major
+        )));
+    }
     if record.system_identifier != sysid {
         return Err(Error::InvalidInput(format!(
             "WAL from database system {sysid} refused: cluster {cluster:?} in this repository belongs to system {} \
@@ -706,6 +712,44 @@ pub(crate) mod tests {
         push_wal_file(&repo, "other", &b, WalSource::Bytes(db))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cluster_name_keeps_one_major_version() {
+        let (_mem, repo) = memory_repo().await;
+        let (a, da) = seg(1, 42);
+        push_wal_file(&repo, "main", &a, WalSource::Bytes(da))
+            .await
+            .unwrap();
+        // pg_upgrade to 17: a new system identifier and the new major's page magic.
+        let b: WalFileName = "000000010000000000000002".parse().unwrap();
+        let db = crate::pg::wal_header::tests::fake_segment_of(
+            17,
+            77,
+            1,
+            2 * (16 << 20),
+            16 << 20,
+            16 << 20,
+        );
+        let err = push_wal_file(&repo, "main", &b, WalSource::Bytes(db.clone()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WAL of PostgreSQL 17 refused"), "{err}");
+        assert!(err.contains("holds PostgreSQL 15"), "{err}");
+        assert!(err.contains("\"main-pg17\""), "{err}");
+        // Under the suggested name it is archived, and the old name is untouched.
+        push_wal_file(&repo, "main-pg17", &b, WalSource::Bytes(db))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_cluster_record(&repo, "main")
+                .await
+                .unwrap()
+                .unwrap()
+                .pg_major,
+            15
+        );
     }
 
     #[tokio::test]

@@ -44,6 +44,7 @@ use self::reader::{read_file, FileRead, ReadContext};
 use crate::archive::push::{read_cluster_record, run_cpu};
 use crate::error::{Error, Result};
 use crate::pg::datadir::{self, Entry, EntryKind};
+use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
 use crate::repo::{layout, ClusterRecord, Repository};
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
@@ -245,6 +246,11 @@ async fn bind_cluster(
             crate::archive::push::bind_cluster_record(repo, r).await?
         }
     };
+    if let Some(why) = record.other_major(pg_major) {
+        return Err(Error::InvalidInput(format!(
+            "backup refused, nothing stored: {why}"
+        )));
+    }
     if record.system_identifier != sysid {
         return Err(Error::InvalidInput(format!(
             "the data directory belongs to database system {sysid}, but cluster {cluster:?} in this repository is system {}; \
@@ -322,6 +328,40 @@ fn new_backup_id(t: BackupType, existing: &[String]) -> String {
     }
 }
 
+/// The non-exclusive backup functions of a PostgreSQL version. 15 renamed them
+/// (`pg_backup_start`/`pg_backup_stop`) and removed exclusive backups, so their `exclusive`
+/// argument went away; 13 and 14 take `exclusive => false`. Both stop with
+/// `wait_for_archive => false`: pgcairn waits for the WAL itself, with `backup.archive_timeout`
+/// and an error naming the missing segment, where the server would wait without end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackupFunctions {
+    start: &'static str,
+    start_sql: &'static str,
+    stop: &'static str,
+    stop_sql: &'static str,
+}
+
+impl BackupFunctions {
+    fn of(server_version_num: u32) -> Self {
+        if server_version_num >= 150000 {
+            BackupFunctions {
+                start: "pg_backup_start",
+                start_sql: "select pg_backup_start($1, true)::text",
+                stop: "pg_backup_stop",
+                stop_sql: "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)",
+            }
+        } else {
+            BackupFunctions {
+                start: "pg_start_backup",
+                start_sql: "select pg_start_backup($1, true, false)::text",
+                stop: "pg_stop_backup",
+                stop_sql:
+                    "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)",
+            }
+        }
+    }
+}
+
 /// Takes a base backup.
 #[instrument(skip_all, fields(cluster = %opts.cluster))]
 pub async fn run_backup(
@@ -331,12 +371,27 @@ pub async fn run_backup(
 ) -> Result<BackupDone> {
     let session = connect(&opts.conninfo).await?;
     let control = prove_pgdata_is_the_servers(&session.client, &opts.pgdata).await?;
+    let pg_major = session.version_num / 10000;
+    if !(MIN_PG_MAJOR..=MAX_PG_MAJOR).contains(&pg_major) {
+        return Err(Error::Config(format!(
+            "the server at cluster.conninfo is PostgreSQL {pg_major} (server_version_num {}); \
+             pgcairn supports PostgreSQL {MIN_PG_MAJOR} to {MAX_PG_MAJOR}",
+            session.version_num
+        )));
+    }
+    control.check_major(pg_major).map_err(|why| {
+        Error::Config(format!(
+            "cluster.pgdata {} is not the data directory of the PostgreSQL {pg_major} server at \
+             cluster.conninfo: {why}; point cluster.pgdata at the server's data directory",
+            opts.pgdata.display()
+        ))
+    })?;
     bind_cluster(
         repo,
         &opts.cluster,
         control.system_identifier,
         session.wal_segment_size,
-        session.version_num / 10000,
+        pg_major,
     )
     .await?;
 
@@ -409,19 +464,13 @@ async fn backup_with_lease(
 
     let start_time = now_rfc3339();
     let label = format!("pgcairn backup {id}");
-    let start_text: String = if session.version_num >= 150000 {
-        session
-            .client
-            .query_one("select pg_backup_start($1, true)::text", &[&label])
-            .await
-    } else {
-        session
-            .client
-            .query_one("select pg_start_backup($1, true, false)::text", &[&label])
-            .await
-    }
-    .map_err(pg_err("pg_backup_start"))?
-    .get(0);
+    let functions = BackupFunctions::of(session.version_num);
+    let start_text: String = session
+        .client
+        .query_one(functions.start_sql, &[&label])
+        .await
+        .map_err(pg_err(functions.start))?
+        .get(0);
     let start_lsn: Lsn = start_text
         .parse()
         .map_err(|e| Error::InvalidInput(format!("{e}")))?;
@@ -463,11 +512,15 @@ async fn backup_with_lease(
                 .map_err(|_| Error::InvalidInput("backup aborted".into()))
         })
     });
-    let (block_tx, mut block_rx) = mpsc::channel(64);
+    // Batches of up to reader::BATCH_BYTES sealed bytes: at most 4 waiting, plus one being
+    // filled by each reader.
+    let (block_tx, mut block_rx) = mpsc::channel::<Vec<blockstore::SealedBlock>>(4);
     let mut packer = Packer::new(repo.clone());
     let packer_task = tokio::spawn(async move {
-        while let Some(b) = block_rx.recv().await {
-            packer.add(b).await?;
+        while let Some(batch) = block_rx.recv().await {
+            for b in batch {
+                packer.add(b).await?;
+            }
         }
         packer.flush().await?;
         Ok::<Packer, Error>(packer)
@@ -592,16 +645,9 @@ async fn backup_with_lease(
 
     let stop = session
         .client
-        .query_one(
-            if session.version_num >= 150000 {
-                "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
-            } else {
-                "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
-            },
-            &[],
-        )
+        .query_one(functions.stop_sql, &[])
         .await
-        .map_err(pg_err("pg_backup_stop"))?;
+        .map_err(pg_err(functions.stop))?;
     let stop_text: String = stop.get(0);
     let stop_lsn: Lsn = stop_text
         .parse()

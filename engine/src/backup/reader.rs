@@ -5,6 +5,12 @@
 //! the repository-wide set of known blocks. Only unknown blocks are compressed and sealed,
 //! and handed to the packer through a bounded channel: a slow object store blocks readers
 //! instead of growing memory.
+//!
+//! New blocks go to the packer in batches of up to [`BATCH_BYTES`] sealed bytes, each batch
+//! one file's consecutive new blocks. Block by block, the blocks of the files read in parallel
+//! interleaved in the pack, and a restore, which reads a file's blocks by ranges of adjacent
+//! blocks, made a range read per block or two (17,000 reads for 1.5 GB at scale 100; on S3
+//! as many requests). With batches a file's blocks lie in runs of about a mebibyte.
 
 use std::io::Read;
 
@@ -14,7 +20,7 @@ use super::blockstore::{KnownBlocks, SealedBlock};
 use super::manifest::{BlockRef, FileEntry};
 use crate::codec::{Codec, ObjectKind};
 use crate::error::{Error, Result};
-use crate::pg::checksum::{check_page, relation_segment, PageCheck, BLCKSZ, RELSEG_SIZE};
+use crate::pg::checksum::{check_page, relation_segment_of_path, PageCheck, BLCKSZ, RELSEG_SIZE};
 use crate::pg::datadir::{Entry, EntryKind};
 
 /// What the reader needs to know.
@@ -32,9 +38,12 @@ pub struct ReadContext<'a> {
     pub start_lsn: u64,
     /// Known blocks.
     pub known: &'a KnownBlocks,
-    /// Where new blocks go.
-    pub sink: mpsc::Sender<SealedBlock>,
+    /// Where new blocks go, a batch at a time.
+    pub sink: mpsc::Sender<Vec<SealedBlock>>,
 }
+
+/// Sealed bytes of new blocks a reader gathers before handing them to the packer.
+pub const BATCH_BYTES: usize = 1 << 20;
 
 /// Outcome of reading a file.
 #[derive(Debug)]
@@ -47,17 +56,6 @@ pub struct FileRead {
     pub new_bytes: u64,
     /// New blocks.
     pub new_blocks: u64,
-}
-
-fn is_relation(path: &str) -> Option<u32> {
-    let in_db_dir =
-        path.starts_with("base/") || path.starts_with("global/") || path.starts_with("pg_tblspc/");
-    let name = path.rsplit('/').next()?;
-    if in_db_dir {
-        relation_segment(name)
-    } else {
-        None
-    }
 }
 
 /// Reads `entry` (a file) into blocks. `parent` is the reference backup's entry for the same path.
@@ -83,7 +81,7 @@ pub fn read_file(
         Err(e) => return Err(Error::io(format!("reading {}", entry.abs.display()), e)),
     };
     let relation_seg = if ctx.verify_checksums {
-        is_relation(&entry.path)
+        relation_segment_of_path(&entry.path)
     } else {
         None
     };
@@ -92,6 +90,7 @@ pub fn read_file(
     let mut whole = blake3::Hasher::new();
     let (mut read, mut new_bytes, mut new_blocks) = (0u64, 0u64, 0u64);
     let mut bad_pages = Vec::new();
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
     loop {
         let n = read_full(&mut file, &mut buf)
             .map_err(|e| Error::io(format!("reading {}", entry.abs.display()), e))?;
@@ -122,19 +121,23 @@ pub fn read_file(
             let sealed = ctx
                 .codec
                 .seal(ObjectKind::Block, &id, b"", data, ctx.compress_level);
-            ctx.sink
-                .blocking_send(SealedBlock {
-                    id,
-                    sealed,
-                    raw_len: n as u32,
-                })
-                .map_err(|_| {
-                    Error::InvalidInput("the packer stopped (see the error above)".into())
-                })?;
+            batch_bytes += sealed.len();
+            batch.push(SealedBlock {
+                id,
+                sealed,
+                raw_len: n as u32,
+            });
+            if batch_bytes >= BATCH_BYTES {
+                send(ctx, std::mem::take(&mut batch))?;
+                batch_bytes = 0;
+            }
             new_bytes += n as u64;
             new_blocks += 1;
         }
         blocks.push(BlockRef(Some(id)));
+    }
+    if !batch.is_empty() {
+        send(ctx, batch)?;
     }
     Ok(FileRead {
         entry: Some(FileEntry {
@@ -152,6 +155,12 @@ pub fn read_file(
         new_bytes,
         new_blocks,
     })
+}
+
+fn send(ctx: &ReadContext<'_>, batch: Vec<SealedBlock>) -> Result<()> {
+    ctx.sink
+        .blocking_send(batch)
+        .map_err(|_| Error::InvalidInput("the packer stopped (see the error above)".into()))
 }
 
 fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {

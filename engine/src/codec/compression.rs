@@ -117,6 +117,24 @@ pub fn decompress_whole(frame: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Decompresses one zstd frame into `out`, which must hold its content; returns the length.
+pub fn decompress_into(frame: &[u8], out: &mut [u8]) -> Result<usize, String> {
+    thread_local! {
+        static CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    CONTEXT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        slot.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(frame, out)
+            .map_err(|e| e.to_string())
+    })
+}
+
 /// Compression is kept only when it saves at least 1/32 of the size.
 pub fn worth_it(compressed: usize, original: usize) -> bool {
     compressed + original / 32 < original

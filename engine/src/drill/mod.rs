@@ -46,8 +46,16 @@
 //! recovery reached the target (from the server's own "recovery stopping" / "redo done"
 //! lines); `amcheck` `bt_index_check` on every B-tree index of every database when the
 //! extension is available; every table read in full (page checksum failures surface as
-//! errors) with its row count; user SQL checks (each must return true); `pg_checksums
-//! --check` on the stopped instance when data checksums are on.
+//! errors) with its row count; user SQL checks (each must return true); every page checksum
+//! of the stopped instance when data checksums are on (`pg_checksums --check` of the backup's
+//! major version, else pgcairn's own verification).
+//!
+//! # PostgreSQL versions
+//!
+//! The instance runs under the server of the restored data directory's major version
+//! (`PG_VERSION`), found by [`PgBinaries::for_major`]: Debian's layout, then
+//! `[drill] pg_bindir`, then `pg_config --bindir`; without one the drill does not run (`error`)
+//! and says which version it needs and where it looked.
 //!
 //! Only evidence about the backup fails a drill (`integrity-failed`): an object that does
 //! not authenticate, one that is missing, a restore or recovery that does not get there, a
@@ -72,7 +80,8 @@ use std::time::{Duration, Instant};
 use self::report::{Check, DrillReport, Phase, TableRows};
 use crate::error::{Error, Result};
 use crate::pg::instance::{
-    command_as, current_uid, free_port, give_to, sh_quote, Instance, PgBinaries,
+    command_as, current_uid, data_directory_major, free_port, give_to, sh_quote, Instance,
+    PgBinaries,
 };
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -97,6 +106,10 @@ pub struct DrillOptions {
     pub target_label: String,
     /// How long recovery may take.
     pub recovery_timeout: Duration,
+    /// `[drill] pg_bindir`: where the server binaries of the backup's major version are when
+    /// not in Debian's layout; `{major}` stands for the major version
+    /// ([`PgBinaries::for_major`]).
+    pub pg_bindir: Option<String>,
 }
 
 /// Where the drill wrote its report.
@@ -418,7 +431,10 @@ fn isolation_check(inst: &Instance, settings: &[(&str, String)]) -> Check {
 pub fn abort_cleanup(workdir: &Path, keep: bool) {
     let datadir = workdir.join("pgdata");
     if datadir.join("postmaster.pid").exists() {
-        if let Ok(bin) = PgBinaries::find() {
+        let bin = data_directory_major(&datadir)
+            .and_then(|major| PgBinaries::for_major(major, None))
+            .or_else(|_| PgBinaries::find());
+        if let Ok(bin) = bin {
             let owner = owner_of(&datadir);
             let mut c = command_as(owner.as_deref(), &bin.program("pg_ctl"));
             c.arg("-D")
@@ -630,7 +646,9 @@ pub async fn run_drill(
     // the drill not running, not a finding about the backup.
     let t = Instant::now();
     let setup = (|| -> Result<(Instance, PgBinaries, Settings)> {
-        let bin = PgBinaries::find()?;
+        // The server of the backup's major version: no other can run its data directory.
+        let bin =
+            PgBinaries::for_major(data_directory_major(&datadir)?, opts.pg_bindir.as_deref())?;
         let run_as = owner_of(&datadir);
         private_dir(&socket_dir, 0o700)?;
         give_to(run_as.as_deref(), &socket_dir)?;
@@ -985,13 +1003,39 @@ async fn run_instance(
     let inst = instance.clone();
     blocking(move || inst.stop()).await??;
     if checksums_on {
+        let inst = instance.clone();
+        checks.push(blocking(move || page_checksum_check(&inst)).await??);
+    } else {
+        checks.push(skipped(
+            PAGE_CHECKSUMS_CHECK,
+            "data checksums are off in this cluster",
+        ));
+    }
+    phases.push(Phase {
+        name: "checks".into(),
+        seconds: t.elapsed().as_secs_f64(),
+        detail: format!("{} checks", checks.len()),
+    });
+    Ok(())
+}
+
+/// The name of the page checksum check in reports.
+pub const PAGE_CHECKSUMS_CHECK: &str = "page checksums";
+
+/// Verifies every page checksum of the stopped instance: with `pg_checksums --check` of the
+/// data directory's major when it is installed (it refuses another major's pg_control), else
+/// with pgcairn's own verification (the npm builds of 13, 14, 16, 17 and 18 carry no
+/// pg_checksums), which checks the same pages the same way.
+fn page_checksum_check(instance: &Instance) -> Result<Check> {
+    let major = instance.bin.major();
+    if instance.bin.has("pg_checksums") {
         let mut c = command_as(
             instance.run_as.as_deref(),
             &instance.bin.program("pg_checksums"),
         );
         c.arg("--check").arg("-D").arg(&instance.datadir);
-        let out = blocking(move || c.output())
-            .await?
+        let out = c
+            .output()
             .map_err(|e| Error::io("running pg_checksums", e))?;
         let text = format!(
             "{}{}",
@@ -1005,19 +1049,34 @@ async fn run_instance(
             })
             .collect::<Vec<_>>()
             .join("; ");
-        checks.push(check("pg_checksums --check", out.status.success(), summary));
-    } else {
-        checks.push(skipped(
-            "pg_checksums --check",
-            "data checksums are off in this cluster",
+        return Ok(check(
+            PAGE_CHECKSUMS_CHECK,
+            out.status.success(),
+            format!("pg_checksums {major} --check: {summary}"),
         ));
     }
-    phases.push(Phase {
-        name: "checks".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        detail: format!("{} checks", checks.len()),
-    });
-    Ok(())
+    let found = crate::pg::checksum::verify_data_directory(&instance.datadir)?;
+    let mut detail = format!(
+        "verified by pgcairn (PostgreSQL {major} has no pg_checksums in {}): {} pages in {} relation files",
+        instance.bin.bindir().display(),
+        found.pages,
+        found.files
+    );
+    if !found.bad.is_empty() {
+        let shown: Vec<String> = found
+            .bad
+            .iter()
+            .take(10)
+            .map(|(path, blkno)| format!("{path} block {blkno}"))
+            .collect();
+        detail.push_str(&format!(
+            "; {} bad: {}{}",
+            found.bad.len(),
+            shown.join(", "),
+            if found.bad.len() > 10 { ", ..." } else { "" }
+        ));
+    }
+    Ok(check(PAGE_CHECKSUMS_CHECK, found.bad.is_empty(), detail))
 }
 
 /// The line where `pgcairn archive-get` (restore_command) gave up because storage could not

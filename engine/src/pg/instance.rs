@@ -14,43 +14,183 @@ use std::process::{Command, Output};
 
 use crate::error::{Error, Result};
 
-/// Where PostgreSQL's server programs are.
+/// Where PostgreSQL's programs are: the server programs (`initdb`, `pg_ctl`, `postgres`,
+/// `pg_checksums`) of one major version, and client programs (`psql`, `pgbench`).
+///
+/// A data directory runs only under the server of its own major version, so anything that
+/// starts PostgreSQL on existing data (a drill) asks for that major ([`PgBinaries::for_major`]).
+/// Client programs speak the same protocol to every major: when the server's directory has
+/// none (the npm builds of 13, 14, 16, 17 and 18 that `scripts/install-postgres-majors.sh`
+/// installs carry only server programs), they come from another installed major, newest
+/// first, else from `PATH`.
 #[derive(Debug, Clone)]
 pub struct PgBinaries {
     bindir: PathBuf,
+    major: u32,
+}
+
+/// Debian's layout: `/usr/lib/postgresql/<major>/bin`.
+const DEBIAN_PREFIX: &str = "/usr/lib/postgresql";
+
+/// Debian's default major (Debian 12's packages), the fallback of [`PgBinaries::find`].
+const DEFAULT_MAJOR: u32 = 15;
+
+/// The major version of the `postgres` binary in `bindir` (`postgres --version` says
+/// `postgres (PostgreSQL) 17.10`); `None` when there is none or it does not run.
+pub fn server_major(bindir: &Path) -> Option<u32> {
+    if !bindir.join("initdb").is_file() || !bindir.join("pg_ctl").is_file() {
+        return None;
+    }
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    parse_server_major(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The major in `postgres --version` output: `postgres (PostgreSQL) 17.10`, `... 18beta1`,
+/// `... 15.18 (Debian 15.18-0+deb12u1)`.
+fn parse_server_major(text: &str) -> Option<u32> {
+    let version = text
+        .split("(PostgreSQL)")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `pg_config --bindir`, when `pg_config` is on `PATH`.
+fn pg_config_bindir() -> Option<PathBuf> {
+    let out = Command::new("pg_config").arg("--bindir").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
 }
 
 impl PgBinaries {
-    /// Finds the binaries: `$PG_BINDIR`, `pg_config --bindir`, then the PostgreSQL 15 path
-    /// of Debian's packages.
+    /// Finds server binaries of any major: `$PG_BINDIR`, Debian's PostgreSQL 15, then
+    /// `pg_config --bindir` (for `demo` and tests, which create new clusters).
     pub fn find() -> Result<Self> {
         let mut candidates: Vec<PathBuf> = Vec::new();
         if let Ok(d) = std::env::var("PG_BINDIR") {
             candidates.push(d.into());
         }
-        candidates.push("/usr/lib/postgresql/15/bin".into());
-        if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-            if out.status.success() {
-                candidates.push(String::from_utf8_lossy(&out.stdout).trim().into());
-            }
-        }
+        candidates.push(Path::new(DEBIAN_PREFIX).join(format!("{DEFAULT_MAJOR}/bin")));
+        candidates.extend(pg_config_bindir());
         candidates
             .into_iter()
-            .find(|d| d.join("initdb").is_file() && d.join("pg_ctl").is_file())
-            .map(|bindir| PgBinaries { bindir })
+            .find_map(|bindir| server_major(&bindir).map(|major| PgBinaries { bindir, major }))
             .ok_or_else(|| {
                 Error::Config(
-                    "PostgreSQL server binaries not found (initdb, pg_ctl): install postgresql-15 \
-                     (scripts/install-deps.sh) or set PG_BINDIR"
+                    "PostgreSQL server binaries not found (initdb, pg_ctl, postgres): install \
+                     postgresql-15 (scripts/install-deps.sh) or set PG_BINDIR"
                         .into(),
                 )
             })
     }
 
-    /// Path of one program.
+    /// Finds the server binaries of PostgreSQL `major`, in this order: Debian's layout
+    /// `/usr/lib/postgresql/<major>/bin`; `setting` (the `[drill] pg_bindir` setting, where
+    /// `{major}` stands for the major version); `pg_config --bindir` when it is of that major.
+    /// Every candidate must hold `initdb`, `pg_ctl` and a `postgres` reporting that major;
+    /// the error names each place looked at and what was found there.
+    pub fn for_major(major: u32, setting: Option<&str>) -> Result<Self> {
+        let mut looked = Vec::new();
+        let mut candidates: Vec<(String, PathBuf)> = vec![(
+            "Debian's layout".into(),
+            Path::new(DEBIAN_PREFIX).join(format!("{major}/bin")),
+        )];
+        match setting {
+            Some(s) => candidates.push((
+                format!("[drill] pg_bindir {s:?}"),
+                s.replace("{major}", &major.to_string()).into(),
+            )),
+            None => looked.push("[drill] pg_bindir (not set)".to_string()),
+        }
+        match pg_config_bindir() {
+            Some(d) => candidates.push(("pg_config --bindir".into(), d)),
+            None => looked.push("pg_config --bindir (no pg_config on PATH)".to_string()),
+        }
+        for (what, bindir) in candidates {
+            match server_major(&bindir) {
+                Some(m) if m == major => return Ok(PgBinaries { bindir, major }),
+                Some(m) => looked.push(format!("{what}: {} is PostgreSQL {m}", bindir.display())),
+                None => looked.push(format!(
+                    "{what}: no initdb, pg_ctl and postgres in {}",
+                    bindir.display()
+                )),
+            }
+        }
+        Err(Error::Config(format!(
+            "PostgreSQL {major} server binaries not found (this data directory is PostgreSQL \
+             {major} and runs only under PostgreSQL {major}); looked at: {}. Install PostgreSQL \
+             {major}'s server (scripts/install-postgres-majors.sh, or the postgresql-{major} \
+             package) or set [drill] pg_bindir (PGCAIRN_DRILL_PG_BINDIR) to its bin directory; \
+             \"{{major}}\" in it stands for the major version",
+            looked.join("; ")
+        )))
+    }
+
+    /// The major version of these binaries.
+    pub fn major(&self) -> u32 {
+        self.major
+    }
+
+    /// The directory of the server programs.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// Path of one server program of this major (it may not exist: see [`PgBinaries::has`]).
     pub fn program(&self, name: &str) -> PathBuf {
         self.bindir.join(name)
     }
+
+    /// Whether this major's directory has program `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.bindir.join(name).is_file()
+    }
+
+    /// Path of a client program (`psql`, `pgbench`): this major's if it has one, else the
+    /// newest installed major's in Debian's layout, else the bare name (looked up in `PATH`).
+    pub fn client(&self, name: &str) -> PathBuf {
+        if self.has(name) {
+            return self.program(name);
+        }
+        let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_PREFIX)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let p = e.path().join("bin").join(name);
+                p.is_file().then_some((major, p))
+            })
+            .collect();
+        majors.sort();
+        majors
+            .pop()
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+}
+
+/// The major version of a data directory (its `PG_VERSION` file).
+pub fn data_directory_major(datadir: &Path) -> Result<u32> {
+    let path = datadir.join("PG_VERSION");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    text.trim().parse().map_err(|_| {
+        Error::InvalidInput(format!(
+            "{} says {:?}, not a PostgreSQL major version",
+            path.display(),
+            text.trim()
+        ))
+    })
 }
 
 /// The effective user id of this process (read from `/proc/self`, no `unsafe`).
@@ -156,7 +296,7 @@ impl Instance {
         command_as(self.run_as.as_deref(), &self.bin.program(program))
     }
 
-    /// `initdb` with data checksums.
+    /// `initdb` with data checksums (explicit: 18 turns them on by default, 13 to 17 off).
     pub fn initdb(&self) -> Result<()> {
         let mut c = self.cmd("initdb");
         c.arg("-D").arg(&self.datadir).args([
@@ -249,7 +389,7 @@ impl Instance {
 
     /// Runs SQL through psql and returns its unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
-        let mut c = self.cmd("psql");
+        let mut c = command_as(self.run_as.as_deref(), &self.bin.client("psql"));
         c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
             .args([
@@ -268,7 +408,7 @@ impl Instance {
 
     /// Runs pgbench with arguments.
     pub fn pgbench(&self, args: &[&str]) -> Result<()> {
-        let mut c = self.cmd("pgbench");
+        let mut c = command_as(self.run_as.as_deref(), &self.bin.client("pgbench"));
         c.arg("-h")
             .arg(&self.socket_dir)
             .args(["-p", &self.port.to_string(), "-U", "postgres"])
@@ -281,6 +421,34 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_major_from_version_output() {
+        assert_eq!(
+            parse_server_major("postgres (PostgreSQL) 17.10\n"),
+            Some(17)
+        );
+        assert_eq!(
+            parse_server_major("postgres (PostgreSQL) 18beta1"),
+            Some(18)
+        );
+        assert_eq!(
+            parse_server_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(parse_server_major("something else 15.1"), None);
+    }
+
+    #[test]
+    fn a_missing_major_names_where_it_looked() {
+        let e = PgBinaries::for_major(9, Some("/nonexistent/pg{major}/bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PostgreSQL 9 server binaries not found"), "{e}");
+        assert!(e.contains("/usr/lib/postgresql/9/bin"), "{e}");
+        assert!(e.contains("/nonexistent/pg9/bin"), "{e}");
+        assert!(e.contains("[drill] pg_bindir"), "{e}");
+    }
 
     #[test]
     fn shell_quoting_survives_quotes_and_spaces() {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! offset  field
-//! 0       xlp_magic      u16   (per major version: 0xD110 for PostgreSQL 15)
+//! 0       xlp_magic      u16   (per major version: 0xD106 for 13 ... 0xD118 for 18)
 //! 2       xlp_info       u16   (XLP_LONG_HEADER = 0x0002 on a segment's first page)
 //! 4       xlp_tli        u32
 //! 8       xlp_pageaddr   u64   (LSN of this page: the segment's start)
@@ -11,7 +11,10 @@
 //! 32      xlp_seg_size   u32
 //! 36      xlp_xlog_blcksz u32
 //! ```
-//! (little-endian on every platform PostgreSQL ships packages for.)
+//! (little-endian on every platform PostgreSQL ships packages for.) The long header and the
+//! segment naming are the same in PostgreSQL 13 to 18; only the magic changes with each major
+//! version (`XLOG_PAGE_MAGIC` in `src/include/access/xlog_internal.h`), and it tells which
+//! major wrote a segment: a cluster name holds one major version.
 //!
 //! archive-push reads it to refuse a segment of another cluster (system identifier), a file
 //! that is not the size its header says, and a file whose content is another segment than its
@@ -25,8 +28,6 @@ pub const LONG_HEADER_LEN: usize = 40;
 
 /// WAL page magic numbers by PostgreSQL major version.
 const KNOWN_MAGIC: &[(u16, u32)] = &[
-    (0xD101, 11),
-    (0xD104, 12),
     (0xD106, 13),
     (0xD10D, 14),
     (0xD110, 15),
@@ -34,6 +35,14 @@ const KNOWN_MAGIC: &[(u16, u32)] = &[
     (0xD116, 17),
     (0xD118, 18),
 ];
+
+/// The WAL page magic PostgreSQL `major` writes, if pgcairn supports it.
+pub fn magic_for_major(major: u32) -> Option<u16> {
+    KNOWN_MAGIC
+        .iter()
+        .find(|(_, v)| *v == major)
+        .map(|(m, _)| *m)
+}
 
 /// What the first page of a segment says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +68,7 @@ pub enum WalHeaderError {
     #[error("file is {0} bytes, too short for a WAL page header")]
     TooShort(usize),
     /// Unknown magic.
-    #[error("WAL page magic 0x{0:04X} is not a known PostgreSQL version (11 to 18)")]
+    #[error("WAL page magic 0x{0:04X} is not one of the PostgreSQL versions pgcairn supports (13 to 18)")]
     UnknownMagic(u16),
     /// First page lacks the long header.
     #[error("first page has no long header (xlp_info 0x{0:04X}): not the start of a segment")]
@@ -151,8 +160,21 @@ pub(crate) mod tests {
         seg_size: u32,
         len: usize,
     ) -> Vec<u8> {
+        fake_segment_of(15, sysid, tli, page_addr, seg_size, len)
+    }
+
+    /// Like [`fake_segment`], written by PostgreSQL `major`.
+    pub(crate) fn fake_segment_of(
+        major: u32,
+        sysid: u64,
+        tli: u32,
+        page_addr: u64,
+        seg_size: u32,
+        len: usize,
+    ) -> Vec<u8> {
         let mut v = vec![0u8; len];
-        v[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        let magic = magic_for_major(major).expect("a supported major");
+        v[0..2].copy_from_slice(&magic.to_le_bytes());
         v[2..4].copy_from_slice(&0x0007u16.to_le_bytes());
         v[4..8].copy_from_slice(&tli.to_le_bytes());
         v[8..16].copy_from_slice(&page_addr.to_le_bytes());
@@ -193,6 +215,30 @@ pub(crate) mod tests {
             h.check_against(&next_tli, seg.len()),
             Ok(()),
             "a new timeline starts with old pages"
+        );
+    }
+
+    #[test]
+    fn every_supported_major_is_recognised_by_its_magic() {
+        // The magic of each major, as its initdb writes it (checked against 13.23, 14.23,
+        // 15.18, 16.14, 17.10 and 18.4).
+        for (major, magic) in [
+            (13, 0xD106),
+            (14, 0xD10D),
+            (15, 0xD110),
+            (16, 0xD113),
+            (17, 0xD116),
+            (18, 0xD118),
+        ] {
+            assert_eq!(magic_for_major(major), Some(magic));
+            let seg = fake_segment_of(major, 1, 1, 0, 16 << 20, 64);
+            assert_eq!(LongPageHeader::parse(&seg).unwrap().pg_major, major);
+        }
+        let mut seg = fake_segment(1, 1, 0, 16 << 20, 64);
+        seg[0..2].copy_from_slice(&0xD104u16.to_le_bytes()); // PostgreSQL 12
+        assert_eq!(
+            LongPageHeader::parse(&seg),
+            Err(WalHeaderError::UnknownMagic(0xD104))
         );
     }
 

@@ -285,3 +285,21 @@ pub struct ClusterRecord {
     /// When the first push bound it.
     pub bound_at: String,
 }
+
+impl ClusterRecord {
+    /// Why WAL or a backup of a server of PostgreSQL `pg_major` does not belong under this
+    /// cluster name, if it does not: a cluster name holds one major version. `pg_upgrade`
+    /// makes a new system (new system identifier, new WAL history) that must be archived
+    /// under a new name; the old name keeps the old backups and WAL for restores.
+    pub fn other_major(&self, pg_major: u32) -> Option<String> {
+        (self.pg_major != pg_major).then(|| {
+            format!(
+                "cluster {:?} in this repository holds PostgreSQL {} (system {}, bound {}), this server is \
+                 PostgreSQL {pg_major}: a cluster name keeps one major version. After pg_upgrade, archive and \
+                 back up the upgraded server under a new cluster name, such as \"{}-pg{pg_major}\" ([cluster] \
+                 name, and --cluster in archive_command); the old name keeps its backups and WAL for restores",
+                self.name, self.pg_major, self.system_identifier, self.bound_at, self.name
+            )
+        })
+    }
+}
