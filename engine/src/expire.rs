@@ -15,6 +15,9 @@ use crate::backup::manifest;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
 use crate::retention::{decide, wal_plan, Candidate, Decision, Policy, WalNeed};
+use crate::store::head;
+use crate::store::ids::BackupId;
+use crate::store::sealed::{self, DocKind};
 use crate::types::WalFileName;
 
 /// What expire decided (and, unless a dry run, did).
@@ -47,24 +50,35 @@ pub struct WalRange {
     pub reason: String,
 }
 
+/// What a pin says (sealed for its name, see [`crate::store::sealed`]: a pin copied to
+/// another backup's name is refused, naming it).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Pin {
+    /// The pinned backup.
+    pub backup_id: String,
+    /// RFC 3339.
+    pub pinned_at: String,
+}
+
 /// Whether a backup is pinned.
 pub async fn is_pinned(repo: &Repository, cluster: &str, id: &str) -> Result<bool> {
-    match repo.storage().head(&layout::pin(cluster, id)).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    let pin: Option<Pin> = sealed::read(repo, DocKind::Pin, &layout::pin(cluster, id)).await?;
+    Ok(pin.is_some())
 }
 
 /// Pins or unpins a backup (it must exist).
 pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -> Result<()> {
     manifest::load_head(repo, cluster, id).await?;
     if pinned {
+        let key = layout::pin(cluster, id);
+        let pin = Pin {
+            backup_id: id.to_string(),
+            pinned_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("RFC 3339 formatting"),
+        };
         repo.storage()
-            .put_create(
-                &layout::pin(cluster, id),
-                bytes::Bytes::from_static(b"pinned\n"),
-            )
+            .put_create(&key, sealed::seal(repo, DocKind::Pin, &key, &pin))
             .await?;
     } else {
         repo.storage().delete(&layout::pin(cluster, id)).await?;
@@ -165,6 +179,33 @@ async fn expire_locked(
         }
     }
     if !dry_run {
+        // The catalog head forgets what goes first: a crash after this leaves objects the
+        // head no longer lists (garbage), never a head listing what was deleted on purpose.
+        let gone: Vec<BackupId> = decisions
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| BackupId::new(d.id.clone()))
+            .collect();
+        let gone_wal: Vec<(u32, u64)> = wal
+            .iter()
+            .filter_map(|n| match n {
+                WalFileName::Segment { tli, segno } => Some((tli.0, segno.absolute(seg_size))),
+                _ => None,
+            })
+            .collect();
+        if !gone.is_empty() || !gone_wal.is_empty() {
+            head::update(repo, cluster, seg_size, |h| {
+                let mut changed = false;
+                for id in &gone {
+                    changed |= h.backups.remove(id).is_some();
+                }
+                for (t, s) in &gone_wal {
+                    changed |= h.forget_segments(*t, *s, *s);
+                }
+                changed
+            })
+            .await?;
+        }
         for d in decisions.iter().filter(|d| !d.keep) {
             repo.storage()
                 .delete(&layout::backup_manifest(cluster, &d.id))

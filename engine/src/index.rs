@@ -3,8 +3,10 @@
 //! An index segment is one sealed object (kind `Index`, metadata key) whose plaintext is a
 //! sequence of fixed 80-byte entries:
 //! `block id (32) || pack id (32) || offset u64 LE || sealed length u32 LE || raw length u32 LE`.
-//! Segments are immutable and named `index/<BLAKE3 of the sealed bytes>`; the index is the
-//! union of all segments. A backup writes its packs first, then the index segments naming
+//! Segments are immutable and named `index/<keyed content id of the plaintext>`; that id is
+//! part of the segment's authenticated data, so a segment renamed (or copied under another
+//! segment's name) fails authentication instead of being read as that segment. The index is
+//! the union of all segments. A backup writes its packs first, then the index segments naming
 //! them, then its manifest: a crash leaves packs without index (garbage that GC removes, or
 //! that the pack trailers can re-index), never an index entry without its pack.
 //!
@@ -27,8 +29,9 @@ pub struct IndexEntry {
     pub entry: PackEntry,
 }
 
-/// Serialises and seals an index segment.
-pub fn seal_segment(codec: &Codec, entries: &[IndexEntry]) -> Vec<u8> {
+/// Serialises and seals an index segment; returns its id (its name, see
+/// [`crate::repo::layout::index_segment`]) and its bytes.
+pub fn seal_segment(codec: &Codec, entries: &[IndexEntry]) -> ([u8; 32], Vec<u8>) {
     let mut plain = Vec::with_capacity(entries.len() * ENTRY_LEN);
     for e in entries {
         plain.extend_from_slice(&e.entry.block_id.0);
@@ -37,12 +40,17 @@ pub fn seal_segment(codec: &Codec, entries: &[IndexEntry]) -> Vec<u8> {
         plain.extend_from_slice(&e.entry.sealed_len.to_le_bytes());
         plain.extend_from_slice(&e.entry.raw_len.to_le_bytes());
     }
-    codec.seal(ObjectKind::Index, &ContentId([0; 32]), CONTEXT, &plain, 3)
+    let id = codec.content_id(&plain);
+    (id.0, codec.seal(ObjectKind::Index, &id, CONTEXT, &plain, 3))
 }
 
-/// Opens and parses an index segment.
-pub fn open_segment(codec: &Codec, sealed: &[u8]) -> Result<Vec<IndexEntry>, CodecError> {
-    let plain = codec.open(ObjectKind::Index, &ContentId([0; 32]), CONTEXT, sealed)?;
+/// Opens and parses the index segment named `id`.
+pub fn open_segment(
+    codec: &Codec,
+    id: &[u8; 32],
+    sealed: &[u8],
+) -> Result<Vec<IndexEntry>, CodecError> {
+    let plain = codec.open(ObjectKind::Index, &ContentId(*id), CONTEXT, sealed)?;
     if plain.len() % ENTRY_LEN != 0 {
         return Err(CodecError::Malformed(
             "index segment length is not a multiple of its entry size".into(),
@@ -81,10 +89,16 @@ mod tests {
                 },
             })
             .collect();
-        let sealed = seal_segment(&codec, &entries);
-        assert_eq!(open_segment(&codec, &sealed).unwrap(), entries);
+        let (id, sealed) = seal_segment(&codec, &entries);
+        assert_eq!(open_segment(&codec, &id, &sealed).unwrap(), entries);
         let mut bad = sealed.clone();
         bad[40] ^= 1;
-        assert!(open_segment(&codec, &bad).is_err());
+        assert!(open_segment(&codec, &id, &bad).is_err());
+        // Under another segment's name it is not that segment.
+        let (other, _) = seal_segment(&codec, &entries[..10]);
+        assert_eq!(
+            open_segment(&codec, &other, &sealed),
+            Err(CodecError::Authentication)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! What `pgcairn info` reports per cluster: backups, archived WAL, the recoverable window.
+//! What `pgcairn info` reports per cluster: backups, archived WAL, the recoverable window,
+//! and the catalog head compared with storage (its generation and anything missing).
 
 use serde::Serialize;
 
@@ -68,6 +69,9 @@ pub struct ClusterInfo {
     pub recoverable: Option<RecoverableWindow>,
     /// The most recent restore drill.
     pub last_drill: Option<LastDrill>,
+    /// The catalog head (generation, latest verify and drill) and what it records that
+    /// storage no longer holds.
+    pub catalog: crate::store::audit::HeadAudit,
 }
 
 /// The most recent drill, summarised.
@@ -133,6 +137,7 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         wal,
         recoverable,
         last_drill,
+        catalog: crate::store::audit::audit(repo, cluster, None).await?,
     })
 }
 

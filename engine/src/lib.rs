@@ -17,6 +17,8 @@
 //! - [`repo`]: the on-storage layout, the repository config, opening and creating a repository.
 //! - [`pg`]: PostgreSQL knowledge (WAL page headers).
 //! - [`archive`]: `archive-push`, `archive-get`, the asynchronous pusher and WAL listings.
+//! - [`store`]: the typed store layer: catalog objects sealed for their names, the per-cluster
+//!   catalog head (what must exist, rollback detection), the append-only storage wrapper.
 
 pub mod archive;
 pub mod backup;
@@ -42,6 +44,7 @@ pub mod restore;
 pub mod retention;
 pub mod sorted;
 pub mod storage;
+pub mod store;
 pub mod types;
 pub mod verify;
 

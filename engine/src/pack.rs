@@ -9,7 +9,10 @@
 //! Every block is sealed on its own ([`crate::codec`], kind `Block`, AAD binding its block id),
 //! so a restore fetches one block with a range read, and repacking copies ciphertext without
 //! decrypting. The trailer is sealed with the metadata key (kind `PackTrailer`) so a pack lists
-//! its contents without the index, which is how a lost index is rebuilt.
+//! its contents without the index, which is how a lost index is rebuilt. Its authenticated
+//! data binds the BLAKE3 hash of the blocks before it, so a trailer moved onto other blocks
+//! (another pack's, or a pack spliced together) fails authentication instead of describing
+//! blocks it was not written for.
 //!
 //! A pack's name is the unkeyed BLAKE3 hash of its bytes, so anyone holding only the
 //! repository (no keys) can check a pack is intact, and a duplicate upload is detectable
@@ -107,9 +110,10 @@ impl PackWriter {
             trailer.extend_from_slice(&e.sealed_len.to_le_bytes());
             trailer.extend_from_slice(&e.raw_len.to_le_bytes());
         }
+        let blocks_hash = ContentId(*blake3::hash(&self.buf).as_bytes());
         let sealed = codec.seal(
             ObjectKind::PackTrailer,
-            &ContentId([0; 32]),
+            &blocks_hash,
             TRAILER_CONTEXT,
             &trailer,
             3,
@@ -137,11 +141,15 @@ pub fn trailer_len(footer: &[u8]) -> Result<usize, CodecError> {
     Ok(u32::from_le_bytes(footer[..4].try_into().expect("4 bytes")) as usize)
 }
 
-/// Opens and parses a sealed trailer.
-pub fn read_trailer(codec: &Codec, sealed_trailer: &[u8]) -> Result<Vec<PackEntry>, CodecError> {
+/// Opens and parses a sealed trailer; `blocks`: the pack's bytes before the trailer.
+pub fn read_trailer(
+    codec: &Codec,
+    sealed_trailer: &[u8],
+    blocks: &[u8],
+) -> Result<Vec<PackEntry>, CodecError> {
     let plain = codec.open(
         ObjectKind::PackTrailer,
-        &ContentId([0; 32]),
+        &ContentId(*blake3::hash(blocks).as_bytes()),
         TRAILER_CONTEXT,
         sealed_trailer,
     )?;
@@ -175,7 +183,7 @@ pub fn read_pack_entries(codec: &Codec, pack: &[u8]) -> Result<Vec<PackEntry>, C
     let start = end
         .checked_sub(tlen)
         .ok_or_else(|| CodecError::Malformed("trailer longer than pack".into()))?;
-    read_trailer(codec, &pack[start..end])
+    read_trailer(codec, &pack[start..end], &pack[..start])
 }
 
 /// Opens one block given its sealed bytes (from a range read of `entry`), and checks that the
@@ -245,6 +253,13 @@ mod tests {
         let mut bytes = w.finish(&codec).bytes;
         let n = bytes.len();
         bytes[n - FOOTER_LEN - 3] ^= 1;
+        assert_eq!(
+            read_pack_entries(&codec, &bytes),
+            Err(CodecError::Authentication)
+        );
+        bytes[n - FOOTER_LEN - 3] ^= 1;
+        // Other blocks under the same trailer: the trailer does not describe them.
+        bytes[3] ^= 1;
         assert_eq!(
             read_pack_entries(&codec, &bytes),
             Err(CodecError::Authentication)

@@ -6,6 +6,12 @@
 //! out from the repository before anything is written, and names exactly what is missing, and
 //! the latest target that *is* reachable, when the target is not.
 //!
+//! The cluster's catalog head ([`crate::store::head`]) says what *should* be there: when a
+//! backup it records is gone and the target would have used it, or WAL it records as archived
+//! is gone on the way to the target, the plan refuses and names it instead of silently
+//! choosing an older backup or an earlier end of the archive (`--backup` still restores a
+//! named backup on purpose).
+//!
 //! Time targets: the segment holding a commit at time T is archived at or after T, so the WAL
 //! needed to reach T is everything up to the first segment (on the path) archived at or after T.
 //! If no segment was archived after T yet, T is not reachable from the archive.
@@ -15,10 +21,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::archive::push::WalPointer;
+use crate::archive::push::read_wal_record;
 use crate::backup::manifest::{self, Manifest};
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
+use crate::store::head::{CatalogHead, HeadBackup};
+use crate::store::ids::BackupId;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// What to recover to.
@@ -333,27 +341,13 @@ async fn pointer_time(
     cluster: &str,
     name: &WalFileName,
 ) -> Result<Option<OffsetDateTime>> {
-    match repo
-        .storage()
-        .get(&layout::wal_pointer(cluster, name))
-        .await
-    {
-        Ok(raw) => {
-            let p: WalPointer = serde_json::from_slice(&raw).map_err(|e| {
-                Error::corrupt(
-                    layout::wal_pointer(cluster, name).to_string(),
-                    e.to_string(),
-                )
-            })?;
-            Ok(OffsetDateTime::parse(
-                &p.archived_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok())
-        }
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(read_wal_record(repo, cluster, name).await?.and_then(|p| {
+        OffsetDateTime::parse(
+            &p.archived_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    }))
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -374,7 +368,25 @@ pub async fn plan(
     timeline: TimelineTarget,
 ) -> Result<(Manifest, Plan)> {
     let ids = manifest::list_ids(repo, cluster).await?;
+    let head = read_head_for_restore(repo, cluster, backup).await?;
+    let head_missing: Vec<(&BackupId, &HeadBackup)> = head
+        .as_ref()
+        .map(|h| {
+            h.backups
+                .iter()
+                .filter(|(id, _)| !ids.iter().any(|i| i == id.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(b) = backup {
+        if let Some((id, _)) = head_missing.iter().find(|(id, _)| id.as_str() == b) {
+            return Err(missing_backup_error(cluster, head.as_ref(), id, None));
+        }
+    }
     if ids.is_empty() {
+        if let Some((id, _)) = head_missing.last() {
+            return Err(missing_backup_error(cluster, head.as_ref(), id, None));
+        }
         return Err(Error::NotFound(format!(
             "cluster {cluster:?} has no backup yet: run `pgcairn backup` first"
         )));
@@ -443,6 +455,26 @@ pub async fn plan(
         }
         oldest = Some(m);
     }
+    // A newer backup the catalog head records for this target, whose manifest is gone: using
+    // an older one instead would silently give a different (and maybe unintended) restore.
+    if backup.is_none() {
+        let newer_than = chosen.as_ref().map(|(m, _)| m.id.as_str());
+        let fits_head = |hb: &HeadBackup| match target {
+            Target::Time(t) => OffsetDateTime::parse(
+                &hb.stop_time,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .is_ok_and(|s| s < *t),
+            Target::Lsn(l) => hb.stop_lsn <= *l,
+            Target::Name(_) => named_lsn.is_none_or(|l| hb.stop_lsn <= l),
+            _ => true,
+        };
+        if let Some((id, _)) = head_missing.iter().rev().find(|(id, hb)| {
+            fits_head(hb) && newer_than.is_none_or(|c| manifest::newer(id.as_str(), c))
+        }) {
+            return Err(missing_backup_error(cluster, head.as_ref(), id, newer_than));
+        }
+    }
     let Some((m, reason)) = chosen else {
         if let Some(b) = backup {
             return Err(Error::NotFound(format!(
@@ -456,6 +488,10 @@ pub async fn plan(
         )));
     };
     let tli = resolve_timeline(&view, timeline, &m);
+    // WAL the catalog head records as archived on the way, that storage no longer holds.
+    let head_lost = head
+        .as_ref()
+        .and_then(|h| first_head_lost(h, &view, tli, &m));
     // How far the WAL must reach on the last timeline.
     let end_seg: Option<u64> = match target {
         Target::Lsn(l) => Some(l.segment_no(seg_size)),
@@ -477,6 +513,21 @@ pub async fn plan(
             }
             match found {
                 Some(s) => Some(s),
+                None if head_lost.is_some() => {
+                    let lost = head_lost.expect("checked");
+                    let what = format!("target time {}", rfc3339(*t));
+                    return Err(head_lost_error(
+                        repo,
+                        cluster,
+                        head.as_ref(),
+                        &view,
+                        tli,
+                        &m,
+                        &lost,
+                        &what,
+                    )
+                    .await?);
+                }
                 None => {
                     if let Some(lost) = view.first_missing(&all).filter(|n| view.is_lost(n)) {
                         let what = format!("target time {}", rfc3339(*t));
@@ -503,6 +554,19 @@ pub async fn plan(
         Some(end_seg.unwrap_or(stop_seg).max(stop_seg)),
     );
     if let Some(missing) = view.first_missing(&required) {
+        if head_lost.as_ref() == Some(&missing) {
+            return Err(head_lost_error(
+                repo,
+                cluster,
+                head.as_ref(),
+                &view,
+                tli,
+                &m,
+                &missing,
+                "the target",
+            )
+            .await?);
+        }
         if view.is_lost(&missing) {
             return Err(lost_data(repo, cluster, &view, tli, &m, &missing, "the target").await?);
         }
@@ -514,6 +578,27 @@ pub async fn plan(
     }
     let needed = match end_seg {
         Some(_) => required,
+        // Replay would stop at WAL the head says was archived: not the end of the archive.
+        None if head_lost.is_some() => {
+            let lost = head_lost.expect("checked");
+            let what = match target {
+                Target::EndOfArchive => "the end of the archive".to_string(),
+                Target::Xid(x) => format!("transaction {x}"),
+                Target::Name(n) => format!("restore point {n:?}"),
+                _ => "the target".to_string(),
+            };
+            return Err(head_lost_error(
+                repo,
+                cluster,
+                head.as_ref(),
+                &view,
+                tli,
+                &m,
+                &lost,
+                &what,
+            )
+            .await?);
+        }
         None => {
             // Replay continues until the first gap: PostgreSQL sees that as the end of the archive.
             let all = view.needed(tli, m.start_lsn, None);
@@ -564,6 +649,132 @@ pub async fn plan(
     Ok((m, plan))
 }
 
+/// Reads the catalog head for a restore. A head that is missing (while the cluster is
+/// bound), rolled back or forged means what was deleted cannot be told: refused, unless the
+/// operator names the backup (`--backup`), taking responsibility for the choice.
+async fn read_head_for_restore(
+    repo: &Repository,
+    cluster: &str,
+    backup: Option<&str>,
+) -> Result<Option<CatalogHead>> {
+    let problem = match crate::store::head::read(repo, cluster).await {
+        Ok(Some((h, _))) => return Ok(Some(h)),
+        Ok(None) => match crate::archive::push::read_cluster_record(repo, cluster).await? {
+            None => return Ok(None),
+            Some(_) => Error::corrupt(
+                layout::catalog_head(cluster).to_string(),
+                "the catalog head is missing although the cluster is bound: it was deleted outside pgcairn, so \
+                 backups or WAL deleted with it cannot be noticed",
+            ),
+        },
+        Err(e @ (Error::Corrupt { .. } | Error::Key(_))) => e,
+        Err(e) => return Err(e),
+    };
+    match backup {
+        Some(b) => {
+            tracing::warn!("{problem}; restoring backup {b} as requested with --backup, without that check");
+            Ok(None)
+        }
+        None => Err(Error::corrupt(
+            layout::catalog_head(cluster).to_string(),
+            format!(
+                "{problem}. Nothing was written. Run `pgcairn verify`; to restore anyway from what storage holds, \
+                 name the backup with --backup ID (see `pgcairn info`)"
+            ),
+        )),
+    }
+}
+
+fn missing_backup_error(
+    cluster: &str,
+    head: Option<&CatalogHead>,
+    id: &BackupId,
+    instead: Option<&str>,
+) -> Error {
+    let g = head.map(|h| h.generation).unwrap_or(0);
+    let instead = match instead {
+        Some(other) => format!(
+            " Restoring the older backup {other} instead would silently recover something else: refused. To do that on \
+             purpose, name it with --backup {other}."
+        ),
+        None => String::new(),
+    };
+    Error::corrupt(
+        layout::backup_manifest(cluster, id.as_str()).to_string(),
+        format!(
+            "backup {id} would be used for this target and is recorded in the catalog head (generation {g}), but its manifest \
+             is missing: it was deleted outside pgcairn. Nothing was written.{instead} Run `pgcairn verify` to see everything missing"
+        ),
+    )
+}
+
+/// The first segment on the way from `m` along `tli` (up to the head's high-water mark on
+/// `tli`) that the head records as archived and storage does not hold.
+fn first_head_lost(
+    head: &CatalogHead,
+    view: &ArchiveView,
+    tli: u32,
+    m: &Manifest,
+) -> Option<WalFileName> {
+    let listed_end = view
+        .segments
+        .get(&tli)
+        .and_then(|s| s.iter().next_back().copied());
+    let head_end = head.timelines.get(&tli).map(|t| t.high);
+    let end = listed_end.max(head_end)?;
+    view.needed(tli, m.start_lsn, Some(end))
+        .into_iter()
+        .map(|(t, s)| view.name(t, s))
+        .find(|n| {
+            head.must_exist(n)
+                && !view.segments.get(&n.timeline().0).is_some_and(|set| {
+                    n.segment()
+                        .is_some_and(|s| set.contains(&s.absolute(view.seg_size)))
+                })
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn head_lost_error(
+    repo: &Repository,
+    cluster: &str,
+    head: Option<&CatalogHead>,
+    view: &ArchiveView,
+    tli: u32,
+    m: &Manifest,
+    lost: &WalFileName,
+    what: &str,
+) -> Result<Error> {
+    if view.is_lost(lost) {
+        return lost_data(repo, cluster, view, tli, m, lost, what).await;
+    }
+    let (g, high) = head
+        .map(|h| {
+            let t = lost.timeline().0;
+            (
+                h.generation,
+                h.timelines
+                    .get(&t)
+                    .map(|x| h.segment_name(t, x.high).to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
+    let reachable = reachable_end(repo, cluster, view, tli, m).await?;
+    Ok(Error::corrupt(
+        layout::wal_pointer(cluster, lost).to_string(),
+        format!(
+            "{what} is not reachable from backup {}: WAL segment {lost} is missing, but the catalog head (generation {g}) \
+             records timeline {} archived up to {high}: it was deleted outside pgcairn, and recovery would stop early at \
+             {lost} instead of reaching {what}. {reachable}. Nothing was written. Put the segment back (or `pgcairn \
+             archive-push` it from a server that still has it), or restore to an explicit target before {lost}; \
+             `pgcairn verify` lists everything missing",
+            m.id,
+            lost.timeline().0
+        ),
+    ))
+}
+
 fn resolve_timeline(view: &ArchiveView, t: TimelineTarget, m: &Manifest) -> u32 {
     match t {
         TimelineTarget::Current => m.timeline,
@@ -584,21 +795,19 @@ async fn lost_data(
     what: &str,
 ) -> Result<Error> {
     let pointer_key = layout::wal_pointer(cluster, lost);
-    let data_key = match repo.storage().get(&pointer_key).await {
-        Ok(raw) => serde_json::from_slice::<WalPointer>(&raw)
-            .ok()
-            .and_then(|p| crate::crypto::ContentId::from_hex(&p.content_id))
-            .map(|id| layout::wal_data(cluster, lost, &id).to_string()),
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-    }
-    .unwrap_or_else(|| {
-        format!(
-            "{}{}/{lost}.<content id>",
-            layout::wal_data_prefix(cluster),
-            lost.timeline()
-        )
-    });
+    let data_key = read_wal_record(repo, cluster, lost)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|p| crate::crypto::ContentId::from_hex(&p.content_id))
+        .map(|id| layout::wal_data(cluster, lost, &id).to_string())
+        .unwrap_or_else(|| {
+            format!(
+                "{}{}/{lost}.<content id>",
+                layout::wal_data_prefix(cluster),
+                lost.timeline()
+            )
+        });
     let reachable = reachable_end(repo, cluster, view, tli, m).await?;
     Ok(Error::corrupt(
         data_key,

@@ -4,6 +4,9 @@
 //! its pack exists; the WAL from each backup's start to its consistency point is archived;
 //! every WAL record still has its data object (one LIST of each cluster's data objects).
 //! Packs no index entry references are reported as orphans (garbage for `gc`, not damage).
+//! Each cluster's catalog head is compared with storage ([`crate::store::audit`]): backups
+//! and WAL it records that are gone, and a head that is missing or rolled back, are damage;
+//! the result is recorded in the head (best effort).
 //!
 //! Data (`--read-data`): packs are downloaded, their names re-checked (BLAKE3 of the bytes),
 //! their trailers opened, and every block decrypted, decompressed and re-hashed against its
@@ -80,6 +83,8 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Backups affected by damage.
     pub damaged_backups: Vec<String>,
+    /// Per cluster, the catalog head compared with storage.
+    pub catalog: Vec<crate::store::audit::HeadAudit>,
 }
 
 fn slice_of(pack: &[u8; 32], t: u32) -> u32 {
@@ -189,6 +194,25 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
                 backups: Vec::new(),
             });
         }
+        // What the catalog head records and storage no longer holds (records without data
+        // were reported just above).
+        let audit = crate::store::audit::audit(repo, &cluster, Some(&views[&cluster])).await?;
+        let mut not_yet_reported = audit.clone();
+        not_yet_reported.missing_wal.retain(|w| w.what == "record");
+        for (object, detail) in not_yet_reported.findings() {
+            let backups = audit
+                .missing_backups
+                .iter()
+                .filter(|id| object == layout::backup_manifest(&cluster, id).to_string())
+                .cloned()
+                .collect();
+            report.problems.push(Problem {
+                object,
+                detail,
+                backups,
+            });
+        }
+        report.catalog.push(audit);
     }
     // Packs present.
     let present: HashSet<String> = repo
@@ -309,7 +333,41 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         .flat_map(|p| p.backups.iter().cloned())
         .collect();
     report.damaged_backups = damaged.into_iter().collect();
+    record_in_heads(repo, &report).await;
     Ok(report)
+}
+
+/// Records the outcome in each cluster's catalog head, best effort: a verify run with
+/// read-only credentials still verifies, it only cannot leave its result behind.
+async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
+    let at = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting");
+    for audit in &report.catalog {
+        let Some(_) = audit.generation else { continue };
+        let result = crate::store::head::CheckResult {
+            at: at.clone(),
+            ok: report.problems.is_empty(),
+            summary: match report.problems.len() {
+                0 => format!("ok: {} backups, {} packs", report.backups, report.packs),
+                n => format!(
+                    "{n} problems; damaged backups: {:?}",
+                    report.damaged_backups
+                ),
+            },
+        };
+        let res = crate::store::head::update(repo, &audit.cluster, 0, |h| {
+            h.last_verify = Some(result.clone());
+            true
+        })
+        .await;
+        if let Err(e) = res {
+            tracing::warn!(
+                "could not record the verify result in the catalog head of {:?}: {e}",
+                audit.cluster
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -599,17 +599,78 @@ impl TestEnv {
         assert!(self.read_object(key).is_none(), "{key} still readable");
     }
 
-    /// The key of the sealed data object of archived WAL file `name` of cluster `main`.
+    /// The key of the sealed data object of archived WAL file `name` of cluster `main`
+    /// (found by listing: WAL records are sealed, see `pgcairn_engine::store::sealed`).
     pub fn wal_data_key(&self, name: &str) -> String {
-        let pointer_key = format!("clusters/main/wal/{}/{name}", &name[..8]);
-        let raw = self
-            .read_object(&pointer_key)
-            .unwrap_or_else(|| panic!("pointer {pointer_key} missing"));
-        let pointer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-        format!(
-            "clusters/main/waldata/{}/{name}.{}",
-            &name[..8],
-            pointer["content_id"].as_str().unwrap()
-        )
+        let prefix = format!("clusters/main/waldata/{}/{name}.", &name[..8]);
+        let mut keys = self.list_objects(&prefix);
+        assert_eq!(keys.len(), 1, "one data object under {prefix}: {keys:?}");
+        keys.pop().unwrap()
+    }
+
+    /// Keys of the repository objects whose key starts with `prefix`, on either backend.
+    pub fn list_objects(&self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.options.backend {
+            Backend::File => {
+                let root = self.path().join("repo");
+                let (dir, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+                let mut stack = vec![root.join(dir)];
+                while let Some(d) = stack.pop() {
+                    let Ok(entries) = std::fs::read_dir(&d) else {
+                        continue;
+                    };
+                    for e in entries.flatten() {
+                        let p = e.path();
+                        if p.is_dir() {
+                            stack.push(p);
+                            continue;
+                        }
+                        let key = p.strip_prefix(&root).unwrap().to_string_lossy().to_string();
+                        // `name#n`: object_store's staging files (garbage after a kill).
+                        if key.starts_with(prefix) && !key.contains('#') {
+                            out.push(key);
+                        }
+                    }
+                }
+            }
+            Backend::S3 => {
+                let endpoint = self
+                    .options
+                    .s3_endpoint
+                    .clone()
+                    .or_else(s3_endpoint)
+                    .expect("S3 endpoint");
+                let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
+                let (bucket, root) = bucket_prefix.split_once('/').expect("bucket/prefix");
+                let out_list = Command::new("curl")
+                    .args([
+                        "-sf",
+                        "--aws-sigv4",
+                        "aws:amz:us-east-1:s3",
+                        "--user",
+                        "test:test",
+                    ])
+                    .arg(format!(
+                        "{endpoint}/{bucket}?list-type=2&max-keys=1000&prefix={root}/{prefix}"
+                    ))
+                    .output()
+                    .expect("curl");
+                assert!(
+                    out_list.status.success(),
+                    "LIST {prefix}: {}",
+                    stderr(&out_list)
+                );
+                let body = String::from_utf8_lossy(&out_list.stdout).to_string();
+                for part in body.split("<Key>").skip(1) {
+                    let key = part.split("</Key>").next().unwrap_or("");
+                    if let Some(k) = key.strip_prefix(&format!("{root}/")) {
+                        out.push(k.to_string());
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }

@@ -289,7 +289,8 @@ fn audit_packs(env: &TestEnv, grace: Duration) -> PackAudit {
         let mut copies: HashMap<ContentId, usize> = HashMap::new();
         for seg in repo.storage().list(layout::INDEX_PREFIX).await.unwrap() {
             let sealed = repo.storage().get(&seg.key).await.unwrap();
-            for e in open_segment(repo.codec(), &sealed).expect("index segment opens") {
+            let id = layout::parse_index_segment(seg.key.as_str()).expect("index segment name");
+            for e in open_segment(repo.codec(), &id, &sealed).expect("index segment opens") {
                 *copies.entry(e.entry.block_id).or_default() += 1;
                 indexed.insert(hex(&e.pack_id));
                 if referenced.contains(&e.entry.block_id) {

@@ -104,19 +104,13 @@ fn file_name(path: &Path) -> String {
     path.file_name().unwrap().to_str().unwrap().to_string()
 }
 
-/// The pointer object (JSON) of an archived segment of cluster `main`.
-fn pointer(env: &TestEnv, name: &str) -> serde_json::Value {
-    let key = format!("clusters/main/wal/{}/{name}", &name[..8]);
-    let raw = env
-        .read_object(&key)
-        .unwrap_or_else(|| panic!("pointer {key} missing"));
-    serde_json::from_slice(&raw).unwrap()
-}
-
 fn content_id(env: &TestEnv, name: &str) -> String {
-    let id = pointer(env, name)["content_id"]
-        .as_str()
+    // WAL records are sealed: the content id is read from the data object's name.
+    let id = env
+        .wal_data_key(name)
+        .rsplit_once('.')
         .unwrap()
+        .1
         .to_string();
     assert!(
         id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -333,7 +327,8 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
     let deleted = waldata_path(&env, &names[2]);
     std::fs::remove_file(&deleted).unwrap();
     // Another segment's intact object (and pointer) copied under this segment's name: the
-    // object authenticates which file it is, so this must not pass either.
+    // record and the object authenticate which file they are, so this must not pass either
+    // (the record, sealed for the other name, is the first to fail).
     let tli = env.path().join("repo/clusters/main/wal/00000001");
     std::fs::copy(tli.join(&names[5]), tli.join(&names[4])).unwrap();
     let impostor = env.path().join(format!(
@@ -347,7 +342,11 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
         (&names[0], &flipped, "a flipped byte"),
         (&names[1], &truncated, "a truncated object"),
         (&names[2], &deleted, "a missing data object"),
-        (&names[4], &impostor, "another segment's object"),
+        (
+            &names[4],
+            &tli.join(&names[4]),
+            "another segment's record and object",
+        ),
     ] {
         let dest = dir.join(name);
         let out = env.pgcairn(&["archive-get", name, &p(&dest)]);
@@ -359,8 +358,8 @@ fn corrupt_truncated_or_missing_objects_abort_recovery() {
             .display()
             .to_string();
         assert!(
-            err.contains("waldata/") && err.contains(name.as_str()),
-            "{what}: stderr names the object: {err}"
+            err.contains(name.as_str()),
+            "{what}: stderr names the file: {err}"
         );
         assert!(err.contains(&key), "{what}: stderr names {key}: {err}");
         assert!(
@@ -633,16 +632,12 @@ fn assert_no_pointer_without_data(env: &TestEnv) {
                 continue;
             }
             pointers += 1;
-            let ptr: serde_json::Value = serde_json::from_slice(&std::fs::read(f.path()).unwrap())
-                .unwrap_or_else(|e| panic!("pointer {tli_name}/{name} is not JSON: {e}"));
-            let data = env.path().join(format!(
-                "repo/clusters/main/waldata/{tli_name}/{name}.{}",
-                ptr["content_id"].as_str().unwrap()
-            ));
+            // Records are sealed (repository format 3): the data object is found by its name;
+            // archive-get checks the record names exactly that content.
+            let data = env.list_objects(&format!("clusters/main/waldata/{tli_name}/{name}."));
             assert!(
-                data.is_file(),
-                "pointer {tli_name}/{name} without data {}",
-                data.display()
+                !data.is_empty(),
+                "pointer {tli_name}/{name} without a data object"
             );
         }
     }

@@ -15,7 +15,7 @@ use pgcairn_engine::types::WalFileName;
 use pgcairn_engine::Error as EngineError;
 use tracing::{info, warn};
 
-use super::open_repo;
+use super::{open_repo, open_repo_append_only};
 use crate::args::Cli;
 use crate::exit::{ExitCode, Failure};
 use crate::settings::Settings;
@@ -52,7 +52,7 @@ pub async fn push(cli: &Cli, settings: &Settings, wal_path: &Path) -> Result<(),
     if settings.archive_async {
         return push_async(cli, settings, &name, &path).await;
     }
-    let repo = open_repo(settings).await?;
+    let repo = open_repo_append_only(settings, "archive-push").await?;
     let started = Instant::now();
     match push_wal_file(&repo, &settings.cluster, &name, WalSource::File(path)).await? {
         PushOutcome::Uploaded { stored_size } => {
@@ -192,7 +192,7 @@ pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
         info!("another pusher is running; exiting");
         return Ok(());
     };
-    let repo = open_repo(settings).await?;
+    let repo = open_repo_append_only(settings, "archive-push").await?;
     let opts = PusherOptions {
         jobs: settings.archive_jobs,
         idle_exit: settings.idle_exit,

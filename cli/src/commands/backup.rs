@@ -50,7 +50,7 @@ pub async fn backup(
         .pgdata
         .clone()
         .ok_or_else(|| Failure::usage("no data directory configured: set cluster.pgdata"))?;
-    let repo = open_repo(settings).await?;
+    let repo = super::open_repo_append_only(settings, "backup").await?;
     let opts = BackupOptions {
         cluster: settings.cluster.clone(),
         pgdata,

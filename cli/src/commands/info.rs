@@ -14,7 +14,16 @@
 //!                          "gaps": [{"first_missing","last_missing","segments"}],
 //!                          "partial_files", "backup_history_files"}]},
 //!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"},
-//!                 "last_drill": null | {"id", "outcome", "mttr_seconds", "backup_id", "summary"}}]}`
+//!                 "last_drill": null | {"id", "outcome", "mttr_seconds", "backup_id", "summary"},
+//!                 "catalog": {"cluster", "generation": null | N, "head_problem": null | "...",
+//!                             "missing_backups": ["id"], "missing_history": ["file"],
+//!                             "missing_wal": [{"timeline", "first", "last", "segments", "what"}],
+//!                             "last_verify": null | {"at", "ok", "summary"},
+//!                             "last_drill": null | {"at", "ok", "summary"}}}]}`
+//!
+//! `catalog` compares the cluster's catalog head with storage: anything listed as missing was
+//! recorded as stored and is gone (deleted outside pgcairn). `info` still exits 0; `verify`
+//! exits 1 for the same findings.
 
 use pgcairn_engine::info::{cluster_info, ClusterInfo};
 use pgcairn_engine::repo::Encryption;
@@ -99,6 +108,24 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                     String::new()
                 }
             );
+        }
+        match c.catalog.generation {
+            Some(g) => println!(
+                "  catalog head: generation {g}{}",
+                match &c.catalog.last_verify {
+                    Some(v) => format!(
+                        ", last verify {} {}",
+                        v.at,
+                        if v.ok { "ok" } else { "FOUND DAMAGE" }
+                    ),
+                    None => String::new(),
+                }
+            ),
+            None if c.catalog.head_problem.is_none() => println!("  catalog head: none yet"),
+            None => {}
+        }
+        for (object, detail) in c.catalog.findings() {
+            println!("  MISSING {object}: {detail}");
         }
         if let Some(d) = &c.last_drill {
             println!(

@@ -89,3 +89,18 @@ pub async fn open_repo(settings: &Settings) -> Result<Repository, Failure> {
     let unlock = settings.unlock()?;
     Ok(Repository::open_with(storage, unlock.as_ref(), settings.state_dir.as_deref()).await?)
 }
+
+/// Opens the repository for a command that only adds to it (`archive-push`, its background
+/// pusher, `backup`): deletes and overwrites are refused below the engine
+/// ([`pgcairn_engine::store::append_only`]), whatever the credentials allow.
+pub async fn open_repo_append_only(
+    settings: &Settings,
+    command: &'static str,
+) -> Result<Repository, Failure> {
+    let repo = open_repo(settings).await?;
+    let wrapped: Arc<dyn Storage> = Arc::new(pgcairn_engine::store::append_only::AppendOnly::new(
+        repo.storage().clone(),
+        command,
+    ));
+    Ok(repo.with_storage(wrapped))
+}

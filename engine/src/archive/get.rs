@@ -1,7 +1,8 @@
 //! archive-get: fetch one WAL file for `restore_command`.
 //!
-//! Only a missing pointer means "definitely absent" ([`Error::NotFound`]): PostgreSQL probes
-//! for history files and the next segment, and absence ends recovery normally. Anything else
+//! Only a missing pointer means "definitely absent" ([`Error::NotFound`]), and only when the
+//! catalog head does not record the file as archived (see [`crate::store::head`]): PostgreSQL
+//! probes for history files and the next segment, and absence ends recovery normally. Anything else
 //! (a pointer whose data object is gone, an object that fails authentication, a storage
 //! error) leaves presence unknown and is reported as such, so the caller can make
 //! PostgreSQL abort recovery instead of ending it early at the wrong point.
@@ -11,7 +12,7 @@ use std::path::Path;
 
 use tracing::instrument;
 
-use crate::archive::push::{run_cpu, validate_wal_head, wal_context, WalPointer};
+use crate::archive::push::{read_wal_record, run_cpu, validate_wal_head, wal_context, WalPointer};
 use crate::codec::{ObjectKind, OpenToError};
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
@@ -30,17 +31,9 @@ struct Fetched {
 /// Reads the pointer, then the sealed object it names.
 async fn fetch(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<Fetched> {
     let pointer_key = layout::wal_pointer(cluster, name);
-    let raw = match repo.storage().get(&pointer_key).await {
-        Ok(raw) => raw,
-        Err(StorageError::NotFound { .. }) => {
-            return Err(Error::NotFound(format!(
-                "{name} is not in the archive of cluster {cluster:?}"
-            )))
-        }
-        Err(e) => return Err(e.into()),
+    let Some(pointer) = read_wal_record(repo, cluster, name).await? else {
+        return Err(absent_or_lost(repo, cluster, name).await);
     };
-    let pointer: WalPointer = serde_json::from_slice(&raw)
-        .map_err(|e| Error::corrupt(pointer_key.to_string(), format!("unreadable pointer: {e}")))?;
     let id = ContentId::from_hex(&pointer.content_id).ok_or_else(|| {
         Error::corrupt(pointer_key.to_string(), "content id is not 64 hex digits")
     })?;
@@ -61,6 +54,40 @@ async fn fetch(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<F
         data_key: data_key.to_string(),
         sealed,
     })
+}
+
+/// The error for a WAL file without a record: [`Error::NotFound`] (exit 1: PostgreSQL ends
+/// recovery there) only when the catalog head does not say it was archived. At or below the
+/// head's high-water mark it was deleted, and if the head cannot be read (missing, rolled
+/// back, unreachable) nobody can tell: both are errors that abort recovery instead of ending
+/// it early at the wrong point. One GET of the head, on this path only.
+async fn absent_or_lost(repo: &Repository, cluster: &str, name: &WalFileName) -> Error {
+    let pointer_key = layout::wal_pointer(cluster, name);
+    match crate::store::head::read(repo, cluster).await {
+        Ok(Some((head, _))) if head.must_exist(name) => {
+            let high = head
+                .timelines
+                .get(&name.timeline().0)
+                .map(|t| head.segment_name(name.timeline().0, t.high).to_string())
+                .unwrap_or_default();
+            Error::corrupt(
+                pointer_key.to_string(),
+                format!(
+                    "{name} is missing from the archive of cluster {cluster:?}, but the catalog head (generation {}) records                      it as archived (timeline {} is archived up to {high}): it was deleted outside pgcairn. Recovery                      past this point needs that file: restore it into the repository (or `pgcairn archive-push` it again                      from a server that still has it), or recover to a target before it",
+                    head.generation,
+                    name.timeline().0
+                ),
+            )
+        }
+        Ok(_) => Error::NotFound(format!(
+            "{name} is not in the archive of cluster {cluster:?}"
+        )),
+        Err(e @ Error::Storage(_)) => e,
+        Err(e) => Error::corrupt(
+            pointer_key.to_string(),
+            format!("{name} has no record, and whether it should cannot be told: {e}"),
+        ),
+    }
 }
 
 impl Fetched {

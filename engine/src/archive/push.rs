@@ -10,8 +10,11 @@
 //!    record's data object was lost, a push of the same content uploads it again: one HEAD
 //!    per duplicate push buys a way to repair a hole the restore preflight reports.)
 //! 3. Upload the sealed contents under `waldata/<TLI>/<name>.<content id>`.
-//! 4. Create the pointer. This is the commit point: a crash before it leaves garbage only.
-//!    If another pusher created the pointer meanwhile, the ids are compared as in 2.
+//! 4. Create the pointer (sealed for its name, see [`crate::store::sealed`]). This is the
+//!    commit point: a crash before it leaves garbage only. If another pusher created the
+//!    pointer meanwhile, the ids are compared as in 2.
+//! 5. For segments whose number is a multiple of [`crate::store::head::HEAD_EVERY_SEGMENTS`],
+//!    raise the catalog head's high-water mark (best effort: the segment is already durable).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -25,7 +28,9 @@ use crate::pg::history;
 use crate::pg::wal_header::LongPageHeader;
 use crate::recovery::HistoryEntry;
 use crate::repo::{layout, ClusterRecord, Repository};
-use crate::storage::{CreateOutcome, StorageError};
+use crate::storage::CreateOutcome;
+use crate::store::head;
+use crate::store::sealed::{self, DocKind};
 use crate::types::WalFileName;
 
 /// The pointer object: the commit record of one archived WAL file.
@@ -61,17 +66,36 @@ pub(crate) fn wal_context(cluster: &str, name: &WalFileName) -> Vec<u8> {
     format!("{cluster}/{name}").into_bytes()
 }
 
-/// Reads the cluster record, if the cluster is bound yet.
+/// Reads the cluster record, if the cluster is bound yet (sealed: see [`crate::store::sealed`]).
 pub async fn read_cluster_record(
     repo: &Repository,
     cluster: &str,
 ) -> Result<Option<ClusterRecord>> {
-    match repo.storage().get(&layout::cluster_record(cluster)).await {
-        Ok(raw) => serde_json::from_slice(&raw).map(Some).map_err(|e| {
-            Error::corrupt(layout::cluster_record(cluster).to_string(), e.to_string())
-        }),
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
+    sealed::read(
+        repo,
+        DocKind::ClusterRecord,
+        &layout::cluster_record(cluster),
+    )
+    .await
+}
+
+/// Binds a cluster: creates its catalog head, then its record (create-only). Returns the
+/// record now in force: `record`, or the one another writer created first (the caller
+/// compares). The head comes first so that a record without a head always means the head
+/// was deleted (see [`crate::store::head`]).
+pub(crate) async fn bind_cluster_record(
+    repo: &Repository,
+    record: ClusterRecord,
+) -> Result<ClusterRecord> {
+    let cluster = record.name.clone();
+    head::ensure(repo, &cluster, record.wal_segment_size).await?;
+    let key = layout::cluster_record(&cluster);
+    let body = sealed::seal(repo, DocKind::ClusterRecord, &key, &record);
+    match repo.storage().put_create(&key, body).await? {
+        CreateOutcome::Created => Ok(record),
+        CreateOutcome::AlreadyExists => read_cluster_record(repo, &cluster)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("cluster record of {cluster} vanished"))),
     }
 }
 
@@ -94,20 +118,8 @@ async fn check_or_bind_cluster(
                 pg_major: header.pg_major,
                 bound_at: now_rfc3339(),
             };
-            let body = Bytes::from(serde_json::to_vec_pretty(&record).expect("record serialises"));
-            match repo
-                .storage()
-                .put_create(&layout::cluster_record(cluster), body)
-                .await?
-            {
-                CreateOutcome::Created => return Ok(()),
-                // Someone bound it at the same moment: compare with theirs.
-                CreateOutcome::AlreadyExists => {
-                    read_cluster_record(repo, cluster).await?.ok_or_else(|| {
-                        Error::NotFound(format!("cluster record of {cluster} vanished"))
-                    })?
-                }
-            }
+            // Someone may have bound it at the same moment: theirs is compared below.
+            bind_cluster_record(repo, record).await?
         }
     };
     if let Some(why) = record.other_major(header.pg_major) {
@@ -240,19 +252,34 @@ pub fn validate_wal_head(
     Ok(Some(header))
 }
 
-async fn read_pointer(
+/// Reads the WAL record (pointer) of `name`, if there is one; a record that does not
+/// authenticate for this name is [`Error::Corrupt`] naming it.
+pub(crate) async fn read_wal_record(
     repo: &Repository,
     cluster: &str,
     name: &WalFileName,
 ) -> Result<Option<WalPointer>> {
-    let key = layout::wal_pointer(cluster, name);
-    match repo.storage().get(&key).await {
-        Ok(raw) => serde_json::from_slice(&raw)
-            .map(Some)
-            .map_err(|e| Error::corrupt(key.to_string(), e.to_string())),
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    sealed::read(
+        repo,
+        DocKind::WalRecord,
+        &layout::wal_pointer(cluster, name),
+    )
+    .await
+}
+
+/// Seals a WAL record for `name`.
+pub(crate) fn seal_wal_record(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    pointer: &WalPointer,
+) -> Bytes {
+    sealed::seal(
+        repo,
+        DocKind::WalRecord,
+        &layout::wal_pointer(cluster, name),
+        pointer,
+    )
 }
 
 fn conflict(cluster: &str, name: &WalFileName, existing: &str, pushed: &str) -> Error {
@@ -336,7 +363,7 @@ pub async fn push_wal_file(
                 false => Ok(None), // history files carry no header to check
             }
         },
-        read_pointer(repo, cluster, name),
+        read_wal_record(repo, cluster, name),
     );
     let Sealed {
         header,
@@ -345,15 +372,33 @@ pub async fn push_wal_file(
         sealed,
         size,
     } = sealed?;
+    let seg_size = header.as_ref().map(|h| u64::from(h.segment_size));
     if let Some(header) = header {
         check_or_bind_cluster(repo, cluster, &header, record?).await?;
     }
     if let Some(entries) = &history {
         check_history_against_parent(repo, cluster, name, entries).await?;
     }
+    let outcome = store_wal(repo, cluster, name, existing?, id, sealed, size).await?;
+    if let Some(seg_size) = seg_size {
+        head::note_pushed(repo, cluster, name, seg_size).await;
+    }
+    Ok(outcome)
+}
+
+/// Steps 2 to 4 of the module docs: compare with an existing record, upload data, commit.
+async fn store_wal(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    existing: Option<WalPointer>,
+    id: ContentId,
+    sealed: Vec<u8>,
+    size: u64,
+) -> Result<PushOutcome> {
     let hex_id = id.to_hex();
     let stored_size = sealed.len() as u64;
-    if let Some(existing) = existing? {
+    if let Some(existing) = existing {
         if existing.content_id != hex_id {
             return Err(conflict(cluster, name, &existing.content_id, &hex_id));
         }
@@ -388,7 +433,7 @@ pub async fn push_wal_file(
         stored_size,
         archived_at: now_rfc3339(),
     };
-    let body = Bytes::from(serde_json::to_vec(&pointer).expect("pointer serialises"));
+    let body = seal_wal_record(repo, cluster, name, &pointer);
     match repo
         .storage()
         .put_create(&layout::wal_pointer(cluster, name), body)
@@ -396,7 +441,7 @@ pub async fn push_wal_file(
     {
         CreateOutcome::Created => Ok(PushOutcome::Uploaded { stored_size }),
         CreateOutcome::AlreadyExists => {
-            let existing = read_pointer(repo, cluster, name).await?.ok_or_else(|| {
+            let existing = read_wal_record(repo, cluster, name).await?.ok_or_else(|| {
                 Error::NotFound(format!("pointer of {name} vanished during push"))
             })?;
             if existing.content_id == hex_id {
@@ -491,7 +536,7 @@ pub(crate) mod tests {
             .unwrap();
         s.put_create(
             &layout::wal_pointer("main", &name),
-            Bytes::from(serde_json::to_vec(&pointer).unwrap()),
+            seal_wal_record(&repo, "main", &name, &pointer),
         )
         .await
         .unwrap();

@@ -294,6 +294,49 @@ pub fn ready_files(pg_wal: &Path) -> Result<Vec<(WalFileName, u64)>> {
     Ok(out)
 }
 
+/// Records a pushed batch in the catalog head (see [`crate::store::head`]): per timeline,
+/// the highest segment pushed below the first that failed in this batch. Best effort.
+async fn note_batch(
+    repo: &Repository,
+    cluster: &str,
+    pushed: &[WalFileName],
+    failed: &[WalFileName],
+    seg_size: &mut Option<u64>,
+) {
+    if pushed.is_empty() {
+        return;
+    }
+    if seg_size.is_none() {
+        *seg_size = crate::archive::push::read_cluster_record(repo, cluster)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.wal_segment_size);
+    }
+    let Some(size) = *seg_size else { return };
+    let abs = |n: &WalFileName| match n {
+        WalFileName::Segment { tli, segno } => Some((tli.0, segno.absolute(size))),
+        _ => None,
+    };
+    // Per timeline, the lowest and highest segment pushed below the batch's first failure.
+    let mut range: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+    for (t, s) in pushed.iter().filter_map(abs) {
+        let below_failure = failed
+            .iter()
+            .filter_map(abs)
+            .all(|(ft, fs)| ft != t || fs > s);
+        if below_failure {
+            let r = range.entry(t).or_insert((s, s));
+            *r = (r.0.min(s), r.1.max(s));
+        }
+    }
+    let segs: Vec<(u32, u64)> = range
+        .into_iter()
+        .flat_map(|(t, (lo, hi))| [(t, lo), (t, hi)])
+        .collect();
+    crate::store::head::note_segments(repo, cluster, size, &segs).await;
+}
+
 /// Runs the background pusher until it has been idle for `opts.idle_exit`.
 /// The caller holds the pusher lock for the whole run.
 pub async fn run_pusher(
@@ -305,6 +348,7 @@ pub async fn run_pusher(
 ) -> Result<()> {
     let mut idle_since = Instant::now();
     let mut backoff = Duration::from_millis(250);
+    let mut seg_size: Option<u64> = None;
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
         let ready = ready_files(pg_wal)?;
@@ -350,10 +394,12 @@ pub async fn run_pusher(
                 .buffered(opts.jobs.max(1)),
         );
         let mut failed = Vec::new();
+        let mut pushed: Vec<WalFileName> = Vec::new();
         while let Some((name, res)) = results.next().await {
             let n = name.to_string();
             match res {
                 Ok((digest, outcome)) => {
+                    pushed.push(name.clone());
                     let outcome = match outcome {
                         PushOutcome::Uploaded { .. } => "archived",
                         PushOutcome::AlreadyArchived => "already-archived",
@@ -373,6 +419,8 @@ pub async fn run_pusher(
                 }
             }
         }
+        drop(results);
+        note_batch(repo, cluster, &pushed, &failed, &mut seg_size).await;
         if failed.is_empty() {
             backoff = Duration::from_millis(250);
             continue;
@@ -402,6 +450,45 @@ pub async fn run_pusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_batch_raises_the_high_water_mark_only_below_its_first_failure() {
+        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+        const SEG: u64 = 1 << 20;
+        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
+        for n in 1..=5 {
+            let data =
+                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
+            push_wal_file(&repo, "main", &name(n), WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        let high = |h: &crate::store::head::CatalogHead| h.timelines.get(&1).map(|t| t.high);
+        let head = crate::store::head::read(&repo, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(high(&head), None, "no multiple of 16 pushed yet");
+        let mut size = None;
+        let pushed: Vec<WalFileName> = [1, 2, 3, 5].into_iter().map(name).collect();
+        note_batch(&repo, "main", &pushed, &[name(4)], &mut size).await;
+        assert_eq!(size, Some(SEG));
+        let head = crate::store::head::read(&repo, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(high(&head), Some(3), "not past the failed segment 4");
+        note_batch(&repo, "main", &[name(4), name(5)], &[], &mut size).await;
+        let head = crate::store::head::read(&repo, "main")
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_eq!(high(&head), Some(5));
+        assert_eq!(head.timelines[&1].first, 1);
+    }
 
     #[test]
     fn ready_files_put_history_first_and_ignore_other_files() {

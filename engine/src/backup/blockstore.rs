@@ -62,8 +62,7 @@ async fn for_each_listed_segment(
                 }
                 Err(e) => return Err(e.into()),
             };
-            let entries = open_segment(repo.codec(), &sealed)
-                .map_err(|e| Error::corrupt(o.key.to_string(), e.to_string()))?;
+            let entries = open_index_segment(repo, &o.key, &sealed)?;
             each(entries, sealed.len() as u64);
         }
         drop(segments);
@@ -85,6 +84,26 @@ async fn for_each_listed_segment(
             .collect();
     }
     Ok(listed)
+}
+
+/// Opens the index segment stored under `key`: authenticated for that name.
+pub(crate) fn open_index_segment(
+    repo: &Repository,
+    key: &crate::storage::ObjectKey,
+    sealed: &[u8],
+) -> Result<Vec<IndexEntry>> {
+    let id = layout::parse_index_segment(key.as_str()).ok_or_else(|| {
+        Error::corrupt(
+            key.to_string(),
+            "not an index segment name (index/<64 hex digits>): it was not written by pgcairn",
+        )
+    })?;
+    open_segment(repo.codec(), &id, sealed).map_err(|e| {
+        Error::corrupt(
+            key.to_string(),
+            format!("index segment does not authenticate under its name: {e}"),
+        )
+    })
 }
 
 /// How many times a read of the index lists it again after a segment vanished (gc's rewrite).
@@ -415,8 +434,7 @@ impl Packer {
             .iter()
             .map(|e| IndexEntry { pack_id, entry: *e })
             .collect();
-        let sealed = seal_segment(self.repo.codec(), &entries);
-        let seg_id = *blake3::hash(&sealed).as_bytes();
+        let (seg_id, sealed) = seal_segment(self.repo.codec(), &entries);
         self.repo
             .storage()
             .put_create(&layout::index_segment(&seg_id), Bytes::from(sealed))

@@ -551,6 +551,11 @@ pub async fn list_ids(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
     Ok(ids)
 }
 
+/// True when backup `a` was started after backup `b` (ids sort by time).
+pub fn newer(a: &str, b: &str) -> bool {
+    (id_time(a), a) > (id_time(b), b)
+}
+
 fn id_time(id: &str) -> &str {
     id.get(..15).unwrap_or(id)
 }

@@ -47,7 +47,6 @@ use crate::pg::datadir::{self, Entry, EntryKind};
 use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
 use crate::repo::{layout, ClusterRecord, Repository};
-use crate::storage::CreateOutcome;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// Default block size: 64 KiB.
@@ -244,18 +243,7 @@ async fn bind_cluster(
                 pg_major,
                 bound_at: now_rfc3339(),
             };
-            let body = serde_json::to_vec_pretty(&r).expect("record serialises");
-            if repo
-                .storage()
-                .put_create(&layout::cluster_record(cluster), body.into())
-                .await?
-                == CreateOutcome::Created
-            {
-                return Ok(());
-            }
-            read_cluster_record(repo, cluster)
-                .await?
-                .ok_or_else(|| Error::NotFound("cluster record vanished".into()))?
+            crate::archive::push::bind_cluster_record(repo, r).await?
         }
     };
     if let Some(why) = record.other_major(pg_major) {
@@ -718,11 +706,46 @@ async fn backup_with_lease(
     };
     let bad_pages = std::mem::take(&mut files.bad_pages);
     manifest::save_streamed(repo, &m, files.into_sorted()?).await?;
+    record_in_head(repo, &m, seg).await?;
     progress.finish();
     Ok(BackupDone {
         manifest: m,
         bad_pages,
     })
+}
+
+/// Records a committed backup in the cluster's catalog head, with the WAL it waited for
+/// (see [`crate::store::head`]).
+async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Result<()> {
+    let entry = crate::store::head::HeadBackup {
+        timeline: m.timeline,
+        start_lsn: m.start_lsn,
+        stop_lsn: m.stop_lsn,
+        stop_time: m.stop_time.clone(),
+    };
+    let id = crate::store::ids::BackupId::new(m.id.clone());
+    let (first, last) = (
+        m.start_lsn.segment_no(seg_size),
+        m.stop_lsn.segment_no(seg_size),
+    );
+    crate::store::head::update(repo, &m.cluster, seg_size, |h| {
+        let mut changed = h.saw_segment(m.timeline, first);
+        changed |= h.saw_segment(m.timeline, last);
+        if h.backups.get(&id) != Some(&entry) {
+            h.backups.insert(id.clone(), entry.clone());
+            changed = true;
+        }
+        changed
+    })
+    .await
+    .map_err(|e| {
+        Error::Conflict(format!(
+            "backup {} is stored (its manifest is written), but recording it in the catalog head failed: {e}. \
+             Until a later backup records it, `verify` will not notice if it is deleted",
+            m.id
+        ))
+    })?;
+    Ok(())
 }
 
 /// A finished backup: its manifest without the file list (that went from the spool to the
@@ -847,15 +870,12 @@ pub async fn read_restore_point(
     cluster: &str,
     name: &str,
 ) -> Result<Option<RestorePoint>> {
-    match repo
-        .storage()
-        .get(&layout::restore_point(cluster, name))
-        .await
-    {
-        Ok(raw) => Ok(serde_json::from_slice(&raw).ok()),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    crate::store::sealed::read(
+        repo,
+        crate::store::sealed::DocKind::RestorePoint,
+        &layout::restore_point(cluster, name),
+    )
+    .await
 }
 
 /// Creates a named restore point and records it in the repository; returns its LSN.
@@ -871,11 +891,11 @@ pub async fn create_and_record_restore_point(
         lsn,
         created_at: now_rfc3339(),
     };
-    let body = serde_json::to_vec(&rp).expect("restore point serialises");
+    let key = layout::restore_point(cluster, name);
+    let body =
+        crate::store::sealed::seal(repo, crate::store::sealed::DocKind::RestorePoint, &key, &rp);
     // Names can be reused in PostgreSQL; the first record wins here and later ones are only in WAL.
-    repo.storage()
-        .put_create(&layout::restore_point(cluster, name), body.into())
-        .await?;
+    repo.storage().put_create(&key, body).await?;
     Ok(lsn)
 }
 

@@ -66,6 +66,9 @@ pub enum ObjectKind {
     Manifest = 5,
     /// A drill report or other metadata document.
     Document = 6,
+    /// A catalog document (WAL record, cluster record, pin, restore point, gc state,
+    /// catalog head): see `store::sealed`, which binds each to its object key.
+    Catalog = 7,
 }
 
 impl ObjectKind {
@@ -77,6 +80,7 @@ impl ObjectKind {
             4 => ObjectKind::Index,
             5 => ObjectKind::Manifest,
             6 => ObjectKind::Document,
+            7 => ObjectKind::Catalog,
             _ => return None,
         })
     }

@@ -575,12 +575,9 @@ async fn newest_wal_age(repo: &Repository, cluster: &str) -> Option<f64> {
         .filter_map(|o| crate::repo::layout::parse_wal_pointer(cluster, o.key.as_str()))
         .filter(|(_, n)| n.has_wal_pages())
         .max_by_key(|(t, n)| (*t, n.to_string()))?;
-    let raw = repo
-        .storage()
-        .get(&crate::repo::layout::wal_pointer(cluster, &newest.1))
+    let p = crate::archive::push::read_wal_record(repo, cluster, &newest.1)
         .await
-        .ok()?;
-    let p: crate::archive::push::WalPointer = serde_json::from_slice(&raw).ok()?;
+        .ok()??;
     let at = time::OffsetDateTime::parse(
         &p.archived_at,
         &time::format_description::well_known::Rfc3339,
@@ -860,6 +857,25 @@ async fn publish(
     report: &DrillReport,
 ) -> Result<DrillFiles> {
     report::store(repo, report).await?;
+    let result = crate::store::head::CheckResult {
+        at: report.finished_at.clone(),
+        ok: report.outcome == "passed",
+        summary: format!(
+            "drill {} ({}): {}",
+            report.id, report.outcome, report.summary
+        ),
+    };
+    let recorded = crate::store::head::update(repo, &report.cluster, 0, |h| {
+        h.last_drill = Some(result.clone());
+        true
+    })
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(
+            "could not record the drill in the catalog head of {:?}: {e}",
+            report.cluster
+        );
+    }
     let history = report::history(repo, &report.cluster)
         .await
         .unwrap_or_else(|_| vec![report.clone()]);

@@ -55,8 +55,8 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
-use crate::index::{open_segment, seal_segment};
+use crate::error::Result;
+use crate::index::seal_segment;
 use crate::repo::{layout, Repository};
 
 pub use liveness::SpaceSummary;
@@ -281,7 +281,7 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         return Ok(report);
     }
     // Record condemnations first: backups starting from now on avoid these packs.
-    let version = state::write_state(repo, &state, version.as_ref(), "condemning").await?;
+    let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if sweep.is_empty() {
         report.space = usage.space();
         return Ok(report);
@@ -293,7 +293,7 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         state.condemned.remove(&hex_id(id));
         usage.packs.remove(id);
     }
-    state::write_state(repo, &state, Some(&version), "sweeping").await?;
+    state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
     report.space = usage.space();
     Ok(report)
 }
@@ -311,8 +311,7 @@ async fn drop_index_entries(
     for seg in segments {
         let sealed = repo.storage().get(&seg.key).await?;
         report.bytes_read += sealed.len() as u64;
-        let entries = open_segment(repo.codec(), &sealed)
-            .map_err(|e| Error::corrupt(seg.key.to_string(), e.to_string()))?;
+        let entries = crate::backup::blockstore::open_index_segment(repo, &seg.key, &sealed)?;
         if !entries.iter().any(|e| doomed.contains(&e.pack_id)) {
             continue;
         }
@@ -321,8 +320,7 @@ async fn drop_index_entries(
             .filter(|e| !doomed.contains(&e.pack_id))
             .collect();
         if !kept.is_empty() {
-            let new = seal_segment(repo.codec(), &kept);
-            let id = *blake3::hash(&new).as_bytes();
+            let (id, new) = seal_segment(repo.codec(), &kept);
             repo.storage()
                 .put_create(&layout::index_segment(&id), bytes::Bytes::from(new))
                 .await?;

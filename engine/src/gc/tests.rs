@@ -281,7 +281,7 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
         let mut st = GcState::default();
         st.condemned.insert(hex::encode(condemned), 0);
         let (_, version) = state::read_state(&repo).await.unwrap();
-        state::write_state(&repo, &st, version.as_ref(), "test")
+        state::write_state(&repo, &mut st, version.as_ref(), "test")
             .await
             .unwrap();
 

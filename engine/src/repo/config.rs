@@ -6,13 +6,17 @@ use crate::crypto::keyring::{config_mac, SealedKeyring};
 use crate::crypto::{KdfParams, KeySlot, Keyring, MasterSecret, SlotKey, Unlock};
 use crate::error::{Error, Result};
 
-/// Newest repository format this build reads. Format 1 is every repository never rotated;
-/// `key rotate` writes format 2 (a sealed keyring, objects under several key epochs), so
-/// an older pgcairn refuses it clearly instead of failing to unlock.
-pub const FORMAT_VERSION: u32 = 2;
+/// The repository format this build writes and reads.
+///
+/// Format 3 authenticates every catalog object and binds it to its name and kind (sealed WAL
+/// records, cluster records, pins, restore points, gc state and catalog heads; index segments
+/// named by their content id; pack trailers bound to their blocks: see [`crate::store`]).
+/// Formats 1 and 2 (plaintext catalog objects) are **not readable** by this build: they
+/// only ever existed in tests, and are refused with a clear error rather than half-read.
+pub const FORMAT_VERSION: u32 = 3;
 
-/// The format of repositories that were never rotated (what `init` writes).
-pub const FORMAT_UNROTATED: u32 = 1;
+/// The oldest format this build reads.
+pub const OLDEST_READABLE_FORMAT: u32 = 3;
 
 /// How objects are protected.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -210,6 +214,14 @@ impl RepoConfig {
     }
 
     fn check_format(&self) -> Result<()> {
+        if self.format < OLDEST_READABLE_FORMAT {
+            return Err(Error::Config(format!(
+                "repository format {} was written by an earlier pgcairn and is not readable by this one \
+                 (format {FORMAT_VERSION} authenticates every catalog object; earlier formats never existed outside tests): \
+                 create a new repository with `pgcairn init` and take a new backup",
+                self.format
+            )));
+        }
         if self.format > FORMAT_VERSION {
             return Err(Error::Config(format!(
                 "repository format {} is newer than this pgcairn understands ({FORMAT_VERSION}); upgrade pgcairn",

@@ -65,6 +65,11 @@ pub struct Seen {
     /// Slot id → when this host last unlocked with it (RFC 3339).
     #[serde(default)]
     pub slots_used: BTreeMap<String, String>,
+    /// Catalog object → highest generation seen: each cluster's head under the cluster's
+    /// name (see [`crate::store::head`]), the gc state under `gc/state` (cluster names
+    /// cannot contain `/`).
+    #[serde(default)]
+    pub heads: BTreeMap<String, u64>,
 }
 
 /// The local record of the newest config seen, per repository: `<state_dir>/repo-<id>.json`.
@@ -146,6 +151,29 @@ impl GenerationCache {
             );
         }
         Ok(())
+    }
+
+    /// The highest generation of catalog object `name` (a cluster's head: the cluster name;
+    /// the gc state: `gc/state`) this host has seen (0: none).
+    pub fn catalog_seen(&self, name: &str) -> u64 {
+        self.read().heads.get(name).copied().unwrap_or(0)
+    }
+
+    /// Records that this host saw generation `generation` of catalog object `name` (never
+    /// lowers what was recorded). A cache that cannot be written is a warning.
+    pub fn record_catalog(&self, name: &str, generation: u64) {
+        let mut seen = self.read();
+        if seen.heads.get(name).is_some_and(|g| *g >= generation) {
+            return;
+        }
+        seen.heads.insert(name.to_string(), generation);
+        if let Err(e) = self.write(&seen) {
+            tracing::warn!(
+                path = %self.path.display(),
+                "cannot record the catalog generation ({e}): its rollback cannot be detected on this host; \
+                 check repo.state_dir is writable by this user"
+            );
+        }
     }
 
     fn write(&self, seen: &Seen) -> std::io::Result<()> {

@@ -35,6 +35,16 @@ pub fn cluster_record(cluster: &str) -> ObjectKey {
     ObjectKey::new(format!("clusters/{cluster}/cluster.json"))
 }
 
+/// The cluster's catalog head (see [`crate::store::head`]).
+pub fn catalog_head(cluster: &str) -> ObjectKey {
+    ObjectKey::new(format!("clusters/{cluster}/head"))
+}
+
+/// The repository's gc state (see [`crate::gc`]).
+pub fn gc_state() -> ObjectKey {
+    ObjectKey::new("gc/state")
+}
+
 /// Prefix of every WAL pointer of a cluster.
 pub fn wal_pointer_prefix(cluster: &str) -> String {
     format!("clusters/{cluster}/wal/")
@@ -127,9 +137,16 @@ pub fn pack(pack_id: &[u8; 32]) -> ObjectKey {
     ObjectKey::new(format!("packs/{}/{hex}", &hex[..2]))
 }
 
-/// An index segment.
+/// An index segment, named by the keyed content id of its plaintext (bound into its
+/// authenticated data, see [`crate::index`]).
 pub fn index_segment(id: &[u8; 32]) -> ObjectKey {
     ObjectKey::new(format!("index/{}", hex::encode(id)))
+}
+
+/// The id an index segment's key names (`None`: not an index segment key).
+pub fn parse_index_segment(key: &str) -> Option<[u8; 32]> {
+    let hex_id = key.strip_prefix(INDEX_PREFIX)?;
+    hex::decode(hex_id).ok()?.try_into().ok()
 }
 
 #[cfg(test)]

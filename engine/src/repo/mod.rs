@@ -1,19 +1,31 @@
 //! The repository: layout, config, creation and opening.
 //!
-//! # On-storage format (version 1)
+//! # On-storage format (version 3)
 //!
 //! ```text
-//! config                                       plaintext JSON (RepoConfig): format, repo id,
-//!                                              encryption, key slots; CAS-updated when slots change
-//! clusters/<cluster>/cluster.json              plaintext JSON (ClusterRecord), create-only: binds the
-//!                                              cluster name to a PostgreSQL system identifier
-//! clusters/<cluster>/wal/<TLI>/<file>          WAL pointer, plaintext JSON (WalPointer), create-only:
-//!                                              the commit point of one archived WAL file
+//! config                                       plaintext JSON (RepoConfig) with a MAC: format, repo id,
+//!                                              encryption, key slots; CAS-updated when keys change
+//! clusters/<cluster>/head                      sealed catalog document (CatalogHead), CAS-updated: what
+//!                                              the cluster must hold (see `store::head`)
+//! clusters/<cluster>/cluster.json              sealed catalog document (ClusterRecord), create-only: binds
+//!                                              the cluster name to a PostgreSQL system identifier
+//! clusters/<cluster>/wal/<TLI>/<file>          sealed catalog document (WalPointer), create-only: the
+//!                                              commit record of one archived WAL file
 //! clusters/<cluster>/waldata/<TLI>/<file>.<id> sealed WAL contents (codec kind Wal; context
 //!                                              "<cluster>/<file>"), named by keyed content id
+//! clusters/<cluster>/backups/<id>/manifest     sealed manifest (see `backup::manifest`)
+//! clusters/<cluster>/pins/<id>                 sealed catalog document (Pin)
+//! clusters/<cluster>/restore-points/<hex name> sealed catalog document (RestorePoint)
 //! packs/<2 hex>/<pack id>                      pack objects (see `pack`), named by BLAKE3 of their bytes
-//! index/<id>                                   index segments (see `index`)
+//! index/<id>                                   index segments (see `index`), named by keyed content id
+//! gc/state                                     sealed catalog document (GcState), CAS-updated by gc
+//! leases/...                                   plaintext JSON leases (see `lease`)
 //! ```
+//!
+//! A catalog document is sealed with its kind and exact key as authenticated context
+//! ([`crate::store::sealed`]): renamed, copied or forged, it fails authentication, naming the
+//! object. Formats 1 and 2 (plaintext catalog objects, index segments named by the hash of
+//! their bytes) are not readable: `config::check_format` refuses them with a clear error.
 //!
 //! Writes go data first, pointer (or index, then manifest) last, always create-only: a crash
 //! at any point leaves unreferenced objects (garbage), never a pointer to missing data.
@@ -41,6 +53,7 @@ pub struct Repository {
     config: RepoConfig,
     codec: Codec,
     slot_id: String,
+    state_dir: Option<std::path::PathBuf>,
 }
 
 /// Options for `init`.
@@ -129,6 +142,7 @@ impl Repository {
             config,
             codec,
             slot_id: unlocked.slot_id.clone(),
+            state_dir: state_dir.map(|d| d.to_path_buf()),
         })
     }
 
@@ -156,6 +170,27 @@ impl Repository {
     /// The key slot this repository was opened with (empty for unencrypted repositories).
     pub fn unlocked_slot(&self) -> &str {
         &self.slot_id
+    }
+
+    /// The same repository with this host's state directory (where the generations of the
+    /// config and catalog heads seen are kept).
+    pub fn with_state_dir(mut self, dir: &std::path::Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The same repository over other storage (a wrapper of the same storage, such as
+    /// [`crate::store::append_only::AppendOnly`]).
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// This host's record of the generations seen, when a state directory is configured.
+    pub fn generation_cache(&self) -> Option<keys::GenerationCache> {
+        self.state_dir
+            .as_deref()
+            .map(|d| keys::GenerationCache::new(d, &self.config.repo_id))
     }
 
     /// The storage.

@@ -1,0 +1,161 @@
+//! A storage wrapper for the commands that only add to the repository (`archive-push`, its
+//! background pusher, and `backup`): deletes and overwrites are refused before they reach
+//! storage, so a bug or a compromised host running those commands cannot remove history.
+//!
+//! What it still allows, because those commands need it:
+//! - create-only puts (everything they store);
+//! - compare-and-swap of the cluster's catalog head (`clusters/<c>/head`, see
+//!   [`super::head`]): the one mutable object they update;
+//! - writes and deletes of `leases/` (a backup announces itself to gc with a lease it
+//!   refreshes and removes when it ends).
+//!
+//! The same rules, as an S3 bucket policy for an append-only writer role, are in the README
+//! ("Least-privilege credentials"): `s3:PutObject` only with `If-None-Match: *` except on
+//! heads and leases, `s3:DeleteObject` only under `leases/`. The wrapper is what makes the
+//! commands work under such a policy, and what enforces the rule where storage cannot
+//! (local disks).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::storage::{CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storage, StorageError};
+
+/// Refuses deletes and overwrites except of leases and catalog heads.
+#[derive(Debug)]
+pub struct AppendOnly {
+    inner: Arc<dyn Storage>,
+    command: &'static str,
+}
+
+impl AppendOnly {
+    /// Wraps `inner` for `command` (named in refusals).
+    pub fn new(inner: Arc<dyn Storage>, command: &'static str) -> Self {
+        AppendOnly { inner, command }
+    }
+
+    fn refuse(&self, op: &'static str, key: &ObjectKey) -> StorageError {
+        StorageError::Permanent {
+            op,
+            key: key.to_string(),
+            detail: format!(
+                "refused: `{}` runs append-only and never deletes or overwrites repository objects \
+                 (only expire, gc and key commands do); this is a bug in pgcairn, please report it",
+                self.command
+            ),
+        }
+    }
+}
+
+fn is_lease(key: &ObjectKey) -> bool {
+    key.as_str().starts_with("leases/")
+}
+
+fn is_catalog_head(key: &ObjectKey) -> bool {
+    key.as_str()
+        .strip_prefix("clusters/")
+        .and_then(|rest| rest.strip_suffix("/head"))
+        .is_some_and(|cluster| !cluster.is_empty() && !cluster.contains('/'))
+}
+
+#[async_trait]
+impl Storage for AppendOnly {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+        self.inner.get(key).await
+    }
+
+    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
+        self.inner.get_versioned(key).await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.inner.get_range(key, range).await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+        self.inner.head(key).await
+    }
+
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> Result<CreateOutcome, StorageError> {
+        self.inner.put_create(key, data).await
+    }
+
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion, StorageError> {
+        if is_lease(key) || is_catalog_head(key) {
+            return self.inner.put_swap(key, data, expected).await;
+        }
+        Err(self.refuse("overwrite", key))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        if is_lease(key) {
+            return self.inner.delete(key).await;
+        }
+        Err(self.refuse("delete", key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    #[tokio::test]
+    async fn deletes_and_overwrites_are_refused_except_leases_and_heads() {
+        let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let s = AppendOnly::new(mem.clone(), "archive-push");
+        let wal = ObjectKey::new("clusters/main/wal/00000001/000000010000000000000001");
+        s.put_create(&wal, Bytes::from_static(b"x")).await.unwrap();
+        let err = s.delete(&wal).await.unwrap_err().to_string();
+        assert!(
+            err.contains("archive-push") && err.contains(wal.as_str()),
+            "{err}"
+        );
+        assert!(mem.head(&wal).await.is_ok(), "still there");
+        let v = mem.get_versioned(&wal).await.unwrap().1;
+        assert!(s
+            .put_swap(&wal, Bytes::from_static(b"y"), Some(&v))
+            .await
+            .is_err());
+        assert!(s
+            .put_swap(&ObjectKey::new("config"), Bytes::new(), None)
+            .await
+            .is_err());
+        assert!(s
+            .put_swap(&ObjectKey::new("gc/state"), Bytes::new(), None)
+            .await
+            .is_err());
+        assert!(s
+            .put_swap(&ObjectKey::new("clusters/a/b/head"), Bytes::new(), None)
+            .await
+            .is_err());
+        let head = ObjectKey::new("clusters/main/head");
+        s.put_swap(&head, Bytes::from_static(b"h"), None)
+            .await
+            .unwrap();
+        let lease = ObjectKey::new("leases/backup-main-1");
+        s.put_swap(&lease, Bytes::from_static(b"l"), None)
+            .await
+            .unwrap();
+        s.delete(&lease).await.unwrap();
+    }
+}

@@ -1,0 +1,32 @@
+//! The typed store layer under the commands: where catalog objects are authenticated, where
+//! the per-cluster catalog head lives, and where storage wrappers that change what a command
+//! may do are defined.
+//!
+//! Why a layer: before it, WAL records, cluster records, pins, restore points and the gc
+//! state were plaintext JSON any writer with storage access could forge, swap or delete
+//! unnoticed, and nothing recorded what the repository *should* hold, so a deleted backup or
+//! WAL tail was indistinguishable from one never made. This module fixes both:
+//! - [`sealed`]: every catalog document is sealed (kind `Catalog`) with its object key as
+//!   authenticated context. A document copied under another name, from another repository or
+//!   as another kind fails authentication, naming the object.
+//! - [`head`]: one sealed, compare-and-swap-updated catalog head per cluster recording what
+//!   exists (committed backups, the WAL high-water mark per timeline, the latest verify and
+//!   drill), with the last generation each host saw kept locally, so deletions and rollbacks
+//!   are reported instead of silently routed around.
+//! - [`audit`]: compares the head with what storage lists (for verify, info, restore,
+//!   archive-get).
+//! - [`append_only`]: a storage wrapper refusing deletes and overwrites, for `archive-push`
+//!   and `backup`, which never need them (least privilege).
+//! - [`ids`]: typed ids for what the head records.
+//!
+//! Not done yet (issue 15, item 6): moving object naming, the block store and the other
+//! commands' documents under this layer; `repo::layout` still builds every key.
+
+pub mod append_only;
+pub mod audit;
+pub mod head;
+pub mod ids;
+pub mod sealed;
+
+#[cfg(test)]
+mod tests;
