@@ -31,19 +31,24 @@ has /usr/bin/pgcairn
 ok "version: $("$bin" --version)"
 
 # Every subcommand --help lists has a page, and no page is left over.
-subcommands=$("$bin" --help | awk '/^Commands:/ { on = 1; next } on && /^$/ { on = 0 } on { print $1 }' | grep -vx help)
+commands_of() { "$bin" "$@" --help | awk '/^Commands:/ { on = 1; next } on && /^$/ { on = 0 } on { print $1 }' | grep -vx help || true; }
+subcommands=$(commands_of)
 [[ -n "$subcommands" ]] || fail "no subcommands found in --help"
 expected=("pgcairn")
-for s in $subcommands; do expected+=("pgcairn-$s"); done
+declare -A shows=()   # page -> the command its synopsis must show
+for s in $subcommands; do
+    expected+=("pgcairn-$s"); shows[pgcairn-$s]="pgcairn $s"
+    # Nested commands (pgcairn key add) have pages of their own.
+    for n in $(commands_of "$s"); do expected+=("pgcairn-$s-$n"); shows[pgcairn-$s-$n]="pgcairn $s $n"; done
+done
 for page in "${expected[@]}"; do
     has "/usr/share/man/man1/$page.1.gz"
     rendered=$(MANWIDTH=100 man -l "$work/root/usr/share/man/man1/$page.1.gz" 2>&1) ||
         fail "man -l cannot render $page.1"
     grep -q "^NAME" <<<"$rendered" || fail "$page.1 has no NAME section"
-    name=${page#pgcairn-}
     # Justified text may put two spaces between words: squeeze them.
-    [[ "$page" == pgcairn ]] || tr -s ' ' <<<"$rendered" | grep -q "pgcairn $name" ||
-        fail "$page.1 does not show 'pgcairn $name'"
+    [[ "$page" == pgcairn ]] || tr -s ' ' <<<"$rendered" | grep -q "${shows[$page]}" ||
+        fail "$page.1 does not show '${shows[$page]}'"
 done
 pages=$(grep -c ' /usr/share/man/man1/.*\.1\.gz$' "$listing")
 [[ "$pages" -eq "${#expected[@]}" ]] || fail "$pages man pages for ${#expected[@]} commands"
