@@ -223,6 +223,19 @@ fn key(cluster: &str, id: &str) -> ObjectKey {
     ObjectKey::new(format!("leases/backup-{cluster}-{id}"))
 }
 
+/// Backup ids of `cluster` that have a lease object, live or left by a killed backup: a new
+/// backup must not take one of them as its id (its lease could not be created).
+pub async fn backup_ids_with_leases(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
+    let prefix = format!("leases/backup-{cluster}-");
+    Ok(repo
+        .storage()
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key.as_str().strip_prefix(&prefix).map(str::to_string))
+        .collect())
+}
+
 /// Live backup leases (of every cluster).
 pub async fn live(repo: &Repository) -> Result<Vec<LiveLease>> {
     Ok(live_any(repo)

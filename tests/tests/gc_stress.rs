@@ -401,9 +401,11 @@ fn gc_under_load(backend: Backend) {
     std::thread::sleep(grace + Duration::from_millis(1200));
     let mut g2 = gc_json(&env, &[]);
     // A run can leave fresh garbage for the next one (a repack's source and its copy both
-    // holding a block: the emptier goes next time), so settle until a run condemns nothing.
+    // holding a block: the emptier goes next time; a repacked source is condemned by the run
+    // that copied it and swept a grace period later), so settle until a run condemns nothing,
+    // repacks nothing and leaves nothing condemned.
     for _ in 0..4 {
-        if count(&g2, "condemned") == 0 {
+        if count(&g2, "condemned") == 0 && count(&g2, "repacked") == 0 && g2["pending_bytes"] == 0 {
             break;
         }
         std::thread::sleep(grace + Duration::from_millis(1200));

@@ -321,7 +321,7 @@ fn new_backup_id(t: BackupType, existing: &[String]) -> String {
             now.second(),
             t.letter()
         );
-        if !existing.iter().any(|e| e[..15] == id[..15]) {
+        if !existing.iter().any(|e| e.get(..15) == id.get(..15)) {
             return id;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -413,7 +413,10 @@ pub async fn run_backup(
     } else {
         opts.backup_type
     };
-    let id = new_backup_id(backup_type, &ids);
+    // Not the id of a backup killed this second either: its lease is still there.
+    let mut taken = ids.clone();
+    taken.extend(crate::lease::backup_ids_with_leases(repo, &opts.cluster).await?);
+    let id = new_backup_id(backup_type, &taken);
     info!(backup = %id, ?backup_type, reference = reference.as_ref().map(|r| r.0.id.as_str()), "starting");
 
     // The lease first, then the GC state, then the index: a GC that condemns a pack after
