@@ -232,6 +232,9 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         run_backup(&repo, &backup_opts(BackupType::Full), &NoProgress),
     )
     .await?;
+    // The backups run in this process, as root when the demo is run as root: what they wrote
+    // (the catalog head among it, which archive-get reads) goes to the server's user.
+    give_to(run_as.as_deref(), &dir.join("repo"))?;
     print_backup(&full.manifest);
     // An "incident" between the two backups: the drill at the end recovers to just before it.
     let target_time = steps.run("record a row, note the time, then the incident", || {
@@ -251,6 +254,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         run_backup(&repo, &backup_opts(BackupType::Incr), &NoProgress),
     )
     .await?;
+    give_to(run_as.as_deref(), &dir.join("repo"))?;
     print_backup(&incr.manifest);
     let expected = instance.psql("postgres", FINGERPRINT_SQL)?;
     let seg = instance.psql("postgres", "select pg_walfile_name(pg_switch_wal())")?;
