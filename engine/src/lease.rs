@@ -226,10 +226,11 @@ fn key(cluster: &str, id: &str) -> ObjectKey {
 /// Backup ids of `cluster` that have a lease object, live or left by a killed backup: a new
 /// backup must not take one of them as its id (its lease could not be created).
 pub async fn backup_ids_with_leases(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
+    // Listed by folder: object stores (and the file backend) list by path segments.
     let prefix = format!("leases/backup-{cluster}-");
     Ok(repo
         .storage()
-        .list(&prefix)
+        .list("leases/")
         .await?
         .into_iter()
         .filter_map(|o| o.key.as_str().strip_prefix(&prefix).map(str::to_string))
