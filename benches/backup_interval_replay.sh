@@ -36,31 +36,11 @@ cd "$(dirname "$0")/.."
 SCALE=${1:-10}
 UNIT=${2:-3000}
 MULTIPLES=${MULTIPLES:-"1 4 16"}
-PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+. benches/lib.sh
 COMPARE_OPTS=${COMPARE_OPTS:-}
 [[ "$SCALE" =~ ^[1-9][0-9]*$ && "$UNIT" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SCALE] [UNIT]" >&2; exit 2; }
 
-BIN=${PGCAIRN_BIN:-target/release/pgcairn}
-if [ -z "${PGCAIRN_BIN:-}" ] && [ ! -x "$BIN" ]; then cargo build --release --locked -p pgcairn; fi
-
-W=$(mktemp -d /tmp/pgcairn-interval.XXXXXX)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-RUNNING=("$W/pg")
-cleanup() {
-    for d in "${RUNNING[@]}"; do as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
-    if [ "${KEEP:-0}" = 1 ]; then echo "kept $W"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-mkdir -p "$W/bin"
-cp "$BIN" "$W/bin/pgcairn"
-chmod 755 "$W/bin/pgcairn"
-[ "$(id -u)" = 0 ] && chown -R postgres: "$W"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
-now_ns() { date +%s%N; }
-secs() { python3 -c "print(f'{($2 - $1) / 1e9:.2f}')"; }
-psql_at() { as_pg "$PGBIN/psql" -X -A -t -q -h "$W" -p "$1" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$2"; }
-psql_pg() { psql_at "$PORT" "$1"; }
+bench_init interval
 FP_SQL="select count(*) || '/' || sum(abalance) from pgbench_accounts"
 PGB=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
 STATS="$W/spool/main/prefetch/get-stats.json"
@@ -81,19 +61,10 @@ CONF
 chmod 600 "$W/pgcairn.toml"
 
 echo "== $("$W/bin/pgcairn" --version); scale $SCALE, load unit pgbench -c 2 -j 2 -t $UNIT, multiples $MULTIPLES; $(nproc) cores; in $W"
-as_pg "$PGBIN/initdb" -D "$W/pg" --data-checksums -A trust -U postgres >/dev/null
-cat >> "$W/pg/postgresql.conf" <<CONF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$W'
-wal_level = replica
-archive_mode = on
-archive_command = '$W/bin/pgcairn --config $W/pgcairn.toml archive-push %p'
-CONF
+pg_init "$W/bin/pgcairn --config $W/pgcairn.toml archive-push %p" </dev/null
 as_pg "${PGB[@]}" init --key-file "$W/repo.key" >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
-as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$W/pgbench-init.log" 2>&1 \
-    || { cat "$W/pgbench-init.log" >&2; exit 1; }
+pg_start
+pgbench_init "$SCALE"
 echo "   database $(( $(psql_pg "select pg_database_size('postgres')") / 1048576 )) MiB"
 
 load() { as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -c 2 -j 2 -t "$UNIT" -n postgres >>"$W/pgbench.log" 2>&1 \

@@ -7,7 +7,7 @@
 #    Its archive_command pushes every WAL file to BOTH tools (pgBackRest first, then pgcairn),
 #    so both repositories hold the same WAL (local; S3=1: below). pgBackRest: compress-type=zst,
 #    compress-level=3, process-max=2, archive-async=n, plus repo1-bundle=y (>= 2.39) and
-#    repo1-block=y (block incremental, >= 2.46) when the installed version has them.
+#    repo1-block=y (block incremental: 2.45 with beta=y, >= 2.46) when the installed version has them.
 #    pgcairn: its defaults (file:// repository made by `pgcairn init`, key file, zstd 3 for
 #    blocks, XChaCha20-Poly1305), the release binary.
 # 2. A full backup by each tool; then a 1 % churn (update of the first SCALE*1000 rows of
@@ -55,60 +55,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-10}
 ROUNDS=${ROUNDS:-1}
-PGBIN=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 S3=${S3:-0}
+. benches/lib.sh
 [[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SCALE]" >&2; exit 2; }
 
 if [ "$(id -u)" = 0 ]; then ./scripts/install-deps.sh >/dev/null; fi
 command -v pgbackrest >/dev/null || { echo "pgbackrest missing: run scripts/install-deps.sh as root" >&2; exit 2; }
-BIN=${PGCAIRN_BIN:-target/release/pgcairn}
-if [ -z "${PGCAIRN_BIN:-}" ]; then
-    cargo build --release --locked -p pgcairn >/dev/null 2>&1 || cargo build --release --locked -p pgcairn
-fi
-
-W=$(mktemp -d /tmp/pgcairn-bench.XXXXXX)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-RUNNING=("$W/pg")      # data directories this script may have started
 SOCAT_PID=
-cleanup() {
-    for d in "${RUNNING[@]}"; do as_pg "$PGBIN/pg_ctl" -D "$d" -m immediate stop >/dev/null 2>&1 || true; done
+stop_s3() {
     if [ "$S3" = 1 ]; then
         [ -n "$SOCAT_PID" ] && kill "$SOCAT_PID" 2>/dev/null
         ./scripts/s3-local.sh stop "$W/s3" >/dev/null 2>&1 || true
     fi
-    rm -rf "$W"
 }
-trap cleanup EXIT
-mkdir -p "$W/bin"
-cp "$BIN" "$W/bin/pgcairn"
-chmod 755 "$W/bin/pgcairn"
-[ "$(id -u)" = 0 ] && chown -R postgres: "$W"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port)
-now_ns() { date +%s%N; }
-psql_at() { as_pg "$PGBIN/psql" -X -A -t -q -h "$W" -p "$1" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$2"; }
-psql_pg() { psql_at "$PORT" "$1"; }
+BENCH_CLEANUP_HOOK=stop_s3
+bench_init bench
 FP_SQL="select (select count(*) || '/' || sum(abalance) from pgbench_accounts) || '/' ||
                (select count(*) || '/' || coalesce(max(t)::text, '-') from marker)"
 
 PGBR_VERSION=$(pgbackrest version | awk '{print $2}')
-ver_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
 PGBR_EXTRA="" PGBR_OPTS="zst-3, process-max=2"
 if ver_ge "$PGBR_VERSION" 2.39; then PGBR_EXTRA+=$'repo1-bundle=y\n'; PGBR_OPTS+=", bundle"; fi
-if ver_ge "$PGBR_VERSION" 2.46; then PGBR_EXTRA+=$'repo1-block=y\n'; PGBR_OPTS+=", block incremental"; fi
+# Block incremental came in 2.45 as a beta feature (beta=y to allow it) and left beta in 2.46.
+if ver_ge "$PGBR_VERSION" 2.46; then PGBR_EXTRA+=$'repo1-block=y\n'; PGBR_OPTS+=", block incremental"
+elif ver_ge "$PGBR_VERSION" 2.45; then PGBR_EXTRA+=$'beta=y\nrepo1-block=y\n'; PGBR_OPTS+=", block incremental (beta)"; fi
 
 PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
 PGB=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
 
 echo "== pgBackRest $PGBR_VERSION ($PGBR_OPTS); $("$W/bin/pgcairn" --version); scale $SCALE, $ROUNDS round(s), in $W"
-as_pg "$PGBIN/initdb" -D "$W/pg" --data-checksums -A trust -U postgres >/dev/null
-cat >> "$W/pg/postgresql.conf" <<CONF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$W'
-wal_level = replica
-archive_mode = on
-archive_command = ''
+pg_init '' <<CONF
 max_wal_size = '4GB'
 checkpoint_timeout = '1h'
 CONF
@@ -189,25 +165,12 @@ CONF
 }
 write_configs 1
 
-as_pg "$PGBIN/pg_ctl" -D "$W/pg" -l "$W/pg.log" -w start >/dev/null
+pg_start
 t0=$SECONDS
-as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -i -s "$SCALE" -q postgres >"$W/pgbench-init.log" 2>&1 \
-    || { cat "$W/pgbench-init.log" >&2; exit 1; }
+pgbench_init "$SCALE"
 psql_pg "create table marker(t timestamptz)" >/dev/null
 DB_BYTES=$(psql_pg "select pg_database_size('postgres')")
 echo "   pgbench -i -s $SCALE: $((SECONDS - t0)) s, database $((DB_BYTES / 1048576)) MiB"
-
-# Runs "$@" as postgres under /usr/bin/time, output to $W/$label.log and .err; sets T_WALL (s) and
-# T_RSS (KiB). Exits the script, showing the output, if the command fails.
-timed() {
-    local label=$1; shift
-    if ! as_pg /usr/bin/time -f '%e %M' -o "$W/$label.time" "$@" >"$W/$label.log" 2>"$W/$label.err"; then
-        echo "!! $label failed: $*" >&2
-        cat "$W/$label.log" "$W/$label.err" | sed 's/^/   | /' >&2
-        exit 1
-    fi
-    read -r T_WALL T_RSS < <(tail -1 "$W/$label.time")
-}
 
 # Fresh, empty repositories for both tools. Archiving is paused (an empty archive_command:
 # PostgreSQL keeps the WAL and pushes it once the command is back) while they are recreated.
@@ -337,8 +300,6 @@ recover() {
     as_pg rm -rf "$dir"
 }
 
-min() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:] if x]; print(min(v))' "$@"; }
-max() { python3 -c 'import sys; v=[float(x) for x in sys.argv[1:] if x]; print(max(v))' "$@"; }
 declare -A BEST INCR_BYTES
 FAILED=0
 check_fp() { # $1 = what, $2 = expected, $3 = got
