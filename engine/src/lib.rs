@@ -23,6 +23,7 @@
 pub mod archive;
 pub mod backup;
 pub mod codec;
+pub(crate) mod cpu;
 pub mod crypto;
 pub mod direct_io;
 pub mod drill;

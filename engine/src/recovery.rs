@@ -488,6 +488,13 @@ pub async fn plan(
         )));
     };
     let tli = resolve_timeline(&view, timeline, &m);
+    let unreachable = Unreachable {
+        repo,
+        cluster,
+        view: &view,
+        tli,
+        m: &m,
+    };
     // WAL the catalog head records as archived on the way, that storage no longer holds.
     let head_lost = head
         .as_ref()
@@ -516,24 +523,14 @@ pub async fn plan(
                 None if head_lost.is_some() => {
                     let lost = head_lost.expect("checked");
                     let what = format!("target time {}", rfc3339(*t));
-                    return Err(head_lost_error(
-                        repo,
-                        cluster,
-                        head.as_ref(),
-                        &view,
-                        tli,
-                        &m,
-                        &lost,
-                        &what,
-                    )
-                    .await?);
+                    return Err(unreachable.head_lost(head.as_ref(), &lost, &what).await?);
                 }
                 None => {
                     if let Some(lost) = view.first_missing(&all).filter(|n| view.is_lost(n)) {
                         let what = format!("target time {}", rfc3339(*t));
-                        return Err(lost_data(repo, cluster, &view, tli, &m, &lost, &what).await?);
+                        return Err(unreachable.lost_data(&lost, &what).await?);
                     }
-                    let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
+                    let reachable = unreachable.reachable_end().await?;
                     return Err(Error::Config(format!(
                         "target time {} is not reachable: the archive has no WAL written after it{}. {reachable}",
                         rfc3339(*t),
@@ -555,22 +552,14 @@ pub async fn plan(
     );
     if let Some(missing) = view.first_missing(&required) {
         if head_lost.as_ref() == Some(&missing) {
-            return Err(head_lost_error(
-                repo,
-                cluster,
-                head.as_ref(),
-                &view,
-                tli,
-                &m,
-                &missing,
-                "the target",
-            )
-            .await?);
+            return Err(unreachable
+                .head_lost(head.as_ref(), &missing, "the target")
+                .await?);
         }
         if view.is_lost(&missing) {
-            return Err(lost_data(repo, cluster, &view, tli, &m, &missing, "the target").await?);
+            return Err(unreachable.lost_data(&missing, "the target").await?);
         }
-        let reachable = reachable_end(repo, cluster, &view, tli, &m).await?;
+        let reachable = unreachable.reachable_end().await?;
         return Err(Error::Config(format!(
             "target not reachable from backup {}: WAL segment {missing} is missing from the archive (timeline {tli}). {reachable}",
             m.id
@@ -587,17 +576,7 @@ pub async fn plan(
                 Target::Name(n) => format!("restore point {n:?}"),
                 _ => "the target".to_string(),
             };
-            return Err(head_lost_error(
-                repo,
-                cluster,
-                head.as_ref(),
-                &view,
-                tli,
-                &m,
-                &lost,
-                &what,
-            )
-            .await?);
+            return Err(unreachable.head_lost(head.as_ref(), &lost, &what).await?);
         }
         None => {
             // Replay continues until the first gap: PostgreSQL sees that as the end of the archive.
@@ -614,9 +593,7 @@ pub async fn plan(
                     match target {
                         Target::EndOfArchive => {
                             let what = "the end of the archive";
-                            return Err(
-                                lost_data(repo, cluster, &view, tli, &m, &lost, what).await?
-                            );
+                            return Err(unreachable.lost_data(&lost, what).await?);
                         }
                         _ => tracing::warn!(
                             "WAL segment {lost} is recorded but its data object is missing: \
@@ -734,47 +711,6 @@ fn first_head_lost(
         })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn head_lost_error(
-    repo: &Repository,
-    cluster: &str,
-    head: Option<&CatalogHead>,
-    view: &ArchiveView,
-    tli: u32,
-    m: &Manifest,
-    lost: &WalFileName,
-    what: &str,
-) -> Result<Error> {
-    if view.is_lost(lost) {
-        return lost_data(repo, cluster, view, tli, m, lost, what).await;
-    }
-    let (g, high) = head
-        .map(|h| {
-            let t = lost.timeline().0;
-            (
-                h.generation,
-                h.timelines
-                    .get(&t)
-                    .map(|x| h.segment_name(t, x.high).to_string())
-                    .unwrap_or_default(),
-            )
-        })
-        .unwrap_or_default();
-    let reachable = reachable_end(repo, cluster, view, tli, m).await?;
-    Ok(Error::corrupt(
-        layout::wal_pointer(cluster, lost).to_string(),
-        format!(
-            "{what} is not reachable from backup {}: WAL segment {lost} is missing, but the catalog head (generation {g}) \
-             records timeline {} archived up to {high}: it was deleted outside pgcairn, and recovery would stop early at \
-             {lost} instead of reaching {what}. {reachable}. Nothing was written. Put the segment back (or `pgcairn \
-             archive-push` it from a server that still has it), or restore to an explicit target before {lost}; \
-             `pgcairn verify` lists everything missing",
-            m.id,
-            lost.timeline().0
-        ),
-    ))
-}
-
 fn resolve_timeline(view: &ArchiveView, t: TimelineTarget, m: &Manifest) -> u32 {
     match t {
         TimelineTarget::Current => m.timeline,
@@ -783,33 +719,76 @@ fn resolve_timeline(view: &ArchiveView, t: TimelineTarget, m: &Manifest) -> u32 
     }
 }
 
-/// The error for a needed segment whose record exists but whose data object is gone: damage
-/// (exit 1), naming the segment, its lost object, the latest reachable point and what to do.
-async fn lost_data(
-    repo: &Repository,
-    cluster: &str,
-    view: &ArchiveView,
+/// What explains a target that cannot be reached from the chosen backup: where the restore
+/// would start, on which timeline, and the archive as it is.
+struct Unreachable<'a> {
+    repo: &'a Repository,
+    cluster: &'a str,
+    view: &'a ArchiveView,
     tli: u32,
-    m: &Manifest,
-    lost: &WalFileName,
-    what: &str,
-) -> Result<Error> {
-    let pointer_key = layout::wal_pointer(cluster, lost);
-    let data_key = read_wal_record(repo, cluster, lost)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|p| crate::crypto::ContentId::from_hex(&p.content_id))
-        .map(|id| layout::wal_data(cluster, lost, &id).to_string())
-        .unwrap_or_else(|| {
-            format!(
-                "{}{}/{lost}.<content id>",
-                layout::wal_data_prefix(cluster),
-                lost.timeline()
-            )
-        });
-    let reachable = reachable_end(repo, cluster, view, tli, m).await?;
-    Ok(Error::corrupt(
+    m: &'a Manifest,
+}
+
+impl Unreachable<'_> {
+    /// The error for a needed segment that is missing although the catalog head records its
+    /// timeline archived past it: deleted outside pgcairn (a segment whose record is there but
+    /// whose data is gone gets [`Self::lost_data`]'s error).
+    async fn head_lost(
+        &self,
+        head: Option<&CatalogHead>,
+        lost: &WalFileName,
+        what: &str,
+    ) -> Result<Error> {
+        if self.view.is_lost(lost) {
+            return self.lost_data(lost, what).await;
+        }
+        let (g, high) = head
+            .map(|h| {
+                let t = lost.timeline().0;
+                (
+                    h.generation,
+                    h.timelines
+                        .get(&t)
+                        .map(|x| h.segment_name(t, x.high).to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default();
+        let reachable = self.reachable_end().await?;
+        Ok(Error::corrupt(
+        layout::wal_pointer(self.cluster, lost).to_string(),
+        format!(
+            "{what} is not reachable from backup {}: WAL segment {lost} is missing, but the catalog head (generation {g}) \
+             records timeline {} archived up to {high}: it was deleted outside pgcairn, and recovery would stop early at \
+             {lost} instead of reaching {what}. {reachable}. Nothing was written. Put the segment back (or `pgcairn \
+             archive-push` it from a server that still has it), or restore to an explicit target before {lost}; \
+             `pgcairn verify` lists everything missing",
+            self.m.id,
+            lost.timeline().0
+        ),
+    ))
+    }
+
+    /// The error for a needed segment whose record exists but whose data object is gone: damage
+    /// (exit 1), naming the segment, its lost object, the latest reachable point and what to do.
+    async fn lost_data(&self, lost: &WalFileName, what: &str) -> Result<Error> {
+        let (repo, cluster, tli, m) = (self.repo, self.cluster, self.tli, self.m);
+        let pointer_key = layout::wal_pointer(cluster, lost);
+        let data_key = read_wal_record(repo, cluster, lost)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| crate::crypto::ContentId::from_hex(&p.content_id))
+            .map(|id| layout::wal_data(cluster, lost, &id).to_string())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}{}/{lost}.<content id>",
+                    layout::wal_data_prefix(cluster),
+                    lost.timeline()
+                )
+            });
+        let reachable = self.reachable_end().await?;
+        Ok(Error::corrupt(
         data_key,
         format!(
             "{what} is not reachable from backup {}: WAL segment {lost} (timeline {tli}) is recorded in the archive \
@@ -819,43 +798,39 @@ async fn lost_data(
             m.id
         ),
     ))
-}
-
-/// "The latest reachable point is ..." for error messages.
-async fn reachable_end(
-    repo: &Repository,
-    cluster: &str,
-    view: &ArchiveView,
-    tli: u32,
-    m: &Manifest,
-) -> Result<String> {
-    let all = view.needed(tli, m.start_lsn, None);
-    let mut last = None;
-    for (t, s) in &all {
-        if !view.segments.get(t).is_some_and(|set| set.contains(s)) {
-            break;
-        }
-        last = Some(view.name(*t, *s));
     }
-    Ok(match last {
-        Some(name)
-            if name.segment().map(|s| s.absolute(view.seg_size))
-                >= Some(m.stop_lsn.segment_no(view.seg_size)) =>
-        {
-            let when = pointer_time(repo, cluster, &name)
-                .await?
-                .map(rfc3339)
-                .unwrap_or_else(|| "?".into());
-            format!(
+
+    /// "The latest reachable point is ..." for error messages.
+    async fn reachable_end(&self) -> Result<String> {
+        let (repo, cluster, view, tli, m) = (self.repo, self.cluster, self.view, self.tli, self.m);
+        let all = view.needed(tli, m.start_lsn, None);
+        let mut last = None;
+        for (t, s) in &all {
+            if !view.segments.get(t).is_some_and(|set| set.contains(s)) {
+                break;
+            }
+            last = Some(view.name(*t, *s));
+        }
+        Ok(match last {
+            Some(name)
+                if name.segment().map(|s| s.absolute(view.seg_size))
+                    >= Some(m.stop_lsn.segment_no(view.seg_size)) =>
+            {
+                let when = pointer_time(repo, cluster, &name)
+                    .await?
+                    .map(rfc3339)
+                    .unwrap_or_else(|| "?".into());
+                format!(
                 "The latest reachable target from backup {} is the end of {name} (archived {when}); the earliest is its consistency point {} (lsn {})",
                 m.id, m.stop_time, m.stop_lsn
             )
-        }
-        _ => format!(
+            }
+            _ => format!(
             "Backup {} itself is not restorable: the WAL up to its consistency point is incomplete",
             m.id
         ),
-    })
+        })
+    }
 }
 
 #[cfg(test)]

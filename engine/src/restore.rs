@@ -3,7 +3,7 @@
 //! Before writing anything, a preflight checks that the manifest authenticates, that every
 //! block it references is indexed, and that every pack holding them exists. Then directories
 //! (tablespaces as links to their recorded locations), then files in parallel on the restore's
-//! own threads ([`WorkerPool`]). Reads: a file's blocks that follow each other in one pack
+//! own threads ([`restore_pool`]). Reads: a file's blocks that follow each other in one pack
 //! (up to [`MAX_GAP`] bytes apart) come in one range read; small files are sorted by where
 //! they lie and read together in spans ([`plan_work`]), so an object store sees a few hundred
 //! requests for a cluster of a thousand files, not one per file. Each block is authenticated
@@ -56,11 +56,11 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use crate::archive::push::run_cpu;
 use crate::backup::blockstore::BlockIndex;
 use crate::backup::file_spool::SpooledFiles;
 use crate::backup::manifest::{self, FileEntry, Manifest};
 use crate::codec::tree_hash::{PartHash, PartedHash};
+use crate::cpu::{self, CpuPool};
 use crate::direct_io;
 use crate::error::{Error, Result};
 use crate::fs_beneath;
@@ -407,7 +407,7 @@ pub async fn restore(
         .filter(|p| *p != PG_CONTROL)
         .map(str::to_string)
         .collect();
-    let pool = WorkerPool::new()?;
+    let pool = restore_pool()?;
     let job = FileJob {
         repo,
         pool: &pool,
@@ -657,38 +657,20 @@ fn remove_extra_files<'a>(
     Ok(removed)
 }
 
-/// The threads that open, hash and write restored blocks. Twice as many as cores: a direct
+/// The threads that open, hash and write restored blocks: twice as many as cores. A direct
 /// write holds its thread until the device has the data, and meanwhile another thread keeps
 /// the core busy opening the next run. A pool of the restore's own, so that the process-wide
 /// CPU pool (sized to the cores, for compute only) never waits on a disk.
-struct WorkerPool(rayon::ThreadPool);
-
-impl WorkerPool {
-    fn new() -> Result<Self> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(2 * cores)
-            .thread_name(|i| format!("pgcairn-restore-{i}"))
-            .build()
-            .map(WorkerPool)
-            .map_err(|e| Error::io("starting the restore's threads", std::io::Error::other(e)))
-    }
-
-    /// Runs `f` on the pool and waits for its result.
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.0.spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.await.expect("restore task panicked")
-    }
+fn restore_pool() -> Result<CpuPool> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    CpuPool::new("restore", 2 * cores).map_err(|e| Error::io("starting the restore's threads", e))
 }
 
 /// What every file of one restore shares.
 #[derive(Clone, Copy)]
 struct FileJob<'a> {
     repo: &'a Repository,
-    pool: &'a WorkerPool,
+    pool: &'a CpuPool,
     index: &'a Arc<BlockIndex>,
     tree: &'a Arc<fs_beneath::Tree>,
     target: &'a Path,
@@ -862,7 +844,7 @@ impl FileJob<'_> {
         if let Some(p) = parted {
             if !zeros.is_empty() {
                 // Holes hash as the zeros they read as.
-                let zero_hashes = run_cpu(move || {
+                let zero_hashes = cpu::run(move || {
                     let buf = vec![0u8; block_size as usize];
                     zeros
                         .into_iter()
@@ -1133,7 +1115,7 @@ fn merged_hash(p: PartedHash<'_>, f: &FileEntry, parts: Vec<Option<PartHash>>) -
 
 /// The file's BLAKE3, read back from disk through the restore's descriptor.
 async fn read_back_hash(file: Arc<std::fs::File>) -> std::io::Result<String> {
-    run_cpu(move || -> std::io::Result<String> {
+    cpu::run(move || -> std::io::Result<String> {
         let mut h = blake3::Hasher::new();
         // A bounded buffer, not a map: mapped pages of a 1 GiB relation file would count as
         // resident memory of the restore.
@@ -1163,7 +1145,7 @@ async fn read_existing_ids(
 ) -> Result<Option<Vec<bool>>> {
     let codec = repo.codec().clone();
     let (p, blocks) = (path.to_path_buf(), f.blocks.clone());
-    run_cpu(move || -> Result<Option<Vec<bool>>> {
+    cpu::run(move || -> Result<Option<Vec<bool>>> {
         let mut buf = vec![0u8; block_size as usize];
         let mut out = Vec::with_capacity(blocks.len());
         let mut off = 0u64;

@@ -276,24 +276,23 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
             let key = layout::pack(&p);
             let bytes = repo.storage().get(&key).await?;
             let codec = repo.codec().clone();
-            let checked =
-                crate::archive::push::run_cpu(move || -> std::result::Result<u64, String> {
-                    if blake3::hash(&bytes).as_bytes() != &p {
-                        return Err("pack bytes do not match its name (BLAKE3)".into());
-                    }
-                    let entries =
-                        read_pack_entries(&codec, &bytes).map_err(|e| format!("trailer: {e}"))?;
-                    for e in &entries {
-                        let s = e.offset as usize;
-                        let sealed = bytes
-                            .get(s..s + e.sealed_len as usize)
-                            .ok_or("block outside the pack")?;
-                        open_block(&codec, e, sealed)
-                            .map_err(|err| format!("block {}: {err}", e.block_id.to_hex()))?;
-                    }
-                    Ok(entries.len() as u64)
-                })
-                .await;
+            let checked = crate::cpu::run(move || -> std::result::Result<u64, String> {
+                if blake3::hash(&bytes).as_bytes() != &p {
+                    return Err("pack bytes do not match its name (BLAKE3)".into());
+                }
+                let entries =
+                    read_pack_entries(&codec, &bytes).map_err(|e| format!("trailer: {e}"))?;
+                for e in &entries {
+                    let s = e.offset as usize;
+                    let sealed = bytes
+                        .get(s..s + e.sealed_len as usize)
+                        .ok_or("block outside the pack")?;
+                    open_block(&codec, e, sealed)
+                        .map_err(|err| format!("block {}: {err}", e.block_id.to_hex()))?;
+                }
+                Ok(entries.len() as u64)
+            })
+            .await;
             Ok::<_, crate::Error>((p, checked))
         })
         .buffer_unordered(opts.jobs.max(1));

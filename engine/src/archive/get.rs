@@ -12,8 +12,9 @@ use std::path::Path;
 
 use tracing::instrument;
 
-use crate::archive::push::{read_wal_record, run_cpu, validate_wal_head, wal_context, WalPointer};
+use crate::archive::push::{read_wal_record, validate_wal_head, wal_context, WalPointer};
 use crate::codec::{ObjectKind, OpenToError};
+use crate::cpu;
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
@@ -119,7 +120,7 @@ pub async fn get_wal_file(repo: &Repository, cluster: &str, name: &WalFileName) 
     let codec = repo.codec().clone();
     let context = wal_context(cluster, name);
     let name = name.clone();
-    run_cpu(move || -> Result<Vec<u8>> {
+    cpu::run(move || -> Result<Vec<u8>> {
         let (plain, id) = codec
             .open_with_id(ObjectKind::Wal, &fetched.id, &context, &fetched.sealed)
             .map_err(|e| Error::corrupt(fetched.data_key.clone(), e.to_string()))?;
@@ -191,34 +192,30 @@ pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// As [`write_atomically`], with `fill` writing the temp file; when it fails the temp file is
-/// removed and `dest` is untouched.
+/// removed and `dest` is untouched. 0600 like PostgreSQL's own files: this is decrypted WAL
+/// (also in the prefetch spool).
 pub fn write_atomically_with(
     dest: &Path,
     fill: impl FnOnce(&std::fs::File) -> Result<()>,
 ) -> Result<()> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let file_name = dest
-        .file_name()
-        .ok_or_else(|| Error::Config(format!("destination {} has no file name", dest.display())))?;
-    let tmp = dir.join(format!(".{}.pgcairn-tmp", file_name.to_string_lossy()));
-    let io = |e| Error::io(format!("writing {}", dest.display()), e);
-    let result = (|| {
-        // 0600 like PostgreSQL's own files: this is decrypted WAL (also in the prefetch spool).
-        let f = crate::private_fs::create_file(&tmp).map_err(io)?;
-        fill(&f)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, dest).map_err(io)?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    use crate::private_fs::{replace_with, Durability, FILE_MODE};
+    /// `fill`'s own error, or a file operation's (named for `dest`).
+    enum Failed {
+        Fill(Error),
+        Io(std::io::Error),
     }
-    result
+    impl From<std::io::Error> for Failed {
+        fn from(e: std::io::Error) -> Self {
+            Failed::Io(e)
+        }
+    }
+    replace_with(dest, FILE_MODE, Durability::Durable, |f| {
+        fill(f).map_err(Failed::Fill)
+    })
+    .map_err(|e| match e {
+        Failed::Fill(e) => e,
+        Failed::Io(e) => Error::io(format!("writing {}", dest.display()), e),
+    })
 }
 
 #[cfg(test)]
@@ -352,15 +349,5 @@ mod tests {
         let dest = dir.path().join("00000002.history");
         get_wal_file_to(&repo, "main", &name, &dest).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), body);
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("RECOVERYXLOG");
-        write_atomically(&dest, b"one").unwrap();
-        write_atomically(&dest, b"two").unwrap();
-        assert_eq!(std::fs::read(&dest).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -75,9 +75,7 @@ impl PrefetchSpool {
 
     /// Records the name PostgreSQL asked for.
     pub fn set_requested(&self, name: &WalFileName) -> Result<()> {
-        let tmp = self.dir.join(".requested.tmp");
-        crate::private_fs::write(&tmp, name.to_string().as_bytes())
-            .and_then(|_| fs::rename(&tmp, self.requested_path()))
+        crate::private_fs::replace(&self.requested_path(), name.to_string().as_bytes())
             .map_err(|e| Error::io(format!("writing {}", self.requested_path().display()), e))
     }
 
@@ -212,9 +210,7 @@ impl PrefetchSpool {
         let mut s = self.stats();
         s.add(outcome, elapsed);
         let body = serde_json::to_vec(&s).expect("stats serialise");
-        let tmp = self.dir.join("get-stats.json.tmp");
-        crate::private_fs::write(&tmp, &body)
-            .and_then(|_| fs::rename(&tmp, self.stats_path()))
+        crate::private_fs::replace(&self.stats_path(), &body)
             .map_err(|e| Error::io(format!("writing {}", self.stats_path().display()), e))
     }
 

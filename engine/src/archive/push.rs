@@ -356,7 +356,7 @@ pub async fn push_wal_file(
     // cluster record and any existing pointer, so their round trips hide behind the CPU work.
     let has_pages = name.has_wal_pages();
     let (sealed, record, existing) = tokio::join!(
-        run_cpu(move || seal_wal(&codec, &wal_name, &context, level, source)),
+        crate::cpu::run(move || seal_wal(&codec, &wal_name, &context, level, source)),
         async {
             match has_pages {
                 true => read_cluster_record(repo, cluster).await,
@@ -451,15 +451,6 @@ async fn store_wal(
             }
         }
     }
-}
-
-/// Runs CPU-heavy work on the rayon pool and awaits its result.
-pub(crate) async fn run_cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    rayon::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.await.expect("CPU task panicked")
 }
 
 #[cfg(test)]

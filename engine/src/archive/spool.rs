@@ -158,9 +158,7 @@ impl Spool {
     }
 
     fn write_small(path: &Path, body: &[u8]) -> Result<()> {
-        let tmp = path.with_extension("tmp");
-        crate::private_fs::write(&tmp, body)
-            .and_then(|_| fs::rename(&tmp, path))
+        crate::private_fs::replace(path, body)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 

@@ -41,7 +41,8 @@ use self::blockstore::{KnownBlocks, Packer};
 use self::file_spool::{FileSpool, SpooledFiles};
 use self::manifest::{BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
-use crate::archive::push::{read_cluster_record, run_cpu};
+use crate::archive::push::read_cluster_record;
+use crate::cpu;
 use crate::error::{Error, Result};
 use crate::pg::datadir::{self, Entry, EntryKind};
 use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
@@ -587,7 +588,7 @@ async fn backup_with_lease(
                             ));
                         }
                     }
-                    run_cpu(move || {
+                    cpu::run(move || {
                         let ctx = ReadContext {
                             codec: &codec,
                             block_size,

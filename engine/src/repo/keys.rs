@@ -177,28 +177,17 @@ impl GenerationCache {
     }
 
     fn write(&self, seen: &Seen) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            self.path
-                .file_name()
-                .and_then(|f| f.to_str())
-                .unwrap_or("repo"),
-            std::process::id()
-        ));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(seen).expect("serialises"))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        std::fs::File::open(dir)?.sync_all()
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let body = serde_json::to_vec_pretty(seen).expect("serialises");
+        // 0644: a state directory shared by root and the postgres user stays readable to both.
+        crate::private_fs::replace_with(
+            &self.path,
+            0o644,
+            crate::private_fs::Durability::Durable,
+            |mut f| std::io::Write::write_all(&mut f, &body),
+        )
     }
 }
 
