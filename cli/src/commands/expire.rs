@@ -85,6 +85,7 @@ pub async fn gc(
         repack_below: settings.gc_repack_below,
         dry_run,
         lease_wait: settings.maintenance_lease_wait,
+        reencrypt: false,
     };
     let r = run_gc(&repo, &opts).await?;
     if output == OutputFormat::Json {

@@ -78,6 +78,10 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// How long to wait for another gc to finish.
     pub lease_wait: Duration,
+    /// Key rotation ([`crate::reencrypt`]): every pack holding anything sealed under a key
+    /// epoch older than the write epoch is treated as a repack source whatever its fill,
+    /// and its referenced blocks are resealed under the write epoch as they are copied.
+    pub reencrypt: bool,
 }
 
 impl GcOptions {
@@ -88,6 +92,7 @@ impl GcOptions {
             repack_below: 0.5,
             dry_run: false,
             lease_wait: Duration::ZERO,
+            reencrypt: false,
         }
     }
 }
@@ -133,8 +138,19 @@ pub struct GcReport {
     pub referenced_blocks: usize,
     /// Index segments rewritten.
     pub index_rewritten: usize,
+    /// Packs holding objects sealed under an old key epoch whose referenced blocks were
+    /// copied out and resealed (key rotation only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reencrypted: Vec<String>,
+    /// Blocks resealed under the newest key epoch (key rotation only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resealed_blocks: u64,
     /// True for `--dry-run`.
     pub dry_run: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn unix_now() -> i64 {
@@ -157,7 +173,18 @@ pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await
 }
 
-async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+/// Runs gc; the caller holds the gc lease.
+pub(crate) async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    Ok(gc_locked_with(repo, opts).await?.0)
+}
+
+/// Runs gc; the caller holds the gc lease. Also returns, with `opts.reencrypt`, the packs
+/// read and found sealed under the write epoch only, and the packs this run wrote.
+pub(crate) async fn gc_locked_with(
+    repo: &Repository,
+    opts: &GcOptions,
+) -> Result<(GcReport, HashSet<[u8; 32]>)> {
+    let mut clean = HashSet::new();
     let mut report = GcReport {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -201,8 +228,22 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         .filter(|(id, p)| !state.condemned.contains_key(&hex_id(id)) && old(p.modified))
         .map(|(id, _)| *id)
         .collect();
-    // 4. Repack.
-    if opts.repack_below > 0.0 {
+    // 4. Repack (with `reencrypt`: every pack holding old key epochs, resealing).
+    if opts.reencrypt && !opts.dry_run {
+        let done = repack::reencrypt(repo, &mut usage, &uncondemned_old).await?;
+        report.bytes_read += done.outcome.bytes_read;
+        report.repack_copied_bytes = done.outcome.copied_bytes;
+        report.repack_new_packs = done.outcome.new_packs;
+        report.resealed_blocks = done.resealed_blocks;
+        report.reencrypted = done.outcome.repacked.iter().map(hex_id).collect();
+        report.repack_skipped = done
+            .outcome
+            .skipped
+            .iter()
+            .map(|(id, why)| format!("{}: {why}", hex_id(id)))
+            .collect();
+        clean = done.clean;
+    } else if opts.repack_below > 0.0 {
         let sources: Vec<[u8; 32]> = uncondemned_old
             .iter()
             .filter(|id| {
@@ -278,13 +319,13 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     report.live_packs = usage.packs.len() - state.condemned.len();
     if opts.dry_run {
         report.space = usage.space();
-        return Ok(report);
+        return Ok((report, clean));
     }
     // Record condemnations first: backups starting from now on avoid these packs.
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if sweep.is_empty() {
         report.space = usage.space();
-        return Ok(report);
+        return Ok((report, clean));
     }
     let doomed: HashSet<[u8; 32]> = sweep.iter().copied().collect();
     report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
@@ -295,7 +336,7 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     }
     state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
     report.space = usage.space();
-    Ok(report)
+    Ok((report, clean))
 }
 
 /// Rewrites every index segment naming a doomed pack without those entries (new segment
