@@ -423,3 +423,251 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     assert_eq!(last.status.code(), Some(2), "{}", stderr(&last));
     assert!(stderr(&last).contains("last one"), "{}", stderr(&last));
 }
+
+/// Opens the storage of the fixture's repository with the storage library.
+fn with_storage<T>(
+    env: &TestEnv,
+    f: impl AsyncFnOnce(std::sync::Arc<dyn pgcairn_engine::storage::Storage>) -> T,
+) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = pgcairn_storage::StorageOptions::new(storage_options(&env.config)).unwrap();
+        let storage = pgcairn_storage::open(&env.repo_url, &options).unwrap();
+        f(storage).await
+    })
+}
+
+/// Every sealed envelope in the repository and the key epoch it names: each object's, and in
+/// packs each block's and the trailer's (located through the trailer, opened with `codec`).
+fn envelope_epochs(env: &TestEnv, codec: &Codec) -> Vec<(String, u32)> {
+    with_storage(env, async |storage| {
+        let mut out = Vec::new();
+        for o in storage.list("").await.unwrap() {
+            let key = o.key.as_str().to_string();
+            if !is_sealed(&key) {
+                continue;
+            }
+            let bytes = storage.get(&o.key).await.unwrap();
+            if key.starts_with("packs/") {
+                let trailer = pgcairn_engine::pack::sealed_trailer(&bytes).expect("pack trailer");
+                out.push((format!("{key} trailer"), Codec::epoch_of(trailer).unwrap()));
+                for e in pgcairn_engine::pack::read_pack_entries(codec, &bytes).unwrap() {
+                    let at = e.offset as usize;
+                    let block = &bytes[at..at + e.sealed_len as usize];
+                    out.push((
+                        format!("{key} block {}", e.block_id),
+                        Codec::epoch_of(block).unwrap(),
+                    ));
+                }
+            } else {
+                let epoch =
+                    Codec::epoch_of(&bytes).unwrap_or_else(|| panic!("{key} is not an envelope"));
+                out.push((key, epoch));
+            }
+        }
+        out
+    })
+}
+
+/// The proof of `key rotate --reencrypt`: after the leaked slot is removed and the keys
+/// rotated with re-encryption, the leaked key file (with the config of its time and read
+/// access to the repository) holds the key of no envelope in the repository (every object,
+/// every block and trailer of every pack), cannot read a WAL segment or restore a backup,
+/// while the remaining slot restores every backup and fetches every WAL segment.
+#[test]
+fn reencrypt_leaves_a_leaked_key_nothing_to_open_and_every_backup_restores() {
+    for backend in backends() {
+        reencrypt_proof(backend);
+    }
+}
+
+fn reencrypt_proof(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let leaked = env.key_file.clone();
+    let second = env.path().join("second.key");
+    assert_success(
+        &env.pgcairn(&["key", "add", "--key-file", &second.display().to_string()]),
+        "key add (second key file)",
+    );
+    let state = env.path().join("state");
+    let leaked_config = config_variant(
+        &env,
+        "leaked.toml",
+        &format!("key_file = \"{}\"", leaked.display()),
+        &env.path().join("attacker-state"),
+    );
+    config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("key_file = \"{}\"", second.display()),
+        &state,
+    );
+    let list = key_list(&env, &leaked_config);
+    let leaked_slot = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Backups, WAL, a pin and a restore point, all sealed under epoch 1.
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table t as select g from generate_series(1, 40000) g",
+    )
+    .unwrap();
+    let b1 = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_success(&env.pgcairn(&["pin", &b1]), "pin");
+    pg.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 2000) g",
+    )
+    .unwrap();
+    assert_success(
+        &env.pgcairn(&["restore-point", "before_rotation"]),
+        "restore-point",
+    );
+    let b2 = backup_json(&env, &["--type", "incr"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pg.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 3000) g",
+    )
+    .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let old_config = env.read_object("config").expect("config");
+
+    // The leak: remove the slot, rotate and re-encrypt (no grace: nothing else runs).
+    assert_success(&env.pgcairn(&["key", "remove", &leaked_slot]), "key remove");
+    let out = env.pgcairn(&[
+        "key",
+        "rotate",
+        "--reencrypt",
+        "--grace",
+        "0s",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out, "key rotate --reencrypt");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&text[text.find("\n{").map_or(0, |i| i + 1)..]).unwrap();
+    assert_eq!(
+        report["dropped_epochs"],
+        serde_json::json!([1]),
+        "{report:#}"
+    );
+    assert_eq!(report["remaining_count"], 0, "{report:#}");
+    assert!(
+        report["objects_resealed"].as_u64().unwrap() >= 8,
+        "{report:#}"
+    );
+    assert!(
+        !report["gc"]["reencrypted"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    let list = key_list(&env, &env.config);
+    assert_eq!(list["key_epochs_held"], serde_json::json!([2]), "{list:#}");
+
+    // The leaked key opens the old config (which its holder kept), and with it the keyring
+    // of epoch 1: no envelope in the repository is sealed under an epoch it holds.
+    let old: RepoConfig = serde_json::from_slice(&old_config).unwrap();
+    let old_ring = old
+        .unlock_full(Some(&Unlock::KeyFile(KeyFile::load(&leaked).unwrap())))
+        .expect("the leak opened the old config");
+    let old_keys = RepoKeys::from_keyring(&old_ring.keyring);
+    assert_eq!(old_keys.epochs(), vec![1]);
+    let current: RepoConfig = serde_json::from_slice(&env.read_object("config").unwrap()).unwrap();
+    let now = current
+        .unlock_full(Some(&Unlock::KeyFile(KeyFile::load(&second).unwrap())))
+        .unwrap();
+    let codec = Codec::new(
+        &current.repo_id,
+        RepoKeys::from_keyring(&now.keyring),
+        true,
+        current.data_key_version,
+    );
+    let envelopes = envelope_epochs(&env, &codec);
+    assert!(envelopes.len() > 50, "{}", envelopes.len());
+    for (what, epoch) in &envelopes {
+        for usage in [KeyUse::Data, KeyUse::Wal, KeyUse::Meta] {
+            assert!(
+                old_keys.key(usage, *epoch).is_none(),
+                "the leaked keyring opens {what} (epoch {epoch})"
+            );
+        }
+    }
+    // Through pgcairn itself, with the old config put back: nothing reads.
+    let new_config = env.read_object("config").unwrap();
+    env.write_object("config", &old_config);
+    let dest = env.path().join("stolen.wal").display().to_string();
+    let got = env.pgcairn_with_config(&leaked_config, &["archive-get", &last, &dest]);
+    assert!(!got.status.success(), "the leaked key read WAL");
+    assert!(stderr(&got).contains("key epoch 2"), "{}", stderr(&got));
+    let stolen = env.pgcairn_with_config(
+        &leaked_config,
+        &[
+            "--progress",
+            "never",
+            "restore",
+            "--pgdata",
+            &env.path().join("stolen").display().to_string(),
+            "--backup",
+            &b1,
+        ],
+    );
+    assert!(!stolen.status.success(), "the leaked key restored a backup");
+    env.write_object("config", &new_config);
+
+    // The remaining slot: every WAL file back, every backup restores, verify is clean.
+    let archived: Vec<String> = objects(&env)
+        .into_keys()
+        .filter_map(|k| k.strip_prefix("clusters/main/wal/").map(str::to_string))
+        .filter_map(|k| k.split_once('/').map(|(_, f)| f.to_string()))
+        .collect();
+    assert!(archived.contains(&last), "{archived:?}");
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    for seg in &archived {
+        let dest = fetched.join(seg).display().to_string();
+        assert_success(&env.pgcairn(&["archive-get", seg, &dest]), seg);
+    }
+    assert_success(
+        &env.pgcairn(&["--progress", "never", "verify", "--read-data", "--all"]),
+        "verify --read-data after re-encryption",
+    );
+    for (name, id) in [("r1", &b1), ("r2", &b2)] {
+        let r = env.restore_and_start(name, Some(id));
+        let _s = StopOnDrop(&r);
+        assert_eq!(
+            r.psql("postgres", "select count(*) from t").unwrap(),
+            "45000"
+        );
+        r.stop().unwrap();
+    }
+    // Nothing left to do: a second run says so.
+    let again = env.pgcairn(&["key", "reencrypt"]);
+    assert_success(&again, "key reencrypt (nothing to do)");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to re-encrypt"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+}
