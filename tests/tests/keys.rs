@@ -31,6 +31,7 @@ fn config_variant(env: &TestEnv, name: &str, unlock_line: &str, state_dir: &Path
     let mut out = String::new();
     for line in text.lines() {
         if line.starts_with("key_file =")
+            || line.starts_with("passphrase_file =")
             || line.starts_with("unwrap_command =")
             || line.starts_with("state_dir =")
         {
@@ -669,5 +670,162 @@ fn reencrypt_proof(backend: Backend) {
         String::from_utf8_lossy(&again.stdout).contains("nothing to re-encrypt"),
         "{}",
         String::from_utf8_lossy(&again.stdout)
+    );
+}
+
+/// `key passwd` on a passphrase slot while PostgreSQL archives through it: the old passphrase
+/// is refused afterwards, the new one opens the repository, and `archive_command` (pointed at
+/// the new passphrase file) keeps archiving; every segment comes back.
+#[test]
+fn passwd_changes_a_passphrase_slot_and_archiving_goes_on() {
+    let env = TestEnv::new(EnvOptions::new(backend()));
+    let secret_file = |name: &str, text: &str| {
+        let p = env.path().join(name);
+        std::fs::write(&p, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        give_to(env.run_as.as_deref(), &p).unwrap();
+        p
+    };
+    let old_pass = secret_file("old-pass", "correct horse battery staple");
+    let new_pass = secret_file("new-pass", "a different and longer passphrase");
+    let short = secret_file("short-pass", "too short");
+    let add = env.pgcairn(&[
+        "key",
+        "add",
+        "--passphrase-file",
+        &old_pass.display().to_string(),
+    ]);
+    assert_success(&add, "key add --passphrase-file");
+    let state = env.path().join("state");
+    let with_old = config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("passphrase_file = \"{}\"", old_pass.display()),
+        &state,
+    );
+    let list = key_list(&env, &with_old);
+    let slot = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "passphrase" && s["current"] == true)
+        .unwrap_or_else(|| panic!("the passphrase slot unlocked: {list:#}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let before = switch_wal(&pg);
+    wait_archived(&pg, &before, Duration::from_secs(90));
+
+    // A passphrase too short is refused, and a key-file slot has no passphrase to change.
+    let refused = env.pgcairn(&[
+        "key",
+        "passwd",
+        &slot,
+        "--passphrase-file",
+        &short.display().to_string(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("at least"),
+        "{}",
+        stderr(&refused)
+    );
+    let key_slot = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "key-file")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let not_passphrase = env.pgcairn(&[
+        "key",
+        "passwd",
+        &key_slot,
+        "--passphrase-file",
+        &new_pass.display().to_string(),
+    ]);
+    assert_eq!(
+        not_passphrase.status.code(),
+        Some(2),
+        "{}",
+        stderr(&not_passphrase)
+    );
+    assert!(
+        stderr(&not_passphrase).contains("passphrase slots only"),
+        "{}",
+        stderr(&not_passphrase)
+    );
+
+    let out = env.pgcairn(&[
+        "key",
+        "passwd",
+        &slot,
+        "--passphrase-file",
+        &new_pass.display().to_string(),
+    ]);
+    assert_success(&out, "key passwd");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&slot),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The old passphrase no longer opens anything.
+    let old_refused = env.pgcairn(&["info"]);
+    assert_eq!(
+        old_refused.status.code(),
+        Some(2),
+        "{}",
+        stderr(&old_refused)
+    );
+    assert!(
+        stderr(&old_refused).contains("does not unlock"),
+        "{}",
+        stderr(&old_refused)
+    );
+    // Meanwhile PostgreSQL's archive_command (same config) fails, and keeps the WAL.
+    let pending = switch_wal(&pg);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !done_files(&pg).contains(&pending),
+        "archived with a passphrase that no longer unlocks"
+    );
+    // Pointed at the new passphrase, archiving resumes, the held segment included.
+    let with_new = config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("passphrase_file = \"{}\"", new_pass.display()),
+        &state,
+    );
+    let list = key_list(&env, &with_new);
+    assert_eq!(list["slots"].as_array().unwrap().len(), 2, "{list:#}");
+    wait_archived(&pg, &pending, Duration::from_secs(120));
+    let after = switch_wal(&pg);
+    wait_archived(&pg, &after, Duration::from_secs(90));
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    for seg in [&before, &pending, &after] {
+        let dest = fetched.join(seg.as_str()).display().to_string();
+        assert_success(&env.pgcairn(&["archive-get", seg, &dest]), seg);
+    }
+    // The key file slot was untouched by the change.
+    assert_success(
+        &env.pgcairn_with_config(
+            &config_variant(
+                &env,
+                "keyfile.toml",
+                &format!("key_file = \"{}\"", env.key_file.display()),
+                &state,
+            ),
+            &["info"],
+        ),
+        "the key file still opens",
     );
 }
