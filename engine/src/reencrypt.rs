@@ -75,6 +75,9 @@ pub struct ReencryptOptions {
     pub grace: Duration,
     /// How long to wait for a running gc or expire.
     pub lease_wait: Duration,
+    /// The bucket's default Object Lock retention: old packs are swept (and the old epochs
+    /// dropped) only once it has ended for them.
+    pub object_lock: Option<Duration>,
 }
 
 /// What a re-encryption did.
@@ -332,6 +335,7 @@ async fn reencrypt_locked(
         dry_run: false,
         lease_wait: Duration::ZERO,
         reencrypt: true,
+        object_lock: opts.object_lock,
     };
     let (gc_report, clean_packs) = crate::gc::gc_locked_with(repo, &gc_opts).await?;
     report.gc = gc_report;

@@ -165,6 +165,7 @@ async fn reencrypt(
         &ReencryptOptions {
             grace,
             lease_wait: settings.maintenance_lease_wait,
+            object_lock: settings.object_lock,
         },
     )
     .await?;

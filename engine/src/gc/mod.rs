@@ -82,6 +82,9 @@ pub struct GcOptions {
     /// epoch older than the write epoch is treated as a repack source whatever its fill,
     /// and its referenced blocks are resealed under the write epoch as they are copied.
     pub reencrypt: bool,
+    /// The bucket's default S3 Object Lock retention (`repo.object_lock_days`): a condemned
+    /// pack written less than this long ago stays condemned, unswept, until it may go.
+    pub object_lock: Option<Duration>,
 }
 
 impl GcOptions {
@@ -93,6 +96,7 @@ impl GcOptions {
             dry_run: false,
             lease_wait: Duration::ZERO,
             reencrypt: false,
+            object_lock: None,
         }
     }
 }
@@ -124,6 +128,11 @@ pub struct GcReport {
     pub pending_bytes: u64,
     /// Condemned packs whose sweep waits for a backup that started before their condemnation.
     pub waiting_for_backups: usize,
+    /// Condemned packs still under the bucket's Object Lock retention: swept once it ends.
+    pub waiting_for_object_lock: usize,
+    /// When the first of those leaves its retention (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock_until: Option<String>,
     /// Space after this run (packs written and deleted included).
     pub space: SpaceSummary,
     /// Objects listed.
@@ -303,6 +312,18 @@ pub(crate) async fn gc_locked_with(
         if oldest_lease.is_some_and(|l| l <= at + CONDEMN_MARGIN) {
             report.waiting_for_backups += 1;
             continue;
+        }
+        if let Some(lock) = opts.object_lock {
+            let written = usage.packs.get(&id).and_then(|p| p.modified);
+            if let Some(until) =
+                crate::expire::locked_until(written, lock, OffsetDateTime::now_utc())
+            {
+                report.waiting_for_object_lock += 1;
+                if report.object_lock_until.as_ref().is_none_or(|u| until < *u) {
+                    report.object_lock_until = Some(until);
+                }
+                continue;
+            }
         }
         sweep.push(id);
     }

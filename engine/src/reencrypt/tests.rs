@@ -24,6 +24,7 @@ fn opts() -> ReencryptOptions {
     ReencryptOptions {
         grace: Duration::ZERO,
         lease_wait: Duration::ZERO,
+        object_lock: None,
     }
 }
 
