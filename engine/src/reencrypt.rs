@@ -10,8 +10,11 @@
 //!   ([`crate::codec::Codec::reseal`]: same payload, size, content id and name binding, new
 //!   epoch and nonce) and written back by compare-and-swap against the version read. The
 //!   swap is atomic: a reader sees the old or the new object, and both open while the keyring
-//!   holds both epochs. A concurrent update of a mutable object (an `archive-push` moving the
-//!   catalog head) makes the swap fail; the object is read again and resealed again.
+//!   holds both epochs. The catalog heads and gc state, which writers replace by
+//!   compare-and-swap, go last, right before the drop: a backup that opened the repository
+//!   before the rotation records itself in its cluster's head when it ends, and could not
+//!   open a head sealed under an epoch it does not know. A concurrent update makes the swap
+//!   fail; the object is read again and resealed again.
 //! - **Packs** are named by the hash of their bytes, so they cannot be rewritten in place:
 //!   gc's repack does it ([`crate::gc::repack::reencrypt`]): every pack holding anything under
 //!   an old epoch has its referenced blocks copied, resealed, into new packs indexed like a
@@ -182,6 +185,11 @@ fn binding_of(key: &ObjectKey) -> Option<Binding> {
     }
 }
 
+/// Replaced by compare-and-swap in normal operation (catalog heads, gc state).
+fn is_mutable(key: &ObjectKey) -> bool {
+    binding_of(key).is_some_and(|b| b.mutable)
+}
+
 /// What resealing one object found.
 enum Resealed {
     /// Already under the write epoch (or not an envelope at all).
@@ -314,6 +322,10 @@ async fn reencrypt_locked(
     let mut stuck: HashMap<ObjectKey, String> = HashMap::new();
     for prefix in ["clusters/", "index/", "gc/"] {
         for o in repo.storage().list(prefix).await? {
+            if is_mutable(&o.key) {
+                // Resealed last, right before the drop (see `reseal_mutable`).
+                continue;
+            }
             report.objects_checked += 1;
             match reseal_object(repo, &o.key).await? {
                 Resealed::Done(n) => {
@@ -375,9 +387,10 @@ async fn reencrypt_locked(
             }
             continue;
         }
-        let known = checked.contains(&o.key);
-        let mutable = binding_of(&o.key).is_some_and(|b| b.mutable);
-        if known && !mutable {
+        if is_mutable(&o.key) {
+            continue;
+        }
+        if checked.contains(&o.key) {
             if let Some(why) = stuck.get(&o.key) {
                 remaining.push(format!("{k}: {why}"));
             }
@@ -432,6 +445,31 @@ async fn reencrypt_locked(
             "backups that started before the last key change are still running ({}): they may write under the \
              old epochs. Run `pgcairn key reencrypt` again when they have finished",
             early.join(", ")
+        ));
+        return Ok(report);
+    }
+    // 5. The catalog heads (and gc state) last: a writer that opened the repository before
+    // the rotation reads its cluster's head at the end of its work (a backup records itself
+    // there) and could not open one sealed under an epoch it does not know; by now no such
+    // writer is left.
+    let mut stuck_mutable = Vec::new();
+    for o in listed.iter().filter(|o| is_mutable(&o.key)) {
+        report.objects_checked += 1;
+        match reseal_object(repo, &o.key).await? {
+            Resealed::Done(n) => {
+                report.objects_resealed += 1;
+                report.bytes_resealed += n;
+            }
+            Resealed::Stuck(why) => stuck_mutable.push(format!("{}: {why}", o.key)),
+            Resealed::Clean | Resealed::Gone => {}
+        }
+    }
+    if !stuck_mutable.is_empty() {
+        report.remaining_count = stuck_mutable.len();
+        report.remaining = stuck_mutable;
+        report.waiting = Some(format!(
+            "{} objects are still sealed under key epochs {:?} and cannot be resealed; the epochs stay in the keyring",
+            report.remaining_count, report.old_epochs
         ));
         return Ok(report);
     }

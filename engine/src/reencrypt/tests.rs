@@ -226,7 +226,9 @@ async fn old_epochs_stay_until_the_grace_period_has_passed() {
     };
     let r = reencrypt(&repo, Some(&unlock), None, &hour).await.unwrap();
     assert!(r.dropped_epochs.is_empty(), "{r:?}");
-    assert!(r.objects_resealed >= 9, "{r:?}");
+    // Manifest, WAL files and records, cluster record, pin, index; not yet the head, which
+    // goes last, right before the drop.
+    assert!(r.objects_resealed >= 8, "{r:?}");
     // The packs are young: neither copied nor swept; the epoch stays, and says why.
     assert!(r.remaining_count >= 1, "{r:?}");
     assert!(
