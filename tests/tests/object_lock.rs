@@ -127,6 +127,14 @@ fn object_lock_retention_is_respected_and_a_plain_delete_only_hides_a_version() 
     let seg = switch_wal(&pg);
     wait_archived(&pg, &seg, Duration::from_secs(90));
 
+    let check = env.pgcairn(&["check"]);
+    assert_success(&check, "check");
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("repo.object_lock_days = 1 assumed"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
     // retention.full = 1 would expire b1 and its WAL: both are under retention, so they stay,
     // and expire says until when.
     let out = env.pgcairn(&["expire"]);
