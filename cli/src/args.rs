@@ -487,8 +487,17 @@ the key already opened.")]
   pgcairn key rotate --also-key-file /etc/pgcairn/second.key --wrap-command 'age -r age1...'
 Every slot must be rewrapped: the one unlocking, key files and passphrase files given with
 --also-*, command slots whose wrap command is confirmed with --wrap-command (or
-repo.wrap_command). Old material is kept (wrapped) so old backups and WAL stay readable.")]
+repo.wrap_command). Old material is kept (wrapped) so old backups and WAL stay readable,
+unless --reencrypt rewrites everything under the new material and then drops the old
+(see `pgcairn key reencrypt`).")]
     Rotate {
+        /// After rotating, reseal every pack, WAL file, manifest and catalog object under the
+        /// new material and drop the old from the keyring (`pgcairn key reencrypt`).
+        #[arg(long)]
+        reencrypt: bool,
+        /// With --reencrypt: gc's grace period (default retention.gc_grace).
+        #[arg(long, value_name = "DURATION", requires = "reencrypt")]
+        grace: Option<String>,
         /// Key files of further key-file slots.
         #[arg(long, value_name = "PATH")]
         also_key_file: Vec<PathBuf>,
@@ -498,6 +507,27 @@ repo.wrap_command). Old material is kept (wrapped) so old backups and WAL stay r
         /// Wrap commands (as `key list` shows them) this host may run to rewrap command slots.
         #[arg(long, value_name = "CMD")]
         wrap_command: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
+    /// Reseal everything sealed under older key epochs under the newest, then drop the older
+    /// epochs from the keyring: afterwards a removed key opens nothing at all.
+    #[command(after_help = "Examples:
+  pgcairn key reencrypt
+  pgcairn key reencrypt --output json
+Packs, WAL, manifests, index segments and catalog objects are resealed; packs are rewritten
+by gc's repack and the old ones swept after the grace period (retention.gc_grace). Takes the
+gc lease and every cluster's expire lease; archive-push and backup keep running. The old
+epochs are dropped only once nothing is left under them and the last key change is a grace
+period old: until then it says what remains and when to run it again. Safe to interrupt
+and to run again at any time. Exit 0 when the old epochs are dropped (or there are none),
+1 when something remains.")]
+    Reencrypt {
+        /// gc's grace period (default retention.gc_grace).
+        #[arg(long, value_name = "DURATION")]
+        grace: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,

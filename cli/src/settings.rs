@@ -131,6 +131,9 @@ pub struct Settings {
     pub gc_repack_below: f64,
     /// How long expire and gc wait for another run of themselves.
     pub maintenance_lease_wait: Duration,
+    /// `repo.object_lock_days`: the bucket's default S3 Object Lock retention, which expire
+    /// and gc respect (they never delete what is still under it).
+    pub object_lock: Option<Duration>,
     /// Pusher idle exit.
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
@@ -275,6 +278,9 @@ impl Settings {
                     == pgcairn_engine::pg::instance::current_uid();
                 own.then(|| home.join(".local/state/pgcairn"))
             });
+        let object_lock = parse_num(take("repo", "object_lock_days"), "repo.object_lock_days")?
+            .filter(|d| *d > 0)
+            .map(|d| Duration::from_secs(d * 86_400));
         let allow_insecure_files = parse_bool(
             take("repo", "allow_insecure_files"),
             "repo.allow_insecure_files",
@@ -317,6 +323,7 @@ impl Settings {
             monthly: parse_num(take("retention", "monthly"), "retention.monthly")?
                 .map(|n| n as u32),
             pitr_window: parse_dur(take("retention", "pitr_window"), "retention.pitr_window")?,
+            object_lock,
         };
         let retention_auto =
             parse_bool(take("retention", "auto"), "retention.auto")?.unwrap_or(false);
@@ -377,6 +384,7 @@ impl Settings {
             gc_grace,
             gc_repack_below,
             maintenance_lease_wait,
+            object_lock,
             idle_exit,
             wal_compress_level,
             drill_pg_bindir,

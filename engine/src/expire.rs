@@ -9,6 +9,8 @@
 //! so a crash in between leaves garbage, never a pointer to missing data. Packs and index
 //! entries only expired backups used are garbage for `gc`.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use crate::backup::manifest;
@@ -133,17 +135,50 @@ async fn expire_locked(
         });
     }
     let now = time::OffsetDateTime::now_utc();
-    let decisions = decide(&candidates, policy, now);
+    let mut decisions = decide(&candidates, policy, now);
+    if let Some(lock) = policy.object_lock {
+        // A manifest still under the bucket's Object Lock retention stays (its backup with
+        // it, and the WAL that backup needs): deleting it would only hide it behind a delete
+        // marker while its version stays.
+        let written: HashMap<String, i64> = repo
+            .storage()
+            .list(&layout::backups_prefix(cluster))
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let id = o
+                    .key
+                    .as_str()
+                    .strip_prefix(&layout::backups_prefix(cluster))?
+                    .strip_suffix("/manifest")?
+                    .to_string();
+                Some((id, o.modified?))
+            })
+            .collect();
+        for d in decisions.iter_mut().filter(|d| !d.keep) {
+            if let Some(until) = locked_until(written.get(&d.id).copied(), lock, now) {
+                d.keep = true;
+                d.reasons = vec![format!(
+                    "under the bucket's Object Lock retention until {until} (repo.object_lock_days): expire removes it after that"
+                )];
+            }
+        }
+    }
     let retained: Vec<WalNeed> = needs
         .into_iter()
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
         .collect();
     let plan = wal_plan(&retained, policy.pitr_window, now);
     // Every archived WAL file with its decision; history files always stay.
-    let mut names: Vec<WalFileName> = repo
+    let pointers = repo
         .storage()
         .list(&layout::wal_pointer_prefix(cluster))
-        .await?
+        .await?;
+    let pointer_written: HashMap<String, Option<i64>> = pointers
+        .iter()
+        .map(|o| (o.key.as_str().to_string(), o.modified))
+        .collect();
+    let mut names: Vec<WalFileName> = pointers
         .iter()
         .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()).map(|(_, n)| n))
         .collect();
@@ -151,7 +186,7 @@ async fn expire_locked(
     let mut wal: Vec<WalFileName> = Vec::new();
     let mut ranges: Vec<WalRange> = Vec::new();
     for name in names {
-        let (keep, reason) = match (&plan, name.segment()) {
+        let (mut keep, mut reason) = match (&plan, name.segment()) {
             (_, None) => (true, "timeline history: always kept".to_string()),
             (None, Some(_)) => (true, "no retained backup: nothing removed".to_string()),
             (Some(p), Some(seg)) => match p.keep_reason(seg.absolute(seg_size)) {
@@ -159,6 +194,20 @@ async fn expire_locked(
                 None => (false, "no retained backup needs it".to_string()),
             },
         };
+        if let Some(lock) = policy.object_lock.filter(|_| !keep) {
+            let written = pointer_written
+                .get(layout::wal_pointer(cluster, &name).as_str())
+                .copied()
+                .flatten();
+            if locked_until(written, lock, now).is_some() {
+                keep = true;
+                reason = format!(
+                    "no retained backup needs it, but it is under the bucket's Object Lock retention ({} days \
+                     after it was archived, repo.object_lock_days): expire removes it after that",
+                    lock.as_secs() / 86_400
+                );
+            }
+        }
         if !keep {
             wal.push(name.clone());
         }
@@ -239,6 +288,26 @@ async fn expire_locked(
     })
 }
 
+/// When an object written at `written` (unix seconds; `None`: unknown, so assumed just
+/// written) leaves a retention of `lock`, if that is after `now` (RFC 3339).
+pub fn locked_until(
+    written: Option<i64>,
+    lock: std::time::Duration,
+    now: time::OffsetDateTime,
+) -> Option<String> {
+    let written = written.unwrap_or(now.unix_timestamp());
+    let until = written.saturating_add(lock.as_secs() as i64);
+    (until > now.unix_timestamp()).then(|| {
+        time::OffsetDateTime::from_unix_timestamp(until)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| until.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +337,57 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[tokio::test]
+    async fn object_lock_keeps_what_is_still_under_retention_and_says_until_when() {
+        let (mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        for (id, lsn, t) in [
+            ("20261101-000000F", "0/300028", "2026-11-01T00:00:00Z"),
+            ("20261120-000000F", "0/900028", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
+                .await
+                .unwrap();
+        }
+        let policy = Policy {
+            full: Some(1),
+            object_lock: Some(std::time::Duration::from_secs(86_400)),
+            ..Policy::default()
+        };
+        // Everything was written just now: under a day's retention, nothing goes.
+        let locked = expire(&repo, "main", &policy, false, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(locked.wal_files, 0, "{locked:?}");
+        let old = &locked.backups[0];
+        assert!(old.keep, "{locked:?}");
+        assert!(
+            old.reasons[0].contains("Object Lock retention until 20"),
+            "{old:?}"
+        );
+        assert!(
+            locked
+                .wal_ranges
+                .iter()
+                .any(|r| r.keep && r.reason.contains("Object Lock")),
+            "{locked:?}"
+        );
+        assert_eq!(archived(&repo).await.len(), 10);
+        assert_eq!(manifest::list_ids(&repo, "main").await.unwrap().len(), 2);
+        // Two days later the retention has ended: expire removes them.
+        for o in crate::storage::Storage::list(&*mem, "").await.unwrap() {
+            mem.backdate(o.key.as_str(), 2 * 86_400);
+        }
+        let done = expire(&repo, "main", &policy, false, Default::default())
+            .await
+            .unwrap();
+        assert!(!done.backups[0].keep, "{done:?}");
+        assert_eq!(done.wal_files, 8, "{done:?}");
+        assert_eq!(manifest::list_ids(&repo, "main").await.unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use crate::crypto::ContentId;
 use crate::pack::PackEntry;
 
 const ENTRY_LEN: usize = 80;
-const CONTEXT: &[u8] = b"index-segment";
+pub(crate) const CONTEXT: &[u8] = b"index-segment";
 
 /// One block's location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,6 +39,7 @@ pub mod pg;
 pub mod private_fs;
 pub mod progress;
 pub mod recovery;
+pub mod reencrypt;
 pub mod replay_speed;
 pub mod repo;
 pub mod restore;

@@ -173,6 +173,13 @@ pub fn read_trailer(
         .collect())
 }
 
+/// The sealed trailer of a whole pack held in memory (`None`: no valid footer).
+pub fn sealed_trailer(pack: &[u8]) -> Option<&[u8]> {
+    let end = pack.len().checked_sub(FOOTER_LEN)?;
+    let tlen = trailer_len(&pack[end..]).ok()?;
+    pack.get(end.checked_sub(tlen)?..end)
+}
+
 /// Reads every entry of a whole pack held in memory.
 pub fn read_pack_entries(codec: &Codec, pack: &[u8]) -> Result<Vec<PackEntry>, CodecError> {
     if pack.len() < FOOTER_LEN {

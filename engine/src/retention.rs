@@ -42,6 +42,10 @@ pub struct Policy {
     pub monthly: Option<u32>,
     /// Point-in-time recovery promised for this long; older backups keep consistency WAL only.
     pub pitr_window: Option<Duration>,
+    /// The bucket's default S3 Object Lock retention (`repo.object_lock_days`): an object
+    /// written less than this long ago cannot be deleted for good, so expire keeps what it
+    /// would remove until then, and says so.
+    pub object_lock: Option<Duration>,
 }
 
 impl Policy {

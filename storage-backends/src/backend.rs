@@ -154,6 +154,16 @@ impl ObjectStoreBackend {
                 client = client.with_root_certificate(cert);
             }
         }
+        if scheme == "s3" && options.get("checksum_algorithm").is_some() {
+            // What the AWS SDKs send with a checksum, and what S3 asks for (besides
+            // Content-MD5) on uploads into a bucket with an Object Lock default retention.
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                "x-amz-sdk-checksum-algorithm",
+                http::HeaderValue::from_static("SHA256"),
+            );
+            client = client.with_default_headers(headers);
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
             "s3" => {
                 let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -176,6 +186,20 @@ impl ObjectStoreBackend {
                 }
                 if skip_signature {
                     b = b.with_skip_signature(true);
+                }
+                // Buckets with an Object Lock default retention want an integrity header on
+                // every upload (Content-MD5 or an x-amz-checksum-*).
+                match options.get("checksum_algorithm") {
+                    None => {}
+                    Some(a) if a.eq_ignore_ascii_case("sha256") => {
+                        b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+                    }
+                    Some(other) => {
+                        return Err(OpenError::BadOption {
+                            key: "checksum_algorithm".into(),
+                            why: format!("{other:?}: the only algorithm supported is sha256"),
+                        })
+                    }
                 }
                 Arc::new(
                     b.with_retry(retry)

@@ -30,6 +30,7 @@ const KNOWN: &[&str] = &[
     "request_timeout",
     "connect_timeout",
     "multipart_threshold",
+    "checksum_algorithm",
 ];
 
 /// Options that only mean something for some URL schemes, and those schemes. Every other
@@ -41,6 +42,7 @@ const SCHEME_ONLY: &[(&str, &[&str])] = &[
     ("access_key_id", &["s3"]),
     ("secret_access_key", &["s3"]),
     ("session_token", &["s3"]),
+    ("checksum_algorithm", &["s3"]),
     ("account_name", &["az"]),
     ("access_key", &["az"]),
     ("use_emulator", &["az"]),

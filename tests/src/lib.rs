@@ -110,6 +110,8 @@ pub struct EnvOptions {
     pub archive_extra: String,
     /// S3 endpoint override (for example a forwarder in front of the server).
     pub s3_endpoint: Option<String>,
+    /// Extra lines for the `[repo]` section (present from `init` on).
+    pub repo_extra: String,
 }
 
 impl EnvOptions {
@@ -120,6 +122,7 @@ impl EnvOptions {
             archive_async: false,
             archive_extra: String::new(),
             s3_endpoint: None,
+            repo_extra: String::new(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl TestEnv {
                  max_retries = 2\nretry_timeout = \"5s\"\nconnect_timeout = \"2s\"\n"
             ));
         }
+        repo_section.push_str(&options.repo_extra);
         let config = dir.path().join("pgcairn.toml");
         let toml = format!(
             "[repo]\n{repo_section}\n[cluster]\nname = \"main\"\n\n[archive]\nasync = {}\nspool_dir = \"{}\"\ntimeout = \"20s\"\nidle_exit = \"3s\"\n{}\n",

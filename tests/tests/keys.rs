@@ -31,6 +31,7 @@ fn config_variant(env: &TestEnv, name: &str, unlock_line: &str, state_dir: &Path
     let mut out = String::new();
     for line in text.lines() {
         if line.starts_with("key_file =")
+            || line.starts_with("passphrase_file =")
             || line.starts_with("unwrap_command =")
             || line.starts_with("state_dir =")
         {
@@ -422,4 +423,540 @@ fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everythi
     let last = env.pgcairn(&["key", "remove", age_slot["id"].as_str().unwrap(), "--force"]);
     assert_eq!(last.status.code(), Some(2), "{}", stderr(&last));
     assert!(stderr(&last).contains("last one"), "{}", stderr(&last));
+}
+
+/// Opens the storage of the fixture's repository with the storage library.
+fn with_storage<T>(
+    env: &TestEnv,
+    f: impl AsyncFnOnce(std::sync::Arc<dyn pgcairn_engine::storage::Storage>) -> T,
+) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = pgcairn_storage::StorageOptions::new(storage_options(&env.config)).unwrap();
+        let storage = pgcairn_storage::open(&env.repo_url, &options).unwrap();
+        f(storage).await
+    })
+}
+
+/// Every sealed envelope in the repository and the key epoch it names: each object's, and in
+/// packs each block's and the trailer's (located through the trailer, opened with `codec`).
+fn envelope_epochs(env: &TestEnv, codec: &Codec) -> Vec<(String, u32)> {
+    with_storage(env, async |storage| {
+        let mut out = Vec::new();
+        for o in storage.list("").await.unwrap() {
+            let key = o.key.as_str().to_string();
+            if !is_sealed(&key) {
+                continue;
+            }
+            let bytes = storage.get(&o.key).await.unwrap();
+            if key.starts_with("packs/") {
+                let trailer = pgcairn_engine::pack::sealed_trailer(&bytes).expect("pack trailer");
+                out.push((format!("{key} trailer"), Codec::epoch_of(trailer).unwrap()));
+                for e in pgcairn_engine::pack::read_pack_entries(codec, &bytes).unwrap() {
+                    let at = e.offset as usize;
+                    let block = &bytes[at..at + e.sealed_len as usize];
+                    out.push((
+                        format!("{key} block {}", e.block_id),
+                        Codec::epoch_of(block).unwrap(),
+                    ));
+                }
+            } else {
+                let epoch =
+                    Codec::epoch_of(&bytes).unwrap_or_else(|| panic!("{key} is not an envelope"));
+                out.push((key, epoch));
+            }
+        }
+        out
+    })
+}
+
+/// The proof of `key rotate --reencrypt`: after the leaked slot is removed and the keys
+/// rotated with re-encryption, the leaked key file (with the config of its time and read
+/// access to the repository) holds the key of no envelope in the repository (every object,
+/// every block and trailer of every pack), cannot read a WAL segment or restore a backup,
+/// while the remaining slot restores every backup and fetches every WAL segment.
+#[test]
+fn reencrypt_leaves_a_leaked_key_nothing_to_open_and_every_backup_restores() {
+    for backend in backends() {
+        reencrypt_proof(backend);
+    }
+}
+
+fn reencrypt_proof(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let leaked = env.key_file.clone();
+    let second = env.path().join("second.key");
+    assert_success(
+        &env.pgcairn(&["key", "add", "--key-file", &second.display().to_string()]),
+        "key add (second key file)",
+    );
+    let state = env.path().join("state");
+    let leaked_config = config_variant(
+        &env,
+        "leaked.toml",
+        &format!("key_file = \"{}\"", leaked.display()),
+        &env.path().join("attacker-state"),
+    );
+    config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("key_file = \"{}\"", second.display()),
+        &state,
+    );
+    let list = key_list(&env, &leaked_config);
+    let leaked_slot = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Backups, WAL, a pin and a restore point, all sealed under epoch 1.
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table t as select g from generate_series(1, 40000) g",
+    )
+    .unwrap();
+    let b1 = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_success(&env.pgcairn(&["pin", &b1]), "pin");
+    pg.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 2000) g",
+    )
+    .unwrap();
+    assert_success(
+        &env.pgcairn(&["restore-point", "before_rotation"]),
+        "restore-point",
+    );
+    let b2 = backup_json(&env, &["--type", "incr"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pg.psql(
+        "postgres",
+        "insert into t select g from generate_series(1, 3000) g",
+    )
+    .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let old_config = env.read_object("config").expect("config");
+
+    // The leak: remove the slot, rotate and re-encrypt (no grace: nothing else runs).
+    assert_success(&env.pgcairn(&["key", "remove", &leaked_slot]), "key remove");
+    let out = env.pgcairn(&[
+        "key",
+        "rotate",
+        "--reencrypt",
+        "--grace",
+        "0s",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out, "key rotate --reencrypt");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value =
+        serde_json::from_str(&text[text.find("\n{").map_or(0, |i| i + 1)..]).unwrap();
+    assert_eq!(
+        report["dropped_epochs"],
+        serde_json::json!([1]),
+        "{report:#}"
+    );
+    assert_eq!(report["remaining_count"], 0, "{report:#}");
+    assert!(
+        report["objects_resealed"].as_u64().unwrap() >= 8,
+        "{report:#}"
+    );
+    assert!(
+        !report["gc"]["reencrypted"].as_array().unwrap().is_empty(),
+        "{report:#}"
+    );
+    let list = key_list(&env, &env.config);
+    assert_eq!(list["key_epochs_held"], serde_json::json!([2]), "{list:#}");
+
+    // The leaked key opens the old config (which its holder kept), and with it the keyring
+    // of epoch 1: no envelope in the repository is sealed under an epoch it holds.
+    let old: RepoConfig = serde_json::from_slice(&old_config).unwrap();
+    let old_ring = old
+        .unlock_full(Some(&Unlock::KeyFile(KeyFile::load(&leaked).unwrap())))
+        .expect("the leak opened the old config");
+    let old_keys = RepoKeys::from_keyring(&old_ring.keyring);
+    assert_eq!(old_keys.epochs(), vec![1]);
+    let current: RepoConfig = serde_json::from_slice(&env.read_object("config").unwrap()).unwrap();
+    let now = current
+        .unlock_full(Some(&Unlock::KeyFile(KeyFile::load(&second).unwrap())))
+        .unwrap();
+    let codec = Codec::new(
+        &current.repo_id,
+        RepoKeys::from_keyring(&now.keyring),
+        true,
+        current.data_key_version,
+    );
+    let envelopes = envelope_epochs(&env, &codec);
+    assert!(envelopes.len() > 50, "{}", envelopes.len());
+    for (what, epoch) in &envelopes {
+        for usage in [KeyUse::Data, KeyUse::Wal, KeyUse::Meta] {
+            assert!(
+                old_keys.key(usage, *epoch).is_none(),
+                "the leaked keyring opens {what} (epoch {epoch})"
+            );
+        }
+    }
+    // Through pgcairn itself, with the old config put back: nothing reads.
+    let new_config = env.read_object("config").unwrap();
+    env.write_object("config", &old_config);
+    let dest = env.path().join("stolen.wal").display().to_string();
+    let got = env.pgcairn_with_config(&leaked_config, &["archive-get", &last, &dest]);
+    assert!(!got.status.success(), "the leaked key read WAL");
+    assert!(stderr(&got).contains("key epoch 2"), "{}", stderr(&got));
+    let stolen = env.pgcairn_with_config(
+        &leaked_config,
+        &[
+            "--progress",
+            "never",
+            "restore",
+            "--pgdata",
+            &env.path().join("stolen").display().to_string(),
+            "--backup",
+            &b1,
+        ],
+    );
+    assert!(!stolen.status.success(), "the leaked key restored a backup");
+    env.write_object("config", &new_config);
+
+    // The remaining slot: every WAL file back, every backup restores, verify is clean.
+    let archived: Vec<String> = objects(&env)
+        .into_keys()
+        .filter_map(|k| k.strip_prefix("clusters/main/wal/").map(str::to_string))
+        .filter_map(|k| k.split_once('/').map(|(_, f)| f.to_string()))
+        .collect();
+    assert!(archived.contains(&last), "{archived:?}");
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    for seg in &archived {
+        let dest = fetched.join(seg).display().to_string();
+        assert_success(&env.pgcairn(&["archive-get", seg, &dest]), seg);
+    }
+    assert_success(
+        &env.pgcairn(&["--progress", "never", "verify", "--read-data", "--all"]),
+        "verify --read-data after re-encryption",
+    );
+    for (name, id) in [("r1", &b1), ("r2", &b2)] {
+        let r = env.restore_and_start(name, Some(id));
+        let _s = StopOnDrop(&r);
+        assert_eq!(
+            r.psql("postgres", "select count(*) from t").unwrap(),
+            "45000"
+        );
+        r.stop().unwrap();
+    }
+    // Nothing left to do: a second run says so.
+    let again = env.pgcairn(&["key", "reencrypt"]);
+    assert_success(&again, "key reencrypt (nothing to do)");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to re-encrypt"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+}
+
+/// `key passwd` on a passphrase slot while PostgreSQL archives through it: the old passphrase
+/// is refused afterwards, the new one opens the repository, and `archive_command` (pointed at
+/// the new passphrase file) keeps archiving; every segment comes back.
+#[test]
+fn passwd_changes_a_passphrase_slot_and_archiving_goes_on() {
+    let env = TestEnv::new(EnvOptions::new(backend()));
+    let secret_file = |name: &str, text: &str| {
+        let p = env.path().join(name);
+        std::fs::write(&p, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        give_to(env.run_as.as_deref(), &p).unwrap();
+        p
+    };
+    let old_pass = secret_file("old-pass", "correct horse battery staple");
+    let new_pass = secret_file("new-pass", "a different and longer passphrase");
+    let short = secret_file("short-pass", "too short");
+    let add = env.pgcairn(&[
+        "key",
+        "add",
+        "--passphrase-file",
+        &old_pass.display().to_string(),
+    ]);
+    assert_success(&add, "key add --passphrase-file");
+    let state = env.path().join("state");
+    let with_old = config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("passphrase_file = \"{}\"", old_pass.display()),
+        &state,
+    );
+    let list = key_list(&env, &with_old);
+    let slot = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "passphrase" && s["current"] == true)
+        .unwrap_or_else(|| panic!("the passphrase slot unlocked: {list:#}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let before = switch_wal(&pg);
+    wait_archived(&pg, &before, Duration::from_secs(90));
+
+    // A passphrase too short is refused, and a key-file slot has no passphrase to change.
+    let refused = env.pgcairn(&[
+        "key",
+        "passwd",
+        &slot,
+        "--passphrase-file",
+        &short.display().to_string(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("at least"),
+        "{}",
+        stderr(&refused)
+    );
+    let key_slot = list["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "key-file")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let not_passphrase = env.pgcairn(&[
+        "key",
+        "passwd",
+        &key_slot,
+        "--passphrase-file",
+        &new_pass.display().to_string(),
+    ]);
+    assert_eq!(
+        not_passphrase.status.code(),
+        Some(2),
+        "{}",
+        stderr(&not_passphrase)
+    );
+    assert!(
+        stderr(&not_passphrase).contains("passphrase slots only"),
+        "{}",
+        stderr(&not_passphrase)
+    );
+
+    let out = env.pgcairn(&[
+        "key",
+        "passwd",
+        &slot,
+        "--passphrase-file",
+        &new_pass.display().to_string(),
+    ]);
+    assert_success(&out, "key passwd");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&slot),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The old passphrase no longer opens anything.
+    let old_refused = env.pgcairn(&["info"]);
+    assert_eq!(
+        old_refused.status.code(),
+        Some(2),
+        "{}",
+        stderr(&old_refused)
+    );
+    assert!(
+        stderr(&old_refused).contains("does not unlock"),
+        "{}",
+        stderr(&old_refused)
+    );
+    // Meanwhile PostgreSQL's archive_command (same config) fails, and keeps the WAL.
+    let pending = switch_wal(&pg);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !done_files(&pg).contains(&pending),
+        "archived with a passphrase that no longer unlocks"
+    );
+    // Pointed at the new passphrase, archiving resumes, the held segment included.
+    let with_new = config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("passphrase_file = \"{}\"", new_pass.display()),
+        &state,
+    );
+    let list = key_list(&env, &with_new);
+    assert_eq!(list["slots"].as_array().unwrap().len(), 2, "{list:#}");
+    wait_archived(&pg, &pending, Duration::from_secs(120));
+    let after = switch_wal(&pg);
+    wait_archived(&pg, &after, Duration::from_secs(90));
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    for seg in [&before, &pending, &after] {
+        let dest = fetched.join(seg.as_str()).display().to_string();
+        assert_success(&env.pgcairn(&["archive-get", seg, &dest]), seg);
+    }
+    // The key file slot was untouched by the change.
+    assert_success(
+        &env.pgcairn_with_config(
+            &config_variant(
+                &env,
+                "keyfile.toml",
+                &format!("key_file = \"{}\"", env.key_file.display()),
+                &state,
+            ),
+            &["info"],
+        ),
+        "the key file still opens",
+    );
+}
+
+/// `key rotate --reencrypt` while PostgreSQL archives under pgbench and a backup that started
+/// before the rotation is running: the old epoch is not dropped while that backup or a grace
+/// period after the key change could still bring objects sealed under it; once it is, every
+/// archived WAL file comes back, every backup restores, and nothing is under the old epoch.
+#[test]
+fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
+    let env = TestEnv::new(EnvOptions::new(backend()));
+    let state = env.path().join("state");
+    config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("key_file = \"{}\"", env.key_file.display()),
+        &state,
+    );
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "3", "-q"]).unwrap();
+    let b1 = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the load even when an assertion fails (the scope waits for it).
+    struct StopLoad<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopLoad<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let (b2, runs) = std::thread::scope(|s| {
+        let _stop_load = StopLoad(&stop);
+        let load = s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                pg.pgbench(&["-T", "2", "-c", "2"]).expect("pgbench");
+                switch_wal(&pg);
+            }
+        });
+        // A backup started before the rotation (it reads the config first).
+        let backup = s.spawn(|| {
+            let out = env.pgcairn(&[
+                "--progress",
+                "never",
+                "backup",
+                "--type",
+                "full",
+                "--output",
+                "json",
+            ]);
+            assert_success(&out, "backup during the rotation");
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let first = env.pgcairn(&["key", "rotate", "--reencrypt", "--grace", "5s"]);
+        // The key change is younger than the grace period: the old epoch stays, and it says
+        // when to run again.
+        assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+        assert!(
+            String::from_utf8_lossy(&first.stdout).contains("key reencrypt` again"),
+            "{}",
+            String::from_utf8_lossy(&first.stdout)
+        );
+        let mut runs = 1;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            std::thread::sleep(Duration::from_secs(6));
+            let again = env.pgcairn(&["key", "reencrypt", "--grace", "5s"]);
+            runs += 1;
+            if again.status.success() {
+                break;
+            }
+            assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+            assert!(Instant::now() < deadline, "never dropped the old epoch");
+        }
+        let b2 = backup.join().unwrap();
+        // Writing goes on under the new epoch for a while.
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap();
+        (b2, runs)
+    });
+    assert!(runs >= 2, "the first run could not drop the epoch: {runs}");
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let list = key_list(&env, &env.config);
+    assert_eq!(list["key_epochs_held"], serde_json::json!([2]), "{list:#}");
+    // Nothing in the repository is under epoch 1 (what a writer that read the config before
+    // the rotation sealed was found and resealed).
+    let current: RepoConfig = serde_json::from_slice(&env.read_object("config").unwrap()).unwrap();
+    let keys = current
+        .unlock_full(Some(&Unlock::KeyFile(
+            KeyFile::load(&env.key_file).unwrap(),
+        )))
+        .unwrap();
+    let codec = Codec::new(
+        &current.repo_id,
+        RepoKeys::from_keyring(&keys.keyring),
+        true,
+        current.data_key_version,
+    );
+    for (what, epoch) in envelope_epochs(&env, &codec) {
+        assert_eq!(epoch, 2, "{what}");
+    }
+    let archived: Vec<String> = objects(&env)
+        .into_keys()
+        .filter_map(|k| k.strip_prefix("clusters/main/wal/").map(str::to_string))
+        .filter_map(|k| k.split_once('/').map(|(_, f)| f.to_string()))
+        .collect();
+    assert!(archived.len() > 5, "{archived:?}");
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    for seg in &archived {
+        let dest = fetched.join(seg).display().to_string();
+        assert_success(&env.pgcairn(&["archive-get", seg, &dest]), seg);
+    }
+    let fingerprint = pgbench_fingerprint(&pg);
+    for (name, id) in [("r1", &b1), ("r2", &b2)] {
+        let r = env.restore_and_start(name, Some(id));
+        let _s = StopOnDrop(&r);
+        // Recovered to the end of the archive: the source's data exactly.
+        assert_eq!(pgbench_fingerprint(&r), fingerprint, "restored from {id}");
+        r.stop().unwrap();
+    }
 }

@@ -410,6 +410,15 @@ pub async fn check(settings: &Settings) -> Result<(), Failure> {
         repo.storage().describe(),
         repo.config().repo_id
     );
+    if let Some(lock) = settings.object_lock {
+        // object_store has no bucket-level requests: the bucket's configuration cannot be read
+        // from here, so say what is assumed and how to compare.
+        println!(
+            "object lock: repo.object_lock_days = {} assumed to be the bucket's default retention \
+             (not verifiable from here: compare with `aws s3api get-object-lock-configuration --bucket BUCKET`)",
+            lock.as_secs() / 86_400
+        );
+    }
     let r = check_archiving(
         &repo,
         &settings.cluster,

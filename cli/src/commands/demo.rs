@@ -437,6 +437,7 @@ fn demo_settings(dir: &Path) -> Settings {
         gc_grace: Duration::from_secs(3600),
         gc_repack_below: 0.5,
         maintenance_lease_wait: Duration::ZERO,
+        object_lock: None,
         idle_exit: Duration::from_secs(10),
         wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
         drill_pg_bindir: None,

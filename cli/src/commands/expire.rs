@@ -85,6 +85,8 @@ pub async fn gc(
         repack_below: settings.gc_repack_below,
         dry_run,
         lease_wait: settings.maintenance_lease_wait,
+        reencrypt: false,
+        object_lock: settings.object_lock,
     };
     let r = run_gc(&repo, &opts).await?;
     if output == OutputFormat::Json {
@@ -130,6 +132,14 @@ pub async fn gc(
             String::new()
         }
     );
+    if r.waiting_for_object_lock > 0 {
+        println!(
+            "{} condemned packs are still under the bucket's Object Lock retention (repo.object_lock_days): \
+             not deleted yet; the first may go after {}",
+            r.waiting_for_object_lock,
+            r.object_lock_until.as_deref().unwrap_or("?")
+        );
+    }
     println!(
         "read {} manifests, {} index entries ({} blocks referenced); {} objects listed, {:.1} MiB read, {} index segments rewritten, in {:.1}s{}",
         r.manifests,

@@ -5,12 +5,13 @@
 use std::path::Path;
 
 use pgcairn_engine::crypto::{KdfParams, KeyFile, SlotKey, Unlock};
+use pgcairn_engine::reencrypt::ReencryptOptions;
 use pgcairn_engine::repo::keys::{self, KeyChange, RotateInputs};
 use pgcairn_engine::repo::Repository;
 
 use super::open_storage;
 use crate::args::{KeyCmd, OutputFormat};
-use crate::exit::Failure;
+use crate::exit::{ExitCode, Failure};
 use crate::settings::Settings;
 
 /// Runs one `key` subcommand.
@@ -95,11 +96,14 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
             );
             Ok(())
         }
+        KeyCmd::Reencrypt { grace, output } => reencrypt(settings, grace.as_deref(), *output).await,
         KeyCmd::Rotate {
             also_key_file,
             also_passphrase_file,
             wrap_command,
             output,
+            reencrypt: then_reencrypt,
+            grace,
         } => {
             let mut inputs = RotateInputs::default();
             for path in also_key_file {
@@ -127,12 +131,95 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
                 ),
                 OutputFormat::Text => println!(
                     "rotated: new objects are sealed under key epoch {ring} (fresh random material); {} slots rewrapped. \
-                     Older objects stay readable through the old material, which the keyring keeps",
-                    out.config.key_slots.len()
+                     Older objects stay readable through the old material, which the keyring keeps{}",
+                    out.config.key_slots.len(),
+                    if *then_reencrypt { " until the re-encryption below drops it" } else { "" }
                 ),
+            }
+            if *then_reencrypt {
+                return reencrypt(settings, grace.as_deref(), *output).await;
             }
             Ok(())
         }
+    }
+}
+
+/// `key reencrypt` (and `key rotate --reencrypt` after rotating).
+async fn reencrypt(
+    settings: &Settings,
+    grace: Option<&str>,
+    output: OutputFormat,
+) -> Result<(), Failure> {
+    let grace = match grace {
+        Some(g) => pgcairn_storage::parse_duration(g).ok_or_else(|| {
+            Failure::usage(format!("--grace {g:?}: use a duration like 1h or 0s"))
+        })?,
+        None => settings.gc_grace,
+    };
+    let repo = super::open_repo(settings).await?;
+    let unlock = settings.unlock()?;
+    let r = pgcairn_engine::reencrypt::reencrypt(
+        &repo,
+        unlock.as_ref(),
+        settings.state_dir.as_deref(),
+        &ReencryptOptions {
+            grace,
+            lease_wait: settings.maintenance_lease_wait,
+            object_lock: settings.object_lock,
+        },
+    )
+    .await?;
+    let finished = r.old_epochs.is_empty() || !r.dropped_epochs.is_empty();
+    match output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&r).expect("report serialises")
+        ),
+        OutputFormat::Text if r.old_epochs.is_empty() => println!(
+            "nothing to re-encrypt: everything is sealed under key epoch {}, the only one the keyring holds",
+            r.key_epoch
+        ),
+        OutputFormat::Text => {
+            println!(
+                "resealed {} objects ({:.1} MiB) under key epoch {}; packs: {} rewritten ({} blocks resealed, {} new packs), \
+                 {} condemned, {} swept",
+                r.objects_resealed,
+                r.bytes_resealed as f64 / 1048576.0,
+                r.key_epoch,
+                r.gc.reencrypted.len(),
+                r.gc.resealed_blocks,
+                r.gc.repack_new_packs,
+                r.gc.condemned.len(),
+                r.gc.swept.len()
+            );
+            for skipped in &r.gc.repack_skipped {
+                println!("  damaged pack not rewritten: {skipped}");
+            }
+            for left in &r.remaining {
+                println!("  still under an old key epoch: {left}");
+            }
+            if r.remaining_count > r.remaining.len() {
+                println!("  ... and {} more", r.remaining_count - r.remaining.len());
+            }
+            if finished {
+                println!(
+                    "dropped key epochs {:?}: the keyring holds only epoch {} now; removed keys open nothing in this repository",
+                    r.dropped_epochs, r.key_epoch
+                );
+            } else if let Some(w) = &r.waiting {
+                println!("not finished: {w}");
+            }
+        }
+    }
+    if finished {
+        Ok(())
+    } else {
+        // Text output said why already.
+        let message = match output {
+            OutputFormat::Json => r.waiting.unwrap_or_default(),
+            OutputFormat::Text => String::new(),
+        };
+        Err(Failure::new(ExitCode::Failed, message))
     }
 }
 

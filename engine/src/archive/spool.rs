@@ -11,7 +11,9 @@
 //! segments, and pushes them ahead of PostgreSQL's requests with bounded parallelism. An ack
 //! is written only after the push is durable in the repository, and records the digest of
 //! what was pushed: the foreground call accepts an ack only for the same bytes it was given.
-//! When no `.ready` file appears for a while the pusher exits.
+//! When no `.ready` file appears for a while the pusher exits; it also exits after
+//! [`MAX_PUSHER_RUN`], so that a busy server's WAL is soon sealed under the key epoch of a
+//! `key rotate` (the next call starts a pusher that reads the config again).
 //!
 //! When the repository is unreachable, pushes fail and error files say why; PostgreSQL keeps
 //! its WAL and retries, so nothing is lost. Only if the operator sets `archive.queue_max`
@@ -335,7 +337,13 @@ async fn note_batch(
     crate::store::head::note_segments(repo, cluster, size, &segs).await;
 }
 
-/// Runs the background pusher until it has been idle for `opts.idle_exit`.
+/// The longest a pusher runs before it exits (the next `archive-push` starts another, which
+/// opens the repository again): bounds how long WAL is sealed under a key epoch after a
+/// `key rotate` replaced it (see [`crate::reencrypt`]).
+pub const MAX_PUSHER_RUN: Duration = Duration::from_secs(300);
+
+/// Runs the background pusher until it has been idle for `opts.idle_exit`, or for at most
+/// [`MAX_PUSHER_RUN`].
 /// The caller holds the pusher lock for the whole run.
 pub async fn run_pusher(
     repo: &Repository,
@@ -345,10 +353,21 @@ pub async fn run_pusher(
     opts: &PusherOptions,
 ) -> Result<()> {
     let mut idle_since = Instant::now();
+    let started = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut seg_size: Option<u64> = None;
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
+        if started.elapsed() >= MAX_PUSHER_RUN {
+            // The repository config (its key epoch) was read when this pusher started: after
+            // a `key rotate`, WAL must soon be sealed under the new epoch, and a
+            // re-encryption drops the old one only a grace period after the rotation.
+            info!(
+                "pusher ran {}s; exits so that the next one reads the repository config again",
+                started.elapsed().as_secs()
+            );
+            return Ok(());
+        }
         let ready = ready_files(pg_wal)?;
         spool.forget_consumed_acks(&ready);
         let todo: Vec<(WalFileName, u64)> = ready

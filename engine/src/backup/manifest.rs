@@ -251,7 +251,7 @@ impl Manifest {
     }
 }
 
-fn context(cluster: &str, id: &str) -> Vec<u8> {
+pub(crate) fn context(cluster: &str, id: &str) -> Vec<u8> {
     format!("{cluster}/{id}").into_bytes()
 }
 

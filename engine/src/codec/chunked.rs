@@ -45,7 +45,7 @@ use crate::crypto::ContentId;
 pub const VERSION: u8 = 2;
 const CHUNK_HEADER_LEN: usize = 8;
 
-fn chunk_nonce(base: &[u8], index: u32, last: bool) -> XNonce {
+pub(super) fn chunk_nonce(base: &[u8], index: u32, last: bool) -> XNonce {
     let mut n = [0u8; 24];
     n.copy_from_slice(base);
     for (b, x) in n[..4].iter_mut().zip(index.to_le_bytes()) {
@@ -55,7 +55,7 @@ fn chunk_nonce(base: &[u8], index: u32, last: bool) -> XNonce {
     n.into()
 }
 
-fn chunk_aad(object_aad: &[u8], index: u32, last: bool, lengths: &[u8]) -> Vec<u8> {
+pub(super) fn chunk_aad(object_aad: &[u8], index: u32, last: bool, lengths: &[u8]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(object_aad.len() + 5 + CHUNK_HEADER_LEN);
     aad.extend_from_slice(object_aad);
     aad.extend_from_slice(&index.to_le_bytes());
@@ -65,8 +65,8 @@ fn chunk_aad(object_aad: &[u8], index: u32, last: bool, lengths: &[u8]) -> Vec<u
 }
 
 /// One chunk of a body being opened, as read from the envelope (not yet authenticated).
-struct RawChunk<'a> {
-    lengths: &'a [u8],
+pub(super) struct RawChunk<'a> {
+    pub(super) lengths: &'a [u8],
     plain_len: usize,
     payload: &'a [u8],
     tag: &'a [u8],
@@ -163,7 +163,7 @@ impl Codec {
     }
 
     /// Authenticates (and decrypts) chunk `index` of `count`; returns its payload in clear.
-    fn open_chunk(
+    pub(super) fn open_chunk(
         &self,
         key: &[u8; 32],
         header: &[u8],
@@ -276,7 +276,10 @@ impl Codec {
         Ok((out.into_inner().expect("output lock"), id))
     }
 
-    fn split_chunks<'a>(&self, mut body: &'a [u8]) -> Result<Vec<RawChunk<'a>>, CodecError> {
+    pub(super) fn split_chunks<'a>(
+        &self,
+        mut body: &'a [u8],
+    ) -> Result<Vec<RawChunk<'a>>, CodecError> {
         let tag_len = self.tag_len();
         let mut chunks = Vec::new();
         while !body.is_empty() {

@@ -37,6 +37,7 @@ use crate::crypto::{ContentId, KeyUse, RepoKeys};
 
 mod chunked;
 pub mod compression;
+mod reseal;
 mod streamed;
 pub mod tree_hash;
 

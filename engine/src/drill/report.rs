@@ -110,7 +110,7 @@ pub struct DrillReport {
     pub summary: String,
 }
 
-fn context(cluster: &str, id: &str) -> Vec<u8> {
+pub(crate) fn context(cluster: &str, id: &str) -> Vec<u8> {
     format!("drill:{cluster}/{id}").into_bytes()
 }
 

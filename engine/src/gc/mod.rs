@@ -78,6 +78,13 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// How long to wait for another gc to finish.
     pub lease_wait: Duration,
+    /// Key rotation ([`crate::reencrypt`]): every pack holding anything sealed under a key
+    /// epoch older than the write epoch is treated as a repack source whatever its fill,
+    /// and its referenced blocks are resealed under the write epoch as they are copied.
+    pub reencrypt: bool,
+    /// The bucket's default S3 Object Lock retention (`repo.object_lock_days`): a condemned
+    /// pack written less than this long ago stays condemned, unswept, until it may go.
+    pub object_lock: Option<Duration>,
 }
 
 impl GcOptions {
@@ -88,6 +95,8 @@ impl GcOptions {
             repack_below: 0.5,
             dry_run: false,
             lease_wait: Duration::ZERO,
+            reencrypt: false,
+            object_lock: None,
         }
     }
 }
@@ -119,6 +128,11 @@ pub struct GcReport {
     pub pending_bytes: u64,
     /// Condemned packs whose sweep waits for a backup that started before their condemnation.
     pub waiting_for_backups: usize,
+    /// Condemned packs still under the bucket's Object Lock retention: swept once it ends.
+    pub waiting_for_object_lock: usize,
+    /// When the first of those leaves its retention (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock_until: Option<String>,
     /// Space after this run (packs written and deleted included).
     pub space: SpaceSummary,
     /// Objects listed.
@@ -133,8 +147,19 @@ pub struct GcReport {
     pub referenced_blocks: usize,
     /// Index segments rewritten.
     pub index_rewritten: usize,
+    /// Packs holding objects sealed under an old key epoch whose referenced blocks were
+    /// copied out and resealed (key rotation only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reencrypted: Vec<String>,
+    /// Blocks resealed under the newest key epoch (key rotation only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resealed_blocks: u64,
     /// True for `--dry-run`.
     pub dry_run: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn unix_now() -> i64 {
@@ -157,7 +182,18 @@ pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await
 }
 
-async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+/// Runs gc; the caller holds the gc lease.
+pub(crate) async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
+    Ok(gc_locked_with(repo, opts).await?.0)
+}
+
+/// Runs gc; the caller holds the gc lease. Also returns, with `opts.reencrypt`, the packs
+/// read and found sealed under the write epoch only, and the packs this run wrote.
+pub(crate) async fn gc_locked_with(
+    repo: &Repository,
+    opts: &GcOptions,
+) -> Result<(GcReport, HashSet<[u8; 32]>)> {
+    let mut clean = HashSet::new();
     let mut report = GcReport {
         dry_run: opts.dry_run,
         ..Default::default()
@@ -201,8 +237,22 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
         .filter(|(id, p)| !state.condemned.contains_key(&hex_id(id)) && old(p.modified))
         .map(|(id, _)| *id)
         .collect();
-    // 4. Repack.
-    if opts.repack_below > 0.0 {
+    // 4. Repack (with `reencrypt`: every pack holding old key epochs, resealing).
+    if opts.reencrypt && !opts.dry_run {
+        let done = repack::reencrypt(repo, &mut usage, &uncondemned_old).await?;
+        report.bytes_read += done.outcome.bytes_read;
+        report.repack_copied_bytes = done.outcome.copied_bytes;
+        report.repack_new_packs = done.outcome.new_packs;
+        report.resealed_blocks = done.resealed_blocks;
+        report.reencrypted = done.outcome.repacked.iter().map(hex_id).collect();
+        report.repack_skipped = done
+            .outcome
+            .skipped
+            .iter()
+            .map(|(id, why)| format!("{}: {why}", hex_id(id)))
+            .collect();
+        clean = done.clean;
+    } else if opts.repack_below > 0.0 {
         let sources: Vec<[u8; 32]> = uncondemned_old
             .iter()
             .filter(|id| {
@@ -263,6 +313,18 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
             report.waiting_for_backups += 1;
             continue;
         }
+        if let Some(lock) = opts.object_lock {
+            let written = usage.packs.get(&id).and_then(|p| p.modified);
+            if let Some(until) =
+                crate::expire::locked_until(written, lock, OffsetDateTime::now_utc())
+            {
+                report.waiting_for_object_lock += 1;
+                if report.object_lock_until.as_ref().is_none_or(|u| until < *u) {
+                    report.object_lock_until = Some(until);
+                }
+                continue;
+            }
+        }
         sweep.push(id);
     }
     let size = |id: &[u8; 32]| usage.packs.get(id).map_or(0, |p| p.size);
@@ -278,13 +340,13 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     report.live_packs = usage.packs.len() - state.condemned.len();
     if opts.dry_run {
         report.space = usage.space();
-        return Ok(report);
+        return Ok((report, clean));
     }
     // Record condemnations first: backups starting from now on avoid these packs.
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if sweep.is_empty() {
         report.space = usage.space();
-        return Ok(report);
+        return Ok((report, clean));
     }
     let doomed: HashSet<[u8; 32]> = sweep.iter().copied().collect();
     report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
@@ -295,7 +357,7 @@ async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     }
     state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
     report.space = usage.space();
-    Ok(report)
+    Ok((report, clean))
 }
 
 /// Rewrites every index segment naming a doomed pack without those entries (new segment

@@ -12,7 +12,12 @@
 //!
 //! Memory: one source pack and one pack being filled (about 32 MiB each).
 
+use std::collections::HashSet;
+
 use crate::backup::blockstore::{Packer, SealedBlock};
+use crate::codec::{Codec, ObjectKind};
+use crate::cpu;
+use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
 
@@ -82,4 +87,150 @@ pub async fn repack(
         usage.add_pack(id, size, entries);
     }
     Ok(out)
+}
+
+/// What a reencrypting repack did.
+#[derive(Debug, Default)]
+pub struct ReencryptOutcome {
+    /// Packs copied out (`repacked`: those holding old key epochs), bytes, packs written,
+    /// damaged packs left alone.
+    pub outcome: RepackOutcome,
+    /// Blocks resealed under the write epoch.
+    pub resealed_blocks: u64,
+    /// Packs read and found sealed under the write epoch only, and packs written: nothing
+    /// in them needs resealing.
+    pub clean: HashSet<[u8; 32]>,
+}
+
+/// Key rotation's repack ([`crate::reencrypt`]): reads every pack of `candidates`; one holding
+/// anything (trailer or block) sealed under a key epoch older than the write epoch has its
+/// referenced blocks copied into new packs, each block resealed under the write epoch on the
+/// way (same size, same id: [`crate::codec::Codec::reseal`]). The source is then an ordinary
+/// unneeded pack that gc condemns and sweeps. A block several old packs hold is copied once.
+pub async fn reencrypt(
+    repo: &Repository,
+    usage: &mut RepoUsage,
+    candidates: &[[u8; 32]],
+) -> Result<ReencryptOutcome> {
+    let mut out = ReencryptOutcome::default();
+    let mut copied: HashSet<ContentId> = HashSet::new();
+    let mut packer = Packer::recording(repo.clone());
+    for src in candidates {
+        let key = layout::pack(src);
+        let bytes = match repo.storage().get(&key).await {
+            Ok(b) => b,
+            // Swept by nothing else (the caller holds the gc lease): gone is gone.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        out.outcome.bytes_read += bytes.len() as u64;
+        if blake3::hash(&bytes).as_bytes() != src {
+            tracing::warn!("{key}: contents do not match its name; not reencrypting it");
+            out.outcome
+                .skipped
+                .push((*src, "contents do not match its name".into()));
+            continue;
+        }
+        let codec = repo.codec().clone();
+        let wanted: Vec<bool> = {
+            let entries = match crate::pack::read_pack_entries(&codec, &bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("{key}: its trailer does not open ({e}); not reencrypting it");
+                    out.outcome
+                        .skipped
+                        .push((*src, format!("its trailer does not open: {e}")));
+                    continue;
+                }
+            };
+            entries
+                .iter()
+                .map(|e| usage.is_referenced(&e.block_id) && !copied.contains(&e.block_id))
+                .collect()
+        };
+        let (resealed, dirty) = cpu::run(move || reseal_pack(&codec, &bytes, &wanted)).await;
+        let resealed = match resealed {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::warn!("{key}: {why}; not reencrypting it");
+                out.outcome.skipped.push((*src, why));
+                continue;
+            }
+        };
+        if !dirty {
+            out.clean.insert(*src);
+            continue;
+        }
+        for (block, was_old) in resealed {
+            out.outcome.copied_bytes += block.sealed.len() as u64;
+            out.resealed_blocks += u64::from(was_old);
+            copied.insert(block.id);
+            packer.add(block).await?;
+        }
+        out.outcome.repacked.push(*src);
+    }
+    packer.flush().await?;
+    out.outcome.new_packs = packer.packs;
+    for (id, size, entries) in packer.written.drain(..) {
+        out.clean.insert(id);
+        usage.add_pack(id, size, entries);
+    }
+    Ok(out)
+}
+
+/// Resealed copies of the `wanted` blocks of a whole pack (each with whether it was under an
+/// old epoch), and whether the pack holds anything under an old epoch at all.
+type Resealed = (std::result::Result<Vec<(SealedBlock, bool)>, String>, bool);
+
+fn reseal_pack(codec: &Codec, pack: &[u8], wanted: &[bool]) -> Resealed {
+    let entries = match crate::pack::read_pack_entries(codec, pack) {
+        Ok(e) => e,
+        Err(e) => return (Err(format!("its trailer does not open: {e}")), false),
+    };
+    let mut dirty = crate::pack::sealed_trailer(pack).is_some_and(|t| codec.needs_reseal(t));
+    let mut blocks = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let want = wanted.get(i).copied().unwrap_or(false);
+        let start = e.offset as usize;
+        let Some(sealed) = pack.get(start..start + e.sealed_len as usize) else {
+            return (Err("an entry points past its end".into()), true);
+        };
+        let old = codec.needs_reseal(sealed);
+        dirty |= old;
+        if !want {
+            continue;
+        }
+        let block = if old {
+            match codec.reseal(ObjectKind::Block, &e.block_id, b"", sealed) {
+                Ok(b) => b,
+                Err(err) => {
+                    return (
+                        Err(format!(
+                            "block {} does not open ({err})",
+                            e.block_id.to_hex()
+                        )),
+                        true,
+                    )
+                }
+            }
+        } else {
+            sealed.to_vec()
+        };
+        blocks.push((
+            SealedBlock {
+                id: e.block_id,
+                sealed: block,
+                raw_len: e.raw_len,
+            },
+            old,
+        ));
+    }
+    (Ok(blocks), dirty)
+}
+
+/// Whether a whole pack holds anything (trailer or block) sealed under a key epoch older than
+/// the write epoch; an error when it cannot be read as a pack.
+pub(crate) fn holds_old_epochs(codec: &Codec, pack: &[u8]) -> std::result::Result<bool, String> {
+    let (res, dirty) = reseal_pack(codec, pack, &[]);
+    res.map(|_| dirty)
 }

@@ -334,3 +334,29 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
         assert!(known.claim(unindexed) && !known.claim(unindexed));
     }
 }
+
+#[tokio::test]
+async fn packs_under_object_lock_retention_stay_condemned_until_it_ends() {
+    let (mem, repo) = repo_on_memory().await;
+    let a = pack_of(&repo, 0..5).await;
+    let _garbage = pack_of(&repo, 100..105).await;
+    save_manifest(&repo, "20261124-000000F", &a).await;
+    let locked = GcOptions {
+        object_lock: Some(Duration::from_secs(86_400)),
+        ..opts()
+    };
+    let r = gc(&repo, &locked).await.unwrap();
+    assert_eq!(r.condemned.len(), 1, "{r:?}");
+    assert!(r.swept.is_empty(), "{r:?}");
+    assert_eq!(r.waiting_for_object_lock, 1, "{r:?}");
+    assert!(r.object_lock_until.is_some(), "{r:?}");
+    assert_eq!(pack_names(&repo).await.len(), 2);
+    for o in mem.list("").await.unwrap() {
+        mem.backdate(o.key.as_str(), 2 * 86_400);
+    }
+    let r = gc(&repo, &locked).await.unwrap();
+    assert_eq!(r.swept.len(), 1, "{r:?}");
+    assert_eq!(r.waiting_for_object_lock, 0, "{r:?}");
+    assert_eq!(pack_names(&repo).await.len(), 1);
+    assert_readable(&repo, &a).await;
+}

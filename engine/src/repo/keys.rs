@@ -215,8 +215,17 @@ pub enum KeyChange {
     },
     /// A new key epoch with fresh material and keyring key.
     Rotate(RotateInputs),
-    /// Forget every key epoch older than the given one (after a re-encryption).
-    DropBefore(u32),
+    /// Forget every key epoch older than the given one. Only a completed re-encryption
+    /// can ask for it ([`NothingSealedBefore`] has no public constructor): dropping an epoch
+    /// while anything is still sealed under it would make that object unreadable for good.
+    DropBefore(NothingSealedBefore),
+}
+
+/// Proof that a scan of the whole repository ([`crate::reencrypt`]) found nothing sealed
+/// under a key epoch older than `keep_from`; the only way to drop key epochs.
+#[derive(Debug)]
+pub struct NothingSealedBefore {
+    pub(crate) keep_from: u32,
 }
 
 /// What a rotation may use to rewrap slots other than the one that unlocked.
@@ -396,7 +405,7 @@ fn apply(
             config.data_key_version = new_epoch;
             config.format = super::config::FORMAT_VERSION;
         }
-        KeyChange::DropBefore(keep_from) => {
+        KeyChange::DropBefore(NothingSealedBefore { keep_from }) => {
             if keep_from > epoch {
                 return Err(Error::Config(format!(
                     "cannot drop key epochs before {keep_from}: the newest is {epoch}"
@@ -651,9 +660,16 @@ mod tests {
             before.codec().open(ObjectKind::Manifest, &id, b"", &new),
             Err(crate::codec::CodecError::UnknownKeyEpoch(2))
         ));
-        change(&s, Some(&ub), None, KeyChange::DropBefore(2))
-            .await
-            .unwrap();
+        // (The proof is made here by hand: the manifest sealed under epoch 1 is orphaned on
+        // purpose, to show what dropping does.)
+        change(
+            &s,
+            Some(&ub),
+            None,
+            KeyChange::DropBefore(NothingSealedBefore { keep_from: 2 }),
+        )
+        .await
+        .unwrap();
         let dropped = Repository::open(s.clone(), Some(&ub)).await.unwrap();
         assert!(dropped
             .codec()

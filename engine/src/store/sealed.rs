@@ -53,7 +53,7 @@ impl DocKind {
     }
 }
 
-fn context(kind: DocKind, key: &ObjectKey) -> Vec<u8> {
+pub(crate) fn context(kind: DocKind, key: &ObjectKey) -> Vec<u8> {
     let mut c = Vec::with_capacity(kind.name().len() + 1 + key.as_str().len());
     c.extend_from_slice(kind.name().as_bytes());
     c.push(0);

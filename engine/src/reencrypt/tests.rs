@@ -1,0 +1,419 @@
+//! Re-encryption over in-memory storage: every kind of object resealed, the old epoch
+//! dropped only when nothing is left under it, and a run failing at any write leaving every
+//! backup block, manifest and WAL file readable.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::*;
+use crate::archive::get::get_wal_file;
+use crate::archive::push::{push_wal_file, WalSource};
+use crate::backup::blockstore::{BlockIndex, Packer, SealedBlock};
+use crate::crypto::{KdfParams, KeyFile};
+use crate::pg::wal_header::tests::fake_segment;
+use crate::repo::keys::RotateInputs;
+use crate::repo::InitOptions;
+use crate::storage::{CreateOutcome, MemoryStorage, ObjectInfo, ObjectVersion, Storage};
+use crate::test_support::save_manifest;
+use crate::types::WalFileName;
+
+fn opts() -> ReencryptOptions {
+    ReencryptOptions {
+        grace: Duration::ZERO,
+        lease_wait: Duration::ZERO,
+        object_lock: None,
+    }
+}
+
+fn block(n: u32) -> Vec<u8> {
+    (0..8192u32)
+        .map(|i| {
+            (i.wrapping_mul(2654435761)
+                .wrapping_add(n.wrapping_mul(40503))
+                >> 13) as u8
+        })
+        .collect()
+}
+
+fn segment(n: u64) -> (WalFileName, Vec<u8>) {
+    let name: WalFileName = format!("00000001{:08X}{:08X}", n >> 8, n & 0xff)
+        .parse()
+        .unwrap();
+    (
+        name,
+        fake_segment(42, 1, n * (16 << 20), 16 << 20, 16 << 20),
+    )
+}
+
+/// What epoch-1 writes left: blocks referenced by a manifest, WAL with its head, a pin, gc
+/// state; then a rotation to epoch 2. Returns the storage, the unlock and the block ids.
+async fn rotated_repo(
+    storage: Arc<dyn Storage>,
+) -> (Unlock, Vec<ContentId>, Vec<(WalFileName, Vec<u8>)>) {
+    let unlock = Unlock::KeyFile(KeyFile::generate());
+    Repository::init(
+        storage.clone(),
+        InitOptions {
+            unlock: Some(unlock.clone()),
+            kdf: KdfParams::insecure_for_tests(),
+            wal_compress_level: 1,
+        },
+    )
+    .await
+    .unwrap();
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut packer = Packer::new(repo.clone());
+    for n in 0..40 {
+        let b = block(n);
+        let id = repo.codec().content_id(&b);
+        let sealed = repo.codec().seal(ObjectKind::Block, &id, b"", &b, 1);
+        packer
+            .add(SealedBlock {
+                id,
+                sealed,
+                raw_len: b.len() as u32,
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    packer.flush().await.unwrap();
+    save_manifest(&repo, "20261124-000000F", &ids[..30]).await;
+    crate::expire::set_pin(&repo, "main", "20261124-000000F", true)
+        .await
+        .unwrap();
+    let mut wal = Vec::new();
+    for n in [16u64, 17] {
+        let (name, data) = segment(n);
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        wal.push((name, data));
+    }
+    crate::gc::gc(&repo, &GcOptions::with_grace(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    keys::change(
+        &storage,
+        Some(&unlock),
+        None,
+        KeyChange::Rotate(RotateInputs::default()),
+    )
+    .await
+    .unwrap();
+    (unlock, ids, wal)
+}
+
+/// Every backup block, the manifest and the WAL open with the current keys.
+async fn assert_everything_reads(
+    storage: &Arc<dyn Storage>,
+    unlock: &Unlock,
+    ids: &[ContentId],
+    wal: &[(WalFileName, Vec<u8>)],
+) {
+    let repo = Repository::open(storage.clone(), Some(unlock))
+        .await
+        .unwrap();
+    let m = crate::backup::manifest::load(&repo, "main", "20261124-000000F")
+        .await
+        .unwrap();
+    assert_eq!(m.files.len(), 1);
+    assert!(crate::expire::is_pinned(&repo, "main", "20261124-000000F")
+        .await
+        .unwrap());
+    let index = BlockIndex::load(&repo).await.unwrap();
+    for b in &ids[..30] {
+        let e = index.get(b).expect("indexed");
+        let range = e.entry.offset..e.entry.offset + u64::from(e.entry.sealed_len);
+        let sealed = storage
+            .get_range(&layout::pack(&e.pack_id), range)
+            .await
+            .unwrap();
+        crate::pack::open_block(repo.codec(), &e.entry, &sealed).unwrap();
+    }
+    for (name, data) in wal {
+        assert!(get_wal_file(&repo, "main", name).await.unwrap() == *data);
+    }
+    assert!(crate::store::head::read(&repo, "main")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// Nothing in storage is sealed under an epoch below `epoch` (every block and trailer of
+/// every pack included).
+async fn assert_nothing_below(storage: &Arc<dyn Storage>, repo: &Repository, epoch: u32) {
+    for o in storage.list("").await.unwrap() {
+        let k = o.key.as_str();
+        if k == "config" || k.starts_with("leases/") {
+            continue;
+        }
+        let bytes = storage.get(&o.key).await.unwrap();
+        if k.starts_with("packs/") {
+            assert!(
+                !crate::gc::repack::holds_old_epochs(repo.codec(), &bytes).unwrap(),
+                "{k} holds old epochs"
+            );
+        } else {
+            assert!(
+                Codec::epoch_of(&bytes).is_some_and(|e| e >= epoch),
+                "{k} is under epoch {:?}",
+                Codec::epoch_of(&bytes)
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn everything_is_resealed_and_the_old_epoch_dropped() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let (unlock, ids, wal) = rotated_repo(storage.clone()).await;
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    assert_eq!(repo.codec().keys().epochs(), vec![1, 2]);
+    let before = repo.storage().list("packs/").await.unwrap();
+    let r = reencrypt(&repo, Some(&unlock), None, &opts())
+        .await
+        .unwrap();
+    assert_eq!(r.old_epochs, vec![1]);
+    assert_eq!(r.dropped_epochs, vec![1], "{r:?}");
+    assert!(r.remaining.is_empty(), "{r:?}");
+    // Manifest, two WAL files and their records, head, cluster record, pin, index, gc state.
+    assert!(r.objects_resealed >= 9, "{r:?}");
+    assert_eq!(r.gc.reencrypted.len(), before.len());
+    assert_eq!(
+        r.gc.resealed_blocks, 30,
+        "only referenced blocks are copied"
+    );
+    let after = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    assert_eq!(after.codec().keys().epochs(), vec![2]);
+    assert_nothing_below(&storage, &after, 2).await;
+    assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+    for o in &before {
+        assert!(
+            storage.get(&o.key).await.unwrap_err().is_not_found(),
+            "old pack {} swept",
+            o.key
+        );
+    }
+    // Nothing left to do.
+    let again = reencrypt(&after, Some(&unlock), None, &opts())
+        .await
+        .unwrap();
+    assert!(again.old_epochs.is_empty() && again.objects_resealed == 0);
+}
+
+#[tokio::test]
+async fn old_epochs_stay_until_the_grace_period_has_passed() {
+    let mem = Arc::new(MemoryStorage::new());
+    let storage: Arc<dyn Storage> = mem.clone();
+    let (unlock, ids, wal) = rotated_repo(storage.clone()).await;
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    let hour = ReencryptOptions {
+        grace: Duration::from_secs(3600),
+        ..opts()
+    };
+    let r = reencrypt(&repo, Some(&unlock), None, &hour).await.unwrap();
+    assert!(r.dropped_epochs.is_empty(), "{r:?}");
+    // Manifest, WAL files and records, cluster record, pin, index; not yet the head, which
+    // goes last, right before the drop.
+    assert!(r.objects_resealed >= 8, "{r:?}");
+    // The packs are young: neither copied nor swept; the epoch stays, and says why.
+    assert!(r.remaining_count >= 1, "{r:?}");
+    assert!(
+        r.waiting.as_deref().unwrap_or("").contains("grace period"),
+        "{r:?}"
+    );
+    let still = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    assert_eq!(still.codec().keys().epochs(), vec![1, 2]);
+    assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+    // An hour later (packs and config aged), it completes.
+    for o in mem.list("").await.unwrap() {
+        mem.backdate(o.key.as_str(), 7200);
+    }
+    let r = reencrypt(
+        &still,
+        Some(&unlock),
+        None,
+        &ReencryptOptions {
+            grace: Duration::from_secs(3600),
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    // Condemned now, swept an hour after the condemnation.
+    assert!(r.dropped_epochs.is_empty(), "{r:?}");
+    assert!(!r.gc.condemned.is_empty(), "{r:?}");
+    let r = reencrypt(&still, Some(&unlock), None, &opts())
+        .await
+        .unwrap();
+    assert_eq!(r.dropped_epochs, vec![1], "{r:?}");
+    let after = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    assert_nothing_below(&storage, &after, 2).await;
+    assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+}
+
+/// Storage whose writes and deletes fail after a budget: a run killed at that point.
+#[derive(Debug)]
+struct FailAfter {
+    inner: Arc<dyn Storage>,
+    left: AtomicI64,
+}
+
+impl FailAfter {
+    fn spend(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(StorageError::Permanent {
+                op: "put",
+                key: key.to_string(),
+                detail: "injected failure".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for FailAfter {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
+        self.inner.get_versioned(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> std::result::Result<CreateOutcome, StorageError> {
+        self.spend(key)?;
+        self.inner.put_create(key, data).await
+    }
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> std::result::Result<ObjectVersion, StorageError> {
+        self.spend(key)?;
+        self.inner.put_swap(key, data, expected).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+        self.spend(key)?;
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_run_stopped_at_any_write_leaves_everything_readable_and_the_next_completes() {
+    let mut budget = 0;
+    loop {
+        // A fresh repository each time, the run stopped at its `budget`-th write.
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let (unlock, ids, wal) = rotated_repo(storage.clone()).await;
+        let faulty: Arc<dyn Storage> = Arc::new(FailAfter {
+            inner: storage.clone(),
+            left: AtomicI64::new(budget),
+        });
+        let repo = Repository::open(faulty, Some(&unlock)).await.unwrap();
+        let run = reencrypt(&repo, Some(&unlock), None, &opts()).await;
+        // A killed process leaves its leases behind; they expire (here: removed).
+        for o in storage.list("leases/").await.unwrap() {
+            storage.delete(&o.key).await.unwrap();
+        }
+        assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+        let done = match run {
+            Ok(r) => {
+                assert_eq!(r.dropped_epochs, vec![1], "budget {budget}: {r:?}");
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("injected"), "budget {budget}: {e}");
+                let repo = Repository::open(storage.clone(), Some(&unlock))
+                    .await
+                    .unwrap();
+                let r = reencrypt(&repo, Some(&unlock), None, &opts())
+                    .await
+                    .unwrap();
+                assert_eq!(r.dropped_epochs, vec![1], "after budget {budget}: {r:?}");
+                assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+                false
+            }
+        };
+        let after = Repository::open(storage.clone(), Some(&unlock))
+            .await
+            .unwrap();
+        assert_eq!(after.codec().keys().epochs(), vec![2]);
+        assert_nothing_below(&storage, &after, 2).await;
+        if done {
+            break;
+        }
+        budget += 1;
+        assert!(budget < 300, "never completed");
+    }
+    assert!(
+        budget > 15,
+        "the run was stopped at every one of its writes: {budget}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_object_is_not_resealed_and_keeps_the_old_epoch() {
+    let mem = Arc::new(MemoryStorage::new());
+    let storage: Arc<dyn Storage> = mem.clone();
+    let (unlock, _ids, wal) = rotated_repo(storage.clone()).await;
+    let key = layout::wal_pointer("main", &wal[0].0);
+    mem.tamper(key.as_str(), |b| {
+        let n = b.len();
+        b[n - 3] ^= 1
+    });
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    let r = reencrypt(&repo, Some(&unlock), None, &opts())
+        .await
+        .unwrap();
+    assert!(r.dropped_epochs.is_empty(), "{r:?}");
+    assert_eq!(r.remaining_count, 1, "{r:?}");
+    assert!(r.remaining[0].contains(key.as_str()), "{r:?}");
+    assert!(r.remaining[0].contains("verify"), "{r:?}");
+    let still = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    assert_eq!(still.codec().keys().epochs(), vec![1, 2]);
+}
