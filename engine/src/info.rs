@@ -35,6 +35,10 @@ pub struct BackupSummary {
     pub dedup_ratio: f64,
     /// Pages whose checksum failed.
     pub bad_pages: usize,
+    /// Taken on a standby.
+    pub from_standby: bool,
+    /// WAL segments the backup carries itself (not archived when it finished).
+    pub wal_in_backup: Vec<String>,
 }
 
 /// From the oldest backup's consistency point to the end of continuous WAL after it.
@@ -102,6 +106,8 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         };
         backups.push(BackupSummary {
             bad_pages: m.bad_page_count(),
+            from_standby: m.from_standby,
+            wal_in_backup: m.wal_in_backup,
             id: m.id,
             backup_type: m.backup_type,
             reference: m.reference,

@@ -395,7 +395,7 @@ pub async fn plan(
     let seg_size = record
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
-    let view = ArchiveView::load(repo, cluster, seg_size).await?;
+    let mut view = ArchiveView::load(repo, cluster, seg_size).await?;
 
     // A restore point pgcairn recorded places a name target like an LSN.
     let named_lsn = match target {
@@ -487,6 +487,11 @@ pub async fn plan(
             o.id, o.stop_time, o.stop_lsn
         )));
     };
+    // WAL a standby backup carries itself is restored into pg_wal, where recovery reads it
+    // when the archive lacks it: present for this restore.
+    for (t, s) in m.carried_segments(seg_size) {
+        view.segments.entry(t).or_default().insert(s);
+    }
     let tli = resolve_timeline(&view, timeline, &m);
     let unreachable = Unreachable {
         repo,

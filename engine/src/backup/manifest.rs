@@ -201,6 +201,16 @@ pub struct Manifest {
     pub xmin_after_stop: Option<u64>,
     /// Whether page checksums were verified.
     pub checksums_verified: bool,
+    /// Taken on a standby (`pg_is_in_recovery()`): its consistency point is the standby's
+    /// minimum recovery point, recorded in the `global/pg_control` this backup copied last.
+    #[serde(default)]
+    pub from_standby: bool,
+    /// WAL segments carried in the backup itself, as files under `pg_wal/` (a standby
+    /// backup whose WAL up to the stop position was not archived in time, typically while the
+    /// primary is down). Recovery reads them from `pg_wal` when the archive lacks them; they
+    /// never enter the WAL archive, where the completed segment belongs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal_in_backup: Vec<String>,
     /// `backup_label` contents.
     pub backup_label: String,
     /// `tablespace_map` contents, if any.
@@ -236,6 +246,8 @@ impl Manifest {
             block_size: self.block_size,
             xmin_after_stop: self.xmin_after_stop,
             checksums_verified: self.checksums_verified,
+            from_standby: self.from_standby,
+            wal_in_backup: self.wal_in_backup.clone(),
             backup_label: self.backup_label.clone(),
             tablespace_map: self.tablespace_map.clone(),
             tablespaces: self.tablespaces.clone(),
@@ -243,6 +255,20 @@ impl Manifest {
             files: Vec::new(),
             stats: self.stats.clone(),
         }
+    }
+
+    /// The WAL segments carried in this backup ([`Manifest::wal_in_backup`]) as
+    /// (timeline, absolute segment number); names that do not parse are left out.
+    pub fn carried_segments(&self, seg_size: u64) -> Vec<(u32, u64)> {
+        self.wal_in_backup
+            .iter()
+            .filter_map(|n| match n.parse::<crate::types::WalFileName>().ok()? {
+                crate::types::WalFileName::Segment { tli, segno } => {
+                    Some((tli.0, segno.absolute(seg_size)))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Total bad pages.
