@@ -85,6 +85,7 @@ pub async fn backup(
             let doc = serde_json::json!({
                 "id": m.id, "type": m.backup_type, "reference": m.reference, "timeline": m.timeline,
                 "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_time": m.start_time, "stop_time": m.stop_time,
+                "start_wal": m.start_wal, "stop_wal": m.stop_wal,
                 "from_standby": m.from_standby, "wal_in_backup": m.wal_in_backup,
                 "stats": s, "pinned": pin, "bad_pages": done.bad_pages.iter()
                     .map(|(file, blocks)| serde_json::json!({"file": file, "blocks": blocks})).collect::<Vec<_>>(),
