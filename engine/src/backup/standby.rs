@@ -339,7 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("pg_wal")).unwrap();
         let name: WalFileName = "000000010000000000000003".parse().unwrap();
-        let e = pg_wal_entries(dir.path(), &[name], 1, 16 << 20)
+        let e = pg_wal_entries(dir.path(), std::slice::from_ref(&name), 1, 16 << 20)
             .unwrap_err()
             .to_string();
         assert!(e.contains("000000010000000000000003"), "{e}");
