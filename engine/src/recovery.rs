@@ -857,6 +857,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn wal_a_standby_backup_carries_counts_for_that_backup_only() {
+        use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
+        use crate::pg::wal_header::tests::fake_segment;
+        let (_mem, repo) = memory_repo().await;
+        let seg = 16u64 << 20;
+        for n in 1..=2u64 {
+            let name: WalFileName = format!("0000000100000000{n:08X}").parse().unwrap();
+            let data = fake_segment(7, 1, n * seg, seg as u32, seg as usize);
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        // Consistent in segment 3, which the archive does not hold (the primary was down).
+        let mut m = crate::test_support::manifest(
+            "20261202-180000F",
+            "0/1000028",
+            "0/3000100",
+            "2026-12-02T18:00:01Z",
+            &[],
+        );
+        m.from_standby = true;
+        manifest::save(&repo, &m).await.unwrap();
+        let e = plan(
+            &repo,
+            "main",
+            Some(&m.id),
+            &Target::Immediate,
+            TimelineTarget::Latest,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("000000010000000000000003"), "{e}");
+
+        let mut carried = m.clone();
+        carried.id = "20261202-180100F".into();
+        carried.wal_in_backup = vec!["000000010000000000000003".into()];
+        manifest::save(&repo, &carried).await.unwrap();
+        let (chosen, p) = plan(
+            &repo,
+            "main",
+            Some(&carried.id),
+            &Target::Immediate,
+            TimelineTarget::Latest,
+        )
+        .await
+        .unwrap();
+        assert_eq!(chosen.id, carried.id);
+        assert_eq!(p.last_wal, "000000010000000000000003");
+        assert_eq!(p.wal_segments, 3);
+        // The other backup still lacks it.
+        assert!(plan(
+            &repo,
+            "main",
+            Some(&m.id),
+            &Target::Immediate,
+            TimelineTarget::Latest
+        )
+        .await
+        .is_err());
+    }
+
+    #[tokio::test]
     async fn a_record_whose_data_object_is_gone_is_a_hole_not_an_archived_segment() {
         use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
         use crate::pg::wal_header::tests::fake_segment;

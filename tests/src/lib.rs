@@ -684,27 +684,43 @@ impl TestEnv {
     /// what it receives too), `restore_command` from it. Started; returned once it streams.
     pub fn standby_of(&self, upstream: &Instance, name: &str, archive_mode: &str) -> Instance {
         let datadir = self.path().join(name);
-        let mut c = pgcairn_engine::pg::instance::command_as(
-            upstream.run_as.as_deref(),
-            &upstream.bin.client("pg_basebackup"),
-        );
-        c.arg("-D")
-            .arg(&datadir)
-            .arg("-h")
-            .arg(&upstream.socket_dir)
-            .args([
-                "-p",
-                &upstream.port.to_string(),
-                "-U",
-                "postgres",
-                "-X",
-                "stream",
-                "-R",
-                "-c",
-                "fast",
-            ]);
-        let out = c.output().expect("pg_basebackup");
-        assert_success(&out, "pg_basebackup -R");
+        if upstream.bin.has("pg_basebackup") {
+            let mut c = pgcairn_engine::pg::instance::command_as(
+                upstream.run_as.as_deref(),
+                &upstream.bin.program("pg_basebackup"),
+            );
+            c.arg("-D")
+                .arg(&datadir)
+                .arg("-h")
+                .arg(&upstream.socket_dir)
+                .args([
+                    "-p",
+                    &upstream.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-R",
+                    "-c",
+                    "fast",
+                ]);
+            let out = c.output().expect("pg_basebackup");
+            assert_success(&out, "pg_basebackup -R");
+        } else {
+            // The npm builds of some majors have no pg_basebackup (and another major's refuses
+            // the server): a cold copy of the briefly stopped upstream is a standby too.
+            upstream.stop().unwrap();
+            let cp = Command::new("cp")
+                .arg("-a")
+                .arg(&upstream.datadir)
+                .arg(&datadir)
+                .status()
+                .expect("cp");
+            assert!(cp.success(), "cp -a {}", upstream.datadir.display());
+            upstream.start().unwrap();
+            std::fs::write(datadir.join("standby.signal"), b"").unwrap();
+            give_to(self.run_as.as_deref(), &datadir).unwrap();
+        }
         let inst = Instance::new(
             upstream.bin.clone(),
             datadir,
@@ -714,6 +730,22 @@ impl TestEnv {
         );
         // The clone's log is the upstream's: start this one's afresh.
         let _ = std::fs::remove_file(inst.datadir.join("pgcairn-server.log"));
+        // Replace the primary_conninfo pg_basebackup -R wrote: a newer pg_basebackup (a major
+        // without its own uses the newest installed) writes libpq options an older server's
+        // libpq refuses (sslsni on 13).
+        let auto = inst.datadir.join("postgresql.auto.conf");
+        let mut conf: String = std::fs::read_to_string(&auto)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        conf.push_str(&format!(
+            "primary_conninfo = 'host={} port={} user=postgres application_name={name}'\n",
+            upstream.socket_dir.display(),
+            upstream.port
+        ));
+        std::fs::write(&auto, conf).unwrap();
         inst.configure(&[
             ("archive_mode", archive_mode.into()),
             ("archive_command", self.archive_command()),

@@ -189,11 +189,8 @@ fn failover_archives_on_timeline_2_and_pitr_reaches_both_sides() {
     let lsn_a = current_lsn(&p);
     // The primary's archiving breaks (its archive_command fails): its segments pile up as
     // .ready, while the standby (archive_mode = always) archives what it receives.
-    p.psql(
-        "postgres",
-        "alter system set archive_command = 'false'",
-    )
-    .unwrap();
+    p.psql("postgres", "alter system set archive_command = 'false'")
+        .unwrap();
     p.psql("postgres", "select pg_reload_conf()").unwrap();
     p.psql(
         "postgres",
@@ -246,11 +243,8 @@ fn failover_archives_on_timeline_2_and_pitr_reaches_both_sides() {
     // The old primary comes back before it is rebuilt, its archiving repaired: its late
     // timeline-1 segment is the one the standby archived, identical, so accepted.
     p.start().unwrap();
-    p.psql(
-        "postgres",
-        "alter system reset archive_command",
-    )
-    .unwrap();
+    p.psql("postgres", "alter system reset archive_command")
+        .unwrap();
     p.psql("postgres", "select pg_reload_conf()").unwrap();
     wait_archived(&p, &seg_b, MINUTE);
     // It writes on (split brain): its timeline-1 segments after the fork carry names no one
@@ -465,4 +459,41 @@ fn a_replica_built_with_restore_type_standby_catches_up_and_streams() {
         "{said}"
     );
     assert!(said.contains("only the primary can tell"), "{said}");
+}
+
+/// The standby path on the oldest and newest supported majors (13 still has
+/// `pg_start_backup(label, fast, exclusive)`; 18 the newest catalog): a standby backup with
+/// the primary stopped carries its stop segment and restores every row.
+#[test]
+fn standby_backups_with_the_primary_down_on_13_and_18() {
+    for major in [13, 18] {
+        let Some(bin) = pg_binaries_of(major) else {
+            continue;
+        };
+        let env = TestEnv::new(EnvOptions::new(Backend::File));
+        env.append_config("[backup]\nstandby_wal_wait = \"3s\"\narchive_timeout = \"60s\"\n");
+        let primary = env.cluster_of("primary", &bin);
+        primary.start().unwrap();
+        let _p = StopOnDrop(&primary);
+        primary
+            .psql(
+                "postgres",
+                "create table t(i int); insert into t select generate_series(1, 500)",
+            )
+            .unwrap();
+        let standby = env.standby_of(&primary, "standby", "always");
+        let _s = StopOnDrop(&standby);
+        wait_replayed(&standby, &current_lsn(&primary), MINUTE);
+        primary.stop().unwrap();
+        env.use_cluster(&standby);
+        let b = backup_json(&env, &["--type", "full"]);
+        assert_eq!(b["from_standby"], true, "PostgreSQL {major}: {b}");
+        assert!(
+            !b["wal_in_backup"].as_array().unwrap().is_empty(),
+            "PostgreSQL {major}: {b}"
+        );
+        let restored = env.restore_and_start_with("restored", &[], false);
+        let _r = StopOnDrop(&restored);
+        assert_eq!(rows(&restored, "true"), "500:125250", "PostgreSQL {major}");
+    }
 }
