@@ -760,11 +760,36 @@ async fn backup_with_lease(
             first = %first,
             "WAL not archived after backup.standby_wal_wait: copying it from the standby's pg_wal into the backup"
         );
-        let entries =
-            standby::pg_wal_entries(&opts.pgdata, &missing, control.system_identifier, seg)?;
-        for (name, e) in missing.iter().zip(entries) {
-            alone.read(e, &mut files, &mut stats, progress).await?;
-            wal_in_backup.push(name.to_string());
+        let mut absent = Vec::new();
+        for name in &missing {
+            match standby::pg_wal_entry(&opts.pgdata, name, control.system_identifier, seg) {
+                Ok(e) => {
+                    alone.read(e, &mut files, &mut stats, progress).await?;
+                    wal_in_backup.push(name.to_string());
+                }
+                Err(why) => absent.push((name, why)),
+            }
+        }
+        // Gone from pg_wal (a restartpoint during the backup): complete, so on its way to the
+        // archive; wait for it there for the rest of backup.archive_timeout.
+        let rest = opts.archive_timeout.saturating_sub(wait);
+        for (name, why) in absent {
+            let at = name
+                .segment()
+                .map(|s| s.start_lsn(seg))
+                .unwrap_or(start_lsn);
+            if !wait_for_wal(repo, &opts.cluster, timeline, at, at, seg, rest)
+                .await?
+                .is_empty()
+            {
+                return Err(Error::Timeout(format!(
+                    "WAL segment {name} (needed to make this standby backup consistent) was not archived \
+                     within backup.archive_timeout ({}s) and is not usable in the standby's pg_wal ({why}); \
+                     check archive_command on the primary (or archive_mode = always on the standby) and \
+                     take the backup again. No manifest was written",
+                    opts.archive_timeout.as_secs()
+                )));
+            }
         }
     }
     drop(alone);

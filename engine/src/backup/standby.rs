@@ -63,64 +63,54 @@ pub async fn stop_timeline(client: &tokio_postgres::Client) -> Result<u32> {
         .ok_or_else(|| Error::InvalidInput(format!("pg_control_recovery() timeline {tli}")))
 }
 
-/// The data-directory entries for segments `names` in the standby's `pg_wal`, each proven to
-/// be that segment of this system (long page header) and long enough to hold the WAL up to
-/// the stop position. A segment that is not there (recycled before the backup could read
-/// it) is an error naming it: the backup cannot be made consistent.
-pub fn pg_wal_entries(
+/// The data-directory entry for segment `name` in the standby's `pg_wal`, proven to be that
+/// segment of this system (long page header, full size); else why it is not usable. A
+/// complete segment may be gone (a restartpoint during the backup removed or recycled it):
+/// then it waits for it in the archive instead, where it is on its way.
+pub fn pg_wal_entry(
     pgdata: &Path,
-    names: &[WalFileName],
+    name: &WalFileName,
     system_identifier: u64,
     seg_size: u64,
-) -> Result<Vec<Entry>> {
+) -> std::result::Result<Entry, String> {
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    for name in names {
-        let rel = format!("pg_wal/{name}");
-        let abs = pgdata.join(&rel);
-        let missing = |why: String| {
-            Error::Timeout(format!(
-                "WAL segment {name} (needed to make this standby backup consistent) is neither in the \
-                 repository nor usable in {}: {why}. Archive it (the primary's archive_command, or \
-                 archive_mode = always on the standby) and take the backup again. No manifest was written",
-                abs.display()
-            ))
-        };
-        let meta = std::fs::metadata(&abs).map_err(|e| missing(e.to_string()))?;
-        if meta.len() != seg_size {
-            return Err(missing(format!(
-                "it is {} bytes, not {seg_size}",
-                meta.len()
-            )));
-        }
-        let mut head = [0u8; LONG_HEADER_LEN];
-        std::fs::File::open(&abs)
-            .and_then(|mut f| f.read_exact(&mut head))
-            .map_err(|e| missing(e.to_string()))?;
-        let header = LongPageHeader::parse(&head).map_err(|e| missing(e.to_string()))?;
-        header
-            .check_against(name, seg_size as usize)
-            .map_err(missing)?;
-        if header.system_identifier != system_identifier {
-            return Err(missing(format!(
-                "its page header is of database system {}, this standby is system {system_identifier}",
-                header.system_identifier
-            )));
-        }
-        out.push(Entry {
-            path: rel,
-            abs,
-            kind: EntryKind::File {
-                size: meta.len(),
-                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            },
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-        });
+    let rel = format!("pg_wal/{name}");
+    let abs = pgdata.join(&rel);
+    let meta = std::fs::metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+    if meta.len() != seg_size {
+        return Err(format!(
+            "{} is {} bytes, not {seg_size}",
+            abs.display(),
+            meta.len()
+        ));
     }
-    Ok(out)
+    let mut head = [0u8; LONG_HEADER_LEN];
+    std::fs::File::open(&abs)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .map_err(|e| format!("{}: {e}", abs.display()))?;
+    let header = LongPageHeader::parse(&head).map_err(|e| format!("{}: {e}", abs.display()))?;
+    header
+        .check_against(name, seg_size as usize)
+        .map_err(|e| format!("{}: {e}", abs.display()))?;
+    if header.system_identifier != system_identifier {
+        return Err(format!(
+            "{}: its page header is of database system {}, this standby is system {system_identifier}",
+            abs.display(),
+            header.system_identifier
+        ));
+    }
+    Ok(Entry {
+        path: rel,
+        abs,
+        kind: EntryKind::File {
+            size: meta.len(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        },
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
 }
 
 /// What `pgcairn check` found on a standby, where `pg_switch_wal()` is refused.
@@ -339,16 +329,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("pg_wal")).unwrap();
         let name: WalFileName = "000000010000000000000003".parse().unwrap();
-        let e = pg_wal_entries(dir.path(), std::slice::from_ref(&name), 1, 16 << 20)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("000000010000000000000003"), "{e}");
-        assert!(e.contains("No manifest was written"), "{e}");
+        let e = pg_wal_entry(dir.path(), &name, 1, 16 << 20).unwrap_err();
+        assert!(e.contains("pg_wal/000000010000000000000003"), "{e}");
         // A file of the wrong size (a segment still being created) is not taken either.
         std::fs::write(dir.path().join("pg_wal").join(name.to_string()), b"short").unwrap();
-        let e = pg_wal_entries(dir.path(), &[name], 1, 16 << 20)
-            .unwrap_err()
-            .to_string();
+        let e = pg_wal_entry(dir.path(), &name, 1, 16 << 20).unwrap_err();
         assert!(e.contains("5 bytes"), "{e}");
+        // Nor another segment's content under this name.
+        let other = crate::pg::wal_header::tests::fake_segment(1, 1, 4 << 24, 16 << 20, 16 << 20);
+        std::fs::write(dir.path().join("pg_wal").join(name.to_string()), &other).unwrap();
+        assert!(pg_wal_entry(dir.path(), &name, 1, 16 << 20).is_err());
+        let right = crate::pg::wal_header::tests::fake_segment(1, 1, 3 << 24, 16 << 20, 16 << 20);
+        std::fs::write(dir.path().join("pg_wal").join(name.to_string()), &right).unwrap();
+        let e = pg_wal_entry(dir.path(), &name, 1, 16 << 20).unwrap();
+        assert_eq!(e.path, "pg_wal/000000010000000000000003");
+        let e = pg_wal_entry(dir.path(), &name, 2, 16 << 20).unwrap_err();
+        assert!(e.contains("database system 1"), "{e}");
     }
 }
