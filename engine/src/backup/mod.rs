@@ -864,7 +864,7 @@ impl AloneReader {
             self.verify_checksums,
             self.start_lsn.0,
         );
-        let read = run_cpu(move || {
+        let read = cpu::run(move || {
             let ctx = ReadContext {
                 codec: &codec,
                 block_size,
