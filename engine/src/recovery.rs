@@ -508,7 +508,7 @@ pub async fn plan(
     let end_seg: Option<u64> = match target {
         Target::Lsn(l) => Some(l.segment_no(seg_size)),
         Target::Name(_) if named_lsn.is_some() => named_lsn.map(|l| l.segment_no(seg_size)),
-        Target::Immediate => Some(m.stop_lsn.segment_no(seg_size)),
+        Target::Immediate => Some(m.consistency_segment(seg_size)),
         Target::Time(t) => {
             let all = view.needed(tli, m.start_lsn, None);
             let mut found = None;
@@ -549,7 +549,7 @@ pub async fn plan(
     };
     // What must be present: from the backup's start to the target's segment (or, when the
     // target's position is unknown before replay, to the backup's consistency point).
-    let stop_seg = m.stop_lsn.segment_no(seg_size);
+    let stop_seg = m.consistency_segment(seg_size);
     let required = view.needed(
         tli,
         m.start_lsn,
@@ -819,7 +819,7 @@ impl Unreachable<'_> {
         Ok(match last {
             Some(name)
                 if name.segment().map(|s| s.absolute(view.seg_size))
-                    >= Some(m.stop_lsn.segment_no(view.seg_size)) =>
+                    >= Some(m.consistency_segment(view.seg_size)) =>
             {
                 let when = pointer_time(repo, cluster, &name)
                     .await?

@@ -153,7 +153,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         let needed = view.needed(
             m.timeline,
             m.start_lsn,
-            Some(m.stop_lsn.segment_no(seg_size)),
+            Some(m.consistency_segment(seg_size)),
         );
         // A standby backup may carry its last segments itself (restored into pg_wal).
         let carried = m.carried_segments(seg_size);

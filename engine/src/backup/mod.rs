@@ -644,13 +644,7 @@ async fn backup_with_lease(
         while let Some(r) = stream.next().await {
             match r {
                 Ok((read, unchanged)) => {
-                    progress.advance(
-                        read.entry.as_ref().map(|e| e.size).unwrap_or(0),
-                        read.new_bytes,
-                    );
-                    stats.bytes_read += read.read;
-                    stats.bytes_new += read.new_bytes;
-                    stats.blocks_new += read.new_blocks;
+                    tally(&read, &mut stats, progress);
                     stats.files_unchanged += u64::from(unchanged);
                     if let Some(f) = read.entry {
                         if let Err(e) = files.push(&f, &mut stats) {
@@ -736,16 +730,10 @@ async fn backup_with_lease(
     } else {
         opts.archive_timeout
     };
-    let missing = wait_for_wal(
-        repo,
-        &opts.cluster,
-        timeline,
-        start_lsn,
-        stop_lsn,
-        seg,
-        wait,
-    )
-    .await?;
+    // Through the segment holding the byte before the stop LSN, as PostgreSQL waits.
+    let wal_end = Lsn(manifest::last_segment_before(start_lsn, stop_lsn, seg) * seg);
+    let missing =
+        wait_for_wal(repo, &opts.cluster, timeline, start_lsn, wal_end, seg, wait).await?;
     let mut wal_in_backup = Vec::new();
     if let Some(first) = missing.first() {
         if !from_standby {
@@ -838,6 +826,17 @@ async fn backup_with_lease(
     })
 }
 
+/// Counts a file read into the backup's statistics and progress.
+fn tally(read: &FileRead, stats: &mut BackupStats, progress: &dyn Progress) {
+    progress.advance(
+        read.entry.as_ref().map(|e| e.size).unwrap_or(0),
+        read.new_bytes,
+    );
+    stats.bytes_read += read.read;
+    stats.bytes_new += read.new_bytes;
+    stats.blocks_new += read.new_blocks;
+}
+
 /// Reads single files (outside the parallel walk) into the backup's packer.
 struct AloneReader {
     codec: Arc<crate::codec::Codec>,
@@ -877,13 +876,7 @@ impl AloneReader {
             read_file(&ctx, &e, None)
         })
         .await?;
-        progress.advance(
-            read.entry.as_ref().map(|e| e.size).unwrap_or(0),
-            read.new_bytes,
-        );
-        stats.bytes_read += read.read;
-        stats.bytes_new += read.new_bytes;
-        stats.blocks_new += read.new_blocks;
+        tally(&read, stats, progress);
         if let Some(f) = read.entry {
             files.push(&f, stats)?;
         }
@@ -905,7 +898,7 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
     let carried = m.carried_segments(seg_size);
     let archived: Vec<u64> = [
         m.start_lsn.segment_no(seg_size),
-        m.stop_lsn.segment_no(seg_size),
+        m.consistency_segment(seg_size),
     ]
     .into_iter()
     .filter(|s| !carried.contains(&(m.timeline, *s)))
