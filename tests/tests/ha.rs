@@ -490,6 +490,16 @@ fn standby_backups_with_the_primary_down_on_13_and_18() {
         wait_replayed(&standby, &current_lsn(&primary), MINUTE);
         primary.stop().unwrap();
         env.use_cluster(&standby);
+        assert_eq!(
+            standby
+                .psql("postgres", "select pg_is_in_recovery()")
+                .unwrap_or_else(|e| panic!(
+                    "PostgreSQL {major}: the standby is gone once the primary stopped: {e}\n{}",
+                    std::fs::read_to_string(standby.datadir.join("pgcairn-server.log"))
+                        .unwrap_or_default()
+                )),
+            "t"
+        );
         let b = backup_json(&env, &["--type", "full"]);
         assert_eq!(b["from_standby"], true, "PostgreSQL {major}: {b}");
         assert!(
