@@ -11,11 +11,15 @@
 //! 4. walk the data directory (see [`crate::pg::datadir`]) and read files in parallel on the
 //!    CPU pool ([`reader`]): files whose size and mtime match the reference backup, and whose
 //!    mtime is older than the reference's start minus a safety window, are taken from the
-//!    reference manifest without reading (unless `--checksum-delta`);
+//!    reference manifest without reading (unless `--checksum-delta`); `global/pg_control` is
+//!    held back and read after every other file (a standby backup is consistent at the
+//!    minimum recovery point that copy records, see [`standby`]);
 //! 5. new blocks flow through a bounded channel into the [`blockstore::Packer`]: packs, then
 //!    index segments;
 //! 6. `pg_backup_stop(wait_for_archive => false)`, then wait (bounded) until every WAL segment
-//!    from the start to the stop LSN is in the repository, so the backup is restorable;
+//!    from the start to the stop LSN is in the repository, so the backup is restorable (on a
+//!    standby, what is still missing after `standby_wal_wait` is carried in the backup from
+//!    its `pg_wal`, see [`standby`]);
 //! 7. write the manifest (the commit point), streamed from the file list that finished files
 //!    were spilled to ([`file_spool`]).
 //!
