@@ -37,6 +37,22 @@ fn info_backup(env: &TestEnv, id: &str) -> serde_json::Value {
         .clone()
 }
 
+/// A primary of `bin`'s major with table `t` holding 1..=`rows`, and a streaming standby
+/// (`archive_mode = always`) that has replayed it.
+fn primary_and_standby(env: &TestEnv, bin: &PgBinaries, rows: u32) -> (Instance, Instance) {
+    let primary = env.cluster_of("primary", bin);
+    primary.start().unwrap();
+    primary
+        .psql(
+            "postgres",
+            &format!("create table t(i int); insert into t select generate_series(1, {rows})"),
+        )
+        .unwrap();
+    let standby = env.standby_of(&primary, "standby", "always");
+    wait_replayed(&standby, &current_lsn(&primary), MINUTE);
+    (primary, standby)
+}
+
 /// Runs `f` while a thread switches WAL on `primary` every 300 ms (as `archive_timeout` would
 /// on a busy primary), so the segment holding a standby backup's stop position is completed
 /// and archived.
@@ -61,18 +77,8 @@ fn with_wal_switches<T>(primary: &Instance, f: impl FnOnce() -> T) -> T {
 fn standby_backups_with_the_primary_up_and_down_restore_the_exact_rows() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     env.append_config("[backup]\nstandby_wal_wait = \"15s\"\narchive_timeout = \"90s\"\n");
-    let primary = env.cluster("primary");
-    primary.start().unwrap();
-    let _p = StopOnDrop(&primary);
-    primary
-        .psql(
-            "postgres",
-            "create table t(i int); insert into t select generate_series(1, 1000)",
-        )
-        .unwrap();
-    let standby = env.standby_of(&primary, "standby", "always");
-    let _s = StopOnDrop(&standby);
-    wait_replayed(&standby, &current_lsn(&primary), MINUTE);
+    let (primary, standby) = primary_and_standby(&env, &PgBinaries::find().unwrap(), 1000);
+    let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
     env.use_cluster(&standby);
 
     // Primary up: the WAL to the stop position reaches the repository through archiving.
@@ -108,8 +114,9 @@ fn standby_backups_with_the_primary_up_and_down_restore_the_exact_rows() {
     // The segment holding the stop position (the one before it when the stop is exactly at
     // a segment boundary) is carried.
     let stop = down["stop_lsn"].as_str().unwrap();
-    let at_boundary =
-        u64::from_str_radix(stop.split('/').nth(1).unwrap(), 16).unwrap() % (16 << 20) == 0;
+    let at_boundary = u64::from_str_radix(stop.split('/').nth(1).unwrap(), 16)
+        .unwrap()
+        .is_multiple_of(16 << 20);
     assert!(
         Some(carried.last().unwrap().as_str()) == down["stop_wal"].as_str() || at_boundary,
         "the segment holding the stop position is carried: {down}"
@@ -476,18 +483,8 @@ fn standby_backups_with_the_primary_down_on_13_and_18() {
         };
         let env = TestEnv::new(EnvOptions::new(Backend::File));
         env.append_config("[backup]\nstandby_wal_wait = \"3s\"\narchive_timeout = \"60s\"\n");
-        let primary = env.cluster_of("primary", &bin);
-        primary.start().unwrap();
-        let _p = StopOnDrop(&primary);
-        primary
-            .psql(
-                "postgres",
-                "create table t(i int); insert into t select generate_series(1, 500)",
-            )
-            .unwrap();
-        let standby = env.standby_of(&primary, "standby", "always");
-        let _s = StopOnDrop(&standby);
-        wait_replayed(&standby, &current_lsn(&primary), MINUTE);
+        let (primary, standby) = primary_and_standby(&env, &bin, 500);
+        let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
         primary.stop().unwrap();
         env.use_cluster(&standby);
         assert_eq!(

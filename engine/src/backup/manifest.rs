@@ -288,7 +288,7 @@ impl Manifest {
 
 /// The segment holding the byte before `stop` (or `start`'s segment when they coincide).
 pub fn last_segment_before(start: Lsn, stop: Lsn, seg_size: u64) -> u64 {
-    if stop.0 % seg_size == 0 && stop > start {
+    if stop.0.is_multiple_of(seg_size) && stop > start {
         (stop.0 - 1) / seg_size
     } else {
         stop.segment_no(seg_size)
