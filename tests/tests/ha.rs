@@ -503,6 +503,16 @@ fn standby_backups_with_the_primary_down_on_13_and_18() {
             !b["wal_in_backup"].as_array().unwrap().is_empty(),
             "PostgreSQL {major}: {b}"
         );
+        // The recoverable window starts at its consistency point, though the archive lacks
+        // the segment holding it.
+        let out = env.pgcairn(&["info", "--output", "json"]);
+        assert_success(&out, "pgcairn info");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let window = &doc["clusters"][0]["recoverable"];
+        assert_eq!(
+            window["from_lsn"], b["stop_lsn"],
+            "PostgreSQL {major}: {doc}"
+        );
         let restored = env.restore_and_start_with("restored", &[], false);
         let _r = StopOnDrop(&restored);
         assert_eq!(rows(&restored, "true"), "500:125250", "PostgreSQL {major}");
