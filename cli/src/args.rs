@@ -154,6 +154,7 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
   pgcairn restore --pgdata /srv/pg --target-name before_migration --dry-run
   pgcairn restore --pgdata /srv/pg --delta            # reuse what is already in /srv/pg
   pgcairn restore --pgdata /srv/replica --type standby
+  pgcairn restore --pgdata /srv/replica --type standby --primary-conninfo 'host=pg1 user=replicator'
 Before writing anything, checks the backup is intact and the WAL from it to the target is
 continuous; if not, names the missing segment and the latest reachable target.
 Default --target-action is PostgreSQL's (pause): inspect, then pg_wal_replay_resume() or promote.")]
@@ -330,6 +331,10 @@ pub struct RestoreArgs {
     /// `standby`: write standby.signal and follow the archive, no target.
     #[arg(long = "type", value_parser = ["default", "standby"], default_value = "default")]
     pub restore_type: String,
+    /// With --type standby: `primary_conninfo` of the replica, so it streams from the primary
+    /// after replaying the archive (no password here: use ~/.pgpass or passfile=).
+    #[arg(long, value_name = "CONNINFO")]
+    pub primary_conninfo: Option<String>,
     /// Only check and print the plan (backup, WAL range, bytes); write nothing.
     #[arg(long)]
     pub dry_run: bool,

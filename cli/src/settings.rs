@@ -48,6 +48,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "compress_level",
             "block_size",
             "archive_timeout",
+            "standby_wal_wait",
             "lease_wait",
         ],
     ),
@@ -107,6 +108,9 @@ pub struct Settings {
     pub block_size: usize,
     /// How long a backup waits for its WAL to be archived.
     pub backup_archive_timeout: Duration,
+    /// On a standby: how long a backup waits for its WAL in the repository before it copies
+    /// the missing segments from the standby's `pg_wal` into the backup.
+    pub standby_wal_wait: Duration,
     /// How long a backup waits for another backup of the cluster to finish.
     pub lease_wait: Duration,
     /// Asynchronous archiving.
@@ -306,6 +310,11 @@ impl Settings {
         let backup_archive_timeout =
             parse_dur(take("backup", "archive_timeout"), "backup.archive_timeout")?
                 .unwrap_or(Duration::from_secs(300));
+        let standby_wal_wait = parse_dur(
+            take("backup", "standby_wal_wait"),
+            "backup.standby_wal_wait",
+        )?
+        .unwrap_or(Duration::from_secs(60));
         let archive_async = parse_bool(take("archive", "async"), "archive.async")?.unwrap_or(false);
         let spool_dir = take("archive", "spool_dir")
             .map(|v| PathBuf::from(v.0))
@@ -372,6 +381,7 @@ impl Settings {
             backup_compress_level,
             block_size,
             backup_archive_timeout,
+            standby_wal_wait,
             lease_wait,
             archive_async,
             spool_dir,

@@ -35,6 +35,10 @@ pub struct BackupSummary {
     pub dedup_ratio: f64,
     /// Pages whose checksum failed.
     pub bad_pages: usize,
+    /// Taken on a standby.
+    pub from_standby: bool,
+    /// WAL segments the backup carries itself (not archived when it finished).
+    pub wal_in_backup: Vec<String>,
 }
 
 /// From the oldest backup's consistency point to the end of continuous WAL after it.
@@ -102,6 +106,8 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         };
         backups.push(BackupSummary {
             bad_pages: m.bad_page_count(),
+            from_standby: m.from_standby,
+            wal_in_backup: m.wal_in_backup,
             id: m.id,
             backup_type: m.backup_type,
             reference: m.reference,
@@ -143,17 +149,51 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
 
 fn window(wal: &WalListing, oldest: &BackupSummary) -> Option<RecoverableWindow> {
     let seg = wal.wal_segment_size;
-    let tl = wal
-        .timelines
-        .iter()
-        .find(|t| t.timeline == oldest.timeline)?;
-    let stop_seg = oldest.stop_lsn.segment_no(seg);
     let start_seg = oldest.start_lsn.segment_no(seg);
     let absolute = |name: &str| {
         name.parse::<WalFileName>()
             .ok()?
             .segment()
             .map(|s| s.absolute(seg))
+    };
+    // Segments a standby backup carries itself need not be archived.
+    let carried: Vec<u64> = oldest
+        .wal_in_backup
+        .iter()
+        .filter_map(|n| absolute(n))
+        .collect();
+    let consistency =
+        crate::backup::manifest::last_segment_before(oldest.start_lsn, oldest.stop_lsn, seg);
+    let mut stop_seg = consistency;
+    while stop_seg > start_seg && carried.contains(&stop_seg) {
+        stop_seg -= 1;
+    }
+    let own_wal_only = RecoverableWindow {
+        from_lsn: oldest.stop_lsn,
+        from_time: oldest.stop_time.clone(),
+        to_lsn: oldest.stop_lsn,
+        to_wal: oldest.wal_in_backup.last().cloned().unwrap_or_default(),
+        timeline: oldest.timeline,
+    };
+    let everything_carried = (start_seg..=consistency).all(|s| carried.contains(&s));
+    let Some(tl) = wal.timelines.iter().find(|t| t.timeline == oldest.timeline) else {
+        return everything_carried.then_some(own_wal_only);
+    };
+    if everything_carried {
+        // Archived since (the completed segment), the window goes on from there.
+        stop_seg = consistency;
+        let archived_since = tl.ranges.iter().any(|r| {
+            absolute(&r.first).is_some_and(|f| f <= stop_seg)
+                && absolute(&r.last).is_some_and(|l| stop_seg <= l)
+        });
+        if !archived_since {
+            return Some(own_wal_only);
+        }
+    }
+    let start_seg = if everything_carried {
+        consistency
+    } else {
+        start_seg
     };
     let range = tl.ranges.iter().find(|r| {
         let (Some(first), Some(last)) = (absolute(&r.first), absolute(&r.last)) else {
@@ -169,7 +209,7 @@ fn window(wal: &WalListing, oldest: &BackupSummary) -> Option<RecoverableWindow>
     Some(RecoverableWindow {
         from_lsn: oldest.stop_lsn,
         from_time: oldest.stop_time.clone(),
-        to_lsn: Lsn((last + 1) * seg),
+        to_lsn: Lsn((last + 1) * seg).max(oldest.stop_lsn),
         to_wal: to_wal.to_string(),
         timeline: tl.timeline,
     })

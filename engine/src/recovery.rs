@@ -395,7 +395,7 @@ pub async fn plan(
     let seg_size = record
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
-    let view = ArchiveView::load(repo, cluster, seg_size).await?;
+    let mut view = ArchiveView::load(repo, cluster, seg_size).await?;
 
     // A restore point pgcairn recorded places a name target like an LSN.
     let named_lsn = match target {
@@ -487,6 +487,11 @@ pub async fn plan(
             o.id, o.stop_time, o.stop_lsn
         )));
     };
+    // WAL a standby backup carries itself is restored into pg_wal, where recovery reads it
+    // when the archive lacks it: present for this restore.
+    for (t, s) in m.carried_segments(seg_size) {
+        view.segments.entry(t).or_default().insert(s);
+    }
     let tli = resolve_timeline(&view, timeline, &m);
     let unreachable = Unreachable {
         repo,
@@ -503,7 +508,7 @@ pub async fn plan(
     let end_seg: Option<u64> = match target {
         Target::Lsn(l) => Some(l.segment_no(seg_size)),
         Target::Name(_) if named_lsn.is_some() => named_lsn.map(|l| l.segment_no(seg_size)),
-        Target::Immediate => Some(m.stop_lsn.segment_no(seg_size)),
+        Target::Immediate => Some(m.consistency_segment(seg_size)),
         Target::Time(t) => {
             let all = view.needed(tli, m.start_lsn, None);
             let mut found = None;
@@ -544,7 +549,7 @@ pub async fn plan(
     };
     // What must be present: from the backup's start to the target's segment (or, when the
     // target's position is unknown before replay, to the backup's consistency point).
-    let stop_seg = m.stop_lsn.segment_no(seg_size);
+    let stop_seg = m.consistency_segment(seg_size);
     let required = view.needed(
         tli,
         m.start_lsn,
@@ -814,7 +819,7 @@ impl Unreachable<'_> {
         Ok(match last {
             Some(name)
                 if name.segment().map(|s| s.absolute(view.seg_size))
-                    >= Some(m.stop_lsn.segment_no(view.seg_size)) =>
+                    >= Some(m.consistency_segment(view.seg_size)) =>
             {
                 let when = pointer_time(repo, cluster, &name)
                     .await?
@@ -849,6 +854,69 @@ mod tests {
         assert_eq!(a, c);
         assert_eq!(a, d);
         assert_eq!(pg_time(c), "2026-11-24 07:10:00.000000+00");
+    }
+
+    #[tokio::test]
+    async fn wal_a_standby_backup_carries_counts_for_that_backup_only() {
+        use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
+        use crate::pg::wal_header::tests::fake_segment;
+        let (_mem, repo) = memory_repo().await;
+        let seg = 16u64 << 20;
+        for n in 1..=2u64 {
+            let name: WalFileName = format!("0000000100000000{n:08X}").parse().unwrap();
+            let data = fake_segment(7, 1, n * seg, seg as u32, seg as usize);
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        // Consistent in segment 3, which the archive does not hold (the primary was down).
+        let mut m = crate::test_support::manifest(
+            "20261202-180000F",
+            "0/1000028",
+            "0/3000100",
+            "2026-12-02T18:00:01Z",
+            &[],
+        );
+        m.from_standby = true;
+        manifest::save(&repo, &m).await.unwrap();
+        let e = plan(
+            &repo,
+            "main",
+            Some(&m.id),
+            &Target::Immediate,
+            TimelineTarget::Latest,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("000000010000000000000003"), "{e}");
+
+        let mut carried = m.clone();
+        carried.id = "20261202-180100F".into();
+        carried.wal_in_backup = vec!["000000010000000000000003".into()];
+        manifest::save(&repo, &carried).await.unwrap();
+        let (chosen, p) = plan(
+            &repo,
+            "main",
+            Some(&carried.id),
+            &Target::Immediate,
+            TimelineTarget::Latest,
+        )
+        .await
+        .unwrap();
+        assert_eq!(chosen.id, carried.id);
+        assert_eq!(p.last_wal, "000000010000000000000003");
+        assert_eq!(p.wal_segments, 3);
+        // The other backup still lacks it.
+        assert!(plan(
+            &repo,
+            "main",
+            Some(&m.id),
+            &Target::Immediate,
+            TimelineTarget::Latest
+        )
+        .await
+        .is_err());
     }
 
     #[tokio::test]

@@ -106,6 +106,9 @@ pub struct RestoreOptions {
     pub target_timeline: TimelineTarget,
     /// Restore as a standby (`standby.signal`, no target).
     pub standby: bool,
+    /// With `standby`: `primary_conninfo`, so the replica streams from the primary once it
+    /// has replayed what the archive holds.
+    pub primary_conninfo: Option<String>,
     /// Only plan and check; write nothing.
     pub dry_run: bool,
     /// Reuse an existing data directory, rewriting only blocks that differ.
@@ -134,6 +137,7 @@ impl RestoreOptions {
             target_action: None,
             target_timeline: TimelineTarget::Latest,
             standby: false,
+            primary_conninfo: None,
             dry_run: false,
             delta: false,
             tablespace_map: Vec::new(),
@@ -270,6 +274,9 @@ pub async fn restore(
         return Err(Error::Config(
             "--type standby takes no recovery target: a standby follows the archive".into(),
         ));
+    }
+    if let Some(c) = &opts.primary_conninfo {
+        check_primary_conninfo(c, opts.standby)?;
     }
     let (chosen, plan) = recovery::plan(
         repo,
@@ -1198,9 +1205,45 @@ pub const AUTO_CONF_END: &str = "# pgcairn recovery settings (end)";
 pub const REPLAY_SETTINGS_NOTE: &str =
     "# faster WAL replay; read by PostgreSQL only during recovery, inert after promotion";
 
+/// Refuses a `primary_conninfo` that cannot work or would leak a secret: only a standby
+/// streams, the value is written into `postgresql.auto.conf` (and came from argv), so a
+/// password belongs in a password file (`passfile=` or `~/.pgpass` of the server's user).
+fn check_primary_conninfo(conninfo: &str, standby: bool) -> Result<()> {
+    if !standby {
+        return Err(Error::Config(
+            "--primary-conninfo needs --type standby: only a standby streams from a primary".into(),
+        ));
+    }
+    if conninfo.trim().is_empty() || conninfo.contains(['\n', '\r', '\0']) {
+        return Err(Error::Config(format!(
+            "--primary-conninfo {conninfo:?}: give a libpq connection string on one line, like \
+             \"host=primary.example port=5432 user=replicator\""
+        )));
+    }
+    let lower = conninfo.to_ascii_lowercase();
+    let uri_password = ["postgresql://", "postgres://"]
+        .iter()
+        .find_map(|p| lower.strip_prefix(p))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let compact: String = lower.split_whitespace().collect();
+    if compact.contains("password=") || compact.contains("password%3d") || uri_password {
+        return Err(Error::Config(
+            "--primary-conninfo must not hold a password (command lines are visible to other users, \
+             and it would be written into postgresql.auto.conf): put it in the server user's \
+             ~/.pgpass or a file named by passfile=".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The recovery settings pgcairn writes for a restore.
 pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(&'static str, String)> {
     let mut v = vec![("restore_command", opts.restore_command.clone())];
+    if let (true, Some(c)) = (opts.standby, &opts.primary_conninfo) {
+        v.push(("primary_conninfo", c.clone()));
+    }
     match &opts.target_spec {
         Target::EndOfArchive => {}
         Target::Immediate => v.push(("recovery_target", "immediate".into())),
@@ -1317,6 +1360,30 @@ mod tests {
             .enumerate()
             .map(|(i, b)| Some(p.part(data.len() as u64, i, b)))
             .collect()
+    }
+
+    #[test]
+    fn primary_conninfo_is_for_standbys_and_holds_no_password() {
+        assert!(check_primary_conninfo("host=pg1 user=replicator", true).is_ok());
+        assert!(check_primary_conninfo("postgresql://replicator@pg1:5432/postgres", true).is_ok());
+        let e = check_primary_conninfo("host=pg1", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--type standby"), "{e}");
+        for secret in [
+            "host=pg1 user=r password=hunter2",
+            "host=pg1 PASSWORD = hunter2",
+            "postgresql://r:hunter2@pg1/postgres",
+        ] {
+            let e = check_primary_conninfo(secret, true)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("pgpass"), "{secret}: {e}");
+        }
+        let e = check_primary_conninfo("host=pg1\nrestore_command='x'", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one line"), "{e}");
     }
 
     #[test]

@@ -153,8 +153,14 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         let needed = view.needed(
             m.timeline,
             m.start_lsn,
-            Some(m.stop_lsn.segment_no(seg_size)),
+            Some(m.consistency_segment(seg_size)),
         );
+        // A standby backup may carry its last segments itself (restored into pg_wal).
+        let carried = m.carried_segments(seg_size);
+        let needed: Vec<(u32, u64)> = needed
+            .into_iter()
+            .filter(|n| !carried.contains(n))
+            .collect();
         if let Some(missing) = view.first_missing(&needed) {
             let how = if view.is_lost(&missing) {
                 "recorded but its data object is missing"

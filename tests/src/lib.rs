@@ -678,3 +678,171 @@ impl TestEnv {
         out
     }
 }
+
+/// Primary and streaming standbys on loopback: clones made with `pg_basebackup -R` over the
+/// primary's Unix socket (initdb's `pg_hba.conf` trusts local replication), every member
+/// archiving into the same repository and cluster as the HA guide in the README sets them up.
+impl TestEnv {
+    /// A streaming standby of the running `upstream` in `<dir>/<name>`: `archive_command` into
+    /// this repository with `archive_mode` (`on`: archives once promoted; `always`: archives
+    /// what it receives too), `restore_command` from it. Started; returned once it streams.
+    pub fn standby_of(&self, upstream: &Instance, name: &str, archive_mode: &str) -> Instance {
+        let datadir = self.path().join(name);
+        if upstream.bin.has("pg_basebackup") {
+            let mut c = pgcairn_engine::pg::instance::command_as(
+                upstream.run_as.as_deref(),
+                &upstream.bin.program("pg_basebackup"),
+            );
+            c.arg("-D")
+                .arg(&datadir)
+                .arg("-h")
+                .arg(&upstream.socket_dir)
+                .args([
+                    "-p",
+                    &upstream.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "stream",
+                    "-R",
+                    "-c",
+                    "fast",
+                ]);
+            let out = c.output().expect("pg_basebackup");
+            assert_success(&out, "pg_basebackup -R");
+        } else {
+            // The npm builds of some majors have no pg_basebackup (and another major's refuses
+            // the server): a cold copy of the briefly stopped upstream is a standby too.
+            upstream.stop().unwrap();
+            let cp = Command::new("cp")
+                .arg("-a")
+                .arg(&upstream.datadir)
+                .arg(&datadir)
+                .status()
+                .expect("cp");
+            assert!(cp.success(), "cp -a {}", upstream.datadir.display());
+            upstream.start().unwrap();
+            std::fs::write(datadir.join("standby.signal"), b"").unwrap();
+            give_to(self.run_as.as_deref(), &datadir).unwrap();
+        }
+        let inst = Instance::new(
+            upstream.bin.clone(),
+            datadir,
+            self.path().to_path_buf(),
+            free_port().unwrap(),
+            self.run_as.clone(),
+        );
+        // The clone's log is the upstream's: start this one's afresh.
+        let _ = std::fs::remove_file(inst.datadir.join("pgcairn-server.log"));
+        // Replace the primary_conninfo pg_basebackup -R wrote: a newer pg_basebackup (a major
+        // without its own uses the newest installed) writes libpq options an older server's
+        // libpq refuses (sslsni on 13).
+        let auto = inst.datadir.join("postgresql.auto.conf");
+        let mut conf: String = std::fs::read_to_string(&auto)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        conf.push_str(&format!(
+            "primary_conninfo = 'host={} port={} user=postgres application_name={name}'\n",
+            upstream.socket_dir.display(),
+            upstream.port
+        ));
+        std::fs::write(&auto, conf).unwrap();
+        inst.configure(&[
+            ("archive_mode", archive_mode.into()),
+            ("archive_command", self.archive_command()),
+            ("restore_command", self.restore_command()),
+            ("hot_standby", "on".into()),
+        ])
+        .expect("configure standby");
+        inst.start().expect("start standby");
+        wait_streaming(&inst, Duration::from_secs(60));
+        inst
+    }
+
+    /// Appends `text` (TOML sections) to the config file.
+    pub fn append_config(&self, text: &str) {
+        let mut all = std::fs::read_to_string(&self.config).unwrap();
+        all.push('\n');
+        all.push_str(text);
+        std::fs::write(&self.config, all).unwrap();
+    }
+
+    /// True when WAL file `name` (segment, `.partial` or history file) can be fetched from the
+    /// repository with `archive-get`; its bytes then land in `<dir>/fetched-<name>`.
+    pub fn archived(&self, name: &str) -> bool {
+        let dest = self.path().join(format!("fetched-{name}"));
+        let out = self.pgcairn(&["archive-get", name, &dest.display().to_string()]);
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("archive-get {name}: {}", stderr(&out)),
+        }
+    }
+
+    /// Waits until [`TestEnv::archived`] says `name` is in the repository.
+    pub fn wait_in_repository(&self, name: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.archived(name) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} not in the repository after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Waits until the standby's WAL receiver streams.
+pub fn wait_streaming(inst: &Instance, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = inst
+            .psql(
+                "postgres",
+                "select coalesce((select status from pg_stat_wal_receiver), 'none')",
+            )
+            .unwrap_or_default();
+        if status == "streaming" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} does not stream after {timeout:?} (receiver: {status}); server log:\n{}",
+            inst.datadir.display(),
+            std::fs::read_to_string(inst.datadir.join("pgcairn-server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The primary's current WAL position (`pg_current_wal_lsn()`).
+pub fn current_lsn(primary: &Instance) -> String {
+    primary
+        .psql("postgres", "select pg_current_wal_lsn()")
+        .unwrap()
+}
+
+/// Waits until `standby` has replayed up to `lsn`.
+pub fn wait_replayed(standby: &Instance, lsn: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done = standby
+            .psql(
+                "postgres",
+                &format!("select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+            )
+            .unwrap();
+        if done == "t" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standby {} did not replay up to {lsn} in {timeout:?}",
+            standby.datadir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

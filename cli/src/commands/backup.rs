@@ -69,6 +69,7 @@ pub async fn backup(
         compress_level: settings.backup_compress_level,
         checksum_delta,
         archive_timeout: settings.backup_archive_timeout,
+        standby_wal_wait: settings.standby_wal_wait,
         lease_wait: settings.lease_wait,
     };
     let reporter = Reporter::new(cli.progress);
@@ -84,6 +85,8 @@ pub async fn backup(
             let doc = serde_json::json!({
                 "id": m.id, "type": m.backup_type, "reference": m.reference, "timeline": m.timeline,
                 "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_time": m.start_time, "stop_time": m.stop_time,
+                "start_wal": m.start_wal, "stop_wal": m.stop_wal,
+                "from_standby": m.from_standby, "wal_in_backup": m.wal_in_backup,
                 "stats": s, "pinned": pin, "bad_pages": done.bad_pages.iter()
                     .map(|(file, blocks)| serde_json::json!({"file": file, "blocks": blocks})).collect::<Vec<_>>(),
             });
@@ -103,6 +106,18 @@ pub async fn backup(
                 m.start_wal,
                 m.stop_wal
             );
+            if m.from_standby {
+                println!(
+                    "taken on a standby (consistent at its minimum recovery point {})",
+                    m.stop_lsn
+                );
+            }
+            if !m.wal_in_backup.is_empty() {
+                println!(
+                    "WAL {} was not archived within backup.standby_wal_wait: copied from the standby's pg_wal into the backup",
+                    m.wal_in_backup.join(" ")
+                );
+            }
             for (file, blocks) in &done.bad_pages {
                 println!("WARNING: page checksum failures in {file}: blocks {blocks:?}");
             }
@@ -244,6 +259,7 @@ fn restore_options(
         target_action: args.target_action.clone(),
         target_timeline,
         standby: args.restore_type == "standby",
+        primary_conninfo: args.primary_conninfo.clone(),
         dry_run: args.dry_run,
         delta: args.delta,
         direct_io: !args.buffered,
@@ -431,9 +447,24 @@ pub async fn check(settings: &Settings) -> Result<(), Failure> {
         r.pg_version_num, r.wal_level, r.archive_mode
     );
     println!("archive_command: {}", r.archive_command);
-    println!(
-        "WAL switch: {} archived after {:.1}s: ok",
-        r.archived_segment, r.archive_wait_seconds
-    );
+    if let Some(seg) = &r.archived_segment {
+        println!(
+            "WAL switch: {seg} archived after {:.1}s: ok",
+            r.archive_wait_seconds
+        );
+    }
+    if let Some(s) = &r.standby {
+        println!("this server is a standby; checked:");
+        for line in &s.checked {
+            println!("  ok: {line}");
+        }
+        for line in &s.warnings {
+            println!("  WARNING: {line}");
+        }
+        println!("only the primary can tell:");
+        for line in &s.primary_only {
+            println!("  - {line}");
+        }
+    }
     Ok(())
 }

@@ -223,6 +223,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         compress_level: 3,
         checksum_delta: false,
         archive_timeout: Duration::from_secs(120),
+        standby_wal_wait: Duration::from_secs(60),
         lease_wait: Duration::ZERO,
     };
     // Let the initial load age past the incremental's mtime safety window.
@@ -425,6 +426,7 @@ fn demo_settings(dir: &Path) -> Settings {
         backup_compress_level: 3,
         block_size: 64 << 10,
         backup_archive_timeout: Duration::from_secs(120),
+        standby_wal_wait: Duration::from_secs(60),
         lease_wait: Duration::ZERO,
         archive_async: false,
         spool_dir: PathBuf::from(dir).join("spool"),

@@ -7,7 +7,7 @@
 //!                 "backups": [{"id", "type", "reference", "timeline", "start_time", "stop_time",
 //!                              "start_lsn", "stop_lsn", "stats": {"files", "size", "bytes_read",
 //!                              "bytes_new", "stored_new", "blocks", "blocks_new", "files_unchanged"},
-//!                              "dedup_ratio", "bad_pages"}],
+//!                              "dedup_ratio", "bad_pages", "from_standby", "wal_in_backup": ["name"]}],
 //!                 "wal": {"cluster", "system_identifier", "wal_segment_size",
 //!                         "timelines": [{"timeline", "history_file", "segments",
 //!                          "ranges": [{"first","last","segments"}],
@@ -91,9 +91,10 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
         }
         for b in &c.backups {
             println!(
-                "  backup {} {:?} tl {} {} .. {} lsn {} .. {}: db {}, added {} (dedup {}x){}",
+                "  backup {} {:?}{} tl {} {} .. {} lsn {} .. {}: db {}, added {} (dedup {}x){}{}",
                 b.id,
                 b.backup_type,
+                if b.from_standby { " from standby" } else { "" },
                 b.timeline,
                 b.start_time,
                 b.stop_time,
@@ -102,6 +103,13 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                 mib(b.stats.size),
                 mib(b.stats.stored_new),
                 b.dedup_ratio,
+                match b.wal_in_backup.as_slice() {
+                    [] => String::new(),
+                    w => format!(
+                        ", carries WAL {} (not archived when it finished)",
+                        w.join(" ")
+                    ),
+                },
                 if b.bad_pages > 0 {
                     format!(", {} BAD PAGES", b.bad_pages)
                 } else {

@@ -201,6 +201,16 @@ pub struct Manifest {
     pub xmin_after_stop: Option<u64>,
     /// Whether page checksums were verified.
     pub checksums_verified: bool,
+    /// Taken on a standby (`pg_is_in_recovery()`): its consistency point is the standby's
+    /// minimum recovery point, recorded in the `global/pg_control` this backup copied last.
+    #[serde(default)]
+    pub from_standby: bool,
+    /// WAL segments carried in the backup itself, as files under `pg_wal/` (a standby
+    /// backup whose WAL up to the stop position was not archived in time, typically while the
+    /// primary is down). Recovery reads them from `pg_wal` when the archive lacks them; they
+    /// never enter the WAL archive, where the completed segment belongs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wal_in_backup: Vec<String>,
     /// `backup_label` contents.
     pub backup_label: String,
     /// `tablespace_map` contents, if any.
@@ -236,6 +246,8 @@ impl Manifest {
             block_size: self.block_size,
             xmin_after_stop: self.xmin_after_stop,
             checksums_verified: self.checksums_verified,
+            from_standby: self.from_standby,
+            wal_in_backup: self.wal_in_backup.clone(),
             backup_label: self.backup_label.clone(),
             tablespace_map: self.tablespace_map.clone(),
             tablespaces: self.tablespaces.clone(),
@@ -245,9 +257,41 @@ impl Manifest {
         }
     }
 
+    /// The last segment replay needs to reach consistency: the one holding the byte before
+    /// the stop LSN (PostgreSQL's `XLByteToPrevSeg`). A stop LSN exactly at a segment
+    /// boundary (the record before it ended there, a WAL switch for instance; common on a
+    /// standby, whose stop is its minimum recovery point) needs nothing of the next segment,
+    /// which may not even be complete yet.
+    pub fn consistency_segment(&self, seg_size: u64) -> u64 {
+        last_segment_before(self.start_lsn, self.stop_lsn, seg_size)
+    }
+
+    /// The WAL segments carried in this backup ([`Manifest::wal_in_backup`]) as
+    /// (timeline, absolute segment number); names that do not parse are left out.
+    pub fn carried_segments(&self, seg_size: u64) -> Vec<(u32, u64)> {
+        self.wal_in_backup
+            .iter()
+            .filter_map(|n| match n.parse::<crate::types::WalFileName>().ok()? {
+                crate::types::WalFileName::Segment { tli, segno } => {
+                    Some((tli.0, segno.absolute(seg_size)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Total bad pages.
     pub fn bad_page_count(&self) -> usize {
         self.files.iter().map(|f| f.bad_pages.len()).sum()
+    }
+}
+
+/// The segment holding the byte before `stop` (or `start`'s segment when they coincide).
+pub fn last_segment_before(start: Lsn, stop: Lsn, seg_size: u64) -> u64 {
+    if stop.0.is_multiple_of(seg_size) && stop > start {
+        (stop.0 - 1) / seg_size
+    } else {
+        stop.segment_no(seg_size)
     }
 }
 
@@ -563,6 +607,16 @@ fn id_time(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_at_a_segment_boundary_needs_nothing_of_the_next_segment() {
+        let seg = 16u64 << 20;
+        let (start, at_boundary) = (Lsn(2 * seg + 0x28), Lsn(3 * seg));
+        assert_eq!(last_segment_before(start, at_boundary, seg), 2);
+        assert_eq!(last_segment_before(start, Lsn(3 * seg + 0x60), seg), 3);
+        assert_eq!(last_segment_before(start, start, seg), 2);
+        assert_eq!(last_segment_before(Lsn(3 * seg), Lsn(3 * seg), seg), 3);
+    }
 
     #[test]
     fn block_refs_are_hex_in_json_and_bytes_in_memory() {

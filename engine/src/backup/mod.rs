@@ -11,11 +11,15 @@
 //! 4. walk the data directory (see [`crate::pg::datadir`]) and read files in parallel on the
 //!    CPU pool ([`reader`]): files whose size and mtime match the reference backup, and whose
 //!    mtime is older than the reference's start minus a safety window, are taken from the
-//!    reference manifest without reading (unless `--checksum-delta`);
+//!    reference manifest without reading (unless `--checksum-delta`); `global/pg_control` is
+//!    held back and read after every other file (a standby backup is consistent at the
+//!    minimum recovery point that copy records, see [`standby`]);
 //! 5. new blocks flow through a bounded channel into the [`blockstore::Packer`]: packs, then
 //!    index segments;
 //! 6. `pg_backup_stop(wait_for_archive => false)`, then wait (bounded) until every WAL segment
-//!    from the start to the stop LSN is in the repository, so the backup is restorable;
+//!    from the start to the stop LSN is in the repository, so the backup is restorable (on a
+//!    standby, what is still missing after `standby_wal_wait` is carried in the backup from
+//!    its `pg_wal`, see [`standby`]);
 //! 7. write the manifest (the commit point), streamed from the file list that finished files
 //!    were spilled to ([`file_spool`]).
 //!
@@ -28,6 +32,7 @@ pub mod blockstore;
 pub mod file_spool;
 pub mod manifest;
 pub mod reader;
+pub mod standby;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +54,9 @@ use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
 use crate::repo::{layout, ClusterRecord, Repository};
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
+
+/// Where PostgreSQL keeps its control file, relative to the data directory.
+const PG_CONTROL: &str = "global/pg_control";
 
 /// Default block size: 64 KiB.
 pub const DEFAULT_BLOCK_SIZE: usize = 64 << 10;
@@ -76,6 +84,9 @@ pub struct BackupOptions {
     pub checksum_delta: bool,
     /// How long to wait for the WAL up to the stop LSN to be archived.
     pub archive_timeout: Duration,
+    /// On a standby: how long to wait for that WAL before copying what is still missing from
+    /// the standby's `pg_wal` into the backup ([`standby`]).
+    pub standby_wal_wait: Duration,
     /// How long to wait for another backup of the same cluster to finish (0: fail at once).
     pub lease_wait: Duration,
 }
@@ -86,7 +97,7 @@ fn now_rfc3339() -> String {
         .expect("RFC 3339")
 }
 
-fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
+pub(crate) fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     move |e| {
         let detail = e
             .as_db_error()
@@ -102,6 +113,8 @@ struct Session {
     version_num: u32,
     data_checksums: bool,
     wal_segment_size: u64,
+    /// `pg_is_in_recovery()`: a standby.
+    in_recovery: bool,
 }
 
 async fn connect(conninfo: &str) -> Result<Session> {
@@ -134,7 +147,7 @@ async fn connect(conninfo: &str) -> Result<Session> {
     let row = client
         .query_one(
             "select current_setting('server_version_num')::int, current_setting('data_checksums'), \
-             (select setting::bigint from pg_settings where name = 'wal_segment_size')",
+             (select setting::bigint from pg_settings where name = 'wal_segment_size'), pg_is_in_recovery()",
             &[],
         )
         .await
@@ -142,11 +155,13 @@ async fn connect(conninfo: &str) -> Result<Session> {
     let version_num: i32 = row.get(0);
     let checksums: String = row.get(1);
     let seg: i64 = row.get(2);
+    let in_recovery: bool = row.get(3);
     Ok(Session {
         client,
         version_num: version_num as u32,
         data_checksums: checksums == "on",
         wal_segment_size: seg as u64,
+        in_recovery,
     })
 }
 
@@ -269,7 +284,21 @@ fn wal_name(tli: u32, lsn: Lsn, seg_size: u64) -> WalFileName {
     }
 }
 
-/// Waits until every segment from `start` to `stop` is archived; names the missing one.
+/// True when `name` is archived for `cluster`.
+async fn is_archived(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<bool> {
+    match repo
+        .storage()
+        .head(&layout::wal_pointer(cluster, name))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits (at most `timeout`) until every segment of `tli` from `start` to `stop` is
+/// archived; returns the ones still missing then, oldest first (empty: all archived).
 async fn wait_for_wal(
     repo: &Repository,
     cluster: &str,
@@ -278,35 +307,31 @@ async fn wait_for_wal(
     stop: Lsn,
     seg_size: u64,
     timeout: Duration,
-) -> Result<()> {
+) -> Result<Vec<WalFileName>> {
     let deadline = Instant::now() + timeout;
+    let name = |segno: u64| WalFileName::Segment {
+        tli: TimelineId(tli),
+        segno: SegmentNo::from_absolute(segno, seg_size),
+    };
     let mut segno = start.segment_no(seg_size);
     let last = stop.segment_no(seg_size);
     while segno <= last {
-        let name = WalFileName::Segment {
-            tli: TimelineId(tli),
-            segno: SegmentNo::from_absolute(segno, seg_size),
-        };
-        match repo
-            .storage()
-            .head(&layout::wal_pointer(cluster, &name))
-            .await
-        {
-            Ok(_) => segno += 1,
-            Err(e) if e.is_not_found() => {
-                if Instant::now() > deadline {
-                    return Err(Error::Timeout(format!(
-                        "WAL segment {name} (needed to make this backup consistent) was not archived within {}s; \
-                         check archive_command (pgcairn check) and backup.archive_timeout. No manifest was written",
-                        timeout.as_secs()
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e.into()),
+        if is_archived(repo, cluster, &name(segno)).await? {
+            segno += 1;
+            continue;
         }
+        if Instant::now() > deadline {
+            let mut missing = vec![name(segno)];
+            for later in segno + 1..=last {
+                if !is_archived(repo, cluster, &name(later)).await? {
+                    missing.push(name(later));
+                }
+            }
+            return Ok(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 fn new_backup_id(t: BackupType, existing: &[String]) -> String {
@@ -478,17 +503,24 @@ async fn backup_with_lease(
     let start_lsn: Lsn = start_text
         .parse()
         .map_err(|e| Error::InvalidInput(format!("{e}")))?;
-    let tli_hex: String = session
-        .client
-        .query_one(
-            "select substr(pg_walfile_name($1::text::pg_lsn), 1, 8)",
-            &[&start_text],
+    // A standby refuses pg_walfile_name(): its timeline comes from the label at the stop.
+    let primary_timeline = if session.in_recovery {
+        None
+    } else {
+        let tli_hex: String = session
+            .client
+            .query_one(
+                "select substr(pg_walfile_name($1::text::pg_lsn), 1, 8)",
+                &[&start_text],
+            )
+            .await
+            .map_err(pg_err("reading the timeline"))?
+            .get(0);
+        Some(
+            u32::from_str_radix(&tli_hex, 16)
+                .map_err(|_| Error::InvalidInput(format!("bad timeline {tli_hex}")))?,
         )
-        .await
-        .map_err(pg_err("reading the timeline"))?
-        .get(0);
-    let timeline = u32::from_str_radix(&tli_hex, 16)
-        .map_err(|_| Error::InvalidInput(format!("bad timeline {tli_hex}")))?;
+    };
 
     // Size first, for progress and ETA (a stat-only walk).
     let pgdata = opts.pgdata.clone();
@@ -531,6 +563,9 @@ async fn backup_with_lease(
     });
 
     let mut directories = Vec::new();
+    // Copied after every other file: a restore of a standby backup is consistent at the
+    // minimum recovery point this copy records ([`standby`]).
+    let mut held_control: Option<Entry> = None;
     let mut stats = BackupStats::default();
     let mut files = FileSpool::new()?;
     let codec = Arc::new(repo.codec().clone());
@@ -553,6 +588,10 @@ async fn backup_with_lease(
                         uid: e.uid,
                         gid: e.gid,
                     });
+                }
+                if e.path == PG_CONTROL {
+                    held_control = Some(e);
+                    return futures::future::ready(None);
                 }
                 futures::future::ready((!is_dir).then_some(e))
             })
@@ -609,13 +648,7 @@ async fn backup_with_lease(
         while let Some(r) = stream.next().await {
             match r {
                 Ok((read, unchanged)) => {
-                    progress.advance(
-                        read.entry.as_ref().map(|e| e.size).unwrap_or(0),
-                        read.new_bytes,
-                    );
-                    stats.bytes_read += read.read;
-                    stats.bytes_new += read.new_bytes;
-                    stats.blocks_new += read.new_blocks;
+                    tally(&read, &mut stats, progress);
                     stats.files_unchanged += u64::from(unchanged);
                     if let Some(f) = read.entry {
                         if let Err(e) = files.push(&f, &mut stats) {
@@ -632,20 +665,32 @@ async fn backup_with_lease(
         }
         failure
     };
-    drop(block_tx);
-    // Only the readers needed the known blocks: gone before the manifest is written.
-    drop(known);
     if let Some(e) = results {
+        drop(block_tx);
         packer_task.abort();
         return Err(e);
     }
-    let mut tablespaces = walker
-        .await
-        .map_err(|e| Error::InvalidInput(e.to_string()))??;
+    let mut tablespaces = match walker.await {
+        Ok(r) => r?,
+        Err(e) => {
+            packer_task.abort();
+            return Err(Error::InvalidInput(e.to_string()));
+        }
+    };
     tablespaces.sort_by_key(|t| t.oid);
-    let packer = packer_task
-        .await
-        .map_err(|e| Error::InvalidInput(e.to_string()))??;
+    // pg_control, then any WAL copies: read one at a time after the parallel walk.
+    let alone = AloneReader {
+        codec: codec.clone(),
+        known: known.clone(),
+        sink: block_tx,
+        block_size: opts.block_size,
+        compress_level: opts.compress_level,
+        verify_checksums: verify,
+        start_lsn,
+    };
+    if let Some(e) = held_control {
+        alone.read(e, &mut files, &mut stats, progress).await?;
+    }
 
     let stop = session
         .client
@@ -659,6 +704,20 @@ async fn backup_with_lease(
     let backup_label: String = stop.get(1);
     let spcmap: Option<String> = stop.get(2);
     let stop_time = now_rfc3339();
+    let (timeline, from_standby) = match primary_timeline {
+        Some(t) => (t, false),
+        None => {
+            let start_tli = standby::label_start_timeline(&backup_label)?;
+            let stop_tli = standby::stop_timeline(&session.client).await?;
+            if stop_tli != start_tli {
+                return Err(Error::Conflict(format!(
+                    "the standby moved from timeline {start_tli} to {stop_tli} during the backup \
+                     (its upstream was promoted): take the backup again. No manifest was written"
+                )));
+            }
+            (start_tli, true)
+        }
+    };
     let xmin_after_stop: Option<u64> = session
         .client
         .query_one(
@@ -670,16 +729,67 @@ async fn backup_with_lease(
         .and_then(|r| r.get::<_, String>(0).parse().ok());
     let seg = session.wal_segment_size;
     progress.phase("waiting for WAL", None);
-    wait_for_wal(
-        repo,
-        &opts.cluster,
-        timeline,
-        start_lsn,
-        stop_lsn,
-        seg,
-        opts.archive_timeout,
-    )
-    .await?;
+    let wait = if from_standby {
+        opts.standby_wal_wait.min(opts.archive_timeout)
+    } else {
+        opts.archive_timeout
+    };
+    // Through the segment holding the byte before the stop LSN, as PostgreSQL waits.
+    let wal_end = Lsn(manifest::last_segment_before(start_lsn, stop_lsn, seg) * seg);
+    let missing =
+        wait_for_wal(repo, &opts.cluster, timeline, start_lsn, wal_end, seg, wait).await?;
+    let mut wal_in_backup = Vec::new();
+    if let Some(first) = missing.first() {
+        if !from_standby {
+            return Err(Error::Timeout(format!(
+                "WAL segment {first} (needed to make this backup consistent) was not archived within {}s; \
+                 check archive_command (pgcairn check) and backup.archive_timeout. No manifest was written",
+                wait.as_secs()
+            )));
+        }
+        info!(
+            segments = missing.len(),
+            first = %first,
+            "WAL not archived after backup.standby_wal_wait: copying it from the standby's pg_wal into the backup"
+        );
+        let mut absent = Vec::new();
+        for name in &missing {
+            match standby::pg_wal_entry(&opts.pgdata, name, control.system_identifier, seg) {
+                Ok(e) => {
+                    alone.read(e, &mut files, &mut stats, progress).await?;
+                    wal_in_backup.push(name.to_string());
+                }
+                Err(why) => absent.push((name, why)),
+            }
+        }
+        // Gone from pg_wal (a restartpoint during the backup): complete, so on its way to the
+        // archive; wait for it there for the rest of backup.archive_timeout.
+        let rest = opts.archive_timeout.saturating_sub(wait);
+        for (name, why) in absent {
+            let at = name
+                .segment()
+                .map(|s| s.start_lsn(seg))
+                .unwrap_or(start_lsn);
+            if !wait_for_wal(repo, &opts.cluster, timeline, at, at, seg, rest)
+                .await?
+                .is_empty()
+            {
+                return Err(Error::Timeout(format!(
+                    "WAL segment {name} (needed to make this standby backup consistent) was not archived \
+                     within backup.archive_timeout ({}s) and is not usable in the standby's pg_wal ({why}); \
+                     check archive_command on the primary (or archive_mode = always on the standby) and \
+                     take the backup again. No manifest was written",
+                    opts.archive_timeout.as_secs()
+                )));
+            }
+        }
+    }
+    drop(alone);
+    // Only the readers needed the known blocks: gone before the manifest is written.
+    drop(known);
+    let packer = packer_task
+        .await
+        .map_err(|e| Error::InvalidInput(e.to_string()))??;
 
     directories.sort_by(|a, b| a.path.cmp(&b.path));
     stats.stored_new = packer.stored;
@@ -701,6 +811,8 @@ async fn backup_with_lease(
         block_size: opts.block_size as u32,
         xmin_after_stop,
         checksums_verified: verify,
+        from_standby,
+        wal_in_backup,
         backup_label,
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
         tablespaces,
@@ -718,8 +830,67 @@ async fn backup_with_lease(
     })
 }
 
+/// Counts a file read into the backup's statistics and progress.
+fn tally(read: &FileRead, stats: &mut BackupStats, progress: &dyn Progress) {
+    progress.advance(
+        read.entry.as_ref().map(|e| e.size).unwrap_or(0),
+        read.new_bytes,
+    );
+    stats.bytes_read += read.read;
+    stats.bytes_new += read.new_bytes;
+    stats.blocks_new += read.new_blocks;
+}
+
+/// Reads single files (outside the parallel walk) into the backup's packer.
+struct AloneReader {
+    codec: Arc<crate::codec::Codec>,
+    known: Arc<KnownBlocks>,
+    sink: mpsc::Sender<Vec<blockstore::SealedBlock>>,
+    block_size: usize,
+    compress_level: i32,
+    verify_checksums: bool,
+    start_lsn: Lsn,
+}
+
+impl AloneReader {
+    async fn read(
+        &self,
+        e: Entry,
+        files: &mut FileSpool,
+        stats: &mut BackupStats,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let (codec, known, sink) = (self.codec.clone(), self.known.clone(), self.sink.clone());
+        let (block_size, compress_level, verify_checksums, start_lsn) = (
+            self.block_size,
+            self.compress_level,
+            self.verify_checksums,
+            self.start_lsn.0,
+        );
+        let read = cpu::run(move || {
+            let ctx = ReadContext {
+                codec: &codec,
+                block_size,
+                compress_level,
+                verify_checksums,
+                start_lsn,
+                known: &known,
+                sink,
+            };
+            read_file(&ctx, &e, None)
+        })
+        .await?;
+        tally(&read, stats, progress);
+        if let Some(f) = read.entry {
+            files.push(&f, stats)?;
+        }
+        Ok(())
+    }
+}
+
 /// Records a committed backup in the cluster's catalog head, with the WAL it waited for
-/// (see [`crate::store::head`]).
+/// (see [`crate::store::head`]). Segments the backup carries itself are not in the archive
+/// and are not recorded as archived.
 async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Result<()> {
     let entry = crate::store::head::HeadBackup {
         timeline: m.timeline,
@@ -728,13 +899,19 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
         stop_time: m.stop_time.clone(),
     };
     let id = crate::store::ids::BackupId::new(m.id.clone());
-    let (first, last) = (
+    let carried = m.carried_segments(seg_size);
+    let archived: Vec<u64> = [
         m.start_lsn.segment_no(seg_size),
-        m.stop_lsn.segment_no(seg_size),
-    );
+        m.consistency_segment(seg_size),
+    ]
+    .into_iter()
+    .filter(|s| !carried.contains(&(m.timeline, *s)))
+    .collect();
     crate::store::head::update(repo, &m.cluster, seg_size, |h| {
-        let mut changed = h.saw_segment(m.timeline, first);
-        changed |= h.saw_segment(m.timeline, last);
+        let mut changed = false;
+        for s in &archived {
+            changed |= h.saw_segment(m.timeline, *s);
+        }
         if h.backups.get(&id) != Some(&entry) {
             h.backups.insert(id.clone(), entry.clone());
             changed = true;
@@ -773,14 +950,17 @@ pub struct CheckReport {
     pub archive_mode: String,
     /// `archive_command`.
     pub archive_command: String,
-    /// The segment switched to and found archived.
-    pub archived_segment: String,
+    /// On a primary: the segment switched to and found archived.
+    pub archived_segment: Option<String>,
     /// Seconds until it was in the repository.
     pub archive_wait_seconds: f64,
+    /// On a standby: what was checked there, and what only the primary can tell.
+    pub standby: Option<standby::StandbyCheck>,
 }
 
 /// Checks PostgreSQL's archiving settings, forces a WAL switch and waits until the finished
-/// segment is in the repository.
+/// segment is in the repository. On a standby, where a WAL switch is refused, checks what a
+/// standby can tell instead ([`standby::check_standby`]).
 pub async fn check_archiving(
     repo: &Repository,
     cluster: &str,
@@ -813,6 +993,20 @@ pub async fn check_archiving(
         return Err(Error::Config(format!(
             "archive_command = {archive_command:?} does not call pgcairn archive-push; set archive_command = 'pgcairn archive-push %p'"
         )));
+    }
+    if session.in_recovery {
+        let started = Instant::now();
+        let check =
+            standby::check_standby(repo, cluster, &session.client, &archive_mode, timeout).await?;
+        return Ok(CheckReport {
+            pg_version_num: session.version_num,
+            wal_level,
+            archive_mode,
+            archive_command,
+            archived_segment: None,
+            archive_wait_seconds: started.elapsed().as_secs_f64(),
+            standby: Some(check),
+        });
     }
     let seg: String = session
         .client
@@ -852,8 +1046,9 @@ pub async fn check_archiving(
         wal_level,
         archive_mode,
         archive_command,
-        archived_segment: seg,
+        archived_segment: Some(seg),
         archive_wait_seconds: started.elapsed().as_secs_f64(),
+        standby: None,
     })
 }
 
