@@ -265,6 +265,28 @@ Forces a WAL switch and waits until that segment is in the repository.")]
         output: OutputFormat,
     },
 
+    /// Print Prometheus metrics (text exposition format) once, e.g. for node_exporter's
+    /// textfile collector.
+    #[command(after_help = "Examples:
+  pgcairn metrics
+  pgcairn metrics > /var/lib/node_exporter/pgcairn.prom.$$ && mv /var/lib/node_exporter/pgcairn.prom.$$ /var/lib/node_exporter/pgcairn.prom
+Reads the small status objects commands keep (never a full scan of the repository) and, where
+cluster.conninfo and cluster.pgdata are set, PostgreSQL's archiver statistics and pg_wal.
+A repository that cannot be read prints pgcairn_up 0 with the reason in a label and exits 1.")]
+    Metrics,
+
+    /// Serve Prometheus metrics over HTTP: /metrics and /healthz.
+    #[command(after_help = "Examples:
+  pgcairn serve                          # 127.0.0.1:9187
+  pgcairn serve --listen 0.0.0.0:9187
+/metrics is what `pgcairn metrics` prints, computed per scrape; /healthz answers 200 when the
+repository can be read, 503 with the reason when not. Runs until SIGTERM or SIGINT.")]
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "PGCAIRN_METRICS_LISTEN", default_value = "127.0.0.1:9187", value_name = "ADDR")]
+        listen: String,
+    },
+
     /// Run the whole engine on a throwaway cluster and local repository.
     #[command(after_help = "Examples:
   pgcairn demo

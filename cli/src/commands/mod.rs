@@ -9,6 +9,8 @@ mod expire;
 mod info;
 mod init;
 mod key;
+mod metrics;
+mod serve;
 mod verify;
 
 use std::sync::Arc;
@@ -67,6 +69,8 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
+        Command::Metrics => metrics::print(settings).await,
+        Command::Serve { listen } => serve::run(settings, listen).await,
         Command::Key(cmd) => key::run(settings, cmd).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
         Command::Completions { .. } | Command::Manpages { .. } => {

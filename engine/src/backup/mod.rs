@@ -105,32 +105,7 @@ struct Session {
 }
 
 async fn connect(conninfo: &str) -> Result<Session> {
-    let parsed = crate::pg::conninfo::parse(conninfo)?;
-    let (config, redacted) = (parsed.config, parsed.redacted);
-    let failed = |e: tokio_postgres::Error| {
-        Error::Config(format!(
-            "cannot connect to PostgreSQL with cluster.conninfo {redacted:?}: {e}"
-        ))
-    };
-    // TLS per sslmode (see crate::pg::tls); Unix sockets never negotiate TLS.
-    let (client, connection) = if parsed.tls.mode == crate::pg::conninfo::SslMode::Disable {
-        let (c, conn) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(failed)?;
-        (c, futures::future::Either::Left(conn))
-    } else {
-        let (c, conn) = config
-            .connect(crate::pg::tls::connector(&parsed.tls)?)
-            .await
-            .map_err(failed)?;
-        (c, futures::future::Either::Right(conn))
-    };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("PostgreSQL connection ended: {e}");
-        }
-    });
+    let client = crate::pg::conninfo::connect(conninfo).await?;
     let row = client
         .query_one(
             "select current_setting('server_version_num')::int, current_setting('data_checksums'), \
@@ -732,7 +707,7 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
         m.start_lsn.segment_no(seg_size),
         m.stop_lsn.segment_no(seg_size),
     );
-    crate::store::head::update(repo, &m.cluster, seg_size, |h| {
+    let head = crate::store::head::update(repo, &m.cluster, seg_size, |h| {
         let mut changed = h.saw_segment(m.timeline, first);
         changed |= h.saw_segment(m.timeline, last);
         if h.backups.get(&id) != Some(&entry) {
@@ -749,7 +724,43 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
             m.id
         ))
     })?;
+    record_in_status(repo, m, &head).await;
     Ok(())
+}
+
+/// Records the backup in the cluster's status object (for metrics; best effort).
+async fn record_in_status(repo: &Repository, m: &Manifest, head: &crate::store::head::CatalogHead) {
+    use crate::store::status::{self, BackupStatus, RetainedStatus};
+    let now = time::OffsetDateTime::now_utc();
+    let started = time::OffsetDateTime::parse(
+        &m.start_time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or(now);
+    let kind = serde_json::to_value(m.backup_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let done = BackupStatus {
+        id: m.id.clone(),
+        backup_type: kind.clone(),
+        started_at: m.start_time.clone(),
+        finished_at: status::rfc3339(now),
+        duration_seconds: (now - started).as_seconds_f64().max(0.0),
+        bytes_read: m.stats.bytes_read,
+        bytes_new: m.stats.bytes_new,
+        bytes_stored: m.stats.stored_new,
+        size: m.stats.size,
+    };
+    let retained = RetainedStatus::from_head(head);
+    status::record(repo, &m.cluster, "backup", |s| {
+        s.last_success_by_type
+            .insert(kind.clone(), done.finished_at.clone());
+        s.last_backup = Some(done.clone());
+        s.retained = Some(retained.clone());
+        true
+    })
+    .await;
 }
 
 /// A finished backup: its manifest without the file list (that went from the spool to the

@@ -40,6 +40,19 @@ pub fn catalog_head(cluster: &str) -> ObjectKey {
     ObjectKey::new(format!("clusters/{cluster}/head"))
 }
 
+/// Prefix of the per-cluster status objects (see [`crate::store::status`]).
+pub const CLUSTER_STATUS_PREFIX: &str = "status/cluster/";
+
+/// A cluster's status object (what a metrics scrape reads).
+pub fn cluster_status(cluster: &str) -> ObjectKey {
+    ObjectKey::new(format!("{CLUSTER_STATUS_PREFIX}{cluster}"))
+}
+
+/// The repository's status object (space after the last gc).
+pub fn repository_status() -> ObjectKey {
+    ObjectKey::new("status/repository")
+}
+
 /// The repository's gc state (see [`crate::gc`]).
 pub fn gc_state() -> ObjectKey {
     ObjectKey::new("gc/state")

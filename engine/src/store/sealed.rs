@@ -37,6 +37,10 @@ pub enum DocKind {
     GcState,
     /// `clusters/<c>/head`.
     CatalogHead,
+    /// `status/cluster/<c>`.
+    ClusterStatus,
+    /// `status/repository`.
+    RepositoryStatus,
 }
 
 impl DocKind {
@@ -49,6 +53,8 @@ impl DocKind {
             DocKind::RestorePoint => "restore-point",
             DocKind::GcState => "gc-state",
             DocKind::CatalogHead => "catalog-head",
+            DocKind::ClusterStatus => "cluster-status",
+            DocKind::RepositoryStatus => "repository-status",
         }
     }
 }
