@@ -24,6 +24,17 @@ pub struct Snapshot {
 
 /// Reads every status object.
 pub async fn snapshot(repo: &Repository) -> Result<Snapshot> {
+    // A vanished repository lists as empty: its config must still be there.
+    repo.storage()
+        .head(&crate::repo::layout::config())
+        .await
+        .map_err(|e| match e {
+            crate::storage::StorageError::NotFound { .. } => Error::corrupt(
+                crate::repo::layout::CONFIG.to_string(),
+                "the repository config is gone: the repository was deleted or moved, or repo.url points elsewhere",
+            ),
+            e => e.into(),
+        })?;
     let mut clusters = Vec::new();
     for name in status::clusters(repo).await? {
         if let Some(s) = status::read(repo, &name).await? {

@@ -67,11 +67,6 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// True when the repository could be read.
-    pub fn up(&self) -> bool {
-        matches!(self.repo, Some(Ok(_)))
-    }
-
     /// Why not.
     pub fn down_reason(&self) -> Option<String> {
         match &self.repo {
@@ -126,7 +121,67 @@ pub fn render(inputs: &Inputs) -> String {
     pg_metrics(&mut r, inputs);
     let mut out = String::new();
     encode(&mut out, &r).expect("encoding into a String");
+    to_text_format(&out)
+}
+
+/// Turns `prometheus-client`'s OpenMetrics output into the classic text format (0.0.4) that
+/// node_exporter's textfile collector and every Prometheus read: a counter's family is named
+/// with its `_total` suffix (OpenMetrics names it without), no `# EOF`, no empty `{}`.
+/// Only what this module emits (gauges and counters, no exemplars, no `_created`) is handled.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let suffix = if counters.contains(name) { "_total" } else { "" };
+                out.push_str(&format!("{p}{name}{suffix} {tail}"));
+            }
+            None => out.push_str(&line.replacen("{} ", " ", 1)),
+        }
+        out.push('\n');
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_named_with_their_total_suffix_in_the_text_format() {
+        let om = "# HELP a_b Help.\n# TYPE a_b counter\na_b_total{c=\"x\"} 2.0\n# HELP g Gauge.\n# TYPE g gauge\ng{} 1.0\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP a_b_total Help.\n# TYPE a_b_total counter\na_b_total{c=\"x\"} 2.0\n# HELP g Gauge.\n# TYPE g gauge\ng 1.0\n"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_repository_exports_up_0_with_the_reason_and_nothing_else_from_it() {
+        let inputs = Inputs {
+            repo: Some(Err("storage: connection refused\nretry".into())),
+            cluster: "main".into(),
+            ..Default::default()
+        };
+        let text = render(&inputs);
+        assert!(
+            text.contains("pgcairn_up{reason=\"storage: connection refused retry\"} 0.0"),
+            "{text}"
+        );
+        assert!(!text.contains("pgcairn_backups"), "{text}");
+        assert!(!text.contains("pgcairn_repository_bytes"), "{text}");
+    }
 }
 
 fn one_line(s: &str) -> String {

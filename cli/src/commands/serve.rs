@@ -22,8 +22,8 @@ use super::metrics::{render, Collector};
 use crate::exit::{ExitCode, Failure};
 use crate::settings::Settings;
 
-/// The content type of the Prometheus text format `prometheus-client` writes (OpenMetrics).
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format (see [`super::metrics::to_text_format`]).
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()

@@ -724,12 +724,17 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
             m.id
         ))
     })?;
-    record_in_status(repo, m, &head).await;
+    record_in_status(repo, m, &head, seg_size).await;
     Ok(())
 }
 
 /// Records the backup in the cluster's status object (for metrics; best effort).
-async fn record_in_status(repo: &Repository, m: &Manifest, head: &crate::store::head::CatalogHead) {
+async fn record_in_status(
+    repo: &Repository,
+    m: &Manifest,
+    head: &crate::store::head::CatalogHead,
+    seg_size: u64,
+) {
     use crate::store::status::{self, BackupStatus, RetainedStatus};
     let now = time::OffsetDateTime::now_utc();
     let started = time::OffsetDateTime::parse(
@@ -753,7 +758,22 @@ async fn record_in_status(repo: &Repository, m: &Manifest, head: &crate::store::
         size: m.stats.size,
     };
     let retained = RetainedStatus::from_head(head);
+    // The backup waited until the segment of its consistency point was archived: everything
+    // written up to its stop time is in the archive.
+    let stop_seg = m.stop_lsn.segment_no(seg_size);
+    let wal = status::WalStatus {
+        segment: WalFileName::Segment {
+            tli: TimelineId(m.timeline),
+            segno: SegmentNo::from_absolute(stop_seg, seg_size),
+        }
+        .to_string(),
+        timeline: m.timeline,
+        end_lsn: Lsn((stop_seg + 1) * seg_size),
+        end_time: m.stop_time.clone(),
+        archived_at: status::rfc3339(now),
+    };
     status::record(repo, &m.cluster, "backup", |s| {
+        s.saw_wal(wal.clone());
         s.last_success_by_type
             .insert(kind.clone(), done.finished_at.clone());
         s.last_backup = Some(done.clone());

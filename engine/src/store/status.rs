@@ -487,6 +487,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn archive_push_records_wal_only_when_due() {
+        let (_mem, repo) = memory_repo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo.with_state_dir(dir.path());
+        let size = 16 << 20;
+        let newest = |repo: Repository| async move {
+            read(&repo, "main").await.unwrap().and_then(|s| s.wal).map(|w| w.segment)
+        };
+        // First push on this host: due (no marker yet).
+        note_pushed(&repo, "main", &seg(33), size, None).await;
+        assert_eq!(newest(repo.clone()).await, Some(seg(33).to_string()));
+        // Within STATUS_EVERY and not a multiple of HEAD_EVERY_SEGMENTS: skipped.
+        note_pushed(&repo, "main", &seg(34), size, None).await;
+        assert_eq!(newest(repo.clone()).await, Some(seg(33).to_string()));
+        // A multiple of HEAD_EVERY_SEGMENTS: recorded.
+        note_pushed(&repo, "main", &seg(48), size, None).await;
+        assert_eq!(newest(repo.clone()).await, Some(seg(48).to_string()));
+        // The marker aged past STATUS_EVERY: recorded again.
+        let marker = push_marker(&repo, "main").unwrap();
+        let old = SystemTime::now() - STATUS_EVERY - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&marker)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        note_pushed(&repo, "main", &seg(49), size, None).await;
+        assert_eq!(newest(repo.clone()).await, Some(seg(49).to_string()));
+    }
+
+    #[tokio::test]
     async fn a_status_copied_to_another_cluster_does_not_open() {
         let (mem, repo) = memory_repo().await;
         update(&repo, "main", |_| true).await.unwrap();
