@@ -283,7 +283,12 @@ A repository that cannot be read prints pgcairn_up 0 with the reason in a label 
 repository can be read, 503 with the reason when not. Runs until SIGTERM or SIGINT.")]
     Serve {
         /// Address to listen on.
-        #[arg(long, env = "PGCAIRN_METRICS_LISTEN", default_value = "127.0.0.1:9187", value_name = "ADDR")]
+        #[arg(
+            long,
+            env = "PGCAIRN_METRICS_LISTEN",
+            default_value = "127.0.0.1:9187",
+            value_name = "ADDR"
+        )]
         listen: String,
     },
 

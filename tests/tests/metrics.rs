@@ -65,7 +65,10 @@ fn query(prom: &str, q: &str) -> Vec<serde_json::Value> {
         .output()
         .expect("run curl");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    doc["data"]["result"].as_array().cloned().unwrap_or_default()
+    doc["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn value(sample: &serde_json::Value) -> f64 {
@@ -106,7 +109,10 @@ fn start_prometheus(dir: &Path, target: &str, rules: &Path) -> (Reaped, String) 
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let child = Command::new(tool("prometheus"))
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -308,7 +314,9 @@ fn prometheus_scrapes_backup_and_drill_and_sees_an_unreadable_repository() {
         reason.contains("repository"),
         "reason label says what is wrong: {down:?}"
     );
-    wait_query(&prom, r#"pgcairn_backups"#, "no backups series", |r| r.is_empty());
+    wait_query(&prom, r#"pgcairn_backups"#, "no backups series", |r| {
+        r.is_empty()
+    });
     assert!(query(&prom, r#"pgcairn_drill_last_success"#).is_empty());
     let (code, body) = http_get(&format!("http://{serve_addr}/healthz"));
     assert_eq!(code, 503, "{body}");
@@ -317,7 +325,10 @@ fn prometheus_scrapes_backup_and_drill_and_sees_an_unreadable_repository() {
     assert!(String::from_utf8_lossy(&once.stdout).contains("pgcairn_up{reason="));
     // Back again: up, with the same numbers.
     std::fs::rename(&moved, &repo_dir).unwrap();
-    wait_query(&prom, r#"pgcairn_backups{cluster="main"} == 1"#, "back up", |r| {
-        r.len() == 1
-    });
+    wait_query(
+        &prom,
+        r#"pgcairn_backups{cluster="main"} == 1"#,
+        "back up",
+        |r| r.len() == 1,
+    );
 }

@@ -100,15 +100,31 @@ pub fn render(inputs: &Inputs) -> String {
     }
     let build = gauge(&mut r, "pgcairn_build_info", "pgcairn version (always 1)");
     set(&build, &[("version", crate::VERSION)], 1.0);
-    let dur = gauge(&mut r, "pgcairn_scrape_duration_seconds", "Time this scrape took");
+    let dur = gauge(
+        &mut r,
+        "pgcairn_scrape_duration_seconds",
+        "Time this scrape took",
+    );
     set(&dur, &[], inputs.seconds);
 
     if let Some(Ok(snap)) = &inputs.repo {
         cluster_metrics(&mut r, snap, now);
-        let bytes = gauge(&mut r, "pgcairn_repository_bytes", "Bytes in packs, as of the last gc");
+        let bytes = gauge(
+            &mut r,
+            "pgcairn_repository_bytes",
+            "Bytes in packs, as of the last gc",
+        );
         let recl = gauge(&mut r, "pgcairn_repository_reclaimable_bytes", "Pack bytes not holding a referenced block (gc with repacking could give them back), as of the last gc");
-        let pending = gauge(&mut r, "pgcairn_repository_pending_bytes", "Bytes of condemned packs waiting for their grace period, as of the last gc");
-        let gc = gauge(&mut r, "pgcairn_gc_last_timestamp_seconds", "Unix time of the last gc (not a dry run)");
+        let pending = gauge(
+            &mut r,
+            "pgcairn_repository_pending_bytes",
+            "Bytes of condemned packs waiting for their grace period, as of the last gc",
+        );
+        let gc = gauge(
+            &mut r,
+            "pgcairn_gc_last_timestamp_seconds",
+            "Unix time of the last gc (not a dry run)",
+        );
         if let Some(s) = &snap.repository {
             set(&bytes, &[], s.pack_bytes as f64);
             set(&recl, &[], s.reclaimable_bytes as f64);
@@ -144,7 +160,11 @@ pub fn to_text_format(openmetrics: &str) -> String {
         match meta {
             Some((p, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let suffix = if counters.contains(name) { "_total" } else { "" };
+                let suffix = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
                 out.push_str(&format!("{p}{name}{suffix} {tail}"));
             }
             None => out.push_str(&line.replacen("{} ", " ", 1)),
@@ -185,37 +205,124 @@ mod tests {
 }
 
 fn one_line(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     s.chars().take(300).collect()
 }
 
 fn cluster_metrics(r: &mut Registry, snap: &Snapshot, now: f64) {
-    let updated = gauge(r, "pgcairn_status_updated_timestamp_seconds", "Unix time a command last updated the cluster's status object");
-    let last_ok = gauge(r, "pgcairn_backup_last_success_timestamp_seconds", "Unix time the last successful backup of this type finished");
-    let last_dur = gauge(r, "pgcairn_backup_last_duration_seconds", "Wall time of the last successful backup");
+    let updated = gauge(
+        r,
+        "pgcairn_status_updated_timestamp_seconds",
+        "Unix time a command last updated the cluster's status object",
+    );
+    let last_ok = gauge(
+        r,
+        "pgcairn_backup_last_success_timestamp_seconds",
+        "Unix time the last successful backup of this type finished",
+    );
+    let last_dur = gauge(
+        r,
+        "pgcairn_backup_last_duration_seconds",
+        "Wall time of the last successful backup",
+    );
     let last_bytes = gauge(r, "pgcairn_backup_last_bytes", "Bytes of the last successful backup: read from the data directory, new (plaintext of blocks stored for the first time), stored (compressed and sealed bytes added)");
-    let backups = gauge(r, "pgcairn_backups", "Backups the repository holds for the cluster");
-    let wal_newest = gauge(r, "pgcairn_wal_archived_newest_timestamp_seconds", "Unix time of the end of the newest archived WAL segment (when PostgreSQL last wrote it)");
+    let backups = gauge(
+        r,
+        "pgcairn_backups",
+        "Backups the repository holds for the cluster",
+    );
+    let wal_newest = gauge(
+        r,
+        "pgcairn_wal_archived_newest_timestamp_seconds",
+        "Unix time of the end of the newest archived WAL segment (when PostgreSQL last wrote it)",
+    );
     let rpo = gauge(r, "pgcairn_rpo_seconds", "Age of the newest archived WAL: data written since would be lost if the server were lost now");
-    let wal_lsn = gauge(r, "pgcairn_wal_archived_newest_lsn_bytes", "End LSN of the newest archived WAL segment, as a byte position");
+    let wal_lsn = gauge(
+        r,
+        "pgcairn_wal_archived_newest_lsn_bytes",
+        "End LSN of the newest archived WAL segment, as a byte position",
+    );
     let dropped = C::default();
-    r.register("pgcairn_wal_dropped_segments", "Segments the asynchronous pusher acknowledged without archiving them (archive.queue_max)", dropped.clone());
-    let win_start = gauge(r, "pgcairn_recoverable_window_start_timestamp_seconds", "Earliest recovery target: the oldest backup's consistency point");
+    r.register(
+        "pgcairn_wal_dropped_segments",
+        "Segments the asynchronous pusher acknowledged without archiving them (archive.queue_max)",
+        dropped.clone(),
+    );
+    let win_start = gauge(
+        r,
+        "pgcairn_recoverable_window_start_timestamp_seconds",
+        "Earliest recovery target: the oldest backup's consistency point",
+    );
     let win_end = gauge(r, "pgcairn_recoverable_window_end_timestamp_seconds", "Latest recovery target: the end of the newest archived WAL (continuity is checked by verify)");
-    let drill_ts = gauge(r, "pgcairn_drill_last_timestamp_seconds", "Unix time the last drill finished");
-    let drill_ok = gauge(r, "pgcairn_drill_last_success", "1 when the last drill passed, else 0");
+    let drill_ts = gauge(
+        r,
+        "pgcairn_drill_last_timestamp_seconds",
+        "Unix time the last drill finished",
+    );
+    let drill_ok = gauge(
+        r,
+        "pgcairn_drill_last_success",
+        "1 when the last drill passed, else 0",
+    );
     let drill_outcome = gauge(r, "pgcairn_drill_last_outcome", "1 for the last drill's outcome: passed, integrity-failed (exit 3), objective-missed (exit 4) or error (exit 1); 0 for the others");
-    let drill_mttr = gauge(r, "pgcairn_drill_last_mttr_seconds", "Measured time to recover of the last drill (RTO)");
-    let drill_obj = gauge(r, "pgcairn_drill_mttr_objective_seconds", "The MTTR objective (--max-mttr) of the last drill");
-    let drill_phase = gauge(r, "pgcairn_drill_last_phase_seconds", "Seconds per phase of the last drill");
-    let verify_ts = gauge(r, "pgcairn_verify_last_timestamp_seconds", "Unix time the last verify finished");
-    let verify_ok = gauge(r, "pgcairn_verify_last_success", "1 when the last verify found nothing damaged, else 0");
-    let verify_problems = gauge(r, "pgcairn_verify_last_problems", "Problems the last verify found");
-    let verify_read = gauge(r, "pgcairn_verify_last_read_data", "1 when the last verify read and re-hashed data (--read-data)");
-    let expire_ts = gauge(r, "pgcairn_expire_last_timestamp_seconds", "Unix time the last expire finished");
-    let recv_ts = gauge(r, "pgcairn_wal_receiver_report_timestamp_seconds", "Unix time a streaming WAL receiver last reported its position");
-    let recv_flush = gauge(r, "pgcairn_wal_receiver_flush_lsn_bytes", "Highest LSN a streaming WAL receiver flushed to the repository, as a byte position");
-    let recv_lag = gauge(r, "pgcairn_wal_receiver_lag_bytes", "Bytes between the server's WAL position and the receiver's flush position");
+    let drill_mttr = gauge(
+        r,
+        "pgcairn_drill_last_mttr_seconds",
+        "Measured time to recover of the last drill (RTO)",
+    );
+    let drill_obj = gauge(
+        r,
+        "pgcairn_drill_mttr_objective_seconds",
+        "The MTTR objective (--max-mttr) of the last drill",
+    );
+    let drill_phase = gauge(
+        r,
+        "pgcairn_drill_last_phase_seconds",
+        "Seconds per phase of the last drill",
+    );
+    let verify_ts = gauge(
+        r,
+        "pgcairn_verify_last_timestamp_seconds",
+        "Unix time the last verify finished",
+    );
+    let verify_ok = gauge(
+        r,
+        "pgcairn_verify_last_success",
+        "1 when the last verify found nothing damaged, else 0",
+    );
+    let verify_problems = gauge(
+        r,
+        "pgcairn_verify_last_problems",
+        "Problems the last verify found",
+    );
+    let verify_read = gauge(
+        r,
+        "pgcairn_verify_last_read_data",
+        "1 when the last verify read and re-hashed data (--read-data)",
+    );
+    let expire_ts = gauge(
+        r,
+        "pgcairn_expire_last_timestamp_seconds",
+        "Unix time the last expire finished",
+    );
+    let recv_ts = gauge(
+        r,
+        "pgcairn_wal_receiver_report_timestamp_seconds",
+        "Unix time a streaming WAL receiver last reported its position",
+    );
+    let recv_flush = gauge(
+        r,
+        "pgcairn_wal_receiver_flush_lsn_bytes",
+        "Highest LSN a streaming WAL receiver flushed to the repository, as a byte position",
+    );
+    let recv_lag = gauge(
+        r,
+        "pgcairn_wal_receiver_lag_bytes",
+        "Bytes between the server's WAL position and the receiver's flush position",
+    );
 
     for s in &snap.clusters {
         let c = s.cluster.as_str();
@@ -304,7 +411,11 @@ fn pg_metrics(r: &mut Registry, inputs: &Inputs) {
     let c = inputs.cluster.as_str();
     let cl = [("cluster", c)];
     if let Some(pg) = &inputs.pg {
-        let pg_up = gauge(r, "pgcairn_postgres_up", "1 when PostgreSQL (cluster.conninfo) answered; 0 with the reason in a label when not");
+        let pg_up = gauge(
+            r,
+            "pgcairn_postgres_up",
+            "1 when PostgreSQL (cluster.conninfo) answered; 0 with the reason in a label when not",
+        );
         match pg {
             Err(e) => set(&pg_up, &[("cluster", c), ("reason", &one_line(e))], 0.0),
             Ok(a) => {
@@ -319,33 +430,61 @@ fn pg_metrics(r: &mut Registry, inputs: &Inputs) {
                     .get_or_create(&labels(&cl))
                     .inc_by(a.failed_count as f64);
                 let archived = C::default();
-                r.register("pgcairn_archiver_archived", "Files archived (pg_stat_archiver.archived_count; resets with the statistics)", archived.clone());
+                r.register(
+                    "pgcairn_archiver_archived",
+                    "Files archived (pg_stat_archiver.archived_count; resets with the statistics)",
+                    archived.clone(),
+                );
                 archived
                     .get_or_create(&labels(&cl))
                     .inc_by(a.archived_count as f64);
-                let last_failed = gauge(r, "pgcairn_archiver_last_failed_timestamp_seconds", "Unix time of the last failed archive_command");
+                let last_failed = gauge(
+                    r,
+                    "pgcairn_archiver_last_failed_timestamp_seconds",
+                    "Unix time of the last failed archive_command",
+                );
                 if let Some(t) = a.last_failed_time {
                     set(&last_failed, &cl, t);
                 }
-                let last_archived = gauge(r, "pgcairn_archiver_last_archived_timestamp_seconds", "Unix time of the last successful archive_command");
+                let last_archived = gauge(
+                    r,
+                    "pgcairn_archiver_last_archived_timestamp_seconds",
+                    "Unix time of the last successful archive_command",
+                );
                 if let Some(t) = a.last_archived_time {
                     set(&last_archived, &cl, t);
                 }
-                let standby = gauge(r, "pgcairn_postgres_in_recovery", "1 when the server is a standby");
+                let standby = gauge(
+                    r,
+                    "pgcairn_postgres_in_recovery",
+                    "1 when the server is a standby",
+                );
                 set(&standby, &cl, f64::from(u8::from(a.in_recovery)));
             }
         }
     }
     if let Some(Ok(q)) = &inputs.local {
-        let ready = gauge(r, "pgcairn_wal_ready_segments", "WAL files in pg_wal/archive_status waiting to be archived (.ready)");
+        let ready = gauge(
+            r,
+            "pgcairn_wal_ready_segments",
+            "WAL files in pg_wal/archive_status waiting to be archived (.ready)",
+        );
         set(&ready, &cl, q.ready as f64);
         if let Some(n) = q.async_queued {
-            let queued = gauge(r, "pgcairn_archive_async_queue_segments", "WAL files waiting for the asynchronous pusher (.ready without an acknowledgement)");
+            let queued = gauge(
+                r,
+                "pgcairn_archive_async_queue_segments",
+                "WAL files waiting for the asynchronous pusher (.ready without an acknowledgement)",
+            );
             set(&queued, &cl, n as f64);
         }
         if let Some(n) = q.async_dropped {
             let dropped = C::default();
-            r.register("pgcairn_archive_async_dropped_segments", "Segments this host's asynchronous pusher dropped (from its spool directory)", dropped.clone());
+            r.register(
+                "pgcairn_archive_async_dropped_segments",
+                "Segments this host's asynchronous pusher dropped (from its spool directory)",
+                dropped.clone(),
+            );
             dropped.get_or_create(&labels(&cl)).inc_by(n as f64);
         }
     }

@@ -150,7 +150,10 @@ impl Spool {
 
     fn add_dropped(&self, n: u64) -> Result<u64> {
         let total = self.dropped_total() + n;
-        Self::write_small(&self.root.join("dropped-total"), total.to_string().as_bytes())?;
+        Self::write_small(
+            &self.root.join("dropped-total"),
+            total.to_string().as_bytes(),
+        )?;
         Ok(total)
     }
 
@@ -462,7 +465,9 @@ pub async fn run_pusher(
             .await;
             match res {
                 Ok(_) => reported_dropped = dropped,
-                Err(e) => warn!(error = %e, "could not record the dropped WAL count in the status object"),
+                Err(e) => {
+                    warn!(error = %e, "could not record the dropped WAL count in the status object")
+                }
             }
         }
         if failed.is_empty() {

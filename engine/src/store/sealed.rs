@@ -41,6 +41,8 @@ pub enum DocKind {
     ClusterStatus,
     /// `status/repository`.
     RepositoryStatus,
+    /// `audit/<time>-<random>`.
+    AuditRecord,
 }
 
 impl DocKind {
@@ -55,6 +57,7 @@ impl DocKind {
             DocKind::CatalogHead => "catalog-head",
             DocKind::ClusterStatus => "cluster-status",
             DocKind::RepositoryStatus => "repository-status",
+            DocKind::AuditRecord => "audit-record",
         }
     }
 }

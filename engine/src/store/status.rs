@@ -332,7 +332,10 @@ pub async fn record(
 }
 
 /// Applies `change` to the repository status, logging a failure.
-pub async fn record_repository(repo: &Repository, change: impl FnMut(&mut RepositoryStatus) -> bool) {
+pub async fn record_repository(
+    repo: &Repository,
+    change: impl FnMut(&mut RepositoryStatus) -> bool,
+) {
     let key = layout::repository_status();
     let res = update_doc(
         repo,
@@ -353,12 +356,22 @@ pub async fn record_repository(repo: &Repository, change: impl FnMut(&mut Reposi
 
 /// Reads one cluster's status; `None` when it has none yet.
 pub async fn read(repo: &Repository, cluster: &str) -> Result<Option<ClusterStatus>> {
-    sealed::read(repo, DocKind::ClusterStatus, &layout::cluster_status(cluster)).await
+    sealed::read(
+        repo,
+        DocKind::ClusterStatus,
+        &layout::cluster_status(cluster),
+    )
+    .await
 }
 
 /// Reads the repository status; `None` when gc never ran.
 pub async fn read_repository(repo: &Repository) -> Result<Option<RepositoryStatus>> {
-    sealed::read(repo, DocKind::RepositoryStatus, &layout::repository_status()).await
+    sealed::read(
+        repo,
+        DocKind::RepositoryStatus,
+        &layout::repository_status(),
+    )
+    .await
 }
 
 /// Clusters with a status object (one LIST of `status/cluster/`).
@@ -379,10 +392,7 @@ pub async fn clusters(repo: &Repository) -> Result<Vec<String>> {
 /// The marker whose mtime says when this host last recorded archived WAL.
 fn push_marker(repo: &Repository, cluster: &str) -> Option<PathBuf> {
     let dir = repo.state_dir()?;
-    Some(dir.join(format!(
-        "status-push-{}-{cluster}",
-        repo.config().repo_id
-    )))
+    Some(dir.join(format!("status-push-{}-{cluster}", repo.config().repo_id)))
 }
 
 fn marker_is_fresh(path: &std::path::Path) -> bool {
@@ -394,7 +404,11 @@ fn marker_is_fresh(path: &std::path::Path) -> bool {
 }
 
 /// The WAL status of a pushed segment whose file was last modified at `mtime`.
-pub fn wal_status(name: &WalFileName, seg_size: u64, mtime: Option<SystemTime>) -> Option<WalStatus> {
+pub fn wal_status(
+    name: &WalFileName,
+    seg_size: u64,
+    mtime: Option<SystemTime>,
+) -> Option<WalStatus> {
     let WalFileName::Segment { tli, segno } = name else {
         return None;
     };
@@ -425,9 +439,9 @@ pub async fn note_pushed(
     };
     let seg = (wal.end_lsn.0 / seg_size).saturating_sub(1);
     let marker = push_marker(repo, cluster);
-    let due = seg % super::head::HEAD_EVERY_SEGMENTS == 0
-        || marker.as_deref().map_or(true, |m| !marker_is_fresh(m));
-    if !due {
+    let fresh = matches!(marker.as_deref(), Some(m) if marker_is_fresh(m));
+    let on_boundary = seg.checked_rem(super::head::HEAD_EVERY_SEGMENTS) == Some(0);
+    if !on_boundary && fresh {
         return;
     }
     note_wal(repo, cluster, wal, 0).await;
@@ -477,7 +491,13 @@ mod tests {
         assert_eq!(w.end_lsn, Lsn(6 * (16 << 20)));
         note_wal(&repo, "main", w.clone(), 0).await;
         // An older segment never replaces a newer one.
-        note_wal(&repo, "main", wal_status(&seg(3), 16 << 20, None).unwrap(), 1).await;
+        note_wal(
+            &repo,
+            "main",
+            wal_status(&seg(3), 16 << 20, None).unwrap(),
+            1,
+        )
+        .await;
         let s = read(&repo, "main").await.unwrap().unwrap();
         assert_eq!(s.wal.unwrap().segment, w.segment);
         assert_eq!(s.wal_dropped_total, 2);
@@ -493,7 +513,11 @@ mod tests {
         let repo = repo.with_state_dir(dir.path());
         let size = 16 << 20;
         let newest = |repo: Repository| async move {
-            read(&repo, "main").await.unwrap().and_then(|s| s.wal).map(|w| w.segment)
+            read(&repo, "main")
+                .await
+                .unwrap()
+                .and_then(|s| s.wal)
+                .map(|w| w.segment)
         };
         // First push on this host: due (no marker yet).
         note_pushed(&repo, "main", &seg(33), size, None).await;
