@@ -265,6 +265,23 @@ Forces a WAL switch and waits until that segment is in the repository.")]
         output: OutputFormat,
     },
 
+    /// List the audit trail: who ran which command that changed the repository or restored
+    /// from it, where, when, and how it ended.
+    #[command(after_help = "Examples:
+  pgcairn audit
+  pgcairn audit --since 7d
+  pgcairn audit --since 2026-11-24T00:00:00Z --output json
+Recorded: init, backup, restore, restore-point, drill, expire, gc, pin, unpin and key changes
+(not dry runs). Records outlive expire and gc; expire deletes those older than [audit] keep.")]
+    Audit {
+        /// Only records from this time on: RFC 3339, or a duration ago (24h, 7d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
     /// Print Prometheus metrics (text exposition format) once, e.g. for node_exporter's
     /// textfile collector.
     #[command(after_help = "Examples:

@@ -1,0 +1,92 @@
+//! The audit trail end to end: commands that change the repository or restore from it leave
+//! one record each (host, OS user, command line, outcome, failures included), reads and dry
+//! runs leave none, `pgcairn audit --since` filters, records outlive expire and gc, and expire
+//! deletes those older than `retention.audit_keep`.
+
+use std::time::Duration;
+
+use pgcairn_tests::*;
+
+fn audit(env: &TestEnv, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["audit", "--output", "json"];
+    args.extend_from_slice(extra);
+    let out = env.pgcairn(&args);
+    assert_success(&out, "pgcairn audit");
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+}
+
+fn commands(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["command"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn changes_and_restores_leave_records_that_outlive_expire_and_gc() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let backup = backup_json(&env, &["--type", "full"]);
+    let id = backup["id"].as_str().unwrap().to_string();
+    assert_success(&env.pgcairn(&["pin", &id]), "pin");
+    let bad = env.pgcairn(&["unpin", "20000101-000000F"]);
+    assert_ne!(bad.status.code(), Some(0), "unpin of an unknown backup");
+    // Reads and dry runs are not recorded.
+    assert_success(&env.pgcairn(&["info"]), "info");
+    assert_success(&env.pgcairn(&["expire", "--dry-run"]), "expire --dry-run");
+    assert_success(&env.pgcairn(&["expire"]), "expire");
+    assert_success(&env.pgcairn(&["gc"]), "gc");
+    let restored = env.restore("restored", &[]);
+    assert_success(&restored, "restore");
+
+    let records = audit(&env, &[]);
+    assert_eq!(
+        commands(&records),
+        ["init", "backup", "pin", "unpin", "expire", "gc", "restore"],
+        "{records:#?}"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let user = env.run_as.clone().unwrap_or_else(|| "root".into());
+    for r in &records {
+        assert_eq!(r["host"].as_str().unwrap(), host.trim(), "{r}");
+        if env.run_as.is_some() {
+            assert_eq!(r["user"].as_str().unwrap(), user, "{r}");
+        }
+        assert_eq!(r["cluster"], "main", "{r}");
+    }
+    let backup_rec = &records[1];
+    assert_eq!(backup_rec["outcome"], "ok");
+    let args: Vec<&str> = backup_rec["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.windows(2).any(|w| w == ["--type", "full"]), "{args:?}");
+    let failed = records[3]["outcome"].as_str().unwrap();
+    assert!(failed.starts_with("failed (exit "), "{failed}");
+    assert!(failed.contains("20000101-000000F"), "{failed}");
+
+    // --since: a time after everything gives nothing; a duration ago gives everything.
+    assert!(audit(&env, &["--since", "2999-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(audit(&env, &["--since", "1h"]).len(), records.len());
+    let bad_since = env.pgcairn(&["audit", "--since", "yesterday"]);
+    assert_eq!(bad_since.status.code(), Some(2));
+    assert!(
+        stderr(&bad_since).contains("--since"),
+        "{}",
+        stderr(&bad_since)
+    );
+
+    // expire deletes records older than retention.audit_keep (its own record stays).
+    let mut config = std::fs::read_to_string(&env.config).unwrap();
+    config.push_str("\n[retention]\naudit_keep = \"2s\"\n");
+    std::fs::write(&env.config, config).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_success(&env.pgcairn(&["expire"]), "expire");
+    assert_eq!(commands(&audit(&env, &[])), ["expire"]);
+}
