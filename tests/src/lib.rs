@@ -474,6 +474,37 @@ impl TestEnv {
         std::fs::write(&self.config, out).unwrap();
     }
 
+    /// A cluster `<dir>/<name>`, started, configured as this environment's cluster
+    /// ([`TestEnv::use_cluster`]) and initialised by `pgbench -i -s 1`. Stop it with
+    /// [`StopOnDrop`].
+    pub fn started_pgbench_cluster(&self, name: &str) -> Instance {
+        let pg = self.cluster(name);
+        pg.start().unwrap();
+        self.use_cluster(&pg);
+        if let Err(e) = pg.pgbench(&["-i", "-s", "1", "-q"]) {
+            let _ = pg.stop();
+            panic!("pgbench -i: {e}");
+        }
+        pg
+    }
+
+    /// `pgcairn --progress never drill --output json --report-dir <dir>/reports EXTRA...`, as
+    /// the fixtures' pgcairn user (add environment variables before running it).
+    pub fn drill_command(&self, extra: &[&str]) -> Command {
+        let reports = self.path().join("reports").display().to_string();
+        let mut args = vec![
+            "--progress",
+            "never",
+            "drill",
+            "--output",
+            "json",
+            "--report-dir",
+            reports.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        self.pgcairn_command(&args)
+    }
+
     /// Restores a backup into `<dir>/<name>` with `pgcairn restore`, starts it with archiving
     /// off, waits until recovery finished, and returns the running instance.
     pub fn restore_and_start(&self, name: &str, backup: Option<&str>) -> Instance {

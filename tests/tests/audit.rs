@@ -25,11 +25,8 @@ fn commands(records: &[serde_json::Value]) -> Vec<String> {
 #[test]
 fn changes_and_restores_leave_records_that_outlive_expire_and_gc() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let pg = env.cluster("pg");
-    pg.start().unwrap();
+    let pg = env.started_pgbench_cluster("pg");
     let _stop = StopOnDrop(&pg);
-    env.use_cluster(&pg);
-    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     let backup = backup_json(&env, &["--type", "full"]);
     let id = backup["id"].as_str().unwrap().to_string();
     assert_success(&env.pgcairn(&["pin", &id]), "pin");

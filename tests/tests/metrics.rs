@@ -170,29 +170,12 @@ fn shipped_rules_pass_promtool_check_and_their_unit_tests() {
 #[test]
 fn prometheus_scrapes_backup_and_drill_and_sees_an_unreadable_repository() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let pg = env.cluster("pg");
-    pg.start().unwrap();
+    let pg = env.started_pgbench_cluster("pg");
     let _stop = StopOnDrop(&pg);
-    env.use_cluster(&pg);
-    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     let backup = backup_json(&env, &["--type", "full"]);
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
-    let reports = env.path().join("reports").display().to_string();
-    let drill = env
-        .pgcairn_command(&[
-            "--progress",
-            "never",
-            "drill",
-            "--output",
-            "json",
-            "--report-dir",
-            &reports,
-            "--max-mttr",
-            "1h",
-        ])
-        .output()
-        .unwrap();
+    let drill = env.drill_command(&["--max-mttr", "1h"]).output().unwrap();
     assert_eq!(drill.status.code(), Some(0), "drill: {}", stderr(&drill));
     let drill: serde_json::Value = serde_json::from_slice(&drill.stdout).unwrap();
 

@@ -84,6 +84,13 @@ fn gauge(r: &mut Registry, name: &str, help: &str) -> G {
     f
 }
 
+/// Registers a counter family (the text format names it with `_total`).
+fn counter(r: &mut Registry, name: &str, help: &str) -> C {
+    let f = C::default();
+    r.register(name, help, f.clone());
+    f
+}
+
 fn set(f: &G, l: &[(&str, &str)], v: f64) {
     f.get_or_create(&labels(l)).set(v);
 }
@@ -245,11 +252,10 @@ fn cluster_metrics(r: &mut Registry, snap: &Snapshot, now: f64) {
         "pgcairn_wal_archived_newest_lsn_bytes",
         "End LSN of the newest archived WAL segment, as a byte position",
     );
-    let dropped = C::default();
-    r.register(
+    let dropped = counter(
+        r,
         "pgcairn_wal_dropped_segments",
         "Segments the asynchronous pusher acknowledged without archiving them (archive.queue_max)",
-        dropped.clone(),
     );
     let win_start = gauge(
         r,
@@ -424,16 +430,14 @@ fn pg_metrics(r: &mut Registry, inputs: &Inputs) {
                 if let Some(l) = a.lag_bytes {
                     set(&lag, &cl, l as f64);
                 }
-                let failed = C::default();
-                r.register("pgcairn_archiver_failed", "Failed archive_command calls (pg_stat_archiver.failed_count; resets with the statistics)", failed.clone());
+                let failed = counter(r, "pgcairn_archiver_failed", "Failed archive_command calls (pg_stat_archiver.failed_count; resets with the statistics)");
                 failed
                     .get_or_create(&labels(&cl))
                     .inc_by(a.failed_count as f64);
-                let archived = C::default();
-                r.register(
+                let archived = counter(
+                    r,
                     "pgcairn_archiver_archived",
                     "Files archived (pg_stat_archiver.archived_count; resets with the statistics)",
-                    archived.clone(),
                 );
                 archived
                     .get_or_create(&labels(&cl))
@@ -479,11 +483,10 @@ fn pg_metrics(r: &mut Registry, inputs: &Inputs) {
             set(&queued, &cl, n as f64);
         }
         if let Some(n) = q.async_dropped {
-            let dropped = C::default();
-            r.register(
+            let dropped = counter(
+                r,
                 "pgcairn_archive_async_dropped_segments",
                 "Segments this host's asynchronous pusher dropped (from its spool directory)",
-                dropped.clone(),
             );
             dropped.get_or_create(&labels(&cl)).inc_by(n as f64);
         }

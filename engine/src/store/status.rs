@@ -280,11 +280,7 @@ where
         let body = sealed::seal(repo, kind, key, &doc);
         match repo.storage().put_swap(key, body, version.as_ref()).await {
             Ok(_) => return Ok(doc),
-            Err(StorageError::Precondition { .. }) => {
-                use rand::Rng;
-                let ms = rand::thread_rng().gen_range(5..40) * (attempt as u64 + 1).min(10);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
+            Err(StorageError::Precondition { .. }) => super::head::cas_backoff(attempt).await,
             Err(e) => return Err(e.into()),
         }
     }
