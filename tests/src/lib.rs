@@ -488,21 +488,37 @@ impl TestEnv {
         pg
     }
 
-    /// `pgcairn --progress never drill --output json --report-dir <dir>/reports EXTRA...`, as
-    /// the fixtures' pgcairn user (add environment variables before running it).
-    pub fn drill_command(&self, extra: &[&str]) -> Command {
+    /// `--progress never drill --output json --report-dir <dir>/reports EXTRA...`.
+    fn drill_args(&self, extra: &[&str]) -> Vec<String> {
         let reports = self.path().join("reports").display().to_string();
-        let mut args = vec![
+        let args: Vec<String> = [
             "--progress",
             "never",
             "drill",
             "--output",
             "json",
             "--report-dir",
-            reports.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        self.pgcairn_command(&args)
+            &reports,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+        args
+    }
+
+    /// `pgcairn drill --output json` with its reports in `<dir>/reports`, as the fixtures'
+    /// pgcairn user: the command, to add environment variables or spawn it.
+    pub fn drill_command(&self, extra: &[&str]) -> Command {
+        let args = self.drill_args(extra);
+        self.pgcairn_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Runs `pgcairn drill --output json` like [`TestEnv::drill_command`] (through
+    /// [`TestEnv::pgcairn`]); its output, whatever it is.
+    pub fn drill(&self, extra: &[&str]) -> Output {
+        let args = self.drill_args(extra);
+        self.pgcairn(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Restores a backup into `<dir>/<name>` with `pgcairn restore`, starts it with archiving

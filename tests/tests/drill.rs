@@ -605,17 +605,8 @@ fn the_work_directory_is_new_and_private_never_one_that_existed() {
             std::os::unix::fs::chown(t, Some(65534), Some(65534)).unwrap(); // nobody
         }
     }
-    let reports = env.path().join("reports").display().to_string();
     let mut child = env
-        .pgcairn_command(&[
-            "--progress",
-            "never",
-            "drill",
-            "--output",
-            "json",
-            "--report-dir",
-            &reports,
-        ])
+        .drill_command(&[])
         .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -175,7 +175,7 @@ fn prometheus_scrapes_backup_and_drill_and_sees_an_unreadable_repository() {
     let backup = backup_json(&env, &["--type", "full"]);
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
-    let drill = env.drill_command(&["--max-mttr", "1h"]).output().unwrap();
+    let drill = env.drill(&["--max-mttr", "1h"]);
     assert_eq!(drill.status.code(), Some(0), "drill: {}", stderr(&drill));
     let drill: serde_json::Value = serde_json::from_slice(&drill.stdout).unwrap();
 
