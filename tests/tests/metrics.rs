@@ -57,6 +57,15 @@ fn http_get(url: &str) -> (u16, String) {
 
 /// A Prometheus instant query: the result vector.
 fn query(prom: &str, q: &str) -> Vec<serde_json::Value> {
+    let doc = query_doc(prom, q);
+    doc["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A Prometheus instant query: the API's whole answer.
+fn query_doc(prom: &str, q: &str) -> serde_json::Value {
     let out = Command::new("curl")
         .args(["-s", "-m", "20", "-G"])
         .arg(format!("http://{prom}/api/v1/query"))
@@ -64,11 +73,7 @@ fn query(prom: &str, q: &str) -> Vec<serde_json::Value> {
         .arg(format!("query={q}"))
         .output()
         .expect("run curl");
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    doc["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 fn value(sample: &serde_json::Value) -> f64 {
@@ -285,6 +290,39 @@ fn prometheus_scrapes_backup_and_drill_and_sees_an_unreadable_repository() {
         |r| r.len() == 1,
     );
     assert!(query(&prom, r#"ALERTS{alertname=~"PgcairnDrill.*"}"#).is_empty());
+    // Every query of the shipped Grafana dashboard is valid PromQL for this Prometheus, and
+    // the panels about what happened here have data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(monitoring_dir().join("grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut with_data = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$cluster", ".*")
+                .replace("$instance", ".*");
+            let doc = query_doc(&prom, &expr);
+            assert_eq!(doc["status"], "success", "{expr}: {doc}");
+            if !doc["data"]["result"].as_array().unwrap().is_empty() {
+                with_data.push(panel["title"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    for title in [
+        "RPO (age of newest archived WAL)",
+        "Last drill MTTR (RTO)",
+        "Time since last successful backup",
+        "Drill phases",
+        "Last backup bytes",
+    ] {
+        assert!(
+            with_data.iter().any(|t| t == title),
+            "{title}: {with_data:?}"
+        );
+    }
 
     // The repository goes away: the scrape says so, and its series go stale instead of
     // turning into zeros.
