@@ -37,13 +37,45 @@ fn changes_and_restores_leave_records_that_outlive_expire_and_gc() {
     assert_success(&env.pgcairn(&["expire", "--dry-run"]), "expire --dry-run");
     assert_success(&env.pgcairn(&["expire"]), "expire");
     assert_success(&env.pgcairn(&["gc"]), "gc");
+    assert_success(&env.pgcairn(&["verify"]), "verify");
     let restored = env.restore("restored", &[]);
     assert_success(&restored, "restore");
+    let new_key = env.path().join("second.key").display().to_string();
+    assert_success(
+        &env.pgcairn(&["key", "add", "--key-file", &new_key]),
+        "key add",
+    );
+    assert_success(&env.pgcairn(&["key", "list"]), "key list");
+    // The same commands kept the status objects a scrape reads.
+    let metrics = env.pgcairn(&["metrics"]);
+    assert_success(&metrics, "metrics");
+    let text = String::from_utf8_lossy(&metrics.stdout).to_string();
+    for line in [
+        "pgcairn_up 1",
+        "pgcairn_backups{cluster=\"main\"} 1",
+        "pgcairn_verify_last_success{cluster=\"main\"} 1",
+        "pgcairn_verify_last_problems{cluster=\"main\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    for name in [
+        "pgcairn_expire_last_timestamp_seconds{cluster=\"main\"} ",
+        "pgcairn_gc_last_timestamp_seconds ",
+        "pgcairn_repository_bytes ",
+    ] {
+        let v: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+            .parse()
+            .unwrap();
+        assert!(v > 0.0, "{name}{v}");
+    }
 
     let records = audit(&env, &[]);
     assert_eq!(
         commands(&records),
-        ["init", "backup", "pin", "unpin", "expire", "gc", "restore"],
+        ["init", "backup", "pin", "unpin", "expire", "gc", "restore", "key add"],
         "{records:#?}"
     );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -79,6 +111,8 @@ fn changes_and_restores_leave_records_that_outlive_expire_and_gc() {
         stderr(&bad_since)
     );
 
+    // The key file's path is recorded (it is not a secret); the key is not.
+    assert!(records[7]["args"].to_string().contains("second.key"));
     // expire deletes records older than retention.audit_keep (its own record stays).
     let mut config = std::fs::read_to_string(&env.config).unwrap();
     config.push_str("\n[retention]\naudit_keep = \"2s\"\n");

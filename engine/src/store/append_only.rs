@@ -165,5 +165,22 @@ mod tests {
             .await
             .unwrap();
         s.delete(&lease).await.unwrap();
+        // The cluster's status object may be swapped; the repository's (gc's) may not, and an
+        // audit record is create-only like everything else.
+        let status = crate::repo::layout::cluster_status("main");
+        s.put_swap(&status, Bytes::from_static(b"s"), None)
+            .await
+            .unwrap();
+        for refused in [
+            crate::repo::layout::repository_status(),
+            ObjectKey::new("status/cluster/a/b"),
+            crate::repo::layout::audit_record(1, 2),
+        ] {
+            assert!(
+                s.put_swap(&refused, Bytes::new(), None).await.is_err(),
+                "{refused}"
+            );
+        }
+        assert!(s.delete(&status).await.is_err());
     }
 }
