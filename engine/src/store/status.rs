@@ -29,7 +29,9 @@
 //! multiple of [`super::head::HEAD_EVERY_SEGMENTS`], or when this host last updated it more than
 //! [`STATUS_EVERY`] ago (a marker file in `repo.state_dir`; a stat per push). So the newest
 //! archived WAL the status shows trails the real one by at most [`STATUS_EVERY`] plus the
-//! time between two segment switches; the RPO alert threshold should be above that.
+//! time between two segment switches; the RPO alert threshold should be above that. Without a
+//! state directory only the segment-number rule applies (pushes stay fast; the status then
+//! trails by up to [`super::head::HEAD_EVERY_SEGMENTS`] segments).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -434,10 +436,10 @@ pub async fn note_pushed(
         return;
     };
     let seg = (wal.end_lsn.0 / seg_size).saturating_sub(1);
-    let marker = push_marker(repo, cluster);
-    let fresh = matches!(marker.as_deref(), Some(m) if marker_is_fresh(m));
     let on_boundary = seg.checked_rem(super::head::HEAD_EVERY_SEGMENTS) == Some(0);
-    if !on_boundary && fresh {
+    // Without a state directory there is no marker: only segment boundaries, never every push.
+    let stale = push_marker(repo, cluster).is_some_and(|m| !marker_is_fresh(&m));
+    if !on_boundary && !stale {
         return;
     }
     note_wal(repo, cluster, wal, 0).await;
@@ -535,6 +537,21 @@ mod tests {
             .unwrap();
         note_pushed(&repo, "main", &seg(49), size, None).await;
         assert_eq!(newest(repo.clone()).await, Some(seg(49).to_string()));
+    }
+
+    #[tokio::test]
+    async fn without_a_state_directory_only_segment_boundaries_are_recorded() {
+        let (_mem, repo) = memory_repo().await;
+        assert!(repo.state_dir().is_none());
+        let size = 16 << 20;
+        note_pushed(&repo, "main", &seg(33), size, None).await;
+        assert!(
+            read(&repo, "main").await.unwrap().is_none(),
+            "not every push"
+        );
+        note_pushed(&repo, "main", &seg(48), size, None).await;
+        let s = read(&repo, "main").await.unwrap().unwrap();
+        assert_eq!(s.wal.unwrap().segment, seg(48).to_string());
     }
 
     #[tokio::test]
