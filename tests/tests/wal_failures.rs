@@ -1047,4 +1047,21 @@ fn queue_max_drops_wal_loudly_when_the_repository_fails() {
         !gaps_after.is_empty() || !gaps.is_empty(),
         "info shows the gap: {doc:#}"
     );
+    // Monitoring counts the drop: in the repository's status object and in this host's spool.
+    env.use_cluster(&pg);
+    let metrics = env.pgcairn(&["metrics"]);
+    assert_success(&metrics, "pgcairn metrics");
+    let text = String::from_utf8_lossy(&metrics.stdout).to_string();
+    for name in [
+        "pgcairn_wal_dropped_segments_total{cluster=\"main\"} ",
+        "pgcairn_archive_async_dropped_segments_total{cluster=\"main\"} ",
+    ] {
+        let n: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
+            .parse()
+            .unwrap();
+        assert!(n >= 1.0, "{name}{n}");
+    }
 }
