@@ -555,7 +555,11 @@ impl Collector {
         let (repo, pg) = tokio::join!(repo, pg);
         let local = s.pgdata.as_deref().map(|pgdata| {
             let spool = s.archive_async.then_some(s.spool_dir.as_path());
-            metrics::local_queue(pgdata, &s.cluster, spool).map_err(|e| e.to_string())
+            metrics::local_queue(pgdata, &s.cluster, spool).map_err(|e| {
+                // The queue metrics are then absent; say why (usually: run as PostgreSQL's user).
+                tracing::warn!("cannot read the local archive queue under cluster.pgdata: {e}");
+                e.to_string()
+            })
         });
         Inputs {
             repo: Some(repo),
