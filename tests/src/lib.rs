@@ -99,6 +99,22 @@ pub fn built_binary() -> PathBuf {
     p
 }
 
+/// Runs `pgcairn metrics` (which must succeed) and returns a function giving the value of the
+/// sample named exactly `series` (`name{labels}` as printed), panicking with the whole output
+/// when it is absent.
+pub fn scrape_once(env: &TestEnv) -> impl Fn(&str) -> f64 {
+    let out = env.pgcairn(&["metrics"]);
+    assert_success(&out, "pgcairn metrics");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    move |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
 /// Options for a test environment.
 #[derive(Debug, Clone)]
 pub struct EnvOptions {

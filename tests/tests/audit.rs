@@ -47,29 +47,23 @@ fn changes_and_restores_leave_records_that_outlive_expire_and_gc() {
     );
     assert_success(&env.pgcairn(&["key", "list"]), "key list");
     // The same commands kept the status objects a scrape reads.
-    let metrics = env.pgcairn(&["metrics"]);
-    assert_success(&metrics, "metrics");
-    let text = String::from_utf8_lossy(&metrics.stdout).to_string();
-    for line in [
-        "pgcairn_up 1",
-        "pgcairn_backups{cluster=\"main\"} 1",
-        "pgcairn_verify_last_success{cluster=\"main\"} 1",
-        "pgcairn_verify_last_problems{cluster=\"main\"} 0",
-    ] {
-        assert!(text.contains(line), "{line} in:\n{text}");
-    }
+    let metric = scrape_once(&env);
+    assert_eq!(metric("pgcairn_up"), 1.0);
+    assert_eq!(metric(r#"pgcairn_backups{cluster="main"}"#), 1.0);
+    assert_eq!(
+        metric(r#"pgcairn_verify_last_success{cluster="main"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(r#"pgcairn_verify_last_problems{cluster="main"}"#),
+        0.0
+    );
     for name in [
-        "pgcairn_expire_last_timestamp_seconds{cluster=\"main\"} ",
-        "pgcairn_gc_last_timestamp_seconds ",
-        "pgcairn_repository_bytes ",
+        r#"pgcairn_expire_last_timestamp_seconds{cluster="main"}"#,
+        "pgcairn_gc_last_timestamp_seconds",
+        "pgcairn_repository_bytes",
     ] {
-        let v: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
-            .parse()
-            .unwrap();
-        assert!(v > 0.0, "{name}{v}");
+        assert!(metric(name) > 0.0, "{name}");
     }
 
     let records = audit(&env, &[]);

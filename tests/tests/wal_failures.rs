@@ -1049,19 +1049,11 @@ fn queue_max_drops_wal_loudly_when_the_repository_fails() {
     );
     // Monitoring counts the drop: in the repository's status object and in this host's spool.
     env.use_cluster(&pg);
-    let metrics = env.pgcairn(&["metrics"]);
-    assert_success(&metrics, "pgcairn metrics");
-    let text = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let metric = scrape_once(&env);
     for name in [
-        "pgcairn_wal_dropped_segments_total{cluster=\"main\"} ",
-        "pgcairn_archive_async_dropped_segments_total{cluster=\"main\"} ",
+        r#"pgcairn_wal_dropped_segments_total{cluster="main"}"#,
+        r#"pgcairn_archive_async_dropped_segments_total{cluster="main"}"#,
     ] {
-        let n: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("{name} in:\n{text}"))
-            .parse()
-            .unwrap();
-        assert!(n >= 1.0, "{name}{n}");
+        assert!(metric(name) >= 1.0, "{name}");
     }
 }
