@@ -69,6 +69,8 @@ for u in backup drill gc verify; do
         units+=("pgcairn-$u.$kind")
     done
 done
+has /lib/systemd/system/pgcairn-metrics.service
+units+=(pgcairn-metrics.service)
 has /usr/share/doc/pgcairn/examples/pgcairn.cron
 grep -q '^-rw-r----- /etc/pgcairn/pgcairn.toml$' "$listing" || fail "conffile is not mode 0640 in the package"
 dpkg-deb -f "$deb" Package | grep -qx pgcairn || fail "package name is not pgcairn"

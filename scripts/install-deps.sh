@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what building and testing pgcairn needs on Debian 12 (run as root):
 #   - Debian packages: PostgreSQL 15 server (+ contrib: amcheck), pgBackRest, socat, openssl, age,
-#     curl, procps, util-linux (runuser), a C toolchain for -sys crates, python3-venv if needed;
+#     curl, procps, util-linux (runuser), a C toolchain for -sys crates, python3-venv if needed,
+#     Prometheus (prometheus, promtool: the metrics tests);
 #   - a Python venv with moto[server] (a local S3-compatible server, see scripts/s3-local.sh)
 #     at ${PGCAIRN_CACHE:-/var/cache/pgcairn-test}/venv;
 #   - Azurite, the Azure Blob Storage emulator, from npm (see scripts/cloud-emulators.sh) at
@@ -79,6 +80,7 @@ packages=(
     chromium                    # renders drill reports in the end-to-end tests (headless)
     man-db                      # man -l: the package check renders every man page
     systemd                     # systemd-analyze verify: the package check verifies the units
+    prometheus                  # prometheus and promtool: the metrics end-to-end test and rule tests
 )
 ((need_python_venv)) && packages+=(python3-venv)
 # Node.js for Azurite: whatever node/npm is on PATH (NodeSource, nvm, ...), else Debian's.
@@ -149,6 +151,7 @@ fi
 [[ -x $PG_BINDIR/initdb && -x $PG_BINDIR/postgres ]] || die "PostgreSQL $PG_MAJOR binaries not found in $PG_BINDIR"
 [[ -f /usr/share/postgresql/$PG_MAJOR/extension/amcheck.control ]] || die "amcheck extension not installed"
 command -v pgbackrest >/dev/null || die "pgbackrest not on PATH"
+command -v promtool >/dev/null || die "promtool not on PATH (Debian package prometheus)"
 command -v runuser >/dev/null || die "runuser not on PATH"
 id postgres >/dev/null 2>&1 || die "the postgres OS user does not exist (expected from postgresql-common)"
 

@@ -266,6 +266,50 @@ Forces a WAL switch and waits until that segment is in the repository.")]
         output: OutputFormat,
     },
 
+    /// List the audit trail: who ran which command that changed the repository or restored
+    /// from it, where, when, and how it ended.
+    #[command(after_help = "Examples:
+  pgcairn audit
+  pgcairn audit --since 7d
+  pgcairn audit --since 2026-11-24T00:00:00Z --output json
+Recorded: init, backup, restore, restore-point, drill, expire, gc, pin, unpin and key changes
+(not dry runs). Records outlive expire and gc; expire deletes those older than [audit] keep.")]
+    Audit {
+        /// Only records from this time on: RFC 3339, or a duration ago (24h, 7d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
+    },
+
+    /// Print Prometheus metrics (text exposition format) once, e.g. for node_exporter's
+    /// textfile collector.
+    #[command(after_help = "Examples:
+  pgcairn metrics
+  pgcairn metrics > /var/lib/node_exporter/pgcairn.prom.$$ && mv /var/lib/node_exporter/pgcairn.prom.$$ /var/lib/node_exporter/pgcairn.prom
+Reads the small status objects commands keep (never a full scan of the repository) and, where
+cluster.conninfo and cluster.pgdata are set, PostgreSQL's archiver statistics and pg_wal.
+A repository that cannot be read prints pgcairn_up 0 with the reason in a label and exits 1.")]
+    Metrics,
+
+    /// Serve Prometheus metrics over HTTP: /metrics and /healthz.
+    #[command(after_help = "Examples:
+  pgcairn serve                          # 127.0.0.1:9187
+  pgcairn serve --listen 0.0.0.0:9187
+/metrics is what `pgcairn metrics` prints, computed per scrape; /healthz answers 200 when the
+repository can be read, 503 with the reason when not. Runs until SIGTERM or SIGINT.")]
+    Serve {
+        /// Address to listen on.
+        #[arg(
+            long,
+            env = "PGCAIRN_METRICS_LISTEN",
+            default_value = "127.0.0.1:9187",
+            value_name = "ADDR"
+        )]
+        listen: String,
+    },
+
     /// Run the whole engine on a throwaway cluster and local repository.
     #[command(after_help = "Examples:
   pgcairn demo

@@ -65,10 +65,15 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "gc_grace",
             "gc_repack_below",
             "lease_wait",
+            "audit_keep",
         ],
     ),
     ("drill", &["pg_bindir"]),
 ];
+
+/// How long audit records are kept by default (`retention.audit_keep`): 400 days, a year of
+/// history with room for a yearly audit.
+pub const DEFAULT_AUDIT_KEEP: Duration = Duration::from_secs(400 * 86400);
 
 /// The resolved configuration.
 #[derive(Debug, Clone)]
@@ -131,6 +136,8 @@ pub struct Settings {
     pub retention_auto: bool,
     /// GC grace period.
     pub gc_grace: Duration,
+    /// Audit records older than this are deleted by expire.
+    pub audit_keep: Duration,
     /// GC repacks packs whose live bytes are below this fraction (0: never).
     pub gc_repack_below: f64,
     /// How long expire and gc wait for another run of themselves.
@@ -338,6 +345,8 @@ impl Settings {
             parse_bool(take("retention", "auto"), "retention.auto")?.unwrap_or(false);
         let gc_grace = parse_dur(take("retention", "gc_grace"), "retention.gc_grace")?
             .unwrap_or(Duration::from_secs(3600));
+        let audit_keep = parse_dur(take("retention", "audit_keep"), "retention.audit_keep")?
+            .unwrap_or(DEFAULT_AUDIT_KEEP);
         let gc_repack_below = parse_fraction(
             take("retention", "gc_repack_below"),
             "retention.gc_repack_below",
@@ -392,6 +401,7 @@ impl Settings {
             retention,
             retention_auto,
             gc_grace,
+            audit_keep,
             gc_repack_below,
             maintenance_lease_wait,
             object_lock,

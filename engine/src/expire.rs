@@ -88,6 +88,37 @@ pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -
     Ok(())
 }
 
+/// Records the run and what the catalog head now holds in the cluster's status object.
+async fn record_in_status(
+    repo: &Repository,
+    cluster: &str,
+    seg_size: u64,
+    decisions: &[Decision],
+    wal_files: usize,
+) {
+    use crate::store::status::{self, ExpireStatus, RetainedStatus};
+    let retained = match head::update(repo, cluster, seg_size, |_| false).await {
+        Ok(h) => Some(RetainedStatus::from_head(&h)),
+        Err(e) => {
+            tracing::warn!("could not read the catalog head of {cluster:?} for its status: {e}");
+            None
+        }
+    };
+    let done = ExpireStatus {
+        finished_at: status::rfc3339(time::OffsetDateTime::now_utc()),
+        backups_removed: decisions.iter().filter(|d| !d.keep).count() as u64,
+        wal_files_removed: wal_files as u64,
+    };
+    status::record(repo, cluster, "expire", |s| {
+        s.expire = Some(done.clone());
+        if let Some(r) = &retained {
+            s.retained = Some(r.clone());
+        }
+        true
+    })
+    .await;
+}
+
 /// Applies `policy` to `cluster`, holding the cluster's exclusive expire lease (a dry run
 /// takes none).
 pub async fn expire(
@@ -279,6 +310,7 @@ async fn expire_locked(
                 }
             }
         }
+        record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     }
     Ok(ExpireReport {
         backups: decisions,

@@ -18,7 +18,9 @@
 //! - [`pg`]: PostgreSQL knowledge (WAL page headers).
 //! - [`archive`]: `archive-push`, `archive-get`, the asynchronous pusher and WAL listings.
 //! - [`store`]: the typed store layer: catalog objects sealed for their names, the per-cluster
-//!   catalog head (what must exist, rollback detection), the append-only storage wrapper.
+//!   catalog head (what must exist, rollback detection), the append-only storage wrapper,
+//!   the status objects monitoring reads.
+//! - [`metrics`]: what a metrics scrape reads (status objects, the PostgreSQL archiver).
 
 pub mod archive;
 pub mod backup;
@@ -34,6 +36,7 @@ pub mod gc;
 pub mod index;
 pub mod info;
 pub mod lease;
+pub mod metrics;
 pub mod pack;
 pub mod pg;
 pub mod private_fs;

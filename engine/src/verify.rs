@@ -372,6 +372,17 @@ async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
                 audit.cluster
             );
         }
+        let done = crate::store::status::VerifyStatus {
+            finished_at: at.clone(),
+            ok: report.problems.is_empty(),
+            problems: report.problems.len() as u64,
+            read_data: report.packs_read > 0,
+        };
+        crate::store::status::record(repo, &audit.cluster, "verify result", |s| {
+            s.verify = Some(done.clone());
+            true
+        })
+        .await;
     }
 }
 

@@ -99,6 +99,22 @@ pub fn built_binary() -> PathBuf {
     p
 }
 
+/// Runs `pgcairn metrics` (which must succeed) and returns a function giving the value of the
+/// sample named exactly `series` (`name{labels}` as printed), panicking with the whole output
+/// when it is absent.
+pub fn scrape_once(env: &TestEnv) -> impl Fn(&str) -> f64 {
+    let out = env.pgcairn(&["metrics"]);
+    assert_success(&out, "pgcairn metrics");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    move |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+}
+
 /// Options for a test environment.
 #[derive(Debug, Clone)]
 pub struct EnvOptions {
@@ -476,6 +492,53 @@ impl TestEnv {
             }
         }
         std::fs::write(&self.config, out).unwrap();
+    }
+
+    /// A cluster `<dir>/<name>`, started, configured as this environment's cluster
+    /// ([`TestEnv::use_cluster`]) and initialised by `pgbench -i -s 1`. Stop it with
+    /// [`StopOnDrop`].
+    pub fn started_pgbench_cluster(&self, name: &str) -> Instance {
+        let pg = self.cluster(name);
+        pg.start().unwrap();
+        self.use_cluster(&pg);
+        if let Err(e) = pg.pgbench(&["-i", "-s", "1", "-q"]) {
+            let _ = pg.stop();
+            panic!("pgbench -i: {e}");
+        }
+        pg
+    }
+
+    /// `--progress never drill --output json --report-dir <dir>/reports EXTRA...`.
+    fn drill_args(&self, extra: &[&str]) -> Vec<String> {
+        let reports = self.path().join("reports").display().to_string();
+        let args: Vec<String> = [
+            "--progress",
+            "never",
+            "drill",
+            "--output",
+            "json",
+            "--report-dir",
+            &reports,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect();
+        args
+    }
+
+    /// `pgcairn drill --output json` with its reports in `<dir>/reports`, as the fixtures'
+    /// pgcairn user: the command, to add environment variables or spawn it.
+    pub fn drill_command(&self, extra: &[&str]) -> Command {
+        let args = self.drill_args(extra);
+        self.pgcairn_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Runs `pgcairn drill --output json` like [`TestEnv::drill_command`] (through
+    /// [`TestEnv::pgcairn`]); its output, whatever it is.
+    pub fn drill(&self, extra: &[&str]) -> Output {
+        let args = self.drill_args(extra);
+        self.pgcairn(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Restores a backup into `<dir>/<name>` with `pgcairn restore`, starts it with archiving

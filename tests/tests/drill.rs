@@ -40,18 +40,7 @@ fn drill(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
 /// `pgcairn drill --output json ...` with environment variables (TMPDIR), as the fixtures'
 /// pgcairn user; its output, whatever it is.
 fn drill_output(env: &TestEnv, vars: &[(&str, &Path)], extra: &[&str]) -> std::process::Output {
-    let reports = env.path().join("reports").display().to_string();
-    let mut args = vec![
-        "--progress",
-        "never",
-        "drill",
-        "--output",
-        "json",
-        "--report-dir",
-        reports.as_str(),
-    ];
-    args.extend_from_slice(extra);
-    let mut c = env.pgcairn_command(&args);
+    let mut c = env.drill_command(extra);
     for (k, v) in vars {
         c.env(k, v);
     }
@@ -616,17 +605,8 @@ fn the_work_directory_is_new_and_private_never_one_that_existed() {
             std::os::unix::fs::chown(t, Some(65534), Some(65534)).unwrap(); // nobody
         }
     }
-    let reports = env.path().join("reports").display().to_string();
     let mut child = env
-        .pgcairn_command(&[
-            "--progress",
-            "never",
-            "drill",
-            "--output",
-            "json",
-            "--report-dir",
-            &reports,
-        ])
+        .drill_command(&[])
         .env("TMPDIR", &tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

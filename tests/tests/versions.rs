@@ -147,15 +147,7 @@ fn end_to_end(major: u32) {
     )
     .unwrap();
     give_to(env.run_as.as_deref(), &checks).unwrap();
-    let reports = env.path().join("reports").display().to_string();
-    let out = env.pgcairn(&[
-        "--progress",
-        "never",
-        "drill",
-        "--output",
-        "json",
-        "--report-dir",
-        &reports,
+    let out = env.drill(&[
         "--target-time",
         &target,
         "--check-sql",

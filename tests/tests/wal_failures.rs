@@ -1047,4 +1047,13 @@ fn queue_max_drops_wal_loudly_when_the_repository_fails() {
         !gaps_after.is_empty() || !gaps.is_empty(),
         "info shows the gap: {doc:#}"
     );
+    // Monitoring counts the drop: in the repository's status object and in this host's spool.
+    env.use_cluster(&pg);
+    let metric = scrape_once(&env);
+    for name in [
+        r#"pgcairn_wal_dropped_segments_total{cluster="main"}"#,
+        r#"pgcairn_archive_async_dropped_segments_total{cluster="main"}"#,
+    ] {
+        assert!(metric(name) >= 1.0, "{name}");
+    }
 }

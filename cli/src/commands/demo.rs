@@ -437,6 +437,7 @@ fn demo_settings(dir: &Path) -> Settings {
         retention: Default::default(),
         retention_auto: false,
         gc_grace: Duration::from_secs(3600),
+        audit_keep: crate::settings::DEFAULT_AUDIT_KEEP,
         gc_repack_below: 0.5,
         maintenance_lease_wait: Duration::ZERO,
         object_lock: None,

@@ -18,6 +18,13 @@ pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Re
         settings.maintenance_lease_wait,
     )
     .await?;
+    if !dry_run {
+        let before = time::OffsetDateTime::now_utc() - settings.audit_keep;
+        let pruned = pgcairn_engine::store::trail::prune(&repo, before).await?;
+        if pruned > 0 {
+            tracing::info!("deleted {pruned} audit records older than retention.audit_keep");
+        }
+    }
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
         return Ok(());

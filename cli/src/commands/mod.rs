@@ -1,6 +1,7 @@
 //! One module per command; each turns resolved settings into engine calls.
 
 mod archive;
+mod audit;
 mod backup;
 mod demo;
 pub mod docs;
@@ -9,6 +10,8 @@ mod expire;
 mod info;
 mod init;
 mod key;
+mod metrics;
+mod serve;
 mod verify;
 
 use std::sync::Arc;
@@ -20,8 +23,17 @@ use crate::args::{Cli, Command};
 use crate::exit::Failure;
 use crate::settings::Settings;
 
-/// Runs the command.
+/// Runs the command, and appends its audit record when it is one that changes the repository
+/// or restores from it.
 pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
+    let result = run_command(cli, settings).await;
+    if let Some(name) = audit::audited(&cli.command) {
+        audit::record(settings, name, &result).await;
+    }
+    result
+}
+
+async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
     match &cli.command {
         Command::Init {
             key_file,
@@ -67,6 +79,9 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,
         Command::Info { output } => info::run(settings, *output).await,
+        Command::Metrics => metrics::print(settings).await,
+        Command::Audit { since, output } => audit::list(settings, since.as_deref(), *output).await,
+        Command::Serve { listen } => serve::run(settings, listen).await,
         Command::Key(cmd) => key::run(settings, cmd).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
         Command::Completions { .. } | Command::Manpages { .. } => {

@@ -355,6 +355,10 @@ pub async fn push_wal_file(
     // Read, hash and seal on the CPU pool, not on an async worker thread; meanwhile read the
     // cluster record and any existing pointer, so their round trips hide behind the CPU work.
     let has_pages = name.has_wal_pages();
+    let mtime = match &source {
+        WalSource::File(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        WalSource::Bytes(_) => None,
+    };
     let (sealed, record, existing) = tokio::join!(
         crate::cpu::run(move || seal_wal(&codec, &wal_name, &context, level, source)),
         async {
@@ -382,6 +386,7 @@ pub async fn push_wal_file(
     let outcome = store_wal(repo, cluster, name, existing?, id, sealed, size).await?;
     if let Some(seg_size) = seg_size {
         head::note_pushed(repo, cluster, name, seg_size).await;
+        crate::store::status::note_pushed(repo, cluster, name, seg_size, mtime).await;
     }
     Ok(outcome)
 }

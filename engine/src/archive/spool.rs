@@ -109,6 +109,22 @@ pub fn file_fingerprint(path: &Path) -> Result<String> {
 }
 
 impl Spool {
+    /// The spool of `cluster` for reading only (nothing is created; for metrics).
+    pub fn at(spool_dir: &Path, cluster: &str) -> Self {
+        Spool {
+            root: spool_dir.join(cluster),
+        }
+    }
+
+    /// Of the `.ready` files in `pg_wal`, those the pusher has not acknowledged yet (the
+    /// asynchronous queue).
+    pub fn queued(&self, pg_wal: &Path) -> Result<u64> {
+        Ok(ready_files(pg_wal)?
+            .iter()
+            .filter(|(n, _)| self.read_ack(&n.to_string()).is_none())
+            .count() as u64)
+    }
+
     /// Opens (creating) `<spool_dir>/<cluster>/`.
     pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
         let root = spool_dir.join(cluster);
@@ -124,6 +140,23 @@ impl Spool {
             })?;
         }
         Ok(Spool { root })
+    }
+
+    /// Segments this spool's pusher acknowledged as dropped, ever (`dropped-total`).
+    pub fn dropped_total(&self) -> u64 {
+        fs::read_to_string(self.root.join("dropped-total"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn add_dropped(&self, n: u64) -> Result<u64> {
+        let total = self.dropped_total() + n;
+        Self::write_small(
+            &self.root.join("dropped-total"),
+            total.to_string().as_bytes(),
+        )?;
+        Ok(total)
     }
 
     /// The spool's root.
@@ -356,6 +389,7 @@ pub async fn run_pusher(
     let started = Instant::now();
     let mut backoff = Duration::from_millis(250);
     let mut seg_size: Option<u64> = None;
+    let mut reported_dropped = 0;
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
         if started.elapsed() >= MAX_PUSHER_RUN {
@@ -438,6 +472,23 @@ pub async fn run_pusher(
         }
         drop(results);
         note_batch(repo, cluster, &pushed, &failed, &mut seg_size).await;
+        // Drops recorded in the spool while the repository failed reach the status object once
+        // pushes succeed again.
+        let dropped = spool.dropped_total();
+        if dropped > reported_dropped && !pushed.is_empty() {
+            let res = crate::store::status::update(repo, cluster, |s| {
+                let higher = dropped > s.wal_dropped_total;
+                s.wal_dropped_total = s.wal_dropped_total.max(dropped);
+                higher
+            })
+            .await;
+            match res {
+                Ok(_) => reported_dropped = dropped,
+                Err(e) => {
+                    warn!(error = %e, "could not record the dropped WAL count in the status object")
+                }
+            }
+        }
         if failed.is_empty() {
             backoff = Duration::from_millis(250);
             continue;
@@ -457,6 +508,14 @@ pub async fn run_pusher(
                         },
                     )?;
                 }
+                let total = spool.add_dropped(failed.len() as u64)?;
+                // Usually fails too (the repository is what fails); the next batch retries.
+                crate::store::status::record(repo, cluster, "dropped WAL count", |s| {
+                    let higher = total > s.wal_dropped_total;
+                    s.wal_dropped_total = s.wal_dropped_total.max(total);
+                    higher
+                })
+                .await;
             }
         }
         tokio::time::sleep(backoff).await;

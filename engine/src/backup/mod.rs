@@ -118,32 +118,7 @@ struct Session {
 }
 
 async fn connect(conninfo: &str) -> Result<Session> {
-    let parsed = crate::pg::conninfo::parse(conninfo)?;
-    let (config, redacted) = (parsed.config, parsed.redacted);
-    let failed = |e: tokio_postgres::Error| {
-        Error::Config(format!(
-            "cannot connect to PostgreSQL with cluster.conninfo {redacted:?}: {e}"
-        ))
-    };
-    // TLS per sslmode (see crate::pg::tls); Unix sockets never negotiate TLS.
-    let (client, connection) = if parsed.tls.mode == crate::pg::conninfo::SslMode::Disable {
-        let (c, conn) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(failed)?;
-        (c, futures::future::Either::Left(conn))
-    } else {
-        let (c, conn) = config
-            .connect(crate::pg::tls::connector(&parsed.tls)?)
-            .await
-            .map_err(failed)?;
-        (c, futures::future::Either::Right(conn))
-    };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!("PostgreSQL connection ended: {e}");
-        }
-    });
+    let client = crate::pg::conninfo::connect(conninfo).await?;
     let row = client
         .query_one(
             "select current_setting('server_version_num')::int, current_setting('data_checksums'), \
@@ -907,7 +882,7 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
     .into_iter()
     .filter(|s| !carried.contains(&(m.timeline, *s)))
     .collect();
-    crate::store::head::update(repo, &m.cluster, seg_size, |h| {
+    let head = crate::store::head::update(repo, &m.cluster, seg_size, |h| {
         let mut changed = false;
         for s in &archived {
             changed |= h.saw_segment(m.timeline, *s);
@@ -926,7 +901,63 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
             m.id
         ))
     })?;
+    record_in_status(repo, m, &head, seg_size).await;
     Ok(())
+}
+
+/// Records the backup in the cluster's status object (for metrics; best effort).
+async fn record_in_status(
+    repo: &Repository,
+    m: &Manifest,
+    head: &crate::store::head::CatalogHead,
+    seg_size: u64,
+) {
+    use crate::store::status::{self, BackupStatus, RetainedStatus};
+    let now = time::OffsetDateTime::now_utc();
+    let started = time::OffsetDateTime::parse(
+        &m.start_time,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or(now);
+    let kind = serde_json::to_value(m.backup_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let done = BackupStatus {
+        id: m.id.clone(),
+        backup_type: kind.clone(),
+        started_at: m.start_time.clone(),
+        finished_at: status::rfc3339(now),
+        duration_seconds: (now - started).as_seconds_f64().max(0.0),
+        bytes_read: m.stats.bytes_read,
+        bytes_new: m.stats.bytes_new,
+        bytes_stored: m.stats.stored_new,
+        size: m.stats.size,
+    };
+    let retained = RetainedStatus::from_head(head);
+    // The backup waited until the segment of its consistency point was archived: everything
+    // written up to its stop time is in the archive.
+    let stop_seg = m.stop_lsn.segment_no(seg_size);
+    let wal = status::WalStatus {
+        segment: WalFileName::Segment {
+            tli: TimelineId(m.timeline),
+            segno: SegmentNo::from_absolute(stop_seg, seg_size),
+        }
+        .to_string(),
+        timeline: m.timeline,
+        end_lsn: Lsn((stop_seg + 1) * seg_size),
+        end_time: m.stop_time.clone(),
+        archived_at: status::rfc3339(now),
+    };
+    status::record(repo, &m.cluster, "backup", |s| {
+        s.saw_wal(wal.clone());
+        s.last_success_by_type
+            .insert(kind.clone(), done.finished_at.clone());
+        s.last_backup = Some(done.clone());
+        s.retained = Some(retained.clone());
+        true
+    })
+    .await;
 }
 
 /// A finished backup: its manifest without the file list (that went from the spool to the

@@ -876,6 +876,24 @@ async fn publish(
             report.cluster
         );
     }
+    let done = crate::store::status::DrillStatus {
+        id: report.id.clone(),
+        finished_at: report.finished_at.clone(),
+        outcome: report.outcome.clone(),
+        mttr_seconds: report.mttr_seconds,
+        max_mttr_seconds: report.max_mttr_seconds,
+        phases: report
+            .phases
+            .iter()
+            .filter(|p| p.name != "total")
+            .map(|p| (p.name.clone(), p.seconds))
+            .collect(),
+    };
+    crate::store::status::record(repo, &report.cluster, "drill", |s| {
+        s.drill = Some(done.clone());
+        true
+    })
+    .await;
     let history = report::history(repo, &report.cluster)
         .await
         .unwrap_or_else(|_| vec![report.clone()]);

@@ -179,7 +179,21 @@ pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
 /// Runs GC under the exclusive gc lease (a dry run takes none: it changes nothing).
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let work = gc_locked(repo, opts);
-    crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await
+    let report =
+        crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await?;
+    if !report.dry_run {
+        let at = crate::store::status::rfc3339(OffsetDateTime::now_utc());
+        crate::store::status::record_repository(repo, |s| {
+            s.gc_finished_at = Some(at.clone());
+            s.pack_bytes = report.space.pack_bytes;
+            s.referenced_bytes = report.space.referenced_bytes;
+            s.reclaimable_bytes = report.space.reclaimable_bytes;
+            s.pending_bytes = report.pending_bytes;
+            true
+        })
+        .await;
+    }
+    Ok(report)
 }
 
 /// Runs gc; the caller holds the gc lease.

@@ -357,6 +357,38 @@ fn lookup_password(text: &str, want: [&str; 4]) -> Option<String> {
     None
 }
 
+/// Connects with `conninfo` (TLS per its sslmode, see [`crate::pg::tls`]); the connection runs
+/// on a spawned task until the client is dropped.
+pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
+    let parsed = parse(conninfo)?;
+    let (config, redacted) = (parsed.config, parsed.redacted);
+    let failed = |e: tokio_postgres::Error| {
+        Error::Config(format!(
+            "cannot connect to PostgreSQL with cluster.conninfo {redacted:?}: {e}"
+        ))
+    };
+    // Unix sockets never negotiate TLS.
+    let (client, connection) = if parsed.tls.mode == SslMode::Disable {
+        let (c, conn) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(failed)?;
+        (c, futures::future::Either::Left(conn))
+    } else {
+        let (c, conn) = config
+            .connect(crate::pg::tls::connector(&parsed.tls)?)
+            .await
+            .map_err(failed)?;
+        (c, futures::future::Either::Right(conn))
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("PostgreSQL connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,36 @@ pub fn catalog_head(cluster: &str) -> ObjectKey {
     ObjectKey::new(format!("clusters/{cluster}/head"))
 }
 
+/// Prefix of the per-cluster status objects (see [`crate::store::status`]).
+pub const CLUSTER_STATUS_PREFIX: &str = "status/cluster/";
+
+/// A cluster's status object (what a metrics scrape reads).
+pub fn cluster_status(cluster: &str) -> ObjectKey {
+    ObjectKey::new(format!("{CLUSTER_STATUS_PREFIX}{cluster}"))
+}
+
+/// The repository's status object (space after the last gc).
+pub fn repository_status() -> ObjectKey {
+    ObjectKey::new("status/repository")
+}
+
+/// Prefix of the audit trail (see [`crate::store::trail`]).
+pub const AUDIT_PREFIX: &str = "audit/";
+
+/// One audit record: the time in nanoseconds (20 digits, so names sort by time) and a random
+/// suffix.
+pub fn audit_record(unix_nanos: u128, suffix: u64) -> ObjectKey {
+    ObjectKey::new(format!("{AUDIT_PREFIX}{unix_nanos:020}-{suffix:016x}"))
+}
+
+/// The time (nanoseconds) an audit record's name carries.
+pub fn parse_audit_record(key: &str) -> Option<u128> {
+    let (t, s) = key.strip_prefix(AUDIT_PREFIX)?.split_once('-')?;
+    (t.len() == 20 && s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| t.parse().ok())
+        .flatten()
+}
+
 /// The repository's gc state (see [`crate::gc`]).
 pub fn gc_state() -> ObjectKey {
     ObjectKey::new("gc/state")

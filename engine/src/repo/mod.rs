@@ -186,6 +186,11 @@ impl Repository {
         self
     }
 
+    /// This host's state directory (`repo.state_dir`), if any.
+    pub fn state_dir(&self) -> Option<&std::path::Path> {
+        self.state_dir.as_deref()
+    }
+
     /// This host's record of the generations seen, when a state directory is configured.
     pub fn generation_cache(&self) -> Option<keys::GenerationCache> {
         self.state_dir

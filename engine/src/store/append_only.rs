@@ -5,7 +5,8 @@
 //! What it still allows, because those commands need it:
 //! - create-only puts (everything they store);
 //! - compare-and-swap of the cluster's catalog head (`clusters/<c>/head`, see
-//!   [`super::head`]): the one mutable object they update;
+//!   [`super::head`]) and of its status object (`status/cluster/<c>`, see [`super::status`]):
+//!   the mutable objects they update;
 //! - writes and deletes of `leases/` (a backup announces itself to gc with a lease it
 //!   refreshes and removes when it ends).
 //!
@@ -60,6 +61,13 @@ fn is_catalog_head(key: &ObjectKey) -> bool {
         .is_some_and(|cluster| !cluster.is_empty() && !cluster.contains('/'))
 }
 
+/// The cluster's status object (monitoring only; see [`super::status`]).
+fn is_status(key: &ObjectKey) -> bool {
+    key.as_str()
+        .strip_prefix(crate::repo::layout::CLUSTER_STATUS_PREFIX)
+        .is_some_and(|cluster| !cluster.is_empty() && !cluster.contains('/'))
+}
+
 #[async_trait]
 impl Storage for AppendOnly {
     fn describe(&self) -> String {
@@ -96,7 +104,7 @@ impl Storage for AppendOnly {
         data: Bytes,
         expected: Option<&ObjectVersion>,
     ) -> Result<ObjectVersion, StorageError> {
-        if is_lease(key) || is_catalog_head(key) {
+        if is_lease(key) || is_catalog_head(key) || is_status(key) {
             return self.inner.put_swap(key, data, expected).await;
         }
         Err(self.refuse("overwrite", key))
@@ -157,5 +165,22 @@ mod tests {
             .await
             .unwrap();
         s.delete(&lease).await.unwrap();
+        // The cluster's status object may be swapped; the repository's (gc's) may not, and an
+        // audit record is create-only like everything else.
+        let status = crate::repo::layout::cluster_status("main");
+        s.put_swap(&status, Bytes::from_static(b"s"), None)
+            .await
+            .unwrap();
+        for refused in [
+            crate::repo::layout::repository_status(),
+            ObjectKey::new("status/cluster/a/b"),
+            crate::repo::layout::audit_record(1, 2),
+        ] {
+            assert!(
+                s.put_swap(&refused, Bytes::new(), None).await.is_err(),
+                "{refused}"
+            );
+        }
+        assert!(s.delete(&status).await.is_err());
     }
 }

@@ -255,6 +255,14 @@ fn rolled_back(repo: &Repository, cluster: &str, found: Option<u64>, seen: u64) 
     )
 }
 
+/// Waits before retry `attempt` of a compare-and-swap another writer won: a random 5 to 40 ms,
+/// times the attempt number (at most 10).
+pub(crate) async fn cas_backoff(attempt: usize) {
+    use rand::Rng;
+    let ms = rand::thread_rng().gen_range(5..40) * (attempt as u64 + 1).min(10);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 /// Reads the head (with its version), refusing one older than this host has seen.
 /// `Ok(None)` only when there is none and this host never saw one.
 pub async fn read(
@@ -335,11 +343,7 @@ pub async fn update(
                 record_seen(repo, cluster, head.generation);
                 return Ok(head);
             }
-            Err(StorageError::Precondition { .. }) => {
-                use rand::Rng;
-                let ms = rand::thread_rng().gen_range(5..40) * (attempt as u64 + 1).min(10);
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-            }
+            Err(StorageError::Precondition { .. }) => cas_backoff(attempt).await,
             Err(e) => return Err(e.into()),
         }
     }

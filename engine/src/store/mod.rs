@@ -15,6 +15,10 @@
 //!   are reported instead of silently routed around.
 //! - [`audit`]: compares the head with what storage lists (for verify, info, restore,
 //!   archive-get).
+//! - [`status`]: a small sealed status object per cluster (and one for the repository) that
+//!   commands update and metrics scrapes read, so a scrape never marks the repository.
+//! - [`trail`]: the audit trail, one sealed create-only record per command that changes the
+//!   repository or restores from it.
 //! - [`append_only`]: a storage wrapper refusing deletes and overwrites, for `archive-push`
 //!   and `backup`, which never need them (least privilege).
 //! - [`ids`]: typed ids for what the head records.
@@ -27,6 +31,8 @@ pub mod audit;
 pub mod head;
 pub mod ids;
 pub mod sealed;
+pub mod status;
+pub mod trail;
 
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,12 @@ pub enum DocKind {
     GcState,
     /// `clusters/<c>/head`.
     CatalogHead,
+    /// `status/cluster/<c>`.
+    ClusterStatus,
+    /// `status/repository`.
+    RepositoryStatus,
+    /// `audit/<time>-<random>`.
+    AuditRecord,
 }
 
 impl DocKind {
@@ -49,6 +55,9 @@ impl DocKind {
             DocKind::RestorePoint => "restore-point",
             DocKind::GcState => "gc-state",
             DocKind::CatalogHead => "catalog-head",
+            DocKind::ClusterStatus => "cluster-status",
+            DocKind::RepositoryStatus => "repository-status",
+            DocKind::AuditRecord => "audit-record",
         }
     }
 }
