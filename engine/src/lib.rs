@@ -48,6 +48,7 @@ pub mod storage;
 pub mod store;
 pub mod types;
 pub mod verify;
+pub mod walstream;
 
 #[cfg(test)]
 mod test_support;

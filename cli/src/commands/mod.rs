@@ -10,6 +10,7 @@ mod info;
 mod init;
 mod key;
 mod verify;
+mod wal_receive;
 
 use std::sync::Arc;
 
@@ -66,6 +67,9 @@ pub async fn dispatch(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Pin { id } => expire::pin(settings, id, true).await,
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,
+        Command::WalReceive { create_slot, slot } => {
+            wal_receive::run(settings, *create_slot, slot.as_deref()).await
+        }
         Command::Info { output } => info::run(settings, *output).await,
         Command::Key(cmd) => key::run(settings, cmd).await,
         Command::Demo { dir, keep } => demo::run(cli, dir.as_deref(), *keep).await,
