@@ -350,3 +350,109 @@ fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
     assert_eq!(wr["receiver"]["flush_lsn"], st["flush_lsn"], "{info}");
     assert_eq!(wr["streamed_end_lsn"], st["flush_lsn"], "{info}");
 }
+
+/// Runs one statement in the background through psql (autocommit).
+fn spawn_sql(env: &TestEnv, pg: &Instance, sql: &str) -> Child {
+    pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &pg.bin.client("psql"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql")
+}
+
+#[test]
+fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
+    let Some(endpoint) = s3_endpoint() else {
+        eprintln!("skipped: no S3 endpoint (PGCAIRN_TEST_S3_ENDPOINT)");
+        return;
+    };
+    let port = free_port().unwrap();
+    let fwd = start_forwarder(port, &endpoint);
+    let env = TestEnv::new(EnvOptions {
+        s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..EnvOptions::new(Backend::S3)
+    });
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    pg.start().unwrap();
+    let _guard = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver.log");
+    wait_standby(&pg, None);
+    pg.psql("postgres", "create table t(i int)").unwrap();
+    pg.psql(
+        "postgres",
+        "alter system set synchronous_standby_names = 'pgcairn'",
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    wait_standby(&pg, Some("sync"));
+    pg.psql("postgres", "insert into t values (1)").unwrap();
+
+    // The object store goes away: the commit must not return.
+    drop(fwd);
+    let mut commit = spawn_sql(&env, &pg, "insert into t values (2)");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        commit.try_wait().unwrap().is_none(),
+        "a commit returned while the repository was unreachable"
+    );
+    let behind = pg
+        .psql(
+            "postgres",
+            "select coalesce(flush_lsn < pg_current_wal_flush_lsn(), true) from pg_replication_slots s \
+             left join pg_stat_replication r on r.application_name = 'pgcairn' where s.slot_name = 'pgcairn'",
+        )
+        .unwrap();
+    assert_eq!(
+        behind, "t",
+        "the receiver acknowledged WAL it could not store"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver
+        .status()
+        .and_then(|s| s["last_error"].as_str().map(str::to_string))
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the receiver reported no error");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        commit.try_wait().unwrap().is_none(),
+        "the commit is still waiting"
+    );
+
+    // The store comes back: the receiver retries, stores, acknowledges; the commit returns.
+    let _fwd = start_forwarder(port, &endpoint);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let exit = loop {
+        if let Some(s) = commit.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit never returned after the store came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(exit.success());
+    wait_standby(&pg, Some("sync"));
+    assert_eq!(
+        receiver.status().unwrap()["state"],
+        "streaming",
+        "{:?}",
+        receiver.status()
+    );
+}
