@@ -456,3 +456,97 @@ fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
         receiver.status()
     );
 }
+
+/// Waits until the receiver's status says it flushed at least `lsn` (text form).
+fn wait_flushed(receiver: &Receiver, lsn: &str) {
+    let num = |s: &str| -> u64 {
+        let (hi, lo) = s.split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver
+        .status()
+        .and_then(|s| s["flush_lsn"].as_str().map(num))
+        .is_none_or(|f| f < num(lsn))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver did not flush {lsn}: {:?}",
+            receiver.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn after_a_failover_the_receiver_follows_the_new_timeline() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let old = env.cluster("old");
+    old.start().unwrap();
+    let guard = StopOnDrop(&old);
+    env.use_cluster(&old);
+    old.psql("postgres", "create table t(i int, tl text)")
+        .unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
+    wait_standby(&old, None);
+    old.psql(
+        "postgres",
+        "insert into t select i, 'old' from generate_series(1, 100) i",
+    )
+    .unwrap();
+    let end = old.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &end);
+    receiver.kill9();
+    old.crash().unwrap();
+    drop(guard);
+    std::fs::remove_dir_all(&old.datadir).unwrap();
+
+    // The new primary: recovered from the repository (the tail included) and promoted, on
+    // timeline 2. It does not archive: the receiver must bring its history and WAL.
+    let new = env.restore_and_start("new", None);
+    let _guard_new = StopOnDrop(&new);
+    assert_eq!(
+        new.psql("postgres", "select count(*) from t").unwrap(),
+        "100"
+    );
+    let tli = new
+        .psql(
+            "postgres",
+            "select timeline_id from pg_control_checkpoint()",
+        )
+        .unwrap();
+    assert_eq!(tli, "2");
+    env.use_cluster(&new);
+    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
+    wait_standby(&new, None);
+    new.psql(
+        "postgres",
+        "insert into t select i, 'new' from generate_series(101, 150) i",
+    )
+    .unwrap();
+    let end = new.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &end);
+    assert_eq!(receiver.status().unwrap()["timeline"], 2);
+    assert!(
+        !env.list_objects("clusters/main/wal/00000002/00000002.history")
+            .is_empty(),
+        "the receiver archived timeline 2's history file"
+    );
+    drop(receiver);
+    kill9_server(&new);
+    std::fs::remove_dir_all(&new.datadir).unwrap();
+
+    // Restored again: both timelines' rows are there.
+    let last = env.restore_and_start("last", None);
+    let _guard_last = StopOnDrop(&last);
+    assert_eq!(
+        last.psql(
+            "postgres",
+            "select tl || count(*) from t group by tl order by tl"
+        )
+        .unwrap(),
+        "new50\nold100"
+    );
+}
