@@ -115,6 +115,44 @@ fn wait_standby(pg: &Instance, sync_state: Option<&str>) {
     }
 }
 
+/// psql on `pg` as PostgreSQL's OS user, stopping at the first error, output discarded
+/// unless the caller pipes it.
+fn psql_command(env: &TestEnv, pg: &Instance) -> Command {
+    let mut c =
+        pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &pg.bin.client("psql"));
+    c.args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// An LSN as a number.
+fn lsn(s: &str) -> u64 {
+    s.parse::<pgcairn_engine::types::Lsn>()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+}
+
+/// Makes the receiver the primary's only synchronous standby.
+fn make_synchronous(pg: &Instance) {
+    pg.psql(
+        "postgres",
+        "alter system set synchronous_standby_names = 'pgcairn'",
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    wait_standby(pg, Some("sync"));
+}
+
 /// A client committing rows `(client, 1..)` one per transaction through psql; its output
 /// has one `INSERT 0 1` per acknowledged commit, in order.
 fn start_client(env: &TestEnv, pg: &Instance, client: usize) -> Child {
@@ -127,21 +165,10 @@ fn start_client(env: &TestEnv, pg: &Instance, client: usize) -> Child {
     }
     std::fs::write(&script, sql).unwrap();
     give_to(env.run_as.as_deref(), &script).unwrap();
-    pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &pg.bin.client("psql"))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(&pg.socket_dir)
-        .args([
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-f",
-        ])
+    psql_command(env, pg)
+        .arg("-f")
         .arg(&script)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .expect("psql")
 }
@@ -201,13 +228,7 @@ fn proof(backend: Backend) {
 
     let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
     wait_standby(&pg, None);
-    pg.psql(
-        "postgres",
-        "alter system set synchronous_standby_names = 'pgcairn'",
-    )
-    .unwrap();
-    pg.psql("postgres", "select pg_reload_conf()").unwrap();
-    wait_standby(&pg, Some("sync"));
+    make_synchronous(&pg);
 
     let clients: Vec<Child> = (1..=CLIENTS).map(|c| start_client(&env, &pg, c)).collect();
     std::thread::sleep(Duration::from_secs(2));
@@ -311,23 +332,7 @@ fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
     )
     .unwrap();
     let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
-    // Wait until the receiver has it, then stop it.
-    let lsn = |s: &str| -> u64 {
-        let (hi, lo) = s.split_once('/').unwrap();
-        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while receiver
-        .status()
-        .and_then(|s| s["flush_lsn"].as_str().map(lsn))
-        .is_none_or(|f| f < lsn(&written))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the receiver did not flush {written}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_flushed(&receiver, &written);
     let exit = receiver.sigterm();
     assert!(exit.success(), "SIGTERM is a clean stop: {exit}");
     let st = receiver.status().unwrap();
@@ -353,21 +358,8 @@ fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
 
 /// Runs one statement in the background through psql (autocommit).
 fn spawn_sql(env: &TestEnv, pg: &Instance, sql: &str) -> Child {
-    pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &pg.bin.client("psql"))
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
-        .arg(&pg.socket_dir)
-        .args([
-            "-p",
-            &pg.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    psql_command(env, pg)
+        .args(["-c", sql])
         .spawn()
         .expect("psql")
 }
@@ -392,13 +384,7 @@ fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
     let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver.log");
     wait_standby(&pg, None);
     pg.psql("postgres", "create table t(i int)").unwrap();
-    pg.psql(
-        "postgres",
-        "alter system set synchronous_standby_names = 'pgcairn'",
-    )
-    .unwrap();
-    pg.psql("postgres", "select pg_reload_conf()").unwrap();
-    wait_standby(&pg, Some("sync"));
+    make_synchronous(&pg);
     pg.psql("postgres", "insert into t values (1)").unwrap();
 
     // The object store goes away: the commit must not return.
@@ -458,20 +444,16 @@ fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
 }
 
 /// Waits until the receiver's status says it flushed at least `lsn` (text form).
-fn wait_flushed(receiver: &Receiver, lsn: &str) {
-    let num = |s: &str| -> u64 {
-        let (hi, lo) = s.split_once('/').unwrap();
-        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-    };
+fn wait_flushed(receiver: &Receiver, target: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while receiver
         .status()
-        .and_then(|s| s["flush_lsn"].as_str().map(num))
-        .is_none_or(|f| f < num(lsn))
+        .and_then(|s| s["flush_lsn"].as_str().map(lsn))
+        .is_none_or(|f| f < lsn(target))
     {
         assert!(
             Instant::now() < deadline,
-            "the receiver did not flush {lsn}: {:?}",
+            "the receiver did not flush {target}: {:?}",
             receiver.status()
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::archive::push::run_cpu;
 use crate::codec::ObjectKind;
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
@@ -76,7 +75,7 @@ pub async fn commit_chunk(
     let codec = repo.codec().clone();
     let level = repo.config().wal_compress_level;
     let ctx = context(cluster, segment, start, end);
-    let (id, sealed) = run_cpu(move || {
+    let (id, sealed) = crate::cpu::run(move || {
         let id = codec.content_id(&data);
         let sealed = codec.seal(ObjectKind::Wal, &id, &ctx, &data, level);
         (id, sealed)
@@ -195,7 +194,7 @@ pub async fn read_prefix(repo: &Repository, cluster: &str, chunks: &[Chunk]) -> 
             let codec = repo.codec().clone();
             let ctx = context(cluster, &c.segment, c.start, c.end);
             let key = c.key.to_string();
-            let plain = run_cpu(move || -> Result<Vec<u8>> {
+            let plain = crate::cpu::run(move || -> Result<Vec<u8>> {
                 let (plain, id) = codec
                     .open_with_id(ObjectKind::Wal, &c.id, &ctx, &sealed)
                     .map_err(|e| Error::corrupt(key.clone(), e.to_string()))?;

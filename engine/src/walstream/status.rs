@@ -48,14 +48,22 @@ pub fn default_path(state_dir: &Path, cluster: &str) -> PathBuf {
     state_dir.join(format!("wal-receive-{cluster}.json"))
 }
 
-/// Writes the status atomically (temp file and rename).
+/// Writes the status atomically (temp file and rename), mode 0644 (it holds no secret, and a
+/// monitoring agent of another user reads it), without fsync: a crash may roll it back, and the
+/// receiver rewrites it within a second of running again.
 pub fn write(path: &Path, status: &ReceiverStatus) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     let body = serde_json::to_vec_pretty(status).expect("status serializes");
-    crate::archive::write_atomically(path, &body)
+    crate::private_fs::replace_with(
+        path,
+        0o644,
+        crate::private_fs::Durability::Atomic,
+        |mut f| std::io::Write::write_all(&mut f, &body),
+    )
+    .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// Reads the status, if there is one.
