@@ -365,7 +365,7 @@ fn spawn_sql(env: &TestEnv, pg: &Instance, sql: &str) -> Child {
 }
 
 #[test]
-fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
+fn repository_unreachable_stops_acknowledging_and_any_1_with_a_replica_carries_on() {
     let Some(endpoint) = s3_endpoint() else {
         eprintln!("skipped: no S3 endpoint (PGCAIRN_TEST_S3_ENDPOINT)");
         return;
@@ -421,7 +421,7 @@ fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
     );
 
     // The store comes back: the receiver retries, stores, acknowledges; the commit returns.
-    let _fwd = start_forwarder(port, &endpoint);
+    let fwd = start_forwarder(port, &endpoint);
     let deadline = Instant::now() + Duration::from_secs(90);
     let exit = loop {
         if let Some(s) = commit.try_wait().unwrap() {
@@ -441,6 +441,65 @@ fn repository_unreachable_means_nothing_is_acknowledged_and_commits_wait() {
         "{:?}",
         receiver.status()
     );
+
+    // With another synchronous candidate, `ANY 1 (pgcairn, replica1)`, commits carry on
+    // through a repository outage: the replica acknowledges them.
+    let replica = Instance::new(
+        pg.bin.clone(),
+        env.path().join("replica"),
+        env.path().to_path_buf(),
+        free_port().unwrap(),
+        env.run_as.clone(),
+    );
+    let conninfo = format!(
+        "host={} port={} user=postgres application_name=replica1",
+        pg.socket_dir.display(),
+        pg.port
+    );
+    let out = pgcairn_engine::pg::instance::command_as(
+        env.run_as.as_deref(),
+        &pg.bin.client("pg_basebackup"),
+    )
+    .arg("-D")
+    .arg(&replica.datadir)
+    .args(["-R", "-X", "stream", "-d", &conninfo])
+    .output()
+    .unwrap();
+    assert_success(&out, "pg_basebackup");
+    replica.start().unwrap();
+    let _guard_replica = StopOnDrop(&replica);
+    pg.psql(
+        "postgres",
+        "alter system set synchronous_standby_names = 'ANY 1 (pgcairn, replica1)'",
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg
+        .psql(
+            "postgres",
+            "select count(*) from pg_stat_replication where sync_state = 'quorum'",
+        )
+        .unwrap()
+        != "2"
+    {
+        assert!(Instant::now() < deadline, "no quorum of two candidates");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(fwd);
+    let mut commit = spawn_sql(&env, &pg, "insert into t values (3)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = commit.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "with ANY 1 and a replica, a commit waited for the unreachable repository"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success());
 }
 
 /// Waits until the receiver's status says it flushed at least `lsn` (text form).
