@@ -10,8 +10,9 @@
 //!    server's current segment. On the way, leftovers of a crash are settled: chunks of a
 //!    segment already archived are deleted, a complete but unarchived segment is archived.
 //! 3. `START_REPLICATION [SLOT s] PHYSICAL <resume point> TIMELINE <tli>`, then the loop:
-//!    XLogData is appended to the current segment's buffer; a chunk is committed when the
-//!    oldest uncommitted byte is `commit_interval` old, when [`MAX_CHUNK`] bytes wait, or at a
+//!    XLogData is appended to the current segment's buffer; a chunk is committed as soon as
+//!    the connection holds no more WAL, or when the oldest uncommitted byte is
+//!    `commit_interval` old while WAL keeps arriving, when [`MAX_CHUNK`] bytes wait, or at a
 //!    segment boundary. Only after the chunk's create-only put returned is the standby status
 //!    update sent with write = flush = its end. While a chunk is being written nothing more
 //!    is read from the socket: what arrives meanwhile waits in the kernel's buffers and goes
@@ -39,6 +40,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -581,11 +583,30 @@ impl Receiver<'_> {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd> {
         loop {
-            let deadline = match cur.pending_since {
-                Some(t) => t + self.opts.commit_interval,
-                None => *last_status + self.opts.status_interval,
-            };
-            let msg = tokio::select! {
+            if *stop.borrow() {
+                self.commit(conn, cur, *server_end).await?;
+                return Ok(SessionEnd::Stopped);
+            }
+            // With WAL waiting to be written: whatever the connection already holds is taken
+            // into the same chunk (a cancel-safe poll, see the protocol module), then the chunk
+            // is written, without waiting out the interval; only while WAL keeps arriving does
+            // the interval bound how long the oldest byte waits.
+            let mut ready = None;
+            if let Some(since) = cur.pending_since {
+                if since.elapsed() < self.opts.commit_interval {
+                    ready = conn.read_message().now_or_never();
+                }
+                if ready.is_none() {
+                    self.commit(conn, cur, *server_end).await?;
+                    *last_status = Instant::now();
+                    continue;
+                }
+            }
+            let deadline = *last_status + self.opts.status_interval;
+            let msg = if let Some(m) = ready {
+                Ok(m)
+            } else {
+                tokio::select! {
                 biased;
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
@@ -595,15 +616,12 @@ impl Receiver<'_> {
                     continue;
                 }
                 r = tokio::time::timeout_at(deadline.into(), conn.read_message()) => r,
+                }
             };
             let msg = match msg {
                 Err(_) => {
-                    if cur.pending_since.is_some() {
-                        self.commit(conn, cur, *server_end).await?;
-                    } else {
-                        let f = cur.flushed();
-                        conn.send_status(f, f).await?;
-                    }
+                    let f = cur.flushed();
+                    conn.send_status(f, f).await?;
                     *last_status = Instant::now();
                     continue;
                 }
