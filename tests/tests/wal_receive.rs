@@ -324,6 +324,14 @@ fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
     pg.start().unwrap();
     let _guard = StopOnDrop(&pg);
     env.use_cluster(&pg);
+    // A slot that does not exist is an error that says how to create it.
+    let out = env.pgcairn(&["wal-receive", "--slot", "nosuchslot"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nosuchslot") && stderr(&out).contains("--create-slot"),
+        "{}",
+        stderr(&out)
+    );
     let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver.log");
     wait_standby(&pg, None);
     pg.psql(

@@ -460,7 +460,14 @@ impl Receiver<'_> {
             self.opts.slot
         );
         conn.start_replication(self.opts.slot.as_deref(), start, tli)
-            .await?;
+            .await
+            .map_err(|e| match e.code() {
+                Some("42704") => ReceiveError::Refused(format!(
+                    "{e}: create it once with `pgcairn wal-receive --create-slot` (or \
+                     pg_create_physical_replication_slot on the server)"
+                )),
+                _ => e.into(),
+            })?;
         self.status.state = "streaming".into();
         self.status.timeline = tli;
         self.status.last_error = None;
