@@ -71,6 +71,8 @@ for u in backup drill gc verify; do
 done
 has /lib/systemd/system/pgcairn-metrics.service
 units+=(pgcairn-metrics.service)
+has /lib/systemd/system/pgcairn-wal-receive.service
+units+=("pgcairn-wal-receive.service")
 has /usr/share/doc/pgcairn/examples/pgcairn.cron
 grep -q '^-rw-r----- /etc/pgcairn/pgcairn.toml$' "$listing" || fail "conffile is not mode 0640 in the package"
 dpkg-deb -f "$deb" Package | grep -qx pgcairn || fail "package name is not pgcairn"
@@ -107,7 +109,7 @@ verify_out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "${units[@]/#//lib
     fail "systemd-analyze verify: $verify_out"
 # Warnings about units that only a full system has (postgresql.service) are fine; anything
 # naming our units' own lines is not.
-if grep -E 'pgcairn-[a-z]+\.(service|timer):[0-9]+' <<<"$verify_out"; then
+if grep -E 'pgcairn-[a-z-]+\.(service|timer):[0-9]+' <<<"$verify_out"; then
     fail "systemd-analyze verify found problems in the units"
 fi
 ok "installed; units verify"

@@ -123,6 +123,24 @@ PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
         dest_path: PathBuf,
     },
 
+    /// Stream WAL from the server as a synchronous standby, durable in the repository before acknowledged.
+    #[command(after_help = "Examples:
+  pgcairn wal-receive --create-slot          # once: creates the physical slot 'pgcairn'
+  systemctl enable --now pgcairn-wal-receive.service
+Then on the primary: synchronous_standby_names = 'pgcairn' (the application_name).
+Every position is reported flushed only once it is durable in the repository (sealed chunks,
+group commit every wal_receive.commit_interval); completed segments become ordinary archived
+segments; archive-get serves the newest partial segment. Runs until SIGTERM or SIGINT.
+Needs cluster.conninfo with a role that has REPLICATION (pg_hba.conf: a 'replication' line).")]
+    WalReceive {
+        /// Create the physical replication slot if it does not exist.
+        #[arg(long)]
+        create_slot: bool,
+        /// Replication slot name (default: wal_receive.slot, else "pgcairn").
+        #[arg(long)]
+        slot: Option<String>,
+    },
+
     /// Take a base backup (default incr; becomes full when the cluster has none).
     #[command(after_help = "Examples:
   pgcairn backup --type full

@@ -29,6 +29,16 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("cluster", &["name", "pgdata", "conninfo"]),
     (
+        "wal_receive",
+        &[
+            "slot",
+            "application_name",
+            "commit_interval",
+            "status_interval",
+            "status_file",
+        ],
+    ),
+    (
         "archive",
         &[
             "async",
@@ -152,6 +162,35 @@ pub struct Settings {
     /// `[drill] pg_bindir`: the server binaries of a backup's major version when they are not
     /// in `/usr/lib/postgresql/<major>/bin`; `{major}` stands for the major version.
     pub drill_pg_bindir: Option<String>,
+    /// `[wal_receive]`.
+    pub wal_receive: WalReceiveSettings,
+}
+
+/// `[wal_receive]`: the streaming receiver.
+#[derive(Debug, Clone)]
+pub struct WalReceiveSettings {
+    /// Physical replication slot.
+    pub slot: String,
+    /// `application_name` (what synchronous_standby_names lists).
+    pub application_name: String,
+    /// Group-commit interval.
+    pub commit_interval: Duration,
+    /// Status update interval while idle.
+    pub status_interval: Duration,
+    /// Where the receiver's status is written (default: state_dir/wal-receive-CLUSTER.json).
+    pub status_file: Option<PathBuf>,
+}
+
+impl Default for WalReceiveSettings {
+    fn default() -> Self {
+        WalReceiveSettings {
+            slot: "pgcairn".into(),
+            application_name: "pgcairn".into(),
+            commit_interval: pgcairn_engine::walstream::receiver::DEFAULT_COMMIT_INTERVAL,
+            status_interval: pgcairn_engine::walstream::receiver::DEFAULT_STATUS_INTERVAL,
+            status_file: None,
+        }
+    }
 }
 
 type Table = BTreeMap<String, BTreeMap<String, (String, String)>>; // section -> key -> (value, origin)
@@ -254,7 +293,7 @@ impl Settings {
             let Some((_, known)) = SECTIONS.iter().find(|(s, _)| s == section) else {
                 let origin = keys.values().next().map(|(_, o)| o.as_str()).unwrap_or("?");
                 return Err(Failure::usage(format!(
-                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention, drill"
+                    "unknown configuration section [{section}] (from {origin}); known: repo, cluster, archive, backup, retention, drill, wal_receive"
                 )));
             };
             if section == "repo" {
@@ -365,6 +404,26 @@ impl Settings {
             parse_level(take("archive", "compress_level"), "archive.compress_level")?
                 .unwrap_or(DEFAULT_WAL_COMPRESS_LEVEL);
         let drill_pg_bindir = take("drill", "pg_bindir").map(|v| v.0);
+        let defaults = WalReceiveSettings::default();
+        let wal_receive = WalReceiveSettings {
+            slot: take("wal_receive", "slot")
+                .map(|v| v.0)
+                .unwrap_or(defaults.slot),
+            application_name: take("wal_receive", "application_name")
+                .map(|v| v.0)
+                .unwrap_or(defaults.application_name),
+            commit_interval: parse_dur(
+                take("wal_receive", "commit_interval"),
+                "wal_receive.commit_interval",
+            )?
+            .unwrap_or(defaults.commit_interval),
+            status_interval: parse_dur(
+                take("wal_receive", "status_interval"),
+                "wal_receive.status_interval",
+            )?
+            .unwrap_or(defaults.status_interval),
+            status_file: take("wal_receive", "status_file").map(|v| PathBuf::from(v.0)),
+        };
         let storage_options = table
             .remove("repo")
             .unwrap_or_default()
@@ -408,6 +467,7 @@ impl Settings {
             idle_exit,
             wal_compress_level,
             drill_pg_bindir,
+            wal_receive,
         })
     }
 

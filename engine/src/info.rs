@@ -76,6 +76,23 @@ pub struct ClusterInfo {
     /// The catalog head (generation, latest verify and drill) and what it records that
     /// storage no longer holds.
     pub catalog: crate::store::audit::HeadAudit,
+    /// What `wal-receive` streamed (see [`crate::walstream`]).
+    pub wal_receive: WalReceiveInfo,
+}
+
+/// The streamed tail in the repository, and the running receiver's own report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WalReceiveInfo {
+    /// Timeline of the newest streamed segment.
+    pub streamed_timeline: Option<u32>,
+    /// The newest streamed segment not archived yet (the tail `archive-get` serves).
+    pub streamed_segment: Option<String>,
+    /// End of the durable stream: the last position the receiver acknowledged (none when
+    /// nothing is streamed, or the stream sits exactly at a segment boundary).
+    pub streamed_end_lsn: Option<String>,
+    /// The receiver's status file (flush position, lag, state), when the binary knows where
+    /// it is and it exists.
+    pub receiver: Option<crate::walstream::status::ReceiverStatus>,
 }
 
 /// The most recent drill, summarised.
@@ -96,6 +113,7 @@ pub struct LastDrill {
 /// Gathers a cluster's info.
 pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInfo> {
     let wal = list_wal(repo, cluster).await?;
+    let wal_receive = wal_receive_info(repo, cluster, wal.wal_segment_size).await?;
     let mut backups = Vec::new();
     for id in manifest::list_ids(repo, cluster).await? {
         let m = manifest::load(repo, cluster, &id).await?;
@@ -144,6 +162,31 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
         recoverable,
         last_drill,
         catalog: crate::store::audit::audit(repo, cluster, None).await?,
+        wal_receive,
+    })
+}
+
+async fn wal_receive_info(
+    repo: &Repository,
+    cluster: &str,
+    seg_size: u64,
+) -> Result<WalReceiveInfo> {
+    let all = crate::walstream::chunks::list_all(repo, cluster, seg_size).await?;
+    let newest = all
+        .iter()
+        .rev()
+        .map(|((tli, segno), c)| (*tli, *segno, crate::walstream::chunks::contiguous(c).1))
+        .find(|(_, _, end)| *end > 0);
+    Ok(match newest {
+        Some((tli, segno, end)) => WalReceiveInfo {
+            streamed_timeline: Some(tli),
+            streamed_segment: Some(
+                crate::walstream::chunks::segment_name(tli, segno, seg_size).to_string(),
+            ),
+            streamed_end_lsn: Some(Lsn(segno * seg_size + end).to_string()),
+            receiver: None,
+        },
+        None => WalReceiveInfo::default(),
     })
 }
 

@@ -17,6 +17,8 @@
 //! - [`repo`]: the on-storage layout, the repository config, opening and creating a repository.
 //! - [`pg`]: PostgreSQL knowledge (WAL page headers).
 //! - [`archive`]: `archive-push`, `archive-get`, the asynchronous pusher and WAL listings.
+//! - [`walstream`]: `wal-receive`, the streaming replication client that makes WAL durable in
+//!   the repository before acknowledging it (sub-segment chunks, the streamed tail).
 //! - [`store`]: the typed store layer: catalog objects sealed for their names, the per-cluster
 //!   catalog head (what must exist, rollback detection), the append-only storage wrapper,
 //!   the status objects monitoring reads.
@@ -52,6 +54,7 @@ pub mod storage;
 pub mod store;
 pub mod types;
 pub mod verify;
+pub mod walstream;
 
 #[cfg(test)]
 mod test_support;

@@ -10,7 +10,9 @@ use pgcairn_engine::archive::prefetch::{
 };
 use pgcairn_engine::archive::push::read_cluster_record;
 use pgcairn_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
-use pgcairn_engine::archive::{get_wal_file_to, push_wal_file, PushOutcome, WalSource};
+use pgcairn_engine::archive::{
+    get_wal_file_or_tail_to, push_wal_file, GetSource, PushOutcome, WalSource,
+};
 use pgcairn_engine::types::WalFileName;
 use pgcairn_engine::Error as EngineError;
 use tracing::{info, warn};
@@ -247,12 +249,22 @@ pub async fn get(
         }
     }
     let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
-    match get_wal_file_to(&repo, &settings.cluster, &name, dest).await {
-        Ok(()) => {
+    match get_wal_file_or_tail_to(&repo, &settings.cluster, &name, dest).await {
+        Ok(source) => {
             if let Some(spool) = &spool {
                 record(spool, GetOutcome::Direct, started);
             }
-            info!(wal = %name, ms = started.elapsed().as_millis() as u64, "restored");
+            match source {
+                GetSource::Archived => {
+                    info!(wal = %name, ms = started.elapsed().as_millis() as u64, "restored")
+                }
+                GetSource::StreamedTail { bytes } => info!(
+                    wal = %name,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "restored the streamed tail (wal-receive): the segment's first {bytes} bytes, zero-padded"
+                ),
+            }
             Ok(())
         }
         // Definitely absent: quiet, PostgreSQL probes for files that often do not exist.

@@ -444,6 +444,7 @@ fn demo_settings(dir: &Path) -> Settings {
         idle_exit: Duration::from_secs(10),
         wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
         drill_pg_bindir: None,
+        wal_receive: Default::default(),
     }
 }
 

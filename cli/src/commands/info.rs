@@ -43,7 +43,22 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
     let names = pgcairn_engine::backup::manifest::cluster_names(&repo).await?;
     let mut clusters: Vec<ClusterInfo> = Vec::new();
     for n in &names {
-        clusters.push(cluster_info(&repo, n).await?);
+        let mut info = cluster_info(&repo, n).await?;
+        if *n == settings.cluster {
+            let path = settings.wal_receive.status_file.clone().or_else(|| {
+                settings
+                    .state_dir
+                    .as_deref()
+                    .map(|d| pgcairn_engine::walstream::status::default_path(d, n))
+            });
+            if let Some(path) = path {
+                match pgcairn_engine::walstream::status::read(&path) {
+                    Ok(s) => info.wal_receive.receiver = s,
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        }
+        clusters.push(info);
     }
     let space = pgcairn_engine::gc::space_summary(&repo).await?;
     let cfg = repo.config();
@@ -154,6 +169,26 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                 println!("  recoverable: NOTHING (the oldest backup's WAL is not all archived)")
             }
             None => {}
+        }
+        let wr = &c.wal_receive;
+        if let (Some(seg), Some(end)) = (&wr.streamed_segment, &wr.streamed_end_lsn) {
+            println!("  wal-receive: streamed and durable up to lsn {end} (tail {seg})");
+        }
+        if let Some(r) = &wr.receiver {
+            println!(
+                "  wal-receive receiver: {} (pid {}, timeline {}), flushed {}, server at {}, lag {} bytes, updated {}{}",
+                r.state,
+                r.pid,
+                r.timeline,
+                r.flush_lsn.as_deref().unwrap_or("-"),
+                r.server_wal_end.as_deref().unwrap_or("-"),
+                r.lag_bytes.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                r.updated_at,
+                r.last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
         }
         for t in &c.wal.timelines {
             let hist = if t.history_file {

@@ -13,6 +13,7 @@ mod key;
 mod metrics;
 mod serve;
 mod verify;
+mod wal_receive;
 
 use std::sync::Arc;
 
@@ -78,6 +79,9 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Pin { id } => expire::pin(settings, id, true).await,
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,
+        Command::WalReceive { create_slot, slot } => {
+            wal_receive::run(settings, *create_slot, slot.as_deref()).await
+        }
         Command::Info { output } => info::run(settings, *output).await,
         Command::Metrics => metrics::print(settings).await,
         Command::Audit { since, output } => audit::list(settings, since.as_deref(), *output).await,

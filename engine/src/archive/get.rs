@@ -182,6 +182,56 @@ pub async fn get_wal_file_to(
     .map_err(|e| Error::InvalidInput(format!("fetching a WAL file failed: {e}")))?
 }
 
+/// Where [`get_wal_file_or_tail_to`] found a WAL file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetSource {
+    /// An archived file.
+    Archived,
+    /// The streamed tail of a segment not complete yet (see [`crate::walstream::chunks`]):
+    /// `bytes` of WAL, padded with zeros to the segment size.
+    StreamedTail { bytes: u64 },
+}
+
+/// As [`get_wal_file_to`], and for a segment that is not archived, the tail `wal-receive`
+/// streamed of it: what `restore_command` calls, so that recovery reaches the last
+/// acknowledged commit. A tail is never served from the prefetch spool (it grows while the
+/// receiver runs): only this direct path serves it.
+#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
+pub async fn get_wal_file_or_tail_to(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    dest: &Path,
+) -> Result<GetSource> {
+    let absent = match get_wal_file_to(repo, cluster, name, dest).await {
+        Ok(()) => return Ok(GetSource::Archived),
+        Err(Error::NotFound(msg)) if matches!(name, WalFileName::Segment { .. }) => msg,
+        Err(e) => return Err(e),
+    };
+    let seg_size = match crate::archive::push::read_cluster_record(repo, cluster).await? {
+        Some(r) => r.wal_segment_size,
+        None => return Err(Error::NotFound(absent)),
+    };
+    match crate::walstream::chunks::read_tail(repo, cluster, name, seg_size).await {
+        Ok(Some((data, bytes))) => {
+            validate_wal_head(name, &data, data.len())
+                .map_err(|e| Error::corrupt(name.to_string(), format!("streamed tail: {e}")))?;
+            let dest = dest.to_path_buf();
+            tokio::task::spawn_blocking(move || write_atomically(&dest, &data))
+                .await
+                .map_err(|e| Error::InvalidInput(format!("writing a WAL file failed: {e}")))??;
+            Ok(GetSource::StreamedTail { bytes })
+        }
+        Ok(None) => Err(Error::NotFound(absent)),
+        // The receiver may have completed and archived the segment meanwhile (deleting the
+        // chunks being read): then the archived file is there now.
+        Err(e) => match get_wal_file_to(repo, cluster, name, dest).await {
+            Ok(()) => Ok(GetSource::Archived),
+            Err(_) => Err(e),
+        },
+    }
+}
+
 /// Writes `data` to `dest` atomically and durably: temp file in the same directory, fsync,
 /// rename, fsync of the directory. A reader never sees a partial file.
 pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {

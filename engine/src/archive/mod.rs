@@ -13,6 +13,8 @@ pub mod prefetch;
 pub mod push;
 pub mod spool;
 
-pub use get::{get_wal_file, get_wal_file_to, write_atomically};
+pub use get::{
+    get_wal_file, get_wal_file_or_tail_to, get_wal_file_to, write_atomically, GetSource,
+};
 pub use listing::{list_wal, TimelineWal, WalListing};
 pub use push::{push_wal_file, PushOutcome, WalSource};

@@ -80,6 +80,11 @@ pub fn wal_pointer_prefix(cluster: &str) -> String {
     format!("clusters/{cluster}/wal/")
 }
 
+/// Prefix of the WAL pointers of one timeline.
+pub fn wal_pointer_timeline_prefix(cluster: &str, tli: TimelineId) -> String {
+    format!("{}{tli}/", wal_pointer_prefix(cluster))
+}
+
 /// Prefix of every WAL data object of a cluster.
 pub fn wal_data_prefix(cluster: &str) -> String {
     format!("clusters/{cluster}/waldata/")
@@ -123,6 +128,58 @@ pub fn parse_wal_data(cluster: &str, key: &str) -> Option<(TimelineId, WalFileNa
     }
     let name: WalFileName = file.parse().ok()?;
     (name.timeline().to_string() == tli).then_some((name.timeline(), name))
+}
+
+/// Prefix of every streamed WAL chunk of a cluster (see [`crate::walstream::chunks`]).
+pub fn walstream_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/walstream/")
+}
+
+/// Prefix of the streamed chunks of one segment.
+pub fn walstream_segment_prefix(cluster: &str, segment: &WalFileName) -> String {
+    format!(
+        "{}{}/{segment}/",
+        walstream_prefix(cluster),
+        segment.timeline()
+    )
+}
+
+/// One streamed chunk: bytes `start..end` of `segment`, named by its content id.
+pub fn walstream_chunk(
+    cluster: &str,
+    segment: &WalFileName,
+    start: u64,
+    end: u64,
+    id: &ContentId,
+) -> ObjectKey {
+    ObjectKey::new(format!(
+        "{}{start:08X}-{end:08X}.{}",
+        walstream_segment_prefix(cluster, segment),
+        id.to_hex()
+    ))
+}
+
+/// Parses a chunk key back into its segment, byte range and content id.
+pub fn parse_walstream_chunk(
+    cluster: &str,
+    key: &str,
+) -> Option<(WalFileName, u64, u64, ContentId)> {
+    let rest = key.strip_prefix(&walstream_prefix(cluster))?;
+    let mut parts = rest.split('/');
+    let (tli, seg, chunk) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let segment: WalFileName = seg.parse().ok()?;
+    if !matches!(segment, WalFileName::Segment { .. }) || segment.timeline().to_string() != tli {
+        return None;
+    }
+    let (range, id) = chunk.split_once('.')?;
+    let (start, end) = range.split_once('-')?;
+    let hex8 = |s: &str| (s.len() == 8).then(|| u64::from_str_radix(s, 16).ok())?;
+    let (start, end) = (hex8(start)?, hex8(end)?);
+    let id = ContentId::from_hex(id)?;
+    (start < end).then_some((segment, start, end, id))
 }
 
 /// Prefix of a cluster's backups.

@@ -1,0 +1,735 @@
+//! The receiver loop: stream, commit chunks in order, acknowledge only what is durable.
+//!
+//! One session = one replication connection:
+//! 1. `IDENTIFY_SYSTEM`, `SHOW wal_segment_size`/`server_version_num`; the cluster record is
+//!    checked (or bound) exactly as `archive-push` does, so a receiver pointed at another
+//!    server is refused before anything is written.
+//! 2. The resume point comes from the repository, never from local state: the newest
+//!    segment's contiguous chunks (see [`super::chunks`]); with none, the segment after the
+//!    newest archived one on the server's timeline; with none either, the start of the
+//!    server's current segment. On the way, leftovers of a crash are settled: chunks of a
+//!    segment already archived are deleted, a complete but unarchived segment is archived.
+//! 3. `START_REPLICATION [SLOT s] PHYSICAL <resume point> TIMELINE <tli>`, then the loop:
+//!    XLogData is appended to the current segment's buffer; a chunk is committed as soon as
+//!    the connection holds no more WAL, or when the oldest uncommitted byte is
+//!    `commit_interval` old while WAL keeps arriving, when [`MAX_CHUNK`] bytes wait, or at a
+//!    segment boundary. Only after the chunk's create-only put returned is the standby status
+//!    update sent with write = flush = its end. While a chunk is being written nothing more
+//!    is read from the socket: what arrives meanwhile waits in the kernel's buffers and goes
+//!    into the next chunk (group commit), and a slow repository becomes backpressure on the
+//!    walsender, never memory.
+//! 4. A completed segment is archived as an ordinary segment through
+//!    [`crate::archive::push`] (identical bytes to what `archive_command` pushes: the
+//!    walsender sends the segment file's content), then its chunks are deleted. This runs in
+//!    the background so the next commit does not wait for a 16 MiB upload; at most one such
+//!    upload is in flight.
+//! 5. When the server ends the timeline (CopyDone after a promotion upstream), the next
+//!    timeline's history file is archived and streaming resumes on it from the start of the
+//!    segment holding the switch point (the new timeline's copy of that segment).
+//!
+//! In flight, bounded: the current segment (at most `wal_segment_size`), one completed segment
+//! being archived, and one chunk (at most [`MAX_CHUNK`]) being sealed and written. What is
+//! acknowledged is durable; what is in flight is not acknowledged, so a crash (or `kill -9`)
+//! loses nothing acknowledged, and the restart resumes from the repository. The slot keeps
+//! the server's WAL until then.
+//!
+//! Failures: a repository or connection error ends the session; the daemon retries with
+//! backoff (1 s doubling to 30 s) and never acknowledges anything not durable meanwhile, so a
+//! synchronous primary waits (that is the point). Errors that retrying cannot fix (bad
+//! credentials, another system, a conflicting segment) stop the daemon.
+
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::chunks;
+use super::protocol::{BackendMessage, ProtocolError, ReplicationConnection, StreamMessage};
+use super::status::ReceiverStatus;
+use crate::archive::push::{bind_cluster_record, push_wal_file, read_cluster_record, WalSource};
+use crate::error::Error;
+use crate::pg::conninfo::Conninfo;
+use crate::repo::{layout, ClusterRecord, Repository};
+use crate::types::{Lsn, TimelineId, WalFileName};
+
+/// Largest chunk: a chunk is committed when this many bytes wait, whatever the interval.
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Default group-commit interval.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
+/// Default interval of status updates while idle (PostgreSQL's `wal_receiver_status_interval`).
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const STATUS_FILE_EVERY: Duration = Duration::from_secs(1);
+
+/// How the receiver runs.
+#[derive(Debug)]
+pub struct ReceiverOptions {
+    /// Where the server is.
+    pub conninfo: Conninfo,
+    /// `application_name` (what `synchronous_standby_names` lists), unless conninfo sets one.
+    pub application_name: String,
+    /// Physical replication slot.
+    pub slot: Option<String>,
+    /// Create the slot if it does not exist.
+    pub create_slot: bool,
+    /// Group-commit interval.
+    pub commit_interval: Duration,
+    /// Status update interval while idle.
+    pub status_interval: Duration,
+    /// Where to write [`ReceiverStatus`].
+    pub status_file: Option<std::path::PathBuf>,
+}
+
+/// Why the receiver stopped or a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// Talking to the server failed.
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// The repository failed.
+    #[error("{0}")]
+    Repository(#[from] Error),
+    /// The server is not one this receiver may stream from (another system, a timeline behind
+    /// the repository's...).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl ReceiveError {
+    /// True when retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ReceiveError::Protocol(p) => p.is_permanent(),
+            ReceiveError::Repository(e) => matches!(
+                e,
+                Error::Config(_)
+                    | Error::Key(_)
+                    | Error::InvalidInput(_)
+                    | Error::Conflict(_)
+                    | Error::Corrupt { .. }
+            ),
+            ReceiveError::Refused(_) => true,
+        }
+    }
+}
+
+type Result<T, E = ReceiveError> = std::result::Result<T, E>;
+
+/// How a session ended without an error.
+enum SessionEnd {
+    /// Asked to stop.
+    Stopped,
+    /// The timeline ended; stream the next one.
+    NextTimeline,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formatting")
+}
+
+/// Parses `SHOW wal_segment_size` (`16MB`, `1GB`, ...).
+fn parse_segment_size(s: &str) -> Option<u64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return None,
+    };
+    let size = n * mult;
+    (size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)).then_some(size)
+}
+
+/// Archives a completed segment as an ordinary segment and deletes its chunks.
+async fn archive_segment(
+    repo: Repository,
+    cluster: String,
+    name: WalFileName,
+    data: Vec<u8>,
+) -> Result<(), Error> {
+    let outcome = push_wal_file(&repo, &cluster, &name, WalSource::Bytes(data)).await?;
+    debug!("{name} archived from the stream: {outcome:?}");
+    let leftovers = chunks::list_segment(&repo, &cluster, &name).await?;
+    chunks::remove(&repo, &leftovers).await
+}
+
+/// The receiver: state shared by its sessions.
+struct Receiver<'a> {
+    repo: &'a Repository,
+    cluster: &'a str,
+    opts: &'a ReceiverOptions,
+    status: ReceiverStatus,
+    status_written: Option<Instant>,
+}
+
+/// Runs the receiver until `stop` turns true (SIGTERM), or an error retrying cannot fix.
+pub async fn run(
+    repo: &Repository,
+    cluster: &str,
+    opts: &ReceiverOptions,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let mut r = Receiver {
+        repo,
+        cluster,
+        opts,
+        status: ReceiverStatus {
+            cluster: cluster.to_string(),
+            slot: opts.slot.clone(),
+            pid: std::process::id(),
+            state: "connecting".into(),
+            ..Default::default()
+        },
+        status_written: None,
+    };
+    let mut backoff = Duration::from_secs(1);
+    let result = loop {
+        if *stop.borrow() {
+            break Ok(());
+        }
+        let committed_before = r.status.chunks_committed;
+        match r.session(&mut stop).await {
+            Ok(SessionEnd::Stopped) => break Ok(()),
+            Ok(SessionEnd::NextTimeline) => continue,
+            Err(e) if e.is_permanent() => break Err(e),
+            Err(e) => {
+                if r.status.chunks_committed > committed_before {
+                    backoff = Duration::from_secs(1);
+                }
+                warn!("wal-receive: {e}; not acknowledging anything more; retrying in {backoff:?}");
+                r.status.state = "retrying".into();
+                r.status.last_error = Some(e.to_string());
+                r.write_status(true);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    r.status.state = "stopped".into();
+    if let Err(e) = &result {
+        r.status.last_error = Some(e.to_string());
+    }
+    r.write_status(true);
+    result
+}
+
+/// The segment being received.
+struct Current {
+    tli: u32,
+    segno: u64,
+    name: WalFileName,
+    seg_size: u64,
+    /// Bytes `0..buf.len()` of the segment received so far.
+    buf: Vec<u8>,
+    /// Bytes `0..durable` are committed.
+    durable: usize,
+    /// When the oldest uncommitted byte arrived.
+    pending_since: Option<Instant>,
+}
+
+impl Current {
+    fn start_lsn(&self) -> u64 {
+        self.segno * self.seg_size
+    }
+    fn received(&self) -> Lsn {
+        Lsn(self.start_lsn() + self.buf.len() as u64)
+    }
+    fn flushed(&self) -> Lsn {
+        Lsn(self.start_lsn() + self.durable as u64)
+    }
+}
+
+impl Receiver<'_> {
+    fn write_status(&mut self, force: bool) {
+        let Some(path) = &self.opts.status_file else {
+            return;
+        };
+        if !force
+            && self
+                .status_written
+                .is_some_and(|t| t.elapsed() < STATUS_FILE_EVERY)
+        {
+            return;
+        }
+        self.status.updated_at = now_rfc3339();
+        if let Err(e) = super::status::write(path, &self.status) {
+            warn!("cannot write the receiver status: {e}");
+        }
+        self.status_written = Some(Instant::now());
+    }
+
+    /// Checks the server against the cluster record, binding the cluster on first use.
+    async fn check_cluster(&self, sysid: &str, seg_size: u64, pg_major: u32) -> Result<()> {
+        let record = match read_cluster_record(self.repo, self.cluster).await? {
+            Some(r) => r,
+            None => {
+                bind_cluster_record(
+                    self.repo,
+                    ClusterRecord {
+                        name: self.cluster.to_string(),
+                        system_identifier: sysid.to_string(),
+                        wal_segment_size: seg_size,
+                        pg_major,
+                        bound_at: now_rfc3339(),
+                    },
+                )
+                .await?
+            }
+        };
+        if let Some(why) = record.other_major(pg_major) {
+            return Err(ReceiveError::Refused(format!(
+                "streaming from PostgreSQL {pg_major} refused: {why}"
+            )));
+        }
+        if record.system_identifier != sysid || record.wal_segment_size != seg_size {
+            return Err(ReceiveError::Refused(format!(
+                "the server is database system {sysid} with {seg_size}-byte WAL segments, but cluster {:?} in this \
+                 repository belongs to system {} with {}-byte segments (bound {}): check cluster.conninfo and the cluster name",
+                self.cluster, record.system_identifier, record.wal_segment_size, record.bound_at
+            )));
+        }
+        Ok(())
+    }
+
+    /// The newest archived segment on `tli` (one LIST of that timeline's pointers).
+    async fn newest_archived(&self, tli: u32, seg_size: u64) -> Result<Option<u64>> {
+        let prefix = layout::wal_pointer_timeline_prefix(self.cluster, TimelineId(tli));
+        let mut newest = None;
+        for o in self
+            .repo
+            .storage()
+            .list(&prefix)
+            .await
+            .map_err(Error::from)?
+        {
+            if let Some((_, WalFileName::Segment { segno, .. })) =
+                layout::parse_wal_pointer(self.cluster, o.key.as_str())
+            {
+                newest = newest.max(Some(segno.absolute(seg_size)));
+            }
+        }
+        Ok(newest)
+    }
+
+    /// Settles what a crash left and returns where streaming resumes: (timeline, segment,
+    /// durable prefix of that segment).
+    async fn resume_point(
+        &mut self,
+        server_tli: u32,
+        server_pos: Lsn,
+        seg_size: u64,
+    ) -> Result<(u32, u64, Vec<u8>)> {
+        let all = chunks::list_all(self.repo, self.cluster, seg_size).await?;
+        let newest = all.keys().next_back().copied();
+        for ((tli, segno), list) in &all {
+            let name = chunks::segment_name(*tli, *segno, seg_size);
+            let archived = crate::archive::push::read_wal_record(self.repo, self.cluster, &name)
+                .await?
+                .is_some();
+            let (_, end) = chunks::contiguous(list);
+            if archived {
+                info!(
+                    "{name} is archived: deleting its {} streamed chunks",
+                    list.len()
+                );
+                chunks::remove(self.repo, list).await?;
+            } else if end == seg_size {
+                info!("{name} was streamed completely but not archived (crash?): archiving it now");
+                let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
+                archive_segment(self.repo.clone(), self.cluster.to_string(), name, data).await?;
+                self.status.segments_archived += 1;
+            } else if Some((*tli, *segno)) == newest {
+                let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
+                return Ok((*tli, *segno, data));
+            }
+            // else: the partial end of an older timeline; it stays as that timeline's tail.
+        }
+        if let Some((tli, segno)) = newest {
+            // Newest segment complete or archived: resume at the next one.
+            return Ok((tli, segno + 1, Vec::new()));
+        }
+        if let Some(segno) = self.newest_archived(server_tli, seg_size).await? {
+            if segno < server_pos.segment_no(seg_size) {
+                return Ok((server_tli, segno + 1, Vec::new()));
+            }
+        }
+        Ok((server_tli, server_pos.segment_no(seg_size), Vec::new()))
+    }
+
+    /// Archives the history file of `tli` (a no-op when it is already).
+    async fn archive_history(&self, conn: &mut ReplicationConnection, tli: u32) -> Result<()> {
+        if tli <= 1 {
+            return Ok(());
+        }
+        let (file, content) = conn.timeline_history(tli).await?;
+        let name = WalFileName::History {
+            tli: TimelineId(tli),
+        };
+        if file != name.to_string() {
+            return Err(ReceiveError::Refused(format!(
+                "TIMELINE_HISTORY {tli} returned {file:?}, not {name}"
+            )));
+        }
+        push_wal_file(self.repo, self.cluster, &name, WalSource::Bytes(content)).await?;
+        Ok(())
+    }
+
+    async fn session(&mut self, stop: &mut watch::Receiver<bool>) -> Result<SessionEnd> {
+        self.status.state = "connecting".into();
+        let mut conn =
+            ReplicationConnection::connect(&self.opts.conninfo, &self.opts.application_name)
+                .await?;
+        let ident = conn.identify_system().await?;
+        let seg_size_text = conn.show("wal_segment_size").await?;
+        let seg_size = parse_segment_size(&seg_size_text).ok_or_else(|| {
+            ReceiveError::Refused(format!("unexpected wal_segment_size {seg_size_text:?}"))
+        })?;
+        let version: u32 = conn
+            .show("server_version_num")
+            .await?
+            .parse()
+            .map_err(|_| ReceiveError::Refused("unexpected server_version_num".into()))?;
+        self.check_cluster(&ident.system_identifier, seg_size, version / 10000)
+            .await?;
+        if let (Some(slot), true) = (&self.opts.slot, self.opts.create_slot) {
+            if conn.create_physical_slot(slot).await? {
+                info!("created physical replication slot {slot:?}");
+            }
+        }
+        let (mut tli, mut segno, mut prefix) = self
+            .resume_point(ident.timeline, ident.xlogpos, seg_size)
+            .await?;
+        if tli < ident.timeline {
+            // Where did our timeline end, in the server's history? Past that point the
+            // stream continues on the next timeline, from the start of the segment holding the
+            // switch (the new timeline's copy of it).
+            let (_, text) = conn.timeline_history(ident.timeline).await?;
+            let history = crate::recovery::parse_history(&String::from_utf8_lossy(&text));
+            while let Some(i) = history.iter().position(|e| e.parent == tli) {
+                let switch = history[i].switch_lsn;
+                let pos = segno * seg_size + prefix.len() as u64;
+                if pos < switch.0 {
+                    break;
+                }
+                tli = history
+                    .get(i + 1)
+                    .map(|e| e.parent)
+                    .unwrap_or(ident.timeline);
+                segno = switch.segment_no(seg_size);
+                prefix = Vec::new();
+            }
+            if tli < ident.timeline && !history.iter().any(|e| e.parent == tli) {
+                return Err(ReceiveError::Refused(format!(
+                    "the repository has streamed WAL of timeline {tli}, which is not in the history of the server's timeline {}",
+                    ident.timeline
+                )));
+            }
+        }
+        if tli > ident.timeline {
+            return Err(ReceiveError::Refused(format!(
+                "the repository has streamed WAL of timeline {tli}, but the server is on timeline {}: \
+                 it is not the current primary (or was restored without a new timeline)",
+                ident.timeline
+            )));
+        }
+        self.archive_history(&mut conn, tli).await?;
+        let mut cur = Current {
+            tli,
+            segno,
+            name: chunks::segment_name(tli, segno, seg_size),
+            seg_size,
+            durable: prefix.len(),
+            buf: {
+                let mut b = Vec::with_capacity(seg_size as usize);
+                b.extend_from_slice(&prefix);
+                b
+            },
+            pending_since: None,
+        };
+        let start = cur.received();
+        info!(
+            "streaming from {start} on timeline {tli} (slot {:?})",
+            self.opts.slot
+        );
+        conn.start_replication(self.opts.slot.as_deref(), start, tli)
+            .await
+            .map_err(|e| match e.code() {
+                Some("42704") => ReceiveError::Refused(format!(
+                    "{e}: create it once with `pgcairn wal-receive --create-slot` (or \
+                     pg_create_physical_replication_slot on the server)"
+                )),
+                _ => e.into(),
+            })?;
+        self.status.state = "streaming".into();
+        self.status.timeline = tli;
+        self.status.last_error = None;
+        self.status.flush_lsn = Some(start.to_string());
+        conn.send_status(start, start).await?;
+        self.write_status(true);
+        let mut archiving: Option<tokio::task::JoinHandle<Result<(), Error>>> = None;
+        let mut last_status = Instant::now();
+        let mut server_end = ident.xlogpos;
+        let result = self
+            .stream(
+                &mut conn,
+                &mut cur,
+                &mut archiving,
+                &mut last_status,
+                &mut server_end,
+                stop,
+            )
+            .await;
+        // Whatever happened, let a running archive finish: its chunks are its safety net.
+        if let Some(h) = archiving.take() {
+            match h.await {
+                Ok(Ok(())) => self.status.segments_archived += 1,
+                Ok(Err(e)) => {
+                    warn!("archiving a streamed segment failed: {e} (retried at the next start)")
+                }
+                Err(e) => warn!("archiving a streamed segment failed: {e}"),
+            }
+        }
+        match result {
+            Ok(SessionEnd::Stopped) => {
+                conn.close().await;
+                Ok(SessionEnd::Stopped)
+            }
+            Ok(SessionEnd::NextTimeline) => {
+                let end = conn.finish_stream().await?;
+                match end.next {
+                    Some((next, at)) => {
+                        info!(
+                            "timeline {} ended at {at}; following timeline {next}",
+                            cur.tli
+                        );
+                        let mut c = conn;
+                        self.archive_history(&mut c, next).await?;
+                        Ok(SessionEnd::NextTimeline)
+                    }
+                    None => Err(ReceiveError::Protocol(ProtocolError::Protocol(
+                        "the server ended streaming without naming the next timeline".into(),
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Commits the uncommitted bytes of `cur` as one chunk, then reports them flushed.
+    async fn commit(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        cur: &mut Current,
+        server_end: Lsn,
+    ) -> Result<()> {
+        if cur.durable == cur.buf.len() {
+            return Ok(());
+        }
+        let data = cur.buf[cur.durable..].to_vec();
+        chunks::commit_chunk(self.repo, self.cluster, &cur.name, cur.durable as u64, data).await?;
+        cur.durable = cur.buf.len();
+        cur.pending_since = None;
+        let flushed = cur.flushed();
+        conn.send_status(flushed, flushed).await?;
+        self.status.chunks_committed += 1;
+        self.status.flush_lsn = Some(flushed.to_string());
+        self.status.last_commit_at = Some(now_rfc3339());
+        self.note_server_end(server_end, flushed);
+        self.write_status(false);
+        Ok(())
+    }
+
+    fn note_server_end(&mut self, server_end: Lsn, flushed: Lsn) {
+        self.status.server_wal_end = Some(server_end.to_string());
+        self.status.lag_bytes = Some(server_end.0.saturating_sub(flushed.0));
+    }
+
+    /// The segment is complete and committed: hand it to the archiver, start the next.
+    async fn complete_segment(
+        &mut self,
+        cur: &mut Current,
+        archiving: &mut Option<tokio::task::JoinHandle<Result<(), Error>>>,
+    ) -> Result<()> {
+        if let Some(h) = archiving.take() {
+            h.await
+                .map_err(|e| ReceiveError::Refused(format!("archiving task failed: {e}")))??;
+            self.status.segments_archived += 1;
+        }
+        let next = cur.segno + 1;
+        let data = std::mem::replace(&mut cur.buf, Vec::with_capacity(cur.seg_size as usize));
+        let name = std::mem::replace(
+            &mut cur.name,
+            chunks::segment_name(cur.tli, next, cur.seg_size),
+        );
+        cur.segno = next;
+        cur.durable = 0;
+        *archiving = Some(tokio::spawn(archive_segment(
+            self.repo.clone(),
+            self.cluster.to_string(),
+            name,
+            data,
+        )));
+        Ok(())
+    }
+
+    async fn stream(
+        &mut self,
+        conn: &mut ReplicationConnection,
+        cur: &mut Current,
+        archiving: &mut Option<tokio::task::JoinHandle<Result<(), Error>>>,
+        last_status: &mut Instant,
+        server_end: &mut Lsn,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd> {
+        loop {
+            if *stop.borrow() {
+                self.commit(conn, cur, *server_end).await?;
+                return Ok(SessionEnd::Stopped);
+            }
+            // With WAL waiting to be written: whatever the connection already holds is taken
+            // into the same chunk (a cancel-safe poll, see the protocol module), then the chunk
+            // is written, without waiting out the interval; only while WAL keeps arriving does
+            // the interval bound how long the oldest byte waits.
+            let mut ready = None;
+            if let Some(since) = cur.pending_since {
+                if since.elapsed() < self.opts.commit_interval {
+                    ready = conn.read_message().now_or_never();
+                }
+                if ready.is_none() {
+                    self.commit(conn, cur, *server_end).await?;
+                    *last_status = Instant::now();
+                    continue;
+                }
+            }
+            let deadline = *last_status + self.opts.status_interval;
+            let msg = if let Some(m) = ready {
+                Ok(m)
+            } else {
+                tokio::select! {
+                biased;
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        self.commit(conn, cur, *server_end).await?;
+                        return Ok(SessionEnd::Stopped);
+                    }
+                    continue;
+                }
+                r = tokio::time::timeout_at(deadline.into(), conn.read_message()) => r,
+                }
+            };
+            let msg = match msg {
+                Err(_) => {
+                    let f = cur.flushed();
+                    conn.send_status(f, f).await?;
+                    *last_status = Instant::now();
+                    continue;
+                }
+                Ok(m) => m?,
+            };
+            match msg {
+                BackendMessage::CopyData(d) => match super::protocol::parse_stream(d)? {
+                    Some(StreamMessage::XLogData {
+                        start,
+                        wal_end,
+                        data,
+                    }) => {
+                        if start != cur.received() {
+                            return Err(ProtocolError::Protocol(format!(
+                                "the server sent WAL from {start}, expected {}",
+                                cur.received()
+                            ))
+                            .into());
+                        }
+                        *server_end = (*server_end).max(wal_end);
+                        let mut rest = &data[..];
+                        while !rest.is_empty() {
+                            let room = cur.seg_size as usize - cur.buf.len();
+                            let n = room.min(rest.len());
+                            cur.buf.extend_from_slice(&rest[..n]);
+                            rest = &rest[n..];
+                            cur.pending_since.get_or_insert_with(Instant::now);
+                            if cur.buf.len() as u64 == cur.seg_size {
+                                self.commit(conn, cur, *server_end).await?;
+                                *last_status = Instant::now();
+                                self.complete_segment(cur, archiving).await?;
+                            }
+                        }
+                        if cur.buf.len() - cur.durable >= MAX_CHUNK {
+                            self.commit(conn, cur, *server_end).await?;
+                            *last_status = Instant::now();
+                        }
+                    }
+                    Some(StreamMessage::Keepalive {
+                        wal_end,
+                        reply_requested,
+                    }) => {
+                        *server_end = (*server_end).max(wal_end);
+                        self.note_server_end(*server_end, cur.flushed());
+                        if reply_requested {
+                            let f = cur.flushed();
+                            conn.send_status(f, f).await?;
+                            *last_status = Instant::now();
+                        }
+                        self.write_status(false);
+                    }
+                    None => {}
+                },
+                BackendMessage::CopyDone => {
+                    self.commit(conn, cur, *server_end).await?;
+                    return Ok(SessionEnd::NextTimeline);
+                }
+                BackendMessage::Error(e) => return Err(e.into()),
+                _ => {}
+            }
+            if let Some(h) = archiving.as_ref() {
+                if h.is_finished() {
+                    let h = archiving.take().expect("checked");
+                    h.await.map_err(|e| {
+                        ReceiveError::Refused(format!("archiving task failed: {e}"))
+                    })??;
+                    self.status.segments_archived += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_sizes_as_show_prints_them() {
+        assert_eq!(parse_segment_size("16MB"), Some(16 << 20));
+        assert_eq!(parse_segment_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_segment_size("64MB"), Some(64 << 20));
+        assert_eq!(parse_segment_size("3MB"), None);
+        assert_eq!(parse_segment_size("sixteen"), None);
+    }
+
+    #[test]
+    fn permanent_errors_are_told_from_passing_ones() {
+        let refused = ReceiveError::Refused("x".into());
+        assert!(refused.is_permanent());
+        let net =
+            ReceiveError::Repository(Error::Storage(crate::storage::StorageError::Transient {
+                op: "put",
+                key: "k".into(),
+                detail: "connection refused".into(),
+            }));
+        assert!(!net.is_permanent());
+        let auth = ReceiveError::Protocol(ProtocolError::Server {
+            code: "28P01".into(),
+            message: "password authentication failed".into(),
+        });
+        assert!(auth.is_permanent());
+    }
+}

@@ -1,0 +1,601 @@
+//! `pgcairn wal-receive` as the only synchronous standby: nothing acknowledged is ever lost.
+//!
+//! The proof: clients commit numbered rows and count every commit PostgreSQL acknowledged;
+//! the receiver is killed with -9 mid-load and restarted; later the primary is killed with
+//! -9 mid-load and its data directory deleted; a restore from the repository to the end of
+//! the WAL has every acknowledged row. The last of them are only in the streamed tail (the
+//! newest, incomplete segment), which `archive-get` serves.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgcairn_tests::*;
+
+const CLIENTS: usize = 4;
+
+/// Appends a `[wal_receive]` section to the environment's config.
+fn configure_receiver(env: &TestEnv, extra: &str) -> std::path::PathBuf {
+    let status = env.path().join("wal-receive-status.json");
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&format!(
+        "\n[wal_receive]\nstatus_file = \"{}\"\ncommit_interval = \"5ms\"\n{extra}\n",
+        status.display()
+    ));
+    std::fs::write(&env.config, text).unwrap();
+    status
+}
+
+/// A running receiver; killed with -9 when dropped.
+struct Receiver {
+    child: Child,
+    status: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(env: &TestEnv, status: &Path, args: &[&str], log: &str) -> Receiver {
+        let _ = std::fs::remove_file(status);
+        let mut all = vec!["--log-level", "info", "wal-receive"];
+        all.extend_from_slice(args);
+        let log = std::fs::File::create(env.path().join(log)).unwrap();
+        let child = env
+            .pgcairn_command(&all)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start wal-receive");
+        Receiver {
+            child,
+            status: status.to_path_buf(),
+        }
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&self.status).ok()?).ok()
+    }
+
+    /// The pgcairn process itself (runuser may sit between us and it).
+    fn pid(&self) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(pid) = self.status().and_then(|s| s["pid"].as_u64()) {
+                return pid as u32;
+            }
+            assert!(Instant::now() < deadline, "the receiver wrote no status");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        let pid = self.pid();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = self.child.wait();
+    }
+
+    fn sigterm(&mut self) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = self.status().and_then(|s| s["pid"].as_u64()) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Waits until the primary shows the receiver with `sync_state` (None: any).
+fn wait_standby(pg: &Instance, sync_state: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = pg
+            .psql(
+                "postgres",
+                "select state || ' ' || sync_state from pg_stat_replication where application_name = 'pgcairn'",
+            )
+            .unwrap();
+        let ok = s.starts_with("streaming") && sync_state.is_none_or(|w| s.ends_with(w));
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the receiver did not become a {sync_state:?} standby: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// psql on `pg` as PostgreSQL's OS user, stopping at the first error, output discarded
+/// unless the caller pipes it.
+fn psql_command(env: &TestEnv, pg: &Instance) -> Command {
+    let mut c =
+        pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &pg.bin.client("psql"));
+    c.args(["-X", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(&pg.socket_dir)
+        .args([
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// An LSN as a number.
+fn lsn(s: &str) -> u64 {
+    s.parse::<pgcairn_engine::types::Lsn>()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+}
+
+/// Makes the receiver the primary's only synchronous standby.
+fn make_synchronous(pg: &Instance) {
+    pg.psql(
+        "postgres",
+        "alter system set synchronous_standby_names = 'pgcairn'",
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    wait_standby(pg, Some("sync"));
+}
+
+/// A client committing rows `(client, 1..)` one per transaction through psql; its output
+/// has one `INSERT 0 1` per acknowledged commit, in order.
+fn start_client(env: &TestEnv, pg: &Instance, client: usize) -> Child {
+    let script = env.path().join(format!("client-{client}.sql"));
+    let mut sql = String::new();
+    for n in 1..=200_000 {
+        sql.push_str(&format!(
+            "insert into acked(client, n, pad) values ({client}, {n}, repeat('x', 300));\n"
+        ));
+    }
+    std::fs::write(&script, sql).unwrap();
+    give_to(env.run_as.as_deref(), &script).unwrap();
+    psql_command(env, pg)
+        .arg("-f")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("psql")
+}
+
+/// Kills the postmaster and every child of it with SIGKILL.
+fn kill9_server(pg: &Instance) {
+    let pidfile = std::fs::read_to_string(pg.datadir.join("postmaster.pid")).unwrap();
+    let pid = pidfile.lines().next().unwrap().trim().to_string();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut all = vec![pid];
+    all.extend(children.split_whitespace().map(str::to_string));
+    let status = Command::new("kill").arg("-9").args(&all).status().unwrap();
+    assert!(status.success());
+}
+
+fn acked_count(child: Child) -> i64 {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim() == "INSERT 0 1")
+        .count() as i64
+}
+
+/// Segments that have streamed chunks, and whether each is archived.
+fn streamed_segments(env: &TestEnv) -> Vec<(String, bool)> {
+    let mut segs: Vec<String> = env
+        .list_objects("clusters/main/walstream/")
+        .iter()
+        .filter_map(|k| k.split('/').nth(4).map(str::to_string))
+        .collect();
+    segs.sort();
+    segs.dedup();
+    segs.into_iter()
+        .map(|s| {
+            let archived = !env
+                .list_objects(&format!("clusters/main/wal/{}/{s}", &s[..8]))
+                .is_empty();
+            (s, archived)
+        })
+        .collect()
+}
+
+fn proof(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    pg.start().unwrap();
+    let guard = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table acked(client int, n int, pad text, primary key (client, n))",
+    )
+    .unwrap();
+    backup_json(&env, &["--type", "full"]);
+
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
+    wait_standby(&pg, None);
+    make_synchronous(&pg);
+
+    let clients: Vec<Child> = (1..=CLIENTS).map(|c| start_client(&env, &pg, c)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    pg.psql("postgres", "select pg_switch_wal()").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The receiver dies mid-load: commits wait (it is the only synchronous standby); the
+    // restarted receiver resumes from what the repository holds.
+    receiver.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut receiver = Receiver::start(&env, &status, &[], "receiver-2.log");
+    wait_standby(&pg, Some("sync"));
+    std::thread::sleep(Duration::from_secs(2));
+    pg.psql("postgres", "select pg_switch_wal()").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The primary dies mid-load and its data directory is lost.
+    kill9_server(&pg);
+    let acked: Vec<i64> = clients.into_iter().map(acked_count).collect();
+    let total: i64 = acked.iter().sum();
+    eprintln!("acknowledged commits per client: {acked:?}");
+    assert!(
+        total > 100,
+        "the load committed too little to prove anything: {acked:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    receiver.kill9();
+    drop(guard);
+    std::fs::remove_dir_all(&pg.datadir).unwrap();
+
+    // Completed segments were archived and their chunks removed; the newest, incomplete one
+    // is only in the stream.
+    let streamed = streamed_segments(&env);
+    let tails: Vec<&(String, bool)> = streamed.iter().filter(|(_, a)| !a).collect();
+    assert_eq!(
+        tails.len(),
+        1,
+        "one streamed tail, every completed segment archived: {streamed:?}"
+    );
+    assert!(
+        streamed.len() <= 2,
+        "chunks of archived segments are removed: {streamed:?}"
+    );
+    let tail = &tails[0].0;
+    let archived_after_tail = env
+        .list_objects(&format!("clusters/main/wal/{}/", &tail[..8]))
+        .iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_string))
+        .any(|name| name.len() == 24 && name.as_str() > tail.as_str());
+    assert!(
+        !archived_after_tail,
+        "the tail {tail} is the newest WAL in the repository"
+    );
+
+    let restored = env.restore_and_start("restored", None);
+    let _guard = StopOnDrop(&restored);
+    for (i, &n) in acked.iter().enumerate() {
+        let client = i + 1;
+        let have: i64 = restored
+            .psql(
+                "postgres",
+                &format!("select count(*) from acked where client = {client} and n <= {n}"),
+            )
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            have, n,
+            "client {client}: {n} commits were acknowledged, {have} of them restored ({backend:?})"
+        );
+    }
+}
+
+#[test]
+fn every_acknowledged_commit_survives_losing_the_primary_file() {
+    proof(Backend::File);
+}
+
+#[test]
+fn every_acknowledged_commit_survives_losing_the_primary_s3() {
+    if s3_endpoint().is_none() {
+        eprintln!("skipped: no S3 endpoint (PGCAIRN_TEST_S3_ENDPOINT)");
+        return;
+    }
+    proof(Backend::S3);
+}
+
+#[test]
+fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    pg.start().unwrap();
+    let _guard = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    // A slot that does not exist is an error that says how to create it.
+    let out = env.pgcairn(&["wal-receive", "--slot", "nosuchslot"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nosuchslot") && stderr(&out).contains("--create-slot"),
+        "{}",
+        stderr(&out)
+    );
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver.log");
+    wait_standby(&pg, None);
+    pg.psql(
+        "postgres",
+        "create table t as select generate_series(1, 1000) i",
+    )
+    .unwrap();
+    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &written);
+    let exit = receiver.sigterm();
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit}");
+    let st = receiver.status().unwrap();
+    assert_eq!(st["state"], "stopped", "{st}");
+    let flushed = lsn(st["flush_lsn"].as_str().unwrap());
+    assert!(flushed >= lsn(&written), "{st}");
+    // The slot advanced to what the receiver reported flushed, and no further.
+    let slot = pg
+        .psql(
+            "postgres",
+            "select restart_lsn from pg_replication_slots where slot_name = 'pgcairn'",
+        )
+        .unwrap();
+    assert_eq!(lsn(&slot), flushed, "slot {slot}, status {st}");
+    // Info shows the receiver's flush position and the streamed tail.
+    let out = env.pgcairn(&["info", "--output", "json"]);
+    assert_success(&out, "pgcairn info");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let wr = &info["clusters"][0]["wal_receive"];
+    assert_eq!(wr["receiver"]["flush_lsn"], st["flush_lsn"], "{info}");
+    assert_eq!(wr["streamed_end_lsn"], st["flush_lsn"], "{info}");
+}
+
+/// Runs one statement in the background through psql (autocommit).
+fn spawn_sql(env: &TestEnv, pg: &Instance, sql: &str) -> Child {
+    psql_command(env, pg)
+        .args(["-c", sql])
+        .spawn()
+        .expect("psql")
+}
+
+#[test]
+fn repository_unreachable_stops_acknowledging_and_any_1_with_a_replica_carries_on() {
+    let Some(endpoint) = s3_endpoint() else {
+        eprintln!("skipped: no S3 endpoint (PGCAIRN_TEST_S3_ENDPOINT)");
+        return;
+    };
+    let port = free_port().unwrap();
+    let fwd = start_forwarder(port, &endpoint);
+    let env = TestEnv::new(EnvOptions {
+        s3_endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..EnvOptions::new(Backend::S3)
+    });
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    pg.start().unwrap();
+    let _guard = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver.log");
+    wait_standby(&pg, None);
+    pg.psql("postgres", "create table t(i int)").unwrap();
+    make_synchronous(&pg);
+    pg.psql("postgres", "insert into t values (1)").unwrap();
+
+    // The object store goes away: the commit must not return.
+    drop(fwd);
+    let mut commit = spawn_sql(&env, &pg, "insert into t values (2)");
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        commit.try_wait().unwrap().is_none(),
+        "a commit returned while the repository was unreachable"
+    );
+    let behind = pg
+        .psql(
+            "postgres",
+            "select coalesce(flush_lsn < pg_current_wal_flush_lsn(), true) from pg_replication_slots s \
+             left join pg_stat_replication r on r.application_name = 'pgcairn' where s.slot_name = 'pgcairn'",
+        )
+        .unwrap();
+    assert_eq!(
+        behind, "t",
+        "the receiver acknowledged WAL it could not store"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver
+        .status()
+        .and_then(|s| s["last_error"].as_str().map(str::to_string))
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "the receiver reported no error");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        commit.try_wait().unwrap().is_none(),
+        "the commit is still waiting"
+    );
+
+    // The store comes back: the receiver retries, stores, acknowledges; the commit returns.
+    let fwd = start_forwarder(port, &endpoint);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let exit = loop {
+        if let Some(s) = commit.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the commit never returned after the store came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(exit.success());
+    wait_standby(&pg, Some("sync"));
+    assert_eq!(
+        receiver.status().unwrap()["state"],
+        "streaming",
+        "{:?}",
+        receiver.status()
+    );
+
+    // With another synchronous candidate, `ANY 1 (pgcairn, replica1)`, commits carry on
+    // through a repository outage: the replica acknowledges them.
+    let replica = Instance::new(
+        pg.bin.clone(),
+        env.path().join("replica"),
+        env.path().to_path_buf(),
+        free_port().unwrap(),
+        env.run_as.clone(),
+    );
+    let conninfo = format!(
+        "host={} port={} user=postgres application_name=replica1",
+        pg.socket_dir.display(),
+        pg.port
+    );
+    let out = pgcairn_engine::pg::instance::command_as(
+        env.run_as.as_deref(),
+        &pg.bin.client("pg_basebackup"),
+    )
+    .arg("-D")
+    .arg(&replica.datadir)
+    .args(["-R", "-X", "stream", "-d", &conninfo])
+    .output()
+    .unwrap();
+    assert_success(&out, "pg_basebackup");
+    replica.start().unwrap();
+    let _guard_replica = StopOnDrop(&replica);
+    pg.psql(
+        "postgres",
+        "alter system set synchronous_standby_names = 'ANY 1 (pgcairn, replica1)'",
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg
+        .psql(
+            "postgres",
+            "select count(*) from pg_stat_replication where sync_state = 'quorum'",
+        )
+        .unwrap()
+        != "2"
+    {
+        assert!(Instant::now() < deadline, "no quorum of two candidates");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(fwd);
+    let mut commit = spawn_sql(&env, &pg, "insert into t values (3)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = commit.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "with ANY 1 and a replica, a commit waited for the unreachable repository"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success());
+}
+
+/// Waits until the receiver's status says it flushed at least `lsn` (text form).
+fn wait_flushed(receiver: &Receiver, target: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver
+        .status()
+        .and_then(|s| s["flush_lsn"].as_str().map(lsn))
+        .is_none_or(|f| f < lsn(target))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver did not flush {target}: {:?}",
+            receiver.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn after_a_failover_the_receiver_follows_the_new_timeline() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let old = env.cluster("old");
+    old.start().unwrap();
+    let guard = StopOnDrop(&old);
+    env.use_cluster(&old);
+    old.psql("postgres", "create table t(i int, tl text)")
+        .unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
+    wait_standby(&old, None);
+    old.psql(
+        "postgres",
+        "insert into t select i, 'old' from generate_series(1, 100) i",
+    )
+    .unwrap();
+    let end = old.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &end);
+    receiver.kill9();
+    old.crash().unwrap();
+    drop(guard);
+    std::fs::remove_dir_all(&old.datadir).unwrap();
+
+    // The new primary: recovered from the repository (the tail included) and promoted, on
+    // timeline 2. It does not archive: the receiver must bring its history and WAL.
+    let new = env.restore_and_start("new", None);
+    let _guard_new = StopOnDrop(&new);
+    assert_eq!(
+        new.psql("postgres", "select count(*) from t").unwrap(),
+        "100"
+    );
+    let tli = new
+        .psql(
+            "postgres",
+            "select timeline_id from pg_control_checkpoint()",
+        )
+        .unwrap();
+    assert_eq!(tli, "2");
+    env.use_cluster(&new);
+    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
+    wait_standby(&new, None);
+    new.psql(
+        "postgres",
+        "insert into t select i, 'new' from generate_series(101, 150) i",
+    )
+    .unwrap();
+    let end = new.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &end);
+    assert_eq!(receiver.status().unwrap()["timeline"], 2);
+    assert!(
+        !env.list_objects("clusters/main/wal/00000002/00000002.history")
+            .is_empty(),
+        "the receiver archived timeline 2's history file"
+    );
+    drop(receiver);
+    kill9_server(&new);
+    std::fs::remove_dir_all(&new.datadir).unwrap();
+
+    // Restored again: both timelines' rows are there.
+    let last = env.restore_and_start("last", None);
+    let _guard_last = StopOnDrop(&last);
+    assert_eq!(
+        last.psql(
+            "postgres",
+            "select tl || count(*) from t group by tl order by tl"
+        )
+        .unwrap(),
+        "new50\nold100"
+    );
+}
