@@ -418,8 +418,8 @@ impl Packer {
         }
         let writer = std::mem::take(&mut self.writer);
         let codec = self.repo.codec().clone();
-        // Not on the rayon pool: readers on that pool block on the bounded channel into this
-        // packer, so a pool task here could wait for a thread that waits for us (deadlock).
+        // Off the async threads and off the shared CPU pool: this runs while readers wait for
+        // the packer, and must not queue behind work that waits for it.
         let pack: FinishedPack = tokio::task::spawn_blocking(move || writer.finish(&codec))
             .await
             .map_err(|e| Error::InvalidInput(format!("sealing a pack failed: {e}")))?;

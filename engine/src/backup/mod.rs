@@ -47,7 +47,7 @@ use self::file_spool::{FileSpool, SpooledFiles};
 use self::manifest::{BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
 use crate::archive::push::read_cluster_record;
-use crate::cpu;
+use crate::cpu::CpuPool;
 use crate::error::{Error, Result};
 use crate::pg::datadir::{self, Entry, EntryKind};
 use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
@@ -553,6 +553,14 @@ async fn backup_with_lease(
         let block_size = opts.block_size;
         let level = opts.compress_level;
         let reference_files = Arc::new(std::sync::Mutex::new(reference_files));
+        // Readers block on the bounded channel into the packer, so they run on threads of
+        // their own: on the shared CPU pool they could fill every thread while the packer
+        // waits for one (hashing an index segment of 1 MiB or more uses that pool), and
+        // neither would move again.
+        let readers = Arc::new(
+            CpuPool::new("backup-read", opts.jobs.max(1))
+                .map_err(|e| Error::io("starting the backup's reader threads", e))?,
+        );
         let stream = futures::stream::poll_fn(|cx| entry_rx.poll_recv(cx))
             .filter_map(|e| {
                 let is_dir = e.kind == EntryKind::Dir;
@@ -574,6 +582,7 @@ async fn backup_with_lease(
                 let codec = codec.clone();
                 let known = known.clone();
                 let sink = block_tx.clone();
+                let readers = readers.clone();
                 let refs = reference_files.clone();
                 async move {
                     let parent = match refs.lock().expect("reference files lock").as_mut() {
@@ -602,19 +611,20 @@ async fn backup_with_lease(
                             ));
                         }
                     }
-                    cpu::run(move || {
-                        let ctx = ReadContext {
-                            codec: &codec,
-                            block_size,
-                            compress_level: level,
-                            verify_checksums: verify,
-                            start_lsn: start_lsn.0,
-                            known: &known,
-                            sink,
-                        };
-                        read_file(&ctx, &e, parent.as_ref()).map(|r| (r, false))
-                    })
-                    .await
+                    readers
+                        .run(move || {
+                            let ctx = ReadContext {
+                                codec: &codec,
+                                block_size,
+                                compress_level: level,
+                                verify_checksums: verify,
+                                start_lsn: start_lsn.0,
+                                known: &known,
+                                sink,
+                            };
+                            read_file(&ctx, &e, parent.as_ref()).map(|r| (r, false))
+                        })
+                        .await
                 }
             })
             .buffer_unordered(opts.jobs.max(1));
