@@ -92,6 +92,13 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
     assert!(status.success());
     pg.start().unwrap();
     pg.pgbench(&["-T", "3", "-c", "2"]).unwrap();
+    // Several segments of WAL whatever pgbench managed on a loaded machine: with only one to
+    // replay there is nothing to prefetch.
+    pg.psql(
+        "postgres",
+        "create table filler as select g, md5(g::text) as v from generate_series(1, 400000) g",
+    )
+    .unwrap();
     pg.psql("postgres", "create table marker as select 42 as answer")
         .unwrap();
     let expected = pgbench_fingerprint(&pg);
