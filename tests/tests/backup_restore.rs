@@ -177,8 +177,8 @@ fn a_root_restore_warns_when_postgres_cannot_run_the_restore_command() {
 /// hashed on the shared CPU pool while readers wait to hand the packer more blocks. With the
 /// readers on that same pool, as many readers as its threads (the default: one per core)
 /// blocked on the full channel, the packer waited for a thread forever and the backup hung.
-/// 8 KiB blocks of pgbench rows seal to about 1.5 KB, so a 32 MiB pack holds over 13 000 of
-/// them (an 80-byte index entry each); `jobs` well above the cores makes every pool thread a
+/// 8 KiB blocks of pgbench rows seal to about 800 bytes, so a 32 MiB pack holds over 40 000
+/// of them (an 80-byte index entry each) and fills before the last file is read; `jobs` well above the cores makes every pool thread a
 /// reader whatever the machine.
 #[test]
 fn a_backup_of_many_small_blocks_finishes_and_restores() {
@@ -193,7 +193,7 @@ fn a_backup_of_many_small_blocks_finishes_and_restores() {
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    pg.pgbench(&["-i", "-s", "20", "-q"]).unwrap();
+    pg.pgbench(&["-i", "-s", "40", "-q"]).unwrap();
     let expected = pgbench_fingerprint(&pg);
 
     let mut child = env
