@@ -28,6 +28,7 @@ pub fn audited(command: &Command) -> Option<String> {
             KeyCmd::Remove { .. } => "key remove",
             KeyCmd::Passwd { .. } => "key passwd",
             KeyCmd::Rotate { .. } => "key rotate",
+            KeyCmd::Reencrypt { .. } => "key reencrypt",
         },
         _ => return None,
     };

@@ -852,7 +852,9 @@ impl AloneReader {
             self.verify_checksums,
             self.start_lsn.0,
         );
-        let read = cpu::run(move || {
+        // A blocking thread, not the shared CPU pool: the reader may wait for the packer
+        // (see the readers' pool in the parallel walk).
+        let read = tokio::task::spawn_blocking(move || {
             let ctx = ReadContext {
                 codec: &codec,
                 block_size,
@@ -864,7 +866,8 @@ impl AloneReader {
             };
             read_file(&ctx, &e, None)
         })
-        .await?;
+        .await
+        .map_err(|e| Error::InvalidInput(format!("reading a file failed: {e}")))??;
         tally(&read, stats, progress);
         if let Some(f) = read.entry {
             files.push(&f, stats)?;
