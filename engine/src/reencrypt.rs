@@ -141,6 +141,17 @@ fn binding_of(key: &ObjectKey) -> Option<Binding> {
             mutable: false,
         });
     }
+    // Status objects are swapped by every writer: resealed last, like the catalog heads.
+    if key == &layout::repository_status() {
+        return Some(catalog(DocKind::RepositoryStatus, true));
+    }
+    if let Some(c) = k.strip_prefix(layout::CLUSTER_STATUS_PREFIX) {
+        return (layout::validate_cluster_name(c).is_ok() && key == &layout::cluster_status(c))
+            .then(|| catalog(DocKind::ClusterStatus, true));
+    }
+    if layout::parse_audit_record(k).is_some() {
+        return Some(catalog(DocKind::AuditRecord, false));
+    }
     let rest = k.strip_prefix("clusters/")?;
     let (cluster, tail) = rest.split_once('/')?;
     layout::validate_cluster_name(cluster).ok()?;
@@ -320,7 +331,7 @@ async fn reencrypt_locked(
     // 1. Objects with stable names, resealed in place.
     let mut checked: HashSet<ObjectKey> = HashSet::new();
     let mut stuck: HashMap<ObjectKey, String> = HashMap::new();
-    for prefix in ["clusters/", "index/", "gc/"] {
+    for prefix in ["clusters/", "index/", "gc/", layout::AUDIT_PREFIX] {
         for o in repo.storage().list(prefix).await? {
             if is_mutable(&o.key) {
                 // Resealed last, right before the drop (see `reseal_mutable`).
