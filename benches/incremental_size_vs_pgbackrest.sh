@@ -34,26 +34,7 @@ elif ver_ge "$PGBR_VERSION" 2.45; then BLOCK=$'beta=y\nrepo1-bundle=y\nrepo1-blo
 else echo "pgBackRest $PGBR_VERSION has no block incremental (2.45 and later)" >&2; exit 2; fi
 PGBR=(pgbackrest --config="$W/pgbackrest.conf" --stanza=bench)
 PGB=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
-cat > "$W/pgbackrest.conf" <<CONF
-[global]
-repo1-path=$W/pgbr-repo
-repo1-retention-full=100
-$BLOCK
-compress-type=zst
-compress-level=3
-log-level-console=warn
-log-level-file=off
-lock-path=$W/pgbr-lock
-spool-path=$W/pgbr-spool
-process-max=2
-start-fast=y
-archive-async=n
-
-[bench]
-pg1-path=$W/pg
-pg1-port=$PORT
-pg1-socket-path=$W
-CONF
+pgbr_conf "repo1-path=$W/pgbr-repo" "$BLOCK"
 cat > "$W/pgcairn.toml" <<CONF
 [repo]
 url = "file://$W/pgb-repo"

@@ -88,3 +88,29 @@ timed() {
     fi
     read -r T_WALL T_RSS < <(tail -1 "$W/$label.time")
 }
+
+# Writes $W/pgbackrest.conf for stanza "bench" on $W/pg, the settings both pgBackRest
+# benchmarks compare with: zst-3, process-max=2, synchronous archiving. $1: the repository
+# lines (repo1-path=..., or the S3 ones); $2: extra [global] lines (bundle, block incremental).
+pgbr_conf() {
+    cat > "$W/pgbackrest.conf" <<CONF
+[global]
+$1
+repo1-retention-full=100
+${2:+$2
+}compress-type=zst
+compress-level=3
+log-level-console=warn
+log-level-file=off
+lock-path=$W/pgbr-lock
+spool-path=$W/pgbr-spool
+process-max=2
+start-fast=y
+archive-async=n
+
+[bench]
+pg1-path=$W/pg
+pg1-port=$PORT
+pg1-socket-path=$W
+CONF
+}

@@ -120,25 +120,7 @@ repo1-storage-verify-tls=n"
     else
         repo="repo1-path=$W/pgbr-repo"
     fi
-    cat > "$W/pgbackrest.conf" <<CONF
-[global]
-$repo
-repo1-retention-full=100
-${PGBR_EXTRA}compress-type=zst
-compress-level=3
-log-level-console=warn
-log-level-file=off
-lock-path=$W/pgbr-lock
-spool-path=$W/pgbr-spool
-process-max=2
-start-fast=y
-archive-async=n
-
-[bench]
-pg1-path=$W/pg
-pg1-port=$PORT
-pg1-socket-path=$W
-CONF
+    pgbr_conf "$repo" "${PGBR_EXTRA%$'\n'}"
     if [ "$S3" = 1 ]; then
         repo="url = \"s3://$S3_BUCKET/pgb-r$1\"
 endpoint = \"$PGCAIRN_TEST_S3_ENDPOINT\"
