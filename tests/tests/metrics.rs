@@ -6,6 +6,7 @@
 //! tests, and `pgcairn metrics` output passes `promtool check metrics`.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,11 +35,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Kills and reaps a child process when dropped.
+/// Kills and reaps a child process when dropped, with its process group when it leads one
+/// (`pgcairn serve` runs under `runuser` as root: killing `runuser` alone leaves it running).
 struct Reaped(Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -213,6 +219,7 @@ fn prometheus_scrapes_backup_and_drill_and_sees_an_unreadable_repository() {
     let serve_addr = format!("127.0.0.1:{}", free_port());
     let serve = env
         .pgcairn_command(&["serve", "--listen", &serve_addr])
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
