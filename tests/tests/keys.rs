@@ -896,7 +896,10 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
                 .unwrap()
                 .to_string()
         });
-        std::thread::sleep(Duration::from_millis(300));
+        // Past its start: a backup that is still loading the block index when the rotation
+        // reseals index segments cannot open them (it holds the old keyring; the README's known
+        // limitation of a rotation during a backup), and the test would measure that race.
+        std::thread::sleep(Duration::from_secs(2));
         let first = env.pgcairn(&["key", "rotate", "--reencrypt", "--grace", "5s"]);
         // The key change is younger than the grace period: the old epoch stays, and it says
         // when to run again.
