@@ -599,3 +599,193 @@ fn after_a_failover_the_receiver_follows_the_new_timeline() {
         "new50\nold100"
     );
 }
+
+/// Objects under the cluster's streamed chunks whose segment name starts with `prefix`.
+fn chunk_objects(env: &TestEnv, prefix: &str) -> Vec<String> {
+    env.list_objects("clusters/main/walstream/")
+        .into_iter()
+        .filter(|k| k.split('/').nth(4).is_some_and(|s| s.starts_with(prefix)))
+        .collect()
+}
+
+/// A timeline that ends *during* a session: the receiver streams from standby A, and A is
+/// promoted under it. A's walsender ends timeline 1 inside the session (CopyDone, then the
+/// result naming timeline 2 and the switch point); the same receiver process archives
+/// `00000002.history` and streams timeline 2, which a restore and a PITR then reach. A
+/// archives nothing itself, so whatever timeline 2 has in the repository the receiver brought.
+///
+/// Then `expire` settles the streamed chunks: timeline 1's tail (the switch segment, never
+/// completed on timeline 1) is superseded once timeline 2's copy of that segment is archived,
+/// and goes; the newest tail, the only copy of the last acknowledged commits, stays, and the
+/// restore afterwards still reaches them.
+#[test]
+fn a_timeline_ending_mid_session_is_followed_and_its_superseded_tail_expires() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let primary = env.cluster("primary");
+    primary.start().unwrap();
+    let guard_primary = StopOnDrop(&primary);
+    env.use_cluster(&primary);
+    primary
+        .psql("postgres", "create table t(i int, tl text)")
+        .unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let a = env.standby_of(&primary, "a", "off");
+    let _guard_a = StopOnDrop(&a);
+    env.use_cluster(&a);
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver.log");
+    wait_standby(&a, None);
+    primary
+        .psql(
+            "postgres",
+            "insert into t select i, 'one' from generate_series(1, 100) i",
+        )
+        .unwrap();
+    let end = current_lsn(&primary);
+    wait_replayed(&a, &end, Duration::from_secs(60));
+    wait_flushed(&receiver, &end);
+    assert_eq!(receiver.status().unwrap()["timeline"], 1);
+    let pid = receiver.pid();
+
+    // The primary fails; A is promoted while the receiver streams from it.
+    primary.crash().unwrap();
+    drop(guard_primary);
+    assert_eq!(a.psql("postgres", "select pg_promote()").unwrap(), "t");
+    wait_recovered(&a, "promoted standby", Duration::from_secs(60));
+    a.psql(
+        "postgres",
+        "insert into t select i, 'two' from generate_series(101, 150) i",
+    )
+    .unwrap();
+    let end = current_lsn(&a);
+    wait_flushed(&receiver, &end);
+    let st = receiver.status().unwrap();
+    assert_eq!(st["timeline"], 2, "{st}");
+    assert_eq!(st["pid"], pid, "the same receiver process: {st}");
+    assert!(
+        receiver.child.try_wait().unwrap().is_none(),
+        "the receiver kept running"
+    );
+    let log = std::fs::read_to_string(env.path().join("receiver.log")).unwrap();
+    assert!(
+        log.contains("timeline 1 ended at") && log.contains("following timeline 2"),
+        "the server ended timeline 1 inside the session:\n{log}"
+    );
+    assert!(
+        !log.contains("retrying in"),
+        "following the timeline is no error:\n{log}"
+    );
+    assert!(
+        !env.list_objects("clusters/main/wal/00000002/00000002.history")
+            .is_empty(),
+        "the receiver archived timeline 2's history file"
+    );
+
+    // Timeline 1's tail is the switch segment as far as timeline 1 got; timeline 2's copy of
+    // that segment completes (a WAL switch) and is archived by the receiver.
+    let old_tail: Vec<String> = streamed_segments(&env)
+        .into_iter()
+        .filter(|(s, _)| s.starts_with("00000001"))
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(old_tail.len(), 1, "timeline 1's tail: {old_tail:?}");
+    let switch_segment = format!("00000002{}", &old_tail[0][8..]);
+    a.psql("postgres", "select pg_switch_wal()").unwrap();
+    a.psql(
+        "postgres",
+        "insert into t select i, 'three' from generate_series(151, 200) i",
+    )
+    .unwrap();
+    a.psql("postgres", "select pg_create_restore_point('three')")
+        .unwrap();
+    a.psql(
+        "postgres",
+        "insert into t select i, 'four' from generate_series(201, 220) i",
+    )
+    .unwrap();
+    let end = current_lsn(&a);
+    wait_flushed(&receiver, &end);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env
+        .list_objects(&format!("clusters/main/wal/00000002/{switch_segment}"))
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{switch_segment} (timeline 2's copy of the switch segment) was not archived"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // info shows timeline 2: its history, its archived WAL, the stream on it.
+    let out = env.pgcairn(&["info", "--output", "json"]);
+    assert_success(&out, "pgcairn info");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cl = &info["clusters"][0];
+    let tl2 = cl["wal"]["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["timeline"] == 2)
+        .unwrap_or_else(|| panic!("no timeline 2 in info: {info}"));
+    assert_eq!(tl2["history_file"], true, "{info}");
+    assert!(tl2["segments"].as_u64().unwrap() >= 1, "{info}");
+    assert_eq!(cl["wal_receive"]["streamed_timeline"], 2, "{info}");
+
+    let exit = receiver.sigterm();
+    assert!(exit.success(), "{exit}");
+    let last_flushed = lsn(receiver.status().unwrap()["flush_lsn"].as_str().unwrap());
+    assert!(last_flushed >= lsn(&end));
+    a.crash().unwrap();
+    std::fs::remove_dir_all(&a.datadir).unwrap();
+
+    // expire: timeline 1's tail goes (superseded), the newest tail stays (the only copy).
+    let old_before = chunk_objects(&env, "00000001");
+    let new_before = chunk_objects(&env, "00000002");
+    assert!(!old_before.is_empty() && !new_before.is_empty());
+    assert!(
+        !new_before
+            .iter()
+            .any(|k| k.contains(&format!("/{switch_segment}/"))),
+        "the receiver removed the chunks of the segment it archived: {new_before:?}"
+    );
+    let out = env.pgcairn(&["expire", "--output", "json"]);
+    assert_success(&out, "pgcairn expire");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        chunk_objects(&env, "00000001"),
+        Vec::<String>::new(),
+        "timeline 1's superseded tail is removed: {report}"
+    );
+    assert_eq!(
+        chunk_objects(&env, "00000002"),
+        new_before,
+        "the newest tail stays: {report}"
+    );
+
+    // The end of the WAL: every row, the last ones only in the newest tail.
+    let restored = env.restore_and_start("restored", None);
+    let _guard_restored = StopOnDrop(&restored);
+    assert_eq!(
+        restored
+            .psql(
+                "postgres",
+                "select string_agg(tl || c, ',' order by m) from \
+                 (select tl, count(*) c, min(i) m from t group by tl) s"
+            )
+            .unwrap(),
+        "one100,two50,three50,four20"
+    );
+    // PITR on timeline 2 to the restore point between 'three' and 'four'.
+    let pitr = env.restore_and_start_with(
+        "pitr",
+        &["--target-name", "three", "--target-action", "promote"],
+        false,
+    );
+    let _guard_pitr = StopOnDrop(&pitr);
+    assert_eq!(
+        pitr.psql("postgres", "select count(*), max(i) from t")
+            .unwrap(),
+        "200|200"
+    );
+}
