@@ -5,7 +5,8 @@
 //! backup is self-contained no other backup is affected); then delete WAL no retained backup
 //! needs ([`crate::retention::wal_plan`]: below the oldest retained backup's start, or with
 //! `pitr_window` also between older backups' consistency ranges), on every timeline (history
-//! files are kept). One expire per cluster runs at a time (lease `leases/expire-<cluster>`). For each WAL file the pointer goes first, then its data,
+//! files are kept); then streamed WAL chunks the archive made redundant or that no retained backup
+//! needs ([`crate::walstream::sweep`]; never the newest tail). One expire per cluster runs at a time (lease `leases/expire-<cluster>`). For each WAL file the pointer goes first, then its data,
 //! so a crash in between leaves garbage, never a pointer to missing data. Packs and index
 //! entries only expired backups used are garbage for `gc`.
 
@@ -31,6 +32,8 @@ pub struct ExpireReport {
     pub wal_files: usize,
     /// Runs of archived WAL per timeline, each kept or removed with its reason.
     pub wal_ranges: Vec<WalRange>,
+    /// Streamed WAL (`wal-receive` chunks) per segment, kept or removed with its reason.
+    pub streamed_tails: Vec<crate::walstream::sweep::TailDecision>,
     /// True for `--dry-run`.
     pub dry_run: bool,
 }
@@ -258,6 +261,19 @@ async fn expire_locked(
             }),
         }
     }
+    let archived: std::collections::HashSet<String> = pointers
+        .iter()
+        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()))
+        .map(|(_, n)| n.to_string())
+        .collect();
+    let tails = crate::walstream::sweep::decide(repo, cluster, seg_size, &archived, |segno| {
+        let p = plan.as_ref()?;
+        match p.keep_reason(segno) {
+            Some(_) => None,
+            None => Some("no retained backup needs it".to_string()),
+        }
+    })
+    .await?;
     if !dry_run {
         // The catalog head forgets what goes first: a crash after this leaves objects the
         // head no longer lists (garbage), never a head listing what was deleted on purpose.
@@ -310,12 +326,14 @@ async fn expire_locked(
                 }
             }
         }
+        crate::walstream::sweep::remove(repo, &tails).await?;
         record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     }
     Ok(ExpireReport {
         backups: decisions,
         wal_files: wal.len(),
         wal_ranges: ranges,
+        streamed_tails: tails,
         dry_run,
     })
 }

@@ -825,6 +825,39 @@ impl TestEnv {
         inst
     }
 
+    /// Gives `inst` (not started) a self-signed certificate for 127.0.0.1 (`server.crt` and
+    /// `server.key` in its data directory, the key private to the server's user) and
+    /// `ssl = on`.
+    pub fn with_server_certificate(&self, inst: &Instance) {
+        let d = &inst.datadir;
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(d.join("server.key"))
+            .arg("-out")
+            .arg(d.join("server.crt"))
+            .output()
+            .expect("openssl");
+        assert_success(&out, "openssl req -x509");
+        give_to(self.run_as.as_deref(), d).unwrap();
+        std::fs::set_permissions(
+            d.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        inst.configure(&[("ssl", "on".into())]).unwrap();
+    }
+
     /// Appends `text` (TOML sections) to the config file.
     pub fn append_config(&self, text: &str) {
         let mut all = std::fs::read_to_string(&self.config).unwrap();

@@ -205,41 +205,12 @@ fn backups_connect_over_tls_when_sslmode_asks_for_it() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     let pg = env.cluster("pg");
     // A self-signed server certificate, and a server that refuses TCP clients without TLS.
+    env.with_server_certificate(&pg);
     let d = &pg.datadir;
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(d.join("server.key"))
-        .arg("-out")
-        .arg(d.join("server.crt"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    give_to(env.run_as.as_deref(), d).unwrap();
-    std::fs::set_permissions(
-        d.join("server.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
     let mut hba = std::fs::read_to_string(d.join("pg_hba.conf")).unwrap();
     hba =
         format!("hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n{hba}");
     std::fs::write(d.join("pg_hba.conf"), hba).unwrap();
-    pg.configure(&[("ssl", "on".into())]).unwrap();
     pg.start_with("-c listen_addresses=127.0.0.1").unwrap();
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);

@@ -56,6 +56,17 @@ pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Re
     if r.wal_ranges.is_empty() {
         println!("WAL: none archived");
     }
+    for t in &r.streamed_tails {
+        let verb = match (t.keep, dry_run) {
+            (true, _) => "keep  ",
+            (false, true) => "WOULD REMOVE",
+            (false, false) => "REMOVED",
+        };
+        println!(
+            "{verb} streamed WAL {} ({} chunks, {} bytes): {}",
+            t.segment, t.chunks, t.streamed_bytes, t.reason
+        );
+    }
     Ok(())
 }
 

@@ -134,6 +134,14 @@ fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore> {
 /// [`crate::pg::conninfo`]): `verify-full` checks chain and host name, `verify-ca` the chain,
 /// `require`/`prefer` with a root certificate the chain (as libpq does), without one nothing.
 pub fn connector(policy: &TlsPolicy) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
+        client_config(policy)?,
+    ))
+}
+
+/// The rustls client configuration [`connector`] uses, for code that runs TLS itself (the
+/// replication connection, which needs the server certificate for SCRAM channel binding).
+pub fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -164,5 +172,34 @@ pub fn connector(policy: &TlsPolicy) -> Result<tokio_postgres_rustls::MakeRustls
             .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
             .with_no_client_auth(),
     };
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    Ok(config)
+}
+
+/// The `tls-server-end-point` channel binding of a server certificate (RFC 5929 section 4.1):
+/// its DER hashed with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1. `None`
+/// for a signature algorithm without a hash of its own (Ed25519) or a certificate that does
+/// not parse: such a server cannot be bound to.
+pub fn server_end_point(cert_der: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    use x509_cert::der::oid::db::rfc5912::{
+        ECDSA_WITH_SHA_256, ECDSA_WITH_SHA_384, ECDSA_WITH_SHA_512, ID_SHA_1, ID_SHA_256,
+        ID_SHA_384, ID_SHA_512, SHA_1_WITH_RSA_ENCRYPTION, SHA_256_WITH_RSA_ENCRYPTION,
+        SHA_384_WITH_RSA_ENCRYPTION, SHA_512_WITH_RSA_ENCRYPTION,
+    };
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert_der).ok()?;
+    match cert.signature_algorithm.oid {
+        ID_SHA_1
+        | ID_SHA_256
+        | SHA_1_WITH_RSA_ENCRYPTION
+        | SHA_256_WITH_RSA_ENCRYPTION
+        | ECDSA_WITH_SHA_256 => Some(sha2::Sha256::digest(cert_der).to_vec()),
+        ID_SHA_384 | SHA_384_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_384 => {
+            Some(sha2::Sha384::digest(cert_der).to_vec())
+        }
+        ID_SHA_512 | SHA_512_WITH_RSA_ENCRYPTION | ECDSA_WITH_SHA_512 => {
+            Some(sha2::Sha512::digest(cert_der).to_vec())
+        }
+        _ => None,
+    }
 }

@@ -13,11 +13,13 @@
 //! `archive-push` stores (both may run; the second is a no-op), and its chunks are deleted.
 //! `archive-get` (so restore, PITR and drills) serves the newest partial segment from the
 //! chunks, so recovery reaches the last acknowledged commit. [`status`] keeps the running
-//! receiver's flush position and lag for `info` and metrics.
+//! receiver's flush position and lag for `info` and metrics. `expire` removes chunks the archive
+//! has made redundant and old timelines' superseded tails ([`sweep`]).
 
 pub mod chunks;
 pub mod protocol;
 pub mod receiver;
 pub mod status;
+pub mod sweep;
 
 pub use receiver::{run, ReceiveError, ReceiverOptions};

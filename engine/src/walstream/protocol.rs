@@ -12,6 +12,14 @@
 //! rust-postgres project's, already in the tree under `tokio-postgres`); the backend messages
 //! are parsed here because its parser does not know `CopyBothResponse`.
 //!
+//! TLS runs here too (`tokio-rustls` with the configuration [`crate::pg::tls`] builds), not
+//! through `tokio-postgres-rustls`, whose stream keeps the server certificate's hash private:
+//! SCRAM channel binding (`SCRAM-SHA-256-PLUS`, `tls-server-end-point`) needs it. As libpq:
+//! `channel_binding=prefer` (the default) binds when the connection uses TLS and the server
+//! offers it; `require` refuses a connection without TLS, a server that does not offer
+//! `SCRAM-SHA-256-PLUS`, and any authentication that ends without it (trust, password, MD5:
+//! a server in the middle could otherwise just skip it); `disable` never binds.
+//!
 //! Reading is cancel-safe: [`ReplicationConnection::read_message`] only appends to an
 //! internal buffer and parses from it, so a `select!` or timeout around it loses nothing.
 
@@ -21,7 +29,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use postgres_protocol::authentication::sasl;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::config::ChannelBinding;
 
 use crate::pg::conninfo::{Conninfo, SslMode};
 use crate::types::Lsn;
@@ -325,15 +333,21 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// What TLS negotiated: the server certificate's `tls-server-end-point` hash, when it has one
+/// (see [`crate::pg::tls::server_end_point`]).
+#[derive(Debug)]
+struct TlsSession {
+    end_point: Option<Vec<u8>>,
+}
+
 /// SSLRequest, then the TLS handshake if the server agrees (else the plain stream, when
-/// `sslmode` allows). Returns the stream and, with TLS, the server certificate's
-/// marker that TLS is on.
+/// `sslmode` allows). Returns the stream and, with TLS, the session.
 async fn start_tls(
     mut plain: Box<dyn Stream>,
     target: &str,
     conninfo: &Conninfo,
     host: &str,
-) -> Result<(Box<dyn Stream>, Option<()>)> {
+) -> Result<(Box<dyn Stream>, Option<TlsSession>)> {
     let mut buf = BytesMut::new();
     frontend::ssl_request(&mut buf);
     plain.write_all(&buf).await.map_err(io_err(target))?;
@@ -350,17 +364,21 @@ async fn start_tls(
             "{target} does not accept TLS, and sslmode requires it"
         )));
     }
-    let mut make =
-        crate::pg::tls::connector(&conninfo.tls).map_err(|e| ProtocolError::Auth(e.to_string()))?;
-    let connect = <tokio_postgres_rustls::MakeRustlsConnect as MakeTlsConnect<Box<dyn Stream>>>::make_tls_connect(
-        &mut make, host,
-    )
-    .map_err(|e| ProtocolError::Auth(format!("TLS setup: {e}")))?;
-    let tls = connect
-        .connect(plain)
+    let config = crate::pg::tls::client_config(&conninfo.tls)
+        .map_err(|e| ProtocolError::Auth(e.to_string()))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| ProtocolError::Auth(format!("TLS: host name {host:?}: {e}")))?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, plain)
         .await
         .map_err(|e| ProtocolError::Auth(format!("TLS handshake with {host}: {e}")))?;
-    Ok((Box::new(tls), Some(())))
+    let end_point = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|cert| crate::pg::tls::server_end_point(cert));
+    Ok((Box::new(tls), Some(TlsSession { end_point })))
 }
 
 impl ReplicationConnection {
@@ -447,9 +465,25 @@ impl ReplicationConnection {
         &mut self,
         conninfo: &Conninfo,
         application_name: &str,
-        tls: Option<()>,
+        tls: Option<TlsSession>,
     ) -> Result<()> {
         let config = &conninfo.config;
+        let binding = config.get_channel_binding();
+        if binding == ChannelBinding::Require && tls.is_none() {
+            return Err(ProtocolError::Auth(format!(
+                "channel_binding=require, but the connection to {} does not use TLS: channel binding \
+                 needs it (connect with host=NAME and sslmode=require or stricter, not a Unix socket)",
+                self.target
+            )));
+        }
+        let mut bound = false;
+        let refuse_unbound = |how: &str| {
+            ProtocolError::Auth(format!(
+                "channel_binding=require, but the server authenticated with {how}, not \
+                 SCRAM-SHA-256-PLUS: set scram-sha-256 for this connection in pg_hba.conf \
+                 (or relax channel_binding)"
+            ))
+        };
         let user = config
             .get_user()
             .map(str::to_string)
@@ -478,7 +512,13 @@ impl ReplicationConnection {
         };
         loop {
             match self.read_message().await? {
+                BackendMessage::Auth(0, _) if binding == ChannelBinding::Require && !bound => {
+                    return Err(refuse_unbound("no password (trust or peer)"));
+                }
                 BackendMessage::Auth(0, _) => {}
+                BackendMessage::Auth(3 | 5, _) if binding == ChannelBinding::Require => {
+                    return Err(refuse_unbound("a password or MD5 hash"));
+                }
                 BackendMessage::Auth(3, _) => {
                     let mut b = BytesMut::new();
                     frontend::password_message(&need_password()?, &mut b).map_err(encode_err)?;
@@ -499,7 +539,8 @@ impl ReplicationConnection {
                     self.send(&b).await?;
                 }
                 BackendMessage::Auth(10, mechanisms) => {
-                    self.scram(&mechanisms, &need_password()?, tls.is_some())
+                    bound = self
+                        .scram(&mechanisms, &need_password()?, tls.as_ref(), binding)
                         .await?;
                 }
                 BackendMessage::Auth(code, _) => {
@@ -515,24 +556,54 @@ impl ReplicationConnection {
         }
     }
 
-    async fn scram(&mut self, mechanisms: &[u8], password: &[u8], tls: bool) -> Result<()> {
+    /// SCRAM-SHA-256, bound to the TLS session when it can be and `binding` allows (see the
+    /// module docs); returns whether it was bound.
+    async fn scram(
+        &mut self,
+        mechanisms: &[u8],
+        password: &[u8],
+        tls: Option<&TlsSession>,
+        binding: ChannelBinding,
+    ) -> Result<bool> {
         let offered: Vec<&[u8]> = mechanisms
             .split(|&b| b == 0)
             .filter(|m| !m.is_empty())
             .collect();
-        // Channel binding is not offered: tokio-postgres keeps the TLS session's certificate
-        // hash private, so the client says it does not support binding ("n"), which every
-        // server accepts (libpq's channel_binding=disable). Saying "y" would make a server
-        // that offers SCRAM-SHA-256-PLUS suspect a downgrade and refuse.
-        let _ = tls;
-        let mechanism = "SCRAM-SHA-256";
-        let binding = sasl::ChannelBinding::unsupported();
+        let plus_offered = offered.contains(&sasl::SCRAM_SHA_256_PLUS.as_bytes());
+        let end_point = tls.and_then(|t| t.end_point.clone());
+        let (mechanism, cb) =
+            match (binding, plus_offered, end_point) {
+                (ChannelBinding::Disable, _, _) => {
+                    (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported())
+                }
+                (_, true, Some(hash)) => (
+                    sasl::SCRAM_SHA_256_PLUS,
+                    sasl::ChannelBinding::tls_server_end_point(hash),
+                ),
+                (ChannelBinding::Require, false, _) => {
+                    return Err(ProtocolError::Auth(format!(
+                        "channel_binding=require, but {} does not offer SCRAM-SHA-256-PLUS",
+                        self.target
+                    )))
+                }
+                (ChannelBinding::Require, true, None) => return Err(ProtocolError::Auth(
+                    "channel_binding=require, but the server certificate's signature algorithm \
+                     names no hash for tls-server-end-point (RFC 5929; Ed25519, for one): use an \
+                     RSA or ECDSA certificate, or relax channel_binding"
+                        .into(),
+                )),
+                // Binding is possible on our side but the server does not offer it: "y" tells a
+                // server that did offer it (a downgrade in the middle) to refuse.
+                (_, false, Some(_)) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                (_, _, None) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+            };
+        let bound = mechanism == sasl::SCRAM_SHA_256_PLUS;
         if !offered.contains(&mechanism.as_bytes()) {
             return Err(ProtocolError::Auth(
                 "the server offers no SASL mechanism pgcairn supports (SCRAM-SHA-256)".into(),
             ));
         }
-        let mut scram = sasl::ScramSha256::new(password, binding);
+        let mut scram = sasl::ScramSha256::new(password, cb);
         let mut b = BytesMut::new();
         frontend::sasl_initial_response(mechanism, scram.message(), &mut b).map_err(encode_err)?;
         self.send(&b).await?;
@@ -553,6 +624,7 @@ impl ReplicationConnection {
         match self.read_message().await? {
             BackendMessage::Auth(12, data) => scram
                 .finish(&data)
+                .map(|()| bound)
                 .map_err(|e| ProtocolError::Auth(format!("SCRAM: the server's proof: {e}"))),
             BackendMessage::Error(e) => Err(e),
             other => Err(ProtocolError::Protocol(format!(

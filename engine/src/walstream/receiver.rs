@@ -350,7 +350,8 @@ impl Receiver<'_> {
                 let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
                 return Ok((*tli, *segno, data));
             }
-            // else: the partial end of an older timeline; it stays as that timeline's tail.
+            // else: the partial end of an older timeline; it stays as that timeline's tail
+            // until `expire` finds it superseded (see [`super::sweep`]).
         }
         if let Some((tli, segno)) = newest {
             // Newest segment complete or archived: resume at the next one.
