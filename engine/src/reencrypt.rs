@@ -318,7 +318,6 @@ async fn reencrypt_locked(
         key_epoch: newest,
         old_epochs: repo
             .codec()
-            .keys()
             .epochs()
             .into_iter()
             .filter(|e| *e < newest)
