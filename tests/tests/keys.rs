@@ -844,13 +844,19 @@ fn passwd_changes_a_passphrase_slot_and_archiving_goes_on() {
     );
 }
 
-/// `key rotate --reencrypt` while PostgreSQL archives under pgbench and a backup that started
-/// before the rotation is running: the old epoch is not dropped while that backup or a grace
-/// period after the key change could still bring objects sealed under it; once it is, every
-/// archived WAL file comes back, every backup restores, and nothing is under the old epoch.
-#[test]
-fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
-    let env = TestEnv::new(EnvOptions::new(backend()));
+/// Stops the load even when an assertion fails (the scope waits for it).
+struct StopLoad<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopLoad<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An environment whose config sets `repo.state_dir` (the generation cache), and a running
+/// cluster archiving into it.
+fn archiving_with_state_dir(options: EnvOptions) -> (TestEnv, Instance) {
+    let env = TestEnv::new(options);
     let state = env.path().join("state");
     config_variant(
         &env,
@@ -860,8 +866,18 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
     );
     let pg = env.cluster("pg");
     pg.start().unwrap();
-    let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
+    (env, pg)
+}
+
+/// `key rotate --reencrypt` while PostgreSQL archives under pgbench and a backup that started
+/// before the rotation is running: the old epoch is not dropped while that backup or a grace
+/// period after the key change could still bring objects sealed under it; once it is, every
+/// archived WAL file comes back, every backup restores, and nothing is under the old epoch.
+#[test]
+fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
+    let (env, pg) = archiving_with_state_dir(EnvOptions::new(backend()));
+    let _stop = StopOnDrop(&pg);
     pg.pgbench(&["-i", "-s", "3", "-q"]).unwrap();
     let b1 = backup_json(&env, &["--type", "full"])["id"]
         .as_str()
@@ -869,13 +885,6 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
         .to_string();
 
     let stop = std::sync::atomic::AtomicBool::new(false);
-    /// Stops the load even when an assertion fails (the scope waits for it).
-    struct StopLoad<'a>(&'a std::sync::atomic::AtomicBool);
-    impl Drop for StopLoad<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
     let (b2, runs) = std::thread::scope(|s| {
         let _stop_load = StopLoad(&stop);
         let load = s.spawn(|| {
@@ -1056,29 +1065,13 @@ impl Drop for PausedBackup {
 /// records or the catalog head sealed under an epoch it did not hold).
 #[test]
 fn a_backup_running_across_a_key_rotation_succeeds_and_restores_exactly() {
-    let env = TestEnv::new(EnvOptions::new(backend()));
-    let state = env.path().join("state");
-    config_variant(
-        &env,
-        "pgcairn.toml",
-        &format!("key_file = \"{}\"", env.key_file.display()),
-        &state,
-    );
-    let pg = env.cluster("pg");
-    pg.start().unwrap();
+    let (env, pg) = archiving_with_state_dir(EnvOptions::new(backend()));
     let _stop = StopOnDrop(&pg);
-    env.use_cluster(&pg);
     pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
     // Index segments for the backups below to load.
     backup_json(&env, &["--type", "full"]);
 
     let stop = std::sync::atomic::AtomicBool::new(false);
-    struct StopLoad<'a>(&'a std::sync::atomic::AtomicBool);
-    impl Drop for StopLoad<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
     let cases: [(&str, &[&str]); 3] = [
         ("loading the block index", &["key", "rotate"]),
         ("backup", &["key", "rotate"]),
@@ -1134,12 +1127,11 @@ fn the_async_pusher_keeps_archiving_across_a_key_rotation() {
     let mut options = EnvOptions::new(backend());
     options.archive_async = true;
     let env = TestEnv::new(options);
-    let state = env.path().join("state");
     config_variant(
         &env,
         "pgcairn.toml",
         &format!("key_file = \"{}\"", env.key_file.display()),
-        &state,
+        &env.path().join("state"),
     );
     // One pusher for the whole test: it must be running across the rotation.
     let text = std::fs::read_to_string(&env.config).unwrap();

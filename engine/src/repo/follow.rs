@@ -288,26 +288,11 @@ impl Storage for FollowKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KdfParams, KeyFile, SlotKey};
+    use crate::crypto::{KeyFile, SlotKey};
+    use crate::repo::keys::tests::repo_with;
     use crate::repo::keys::{change, KeyChange, RotateInputs};
-    use crate::repo::{InitOptions, Repository};
-    use crate::storage::MemoryStorage;
+    use crate::repo::Repository;
     use crate::store::sealed::{self, DocKind};
-
-    async fn repo_with(kf: &KeyFile) -> Arc<dyn Storage> {
-        let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-        Repository::init(
-            s.clone(),
-            InitOptions {
-                unlock: Some(Unlock::KeyFile(kf.clone())),
-                kdf: KdfParams::insecure_for_tests(),
-                wal_compress_level: 1,
-            },
-        )
-        .await
-        .unwrap();
-        s
-    }
 
     async fn rotate(s: &Arc<dyn Storage>, u: &Unlock) {
         change(s, Some(u), None, KeyChange::Rotate(RotateInputs::default()))
