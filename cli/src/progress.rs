@@ -67,6 +67,7 @@ fn mib(b: u64) -> f64 {
 
 impl Progress for Reporter {
     fn phase(&self, name: &str, total: Option<u64>) {
+        crate::fault::pause_point(&format!("phase:{name}"));
         *self.phase.lock().expect("lock") = name.to_string();
         self.total.store(total.unwrap_or(0), Ordering::Relaxed);
         match &self.mode {

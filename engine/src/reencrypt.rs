@@ -29,11 +29,12 @@
 //! The run holds the gc lease and every cluster's expire lease (what gc and expire take), so
 //! neither deletes what it rewrites. Writers keep running: `archive-push` and `backup` only
 //! create objects, and those that read the config after the rotation seal under the newest
-//! epoch. A writer that read the config *before* the rotation seals under the old one, so the
-//! drop waits until the config has been unchanged for a grace period (`gc_grace`: longer than
-//! any backup; the asynchronous WAL pusher re-reads the config at least every
-//! few minutes) and until no backup lease started before that change, and the final scan
-//! then finds and reseals whatever such writers left.
+//! epoch. A writer that read the config *before* the rotation seals under the old one until it
+//! follows the rotation ([`crate::repo::follow`]: at its first read of an object under the new
+//! epoch, or a write more than a minute after it last looked at the config), so the drop waits
+//! until the config has been unchanged for a grace period (`gc_grace`: longer than any backup)
+//! and until no backup lease started before that change, and the final scan then finds and
+//! reseals whatever such writers left.
 //!
 //! Nothing is dropped until the end: a crash or kill at any point leaves every object readable
 //! under a keyring that still holds every epoch (some resealed, some not; a pack and its copy
@@ -318,7 +319,6 @@ async fn reencrypt_locked(
         key_epoch: newest,
         old_epochs: repo
             .codec()
-            .keys()
             .epochs()
             .into_iter()
             .filter(|e| *e < newest)

@@ -45,9 +45,14 @@ fn config_variant(env: &TestEnv, name: &str, unlock_line: &str, state_dir: &Path
             out.push_str(&format!("state_dir = \"{}\"\n", state_dir.display()));
         }
     }
+    write_like_config(env, name, &out)
+}
+
+/// Writes `text` as `name` beside the fixture's config, with its owner and mode.
+fn write_like_config(env: &TestEnv, name: &str, text: &str) -> PathBuf {
     let path = env.path().join(name);
     let tmp = env.path().join(format!("{name}.tmp"));
-    std::fs::write(&tmp, out).unwrap();
+    std::fs::write(&tmp, text).unwrap();
     let meta = std::fs::metadata(&env.config).unwrap();
     std::fs::set_permissions(&tmp, meta.permissions()).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -839,13 +844,19 @@ fn passwd_changes_a_passphrase_slot_and_archiving_goes_on() {
     );
 }
 
-/// `key rotate --reencrypt` while PostgreSQL archives under pgbench and a backup that started
-/// before the rotation is running: the old epoch is not dropped while that backup or a grace
-/// period after the key change could still bring objects sealed under it; once it is, every
-/// archived WAL file comes back, every backup restores, and nothing is under the old epoch.
-#[test]
-fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
-    let env = TestEnv::new(EnvOptions::new(backend()));
+/// Stops the load even when an assertion fails (the scope waits for it).
+struct StopLoad<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopLoad<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An environment whose config sets `repo.state_dir` (the generation cache), and a running
+/// cluster archiving into it.
+fn archiving_with_state_dir(options: EnvOptions) -> (TestEnv, Instance) {
+    let env = TestEnv::new(options);
     let state = env.path().join("state");
     config_variant(
         &env,
@@ -855,8 +866,18 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
     );
     let pg = env.cluster("pg");
     pg.start().unwrap();
-    let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
+    (env, pg)
+}
+
+/// `key rotate --reencrypt` while PostgreSQL archives under pgbench and a backup that started
+/// before the rotation is running: the old epoch is not dropped while that backup or a grace
+/// period after the key change could still bring objects sealed under it; once it is, every
+/// archived WAL file comes back, every backup restores, and nothing is under the old epoch.
+#[test]
+fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
+    let (env, pg) = archiving_with_state_dir(EnvOptions::new(backend()));
+    let _stop = StopOnDrop(&pg);
     pg.pgbench(&["-i", "-s", "3", "-q"]).unwrap();
     let b1 = backup_json(&env, &["--type", "full"])["id"]
         .as_str()
@@ -864,13 +885,6 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
         .to_string();
 
     let stop = std::sync::atomic::AtomicBool::new(false);
-    /// Stops the load even when an assertion fails (the scope waits for it).
-    struct StopLoad<'a>(&'a std::sync::atomic::AtomicBool);
-    impl Drop for StopLoad<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
     let (b2, runs) = std::thread::scope(|s| {
         let _stop_load = StopLoad(&stop);
         let load = s.spawn(|| {
@@ -880,27 +894,10 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
             }
         });
         // A backup started before the rotation (it reads the config first).
-        let backup = s.spawn(|| {
-            let out = env.pgcairn(&[
-                "--progress",
-                "never",
-                "backup",
-                "--type",
-                "full",
-                "--output",
-                "json",
-            ]);
-            assert_success(&out, "backup during the rotation");
-            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        });
-        // Past its start: a backup that is still loading the block index when the rotation
-        // reseals index segments cannot open them (it holds the old keyring; the README's known
-        // limitation of a rotation during a backup), and the test would measure that race.
-        std::thread::sleep(Duration::from_secs(2));
-        let first = env.pgcairn(&["key", "rotate", "--reencrypt", "--grace", "5s"]);
+        let backup = PausedBackup::start(&env, "loading the block index");
+        // Loading the block index, which the rotation reseals under the new epoch: the backup
+        // follows the rotation (it reads the config again).
+        let first = backup.rotate_then_go(&env, &["key", "rotate", "--reencrypt", "--grace", "5s"]);
         // The key change is younger than the grace period: the old epoch stays, and it says
         // when to run again.
         assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
@@ -921,7 +918,7 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
             assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
             assert!(Instant::now() < deadline, "never dropped the old epoch");
         }
-        let b2 = backup.join().unwrap();
+        let b2 = backup.finish("backup during the rotation");
         // Writing goes on under the new epoch for a while.
         std::thread::sleep(Duration::from_secs(4));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -971,4 +968,218 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
         assert_eq!(pgbench_fingerprint(&r), fingerprint, "restored from {id}");
         r.stop().unwrap();
     }
+}
+
+/// A `pgcairn backup --type full` started now that stops at the start of progress phase
+/// `phase` (`PGCAIRN_TEST_PAUSE`) until [`PausedBackup::rotate_then_go`]: the repository is
+/// opened, and its keys unlocked, before whatever that runs.
+struct PausedBackup {
+    child: Option<std::process::Child>,
+    go: PathBuf,
+}
+
+impl PausedBackup {
+    fn start(env: &TestEnv, phase: &str) -> Self {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = env.path().join(format!("pause-{n}"));
+        std::fs::create_dir(&dir).unwrap();
+        give_to(env.run_as.as_deref(), &dir).unwrap();
+        let point = format!("phase:{phase}");
+        let slug: String = point
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let mut child = env
+            .pgcairn_command(&[
+                "--progress",
+                "never",
+                "backup",
+                "--type",
+                "full",
+                "--output",
+                "json",
+            ])
+            .env("PGCAIRN_TEST_PAUSE", format!("{point}@{}", dir.display()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start backup");
+        let paused = dir.join(format!("{slug}.paused"));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while !paused.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "the backup ended ({status}) before reaching {point}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the backup never reached {point}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PausedBackup {
+            child: Some(child),
+            go: dir.join(format!("{slug}.go")),
+        }
+    }
+
+    /// Runs `pgcairn ARGS` while the backup waits, then lets it go on.
+    fn rotate_then_go(&self, env: &TestEnv, args: &[&str]) -> std::process::Output {
+        let out = env.pgcairn(args);
+        std::fs::write(&self.go, b"").unwrap();
+        out
+    }
+
+    /// Waits for the backup; asserts it succeeded; its id.
+    fn finish(mut self, what: &str) -> String {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
+        assert_success(&out, what);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Drop for PausedBackup {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::fs::write(&self.go, b"");
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A backup that unlocked the repository before a `key rotate` (plain or `--reencrypt`),
+/// stopped while loading the block index or at the start of packing, under pgbench load:
+/// it follows the rotation (reads the config again, unlocks it with the same key file) and
+/// succeeds, and every such backup restores the source's rows exactly. Before a running
+/// command could follow a rotation, each of these backups exited 1 (index segments, WAL
+/// records or the catalog head sealed under an epoch it did not hold).
+#[test]
+fn a_backup_running_across_a_key_rotation_succeeds_and_restores_exactly() {
+    let (env, pg) = archiving_with_state_dir(EnvOptions::new(backend()));
+    let _stop = StopOnDrop(&pg);
+    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    // Index segments for the backups below to load.
+    backup_json(&env, &["--type", "full"]);
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let cases: [(&str, &[&str]); 3] = [
+        ("loading the block index", &["key", "rotate"]),
+        ("backup", &["key", "rotate"]),
+        ("backup", &["key", "rotate", "--reencrypt", "--grace", "5s"]),
+    ];
+    let ids = std::thread::scope(|s| {
+        let _stop_load = StopLoad(&stop);
+        let load = s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                pg.pgbench(&["-T", "2", "-c", "2"]).expect("pgbench");
+                switch_wal(&pg);
+            }
+        });
+        let mut ids = Vec::new();
+        for (epoch, (phase, rotation)) in (2u64..).zip(cases) {
+            let backup = PausedBackup::start(&env, phase);
+            let out = backup.rotate_then_go(&env, rotation);
+            // --reencrypt cannot drop the old epoch yet (the key change is younger than the
+            // grace period): exit 1, saying so; everything else succeeds.
+            if rotation.contains(&"--reencrypt") {
+                assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+            } else {
+                assert_success(&out, &rotation.join(" "));
+            }
+            // Archiving goes on under the new epoch while the backup packs and waits for WAL.
+            let list = key_list(&env, &env.config);
+            assert_eq!(list["key_epoch"], serde_json::json!(epoch), "{list:#}");
+            ids.push(backup.finish(&format!(
+                "a backup across `pgcairn {}` at {phase}",
+                rotation.join(" ")
+            )));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        load.join().unwrap();
+        ids
+    });
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let fingerprint = pgbench_fingerprint(&pg);
+    for (i, id) in ids.iter().enumerate() {
+        let r = env.restore_and_start(&format!("r{i}"), Some(id));
+        let _s = StopOnDrop(&r);
+        assert_eq!(pgbench_fingerprint(&r), fingerprint, "restored from {id}");
+        r.stop().unwrap();
+    }
+}
+
+/// The asynchronous WAL pusher, running when `key rotate --reencrypt` reseals the cluster
+/// record and WAL records it reads on every push, follows the rotation and keeps archiving:
+/// no push fails, and WAL switched after the rotation is archived by the same pusher.
+#[test]
+fn the_async_pusher_keeps_archiving_across_a_key_rotation() {
+    let mut options = EnvOptions::new(backend());
+    options.archive_async = true;
+    let env = TestEnv::new(options);
+    config_variant(
+        &env,
+        "pgcairn.toml",
+        &format!("key_file = \"{}\"", env.key_file.display()),
+        &env.path().join("state"),
+    );
+    // One pusher for the whole test: it must be running across the rotation.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.contains("idle_exit = \"3s\""), "{text}");
+    write_like_config(
+        &env,
+        "pgcairn.toml",
+        &text.replace("idle_exit = \"3s\"", "idle_exit = \"120s\""),
+    );
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let before = switch_wal(&pg);
+    wait_archived(&pg, &before, Duration::from_secs(90));
+    let log = env.path().join("spool/main/pusher.log");
+    let started = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(started.matches("pusher started").count(), 1, "{started}");
+
+    // The old epoch stays for the grace period (a writer from before the rotation may still
+    // seal under it): exit 1, saying so.
+    let out = env.pgcairn(&["key", "rotate", "--reencrypt", "--grace", "1h"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    for _ in 0..3 {
+        pg.pgbench(&["-t", "200", "-c", "2"]).unwrap();
+        let seg = switch_wal(&pg);
+        wait_archived(&pg, &seg, Duration::from_secs(90));
+    }
+    let failed = pg
+        .psql("postgres", "select failed_count from pg_stat_archiver")
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(failed, "0", "{text}");
+    assert!(!text.contains("push failed"), "{text}");
+    assert_eq!(
+        text.matches("pusher started").count(),
+        1,
+        "the pusher from before the rotation did the archiving: {text}"
+    );
+    assert!(
+        text.contains("now holds the new key epoch"),
+        "it followed the rotation: {text}"
+    );
 }

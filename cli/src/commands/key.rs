@@ -250,7 +250,7 @@ async fn list(settings: &Settings, output: OutputFormat) -> Result<(), Failure> 
             "{}",
             serde_json::json!({
                 "key_epoch": repo.config().data_key_version,
-                "key_epochs_held": repo.codec().keys().epochs(),
+                "key_epochs_held": repo.codec().epochs(),
                 "generation": repo.config().generation,
                 "slots": slots,
             })
@@ -259,7 +259,7 @@ async fn list(settings: &Settings, output: OutputFormat) -> Result<(), Failure> 
             println!(
                 "key epoch {} (held: {:?}), config generation {}",
                 repo.config().data_key_version,
-                repo.codec().keys().epochs(),
+                repo.codec().epochs(),
                 repo.config().generation
             );
             println!(

@@ -371,8 +371,9 @@ async fn note_batch(
 }
 
 /// The longest a pusher runs before it exits (the next `archive-push` starts another, which
-/// opens the repository again): bounds how long WAL is sealed under a key epoch after a
-/// `key rotate` replaced it (see [`crate::reencrypt`]).
+/// opens the repository again). A running pusher follows a `key rotate` by itself
+/// ([`crate::repo::follow`]); this bounds how long it could seal under an old key epoch
+/// should it fail to (see [`crate::reencrypt`]).
 pub const MAX_PUSHER_RUN: Duration = Duration::from_secs(300);
 
 /// Runs the background pusher until it has been idle for `opts.idle_exit`, or for at most

@@ -449,6 +449,7 @@ async fn backup_with_lease(
     backup_type: BackupType,
     id: String,
 ) -> Result<BackupDone> {
+    progress.phase("loading the block index", None);
     let condemned = crate::gc::condemned_packs(repo).await?;
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
     // The reference's file entries stay in its spool (memory holds their paths); each file's

@@ -90,7 +90,7 @@ impl Codec {
         data: &[u8],
         level: i32,
     ) -> (ContentId, Vec<u8>) {
-        let id_key = &self.keys.id_key;
+        let id_key = &self.ids.id_key;
         let parts: Vec<&[u8]> = if data.is_empty() {
             vec![data]
         } else {
@@ -123,10 +123,9 @@ impl Codec {
             .sum();
         let mut out = vec![0u8; HEADER_LEN + total];
         let (header, mut rest) = out.split_at_mut(HEADER_LEN);
-        self.write_header(header, kind, VERSION, frames.is_some());
+        let key = self.write_header(header, kind, VERSION, frames.is_some());
         let header: &[u8] = header;
         let object_aad = self.aad(header, &id, context);
-        let key = self.write_key(kind);
         let mut slots = Vec::with_capacity(payloads.len());
         for p in &payloads {
             let (slot, tail) = rest.split_at_mut(CHUNK_HEADER_LEN + p.len() + tag_len);
@@ -231,7 +230,7 @@ impl Codec {
             )
             .into());
         }
-        let id_key = &self.keys.id_key;
+        let id_key = &self.ids.id_key;
         let hashes = chunks
             .par_iter()
             .enumerate()

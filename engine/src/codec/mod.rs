@@ -33,6 +33,8 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 
+use std::sync::{Arc, RwLock};
+
 use crate::crypto::{ContentId, KeyUse, RepoKeys};
 
 mod chunked;
@@ -123,11 +125,26 @@ pub enum OpenToError {
 }
 
 /// Seals and opens envelopes for one repository.
+///
+/// Clones share their keys: when a running process learns of a `key rotate` (see
+/// [`crate::repo::follow`]), [`Codec::adopt`] gives every clone the new epoch at once, to
+/// open what is sealed under it and to seal what is written from then on. Each seal reads
+/// the write epoch and its key together, once, so a header never names another epoch than
+/// the key that sealed it.
 #[derive(Debug, Clone)]
 pub struct Codec {
     repo_id: Vec<u8>,
-    keys: RepoKeys,
+    /// The content-id key, which no rotation changes: held apart from the epochs so that
+    /// hashing takes no lock.
+    ids: Arc<RepoKeys>,
+    held: Arc<RwLock<Held>>,
     encrypted: bool,
+}
+
+/// The epochs a codec holds and the one it seals under.
+#[derive(Debug)]
+struct Held {
+    keys: RepoKeys,
     write_epoch: u32,
 }
 
@@ -142,15 +159,47 @@ impl Codec {
         };
         Codec {
             repo_id: repo_id.as_bytes().to_vec(),
-            keys,
+            ids: Arc::new(keys.ids_only()),
+            held: Arc::new(RwLock::new(Held { keys, write_epoch })),
             encrypted,
-            write_epoch,
         }
+    }
+
+    fn held(&self) -> std::sync::RwLockReadGuard<'_, Held> {
+        // A panic while adopting keys leaves the previous ones whole: the lock's poison
+        // carries no broken state.
+        self.held.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The key epoch new objects are sealed under.
     pub fn write_epoch(&self) -> u32 {
-        self.write_epoch
+        self.held().write_epoch
+    }
+
+    /// The newest key epoch held.
+    pub fn newest_epoch(&self) -> u32 {
+        self.held().keys.newest_epoch()
+    }
+
+    /// The key epochs held, oldest first.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.held().keys.epochs()
+    }
+
+    /// Adds the epochs of `keys` (read from a newer config of the same repository) to
+    /// what this codec and all its clones hold, and seals from now on under `write_epoch`
+    /// when it is newer than the current one. Epochs already held stay: what this process
+    /// read before keeps opening. Refuses the keys of another repository.
+    pub fn adopt(&self, keys: &RepoKeys, write_epoch: u32) -> Result<(), CodecError> {
+        if !constant_time_eq(&keys.id_key, &self.ids.id_key) {
+            return Err(CodecError::Authentication);
+        }
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        held.keys.absorb(keys);
+        if write_epoch > held.write_epoch && held.keys.key(KeyUse::Meta, write_epoch).is_some() {
+            held.write_epoch = write_epoch;
+        }
+        Ok(())
     }
 
     /// The key epoch an envelope names (its header), without opening it.
@@ -159,31 +208,28 @@ impl Codec {
             .then(|| u32::from_le_bytes(sealed[8..12].try_into().expect("4 bytes")))
     }
 
-    /// The repository's keys.
-    pub fn keys(&self) -> &RepoKeys {
-        &self.keys
-    }
-
     /// Keyed content id of plaintext.
     pub fn content_id(&self, plaintext: &[u8]) -> ContentId {
-        self.keys.content_id(plaintext)
+        self.ids.content_id(plaintext)
     }
 
     fn key_for(&self, kind: ObjectKind, epoch: u32) -> Result<[u8; 32], CodecError> {
-        let usage = match kind {
-            ObjectKind::Wal => KeyUse::Wal,
-            ObjectKind::Block => KeyUse::Data,
-            _ => KeyUse::Meta,
-        };
-        self.keys
-            .key(usage, epoch)
+        self.held()
+            .keys
+            .key(usage_of(kind), epoch)
             .ok_or(CodecError::UnknownKeyEpoch(epoch))
     }
 
-    /// The key new objects of `kind` are sealed with (the write epoch is always held).
-    fn write_key(&self, kind: ObjectKind) -> [u8; 32] {
-        self.key_for(kind, self.write_epoch)
-            .unwrap_or_else(|_| unreachable!("Codec::new checks the write epoch is held"))
+    /// The epoch new objects of `kind` are sealed under and its key, read together (the
+    /// write epoch is always held: `new` and `adopt` check it).
+    fn write_key(&self, kind: ObjectKind) -> (u32, [u8; 32]) {
+        let held = self.held();
+        let epoch = held.write_epoch;
+        let key = held
+            .keys
+            .key(usage_of(kind), epoch)
+            .unwrap_or_else(|| unreachable!("Codec::new and adopt check the write epoch is held"));
+        (epoch, key)
     }
 
     fn aad(&self, header: &[u8], id: &ContentId, context: &[u8]) -> Vec<u8> {
@@ -239,9 +285,8 @@ impl Codec {
         mut out: Vec<u8>,
         compressed: bool,
     ) -> Vec<u8> {
-        self.write_header(&mut out[..HEADER_LEN], kind, VERSION, compressed);
+        let key = self.write_header(&mut out[..HEADER_LEN], kind, VERSION, compressed);
         let aad = self.aad(&out[..HEADER_LEN], id, context);
-        let key = self.write_key(kind);
         if self.encrypted {
             let nonce = *XNonce::from_slice(&out[12..36]);
             let tag = XChaCha20Poly1305::new((&key).into())
@@ -256,9 +301,15 @@ impl Codec {
     }
 
     /// Fills in an envelope header (fresh random nonce when encrypting), naming the write
-    /// epoch.
-    fn write_header(&self, header: &mut [u8], kind: ObjectKind, version: u8, compressed: bool) {
-        let key_version = self.write_epoch;
+    /// epoch; returns that epoch's key for `kind`, the one to seal the body with.
+    fn write_header(
+        &self,
+        header: &mut [u8],
+        kind: ObjectKind,
+        version: u8,
+        compressed: bool,
+    ) -> [u8; 32] {
+        let (key_version, key) = self.write_key(kind);
         header[0..4].copy_from_slice(MAGIC);
         header[4] = version;
         header[5] = kind as u8;
@@ -270,6 +321,7 @@ impl Codec {
         } else {
             header[12..36].fill(0);
         }
+        key
     }
 
     /// Authenticates, decrypts and decompresses an envelope (either version).
@@ -457,6 +509,15 @@ impl Codec {
             data.to_vec()
         };
         Ok(plain_body)
+    }
+}
+
+/// Which subkey family seals objects of `kind`.
+fn usage_of(kind: ObjectKind) -> KeyUse {
+    match kind {
+        ObjectKind::Wal => KeyUse::Wal,
+        ObjectKind::Block => KeyUse::Data,
+        _ => KeyUse::Meta,
     }
 }
 

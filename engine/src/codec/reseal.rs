@@ -18,7 +18,7 @@ use crate::crypto::ContentId;
 impl Codec {
     /// True when `sealed` names a key epoch older than the write epoch (it needs a reseal).
     pub fn needs_reseal(&self, sealed: &[u8]) -> bool {
-        Self::epoch_of(sealed).is_some_and(|e| e < self.write_epoch)
+        Self::epoch_of(sealed).is_some_and(|e| e < self.write_epoch())
     }
 
     /// Opens `sealed` (kind, id and context as it was written) and seals the same payload
@@ -43,10 +43,9 @@ impl Codec {
         let chunks = self.split_chunks(body)?;
         let count = chunks.len();
         let mut out = vec![0u8; HEADER_LEN];
-        self.write_header(&mut out[..HEADER_LEN], kind, CHUNKED, compressed);
+        let key = self.write_header(&mut out[..HEADER_LEN], kind, CHUNKED, compressed);
         let new_aad = self.aad(&out[..HEADER_LEN], id, context);
         let nonce_base: [u8; 24] = out[12..36].try_into().expect("24 bytes");
-        let key = self.write_key(kind);
         out.reserve(sealed.len());
         for (i, c) in chunks.iter().enumerate() {
             let last = i + 1 == count;

@@ -162,6 +162,22 @@ impl RepoKeys {
         })
     }
 
+    /// The content-id key alone (no epoch).
+    pub fn ids_only(&self) -> RepoKeys {
+        RepoKeys {
+            id_key: self.id_key,
+            epochs: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the epochs of `other` this does not hold yet (same repository: the caller checks
+    /// the content-id keys match).
+    pub fn absorb(&mut self, other: &RepoKeys) {
+        for (e, k) in &other.epochs {
+            self.epochs.entry(*e).or_insert_with(|| k.clone());
+        }
+    }
+
     /// The newest epoch held.
     pub fn newest_epoch(&self) -> u32 {
         self.epochs.keys().next_back().copied().unwrap_or(1)

@@ -525,13 +525,14 @@ pub fn list_slots(config: &RepoConfig, used: &str, state_dir: Option<&Path>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crypto::KeyFile;
     use crate::repo::{InitOptions, Repository};
     use crate::storage::MemoryStorage;
 
-    async fn repo_with(kf: &KeyFile) -> Arc<dyn Storage> {
+    /// A new repository in memory, unlocked by key file `kf`.
+    pub(crate) async fn repo_with(kf: &KeyFile) -> Arc<dyn Storage> {
         let s: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
         Repository::init(
             s.clone(),

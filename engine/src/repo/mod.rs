@@ -32,6 +32,7 @@
 //! Reading a WAL file costs two GETs (pointer, then data) and no LIST; `info` lists pointers.
 
 pub mod config;
+pub mod follow;
 pub mod keys;
 pub mod layout;
 
@@ -137,6 +138,19 @@ impl Repository {
             encrypted,
             config.data_key_version,
         );
+        // A key rotation while this process runs is followed (see `follow`).
+        let storage: Arc<dyn Storage> = if encrypted {
+            let follower = follow::Follower::new(
+                storage.clone(),
+                unlock.cloned(),
+                state_dir.map(|d| d.to_path_buf()),
+                &config,
+                codec.clone(),
+            );
+            Arc::new(follow::FollowKeys::new(storage, Arc::new(follower)))
+        } else {
+            storage
+        };
         Ok(Repository {
             storage,
             config,
@@ -179,8 +193,9 @@ impl Repository {
         self
     }
 
-    /// The same repository over other storage (a wrapper of the same storage, such as
-    /// [`crate::store::append_only::AppendOnly`]).
+    /// The same repository over other storage (a wrapper of [`Repository::storage`], such as
+    /// [`crate::store::append_only::AppendOnly`]: reads through it still follow key
+    /// rotations, see [`follow`]).
     pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
         self.storage = storage;
         self
@@ -297,6 +312,9 @@ mod tests {
         .await
         .unwrap();
         let by_pw = Repository::open(s.clone(), Some(&pw)).await.unwrap();
-        assert_eq!(by_pw.codec().keys().id_key, repo.codec().keys().id_key);
+        assert_eq!(
+            by_pw.codec().content_id(b"x"),
+            repo.codec().content_id(b"x")
+        );
     }
 }
