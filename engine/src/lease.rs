@@ -383,16 +383,16 @@ pub async fn acquire_exclusive(
 }
 
 /// Runs `work` holding the exclusive lease `name` (see [`acquire_exclusive`]), or without any
-/// lease when `dry_run` (a run that changes nothing never keeps another out).
+/// lease on a dry-run repository ([`crate::store::dry_run`]: a run that changes nothing never
+/// waits for, or keeps out, another).
 pub async fn exclusive<T>(
     repo: &Repository,
     name: &str,
     cluster: &str,
     wait: Duration,
-    dry_run: bool,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    if dry_run {
+    if repo.is_dry_run() {
         return work.await;
     }
     let lease = acquire_exclusive(repo, name, cluster, wait).await?;

@@ -355,7 +355,6 @@ async fn reencrypt_locked(
     let gc_opts = GcOptions {
         grace: opts.grace,
         repack_below: 0.0,
-        dry_run: false,
         lease_wait: Duration::ZERO,
         reencrypt: true,
         object_lock: opts.object_lock,

@@ -581,3 +581,98 @@ fn retention_auto_expires_after_each_backup() {
         .collect();
     assert_eq!(left, [second], "{first} expired by the second backup's run");
 }
+
+/// `expire --dry-run` and `gc --dry-run` run over the dry-run storage wrapper: every object
+/// (key, ETag and modification time on S3; bytes and mtime on file://) is the same before
+/// and after, including the status objects and catalog head a real run swaps, while the
+/// real runs that follow do change the repository (so the check can fail). With a state
+/// directory: a dry run that advanced this host's record of the catalog head would make the
+/// real expire after it fail as a rollback.
+#[test]
+fn dry_runs_of_expire_and_gc_change_no_object() {
+    for backend in backends() {
+        let env = TestEnv::new(EnvOptions::new(backend));
+        let state = env.private_dir("state");
+        let text = std::fs::read_to_string(&env.config).unwrap();
+        let text = text.replacen(
+            "[repo]\n",
+            &format!("[repo]\nstate_dir = \"{}\"\n", state.display()),
+            1,
+        );
+        std::fs::write(&env.config, text).unwrap();
+        let pg = env.cluster("pg");
+        pg.start().unwrap();
+        let _stop = StopOnDrop(&pg);
+        env.use_cluster(&pg);
+        pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+        for _ in 0..2 {
+            backup_json(&env, &["--type", "full"]);
+            pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+            switch_wal(&pg);
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        backup_json(&env, &["--type", "full"]);
+        let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+        cfg.push_str("\n[retention]\nfull = 1\n");
+        std::fs::write(&env.config, cfg).unwrap();
+
+        let before = env.snapshot_objects();
+        assert!(
+            before.iter().any(|(k, _)| k.starts_with("packs/")),
+            "{backend:?}"
+        );
+        let out = env.pgcairn(&["expire", "--dry-run"]);
+        assert_success(&out, "expire --dry-run");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            text.matches("WOULD EXPIRE").count(),
+            2,
+            "{backend:?}: {text}"
+        );
+        assert!(text.contains("WOULD REMOVE WAL"), "{backend:?}: {text}");
+        assert_eq!(
+            env.snapshot_objects(),
+            before,
+            "{backend:?}: expire --dry-run"
+        );
+
+        assert_success(&env.pgcairn(&["expire"]), "expire after its dry run");
+        let expired = env.snapshot_objects();
+        assert_ne!(
+            expired, before,
+            "{backend:?}: the real expire removes objects"
+        );
+
+        let dry = gc_dry_run(&env);
+        assert!(
+            !dry["swept"].as_array().unwrap().is_empty(),
+            "{backend:?}: the expired backups' packs would go: {dry:#}"
+        );
+        assert_eq!(dry["dry_run"], true);
+        assert_eq!(env.snapshot_objects(), expired, "{backend:?}: gc --dry-run");
+
+        let out = env.pgcairn(&["gc", "--grace", "0s", "--output", "json"]);
+        assert_success(&out, "gc after its dry run");
+        let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sorted = |v: &serde_json::Value| {
+            let mut v: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(&done["swept"]),
+            sorted(&dry["swept"]),
+            "{backend:?}: the dry run said what goes"
+        );
+        assert_ne!(
+            env.snapshot_objects(),
+            expired,
+            "{backend:?}: the real gc deletes packs"
+        );
+    }
+}

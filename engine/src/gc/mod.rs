@@ -74,8 +74,6 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Repack packs whose referenced bytes are below this fraction of their size (0 = never).
     pub repack_below: f64,
-    /// Report only.
-    pub dry_run: bool,
     /// How long to wait for another gc to finish.
     pub lease_wait: Duration,
     /// Key rotation ([`crate::reencrypt`]): every pack holding anything sealed under a key
@@ -93,7 +91,6 @@ impl GcOptions {
         GcOptions {
             grace,
             repack_below: 0.5,
-            dry_run: false,
             lease_wait: Duration::ZERO,
             reencrypt: false,
             object_lock: None,
@@ -176,23 +173,22 @@ pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
     Ok(liveness::RepoUsage::load(repo).await?.space())
 }
 
-/// Runs GC under the exclusive gc lease (a dry run takes none: it changes nothing).
+/// Runs GC under the exclusive gc lease. On a dry-run repository
+/// ([`Repository::into_dry_run`]) the same steps run and nothing is written or deleted; no
+/// lease is taken and the repack is planned, not done (see [`crate::store::dry_run`]).
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let work = gc_locked(repo, opts);
-    let report =
-        crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await?;
-    if !report.dry_run {
-        let at = crate::store::status::rfc3339(OffsetDateTime::now_utc());
-        crate::store::status::record_repository(repo, |s| {
-            s.gc_finished_at = Some(at.clone());
-            s.pack_bytes = report.space.pack_bytes;
-            s.referenced_bytes = report.space.referenced_bytes;
-            s.reclaimable_bytes = report.space.reclaimable_bytes;
-            s.pending_bytes = report.pending_bytes;
-            true
-        })
-        .await;
-    }
+    let report = crate::lease::exclusive(repo, "gc", "", opts.lease_wait, work).await?;
+    let at = crate::store::status::rfc3339(OffsetDateTime::now_utc());
+    crate::store::status::record_repository(repo, |s| {
+        s.gc_finished_at = Some(at.clone());
+        s.pack_bytes = report.space.pack_bytes;
+        s.referenced_bytes = report.space.referenced_bytes;
+        s.reclaimable_bytes = report.space.reclaimable_bytes;
+        s.pending_bytes = report.pending_bytes;
+        true
+    })
+    .await;
     Ok(report)
 }
 
@@ -208,8 +204,10 @@ pub(crate) async fn gc_locked_with(
     opts: &GcOptions,
 ) -> Result<(GcReport, HashSet<[u8; 32]>)> {
     let mut clean = HashSet::new();
+    // Planned, not done, in a dry run: copying packs means downloading them whole.
+    let plan_only = repo.is_dry_run();
     let mut report = GcReport {
-        dry_run: opts.dry_run,
+        dry_run: plan_only,
         ..Default::default()
     };
     let grace_s = opts.grace.as_secs() as i64;
@@ -252,7 +250,7 @@ pub(crate) async fn gc_locked_with(
         .map(|(id, _)| *id)
         .collect();
     // 4. Repack (with `reencrypt`: every pack holding old key epochs, resealing).
-    if opts.reencrypt && !opts.dry_run {
+    if opts.reencrypt && !plan_only {
         let done = repack::reencrypt(repo, &mut usage, &uncondemned_old).await?;
         report.bytes_read += done.outcome.bytes_read;
         report.repack_copied_bytes = done.outcome.copied_bytes;
@@ -276,7 +274,7 @@ pub(crate) async fn gc_locked_with(
             })
             .copied()
             .collect();
-        if opts.dry_run {
+        if plan_only {
             report.repack_copied_bytes = sources.iter().map(|s| usage.referenced_bytes(s)).sum();
             report.repacked = sources.iter().map(hex_id).collect();
         } else if !sources.is_empty() {
@@ -305,7 +303,7 @@ pub(crate) async fn gc_locked_with(
     });
     let condemned_at = unix_now();
     for id in &by_garbage {
-        let would_empty = opts.dry_run && report.repacked.contains(&hex_id(id));
+        let would_empty = plan_only && report.repacked.contains(&hex_id(id));
         if would_empty || usage.try_condemn(id) {
             report.condemned.push(hex_id(id));
             state.condemned.insert(hex_id(id), condemned_at);
@@ -352,10 +350,6 @@ pub(crate) async fn gc_locked_with(
     report.reclaimed_bytes = sweep.iter().map(size).sum();
     report.swept = sweep.iter().map(hex_id).collect();
     report.live_packs = usage.packs.len() - state.condemned.len();
-    if opts.dry_run {
-        report.space = usage.space();
-        return Ok((report, clean));
-    }
     // Record condemnations first: backups starting from now on avoid these packs.
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if sweep.is_empty() {

@@ -122,18 +122,25 @@ async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readab
         .await
         .unwrap();
     let before = pack_names(&repo).await;
-    let dry = gc(
-        &repo,
-        &GcOptions {
-            dry_run: true,
-            ..opts()
-        },
-    )
-    .await
-    .unwrap();
+    let dry_repo = repo.clone().into_dry_run();
+    let dry = gc(&dry_repo, &opts()).await.unwrap();
+    assert!(dry.dry_run);
     assert_eq!(dry.repacked.len(), 1);
     assert_eq!(dry.swept.len(), 2, "{dry:?}");
     assert_eq!(pack_names(&repo).await, before, "a dry run changes nothing");
+    // What it reports is what it asked storage to do: the same two packs deleted.
+    let mut would_delete: Vec<String> = dry_repo
+        .dry_run()
+        .unwrap()
+        .deleted()
+        .iter()
+        .filter(|k| k.as_str().starts_with("packs/"))
+        .map(|k| k.as_str().rsplit('/').next().unwrap().to_string())
+        .collect();
+    would_delete.sort();
+    let mut swept = dry.swept.clone();
+    swept.sort();
+    assert_eq!(would_delete, swept);
 
     let r = gc(&repo, &opts()).await.unwrap();
     assert_eq!(r.repacked.len(), 1, "{r:?}");

@@ -21,6 +21,8 @@
 //!   repository or restores from it.
 //! - [`append_only`]: a storage wrapper refusing deletes and overwrites, for `archive-push`
 //!   and `backup`, which never need them (least privilege).
+//! - [`dry_run`]: a storage wrapper for `--dry-run` (gc, expire): reads pass, writes and
+//!   deletes are recorded instead of done.
 //! - [`ids`]: typed ids for what the head records.
 //!
 //! Not done yet (issue 15, item 6): moving object naming, the block store and the other
@@ -28,6 +30,7 @@
 
 pub mod append_only;
 pub mod audit;
+pub mod dry_run;
 pub mod head;
 pub mod ids;
 pub mod sealed;

@@ -274,7 +274,7 @@ async fn what_expire_removes_is_not_reported_as_missing() {
         full: Some(1),
         ..Default::default()
     };
-    let report = crate::expire::expire(&repo, "main", &policy, false, std::time::Duration::ZERO)
+    let report = crate::expire::expire(&repo, "main", &policy, std::time::Duration::ZERO)
         .await
         .unwrap();
     assert!(report.wal_files > 0, "{report:?}");
