@@ -38,7 +38,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::Repository;
+use crate::repo::{layout, Repository};
 use crate::storage::ObjectKey;
 
 /// How often a holder refreshes its lease.
@@ -219,21 +219,16 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-fn key(cluster: &str, id: &str) -> ObjectKey {
-    ObjectKey::new(format!("leases/backup-{cluster}-{id}"))
-}
-
 /// Backup ids of `cluster` that have a lease object, live or left by a killed backup: a new
 /// backup must not take one of them as its id (its lease could not be created).
 pub async fn backup_ids_with_leases(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
     // Listed by folder: object stores (and the file backend) list by path segments.
-    let prefix = format!("leases/backup-{cluster}-");
     Ok(repo
         .storage()
-        .list("leases/")
+        .list(layout::LEASES_PREFIX)
         .await?
         .into_iter()
-        .filter_map(|o| o.key.as_str().strip_prefix(&prefix).map(str::to_string))
+        .filter_map(|o| layout::parse_backup_lease(cluster, o.key.as_str()).map(str::to_string))
         .collect())
 }
 
@@ -251,7 +246,7 @@ pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let here = PidScope::here();
     let mut out = Vec::new();
-    for o in repo.storage().list("leases/").await? {
+    for o in repo.storage().list(layout::LEASES_PREFIX).await? {
         // Read every lease, even an old one: an unreadable lease stops us whatever its age
         // (its holder may be alive and unable to refresh it). Only "gone since the LIST" is
         // no lease.
@@ -311,7 +306,7 @@ pub async fn acquire_backup(
     }
     let body = my_body(backup_kind(), cluster, backup_id);
     let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
-    let k = key(cluster, backup_id);
+    let k = layout::backup_lease(cluster, backup_id);
     let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
     Ok(Lease::hold(repo, k, raw, version))
 }
@@ -324,7 +319,7 @@ pub async fn acquire_exclusive(
     cluster: &str,
     wait: Duration,
 ) -> Result<Lease> {
-    let k = ObjectKey::new(format!("leases/{name}"));
+    let k = layout::exclusive_lease(name);
     let body = my_body(
         name.split('-').next().unwrap_or(name).to_string(),
         cluster,
@@ -345,7 +340,7 @@ pub async fn acquire_exclusive(
                 let body = parse_lease(repo, &k, bytes)?;
                 let fresh = repo
                     .storage()
-                    .list("leases/")
+                    .list(layout::LEASES_PREFIX)
                     .await?
                     .into_iter()
                     .find(|o| o.key == k)

@@ -23,7 +23,7 @@
 //!   and `backup`, which never need them (least privilege).
 //! - [`dry_run`]: a storage wrapper for `--dry-run` (gc, expire): reads pass, writes and
 //!   deletes are recorded instead of done.
-//! - [`ids`]: typed ids for what the head records.
+//! - [`ids`]: typed ids (`PackId`, `IndexSegmentId`, `BackupId`, `ClusterName`).
 //!
 //! Not done yet (issue 15, item 6): moving object naming, the block store and the other
 //! commands' documents under this layer; `repo::layout` still builds every key.

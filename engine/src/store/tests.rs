@@ -292,7 +292,8 @@ async fn an_older_gc_state_put_back_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo.with_state_dir(dir.path());
     let (mut st, v) = read_state(&repo).await.unwrap();
-    st.condemned.insert("ab".repeat(32), 1);
+    st.condemned
+        .insert(crate::store::ids::PackId::new([0xab; 32]), 1);
     let v = write_state(&repo, &mut st, v.as_ref(), "test")
         .await
         .unwrap();
