@@ -11,6 +11,34 @@ fn info(env: &TestEnv) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The bytes of lease `leases/<name>` saying `doc`, sealed for that name with the
+/// repository's key as pgcairn seals leases: a lease another host could have written
+/// (`file://` repositories).
+fn sealed_lease(env: &TestEnv, name: &str, doc: &serde_json::Value) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let storage =
+            pgcairn_storage::open(&env.repo_url, &pgcairn_storage::StorageOptions::default())
+                .expect("open storage");
+        let key_file = pgcairn_engine::crypto::KeyFile::load(&env.key_file).expect("key file");
+        let unlock = pgcairn_engine::crypto::Unlock::KeyFile(key_file);
+        let repo = pgcairn_engine::repo::Repository::open(storage, Some(&unlock))
+            .await
+            .expect("open repository");
+        let key = pgcairn_engine::repo::layout::exclusive_lease(name);
+        pgcairn_engine::store::sealed::seal(
+            &repo,
+            pgcairn_engine::store::sealed::DocKind::Lease,
+            &key,
+            doc,
+        )
+        .to_vec()
+    })
+}
+
 /// The report of `gc --grace 0s --dry-run`.
 fn gc_dry_run(env: &TestEnv) -> serde_json::Value {
     let out = env.pgcairn(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
@@ -512,14 +540,11 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
     for (name, args) in [("gc", &["gc"][..]), ("expire-main", &["expire"][..])] {
         // Another host holds the lease, with a fresh heartbeat.
         let lease = leases.join(name);
-        std::fs::write(
-            &lease,
-            format!(
-                r#"{{"kind":"{}","cluster":"main","backup_id":"","host":"db-other","pid":4242,"started":1}}"#,
-                name.split('-').next().unwrap()
-            ),
-        )
-        .unwrap();
+        let doc = serde_json::json!({
+            "kind": name.split('-').next().unwrap(), "cluster": "main", "backup_id": "",
+            "host": "db-other", "pid": 4242, "started": 1
+        });
+        std::fs::write(&lease, sealed_lease(&env, name, &doc)).unwrap();
         pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
         let out = env.pgcairn(args);
         assert!(!out.status.success(), "{name}: a second run must not start");
@@ -540,11 +565,10 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
         assert!(!lease.exists(), "{name}: the run released its lease");
     }
     // A dry run takes no lease and so is never kept out.
-    std::fs::write(
-        leases.join("gc"),
-        r#"{"kind":"gc","cluster":"","backup_id":"","host":"db-other","pid":1,"started":1}"#,
-    )
-    .unwrap();
+    let doc = serde_json::json!({
+        "kind": "gc", "cluster": "", "backup_id": "", "host": "db-other", "pid": 1, "started": 1
+    });
+    std::fs::write(leases.join("gc"), sealed_lease(&env, "gc", &doc)).unwrap();
     pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
     assert_success(
         &env.pgcairn(&["gc", "--dry-run"]),
@@ -674,5 +698,51 @@ fn dry_runs_of_expire_and_gc_change_no_object() {
             expired,
             "{backend:?}: the real gc deletes packs"
         );
+    }
+}
+
+/// Leases are sealed for their name: one forged on a `file://` repository (plain JSON, as
+/// leases were before, naming a holder that does not exist) or a real lease copied under
+/// another lease's name stops the commands that read it with an integrity error naming the
+/// object (fail closed: it might be a running backup's): gc reads every lease, expire its
+/// own. Deleting it, as the message says, clears the way.
+#[test]
+fn a_forged_or_copied_lease_is_an_integrity_error_naming_it() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let leases = env.path().join("repo/leases");
+    std::fs::create_dir_all(&leases).unwrap();
+    let gc: &[&[&str]] = &[&["gc"], &["gc", "--dry-run"]];
+    let expire: &[&[&str]] = &[&["expire"], &["gc"], &["gc", "--dry-run"]];
+    for (name, other, readers) in [("gc", "expire-main", gc), ("expire-main", "gc", expire)] {
+        let lease = leases.join(name);
+        let doc = serde_json::json!({
+            "kind": name.split('-').next().unwrap(), "cluster": "main", "backup_id": "",
+            "host": "db-other", "pid": 4242, "started": 1
+        });
+        for (what, body) in [
+            ("forged", serde_json::to_vec(&doc).unwrap()),
+            ("copied", sealed_lease(&env, other, &doc)),
+        ] {
+            std::fs::write(&lease, &body).unwrap();
+            pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
+            for args in readers {
+                let out = env.pgcairn(args);
+                let err = stderr(&out);
+                assert_eq!(out.status.code(), Some(1), "{what} {name}: {args:?} {err}");
+                assert!(
+                    err.contains(&format!("corrupt object leases/{name}"))
+                        && err.contains("not a lease pgcairn wrote under this name")
+                        && err.contains(&format!("delete the object leases/{name}")),
+                    "{what} {name}: {args:?}: {err}"
+                );
+            }
+            std::fs::remove_file(&lease).unwrap();
+            for args in readers {
+                assert_success(
+                    &env.pgcairn(args),
+                    &format!("{args:?} once the {what} lease {name} is gone"),
+                );
+            }
+        }
     }
 }

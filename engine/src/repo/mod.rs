@@ -19,7 +19,7 @@
 //! packs/<2 hex>/<pack id>                      pack objects (see `pack`), named by BLAKE3 of their bytes
 //! index/<id>                                   index segments (see `index`), named by keyed content id
 //! gc/state                                     sealed catalog document (GcState), CAS-updated by gc
-//! leases/...                                   plaintext JSON leases (see `lease`)
+//! leases/...                                   sealed catalog documents (Lease), CAS-updated (see `lease`)
 //! ```
 //!
 //! A catalog document is sealed with its kind and exact key as authenticated context
