@@ -616,14 +616,7 @@ fn retention_auto_expires_after_each_backup() {
 fn dry_runs_of_expire_and_gc_change_no_object() {
     for backend in backends() {
         let env = TestEnv::new(EnvOptions::new(backend));
-        let state = env.private_dir("state");
-        let text = std::fs::read_to_string(&env.config).unwrap();
-        let text = text.replacen(
-            "[repo]\n",
-            &format!("[repo]\nstate_dir = \"{}\"\n", state.display()),
-            1,
-        );
-        std::fs::write(&env.config, text).unwrap();
+        env.use_state_dir();
         let pg = env.cluster("pg");
         pg.start().unwrap();
         let _stop = StopOnDrop(&pg);

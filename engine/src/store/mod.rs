@@ -25,8 +25,9 @@
 //!   deletes are recorded instead of done.
 //! - [`ids`]: typed ids (`PackId`, `IndexSegmentId`, `BackupId`, `ClusterName`).
 //!
-//! Not done yet (issue 15, item 6): moving object naming, the block store and the other
-//! commands' documents under this layer; `repo::layout` still builds every key.
+//! Not done yet (issue 15, item 6): moving the block store and the commands' documents (with
+//! real timestamps instead of RFC 3339 strings) under this layer. `repo::layout` builds every
+//! object key, from the ids here.
 
 pub mod append_only;
 pub mod audit;
