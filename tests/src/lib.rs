@@ -598,16 +598,24 @@ pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
 }
 
 impl TestEnv {
-    /// Signed request (curl, the fixture's test credentials) to the loopback S3 server for
-    /// repository object `key`.
-    fn s3_request(&self, method: &str, key: &str, upload: Option<&Path>) -> Output {
+    /// The S3 endpoint and `bucket/prefix` of the repository.
+    fn s3_location(&self) -> (String, &str) {
         let endpoint = self
             .options
             .s3_endpoint
             .clone()
             .or_else(s3_endpoint)
             .expect("S3 endpoint");
-        let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
+        (
+            endpoint,
+            self.repo_url.strip_prefix("s3://").expect("s3 url"),
+        )
+    }
+
+    /// Signed request (curl, the fixture's test credentials) to the loopback S3 server for
+    /// repository object `key`.
+    fn s3_request(&self, method: &str, key: &str, upload: Option<&Path>) -> Output {
+        let (endpoint, bucket_prefix) = self.s3_location();
         let mut c = Command::new("curl");
         c.args([
             "-sf",
@@ -693,13 +701,7 @@ impl TestEnv {
     /// with its ETag, last-modified time and size.
     fn list_s3(&self, prefix: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let endpoint = self
-            .options
-            .s3_endpoint
-            .clone()
-            .or_else(s3_endpoint)
-            .expect("S3 endpoint");
-        let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
+        let (endpoint, bucket_prefix) = self.s3_location();
         let (bucket, root) = bucket_prefix.split_once('/').expect("bucket/prefix");
         let field = |part: &str, name: &str| {
             part.split(&format!("<{name}>"))
