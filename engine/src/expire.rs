@@ -23,7 +23,7 @@ use crate::store::ids::BackupId;
 use crate::store::sealed::{self, DocKind};
 use crate::types::WalFileName;
 
-/// What expire decided (and, unless a dry run, did).
+/// What expire decided and did (on a dry-run repository: would have done).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExpireReport {
     /// Per backup, oldest first.
@@ -122,26 +122,21 @@ async fn record_in_status(
     .await;
 }
 
-/// Applies `policy` to `cluster`, holding the cluster's exclusive expire lease (a dry run
-/// takes none).
+/// Applies `policy` to `cluster`, holding the cluster's exclusive expire lease. On a dry-run
+/// repository ([`Repository::into_dry_run`]) the same steps run, nothing is deleted or
+/// written, and no lease is taken.
 pub async fn expire(
     repo: &Repository,
     cluster: &str,
     policy: &Policy,
-    dry_run: bool,
     lease_wait: std::time::Duration,
 ) -> Result<ExpireReport> {
-    let work = expire_locked(repo, cluster, policy, dry_run);
+    let work = expire_locked(repo, cluster, policy);
     let name = format!("expire-{cluster}");
-    crate::lease::exclusive(repo, &name, cluster, lease_wait, dry_run, work).await
+    crate::lease::exclusive(repo, &name, cluster, lease_wait, work).await
 }
 
-async fn expire_locked(
-    repo: &Repository,
-    cluster: &str,
-    policy: &Policy,
-    dry_run: bool,
-) -> Result<ExpireReport> {
+async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Result<ExpireReport> {
     let mut candidates = Vec::new();
     let mut needs = Vec::new();
     let seg_size = crate::archive::push::read_cluster_record(repo, cluster)
@@ -274,67 +269,65 @@ async fn expire_locked(
         }
     })
     .await?;
-    if !dry_run {
-        // The catalog head forgets what goes first: a crash after this leaves objects the
-        // head no longer lists (garbage), never a head listing what was deleted on purpose.
-        let gone: Vec<BackupId> = decisions
-            .iter()
-            .filter(|d| !d.keep)
-            .map(|d| BackupId::new(d.id.clone()))
-            .collect();
-        let gone_wal: Vec<(u32, u64)> = wal
-            .iter()
-            .filter_map(|n| match n {
-                WalFileName::Segment { tli, segno } => Some((tli.0, segno.absolute(seg_size))),
-                _ => None,
-            })
-            .collect();
-        if !gone.is_empty() || !gone_wal.is_empty() {
-            head::update(repo, cluster, seg_size, |h| {
-                let mut changed = false;
-                for id in &gone {
-                    changed |= h.backups.remove(id).is_some();
-                }
-                for (t, s) in &gone_wal {
-                    changed |= h.forget_segments(*t, *s, *s);
-                }
-                changed
-            })
+    // The catalog head forgets what goes first: a crash after this leaves objects the
+    // head no longer lists (garbage), never a head listing what was deleted on purpose.
+    let gone: Vec<BackupId> = decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| BackupId::new(d.id.clone()))
+        .collect();
+    let gone_wal: Vec<(u32, u64)> = wal
+        .iter()
+        .filter_map(|n| match n {
+            WalFileName::Segment { tli, segno } => Some((tli.0, segno.absolute(seg_size))),
+            _ => None,
+        })
+        .collect();
+    if !gone.is_empty() || !gone_wal.is_empty() {
+        head::update(repo, cluster, seg_size, |h| {
+            let mut changed = false;
+            for id in &gone {
+                changed |= h.backups.remove(id).is_some();
+            }
+            for (t, s) in &gone_wal {
+                changed |= h.forget_segments(*t, *s, *s);
+            }
+            changed
+        })
+        .await?;
+    }
+    for d in decisions.iter().filter(|d| !d.keep) {
+        repo.storage()
+            .delete(&layout::backup_manifest(cluster, &d.id))
             .await?;
-        }
-        for d in decisions.iter().filter(|d| !d.keep) {
+    }
+    if !wal.is_empty() {
+        let data = repo
+            .storage()
+            .list(&layout::wal_data_prefix(cluster))
+            .await?;
+        for name in &wal {
             repo.storage()
-                .delete(&layout::backup_manifest(cluster, &d.id))
+                .delete(&layout::wal_pointer(cluster, name))
                 .await?;
-        }
-        if !wal.is_empty() {
-            let data = repo
-                .storage()
-                .list(&layout::wal_data_prefix(cluster))
-                .await?;
-            for name in &wal {
-                repo.storage()
-                    .delete(&layout::wal_pointer(cluster, name))
-                    .await?;
-                let prefix = format!(
-                    "{}{}/{name}.",
-                    layout::wal_data_prefix(cluster),
-                    name.timeline()
-                );
-                for o in data.iter().filter(|o| o.key.as_str().starts_with(&prefix)) {
-                    repo.storage().delete(&o.key).await?;
-                }
+            let prefix = format!(
+                "{}{}/{name}.",
+                layout::wal_data_prefix(cluster),
+                name.timeline()
+            );
+            for o in data.iter().filter(|o| o.key.as_str().starts_with(&prefix)) {
+                repo.storage().delete(&o.key).await?;
             }
         }
-        crate::walstream::sweep::remove(repo, &tails).await?;
-        record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     }
+    crate::walstream::sweep::remove(repo, &tails).await?;
+    record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     Ok(ExpireReport {
         backups: decisions,
         wal_files: wal.len(),
         wal_ranges: ranges,
         streamed_tails: tails,
-        dry_run,
+        dry_run: repo.is_dry_run(),
     })
 }
 
@@ -409,7 +402,7 @@ mod tests {
             ..Policy::default()
         };
         // Everything was written just now: under a day's retention, nothing goes.
-        let locked = expire(&repo, "main", &policy, false, Default::default())
+        let locked = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
         assert_eq!(locked.wal_files, 0, "{locked:?}");
@@ -432,7 +425,7 @@ mod tests {
         for o in crate::storage::Storage::list(&*mem, "").await.unwrap() {
             mem.backdate(o.key.as_str(), 2 * 86_400);
         }
-        let done = expire(&repo, "main", &policy, false, Default::default())
+        let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
         assert!(!done.backups[0].keep, "{done:?}");
@@ -480,9 +473,18 @@ mod tests {
             ..Policy::default()
         };
 
-        let dry = expire(&repo, "main", &policy, true, Default::default())
+        let dry_repo = repo.clone().into_dry_run();
+        let dry = expire(&dry_repo, "main", &policy, Default::default())
             .await
             .unwrap();
+        assert!(dry.dry_run);
+        // It asked for the manifest, the 9 pointers and their data to go; none went.
+        let asked = dry_repo.dry_run().unwrap().deleted();
+        assert!(
+            asked.contains(&layout::backup_manifest("main", "20261101-000000F")),
+            "{asked:?}"
+        );
+        assert_eq!(asked.len(), 1 + 9 * 2, "{asked:?}");
         assert_eq!(dry.wal_files, 8 + 1, "tli 1: 1..=8; tli 2: 8");
         let history_rule = dry
             .wal_ranges
@@ -492,7 +494,7 @@ mod tests {
         assert!(history_rule.keep && history_rule.reason.contains("history"));
         assert_eq!(archived(&repo).await.len(), 16, "a dry run removes nothing");
 
-        let done = expire(&repo, "main", &policy, false, Default::default())
+        let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
         assert_eq!(done.backups.iter().filter(|d| !d.keep).count(), 1);

@@ -16,6 +16,7 @@
 use crate::codec::{Codec, CodecError, ObjectKind};
 use crate::crypto::ContentId;
 use crate::pack::PackEntry;
+use crate::store::ids::{IndexSegmentId, PackId};
 
 const ENTRY_LEN: usize = 80;
 pub(crate) const CONTEXT: &[u8] = b"index-segment";
@@ -24,33 +25,41 @@ pub(crate) const CONTEXT: &[u8] = b"index-segment";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     /// Unkeyed BLAKE3 hash naming the pack.
-    pub pack_id: [u8; 32],
+    pub pack_id: PackId,
     /// Where the block is in that pack.
     pub entry: PackEntry,
 }
 
 /// Serialises and seals an index segment; returns its id (its name, see
 /// [`crate::repo::layout::index_segment`]) and its bytes.
-pub fn seal_segment(codec: &Codec, entries: &[IndexEntry]) -> ([u8; 32], Vec<u8>) {
+pub fn seal_segment(codec: &Codec, entries: &[IndexEntry]) -> (IndexSegmentId, Vec<u8>) {
     let mut plain = Vec::with_capacity(entries.len() * ENTRY_LEN);
     for e in entries {
         plain.extend_from_slice(&e.entry.block_id.0);
-        plain.extend_from_slice(&e.pack_id);
+        plain.extend_from_slice(e.pack_id.as_bytes());
         plain.extend_from_slice(&e.entry.offset.to_le_bytes());
         plain.extend_from_slice(&e.entry.sealed_len.to_le_bytes());
         plain.extend_from_slice(&e.entry.raw_len.to_le_bytes());
     }
     let id = codec.content_id(&plain);
-    (id.0, codec.seal(ObjectKind::Index, &id, CONTEXT, &plain, 3))
+    (
+        IndexSegmentId::new(id.0),
+        codec.seal(ObjectKind::Index, &id, CONTEXT, &plain, 3),
+    )
 }
 
 /// Opens and parses the index segment named `id`.
 pub fn open_segment(
     codec: &Codec,
-    id: &[u8; 32],
+    id: &IndexSegmentId,
     sealed: &[u8],
 ) -> Result<Vec<IndexEntry>, CodecError> {
-    let plain = codec.open(ObjectKind::Index, &ContentId(*id), CONTEXT, sealed)?;
+    let plain = codec.open(
+        ObjectKind::Index,
+        &ContentId(*id.as_bytes()),
+        CONTEXT,
+        sealed,
+    )?;
     if plain.len() % ENTRY_LEN != 0 {
         return Err(CodecError::Malformed(
             "index segment length is not a multiple of its entry size".into(),
@@ -59,7 +68,7 @@ pub fn open_segment(
     Ok(plain
         .chunks_exact(ENTRY_LEN)
         .map(|c| IndexEntry {
-            pack_id: c[32..64].try_into().expect("32 bytes"),
+            pack_id: PackId::new(c[32..64].try_into().expect("32 bytes")),
             entry: PackEntry {
                 block_id: ContentId(c[..32].try_into().expect("32 bytes")),
                 offset: u64::from_le_bytes(c[64..72].try_into().expect("8 bytes")),
@@ -80,7 +89,7 @@ mod tests {
         let codec = Codec::new("r", MasterSecret::generate().derive(), true, 1);
         let entries: Vec<IndexEntry> = (0..1000u32)
             .map(|i| IndexEntry {
-                pack_id: [i as u8; 32],
+                pack_id: PackId::new([i as u8; 32]),
                 entry: PackEntry {
                     block_id: codec.content_id(&i.to_le_bytes()),
                     offset: u64::from(i) * 100,

@@ -18,9 +18,16 @@
 //! differs); otherwise only its expiry time counts. Leases written before these fields
 //! existed are judged by their expiry time only.
 //!
+//! A lease is sealed for its name like the other catalog documents ([`crate::store::sealed`],
+//! kind `lease`): one forged without the repository key, or copied from another lease's name
+//! or another repository, is an integrity error naming the object. An older copy of the same
+//! lease put back under its own name cannot be told from a live one by its content; it only
+//! looks live until [`EXPIRY`] (or, on its holder's host, until its pid is checked), so it
+//! can delay gc, expire or a backup, never make gc sweep what a backup needs.
+//!
 //! Leases fail closed: a lease that cannot be read (a read error other than not-found,
-//! content that is not a lease as pgcairn writes it) might belong to a running backup, so it
-//! stops gc, expire and backup with an error naming the object, whatever its age. Clearing it
+//! content that is not a lease pgcairn sealed for that name) might belong to a running backup,
+//! so it stops gc, expire and backup with an error naming the object, whatever its age. Clearing it
 //! is the operator's call: make sure no backup, gc or expire runs on any host, then delete the
 //! object.
 //!
@@ -38,8 +45,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::repo::Repository;
+use crate::repo::{layout, Repository};
 use crate::storage::ObjectKey;
+use crate::store::sealed::{self, DocKind};
 
 /// How often a holder refreshes its lease.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -182,27 +190,35 @@ fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
     }
 }
 
-/// Reads a lease's bytes, failing closed: anything that is not a lease as pgcairn writes it
-/// is an error naming the object and how to clear it.
+/// Reads a lease's bytes, failing closed: anything that is not a lease pgcairn sealed for
+/// this very name (see the module docs) is an integrity error naming the object and how to
+/// clear it.
 fn parse_lease(repo: &Repository, key: &ObjectKey, raw: &[u8]) -> Result<LeaseBody> {
-    let unreadable = |why: String| {
-        Error::Conflict(format!(
-            "lease {key} in {} cannot be read ({why}). It may belong to a running backup, gc or expire, so \
-             gc, expire and backup refuse to go on while it is there. Make sure no pgcairn backup, gc or expire \
-             is running against this repository on any host, then delete the object {key} from the repository",
-            repo.storage().describe()
-        ))
+    let refused = |why: String| {
+        Error::corrupt(
+            key.to_string(),
+            format!(
+                "not a lease pgcairn wrote under this name ({why}): it was forged, altered, or copied from another \
+                 lease or repository. A lease may belong to a running backup, gc or expire, so gc, expire and backup \
+                 refuse to go on while it is there. Make sure no pgcairn backup, gc or expire is running against {} \
+                 on any host, then delete the object {key} from the repository",
+                repo.storage().describe()
+            ),
+        )
     };
-    let body: LeaseBody = serde_json::from_slice(raw).map_err(|e| unreadable(e.to_string()))?;
+    let body: LeaseBody = sealed::open(repo, DocKind::Lease, key, raw).map_err(|e| match e {
+        Error::Corrupt { detail, .. } => refused(detail),
+        other => refused(other.to_string()),
+    })?;
     let kind_ok = matches!(body.kind.as_str(), "backup" | "gc" | "expire");
     if !kind_ok {
-        return Err(unreadable(format!("unknown kind {:?}", body.kind)));
+        return Err(refused(format!("unknown kind {:?}", body.kind)));
     }
     if body.pid == 0 || body.host.is_empty() {
-        return Err(unreadable("no holder (empty host or pid 0)".into()));
+        return Err(refused("no holder (empty host or pid 0)".into()));
     }
     if body.kind == "backup" && (body.cluster.is_empty() || body.backup_id.is_empty()) {
-        return Err(unreadable(
+        return Err(refused(
             "a backup lease without cluster or backup id".into(),
         ));
     }
@@ -219,21 +235,16 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-fn key(cluster: &str, id: &str) -> ObjectKey {
-    ObjectKey::new(format!("leases/backup-{cluster}-{id}"))
-}
-
 /// Backup ids of `cluster` that have a lease object, live or left by a killed backup: a new
 /// backup must not take one of them as its id (its lease could not be created).
 pub async fn backup_ids_with_leases(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
     // Listed by folder: object stores (and the file backend) list by path segments.
-    let prefix = format!("leases/backup-{cluster}-");
     Ok(repo
         .storage()
-        .list("leases/")
+        .list(layout::LEASES_PREFIX)
         .await?
         .into_iter()
-        .filter_map(|o| o.key.as_str().strip_prefix(&prefix).map(str::to_string))
+        .filter_map(|o| layout::parse_backup_lease(cluster, o.key.as_str()).map(str::to_string))
         .collect())
 }
 
@@ -251,7 +262,7 @@ pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let here = PidScope::here();
     let mut out = Vec::new();
-    for o in repo.storage().list("leases/").await? {
+    for o in repo.storage().list(layout::LEASES_PREFIX).await? {
         // Read every lease, even an old one: an unreadable lease stops us whatever its age
         // (its holder may be alive and unable to refresh it). Only "gone since the LIST" is
         // no lease.
@@ -310,8 +321,8 @@ pub async fn acquire_backup(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let body = my_body(backup_kind(), cluster, backup_id);
-    let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
-    let k = key(cluster, backup_id);
+    let k = layout::backup_lease(cluster, backup_id);
+    let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
     let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
     Ok(Lease::hold(repo, k, raw, version))
 }
@@ -324,13 +335,13 @@ pub async fn acquire_exclusive(
     cluster: &str,
     wait: Duration,
 ) -> Result<Lease> {
-    let k = ObjectKey::new(format!("leases/{name}"));
+    let k = layout::exclusive_lease(name);
     let body = my_body(
         name.split('-').next().unwrap_or(name).to_string(),
         cluster,
         "",
     );
-    let raw = Bytes::from(serde_json::to_vec(&body).expect("lease serialises"));
+    let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
     let deadline = std::time::Instant::now() + wait;
     let here = PidScope::here();
     loop {
@@ -345,7 +356,7 @@ pub async fn acquire_exclusive(
                 let body = parse_lease(repo, &k, bytes)?;
                 let fresh = repo
                     .storage()
-                    .list("leases/")
+                    .list(layout::LEASES_PREFIX)
                     .await?
                     .into_iter()
                     .find(|o| o.key == k)
@@ -383,16 +394,16 @@ pub async fn acquire_exclusive(
 }
 
 /// Runs `work` holding the exclusive lease `name` (see [`acquire_exclusive`]), or without any
-/// lease when `dry_run` (a run that changes nothing never keeps another out).
+/// lease on a dry-run repository ([`crate::store::dry_run`]: a run that changes nothing never
+/// waits for, or keeps out, another).
 pub async fn exclusive<T>(
     repo: &Repository,
     name: &str,
     cluster: &str,
     wait: Duration,
-    dry_run: bool,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
-    if dry_run {
+    if repo.is_dry_run() {
         return work.await;
     }
     let lease = acquire_exclusive(repo, name, cluster, wait).await?;
@@ -552,8 +563,11 @@ mod tests {
             r#"{{"kind":"backup","cluster":"main","backup_id":"20261124-000000F","host":"{}","pid":4194303,"started":0}}"#,
             hostname()
         );
-        let k = ObjectKey::new("leases/backup-main-20261124-000000F");
-        mem.put_create(&k, Bytes::from(raw)).await.unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        let k = layout::backup_lease("main", "20261124-000000F");
+        mem.put_create(&k, sealed::seal(&repo, DocKind::Lease, &k, &doc))
+            .await
+            .unwrap();
         assert_eq!(
             live(&repo).await.unwrap().len(),
             1,
@@ -561,6 +575,52 @@ mod tests {
         );
         mem.backdate(k.as_str(), EXPIRY.as_secs() as i64 + 5);
         assert!(live(&repo).await.unwrap().is_empty(), "expired");
+    }
+
+    #[tokio::test]
+    async fn a_forged_or_moved_lease_is_an_integrity_error_naming_it() {
+        let (mem, repo) = memory_repo().await;
+        let (_, other_repo) = memory_repo().await;
+        let mine = my_body("backup".into(), "main", "20261124-000000F");
+        let own = layout::backup_lease("main", "20261124-000000F");
+        let gc = layout::exclusive_lease("gc");
+        let forgeries = [
+            // What a lease was before it was sealed: plain JSON anyone can write.
+            (own.clone(), Bytes::from(serde_json::to_vec(&mine).unwrap())),
+            // A real lease of another name (a backup's, put where gc's goes).
+            (gc.clone(), sealed::seal(&repo, DocKind::Lease, &own, &mine)),
+            // A lease of another repository under the right name.
+            (
+                own.clone(),
+                sealed::seal(&other_repo, DocKind::Lease, &own, &mine),
+            ),
+            // Another kind of catalog document under a lease's name.
+            (own.clone(), sealed::seal(&repo, DocKind::Pin, &own, &mine)),
+        ];
+        for (k, raw) in forgeries {
+            mem.put_swap(
+                &k,
+                raw,
+                mem.get_versioned(&k).await.ok().map(|v| v.1).as_ref(),
+            )
+            .await
+            .unwrap();
+            let err = live_any(&repo).await.unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+            let err = err.to_string();
+            assert!(
+                err.contains(k.as_str())
+                    && err.contains("forged")
+                    && err.contains("delete the object"),
+                "{err}"
+            );
+            mem.delete(&k).await.unwrap();
+        }
+        // Sealed for its name by this repository: read.
+        mem.put_create(&own, sealed::seal(&repo, DocKind::Lease, &own, &mine))
+            .await
+            .unwrap();
+        assert_eq!(live(&repo).await.unwrap()[0].body, mine);
     }
 
     #[tokio::test]
@@ -574,9 +634,13 @@ mod tests {
         ] {
             let (mem, repo) = memory_repo().await;
             let k = ObjectKey::new("leases/backup-main-20261124-000000F");
-            mem.put_create(&k, Bytes::from_static(garbage))
-                .await
-                .unwrap();
+            // JSON is sealed for the name (authentic, but not a lease pgcairn writes); the
+            // rest is stored as it is.
+            let raw = match serde_json::from_slice::<serde_json::Value>(garbage) {
+                Ok(doc) => sealed::seal(&repo, DocKind::Lease, &k, &doc),
+                Err(_) => Bytes::from_static(garbage),
+            };
+            mem.put_create(&k, raw).await.unwrap();
             // Whatever its age: its holder might be alive and unable to refresh it.
             mem.backdate(k.as_str(), 3600);
             let err = live(&repo).await.unwrap_err().to_string();

@@ -137,7 +137,7 @@ fn binding_of(key: &ObjectKey) -> Option<Binding> {
     if let Some(id) = layout::parse_index_segment(k) {
         return Some(Binding {
             kind: ObjectKind::Index,
-            id: ContentId(id),
+            id: ContentId(*id.as_bytes()),
             context: crate::index::CONTEXT.to_vec(),
             mutable: false,
         });
@@ -355,7 +355,6 @@ async fn reencrypt_locked(
     let gc_opts = GcOptions {
         grace: opts.grace,
         repack_below: 0.0,
-        dry_run: false,
         lease_wait: Duration::ZERO,
         reencrypt: true,
         object_lock: opts.object_lock,
@@ -372,11 +371,11 @@ async fn reencrypt_locked(
     let mut remaining: Vec<String> = Vec::new();
     for o in &listed {
         let k = o.key.as_str();
-        if k == layout::CONFIG || k.starts_with("leases/") {
+        if k == layout::CONFIG || k.starts_with(layout::LEASES_PREFIX) {
             continue;
         }
-        if k.starts_with("packs/") {
-            let id = k.rsplit('/').next().and_then(crate::gc::state::pack_id);
+        if k.starts_with(layout::PACKS_PREFIX) {
+            let id = layout::parse_pack(k);
             if id.is_some_and(|id| clean_packs.contains(&id)) {
                 continue;
             }

@@ -69,6 +69,7 @@ use crate::pack::{open_block, open_block_authenticated, open_block_authenticated
 use crate::progress::Progress;
 use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
+use crate::store::ids::PackId;
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
@@ -889,7 +890,7 @@ impl FileJob<'_> {
 enum Work {
     File(String),
     Span {
-        pack: [u8; 32],
+        pack: PackId,
         range: std::ops::Range<u64>,
         paths: Vec<String>,
     },
@@ -916,7 +917,7 @@ fn plan_work(
         return Ok(paths.into_iter().map(Work::File).collect());
     }
     let mut work = Vec::new();
-    let mut small: Vec<([u8; 32], u64, u64, String)> = Vec::new();
+    let mut small: Vec<(PackId, u64, u64, String)> = Vec::new();
     for path in paths {
         let f = files
             .get(&path)?
@@ -961,8 +962,8 @@ fn plan_work(
 
 /// The pack and sealed byte range holding every non-zero block of `f`, if they are all in one
 /// pack; `None` for files with no stored block or blocks in several packs.
-fn sealed_extent(index: &BlockIndex, f: &FileEntry) -> Option<([u8; 32], u64, u64)> {
-    let mut extent: Option<([u8; 32], u64, u64)> = None;
+fn sealed_extent(index: &BlockIndex, f: &FileEntry) -> Option<(PackId, u64, u64)> {
+    let mut extent: Option<(PackId, u64, u64)> = None;
     for b in &f.blocks {
         let Some(id) = b.0 else { continue };
         let e = index.get(&id)?;

@@ -26,6 +26,7 @@ use crate::error::Result;
 use crate::pack::{open_block, read_pack_entries};
 use crate::recovery::ArchiveView;
 use crate::repo::{layout, Repository};
+use crate::store::ids::PackId;
 
 /// Which packs to read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,8 +88,9 @@ pub struct VerifyReport {
     pub catalog: Vec<crate::store::audit::HeadAudit>,
 }
 
-fn slice_of(pack: &[u8; 32], t: u32) -> u32 {
-    (u64::from_le_bytes(pack[..8].try_into().expect("8 bytes")) % u64::from(t)) as u32 + 1
+fn slice_of(pack: &PackId, t: u32) -> u32 {
+    (u64::from_le_bytes(pack.as_bytes()[..8].try_into().expect("8 bytes")) % u64::from(t)) as u32
+        + 1
 }
 
 /// Verifies the repository (every cluster).
@@ -96,7 +98,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     let mut report = VerifyReport::default();
     let index = BlockIndex::load(repo).await?;
     // Which backups use which pack.
-    let mut users: HashMap<[u8; 32], BTreeSet<String>> = HashMap::new();
+    let mut users: HashMap<PackId, BTreeSet<String>> = HashMap::new();
     let mut views: HashMap<String, ArchiveView> = HashMap::new();
     // One manifest in memory at a time: a repository of many backups costs one backup's
     // block list, not all of them.
@@ -223,13 +225,13 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     // Packs present.
     let present: HashSet<String> = repo
         .storage()
-        .list("packs/")
+        .list(layout::PACKS_PREFIX)
         .await?
         .into_iter()
         .map(|o| o.key.to_string())
         .collect();
     report.packs = present.len();
-    let indexed: BTreeMap<String, [u8; 32]> = users
+    let indexed: BTreeMap<String, PackId> = users
         .keys()
         .map(|p| (layout::pack(p).to_string(), *p))
         .collect();
@@ -262,7 +264,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
             .collect(),
         _ => BTreeSet::new(),
     };
-    let selected: Vec<[u8; 32]> = indexed
+    let selected: Vec<PackId> = indexed
         .iter()
         .filter(|(key, _)| present.contains(*key))
         .map(|(_, p)| *p)
@@ -275,7 +277,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         .collect();
     let (todo, skipped): (Vec<_>, Vec<_>) = selected
         .into_iter()
-        .partition(|p| !verified.contains(&hex::encode(p)));
+        .partition(|p| !verified.contains(&p.to_hex()));
     report.packs_skipped = skipped.len();
     let mut reads = futures::stream::iter(todo)
         .map(|p| async move {
@@ -283,7 +285,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
             let bytes = repo.storage().get(&key).await?;
             let codec = repo.codec().clone();
             let checked = crate::cpu::run(move || -> std::result::Result<u64, String> {
-                if blake3::hash(&bytes).as_bytes() != &p {
+                if blake3::hash(&bytes).as_bytes() != p.as_bytes() {
                     return Err("pack bytes do not match its name (BLAKE3)".into());
                 }
                 let entries =
@@ -308,7 +310,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         match checked {
             Ok(blocks) => {
                 report.blocks_read += blocks;
-                verified.insert(hex::encode(p));
+                verified.insert(p.to_hex());
             }
             Err(detail) => report.problems.push(Problem {
                 object: layout::pack(&p).to_string(),
@@ -392,7 +394,9 @@ mod tests {
 
     #[test]
     fn slices_cover_every_pack_exactly_once() {
-        let packs: Vec<[u8; 32]> = (0..200u8).map(|i| *blake3::hash(&[i]).as_bytes()).collect();
+        let packs: Vec<PackId> = (0..200u8)
+            .map(|i| PackId::new(*blake3::hash(&[i]).as_bytes()))
+            .collect();
         let t = 7;
         let mut seen = 0;
         for n in 1..=t {

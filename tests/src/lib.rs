@@ -598,16 +598,24 @@ pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
 }
 
 impl TestEnv {
-    /// Signed request (curl, the fixture's test credentials) to the loopback S3 server for
-    /// repository object `key`.
-    fn s3_request(&self, method: &str, key: &str, upload: Option<&Path>) -> Output {
+    /// The S3 endpoint and `bucket/prefix` of the repository.
+    fn s3_location(&self) -> (String, &str) {
         let endpoint = self
             .options
             .s3_endpoint
             .clone()
             .or_else(s3_endpoint)
             .expect("S3 endpoint");
-        let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
+        (
+            endpoint,
+            self.repo_url.strip_prefix("s3://").expect("s3 url"),
+        )
+    }
+
+    /// Signed request (curl, the fixture's test credentials) to the loopback S3 server for
+    /// repository object `key`.
+    fn s3_request(&self, method: &str, key: &str, upload: Option<&Path>) -> Output {
+        let (endpoint, bucket_prefix) = self.s3_location();
         let mut c = Command::new("curl");
         c.args([
             "-sf",
@@ -675,6 +683,105 @@ impl TestEnv {
         keys.pop().unwrap()
     }
 
+    /// Gives the repository a state directory (`repo.state_dir`: where this host records the
+    /// catalog generations it has seen, so rollbacks are detected); returns it.
+    pub fn use_state_dir(&self) -> PathBuf {
+        let state = self.private_dir("state");
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen(
+            "[repo]\n",
+            &format!("[repo]\nstate_dir = \"{}\"\n", state.display()),
+            1,
+        );
+        std::fs::write(&self.config, text).unwrap();
+        state
+    }
+
+    /// Every object under `prefix` on the S3 server (all pages, as the server lists them),
+    /// with its ETag, last-modified time and size.
+    fn list_s3(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let (endpoint, bucket_prefix) = self.s3_location();
+        let (bucket, root) = bucket_prefix.split_once('/').expect("bucket/prefix");
+        let field = |part: &str, name: &str| {
+            part.split(&format!("<{name}>"))
+                .nth(1)
+                .and_then(|rest| rest.split(&format!("</{name}>")).next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let mut token: Option<String> = None;
+        loop {
+            let mut url =
+                format!("{endpoint}/{bucket}?list-type=2&max-keys=1000&prefix={root}/{prefix}");
+            if let Some(t) = &token {
+                url.push_str("&continuation-token=");
+                for b in t.bytes() {
+                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                        url.push(b as char);
+                    } else {
+                        url.push_str(&format!("%{b:02X}"));
+                    }
+                }
+            }
+            let listed = Command::new("curl")
+                .args([
+                    "-sf",
+                    "--aws-sigv4",
+                    "aws:amz:us-east-1:s3",
+                    "--user",
+                    "test:test",
+                ])
+                .arg(url)
+                .output()
+                .expect("curl");
+            assert!(listed.status.success(), "LIST: {}", stderr(&listed));
+            let body = String::from_utf8_lossy(&listed.stdout).to_string();
+            for part in body.split("<Contents>").skip(1) {
+                let key = field(part, "Key");
+                let key = key.strip_prefix(&format!("{root}/")).unwrap_or(&key);
+                let version = format!(
+                    "{} {} {}",
+                    field(part, "ETag"),
+                    field(part, "LastModified"),
+                    field(part, "Size")
+                );
+                out.push((key.to_string(), version));
+            }
+            if field(&body, "IsTruncated") != "true" {
+                break;
+            }
+            token = Some(field(&body, "NextContinuationToken"));
+        }
+        out
+    }
+
+    /// Every repository object with a fingerprint of its current version: on S3 the ETag and
+    /// last-modified time the server lists (paged), on `file://` the bytes and mtime. Two
+    /// equal snapshots mean nothing was created, deleted or rewritten in between.
+    pub fn snapshot_objects(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match self.options.backend {
+            Backend::File => {
+                for key in self.list_objects("") {
+                    let path = self.path().join("repo").join(&key);
+                    let bytes = std::fs::read(&path).unwrap_or_default();
+                    let mtime = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .map(|t| format!("{t:?}"))
+                        .unwrap_or_default();
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    std::hash::Hash::hash(&bytes, &mut h);
+                    let digest = std::hash::Hasher::finish(&h);
+                    out.push((key, format!("{} bytes {digest:016x} {mtime}", bytes.len())));
+                }
+            }
+            Backend::S3 => out = self.list_s3(""),
+        }
+        out.sort();
+        out
+    }
+
     /// Keys of the repository objects whose key starts with `prefix`, on either backend.
     pub fn list_objects(&self, prefix: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -701,41 +808,7 @@ impl TestEnv {
                     }
                 }
             }
-            Backend::S3 => {
-                let endpoint = self
-                    .options
-                    .s3_endpoint
-                    .clone()
-                    .or_else(s3_endpoint)
-                    .expect("S3 endpoint");
-                let bucket_prefix = self.repo_url.strip_prefix("s3://").expect("s3 url");
-                let (bucket, root) = bucket_prefix.split_once('/').expect("bucket/prefix");
-                let out_list = Command::new("curl")
-                    .args([
-                        "-sf",
-                        "--aws-sigv4",
-                        "aws:amz:us-east-1:s3",
-                        "--user",
-                        "test:test",
-                    ])
-                    .arg(format!(
-                        "{endpoint}/{bucket}?list-type=2&max-keys=1000&prefix={root}/{prefix}"
-                    ))
-                    .output()
-                    .expect("curl");
-                assert!(
-                    out_list.status.success(),
-                    "LIST {prefix}: {}",
-                    stderr(&out_list)
-                );
-                let body = String::from_utf8_lossy(&out_list.stdout).to_string();
-                for part in body.split("<Key>").skip(1) {
-                    let key = part.split("</Key>").next().unwrap_or("");
-                    if let Some(k) = key.strip_prefix(&format!("{root}/")) {
-                        out.push(k.to_string());
-                    }
-                }
-            }
+            Backend::S3 => out = self.list_s3(prefix).into_iter().map(|(k, _)| k).collect(),
         }
         out.sort();
         out

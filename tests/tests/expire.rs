@@ -11,6 +11,34 @@ fn info(env: &TestEnv) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The bytes of lease `leases/<name>` saying `doc`, sealed for that name with the
+/// repository's key as pgcairn seals leases: a lease another host could have written
+/// (`file://` repositories).
+fn sealed_lease(env: &TestEnv, name: &str, doc: &serde_json::Value) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let storage =
+            pgcairn_storage::open(&env.repo_url, &pgcairn_storage::StorageOptions::default())
+                .expect("open storage");
+        let key_file = pgcairn_engine::crypto::KeyFile::load(&env.key_file).expect("key file");
+        let unlock = pgcairn_engine::crypto::Unlock::KeyFile(key_file);
+        let repo = pgcairn_engine::repo::Repository::open(storage, Some(&unlock))
+            .await
+            .expect("open repository");
+        let key = pgcairn_engine::repo::layout::exclusive_lease(name);
+        pgcairn_engine::store::sealed::seal(
+            &repo,
+            pgcairn_engine::store::sealed::DocKind::Lease,
+            &key,
+            doc,
+        )
+        .to_vec()
+    })
+}
+
 /// The report of `gc --grace 0s --dry-run`.
 fn gc_dry_run(env: &TestEnv) -> serde_json::Value {
     let out = env.pgcairn(&["gc", "--grace", "0s", "--dry-run", "--output", "json"]);
@@ -512,14 +540,11 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
     for (name, args) in [("gc", &["gc"][..]), ("expire-main", &["expire"][..])] {
         // Another host holds the lease, with a fresh heartbeat.
         let lease = leases.join(name);
-        std::fs::write(
-            &lease,
-            format!(
-                r#"{{"kind":"{}","cluster":"main","backup_id":"","host":"db-other","pid":4242,"started":1}}"#,
-                name.split('-').next().unwrap()
-            ),
-        )
-        .unwrap();
+        let doc = serde_json::json!({
+            "kind": name.split('-').next().unwrap(), "cluster": "main", "backup_id": "",
+            "host": "db-other", "pid": 4242, "started": 1
+        });
+        std::fs::write(&lease, sealed_lease(&env, name, &doc)).unwrap();
         pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
         let out = env.pgcairn(args);
         assert!(!out.status.success(), "{name}: a second run must not start");
@@ -540,11 +565,10 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
         assert!(!lease.exists(), "{name}: the run released its lease");
     }
     // A dry run takes no lease and so is never kept out.
-    std::fs::write(
-        leases.join("gc"),
-        r#"{"kind":"gc","cluster":"","backup_id":"","host":"db-other","pid":1,"started":1}"#,
-    )
-    .unwrap();
+    let doc = serde_json::json!({
+        "kind": "gc", "cluster": "", "backup_id": "", "host": "db-other", "pid": 1, "started": 1
+    });
+    std::fs::write(leases.join("gc"), sealed_lease(&env, "gc", &doc)).unwrap();
     pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
     assert_success(
         &env.pgcairn(&["gc", "--dry-run"]),
@@ -580,4 +604,138 @@ fn retention_auto_expires_after_each_backup() {
         .map(|b| b["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(left, [second], "{first} expired by the second backup's run");
+}
+
+/// `expire --dry-run` and `gc --dry-run` run over the dry-run storage wrapper: every object
+/// (key, ETag and modification time on S3; bytes and mtime on file://) is the same before
+/// and after, including the status objects and catalog head a real run swaps, while the
+/// real runs that follow do change the repository (so the check can fail). With a state
+/// directory: a dry run that advanced this host's record of the catalog head would make the
+/// real expire after it fail as a rollback.
+#[test]
+fn dry_runs_of_expire_and_gc_change_no_object() {
+    for backend in backends() {
+        let env = TestEnv::new(EnvOptions::new(backend));
+        env.use_state_dir();
+        let pg = env.cluster("pg");
+        pg.start().unwrap();
+        let _stop = StopOnDrop(&pg);
+        env.use_cluster(&pg);
+        pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+        for _ in 0..2 {
+            backup_json(&env, &["--type", "full"]);
+            pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+            switch_wal(&pg);
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        backup_json(&env, &["--type", "full"]);
+        let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+        cfg.push_str("\n[retention]\nfull = 1\n");
+        std::fs::write(&env.config, cfg).unwrap();
+
+        let before = env.snapshot_objects();
+        assert!(
+            before.iter().any(|(k, _)| k.starts_with("packs/")),
+            "{backend:?}"
+        );
+        let out = env.pgcairn(&["expire", "--dry-run"]);
+        assert_success(&out, "expire --dry-run");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(
+            text.matches("WOULD EXPIRE").count(),
+            2,
+            "{backend:?}: {text}"
+        );
+        assert!(text.contains("WOULD REMOVE WAL"), "{backend:?}: {text}");
+        assert_eq!(
+            env.snapshot_objects(),
+            before,
+            "{backend:?}: expire --dry-run"
+        );
+
+        assert_success(&env.pgcairn(&["expire"]), "expire after its dry run");
+        let expired = env.snapshot_objects();
+        assert_ne!(
+            expired, before,
+            "{backend:?}: the real expire removes objects"
+        );
+
+        let dry = gc_dry_run(&env);
+        assert!(
+            !dry["swept"].as_array().unwrap().is_empty(),
+            "{backend:?}: the expired backups' packs would go: {dry:#}"
+        );
+        assert_eq!(dry["dry_run"], true);
+        assert_eq!(env.snapshot_objects(), expired, "{backend:?}: gc --dry-run");
+
+        let out = env.pgcairn(&["gc", "--grace", "0s", "--output", "json"]);
+        assert_success(&out, "gc after its dry run");
+        let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let sorted = |v: &serde_json::Value| {
+            let mut v: Vec<String> = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(&done["swept"]),
+            sorted(&dry["swept"]),
+            "{backend:?}: the dry run said what goes"
+        );
+        assert_ne!(
+            env.snapshot_objects(),
+            expired,
+            "{backend:?}: the real gc deletes packs"
+        );
+    }
+}
+
+/// Leases are sealed for their name: one forged on a `file://` repository (plain JSON, as
+/// leases were before, naming a holder that does not exist) or a real lease copied under
+/// another lease's name stops the commands that read it with an integrity error naming the
+/// object (fail closed: it might be a running backup's): gc reads every lease, expire its
+/// own. Deleting it, as the message says, clears the way.
+#[test]
+fn a_forged_or_copied_lease_is_an_integrity_error_naming_it() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let leases = env.path().join("repo/leases");
+    std::fs::create_dir_all(&leases).unwrap();
+    let gc: &[&[&str]] = &[&["gc"], &["gc", "--dry-run"]];
+    let expire: &[&[&str]] = &[&["expire"], &["gc"], &["gc", "--dry-run"]];
+    for (name, other, readers) in [("gc", "expire-main", gc), ("expire-main", "gc", expire)] {
+        let lease = leases.join(name);
+        let doc = serde_json::json!({
+            "kind": name.split('-').next().unwrap(), "cluster": "main", "backup_id": "",
+            "host": "db-other", "pid": 4242, "started": 1
+        });
+        for (what, body) in [
+            ("forged", serde_json::to_vec(&doc).unwrap()),
+            ("copied", sealed_lease(&env, other, &doc)),
+        ] {
+            std::fs::write(&lease, &body).unwrap();
+            pgcairn_engine::pg::instance::give_to(env.run_as.as_deref(), &leases).unwrap();
+            for args in readers {
+                let out = env.pgcairn(args);
+                let err = stderr(&out);
+                assert_eq!(out.status.code(), Some(1), "{what} {name}: {args:?} {err}");
+                assert!(
+                    err.contains(&format!("corrupt object leases/{name}"))
+                        && err.contains("not a lease pgcairn wrote under this name")
+                        && err.contains(&format!("delete the object leases/{name}")),
+                    "{what} {name}: {args:?}: {err}"
+                );
+            }
+            std::fs::remove_file(&lease).unwrap();
+            for args in readers {
+                assert_success(
+                    &env.pgcairn(args),
+                    &format!("{args:?} once the {what} lease {name} is gone"),
+                );
+            }
+        }
+    }
 }

@@ -292,9 +292,9 @@ fn audit_packs(env: &TestEnv, grace: Duration) -> PackAudit {
             let id = layout::parse_index_segment(seg.key.as_str()).expect("index segment name");
             for e in open_segment(repo.codec(), &id, &sealed).expect("index segment opens") {
                 *copies.entry(e.entry.block_id).or_default() += 1;
-                indexed.insert(hex(&e.pack_id));
+                indexed.insert(e.pack_id.to_hex());
                 if referenced.contains(&e.entry.block_id) {
-                    holding.insert(hex(&e.pack_id));
+                    holding.insert(e.pack_id.to_hex());
                 }
             }
         }
@@ -326,7 +326,7 @@ fn audit_packs(env: &TestEnv, grace: Duration) -> PackAudit {
             .filter(|b| {
                 index
                     .get(b)
-                    .is_none_or(|e| !present.contains(&hex(&e.pack_id)))
+                    .is_none_or(|e| !present.contains(&e.pack_id.to_hex()))
             })
             .map(|b| hex(&b.0))
             .collect();

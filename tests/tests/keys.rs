@@ -112,8 +112,8 @@ fn objects(env: &TestEnv) -> BTreeMap<String, Vec<u8>> {
     })
 }
 
-/// Sealed objects: everything but the config (authenticated by its MAC) and leases
-/// (repository format 3 seals every catalog object).
+/// Objects key rotation reseals: everything but the config (authenticated by its MAC) and
+/// leases (sealed too, but short-lived and rewritten by their holder, so never resealed).
 fn is_sealed(key: &str) -> bool {
     key != "config" && !key.starts_with("leases/")
 }

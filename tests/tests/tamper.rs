@@ -50,14 +50,7 @@ fn record_key(seg: &str) -> String {
 /// Makes the host remember catalog head generations (`repo.state_dir`): PostgreSQL's user
 /// runs pgcairn with root's HOME here, so there is no default.
 fn set_state_dir(env: &TestEnv) {
-    let state = env.private_dir("state");
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    let text = text.replacen(
-        "[repo]\n",
-        &format!("[repo]\nstate_dir = \"{}\"\n", state.display()),
-        1,
-    );
-    std::fs::write(&env.config, text).unwrap();
+    env.use_state_dir();
 }
 
 struct Archived {

@@ -2,6 +2,7 @@
 
 use pgcairn_engine::expire::{expire, set_pin};
 use pgcairn_engine::gc::{gc as run_gc, GcOptions};
+use pgcairn_engine::repo::Repository;
 
 use super::open_repo;
 use crate::args::OutputFormat;
@@ -9,12 +10,11 @@ use crate::exit::Failure;
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Result<(), Failure> {
-    let repo = open_repo(settings).await?;
+    let repo = open_repo_for(settings, dry_run).await?;
     let r = expire(
         &repo,
         &settings.cluster,
         &settings.retention,
-        dry_run,
         settings.maintenance_lease_wait,
     )
     .await?;
@@ -70,6 +70,14 @@ pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Re
     Ok(())
 }
 
+/// The repository, over the dry-run storage wrapper with `--dry-run`
+/// ([`pgcairn_engine::store::dry_run`]): the command runs its real steps and storage is
+/// asked to change nothing.
+async fn open_repo_for(settings: &Settings, dry_run: bool) -> Result<Repository, Failure> {
+    let repo = open_repo(settings).await?;
+    Ok(if dry_run { repo.into_dry_run() } else { repo })
+}
+
 pub async fn pin(settings: &Settings, id: &str, pinned: bool) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
     set_pin(&repo, &settings.cluster, id, pinned).await?;
@@ -96,12 +104,11 @@ pub async fn gc(
         })?,
         None => settings.gc_grace,
     };
-    let repo = open_repo(settings).await?;
+    let repo = open_repo_for(settings, dry_run).await?;
     let started = std::time::Instant::now();
     let opts = GcOptions {
         grace,
         repack_below: settings.gc_repack_below,
-        dry_run,
         lease_wait: settings.maintenance_lease_wait,
         reencrypt: false,
         object_lock: settings.object_lock,
@@ -183,7 +190,6 @@ pub async fn auto_expire(settings: &Settings, backup_id: &str) -> Result<(), Fai
                 &repo,
                 &settings.cluster,
                 &settings.retention,
-                false,
                 settings.maintenance_lease_wait,
             )
             .await?,

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
+use crate::store::ids::PackId;
 
 /// Reads every index segment, a few at a time, and hands each one's entries (with its sealed
 /// size) to `each`: the one way the index is read, whatever a reader keeps of it.
@@ -148,14 +149,14 @@ impl Location {
 #[derive(Debug, Default)]
 pub struct BlockIndex {
     entries: Vec<(ContentId, Location)>,
-    packs: Vec<[u8; 32]>,
+    packs: Vec<PackId>,
 }
 
 /// Numbers pack ids while an index is filled.
 #[derive(Default)]
 struct PackNumbers {
-    numbers: HashMap<[u8; 32], u32>,
-    packs: Vec<[u8; 32]>,
+    numbers: HashMap<PackId, u32>,
+    packs: Vec<PackId>,
 }
 
 impl PackNumbers {
@@ -280,7 +281,7 @@ impl BlockIndex {
     }
 
     /// The packs holding located blocks.
-    pub fn pack_ids(&self) -> std::collections::HashSet<[u8; 32]> {
+    pub fn pack_ids(&self) -> std::collections::HashSet<PackId> {
         self.located()
             .map(|(_, l)| self.packs[l.pack as usize])
             .collect()
@@ -316,7 +317,7 @@ impl KnownBlocks {
     /// in condemned packs are stored again.
     pub async fn load_excluding(
         repo: &Repository,
-        condemned: &std::collections::HashSet<[u8; 32]>,
+        condemned: &std::collections::HashSet<PackId>,
     ) -> Result<Self> {
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
         let mut sorted = Vec::with_capacity(max_entries(&keys));
@@ -376,7 +377,7 @@ pub struct Packer {
     pub packs: u64,
     /// With [`Packer::recording`]: each pack written, its size and entries (for gc's repack;
     /// a backup does not keep them, they would cost memory per block).
-    pub written: Vec<([u8; 32], u64, Vec<crate::pack::PackEntry>)>,
+    pub written: Vec<(PackId, u64, Vec<crate::pack::PackEntry>)>,
     record: bool,
 }
 
@@ -423,7 +424,7 @@ impl Packer {
         let pack: FinishedPack = tokio::task::spawn_blocking(move || writer.finish(&codec))
             .await
             .map_err(|e| Error::InvalidInput(format!("sealing a pack failed: {e}")))?;
-        let pack_id = *pack.pack_id.as_bytes();
+        let pack_id = PackId::new(*pack.pack_id.as_bytes());
         let len = pack.bytes.len() as u64;
         self.repo
             .storage()
@@ -459,7 +460,7 @@ mod tests {
         let mut numbers = PackNumbers::default();
         let entries: Vec<IndexEntry> = (0..3u8)
             .map(|i| IndexEntry {
-                pack_id: [i % 2; 32],
+                pack_id: PackId::new([i % 2; 32]),
                 entry: PackEntry {
                     block_id: ContentId([i; 32]),
                     offset: (5u64 << 32) + u64::from(i) * 1000 + 123,

@@ -23,7 +23,8 @@ use crate::backup::manifest;
 use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::pack::PackEntry;
-use crate::repo::Repository;
+use crate::repo::{layout, Repository};
+use crate::store::ids::PackId;
 
 /// A pack as listed, with the blocks the index says it holds.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ pub struct PackUsage {
 #[derive(Debug, Default)]
 pub struct RepoUsage {
     /// Every pack in the repository.
-    pub packs: BTreeMap<[u8; 32], PackUsage>,
+    pub packs: BTreeMap<PackId, PackUsage>,
     /// Referenced block → number of holders (see the module docs).
     holders: Holders,
     /// Objects listed to build this.
@@ -70,16 +71,10 @@ impl RepoUsage {
     /// Lists packs, reads every index segment and every manifest.
     pub async fn load(repo: &Repository) -> Result<Self> {
         let mut usage = RepoUsage::default();
-        let listed = repo.storage().list("packs/").await?;
+        let listed = repo.storage().list(layout::PACKS_PREFIX).await?;
         usage.objects_listed += listed.len();
         for o in listed {
-            let Some(id) = o
-                .key
-                .as_str()
-                .rsplit('/')
-                .next()
-                .and_then(super::state::pack_id)
-            else {
+            let Some(id) = layout::parse_pack(o.key.as_str()) else {
                 continue;
             };
             usage.packs.insert(
@@ -141,7 +136,7 @@ impl RepoUsage {
     }
 
     /// Sealed bytes of the referenced blocks `pack` holds.
-    pub fn referenced_bytes(&self, pack: &[u8; 32]) -> u64 {
+    pub fn referenced_bytes(&self, pack: &PackId) -> u64 {
         self.packs.get(pack).map_or(0, |p| {
             p.entries
                 .iter()
@@ -152,7 +147,7 @@ impl RepoUsage {
     }
 
     /// Counts holders: every existing pack not in `condemned`.
-    pub fn count_holders(&mut self, condemned: &HashSet<[u8; 32]>) {
+    pub fn count_holders(&mut self, condemned: &HashSet<PackId>) {
         self.holders.reset();
         for (id, p) in &self.packs {
             if condemned.contains(id) {
@@ -168,7 +163,7 @@ impl RepoUsage {
 
     /// Referenced blocks in `pack` that no holder other than `pack` has (with `pack` counted as
     /// a holder, these are its blocks with exactly one holder).
-    pub fn sole_copies(&self, pack: &[u8; 32]) -> Vec<PackEntry> {
+    pub fn sole_copies(&self, pack: &PackId) -> Vec<PackEntry> {
         self.packs.get(pack).map_or_else(Vec::new, |p| {
             p.entries
                 .iter()
@@ -180,7 +175,7 @@ impl RepoUsage {
 
     /// For a condemned pack (not counted as a holder): true if it holds a referenced block
     /// that has no holder at all, so it must be reprieved.
-    pub fn needed_while_condemned(&self, pack: &[u8; 32]) -> bool {
+    pub fn needed_while_condemned(&self, pack: &PackId) -> bool {
         self.packs.get(pack).is_some_and(|p| {
             p.entries
                 .iter()
@@ -189,7 +184,7 @@ impl RepoUsage {
     }
 
     /// Adds `pack` as a holder of its blocks (after a reprieve, or a new pack from a repack).
-    pub fn add_holder(&mut self, pack: &[u8; 32]) {
+    pub fn add_holder(&mut self, pack: &PackId) {
         if let Some(p) = self.packs.get(pack) {
             for e in &p.entries {
                 if let Some(c) = self.holders.get_mut(&e.block_id) {
@@ -200,7 +195,7 @@ impl RepoUsage {
     }
 
     /// Records a pack written by this run (a repack).
-    pub fn add_pack(&mut self, id: [u8; 32], size: u64, entries: Vec<PackEntry>) {
+    pub fn add_pack(&mut self, id: PackId, size: u64, entries: Vec<PackEntry>) {
         self.packs.insert(
             id,
             PackUsage {
@@ -214,7 +209,7 @@ impl RepoUsage {
 
     /// Condemns `pack` (a holder until now) if every referenced block it holds has another
     /// holder; updates the counts. False, and nothing changes, otherwise.
-    pub fn try_condemn(&mut self, pack: &[u8; 32]) -> bool {
+    pub fn try_condemn(&mut self, pack: &PackId) -> bool {
         let Some(p) = self.packs.get(pack) else {
             return false;
         };
@@ -274,7 +269,7 @@ mod tests {
         let mut u = RepoUsage::default();
         for (id, blocks) in packs {
             u.packs.insert(
-                [*id; 32],
+                PackId::new([*id; 32]),
                 PackUsage {
                     size: 1000,
                     modified: Some(0),
@@ -291,19 +286,28 @@ mod tests {
     #[test]
     fn two_copies_of_a_block_are_never_both_condemned() {
         let mut u = usage(&[(1, &[7, 8]), (2, &[7])], &[7]);
-        assert!(u.try_condemn(&[1; 32]), "block 7 is also in pack 2");
-        assert!(!u.try_condemn(&[2; 32]), "pack 2 now holds the only copy");
-        assert_eq!(u.sole_copies(&[2; 32]), vec![entry(7)]);
+        assert!(
+            u.try_condemn(&PackId::new([1; 32])),
+            "block 7 is also in pack 2"
+        );
+        assert!(
+            !u.try_condemn(&PackId::new([2; 32])),
+            "pack 2 now holds the only copy"
+        );
+        assert_eq!(u.sole_copies(&PackId::new([2; 32])), vec![entry(7)]);
     }
 
     #[test]
     fn a_condemned_pack_holding_the_only_copy_is_needed() {
         let mut u = usage(&[(1, &[7]), (2, &[9])], &[7]);
-        u.count_holders(&HashSet::from([[1; 32]]));
-        assert!(u.needed_while_condemned(&[1; 32]));
-        u.add_holder(&[1; 32]);
-        assert!(!u.needed_while_condemned(&[1; 32]));
-        assert!(u.try_condemn(&[2; 32]), "pack 2 holds nothing referenced");
+        u.count_holders(&HashSet::from([PackId::new([1; 32])]));
+        assert!(u.needed_while_condemned(&PackId::new([1; 32])));
+        u.add_holder(&PackId::new([1; 32]));
+        assert!(!u.needed_while_condemned(&PackId::new([1; 32])));
+        assert!(
+            u.try_condemn(&PackId::new([2; 32])),
+            "pack 2 holds nothing referenced"
+        );
     }
 
     #[test]
@@ -313,6 +317,6 @@ mod tests {
         assert_eq!(s.pack_bytes, 2000);
         assert_eq!(s.referenced_bytes, 100);
         assert_eq!(s.reclaimable_bytes, 1900);
-        assert_eq!(u.referenced_bytes(&[1; 32]), 100);
+        assert_eq!(u.referenced_bytes(&PackId::new([1; 32])), 100);
     }
 }

@@ -58,6 +58,7 @@ use time::OffsetDateTime;
 use crate::error::Result;
 use crate::index::seal_segment;
 use crate::repo::{layout, Repository};
+use crate::store::ids::PackId;
 
 pub use liveness::SpaceSummary;
 pub use state::{condemned_packs, read_state, GcState};
@@ -74,8 +75,6 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Repack packs whose referenced bytes are below this fraction of their size (0 = never).
     pub repack_below: f64,
-    /// Report only.
-    pub dry_run: bool,
     /// How long to wait for another gc to finish.
     pub lease_wait: Duration,
     /// Key rotation ([`crate::reencrypt`]): every pack holding anything sealed under a key
@@ -93,7 +92,6 @@ impl GcOptions {
         GcOptions {
             grace,
             repack_below: 0.5,
-            dry_run: false,
             lease_wait: Duration::ZERO,
             reencrypt: false,
             object_lock: None,
@@ -109,11 +107,11 @@ pub struct GcReport {
     /// Packs still needed (referenced or too young to judge) after this run.
     pub live_packs: usize,
     /// Packs newly condemned.
-    pub condemned: Vec<String>,
+    pub condemned: Vec<PackId>,
     /// Condemned packs a backup turned out to need.
-    pub reprieved: Vec<String>,
+    pub reprieved: Vec<PackId>,
     /// Packs whose live blocks were copied out (with `--dry-run`: would be).
-    pub repacked: Vec<String>,
+    pub repacked: Vec<PackId>,
     /// Sealed bytes copied by the repack.
     pub repack_copied_bytes: u64,
     /// Packs the repack wrote.
@@ -121,7 +119,7 @@ pub struct GcReport {
     /// Damaged packs the repack left alone, and why (run `verify --read-data`).
     pub repack_skipped: Vec<String>,
     /// Packs deleted (with `--dry-run`: would be).
-    pub swept: Vec<String>,
+    pub swept: Vec<PackId>,
     /// Bytes reclaimed.
     pub reclaimed_bytes: u64,
     /// Bytes held by condemned packs not yet swept.
@@ -150,7 +148,7 @@ pub struct GcReport {
     /// Packs holding objects sealed under an old key epoch whose referenced blocks were
     /// copied out and resealed (key rotation only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub reencrypted: Vec<String>,
+    pub reencrypted: Vec<PackId>,
     /// Blocks resealed under the newest key epoch (key rotation only).
     #[serde(skip_serializing_if = "is_zero")]
     pub resealed_blocks: u64,
@@ -166,33 +164,28 @@ fn unix_now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn hex_id(id: &[u8; 32]) -> String {
-    hex::encode(id)
-}
-
 /// Pack space for `info`: total, referenced by retained backups, and reclaimable by gc (with
 /// repacking). Reads every index segment and manifest, like gc's mark.
 pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
     Ok(liveness::RepoUsage::load(repo).await?.space())
 }
 
-/// Runs GC under the exclusive gc lease (a dry run takes none: it changes nothing).
+/// Runs GC under the exclusive gc lease. On a dry-run repository
+/// ([`Repository::into_dry_run`]) the same steps run and nothing is written or deleted; no
+/// lease is taken and the repack is planned, not done (see [`crate::store::dry_run`]).
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let work = gc_locked(repo, opts);
-    let report =
-        crate::lease::exclusive(repo, "gc", "", opts.lease_wait, opts.dry_run, work).await?;
-    if !report.dry_run {
-        let at = crate::store::status::rfc3339(OffsetDateTime::now_utc());
-        crate::store::status::record_repository(repo, |s| {
-            s.gc_finished_at = Some(at.clone());
-            s.pack_bytes = report.space.pack_bytes;
-            s.referenced_bytes = report.space.referenced_bytes;
-            s.reclaimable_bytes = report.space.reclaimable_bytes;
-            s.pending_bytes = report.pending_bytes;
-            true
-        })
-        .await;
-    }
+    let report = crate::lease::exclusive(repo, "gc", "", opts.lease_wait, work).await?;
+    let at = crate::store::status::rfc3339(OffsetDateTime::now_utc());
+    crate::store::status::record_repository(repo, |s| {
+        s.gc_finished_at = Some(at.clone());
+        s.pack_bytes = report.space.pack_bytes;
+        s.referenced_bytes = report.space.referenced_bytes;
+        s.reclaimable_bytes = report.space.reclaimable_bytes;
+        s.pending_bytes = report.pending_bytes;
+        true
+    })
+    .await;
     Ok(report)
 }
 
@@ -206,10 +199,12 @@ pub(crate) async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcR
 pub(crate) async fn gc_locked_with(
     repo: &Repository,
     opts: &GcOptions,
-) -> Result<(GcReport, HashSet<[u8; 32]>)> {
+) -> Result<(GcReport, HashSet<PackId>)> {
     let mut clean = HashSet::new();
+    // Planned, not done, in a dry run: copying packs means downloading them whole.
+    let plan_only = repo.is_dry_run();
     let mut report = GcReport {
-        dry_run: opts.dry_run,
+        dry_run: plan_only,
         ..Default::default()
     };
     let grace_s = opts.grace.as_secs() as i64;
@@ -225,49 +220,43 @@ pub(crate) async fn gc_locked_with(
     report.referenced_blocks = usage.referenced_blocks();
     report.packs = usage.packs.len();
     let (mut state, version) = read_state(repo).await?;
-    state
-        .condemned
-        .retain(|h, _| state::pack_id(h).is_some_and(|id| usage.packs.contains_key(&id)));
-    let condemned: HashSet<[u8; 32]> = state
-        .condemned
-        .keys()
-        .filter_map(|h| state::pack_id(h))
-        .collect();
+    state.condemned.retain(|id, _| usage.packs.contains_key(id));
+    let condemned: HashSet<PackId> = state.condemned.keys().copied().collect();
     usage.count_holders(&condemned);
     // 3. Reprieve.
     for id in &condemned {
         if usage.needed_while_condemned(id) {
-            state.condemned.remove(&hex_id(id));
+            state.condemned.remove(id);
             usage.add_holder(id);
-            report.reprieved.push(hex_id(id));
+            report.reprieved.push(*id);
         }
     }
     let now = unix_now();
     // An object of unknown age is never judged old enough.
     let old = |modified: Option<i64>| modified.is_some_and(|m| now - m >= grace_s);
-    let uncondemned_old: Vec<[u8; 32]> = usage
+    let uncondemned_old: Vec<PackId> = usage
         .packs
         .iter()
-        .filter(|(id, p)| !state.condemned.contains_key(&hex_id(id)) && old(p.modified))
+        .filter(|(id, p)| !state.condemned.contains_key(id) && old(p.modified))
         .map(|(id, _)| *id)
         .collect();
     // 4. Repack (with `reencrypt`: every pack holding old key epochs, resealing).
-    if opts.reencrypt && !opts.dry_run {
+    if opts.reencrypt && !plan_only {
         let done = repack::reencrypt(repo, &mut usage, &uncondemned_old).await?;
         report.bytes_read += done.outcome.bytes_read;
         report.repack_copied_bytes = done.outcome.copied_bytes;
         report.repack_new_packs = done.outcome.new_packs;
         report.resealed_blocks = done.resealed_blocks;
-        report.reencrypted = done.outcome.repacked.iter().map(hex_id).collect();
+        report.reencrypted = done.outcome.repacked.clone();
         report.repack_skipped = done
             .outcome
             .skipped
             .iter()
-            .map(|(id, why)| format!("{}: {why}", hex_id(id)))
+            .map(|(id, why)| format!("{id}: {why}"))
             .collect();
         clean = done.clean;
     } else if opts.repack_below > 0.0 {
-        let sources: Vec<[u8; 32]> = uncondemned_old
+        let sources: Vec<PackId> = uncondemned_old
             .iter()
             .filter(|id| {
                 let live = usage.referenced_bytes(id);
@@ -276,19 +265,19 @@ pub(crate) async fn gc_locked_with(
             })
             .copied()
             .collect();
-        if opts.dry_run {
+        if plan_only {
             report.repack_copied_bytes = sources.iter().map(|s| usage.referenced_bytes(s)).sum();
-            report.repacked = sources.iter().map(hex_id).collect();
+            report.repacked = sources.clone();
         } else if !sources.is_empty() {
             let done = repack::repack(repo, &mut usage, &sources).await?;
             report.bytes_read += done.bytes_read;
             report.repack_copied_bytes = done.copied_bytes;
             report.repack_new_packs = done.new_packs;
-            report.repacked = done.repacked.iter().map(hex_id).collect();
+            report.repacked = done.repacked.clone();
             report.repack_skipped = done
                 .skipped
                 .iter()
-                .map(|(id, why)| format!("{}: {why}", hex_id(id)))
+                .map(|(id, why)| format!("{id}: {why}"))
                 .collect();
         }
     }
@@ -305,19 +294,16 @@ pub(crate) async fn gc_locked_with(
     });
     let condemned_at = unix_now();
     for id in &by_garbage {
-        let would_empty = opts.dry_run && report.repacked.contains(&hex_id(id));
+        let would_empty = plan_only && report.repacked.contains(id);
         if would_empty || usage.try_condemn(id) {
-            report.condemned.push(hex_id(id));
-            state.condemned.insert(hex_id(id), condemned_at);
+            report.condemned.push(*id);
+            state.condemned.insert(*id, condemned_at);
         }
     }
     // 6. Sweep candidates.
     let oldest_lease = leases.iter().map(|l| l.body.started).min();
-    let mut sweep: Vec<[u8; 32]> = Vec::new();
-    for (h, at) in &state.condemned {
-        let Some(id) = state::pack_id(h) else {
-            continue;
-        };
+    let mut sweep: Vec<PackId> = Vec::new();
+    for (&id, at) in &state.condemned {
         // The clock read at condemnation, not at the start: with a zero grace period, packs
         // condemned by this run are swept by it whatever second the repack ended in.
         if condemned_at - at < grace_s {
@@ -341,32 +327,27 @@ pub(crate) async fn gc_locked_with(
         }
         sweep.push(id);
     }
-    let size = |id: &[u8; 32]| usage.packs.get(id).map_or(0, |p| p.size);
+    let size = |id: &PackId| usage.packs.get(id).map_or(0, |p| p.size);
     report.pending_bytes = state
         .condemned
         .keys()
-        .filter_map(|h| state::pack_id(h))
         .filter(|id| !sweep.contains(id))
-        .map(|id| size(&id))
+        .map(size)
         .sum();
     report.reclaimed_bytes = sweep.iter().map(size).sum();
-    report.swept = sweep.iter().map(hex_id).collect();
+    report.swept = sweep.clone();
     report.live_packs = usage.packs.len() - state.condemned.len();
-    if opts.dry_run {
-        report.space = usage.space();
-        return Ok((report, clean));
-    }
     // Record condemnations first: backups starting from now on avoid these packs.
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if sweep.is_empty() {
         report.space = usage.space();
         return Ok((report, clean));
     }
-    let doomed: HashSet<[u8; 32]> = sweep.iter().copied().collect();
+    let doomed: HashSet<PackId> = sweep.iter().copied().collect();
     report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
     for id in &sweep {
         repo.storage().delete(&layout::pack(id)).await?;
-        state.condemned.remove(&hex_id(id));
+        state.condemned.remove(id);
         usage.packs.remove(id);
     }
     state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
@@ -378,7 +359,7 @@ pub(crate) async fn gc_locked_with(
 /// first, then the old one deleted). Returns how many segments were rewritten.
 async fn drop_index_entries(
     repo: &Repository,
-    doomed: &HashSet<[u8; 32]>,
+    doomed: &HashSet<PackId>,
     report: &mut GcReport,
 ) -> Result<usize> {
     let segments = repo.storage().list(layout::INDEX_PREFIX).await?;

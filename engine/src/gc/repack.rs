@@ -20,6 +20,7 @@ use crate::cpu;
 use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
+use crate::store::ids::PackId;
 
 use super::liveness::RepoUsage;
 
@@ -27,7 +28,7 @@ use super::liveness::RepoUsage;
 #[derive(Debug, Default)]
 pub struct RepackOutcome {
     /// Source packs whose live blocks were copied.
-    pub repacked: Vec<[u8; 32]>,
+    pub repacked: Vec<PackId>,
     /// Bytes read from source packs.
     pub bytes_read: u64,
     /// Sealed bytes copied.
@@ -36,14 +37,14 @@ pub struct RepackOutcome {
     pub new_packs: u64,
     /// Source packs left alone because they are damaged (pack, why): `verify` names the
     /// backups that depend on them.
-    pub skipped: Vec<([u8; 32], String)>,
+    pub skipped: Vec<(PackId, String)>,
 }
 
 /// Copies the blocks only `sources` hold into new packs and records those packs in `usage`.
 pub async fn repack(
     repo: &Repository,
     usage: &mut RepoUsage,
-    sources: &[[u8; 32]],
+    sources: &[PackId],
 ) -> Result<RepackOutcome> {
     let mut out = RepackOutcome::default();
     let mut packer = Packer::recording(repo.clone());
@@ -52,7 +53,7 @@ pub async fn repack(
         let key = layout::pack(src);
         let bytes = repo.storage().get(&key).await?;
         out.bytes_read += bytes.len() as u64;
-        if blake3::hash(&bytes).as_bytes() != src {
+        if blake3::hash(&bytes).as_bytes() != src.as_bytes() {
             tracing::warn!("{key}: contents do not match its name; not repacking it");
             out.skipped
                 .push((*src, "contents do not match its name".into()));
@@ -99,7 +100,7 @@ pub struct ReencryptOutcome {
     pub resealed_blocks: u64,
     /// Packs read and found sealed under the write epoch only, and packs written: nothing
     /// in them needs resealing.
-    pub clean: HashSet<[u8; 32]>,
+    pub clean: HashSet<PackId>,
 }
 
 /// Key rotation's repack ([`crate::reencrypt`]): reads every pack of `candidates`; one holding
@@ -110,7 +111,7 @@ pub struct ReencryptOutcome {
 pub async fn reencrypt(
     repo: &Repository,
     usage: &mut RepoUsage,
-    candidates: &[[u8; 32]],
+    candidates: &[PackId],
 ) -> Result<ReencryptOutcome> {
     let mut out = ReencryptOutcome::default();
     let mut copied: HashSet<ContentId> = HashSet::new();
@@ -124,7 +125,7 @@ pub async fn reencrypt(
             Err(e) => return Err(e.into()),
         };
         out.outcome.bytes_read += bytes.len() as u64;
-        if blake3::hash(&bytes).as_bytes() != src {
+        if blake3::hash(&bytes).as_bytes() != src.as_bytes() {
             tracing::warn!("{key}: contents do not match its name; not reencrypting it");
             out.outcome
                 .skipped

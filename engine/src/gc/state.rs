@@ -12,13 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::storage::{ObjectKey, ObjectVersion, StorageError};
+use crate::store::ids::PackId;
 use crate::store::sealed::{self, DocKind};
 
 /// The CAS-updated GC state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GcState {
-    /// Condemned packs (hex id) and when (unix seconds).
-    pub condemned: BTreeMap<String, i64>,
+    /// Condemned packs (as hex in the document) and when (unix seconds).
+    pub condemned: BTreeMap<PackId, i64>,
     /// Incremented by every write. Each host remembers the highest it saw (`repo.state_dir`,
     /// as for catalog heads), so an older copy put back is refused: replayed, it could make gc
     /// sweep a pack it had since rescued because a backup uses it again.
@@ -96,13 +97,8 @@ pub async fn write_state(
     Ok(written)
 }
 
-/// Parses a hex pack id.
-pub fn pack_id(hex_id: &str) -> Option<[u8; 32]> {
-    hex::decode(hex_id).ok()?.try_into().ok()
-}
-
 /// Packs condemned by GC: backups must not deduplicate against them.
-pub async fn condemned_packs(repo: &Repository) -> Result<HashSet<[u8; 32]>> {
+pub async fn condemned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
     let (state, _) = read_state(repo).await?;
-    Ok(state.condemned.keys().filter_map(|h| pack_id(h)).collect())
+    Ok(state.condemned.keys().copied().collect())
 }

@@ -69,14 +69,14 @@ async fn pack_of(repo: &Repository, ns: std::ops::Range<u32>) -> Vec<ContentId> 
     ids
 }
 
-async fn pack_names(repo: &Repository) -> Vec<String> {
-    let mut v: Vec<String> = repo
+async fn pack_names(repo: &Repository) -> Vec<PackId> {
+    let mut v: Vec<PackId> = repo
         .storage()
-        .list("packs/")
+        .list(layout::PACKS_PREFIX)
         .await
         .unwrap()
         .into_iter()
-        .map(|o| o.key.as_str().rsplit('/').next().unwrap().to_string())
+        .map(|o| layout::parse_pack(o.key.as_str()).unwrap())
         .collect();
     v.sort();
     v
@@ -122,18 +122,24 @@ async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readab
         .await
         .unwrap();
     let before = pack_names(&repo).await;
-    let dry = gc(
-        &repo,
-        &GcOptions {
-            dry_run: true,
-            ..opts()
-        },
-    )
-    .await
-    .unwrap();
+    let dry_repo = repo.clone().into_dry_run();
+    let dry = gc(&dry_repo, &opts()).await.unwrap();
+    assert!(dry.dry_run);
     assert_eq!(dry.repacked.len(), 1);
     assert_eq!(dry.swept.len(), 2, "{dry:?}");
     assert_eq!(pack_names(&repo).await, before, "a dry run changes nothing");
+    // What it reports is what it asked storage to do: the same two packs deleted.
+    let mut would_delete: Vec<PackId> = dry_repo
+        .dry_run()
+        .unwrap()
+        .deleted()
+        .iter()
+        .filter_map(|k| layout::parse_pack(k.as_str()))
+        .collect();
+    would_delete.sort();
+    let mut swept = dry.swept.clone();
+    swept.sort();
+    assert_eq!(would_delete, swept);
 
     let r = gc(&repo, &opts()).await.unwrap();
     assert_eq!(r.repacked.len(), 1, "{r:?}");
@@ -157,7 +163,7 @@ async fn a_damaged_pack_is_not_repacked_nor_deleted() {
     let a = pack_of(&repo, 0..20).await;
     save_manifest(&repo, "20261124-000000F", &a[..2]).await;
     let name = pack_names(&repo).await.remove(0);
-    let key = layout::pack(&state::pack_id(&name).unwrap());
+    let key = layout::pack(&name);
     let mut bytes = repo.storage().get(&key).await.unwrap().to_vec();
     bytes[100] ^= 0xff;
     repo.storage().delete(&key).await.unwrap();
@@ -168,7 +174,7 @@ async fn a_damaged_pack_is_not_repacked_nor_deleted() {
     let r = gc(&repo, &opts()).await.unwrap();
     assert!(r.repacked.is_empty(), "{r:?}");
     assert_eq!(r.repack_skipped.len(), 1, "{r:?}");
-    assert!(r.repack_skipped[0].contains(&name));
+    assert!(r.repack_skipped[0].contains(&name.to_hex()));
     assert!(r.swept.is_empty() && r.condemned.is_empty(), "{r:?}");
     assert_eq!(pack_names(&repo).await, vec![name]);
 }
@@ -220,9 +226,9 @@ async fn packs_younger_than_the_grace_period_are_never_condemned() {
     let r = gc(&repo, &hour).await.unwrap();
     assert!(r.condemned.is_empty(), "{r:?}");
     let name = pack_names(&repo).await.remove(0);
-    mem.backdate(&format!("packs/{}/{name}", &name[..2]), 7200);
+    mem.backdate(layout::pack(&name).as_str(), 7200);
     let r = gc(&repo, &hour).await.unwrap();
-    assert_eq!(r.condemned, vec![name.clone()], "{r:?}");
+    assert_eq!(r.condemned, vec![name], "{r:?}");
     assert!(
         r.swept.is_empty(),
         "condemned just now: swept a grace period later"
@@ -243,7 +249,7 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
         let source = pack_names(&repo).await;
         let mut usage = liveness::RepoUsage::load(&repo).await.unwrap();
         usage.count_holders(&Default::default());
-        let src_id = state::pack_id(&source[0]).unwrap();
+        let src_id = source[0];
         let copied = repack::repack(&repo, &mut usage, &[src_id]).await.unwrap();
         assert_eq!(copied.new_packs, 1);
         let with_copy = pack_names(&repo).await;
@@ -253,7 +259,7 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
         let r = gc(&repo, &opts()).await.unwrap();
         assert_eq!(r.condemned, source, "the 10%-live source goes: {r:?}");
         assert_eq!(r.swept, source);
-        assert_eq!(pack_names(&repo).await, vec![with_copy[0].clone()]);
+        assert_eq!(pack_names(&repo).await, vec![with_copy[0]]);
         assert_readable(&repo, &a[..2]).await;
         return;
     }
@@ -267,19 +273,16 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
     let a = pack_of(&repo, 0..4).await;
     let pack_a = pack_names(&repo).await;
     let b = pack_of(&repo, 2..6).await;
-    let pack_b: Vec<String> = pack_names(&repo)
+    let pack_b: Vec<PackId> = pack_names(&repo)
         .await
         .into_iter()
         .filter(|n| !pack_a.contains(n))
         .collect();
-    let (id_a, id_b) = (
-        state::pack_id(&pack_a[0]).unwrap(),
-        state::pack_id(&pack_b[0]).unwrap(),
-    );
+    let (id_a, id_b) = (pack_a[0], pack_b[0]);
     let unindexed = repo.codec().content_id(b"in no pack");
     for (condemned, other) in [(id_a, id_b), (id_b, id_a)] {
         let mut st = GcState::default();
-        st.condemned.insert(hex::encode(condemned), 0);
+        st.condemned.insert(condemned, 0);
         let (_, version) = state::read_state(&repo).await.unwrap();
         state::write_state(&repo, &mut st, version.as_ref(), "test")
             .await

@@ -76,6 +76,9 @@ pub struct Seen {
 #[derive(Debug, Clone)]
 pub struct GenerationCache {
     path: PathBuf,
+    /// A dry run checks against what was seen but records nothing: what it "wrote" is not
+    /// in the repository, and recording it would make the next real run see a rollback.
+    read_only: bool,
 }
 
 impl GenerationCache {
@@ -83,7 +86,14 @@ impl GenerationCache {
     pub fn new(state_dir: &Path, repo_id: &str) -> Self {
         GenerationCache {
             path: state_dir.join(format!("repo-{repo_id}.json")),
+            read_only: false,
         }
+    }
+
+    /// The same cache, recording nothing when `read_only` (a dry run).
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
     }
 
     /// Where it lives.
@@ -177,6 +187,9 @@ impl GenerationCache {
     }
 
     fn write(&self, seen: &Seen) -> std::io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }

@@ -4,6 +4,7 @@
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::storage::ObjectKey;
+use crate::store::ids::{IndexSegmentId, PackId};
 use crate::types::{TimelineId, WalFileName};
 
 /// Key of the repository config.
@@ -68,6 +69,45 @@ pub fn parse_audit_record(key: &str) -> Option<u128> {
     (t.len() == 20 && s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| t.parse().ok())
         .flatten()
+}
+
+/// Prefix of every lease (see [`crate::lease`]).
+pub const LEASES_PREFIX: &str = "leases/";
+
+/// True for a lease's key.
+pub fn is_lease(key: &ObjectKey) -> bool {
+    key.as_str().starts_with(LEASES_PREFIX)
+}
+
+/// The lease of a running backup.
+pub fn backup_lease(cluster: &str, backup_id: &str) -> ObjectKey {
+    ObjectKey::new(format!("{LEASES_PREFIX}backup-{cluster}-{backup_id}"))
+}
+
+/// The backup id a backup lease of `cluster` names (`None`: not one).
+pub fn parse_backup_lease<'a>(cluster: &str, key: &'a str) -> Option<&'a str> {
+    key.strip_prefix(LEASES_PREFIX)?
+        .strip_prefix("backup-")?
+        .strip_prefix(cluster)?
+        .strip_prefix('-')
+}
+
+/// An exclusive lease: `gc`, or `expire-<cluster>`.
+pub fn exclusive_lease(name: &str) -> ObjectKey {
+    ObjectKey::new(format!("{LEASES_PREFIX}{name}"))
+}
+
+/// The cluster whose catalog head this key is (`None`: not a catalog head).
+pub fn parse_catalog_head(key: &str) -> Option<&str> {
+    key.strip_prefix("clusters/")
+        .and_then(|rest| rest.strip_suffix("/head"))
+        .filter(|cluster| !cluster.is_empty() && !cluster.contains('/'))
+}
+
+/// The cluster whose status object this key is (`None`: not a cluster's status object).
+pub fn parse_cluster_status(key: &str) -> Option<&str> {
+    key.strip_prefix(CLUSTER_STATUS_PREFIX)
+        .filter(|cluster| !cluster.is_empty() && !cluster.contains('/'))
 }
 
 /// The repository's gc state (see [`crate::gc`]).
@@ -218,22 +258,30 @@ pub fn pin(cluster: &str, id: &str) -> ObjectKey {
 /// Prefix of every index segment.
 pub const INDEX_PREFIX: &str = "index/";
 
+/// Prefix of every pack.
+pub const PACKS_PREFIX: &str = "packs/";
+
 /// A pack object.
-pub fn pack(pack_id: &[u8; 32]) -> ObjectKey {
-    let hex = hex::encode(pack_id);
-    ObjectKey::new(format!("packs/{}/{hex}", &hex[..2]))
+pub fn pack(pack_id: &PackId) -> ObjectKey {
+    let hex = pack_id.to_hex();
+    ObjectKey::new(format!("{PACKS_PREFIX}{}/{hex}", &hex[..2]))
+}
+
+/// The id a pack's key names (`None`: not a pack key).
+pub fn parse_pack(key: &str) -> Option<PackId> {
+    let (dir, hex_id) = key.strip_prefix(PACKS_PREFIX)?.split_once('/')?;
+    PackId::from_hex(hex_id).filter(|_| hex_id.get(..2) == Some(dir))
 }
 
 /// An index segment, named by the keyed content id of its plaintext (bound into its
 /// authenticated data, see [`crate::index`]).
-pub fn index_segment(id: &[u8; 32]) -> ObjectKey {
-    ObjectKey::new(format!("index/{}", hex::encode(id)))
+pub fn index_segment(id: &IndexSegmentId) -> ObjectKey {
+    ObjectKey::new(format!("{INDEX_PREFIX}{}", id.to_hex()))
 }
 
 /// The id an index segment's key names (`None`: not an index segment key).
-pub fn parse_index_segment(key: &str) -> Option<[u8; 32]> {
-    let hex_id = key.strip_prefix(INDEX_PREFIX)?;
-    hex::decode(hex_id).ok()?.try_into().ok()
+pub fn parse_index_segment(key: &str) -> Option<IndexSegmentId> {
+    IndexSegmentId::from_hex(key.strip_prefix(INDEX_PREFIX)?)
 }
 
 #[cfg(test)]
@@ -265,6 +313,45 @@ mod tests {
             parse_wal_data("main", wal_data("main", &history, &id).as_str()),
             Some((TimelineId(2), history))
         );
+    }
+
+    #[test]
+    fn pack_and_segment_keys_round_trip() {
+        let p = PackId::new([0xcd; 32]);
+        let key = pack(&p);
+        assert_eq!(key.as_str(), format!("packs/cd/{}", "cd".repeat(32)));
+        assert_eq!(parse_pack(key.as_str()), Some(p));
+        assert_eq!(parse_pack(&format!("packs/ab/{}", "cd".repeat(32))), None);
+        let s = IndexSegmentId::new([0xcd; 32]);
+        assert_eq!(parse_index_segment(index_segment(&s).as_str()), Some(s));
+        assert_eq!(parse_index_segment(key.as_str()), None);
+    }
+
+    #[test]
+    fn lease_keys_round_trip() {
+        let k = backup_lease("main", "20261124-000000F");
+        assert!(is_lease(&k));
+        assert_eq!(
+            parse_backup_lease("main", k.as_str()),
+            Some("20261124-000000F")
+        );
+        assert_eq!(parse_backup_lease("mai", k.as_str()), None);
+        assert_eq!(
+            parse_backup_lease("main", exclusive_lease("gc").as_str()),
+            None
+        );
+        assert!(is_lease(&exclusive_lease("expire-main")));
+        assert!(!is_lease(&gc_state()));
+        assert_eq!(
+            parse_catalog_head(catalog_head("db-1").as_str()),
+            Some("db-1")
+        );
+        assert_eq!(parse_catalog_head("clusters/a/b/head"), None);
+        assert_eq!(
+            parse_cluster_status(cluster_status("db-1").as_str()),
+            Some("db-1")
+        );
+        assert_eq!(parse_cluster_status("status/cluster/a/b"), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 //! packs/<2 hex>/<pack id>                      pack objects (see `pack`), named by BLAKE3 of their bytes
 //! index/<id>                                   index segments (see `index`), named by keyed content id
 //! gc/state                                     sealed catalog document (GcState), CAS-updated by gc
-//! leases/...                                   plaintext JSON leases (see `lease`)
+//! leases/...                                   sealed catalog documents (Lease), CAS-updated (see `lease`)
 //! ```
 //!
 //! A catalog document is sealed with its kind and exact key as authenticated context
@@ -55,6 +55,8 @@ pub struct Repository {
     codec: Codec,
     slot_id: String,
     state_dir: Option<std::path::PathBuf>,
+    /// Set by [`Repository::into_dry_run`]: the storage is that wrapper.
+    dry_run: Option<Arc<crate::store::dry_run::DryRun>>,
 }
 
 /// Options for `init`.
@@ -157,6 +159,7 @@ impl Repository {
             codec,
             slot_id: unlocked.slot_id.clone(),
             state_dir: state_dir.map(|d| d.to_path_buf()),
+            dry_run: None,
         })
     }
 
@@ -201,6 +204,25 @@ impl Repository {
         self
     }
 
+    /// The same repository for `--dry-run`: its storage reads but records writes and deletes
+    /// instead of doing them ([`crate::store::dry_run`]); the log is [`Repository::dry_run`].
+    pub fn into_dry_run(mut self) -> Self {
+        let dry = Arc::new(crate::store::dry_run::DryRun::new(self.storage.clone()));
+        self.storage = dry.clone();
+        self.dry_run = Some(dry);
+        self
+    }
+
+    /// The dry-run wrapper under this repository, if it is one ([`Repository::into_dry_run`]).
+    pub fn dry_run(&self) -> Option<&crate::store::dry_run::DryRun> {
+        self.dry_run.as_deref()
+    }
+
+    /// True when nothing this repository is asked to write is written.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run.is_some()
+    }
+
     /// This host's state directory (`repo.state_dir`), if any.
     pub fn state_dir(&self) -> Option<&std::path::Path> {
         self.state_dir.as_deref()
@@ -208,9 +230,9 @@ impl Repository {
 
     /// This host's record of the generations seen, when a state directory is configured.
     pub fn generation_cache(&self) -> Option<keys::GenerationCache> {
-        self.state_dir
-            .as_deref()
-            .map(|d| keys::GenerationCache::new(d, &self.config.repo_id))
+        self.state_dir.as_deref().map(|d| {
+            keys::GenerationCache::new(d, &self.config.repo_id).read_only(self.is_dry_run())
+        })
     }
 
     /// The storage.

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::repo::layout;
 use crate::storage::{CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storage, StorageError};
 
 /// Refuses deletes and overwrites except of leases and catalog heads.
@@ -48,24 +49,6 @@ impl AppendOnly {
             ),
         }
     }
-}
-
-fn is_lease(key: &ObjectKey) -> bool {
-    key.as_str().starts_with("leases/")
-}
-
-fn is_catalog_head(key: &ObjectKey) -> bool {
-    key.as_str()
-        .strip_prefix("clusters/")
-        .and_then(|rest| rest.strip_suffix("/head"))
-        .is_some_and(|cluster| !cluster.is_empty() && !cluster.contains('/'))
-}
-
-/// The cluster's status object (monitoring only; see [`super::status`]).
-fn is_status(key: &ObjectKey) -> bool {
-    key.as_str()
-        .strip_prefix(crate::repo::layout::CLUSTER_STATUS_PREFIX)
-        .is_some_and(|cluster| !cluster.is_empty() && !cluster.contains('/'))
 }
 
 #[async_trait]
@@ -104,7 +87,10 @@ impl Storage for AppendOnly {
         data: Bytes,
         expected: Option<&ObjectVersion>,
     ) -> Result<ObjectVersion, StorageError> {
-        if is_lease(key) || is_catalog_head(key) || is_status(key) {
+        if layout::is_lease(key)
+            || layout::parse_catalog_head(key.as_str()).is_some()
+            || layout::parse_cluster_status(key.as_str()).is_some()
+        {
             return self.inner.put_swap(key, data, expected).await;
         }
         Err(self.refuse("overwrite", key))
@@ -115,7 +101,7 @@ impl Storage for AppendOnly {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        if is_lease(key) {
+        if layout::is_lease(key) {
             return self.inner.delete(key).await;
         }
         Err(self.refuse("delete", key))

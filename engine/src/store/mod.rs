@@ -21,13 +21,17 @@
 //!   repository or restores from it.
 //! - [`append_only`]: a storage wrapper refusing deletes and overwrites, for `archive-push`
 //!   and `backup`, which never need them (least privilege).
-//! - [`ids`]: typed ids for what the head records.
+//! - [`dry_run`]: a storage wrapper for `--dry-run` (gc, expire): reads pass, writes and
+//!   deletes are recorded instead of done.
+//! - [`ids`]: typed ids (`PackId`, `IndexSegmentId`, `BackupId`, `ClusterName`).
 //!
-//! Not done yet (issue 15, item 6): moving object naming, the block store and the other
-//! commands' documents under this layer; `repo::layout` still builds every key.
+//! Not done yet (issue 15, item 6): moving the block store and the commands' documents (with
+//! real timestamps instead of RFC 3339 strings) under this layer. `repo::layout` builds every
+//! object key, from the ids here.
 
 pub mod append_only;
 pub mod audit;
+pub mod dry_run;
 pub mod head;
 pub mod ids;
 pub mod sealed;

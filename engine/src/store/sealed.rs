@@ -43,6 +43,8 @@ pub enum DocKind {
     RepositoryStatus,
     /// `audit/<time>-<random>`.
     AuditRecord,
+    /// `leases/<name>`: who runs a backup, gc or expire (see [`crate::lease`]).
+    Lease,
 }
 
 impl DocKind {
@@ -58,6 +60,7 @@ impl DocKind {
             DocKind::ClusterStatus => "cluster-status",
             DocKind::RepositoryStatus => "repository-status",
             DocKind::AuditRecord => "audit-record",
+            DocKind::Lease => "lease",
         }
     }
 }

@@ -274,7 +274,7 @@ async fn what_expire_removes_is_not_reported_as_missing() {
         full: Some(1),
         ..Default::default()
     };
-    let report = crate::expire::expire(&repo, "main", &policy, false, std::time::Duration::ZERO)
+    let report = crate::expire::expire(&repo, "main", &policy, std::time::Duration::ZERO)
         .await
         .unwrap();
     assert!(report.wal_files > 0, "{report:?}");
@@ -292,7 +292,8 @@ async fn an_older_gc_state_put_back_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo.with_state_dir(dir.path());
     let (mut st, v) = read_state(&repo).await.unwrap();
-    st.condemned.insert("ab".repeat(32), 1);
+    st.condemned
+        .insert(crate::store::ids::PackId::new([0xab; 32]), 1);
     let v = write_state(&repo, &mut st, v.as_ref(), "test")
         .await
         .unwrap();
