@@ -587,6 +587,22 @@ impl TestEnv {
     }
 }
 
+/// How many times the restore's first-start block ([`pgcairn_engine::first_start`], which
+/// holds `recovery_init_sync_method = syncfs`) appears in `datadir`'s `postgresql.auto.conf`.
+pub fn first_start_blocks(datadir: &Path) -> usize {
+    let conf = std::fs::read_to_string(datadir.join("postgresql.auto.conf")).unwrap();
+    let begins = conf
+        .lines()
+        .filter(|l| *l == pgcairn_engine::first_start::BEGIN)
+        .count();
+    let settings = conf
+        .lines()
+        .filter(|l| l.starts_with("recovery_init_sync_method"))
+        .count();
+    assert_eq!(begins, settings, "one setting per block: {conf}");
+    begins
+}
+
 /// Runs `pgcairn backup` with arguments and returns its JSON summary.
 pub fn backup_json(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["--progress", "never", "backup", "--output", "json"];
