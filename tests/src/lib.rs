@@ -571,16 +571,7 @@ impl TestEnv {
     /// until recovery ended (promoted).
     pub fn restore_and_start_with(&self, name: &str, args: &[&str], archive: bool) -> Instance {
         self.restore(name, args);
-        let inst = Instance::new(
-            pg_binaries_for(&self.path().join(name)),
-            self.path().join(name),
-            self.path().to_path_buf(),
-            free_port().unwrap(),
-            self.run_as.clone(),
-        );
-        if !archive {
-            inst.configure(&[("archive_mode", "off".into())]).unwrap();
-        }
+        let inst = self.restored_instance(name, archive);
         inst.start().unwrap();
         wait_recovered(&inst, name, Duration::from_secs(180));
         inst
@@ -601,6 +592,24 @@ pub fn first_start_blocks(datadir: &Path) -> usize {
         .count();
     assert_eq!(begins, settings, "one setting per block: {conf}");
     begins
+}
+
+impl TestEnv {
+    /// The (not yet started) instance of the data directory restored into `<dir>/<name>`,
+    /// under the server of its own major, archiving into this repository only when `archive`.
+    pub fn restored_instance(&self, name: &str, archive: bool) -> Instance {
+        let inst = Instance::new(
+            pg_binaries_for(&self.path().join(name)),
+            self.path().join(name),
+            self.path().to_path_buf(),
+            free_port().unwrap(),
+            self.run_as.clone(),
+        );
+        if !archive {
+            inst.configure(&[("archive_mode", "off".into())]).unwrap();
+        }
+        inst
+    }
 }
 
 /// Runs `pgcairn backup` with arguments and returns its JSON summary.

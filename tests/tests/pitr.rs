@@ -723,14 +723,7 @@ fn the_first_start_sync_setting_is_gone_once_recovery_fetched_wal() {
         1,
         "a second restore writes it once"
     );
-    let r = Instance::new(
-        PgBinaries::find().unwrap(),
-        dir.clone(),
-        env.path().to_path_buf(),
-        free_port().unwrap(),
-        env.run_as.clone(),
-    );
-    r.configure(&[("archive_mode", "off".into())]).unwrap();
+    let r = env.restored_instance("pitr", false);
     r.start().unwrap();
     let _stop_r = StopOnDrop(&r);
     wait_recovered(&r, "pitr", Duration::from_secs(120));
@@ -768,18 +761,9 @@ fn the_first_start_sync_setting_is_gone_once_recovery_fetched_wal() {
     env.restore("standby", &["--type", "standby"]);
     let sdir = env.path().join("standby");
     assert_eq!(first_start_blocks(&sdir), 1);
-    let s = Instance::new(
-        PgBinaries::find().unwrap(),
-        sdir.clone(),
-        env.path().to_path_buf(),
-        free_port().unwrap(),
-        env.run_as.clone(),
-    );
-    s.configure(&[
-        ("archive_mode", "off".into()),
-        ("recovery_init_sync_method", "syncfs".into()),
-    ])
-    .unwrap();
+    let s = env.restored_instance("standby", false);
+    s.configure(&[("recovery_init_sync_method", "syncfs".into())])
+        .unwrap();
     s.start().unwrap();
     let _stop_s = StopOnDrop(&s);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -122,21 +122,12 @@ fn end_to_end(major: u32) {
         "pitr",
         &["--target-time", &target, "--target-action", "promote"],
     );
-    let restored = Instance::new(
-        bin.clone(),
-        env.path().join("pitr"),
-        env.path().to_path_buf(),
-        free_port().unwrap(),
-        env.run_as.clone(),
-    );
+    let restored = env.restored_instance("pitr", false);
     assert_eq!(
         first_start_blocks(&restored.datadir),
         usize::from(major >= 14),
         "PostgreSQL {major}: recovery_init_sync_method exists from 14 on"
     );
-    restored
-        .configure(&[("archive_mode", "off".into())])
-        .unwrap();
     restored.start().unwrap();
     let _stop_restored = StopOnDrop(&restored);
     wait_recovered(&restored, "pitr", Duration::from_secs(180));
