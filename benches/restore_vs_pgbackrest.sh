@@ -43,7 +43,12 @@
 #
 # Exits non-zero if any restore fails or any fingerprint differs.
 #
-# Environment: ROUNDS; S3; PGCAIRN_BIN (a pgcairn binary to use instead of building the release
+# FIRST_START_AB=1: pgcairn's time to recover is measured a second time per round with the
+# restore's first-start block (recovery_init_sync_method = syncfs, see engine/src/first_start.rs)
+# deleted before the start, as restores were before it existed; both are printed as a share of
+# pgBackRest's time to recover.
+#
+# Environment: ROUNDS; S3; FIRST_START_AB; PGCAIRN_BIN (a pgcairn binary to use instead of building the release
 # one with `cargo build --release --locked -p pgcairn`); PG_BINDIR (PostgreSQL 15's bin).
 #
 # S3=1: both repositories in the local S3 server (scripts/s3-local.sh: moto, in memory, one
@@ -56,6 +61,7 @@ cd "$(dirname "$0")/.."
 SCALE=${1:-10}
 ROUNDS=${ROUNDS:-1}
 S3=${S3:-0}
+FIRST_START_AB=${FIRST_START_AB:-0}
 . benches/lib.sh
 [[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [SCALE]" >&2; exit 2; }
 
@@ -250,6 +256,13 @@ recover() {
     fi
     t0=$(now_ns)
     timed "r$round-$tool-$kind-restore" "${cmd[@]}"
+    if [ "$tool" = pgcairn-fsync ]; then
+        # As before restores wrote the first-start block: the first start fsyncs every file.
+        as_pg sed -i '/^# pgcairn first-start settings (begin)/,/^# pgcairn first-start settings (end)/d' "$dir/postgresql.auto.conf"
+    elif [ "$tool" = pgcairn ] && [ "$FIRST_START_AB" = 1 ]; then
+        grep -q '^recovery_init_sync_method' "$dir/postgresql.auto.conf" \
+            || { echo "!! pgcairn restore wrote no first-start block" >&2; exit 1; }
+    fi
     ts=$(now_ns)
     RUNNING+=("$dir")
     if ! as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$dir.log" -t 3600 -w \
@@ -329,7 +342,13 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "!! the two tools' backups restore different data: pgBackRest ${FP_IMM[pgbackrest]}, pgcairn ${FP_IMM[pgcairn]}" >&2
         FAILED=1
     fi
-    for tool in "${ORDER[@]}"; do
+    PITR_TOOLS=("${ORDER[@]}")
+    # A/B of the first-start block: pgcairn's recovery once more without it, next to the other two.
+    # (last in odd rounds, first in even ones).
+    if [ "$FIRST_START_AB" = 1 ]; then
+        if [ $((round % 2)) = 1 ]; then PITR_TOOLS+=(pgcairn-fsync); else PITR_TOOLS=(pgcairn-fsync "${PITR_TOOLS[@]}"); fi
+    fi
+    for tool in "${PITR_TOOLS[@]}"; do
         recover "$tool" pitr
         keep "$tool-pitr" "$T_REC" min
         WAL_REPLAY=$(python3 -c "print($T_STARTUP + $T_REPLAY)")
@@ -366,5 +385,13 @@ row("time to recover to T s", pp, bp, ".2f", "  (restore + start + replay + prom
 row("  of which WAL replay s", pw, bw, ".2f", "  (start + replay; best of the rounds)")
 print(f"{'  WAL replay share':32}{100*pw/pp:>9.0f}%{100*bw/bp:>11.0f}%")
 PY
+if [ "$FIRST_START_AB" = 1 ]; then
+    python3 - "${BEST[pgcairn-pitr]}" "${BEST[pgcairn-fsync-pitr]}" "${BEST[pgbackrest-pitr]}" <<'PY'
+import sys
+a, b, p = (float(x) for x in sys.argv[1:])
+print(f"time to recover to T, first-start A/B (best of the rounds): with the block {a:.2f} s ({a/p:.2f} of pgBackRest's {p:.2f} s), "
+      f"without it (first start fsyncs every file) {b:.2f} s ({b/p:.2f} of pgBackRest's)")
+PY
+fi
 if [ "$FAILED" != 0 ]; then echo "!! a fingerprint differed (see above)" >&2; exit 1; fi
 echo "all fingerprints matched"

@@ -33,6 +33,7 @@ pub mod direct_io;
 pub mod drill;
 pub mod error;
 pub mod expire;
+pub mod first_start;
 pub mod fs_beneath;
 pub mod gc;
 pub mod index;

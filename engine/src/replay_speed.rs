@@ -28,9 +28,11 @@
 //!   turns a missing `posix_fadvise` into a startup failure.
 //! - `shared_buffers`, `max_wal_size`, `checkpoint_timeout`, `fsync`: they would change the
 //!   promoted server's memory, checkpoints or durability.
-//! - `recovery_init_sync_method = syncfs` (a faster data-directory sync at startup): it stays
-//!   in effect for every later crash recovery, where `syncfs` syncs the whole file system and,
-//!   on older kernels, does not report write errors.
+//! - `recovery_init_sync_method = syncfs` (a faster data-directory sync at startup): it would
+//!   stay in effect for every later crash recovery, where `syncfs` syncs the whole file system
+//!   and, on older kernels, does not report write errors. It matters only at the first start,
+//!   before any WAL is read, so it gets a block of its own that the first `archive-get`
+//!   removes ([`crate::first_start`]): a moment when no session can run `ALTER SYSTEM`.
 //!
 //! A value the operator set in `postgresql.conf` is overridden (the pgcairn block is in
 //! `postgresql.auto.conf`); one set with `ALTER SYSTEM` before the backup is replaced too,

@@ -1332,6 +1332,8 @@ fn write_recovery_files(
             kept.push_str(&crate::pg::guc::line(k, &v));
         }
     }
+    // Removed again by the first archive-get ([`crate::first_start`]).
+    kept.push_str(&crate::first_start::block(m.pg_version_num));
     kept.push_str(AUTO_CONF_END);
     kept.push('\n');
     write("postgresql.auto.conf", kept.as_bytes())

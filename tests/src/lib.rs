@@ -571,6 +571,33 @@ impl TestEnv {
     /// until recovery ended (promoted).
     pub fn restore_and_start_with(&self, name: &str, args: &[&str], archive: bool) -> Instance {
         self.restore(name, args);
+        let inst = self.restored_instance(name, archive);
+        inst.start().unwrap();
+        wait_recovered(&inst, name, Duration::from_secs(180));
+        inst
+    }
+}
+
+/// How many times the restore's first-start block ([`pgcairn_engine::first_start`], which
+/// holds `recovery_init_sync_method = syncfs`) appears in `datadir`'s `postgresql.auto.conf`.
+pub fn first_start_blocks(datadir: &Path) -> usize {
+    let conf = std::fs::read_to_string(datadir.join("postgresql.auto.conf")).unwrap();
+    let begins = conf
+        .lines()
+        .filter(|l| *l == pgcairn_engine::first_start::BEGIN)
+        .count();
+    let settings = conf
+        .lines()
+        .filter(|l| l.starts_with("recovery_init_sync_method"))
+        .count();
+    assert_eq!(begins, settings, "one setting per block: {conf}");
+    begins
+}
+
+impl TestEnv {
+    /// The (not yet started) instance of the data directory restored into `<dir>/<name>`,
+    /// under the server of its own major, archiving into this repository only when `archive`.
+    pub fn restored_instance(&self, name: &str, archive: bool) -> Instance {
         let inst = Instance::new(
             pg_binaries_for(&self.path().join(name)),
             self.path().join(name),
@@ -581,8 +608,6 @@ impl TestEnv {
         if !archive {
             inst.configure(&[("archive_mode", "off".into())]).unwrap();
         }
-        inst.start().unwrap();
-        wait_recovered(&inst, name, Duration::from_secs(180));
         inst
     }
 }

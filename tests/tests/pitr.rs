@@ -666,3 +666,125 @@ fn delta_standby_and_tablespace_remapping() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A restore makes the first start skip the redundant fsync of every file
+/// (`recovery_init_sync_method = syncfs`), and nothing of that stays: the first archive-get
+/// removes the setting and reloads the server, for a promoted restore and for a standby,
+/// leaving the operator's own settings alone; a second restore into the directory writes
+/// it once.
+#[test]
+fn the_first_start_sync_setting_is_gone_once_recovery_fetched_wal() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql("postgres", "alter system set work_mem = '7MB'")
+        .unwrap();
+    pg.psql("postgres", "create table stamps (id int primary key)")
+        .unwrap();
+    pg.psql(
+        "postgres",
+        "insert into stamps select generate_series(1, 50)",
+    )
+    .unwrap();
+    let b = backup_json(&env, &["--type", "full"]);
+    let id = b["id"].as_str().unwrap();
+    pg.psql(
+        "postgres",
+        "insert into stamps select generate_series(51, 60)",
+    )
+    .unwrap();
+    let target = pg.psql("postgres", "select now()::text").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    pg.psql(
+        "postgres",
+        "insert into stamps select generate_series(61, 80)",
+    )
+    .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    drop(stop);
+    pg.stop().unwrap();
+
+    let args = ["--target-time", &target, "--target-action", "promote"];
+    env.restore("pitr", &args);
+    let dir = env.path().join("pitr");
+    assert_eq!(first_start_blocks(&dir), 1);
+    // Again, as a delta restore: still one block.
+    let delta: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--delta", "--backup", id])
+        .collect();
+    env.restore("pitr", &delta);
+    assert_eq!(
+        first_start_blocks(&dir),
+        1,
+        "a second restore writes it once"
+    );
+    let r = env.restored_instance("pitr", false);
+    r.start().unwrap();
+    let _stop_r = StopOnDrop(&r);
+    wait_recovered(&r, "pitr", Duration::from_secs(120));
+    let q = |i: &Instance, sql: &str| i.psql("postgres", sql).unwrap();
+    assert_eq!(
+        q(&r, "select count(*) || ':' || max(id) from stamps"),
+        "60:60"
+    );
+    assert_eq!(
+        first_start_blocks(&dir),
+        0,
+        "removed by the first archive-get"
+    );
+    let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        conf.contains("work_mem = '7MB'") && conf.contains("restore_command"),
+        "only the first-start block goes: {conf}"
+    );
+    let log = std::fs::read_to_string(dir.join("pgcairn-server.log")).unwrap();
+    assert!(
+        log.contains("received SIGHUP, reloading configuration files"),
+        "archive-get had the server reload: {log}"
+    );
+    // Reloaded: the running server already syncs with fsync after a crash.
+    assert_eq!(q(&r, "show recovery_init_sync_method"), "fsync");
+    assert_eq!(q(&r, "show work_mem"), "7MB");
+    r.stop().unwrap();
+    r.start().unwrap();
+    assert_eq!(q(&r, "show recovery_init_sync_method"), "fsync");
+    assert_eq!(q(&r, "select count(*) from stamps"), "60");
+    r.stop().unwrap();
+
+    // A standby never ends recovery, but its first start fetches WAL like any restore. An
+    // operator's own value (here in postgresql.conf) is what remains in force.
+    env.restore("standby", &["--type", "standby"]);
+    let sdir = env.path().join("standby");
+    assert_eq!(first_start_blocks(&sdir), 1);
+    let s = env.restored_instance("standby", false);
+    s.configure(&[("recovery_init_sync_method", "syncfs".into())])
+        .unwrap();
+    s.start().unwrap();
+    let _stop_s = StopOnDrop(&s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while s
+        .psql("postgres", "select count(*) from stamps")
+        .ok()
+        .as_deref()
+        != Some("80")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never replayed the archive"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(q(&s, "select pg_is_in_recovery()"), "t");
+    assert_eq!(first_start_blocks(&sdir), 0, "gone while still a standby");
+    assert_eq!(
+        q(&s, "select setting || ' ' || (sourcefile like '%postgresql.conf') from pg_settings where name = 'recovery_init_sync_method'"),
+        "syncfs true",
+        "the operator's own setting stays"
+    );
+    s.stop().unwrap();
+}

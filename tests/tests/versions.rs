@@ -1,7 +1,8 @@
 //! Every supported PostgreSQL major end to end: 13, 14, 16, 17 and 18 (15, Debian's, runs the
 //! rest of the suite). For each: WAL archived through `archive_command`, `check` and a full
 //! and an incremental backup (under pgbench load) as the least-privilege role with that
-//! version's grants, a restore point, a PITR restore to a time with an exact row check, and a
+//! version's grants, a restore point, a PITR restore to a time with an exact row check (and
+//! the first-start sync setting written from 14 on and gone after recovery), and a
 //! passing drill (WAL replay, amcheck, every table read, page checksums) run under the same
 //! major's server. And a cluster name keeps one major version.
 //!
@@ -115,13 +116,34 @@ fn end_to_end(major: u32) {
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
 
-    let restored = env.restore_and_start_with(
+    // The restore writes the first-start sync setting where the server has it (14+); the
+    // first archive-get removes it, so it is gone once recovery ended, also after a restart.
+    env.restore(
         "pitr",
         &["--target-time", &target, "--target-action", "promote"],
-        false,
     );
+    let restored = env.restored_instance("pitr", false);
+    assert_eq!(
+        first_start_blocks(&restored.datadir),
+        usize::from(major >= 14),
+        "PostgreSQL {major}: recovery_init_sync_method exists from 14 on"
+    );
+    restored.start().unwrap();
     let _stop_restored = StopOnDrop(&restored);
+    wait_recovered(&restored, "pitr", Duration::from_secs(180));
     assert_eq!(restored.bin.major(), major, "restored under its own major");
+    assert_eq!(first_start_blocks(&restored.datadir), 0);
+    if major >= 14 {
+        restored.stop().unwrap();
+        restored.start().unwrap();
+        assert_eq!(
+            restored
+                .psql("postgres", "show recovery_init_sync_method")
+                .unwrap(),
+            "fsync",
+            "PostgreSQL {major}: nothing of the first start stays in effect"
+        );
+    }
     assert_eq!(
         restored
             .psql(

@@ -217,6 +217,7 @@ pub async fn get(
 ) -> Result<(), Failure> {
     crate::fault::panic_point("archive-get");
     let started = Instant::now();
+    end_first_start(Path::new("."));
     let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
     let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
     // Asynchronous mode: serve from the prefetch spool when the segment is already there.
@@ -280,6 +281,40 @@ pub async fn get(
              fix the cause and restart PostgreSQL to resume",
             ExitCode::AbortRecovery as i32
         ))),
+    }
+}
+
+/// Removes a restore's first-start settings from the data directory PostgreSQL runs
+/// `restore_command` in, and has the server reload (see `pgcairn_engine::first_start`). The
+/// first start's data-directory sync is over by the first call; a failure here costs only
+/// the setting staying for later crash recoveries, never the fetch.
+fn end_first_start(datadir: &Path) {
+    use pgcairn_engine::first_start;
+    match first_start::remove(datadir) {
+        Ok(false) => {}
+        Ok(true) => match first_start::parent_postmaster(datadir) {
+            Some(pid) => match first_start::reload(pid) {
+                Ok(()) => info!(
+                    postmaster = pid,
+                    "removed the restore's first-start settings from {} and reloaded the configuration",
+                    first_start::AUTO_CONF
+                ),
+                Err(e) => warn!(
+                    "removed the restore's first-start settings from {}, but the reload of postmaster {pid} failed: {e}; \
+                     run pg_ctl reload",
+                    first_start::AUTO_CONF
+                ),
+            },
+            None => info!(
+                "removed the restore's first-start settings from {} (no postmaster of this directory runs this call: nothing to reload)",
+                first_start::AUTO_CONF
+            ),
+        },
+        Err(e) => warn!(
+            "could not remove the restore's first-start settings (recovery_init_sync_method = syncfs) from {}: {e}; \
+             remove the lines between the \"pgcairn first-start settings\" markers and run pg_ctl reload",
+            first_start::AUTO_CONF
+        ),
     }
 }
 

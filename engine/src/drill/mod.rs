@@ -363,9 +363,9 @@ const OTHER_SETTINGS: &[(&str, &str)] = &[
 /// server was running, so PostgreSQL fsyncs every file of the data directory before recovery,
 /// as after a crash. The restore has just made every file durable, so one `syncfs` does the
 /// same work: measured 2.2–3.8 s down to 0.4–0.6 s at pgbench scale 20 on the 2-core test
-/// machine (README, "Recovery settings"). On the command line it applies to this start only,
-/// which is why `restore` does not write it: in `postgresql.auto.conf` it would also govern
-/// every later crash recovery of the promoted server.
+/// machine (README, "Recovery settings"). On the command line it applies to this start only;
+/// the restore's own first-start block ([`crate::first_start`]) says the same and is removed
+/// by the instance's first `archive-get`.
 fn startup_settings(pg_major: Option<u32>) -> Vec<(&'static str, String)> {
     match pg_major {
         Some(m) if m >= 14 => vec![("recovery_init_sync_method", "syncfs".into())],
