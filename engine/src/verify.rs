@@ -139,6 +139,23 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
                 backups: vec![m.id.clone()],
             });
         }
+        if let Some(f) = m
+            .files
+            .iter()
+            .find(|f| !f.blocks_fit(u64::from(m.block_size)))
+        {
+            report.problems.push(Problem {
+                object: format!("backup {}", m.id),
+                detail: format!(
+                    "{} lists {} blocks for {} bytes: a restore cannot place them (a file that \
+                     grew while an older pgcairn read it); take a new backup",
+                    f.path,
+                    f.blocks.len(),
+                    f.size
+                ),
+                backups: vec![m.id.clone()],
+            });
+        }
         // WAL from start to consistency (the archive view is read once per cluster).
         if !views.contains_key(&m.cluster) {
             let seg_size = crate::archive::push::read_cluster_record(repo, &m.cluster)

@@ -140,6 +140,15 @@ pub struct FileEntry {
     pub bad_pages: Vec<u32>,
 }
 
+impl FileEntry {
+    /// Whether the blocks cover the size exactly as a restore places them (block `i` at
+    /// `i * block_size`, every block full but the last). Backups made before the reader
+    /// stopped at a growing file's first short block could list one short block mid-file.
+    pub fn blocks_fit(&self, block_size: u64) -> bool {
+        block_size > 0 && self.blocks.len() as u64 == self.size.div_ceil(block_size)
+    }
+}
+
 /// Byte counts of one backup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupStats {
@@ -607,6 +616,28 @@ fn id_time(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocks_fit_only_when_every_block_but_the_last_is_full() {
+        let entry = |size: u64, blocks: usize| FileEntry {
+            path: "base/1/1".into(),
+            size,
+            mtime_ns: 0,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            blocks: vec![BlockRef::ZERO; blocks],
+            checksum: String::new(),
+            bad_pages: Vec::new(),
+        };
+        let bs = 64 << 10;
+        assert!(entry(0, 0).blocks_fit(bs));
+        assert!(entry(bs, 1).blocks_fit(bs));
+        assert!(entry(bs + 8192, 2).blocks_fit(bs));
+        // 24 KiB then 8 KiB read as two blocks from a growing file.
+        assert!(!entry(32 << 10, 2).blocks_fit(bs));
+        assert!(!entry(2 * bs, 1).blocks_fit(bs));
+    }
 
     #[test]
     fn a_stop_at_a_segment_boundary_needs_nothing_of_the_next_segment() {

@@ -91,12 +91,11 @@ pub fn read_file(
     let (mut read, mut new_bytes, mut new_blocks) = (0u64, 0u64, 0u64);
     let mut bad_pages = Vec::new();
     let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
-    loop {
-        let n = read_full(&mut file, &mut buf)
-            .map_err(|e| Error::io(format!("reading {}", entry.abs.display()), e))?;
-        if n == 0 {
-            break;
-        }
+    let mut blocks_in = BlockReader::new(&mut file);
+    while let Some(n) = blocks_in
+        .next_block(&mut buf)
+        .map_err(|e| Error::io(format!("reading {}", entry.abs.display()), e))?
+    {
         let data = &buf[..n];
         whole.update(data);
         if let Some(seg) = relation_seg {
@@ -163,13 +162,92 @@ fn send(ctx: &ReadContext<'_>, batch: Vec<SealedBlock>) -> Result<()> {
         .map_err(|_| Error::InvalidInput("the packer stopped (see the error above)".into()))
 }
 
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
+/// A file's blocks as the manifest records them: every block full except the last.
+///
+/// A restore places block `i` at `i * block_size`, so a short block anywhere but at the end
+/// would shift everything after it. A file PostgreSQL extends while it is read gives a short
+/// read at the end seen then, and reading on would make one: the file ends at the first short
+/// block (what was appended after it reaches the restore through WAL replay, like any change
+/// made during the backup).
+struct BlockReader<R> {
+    inner: R,
+    ended: bool,
+}
+
+impl<R: Read> BlockReader<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            ended: false,
         }
     }
-    Ok(filled)
+
+    /// Fills `buf` with the next block and returns its length; `None` after the end.
+    fn next_block(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        if self.ended {
+            return Ok(None);
+        }
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.inner.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.ended = filled < buf.len();
+        Ok((filled > 0).then_some(filled))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BlockReader;
+    use std::collections::VecDeque;
+    use std::io::Read;
+
+    /// Gives its chunks one read at a time; an empty chunk is an end of file seen then.
+    struct Growing(VecDeque<Vec<u8>>);
+
+    impl Read for Growing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(mut chunk) = self.0.pop_front() else {
+                return Ok(0);
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(chunk.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    fn lengths(chunks: &[usize], block: usize) -> Vec<usize> {
+        let mut r = BlockReader::new(Growing(chunks.iter().map(|n| vec![1u8; *n]).collect()));
+        let mut buf = vec![0u8; block];
+        let mut out = Vec::new();
+        while let Some(n) = r.next_block(&mut buf).unwrap() {
+            out.push(n);
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_growing_while_read_ends_at_its_first_short_block() {
+        // 24 KiB, then end of file, then 8 KiB appended: one short block, nothing after it.
+        assert_eq!(lengths(&[24 << 10, 0, 8 << 10], 64 << 10), vec![24 << 10]);
+        // Reads that return less than asked are joined into full blocks.
+        assert_eq!(
+            lengths(&[8 << 10, 100, (64 << 10) - 100, 64 << 10, 5], 16 << 10),
+            [vec![16 << 10; 8], vec![(8 << 10) + 5]].concat()
+        );
+        // A file of whole blocks ends with the first empty read.
+        assert_eq!(
+            lengths(&[32 << 10, 0, 8 << 10], 16 << 10),
+            vec![16 << 10, 16 << 10]
+        );
+        assert_eq!(lengths(&[], 16 << 10), Vec::<usize>::new());
+    }
 }
