@@ -1,8 +1,29 @@
 //! Shared helpers for the engine's unit tests: synthetic manifests without a PostgreSQL.
 
+use std::sync::Arc;
+
 use crate::backup::manifest::{self, Manifest};
-use crate::crypto::ContentId;
-use crate::repo::Repository;
+use crate::crypto::{ContentId, KdfParams, KeyFile, Unlock};
+use crate::repo::{InitOptions, Repository};
+use crate::storage::{MemoryStorage, Storage};
+
+/// A new repository on in-memory storage, opened with a fresh key file.
+pub async fn memory_repo() -> (Arc<MemoryStorage>, Repository) {
+    let mem = Arc::new(MemoryStorage::new());
+    let s: Arc<dyn Storage> = mem.clone();
+    let unlock = Unlock::KeyFile(KeyFile::generate());
+    Repository::init(
+        s.clone(),
+        InitOptions {
+            unlock: Some(unlock.clone()),
+            kdf: KdfParams::insecure_for_tests(),
+            wal_compress_level: 1,
+        },
+    )
+    .await
+    .unwrap();
+    (mem, Repository::open(s, Some(&unlock)).await.unwrap())
+}
 
 /// A full backup of cluster `main` with one file made of `blocks`, consistent between
 /// `start_lsn` and `stop_lsn` (like `"0/1000000"`), ending at `stop_time` (RFC 3339).

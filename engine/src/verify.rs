@@ -408,6 +408,7 @@ async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backup::manifest::BlockRef;
 
     #[test]
     fn slices_cover_every_pack_exactly_once() {
@@ -420,5 +421,43 @@ mod tests {
             seen += packs.iter().filter(|p| slice_of(p, t) == n).count();
         }
         assert_eq!(seen, packs.len());
+    }
+
+    #[tokio::test]
+    async fn a_manifest_whose_blocks_do_not_fit_its_size_is_named() {
+        let (_, repo) = crate::test_support::memory_repo().await;
+        for (id, size) in [("20261124T000001F", 8192u64), ("20261124T000002F", 16384)] {
+            let mut m = crate::test_support::manifest(
+                id,
+                "0/1000000",
+                "0/1000100",
+                "2026-11-24T00:00:01Z",
+                &[],
+            );
+            m.files[0].size = size;
+            m.files[0].blocks = vec![BlockRef::ZERO; 2];
+            manifest::save(&repo, &m).await.unwrap();
+        }
+        let opts = VerifyOptions {
+            read_data: ReadData::None,
+            all_again: false,
+            state_file: None,
+            jobs: 1,
+        };
+        let report = verify(&repo, &opts).await.unwrap();
+        let misfit: Vec<&Problem> = report
+            .problems
+            .iter()
+            .filter(|p| p.detail.contains("a restore cannot place them"))
+            .collect();
+        assert_eq!(misfit.len(), 1, "{:?}", report.problems);
+        assert_eq!(misfit[0].backups, vec!["20261124T000001F".to_string()]);
+        assert!(
+            misfit[0]
+                .detail
+                .starts_with("base/1/1 lists 2 blocks for 8192 bytes"),
+            "{}",
+            misfit[0].detail
+        );
     }
 }

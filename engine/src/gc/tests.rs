@@ -9,8 +9,7 @@ use bytes::Bytes;
 use super::*;
 use crate::backup::blockstore::{BlockIndex, Packer, SealedBlock};
 use crate::codec::ObjectKind;
-use crate::crypto::{ContentId, KdfParams, KeyFile, Unlock};
-use crate::repo::InitOptions;
+use crate::crypto::ContentId;
 use crate::storage::{MemoryStorage, Storage};
 use crate::test_support::save_manifest;
 
@@ -19,21 +18,7 @@ async fn repo() -> Repository {
 }
 
 async fn repo_on_memory() -> (Arc<MemoryStorage>, Repository) {
-    let mem = Arc::new(MemoryStorage::new());
-    let s: Arc<dyn Storage> = mem.clone();
-    let kf = KeyFile::generate();
-    let unlock = Unlock::KeyFile(kf);
-    Repository::init(
-        s.clone(),
-        InitOptions {
-            unlock: Some(unlock.clone()),
-            kdf: KdfParams::insecure_for_tests(),
-            wal_compress_level: 1,
-        },
-    )
-    .await
-    .unwrap();
-    (mem, Repository::open(s, Some(&unlock)).await.unwrap())
+    crate::test_support::memory_repo().await
 }
 
 fn block(n: u32) -> Vec<u8> {
