@@ -10,10 +10,15 @@ use crate::storage::{MemoryStorage, Storage};
 /// A new repository on in-memory storage, opened with a fresh key file.
 pub async fn memory_repo() -> (Arc<MemoryStorage>, Repository) {
     let mem = Arc::new(MemoryStorage::new());
-    let s: Arc<dyn Storage> = mem.clone();
+    let (_, repo) = init_repo(mem.clone()).await;
+    (mem, repo)
+}
+
+/// Initialises a repository on `storage` with a fresh key file and opens it.
+pub async fn init_repo(storage: Arc<dyn Storage>) -> (Unlock, Repository) {
     let unlock = Unlock::KeyFile(KeyFile::generate());
     Repository::init(
-        s.clone(),
+        storage.clone(),
         InitOptions {
             unlock: Some(unlock.clone()),
             kdf: KdfParams::insecure_for_tests(),
@@ -22,7 +27,8 @@ pub async fn memory_repo() -> (Arc<MemoryStorage>, Repository) {
     )
     .await
     .unwrap();
-    (mem, Repository::open(s, Some(&unlock)).await.unwrap())
+    let repo = Repository::open(storage, Some(&unlock)).await.unwrap();
+    (unlock, repo)
 }
 
 /// A full backup of cluster `main` with one file made of `blocks`, consistent between

@@ -12,10 +12,8 @@ use super::*;
 use crate::archive::get::get_wal_file;
 use crate::archive::push::{push_wal_file, WalSource};
 use crate::backup::blockstore::{BlockIndex, Packer, SealedBlock};
-use crate::crypto::{KdfParams, KeyFile};
 use crate::pg::wal_header::tests::fake_segment;
 use crate::repo::keys::RotateInputs;
-use crate::repo::InitOptions;
 use crate::storage::{CreateOutcome, MemoryStorage, ObjectInfo, ObjectVersion, Storage};
 use crate::test_support::save_manifest;
 use crate::types::WalFileName;
@@ -53,20 +51,7 @@ fn segment(n: u64) -> (WalFileName, Vec<u8>) {
 async fn rotated_repo(
     storage: Arc<dyn Storage>,
 ) -> (Unlock, Vec<ContentId>, Vec<(WalFileName, Vec<u8>)>) {
-    let unlock = Unlock::KeyFile(KeyFile::generate());
-    Repository::init(
-        storage.clone(),
-        InitOptions {
-            unlock: Some(unlock.clone()),
-            kdf: KdfParams::insecure_for_tests(),
-            wal_compress_level: 1,
-        },
-    )
-    .await
-    .unwrap();
-    let repo = Repository::open(storage.clone(), Some(&unlock))
-        .await
-        .unwrap();
+    let (unlock, repo) = crate::test_support::init_repo(storage.clone()).await;
     let mut ids = Vec::new();
     let mut packer = Packer::new(repo.clone());
     for n in 0..40 {
