@@ -56,7 +56,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use crate::backup::blockstore::BlockIndex;
 use crate::backup::file_spool::SpooledFiles;
 use crate::backup::manifest::{self, FileEntry, Manifest};
 use crate::codec::tree_hash::{PartHash, PartedHash};
@@ -69,6 +68,7 @@ use crate::pack::{open_block, open_block_authenticated, open_block_authenticated
 use crate::progress::Progress;
 use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
+use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
 
 /// Largest single range read.

@@ -20,12 +20,12 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::backup::blockstore::BlockIndex;
 use crate::backup::manifest::{self, Manifest};
 use crate::error::Result;
 use crate::pack::{open_block, read_pack_entries};
 use crate::recovery::ArchiveView;
 use crate::repo::{layout, Repository};
+use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
 
 /// Which packs to read.

@@ -14,7 +14,7 @@
 //!    reference manifest without reading (unless `--checksum-delta`); `global/pg_control` is
 //!    held back and read after every other file (a standby backup is consistent at the
 //!    minimum recovery point that copy records, see [`standby`]);
-//! 5. new blocks flow through a bounded channel into the [`blockstore::Packer`]: packs, then
+//! 5. new blocks flow through a bounded channel into the [`crate::store::blocks::Packer`]: packs, then
 //!    index segments;
 //! 6. `pg_backup_stop(wait_for_archive => false)`, then wait (bounded) until every WAL segment
 //!    from the start to the stop LSN is in the repository, so the backup is restorable (on a
@@ -24,11 +24,10 @@
 //!    were spilled to ([`file_spool`]).
 //!
 //! Memory per 64 KiB block: the known-block set (about 40 bytes per block of the repository,
-//! see [`blockstore::KnownBlocks`]) while files are read; for an incremental, the reference's
+//! see [`crate::store::blocks::KnownBlocks`]) while files are read; for an incremental, the reference's
 //! file entries (33 bytes per block) until each file is visited; and the sealed manifest
 //! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
-pub mod blockstore;
 pub mod file_spool;
 pub mod manifest;
 pub mod reader;
@@ -42,7 +41,6 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
-use self::blockstore::{KnownBlocks, Packer};
 use self::file_spool::{FileSpool, SpooledFiles};
 use self::manifest::{BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
@@ -53,6 +51,7 @@ use crate::pg::datadir::{self, Entry, EntryKind};
 use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
 use crate::repo::{layout, ClusterRecord, Repository};
+use crate::store::blocks::{KnownBlocks, Packer};
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// Where PostgreSQL keeps its control file, relative to the data directory.
@@ -450,7 +449,7 @@ async fn backup_with_lease(
     id: String,
 ) -> Result<BackupDone> {
     progress.phase("loading the block index", None);
-    let condemned = crate::gc::condemned_packs(repo).await?;
+    let condemned = crate::store::condemned::condemned_packs(repo).await?;
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
     // The reference's file entries stay in its spool (memory holds their paths); each file's
     // lookup takes its entry out.
@@ -526,7 +525,7 @@ async fn backup_with_lease(
     });
     // Batches of up to reader::BATCH_BYTES sealed bytes: at most 4 waiting, plus one being
     // filled by each reader.
-    let (block_tx, mut block_rx) = mpsc::channel::<Vec<blockstore::SealedBlock>>(4);
+    let (block_tx, mut block_rx) = mpsc::channel::<Vec<crate::store::blocks::SealedBlock>>(4);
     let mut packer = Packer::new(repo.clone());
     let packer_task = tokio::spawn(async move {
         while let Some(batch) = block_rx.recv().await {
@@ -831,7 +830,7 @@ fn tally(read: &FileRead, stats: &mut BackupStats, progress: &dyn Progress) {
 struct AloneReader {
     codec: Arc<crate::codec::Codec>,
     known: Arc<KnownBlocks>,
-    sink: mpsc::Sender<Vec<blockstore::SealedBlock>>,
+    sink: mpsc::Sender<Vec<crate::store::blocks::SealedBlock>>,
     block_size: usize,
     compress_level: i32,
     verify_checksums: bool,

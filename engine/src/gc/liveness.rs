@@ -18,12 +18,12 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use super::holders::Holders;
-use crate::backup::blockstore::for_each_index_segment;
 use crate::backup::manifest;
 use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::pack::PackEntry;
 use crate::repo::{layout, Repository};
+use crate::store::blocks::for_each_index_segment;
 use crate::store::ids::PackId;
 
 /// A pack as listed, with the blocks the index says it holds.

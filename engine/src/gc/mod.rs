@@ -47,7 +47,6 @@
 mod holders;
 pub mod liveness;
 pub mod repack;
-pub mod state;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -60,8 +59,9 @@ use crate::index::seal_segment;
 use crate::repo::{layout, Repository};
 use crate::store::ids::PackId;
 
+use crate::store::condemned as state;
+pub use crate::store::condemned::{condemned_packs, read_state, GcState};
 pub use liveness::SpaceSummary;
-pub use state::{condemned_packs, read_state, GcState};
 
 /// A backup lease that started less than this after a condemnation still blocks the sweep of
 /// that pack: slack for the time between recording the condemnation and a backup reading it,
@@ -368,7 +368,7 @@ async fn drop_index_entries(
     for seg in segments {
         let sealed = repo.storage().get(&seg.key).await?;
         report.bytes_read += sealed.len() as u64;
-        let entries = crate::backup::blockstore::open_index_segment(repo, &seg.key, &sealed)?;
+        let entries = crate::store::blocks::open_index_segment(repo, &seg.key, &sealed)?;
         if !entries.iter().any(|e| doomed.contains(&e.pack_id)) {
             continue;
         }

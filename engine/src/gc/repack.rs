@@ -7,19 +7,19 @@
 //! BLAKE3 of the pack) before anything is copied: a damaged pack is skipped (and reported),
 //! never spread, and stays where it is for `verify` to name the backups it hurts.
 //! New packs and their index segments are written exactly like a backup writes them
-//! ([`crate::backup::blockstore::Packer`]); only after that may the old pack be condemned.
+//! ([`crate::store::blocks::Packer`]); only after that may the old pack be condemned.
 //! A crash in between leaves two copies of some blocks, which the next gc resolves.
 //!
 //! Memory: one source pack and one pack being filled (about 32 MiB each).
 
 use std::collections::HashSet;
 
-use crate::backup::blockstore::{Packer, SealedBlock};
 use crate::codec::{Codec, ObjectKind};
 use crate::cpu;
 use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
+use crate::store::blocks::{Packer, SealedBlock};
 use crate::store::ids::PackId;
 
 use super::liveness::RepoUsage;

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::backup::blockstore::{BlockIndex, Packer, SealedBlock};
 use crate::codec::ObjectKind;
 use crate::crypto::ContentId;
 use crate::storage::{MemoryStorage, Storage};
+use crate::store::blocks::{BlockIndex, Packer, SealedBlock};
 use crate::test_support::save_manifest;
 
 async fn repo() -> Repository {
@@ -253,7 +253,7 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
 
 #[tokio::test]
 async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_the_rest_again() {
-    use crate::backup::blockstore::KnownBlocks;
+    use crate::store::blocks::KnownBlocks;
     let repo = repo().await;
     let a = pack_of(&repo, 0..4).await;
     let pack_a = pack_names(&repo).await;

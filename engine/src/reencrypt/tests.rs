@@ -11,10 +11,10 @@ use bytes::Bytes;
 use super::*;
 use crate::archive::get::get_wal_file;
 use crate::archive::push::{push_wal_file, WalSource};
-use crate::backup::blockstore::{BlockIndex, Packer, SealedBlock};
 use crate::pg::wal_header::tests::fake_segment;
 use crate::repo::keys::RotateInputs;
 use crate::storage::{CreateOutcome, MemoryStorage, ObjectInfo, ObjectVersion, Storage};
+use crate::store::blocks::{BlockIndex, Packer, SealedBlock};
 use crate::test_support::save_manifest;
 use crate::types::WalFileName;
 

@@ -24,13 +24,23 @@
 //! - [`dry_run`]: a storage wrapper for `--dry-run` (gc, expire): reads pass, writes and
 //!   deletes are recorded instead of done.
 //! - [`ids`]: typed ids (`PackId`, `IndexSegmentId`, `BackupId`, `ClusterName`).
+//! - [`blocks`]: the block store (packs, index segments, the block index and the set of known
+//!   blocks), which backup writes and restore, verify, gc and re-encryption read.
+//! - [`condemned`]: the gc state, the set of condemned packs that backups must not
+//!   deduplicate against and the block index avoids.
 //!
-//! Not done yet (issue 15, item 6): moving the block store and the commands' documents (with
-//! real timestamps instead of RFC 3339 strings) under this layer. `repo::layout` builds every
-//! object key, from the ids here.
+//! The block store lived in `backup/` and the condemned set in `gc/`, so backup imported gc
+//! (to skip condemned packs) and gc imported backup (to read and write packs): both now depend
+//! on this layer and not on each other.
+//!
+//! Not done yet (issue 15, item 6): the commands' documents with real timestamps instead of
+//! RFC 3339 strings, and the backup manifest as a document of this layer. `repo::layout`
+//! builds every object key, from the ids here.
 
 pub mod append_only;
 pub mod audit;
+pub mod blocks;
+pub mod condemned;
 pub mod dry_run;
 pub mod head;
 pub mod ids;

@@ -287,7 +287,7 @@ async fn what_expire_removes_is_not_reported_as_missing() {
 
 #[tokio::test]
 async fn an_older_gc_state_put_back_is_refused() {
-    use crate::gc::state::{read_state, write_state};
+    use crate::store::condemned::{read_state, write_state};
     let (mem, repo) = memory_repo().await;
     let dir = tempfile::tempdir().unwrap();
     let repo = repo.with_state_dir(dir.path());

@@ -1,5 +1,6 @@
-//! `gc/state`: the one object GC updates, only by compare-and-swap; sealed for its name
-//! (see [`crate::store::sealed`]), so only a holder of the repository key can forge it.
+//! `gc/state`: the condemned-pack set, the one object GC updates, only by compare-and-swap;
+//! sealed for its name (see [`crate::store::sealed`]), so only a holder of the repository key
+//! can forge it.
 //!
 //! It holds the condemned packs and when each was condemned. Backups read it after taking
 //! their lease and never deduplicate against a condemned pack; readers building the block

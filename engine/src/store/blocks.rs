@@ -179,7 +179,7 @@ impl BlockIndex {
     /// Loads every index segment (in parallel). Where a block is in two packs (a gc repack
     /// copied it), the copy in a pack gc has not condemned wins.
     pub async fn load(repo: &Repository) -> Result<Self> {
-        let condemned = crate::gc::condemned_packs(repo).await?;
+        let condemned = crate::store::condemned::condemned_packs(repo).await?;
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
         let mut all = Vec::with_capacity(max_entries(&keys));
         let mut numbers = PackNumbers::default();
@@ -226,7 +226,7 @@ impl BlockIndex {
         wanted.sort_unstable_by_key(|e| e.0);
         wanted.dedup_by(|a, b| a.0 == b.0);
         wanted.shrink_to_fit();
-        let condemned = crate::gc::condemned_packs(repo).await?;
+        let condemned = crate::store::condemned::condemned_packs(repo).await?;
         let mut numbers = PackNumbers::default();
         for_each_index_segment(repo, |entries, _| {
             for e in entries {
