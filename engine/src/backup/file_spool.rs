@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
-use super::manifest::{BackupStats, FileEntry};
+use super::entries::{BackupStats, FileEntry};
 use crate::error::{Error, Result};
 
 /// Finished file entries, on local disk.
@@ -192,7 +192,7 @@ impl Iterator for SortedEntries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::BlockRef;
+    use crate::backup::entries::BlockRef;
     use crate::crypto::ContentId;
 
     fn entry(path: &str, blocks: u8, bad: &[u32]) -> FileEntry {

@@ -28,6 +28,7 @@
 //! file entries (33 bytes per block) until each file is visited; and the sealed manifest
 //! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
+pub mod entries;
 pub mod file_spool;
 pub mod manifest;
 pub mod reader;

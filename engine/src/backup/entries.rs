@@ -1,0 +1,140 @@
+//! The per-file part of a backup manifest: a file and its blocks, and the counts a backup
+//! adds up while it reads files.
+//!
+//! Apart from [`super::manifest`] because the spilled file list ([`super::file_spool`])
+//! stores and returns these entries while the manifest streams from that list: with the
+//! entries in the manifest module the two imported each other.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ContentId;
+
+/// One block of a file: its id, or `None` for an all-zero block.
+///
+/// In the manifest's JSON it is 64 hex digits, or `""` for a zero block; in memory it is 33
+/// bytes, a third of a hex `String`, which is what bounds a backup's memory per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef(pub Option<ContentId>);
+
+impl BlockRef {
+    /// An all-zero block.
+    pub const ZERO: BlockRef = BlockRef(None);
+
+    /// True for an all-zero block.
+    pub fn is_zero(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl Serialize for BlockRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(id) => s.serialize_str(&id.to_hex()),
+            None => s.serialize_str(""),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BlockRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(BlockRef::ZERO);
+        }
+        ContentId::from_hex(&text)
+            .map(|id| BlockRef(Some(id)))
+            .ok_or_else(|| serde::de::Error::custom("block id is not 64 hex digits"))
+    }
+}
+
+/// Parses a block list without the spare capacity a growing vector leaves (up to half of it):
+/// a manifest in memory costs 33 bytes per block, not up to 66.
+fn blocks_exact<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<BlockRef>, D::Error> {
+    let mut blocks = Vec::<BlockRef>::deserialize(d)?;
+    blocks.shrink_to_fit();
+    Ok(blocks)
+}
+
+/// A file and its blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative path.
+    pub path: String,
+    /// Bytes stored (what was read; may be less than listed if the file shrank).
+    pub size: u64,
+    /// Modification time when listed (ns since the epoch).
+    pub mtime_ns: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Block ids in order; zero for an all-zero block.
+    #[serde(deserialize_with = "blocks_exact")]
+    pub blocks: Vec<BlockRef>,
+    /// BLAKE3 (unkeyed) of the whole file as stored, checked after restore.
+    pub checksum: String,
+    /// Pages whose checksum failed while reading.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_pages: Vec<u32>,
+}
+
+impl FileEntry {
+    /// Whether the blocks cover the size exactly as a restore places them (block `i` at
+    /// `i * block_size`, every block full but the last). Backups made before the reader
+    /// stopped at a growing file's first short block could list one short block mid-file.
+    pub fn blocks_fit(&self, block_size: u64) -> bool {
+        block_size > 0 && self.blocks.len() as u64 == self.size.div_ceil(block_size)
+    }
+}
+
+/// Byte counts of one backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    /// Files in the backup.
+    pub files: u64,
+    /// Database size: bytes of all files.
+    pub size: u64,
+    /// Bytes read (files not skipped as unchanged).
+    pub bytes_read: u64,
+    /// Plaintext bytes of blocks this backup stored for the first time.
+    pub bytes_new: u64,
+    /// Stored (compressed, sealed) bytes this backup added.
+    pub stored_new: u64,
+    /// Blocks referenced.
+    pub blocks: u64,
+    /// Of which stored by this backup.
+    pub blocks_new: u64,
+    /// Files reused from the reference backup without reading.
+    pub files_unchanged: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_fit_only_when_every_block_but_the_last_is_full() {
+        let entry = |size: u64, blocks: usize| FileEntry {
+            path: "base/1/1".into(),
+            size,
+            mtime_ns: 0,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            blocks: vec![BlockRef::ZERO; blocks],
+            checksum: String::new(),
+            bad_pages: Vec::new(),
+        };
+        let bs = 64 << 10;
+        assert!(entry(0, 0).blocks_fit(bs));
+        assert!(entry(bs, 1).blocks_fit(bs));
+        assert!(entry(bs + 8192, 2).blocks_fit(bs));
+        // 24 KiB then 8 KiB read as two blocks from a growing file.
+        assert!(!entry(32 << 10, 2).blocks_fit(bs));
+        assert!(!entry(2 * bs, 1).blocks_fit(bs));
+    }
+}
