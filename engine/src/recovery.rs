@@ -244,26 +244,25 @@ impl ArchiveView {
         path
     }
 
-    /// The newest timeline whose ancestry includes `base` at or after `lsn`.
-    pub fn latest_descendant(&self, base: u32, lsn: Lsn) -> u32 {
-        let mut best = base;
-        let candidates = self
-            .segments
-            .keys()
-            .chain(self.histories.keys())
-            .copied()
-            .collect::<Vec<_>>();
-        for t in candidates {
-            if t > best
-                && self
-                    .path_to(t)
-                    .iter()
-                    .any(|(p, end)| *p == base && end.is_none_or(|e| e >= lsn))
-            {
-                best = t;
-            }
+    /// The timeline `recovery_target_timeline = 'latest'` makes PostgreSQL recover along,
+    /// for a backup on `base`: it probes the history files of `base + 1`, `base + 2`, ... and
+    /// takes the last one before the first missing. That timeline need not descend from the
+    /// backup's position (a timeline forked before a later backup of its parent); the plan
+    /// checks that, as PostgreSQL would refuse to start.
+    pub fn latest_from(&self, base: u32) -> u32 {
+        let mut newest = base;
+        while self.histories.contains_key(&(newest + 1)) {
+            newest += 1;
         }
-        best
+        newest
+    }
+
+    /// Whether a backup consistent at `lsn` on timeline `tli` lies on timeline `target`'s
+    /// history (before the point where the history leaves `tli`).
+    pub fn on_path(&self, target: u32, tli: u32, lsn: Lsn) -> bool {
+        self.path_to(target)
+            .iter()
+            .any(|(t, end)| *t == tli && end.is_none_or(|e| e >= lsn))
     }
 
     fn name(&self, tli: u32, segno: u64) -> WalFileName {
@@ -407,6 +406,8 @@ pub async fn plan(
     // Candidates newest first.
     let mut chosen: Option<(Manifest, String)> = None;
     let mut oldest: Option<Manifest> = None;
+    // The newest backup that fits the target but lies off the target timeline's history.
+    let mut off_path: Option<(String, u32, Lsn, u32)> = None;
     for id in ids.iter().rev() {
         if let Some(b) = backup {
             if b != id {
@@ -415,10 +416,7 @@ pub async fn plan(
         }
         let m = manifest::load_head(repo, cluster, id).await?;
         let tli = resolve_timeline(&view, timeline, &m);
-        let on_path = view
-            .path_to(tli)
-            .iter()
-            .any(|(t, end)| *t == m.timeline && end.is_none_or(|e| e >= m.stop_lsn));
+        let on_path = view.on_path(tli, m.timeline, m.stop_lsn);
         let fits = match target {
             Target::Time(t) => stop_time(&m).is_some_and(|s| s < *t),
             Target::Lsn(l) => m.stop_lsn <= *l,
@@ -433,8 +431,19 @@ pub async fn plan(
                     m.stop_time, m.stop_lsn
                 )));
             }
+            if !on_path {
+                return Err(Error::Config(format!(
+                    "backup {id} (timeline {}, consistent at lsn {}) is not on the history of \
+                     timeline {tli}, the timeline to recover along: PostgreSQL would refuse to \
+                     start; restore it with --target-timeline {} or choose another backup",
+                    m.timeline, m.stop_lsn, m.timeline
+                )));
+            }
             chosen = Some((m, "requested with --backup".into()));
             break;
+        }
+        if fits && !on_path && off_path.is_none() {
+            off_path = Some((m.id.clone(), m.timeline, m.stop_lsn, tli));
         }
         if fits && on_path {
             let why = match target {
@@ -479,6 +488,25 @@ pub async fn plan(
         if let Some(b) = backup {
             return Err(Error::NotFound(format!(
                 "backup {b} not found in cluster {cluster:?}; see `pgcairn info`"
+            )));
+        }
+        if let Some((id, tli, lsn, target_tli)) = off_path {
+            let fork = view
+                .path_to(target_tli)
+                .iter()
+                .find(|(t, _)| *t == tli)
+                .and_then(|(_, end)| *end);
+            let left = match fork {
+                Some(at) => {
+                    format!("timeline {target_tli} left timeline {tli} at lsn {at}, before it")
+                }
+                None => format!("timeline {target_tli} does not descend from timeline {tli}"),
+            };
+            return Err(Error::Config(format!(
+                "no backup lies on the history of timeline {target_tli}, the timeline to recover along: \
+                 the newest backup for this target, {id} (timeline {tli}, consistent at lsn {lsn}), \
+                 is not on it ({left}); restore along timeline {tli} with --target-timeline {tli}, \
+                 or take a backup on timeline {target_tli}"
             )));
         }
         let o = oldest.expect("at least one backup");
@@ -720,7 +748,7 @@ fn resolve_timeline(view: &ArchiveView, t: TimelineTarget, m: &Manifest) -> u32 
     match t {
         TimelineTarget::Current => m.timeline,
         TimelineTarget::Id(n) => n,
-        TimelineTarget::Latest => view.latest_descendant(m.timeline, m.stop_lsn),
+        TimelineTarget::Latest => view.latest_from(m.timeline),
     }
 }
 
@@ -984,12 +1012,16 @@ mod tests {
         let needed = v.needed(2, start, Some(7));
         assert_eq!(needed, vec![(1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (2, 7)]);
         assert_eq!(v.first_missing(&needed), None);
-        assert_eq!(v.latest_descendant(1, "0/3000000".parse().unwrap()), 3);
-        assert_eq!(
-            v.latest_descendant(1, "0/6000000".parse().unwrap()),
-            1,
-            "a backup after the fork is not on timeline 2's path"
+        // 'latest' from timeline 1 is 3, as PostgreSQL probes history files.
+        assert_eq!(v.latest_from(1), 3);
+        assert_eq!(v.latest_from(3), 3);
+        assert!(v.on_path(3, 1, "0/3000000".parse().unwrap()));
+        assert!(
+            !v.on_path(3, 1, "0/6000000".parse().unwrap()),
+            "a backup after the fork is not on timeline 3's path"
         );
+        assert!(v.on_path(3, 2, "0/6000000".parse().unwrap()));
+        assert!(!v.on_path(3, 2, "0/9000000".parse().unwrap()));
         let to3 = v.needed(3, start, Some(9));
         assert_eq!(
             v.first_missing(&to3).unwrap().to_string(),

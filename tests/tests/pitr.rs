@@ -437,10 +437,15 @@ fn timelines_restore_to_either_side_of_a_fork() {
         .unwrap();
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
+    // A backup of timeline 1 after the fork point made below: not on timeline 2's history, so
+    // a restore along the latest timeline must not start from it (PostgreSQL would refuse).
+    let late = backup_json(&env, &["--type", "full"]);
+    let late_id = late["id"].as_str().unwrap().to_string();
     drop(stop);
     pg.stop().unwrap();
 
-    // Recover to row 590 (after both backups) and promote: timeline 2, archiving into the same repository.
+    // Recover to row 590 (after the first two backups) and promote: timeline 2, archiving
+    // into the same repository.
     let t2 = env.restore_and_start_with(
         "tl2",
         &["--target-xid", &xid_k, "--target-action", "promote"],
@@ -473,7 +478,27 @@ fn timelines_restore_to_either_side_of_a_fork() {
         .collect();
     assert!(tls.contains(&2), "info shows the new timeline: {tls:?}");
 
-    // Latest timeline: the rows written on timeline 2.
+    // The late backup along the latest timeline: refused before anything is written, naming
+    // the timelines and what to do instead.
+    let target = env.path().join("late_on_2");
+    let out = env.pgcairn(&[
+        "restore",
+        "--pgdata",
+        &target.display().to_string(),
+        "--backup",
+        &late_id,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not on the history of timeline 2")
+            && stderr(&out).contains("--target-timeline 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.join("PG_VERSION").exists());
+
+    // Latest timeline: the rows written on timeline 2, from a backup before the fork (the
+    // late backup is newer but off timeline 2's history).
     let r = env.restore_and_start_with("follow_latest", &[], false);
     assert!(has(&r, 200001) && max_seq(&r) == 590, "timeline 2 data");
     r.stop().unwrap();
