@@ -183,7 +183,7 @@ fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
         backup_id: backup_id.into(),
         host: hostname(),
         pid: std::process::id(),
-        started: time::OffsetDateTime::now_utc().unix_timestamp(),
+        started: crate::store::Timestamp::now().unix_seconds(),
         boot_id: here.boot_id,
         pid_ns: here.pid_ns,
         start_ticks: own_start_ticks(),
@@ -226,13 +226,7 @@ fn parse_lease(repo: &Repository, key: &ObjectKey, raw: &[u8]) -> Result<LeaseBo
 }
 
 fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::store::Timestamp::from_unix_seconds(unix).to_string()
 }
 
 /// Backup ids of `cluster` that have a lease object, live or left by a killed backup: a new
@@ -259,7 +253,7 @@ pub async fn live(repo: &Repository) -> Result<Vec<LiveLease>> {
 
 /// Live leases of every kind.
 pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::store::Timestamp::now().unix_seconds();
     let here = PidScope::here();
     let mut out = Vec::new();
     for o in repo.storage().list(layout::LEASES_PREFIX).await? {
@@ -362,7 +356,7 @@ pub async fn acquire_exclusive(
                     .find(|o| o.key == k)
                     .is_some_and(|o| {
                         o.modified.is_none_or(|m| {
-                            time::OffsetDateTime::now_utc().unix_timestamp() - m
+                            crate::store::Timestamp::now().unix_seconds() - m
                                 <= EXPIRY.as_secs() as i64
                         })
                     });

@@ -431,7 +431,7 @@ async fn reencrypt_locked(
     }
     // 4. Writers that read the config before the rotation may still be sealing under an old
     // epoch: wait until the config is a grace period old and no backup from before it runs.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::store::Timestamp::now().unix_seconds();
     let changed = config_changed.unwrap_or(now);
     let ready_at = changed + opts.grace.as_secs() as i64;
     if now < ready_at {
@@ -500,13 +500,7 @@ async fn reencrypt_locked(
 }
 
 fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::store::Timestamp::from_unix_seconds(unix).to_string()
 }
 
 #[cfg(test)]

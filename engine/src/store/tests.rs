@@ -37,7 +37,7 @@ async fn backup(repo: &Repository, id: &str, start: &str, stop: &str, at: &str) 
         timeline: 1,
         start_lsn: m.start_lsn,
         stop_lsn: m.stop_lsn,
-        stop_time: m.stop_time.clone(),
+        stop_time: m.stop_time,
     };
     head::update(repo, "main", SEG, |h| {
         h.saw_segment(1, m.start_lsn.segment_no(SEG));
