@@ -440,7 +440,7 @@ async fn reencrypt_locked(
              archive-push that read it before may still write under the old epochs. Run `pgcairn key reencrypt` \
              again after {} (gc's grace period after the last key change) to drop them",
             now - changed,
-            rfc3339(ready_at)
+            crate::store::Timestamp::from_unix_seconds(ready_at)
         ));
         return Ok(report);
     }
@@ -497,10 +497,6 @@ async fn reencrypt_locked(
         .filter(|e| *e < out.config.data_key_version.min(newest))
         .collect();
     Ok(report)
-}
-
-fn rfc3339(unix: i64) -> String {
-    crate::store::Timestamp::from_unix_seconds(unix).to_string()
 }
 
 #[cfg(test)]
