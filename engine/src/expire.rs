@@ -21,6 +21,7 @@ use crate::retention::{decide, wal_plan, Candidate, Decision, Policy, WalNeed};
 use crate::store::head;
 use crate::store::ids::BackupId;
 use crate::store::sealed::{self, DocKind};
+use crate::store::Timestamp;
 use crate::types::WalFileName;
 
 /// What expire decided and did (on a dry-run repository: would have done).
@@ -61,8 +62,8 @@ pub struct WalRange {
 pub struct Pin {
     /// The pinned backup.
     pub backup_id: String,
-    /// RFC 3339.
-    pub pinned_at: String,
+    /// When it was pinned.
+    pub pinned_at: Timestamp,
 }
 
 /// Whether a backup is pinned.
@@ -78,9 +79,7 @@ pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -
         let key = layout::pin(cluster, id);
         let pin = Pin {
             backup_id: id.to_string(),
-            pinned_at: time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .expect("RFC 3339 formatting"),
+            pinned_at: Timestamp::now(),
         };
         repo.storage()
             .put_create(&key, sealed::seal(repo, DocKind::Pin, &key, &pin))
@@ -108,7 +107,7 @@ async fn record_in_status(
         }
     };
     let done = ExpireStatus {
-        finished_at: status::rfc3339(time::OffsetDateTime::now_utc()),
+        finished_at: Timestamp::now(),
         backups_removed: decisions.iter().filter(|d| !d.keep).count() as u64,
         wal_files_removed: wal_files as u64,
     };
@@ -145,11 +144,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
     for id in manifest::list_ids(repo, cluster).await? {
         let m = manifest::load_head(repo, cluster, &id).await?;
-        let stop_time = time::OffsetDateTime::parse(
-            &m.stop_time,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let stop_time = m.stop_time.datetime();
         candidates.push(Candidate {
             pinned: is_pinned(repo, cluster, &id).await?,
             id: id.clone(),
@@ -163,8 +158,8 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
             stop_seg: m.stop_lsn.segment_no(seg_size),
         });
     }
-    let now = time::OffsetDateTime::now_utc();
-    let mut decisions = decide(&candidates, policy, now);
+    let now = Timestamp::now();
+    let mut decisions = decide(&candidates, policy, now.datetime());
     if let Some(lock) = policy.object_lock {
         // A manifest still under the bucket's Object Lock retention stays (its backup with
         // it, and the WAL that backup needs): deleting it would only hide it behind a delete
@@ -197,7 +192,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         .into_iter()
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
         .collect();
-    let plan = wal_plan(&retained, policy.pitr_window, now);
+    let plan = wal_plan(&retained, policy.pitr_window, now.datetime());
     // Every archived WAL file with its decision; history files always stay.
     let pointers = repo
         .storage()
@@ -332,23 +327,15 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
 }
 
 /// When an object written at `written` (unix seconds; `None`: unknown, so assumed just
-/// written) leaves a retention of `lock`, if that is after `now` (RFC 3339).
+/// written) leaves a retention of `lock`, if that is after `now`.
 pub fn locked_until(
     written: Option<i64>,
     lock: std::time::Duration,
-    now: time::OffsetDateTime,
-) -> Option<String> {
-    let written = written.unwrap_or(now.unix_timestamp());
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let written = written.unwrap_or(now.unix_seconds());
     let until = written.saturating_add(lock.as_secs() as i64);
-    (until > now.unix_timestamp()).then(|| {
-        time::OffsetDateTime::from_unix_timestamp(until)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| until.to_string())
-    })
+    (until > now.unix_seconds()).then(|| Timestamp::from_unix_seconds(until))
 }
 
 #[cfg(test)]

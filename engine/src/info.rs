@@ -22,9 +22,9 @@ pub struct BackupSummary {
     /// Timeline.
     pub timeline: u32,
     /// Start.
-    pub start_time: String,
+    pub start_time: crate::store::Timestamp,
     /// Consistency point time.
-    pub stop_time: String,
+    pub stop_time: crate::store::Timestamp,
     /// Start LSN.
     pub start_lsn: Lsn,
     /// Consistency LSN.
@@ -47,7 +47,7 @@ pub struct RecoverableWindow {
     /// Earliest target: the oldest backup's consistency point.
     pub from_lsn: Lsn,
     /// Its time.
-    pub from_time: String,
+    pub from_time: crate::store::Timestamp,
     /// Latest reachable position: end of the continuous archive after that backup.
     pub to_lsn: Lsn,
     /// Last segment of that continuous range.
@@ -213,7 +213,7 @@ fn window(wal: &WalListing, oldest: &BackupSummary) -> Option<RecoverableWindow>
     }
     let own_wal_only = RecoverableWindow {
         from_lsn: oldest.stop_lsn,
-        from_time: oldest.stop_time.clone(),
+        from_time: oldest.stop_time,
         to_lsn: oldest.stop_lsn,
         to_wal: oldest.wal_in_backup.last().cloned().unwrap_or_default(),
         timeline: oldest.timeline,
@@ -251,7 +251,7 @@ fn window(wal: &WalListing, oldest: &BackupSummary) -> Option<RecoverableWindow>
     };
     Some(RecoverableWindow {
         from_lsn: oldest.stop_lsn,
-        from_time: oldest.stop_time.clone(),
+        from_time: oldest.stop_time,
         to_lsn: Lsn((last + 1) * seg).max(oldest.stop_lsn),
         to_wal: to_wal.to_string(),
         timeline: tl.timeline,

@@ -48,6 +48,7 @@ use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::storage::ObjectKey;
 use crate::store::sealed::{self, DocKind};
+use crate::store::Timestamp;
 
 /// How often a holder refreshes its lease.
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -183,7 +184,7 @@ fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
         backup_id: backup_id.into(),
         host: hostname(),
         pid: std::process::id(),
-        started: time::OffsetDateTime::now_utc().unix_timestamp(),
+        started: Timestamp::now().unix_seconds(),
         boot_id: here.boot_id,
         pid_ns: here.pid_ns,
         start_ticks: own_start_ticks(),
@@ -225,16 +226,6 @@ fn parse_lease(repo: &Repository, key: &ObjectKey, raw: &[u8]) -> Result<LeaseBo
     Ok(body)
 }
 
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// Backup ids of `cluster` that have a lease object, live or left by a killed backup: a new
 /// backup must not take one of them as its id (its lease could not be created).
 pub async fn backup_ids_with_leases(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
@@ -259,7 +250,7 @@ pub async fn live(repo: &Repository) -> Result<Vec<LiveLease>> {
 
 /// Live leases of every kind.
 pub async fn live_any(repo: &Repository) -> Result<Vec<LiveLease>> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = Timestamp::now().unix_seconds();
     let here = PidScope::here();
     let mut out = Vec::new();
     for o in repo.storage().list(layout::LEASES_PREFIX).await? {
@@ -311,7 +302,7 @@ pub async fn acquire_backup(
             .collect();
         let Some(h) = holders.first() else { break };
         if std::time::Instant::now() >= deadline {
-            let started = rfc3339(h.body.started);
+            let started = Timestamp::from_unix_seconds(h.body.started);
             return Err(Error::Conflict(format!(
                 "another backup of cluster {cluster:?} is running ({} on host {}, pid {}, started {started}); \
                  not starting a second one. Wait for it, or set backup.lease_wait to wait automatically",
@@ -362,8 +353,7 @@ pub async fn acquire_exclusive(
                     .find(|o| o.key == k)
                     .is_some_and(|o| {
                         o.modified.is_none_or(|m| {
-                            time::OffsetDateTime::now_utc().unix_timestamp() - m
-                                <= EXPIRY.as_secs() as i64
+                            Timestamp::now().unix_seconds() - m <= EXPIRY.as_secs() as i64
                         })
                     });
                 (fresh && !holder_dead_here(&body, &here, probe)).then_some(body)
@@ -376,7 +366,7 @@ pub async fn acquire_exclusive(
                      Wait for it to finish (a holder that died is forgotten within {}s)",
                     h.host,
                     h.pid,
-                    rfc3339(h.started),
+                    Timestamp::from_unix_seconds(h.started),
                     EXPIRY.as_secs()
                 )));
             }

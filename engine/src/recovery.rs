@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::store::head::{CatalogHead, HeadBackup};
 use crate::store::ids::BackupId;
+use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// What to recover to.
@@ -339,23 +340,16 @@ async fn pointer_time(
     repo: &Repository,
     cluster: &str,
     name: &WalFileName,
-) -> Result<Option<OffsetDateTime>> {
-    Ok(read_wal_record(repo, cluster, name).await?.and_then(|p| {
-        OffsetDateTime::parse(
-            &p.archived_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok()
-    }))
+) -> Result<Option<Timestamp>> {
+    Ok(read_wal_record(repo, cluster, name)
+        .await?
+        .map(|p| p.archived_at))
 }
 
+/// A target time as the operator gave it (in its own offset).
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .expect("RFC 3339")
-}
-
-fn stop_time(m: &Manifest) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(&m.stop_time, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// Chooses the backup and checks the WAL to the target is continuous.
@@ -418,7 +412,7 @@ pub async fn plan(
         let tli = resolve_timeline(&view, timeline, &m);
         let on_path = view.on_path(tli, m.timeline, m.stop_lsn);
         let fits = match target {
-            Target::Time(t) => stop_time(&m).is_some_and(|s| s < *t),
+            Target::Time(t) => m.stop_time.datetime() < *t,
             Target::Lsn(l) => m.stop_lsn <= *l,
             Target::Xid(x) => m.xmin_after_stop.is_none_or(|xmin| *x >= xmin),
             Target::Name(_) => named_lsn.is_none_or(|l| m.stop_lsn <= l),
@@ -469,11 +463,7 @@ pub async fn plan(
     if backup.is_none() {
         let newer_than = chosen.as_ref().map(|(m, _)| m.id.as_str());
         let fits_head = |hb: &HeadBackup| match target {
-            Target::Time(t) => OffsetDateTime::parse(
-                &hb.stop_time,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .is_ok_and(|s| s < *t),
+            Target::Time(t) => hb.stop_time.datetime() < *t,
             Target::Lsn(l) => hb.stop_lsn <= *l,
             Target::Name(_) => named_lsn.is_none_or(|l| hb.stop_lsn <= l),
             _ => true,
@@ -543,7 +533,7 @@ pub async fn plan(
             for (tl, s) in &all {
                 let name = view.name(*tl, *s);
                 match pointer_time(repo, cluster, &name).await? {
-                    Some(at) if at >= *t => {
+                    Some(at) if at.datetime() >= *t => {
                         found = Some(*s);
                         break;
                     }
@@ -851,7 +841,7 @@ impl Unreachable<'_> {
             {
                 let when = pointer_time(repo, cluster, &name)
                     .await?
-                    .map(rfc3339)
+                    .map(|t| t.to_string())
                     .unwrap_or_else(|| "?".into());
                 format!(
                 "The latest reachable target from backup {} is the end of {name} (archived {when}); the earliest is its consistency point {} (lsn {})",

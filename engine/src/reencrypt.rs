@@ -431,7 +431,7 @@ async fn reencrypt_locked(
     }
     // 4. Writers that read the config before the rotation may still be sealing under an old
     // epoch: wait until the config is a grace period old and no backup from before it runs.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::store::Timestamp::now().unix_seconds();
     let changed = config_changed.unwrap_or(now);
     let ready_at = changed + opts.grace.as_secs() as i64;
     if now < ready_at {
@@ -440,7 +440,7 @@ async fn reencrypt_locked(
              archive-push that read it before may still write under the old epochs. Run `pgcairn key reencrypt` \
              again after {} (gc's grace period after the last key change) to drop them",
             now - changed,
-            rfc3339(ready_at)
+            crate::store::Timestamp::from_unix_seconds(ready_at)
         ));
         return Ok(report);
     }
@@ -497,16 +497,6 @@ async fn reencrypt_locked(
         .filter(|e| *e < out.config.data_key_version.min(newest))
         .collect();
     Ok(report)
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
 }
 
 fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    crate::store::Timestamp::now().unix_seconds()
 }
 
 /// An in-memory [`Storage`] for unit tests of the engine.

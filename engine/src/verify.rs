@@ -364,13 +364,11 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
 /// Records the outcome in each cluster's catalog head, best effort: a verify run with
 /// read-only credentials still verifies, it only cannot leave its result behind.
 async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
-    let at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting");
+    let at = crate::store::Timestamp::now();
     for audit in &report.catalog {
         let Some(_) = audit.generation else { continue };
         let result = crate::store::head::CheckResult {
-            at: at.clone(),
+            at,
             ok: report.problems.is_empty(),
             summary: match report.problems.len() {
                 0 => format!("ok: {} backups, {} packs", report.backups, report.packs),
@@ -392,7 +390,7 @@ async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
             );
         }
         let done = crate::store::status::VerifyStatus {
-            finished_at: at.clone(),
+            finished_at: at,
             ok: report.problems.is_empty(),
             problems: report.problems.len() as u64,
             read_data: report.packs_read > 0,

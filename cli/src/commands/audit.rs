@@ -3,6 +3,7 @@
 //! them. Records live in the repository ([`pgcairn_engine::store::trail`]).
 
 use pgcairn_engine::store::trail::{self, AuditRecord};
+use pgcairn_engine::store::Timestamp;
 
 use super::open_repo;
 use crate::args::{Command, KeyCmd, OutputFormat};
@@ -87,7 +88,7 @@ pub async fn record(settings: &Settings, command: String, result: &Result<(), Fa
         }
     };
     let rec = AuditRecord {
-        at: pgcairn_engine::store::status::rfc3339(time::OffsetDateTime::now_utc()),
+        at: Timestamp::now(),
         host: host(),
         user: user(),
         command: command.clone(),
@@ -137,12 +138,12 @@ pub async fn list(
 }
 
 /// RFC 3339, or a duration ago (`24h`, `7d`).
-fn parse_since(s: &str) -> Result<time::OffsetDateTime, Failure> {
-    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+fn parse_since(s: &str) -> Result<Timestamp, Failure> {
+    if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
     match pgcairn_storage::parse_duration(s) {
-        Some(d) => Ok(time::OffsetDateTime::now_utc() - d),
+        Some(d) => Ok(Timestamp::now() - d),
         None => Err(Failure::usage(format!(
             "--since {s:?}: give an RFC 3339 time (2026-11-24T07:00:00Z) or a duration ago (24h, 7d)"
         ))),

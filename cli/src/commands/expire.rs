@@ -19,7 +19,7 @@ pub async fn run(settings: &Settings, dry_run: bool, output: OutputFormat) -> Re
     )
     .await?;
     if !dry_run {
-        let before = time::OffsetDateTime::now_utc() - settings.audit_keep;
+        let before = pgcairn_engine::store::Timestamp::now() - settings.audit_keep;
         let pruned = pgcairn_engine::store::trail::prune(&repo, before).await?;
         if pruned > 0 {
             tracing::info!("deleted {pruned} audit records older than retention.audit_keep");
@@ -162,7 +162,8 @@ pub async fn gc(
             "{} condemned packs are still under the bucket's Object Lock retention (repo.object_lock_days): \
              not deleted yet; the first may go after {}",
             r.waiting_for_object_lock,
-            r.object_lock_until.as_deref().unwrap_or("?")
+            r.object_lock_until
+                .map_or_else(|| "?".into(), |t| t.to_string())
         );
     }
     println!(

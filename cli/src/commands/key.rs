@@ -272,7 +272,7 @@ async fn list(settings: &Settings, output: OutputFormat) -> Result<(), Failure> 
                     s.id,
                     s.kind,
                     s.fingerprint,
-                    s.created.as_deref().unwrap_or("-"),
+                    s.created.map_or_else(|| "-".into(), |t| t.to_string()),
                     s.last_used.as_deref().unwrap_or("-"),
                     if s.current {
                         "  (unlocked this command)"

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pgcairn_engine::metrics::{self, ArchiverStats, LocalQueue, Snapshot};
 use pgcairn_engine::repo::Repository;
+use pgcairn_engine::store::Timestamp;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -41,14 +42,8 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-fn unix(rfc3339: &str) -> Option<f64> {
-    time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
-}
-
 fn now_unix() -> f64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9
+    Timestamp::now().unix_seconds_f64()
 }
 
 /// One scrape's inputs.
@@ -136,8 +131,8 @@ pub fn render(inputs: &Inputs) -> String {
             set(&bytes, &[], s.pack_bytes as f64);
             set(&recl, &[], s.reclaimable_bytes as f64);
             set(&pending, &[], s.pending_bytes as f64);
-            if let Some(t) = s.gc_finished_at.as_deref().and_then(unix) {
-                set(&gc, &[], t);
+            if let Some(t) = s.gc_finished_at {
+                set(&gc, &[], t.unix_seconds_f64());
             }
         }
     }
@@ -333,13 +328,13 @@ fn cluster_metrics(r: &mut Registry, snap: &Snapshot, now: f64) {
     for s in &snap.clusters {
         let c = s.cluster.as_str();
         let cl = [("cluster", c)];
-        if let Some(t) = unix(&s.updated_at) {
-            set(&updated, &cl, t);
-        }
+        set(&updated, &cl, s.updated_at.unix_seconds_f64());
         for (kind, at) in &s.last_success_by_type {
-            if let Some(t) = unix(at) {
-                set(&last_ok, &[("cluster", c), ("type", kind)], t);
-            }
+            set(
+                &last_ok,
+                &[("cluster", c), ("type", kind)],
+                at.unix_seconds_f64(),
+            );
         }
         if let Some(b) = &s.last_backup {
             set(&last_dur, &cl, b.duration_seconds);
@@ -353,17 +348,16 @@ fn cluster_metrics(r: &mut Registry, snap: &Snapshot, now: f64) {
         }
         if let Some(ret) = &s.retained {
             set(&backups, &cl, ret.count as f64);
-            if let Some(t) = ret.oldest_stop_time.as_deref().and_then(unix) {
-                set(&win_start, &cl, t);
+            if let Some(t) = ret.oldest_stop_time {
+                set(&win_start, &cl, t.unix_seconds_f64());
             }
         }
         if let Some(w) = &s.wal {
-            if let Some(t) = unix(&w.end_time) {
-                set(&wal_newest, &cl, t);
-                set(&rpo, &cl, (now - t).max(0.0));
-                if s.retained.as_ref().is_some_and(|r| r.count > 0) {
-                    set(&win_end, &cl, t);
-                }
+            let t = w.end_time.unix_seconds_f64();
+            set(&wal_newest, &cl, t);
+            set(&rpo, &cl, (now - t).max(0.0));
+            if s.retained.as_ref().is_some_and(|r| r.count > 0) {
+                set(&win_end, &cl, t);
             }
             set(&wal_lsn, &cl, w.end_lsn.0 as f64);
         }
@@ -371,9 +365,7 @@ fn cluster_metrics(r: &mut Registry, snap: &Snapshot, now: f64) {
             .get_or_create(&labels(&cl))
             .inc_by(s.wal_dropped_total as f64);
         if let Some(d) = &s.drill {
-            if let Some(t) = unix(&d.finished_at) {
-                set(&drill_ts, &cl, t);
-            }
+            set(&drill_ts, &cl, d.finished_at.unix_seconds_f64());
             set(&drill_ok, &cl, f64::from(u8::from(d.outcome == "passed")));
             for o in DRILL_OUTCOMES {
                 set(
@@ -391,20 +383,16 @@ fn cluster_metrics(r: &mut Registry, snap: &Snapshot, now: f64) {
             }
         }
         if let Some(v) = &s.verify {
-            if let Some(t) = unix(&v.finished_at) {
-                set(&verify_ts, &cl, t);
-            }
+            set(&verify_ts, &cl, v.finished_at.unix_seconds_f64());
             set(&verify_ok, &cl, f64::from(u8::from(v.ok)));
             set(&verify_problems, &cl, v.problems as f64);
             set(&verify_read, &cl, f64::from(u8::from(v.read_data)));
         }
-        if let Some(t) = s.expire.as_ref().and_then(|e| unix(&e.finished_at)) {
-            set(&expire_ts, &cl, t);
+        if let Some(e) = &s.expire {
+            set(&expire_ts, &cl, e.finished_at.unix_seconds_f64());
         }
         if let Some(rcv) = &s.receiver {
-            if let Some(t) = unix(&rcv.at) {
-                set(&recv_ts, &cl, t);
-            }
+            set(&recv_ts, &cl, rcv.at.unix_seconds_f64());
             set(&recv_flush, &cl, rcv.flush_lsn.0 as f64);
             if let Some(l) = rcv.lag_bytes {
                 set(&recv_lag, &cl, l as f64);

@@ -43,7 +43,7 @@ pub struct WalPointer {
     /// Size of the sealed object.
     pub stored_size: u64,
     /// RFC 3339 time of the push.
-    pub archived_at: String,
+    pub archived_at: crate::store::Timestamp,
 }
 
 /// What a push did.
@@ -53,12 +53,6 @@ pub enum PushOutcome {
     Uploaded { stored_size: u64 },
     /// The same content was already archived; nothing uploaded.
     AlreadyArchived,
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting")
 }
 
 /// The WAL object's authenticated context: which cluster and file it claims to be.
@@ -116,7 +110,7 @@ async fn check_or_bind_cluster(
                 system_identifier: sysid.clone(),
                 wal_segment_size: u64::from(header.segment_size),
                 pg_major: header.pg_major,
-                bound_at: now_rfc3339(),
+                bound_at: crate::store::Timestamp::now(),
             };
             // Someone may have bound it at the same moment: theirs is compared below.
             bind_cluster_record(repo, record).await?
@@ -436,7 +430,7 @@ async fn store_wal(
         content_id: hex_id.clone(),
         size,
         stored_size,
-        archived_at: now_rfc3339(),
+        archived_at: crate::store::Timestamp::now(),
     };
     let body = seal_wal_record(repo, cluster, name, &pointer);
     match repo
@@ -524,7 +518,7 @@ pub(crate) mod tests {
             content_id: id.to_hex(),
             size: data.len() as u64,
             stored_size: sealed.len() as u64,
-            archived_at: now_rfc3339(),
+            archived_at: crate::store::Timestamp::now(),
         };
         let s = repo.storage();
         s.put_create(&layout::wal_data("main", &name, &id), Bytes::from(sealed))

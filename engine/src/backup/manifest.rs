@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::pg::datadir::Tablespace;
 use crate::repo::{layout, Repository};
 use crate::storage::{CreateOutcome, StorageError};
+use crate::store::Timestamp;
 use crate::types::Lsn;
 
 /// Manifest format version.
@@ -96,9 +97,9 @@ pub struct Manifest {
     /// WAL file holding the stop LSN.
     pub stop_wal: String,
     /// RFC 3339.
-    pub start_time: String,
+    pub start_time: Timestamp,
     /// RFC 3339.
-    pub stop_time: String,
+    pub stop_time: Timestamp,
     /// Block size used.
     pub block_size: u32,
     /// Oldest transaction still running just after `pg_backup_stop`: an xid target below it
@@ -147,8 +148,8 @@ impl Manifest {
             stop_lsn: self.stop_lsn,
             start_wal: self.start_wal.clone(),
             stop_wal: self.stop_wal.clone(),
-            start_time: self.start_time.clone(),
-            stop_time: self.stop_time.clone(),
+            start_time: self.start_time,
+            stop_time: self.stop_time,
             block_size: self.block_size,
             xmin_after_stop: self.xmin_after_stop,
             checksums_verified: self.checksums_verified,

@@ -53,6 +53,7 @@ use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
 use crate::repo::{layout, ClusterRecord, Repository};
 use crate::store::blocks::{KnownBlocks, Packer};
+use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// Where PostgreSQL keeps its control file, relative to the data directory.
@@ -89,12 +90,6 @@ pub struct BackupOptions {
     pub standby_wal_wait: Duration,
     /// How long to wait for another backup of the same cluster to finish (0: fail at once).
     pub lease_wait: Duration,
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339")
 }
 
 pub(crate) fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -232,7 +227,7 @@ async fn bind_cluster(
                 system_identifier: sysid.clone(),
                 wal_segment_size: seg_size,
                 pg_major,
-                bound_at: now_rfc3339(),
+                bound_at: Timestamp::now(),
             };
             crate::archive::push::bind_cluster_record(repo, r).await?
         }
@@ -456,18 +451,13 @@ async fn backup_with_lease(
     // lookup takes its entry out.
     let (reference_id, reference_start_ns, reference_files) = match reference {
         Some((r, files)) => {
-            let start_ns = time::OffsetDateTime::parse(
-                &r.start_time,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .map(|t| t.unix_timestamp_nanos() as i64)
-            .unwrap_or(0);
+            let start_ns = r.start_time.unix_nanos() as i64;
             (Some(r.id), start_ns, Some(files))
         }
         None => (None, 0, None),
     };
 
-    let start_time = now_rfc3339();
+    let start_time = Timestamp::now();
     let label = format!("pgcairn backup {id}");
     let functions = BackupFunctions::of(session.version_num);
     let start_text: String = session
@@ -689,7 +679,7 @@ async fn backup_with_lease(
         .map_err(|e| Error::InvalidInput(format!("{e}")))?;
     let backup_label: String = stop.get(1);
     let spcmap: Option<String> = stop.get(2);
-    let stop_time = now_rfc3339();
+    let stop_time = Timestamp::now();
     let (timeline, from_standby) = match primary_timeline {
         Some(t) => (t, false),
         None => {
@@ -885,7 +875,7 @@ async fn record_in_head(repo: &Repository, m: &Manifest, seg_size: u64) -> Resul
         timeline: m.timeline,
         start_lsn: m.start_lsn,
         stop_lsn: m.stop_lsn,
-        stop_time: m.stop_time.clone(),
+        stop_time: m.stop_time,
     };
     let id = crate::store::ids::BackupId::new(m.id.clone());
     let carried = m.carried_segments(seg_size);
@@ -927,12 +917,7 @@ async fn record_in_status(
     seg_size: u64,
 ) {
     use crate::store::status::{self, BackupStatus, RetainedStatus};
-    let now = time::OffsetDateTime::now_utc();
-    let started = time::OffsetDateTime::parse(
-        &m.start_time,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap_or(now);
+    let now = Timestamp::now();
     let kind = serde_json::to_value(m.backup_type)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -940,9 +925,9 @@ async fn record_in_status(
     let done = BackupStatus {
         id: m.id.clone(),
         backup_type: kind.clone(),
-        started_at: m.start_time.clone(),
-        finished_at: status::rfc3339(now),
-        duration_seconds: (now - started).as_seconds_f64().max(0.0),
+        started_at: m.start_time,
+        finished_at: now,
+        duration_seconds: (now - m.start_time).as_seconds_f64().max(0.0),
         bytes_read: m.stats.bytes_read,
         bytes_new: m.stats.bytes_new,
         bytes_stored: m.stats.stored_new,
@@ -960,13 +945,13 @@ async fn record_in_status(
         .to_string(),
         timeline: m.timeline,
         end_lsn: Lsn((stop_seg + 1) * seg_size),
-        end_time: m.stop_time.clone(),
-        archived_at: status::rfc3339(now),
+        end_time: m.stop_time,
+        archived_at: now,
     };
     status::record(repo, &m.cluster, "backup", |s| {
         s.saw_wal(wal.clone());
         s.last_success_by_type
-            .insert(kind.clone(), done.finished_at.clone());
+            .insert(kind.clone(), done.finished_at);
         s.last_backup = Some(done.clone());
         s.retained = Some(retained.clone());
         true
@@ -1105,7 +1090,7 @@ pub struct RestorePoint {
     /// Its LSN.
     pub lsn: Lsn,
     /// When it was created.
-    pub created_at: String,
+    pub created_at: Timestamp,
 }
 
 /// Reads a recorded restore point.
@@ -1133,7 +1118,7 @@ pub async fn create_and_record_restore_point(
     let rp = RestorePoint {
         name: name.to_string(),
         lsn,
-        created_at: now_rfc3339(),
+        created_at: Timestamp::now(),
     };
     let key = layout::restore_point(cluster, name);
     let body =

@@ -13,6 +13,7 @@ use zeroize::Zeroize;
 
 use super::{KeyCommand, KeyFile, MasterSecret, KEY_LEN};
 use crate::error::{Error, Result};
+use crate::store::Timestamp;
 
 /// argon2id cost parameters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,9 +110,9 @@ pub struct KeySlot {
     pub nonce: String,
     /// Wrapped keyring key with its tag, hex.
     pub wrapped: String,
-    /// RFC 3339 creation time (absent in slots made before it was recorded).
+    /// Creation time (absent in slots made before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created_at: Option<String>,
+    pub created_at: Option<Timestamp>,
 }
 
 /// What the operator gave us to unlock the repository.
@@ -268,12 +269,6 @@ fn aad(repo_id: &str, slot_id: &str, epoch: u32) -> Vec<u8> {
     }
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting")
-}
-
 impl KeySlot {
     /// Wraps `master` (epoch 1) for `unlock` in a new slot.
     pub fn wrap(
@@ -299,7 +294,7 @@ impl KeySlot {
             1,
             master,
             &key,
-            Some(now_rfc3339()),
+            Some(Timestamp::now()),
         ))
     }
 
@@ -313,7 +308,7 @@ impl KeySlot {
             epoch,
             secret,
             key,
-            Some(now_rfc3339()),
+            Some(Timestamp::now()),
         )
     }
 
@@ -325,14 +320,7 @@ impl KeySlot {
         secret: &MasterSecret,
         key: &SlotKey,
     ) -> Self {
-        Self::seal(
-            repo_id,
-            &self.id,
-            epoch,
-            secret,
-            key,
-            self.created_at.clone(),
-        )
+        Self::seal(repo_id, &self.id, epoch, secret, key, self.created_at)
     }
 
     fn seal(
@@ -341,7 +329,7 @@ impl KeySlot {
         epoch: u32,
         secret: &MasterSecret,
         key: &SlotKey,
-        created_at: Option<String>,
+        created_at: Option<Timestamp>,
     ) -> Self {
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);

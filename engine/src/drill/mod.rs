@@ -96,6 +96,7 @@ use crate::pg::instance::{
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::restore::{restore, RestoreOptions};
+use crate::store::Timestamp;
 
 /// What to drill.
 #[derive(Debug, Clone)]
@@ -136,13 +137,8 @@ pub struct DrillFiles {
     pub html: PathBuf,
 }
 
-fn now() -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc()
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339")
+fn now() -> Timestamp {
+    Timestamp::now()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
@@ -578,12 +574,7 @@ async fn newest_wal_age(repo: &Repository, cluster: &str) -> Option<f64> {
     let p = crate::archive::push::read_wal_record(repo, cluster, &newest.1)
         .await
         .ok()??;
-    let at = time::OffsetDateTime::parse(
-        &p.archived_at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?;
-    Some((now() - at).as_seconds_f64())
+    Some((now() - p.archived_at).as_seconds_f64())
 }
 
 /// Runs a drill; the report is stored in the repository and written to `report_dir`.
@@ -593,14 +584,15 @@ pub async fn run_drill(
     progress: &dyn Progress,
 ) -> Result<(DrillReport, DrillFiles)> {
     let started_at = now();
+    let at = started_at.datetime();
     let id = format!(
         "{:04}{:02}{:02}-{:02}{:02}{:02}",
-        started_at.year(),
-        u8::from(started_at.month()),
-        started_at.day(),
-        started_at.hour(),
-        started_at.minute(),
-        started_at.second()
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second()
     );
     let cluster = opts.restore.cluster.clone();
     let rpo = newest_wal_age(repo, &cluster).await;
@@ -828,8 +820,8 @@ pub async fn run_drill(
     let report = DrillReport {
         id,
         cluster: cluster.clone(),
-        started_at: rfc3339(started_at),
-        finished_at: rfc3339(now()),
+        started_at,
+        finished_at: now(),
         backup_id: planned.plan.backup_id.clone(),
         backup_reason: planned.plan.reason.clone(),
         target: opts.target_label.clone(),
@@ -858,7 +850,7 @@ async fn publish(
 ) -> Result<DrillFiles> {
     report::store(repo, report).await?;
     let result = crate::store::head::CheckResult {
-        at: report.finished_at.clone(),
+        at: report.finished_at,
         ok: report.outcome == "passed",
         summary: format!(
             "drill {} ({}): {}",
@@ -878,7 +870,7 @@ async fn publish(
     }
     let done = crate::store::status::DrillStatus {
         id: report.id.clone(),
-        finished_at: report.finished_at.clone(),
+        finished_at: report.finished_at,
         outcome: report.outcome.clone(),
         mttr_seconds: report.mttr_seconds,
         max_mttr_seconds: report.max_mttr_seconds,
@@ -927,7 +919,7 @@ async fn finish_early(
     repo: &Repository,
     opts: &DrillOptions,
     id: String,
-    started_at: time::OffsetDateTime,
+    started_at: Timestamp,
     rpo: Option<f64>,
     phase: &str,
     t: Instant,
@@ -949,8 +941,8 @@ async fn finish_early(
     let report = DrillReport {
         id,
         cluster: opts.restore.cluster.clone(),
-        started_at: rfc3339(started_at),
-        finished_at: rfc3339(now()),
+        started_at,
+        finished_at: now(),
         backup_id: opts.restore.backup.clone().unwrap_or_default(),
         backup_reason: String::new(),
         target: opts.target_label.clone(),

@@ -69,9 +69,9 @@ pub struct DrillReport {
     /// Cluster.
     pub cluster: String,
     /// RFC 3339.
-    pub started_at: String,
+    pub started_at: crate::store::Timestamp,
     /// RFC 3339.
-    pub finished_at: String,
+    pub finished_at: crate::store::Timestamp,
     /// Backup restored.
     pub backup_id: String,
     /// Why that backup.

@@ -52,12 +52,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
-use time::OffsetDateTime;
 
 use crate::error::Result;
 use crate::index::seal_segment;
 use crate::repo::{layout, Repository};
 use crate::store::ids::PackId;
+use crate::store::Timestamp;
 
 use crate::store::condemned as state;
 pub use crate::store::condemned::{condemned_packs, read_state, GcState};
@@ -130,7 +130,7 @@ pub struct GcReport {
     pub waiting_for_object_lock: usize,
     /// When the first of those leaves its retention (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub object_lock_until: Option<String>,
+    pub object_lock_until: Option<Timestamp>,
     /// Space after this run (packs written and deleted included).
     pub space: SpaceSummary,
     /// Objects listed.
@@ -161,7 +161,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 fn unix_now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
+    Timestamp::now().unix_seconds()
 }
 
 /// Pack space for `info`: total, referenced by retained backups, and reclaimable by gc (with
@@ -176,9 +176,9 @@ pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let work = gc_locked(repo, opts);
     let report = crate::lease::exclusive(repo, "gc", "", opts.lease_wait, work).await?;
-    let at = crate::store::status::rfc3339(OffsetDateTime::now_utc());
+    let at = Timestamp::now();
     crate::store::status::record_repository(repo, |s| {
-        s.gc_finished_at = Some(at.clone());
+        s.gc_finished_at = Some(at);
         s.pack_bytes = report.space.pack_bytes;
         s.referenced_bytes = report.space.referenced_bytes;
         s.reclaimable_bytes = report.space.reclaimable_bytes;
@@ -315,9 +315,7 @@ pub(crate) async fn gc_locked_with(
         }
         if let Some(lock) = opts.object_lock {
             let written = usage.packs.get(&id).and_then(|p| p.modified);
-            if let Some(until) =
-                crate::expire::locked_until(written, lock, OffsetDateTime::now_utc())
-            {
+            if let Some(until) = crate::expire::locked_until(written, lock, Timestamp::now()) {
                 report.waiting_for_object_lock += 1;
                 if report.object_lock_until.as_ref().is_none_or(|u| until < *u) {
                     report.object_lock_until = Some(until);

@@ -36,8 +36,8 @@ pub struct RepoConfig {
     pub format: u32,
     /// Random id, bound into every object's authenticated data.
     pub repo_id: String,
-    /// RFC 3339 creation time.
-    pub created_at: String,
+    /// Creation time.
+    pub created_at: crate::store::Timestamp,
     /// Protection.
     pub encryption: Encryption,
     /// The master secret in clear, only for unencrypted repositories.
@@ -91,9 +91,7 @@ impl RepoConfig {
         let mut id = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut id);
         let repo_id = hex::encode(id);
-        let created_at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("RFC 3339 formatting");
+        let created_at = crate::store::Timestamp::now();
         let (encryption, plain_master, key_slots) = match unlock {
             Some(u) => (
                 Encryption::XChaCha20Poly1305,
@@ -283,7 +281,7 @@ pub struct ClusterRecord {
     /// PostgreSQL major version.
     pub pg_major: u32,
     /// When the first push bound it.
-    pub bound_at: String,
+    pub bound_at: crate::store::Timestamp,
 }
 
 impl ClusterRecord {

@@ -41,6 +41,7 @@ use super::{layout, parse_config};
 use crate::crypto::{KdfParams, KeyCommand, KeySlot, MasterSecret, SlotKey, SlotKind, Unlock};
 use crate::error::{Error, Result};
 use crate::storage::{Storage, StorageError};
+use crate::store::Timestamp;
 
 /// Opens a config on the blocking pool (argon2id and unwrap commands take time).
 pub(crate) async fn unlock_blocking(
@@ -128,12 +129,11 @@ impl GenerationCache {
                 self.path.display()
             )));
         }
-        let now = time::OffsetDateTime::now_utc();
+        let now = Timestamp::now();
+        // A local cache: an unreadable time only means "record it again".
         let stale = |t: Option<&String>| {
-            t.and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .is_none_or(|t| (now - t).whole_minutes() >= 10)
+            t.and_then(|t| t.parse::<Timestamp>().ok())
+                .is_none_or(|t| (now - t).whole_minutes() >= 10)
         };
         let changed = config.generation != seen.generation
             || config.data_key_version != seen.key_epoch
@@ -147,11 +147,7 @@ impl GenerationCache {
         next.slots_used
             .retain(|id, _| config.key_slots.iter().any(|s| &s.id == id));
         if !slot_id.is_empty() {
-            next.slots_used.insert(
-                slot_id.to_string(),
-                now.format(&time::format_description::well_known::Rfc3339)
-                    .expect("RFC 3339 formatting"),
-            );
+            next.slots_used.insert(slot_id.to_string(), now.to_string());
         }
         if let Err(e) = self.write(&next) {
             tracing::warn!(
@@ -493,7 +489,7 @@ pub struct SlotInfo {
     /// Public fingerprint.
     pub fingerprint: String,
     /// Creation time, where recorded.
-    pub created: Option<String>,
+    pub created: Option<Timestamp>,
     /// When this host last unlocked with it, where known.
     pub last_used: Option<String>,
     /// The slot this command unlocked with.
@@ -527,7 +523,7 @@ pub fn list_slots(config: &RepoConfig, used: &str, state_dir: Option<&Path>) -> 
                 id: s.id.clone(),
                 kind: s.kind.name().to_string(),
                 fingerprint: s.fingerprint(),
-                created: s.created_at.clone(),
+                created: s.created_at,
                 last_used: seen.slots_used.get(&s.id).cloned(),
                 current: s.id == used,
                 wrap_command: wrap,

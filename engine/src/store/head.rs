@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::{BackupId, ClusterName};
 use super::sealed::{self, DocKind};
+use super::Timestamp;
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::storage::{ObjectVersion, StorageError};
@@ -62,7 +63,7 @@ pub struct HeadBackup {
     /// Consistency point.
     pub stop_lsn: Lsn,
     /// RFC 3339 time of its consistency point.
-    pub stop_time: String,
+    pub stop_time: Timestamp,
 }
 
 /// The WAL the head has seen archived on one timeline.
@@ -127,7 +128,7 @@ impl HeadTimeline {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CheckResult {
     /// RFC 3339 time.
-    pub at: String,
+    pub at: Timestamp,
     /// Passed.
     pub ok: bool,
     /// One line.
@@ -142,7 +143,7 @@ pub struct CatalogHead {
     /// Incremented by every update.
     pub generation: u64,
     /// RFC 3339 time of the last update.
-    pub updated_at: String,
+    pub updated_at: Timestamp,
     /// The cluster's WAL segment size.
     pub wal_segment_size: u64,
     /// Committed backups.
@@ -162,7 +163,7 @@ impl CatalogHead {
         CatalogHead {
             cluster,
             generation: 0,
-            updated_at: now(),
+            updated_at: Timestamp::now(),
             wal_segment_size,
             backups: BTreeMap::new(),
             timelines: BTreeMap::new(),
@@ -214,12 +215,6 @@ impl CatalogHead {
             segno: SegmentNo::from_absolute(seg, self.wal_segment_size),
         }
     }
-}
-
-fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting")
 }
 
 fn seen(repo: &Repository, cluster: &str) -> u64 {
@@ -336,7 +331,7 @@ pub async fn update(
             return Ok(head);
         }
         head.generation += 1;
-        head.updated_at = now();
+        head.updated_at = Timestamp::now();
         let body = sealed::seal(repo, DocKind::CatalogHead, &key, &head);
         match repo.storage().put_swap(&key, body, version.as_ref()).await {
             Ok(_) => {

@@ -28,14 +28,21 @@
 //!   blocks), which backup writes and restore, verify, gc and re-encryption read.
 //! - [`condemned`]: the gc state, the set of condemned packs that backups must not
 //!   deduplicate against and the block index avoids.
+//! - [`timestamp`]: [`Timestamp`], the documents' times: parsed once when a document is read
+//!   (an invalid time rejects the document, naming the value), written as the same RFC 3339
+//!   string as before.
 //!
 //! The block store lived in `backup/` and the condemned set in `gc/`, so backup imported gc
 //! (to skip condemned packs) and gc imported backup (to read and write packs): both now depend
 //! on this layer and not on each other.
 //!
-//! Not done yet (issue 15, item 6): the commands' documents with real timestamps instead of
-//! RFC 3339 strings, and the backup manifest as a document of this layer. `repo::layout`
-//! builds every object key, from the ids here.
+//! Documents keep their times as [`Timestamp`]s (manifests, the head, status objects, audit
+//! records, pins, restore points, WAL records, drill reports, the config and its key slots),
+//! so a time is parsed once, when its document is read.
+//!
+//! Not done yet (issue 15, item 6): the backup manifest's reading and writing as a document
+//! of this layer (it stays in `backup::manifest`). `repo::layout` builds every object key,
+//! from the ids here.
 
 pub mod append_only;
 pub mod audit;
@@ -46,7 +53,10 @@ pub mod head;
 pub mod ids;
 pub mod sealed;
 pub mod status;
+pub mod timestamp;
 pub mod trail;
+
+pub use timestamp::Timestamp;
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::CatalogHead;
 use super::sealed::{self, DocKind};
+use super::Timestamp;
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::storage::StorageError;
@@ -61,9 +62,9 @@ pub struct BackupStatus {
     /// `full`, `diff` or `incr`.
     pub backup_type: String,
     /// RFC 3339.
-    pub started_at: String,
+    pub started_at: Timestamp,
     /// RFC 3339: when its manifest was committed.
-    pub finished_at: String,
+    pub finished_at: Timestamp,
     /// Wall time.
     pub duration_seconds: f64,
     /// Bytes read from the data directory.
@@ -84,7 +85,7 @@ pub struct RetainedStatus {
     /// The oldest one's id.
     pub oldest_id: Option<String>,
     /// Its consistency point (RFC 3339): the start of the recoverable window.
-    pub oldest_stop_time: Option<String>,
+    pub oldest_stop_time: Option<Timestamp>,
 }
 
 impl RetainedStatus {
@@ -94,7 +95,7 @@ impl RetainedStatus {
         RetainedStatus {
             count: head.backups.len() as u64,
             oldest_id: oldest.map(|(id, _)| id.to_string()),
-            oldest_stop_time: oldest.map(|(_, b)| b.stop_time.clone()),
+            oldest_stop_time: oldest.map(|(_, b)| b.stop_time),
         }
     }
 }
@@ -110,9 +111,9 @@ pub struct WalStatus {
     pub end_lsn: Lsn,
     /// RFC 3339: when PostgreSQL last wrote the segment (its mtime, capped at the push time):
     /// data written before it is archived.
-    pub end_time: String,
+    pub end_time: Timestamp,
     /// RFC 3339: when it was archived.
-    pub archived_at: String,
+    pub archived_at: Timestamp,
 }
 
 /// The last drill.
@@ -121,7 +122,7 @@ pub struct DrillStatus {
     /// Drill id.
     pub id: String,
     /// RFC 3339.
-    pub finished_at: String,
+    pub finished_at: Timestamp,
     /// `passed`, `integrity-failed` (exit 3), `objective-missed` (exit 4) or `error` (exit 1).
     pub outcome: String,
     /// Measured time to recover.
@@ -136,7 +137,7 @@ pub struct DrillStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct VerifyStatus {
     /// RFC 3339.
-    pub finished_at: String,
+    pub finished_at: Timestamp,
     /// Nothing damaged.
     pub ok: bool,
     /// Problems found.
@@ -149,7 +150,7 @@ pub struct VerifyStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExpireStatus {
     /// RFC 3339.
-    pub finished_at: String,
+    pub finished_at: Timestamp,
     /// Backups removed.
     pub backups_removed: u64,
     /// WAL files removed.
@@ -161,7 +162,7 @@ pub struct ExpireStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReceiverStatus {
     /// RFC 3339 of the report.
-    pub at: String,
+    pub at: Timestamp,
     /// Highest LSN flushed durably to the repository.
     pub flush_lsn: Lsn,
     /// Bytes between the server's current position and `flush_lsn`, when known.
@@ -169,20 +170,20 @@ pub struct ReceiverStatus {
 }
 
 /// `status/cluster/<cluster>`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
     /// Cluster name.
     pub cluster: String,
     /// Incremented by every update.
     pub generation: u64,
     /// RFC 3339 of the last update.
-    pub updated_at: String,
+    pub updated_at: Timestamp,
     /// The last successful backup.
     #[serde(default)]
     pub last_backup: Option<BackupStatus>,
     /// Finish time (RFC 3339) of the last successful backup of each type.
     #[serde(default)]
-    pub last_success_by_type: BTreeMap<String, String>,
+    pub last_success_by_type: BTreeMap<String, Timestamp>,
     /// Backups the catalog head holds.
     #[serde(default)]
     pub retained: Option<RetainedStatus>,
@@ -208,6 +209,24 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
+    /// An empty status for `cluster`, as of now.
+    pub fn new(cluster: &str) -> Self {
+        ClusterStatus {
+            cluster: cluster.to_string(),
+            generation: 0,
+            updated_at: Timestamp::now(),
+            last_backup: None,
+            last_success_by_type: BTreeMap::new(),
+            retained: None,
+            wal: None,
+            wal_dropped_total: 0,
+            drill: None,
+            verify: None,
+            expire: None,
+            receiver: None,
+        }
+    }
+
     /// Records `wal` if it is newer than what the status holds.
     pub fn saw_wal(&mut self, wal: WalStatus) -> bool {
         let newer = match &self.wal {
@@ -222,14 +241,14 @@ impl ClusterStatus {
 }
 
 /// `status/repository`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RepositoryStatus {
     /// Incremented by every update.
     pub generation: u64,
     /// RFC 3339 of the last update.
-    pub updated_at: String,
+    pub updated_at: Timestamp,
     /// RFC 3339 of the last gc (not a dry run).
-    pub gc_finished_at: Option<String>,
+    pub gc_finished_at: Option<Timestamp>,
     /// Bytes in packs after it.
     pub pack_bytes: u64,
     /// Bytes of referenced blocks.
@@ -240,14 +259,25 @@ pub struct RepositoryStatus {
     pub pending_bytes: u64,
 }
 
-fn now() -> String {
-    rfc3339(time::OffsetDateTime::now_utc())
+impl RepositoryStatus {
+    /// An empty repository status, as of now.
+    pub fn new() -> Self {
+        RepositoryStatus {
+            generation: 0,
+            updated_at: Timestamp::now(),
+            gc_finished_at: None,
+            pack_bytes: 0,
+            referenced_bytes: 0,
+            reclaimable_bytes: 0,
+            pending_bytes: 0,
+        }
+    }
 }
 
-/// RFC 3339 of `t`.
-pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting")
+impl Default for RepositoryStatus {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Compare-and-swap update of a sealed status document at `key`.
@@ -302,14 +332,11 @@ pub async fn update(
         repo,
         DocKind::ClusterStatus,
         &key,
-        || ClusterStatus {
-            cluster: cluster.to_string(),
-            ..Default::default()
-        },
+        || ClusterStatus::new(cluster),
         change,
         |s| {
             s.generation += 1;
-            s.updated_at = now();
+            s.updated_at = Timestamp::now();
         },
     )
     .await
@@ -339,11 +366,11 @@ pub async fn record_repository(
         repo,
         DocKind::RepositoryStatus,
         &key,
-        RepositoryStatus::default,
+        RepositoryStatus::new,
         change,
         |s| {
             s.generation += 1;
-            s.updated_at = now();
+            s.updated_at = Timestamp::now();
         },
     )
     .await;
@@ -410,17 +437,17 @@ pub fn wal_status(
     let WalFileName::Segment { tli, segno } = name else {
         return None;
     };
-    let pushed = time::OffsetDateTime::now_utc();
+    let pushed = Timestamp::now();
     let end = mtime
-        .map(time::OffsetDateTime::from)
+        .map(Timestamp::from)
         .map(|m| m.min(pushed))
         .unwrap_or(pushed);
     Some(WalStatus {
         segment: name.to_string(),
         timeline: tli.0,
         end_lsn: Lsn((segno.absolute(seg_size) + 1) * seg_size),
-        end_time: rfc3339(end),
-        archived_at: rfc3339(pushed),
+        end_time: end,
+        archived_at: pushed,
     })
 }
 

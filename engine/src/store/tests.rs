@@ -37,7 +37,7 @@ async fn backup(repo: &Repository, id: &str, start: &str, stop: &str, at: &str) 
         timeline: 1,
         start_lsn: m.start_lsn,
         stop_lsn: m.stop_lsn,
-        stop_time: m.stop_time.clone(),
+        stop_time: m.stop_time,
     };
     head::update(repo, "main", SEG, |h| {
         h.saw_segment(1, m.start_lsn.segment_no(SEG));
@@ -308,5 +308,56 @@ async fn an_older_gc_state_put_back_is_refused() {
     assert!(
         err.to_string().contains("gc/state") && err.to_string().contains("generation 1"),
         "{err}"
+    );
+}
+
+/// A catalog head as pgcairn wrote it while times were strings: it reads, and writes back as
+/// the same JSON (existing repositories keep their format).
+#[test]
+fn a_head_written_with_string_times_reads_and_writes_back_the_same_json() {
+    let old = serde_json::json!({
+        "cluster": "main",
+        "generation": 7,
+        "updated_at": "2026-11-24T07:00:01.123456789Z",
+        "wal_segment_size": 16777216,
+        "backups": {"20261124-070000F": {
+            "timeline": 1, "start_lsn": "0/2000028", "stop_lsn": "0/2000100",
+            "stop_time": "2026-11-24T07:00:00.5Z"
+        }},
+        "timelines": {"1": {"first": 2, "high": 9, "expired": []}},
+        "last_verify": {"at": "2026-11-24T08:00:00Z", "ok": true, "summary": "ok"},
+        "last_drill": null
+    });
+    let head: head::CatalogHead = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(
+        head.backups
+            .values()
+            .next()
+            .unwrap()
+            .stop_time
+            .unix_seconds(),
+        1_795_503_600
+    );
+    assert_eq!(serde_json::to_value(&head).unwrap(), old);
+}
+
+/// A head whose time does not parse is refused when it is read, naming the object and the
+/// value (before, each reader parsed it and some fell back silently).
+#[tokio::test]
+async fn a_head_with_a_bad_time_is_refused_naming_the_object_and_value() {
+    let (_mem, repo) = memory_repo().await;
+    let key = layout::catalog_head("main");
+    let bad = serde_json::json!({
+        "cluster": "main", "generation": 1, "updated_at": "last tuesday",
+        "wal_segment_size": 16777216, "backups": {}, "timelines": {}
+    });
+    let body = super::sealed::seal(&repo, super::sealed::DocKind::CatalogHead, &key, &bad);
+    repo.storage().put_create(&key, body).await.unwrap();
+    let err = head::read(&repo, "main").await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(key.as_str()) && msg.contains("\"last tuesday\""),
+        "{msg}"
     );
 }

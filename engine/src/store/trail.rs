@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::sealed::{self, DocKind};
+use super::Timestamp;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
 use crate::storage::CreateOutcome;
@@ -25,7 +26,7 @@ use crate::storage::CreateOutcome;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuditRecord {
     /// RFC 3339 time the command finished.
-    pub at: String,
+    pub at: Timestamp,
     /// Host name.
     pub host: String,
     /// OS user (name, else uid).
@@ -40,18 +41,15 @@ pub struct AuditRecord {
     pub outcome: String,
 }
 
-fn unix_nanos(at: time::OffsetDateTime) -> u128 {
-    at.unix_timestamp_nanos().max(0) as u128
+fn unix_nanos(at: Timestamp) -> u128 {
+    at.unix_nanos().max(0) as u128
 }
 
 /// Appends `record` (its time `at` names it).
 pub async fn append(repo: &Repository, record: &AuditRecord) -> Result<()> {
-    let at =
-        time::OffsetDateTime::parse(&record.at, &time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     loop {
         let suffix: u64 = rand::random();
-        let key = layout::audit_record(unix_nanos(at), suffix);
+        let key = layout::audit_record(unix_nanos(record.at), suffix);
         let body = sealed::seal(repo, DocKind::AuditRecord, &key, record);
         match repo.storage().put_create(&key, body).await? {
             CreateOutcome::Created => return Ok(()),
@@ -62,10 +60,7 @@ pub async fn append(repo: &Repository, record: &AuditRecord) -> Result<()> {
 }
 
 /// Records from `since` on (all when `None`), oldest first.
-pub async fn list(
-    repo: &Repository,
-    since: Option<time::OffsetDateTime>,
-) -> Result<Vec<AuditRecord>> {
+pub async fn list(repo: &Repository, since: Option<Timestamp>) -> Result<Vec<AuditRecord>> {
     let floor = since.map(unix_nanos).unwrap_or(0);
     let mut keys: Vec<_> = repo
         .storage()
@@ -86,7 +81,7 @@ pub async fn list(
 }
 
 /// Deletes records older than `before`; returns how many.
-pub async fn prune(repo: &Repository, before: time::OffsetDateTime) -> Result<usize> {
+pub async fn prune(repo: &Repository, before: Timestamp) -> Result<usize> {
     let limit = unix_nanos(before);
     let mut n = 0;
     for o in repo.storage().list(layout::AUDIT_PREFIX).await? {
@@ -107,7 +102,7 @@ mod tests {
 
     fn record(at: &str, command: &str) -> AuditRecord {
         AuditRecord {
-            at: at.into(),
+            at: at.parse().unwrap(),
             host: "db1".into(),
             user: "postgres".into(),
             command: command.into(),
@@ -136,9 +131,7 @@ mod tests {
             .map(|r| r.command)
             .collect();
         assert_eq!(all, ["backup", "expire", "gc"]);
-        let t = |s: &str| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
-        };
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
         let since = list(&repo, Some(t("2026-01-02T00:00:00Z"))).await.unwrap();
         assert_eq!(since.len(), 2);
         assert_eq!(prune(&repo, t("2026-01-02T12:00:00Z")).await.unwrap(), 2);
@@ -154,12 +147,9 @@ mod tests {
         let key = mem.list(layout::AUDIT_PREFIX).await.unwrap()[0].key.clone();
         let raw = mem.get(&key).await.unwrap();
         // Replayed as if it happened later.
-        mem.put_create(
-            &layout::audit_record(unix_nanos(time::OffsetDateTime::now_utc()), 7),
-            raw,
-        )
-        .await
-        .unwrap();
+        mem.put_create(&layout::audit_record(unix_nanos(Timestamp::now()), 7), raw)
+            .await
+            .unwrap();
         let err = list(&repo, None).await.unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     }

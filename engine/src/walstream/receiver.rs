@@ -124,12 +124,6 @@ enum SessionEnd {
     NextTimeline,
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 formatting")
-}
-
 /// Parses `SHOW wal_segment_size` (`16MB`, `1GB`, ...).
 fn parse_segment_size(s: &str) -> Option<u64> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -259,7 +253,7 @@ impl Receiver<'_> {
         {
             return;
         }
-        self.status.updated_at = now_rfc3339();
+        self.status.updated_at = crate::store::Timestamp::now().to_string();
         if let Err(e) = super::status::write(path, &self.status) {
             warn!("cannot write the receiver status: {e}");
         }
@@ -278,7 +272,7 @@ impl Receiver<'_> {
                         system_identifier: sysid.to_string(),
                         wal_segment_size: seg_size,
                         pg_major,
-                        bound_at: now_rfc3339(),
+                        bound_at: crate::store::Timestamp::now(),
                     },
                 )
                 .await?
@@ -542,7 +536,7 @@ impl Receiver<'_> {
         conn.send_status(flushed, flushed).await?;
         self.status.chunks_committed += 1;
         self.status.flush_lsn = Some(flushed.to_string());
-        self.status.last_commit_at = Some(now_rfc3339());
+        self.status.last_commit_at = Some(crate::store::Timestamp::now().to_string());
         self.note_server_end(server_end, flushed);
         self.write_status(false);
         Ok(())
