@@ -155,6 +155,9 @@ pub struct Settings {
     /// `repo.object_lock_days`: the bucket's default S3 Object Lock retention, which expire
     /// and gc respect (they never delete what is still under it).
     pub object_lock: Option<Duration>,
+    /// `repo.max_requests`: at most this many storage requests in flight per process
+    /// ([`pgcairn_engine::store::limit`]); none: each command's own parallelism.
+    pub max_requests: Option<usize>,
     /// Pusher idle exit.
     pub idle_exit: Duration,
     /// zstd level for WAL at init.
@@ -331,6 +334,14 @@ impl Settings {
         let object_lock = parse_num(take("repo", "object_lock_days"), "repo.object_lock_days")?
             .filter(|d| *d > 0)
             .map(|d| Duration::from_secs(d * 86_400));
+        let max_requests =
+            match parse_num(take("repo", "max_requests"), "repo.max_requests")? {
+                Some(0) => return Err(Failure::usage(
+                    "repo.max_requests = 0 would stop every request: set at least 1, or remove it \
+                     to let each command use its own parallelism",
+                )),
+                n => n.map(|n| n as usize),
+            };
         let allow_insecure_files = parse_bool(
             take("repo", "allow_insecure_files"),
             "repo.allow_insecure_files",
@@ -464,6 +475,7 @@ impl Settings {
             gc_repack_below,
             maintenance_lease_wait,
             object_lock,
+            max_requests,
             idle_exit,
             wal_compress_level,
             drill_pg_bindir,
@@ -659,6 +671,20 @@ mod tests {
                 .insert(key.to_string(), (value.to_string(), "test".into()));
         }
         t
+    }
+
+    #[test]
+    fn max_requests_is_read_and_zero_is_refused() {
+        let s = Settings::from_table(table(&[("repo", "max_requests", "4")]), None).unwrap();
+        assert_eq!(s.max_requests, Some(4));
+        let s = Settings::from_table(table(&[]), None).unwrap();
+        assert_eq!(s.max_requests, None);
+        let err = Settings::from_table(table(&[("repo", "max_requests", "0")]), None)
+            .expect_err("0 is refused");
+        assert!(
+            format!("{err:?}").contains("repo.max_requests = 0"),
+            "{err:?}"
+        );
     }
 
     #[test]

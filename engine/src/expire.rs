@@ -138,7 +138,7 @@ pub async fn expire(
 async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Result<ExpireReport> {
     let mut candidates = Vec::new();
     let mut needs = Vec::new();
-    let seg_size = crate::archive::push::read_cluster_record(repo, cluster)
+    let seg_size = crate::store::cluster::read(repo, cluster)
         .await?
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);

@@ -384,7 +384,7 @@ pub async fn plan(
             "cluster {cluster:?} has no backup yet: run `pgcairn backup` first"
         )));
     }
-    let record = crate::archive::push::read_cluster_record(repo, cluster).await?;
+    let record = crate::store::cluster::read(repo, cluster).await?;
     let seg_size = record
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
@@ -659,7 +659,7 @@ async fn read_head_for_restore(
 ) -> Result<Option<CatalogHead>> {
     let problem = match crate::store::head::read(repo, cluster).await {
         Ok(Some((h, _))) => return Ok(Some(h)),
-        Ok(None) => match crate::archive::push::read_cluster_record(repo, cluster).await? {
+        Ok(None) => match crate::store::cluster::read(repo, cluster).await? {
             None => return Ok(None),
             Some(_) => Error::corrupt(
                 layout::catalog_head(cluster).to_string(),

@@ -158,7 +158,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         }
         // WAL from start to consistency (the archive view is read once per cluster).
         if !views.contains_key(&m.cluster) {
-            let seg_size = crate::archive::push::read_cluster_record(repo, &m.cluster)
+            let seg_size = crate::store::cluster::read(repo, &m.cluster)
                 .await?
                 .map(|r| r.wal_segment_size)
                 .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
@@ -197,7 +197,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     // fails on them and no restore replays past them.
     for cluster in manifest::cluster_names(repo).await? {
         if !views.contains_key(&cluster) {
-            let seg_size = crate::archive::push::read_cluster_record(repo, &cluster)
+            let seg_size = crate::store::cluster::read(repo, &cluster)
                 .await?
                 .map(|r| r.wal_segment_size)
                 .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);

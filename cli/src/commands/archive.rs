@@ -8,11 +8,11 @@ use std::time::Instant;
 use pgcairn_engine::archive::prefetch::{
     run_prefetcher, GetOutcome, PrefetchOptions, PrefetchSpool,
 };
-use pgcairn_engine::archive::push::read_cluster_record;
 use pgcairn_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
 use pgcairn_engine::archive::{
     get_wal_file_or_tail_to, push_wal_file, GetSource, PushOutcome, WalSource,
 };
+use pgcairn_engine::store::cluster::read as read_cluster_record;
 use pgcairn_engine::types::WalFileName;
 use pgcairn_engine::Error as EngineError;
 use tracing::{info, warn};

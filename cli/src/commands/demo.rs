@@ -441,6 +441,7 @@ fn demo_settings(dir: &Path) -> Settings {
         gc_repack_below: 0.5,
         maintenance_lease_wait: Duration::ZERO,
         object_lock: None,
+        max_requests: None,
         idle_exit: Duration::from_secs(10),
         wal_compress_level: crate::settings::DEFAULT_WAL_COMPRESS_LEVEL,
         drill_pg_bindir: None,

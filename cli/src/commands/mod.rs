@@ -96,10 +96,12 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
 
 /// Opens the configured storage.
 pub fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
-    Ok(pgcairn_storage::open(
-        settings.require_repo_url()?,
-        &settings.storage_options()?,
-    )?)
+    let storage =
+        pgcairn_storage::open(settings.require_repo_url()?, &settings.storage_options()?)?;
+    Ok(match settings.max_requests {
+        Some(max) => Arc::new(pgcairn_engine::store::limit::Limited::new(storage, max)),
+        None => storage,
+    })
 }
 
 /// Opens and unlocks the configured repository.

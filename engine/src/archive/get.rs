@@ -208,7 +208,7 @@ pub async fn get_wal_file_or_tail_to(
         Err(Error::NotFound(msg)) if matches!(name, WalFileName::Segment { .. }) => msg,
         Err(e) => return Err(e),
     };
-    let seg_size = match crate::archive::push::read_cluster_record(repo, cluster).await? {
+    let seg_size = match crate::store::cluster::read(repo, cluster).await? {
         Some(r) => r.wal_segment_size,
         None => return Err(Error::NotFound(absent)),
     };

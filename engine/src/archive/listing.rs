@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::archive::push::read_cluster_record;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
+use crate::store::cluster;
 use crate::types::{SegmentNo, TimelineId, WalFileName, DEFAULT_WAL_SEGMENT_SIZE};
 
 /// A run of consecutive segments.
@@ -74,7 +74,7 @@ struct Collect {
 
 /// Lists the archive of `cluster`.
 pub async fn list_wal(repo: &Repository, cluster: &str) -> Result<WalListing> {
-    let record = read_cluster_record(repo, cluster).await?;
+    let record = cluster::read(repo, cluster).await?;
     let seg_size = record
         .as_ref()
         .map(|r| r.wal_segment_size)

@@ -29,6 +29,7 @@ use crate::pg::wal_header::LongPageHeader;
 use crate::recovery::HistoryEntry;
 use crate::repo::{layout, ClusterRecord, Repository};
 use crate::storage::CreateOutcome;
+use crate::store::cluster::{self, ServerIdentity};
 use crate::store::head;
 use crate::store::sealed::{self, DocKind};
 use crate::types::WalFileName;
@@ -60,82 +61,26 @@ pub(crate) fn wal_context(cluster: &str, name: &WalFileName) -> Vec<u8> {
     format!("{cluster}/{name}").into_bytes()
 }
 
-/// Reads the cluster record, if the cluster is bound yet (sealed: see [`crate::store::sealed`]).
-pub async fn read_cluster_record(
-    repo: &Repository,
-    cluster: &str,
-) -> Result<Option<ClusterRecord>> {
-    sealed::read(
-        repo,
-        DocKind::ClusterRecord,
-        &layout::cluster_record(cluster),
-    )
-    .await
-}
-
-/// Binds a cluster: creates its catalog head, then its record (create-only). Returns the
-/// record now in force: `record`, or the one another writer created first (the caller
-/// compares). The head comes first so that a record without a head always means the head
-/// was deleted (see [`crate::store::head`]).
-pub(crate) async fn bind_cluster_record(
-    repo: &Repository,
-    record: ClusterRecord,
-) -> Result<ClusterRecord> {
-    let cluster = record.name.clone();
-    head::ensure(repo, &cluster, record.wal_segment_size).await?;
-    let key = layout::cluster_record(&cluster);
-    let body = sealed::seal(repo, DocKind::ClusterRecord, &key, &record);
-    match repo.storage().put_create(&key, body).await? {
-        CreateOutcome::Created => Ok(record),
-        CreateOutcome::AlreadyExists => read_cluster_record(repo, &cluster)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("cluster record of {cluster} vanished"))),
-    }
-}
-
 /// Checks a segment's header against the cluster record (`known`: as read already, if it
-/// was), binding the cluster on first use.
+/// was), binding the cluster on first use ([`cluster::bind_or_check`]).
 async fn check_or_bind_cluster(
     repo: &Repository,
     cluster: &str,
     header: &LongPageHeader,
     known: Option<ClusterRecord>,
 ) -> Result<()> {
-    let sysid = header.system_identifier.to_string();
-    let record = match known {
-        Some(r) => r,
-        None => {
-            let record = ClusterRecord {
-                name: cluster.to_string(),
-                system_identifier: sysid.clone(),
-                wal_segment_size: u64::from(header.segment_size),
-                pg_major: header.pg_major,
-                bound_at: crate::store::Timestamp::now(),
-            };
-            // Someone may have bound it at the same moment: theirs is compared below.
-            bind_cluster_record(repo, record).await?
-        }
+    let server = ServerIdentity {
+        system_identifier: header.system_identifier,
+        wal_segment_size: u64::from(header.segment_size),
+        pg_major: header.pg_major,
     };
-    if let Some(why) = record.other_major(header.pg_major) {
-        return Err(Error::InvalidInput(format!(
+    match cluster::bind_or_check(repo, cluster, &server, known).await? {
+        Ok(_) => Ok(()),
+        Err(why) => Err(Error::InvalidInput(format!(
             "WAL of PostgreSQL {} refused: {why}",
             header.pg_major
-        )));
+        ))),
     }
-    if record.system_identifier != sysid {
-        return Err(Error::InvalidInput(format!(
-            "WAL from database system {sysid} refused: cluster {cluster:?} in this repository belongs to system {} \
-             (bound {}). Use another --cluster name for this server, or check archive_command points at the right repository",
-            record.system_identifier, record.bound_at
-        )));
-    }
-    if record.wal_segment_size != u64::from(header.segment_size) {
-        return Err(Error::InvalidInput(format!(
-            "WAL segment size {} refused: cluster {cluster:?} uses {}-byte segments",
-            header.segment_size, record.wal_segment_size
-        )));
-    }
-    Ok(())
 }
 
 /// Validates a WAL file's content against its name; returns the parsed header for segments.
@@ -357,7 +302,7 @@ pub async fn push_wal_file(
         crate::cpu::run(move || seal_wal(&codec, &wal_name, &context, level, source)),
         async {
             match has_pages {
-                true => read_cluster_record(repo, cluster).await,
+                true => cluster::read(repo, cluster).await,
                 false => Ok(None), // history files carry no header to check
             }
         },
@@ -733,7 +678,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(
-            read_cluster_record(&repo, "main")
+            cluster::read(&repo, "main")
                 .await
                 .unwrap()
                 .unwrap()

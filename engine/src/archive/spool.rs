@@ -340,7 +340,7 @@ async fn note_batch(
         return;
     }
     if seg_size.is_none() {
-        *seg_size = crate::archive::push::read_cluster_record(repo, cluster)
+        *seg_size = crate::store::cluster::read(repo, cluster)
             .await
             .ok()
             .flatten()

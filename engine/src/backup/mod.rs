@@ -45,14 +45,14 @@ use tracing::{info, instrument};
 use self::file_spool::{FileSpool, SpooledFiles};
 use self::manifest::{BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
-use crate::archive::push::read_cluster_record;
 use crate::cpu::CpuPool;
 use crate::error::{Error, Result};
 use crate::pg::datadir::{self, Entry, EntryKind};
 use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
-use crate::repo::{layout, ClusterRecord, Repository};
+use crate::repo::{layout, Repository};
 use crate::store::blocks::{KnownBlocks, Packer};
+use crate::store::cluster::{self as store_cluster, ServerIdentity};
 use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
@@ -218,33 +218,17 @@ async fn bind_cluster(
     seg_size: u64,
     pg_major: u32,
 ) -> Result<()> {
-    let sysid = sysid.to_string();
-    let record = match read_cluster_record(repo, cluster).await? {
-        Some(r) => r,
-        None => {
-            let r = ClusterRecord {
-                name: cluster.into(),
-                system_identifier: sysid.clone(),
-                wal_segment_size: seg_size,
-                pg_major,
-                bound_at: Timestamp::now(),
-            };
-            crate::archive::push::bind_cluster_record(repo, r).await?
-        }
+    let server = ServerIdentity {
+        system_identifier: sysid,
+        wal_segment_size: seg_size,
+        pg_major,
     };
-    if let Some(why) = record.other_major(pg_major) {
-        return Err(Error::InvalidInput(format!(
+    match store_cluster::bind_or_check(repo, cluster, &server, None).await? {
+        Ok(_) => Ok(()),
+        Err(why) => Err(Error::InvalidInput(format!(
             "backup refused, nothing stored: {why}"
-        )));
+        ))),
     }
-    if record.system_identifier != sysid {
-        return Err(Error::InvalidInput(format!(
-            "the data directory belongs to database system {sysid}, but cluster {cluster:?} in this repository is system {}; \
-             use another --cluster name for this server",
-            record.system_identifier
-        )));
-    }
-    Ok(())
 }
 
 fn wal_name(tli: u32, lsn: Lsn, seg_size: u64) -> WalFileName {

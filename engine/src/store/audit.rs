@@ -168,7 +168,7 @@ pub async fn audit(
         Ok(Some((h, _))) => h,
         Ok(None) => {
             return Ok(
-                match crate::archive::push::read_cluster_record(repo, cluster).await {
+                match crate::store::cluster::read(repo, cluster).await {
                     Ok(Some(_)) => problem(
                         "the catalog head is missing although the cluster is bound (its cluster record exists; \
                          the head is created before it): it was deleted outside pgcairn, so what it recorded \

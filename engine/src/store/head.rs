@@ -307,10 +307,7 @@ pub async fn update(
             None => {
                 // Created before the cluster record: a record without a head means the head
                 // was deleted, and a new empty one would hide what it recorded.
-                if crate::archive::push::read_cluster_record(repo, cluster)
-                    .await?
-                    .is_some()
-                {
+                if crate::store::cluster::read(repo, cluster).await?.is_some() {
                     return Err(Error::corrupt(
                         key.to_string(),
                         format!(

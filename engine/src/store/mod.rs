@@ -28,6 +28,10 @@
 //!   blocks), which backup writes and restore, verify, gc and re-encryption read.
 //! - [`condemned`]: the gc state, the set of condemned packs that backups must not
 //!   deduplicate against and the block index avoids.
+//! - [`cluster`]: the cluster record, bound by the first backup, archive-push or wal-receive
+//!   and checked by the others, in one place for all three.
+//! - [`limit`]: a storage wrapper capping the requests a process has in flight
+//!   (`[repo] max_requests`).
 //! - [`timestamp`]: [`Timestamp`], the documents' times: parsed once when a document is read
 //!   (an invalid time rejects the document, naming the value), written as the same RFC 3339
 //!   string as before.
@@ -47,10 +51,12 @@
 pub mod append_only;
 pub mod audit;
 pub mod blocks;
+pub mod cluster;
 pub mod condemned;
 pub mod dry_run;
 pub mod head;
 pub mod ids;
+pub mod limit;
 pub mod sealed;
 pub mod status;
 pub mod timestamp;

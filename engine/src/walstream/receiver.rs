@@ -47,10 +47,11 @@ use tracing::{debug, info, warn};
 use super::chunks;
 use super::protocol::{BackendMessage, ProtocolError, ReplicationConnection, StreamMessage};
 use super::status::ReceiverStatus;
-use crate::archive::push::{bind_cluster_record, push_wal_file, read_cluster_record, WalSource};
+use crate::archive::push::{push_wal_file, WalSource};
 use crate::error::Error;
 use crate::pg::conninfo::Conninfo;
-use crate::repo::{layout, ClusterRecord, Repository};
+use crate::repo::{layout, Repository};
+use crate::store::cluster::{self, ServerIdentity};
 use crate::types::{Lsn, TimelineId, WalFileName};
 
 /// Largest chunk: a chunk is committed when this many bytes wait, whatever the interval.
@@ -262,35 +263,22 @@ impl Receiver<'_> {
 
     /// Checks the server against the cluster record, binding the cluster on first use.
     async fn check_cluster(&self, sysid: &str, seg_size: u64, pg_major: u32) -> Result<()> {
-        let record = match read_cluster_record(self.repo, self.cluster).await? {
-            Some(r) => r,
-            None => {
-                bind_cluster_record(
-                    self.repo,
-                    ClusterRecord {
-                        name: self.cluster.to_string(),
-                        system_identifier: sysid.to_string(),
-                        wal_segment_size: seg_size,
-                        pg_major,
-                        bound_at: crate::store::Timestamp::now(),
-                    },
-                )
-                .await?
-            }
+        let system_identifier = sysid.parse().map_err(|_| {
+            ReceiveError::Refused(format!(
+                "IDENTIFY_SYSTEM returned {sysid:?}, not a system identifier"
+            ))
+        })?;
+        let server = ServerIdentity {
+            system_identifier,
+            wal_segment_size: seg_size,
+            pg_major,
         };
-        if let Some(why) = record.other_major(pg_major) {
-            return Err(ReceiveError::Refused(format!(
+        match cluster::bind_or_check(self.repo, self.cluster, &server, None).await? {
+            Ok(_) => Ok(()),
+            Err(why) => Err(ReceiveError::Refused(format!(
                 "streaming from PostgreSQL {pg_major} refused: {why}"
-            )));
+            ))),
         }
-        if record.system_identifier != sysid || record.wal_segment_size != seg_size {
-            return Err(ReceiveError::Refused(format!(
-                "the server is database system {sysid} with {seg_size}-byte WAL segments, but cluster {:?} in this \
-                 repository belongs to system {} with {}-byte segments (bound {}): check cluster.conninfo and the cluster name",
-                self.cluster, record.system_identifier, record.wal_segment_size, record.bound_at
-            )));
-        }
-        Ok(())
     }
 
     /// The newest archived segment on `tli` (one LIST of that timeline's pointers).
