@@ -14,12 +14,12 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::backup::manifest;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
 use crate::retention::{decide, wal_plan, Candidate, Decision, Policy, WalNeed};
 use crate::store::head;
 use crate::store::ids::BackupId;
+use crate::store::manifest;
 use crate::store::sealed::{self, DocKind};
 use crate::store::Timestamp;
 use crate::types::WalFileName;

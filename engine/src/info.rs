@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use crate::archive::listing::{list_wal, WalListing};
-use crate::backup::manifest::{self, BackupStats, BackupType};
 use crate::error::Result;
 use crate::repo::Repository;
+use crate::store::manifest::{self, BackupStats, BackupType};
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// One backup, summarised.
@@ -206,7 +206,7 @@ fn window(wal: &WalListing, oldest: &BackupSummary) -> Option<RecoverableWindow>
         .filter_map(|n| absolute(n))
         .collect();
     let consistency =
-        crate::backup::manifest::last_segment_before(oldest.start_lsn, oldest.stop_lsn, seg);
+        crate::store::manifest::last_segment_before(oldest.start_lsn, oldest.stop_lsn, seg);
     let mut stop_seg = consistency;
     while stop_seg > start_seg && carried.contains(&stop_seg) {
         stop_seg -= 1;

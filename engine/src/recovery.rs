@@ -22,11 +22,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::archive::push::read_wal_record;
-use crate::backup::manifest::{self, Manifest};
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::store::head::{CatalogHead, HeadBackup};
 use crate::store::ids::BackupId;
+use crate::store::manifest::{self, Manifest};
 use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 

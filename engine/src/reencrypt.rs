@@ -181,7 +181,7 @@ fn binding_of(key: &ObjectKey) -> Option<Binding> {
             (key == &layout::backup_manifest(cluster, id)).then(|| Binding {
                 kind: ObjectKind::Manifest,
                 id: ContentId([0; 32]),
-                context: crate::backup::manifest::context(cluster, id),
+                context: crate::store::manifest::context(cluster, id),
                 mutable: false,
             })
         }
@@ -275,7 +275,7 @@ pub async fn reencrypt(
         ));
     }
     let mut leases = vec![crate::lease::acquire_exclusive(repo, "gc", "", opts.lease_wait).await?];
-    let clusters = crate::backup::manifest::cluster_names(repo).await;
+    let clusters = crate::store::manifest::cluster_names(repo).await;
     let result = match clusters {
         Ok(clusters) => {
             let mut taken = Ok(());

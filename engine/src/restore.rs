@@ -42,7 +42,7 @@
 //! and completes the restore.
 //!
 //! Memory: the manifest's file list is spilled to a temporary file while it is parsed
-//! ([`crate::backup::file_spool`]) and each file's entry is read back when it is restored, so
+//! ([`crate::store::manifest::file_spool`]) and each file's entry is read back when it is restored, so
 //! what grows with the backup is the index of its blocks (52 bytes per distinct block, see
 //! [`BlockIndex`]) and each file's path.
 
@@ -56,8 +56,6 @@ use std::time::Instant;
 
 use futures::StreamExt;
 
-use crate::backup::file_spool::SpooledFiles;
-use crate::backup::manifest::{self, FileEntry, Manifest};
 use crate::codec::tree_hash::{PartHash, PartedHash};
 use crate::cpu::{self, CpuPool};
 use crate::direct_io;
@@ -70,6 +68,8 @@ use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
 use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
+use crate::store::manifest::file_spool::SpooledFiles;
+use crate::store::manifest::{self, FileEntry, Manifest};
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
@@ -1354,7 +1354,7 @@ fn write_recovery_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::BlockRef;
+    use crate::store::manifest::BlockRef;
 
     fn entry(data: &[u8], block_size: usize) -> FileEntry {
         FileEntry {

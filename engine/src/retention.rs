@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::backup::manifest::BackupType;
+use crate::store::manifest::BackupType;
 
 /// A retention policy.
 #[derive(Debug, Clone, Default, PartialEq)]

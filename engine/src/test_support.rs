@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::backup::manifest::{self, Manifest};
 use crate::crypto::{ContentId, KdfParams, KeyFile, Unlock};
 use crate::repo::{InitOptions, Repository};
 use crate::storage::{MemoryStorage, Storage};
+use crate::store::manifest::{self, Manifest};
 
 /// A new repository on in-memory storage, opened with a fresh key file.
 pub async fn memory_repo() -> (Arc<MemoryStorage>, Repository) {

@@ -20,13 +20,13 @@ use std::path::PathBuf;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::backup::manifest::{self, Manifest};
 use crate::error::Result;
 use crate::pack::{open_block, read_pack_entries};
 use crate::recovery::ArchiveView;
 use crate::repo::{layout, Repository};
 use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
+use crate::store::manifest::{self, Manifest};
 
 /// Which packs to read.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -406,7 +406,7 @@ async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::manifest::BlockRef;
+    use crate::store::manifest::BlockRef;
 
     #[test]
     fn slices_cover_every_pack_exactly_once() {

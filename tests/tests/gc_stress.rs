@@ -28,11 +28,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use pgcairn_engine::backup::manifest;
 use pgcairn_engine::crypto::{ContentId, KeyFile, Unlock};
 use pgcairn_engine::index::open_segment;
 use pgcairn_engine::repo::{layout, Repository};
 use pgcairn_engine::store::blocks::BlockIndex;
+use pgcairn_engine::store::manifest;
 use pgcairn_tests::*;
 
 /// How long backups, load and expire/gc run concurrently (at least).

@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use pgcairn_engine::backup::manifest::BackupType;
 use pgcairn_engine::backup::{
     check_archiving, create_and_record_restore_point, run_backup, BackupOptions, DEFAULT_BLOCK_SIZE,
 };
@@ -10,6 +9,7 @@ use pgcairn_engine::recovery::{parse_target_time, Target, TimelineTarget};
 use pgcairn_engine::restore::{
     incomplete_hint, is_incomplete, recovery_settings, restore, RestoreOptions, INCOMPLETE_MARKER,
 };
+use pgcairn_engine::store::manifest::BackupType;
 
 use super::open_repo;
 use crate::args::{BackupTypeArg, Cli, OutputFormat, RestoreArgs, TargetArgs};

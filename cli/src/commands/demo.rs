@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use pgcairn_engine::archive::get_wal_file;
-use pgcairn_engine::backup::manifest::BackupType;
 use pgcairn_engine::backup::{run_backup, BackupOptions, DEFAULT_BLOCK_SIZE};
 use pgcairn_engine::crypto::{KdfParams, KeyFile, Unlock};
 use pgcairn_engine::drill::{run_drill, DrillOptions};
@@ -26,6 +25,7 @@ use pgcairn_engine::progress::NoProgress;
 use pgcairn_engine::recovery::{parse_target_time, Target};
 use pgcairn_engine::repo::{InitOptions, Repository};
 use pgcairn_engine::restore::{restore, RestoreOptions};
+use pgcairn_engine::store::manifest::BackupType;
 use pgcairn_engine::types::WalFileName;
 
 use crate::args::{Cli, OutputFormat, ProgressMode};
@@ -391,7 +391,7 @@ async fn timed<T>(
     Ok(r?)
 }
 
-fn print_backup(m: &pgcairn_engine::backup::manifest::Manifest) {
+fn print_backup(m: &pgcairn_engine::store::manifest::Manifest) {
     let s = &m.stats;
     println!(
         "    backup {}: {} files, {:.1} MiB; read {:.1} MiB ({} files unchanged), stored {:.1} MiB new",

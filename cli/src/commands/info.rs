@@ -40,7 +40,7 @@ fn mib(b: u64) -> String {
 
 pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
-    let names = pgcairn_engine::backup::manifest::cluster_names(&repo).await?;
+    let names = pgcairn_engine::store::manifest::cluster_names(&repo).await?;
     let mut clusters: Vec<ClusterInfo> = Vec::new();
     for n in &names {
         let mut info = cluster_info(&repo, n).await?;

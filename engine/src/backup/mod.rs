@@ -21,16 +21,13 @@
 //!    standby, what is still missing after `standby_wal_wait` is carried in the backup from
 //!    its `pg_wal`, see [`standby`]);
 //! 7. write the manifest (the commit point), streamed from the file list that finished files
-//!    were spilled to ([`file_spool`]).
+//!    were spilled to ([`crate::store::manifest::file_spool`]).
 //!
 //! Memory per 64 KiB block: the known-block set (about 40 bytes per block of the repository,
 //! see [`crate::store::blocks::KnownBlocks`]) while files are read; for an incremental, the reference's
 //! file entries (33 bytes per block) until each file is visited; and the sealed manifest
 //! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
-pub mod entries;
-pub mod file_spool;
-pub mod manifest;
 pub mod reader;
 pub mod standby;
 
@@ -42,8 +39,6 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
-use self::file_spool::{FileSpool, SpooledFiles};
-use self::manifest::{BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use self::reader::{read_file, FileRead, ReadContext};
 use crate::cpu::CpuPool;
 use crate::error::{Error, Result};
@@ -53,6 +48,8 @@ use crate::progress::Progress;
 use crate::repo::{layout, Repository};
 use crate::store::blocks::{KnownBlocks, Packer};
 use crate::store::cluster::{self as store_cluster, ServerIdentity};
+use crate::store::manifest::file_spool::{FileSpool, SpooledFiles};
+use crate::store::manifest::{self, BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
 use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 

@@ -16,12 +16,12 @@ use std::io::Read;
 
 use tokio::sync::mpsc;
 
-use super::manifest::{BlockRef, FileEntry};
 use crate::codec::{Codec, ObjectKind};
 use crate::error::{Error, Result};
 use crate::pg::checksum::{check_page, relation_segment_of_path, PageCheck, BLCKSZ, RELSEG_SIZE};
 use crate::pg::datadir::{Entry, EntryKind};
 use crate::store::blocks::{KnownBlocks, SealedBlock};
+use crate::store::manifest::{BlockRef, FileEntry};
 
 /// What the reader needs to know.
 #[derive(Debug)]

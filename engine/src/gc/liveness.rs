@@ -18,13 +18,13 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use super::holders::Holders;
-use crate::backup::manifest;
 use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::pack::PackEntry;
 use crate::repo::{layout, Repository};
 use crate::store::blocks::for_each_index_segment;
 use crate::store::ids::PackId;
+use crate::store::manifest;
 
 /// A pack as listed, with the blocks the index says it holds.
 #[derive(Debug, Clone)]

@@ -105,7 +105,7 @@ async fn assert_everything_reads(
     let repo = Repository::open(storage.clone(), Some(unlock))
         .await
         .unwrap();
-    let m = crate::backup::manifest::load(&repo, "main", "20261124-000000F")
+    let m = crate::store::manifest::load(&repo, "main", "20261124-000000F")
         .await
         .unwrap();
     assert_eq!(m.files.len(), 1);

@@ -13,7 +13,7 @@
 //!                                              commit record of one archived WAL file
 //! clusters/<cluster>/waldata/<TLI>/<file>.<id> sealed WAL contents (codec kind Wal; context
 //!                                              "<cluster>/<file>"), named by keyed content id
-//! clusters/<cluster>/backups/<id>/manifest     sealed manifest (see `backup::manifest`)
+//! clusters/<cluster>/backups/<id>/manifest     sealed manifest (see `store::manifest`)
 //! clusters/<cluster>/pins/<id>                 sealed catalog document (Pin)
 //! clusters/<cluster>/restore-points/<hex name> sealed catalog document (RestorePoint)
 //! packs/<2 hex>/<pack id>                      pack objects (see `pack`), named by BLAKE3 of their bytes

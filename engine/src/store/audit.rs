@@ -186,7 +186,7 @@ pub async fn audit(
         Err(e @ (Error::Corrupt { .. } | Error::Key(_))) => return Ok(problem(e.to_string())),
         Err(e) => return Err(e),
     };
-    let ids = crate::backup::manifest::list_ids(repo, cluster).await?;
+    let ids = crate::store::manifest::list_ids(repo, cluster).await?;
     let loaded;
     let view = match view {
         Some(v) => v,

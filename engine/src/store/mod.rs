@@ -30,23 +30,25 @@
 //!   deduplicate against and the block index avoids.
 //! - [`cluster`]: the cluster record, bound by the first backup, archive-push or wal-receive
 //!   and checked by the others, in one place for all three.
+//! - [`manifest`]: backup manifests (the commit point of a backup), their per-file entries
+//!   and the spilled file list a backup streams its manifest from.
 //! - [`limit`]: a storage wrapper capping the requests a process has in flight
 //!   (`[repo] max_requests`).
 //! - [`timestamp`]: [`Timestamp`], the documents' times: parsed once when a document is read
 //!   (an invalid time rejects the document, naming the value), written as the same RFC 3339
 //!   string as before.
 //!
-//! The block store lived in `backup/` and the condemned set in `gc/`, so backup imported gc
-//! (to skip condemned packs) and gc imported backup (to read and write packs): both now depend
-//! on this layer and not on each other.
+//! The block store and the manifests lived in `backup/` and the condemned set in `gc/`, so
+//! backup imported gc (to skip condemned packs) and gc imported backup (to read and write
+//! packs, to mark what manifests reference): both now depend on this layer and not on each
+//! other.
 //!
 //! Documents keep their times as [`Timestamp`]s (manifests, the head, status objects, audit
 //! records, pins, restore points, WAL records, drill reports, the config and its key slots),
 //! so a time is parsed once, when its document is read.
 //!
-//! Not done yet (issue 15, item 6): the backup manifest's reading and writing as a document
-//! of this layer (it stays in `backup::manifest`). `repo::layout` builds every object key,
-//! from the ids here.
+//! `repo::layout` builds every object key from the ids here; the documents, the block store
+//! and the catalog are read and written through this layer.
 
 pub mod append_only;
 pub mod audit;
@@ -57,6 +59,7 @@ pub mod dry_run;
 pub mod head;
 pub mod ids;
 pub mod limit;
+pub mod manifest;
 pub mod sealed;
 pub mod status;
 pub mod timestamp;

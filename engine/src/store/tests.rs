@@ -7,12 +7,12 @@ use super::head::{self, HeadBackup};
 use super::ids::BackupId;
 use crate::archive::get::get_wal_file;
 use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
-use crate::backup::manifest;
 use crate::error::Error;
 use crate::pg::wal_header::tests::fake_segment;
 use crate::recovery::{plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
 use crate::storage::{MemoryStorage, Storage};
+use crate::store::manifest;
 use crate::test_support;
 use crate::types::WalFileName;
 

@@ -12,13 +12,16 @@
 //! JSON carries hex ids; memory holds 32-byte ids); at 64 KiB blocks about 0.5 MB per GiB.
 //! Its JSON is never held whole: it is streamed into the compressor when written and parsed
 //! while it decompresses when read (see `codec::streamed`), and a backup writes it from its
-//! spilled file list ([`super::file_spool`]) without holding the file list at all.
+//! spilled file list ([`file_spool`]) without holding the file list at all.
 
 use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 
-pub use super::entries::{BackupStats, BlockRef, FileEntry};
-use super::file_spool::{FileSpool, SpooledFiles};
+pub mod entries;
+pub mod file_spool;
+
+pub use self::entries::{BackupStats, BlockRef, FileEntry};
+use self::file_spool::{FileSpool, SpooledFiles};
 use crate::codec::ObjectKind;
 use crate::codec::PlainReader;
 use crate::crypto::ContentId;

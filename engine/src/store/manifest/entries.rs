@@ -1,7 +1,7 @@
 //! The per-file part of a backup manifest: a file and its blocks, and the counts a backup
 //! adds up while it reads files.
 //!
-//! Apart from [`super::manifest`] because the spilled file list ([`super::file_spool`])
+//! Apart from [`super`] (the manifest) because the spilled file list ([`super::file_spool`])
 //! stores and returns these entries while the manifest streams from that list: with the
 //! entries in the manifest module the two imported each other.
 

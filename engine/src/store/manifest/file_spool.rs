@@ -192,8 +192,8 @@ impl Iterator for SortedEntries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::entries::BlockRef;
     use crate::crypto::ContentId;
+    use crate::store::manifest::BlockRef;
 
     fn entry(path: &str, blocks: u8, bad: &[u32]) -> FileEntry {
         FileEntry {
