@@ -231,7 +231,8 @@ fn storage_options(config: &Path) -> BTreeMap<String, String> {
             continue;
         };
         let k = k.trim();
-        if !["url", "key_file", "passphrase_file"].contains(&k) {
+        // pgcairn's own [repo] settings, not the storage backend's.
+        if !["url", "key_file", "passphrase_file", "max_requests"].contains(&k) {
             out.insert(k.to_string(), v.trim().trim_matches('"').to_string());
         }
     }
