@@ -360,12 +360,6 @@ fn gc_under_load(backend: Backend) {
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     // The grace period is passed to every gc run as --grace.
     cfg.push_str("\n[retention]\nfull = 1\n");
-    if backend == Backend::S3 {
-        // Every command, archive-push under PostgreSQL included, through the request cap
-        // (store::limit) at its tightest useful setting: nothing may wait on itself.
-        assert!(cfg.contains("[repo]\n"), "{cfg}");
-        cfg = cfg.replacen("[repo]\n", "[repo]\nmax_requests = 2\n", 1);
-    }
     std::fs::write(&env.config, cfg).unwrap();
 
     // 1. Load, backups and expire/gc at the same time.

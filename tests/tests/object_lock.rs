@@ -98,7 +98,10 @@ fn object_lock_retention_is_respected_and_a_plain_delete_only_hides_a_version() 
     std::env::set_var("PGCAIRN_TEST_S3_BUCKET", &bucket);
     let mut options = EnvOptions::new(Backend::S3);
     options.archive_extra = "\n[retention]\nfull = 1\n".into();
-    options.repo_extra = "object_lock_days = 1\nchecksum_algorithm = \"sha256\"\n".into();
+    // One request at a time (store::limit): every command of this test, archive-push under
+    // PostgreSQL included, runs through the cap at its tightest.
+    options.repo_extra =
+        "object_lock_days = 1\nchecksum_algorithm = \"sha256\"\nmax_requests = 1\n".into();
     let env = TestEnv::new(options);
     let prefix = env
         .repo_url

@@ -30,6 +30,7 @@ fn configure_receiver(env: &TestEnv, extra: &str) -> std::path::PathBuf {
 struct Receiver {
     child: Child,
     status: std::path::PathBuf,
+    log: std::path::PathBuf,
 }
 
 impl Receiver {
@@ -37,7 +38,8 @@ impl Receiver {
         let _ = std::fs::remove_file(status);
         let mut all = vec!["--log-level", "info", "wal-receive"];
         all.extend_from_slice(args);
-        let log = std::fs::File::create(env.path().join(log)).unwrap();
+        let log_path = env.path().join(log);
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = env
             .pgcairn_command(&all)
             .stdout(Stdio::null())
@@ -47,6 +49,7 @@ impl Receiver {
         Receiver {
             child,
             status: status.to_path_buf(),
+            log: log_path,
         }
     }
 
@@ -523,8 +526,9 @@ fn wait_flushed(receiver: &Receiver, target: &str) {
     {
         assert!(
             Instant::now() < deadline,
-            "the receiver did not flush {target}: {:?}",
-            receiver.status()
+            "the receiver did not flush {target}: {:?}\nits log:\n{}",
+            receiver.status(),
+            std::fs::read_to_string(&receiver.log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
