@@ -160,6 +160,8 @@ struct Receiver<'a> {
     opts: &'a ReceiverOptions,
     status: ReceiverStatus,
     status_written: Option<Instant>,
+    /// The status changed since the file was last written (a write skipped as too soon).
+    status_dirty: bool,
 }
 
 /// Runs the receiver until `stop` turns true (SIGTERM), or an error retrying cannot fix.
@@ -181,6 +183,7 @@ pub async fn run(
             ..Default::default()
         },
         status_written: None,
+        status_dirty: false,
     };
     let mut backoff = Duration::from_secs(1);
     let result = loop {
@@ -252,8 +255,12 @@ impl Receiver<'_> {
                 .status_written
                 .is_some_and(|t| t.elapsed() < STATUS_FILE_EVERY)
         {
+            // Written by the stream loop once STATUS_FILE_EVERY has passed, even if nothing
+            // else happens: the last commit before a quiet spell must reach the file.
+            self.status_dirty = true;
             return;
         }
+        self.status_dirty = false;
         self.status.updated_at = crate::store::Timestamp::now().to_string();
         if let Err(e) = super::status::write(path, &self.status) {
             warn!("cannot write the receiver status: {e}");
@@ -592,7 +599,10 @@ impl Receiver<'_> {
                     continue;
                 }
             }
-            let deadline = *last_status + self.opts.status_interval;
+            let mut deadline = *last_status + self.opts.status_interval;
+            if let (true, Some(t)) = (self.status_dirty, self.status_written) {
+                deadline = deadline.min(t + STATUS_FILE_EVERY);
+            }
             let msg = if let Some(m) = ready {
                 Ok(m)
             } else {
@@ -610,9 +620,14 @@ impl Receiver<'_> {
             };
             let msg = match msg {
                 Err(_) => {
-                    let f = cur.flushed();
-                    conn.send_status(f, f).await?;
-                    *last_status = Instant::now();
+                    if self.status_dirty {
+                        self.write_status(true);
+                    }
+                    if last_status.elapsed() >= self.opts.status_interval {
+                        let f = cur.flushed();
+                        conn.send_status(f, f).await?;
+                        *last_status = Instant::now();
+                    }
                     continue;
                 }
                 Ok(m) => m?,
