@@ -710,16 +710,10 @@ impl FileJob<'_> {
             self.delta,
         );
         let path = &self.target.join(&f.path);
-        if !f.blocks_fit(block_size) {
+        if let Some(why) = f.misfit(block_size) {
             return Err(Error::corrupt(
                 f.path.clone(),
-                format!(
-                    "the manifest lists {} blocks for {} bytes in blocks of {block_size}: they \
-                     cannot be placed (a file that grew while an older pgcairn read it); \
-                     restore another backup and take a new one",
-                    f.blocks.len(),
-                    f.size
-                ),
+                format!("the manifest {why}; restore another backup and take a new one"),
             ));
         }
         let (dir, name) = self

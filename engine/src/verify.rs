@@ -122,7 +122,13 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         };
         report.backups += 1;
         let mut missing = 0usize;
+        let mut misfit = None;
         for f in &m.files {
+            if misfit.is_none() {
+                misfit = f
+                    .misfit(u64::from(m.block_size))
+                    .map(|why| format!("{} {why}; take a new backup", f.path));
+            }
             for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
                 match index.get(id) {
                     Some(e) => {
@@ -139,20 +145,10 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
                 backups: vec![m.id.clone()],
             });
         }
-        if let Some(f) = m
-            .files
-            .iter()
-            .find(|f| !f.blocks_fit(u64::from(m.block_size)))
-        {
+        if let Some(detail) = misfit {
             report.problems.push(Problem {
                 object: format!("backup {}", m.id),
-                detail: format!(
-                    "{} lists {} blocks for {} bytes: a restore cannot place them (a file that \
-                     grew while an older pgcairn read it); take a new backup",
-                    f.path,
-                    f.blocks.len(),
-                    f.size
-                ),
+                detail,
                 backups: vec![m.id.clone()],
             });
         }

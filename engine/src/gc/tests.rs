@@ -1,7 +1,6 @@
 //! gc over in-memory storage: repack, sweep, damaged packs, and every referenced block still
 //! readable afterwards.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,16 +8,12 @@ use bytes::Bytes;
 use super::*;
 use crate::codec::ObjectKind;
 use crate::crypto::ContentId;
-use crate::storage::{MemoryStorage, Storage};
+use crate::storage::Storage;
 use crate::store::blocks::{BlockIndex, Packer, SealedBlock};
 use crate::test_support::save_manifest;
 
 async fn repo() -> Repository {
-    repo_on_memory().await.1
-}
-
-async fn repo_on_memory() -> (Arc<MemoryStorage>, Repository) {
-    crate::test_support::memory_repo().await
+    crate::test_support::memory_repo().await.1
 }
 
 fn block(n: u32) -> Vec<u8> {
@@ -205,7 +200,7 @@ async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep()
 
 #[tokio::test]
 async fn packs_younger_than_the_grace_period_are_never_condemned() {
-    let (mem, repo) = repo_on_memory().await;
+    let (mem, repo) = crate::test_support::memory_repo().await;
     pack_of(&repo, 0..5).await; // no manifest: like a backup still running
     let hour = GcOptions::with_grace(Duration::from_secs(3600));
     let r = gc(&repo, &hour).await.unwrap();
@@ -325,7 +320,7 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
 
 #[tokio::test]
 async fn packs_under_object_lock_retention_stay_condemned_until_it_ends() {
-    let (mem, repo) = repo_on_memory().await;
+    let (mem, repo) = crate::test_support::memory_repo().await;
     let a = pack_of(&repo, 0..5).await;
     let _garbage = pack_of(&repo, 100..105).await;
     save_manifest(&repo, "20261124-000000F", &a).await;

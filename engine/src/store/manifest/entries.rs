@@ -89,6 +89,18 @@ impl FileEntry {
     pub fn blocks_fit(&self, block_size: u64) -> bool {
         block_size > 0 && self.blocks.len() as u64 == self.size.div_ceil(block_size)
     }
+
+    /// Why the blocks do not fit the size ([`Self::blocks_fit`]), for `restore` and `verify`.
+    pub fn misfit(&self, block_size: u64) -> Option<String> {
+        (!self.blocks_fit(block_size)).then(|| {
+            format!(
+                "lists {} blocks for {} bytes in blocks of {block_size}: a restore cannot place \
+                 them (a file that grew while an older pgcairn read it)",
+                self.blocks.len(),
+                self.size
+            )
+        })
+    }
 }
 
 /// Byte counts of one backup.
