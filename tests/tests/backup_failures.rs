@@ -254,7 +254,17 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
         let meta = std::fs::metadata(env.path()).unwrap();
         first.uid(meta.uid()).gid(meta.gid());
     }
+    // The first backup holds still once it has its lease (PGCAIRN_TEST_PAUSE at its first
+    // phase after taking it) until the second has been refused: a small database backs up in
+    // less time than the second takes to start.
+    let pause = env.path().join("pause");
+    std::fs::create_dir(&pause).unwrap();
+    give_to(env.run_as.as_deref(), &pause).unwrap();
     let mut first = first
+        .env(
+            "PGCAIRN_TEST_PAUSE",
+            format!("phase:loading the block index@{}", pause.display()),
+        )
         .args([
             "--config",
             &env.config.display().to_string(),
@@ -269,8 +279,9 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
         .spawn()
         .unwrap();
     let leases = env.path().join("repo/leases");
+    let paused = pause.join("phase-loading-the-block-index.paused");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) == 0 {
+    while !paused.exists() || std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) == 0 {
         assert!(
             Instant::now() < deadline,
             "the first backup never took its lease"
@@ -282,6 +293,7 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
+    std::fs::write(pause.join("phase-loading-the-block-index.go"), b"").unwrap();
     assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
     assert!(
         stderr(&second).contains("another backup of cluster \"main\" is running"),
