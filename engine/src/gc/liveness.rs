@@ -146,6 +146,18 @@ impl RepoUsage {
         })
     }
 
+    /// Sealed bytes of the blocks `pack` holds that no backup references: what a repack of it
+    /// would reclaim (its header and trailer aside). Zero means copying it gains nothing.
+    pub fn unreferenced_bytes(&self, pack: &PackId) -> u64 {
+        self.packs.get(pack).map_or(0, |p| {
+            p.entries
+                .iter()
+                .filter(|e| !self.is_referenced(&e.block_id))
+                .map(|e| u64::from(e.sealed_len))
+                .sum()
+        })
+    }
+
     /// Counts holders: every existing pack not in `condemned`.
     pub fn count_holders(&mut self, condemned: &HashSet<PackId>) {
         self.holders.reset();

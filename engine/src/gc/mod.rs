@@ -261,7 +261,11 @@ pub(crate) async fn gc_locked_with(
             .filter(|id| {
                 let live = usage.referenced_bytes(id);
                 let size = usage.packs[*id].size;
-                live > 0 && (live as f64) < opts.repack_below * size as f64
+                // A pack holding only referenced blocks is below the threshold when it is
+                // small (its header and trailer outweigh its blocks); copying it gains nothing.
+                live > 0
+                    && usage.unreferenced_bytes(id) > 0
+                    && (live as f64) < opts.repack_below * size as f64
             })
             .copied()
             .collect();
