@@ -116,7 +116,7 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
     let wal_receive = wal_receive_info(repo, cluster, wal.wal_segment_size).await?;
     let mut backups = Vec::new();
     for id in manifest::list_ids(repo, cluster).await? {
-        let m = manifest::load(repo, cluster, &id).await?;
+        let m = manifest::load_unexpanded(repo, cluster, &id).await?;
         let dedup_ratio = if m.stats.stored_new > 0 {
             m.stats.size as f64 / m.stats.stored_new as f64
         } else {

@@ -1359,6 +1359,7 @@ mod tests {
             uid: 0,
             gid: 0,
             blocks: vec![BlockRef::ZERO; data.len().div_ceil(block_size)],
+            block_lists: Vec::new(),
             checksum: blake3::hash(data).to_hex().to_string(),
             bad_pages: Vec::new(),
         }

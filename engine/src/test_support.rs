@@ -57,8 +57,14 @@ pub fn manifest(
     .expect("synthetic manifest")
 }
 
-/// Saves [`manifest`] for a backup referencing `blocks`, at a fixed position and time.
+/// [`manifest`] at a fixed position and time, referencing `blocks`.
+pub fn manifest_of(id: &str, blocks: &[ContentId]) -> Manifest {
+    manifest(id, "0/1000000", "0/1000100", "2026-11-24T00:00:01Z", blocks)
+}
+
+/// Saves [`manifest_of`] a backup referencing `blocks`.
 pub async fn save_manifest(repo: &Repository, id: &str, blocks: &[ContentId]) {
-    let m = manifest(id, "0/1000000", "0/1000100", "2026-11-24T00:00:01Z", blocks);
-    manifest::save(repo, &m).await.unwrap();
+    manifest::save(repo, &manifest_of(id, blocks))
+        .await
+        .unwrap();
 }

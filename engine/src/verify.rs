@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -24,6 +25,7 @@ use crate::error::Result;
 use crate::pack::{open_block, read_pack_entries};
 use crate::recovery::ArchiveView;
 use crate::repo::{layout, Repository};
+use crate::store::block_lists::ListReader;
 use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
 use crate::store::manifest::{self, Manifest};
@@ -96,7 +98,8 @@ fn slice_of(pack: &PackId, t: u32) -> u32 {
 /// Verifies the repository (every cluster).
 pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let index = BlockIndex::load(repo).await?;
+    let index = Arc::new(BlockIndex::load(repo).await?);
+    let lists = ListReader::with_index(repo, index.clone());
     // Which backups use which pack.
     let mut users: HashMap<PackId, BTreeSet<String>> = HashMap::new();
     let mut views: HashMap<String, ArchiveView> = HashMap::new();
@@ -109,7 +112,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         }
     }
     for (cluster, id) in listed {
-        let m: Manifest = match manifest::load(repo, &cluster, &id).await {
+        let m: Manifest = match manifest::load_with(repo, &cluster, &id, &lists).await {
             Ok(m) => m,
             Err(e) => {
                 report.problems.push(Problem {
@@ -129,7 +132,9 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
                     .misfit(u64::from(m.block_size))
                     .map(|why| format!("{} {why}; take a new backup", f.path));
             }
-            for id in f.blocks.iter().filter_map(|b| b.0.as_ref()) {
+            let blocks = f.blocks.iter().filter_map(|b| b.0.as_ref());
+            // Its block lists are blocks too (read while the manifest loaded).
+            for id in blocks.chain(&f.block_lists) {
                 match index.get(id) {
                     Some(e) => {
                         users.entry(e.pack_id).or_default().insert(m.id.clone());
@@ -421,13 +426,7 @@ mod tests {
     async fn a_manifest_whose_blocks_do_not_fit_its_size_is_named() {
         let (_, repo) = crate::test_support::memory_repo().await;
         for (id, size) in [("20261124T000001F", 8192u64), ("20261124T000002F", 16384)] {
-            let mut m = crate::test_support::manifest(
-                id,
-                "0/1000000",
-                "0/1000100",
-                "2026-11-24T00:00:01Z",
-                &[],
-            );
+            let mut m = crate::test_support::manifest_of(id, &[]);
             m.files[0].size = size;
             m.files[0].blocks = vec![BlockRef::ZERO; 2];
             manifest::save(&repo, &m).await.unwrap();

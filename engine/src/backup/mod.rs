@@ -46,6 +46,7 @@ use crate::pg::datadir::{self, Entry, EntryKind};
 use crate::pg::{MAX_PG_MAJOR, MIN_PG_MAJOR};
 use crate::progress::Progress;
 use crate::repo::{layout, Repository};
+use crate::store::block_lists;
 use crate::store::blocks::{KnownBlocks, Packer};
 use crate::store::cluster::{self as store_cluster, ServerIdentity};
 use crate::store::manifest::file_spool::{FileSpool, SpooledFiles};
@@ -569,6 +570,21 @@ async fn backup_with_lease(
                             && *mtime_ns < reference_start_ns - MTIME_SAFETY_NS
                         {
                             let mut unchanged = parent.expect("matched above");
+                            if unchanged.block_lists.is_empty() {
+                                // From a backup listing every block (before manifest format
+                                // 2): listed now, or it would stay inline in every
+                                // incremental that reuses it.
+                                let (lists, new) =
+                                    block_lists::list(&codec, &unchanged.blocks, level, |id| {
+                                        known.claim(id)
+                                    });
+                                if !new.is_empty() && sink.send(new).await.is_err() {
+                                    return Err(Error::InvalidInput(
+                                        "the packer stopped (see the error above)".into(),
+                                    ));
+                                }
+                                unchanged.block_lists = lists;
+                            }
                             unchanged.mode = e.mode;
                             unchanged.uid = e.uid;
                             unchanged.gid = e.gid;

@@ -20,6 +20,7 @@ use crate::codec::{Codec, ObjectKind};
 use crate::error::{Error, Result};
 use crate::pg::checksum::{check_page, relation_segment_of_path, PageCheck, BLCKSZ, RELSEG_SIZE};
 use crate::pg::datadir::{Entry, EntryKind};
+use crate::store::block_lists;
 use crate::store::blocks::{KnownBlocks, SealedBlock};
 use crate::store::manifest::{BlockRef, FileEntry};
 
@@ -135,6 +136,11 @@ pub fn read_file(
         }
         blocks.push(BlockRef(Some(id)));
     }
+    let (block_lists, lists_new) =
+        block_lists::list(ctx.codec, &blocks, ctx.compress_level, |id| {
+            ctx.known.claim(id)
+        });
+    batch.extend(lists_new);
     if !batch.is_empty() {
         send(ctx, batch)?;
     }
@@ -147,6 +153,7 @@ pub fn read_file(
             uid: entry.uid,
             gid: entry.gid,
             blocks,
+            block_lists,
             checksum: whole.finalize().to_hex().to_string(),
             bad_pages,
         }),

@@ -105,14 +105,21 @@ impl RepoUsage {
             p.entries.dedup_by_key(|e| e.block_id.0);
             p.entries.shrink_to_fit();
         }
+        let lists = crate::store::block_lists::ListReader::new(repo);
         for c in manifest::cluster_names(repo).await? {
             for id in manifest::list_ids(repo, &c).await? {
-                let m = manifest::load(repo, &c, &id).await?;
+                let m = manifest::load_with(repo, &c, &id, &lists).await?;
                 usage.manifests += 1;
+                // A file's block lists are blocks too.
                 usage.holders.add_referenced(
                     m.files
                         .iter()
-                        .flat_map(|f| f.blocks.iter().filter_map(|b| b.0))
+                        .flat_map(|f| {
+                            f.blocks
+                                .iter()
+                                .filter_map(|b| b.0)
+                                .chain(f.block_lists.iter().copied())
+                        })
                         .collect(),
                 );
             }

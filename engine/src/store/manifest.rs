@@ -29,11 +29,26 @@ use crate::error::{Error, Result};
 use crate::pg::datadir::Tablespace;
 use crate::repo::{layout, Repository};
 use crate::storage::{CreateOutcome, StorageError};
+use crate::store::block_lists::ListReader;
 use crate::store::Timestamp;
 use crate::types::Lsn;
 
-/// Manifest format version.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Manifest format version: 2 records large files as block lists
+/// ([`crate::store::block_lists`]). A manifest of a later format is refused, not misread.
+pub const MANIFEST_FORMAT: u32 = 2;
+
+/// Refuses a manifest this version cannot read whole (a later format could record blocks
+/// where this one does not look, and a restore would write empty files).
+fn check_format(m: &Manifest, key: &str) -> Result<()> {
+    if m.format > MANIFEST_FORMAT {
+        return Err(Error::InvalidInput(format!(
+            "{key} is manifest format {}, written by a newer pgcairn; this one reads formats up \
+             to {MANIFEST_FORMAT}: upgrade pgcairn to use this backup",
+            m.format
+        )));
+    }
+    Ok(())
+}
 
 /// Which files a backup re-reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -283,7 +298,12 @@ impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
                 let mut files = self.0.lock().expect("file list lock");
                 let mut seq = s.serialize_seq(None)?;
                 for f in &mut *files {
-                    seq.serialize_element(&f.map_err(S::Error::custom)?)?;
+                    let mut f = f.map_err(S::Error::custom)?;
+                    if !f.block_lists.is_empty() {
+                        // Recorded by its lists: the ids themselves are in them.
+                        f.blocks = Vec::new();
+                    }
+                    seq.serialize_element(&f)?;
                 }
                 seq.end()
             }
@@ -297,33 +317,79 @@ impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
     }
 }
 
-/// Reads and authenticates a manifest.
+/// Reads and authenticates a manifest, its files' blocks filled from their block lists.
 pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
-    parse(repo, cluster, id, |plain, key| {
+    load_with(repo, cluster, id, &ListReader::new(repo)).await
+}
+
+/// [`load`] with a [`ListReader`] shared by the manifests a command loads (gc, verify, info):
+/// the block index is loaded once, and a list several backups share is read once.
+pub async fn load_with(
+    repo: &Repository,
+    cluster: &str,
+    id: &str,
+    lists: &ListReader,
+) -> Result<Manifest> {
+    let mut m = load_unexpanded(repo, cluster, id).await?;
+    let key = layout::backup_manifest(cluster, id).to_string();
+    for f in &mut m.files {
+        lists.expand(f, &key).await?;
+    }
+    Ok(m)
+}
+
+/// Reads a manifest with its files' metadata but, for files recorded as block lists, not their
+/// blocks (`blocks` left empty): for `info`, which shows backups, not blocks, and should not
+/// read the block store to do it.
+pub async fn load_unexpanded(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
+    let m: Manifest = parse(repo, cluster, id, |plain, key| {
         serde_json::from_reader(plain).map_err(|e| Error::corrupt(key, e.to_string()))
     })
-    .await
+    .await?;
+    check_format(&m, layout::backup_manifest(cluster, id).as_str())?;
+    Ok(m)
 }
 
 /// Reads a manifest without its file list (parsed past, never held): for planning a
 /// restore, retention and pins, which need a backup's identity and positions only.
 pub async fn load_head(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
-    parse(repo, cluster, id, |plain, key| parse_head(plain, key, None)).await
+    let m = parse(repo, cluster, id, |plain, key| parse_head(plain, key, None)).await?;
+    check_format(&m, layout::backup_manifest(cluster, id).as_str())?;
+    Ok(m)
 }
 
 /// Reads a manifest, spilling its file entries to a [`FileSpool`] as they are parsed: the
 /// returned manifest's `files` is empty, and memory holds each file's path, not its blocks.
+/// Entries recorded as block lists are spilled as they are parsed, then spilled again
+/// expanded (one at a time: memory holds one file's blocks), with the block index loaded for
+/// those lists only (a restore's memory follows the backup, not the repository).
 pub async fn load_spilled(
     repo: &Repository,
     cluster: &str,
     id: &str,
 ) -> Result<(Manifest, SpooledFiles)> {
-    parse(repo, cluster, id, |plain, key| {
+    let (head, files, listed) = parse(repo, cluster, id, |plain, key| {
         let mut spool = FileSpool::new()?;
-        let head = parse_head(plain, key, Some(&mut spool))?;
-        Ok((head, spool.into_lookup()?))
+        let mut listed = Vec::new();
+        let head = parse_head_listed(plain, key, Some(&mut spool), &mut listed)?;
+        Ok((head, spool.into_lookup()?, listed))
     })
-    .await
+    .await?;
+    let key = layout::backup_manifest(cluster, id).to_string();
+    check_format(&head, &key)?;
+    if listed.is_empty() {
+        return Ok((head, files));
+    }
+    let index = crate::store::blocks::BlockIndex::load_wanted(repo, listed).await?;
+    let lists = ListReader::with_index(repo, std::sync::Arc::new(index));
+    let mut expanded = FileSpool::new()?;
+    let mut uncounted = BackupStats::default();
+    for f in files.entries() {
+        let mut f = f?;
+        lists.expand(&mut f, &key).await?;
+        expanded.push(&f, &mut uncounted)?;
+    }
+    Ok((head, expanded.into_lookup()?))
 }
 
 /// Fetches and authenticates a manifest, then runs `parse` on its plaintext (and its key, for
@@ -346,11 +412,22 @@ async fn parse<T: Send + 'static>(
 /// A failure to spill (a full or unwritable `TMPDIR`) is returned as the local error it is:
 /// only what the manifest's bytes say can make it corrupt.
 fn parse_head(plain: PlainReader, key: String, spool: Option<&mut FileSpool>) -> Result<Manifest> {
+    parse_head_listed(plain, key, spool, &mut Vec::new())
+}
+
+/// [`parse_head`], collecting in `listed` the block lists of the spilled entries.
+fn parse_head_listed(
+    plain: PlainReader,
+    key: String,
+    spool: Option<&mut FileSpool>,
+    listed: &mut Vec<ContentId>,
+) -> Result<Manifest> {
     let mut de = serde_json::Deserializer::from_reader(plain);
     let mut local_error = None;
     let parsed = HeadSpillingFiles(spool.map(|spool| Spill {
         spool,
         local_error: &mut local_error,
+        listed,
     }))
     .deserialize(&mut de)
     .and_then(|m| de.end().map(|()| m));
@@ -361,6 +438,8 @@ fn parse_head(plain: PlainReader, key: String, spool: Option<&mut FileSpool>) ->
 struct Spill<'a> {
     spool: &'a mut FileSpool,
     local_error: &'a mut Option<Error>,
+    /// The block lists of the entries (to be expanded after the parse).
+    listed: &'a mut Vec<ContentId>,
 }
 
 /// Fetches a manifest and authenticates it (decrypting in place); its JSON is then read while
@@ -459,6 +538,7 @@ impl<'de> serde::de::Visitor<'de> for SpillFiles<'_, '_> {
         use serde::de::Error as _;
         let mut uncounted = BackupStats::default();
         while let Some(f) = seq.next_element::<FileEntry>()? {
+            self.0.listed.extend_from_slice(&f.block_lists);
             if let Err(e) = self.0.spool.push(&f, &mut uncounted) {
                 let message = e.to_string();
                 *self.0.local_error = Some(e);

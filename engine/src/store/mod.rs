@@ -24,6 +24,8 @@
 //! - [`dry_run`]: a storage wrapper for `--dry-run` (gc, expire): reads pass, writes and
 //!   deletes are recorded instead of done.
 //! - [`ids`]: typed ids (`PackId`, `IndexSegmentId`, `BackupId`, `ClusterName`).
+//! - [`block_lists`]: a large file's block ids recorded as lists that are blocks themselves,
+//!   shared by every backup in which that part of the file did not change.
 //! - [`blocks`]: the block store (packs, index segments, the block index and the set of known
 //!   blocks), which backup writes and restore, verify, gc and re-encryption read.
 //! - [`condemned`]: the gc state, the set of condemned packs that backups must not
@@ -52,6 +54,7 @@
 
 pub mod append_only;
 pub mod audit;
+pub mod block_lists;
 pub mod blocks;
 pub mod cluster;
 pub mod condemned;

@@ -57,6 +57,27 @@ fn blocks_exact<'de, D: serde::Deserializer<'de>>(
     Ok(blocks)
 }
 
+/// Block list ids as 64 hex digits each.
+mod list_ids {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::crypto::ContentId;
+
+    pub fn serialize<S: Serializer>(ids: &[ContentId], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ids.iter().map(ContentId::to_hex))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ContentId>, D::Error> {
+        Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                ContentId::from_hex(text)
+                    .ok_or_else(|| serde::de::Error::custom("block list id is not 64 hex digits"))
+            })
+            .collect()
+    }
+}
+
 /// A file and its blocks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
@@ -75,6 +96,12 @@ pub struct FileEntry {
     /// Block ids in order; zero for an all-zero block.
     #[serde(deserialize_with = "blocks_exact")]
     pub blocks: Vec<BlockRef>,
+    /// For a file of at least [`crate::store::block_lists::LIST_BLOCKS`] blocks (backups
+    /// since manifest format 2): the ids of its block lists, blocks that hold its block ids.
+    /// A manifest then records these and an empty `blocks`; loaded, `blocks` is filled from
+    /// them (see [`crate::store::block_lists`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "list_ids")]
+    pub block_lists: Vec<ContentId>,
     /// BLAKE3 (unkeyed) of the whole file as stored, checked after restore.
     pub checksum: String,
     /// Pages whose checksum failed while reading.
@@ -138,6 +165,7 @@ mod tests {
             uid: 0,
             gid: 0,
             blocks: vec![BlockRef::ZERO; blocks],
+            block_lists: Vec::new(),
             checksum: String::new(),
             bad_pages: Vec::new(),
         };

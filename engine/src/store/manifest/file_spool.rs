@@ -212,6 +212,7 @@ mod tests {
                     }
                 })
                 .collect(),
+            block_lists: Vec::new(),
             checksum: "c".into(),
             bad_pages: bad.to_vec(),
         }
