@@ -494,7 +494,8 @@ impl Storage for ObjectStoreBackend {
             .filter_map(|m| {
                 let loc = m.location.to_string();
                 let key = loc.strip_prefix(&self.prefix)?.to_string();
-                (!key.starts_with(local::LOCK_DIR) && key.starts_with(prefix)).then(|| ObjectInfo {
+                let object = !key.starts_with(local::LOCK_DIR) && !local::is_temporary(&key);
+                (object && key.starts_with(prefix)).then(|| ObjectInfo {
                     key: ObjectKey::new(key),
                     size: m.size,
                     modified: Some(m.last_modified.timestamp()),

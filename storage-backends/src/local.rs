@@ -79,6 +79,16 @@ pub fn version_of(data: &[u8]) -> ObjectVersion {
     ObjectVersion(blake3::hash(data).to_hex().to_string())
 }
 
+/// Suffix of a compare-and-swap's temporary file (`.<name>.cas-tmp`, beside the object).
+const CAS_TMP_SUFFIX: &str = ".cas-tmp";
+
+/// Whether `key` is a compare-and-swap's temporary file, not an object: one is there while a
+/// swap writes it (and after a crash mid-swap), and a listing must not return it.
+pub fn is_temporary(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.starts_with('.') && name.ends_with(CAS_TMP_SUFFIX)
+}
+
 /// Compare-and-swap write of `root/key`.
 pub fn cas_write(
     root: &Path,
@@ -111,7 +121,7 @@ pub fn cas_write(
         fs::create_dir_all(parent).map_err(|e| io_err("mkdir", parent, e))?;
     }
     let tmp = path.with_file_name(format!(
-        ".{}.cas-tmp",
+        ".{}{CAS_TMP_SUFFIX}",
         path.file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default()

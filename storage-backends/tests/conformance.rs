@@ -319,6 +319,10 @@ async fn local_writes_are_visible_as_files_and_locks_are_not_objects() {
         .await
         .unwrap();
     assert_eq!(std::fs::read(dir.path().join("a/b/c")).unwrap(), b"x");
+    // A compare-and-swap's temporary file, as one in flight (or left by a crash) looks: gc
+    // listing leases saw one mid-swap and took it for a forged lease.
+    std::fs::create_dir(dir.path().join("leases")).unwrap();
+    std::fs::write(dir.path().join("leases/.backup-main.cas-tmp"), b"half").unwrap();
     let keys: Vec<String> = s
         .list("")
         .await
