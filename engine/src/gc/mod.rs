@@ -12,13 +12,17 @@
 //!    is in the snapshot or its manifest is in the listing below. A lease that cannot be read
 //!    stops the run (fail closed): it might be a running backup's.
 //! 2. **Mark** ([`liveness`]). Read every manifest of every cluster and every index segment. A
-//!    block is referenced if a manifest names it; its *holders* are the existing, uncondemned
+//!    block is referenced if a manifest names it, directly or in one of its block lists
+//!    ([`crate::store::block_lists`], themselves referenced); its *holders* are the existing, uncondemned
 //!    packs the index says hold it.
 //! 3. **Reprieve.** A condemned pack holding a referenced block that has no holder (a backup
 //!    deduplicated against it before it was condemned) leaves the condemned set.
 //! 4. **Repack** ([`repack`]). An uncondemned pack older than the grace period whose referenced
-//!    bytes are below `repack_below` of its size has its sole-copy blocks copied, still
-//!    sealed, into new packs, indexed like a backup's. It is then an ordinary unneeded pack.
+//!    bytes are below `repack_below` of its size, and which holds some unreferenced block, has
+//!    its sole-copy blocks copied, still sealed, into new packs, indexed like a backup's. It is
+//!    then an ordinary unneeded pack. (A small pack whose blocks are all referenced is below the
+//!    threshold because of its header and trailer alone: copying it gains nothing, and every run
+//!    did it again, leaving a condemned copy pending for ever.)
 //! 5. **Condemn.** A pack older than the grace period is condemned when every referenced block
 //!    it holds has another holder (for most, it holds none), the emptiest packs first (so a
 //!    repack source goes, not its copy). Packs younger than the grace
