@@ -8,9 +8,12 @@
 //! they lie and read together in spans ([`plan_work`]), so an object store sees a few hundred
 //! requests for a cluster of a thousand files, not one per file. Each block is authenticated
 //! and opened (the AEAD binds its id; the content id is not recomputed), written at its offset
-//! (all-zero blocks are left as holes), and its BLAKE3 chaining value computed at that offset;
-//! the merged value must equal the file's checksum in the manifest, so files are checked
-//! without being read back ([`crate::codec::tree_hash`]). Files of [`direct_io::MIN_FILE_LEN`]
+//! (all-zero blocks are left as holes), and checked without the file being read back: for
+//! backups since manifest format 3 each block's keyed content id is recomputed and must be the
+//! id the manifest lists at that position (the backup hashed each block once, for its id, and
+//! no longer a second time for a whole-file checksum); for older ones the block's BLAKE3
+//! chaining value is computed at its offset and the merged value must equal the file's
+//! checksum in the manifest ([`crate::codec::tree_hash`]). Files of [`direct_io::MIN_FILE_LEN`]
 //! or more are written with `O_DIRECT` ([`direct_io`]). Each file is fsynced in the background
 //! ([`BackgroundSyncs`]) while the next are written. Last, `backup_label`, `tablespace_map`,
 //! `recovery.signal` and the recovery settings. Run as root, ownership is restored from the
@@ -790,10 +793,13 @@ impl FileJob<'_> {
             runs.push(run);
             i = j;
         }
-        // The whole-file check: a full (not delta) restore hashes each block where it opens
-        // it, at its offset in the file, and merges the hashes at the end; the file is never
-        // read back. A delta restore keeps blocks it did not open, so it reads the file back.
-        let parted = if delta {
+        // The whole-file check. Without a checksum (format 3), every block opened is checked
+        // against its id as it is written. With one, a full (not delta) restore hashes each
+        // block where it opens it, at its offset in the file, and merges the hashes at the
+        // end. Either way the file is never read back, except by a delta restore, which keeps
+        // blocks it did not open.
+        let by_ids = f.checksum.is_empty();
+        let parted = if delta || by_ids {
             None
         } else {
             PartedHash::plain(block_size as usize)
@@ -876,13 +882,21 @@ impl FileJob<'_> {
         }
         file.set_len(f.size).map_err(|e| io(path, e))?;
         fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
-        let actual = match parted {
-            Some(p) => merged_hash(p, f, parts),
-            None => read_back_hash(file.clone())
-                .await
-                .map_err(|e| io(path, e))?,
+        let matches = match parted {
+            Some(p) => merged_hash(p, f, parts) == f.checksum,
+            // Every block was checked against its id as it was written; holes are zeros.
+            None if by_ids && !delta => true,
+            None if by_ids => read_existing_ids(repo, file.clone(), path, f, block_size)
+                .await?
+                .is_some_and(|same| same.iter().all(|s| *s)),
+            None => {
+                read_back_hash(file.clone())
+                    .await
+                    .map_err(|e| io(path, e))?
+                    == f.checksum
+            }
         };
-        if actual != f.checksum {
+        if !matches {
             return Err(Error::corrupt(
                 f.path.clone(),
                 "restored file does not match the checksum recorded at backup",
@@ -1036,7 +1050,7 @@ struct RunOutput {
     /// The file's size.
     size: u64,
     /// Hashes the blocks for the whole-file check when set; otherwise each block's content id
-    /// is checked (the caller reads the file back).
+    /// is checked as it is written.
     parted: Option<PartedHash<'static>>,
 }
 
@@ -1084,8 +1098,15 @@ impl RunOutput {
                         return Err(wrong_len(n));
                     }
                     g.commit(n);
-                    if let Some(p) = self.parted {
-                        hashes.push((*pos, p.part(size, *pos, g.tail(n))));
+                    match self.parted {
+                        Some(p) => hashes.push((*pos, p.part(size, *pos, g.tail(n)))),
+                        None if self.codec.content_id(g.tail(n)) != e.entry.block_id => {
+                            return Err(corrupt(format!(
+                                "block {} does not hash to its id",
+                                e.entry.block_id.to_hex()
+                            )))
+                        }
+                        None => {}
                     }
                 }
                 None => {
@@ -1394,6 +1415,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("one line"), "{e}");
+    }
+
+    #[test]
+    fn without_a_checksum_every_block_written_must_hash_to_its_id() {
+        // A block sealed under another block's id opens (the envelope binds the id it was
+        // sealed with): only recomputing its content id tells it is not that block. Format-3
+        // manifests have no whole-file checksum to catch it later.
+        let codec = crate::codec::Codec::new(
+            "r",
+            crate::crypto::MasterSecret::generate().derive(),
+            true,
+            1,
+        );
+        let bs = 64 << 10;
+        let (right, wrong) = (vec![7u8; bs], vec![9u8; bs]);
+        let id = codec.content_id(&right);
+        for (content, ok) in [(&right, true), (&wrong, false)] {
+            let sealed = codec.seal(crate::codec::ObjectKind::Block, &id, b"", content, 1);
+            let run = [(
+                0usize,
+                IndexEntry {
+                    pack_id: PackId::new([1; 32]),
+                    entry: crate::pack::PackEntry {
+                        block_id: id,
+                        offset: 0,
+                        sealed_len: sealed.len() as u32,
+                        raw_len: bs as u32,
+                    },
+                },
+            )];
+            let dir = tempfile::tempdir().unwrap();
+            let out = RunOutput {
+                codec: codec.clone(),
+                file: Arc::new(std::fs::File::create(dir.path().join("f")).unwrap()),
+                pack: "packs/01".into(),
+                block_size: bs as u64,
+                size: bs as u64,
+                parted: None,
+            };
+            let buffered = out.write_run(&run, 0, &sealed, None);
+            let direct = direct_io::with_group_buf(direct_io::GROUP_LEN, |g| {
+                out.write_run(&run, 0, &sealed, Some(g))
+            });
+            for (how, r) in [("buffered", buffered), ("direct", direct)] {
+                match r {
+                    Ok(_) => assert!(ok, "{how}: the wrong block was accepted"),
+                    Err(e) => assert!(!ok, "{how}: {e}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -34,8 +34,9 @@ use crate::store::Timestamp;
 use crate::types::Lsn;
 
 /// Manifest format version: 2 records large files as block lists
-/// ([`crate::store::block_lists`]). A manifest of a later format is refused, not misread.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// ([`crate::store::block_lists`]); 3 leaves files' `checksum` empty, a restore checking every
+/// block against its id instead. A manifest of a later format is refused, not misread.
+pub const MANIFEST_FORMAT: u32 = 3;
 
 /// Refuses a manifest this version cannot read whole (a later format could record blocks
 /// where this one does not look, and a restore would write empty files).

@@ -102,7 +102,9 @@ pub struct FileEntry {
     /// them (see [`crate::store::block_lists`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty", with = "list_ids")]
     pub block_lists: Vec<ContentId>,
-    /// BLAKE3 (unkeyed) of the whole file as stored, checked after restore.
+    /// BLAKE3 (unkeyed) of the whole file as stored, checked after restore; empty in backups
+    /// since manifest format 3, whose restores check every block against its id instead
+    /// (the backup then hashes each block once, for its id, not a second time for this).
     pub checksum: String,
     /// Pages whose checksum failed while reading.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
