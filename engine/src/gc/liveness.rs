@@ -10,7 +10,9 @@
 //!
 //! Memory: every index entry of every pack (48 bytes, grouped by pack), 36 bytes per distinct
 //! referenced block (see [`Holders`]), and one manifest at a time while it is read (its
-//! compressed form and its parsed form, 33 bytes per block; the JSON is streamed). See the
+//! compressed form and its parsed form, 33 bytes per inline block; the JSON is streamed).
+//! Block lists are read after the manifests, each distinct list once, 256 at a time, with a
+//! block index of the lists alone (52 bytes per list, one list per 128 blocks). See the
 //! README's benchmarks for the peak RSS per block measured with `benches/gc_scale.sh`.
 
 use std::collections::{BTreeMap, HashSet};
@@ -22,6 +24,7 @@ use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::pack::PackEntry;
 use crate::repo::{layout, Repository};
+use crate::store::block_lists::ListReader;
 use crate::store::blocks::for_each_index_segment;
 use crate::store::ids::PackId;
 use crate::store::manifest;
@@ -105,12 +108,13 @@ impl RepoUsage {
             p.entries.dedup_by_key(|e| e.block_id.0);
             p.entries.shrink_to_fit();
         }
-        let lists = crate::store::block_lists::ListReader::new(repo);
+        // Manifests as stored: inline blocks, and the ids of block lists (blocks too), whose
+        // own blocks are marked below, each distinct list read once.
+        let mut lists: Vec<ContentId> = Vec::new();
         for c in manifest::cluster_names(repo).await? {
             for id in manifest::list_ids(repo, &c).await? {
-                let m = manifest::load_with(repo, &c, &id, &lists).await?;
+                let m = manifest::load_unexpanded(repo, &c, &id).await?;
                 usage.manifests += 1;
-                // A file's block lists are blocks too.
                 usage.holders.add_referenced(
                     m.files
                         .iter()
@@ -122,9 +126,38 @@ impl RepoUsage {
                         })
                         .collect(),
                 );
+                lists.extend(m.files.iter().flat_map(|f| f.block_lists.iter().copied()));
+                lists.sort_unstable();
+                lists.dedup();
             }
         }
+        usage.mark_listed_blocks(repo, lists).await?;
         Ok(usage)
+    }
+
+    /// Marks the blocks named in block lists `lists` (distinct ids), reading each list once
+    /// with the block index loaded for the lists alone: gc's memory holds no full index.
+    async fn mark_listed_blocks(&mut self, repo: &Repository, lists: Vec<ContentId>) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        if lists.is_empty() {
+            return Ok(());
+        }
+        let index = crate::store::blocks::BlockIndex::load_wanted(repo, lists.clone()).await?;
+        let reader = ListReader::with_index(repo, std::sync::Arc::new(index));
+        let named_by = "a backup manifest's block list (run `pgcairn verify` to name the backups)";
+        for batch in lists.chunks(256) {
+            let runs: Vec<_> = futures::stream::iter(batch.iter().copied())
+                .map(|id| reader.list(id, named_by))
+                .buffered(16)
+                .try_collect()
+                .await?;
+            self.holders.add_referenced(
+                runs.iter()
+                    .flat_map(|r| r.iter().filter_map(|b| b.0))
+                    .collect(),
+            );
+        }
+        Ok(())
     }
 
     /// True if a retained backup references the block.

@@ -41,9 +41,9 @@ const MAGIC: &[u8; 5] = b"PGCL1";
 /// Lists fetched at once while a file is expanded.
 const FETCH_AHEAD: usize = 16;
 
-/// Lists a [`ListReader`] keeps once read (about 4 KiB each): the lists backups share are read
-/// once by a command that loads every manifest (gc, verify, info).
-const CACHED_LISTS: usize = 16 << 10;
+/// Lists a [`ListReader`] keeps once read (about 4 KiB each, 4 MiB in all): verify loads every
+/// manifest, and backups share most of their lists with the first one read.
+const CACHED_LISTS: usize = 1 << 10;
 
 /// Whether a file of `blocks` blocks is recorded as block lists.
 pub fn applies(blocks: usize) -> bool {
@@ -167,8 +167,9 @@ impl ListReader {
                 "lists its blocks both inline and as block lists".into(),
             ));
         }
+        let prefix = format!("{}: ", f.path);
         let runs: Vec<Arc<[BlockRef]>> = futures::stream::iter(f.block_lists.iter().copied())
-            .map(|id| self.read(id, manifest, &f.path))
+            .map(|id| self.read(id, manifest, &prefix))
             .buffered(FETCH_AHEAD)
             .try_collect()
             .await?;
@@ -187,9 +188,16 @@ impl ListReader {
         Ok(())
     }
 
+    /// The block ids in list `id`; `object` (what names the list) is the corrupt object if
+    /// the list is missing or damaged.
+    pub async fn list(&self, id: ContentId, object: &str) -> Result<Arc<[BlockRef]>> {
+        self.read(id, object, "").await
+    }
+
     /// One list, from the cache or the block store (authenticated: its plaintext must hash to
-    /// its id).
-    async fn read(&self, id: ContentId, manifest: &str, path: &str) -> Result<Arc<[BlockRef]>> {
+    /// its id). Errors name `manifest`; their detail starts with `prefix` (the file that needs
+    /// the list, and a colon).
+    async fn read(&self, id: ContentId, manifest: &str, prefix: &str) -> Result<Arc<[BlockRef]>> {
         if let Some(hit) = self.cache.lock().expect("list cache lock").get(&id) {
             return Ok(hit.clone());
         }
@@ -198,7 +206,7 @@ impl ListReader {
             .get_or_try_init(|| async { BlockIndex::load(&self.repo).await.map(Arc::new) })
             .await?;
         let corrupt =
-            |detail: String| Error::corrupt(manifest, format!("{path}: block list {id}: {detail}"));
+            |detail: String| Error::corrupt(manifest, format!("{prefix}block list {id}: {detail}"));
         let Some(at) = index.get(&id) else {
             return Err(corrupt(
                 "in no index segment (the block store lost it; run `pgcairn verify`)".into(),
