@@ -15,7 +15,7 @@
 //! block index of the lists alone (52 bytes per list, one list per 128 blocks). See the
 //! README's benchmarks for the peak RSS per block measured with `benches/gc_scale.sh`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::Serialize;
 
@@ -110,7 +110,7 @@ impl RepoUsage {
         }
         // Manifests as stored: inline blocks, and the ids of block lists (blocks too), whose
         // own blocks are marked below, each distinct list read once.
-        let mut lists: Vec<ContentId> = Vec::new();
+        let mut lists: BTreeSet<ContentId> = BTreeSet::new();
         for c in manifest::cluster_names(repo).await? {
             for id in manifest::list_ids(repo, &c).await? {
                 let m = manifest::load_unexpanded(repo, &c, &id).await?;
@@ -127,11 +127,11 @@ impl RepoUsage {
                         .collect(),
                 );
                 lists.extend(m.files.iter().flat_map(|f| f.block_lists.iter().copied()));
-                lists.sort_unstable();
-                lists.dedup();
             }
         }
-        usage.mark_listed_blocks(repo, lists).await?;
+        usage
+            .mark_listed_blocks(repo, lists.into_iter().collect())
+            .await?;
         Ok(usage)
     }
 
@@ -142,8 +142,7 @@ impl RepoUsage {
         if lists.is_empty() {
             return Ok(());
         }
-        let index = crate::store::blocks::BlockIndex::load_wanted(repo, lists.clone()).await?;
-        let reader = ListReader::with_index(repo, std::sync::Arc::new(index));
+        let reader = ListReader::for_lists(repo, lists.clone()).await?;
         let named_by = "a backup manifest's block list (run `pgcairn verify` to name the backups)";
         for batch in lists.chunks(256) {
             let runs: Vec<_> = futures::stream::iter(batch.iter().copied())

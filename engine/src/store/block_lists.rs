@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
-use tokio::sync::OnceCell;
 
 use crate::codec::{Codec, ObjectKind};
 use crate::crypto::ContentId;
@@ -126,31 +125,29 @@ pub fn list(
     (ids, new)
 }
 
-/// Reads block lists for manifests being loaded: the block index is loaded on first need
-/// (a manifest without lists costs nothing), and lists once read are kept, up to
-/// [`CACHED_LISTS`], for the next manifest that shares them.
+/// Reads block lists through a block index that locates them, and keeps lists once read, up
+/// to [`CACHED_LISTS`], for the next manifest that shares them.
 #[derive(Debug)]
 pub struct ListReader {
     repo: Repository,
-    index: OnceCell<Arc<BlockIndex>>,
+    index: Arc<BlockIndex>,
     cache: Mutex<HashMap<ContentId, Arc<[BlockRef]>>>,
 }
 
 impl ListReader {
-    /// A reader over `repo`'s block store.
-    pub fn new(repo: &Repository) -> Self {
-        ListReader {
-            repo: repo.clone(),
-            index: OnceCell::new(),
-            cache: Mutex::new(HashMap::new()),
-        }
+    /// A reader for the lists `ids` (repeats allowed): the block index is loaded for them
+    /// alone, so memory follows the lists, not the repository.
+    pub async fn for_lists(repo: &Repository, ids: Vec<ContentId>) -> Result<Self> {
+        let index = BlockIndex::load_wanted(repo, ids).await?;
+        Ok(Self::with_index(repo, Arc::new(index)))
     }
 
     /// A reader using a block index the caller already holds (verify): not loaded twice.
     pub fn with_index(repo: &Repository, index: Arc<BlockIndex>) -> Self {
         ListReader {
-            index: OnceCell::new_with(Some(index)),
-            ..ListReader::new(repo)
+            repo: repo.clone(),
+            index,
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -201,13 +198,9 @@ impl ListReader {
         if let Some(hit) = self.cache.lock().expect("list cache lock").get(&id) {
             return Ok(hit.clone());
         }
-        let index = self
-            .index
-            .get_or_try_init(|| async { BlockIndex::load(&self.repo).await.map(Arc::new) })
-            .await?;
         let corrupt =
             |detail: String| Error::corrupt(manifest, format!("{prefix}block list {id}: {detail}"));
-        let Some(at) = index.get(&id) else {
+        let Some(at) = self.index.get(&id) else {
             return Err(corrupt(
                 "in no index segment (the block store lost it; run `pgcairn verify`)".into(),
             ));

@@ -318,13 +318,24 @@ impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
     }
 }
 
-/// Reads and authenticates a manifest, its files' blocks filled from their block lists.
+/// Reads and authenticates a manifest, its files' blocks filled from their block lists (the
+/// block index loaded for those lists alone).
 pub async fn load(repo: &Repository, cluster: &str, id: &str) -> Result<Manifest> {
-    load_with(repo, cluster, id, &ListReader::new(repo)).await
+    let mut m = load_unexpanded(repo, cluster, id).await?;
+    let ids: Vec<ContentId> = m
+        .files
+        .iter()
+        .flat_map(|f| f.block_lists.iter().copied())
+        .collect();
+    if !ids.is_empty() {
+        let lists = ListReader::for_lists(repo, ids).await?;
+        expand_files(&mut m, cluster, id, &lists).await?;
+    }
+    Ok(m)
 }
 
-/// [`load`] with a [`ListReader`] shared by the manifests a command loads (gc, verify, info):
-/// the block index is loaded once, and a list several backups share is read once.
+/// [`load`] with a [`ListReader`] the caller shares between manifests (verify, over the block
+/// index it holds anyway): a list several backups share is read once.
 pub async fn load_with(
     repo: &Repository,
     cluster: &str,
@@ -332,11 +343,17 @@ pub async fn load_with(
     lists: &ListReader,
 ) -> Result<Manifest> {
     let mut m = load_unexpanded(repo, cluster, id).await?;
+    expand_files(&mut m, cluster, id, lists).await?;
+    Ok(m)
+}
+
+/// Fills every file's blocks from its block lists.
+async fn expand_files(m: &mut Manifest, cluster: &str, id: &str, lists: &ListReader) -> Result<()> {
     let key = layout::backup_manifest(cluster, id).to_string();
     for f in &mut m.files {
         lists.expand(f, &key).await?;
     }
-    Ok(m)
+    Ok(())
 }
 
 /// Reads a manifest with its files' metadata but, for files recorded as block lists, not their
@@ -381,8 +398,7 @@ pub async fn load_spilled(
     if listed.is_empty() {
         return Ok((head, files));
     }
-    let index = crate::store::blocks::BlockIndex::load_wanted(repo, listed).await?;
-    let lists = ListReader::with_index(repo, std::sync::Arc::new(index));
+    let lists = ListReader::for_lists(repo, listed).await?;
     let mut expanded = FileSpool::new()?;
     let mut uncounted = BackupStats::default();
     for f in files.entries() {
