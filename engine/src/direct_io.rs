@@ -121,6 +121,11 @@ impl AlignedBuf {
         &self.raw[self.start + self.len - n..self.start + self.len]
     }
 
+    /// The last `n` bytes it holds, to change in place.
+    pub fn tail_mut(&mut self, n: usize) -> &mut [u8] {
+        &mut self.raw[self.start + self.len - n..self.start + self.len]
+    }
+
     /// Appends `data`; the caller keeps within [`AlignedBuf::remaining`].
     pub fn push(&mut self, data: &[u8]) {
         let at = self.start + self.len;

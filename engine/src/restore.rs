@@ -49,7 +49,7 @@
 //! what grows with the backup is the index of its blocks (52 bytes per distinct block, see
 //! [`BlockIndex`]) and each file's path.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -61,6 +61,7 @@ use futures::StreamExt;
 
 use crate::codec::tree_hash::{PartHash, PartedHash};
 use crate::cpu::{self, CpuPool};
+use crate::crypto::ContentId;
 use crate::direct_io;
 use crate::error::{Error, Result};
 use crate::fs_beneath;
@@ -71,8 +72,10 @@ use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
 use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
+use crate::store::manifest::entries::Patch;
 use crate::store::manifest::file_spool::SpooledFiles;
 use crate::store::manifest::{self, FileEntry, Manifest};
+use crate::store::patches;
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
@@ -180,14 +183,18 @@ pub async fn preflight(
 ) -> Result<BlockIndex> {
     let mut wanted = Vec::new();
     for f in files.entries() {
-        wanted.extend(f?.blocks.iter().filter_map(|b| b.0));
+        let f = f?;
+        wanted.extend(f.blocks.iter().filter_map(|b| b.0));
+        wanted.extend(f.patches.iter().map(|p| p.delta));
     }
     let index = BlockIndex::load_wanted(repo, wanted).await?;
     if let Some(missing) = index.first_missing() {
         let mut path = String::from("?");
         for f in files.entries() {
             let f = f?;
-            if f.blocks.iter().any(|b| b.0 == Some(missing)) {
+            if f.blocks.iter().any(|b| b.0 == Some(missing))
+                || f.patches.iter().any(|p| p.delta == missing)
+            {
                 path = f.path;
                 break;
             }
@@ -779,11 +786,7 @@ impl FileJob<'_> {
             let mut j = i + 1;
             while j < f.blocks.len() && !f.blocks[j].is_zero() && !same(j) {
                 let e = locate(index, f, j)?;
-                if e.pack_id != first.pack_id
-                    || e.entry.offset < end
-                    || e.entry.offset - end > MAX_GAP
-                    || end - first.entry.offset >= MAX_RUN
-                {
+                if !joins_run(&first, end, &e) {
                     break;
                 }
                 end = e.entry.offset + u64::from(e.entry.sealed_len);
@@ -828,6 +831,7 @@ impl FileJob<'_> {
                                 .await?
                         }
                     };
+                    let patches = fetch_patches(repo, index, f, &run).await?;
                     let out = RunOutput {
                         codec: repo.codec().clone(),
                         file,
@@ -838,13 +842,14 @@ impl FileJob<'_> {
                     };
                     let base = first.entry.offset;
                     pool.run(move || {
+                        let patches = out.open_patches(patches)?;
                         if direct {
                             let cap = direct_io::GROUP_LEN.max(block_size as usize);
                             direct_io::with_group_buf(cap, |g| {
-                                out.write_run(&run, base, &bytes, Some(g))
+                                out.write_run(&run, base, &bytes, Some(g), &patches)
                             })
                         } else {
-                            out.write_run(&run, base, &bytes, None)
+                            out.write_run(&run, base, &bytes, None, &patches)
                         }
                     })
                     .await
@@ -1064,6 +1069,7 @@ impl RunOutput {
         base: u64,
         sealed: &[u8],
         mut group: Option<&mut direct_io::AlignedBuf>,
+        patches: &HashMap<usize, (Patch, Vec<u8>)>,
     ) -> Result<Vec<(usize, PartHash)>> {
         let write_err = |err| Error::io("writing a restored file", err);
         let (block_size, size) = (self.block_size, self.size);
@@ -1098,25 +1104,38 @@ impl RunOutput {
                         return Err(wrong_len(n));
                     }
                     g.commit(n);
+                    let id = self.patched(*pos, g.tail_mut(n), patches, e)?;
                     match self.parted {
                         Some(p) => hashes.push((*pos, p.part(size, *pos, g.tail(n)))),
-                        None if self.codec.content_id(g.tail(n)) != e.entry.block_id => {
+                        None if self.codec.content_id(g.tail(n)) != id => {
                             return Err(corrupt(format!(
                                 "block {} does not hash to its id",
-                                e.entry.block_id.to_hex()
+                                id.to_hex()
                             )))
                         }
                         None => {}
                     }
                 }
                 None => {
-                    let plain = match self.parted {
+                    let patch = patches.contains_key(pos);
+                    let mut plain = match self.parted {
                         Some(_) => open_block_authenticated(&self.codec, &e.entry, sealed),
+                        // A patched block is checked once patched.
+                        None if patch => open_block_authenticated(&self.codec, &e.entry, sealed),
                         None => open_block(&self.codec, &e.entry, sealed),
                     }
                     .map_err(|err| corrupt(err.to_string()))?;
                     if plain.len() != want {
                         return Err(wrong_len(plain.len()));
+                    }
+                    if patch {
+                        let id = self.patched(*pos, &mut plain, patches, e)?;
+                        if self.codec.content_id(&plain) != id {
+                            return Err(corrupt(format!(
+                                "block {} does not hash to its id",
+                                id.to_hex()
+                            )));
+                        }
                     }
                     if let Some(p) = self.parted {
                         hashes.push((*pos, p.part(size, *pos, &plain)));
@@ -1132,6 +1151,107 @@ impl RunOutput {
         }
         Ok(hashes)
     }
+}
+
+impl RunOutput {
+    /// Opens the patches of a run (authenticated: their envelopes bind their ids; what they
+    /// make is checked against the patched block's id).
+    fn open_patches(
+        &self,
+        fetched: Vec<(usize, Patch, IndexEntry, bytes::Bytes)>,
+    ) -> Result<HashMap<usize, (Patch, Vec<u8>)>> {
+        fetched
+            .into_iter()
+            .map(|(pos, p, e, sealed)| {
+                let plain =
+                    open_block_authenticated(&self.codec, &e.entry, &sealed).map_err(|err| {
+                        Error::corrupt(layout::pack(&e.pack_id).to_string(), err.to_string())
+                    })?;
+                Ok((pos, (p, plain)))
+            })
+            .collect()
+    }
+
+    /// Applies block `pos`'s patch, if it has one, to `block` (its base, opened); returns
+    /// the id the block must now hash to.
+    fn patched(
+        &self,
+        pos: usize,
+        block: &mut [u8],
+        patches: &HashMap<usize, (Patch, Vec<u8>)>,
+        base: &IndexEntry,
+    ) -> Result<ContentId> {
+        let Some((p, delta)) = patches.get(&pos) else {
+            return Ok(base.entry.block_id);
+        };
+        patches::apply(block, delta, p.mask).map_err(|err| {
+            Error::corrupt(
+                self.pack.clone(),
+                format!("patch {} of block {pos}: {err}", p.delta.to_hex()),
+            )
+        })?;
+        Ok(p.id)
+    }
+}
+
+/// Whether block `e` can join a range read that starts at `first` and so far ends at `end`:
+/// same pack, after it, at most [`MAX_GAP`] bytes later, and the read not yet [`MAX_RUN`].
+fn joins_run(first: &IndexEntry, end: u64, e: &IndexEntry) -> bool {
+    e.pack_id == first.pack_id
+        && e.entry.offset >= end
+        && e.entry.offset - end <= MAX_GAP
+        && end - first.entry.offset < MAX_RUN
+}
+
+/// Fetches the patches of the blocks in `run` (usually one range read: a backup stores a
+/// file's patches next to each other).
+async fn fetch_patches(
+    repo: &Repository,
+    index: &BlockIndex,
+    f: &FileEntry,
+    run: &[(usize, IndexEntry)],
+) -> Result<Vec<(usize, Patch, IndexEntry, bytes::Bytes)>> {
+    let mut located = Vec::new();
+    for (pos, _) in run {
+        if let Some(p) = f.patch_at(*pos) {
+            let e = index.get(&p.delta).ok_or_else(|| {
+                Error::corrupt(
+                    f.path.clone(),
+                    format!("patch {} is not indexed", p.delta.to_hex()),
+                )
+            })?;
+            located.push((*pos, *p, e));
+        }
+    }
+    located.sort_by_key(|(_, _, e)| (e.pack_id, e.entry.offset));
+    let mut out = Vec::with_capacity(located.len());
+    let mut rest = &located[..];
+    while let Some((_, _, first)) = rest.first() {
+        let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
+        let mut n = 1;
+        for (_, _, e) in &rest[1..] {
+            if !joins_run(first, end, e) {
+                break;
+            }
+            end = e.entry.offset + u64::from(e.entry.sealed_len);
+            n += 1;
+        }
+        let bytes = repo
+            .storage()
+            .get_range(&layout::pack(&first.pack_id), first.entry.offset..end)
+            .await?;
+        for (pos, p, e) in &rest[..n] {
+            let at = (e.entry.offset - first.entry.offset) as usize;
+            out.push((
+                *pos,
+                *p,
+                *e,
+                bytes.slice(at..at + e.entry.sealed_len as usize),
+            ));
+        }
+        rest = &rest[n..];
+    }
+    Ok(out)
 }
 
 /// The file's BLAKE3 from the hashes of its blocks (hex; empty if a block's hash is missing,
@@ -1179,12 +1299,14 @@ async fn read_existing_ids(
     block_size: u64,
 ) -> Result<Option<Vec<bool>>> {
     let codec = repo.codec().clone();
-    let (p, blocks) = (path.to_path_buf(), f.blocks.clone());
+    // What each block is as restored: a patched block's own id, not its base's.
+    let ids: Vec<Option<ContentId>> = (0..f.blocks.len()).map(|i| f.content_id_at(i)).collect();
+    let p = path.to_path_buf();
     cpu::run(move || -> Result<Option<Vec<bool>>> {
         let mut buf = vec![0u8; block_size as usize];
-        let mut out = Vec::with_capacity(blocks.len());
+        let mut out = Vec::with_capacity(ids.len());
         let mut off = 0u64;
-        for b in &blocks {
+        for b in &ids {
             let mut filled = 0;
             while filled < buf.len() {
                 match file
@@ -1197,9 +1319,9 @@ async fn read_existing_ids(
             }
             off += filled as u64;
             let data = &buf[..filled];
-            let same = match b.0 {
+            let same = match b {
                 None => !data.is_empty() && data.iter().all(|x| *x == 0),
-                Some(id) => codec.content_id(data) == id,
+                Some(id) => codec.content_id(data) == *id,
             };
             out.push(same);
         }
@@ -1383,6 +1505,8 @@ mod tests {
             block_lists: Vec::new(),
             checksum: blake3::hash(data).to_hex().to_string(),
             bad_pages: Vec::new(),
+            patches: Vec::new(),
+            part_fps: Vec::new(),
         }
     }
 
@@ -1417,34 +1541,43 @@ mod tests {
         assert!(e.contains("one line"), "{e}");
     }
 
+    fn test_codec() -> crate::codec::Codec {
+        crate::codec::Codec::new(
+            "r",
+            crate::crypto::MasterSecret::generate().derive(),
+            true,
+            1,
+        )
+    }
+
+    /// A run of one block, sealed as `sealed` at the start of a pack.
+    fn one_block_run(id: ContentId, sealed: &[u8], bs: usize) -> [(usize, IndexEntry); 1] {
+        [(
+            0,
+            IndexEntry {
+                pack_id: PackId::new([1; 32]),
+                entry: crate::pack::PackEntry {
+                    block_id: id,
+                    offset: 0,
+                    sealed_len: sealed.len() as u32,
+                    raw_len: bs as u32,
+                },
+            },
+        )]
+    }
+
     #[test]
     fn without_a_checksum_every_block_written_must_hash_to_its_id() {
         // A block sealed under another block's id opens (the envelope binds the id it was
         // sealed with): only recomputing its content id tells it is not that block. Format-3
         // manifests have no whole-file checksum to catch it later.
-        let codec = crate::codec::Codec::new(
-            "r",
-            crate::crypto::MasterSecret::generate().derive(),
-            true,
-            1,
-        );
+        let codec = test_codec();
         let bs = 64 << 10;
         let (right, wrong) = (vec![7u8; bs], vec![9u8; bs]);
         let id = codec.content_id(&right);
         for (content, ok) in [(&right, true), (&wrong, false)] {
             let sealed = codec.seal(crate::codec::ObjectKind::Block, &id, b"", content, 1);
-            let run = [(
-                0usize,
-                IndexEntry {
-                    pack_id: PackId::new([1; 32]),
-                    entry: crate::pack::PackEntry {
-                        block_id: id,
-                        offset: 0,
-                        sealed_len: sealed.len() as u32,
-                        raw_len: bs as u32,
-                    },
-                },
-            )];
+            let run = one_block_run(id, &sealed, bs);
             let dir = tempfile::tempdir().unwrap();
             let out = RunOutput {
                 codec: codec.clone(),
@@ -1454,15 +1587,77 @@ mod tests {
                 size: bs as u64,
                 parted: None,
             };
-            let buffered = out.write_run(&run, 0, &sealed, None);
+            let none = HashMap::new();
+            let buffered = out.write_run(&run, 0, &sealed, None, &none);
             let direct = direct_io::with_group_buf(direct_io::GROUP_LEN, |g| {
-                out.write_run(&run, 0, &sealed, Some(g))
+                out.write_run(&run, 0, &sealed, Some(g), &none)
             });
             for (how, r) in [("buffered", buffered), ("direct", direct)] {
                 match r {
                     Ok(_) => assert!(ok, "{how}: the wrong block was accepted"),
                     Err(e) => assert!(!ok, "{how}: {e}"),
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_patched_block_is_written_patched_and_must_hash_to_the_patched_id() {
+        let codec = test_codec();
+        let bs = 64 << 10;
+        let base: Vec<u8> = (0..bs).map(|i| (i % 253) as u8).collect();
+        let mut new = base.clone();
+        new[patches::PART_LEN + 1] ^= 0x55;
+        let base_id = codec.content_id(&base);
+        let sealed = codec.seal(crate::codec::ObjectKind::Block, &base_id, b"", &base, 1);
+        let run = one_block_run(base_id, &sealed, bs);
+        let patch = |id, mask, content: &[u8]| {
+            let p = Patch {
+                pos: 0,
+                id,
+                delta: ContentId([2; 32]),
+                mask,
+            };
+            HashMap::from([(0usize, (p, patches::encode(content, mask)))])
+        };
+        let right = patch(codec.content_id(&new), 0b10, &new);
+        // Patched with the wrong part, or claiming the patched block is another one.
+        let wrong_part = patch(codec.content_id(&new), 0b100, &new);
+        let wrong_id = patch(ContentId([3; 32]), 0b10, &new);
+        for (patches, ok) in [(right, true), (wrong_part, false), (wrong_id, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f");
+            let out = RunOutput {
+                codec: codec.clone(),
+                file: Arc::new(
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&path)
+                        .unwrap(),
+                ),
+                pack: "packs/01".into(),
+                block_size: bs as u64,
+                size: bs as u64,
+                parted: None,
+            };
+            let buffered = out.write_run(&run, 0, &sealed, None, &patches);
+            if ok {
+                assert_eq!(std::fs::read(&path).unwrap(), new, "buffered");
+            }
+            let direct = direct_io::with_group_buf(direct_io::GROUP_LEN, |g| {
+                out.write_run(&run, 0, &sealed, Some(g), &patches)
+            });
+            for (how, r) in [("buffered", buffered), ("direct", direct)] {
+                match r {
+                    Ok(_) => assert!(ok, "{how}: a wrong patch was accepted"),
+                    Err(e) => assert!(!ok, "{how}: {e}"),
+                }
+            }
+            if ok {
+                assert_eq!(std::fs::read(&path).unwrap(), new, "direct");
             }
         }
     }

@@ -133,8 +133,10 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
                     .map(|why| format!("{} {why}; take a new backup", f.path));
             }
             let blocks = f.blocks.iter().filter_map(|b| b.0.as_ref());
-            // Its block lists are blocks too (read while the manifest loaded).
-            for id in blocks.chain(&f.block_lists) {
+            let patches = f.patches.iter().map(|p| &p.delta);
+            // Its block lists are blocks too (read while the manifest loaded), and so are
+            // its patches.
+            for id in blocks.chain(patches).chain(&f.block_lists) {
                 match index.get(id) {
                     Some(e) => {
                         users.entry(e.pack_id).or_default().insert(m.id.clone());

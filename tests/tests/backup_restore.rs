@@ -39,7 +39,7 @@ fn backups_restore_to_the_source_state(backend: Backend) {
         "a healthy cluster has no checksum failures"
     );
 
-    pg.pgbench(&["-T", "2", "-c", "2"]).unwrap();
+    pg.pgbench(&["-t", "150", "-c", "2"]).unwrap();
     let incr = backup_json(&env, &[]);
     assert_eq!(incr["type"], "incr");
     assert_eq!(incr["reference"], full["id"]);
@@ -57,7 +57,7 @@ fn backups_restore_to_the_source_state(backend: Backend) {
         "dedup: blocks already stored are not stored again: {s}"
     );
 
-    pg.pgbench(&["-T", "2", "-c", "2"]).unwrap();
+    pg.pgbench(&["-t", "150", "-c", "2"]).unwrap();
     pg.psql(
         "postgres",
         "insert into in_ts select g, 'late' from generate_series(20001, 20100) g",
@@ -69,6 +69,19 @@ fn backups_restore_to_the_source_state(backend: Backend) {
         diff["reference"], full["id"],
         "a differential refers to the last full"
     );
+
+    // An incremental on top of the differential: blocks the differential stored as patches
+    // on the full's blocks are patched again against the same bases.
+    pg.pgbench(&["-t", "150", "-c", "2"]).unwrap();
+    let incr2 = backup_json(&env, &[]);
+    assert_eq!(incr2["reference"], diff["id"]);
+    for b in [&incr, &diff, &incr2] {
+        assert!(
+            b["stats"]["blocks_patched"].as_u64().unwrap() > 0,
+            "updates spread over pgbench_accounts change parts of blocks, stored as patches: {}",
+            b["stats"]
+        );
+    }
 
     pg.psql("postgres", "create table marker as select 7 as answer")
         .unwrap();
@@ -83,7 +96,7 @@ fn backups_restore_to_the_source_state(backend: Backend) {
     wait_archived(&pg, &last, Duration::from_secs(90));
     pg.stop().unwrap();
 
-    for (i, b) in [&full, &incr, &diff].iter().enumerate() {
+    for (i, b) in [&full, &incr, &diff, &incr2].iter().enumerate() {
         let id = b["id"].as_str().unwrap();
         // The source cluster is stopped and its tablespace directory still in use by it:
         // restore each backup's tablespace somewhere new by moving the old one away.

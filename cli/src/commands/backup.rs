@@ -106,6 +106,12 @@ pub async fn backup(
                 m.start_wal,
                 m.stop_wal
             );
+            if s.blocks_patched > 0 {
+                println!(
+                    "{} changed blocks recorded as patches on their earlier versions",
+                    s.blocks_patched
+                );
+            }
             if m.from_standby {
                 println!(
                     "taken on a standby (consistent at its minimum recovery point {})",

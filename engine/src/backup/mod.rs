@@ -574,10 +574,14 @@ async fn backup_with_lease(
                                 // From a backup listing every block (before manifest format
                                 // 2): listed now, or it would stay inline in every
                                 // incremental that reuses it.
-                                let (lists, new) =
-                                    block_lists::list(&codec, &unchanged.blocks, level, |id| {
-                                        known.claim(id)
-                                    });
+                                let (lists, new) = block_lists::list(
+                                    &codec,
+                                    &unchanged.blocks,
+                                    &[],
+                                    &[],
+                                    level,
+                                    |id| known.claim(id),
+                                );
                                 if !new.is_empty() && sink.send(new).await.is_err() {
                                     return Err(Error::InvalidInput(
                                         "the packer stopped (see the error above)".into(),

@@ -2,7 +2,9 @@
 //!
 //! Runs on the CPU pool (its reads are page-cache reads of the data directory). Dedup looks
 //! first at the reference backup's block at the same position (no lock, no lookup), then at
-//! the repository-wide set of known blocks. Only unknown blocks are compressed and sealed,
+//! the repository-wide set of known blocks. A changed block whose reference version has part
+//! fingerprints is stored as a patch on the reference's base when at most half of it changed
+//! ([`crate::store::patches`]). Only unknown blocks are compressed and sealed,
 //! and handed to the packer through a bounded channel: a slow object store blocks readers
 //! instead of growing memory.
 //!
@@ -17,12 +19,15 @@ use std::io::Read;
 use tokio::sync::mpsc;
 
 use crate::codec::{Codec, ObjectKind};
+use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::pg::checksum::{check_page, relation_segment_of_path, PageCheck, BLCKSZ, RELSEG_SIZE};
 use crate::pg::datadir::{Entry, EntryKind};
 use crate::store::block_lists;
 use crate::store::blocks::{KnownBlocks, SealedBlock};
+use crate::store::manifest::entries::Patch;
 use crate::store::manifest::{BlockRef, FileEntry};
+use crate::store::patches::{self, PART_LEN};
 
 /// What the reader needs to know.
 #[derive(Debug)]
@@ -88,9 +93,32 @@ pub fn read_file(
     };
     let mut buf = vec![0u8; ctx.block_size];
     let mut blocks = Vec::new();
+    // Part fingerprints of every block (0 where unknown), `parts` per block, and patches.
+    let parts = patches::parts(ctx.block_size);
+    let mut fps: Vec<u64> = Vec::new();
+    let mut patched: Vec<Patch> = Vec::new();
     let (mut read, mut new_bytes, mut new_blocks) = (0u64, 0u64, 0u64);
     let mut bad_pages = Vec::new();
     let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
+    let mut new_block = |id: ContentId, plain: &[u8], batch: &mut Vec<SealedBlock>| {
+        let sealed = ctx
+            .codec
+            .seal(ObjectKind::Block, &id, b"", plain, ctx.compress_level);
+        batch_bytes += sealed.len();
+        batch.push(SealedBlock {
+            id,
+            sealed,
+            raw_len: plain.len() as u32,
+        });
+        new_bytes += plain.len() as u64;
+        new_blocks += 1;
+        if batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
+            send(ctx, std::mem::take(batch))
+        } else {
+            Ok(())
+        }
+    };
     let mut blocks_in = BlockReader::new(&mut file);
     while let Some(n) = blocks_in
         .next_block(&mut buf)
@@ -107,37 +135,74 @@ pub fn read_file(
         }
         let position = blocks.len();
         read += n as u64;
+        let fps_at = fps.len();
         if data.iter().all(|b| *b == 0) {
             blocks.push(BlockRef::ZERO);
+            fps.extend(std::iter::repeat_n(0, parts.unwrap_or(0)));
             continue;
         }
-        let id = ctx.codec.content_id(data);
-        let same_as_parent = parent
-            .and_then(|p| p.blocks.get(position))
-            .is_some_and(|b| b.0 == Some(id));
-        if !same_as_parent && ctx.known.claim(id) {
-            let sealed = ctx
-                .codec
-                .seal(ObjectKind::Block, &id, b"", data, ctx.compress_level);
-            batch_bytes += sealed.len();
-            batch.push(SealedBlock {
-                id,
-                sealed,
-                raw_len: n as u32,
-            });
-            if batch_bytes >= BATCH_BYTES {
-                send(ctx, std::mem::take(&mut batch))?;
-                batch_bytes = 0;
+        let id = match parts {
+            Some(k) if n == ctx.block_size => {
+                let id = ctx.codec.content_id_parted(data, PART_LEN, &mut fps);
+                debug_assert_eq!(fps.len(), fps_at + k);
+                id
             }
-            new_bytes += n as u64;
-            new_blocks += 1;
+            Some(k) => {
+                fps.extend(std::iter::repeat_n(0, k));
+                ctx.codec.content_id(data)
+            }
+            None => ctx.codec.content_id(data),
+        };
+        if parent.and_then(|p| p.content_id_at(position)) == Some(id) {
+            // As in the reference: its block, and its patch if it was one.
+            let p = parent.expect("matched above");
+            blocks.push(p.blocks[position]);
+            if let Some(patch) = p.patch_at(position) {
+                patched.push(*patch);
+            }
+            continue;
+        }
+        if !ctx.known.contains(&id) {
+            let patch = parts.and_then(|k| {
+                patch_mask(parent, position, &fps[fps_at..], k).map(|mask| (k, mask))
+            });
+            if let Some((_, mask)) = patch {
+                let p = parent.expect("a patch needs a reference");
+                let plain = patches::encode(data, mask);
+                let delta = ctx.codec.content_id(&plain);
+                if ctx.known.claim(delta) {
+                    new_block(delta, &plain, &mut batch)?;
+                }
+                blocks.push(p.blocks[position]);
+                patched.push(Patch {
+                    pos: position as u32,
+                    id,
+                    delta,
+                    mask,
+                });
+                continue;
+            }
+            if ctx.known.claim(id) {
+                new_block(id, data, &mut batch)?;
+            }
         }
         blocks.push(BlockRef(Some(id)));
     }
-    let (block_lists, lists_new) =
-        block_lists::list(ctx.codec, &blocks, ctx.compress_level, |id| {
-            ctx.known.claim(id)
-        });
+    if parts.is_none() {
+        fps.clear();
+    }
+    let (block_lists, lists_new) = block_lists::list(
+        ctx.codec,
+        &blocks,
+        &fps,
+        &patched,
+        ctx.compress_level,
+        |id| ctx.known.claim(id),
+    );
+    if block_lists.is_empty() {
+        // Recorded block by block: nothing keeps fingerprints (and there are no patches).
+        fps = Vec::new();
+    }
     batch.extend(lists_new);
     if !batch.is_empty() {
         send(ctx, batch)?;
@@ -156,11 +221,31 @@ pub fn read_file(
             // for the ids, instead of two).
             checksum: String::new(),
             bad_pages,
+            patches: patched,
+            part_fps: fps,
         }),
         read,
         new_bytes,
         new_blocks,
     })
+}
+
+/// The parts to patch block `pos` with, if it is worth a patch: the reference's block there
+/// is whole and has fingerprints (`new`: this block's), and what differs from its base (the
+/// parts that changed since the reference, and those the reference's own patch replaced) is
+/// at most half the block.
+fn patch_mask(parent: Option<&FileEntry>, pos: usize, new: &[u64], parts: usize) -> Option<u64> {
+    let p = parent?;
+    p.blocks.get(pos)?.0?;
+    if p.part_fps.len() != p.blocks.len() * parts {
+        return None;
+    }
+    let old = &p.part_fps[pos * parts..(pos + 1) * parts];
+    let mut mask = patches::changed_parts(old, new);
+    if let Some(earlier) = p.patch_at(pos) {
+        mask |= earlier.mask;
+    }
+    patches::worth_patching(mask, parts).then_some(mask)
 }
 
 fn send(ctx: &ReadContext<'_>, batch: Vec<SealedBlock>) -> Result<()> {

@@ -213,6 +213,17 @@ impl Codec {
         self.ids.content_id(plaintext)
     }
 
+    /// [`Self::content_id`], with a fingerprint of each `part_len` bytes pushed to `fps`
+    /// (see [`crate::crypto::RepoKeys::content_id_parted`]).
+    pub fn content_id_parted(
+        &self,
+        plaintext: &[u8],
+        part_len: usize,
+        fps: &mut Vec<u64>,
+    ) -> ContentId {
+        self.ids.content_id_parted(plaintext, part_len, fps)
+    }
+
     fn key_for(&self, kind: ObjectKind, epoch: u32) -> Result<[u8; 32], CodecError> {
         self.held()
             .keys

@@ -40,6 +40,17 @@ pub enum PartHash {
 /// BLAKE3 (plain or keyed) of an input hashed in parts of `part_len` bytes: each part at its
 /// own time and place (a thread, out of order), the results merged at the end. Restores use
 /// it with their block size to check each whole file without reading it back.
+impl PartHash {
+    /// The first 8 bytes of the part's hash: tells changed parts from unchanged ones.
+    pub fn fingerprint(&self) -> u64 {
+        let bytes = match self {
+            PartHash::Whole(h) => h,
+            PartHash::Subtree(cv) => cv,
+        };
+        u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct PartedHash<'k> {
     key: Option<&'k [u8; 32]>,

@@ -150,11 +150,8 @@ impl RepoUsage {
                 .buffered(16)
                 .try_collect()
                 .await?;
-            self.holders.add_referenced(
-                runs.iter()
-                    .flat_map(|r| r.iter().filter_map(|b| b.0))
-                    .collect(),
-            );
+            self.holders
+                .add_referenced(runs.iter().flat_map(|r| r.referenced()).collect());
         }
         Ok(())
     }

@@ -29,89 +29,210 @@ use crate::crypto::ContentId;
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
 use crate::store::blocks::{BlockIndex, SealedBlock};
+use crate::store::manifest::entries::Patch;
 use crate::store::manifest::{BlockRef, FileEntry};
 
 /// Block ids per list: 8 MiB of a file at 64 KiB blocks, about 4 KiB of ids.
 pub const LIST_BLOCKS: usize = 128;
 
-/// What a list's plaintext starts with: the format's name and version.
-const MAGIC: &[u8; 5] = b"PGCL1";
+/// What a list's plaintext starts with: the format's name and version. Version 1 holds
+/// block ids; version 2 (manifest format 4) also each block's part fingerprints and patches
+/// ([`crate::store::patches`]).
+const MAGIC_V1: &[u8; 5] = b"PGCL1";
+const MAGIC: &[u8; 5] = b"PGCL2";
 
 /// Lists fetched at once while a file is expanded.
 const FETCH_AHEAD: usize = 16;
 
-/// Lists a [`ListReader`] keeps once read (about 4 KiB each, 4 MiB in all): verify loads every
-/// manifest, and backups share most of their lists with the first one read.
+/// Lists a [`ListReader`] keeps once read (4 to 12 KiB each, at most 12 MiB in all): verify
+/// loads every manifest, and backups share most of their lists with the first one read.
 const CACHED_LISTS: usize = 1 << 10;
 
-/// Whether a file of `blocks` blocks is recorded as block lists.
-pub fn applies(blocks: usize) -> bool {
-    blocks >= LIST_BLOCKS
+/// Whether a file of `blocks` blocks, `patches` of them stored as patches, is recorded as
+/// block lists (patches are recorded only there).
+pub fn applies(blocks: usize, patches: usize) -> bool {
+    blocks >= LIST_BLOCKS || patches > 0
 }
 
-/// A list's plaintext: [`MAGIC`], the count (u32, little-endian), then per block `0` (an
-/// all-zero block) or `1` and its 32-byte id.
-pub fn encode(blocks: &[BlockRef]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + blocks.len() * 33);
+/// One list, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListContents {
+    /// Block ids (a patched block's base).
+    pub blocks: Vec<BlockRef>,
+    /// Part fingerprints, `parts` per block; empty in a version 1 list.
+    pub fps: Vec<u64>,
+    /// Patched blocks, by position in the list.
+    pub patches: Vec<Patch>,
+}
+
+impl ListContents {
+    /// The stored blocks the list references: its blocks (bases included) and its patches.
+    pub fn referenced(&self) -> impl Iterator<Item = ContentId> + '_ {
+        let blocks = self.blocks.iter().filter_map(|b| b.0);
+        blocks.chain(self.patches.iter().map(|p| p.delta))
+    }
+}
+
+/// A list's plaintext: [`MAGIC`], the count (u32, little-endian), the parts per block (u8,
+/// 0 without fingerprints), then per block `0` (an all-zero block), or `1`, its 32-byte id
+/// and its fingerprints (u64 each), or `2`, the base's id, the fingerprints, the patched
+/// block's id, the patch's id and the mask (u64). `fps` holds `parts` per block or nothing;
+/// `patches` are by position in `blocks`, in order.
+pub fn encode(blocks: &[BlockRef], fps: &[u64], patches: &[Patch]) -> Vec<u8> {
+    let parts = if blocks.is_empty() {
+        0
+    } else {
+        fps.len() / blocks.len()
+    };
+    let mut out = Vec::with_capacity(10 + blocks.len() * (33 + parts * 8) + patches.len() * 72);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
-    for b in blocks {
-        match &b.0 {
-            None => out.push(0),
-            Some(id) => {
-                out.push(1);
+    out.push(parts as u8);
+    let mut patches = patches.iter().peekable();
+    for (i, b) in blocks.iter().enumerate() {
+        let patch = patches.next_if(|p| p.pos as usize == i);
+        match (&b.0, patch) {
+            (None, _) => out.push(0),
+            (Some(id), patch) => {
+                out.push(if patch.is_some() { 2 } else { 1 });
                 out.extend_from_slice(&id.0);
+                for fp in &fps[i * parts..(i + 1) * parts] {
+                    out.extend_from_slice(&fp.to_le_bytes());
+                }
+                if let Some(p) = patch {
+                    out.extend_from_slice(&p.id.0);
+                    out.extend_from_slice(&p.delta.0);
+                    out.extend_from_slice(&p.mask.to_le_bytes());
+                }
             }
         }
     }
     out
 }
 
-/// Parses a list's plaintext; the error says what is wrong with it.
-pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<BlockRef>, String> {
-    let rest = bytes
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or("not a block list (wrong magic)")?;
-    let (count, mut rest) = rest.split_at_checked(4).ok_or("truncated count")?;
-    let count = u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize;
+/// Takes `n` bytes off the front of `rest`.
+fn take<'a>(rest: &mut &'a [u8], n: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+    let (head, after) = rest
+        .split_at_checked(n)
+        .ok_or_else(|| format!("truncated {what}"))?;
+    *rest = after;
+    Ok(head)
+}
+
+fn take_id(rest: &mut &[u8], what: &str) -> std::result::Result<ContentId, String> {
+    Ok(ContentId(
+        take(rest, 32, what)?.try_into().expect("32 bytes"),
+    ))
+}
+
+fn take_u64(rest: &mut &[u8], what: &str) -> std::result::Result<u64, String> {
+    Ok(u64::from_le_bytes(
+        take(rest, 8, what)?.try_into().expect("8 bytes"),
+    ))
+}
+
+/// Parses a list's plaintext (version 1 or 2); the error says what is wrong with it.
+pub fn decode(bytes: &[u8]) -> std::result::Result<ListContents, String> {
+    let (v2, mut rest) = match (
+        bytes.strip_prefix(MAGIC.as_slice()),
+        bytes.strip_prefix(MAGIC_V1.as_slice()),
+    ) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err("not a block list (wrong magic)".into()),
+    };
+    let count = u32::from_le_bytes(take(&mut rest, 4, "count")?.try_into().expect("4 bytes"));
+    let count = count as usize;
     if count == 0 || count > LIST_BLOCKS {
         return Err(format!("holds {count} blocks, not 1 to {LIST_BLOCKS}"));
     }
-    let mut blocks = Vec::with_capacity(count);
-    for _ in 0..count {
-        let (tag, after) = rest.split_first().ok_or("truncated")?;
-        rest = after;
-        match tag {
-            0 => blocks.push(BlockRef::ZERO),
-            1 => {
-                let (id, after) = rest.split_at_checked(32).ok_or("truncated id")?;
-                rest = after;
-                blocks.push(BlockRef(Some(ContentId(id.try_into().expect("32 bytes")))));
+    let parts = if v2 {
+        take(&mut rest, 1, "parts")?[0] as usize
+    } else {
+        0
+    };
+    if parts > 64 {
+        return Err(format!("{parts} parts per block, more than 64"));
+    }
+    let mut list = ListContents {
+        blocks: Vec::with_capacity(count),
+        fps: Vec::with_capacity(count * parts),
+        patches: Vec::new(),
+    };
+    for pos in 0..count {
+        let tag = take(&mut rest, 1, "block")?[0];
+        match (tag, v2) {
+            (0, _) => {
+                list.blocks.push(BlockRef::ZERO);
+                list.fps.extend(std::iter::repeat_n(0, parts));
             }
-            t => return Err(format!("unknown block tag {t}")),
+            (1, _) | (2, true) => {
+                list.blocks.push(BlockRef(Some(take_id(&mut rest, "id")?)));
+                for _ in 0..parts {
+                    list.fps.push(take_u64(&mut rest, "fingerprint")?);
+                }
+                if tag == 2 {
+                    let id = take_id(&mut rest, "patched id")?;
+                    let delta = take_id(&mut rest, "patch id")?;
+                    let mask = take_u64(&mut rest, "patch mask")?;
+                    if mask == 0 {
+                        return Err(format!("patch of block {pos} replaces no part"));
+                    }
+                    list.patches.push(Patch {
+                        pos: pos as u32,
+                        id,
+                        delta,
+                        mask,
+                    });
+                }
+            }
+            (t, _) => return Err(format!("unknown block tag {t}")),
         }
     }
     if !rest.is_empty() {
         return Err(format!("{} bytes after its last block", rest.len()));
     }
-    Ok(blocks)
+    Ok(list)
 }
 
-/// The lists of a file's blocks: their ids in order, and those `claim` accepted, sealed for
+/// The lists of a file's blocks (`fps`: `parts` fingerprints per block, or none;
+/// `patches`: in position order): their ids in order, and those `claim` accepted, sealed for
 /// the packer (`claim` is the backup's set of known blocks: a list already stored, by this
 /// backup or an earlier one, is not stored again).
 pub fn list(
     codec: &Codec,
     blocks: &[BlockRef],
+    fps: &[u64],
+    patches: &[Patch],
     compress_level: i32,
     mut claim: impl FnMut(ContentId) -> bool,
 ) -> (Vec<ContentId>, Vec<SealedBlock>) {
     let (mut ids, mut new) = (Vec::new(), Vec::new());
-    if !applies(blocks.len()) {
+    if !applies(blocks.len(), patches.len()) {
         return (ids, new);
     }
-    for run in blocks.chunks(LIST_BLOCKS) {
-        let plain = encode(run);
+    let parts = match fps.len() % blocks.len() {
+        0 => fps.len() / blocks.len(),
+        _ => 0,
+    };
+    let mut patches = patches;
+    for (n, run) in blocks.chunks(LIST_BLOCKS).enumerate() {
+        let first = n * LIST_BLOCKS;
+        let here = patches.partition_point(|p| (p.pos as usize) < first + run.len());
+        let local: Vec<Patch> = patches[..here]
+            .iter()
+            .map(|p| Patch {
+                pos: p.pos - first as u32,
+                ..*p
+            })
+            .collect();
+        patches = &patches[here..];
+        let run_fps = if parts > 0 {
+            &fps[first * parts..(first + run.len()) * parts]
+        } else {
+            &[]
+        };
+        let plain = encode(run, run_fps, &local);
         let id = codec.content_id(&plain);
         if claim(id) {
             new.push(SealedBlock {
@@ -131,7 +252,7 @@ pub fn list(
 pub struct ListReader {
     repo: Repository,
     index: Arc<BlockIndex>,
-    cache: Mutex<HashMap<ContentId, Arc<[BlockRef]>>>,
+    cache: Mutex<HashMap<ContentId, Arc<ListContents>>>,
 }
 
 impl ListReader {
@@ -165,36 +286,52 @@ impl ListReader {
             ));
         }
         let prefix = format!("{}: ", f.path);
-        let runs: Vec<Arc<[BlockRef]>> = futures::stream::iter(f.block_lists.iter().copied())
+        let runs: Vec<Arc<ListContents>> = futures::stream::iter(f.block_lists.iter().copied())
             .map(|id| self.read(id, manifest, &prefix))
             .buffered(FETCH_AHEAD)
             .try_collect()
             .await?;
         let last = runs.len() - 1;
-        if let Some(i) = runs[..last].iter().position(|r| r.len() != LIST_BLOCKS) {
+        if let Some(i) = runs[..last]
+            .iter()
+            .position(|r| r.blocks.len() != LIST_BLOCKS)
+        {
             return Err(corrupt(format!(
                 "block list {} holds {} blocks; every list but the last holds {LIST_BLOCKS}",
                 f.block_lists[i],
-                runs[i].len()
+                runs[i].blocks.len()
             )));
         }
-        f.blocks = Vec::with_capacity(last * LIST_BLOCKS + runs[last].len());
-        for r in &runs {
-            f.blocks.extend_from_slice(r);
+        let count = last * LIST_BLOCKS + runs[last].blocks.len();
+        // Fingerprints only if every list has them, as many parts per block in each.
+        let parts = runs[0].fps.len() / runs[0].blocks.len();
+        let fps = parts > 0 && runs.iter().all(|r| r.fps.len() == r.blocks.len() * parts);
+        f.blocks = Vec::with_capacity(count);
+        f.part_fps = Vec::with_capacity(if fps { count * parts } else { 0 });
+        f.patches = Vec::new();
+        for (n, r) in runs.iter().enumerate() {
+            f.blocks.extend_from_slice(&r.blocks);
+            if fps {
+                f.part_fps.extend_from_slice(&r.fps);
+            }
+            f.patches.extend(r.patches.iter().map(|p| Patch {
+                pos: p.pos + (n * LIST_BLOCKS) as u32,
+                ..*p
+            }));
         }
         Ok(())
     }
 
     /// The block ids in list `id`; `object` (what names the list) is the corrupt object if
     /// the list is missing or damaged.
-    pub async fn list(&self, id: ContentId, object: &str) -> Result<Arc<[BlockRef]>> {
+    pub async fn list(&self, id: ContentId, object: &str) -> Result<Arc<ListContents>> {
         self.read(id, object, "").await
     }
 
     /// One list, from the cache or the block store (authenticated: its plaintext must hash to
     /// its id). Errors name `manifest`; their detail starts with `prefix` (the file that needs
     /// the list, and a colon).
-    async fn read(&self, id: ContentId, manifest: &str, prefix: &str) -> Result<Arc<[BlockRef]>> {
+    async fn read(&self, id: ContentId, manifest: &str, prefix: &str) -> Result<Arc<ListContents>> {
         if let Some(hit) = self.cache.lock().expect("list cache lock").get(&id) {
             return Ok(hit.clone());
         }
@@ -223,7 +360,7 @@ impl ListReader {
         };
         let plain = crate::pack::open_block(self.repo.codec(), &at.entry, &sealed)
             .map_err(|e| corrupt(format!("does not open: {e}")))?;
-        let run: Arc<[BlockRef]> = decode(&plain).map_err(corrupt)?.into();
+        let run = Arc::new(decode(&plain).map_err(corrupt)?);
         let mut cache = self.cache.lock().expect("list cache lock");
         if cache.len() < CACHED_LISTS {
             cache.insert(id, run.clone());
@@ -244,20 +381,53 @@ mod tests {
         BlockRef(Some(ContentId([n; 32])))
     }
 
+    fn plain(blocks: &[BlockRef]) -> ListContents {
+        ListContents {
+            blocks: blocks.to_vec(),
+            fps: Vec::new(),
+            patches: Vec::new(),
+        }
+    }
+
     #[test]
     fn lists_round_trip_with_zero_blocks() {
         let blocks = vec![id(1), BlockRef::ZERO, id(2), id(1)];
-        assert_eq!(decode(&encode(&blocks)).unwrap(), blocks);
+        assert_eq!(decode(&encode(&blocks, &[], &[])).unwrap(), plain(&blocks));
+    }
+
+    #[test]
+    fn lists_round_trip_with_fingerprints_and_patches() {
+        let blocks = vec![id(1), BlockRef::ZERO, id(2), id(3)];
+        let fps: Vec<u64> = (1..=16).collect();
+        let patches = vec![Patch {
+            pos: 2,
+            id: ContentId([9; 32]),
+            delta: ContentId([8; 32]),
+            mask: 0b10,
+        }];
+        let back = decode(&encode(&blocks, &fps, &patches)).unwrap();
+        assert_eq!(back.blocks, blocks);
+        // A zero block's fingerprints are not stored: they read back as unknown.
+        assert_eq!(back.fps[..4], fps[..4]);
+        assert_eq!(back.fps[4..8], [0; 4]);
+        assert_eq!(back.fps[8..], fps[8..]);
+        assert_eq!(back.patches, patches);
+        // A version 1 list (manifest formats 2 and 3) still reads, without fingerprints.
+        let mut v1 = b"PGCL1".to_vec();
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.push(1);
+        v1.extend_from_slice(&[1; 32]);
+        assert_eq!(decode(&v1).unwrap(), plain(&[id(1)]));
     }
 
     #[test]
     fn damaged_lists_are_refused_naming_the_fault() {
-        let good = encode(&[id(1), BlockRef::ZERO]);
+        let good = encode(&[id(1), BlockRef::ZERO], &[], &[]);
         assert!(decode(&good[..good.len() - 1])
             .unwrap_err()
             .contains("truncated"));
         let mut tag = good.clone();
-        tag[9] = 7;
+        tag[10] = 7;
         assert!(decode(&tag).unwrap_err().contains("tag 7"));
         let mut long = good.clone();
         long.push(0);
@@ -296,7 +466,19 @@ mod tests {
         refs: &[BlockRef],
         seen: &mut HashSet<ContentId>,
     ) -> usize {
-        let (ids, new) = list(repo.codec(), refs, 1, |id| seen.insert(id));
+        backup_patched(repo, id, refs, &[], &[], seen).await
+    }
+
+    /// [`backup`] with part fingerprints and patches.
+    async fn backup_patched(
+        repo: &Repository,
+        id: &str,
+        refs: &[BlockRef],
+        fps: &[u64],
+        patches: &[Patch],
+        seen: &mut HashSet<ContentId>,
+    ) -> usize {
+        let (ids, new) = list(repo.codec(), refs, fps, patches, 1, |id| seen.insert(id));
         let fresh = new.len();
         let mut packer = Packer::new(repo.clone());
         for b in new {
@@ -403,5 +585,57 @@ mod tests {
             "{:?}",
             v.problems
         );
+    }
+
+    #[tokio::test]
+    async fn patches_and_fingerprints_live_in_the_lists_and_gc_keeps_patch_blocks() {
+        let repo = crate::test_support::memory_repo().await.1;
+        let data: Vec<Vec<u8>> = (0..200u32).map(|n| n.to_le_bytes().repeat(16)).collect();
+        let refs = store_blocks(&repo, &data).await;
+        // The patch block alone in a pack of its own: only the list references it.
+        let delta = store_blocks(&repo, &[b"a patch".repeat(5)]).await[0]
+            .0
+            .unwrap();
+        let fps: Vec<u64> = (1..=200 * 4).collect();
+        let patches = [Patch {
+            pos: 150,
+            id: ContentId([5; 32]),
+            delta,
+            mask: 0b1,
+        }];
+        let mut seen = HashSet::new();
+        backup_patched(&repo, "20261124-000000F", &refs, &fps, &patches, &mut seen).await;
+        let raw = manifest::load_unexpanded(&repo, "main", "20261124-000000F")
+            .await
+            .unwrap();
+        assert!(raw.files[0].patches.is_empty() && raw.files[0].part_fps.is_empty());
+        let m = manifest::load(&repo, "main", "20261124-000000F")
+            .await
+            .unwrap();
+        assert_eq!(m.files[0].patches, patches);
+        assert_eq!(m.files[0].part_fps, fps);
+        assert_eq!(m.files[0].content_id_at(150), Some(ContentId([5; 32])));
+        assert_eq!(m.files[0].content_id_at(149), refs[149].0);
+        let (_, mut spilled) = manifest::load_spilled(&repo, "main", "20261124-000000F")
+            .await
+            .unwrap();
+        let f = spilled.take("base/1/1").unwrap().unwrap();
+        assert_eq!(
+            (f.patches.as_slice(), f.part_fps.len()),
+            (&patches[..], 800)
+        );
+
+        let r = crate::gc::gc(
+            &repo,
+            &crate::gc::GcOptions::with_grace(std::time::Duration::ZERO),
+        )
+        .await
+        .unwrap();
+        assert!(r.condemned.is_empty() && r.swept.is_empty(), "{r:?}");
+        let at = BlockIndex::load(&repo).await.unwrap().get(&delta).unwrap();
+        repo.storage()
+            .head(&layout::pack(&at.pack_id))
+            .await
+            .unwrap();
     }
 }

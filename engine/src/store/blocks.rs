@@ -339,6 +339,12 @@ impl KnownBlocks {
         })))
     }
 
+    /// Whether a block is known (stored, or claimed by this backup), without claiming it.
+    pub fn contains(&self, id: &ContentId) -> bool {
+        let known = self.0.lock().expect("known blocks lock");
+        known.sorted.binary_search(id).is_ok() || known.recent.contains(id)
+    }
+
     /// Claims a block: true if it was unknown (the caller must store it).
     pub fn claim(&self, id: ContentId) -> bool {
         let mut known = self.0.lock().expect("known blocks lock");

@@ -35,8 +35,9 @@ use crate::types::Lsn;
 
 /// Manifest format version: 2 records large files as block lists
 /// ([`crate::store::block_lists`]); 3 leaves files' `checksum` empty, a restore checking every
-/// block against its id instead. A manifest of a later format is refused, not misread.
-pub const MANIFEST_FORMAT: u32 = 3;
+/// block against its id instead; 4 adds part fingerprints and patches to the block lists
+/// ([`crate::store::patches`]). A manifest of a later format is refused, not misread.
+pub const MANIFEST_FORMAT: u32 = 4;
 
 /// Refuses a manifest this version cannot read whole (a later format could record blocks
 /// where this one does not look, and a restore would write empty files).
@@ -301,9 +302,11 @@ impl<I: Iterator<Item = Result<FileEntry>>> Serialize for StreamedManifest<I> {
                 for f in &mut *files {
                     let mut f = f.map_err(S::Error::custom)?;
                     if !f.block_lists.is_empty() {
-                        // Recorded by its lists: the ids themselves are in them.
+                        // Recorded by its lists: the ids, fingerprints and patches are in them.
                         f.blocks = Vec::new();
+                        f.patches = Vec::new();
                     }
+                    f.part_fps = Vec::new();
                     seq.serialize_element(&f)?;
                 }
                 seq.end()

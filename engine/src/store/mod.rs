@@ -63,6 +63,7 @@ pub mod head;
 pub mod ids;
 pub mod limit;
 pub mod manifest;
+pub mod patches;
 pub mod sealed;
 pub mod status;
 pub mod timestamp;

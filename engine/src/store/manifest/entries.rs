@@ -109,9 +109,106 @@ pub struct FileEntry {
     /// Pages whose checksum failed while reading.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bad_pages: Vec<u32>,
+    /// Blocks stored as a patch on an earlier version of themselves (backups since manifest
+    /// format 4, files recorded as block lists only, see [`crate::store::patches`]), by
+    /// position: `blocks[pos]` is then the base the patch applies to. In a manifest they are
+    /// in the block lists; here (and in a spooled entry) they are expanded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<Patch>,
+    /// Fingerprints of each block's parts ([`crate::store::patches::PART_LEN`] bytes each,
+    /// `parts` per block, 0 where unknown), for the next backup to tell which parts changed.
+    /// In a manifest they are in the block lists; empty for a file recorded block by block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "fingerprints")]
+    pub part_fps: Vec<u64>,
+}
+
+/// A block stored as a patch: its content is `blocks[pos]` with the parts in `mask` replaced
+/// by those the patch block `delta` holds, and must hash to `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patch {
+    /// Block position in the file.
+    pub pos: u32,
+    /// Content id of the patched block (what a restore checks).
+    pub id: ContentId,
+    /// The block holding the replaced parts.
+    pub delta: ContentId,
+    /// Which parts it replaces (bit `i`: part `i`).
+    pub mask: u64,
+}
+
+impl Serialize for Patch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        (self.pos, self.id.to_hex(), self.delta.to_hex(), self.mask).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Patch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let (pos, id, delta, mask) = <(
+            u32,
+            std::borrow::Cow<'de, str>,
+            std::borrow::Cow<'de, str>,
+            u64,
+        )>::deserialize(d)?;
+        let hex = |t: &str| {
+            ContentId::from_hex(t)
+                .ok_or_else(|| serde::de::Error::custom("patch id is not 64 hex digits"))
+        };
+        Ok(Patch {
+            pos,
+            id: hex(&id)?,
+            delta: hex(&delta)?,
+            mask,
+        })
+    }
+}
+
+/// Part fingerprints as one hex string (16 digits each).
+mod fingerprints {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(fps: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(fps.len() * 16);
+        for fp in fps {
+            text.push_str(&format!("{fp:016x}"));
+        }
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if text.len() % 16 != 0 {
+            return Err(serde::de::Error::custom(
+                "part fingerprints are not 16 hex digits each",
+            ));
+        }
+        (0..text.len() / 16)
+            .map(|i| {
+                u64::from_str_radix(&text[i * 16..i * 16 + 16], 16)
+                    .map_err(|_| serde::de::Error::custom("part fingerprint is not hex"))
+            })
+            .collect()
+    }
 }
 
 impl FileEntry {
+    /// The patch of block `pos`, if it is stored as one.
+    pub fn patch_at(&self, pos: usize) -> Option<&Patch> {
+        self.patches
+            .binary_search_by_key(&(pos as u32), |p| p.pos)
+            .ok()
+            .map(|i| &self.patches[i])
+    }
+
+    /// The content id of block `pos` as restored (`None`: all zeros or past the end): the
+    /// patched block's for a patch, the block's own otherwise.
+    pub fn content_id_at(&self, pos: usize) -> Option<ContentId> {
+        match self.patch_at(pos) {
+            Some(p) => Some(p.id),
+            None => self.blocks.get(pos).and_then(|b| b.0),
+        }
+    }
+
     /// Whether the blocks cover the size exactly as a restore places them (block `i` at
     /// `i * block_size`, every block full but the last). Backups made before the reader
     /// stopped at a growing file's first short block could list one short block mid-file.
@@ -151,6 +248,9 @@ pub struct BackupStats {
     pub blocks_new: u64,
     /// Files reused from the reference backup without reading.
     pub files_unchanged: u64,
+    /// Blocks recorded as a patch on an earlier version ([`crate::store::patches`]).
+    #[serde(default)]
+    pub blocks_patched: u64,
 }
 
 #[cfg(test)]
@@ -170,6 +270,8 @@ mod tests {
             block_lists: Vec::new(),
             checksum: String::new(),
             bad_pages: Vec::new(),
+            patches: Vec::new(),
+            part_fps: Vec::new(),
         };
         let bs = 64 << 10;
         assert!(entry(0, 0).blocks_fit(bs));

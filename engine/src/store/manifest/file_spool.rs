@@ -88,6 +88,7 @@ impl FileSpool {
         stats.files += 1;
         stats.size += entry.size;
         stats.blocks += entry.blocks.iter().filter(|b| !b.is_zero()).count() as u64;
+        stats.blocks_patched += entry.patches.len() as u64;
         if !entry.bad_pages.is_empty() {
             self.bad_pages
                 .push((entry.path.clone(), entry.bad_pages.clone()));
@@ -215,6 +216,8 @@ mod tests {
             block_lists: Vec::new(),
             checksum: "c".into(),
             bad_pages: bad.to_vec(),
+            patches: Vec::new(),
+            part_fps: vec![u64::MAX, 1],
         }
     }
 
