@@ -637,5 +637,24 @@ mod tests {
             .head(&layout::pack(&at.pack_id))
             .await
             .unwrap();
+
+        // A patch whose block the store never had: a restore's preflight refuses before
+        // writing anything, naming the file.
+        let lost = Patch {
+            delta: ContentId([6; 32]),
+            ..patches[0]
+        };
+        backup_patched(&repo, "20261124-000100I", &refs, &fps, &[lost], &mut seen).await;
+        let (m, files) = manifest::load_spilled(&repo, "main", "20261124-000100I")
+            .await
+            .unwrap();
+        let e = crate::restore::preflight(&repo, &m, &files)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&ContentId([6; 32]).to_hex()) && e.contains("base/1/1"),
+            "{e}"
+        );
     }
 }
