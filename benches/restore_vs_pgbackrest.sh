@@ -56,10 +56,14 @@
 # one with `cargo build --release --locked -p pgcairn`); PG_BINDIR (PostgreSQL 15's bin).
 #
 # S3=1: both repositories in the local S3 server (scripts/s3-local.sh: moto, in memory, one
-# bucket, a prefix per tool and round). pgcairn talks plain HTTP to it; pgBackRest only speaks
-# HTTPS to S3, so it goes through a socat TLS terminator with a self-signed certificate
-# (repo1-storage-verify-tls=n). Stored bytes are summed from the bucket listing (boto3 from
-# moto's venv). moto is a Python server: its own cost weighs on both tools' timings.
+# bucket, a prefix per tool and round). pgBackRest only speaks HTTPS to S3, and moto's own TLS
+# mode is unusable (see ../shared/S3-LOCAL.md), so moto sits behind a socat TLS terminator
+# with a certificate from a throwaway CA, and both tools go through it: pgBackRest without
+# verifying it (repo1-storage-verify-tls=n), pgcairn verifying it against the CA (ca_file).
+# socat forks a process per connection, which weighs on whichever tool opens more; S3_PLAIN=1
+# lets pgcairn talk plain HTTP to moto instead (what runs before 2026-12-03 measured).
+# Stored bytes are summed from the bucket listing (boto3 from moto's venv). moto is a Python
+# server: its own cost weighs on both tools' timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-10}
@@ -105,13 +109,27 @@ if [ "$S3" = 1 ]; then
     S3_PORT=${PGCAIRN_TEST_S3_ENDPOINT##*:}
     S3_BUCKET=$PGCAIRN_TEST_S3_BUCKET
     TLS_PORT=$(free_port)
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/tls.key" -out "$W/tls.crt" -days 2 \
+    # A throwaway CA and a server certificate it signs (rustls refuses a self-signed
+    # certificate that is its own CA).
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/ca.key" -out "$W/ca.crt" -days 2 \
+        -subj /CN=pgcairn-bench-ca -addext basicConstraints=critical,CA:TRUE \
+        -addext keyUsage=critical,keyCertSign >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -keyout "$W/tls.key" -out "$W/tls.csr" \
         -subj /CN=127.0.0.1 >/dev/null 2>&1
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+        > "$W/tls.ext"
+    openssl x509 -req -in "$W/tls.csr" -CA "$W/ca.crt" -CAkey "$W/ca.key" -CAcreateserial \
+        -out "$W/tls.crt" -days 2 -extfile "$W/tls.ext" >/dev/null 2>&1
+    chmod 644 "$W/ca.crt"
     cat "$W/tls.key" "$W/tls.crt" > "$W/tls.pem"
     socat "OPENSSL-LISTEN:$TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$W/tls.pem,verify=0" "TCP:127.0.0.1:$S3_PORT" \
         2>"$W/socat.log" &
     SOCAT_PID=$!
-    echo "   S3: moto at $PGCAIRN_TEST_S3_ENDPOINT (bucket $S3_BUCKET), TLS for pgBackRest on port $TLS_PORT"
+    if [ "${S3_PLAIN:-0}" = 1 ]; then
+        echo "   S3: moto at $PGCAIRN_TEST_S3_ENDPOINT (bucket $S3_BUCKET); TLS terminator for pgBackRest on port $TLS_PORT, pgcairn plain HTTP"
+    else
+        echo "   S3: moto at $PGCAIRN_TEST_S3_ENDPOINT (bucket $S3_BUCKET) behind a TLS terminator on port $TLS_PORT, for both tools"
+    fi
 fi
 # Repository settings of round $1 (S3: a fresh prefix per round).
 write_configs() {
@@ -132,10 +150,16 @@ repo1-storage-verify-tls=n"
     fi
     pgbr_conf "$repo" "${PGBR_EXTRA%$'\n'}"
     if [ "$S3" = 1 ]; then
+        if [ "${S3_PLAIN:-0}" = 1 ]; then
+            repo="endpoint = \"$PGCAIRN_TEST_S3_ENDPOINT\"
+allow_http = true"
+        else
+            repo="endpoint = \"https://127.0.0.1:$TLS_PORT\"
+ca_file = \"$W/ca.crt\""
+        fi
         repo="url = \"s3://$S3_BUCKET/pgb-r$1\"
-endpoint = \"$PGCAIRN_TEST_S3_ENDPOINT\"
+$repo
 region = \"us-east-1\"
-allow_http = true
 access_key_id = \"test\"
 secret_access_key = \"test\""
     else
@@ -364,7 +388,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-REPO_KIND=local; [ "$S3" = 1 ] && REPO_KIND="S3 (moto)"
+REPO_KIND=local; [ "$S3" = 1 ] && REPO_KIND="S3 (moto behind one TLS terminator for both)"; [ "$S3" = 1 ] && [ "${S3_PLAIN:-0}" = 1 ] && REPO_KIND="S3 (moto; pgBackRest through a TLS terminator, pgcairn plain HTTP)"
 python3 - "$SCALE" "$DB_BYTES" "$ROUNDS" "$PGBR_VERSION" "$PGBR_OPTS" "$REPO_KIND" "$PGB_STORED_NEW" \
     "${BEST[pgcairn-full]}" "${BEST[pgbackrest-full]}" "${BEST[pgcairn-incr]}" "${BEST[pgbackrest-incr]}" \
     "${INCR_BYTES[pgcairn]}" "${INCR_BYTES[pgbackrest]}" "${BEST[pgcairn-restore]}" "${BEST[pgbackrest-restore]}" \
