@@ -825,11 +825,7 @@ impl FileJob<'_> {
                         {
                             b.slice((first.entry.offset - at) as usize..(end - at) as usize)
                         }
-                        _ => {
-                            repo.storage()
-                                .get_range(&key, first.entry.offset..end)
-                                .await?
-                        }
+                        _ => read_range(repo, &first.pack_id, first.entry.offset..end).await?,
                     };
                     let patches = fetch_patches(repo, index, f, &run).await?;
                     let out = RunOutput {
@@ -1194,6 +1190,28 @@ impl RunOutput {
     }
 }
 
+/// A range of a pack, refused as corrupt if the pack is shorter than the index says.
+async fn read_range(
+    repo: &Repository,
+    pack: &PackId,
+    range: std::ops::Range<u64>,
+) -> Result<bytes::Bytes> {
+    let key = layout::pack(pack);
+    let bytes = repo.storage().get_range(&key, range.clone()).await?;
+    if bytes.len() as u64 != range.end - range.start {
+        return Err(Error::corrupt(
+            key.to_string(),
+            format!(
+                "{} bytes at {} where the index has blocks up to {}: the pack is truncated",
+                bytes.len(),
+                range.start,
+                range.end
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Whether block `e` can join a range read that starts at `first` and so far ends at `end`:
 /// same pack, after it, at most [`MAX_GAP`] bytes later, and the read not yet [`MAX_RUN`].
 fn joins_run(first: &IndexEntry, end: u64, e: &IndexEntry) -> bool {
@@ -1236,10 +1254,7 @@ async fn fetch_patches(
             end = e.entry.offset + u64::from(e.entry.sealed_len);
             n += 1;
         }
-        let bytes = repo
-            .storage()
-            .get_range(&layout::pack(&first.pack_id), first.entry.offset..end)
-            .await?;
+        let bytes = read_range(repo, &first.pack_id, first.entry.offset..end).await?;
         for (pos, p, e) in &rest[..n] {
             let at = (e.entry.offset - first.entry.offset) as usize;
             out.push((
@@ -1660,6 +1675,20 @@ mod tests {
                 assert_eq!(std::fs::read(&path).unwrap(), new, "direct");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_pack_shorter_than_its_index_says_is_refused_as_corrupt() {
+        let (_, repo) = crate::test_support::memory_repo().await;
+        let pack = PackId::new([0xab; 32]);
+        repo.storage()
+            .put_create(&layout::pack(&pack), bytes::Bytes::from(vec![1u8; 100]))
+            .await
+            .unwrap();
+        assert_eq!(read_range(&repo, &pack, 10..60).await.unwrap().len(), 50);
+        let e = read_range(&repo, &pack, 50..150).await.unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("truncated"), "{e}");
     }
 
     #[test]

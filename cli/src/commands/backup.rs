@@ -108,7 +108,7 @@ pub async fn backup(
             );
             if s.blocks_patched > 0 {
                 println!(
-                    "{} changed blocks recorded as patches on their earlier versions",
+                    "{} blocks recorded as patches on base blocks (changed parts only)",
                     s.blocks_patched
                 );
             }

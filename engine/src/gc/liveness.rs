@@ -122,6 +122,7 @@ impl RepoUsage {
                             f.blocks
                                 .iter()
                                 .filter_map(|b| b.0)
+                                .chain(f.patches.iter().map(|p| p.delta))
                                 .chain(f.block_lists.iter().copied())
                         })
                         .collect(),

@@ -175,8 +175,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<ListContents, String> {
                     let id = take_id(&mut rest, "patched id")?;
                     let delta = take_id(&mut rest, "patch id")?;
                     let mask = take_u64(&mut rest, "patch mask")?;
-                    if mask == 0 {
-                        return Err(format!("patch of block {pos} replaces no part"));
+                    if mask == 0 || (parts > 0 && parts < 64 && mask >> parts != 0) {
+                        return Err(format!("patch of block {pos} replaces no part, or parts past the block's {parts} (mask {mask:#x})"));
                     }
                     list.patches.push(Patch {
                         pos: pos as u32,
@@ -208,13 +208,20 @@ pub fn list(
     mut claim: impl FnMut(ContentId) -> bool,
 ) -> (Vec<ContentId>, Vec<SealedBlock>) {
     let (mut ids, mut new) = (Vec::new(), Vec::new());
-    if !applies(blocks.len(), patches.len()) {
+    if blocks.is_empty() || !applies(blocks.len(), patches.len()) {
         return (ids, new);
     }
     let parts = match fps.len() % blocks.len() {
         0 => fps.len() / blocks.len(),
         _ => 0,
     };
+    debug_assert!(
+        patches.windows(2).all(|w| w[0].pos < w[1].pos)
+            && patches
+                .iter()
+                .all(|p| blocks.get(p.pos as usize).is_some_and(|b| !b.is_zero())),
+        "patches in position order, each on a stored block"
+    );
     let mut patches = patches;
     for (n, run) in blocks.chunks(LIST_BLOCKS).enumerate() {
         let first = n * LIST_BLOCKS;

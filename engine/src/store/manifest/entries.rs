@@ -177,7 +177,7 @@ mod fingerprints {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        if text.len() % 16 != 0 {
+        if !text.is_ascii() || text.len() % 16 != 0 {
             return Err(serde::de::Error::custom(
                 "part fingerprints are not 16 hex digits each",
             ));
@@ -248,7 +248,8 @@ pub struct BackupStats {
     pub blocks_new: u64,
     /// Files reused from the reference backup without reading.
     pub files_unchanged: u64,
-    /// Blocks recorded as a patch on an earlier version ([`crate::store::patches`]).
+    /// Of the blocks referenced, those recorded as a patch on a base block
+    /// ([`crate::store::patches`]), by this backup or (unchanged since) an earlier one.
     #[serde(default)]
     pub blocks_patched: u64,
 }
