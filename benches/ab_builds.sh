@@ -12,7 +12,7 @@
 #     by each build: its time and the bytes its packs added;
 #   - three rounds of a restore of each build's newest backup into an empty directory after a
 #     `sync`, alternating, the new build first in odd rounds.
-# Times are wall seconds of the command. Use it to see what a change buys or costs (build the old
+# Times are wall seconds of the command, with its CPU seconds (user + system). Use it to see what a change buys or costs (build the old
 # tree with `git worktree add` and its own CARGO_TARGET_DIR); the machine's noise is as large as
 # many effects, so look at every pair, not one.
 set -euo pipefail
@@ -43,24 +43,33 @@ pg_init "$W/bin/old --config $W/old.toml archive-push %p && $W/bin/new --config 
 pg_start
 pgbench_init "$SCALE"
 echo "== $("$W/bin/old" --version) against $("$W/bin/new" --version), pgbench scale $SCALE, in $W"
-timed() { local t0 t1; t0=$(now_ns); "$@" >/dev/null; t1=$(now_ns); echo "scale=2; ($t1 - $t0) / 1000000000" | bc; }
-run() { as_pg "$W/bin/$1" --config "$W/$1.toml" --progress never "${@:2}"; }
+# Runs build $1 (old or new) with the rest as arguments; prints its wall seconds and its CPU
+# seconds (user + system) in parentheses.
+timed() {
+    local v=$1 as=()
+    shift
+    [ "$(id -u)" = 0 ] && as=(runuser -u postgres --)
+    /usr/bin/time -f '%e %U %S' -o "$W/time" "${as[@]}" "$W/bin/$v" --config "$W/$v.toml" \
+        --progress never "$@" >/dev/null
+    read -r wall user sys < <(tail -n 1 "$W/time")
+    echo "$wall s ($(echo "$user + $sys" | bc) s CPU)"
+}
 for round in 1 2 3; do
     for v in old new; do
         sync
-        echo "   full backup $v (round $round): $(timed run "$v" backup --type full) s"
+        echo "   full backup $v (round $round): $(timed "$v" backup --type full)"
     done
 done
 as_pg "$PGBIN/pgbench" -h "$W" -p "$PORT" -U postgres -c 2 -j 2 -t "$TX" postgres >/dev/null 2>&1
 for v in old new; do
     before=$(du -sb "$W/repo-$v/packs" | cut -f1)
-    t=$(timed run "$v" backup --type incr)
-    echo "   incremental $v: $t s, packs +$(($(du -sb "$W/repo-$v/packs" | cut -f1) - before)) B"
+    t=$(timed "$v" backup --type incr)
+    echo "   incremental $v: $t, packs +$(($(du -sb "$W/repo-$v/packs" | cut -f1) - before)) B"
 done
 for round in 1 2 3; do
     order="old new"; [ $((round % 2)) = 1 ] && order="new old"
     for v in $order; do
         rm -rf "$W/r"; sync
-        echo "   restore $v (round $round): $(timed run "$v" restore --pgdata "$W/r") s"
+        echo "   restore $v (round $round): $(timed "$v" restore --pgdata "$W/r")"
     done
 done
