@@ -240,3 +240,58 @@ fn a_backup_of_many_small_blocks_finishes_and_restores() {
     let _stop_restored = StopOnDrop(&restored);
     assert_eq!(pgbench_fingerprint(&restored), expected);
 }
+
+/// A delta restore of an incremental whose changed blocks are patches, into a directory that
+/// holds the full backup the patches apply to: blocks already right are kept (compared with
+/// what the block is, the patched block's id, not its base's), the others written as base
+/// plus patch; the result starts with the source's rows.
+#[test]
+fn a_delta_restore_of_a_patched_incremental_over_its_full_backup() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let full = backup_json(&env, &["--type", "full"]);
+    pg.pgbench(&["-t", "150", "-c", "2"]).unwrap();
+    let incr = backup_json(&env, &[]);
+    assert!(
+        incr["stats"]["blocks_patched"].as_u64().unwrap() > 0,
+        "{}",
+        incr["stats"]
+    );
+    let expected = pgbench_fingerprint(&pg);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    drop(stop);
+    pg.stop().unwrap();
+
+    env.restore("delta", &["--backup", full["id"].as_str().unwrap()]);
+    let out = env.restore(
+        "delta",
+        &["--delta", "--backup", incr["id"].as_str().unwrap()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mib = |after: &str| -> f64 {
+        let at = text
+            .find(after)
+            .unwrap_or_else(|| panic!("{after}: {text}"));
+        text[..at]
+            .rsplit(' ')
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{after}: {text}"))
+    };
+    let (reused, rewritten) = (mib("MiB reused"), mib("MiB rewritten"));
+    assert!(
+        reused > 0.0 && rewritten > 0.0,
+        "unchanged blocks kept, the changed ones written: {text}"
+    );
+    let r = env.restored_instance("delta", false);
+    r.start().unwrap();
+    let _stop_r = StopOnDrop(&r);
+    wait_recovered(&r, "delta", Duration::from_secs(180));
+    assert_eq!(pgbench_fingerprint(&r), expected);
+}
