@@ -162,29 +162,28 @@ pub fn read_file(
             }
             continue;
         }
-        if !ctx.known.contains(&id) {
-            let patch = parts.and_then(|k| {
-                patch_mask(parent, position, &fps[fps_at..], k).map(|mask| (k, mask))
+        // A patch if at most half the block changed and the whole block is not stored
+        // already (then it costs nothing); the known set is only asked twice for blocks that
+        // could be patches, not for every block of a full backup.
+        let mask = parts.and_then(|k| patch_mask(parent, position, &fps[fps_at..], k));
+        if let Some(mask) = mask.filter(|_| !ctx.known.contains(&id)) {
+            let p = parent.expect("a patch needs a reference");
+            let plain = patches::encode(data, mask);
+            let delta = ctx.codec.content_id(&plain);
+            if ctx.known.claim(delta) {
+                new_block(delta, &plain, &mut batch)?;
+            }
+            blocks.push(p.blocks[position]);
+            patched.push(Patch {
+                pos: position as u32,
+                id,
+                delta,
+                mask,
             });
-            if let Some((_, mask)) = patch {
-                let p = parent.expect("a patch needs a reference");
-                let plain = patches::encode(data, mask);
-                let delta = ctx.codec.content_id(&plain);
-                if ctx.known.claim(delta) {
-                    new_block(delta, &plain, &mut batch)?;
-                }
-                blocks.push(p.blocks[position]);
-                patched.push(Patch {
-                    pos: position as u32,
-                    id,
-                    delta,
-                    mask,
-                });
-                continue;
-            }
-            if ctx.known.claim(id) {
-                new_block(id, data, &mut batch)?;
-            }
+            continue;
+        }
+        if ctx.known.claim(id) {
+            new_block(id, data, &mut batch)?;
         }
         blocks.push(BlockRef(Some(id)));
     }

@@ -443,6 +443,16 @@ mod tests {
         assert!(decode(b"nope").unwrap_err().contains("magic"));
     }
 
+    /// A gc run with no grace period.
+    async fn gc_now(repo: &Repository) -> crate::gc::GcReport {
+        crate::gc::gc(
+            repo,
+            &crate::gc::GcOptions::with_grace(std::time::Duration::ZERO),
+        )
+        .await
+        .unwrap()
+    }
+
     /// Stores `blocks` (plaintexts) in one pack; returns their refs.
     async fn store_blocks(repo: &Repository, blocks: &[Vec<u8>]) -> Vec<BlockRef> {
         let mut packer = Packer::new(repo.clone());
@@ -541,12 +551,7 @@ mod tests {
             .await
             .unwrap()
             .len();
-        let r = crate::gc::gc(
-            &repo,
-            &crate::gc::GcOptions::with_grace(std::time::Duration::ZERO),
-        )
-        .await
-        .unwrap();
+        let r = gc_now(&repo).await;
         assert!(r.condemned.is_empty() && r.swept.is_empty(), "{r:?}");
         assert_eq!(
             repo.storage()
@@ -632,12 +637,7 @@ mod tests {
             (&patches[..], 800)
         );
 
-        let r = crate::gc::gc(
-            &repo,
-            &crate::gc::GcOptions::with_grace(std::time::Duration::ZERO),
-        )
-        .await
-        .unwrap();
+        let r = gc_now(&repo).await;
         assert!(r.condemned.is_empty() && r.swept.is_empty(), "{r:?}");
         let at = BlockIndex::load(&repo).await.unwrap().get(&delta).unwrap();
         repo.storage()

@@ -168,9 +168,10 @@ mod fingerprints {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(fps: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write;
         let mut text = String::with_capacity(fps.len() * 16);
         for fp in fps {
-            text.push_str(&format!("{fp:016x}"));
+            write!(text, "{fp:016x}").expect("writing to a String");
         }
         s.serialize_str(&text)
     }
