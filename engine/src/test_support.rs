@@ -1,10 +1,17 @@
-//! Shared helpers for the engine's unit tests: synthetic manifests without a PostgreSQL.
+//! Shared helpers for the engine's unit tests: synthetic manifests without a PostgreSQL, and
+//! storage that fails on cue ([`FailAfter`]).
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::crypto::{ContentId, KdfParams, KeyFile, Unlock};
 use crate::repo::{InitOptions, Repository};
-use crate::storage::{MemoryStorage, Storage};
+use crate::storage::{
+    CreateOutcome, MemoryStorage, ObjectInfo, ObjectKey, ObjectVersion, Storage, StorageError,
+};
 use crate::store::manifest::{self, Manifest};
 
 /// A new repository on in-memory storage, opened with a fresh key file.
@@ -67,4 +74,82 @@ pub async fn save_manifest(repo: &Repository, id: &str, blocks: &[ContentId]) {
     manifest::save(repo, &manifest_of(id, blocks))
         .await
         .unwrap();
+}
+
+/// Storage whose writes and deletes fail after a budget: a run killed at that point.
+#[derive(Debug)]
+pub struct FailAfter {
+    inner: Arc<dyn Storage>,
+    left: AtomicI64,
+}
+
+impl FailAfter {
+    /// `budget` writes and deletes succeed, every later one fails.
+    pub fn new(inner: Arc<dyn Storage>, budget: i64) -> Self {
+        FailAfter {
+            inner,
+            left: AtomicI64::new(budget),
+        }
+    }
+
+    fn spend(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            return Err(StorageError::Permanent {
+                op: "put",
+                key: key.to_string(),
+                detail: "injected failure".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Storage for FailAfter {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
+        self.inner.get_versioned(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> std::result::Result<CreateOutcome, StorageError> {
+        self.spend(key)?;
+        self.inner.put_create(key, data).await
+    }
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> std::result::Result<ObjectVersion, StorageError> {
+        self.spend(key)?;
+        self.inner.put_swap(key, data, expected).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+        self.spend(key)?;
+        self.inner.delete(key).await
+    }
 }

@@ -2,20 +2,16 @@
 //! dropped only when nothing is left under it, and a run failing at any write leaving every
 //! backup block, manifest and WAL file readable.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-
-use async_trait::async_trait;
-use bytes::Bytes;
 
 use super::*;
 use crate::archive::get::get_wal_file;
 use crate::archive::push::{push_wal_file, WalSource};
 use crate::pg::wal_header::tests::fake_segment;
 use crate::repo::keys::RotateInputs;
-use crate::storage::{CreateOutcome, MemoryStorage, ObjectInfo, ObjectVersion, Storage};
+use crate::storage::{MemoryStorage, Storage};
 use crate::store::blocks::{BlockIndex, Packer, SealedBlock};
-use crate::test_support::save_manifest;
+use crate::test_support::{save_manifest, FailAfter};
 use crate::types::WalFileName;
 
 fn opts() -> ReencryptOptions {
@@ -254,76 +250,6 @@ async fn old_epochs_stay_until_the_grace_period_has_passed() {
     assert_everything_reads(&storage, &unlock, &ids, &wal).await;
 }
 
-/// Storage whose writes and deletes fail after a budget: a run killed at that point.
-#[derive(Debug)]
-struct FailAfter {
-    inner: Arc<dyn Storage>,
-    left: AtomicI64,
-}
-
-impl FailAfter {
-    fn spend(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
-        if self.left.fetch_sub(1, Ordering::SeqCst) <= 0 {
-            return Err(StorageError::Permanent {
-                op: "put",
-                key: key.to_string(),
-                detail: "injected failure".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Storage for FailAfter {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn get_versioned(
-        &self,
-        key: &ObjectKey,
-    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
-        self.inner.get_versioned(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        range: std::ops::Range<u64>,
-    ) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
-        self.inner.head(key).await
-    }
-    async fn put_create(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-    ) -> std::result::Result<CreateOutcome, StorageError> {
-        self.spend(key)?;
-        self.inner.put_create(key, data).await
-    }
-    async fn put_swap(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-        expected: Option<&ObjectVersion>,
-    ) -> std::result::Result<ObjectVersion, StorageError> {
-        self.spend(key)?;
-        self.inner.put_swap(key, data, expected).await
-    }
-    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
-        self.spend(key)?;
-        self.inner.delete(key).await
-    }
-}
-
 #[tokio::test]
 async fn a_run_stopped_at_any_write_leaves_everything_readable_and_the_next_completes() {
     let mut budget = 0;
@@ -331,10 +257,7 @@ async fn a_run_stopped_at_any_write_leaves_everything_readable_and_the_next_comp
         // A fresh repository each time, the run stopped at its `budget`-th write.
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
         let (unlock, ids, wal) = rotated_repo(storage.clone()).await;
-        let faulty: Arc<dyn Storage> = Arc::new(FailAfter {
-            inner: storage.clone(),
-            left: AtomicI64::new(budget),
-        });
+        let faulty: Arc<dyn Storage> = Arc::new(FailAfter::new(storage.clone(), budget));
         let repo = Repository::open(faulty, Some(&unlock)).await.unwrap();
         let run = reencrypt(&repo, Some(&unlock), None, &opts()).await;
         // A killed process leaves its leases behind; they expire (here: removed).
