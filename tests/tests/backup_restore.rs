@@ -21,7 +21,16 @@ fn backups_restore_to_the_source_state(backend: Backend) {
         &format!("create tablespace extra location '{}'", ts.display()),
     )
     .unwrap();
-    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    // Scale 6: pgbench_accounts is larger than a piece (64 MiB), so the backups read it in
+    // pieces on both reader threads, and the incrementals patch blocks in its second piece.
+    pg.pgbench(&["-i", "-s", "6", "-q"]).unwrap();
+    let accounts = pg
+        .psql("postgres", "select pg_relation_size('pgbench_accounts')")
+        .unwrap();
+    assert!(
+        accounts.trim().parse::<u64>().unwrap() > 64 << 20,
+        "pgbench_accounts must span more than one piece: {accounts}"
+    );
     pg.psql("postgres", "create table in_ts tablespace extra as select g as id, md5(g::text) as v from generate_series(1, 20000) g").unwrap();
 
     // Files modified within the safety window before a backup are re-read by the next

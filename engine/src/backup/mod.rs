@@ -39,7 +39,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{info, instrument};
 
-use self::reader::{read_file, FileRead, ReadContext};
+use self::reader::{read_file, read_in_pieces, FileRead, ReadContext};
 use crate::cpu::CpuPool;
 use crate::error::{Error, Result};
 use crate::pg::datadir::{self, Entry, EntryKind};
@@ -519,12 +519,17 @@ async fn backup_with_lease(
     let codec = Arc::new(repo.codec().clone());
     let verify = session.data_checksums;
     let checksum_delta = opts.checksum_delta;
+    let read_ctx = ReadContext {
+        codec: codec.clone(),
+        block_size: opts.block_size,
+        compress_level: opts.compress_level,
+        verify_checksums: verify,
+        start_lsn: start_lsn.0,
+        known: known.clone(),
+        sink: block_tx,
+    };
     let results = {
-        let codec = codec.clone();
-        let known = known.clone();
-        let block_tx = block_tx.clone();
         let block_size = opts.block_size;
-        let level = opts.compress_level;
         let reference_files = Arc::new(std::sync::Mutex::new(reference_files));
         // Readers block on the bounded channel into the packer, so they run on threads of
         // their own: on the shared CPU pool they could fill every thread while the packer
@@ -552,9 +557,7 @@ async fn backup_with_lease(
                 futures::future::ready((!is_dir).then_some(e))
             })
             .map(|e| {
-                let codec = codec.clone();
-                let known = known.clone();
-                let sink = block_tx.clone();
+                let ctx = read_ctx.clone();
                 let readers = readers.clone();
                 let refs = reference_files.clone();
                 async move {
@@ -575,14 +578,14 @@ async fn backup_with_lease(
                                 // 2): listed now, or it would stay inline in every
                                 // incremental that reuses it.
                                 let (lists, new) = block_lists::list(
-                                    &codec,
+                                    &ctx.codec,
                                     &unchanged.blocks,
                                     &[],
                                     &[],
-                                    level,
-                                    |id| known.claim(id),
+                                    ctx.compress_level,
+                                    |id| ctx.known.claim(id),
                                 );
-                                if !new.is_empty() && sink.send(new).await.is_err() {
+                                if !new.is_empty() && ctx.sink.send(new).await.is_err() {
                                     return Err(Error::InvalidInput(
                                         "the packer stopped (see the error above)".into(),
                                     ));
@@ -603,19 +606,18 @@ async fn backup_with_lease(
                             ));
                         }
                     }
+                    let size = match e.kind {
+                        EntryKind::File { size, .. } => size,
+                        EntryKind::Dir => 0,
+                    };
+                    let ranges = reader::pieces(size, block_size);
+                    if ranges.len() > 1 {
+                        return read_in_pieces(&readers, ctx, e, parent, ranges)
+                            .await
+                            .map(|r| (r, false));
+                    }
                     readers
-                        .run(move || {
-                            let ctx = ReadContext {
-                                codec: &codec,
-                                block_size,
-                                compress_level: level,
-                                verify_checksums: verify,
-                                start_lsn: start_lsn.0,
-                                known: &known,
-                                sink,
-                            };
-                            read_file(&ctx, &e, parent.as_ref()).map(|r| (r, false))
-                        })
+                        .run(move || read_file(&ctx, &e, parent.as_ref()).map(|r| (r, false)))
                         .await
                 }
             })
@@ -643,7 +645,7 @@ async fn backup_with_lease(
         failure
     };
     if let Some(e) = results {
-        drop(block_tx);
+        drop(read_ctx);
         packer_task.abort();
         return Err(e);
     }
@@ -656,15 +658,7 @@ async fn backup_with_lease(
     };
     tablespaces.sort_by_key(|t| t.oid);
     // pg_control, then any WAL copies: read one at a time after the parallel walk.
-    let alone = AloneReader {
-        codec: codec.clone(),
-        known: known.clone(),
-        sink: block_tx,
-        block_size: opts.block_size,
-        compress_level: opts.compress_level,
-        verify_checksums: verify,
-        start_lsn,
-    };
+    let alone = AloneReader { ctx: read_ctx };
     if let Some(e) = held_control {
         alone.read(e, &mut files, &mut stats, progress).await?;
     }
@@ -820,13 +814,7 @@ fn tally(read: &FileRead, stats: &mut BackupStats, progress: &dyn Progress) {
 
 /// Reads single files (outside the parallel walk) into the backup's packer.
 struct AloneReader {
-    codec: Arc<crate::codec::Codec>,
-    known: Arc<KnownBlocks>,
-    sink: mpsc::Sender<Vec<crate::store::blocks::SealedBlock>>,
-    block_size: usize,
-    compress_level: i32,
-    verify_checksums: bool,
-    start_lsn: Lsn,
+    ctx: ReadContext,
 }
 
 impl AloneReader {
@@ -837,29 +825,12 @@ impl AloneReader {
         stats: &mut BackupStats,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let (codec, known, sink) = (self.codec.clone(), self.known.clone(), self.sink.clone());
-        let (block_size, compress_level, verify_checksums, start_lsn) = (
-            self.block_size,
-            self.compress_level,
-            self.verify_checksums,
-            self.start_lsn.0,
-        );
+        let ctx = self.ctx.clone();
         // A blocking thread, not the shared CPU pool: the reader may wait for the packer
         // (see the readers' pool in the parallel walk).
-        let read = tokio::task::spawn_blocking(move || {
-            let ctx = ReadContext {
-                codec: &codec,
-                block_size,
-                compress_level,
-                verify_checksums,
-                start_lsn,
-                known: &known,
-                sink,
-            };
-            read_file(&ctx, &e, None)
-        })
-        .await
-        .map_err(|e| Error::InvalidInput(format!("reading a file failed: {e}")))??;
+        let read = tokio::task::spawn_blocking(move || read_file(&ctx, &e, None))
+            .await
+            .map_err(|e| Error::InvalidInput(format!("reading a file failed: {e}")))??;
         tally(&read, stats, progress);
         if let Some(f) = read.entry {
             files.push(&f, stats)?;
