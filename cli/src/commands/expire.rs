@@ -167,13 +167,15 @@ pub async fn gc(
         );
     }
     println!(
-        "read {} manifests, {} index entries ({} blocks referenced); {} objects listed, {:.1} MiB read, {} index segments rewritten, in {:.1}s{}",
+        "read {} manifests, {} index entries ({} blocks referenced); {} objects listed, {:.1} MiB read, {} index segments rewritten, {} merged into {}, in {:.1}s{}",
         r.manifests,
         r.index_entries,
         r.referenced_blocks,
         r.objects_listed,
         mib(r.bytes_read),
         r.index_rewritten,
+        r.index_merged,
+        r.index_merged_into,
         started.elapsed().as_secs_f64(),
         if dry_run { " (dry run: nothing changed)" } else { "" }
     );

@@ -36,6 +36,9 @@
 //!    so, and deduplicated against it; its manifest is not written yet). Index segments listing
 //!    a swept pack are first rewritten without its entries (new segment created, then the old
 //!    one deleted), then the pack is deleted, then `gc/state` forgets it.
+//! 7. **Merge index segments** ([`merge_index`]): once there are enough small ones, they are
+//!    merged into larger ones (merged segment written, then the small ones deleted), so that
+//!    every command that reads the index makes a few requests instead of one per pack.
 //!
 //! Invariants: an index entry never points to a deleted pack (index rewritten before the pack
 //! goes); every block a manifest references keeps at least one holder (a pack is condemned only
@@ -50,6 +53,7 @@
 
 mod holders;
 pub mod liveness;
+pub mod merge_index;
 pub mod repack;
 
 use std::collections::HashSet;
@@ -149,6 +153,10 @@ pub struct GcReport {
     pub referenced_blocks: usize,
     /// Index segments rewritten.
     pub index_rewritten: usize,
+    /// Small index segments merged ([`merge_index`]), and the segments written in their place.
+    pub index_merged: usize,
+    /// Segments the merged ones were written into.
+    pub index_merged_into: usize,
     /// Packs holding objects sealed under an old key epoch whose referenced blocks were
     /// copied out and resealed (key rotation only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -345,18 +353,22 @@ pub(crate) async fn gc_locked_with(
     report.live_packs = usage.packs.len() - state.condemned.len();
     // Record condemnations first: backups starting from now on avoid these packs.
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
-    if sweep.is_empty() {
-        report.space = usage.space();
-        return Ok((report, clean));
+    if !sweep.is_empty() {
+        let doomed: HashSet<PackId> = sweep.iter().copied().collect();
+        report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
+        for id in &sweep {
+            repo.storage().delete(&layout::pack(id)).await?;
+            state.condemned.remove(id);
+            usage.packs.remove(id);
+        }
+        state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
     }
-    let doomed: HashSet<PackId> = sweep.iter().copied().collect();
-    report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
-    for id in &sweep {
-        repo.storage().delete(&layout::pack(id)).await?;
-        state.condemned.remove(id);
-        usage.packs.remove(id);
-    }
-    state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
+    // 7. Merge small index segments.
+    let merged = merge_index::merge_small_segments(repo, opts.object_lock).await?;
+    report.objects_listed += merged.listed;
+    report.bytes_read += merged.bytes_read;
+    report.index_merged = merged.replaced;
+    report.index_merged_into = merged.written;
     report.space = usage.space();
     Ok((report, clean))
 }

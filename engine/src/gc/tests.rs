@@ -377,3 +377,82 @@ async fn packs_under_object_lock_retention_stay_condemned_until_it_ends() {
     assert_eq!(pack_names(&repo).await.len(), 1);
     assert_readable(&repo, &a).await;
 }
+
+async fn segment_names(repo: &Repository) -> Vec<String> {
+    let mut v: Vec<String> = repo
+        .storage()
+        .list(layout::INDEX_PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn small_index_segments_are_merged_and_every_block_stays_located() {
+    use merge_index::{MERGED_ENTRIES, MERGE_AT};
+    let repo = repo().await;
+    // One segment per pack, as one per backup of a quiet database.
+    let mut all = Vec::new();
+    for p in 0..MERGE_AT as u32 + 4 {
+        all.extend(pack_of(&repo, p * 10..p * 10 + 3).await);
+    }
+    save_manifest(&repo, "20261124-000000F", &all).await;
+    let before = segment_names(&repo).await;
+    assert_eq!(before.len(), MERGE_AT + 4);
+    let located = |index: &BlockIndex| -> Vec<_> { all.iter().map(|b| index.get(b)).collect() };
+    let was = located(&BlockIndex::load(&repo).await.unwrap());
+    assert!(was.iter().all(Option::is_some));
+
+    // A dry run reports the merge and changes nothing.
+    let dry = gc(&repo.clone().into_dry_run(), &opts()).await.unwrap();
+    assert_eq!((dry.index_merged, dry.index_merged_into), (MERGE_AT + 4, 1));
+    assert_eq!(segment_names(&repo).await, before);
+
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(
+        (r.index_merged, r.index_merged_into),
+        (MERGE_AT + 4, 1),
+        "{r:?}"
+    );
+    let after = segment_names(&repo).await;
+    assert_eq!(after.len(), 1);
+    assert!(!before.contains(&after[0]));
+    assert_eq!(located(&BlockIndex::load(&repo).await.unwrap()), was);
+    assert_readable(&repo, &all).await;
+
+    // Below MERGE_AT small segments, nothing is rewritten.
+    let again = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(again.index_merged, 0);
+    assert_eq!(segment_names(&repo).await, after);
+    assert!(MERGED_ENTRIES > all.len());
+}
+
+#[tokio::test]
+async fn a_merged_segment_holds_at_most_merged_entries() {
+    use merge_index::{merge_small_segments, MERGED_ENTRIES, MERGE_AT};
+    let repo = repo().await;
+    // Sixteen segments of an eighth of a merged segment each: two merged segments. The index
+    // entries (not the blocks) are what counts, so many tiny blocks per pack.
+    let per_pack = MERGED_ENTRIES / 8;
+    let mut all = Vec::new();
+    for p in 0..MERGE_AT as u32 {
+        let blocks = (0..per_pack as u32)
+            .map(|i| (p * 1_000_000 + i).to_le_bytes().to_vec())
+            .collect();
+        all.extend(pack_holding(&repo, blocks).await);
+    }
+    let done = merge_small_segments(&repo, None).await.unwrap();
+    assert_eq!(done.replaced, MERGE_AT);
+    assert_eq!(done.written, 2, "{done:?}");
+    let index = BlockIndex::load(&repo).await.unwrap();
+    assert!(all.iter().all(|b| index.get(b).is_some()));
+    for o in repo.storage().list(layout::INDEX_PREFIX).await.unwrap() {
+        let sealed = repo.storage().get(&o.key).await.unwrap();
+        let entries = crate::store::blocks::open_index_segment(&repo, &o.key, &sealed).unwrap();
+        assert!(entries.len() <= MERGED_ENTRIES, "{}", entries.len());
+    }
+}
