@@ -153,20 +153,32 @@ pub(crate) async fn read_in_pieces(
     parent: Option<FileEntry>,
     ranges: Vec<(usize, Option<usize>)>,
 ) -> Result<FileRead> {
-    let entry = Arc::new(entry);
-    let opened = {
-        let entry = entry.clone();
-        pool.run(move || open(&entry)).await?
-    };
-    let Some(file) = opened else {
-        return Ok(FileRead::vanished());
-    };
-    let (file, parent) = (Arc::new(file), Arc::new(parent));
+    let (entry, parent) = (Arc::new(entry), Arc::new(parent));
+    // A descriptor per piece: the kernel's readahead follows one descriptor's sequential
+    // reads; pieces sharing one would look to it like reads jumping between offsets.
     let jobs = ranges.into_iter().map(|(first, end)| {
-        let (ctx, entry, file, parent) = (ctx.clone(), entry.clone(), file.clone(), parent.clone());
-        pool.run(move || read_piece(&ctx, &entry, &file, parent.as_ref().as_ref(), first, end))
+        let (ctx, entry, parent) = (ctx.clone(), entry.clone(), parent.clone());
+        pool.run(move || match open(&entry)? {
+            Some(file) => {
+                read_piece(&ctx, &entry, &file, parent.as_ref().as_ref(), first, end).map(Some)
+            }
+            None => Ok(None),
+        })
     });
     let pieces = futures::future::try_join_all(jobs).await?;
+    if pieces.first().is_some_and(Option::is_none) {
+        return Ok(FileRead::vanished());
+    }
+    // A later piece that found the file gone: it ends there (dropped while it was read).
+    let pieces = pieces
+        .into_iter()
+        .map(|p| {
+            p.unwrap_or(Piece {
+                ended: true,
+                ..Piece::default()
+            })
+        })
+        .collect();
     pool.run(move || assemble(&ctx, &entry, pieces)).await
 }
 
@@ -363,8 +375,7 @@ fn assemble(ctx: &ReadContext, entry: &Entry, pieces: Vec<Piece>) -> Result<File
     })
 }
 
-/// A file read from `pos` on with positioned reads: the pieces of one file share its
-/// descriptor.
+/// A file read from `pos` on with positioned reads (a piece starts where its blocks do).
 struct At<'a> {
     file: &'a std::fs::File,
     pos: u64,
@@ -607,6 +618,16 @@ mod tests {
             assert_eq!(whole.read, 10 * BLOCK as u64 + BLCKSZ as u64);
             assert_eq!(whole.entry.unwrap().blocks.len(), 11);
         }
+        // Dropped since the walk: nothing to record, as when read whole.
+        let gone = Entry {
+            abs: dir.path().join("dropped"),
+            ..relation_file(dir.path(), 10, &[])
+        };
+        let (ctx, _rx) = context();
+        let read = read_in_pieces(&pool, ctx, gone, None, vec![(0, Some(3)), (3, None)])
+            .await
+            .unwrap();
+        assert!(read.entry.is_none() && read.read == 0);
     }
 
     #[test]
