@@ -163,11 +163,17 @@ pub struct TestEnv {
 }
 
 fn unique() -> String {
+    // The clock alone is not enough: two tests of one process creating their environments in
+    // the same clock tick would get the same S3 prefix, and the second `init` would find the
+    // first's repository (an `init` failed once with "another init created one at the same
+    // moment" on a prefix no other process used; this is the likely cause).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos();
-    format!("{}-{}", std::process::id(), n % 1_000_000_000_000)
+    let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{}-{seq}", std::process::id(), n % 1_000_000_000_000)
 }
 
 impl TestEnv {
