@@ -646,6 +646,14 @@ async fn backup_with_lease(
     };
     if let Some(e) = results {
         drop(read_ctx);
+        // A reader that found the packer gone only says so; the packer's own error (a failed
+        // upload, now often in the background) says why.
+        if packer_task.is_finished() {
+            if let Ok(Err(packer_error)) = packer_task.await {
+                return Err(packer_error);
+            }
+            return Err(e);
+        }
         packer_task.abort();
         return Err(e);
     }

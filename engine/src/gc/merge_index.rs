@@ -111,11 +111,18 @@ impl Group {
         entries.sort_unstable_by_key(|e| (e.entry.block_id, e.pack_id, e.entry.offset));
         entries.dedup();
         // In a dry run the storage wrapper records these instead ([`crate::store::dry_run`]).
+        // A segment is named by its entries, so a group can come out under the name of one of
+        // its own members: a merged segment read again with the sources a crashed run had not
+        // deleted yet. That one holds every entry and stays; deleting it with the others would
+        // leave their blocks in no segment (and gc would then sweep their packs).
         let (id, sealed) = seal_segment(repo.codec(), &entries);
-        repo.storage()
-            .put_create(&layout::index_segment(&id), bytes::Bytes::from(sealed))
-            .await?;
-        for o in &keys {
+        let merged = layout::index_segment(&id);
+        if !keys.iter().any(|o| o.key == merged) {
+            repo.storage()
+                .put_create(&merged, bytes::Bytes::from(sealed))
+                .await?;
+        }
+        for o in keys.iter().filter(|o| o.key != merged) {
             repo.storage().delete(&o.key).await?;
         }
         done.replaced += keys.len();

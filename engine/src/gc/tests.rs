@@ -456,3 +456,35 @@ async fn a_merged_segment_holds_at_most_merged_entries() {
         assert!(entries.len() <= MERGED_ENTRIES, "{}", entries.len());
     }
 }
+
+#[tokio::test]
+async fn a_merge_repeated_after_a_crash_keeps_the_merged_segment_it_comes_out_as() {
+    use merge_index::{merge_small_segments, MERGE_AT};
+    let repo = repo().await;
+    let mut all = Vec::new();
+    for p in 0..MERGE_AT as u32 + 4 {
+        all.extend(pack_of(&repo, p * 10..p * 10 + 3).await);
+    }
+    let mut sources = Vec::new();
+    for key in segment_names(&repo).await {
+        let key = crate::storage::ObjectKey::new(key);
+        sources.push((key.clone(), repo.storage().get(&key).await.unwrap()));
+    }
+    let first = merge_small_segments(&repo, None).await.unwrap();
+    assert_eq!((first.replaced, first.written), (MERGE_AT + 4, 1));
+    let merged = segment_names(&repo).await;
+    // A run killed while it deleted the sources: most of them are still there.
+    for (key, bytes) in sources.iter().take(MERGE_AT) {
+        repo.storage().put_create(key, bytes.clone()).await.unwrap();
+    }
+    // The merge of the merged segment and those sources comes out as the merged segment
+    // itself (same entries, same name): it must stay, and only the sources go.
+    merge_small_segments(&repo, None).await.unwrap();
+    assert_eq!(segment_names(&repo).await, merged);
+    let index = BlockIndex::load(&repo).await.unwrap();
+    assert!(
+        all.iter().all(|b| index.get(b).is_some()),
+        "every block located"
+    );
+    assert_readable(&repo, &all).await;
+}
