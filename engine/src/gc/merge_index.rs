@@ -19,6 +19,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use crate::error::Result;
 use crate::index::{seal_segment, IndexEntry};
 use crate::repo::{layout, Repository};
@@ -73,8 +75,15 @@ pub async fn merge_small_segments(
     // Oldest first: segments written together (one backup's) stay together.
     small.sort_by(|a, b| (a.modified, a.key.as_str()).cmp(&(b.modified, b.key.as_str())));
     let mut group = Group::default();
-    for o in small {
-        let sealed = match repo.storage().get(&o.key).await {
+    // In order (groups stay oldest first), 8 requests in flight as every index reader does.
+    let mut segments = futures::stream::iter(small)
+        .map(|o| async move {
+            let got = repo.storage().get(&o.key).await;
+            (o, got)
+        })
+        .buffered(8);
+    while let Some((o, got)) = segments.next().await {
+        let sealed = match got {
             Ok(s) => s,
             // Gone since the listing: only gc deletes segments, and this run holds gc's lease,
             // so an operator removed it; nothing to merge.

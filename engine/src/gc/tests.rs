@@ -53,14 +53,25 @@ async fn pack_holding(repo: &Repository, blocks: Vec<Vec<u8>>) -> Vec<ContentId>
     ids
 }
 
-async fn pack_names(repo: &Repository) -> Vec<PackId> {
-    let mut v: Vec<PackId> = repo
+/// The keys under `prefix`, sorted.
+async fn keys_under(repo: &Repository, prefix: &str) -> Vec<String> {
+    let mut v: Vec<String> = repo
         .storage()
-        .list(layout::PACKS_PREFIX)
+        .list(prefix)
         .await
         .unwrap()
         .into_iter()
-        .map(|o| layout::parse_pack(o.key.as_str()).unwrap())
+        .map(|o| o.key.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn pack_names(repo: &Repository) -> Vec<PackId> {
+    let mut v: Vec<PackId> = keys_under(repo, layout::PACKS_PREFIX)
+        .await
+        .iter()
+        .map(|k| layout::parse_pack(k).unwrap())
         .collect();
     v.sort();
     v
@@ -379,16 +390,7 @@ async fn packs_under_object_lock_retention_stay_condemned_until_it_ends() {
 }
 
 async fn segment_names(repo: &Repository) -> Vec<String> {
-    let mut v: Vec<String> = repo
-        .storage()
-        .list(layout::INDEX_PREFIX)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|o| o.key.to_string())
-        .collect();
-    v.sort();
-    v
+    keys_under(repo, layout::INDEX_PREFIX).await
 }
 
 #[tokio::test]
