@@ -79,6 +79,12 @@ use crate::store::patches;
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
+/// Most file bytes one run restores. A run is opened and written by one thread, block after
+/// block; bounded by sealed bytes alone, a run of well-compressed blocks (pgbench tables seal
+/// at a twentieth of their size) was 160 MiB of file, and the last such runs of a restore
+/// kept one core busy while the other idled for a few tenths of a second. Smaller runs spread
+/// a large file over every thread of the pool, for a few more range reads.
+const MAX_RUN_FILE_BYTES: u64 = 16 << 20;
 /// Bytes of other blocks a range read may carry between two blocks of the file it restores:
 /// reading past a few blocks costs less than another request. Packs written before backups
 /// batched each file's blocks interleave the blocks of the files read in parallel.
@@ -726,16 +732,11 @@ impl FileJob<'_> {
                 format!("the manifest {why}; restore another backup and take a new one"),
             ));
         }
-        let (dir, name) = self
-            .tree
-            .parent_for_write(&f.path)
-            .map_err(|e| io(path, e))?;
-        let file = fs_beneath::open_file_rw(dir.as_fd(), name).map_err(|e| io(path, e))?;
-        drop(dir);
-        if !delta {
-            file.set_len(0).map_err(|e| io(path, e))?;
-        }
-        let file = Arc::new(file);
+        let file = Arc::new(
+            open_for_restore(self.tree, &f.path, !delta)
+                .await
+                .map_err(|e| io(path, e))?,
+        );
         let owner = self.restore_owner.then_some((f.uid, f.gid));
         // Delta: blocks already right in an existing file are kept (compared by keyed id).
         let existing = if delta {
@@ -784,7 +785,8 @@ impl FileJob<'_> {
             let mut run: Vec<(usize, IndexEntry)> = vec![(i, first)];
             let mut end = first.entry.offset + u64::from(first.entry.sealed_len);
             let mut j = i + 1;
-            while j < f.blocks.len() && !f.blocks[j].is_zero() && !same(j) {
+            let max_blocks = (MAX_RUN_FILE_BYTES / block_size).max(1) as usize;
+            while j < f.blocks.len() && j - i < max_blocks && !f.blocks[j].is_zero() && !same(j) {
                 let e = locate(index, f, j)?;
                 if !joins_run(&first, end, &e) {
                     break;
@@ -811,6 +813,9 @@ impl FileJob<'_> {
         // Large files of a full restore go past the page cache ([`direct_io`]).
         let direct =
             self.direct_io && !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
+        if direct {
+            direct_io::preallocate(&file, size).map_err(|e| io(path, e))?;
+        }
         let mut writes = futures::stream::iter(runs)
             .map(|run| {
                 let file = file.clone();
@@ -905,6 +910,30 @@ impl FileJob<'_> {
         }
         Ok((reused, Some(file)))
     }
+}
+
+/// Opens (creating) `rel` beneath the data directory for writing, emptied when `truncate`, on a
+/// blocking thread. Creating a file is a few system calls that can take a millisecond each:
+/// ext4 skips inodes freed in the last seconds one by one when it picks a new one, which a
+/// profile of a restore into a directory just emptied (every drill, every benchmark round)
+/// showed as 63 % of the thread driving the restore. Run inline, that thread stopped feeding
+/// range reads and blocks to the pool while it created the next small file.
+async fn open_for_restore(
+    tree: &Arc<fs_beneath::Tree>,
+    rel: &str,
+    truncate: bool,
+) -> std::io::Result<std::fs::File> {
+    let (tree, rel) = (tree.clone(), rel.to_string());
+    tokio::task::spawn_blocking(move || {
+        let (dir, name) = tree.parent_for_write(&rel)?;
+        let file = fs_beneath::open_file_rw(dir.as_fd(), name)?;
+        if truncate {
+            file.set_len(0)?;
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// What one restore task does: a file on its own, or small files read with one range read.
