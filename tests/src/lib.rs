@@ -474,6 +474,47 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// A tmpfs of `size` (as `mount -o size=` takes it: `64k`, `40m`) mounted on `dir` (created),
+/// unmounted when the guard drops. Needs root.
+pub fn mount_tmpfs(dir: &Path, size: &str) -> Unmount {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=1777"),
+            "tmpfs",
+        ])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a tmpfs on {}", dir.display());
+    Unmount(dir.to_path_buf())
+}
+
+/// Unmounts a test file system when dropped.
+#[derive(Debug)]
+pub struct Unmount(pub PathBuf);
+
+impl Unmount {
+    /// Gives the file system `size` (`mount -o remount,size=`).
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success(), "resize the tmpfs on {}", self.0.display());
+    }
+}
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 impl TestEnv {
     /// Points `cluster.pgdata` and `cluster.conninfo` of the config at `inst` (for backup and check).
     pub fn use_cluster(&self, inst: &Instance) {

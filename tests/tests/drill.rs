@@ -784,15 +784,6 @@ fn no_exit_path_leaves_the_work_directory_behind() {
     assert!(!postgres_running_in(&kept[0]));
 }
 
-/// Unmounts a test file system when dropped.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// Regression (audit issue 13, item 10): a full TMPDIR was reported as "corrupt object …
 /// manifest" and the drill exited 3 (page someone). A TMPDIR the drill cannot write, or one
 /// that is full, is an operational error: exit 1 ("could not run"), outcome and check
@@ -824,14 +815,7 @@ fn a_full_or_unwritable_tmpdir_is_an_error_not_an_integrity_failure() {
     // A full TMPDIR: a tiny tmpfs, filled (mounting needs root).
     if is_root() {
         let full = env.path().join("full");
-        std::fs::create_dir(&full).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64k,mode=1777", "tmpfs"])
-            .arg(&full)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs");
-        let _unmount = Unmount(full.clone());
+        let _unmount = mount_tmpfs(&full, "64k");
         let _ = Command::new("dd")
             .args(["if=/dev/zero", "bs=4k"])
             .arg(format!("of={}", full.join("fill").display()))

@@ -366,3 +366,34 @@ fn a_killed_restore_leaves_a_startable_looking_directory_on_every_backend() {
         killed_restore_is_marked_unfinished_and_delta_finishes_it(b);
     }
 }
+
+/// A restore that runs out of space stops with an error that names the file and the cause,
+/// leaves a directory PostgreSQL will not start, and `restore --delta` finishes it once the
+/// file system has room: no retry from scratch, nothing lost. (A large file is allocated
+/// whole before its blocks are written, so a disk that cannot hold it fails at once.)
+#[test]
+fn a_restore_that_runs_out_of_space_says_so_and_delta_finishes_it_with_room() {
+    if !is_root() {
+        return;
+    }
+    let src = source(Backend::File, "5");
+    let mount = src.env.path().join("small");
+    let fs = mount_tmpfs(&mount, "40m");
+    let dir = mount.join("pgdata");
+    let out = restore_as_root(&src.env, &dir, &[]);
+    assert!(!out.status.success(), "a restore into 40 MiB succeeded");
+    let err = stderr(&out);
+    assert!(
+        err.contains("No space left on device") && err.contains(&dir.display().to_string()),
+        "the error names the cause and the file: {err}"
+    );
+    assert!(!err.contains("corrupt"), "{err}");
+    assert!(dir.join(MARKER).is_file(), "marker left");
+    assert!(
+        !dir.join("global/pg_control").exists(),
+        "an unfinished restore has no pg_control"
+    );
+    fs.resize("512m");
+    delta(&src, &dir);
+    assert_starts_with_rows(&src, &dir);
+}
