@@ -113,7 +113,7 @@ by the background pusher, which acknowledges only durable files).")]
 
     /// Fetch one WAL file (for restore_command = 'pgcairn archive-get %f %p').
     #[command(after_help = "Examples:
-  restore_command = 'pgcairn --config /etc/pgcairn/pgcairn.toml archive-get %f %p'
+  restore_command = 'pgcairn --config /etc/pgcairn/pgcairn.toml archive-get --prefetch %f %p'
 Exit 0: written; 1: not in the archive; 200: unknown (storage, key or corruption error):
 PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
     ArchiveGet {
@@ -121,6 +121,12 @@ PostgreSQL aborts recovery rather than stopping early at the wrong point.")]
         wal_name: String,
         /// Destination path (%p).
         dest_path: PathBuf,
+        /// Keep the next `archive.prefetch` segments fetched in `archive.spool_dir` in the
+        /// background, as `archive.async = true` does, without making archive-push
+        /// asynchronous; where the spool cannot be used, fetch directly without a warning.
+        /// `restore` writes it into the `restore_command` it sets up.
+        #[arg(long)]
+        prefetch: bool,
     },
 
     /// Stream WAL from the server as a synchronous standby, durable in the repository before acknowledged.

@@ -104,6 +104,15 @@ fn pitr_targets(backend: Backend) {
         "restore to {t} has exactly the rows committed by then"
     );
     assert!(!has(&r, 100001));
+    // The restore's restore_command prefetches (archive.async is off here).
+    let rc = r.psql("postgres", "show restore_command").unwrap();
+    assert!(rc.contains(" archive-get --prefetch %f %p"), "{rc}");
+    assert!(
+        env.path()
+            .join("spool/main/prefetch/get-stats.json")
+            .exists(),
+        "the recovery went through the prefetch spool"
+    );
     r.stop().unwrap();
     let out = env.restore("by_time_plan", &["--target-time", &t, "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();

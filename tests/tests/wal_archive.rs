@@ -69,9 +69,21 @@ fn async_archive_round_trip_on_every_backend() {
     }
 }
 
+/// How the recovering server's `archive-get` runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Get {
+    /// One fetch per call (`archive.async = false`, no flag).
+    Direct,
+    /// `archive.async = true`: prefetch through the spool.
+    Async,
+    /// `archive-get --prefetch` with `archive.async = false`, as `restore` writes it.
+    PrefetchFlag,
+}
+
 /// A cold copy taken before the load, recovering with restore_command from the archive,
 /// reaches exactly the source's data.
-fn recovery_from_archive(backend: Backend, archive_async: bool) {
+fn recovery_from_archive(backend: Backend, get: Get) {
+    let archive_async = get == Get::Async;
     let env = TestEnv::new(EnvOptions {
         archive_async,
         ..EnvOptions::new(backend)
@@ -120,9 +132,14 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
         env.run_as.clone(),
     );
     // Log archive-get's decisions into the server log, to see prefetched segments served.
-    let restore_command = env
-        .restore_command()
-        .replace(" archive-get ", " --log-level info archive-get ");
+    let restore_command = env.restore_command().replace(
+        " archive-get ",
+        if get == Get::PrefetchFlag {
+            " --log-level info archive-get --prefetch "
+        } else {
+            " --log-level info archive-get "
+        },
+    );
     copy.configure(&[
         ("restore_command", restore_command),
         ("archive_mode", "off".into()),
@@ -140,13 +157,18 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
         copy.psql("postgres", "select answer from marker").unwrap(),
         "42"
     );
-    if archive_async {
+    let prefetch = env.path().join("spool/main/prefetch");
+    if get == Get::Direct {
+        assert!(
+            !prefetch.join("get-stats.json").exists(),
+            "without async or --prefetch nothing goes through the spool"
+        );
+    } else {
         let log = std::fs::read_to_string(copy.datadir.join("pgcairn-server.log")).unwrap();
         assert!(
             log.contains("restored from the prefetch spool"),
-            "async archive-get serves prefetched segments:\n{log}"
+            "archive-get serves prefetched segments:\n{log}"
         );
-        let prefetch = env.path().join("spool/main/prefetch");
         // Every call is counted, and how it was served.
         let stats: serde_json::Value =
             serde_json::from_slice(&std::fs::read(prefetch.join("get-stats.json")).unwrap())
@@ -187,13 +209,21 @@ fn recovery_from_archive(backend: Backend, archive_async: bool) {
 #[test]
 fn recovery_replays_the_archive_to_the_source_state() {
     for b in backends() {
-        recovery_from_archive(b, false);
+        recovery_from_archive(b, Get::Direct);
     }
 }
 
 #[test]
 fn recovery_with_async_archive_get_prefetches_ahead() {
     for b in backends() {
-        recovery_from_archive(b, true);
+        recovery_from_archive(b, Get::Async);
+    }
+}
+
+/// `restore` writes `archive-get --prefetch`: the prefetch without asynchronous archiving.
+#[test]
+fn recovery_with_archive_get_prefetch_flag_prefetches_without_async() {
+    for b in backends() {
+        recovery_from_archive(b, Get::PrefetchFlag);
     }
 }

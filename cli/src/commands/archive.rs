@@ -208,12 +208,13 @@ pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
 /// fetching it itself.
 const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// `archive-get %f %p`.
+/// `archive-get %f %p`; with `prefetch` (or `archive.async`), through the prefetch spool.
 pub async fn get(
     cli: &Cli,
     settings: &Settings,
     wal_name: &str,
     dest: &Path,
+    prefetch: bool,
 ) -> Result<(), Failure> {
     crate::fault::panic_point("archive-get");
     let started = Instant::now();
@@ -221,11 +222,18 @@ pub async fn get(
     let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
     let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
     // Asynchronous mode: serve from the prefetch spool when the segment is already there.
-    let spool = if settings.archive_async && name.has_wal_pages() {
+    // Asked for by `--prefetch` alone (a restore's restore_command), the prefetch is a
+    // speed-up the operator did not configure: a spool PostgreSQL's user cannot write costs it
+    // quietly. Configured (`archive.async`), it is worth a warning.
+    let spool = if (settings.archive_async || prefetch) && name.has_wal_pages() {
         match PrefetchSpool::open(&settings.spool_dir, &settings.cluster) {
             Ok(spool) => Some(spool),
-            Err(e) => {
+            Err(e) if settings.archive_async => {
                 warn!("prefetch disabled: {e}");
+                None
+            }
+            Err(e) => {
+                info!("prefetch disabled: {e}");
                 None
             }
         }

@@ -135,19 +135,23 @@ pub async fn backup(
     Ok(())
 }
 
-/// The `restore_command` that fetches WAL from this same repository and cluster.
+/// The `restore_command` a restore writes: fetches WAL from this same repository and cluster,
+/// with `--prefetch`, so replay finds the next segments already fetched and verified instead
+/// of waiting for a round trip per segment (where the spool directory is usable).
 pub fn restore_command(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find own executable: {e}")))?;
-    Ok(restore_command_with(&exe, cli, settings))
+    Ok(restore_command_with(&exe, cli, settings, true))
 }
 
-/// The `restore_command` running the pgcairn binary at `exe`.
+/// The `restore_command` running the pgcairn binary at `exe`, with `--prefetch` if asked.
+/// (Drills do not ask: an ephemeral recovery must not share the prefetch spool with a standby
+/// of the same cluster on the host, unless the operator configured `archive.async`.)
 ///
 /// PostgreSQL hands the command to `/bin/sh -c` after replacing `%f`, `%p`, `%r` and `%%`, so
 /// every word taken from the user (paths, URL, cluster name) is one single-quoted shell word
 /// with its `%` doubled: `$(...)`, backticks, quotes and `%` in a path stay literal.
-pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings) -> String {
+pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings, prefetch: bool) -> String {
     let mut cmd = placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
         &exe.display().to_string(),
     ));
@@ -168,7 +172,11 @@ pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings) -> Strin
     cmd.push_str(&placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
         &settings.cluster,
     )));
-    cmd.push_str(" archive-get %f %p");
+    cmd.push_str(if prefetch {
+        " archive-get --prefetch %f %p"
+    } else {
+        " archive-get %f %p"
+    });
     cmd
 }
 

@@ -147,7 +147,7 @@ async fn drill_in(
     // The ephemeral PostgreSQL runs restore_command as its own OS user: give it a copy of
     // this binary it can execute (and not replace).
     let copy = install_binary(workdir, exe)?;
-    let restore_cmd = restore_command_with(&copy, cli, settings);
+    let restore_cmd = restore_command_with(&copy, cli, settings, false);
     let opts = DrillOptions {
         restore: RestoreOptions {
             backup: args.backup.clone(),

@@ -44,7 +44,8 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::ArchiveGet {
             wal_name,
             dest_path,
-        } => archive::get(cli, settings, wal_name, dest_path).await,
+            prefetch,
+        } => archive::get(cli, settings, wal_name, dest_path, *prefetch).await,
         Command::ArchiveGetDaemon => archive::get_daemon(settings).await,
         Command::ArchivePushDaemon { pg_wal } => archive::daemon(settings, pg_wal).await,
         Command::Backup {
