@@ -27,6 +27,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub cluster: Option<String>,
 
+    /// Spool directory (overrides archive.spool_dir): a drill's recovery gets one of its own.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
     /// Progress display.
     #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,

@@ -288,6 +288,12 @@ impl Settings {
                 .or_default()
                 .insert("name".into(), (c.clone(), "--cluster".into()));
         }
+        if let Some(d) = &cli.spool_dir {
+            table.entry("archive".into()).or_default().insert(
+                "spool_dir".into(),
+                (d.display().to_string(), "--spool-dir".into()),
+            );
+        }
         Self::from_table(table, config_file)
     }
 

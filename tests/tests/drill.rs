@@ -13,15 +13,7 @@ use pgcairn_tests::*;
 
 /// A cluster with a full backup and archived WAL after it.
 fn prepared() -> (TestEnv, Instance) {
-    prepared_with(false)
-}
-
-/// As [`prepared`], with `archive.async` (archive-get prefetches) when `archive_async`.
-fn prepared_with(archive_async: bool) -> (TestEnv, Instance) {
-    let env = TestEnv::new(EnvOptions {
-        archive_async,
-        ..EnvOptions::new(Backend::File)
-    });
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     env.use_cluster(&pg);
@@ -113,7 +105,7 @@ fn postgres_running_in(dir: &Path) -> bool {
 
 #[test]
 fn a_drill_passes_and_reports_every_phase_and_check() {
-    let (env, pg) = prepared_with(true);
+    let (env, pg) = prepared();
     let _stop = StopOnDrop(&pg);
     let checks = env.path().join("checks.sql");
     std::fs::write(
@@ -197,8 +189,13 @@ fn a_drill_passes_and_reports_every_phase_and_check() {
         (replay_share - shares[2] - shares[3]).abs() < 1e-6 && replay_share > 0.0,
         "{doc:#}"
     );
-    // How archive-get served this recovery's segments (archive.async: from the prefetch
-    // spool's counters).
+    // How archive-get served this recovery's segments: from the counters of the drill's own
+    // prefetch spool (archive.async is off: recovery prefetches as after a restore), never
+    // the production spool.
+    assert!(
+        !env.path().join("spool/main/prefetch").exists(),
+        "a drill leaves the production prefetch spool alone"
+    );
     let f = &doc["wal_fetch"];
     let n = |k: &str| f[k].as_u64().unwrap_or_else(|| panic!("{k}: {doc:#}"));
     assert!(n("calls") >= 1, "{f}");

@@ -115,6 +115,9 @@ fn spawn_daemon(
     if let Some(repo) = &cli.repo {
         cmd.arg("--repo").arg(repo);
     }
+    if let Some(dir) = &cli.spool_dir {
+        cmd.arg("--spool-dir").arg(dir);
+    }
     cmd.args(["--cluster", &settings.cluster, "--log-level", "info"])
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -350,7 +353,13 @@ fn ensure_prefetcher(cli: &Cli, settings: &Settings, spool: &PrefetchSpool) {
 
 /// `archive-get-daemon`: the background prefetcher.
 pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
-    let spool = PrefetchSpool::open(&settings.spool_dir, &settings.cluster)?;
+    let spool = match PrefetchSpool::open_existing(&settings.spool_dir, &settings.cluster) {
+        Ok(spool) => spool,
+        Err(e) => {
+            info!("nothing to prefetch into: {e}");
+            return Ok(());
+        }
+    };
     let Some(_lock) = spool.try_lock()? else {
         info!("another prefetcher is running; exiting");
         return Ok(());

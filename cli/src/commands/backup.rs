@@ -141,17 +141,25 @@ pub async fn backup(
 pub fn restore_command(cli: &Cli, settings: &Settings) -> Result<String, Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("cannot find own executable: {e}")))?;
-    Ok(restore_command_with(&exe, cli, settings, true))
+    Ok(restore_command_with(&exe, cli, settings, Fetch::Prefetch))
 }
 
-/// The `restore_command` running the pgcairn binary at `exe`, with `--prefetch` if asked.
-/// (Drills do not ask: an ephemeral recovery must not share the prefetch spool with a standby
-/// of the same cluster on the host, unless the operator configured `archive.async`.)
+/// How a `restore_command` fetches WAL.
+#[derive(Debug, Clone, Copy)]
+pub enum Fetch<'a> {
+    /// Through the prefetch spool of `archive.spool_dir` (`--prefetch`).
+    Prefetch,
+    /// Through a prefetch spool of its own (`--spool-dir DIR --prefetch`): a drill's
+    /// recovery, which must not share a spool with a standby of the same cluster on the host.
+    PrefetchInto(&'a Path),
+}
+
+/// The `restore_command` running the pgcairn binary at `exe`.
 ///
 /// PostgreSQL hands the command to `/bin/sh -c` after replacing `%f`, `%p`, `%r` and `%%`, so
 /// every word taken from the user (paths, URL, cluster name) is one single-quoted shell word
 /// with its `%` doubled: `$(...)`, backticks, quotes and `%` in a path stay literal.
-pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings, prefetch: bool) -> String {
+pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings, fetch: Fetch) -> String {
     let mut cmd = placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
         &exe.display().to_string(),
     ));
@@ -172,11 +180,13 @@ pub fn restore_command_with(exe: &Path, cli: &Cli, settings: &Settings, prefetch
     cmd.push_str(&placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
         &settings.cluster,
     )));
-    cmd.push_str(if prefetch {
-        " archive-get --prefetch %f %p"
-    } else {
-        " archive-get %f %p"
-    });
+    if let Fetch::PrefetchInto(dir) = fetch {
+        cmd.push_str(" --spool-dir ");
+        cmd.push_str(&placeholder_safe(&pgcairn_engine::pg::instance::sh_quote(
+            &dir.display().to_string(),
+        )));
+    }
+    cmd.push_str(" archive-get --prefetch %f %p");
     cmd
 }
 

@@ -18,7 +18,7 @@ use pgcairn_engine::repo::Repository;
 use pgcairn_engine::restore::RestoreOptions;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::backup::{restore_command_with, target_spec};
+use super::backup::{restore_command_with, target_spec, Fetch};
 use super::open_repo;
 use crate::args::{Cli, DrillArgs, OutputFormat};
 use crate::exit::{ExitCode, Failure};
@@ -147,7 +147,11 @@ async fn drill_in(
     // The ephemeral PostgreSQL runs restore_command as its own OS user: give it a copy of
     // this binary it can execute (and not replace).
     let copy = install_binary(workdir, exe)?;
-    let restore_cmd = restore_command_with(&copy, cli, settings, false);
+    // Recovery prefetches WAL as after a restore, through a spool of the drill's own: the
+    // production spool may serve a standby of the same cluster on this host.
+    let spool_dir = workdir.join("spool");
+    let restore_cmd = restore_command_with(&copy, cli, settings, Fetch::PrefetchInto(&spool_dir));
+    let prefetch_spool = PrefetchSpool::open(&spool_dir, &settings.cluster)?;
     let opts = DrillOptions {
         restore: RestoreOptions {
             backup: args.backup.clone(),
@@ -166,10 +170,7 @@ async fn drill_in(
         target_label: planned.label,
         recovery_timeout: Duration::from_secs(3600),
         pg_bindir: settings.drill_pg_bindir.clone(),
-        prefetch_spool: settings
-            .archive_async
-            .then(|| PrefetchSpool::open(&settings.spool_dir, &settings.cluster).ok())
-            .flatten(),
+        prefetch_spool: Some(prefetch_spool),
     };
     let reporter = Reporter::new(cli.progress);
     let (report, files) = run_drill(repo, &opts, &reporter).await?;

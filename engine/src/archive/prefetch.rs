@@ -52,6 +52,8 @@ use crate::types::{SegmentNo, WalFileName};
 /// The prefetch area of one cluster's spool.
 #[derive(Debug, Clone)]
 pub struct PrefetchSpool {
+    /// The spool directory it was opened in.
+    root: PathBuf,
     dir: PathBuf,
 }
 
@@ -61,12 +63,37 @@ impl PrefetchSpool {
         let dir = spool_dir.join(cluster).join("prefetch");
         crate::private_fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {} (archive.spool_dir)", dir.display()), e))?;
-        Ok(PrefetchSpool { dir })
+        Ok(PrefetchSpool {
+            root: spool_dir.to_path_buf(),
+            dir,
+        })
+    }
+
+    /// Opens `<spool_dir>/<cluster>/prefetch/` only if it exists: the background prefetcher,
+    /// started by an archive-get that created it, never recreates a spool removed meanwhile
+    /// (a drill's, with its work directory).
+    pub fn open_existing(spool_dir: &Path, cluster: &str) -> Result<Self> {
+        let dir = spool_dir.join(cluster).join("prefetch");
+        if !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "{} (archive.spool_dir) is gone",
+                dir.display()
+            )));
+        }
+        Ok(PrefetchSpool {
+            root: spool_dir.to_path_buf(),
+            dir,
+        })
     }
 
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The spool directory it was opened in (`<root>/<cluster>/prefetch` is [`Self::dir`]).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn requested_path(&self) -> PathBuf {
@@ -348,6 +375,10 @@ pub async fn run_prefetcher(
     // until ABSENT_RETRY has passed (or a fetch in flight finds it there after all).
     let mut absent: Option<(u64, Instant)> = None;
     loop {
+        // A drill's spool goes with its work directory: nothing left to prefetch for.
+        if !spool.dir().exists() {
+            return Ok(());
+        }
         let req = spool.requested();
         if req.is_some() && last_seen != req {
             idle_since = Instant::now();

@@ -34,8 +34,10 @@
 //! MTTR is preflight + restore + startup + replay; each of those phases carries its share of
 //! it, and the report the WAL replay share (startup + replay: PostgreSQL replays the backup's
 //! own WAL before it accepts a connection), the part shorter backup intervals would shorten.
-//! With `archive.async`, the difference of the prefetch spool's archive-get counters over the
-//! recovery says how often replay waited for WAL. The instance starts with
+//! Recovery prefetches WAL as after a restore (`archive-get --prefetch`), through a spool in
+//! the work directory, never the production one (a standby of the same cluster on the host
+//! may be using it); the difference of that spool's archive-get counters over the recovery
+//! says how often replay waited for WAL. The instance starts with
 //! `recovery_init_sync_method = syncfs` on its command line (`startup_settings`).
 //!
 //! # Work directory
@@ -121,8 +123,9 @@ pub struct DrillOptions {
     /// not in Debian's layout; `{major}` stands for the major version
     /// ([`PgBinaries::for_major`]).
     pub pg_bindir: Option<String>,
-    /// The prefetch spool the instance's `archive-get` uses (`archive.async`), whose counters
-    /// tell how often replay waited for WAL; `None`: not reported.
+    /// The prefetch spool the instance's `archive-get --prefetch` uses, whose counters tell
+    /// how often replay waited for WAL; `None`: not reported. It must be the drill's own
+    /// (under the work directory): it is given to the instance's OS user.
     pub prefetch_spool: Option<PrefetchSpool>,
 }
 
@@ -683,6 +686,10 @@ pub async fn run_drill(
         let run_as = owner_of(&datadir);
         private_dir(&socket_dir, 0o700)?;
         give_to(run_as.as_deref(), &socket_dir)?;
+        // The drill's own spool: the instance's archive-get writes prefetched WAL there.
+        if let Some(spool) = &opts.prefetch_spool {
+            give_to(run_as.as_deref(), spool.root())?;
+        }
         let (hba, ident) = write_auth_files(&opts.workdir.join("conf"))?;
         let settings = isolation_settings(&hba, &ident);
         let auto = datadir.join("postgresql.auto.conf");
