@@ -106,7 +106,7 @@ lock-path=$W/pgbr-lock
 spool-path=$W/pgbr-spool
 process-max=2
 start-fast=y
-archive-async=n
+archive-async=$([ "${PGBR_ARCHIVE_ASYNC:-0}" = 1 ] && echo y || echo n)
 
 [bench]
 pg1-path=$W/pg

@@ -6,7 +6,8 @@
 # 1. A throwaway PostgreSQL 15 cluster (data checksums) is initialised with pgbench -i -s SCALE.
 #    Its archive_command pushes every WAL file to BOTH tools (pgBackRest first, then pgcairn),
 #    so both repositories hold the same WAL (local; S3=1: below). pgBackRest: compress-type=zst,
-#    compress-level=3, process-max=2, archive-async=n, plus repo1-bundle=y (>= 2.39) and
+#    compress-level=3, process-max=2, archive-async=n (PGBR_ARCHIVE_ASYNC=1: y, which makes
+#    its archive-push asynchronous and its archive-get prefetch), plus repo1-bundle=y (>= 2.39) and
 #    repo1-block=y (block incremental: 2.45 with beta=y, >= 2.46) when the installed version has them.
 #    pgcairn: its defaults (file:// repository made by `pgcairn init`, key file, zstd 3 for
 #    blocks, XChaCha20-Poly1305), the release binary.
@@ -33,7 +34,9 @@
 #    server accepts connections, which in archive recovery is when it is consistent, so it
 #    includes the replay of the backup's own WAL) and replay (the rest of the WAL to T, and the
 #    promotion); "WAL replay" is start + replay, and its share of the time to recover is shown.
-#    Both tools' restore_command run synchronously (pgBackRest archive-async=n, pgcairn defaults).
+#    restore_command: each tool's as its restore writes it. pgBackRest's fetches synchronously
+#    (archive-async=n, its default; PGBR_ARCHIVE_ASYNC=1 for its asynchronous archive-get);
+#    pgcairn's is `archive-get --prefetch` (prefetch through the spool, archiving unchanged).
 #    Every restore (steps 4 and 5) starts after a `sync`, untimed: the previous step's writes
 #    and the removal of its multi-gigabyte data directory are flushed first, so neither tool
 #    pays for the other's writeback (at scale 500 the second restore of a pair measured
