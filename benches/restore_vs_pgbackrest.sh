@@ -92,6 +92,7 @@ FP_SQL="select (select count(*) || '/' || sum(abalance) from pgbench_accounts) |
 
 PGBR_VERSION=$(pgbackrest version | awk '{print $2}')
 PGBR_EXTRA="" PGBR_OPTS="zst-3, process-max=2"
+[ "${PGBR_ARCHIVE_ASYNC:-0}" = 1 ] && PGBR_OPTS="$PGBR_OPTS, archive-async=y"
 if ver_ge "$PGBR_VERSION" 2.39; then PGBR_EXTRA+=$'repo1-bundle=y\n'; PGBR_OPTS+=", bundle"; fi
 # Block incremental came in 2.45 as a beta feature (beta=y to allow it) and left beta in 2.46.
 if ver_ge "$PGBR_VERSION" 2.46; then PGBR_EXTRA+=$'repo1-block=y\n'; PGBR_OPTS+=", block incremental"
