@@ -54,6 +54,7 @@ pub mod sorted;
 pub mod storage;
 pub mod store;
 pub mod types;
+pub mod untrusted_file;
 pub mod verify;
 pub mod walstream;
 

@@ -150,6 +150,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Error::InvalidInput(format!("drill task failed: {e}")))
 }
 
+/// How much of the end of the drill instance's server log the checks read: its user writes
+/// it, so it is read as an untrusted file ([`crate::untrusted_file`]); recovery's lines about
+/// the target and the end of WAL are at the end.
+const SERVER_LOG_MAX: u64 = 16 << 20;
+
 /// Name of the check that the isolation settings are in force.
 pub const ISOLATION_CHECK: &str = "isolated from production";
 
@@ -463,6 +468,24 @@ fn isolation_check(inst: &Instance, settings: &[(&str, String)]) -> Check {
     }
 }
 
+/// Removes a drill's work directory. Its spool goes first: the instance's background
+/// prefetcher may still be writing a segment there, and it exits once its directory is gone;
+/// a file it lands meanwhile makes `remove_dir_all` fail with "directory not empty", so the
+/// removal is tried again a few times.
+fn remove_workdir(workdir: &Path) {
+    let _ = std::fs::remove_dir_all(workdir.join("spool"));
+    for attempt in 0..5 {
+        match std::fs::remove_dir_all(workdir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if attempt == 4 => {
+                tracing::warn!(dir = %workdir.display(), error = %e, "drill work directory not removed");
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// Stops a drill instance left in `workdir` and removes the directory (signal handlers).
 pub fn abort_cleanup(workdir: &Path, keep: bool) {
     let datadir = workdir.join("pgdata");
@@ -482,7 +505,7 @@ pub fn abort_cleanup(workdir: &Path, keep: bool) {
         }
     }
     if !keep {
-        let _ = std::fs::remove_dir_all(workdir);
+        remove_workdir(workdir);
     } else if crate::restore::is_incomplete(&datadir) {
         eprintln!(
             "drill stopped during its restore: {}",
@@ -747,7 +770,7 @@ pub async fn run_drill(
     }
     // Recovery that stopped because restore_command could not reach the repository says
     // nothing about the backup: those failures are the drill not running.
-    let log = std::fs::read_to_string(datadir.join("pgcairn-server.log")).unwrap_or_default();
+    let log = crate::untrusted_file::read_tail(&datadir.join("pgcairn-server.log"), SERVER_LOG_MAX);
     if let Some(line) = wal_unreachable(&log) {
         for c in checks.iter_mut().filter(|c| {
             c.status == "failed"
@@ -765,7 +788,7 @@ pub async fn run_drill(
         let _ = w.wait();
     }
     if !opts.keep {
-        let _ = std::fs::remove_dir_all(&opts.workdir);
+        remove_workdir(&opts.workdir);
     }
 
     let mttr = report::apportion(&mut phases);
@@ -934,7 +957,7 @@ async fn finish_early(
     e: Error,
 ) -> Result<(DrillReport, DrillFiles)> {
     if !opts.keep {
-        let _ = std::fs::remove_dir_all(&opts.workdir);
+        remove_workdir(&opts.workdir);
     }
     let (status, outcome, summary) = if operational {
         (
@@ -1002,7 +1025,7 @@ async fn run_instance(
             detail: "failed".into(),
             share_of_mttr: None,
         });
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let log = crate::untrusted_file::read_tail(&log_path, SERVER_LOG_MAX);
         let reason = log
             .lines()
             .rfind(|l| l.contains("FATAL"))
@@ -1064,7 +1087,7 @@ async fn run_instance(
     });
 
     let t = Instant::now();
-    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log = crate::untrusted_file::read_tail(&log_path, SERVER_LOG_MAX);
     checks.push(target_check(&log, &opts.restore.target_spec));
     let inst = instance.clone();
     let check_sql = opts.check_sql.clone();

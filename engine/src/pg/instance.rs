@@ -352,7 +352,7 @@ impl Instance {
             .arg(&log)
             .args(["-w", "-t", "120", "-o", &opts, "start"]);
         run_checked(c, "pg_ctl start").map(|_| ()).map_err(|e| {
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail = crate::untrusted_file::read_tail(&log, 1 << 20);
             let tail: String = tail
                 .lines()
                 .rev()
