@@ -43,7 +43,9 @@ COMPARE_OPTS=${COMPARE_OPTS:-}
 bench_init interval
 FP_SQL="select count(*) || '/' || sum(abalance) from pgbench_accounts"
 PGB=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
-STATS="$W/spool/main/prefetch/get-stats.json"
+# The prefetch area of this repository: <spool>/<cluster>/prefetch/<16 hex of SHA-256(url)>.
+PREFETCH="$W/spool/main/prefetch/$(printf %s "file://$W/repo" | sha256sum | cut -c1-16)"
+STATS="$PREFETCH/get-stats.json"
 
 cat > "$W/pgcairn.toml" <<CONF
 [repo]
@@ -137,7 +139,7 @@ recover() { # $1 = k, $2 = variant label, $3.. = extra server options
     RUNNING=()
     # The prefetcher exits archive.idle_exit after the last request; the next recovery must
     # start its own (with its own binary), not find this one still running.
-    local lock="$W/spool/main/prefetch/prefetcher.lock" j=0
+    local lock="$PREFETCH/prefetcher.lock" j=0
     while [ -f "$lock" ] && ! flock -n "$lock" true; do
         j=$((j + 1)); [ "$j" -lt 600 ] || { echo "!! the prefetcher did not exit" >&2; exit 1; }; sleep 0.1
     done

@@ -27,7 +27,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub cluster: Option<String>,
 
-    /// Spool directory (overrides archive.spool_dir): a drill's recovery gets one of its own.
+    /// Spool directory (overrides archive.spool_dir), for example a spool of its own for one
+    /// recovery's archive-get (drills write it into their restore_command).
     #[arg(long, global = true, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
 

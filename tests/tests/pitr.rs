@@ -108,12 +108,17 @@ fn pitr_targets(backend: Backend) {
     let rc = r.psql("postgres", "show restore_command").unwrap();
     assert!(rc.contains(" archive-get --prefetch %f %p"), "{rc}");
     assert!(
-        env.path()
-            .join("spool/main/prefetch/get-stats.json")
-            .exists(),
+        env.prefetch_dir().join("get-stats.json").exists(),
         "the recovery went through the prefetch spool"
     );
     r.stop().unwrap();
+    // Recovery stopped before the end of the archive, so the prefetcher had fetched segments
+    // ahead of the target; it removes them when it exits: no decrypted WAL stays behind.
+    let left = env.prefetched_segments_left(Duration::from_secs(30));
+    assert!(
+        left.is_empty(),
+        "prefetched WAL left in the spool: {left:?}"
+    );
     let out = env.restore("by_time_plan", &["--target-time", &t, "--dry-run"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

@@ -297,6 +297,24 @@ fn wrong_key_or_passphrase_is_refused() {
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&segs[0]).unwrap());
 }
 
+/// A prefetch spool archive-get cannot write (here its `.requested` is a directory; a full or
+/// read-only spool file system fails the same way) costs the prefetch, never the fetch:
+/// archive-get fetches the segment itself. It used to exit 200, stopping recovery over a
+/// speed-up nobody configured (`--prefetch` is what `restore` writes into restore_command).
+#[test]
+fn a_prefetch_spool_that_fails_never_stops_a_fetch() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let seg = real_segments(&env, 1).remove(0);
+    let name = file_name(&seg);
+    assert_success(&env.pgcairn(&["archive-push", &p(&seg)]), "archive-push");
+    std::fs::create_dir_all(env.prefetch_dir().join(".requested")).unwrap();
+    give_to(env.run_as.as_deref(), &env.path().join("spool")).unwrap();
+    let dest = dest_dir(&env, "fetched").join(&name);
+    let out = env.pgcairn(&["archive-get", "--prefetch", &name, &p(&dest)]);
+    assert_success(&out, "archive-get --prefetch through a broken spool");
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+}
+
 // 3. Damaged objects --------------------------------------------------------------------------
 
 #[test]

@@ -224,19 +224,23 @@ pub async fn get(
     end_first_start(Path::new("."));
     let abort = |msg: String| Failure::new(ExitCode::AbortRecovery, msg);
     let name: WalFileName = wal_name.parse().map_err(|e| abort(format!("{e}")))?;
-    // Asynchronous mode: serve from the prefetch spool when the segment is already there.
+    // Through the prefetch spool: serve the segment from it when it is already there.
     // Asked for by `--prefetch` alone (a restore's restore_command), the prefetch is a
-    // speed-up the operator did not configure: a spool PostgreSQL's user cannot write costs it
-    // quietly. Configured (`archive.async`), it is worth a warning.
+    // speed-up the operator did not configure: a spool PostgreSQL's user cannot use costs it
+    // quietly. Configured (`archive.async`), it is worth a warning. Either way a spool that
+    // fails never fails the fetch: archive-get fetches the segment itself.
+    let spool_trouble = |e: &dyn std::fmt::Display| {
+        if settings.archive_async {
+            warn!("prefetch spool not used: {e}");
+        } else {
+            info!("prefetch spool not used: {e}");
+        }
+    };
     let spool = if (settings.archive_async || prefetch) && name.has_wal_pages() {
-        match PrefetchSpool::open(&settings.spool_dir, &settings.cluster) {
+        match prefetch_spool(settings) {
             Ok(spool) => Some(spool),
-            Err(e) if settings.archive_async => {
-                warn!("prefetch disabled: {e}");
-                None
-            }
             Err(e) => {
-                info!("prefetch disabled: {e}");
+                spool_trouble(&e.message);
                 None
             }
         }
@@ -244,20 +248,14 @@ pub async fn get(
         None
     };
     if let Some(spool) = &spool {
-        spool
-            .set_requested(&name)
-            .map_err(|e| abort(e.to_string()))?;
-        let mut outcome = GetOutcome::FromSpool;
-        let mut served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
-        ensure_prefetcher(cli, settings, spool);
-        if !served && spool.wait_if_fetching(&name, PREFETCH_WAIT) {
-            outcome = GetOutcome::Waited;
-            served = spool.take(&name, dest).map_err(|e| abort(e.to_string()))?;
-        }
-        if served {
-            record(spool, outcome, started);
-            info!(wal = %name, ?outcome, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
-            return Ok(());
+        match from_spool(cli, settings, spool, &name, dest) {
+            Ok(Some(outcome)) => {
+                record(spool, outcome, started);
+                info!(wal = %name, ?outcome, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(e) => spool_trouble(&e),
         }
     }
     let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
@@ -329,6 +327,37 @@ fn end_first_start(datadir: &Path) {
     }
 }
 
+/// The prefetch area of this cluster and repository in `archive.spool_dir`.
+fn prefetch_spool(settings: &Settings) -> Result<PrefetchSpool, Failure> {
+    let url = settings.require_repo_url()?;
+    Ok(PrefetchSpool::open(
+        &settings.spool_dir,
+        &settings.cluster,
+        url,
+    )?)
+}
+
+/// Serves `name` from the spool into `dest` if it is there or the prefetcher is fetching it
+/// now (starting the prefetcher when none runs); `None` when archive-get must fetch it.
+fn from_spool(
+    cli: &Cli,
+    settings: &Settings,
+    spool: &PrefetchSpool,
+    name: &WalFileName,
+    dest: &Path,
+) -> Result<Option<GetOutcome>, EngineError> {
+    spool.set_requested(name)?;
+    let served = spool.take(name, dest)?;
+    ensure_prefetcher(cli, settings, spool);
+    if served {
+        return Ok(Some(GetOutcome::FromSpool));
+    }
+    if spool.wait_if_fetching(name, PREFETCH_WAIT) && spool.take(name, dest)? {
+        return Ok(Some(GetOutcome::Waited));
+    }
+    Ok(None)
+}
+
 /// Counts the call in the spool's statistics (a failure to count costs nothing else).
 fn record(spool: &PrefetchSpool, outcome: GetOutcome, started: Instant) {
     if let Err(e) = spool.record(outcome, started.elapsed()) {
@@ -353,7 +382,11 @@ fn ensure_prefetcher(cli: &Cli, settings: &Settings, spool: &PrefetchSpool) {
 
 /// `archive-get-daemon`: the background prefetcher.
 pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
-    let spool = match PrefetchSpool::open_existing(&settings.spool_dir, &settings.cluster) {
+    let spool = match PrefetchSpool::open_existing(
+        &settings.spool_dir,
+        &settings.cluster,
+        settings.require_repo_url()?,
+    ) {
         Ok(spool) => spool,
         Err(e) => {
             info!("nothing to prefetch into: {e}");

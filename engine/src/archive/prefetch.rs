@@ -1,8 +1,12 @@
 //! archive-get prefetch: keep the next segments fetched and verified in the spool, so
 //! recovery does not wait on an object-store round trip per 16 MiB segment.
 //!
-//! Layout: `<spool>/<cluster>/prefetch/<WAL name>` (verified contents), `.requested` (the
-//! last name PostgreSQL asked for), `prefetcher.lock`. With `[archive] async = true`,
+//! Layout: `<spool>/<cluster>/prefetch/<repository key>/<WAL name>` (verified contents),
+//! `.requested` (the last name PostgreSQL asked for), `prefetcher.lock`. The repository key
+//! is a hash of the repository's URL: a spool is shared by every recovery of a cluster name on
+//! a host, and a segment prefetched from one repository must never be served to a recovery
+//! fetching from another (a cluster of the same name elsewhere; PostgreSQL would take its WAL
+//! for the end of the archive and end recovery early). With `[archive] async = true`,
 //! `archive-get X`:
 //! 1. records X as requested and, if `prefetch/X` exists, moves it to `%p` (same file system:
 //!    rename; else copy and fsync) and is done;
@@ -12,12 +16,13 @@
 //!    when recovery replays faster than the prefetcher fetches;
 //! 4. otherwise fetches X itself as in synchronous mode.
 //!
-//! The prefetcher fetches the `count` segments after the last requested one **on its
-//! timeline** (names carry the timeline, so a file is only ever served under its own name),
-//! removes segments behind the requested one and any from other timelines, and exits when
-//! PostgreSQL stops asking. Every file in the spool passed the same checks as a direct
-//! archive-get (authentication, content id, page header against the name). A segment that
-//! does not exist yet (nor any after it) is asked for again after [`ABSENT_RETRY`].
+//! The prefetcher fetches the `count` segments after the last requested one **on its timeline**
+//! (names carry the timeline, so a file is only ever served under its own name), removes
+//! segments behind the requested one and any from other timelines, and exits when PostgreSQL
+//! stops asking, removing what it prefetched (decrypted WAL does not stay behind). Every file
+//! in the spool passed the same checks as a direct archive-get (authentication, content id,
+//! page header against the name). A segment that does not exist yet (nor any after it) is asked
+//! for again after [`ABSENT_RETRY`].
 //!
 //! The prefetcher keeps `jobs` fetches in flight at all times, always of the nearest missing
 //! segments of the window, and refills the window as soon as one lands or PostgreSQL asks for
@@ -58,9 +63,11 @@ pub struct PrefetchSpool {
 }
 
 impl PrefetchSpool {
-    /// Opens (creating) `<spool_dir>/<cluster>/prefetch/`.
-    pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
-        let dir = spool_dir.join(cluster).join("prefetch");
+    /// Opens (creating) `<spool_dir>/<cluster>/prefetch/<repository key>/`, the prefetch area
+    /// of one repository (named by its URL): two repositories holding a cluster of the same
+    /// name never serve each other's WAL.
+    pub fn open(spool_dir: &Path, cluster: &str, repository: &str) -> Result<Self> {
+        let dir = Self::dir_for(spool_dir, cluster, repository);
         crate::private_fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {} (archive.spool_dir)", dir.display()), e))?;
         Ok(PrefetchSpool {
@@ -69,11 +76,11 @@ impl PrefetchSpool {
         })
     }
 
-    /// Opens `<spool_dir>/<cluster>/prefetch/` only if it exists: the background prefetcher,
-    /// started by an archive-get that created it, never recreates a spool removed meanwhile
-    /// (a drill's, with its work directory).
-    pub fn open_existing(spool_dir: &Path, cluster: &str) -> Result<Self> {
-        let dir = spool_dir.join(cluster).join("prefetch");
+    /// Opens the prefetch area only if it exists: the background prefetcher, started by an
+    /// archive-get that created it, never recreates a spool removed meanwhile (a drill's, with
+    /// its work directory).
+    pub fn open_existing(spool_dir: &Path, cluster: &str, repository: &str) -> Result<Self> {
+        let dir = Self::dir_for(spool_dir, cluster, repository);
         if !dir.is_dir() {
             return Err(Error::NotFound(format!(
                 "{} (archive.spool_dir) is gone",
@@ -86,12 +93,19 @@ impl PrefetchSpool {
         })
     }
 
+    /// `<spool_dir>/<cluster>/prefetch/<the first 16 hex digits of SHA-256(repository)>`.
+    pub fn dir_for(spool_dir: &Path, cluster: &str, repository: &str) -> PathBuf {
+        use sha2::Digest;
+        let key = hex::encode(sha2::Sha256::digest(repository.as_bytes()));
+        spool_dir.join(cluster).join("prefetch").join(&key[..16])
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The spool directory it was opened in (`<root>/<cluster>/prefetch` is [`Self::dir`]).
+    /// The spool directory it was opened in (the root of [`Self::dir`]).
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -177,6 +191,15 @@ impl PrefetchSpool {
         }
     }
 
+    /// Removes every prefetched segment: the prefetcher when it starts (what a killed one left
+    /// may come from a repository since replaced at the same URL) and when it exits (no
+    /// decrypted WAL stays in the spool once recovery stops asking).
+    pub fn purge(&self) {
+        for name in self.files() {
+            let _ = fs::remove_file(self.dir.join(name));
+        }
+    }
+
     fn fetching_path(&self, name: &WalFileName) -> PathBuf {
         self.dir.join(format!(".{name}.fetching"))
     }
@@ -224,9 +247,11 @@ impl PrefetchSpool {
         self.dir.join("get-stats.json")
     }
 
-    /// The counters of archive-get calls through this spool (zero when there are none).
+    /// The counters of archive-get calls through this spool (zero when there are none, or
+    /// when the file is not a small regular file: a drill run as root reads the counters its
+    /// instance's user wrote, see [`crate::untrusted_file`]).
     pub fn stats(&self) -> GetStats {
-        fs::read(self.stats_path())
+        crate::untrusted_file::read_capped(&self.stats_path(), STATS_MAX)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -331,6 +356,9 @@ impl GetStats {
     }
 }
 
+/// The largest `get-stats.json` read (the real one is a few hundred bytes).
+const STATS_MAX: u64 = 64 * 1024;
+
 /// How long a segment found absent (and every one after it) is not asked for again.
 pub const ABSENT_RETRY: Duration = Duration::from_millis(250);
 
@@ -367,6 +395,7 @@ pub async fn run_prefetcher(
     opts: &PrefetchOptions,
 ) -> Result<()> {
     spool.clear_marks();
+    spool.purge();
     let mut last_seen: Option<WalFileName> = None;
     let mut idle_since = Instant::now();
     let mut in_flight = FuturesUnordered::new();
@@ -384,6 +413,7 @@ pub async fn run_prefetcher(
             idle_since = Instant::now();
             last_seen = req.clone();
         } else if idle_since.elapsed() > opts.idle_exit && in_flight.is_empty() {
+            spool.purge();
             return Ok(());
         }
         if let Some(req) = &req {
@@ -460,7 +490,7 @@ mod tests {
     #[test]
     fn archive_get_waits_for_the_prefetchers_fetch_of_the_same_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
         let name = seg(5);
         // Nothing being fetched: no wait.
         let started = Instant::now();
@@ -492,7 +522,7 @@ mod tests {
     #[test]
     fn every_call_is_counted_and_waits_are_told_apart_from_spool_hits() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
         assert_eq!(spool.stats(), GetStats::default(), "no file: zero");
         spool
             .record(GetOutcome::FromSpool, Duration::from_millis(3))
@@ -544,7 +574,7 @@ mod tests {
     #[test]
     fn cleaning_keeps_the_requested_segment_and_a_vanished_one_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
         for n in [4, 5, 6] {
             write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
         }
@@ -559,10 +589,50 @@ mod tests {
         assert!(!spool.take(&seg(9), &dest).unwrap());
     }
 
+    /// Before: one spool per cluster name, so a segment prefetched from one repository's
+    /// `main` was served to a recovery fetching from another repository's `main`.
+    #[test]
+    fn two_repositories_with_a_cluster_of_the_same_name_never_share_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = PrefetchSpool::open(dir.path(), "main", "s3://bucket-a/pgcairn").unwrap();
+        let b = PrefetchSpool::open(dir.path(), "main", "s3://bucket-b/pgcairn").unwrap();
+        assert_ne!(a.dir(), b.dir());
+        assert_eq!(a.root(), b.root());
+        write_atomically(&a.dir().join(seg(7).to_string()), b"from a").unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(
+            !b.take(&seg(7), &dest).unwrap(),
+            "b never serves a's segment"
+        );
+        assert!(!dest.exists());
+        let again = PrefetchSpool::open_existing(dir.path(), "main", "s3://bucket-a/pgcairn")
+            .expect("a's area exists");
+        assert_eq!(again.dir(), a.dir());
+        assert!(again.take(&seg(7), &dest).unwrap());
+        assert!(PrefetchSpool::open_existing(dir.path(), "main", "file:///elsewhere").is_err());
+    }
+
+    #[test]
+    fn purge_removes_prefetched_segments_and_keeps_the_counters() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        for n in [4, 5] {
+            write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
+        }
+        spool
+            .record(GetOutcome::FromSpool, Duration::from_millis(1))
+            .unwrap();
+        spool.set_requested(&seg(4)).unwrap();
+        spool.purge();
+        assert_eq!(spool.files(), Vec::<String>::new());
+        assert_eq!(spool.stats().calls, 1);
+        assert_eq!(spool.requested(), Some(seg(4)));
+    }
+
     #[test]
     fn a_fetch_that_fails_or_a_leftover_marker_ends_the_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main").unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
         let name = seg(6);
         // The prefetcher's fetch fails: its marker goes, the wait ends without a file.
         let mark = spool.mark_fetching(&name);
