@@ -813,7 +813,9 @@ impl FileJob<'_> {
         // Large files of a full restore go past the page cache ([`direct_io`]).
         let direct =
             self.direct_io && !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
-        if direct {
+        // Preallocated only where every block is written: a file with all-zero blocks stays
+        // sparse (those blocks are holes, not allocated extents), as the source file was.
+        if direct && zeros.is_empty() {
             direct_io::preallocate(&file, size).map_err(|e| io(path, e))?;
         }
         let mut writes = futures::stream::iter(runs)
