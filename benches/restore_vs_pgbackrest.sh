@@ -286,6 +286,10 @@ recover() {
         cmd=("${PGB[@]}" --progress never restore --pgdata "$dir" --target-action promote)
         if [ "$kind" = imm ]; then cmd+=(--target immediate); else cmd+=(--target-time "$T"); fi
     fi
+    # Each recovery fetches its own WAL: none finds segments the previous one prefetched
+    # (pgcairn's prefetch spool, pgBackRest's asynchronous archive-get queue). A prefetcher
+    # still running exits when its directory goes.
+    as_pg rm -rf "$W/pgb-spool/main/prefetch" "$W/pgbr-spool/archive"
     sync
     t0=$(now_ns)
     timed "r$round-$tool-$kind-restore" "${cmd[@]}"
