@@ -27,6 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::codec::{Codec, ObjectKind};
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
+use crate::index::IndexEntry as Located;
 use crate::repo::{layout, Repository};
 use crate::store::blocks::{BlockIndex, SealedBlock};
 use crate::store::manifest::entries::Patch;
@@ -41,8 +42,18 @@ pub const LIST_BLOCKS: usize = 128;
 const MAGIC_V1: &[u8; 5] = b"PGCL1";
 const MAGIC: &[u8; 5] = b"PGCL2";
 
-/// Lists fetched at once while a file is expanded.
-const FETCH_AHEAD: usize = 16;
+/// Range reads in flight while a file's lists are fetched.
+const FETCH_AHEAD: usize = 8;
+
+/// A file's lists are read in spans: lists of one pack at most [`SPAN_GAP`] bytes apart are
+/// fetched by one range read of at most [`SPAN_MAX`] bytes. Why: a backup writes a file's
+/// lists one after the other, so the 128 lists of a 1 GiB relation segment sit side by side in
+/// a pack, and reading them one request each made loading a manifest cost a round trip per
+/// list: about 400 requests for a scale-200 pgbench database, 21 s of an incremental backup on
+/// the local S3 server (5 s at scale 50), paid again by every restore and verify.
+const SPAN_GAP: u64 = 64 << 10;
+/// See [`SPAN_GAP`].
+const SPAN_MAX: u64 = 1 << 20;
 
 /// Lists a [`ListReader`] keeps once read (4 to 12 KiB each, at most 12 MiB in all): verify
 /// loads every manifest, and backups share most of their lists with the first one read.
@@ -293,11 +304,9 @@ impl ListReader {
             ));
         }
         let prefix = format!("{}: ", f.path);
-        let runs: Vec<Arc<ListContents>> = futures::stream::iter(f.block_lists.iter().copied())
-            .map(|id| self.read(id, manifest, &prefix))
-            .buffered(FETCH_AHEAD)
-            .try_collect()
-            .await?;
+        let fetched = self.fetch(&f.block_lists, manifest, &prefix).await?;
+        let runs: Vec<Arc<ListContents>> =
+            f.block_lists.iter().map(|id| fetched[id].clone()).collect();
         let last = runs.len() - 1;
         if let Some(i) = runs[..last]
             .iter()
@@ -339,41 +348,120 @@ impl ListReader {
     /// its id). Errors name `manifest`; their detail starts with `prefix` (the file that needs
     /// the list, and a colon).
     async fn read(&self, id: ContentId, manifest: &str, prefix: &str) -> Result<Arc<ListContents>> {
-        if let Some(hit) = self.cache.lock().expect("list cache lock").get(&id) {
-            return Ok(hit.clone());
-        }
-        let corrupt =
-            |detail: String| Error::corrupt(manifest, format!("{prefix}block list {id}: {detail}"));
-        let Some(at) = self.index.get(&id) else {
-            return Err(corrupt(
-                "in no index segment (the block store lost it; run `pgcairn verify`)".into(),
-            ));
+        let mut got = self.fetch(&[id], manifest, prefix).await?;
+        Ok(got.remove(&id).expect("fetch returns every list asked for"))
+    }
+
+    /// The lists `ids` (repeats allowed), from the cache or the block store in spans (see
+    /// [`SPAN_GAP`]); lists read are cached while there is room.
+    async fn fetch(
+        &self,
+        ids: &[ContentId],
+        manifest: &str,
+        prefix: &str,
+    ) -> Result<HashMap<ContentId, Arc<ListContents>>> {
+        let corrupt = |id: ContentId, detail: String| {
+            Error::corrupt(manifest, format!("{prefix}block list {id}: {detail}"))
         };
-        let range = at.entry.offset..at.entry.offset + u64::from(at.entry.sealed_len);
-        let sealed = match self
+        let mut out = HashMap::with_capacity(ids.len());
+        let mut wanted: Vec<(ContentId, Located)> = Vec::new();
+        {
+            let cache = self.cache.lock().expect("list cache lock");
+            for id in ids {
+                if out.contains_key(id) || wanted.iter().any(|(w, _)| w == id) {
+                    continue;
+                }
+                if let Some(hit) = cache.get(id) {
+                    out.insert(*id, hit.clone());
+                    continue;
+                }
+                let Some(at) = self.index.get(id) else {
+                    return Err(corrupt(
+                        *id,
+                        "in no index segment (the block store lost it; run `pgcairn verify`)"
+                            .into(),
+                    ));
+                };
+                wanted.push((*id, at));
+            }
+        }
+        let spans = spans(wanted);
+        let read: Vec<Vec<(ContentId, Arc<ListContents>)>> = futures::stream::iter(spans)
+            .map(|span| self.read_span(span, &corrupt))
+            .buffered(FETCH_AHEAD)
+            .try_collect()
+            .await?;
+        let mut cache = self.cache.lock().expect("list cache lock");
+        for (id, run) in read.into_iter().flatten() {
+            if cache.len() < CACHED_LISTS {
+                cache.insert(id, run.clone());
+            }
+            out.insert(id, run);
+        }
+        Ok(out)
+    }
+
+    /// Reads one span of lists with one range read and opens each list in it.
+    async fn read_span(
+        &self,
+        span: Vec<(ContentId, Located)>,
+        corrupt: &impl Fn(ContentId, String) -> Error,
+    ) -> Result<Vec<(ContentId, Arc<ListContents>)>> {
+        let (first, last) = (&span[0].1, &span[span.len() - 1].1);
+        let start = first.entry.offset;
+        let end = last.entry.offset + u64::from(last.entry.sealed_len);
+        let bytes = match self
             .repo
             .storage()
-            .get_range(&layout::pack(&at.pack_id), range)
+            .get_range(&layout::pack(&first.pack_id), start..end)
             .await
         {
-            Ok(sealed) => sealed,
+            Ok(bytes) => bytes,
             Err(crate::storage::StorageError::NotFound { .. }) => {
-                return Err(corrupt(format!(
-                    "its pack {} is gone (run `pgcairn verify`)",
-                    at.pack_id
-                )))
+                return Err(corrupt(
+                    span[0].0,
+                    format!("its pack {} is gone (run `pgcairn verify`)", first.pack_id),
+                ))
             }
             Err(e) => return Err(e.into()),
         };
-        let plain = crate::pack::open_block(self.repo.codec(), &at.entry, &sealed)
-            .map_err(|e| corrupt(format!("does not open: {e}")))?;
-        let run = Arc::new(decode(&plain).map_err(corrupt)?);
-        let mut cache = self.cache.lock().expect("list cache lock");
-        if cache.len() < CACHED_LISTS {
-            cache.insert(id, run.clone());
-        }
-        Ok(run)
+        span.iter()
+            .map(|(id, at)| {
+                let from = (at.entry.offset - start) as usize;
+                let sealed = bytes
+                    .get(from..from + at.entry.sealed_len as usize)
+                    .ok_or_else(|| corrupt(*id, format!("its pack {} is short", at.pack_id)))?;
+                let plain = crate::pack::open_block(self.repo.codec(), &at.entry, sealed)
+                    .map_err(|e| corrupt(*id, format!("does not open: {e}")))?;
+                let run = decode(&plain).map_err(|e| corrupt(*id, e))?;
+                Ok((*id, Arc::new(run)))
+            })
+            .collect()
     }
+}
+
+/// Groups lists into spans: by pack, in offset order, a list joining the previous one's span
+/// when it starts at most [`SPAN_GAP`] bytes after it ends and the span stays within
+/// [`SPAN_MAX`] bytes.
+fn spans(mut wanted: Vec<(ContentId, Located)>) -> Vec<Vec<(ContentId, Located)>> {
+    wanted.sort_by_key(|(_, at)| (at.pack_id, at.entry.offset));
+    let mut out: Vec<Vec<(ContentId, Located)>> = Vec::new();
+    for w in wanted {
+        let joins = out.last().is_some_and(|span| {
+            let (first, last) = (&span[0].1, &span[span.len() - 1].1);
+            let end = last.entry.offset + u64::from(last.entry.sealed_len);
+            let new_end = w.1.entry.offset + u64::from(w.1.entry.sealed_len);
+            first.pack_id == w.1.pack_id
+                && w.1.entry.offset >= end
+                && w.1.entry.offset - end <= SPAN_GAP
+                && new_end - first.entry.offset <= SPAN_MAX
+        });
+        match out.last_mut() {
+            Some(span) if joins => span.push(w),
+            _ => out.push(vec![w]),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -425,6 +513,47 @@ mod tests {
         v1.push(1);
         v1.extend_from_slice(&[1; 32]);
         assert_eq!(decode(&v1).unwrap(), plain(&[id(1)]));
+    }
+
+    #[test]
+    fn lists_side_by_side_in_a_pack_are_read_as_one_span() {
+        use crate::store::ids::PackId;
+        let at = |pack: u8, offset: u64, len: u32| Located {
+            pack_id: PackId::new([pack; 32]),
+            entry: crate::pack::PackEntry {
+                block_id: ContentId([0; 32]),
+                offset,
+                sealed_len: len,
+                raw_len: len,
+            },
+        };
+        let w =
+            |n: u8, pack: u8, offset: u64, len: u32| (ContentId([n; 32]), at(pack, offset, len));
+        // Out of order, two packs; in pack 1: three adjacent lists, one after a small gap,
+        // one after a gap larger than SPAN_GAP.
+        let wanted = vec![
+            w(3, 1, 16_000, 8_000),
+            w(1, 1, 0, 8_000),
+            w(9, 2, 0, 8_000),
+            w(2, 1, 8_000, 8_000),
+            w(4, 1, 24_000 + SPAN_GAP, 8_000),
+            w(5, 1, 32_000 + 3 * SPAN_GAP, 8_000),
+        ];
+        let ids = |span: &Vec<(ContentId, Located)>| -> Vec<u8> {
+            span.iter().map(|(id, _)| id.0[0]).collect()
+        };
+        let got: Vec<Vec<u8>> = spans(wanted).iter().map(ids).collect();
+        assert_eq!(got, vec![vec![1, 2, 3, 4], vec![5], vec![9]]);
+        // A span never grows past SPAN_MAX: 300 adjacent 8 KB lists take 3 reads.
+        let many: Vec<_> = (0..300u64)
+            .map(|i| w((i % 250) as u8, 1, i * 8_000, 8_000))
+            .collect();
+        let got = spans(many);
+        assert_eq!(got.len(), 3);
+        for span in &got {
+            let (first, last) = (&span[0].1.entry, &span[span.len() - 1].1.entry);
+            assert!(last.offset + u64::from(last.sealed_len) - first.offset <= SPAN_MAX);
+        }
     }
 
     #[test]
