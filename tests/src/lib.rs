@@ -254,36 +254,23 @@ impl TestEnv {
         self.dir.path()
     }
 
-    /// The prefetch area of this environment's repository in its spool.
+    /// The prefetch area of this environment's repository in its spool: the one directory in
+    /// `spool/main/prefetch/` (a path that does not exist while nothing went through the
+    /// spool).
     pub fn prefetch_dir(&self) -> PathBuf {
-        pgcairn_engine::archive::prefetch::PrefetchSpool::dir_for(
-            &self.path().join("spool"),
-            "main",
-            &self.repo_url,
-        )
-    }
-
-    /// The WAL segments still in the prefetch area after waiting up to `within` for them to
-    /// go: the prefetcher removes what it prefetched when it exits, `archive.idle_exit` (3 s
-    /// here) after recovery's last request.
-    pub fn prefetched_segments_left(&self, within: Duration) -> Vec<String> {
-        let dir = self.prefetch_dir();
-        let segments = || -> Vec<String> {
-            std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n.parse::<pgcairn_engine::types::WalFileName>().is_ok())
-                .collect()
-        };
-        let deadline = std::time::Instant::now() + within;
-        let mut left = segments();
-        while !left.is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            left = segments();
-        }
-        left
+        let parent = self.path().join("spool/main/prefetch");
+        let areas: Vec<PathBuf> = std::fs::read_dir(&parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        assert!(areas.len() <= 1, "one repository, one area: {areas:?}");
+        areas
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| parent.join("none"))
     }
 
     /// Runs pgcairn with this environment's config, as PostgreSQL's OS user.

@@ -203,13 +203,6 @@ fn recovery_from_archive(backend: Backend, get: Get) {
             left.is_empty(),
             "segments already replayed are not kept in the spool: {left:?}"
         );
-        // Once recovery stops asking, the prefetcher exits (archive.idle_exit, 3 s here) and
-        // takes what it prefetched with it: no decrypted WAL stays in the spool.
-        let left = env.prefetched_segments_left(Duration::from_secs(30));
-        assert!(
-            left.is_empty(),
-            "the prefetcher left segments behind when it exited: {left:?}"
-        );
     }
 }
 

@@ -329,12 +329,20 @@ fn end_first_start(datadir: &Path) {
 
 /// The prefetch area of this cluster and repository in `archive.spool_dir`.
 fn prefetch_spool(settings: &Settings) -> Result<PrefetchSpool, Failure> {
-    let url = settings.require_repo_url()?;
     Ok(PrefetchSpool::open(
         &settings.spool_dir,
         &settings.cluster,
-        url,
+        &repository_identity(settings)?,
     )?)
+}
+
+/// Where the repository is, as the prefetch spool names its area (see
+/// [`pgcairn_engine::archive::prefetch::repository_identity`]).
+pub fn repository_identity(settings: &Settings) -> Result<String, Failure> {
+    Ok(pgcairn_engine::archive::prefetch::repository_identity(
+        settings.require_repo_url()?,
+        &settings.storage_options,
+    ))
 }
 
 /// Serves `name` from the spool into `dest` if it is there or the prefetcher is fetching it
@@ -385,7 +393,7 @@ pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
     let spool = match PrefetchSpool::open_existing(
         &settings.spool_dir,
         &settings.cluster,
-        settings.require_repo_url()?,
+        &repository_identity(settings)?,
     ) {
         Ok(spool) => spool,
         Err(e) => {

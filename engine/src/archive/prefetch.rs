@@ -2,11 +2,15 @@
 //! recovery does not wait on an object-store round trip per 16 MiB segment.
 //!
 //! Layout: `<spool>/<cluster>/prefetch/<repository key>/<WAL name>` (verified contents),
-//! `.requested` (the last name PostgreSQL asked for), `prefetcher.lock`. The repository key
-//! is a hash of the repository's URL: a spool is shared by every recovery of a cluster name on
-//! a host, and a segment prefetched from one repository must never be served to a recovery
-//! fetching from another (a cluster of the same name elsewhere; PostgreSQL would take its WAL
-//! for the end of the archive and end recovery early). With `[archive] async = true`,
+//! `.requested` (the last name PostgreSQL asked for), `prefetcher.lock`, `.repository` (the id
+//! of the repository the segments came from). The repository key is a hash of where the
+//! repository is (URL, and the endpoint, region or account the URL does not name): a spool is
+//! shared by every recovery of a cluster name on a host, and a segment prefetched from one
+//! repository must never be served to a recovery fetching from another (a cluster of the same
+//! name elsewhere; PostgreSQL would take its WAL for the end of the archive and end recovery
+//! early). A prefetcher starting in an area whose `.repository` names another repository (one
+//! re-created at the same place, or reached through an environment variable the key does not
+//! see) removes every segment there first. With `[archive] async = true`,
 //! `archive-get X`:
 //! 1. records X as requested and, if `prefetch/X` exists, moves it to `%p` (same file system:
 //!    rename; else copy and fsync) and is done;
@@ -19,7 +23,9 @@
 //! The prefetcher fetches the `count` segments after the last requested one **on its timeline**
 //! (names carry the timeline, so a file is only ever served under its own name), removes
 //! segments behind the requested one and any from other timelines, and exits when PostgreSQL
-//! stops asking, removing what it prefetched (decrypted WAL does not stay behind). Every file
+//! stops asking. What it fetched ahead stays for the next recovery from the same repository:
+//! a standby whose recovery pauses (`recovery_min_apply_delay`, a paused replay) would
+//! otherwise fetch the same window again after every pause. Every file
 //! in the spool passed the same checks as a direct archive-get (authentication, content id,
 //! page header against the name). A segment that does not exist yet (nor any after it) is asked
 //! for again after [`ABSENT_RETRY`].
@@ -93,7 +99,8 @@ impl PrefetchSpool {
         })
     }
 
-    /// `<spool_dir>/<cluster>/prefetch/<the first 16 hex digits of SHA-256(repository)>`.
+    /// `<spool_dir>/<cluster>/prefetch/<the first 16 hex digits of SHA-256(repository)>`,
+    /// where `repository` says where the repository is ([`repository_identity`]).
     pub fn dir_for(spool_dir: &Path, cluster: &str, repository: &str) -> PathBuf {
         use sha2::Digest;
         let key = hex::encode(sha2::Sha256::digest(repository.as_bytes()));
@@ -191,13 +198,52 @@ impl PrefetchSpool {
         }
     }
 
-    /// Removes every prefetched segment: the prefetcher when it starts (what a killed one left
-    /// may come from a repository since replaced at the same URL) and when it exits (no
-    /// decrypted WAL stays in the spool once recovery stops asking).
+    /// Removes every prefetched segment (kept counters and the request).
     pub fn purge(&self) {
         for name in self.files() {
             let _ = fs::remove_file(self.dir.join(name));
         }
+    }
+
+    /// Makes the area the prefetch area of repository `repo_id` (the prefetcher at start,
+    /// holding the lock): segments fetched from another repository, named in `.repository`,
+    /// are removed, as are temporary files a killed fetch left and segments of the layout
+    /// before areas were per repository (directly in `<cluster>/prefetch/`). True when it
+    /// removed segments of another repository.
+    pub fn adopt(&self, repo_id: &str) -> Result<bool> {
+        let path = self.dir.join(".repository");
+        let known = crate::untrusted_file::read_capped(&path, 1024).ok();
+        let other = known.as_deref() != Some(repo_id.as_bytes());
+        if other {
+            self.purge();
+        }
+        for e in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let wal_temp = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .and_then(|n| n.split('.').next())
+                .is_some_and(|n| n.parse::<WalFileName>().is_ok());
+            if wal_temp {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        if let Some(old) = self.dir.parent() {
+            for e in fs::read_dir(old).into_iter().flatten().flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .parse::<WalFileName>()
+                    .is_ok()
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        if other {
+            crate::private_fs::replace(&path, repo_id.as_bytes())
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        }
+        Ok(other && known.is_some())
     }
 
     fn fetching_path(&self, name: &WalFileName) -> PathBuf {
@@ -278,6 +324,22 @@ impl PrefetchSpool {
         v.sort();
         v
     }
+}
+
+/// What says where a repository is, for [`PrefetchSpool::dir_for`]: its URL and the options
+/// that place it where the URL does not (`endpoint`, `region`, `account_name`: two MinIO
+/// servers can both hold `s3://backups/pg`). Never credentials.
+pub fn repository_identity(
+    url: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let mut id = url.to_string();
+    for key in ["endpoint", "region", "account_name"] {
+        if let Some(v) = options.get(key) {
+            id.push_str(&format!("\n{key}={v}"));
+        }
+    }
+    id
 }
 
 /// How one archive-get call of a segment was served.
@@ -395,7 +457,9 @@ pub async fn run_prefetcher(
     opts: &PrefetchOptions,
 ) -> Result<()> {
     spool.clear_marks();
-    spool.purge();
+    if spool.adopt(&repo.config().repo_id)? {
+        tracing::info!(dir = %spool.dir().display(), "prefetched segments of another repository removed");
+    }
     let mut last_seen: Option<WalFileName> = None;
     let mut idle_since = Instant::now();
     let mut in_flight = FuturesUnordered::new();
@@ -413,7 +477,6 @@ pub async fn run_prefetcher(
             idle_since = Instant::now();
             last_seen = req.clone();
         } else if idle_since.elapsed() > opts.idle_exit && in_flight.is_empty() {
-            spool.purge();
             return Ok(());
         }
         if let Some(req) = &req {
@@ -613,20 +676,52 @@ mod tests {
     }
 
     #[test]
-    fn purge_removes_prefetched_segments_and_keeps_the_counters() {
+    fn a_prefetcher_keeps_its_repositorys_segments_and_removes_anothers() {
         let dir = tempfile::tempdir().unwrap();
         let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
-        for n in [4, 5] {
-            write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
-        }
+        let put = |n: u64| write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
+        put(4);
+        put(5);
         spool
             .record(GetOutcome::FromSpool, Duration::from_millis(1))
             .unwrap();
-        spool.set_requested(&seg(4)).unwrap();
-        spool.purge();
+        // A killed fetch's temporary file, and a segment of the layout before areas.
+        let temp = spool.dir().join(format!(".{}.123.0.tmp", seg(6)));
+        fs::write(&temp, b"part").unwrap();
+        let old = dir.path().join("main/prefetch").join(seg(7).to_string());
+        fs::write(&old, b"old").unwrap();
+        // First start: whose the segments are is unknown, so they go.
+        assert!(
+            !spool.adopt("aaaa").unwrap(),
+            "no other repository was recorded"
+        );
         assert_eq!(spool.files(), Vec::<String>::new());
-        assert_eq!(spool.stats().calls, 1);
-        assert_eq!(spool.requested(), Some(seg(4)));
+        assert!(!temp.exists() && !old.exists());
+        assert_eq!(spool.stats().calls, 1, "the counters stay");
+        // The same repository again: its segments stay (a paused standby's window).
+        put(8);
+        assert!(!spool.adopt("aaaa").unwrap());
+        assert_eq!(spool.files(), vec![seg(8).to_string()]);
+        // Another repository at the same place: they go.
+        assert!(spool.adopt("bbbb").unwrap());
+        assert_eq!(spool.files(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_repository_identity_holds_where_it_is_never_credentials() {
+        let mut opts = std::collections::BTreeMap::new();
+        opts.insert("secret_access_key".to_string(), "hunter2".to_string());
+        let bare = repository_identity("s3://backups/pg", &opts);
+        assert!(!bare.contains("hunter2"));
+        opts.insert("endpoint".to_string(), "https://minio-a:9000".to_string());
+        let a = repository_identity("s3://backups/pg", &opts);
+        opts.insert("endpoint".to_string(), "https://minio-b:9000".to_string());
+        let b = repository_identity("s3://backups/pg", &opts);
+        assert_ne!(a, b);
+        assert_ne!(
+            PrefetchSpool::dir_for(Path::new("/s"), "main", &a),
+            PrefetchSpool::dir_for(Path::new("/s"), "main", &b)
+        );
     }
 
     #[test]
