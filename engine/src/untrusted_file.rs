@@ -4,13 +4,15 @@
 //! user writes the server log and the prefetch spool's counters that root reads afterwards. A
 //! compromised database account could put a FIFO there (root's read blocks for ever), a
 //! symlink to `/dev/zero` or to a file only root may read (an endless read, or root's secrets
-//! copied into a drill report), or a file of many gigabytes. Here a read follows no symlink in
-//! the last component, never blocks on opening a FIFO, refuses anything but a regular file and
-//! reads at most a bound.
+//! copied into a drill report), a hard link to such a file, or a file of many gigabytes. Here a
+//! read follows no symlink in the last component, never blocks on opening a FIFO, refuses
+//! anything but a regular file with one link and reads at most a bound. (Directories above
+//! the file are the caller's: a drill's are root's, except its spool, where the worst a
+//! swapped directory can do is feed the report counters.)
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Opens `path` for reading only if it is a regular file reached without following a symlink.
@@ -19,10 +21,11 @@ fn open_regular(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("{} is not a regular file", path.display()),
+            format!("{} is not a regular file with one link", path.display()),
         ));
     }
     Ok(f)
@@ -85,6 +88,13 @@ mod tests {
         assert!(read_capped(&link, 1024).is_err());
         assert_eq!(read_tail(&link, 1024), "");
         assert!(read_capped(Path::new("/dev/zero"), 1024).is_err(), "device");
+
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root only").unwrap();
+        let hard = dir.path().join("hard");
+        std::fs::hard_link(&secret, &hard).unwrap();
+        assert!(read_capped(&hard, 1024).is_err(), "a second link");
+        assert_eq!(read_tail(&hard, 1024), "");
 
         let big = dir.path().join("big");
         std::fs::write(&big, vec![b'x'; 2048]).unwrap();

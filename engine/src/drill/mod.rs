@@ -788,7 +788,8 @@ pub async fn run_drill(
         let _ = w.wait();
     }
     if !opts.keep {
-        remove_workdir(&opts.workdir);
+        let workdir = opts.workdir.clone();
+        let _ = blocking(move || remove_workdir(&workdir)).await;
     }
 
     let mttr = report::apportion(&mut phases);
@@ -957,7 +958,8 @@ async fn finish_early(
     e: Error,
 ) -> Result<(DrillReport, DrillFiles)> {
     if !opts.keep {
-        remove_workdir(&opts.workdir);
+        let workdir = opts.workdir.clone();
+        let _ = blocking(move || remove_workdir(&workdir)).await;
     }
     let (status, outcome, summary) = if operational {
         (
