@@ -63,6 +63,20 @@ pub fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
+/// Gives back the allocation of the byte ranges `ranges` of a file [`preallocate`]d whole: a
+/// restored file's all-zero blocks are never written and stay holes, as they were before
+/// files were preallocated, while the blocks written still go into allocated extents. A file
+/// system that cannot punch holes keeps them allocated; they read as zeros either way.
+pub fn punch_holes(file: &File, ranges: impl IntoIterator<Item = (u64, u64)>) {
+    use rustix::fs::FallocateFlags;
+    for (at, len) in ranges {
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        if rustix::fs::fallocate(file, flags, at, len).is_err() {
+            return;
+        }
+    }
+}
+
 /// Goes back to buffered writes on `file`.
 fn disable(file: &File) -> std::io::Result<()> {
     use rustix::fs::OFlags;
@@ -195,6 +209,27 @@ pub fn with_group_buf<R>(capacity: usize, f: impl FnOnce(&mut AlignedBuf) -> R) 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn punched_ranges_of_a_preallocated_file_are_holes_again() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        let len = 8u64 << 20;
+        super::preallocate(&file, len).unwrap();
+        let whole = file.metadata().unwrap().blocks();
+        if whole * 512 < len {
+            return; // no fallocate here: nothing was allocated to give back
+        }
+        super::punch_holes(&file, [(0, 2 << 20), (4 << 20, 4 << 20)]);
+        let after = file.metadata().unwrap().blocks() * 512;
+        assert!(after <= (2 << 20) + 65536, "{after} bytes still allocated");
+        assert_eq!(file.metadata().unwrap().len(), len, "the size stays");
+        assert_eq!(
+            crate::restore::zero_ranges(&[0, 1, 2, 5, 7, 8], 65536),
+            vec![(0, 3 * 65536), (5 * 65536, 65536), (7 * 65536, 2 * 65536)]
+        );
+    }
+
     use super::*;
     use std::io::Read;
 

@@ -813,10 +813,10 @@ impl FileJob<'_> {
         // Large files of a full restore go past the page cache ([`direct_io`]).
         let direct =
             self.direct_io && !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
-        // Preallocated only where every block is written: a file with all-zero blocks stays
-        // sparse (those blocks are holes, not allocated extents), as the source file was.
-        if direct && zeros.is_empty() {
+        // Allocated whole, then the all-zero blocks given back: they stay holes.
+        if direct {
             direct_io::preallocate(&file, size).map_err(|e| io(path, e))?;
+            direct_io::punch_holes(&file, zero_ranges(&zeros, block_size));
         }
         let mut writes = futures::stream::iter(runs)
             .map(|run| {
@@ -838,6 +838,7 @@ impl FileJob<'_> {
                     let out = RunOutput {
                         codec: repo.codec().clone(),
                         file,
+                        path: path.to_path_buf(),
                         pack: key.to_string(),
                         block_size,
                         size,
@@ -1081,9 +1082,24 @@ impl BackgroundSyncs {
 }
 
 /// Where the blocks of one run go.
+/// The byte ranges of the blocks `zeros` (ascending block numbers), neighbours merged.
+pub(crate) fn zero_ranges(zeros: &[usize], block_size: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &i in zeros {
+        let at = i as u64 * block_size;
+        match out.last_mut() {
+            Some((start, len)) if *start + *len == at => *len += block_size,
+            _ => out.push((at, block_size)),
+        }
+    }
+    out
+}
+
 struct RunOutput {
     codec: crate::codec::Codec,
     file: Arc<std::fs::File>,
+    /// The file's path (named in write errors: which file a full disk stopped).
+    path: PathBuf,
     /// The pack the run was read from (named in errors).
     pack: String,
     block_size: u64,
@@ -1106,7 +1122,7 @@ impl RunOutput {
         mut group: Option<&mut direct_io::AlignedBuf>,
         patches: &HashMap<usize, (Patch, Vec<u8>)>,
     ) -> Result<Vec<(usize, PartHash)>> {
-        let write_err = |err| Error::io("writing a restored file", err);
+        let write_err = |err| io(&self.path, err);
         let (block_size, size) = (self.block_size, self.size);
         let mut hashes = Vec::with_capacity(run.len());
         let mut group_at = 0u64;
@@ -1636,6 +1652,7 @@ mod tests {
             let out = RunOutput {
                 codec: codec.clone(),
                 file: Arc::new(std::fs::File::create(dir.path().join("f")).unwrap()),
+                path: PathBuf::from("base/1/1"),
                 pack: "packs/01".into(),
                 block_size: bs as u64,
                 size: bs as u64,
@@ -1692,6 +1709,7 @@ mod tests {
                         .open(&path)
                         .unwrap(),
                 ),
+                path: path.clone(),
                 pack: "packs/01".into(),
                 block_size: bs as u64,
                 size: bs as u64,
