@@ -42,8 +42,8 @@ pub const LIST_BLOCKS: usize = 128;
 const MAGIC_V1: &[u8; 5] = b"PGCL1";
 const MAGIC: &[u8; 5] = b"PGCL2";
 
-/// Range reads in flight while a file's lists are fetched.
-const FETCH_AHEAD: usize = 8;
+/// Range reads in flight while a file's lists are fetched (at most [`SPAN_MAX`] each).
+const FETCH_AHEAD: usize = 16;
 
 /// A file's lists are read in spans: lists of one pack at most [`SPAN_GAP`] bytes apart are
 /// fetched by one range read of at most [`SPAN_MAX`] bytes. Why: a backup writes a file's
