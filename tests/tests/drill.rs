@@ -13,7 +13,12 @@ use pgcairn_tests::*;
 
 /// A cluster with a full backup and archived WAL after it.
 fn prepared() -> (TestEnv, Instance) {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    prepared_on(Backend::File)
+}
+
+/// [`prepared`] with its repository on `backend`.
+fn prepared_on(backend: Backend) -> (TestEnv, Instance) {
+    let env = TestEnv::new(EnvOptions::new(backend));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     env.use_cluster(&pg);
@@ -23,6 +28,23 @@ fn prepared() -> (TestEnv, Instance) {
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
     (env, pg)
+}
+
+/// On S3 the repository's place includes its endpoint option: the drill must read its
+/// counters from the prefetch area its instance's archive-get used (it once named the area by
+/// the URL alone, and reported no WAL fetched at all).
+#[test]
+fn a_drill_from_s3_counts_the_wal_its_recovery_fetched() {
+    if !backends().contains(&Backend::S3) {
+        return;
+    }
+    let (env, pg) = prepared_on(Backend::S3);
+    let _stop = StopOnDrop(&pg);
+    let (code, doc) = drill(&env, &["--max-mttr", "10m"]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    let f = &doc["wal_fetch"];
+    let calls = f["calls"].as_u64().unwrap_or_else(|| panic!("{doc:#}"));
+    assert!(calls >= 1, "the drill's recovery fetched WAL: {f}");
 }
 
 fn drill(env: &TestEnv, extra: &[&str]) -> (Option<i32>, serde_json::Value) {

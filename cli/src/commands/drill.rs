@@ -151,8 +151,11 @@ async fn drill_in(
     // production spool may serve a standby of the same cluster on this host.
     let spool_dir = workdir.join("spool");
     let restore_cmd = restore_command_with(&copy, cli, settings, Fetch::PrefetchInto(&spool_dir));
-    let prefetch_spool =
-        PrefetchSpool::open(&spool_dir, &settings.cluster, settings.require_repo_url()?)?;
+    let prefetch_spool = PrefetchSpool::open(
+        &spool_dir,
+        &settings.cluster,
+        &super::archive::repository_identity(settings)?,
+    )?;
     let opts = DrillOptions {
         restore: RestoreOptions {
             backup: args.backup.clone(),
