@@ -1081,9 +1081,8 @@ impl BackgroundSyncs {
     }
 }
 
-/// Where the blocks of one run go.
 /// The byte ranges of the blocks `zeros` (ascending block numbers), neighbours merged.
-pub(crate) fn zero_ranges(zeros: &[usize], block_size: u64) -> Vec<(u64, u64)> {
+fn zero_ranges(zeros: &[usize], block_size: u64) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &i in zeros {
         let at = i as u64 * block_size;
@@ -1095,6 +1094,7 @@ pub(crate) fn zero_ranges(zeros: &[usize], block_size: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Where the blocks of one run go.
 struct RunOutput {
     codec: crate::codec::Codec,
     file: Arc<std::fs::File>,
@@ -1585,6 +1585,14 @@ mod tests {
             .enumerate()
             .map(|(i, b)| Some(p.part(data.len() as u64, i, b)))
             .collect()
+    }
+
+    #[test]
+    fn neighbouring_zero_blocks_are_one_range() {
+        assert_eq!(
+            zero_ranges(&[0, 1, 2, 5, 7, 8], 65536),
+            vec![(0, 3 * 65536), (5 * 65536, 65536), (7 * 65536, 2 * 65536)]
+        );
     }
 
     #[test]

@@ -25,10 +25,10 @@
 //! segments behind the requested one and any from other timelines, and exits when PostgreSQL
 //! stops asking. What it fetched ahead stays for the next recovery from the same repository:
 //! a standby whose recovery pauses (`recovery_min_apply_delay`, a paused replay) would
-//! otherwise fetch the same window again after every pause. Every file
-//! in the spool passed the same checks as a direct archive-get (authentication, content id,
-//! page header against the name). A segment that does not exist yet (nor any after it) is asked
-//! for again after [`ABSENT_RETRY`].
+//! otherwise fetch the same window again after every pause. Every file in the spool passed the
+//! same checks as a direct archive-get (authentication, content id, page header against the
+//! name). A segment that does not exist yet (nor any after it) is asked for again after
+//! [`ABSENT_RETRY`].
 //!
 //! The prefetcher keeps `jobs` fetches in flight at all times, always of the nearest missing
 //! segments of the window, and refills the window as soon as one lands or PostgreSQL asks for
@@ -70,8 +70,8 @@ pub struct PrefetchSpool {
 
 impl PrefetchSpool {
     /// Opens (creating) `<spool_dir>/<cluster>/prefetch/<repository key>/`, the prefetch area
-    /// of one repository (named by its URL): two repositories holding a cluster of the same
-    /// name never serve each other's WAL.
+    /// of one repository (`repository`: where it is, [`repository_identity`]): two
+    /// repositories holding a cluster of the same name never serve each other's WAL.
     pub fn open(spool_dir: &Path, cluster: &str, repository: &str) -> Result<Self> {
         let dir = Self::dir_for(spool_dir, cluster, repository);
         crate::private_fs::create_dir_all(&dir)
@@ -198,8 +198,8 @@ impl PrefetchSpool {
         }
     }
 
-    /// Removes every prefetched segment (kept counters and the request).
-    pub fn purge(&self) {
+    /// Removes every prefetched segment (the counters and the request stay).
+    fn purge(&self) {
         for name in self.files() {
             let _ = fs::remove_file(self.dir.join(name));
         }
