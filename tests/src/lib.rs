@@ -557,7 +557,21 @@ impl TestEnv {
                 ));
             }
         }
-        std::fs::write(&self.config, out).unwrap();
+        self.replace_config(&out);
+    }
+
+    /// Replaces the config file whole (a temporary file renamed over it, same owner and
+    /// mode): a restore_command or archive_command running at that moment reads the old file
+    /// or the new one, never a truncated one. (A standby's archive-get once read it empty
+    /// while `use_cluster` rewrote it in place, and exited 200.)
+    pub fn replace_config(&self, text: &str) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.config).unwrap();
+        let tmp = self.config.with_extension("toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, meta.permissions()).unwrap();
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid())).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
     }
 
     /// A cluster `<dir>/<name>`, started, configured as this environment's cluster
@@ -784,7 +798,7 @@ impl TestEnv {
             &format!("[repo]\nstate_dir = \"{}\"\n", state.display()),
             1,
         );
-        std::fs::write(&self.config, text).unwrap();
+        self.replace_config(&text);
         state
     }
 
@@ -1027,7 +1041,7 @@ impl TestEnv {
         let mut all = std::fs::read_to_string(&self.config).unwrap();
         all.push('\n');
         all.push_str(text);
-        std::fs::write(&self.config, all).unwrap();
+        self.replace_config(&all);
     }
 
     /// True when WAL file `name` (segment, `.partial` or history file) can be fetched from the
