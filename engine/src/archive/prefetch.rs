@@ -28,7 +28,11 @@
 //! otherwise fetch the same window again after every pause. Every file in the spool passed the
 //! same checks as a direct archive-get (authentication, content id, page header against the
 //! name). A segment that does not exist yet (nor any after it) is asked for again after
-//! [`ABSENT_RETRY`].
+//! [`ABSENT_RETRY`], then after twice as long each time it is still absent, up to
+//! [`ABSENT_RETRY_MAX`] ([`ArchiveEnd`]): a standby that has caught up with the archive asks for
+//! the next segment until it appears, and polling for it four times a second for hours is
+//! requests paid for on an object store. The backoff delays prefetching only, never replay:
+//! archive-get fetches a segment that is not in the spool itself.
 //!
 //! The prefetcher keeps `jobs` fetches in flight at all times, always of the nearest missing
 //! segments of the window, and refills the window as soon as one lands or PostgreSQL asks for
@@ -421,8 +425,54 @@ impl GetStats {
 /// The largest `get-stats.json` read (the real one is a few hundred bytes).
 const STATS_MAX: u64 = 64 * 1024;
 
-/// How long a segment found absent (and every one after it) is not asked for again.
+/// How long a segment found absent (and every one after it) is not asked for again, the
+/// first time.
 pub const ABSENT_RETRY: Duration = Duration::from_millis(250);
+/// The longest wait before a segment still absent is asked for again: PostgreSQL's own
+/// `wal_retrieve_retry_interval` (5 s by default), how often a standby asks archive-get.
+pub const ABSENT_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where the archive ends as far as the prefetcher knows: the first segment found absent,
+/// when it may be asked for again, and how long the next wait will be. Nothing at or after
+/// that segment is fetched before then.
+#[derive(Debug)]
+struct ArchiveEnd {
+    end: Option<(u64, Instant)>,
+    wait: Duration,
+}
+
+impl ArchiveEnd {
+    fn new() -> Self {
+        ArchiveEnd {
+            end: None,
+            wait: ABSENT_RETRY,
+        }
+    }
+
+    /// May segment `abs` be fetched at `now`?
+    fn allows(&self, abs: u64, now: Instant) -> bool {
+        !matches!(self.end, Some((a, until)) if abs >= a && now < until)
+    }
+
+    /// A fetch of `abs` found it absent (or failed) at `now`. The same end found again waits
+    /// twice as long as the last time; an earlier one starts over.
+    fn absent(&mut self, abs: u64, now: Instant) {
+        match self.end {
+            Some((a, until)) if abs > a || (abs == a && now < until) => return,
+            Some((a, _)) if abs == a => self.wait = (self.wait * 2).min(ABSENT_RETRY_MAX),
+            _ => self.wait = ABSENT_RETRY,
+        }
+        self.end = Some((abs, now + self.wait));
+    }
+
+    /// Segment `abs` exists: it was fetched, or PostgreSQL asks for a later one (it has
+    /// replayed it). The end has moved past it.
+    fn reached(&mut self, abs: u64) {
+        if matches!(self.end, Some((a, _)) if abs >= a) {
+            *self = ArchiveEnd::new();
+        }
+    }
+}
 
 /// A fetching marker older than this is left over (a fetch gives up well before).
 pub const MARK_STALE: Duration = Duration::from_secs(120);
@@ -464,9 +514,9 @@ pub async fn run_prefetcher(
     let mut idle_since = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut fetching: Vec<WalFileName> = Vec::new();
-    // The first segment found absent, and when: nothing at or after it is asked for again
-    // until ABSENT_RETRY has passed (or a fetch in flight finds it there after all).
-    let mut absent: Option<(u64, Instant)> = None;
+    // Nothing at or after the first segment found absent is asked for again until its wait
+    // has passed (or a fetch in flight finds it there after all).
+    let mut archive_end = ArchiveEnd::new();
     loop {
         // A drill's spool goes with its work directory: nothing left to prefetch for.
         if !spool.dir().exists() {
@@ -482,18 +532,18 @@ pub async fn run_prefetcher(
         if let Some(req) = &req {
             spool.clean(req, seg_size);
         }
-        if absent.is_some_and(|(_, at)| at.elapsed() > ABSENT_RETRY) {
-            absent = None;
-        }
         if let Some((seg, tli)) = req
             .as_ref()
             .and_then(|r| Some((r.segment()?, r.timeline())))
         {
             let base = seg.absolute(seg_size);
+            // PostgreSQL asks for a segment only once it has replayed the one before.
+            archive_end.reached(base.saturating_sub(1));
+            let now = Instant::now();
             let free = opts.jobs.max(1).saturating_sub(in_flight.len());
             let next: Vec<WalFileName> = (1..=opts.count as u64)
                 .map(|i| base + i)
-                .take_while(|abs| !matches!(absent, Some((a, _)) if *abs >= a))
+                .take_while(|abs| archive_end.allows(*abs, now))
                 .map(|abs| WalFileName::Segment {
                     tli,
                     segno: SegmentNo::from_absolute(abs, seg_size),
@@ -524,16 +574,12 @@ pub async fn run_prefetcher(
             fetching.retain(|n| *n != name);
             let abs = name.segment().map(|s| s.absolute(seg_size)).unwrap_or(0);
             match r {
-                Ok(()) => {}
+                Ok(()) => archive_end.reached(abs),
                 // Not archived yet (or the end of the archive).
-                Err(Error::NotFound(_)) => {
-                    if !matches!(absent, Some((a, _)) if a <= abs) {
-                        absent = Some((abs, Instant::now()));
-                    }
-                }
+                Err(Error::NotFound(_)) => archive_end.absent(abs, Instant::now()),
                 Err(e) => {
                     tracing::warn!(wal = %name, error = %e, "prefetch failed; archive-get will fetch it directly");
-                    absent = Some((abs, Instant::now()));
+                    archive_end.absent(abs, Instant::now());
                 }
             }
         }
@@ -543,6 +589,47 @@ pub async fn run_prefetcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_still_absent_is_asked_for_less_and_less_often() {
+        let t0 = Instant::now();
+        let mut end = ArchiveEnd::new();
+        assert!(end.allows(10, t0));
+        end.absent(10, t0);
+        // Nothing at or after it until the first wait has passed; before it, anything.
+        assert!(!end.allows(10, t0) && !end.allows(11, t0) && end.allows(9, t0));
+        assert!(end.allows(10, t0 + ABSENT_RETRY));
+        // Found absent again after each wait: 0.5 s, 1 s, 2 s, 4 s, then 5 s for ever.
+        let mut now = t0 + ABSENT_RETRY;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            end.absent(10, now);
+            let mut wait = Duration::ZERO;
+            while !end.allows(10, now + wait) {
+                wait += Duration::from_millis(250);
+            }
+            waits.push(wait.as_millis());
+            now += wait;
+        }
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
+        // A later segment's absence, or the same one reported twice in one wait, changes
+        // nothing.
+        end.absent(12, now);
+        end.absent(10, now);
+        assert!(end.allows(10, now + ABSENT_RETRY_MAX) && !end.allows(10, now));
+        // An earlier end starts over at the first wait.
+        end.absent(8, now);
+        assert!(end.allows(8, now + ABSENT_RETRY));
+        // Once the segment exists (fetched, or PostgreSQL asks past it), no wait is left.
+        end.absent(8, now + ABSENT_RETRY);
+        end.reached(8);
+        assert!(end.allows(8, now) && end.allows(100, now));
+        end.absent(8, now);
+        assert!(end.allows(8, now + ABSENT_RETRY), "the backoff started over");
+        // A segment before the end says nothing about it.
+        end.reached(7);
+        assert!(!end.allows(8, now));
+    }
 
     fn seg(n: u64) -> WalFileName {
         format!("00000001{:08X}{:08X}", n >> 8, n & 0xff)
