@@ -6,14 +6,19 @@
 //! symlink to `/dev/zero` or to a file only root may read (an endless read, or root's secrets
 //! copied into a drill report), a hard link to such a file, or a file of many gigabytes. Here a
 //! read follows no symlink in the last component, never blocks on opening a FIFO, refuses
-//! anything but a regular file with one link and reads at most a bound. (Directories above
-//! the file are the caller's: a drill's are root's, except its spool, where the worst a
-//! swapped directory can do is feed the report counters.)
+//! anything but a regular file with one link and reads at most a bound. Directories above
+//! the file are the caller's, unless it names a directory it trusts
+//! ([`read_capped_beneath`]): then every directory below that one is opened without
+//! following a link, so a directory the other user swapped for a link (a drill's spool,
+//! which belongs to its instance's user) cannot send the read elsewhere.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Component, Path};
+
+use rustix::fs::{Mode, OFlags};
 
 /// Opens `path` for reading only if it is a regular file reached without following a symlink.
 fn open_regular(path: &Path) -> io::Result<File> {
@@ -21,6 +26,11 @@ fn open_regular(path: &Path) -> io::Result<File> {
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
+    regular(f, path)
+}
+
+/// `f` if it is a regular file with one link.
+fn regular(f: File, path: &Path) -> io::Result<File> {
     let meta = f.metadata()?;
     if !meta.is_file() || meta.nlink() != 1 {
         return Err(io::Error::new(
@@ -33,7 +43,45 @@ fn open_regular(path: &Path) -> io::Result<File> {
 
 /// The whole of `path`, which must be a regular file of at most `max` bytes.
 pub fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let f = open_regular(path)?;
+    read_all_capped(open_regular(path)?, path, max)
+}
+
+/// The whole of `trusted/rel`, a regular file of at most `max` bytes, where no directory
+/// below `trusted` may be a link: each is opened without following one.
+pub fn read_capped_beneath(trusted: &Path, rel: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let path = trusted.join(rel);
+    let not_beneath = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is not a plain path beneath {}",
+                rel.display(),
+                trusted.display()
+            ),
+        )
+    };
+    let mut names = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(not_beneath()),
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let file = names.pop().ok_or_else(not_beneath)?;
+    let mut dir = crate::fs_beneath::open_root(trusted)?;
+    for name in names {
+        dir = crate::fs_beneath::open_dir(dir.as_fd(), Path::new(name))?;
+    }
+    let fd = rustix::fs::openat(
+        dir.as_fd(),
+        file,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    read_all_capped(regular(File::from(fd), &path)?, &path, max)
+}
+
+fn read_all_capped(f: File, path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     f.take(max + 1).read_to_end(&mut body)?;
     if body.len() as u64 > max {
@@ -105,5 +153,34 @@ mod tests {
         std::fs::write(&log, "first line\nlast line\n").unwrap();
         assert_eq!(read_tail(&log, 10), "last line\n");
         assert_eq!(read_tail(&log, 1 << 20), "first line\nlast line\n");
+    }
+
+    #[test]
+    fn beneath_a_trusted_directory_no_directory_may_be_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let trusted = dir.path().join("work");
+        std::fs::create_dir_all(trusted.join("spool/main")).unwrap();
+        std::fs::write(trusted.join("spool/main/stats.json"), "{}").unwrap();
+        let rel = Path::new("spool/main/stats.json");
+        assert_eq!(read_capped_beneath(&trusted, rel, 64).unwrap(), b"{}");
+        // The other user swaps `spool/main` for a link to a directory of their choosing.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("stats.json"), "chosen").unwrap();
+        std::fs::remove_dir_all(trusted.join("spool/main")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, trusted.join("spool/main")).unwrap();
+        assert_eq!(
+            read_capped(&trusted.join(rel), 64).unwrap(),
+            b"chosen",
+            "a plain read follows it"
+        );
+        assert!(read_capped_beneath(&trusted, rel, 64).is_err());
+        // Paths that climb out are refused before anything is opened.
+        for bad in ["../elsewhere/stats.json", "/etc/passwd", ""] {
+            assert!(
+                read_capped_beneath(&trusted, Path::new(bad), 64).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -110,7 +110,7 @@ fn changes_and_restores_leave_records_that_outlive_expire_and_gc() {
     // expire deletes records older than retention.audit_keep (its own record stays).
     let mut config = std::fs::read_to_string(&env.config).unwrap();
     config.push_str("\n[retention]\naudit_keep = \"2s\"\n");
-    std::fs::write(&env.config, config).unwrap();
+    env.replace_config(&config);
     std::thread::sleep(Duration::from_secs(3));
     assert_success(&env.pgcairn(&["expire"]), "expire");
     assert_eq!(commands(&audit(&env, &[])), ["expire"]);

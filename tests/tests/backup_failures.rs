@@ -18,7 +18,7 @@ fn with_role(env: &TestEnv, pg: &Instance, role: &str) {
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
         .replace("user=postgres", &format!("user={role}"));
-    std::fs::write(&env.config, text).unwrap();
+    env.replace_config(&text);
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn backups_connect_over_tls_when_sslmode_asks_for_it() {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        std::fs::write(&env.config, text + "\n").unwrap();
+        env.replace_config(&(text + "\n"));
     };
     set_conninfo("require");
     let b = backup_json(&env, &["--type", "full"]);
@@ -337,14 +337,10 @@ fn a_backup_refuses_a_data_directory_that_is_not_the_servers(backend: Backend) {
     .unwrap();
     let stale = env.path().join("stale");
     let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        text.replace(
-            &format!("pgdata = \"{}\"", pg.datadir.display()),
-            &format!("pgdata = \"{}\"", stale.display()),
-        ),
-    )
-    .unwrap();
+    env.replace_config(&text.replace(
+        &format!("pgdata = \"{}\"", pg.datadir.display()),
+        &format!("pgdata = \"{}\"", stale.display()),
+    ));
     let out = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let msg = stderr(&out);
@@ -354,7 +350,7 @@ fn a_backup_refuses_a_data_directory_that_is_not_the_servers(backend: Backend) {
         "the error names both directories: {msg}"
     );
     // Pointed back at the server's own directory, the backup works.
-    std::fs::write(&env.config, text).unwrap();
+    env.replace_config(&text);
     backup_json(&env, &["--type", "full"]);
 }
 

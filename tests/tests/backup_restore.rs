@@ -206,11 +206,9 @@ fn a_root_restore_warns_when_postgres_cannot_run_the_restore_command() {
 fn a_backup_of_many_small_blocks_finishes_and_restores() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(
-        &env.config,
-        format!("{config}\n[backup]\nblock_size = \"8KiB\"\njobs = 16\n"),
-    )
-    .unwrap();
+    env.replace_config(&format!(
+        "{config}\n[backup]\nblock_size = \"8KiB\"\njobs = 16\n"
+    ));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);

@@ -82,7 +82,7 @@ fn expire_follows_policy_and_pins_and_the_rest_restores() {
 
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
     // `pin` of an already pinned backup is a no-op; of a missing one, an error.
     assert_success(&env.pgcairn(&["pin", &ids[0]]), "pin again");
     let out = env.pgcairn(&["pin", "20200101-000000F"]);
@@ -234,7 +234,7 @@ fn gc_reclaims_unreferenced_packs_survives_kill_9_and_keeps_the_rest_restorable(
         .to_string();
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
     assert_success(&env.pgcairn(&["expire"]), "expire");
 
     let packs = env.path().join("repo/packs");
@@ -351,7 +351,7 @@ fn after_expiring_all_but_the_last_backup_gc_leaves_about_a_fresh_full_backup() 
     }
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
     assert_success(&env.pgcairn(&["expire"]), "expire");
     let before = info(&env)["repository"]["space"].clone();
     assert!(
@@ -455,7 +455,7 @@ fn pitr_window_keeps_only_consistency_wal_for_older_backups() {
     std::thread::sleep(Duration::from_millis(1500));
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 3\npitr_window = \"1s\"\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
     let out = env.pgcairn(&["expire", "--dry-run", "--output", "json"]);
     assert_success(&out, "expire --dry-run");
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -536,7 +536,7 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
     std::fs::create_dir_all(&leases).unwrap();
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
     for (name, args) in [("gc", &["gc"][..]), ("expire-main", &["expire"][..])] {
         // Another host holds the lease, with a fresh heartbeat.
         let lease = leases.join(name);
@@ -585,7 +585,7 @@ fn retention_auto_expires_after_each_backup() {
     env.use_cluster(&pg);
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     cfg.push_str("\n[retention]\nfull = 1\nauto = true\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
     pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
     let first = backup_json(&env, &["--type", "full"])["id"]
         .as_str()
@@ -631,7 +631,7 @@ fn dry_runs_of_expire_and_gc_change_no_object() {
         backup_json(&env, &["--type", "full"]);
         let mut cfg = std::fs::read_to_string(&env.config).unwrap();
         cfg.push_str("\n[retention]\nfull = 1\n");
-        std::fs::write(&env.config, cfg).unwrap();
+        env.replace_config(&cfg);
 
         let before = env.snapshot_objects();
         assert!(

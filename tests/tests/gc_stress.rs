@@ -360,7 +360,7 @@ fn gc_under_load(backend: Backend) {
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();
     // The grace period is passed to every gc run as --grace.
     cfg.push_str("\n[retention]\nfull = 1\n");
-    std::fs::write(&env.config, cfg).unwrap();
+    env.replace_config(&cfg);
 
     // 1. Load, backups and expire/gc at the same time.
     phase("concurrent phase starts");

@@ -41,7 +41,7 @@ fn use_cluster_as(env: &TestEnv, pg: &Instance, role: &str) {
     let text = std::fs::read_to_string(&env.config)
         .unwrap()
         .replace("user=postgres", &format!("user={role}"));
-    std::fs::write(&env.config, text).unwrap();
+    env.replace_config(&text);
 }
 
 fn stdout(out: &std::process::Output) -> String {

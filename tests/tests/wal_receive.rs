@@ -22,7 +22,7 @@ fn configure_receiver(env: &TestEnv, extra: &str) -> std::path::PathBuf {
         "\n[wal_receive]\nstatus_file = \"{}\"\ncommit_interval = \"5ms\"\n{extra}\n",
         status.display()
     ));
-    std::fs::write(&env.config, text).unwrap();
+    env.replace_config(&text);
     status
 }
 
@@ -812,7 +812,7 @@ fn set_conninfo(env: &TestEnv, conninfo: &str) {
             }
         })
         .collect();
-    std::fs::write(&env.config, text).unwrap();
+    env.replace_config(&text);
 }
 
 /// SCRAM channel binding over TLS, against a real server with a self-signed certificate:

@@ -307,6 +307,21 @@ impl PrefetchSpool {
             .unwrap_or_default()
     }
 
+    /// [`Self::stats`], read by a process that trusts `trusted` (a directory above the spool)
+    /// but not the user who owns the spool: no directory between the two may be a link (a
+    /// drill's spool belongs to its instance's user, [`crate::untrusted_file`]).
+    pub fn stats_beneath(&self, trusted: &Path) -> GetStats {
+        let stats = self.stats_path();
+        stats
+            .strip_prefix(trusted)
+            .ok()
+            .and_then(|rel| {
+                crate::untrusted_file::read_capped_beneath(trusted, rel, STATS_MAX).ok()
+            })
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     /// Counts one archive-get call of a segment that took `elapsed`.
     pub fn record(&self, outcome: GetOutcome, elapsed: Duration) -> Result<()> {
         let mut s = self.stats();
@@ -625,7 +640,10 @@ mod tests {
         end.reached(8);
         assert!(end.allows(8, now) && end.allows(100, now));
         end.absent(8, now);
-        assert!(end.allows(8, now + ABSENT_RETRY), "the backoff started over");
+        assert!(
+            end.allows(8, now + ABSENT_RETRY),
+            "the backoff started over"
+        );
         // A segment before the end says nothing about it.
         end.reached(7);
         assert!(!end.allows(8, now));

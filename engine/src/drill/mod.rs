@@ -738,7 +738,11 @@ pub async fn run_drill(
     let run_as = instance.run_as.clone();
     let mut watchdog = spawn_watchdog(&opts.workdir, &datadir, run_as.as_deref(), &bin, opts.keep);
 
-    let fetch_before = opts.prefetch_spool.as_ref().map(|s| s.stats());
+    // The spool is the instance user's: read beneath the work directory, never through a link.
+    let fetch_before = opts
+        .prefetch_spool
+        .as_ref()
+        .map(|s| s.stats_beneath(&opts.workdir));
     let outcome = run_instance(
         &instance,
         &settings,
@@ -752,7 +756,7 @@ pub async fn run_drill(
         .prefetch_spool
         .as_ref()
         .zip(fetch_before)
-        .map(|(s, before)| s.stats().since(&before));
+        .map(|(s, before)| s.stats_beneath(&opts.workdir).since(&before));
     // Stop (the checks already did, unless one failed early) and clean up.
     let inst = instance.clone();
     let _ = blocking(move || inst.stop()).await;
