@@ -13,7 +13,7 @@
 //! which belongs to its instance's user) cannot send the read elsewhere.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path};
@@ -109,6 +109,62 @@ pub fn read_tail(path: &Path, max: u64) -> String {
         .unwrap_or_default()
 }
 
+/// Longest line [`matching_lines`] keeps whole; the rest of a longer one is dropped.
+const LINE_MAX: usize = 64 * 1024;
+
+/// The lines of the regular file `path` that contain one of `needles`, read from its start
+/// in pieces, never more than `max_read` bytes of it; at most `max_kept` bytes of such lines
+/// are kept, the last ones. Empty when it cannot be read that way. Unlike [`read_tail`], a
+/// line of interest is found wherever it is, however much was logged after it.
+pub fn matching_lines(path: &Path, needles: &[&str], max_read: u64, max_kept: usize) -> String {
+    let Ok(f) = open_regular(path) else {
+        return String::new();
+    };
+    let mut reader = BufReader::with_capacity(LINE_MAX, f.take(max_read));
+    let mut kept: std::collections::VecDeque<String> = Default::default();
+    let mut kept_len = 0usize;
+    let mut line: Vec<u8> = Vec::new();
+    while let Ok(buf) = reader.fill_buf() {
+        if buf.is_empty() {
+            break;
+        }
+        let (piece, ends_line) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let room = LINE_MAX.saturating_sub(line.len());
+        line.extend_from_slice(&piece[..piece.len().min(room)]);
+        let used = piece.len();
+        reader.consume(used);
+        if !ends_line {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        if needles.iter().any(|n| text.contains(n)) {
+            let mut text = text.into_owned();
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            kept_len += text.len();
+            kept.push_back(text);
+            while kept_len > max_kept {
+                match kept.pop_front() {
+                    Some(old) => kept_len -= old.len(),
+                    None => break,
+                }
+            }
+        }
+        line.clear();
+    }
+    if !line.is_empty() {
+        let text = String::from_utf8_lossy(&line);
+        if needles.iter().any(|n| text.contains(n)) && text.len() <= max_kept {
+            kept.push_back(text.into_owned());
+        }
+    }
+    kept.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +209,47 @@ mod tests {
         std::fs::write(&log, "first line\nlast line\n").unwrap();
         assert_eq!(read_tail(&log, 10), "last line\n");
         assert_eq!(read_tail(&log, 1 << 20), "first line\nlast line\n");
+    }
+
+    #[test]
+    fn lines_of_interest_are_found_however_much_follows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut text = String::from("LOG:  consistent recovery state reached at 0/A6000100\n");
+        let noise = "LOG:  restored log file \"000000010000000000000001\" from archive\n";
+        while text.len() < 4 << 20 {
+            text.push_str(noise);
+        }
+        // A line longer than any kept whole, then the end of recovery.
+        text.push_str(&"x".repeat(200_000));
+        text.push_str(" FATAL  in a long line\nLOG:  redo done at 0/AE4B47F8\nLOG:  last");
+        std::fs::write(&log, &text).unwrap();
+        let needles = ["consistent recovery state", "redo done at", "FATAL", "last"];
+        let found = matching_lines(&log, &needles, 1 << 30, 1 << 20);
+        assert!(
+            found.starts_with("LOG:  consistent recovery state reached at 0/A6000100\n"),
+            "{found:.200}"
+        );
+        assert!(found.contains("LOG:  redo done at 0/AE4B47F8\n"));
+        assert!(
+            found.ends_with("LOG:  last"),
+            "an unfinished last line counts"
+        );
+        assert!(!found.contains("restored log file"));
+        // The long line was cut to its first LINE_MAX bytes, where its needle is not.
+        assert!(!found.contains("FATAL"));
+        // A tail of the same file misses the first line.
+        assert!(!read_tail(&log, 1 << 20).contains("consistent recovery state"));
+        // Reading stops at max_read; the kept lines are the last ones within max_kept.
+        assert_eq!(matching_lines(&log, &needles, 10, 1 << 20), "");
+        let kept = matching_lines(&log, &["restored log file"], 1 << 30, noise.len() * 3);
+        assert_eq!(kept, noise.repeat(3));
+        // Not a regular file: nothing.
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero")).unwrap();
+        assert_eq!(
+            matching_lines(&dir.path().join("zero"), &needles, 1 << 30, 1 << 20),
+            ""
+        );
     }
 
     #[test]

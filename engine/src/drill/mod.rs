@@ -150,10 +150,29 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .map_err(|e| Error::InvalidInput(format!("drill task failed: {e}")))
 }
 
-/// How much of the end of the drill instance's server log the checks read: its user writes
-/// it, so it is read as an untrusted file ([`crate::untrusted_file`]); recovery's lines about
-/// the target and the end of WAL are at the end.
-const SERVER_LOG_MAX: u64 = 16 << 20;
+/// The drill instance's server log, as the checks read it: its user writes it, so it is read
+/// as an untrusted file ([`crate::untrusted_file`]), from its start (the line saying recovery
+/// became consistent comes early, and a long recovery logs a line per segment after it), but
+/// only the lines the checks look at ([`LOG_LINES`]), at most [`SERVER_LOG_KEPT`] bytes of
+/// them, the last ones, out of at most [`SERVER_LOG_READ`] bytes read.
+fn server_log_lines(path: &Path) -> String {
+    crate::untrusted_file::matching_lines(path, LOG_LINES, SERVER_LOG_READ, SERVER_LOG_KEPT)
+}
+
+/// Lines of the server log the drill's checks read.
+const LOG_LINES: &[&str] = &[
+    "recovery stopping",
+    "redo done at",
+    "last completed transaction was at log time",
+    "consistent recovery state reached",
+    "cannot fetch",
+    "FATAL",
+];
+/// Most of the server log read: a recovery logs about 100 bytes per segment replayed, so this
+/// is some ten million segments.
+const SERVER_LOG_READ: u64 = 1 << 30;
+/// Most bytes of matching lines kept.
+const SERVER_LOG_KEPT: usize = 1 << 20;
 
 /// Name of the check that the isolation settings are in force.
 pub const ISOLATION_CHECK: &str = "isolated from production";
@@ -774,7 +793,7 @@ pub async fn run_drill(
     }
     // Recovery that stopped because restore_command could not reach the repository says
     // nothing about the backup: those failures are the drill not running.
-    let log = crate::untrusted_file::read_tail(&datadir.join("pgcairn-server.log"), SERVER_LOG_MAX);
+    let log = server_log_lines(&datadir.join("pgcairn-server.log"));
     if let Some(line) = wal_unreachable(&log) {
         for c in checks.iter_mut().filter(|c| {
             c.status == "failed"
@@ -1031,7 +1050,7 @@ async fn run_instance(
             detail: "failed".into(),
             share_of_mttr: None,
         });
-        let log = crate::untrusted_file::read_tail(&log_path, SERVER_LOG_MAX);
+        let log = server_log_lines(&log_path);
         let reason = log
             .lines()
             .rfind(|l| l.contains("FATAL"))
@@ -1093,7 +1112,7 @@ async fn run_instance(
     });
 
     let t = Instant::now();
-    let log = crate::untrusted_file::read_tail(&log_path, SERVER_LOG_MAX);
+    let log = server_log_lines(&log_path);
     checks.push(target_check(&log, &opts.restore.target_spec));
     let inst = instance.clone();
     let check_sql = opts.check_sql.clone();
