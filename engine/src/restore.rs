@@ -813,10 +813,10 @@ impl FileJob<'_> {
         // Large files of a full restore go past the page cache ([`direct_io`]).
         let direct =
             self.direct_io && !delta && size >= direct_io::MIN_FILE_LEN && direct_io::enable(&file);
-        // Allocated whole, then the all-zero blocks given back: they stay holes.
+        // The blocks to be written allocated up front; the all-zero ones stay holes.
         if direct {
-            direct_io::preallocate(&file, size).map_err(|e| io(path, e))?;
-            direct_io::punch_holes(&file, zero_ranges(&zeros, block_size));
+            direct_io::preallocate(&file, data_ranges(&zeros, block_size, size))
+                .map_err(|e| io(path, e))?;
         }
         let mut writes = futures::stream::iter(runs)
             .map(|run| {
@@ -1081,15 +1081,21 @@ impl BackgroundSyncs {
     }
 }
 
-/// The byte ranges of the blocks `zeros` (ascending block numbers), neighbours merged.
-fn zero_ranges(zeros: &[usize], block_size: u64) -> Vec<(u64, u64)> {
+/// The byte ranges of a file of `size` bytes outside its all-zero blocks `zeros` (ascending
+/// block numbers): what a restore writes, neighbours merged.
+fn data_ranges(zeros: &[usize], block_size: u64, size: u64) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for &i in zeros {
-        let at = i as u64 * block_size;
-        match out.last_mut() {
-            Some((start, len)) if *start + *len == at => *len += block_size,
-            _ => out.push((at, block_size)),
+    let mut at = 0u64;
+    for end in zeros
+        .iter()
+        .map(|&i| i as u64 * block_size)
+        .chain(std::iter::once(size))
+    {
+        let end = end.min(size);
+        if end > at {
+            out.push((at, end - at));
         }
+        at = at.max(end + block_size);
     }
     out
 }
@@ -1588,11 +1594,18 @@ mod tests {
     }
 
     #[test]
-    fn neighbouring_zero_blocks_are_one_range() {
+    fn the_ranges_written_are_those_between_zero_blocks() {
+        let b = 65536;
+        // Blocks 0-2, 5 and 7-8 are zeros; block 9, the last, is 100 bytes.
+        let size = 9 * b + 100;
         assert_eq!(
-            zero_ranges(&[0, 1, 2, 5, 7, 8], 65536),
-            vec![(0, 3 * 65536), (5 * 65536, 65536), (7 * 65536, 2 * 65536)]
+            data_ranges(&[0, 1, 2, 5, 7, 8], b, size),
+            vec![(3 * b, 2 * b), (6 * b, b), (9 * b, 100)]
         );
+        assert_eq!(data_ranges(&[], b, size), vec![(0, size)]);
+        assert_eq!(data_ranges(&[9], b, size), vec![(0, 9 * b)]);
+        assert_eq!(data_ranges(&[0, 1], b, 2 * b), Vec::<(u64, u64)>::new());
+        assert_eq!(data_ranges(&[], b, 0), Vec::<(u64, u64)>::new());
     }
 
     #[test]
