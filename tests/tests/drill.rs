@@ -902,3 +902,107 @@ fn a_repository_unreadable_during_replay_is_an_error_not_an_integrity_failure() 
         "{doc:#}"
     );
 }
+
+/// Audit: a root drill wrote its reports with plain writes, into a directory PostgreSQL's OS
+/// user can write (by default the spool's `drills`): a link named like the next report made
+/// root overwrite the link's target, and the directory itself could be a link. Reports are
+/// now written beneath the opened directory, replacing whatever stands at their names, and a
+/// report directory that is a link in another user's directory is refused.
+#[test]
+fn as_root_links_planted_for_the_reports_are_never_written_through() {
+    if !is_root() {
+        eprintln!("skipping: needs root (the drill runs PostgreSQL as another user)");
+        return;
+    }
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let as_postgres = |script: &str| {
+        let st = Command::new("runuser")
+            .args(["-u", "postgres", "--", "sh", "-c", script])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    };
+    // Root's file, and root's directory, that the links point at.
+    let victim = env.path().join("root-only");
+    std::fs::write(&victim, "untouched\n").unwrap();
+    let victim_dir = env.path().join("root-dir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    // PostgreSQL's user plants a link for every report name of the next three minutes.
+    let reports = env.path().join("pg-reports");
+    as_postgres(&format!("mkdir {}", reports.display()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stamps = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for s in $(seq {} {}); do date -u -d @$s +%Y%m%d-%H%M%S; done",
+            now - 2,
+            now + 180
+        ))
+        .output()
+        .unwrap();
+    let mut planted = 0;
+    for stamp in String::from_utf8_lossy(&stamps.stdout).lines() {
+        for ext in ["json", "md", "html"] {
+            let link = reports.join(format!("drill-main-{stamp}.{ext}"));
+            std::os::unix::fs::symlink(&victim, &link).unwrap();
+            std::os::unix::fs::lchown(
+                &link,
+                Some(std::fs::metadata(&reports).unwrap().uid()),
+                None,
+            )
+            .unwrap();
+            planted += 1;
+        }
+    }
+    assert!(planted > 500, "{planted}");
+    // The drill as root (the fixtures run pgcairn as PostgreSQL's user).
+    let root_drill = |report_dir: &Path| {
+        Command::new(&env.bin)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["--progress", "never", "drill", "--output", "json"])
+            .arg("--report-dir")
+            .arg(report_dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = root_drill(&reports);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");
+    let written: Vec<_> = entries(&reports)
+        .into_iter()
+        .filter(|p| {
+            !std::fs::symlink_metadata(p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        })
+        .collect();
+    assert_eq!(written.len(), 3, "the three reports, as files: {written:?}");
+    let json = written
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "json"));
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.unwrap()).unwrap()).unwrap();
+    assert_eq!(doc["outcome"], "passed", "{doc:#}");
+
+    // The report directory itself a link, in a directory of PostgreSQL's user.
+    let linked = env.path().join("linked-reports");
+    as_postgres(&format!(
+        "ln -s {} {}",
+        victim_dir.display(),
+        linked.display()
+    ));
+    let out = root_drill(&linked);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert!(
+        entries(&victim_dir).is_empty(),
+        "nothing written through the link"
+    );
+}

@@ -396,13 +396,41 @@ fn startup_settings(pg_major: Option<u32>) -> Vec<(&'static str, String)> {
     }
 }
 
+/// Largest `postgresql.auto.conf` a drill adds its settings to.
+const AUTO_CONF_MAX: u64 = 16 << 20;
+
+/// Appends `lines` to the restored data directory's `postgresql.auto.conf`. The directory
+/// belongs to the instance's OS user by now, who could have put a link where the file is
+/// (root would then copy a file of its choice there, or write into one): the file is read as
+/// an untrusted file and replaced beneath a descriptor of the directory, never through a link,
+/// keeping the directory owner's ownership so that the server can read it.
+fn append_to_auto_conf(datadir: &Path, lines: &str) -> Result<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let auto = datadir.join(crate::first_start::AUTO_CONF);
+    let io = |e| Error::io(format!("writing {}", auto.display()), e);
+    let mut text = match crate::untrusted_file::read_capped(&auto, AUTO_CONF_MAX) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(format!("reading {}", auto.display()), e)),
+    };
+    text.push_str(lines);
+    let dir = crate::fs_beneath::open_root(datadir).map_err(io)?;
+    let meta = std::fs::metadata(datadir).map_err(io)?;
+    let owner = (crate::pg::instance::current_uid() == 0).then(|| (meta.uid(), meta.gid()));
+    crate::fs_beneath::write_file(
+        dir.as_fd(),
+        Path::new(crate::first_start::AUTO_CONF),
+        text.as_bytes(),
+        0o600,
+        owner,
+    )
+    .map_err(io)
+}
+
 /// The major version in a data directory's `PG_VERSION`.
 fn data_dir_major(datadir: &Path) -> Option<u32> {
-    std::fs::read_to_string(datadir.join("PG_VERSION"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    crate::pg::instance::data_directory_major(datadir).ok()
 }
 
 /// `-c name=value` options for `pg_ctl -o` (through `/bin/sh`).
@@ -734,11 +762,7 @@ pub async fn run_drill(
         }
         let (hba, ident) = write_auth_files(&opts.workdir.join("conf"))?;
         let settings = isolation_settings(&hba, &ident);
-        let auto = datadir.join("postgresql.auto.conf");
-        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-        text.push_str(&config_lines(&settings));
-        std::fs::write(&auto, text)
-            .map_err(|e| Error::io(format!("writing {}", auto.display()), e))?;
+        append_to_auto_conf(&datadir, &config_lines(&settings))?;
         let instance = Instance::new(
             bin.clone(),
             datadir.clone(),
@@ -943,18 +967,32 @@ async fn publish(
     let history = report::history(repo, &report.cluster)
         .await
         .unwrap_or_else(|_| vec![report.clone()]);
-    std::fs::create_dir_all(&opts.report_dir)
-        .map_err(|e| Error::io(format!("creating {}", opts.report_dir.display()), e))?;
-    let base = opts
-        .report_dir
-        .join(format!("drill-{}-{}", report.cluster, report.id));
+    // The default report directory is in the spool, which PostgreSQL's OS user can write: it
+    // could plant a link named like the next report (or the directory itself) to make a root
+    // drill overwrite a file of its choice. The directory is opened refusing a link planted in
+    // another user's directory, and each report is written beneath it, replacing whatever
+    // stands at its name rather than following it.
+    let report_dir = &opts.report_dir;
+    std::fs::create_dir_all(report_dir)
+        .map_err(|e| Error::io(format!("creating {}", report_dir.display()), e))?;
+    let dir = crate::fs_beneath::open_root_checked(report_dir, crate::pg::instance::current_uid())
+        .map_err(|e| Error::io(format!("opening {}", report_dir.display()), e))?;
+    let base = report_dir.join(format!("drill-{}-{}", report.cluster, report.id));
     let files = DrillFiles {
         json: base.with_extension("json"),
         markdown: base.with_extension("md"),
         html: base.with_extension("html"),
     };
     let write = |p: &Path, body: &str| {
-        std::fs::write(p, body).map_err(|e| Error::io(format!("writing {}", p.display()), e))
+        let name = p.file_name().map(Path::new).unwrap_or(p);
+        crate::fs_beneath::write_file(
+            std::os::fd::AsFd::as_fd(&dir),
+            name,
+            body.as_bytes(),
+            0o644,
+            None,
+        )
+        .map_err(|e| Error::io(format!("writing {}", p.display()), e))
     };
     write(
         &files.json,

@@ -180,9 +180,14 @@ impl PgBinaries {
 }
 
 /// The major version of a data directory (its `PG_VERSION` file).
+/// Largest `PG_VERSION` read (it holds a major version and a newline).
+const PG_VERSION_MAX: u64 = 64;
+
 pub fn data_directory_major(datadir: &Path) -> Result<u32> {
     let path = datadir.join("PG_VERSION");
-    let text = std::fs::read_to_string(&path)
+    // The server's OS user owns the file: a link or a FIFO there is read as nothing.
+    let text = crate::untrusted_file::read_capped(&path, PG_VERSION_MAX)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     text.trim().parse().map_err(|_| {
         Error::InvalidInput(format!(
