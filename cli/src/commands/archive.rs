@@ -355,12 +355,17 @@ fn from_spool(
     dest: &Path,
 ) -> Result<Option<GetOutcome>, EngineError> {
     spool.set_requested(name)?;
-    let served = spool.take(name, dest)?;
+    // PostgreSQL runs restore_command in the data directory: its pg_control says which cluster
+    // is recovering, and no segment of another is served (a hand-run call elsewhere has none).
+    let sysid = pgcairn_engine::pg::control::read(Path::new("."))
+        .ok()
+        .map(|c| c.system_identifier);
+    let served = spool.take(name, dest, sysid)?;
     ensure_prefetcher(cli, settings, spool);
     if served {
         return Ok(Some(GetOutcome::FromSpool));
     }
-    if spool.wait_if_fetching(name, PREFETCH_WAIT) && spool.take(name, dest)? {
+    if spool.wait_if_fetching(name, PREFETCH_WAIT) && spool.take(name, dest, sysid)? {
         return Ok(Some(GetOutcome::Waited));
     }
     Ok(None)

@@ -150,11 +150,34 @@ impl PrefetchSpool {
         crate::archive::spool::try_lock_file(&self.lock_path())
     }
 
-    /// Moves a prefetched file to `dest` if there is one; true if it did.
-    pub fn take(&self, name: &WalFileName, dest: &Path) -> Result<bool> {
+    /// Moves a prefetched file to `dest` if there is one; true if it did. With the system
+    /// identifier of the cluster recovering (its `pg_control`), a segment whose first page
+    /// names another cluster is never served: it can only have come from another repository
+    /// whose area this one shares (a repository re-created at the same place, an endpoint
+    /// given through the environment), before a prefetcher of this repository adopted the area
+    /// ([`Self::adopt`]), and PostgreSQL would take it for the end of the archive and end
+    /// recovery early. Every segment here is removed then, and archive-get fetches its own.
+    pub fn take(
+        &self,
+        name: &WalFileName,
+        dest: &Path,
+        system_identifier: Option<u64>,
+    ) -> Result<bool> {
         let src = self.dir.join(name.to_string());
         if !src.exists() {
             return Ok(false);
+        }
+        if let Some(want) = system_identifier {
+            if !self.of_cluster(&src, want) {
+                tracing::warn!(
+                    wal = %name,
+                    dir = %self.dir.display(),
+                    "a prefetched segment is of another cluster than the one recovering (system identifier {want}): \
+                     every prefetched segment here is removed and the segment fetched directly"
+                );
+                self.purge();
+                return Ok(false);
+            }
         }
         let err = |e| Error::io(format!("moving {} to {}", src.display(), dest.display()), e);
         match fs::rename(&src, dest) {
@@ -177,6 +200,18 @@ impl PrefetchSpool {
                 .map_err(err)?;
         }
         Ok(true)
+    }
+
+    /// Does the segment at `path` begin with the long page header of the cluster whose system
+    /// identifier is `want`? Unreadable or not a segment counts as no.
+    fn of_cluster(&self, path: &Path, want: u64) -> bool {
+        use std::io::Read;
+        let mut head = [0u8; crate::pg::wal_header::LONG_HEADER_LEN];
+        fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .ok()
+            .and_then(|()| crate::pg::wal_header::LongPageHeader::parse(&head).ok())
+            .is_some_and(|h| h.system_identifier == want)
     }
 
     /// Removes files behind `requested` on its timeline (not `requested` itself: archive-get
@@ -464,9 +499,13 @@ impl ArchiveEnd {
         }
     }
 
-    /// May segment `abs` be fetched at `now`?
+    /// May segment `abs` be fetched at `now`? Past the end nothing is; the end itself once its
+    /// wait is over (one request: whatever follows it cannot be there before it is).
     fn allows(&self, abs: u64, now: Instant) -> bool {
-        !matches!(self.end, Some((a, until)) if abs >= a && now < until)
+        match self.end {
+            Some((a, until)) if abs >= a => abs == a && now >= until,
+            _ => true,
+        }
     }
 
     /// A fetch of `abs` found it absent (or failed) at `now`. The same end found again waits
@@ -606,6 +645,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_segment_of_another_cluster_is_never_served_and_empties_the_area() {
+        use crate::pg::wal_header::tests::fake_segment;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let seg_size = 16u32 << 20;
+        let put = |n: u64, sysid: u64| {
+            let path = spool.dir().join(seg(n).to_string());
+            fs::write(
+                &path,
+                fake_segment(sysid, 1, n * u64::from(seg_size), seg_size, 8192),
+            )
+            .unwrap();
+        };
+        let dest = dir.path().join("RECOVERYXLOG");
+        // Ours: served.
+        put(5, 42);
+        assert!(spool.take(&seg(5), &dest, Some(42)).unwrap());
+        // Left by a recovery of another cluster of the same name, before any prefetcher of
+        // this repository adopted the area: refused, and the whole window goes with it.
+        put(6, 7);
+        put(7, 7);
+        assert!(!spool.take(&seg(6), &dest, Some(42)).unwrap());
+        assert!(spool.files().is_empty(), "{:?}", spool.files());
+        // Not a segment at all: not served either.
+        fs::write(spool.dir().join(seg(8).to_string()), b"short").unwrap();
+        assert!(!spool.take(&seg(8), &dest, Some(42)).unwrap());
+        // Without a pg_control to compare with (a hand-run call), served as before.
+        put(9, 7);
+        assert!(spool.take(&seg(9), &dest, None).unwrap());
+    }
+
+    #[test]
     fn a_segment_still_absent_is_asked_for_less_and_less_often() {
         let t0 = Instant::now();
         let mut end = ArchiveEnd::new();
@@ -614,6 +685,10 @@ mod tests {
         // Nothing at or after it until the first wait has passed; before it, anything.
         assert!(!end.allows(10, t0) && !end.allows(11, t0) && end.allows(9, t0));
         assert!(end.allows(10, t0 + ABSENT_RETRY));
+        assert!(
+            !end.allows(11, t0 + ABSENT_RETRY),
+            "only the end is asked for again, not the window after it"
+        );
         // Found absent again after each wait: 0.5 s, 1 s, 2 s, 4 s, then 5 s for ever.
         let mut now = t0 + ABSENT_RETRY;
         let mut waits = Vec::new();
@@ -679,7 +754,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
         writer.join().unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
-        assert!(spool.take(&name, &dest).unwrap());
+        assert!(spool.take(&name, &dest, None).unwrap());
         assert_eq!(fs::read(&dest).unwrap(), b"segment");
         assert!(
             !spool.fetching_path(&name).exists(),
@@ -754,7 +829,7 @@ mod tests {
         );
         assert!(spool.dir().join(seg(6).to_string()).exists());
         let dest = dir.path().join("dest");
-        assert!(!spool.take(&seg(9), &dest).unwrap());
+        assert!(!spool.take(&seg(9), &dest, None).unwrap());
     }
 
     /// Before: one spool per cluster name, so a segment prefetched from one repository's
@@ -769,14 +844,14 @@ mod tests {
         write_atomically(&a.dir().join(seg(7).to_string()), b"from a").unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
         assert!(
-            !b.take(&seg(7), &dest).unwrap(),
+            !b.take(&seg(7), &dest, None).unwrap(),
             "b never serves a's segment"
         );
         assert!(!dest.exists());
         let again = PrefetchSpool::open_existing(dir.path(), "main", "s3://bucket-a/pgcairn")
             .expect("a's area exists");
         assert_eq!(again.dir(), a.dir());
-        assert!(again.take(&seg(7), &dest).unwrap());
+        assert!(again.take(&seg(7), &dest, None).unwrap());
         assert!(PrefetchSpool::open_existing(dir.path(), "main", "file:///elsewhere").is_err());
     }
 
