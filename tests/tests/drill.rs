@@ -984,6 +984,11 @@ fn as_root_links_planted_for_the_reports_are_never_written_through() {
         })
         .collect();
     assert_eq!(written.len(), 3, "the three reports, as files: {written:?}");
+    assert_eq!(
+        entries(&reports).len(),
+        planted,
+        "each report replaced the link planted at its name"
+    );
     let json = written
         .iter()
         .find(|p| p.extension().is_some_and(|e| e == "json"));
