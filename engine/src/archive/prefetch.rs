@@ -168,15 +168,20 @@ impl PrefetchSpool {
             return Ok(false);
         }
         if let Some(want) = system_identifier {
-            if !self.of_cluster(&src, want) {
-                tracing::warn!(
+            match self.of_cluster(&src, want) {
+                Some(true) => {}
+                // Gone since the check (the prefetcher cleaned it): not there.
+                None => return Ok(false),
+                Some(false) => {
+                    tracing::warn!(
                     wal = %name,
                     dir = %self.dir.display(),
                     "a prefetched segment is of another cluster than the one recovering (system identifier {want}): \
                      every prefetched segment here is removed and the segment fetched directly"
-                );
-                self.purge();
-                return Ok(false);
+                    );
+                    self.purge();
+                    return Ok(false);
+                }
             }
         }
         let err = |e| Error::io(format!("moving {} to {}", src.display(), dest.display()), e);
@@ -203,15 +208,20 @@ impl PrefetchSpool {
     }
 
     /// Does the segment at `path` begin with the long page header of the cluster whose system
-    /// identifier is `want`? Unreadable or not a segment counts as no.
-    fn of_cluster(&self, path: &Path, want: u64) -> bool {
+    /// identifier is `want`? `None` when it is gone; unreadable or not a segment counts as no.
+    fn of_cluster(&self, path: &Path, want: u64) -> Option<bool> {
         use std::io::Read;
         let mut head = [0u8; crate::pg::wal_header::LONG_HEADER_LEN];
-        fs::File::open(path)
-            .and_then(|mut f| f.read_exact(&mut head))
-            .ok()
-            .and_then(|()| crate::pg::wal_header::LongPageHeader::parse(&head).ok())
-            .is_some_and(|h| h.system_identifier == want)
+        let mut f = match fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(_) => return Some(false),
+        };
+        Some(
+            f.read_exact(&mut head).is_ok()
+                && crate::pg::wal_header::LongPageHeader::parse(&head)
+                    .is_ok_and(|h| h.system_identifier == want),
+        )
     }
 
     /// Removes files behind `requested` on its timeline (not `requested` itself: archive-get
@@ -645,6 +655,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counters_read_beneath_a_trusted_directory_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let spool = PrefetchSpool::open(&work.join("spool"), "main", "file:///repo").unwrap();
+        spool
+            .record(GetOutcome::FromSpool, Duration::from_millis(5))
+            .unwrap();
+        assert_eq!(spool.stats_beneath(&work).calls, 1);
+        // The spool's owner swaps spool/main for a link to counters of its choosing.
+        let area = spool.dir().strip_prefix(work.join("spool/main")).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir_all(elsewhere.join(area)).unwrap();
+        let planted = GetStats {
+            calls: 99,
+            ..GetStats::default()
+        };
+        fs::write(
+            elsewhere.join(area).join("get-stats.json"),
+            serde_json::to_vec(&planted).unwrap(),
+        )
+        .unwrap();
+        fs::rename(work.join("spool/main"), work.join("spool/old")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, work.join("spool/main")).unwrap();
+        assert_eq!(spool.stats().calls, 99, "a plain read follows the link");
+        assert_eq!(spool.stats_beneath(&work).calls, 0);
+    }
+
+    #[test]
     fn a_segment_of_another_cluster_is_never_served_and_empties_the_area() {
         use crate::pg::wal_header::tests::fake_segment;
         let dir = tempfile::tempdir().unwrap();
@@ -674,6 +712,16 @@ mod tests {
         // Without a pg_control to compare with (a hand-run call), served as before.
         put(9, 7);
         assert!(spool.take(&seg(9), &dest, None).unwrap());
+        // Gone between the look and the read (the prefetcher cleaned it): just not there.
+        put(10, 42);
+        assert_eq!(
+            spool.of_cluster(&spool.dir().join(seg(11).to_string()), 42),
+            None
+        );
+        assert!(
+            spool.files().contains(&seg(10).to_string()),
+            "nothing purged"
+        );
     }
 
     #[test]
