@@ -656,6 +656,7 @@ pub async fn run_drill(
     opts: &DrillOptions,
     progress: &dyn Progress,
 ) -> Result<(DrillReport, DrillFiles)> {
+    open_report_dir(&opts.report_dir)?;
     let started_at = now();
     let at = started_at.datetime();
     let id = format!(
@@ -921,6 +922,17 @@ pub async fn run_drill(
 }
 
 /// Stores the report in the repository and writes JSON, Markdown and HTML locally.
+/// The report directory, created if needed, opened refusing a link in another user's
+/// directory ([`crate::fs_beneath::open_root_checked`]). Opened once before the drill starts,
+/// so that a directory the reports could not be written to stops the drill before its
+/// restore, and again when the reports are written.
+fn open_report_dir(report_dir: &Path) -> Result<std::os::fd::OwnedFd> {
+    std::fs::create_dir_all(report_dir)
+        .map_err(|e| Error::io(format!("creating {}", report_dir.display()), e))?;
+    crate::fs_beneath::open_root_checked(report_dir, crate::pg::instance::current_uid())
+        .map_err(|e| Error::io(format!("opening {}", report_dir.display()), e))
+}
+
 async fn publish(
     repo: &Repository,
     opts: &DrillOptions,
@@ -973,10 +985,7 @@ async fn publish(
     // another user's directory, and each report is written beneath it, replacing whatever
     // stands at its name rather than following it.
     let report_dir = &opts.report_dir;
-    std::fs::create_dir_all(report_dir)
-        .map_err(|e| Error::io(format!("creating {}", report_dir.display()), e))?;
-    let dir = crate::fs_beneath::open_root_checked(report_dir, crate::pg::instance::current_uid())
-        .map_err(|e| Error::io(format!("opening {}", report_dir.display()), e))?;
+    let dir = open_report_dir(report_dir)?;
     let base = report_dir.join(format!("drill-{}-{}", report.cluster, report.id));
     let files = DrillFiles {
         json: base.with_extension("json"),
@@ -1400,6 +1409,32 @@ fn in_instance_checks(inst: &Instance, check_sql: &[String]) -> Result<InstanceC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_appended_to_auto_conf_never_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let datadir = dir.path().join("pgdata");
+        std::fs::create_dir(&datadir).unwrap();
+        let auto = datadir.join(crate::first_start::AUTO_CONF);
+        std::fs::write(&auto, "work_mem = '8MB'\n").unwrap();
+        append_to_auto_conf(&datadir, "port = 5499\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&auto).unwrap(),
+            "work_mem = '8MB'\nport = 5499\n"
+        );
+        // The directory's owner puts a link to another file there: that file is neither read
+        // into the configuration nor written.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "secret\n").unwrap();
+        std::fs::remove_file(&auto).unwrap();
+        std::os::unix::fs::symlink(&victim, &auto).unwrap();
+        assert!(append_to_auto_conf(&datadir, "port = 5499\n").is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "secret\n");
+        // No file at all: the settings alone.
+        std::fs::remove_file(&auto).unwrap();
+        append_to_auto_conf(&datadir, "port = 5499\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&auto).unwrap(), "port = 5499\n");
+    }
 
     #[test]
     fn the_startup_sync_is_one_syncfs_only_where_postgresql_has_it() {
