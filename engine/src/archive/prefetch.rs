@@ -29,7 +29,7 @@
 //! same checks as a direct archive-get (authentication, content id, page header against the
 //! name). A segment that does not exist yet (nor any after it) is asked for again after
 //! [`ABSENT_RETRY`], then after twice as long each time it is still absent, up to
-//! [`ABSENT_RETRY_MAX`] ([`ArchiveEnd`]): a standby that has caught up with the archive asks for
+//! [`ABSENT_RETRY_MAX`], also across prefetchers ([`ArchiveEnd`]): a standby that has caught up with the archive asks for
 //! the next segment until it appears, and polling for it four times a second for hours is
 //! requests paid for on an object store. The backoff delays prefetching only, never replay:
 //! archive-get fetches a segment that is not in the spool itself.
@@ -289,10 +289,16 @@ impl PrefetchSpool {
             }
         }
         if other {
+            // Where another repository's archive ended says nothing about this one's.
+            let _ = fs::remove_file(self.archive_end_path());
             crate::private_fs::replace(&path, repo_id.as_bytes())
                 .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
         Ok(other && known.is_some())
+    }
+
+    fn archive_end_path(&self) -> PathBuf {
+        self.dir.join(".archive-end")
     }
 
     fn fetching_path(&self, name: &WalFileName) -> PathBuf {
@@ -482,6 +488,12 @@ impl GetStats {
     }
 }
 
+/// Milliseconds since the epoch.
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The largest `get-stats.json` read (the real one is a few hundred bytes).
 const STATS_MAX: u64 = 64 * 1024;
 
@@ -494,12 +506,27 @@ pub const ABSENT_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Where the archive ends as far as the prefetcher knows: the first segment found absent,
 /// when it may be asked for again, and how long the next wait will be. Nothing at or after
-/// that segment is fetched before then.
-#[derive(Debug)]
+/// that segment is fetched before then. Kept in the area (`.archive-end`) across prefetchers:
+/// a standby waiting at the end of the archive asks for the same segment again and again, which
+/// is no new request, so its prefetcher exits after `idle_exit` and the next call starts
+/// another; without the file each would start over at the shortest wait.
+#[derive(Debug, PartialEq)]
 struct ArchiveEnd {
     end: Option<(u64, Instant)>,
     wait: Duration,
 }
+
+/// [`ArchiveEnd`] as `.archive-end` holds it (wall-clock time: instants do not outlive the
+/// process).
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedArchiveEnd {
+    segment: u64,
+    until_unix_ms: u64,
+    wait_ms: u64,
+}
+
+/// The largest `.archive-end` read.
+const ARCHIVE_END_MAX: u64 = 1024;
 
 impl ArchiveEnd {
     fn new() -> Self {
@@ -507,6 +534,41 @@ impl ArchiveEnd {
             end: None,
             wait: ABSENT_RETRY,
         }
+    }
+
+    /// The end the area's last prefetcher left (none when there is no readable file).
+    fn load(spool: &PrefetchSpool) -> Self {
+        let saved: Option<SavedArchiveEnd> =
+            crate::untrusted_file::read_capped(&spool.archive_end_path(), ARCHIVE_END_MAX)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(saved) = saved else {
+            return ArchiveEnd::new();
+        };
+        let now_ms = unix_ms(std::time::SystemTime::now());
+        let left = Duration::from_millis(saved.until_unix_ms.saturating_sub(now_ms));
+        ArchiveEnd {
+            end: Some((saved.segment, Instant::now() + left.min(ABSENT_RETRY_MAX))),
+            wait: Duration::from_millis(saved.wait_ms).clamp(ABSENT_RETRY, ABSENT_RETRY_MAX),
+        }
+    }
+
+    /// Writes the end to the area (or removes the file when there is none); a failure costs
+    /// only the backoff of the next prefetcher.
+    fn save(&self, spool: &PrefetchSpool) {
+        let path = spool.archive_end_path();
+        let Some((segment, until)) = self.end else {
+            let _ = fs::remove_file(&path);
+            return;
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        let saved = SavedArchiveEnd {
+            segment,
+            until_unix_ms: unix_ms(std::time::SystemTime::now() + left),
+            wait_ms: self.wait.as_millis() as u64,
+        };
+        let body = serde_json::to_vec(&saved).expect("archive end serialises");
+        let _ = crate::private_fs::replace(&path, &body);
     }
 
     /// May segment `abs` be fetched at `now`? Past the end nothing is; the end itself once its
@@ -519,22 +581,25 @@ impl ArchiveEnd {
     }
 
     /// A fetch of `abs` found it absent (or failed) at `now`. The same end found again waits
-    /// twice as long as the last time; an earlier one starts over.
-    fn absent(&mut self, abs: u64, now: Instant) {
+    /// twice as long as the last time; an earlier one starts over. True if the end changed.
+    fn absent(&mut self, abs: u64, now: Instant) -> bool {
         match self.end {
-            Some((a, until)) if abs > a || (abs == a && now < until) => return,
+            Some((a, until)) if abs > a || (abs == a && now < until) => return false,
             Some((a, _)) if abs == a => self.wait = (self.wait * 2).min(ABSENT_RETRY_MAX),
             _ => self.wait = ABSENT_RETRY,
         }
         self.end = Some((abs, now + self.wait));
+        true
     }
 
     /// Segment `abs` exists: it was fetched, or PostgreSQL asks for a later one (it has
-    /// replayed it). The end has moved past it.
-    fn reached(&mut self, abs: u64) {
+    /// replayed it). The end has moved past it. True if the end changed.
+    fn reached(&mut self, abs: u64) -> bool {
         if matches!(self.end, Some((a, _)) if abs >= a) {
             *self = ArchiveEnd::new();
+            return true;
         }
+        false
     }
 }
 
@@ -580,7 +645,7 @@ pub async fn run_prefetcher(
     let mut fetching: Vec<WalFileName> = Vec::new();
     // Nothing at or after the first segment found absent is asked for again until its wait
     // has passed (or a fetch in flight finds it there after all).
-    let mut archive_end = ArchiveEnd::new();
+    let mut archive_end = ArchiveEnd::load(spool);
     loop {
         // A drill's spool goes with its work directory: nothing left to prefetch for.
         if !spool.dir().exists() {
@@ -602,7 +667,9 @@ pub async fn run_prefetcher(
         {
             let base = seg.absolute(seg_size);
             // PostgreSQL asks for a segment only once it has replayed the one before.
-            archive_end.reached(base.saturating_sub(1));
+            if archive_end.reached(base.saturating_sub(1)) {
+                archive_end.save(spool);
+            }
             let now = Instant::now();
             let free = opts.jobs.max(1).saturating_sub(in_flight.len());
             let next: Vec<WalFileName> = (1..=opts.count as u64)
@@ -637,14 +704,17 @@ pub async fn run_prefetcher(
         if let Some((name, r)) = landed {
             fetching.retain(|n| *n != name);
             let abs = name.segment().map(|s| s.absolute(seg_size)).unwrap_or(0);
-            match r {
+            let changed = match r {
                 Ok(()) => archive_end.reached(abs),
                 // Not archived yet (or the end of the archive).
                 Err(Error::NotFound(_)) => archive_end.absent(abs, Instant::now()),
                 Err(e) => {
                     tracing::warn!(wal = %name, error = %e, "prefetch failed; archive-get will fetch it directly");
-                    archive_end.absent(abs, Instant::now());
+                    archive_end.absent(abs, Instant::now())
                 }
+            };
+            if changed {
+                archive_end.save(spool);
             }
         }
     }
@@ -722,6 +792,54 @@ mod tests {
             spool.files().contains(&seg(10).to_string()),
             "nothing purged"
         );
+    }
+
+    #[test]
+    fn the_next_prefetcher_goes_on_with_the_backoff_where_the_last_one_left_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        assert_eq!(ArchiveEnd::load(&spool), ArchiveEnd::new(), "nothing saved");
+        let t0 = Instant::now();
+        let mut end = ArchiveEnd::new();
+        end.absent(10, t0);
+        end.absent(10, t0 + ABSENT_RETRY);
+        end.absent(10, t0 + ABSENT_RETRY * 3);
+        assert_eq!(end.wait, ABSENT_RETRY * 4);
+        end.save(&spool);
+        let next = ArchiveEnd::load(&spool);
+        assert_eq!(
+            next.wait,
+            ABSENT_RETRY * 4,
+            "the wait goes on doubling from there"
+        );
+        // Its wait ends where the last one's did: 3 + 4 retries after t0.
+        assert!(!next.allows(10, Instant::now()), "still waiting");
+        assert!(!next.allows(10, t0 + ABSENT_RETRY * 6));
+        assert!(next.allows(10, t0 + ABSENT_RETRY * 8));
+        assert!(next.allows(9, Instant::now()));
+        // The end reached: the file goes.
+        let mut next = next;
+        assert!(next.reached(10));
+        next.save(&spool);
+        assert!(!spool.archive_end_path().exists());
+        assert_eq!(ArchiveEnd::load(&spool), ArchiveEnd::new());
+        // A damaged or hostile file is no end at all; a huge wait is cut to the longest.
+        fs::write(spool.archive_end_path(), b"{not json").unwrap();
+        assert_eq!(ArchiveEnd::load(&spool), ArchiveEnd::new());
+        let far = SavedArchiveEnd {
+            segment: 3,
+            until_unix_ms: u64::MAX,
+            wait_ms: u64::MAX,
+        };
+        fs::write(spool.archive_end_path(), serde_json::to_vec(&far).unwrap()).unwrap();
+        let capped = ArchiveEnd::load(&spool);
+        assert_eq!(capped.wait, ABSENT_RETRY_MAX);
+        assert!(capped.allows(3, Instant::now() + ABSENT_RETRY_MAX));
+        // Another repository adopting the area drops it.
+        spool.adopt("repo-a").unwrap();
+        fs::write(spool.archive_end_path(), serde_json::to_vec(&far).unwrap()).unwrap();
+        spool.adopt("repo-b").unwrap();
+        assert!(!spool.archive_end_path().exists());
     }
 
     #[test]
