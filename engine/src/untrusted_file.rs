@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Component, Path};
+use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -50,24 +50,14 @@ pub fn read_capped(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 /// below `trusted` may be a link: each is opened without following one.
 pub fn read_capped_beneath(trusted: &Path, rel: &Path, max: u64) -> io::Result<Vec<u8>> {
     let path = trusted.join(rel);
-    let not_beneath = || {
+    let rel = rel.to_str().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not a plain path beneath {}",
-                rel.display(),
-                trusted.display()
-            ),
+            format!("{} is not UTF-8", rel.display()),
         )
-    };
-    let mut names = rel
-        .components()
-        .map(|c| match c {
-            Component::Normal(n) => Ok(n),
-            _ => Err(not_beneath()),
-        })
-        .collect::<io::Result<Vec<_>>>()?;
-    let file = names.pop().ok_or_else(not_beneath)?;
+    })?;
+    let mut names = crate::fs_beneath::components(rel)?;
+    let file = names.pop().expect("components are never empty");
     let mut dir = crate::fs_beneath::open_root(trusted)?;
     for name in names {
         dir = crate::fs_beneath::open_dir(dir.as_fd(), Path::new(name))?;

@@ -164,20 +164,17 @@ impl PrefetchSpool {
         system_identifier: Option<u64>,
     ) -> Result<bool> {
         let src = self.dir.join(name.to_string());
-        if !src.exists() {
-            return Ok(false);
-        }
         if let Some(want) = system_identifier {
-            match self.of_cluster(&src, want) {
+            match of_cluster(&src, want) {
                 Some(true) => {}
-                // Gone since the check (the prefetcher cleaned it): not there.
+                // Not there (or gone: the prefetcher cleaned it).
                 None => return Ok(false),
                 Some(false) => {
                     tracing::warn!(
-                    wal = %name,
-                    dir = %self.dir.display(),
-                    "a prefetched segment is of another cluster than the one recovering (system identifier {want}): \
-                     every prefetched segment here is removed and the segment fetched directly"
+                        wal = %name,
+                        dir = %self.dir.display(),
+                        "a prefetched segment is of another cluster than the one recovering (system identifier {want}): \
+                         every prefetched segment here is removed and the segment fetched directly"
                     );
                     self.purge();
                     return Ok(false);
@@ -205,23 +202,6 @@ impl PrefetchSpool {
                 .map_err(err)?;
         }
         Ok(true)
-    }
-
-    /// Does the segment at `path` begin with the long page header of the cluster whose system
-    /// identifier is `want`? `None` when it is gone; unreadable or not a segment counts as no.
-    fn of_cluster(&self, path: &Path, want: u64) -> Option<bool> {
-        use std::io::Read;
-        let mut head = [0u8; crate::pg::wal_header::LONG_HEADER_LEN];
-        let mut f = match fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(_) => return Some(false),
-        };
-        Some(
-            f.read_exact(&mut head).is_ok()
-                && crate::pg::wal_header::LongPageHeader::parse(&head)
-                    .is_ok_and(|h| h.system_identifier == want),
-        )
     }
 
     /// Removes files behind `requested` on its timeline (not `requested` itself: archive-get
@@ -393,6 +373,18 @@ impl PrefetchSpool {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// Does the segment at `path` begin with the long page header of the cluster whose system
+/// identifier is `want`? `None` when there is no such file; unreadable or not a segment counts
+/// as no.
+fn of_cluster(path: &Path, want: u64) -> Option<bool> {
+    use crate::pg::wal_header::{read_head, LongPageHeader};
+    match read_head(path) {
+        Ok(head) => Some(LongPageHeader::parse(&head).is_ok_and(|h| h.system_identifier == want)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => Some(false),
     }
 }
 
@@ -784,10 +776,7 @@ mod tests {
         assert!(spool.take(&seg(9), &dest, None).unwrap());
         // Gone between the look and the read (the prefetcher cleaned it): just not there.
         put(10, 42);
-        assert_eq!(
-            spool.of_cluster(&spool.dir().join(seg(11).to_string()), 42),
-            None
-        );
+        assert_eq!(of_cluster(&spool.dir().join(seg(11).to_string()), 42), None);
         assert!(
             spool.files().contains(&seg(10).to_string()),
             "nothing purged"

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::pg::datadir::{Entry, EntryKind};
-use crate::pg::wal_header::{LongPageHeader, LONG_HEADER_LEN};
+use crate::pg::wal_header::{read_head, LongPageHeader};
 use crate::repo::Repository;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
@@ -73,7 +73,6 @@ pub fn pg_wal_entry(
     system_identifier: u64,
     seg_size: u64,
 ) -> std::result::Result<Entry, String> {
-    use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let rel = format!("pg_wal/{name}");
     let abs = pgdata.join(&rel);
@@ -85,10 +84,7 @@ pub fn pg_wal_entry(
             meta.len()
         ));
     }
-    let mut head = [0u8; LONG_HEADER_LEN];
-    std::fs::File::open(&abs)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map_err(|e| format!("{}: {e}", abs.display()))?;
+    let head = read_head(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
     let header = LongPageHeader::parse(&head).map_err(|e| format!("{}: {e}", abs.display()))?;
     header
         .check_against(name, seg_size as usize)

@@ -78,6 +78,15 @@ pub enum WalHeaderError {
     BadSegmentSize(u32),
 }
 
+/// The first [`LONG_HEADER_LEN`] bytes of the file at `path` (where a segment's long page
+/// header is).
+pub fn read_head(path: &std::path::Path) -> std::io::Result<[u8; LONG_HEADER_LEN]> {
+    use std::io::Read;
+    let mut head = [0u8; LONG_HEADER_LEN];
+    std::fs::File::open(path)?.read_exact(&mut head)?;
+    Ok(head)
+}
+
 impl LongPageHeader {
     /// Parses the header from the first bytes of a segment.
     pub fn parse(bytes: &[u8]) -> Result<Self, WalHeaderError> {
