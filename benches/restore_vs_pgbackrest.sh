@@ -273,7 +273,7 @@ backup() { # $1 = tool, $2 = full|incr; sets T_WALL, T_RSS; for incr also INCR_B
 # promotion. Sets T_WALL/T_RSS (the restore command), T_REC (restore + start + replay +
 # promotion, s), T_STARTUP and T_REPLAY (s) and FP (the restored cluster's fingerprint).
 recover() {
-    local tool=$1 kind=$2 dir="$W/restored-$1-$2" port t0 t1 ts tr i=0 rc
+    local tool=$1 kind=$2 dir="$W/restored-$1-$2" port t0 t1 ts tr i=0 rc try
     port=$(free_port)
     as_pg rm -rf "$dir" "$dir.log"
     as_pg mkdir -m 700 "$dir"
@@ -288,7 +288,12 @@ recover() {
     fi
     # Each recovery fetches its own WAL: none finds segments the previous one prefetched
     # (pgcairn's prefetch spool, pgBackRest's asynchronous archive-get queue). A prefetcher
-    # still running exits when its directory goes.
+    # still running exits when its directory goes; one writing a segment while rm walks the
+    # directory makes rm fail, so it is tried again.
+    for try in 1 2 3 4 5 6 7 8 9; do
+        as_pg rm -rf "$W/pgb-spool/main/prefetch" "$W/pgbr-spool/archive" 2>/dev/null && break
+        sleep 0.5
+    done
     as_pg rm -rf "$W/pgb-spool/main/prefetch" "$W/pgbr-spool/archive"
     sync
     t0=$(now_ns)
