@@ -112,9 +112,25 @@ fn main() {
     std::process::exit(code as i32);
 }
 
+/// Moves a background pusher or prefetcher to `/`, as daemons do.
+///
+/// It inherits the directory PostgreSQL runs `archive_command` and `restore_command` in: the
+/// data directory. Kept there for up to `archive.idle_exit` after the server stopped, it held
+/// the data directory's file system busy (`umount` failed with "target is busy" after a
+/// recovery or a failover). Paths the settings name relative to that directory are made
+/// absolute first; a start directory that is gone leaves them as they are.
+fn leave_start_directory(settings: &mut Settings) {
+    if let Ok(start) = std::env::current_dir() {
+        settings.anchor_relative_paths(&start);
+    }
+    if let Err(e) = std::env::set_current_dir("/") {
+        tracing::warn!("cannot change to /: {e}");
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
-    let settings = match Settings::resolve(&cli) {
+    let mut settings = match Settings::resolve(&cli) {
         Ok(s) => s,
         Err(mut f) if is_archive_get => {
             f.code = ExitCode::AbortRecovery;
@@ -122,6 +138,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Err(f) => return Err(f),
     };
+    if matches!(
+        cli.command,
+        Command::ArchivePushDaemon { .. } | Command::ArchiveGetDaemon
+    ) {
+        leave_start_directory(&mut settings);
+    }
     // archive-push and archive-get run once per WAL segment: a single-threaded runtime starts
     // fastest, and their CPU work runs on the rayon pool anyway.
     let per_segment = matches!(

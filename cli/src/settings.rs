@@ -489,6 +489,40 @@ impl Settings {
         })
     }
 
+    /// Makes every relative path of the settings absolute against `base`.
+    ///
+    /// A background pusher or prefetcher leaves the directory it was started in (PostgreSQL
+    /// runs `archive_command` and `restore_command` in the data directory), so that it never
+    /// holds that directory's file system busy; the paths it read relative to that directory
+    /// must keep meaning the same files.
+    pub fn anchor_relative_paths(&mut self, base: &Path) {
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for path in [
+            &mut self.config_file,
+            &mut self.key_file,
+            &mut self.passphrase_file,
+            &mut self.state_dir,
+            &mut self.pgdata,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            anchor(path);
+        }
+        anchor(&mut self.spool_dir);
+        for key in pgcairn_storage::PATH_OPTIONS {
+            if let Some(value) = self.storage_options.get_mut(*key) {
+                if Path::new(value).is_relative() {
+                    *value = base.join(&*value).display().to_string();
+                }
+            }
+        }
+    }
+
     /// The repository URL, or a usage error saying how to set it.
     pub fn require_repo_url(&self) -> Result<&str, Failure> {
         self.repo_url.as_deref().ok_or_else(|| {
@@ -677,6 +711,37 @@ mod tests {
                 .insert(key.to_string(), (value.to_string(), "test".into()));
         }
         t
+    }
+
+    #[test]
+    fn relative_paths_are_anchored_and_absolute_ones_kept() {
+        let mut s = Settings::from_table(
+            table(&[
+                ("repo", "key_file", "keys/repo.key"),
+                ("repo", "ca_file", "ca.pem"),
+                ("repo", "endpoint", "relative-looking"),
+                ("archive", "spool_dir", "spool"),
+                ("cluster", "pgdata", "/srv/pg"),
+            ]),
+            Some(PathBuf::from("pgcairn.toml")),
+        )
+        .unwrap();
+        s.anchor_relative_paths(Path::new("/var/lib/pg/data"));
+        assert_eq!(
+            s.config_file.as_deref(),
+            Some(Path::new("/var/lib/pg/data/pgcairn.toml"))
+        );
+        assert_eq!(
+            s.key_file.as_deref(),
+            Some(Path::new("/var/lib/pg/data/keys/repo.key"))
+        );
+        assert_eq!(s.spool_dir, Path::new("/var/lib/pg/data/spool"));
+        assert_eq!(s.pgdata.as_deref(), Some(Path::new("/srv/pg")));
+        assert_eq!(s.storage_options["ca_file"], "/var/lib/pg/data/ca.pem");
+        assert_eq!(
+            s.storage_options["endpoint"], "relative-looking",
+            "only path options are anchored"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ const KNOWN: &[&str] = &[
     "checksum_algorithm",
 ];
 
+/// Options whose value is a path on this host (read when the storage is opened).
+pub const PATH_OPTIONS: &[&str] = &["ca_file", "service_account_path"];
+
 /// Options that only mean something for some URL schemes, and those schemes. Every other
 /// option applies to every remote scheme (`endpoint`, `allow_http`, `ca_file`, retries and
 /// timeouts, `multipart_threshold`, `skip_signature`).
@@ -181,6 +184,13 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_options_are_known_options() {
+        for key in PATH_OPTIONS {
+            assert!(KNOWN.contains(key), "{key}");
+        }
+    }
 
     #[test]
     fn unknown_options_are_refused_and_values_checked() {

@@ -401,6 +401,36 @@ pub fn wait_archived(inst: &Instance, segment: &str, timeout: Duration) {
     }
 }
 
+/// Background pgcairn processes (pusher, prefetcher) whose working directory is `dir` or
+/// beneath it, as `pid: command line`: each would keep `dir`'s file system busy. Processes
+/// whose working directory cannot be read (another user's, without root) are not listed.
+pub fn pgcairn_daemons_inside(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        if cwd.starts_with(&dir) && cmdline.contains("-daemon") {
+            found.push(format!("{pid}: {cmdline}"));
+        }
+    }
+    found
+}
+
 /// Switches to a new WAL segment and returns the name of the one just finished.
 pub fn switch_wal(inst: &Instance) -> String {
     inst.psql("postgres", "select pg_walfile_name(pg_switch_wal())")

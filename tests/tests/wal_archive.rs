@@ -18,6 +18,11 @@ fn archive_round_trip(backend: Backend, archive_async: bool) {
     pg.pgbench(&["-T", "2", "-c", "2"]).unwrap();
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
+    assert_eq!(
+        pgcairn_daemons_inside(&pg.datadir),
+        Vec::<String>::new(),
+        "no background pusher works from the data directory"
+    );
     let done = done_files(&pg);
     assert!(
         done.len() >= 2,
@@ -148,6 +153,13 @@ fn recovery_from_archive(backend: Backend, get: Get) {
     copy.start().unwrap();
     let _stop_copy = StopOnDrop(&copy);
     wait_recovered(&copy, "the cold copy", Duration::from_secs(120));
+    // A prefetcher left in the data directory would keep its file system busy (no umount
+    // after the server stops) until it idles out.
+    assert_eq!(
+        pgcairn_daemons_inside(&copy.datadir),
+        Vec::<String>::new(),
+        "no prefetcher works from the data directory"
+    );
     assert_eq!(
         pgbench_fingerprint(&copy),
         expected,
