@@ -559,8 +559,17 @@ impl Unmount {
 }
 
 impl Drop for Unmount {
+    /// Unmounts, and if something still holds the file system, detaches it lazily (it goes
+    /// when the last user does): a test never leaves a mount behind on the host.
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            eprintln!("{} is busy: detached lazily", self.0.display());
+            let _ = Command::new("umount").arg("--lazy").arg(&self.0).status();
+        }
     }
 }
 
