@@ -12,6 +12,7 @@ use pgcairn_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spoo
 use pgcairn_engine::archive::{
     get_wal_file_or_tail_to, push_wal_file, GetSource, PushOutcome, WalSource,
 };
+use pgcairn_engine::private_fs::Durability;
 use pgcairn_engine::store::cluster::read as read_cluster_record;
 use pgcairn_engine::types::WalFileName;
 use pgcairn_engine::Error as EngineError;
@@ -259,7 +260,15 @@ pub async fn get(
         }
     }
     let repo = open_repo(settings).await.map_err(|f| abort(f.message))?;
-    match get_wal_file_or_tail_to(&repo, &settings.cluster, &name, dest).await {
+    match get_wal_file_or_tail_to(
+        &repo,
+        &settings.cluster,
+        &name,
+        dest,
+        Durability::Atomic,
+    )
+    .await
+    {
         Ok(source) => {
             if let Some(spool) = &spool {
                 record(spool, GetOutcome::Direct, started);

@@ -13,7 +13,7 @@
 //! see) removes every segment there first. With `[archive] async = true`,
 //! `archive-get X`:
 //! 1. records X as requested and, if `prefetch/X` exists, moves it to `%p` (same file system:
-//!    rename; else copy and fsync) and is done;
+//!    rename; else copy; no fsync, see [`get_wal_file_to`]) and is done;
 //! 2. makes sure a background prefetcher runs;
 //! 3. if the prefetcher is fetching X right now (marker `.X.fetching`, written while a fetch
 //!    runs), waits for it rather than fetching the same segment a second time, which happens
@@ -59,8 +59,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::get::{get_wal_file_to, write_atomically};
+use crate::archive::get::{get_wal_file_to, write_atomically_with};
 use crate::error::{Error, Result};
+use crate::private_fs::Durability;
 use crate::repo::Repository;
 use crate::types::{SegmentNo, WalFileName};
 
@@ -187,20 +188,21 @@ impl PrefetchSpool {
             // Gone between the check and the rename (the prefetcher cleaned it): not there,
             // archive-get fetches it from the repository instead.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            // Another file system: copy durably, then drop the spool copy.
+            // Another file system: copy (atomically; no fsync, as for a direct fetch, see
+            // `get_wal_file_to`), then drop the spool copy.
             Err(e) if e.raw_os_error() == Some(18) => {
                 let data = fs::read(&src).map_err(err)?;
-                write_atomically(dest, &data)?;
+                write_atomically_with(dest, Durability::Atomic, |mut f| {
+                    std::io::Write::write_all(&mut f, &data)
+                        .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
+                })?;
                 let _ = fs::remove_file(&src);
                 return Ok(true);
             }
             Err(e) => return Err(err(e)),
         }
-        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(err)?;
-        }
+        // No fsync of `dest`'s directory: PostgreSQL renames durably what it keeps, and after
+        // a crash asks for the segment again.
         Ok(true)
     }
 
@@ -679,7 +681,7 @@ pub async fn run_prefetcher(
                 in_flight.push(async move {
                     let path = spool.dir().join(name.to_string());
                     let _mark = spool.mark_fetching(&name);
-                    let r = get_wal_file_to(repo, cluster, &name, &path).await;
+                    let r = get_wal_file_to(repo, cluster, &name, &path, Durability::Durable).await;
                     (name, r)
                 });
             }
@@ -715,6 +717,7 @@ pub async fn run_prefetcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::get::write_atomically;
 
     #[test]
     fn counters_read_beneath_a_trusted_directory_never_through_a_link() {

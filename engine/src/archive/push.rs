@@ -478,9 +478,15 @@ pub(crate) mod tests {
         assert!(get_wal_file(&repo, "main", &name).await.unwrap() == data);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
-        crate::archive::get::get_wal_file_to(&repo, "main", &name, &dest)
-            .await
-            .unwrap();
+        crate::archive::get::get_wal_file_to(
+            &repo,
+            "main",
+            &name,
+            &dest,
+            crate::private_fs::Durability::Durable,
+        )
+        .await
+        .unwrap();
         assert!(std::fs::read(&dest).unwrap() == data);
         // Pushing the same file now (chunked envelope) is recognised as the same content.
         assert_eq!(
