@@ -401,6 +401,42 @@ pub fn wait_archived(inst: &Instance, segment: &str, timeout: Duration) {
     }
 }
 
+/// Process ids of running processes whose command line starts with `exe`.
+fn processes_of(exe: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.to_string();
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let argv0 = cmdline.split(|b| *b == 0).next()?;
+            (pid.bytes().all(|b| b.is_ascii_digit())
+                && Path::new(std::str::from_utf8(argv0).ok()?) == exe)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+impl Drop for TestEnv {
+    /// Stops the background pushers and prefetchers this environment's binary started: they
+    /// outlive the test's servers by up to `idle_exit` and write into its spool, and a file
+    /// they create while the directory is being removed left the whole directory behind in
+    /// `/tmp`.
+    fn drop(&mut self) {
+        let running = processes_of(&self.bin);
+        if running.is_empty() {
+            return;
+        }
+        let _ = Command::new("kill").arg("-TERM").args(&running).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_of(&self.bin).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// Background pgcairn processes (pusher, prefetcher) whose working directory is `dir` or
 /// beneath it, as `pid: command line`: each would keep `dir`'s file system busy. Processes
 /// whose working directory cannot be read (another user's, without root) are not listed.
