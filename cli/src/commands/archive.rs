@@ -86,6 +86,23 @@ fn spawn_pusher(
     )
 }
 
+/// Size past which a background process's log is set aside when the next one starts.
+const LOG_ROTATE_BYTES: u64 = 8 << 20;
+
+/// Sets `log` aside as `<log>.1` (replacing the previous one) once it holds more than
+/// `limit` bytes: a pusher or prefetcher logs a line per segment for as long as the server
+/// runs, and the spool's disk is the server's. Two logs at most, about `2 * limit` bytes,
+/// whatever the uptime. A process still writing the old log goes on writing `<log>.1`.
+fn rotate_log(log: &Path, limit: u64) {
+    if std::fs::symlink_metadata(log).is_ok_and(|m| m.is_file() && m.len() > limit) {
+        let mut old = log.as_os_str().to_owned();
+        old.push(".1");
+        if let Err(e) = std::fs::rename(log, &old) {
+            warn!("{} not set aside: {e}", log.display());
+        }
+    }
+}
+
 /// Starts a background pgcairn (pusher or prefetcher) with the same configuration.
 fn spawn_daemon(
     cli: &Cli,
@@ -95,6 +112,7 @@ fn spawn_daemon(
 ) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(ExitCode::Failed, format!("cannot find own executable: {e}")))?;
+    rotate_log(log_path, LOG_ROTATE_BYTES);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -431,4 +449,34 @@ pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
     };
     run_prefetcher(&repo, &settings.cluster, &spool, seg_size, &opts).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_log_is_set_aside_once_and_a_small_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("pusher.log");
+        let old = dir.path().join("pusher.log.1");
+        std::fs::write(&log, vec![b'a'; 100]).unwrap();
+        rotate_log(&log, 100);
+        assert!(log.exists() && !old.exists(), "at the limit it stays");
+        std::fs::write(&old, b"older").unwrap();
+        std::fs::write(&log, vec![b'b'; 101]).unwrap();
+        rotate_log(&log, 100);
+        assert!(!log.exists(), "past the limit it is set aside");
+        assert_eq!(
+            std::fs::read(&old).unwrap(),
+            vec![b'b'; 101],
+            "replacing the older one"
+        );
+        rotate_log(&log, 100);
+        assert_eq!(
+            std::fs::read(&old).unwrap().len(),
+            101,
+            "no log: nothing moves"
+        );
+    }
 }
