@@ -147,8 +147,9 @@ done
 
 # archive-get: after the last round both repositories hold every segment. Each tool restores
 # them one call per segment into an empty directory, as restore_command does (sync mode for
-# both; pgBackRest writes the file in place without fsync, pgcairn writes a temp file, fsyncs
-# and renames), and every restored file is compared with the original.
+# both; pgBackRest writes the file in place, pgcairn writes a temp file and renames it, neither
+# fsyncs: PostgreSQL does when it keeps the file), and every restored file is compared with the
+# original.
 sed -i "s/^async = .*/async = false/" "$W/pgcairn.toml"
 sed -i "s/^archive-async=.*//" "$W/pgbackrest.conf"
 get_all() { # $1 = tool; prints elapsed ns

@@ -118,11 +118,17 @@ fn main() {
 /// data directory. Kept there for up to `archive.idle_exit` after the server stopped, it held
 /// the data directory's file system busy (`umount` failed with "target is busy" after a
 /// recovery or a failover). Paths the settings name relative to that directory are made
-/// absolute first; a start directory that is gone leaves them as they are.
+/// absolute first, and key commands run there; a start directory whose path cannot be read
+/// is kept, so that relative paths still work.
 fn leave_start_directory(settings: &mut Settings) {
-    if let Ok(start) = std::env::current_dir() {
-        settings.anchor_relative_paths(&start);
-    }
+    let start = match std::env::current_dir() {
+        Ok(start) => start,
+        Err(e) => {
+            tracing::warn!("staying in the start directory, whose path cannot be read: {e}");
+            return;
+        }
+    };
+    settings.anchor_relative_paths(&start);
     if let Err(e) = std::env::set_current_dir("/") {
         tracing::warn!("cannot change to /: {e}");
     }

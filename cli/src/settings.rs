@@ -102,6 +102,8 @@ pub struct Settings {
     pub wrap_command: Option<String>,
     /// Deadline of one wrap or unwrap command.
     pub command_timeout: Duration,
+    /// Where wrap and unwrap commands run (`None`: the current directory).
+    pub command_dir: Option<PathBuf>,
     /// Where this host remembers the newest repository config it has seen (`None`: no
     /// rollback check, when unset and the user has no home directory of their own).
     pub state_dir: Option<PathBuf>,
@@ -456,6 +458,7 @@ impl Settings {
             unwrap_command,
             wrap_command,
             command_timeout,
+            command_dir: None,
             state_dir,
             allow_insecure_files,
             storage_options,
@@ -489,13 +492,19 @@ impl Settings {
         })
     }
 
-    /// Makes every relative path of the settings absolute against `base`.
+    /// Makes the relative paths of the settings absolute against `base`, and has wrap and
+    /// unwrap commands run there.
     ///
     /// A background pusher or prefetcher leaves the directory it was started in (PostgreSQL
     /// runs `archive_command` and `restore_command` in the data directory), so that it never
     /// holds that directory's file system busy; the paths it read relative to that directory
-    /// must keep meaning the same files.
+    /// must keep meaning the same files: config, key and passphrase files, state and spool
+    /// directories, the data directory, and the storage options that name files. A key
+    /// command is a shell line, not a path: it runs in `base` (briefly, as in the
+    /// foreground). Paths no daemon uses (`drill.pg_bindir`, `wal_receive`'s) are left as
+    /// they are.
     pub fn anchor_relative_paths(&mut self, base: &Path) {
+        self.command_dir = Some(base.to_path_buf());
         let anchor = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -596,6 +605,7 @@ impl Settings {
         KeyCommand {
             command: command.to_string(),
             timeout: self.command_timeout,
+            working_dir: self.command_dir.clone(),
         }
     }
 }

@@ -439,8 +439,20 @@ impl Drop for TestEnv {
 
 /// Background pgcairn processes (pusher, prefetcher) whose working directory is `dir` or
 /// beneath it, as `pid: command line`: each would keep `dir`'s file system busy. Processes
-/// whose working directory cannot be read (another user's, without root) are not listed.
+/// whose working directory cannot be read (another user's, without root) are not listed. One
+/// found is looked at again half a second later: a daemon starting just then is still in the
+/// directory it was started in while it reads its settings.
 pub fn pgcairn_daemons_inside(dir: &Path) -> Vec<String> {
+    let first = daemons_inside_now(dir);
+    if first.is_empty() {
+        return first;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let again = daemons_inside_now(dir);
+    first.into_iter().filter(|p| again.contains(p)).collect()
+}
+
+fn daemons_inside_now(dir: &Path) -> Vec<String> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {

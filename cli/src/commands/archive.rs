@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pgcairn_engine::archive::prefetch::{
-    run_prefetcher, GetOutcome, PrefetchOptions, PrefetchSpool,
+    run_prefetcher, GetOutcome, PrefetchOptions, PrefetchSpool, MAX_PREFETCHER_RUN,
 };
 use pgcairn_engine::archive::spool::{self, file_fingerprint, PusherOptions, Spool, WaitOutcome};
 use pgcairn_engine::archive::{
@@ -446,6 +446,7 @@ pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
         count: settings.prefetch,
         jobs: settings.archive_jobs,
         idle_exit: settings.idle_exit,
+        max_run: MAX_PREFETCHER_RUN,
     };
     run_prefetcher(&repo, &settings.cluster, &spool, seg_size, &opts).await?;
     Ok(())

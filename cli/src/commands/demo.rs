@@ -416,6 +416,7 @@ fn demo_settings(dir: &Path) -> Settings {
         unwrap_command: None,
         wrap_command: None,
         command_timeout: pgcairn_engine::crypto::command::DEFAULT_TIMEOUT,
+        command_dir: None,
         state_dir: Some(dir.join("state")),
         allow_insecure_files: false,
         storage_options: Default::default(),

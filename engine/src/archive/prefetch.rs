@@ -619,9 +619,20 @@ pub struct PrefetchOptions {
     pub jobs: usize,
     /// Exit after this long without a new request.
     pub idle_exit: Duration,
+    /// Exit after this long in any case ([`MAX_PREFETCHER_RUN`]).
+    pub max_run: Duration,
 }
 
-/// Runs the prefetcher until PostgreSQL stops asking. The caller holds the lock.
+/// How long one prefetcher runs at most; the next `archive-get` starts another (which sets a
+/// long log aside and opens the repository again, as a pusher after [`MAX_PUSHER_RUN`]). A
+/// standby replaying from the archive asks without pause for months: without a bound, one
+/// process would run all that time, its log never set aside.
+///
+/// [`MAX_PUSHER_RUN`]: crate::archive::spool::MAX_PUSHER_RUN
+pub const MAX_PREFETCHER_RUN: Duration = Duration::from_secs(300);
+
+/// Runs the prefetcher until PostgreSQL stops asking, or for at most [`MAX_PREFETCHER_RUN`].
+/// The caller holds the lock.
 pub async fn run_prefetcher(
     repo: &Repository,
     cluster: &str,
@@ -640,9 +651,14 @@ pub async fn run_prefetcher(
     // Nothing at or after the first segment found absent is asked for again until its wait
     // has passed (or a fetch in flight finds it there after all).
     let mut archive_end = ArchiveEnd::load(spool);
+    let started = Instant::now();
     loop {
         // A drill's spool goes with its work directory: nothing left to prefetch for.
         if !spool.dir().exists() {
+            return Ok(());
+        }
+        if started.elapsed() >= opts.max_run && in_flight.is_empty() {
+            tracing::info!("prefetcher ran its maximum time; the next archive-get starts another");
             return Ok(());
         }
         let req = spool.requested();
@@ -718,6 +734,35 @@ pub async fn run_prefetcher(
 mod tests {
     use super::*;
     use crate::archive::get::write_atomically;
+
+    #[tokio::test]
+    async fn a_prefetcher_asked_without_pause_still_exits_after_its_maximum_run() {
+        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = PrefetchSpool::open(dir.path(), "main", "memory://").unwrap();
+        let opts = PrefetchOptions {
+            count: 2,
+            jobs: 1,
+            idle_exit: Duration::from_secs(600),
+            max_run: Duration::from_millis(300),
+        };
+        let asks = async {
+            for n in 1u64.. {
+                let name: WalFileName = format!("0000000100000000000000{:02X}", n % 200)
+                    .parse()
+                    .unwrap();
+                spool.set_requested(&name).unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let started = Instant::now();
+        tokio::select! {
+            r = run_prefetcher(&repo, "main", &spool, 16 << 20, &opts) => r.unwrap(),
+            () = asks => unreachable!("asking never ends"),
+            () = tokio::time::sleep(Duration::from_secs(20)) => panic!("still running after 20 s"),
+        }
+        assert!(started.elapsed() >= opts.max_run, "{:?}", started.elapsed());
+    }
 
     #[test]
     fn counters_read_beneath_a_trusted_directory_never_through_a_link() {

@@ -44,6 +44,10 @@ pub struct KeyCommand {
     pub command: String,
     /// Deadline; the command's process group is killed when it passes.
     pub timeout: Duration,
+    /// Where the command runs (`None`: the current directory). A background pusher or
+    /// prefetcher runs from `/` but runs its commands where it was started, so that a command
+    /// naming a relative path (`age -d -i keys/id.txt`) works there as in the foreground.
+    pub working_dir: Option<std::path::PathBuf>,
 }
 
 impl KeyCommand {
@@ -52,6 +56,7 @@ impl KeyCommand {
         KeyCommand {
             command: command.into(),
             timeout: DEFAULT_TIMEOUT,
+            working_dir: None,
         }
     }
 
@@ -101,7 +106,11 @@ impl KeyCommand {
     /// Runs the command with `input` on stdin; its stdout on success.
     fn run(&self, input: &[u8], role: &str) -> Result<Vec<u8>> {
         let started = Instant::now();
-        let mut child = Command::new("sh")
+        let mut command = Command::new("sh");
+        if let Some(dir) = &self.working_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
             .arg("-c")
             .arg(&self.command)
             .stdin(Stdio::piped())
@@ -220,11 +229,34 @@ mod tests {
         let c = KeyCommand {
             command: "sleep 30 & sleep 30".into(),
             timeout: Duration::from_millis(300),
+            working_dir: None,
         };
         let t = Instant::now();
         let e = c.unwrap(b"x").unwrap_err().to_string();
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
         assert!(e.contains("did not finish"), "{e}");
+    }
+
+    #[test]
+    fn a_command_runs_in_its_working_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = [7u8; 32];
+        let blob = KeyCommand::new("base64 -w0").wrap(&secret).unwrap();
+        std::fs::write(dir.path().join("blob-decoder"), "base64 -d\n").unwrap();
+        let c = KeyCommand {
+            working_dir: Some(dir.path().to_path_buf()),
+            ..KeyCommand::new("sh ./blob-decoder")
+        };
+        assert_eq!(
+            c.unwrap(&blob).unwrap(),
+            secret,
+            "the relative path resolves there"
+        );
+        let elsewhere = KeyCommand::new("sh ./blob-decoder");
+        assert!(
+            elsewhere.unwrap(&blob).is_err(),
+            "and not in the current directory"
+        );
     }
 
     #[test]
