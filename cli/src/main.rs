@@ -53,6 +53,54 @@ fn bound_allocator_retention(command: &Command) {
     }
 }
 
+/// Marks every descriptor above stderr close-on-exec, so that none reaches a process this
+/// one starts (a background pusher or prefetcher, a key command).
+///
+/// PostgreSQL up to 15 opens its files without `O_CLOEXEC`, so `archive_command` and
+/// `restore_command` inherit them: traced on PostgreSQL 13, every `restore_command` call had
+/// the startup process's relation files open (`base/<db>/<relfilenode>`), its log file and a
+/// socket. A prefetcher started from such a call kept them open after the server stopped, for
+/// up to `idle_exit`: the data directory's file system stayed busy and the space of a removed
+/// data directory was not freed. This process keeps its own use of them (nothing is closed);
+/// only what it starts no longer gets them.
+fn keep_inherited_descriptors_to_ourselves() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes no descriptor, it only sets the
+    // close-on-exec flag; it runs before any other thread starts.
+    #[allow(unsafe_code)]
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !marked {
+        // Kernels before 5.11: one by one.
+        mark_each_close_on_exec();
+    }
+}
+
+/// Sets close-on-exec on every open descriptor above stderr, one at a time.
+fn mark_each_close_on_exec() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD only changes the flag of a descriptor number; one that is not open
+        // (the directory listing's own, closed by now) fails with EBADF, which is ignored.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+}
+
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -99,6 +147,15 @@ fn main() {
         std::process::exit(code as i32);
     }
     bound_allocator_retention(&cli.command);
+    if matches!(
+        cli.command,
+        Command::ArchivePush { .. }
+            | Command::ArchiveGet { .. }
+            | Command::ArchivePushDaemon { .. }
+            | Command::ArchiveGetDaemon
+    ) {
+        keep_inherited_descriptors_to_ourselves();
+    }
     init_logging(&cli.log_level);
     let code = match run(cli) {
         Ok(()) => ExitCode::Success,
@@ -170,4 +227,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
         )
     })?;
     runtime.block_on(commands::dispatch(&cli, &settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[allow(unsafe_code)]
+    fn close_on_exec(fd: i32) -> bool {
+        // SAFETY: F_GETFD only reads a descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn descriptors_are_marked_one_by_one_where_close_range_is_missing() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: F_DUPFD makes a copy without close-on-exec, as PostgreSQL leaves its files.
+        let fd = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD, 3) };
+        assert!(fd > 2);
+        assert!(!close_on_exec(fd), "a plain copy is inherited");
+        mark_each_close_on_exec();
+        assert!(close_on_exec(fd), "marked");
+        // SAFETY: fd is the copy made above, owned by nothing else.
+        unsafe { libc::close(fd) };
+    }
 }

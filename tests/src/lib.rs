@@ -437,6 +437,29 @@ impl Drop for TestEnv {
     }
 }
 
+/// Process ids of the background pushers and prefetchers `bin` started.
+pub fn pgcairn_daemon_pids(bin: &Path) -> Vec<String> {
+    processes_of(bin)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("-daemon"))
+        })
+        .collect()
+}
+
+/// What the descriptors of process `pid` open beneath `dir`.
+pub fn open_files_beneath(pid: &str, dir: &Path) -> Vec<PathBuf> {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .collect()
+}
+
 /// Background pgcairn processes (pusher, prefetcher) whose working directory is `dir` or
 /// beneath it, as `pid: command line`: each would keep `dir`'s file system busy. Processes
 /// whose working directory cannot be read (another user's, without root) are not listed. One

@@ -239,3 +239,49 @@ fn recovery_with_archive_get_prefetch_flag_prefetches_without_async() {
         recovery_from_archive(b, Get::PrefetchFlag);
     }
 }
+
+/// PostgreSQL up to 15 starts `restore_command` with its own files still open (the startup
+/// process's relation files, its log): the prefetcher archive-get starts must not keep them
+/// open, or the data directory's file system stays busy after the server stopped.
+#[test]
+fn a_prefetcher_keeps_no_descriptor_postgresql_left_open() {
+    let env = TestEnv::new(EnvOptions {
+        archive_async: true,
+        ..EnvOptions::new(Backend::File)
+    });
+    let datadir = env.path().join("datadir");
+    std::fs::create_dir_all(datadir.join("base/5")).unwrap();
+    let relation = datadir.join("base/5/16384");
+    std::fs::write(&relation, vec![0u8; 8192]).unwrap();
+    give_to(env.run_as.as_deref(), &datadir).unwrap();
+    // As PostgreSQL 13 runs it: in the data directory, a relation file open without
+    // close-on-exec (the shell's `exec 7<`).
+    let out = pgcairn_engine::pg::instance::command_as(
+        env.run_as.as_deref(),
+        std::path::Path::new("/bin/sh"),
+    )
+    .arg("-c")
+    .arg(r#"exec 7<"$0"; exec "$1" --config "$2" archive-get 000000010000000000000009 "$3""#)
+    .arg(&relation)
+    .arg(&env.bin)
+    .arg(&env.config)
+    .arg(datadir.join("pg_wal/RECOVERYXLOG"))
+    .current_dir(&datadir)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "absent: {out:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut daemons = pgcairn_daemon_pids(&env.bin);
+    while daemons.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        daemons = pgcairn_daemon_pids(&env.bin);
+    }
+    assert!(!daemons.is_empty(), "archive-get started a prefetcher");
+    for pid in daemons {
+        assert_eq!(
+            open_files_beneath(&pid, &datadir),
+            Vec::<std::path::PathBuf>::new(),
+            "the prefetcher {pid} holds nothing of the data directory"
+        );
+    }
+}
