@@ -23,6 +23,22 @@ use crate::args::{Cli, Command};
 use crate::exit::{ExitCode, Failure};
 use crate::settings::Settings;
 
+/// The background pusher and prefetcher (started by archive-push and archive-get).
+fn is_background(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::ArchivePushDaemon { .. } | Command::ArchiveGetDaemon
+    )
+}
+
+/// What PostgreSQL runs (`archive_command`, `restore_command`) and what those start.
+fn is_archiving(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::ArchivePush { .. } | Command::ArchiveGet { .. }
+    ) || is_background(command)
+}
+
 /// Large allocations straight from the kernel, returned to it when freed (long-running
 /// commands only).
 ///
@@ -36,13 +52,7 @@ use crate::settings::Settings;
 /// contexts are reused per thread, so no per-block buffer crosses the threshold).
 /// archive-push and archive-get keep the default: one segment's buffers, reused.
 fn bound_allocator_retention(command: &Command) {
-    if matches!(
-        command,
-        Command::ArchivePush { .. }
-            | Command::ArchiveGet { .. }
-            | Command::ArchivePushDaemon { .. }
-            | Command::ArchiveGetDaemon
-    ) {
+    if is_archiving(command) {
         return;
     }
     // SAFETY: mallopt only sets an allocator parameter (any M_MMAP_THRESHOLD up to 32 MiB is
@@ -147,13 +157,7 @@ fn main() {
         std::process::exit(code as i32);
     }
     bound_allocator_retention(&cli.command);
-    if matches!(
-        cli.command,
-        Command::ArchivePush { .. }
-            | Command::ArchiveGet { .. }
-            | Command::ArchivePushDaemon { .. }
-            | Command::ArchiveGetDaemon
-    ) {
+    if is_archiving(&cli.command) {
         keep_inherited_descriptors_to_ourselves();
     }
     init_logging(&cli.log_level);
@@ -201,10 +205,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Err(f) => return Err(f),
     };
-    if matches!(
-        cli.command,
-        Command::ArchivePushDaemon { .. } | Command::ArchiveGetDaemon
-    ) {
+    if is_background(&cli.command) {
         leave_start_directory(&mut settings);
     }
     // archive-push and archive-get run once per WAL segment: a single-threaded runtime starts

@@ -401,21 +401,46 @@ pub fn wait_archived(inst: &Instance, segment: &str, timeout: Duration) {
     }
 }
 
-/// Process ids of running processes whose command line starts with `exe`.
-fn processes_of(exe: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+/// A running process: its id and command line.
+struct Process {
+    pid: String,
+    argv: Vec<String>,
+}
+
+impl Process {
+    /// A background pusher or prefetcher.
+    fn is_daemon(&self) -> bool {
+        self.argv.iter().any(|a| a.ends_with("-daemon"))
+    }
+}
+
+/// Every process whose command line can be read.
+fn processes() -> Vec<Process> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| {
             let pid = e.file_name().to_str()?.to_string();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let argv0 = cmdline.split(|b| *b == 0).next()?;
-            (pid.bytes().all(|b| b.is_ascii_digit())
-                && Path::new(std::str::from_utf8(argv0).ok()?) == exe)
-                .then_some(pid)
+            let argv = cmdline
+                .split(|b| *b == 0)
+                .filter(|w| !w.is_empty())
+                .map(|w| String::from_utf8_lossy(w).into_owned())
+                .collect();
+            Some(Process { pid, argv })
         })
+        .collect()
+}
+
+/// Processes running `exe`.
+fn processes_of(exe: &Path) -> Vec<Process> {
+    processes()
+        .into_iter()
+        .filter(|p| p.argv.first().is_some_and(|a| Path::new(a) == exe))
         .collect()
 }
 
@@ -429,7 +454,8 @@ impl Drop for TestEnv {
         if running.is_empty() {
             return;
         }
-        let _ = Command::new("kill").arg("-TERM").args(&running).status();
+        let pids = running.iter().map(|p| &p.pid);
+        let _ = Command::new("kill").arg("-TERM").args(pids).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !processes_of(&self.bin).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -441,10 +467,8 @@ impl Drop for TestEnv {
 pub fn pgcairn_daemon_pids(bin: &Path) -> Vec<String> {
     processes_of(bin)
         .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("-daemon"))
-        })
+        .filter(Process::is_daemon)
+        .map(|p| p.pid)
         .collect()
 }
 
@@ -477,29 +501,15 @@ pub fn pgcairn_daemons_inside(dir: &Path) -> Vec<String> {
 
 fn daemons_inside_now(dir: &Path) -> Vec<String> {
     let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .map(|w| String::from_utf8_lossy(w).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        if cwd.starts_with(&dir) && cmdline.contains("-daemon") {
-            found.push(format!("{pid}: {cmdline}"));
-        }
-    }
-    found
+    processes()
+        .into_iter()
+        .filter(|p| {
+            p.is_daemon()
+                && std::fs::read_link(format!("/proc/{}/cwd", p.pid))
+                    .is_ok_and(|cwd| cwd.starts_with(&dir))
+        })
+        .map(|p| format!("{}: {}", p.pid, p.argv.join(" ")))
+        .collect()
 }
 
 /// Switches to a new WAL segment and returns the name of the one just finished.

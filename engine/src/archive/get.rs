@@ -230,14 +230,9 @@ pub async fn get_wal_file_or_tail_to(
             validate_wal_head(name, &data, data.len())
                 .map_err(|e| Error::corrupt(name.to_string(), format!("streamed tail: {e}")))?;
             let dest = dest.to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                write_atomically_with(&dest, durability, |mut f| {
-                    f.write_all(&data)
-                        .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
-                })
-            })
-            .await
-            .map_err(|e| Error::InvalidInput(format!("writing a WAL file failed: {e}")))??;
+            tokio::task::spawn_blocking(move || write_atomically(&dest, &data, durability))
+                .await
+                .map_err(|e| Error::InvalidInput(format!("writing a WAL file failed: {e}")))??;
             Ok(GetSource::StreamedTail { bytes })
         }
         Ok(None) => Err(Error::NotFound(absent)),
@@ -250,10 +245,11 @@ pub async fn get_wal_file_or_tail_to(
     }
 }
 
-/// Writes `data` to `dest` atomically and durably: temp file in the same directory, fsync,
-/// rename, fsync of the directory. A reader never sees a partial file.
-pub fn write_atomically(dest: &Path, data: &[u8]) -> Result<()> {
-    write_atomically_with(dest, Durability::Durable, |mut f| {
+/// Writes `data` to `dest` atomically: temp file in the same directory, rename (with
+/// [`Durability::Durable`], an fsync before the rename and of the directory after it). A reader
+/// never sees a partial file.
+pub fn write_atomically(dest: &Path, data: &[u8], durability: Durability) -> Result<()> {
+    write_atomically_with(dest, durability, |mut f| {
         f.write_all(data)
             .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
     })

@@ -59,7 +59,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::get::{get_wal_file_to, write_atomically_with};
+use crate::archive::get::{get_wal_file_to, write_atomically};
 use crate::error::{Error, Result};
 use crate::private_fs::Durability;
 use crate::repo::Repository;
@@ -192,10 +192,7 @@ impl PrefetchSpool {
             // `get_wal_file_to`), then drop the spool copy.
             Err(e) if e.raw_os_error() == Some(18) => {
                 let data = fs::read(&src).map_err(err)?;
-                write_atomically_with(dest, Durability::Atomic, |mut f| {
-                    std::io::Write::write_all(&mut f, &data)
-                        .map_err(|e| Error::io(format!("writing {}", dest.display()), e))
-                })?;
+                write_atomically(dest, &data, Durability::Atomic)?;
                 let _ = fs::remove_file(&src);
                 return Ok(true);
             }
@@ -733,7 +730,6 @@ pub async fn run_prefetcher(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::get::write_atomically;
 
     #[tokio::test]
     async fn a_prefetcher_asked_without_pause_still_exits_after_its_maximum_run() {
@@ -948,7 +944,7 @@ mod tests {
             let path = spool.dir().join(name.to_string());
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(150));
-                write_atomically(&path, b"segment").unwrap();
+                write_atomically(&path, b"segment", Durability::Durable).unwrap();
                 drop(mark);
             })
         };
@@ -1022,7 +1018,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
         for n in [4, 5, 6] {
-            write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
+            write_atomically(
+                &spool.dir().join(seg(n).to_string()),
+                b"s",
+                Durability::Durable,
+            )
+            .unwrap();
         }
         spool.clean(&seg(5), 16 << 20);
         assert!(!spool.dir().join(seg(4).to_string()).exists());
@@ -1044,7 +1045,12 @@ mod tests {
         let b = PrefetchSpool::open(dir.path(), "main", "s3://bucket-b/pgcairn").unwrap();
         assert_ne!(a.dir(), b.dir());
         assert_eq!(a.root(), b.root());
-        write_atomically(&a.dir().join(seg(7).to_string()), b"from a").unwrap();
+        write_atomically(
+            &a.dir().join(seg(7).to_string()),
+            b"from a",
+            Durability::Durable,
+        )
+        .unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
         assert!(
             !b.take(&seg(7), &dest, None).unwrap(),
@@ -1062,7 +1068,14 @@ mod tests {
     fn a_prefetcher_keeps_its_repositorys_segments_and_removes_anothers() {
         let dir = tempfile::tempdir().unwrap();
         let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
-        let put = |n: u64| write_atomically(&spool.dir().join(seg(n).to_string()), b"s").unwrap();
+        let put = |n: u64| {
+            write_atomically(
+                &spool.dir().join(seg(n).to_string()),
+                b"s",
+                Durability::Durable,
+            )
+            .unwrap()
+        };
         put(4);
         put(5);
         spool
