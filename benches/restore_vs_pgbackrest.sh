@@ -41,8 +41,14 @@
 #    and the removal of its multi-gigabyte data directory are flushed first, so neither tool
 #    pays for the other's writeback (at scale 500 the second restore of a pair measured
 #    1.7 s slower than the same restore alone).
+# 6. The disk floor: dd writes as many bytes as pgcairn's restore put on disk into the same file
+#    system and syncs them, through the page cache and with O_DIRECT; the faster is the floor.
+#    Printed beside the restores (each tool's restore as a multiple of it, and the best restore
+#    ratio any tool could reach against pgBackRest's), and as the time to recover pgcairn would
+#    reach with its restore at the floor and its measured WAL replay: what bounds the two
+#    restore targets on this machine, measured in the same round.
 #
-# ROUNDS (default 1) repeats 2-5 with fresh repositories (archiving is paused while they are
+# ROUNDS (default 1) repeats 2-6 with fresh repositories (archiving is paused while they are
 # recreated), alternating which tool goes first; times are the best of the rounds, peak RSS the
 # largest, stored bytes from the last round. Ratios: pgBackRest time / pgcairn time (>1: pgcairn
 # faster); stored bytes pgcairn / pgBackRest (<1: pgcairn smaller). The machine is shared and
@@ -298,6 +304,8 @@ recover() {
     sync
     t0=$(now_ns)
     timed "r$round-$tool-$kind-restore" "${cmd[@]}"
+    # Bytes the restore put on disk (allocated, holes not counted), for the disk floor.
+    if [ "$kind" = imm ]; then RESTORED_BYTES[$tool]=$(du -s -B1 "$dir" | cut -f1); fi
     if [ "$tool" = pgcairn-fsync ]; then
         # As before restores wrote the first-start block: the first start fsyncs every file.
         as_pg sed -i '/^# pgcairn first-start settings (begin)/,/^# pgcairn first-start settings (end)/d' "$dir/postgresql.auto.conf"
@@ -337,7 +345,22 @@ recover() {
     as_pg rm -rf "$dir"
 }
 
-declare -A BEST INCR_BYTES
+declare -A BEST INCR_BYTES RESTORED_BYTES
+# The disk's floor for a restore on this machine, now: dd writing as many bytes as pgcairn's
+# restore put on disk into the same file system, made durable (conv=fsync), once through the
+# page cache and once with O_DIRECT; the faster of the two in FLOOR (s). No restore of these
+# bytes can finish sooner, so it bounds both tools' restores, and through them the time to
+# recover, in the same round and under the same load.
+disk_floor() {
+    local f="$W/disk-floor" mib=$(( (RESTORED_BYTES[pgcairn] + 1048575) / 1048576 )) t0 a b
+    rm -f "$f"; sync
+    t0=$(now_ns); dd if=/dev/zero of="$f" bs=1M count="$mib" conv=fsync status=none; a=$(secs "$t0" "$(now_ns)")
+    rm -f "$f"; sync
+    t0=$(now_ns); dd if=/dev/zero of="$f" bs=1M count="$mib" oflag=direct conv=fsync status=none; b=$(secs "$t0" "$(now_ns)")
+    rm -f "$f"; sync
+    FLOOR=$(min "$a" "$b")
+    echo "   disk floor: $mib MiB written and synced by dd in $a s (page cache), $b s (O_DIRECT)"
+}
 FAILED=0
 check_fp() { # $1 = what, $2 = expected, $3 = got
     if [ "$2" = "$3" ]; then echo "   $1: fingerprint $3 (as expected)"; else
@@ -384,6 +407,7 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "!! the two tools' backups restore different data: pgBackRest ${FP_IMM[pgbackrest]}, pgcairn ${FP_IMM[pgcairn]}" >&2
         FAILED=1
     fi
+    disk_floor; keep floor "$FLOOR" min
     PITR_TOOLS=("${ORDER[@]}")
     # A/B of the first-start block: pgcairn's recovery once more without it, next to the other two.
     # (last in odd rounds, first in even ones).
@@ -406,11 +430,11 @@ python3 - "$SCALE" "$DB_BYTES" "$ROUNDS" "$PGBR_VERSION" "$PGBR_OPTS" "$REPO_KIN
     "${BEST[pgcairn-full]}" "${BEST[pgbackrest-full]}" "${BEST[pgcairn-incr]}" "${BEST[pgbackrest-incr]}" \
     "${INCR_BYTES[pgcairn]}" "${INCR_BYTES[pgbackrest]}" "${BEST[pgcairn-restore]}" "${BEST[pgbackrest-restore]}" \
     "${BEST[pgcairn-rss]}" "${BEST[pgbackrest-rss]}" "${BEST[pgcairn-pitr]}" "${BEST[pgbackrest-pitr]}" \
-    "${BEST[pgcairn-walreplay]}" "${BEST[pgbackrest-walreplay]}" <<'PY'
+    "${BEST[pgcairn-walreplay]}" "${BEST[pgbackrest-walreplay]}" "${BEST[floor]}" <<'PY'
 import sys
 scale, db, rounds, ver, opts, kind, stored_new = sys.argv[1:8]
 v = [float(x) for x in sys.argv[8:]]
-pf, bf, pi, bi, pb, bb, pr, br, prss, brss, pp, bp, pw, bw = v
+pf, bf, pi, bi, pb, bb, pr, br, prss, brss, pp, bp, pw, bw, floor = v
 MiB = 2**20
 print()
 print(f"pgbench scale {scale} ({int(db)/MiB:.0f} MiB), best of {rounds} round(s), {kind} repositories; pgBackRest {ver} ({opts}), pgcairn defaults")
@@ -426,6 +450,9 @@ print(f"{'restore peak RSS MiB':32}{prss/1024:>10.1f}{brss/1024:>12.1f}")
 row("time to recover to T s", pp, bp, ".2f", "  (restore + start + replay + promotion)")
 row("  of which WAL replay s", pw, bw, ".2f", "  (start + replay; best of the rounds)")
 print(f"{'  WAL replay share':32}{100*pw/pp:>9.0f}%{100*bw/bp:>11.0f}%")
+print(f"{'disk floor s (dd, same bytes)':32}{floor:>10.2f}{'':12}"
+      f"  restore at {pr/floor:.2f}x the floor (pgBackRest {br/floor:.2f}x); best possible restore ratio {br/floor:.2f}x")
+print(f"{'':32}{'':22}  time to recover with the restore at the floor: {floor+pw:.2f} s, {(floor+pw)/bp:.2f} of pgBackRest's")
 PY
 if [ "$FIRST_START_AB" = 1 ]; then
     python3 - "${BEST[pgcairn-pitr]}" "${BEST[pgcairn-fsync-pitr]}" "${BEST[pgbackrest-pitr]}" <<'PY'
