@@ -179,7 +179,8 @@ fn main() {
 /// data directory. Kept there for up to `archive.idle_exit` after the server stopped, it held
 /// the data directory's file system busy (`umount` failed with "target is busy" after a
 /// recovery or a failover). Paths the settings name relative to that directory are made
-/// absolute first, and key commands run there; a start directory whose path cannot be read
+/// absolute first (so are the object-store clients' path variables,
+/// [`pgcairn_storage::PATH_ENV_VARS`]), and key commands run there; a start directory whose path cannot be read
 /// is kept, so that relative paths still work.
 fn leave_start_directory(settings: &mut Settings) {
     let start = match std::env::current_dir() {
@@ -190,6 +191,10 @@ fn leave_start_directory(settings: &mut Settings) {
         }
     };
     settings.anchor_relative_paths(&start);
+    // Still one thread: nothing reads the environment while it changes.
+    for (name, path) in Settings::anchored_path_env_vars(&start, |name| std::env::var_os(name)) {
+        std::env::set_var(name, path);
+    }
     if let Err(e) = std::env::set_current_dir("/") {
         tracing::warn!("cannot change to /: {e}");
     }

@@ -532,6 +532,25 @@ impl Settings {
         }
     }
 
+    /// The environment variables naming files for the object-store clients
+    /// ([`pgcairn_storage::PATH_ENV_VARS`]) whose value (read by `var`) is a relative path,
+    /// each with that path made absolute against `base`: a daemon leaving its start directory
+    /// sets them, or a web-identity token file named relative to the data directory would no
+    /// longer be found at the next token refresh.
+    pub fn anchored_path_env_vars(
+        base: &Path,
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Vec<(&'static str, PathBuf)> {
+        pgcairn_storage::PATH_ENV_VARS
+            .iter()
+            .filter_map(|name| {
+                let value = PathBuf::from(var(name)?);
+                (!value.as_os_str().is_empty() && value.is_relative())
+                    .then(|| (*name, base.join(value)))
+            })
+            .collect()
+    }
+
     /// The repository URL, or a usage error saying how to set it.
     pub fn require_repo_url(&self) -> Result<&str, Failure> {
         self.repo_url.as_deref().ok_or_else(|| {
@@ -751,6 +770,29 @@ mod tests {
         assert_eq!(
             s.storage_options["endpoint"], "relative-looking",
             "only path options are anchored"
+        );
+    }
+
+    #[test]
+    fn relative_path_env_vars_are_anchored_and_others_left_alone() {
+        let env: BTreeMap<&str, &str> = [
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "secrets/token"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/azure/token"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", ""),
+            ("AWS_REGION", "relative-looking"),
+        ]
+        .into_iter()
+        .collect();
+        let anchored = Settings::anchored_path_env_vars(Path::new("/var/lib/pg/data"), |name| {
+            env.get(name).map(std::ffi::OsString::from)
+        });
+        assert_eq!(
+            anchored,
+            vec![(
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                PathBuf::from("/var/lib/pg/data/secrets/token")
+            )],
+            "only relative, non-empty path variables are anchored"
         );
     }
 

@@ -50,7 +50,9 @@ mod options;
 use std::sync::Arc;
 
 pub use backend::ObjectStoreBackend;
-pub use options::{parse_duration, StorageOptions, DEFAULT_MULTIPART_THRESHOLD, PATH_OPTIONS};
+pub use options::{
+    parse_duration, StorageOptions, DEFAULT_MULTIPART_THRESHOLD, PATH_ENV_VARS, PATH_OPTIONS,
+};
 use pgcairn_engine::storage::Storage;
 
 /// Why a repository URL could not be turned into storage.

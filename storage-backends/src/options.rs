@@ -36,6 +36,19 @@ const KNOWN: &[&str] = &[
 /// Options whose value is a path on this host (read when the storage is opened).
 pub const PATH_OPTIONS: &[&str] = &["ca_file", "service_account_path"];
 
+/// Environment variables the object-store clients read as paths on this host: credentials
+/// files and the token files of workload identities, which are read again at every token
+/// refresh, long after the storage was opened.
+pub const PATH_ENV_VARS: &[&str] = &[
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_SERVICE_ACCOUNT",
+    "GOOGLE_SERVICE_ACCOUNT_PATH",
+    "SERVICE_ACCOUNT",
+];
+
 /// Options that only mean something for some URL schemes, and those schemes. Every other
 /// option applies to every remote scheme (`endpoint`, `allow_http`, `ca_file`, retries and
 /// timeouts, `multipart_threshold`, `skip_signature`).

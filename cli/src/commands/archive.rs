@@ -103,6 +103,29 @@ fn rotate_log(log: &Path, limit: u64) {
     }
 }
 
+/// Opens (creating, appending) a daemon's log. Never through a link: the spool belongs to
+/// PostgreSQL's OS user, and an archive-get run by hand as root with the same spool would
+/// otherwise append to whatever file that user pointed the log at.
+fn open_daemon_log(log_path: &Path) -> Result<std::fs::File, Failure> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(log_path)
+        .map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                "it is a symbolic link; remove it (the log is always a plain file)".to_string()
+            } else {
+                e.to_string()
+            };
+            Failure::new(
+                ExitCode::Failed,
+                format!("cannot open {}: {why}", log_path.display()),
+            )
+        })
+}
+
 /// Starts a background pgcairn (pusher or prefetcher) with the same configuration.
 fn spawn_daemon(
     cli: &Cli,
@@ -113,17 +136,7 @@ fn spawn_daemon(
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(ExitCode::Failed, format!("cannot find own executable: {e}")))?;
     rotate_log(log_path, LOG_ROTATE_BYTES);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(log_path)
-        .map_err(|e| {
-            Failure::new(
-                ExitCode::Failed,
-                format!("cannot open {}: {e}", log_path.display()),
-            )
-        })?;
+    let log = open_daemon_log(log_path)?;
     let log2 = log
         .try_clone()
         .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))?;
@@ -479,5 +492,23 @@ mod tests {
             101,
             "no log: nothing moves"
         );
+    }
+
+    #[test]
+    fn a_daemon_log_is_never_opened_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let log = dir.path().join("prefetcher.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let err = open_daemon_log(&log).expect_err("a link is refused");
+        assert!(err.message.contains("symbolic link"), "{}", err.message);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+
+        std::fs::remove_file(&log).unwrap();
+        use std::io::Write;
+        open_daemon_log(&log).unwrap().write_all(b"one\n").unwrap();
+        open_daemon_log(&log).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(std::fs::read(&log).unwrap(), b"one\ntwo\n", "appended");
     }
 }
