@@ -173,6 +173,10 @@ pub struct RestoreSummary {
     pub backup_id: String,
     /// Files written.
     pub files: u64,
+    /// Files this restore fsynced: every file, including those a delta restore found already
+    /// right (a restore interrupted before its syncs may have left them in the page cache
+    /// only).
+    pub files_synced: u64,
     /// Bytes written.
     pub bytes: u64,
     /// Seconds spent.
@@ -314,6 +318,7 @@ pub async fn restore(
             files_removed: 0,
             backup_id: m.id.clone(),
             files: 0,
+            files_synced: 0,
             bytes: 0,
             seconds: 0.0,
         });
@@ -464,22 +469,21 @@ pub async fn restore(
                         .get(&path)?
                         .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
                     let (reused, written) = job.restore_file(&f, span.as_ref()).await?;
-                    done.push((f.size, reused, written.map(|w| (target.join(&f.path), w))));
+                    done.push((f.size, reused, target.join(&f.path), written));
                 }
                 Ok::<_, Error>(done)
             }
         })
         .buffer_unordered(opts.jobs.max(1));
-    let (mut bytes, mut bytes_reused) = (0, 0);
+    let (mut bytes, mut bytes_reused, mut files_synced) = (0, 0, 0);
     let mut syncs = BackgroundSyncs::default();
     while let Some(r) = writes.next().await {
-        for (n, reused, written) in r? {
+        for (n, reused, path, written) in r? {
             bytes += n;
             bytes_reused += reused;
             progress.advance(n, n - reused);
-            if let Some((path, file)) = written {
-                syncs.push(path, file).await?;
-            }
+            syncs.push(path, written).await?;
+            files_synced += 1;
         }
     }
     drop(writes);
@@ -489,10 +493,10 @@ pub async fn restore(
     sync_tree(&m, &tree, target)?;
     if let Some(f) = files.get(PG_CONTROL)? {
         let (reused, written) = job.restore_file(&f, None).await?;
-        if let Some(file) = written {
-            file.sync_all()
-                .map_err(|e| io(&target.join(PG_CONTROL), e))?;
-        }
+        written
+            .sync_all()
+            .map_err(|e| io(&target.join(PG_CONTROL), e))?;
+        files_synced += 1;
         bytes += f.size;
         bytes_reused += reused;
         progress.advance(f.size, f.size - reused);
@@ -511,6 +515,7 @@ pub async fn restore(
         files_removed,
         backup_id: m.id.clone(),
         files: files.len() as u64,
+        files_synced,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -709,15 +714,16 @@ impl FileJob<'_> {
     /// Opened once, beneath the data directory (or its tablespace location) without following
     /// a link; everything after that (delta comparison, writes, checksum read-back, owner,
     /// mode) goes through that descriptor.
-    /// Returns the bytes reused (delta) and, if the file was written, its descriptor, still
-    /// to be made durable ([`BackgroundSyncs`]).
+    /// Returns the bytes reused (delta) and its descriptor, still to be made durable
+    /// ([`BackgroundSyncs`]): also when a delta restore found it whole, since the restore it
+    /// completes may have died before its fsyncs.
     /// `span`: bytes of a pack already read (from this pack offset); runs inside it are
     /// served from it instead of a range read of their own.
     async fn restore_file(
         &self,
         f: &FileEntry,
         span: Option<&(u64, bytes::Bytes)>,
-    ) -> Result<(u64, Option<Arc<std::fs::File>>)> {
+    ) -> Result<(u64, Arc<std::fs::File>)> {
         let (repo, pool, index, block_size, delta) = (
             self.repo,
             self.pool,
@@ -747,7 +753,10 @@ impl FileJob<'_> {
         if let Some(same) = &existing {
             if same.iter().all(|s| *s) && file.metadata().map(|m| m.len()).ok() == Some(f.size) {
                 fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
-                return Ok((f.size, None));
+                // Right, but not necessarily durable: the restore this one completes may have
+                // been killed before its fsyncs, and the blocks just compared may have come
+                // from the page cache. Synced like a written file (cheap when clean).
+                return Ok((f.size, file));
             }
         }
         let same = |i: usize| {
@@ -911,7 +920,7 @@ impl FileJob<'_> {
                 "restored file does not match the checksum recorded at backup",
             ));
         }
-        Ok((reused, Some(file)))
+        Ok((reused, file))
     }
 }
 

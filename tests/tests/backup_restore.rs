@@ -308,6 +308,24 @@ fn a_delta_restore_of_a_patched_incremental_over_its_full_backup() {
         reused > 0.0 && rewritten > 0.0,
         "unchanged blocks kept, the changed ones written: {text}"
     );
+    // Every file made durable, the ones found whole too: the restore a delta completes may
+    // have died before its fsyncs.
+    let count = |after: &str| -> u64 {
+        let at = text
+            .find(after)
+            .unwrap_or_else(|| panic!("{after}: {text}"));
+        text[..at]
+            .trim_end()
+            .rsplit([' ', ','])
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{after}: {text}"))
+    };
+    assert_eq!(
+        count(" files synced"),
+        count(" files, "),
+        "every restored file fsynced: {text}"
+    );
     let r = env.restored_instance("delta", false);
     r.start().unwrap();
     let _stop_r = StopOnDrop(&r);

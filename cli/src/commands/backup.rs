@@ -353,10 +353,11 @@ pub async fn restore_cmd(
         s.seconds,
         if opts.delta {
             format!(
-                "; delta: {:.1} MiB reused, {:.1} MiB rewritten, {} files removed",
+                "; delta: {:.1} MiB reused, {:.1} MiB rewritten, {} files removed, {} files synced",
                 s.bytes_reused as f64 / 1048576.0,
                 (s.bytes - s.bytes_reused) as f64 / 1048576.0,
-                s.files_removed
+                s.files_removed,
+                s.files_synced
             )
         } else {
             String::new()
