@@ -1,5 +1,5 @@
 //! Shared helpers for the engine's unit tests: synthetic manifests without a PostgreSQL, and
-//! storage that fails on cue ([`FailAfter`]).
+//! storage that fails on cue ([`FailAfter`]) or answers late ([`SlowReads`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -150,6 +150,73 @@ impl Storage for FailAfter {
     }
     async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
         self.spend(key)?;
+        self.inner.delete(key).await
+    }
+}
+
+/// Storage whose reads (`get`, `get_range`, `head`, `list`) each take `delay` longer: a
+/// remote store's round trip, so that work in flight stays in flight for a while.
+#[derive(Debug)]
+pub struct SlowReads {
+    inner: Arc<dyn Storage>,
+    delay: std::time::Duration,
+}
+
+impl SlowReads {
+    /// Reads of `inner`, each `delay` late.
+    pub fn new(inner: Arc<dyn Storage>, delay: std::time::Duration) -> Self {
+        SlowReads { inner, delay }
+    }
+}
+
+#[async_trait]
+impl Storage for SlowReads {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.get(key).await
+    }
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.get_versioned(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> std::result::Result<Bytes, StorageError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.head(key).await
+    }
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> std::result::Result<CreateOutcome, StorageError> {
+        self.inner.put_create(key, data).await
+    }
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> std::result::Result<ObjectVersion, StorageError> {
+        self.inner.put_swap(key, data, expected).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
         self.inner.delete(key).await
     }
 }

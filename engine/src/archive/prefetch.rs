@@ -654,7 +654,10 @@ pub async fn run_prefetcher(
         if !spool.dir().exists() {
             return Ok(());
         }
-        if started.elapsed() >= opts.max_run && in_flight.is_empty() {
+        // Past its maximum run it starts nothing new and exits once its fetches have landed:
+        // with two jobs or more, one is always in flight while recovery keeps asking.
+        let ending = started.elapsed() >= opts.max_run;
+        if ending && in_flight.is_empty() {
             tracing::info!("prefetcher ran its maximum time; the next archive-get starts another");
             return Ok(());
         }
@@ -678,7 +681,11 @@ pub async fn run_prefetcher(
                 archive_end.save(spool);
             }
             let now = Instant::now();
-            let free = opts.jobs.max(1).saturating_sub(in_flight.len());
+            let free = if ending {
+                0
+            } else {
+                opts.jobs.max(1).saturating_sub(in_flight.len())
+            };
             let next: Vec<WalFileName> = (1..=opts.count as u64)
                 .map(|i| base + i)
                 .take_while(|abs| archive_end.allows(*abs, now))
@@ -731,17 +738,11 @@ pub async fn run_prefetcher(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_prefetcher_asked_without_pause_still_exits_after_its_maximum_run() {
-        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+    /// Runs a prefetcher with `opts` while recovery asks for the next segment every 50 ms
+    /// without end; it must exit on its own, after its maximum run.
+    async fn asked_without_pause(repo: &Repository, opts: &PrefetchOptions) {
         let dir = tempfile::tempdir().unwrap();
         let spool = PrefetchSpool::open(dir.path(), "main", "memory://").unwrap();
-        let opts = PrefetchOptions {
-            count: 2,
-            jobs: 1,
-            idle_exit: Duration::from_secs(600),
-            max_run: Duration::from_millis(300),
-        };
         let asks = async {
             for n in 1u64.. {
                 let name: WalFileName = format!("0000000100000000000000{:02X}", n % 200)
@@ -753,11 +754,43 @@ mod tests {
         };
         let started = Instant::now();
         tokio::select! {
-            r = run_prefetcher(&repo, "main", &spool, 16 << 20, &opts) => r.unwrap(),
+            r = run_prefetcher(repo, "main", &spool, 16 << 20, opts) => r.unwrap(),
             () = asks => unreachable!("asking never ends"),
-            () = tokio::time::sleep(Duration::from_secs(20)) => panic!("still running after 20 s"),
+            () = tokio::time::sleep(Duration::from_secs(10)) => panic!("still running after 10 s"),
         }
         assert!(started.elapsed() >= opts.max_run, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_prefetcher_asked_without_pause_still_exits_after_its_maximum_run() {
+        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+        let opts = PrefetchOptions {
+            count: 2,
+            jobs: 1,
+            idle_exit: Duration::from_secs(600),
+            max_run: Duration::from_millis(300),
+        };
+        asked_without_pause(&repo, &opts).await;
+    }
+
+    /// With two jobs and fetches that take a while, one fetch or another is always in flight
+    /// while recovery keeps asking: the maximum run must still end the prefetcher.
+    #[tokio::test]
+    async fn a_prefetcher_with_fetches_always_in_flight_still_exits_after_its_maximum_run() {
+        let mem: std::sync::Arc<dyn crate::storage::Storage> =
+            std::sync::Arc::new(crate::storage::MemoryStorage::new());
+        let slow = std::sync::Arc::new(crate::test_support::SlowReads::new(
+            mem,
+            Duration::from_millis(120),
+        ));
+        let (_, repo) = crate::test_support::init_repo(slow).await;
+        let opts = PrefetchOptions {
+            count: 8,
+            jobs: 2,
+            idle_exit: Duration::from_secs(600),
+            max_run: Duration::from_millis(300),
+        };
+        asked_without_pause(&repo, &opts).await;
     }
 
     #[test]
