@@ -8,8 +8,12 @@
 //!
 //! Files that others read while they change (a restored WAL file PostgreSQL is waiting for,
 //! the prefetch spool, acknowledgements, the host's catalog generations) are replaced whole
-//! ([`replace`], [`replace_durably`], [`replace_with`]): written under a temporary name beside
-//! them and renamed over them, so a reader sees the old file or the new one, never a part.
+//! ([`replace`], [`replace_durably`], [`replace_with`]): written beside them and renamed over
+//! them, so a reader sees the old file or the new one, never a part. While it is written the
+//! new file has no name (`O_TMPFILE`, where the file system has it): a process killed
+//! meanwhile (PostgreSQL stops a standby's `archive-get` with SIGTERM) leaves no temporary
+//! file behind in `pg_wal` or a spool. It gets a temporary name once whole, just before the
+//! rename.
 
 use std::fs;
 use std::io;
@@ -22,21 +26,83 @@ pub const DIR_MODE: u32 = 0o700;
 pub const FILE_MODE: u32 = 0o600;
 
 /// Creates `dir` and missing parents as 0700; `dir` itself ends up 0700 even if it existed.
+/// The mode is set through a descriptor opened without following a link: a link at `dir` is
+/// refused, never the mode of where it points changed.
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(DIR_MODE)
         .create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+    let d = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)?;
+    d.set_permissions(fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Creates or truncates `path` as a 0600 file open for writing.
+/// Checks that the directories from `root` down to `dir` (those that exist; `dir` lies
+/// beneath `root`) are this user's own, and that none below `root` is a link. `root` itself
+/// may be a link (a spool moved to another disk), to a directory of this user's.
+///
+/// Why: a spool belongs to the user who runs the archive commands, PostgreSQL's. Run by hand
+/// as root with the same settings, a command would otherwise create files there that user
+/// cannot read or remove (a lock that keeps every later prefetcher from starting, segments it
+/// cannot serve), and follow links that user planted to files of root's.
+pub fn check_own_tree(root: &Path, dir: &Path) -> io::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    let below = dir.strip_prefix(root).unwrap_or(Path::new(""));
+    let mut at = root.to_path_buf();
+    let mut components = below.components();
+    loop {
+        let meta = if at == root {
+            fs::metadata(&at)
+        } else {
+            fs::symlink_metadata(&at)
+        };
+        match meta {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is a symbolic link; a spool holds only its own directories: remove it",
+                    at.display()
+                )))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(io::Error::other(format!(
+                    "{} is not a directory",
+                    at.display()
+                )))
+            }
+            Ok(m) if std::os::unix::fs::MetadataExt::uid(&m) != me => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} belongs to uid {}, not to this user (uid {me}): run this command as its owner \
+                         (the user PostgreSQL runs archive commands as), or give this user a spool of its own",
+                        at.display(),
+                        std::os::unix::fs::MetadataExt::uid(&m)
+                    ),
+                ))
+            }
+            Ok(_) => {}
+        }
+        match components.next() {
+            Some(c) => at.push(c),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Creates or truncates `path` as a 0600 file open for writing; never through a link at
+/// `path` (refused).
 pub fn create_file(path: &Path) -> io::Result<fs::File> {
     let f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
     Ok(f)
@@ -46,6 +112,31 @@ pub fn create_file(path: &Path) -> io::Result<fs::File> {
 pub fn write(path: &Path, body: &[u8]) -> io::Result<()> {
     use std::io::Write;
     create_file(path)?.write_all(body)
+}
+
+/// An unnamed file in `dir` (`O_TMPFILE`), or `None` where the file system has none or
+/// `/proc` is not there to name it afterwards.
+fn open_anonymous(dir: &Path, mode: u32) -> io::Result<Option<fs::File>> {
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Ok(None);
+    }
+    match fs::OpenOptions::new()
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// What [`replace_with`] guarantees once it returns.
@@ -100,15 +191,33 @@ pub fn replace_with<E: From<io::Error>>(
         CALLS.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        // Filled as an anonymous file where the file system has them, given its temporary
+        // name only once whole: a process killed while filling it (PostgreSQL stops the
+        // archive-get of a standby with SIGTERM) leaves nothing behind. Elsewhere, filled
+        // under the temporary name.
+        let anonymous = open_anonymous(dir, mode)?;
+        let f = match &anonymous {
+            Some(f) => f.try_clone()?,
+            None => fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&tmp)?,
+        };
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         fill(&f)?;
         if durability == Durability::Durable {
             f.sync_all()?;
+        }
+        if anonymous.is_some() {
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)),
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(io::Error::from)?;
         }
         fs::rename(&tmp, path)?;
         if durability == Durability::Durable {
@@ -128,6 +237,85 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn files_and_directories_are_never_created_or_chmodded_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o644)).unwrap();
+        let marker = dir.path().join(".000000010000000000000002.fetching");
+        std::os::unix::fs::symlink(&victim, &marker).unwrap();
+        assert!(write(&marker, b"").is_err(), "a link is refused");
+        assert_eq!(fs::read(&victim).unwrap(), b"keep", "not truncated");
+        assert_eq!(mode(&victim), 0o644, "mode untouched");
+
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        let area = dir.path().join("area");
+        std::os::unix::fs::symlink(&shared, &area).unwrap();
+        assert!(create_dir_all(&area).is_err(), "a link is refused");
+        assert_eq!(mode(&shared), 0o755, "mode untouched");
+    }
+
+    #[test]
+    fn a_spool_tree_must_be_this_users_own_and_hold_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("spool");
+        let area = root.join("main/prefetch/0123");
+        check_own_tree(&root, &area).expect("nothing there yet");
+        create_dir_all(&area).unwrap();
+        check_own_tree(&root, &area).expect("all our own");
+        // The spool itself may be a link (moved to another disk).
+        let moved = dir.path().join("moved");
+        std::os::unix::fs::symlink(&root, &moved).unwrap();
+        check_own_tree(&moved, &moved.join("main/prefetch/0123")).expect("a linked root");
+        // Below it, no link.
+        fs::rename(root.join("main/prefetch"), root.join("main/elsewhere")).unwrap();
+        std::os::unix::fs::symlink(root.join("main/elsewhere"), root.join("main/prefetch"))
+            .unwrap();
+        let e = check_own_tree(&root, &area).expect_err("a link below the root");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // Another user's spool (only root can make one to test with).
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            create_dir_all(&theirs.join("main")).unwrap();
+            std::os::unix::fs::chown(theirs.join("main"), Some(65534), Some(65534)).unwrap();
+            let e = check_own_tree(&theirs, &theirs.join("main/prefetch"))
+                .expect_err("another user's directory");
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+            assert!(e.to_string().contains("uid 65534"), "{e}");
+        }
+    }
+
+    /// A process killed while a file is filled leaves nothing: during the fill the directory
+    /// holds no new entry (the file is anonymous until whole).
+    #[test]
+    fn a_file_being_filled_has_no_name_yet() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let names = || -> Vec<String> {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        if open_anonymous(dir.path(), FILE_MODE).unwrap().is_none() {
+            eprintln!("skipped: {} has no anonymous files", dir.path().display());
+            return;
+        }
+        replace_with::<io::Error>(&dest, FILE_MODE, Durability::Atomic, |f| {
+            use std::io::Write;
+            (&*f).write_all(b"half")?;
+            assert_eq!(names(), Vec::<String>::new(), "nothing named while filling");
+            (&*f).write_all(b" and half")
+        })
+        .unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"half and half");
+        assert_eq!(names(), vec!["RECOVERYXLOG".to_string()]);
+        assert_eq!(mode(&dest), FILE_MODE);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! End to end: PostgreSQL archives through `pgcairn archive-push` and recovers through
 //! `pgcairn archive-get`, on `file://` and S3, synchronously and asynchronously.
 
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use pgcairn_tests::*;
@@ -284,4 +285,94 @@ fn a_prefetcher_keeps_no_descriptor_postgresql_left_open() {
             "the prefetcher {pid} holds nothing of the data directory"
         );
     }
+}
+
+/// `archive-get` run by hand as root with the production settings: the spool is PostgreSQL's
+/// user's, so root fetches directly and leaves it alone: it creates nothing there that user
+/// could not read or remove, and follows no link that user planted (here a "fetching" marker
+/// pointing at a file of root's).
+#[test]
+fn archive_get_as_root_leaves_postgresqls_spool_alone() {
+    let env = TestEnv::new(EnvOptions {
+        archive_async: true,
+        ..EnvOptions::new(Backend::File)
+    });
+    let Some(_) = env.run_as.as_deref() else {
+        eprintln!("skipped: only root can run a command as another user than the spool's");
+        return;
+    };
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let original = std::fs::read(pg.datadir.join("pg_wal").join(&last)).unwrap();
+    drop(stop);
+    pg.stop().unwrap();
+
+    // PostgreSQL's user uses the spool first (its prefetch area, its prefetcher).
+    let fetched = env.path().join("fetched");
+    std::fs::create_dir_all(&fetched).unwrap();
+    give_to(env.run_as.as_deref(), &fetched).unwrap();
+    let out = env.pgcairn(&[
+        "archive-get",
+        &last,
+        &fetched.join("first").display().to_string(),
+    ]);
+    assert_success(&out, "archive-get as PostgreSQL's user");
+    let spool = env.path().join("spool");
+    let area = std::fs::read_dir(spool.join("main/prefetch"))
+        .unwrap()
+        .next()
+        .expect("a prefetch area")
+        .unwrap()
+        .path();
+    // That user plants a marker pointing at a file of root's.
+    let victim = env.path().join("root-owned");
+    std::fs::write(&victim, b"keep").unwrap();
+    let marker = area.join(format!(".{last}.fetching"));
+    let _ = std::fs::remove_file(&marker);
+    std::os::unix::fs::symlink(&victim, &marker).unwrap();
+    let pg_uid = std::fs::metadata(&spool).unwrap().uid();
+    std::os::unix::fs::lchown(&marker, Some(pg_uid), None).unwrap();
+
+    let dest = env.path().join("as-root");
+    let out = std::process::Command::new(&env.bin)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["archive-get", &last])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_success(&out, "archive-get as root");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        original,
+        "the segment, fetched directly"
+    );
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"keep",
+        "the planted link not followed"
+    );
+    let mut roots = Vec::new();
+    let mut dirs = vec![spool.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.uid() == 0 {
+                roots.push(p.clone());
+            }
+            if m.is_dir() {
+                dirs.push(p);
+            }
+        }
+    }
+    assert_eq!(
+        roots,
+        Vec::<std::path::PathBuf>::new(),
+        "nothing of root's in PostgreSQL's spool"
+    );
 }

@@ -79,6 +79,8 @@ impl PrefetchSpool {
     /// repositories holding a cluster of the same name never serve each other's WAL.
     pub fn open(spool_dir: &Path, cluster: &str, repository: &str) -> Result<Self> {
         let dir = Self::dir_for(spool_dir, cluster, repository);
+        crate::private_fs::check_own_tree(spool_dir, &dir)
+            .map_err(|e| Error::io("archive.spool_dir".to_string(), e))?;
         crate::private_fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {} (archive.spool_dir)", dir.display()), e))?;
         Ok(PrefetchSpool {

@@ -69,6 +69,7 @@ pub fn try_lock_file(path: &Path) -> Result<Option<fs::File>> {
         .truncate(false)
         .write(true)
         .mode(crate::private_fs::FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     match f.try_lock() {
@@ -128,6 +129,8 @@ impl Spool {
     /// Opens (creating) `<spool_dir>/<cluster>/`.
     pub fn open(spool_dir: &Path, cluster: &str) -> Result<Self> {
         let root = spool_dir.join(cluster);
+        crate::private_fs::check_own_tree(spool_dir, &root)
+            .map_err(|e| Error::io("archive.spool_dir".to_string(), e))?;
         for sub in ["ack", "error"] {
             crate::private_fs::create_dir_all(&root.join(sub)).map_err(|e| {
                 Error::io(
