@@ -47,6 +47,18 @@ pub fn enable(file: &File) -> bool {
         && rustix::fs::fcntl_getfl(file).is_ok_and(|f| f.contains(OFlags::DIRECT))
 }
 
+/// Goes back to buffered I/O on `file` (nothing if it was buffered): after a refused direct
+/// write, and before reads into ordinary, unaligned buffers, which fail with `EINVAL` on a
+/// descriptor with `O_DIRECT`.
+pub fn disable(file: &File) -> std::io::Result<()> {
+    use rustix::fs::OFlags;
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    if flags.contains(OFlags::DIRECT) {
+        rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
+    }
+    Ok(())
+}
+
 /// Allocates the byte ranges `ranges` of `file` (each end rounded up to [`ALIGN`]) before its
 /// direct writes: the ranges that will be written, not the all-zero blocks between them, which
 /// stay holes (allocating the whole file and punching those back out needed the whole file's
@@ -70,14 +82,6 @@ pub fn preallocate(
             Err(_) => return Ok(()),
         }
     }
-    Ok(())
-}
-
-/// Goes back to buffered writes on `file`.
-fn disable(file: &File) -> std::io::Result<()> {
-    use rustix::fs::OFlags;
-    let flags = rustix::fs::fcntl_getfl(file)?;
-    rustix::fs::fcntl_setfl(file, flags - OFlags::DIRECT)?;
     Ok(())
 }
 

@@ -83,21 +83,6 @@ pub fn block(pg_version_num: u32) -> String {
     out
 }
 
-/// `conf` without the block, or `None` when it holds none. An unterminated block (a hand
-/// edit) is left alone: what follows its first line is not known to be pgcairn's.
-pub fn without_block(conf: &str) -> Option<String> {
-    let start = conf.lines().position(|l| l == BEGIN)?;
-    let len = conf.lines().skip(start).position(|l| l == END)?;
-    let mut out = String::with_capacity(conf.len());
-    for (i, line) in conf.lines().enumerate() {
-        if i < start || i > start + len {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    Some(out)
-}
-
 /// Removes the block from `<datadir>/postgresql.auto.conf`; `Ok(true)` when it was there.
 /// Anything but a regular file there (absent, a link) is left alone.
 pub fn remove(datadir: &Path) -> io::Result<bool> {
@@ -109,12 +94,13 @@ pub fn remove(datadir: &Path) -> io::Result<bool> {
         Err(e) => return Err(e),
     };
     let conf = std::fs::read(&path)?;
-    let Some(kept) = without_block(&String::from_utf8_lossy(&conf)) else {
+    let (kept, removed) = crate::pg::auto_conf::without_blocks(&conf, BEGIN, END);
+    if removed == 0 {
         return Ok(false);
-    };
+    }
     let mode = meta.permissions().mode() & 0o777;
     replace_with(&path, mode, Durability::Durable, |mut f| {
-        io::Write::write_all(&mut f, kept.as_bytes())
+        io::Write::write_all(&mut f, &kept)
     })?;
     // A file written by root for another user keeps that user (a no-op for the owner).
     let _ = std::os::unix::fs::lchown(&path, Some(meta.uid()), Some(meta.gid()));
@@ -175,21 +161,34 @@ mod tests {
 
     #[test]
     fn removal_takes_the_block_and_nothing_else_and_is_idempotent() {
-        let conf = format!(
-            "work_mem = '8MB'\n# pgcairn recovery settings (begin)\nrestore_command = 'x'\n{}# pgcairn recovery settings (end)\n",
-            block(150000)
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUTO_CONF);
+        // A LATIN1 value (ALTER SYSTEM in the server's encoding) around the blocks.
+        let mut conf = b"application_name = 'caf\xe9'\n".to_vec();
+        conf.extend_from_slice(
+            format!(
+                "# pgcairn recovery settings (begin)\nrestore_command = 'x'\n{}# pgcairn recovery settings (end)\n",
+                block(150000)
+            )
+            .as_bytes(),
         );
-        let kept = without_block(&conf).unwrap();
+        std::fs::write(&path, &conf).unwrap();
+        assert!(remove(dir.path()).unwrap());
+        let mut expected = b"application_name = 'caf\xe9'\n".to_vec();
+        expected.extend_from_slice(
+            b"# pgcairn recovery settings (begin)\nrestore_command = 'x'\n# pgcairn recovery settings (end)\n",
+        );
         assert_eq!(
-            kept,
-            "work_mem = '8MB'\n# pgcairn recovery settings (begin)\nrestore_command = 'x'\n# pgcairn recovery settings (end)\n"
+            std::fs::read(&path).unwrap(),
+            expected,
+            "every other byte kept"
         );
-        assert_eq!(without_block(&kept), None);
+        assert!(!remove(dir.path()).unwrap());
         // A block whose end marker was edited away is not guessed at.
-        assert_eq!(
-            without_block(&format!("{BEGIN}\nrecovery_init_sync_method = 'syncfs'\n")),
-            None
-        );
+        let cut = format!("{BEGIN}\nrecovery_init_sync_method = 'syncfs'\n");
+        std::fs::write(&path, &cut).unwrap();
+        assert!(!remove(dir.path()).unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), cut);
     }
 
     #[test]

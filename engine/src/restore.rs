@@ -1356,6 +1356,9 @@ fn merged_hash(p: PartedHash<'_>, f: &FileEntry, parts: Vec<Option<PartHash>>) -
 /// The file's BLAKE3, read back from disk through the restore's descriptor.
 async fn read_back_hash(file: Arc<std::fs::File>) -> std::io::Result<String> {
     cpu::run(move || -> std::io::Result<String> {
+        // Written with O_DIRECT (a large file of an old backup whose block size the merged
+        // check does not take), the descriptor would refuse reads into this buffer.
+        direct_io::disable(&file)?;
         let mut h = blake3::Hasher::new();
         // A bounded buffer, not a map: mapped pages of a 1 GiB relation file would count as
         // resident memory of the restore.
@@ -1538,21 +1541,10 @@ fn write_recovery_files(
     remove(other)?;
     let existing = fs_beneath::read_file(root, Path::new("postgresql.auto.conf"))
         .map_err(|e| io(&t.join("postgresql.auto.conf"), e))?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    // Keep the user's settings, replace earlier pgcairn ones.
+    // Keep the user's settings byte for byte, replace earlier pgcairn ones.
+    let (user, _) = crate::pg::auto_conf::without_blocks(&existing, AUTO_CONF_BEGIN, AUTO_CONF_END);
     let mut kept = String::new();
-    let mut inside = false;
-    for line in existing.lines() {
-        if line == AUTO_CONF_BEGIN {
-            inside = true;
-        } else if line == AUTO_CONF_END {
-            inside = false;
-        } else if !inside {
-            kept.push_str(line);
-            kept.push('\n');
-        }
-    }
     kept.push_str(AUTO_CONF_BEGIN);
     kept.push('\n');
     for (k, v) in recovery_settings(opts) {
@@ -1570,7 +1562,9 @@ fn write_recovery_files(
     kept.push_str(&crate::first_start::block(m.pg_version_num));
     kept.push_str(AUTO_CONF_END);
     kept.push('\n');
-    write("postgresql.auto.conf", kept.as_bytes())
+    let mut conf = user;
+    conf.extend_from_slice(kept.as_bytes());
+    write("postgresql.auto.conf", &conf)
 }
 
 #[cfg(test)]
@@ -1776,6 +1770,27 @@ mod tests {
         let e = read_range(&repo, &pack, 50..150).await.unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("truncated"), "{e}");
+    }
+
+    /// An old backup's file of a block size the merged check does not take is read back
+    /// whole, through the descriptor its blocks were written with, which has O_DIRECT.
+    #[tokio::test]
+    async fn a_file_written_with_direct_io_is_read_back_for_its_checksum() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let path = dir.path().join("16384");
+        let data: Vec<u8> = (0..(3 * 24576) as u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        if !direct_io::enable(&file) {
+            eprintln!("skipped: {} takes no O_DIRECT", dir.path().display());
+            return;
+        }
+        let got = read_back_hash(Arc::new(file)).await.unwrap();
+        assert_eq!(got, blake3::hash(&data).to_hex().to_string());
     }
 
     #[test]

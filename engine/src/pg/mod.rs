@@ -12,6 +12,7 @@ pub const MIN_PG_MAJOR: u32 = 13;
 /// The newest PostgreSQL major version pgcairn supports.
 pub const MAX_PG_MAJOR: u32 = 18;
 
+pub mod auto_conf;
 pub mod checksum;
 pub mod conninfo;
 pub mod control;
