@@ -195,14 +195,31 @@ pub fn replace_with<E: From<io::Error>>(
         // name only once whole: a process killed while filling it (PostgreSQL stops the
         // archive-get of a standby with SIGTERM) leaves nothing behind. Elsewhere, filled
         // under the temporary name.
+        // A file already under the temporary name was left by a killed process whose pid
+        // this one now has: taken away, and the name tried once more.
+        let stale_once = |make: &dyn Fn() -> io::Result<()>| match make() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp)?;
+                make()
+            }
+            r => r,
+        };
         let anonymous = open_anonymous(dir, mode)?;
         let f = match &anonymous {
             Some(f) => f.try_clone()?,
-            None => fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(&tmp)?,
+            None => {
+                let named = std::cell::OnceCell::new();
+                stale_once(&|| {
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .open(&tmp)?;
+                    let _ = named.set(f);
+                    Ok(())
+                })?;
+                named.into_inner().expect("opened")
+            }
         };
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         fill(&f)?;
@@ -210,14 +227,16 @@ pub fn replace_with<E: From<io::Error>>(
             f.sync_all()?;
         }
         if anonymous.is_some() {
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)),
-                rustix::fs::CWD,
-                &tmp,
-                rustix::fs::AtFlags::SYMLINK_FOLLOW,
-            )
-            .map_err(io::Error::from)?;
+            stale_once(&|| {
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)),
+                    rustix::fs::CWD,
+                    &tmp,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )
+                .map_err(io::Error::from)
+            })?;
         }
         fs::rename(&tmp, path)?;
         if durability == Durability::Durable {
@@ -288,6 +307,25 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
             assert!(e.to_string().contains("uid 65534"), "{e}");
         }
+    }
+
+    /// A temporary file a killed process left under the name this call picks (its pid now
+    /// this process's) does not fail the call.
+    #[test]
+    fn a_stale_temporary_file_under_the_same_name_is_replaced() {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        for n in 0..1000 {
+            // The names this process picks next (other tests use a few numbers first).
+            let stale = dir
+                .path()
+                .join(format!(".RECOVERYXLOG.{}.{n}.tmp", std::process::id()));
+            fs::write(&stale, b"stale").unwrap();
+        }
+        for _ in 0..4 {
+            replace(&dest, b"fresh").unwrap();
+        }
+        assert_eq!(fs::read(&dest).unwrap(), b"fresh");
     }
 
     /// A process killed while a file is filled leaves nothing: during the fill the directory
