@@ -17,7 +17,11 @@
 //! point-in-time recovery is promised only for the last D: WAL is kept from the start of the
 //! newest retained backup that ended before that window (it is the one a recovery to the
 //! window's first moment starts from), and the older retained backups keep only their
-//! consistency WAL (start to stop), so each still restores to its own end.
+//! consistency WAL (start to stop), so each still restores to its own end. Either way a
+//! backup newer than that anchor that starts at a lower segment (taken on a timeline a
+//! point-in-time restore forked below the anchor's start) moves the start of the kept WAL
+//! down to its own: segments are compared by number across timelines, and without it the
+//! WAL from the fork's backup to the present was deleted.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -119,13 +123,25 @@ pub fn wal_plan(
                 .unwrap_or(oldest)
         }
     };
+    // Every backup from the anchor on recovers to the present: WAL from the lowest start among
+    // them stays. That is the anchor's own start unless a point-in-time restore forked a
+    // timeline below it: a backup taken on the new timeline, newer than the anchor, starts
+    // at a lower segment, and the WAL between its start and the anchor's is its only way
+    // to the present (segment numbers are compared across timelines: keeping another
+    // timeline's WAL above that point is harmless).
+    let from = sorted
+        .iter()
+        .filter(|b| (b.stop_time, b.start_seg) >= (anchor.stop_time, anchor.start_seg))
+        .min_by_key(|b| b.start_seg)
+        .copied()
+        .unwrap_or(anchor);
     let consistency = sorted
         .iter()
-        .filter(|b| b.start_seg < anchor.start_seg)
+        .filter(|b| b.start_seg < from.start_seg)
         .map(|b| (b.start_seg, b.stop_seg, b.id.clone()))
         .collect();
     Some(WalPlan {
-        pitr_from: (anchor.start_seg, anchor.id.clone()),
+        pitr_from: (from.start_seg, from.id.clone()),
         consistency,
     })
 }
@@ -325,6 +341,37 @@ mod tests {
         let p = wal_plan(&b, Some(Duration::from_secs(3600)), now).unwrap();
         assert_eq!(p.pitr_from, (70, "b4".to_string()));
         assert_eq!(p.consistency.len(), 3);
+    }
+
+    /// A point-in-time restore forked timeline 2 at segment 5, below the oldest retained
+    /// backup (b1, timeline 1, segment 9); b2 was taken on timeline 2 at segment 6, later.
+    /// b2's way to the present (segments 6 onward on timeline 2) must stay.
+    #[test]
+    fn a_backup_on_a_timeline_forked_below_the_oldest_keeps_its_wal() {
+        let now = datetime!(2026-11-24 12:00 UTC);
+        let b = vec![
+            need("b1", datetime!(2026-11-20 01:00 UTC), 9, 9),
+            need("b2", datetime!(2026-11-22 01:00 UTC), 6, 6),
+        ];
+        let p = wal_plan(&b, None, now).unwrap();
+        assert_eq!(p.pitr_from, (6, "b2".to_string()));
+        for seg in 6..=12 {
+            assert!(p.keep_reason(seg).is_some(), "segment {seg}");
+        }
+        // With a window whose edge falls between them: b1 anchors, b2 is newer and lower.
+        let p = wal_plan(&b, Some(Duration::from_secs(3 * 86400)), now).unwrap();
+        assert_eq!(p.pitr_from.0, 6);
+        assert!(p.keep_reason(7).is_some() && p.keep_reason(8).is_some());
+        // Backups older than the anchor still keep only their consistency WAL.
+        let b = vec![
+            need("b0", datetime!(2026-11-01 01:00 UTC), 2, 2),
+            need("b1", datetime!(2026-11-20 01:00 UTC), 9, 9),
+            need("b2", datetime!(2026-11-22 01:00 UTC), 6, 6),
+        ];
+        let p = wal_plan(&b, Some(Duration::from_secs(3 * 86400)), now).unwrap();
+        assert_eq!(p.pitr_from, (6, "b2".to_string()));
+        assert_eq!(p.consistency, vec![(2, 2, "b0".to_string())]);
+        assert!(p.keep_reason(3).is_none());
     }
 
     fn c(id: &str, t: BackupType, at: OffsetDateTime) -> Candidate {
