@@ -1007,3 +1007,56 @@ fn as_root_links_planted_for_the_reports_are_never_written_through() {
         "nothing written through the link"
     );
 }
+
+/// A database of the restored cluster named like a connection string (anyone with CREATEDB
+/// can make one) pointing at production's socket: the drill's checks must run in the drill's
+/// own instance, never follow it to production (psql takes a `-d` with `=` in it for a
+/// connection string whose host and port override its own options).
+#[test]
+fn a_database_named_like_a_connection_string_never_sends_the_checks_to_production() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let hostile = format!(
+        "host={} port={} dbname=postgres",
+        pg.socket_dir.display(),
+        pg.port
+    );
+    pg.psql("postgres", &format!("create database \"{hostile}\""))
+        .unwrap();
+    pg.psql("postgres", "create table before_backup (i int)")
+        .unwrap();
+    backup_json(&env, &["--type", "full"]);
+    // Only production has it: a drill that reads it has connected to production.
+    pg.psql("postgres", "create table production_only (i int)")
+        .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let (code, doc) = drill(&env, &["--max-mttr", "10m", "--target", "immediate"]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    let tables: Vec<&str> = doc["row_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert!(
+        !tables.iter().any(|t| t.contains("production_only")),
+        "a check read production: {tables:?}"
+    );
+    assert!(
+        tables.contains(&"postgres.public.before_backup"),
+        "{tables:?}"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "select count(*) from pg_extension where extname = 'amcheck'"
+        )
+        .unwrap(),
+        "0",
+        "the drill created amcheck in production"
+    );
+}

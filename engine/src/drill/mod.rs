@@ -1321,17 +1321,27 @@ type InstanceChecks = (Vec<Check>, Vec<TableRows>, bool);
 fn in_instance_checks(inst: &Instance, check_sql: &[String]) -> Result<InstanceChecks> {
     let mut checks = Vec::new();
     let mut rows = Vec::new();
+    // Names as hex: a name may hold a line break, or anything else.
     let dbs = inst.psql(
         "postgres",
-        "select datname from pg_database where datallowconn and not datistemplate order by 1",
+        "select encode(convert_to(datname, 'UTF8'), 'hex') from pg_database where datallowconn and not datistemplate order by 1",
     )?;
+    let dbs: Vec<String> = dbs
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|h| {
+            hex::decode(h)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|e| Error::InvalidInput(format!("database name {h:?} from psql: {e}")))
+        })
+        .collect::<Result<_>>()?;
     let amcheck_available = inst.psql(
         "postgres",
         "select count(*) from pg_available_extensions where name = 'amcheck'",
     )? == "1";
     let (mut indexes, mut index_failures) = (0u64, Vec::new());
     let (mut tables, mut table_failures) = (0u64, Vec::new());
-    for db in dbs.lines().filter(|l| !l.is_empty()) {
+    for db in dbs.iter().map(String::as_str) {
         if amcheck_available {
             let r = inst.psql(db, "create extension if not exists amcheck").and_then(|_| {
                 inst.psql(

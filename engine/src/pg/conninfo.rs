@@ -117,6 +117,19 @@ pub fn has_password(conninfo: &str) -> bool {
     split(conninfo).map_or(true, |p| p.iter().any(|(k, _)| k == "password"))
 }
 
+/// A connection string of `pairs`, every value quoted: a value from elsewhere (a database
+/// name read from a restored cluster) stays one value, whatever it holds. Given to `psql -d`
+/// or `pgbench`, which treat an argument with `=` as a connection string whose host, port and
+/// user override their own options: a database named `host=/var/run/postgresql dbname=x`,
+/// passed alone, would connect to another server.
+pub fn keyword_values(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn quote(v: &str) -> String {
     if !v.is_empty() && !v.contains([' ', '\'', '\\']) {
         v.to_string()
@@ -392,6 +405,26 @@ pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_value_stays_one_value() {
+        let evil = "host=/var/run/postgresql dbname=postgres ' \\ port=5432";
+        let c = keyword_values(&[
+            ("host", "/tmp/drill socket"),
+            ("port", "6543"),
+            ("dbname", evil),
+        ]);
+        let pairs = split(&c).unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("host".to_string(), "/tmp/drill socket".to_string()),
+                ("port".to_string(), "6543".to_string()),
+                ("dbname".to_string(), evil.to_string()),
+            ],
+            "{c}"
+        );
+    }
 
     #[test]
     fn a_password_in_conninfo_never_reaches_a_message() {

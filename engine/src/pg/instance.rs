@@ -392,21 +392,31 @@ impl Instance {
         run_checked(c, "pg_ctl stop -m immediate").map(|_| ())
     }
 
-    /// Runs SQL through psql and returns its unaligned, tuples-only output.
+    /// Runs SQL through psql and returns its unaligned, tuples-only output. `db` is a database
+    /// name, whatever it holds: the connection is one quoted connection string, so a name that
+    /// looks like one (a database of a restored cluster named `host=... dbname=...`) cannot
+    /// send psql to another server.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let socket = self.socket_dir.display().to_string();
+        let port = self.port.to_string();
+        let conninfo = crate::pg::conninfo::keyword_values(&[
+            ("host", &socket),
+            ("port", &port),
+            ("user", "postgres"),
+            ("dbname", db),
+        ]);
         let mut c = command_as(self.run_as.as_deref(), &self.bin.client("psql"));
-        c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(&self.socket_dir)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-c",
-                sql,
-            ]);
+        c.args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &conninfo,
+            "-c",
+            sql,
+        ]);
         let out = run_checked(c, &format!("psql {sql:?}"))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
