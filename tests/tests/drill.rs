@@ -1060,3 +1060,70 @@ fn a_database_named_like_a_connection_string_never_sends_the_checks_to_productio
         "the drill created amcheck in production"
     );
 }
+
+/// A cluster with a tablespace, drilled on its own host: the drill restores the tablespace
+/// inside its work directory, never into production's tablespace directory (which it once
+/// did: the recorded location, in use, made every drill of such a cluster fail).
+#[test]
+fn a_drill_keeps_tablespaces_in_its_work_directory() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let ts = env.path().join("production-ts");
+    std::fs::create_dir_all(&ts).unwrap();
+    give_to(env.run_as.as_deref(), &ts).unwrap();
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        &format!("create tablespace extra location '{}'", ts.display()),
+    )
+    .unwrap();
+    pg.psql(
+        "postgres",
+        "create table in_ts tablespace extra as select g as id from generate_series(1, 5000) g",
+    )
+    .unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let listing = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    dirs.push(p.clone());
+                }
+                out.push(p);
+            }
+        }
+        out.sort();
+        out
+    };
+    let before = listing(&ts);
+    let work = env.path().join("drillwork");
+    let (code, doc) = drill(
+        &env,
+        &[
+            "--max-mttr",
+            "10m",
+            "--workdir",
+            &work.display().to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0), "{doc:#}");
+    let in_ts = doc["row_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "postgres.public.in_ts")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(in_ts["rows"], 5000);
+    assert_eq!(listing(&ts), before, "production's tablespace untouched");
+    assert!(
+        !work.exists(),
+        "the work directory, tablespace included, removed"
+    );
+}

@@ -164,6 +164,9 @@ async fn drill_in(
             target_spec: planned.spec,
             target_exclusive: args.target.target_exclusive,
             target_timeline: planned.timeline,
+            // Tablespaces inside the work directory, never at the locations the backup
+            // recorded: on the database host those are production's own directories.
+            tablespace_map_all: Some(workdir.join("tablespaces")),
             ..RestoreOptions::new(&settings.cluster, workdir.join("pgdata"), restore_cmd)
         },
         workdir: workdir.to_path_buf(),
