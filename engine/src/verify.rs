@@ -11,8 +11,12 @@
 //! Data (`--read-data`): packs are downloaded, their names re-checked (BLAKE3 of the bytes),
 //! their trailers opened, and every block decrypted, decompressed and re-hashed against its
 //! id. Which packs: all, a random percentage, or the deterministic slice N of T (packs whose
-//! id falls in slice N), so T nightly runs cover everything. Packs verified before (recorded
-//! in a local state file) are skipped unless `all_again` is set.
+//! id falls in slice N), so T nightly runs cover everything. Packs verified in the last
+//! [`REVERIFY_AFTER`] (recorded with the time in a local state file, [`VerifiedPacks`]) are
+//! skipped unless `all_again` is set: a pack can rot in storage after it was read, so each is
+//! read again after that long. The state file is read only if it is a regular file of the
+//! running user's (a list another user wrote could tell verify to skip every pack), and is
+//! replaced whole, never written through a link.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -50,10 +54,70 @@ pub struct VerifyOptions {
     pub read_data: ReadData,
     /// Re-read packs already verified.
     pub all_again: bool,
-    /// Local file remembering verified packs.
+    /// Local file remembering verified packs ([`VerifiedPacks`]).
     pub state_file: Option<PathBuf>,
     /// Parallel pack reads.
     pub jobs: usize,
+}
+
+/// How long a pack read and found whole is skipped by later runs.
+pub const REVERIFY_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// Packs read and found whole, with when (seconds since the epoch): one `<hex id> <time>` line
+/// each. A line without a time (files of earlier versions) counts as long ago.
+#[derive(Debug, Default)]
+pub struct VerifiedPacks(BTreeMap<String, u64>);
+
+impl VerifiedPacks {
+    /// The packs recorded in `path` and verified within [`REVERIFY_AFTER`] of `now`. Nothing
+    /// (every pack is read) when the file is missing, is not a regular file of this user's
+    /// (a link, another user's list), or cannot be read.
+    pub fn load(path: &std::path::Path, now: u64) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let mine = std::fs::symlink_metadata(path).is_ok_and(|m| {
+            m.file_type().is_file() && m.uid() == rustix::process::geteuid().as_raw()
+        });
+        if !mine {
+            return Self::default();
+        }
+        let Ok(bytes) = crate::untrusted_file::read_capped(path, 256 << 20) else {
+            return Self::default();
+        };
+        let fresh = now.saturating_sub(REVERIFY_AFTER.as_secs());
+        VerifiedPacks(
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| {
+                    let (id, at) = l.split_once(' ')?;
+                    let at: u64 = at.trim().parse().ok()?;
+                    (at >= fresh).then(|| (id.to_string(), at))
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `pack` is recorded.
+    pub fn contains(&self, pack: &PackId) -> bool {
+        self.0.contains_key(&pack.to_hex())
+    }
+
+    /// Records `pack` as verified at `at`.
+    pub fn insert(&mut self, pack: PackId, at: u64) {
+        self.0.insert(pack.to_hex(), at);
+    }
+
+    /// Replaces `path` whole (its directory created 0700), never writing through a link.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            crate::private_fs::create_dir_all(dir)?;
+        }
+        let body: String = self
+            .0
+            .iter()
+            .map(|(id, at)| format!("{id} {at}\n"))
+            .collect();
+        crate::private_fs::replace(path, body.as_bytes())
+    }
 }
 
 /// One problem.
@@ -276,13 +340,12 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         }
     }
     // Data.
-    let mut verified: BTreeSet<String> = match (&opts.state_file, opts.all_again) {
-        (Some(p), false) => std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect(),
-        _ => BTreeSet::new(),
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut verified = match (&opts.state_file, opts.all_again) {
+        (Some(p), false) => VerifiedPacks::load(p, now),
+        _ => VerifiedPacks::default(),
     };
     let selected: Vec<PackId> = indexed
         .iter()
@@ -295,9 +358,8 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
             ReadData::Slice(n, t) => slice_of(p, t) == n,
         })
         .collect();
-    let (todo, skipped): (Vec<_>, Vec<_>) = selected
-        .into_iter()
-        .partition(|p| !verified.contains(&p.to_hex()));
+    let (todo, skipped): (Vec<_>, Vec<_>) =
+        selected.into_iter().partition(|p| !verified.contains(p));
     report.packs_skipped = skipped.len();
     let mut reads = futures::stream::iter(todo)
         .map(|p| async move {
@@ -330,7 +392,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         match checked {
             Ok(blocks) => {
                 report.blocks_read += blocks;
-                verified.insert(p.to_hex());
+                verified.insert(p, now);
             }
             Err(detail) => report.problems.push(Problem {
                 object: layout::pack(&p).to_string(),
@@ -343,16 +405,12 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         }
     }
     if let Some(path) = &opts.state_file {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        if let Err(e) = verified.save(path) {
+            tracing::warn!(
+                "the list of verified packs was not saved in {}: {e}",
+                path.display()
+            );
         }
-        let _ = std::fs::write(
-            path,
-            verified
-                .iter()
-                .map(|v| format!("{v}\n"))
-                .collect::<String>(),
-        );
     }
     let damaged: BTreeSet<String> = report
         .problems
@@ -410,6 +468,48 @@ async fn record_in_heads(repo: &Repository, report: &VerifyReport) {
 mod tests {
     use super::*;
     use crate::store::manifest::BlockRef;
+
+    #[test]
+    fn the_verified_list_is_trusted_only_when_ours_fresh_and_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/verified-packs-r");
+        let (a, b) = (PackId::new([1; 32]), PackId::new([2; 32]));
+        let now = 100 * 86_400;
+        let mut v = VerifiedPacks::default();
+        v.insert(a, now - 86_400);
+        v.insert(b, now - 31 * 86_400);
+        v.save(&path).unwrap();
+        let loaded = VerifiedPacks::load(&path, now);
+        assert!(loaded.contains(&a), "read yesterday: skipped");
+        assert!(!loaded.contains(&b), "read a month ago: read again");
+        // Lines of earlier versions, without a time: read again.
+        std::fs::write(&path, format!("{}\n", a.to_hex())).unwrap();
+        assert!(!VerifiedPacks::load(&path, now).contains(&a));
+        // A link (planted by whoever can write there) is neither trusted nor written through.
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, format!("{} {now}\n", b.to_hex())).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&planted, &path).unwrap();
+        assert!(
+            !VerifiedPacks::load(&path, now).contains(&b),
+            "a link is not trusted"
+        );
+        v.save(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&planted).unwrap(),
+            format!("{} {now}\n", b.to_hex()),
+            "the link's target untouched"
+        );
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_file());
+        // Another user's list (only root can make one to test with).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert!(!VerifiedPacks::load(&path, now).contains(&a), "not ours");
+        }
+    }
 
     #[test]
     fn slices_cover_every_pack_exactly_once() {

@@ -45,11 +45,17 @@ pub async fn run(
     let opts = VerifyOptions {
         read_data,
         all_again: all,
-        state_file: Some(
-            settings
-                .spool_dir
-                .join(format!("verified-packs-{}", repo.config().repo_id)),
-        ),
+        // In this user's state directory, else in the spool if it is this user's own (not
+        // PostgreSQL's user's spool for a verify run as root); else every selected pack is read.
+        state_file: settings
+            .state_dir
+            .clone()
+            .or_else(|| {
+                pgcairn_engine::private_fs::check_own_tree(&settings.spool_dir, &settings.spool_dir)
+                    .ok()
+                    .map(|()| settings.spool_dir.clone())
+            })
+            .map(|d| d.join(format!("verified-packs-{}", repo.config().repo_id))),
         jobs: settings.backup_jobs,
     };
     let r = verify(&repo, &opts).await?;
