@@ -72,7 +72,30 @@ pub async fn is_pinned(repo: &Repository, cluster: &str, id: &str) -> Result<boo
     Ok(pin.is_some())
 }
 
-/// Pins or unpins a backup (it must exist).
+/// Pins or unpins a backup (it must exist) while holding the cluster's expire lease, so that
+/// a running expire, which read the pins when it listed the backups, cannot remove a backup
+/// pinned after that: the pin waits (up to `lease_wait`) for it to finish, and the next
+/// expire sees it.
+pub async fn pin(
+    repo: &Repository,
+    cluster: &str,
+    id: &str,
+    pinned: bool,
+    lease_wait: std::time::Duration,
+) -> Result<()> {
+    let name = format!("expire-{cluster}");
+    crate::lease::exclusive(
+        repo,
+        &name,
+        cluster,
+        lease_wait,
+        set_pin(repo, cluster, id, pinned),
+    )
+    .await
+}
+
+/// Pins or unpins a backup (it must exist), without the expire lease: for the newest backup
+/// right after it is taken (expire never removes the newest), and for tests.
 pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -> Result<()> {
     manifest::load_head(repo, cluster, id).await?;
     if pinned {
@@ -367,6 +390,56 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// A pin waits for a running expire: that expire read the pins before the pin landed.
+    #[tokio::test]
+    async fn a_pin_waits_for_a_running_expire() {
+        let (_mem, repo) = memory_repo().await;
+        crate::store::manifest::save(
+            &repo,
+            &manifest(
+                "20261124-000000F",
+                "0/1000000",
+                "0/1000100",
+                "2026-11-24T00:00:01Z",
+                &[],
+            ),
+        )
+        .await
+        .unwrap();
+        let running = crate::lease::acquire_exclusive(
+            &repo,
+            "expire-main",
+            "main",
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        let e = pin(
+            &repo,
+            "main",
+            "20261124-000000F",
+            true,
+            std::time::Duration::from_millis(300),
+        )
+        .await
+        .expect_err("an expire holds the lease");
+        assert!(
+            !is_pinned(&repo, "main", "20261124-000000F").await.unwrap(),
+            "{e}"
+        );
+        running.release().await;
+        pin(
+            &repo,
+            "main",
+            "20261124-000000F",
+            true,
+            std::time::Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(is_pinned(&repo, "main", "20261124-000000F").await.unwrap());
     }
 
     #[tokio::test]

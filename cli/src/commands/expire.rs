@@ -1,6 +1,6 @@
 //! `pgcairn expire`, `pin`, `unpin`.
 
-use pgcairn_engine::expire::{expire, set_pin};
+use pgcairn_engine::expire::expire;
 use pgcairn_engine::gc::{gc as run_gc, GcOptions};
 use pgcairn_engine::repo::Repository;
 
@@ -80,7 +80,7 @@ async fn open_repo_for(settings: &Settings, dry_run: bool) -> Result<Repository,
 
 pub async fn pin(settings: &Settings, id: &str, pinned: bool) -> Result<(), Failure> {
     let repo = open_repo(settings).await?;
-    set_pin(&repo, &settings.cluster, id, pinned).await?;
+    pgcairn_engine::expire::pin(&repo, &settings.cluster, id, pinned, settings.lease_wait).await?;
     println!(
         "backup {id} {}",
         if pinned {
