@@ -458,6 +458,39 @@ async fn reencrypt_locked(
         ));
         return Ok(report);
     }
+    // Leases sealed under an old epoch. A dead one (its holder killed before the rotation:
+    // no heartbeat for longer than a lease lives) is removed: once its epoch is dropped no
+    // command could read it, and every backup, gc and expire would stop on it as a forgery.
+    // A live one is a holder that may still write under the old epochs: wait for it.
+    let mut live_old = Vec::new();
+    for o in repo.storage().list(layout::LEASES_PREFIX).await? {
+        let raw = match repo.storage().get(&o.key).await {
+            Ok(raw) => raw,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !repo.codec().needs_reseal(&raw) {
+            continue;
+        }
+        let age = now - o.modified.unwrap_or(now);
+        if age > crate::lease::EXPIRY.as_secs() as i64 {
+            match repo.storage().delete(&o.key).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            live_old.push(o.key.to_string());
+        }
+    }
+    if !live_old.is_empty() {
+        report.waiting = Some(format!(
+            "leases taken before the last key change are still held ({}): their holders may write under the old \
+             epochs. Run `pgcairn key reencrypt` again when they have finished",
+            live_old.join(", ")
+        ));
+        return Ok(report);
+    }
     // 5. The catalog heads (and gc state) last: a writer that opened the repository before
     // the rotation reads its cluster's head at the end of its work (a backup records itself
     // there) and could not open one sealed under an epoch it does not know; by now no such

@@ -47,7 +47,22 @@ fn segment(n: u64) -> (WalFileName, Vec<u8>) {
 async fn rotated_repo(
     storage: Arc<dyn Storage>,
 ) -> (Unlock, Vec<ContentId>, Vec<(WalFileName, Vec<u8>)>) {
+    rotated_repo_with(storage, false).await
+}
+
+/// [`rotated_repo`], with a lease taken under the first epoch and never released when
+/// `leave_lease` (a backup killed before the rotation).
+async fn rotated_repo_with(
+    storage: Arc<dyn Storage>,
+    leave_lease: bool,
+) -> (Unlock, Vec<ContentId>, Vec<(WalFileName, Vec<u8>)>) {
     let (unlock, repo) = crate::test_support::init_repo(storage.clone()).await;
+    if leave_lease {
+        let lease = crate::lease::acquire_exclusive(&repo, "expire-other", "other", Duration::ZERO)
+            .await
+            .unwrap();
+        std::mem::forget(lease);
+    }
     let mut ids = Vec::new();
     let mut packer = Packer::new(repo.clone());
     for n in 0..40 {
@@ -248,6 +263,57 @@ async fn old_epochs_stay_until_the_grace_period_has_passed() {
         .unwrap();
     assert_nothing_below(&storage, &after, 2).await;
     assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+}
+
+/// A lease a killed process left under the old epoch is removed before that epoch is
+/// dropped: afterwards no command could open it, and every backup, gc and expire stopped on
+/// it as a forged lease.
+#[tokio::test]
+async fn a_dead_lease_from_before_the_rotation_does_not_outlive_its_epoch() {
+    let mem = Arc::new(MemoryStorage::new());
+    let storage: Arc<dyn Storage> = mem.clone();
+    let (unlock, ids, wal) = rotated_repo_with(storage.clone(), true).await;
+    assert_eq!(mem.list("leases/").await.unwrap().len(), 1);
+    for o in mem.list("leases/").await.unwrap() {
+        mem.backdate(o.key.as_str(), 7200);
+    }
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    let r = reencrypt(&repo, Some(&unlock), None, &opts())
+        .await
+        .unwrap();
+    assert_eq!(r.dropped_epochs, vec![1], "{r:?}");
+    let after = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    crate::lease::live_any(&after)
+        .await
+        .expect("no lease of a dropped epoch is left to stop commands");
+    assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+}
+
+/// A live lease from before the rotation: its holder may still write under the old epoch,
+/// which stays until it is gone.
+#[tokio::test]
+async fn a_live_lease_from_before_the_rotation_keeps_the_old_epoch() {
+    let mem = Arc::new(MemoryStorage::new());
+    let storage: Arc<dyn Storage> = mem.clone();
+    let (unlock, _, _) = rotated_repo_with(storage.clone(), true).await;
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    let r = reencrypt(&repo, Some(&unlock), None, &opts())
+        .await
+        .unwrap();
+    assert!(r.dropped_epochs.is_empty(), "{r:?}");
+    assert!(
+        r.waiting
+            .as_deref()
+            .unwrap_or("")
+            .contains("leases taken before"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
