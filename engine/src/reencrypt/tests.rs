@@ -265,17 +265,24 @@ async fn old_epochs_stay_until_the_grace_period_has_passed() {
     assert_everything_reads(&storage, &unlock, &ids, &wal).await;
 }
 
-/// A lease a killed process left under the old epoch is removed before that epoch is
-/// dropped: afterwards no command could open it, and every backup, gc and expire stopped on
-/// it as a forged lease.
-#[tokio::test]
-async fn a_dead_lease_from_before_the_rotation_does_not_outlive_its_epoch() {
+/// Re-encrypts a rotated repository in which a lease taken under the first epoch was never
+/// released, its heartbeat `age_secs` old; returns the report and the storage.
+async fn reencrypt_past_a_leftover_lease(
+    age_secs: i64,
+) -> (
+    ReencryptReport,
+    Arc<dyn Storage>,
+    Unlock,
+    Vec<ContentId>,
+    Vec<(WalFileName, Vec<u8>)>,
+) {
     let mem = Arc::new(MemoryStorage::new());
     let storage: Arc<dyn Storage> = mem.clone();
     let (unlock, ids, wal) = rotated_repo_with(storage.clone(), true).await;
-    assert_eq!(mem.list("leases/").await.unwrap().len(), 1);
-    for o in mem.list("leases/").await.unwrap() {
-        mem.backdate(o.key.as_str(), 7200);
+    let leases = mem.list("leases/").await.unwrap();
+    assert_eq!(leases.len(), 1);
+    for o in leases {
+        mem.backdate(o.key.as_str(), age_secs);
     }
     let repo = Repository::open(storage.clone(), Some(&unlock))
         .await
@@ -283,6 +290,15 @@ async fn a_dead_lease_from_before_the_rotation_does_not_outlive_its_epoch() {
     let r = reencrypt(&repo, Some(&unlock), None, &opts())
         .await
         .unwrap();
+    (r, storage, unlock, ids, wal)
+}
+
+/// A lease a killed process left under the old epoch is removed before that epoch is
+/// dropped: afterwards no command could open it, and every backup, gc and expire stopped on
+/// it as a forged lease.
+#[tokio::test]
+async fn a_dead_lease_from_before_the_rotation_does_not_outlive_its_epoch() {
+    let (r, storage, unlock, ids, wal) = reencrypt_past_a_leftover_lease(7200).await;
     assert_eq!(r.dropped_epochs, vec![1], "{r:?}");
     let after = Repository::open(storage.clone(), Some(&unlock))
         .await
@@ -297,15 +313,7 @@ async fn a_dead_lease_from_before_the_rotation_does_not_outlive_its_epoch() {
 /// which stays until it is gone.
 #[tokio::test]
 async fn a_live_lease_from_before_the_rotation_keeps_the_old_epoch() {
-    let mem = Arc::new(MemoryStorage::new());
-    let storage: Arc<dyn Storage> = mem.clone();
-    let (unlock, _, _) = rotated_repo_with(storage.clone(), true).await;
-    let repo = Repository::open(storage.clone(), Some(&unlock))
-        .await
-        .unwrap();
-    let r = reencrypt(&repo, Some(&unlock), None, &opts())
-        .await
-        .unwrap();
+    let (r, ..) = reencrypt_past_a_leftover_lease(0).await;
     assert!(r.dropped_epochs.is_empty(), "{r:?}");
     assert!(
         r.waiting
