@@ -416,6 +416,17 @@ impl Lease {
                 tokio::time::sleep(HEARTBEAT).await;
                 match r.storage().put_swap(&k2, raw.clone(), Some(&version)).await {
                     Ok(v) => version = v,
+                    // An earlier refresh may have landed with its answer lost (a timeout): the
+                    // lease is still ours if it holds our bytes, at a version we did not see.
+                    // Without this every later refresh failed, and the lease expired under a
+                    // holder that went on working.
+                    Err(crate::storage::StorageError::Precondition { .. }) => match r.storage().get_versioned(&k2).await {
+                        Ok((bytes, v)) if bytes == raw => version = v,
+                        Ok(_) => tracing::error!(
+                            "lease {k2} now holds another holder's record: this command no longer holds it"
+                        ),
+                        Err(e) => tracing::warn!("lease heartbeat failed, and re-reading {k2}: {e}"),
+                    },
                     Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
                 }
             }
@@ -678,9 +689,28 @@ mod tests {
         );
     }
 
-    /// Storage whose lease reads fail with a permission error.
-    #[derive(Debug)]
-    struct LeaseReadsFail(Arc<MemoryStorage>);
+    /// Storage with faults on leases: reads that fail with a permission error, and lease
+    /// refreshes whose answer is lost after they landed (`lose_swap_answers` of them).
+    #[derive(Debug, Default)]
+    struct LeaseFaults {
+        inner: Arc<MemoryStorage>,
+        reads_fail: bool,
+        lose_swap_answers: std::sync::atomic::AtomicU32,
+        swaps_ok: std::sync::atomic::AtomicU32,
+    }
+
+    impl LeaseFaults {
+        fn reads_fail(inner: Arc<MemoryStorage>) -> Self {
+            LeaseFaults {
+                inner,
+                reads_fail: true,
+                ..Default::default()
+            }
+        }
+        fn is_lease(&self, key: &ObjectKey) -> bool {
+            key.as_str().starts_with("leases/")
+        }
+    }
 
     fn denied(key: &ObjectKey) -> StorageError {
         StorageError::Permanent {
@@ -691,41 +721,41 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Storage for LeaseReadsFail {
+    impl Storage for LeaseFaults {
         fn describe(&self) -> String {
-            self.0.describe()
+            self.inner.describe()
         }
         async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
-            if key.as_str().starts_with("leases/") {
+            if self.reads_fail && self.is_lease(key) {
                 return Err(denied(key));
             }
-            self.0.get(key).await
+            self.inner.get(key).await
         }
         async fn get_versioned(
             &self,
             key: &ObjectKey,
         ) -> Result<(Bytes, ObjectVersion), StorageError> {
-            if key.as_str().starts_with("leases/") {
+            if self.reads_fail && self.is_lease(key) {
                 return Err(denied(key));
             }
-            self.0.get_versioned(key).await
+            self.inner.get_versioned(key).await
         }
         async fn get_range(
             &self,
             key: &ObjectKey,
             range: Range<u64>,
         ) -> Result<Bytes, StorageError> {
-            self.0.get_range(key, range).await
+            self.inner.get_range(key, range).await
         }
         async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
-            self.0.head(key).await
+            self.inner.head(key).await
         }
         async fn put_create(
             &self,
             key: &ObjectKey,
             data: Bytes,
         ) -> Result<CreateOutcome, StorageError> {
-            self.0.put_create(key, data).await
+            self.inner.put_create(key, data).await
         }
         async fn put_swap(
             &self,
@@ -733,14 +763,59 @@ mod tests {
             data: Bytes,
             expected: Option<&ObjectVersion>,
         ) -> Result<ObjectVersion, StorageError> {
-            self.0.put_swap(key, data, expected).await
+            use std::sync::atomic::Ordering;
+            let r = self.inner.put_swap(key, data, expected).await;
+            if self.is_lease(key) && r.is_ok() && expected.is_some() {
+                let lose = self
+                    .lose_swap_answers
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if lose {
+                    return Err(StorageError::Transient {
+                        op: "put",
+                        key: key.to_string(),
+                        detail: "timed out (the write landed)".into(),
+                    });
+                }
+                self.swaps_ok.fetch_add(1, Ordering::SeqCst);
+            }
+            r
         }
         async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-            self.0.list(prefix).await
+            self.inner.list(prefix).await
         }
         async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-            self.0.delete(key).await
+            self.inner.delete(key).await
         }
+    }
+
+    /// A refresh that landed but whose answer was lost: the heartbeats after it still refresh
+    /// the lease (they failed on the version they had not seen, and the lease expired under a
+    /// holder that went on working).
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_refresh_answer_was_lost_is_still_refreshed() {
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            lose_swap_answers: 1.into(),
+            ..Default::default()
+        });
+        let repo = Repository::open(
+            faults.clone(),
+            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
+        )
+        .await
+        .unwrap();
+        let lease = acquire_exclusive(&repo, "gc", "", Duration::ZERO)
+            .await
+            .unwrap();
+        // The first refresh lands unanswered; three more follow.
+        tokio::time::sleep(HEARTBEAT * 4 + Duration::from_secs(1)).await;
+        assert!(
+            faults.swaps_ok.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+            "refreshes after the lost answer landed"
+        );
+        lease.release().await;
     }
 
     #[tokio::test]
@@ -750,7 +825,7 @@ mod tests {
         let body =
             serde_json::to_vec(&my_body("backup".into(), "main", "20261124-000000F")).unwrap();
         mem.put_create(&k, Bytes::from(body)).await.unwrap();
-        let failing: Arc<dyn Storage> = Arc::new(LeaseReadsFail(mem.clone()));
+        let failing: Arc<dyn Storage> = Arc::new(LeaseFaults::reads_fail(mem.clone()));
         let repo = Repository::open(
             failing,
             Some(&crate::crypto::Unlock::Passphrase("pw".into())),
