@@ -1127,3 +1127,73 @@ fn a_drill_keeps_tablespaces_in_its_work_directory() {
         "the work directory, tablespace included, removed"
     );
 }
+
+/// A drill killed by SIGKILL during its restore (an OOM kill in the longest phase): its work
+/// directory, by then a partial copy of production, is removed all the same (the watchdog
+/// used to start only with the instance, after the restore).
+#[test]
+fn a_drill_killed_during_its_restore_leaves_no_copy_behind() {
+    let (env, pg) = prepared();
+    let _stop = StopOnDrop(&pg);
+    let workdir = env.path().join("drill-restore-kill");
+    let pause = env.path().join("pause");
+    std::fs::create_dir(&pause).unwrap();
+    give_to(env.run_as.as_deref(), &pause).unwrap();
+    let mut c = Command::new(&env.bin);
+    if env.run_as.is_some() {
+        let meta = std::fs::metadata(env.path()).unwrap();
+        c.uid(meta.uid()).gid(meta.gid());
+    }
+    let mut child = c
+        .env(
+            "PGCAIRN_TEST_PAUSE",
+            format!("phase:restore@{}", pause.display()),
+        )
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--progress",
+            "never",
+            "drill",
+            "--workdir",
+            &workdir.display().to_string(),
+            "--report-dir",
+            &env.path().join("reports").display().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let paused = pause.join("phase-restore.paused");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the drill never reached its restore"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the drill ended before its restore"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        workdir.exists(),
+        "the restore is under way in the work directory"
+    );
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while workdir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} left behind after SIGKILL during the restore",
+            workdir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -80,7 +80,8 @@
 //! Cleanup does not depend on this process surviving: a watchdog (`sh`, in its own process
 //! group) stops the instance and removes the directory within a second if the drill process
 //! disappears, even by SIGKILL; SIGINT/SIGTERM are handled by the binary calling
-//! [`abort_cleanup`].
+//! [`abort_cleanup`]. A first watchdog, which only removes the directory, runs from the start:
+//! a drill killed during its restore leaves no partial copy behind.
 
 pub mod report;
 
@@ -579,22 +580,29 @@ fn owner_of(dir: &Path) -> Option<String> {
         .or(Some("postgres".into()))
 }
 
-/// Starts a watchdog that cleans up if `pid` (this process) disappears.
+/// Starts a watchdog that cleans up if `pid` (this process) disappears: stops the instance
+/// (when `bin` says which `pg_ctl`; before the instance exists there is none to stop) and
+/// removes the work directory unless `keep`.
 fn spawn_watchdog(
     workdir: &Path,
     datadir: &Path,
     run_as: Option<&str>,
-    bin: &PgBinaries,
+    bin: Option<&PgBinaries>,
     keep: bool,
 ) -> Option<Child> {
-    let pg_ctl = sh_quote(&bin.program("pg_ctl").display().to_string());
-    let data = sh_quote(&datadir.display().to_string());
-    let stop = match run_as {
-        Some(u) => format!(
-            "runuser -u {} -- {pg_ctl} -D {data} -m immediate -w stop",
-            sh_quote(u)
-        ),
-        None => format!("{pg_ctl} -D {data} -m immediate -w stop"),
+    let stop = match bin {
+        None => "true".to_string(),
+        Some(bin) => {
+            let pg_ctl = sh_quote(&bin.program("pg_ctl").display().to_string());
+            let data = sh_quote(&datadir.display().to_string());
+            match run_as {
+                Some(u) => format!(
+                    "runuser -u {} -- {pg_ctl} -D {data} -m immediate -w stop",
+                    sh_quote(u)
+                ),
+                None => format!("{pg_ctl} -D {data} -m immediate -w stop"),
+            }
+        }
     };
     let remove = if keep {
         String::new()
@@ -675,6 +683,15 @@ pub async fn run_drill(
     let mut phases = Vec::new();
     let mut checks = Vec::new();
     let mut row_counts = Vec::new();
+    // From the start, not only once the instance runs: a drill killed during its restore (the
+    // longest phase, an OOM kill) would otherwise leave a copy of production in the work
+    // directory. Dropped on an early return, it goes on and removes the directory once this
+    // process is gone.
+    let mut early_watchdog = if opts.keep {
+        None
+    } else {
+        spawn_watchdog(&opts.workdir, &datadir, None, None, false)
+    };
 
     // Preflight: plan and verify without writing. A failure here or in the restore is a
     // drill result (the backup is not restorable), reported like any failed check, unless
@@ -780,7 +797,18 @@ pub async fn run_drill(
         }
     };
     let run_as = instance.run_as.clone();
-    let mut watchdog = spawn_watchdog(&opts.workdir, &datadir, run_as.as_deref(), &bin, opts.keep);
+    // The instance exists from here: a watchdog that also stops it takes over.
+    if let Some(w) = early_watchdog.as_mut() {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let mut watchdog = spawn_watchdog(
+        &opts.workdir,
+        &datadir,
+        run_as.as_deref(),
+        Some(&bin),
+        opts.keep,
+    );
 
     // The spool is the instance user's: read beneath the work directory, never through a link.
     let fetch_before = opts
