@@ -1197,3 +1197,57 @@ fn a_drill_killed_during_its_restore_leaves_no_copy_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A damaged TOAST page: the table's rows count fine without their toasted values, so "every
+/// table read in full" must read those values too (it counted rows, which reads no TOAST).
+#[test]
+fn every_table_read_in_full_reads_toasted_values() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table docs (id int primary key, body text); \
+         alter table docs alter column body set storage external; \
+         insert into docs select g, repeat(md5(g::text), 400) from generate_series(1, 20) g; \
+         checkpoint",
+    )
+    .unwrap();
+    let toast = pg
+        .psql(
+            "postgres",
+            "select pg_relation_filepath(reltoastrelid) from pg_class where relname = 'docs'",
+        )
+        .unwrap();
+    drop(stop);
+    pg.stop().unwrap();
+    // Damage the data area of the TOAST relation's first page behind PostgreSQL's back.
+    let path = pg.datadir.join(&toast);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4000] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    backup_json(&env, &["--type", "full"]);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    let (code, doc) = drill(&env, &["--max-mttr", "10m", "--target", "immediate"]);
+    assert_ne!(code, Some(0), "{doc:#}");
+    assert_eq!(
+        status_of(&doc, "every table read in full"),
+        "failed",
+        "{doc:#}"
+    );
+    let detail = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "every table read in full")
+        .unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("public.docs"), "{detail}");
+}

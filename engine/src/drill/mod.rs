@@ -56,8 +56,9 @@
 //! Checks, each passed/failed/skipped/error with detail: the isolation settings are in force;
 //! recovery reached the target (from the server's own "recovery stopping" / "redo done"
 //! lines); `amcheck` `bt_index_check` on every B-tree index of every database when the
-//! extension is available; every table read in full (page checksum failures surface as
-//! errors) with its row count; user SQL checks (each must return true); every page checksum
+//! extension is available; every table read in full, toasted values included and from the
+//! heap, never an index-only scan (page checksum failures surface as errors) with its row
+//! count; user SQL checks (each must return true); every page checksum
 //! of the stopped instance when data checksums are on (`pg_checksums --check` of the backup's
 //! major version, else pgcairn's own verification).
 //!
@@ -1346,6 +1347,10 @@ fn target_check(log: &str, target: &crate::recovery::Target) -> Check {
 
 type InstanceChecks = (Vec<Check>, Vec<TableRows>, bool);
 
+/// Session settings of the "every table read in full" check: sequential scans only.
+const FULL_READ_OPTIONS: &str =
+    "-c enable_indexscan=off -c enable_indexonlyscan=off -c enable_bitmapscan=off";
+
 fn in_instance_checks(inst: &Instance, check_sql: &[String]) -> Result<InstanceChecks> {
     let mut checks = Vec::new();
     let mut rows = Vec::new();
@@ -1390,7 +1395,14 @@ fn in_instance_checks(inst: &Instance, check_sql: &[String]) -> Result<InstanceC
         )?;
         for t in list.lines().filter(|l| !l.is_empty()) {
             tables += 1;
-            match inst.psql(db, &format!("select count(*) from {t}")) {
+            // Every row formed whole: `pg_column_size(t.*)` detoasts every value (a plain
+            // count(*) reads no TOAST), and with index scans off the count comes from the
+            // heap, never from an index-only scan that skips all-visible heap pages.
+            match inst.psql_with_options(
+                db,
+                FULL_READ_OPTIONS,
+                &format!("select count(pg_column_size(x.*)) from {t} x"),
+            ) {
                 Ok(n) => rows.push(TableRows {
                     table: format!("{db}.{t}"),
                     rows: n.parse().unwrap_or(-1),

@@ -397,14 +397,23 @@ impl Instance {
     /// looks like one (a database of a restored cluster named `host=... dbname=...`) cannot
     /// send psql to another server.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        self.psql_with_options(db, "", sql)
+    }
+
+    /// [`Instance::psql`] with server `options` for the session (`-c name=value ...`).
+    pub fn psql_with_options(&self, db: &str, options: &str, sql: &str) -> Result<String> {
         let socket = self.socket_dir.display().to_string();
         let port = self.port.to_string();
-        let conninfo = crate::pg::conninfo::keyword_values(&[
-            ("host", &socket),
-            ("port", &port),
+        let mut pairs = vec![
+            ("host", socket.as_str()),
+            ("port", port.as_str()),
             ("user", "postgres"),
             ("dbname", db),
-        ]);
+        ];
+        if !options.is_empty() {
+            pairs.push(("options", options));
+        }
+        let conninfo = crate::pg::conninfo::keyword_values(&pairs);
         let mut c = command_as(self.run_as.as_deref(), &self.bin.client("psql"));
         c.args([
             "-X",
