@@ -518,6 +518,23 @@ pub fn switch_wal(inst: &Instance) -> String {
         .unwrap()
 }
 
+/// Every entry beneath `dir` (files, directories, links; links not followed), sorted.
+pub fn entries_beneath(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                dirs.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
 /// WAL file names PostgreSQL marked `.done` (archived).
 pub fn done_files(inst: &Instance) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(inst.datadir.join("pg_wal/archive_status"))

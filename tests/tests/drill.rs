@@ -11,6 +11,33 @@ use std::time::{Duration, Instant};
 
 use pgcairn_tests::*;
 
+/// Starts `pgcairn drill --workdir WORKDIR` in the background as the environment's user, with
+/// the variables `env_vars`, to be killed by the test.
+fn spawn_drill(env: &TestEnv, workdir: &Path, env_vars: &[(&str, String)]) -> std::process::Child {
+    let mut c = Command::new(&env.bin);
+    if env.run_as.is_some() {
+        let meta = std::fs::metadata(env.path()).unwrap();
+        c.uid(meta.uid()).gid(meta.gid());
+    }
+    c.envs(env_vars.iter().map(|(k, v)| (*k, v)))
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--progress",
+            "never",
+            "drill",
+            "--workdir",
+            &workdir.display().to_string(),
+            "--report-dir",
+            &env.path().join("reports").display().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// A cluster with a full backup and archived WAL after it.
 fn prepared() -> (TestEnv, Instance) {
     prepared_on(Backend::File)
@@ -416,30 +443,7 @@ fn a_drill_killed_mid_run_leaves_no_postgres_behind() {
     let _stop = StopOnDrop(&pg);
     for signal in ["TERM", "KILL"] {
         let workdir = env.path().join(format!("drill-{signal}"));
-        let mut c = Command::new(&env.bin);
-        if env.run_as.is_some() {
-            let meta = std::fs::metadata(env.path()).unwrap();
-            c.uid(meta.uid()).gid(meta.gid());
-        }
-        let mut child = c
-            .args([
-                "--config",
-                &env.config.display().to_string(),
-                "--progress",
-                "never",
-                "drill",
-                "--workdir",
-                &workdir.display().to_string(),
-            ])
-            .args([
-                "--report-dir",
-                &env.path().join("reports").display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_drill(&env, &workdir, &[]);
         // Wait until the ephemeral instance is up, then kill the drill.
         let deadline = Instant::now() + Duration::from_secs(120);
         while !workdir.join("pgdata/postmaster.pid").exists() {
@@ -1087,22 +1091,7 @@ fn a_drill_keeps_tablespaces_in_its_work_directory() {
     backup_json(&env, &["--type", "full"]);
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
-    let listing = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        let mut dirs = vec![dir.to_path_buf()];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    dirs.push(p.clone());
-                }
-                out.push(p);
-            }
-        }
-        out.sort();
-        out
-    };
-    let before = listing(&ts);
+    let before = entries_beneath(&ts);
     let work = env.path().join("drillwork");
     let (code, doc) = drill(
         &env,
@@ -1121,7 +1110,11 @@ fn a_drill_keeps_tablespaces_in_its_work_directory() {
         .find(|t| t["table"] == "postgres.public.in_ts")
         .unwrap_or_else(|| panic!("{doc:#}"));
     assert_eq!(in_ts["rows"], 5000);
-    assert_eq!(listing(&ts), before, "production's tablespace untouched");
+    assert_eq!(
+        entries_beneath(&ts),
+        before,
+        "production's tablespace untouched"
+    );
     assert!(
         !work.exists(),
         "the work directory, tablespace included, removed"
@@ -1139,32 +1132,14 @@ fn a_drill_killed_during_its_restore_leaves_no_copy_behind() {
     let pause = env.path().join("pause");
     std::fs::create_dir(&pause).unwrap();
     give_to(env.run_as.as_deref(), &pause).unwrap();
-    let mut c = Command::new(&env.bin);
-    if env.run_as.is_some() {
-        let meta = std::fs::metadata(env.path()).unwrap();
-        c.uid(meta.uid()).gid(meta.gid());
-    }
-    let mut child = c
-        .env(
+    let mut child = spawn_drill(
+        &env,
+        &workdir,
+        &[(
             "PGCAIRN_TEST_PAUSE",
             format!("phase:restore@{}", pause.display()),
-        )
-        .args([
-            "--config",
-            &env.config.display().to_string(),
-            "--progress",
-            "never",
-            "drill",
-            "--workdir",
-            &workdir.display().to_string(),
-            "--report-dir",
-            &env.path().join("reports").display().to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        )],
+    );
     let paused = pause.join("phase-restore.paused");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !paused.exists() {

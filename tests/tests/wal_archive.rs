@@ -356,20 +356,10 @@ fn archive_get_as_root_leaves_postgresqls_spool_alone() {
         b"keep",
         "the planted link not followed"
     );
-    let mut roots = Vec::new();
-    let mut dirs = vec![spool.clone()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            if m.uid() == 0 {
-                roots.push(p.clone());
-            }
-            if m.is_dir() {
-                dirs.push(p);
-            }
-        }
-    }
+    let roots: Vec<std::path::PathBuf> = entries_beneath(&spool)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).unwrap().uid() == 0)
+        .collect();
     assert_eq!(
         roots,
         Vec::<std::path::PathBuf>::new(),
