@@ -38,7 +38,27 @@
 //!   absent, or replace a dead holder's object at the version read), so two runs never overlap.
 //!
 //! Leases never stop archive-push: it takes none and checks none.
+//!
+//! # A holder knows whether its lease held
+//!
+//! A lease protects its holder only while others see it fresh. A holder whose refreshes
+//! fail (an unreachable store, a stalled process) for longer than [`EXPIRY`] is judged dead
+//! by everyone else: gc on another host may then sweep packs its backup uses, and a second
+//! backup or gc may start. The holder tracks this itself ([`Lease::ensure_held`]): the time
+//! each refresh that landed was sent, and whether any stretch between two of them (or since
+//! the last one) exceeded [`LAPSE_AFTER`], a margin below [`EXPIRY`] for clocks and
+//! latency. A backup checks it before and after writing its manifest, and fails instead of
+//! recording a backup that may reference swept blocks.
+//!
+//! # Two backups of one cluster starting together
+//!
+//! Checking for a running backup and then creating one's own lease are two requests; two
+//! backups starting together could both see none and both start. So a backup creates its
+//! lease and then looks again: another live backup lease of its cluster makes it remove its
+//! own and wait (a random pause, so two waiting backups do not collide again) or fail.
+//! Whichever of two looks later sees the other, so at most one goes on.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +74,9 @@ use crate::store::Timestamp;
 pub const HEARTBEAT: Duration = Duration::from_secs(20);
 /// A lease not refreshed for this long is dead.
 pub const EXPIRY: Duration = Duration::from_secs(90);
+/// A holder that went this long without a refresh landing no longer trusts its lease: others
+/// may have judged it dead (a margin below [`EXPIRY`] for clock rates and request latency).
+pub const LAPSE_AFTER: Duration = Duration::from_secs(EXPIRY.as_secs() - HEARTBEAT.as_secs());
 
 /// What a lease says.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -283,6 +306,73 @@ pub struct Lease {
     repo: Repository,
     key: ObjectKey,
     heartbeat: tokio::task::JoinHandle<()>,
+    health: Arc<Mutex<Health>>,
+}
+
+/// What the holder knows about its lease's freshness as others see it.
+#[derive(Debug)]
+struct Health {
+    /// When the newest write of the lease that is known to have landed was sent: the
+    /// storage's modification time, by which others age the lease, is no earlier.
+    landed_sent: tokio::time::Instant,
+    /// When the oldest refresh not yet known to have landed was sent.
+    unconfirmed_sent: Option<tokio::time::Instant>,
+    /// Why the lease no longer protects its holder, once it does not.
+    lost: Option<String>,
+}
+
+impl Health {
+    fn new(sent: tokio::time::Instant) -> Self {
+        Health {
+            landed_sent: sent,
+            unconfirmed_sent: None,
+            lost: None,
+        }
+    }
+
+    fn update(h: &Mutex<Health>, f: impl FnOnce(&mut Health)) {
+        f(&mut h.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// A refresh is about to be sent at `at`.
+    fn sending(&mut self, at: tokio::time::Instant) {
+        self.unconfirmed_sent.get_or_insert(at);
+    }
+
+    /// A write of ours is known to have landed (now): it was sent no earlier than the oldest
+    /// unconfirmed one. Between the previous landing and this one the lease may have looked
+    /// dead to others if that stretch was longer than [`LAPSE_AFTER`].
+    fn landed(&mut self, now: tokio::time::Instant) {
+        let gap = now.duration_since(self.landed_sent);
+        if gap > LAPSE_AFTER && self.lost.is_none() {
+            self.lost = Some(format!(
+                "no refresh of it landed for {}s (others judge a lease dead after {}s)",
+                gap.as_secs(),
+                EXPIRY.as_secs()
+            ));
+        }
+        self.landed_sent = self.unconfirmed_sent.take().unwrap_or(now);
+    }
+
+    fn taken_over(&mut self) {
+        self.lost
+            .get_or_insert_with(|| "it now holds another holder's record".into());
+    }
+
+    fn check(&self, now: tokio::time::Instant) -> std::result::Result<(), String> {
+        if let Some(why) = &self.lost {
+            return Err(why.clone());
+        }
+        let since = now.duration_since(self.landed_sent);
+        if since > LAPSE_AFTER {
+            return Err(format!(
+                "no refresh of it has landed for {}s (others judge a lease dead after {}s)",
+                since.as_secs(),
+                EXPIRY.as_secs()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Takes the backup lease of `cluster`, waiting up to `wait` for another backup of the same
@@ -294,28 +384,56 @@ pub async fn acquire_backup(
     wait: Duration,
 ) -> Result<Lease> {
     let deadline = std::time::Instant::now() + wait;
-    loop {
-        let holders: Vec<LiveLease> = live(repo)
-            .await?
-            .into_iter()
-            .filter(|l| l.body.cluster == cluster)
-            .collect();
-        let Some(h) = holders.first() else { break };
-        if std::time::Instant::now() >= deadline {
-            let started = Timestamp::from_unix_seconds(h.body.started);
-            return Err(Error::Conflict(format!(
-                "another backup of cluster {cluster:?} is running ({} on host {}, pid {}, started {started}); \
-                 not starting a second one. Wait for it, or set backup.lease_wait to wait automatically",
-                h.body.backup_id, h.body.host, h.body.pid
-            )));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-    let body = my_body(backup_kind(), cluster, backup_id);
     let k = layout::backup_lease(cluster, backup_id);
-    let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
-    let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
-    Ok(Lease::hold(repo, k, raw, version))
+    let running = |h: &LiveLease| {
+        let started = Timestamp::from_unix_seconds(h.body.started);
+        Error::Conflict(format!(
+            "another backup of cluster {cluster:?} is running ({} on host {}, pid {}, started {started}); \
+             not starting a second one. Wait for it, or set backup.lease_wait to wait automatically",
+            h.body.backup_id, h.body.host, h.body.pid
+        ))
+    };
+    loop {
+        if let Some(h) = other_backups(repo, cluster, backup_id).await?.first() {
+            if std::time::Instant::now() >= deadline {
+                return Err(running(h));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        let body = my_body(backup_kind(), cluster, backup_id);
+        let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
+        let sent = tokio::time::Instant::now();
+        let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
+        // Look again: a backup that checked at the same time as we did may have created its
+        // lease too. Whichever of us looks later sees the other; both step back if both do.
+        let others = match other_backups(repo, cluster, backup_id).await {
+            Ok(others) => others,
+            Err(e) => {
+                let _ = repo.storage().delete(&k).await;
+                return Err(e);
+            }
+        };
+        let Some(h) = others.first() else {
+            return Ok(Lease::hold(repo, k, raw, version, sent));
+        };
+        repo.storage().delete(&k).await?;
+        if std::time::Instant::now() >= deadline {
+            return Err(running(h));
+        }
+        // Apart, so that two backups stepping back together do not meet again.
+        let pause = Duration::from_millis(1000 + rand::random::<u64>() % 2000);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Live backup leases of `cluster` other than backup `mine`'s.
+async fn other_backups(repo: &Repository, cluster: &str, mine: &str) -> Result<Vec<LiveLease>> {
+    Ok(live(repo)
+        .await?
+        .into_iter()
+        .filter(|l| l.body.cluster == cluster && l.body.backup_id != mine)
+        .collect())
 }
 
 /// Takes the exclusive lease `name` (`gc`, `expire-<cluster>`) for `what`, waiting up to
@@ -374,8 +492,9 @@ pub async fn acquire_exclusive(
             continue;
         }
         let expected = current.as_ref().map(|(_, v)| v);
+        let sent = tokio::time::Instant::now();
         match repo.storage().put_swap(&k, raw.clone(), expected).await {
-            Ok(version) => return Ok(Lease::hold(repo, k, raw, version)),
+            Ok(version) => return Ok(Lease::hold(repo, k, raw, version, sent)),
             // Someone else took it between our read and our write: look again.
             Err(crate::storage::StorageError::Precondition { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -403,30 +522,47 @@ pub async fn exclusive<T>(
 }
 
 impl Lease {
-    /// Holds a lease just written at `version`, refreshing it every [`HEARTBEAT`].
+    /// Holds a lease just written at `version` (the write sent at `sent`), refreshing it
+    /// every [`HEARTBEAT`].
     fn hold(
         repo: &Repository,
         k: ObjectKey,
         raw: Bytes,
         mut version: crate::storage::ObjectVersion,
+        sent: tokio::time::Instant,
     ) -> Lease {
-        let (r, k2) = (repo.clone(), k.clone());
+        let health = Arc::new(Mutex::new(Health::new(sent)));
+        let (r, k2, h) = (repo.clone(), k.clone(), health.clone());
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
+                Health::update(&h, |s| s.sending(tokio::time::Instant::now()));
                 match r.storage().put_swap(&k2, raw.clone(), Some(&version)).await {
-                    Ok(v) => version = v,
+                    Ok(v) => {
+                        version = v;
+                        Health::update(&h, |s| s.landed(tokio::time::Instant::now()));
+                    }
                     // An earlier refresh may have landed with its answer lost (a timeout): the
                     // lease is still ours if it holds our bytes, at a version we did not see.
                     // Without this every later refresh failed, and the lease expired under a
                     // holder that went on working.
-                    Err(crate::storage::StorageError::Precondition { .. }) => match r.storage().get_versioned(&k2).await {
-                        Ok((bytes, v)) if bytes == raw => version = v,
-                        Ok(_) => tracing::error!(
-                            "lease {k2} now holds another holder's record: this command no longer holds it"
-                        ),
-                        Err(e) => tracing::warn!("lease heartbeat failed, and re-reading {k2}: {e}"),
-                    },
+                    Err(crate::storage::StorageError::Precondition { .. }) => {
+                        match r.storage().get_versioned(&k2).await {
+                            Ok((bytes, v)) if bytes == raw => {
+                                version = v;
+                                Health::update(&h, |s| s.landed(tokio::time::Instant::now()));
+                            }
+                            Ok(_) => {
+                                Health::update(&h, Health::taken_over);
+                                tracing::error!(
+                                "lease {k2} now holds another holder's record: this command no longer holds it"
+                            )
+                            }
+                            Err(e) => {
+                                tracing::warn!("lease heartbeat failed, and re-reading {k2}: {e}")
+                            }
+                        }
+                    }
                     Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
                 }
             }
@@ -435,7 +571,24 @@ impl Lease {
             repo: repo.clone(),
             key: k,
             heartbeat,
+            health,
         }
+    }
+
+    /// Fails, naming the lease and why, if others may have judged it dead at any moment since
+    /// it was taken: its refreshes stopped landing for longer than [`LAPSE_AFTER`], or another
+    /// holder took it over. What the holder did under it is then unprotected (gc may have swept
+    /// packs a backup uses).
+    pub fn ensure_held(&self) -> Result<()> {
+        let now = tokio::time::Instant::now();
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.check(now).map_err(|why| {
+            Error::Conflict(format!(
+                "the lease {} no longer protects this command: {why}. gc or another command on another \
+                 host may have run as if this one had died",
+                self.key
+            ))
+        })
     }
 
     /// Stops the heartbeat and removes the lease.
@@ -689,14 +842,20 @@ mod tests {
         );
     }
 
-    /// Storage with faults on leases: reads that fail with a permission error, and lease
-    /// refreshes whose answer is lost after they landed (`lose_swap_answers` of them).
+    /// Storage with faults on leases: reads that fail with a permission error, lease
+    /// refreshes whose answer is lost after they landed (`lose_swap_answers` of them), lease
+    /// refreshes that fail without landing (`fail_swaps` of them), and the first two listings
+    /// of the leases held until both have begun (`meet_in_list`: two commands looking at
+    /// once).
     #[derive(Debug, Default)]
     struct LeaseFaults {
         inner: Arc<MemoryStorage>,
         reads_fail: bool,
         lose_swap_answers: std::sync::atomic::AtomicU32,
+        fail_swaps: std::sync::atomic::AtomicU32,
         swaps_ok: std::sync::atomic::AtomicU32,
+        meet_in_list: Option<tokio::sync::Barrier>,
+        lists: std::sync::atomic::AtomicU32,
     }
 
     impl LeaseFaults {
@@ -764,6 +923,19 @@ mod tests {
             expected: Option<&ObjectVersion>,
         ) -> Result<ObjectVersion, StorageError> {
             use std::sync::atomic::Ordering;
+            let fail = self.is_lease(key)
+                && expected.is_some()
+                && self
+                    .fail_swaps
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+            if fail {
+                return Err(StorageError::Transient {
+                    op: "put",
+                    key: key.to_string(),
+                    detail: "connection refused".into(),
+                });
+            }
             let r = self.inner.put_swap(key, data, expected).await;
             if self.is_lease(key) && r.is_ok() && expected.is_some() {
                 let lose = self
@@ -782,11 +954,133 @@ mod tests {
             r
         }
         async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-            self.inner.list(prefix).await
+            let n = self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let listed = self.inner.list(prefix).await;
+            if let Some(b) = self.meet_in_list.as_ref().filter(|_| n < 2) {
+                b.wait().await;
+            }
+            listed
         }
         async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
             self.inner.delete(key).await
         }
+    }
+
+    async fn open(faults: Arc<LeaseFaults>) -> Repository {
+        Repository::open(
+            faults,
+            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A backup whose lease refreshes stopped landing for longer than others wait before
+    /// judging it dead learns so, even once refreshes land again (gc elsewhere may have run
+    /// in between); while they land, or after a short outage, its lease holds.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_whose_refreshes_stopped_landing_no_longer_protects_its_holder() {
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            fail_swaps: 4.into(),
+            ..Default::default()
+        });
+        let repo = open(faults.clone()).await;
+        let lease = acquire_backup(&repo, "main", "20261124-000000F", Duration::ZERO)
+            .await
+            .unwrap();
+        // Refreshes at 20 s and 40 s failed: 50 s without one is within the margin.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        lease.ensure_held().unwrap();
+        // At 60 s and 80 s too: 81 s since the lease was written is past it.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        let err = lease.ensure_held().unwrap_err().to_string();
+        assert!(
+            err.contains("no refresh") && err.contains("leases/backup-main-"),
+            "{err}"
+        );
+        // The refresh at 100 s lands; the lease was unprotected in between all the same.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(faults.swaps_ok.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        let err = lease.ensure_held().unwrap_err().to_string();
+        assert!(err.contains("for 100s"), "{err}");
+        lease.release().await;
+
+        // Two failed refreshes in a row, then landing ones: held throughout.
+        faults
+            .fail_swaps
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        let lease = acquire_backup(&repo, "main", "20261124-000100F", Duration::ZERO)
+            .await
+            .unwrap();
+        tokio::time::sleep(HEARTBEAT * 6 + Duration::from_secs(1)).await;
+        lease.ensure_held().unwrap();
+        lease.release().await;
+    }
+
+    /// A lease another holder took over (after judging it dead) no longer protects its first
+    /// holder.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_taken_over_no_longer_protects_its_holder() {
+        let (mem, _repo) = memory_repo().await;
+        let repo = open(Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            ..Default::default()
+        }))
+        .await;
+        let lease = acquire_exclusive(&repo, "gc", "", Duration::ZERO)
+            .await
+            .unwrap();
+        let k = layout::exclusive_lease("gc");
+        let (_, version) = mem.get_versioned(&k).await.unwrap();
+        let mut other = my_body("gc".into(), "", "");
+        other.host = "elsewhere".into();
+        let raw = sealed::seal(&repo, DocKind::Lease, &k, &other);
+        mem.put_swap(&k, raw, Some(&version)).await.unwrap();
+        tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
+        let err = lease.ensure_held().unwrap_err().to_string();
+        assert!(err.contains("another holder"), "{err}");
+    }
+
+    /// Two backups of one cluster looking for a running one at the same moment: both find
+    /// none, both create their lease, and only one goes on.
+    #[tokio::test(start_paused = true)]
+    async fn two_backups_starting_together_do_not_both_run() {
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            meet_in_list: Some(tokio::sync::Barrier::new(2)),
+            ..Default::default()
+        });
+        let repo = open(faults.clone()).await;
+        // The barrier is for the two backups' first looks, not for opening the repository.
+        faults.lists.store(0, std::sync::atomic::Ordering::SeqCst);
+        let (a, b) = tokio::join!(
+            acquire_backup(&repo, "main", "20261124-000000F", Duration::from_secs(10)),
+            acquire_backup(&repo, "main", "20261124-000001F", Duration::from_secs(10)),
+        );
+        let held: Vec<&Lease> = [&a, &b]
+            .into_iter()
+            .filter_map(|r| r.as_ref().ok())
+            .collect();
+        assert_eq!(
+            held.len(),
+            1,
+            "{:?} {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        );
+        let err = [a.as_ref().err(), b.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("another backup of cluster"), "{err}");
+        // The one that stepped back left no lease behind.
+        let leases = mem.list(layout::LEASES_PREFIX).await.unwrap();
+        assert_eq!(leases.len(), 1, "{leases:?}");
     }
 
     /// A refresh that landed but whose answer was lost: the heartbeats after it still refresh
@@ -815,6 +1109,7 @@ mod tests {
             faults.swaps_ok.load(std::sync::atomic::Ordering::SeqCst) >= 2,
             "refreshes after the lost answer landed"
         );
+        lease.ensure_held().unwrap();
         lease.release().await;
     }
 

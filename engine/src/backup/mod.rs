@@ -402,6 +402,7 @@ pub async fn run_backup(
     let lease = crate::lease::acquire_backup(repo, &opts.cluster, &id, opts.lease_wait).await?;
     let result = backup_with_lease(
         repo,
+        &lease,
         opts,
         progress,
         session,
@@ -418,6 +419,7 @@ pub async fn run_backup(
 #[allow(clippy::too_many_arguments)]
 async fn backup_with_lease(
     repo: &Repository,
+    lease: &crate::lease::Lease,
     opts: &BackupOptions,
     progress: &dyn Progress,
     session: Session,
@@ -800,7 +802,24 @@ async fn backup_with_lease(
         stats,
     };
     let bad_pages = std::mem::take(&mut files.bad_pages);
+    // A lease whose refreshes stopped landing looked dead to gc on other hosts, which may
+    // have swept packs this backup's blocks are in: no manifest for such a backup.
+    lease.ensure_held().map_err(|e| {
+        Error::Conflict(format!(
+            "{e}; no manifest was written for backup {}. Take the backup again (and look at why the \
+             repository stopped answering)",
+            m.id
+        ))
+    })?;
     manifest::save_streamed(repo, &m, files.into_sorted()?).await?;
+    // Writing the manifest itself may have taken longer than a lease lives.
+    lease.ensure_held().map_err(|e| {
+        Error::Conflict(format!(
+            "{e} while the manifest of backup {} was written. Check the repository with \
+             `pgcairn verify --read-data` before relying on that backup",
+            m.id
+        ))
+    })?;
     record_in_head(repo, &m, seg).await?;
     progress.finish();
     Ok(BackupDone {
