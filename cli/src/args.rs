@@ -576,6 +576,11 @@ unless --reencrypt rewrites everything under the new material and then drops the
         /// With --reencrypt: gc's grace period (default retention.gc_grace).
         #[arg(long, value_name = "DURATION", requires = "reencrypt")]
         grace: Option<String>,
+        /// With --reencrypt: no archive-push, wal-receive or backup started before this
+        /// rotation still runs, so the old epochs may go without the 2 minutes such a process
+        /// needs to follow the rotation.
+        #[arg(long, requires = "reencrypt")]
+        writers_stopped: bool,
         /// Key files of further key-file slots.
         #[arg(long, value_name = "PATH")]
         also_key_file: Vec<PathBuf>,
@@ -599,13 +604,19 @@ Packs, WAL, manifests, index segments and catalog objects are resealed; packs ar
 by gc's repack and the old ones swept after the grace period (retention.gc_grace). Takes the
 gc lease and every cluster's expire lease; archive-push and backup keep running. The old
 epochs are dropped only once nothing is left under them and the last key change is a grace
-period old: until then it says what remains and when to run it again. Safe to interrupt
-and to run again at any time. Exit 0 when the old epochs are dropped (or there are none),
-1 when something remains.")]
+period old, and at least 2 minutes old (what a running archive-push, wal-receive or backup
+needs to follow it; --writers-stopped when none runs): until then it says what remains and
+when to run it again. Safe to interrupt and to run again at any time. Exit 0 when the old
+epochs are dropped (or there are none), 1 when something remains.")]
     Reencrypt {
         /// gc's grace period (default retention.gc_grace).
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
+        /// No archive-push, wal-receive or backup started before the last key change still
+        /// runs: drop the old epochs without waiting the 2 minutes such a process needs to
+        /// follow it.
+        #[arg(long)]
+        writers_stopped: bool,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,

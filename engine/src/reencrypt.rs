@@ -33,7 +33,9 @@
 //! follows the rotation ([`crate::repo::follow`]: at its first read of an object under the new
 //! epoch, or a write more than a minute after it last looked at the config), so the drop waits
 //! until the config has been unchanged for a grace period (`gc_grace`: longer than any backup)
-//! and until no backup lease started before that change, and the final scan then finds and
+//! and for at least [`FOLLOWED_WITHIN`] (a shorter `gc_grace`, even `0s`, does not shorten
+//! the wait for such writers unless the operator says none runs: `writers_stopped`), and
+//! until no backup lease started before that change, and the final scan then finds and
 //! reseals whatever such writers left.
 //!
 //! Nothing is dropped until the end: a crash or kill at any point leaves every object readable
@@ -62,6 +64,7 @@ use crate::crypto::{ContentId, Unlock};
 use crate::error::{Error, Result};
 use crate::gc::{GcOptions, GcReport};
 use crate::repo::config::Encryption;
+use crate::repo::follow::FOLLOWED_WITHIN;
 use crate::repo::keys::{self, KeyChange, NothingSealedBefore};
 use crate::repo::{layout, Repository};
 use crate::storage::{ObjectKey, StorageError};
@@ -82,6 +85,10 @@ pub struct ReencryptOptions {
     /// The bucket's default Object Lock retention: old packs are swept (and the old epochs
     /// dropped) only once it has ended for them.
     pub object_lock: Option<Duration>,
+    /// The operator says no process that read the config before the last key change still
+    /// runs (archiving and backups stopped, or restarted since): the old epochs may be dropped
+    /// after `grace` alone, without waiting [`FOLLOWED_WITHIN`] for such processes to follow.
+    pub writers_stopped: bool,
 }
 
 /// What a re-encryption did.
@@ -433,12 +440,26 @@ async fn reencrypt_locked(
     // epoch: wait until the config is a grace period old and no backup from before it runs.
     let now = crate::store::Timestamp::now().unix_seconds();
     let changed = config_changed.unwrap_or(now);
-    let ready_at = changed + opts.grace.as_secs() as i64;
+    let settle = if opts.writers_stopped {
+        opts.grace
+    } else {
+        opts.grace.max(FOLLOWED_WITHIN)
+    };
+    let ready_at = changed + settle.as_secs() as i64;
     if now < ready_at {
+        let why = if settle > opts.grace {
+            format!(
+                "the {}s a running archive-push, wal-receive or backup needs to follow a key change; \
+                 --writers-stopped skips it when none runs",
+                FOLLOWED_WITHIN.as_secs()
+            )
+        } else {
+            "gc's grace period after the last key change".to_string()
+        };
         report.waiting = Some(format!(
-            "everything is resealed under key epoch {newest}, but the config changed {}s ago: a backup or \
-             archive-push that read it before may still write under the old epochs. Run `pgcairn key reencrypt` \
-             again after {} (gc's grace period after the last key change) to drop them",
+            "everything is resealed under key epoch {newest}, but the config changed {}s ago: a backup, \
+             archive-push or wal-receive that read it before may still write under the old epochs. Run \
+             `pgcairn key reencrypt` again after {} ({why}) to drop them",
             now - changed,
             crate::store::Timestamp::from_unix_seconds(ready_at)
         ));

@@ -561,7 +561,8 @@ fn reencrypt_proof(backend: Backend) {
     wait_archived(&pg, &last, Duration::from_secs(90));
     let old_config = env.read_object("config").expect("config");
 
-    // The leak: remove the slot, rotate and re-encrypt (no grace: nothing else runs).
+    // The leak: remove the slot, rotate and re-encrypt (no grace, and no wait for writers:
+    // nothing else runs; archiving is synchronous, one process per segment).
     assert_success(&env.pgcairn(&["key", "remove", &leaked_slot]), "key remove");
     let out = env.pgcairn(&[
         "key",
@@ -569,6 +570,7 @@ fn reencrypt_proof(backend: Backend) {
         "--reencrypt",
         "--grace",
         "0s",
+        "--writers-stopped",
         "--output",
         "json",
     ]);

@@ -96,7 +96,11 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
             );
             Ok(())
         }
-        KeyCmd::Reencrypt { grace, output } => reencrypt(settings, grace.as_deref(), *output).await,
+        KeyCmd::Reencrypt {
+            grace,
+            writers_stopped,
+            output,
+        } => reencrypt(settings, grace.as_deref(), *writers_stopped, *output).await,
         KeyCmd::Rotate {
             also_key_file,
             also_passphrase_file,
@@ -104,6 +108,7 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
             output,
             reencrypt: then_reencrypt,
             grace,
+            writers_stopped,
         } => {
             let mut inputs = RotateInputs::default();
             for path in also_key_file {
@@ -137,7 +142,7 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
                 ),
             }
             if *then_reencrypt {
-                return reencrypt(settings, grace.as_deref(), *output).await;
+                return reencrypt(settings, grace.as_deref(), *writers_stopped, *output).await;
             }
             Ok(())
         }
@@ -148,6 +153,7 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
 async fn reencrypt(
     settings: &Settings,
     grace: Option<&str>,
+    writers_stopped: bool,
     output: OutputFormat,
 ) -> Result<(), Failure> {
     let grace = match grace {
@@ -166,6 +172,7 @@ async fn reencrypt(
             grace,
             lease_wait: settings.maintenance_lease_wait,
             object_lock: settings.object_lock,
+            writers_stopped,
         },
     )
     .await?;

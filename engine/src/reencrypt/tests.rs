@@ -19,6 +19,7 @@ fn opts() -> ReencryptOptions {
         grace: Duration::ZERO,
         lease_wait: Duration::ZERO,
         object_lock: None,
+        writers_stopped: true,
     }
 }
 
@@ -206,6 +207,41 @@ async fn everything_is_resealed_and_the_old_epoch_dropped() {
         .await
         .unwrap();
     assert!(again.old_epochs.is_empty() && again.objects_resealed == 0);
+}
+
+/// A zero grace period does not drop the old epochs before a process that read the config
+/// before the rotation (an idle wal-receive, an async pusher) has had time to follow it,
+/// unless the operator says none runs.
+#[tokio::test]
+async fn old_epochs_stay_until_running_writers_have_followed_the_rotation() {
+    let mem = Arc::new(MemoryStorage::new());
+    let storage: Arc<dyn Storage> = mem.clone();
+    let (unlock, _ids, _wal) = rotated_repo(storage.clone()).await;
+    let repo = Repository::open(storage.clone(), Some(&unlock))
+        .await
+        .unwrap();
+    let writers_may_run = ReencryptOptions {
+        writers_stopped: false,
+        ..opts()
+    };
+    let r = reencrypt(&repo, Some(&unlock), None, &writers_may_run)
+        .await
+        .unwrap();
+    assert!(r.dropped_epochs.is_empty(), "{r:?}");
+    assert_eq!(r.remaining_count, 0, "{r:?}");
+    let waiting = r.waiting.as_deref().unwrap_or("");
+    assert!(
+        waiting.contains("wal-receive") && waiting.contains("--writers-stopped"),
+        "{r:?}"
+    );
+    // Once the key change is that old, the same run drops them.
+    for o in mem.list("").await.unwrap() {
+        mem.backdate(o.key.as_str(), FOLLOWED_WITHIN.as_secs() as i64 + 5);
+    }
+    let r = reencrypt(&repo, Some(&unlock), None, &writers_may_run)
+        .await
+        .unwrap();
+    assert_eq!(r.dropped_epochs, vec![1], "{r:?}");
 }
 
 #[tokio::test]

@@ -20,8 +20,15 @@
 //!
 //! Writers move to the new epoch too: a write made more than [`FOLLOW_EVERY`] after the last
 //! look at the config starts a reload in the background (the write itself never waits for
-//! it), so the asynchronous WAL pusher, `wal-receive` and a long backup seal under the new
-//! epoch within about a minute of a rotation. A write never fails because a reload did.
+//! it), and so does a watch that looks every [`LOOK_TICK`] whether the config was read in
+//! the last [`FOLLOW_EVERY`]. The watch matters for a writer that sat idle (`wal-receive` on
+//! a quiet server, a backup waiting for WAL): without it, its first write after the rotation
+//! would still be sealed under the old epoch, however late, and after `key reencrypt` dropped
+//! that epoch nobody else could open it. With it, every running process that can read the
+//! config seals under the new epoch within [`FOLLOWED_WITHIN`] of a rotation, which is how
+//! long `key reencrypt` waits before it drops old epochs. A write never fails because a
+//! reload did; a process that cannot reload (its key slot was removed: revocation) keeps
+//! the old epoch, and what it writes after the drop opens for nobody else.
 //!
 //! Unencrypted repositories have no key epochs to follow and are not wrapped.
 //!
@@ -48,6 +55,13 @@ use crate::storage::{CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storag
 
 /// How long a writing process goes without looking at the config for a newer key epoch.
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(60);
+/// How often a process's watch checks whether it looked at the config within [`FOLLOW_EVERY`].
+pub const LOOK_TICK: Duration = Duration::from_secs(15);
+/// Within this long of a key change, every running process that can read the config seals
+/// under the newest epoch: [`FOLLOW_EVERY`] and a [`LOOK_TICK`], and a margin for the reload
+/// itself (a config read and a key unwrap, perhaps through a key manager).
+pub const FOLLOWED_WITHIN: Duration =
+    Duration::from_secs(FOLLOW_EVERY.as_secs() + LOOK_TICK.as_secs() + 45);
 
 /// Reloads the config of one open repository and hands new key epochs to its codec.
 pub(crate) struct Follower {
@@ -133,6 +147,29 @@ impl Follower {
     /// A write: when the config was last read more than [`FOLLOW_EVERY`] ago, read it again
     /// in the background so that later writes seal under the newest epoch.
     fn wrote(self: &Arc<Self>) {
+        self.look_if_stale();
+    }
+
+    /// Starts the watch (in a tokio runtime; a process without one has no idle time to
+    /// cover): every `every`, the config is read again in the background when it was last
+    /// read more than [`FOLLOW_EVERY`] ago. It ends when the repository is dropped.
+    pub(crate) fn watch(self: &Arc<Self>, every: Duration) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(me) = me.upgrade() else { break };
+                me.look_if_stale();
+            }
+        });
+    }
+
+    /// Reads the config again in the background when it was last read more than
+    /// [`FOLLOW_EVERY`] ago.
+    fn look_if_stale(self: &Arc<Self>) {
         {
             let mut last = self.last_look.lock().unwrap_or_else(|e| e.into_inner());
             if last.elapsed() < FOLLOW_EVERY {
@@ -411,5 +448,44 @@ mod tests {
             assert!(Instant::now() < deadline, "never followed the rotation");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A process that neither reads nor writes (wal-receive on a quiet server) still follows
+    /// a rotation: its watch looks at the config, so its next write, however late, is sealed
+    /// under the new epoch.
+    #[tokio::test]
+    async fn an_idle_process_follows_a_rotation_through_its_watch() {
+        let a = KeyFile::generate();
+        let s = repo_with(&a).await;
+        let ua = Unlock::KeyFile(a.clone());
+        let repo = Repository::open(s.clone(), Some(&ua)).await.unwrap();
+        let follower = Arc::new(Follower::new(
+            s.clone(),
+            Some(ua.clone()),
+            None,
+            repo.config(),
+            repo.codec().clone(),
+        ));
+        follower.watch(Duration::from_millis(20));
+        rotate(&s, &ua).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            repo.codec().write_epoch(),
+            1,
+            "looked at the config just now"
+        );
+        if let Some(t) = Instant::now().checked_sub(FOLLOW_EVERY * 2) {
+            *follower.last_look.lock().unwrap() = t;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while repo.codec().write_epoch() != 2 {
+            assert!(Instant::now() < deadline, "never followed the rotation");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The watch ends with the repository.
+        let weak = Arc::downgrade(&follower);
+        drop(follower);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(weak.upgrade().is_none());
     }
 }

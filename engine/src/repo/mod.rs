@@ -149,7 +149,9 @@ impl Repository {
                 &config,
                 codec.clone(),
             );
-            Arc::new(follow::FollowKeys::new(storage, Arc::new(follower)))
+            let follower = Arc::new(follower);
+            follower.watch(follow::LOOK_TICK);
+            Arc::new(follow::FollowKeys::new(storage, follower))
         } else {
             storage
         };
