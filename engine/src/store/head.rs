@@ -76,6 +76,12 @@ pub struct HeadTimeline {
     /// Inclusive ranges `expire` removed above `first` (with `pitr_window`).
     #[serde(default)]
     pub expired: Vec<(u64, u64)>,
+    /// `expire` removed everything below this (0: nothing yet). A segment pushed late below
+    /// it (a standby archiving with `archive_mode = always` long after the primary, a
+    /// re-archived old file) does not lower `first`: the segments between it and `first` are
+    /// gone by design, and counting them as required would report them deleted.
+    #[serde(default)]
+    pub expired_below: u64,
 }
 
 impl HeadTimeline {
@@ -86,12 +92,29 @@ impl HeadTimeline {
             && !self.expired.iter().any(|(a, b)| seg >= *a && seg <= *b)
     }
 
-    /// Records that `seg` was archived (ordered archiving: everything from `first` on).
+    /// Records that `seg` was archived (ordered archiving: everything from `first` on). A
+    /// segment pushed late into what `expire` removed is required again by itself, not the
+    /// rest of what was removed with it.
     fn saw(&mut self, seg: u64) -> bool {
         let before = self.clone();
-        self.first = self.first.min(seg);
+        if seg >= self.expired_below {
+            self.first = self.first.min(seg);
+        }
         self.high = self.high.max(seg);
-        self.expired.retain(|(a, b)| seg < *a || seg > *b);
+        let mut kept = Vec::with_capacity(self.expired.len() + 1);
+        for (a, b) in self.expired.drain(..) {
+            if seg < a || seg > b {
+                kept.push((a, b));
+                continue;
+            }
+            if seg > a {
+                kept.push((a, seg - 1));
+            }
+            if seg < b {
+                kept.push((seg + 1, b));
+            }
+        }
+        self.expired = kept;
         *self != before
     }
 
@@ -120,6 +143,9 @@ impl HeadTimeline {
             }
         }
         self.expired = merged;
+        if self.first > before.first {
+            self.expired_below = self.expired_below.max(self.first);
+        }
         *self != before
     }
 }
@@ -183,6 +209,7 @@ impl CatalogHead {
                         first: seg,
                         high: seg,
                         expired: Vec::new(),
+                        expired_below: 0,
                     },
                 );
                 true
@@ -386,6 +413,7 @@ mod tests {
             first: 10,
             high: 10,
             expired: vec![],
+            expired_below: 0,
         };
         assert!(t.saw(20));
         assert!(!t.saw(15));
@@ -397,6 +425,45 @@ mod tests {
         assert!(t.must_exist(14) && !t.must_exist(15) && !t.must_exist(16) && t.must_exist(17));
         assert!(t.forget(13, 14));
         assert_eq!((t.first, t.expired.clone()), (17, vec![]));
+    }
+
+    /// A segment archived late, below what expire removed or inside a range it removed
+    /// (a standby with `archive_mode = always` far behind the primary), is recorded without
+    /// making the removed segments around it required: they would be reported deleted.
+    #[test]
+    fn a_late_push_does_not_make_expired_segments_required_again() {
+        let mut t = HeadTimeline {
+            first: 10,
+            high: 30,
+            expired: vec![],
+            expired_below: 0,
+        };
+        assert!(t.forget(10, 14));
+        assert!(t.forget(20, 24));
+        assert_eq!((t.first, t.expired_below), (15, 15));
+        // Below the removed start: `first` stays.
+        t.saw(11);
+        assert_eq!(t.first, 15);
+        assert!((10..15).all(|s| !t.must_exist(s)));
+        // Inside a removed range: that segment only.
+        t.saw(22);
+        assert_eq!(t.expired, vec![(20, 21), (23, 24)]);
+        assert!(t.must_exist(22));
+        assert!([20, 21, 23, 24].iter().all(|s| !t.must_exist(*s)));
+        // At a range's ends.
+        t.saw(20);
+        t.saw(24);
+        assert_eq!(t.expired, vec![(21, 21), (23, 23)]);
+        // A timeline expire never touched still takes lower segments (ordered archiving
+        // reached the head late, as with synchronous pushes recorded every 16 segments).
+        let mut fresh = HeadTimeline {
+            first: 32,
+            high: 32,
+            expired: vec![],
+            expired_below: 0,
+        };
+        fresh.saw(20);
+        assert_eq!(fresh.first, 20);
     }
 
     #[tokio::test]
