@@ -96,19 +96,35 @@ pub async fn pin(
 
 /// Pins or unpins a backup (it must exist), without the expire lease: for the newest backup
 /// right after it is taken (expire never removes the newest), and for tests.
+///
+/// The catalog head records the pin too, after the pin object is written and before it is
+/// deleted: the head never names a pin that was not made, and a pin object deleted outside
+/// pgcairn is reported (and the backup still kept).
 pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -> Result<()> {
-    manifest::load_head(repo, cluster, id).await?;
+    let m = manifest::load_head(repo, cluster, id).await?;
+    let seg_size = crate::store::cluster::read(repo, cluster)
+        .await?
+        .map(|r| r.wal_segment_size)
+        .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
+    let bid = BackupId::new(m.id.clone());
+    let key = layout::pin(cluster, id);
     if pinned {
-        let key = layout::pin(cluster, id);
         let pin = Pin {
             backup_id: id.to_string(),
             pinned_at: Timestamp::now(),
         };
+        // Pinning twice keeps the first pin.
         repo.storage()
             .put_create(&key, sealed::seal(repo, DocKind::Pin, &key, &pin))
             .await?;
+        head::update(repo, cluster, seg_size, |h| h.pinned.insert(bid.clone())).await?;
     } else {
-        repo.storage().delete(&layout::pin(cluster, id)).await?;
+        head::update(repo, cluster, seg_size, |h| h.pinned.remove(&bid)).await?;
+        match repo.storage().delete(&key).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -165,11 +181,18 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         .await?
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
+    // A pin the head records counts even when its object is gone (deleted outside pgcairn:
+    // `verify` and `info` report that).
+    let head_pins = match head::read(repo, cluster).await? {
+        Some((h, _)) => h.pinned,
+        None => Default::default(),
+    };
     for id in manifest::list_ids(repo, cluster).await? {
         let m = manifest::load_head(repo, cluster, &id).await?;
         let stop_time = m.stop_time.datetime();
+        let in_head = head_pins.contains(&BackupId::new(id.clone()));
         candidates.push(Candidate {
-            pinned: is_pinned(repo, cluster, &id).await?,
+            pinned: in_head || is_pinned(repo, cluster, &id).await?,
             id: id.clone(),
             backup_type: m.backup_type,
             stop_time,
@@ -440,6 +463,59 @@ mod tests {
         .await
         .unwrap();
         assert!(is_pinned(&repo, "main", "20261124-000000F").await.unwrap());
+    }
+
+    /// A pin object deleted outside pgcairn: the catalog head still records the pin, so
+    /// expire keeps the backup and the audit names the missing object; unpinning removes the
+    /// pin from both, and the backup then expires.
+    #[tokio::test]
+    async fn a_pin_deleted_outside_pgcairn_still_keeps_its_backup_and_is_reported() {
+        let (mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        for (id, lsn, t) in [
+            (old, "0/300028", "2026-11-01T00:00:00Z"),
+            (new, "0/900028", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
+                .await
+                .unwrap();
+        }
+        set_pin(&repo, "main", old, true).await.unwrap();
+        let audit = |repo: Repository| async move {
+            crate::store::audit::audit(&repo, "main", None)
+                .await
+                .unwrap()
+        };
+        assert!(audit(repo.clone()).await.missing_pins.is_empty());
+        crate::storage::Storage::delete(&*mem, &layout::pin("main", old))
+            .await
+            .unwrap();
+        let found = audit(repo.clone()).await;
+        assert_eq!(found.missing_pins, vec![old.to_string()], "{found:?}");
+        assert!(!found.is_clean());
+        assert!(found.findings()[0].1.contains("deleted outside pgcairn"));
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let kept = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert!(kept.backups.iter().all(|b| b.keep), "{kept:?}");
+        assert_eq!(manifest::list_ids(&repo, "main").await.unwrap().len(), 2);
+        // Unpinned: gone from the head too, nothing reported, and expire removes it.
+        set_pin(&repo, "main", old, false).await.unwrap();
+        assert!(audit(repo.clone()).await.missing_pins.is_empty());
+        expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            manifest::list_ids(&repo, "main").await.unwrap(),
+            vec![new.to_string()]
+        );
     }
 
     #[tokio::test]

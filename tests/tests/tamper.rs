@@ -194,6 +194,26 @@ fn tampering_is_noticed(a: &Archived) {
     env.write_object(&manifest, &saved);
     clean(env, "the manifest was put back");
 
+    // 1b. A pin object is deleted: the head still records the pin.
+    assert_says(&env.pgcairn(&["pin", &a.older]), 0, &[], "pin");
+    let pin = format!("clusters/main/pins/{}", a.older);
+    assert!(env.read_object(&pin).is_some(), "the pin object is written");
+    env.delete_object(&pin);
+    assert_says(
+        &verify(env),
+        1,
+        &[&pin, "deleted outside pgcairn"],
+        "verify, pin deleted",
+    );
+    assert_eq!(
+        info_json(env)["clusters"][0]["catalog"]["missing_pins"],
+        serde_json::json!([a.older])
+    );
+    assert_says(&env.pgcairn(&["pin", &a.older]), 0, &[], "pin again");
+    clean(env, "the pin was written again");
+    assert_says(&env.pgcairn(&["unpin", &a.older]), 0, &[], "unpin");
+    clean(env, "unpinned");
+
     // 2. The WAL record at the high-water mark is deleted: lost, not "absent".
     let record = record_key(&a.at_mark);
     let saved = env.read_object(&record).unwrap();

@@ -17,7 +17,7 @@
 //!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"},
 //!                 "last_drill": null | {"id", "outcome", "mttr_seconds", "backup_id", "summary"},
 //!                 "catalog": {"cluster", "generation": null | N, "head_problem": null | "...",
-//!                             "missing_backups": ["id"], "missing_history": ["file"],
+//!                             "missing_backups": ["id"], "missing_history": ["file"], "missing_pins": ["id"],
 //!                             "missing_wal": [{"timeline", "first", "last", "segments", "what"}],
 //!                             "last_verify": null | {"at", "ok", "summary"},
 //!                             "last_drill": null | {"at", "ok", "summary"}}}]}`

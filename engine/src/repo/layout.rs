@@ -252,7 +252,12 @@ pub fn drill_report(cluster: &str, id: &str) -> ObjectKey {
 
 /// A pin marker: the backup is never expired.
 pub fn pin(cluster: &str, id: &str) -> ObjectKey {
-    ObjectKey::new(format!("clusters/{cluster}/pins/{id}"))
+    ObjectKey::new(format!("{}{id}", pins_prefix(cluster)))
+}
+
+/// Where a cluster's pins are listed.
+pub fn pins_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/pins/")
 }
 
 /// Prefix of every index segment.

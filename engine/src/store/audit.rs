@@ -41,6 +41,9 @@ pub struct HeadAudit {
     pub missing_wal: Vec<MissingWal>,
     /// History files of timelines the head records that are gone.
     pub missing_history: Vec<String>,
+    /// Backups the head records as pinned whose pin object is gone (expire keeps them all
+    /// the same).
+    pub missing_pins: Vec<String>,
     /// The latest verify and drill the head records.
     pub last_verify: Option<head::CheckResult>,
     /// The latest drill.
@@ -54,6 +57,7 @@ impl HeadAudit {
             && self.missing_backups.is_empty()
             && self.missing_wal.is_empty()
             && self.missing_history.is_empty()
+            && self.missing_pins.is_empty()
     }
 
     /// Each finding as (object, what is wrong), naming the object to look for.
@@ -84,6 +88,15 @@ impl HeadAudit {
                 ),
             ));
         }
+        for id in &self.missing_pins {
+            out.push((
+                layout::pin(c, id).to_string(),
+                format!(
+                    "backup {id} is pinned in the catalog head (generation {g}) but its pin object is missing: it was \
+                     deleted outside pgcairn. expire keeps the backup all the same; `pgcairn pin {id}` writes the object again"
+                ),
+            ));
+        }
         for h in &self.missing_history {
             out.push((
                 format!("{}{h}", layout::wal_pointer_prefix(c)),
@@ -94,9 +107,16 @@ impl HeadAudit {
     }
 }
 
-/// Compares a head with what storage lists. `ids`: the cluster's listed backup ids.
-pub fn compare(head: &CatalogHead, ids: &[String], view: &ArchiveView) -> HeadAudit {
+/// Compares a head with what storage lists. `ids`: the cluster's listed backup ids; `pins`:
+/// the backup ids its listed pin objects name.
+pub fn compare(
+    head: &CatalogHead,
+    ids: &[String],
+    pins: &[String],
+    view: &ArchiveView,
+) -> HeadAudit {
     let listed: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let pins: BTreeSet<&str> = pins.iter().map(String::as_str).collect();
     let mut audit = HeadAudit {
         cluster: head.cluster.to_string(),
         generation: Some(head.generation),
@@ -108,6 +128,13 @@ pub fn compare(head: &CatalogHead, ids: &[String], view: &ArchiveView) -> HeadAu
         .backups
         .keys()
         .filter(|id| !listed.contains(id.as_str()))
+        .map(|id| id.to_string())
+        .collect();
+    // A pinned backup whose manifest is gone is reported as such already.
+    audit.missing_pins = head
+        .pinned
+        .iter()
+        .filter(|id| listed.contains(id.as_str()) && !pins.contains(id.as_str()))
         .map(|id| id.to_string())
         .collect();
     for (tli, t) in &head.timelines {
@@ -195,5 +222,13 @@ pub async fn audit(
             &loaded
         }
     };
-    Ok(compare(&head, &ids, view))
+    let prefix = layout::pins_prefix(cluster);
+    let pins: Vec<String> = repo
+        .storage()
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.key.as_str().strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    Ok(compare(&head, &ids, &pins, view))
 }

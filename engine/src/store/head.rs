@@ -7,7 +7,8 @@
 //! - per timeline, the WAL it has seen archived: `first ..= high` (absolute segment numbers)
 //!   minus ranges `expire` removed. PostgreSQL archives a timeline's segments in order, so
 //!   every segment in that range was pushed; one missing now was deleted or lost;
-//! - the latest `verify` and `drill` results.
+//! - the latest `verify` and `drill` results;
+//! - the pinned backups.
 //!
 //! # How far the high-water mark may trail (why archive-push stays fast)
 //!
@@ -33,7 +34,7 @@
 //! A failed head update never loses WAL: archive-push logs it and succeeds (the segment is
 //! durable); the next update catches up, as every update takes the maximum.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -182,6 +183,11 @@ pub struct CatalogHead {
     /// Latest `drill`.
     #[serde(default)]
     pub last_drill: Option<CheckResult>,
+    /// Pinned backups (`pin` adds one after writing its pin object, `unpin` removes it before
+    /// deleting the object): a pin object deleted outside pgcairn is noticed, and `expire`
+    /// still keeps the backup.
+    #[serde(default)]
+    pub pinned: BTreeSet<BackupId>,
 }
 
 impl CatalogHead {
@@ -195,6 +201,7 @@ impl CatalogHead {
             timelines: BTreeMap::new(),
             last_verify: None,
             last_drill: None,
+            pinned: BTreeSet::new(),
         }
     }
 
