@@ -101,14 +101,15 @@ pub async fn pin(
 /// deleted: the head never names a pin that was not made, and a pin object deleted outside
 /// pgcairn is reported (and the backup still kept).
 pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -> Result<()> {
-    let m = manifest::load_head(repo, cluster, id).await?;
     let seg_size = crate::store::cluster::read(repo, cluster)
         .await?
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
-    let bid = BackupId::new(m.id.clone());
+    let bid = BackupId::new(id.to_string());
     let key = layout::pin(cluster, id);
     if pinned {
+        // Only an existing backup is pinned; unpinning works whatever became of it.
+        manifest::load_head(repo, cluster, id).await?;
         let pin = Pin {
             backup_id: id.to_string(),
             pinned_at: Timestamp::now(),
@@ -187,12 +188,17 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         Some((h, _)) => h.pinned,
         None => Default::default(),
     };
+    let mut unrecorded_pins = Vec::new();
     for id in manifest::list_ids(repo, cluster).await? {
         let m = manifest::load_head(repo, cluster, &id).await?;
         let stop_time = m.stop_time.datetime();
         let in_head = head_pins.contains(&BackupId::new(id.clone()));
+        let has_object = is_pinned(repo, cluster, &id).await?;
+        if has_object && !in_head {
+            unrecorded_pins.push(BackupId::new(id.clone()));
+        }
         candidates.push(Candidate {
-            pinned: in_head || is_pinned(repo, cluster, &id).await?,
+            pinned: in_head || has_object,
             id: id.clone(),
             backup_type: m.backup_type,
             stop_time,
@@ -203,6 +209,16 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
             start_seg: m.start_lsn.segment_no(seg_size),
             stop_seg: m.stop_lsn.segment_no(seg_size),
         });
+    }
+    // Pins made before the head recorded pins, or dropped from it by an older pgcairn that
+    // rewrote the head: recorded now (this run holds the expire lease, which `pin` takes).
+    if !unrecorded_pins.is_empty() && !repo.is_dry_run() {
+        head::update(repo, cluster, seg_size, |h| {
+            let before = h.pinned.len();
+            h.pinned.extend(unrecorded_pins.iter().cloned());
+            h.pinned.len() != before
+        })
+        .await?;
     }
     let now = Timestamp::now();
     let mut decisions = decide(&candidates, policy, now.datetime());
@@ -516,6 +532,53 @@ mod tests {
             manifest::list_ids(&repo, "main").await.unwrap(),
             vec![new.to_string()]
         );
+    }
+
+    /// A pin object the head does not record (made before heads recorded pins, or dropped
+    /// from the head by an older pgcairn rewriting it) is recorded by the next expire, so its
+    /// deletion is noticed from then on.
+    #[tokio::test]
+    async fn expire_records_pins_the_head_does_not_know() {
+        let (mem, repo) = memory_repo().await;
+        let id = "20261101-000000F";
+        manifest::save(
+            &repo,
+            &manifest(id, "0/300028", "0/300028", "2026-11-01T00:00:00Z", &[]),
+        )
+        .await
+        .unwrap();
+        let key = layout::pin("main", id);
+        let pin = Pin {
+            backup_id: id.into(),
+            pinned_at: Timestamp::now(),
+        };
+        crate::storage::Storage::put_create(
+            &*mem,
+            &key,
+            sealed::seal(&repo, DocKind::Pin, &key, &pin),
+        )
+        .await
+        .unwrap();
+        let pinned = |repo: Repository| async move {
+            head::read(&repo, "main")
+                .await
+                .unwrap()
+                .map(|(h, _)| h.pinned)
+                .unwrap_or_default()
+        };
+        assert!(pinned(repo.clone()).await.is_empty());
+        expire(&repo, "main", &Policy::default(), Default::default())
+            .await
+            .unwrap();
+        assert!(pinned(repo.clone())
+            .await
+            .contains(&BackupId::new(id.to_string())));
+        // Unpinning a backup whose manifest is gone still clears the head.
+        crate::storage::Storage::delete(&*mem, &layout::backup_manifest("main", id))
+            .await
+            .unwrap();
+        set_pin(&repo, "main", id, false).await.unwrap();
+        assert!(pinned(repo.clone()).await.is_empty());
     }
 
     #[tokio::test]

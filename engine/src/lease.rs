@@ -309,20 +309,49 @@ pub struct Lease {
     health: Arc<Mutex<Health>>,
 }
 
+/// A moment on two clocks: tokio's (monotonic, and paused in tests) and the kernel's boot
+/// time clock, which also counts time the machine spent suspended (a paused VM, a laptop
+/// lid): others age the lease by wall-clock time all along, so a suspension longer than a
+/// lease lives must count as a lapse.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    mono: tokio::time::Instant,
+    boot: Option<Duration>,
+}
+
+impl Stamp {
+    fn now() -> Self {
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        Stamp {
+            mono: tokio::time::Instant::now(),
+            boot: Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)),
+        }
+    }
+
+    /// How long after `earlier` this is, by whichever clock says longer.
+    fn since(&self, earlier: &Stamp) -> Duration {
+        let mono = self.mono.duration_since(earlier.mono);
+        match (self.boot, earlier.boot) {
+            (Some(b), Some(a)) => mono.max(b.saturating_sub(a)),
+            _ => mono,
+        }
+    }
+}
+
 /// What the holder knows about its lease's freshness as others see it.
 #[derive(Debug)]
 struct Health {
     /// When the newest write of the lease that is known to have landed was sent: the
     /// storage's modification time, by which others age the lease, is no earlier.
-    landed_sent: tokio::time::Instant,
+    landed_sent: Stamp,
     /// When the oldest refresh not yet known to have landed was sent.
-    unconfirmed_sent: Option<tokio::time::Instant>,
+    unconfirmed_sent: Option<Stamp>,
     /// Why the lease no longer protects its holder, once it does not.
     lost: Option<String>,
 }
 
 impl Health {
-    fn new(sent: tokio::time::Instant) -> Self {
+    fn new(sent: Stamp) -> Self {
         Health {
             landed_sent: sent,
             unconfirmed_sent: None,
@@ -335,15 +364,15 @@ impl Health {
     }
 
     /// A refresh is about to be sent at `at`.
-    fn sending(&mut self, at: tokio::time::Instant) {
+    fn sending(&mut self, at: Stamp) {
         self.unconfirmed_sent.get_or_insert(at);
     }
 
     /// A write of ours is known to have landed (now): it was sent no earlier than the oldest
     /// unconfirmed one. Between the previous landing and this one the lease may have looked
     /// dead to others if that stretch was longer than [`LAPSE_AFTER`].
-    fn landed(&mut self, now: tokio::time::Instant) {
-        let gap = now.duration_since(self.landed_sent);
+    fn landed(&mut self, now: Stamp) {
+        let gap = now.since(&self.landed_sent);
         if gap > LAPSE_AFTER && self.lost.is_none() {
             self.lost = Some(format!(
                 "no refresh of it landed for {}s (others judge a lease dead after {}s)",
@@ -359,11 +388,11 @@ impl Health {
             .get_or_insert_with(|| "it now holds another holder's record".into());
     }
 
-    fn check(&self, now: tokio::time::Instant) -> std::result::Result<(), String> {
+    fn check(&self, now: Stamp) -> std::result::Result<(), String> {
         if let Some(why) = &self.lost {
             return Err(why.clone());
         }
-        let since = now.duration_since(self.landed_sent);
+        let since = now.since(&self.landed_sent);
         if since > LAPSE_AFTER {
             return Err(format!(
                 "no refresh of it has landed for {}s (others judge a lease dead after {}s)",
@@ -383,7 +412,7 @@ pub async fn acquire_backup(
     backup_id: &str,
     wait: Duration,
 ) -> Result<Lease> {
-    let deadline = std::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait;
     let k = layout::backup_lease(cluster, backup_id);
     let running = |h: &LiveLease| {
         let started = Timestamp::from_unix_seconds(h.body.started);
@@ -393,9 +422,12 @@ pub async fn acquire_backup(
             h.body.backup_id, h.body.host, h.body.pid
         ))
     };
+    // After stepping back, one more look even when the wait is over: two backups that stepped
+    // back together would otherwise both fail, each naming the other as running.
+    let mut stepped_back = false;
     loop {
         if let Some(h) = other_backups(repo, cluster, backup_id).await?.first() {
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(running(h));
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -403,27 +435,44 @@ pub async fn acquire_backup(
         }
         let body = my_body(backup_kind(), cluster, backup_id);
         let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
-        let sent = tokio::time::Instant::now();
+        let sent = Stamp::now();
         let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
         // Look again: a backup that checked at the same time as we did may have created its
         // lease too. Whichever of us looks later sees the other; both step back if both do.
         let others = match other_backups(repo, cluster, backup_id).await {
             Ok(others) => others,
             Err(e) => {
-                let _ = repo.storage().delete(&k).await;
+                remove_stepping_back(repo, &k).await;
                 return Err(e);
             }
         };
         let Some(h) = others.first() else {
             return Ok(Lease::hold(repo, k, raw, version, sent));
         };
-        repo.storage().delete(&k).await?;
-        if std::time::Instant::now() >= deadline {
+        remove_stepping_back(repo, &k).await;
+        if tokio::time::Instant::now() >= deadline && stepped_back {
             return Err(running(h));
         }
+        stepped_back = true;
         // Apart, so that two backups stepping back together do not meet again.
         let pause = Duration::from_millis(1000 + rand::random::<u64>() % 2000);
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// Removes the lease a backup created and then stepped back from, retrying: left behind, it
+/// would keep other backups (and gc's sweep) waiting until it expires.
+async fn remove_stepping_back(repo: &Repository, k: &ObjectKey) {
+    for attempt in 1..=3u32 {
+        match repo.storage().delete(k).await {
+            Ok(()) => return,
+            Err(e) if e.is_not_found() => return,
+            Err(e) if attempt == 3 => tracing::warn!(
+                "could not remove lease {k} after stepping back ({e}); it expires in {}s",
+                EXPIRY.as_secs()
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
+        }
     }
 }
 
@@ -451,7 +500,7 @@ pub async fn acquire_exclusive(
         "",
     );
     let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
-    let deadline = std::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait;
     let here = PidScope::here();
     loop {
         let current = match repo.storage().get_versioned(&k).await {
@@ -478,7 +527,7 @@ pub async fn acquire_exclusive(
             }
         };
         if let Some(h) = holder {
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Conflict(format!(
                     "another {name} is running (host {}, pid {}, started {}); not starting a second one. \
                      Wait for it to finish (a holder that died is forgotten within {}s)",
@@ -492,7 +541,7 @@ pub async fn acquire_exclusive(
             continue;
         }
         let expected = current.as_ref().map(|(_, v)| v);
-        let sent = tokio::time::Instant::now();
+        let sent = Stamp::now();
         match repo.storage().put_swap(&k, raw.clone(), expected).await {
             Ok(version) => return Ok(Lease::hold(repo, k, raw, version, sent)),
             // Someone else took it between our read and our write: look again.
@@ -529,18 +578,18 @@ impl Lease {
         k: ObjectKey,
         raw: Bytes,
         mut version: crate::storage::ObjectVersion,
-        sent: tokio::time::Instant,
+        sent: Stamp,
     ) -> Lease {
         let health = Arc::new(Mutex::new(Health::new(sent)));
         let (r, k2, h) = (repo.clone(), k.clone(), health.clone());
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                Health::update(&h, |s| s.sending(tokio::time::Instant::now()));
+                Health::update(&h, |s| s.sending(Stamp::now()));
                 match r.storage().put_swap(&k2, raw.clone(), Some(&version)).await {
                     Ok(v) => {
                         version = v;
-                        Health::update(&h, |s| s.landed(tokio::time::Instant::now()));
+                        Health::update(&h, |s| s.landed(Stamp::now()));
                     }
                     // An earlier refresh may have landed with its answer lost (a timeout): the
                     // lease is still ours if it holds our bytes, at a version we did not see.
@@ -550,7 +599,7 @@ impl Lease {
                         match r.storage().get_versioned(&k2).await {
                             Ok((bytes, v)) if bytes == raw => {
                                 version = v;
-                                Health::update(&h, |s| s.landed(tokio::time::Instant::now()));
+                                Health::update(&h, |s| s.landed(Stamp::now()));
                             }
                             Ok(_) => {
                                 Health::update(&h, Health::taken_over);
@@ -580,7 +629,7 @@ impl Lease {
     /// holder took it over. What the holder did under it is then unprotected (gc may have swept
     /// packs a backup uses).
     pub fn ensure_held(&self) -> Result<()> {
-        let now = tokio::time::Instant::now();
+        let now = Stamp::now();
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         health.check(now).map_err(|why| {
             Error::Conflict(format!(
@@ -1041,6 +1090,27 @@ mod tests {
         tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
         let err = lease.ensure_held().unwrap_err().to_string();
         assert!(err.contains("another holder"), "{err}");
+    }
+
+    /// A machine suspended (a paused VM) for longer than a lease lives: its monotonic clock
+    /// stood still, the boot-time clock did not, and others aged the lease all along.
+    #[test]
+    fn a_suspension_longer_than_a_lease_lives_is_a_lapse() {
+        let at = Stamp::now();
+        let health = Health::new(at);
+        let later = |mono: u64, boot: u64| Stamp {
+            mono: at.mono + Duration::from_secs(mono),
+            boot: at.boot.map(|b| b + Duration::from_secs(boot)),
+        };
+        assert!(health.check(later(10, 10)).is_ok());
+        let err = health.check(later(10, 300)).unwrap_err();
+        assert!(err.contains("300s"), "{err}");
+        let mut health = Health::new(at);
+        health.landed(later(5, 200));
+        assert!(
+            health.check(later(6, 201)).is_err(),
+            "the lapse is remembered"
+        );
     }
 
     /// Two backups of one cluster looking for a running one at the same moment: both find

@@ -187,10 +187,25 @@ impl Follower {
         let me = self.clone();
         rt.spawn(async move {
             let held = me.codec.newest_epoch();
+            // Bounded: a hung config read or key manager would otherwise leave `background`
+            // set, and this process would never follow a rotation again.
             let result = {
                 let _one = me.reloading.lock().await;
-                me.reload().await
+                match tokio::time::timeout(FOLLOW_EVERY, me.reload()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Timeout(format!(
+                        "reading and unlocking the repository config took longer than {}s",
+                        FOLLOW_EVERY.as_secs()
+                    ))),
+                }
             };
+            if result.is_err() {
+                // Look again at the next tick or write, not a minute from now: the wait
+                // before `key reencrypt` drops old epochs counts on writers following soon.
+                if let Some(t) = Instant::now().checked_sub(FOLLOW_EVERY) {
+                    *me.last_look.lock().unwrap_or_else(|e| e.into_inner()) = t;
+                }
+            }
             match result {
                 Ok(()) if me.codec.newest_epoch() > held => tracing::info!(
                     from = held,

@@ -230,5 +230,17 @@ pub async fn audit(
         .into_iter()
         .filter_map(|o| o.key.as_str().strip_prefix(&prefix).map(str::to_string))
         .collect();
-    Ok(compare(&head, &ids, &pins, view))
+    let mut found = compare(&head, &ids, &pins, view);
+    if !found.missing_pins.is_empty() {
+        // `unpin` updates the head before it deletes the pin object: a pin unpinned between
+        // our read of the head and our listing is not missing. Only what the head still
+        // records counts.
+        if let Ok(Some((now, _))) = head::read(repo, cluster).await {
+            found.missing_pins.retain(|id| {
+                now.pinned
+                    .contains(&crate::store::ids::BackupId::new(id.clone()))
+            });
+        }
+    }
+    Ok(found)
 }

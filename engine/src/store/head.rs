@@ -81,8 +81,12 @@ pub struct HeadTimeline {
     /// it (a standby archiving with `archive_mode = always` long after the primary, a
     /// re-archived old file) does not lower `first`: the segments between it and `first` are
     /// gone by design, and counting them as required would report them deleted.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub expired_below: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl HeadTimeline {
@@ -186,7 +190,7 @@ pub struct CatalogHead {
     /// Pinned backups (`pin` adds one after writing its pin object, `unpin` removes it before
     /// deleting the object): a pin object deleted outside pgcairn is noticed, and `expire`
     /// still keeps the backup.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub pinned: BTreeSet<BackupId>,
 }
 
