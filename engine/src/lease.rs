@@ -651,10 +651,8 @@ impl Lease {
 mod tests {
     use super::*;
     use crate::archive::push::tests::memory_repo;
-    use crate::storage::{
-        CreateOutcome, MemoryStorage, ObjectInfo, ObjectVersion, Storage, StorageError,
-    };
-    use std::ops::Range;
+    use crate::storage::Storage;
+    use crate::test_support::LeaseFaults;
     use std::sync::Arc;
 
     fn body(scope: &PidScope, pid: u32, start_ticks: Option<u64>) -> LeaseBody {
@@ -889,130 +887,6 @@ mod tests {
             b"\x00\x01garbled",
             "left as it was"
         );
-    }
-
-    /// Storage with faults on leases: reads that fail with a permission error, lease
-    /// refreshes whose answer is lost after they landed (`lose_swap_answers` of them), lease
-    /// refreshes that fail without landing (`fail_swaps` of them), and the first two listings
-    /// of the leases held until both have begun (`meet_in_list`: two commands looking at
-    /// once).
-    #[derive(Debug, Default)]
-    struct LeaseFaults {
-        inner: Arc<MemoryStorage>,
-        reads_fail: bool,
-        lose_swap_answers: std::sync::atomic::AtomicU32,
-        fail_swaps: std::sync::atomic::AtomicU32,
-        swaps_ok: std::sync::atomic::AtomicU32,
-        meet_in_list: Option<tokio::sync::Barrier>,
-        lists: std::sync::atomic::AtomicU32,
-    }
-
-    impl LeaseFaults {
-        fn reads_fail(inner: Arc<MemoryStorage>) -> Self {
-            LeaseFaults {
-                inner,
-                reads_fail: true,
-                ..Default::default()
-            }
-        }
-        fn is_lease(&self, key: &ObjectKey) -> bool {
-            key.as_str().starts_with("leases/")
-        }
-    }
-
-    fn denied(key: &ObjectKey) -> StorageError {
-        StorageError::Permanent {
-            op: "get",
-            key: key.to_string(),
-            detail: "access denied".into(),
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Storage for LeaseFaults {
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
-            if self.reads_fail && self.is_lease(key) {
-                return Err(denied(key));
-            }
-            self.inner.get(key).await
-        }
-        async fn get_versioned(
-            &self,
-            key: &ObjectKey,
-        ) -> Result<(Bytes, ObjectVersion), StorageError> {
-            if self.reads_fail && self.is_lease(key) {
-                return Err(denied(key));
-            }
-            self.inner.get_versioned(key).await
-        }
-        async fn get_range(
-            &self,
-            key: &ObjectKey,
-            range: Range<u64>,
-        ) -> Result<Bytes, StorageError> {
-            self.inner.get_range(key, range).await
-        }
-        async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
-            self.inner.head(key).await
-        }
-        async fn put_create(
-            &self,
-            key: &ObjectKey,
-            data: Bytes,
-        ) -> Result<CreateOutcome, StorageError> {
-            self.inner.put_create(key, data).await
-        }
-        async fn put_swap(
-            &self,
-            key: &ObjectKey,
-            data: Bytes,
-            expected: Option<&ObjectVersion>,
-        ) -> Result<ObjectVersion, StorageError> {
-            use std::sync::atomic::Ordering;
-            let fail = self.is_lease(key)
-                && expected.is_some()
-                && self
-                    .fail_swaps
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-            if fail {
-                return Err(StorageError::Transient {
-                    op: "put",
-                    key: key.to_string(),
-                    detail: "connection refused".into(),
-                });
-            }
-            let r = self.inner.put_swap(key, data, expected).await;
-            if self.is_lease(key) && r.is_ok() && expected.is_some() {
-                let lose = self
-                    .lose_swap_answers
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok();
-                if lose {
-                    return Err(StorageError::Transient {
-                        op: "put",
-                        key: key.to_string(),
-                        detail: "timed out (the write landed)".into(),
-                    });
-                }
-                self.swaps_ok.fetch_add(1, Ordering::SeqCst);
-            }
-            r
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-            let n = self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let listed = self.inner.list(prefix).await;
-            if let Some(b) = self.meet_in_list.as_ref().filter(|_| n < 2) {
-                b.wait().await;
-            }
-            listed
-        }
-        async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-            self.inner.delete(key).await
-        }
     }
 
     async fn open(faults: Arc<LeaseFaults>) -> Repository {

@@ -303,7 +303,7 @@ pub async fn reencrypt(
                 }
             }
             match taken {
-                Ok(()) => reencrypt_locked(repo, unlock, state_dir, opts).await,
+                Ok(()) => reencrypt_locked(repo, unlock, state_dir, opts, &leases).await,
                 Err(e) => Err(e),
             }
         }
@@ -320,6 +320,7 @@ async fn reencrypt_locked(
     unlock: Option<&Unlock>,
     state_dir: Option<&Path>,
     opts: &ReencryptOptions,
+    held: &[crate::lease::Lease],
 ) -> Result<ReencryptReport> {
     let newest = repo.codec().write_epoch();
     let mut report = ReencryptReport {
@@ -366,7 +367,7 @@ async fn reencrypt_locked(
         reencrypt: true,
         object_lock: opts.object_lock,
     };
-    let (gc_report, clean_packs) = crate::gc::gc_locked_with(repo, &gc_opts).await?;
+    let (gc_report, clean_packs) = crate::gc::gc_locked_with(repo, &gc_opts, held).await?;
     report.gc = gc_report;
     // 3. The final scan: everything listed now. Packs not known clean are read; objects
     // created since step 1, and mutable ones, are resealed again if needed.
@@ -537,6 +538,8 @@ async fn reencrypt_locked(
         ));
         return Ok(report);
     }
+    // A gc or expire that judged our leases dead may be running: no drop then.
+    held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
     let out = keys::change(
         repo.storage(),
         unlock,

@@ -627,6 +627,12 @@ async fn backup_with_lease(
         let mut stream = Box::pin(stream);
         let mut failure = None;
         while let Some(r) = stream.next().await {
+            // A lapsed lease dooms the backup (no manifest will be written): stop now rather
+            // than after reading everything.
+            if let Err(e) = lease.ensure_held() {
+                failure = Some(e);
+                break;
+            }
             match r {
                 Ok((read, unchanged)) => {
                     tally(&read, &mut stats, progress);

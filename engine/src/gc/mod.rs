@@ -186,8 +186,17 @@ pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
 /// ([`Repository::into_dry_run`]) the same steps run and nothing is written or deleted; no
 /// lease is taken and the repack is planned, not done (see [`crate::store::dry_run`]).
 pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
-    let work = gc_locked(repo, opts);
-    let report = crate::lease::exclusive(repo, "gc", "", opts.lease_wait, work).await?;
+    // A dry run changes nothing: it neither waits for nor keeps out another gc.
+    let held: Vec<crate::lease::Lease> = if repo.is_dry_run() {
+        Vec::new()
+    } else {
+        vec![crate::lease::acquire_exclusive(repo, "gc", "", opts.lease_wait).await?]
+    };
+    let result = gc_locked_with(repo, opts, &held).await.map(|(r, _)| r);
+    for lease in held {
+        lease.release().await;
+    }
+    let report = result?;
     let at = Timestamp::now();
     crate::store::status::record_repository(repo, |s| {
         s.gc_finished_at = Some(at);
@@ -201,16 +210,16 @@ pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-/// Runs gc; the caller holds the gc lease.
-pub(crate) async fn gc_locked(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
-    Ok(gc_locked_with(repo, opts).await?.0)
-}
-
 /// Runs gc; the caller holds the gc lease. Also returns, with `opts.reencrypt`, the packs
 /// read and found sealed under the write epoch only, and the packs this run wrote.
+///
+/// `held`: the leases the caller holds (the gc lease among them), checked before anything
+/// is condemned or deleted: a gc whose lease lapsed may have been judged dead, and another
+/// gc may be running on the same packs.
 pub(crate) async fn gc_locked_with(
     repo: &Repository,
     opts: &GcOptions,
+    held: &[crate::lease::Lease],
 ) -> Result<(GcReport, HashSet<PackId>)> {
     let mut clean = HashSet::new();
     // Planned, not done, in a dry run: copying packs means downloading them whole.
@@ -352,8 +361,10 @@ pub(crate) async fn gc_locked_with(
     report.swept = sweep.clone();
     report.live_packs = usage.packs.len() - state.condemned.len();
     // Record condemnations first: backups starting from now on avoid these packs.
+    held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if !sweep.is_empty() {
+        held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
         let doomed: HashSet<PackId> = sweep.iter().copied().collect();
         report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
         for id in &sweep {

@@ -1,6 +1,7 @@
 //! gc over in-memory storage: repack, sweep, damaged packs, and every referenced block still
 //! readable afterwards.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -489,4 +490,38 @@ async fn a_merge_repeated_after_a_crash_keeps_the_merged_segment_it_comes_out_as
         "every block located"
     );
     assert_readable(&repo, &all).await;
+}
+
+/// A gc whose lease lapsed (its refreshes stopped landing for longer than others wait before
+/// judging it dead) may have a second gc running beside it: it condemns and deletes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_gc_whose_lease_lapsed_condemns_and_deletes_nothing() {
+    let mem = Arc::new(crate::storage::MemoryStorage::new());
+    let faults = Arc::new(crate::test_support::LeaseFaults {
+        inner: mem.clone(),
+        fail_swaps: 10.into(),
+        ..Default::default()
+    });
+    let (_, repo) = crate::test_support::init_repo(faults.clone()).await;
+    // A pack no backup references: garbage, swept at once with a zero grace period.
+    pack_of(&repo, 0..5).await;
+    let packs = pack_names(&repo).await;
+    let lease = crate::lease::acquire_exclusive(&repo, "gc", "", Duration::ZERO)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let err = gc_locked_with(&repo, &opts(), std::slice::from_ref(&lease))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no longer protects"), "{err}");
+    assert_eq!(pack_names(&repo).await, packs);
+    assert!(read_state(&repo).await.unwrap().0.condemned.is_empty());
+    lease.release().await;
+    // Held, the same run sweeps it.
+    faults
+        .fail_swaps
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.swept, packs);
 }
