@@ -80,7 +80,18 @@ impl KeyCommand {
 
     /// Unwraps a blob: the slot secret.
     pub fn unwrap(&self, blob: &[u8]) -> Result<[u8; 32]> {
-        let mut out = self.run(blob, "unwrap_command")?;
+        self.unwrap_ran(blob)?
+    }
+
+    /// Runs the unwrap command on `blob`: `Err` when it could not run or failed (exit
+    /// status, timeout: perhaps it only works on another host), `Ok(Err)` when it ran and
+    /// printed no slot secret of the right shape.
+    pub fn unwrap_ran(&self, blob: &[u8]) -> Result<Result<[u8; 32]>> {
+        let out = self.run(blob, "unwrap_command")?;
+        Ok(self.parse_secret(out))
+    }
+
+    fn parse_secret(&self, mut out: Vec<u8>) -> Result<[u8; 32]> {
         let parsed = std::str::from_utf8(&out)
             .ok()
             .and_then(|t| t.trim().strip_prefix(PREFIX))

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 pub use command::KeyCommand;
 pub use key_file::KeyFile;
 pub use keyring::Keyring;
-pub use slots::{KdfParams, KeySlot, SlotKey, SlotKind, Unlock};
+pub use slots::{KdfParams, KeySlot, SlotKey, SlotKind, Unlock, UnwrapProbe};
 
 use zeroize::{Zeroize, ZeroizeOnDrop};
 

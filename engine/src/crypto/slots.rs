@@ -230,20 +230,42 @@ impl SlotKey {
     /// Checks that `unwrap` opens this command slot key's blob (run once at `key add`, so a
     /// slot that could never be opened is not added).
     pub fn check_unwrap(&self, unwrap: &KeyCommand) -> Result<()> {
-        let probe = KeySlot {
-            id: String::new(),
-            kind: self.kind.clone(),
-            nonce: String::new(),
-            wrapped: String::new(),
-            created_at: None,
-        };
-        let opened = SlotKey::for_slot(&probe, &Unlock::Command(unwrap.clone()))?;
-        match opened {
-            Some(k) if crate::codec::constant_time_eq(&k.kek, &self.kek) => Ok(()),
-            _ => Err(Error::Key(format!(
+        match self.probe_unwrap(unwrap) {
+            UnwrapProbe::Opens => Ok(()),
+            UnwrapProbe::CannotRun(e) => Err(Error::Key(format!("{e}: the slot was not added"))),
+            UnwrapProbe::Wrong(_) => Err(Error::Key(format!(
                 "unwrap_command `{}` does not give back what the wrap command wrapped: the slot was not added",
                 unwrap.command
             ))),
+        }
+    }
+
+    /// Runs `unwrap` on this command slot key's blob, telling a key it gives back from one
+    /// it gives back wrong from a command that cannot run here (a rotation on a host that may
+    /// wrap, with a public key, but not unwrap).
+    pub fn probe_unwrap(&self, unwrap: &KeyCommand) -> UnwrapProbe {
+        use base64::Engine as _;
+        let SlotKind::Command { blob, .. } = &self.kind else {
+            return UnwrapProbe::CannotRun("not a command slot".into());
+        };
+        let Ok(blob) = base64::engine::general_purpose::STANDARD.decode(blob) else {
+            return UnwrapProbe::Wrong("the wrapped blob is not base64".into());
+        };
+        match unwrap.unwrap_ran(&blob) {
+            Err(e) => UnwrapProbe::CannotRun(e.to_string()),
+            Ok(Err(e)) => UnwrapProbe::Wrong(e.to_string()),
+            Ok(Ok(mut secret)) => {
+                let kek = command_kek(&secret);
+                secret.zeroize();
+                if crate::codec::constant_time_eq(&kek, &self.kek) {
+                    UnwrapProbe::Opens
+                } else {
+                    UnwrapProbe::Wrong(format!(
+                        "unwrap_command `{}` gives back another secret than the wrap command wrapped",
+                        unwrap.command
+                    ))
+                }
+            }
         }
     }
 
@@ -251,6 +273,17 @@ impl SlotKey {
     pub fn kind(&self) -> &SlotKind {
         &self.kind
     }
+}
+
+/// What running a command slot's unwrap command said about a freshly wrapped key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnwrapProbe {
+    /// It gives the key back.
+    Opens,
+    /// It ran and gave back something else: the slot could never be opened.
+    Wrong(String),
+    /// It could not run here (exit status, timeout): nothing is known.
+    CannotRun(String),
 }
 
 fn command_kek(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {

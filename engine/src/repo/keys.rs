@@ -38,7 +38,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Encryption, RepoConfig, Unlocked};
 use super::{layout, parse_config};
-use crate::crypto::{KdfParams, KeyCommand, KeySlot, MasterSecret, SlotKey, SlotKind, Unlock};
+use crate::crypto::{
+    KdfParams, KeyCommand, KeySlot, MasterSecret, SlotKey, SlotKind, Unlock, UnwrapProbe,
+};
 use crate::error::{Error, Result};
 use crate::storage::{Storage, StorageError};
 use crate::store::Timestamp;
@@ -457,12 +459,41 @@ fn slot_key_for_rotation(
             wrap_command,
             unwrap_command,
             ..
-        } => Ok(inputs
-            .trusted_wrap
-            .iter()
-            .find(|c| c.command == *wrap_command)
-            .map(|c| SlotKey::command(c, unwrap_command))
-            .transpose()?),
+        } => {
+            let Some(wrap) = inputs
+                .trusted_wrap
+                .iter()
+                .find(|c| c.command == *wrap_command)
+            else {
+                return Ok(None);
+            };
+            let key = SlotKey::command(wrap, unwrap_command)?;
+            // Unwrapped here where it can be: a wrap command that no longer matches its
+            // unwrap command (another KMS key, a changed recipient) would lock the slot out.
+            // Where the unwrap command cannot run (only the database host holds the private
+            // key), nothing is known: said, and the rotation goes on.
+            let unwrap = KeyCommand {
+                command: unwrap_command.clone(),
+                ..wrap.clone()
+            };
+            match key.probe_unwrap(&unwrap) {
+                UnwrapProbe::Opens => {}
+                UnwrapProbe::Wrong(why) => {
+                    return Err(Error::Key(format!(
+                        "key slot {}: rewrapped by `{wrap_command}`, its unwrap command `{unwrap_command}` run here \
+                         does not give the new secret back ({why}); the rotation would lock this slot out, so \
+                         nothing was changed. Make the two commands match again (or remove the slot) first",
+                        slot.id
+                    )))
+                }
+                UnwrapProbe::CannotRun(why) => tracing::warn!(
+                    "key slot {}: its unwrap command could not run on this host ({why}), so the rewrapped secret \
+                     was not checked: run `pgcairn key list` where it unwraps to see that it opens",
+                    slot.id
+                ),
+            }
+            Ok(Some(key))
+        }
         _ => {
             for u in &inputs.others {
                 if let Some(k) = SlotKey::for_slot(slot, u)? {
@@ -692,6 +723,78 @@ pub(crate) mod tests {
                 .unwrap(),
             b"new"
         );
+    }
+
+    /// A rotation rewraps command slots and unwraps each where it can: a slot whose unwrap
+    /// command no longer gives back what its wrap command wraps stops the rotation (it would
+    /// be locked out); one whose unwrap command cannot run here does not.
+    #[tokio::test]
+    async fn a_rotation_refuses_to_lock_out_a_command_slot() {
+        let a = KeyFile::generate();
+        let s = repo_with(&a).await;
+        let ua = Unlock::KeyFile(a.clone());
+        let wrap = KeyCommand::new("base64 -w0");
+        for unwrap in ["base64 -d", "base64 -d | tr a-z A-Z", "exit 3"] {
+            let key = tokio::task::spawn_blocking({
+                let wrap = wrap.clone();
+                move || SlotKey::command(&wrap, unwrap).unwrap()
+            })
+            .await
+            .unwrap();
+            change(&s, Some(&ua), None, KeyChange::Add(key))
+                .await
+                .unwrap();
+        }
+        let rotate = |s: Arc<dyn Storage>| {
+            let ua = ua.clone();
+            let wrap = wrap.clone();
+            async move {
+                change(
+                    &s,
+                    Some(&ua),
+                    None,
+                    KeyChange::Rotate(RotateInputs {
+                        others: vec![],
+                        trusted_wrap: vec![wrap],
+                    }),
+                )
+                .await
+            }
+        };
+        let err = rotate(s.clone()).await.unwrap_err().to_string();
+        assert!(
+            err.contains("tr a-z A-Z") && err.contains("lock this slot out"),
+            "{err}"
+        );
+        let still = Repository::open(s.clone(), Some(&ua)).await.unwrap();
+        assert_eq!(still.config().data_key_version, 1, "nothing was changed");
+        // Without the mismatched slot, the rotation goes on (the slot whose unwrap command
+        // fails here is only warned about).
+        let bad = still
+            .config()
+            .key_slots
+            .iter()
+            .find(|k| matches!(&k.kind, SlotKind::Command { unwrap_command, .. } if unwrap_command.contains("tr ")))
+            .unwrap()
+            .id
+            .clone();
+        change(
+            &s,
+            Some(&ua),
+            None,
+            KeyChange::Remove {
+                id: bad,
+                force: false,
+            },
+        )
+        .await
+        .unwrap();
+        let out = rotate(s.clone()).await.unwrap();
+        assert_eq!(out.config.data_key_version, 2);
+        // The matching command slot opens the rotated config.
+        let good = Unlock::Command(KeyCommand::new("base64 -d"));
+        let opened = Repository::open(s.clone(), Some(&good)).await.unwrap();
+        assert_eq!(opened.codec().write_epoch(), 2);
     }
 
     #[tokio::test]
