@@ -107,9 +107,11 @@ pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
     let bid = BackupId::new(id.to_string());
     let key = layout::pin(cluster, id);
+    // Only an existing backup is pinned. Unpinning also works for a pin whose backup is gone
+    // (its object, or its entry in the head, is left), not for a name that is neither.
+    let exists = manifest::load_head(repo, cluster, id).await.map(|_| ());
     if pinned {
-        // Only an existing backup is pinned; unpinning works whatever became of it.
-        manifest::load_head(repo, cluster, id).await?;
+        exists?;
         let pin = Pin {
             backup_id: id.to_string(),
             pinned_at: Timestamp::now(),
@@ -120,6 +122,14 @@ pub async fn set_pin(repo: &Repository, cluster: &str, id: &str, pinned: bool) -
             .await?;
         head::update(repo, cluster, seg_size, |h| h.pinned.insert(bid.clone())).await?;
     } else {
+        if let Err(e) = exists {
+            let in_head = head::read(repo, cluster)
+                .await?
+                .is_some_and(|(h, _)| h.pinned.contains(&bid));
+            if !in_head && !is_pinned(repo, cluster, id).await? {
+                return Err(e);
+            }
+        }
         head::update(repo, cluster, seg_size, |h| h.pinned.remove(&bid)).await?;
         match repo.storage().delete(&key).await {
             Ok(()) => {}
@@ -579,6 +589,10 @@ mod tests {
             .unwrap();
         set_pin(&repo, "main", id, false).await.unwrap();
         assert!(pinned(repo.clone()).await.is_empty());
+        // A name that is neither a backup nor a pin is an error.
+        assert!(set_pin(&repo, "main", "20000101-000000F", false)
+            .await
+            .is_err());
     }
 
     #[tokio::test]
