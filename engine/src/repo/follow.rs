@@ -427,11 +427,11 @@ mod tests {
         assert_eq!(leaked.codec().epochs(), vec![1]);
     }
 
-    #[tokio::test]
-    async fn a_write_long_after_the_last_look_moves_writers_to_the_new_epoch() {
+    /// A repository opened with a key file, and a follower of its own for the test to drive.
+    async fn opened_with_follower() -> (Arc<dyn Storage>, Unlock, Repository, Arc<Follower>) {
         let a = KeyFile::generate();
         let s = repo_with(&a).await;
-        let ua = Unlock::KeyFile(a.clone());
+        let ua = Unlock::KeyFile(a);
         let repo = Repository::open(s.clone(), Some(&ua)).await.unwrap();
         let follower = Arc::new(Follower::new(
             s.clone(),
@@ -440,6 +440,12 @@ mod tests {
             repo.config(),
             repo.codec().clone(),
         ));
+        (s, ua, repo, follower)
+    }
+
+    #[tokio::test]
+    async fn a_write_long_after_the_last_look_moves_writers_to_the_new_epoch() {
+        let (s, ua, repo, follower) = opened_with_follower().await;
         let watched = FollowKeys::new(s.clone(), follower.clone());
         rotate(&s, &ua).await;
         watched
@@ -470,17 +476,7 @@ mod tests {
     /// under the new epoch.
     #[tokio::test]
     async fn an_idle_process_follows_a_rotation_through_its_watch() {
-        let a = KeyFile::generate();
-        let s = repo_with(&a).await;
-        let ua = Unlock::KeyFile(a.clone());
-        let repo = Repository::open(s.clone(), Some(&ua)).await.unwrap();
-        let follower = Arc::new(Follower::new(
-            s.clone(),
-            Some(ua.clone()),
-            None,
-            repo.config(),
-            repo.codec().clone(),
-        ));
+        let (s, ua, repo, follower) = opened_with_follower().await;
         follower.watch(Duration::from_millis(20));
         rotate(&s, &ua).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
