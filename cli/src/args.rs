@@ -577,7 +577,7 @@ unless --reencrypt rewrites everything under the new material and then drops the
         #[arg(long, value_name = "DURATION", requires = "reencrypt")]
         grace: Option<String>,
         /// With --reencrypt: no archive-push, wal-receive or backup started before this
-        /// rotation still runs, so the old epochs may go without the 2 minutes such a process
+        /// rotation still runs, so the old epochs may go without the 3 minutes such a process
         /// needs to follow the rotation.
         #[arg(long, requires = "reencrypt")]
         writers_stopped: bool,
@@ -604,7 +604,7 @@ Packs, WAL, manifests, index segments and catalog objects are resealed; packs ar
 by gc's repack and the old ones swept after the grace period (retention.gc_grace). Takes the
 gc lease and every cluster's expire lease; archive-push and backup keep running. The old
 epochs are dropped only once nothing is left under them and the last key change is a grace
-period old, and at least 2 minutes old (what a running archive-push, wal-receive or backup
+period old, and at least 3 minutes old (what a running archive-push, wal-receive or backup
 needs to follow it; --writers-stopped when none runs): until then it says what remains and
 when to run it again. Safe to interrupt and to run again at any time. Exit 0 when the old
 epochs are dropped (or there are none), 1 when something remains.")]
@@ -613,7 +613,7 @@ epochs are dropped (or there are none), 1 when something remains.")]
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
         /// No archive-push, wal-receive or backup started before the last key change still
-        /// runs: drop the old epochs without waiting the 2 minutes such a process needs to
+        /// runs: drop the old epochs without waiting the 3 minutes such a process needs to
         /// follow it.
         #[arg(long)]
         writers_stopped: bool,

@@ -33,7 +33,7 @@
 //! follows the rotation ([`crate::repo::follow`]: at its first read of an object under the new
 //! epoch, or a write more than a minute after it last looked at the config), so the drop waits
 //! until the config has been unchanged for a grace period (`gc_grace`: longer than any backup)
-//! and for at least [`FOLLOWED_WITHIN`] (a shorter `gc_grace`, even `0s`, does not shorten
+//! and for at least [`WRITERS_SETTLE`] (a shorter `gc_grace`, even `0s`, does not shorten
 //! the wait for such writers unless the operator says none runs: `writers_stopped`), and
 //! until no backup lease started before that change, and the final scan then finds and
 //! reseals whatever such writers left.
@@ -65,6 +65,11 @@ use crate::error::{Error, Result};
 use crate::gc::{GcOptions, GcReport};
 use crate::repo::config::Encryption;
 use crate::repo::follow::FOLLOWED_WITHIN;
+
+/// How long after a key change old epochs stay whatever the grace period: every running
+/// writer seals under the new epoch within [`FOLLOWED_WITHIN`], and what it sealed just before
+/// may still be in flight for a request's retries (a minute by default, `retry_timeout`).
+pub const WRITERS_SETTLE: Duration = Duration::from_secs(FOLLOWED_WITHIN.as_secs() + 60);
 use crate::repo::keys::{self, KeyChange, NothingSealedBefore};
 use crate::repo::{layout, Repository};
 use crate::storage::{ObjectKey, StorageError};
@@ -87,7 +92,7 @@ pub struct ReencryptOptions {
     pub object_lock: Option<Duration>,
     /// The operator says no process that read the config before the last key change still
     /// runs (archiving and backups stopped, or restarted since): the old epochs may be dropped
-    /// after `grace` alone, without waiting [`FOLLOWED_WITHIN`] for such processes to follow.
+    /// after `grace` alone, without waiting [`WRITERS_SETTLE`] for such processes to follow.
     pub writers_stopped: bool,
 }
 
@@ -444,15 +449,15 @@ async fn reencrypt_locked(
     let settle = if opts.writers_stopped {
         opts.grace
     } else {
-        opts.grace.max(FOLLOWED_WITHIN)
+        opts.grace.max(WRITERS_SETTLE)
     };
     let ready_at = changed + settle.as_secs() as i64;
     if now < ready_at {
         let why = if settle > opts.grace {
             format!(
-                "the {}s a running archive-push, wal-receive or backup needs to follow a key change; \
-                 --writers-stopped skips it when none runs",
-                FOLLOWED_WITHIN.as_secs()
+                "the {}s a running archive-push, wal-receive or backup needs to follow a key change and \
+                 finish what it was uploading; --writers-stopped skips it when none runs",
+                WRITERS_SETTLE.as_secs()
             )
         } else {
             "gc's grace period after the last key change".to_string()

@@ -909,7 +909,7 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
             String::from_utf8_lossy(&first.stdout)
         );
         let mut runs = 1;
-        let deadline = Instant::now() + Duration::from_secs(240);
+        let deadline = Instant::now() + Duration::from_secs(360);
         loop {
             std::thread::sleep(Duration::from_secs(6));
             let again = env.pgcairn(&["key", "reencrypt", "--grace", "5s"]);

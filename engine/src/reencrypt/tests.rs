@@ -236,7 +236,7 @@ async fn old_epochs_stay_until_running_writers_have_followed_the_rotation() {
     );
     // Once the key change is that old, the same run drops them.
     for o in mem.list("").await.unwrap() {
-        mem.backdate(o.key.as_str(), FOLLOWED_WITHIN.as_secs() as i64 + 5);
+        mem.backdate(o.key.as_str(), WRITERS_SETTLE.as_secs() as i64 + 5);
     }
     let r = reencrypt(&repo, Some(&unlock), None, &writers_may_run)
         .await

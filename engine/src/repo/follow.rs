@@ -25,8 +25,8 @@
 //! a quiet server, a backup waiting for WAL): without it, its first write after the rotation
 //! would still be sealed under the old epoch, however late, and after `key reencrypt` dropped
 //! that epoch nobody else could open it. With it, every running process that can read the
-//! config seals under the new epoch within [`FOLLOWED_WITHIN`] of a rotation, which is how
-//! long `key reencrypt` waits before it drops old epochs. A write never fails because a
+//! config seals under the new epoch within [`FOLLOWED_WITHIN`] of a rotation, which (with a
+//! minute for uploads in flight) is how long `key reencrypt` waits before it drops old epochs. A write never fails because a
 //! reload did; a process that cannot reload (its key slot was removed: revocation) keeps
 //! the old epoch, and what it writes after the drop opens for nobody else.
 //!
