@@ -373,20 +373,22 @@ pub async fn run_backup(
     )
     .await?;
 
+    // The reference is chosen from the listing, and read only once the lease is held: a
+    // reference expired (and its blocks condemned) before that would be gone by then; one
+    // expired after it has its blocks' sweep held by this backup's lease. Its unchanged
+    // files' block lists are reused as they are, so reading it earlier could carry blocks of
+    // packs gc was free to sweep into this backup.
     let ids = manifest::list_ids(repo, &opts.cluster).await?;
-    let mut reference = None;
-    for id in ids.iter().rev() {
-        let candidate = match opts.backup_type {
-            BackupType::Full => break,
+    let reference_id = ids
+        .iter()
+        .rev()
+        .find(|id| match opts.backup_type {
+            BackupType::Full => false,
             BackupType::Incr => true,
             BackupType::Diff => id.ends_with('F'),
-        };
-        if candidate {
-            reference = Some(manifest::load_spilled(repo, &opts.cluster, id).await?);
-            break;
-        }
-    }
-    let backup_type = if reference.is_none() {
+        })
+        .cloned();
+    let backup_type = if reference_id.is_none() {
         BackupType::Full
     } else {
         opts.backup_type
@@ -395,23 +397,39 @@ pub async fn run_backup(
     let mut taken = ids.clone();
     taken.extend(crate::lease::backup_ids_with_leases(repo, &opts.cluster).await?);
     let id = new_backup_id(backup_type, &taken);
-    info!(backup = %id, ?backup_type, reference = reference.as_ref().map(|r| r.0.id.as_str()), "starting");
+    info!(backup = %id, ?backup_type, reference = reference_id.as_deref(), "starting");
 
-    // The lease first, then the GC state, then the index: a GC that condemns a pack after
-    // this point sees the lease and does not sweep it until this backup ends.
+    // The lease first, then the reference, the GC state and the index: a GC that condemns a
+    // pack after this point sees the lease and does not sweep it until this backup ends.
     let lease = crate::lease::acquire_backup(repo, &opts.cluster, &id, opts.lease_wait).await?;
-    let result = backup_with_lease(
-        repo,
-        &lease,
-        opts,
-        progress,
-        session,
-        control,
-        reference,
-        backup_type,
-        id,
-    )
-    .await;
+    let reference = match &reference_id {
+        None => Ok(None),
+        Some(r) => match manifest::load_spilled(repo, &opts.cluster, r).await {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(Error::NotFound(_)) => Err(Error::Conflict(format!(
+                "backup {r}, the reference of this {backup_type:?} backup, was removed (expire) while it \
+                 started; nothing was written. Run the backup again: it takes the newest backup left"
+            ))),
+            Err(e) => Err(e),
+        },
+    };
+    let result = match reference {
+        Ok(reference) => {
+            backup_with_lease(
+                repo,
+                &lease,
+                opts,
+                progress,
+                session,
+                control,
+                reference,
+                backup_type,
+                id,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     lease.release().await;
     result
 }
