@@ -376,6 +376,10 @@ async fn reencrypt_locked(
     report.gc = gc_report;
     // 3. The final scan: everything listed now. Packs not known clean are read; objects
     // created since step 1, and mutable ones, are resealed again if needed.
+    // The wait for writers is measured to this listing, not to the end of the scan: an
+    // object a writer uploads after the listing is not resealed, so the listing itself must
+    // come after every writer from before the key change has finished.
+    let listed_at = crate::store::Timestamp::now().unix_seconds();
     let listed = repo.storage().list("").await?;
     let config_changed = listed
         .iter()
@@ -444,7 +448,7 @@ async fn reencrypt_locked(
     }
     // 4. Writers that read the config before the rotation may still be sealing under an old
     // epoch: wait until the config is a grace period old and no backup from before it runs.
-    let now = crate::store::Timestamp::now().unix_seconds();
+    let now = listed_at;
     let changed = config_changed.unwrap_or(now);
     let settle = if opts.writers_stopped {
         opts.grace

@@ -123,6 +123,9 @@ pub async fn run(settings: &Settings, cmd: &KeyCmd) -> Result<(), Failure> {
             for c in wrap_command.iter().chain(settings.wrap_command.iter()) {
                 inputs.trusted_wrap.push(settings.key_command(c));
             }
+            if let Some(c) = &settings.unwrap_command {
+                inputs.trusted_unwrap.push(settings.key_command(c));
+            }
             let out = change(settings, KeyChange::Rotate(inputs)).await?;
             let ring = out.config.data_key_version;
             match output {

@@ -252,8 +252,9 @@ impl SlotKey {
             return UnwrapProbe::Wrong("the wrapped blob is not base64".into());
         };
         match unwrap.unwrap_ran(&blob) {
-            Err(e) => UnwrapProbe::CannotRun(e.to_string()),
-            Ok(Err(e)) => UnwrapProbe::Wrong(e.to_string()),
+            // A command that failed, or printed no slot secret (an error on stdout, a wrapper
+            // ending in `|| true`): it may only work on another host.
+            Err(e) | Ok(Err(e)) => UnwrapProbe::CannotRun(e.to_string()),
             Ok(Ok(mut secret)) => {
                 let kek = command_kek(&secret);
                 secret.zeroize();
@@ -280,9 +281,9 @@ impl SlotKey {
 pub enum UnwrapProbe {
     /// It gives the key back.
     Opens,
-    /// It ran and gave back something else: the slot could never be opened.
+    /// It ran and gave back another well-formed secret: the slot could never be opened.
     Wrong(String),
-    /// It could not run here (exit status, timeout): nothing is known.
+    /// It could not run here (exit status, timeout) or printed no secret: nothing is known.
     CannotRun(String),
 }
 

@@ -51,9 +51,12 @@ pub struct Merged {
 
 /// Merges the repository's small index segments if there are at least [`MERGE_AT`] of them.
 /// `object_lock`: the bucket's default retention; younger segments cannot be deleted yet.
+/// `held`: the caller's leases, checked before each merged segment is written (a gc whose
+/// lease lapsed could merge entries another gc has since removed).
 pub async fn merge_small_segments(
     repo: &Repository,
     object_lock: Option<Duration>,
+    held: &[crate::lease::Lease],
 ) -> Result<Merged> {
     let now = Timestamp::now();
     let listed = repo.storage().list(layout::INDEX_PREFIX).await?;
@@ -93,12 +96,12 @@ pub async fn merge_small_segments(
         done.bytes_read += sealed.len() as u64;
         let entries = crate::store::blocks::open_index_segment(repo, &o.key, &sealed)?;
         if !group.keys.is_empty() && group.entries.len() + entries.len() > MERGED_ENTRIES {
-            group.write(repo, &mut done).await?;
+            group.write(repo, &mut done, held).await?;
         }
         group.entries.extend(entries);
         group.keys.push(o);
     }
-    group.write(repo, &mut done).await?;
+    group.write(repo, &mut done, held).await?;
     Ok(done)
 }
 
@@ -112,11 +115,17 @@ struct Group {
 impl Group {
     /// Writes the merged segment, then deletes the ones it replaces (a group of one is left as
     /// it is); empties the group.
-    async fn write(&mut self, repo: &Repository, done: &mut Merged) -> Result<()> {
+    async fn write(
+        &mut self,
+        repo: &Repository,
+        done: &mut Merged,
+        held: &[crate::lease::Lease],
+    ) -> Result<()> {
         let Group { mut entries, keys } = std::mem::take(self);
         if keys.len() < 2 {
             return Ok(());
         }
+        held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
         entries.sort_unstable_by_key(|e| (e.entry.block_id, e.pack_id, e.entry.offset));
         entries.dedup();
         // In a dry run the storage wrapper records these instead ([`crate::store::dry_run`]).

@@ -368,6 +368,7 @@ pub(crate) async fn gc_locked_with(
         let doomed: HashSet<PackId> = sweep.iter().copied().collect();
         report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
         for id in &sweep {
+            held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
             repo.storage().delete(&layout::pack(id)).await?;
             state.condemned.remove(id);
             usage.packs.remove(id);
@@ -375,7 +376,7 @@ pub(crate) async fn gc_locked_with(
         state::write_state(repo, &mut state, Some(&version), "sweeping").await?;
     }
     // 7. Merge small index segments.
-    let merged = merge_index::merge_small_segments(repo, opts.object_lock).await?;
+    let merged = merge_index::merge_small_segments(repo, opts.object_lock, held).await?;
     report.objects_listed += merged.listed;
     report.bytes_read += merged.bytes_read;
     report.index_merged = merged.replaced;

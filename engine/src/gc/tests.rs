@@ -448,7 +448,7 @@ async fn a_merged_segment_holds_at_most_merged_entries() {
             .collect();
         all.extend(pack_holding(&repo, blocks).await);
     }
-    let done = merge_small_segments(&repo, None).await.unwrap();
+    let done = merge_small_segments(&repo, None, &[]).await.unwrap();
     assert_eq!(done.replaced, MERGE_AT);
     assert_eq!(done.written, 2, "{done:?}");
     let index = BlockIndex::load(&repo).await.unwrap();
@@ -473,7 +473,7 @@ async fn a_merge_repeated_after_a_crash_keeps_the_merged_segment_it_comes_out_as
         let key = crate::storage::ObjectKey::new(key);
         sources.push((key.clone(), repo.storage().get(&key).await.unwrap()));
     }
-    let first = merge_small_segments(&repo, None).await.unwrap();
+    let first = merge_small_segments(&repo, None, &[]).await.unwrap();
     assert_eq!((first.replaced, first.written), (MERGE_AT + 4, 1));
     let merged = segment_names(&repo).await;
     // A run killed while it deleted the sources: most of them are still there.
@@ -482,7 +482,7 @@ async fn a_merge_repeated_after_a_crash_keeps_the_merged_segment_it_comes_out_as
     }
     // The merge of the merged segment and those sources comes out as the merged segment
     // itself (same entries, same name): it must stay, and only the sources go.
-    merge_small_segments(&repo, None).await.unwrap();
+    merge_small_segments(&repo, None, &[]).await.unwrap();
     assert_eq!(segment_names(&repo).await, merged);
     let index = BlockIndex::load(&repo).await.unwrap();
     assert!(
