@@ -640,6 +640,11 @@ impl Lease {
         })
     }
 
+    /// [`Lease::ensure_held`] for every lease a command holds (none on a dry run).
+    pub fn ensure_all_held(held: &[Lease]) -> Result<()> {
+        held.iter().try_for_each(Lease::ensure_held)
+    }
+
     /// Stops the heartbeat and removes the lease.
     pub async fn release(self) {
         self.heartbeat.abort();

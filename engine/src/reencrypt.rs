@@ -548,7 +548,7 @@ async fn reencrypt_locked(
         return Ok(report);
     }
     // A gc or expire that judged our leases dead may be running: no drop then.
-    held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
+    crate::lease::Lease::ensure_all_held(held)?;
     let out = keys::change(
         repo.storage(),
         unlock,

@@ -125,7 +125,7 @@ impl Group {
         if keys.len() < 2 {
             return Ok(());
         }
-        held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
+        crate::lease::Lease::ensure_all_held(held)?;
         entries.sort_unstable_by_key(|e| (e.entry.block_id, e.pack_id, e.entry.offset));
         entries.dedup();
         // In a dry run the storage wrapper records these instead ([`crate::store::dry_run`]).

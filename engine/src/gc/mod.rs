@@ -361,14 +361,14 @@ pub(crate) async fn gc_locked_with(
     report.swept = sweep.clone();
     report.live_packs = usage.packs.len() - state.condemned.len();
     // Record condemnations first: backups starting from now on avoid these packs.
-    held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
+    crate::lease::Lease::ensure_all_held(held)?;
     let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if !sweep.is_empty() {
-        held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
+        crate::lease::Lease::ensure_all_held(held)?;
         let doomed: HashSet<PackId> = sweep.iter().copied().collect();
         report.index_rewritten = drop_index_entries(repo, &doomed, &mut report).await?;
         for id in &sweep {
-            held.iter().try_for_each(crate::lease::Lease::ensure_held)?;
+            crate::lease::Lease::ensure_all_held(held)?;
             repo.storage().delete(&layout::pack(id)).await?;
             state.condemned.remove(id);
             usage.packs.remove(id);
