@@ -419,6 +419,12 @@ pub struct RestoreArgs {
     /// to PostgreSQL); use this where direct I/O is slow (some network filesystems).
     #[arg(long)]
     pub buffered: bool,
+    /// Memory, in MiB, for the index of the backup's blocks (84 bytes per block while it
+    /// loads: 64 MiB holds about 800 000 blocks, 50 GiB of data). A backup with more blocks
+    /// has its index in a sorted table in TMPDIR instead (84 bytes per block of local disk),
+    /// so a restore's memory stays bounded whatever the cluster's size.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub index_memory: u64,
     /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,

@@ -46,8 +46,11 @@
 //!
 //! Memory: the manifest's file list is spilled to a temporary file while it is parsed
 //! ([`crate::store::manifest::file_spool`]) and each file's entry is read back when it is restored, so
-//! what grows with the backup is the index of its blocks (52 bytes per distinct block, see
-//! [`BlockIndex`]) and each file's path.
+//! what grows with the backup is the index of its blocks and each file's path. The index is
+//! held in memory (52 bytes per distinct block, 84 while it loads, see [`BlockIndex`]) up to
+//! [`RestoreOptions::index_memory`]; past it, in a sorted table in `TMPDIR`
+//! ([`crate::store::block_table`]: a quarter of a byte per block in memory, one `pread` per
+//! lookup).
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -70,6 +73,7 @@ use crate::pack::{open_block, open_block_authenticated, open_block_authenticated
 use crate::progress::Progress;
 use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
+use crate::store::block_table::{self, WantedIds};
 use crate::store::blocks::BlockIndex;
 use crate::store::ids::PackId;
 use crate::store::manifest::entries::Patch;
@@ -133,7 +137,19 @@ pub struct RestoreOptions {
     /// Write large files with `O_DIRECT` where the filesystem takes it ([`direct_io`]);
     /// `false`: through the page cache.
     pub direct_io: bool,
+    /// Memory for the index of the backup's blocks, in bytes: a backup with more blocks than
+    /// fit ([`INDEX_BYTES_PER_BLOCK`] each) has its index in a table on local disk instead
+    /// ([`crate::store::block_table`]).
+    pub index_memory: u64,
 }
+
+/// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
+/// (50 GiB of data in 64 KiB blocks) held in memory.
+pub const DEFAULT_INDEX_MEMORY: u64 = 64 << 20;
+
+/// Memory per distinct block of an index held in memory, while it is loaded: the id
+/// collected (32 bytes) and its entry (52).
+pub const INDEX_BYTES_PER_BLOCK: u64 = 84;
 
 impl RestoreOptions {
     /// Options for a plain restore to the end of the archive.
@@ -156,6 +172,7 @@ impl RestoreOptions {
             tablespace_map: Vec::new(),
             tablespace_map_all: None,
             direct_io: true,
+            index_memory: DEFAULT_INDEX_MEMORY,
         }
     }
 }
@@ -181,24 +198,34 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Seconds spent.
     pub seconds: f64,
+    /// Distinct blocks the backup references (the size of its block index).
+    pub index_blocks: u64,
+    /// Whether the block index was over `index_memory` and went to a table on local disk.
+    pub index_on_disk: bool,
 }
 
 /// Checks that everything the backup references is present; returns the index of its
-/// blocks. `files` is the backup's file list (spilled to local disk: read here twice at most,
-/// one entry at a time).
+/// blocks, in memory when it has at most `in_memory_blocks` distinct blocks, else in a table
+/// on local disk ([`crate::store::block_table`]). `files` is the backup's file list (spilled
+/// to local disk: read here twice at most, one entry at a time).
 pub async fn preflight(
     repo: &Repository,
     m: &Manifest,
     files: &SpooledFiles,
+    in_memory_blocks: usize,
 ) -> Result<BlockIndex> {
-    let mut wanted = Vec::new();
+    let mut wanted = WantedIds::new(in_memory_blocks, block_table::RUN_IDS);
     for f in files.entries() {
         let f = f?;
-        wanted.extend(f.blocks.iter().filter_map(|b| b.0));
-        wanted.extend(f.patches.iter().map(|p| p.delta));
+        for id in f.blocks.iter().filter_map(|b| b.0) {
+            wanted.push(id)?;
+        }
+        for p in &f.patches {
+            wanted.push(p.delta)?;
+        }
     }
-    let index = BlockIndex::load_wanted(repo, wanted).await?;
-    if let Some(missing) = index.first_missing() {
+    let index = BlockIndex::load_wanted_ids(repo, wanted).await?;
+    if let Some(missing) = index.first_missing()? {
         let mut path = String::from("?");
         for f in files.entries() {
             let f = f?;
@@ -217,7 +244,7 @@ pub async fn preflight(
             ),
         ));
     }
-    let mut checks = futures::stream::iter(index.pack_ids())
+    let mut checks = futures::stream::iter(index.pack_ids()?)
         .map(|p| async move { (p, repo.storage().head(&layout::pack(&p)).await) })
         .buffer_unordered(16);
     while let Some((p, r)) = checks.next().await {
@@ -310,7 +337,9 @@ pub async fn restore(
     // The file list goes to local disk as the manifest is parsed: memory holds the index of
     // the backup's blocks (52 bytes per block) and each file's path, not the block lists.
     let (mut m, files) = manifest::load_spilled(repo, &opts.cluster, &chosen.id).await?;
-    let index = Arc::new(preflight(repo, &m, &files).await?);
+    let in_memory_blocks =
+        usize::try_from(opts.index_memory / INDEX_BYTES_PER_BLOCK).unwrap_or(usize::MAX);
+    let index = Arc::new(preflight(repo, &m, &files, in_memory_blocks).await?);
     if opts.dry_run {
         return Ok(RestoreSummary {
             plan,
@@ -321,6 +350,8 @@ pub async fn restore(
             files_synced: 0,
             bytes: 0,
             seconds: 0.0,
+            index_blocks: index.wanted(),
+            index_on_disk: index.on_disk(),
         });
     }
     remap_tablespaces(&mut m, opts)?;
@@ -518,6 +549,8 @@ pub async fn restore(
         files_synced,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
+        index_blocks: index.wanted(),
+        index_on_disk: index.on_disk(),
     })
 }
 
@@ -1036,7 +1069,7 @@ fn sealed_extent(index: &BlockIndex, f: &FileEntry) -> Option<(PackId, u64, u64)
     let mut extent: Option<(PackId, u64, u64)> = None;
     for b in &f.blocks {
         let Some(id) = b.0 else { continue };
-        let e = index.get(&id)?;
+        let e = index.try_get(&id).ok()??;
         let (start, end) = (
             e.entry.offset,
             e.entry.offset + u64::from(e.entry.sealed_len),
@@ -1302,7 +1335,7 @@ async fn fetch_patches(
     let mut located = Vec::new();
     for (pos, _) in run {
         if let Some(p) = f.patch_at(*pos) {
-            let e = index.get(&p.delta).ok_or_else(|| {
+            let e = index.try_get(&p.delta)?.ok_or_else(|| {
                 Error::corrupt(
                     f.path.clone(),
                     format!("patch {} is not indexed", p.delta.to_hex()),
@@ -1426,7 +1459,7 @@ fn locate(index: &BlockIndex, f: &FileEntry, i: usize) -> Result<IndexEntry> {
     let id = f.blocks[i]
         .0
         .ok_or_else(|| Error::corrupt(f.path.clone(), "a zero block has no location"))?;
-    index.get(&id).ok_or_else(|| {
+    index.try_get(&id)?.ok_or_else(|| {
         Error::corrupt(
             f.path.clone(),
             format!("block {} is not indexed", id.to_hex()),

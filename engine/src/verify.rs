@@ -320,7 +320,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
         .map(|p| (layout::pack(p).to_string(), *p))
         .collect();
     let all_indexed: HashSet<String> = index
-        .pack_ids()
+        .pack_ids()?
         .iter()
         .map(|p| layout::pack(p).to_string())
         .collect();

@@ -287,6 +287,7 @@ fn restore_options(
         dry_run: args.dry_run,
         delta: args.delta,
         direct_io: !args.buffered,
+        index_memory: args.index_memory.saturating_mul(1 << 20),
         tablespace_map: map,
         tablespace_map_all: args.tablespace_map_all.clone(),
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
@@ -341,6 +342,13 @@ pub async fn restore_cmd(
         p.timeline,
         p.restore_bytes as f64 / 1048576.0
     );
+    if s.index_on_disk {
+        println!(
+            "block index: {} blocks, more than --index-memory holds: kept in a table in {}",
+            s.index_blocks,
+            std::env::temp_dir().display()
+        );
+    }
     if opts.dry_run {
         println!("dry run: the target is reachable; nothing was written");
         return Ok(());

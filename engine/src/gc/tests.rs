@@ -322,7 +322,7 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
         assert_eq!(index.get(&a[0]).unwrap().pack_id, id_a);
         assert_eq!(index.get(&b[3]).unwrap().pack_id, id_b);
         assert!(index.get(&unindexed).is_none());
-        assert_eq!(index.pack_ids().len(), 2);
+        assert_eq!(index.pack_ids().unwrap().len(), 2);
 
         let mut refs = vec![a[0], b[0], unindexed];
         refs.extend_from_slice(&b[..1]);
@@ -338,16 +338,30 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
             .iter()
             .flat_map(|f| f.blocks.iter().filter_map(|b| b.0))
             .collect();
-        let some = BlockIndex::load_wanted(&repo, wanted).await.unwrap();
-        assert_eq!(some.first_missing(), Some(unindexed));
-        assert_eq!(
-            some.len(),
-            2,
-            "two located, the unindexed one wanted but nowhere"
-        );
-        assert_eq!(some.get(&b[0]).unwrap().pack_id, other);
-        assert_eq!(some.get(&a[0]), index.get(&a[0]));
-        assert!(some.get(&unindexed).is_none() && some.get(&b[3]).is_none());
+        let wanted: Vec<_> = wanted;
+        let some = BlockIndex::load_wanted(&repo, wanted.clone())
+            .await
+            .unwrap();
+        assert!(!some.on_disk());
+        // The same lookups from the table on local disk a restore over its memory budget uses.
+        let mut ids = crate::store::block_table::WantedIds::new(0, 1024);
+        for id in wanted {
+            ids.push(id).unwrap();
+        }
+        let on_disk = BlockIndex::load_wanted_ids(&repo, ids).await.unwrap();
+        assert!(on_disk.on_disk());
+        for some in [&some, &on_disk] {
+            assert_eq!(some.first_missing().unwrap(), Some(unindexed));
+            assert_eq!(
+                some.len(),
+                2,
+                "two located, the unindexed one wanted but nowhere"
+            );
+            assert_eq!(some.try_get(&b[0]).unwrap().unwrap().pack_id, other);
+            assert_eq!(some.try_get(&a[0]).unwrap(), index.get(&a[0]));
+            assert!(some.get(&unindexed).is_none() && some.get(&b[3]).is_none());
+            assert_eq!(some.pack_ids().unwrap(), [id_a, other].into());
+        }
 
         let known = KnownBlocks::load_excluding(&repo, &[condemned].into())
             .await

@@ -784,7 +784,7 @@ mod tests {
         let (m, files) = manifest::load_spilled(&repo, "main", "20261124-000100I")
             .await
             .unwrap();
-        let e = crate::restore::preflight(&repo, &m, &files)
+        let e = crate::restore::preflight(&repo, &m, &files, usize::MAX)
             .await
             .unwrap_err()
             .to_string();

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
+use crate::store::block_table::{BlockTable, Wanted, WantedIds};
 use crate::store::ids::PackId;
 
 /// Reads every index segment, a few at a time, and hands each one's entries (with its sealed
@@ -119,23 +120,23 @@ fn max_entries(keys: &[crate::storage::ObjectInfo]) -> usize {
 
 /// Where a block is, compactly: 20 bytes, its pack named by number (see [`BlockIndex`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Location {
-    pack: u32,
-    offset: [u32; 2],
-    sealed_len: u32,
-    raw_len: u32,
+pub(crate) struct Location {
+    pub(crate) pack: u32,
+    pub(crate) offset: [u32; 2],
+    pub(crate) sealed_len: u32,
+    pub(crate) raw_len: u32,
 }
 
 impl Location {
     /// Wanted (by [`BlockIndex::load_wanted`]) but in no index segment so far.
-    const NOWHERE: Location = Location {
+    pub(crate) const NOWHERE: Location = Location {
         pack: u32::MAX,
         offset: [0; 2],
         sealed_len: 0,
         raw_len: 0,
     };
 
-    fn is_somewhere(&self) -> bool {
+    pub(crate) fn is_somewhere(&self) -> bool {
         self.pack != u32::MAX
     }
 }
@@ -145,11 +146,27 @@ impl Location {
 /// binary search. A hash map of full [`IndexEntry`] values cost about 130 bytes per block.
 /// [`BlockIndex::load`] holds every block of the repository (verify); [`BlockIndex::load_wanted`]
 /// only the blocks of one backup (restore), so a restore's memory follows the backup's size,
-/// not the repository's.
-#[derive(Debug, Default)]
+/// not the repository's; past a budget ([`BlockIndex::load_wanted_ids`]) those go to a table
+/// on local disk ([`super::block_table`]) and memory keeps a quarter of a byte per block.
+#[derive(Debug)]
 pub struct BlockIndex {
-    entries: Vec<(ContentId, Location)>,
+    entries: Entries,
     packs: Vec<PackId>,
+}
+
+impl Default for BlockIndex {
+    fn default() -> Self {
+        BlockIndex {
+            entries: Entries::Memory(Vec::new()),
+            packs: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Entries {
+    Memory(Vec<(ContentId, Location)>),
+    Table(BlockTable),
 }
 
 /// Numbers pack ids while an index is filled.
@@ -211,47 +228,98 @@ impl BlockIndex {
         all.truncate(kept);
         all.shrink_to_fit();
         Ok(BlockIndex {
-            entries: all,
+            entries: Entries::Memory(all),
             packs,
         })
     }
 
     /// Loads the locations of the blocks `wanted` names (in any order, repeats allowed), and
-    /// only those.
+    /// only those, in memory.
     pub async fn load_wanted(repo: &Repository, wanted: Vec<ContentId>) -> Result<Self> {
-        let mut wanted: Vec<(ContentId, Location)> = wanted
-            .into_iter()
-            .map(|id| (id, Location::NOWHERE))
-            .collect();
-        wanted.sort_unstable_by_key(|e| e.0);
-        wanted.dedup_by(|a, b| a.0 == b.0);
-        wanted.shrink_to_fit();
+        let mut ids = WantedIds::new(usize::MAX, usize::MAX);
+        for id in wanted {
+            ids.push(id)?;
+        }
+        Self::load_wanted_ids(repo, ids).await
+    }
+
+    /// Loads the locations of the blocks `wanted` collected: in memory, or in a table on
+    /// local disk when there were more than its budget.
+    pub async fn load_wanted_ids(repo: &Repository, wanted: WantedIds) -> Result<Self> {
         let condemned = crate::store::condemned::condemned_packs(repo).await?;
         let mut numbers = PackNumbers::default();
-        for_each_index_segment(repo, |entries, _| {
-            for e in entries {
-                let Ok(i) = wanted.binary_search_by(|w| w.0.cmp(&e.entry.block_id)) else {
-                    continue;
-                };
-                let slot = &mut wanted[i].1;
-                // First copy found, or a copy outside a condemned pack replacing one inside.
-                if !slot.is_somewhere() || condemned.contains(&numbers.packs[slot.pack as usize]) {
-                    *slot = numbers.locate(&e);
-                }
+        let entries = match wanted.finish()? {
+            Wanted::Memory(ids) => {
+                let mut wanted: Vec<(ContentId, Location)> =
+                    ids.into_iter().map(|id| (id, Location::NOWHERE)).collect();
+                for_each_index_segment(repo, |entries, _| {
+                    for e in entries {
+                        let Ok(i) = wanted.binary_search_by(|w| w.0.cmp(&e.entry.block_id)) else {
+                            continue;
+                        };
+                        let slot = &mut wanted[i].1;
+                        // First copy found, or a copy outside a condemned pack replacing one
+                        // inside.
+                        if !slot.is_somewhere()
+                            || condemned.contains(&numbers.packs[slot.pack as usize])
+                        {
+                            *slot = numbers.locate(&e);
+                        }
+                    }
+                })
+                .await?;
+                Entries::Memory(wanted)
             }
-        })
-        .await?;
+            Wanted::Table(mut table) => {
+                let mut failed = None;
+                for_each_index_segment(repo, |entries, _| {
+                    for e in &entries {
+                        if failed.is_none() {
+                            let at = numbers.locate(e);
+                            failed = table.found(e.entry.block_id, at).err();
+                        }
+                    }
+                })
+                .await?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                let packs = &numbers.packs;
+                // A copy outside a condemned pack if there is one.
+                let table = table.build(|found| {
+                    *found
+                        .iter()
+                        .find(|l| !condemned.contains(&packs[l.pack as usize]))
+                        .unwrap_or(&found[0])
+                })?;
+                Entries::Table(table)
+            }
+        };
         Ok(BlockIndex {
-            entries: wanted,
+            entries,
             packs: numbers.packs,
         })
     }
 
-    /// Where a block is.
+    /// Where a block is. An index in memory only: one on disk reports its read errors
+    /// through [`BlockIndex::try_get`] (here they read as "not indexed").
     pub fn get(&self, id: &ContentId) -> Option<IndexEntry> {
-        let i = self.entries.binary_search_by(|e| e.0.cmp(id)).ok()?;
-        let l = self.entries[i].1;
-        l.is_somewhere().then(|| IndexEntry {
+        self.try_get(id).ok().flatten()
+    }
+
+    /// Where a block is; an error only when the table on local disk cannot be read.
+    pub fn try_get(&self, id: &ContentId) -> Result<Option<IndexEntry>> {
+        let l = match &self.entries {
+            Entries::Memory(entries) => match entries.binary_search_by(|e| e.0.cmp(id)) {
+                Ok(i) => entries[i].1,
+                Err(_) => return Ok(None),
+            },
+            Entries::Table(table) => match table.get(id)? {
+                Some(l) => l,
+                None => return Ok(None),
+            },
+        };
+        Ok(l.is_somewhere().then(|| IndexEntry {
             pack_id: self.packs[l.pack as usize],
             entry: crate::pack::PackEntry {
                 block_id: *id,
@@ -259,12 +327,28 @@ impl BlockIndex {
                 sealed_len: l.sealed_len,
                 raw_len: l.raw_len,
             },
-        })
+        }))
+    }
+
+    /// Distinct blocks wanted (or, from [`BlockIndex::load`], indexed).
+    pub fn wanted(&self) -> u64 {
+        match &self.entries {
+            Entries::Memory(entries) => entries.len() as u64,
+            Entries::Table(table) => table.records(),
+        }
+    }
+
+    /// Whether the locations live in a table on local disk (over the memory budget).
+    pub fn on_disk(&self) -> bool {
+        matches!(self.entries, Entries::Table(_))
     }
 
     /// Number of blocks located.
     pub fn len(&self) -> usize {
-        self.located().count()
+        let mut n = 0;
+        // A table that cannot be read counts nothing located.
+        let _ = self.each(|_, l| n += usize::from(l.is_somewhere()));
+        n
     }
 
     /// True when no block is located.
@@ -273,22 +357,36 @@ impl BlockIndex {
     }
 
     /// A block wanted (by [`BlockIndex::load_wanted`]) but in no index segment.
-    pub fn first_missing(&self) -> Option<ContentId> {
-        self.entries
-            .iter()
-            .find(|(_, l)| !l.is_somewhere())
-            .map(|(id, _)| *id)
+    pub fn first_missing(&self) -> Result<Option<ContentId>> {
+        let mut missing = None;
+        self.each(|id, l| {
+            if missing.is_none() && !l.is_somewhere() {
+                missing = Some(*id);
+            }
+        })?;
+        Ok(missing)
     }
 
     /// The packs holding located blocks.
-    pub fn pack_ids(&self) -> std::collections::HashSet<PackId> {
-        self.located()
-            .map(|(_, l)| self.packs[l.pack as usize])
-            .collect()
+    pub fn pack_ids(&self) -> Result<std::collections::HashSet<PackId>> {
+        let mut packs = std::collections::HashSet::new();
+        self.each(|_, l| {
+            if l.is_somewhere() {
+                packs.insert(self.packs[l.pack as usize]);
+            }
+        })?;
+        Ok(packs)
     }
 
-    fn located(&self) -> impl Iterator<Item = &(ContentId, Location)> {
-        self.entries.iter().filter(|(_, l)| l.is_somewhere())
+    /// Every entry, located or not, in id order.
+    fn each(&self, mut f: impl FnMut(&ContentId, &Location)) -> Result<()> {
+        match &self.entries {
+            Entries::Memory(entries) => {
+                entries.iter().for_each(|(id, l)| f(id, l));
+                Ok(())
+            }
+            Entries::Table(table) => table.scan(f),
+        }
     }
 }
 
@@ -517,10 +615,12 @@ mod tests {
             })
             .collect();
         let index = BlockIndex {
-            entries: entries
-                .iter()
-                .map(|e| (e.entry.block_id, numbers.locate(e)))
-                .collect(),
+            entries: Entries::Memory(
+                entries
+                    .iter()
+                    .map(|e| (e.entry.block_id, numbers.locate(e)))
+                    .collect(),
+            ),
             packs: numbers.packs,
         };
         assert_eq!(index.packs.len(), 2, "pack ids are numbered once each");

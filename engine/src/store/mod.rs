@@ -55,6 +55,7 @@
 pub mod append_only;
 pub mod audit;
 pub mod block_lists;
+pub mod block_table;
 pub mod blocks;
 pub mod cluster;
 pub mod condemned;

@@ -1,0 +1,625 @@
+//! A backup's block locations in a sorted table on local disk: the restore's block index when
+//! it would not fit its memory budget.
+//!
+//! A restore looks up every block of its backup by id. Held in memory
+//! ([`super::blocks::BlockIndex`]) that costs 52 bytes per distinct block, and while the ids
+//! are collected 32 more: 1.3 GiB for a 1 TiB cluster of 64 KiB blocks, where a restore's
+//! peak must stay well under 256 MiB whatever the cluster's size. So, past a budget, the
+//! index is built on local disk instead, as a sort-merge join:
+//!
+//! - the backup's block ids are collected in runs of at most [`RUN_IDS`], each sorted,
+//!   deduplicated and written to an unnamed temporary file in `TMPDIR` (gone with the
+//!   process, crash or not, like the manifest's file spool), then merged into one sorted file
+//!   of distinct ids ([`WantedIds`]);
+//! - every index segment's entries go the same way, in runs of [`RUN_LOCATED`] sorted by id
+//!   ([`TableBuilder::found`]);
+//! - one pass over both sorted streams writes the table: each wanted id with the location
+//!   chosen among the entries found for it (one outside a condemned pack if there is one),
+//!   fixed 52-byte records sorted by id ([`TableBuilder::build`]);
+//! - memory keeps the first id of each page of [`PAGE_RECORDS`] records: a quarter of a byte
+//!   per block, 4 MiB at 1 TiB;
+//! - a lookup is one `pread` of a page (6.5 KiB, from the page cache) and a binary search in
+//!   it; the checks that need every entry (missing blocks, packs to probe) read the table
+//!   once, in order.
+//!
+//! Runs are merged [`MAX_FAN_IN`] at a time, so the open files and read buffers stay bounded
+//! too. Every step reads and writes sequentially; filling the table in place from each index
+//! segment instead would read and write most of its pages once per segment.
+//!
+//! Local disk, in `TMPDIR` beside the file spool: 52 bytes per block for the table, 32 per
+//! block for the ids and 52 per index entry for the runs while they are merged.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use crate::crypto::ContentId;
+use crate::error::{Error, Result};
+
+use super::blocks::Location;
+
+/// Ids sorted in memory before a run goes to disk (32 MiB of ids).
+pub const RUN_IDS: usize = 1 << 20;
+
+/// Index entries sorted in memory before a run goes to disk (26 MiB of entries).
+pub const RUN_LOCATED: usize = 1 << 19;
+
+/// Runs merged at once: each holds a file and a read buffer of [`MERGE_BUFFER`] bytes.
+pub const MAX_FAN_IN: usize = 64;
+
+/// Read buffer per run while merging.
+const MERGE_BUFFER: usize = 64 << 10;
+
+/// Records per page of the table: the unit read by a lookup.
+pub const PAGE_RECORDS: usize = 128;
+
+/// Every spill failure is local: an [`Error::Io`] naming `TMPDIR`, never a finding about the
+/// repository.
+fn spill_error(e: std::io::Error) -> Error {
+    Error::io(
+        "the restore's block index could not be spilled to the temporary directory \
+         (TMPDIR, default /tmp); free space there, point TMPDIR elsewhere, or give the \
+         restore more memory with --index-memory",
+        e,
+    )
+}
+
+fn temp_file() -> Result<File> {
+    tempfile::tempfile_in(std::env::temp_dir()).map_err(spill_error)
+}
+
+/// A fixed-size record sorted by block id in runs on disk.
+pub(crate) trait Record: Copy {
+    /// Bytes on disk.
+    const LEN: usize;
+    fn id(&self) -> &ContentId;
+    fn encode(&self, out: &mut [u8]);
+    fn decode(bytes: &[u8]) -> Self;
+}
+
+impl Record for ContentId {
+    const LEN: usize = 32;
+    fn id(&self) -> &ContentId {
+        self
+    }
+    fn encode(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.0);
+    }
+    fn decode(bytes: &[u8]) -> Self {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(bytes);
+        ContentId(id)
+    }
+}
+
+impl Record for (ContentId, Location) {
+    const LEN: usize = 32 + 20;
+    fn id(&self) -> &ContentId {
+        &self.0
+    }
+    fn encode(&self, out: &mut [u8]) {
+        let (id, l) = self;
+        out[..32].copy_from_slice(&id.0);
+        out[32..36].copy_from_slice(&l.pack.to_le_bytes());
+        out[36..40].copy_from_slice(&l.offset[0].to_le_bytes());
+        out[40..44].copy_from_slice(&l.offset[1].to_le_bytes());
+        out[44..48].copy_from_slice(&l.sealed_len.to_le_bytes());
+        out[48..52].copy_from_slice(&l.raw_len.to_le_bytes());
+    }
+    fn decode(r: &[u8]) -> Self {
+        let u = |at: usize| u32::from_le_bytes(r[at..at + 4].try_into().expect("4 bytes"));
+        (
+            ContentId::decode(&r[..32]),
+            Location {
+                pack: u(32),
+                offset: [u(36), u(40)],
+                sealed_len: u(44),
+                raw_len: u(48),
+            },
+        )
+    }
+}
+
+/// Records collected with bounded memory: sorted by id in runs of at most `run_len` on disk.
+#[derive(Debug)]
+pub(crate) struct Runs<T> {
+    current: Vec<T>,
+    files: Vec<File>,
+    run_len: usize,
+    /// Drop repeated records of a run (ids: only which, not how often, matters).
+    dedup: bool,
+}
+
+impl<T: Record + Eq> Runs<T> {
+    fn new(run_len: usize, dedup: bool) -> Self {
+        Runs {
+            current: Vec::new(),
+            files: Vec::new(),
+            run_len: run_len.max(1024),
+            dedup,
+        }
+    }
+
+    fn push(&mut self, r: T) -> Result<()> {
+        self.current.push(r);
+        if self.current.len() >= self.run_len {
+            self.sort_current();
+            // Mostly repeats: keep collecting in the same run.
+            if !self.dedup || self.current.len() > self.run_len / 2 {
+                self.spill_current()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sort_current(&mut self) {
+        self.current.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+        if self.dedup {
+            self.current.dedup();
+        }
+    }
+
+    fn spill_current(&mut self) -> Result<()> {
+        let file = write_records(self.current.iter().copied())?;
+        self.files.push(file);
+        self.current = Vec::new();
+        Ok(())
+    }
+
+    /// Every record, in id order (equal ids from different runs next to each other).
+    fn merge(mut self, each: impl FnMut(T) -> Result<()>) -> Result<()> {
+        self.sort_current();
+        if !self.current.is_empty() {
+            self.spill_current()?;
+        }
+        while self.files.len() > MAX_FAN_IN {
+            let rest = self.files.split_off(MAX_FAN_IN);
+            let first = std::mem::replace(&mut self.files, rest);
+            let mut out = BufWriter::new(temp_file()?);
+            let mut bytes = vec![0u8; T::LEN];
+            merge_files::<T>(first, |r| {
+                r.encode(&mut bytes);
+                out.write_all(&bytes).map_err(spill_error)
+            })?;
+            self.files
+                .push(out.into_inner().map_err(|e| spill_error(e.into_error()))?);
+        }
+        merge_files(self.files, each)
+    }
+}
+
+/// A new temporary file holding `records`, in order.
+fn write_records<T: Record>(records: impl Iterator<Item = T>) -> Result<File> {
+    let mut out = BufWriter::new(temp_file()?);
+    let mut bytes = vec![0u8; T::LEN];
+    for r in records {
+        r.encode(&mut bytes);
+        out.write_all(&bytes).map_err(spill_error)?;
+    }
+    out.into_inner().map_err(|e| spill_error(e.into_error()))
+}
+
+/// Merges files of records sorted by id into `each`, in id order.
+fn merge_files<T: Record>(files: Vec<File>, mut each: impl FnMut(T) -> Result<()>) -> Result<()> {
+    let mut readers = Vec::with_capacity(files.len());
+    let mut heap = BinaryHeap::new();
+    for (n, file) in files.into_iter().enumerate() {
+        let mut r = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(file, 0));
+        if let Some(first) = next_record::<T>(&mut r)? {
+            heap.push(Head(first, n));
+        }
+        readers.push(r);
+    }
+    while let Some(Head(r, n)) = heap.pop() {
+        each(r)?;
+        if let Some(next) = next_record(&mut readers[n])? {
+            heap.push(Head(next, n));
+        }
+    }
+    Ok(())
+}
+
+fn next_record<T: Record>(r: &mut impl Read) -> Result<Option<T>> {
+    let mut bytes = [0u8; 64];
+    let bytes = &mut bytes[..T::LEN];
+    match r.read_exact(bytes) {
+        Ok(()) => Ok(Some(T::decode(bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(spill_error(e)),
+    }
+}
+
+/// A run's next record, ordered smallest id first in a max-heap.
+struct Head<T>(T, usize);
+
+impl<T: Record> PartialEq for Head<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<T: Record> Eq for Head<T> {}
+
+impl<T: Record> Ord for Head<T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.0.id().cmp(self.0.id()).then(other.1.cmp(&self.1))
+    }
+}
+
+impl<T: Record> PartialOrd for Head<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The block ids a restore needs, collected with bounded memory.
+#[derive(Debug)]
+pub struct WantedIds {
+    runs: Runs<ContentId>,
+    in_memory: usize,
+}
+
+/// What [`WantedIds::finish`] gives: the ids in memory, or a table on disk to fill.
+#[derive(Debug)]
+pub enum Wanted {
+    /// Sorted, distinct.
+    Memory(Vec<ContentId>),
+    /// Sorted, distinct, on disk.
+    Table(TableBuilder),
+}
+
+impl WantedIds {
+    /// Ids kept in memory when at most `in_memory` distinct ones come; else a table on disk,
+    /// built from runs of at most `run_ids` (at least 1024).
+    pub fn new(in_memory: usize, run_ids: usize) -> Self {
+        WantedIds {
+            runs: Runs::new(run_ids, true),
+            in_memory,
+        }
+    }
+
+    /// Adds an id (repeats allowed).
+    pub fn push(&mut self, id: ContentId) -> Result<()> {
+        self.runs.push(id)
+    }
+
+    /// The distinct ids, in memory or on disk.
+    pub fn finish(mut self) -> Result<Wanted> {
+        if self.runs.files.is_empty() {
+            self.runs.sort_current();
+            if self.runs.current.len() <= self.in_memory {
+                let mut ids = std::mem::take(&mut self.runs.current);
+                ids.shrink_to_fit();
+                return Ok(Wanted::Memory(ids));
+            }
+        }
+        let run_len = self.runs.run_len;
+        let mut last: Option<ContentId> = None;
+        let mut out = BufWriter::new(temp_file()?);
+        let mut count = 0u64;
+        self.runs.merge(|id| {
+            if last != Some(id) {
+                last = Some(id);
+                count += 1;
+                out.write_all(&id.0).map_err(spill_error)?;
+            }
+            Ok(())
+        })?;
+        Ok(Wanted::Table(TableBuilder {
+            ids: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
+            count,
+            found: Runs::new(run_len.min(RUN_LOCATED), false),
+        }))
+    }
+}
+
+/// The wanted ids on disk, and the index entries found so far (in runs on disk), until
+/// [`TableBuilder::build`] joins them into the table.
+#[derive(Debug)]
+pub struct TableBuilder {
+    ids: File,
+    count: u64,
+    found: Runs<(ContentId, Location)>,
+}
+
+impl TableBuilder {
+    /// An index entry: where a block is (wanted or not: unwanted ones are dropped by
+    /// [`TableBuilder::build`]).
+    pub(crate) fn found(&mut self, id: ContentId, at: Location) -> Result<()> {
+        self.found.push((id, at))
+    }
+
+    /// The table: each wanted id with the location `choose` picks among those found for it
+    /// ([`Location::NOWHERE`] when none was). One pass over the sorted ids and the sorted
+    /// entries.
+    pub(crate) fn build(self, choose: impl Fn(&[Location]) -> Location) -> Result<BlockTable> {
+        let mut ids = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(self.ids, 0));
+        let mut out = BufWriter::new(temp_file()?);
+        let mut fences = Vec::with_capacity(self.count.div_ceil(PAGE_RECORDS as u64) as usize);
+        let mut records = 0u64;
+        let mut bytes = [0u8; 52];
+        // The wanted id being matched, and the locations found for it.
+        let mut wanted: Option<ContentId> = next_record(&mut ids)?;
+        let mut candidates: Vec<Location> = Vec::new();
+        let mut emit = |id: ContentId,
+                        candidates: &mut Vec<Location>,
+                        out: &mut BufWriter<File>|
+         -> Result<()> {
+            if records.is_multiple_of(PAGE_RECORDS as u64) {
+                fences.push(id);
+            }
+            records += 1;
+            let at = if candidates.is_empty() {
+                Location::NOWHERE
+            } else {
+                choose(candidates)
+            };
+            candidates.clear();
+            (id, at).encode(&mut bytes);
+            out.write_all(&bytes).map_err(spill_error)
+        };
+        self.found.merge(|(id, at)| {
+            // Wanted ids below this entry's are complete: write them.
+            while let Some(w) = wanted.filter(|w| *w < id) {
+                emit(w, &mut candidates, &mut out)?;
+                wanted = next_record(&mut ids)?;
+            }
+            if wanted == Some(id) {
+                candidates.push(at);
+            }
+            Ok(())
+        })?;
+        while let Some(w) = wanted {
+            emit(w, &mut candidates, &mut out)?;
+            wanted = next_record(&mut ids)?;
+        }
+        Ok(BlockTable {
+            file: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
+            records,
+            fences,
+        })
+    }
+}
+
+/// The wanted blocks' locations, sorted by id, on local disk; see the module docs.
+#[derive(Debug)]
+pub struct BlockTable {
+    file: File,
+    records: u64,
+    fences: Vec<ContentId>,
+}
+
+type Located = (ContentId, Location);
+
+impl BlockTable {
+    /// Distinct blocks wanted.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Where a wanted block is: `None` when `id` is not wanted, [`Location::NOWHERE`] when it
+    /// is but no index segment named it.
+    pub(crate) fn get(&self, id: &ContentId) -> Result<Option<Location>> {
+        let Some(number) = self.fences.partition_point(|f| f <= id).checked_sub(1) else {
+            return Ok(None);
+        };
+        let first = (number * PAGE_RECORDS) as u64;
+        let n = (self.records - first).min(PAGE_RECORDS as u64) as usize;
+        let mut page = [0u8; PAGE_RECORDS * Located::LEN];
+        let page = &mut page[..n * Located::LEN];
+        self.file
+            .read_exact_at(page, first * Located::LEN as u64)
+            .map_err(spill_error)?;
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let record = &page[mid * Located::LEN..(mid + 1) * Located::LEN];
+            match record[..32].cmp(&id.0[..]) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Ok(Some(Located::decode(record).1)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every record, in id order, read once.
+    pub(crate) fn scan(&self, mut each: impl FnMut(&ContentId, &Location)) -> Result<()> {
+        let mut r = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(&self.file, 0));
+        for _ in 0..self.records {
+            let (id, at) = next_record::<Located>(&mut r)?
+                .ok_or_else(|| spill_error(std::io::ErrorKind::UnexpectedEof.into()))?;
+            each(&id, &at);
+        }
+        Ok(())
+    }
+}
+
+/// Sequential reads of a file from an offset, without moving its shared cursor.
+struct ReadFrom<F>(F, u64);
+
+impl<F: std::borrow::Borrow<File>> Read for ReadFrom<F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.borrow().read_at(buf, self.1)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> ContentId {
+        ContentId(*blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
+    fn at(n: u64) -> Location {
+        Location {
+            pack: (n % 7) as u32,
+            offset: [n as u32, (n >> 32) as u32],
+            sealed_len: 100 + n as u32,
+            raw_len: 65536,
+        }
+    }
+
+    fn builder(ids: impl Iterator<Item = ContentId>, run_len: usize) -> TableBuilder {
+        let mut w = WantedIds::new(0, run_len);
+        for i in ids {
+            w.push(i).unwrap();
+        }
+        match w.finish().unwrap() {
+            Wanted::Table(t) => t,
+            Wanted::Memory(_) => panic!("over the budget, the ids go to disk"),
+        }
+    }
+
+    #[test]
+    fn runs_merge_into_one_sorted_table_of_distinct_ids() {
+        // 30 000 ids, each three times, in runs of 1024: 88 runs, more than MAX_FAN_IN, so
+        // the merge also runs in two passes.
+        let n = 30_000u64;
+        let b = builder((0..3 * n).map(|i| id(i % n)), 1024);
+        assert_eq!(b.found.run_len, 1024);
+        let t = b.build(|_| panic!("nothing was found")).unwrap();
+        assert_eq!(t.records(), n);
+        let mut seen = Vec::new();
+        t.scan(|i, l| {
+            assert_eq!(*l, Location::NOWHERE);
+            seen.push(*i)
+        })
+        .unwrap();
+        let mut want: Vec<_> = (0..n).map(id).collect();
+        want.sort_unstable();
+        assert_eq!(seen, want);
+        assert_eq!(t.fences.len(), (n as usize).div_ceil(PAGE_RECORDS));
+    }
+
+    #[test]
+    fn the_join_keeps_wanted_ids_and_chooses_among_every_copy_found() {
+        let n = 5_000u64;
+        let mut b = builder((0..n).map(id), 1024);
+        // Every other wanted id found twice, far apart (in different runs), ids nobody wants
+        // in between; `choose` takes the copy with the larger sealed length.
+        for i in (0..n).step_by(2) {
+            b.found(id(i), at(i)).unwrap();
+        }
+        for i in n..n + 3000 {
+            b.found(id(i), at(i)).unwrap();
+        }
+        for i in (0..n).step_by(2) {
+            b.found(id(i), at(i + 1)).unwrap();
+        }
+        let t = b
+            .build(|found| {
+                assert_eq!(found.len(), 2, "both copies of a block reach the choice");
+                *found.iter().max_by_key(|l| l.sealed_len).unwrap()
+            })
+            .unwrap();
+        assert_eq!(t.records(), n, "only wanted ids are in the table");
+        for i in 0..n {
+            let want = if i % 2 == 0 {
+                at(i + 1)
+            } else {
+                Location::NOWHERE
+            };
+            assert_eq!(t.get(&id(i)).unwrap(), Some(want), "block {i}");
+        }
+        for i in n..n + 3000 {
+            assert_eq!(t.get(&id(i)).unwrap(), None, "unwanted block {i}");
+        }
+        // The smallest possible id sorts before every fence.
+        assert_eq!(t.get(&ContentId([0; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn few_ids_stay_in_memory() {
+        let mut w = WantedIds::new(10, RUN_IDS);
+        for i in [3u64, 1, 3, 2] {
+            w.push(id(i)).unwrap();
+        }
+        let Wanted::Memory(ids) = w.finish().unwrap() else {
+            panic!("3 distinct ids fit a budget of 10");
+        };
+        let mut want = vec![id(1), id(2), id(3)];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+    }
+
+    /// Peak memory of this process so far (`VmHWM`), in bytes.
+    fn peak_rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib << 10
+    }
+
+    const CHILD: &str = "PGCAIRN_BLOCK_TABLE_MEMORY_CHILD";
+
+    /// The workload of [`memory_stays_bounded_with_three_million_blocks`], run in a process of
+    /// its own (other tests' memory would count in this one's peak).
+    #[test]
+    #[ignore = "run by memory_stays_bounded_with_three_million_blocks in its own process"]
+    fn three_million_blocks_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let n = 3_000_000u64;
+        let mut w = WantedIds::new(0, RUN_IDS);
+        for i in 0..n {
+            w.push(id(i)).unwrap();
+        }
+        let Wanted::Table(mut b) = w.finish().unwrap() else {
+            panic!("on disk");
+        };
+        // The repository holds a million blocks more than the backup wants.
+        for i in 0..n + 1_000_000 {
+            b.found(id(i), at(i)).unwrap();
+        }
+        let t = b.build(|found| found[0]).unwrap();
+        assert_eq!(t.records(), n);
+        for i in (0..n).step_by(97) {
+            assert_eq!(t.get(&id(i)).unwrap(), Some(at(i)));
+        }
+        println!("peak_rss={}", peak_rss());
+    }
+
+    /// 3 million blocks (a 183 GiB cluster in 64 KiB blocks) would take 252 MiB held in
+    /// memory while loaded; on disk the process peaks at the runs' buffers (32 MiB of ids,
+    /// then 26 MiB of entries), the fences (750 KiB) and the test binary itself.
+    #[test]
+    fn memory_stays_bounded_with_three_million_blocks() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::block_table::tests::three_million_blocks_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let peak: u64 = stdout
+            .lines()
+            .find_map(|l| l.split("peak_rss=").nth(1))
+            .unwrap_or_else(|| panic!("the child ran no workload: {stdout}"))
+            .parse()
+            .unwrap();
+        eprintln!("peak RSS with 3 million blocks on disk: {} MiB", peak >> 20);
+        assert!(
+            peak < 96 << 20,
+            "peak RSS {} MiB: the index is not bounded",
+            peak >> 20
+        );
+    }
+}
