@@ -652,6 +652,16 @@ impl Lease {
     }
 }
 
+/// A lease dropped without [`Lease::release`] (its holder's future was cancelled, or an error
+/// path forgot it) stops being refreshed, so it expires after [`EXPIRY`] instead of holding
+/// gc and other backups back for as long as the process lives. Removing it needs the
+/// repository, which a drop cannot wait for.
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -945,6 +955,27 @@ mod tests {
         tokio::time::sleep(HEARTBEAT * 6 + Duration::from_secs(1)).await;
         lease.ensure_held().unwrap();
         lease.release().await;
+    }
+
+    /// A lease dropped unreleased stops being refreshed (and so expires).
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_lease_is_no_longer_refreshed() {
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            ..Default::default()
+        });
+        let repo = open(faults.clone()).await;
+        let refreshes = || faults.swaps_ok.load(std::sync::atomic::Ordering::SeqCst);
+        let lease = acquire_backup(&repo, "main", "20261124-000000F", Duration::ZERO)
+            .await
+            .unwrap();
+        tokio::time::sleep(HEARTBEAT * 2 + Duration::from_secs(1)).await;
+        let held = refreshes();
+        assert!(held >= 2, "a held lease is refreshed: {held}");
+        drop(lease);
+        tokio::time::sleep(HEARTBEAT * 3).await;
+        assert_eq!(refreshes(), held, "refreshed after it was dropped");
     }
 
     /// A lease another holder took over (after judging it dead) no longer protects its first
