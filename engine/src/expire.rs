@@ -364,9 +364,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         .await?;
     }
     for d in decisions.iter().filter(|d| !d.keep) {
-        repo.storage()
-            .delete(&layout::backup_manifest(cluster, &d.id))
-            .await?;
+        manifest::delete(repo, cluster, &d.id).await?;
     }
     if !wal.is_empty() {
         let data = repo

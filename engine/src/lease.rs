@@ -905,12 +905,7 @@ mod tests {
     }
 
     async fn open(faults: Arc<LeaseFaults>) -> Repository {
-        Repository::open(
-            faults,
-            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
-        )
-        .await
-        .unwrap()
+        crate::test_support::open_with(faults).await
     }
 
     /// A backup whose lease refreshes stopped landing for longer than others wait before

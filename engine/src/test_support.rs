@@ -76,6 +76,17 @@ pub async fn save_manifest(repo: &Repository, id: &str, blocks: &[ContentId]) {
         .unwrap();
 }
 
+/// The test repository (passphrase "pw") opened through `storage`, a wrapper around the
+/// storage [`crate::archive::push::tests::memory_repo`] initialised.
+pub async fn open_with(storage: Arc<dyn Storage>) -> Repository {
+    Repository::open(
+        storage,
+        Some(&crate::crypto::Unlock::Passphrase("pw".into())),
+    )
+    .await
+    .unwrap()
+}
+
 /// Storage whose writes and deletes fail after a budget: a run killed at that point.
 #[derive(Debug)]
 pub struct FailAfter {
@@ -235,6 +246,9 @@ pub struct LeaseFaults {
     pub swaps_ok: std::sync::atomic::AtomicU32,
     pub meet_in_list: Option<tokio::sync::Barrier>,
     pub lists: std::sync::atomic::AtomicU32,
+    /// Creating an object whose key ends with this takes this long (a large manifest
+    /// written to a struggling object store).
+    pub slow_creates: Option<(String, std::time::Duration)>,
 }
 
 impl LeaseFaults {
@@ -291,6 +305,11 @@ impl Storage for LeaseFaults {
         key: &ObjectKey,
         data: Bytes,
     ) -> Result<CreateOutcome, StorageError> {
+        if let Some((suffix, pause)) = &self.slow_creates {
+            if key.as_str().ends_with(suffix.as_str()) {
+                tokio::time::sleep(*pause).await;
+            }
+        }
         self.inner.put_create(key, data).await
     }
     async fn put_swap(

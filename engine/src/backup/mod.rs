@@ -28,6 +28,7 @@
 //! file entries (33 bytes per block) until each file is visited; and the sealed manifest
 //! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
+mod commit;
 pub mod reader;
 pub mod standby;
 
@@ -826,24 +827,7 @@ async fn backup_with_lease(
         stats,
     };
     let bad_pages = std::mem::take(&mut files.bad_pages);
-    // A lease whose refreshes stopped landing looked dead to gc on other hosts, which may
-    // have swept packs this backup's blocks are in: no manifest for such a backup.
-    lease.ensure_held().map_err(|e| {
-        Error::Conflict(format!(
-            "{e}; no manifest was written for backup {}. Take the backup again (and look at why the \
-             repository stopped answering)",
-            m.id
-        ))
-    })?;
-    manifest::save_streamed(repo, &m, files.into_sorted()?).await?;
-    // Writing the manifest itself may have taken longer than a lease lives.
-    lease.ensure_held().map_err(|e| {
-        Error::Conflict(format!(
-            "{e} while the manifest of backup {} was written. Check the repository with \
-             `pgcairn verify --read-data` before relying on that backup",
-            m.id
-        ))
-    })?;
+    commit::write_manifest(repo, lease, &m, files.into_sorted()?).await?;
     record_in_head(repo, &m, seg).await?;
     progress.finish();
     Ok(BackupDone {

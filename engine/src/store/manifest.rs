@@ -585,6 +585,14 @@ pub async fn cluster_names(repo: &Repository) -> Result<Vec<String>> {
     Ok(names.into_iter().collect())
 }
 
+/// Removes a backup's manifest (the backup is gone from then on; its blocks are gc's).
+pub async fn delete(repo: &Repository, cluster: &str, id: &str) -> Result<()> {
+    Ok(repo
+        .storage()
+        .delete(&layout::backup_manifest(cluster, id))
+        .await?)
+}
+
 /// Backup ids of a cluster, oldest first (ids sort by time).
 pub async fn list_ids(repo: &Repository, cluster: &str) -> Result<Vec<String>> {
     let prefix = layout::backups_prefix(cluster);
