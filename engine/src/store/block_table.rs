@@ -34,6 +34,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 use crate::crypto::ContentId;
 use crate::error::{Error, Result};
@@ -66,8 +67,8 @@ fn spill_error(e: std::io::Error) -> Error {
     )
 }
 
-fn temp_file() -> Result<File> {
-    tempfile::tempfile_in(std::env::temp_dir()).map_err(spill_error)
+fn temp_file(dir: &Path) -> Result<File> {
+    tempfile::tempfile_in(dir).map_err(spill_error)
 }
 
 /// A fixed-size record sorted by block id in runs on disk.
@@ -125,6 +126,7 @@ impl Record for (ContentId, Location) {
 /// Records collected with bounded memory: sorted by id in runs of at most `run_len` on disk.
 #[derive(Debug)]
 pub(crate) struct Runs<T> {
+    dir: PathBuf,
     current: Vec<T>,
     files: Vec<File>,
     run_len: usize,
@@ -133,8 +135,9 @@ pub(crate) struct Runs<T> {
 }
 
 impl<T: Record + Eq> Runs<T> {
-    fn new(run_len: usize, dedup: bool) -> Self {
+    fn new(dir: PathBuf, run_len: usize, dedup: bool) -> Self {
         Runs {
+            dir,
             current: Vec::new(),
             files: Vec::new(),
             run_len: run_len.max(1024),
@@ -162,7 +165,7 @@ impl<T: Record + Eq> Runs<T> {
     }
 
     fn spill_current(&mut self) -> Result<()> {
-        let file = write_records(self.current.iter().copied())?;
+        let file = write_records(&self.dir, self.current.iter().copied())?;
         self.files.push(file);
         self.current = Vec::new();
         Ok(())
@@ -177,7 +180,7 @@ impl<T: Record + Eq> Runs<T> {
         while self.files.len() > MAX_FAN_IN {
             let rest = self.files.split_off(MAX_FAN_IN);
             let first = std::mem::replace(&mut self.files, rest);
-            let mut out = BufWriter::new(temp_file()?);
+            let mut out = BufWriter::new(temp_file(&self.dir)?);
             let mut bytes = vec![0u8; T::LEN];
             merge_files::<T>(first, |r| {
                 r.encode(&mut bytes);
@@ -191,8 +194,8 @@ impl<T: Record + Eq> Runs<T> {
 }
 
 /// A new temporary file holding `records`, in order.
-fn write_records<T: Record>(records: impl Iterator<Item = T>) -> Result<File> {
-    let mut out = BufWriter::new(temp_file()?);
+fn write_records<T: Record>(dir: &Path, records: impl Iterator<Item = T>) -> Result<File> {
+    let mut out = BufWriter::new(temp_file(dir)?);
     let mut bytes = vec![0u8; T::LEN];
     for r in records {
         r.encode(&mut bytes);
@@ -274,8 +277,13 @@ impl WantedIds {
     /// Ids kept in memory when at most `in_memory` distinct ones come; else a table on disk,
     /// built from runs of at most `run_ids` (at least 1024).
     pub fn new(in_memory: usize, run_ids: usize) -> Self {
+        Self::new_in(std::env::temp_dir(), in_memory, run_ids)
+    }
+
+    /// [`WantedIds::new`] spilling to `dir` instead of `TMPDIR`.
+    pub fn new_in(dir: PathBuf, in_memory: usize, run_ids: usize) -> Self {
         WantedIds {
-            runs: Runs::new(run_ids, true),
+            runs: Runs::new(dir, run_ids, true),
             in_memory,
         }
     }
@@ -295,9 +303,9 @@ impl WantedIds {
                 return Ok(Wanted::Memory(ids));
             }
         }
-        let run_len = self.runs.run_len;
+        let (run_len, dir) = (self.runs.run_len, self.runs.dir.clone());
         let mut last: Option<ContentId> = None;
-        let mut out = BufWriter::new(temp_file()?);
+        let mut out = BufWriter::new(temp_file(&self.runs.dir)?);
         let mut count = 0u64;
         self.runs.merge(|id| {
             if last != Some(id) {
@@ -310,7 +318,7 @@ impl WantedIds {
         Ok(Wanted::Table(TableBuilder {
             ids: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
             count,
-            found: Runs::new(run_len.min(RUN_LOCATED), false),
+            found: Runs::new(dir, run_len.min(RUN_LOCATED), false),
         }))
     }
 }
@@ -336,7 +344,7 @@ impl TableBuilder {
     /// entries.
     pub(crate) fn build(self, choose: impl Fn(&[Location]) -> Location) -> Result<BlockTable> {
         let mut ids = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(self.ids, 0));
-        let mut out = BufWriter::new(temp_file()?);
+        let mut out = BufWriter::new(temp_file(&self.found.dir)?);
         let mut fences = Vec::with_capacity(self.count.div_ceil(PAGE_RECORDS as u64) as usize);
         let mut records = 0u64;
         let mut bytes = [0u8; 52];
@@ -532,6 +540,24 @@ mod tests {
         }
         // The smallest possible id sorts before every fence.
         assert_eq!(t.get(&ContentId([0; 32])).unwrap(), None);
+    }
+
+    /// A spill that cannot write (its directory gone here; full or unwritable alike) fails
+    /// with an error naming TMPDIR and what to do, not a finding about the repository.
+    #[test]
+    fn a_spill_that_cannot_write_says_where_and_what_to_do() {
+        let gone = tempfile::tempdir().unwrap().path().to_path_buf();
+        let mut w = WantedIds::new_in(gone, 0, 1024);
+        let err = (0..2000u64)
+            .try_for_each(|i| w.push(id(i)))
+            .and_then(|()| w.finish().map(drop))
+            .unwrap_err();
+        assert!(matches!(err, Error::Io { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(
+            err.contains("TMPDIR") && err.contains("--index-memory"),
+            "{err}"
+        );
     }
 
     #[test]
