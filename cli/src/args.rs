@@ -421,8 +421,10 @@ pub struct RestoreArgs {
     pub buffered: bool,
     /// Memory, in MiB, for the index of the backup's blocks (84 bytes per block while it
     /// loads: 64 MiB holds about 800 000 blocks, 50 GiB of data). A backup with more blocks
-    /// has its index in a sorted table in TMPDIR instead (84 bytes per block of local disk),
-    /// so a restore's memory stays bounded whatever the cluster's size.
+    /// has its index in a sorted table in TMPDIR instead (84 bytes of local disk per block of
+    /// the backup, and 52 per block of the repository while it is built), so a restore's
+    /// memory stays bounded whatever the cluster's size. TMPDIR must be on disk for that:
+    /// where /tmp is a tmpfs, point TMPDIR elsewhere.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub index_memory: u64,
     /// Restore tablespace OID to DIR instead of its recorded location (repeatable).

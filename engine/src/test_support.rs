@@ -249,6 +249,8 @@ pub struct LeaseFaults {
     /// Creating an object whose key ends with this takes this long (a large manifest
     /// written to a struggling object store).
     pub slow_creates: Option<(String, std::time::Duration)>,
+    /// A slow create lands, then reports a timeout.
+    pub slow_creates_time_out: bool,
 }
 
 impl LeaseFaults {
@@ -308,6 +310,14 @@ impl Storage for LeaseFaults {
         if let Some((suffix, pause)) = &self.slow_creates {
             if key.as_str().ends_with(suffix.as_str()) {
                 tokio::time::sleep(*pause).await;
+                if self.slow_creates_time_out {
+                    self.inner.put_create(key, data).await?;
+                    return Err(StorageError::Transient {
+                        op: "put",
+                        key: key.to_string(),
+                        detail: "timed out (the write landed)".into(),
+                    });
+                }
             }
         }
         self.inner.put_create(key, data).await

@@ -7,9 +7,16 @@
 //! itself outlast a lease. A lapse during the write leaves a manifest that may reference
 //! swept packs, and a later incremental would take it as its reference and copy the block
 //! lists of unchanged files without reading them. So that manifest is removed again before
-//! the backup fails (it was never recorded in the catalog head, so nothing else notices it
-//! going); only where the repository refuses the delete (append-only access, Object Lock) does
-//! it stay, and the error says to verify it.
+//! the backup fails, also when the write itself reported an error (a timeout on a struggling
+//! store may come after the object landed). It was not recorded in the catalog head yet, so
+//! the audit does not report it missing; only where the repository refuses the delete
+//! (append-only access, Object Lock) does it stay, and the error says to verify it.
+//!
+//! This narrows the window, it does not close it: backups and restores find manifests by
+//! listing, so one that lists the manifest between its write and its removal may still take
+//! it (a backup then fails to load its reference and says to run again; one that had loaded it
+//! already, or a restore, reads blocks that may be gone and fails on them, or `verify` finds
+//! them missing). Writing under a staging name and publishing after the check would close it.
 
 use crate::error::{Error, Result};
 use crate::lease::Lease;
@@ -30,10 +37,20 @@ pub async fn write_manifest(
             m.id
         ))
     })?;
-    manifest::save_streamed(repo, m, files).await?;
+    let saved = manifest::save_streamed(repo, m, files).await;
     let Err(lapsed) = lease.ensure_held() else {
-        return Ok(());
+        return saved;
     };
+    if let Err(e) = saved {
+        // The write may have landed all the same: it must not stay either.
+        let _ = manifest::delete(repo, &m.cluster, &m.id).await;
+        return Err(Error::Conflict(format!(
+            "{lapsed} while the manifest of backup {} was written, and the write failed ({e}); \
+             any part of it that landed was removed. Take the backup again (and look at why the \
+             repository stopped answering)",
+            m.id
+        )));
+    }
     Err(Error::Conflict(
         match manifest::delete(repo, &m.cluster, &m.id).await {
             Ok(()) => format!(
@@ -92,6 +109,35 @@ mod tests {
             "{err}"
         );
         assert!(written(&repo).await.is_empty(), "the manifest stayed");
+        lease.release().await;
+
+        // The same, the write reporting a timeout after it landed.
+        let faults_timing_out = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            fail_swaps: 1000.into(),
+            slow_creates: Some(("/manifest".into(), Duration::from_secs(80))),
+            slow_creates_time_out: true,
+            ..Default::default()
+        });
+        let timing_out = crate::test_support::open_with(faults_timing_out).await;
+        let id = "20261124-000050F";
+        let lease = acquire_backup(&timing_out, "main", id, Duration::ZERO)
+            .await
+            .unwrap();
+        let err = write_manifest(
+            &timing_out,
+            &lease,
+            &manifest_of(id, &[]),
+            std::iter::empty(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the write failed"), "{err}");
+        assert!(
+            written(&repo).await.is_empty(),
+            "the landed manifest stayed"
+        );
         lease.release().await;
 
         faults

@@ -22,9 +22,14 @@
 //!   it; the checks that need every entry (missing blocks, packs to probe) read the table
 //!   once, in order.
 //!
-//! Runs are merged [`MAX_FAN_IN`] at a time, so the open files and read buffers stay bounded
-//! too. Every step reads and writes sequentially; filling the table in place from each index
-//! segment instead would read and write most of its pages once per segment.
+//! Runs are merged [`MAX_FAN_IN`] at a time, as soon as that many are waiting ([`Runs`]), so
+//! the open files and read buffers stay bounded too. Every step reads and writes
+//! sequentially; filling the table in place from each index segment instead would read and
+//! write most of its pages once per segment. Besides the fences, memory keeps a number for
+//! every pack of the repository (about 100 bytes per pack).
+//!
+//! `TMPDIR` should be on disk: where `/tmp` is a tmpfs, the table lives in memory after all
+//! (point `TMPDIR` at a directory on disk for the restore).
 //!
 //! Local disk, in `TMPDIR` beside the file spool: 52 bytes per block for the table, 32 per
 //! block for the ids and 52 per index entry for the runs while they are merged.
@@ -47,6 +52,9 @@ pub const RUN_IDS: usize = 1 << 20;
 /// Index entries sorted in memory before a run goes to disk (26 MiB of entries).
 pub const RUN_LOCATED: usize = 1 << 19;
 
+/// Largest run reserved at once (records); see [`Runs::push`].
+const MAX_RESERVED_RUN: usize = 1 << 23;
+
 /// Runs merged at once: each holds a file and a read buffer of [`MERGE_BUFFER`] bytes.
 pub const MAX_FAN_IN: usize = 64;
 
@@ -63,6 +71,15 @@ fn spill_error(e: std::io::Error) -> Error {
         "the restore's block index could not be spilled to the temporary directory \
          (TMPDIR, default /tmp); free space there, point TMPDIR elsewhere, or give the \
          restore more memory with --index-memory",
+        e,
+    )
+}
+
+/// Reading the table back failed: the local disk, not space.
+fn read_error(e: std::io::Error) -> Error {
+    Error::io(
+        "the restore's block index could not be read back from its table in the temporary \
+         directory (TMPDIR, default /tmp); check that disk",
         e,
     )
 }
@@ -124,11 +141,18 @@ impl Record for (ContentId, Location) {
 }
 
 /// Records collected with bounded memory: sorted by id in runs of at most `run_len` on disk.
+///
+/// Open files stay bounded too: runs carry a level (0 when spilled from memory), and as soon
+/// as [`MAX_FAN_IN`] runs of one level are waiting they are merged into one run of the next
+/// level, like the digits of a counter in base [`MAX_FAN_IN`]. At most `MAX_FAN_IN - 1` runs
+/// per level are open (a few levels for any repository), and each record is rewritten once
+/// per level.
 #[derive(Debug)]
 pub(crate) struct Runs<T> {
     dir: PathBuf,
     current: Vec<T>,
-    files: Vec<File>,
+    /// Levels never increase along the vector.
+    files: Vec<(u32, File)>,
     run_len: usize,
     /// Drop repeated records of a run (ids: only which, not how often, matters).
     dedup: bool,
@@ -146,6 +170,13 @@ impl<T: Record + Eq> Runs<T> {
     }
 
     fn push(&mut self, r: T) -> Result<()> {
+        if self.current.capacity() == 0 {
+            // Exactly one run's room, reserved (not touched: only what is written becomes
+            // resident), so the vector never doubles past it. Runs without a bound (an index
+            // kept in memory whatever its size) grow as vectors do.
+            self.current
+                .reserve_exact(self.run_len.min(MAX_RESERVED_RUN));
+        }
         self.current.push(r);
         if self.current.len() >= self.run_len {
             self.sort_current();
@@ -166,9 +197,39 @@ impl<T: Record + Eq> Runs<T> {
 
     fn spill_current(&mut self) -> Result<()> {
         let file = write_records(&self.dir, self.current.iter().copied())?;
-        self.files.push(file);
+        self.files.push((0, file));
         self.current = Vec::new();
-        Ok(())
+        loop {
+            let level = self.files.last().map(|f| f.0).unwrap_or(0);
+            let same = self.files.iter().rev().take_while(|f| f.0 == level).count();
+            if same < MAX_FAN_IN {
+                return Ok(());
+            }
+            let group: Vec<File> = self
+                .files
+                .split_off(self.files.len() - same)
+                .into_iter()
+                .map(|f| f.1)
+                .collect();
+            let merged = self.merge_into_file(group)?;
+            self.files.push((level + 1, merged));
+        }
+    }
+
+    fn merge_into_file(&self, files: Vec<File>) -> Result<File> {
+        let mut out = BufWriter::new(temp_file(&self.dir)?);
+        let mut bytes = vec![0u8; T::LEN];
+        merge_files::<T>(files, |r| {
+            r.encode(&mut bytes);
+            out.write_all(&bytes).map_err(spill_error)
+        })?;
+        out.into_inner().map_err(|e| spill_error(e.into_error()))
+    }
+
+    /// Runs spilled so far (open files).
+    #[cfg(test)]
+    fn open_runs(&self) -> usize {
+        self.files.len()
     }
 
     /// Every record, in id order (equal ids from different runs next to each other).
@@ -177,19 +238,16 @@ impl<T: Record + Eq> Runs<T> {
         if !self.current.is_empty() {
             self.spill_current()?;
         }
-        while self.files.len() > MAX_FAN_IN {
-            let rest = self.files.split_off(MAX_FAN_IN);
-            let first = std::mem::replace(&mut self.files, rest);
-            let mut out = BufWriter::new(temp_file(&self.dir)?);
-            let mut bytes = vec![0u8; T::LEN];
-            merge_files::<T>(first, |r| {
-                r.encode(&mut bytes);
-                out.write_all(&bytes).map_err(spill_error)
-            })?;
-            self.files
-                .push(out.into_inner().map_err(|e| spill_error(e.into_error()))?);
+        let mut files: Vec<File> = std::mem::take(&mut self.files)
+            .into_iter()
+            .map(|f| f.1)
+            .collect();
+        while files.len() > MAX_FAN_IN {
+            let rest = files.split_off(MAX_FAN_IN);
+            let merged = self.merge_into_file(std::mem::replace(&mut files, rest))?;
+            files.push(merged);
         }
-        merge_files(self.files, each)
+        merge_files(files, each)
     }
 }
 
@@ -275,13 +333,16 @@ pub enum Wanted {
 
 impl WantedIds {
     /// Ids kept in memory when at most `in_memory` distinct ones come; else a table on disk,
-    /// built from runs of at most `run_ids` (at least 1024).
+    /// built from runs of at most `run_ids` (at least 1024, and more than twice `in_memory`:
+    /// a run goes to disk only once it holds more distinct ids than the budget, so a backup
+    /// whose distinct ids fit never spills, however often they repeat).
     pub fn new(in_memory: usize, run_ids: usize) -> Self {
         Self::new_in(std::env::temp_dir(), in_memory, run_ids)
     }
 
     /// [`WantedIds::new`] spilling to `dir` instead of `TMPDIR`.
     pub fn new_in(dir: PathBuf, in_memory: usize, run_ids: usize) -> Self {
+        let run_ids = run_ids.max(in_memory.saturating_mul(2).saturating_add(2));
         WantedIds {
             runs: Runs::new(dir, run_ids, true),
             in_memory,
@@ -303,7 +364,7 @@ impl WantedIds {
                 return Ok(Wanted::Memory(ids));
             }
         }
-        let (run_len, dir) = (self.runs.run_len, self.runs.dir.clone());
+        let (run_len, dir) = (self.runs.run_len.min(RUN_IDS), self.runs.dir.clone());
         let mut last: Option<ContentId> = None;
         let mut out = BufWriter::new(temp_file(&self.runs.dir)?);
         let mut count = 0u64;
@@ -419,7 +480,7 @@ impl BlockTable {
         let page = &mut page[..n * Located::LEN];
         self.file
             .read_exact_at(page, first * Located::LEN as u64)
-            .map_err(spill_error)?;
+            .map_err(read_error)?;
         let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -437,8 +498,9 @@ impl BlockTable {
     pub(crate) fn scan(&self, mut each: impl FnMut(&ContentId, &Location)) -> Result<()> {
         let mut r = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(&self.file, 0));
         for _ in 0..self.records {
-            let (id, at) = next_record::<Located>(&mut r)?
-                .ok_or_else(|| spill_error(std::io::ErrorKind::UnexpectedEof.into()))?;
+            let (id, at) = next_record::<Located>(&mut r)
+                .map_err(|_| read_error(std::io::ErrorKind::InvalidData.into()))?
+                .ok_or_else(|| read_error(std::io::ErrorKind::UnexpectedEof.into()))?;
             each(&id, &at);
         }
         Ok(())
@@ -558,6 +620,51 @@ mod tests {
             err.contains("TMPDIR") && err.contains("--index-memory"),
             "{err}"
         );
+    }
+
+    /// A backup whose distinct ids fit the budget stays in memory however often its blocks
+    /// repeat (zero pages aside, a cluster repeats many): runs spill only past the budget.
+    #[test]
+    fn repeated_ids_within_the_budget_stay_in_memory() {
+        let mut w = WantedIds::new(1000, 1024);
+        for i in 0..2400u64 {
+            w.push(id(i % 800)).unwrap();
+        }
+        let Wanted::Memory(ids) = w.finish().unwrap() else {
+            panic!("800 distinct ids fit a budget of 1000");
+        };
+        assert_eq!(ids.len(), 800);
+        let mut w = WantedIds::new(1000, 1024);
+        for i in 0..2400u64 {
+            w.push(id(i % 1200)).unwrap();
+        }
+        assert!(
+            matches!(w.finish().unwrap(), Wanted::Table(_)),
+            "1200 distinct ids do not fit a budget of 1000"
+        );
+    }
+
+    /// However many runs a repository's index makes, at most MAX_FAN_IN - 1 per level are
+    /// open; every record still comes out, in order.
+    #[test]
+    fn open_runs_stay_bounded_and_every_record_comes_out_in_order() {
+        let dir = std::env::temp_dir();
+        let mut runs: Runs<Located> = Runs::new(dir, 1024, false);
+        let n = 150 * 1024u64;
+        let mut most = 0;
+        for i in 0..n {
+            runs.push((id(i % (n / 2)), at(i))).unwrap();
+            most = most.max(runs.open_runs());
+        }
+        assert!(most < 2 * MAX_FAN_IN, "{most} runs open at once");
+        let mut out = Vec::new();
+        runs.merge(|r| {
+            out.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(out.len() as u64, n, "every record, repeats included");
+        assert!(out.windows(2).all(|w| w[0].0 <= w[1].0), "in id order");
     }
 
     #[test]
