@@ -268,9 +268,11 @@ async fn wait_for_wal(
     };
     let mut segno = start.segment_no(seg_size);
     let last = stop.segment_no(seg_size);
+    let mut poll = ArchivePoll::default();
     while segno <= last {
         if is_archived(repo, cluster, &name(segno)).await? {
             segno += 1;
+            poll = ArchivePoll::default();
             continue;
         }
         if Instant::now() > deadline {
@@ -282,9 +284,32 @@ async fn wait_for_wal(
             }
             return Ok(missing);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        poll.pause().await;
     }
     Ok(Vec::new())
+}
+
+/// Pauses between looks for a segment to be archived. The segment pg_backup_stop (or
+/// `check`'s pg_switch_wal) completes is usually archived a few tens or hundreds of
+/// milliseconds later: look again soon, then less often. With a fixed 200 ms pause, the
+/// look after the segment landed came up to 200 ms late, and usually another round later:
+/// alternating incremental backups measured 1.10 s against 0.72 s on average.
+struct ArchivePoll(Duration);
+
+impl Default for ArchivePoll {
+    fn default() -> Self {
+        ArchivePoll(Duration::from_millis(20))
+    }
+}
+
+impl ArchivePoll {
+    /// Longest pause (one `HEAD` of the repository per pause).
+    const MAX: Duration = Duration::from_millis(200);
+
+    async fn pause(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 3 / 2).min(Self::MAX);
+    }
 }
 
 fn new_backup_id(t: BackupType, existing: &[String]) -> String {
@@ -1057,6 +1082,7 @@ pub async fn check_archiving(
         .parse()
         .map_err(|e| Error::InvalidInput(format!("{e}")))?;
     let started = Instant::now();
+    let mut poll = ArchivePoll::default();
     loop {
         match repo
             .storage()
@@ -1073,7 +1099,7 @@ pub async fn check_archiving(
                         timeout.as_secs()
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                poll.pause().await;
             }
             Err(e) => return Err(e.into()),
         }
