@@ -94,6 +94,16 @@ pub struct ReencryptOptions {
     /// runs (archiving and backups stopped, or restarted since): the old epochs may be dropped
     /// after `grace` alone, without waiting [`WRITERS_SETTLE`] for such processes to follow.
     pub writers_stopped: bool,
+    /// How long one upload may keep retrying (`retry_timeout` of this host's storage
+    /// options): what a writer sealed just before it followed the rotation may land that
+    /// late, so the wait for writers covers it when it is longer than the default minute.
+    pub upload_retries: Duration,
+}
+
+/// How long old epochs stay after a key change whatever the grace period: [`WRITERS_SETTLE`],
+/// or longer when uploads here retry for longer than its minute.
+pub fn writers_settle(upload_retries: Duration) -> Duration {
+    WRITERS_SETTLE.max(FOLLOWED_WITHIN + upload_retries)
 }
 
 /// What a re-encryption did.
@@ -450,10 +460,11 @@ async fn reencrypt_locked(
     // epoch: wait until the config is a grace period old and no backup from before it runs.
     let now = listed_at;
     let changed = config_changed.unwrap_or(now);
+    let writers = writers_settle(opts.upload_retries);
     let settle = if opts.writers_stopped {
         opts.grace
     } else {
-        opts.grace.max(WRITERS_SETTLE)
+        opts.grace.max(writers)
     };
     let ready_at = changed + settle.as_secs() as i64;
     if now < ready_at {
@@ -461,7 +472,7 @@ async fn reencrypt_locked(
             format!(
                 "the {}s a running archive-push, wal-receive or backup needs to follow a key change and \
                  finish what it was uploading; --writers-stopped skips it when none runs",
-                WRITERS_SETTLE.as_secs()
+                writers.as_secs()
             )
         } else {
             "gc's grace period after the last key change".to_string()

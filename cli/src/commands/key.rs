@@ -176,6 +176,10 @@ async fn reencrypt(
             lease_wait: settings.maintenance_lease_wait,
             object_lock: settings.object_lock,
             writers_stopped,
+            upload_retries: settings
+                .storage_options()?
+                .retry_timeout()
+                .map_err(|e| Failure::usage(e.to_string()))?,
         },
     )
     .await?;

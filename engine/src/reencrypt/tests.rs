@@ -20,6 +20,7 @@ fn opts() -> ReencryptOptions {
         lease_wait: Duration::ZERO,
         object_lock: None,
         writers_stopped: true,
+        upload_retries: Duration::from_secs(60),
     }
 }
 
@@ -238,6 +239,19 @@ async fn old_epochs_stay_until_running_writers_have_followed_the_rotation() {
     for o in mem.list("").await.unwrap() {
         mem.backdate(o.key.as_str(), WRITERS_SETTLE.as_secs() as i64 + 5);
     }
+    // Uploads that retry for five minutes here: the wait covers them too.
+    let long_retries = ReencryptOptions {
+        upload_retries: Duration::from_secs(300),
+        ..writers_may_run.clone()
+    };
+    let r = reencrypt(&repo, Some(&unlock), None, &long_retries)
+        .await
+        .unwrap();
+    assert!(r.dropped_epochs.is_empty(), "{r:?}");
+    assert!(
+        r.waiting.as_deref().unwrap_or("").contains("the 420s"),
+        "{r:?}"
+    );
     let r = reencrypt(&repo, Some(&unlock), None, &writers_may_run)
         .await
         .unwrap();
