@@ -335,7 +335,8 @@ pub async fn restore(
     )
     .await?;
     // The file list goes to local disk as the manifest is parsed: memory holds the index of
-    // the backup's blocks (52 bytes per block) and each file's path, not the block lists.
+    // the backup's blocks (up to `index_memory`, then a table on disk) and each file's path,
+    // not the block lists.
     let (mut m, files) = manifest::load_spilled(repo, &opts.cluster, &chosen.id).await?;
     let in_memory_blocks =
         usize::try_from(opts.index_memory / INDEX_BYTES_PER_BLOCK).unwrap_or(usize::MAX);

@@ -83,74 +83,65 @@ mod tests {
         manifest::list_ids(repo, "main").await.unwrap()
     }
 
+    /// The test repository through storage where every lease refresh fails and creating a
+    /// manifest takes 80 s (and, with `time_out`, then reports a timeout although it landed).
+    async fn slow_manifests(
+        mem: Arc<crate::storage::MemoryStorage>,
+        time_out: bool,
+    ) -> (Arc<LeaseFaults>, Repository) {
+        let faults = Arc::new(LeaseFaults {
+            inner: mem,
+            fail_swaps: 1000.into(),
+            slow_creates: Some(("/manifest".into(), Duration::from_secs(80))),
+            slow_creates_time_out: time_out,
+            ..Default::default()
+        });
+        let repo = crate::test_support::open_with(faults.clone()).await;
+        (faults, repo)
+    }
+
+    /// Backup `id`'s manifest written under its own lease, released afterwards.
+    async fn commit(repo: &Repository, id: &str) -> Result<()> {
+        let lease = acquire_backup(repo, "main", id, Duration::ZERO)
+            .await
+            .unwrap();
+        let r = write_manifest(repo, &lease, &manifest_of(id, &[]), std::iter::empty()).await;
+        lease.release().await;
+        r
+    }
+
     /// The manifest write takes 80 s. With every lease refresh failing meanwhile, the lease
     /// lapses (70 s) during the write: the manifest is removed again. With refreshes landing,
     /// the same slow write commits the backup.
     #[tokio::test(start_paused = true)]
     async fn a_lease_lapsing_while_the_manifest_is_written_removes_the_manifest_again() {
         let (mem, _) = memory_repo().await;
-        let faults = Arc::new(LeaseFaults {
-            inner: mem.clone(),
-            fail_swaps: 1000.into(),
-            slow_creates: Some(("/manifest".into(), Duration::from_secs(80))),
-            ..Default::default()
-        });
-        let repo = crate::test_support::open_with(faults.clone()).await;
+        let (faults, repo) = slow_manifests(mem.clone(), false).await;
         let id = "20261124-000000F";
-        let lease = acquire_backup(&repo, "main", id, Duration::ZERO)
-            .await
-            .unwrap();
-        let err = write_manifest(&repo, &lease, &manifest_of(id, &[]), std::iter::empty())
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = commit(&repo, id).await.unwrap_err().to_string();
         assert!(
             err.contains("was removed again") && err.contains(id),
             "{err}"
         );
         assert!(written(&repo).await.is_empty(), "the manifest stayed");
-        lease.release().await;
 
         // The same, the write reporting a timeout after it landed.
-        let faults_timing_out = Arc::new(LeaseFaults {
-            inner: mem.clone(),
-            fail_swaps: 1000.into(),
-            slow_creates: Some(("/manifest".into(), Duration::from_secs(80))),
-            slow_creates_time_out: true,
-            ..Default::default()
-        });
-        let timing_out = crate::test_support::open_with(faults_timing_out).await;
-        let id = "20261124-000050F";
-        let lease = acquire_backup(&timing_out, "main", id, Duration::ZERO)
+        let (_, timing_out) = slow_manifests(mem, true).await;
+        let err = commit(&timing_out, "20261124-000050F")
             .await
-            .unwrap();
-        let err = write_manifest(
-            &timing_out,
-            &lease,
-            &manifest_of(id, &[]),
-            std::iter::empty(),
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("the write failed"), "{err}");
         assert!(
             written(&repo).await.is_empty(),
             "the landed manifest stayed"
         );
-        lease.release().await;
 
         faults
             .fail_swaps
             .store(0, std::sync::atomic::Ordering::SeqCst);
         let id = "20261124-000100F";
-        let lease = acquire_backup(&repo, "main", id, Duration::ZERO)
-            .await
-            .unwrap();
-        write_manifest(&repo, &lease, &manifest_of(id, &[]), std::iter::empty())
-            .await
-            .unwrap();
+        commit(&repo, id).await.unwrap();
         assert_eq!(written(&repo).await, vec![id.to_string()]);
-        lease.release().await;
     }
 }
