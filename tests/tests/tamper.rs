@@ -304,8 +304,49 @@ fn tampering_is_noticed(a: &Archived) {
         "restore without an index segment: {}",
         text(&out)
     );
+    // The same with the block index in a table on disk (a cluster over --index-memory):
+    // refused before anything is written, saying what nothing indexes (a block list, read
+    // with the manifest, or a block, found by the preflight: whichever the deleted segment
+    // held).
+    assert_says(
+        &restore_refused(env, "r-index-table", &["--index-memory", "0"]),
+        1,
+        &["corrupt object", "index segment"],
+        "restore through the on-disk index, index segment deleted",
+    );
     env.write_object(victim, &saved);
     clean(env, "the index segment was put back");
+
+    // 5b. The packs are deleted: both kinds of index refuse the restore before writing,
+    // naming the pack (of a block list, read with the manifest, or of a block, probed by the
+    // preflight).
+    let packs: Vec<(String, Vec<u8>)> = env
+        .list_objects("packs/")
+        .into_iter()
+        .map(|k| {
+            let saved = env.read_object(&k).unwrap();
+            (k, saved)
+        })
+        .collect();
+    assert!(!packs.is_empty());
+    for (k, _) in &packs {
+        env.delete_object(k);
+    }
+    for (name, args) in [
+        ("r-pack", &[][..]),
+        ("r-pack-table", &["--index-memory", "0"][..]),
+    ] {
+        assert_says(
+            &restore_refused(env, name, args),
+            1,
+            &["corrupt object", "pack"],
+            &format!("restore {args:?}, packs deleted"),
+        );
+    }
+    for (k, saved) in &packs {
+        env.write_object(k, saved);
+    }
+    clean(env, "the packs were put back");
     let renamed = format!("index/{}", "ab".repeat(32));
     env.write_object(&renamed, &saved);
     assert_says(
