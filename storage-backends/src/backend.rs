@@ -1,7 +1,7 @@
 //! [`Storage`] over any `object_store` backend.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use pgcairn_engine::storage::{
     CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storage, StorageError,
 };
 
+use crate::direct_create::{self, Direct};
 use crate::errors::classify;
 use crate::local;
 use crate::options::StorageOptions;
@@ -307,6 +308,53 @@ impl ObjectStoreBackend {
         Ok(())
     }
 
+    /// A create found `key` taken. A retried request whose first attempt landed looks exactly
+    /// like this; so does an identical object written earlier. Both are our object.
+    async fn compare_existing(
+        &self,
+        key: &ObjectKey,
+        data: &Bytes,
+        dirs: Vec<PathBuf>,
+    ) -> Result<CreateOutcome, StorageError> {
+        match self.get(key).await {
+            Ok(existing) if existing == *data => {
+                self.sync_local(key, dirs).await?;
+                Ok(CreateOutcome::Created)
+            }
+            Ok(_) => Ok(CreateOutcome::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a large local object past the page cache ([`direct_create`]).
+    async fn create_direct(
+        &self,
+        root: &Path,
+        key: &ObjectKey,
+        data: &Bytes,
+    ) -> Result<Direct, StorageError> {
+        let path = root.join(key.as_str());
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = path.parent() {
+                pgcairn_engine::private_fs::create_dir_all(parent).map_err(|e| {
+                    StorageError::Permanent {
+                        op: "mkdir",
+                        key: parent.display().to_string(),
+                        detail: e.to_string(),
+                    }
+                })?;
+            }
+            direct_create::create(&path, &data)
+        })
+        .await
+        .map_err(|e| StorageError::Permanent {
+            op: "put",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?
+    }
+
     fn local_dirs(&self, key: &ObjectKey) -> Vec<PathBuf> {
         match &self.local_root {
             Some(root) => local::dirs_to_sync(root, &root.join(key.as_str())),
@@ -391,6 +439,20 @@ impl Storage for ObjectStoreBackend {
         data: Bytes,
     ) -> Result<CreateOutcome, StorageError> {
         let dirs = self.local_dirs(key);
+        if let Some(root) = self
+            .local_root
+            .as_ref()
+            .filter(|_| data.len() >= direct_create::MIN_LEN)
+        {
+            match self.create_direct(root, key, &data).await? {
+                Direct::Created => {
+                    self.sync_local(key, dirs).await?;
+                    return Ok(CreateOutcome::Created);
+                }
+                Direct::Exists => return self.compare_existing(key, &data, dirs).await,
+                Direct::Unsupported => {}
+            }
+        }
         if self.local_root.is_none() && data.len() > self.multipart_threshold {
             // Multipart uploads cannot be conditional. Large objects are content-addressed
             // (packs), so an existing object under the name holds the same bytes.
@@ -417,16 +479,7 @@ impl Storage for ObjectStoreBackend {
             }
             Err(object_store::Error::AlreadyExists { .. })
             | Err(object_store::Error::Precondition { .. }) => {
-                // A retried request whose first attempt landed looks exactly like this; so
-                // does an identical object written earlier. Both are our object.
-                match self.get(key).await {
-                    Ok(existing) if existing == data => {
-                        self.sync_local(key, dirs).await?;
-                        Ok(CreateOutcome::Created)
-                    }
-                    Ok(_) => Ok(CreateOutcome::AlreadyExists),
-                    Err(e) => Err(e),
-                }
+                self.compare_existing(key, &data, dirs).await
             }
             Err(e) => Err(classify("put", key.as_str(), e)),
         }

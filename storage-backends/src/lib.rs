@@ -43,6 +43,7 @@
 //! - **multipart** uploads for objects above `multipart_threshold`.
 
 mod backend;
+mod direct_create;
 mod errors;
 mod local;
 mod options;

@@ -280,12 +280,35 @@ async fn list_is_prefix_bounded_and_delete_is_idempotent() {
     }
 }
 
+/// `len` bytes that do not repeat in any short period.
+fn noise(len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+/// A file:// repository created by `create` in `<tempdir>/repo`.
+fn new_local_repository() -> (tempfile::TempDir, Arc<dyn Storage>) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let s = create(
+        &format!("file://{}", root.display()),
+        &StorageOptions::default(),
+    )
+    .unwrap();
+    (dir, s)
+}
+
+/// Permission bits of `p`.
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
 /// 20 MiB: above the test threshold, and two parts (16 + 4 MiB) of a multipart upload.
 #[tokio::test]
 async fn large_objects_round_trip_through_multipart() {
-    let data: Vec<u8> = (0..(20u32 << 20))
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let data = noise(20 << 20);
     for (name, url, opts) in remote_targets("multipart") {
         let s = open(&url, &opts).unwrap();
         let k = key("packs/00/large");
@@ -302,6 +325,56 @@ async fn large_objects_round_trip_through_multipart() {
             "{name}"
         );
     }
+}
+
+/// Large local objects (packs) are created past the page cache through an unnamed file: the
+/// same create-only contract, exact bytes, private modes, and no temporary name in a listing.
+#[tokio::test]
+async fn large_local_objects_keep_the_create_only_contract() {
+    let (dir, s) = new_local_repository();
+    let root = dir.path().join("repo");
+    let data = noise((9 << 20) + 777);
+    let k = key("packs/ab/abcdef");
+    assert_eq!(
+        s.put_create(&k, Bytes::from(data.clone())).await.unwrap(),
+        CreateOutcome::Created
+    );
+    assert_eq!(s.get(&k).await.unwrap(), data);
+    assert_eq!(s.head(&k).await.unwrap(), data.len() as u64);
+    let tail = (data.len() - 5000) as u64..data.len() as u64;
+    assert_eq!(
+        s.get_range(&k, tail.clone()).await.unwrap(),
+        data[tail.start as usize..]
+    );
+    let mut other = data.clone();
+    other[4 << 20] ^= 1;
+    assert_eq!(
+        s.put_create(&k, Bytes::from(other)).await.unwrap(),
+        CreateOutcome::AlreadyExists,
+        "other bytes under a taken name are refused"
+    );
+    assert_eq!(s.get(&k).await.unwrap(), data, "content untouched");
+    assert_eq!(
+        s.put_create(&k, Bytes::from(data.clone())).await.unwrap(),
+        CreateOutcome::Created,
+        "identical bytes (a retried create that landed) count as our own write"
+    );
+    assert_eq!(mode(&root.join("packs")), 0o700);
+    assert_eq!(mode(&root.join("packs/ab")), 0o700);
+    assert_eq!(mode(&root.join("packs/ab/abcdef")), 0o600);
+    let names: Vec<_> = std::fs::read_dir(root.join("packs/ab"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["abcdef"], "nothing but the object in its directory");
+    let keys: Vec<String> = s
+        .list("packs/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.to_string())
+        .collect();
+    assert_eq!(keys, ["packs/ab/abcdef"]);
 }
 
 #[tokio::test]
@@ -554,21 +627,14 @@ fn opening_a_missing_file_repository_creates_nothing() {
 /// file:// repository objects were world-readable under the usual umask.
 #[tokio::test]
 async fn local_repository_objects_are_private_whatever_the_umask() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, s) = new_local_repository();
     let root = dir.path().join("repo");
-    let s = create(
-        &format!("file://{}", root.display()),
-        &StorageOptions::default(),
-    )
-    .unwrap();
     s.put_create(&key("packs/ab/cd"), Bytes::from_static(b"x"))
         .await
         .unwrap();
     s.put_swap(&key("config"), Bytes::from_static(b"y"), None)
         .await
         .unwrap();
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&root), 0o700, "repository root");
     assert_eq!(mode(&root.join("packs")), 0o700);
     assert_eq!(mode(&root.join("packs/ab")), 0o700);

@@ -185,6 +185,84 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
     );
 }
 
+/// A repository disk that fills while a pack is written (large packs go past the page cache
+/// through an unnamed file, linked under their name only once whole): the backup fails naming
+/// the cause, no backup and no partial pack is left, and the next backup, with room, restores.
+#[test]
+fn a_backup_into_a_full_repository_says_so_and_leaves_no_partial_pack() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if pgcairn_engine::pg::instance::current_uid() != 0 {
+        eprintln!("skipping: mounting a small file system needs root");
+        return;
+    }
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.started_pgbench_cluster("pg");
+    let _stop = StopOnDrop(&pg);
+    // About 25 MB of hex digits, 12 MB or so once compressed: one pack of several MiB.
+    pg.psql("postgres", "create table noise as select g, md5(g::text) || md5((g*7)::text) as v from generate_series(1, 250000) g").unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
+    // The repository moves onto a tmpfs with 3 MiB to spare.
+    let repo = env.path().join("repo");
+    let before = env.path().join("repo-before");
+    std::fs::rename(&repo, &before).unwrap();
+    let used: u64 = entries_beneath(&before)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.blocks() * 512 + 4096)
+        .sum();
+    let fs = mount_tmpfs(&repo, &format!("{}k", used / 1024 + 3072));
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", before.display()))
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let owner = std::fs::metadata(&before).unwrap();
+    std::os::unix::fs::chown(&repo, Some(owner.uid()), Some(owner.gid())).unwrap();
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    let out = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "the error names the cause: {}",
+        stderr(&out)
+    );
+    let info = env.pgcairn(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        doc["clusters"][0]["backups"].as_array().unwrap().len(),
+        0,
+        "no backup: {doc}"
+    );
+    let packs = repo.join("packs");
+    let partial: Vec<_> = if packs.exists() {
+        entries_beneath(&packs)
+            .into_iter()
+            .filter(|p| p.is_file())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    assert!(partial.is_empty(), "pack files left: {partial:?}");
+
+    fs.resize("512m");
+    let b = backup_json(&env, &["--type", "full"]);
+    assert_eq!(b["type"], "full");
+    let fingerprint = pgbench_fingerprint(&pg);
+    let restored = env.restore_and_start("restored", None);
+    let _stop_restored = StopOnDrop(&restored);
+    assert_eq!(pgbench_fingerprint(&restored), fingerprint);
+    assert_eq!(
+        restored
+            .psql("postgres", "select count(*) from noise")
+            .unwrap(),
+        "250000"
+    );
+}
+
 fn walk_count(dir: &std::path::Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
