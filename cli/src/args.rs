@@ -171,6 +171,14 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
         /// Files read in parallel (default: backup.jobs, else the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Memory, in MiB, for the ids of the blocks already stored (half: 32 bytes per block
+        /// of the repository, 64 MiB holds a million) and of those this backup stores (the
+        /// other half: 40 bytes per block). Past its half, the repository's ids go to a sorted
+        /// table in TMPDIR (32 bytes of local disk per block), and this backup forgets its
+        /// oldest claims (a block met again after that is stored twice), so a backup's memory
+        /// stays bounded whatever the repository's size. TMPDIR must be on disk for that.
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        index_memory: u64,
         /// Output format of the summary.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,

@@ -371,3 +371,41 @@ impl Storage for LeaseFaults {
         self.inner.delete(key).await
     }
 }
+
+/// This process's peak RSS, printed for [`peak_rss_of_child`].
+pub fn report_peak_rss() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    println!("peak_rss={}", kib << 10);
+}
+
+/// Runs the ignored test `test` alone in a child process with `env_var` set (other tests'
+/// memory would count in this one's peak), and returns the peak RSS it reported with
+/// [`report_peak_rss`], in bytes.
+pub fn peak_rss_of_child(test: &str, env_var: &str) -> u64 {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(env_var, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.split("peak_rss=").nth(1))
+        .unwrap_or_else(|| panic!("the child ran no workload: {stdout}"))
+        .parse()
+        .unwrap()
+}

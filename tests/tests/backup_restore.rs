@@ -92,6 +92,22 @@ fn backups_restore_to_the_source_state(backend: Backend) {
         );
     }
 
+    // Full backups with no memory for the ids of the blocks already stored: they are looked
+    // up in a table on local disk, and found (a full backup asks about every block). The
+    // first stores whole the blocks the incrementals stored as patches; the second finds
+    // every block but those changed since.
+    backup_json(&env, &["--type", "full", "--index-memory", "0"]);
+    let full2 = backup_json(&env, &["--type", "full", "--index-memory", "0"]);
+    let s = &full2["stats"];
+    assert!(
+        full2["block_index"]["on_disk"].as_u64().unwrap() > 1000,
+        "the repository's block ids went to a table: {full2}"
+    );
+    assert!(
+        s["blocks_new"].as_u64().unwrap() * 10 < s["blocks"].as_u64().unwrap(),
+        "blocks already stored are found in the table, not stored again: {s}"
+    );
+
     pg.psql("postgres", "create table marker as select 7 as answer")
         .unwrap();
     let expected = pgbench_fingerprint(&pg);
@@ -105,7 +121,7 @@ fn backups_restore_to_the_source_state(backend: Backend) {
     wait_archived(&pg, &last, Duration::from_secs(90));
     pg.stop().unwrap();
 
-    for (i, b) in [&full, &incr, &diff, &incr2].iter().enumerate() {
+    for (i, b) in [&full, &incr, &diff, &incr2, &full2].iter().enumerate() {
         let id = b["id"].as_str().unwrap();
         // The source cluster is stopped and its tablespace directory still in use by it:
         // restore each backup's tablespace somewhere new by moving the old one away.

@@ -31,6 +31,7 @@ pub struct BackupFlags {
     pub checksum_delta: bool,
     pub pin: bool,
     pub jobs: Option<usize>,
+    pub index_memory: u64,
     pub output: OutputFormat,
 }
 
@@ -44,6 +45,7 @@ pub async fn backup(
         checksum_delta,
         pin,
         jobs,
+        index_memory,
         output,
     } = flags;
     let pgdata = settings
@@ -71,6 +73,7 @@ pub async fn backup(
         archive_timeout: settings.backup_archive_timeout,
         standby_wal_wait: settings.standby_wal_wait,
         lease_wait: settings.lease_wait,
+        index_memory: index_memory.saturating_mul(1 << 20),
     };
     let reporter = Reporter::new(cli.progress);
     let done = run_backup(&repo, &opts, &reporter).await?;
@@ -87,7 +90,9 @@ pub async fn backup(
                 "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_time": m.start_time, "stop_time": m.stop_time,
                 "start_wal": m.start_wal, "stop_wal": m.stop_wal,
                 "from_standby": m.from_standby, "wal_in_backup": m.wal_in_backup,
-                "stats": s, "pinned": pin, "bad_pages": done.bad_pages.iter()
+                "stats": s, "pinned": pin,
+                "block_index": {"on_disk": done.known_on_disk, "claims_forgotten": done.claims_forgotten},
+                "bad_pages": done.bad_pages.iter()
                     .map(|(file, blocks)| serde_json::json!({"file": file, "blocks": blocks})).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
@@ -106,6 +111,18 @@ pub async fn backup(
                 m.start_wal,
                 m.stop_wal
             );
+            if let Some(n) = done.known_on_disk {
+                println!(
+                    "block index: {n} blocks stored, more than --index-memory holds: kept in a table in {}",
+                    std::env::temp_dir().display()
+                );
+            }
+            if done.claims_forgotten > 0 {
+                println!(
+                    "{} block ids of this backup forgotten to stay within --index-memory (blocks met again after that were stored again)",
+                    done.claims_forgotten
+                );
+            }
             if s.blocks_patched > 0 {
                 println!(
                     "{} blocks recorded as patches on base blocks (changed parts only)",

@@ -225,6 +225,7 @@ async fn demo_body(steps: &Steps, dir: &Path, instance: &Instance) -> Result<(),
         archive_timeout: Duration::from_secs(120),
         standby_wal_wait: Duration::from_secs(60),
         lease_wait: Duration::ZERO,
+        index_memory: pgcairn_engine::store::blocks::DEFAULT_KNOWN_MEMORY,
     };
     // Let the initial load age past the incremental's mtime safety window.
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -53,12 +53,14 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
             checksum_delta,
             pin,
             jobs,
+            index_memory,
             output,
         } => {
             let flags = backup::BackupFlags {
                 checksum_delta: *checksum_delta,
                 pin: *pin,
                 jobs: *jobs,
+                index_memory: *index_memory,
                 output: *output,
             };
             backup::backup(cli, settings, *backup_type, flags).await

@@ -23,8 +23,10 @@
 //! 7. write the manifest (the commit point), streamed from the file list that finished files
 //!    were spilled to ([`crate::store::manifest::file_spool`]).
 //!
-//! Memory per 64 KiB block: the known-block set (about 40 bytes per block of the repository,
-//! see [`crate::store::blocks::KnownBlocks`]) while files are read; for an incremental, the reference's
+//! Memory per 64 KiB block: the known-block set while files are read, within
+//! [`BackupOptions::index_memory`] (32 bytes per block of the repository, then a table on
+//! local disk; 40 per block this backup stores, then the oldest are forgotten: see
+//! [`crate::store::blocks::KnownBlocks`]); for an incremental, the reference's
 //! file entries (33 bytes per block) until each file is visited; and the sealed manifest
 //! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
@@ -89,6 +91,8 @@ pub struct BackupOptions {
     pub standby_wal_wait: Duration,
     /// How long to wait for another backup of the same cluster to finish (0: fail at once).
     pub lease_wait: Duration,
+    /// Memory for the ids of blocks already stored and claimed (see [`KnownBlocks`]).
+    pub index_memory: u64,
 }
 
 pub(crate) fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
@@ -474,7 +478,7 @@ async fn backup_with_lease(
 ) -> Result<BackupDone> {
     progress.phase("loading the block index", None);
     let condemned = crate::store::condemned::condemned_packs(repo).await?;
-    let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned).await?);
+    let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned, opts.index_memory).await?);
     // The reference's file entries stay in its spool (memory holds their paths); each file's
     // lookup takes its entry out.
     let (reference_id, reference_start_ns, reference_files) = match reference {
@@ -817,6 +821,7 @@ async fn backup_with_lease(
     }
     drop(alone);
     // Only the readers needed the known blocks: gone before the manifest is written.
+    let (known_on_disk, claims_forgotten) = (known.on_disk(), known.forgotten());
     drop(known);
     let packer = packer_task
         .await
@@ -858,6 +863,8 @@ async fn backup_with_lease(
     Ok(BackupDone {
         manifest: m,
         bad_pages,
+        known_on_disk,
+        claims_forgotten,
     })
 }
 
@@ -999,6 +1006,12 @@ pub struct BackupDone {
     pub manifest: Manifest,
     /// Files with page checksum failures, and the failing blocks.
     pub bad_pages: Vec<(String, Vec<u32>)>,
+    /// When the repository's block ids were over `index_memory`: how many went to a table in
+    /// `TMPDIR`.
+    pub known_on_disk: Option<u64>,
+    /// Claims this backup forgot to stay within `index_memory` (blocks met again after that
+    /// were stored again).
+    pub claims_forgotten: u64,
 }
 
 /// What `pgcairn check` found.

@@ -363,18 +363,24 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
             assert_eq!(some.pack_ids().unwrap(), [id_a, other].into());
         }
 
-        let known = KnownBlocks::load_excluding(&repo, &[condemned].into())
-            .await
-            .unwrap();
-        let only_in_condemned = if condemned == id_a { a[0] } else { b[3] };
-        let only_in_other = if condemned == id_a { b[3] } else { a[0] };
-        assert!(
-            known.claim(only_in_condemned),
-            "stored again, not reused from {condemned:?}"
-        );
-        assert!(!known.claim(only_in_condemned), "claimed once");
-        assert!(!known.claim(b[0]) && !known.claim(only_in_other));
-        assert!(known.claim(unindexed) && !known.claim(unindexed));
+        // In memory, and in a table on local disk (no memory for the repository's ids).
+        for memory in [crate::store::blocks::DEFAULT_KNOWN_MEMORY, 0] {
+            let known = KnownBlocks::load_excluding(&repo, &[condemned].into(), memory)
+                .await
+                .unwrap();
+            assert_eq!(known.on_disk().is_some(), memory == 0);
+            let only_in_condemned = if condemned == id_a { a[0] } else { b[3] };
+            let only_in_other = if condemned == id_a { b[3] } else { a[0] };
+            assert!(
+                known.claim(only_in_condemned),
+                "stored again, not reused from {condemned:?}"
+            );
+            assert!(!known.claim(only_in_condemned), "claimed once");
+            assert!(!known.claim(b[0]) && !known.claim(only_in_other));
+            assert!(known.claim(unindexed) && !known.claim(unindexed));
+            assert!(known.contains(&b[0]) && known.contains(&unindexed));
+            assert!(!known.contains(&ContentId([7; 32])));
+        }
     }
 }
 

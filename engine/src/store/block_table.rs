@@ -1,5 +1,6 @@
-//! A backup's block locations in a sorted table on local disk: the restore's block index when
-//! it would not fit its memory budget.
+//! Block ids and locations in sorted tables on local disk: the restore's block index, and the
+//! backup's set of the blocks its repository holds ([`IdTable`]), when they would not fit
+//! their memory budget (`--index-memory`).
 //!
 //! A restore looks up every block of its backup by id. Held in memory
 //! ([`super::blocks::BlockIndex`]) that costs 52 bytes per distinct block, and while the ids
@@ -27,6 +28,12 @@
 //! sequentially; filling the table in place from each index segment instead would read and
 //! write most of its pages once per segment. Besides the fences, memory keeps a number for
 //! every pack of the repository (about 100 bytes per pack).
+//!
+//! A backup asks, for every block it reads, whether the repository holds it already. Past its
+//! budget the repository's ids go the same way as a restore's wanted ids, sorted and merged
+//! into one file of distinct ids with a fence per page of 128 (4 KiB); a question is one
+//! `pread` of a page from the page cache, a small part of the block's own hashing and
+//! compression.
 //!
 //! `TMPDIR` should be on disk: where `/tmp` is a tmpfs, the table lives in memory after all
 //! (point `TMPDIR` at a directory on disk for the restore).
@@ -68,9 +75,9 @@ pub const PAGE_RECORDS: usize = 128;
 /// repository.
 fn spill_error(e: std::io::Error) -> Error {
     Error::io(
-        "the restore's block index could not be spilled to the temporary directory \
-         (TMPDIR, default /tmp); free space there, point TMPDIR elsewhere, or give the \
-         restore more memory with --index-memory",
+        "the block index could not be spilled to the temporary directory (TMPDIR, \
+         default /tmp); free space there, point TMPDIR elsewhere, or give the command \
+         more memory with --index-memory",
         e,
     )
 }
@@ -355,33 +362,111 @@ impl WantedIds {
     }
 
     /// The distinct ids, in memory or on disk.
-    pub fn finish(mut self) -> Result<Wanted> {
+    pub fn finish(self) -> Result<Wanted> {
+        let (run_len, dir) = (self.runs.run_len.min(RUN_IDS), self.runs.dir.clone());
+        Ok(match self.finish_ids()? {
+            Ids::Memory(ids) => Wanted::Memory(ids),
+            Ids::Table(ids) => Wanted::Table(TableBuilder {
+                ids: ids.file,
+                count: ids.records,
+                found: Runs::new(dir, run_len.min(RUN_LOCATED), false),
+            }),
+        })
+    }
+
+    /// The distinct ids, in memory or in a table on disk that answers membership tests.
+    pub fn finish_ids(mut self) -> Result<Ids> {
         if self.runs.files.is_empty() {
             self.runs.sort_current();
             if self.runs.current.len() <= self.in_memory {
                 let mut ids = std::mem::take(&mut self.runs.current);
                 ids.shrink_to_fit();
-                return Ok(Wanted::Memory(ids));
+                return Ok(Ids::Memory(ids));
             }
         }
-        let (run_len, dir) = (self.runs.run_len.min(RUN_IDS), self.runs.dir.clone());
         let mut last: Option<ContentId> = None;
         let mut out = BufWriter::new(temp_file(&self.runs.dir)?);
-        let mut count = 0u64;
+        let mut records = 0u64;
+        let mut fences = Vec::new();
         self.runs.merge(|id| {
             if last != Some(id) {
                 last = Some(id);
-                count += 1;
+                if records.is_multiple_of(PAGE_RECORDS as u64) {
+                    fences.push(id);
+                }
+                records += 1;
                 out.write_all(&id.0).map_err(spill_error)?;
             }
             Ok(())
         })?;
-        Ok(Wanted::Table(TableBuilder {
-            ids: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
-            count,
-            found: Runs::new(dir, run_len.min(RUN_LOCATED), false),
+        fences.shrink_to_fit();
+        Ok(Ids::Table(IdTable {
+            file: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
+            records,
+            fences,
         }))
     }
+}
+
+/// What [`WantedIds::finish_ids`] gives.
+#[derive(Debug)]
+pub enum Ids {
+    /// Sorted, distinct.
+    Memory(Vec<ContentId>),
+    /// Sorted, distinct, on disk.
+    Table(IdTable),
+}
+
+/// Distinct block ids sorted on local disk, for membership tests: a backup's set of the
+/// blocks its repository holds, past its memory budget. A lookup is one `pread` of a 4 KiB
+/// page.
+#[derive(Debug)]
+pub struct IdTable {
+    file: File,
+    records: u64,
+    fences: Vec<ContentId>,
+}
+
+impl IdTable {
+    /// Distinct ids held.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Whether `id` is one of them.
+    pub fn contains(&self, id: &ContentId) -> Result<bool> {
+        Ok(find::<ContentId>(&self.file, self.records, &self.fences, id)?.is_some())
+    }
+}
+
+/// The record for `id` in a table of `records` fixed-size records sorted by id, whose pages
+/// of [`PAGE_RECORDS`] start with `fences`: one read of that page.
+fn find<T: Record>(
+    file: &File,
+    records: u64,
+    fences: &[ContentId],
+    id: &ContentId,
+) -> Result<Option<T>> {
+    let Some(number) = fences.partition_point(|f| f <= id).checked_sub(1) else {
+        return Ok(None);
+    };
+    let first = (number * PAGE_RECORDS) as u64;
+    let n = (records - first).min(PAGE_RECORDS as u64) as usize;
+    let mut page = [0u8; PAGE_RECORDS * 64];
+    let page = &mut page[..n * T::LEN];
+    file.read_exact_at(page, first * T::LEN as u64)
+        .map_err(read_error)?;
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let record = &page[mid * T::LEN..(mid + 1) * T::LEN];
+        match record[..32].cmp(&id.0[..]) {
+            Ordering::Less => lo = mid + 1,
+            Ordering::Greater => hi = mid,
+            Ordering::Equal => return Ok(Some(T::decode(record))),
+        }
+    }
+    Ok(None)
 }
 
 /// The wanted ids on disk, and the index entries found so far (in runs on disk), until
@@ -471,27 +556,7 @@ impl BlockTable {
     /// Where a wanted block is: `None` when `id` is not wanted, [`Location::NOWHERE`] when it
     /// is but no index segment named it.
     pub(crate) fn get(&self, id: &ContentId) -> Result<Option<Location>> {
-        let Some(number) = self.fences.partition_point(|f| f <= id).checked_sub(1) else {
-            return Ok(None);
-        };
-        let first = (number * PAGE_RECORDS) as u64;
-        let n = (self.records - first).min(PAGE_RECORDS as u64) as usize;
-        let mut page = [0u8; PAGE_RECORDS * Located::LEN];
-        let page = &mut page[..n * Located::LEN];
-        self.file
-            .read_exact_at(page, first * Located::LEN as u64)
-            .map_err(read_error)?;
-        let (mut lo, mut hi) = (0, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let record = &page[mid * Located::LEN..(mid + 1) * Located::LEN];
-            match record[..32].cmp(&id.0[..]) {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return Ok(Some(Located::decode(record).1)),
-            }
-        }
-        Ok(None)
+        Ok(find::<Located>(&self.file, self.records, &self.fences, id)?.map(|r| r.1))
     }
 
     /// Every record, in id order, read once.
@@ -682,13 +747,6 @@ mod tests {
     }
 
     /// Peak memory of this process so far (`VmHWM`), in bytes.
-    fn peak_rss() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib << 10
-    }
-
     const CHILD: &str = "PGCAIRN_BLOCK_TABLE_MEMORY_CHILD";
 
     /// The workload of [`memory_stays_bounded_with_three_million_blocks`], run in a process of
@@ -716,7 +774,7 @@ mod tests {
         for i in (0..n).step_by(97) {
             assert_eq!(t.get(&id(i)).unwrap(), Some(at(i)));
         }
-        println!("peak_rss={}", peak_rss());
+        crate::test_support::report_peak_rss();
     }
 
     /// 3 million blocks (a 183 GiB cluster in 64 KiB blocks) would take 252 MiB held in
@@ -724,30 +782,10 @@ mod tests {
     /// then 26 MiB of entries), the fences (750 KiB) and the test binary itself.
     #[test]
     fn memory_stays_bounded_with_three_million_blocks() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::block_table::tests::three_million_blocks_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let peak = crate::test_support::peak_rss_of_child(
+            "store::block_table::tests::three_million_blocks_child",
+            CHILD,
         );
-        let peak: u64 = stdout
-            .lines()
-            .find_map(|l| l.split("peak_rss=").nth(1))
-            .unwrap_or_else(|| panic!("the child ran no workload: {stdout}"))
-            .parse()
-            .unwrap();
         eprintln!("peak RSS with 3 million blocks on disk: {} MiB", peak >> 20);
         assert!(
             peak < 96 << 20,

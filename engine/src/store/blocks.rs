@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
-use crate::store::block_table::{BlockTable, Wanted, WantedIds};
+use crate::store::block_table::{BlockTable, IdTable, Ids, Wanted, WantedIds, RUN_IDS};
 use crate::store::ids::PackId;
 
 /// Reads every index segment, a few at a time, and hands each one's entries (with its sealed
@@ -390,67 +390,161 @@ impl BlockIndex {
     }
 }
 
-/// Block ids known to the repository or already claimed by this backup.
+/// Block ids known to the repository or already claimed by this backup, within a memory
+/// budget (`backup --index-memory`).
 ///
-/// Memory: one vector sorted by id (32 bytes per block: the repository's blocks, then this
-/// backup's as they are claimed) and a hash set of the latest claims, merged into the vector
-/// (see [`crate::sorted`]) whenever it reaches an eighth of it. About 40 bytes per block in
-/// all, where a hash set of every claim cost 75 bytes per block, 120 while it grew.
-#[derive(Debug, Default)]
-pub struct KnownBlocks(Mutex<Known>);
+/// - The repository's blocks: one vector sorted by id (32 bytes per block) while they take
+///   at most half the budget; past it, a table sorted on local disk ([`IdTable`], in
+///   `TMPDIR`), a quarter of a byte per block in memory and one page read per question.
+/// - This backup's claims: a vector sorted by id and a hash set of the latest claims, merged
+///   into the vector (see [`crate::sorted`]) whenever it reaches an eighth of it: about 40
+///   bytes per claim, where a hash set of every claim cost 75, 120 while it grew. Past the
+///   other half of the budget the claims are forgotten and collecting starts again; a block
+///   met again after that is stored a second time (a copy in another pack, which restores and
+///   gc take as they take any copy), never taken as stored when it is not.
+/// - A question the table on disk cannot answer (a read error) counts as "not stored": the
+///   block is stored again rather than the backup depending on a block it could not find.
+#[derive(Debug)]
+pub struct KnownBlocks {
+    stored: StoredIds,
+    claims: Mutex<Claims>,
+    /// Claims held before they are forgotten.
+    max_claims: usize,
+}
+
+#[derive(Debug)]
+enum StoredIds {
+    /// Sorted, distinct.
+    Memory(Vec<ContentId>),
+    Table(IdTable),
+}
 
 #[derive(Debug, Default)]
-struct Known {
+struct Claims {
     sorted: Vec<ContentId>,
     recent: std::collections::HashSet<ContentId>,
+    /// Claims forgotten to stay within the budget.
+    forgotten: u64,
 }
 
 /// Claims held in the hash set before a merge, at least.
 const MIN_RECENT: usize = 1 << 16;
 
+/// Memory per claim, sorted vector and hash set together (see [`KnownBlocks`]).
+const CLAIM_BYTES: u64 = 40;
+
+/// Default `backup --index-memory`: 64 MiB, the repository's ids of a million blocks (64 GiB
+/// of distinct 64 KiB blocks) in memory, and as many claims.
+pub const DEFAULT_KNOWN_MEMORY: u64 = 64 << 20;
+
+impl Default for KnownBlocks {
+    /// Nothing stored, the default budget.
+    fn default() -> Self {
+        KnownBlocks::new(StoredIds::Memory(Vec::new()), DEFAULT_KNOWN_MEMORY)
+    }
+}
+
 impl KnownBlocks {
-    /// Every indexed block outside the packs GC condemned, read segment by segment: a backup
-    /// needs only the ids, so it never holds the whole index.
-    /// A backup must never start depending on a pack that may be deleted: blocks only found
-    /// in condemned packs are stored again.
+    fn new(stored: StoredIds, memory: u64) -> Self {
+        KnownBlocks {
+            stored,
+            claims: Mutex::default(),
+            max_claims: usize::try_from(memory / 2 / CLAIM_BYTES)
+                .unwrap_or(usize::MAX)
+                .max(MIN_RECENT),
+        }
+    }
+
+    /// Every indexed block outside the packs GC condemned, read segment by segment (a backup
+    /// needs only the ids, so it never holds the whole index), within `memory` bytes (see
+    /// [`KnownBlocks`]). A backup must never start depending on a pack that may be deleted:
+    /// blocks only found in condemned packs are stored again.
     pub async fn load_excluding(
         repo: &Repository,
         condemned: &std::collections::HashSet<PackId>,
+        memory: u64,
     ) -> Result<Self> {
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
-        let mut sorted = Vec::with_capacity(max_entries(&keys));
+        let in_memory = usize::try_from(memory / 2 / 32).unwrap_or(usize::MAX);
+        // Reserved up front when the whole index fits: one vector, sorted in place.
+        let (in_memory, run_ids) = if max_entries(&keys) <= in_memory {
+            (usize::MAX, usize::MAX)
+        } else {
+            (in_memory, RUN_IDS)
+        };
+        let mut ids = WantedIds::new(in_memory, run_ids);
+        let mut failed = None;
         for_each_listed_segment(repo, keys, |entries, _| {
-            sorted.extend(
-                entries
-                    .iter()
-                    .filter(|e| !condemned.contains(&e.pack_id))
-                    .map(|e| e.entry.block_id),
-            );
+            for e in entries.iter().filter(|e| !condemned.contains(&e.pack_id)) {
+                if failed.is_none() {
+                    failed = ids.push(e.entry.block_id).err();
+                }
+            }
         })
         .await?;
-        sorted.sort_unstable();
-        sorted.dedup();
-        sorted.shrink_to_fit();
-        Ok(KnownBlocks(Mutex::new(Known {
-            sorted,
-            recent: Default::default(),
-        })))
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let stored = match tokio::task::spawn_blocking(move || ids.finish_ids())
+            .await
+            .map_err(|e| Error::InvalidInput(format!("sorting the block index failed: {e}")))??
+        {
+            Ids::Memory(ids) => StoredIds::Memory(ids),
+            Ids::Table(table) => StoredIds::Table(table),
+        };
+        Ok(KnownBlocks::new(stored, memory))
+    }
+
+    /// Whether the repository's blocks went to a table on local disk, and how many there are.
+    pub fn on_disk(&self) -> Option<u64> {
+        match &self.stored {
+            StoredIds::Memory(_) => None,
+            StoredIds::Table(t) => Some(t.records()),
+        }
+    }
+
+    /// Claims forgotten to stay within the budget so far.
+    pub fn forgotten(&self) -> u64 {
+        self.claims.lock().expect("known blocks lock").forgotten
+    }
+
+    fn stored(&self, id: &ContentId) -> bool {
+        match &self.stored {
+            StoredIds::Memory(ids) => ids.binary_search(id).is_ok(),
+            StoredIds::Table(table) => table.contains(id).unwrap_or_else(|e| {
+                tracing::warn!("{e}: the block is stored again");
+                false
+            }),
+        }
     }
 
     /// Whether a block is known (stored, or claimed by this backup), without claiming it.
     pub fn contains(&self, id: &ContentId) -> bool {
-        let known = self.0.lock().expect("known blocks lock");
-        known.sorted.binary_search(id).is_ok() || known.recent.contains(id)
+        if self.stored(id) {
+            return true;
+        }
+        let claims = self.claims.lock().expect("known blocks lock");
+        claims.sorted.binary_search(id).is_ok() || claims.recent.contains(id)
     }
 
     /// Claims a block: true if it was unknown (the caller must store it).
     pub fn claim(&self, id: ContentId) -> bool {
-        let mut known = self.0.lock().expect("known blocks lock");
-        if known.sorted.binary_search(&id).is_ok() || !known.recent.insert(id) {
+        if self.stored(&id) {
             return false;
         }
-        if known.recent.len() >= MIN_RECENT.max(known.sorted.len() / 8) {
-            let Known { sorted, recent } = &mut *known;
+        let mut claims = self.claims.lock().expect("known blocks lock");
+        if claims.sorted.binary_search(&id).is_ok() || !claims.recent.insert(id) {
+            return false;
+        }
+        if claims.sorted.len() + claims.recent.len() > self.max_claims {
+            let held = (claims.sorted.len() + claims.recent.len() - 1) as u64;
+            claims.forgotten += held;
+            claims.sorted = Vec::new();
+            claims.recent.clear();
+            claims.recent.shrink_to(MIN_RECENT);
+            claims.recent.insert(id);
+        } else if claims.recent.len() >= MIN_RECENT.max(claims.sorted.len() / 8) {
+            let Claims { sorted, recent, .. } = &mut *claims;
             let mut batch: Vec<ContentId> = recent.drain().collect();
             batch.sort_unstable();
             crate::sorted::merge_into(sorted, &batch, |id| *id);
@@ -640,10 +734,93 @@ mod tests {
             "every new block is claimed once"
         );
         assert!((0..n).all(|i| !known.claim(id(i))), "and never again");
-        let k = known.0.lock().unwrap();
+        let k = known.claims.lock().unwrap();
         assert!(k.sorted.len() >= 2 * MIN_RECENT, "merged at least twice");
         assert_eq!(k.sorted.len() + k.recent.len(), n as usize);
         assert!(k.sorted.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    fn numbered(n: u64) -> ContentId {
+        ContentId(*blake3::hash(&n.to_le_bytes()).as_bytes())
+    }
+
+    /// The repository's `stored` blocks on disk (no memory for them), within `memory`.
+    fn known_on_disk(stored: u64, memory: u64) -> KnownBlocks {
+        let mut ids = WantedIds::new(0, RUN_IDS);
+        for i in 0..stored {
+            ids.push(numbered(i)).unwrap();
+        }
+        let Ids::Table(table) = ids.finish_ids().unwrap() else {
+            panic!("on disk");
+        };
+        KnownBlocks::new(StoredIds::Table(table), memory)
+    }
+
+    #[test]
+    fn claims_past_the_budget_are_forgotten_never_taken_as_stored() {
+        let known = known_on_disk(5000, 0);
+        assert_eq!(known.on_disk(), Some(5000));
+        assert!(
+            (0..5000).all(|i| !known.claim(numbered(i))),
+            "stored blocks"
+        );
+        assert!((0..5000).all(|i| known.contains(&numbered(i))));
+        // The smallest budget still holds MIN_RECENT claims.
+        let n = MIN_RECENT as u64 + 100;
+        assert!(
+            (5000..5000 + n).all(|i| known.claim(numbered(i))),
+            "new blocks"
+        );
+        assert_eq!(known.forgotten(), MIN_RECENT as u64);
+        // The latest claims are held; the forgotten ones are claimed (stored) again.
+        assert!((5000 + MIN_RECENT as u64..5000 + n).all(|i| !known.claim(numbered(i))));
+        assert!(known.claim(numbered(5000)), "forgotten: stored again");
+        assert!(!known.claim(numbered(5000)), "and held again");
+        assert!(!known.contains(&numbered(u64::MAX)));
+    }
+
+    const CHILD: &str = "PGCAIRN_KNOWN_BLOCKS_MEMORY_CHILD";
+
+    /// The workload of [`a_backups_known_blocks_stay_within_the_budget`], in a process of
+    /// its own.
+    #[test]
+    #[ignore = "run by a_backups_known_blocks_stay_within_the_budget in its own process"]
+    fn three_million_known_blocks_child() {
+        if std::env::var_os(CHILD).is_none() {
+            return;
+        }
+        let n = 3_000_000u64;
+        let known = known_on_disk(n, DEFAULT_KNOWN_MEMORY);
+        for i in (0..n).step_by(7) {
+            assert!(!known.claim(numbered(i)), "stored");
+        }
+        // A full backup of as many new blocks.
+        for i in n..2 * n {
+            assert!(known.claim(numbered(i)), "new");
+        }
+        crate::test_support::report_peak_rss();
+    }
+
+    /// A repository of 3 million blocks and a backup of 3 million new ones (183 GiB each in
+    /// 64 KiB blocks) took 216 MiB of ids in memory (32 bytes per stored block, 40 per
+    /// claim); within the default budget of 64 MiB the process peaks at the runs' buffers
+    /// (32 MiB of ids while the table is built), the claims' half of the budget and the test
+    /// binary.
+    #[test]
+    fn a_backups_known_blocks_stay_within_the_budget() {
+        let peak = crate::test_support::peak_rss_of_child(
+            "store::blocks::tests::three_million_known_blocks_child",
+            CHILD,
+        );
+        eprintln!(
+            "peak RSS, 3 million blocks known and 3 million claimed: {} MiB",
+            peak >> 20
+        );
+        assert!(
+            peak < 112 << 20,
+            "peak RSS {} MiB: known blocks are not bounded",
+            peak >> 20
+        );
     }
 
     /// Blocks of incompressible bytes, sealed, enough for `packs` packs (the last one partial).
