@@ -224,6 +224,12 @@ Exit 1 when anything is damaged; every damaged backup is named.")]
         /// Re-read packs verified by earlier runs too.
         #[arg(long)]
         all: bool,
+        /// Memory, in MiB, for the repository's block index (52 bytes per block: 64 MiB holds
+        /// about 1.3 million, 80 GiB of distinct data). A larger index goes to a sorted table
+        /// in TMPDIR (52 bytes of local disk per block), so verify's memory stays bounded
+        /// whatever the repository's size. TMPDIR must be on disk for that.
+        #[arg(long, value_name = "MIB", default_value_t = 64)]
+        index_memory: u64,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,

@@ -58,7 +58,13 @@ pub struct VerifyOptions {
     pub state_file: Option<PathBuf>,
     /// Parallel pack reads.
     pub jobs: usize,
+    /// Memory for the repository's block index (52 bytes per index entry); past it the index
+    /// is a table in `TMPDIR` ([`BlockIndex::load_within`]).
+    pub index_memory: u64,
 }
+
+/// Default [`VerifyOptions::index_memory`]: 64 MiB, the index of about 1.3 million blocks.
+pub const DEFAULT_INDEX_MEMORY: u64 = 64 << 20;
 
 /// How long a pack read and found whole is skipped by later runs.
 pub const REVERIFY_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
@@ -162,7 +168,7 @@ fn slice_of(pack: &PackId, t: u32) -> u32 {
 /// Verifies the repository (every cluster).
 pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let index = Arc::new(BlockIndex::load(repo).await?);
+    let index = Arc::new(BlockIndex::load_within(repo, opts.index_memory).await?);
     let lists = ListReader::with_index(repo, index.clone());
     // Which backups use which pack.
     let mut users: HashMap<PackId, BTreeSet<String>> = HashMap::new();
@@ -201,7 +207,7 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
             // Its block lists are blocks too (read while the manifest loaded), and so are
             // its patches.
             for id in blocks.chain(patches).chain(&f.block_lists) {
-                match index.get(id) {
+                match index.try_get(id)? {
                     Some(e) => {
                         users.entry(e.pack_id).or_default().insert(m.id.clone());
                     }
@@ -538,6 +544,7 @@ mod tests {
             all_again: false,
             state_file: None,
             jobs: 1,
+            index_memory: DEFAULT_INDEX_MEMORY,
         };
         let report = verify(&repo, &opts).await.unwrap();
         let misfit: Vec<&Problem> = report

@@ -116,9 +116,11 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
     pg.pgbench(&["-i", "-s", "12", "-q"]).unwrap();
-    // Random-ish data that does not compress away, so the backup takes a while.
-    pg.psql("postgres", "create table noise as select g, md5(g::text) || md5((g*7)::text) as v from generate_series(1, 400000) g").unwrap();
-    let packs_dir = env.path().join("repo/packs");
+    // Random-ish data that does not compress away (about 40 MB once compressed): more than
+    // one pack, so the backup is still reading when its first pack is indexed.
+    pg.psql("postgres", "create table noise as select g, md5(g::text) || md5((g*7)::text) as v from generate_series(1, 1200000) g").unwrap();
+    // A pack is linked under its name only once whole; its index segment follows it.
+    let index_dir = env.path().join("repo/index");
     let mut child = pgcairn_engine::pg::instance::command_as(env.run_as.as_deref(), &env.bin)
         .args([
             "--config",
@@ -131,11 +133,10 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
         ])
         .spawn()
         .unwrap();
-    // Kill it once at least one pack is uploaded.
+    // Kill it once at least one pack is uploaded and indexed.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let packs = walk_count(&packs_dir);
-        if packs >= 1 {
+        if walk_count(&index_dir) >= 1 {
             break;
         }
         assert!(Instant::now() < deadline, "no pack uploaded");
@@ -175,7 +176,7 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
         restored
             .psql("postgres", "select count(*) from noise")
             .unwrap(),
-        "400000"
+        "1200000"
     );
     assert_eq!(
         restored
@@ -263,6 +264,7 @@ fn a_backup_into_a_full_repository_says_so_and_leaves_no_partial_pack() {
     );
 }
 
+/// Complete objects beneath `dir` (not object_store's temporary `name#N` files).
 fn walk_count(dir: &std::path::Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
@@ -272,7 +274,7 @@ fn walk_count(dir: &std::path::Path) -> usize {
             if e.path().is_dir() {
                 walk_count(&e.path())
             } else {
-                usize::from(!e.file_name().to_string_lossy().starts_with('#'))
+                usize::from(!e.file_name().to_string_lossy().contains('#'))
             }
         })
         .sum()

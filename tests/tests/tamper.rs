@@ -155,6 +155,13 @@ fn archive_get(env: &TestEnv, seg: &str) -> Output {
 fn clean(env: &TestEnv, what: &str) {
     let out = verify(env);
     assert_says(&out, 0, &["ok"], &format!("verify after {what}"));
+    let out = env.pgcairn(&["--progress", "never", "verify", "--index-memory", "0"]);
+    assert_says(
+        &out,
+        0,
+        &["ok"],
+        &format!("verify through the on-disk index after {what}"),
+    );
 }
 
 /// The checks every backend runs.
@@ -295,6 +302,13 @@ fn tampering_is_noticed(a: &Archived) {
         1,
         &["no index segment"],
         "verify, index segment deleted",
+    );
+    // The same with the repository's index in a table on disk (one over --index-memory).
+    assert_says(
+        &env.pgcairn(&["--progress", "never", "verify", "--index-memory", "0"]),
+        1,
+        &["no index segment"],
+        "verify through the on-disk index, index segment deleted",
     );
     let dir = env.path().join("r-index").display().to_string();
     let out = env.pgcairn(&["--progress", "never", "restore", "--pgdata", &dir]);

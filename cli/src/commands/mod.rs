@@ -71,8 +71,12 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Verify {
             read_data,
             all,
+            index_memory,
             output,
-        } => verify::run(settings, read_data.as_deref(), *all, *output).await,
+        } => {
+            let index_memory = index_memory.saturating_mul(1 << 20);
+            verify::run(settings, read_data.as_deref(), *all, index_memory, *output).await
+        }
         Command::Expire { dry_run, output } => expire::run(settings, *dry_run, *output).await,
         Command::Gc {
             dry_run,

@@ -38,6 +38,7 @@ pub async fn run(
     settings: &Settings,
     read_data: Option<&str>,
     all: bool,
+    index_memory: u64,
     output: OutputFormat,
 ) -> Result<(), Failure> {
     let read_data = parse_read_data(read_data)?;
@@ -57,6 +58,7 @@ pub async fn run(
             })
             .map(|d| d.join(format!("verified-packs-{}", repo.config().repo_id))),
         jobs: settings.backup_jobs,
+        index_memory,
     };
     let r = verify(&repo, &opts).await?;
     if output == OutputFormat::Json {

@@ -375,7 +375,7 @@ impl ListReader {
                     out.insert(*id, hit.clone());
                     continue;
                 }
-                let Some(at) = self.index.get(id) else {
+                let Some(at) = self.index.try_get(id)? else {
                     return Err(corrupt(
                         *id,
                         "in no index segment (the block store lost it; run `pgcairn verify`)"
@@ -715,6 +715,7 @@ mod tests {
                 all_again: false,
                 state_file: None,
                 jobs: 1,
+                index_memory: crate::verify::DEFAULT_INDEX_MEMORY,
             },
         )
         .await

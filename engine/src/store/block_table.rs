@@ -258,6 +258,58 @@ impl<T: Record + Eq> Runs<T> {
     }
 }
 
+impl Runs<(ContentId, Location)> {
+    /// A table of every id among the records, each with the location `choose` picks among
+    /// its records.
+    fn build_every(self, choose: impl Fn(&[Location]) -> Location) -> Result<BlockTable> {
+        let mut out = BufWriter::new(temp_file(&self.dir)?);
+        let mut writer = TableWriter::default();
+        let mut current: Option<ContentId> = None;
+        let mut candidates: Vec<Location> = Vec::new();
+        self.merge(|(id, at)| {
+            if let Some(c) = current.filter(|c| *c != id) {
+                writer.push(&mut out, c, choose(&candidates))?;
+                candidates.clear();
+            }
+            current = Some(id);
+            candidates.push(at);
+            Ok(())
+        })?;
+        if let Some(c) = current {
+            writer.push(&mut out, c, choose(&candidates))?;
+        }
+        writer.finish(out)
+    }
+}
+
+/// Writes a table's records in id order and keeps its fences.
+#[derive(Default)]
+struct TableWriter {
+    records: u64,
+    fences: Vec<ContentId>,
+}
+
+impl TableWriter {
+    fn push(&mut self, out: &mut BufWriter<File>, id: ContentId, at: Location) -> Result<()> {
+        if self.records.is_multiple_of(PAGE_RECORDS as u64) {
+            self.fences.push(id);
+        }
+        self.records += 1;
+        let mut bytes = [0u8; 52];
+        (id, at).encode(&mut bytes);
+        out.write_all(&bytes).map_err(spill_error)
+    }
+
+    fn finish(mut self, out: BufWriter<File>) -> Result<BlockTable> {
+        self.fences.shrink_to_fit();
+        Ok(BlockTable {
+            file: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
+            records: self.records,
+            fences: self.fences,
+        })
+    }
+}
+
 /// A new temporary file holding `records`, in order.
 fn write_records<T: Record>(dir: &Path, records: impl Iterator<Item = T>) -> Result<File> {
     let mut out = BufWriter::new(temp_file(dir)?);
@@ -367,8 +419,7 @@ impl WantedIds {
         Ok(match self.finish_ids()? {
             Ids::Memory(ids) => Wanted::Memory(ids),
             Ids::Table(ids) => Wanted::Table(TableBuilder {
-                ids: ids.file,
-                count: ids.records,
+                ids: Some(ids.file),
                 found: Runs::new(dir, run_len.min(RUN_LOCATED), false),
             }),
         })
@@ -469,16 +520,23 @@ fn find<T: Record>(
     Ok(None)
 }
 
-/// The wanted ids on disk, and the index entries found so far (in runs on disk), until
-/// [`TableBuilder::build`] joins them into the table.
+/// The wanted ids on disk (none: every id found is wanted), and the index entries found so
+/// far (in runs on disk), until [`TableBuilder::build`] joins them into the table.
 #[derive(Debug)]
 pub struct TableBuilder {
-    ids: File,
-    count: u64,
+    ids: Option<File>,
     found: Runs<(ContentId, Location)>,
 }
 
 impl TableBuilder {
+    /// A table of every id found (verify's whole index), in `TMPDIR`.
+    pub fn every_found() -> Self {
+        TableBuilder {
+            ids: None,
+            found: Runs::new(std::env::temp_dir(), RUN_LOCATED, false),
+        }
+    }
+
     /// An index entry: where a block is (wanted or not: unwanted ones are dropped by
     /// [`TableBuilder::build`]).
     pub(crate) fn found(&mut self, id: ContentId, at: Location) -> Result<()> {
@@ -489,35 +547,32 @@ impl TableBuilder {
     /// ([`Location::NOWHERE`] when none was). One pass over the sorted ids and the sorted
     /// entries.
     pub(crate) fn build(self, choose: impl Fn(&[Location]) -> Location) -> Result<BlockTable> {
-        let mut ids = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(self.ids, 0));
+        let Some(ids) = self.ids else {
+            return self.found.build_every(choose);
+        };
+        let mut ids = BufReader::with_capacity(MERGE_BUFFER, ReadFrom(ids, 0));
         let mut out = BufWriter::new(temp_file(&self.found.dir)?);
-        let mut fences = Vec::with_capacity(self.count.div_ceil(PAGE_RECORDS as u64) as usize);
-        let mut records = 0u64;
-        let mut bytes = [0u8; 52];
+        let mut writer = TableWriter::default();
         // The wanted id being matched, and the locations found for it.
         let mut wanted: Option<ContentId> = next_record(&mut ids)?;
         let mut candidates: Vec<Location> = Vec::new();
-        let mut emit = |id: ContentId,
-                        candidates: &mut Vec<Location>,
-                        out: &mut BufWriter<File>|
+        let emit = |id: ContentId,
+                    candidates: &mut Vec<Location>,
+                    out: &mut BufWriter<File>,
+                    writer: &mut TableWriter|
          -> Result<()> {
-            if records.is_multiple_of(PAGE_RECORDS as u64) {
-                fences.push(id);
-            }
-            records += 1;
             let at = if candidates.is_empty() {
                 Location::NOWHERE
             } else {
                 choose(candidates)
             };
             candidates.clear();
-            (id, at).encode(&mut bytes);
-            out.write_all(&bytes).map_err(spill_error)
+            writer.push(out, id, at)
         };
         self.found.merge(|(id, at)| {
             // Wanted ids below this entry's are complete: write them.
             while let Some(w) = wanted.filter(|w| *w < id) {
-                emit(w, &mut candidates, &mut out)?;
+                emit(w, &mut candidates, &mut out, &mut writer)?;
                 wanted = next_record(&mut ids)?;
             }
             if wanted == Some(id) {
@@ -526,14 +581,10 @@ impl TableBuilder {
             Ok(())
         })?;
         while let Some(w) = wanted {
-            emit(w, &mut candidates, &mut out)?;
+            emit(w, &mut candidates, &mut out, &mut writer)?;
             wanted = next_record(&mut ids)?;
         }
-        Ok(BlockTable {
-            file: out.into_inner().map_err(|e| spill_error(e.into_error()))?,
-            records,
-            fences,
-        })
+        writer.finish(out)
     }
 }
 
@@ -667,6 +718,53 @@ mod tests {
         }
         // The smallest possible id sorts before every fence.
         assert_eq!(t.get(&ContentId([0; 32])).unwrap(), None);
+    }
+
+    #[test]
+    fn a_table_of_every_id_found_holds_each_once_with_the_chosen_copy() {
+        let n = 40_000u64;
+        let mut b = TableBuilder::every_found();
+        b.found.run_len = 1024;
+        // Every third id found twice, in different runs; `choose` takes the larger copy.
+        for i in 0..n {
+            b.found(id(i), at(i)).unwrap();
+        }
+        for i in (0..n).step_by(3) {
+            b.found(id(i), at(i + 1)).unwrap();
+        }
+        let t = b
+            .build(|found| *found.iter().max_by_key(|l| l.sealed_len).unwrap())
+            .unwrap();
+        assert_eq!(t.records(), n);
+        for i in 0..n {
+            let want = if i % 3 == 0 { at(i + 1) } else { at(i) };
+            assert_eq!(t.get(&id(i)).unwrap(), Some(want), "block {i}");
+        }
+        assert_eq!(t.get(&id(n)).unwrap(), None);
+        let mut last = None;
+        t.scan(|i, _| {
+            assert!(last < Some(*i), "sorted, each id once");
+            last = Some(*i);
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn an_id_table_answers_membership() {
+        let n = 10_000u64;
+        let mut w = WantedIds::new(0, 1024);
+        for i in (0..n).chain(0..n / 2) {
+            w.push(id(2 * i)).unwrap();
+        }
+        let Ids::Table(t) = w.finish_ids().unwrap() else {
+            panic!("over the budget: on disk");
+        };
+        assert_eq!(t.records(), n);
+        for i in 0..2 * n {
+            assert_eq!(t.contains(&id(i)).unwrap(), i % 2 == 0, "id {i}");
+        }
+        assert!(!t.contains(&ContentId([0; 32])).unwrap());
+        assert!(!t.contains(&ContentId([0xff; 32])).unwrap());
     }
 
     /// A spill that cannot write (its directory gone here; full or unwritable alike) fails

@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
-use crate::store::block_table::{BlockTable, IdTable, Ids, Wanted, WantedIds, RUN_IDS};
+use crate::store::block_table::{
+    BlockTable, IdTable, Ids, TableBuilder, Wanted, WantedIds, RUN_IDS,
+};
 use crate::store::ids::PackId;
 
 /// Reads every index segment, a few at a time, and hands each one's entries (with its sealed
@@ -116,6 +118,39 @@ const INDEX_RELISTS: usize = 3;
 /// one entry per 32 sealed bytes (in practice about 40).
 fn max_entries(keys: &[crate::storage::ObjectInfo]) -> usize {
     keys.iter().map(|o| (o.size / 32) as usize).sum()
+}
+
+/// Gives every entry of the listed index segments to `table`, numbering their packs.
+async fn found_in_segments(
+    repo: &Repository,
+    keys: Vec<crate::storage::ObjectInfo>,
+    table: &mut TableBuilder,
+    numbers: &mut PackNumbers,
+) -> Result<()> {
+    let mut failed = None;
+    for_each_listed_segment(repo, keys, |entries, _| {
+        for e in &entries {
+            if failed.is_none() {
+                let at = numbers.locate(e);
+                failed = table.found(e.entry.block_id, at).err();
+            }
+        }
+    })
+    .await?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// Of the copies `found` of a block (at least one), one outside a condemned pack if there
+/// is one.
+fn outside_condemned(
+    found: &[Location],
+    condemned: &std::collections::HashSet<PackId>,
+    packs: &[PackId],
+) -> Location {
+    *found
+        .iter()
+        .find(|l| !condemned.contains(&packs[l.pack as usize]))
+        .unwrap_or(&found[0])
 }
 
 /// Where a block is, compactly: 20 bytes, its pack named by number (see [`BlockIndex`]).
@@ -233,6 +268,31 @@ impl BlockIndex {
         })
     }
 
+    /// [`BlockIndex::load`] within `memory` bytes: past them (52 bytes per index entry), the
+    /// index goes to a table on local disk ([`super::block_table`]), with the same choice of
+    /// copy. For `verify`, which looks up every block of every backup.
+    pub async fn load_within(repo: &Repository, memory: u64) -> Result<Self> {
+        let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+        if (max_entries(&keys) as u64).saturating_mul(52) <= memory {
+            return Self::load(repo).await;
+        }
+        let condemned = crate::store::condemned::condemned_packs(repo).await?;
+        let mut numbers = PackNumbers::default();
+        let mut table = TableBuilder::every_found();
+        found_in_segments(repo, keys, &mut table, &mut numbers).await?;
+        let packs = numbers.packs;
+        let table = tokio::task::spawn_blocking(move || {
+            let table = table.build(|found| outside_condemned(found, &condemned, &packs));
+            (table, packs)
+        })
+        .await
+        .map_err(|e| Error::InvalidInput(format!("sorting the block index failed: {e}")))?;
+        Ok(BlockIndex {
+            entries: Entries::Table(table.0?),
+            packs: table.1,
+        })
+    }
+
     /// Loads the locations of the blocks `wanted` names (in any order, repeats allowed), and
     /// only those, in memory.
     pub async fn load_wanted(repo: &Repository, wanted: Vec<ContentId>) -> Result<Self> {
@@ -271,27 +331,11 @@ impl BlockIndex {
                 Entries::Memory(wanted)
             }
             Wanted::Table(mut table) => {
-                let mut failed = None;
-                for_each_index_segment(repo, |entries, _| {
-                    for e in &entries {
-                        if failed.is_none() {
-                            let at = numbers.locate(e);
-                            failed = table.found(e.entry.block_id, at).err();
-                        }
-                    }
-                })
-                .await?;
-                if let Some(e) = failed {
-                    return Err(e);
-                }
+                let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
+                found_in_segments(repo, keys, &mut table, &mut numbers).await?;
                 let packs = &numbers.packs;
                 // A copy outside a condemned pack if there is one.
-                let table = table.build(|found| {
-                    *found
-                        .iter()
-                        .find(|l| !condemned.contains(&packs[l.pack as usize]))
-                        .unwrap_or(&found[0])
-                })?;
+                let table = table.build(|found| outside_condemned(found, &condemned, packs))?;
                 Entries::Table(table)
             }
         };
