@@ -27,10 +27,14 @@ use crate::store::ids::PackId;
 /// size) to `each`: the one way the index is read, whatever a reader keeps of it.
 pub async fn for_each_index_segment(
     repo: &Repository,
-    each: impl FnMut(Vec<IndexEntry>, u64),
+    mut each: impl FnMut(Vec<IndexEntry>, u64),
 ) -> Result<usize> {
     let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
-    for_each_listed_segment(repo, keys, each).await
+    for_each_listed_segment(repo, keys, |entries, len| {
+        each(entries, len);
+        Ok(())
+    })
+    .await
 }
 
 /// [`for_each_index_segment`] over segments already listed.
@@ -39,11 +43,13 @@ pub async fn for_each_index_segment(
 /// replacement before it deletes the old segment, so a listed segment that is gone by the time
 /// it is read (not found) means its entries are in a segment this listing did not see. The
 /// index is then listed again and the segments not yet read are read, up to
-/// [`INDEX_RELISTS`] times; only a segment that keeps vanishing is an error.
+/// [`INDEX_RELISTS`] times; only a segment that keeps vanishing is an error. The first error
+/// `each` returns stops the reading (a table that cannot be spilled does not wait for the
+/// rest of the index).
 async fn for_each_listed_segment(
     repo: &Repository,
     keys: Vec<crate::storage::ObjectInfo>,
-    mut each: impl FnMut(Vec<IndexEntry>, u64),
+    mut each: impl FnMut(Vec<IndexEntry>, u64) -> Result<()>,
 ) -> Result<usize> {
     let listed = keys.len();
     let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -67,7 +73,7 @@ async fn for_each_listed_segment(
                 Err(e) => return Err(e.into()),
             };
             let entries = open_index_segment(repo, &o.key, &sealed)?;
-            each(entries, sealed.len() as u64);
+            each(entries, sealed.len() as u64)?;
         }
         drop(segments);
         let Some(gone) = vanished else {
@@ -127,17 +133,13 @@ async fn found_in_segments(
     table: &mut TableBuilder,
     numbers: &mut PackNumbers,
 ) -> Result<()> {
-    let mut failed = None;
     for_each_listed_segment(repo, keys, |entries, _| {
-        for e in &entries {
-            if failed.is_none() {
-                let at = numbers.locate(e);
-                failed = table.found(e.entry.block_id, at).err();
-            }
-        }
+        entries
+            .iter()
+            .try_for_each(|e| table.found(e.entry.block_id, numbers.locate(e)))
     })
     .await?;
-    failed.map_or(Ok(()), Err)
+    Ok(())
 }
 
 /// Of the copies `found` of a block (at least one), one outside a condemned pack if there
@@ -241,6 +243,7 @@ impl BlockIndex {
                     .iter()
                     .map(|e| (e.entry.block_id, numbers.locate(e))),
             );
+            Ok(())
         })
         .await?;
         // In place (a stable sort would borrow half the vector again); which of two copies
@@ -517,18 +520,13 @@ impl KnownBlocks {
             (in_memory, RUN_IDS)
         };
         let mut ids = WantedIds::new(in_memory, run_ids);
-        let mut failed = None;
         for_each_listed_segment(repo, keys, |entries, _| {
-            for e in entries.iter().filter(|e| !condemned.contains(&e.pack_id)) {
-                if failed.is_none() {
-                    failed = ids.push(e.entry.block_id).err();
-                }
-            }
+            entries
+                .iter()
+                .filter(|e| !condemned.contains(&e.pack_id))
+                .try_for_each(|e| ids.push(e.entry.block_id))
         })
         .await?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         let stored = match tokio::task::spawn_blocking(move || ids.finish_ids())
             .await
             .map_err(|e| Error::InvalidInput(format!("sorting the block index failed: {e}")))??
