@@ -174,9 +174,10 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
         /// Memory, in MiB, for the ids of the blocks already stored (half: 32 bytes per block
         /// of the repository, 64 MiB holds a million) and of those this backup stores (the
         /// other half: 40 bytes per block). Past its half, the repository's ids go to a sorted
-        /// table in TMPDIR (32 bytes of local disk per block), and this backup forgets its
-        /// oldest claims (a block met again after that is stored twice), so a backup's memory
-        /// stays bounded whatever the repository's size. TMPDIR must be on disk for that.
+        /// table in TMPDIR (32 bytes of local disk per block; sorting them takes up to the
+        /// whole budget for a moment), and this backup forgets the blocks it stored so far (a
+        /// block met again after that is stored twice), so a backup's memory stays bounded
+        /// whatever the repository's size. TMPDIR must be on disk for that.
         #[arg(long, value_name = "MIB", default_value_t = 64)]
         index_memory: u64,
         /// Output format of the summary.
@@ -225,7 +226,7 @@ Exit 1 when anything is damaged; every damaged backup is named.")]
         #[arg(long)]
         all: bool,
         /// Memory, in MiB, for the repository's block index (52 bytes per block: 64 MiB holds
-        /// about 1.3 million, 80 GiB of distinct data). A larger index goes to a sorted table
+        /// about a million, 64 GiB of distinct data). A larger index goes to a sorted table
         /// in TMPDIR (52 bytes of local disk per block), so verify's memory stays bounded
         /// whatever the repository's size. TMPDIR must be on disk for that.
         #[arg(long, value_name = "MIB", default_value_t = 64)]

@@ -184,6 +184,9 @@ pub async fn verify(repo: &Repository, opts: &VerifyOptions) -> Result<VerifyRep
     for (cluster, id) in listed {
         let m: Manifest = match manifest::load_with(repo, &cluster, &id, &lists).await {
             Ok(m) => m,
+            // Verify could not look (a local disk, storage out of reach): that says nothing
+            // about the backup.
+            Err(e) if e.is_operational() => return Err(e),
             Err(e) => {
                 report.problems.push(Problem {
                     object: layout::backup_manifest(&cluster, &id).to_string(),

@@ -336,14 +336,19 @@ impl ObjectStoreBackend {
         let path = root.join(key.as_str());
         let data = data.clone();
         tokio::task::spawn_blocking(move || {
+            // Missing directories are created 0700 (as the ordinary path leaves them once
+            // synced); existing ones are left as they are.
             if let Some(parent) = path.parent() {
-                pgcairn_engine::private_fs::create_dir_all(parent).map_err(|e| {
-                    StorageError::Permanent {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
+                    .map_err(|e| StorageError::Permanent {
                         op: "mkdir",
                         key: parent.display().to_string(),
                         detail: e.to_string(),
-                    }
-                })?;
+                    })?;
             }
             direct_create::create(&path, &data)
         })

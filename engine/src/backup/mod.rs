@@ -822,6 +822,9 @@ async fn backup_with_lease(
     drop(alone);
     // Only the readers needed the known blocks: gone before the manifest is written.
     let (known_on_disk, claims_forgotten) = (known.on_disk(), known.forgotten());
+    if let Some(e) = known.failure() {
+        return Err(e);
+    }
     drop(known);
     let packer = packer_task
         .await

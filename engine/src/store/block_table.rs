@@ -85,7 +85,7 @@ fn spill_error(e: std::io::Error) -> Error {
 /// Reading the table back failed: the local disk, not space.
 fn read_error(e: std::io::Error) -> Error {
     Error::io(
-        "the restore's block index could not be read back from its table in the temporary \
+        "the block index could not be read back from its table in the temporary \
          directory (TMPDIR, default /tmp); check that disk",
         e,
     )
@@ -487,6 +487,13 @@ impl IdTable {
     /// Whether `id` is one of them.
     pub fn contains(&self, id: &ContentId) -> Result<bool> {
         Ok(find::<ContentId>(&self.file, self.records, &self.fences, id)?.is_some())
+    }
+
+    /// Empties the file under the table, as a failing disk would lose it: every lookup
+    /// fails from then on.
+    #[cfg(test)]
+    pub(crate) fn lose_file(&self) {
+        self.file.set_len(0).unwrap();
     }
 }
 

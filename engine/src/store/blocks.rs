@@ -449,14 +449,18 @@ impl BlockIndex {
 ///   other half of the budget the claims are forgotten and collecting starts again; a block
 ///   met again after that is stored a second time (a copy in another pack, which restores and
 ///   gc take as they take any copy), never taken as stored when it is not.
-/// - A question the table on disk cannot answer (a read error) counts as "not stored": the
-///   block is stored again rather than the backup depending on a block it could not find.
+/// - A question the table on disk cannot answer (a read error) counts as "not stored" (the
+///   block is stored again rather than the backup depending on a block it could not find),
+///   and the first such error is kept: the backup fails with it before its manifest
+///   ([`KnownBlocks::failure`]).
 #[derive(Debug)]
 pub struct KnownBlocks {
     stored: StoredIds,
     claims: Mutex<Claims>,
     /// Claims held before they are forgotten.
     max_claims: usize,
+    /// The first lookup in the table on disk that failed.
+    failed: Mutex<Option<Error>>,
 }
 
 #[derive(Debug)]
@@ -495,6 +499,7 @@ impl KnownBlocks {
     fn new(stored: StoredIds, memory: u64) -> Self {
         KnownBlocks {
             stored,
+            failed: Mutex::default(),
             claims: Mutex::default(),
             max_claims: usize::try_from(memory / 2 / CLAIM_BYTES)
                 .unwrap_or(usize::MAX)
@@ -513,13 +518,27 @@ impl KnownBlocks {
     ) -> Result<Self> {
         let keys = repo.storage().list(layout::INDEX_PREFIX).await?;
         let in_memory = usize::try_from(memory / 2 / 32).unwrap_or(usize::MAX);
-        // Reserved up front when the whole index fits: one vector, sorted in place.
-        let (in_memory, run_ids) = if max_entries(&keys) <= in_memory {
-            (usize::MAX, usize::MAX)
-        } else {
-            (in_memory, RUN_IDS)
-        };
-        let mut ids = WantedIds::new(in_memory, run_ids);
+        if max_entries(&keys) <= in_memory {
+            // One vector reserved for the whole index, sorted in place.
+            let mut sorted = Vec::with_capacity(max_entries(&keys));
+            for_each_listed_segment(repo, keys, |entries, _| {
+                sorted.extend(
+                    entries
+                        .iter()
+                        .filter(|e| !condemned.contains(&e.pack_id))
+                        .map(|e| e.entry.block_id),
+                );
+                Ok(())
+            })
+            .await?;
+            sorted.sort_unstable();
+            sorted.dedup();
+            sorted.shrink_to_fit();
+            return Ok(KnownBlocks::new(StoredIds::Memory(sorted), memory));
+        }
+        // Runs of up to the whole budget while they are sorted (a run goes to disk once it
+        // holds twice the ids the half budget keeps), half of it once loaded.
+        let mut ids = WantedIds::new(in_memory, RUN_IDS);
         for_each_listed_segment(repo, keys, |entries, _| {
             entries
                 .iter()
@@ -545,6 +564,12 @@ impl KnownBlocks {
         }
     }
 
+    /// The first lookup in the table on disk that failed, if one did: the backup must not
+    /// commit (its blocks were stored again, but the local disk is failing).
+    pub fn failure(&self) -> Option<Error> {
+        self.failed.lock().expect("known blocks lock").take()
+    }
+
     /// Claims forgotten to stay within the budget so far.
     pub fn forgotten(&self) -> u64 {
         self.claims.lock().expect("known blocks lock").forgotten
@@ -554,7 +579,10 @@ impl KnownBlocks {
         match &self.stored {
             StoredIds::Memory(ids) => ids.binary_search(id).is_ok(),
             StoredIds::Table(table) => table.contains(id).unwrap_or_else(|e| {
-                tracing::warn!("{e}: the block is stored again");
+                self.failed
+                    .lock()
+                    .expect("known blocks lock")
+                    .get_or_insert(e);
                 false
             }),
         }
@@ -819,6 +847,26 @@ mod tests {
         assert!(known.claim(numbered(5000)), "forgotten: stored again");
         assert!(!known.claim(numbered(5000)), "and held again");
         assert!(!known.contains(&numbered(u64::MAX)));
+    }
+
+    /// A table on disk that cannot be read answers "not stored" (the block is stored again)
+    /// and keeps the error for the backup to fail with.
+    #[test]
+    fn a_table_that_cannot_be_read_fails_the_backup_and_never_hides_a_block() {
+        let known = known_on_disk(1000, 0);
+        assert!(known.failure().is_none());
+        let StoredIds::Table(table) = &known.stored else {
+            panic!("on disk");
+        };
+        table.lose_file();
+        assert!(
+            known.claim(numbered(5)),
+            "stored again, not taken as stored"
+        );
+        assert!(!known.claim(numbered(5)), "and claimed once");
+        let e = known.failure().expect("the failure is kept");
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        assert!(e.to_string().contains("TMPDIR"), "{e}");
     }
 
     const CHILD: &str = "PGCAIRN_KNOWN_BLOCKS_MEMORY_CHILD";
