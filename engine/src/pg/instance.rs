@@ -255,13 +255,27 @@ pub fn sh_quote(s: &str) -> String {
 }
 
 /// A free TCP port number on loopback (used as the instance's port number; it listens
-/// only on its socket directory).
+/// only on its socket directory), never one this process handed out before: an instance
+/// listens on no TCP port, so the probe alone could hand out the number of a running
+/// instance again, and a second instance sharing its socket directory then fails on the
+/// first one's lock file (seen in the tests, whose instances share one directory).
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::io("finding a free port", e))?;
-    Ok(l.local_addr()
-        .map_err(|e| Error::io("finding a free port", e))?
-        .port())
+    static HANDED: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| Error::io("finding a free port", e))?;
+        let port = l
+            .local_addr()
+            .map_err(|e| Error::io("finding a free port", e))?
+            .port();
+        if HANDED.lock().expect("ports lock").insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(Error::InvalidInput(
+        "no port number left that this process has not handed out".into(),
+    ))
 }
 
 /// One PostgreSQL instance on a private socket.
@@ -445,6 +459,17 @@ impl Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 1500 probes of a 28 000-port range repeat some number dozens of times; no number is
+    /// handed out twice.
+    #[test]
+    fn no_port_number_is_handed_out_twice() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..1500 {
+            let port = free_port().unwrap();
+            assert!(seen.insert(port), "{port} handed out twice");
+        }
+    }
 
     #[test]
     fn server_major_from_version_output() {
