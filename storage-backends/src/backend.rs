@@ -297,13 +297,10 @@ impl ObjectStoreBackend {
     async fn sync_local(&self, key: &ObjectKey, dirs: Vec<PathBuf>) -> Result<(), StorageError> {
         if let Some(root) = &self.local_root {
             let path = root.join(key.as_str());
-            tokio::task::spawn_blocking(move || local::sync_file_and_dirs(&path, &dirs))
-                .await
-                .map_err(|e| StorageError::Permanent {
-                    op: "fsync",
-                    key: key.to_string(),
-                    detail: e.to_string(),
-                })??;
+            local_blocking("fsync", key, move || {
+                local::sync_file_and_dirs(&path, &dirs)
+            })
+            .await?;
         }
         Ok(())
     }
@@ -335,29 +332,7 @@ impl ObjectStoreBackend {
     ) -> Result<Direct, StorageError> {
         let path = root.join(key.as_str());
         let data = data.clone();
-        tokio::task::spawn_blocking(move || {
-            // Missing directories are created 0700 (as the ordinary path leaves them once
-            // synced); existing ones are left as they are.
-            if let Some(parent) = path.parent() {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(parent)
-                    .map_err(|e| StorageError::Permanent {
-                        op: "mkdir",
-                        key: parent.display().to_string(),
-                        detail: e.to_string(),
-                    })?;
-            }
-            direct_create::create(&path, &data)
-        })
-        .await
-        .map_err(|e| StorageError::Permanent {
-            op: "put",
-            key: key.to_string(),
-            detail: e.to_string(),
-        })?
+        local_blocking("put", key, move || direct_create::create(&path, &data)).await
     }
 
     fn local_dirs(&self, key: &ObjectKey) -> Vec<PathBuf> {
@@ -381,6 +356,21 @@ impl ObjectStoreBackend {
             .map_err(|e| classify("put", key.as_str(), e))?;
         Ok(())
     }
+}
+
+/// Runs local file system work `f` (for `op` on `key`) on a blocking thread.
+async fn local_blocking<T: Send + 'static>(
+    op: &'static str,
+    key: &ObjectKey,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StorageError::Permanent {
+            op,
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?
 }
 
 #[async_trait]
@@ -499,15 +489,10 @@ impl Storage for ObjectStoreBackend {
         if let Some(root) = self.local_root.clone() {
             let k = key.as_str().to_string();
             let expected = expected.cloned();
-            return tokio::task::spawn_blocking(move || {
+            return local_blocking("put", key, move || {
                 local::cas_write(&root, &k, &data, expected.as_ref())
             })
-            .await
-            .map_err(|e| StorageError::Permanent {
-                op: "put",
-                key: key.to_string(),
-                detail: e.to_string(),
-            })?;
+            .await;
         }
         let mode = match expected {
             None => PutMode::Create,

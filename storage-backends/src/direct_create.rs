@@ -54,10 +54,17 @@ fn io_err(op: &'static str, path: &Path, e: impl Into<std::io::Error>) -> Storag
     }
 }
 
-/// Creates `path` (whose parent directory exists) holding `data`, mode 0600, past the page
-/// cache; see the module docs.
+/// Creates `path` holding `data`, mode 0600, past the page cache; see the module docs.
+/// Missing directories are created 0700 (as the ordinary path leaves them once synced);
+/// existing ones are left as they are.
 pub fn create(path: &Path, data: &[u8]) -> Result<Direct, StorageError> {
+    use std::os::unix::fs::DirBuilderExt;
     let parent = path.parent().unwrap_or(Path::new("/"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|e| io_err("mkdir", parent, e))?;
     let fd = match rustix::fs::open(
         parent,
         OFlags::TMPFILE | OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,

@@ -18,9 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
-use crate::store::block_table::{
-    BlockTable, IdTable, Ids, TableBuilder, Wanted, WantedIds, RUN_IDS,
-};
+use crate::store::block_table::{BlockTable, Ids, TableBuilder, Wanted, WantedIds, RUN_IDS};
 use crate::store::ids::PackId;
 
 /// Reads every index segment, a few at a time, and hands each one's entries (with its sealed
@@ -284,15 +282,14 @@ impl BlockIndex {
         let mut table = TableBuilder::every_found();
         found_in_segments(repo, keys, &mut table, &mut numbers).await?;
         let packs = numbers.packs;
-        let table = tokio::task::spawn_blocking(move || {
+        let (table, packs) = crate::cpu::run(move || {
             let table = table.build(|found| outside_condemned(found, &condemned, &packs));
             (table, packs)
         })
-        .await
-        .map_err(|e| Error::InvalidInput(format!("sorting the block index failed: {e}")))?;
+        .await;
         Ok(BlockIndex {
-            entries: Entries::Table(table.0?),
-            packs: table.1,
+            entries: Entries::Table(table?),
+            packs,
         })
     }
 
@@ -441,7 +438,7 @@ impl BlockIndex {
 /// budget (`backup --index-memory`).
 ///
 /// - The repository's blocks: one vector sorted by id (32 bytes per block) while they take
-///   at most half the budget; past it, a table sorted on local disk ([`IdTable`], in
+///   at most half the budget; past it, a table sorted on local disk ([`super::block_table::IdTable`], in
 ///   `TMPDIR`), a quarter of a byte per block in memory and one page read per question.
 /// - This backup's claims: a vector sorted by id and a hash set of the latest claims, merged
 ///   into the vector (see [`crate::sorted`]) whenever it reaches an eighth of it: about 40
@@ -455,19 +452,12 @@ impl BlockIndex {
 ///   ([`KnownBlocks::failure`]).
 #[derive(Debug)]
 pub struct KnownBlocks {
-    stored: StoredIds,
+    stored: Ids,
     claims: Mutex<Claims>,
     /// Claims held before they are forgotten.
     max_claims: usize,
     /// The first lookup in the table on disk that failed.
     failed: Mutex<Option<Error>>,
-}
-
-#[derive(Debug)]
-enum StoredIds {
-    /// Sorted, distinct.
-    Memory(Vec<ContentId>),
-    Table(IdTable),
 }
 
 #[derive(Debug, Default)]
@@ -491,12 +481,12 @@ pub const DEFAULT_KNOWN_MEMORY: u64 = 64 << 20;
 impl Default for KnownBlocks {
     /// Nothing stored, the default budget.
     fn default() -> Self {
-        KnownBlocks::new(StoredIds::Memory(Vec::new()), DEFAULT_KNOWN_MEMORY)
+        KnownBlocks::new(Ids::Memory(Vec::new()), DEFAULT_KNOWN_MEMORY)
     }
 }
 
 impl KnownBlocks {
-    fn new(stored: StoredIds, memory: u64) -> Self {
+    fn new(stored: Ids, memory: u64) -> Self {
         KnownBlocks {
             stored,
             failed: Mutex::default(),
@@ -534,7 +524,7 @@ impl KnownBlocks {
             sorted.sort_unstable();
             sorted.dedup();
             sorted.shrink_to_fit();
-            return Ok(KnownBlocks::new(StoredIds::Memory(sorted), memory));
+            return Ok(KnownBlocks::new(Ids::Memory(sorted), memory));
         }
         // Runs of up to the whole budget while they are sorted (a run goes to disk once it
         // holds twice the ids the half budget keeps), half of it once loaded.
@@ -546,21 +536,15 @@ impl KnownBlocks {
                 .try_for_each(|e| ids.push(e.entry.block_id))
         })
         .await?;
-        let stored = match tokio::task::spawn_blocking(move || ids.finish_ids())
-            .await
-            .map_err(|e| Error::InvalidInput(format!("sorting the block index failed: {e}")))??
-        {
-            Ids::Memory(ids) => StoredIds::Memory(ids),
-            Ids::Table(table) => StoredIds::Table(table),
-        };
+        let stored = crate::cpu::run(move || ids.finish_ids()).await?;
         Ok(KnownBlocks::new(stored, memory))
     }
 
     /// Whether the repository's blocks went to a table on local disk, and how many there are.
     pub fn on_disk(&self) -> Option<u64> {
         match &self.stored {
-            StoredIds::Memory(_) => None,
-            StoredIds::Table(t) => Some(t.records()),
+            Ids::Memory(_) => None,
+            Ids::Table(t) => Some(t.records()),
         }
     }
 
@@ -577,8 +561,8 @@ impl KnownBlocks {
 
     fn stored(&self, id: &ContentId) -> bool {
         match &self.stored {
-            StoredIds::Memory(ids) => ids.binary_search(id).is_ok(),
-            StoredIds::Table(table) => table.contains(id).unwrap_or_else(|e| {
+            Ids::Memory(ids) => ids.binary_search(id).is_ok(),
+            Ids::Table(table) => table.contains(id).unwrap_or_else(|e| {
                 self.failed
                     .lock()
                     .expect("known blocks lock")
@@ -823,7 +807,7 @@ mod tests {
         let Ids::Table(table) = ids.finish_ids().unwrap() else {
             panic!("on disk");
         };
-        KnownBlocks::new(StoredIds::Table(table), memory)
+        KnownBlocks::new(Ids::Table(table), memory)
     }
 
     #[test]
@@ -855,7 +839,7 @@ mod tests {
     fn a_table_that_cannot_be_read_fails_the_backup_and_never_hides_a_block() {
         let known = known_on_disk(1000, 0);
         assert!(known.failure().is_none());
-        let StoredIds::Table(table) = &known.stored else {
+        let Ids::Table(table) = &known.stored else {
             panic!("on disk");
         };
         table.lose_file();
