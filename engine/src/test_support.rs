@@ -165,6 +165,75 @@ impl Storage for FailAfter {
     }
 }
 
+/// Storage where every name created under `prefix` is already taken by other bytes: a
+/// damaged object that was there first. Everything else passes through.
+#[derive(Debug)]
+pub struct TakenNames {
+    inner: Arc<dyn Storage>,
+    prefix: &'static str,
+}
+
+impl TakenNames {
+    /// Creates under `prefix` in `inner` find their names taken.
+    pub fn new(inner: Arc<dyn Storage>, prefix: &'static str) -> Self {
+        TakenNames { inner, prefix }
+    }
+}
+
+#[async_trait]
+impl Storage for TakenNames {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
+        self.inner.get_versioned(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> std::result::Result<CreateOutcome, StorageError> {
+        if key.as_str().starts_with(self.prefix) {
+            let mut damaged = data.to_vec();
+            if let Some(b) = damaged.last_mut() {
+                *b ^= 0x5a;
+            }
+            self.inner.put_create(key, Bytes::from(damaged)).await?;
+        }
+        self.inner.put_create(key, data).await
+    }
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> std::result::Result<ObjectVersion, StorageError> {
+        self.inner.put_swap(key, data, expected).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+}
+
 /// Storage whose reads (`get`, `get_range`, `head`, `list`) each take `delay` longer: a
 /// remote store's round trip, so that work in flight stays in flight for a while.
 #[derive(Debug)]

@@ -449,10 +449,11 @@ impl Storage for ObjectStoreBackend {
             }
         }
         if self.local_root.is_none() && data.len() > self.multipart_threshold {
-            // Multipart uploads cannot be conditional. Large objects are content-addressed
-            // (packs), so an existing object under the name holds the same bytes.
+            // Multipart uploads cannot be conditional, so the name is checked first. An object
+            // already there is compared like any other create's: a content-addressed name
+            // holding other bytes is a damaged object, which the caller must hear about.
             match self.head(key).await {
-                Ok(_) => return Ok(CreateOutcome::AlreadyExists),
+                Ok(_) => return self.compare_existing(key, &data, dirs).await,
                 Err(StorageError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -305,7 +305,8 @@ fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// 20 MiB: above the test threshold, and two parts (16 + 4 MiB) of a multipart upload.
+/// 20 MiB: above the test threshold, and two parts (16 + 4 MiB) of a multipart upload; a
+/// second create of the same name is compared like a small object's.
 #[tokio::test]
 async fn large_objects_round_trip_through_multipart() {
     let data = noise(20 << 20);
@@ -319,11 +320,21 @@ async fn large_objects_round_trip_through_multipart() {
         );
         assert_eq!(s.get(&k).await.unwrap(), data, "{name}");
         assert_eq!(s.head(&k).await.unwrap(), data.len() as u64, "{name}");
+        // A multipart upload cannot be conditional, but the contract is the same as for
+        // small objects: our own bytes again are our write, other bytes are refused.
         assert_eq!(
             s.put_create(&k, Bytes::from(data.clone())).await.unwrap(),
-            CreateOutcome::AlreadyExists,
-            "{name}"
+            CreateOutcome::Created,
+            "{name}: identical bytes (a retried create that landed) count as our own write"
         );
+        let mut other = data.clone();
+        other[17 << 20] ^= 1;
+        assert_eq!(
+            s.put_create(&k, Bytes::from(other)).await.unwrap(),
+            CreateOutcome::AlreadyExists,
+            "{name}: other bytes under a taken name are refused"
+        );
+        assert_eq!(s.get(&k).await.unwrap(), data, "{name}: content untouched");
     }
 }
 

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{open_segment, seal_segment, IndexEntry};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{layout, Repository};
+use crate::storage::CreateOutcome;
 use crate::store::block_table::{BlockTable, Ids, TableBuilder, Wanted, WantedIds, RUN_IDS};
 use crate::store::ids::PackId;
 
@@ -723,9 +724,22 @@ async fn upload(repo: Repository, writer: PackWriter) -> Result<Uploaded> {
         .map_err(|e| Error::InvalidInput(format!("sealing a pack failed: {e}")))?;
     let pack_id = PackId::new(*pack.pack_id.as_bytes());
     let len = pack.bytes.len() as u64;
-    repo.storage()
-        .put_create(&layout::pack(&pack_id), Bytes::from(pack.bytes))
-        .await?;
+    let key = layout::pack(&pack_id);
+    if repo
+        .storage()
+        .put_create(&key, Bytes::from(pack.bytes))
+        .await?
+        == CreateOutcome::AlreadyExists
+    {
+        // A pack is named by the hash of its bytes, and the backend compared them: the object
+        // under this name is damaged. Indexing our blocks there would point them at it.
+        return Err(Error::corrupt(
+            key.to_string(),
+            "a pack already exists under this name holding other bytes: it is damaged; \
+             this backup stored nothing in it and stopped (run `pgcairn verify --read-data` \
+             to see which backups it harms)",
+        ));
+    }
     let entries: Vec<IndexEntry> = pack
         .entries
         .iter()
@@ -938,6 +952,40 @@ mod tests {
             ids.iter().all(|id| index.get(id).is_some()),
             "every block indexed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pack_name_holding_other_bytes_fails_the_packer_and_indexes_nothing() {
+        // A pack is named by the hash of its bytes: other bytes under its name are a damaged
+        // object, and an index segment would point this backup's blocks at them.
+        let (mem, repo) = crate::test_support::memory_repo().await;
+        let taken = std::sync::Arc::new(crate::test_support::TakenNames::new(
+            mem.clone(),
+            layout::PACKS_PREFIX,
+        ));
+        let repo = repo.with_storage(taken);
+        let mut packer = Packer::new(repo.clone());
+        let mut failed = None;
+        for b in blocks_for(&repo, 2) {
+            if let Err(e) = packer.add(b).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let failed = match failed {
+            Some(e) => e,
+            None => packer.flush().await.unwrap_err(),
+        };
+        assert!(matches!(failed, Error::Corrupt { .. }), "{failed}");
+        assert!(
+            failed.to_string().contains("holding other bytes"),
+            "{failed}"
+        );
+        let segments = crate::storage::Storage::list(&*mem, layout::INDEX_PREFIX)
+            .await
+            .unwrap();
+        assert!(segments.is_empty(), "no block indexed: {segments:?}");
+        assert_eq!(packer.packs, 0);
     }
 
     #[tokio::test]
