@@ -13,6 +13,20 @@ pub(crate) async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stati
     wait_for(rayon::spawn, f).await
 }
 
+/// Runs `f`, which blocks its thread for a while (a sort, a spill to local disk), where it is
+/// called, from code that has no `await` to hand it elsewhere. On a worker of the
+/// multi-threaded runtime (every command's), the worker first hands its queued tasks to
+/// another thread ([`tokio::task::block_in_place`]): a lease refresh or a download does not
+/// wait behind it. Elsewhere (a blocking or CPU thread, a single-threaded test runtime) `f`
+/// just runs.
+pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A pool of its own, for work that must not queue behind the global pool's.
 ///
 /// Not a rayon pool: an idle rayon thread spins (`sched_yield`) for a while before it sleeps,
@@ -92,6 +106,34 @@ mod tests {
             .run(|| std::thread::current().name().map(str::to_owned))
             .await;
         assert!(name.unwrap().starts_with("pgcairn-test-"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn blocking_in_place_leaves_the_other_tasks_running() {
+        // One task blocks the only worker for a while; a timer task spawned before it must
+        // still fire on time (without `block_in_place` nothing else runs meanwhile).
+        let ticks = tokio::spawn(async {
+            let mut n = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                n += 1;
+            }
+            n
+        });
+        let blocked = tokio::spawn(async {
+            in_place(|| std::thread::sleep(std::time::Duration::from_millis(600)));
+        });
+        let n = tokio::time::timeout(std::time::Duration::from_millis(500), ticks)
+            .await
+            .expect("the timer task was not held up by the blocked worker")
+            .unwrap();
+        assert_eq!(n, 10);
+        blocked.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn in_place_runs_on_a_single_threaded_runtime_too() {
+        assert_eq!(in_place(|| 5), 5);
     }
 
     #[tokio::test]

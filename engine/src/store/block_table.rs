@@ -59,6 +59,13 @@ pub const RUN_IDS: usize = 1 << 20;
 /// Index entries sorted in memory before a run goes to disk (26 MiB of entries).
 pub const RUN_LOCATED: usize = 1 << 19;
 
+/// The smallest run of index entries a table sorts in memory, whatever the budget: runs
+/// smaller than this only add merge passes.
+pub const MIN_RUN_LOCATED: usize = 4096;
+
+/// Memory per index entry in a run being sorted: its id and location.
+const LOCATED_BYTES: u64 = std::mem::size_of::<(ContentId, Location)>() as u64;
+
 /// Largest run reserved at once (records); see [`Runs::push`].
 const MAX_RESERVED_RUN: usize = 1 << 23;
 
@@ -186,11 +193,16 @@ impl<T: Record + Eq> Runs<T> {
         }
         self.current.push(r);
         if self.current.len() >= self.run_len {
-            self.sort_current();
-            // Mostly repeats: keep collecting in the same run.
-            if !self.dedup || self.current.len() > self.run_len / 2 {
-                self.spill_current()?;
-            }
+            // Records arrive from index readers and manifest walks on the async runtime; a
+            // full run's sort and spill take a few hundred milliseconds.
+            crate::cpu::in_place(|| -> Result<()> {
+                self.sort_current();
+                // Mostly repeats: keep collecting in the same run.
+                if !self.dedup || self.current.len() > self.run_len / 2 {
+                    self.spill_current()?;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -536,11 +548,18 @@ pub struct TableBuilder {
 }
 
 impl TableBuilder {
-    /// A table of every id found (verify's whole index), in `TMPDIR`.
-    pub fn every_found() -> Self {
+    /// A table of every id found (verify's whole index), in `TMPDIR`, sorting runs of at most
+    /// `memory` bytes of entries in memory (at least [`MIN_RUN_LOCATED`] entries, at most
+    /// [`RUN_LOCATED`]).
+    pub fn every_found(memory: u64) -> Self {
+        let entries = usize::try_from(memory / LOCATED_BYTES).unwrap_or(usize::MAX);
         TableBuilder {
             ids: None,
-            found: Runs::new(std::env::temp_dir(), RUN_LOCATED, false),
+            found: Runs::new(
+                std::env::temp_dir(),
+                entries.clamp(MIN_RUN_LOCATED, RUN_LOCATED),
+                false,
+            ),
         }
     }
 
@@ -730,7 +749,7 @@ mod tests {
     #[test]
     fn a_table_of_every_id_found_holds_each_once_with_the_chosen_copy() {
         let n = 40_000u64;
-        let mut b = TableBuilder::every_found();
+        let mut b = TableBuilder::every_found(u64::MAX);
         b.found.run_len = 1024;
         // Every third id found twice, in different runs; `choose` takes the larger copy.
         for i in 0..n {
@@ -754,6 +773,22 @@ mod tests {
             last = Some(*i);
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_table_of_every_id_found_sorts_runs_within_its_budget() {
+        // verify --index-memory 0: runs of the smallest size, not 26 MiB ones.
+        let mut small = TableBuilder::every_found(0);
+        for i in 0..=MIN_RUN_LOCATED as u64 {
+            small.found(id(i), at(i)).unwrap();
+        }
+        assert_eq!(small.found.open_runs(), 1, "a full run went to disk");
+        assert!(small.found.current.capacity() <= MIN_RUN_LOCATED);
+        let budget = 4 << 20;
+        let mid = TableBuilder::every_found(budget);
+        assert_eq!(mid.found.run_len as u64, budget / LOCATED_BYTES);
+        let large = TableBuilder::every_found(u64::MAX);
+        assert_eq!(large.found.run_len, RUN_LOCATED);
     }
 
     #[test]

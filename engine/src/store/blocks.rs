@@ -280,7 +280,8 @@ impl BlockIndex {
         }
         let condemned = crate::store::condemned::condemned_packs(repo).await?;
         let mut numbers = PackNumbers::default();
-        let mut table = TableBuilder::every_found();
+        // The sort runs stay within the same budget as the index would have.
+        let mut table = TableBuilder::every_found(memory);
         found_in_segments(repo, keys, &mut table, &mut numbers).await?;
         let packs = numbers.packs;
         let (table, packs) = crate::cpu::run(move || {
@@ -309,7 +310,8 @@ impl BlockIndex {
     pub async fn load_wanted_ids(repo: &Repository, wanted: WantedIds) -> Result<Self> {
         let condemned = crate::store::condemned::condemned_packs(repo).await?;
         let mut numbers = PackNumbers::default();
-        let entries = match wanted.finish()? {
+        // Merging spilled runs reads and writes them all: off the async worker.
+        let entries = match crate::cpu::in_place(|| wanted.finish())? {
             Wanted::Memory(ids) => {
                 let mut wanted: Vec<(ContentId, Location)> =
                     ids.into_iter().map(|id| (id, Location::NOWHERE)).collect();
@@ -336,7 +338,9 @@ impl BlockIndex {
                 found_in_segments(repo, keys, &mut table, &mut numbers).await?;
                 let packs = &numbers.packs;
                 // A copy outside a condemned pack if there is one.
-                let table = table.build(|found| outside_condemned(found, &condemned, packs))?;
+                let table = crate::cpu::in_place(|| {
+                    table.build(|found| outside_condemned(found, &condemned, packs))
+                })?;
                 Entries::Table(table)
             }
         };
