@@ -18,12 +18,14 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::archive::push::read_wal_record;
 use crate::error::{Error, Result};
 use crate::repo::{layout, Repository};
+use crate::storage::ObjectInfo;
 use crate::store::head::{CatalogHead, HeadBackup};
 use crate::store::ids::BackupId;
 use crate::store::manifest::{self, Manifest};
@@ -138,6 +140,13 @@ pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
 /// expired meanwhile). Which content id the record names is not checked here (that needs a
 /// GET per segment); archive-get checks it, and a data object under another id only exists
 /// after a lost race between two pushers of different content, which the loser reports.
+///
+/// [`ArchiveView::load`] lists the whole archive (verify, the audit). A restore needs much
+/// less: the history files of the timelines it may recover along, probed one by one as
+/// PostgreSQL probes them ([`ArchiveView::probe_histories`]), and the segments from its
+/// backup's start onward ([`ArchiveView::list_segments_from`], S3 `start-after`). An archive
+/// kept for weeks holds hundreds of thousands of segments: listed whole, a thousand keys per
+/// request, twice, before the first byte of a restore is written.
 #[derive(Debug, Default)]
 pub struct ArchiveView {
     /// Segment numbers archived per timeline (record and data both present).
@@ -148,45 +157,131 @@ pub struct ArchiveView {
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
     /// Segment size.
     pub seg_size: u64,
+    /// Timelines whose history file was looked for: whether it exists.
+    probed: BTreeMap<u32, bool>,
 }
 
+/// What [`ArchiveView::probe_histories`] reads for a timeline with no history file: none.
+const FIRST_TIMELINE: u32 = 1;
+
 impl ArchiveView {
-    /// Lists the cluster's WAL pointers and reads its history files.
-    pub async fn load(repo: &Repository, cluster: &str, seg_size: u64) -> Result<Self> {
-        let mut v = ArchiveView {
+    /// An empty view of an archive with segments of `seg_size` bytes, to fill.
+    pub fn new(seg_size: u64) -> Self {
+        ArchiveView {
             seg_size,
             ..Default::default()
-        };
-        for o in repo
+        }
+    }
+
+    /// Lists the cluster's whole archive (every record and data object) and reads its
+    /// history files.
+    pub async fn load(repo: &Repository, cluster: &str, seg_size: u64) -> Result<Self> {
+        let mut v = ArchiveView::new(seg_size);
+        let records = repo
             .storage()
             .list(&layout::wal_pointer_prefix(cluster))
-            .await?
-        {
-            let Some((tli, name)) = layout::parse_wal_pointer(cluster, o.key.as_str()) else {
-                continue;
-            };
-            match name {
-                WalFileName::Segment { segno, .. } => {
-                    v.segments
-                        .entry(tli.0)
-                        .or_default()
-                        .insert(segno.absolute(seg_size));
-                }
-                WalFileName::History { .. } => {
-                    let text = crate::archive::get::get_wal_file(repo, cluster, &name).await?;
-                    v.histories
-                        .insert(tli.0, parse_history(&String::from_utf8_lossy(&text)));
-                }
-                _ => {}
+            .await?;
+        for o in &records {
+            if let Some((tli, name @ WalFileName::History { .. })) =
+                layout::parse_wal_pointer(cluster, o.key.as_str())
+            {
+                let text = crate::archive::get::get_wal_file(repo, cluster, &name).await?;
+                v.histories
+                    .insert(tli.0, parse_history(&String::from_utf8_lossy(&text)));
+                v.probed.insert(tli.0, true);
             }
         }
         // Then the data objects: a record without one is a hole, not an archived segment.
-        let mut with_data: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
-        for o in repo
+        let data = repo
             .storage()
             .list(&layout::wal_data_prefix(cluster))
-            .await?
-        {
+            .await?;
+        v.absorb(cluster, &records, &data);
+        Ok(v)
+    }
+
+    /// Reads the history files a backup on timeline `base` may recover along, for
+    /// `target`: `base`'s own, an explicit target's, and `base + 1`, `base + 2`, ... up to
+    /// the first one missing (what `recovery_target_timeline = 'latest'` probes). Each
+    /// timeline is looked for once per view: one GET of its record, and one of its data.
+    pub async fn probe_histories(
+        &mut self,
+        repo: &Repository,
+        cluster: &str,
+        base: u32,
+        target: TimelineTarget,
+    ) -> Result<()> {
+        self.probe_history(repo, cluster, base).await?;
+        if let TimelineTarget::Id(n) = target {
+            self.probe_history(repo, cluster, n).await?;
+        }
+        let mut next = base + 1;
+        while self.probe_history(repo, cluster, next).await? {
+            next += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether timeline `tli` has a history file; read into the view if so.
+    async fn probe_history(&mut self, repo: &Repository, cluster: &str, tli: u32) -> Result<bool> {
+        if tli <= FIRST_TIMELINE {
+            return Ok(false);
+        }
+        if let Some(known) = self.probed.get(&tli) {
+            return Ok(*known);
+        }
+        let name = WalFileName::History {
+            tli: TimelineId(tli),
+        };
+        let present = read_wal_record(repo, cluster, &name).await?.is_some();
+        if present {
+            let text = crate::archive::get::get_wal_file(repo, cluster, &name).await?;
+            self.histories
+                .insert(tli, parse_history(&String::from_utf8_lossy(&text)));
+        }
+        self.probed.insert(tli, present);
+        Ok(present)
+    }
+
+    /// Lists the segments a restore from a backup starting at `start` may need on its way to
+    /// timeline `tli`: on each timeline of that path still current at `start`, the records
+    /// and data objects from `start`'s segment onward. The histories of the path must be
+    /// read first ([`ArchiveView::probe_histories`]).
+    pub async fn list_segments_from(
+        &mut self,
+        repo: &Repository,
+        cluster: &str,
+        tli: u32,
+        start: Lsn,
+    ) -> Result<()> {
+        let first = start.segment_no(self.seg_size);
+        let timelines: Vec<u32> = self
+            .path_to(tli)
+            .into_iter()
+            .filter(|(_, end)| end.is_none_or(|e| e.segment_no(self.seg_size) >= first))
+            .map(|(t, _)| t)
+            .collect();
+        let (mut records, mut data) = (Vec::new(), Vec::new());
+        for t in timelines {
+            let tli = TimelineId(t);
+            // Every key of the segment before `first` (its record, `.partial`, data objects
+            // `<name>.<hex>`) sorts below `<name>.z`, and every key from `first` on above it.
+            let below = (first > 0).then(|| format!("{}.z", self.name(t, first - 1)));
+            let record_prefix = layout::wal_pointer_timeline_prefix(cluster, tli);
+            let data_prefix = format!("{}{tli}/", layout::wal_data_prefix(cluster));
+            records.extend(list_tail(repo, &record_prefix, below.as_deref()).await?);
+            data.extend(list_tail(repo, &data_prefix, below.as_deref()).await?);
+        }
+        self.absorb(cluster, &records, &data);
+        Ok(())
+    }
+
+    /// Takes in listed records and data objects: segments with both are archived, records
+    /// without data are holes ([`ArchiveView::dataless`]).
+    fn absorb(&mut self, cluster: &str, records: &[ObjectInfo], data: &[ObjectInfo]) {
+        let seg_size = self.seg_size;
+        let mut with_data: BTreeMap<u32, std::collections::BTreeSet<u64>> = BTreeMap::new();
+        for o in data {
             if let Some((tli, WalFileName::Segment { segno, .. })) =
                 layout::parse_wal_data(cluster, o.key.as_str())
             {
@@ -196,19 +291,18 @@ impl ArchiveView {
                     .insert(segno.absolute(seg_size));
             }
         }
-        for (tli, set) in v.segments.iter_mut() {
-            let data = with_data.get(tli);
-            let lost: Vec<u64> = set
-                .iter()
-                .copied()
-                .filter(|s| !data.is_some_and(|d| d.contains(s)))
-                .collect();
-            for s in lost {
-                set.remove(&s);
-                v.dataless.entry(*tli).or_default().insert(s);
+        for o in records {
+            if let Some((tli, WalFileName::Segment { segno, .. })) =
+                layout::parse_wal_pointer(cluster, o.key.as_str())
+            {
+                let s = segno.absolute(seg_size);
+                if with_data.get(&tli.0).is_some_and(|d| d.contains(&s)) {
+                    self.segments.entry(tli.0).or_default().insert(s);
+                } else {
+                    self.dataless.entry(tli.0).or_default().insert(s);
+                }
             }
         }
-        Ok(v)
     }
 
     /// True if segment `segno` of `tli` has a record but no data object.
@@ -317,6 +411,22 @@ impl ArchiveView {
     }
 }
 
+/// The objects under `prefix` with keys above `below` (all of them without it).
+async fn list_tail(
+    repo: &Repository,
+    prefix: &str,
+    below: Option<&str>,
+) -> Result<Vec<ObjectInfo>> {
+    let storage = repo.storage();
+    Ok(match below {
+        Some(b) => storage.list_after(prefix, &format!("{prefix}{b}")).await?,
+        None => storage.list(prefix).await?,
+    })
+}
+
+/// WAL records read at once while looking for the segment that reaches a target time.
+const RECORDS_IN_FLIGHT: usize = 16;
+
 /// The restore plan, computed before anything is written.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -388,7 +498,8 @@ pub async fn plan(
     let seg_size = record
         .map(|r| r.wal_segment_size)
         .unwrap_or(crate::types::DEFAULT_WAL_SEGMENT_SIZE);
-    let mut view = ArchiveView::load(repo, cluster, seg_size).await?;
+    // Histories now, per candidate; segments once the backup is chosen, from its start.
+    let mut view = ArchiveView::new(seg_size);
 
     // A restore point pgcairn recorded places a name target like an LSN.
     let named_lsn = match target {
@@ -409,6 +520,8 @@ pub async fn plan(
             }
         }
         let m = manifest::load_head(repo, cluster, id).await?;
+        view.probe_histories(repo, cluster, m.timeline, timeline)
+            .await?;
         let tli = resolve_timeline(&view, timeline, &m);
         let on_path = view.on_path(tli, m.timeline, m.stop_lsn);
         let fits = match target {
@@ -505,6 +618,13 @@ pub async fn plan(
             o.id, o.stop_time, o.stop_lsn
         )));
     };
+    view.list_segments_from(
+        repo,
+        cluster,
+        resolve_timeline(&view, timeline, &m),
+        m.start_lsn,
+    )
+    .await?;
     // WAL a standby backup carries itself is restored into pg_wal, where recovery reads it
     // when the archive lacks it: present for this restore.
     for (t, s) in m.carried_segments(seg_size) {
@@ -530,9 +650,16 @@ pub async fn plan(
         Target::Time(t) => {
             let all = view.needed(tli, m.start_lsn, None);
             let mut found = None;
-            for (tl, s) in &all {
-                let name = view.name(*tl, *s);
-                match pointer_time(repo, cluster, &name).await? {
+            // The records' archive times, read in order, several requests in flight: a
+            // backup a day before the target is a thousand records or more.
+            let names: Vec<WalFileName> = all.iter().map(|(tl, s)| view.name(*tl, *s)).collect();
+            let mut times = futures::stream::iter(names.iter())
+                .map(|name| pointer_time(repo, cluster, name))
+                .buffered(RECORDS_IN_FLIGHT);
+            let mut at_segment = all.iter();
+            while let Some(time) = times.next().await {
+                let (_, s) = at_segment.next().expect("one segment per record read");
+                match time? {
                     Some(at) if at.datetime() >= *t => {
                         found = Some(*s);
                         break;
@@ -541,6 +668,7 @@ pub async fn plan(
                     _ => {}
                 }
             }
+            drop(times);
             match found {
                 Some(s) => Some(s),
                 None if head_lost.is_some() => {
@@ -976,6 +1104,61 @@ mod tests {
                 .map(|n| n.to_string())
                 .collect::<Vec<_>>(),
             ["000000010000000000000003"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_lists_the_archive_from_its_backups_start_only() {
+        use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
+        use crate::pg::wal_header::tests::fake_segment;
+        use crate::storage::Storage;
+        let (mem, repo) = memory_repo().await;
+        let seg = 1u64 << 20;
+        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
+        let mut lost_key = None;
+        for n in 1..=40u64 {
+            let data = fake_segment(7, 1, n * seg, seg as u32, seg as usize);
+            if n == 38 {
+                let id = repo.codec().content_id(&data);
+                lost_key = Some(layout::wal_data("main", &name(n), &id));
+            }
+            push_wal_file(&repo, "main", &name(n), WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        // Starts in segment 36 (0x24), consistent in 37.
+        let m = crate::test_support::manifest(
+            "20261202-180000F",
+            "0/2400028",
+            "0/2500100",
+            "2026-12-02T18:00:01Z",
+            &[],
+        );
+        manifest::save(&repo, &m).await.unwrap();
+        let to_the_end = || {
+            plan(
+                &repo,
+                "main",
+                None,
+                &Target::EndOfArchive,
+                TimelineTarget::Latest,
+            )
+        };
+        let before = mem.keys_listed();
+        let (_, p) = to_the_end().await.unwrap();
+        let listed = mem.keys_listed() - before;
+        assert_eq!(p.first_wal, name(36).to_string());
+        assert_eq!(p.last_wal, name(40).to_string());
+        assert_eq!(p.wal_segments, 5);
+        // Records and data objects of segments 36 to 40 and the catalog's few: not the 80
+        // objects of the whole archive.
+        assert!(listed < 30, "{listed} keys listed");
+        // A hole after the start is still seen for what it is: a record without its data.
+        mem.delete(&lost_key.unwrap()).await.unwrap();
+        let e = to_the_end().await.unwrap_err().to_string();
+        assert!(
+            e.contains("data object is missing") && e.contains(&name(38).to_string()),
+            "{e}"
         );
     }
 

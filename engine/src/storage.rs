@@ -139,6 +139,15 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Lists every object whose key starts with `prefix` (a `/`-terminated folder prefix).
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError>;
 
+    /// Lists the objects under `prefix` whose keys sort after `after` (byte order), in key
+    /// order: the tail of a long folder without its head (S3 `start-after`). This default
+    /// lists everything and filters; backends and wrappers that can do better say so.
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut all = self.list(prefix).await?;
+        all.retain(|o| o.key.as_str() > after);
+        Ok(all)
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
 }
@@ -153,6 +162,8 @@ pub struct MemoryStorage {
     /// Key → (bytes, version, modified unix seconds).
     objects: Mutex<BTreeMap<String, (Bytes, u64, i64)>>,
     next_version: std::sync::atomic::AtomicU64,
+    /// Keys returned by listings so far.
+    keys_listed: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStorage {
@@ -176,6 +187,28 @@ impl MemoryStorage {
         if let Some(entry) = map.get_mut(key) {
             entry.2 -= secs;
         }
+    }
+
+    /// Keys returned by listings so far: what a listing cost a remote store.
+    pub fn keys_listed(&self) -> u64 {
+        self.keys_listed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The objects under `prefix` from `from` on, in key order.
+    fn listed(&self, prefix: &str, from: std::ops::Bound<&str>) -> Vec<ObjectInfo> {
+        let map = self.objects.lock().expect("memory storage lock");
+        let out: Vec<ObjectInfo> = map
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (b, _, modified))| ObjectInfo {
+                key: ObjectKey(k.clone()),
+                size: b.len() as u64,
+                modified: Some(*modified),
+            })
+            .collect();
+        self.keys_listed
+            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        out
     }
 
     fn bump(&self) -> u64 {
@@ -253,16 +286,16 @@ impl Storage for MemoryStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        let map = self.objects.lock().expect("memory storage lock");
-        Ok(map
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (b, _, modified))| ObjectInfo {
-                key: ObjectKey(k.clone()),
-                size: b.len() as u64,
-                modified: Some(*modified),
-            })
-            .collect())
+        Ok(self.listed(prefix, std::ops::Bound::Included(prefix)))
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let from = if after >= prefix {
+            std::ops::Bound::Excluded(after)
+        } else {
+            std::ops::Bound::Included(prefix)
+        };
+        Ok(self.listed(prefix, from))
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {

@@ -524,12 +524,45 @@ impl Storage for ObjectStoreBackend {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let path = self.prefix_path(prefix);
+        let listed = self.store.list(path.as_ref());
+        self.listed(prefix, listed).await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let path = self.prefix_path(prefix);
+        let offset = StorePath::from(format!("{}{}", self.prefix, after));
+        let listed = self.store.list_with_offset(path.as_ref(), &offset);
+        let mut out = self.listed(prefix, listed).await?;
+        // Keys are compared as the store spells them; the contract is our keys' byte order.
+        out.retain(|o| o.key.as_str() > after);
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify("delete", key.as_str(), e)),
+        }
+    }
+}
+
+impl ObjectStoreBackend {
+    /// The store's path for a `/`-terminated key prefix (none for the repository's root).
+    fn prefix_path(&self, prefix: &str) -> Option<StorePath> {
         let full = format!("{}{}", self.prefix, prefix);
         let trimmed = full.trim_end_matches('/');
-        let path = (!trimmed.is_empty()).then(|| StorePath::from(trimmed));
-        let metas: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(path.as_ref())
+        (!trimmed.is_empty()).then(|| StorePath::from(trimmed))
+    }
+
+    /// A listing's objects under `prefix`, as repository keys in key order: lock files and
+    /// temporary files of local writes left out.
+    async fn listed(
+        &self,
+        prefix: &str,
+        listed: futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>,
+    ) -> Result<Vec<ObjectInfo>, StorageError> {
+        let metas: Vec<object_store::ObjectMeta> = listed
             .try_collect()
             .await
             .map_err(|e| classify("list", prefix, e))?;
@@ -548,13 +581,6 @@ impl Storage for ObjectStoreBackend {
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
-    }
-
-    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        match self.store.delete(&self.path(key)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(classify("delete", key.as_str(), e)),
-        }
     }
 }
 

@@ -280,6 +280,68 @@ async fn list_is_prefix_bounded_and_delete_is_idempotent() {
     }
 }
 
+/// `list_after` gives the tail of a folder in key order, strictly after its bound, and stays
+/// inside the prefix (S3 `start-after`; filtered where the store has no such thing).
+#[tokio::test]
+async fn list_after_gives_the_tail_of_a_folder() {
+    let (all, _dir) = backends("list-after");
+    for (name, s) in all {
+        for k in [
+            "clusters/a/wal/00000001/000000010000000000000001",
+            "clusters/a/wal/00000001/000000010000000000000002",
+            "clusters/a/wal/00000001/000000010000000000000002.partial",
+            "clusters/a/wal/00000001/000000010000000000000003",
+            "clusters/a/wal/00000002/00000002.history",
+            "clusters/b/wal/00000001/000000010000000000000009",
+        ] {
+            s.put_create(&key(k), Bytes::from(k.as_bytes().to_vec()))
+                .await
+                .unwrap();
+        }
+        let tail = |prefix: &'static str, after: &'static str| {
+            let s = s.clone();
+            async move {
+                s.list_after(prefix, after)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|o| o.key.to_string().rsplit('/').next().unwrap().to_string())
+                    .collect::<Vec<String>>()
+            }
+        };
+        let tli = "clusters/a/wal/00000001/";
+        assert_eq!(
+            tail(tli, "clusters/a/wal/00000001/000000010000000000000001").await,
+            [
+                "000000010000000000000002",
+                "000000010000000000000002.partial",
+                "000000010000000000000003"
+            ],
+            "{name}: strictly after the bound"
+        );
+        assert_eq!(
+            tail(tli, "clusters/a/wal/00000001/000000010000000000000002.z").await,
+            ["000000010000000000000003"],
+            "{name}: past every key of a segment"
+        );
+        assert_eq!(
+            tail(
+                "clusters/a/wal/",
+                "clusters/a/wal/00000001/000000010000000000000003"
+            )
+            .await,
+            ["00000002.history"],
+            "{name}: later folders of the prefix"
+        );
+        assert!(
+            tail(tli, "clusters/a/wal/00000001/000000010000000000000003")
+                .await
+                .is_empty(),
+            "{name}: nothing past the last key, and nothing of another cluster"
+        );
+    }
+}
+
 /// `len` bytes that do not repeat in any short period.
 fn noise(len: u32) -> Vec<u8> {
     (0..len)

@@ -332,6 +332,10 @@ impl Storage for FollowKeys {
         self.inner.list(prefix).await
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list_after(prefix, after).await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.inner.delete(key).await
     }

@@ -100,6 +100,10 @@ impl Storage for AppendOnly {
         self.inner.list(prefix).await
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list_after(prefix, after).await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         if layout::is_lease(key) {
             return self.inner.delete(key).await;

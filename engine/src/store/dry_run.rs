@@ -184,6 +184,10 @@ impl Storage for DryRun {
         self.inner.list(prefix).await
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner.list_after(prefix, after).await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.record(Change::Delete { key: key.clone() });
         Ok(())

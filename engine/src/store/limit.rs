@@ -100,6 +100,11 @@ impl Storage for Limited {
         self.inner.list(prefix).await
     }
 
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let _p = self.permit().await;
+        self.inner.list_after(prefix, after).await
+    }
+
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         let _p = self.permit().await;
         self.inner.delete(key).await
