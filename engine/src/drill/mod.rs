@@ -641,13 +641,28 @@ fn skipped(name: &str, detail: impl Into<String>) -> Check {
     }
 }
 
-/// Age of the newest archived WAL of the cluster (RPO signal).
+/// Age of the newest archived WAL of the cluster (RPO signal). The catalog head records how
+/// far each timeline was archived (every few segments): only what lies past that is listed,
+/// not an archive of weeks. Without a head, or with nothing past it, the whole archive.
 async fn newest_wal_age(repo: &Repository, cluster: &str) -> Option<f64> {
-    let objects = repo
-        .storage()
-        .list(&crate::repo::layout::wal_pointer_prefix(cluster))
-        .await
-        .ok()?;
+    use crate::repo::layout;
+    let prefix = layout::wal_pointer_prefix(cluster);
+    let head = crate::store::head::read(repo, cluster).await.ok().flatten();
+    let below = head.and_then(|(h, _)| {
+        let (tli, t) = h.timelines.iter().next_back()?;
+        let last_known = h.segment_name(*tli, t.high.checked_sub(1)?);
+        Some(format!(
+            "{}{last_known}.z",
+            layout::wal_pointer_timeline_prefix(cluster, crate::types::TimelineId(*tli))
+        ))
+    });
+    let mut objects = match &below {
+        Some(b) => repo.storage().list_after(&prefix, b).await.ok()?,
+        None => Vec::new(),
+    };
+    if objects.is_empty() {
+        objects = repo.storage().list(&prefix).await.ok()?;
+    }
     let newest = objects
         .iter()
         .filter_map(|o| crate::repo::layout::parse_wal_pointer(cluster, o.key.as_str()))
@@ -1459,6 +1474,37 @@ fn in_instance_checks(inst: &Instance, check_sql: &[String]) -> Result<InstanceC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_newest_wal_is_found_past_the_heads_mark_without_listing_the_archive() {
+        use crate::archive::push::{push_wal_file, tests::memory_repo, WalSource};
+        use crate::pg::wal_header::tests::fake_segment;
+        let (mem, repo) = memory_repo().await;
+        let seg = 1u64 << 20;
+        for n in 1..=40u64 {
+            let name: crate::types::WalFileName =
+                format!("0000000100000000{n:08X}").parse().unwrap();
+            let data = fake_segment(7, 1, n * seg, seg as u32, seg as usize);
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data))
+                .await
+                .unwrap();
+        }
+        // The head heard of segment 32 (every 16th); 40 is the newest.
+        let before = mem.keys_listed();
+        let age = newest_wal_age(&repo, "main").await.expect("an age");
+        let listed = mem.keys_listed() - before;
+        assert!((0.0..60.0).contains(&age), "{age}");
+        assert!(listed <= 9, "{listed} keys listed, not the archive's 40");
+        // Pushed just now and far newer than anything: a newest segment is what counts.
+        let late: crate::types::WalFileName = "000000010000000000000050".parse().unwrap();
+        let data = fake_segment(7, 1, 0x50 * seg, seg as u32, seg as usize);
+        push_wal_file(&repo, "main", &late, WalSource::Bytes(data))
+            .await
+            .unwrap();
+        let before = mem.keys_listed();
+        assert!(newest_wal_age(&repo, "main").await.is_some());
+        assert!(mem.keys_listed() - before <= 10);
+    }
 
     #[test]
     fn settings_are_appended_to_auto_conf_never_through_a_link() {
