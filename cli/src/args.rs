@@ -268,6 +268,13 @@ Safe while backups and archive-push run: see the protocol in engine/src/gc/mod.r
         /// Grace period (default retention.gc_grace, else 1h): longer than your longest backup.
         #[arg(long, value_name = "DURATION")]
         grace: Option<String>,
+        /// Memory, in MiB, for the index entries of every pack (48 bytes each) and the blocks
+        /// the backups reference (36 bytes each), half each: 128 MiB holds about 1.5 million
+        /// blocks, 100 GB of distinct data. Past either half it goes to files in TMPDIR, so
+        /// gc's memory stays bounded whatever the repository's size (slower: a lookup reads
+        /// a page of a file). TMPDIR must be on disk for that.
+        #[arg(long, value_name = "MIB", default_value_t = 128)]
+        index_memory: u64,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,

@@ -381,6 +381,7 @@ async fn reencrypt_locked(
         lease_wait: Duration::ZERO,
         reencrypt: true,
         object_lock: opts.object_lock,
+        index_memory: crate::gc::liveness::DEFAULT_MEMORY,
     };
     let (gc_report, clean_packs) = crate::gc::gc_locked_with(repo, &gc_opts, held).await?;
     report.gc = gc_report;

@@ -96,6 +96,7 @@ pub async fn gc(
     settings: &Settings,
     dry_run: bool,
     grace: Option<&str>,
+    index_memory: u64,
     output: OutputFormat,
 ) -> Result<(), Failure> {
     let grace = match grace {
@@ -112,11 +113,21 @@ pub async fn gc(
         lease_wait: settings.maintenance_lease_wait,
         reencrypt: false,
         object_lock: settings.object_lock,
+        index_memory,
     };
     let r = run_gc(&repo, &opts).await?;
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
         return Ok(());
+    }
+    if r.mark_on_disk {
+        println!(
+            "mark: {} index entries and {} referenced blocks, more than --index-memory holds: \
+             kept in files in {}",
+            r.index_entries,
+            r.referenced_blocks,
+            std::env::temp_dir().display()
+        );
     }
     let mib = |b: u64| b as f64 / 1048576.0;
     let would = |done: &'static str, maybe: &'static str| if dry_run { maybe } else { done };

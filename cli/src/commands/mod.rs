@@ -81,8 +81,12 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
         Command::Gc {
             dry_run,
             grace,
+            index_memory,
             output,
-        } => expire::gc(settings, *dry_run, grace.as_deref(), *output).await,
+        } => {
+            let memory = index_memory.saturating_mul(1 << 20);
+            expire::gc(settings, *dry_run, grace.as_deref(), memory, *output).await
+        }
         Command::Pin { id } => expire::pin(settings, id, true).await,
         Command::Unpin { id } => expire::pin(settings, id, false).await,
         Command::Check => backup::check(settings).await,

@@ -1,87 +1,220 @@
 //! Referenced blocks and how many packs hold each: the mark's per-block state.
 //!
-//! One vector sorted by block id, 36 bytes per distinct referenced block (id and count), looked
-//! up by binary search. A hash map of the same cost about 45 to 90 bytes per block depending
-//! on its fill, and twice that while it grew. Each manifest's blocks are merged in place
-//! (see [`crate::sorted`]).
+//! In memory: one vector sorted by block id, 36 bytes per distinct referenced block (id and
+//! count), looked up by binary search (a hash map of the same cost about 45 to 90 bytes per
+//! block depending on its fill, and twice that while it grew). Past gc's `--index-memory`
+//! budget: the ids in a sorted table on local disk ([`IdTable`], a quarter of a byte per block
+//! in memory, one page read per lookup) and the counts in a file beside it, one `u32` per
+//! block at the id's rank. Both answer the same questions; gc's decisions do not depend on
+//! which one holds the counts.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use crate::crypto::ContentId;
+use crate::error::Result;
+use crate::store::block_table::{read_error, spill_error, temp_file, IdTable, Ids};
 
 /// Referenced block → number of holders.
-#[derive(Debug, Default)]
-pub struct Holders {
-    entries: Vec<(ContentId, u32)>,
+#[derive(Debug)]
+pub enum Holders {
+    /// Sorted by id.
+    Memory(Vec<(ContentId, u32)>),
+    /// Ids on disk, counts on disk at each id's rank.
+    Table { ids: IdTable, counts: File },
+}
+
+impl Default for Holders {
+    fn default() -> Self {
+        Holders::Memory(Vec::new())
+    }
 }
 
 impl Holders {
-    /// Adds referenced blocks (any order, repeats allowed), each with no holder yet.
-    pub fn add_referenced(&mut self, mut ids: Vec<ContentId>) {
-        ids.sort_unstable();
-        ids.dedup();
-        ids.retain(|id| self.position(id).is_none());
-        let fresh: Vec<(ContentId, u32)> = ids.into_iter().map(|id| (id, 0)).collect();
-        crate::sorted::merge_into(&mut self.entries, &fresh, |e| e.0);
+    /// The referenced blocks (sorted, distinct), each with no holder yet.
+    pub fn new(ids: Ids) -> Result<Self> {
+        Ok(match ids {
+            Ids::Memory(ids) => Holders::Memory(ids.into_iter().map(|id| (id, 0)).collect()),
+            Ids::Table(ids) => {
+                let counts = temp_file(&std::env::temp_dir())?;
+                counts.set_len(ids.records() * 4).map_err(spill_error)?;
+                Holders::Table { ids, counts }
+            }
+        })
     }
 
     /// Where `id` is, if referenced (an index for [`Holders::seen_marks`]).
-    pub fn position(&self, id: &ContentId) -> Option<usize> {
-        self.entries.binary_search_by(|e| e.0.cmp(id)).ok()
+    pub fn position(&self, id: &ContentId) -> Result<Option<usize>> {
+        Ok(match self {
+            Holders::Memory(v) => v.binary_search_by(|e| e.0.cmp(id)).ok(),
+            Holders::Table { ids, .. } => ids.position(id)?.map(|n| n as usize),
+        })
     }
 
     /// The holder count of a referenced block.
-    pub fn get(&self, id: &ContentId) -> Option<u32> {
-        self.position(id).map(|i| self.entries[i].1)
+    pub fn get(&self, id: &ContentId) -> Result<Option<u32>> {
+        match self.position(id)? {
+            Some(at) => self.count_at(at).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// The holder count of a referenced block, to update.
-    pub fn get_mut(&mut self, id: &ContentId) -> Option<&mut u32> {
-        self.position(id).map(|i| &mut self.entries[i].1)
+    /// Adds `delta` to the holder count of `id`, if referenced.
+    pub fn add(&mut self, id: &ContentId, delta: i32) -> Result<()> {
+        let Some(at) = self.position(id)? else {
+            return Ok(());
+        };
+        let now = self
+            .count_at(at)?
+            .checked_add_signed(delta)
+            .expect("a holder count never goes below zero: only a counted holder is taken away");
+        match self {
+            Holders::Memory(v) => v[at].1 = now,
+            Holders::Table { counts, .. } => counts
+                .write_all_at(&now.to_le_bytes(), at as u64 * 4)
+                .map_err(spill_error)?,
+        }
+        Ok(())
+    }
+
+    fn count_at(&self, at: usize) -> Result<u32> {
+        Ok(match self {
+            Holders::Memory(v) => v[at].1,
+            Holders::Table { counts, .. } => {
+                let mut b = [0u8; 4];
+                counts
+                    .read_exact_at(&mut b, at as u64 * 4)
+                    .map_err(read_error)?;
+                u32::from_le_bytes(b)
+            }
+        })
     }
 
     /// Sets every count to zero.
-    pub fn reset(&mut self) {
-        self.entries.iter_mut().for_each(|e| e.1 = 0);
+    pub fn reset(&mut self) -> Result<()> {
+        match self {
+            Holders::Memory(v) => v.iter_mut().for_each(|e| e.1 = 0),
+            Holders::Table { ids, counts } => {
+                counts.set_len(0).map_err(spill_error)?;
+                counts.set_len(ids.records() * 4).map_err(spill_error)?;
+            }
+        }
+        Ok(())
     }
 
     /// Distinct referenced blocks.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match self {
+            Holders::Memory(v) => v.len(),
+            Holders::Table { ids, .. } => ids.records() as usize,
+        }
     }
 
-    /// One bit per referenced block, all clear: for counting each block once.
-    pub fn seen_marks(&self) -> Vec<u64> {
-        vec![0; self.entries.len().div_ceil(64)]
+    /// Whether the counts are on local disk.
+    pub fn on_disk(&self) -> bool {
+        matches!(self, Holders::Table { .. })
+    }
+
+    /// One bit per referenced block, all clear: for counting each block once. In memory with
+    /// the counts, else in a file beside them.
+    pub fn seen_marks(&self) -> Result<SeenMarks> {
+        Ok(match self {
+            Holders::Memory(v) => SeenMarks::Memory(vec![0; v.len().div_ceil(64)]),
+            Holders::Table { ids, .. } => {
+                let file = temp_file(&std::env::temp_dir())?;
+                file.set_len(ids.records().div_ceil(8))
+                    .map_err(spill_error)?;
+                SeenMarks::Disk(file)
+            }
+        })
+    }
+}
+
+/// One bit per referenced block, by its [`Holders::position`].
+#[derive(Debug)]
+pub enum SeenMarks {
+    /// 64 blocks per word.
+    Memory(Vec<u64>),
+    /// 8 blocks per byte of a file.
+    Disk(File),
+}
+
+impl SeenMarks {
+    /// Marks block `at`; true if it was not marked yet.
+    pub fn mark(&mut self, at: usize) -> Result<bool> {
+        match self {
+            SeenMarks::Memory(words) => {
+                let (word, bit) = (at / 64, 1u64 << (at % 64));
+                let fresh = words[word] & bit == 0;
+                words[word] |= bit;
+                Ok(fresh)
+            }
+            SeenMarks::Disk(file) => {
+                let (byte, bit) = ((at / 8) as u64, 1u8 << (at % 8));
+                let mut b = [0u8; 1];
+                file.read_exact_at(&mut b, byte).map_err(read_error)?;
+                if b[0] & bit != 0 {
+                    return Ok(false);
+                }
+                b[0] |= bit;
+                file.write_all_at(&b, byte).map_err(spill_error)?;
+                Ok(true)
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::block_table::WantedIds;
+
+    fn id(n: u32) -> ContentId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.wrapping_mul(2654435761).to_be_bytes());
+        ContentId(b)
+    }
+
+    /// The ids 0, 2, 4, ... 198, pushed with repeats and out of order, in memory or on disk.
+    fn holders(in_memory: usize) -> Holders {
+        let mut w = WantedIds::new(in_memory, 1024);
+        for n in (0..200).step_by(2).rev().chain((0..40).step_by(2)) {
+            w.push(id(n)).unwrap();
+        }
+        Holders::new(w.finish_ids().unwrap()).unwrap()
+    }
 
     #[test]
-    fn merges_keep_one_sorted_entry_per_block_and_its_count() {
-        let id = |n: u32| {
-            let mut b = [0u8; 32];
-            b[..4].copy_from_slice(&n.wrapping_mul(2654435761).to_be_bytes());
-            ContentId(b)
-        };
-        let mut h = Holders::default();
-        h.add_referenced((0..100).step_by(2).map(id).collect());
-        *h.get_mut(&id(4)).unwrap() = 3;
-        // Repeats, blocks already present and new ones interleaved, out of order.
-        let mut more: Vec<ContentId> = (0..100).rev().map(id).collect();
-        more.extend((0..10).map(id));
-        h.add_referenced(more);
-        assert_eq!(h.len(), 100);
-        assert!(
-            h.entries.windows(2).all(|w| w[0].0 < w[1].0),
-            "sorted, no repeats"
-        );
-        assert_eq!(h.get(&id(4)), Some(3), "a count survives a merge");
-        assert_eq!(h.get(&id(5)), Some(0));
-        assert_eq!(h.get(&id(100)), None);
-        h.reset();
-        assert_eq!(h.get(&id(4)), Some(0));
-        assert_eq!(h.seen_marks().len(), 2);
+    fn counts_answer_the_same_in_memory_and_on_disk() {
+        for (in_memory, on_disk) in [(usize::MAX, false), (0, true)] {
+            let mut h = holders(in_memory);
+            assert_eq!(h.on_disk(), on_disk);
+            assert_eq!(h.len(), 100, "one entry per distinct block");
+            h.add(&id(4), 3).unwrap();
+            h.add(&id(4), -1).unwrap();
+            h.add(&id(5), 1).unwrap(); // not referenced: nothing
+            assert_eq!(h.get(&id(4)).unwrap(), Some(2), "on disk: {on_disk}");
+            assert_eq!(h.get(&id(6)).unwrap(), Some(0));
+            assert_eq!(h.get(&id(5)).unwrap(), None);
+            assert_eq!(h.get(&id(200)).unwrap(), None);
+            let positions: Vec<usize> = (0..200)
+                .step_by(2)
+                .map(|n| h.position(&id(n)).unwrap().unwrap())
+                .collect();
+            let mut sorted = positions.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(
+                sorted,
+                (0..100).collect::<Vec<_>>(),
+                "ranks 0..len, each once"
+            );
+            h.reset().unwrap();
+            assert_eq!(h.get(&id(4)).unwrap(), Some(0));
+            let mut seen = h.seen_marks().unwrap();
+            assert!(seen.mark(99).unwrap() && seen.mark(64).unwrap() && seen.mark(0).unwrap());
+            assert!(!seen.mark(99).unwrap() && !seen.mark(64).unwrap() && !seen.mark(0).unwrap());
+            assert!(seen.mark(63).unwrap(), "a neighbour is not marked with it");
+        }
     }
 }

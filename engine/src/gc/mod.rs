@@ -92,6 +92,9 @@ pub struct GcOptions {
     /// The bucket's default S3 Object Lock retention (`repo.object_lock_days`): a condemned
     /// pack written less than this long ago stays condemned, unswept, until it may go.
     pub object_lock: Option<Duration>,
+    /// Bytes of index entries and referenced blocks the mark holds in memory; past them, on
+    /// local disk ([`liveness`]).
+    pub index_memory: u64,
 }
 
 impl GcOptions {
@@ -103,6 +106,7 @@ impl GcOptions {
             lease_wait: Duration::ZERO,
             reencrypt: false,
             object_lock: None,
+            index_memory: liveness::DEFAULT_MEMORY,
         }
     }
 }
@@ -151,6 +155,9 @@ pub struct GcReport {
     pub index_entries: usize,
     /// Distinct blocks the manifests reference.
     pub referenced_blocks: usize,
+    /// Whether the mark's index entries or holder counts were past `--index-memory` and went
+    /// to files in `TMPDIR`.
+    pub mark_on_disk: bool,
     /// Index segments rewritten.
     pub index_rewritten: usize,
     /// Small index segments merged ([`merge_index`]), and the segments written in their place.
@@ -179,7 +186,7 @@ fn unix_now() -> i64 {
 /// Pack space for `info`: total, referenced by retained backups, and reclaimable by gc (with
 /// repacking). Reads every index segment and manifest, like gc's mark.
 pub async fn space_summary(repo: &Repository) -> Result<SpaceSummary> {
-    Ok(liveness::RepoUsage::load(repo).await?.space())
+    liveness::RepoUsage::load(repo).await?.space()
 }
 
 /// Runs GC under the exclusive gc lease. On a dry-run repository
@@ -233,22 +240,23 @@ pub(crate) async fn gc_locked_with(
     let leases = crate::lease::live(repo).await?;
     report.objects_listed += leases.len();
     // 2. Mark.
-    let mut usage = liveness::RepoUsage::load(repo).await?;
+    let mut usage = liveness::RepoUsage::load_within(repo, opts.index_memory).await?;
     report.objects_listed += usage.objects_listed;
     report.bytes_read += usage.bytes_read;
     report.manifests = usage.manifests;
     report.index_entries = usage.indexed_entries();
     report.referenced_blocks = usage.referenced_blocks();
+    report.mark_on_disk = usage.on_disk();
     report.packs = usage.packs.len();
     let (mut state, version) = read_state(repo).await?;
     state.condemned.retain(|id, _| usage.packs.contains_key(id));
     let condemned: HashSet<PackId> = state.condemned.keys().copied().collect();
-    usage.count_holders(&condemned);
+    usage.count_holders(&condemned)?;
     // 3. Reprieve.
     for id in &condemned {
-        if usage.needed_while_condemned(id) {
+        if usage.needed_while_condemned(id)? {
             state.condemned.remove(id);
-            usage.add_holder(id);
+            usage.add_holder(id)?;
             report.reprieved.push(*id);
         }
     }
@@ -277,21 +285,23 @@ pub(crate) async fn gc_locked_with(
             .collect();
         clean = done.clean;
     } else if opts.repack_below > 0.0 {
-        let sources: Vec<PackId> = uncondemned_old
-            .iter()
-            .filter(|id| {
-                let live = usage.referenced_bytes(id);
-                let size = usage.packs[*id].size;
-                // A pack holding only referenced blocks is below the threshold when it is
-                // small (its header and trailer outweigh its blocks); copying it gains nothing.
-                live > 0
-                    && usage.unreferenced_bytes(id) > 0
-                    && (live as f64) < opts.repack_below * size as f64
-            })
-            .copied()
-            .collect();
+        let mut sources: Vec<PackId> = Vec::new();
+        let mut live_bytes = 0;
+        for id in &uncondemned_old {
+            let live = usage.referenced_bytes(id)?;
+            let size = usage.packs[id].size;
+            // A pack holding only referenced blocks is below the threshold when it is
+            // small (its header and trailer outweigh its blocks); copying it gains nothing.
+            if live > 0
+                && (live as f64) < opts.repack_below * size as f64
+                && usage.unreferenced_bytes(id)? > 0
+            {
+                sources.push(*id);
+                live_bytes += live;
+            }
+        }
         if plan_only {
-            report.repack_copied_bytes = sources.iter().map(|s| usage.referenced_bytes(s)).sum();
+            report.repack_copied_bytes = live_bytes;
             report.repacked = sources.clone();
         } else if !sources.is_empty() {
             let done = repack::repack(repo, &mut usage, &sources).await?;
@@ -309,18 +319,18 @@ pub(crate) async fn gc_locked_with(
     // 5. Condemn, one pack at a time, most garbage first: where two packs hold the same
     // blocks (a repack source and its copy), the source goes and the dense copy stays; in id
     // order the copy could go instead and undo the repack.
-    let mut by_garbage = uncondemned_old.clone();
-    by_garbage.sort_by_cached_key(|id| {
+    let mut by_garbage: Vec<(u128, PackId)> = Vec::with_capacity(uncondemned_old.len());
+    for id in &uncondemned_old {
         let size = usage.packs.get(id).map_or(1, |p| p.size.max(1));
-        (
-            usage.referenced_bytes(id) as u128 * 1_000_000 / u128::from(size),
-            *id,
-        )
-    });
+        let live = usage.referenced_bytes(id)?;
+        by_garbage.push((live as u128 * 1_000_000 / u128::from(size), *id));
+    }
+    by_garbage.sort_unstable();
+    let by_garbage: Vec<PackId> = by_garbage.into_iter().map(|(_, id)| id).collect();
     let condemned_at = unix_now();
     for id in &by_garbage {
         let would_empty = plan_only && report.repacked.contains(id);
-        if would_empty || usage.try_condemn(id) {
+        if would_empty || usage.try_condemn(id)? {
             report.condemned.push(*id);
             state.condemned.insert(*id, condemned_at);
         }
@@ -381,7 +391,7 @@ pub(crate) async fn gc_locked_with(
     report.bytes_read += merged.bytes_read;
     report.index_merged = merged.replaced;
     report.index_merged_into = merged.written;
-    report.space = usage.space();
+    report.space = usage.space()?;
     Ok((report, clean))
 }
 

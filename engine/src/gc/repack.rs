@@ -49,7 +49,7 @@ pub async fn repack(
     let mut out = RepackOutcome::default();
     let mut packer = Packer::recording(repo.clone());
     for src in sources {
-        let to_copy = usage.sole_copies(src);
+        let to_copy = usage.sole_copies(src)?;
         let key = layout::pack(src);
         let bytes = repo.storage().get(&key).await?;
         out.bytes_read += bytes.len() as u64;
@@ -85,7 +85,7 @@ pub async fn repack(
     packer.flush().await?;
     out.new_packs = packer.packs;
     for (id, size, entries) in packer.written.drain(..) {
-        usage.add_pack(id, size, entries);
+        usage.add_pack(id, size, entries)?;
     }
     Ok(out)
 }
@@ -144,10 +144,11 @@ pub async fn reencrypt(
                     continue;
                 }
             };
-            entries
-                .iter()
-                .map(|e| usage.is_referenced(&e.block_id) && !copied.contains(&e.block_id))
-                .collect()
+            let mut wanted = Vec::with_capacity(entries.len());
+            for e in &entries {
+                wanted.push(usage.is_referenced(&e.block_id)? && !copied.contains(&e.block_id));
+            }
+            wanted
         };
         let (resealed, dirty) = cpu::run(move || reseal_pack(&codec, &bytes, &wanted)).await;
         let resealed = match resealed {
@@ -174,7 +175,7 @@ pub async fn reencrypt(
     out.outcome.new_packs = packer.packs;
     for (id, size, entries) in packer.written.drain(..) {
         out.clean.insert(id);
-        usage.add_pack(id, size, entries);
+        usage.add_pack(id, size, entries)?;
     }
     Ok(out)
 }

@@ -94,11 +94,21 @@ async fn assert_readable(repo: &Repository, blocks: &[ContentId]) {
     }
 }
 
-fn opts() -> GcOptions {
-    GcOptions::with_grace(Duration::ZERO)
+tokio::task_local! {
+    /// The mark's memory for the test running in this task ([`both_modes`]).
+    static MARK_MEMORY: u64;
 }
 
-#[tokio::test]
+/// gc without a grace period, its mark in memory or on disk as the running test asks.
+fn opts() -> GcOptions {
+    GcOptions {
+        index_memory: MARK_MEMORY
+            .try_with(|m| *m)
+            .unwrap_or(liveness::DEFAULT_MEMORY),
+        ..GcOptions::with_grace(Duration::ZERO)
+    }
+}
+
 async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readable() {
     let repo = repo().await;
     let a = pack_of(&repo, 0..20).await;
@@ -107,6 +117,7 @@ async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readab
     save_manifest(&repo, "20261124-000000F", &all).await;
     save_manifest(&repo, "20261124-000100F", &a[..3]).await;
     let first = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(first.mark_on_disk, opts().index_memory == 0, "{first:?}");
     assert!(
         first.condemned.is_empty(),
         "everything referenced: {first:?}"
@@ -153,7 +164,6 @@ async fn mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readab
     assert!(repo.storage().list("leases/").await.unwrap().is_empty());
 }
 
-#[tokio::test]
 async fn a_pack_whose_blocks_are_all_referenced_is_never_repacked_however_small() {
     // One block that compresses to a few bytes: the pack's header and trailer make it mostly
     // overhead, so its live bytes are below half its size. Copying it would write the same
@@ -163,9 +173,11 @@ async fn a_pack_whose_blocks_are_all_referenced_is_never_repacked_however_small(
     let ids = pack_holding(&repo, vec![vec![0u8; 8192]]).await;
     save_manifest(&repo, "20261124-000000F", &ids).await;
     let before = pack_names(&repo).await;
-    let usage = liveness::RepoUsage::load(&repo).await.unwrap();
+    let usage = liveness::RepoUsage::load_within(&repo, opts().index_memory)
+        .await
+        .unwrap();
     let (live, size) = (
-        usage.referenced_bytes(&before[0]),
+        usage.referenced_bytes(&before[0]).unwrap(),
         usage.packs[&before[0]].size,
     );
     assert!(
@@ -183,7 +195,6 @@ async fn a_pack_whose_blocks_are_all_referenced_is_never_repacked_however_small(
     assert_readable(&repo, &ids).await;
 }
 
-#[tokio::test]
 async fn a_damaged_pack_is_not_repacked_nor_deleted() {
     let repo = repo().await;
     let a = pack_of(&repo, 0..20).await;
@@ -205,7 +216,6 @@ async fn a_damaged_pack_is_not_repacked_nor_deleted() {
     assert_eq!(pack_names(&repo).await, vec![name]);
 }
 
-#[tokio::test]
 async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep() {
     let repo = repo().await;
     let a = pack_of(&repo, 0..5).await;
@@ -244,11 +254,13 @@ async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep()
     assert_readable(&repo, &a[..1]).await;
 }
 
-#[tokio::test]
 async fn packs_younger_than_the_grace_period_are_never_condemned() {
     let (mem, repo) = crate::test_support::memory_repo().await;
     pack_of(&repo, 0..5).await; // no manifest: like a backup still running
-    let hour = GcOptions::with_grace(Duration::from_secs(3600));
+    let hour = GcOptions {
+        grace: Duration::from_secs(3600),
+        ..opts()
+    };
     let r = gc(&repo, &hour).await.unwrap();
     assert!(r.condemned.is_empty(), "{r:?}");
     let name = pack_names(&repo).await.remove(0);
@@ -262,7 +274,6 @@ async fn packs_younger_than_the_grace_period_are_never_condemned() {
     assert_eq!(pack_names(&repo).await, vec![name]);
 }
 
-#[tokio::test]
 async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
     // A crash between a repack and the condemnation leaves both; the next gc must finish the
     // repack (condemn the source), not undo it (condemn the copy). Pack names are hashes:
@@ -273,8 +284,10 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
         let a = pack_of(&repo, 0..20).await;
         save_manifest(&repo, "20261124-000000F", &a[..2]).await;
         let source = pack_names(&repo).await;
-        let mut usage = liveness::RepoUsage::load(&repo).await.unwrap();
-        usage.count_holders(&Default::default());
+        let mut usage = liveness::RepoUsage::load_within(&repo, opts().index_memory)
+            .await
+            .unwrap();
+        usage.count_holders(&Default::default()).unwrap();
         let src_id = source[0];
         let copied = repack::repack(&repo, &mut usage, &[src_id]).await.unwrap();
         assert_eq!(copied.new_packs, 1);
@@ -292,7 +305,6 @@ async fn when_a_source_and_its_copy_both_hold_blocks_the_source_goes() {
     panic!("never got a copy whose name sorts before its source");
 }
 
-#[tokio::test]
 async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_the_rest_again() {
     use crate::store::blocks::KnownBlocks;
     let repo = repo().await;
@@ -384,7 +396,6 @@ async fn index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_
     }
 }
 
-#[tokio::test]
 async fn packs_under_object_lock_retention_stay_condemned_until_it_ends() {
     let (mem, repo) = crate::test_support::memory_repo().await;
     let a = pack_of(&repo, 0..5).await;
@@ -414,7 +425,6 @@ async fn segment_names(repo: &Repository) -> Vec<String> {
     keys_under(repo, layout::INDEX_PREFIX).await
 }
 
-#[tokio::test]
 async fn small_index_segments_are_merged_and_every_block_stays_located() {
     use merge_index::{MERGED_ENTRIES, MERGE_AT};
     let repo = repo().await;
@@ -454,7 +464,6 @@ async fn small_index_segments_are_merged_and_every_block_stays_located() {
     assert!(MERGED_ENTRIES > all.len());
 }
 
-#[tokio::test]
 async fn a_merged_segment_holds_at_most_merged_entries() {
     use merge_index::{merge_small_segments, MERGED_ENTRIES, MERGE_AT};
     let repo = repo().await;
@@ -480,7 +489,6 @@ async fn a_merged_segment_holds_at_most_merged_entries() {
     }
 }
 
-#[tokio::test]
 async fn a_merge_repeated_after_a_crash_keeps_the_merged_segment_it_comes_out_as() {
     use merge_index::{merge_small_segments, MERGE_AT};
     let repo = repo().await;
@@ -545,3 +553,40 @@ async fn a_gc_whose_lease_lapsed_condemns_and_deletes_nothing() {
     let r = gc(&repo, &opts()).await.unwrap();
     assert_eq!(r.swept, packs);
 }
+
+/// Each test twice: its mark within the default memory, and with every index entry and
+/// referenced block on local disk. gc must decide the same either way.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod in_memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name().await
+                }
+            )*
+        }
+        mod on_disk {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::MARK_MEMORY.scope(0, super::$name()).await
+                }
+            )*
+        }
+    };
+}
+
+both_modes!(
+    mostly_garbage_packs_are_repacked_and_swept_and_live_blocks_stay_readable,
+    a_pack_whose_blocks_are_all_referenced_is_never_repacked_however_small,
+    a_damaged_pack_is_not_repacked_nor_deleted,
+    a_running_backup_that_started_before_the_condemnation_holds_the_sweep,
+    packs_younger_than_the_grace_period_are_never_condemned,
+    when_a_source_and_its_copy_both_hold_blocks_the_source_goes,
+    index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_the_rest_again,
+    packs_under_object_lock_retention_stay_condemned_until_it_ends,
+    small_index_segments_are_merged_and_every_block_stays_located,
+    a_merged_segment_holds_at_most_merged_entries,
+    a_merge_repeated_after_a_crash_keeps_the_merged_segment_it_comes_out_as,
+);

@@ -80,7 +80,7 @@ pub const PAGE_RECORDS: usize = 128;
 
 /// Every spill failure is local: an [`Error::Io`] naming `TMPDIR`, never a finding about the
 /// repository.
-fn spill_error(e: std::io::Error) -> Error {
+pub(crate) fn spill_error(e: std::io::Error) -> Error {
     Error::io(
         "the block index could not be spilled to the temporary directory (TMPDIR, \
          default /tmp); free space there, point TMPDIR elsewhere, or give the command \
@@ -90,7 +90,7 @@ fn spill_error(e: std::io::Error) -> Error {
 }
 
 /// Reading the table back failed: the local disk, not space.
-fn read_error(e: std::io::Error) -> Error {
+pub(crate) fn read_error(e: std::io::Error) -> Error {
     Error::io(
         "the block index could not be read back from its table in the temporary \
          directory (TMPDIR, default /tmp); check that disk",
@@ -98,7 +98,7 @@ fn read_error(e: std::io::Error) -> Error {
     )
 }
 
-fn temp_file(dir: &Path) -> Result<File> {
+pub(crate) fn temp_file(dir: &Path) -> Result<File> {
     tempfile::tempfile_in(dir).map_err(spill_error)
 }
 
@@ -501,6 +501,11 @@ impl IdTable {
         Ok(find::<ContentId>(&self.file, self.records, &self.fences, id)?.is_some())
     }
 
+    /// Where `id` is among them (its rank in id order), if it is one of them.
+    pub fn position(&self, id: &ContentId) -> Result<Option<u64>> {
+        Ok(find_at::<ContentId>(&self.file, self.records, &self.fences, id)?.map(|(n, _)| n))
+    }
+
     /// Empties the file under the table, as a failing disk would lose it: every lookup
     /// fails from then on.
     #[cfg(test)]
@@ -517,6 +522,16 @@ fn find<T: Record>(
     fences: &[ContentId],
     id: &ContentId,
 ) -> Result<Option<T>> {
+    Ok(find_at::<T>(file, records, fences, id)?.map(|(_, r)| r))
+}
+
+/// [`find`], with the record's number in the table.
+fn find_at<T: Record>(
+    file: &File,
+    records: u64,
+    fences: &[ContentId],
+    id: &ContentId,
+) -> Result<Option<(u64, T)>> {
     let Some(number) = fences.partition_point(|f| f <= id).checked_sub(1) else {
         return Ok(None);
     };
@@ -533,7 +548,7 @@ fn find<T: Record>(
         match record[..32].cmp(&id.0[..]) {
             Ordering::Less => lo = mid + 1,
             Ordering::Greater => hi = mid,
-            Ordering::Equal => return Ok(Some(T::decode(record))),
+            Ordering::Equal => return Ok(Some((first + mid as u64, T::decode(record)))),
         }
     }
     Ok(None)

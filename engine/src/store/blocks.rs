@@ -45,7 +45,7 @@ pub async fn for_each_index_segment(
 /// [`INDEX_RELISTS`] times; only a segment that keeps vanishing is an error. The first error
 /// `each` returns stops the reading (a table that cannot be spilled does not wait for the
 /// rest of the index).
-async fn for_each_listed_segment(
+pub(crate) async fn for_each_listed_segment(
     repo: &Repository,
     keys: Vec<crate::storage::ObjectInfo>,
     mut each: impl FnMut(Vec<IndexEntry>, u64) -> Result<()>,
@@ -121,7 +121,7 @@ const INDEX_RELISTS: usize = 3;
 /// An upper bound on the entries of listed index segments, to size a vector once: an entry's
 /// block id is 32 random bytes, which no compression shrinks, so a segment holds at most
 /// one entry per 32 sealed bytes (in practice about 40).
-fn max_entries(keys: &[crate::storage::ObjectInfo]) -> usize {
+pub(crate) fn max_entries(keys: &[crate::storage::ObjectInfo]) -> usize {
     keys.iter().map(|o| (o.size / 32) as usize).sum()
 }
 
