@@ -98,6 +98,8 @@ pub struct ReencryptOptions {
     /// options): what a writer sealed just before it followed the rotation may land that
     /// late, so the wait for writers covers it when it is longer than the default minute.
     pub upload_retries: Duration,
+    /// Memory for gc's mark ([`crate::gc::GcOptions::index_memory`]).
+    pub index_memory: u64,
 }
 
 /// How long old epochs stay after a key change whatever the grace period: [`WRITERS_SETTLE`],
@@ -381,7 +383,7 @@ async fn reencrypt_locked(
         lease_wait: Duration::ZERO,
         reencrypt: true,
         object_lock: opts.object_lock,
-        index_memory: crate::gc::liveness::DEFAULT_MEMORY,
+        index_memory: opts.index_memory,
     };
     let (gc_report, clean_packs) = crate::gc::gc_locked_with(repo, &gc_opts, held).await?;
     report.gc = gc_report;

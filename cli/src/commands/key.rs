@@ -180,6 +180,7 @@ async fn reencrypt(
                 .storage_options()?
                 .retry_timeout()
                 .map_err(|e| Failure::usage(e.to_string()))?,
+            index_memory: pgcairn_engine::gc::liveness::DEFAULT_MEMORY,
         },
     )
     .await?;

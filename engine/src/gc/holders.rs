@@ -140,6 +140,19 @@ pub enum SeenMarks {
 }
 
 impl SeenMarks {
+    /// Whether block `at` is marked.
+    pub fn is_marked(&self, at: usize) -> Result<bool> {
+        Ok(match self {
+            SeenMarks::Memory(words) => words[at / 64] & (1u64 << (at % 64)) != 0,
+            SeenMarks::Disk(file) => {
+                let mut b = [0u8; 1];
+                file.read_exact_at(&mut b, (at / 8) as u64)
+                    .map_err(read_error)?;
+                b[0] & (1u8 << (at % 8)) != 0
+            }
+        })
+    }
+
     /// Marks block `at`; true if it was not marked yet.
     pub fn mark(&mut self, at: usize) -> Result<bool> {
         match self {
@@ -215,6 +228,7 @@ mod tests {
             assert!(seen.mark(99).unwrap() && seen.mark(64).unwrap() && seen.mark(0).unwrap());
             assert!(!seen.mark(99).unwrap() && !seen.mark(64).unwrap() && !seen.mark(0).unwrap());
             assert!(seen.mark(63).unwrap(), "a neighbour is not marked with it");
+            assert!(seen.is_marked(64).unwrap() && !seen.is_marked(65).unwrap());
         }
     }
 }

@@ -26,7 +26,7 @@ use std::os::unix::fs::FileExt;
 
 use serde::Serialize;
 
-use super::holders::Holders;
+use super::holders::{Holders, SeenMarks};
 use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::pack::PackEntry;
@@ -346,13 +346,34 @@ impl RepoUsage {
         Ok(())
     }
 
-    /// Records a pack written by this run (a repack).
+    /// Records a pack written by this run (a repack): its entries where the others are.
     pub fn add_pack(&mut self, id: PackId, size: u64, mut entries: Vec<PackEntry>) -> Result<()> {
         entries.sort_by_key(|e| e.block_id.0);
         entries.dedup_by_key(|e| e.block_id.0);
-        self.entries_read += entries.len();
-        self.packs.insert(id, PackUsage::new(size, None, entries));
+        if self.entries_file.is_some() {
+            self.packs
+                .insert(id, PackUsage::new(size, None, Vec::new()));
+            let group: Vec<crate::index::IndexEntry> = entries
+                .into_iter()
+                .map(|entry| crate::index::IndexEntry { pack_id: id, entry })
+                .collect();
+            self.take_entries(&group)?;
+        } else {
+            self.entries_read += entries.len();
+            self.packs.insert(id, PackUsage::new(size, None, entries));
+        }
         self.add_holder(&id)
+    }
+
+    /// One clear mark per referenced block (see [`SeenMarks`]), in memory or on disk like the
+    /// counts.
+    pub fn referenced_marks(&self) -> Result<SeenMarks> {
+        self.holders.seen_marks()
+    }
+
+    /// Where `id` is among the referenced blocks, for [`RepoUsage::referenced_marks`].
+    pub fn referenced_position(&self, id: &ContentId) -> Result<Option<usize>> {
+        self.holders.position(id)
     }
 
     /// Condemns `pack` (a holder until now) if every referenced block it holds has another

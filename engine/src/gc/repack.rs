@@ -16,7 +16,6 @@ use std::collections::HashSet;
 
 use crate::codec::{Codec, ObjectKind};
 use crate::cpu;
-use crate::crypto::ContentId;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
 use crate::store::blocks::{Packer, SealedBlock};
@@ -81,6 +80,11 @@ pub async fn repack(
             out.copied_bytes += u64::from(e.sealed_len);
         }
         out.repacked.push(*src);
+        // Packs already uploaded and indexed join the usage now: what the packer remembers
+        // stays at a pack or two, whatever the size of the repack.
+        for (id, size, entries) in packer.written.drain(..) {
+            usage.add_pack(id, size, entries)?;
+        }
     }
     packer.flush().await?;
     out.new_packs = packer.packs;
@@ -114,7 +118,8 @@ pub async fn reencrypt(
     candidates: &[PackId],
 ) -> Result<ReencryptOutcome> {
     let mut out = ReencryptOutcome::default();
-    let mut copied: HashSet<ContentId> = HashSet::new();
+    // Referenced blocks copied so far, one bit each (on disk when the counts are).
+    let mut copied = usage.referenced_marks()?;
     let mut packer = Packer::recording(repo.clone());
     for src in candidates {
         let key = layout::pack(src);
@@ -146,7 +151,10 @@ pub async fn reencrypt(
             };
             let mut wanted = Vec::with_capacity(entries.len());
             for e in &entries {
-                wanted.push(usage.is_referenced(&e.block_id)? && !copied.contains(&e.block_id));
+                wanted.push(match usage.referenced_position(&e.block_id)? {
+                    Some(at) => !copied.is_marked(at)?,
+                    None => false,
+                });
             }
             wanted
         };
@@ -166,7 +174,9 @@ pub async fn reencrypt(
         for (block, was_old) in resealed {
             out.outcome.copied_bytes += block.sealed.len() as u64;
             out.resealed_blocks += u64::from(was_old);
-            copied.insert(block.id);
+            if let Some(at) = usage.referenced_position(&block.id)? {
+                copied.mark(at)?;
+            }
             packer.add(block).await?;
         }
         out.outcome.repacked.push(*src);

@@ -21,6 +21,7 @@ fn opts() -> ReencryptOptions {
         object_lock: None,
         writers_stopped: true,
         upload_retries: Duration::from_secs(60),
+        index_memory: crate::gc::liveness::DEFAULT_MEMORY,
     }
 }
 
@@ -82,6 +83,24 @@ async fn rotated_repo_with(
         ids.push(id);
     }
     packer.flush().await.unwrap();
+    // A second copy of the first ten blocks in a pack of its own (a repack's source and copy
+    // both left by a crash): the rotation reseals each block once.
+    let mut copies = Packer::new(repo.clone());
+    for n in 0..10 {
+        let b = block(n);
+        let id = repo.codec().content_id(&b);
+        let sealed = repo.codec().seal(ObjectKind::Block, &id, b"", &b, 1);
+        let raw_len = b.len() as u32;
+        copies
+            .add(SealedBlock {
+                id,
+                sealed,
+                raw_len,
+            })
+            .await
+            .unwrap();
+    }
+    copies.flush().await.unwrap();
     save_manifest(&repo, "20261124-000000F", &ids[..30]).await;
     crate::expire::set_pin(&repo, "main", "20261124-000000F", true)
         .await
@@ -170,6 +189,20 @@ async fn assert_nothing_below(storage: &Arc<dyn Storage>, repo: &Repository, epo
 
 #[tokio::test]
 async fn everything_is_resealed_and_the_old_epoch_dropped() {
+    resealed_and_dropped(opts()).await
+}
+
+/// The same with gc's mark on local disk: the blocks copied are marked there too.
+#[tokio::test]
+async fn everything_is_resealed_and_the_old_epoch_dropped_with_the_mark_on_disk() {
+    resealed_and_dropped(ReencryptOptions {
+        index_memory: 0,
+        ..opts()
+    })
+    .await
+}
+
+async fn resealed_and_dropped(opts: ReencryptOptions) {
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let (unlock, ids, wal) = rotated_repo(storage.clone()).await;
     let repo = Repository::open(storage.clone(), Some(&unlock))
@@ -177,10 +210,9 @@ async fn everything_is_resealed_and_the_old_epoch_dropped() {
         .unwrap();
     assert_eq!(repo.codec().epochs(), vec![1, 2]);
     let before = repo.storage().list("packs/").await.unwrap();
-    let r = reencrypt(&repo, Some(&unlock), None, &opts())
-        .await
-        .unwrap();
+    let r = reencrypt(&repo, Some(&unlock), None, &opts).await.unwrap();
     assert_eq!(r.old_epochs, vec![1]);
+    assert_eq!(r.gc.mark_on_disk, opts.index_memory == 0);
     assert_eq!(r.dropped_epochs, vec![1], "{r:?}");
     assert!(r.remaining.is_empty(), "{r:?}");
     // Manifest, two WAL files and their records, head, cluster record, pin, index, gc state.
@@ -204,9 +236,7 @@ async fn everything_is_resealed_and_the_old_epoch_dropped() {
         );
     }
     // Nothing left to do.
-    let again = reencrypt(&after, Some(&unlock), None, &opts())
-        .await
-        .unwrap();
+    let again = reencrypt(&after, Some(&unlock), None, &opts).await.unwrap();
     assert!(again.old_epochs.is_empty() && again.objects_resealed == 0);
 }
 
