@@ -31,7 +31,9 @@
 # Environment: PGCAIRN_BIN (default target/release/pgcairn, snapshotted once so every scale
 # runs the same binary), BACKUPS (default 8), TX_PER_SCALE (pgbench transactions per client per
 # round, times the scale; default 200), CMD_TIMEOUT (seconds per pgcairn command, default
-# 1800: a hang is reported as a failure of that scale, and the remaining scales still run).
+# 1800: a hang is reported as a failure of that scale, and the remaining scales still run),
+# GC_MEMORY (MiB for gc's mark, `gc --index-memory`; default gc's own: 0 puts the mark's index
+# entries and referenced blocks on local disk, to measure that mode's time and memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALES=("$@")
@@ -166,7 +168,7 @@ sys.exit(1 if j["repacked"] or j["condemned"] or j["swept"] or j["reprieved"] el
         fi
         case $label in
             info*) timed "$label" "${pgb[@]}" info --output json || { fail "$label"; return 0; } ;;
-            gc*) timed "$label" "${pgb[@]}" gc --grace 0s --output json || { fail "$label"; return 0; } ;;
+            gc*) timed "$label" "${pgb[@]}" gc --grace 0s ${GC_MEMORY:+--index-memory "$GC_MEMORY"} --output json || { fail "$label"; return 0; } ;;
             verify) timed "$label" "${pgb[@]}" --progress never verify --read-data || { fail "verify after gc"; return 0; } ;;
         esac
         echo "$T_WALL $T_RSS" > "$W/$label.measure"
