@@ -13,7 +13,9 @@
 //! blocks and their holder counts (36 bytes each, see [`Holders`]); past either half, that
 //! part goes to files in `TMPDIR` and is read back where it is needed (a pack's entries with
 //! one read each time they are visited; a holder count with one page read per lookup). The
-//! decisions are the same either way, only slower on disk. Also one manifest at a time while
+//! decisions are the same either way, only slower on disk. The referenced ids are collected in
+//! sort runs of up to twice their half (as a restore's are) and turned into counts at the end,
+//! so the peak is about 1.5× the budget. Also one manifest at a time while
 //! it is read (its compressed form and its parsed form, 33 bytes per inline block; the JSON is
 //! streamed), and block lists after the manifests, each distinct list once, 256 at a time,
 //! with a block index of the lists alone (52 bytes per list, one list per 128 blocks). See
