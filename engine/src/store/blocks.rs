@@ -958,6 +958,16 @@ mod tests {
         );
     }
 
+    /// The first error packing `blocks` gives, from an add or else from the flush.
+    async fn first_failure(packer: &mut Packer, blocks: Vec<SealedBlock>) -> Error {
+        for b in blocks {
+            if let Err(e) = packer.add(b).await {
+                return e;
+            }
+        }
+        packer.flush().await.unwrap_err()
+    }
+
     #[tokio::test]
     async fn a_pack_name_holding_other_bytes_fails_the_packer_and_indexes_nothing() {
         // A pack is named by the hash of its bytes: other bytes under its name are a damaged
@@ -969,17 +979,7 @@ mod tests {
         ));
         let repo = repo.with_storage(taken);
         let mut packer = Packer::new(repo.clone());
-        let mut failed = None;
-        for b in blocks_for(&repo, 2) {
-            if let Err(e) = packer.add(b).await {
-                failed = Some(e);
-                break;
-            }
-        }
-        let failed = match failed {
-            Some(e) => e,
-            None => packer.flush().await.unwrap_err(),
-        };
+        let failed = first_failure(&mut packer, blocks_for(&repo, 2)).await;
         assert!(matches!(failed, Error::Corrupt { .. }), "{failed}");
         assert!(
             failed.to_string().contains("holding other bytes"),
@@ -1000,17 +1000,7 @@ mod tests {
         let faulty = std::sync::Arc::new(crate::test_support::FailAfter::new(mem, 2));
         let repo = repo.with_storage(faulty);
         let mut packer = Packer::new(repo.clone());
-        let mut failed = None;
-        for b in blocks_for(&repo, 3) {
-            if let Err(e) = packer.add(b).await {
-                failed = Some(e);
-                break;
-            }
-        }
-        let failed = match failed {
-            Some(e) => e,
-            None => packer.flush().await.unwrap_err(),
-        };
+        let failed = first_failure(&mut packer, blocks_for(&repo, 3)).await;
         assert!(failed.to_string().contains("injected failure"), "{failed}");
         assert_eq!(packer.packs, 1, "only the first pack was uploaded");
     }
