@@ -87,6 +87,32 @@ pub async fn open_with(storage: Arc<dyn Storage>) -> Repository {
     .unwrap()
 }
 
+/// Writes `blocks` (plaintexts) sealed into one pack (more if they overflow one), indexed;
+/// returns their ids in order.
+pub async fn pack_holding(repo: &Repository, blocks: Vec<Vec<u8>>) -> Vec<ContentId> {
+    use crate::store::blocks::{Packer, SealedBlock};
+    let mut packer = Packer::new(repo.clone());
+    let mut ids = Vec::new();
+    for b in blocks {
+        let id = repo.codec().content_id(&b);
+        let sealed = repo
+            .codec()
+            .seal(crate::codec::ObjectKind::Block, &id, b"", &b, 1);
+        let raw_len = b.len() as u32;
+        packer
+            .add(SealedBlock {
+                id,
+                sealed,
+                raw_len,
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    packer.flush().await.unwrap();
+    ids
+}
+
 /// Storage whose writes and deletes fail after a budget: a run killed at that point.
 #[derive(Debug)]
 pub struct FailAfter {
@@ -165,75 +191,6 @@ impl Storage for FailAfter {
     }
 }
 
-/// Storage where every name created under `prefix` is already taken by other bytes: a
-/// damaged object that was there first. Everything else passes through.
-#[derive(Debug)]
-pub struct TakenNames {
-    inner: Arc<dyn Storage>,
-    prefix: &'static str,
-}
-
-impl TakenNames {
-    /// Creates under `prefix` in `inner` find their names taken.
-    pub fn new(inner: Arc<dyn Storage>, prefix: &'static str) -> Self {
-        TakenNames { inner, prefix }
-    }
-}
-
-#[async_trait]
-impl Storage for TakenNames {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn get_versioned(
-        &self,
-        key: &ObjectKey,
-    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
-        self.inner.get_versioned(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        range: std::ops::Range<u64>,
-    ) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
-        self.inner.head(key).await
-    }
-    async fn put_create(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-    ) -> std::result::Result<CreateOutcome, StorageError> {
-        if key.as_str().starts_with(self.prefix) {
-            let mut damaged = data.to_vec();
-            if let Some(b) = damaged.last_mut() {
-                *b ^= 0x5a;
-            }
-            self.inner.put_create(key, Bytes::from(damaged)).await?;
-        }
-        self.inner.put_create(key, data).await
-    }
-    async fn put_swap(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-        expected: Option<&ObjectVersion>,
-    ) -> std::result::Result<ObjectVersion, StorageError> {
-        self.inner.put_swap(key, data, expected).await
-    }
-    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-}
-
 /// Storage whose reads (`get`, `get_range`, `head`, `list`) each take `delay` longer: a
 /// remote store's round trip, so that work in flight stays in flight for a while.
 #[derive(Debug)]
@@ -305,7 +262,7 @@ impl Storage for SlowReads {
 /// refreshes whose answer is lost after they landed (`lose_swap_answers` of them), lease
 /// refreshes that fail without landing (`fail_swaps` of them), and the first two listings
 /// of the leases held until both have begun (`meet_in_list`: two commands looking at
-/// once).
+/// once). Also slow creates (`slow_creates`) and names already taken (`taken_names`).
 #[derive(Debug, Default)]
 pub struct LeaseFaults {
     pub inner: Arc<MemoryStorage>,
@@ -320,6 +277,9 @@ pub struct LeaseFaults {
     pub slow_creates: Option<(String, std::time::Duration)>,
     /// A slow create lands, then reports a timeout.
     pub slow_creates_time_out: bool,
+    /// Every name created under this prefix is already taken by other bytes: a damaged object
+    /// that was there first.
+    pub taken_names: Option<&'static str>,
 }
 
 impl LeaseFaults {
@@ -388,6 +348,16 @@ impl Storage for LeaseFaults {
                     });
                 }
             }
+        }
+        if self
+            .taken_names
+            .is_some_and(|p| key.as_str().starts_with(p))
+        {
+            let mut damaged = data.to_vec();
+            if let Some(b) = damaged.last_mut() {
+                *b ^= 0x5a;
+            }
+            self.inner.put_create(key, Bytes::from(damaged)).await?;
         }
         self.inner.put_create(key, data).await
     }

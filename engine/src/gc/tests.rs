@@ -7,11 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
-use crate::codec::ObjectKind;
 use crate::crypto::ContentId;
 use crate::storage::Storage;
-use crate::store::blocks::{BlockIndex, Packer, SealedBlock};
-use crate::test_support::save_manifest;
+use crate::store::blocks::BlockIndex;
+use crate::test_support::{pack_holding, save_manifest};
 
 async fn repo() -> Repository {
     crate::test_support::memory_repo().await.1
@@ -31,27 +30,6 @@ fn block(n: u32) -> Vec<u8> {
 /// Writes one pack holding blocks `ns`; returns their ids.
 async fn pack_of(repo: &Repository, ns: std::ops::Range<u32>) -> Vec<ContentId> {
     pack_holding(repo, ns.map(block).collect()).await
-}
-
-/// Writes one pack holding `blocks`; returns their ids.
-async fn pack_holding(repo: &Repository, blocks: Vec<Vec<u8>>) -> Vec<ContentId> {
-    let mut packer = Packer::new(repo.clone());
-    let mut ids = Vec::new();
-    for b in blocks {
-        let id = repo.codec().content_id(&b);
-        let sealed = repo.codec().seal(ObjectKind::Block, &id, b"", &b, 1);
-        packer
-            .add(SealedBlock {
-                id,
-                sealed,
-                raw_len: b.len() as u32,
-            })
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    packer.flush().await.unwrap();
-    ids
 }
 
 /// The keys under `prefix`, sorted.

@@ -10,8 +10,8 @@ use crate::archive::push::{push_wal_file, WalSource};
 use crate::pg::wal_header::tests::fake_segment;
 use crate::repo::keys::RotateInputs;
 use crate::storage::{MemoryStorage, Storage};
-use crate::store::blocks::{BlockIndex, Packer, SealedBlock};
-use crate::test_support::{save_manifest, FailAfter};
+use crate::store::blocks::BlockIndex;
+use crate::test_support::{pack_holding, save_manifest, FailAfter};
 use crate::types::WalFileName;
 
 fn opts() -> ReencryptOptions {
@@ -66,41 +66,10 @@ async fn rotated_repo_with(
             .unwrap();
         std::mem::forget(lease);
     }
-    let mut ids = Vec::new();
-    let mut packer = Packer::new(repo.clone());
-    for n in 0..40 {
-        let b = block(n);
-        let id = repo.codec().content_id(&b);
-        let sealed = repo.codec().seal(ObjectKind::Block, &id, b"", &b, 1);
-        packer
-            .add(SealedBlock {
-                id,
-                sealed,
-                raw_len: b.len() as u32,
-            })
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    packer.flush().await.unwrap();
+    let ids = pack_holding(&repo, (0..40).map(block).collect()).await;
     // A second copy of the first ten blocks in a pack of its own (a repack's source and copy
     // both left by a crash): the rotation reseals each block once.
-    let mut copies = Packer::new(repo.clone());
-    for n in 0..10 {
-        let b = block(n);
-        let id = repo.codec().content_id(&b);
-        let sealed = repo.codec().seal(ObjectKind::Block, &id, b"", &b, 1);
-        let raw_len = b.len() as u32;
-        copies
-            .add(SealedBlock {
-                id,
-                sealed,
-                raw_len,
-            })
-            .await
-            .unwrap();
-    }
-    copies.flush().await.unwrap();
+    pack_holding(&repo, (0..10).map(block).collect()).await;
     save_manifest(&repo, "20261124-000000F", &ids[..30]).await;
     crate::expire::set_pin(&repo, "main", "20261124-000000F", true)
         .await

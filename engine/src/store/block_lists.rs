@@ -584,24 +584,11 @@ mod tests {
 
     /// Stores `blocks` (plaintexts) in one pack; returns their refs.
     async fn store_blocks(repo: &Repository, blocks: &[Vec<u8>]) -> Vec<BlockRef> {
-        let mut packer = Packer::new(repo.clone());
-        let mut refs = Vec::new();
-        for b in blocks {
-            let id = repo.codec().content_id(b);
-            let sealed = repo.codec().seal(ObjectKind::Block, &id, b"", b, 1);
-            let raw_len = b.len() as u32;
-            packer
-                .add(SealedBlock {
-                    id,
-                    sealed,
-                    raw_len,
-                })
-                .await
-                .unwrap();
-            refs.push(BlockRef(Some(id)));
-        }
-        packer.flush().await.unwrap();
-        refs
+        crate::test_support::pack_holding(repo, blocks.to_vec())
+            .await
+            .into_iter()
+            .map(|id| BlockRef(Some(id)))
+            .collect()
     }
 
     /// A backup of one file made of `refs`, recorded as its lists (stored in a pack of their

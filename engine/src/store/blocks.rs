@@ -973,10 +973,11 @@ mod tests {
         // A pack is named by the hash of its bytes: other bytes under its name are a damaged
         // object, and an index segment would point this backup's blocks at them.
         let (mem, repo) = crate::test_support::memory_repo().await;
-        let taken = std::sync::Arc::new(crate::test_support::TakenNames::new(
-            mem.clone(),
-            layout::PACKS_PREFIX,
-        ));
+        let taken = std::sync::Arc::new(crate::test_support::LeaseFaults {
+            inner: mem.clone(),
+            taken_names: Some(layout::PACKS_PREFIX),
+            ..Default::default()
+        });
         let repo = repo.with_storage(taken);
         let mut packer = Packer::new(repo.clone());
         let failed = first_failure(&mut packer, blocks_for(&repo, 2)).await;
