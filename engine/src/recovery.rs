@@ -264,13 +264,23 @@ impl ArchiveView {
         let (mut records, mut data) = (Vec::new(), Vec::new());
         for t in timelines {
             let tli = TimelineId(t);
-            // Every key of the segment before `first` (its record, `.partial`, data objects
-            // `<name>.<hex>`) sorts below `<name>.z`, and every key from `first` on above it.
-            let below = (first > 0).then(|| format!("{}.z", self.name(t, first - 1)));
-            let record_prefix = layout::wal_pointer_timeline_prefix(cluster, tli);
-            let data_prefix = format!("{}{tli}/", layout::wal_data_prefix(cluster));
-            records.extend(list_tail(repo, &record_prefix, below.as_deref()).await?);
-            data.extend(list_tail(repo, &data_prefix, below.as_deref()).await?);
+            // Per timeline, records first: see the type's docs.
+            for (prefix, into) in [
+                (
+                    layout::wal_pointer_timeline_prefix(cluster, tli),
+                    &mut records,
+                ),
+                (layout::wal_data_timeline_prefix(cluster, tli), &mut data),
+            ] {
+                let storage = repo.storage();
+                into.extend(match first.checked_sub(1) {
+                    Some(before) => {
+                        let after = layout::after_wal_file(&prefix, &self.name(t, before));
+                        storage.list_after(&prefix, &after).await?
+                    }
+                    None => storage.list(&prefix).await?,
+                });
+            }
         }
         self.absorb(cluster, &records, &data);
         Ok(())
@@ -409,19 +419,6 @@ impl ArchiveView {
             .find(|(t, s)| !self.segments.get(t).is_some_and(|set| set.contains(s)))
             .map(|(t, s)| self.name(*t, *s))
     }
-}
-
-/// The objects under `prefix` with keys above `below` (all of them without it).
-async fn list_tail(
-    repo: &Repository,
-    prefix: &str,
-    below: Option<&str>,
-) -> Result<Vec<ObjectInfo>> {
-    let storage = repo.storage();
-    Ok(match below {
-        Some(b) => storage.list_after(prefix, &format!("{prefix}{b}")).await?,
-        None => storage.list(prefix).await?,
-    })
 }
 
 /// WAL records read at once while looking for the segment that reaches a target time.

@@ -651,10 +651,8 @@ async fn newest_wal_age(repo: &Repository, cluster: &str) -> Option<f64> {
     let below = head.and_then(|(h, _)| {
         let (tli, t) = h.timelines.iter().next_back()?;
         let last_known = h.segment_name(*tli, t.high.checked_sub(1)?);
-        Some(format!(
-            "{}{last_known}.z",
-            layout::wal_pointer_timeline_prefix(cluster, crate::types::TimelineId(*tli))
-        ))
+        let folder = layout::wal_pointer_timeline_prefix(cluster, crate::types::TimelineId(*tli));
+        Some(layout::after_wal_file(&folder, &last_known))
     });
     let mut objects = match &below {
         Some(b) => repo.storage().list_after(&prefix, b).await.ok()?,

@@ -130,6 +130,18 @@ pub fn wal_data_prefix(cluster: &str) -> String {
     format!("clusters/{cluster}/waldata/")
 }
 
+/// Prefix of the WAL data objects of one timeline.
+pub fn wal_data_timeline_prefix(cluster: &str, tli: TimelineId) -> String {
+    format!("{}{tli}/", wal_data_prefix(cluster))
+}
+
+/// A bound for listing what follows WAL file `name` in the folder `prefix` of its timeline
+/// (records or data objects): every key of `name` itself (`<name>`, `<name>.partial`,
+/// `<name>.<content id>`) sorts below `<name>.z`, every key of a later segment above it.
+pub fn after_wal_file(prefix: &str, name: &WalFileName) -> String {
+    format!("{prefix}{name}.z")
+}
+
 /// Pointer (commit record) of one archived WAL file.
 pub fn wal_pointer(cluster: &str, name: &WalFileName) -> ObjectKey {
     ObjectKey::new(format!(
@@ -142,9 +154,8 @@ pub fn wal_pointer(cluster: &str, name: &WalFileName) -> ObjectKey {
 /// Sealed contents of one archived WAL file.
 pub fn wal_data(cluster: &str, name: &WalFileName, id: &ContentId) -> ObjectKey {
     ObjectKey::new(format!(
-        "{}{}/{name}.{}",
-        wal_data_prefix(cluster),
-        name.timeline(),
+        "{}{name}.{}",
+        wal_data_timeline_prefix(cluster, name.timeline()),
         id.to_hex()
     ))
 }
