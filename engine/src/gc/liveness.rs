@@ -284,26 +284,29 @@ impl RepoUsage {
         self.entries_file.is_some() || self.holders.on_disk()
     }
 
-    /// Sealed bytes of the referenced (`true`) or unreferenced (`false`) blocks `pack` holds.
-    fn bytes_where_referenced(&self, pack: &PackId, referenced: bool) -> Result<u64> {
-        let mut sum = 0;
+    /// Sealed bytes of the blocks `pack` holds that backups reference, and of those none
+    /// references (what a repack of it would reclaim, its header and trailer aside), in one
+    /// pass over its entries.
+    pub fn block_bytes(&self, pack: &PackId) -> Result<(u64, u64)> {
+        let (mut referenced, mut unreferenced) = (0, 0);
         for e in self.entries(pack)?.iter() {
-            if self.is_referenced(&e.block_id)? == referenced {
-                sum += u64::from(e.sealed_len);
+            match self.is_referenced(&e.block_id)? {
+                true => referenced += u64::from(e.sealed_len),
+                false => unreferenced += u64::from(e.sealed_len),
             }
         }
-        Ok(sum)
+        Ok((referenced, unreferenced))
     }
 
     /// Sealed bytes of the referenced blocks `pack` holds.
     pub fn referenced_bytes(&self, pack: &PackId) -> Result<u64> {
-        self.bytes_where_referenced(pack, true)
+        Ok(self.block_bytes(pack)?.0)
     }
 
-    /// Sealed bytes of the blocks `pack` holds that no backup references: what a repack of it
-    /// would reclaim (its header and trailer aside). Zero means copying it gains nothing.
+    /// Sealed bytes of the blocks `pack` holds that no backup references. Zero means copying
+    /// it gains nothing.
     pub fn unreferenced_bytes(&self, pack: &PackId) -> Result<u64> {
-        self.bytes_where_referenced(pack, false)
+        Ok(self.block_bytes(pack)?.1)
     }
 
     /// Counts holders: every existing pack not in `condemned`.

@@ -56,7 +56,7 @@ pub mod liveness;
 pub mod merge_index;
 pub mod repack;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -269,6 +269,13 @@ pub(crate) async fn gc_locked_with(
         .filter(|(id, p)| !state.condemned.contains_key(id) && old(p.modified))
         .map(|(id, _)| *id)
         .collect();
+    // Their referenced and unreferenced bytes, once (a pass over each pack's entries): the
+    // repack picks by them, the condemnation orders by them. A repack adds packs and holders
+    // but changes neither what is referenced nor what these packs hold.
+    let mut fill: HashMap<PackId, (u64, u64)> = HashMap::with_capacity(uncondemned_old.len());
+    for id in &uncondemned_old {
+        fill.insert(*id, usage.block_bytes(id)?);
+    }
     // 4. Repack (with `reencrypt`: every pack holding old key epochs, resealing).
     if opts.reencrypt && !plan_only {
         let done = repack::reencrypt(repo, &mut usage, &uncondemned_old).await?;
@@ -288,14 +295,11 @@ pub(crate) async fn gc_locked_with(
         let mut sources: Vec<PackId> = Vec::new();
         let mut live_bytes = 0;
         for id in &uncondemned_old {
-            let live = usage.referenced_bytes(id)?;
+            let (live, dead) = fill[id];
             let size = usage.packs[id].size;
             // A pack holding only referenced blocks is below the threshold when it is
             // small (its header and trailer outweigh its blocks); copying it gains nothing.
-            if live > 0
-                && (live as f64) < opts.repack_below * size as f64
-                && usage.unreferenced_bytes(id)? > 0
-            {
+            if live > 0 && dead > 0 && (live as f64) < opts.repack_below * size as f64 {
                 sources.push(*id);
                 live_bytes += live;
             }
@@ -322,7 +326,7 @@ pub(crate) async fn gc_locked_with(
     let mut by_garbage: Vec<(u128, PackId)> = Vec::with_capacity(uncondemned_old.len());
     for id in &uncondemned_old {
         let size = usage.packs.get(id).map_or(1, |p| p.size.max(1));
-        let live = usage.referenced_bytes(id)?;
+        let live = fill[id].0;
         by_garbage.push((live as u128 * 1_000_000 / u128::from(size), *id));
     }
     by_garbage.sort_unstable();
