@@ -414,7 +414,8 @@ pub struct RestoreArgs {
     /// Backup id (default: the newest whose consistency point precedes the target).
     #[arg(long)]
     pub backup: Option<String>,
-    /// Files restored in parallel.
+    /// Files restored in parallel (default: restore.jobs, else twice the number of cores,
+    /// at most 8).
     #[arg(long)]
     pub jobs: Option<usize>,
     /// Recovery target.
@@ -492,7 +493,8 @@ pub struct DrillArgs {
     /// Backup id (default: chosen like restore does).
     #[arg(long)]
     pub backup: Option<String>,
-    /// Files restored in parallel.
+    /// Files restored in parallel (default: restore.jobs, else twice the number of cores,
+    /// at most 8).
     #[arg(long)]
     pub jobs: Option<usize>,
     /// MTTR objective (like 15m or 90s): exit 4 when the drill takes longer.

@@ -293,7 +293,7 @@ fn restore_options(
     }
     Ok(RestoreOptions {
         backup: args.backup.clone(),
-        jobs: args.jobs.unwrap_or(settings.backup_jobs),
+        jobs: args.jobs.unwrap_or(settings.restore_jobs),
         restore_owner: pgcairn_engine::pg::instance::current_uid() == 0,
         target_spec,
         target_exclusive: args.target.target_exclusive,

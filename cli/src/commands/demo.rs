@@ -425,6 +425,7 @@ fn demo_settings(dir: &Path) -> Settings {
         pgdata: Some(dir.join("pgdata")),
         conninfo: String::new(),
         backup_jobs: 2,
+        restore_jobs: crate::settings::default_restore_jobs(),
         backup_compress_level: 3,
         block_size: 64 << 10,
         backup_archive_timeout: Duration::from_secs(120),

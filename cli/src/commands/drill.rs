@@ -159,7 +159,7 @@ async fn drill_in(
     let opts = DrillOptions {
         restore: RestoreOptions {
             backup: args.backup.clone(),
-            jobs: args.jobs.unwrap_or(settings.backup_jobs),
+            jobs: args.jobs.unwrap_or(settings.restore_jobs),
             restore_owner: pgcairn_engine::pg::instance::current_uid() == 0,
             target_spec: planned.spec,
             target_exclusive: args.target.target_exclusive,
