@@ -233,19 +233,53 @@ impl RepoKeys {
 }
 
 /// A keyed BLAKE3 content id: names objects and blocks, binds them in AEAD associated data.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ContentId(pub [u8; 32]);
+
+/// Ids order as their bytes do, compared as four big-endian words. The derived order called
+/// `memcmp` for each comparison, and ids are compared by the million: a restore's block index
+/// is loaded by a binary search of the wanted ids for every entry of the repository's index,
+/// and at scale 500 `memcmp` was 27 % of a restore's preflight.
+impl Ord for ContentId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let words = |id: &ContentId| -> [u64; 4] {
+            std::array::from_fn(|i| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&id.0[i * 8..i * 8 + 8]);
+                u64::from_be_bytes(w)
+            })
+        };
+        words(self).cmp(&words(other))
+    }
+}
+
+impl PartialOrd for ContentId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl ContentId {
     /// Lower-case hex.
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex_in(&mut [0; 64]).to_string()
     }
 
-    /// Parses 64 hex digits.
+    /// Lower-case hex, written into `buf`: for the manifests' block lists, which spell out
+    /// every block's id (`hex::encode` collected each of them char by char into a string of
+    /// its own).
+    pub fn hex_in<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
+        hex::encode_to_slice(self.0, buf).expect("32 bytes are 64 hex digits");
+        std::str::from_utf8(buf).expect("hex digits are ASCII")
+    }
+
+    /// Parses 64 hex digits. Straight into the id: every block of a manifest is parsed
+    /// through here (twice in a restore), and decoding into a vector first was 29 % of a
+    /// restore's preflight at scale 500.
     pub fn from_hex(s: &str) -> Option<Self> {
-        let v = hex::decode(s).ok()?;
-        Some(ContentId(v.try_into().ok()?))
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(s, &mut id).ok()?;
+        Some(ContentId(id))
     }
 }
 
@@ -308,6 +342,48 @@ mod tests {
         );
         let differ: Vec<bool> = fps.iter().zip(&changed).map(|(a, b)| a != b).collect();
         assert_eq!(differ, [false, true, false, false]);
+    }
+
+    #[test]
+    fn ids_order_as_their_bytes() {
+        let k = MasterSecret::from_bytes([3; 32]).derive();
+        let mut ids: Vec<ContentId> = (0..2000u32)
+            .map(|i| k.content_id(&i.to_le_bytes()))
+            .collect();
+        // Ids that differ only in a later word, or in a word's low byte, or not at all.
+        for at in [0, 7, 8, 15, 31] {
+            let mut a = ids[0];
+            a.0[at] ^= 0x80;
+            ids.push(a);
+            let mut b = ids[1];
+            b.0[at] = b.0[at].wrapping_add(1);
+            ids.push(b);
+        }
+        ids.push(ids[5]);
+        for a in &ids {
+            for b in ids.iter().step_by(7) {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a} against {b}");
+                assert_eq!(a.partial_cmp(b), Some(a.0.cmp(&b.0)));
+            }
+        }
+    }
+
+    #[test]
+    fn ids_parse_from_exactly_64_hex_digits() {
+        let id = MasterSecret::from_bytes([4; 32]).derive().content_id(b"x");
+        let hex = id.to_hex();
+        assert_eq!(hex, hex::encode(id.0));
+        assert_eq!(ContentId::from_hex(&hex), Some(id));
+        assert_eq!(ContentId::from_hex(&hex.to_uppercase()), Some(id));
+        for bad in [
+            &hex[..62],
+            &hex[..63],
+            &format!("{hex}00"),
+            &format!("{}g", &hex[..63]),
+            "",
+        ] {
+            assert_eq!(ContentId::from_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

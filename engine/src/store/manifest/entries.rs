@@ -29,7 +29,7 @@ impl BlockRef {
 impl Serialize for BlockRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match &self.0 {
-            Some(id) => s.serialize_str(&id.to_hex()),
+            Some(id) => s.serialize_str(id.hex_in(&mut [0; 64])),
             None => s.serialize_str(""),
         }
     }
