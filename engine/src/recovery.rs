@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 
-use futures::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -31,6 +30,8 @@ use crate::store::ids::BackupId;
 use crate::store::manifest::{self, Manifest};
 use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
+
+mod time_search;
 
 /// What to recover to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,9 +422,6 @@ impl ArchiveView {
     }
 }
 
-/// WAL records read at once while looking for the segment that reaches a target time.
-const RECORDS_IN_FLIGHT: usize = 16;
-
 /// The restore plan, computed before anything is written.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -646,26 +644,24 @@ pub async fn plan(
         Target::Immediate => Some(m.consistency_segment(seg_size)),
         Target::Time(t) => {
             let all = view.needed(tli, m.start_lsn, None);
-            let mut found = None;
-            // The records' archive times, read in order, several requests in flight: a
-            // backup a day before the target is a thousand records or more.
+            // The records' archive times: bisected on a long list ([`time_search`]).
             let names: Vec<WalFileName> = all.iter().map(|(tl, s)| view.name(*tl, *s)).collect();
-            let mut times = futures::stream::iter(names.iter())
-                .map(|name| pointer_time(repo, cluster, name))
-                .buffered(RECORDS_IN_FLIGHT);
-            let mut at_segment = all.iter();
-            while let Some(time) = times.next().await {
-                let (_, s) = at_segment.next().expect("one segment per record read");
-                match time? {
-                    Some(at) if at.datetime() >= *t => {
-                        found = Some(*s);
-                        break;
-                    }
-                    None => break, // a gap: reported below
-                    _ => {}
+            let found = time_search::first_at_or_after(names.len(), *t, |i| {
+                let name = &names[i];
+                async move {
+                    Ok::<_, Error>(
+                        pointer_time(repo, cluster, name)
+                            .await?
+                            .map(|at| at.datetime()),
+                    )
                 }
-            }
-            drop(times);
+            })
+            .await?;
+            let found = match found {
+                time_search::Found::At(i) => Some(all[i].1),
+                // A gap is reported below.
+                time_search::Found::Gap(_) | time_search::Found::NotReached => None,
+            };
             match found {
                 Some(s) => Some(s),
                 None if head_lost.is_some() => {
