@@ -647,7 +647,8 @@ pub fn default_jobs() -> usize {
 /// threads alternate between opening blocks and a direct write that waits for the device;
 /// with as many files as cores in flight, the device saw too few writes at a time to reach
 /// its rate (scale 200 on 2 cores: 4 files against 2, 0.87x the wall time over eight
-/// alternating pairs). At most 8: each file keeps two range reads of up to 8 MiB in memory.
+/// alternating pairs). At most 8: past that, more files at once only add open files and
+/// per-file work; the range reads in flight are bounded by the restore's threads either way.
 pub fn default_restore_jobs() -> usize {
     (2 * default_jobs()).min(8)
 }

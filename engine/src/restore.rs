@@ -484,8 +484,10 @@ pub async fn restore(
         .filter(|p| *p != PG_CONTROL)
         .map(str::to_string)
         .collect();
-    let pool = restore_pool()?;
-    let runs = RunBudget::new(restore_threads());
+    // One run in flight per thread of the pool.
+    let threads = restore_threads();
+    let pool = restore_pool(threads)?;
+    let runs = RunBudget::new(threads);
     let job = FileJob {
         repo,
         pool: &pool,
@@ -738,10 +740,6 @@ fn remove_extra_files<'a>(
     Ok(removed)
 }
 
-/// The threads that open, hash and write restored blocks: twice as many as cores. A direct
-/// write holds its thread until the device has the data, and meanwhile another thread keeps
-/// the core busy opening the next run. A pool of the restore's own, so that the process-wide
-/// CPU pool (sized to the cores, for compute only) never waits on a disk.
 /// The restore's threads per core. Each opens a run's blocks (CPU) and writes them, and a
 /// direct write holds its thread until the device has the data: with two threads per core,
 /// while the cores opened blocks the device had at most a couple of writes queued, and a
@@ -753,14 +751,17 @@ const THREADS_PER_CORE: usize = 4;
 /// buffer.
 const MAX_THREADS: usize = 16;
 
+/// How many threads open, hash and write restored blocks ([`THREADS_PER_CORE`]).
 fn restore_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (THREADS_PER_CORE * cores).min(MAX_THREADS)
 }
 
-fn restore_pool() -> Result<CpuPool> {
-    CpuPool::new("restore", restore_threads())
-        .map_err(|e| Error::io("starting the restore's threads", e))
+/// The pool of `threads` that open, hash and write restored blocks. A pool of the restore's
+/// own, so that the process-wide CPU pool (sized to the cores, for compute only) never waits
+/// on a disk.
+fn restore_pool(threads: usize) -> Result<CpuPool> {
+    CpuPool::new("restore", threads).map_err(|e| Error::io("starting the restore's threads", e))
 }
 
 /// What every file of one restore shares.
