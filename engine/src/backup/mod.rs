@@ -434,7 +434,7 @@ pub async fn run_backup(
     let lease = crate::lease::acquire_backup(repo, &opts.cluster, &id, opts.lease_wait).await?;
     let reference = match &reference_id {
         None => Ok(None),
-        Some(r) => match manifest::load_spilled(repo, &opts.cluster, r).await {
+        Some(r) => match manifest::load_spilled(repo, &opts.cluster, r, manifest::PartFingerprints::Keep).await {
             Ok(loaded) => Ok(Some(loaded)),
             Err(Error::NotFound(_)) => Err(Error::Conflict(format!(
                 "backup {r}, the reference of this {backup_type:?} backup, was removed (expire) while it \

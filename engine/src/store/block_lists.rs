@@ -646,9 +646,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(m.files[0].blocks, refs);
-        let (_, mut spilled) = manifest::load_spilled(&repo, "main", "20261124-000000F")
-            .await
-            .unwrap();
+        let (_, mut spilled) = manifest::load_spilled(
+            &repo,
+            "main",
+            "20261124-000000F",
+            manifest::PartFingerprints::Keep,
+        )
+        .await
+        .unwrap();
         assert_eq!(spilled.take("base/1/1").unwrap().unwrap().blocks, refs);
 
         // One block changes in the second run of 128: one new list, the others shared.
@@ -745,14 +750,31 @@ mod tests {
         assert_eq!(m.files[0].part_fps, fps);
         assert_eq!(m.files[0].content_id_at(150), Some(ContentId([5; 32])));
         assert_eq!(m.files[0].content_id_at(149), refs[149].0);
-        let (_, mut spilled) = manifest::load_spilled(&repo, "main", "20261124-000000F")
-            .await
-            .unwrap();
+        let (_, mut spilled) = manifest::load_spilled(
+            &repo,
+            "main",
+            "20261124-000000F",
+            manifest::PartFingerprints::Keep,
+        )
+        .await
+        .unwrap();
         let f = spilled.take("base/1/1").unwrap().unwrap();
         assert_eq!(
             (f.patches.as_slice(), f.part_fps.len()),
             (&patches[..], 800)
         );
+        // A restore's load drops the fingerprints, nothing else.
+        let (_, mut spilled) = manifest::load_spilled(
+            &repo,
+            "main",
+            "20261124-000000F",
+            manifest::PartFingerprints::Drop,
+        )
+        .await
+        .unwrap();
+        let g = spilled.take("base/1/1").unwrap().unwrap();
+        assert!(g.part_fps.is_empty());
+        assert_eq!((g.blocks, g.patches), (f.blocks, f.patches));
 
         let r = gc_now(&repo).await;
         assert!(r.condemned.is_empty() && r.swept.is_empty(), "{r:?}");
@@ -769,9 +791,14 @@ mod tests {
             ..patches[0]
         };
         backup_patched(&repo, "20261124-000100I", &refs, &fps, &[lost], &mut seen).await;
-        let (m, files) = manifest::load_spilled(&repo, "main", "20261124-000100I")
-            .await
-            .unwrap();
+        let (m, files) = manifest::load_spilled(
+            &repo,
+            "main",
+            "20261124-000100I",
+            manifest::PartFingerprints::Drop,
+        )
+        .await
+        .unwrap();
         let e = crate::restore::preflight(&repo, &m, &files, usize::MAX)
             .await
             .unwrap_err()

@@ -379,6 +379,17 @@ pub async fn load_head(repo: &Repository, cluster: &str, id: &str) -> Result<Man
     Ok(m)
 }
 
+/// Whether [`load_spilled`] keeps each block's part fingerprints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartFingerprints {
+    /// Kept: the next backup compares them to tell which parts of a block changed.
+    Keep,
+    /// Dropped: a restore never reads them, and at four per block (16 hex digits each) they
+    /// were half of every spooled entry it parses, several times over (the preflight, the
+    /// plan, the file itself).
+    Drop,
+}
+
 /// Reads a manifest, spilling its file entries to a [`FileSpool`] as they are parsed: the
 /// returned manifest's `files` is empty, and memory holds each file's path, not its blocks.
 /// Entries recorded as block lists are spilled as they are parsed, then spilled again
@@ -388,6 +399,7 @@ pub async fn load_spilled(
     repo: &Repository,
     cluster: &str,
     id: &str,
+    fps: PartFingerprints,
 ) -> Result<(Manifest, SpooledFiles)> {
     let (head, files, listed) = parse(repo, cluster, id, |plain, key| {
         let mut spool = FileSpool::new()?;
@@ -407,6 +419,9 @@ pub async fn load_spilled(
     for f in files.entries() {
         let mut f = f?;
         lists.expand(&mut f, &key).await?;
+        if fps == PartFingerprints::Drop {
+            f.part_fps = Vec::new();
+        }
         expanded.push(&f, &mut uncounted)?;
     }
     Ok((head, expanded.into_lookup()?))
@@ -671,7 +686,9 @@ mod tests {
             serde_json::to_value(&whole).unwrap(),
             serde_json::to_value(&m).unwrap()
         );
-        let (head, mut files) = load_spilled(&repo, "main", &m.id).await.unwrap();
+        let (head, mut files) = load_spilled(&repo, "main", &m.id, PartFingerprints::Keep)
+            .await
+            .unwrap();
         assert!(head.files.is_empty());
         assert_eq!(
             serde_json::to_value(&head).unwrap(),
@@ -680,9 +697,11 @@ mod tests {
         for f in &m.files {
             assert_eq!(files.take(&f.path).unwrap().as_ref(), Some(f));
         }
-        assert!(load_spilled(&repo, "main", "20261124-000001F")
-            .await
-            .is_err());
+        assert!(
+            load_spilled(&repo, "main", "20261124-000001F", PartFingerprints::Keep)
+                .await
+                .is_err()
+        );
     }
 
     /// Regression (audit issue 13, item 10): a full TMPDIR while a manifest's file list was

@@ -28,6 +28,8 @@ struct Place {
     path: String,
     offset: u64,
     len: u32,
+    /// The file's size, known without reading its entry back.
+    size: u64,
 }
 
 /// Every spool failure is local (the temporary directory is full, unwritable or gone): an
@@ -83,6 +85,7 @@ impl FileSpool {
             path: entry.path.clone(),
             offset: self.end,
             len: u32::try_from(json.len()).map_err(spool_error)?,
+            size: entry.size,
         });
         self.end += json.len() as u64;
         stats.files += 1;
@@ -103,7 +106,7 @@ impl FileSpool {
         let places = self
             .places
             .into_iter()
-            .map(|p| (p.path, (p.offset, p.len)))
+            .map(|p| (p.path, (p.offset, p.len, p.size)))
             .collect();
         Ok(SpooledFiles { file, places })
     }
@@ -125,13 +128,14 @@ impl FileSpool {
 #[derive(Debug)]
 pub struct SpooledFiles {
     file: File,
-    places: std::collections::HashMap<String, (u64, u32)>,
+    /// Path to (offset, length) of its entry and the file's size.
+    places: std::collections::HashMap<String, (u64, u32, u64)>,
 }
 
 impl SpooledFiles {
     /// Takes the entry for `path`, if any (a second take finds nothing).
     pub fn take(&mut self, path: &str) -> Result<Option<FileEntry>> {
-        let Some((offset, len)) = self.places.remove(path) else {
+        let Some((offset, len, _)) = self.places.remove(path) else {
             return Ok(None);
         };
         read_entry(&self.file, offset, len).map(Some)
@@ -141,8 +145,14 @@ impl SpooledFiles {
     pub fn get(&self, path: &str) -> Result<Option<FileEntry>> {
         self.places
             .get(path)
-            .map(|(offset, len)| read_entry(&self.file, *offset, *len))
+            .map(|(offset, len, _)| read_entry(&self.file, *offset, *len))
             .transpose()
+    }
+
+    /// The size of the file at `path`, if any, without reading its entry (a large file's
+    /// entry holds thousands of block ids).
+    pub fn size(&self, path: &str) -> Option<u64> {
+        self.places.get(path).map(|(_, _, size)| *size)
     }
 
     /// The paths of the entries (in no particular order).
@@ -154,7 +164,7 @@ impl SpooledFiles {
     pub fn entries(&self) -> impl Iterator<Item = Result<FileEntry>> + '_ {
         self.places
             .values()
-            .map(|(offset, len)| read_entry(&self.file, *offset, *len))
+            .map(|(offset, len, _)| read_entry(&self.file, *offset, *len))
     }
 
     /// Number of entries.
@@ -251,6 +261,8 @@ mod tests {
         }
         let mut by_path = spool.into_lookup().unwrap();
         assert_eq!(by_path.len(), 3);
+        assert_eq!(by_path.size("base/1/1259"), Some(40 * 65536));
+        assert_eq!(by_path.size("nope"), None);
         let mut all: Vec<FileEntry> = by_path.entries().map(|e| e.unwrap()).collect();
         all.sort_by(|a, b| a.path.cmp(&b.path));
         assert_eq!(all, back);
