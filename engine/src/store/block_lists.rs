@@ -627,6 +627,16 @@ mod tests {
         fresh
     }
 
+    /// The spilled entry of `base/1/1` in backup `id`.
+    async fn spilled_entry(
+        repo: &Repository,
+        id: &str,
+        fps: manifest::PartFingerprints,
+    ) -> FileEntry {
+        let (_, mut spilled) = manifest::load_spilled(repo, "main", id, fps).await.unwrap();
+        spilled.take("base/1/1").unwrap().unwrap()
+    }
+
     #[tokio::test]
     async fn a_large_file_is_recorded_as_shared_lists_loaded_whole_and_kept_by_gc() {
         let repo = crate::test_support::memory_repo().await.1;
@@ -646,15 +656,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(m.files[0].blocks, refs);
-        let (_, mut spilled) = manifest::load_spilled(
-            &repo,
-            "main",
-            "20261124-000000F",
-            manifest::PartFingerprints::Keep,
-        )
-        .await
-        .unwrap();
-        assert_eq!(spilled.take("base/1/1").unwrap().unwrap().blocks, refs);
+        assert_eq!(
+            spilled_entry(&repo, "20261124-000000F", manifest::PartFingerprints::Keep)
+                .await
+                .blocks,
+            refs
+        );
 
         // One block changes in the second run of 128: one new list, the others shared.
         let changed = store_blocks(&repo, &[b"changed".repeat(9)]).await;
@@ -750,29 +757,13 @@ mod tests {
         assert_eq!(m.files[0].part_fps, fps);
         assert_eq!(m.files[0].content_id_at(150), Some(ContentId([5; 32])));
         assert_eq!(m.files[0].content_id_at(149), refs[149].0);
-        let (_, mut spilled) = manifest::load_spilled(
-            &repo,
-            "main",
-            "20261124-000000F",
-            manifest::PartFingerprints::Keep,
-        )
-        .await
-        .unwrap();
-        let f = spilled.take("base/1/1").unwrap().unwrap();
+        let f = spilled_entry(&repo, "20261124-000000F", manifest::PartFingerprints::Keep).await;
         assert_eq!(
             (f.patches.as_slice(), f.part_fps.len()),
             (&patches[..], 800)
         );
         // A restore's load drops the fingerprints, nothing else.
-        let (_, mut spilled) = manifest::load_spilled(
-            &repo,
-            "main",
-            "20261124-000000F",
-            manifest::PartFingerprints::Drop,
-        )
-        .await
-        .unwrap();
-        let g = spilled.take("base/1/1").unwrap().unwrap();
+        let g = spilled_entry(&repo, "20261124-000000F", manifest::PartFingerprints::Drop).await;
         assert!(g.part_fps.is_empty());
         assert_eq!((g.blocks, g.patches), (f.blocks, f.patches));
 
