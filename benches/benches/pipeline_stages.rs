@@ -1,5 +1,6 @@
-//! Per-core ceilings of each pipeline stage: keyed BLAKE3, zstd levels 1 and 3, levels 1
-//! and -1 with the WAL tuning, XChaCha20-Poly1305, and the whole seal as archive-push does it.
+//! Per-core ceilings of each pipeline stage: keyed BLAKE3, PostgreSQL page checksums, zstd
+//! levels 1 and 3, levels 1 and -1 with the WAL tuning, XChaCha20-Poly1305, and the whole
+//! seal as archive-push does it.
 //!
 //! `cargo bench -p pgcairn-benches` runs it on synthetic, WAL-like data; set
 //! `PGCAIRN_BENCH_WAL=/path/to/segment` to measure on a real WAL segment instead.
@@ -13,6 +14,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use pgcairn_engine::codec::compression::compress_part;
 use pgcairn_engine::codec::{Codec, ObjectKind};
 use pgcairn_engine::crypto::MasterSecret;
+use pgcairn_engine::pg::checksum;
 
 /// Runs `f` repeatedly for at least `budget` and returns MB/s over `bytes` per call.
 fn throughput(bytes: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
@@ -74,6 +76,14 @@ fn main() {
         std::hint::black_box(blake3::keyed_hash(&key, &data));
     });
     println!("{:<34} {:>10.0}", "keyed BLAKE3", blake);
+
+    // Every page a backup reads is checked against its PostgreSQL checksum.
+    let pages = throughput(n, budget, || {
+        for (i, page) in data.chunks_exact(checksum::BLCKSZ).enumerate() {
+            std::hint::black_box(checksum::checksum_page(page, i as u32));
+        }
+    });
+    println!("{:<34} {:>10.0}", "PostgreSQL page checksum", pages);
 
     for level in [1, 3] {
         let mut c = zstd::bulk::Compressor::new(level).unwrap();
