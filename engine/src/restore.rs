@@ -1136,9 +1136,7 @@ fn plan_work(
 
 /// The pack and sealed byte range holding every non-zero block of `f`, if they are all in one
 /// pack within [`SMALL_FILE_SEALED`] bytes; `None` for files with no stored block, blocks in
-/// several packs or spread wider. Gives up at the first block that makes the file large: a
-/// 1 GiB relation file is 16,384 index lookups, and looking them all up for every large file
-/// took 80 ms before the first write at scale 500.
+/// several packs or spread wider (given up at the first block that makes it so).
 fn small_extent(index: &BlockIndex, f: &FileEntry) -> Option<(PackId, u64, u64)> {
     let mut extent: Option<(PackId, u64, u64)> = None;
     for b in &f.blocks {

@@ -631,9 +631,11 @@ fn the_work_directory_is_new_and_private_never_one_that_existed() {
         .trim()
         .parse()
         .unwrap();
-    let traps: Vec<std::path::PathBuf> = (last_pid + 1..last_pid + 400)
+    // In the order `entries` lists them (by name: pgcairn-drill-1000 before -999).
+    let mut traps: Vec<std::path::PathBuf> = (last_pid + 1..last_pid + 400)
         .map(|p| tmp.join(format!("pgcairn-drill-{p}")))
         .collect();
+    traps.sort();
     for t in &traps {
         std::fs::create_dir(t).unwrap();
         std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o777)).unwrap();
