@@ -525,9 +525,7 @@ pub async fn restore(
                 let files = &files;
                 futures::stream::iter(paths)
                     .map(|path| async move {
-                        let f = files.get(&path)?.ok_or_else(|| {
-                            Error::InvalidInput(format!("{path} left the file list"))
-                        })?;
+                        let f = listed_entry(files, &path)?;
                         let (reused, written) = job.restore_file(&f, span).await?;
                         Ok::<_, Error>((f.size, reused, target.join(&f.path), written))
                     })
@@ -1063,11 +1061,11 @@ const MAX_SPAN: u64 = 4 << 20;
 /// Orders the restore's work: large files one by one; small files (under
 /// [`direct_io::MIN_FILE_LEN`], all their blocks within [`SMALL_FILE_SEALED`] bytes of one
 /// pack; the size comes with the path, so a large file's entry is not read here) sorted by
-/// where they lie and gathered into spans
-/// of at most [`MAX_SPAN`] bytes with at most [`MAX_GAP`] bytes between two files. A cluster
-/// is mostly small files (a thousand system catalog files in an empty one): read one by one
-/// that was a thousand requests, each a round trip on an object store. A delta restore reads
-/// nothing it already has, so it keeps to files.
+/// where they lie and gathered into spans of at most [`MAX_SPAN`] bytes with at most
+/// [`MAX_GAP`] bytes between two files. A cluster is mostly small files (a thousand system
+/// catalog files in an empty one): read one by one that was a thousand requests, each a round
+/// trip on an object store. A delta restore reads nothing it already has, so it keeps to
+/// files.
 ///
 /// Order: the largest file, then the spans, then the other large files, largest first. The
 /// spans' work is creating files and copying into the page cache, CPU and no disk; started
@@ -1086,16 +1084,12 @@ fn plan_work(
     let mut large: Vec<(u64, String)> = Vec::new();
     let mut small: Vec<(PackId, u64, u64, String)> = Vec::new();
     for path in paths {
-        let size = files
-            .size(&path)
-            .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
+        let size = files.size(&path).ok_or_else(|| left_the_list(&path))?;
         if size >= direct_io::MIN_FILE_LEN {
             large.push((size, path));
             continue;
         }
-        let f = files
-            .get(&path)?
-            .ok_or_else(|| Error::InvalidInput(format!("{path} left the file list")))?;
+        let f = listed_entry(files, &path)?;
         match small_extent(index, &f) {
             Some((pack, start, end)) => small.push((pack, start, end, path)),
             _ => large.push((f.size, path)),
@@ -1132,6 +1126,15 @@ fn plan_work(
     work.extend(spans);
     work.extend(large);
     Ok(work)
+}
+
+/// The spooled entry of `path`, which the restore listed from the same spool.
+fn listed_entry(files: &SpooledFiles, path: &str) -> Result<FileEntry> {
+    files.get(path)?.ok_or_else(|| left_the_list(path))
+}
+
+fn left_the_list(path: &str) -> Error {
+    Error::InvalidInput(format!("{path} left the file list"))
 }
 
 /// The pack and sealed byte range holding every non-zero block of `f`, if they are all in one

@@ -53,7 +53,9 @@ use crate::store::block_lists;
 use crate::store::blocks::{KnownBlocks, Packer};
 use crate::store::cluster::{self as store_cluster, ServerIdentity};
 use crate::store::manifest::file_spool::{FileSpool, SpooledFiles};
-use crate::store::manifest::{self, BackupStats, BackupType, DirEntry, Manifest, MANIFEST_FORMAT};
+use crate::store::manifest::{
+    self, BackupStats, BackupType, DirEntry, Manifest, PartFingerprints, MANIFEST_FORMAT,
+};
 use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
@@ -434,7 +436,9 @@ pub async fn run_backup(
     let lease = crate::lease::acquire_backup(repo, &opts.cluster, &id, opts.lease_wait).await?;
     let reference = match &reference_id {
         None => Ok(None),
-        Some(r) => match manifest::load_spilled(repo, &opts.cluster, r, manifest::PartFingerprints::Keep).await {
+        Some(r) => match manifest::load_spilled(repo, &opts.cluster, r, PartFingerprints::Keep)
+            .await
+        {
             Ok(loaded) => Ok(Some(loaded)),
             Err(Error::NotFound(_)) => Err(Error::Conflict(format!(
                 "backup {r}, the reference of this {backup_type:?} backup, was removed (expire) while it \
