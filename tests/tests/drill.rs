@@ -814,6 +814,40 @@ fn no_exit_path_leaves_the_work_directory_behind() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert!(kept[0].join("pgdata/PG_VERSION").exists());
     assert!(!postgres_running_in(&kept[0]));
+    // Startup and replay end at the moments the server's own log gives, not at polls: the
+    // replay phase is exactly from "read-only connections" (consistent) to "connections"
+    // (promoted), to the log's millisecond.
+    let log = std::fs::read_to_string(kept[0].join("pgdata/pgcairn-server.log")).unwrap();
+    let moment = |phrase: &str| -> f64 {
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.ends_with(phrase))
+            .unwrap_or_else(|| panic!("no {phrase:?} in the server log: {log}"));
+        // "2026-12-06 05:15:29.283 UTC [123] LOG:  ..."
+        let hms: Vec<f64> = line[11..23]
+            .split(':')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        hms[0] * 3600.0 + hms[1] * 60.0 + hms[2]
+    };
+    let mut logged =
+        moment("ready to accept connections") - moment("ready to accept read-only connections");
+    if logged < 0.0 {
+        logged += 86400.0; // across midnight
+    }
+    let replay = doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "replay")
+        .unwrap()["seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (replay - logged).abs() < 0.0015,
+        "replay phase {replay} s, the log's {logged} s: {doc:#}"
+    );
 }
 
 /// Regression (audit issue 13, item 10): a full TMPDIR was reported as "corrupt object …

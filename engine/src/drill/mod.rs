@@ -34,6 +34,9 @@
 //! MTTR is preflight + restore + startup + replay; each of those phases carries its share of
 //! it, and the report the WAL replay share (startup + replay: PostgreSQL replays the backup's
 //! own WAL before it accepts a connection), the part shorter backup intervals would shorten.
+//! Startup ends when the server's log says it is consistent and replay when it says it was
+//! promoted, each phase starting where the one before ended ([`moments`]); polls only stand in
+//! for a moment the log does not give.
 //! Recovery prefetches WAL as after a restore (`archive-get --prefetch`), through a spool in
 //! the work directory, never the production one (a standby of the same cluster on the host
 //! may be using it); the difference of that spool's archive-get counters over the recovery
@@ -84,11 +87,12 @@
 //! [`abort_cleanup`]. A first watchdog, which only removes the directory, runs from the start:
 //! a drill killed during its restore leaves no partial copy behind.
 
+mod moments;
 pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use self::report::{Check, DrillReport, Phase, TableRows};
 use crate::archive::prefetch::PrefetchSpool;
@@ -169,6 +173,7 @@ const LOG_LINES: &[&str] = &[
     "consistent recovery state reached",
     "cannot fetch",
     "FATAL",
+    moments::LOG_LINES,
 ];
 /// Most of the server log read: a recovery logs about 100 bytes per segment replayed, so this
 /// is some ten million segments.
@@ -373,13 +378,16 @@ fn isolation_settings(hba: &Path, ident: &Path) -> Settings {
     ]
 }
 
-/// Settings that are not about isolation: memory, hot standby, the log where the drill reads
-/// it, and a placeholder pg_cron honours when it is preloaded (not checked back: without
+/// Settings that are not about isolation: memory, hot standby, the log where and as the drill
+/// reads it, and a placeholder pg_cron honours when it is preloaded (not checked back: without
 /// pg_cron it is only a placeholder).
 const OTHER_SETTINGS: &[(&str, &str)] = &[
     ("shared_buffers", "64MB"),
     ("hot_standby", "on"),
     ("logging_collector", "off"),
+    // Each line starts with its moment on the host's clock ([`moments`]).
+    ("log_line_prefix", "%m [%p] "),
+    ("log_timezone", "UTC"),
     ("cron.launch_active_jobs", "off"),
 ];
 
@@ -1125,6 +1133,7 @@ async fn run_instance(
     checks: &mut Vec<Check>,
     row_counts: &mut Vec<TableRows>,
 ) -> Result<()> {
+    let began = SystemTime::now();
     let t = Instant::now();
     let inst = instance.clone();
     let mut all = settings.to_vec();
@@ -1152,10 +1161,14 @@ async fn run_instance(
         ));
         return Ok(());
     }
+    let accepted = SystemTime::now();
+    // Polled for now; the log's moment replaces it once recovery is over ([`moments`]).
+    let startup = phases.len();
     phases.push(Phase {
         name: "startup".into(),
         seconds: t.elapsed().as_secs_f64(),
-        detail: "until the first accepted connection (replays the backup's own WAL to consistency)"
+        detail: "until the server is consistent and admits sessions (replays the backup's own \
+                 WAL first)"
             .into(),
         share_of_mttr: None,
     });
@@ -1169,7 +1182,6 @@ async fn run_instance(
         blocking(move || inst.crash()).await??;
         return Ok(());
     }
-    let t = Instant::now();
     let deadline = Instant::now() + opts.recovery_timeout;
     loop {
         let inst = instance.clone();
@@ -1191,17 +1203,20 @@ async fn run_instance(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let ended = SystemTime::now();
+    let log = server_log_lines(&log_path);
+    let (startup_took, replay_took) = moments::phases(&log, began, accepted, ended);
+    phases[startup].seconds = startup_took.as_secs_f64();
     phases.push(Phase {
         name: "replay".into(),
-        seconds: t.elapsed().as_secs_f64(),
-        detail:
-            "from the first connection to the end of recovery (WAL fetched through archive-get)"
-                .into(),
+        seconds: replay_took.as_secs_f64(),
+        detail: "from consistency to the end of recovery and promotion (WAL fetched through \
+                 archive-get)"
+            .into(),
         share_of_mttr: None,
     });
 
     let t = Instant::now();
-    let log = server_log_lines(&log_path);
     checks.push(target_check(&log, &opts.restore.target_spec));
     let inst = instance.clone();
     let check_sql = opts.check_sql.clone();

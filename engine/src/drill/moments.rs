@@ -1,0 +1,132 @@
+//! When the drill's instance became consistent and when it was promoted, from its own log.
+//!
+//! The drill used to time its startup and replay phases by polling: `pg_ctl start -w` looks at
+//! the server every 100 ms, the end of recovery was polled every 100 ms with `psql`, and the
+//! replay phase began only after the isolation check, although the server replays while that
+//! check runs. So a phase could read up to a poll interval long and the check's own time fell
+//! out of the MTTR: at the quickstart's size (an MTTR of about 0.4 s) that is a quarter of it.
+//!
+//! The instance logs with `log_line_prefix = '%m [%p] '` and `log_timezone = UTC` (the drill
+//! sets both), so each line starts with its millisecond timestamp on the host's clock, the one
+//! `SystemTime` reads. Startup ends at "ready to accept read-only connections" (hot standby is
+//! on in a drill: the moment recovery is consistent) and replay at "ready to accept
+//! connections" (promoted). Each phase begins where the previous one ended, so the two cover
+//! the recovery without a gap. Where a line is missing, unparsable or outside what the polls
+//! saw (a clock step, a log of another format), the polled moment stands in for it.
+
+use std::time::{Duration, SystemTime};
+
+/// What PostgreSQL 13 logs when hot standby admits sessions (14 and later: "read-only").
+const CONSISTENT_13: &str = "database system is ready to accept read only connections";
+/// The same, PostgreSQL 14 and later.
+const CONSISTENT: &str = "database system is ready to accept read-only connections";
+/// What every major logs once recovery has ended and the server is promoted.
+const PROMOTED: &str = "database system is ready to accept connections";
+
+/// The words of the server log lines [`phases`] reads (for the drill's log filter).
+pub const LOG_LINES: &str = "database system is ready to accept";
+
+/// The startup and replay phases of a recovery: `began` is when the server was started,
+/// `accepted` when `pg_ctl start -w` returned (it had accepted a connection), `ended` when a
+/// poll found recovery over. Returns (startup, replay) with startup from `began` to the
+/// consistent moment and replay from there to the promoted moment.
+pub fn phases(
+    log: &str,
+    began: SystemTime,
+    accepted: SystemTime,
+    ended: SystemTime,
+) -> (Duration, Duration) {
+    let consistent = last_moment(log, &[CONSISTENT, CONSISTENT_13])
+        .filter(|m| *m >= began && *m <= accepted)
+        .unwrap_or(accepted);
+    let promoted = last_moment(log, &[PROMOTED])
+        .filter(|m| *m >= consistent && *m <= ended)
+        .unwrap_or(ended);
+    let since = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default();
+    (since(began, consistent), since(consistent, promoted))
+}
+
+/// The timestamp of the last line that ends with one of `phrases`.
+fn last_moment(log: &str, phrases: &[&str]) -> Option<SystemTime> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| phrases.iter().any(|p| l.trim_end().ends_with(p)))?;
+    // "2026-12-06 05:15:29.283 UTC [123] LOG:  ..."
+    let stamp = line.get(..27)?;
+    crate::recovery::parse_target_time(stamp)
+        .ok()
+        .map(SystemTime::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> SystemTime {
+        SystemTime::from(crate::recovery::parse_target_time(s).unwrap())
+    }
+
+    const LOG: &str = "\
+2026-12-06 05:15:29.100 UTC [10] LOG:  starting PostgreSQL 15.18
+2026-12-06 05:15:29.180 UTC [12] LOG:  consistent recovery state reached at 0/B9000100
+2026-12-06 05:15:29.183 UTC [10] LOG:  database system is ready to accept read-only connections
+2026-12-06 05:15:29.700 UTC [12] LOG:  recovery stopping before commit of transaction 752
+2026-12-06 05:15:29.812 UTC [10] LOG:  database system is ready to accept connections
+";
+
+    #[test]
+    fn the_phases_run_from_the_start_to_the_logged_moments_without_a_gap() {
+        let began = at("2026-12-06 05:15:29.050Z");
+        let accepted = at("2026-12-06 05:15:29.290Z");
+        let ended = at("2026-12-06 05:15:29.950Z");
+        let (startup, replay) = phases(LOG, began, accepted, ended);
+        assert_eq!(startup, Duration::from_millis(133));
+        assert_eq!(replay, Duration::from_millis(629));
+    }
+
+    #[test]
+    fn postgresql_13_spells_read_only_without_a_hyphen() {
+        let log = LOG.replace("read-only", "read only");
+        let began = at("2026-12-06 05:15:29.050Z");
+        let (startup, _) = phases(
+            &log,
+            began,
+            at("2026-12-06 05:15:29.290Z"),
+            at("2026-12-06 05:15:29.950Z"),
+        );
+        assert_eq!(startup, Duration::from_millis(133));
+    }
+
+    #[test]
+    fn the_polled_moments_stand_in_for_missing_or_implausible_lines() {
+        let began = at("2026-12-06 05:15:29.050Z");
+        let accepted = at("2026-12-06 05:15:29.290Z");
+        let ended = at("2026-12-06 05:15:29.950Z");
+        // No lines at all (another log format): the polls.
+        let (startup, replay) = phases(
+            "LOG:  database system is ready to accept connections\n",
+            began,
+            accepted,
+            ended,
+        );
+        assert_eq!(
+            (startup, replay),
+            (Duration::from_millis(240), Duration::from_millis(660))
+        );
+        // A promotion logged after the poll saw it (a clock step): the poll's moment.
+        let late = LOG.replace("05:15:29.812", "05:15:31.000");
+        let (_, replay) = phases(&late, began, accepted, ended);
+        assert_eq!(
+            replay,
+            ended
+                .duration_since(at("2026-12-06 05:15:29.183Z"))
+                .unwrap()
+        );
+        // Consistent before the server was started (a clock step the other way): the poll's.
+        let early = LOG.replace("05:15:29.183", "05:15:28.000");
+        let (startup, replay) = phases(&early, began, accepted, ended);
+        assert_eq!(startup, Duration::from_millis(240));
+        assert_eq!(replay, Duration::from_millis(522));
+    }
+}
