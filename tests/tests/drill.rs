@@ -158,6 +158,16 @@ fn status_of<'a>(doc: &'a serde_json::Value, prefix: &str) -> &'a str {
         .unwrap()
 }
 
+/// The report's phase named `name`.
+fn phase_of<'a>(doc: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    doc["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no phase {name}: {doc}"))
+}
+
 fn postgres_running_in(dir: &Path) -> bool {
     let out = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -227,16 +237,7 @@ fn a_drill_passes_and_reports_every_phase_and_check() {
     assert!(doc["mttr_seconds"].as_f64().unwrap() > 0.0);
     assert!(doc["newest_wal_age_seconds"].as_f64().unwrap() >= 0.0);
     // Each MTTR phase's share of it; WAL replay's share (startup + replay).
-    let share = |name: &str| {
-        doc["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap()
-            .get("share_of_mttr")
-            .and_then(|v| v.as_f64())
-    };
+    let share = |name: &str| phase_of(&doc, name)["share_of_mttr"].as_f64();
     let shares: Vec<f64> = ["preflight", "restore", "startup", "replay"]
         .iter()
         .map(|n| share(n).unwrap_or_else(|| panic!("{n} has a share: {doc:#}")))
@@ -836,14 +837,7 @@ fn no_exit_path_leaves_the_work_directory_behind() {
     if logged < 0.0 {
         logged += 86400.0; // across midnight
     }
-    let replay = doc["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "replay")
-        .unwrap()["seconds"]
-        .as_f64()
-        .unwrap();
+    let replay = phase_of(&doc, "replay")["seconds"].as_f64().unwrap();
     assert!(
         (replay - logged).abs() < 0.0015,
         "replay phase {replay} s, the log's {logged} s: {doc:#}"
