@@ -43,8 +43,10 @@ COMPARE_OPTS=${COMPARE_OPTS:-}
 bench_init interval
 FP_SQL="select count(*) || '/' || sum(abalance) from pgbench_accounts"
 PGB=("$W/bin/pgcairn" --config "$W/pgcairn.toml")
-# The prefetch area of this repository: <spool>/<cluster>/prefetch/<16 hex of SHA-256(url)>.
-PREFETCH="$W/spool/main/prefetch/$(printf %s "file://$W/repo" | sha256sum | cut -c1-16)"
+# The prefetch area of the recoveries into $W/restored (archive-get's working directory, as
+# the kernel resolves it) from this repository:
+# <spool>/<cluster>/prefetch/<16 hex of SHA-256(url "\ndatadir=" data directory)>.
+PREFETCH="$W/spool/main/prefetch/$(printf '%s\ndatadir=%s' "file://$W/repo" "$(realpath -m "$W/restored")" | sha256sum | cut -c1-16)"
 STATS="$PREFETCH/get-stats.json"
 
 cat > "$W/pgcairn.toml" <<CONF

@@ -394,7 +394,11 @@ repository can be read, 503 with the reason when not. Runs until SIGTERM or SIGI
 
     /// Internal: the background WAL prefetcher started by asynchronous archive-get.
     #[command(hide = true)]
-    ArchiveGetDaemon,
+    ArchiveGetDaemon {
+        /// The data directory recovering (archive-get's working directory).
+        #[arg(long)]
+        pgdata: PathBuf,
+    },
 
     /// Internal: the background WAL pusher started by asynchronous archive-push.
     #[command(hide = true)]

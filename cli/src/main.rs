@@ -27,7 +27,7 @@ use crate::settings::Settings;
 fn is_background(command: &Command) -> bool {
     matches!(
         command,
-        Command::ArchivePushDaemon { .. } | Command::ArchiveGetDaemon
+        Command::ArchivePushDaemon { .. } | Command::ArchiveGetDaemon { .. }
     )
 }
 

@@ -254,19 +254,23 @@ impl TestEnv {
         self.dir.path()
     }
 
-    /// The prefetch area of this environment's repository in its spool: the one directory in
-    /// `spool/main/prefetch/` (a path that does not exist while nothing went through the
-    /// spool).
-    pub fn prefetch_dir(&self) -> PathBuf {
+    /// The prefetch area of the recovery of `datadir` (archive-get's working directory) from
+    /// this environment's repository: the directory in `spool/main/prefetch/` whose `.datadir`
+    /// names it (a path that does not exist while nothing went through the spool from there).
+    pub fn prefetch_dir_of(&self, datadir: &Path) -> PathBuf {
         let parent = self.path().join("spool/main/prefetch");
+        let want = std::fs::canonicalize(datadir).unwrap_or_else(|_| datadir.to_path_buf());
         let areas: Vec<PathBuf> = std::fs::read_dir(&parent)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_dir())
+            .filter(|p| {
+                std::fs::read(p.join(".datadir"))
+                    .is_ok_and(|d| d == want.as_os_str().as_encoded_bytes())
+            })
             .collect();
-        assert!(areas.len() <= 1, "one repository, one area: {areas:?}");
+        assert!(areas.len() <= 1, "one data directory, one area: {areas:?}");
         areas
             .into_iter()
             .next()

@@ -108,15 +108,17 @@ fn pitr_targets(backend: Backend) {
     let rc = r.psql("postgres", "show restore_command").unwrap();
     assert!(rc.contains(" archive-get --prefetch %f %p"), "{rc}");
     assert!(
-        env.prefetch_dir().join("get-stats.json").exists(),
+        env.prefetch_dir_of(&r.datadir)
+            .join("get-stats.json")
+            .exists(),
         "the recovery went through the prefetch spool"
     );
     r.stop().unwrap();
     // The area is this repository's: the prefetcher recorded which one it fetched from.
     let mut recorded = String::new();
     for _ in 0..100 {
-        recorded =
-            std::fs::read_to_string(env.prefetch_dir().join(".repository")).unwrap_or_default();
+        recorded = std::fs::read_to_string(env.prefetch_dir_of(&r.datadir).join(".repository"))
+            .unwrap_or_default();
         if !recorded.is_empty() {
             break;
         }

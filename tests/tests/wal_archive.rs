@@ -170,7 +170,7 @@ fn recovery_from_archive(backend: Backend, get: Get) {
         copy.psql("postgres", "select answer from marker").unwrap(),
         "42"
     );
-    let prefetch = env.prefetch_dir();
+    let prefetch = env.prefetch_dir_of(&copy.datadir);
     if get == Get::Direct {
         assert!(
             !prefetch.join("get-stats.json").exists(),

@@ -68,6 +68,16 @@ fn dest_dir(env: &TestEnv, name: &str) -> PathBuf {
     d
 }
 
+/// [`real_segments`], archived; with their names.
+fn archived_segments(env: &TestEnv, count: usize) -> (Vec<PathBuf>, Vec<String>) {
+    let segs = real_segments(env, count);
+    for s in &segs {
+        assert_success(&env.pgcairn(&["archive-push", &p(s)]), "archive-push");
+    }
+    let names = segs.iter().map(|s| file_name(s)).collect();
+    (segs, names)
+}
+
 /// Finished, real WAL segments copied out of a throwaway cluster that archives nowhere
 /// (`archive_mode = off`), ready for `archive-push` and readable by PostgreSQL's OS user.
 fn real_segments(env: &TestEnv, count: usize) -> Vec<PathBuf> {
@@ -307,12 +317,134 @@ fn a_prefetch_spool_that_fails_never_stops_a_fetch() {
     let seg = real_segments(&env, 1).remove(0);
     let name = file_name(&seg);
     assert_success(&env.pgcairn(&["archive-push", &p(&seg)]), "archive-push");
-    std::fs::create_dir_all(env.prefetch_dir().join(".requested")).unwrap();
+    // A first call from "the data directory" makes its area; then its `.requested` breaks.
+    let datadir = fake_datadir(&env, "pgdata");
+    let first = dest_dir(&env, "first").join(&name);
+    let out = get_in(&env, &datadir, &name, &first);
+    assert_success(&out, "archive-get --prefetch through a working spool");
+    let area = env.prefetch_dir_of(&datadir);
+    assert!(area.join(".requested").is_file(), "{}", area.display());
+    std::fs::remove_file(area.join(".requested")).unwrap();
+    std::fs::create_dir_all(area.join(".requested/x")).unwrap();
     give_to(env.run_as.as_deref(), &env.path().join("spool")).unwrap();
     let dest = dest_dir(&env, "fetched").join(&name);
-    let out = env.pgcairn(&["archive-get", "--prefetch", &name, &p(&dest)]);
+    let out = get_in(&env, &datadir, &name, &dest);
     assert_success(&out, "archive-get --prefetch through a broken spool");
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+    assert!(
+        area.join(".requested/x").is_dir(),
+        "the broken spool was the one used"
+    );
+}
+
+/// A directory standing for a data directory (archive-get's working directory, as PostgreSQL
+/// runs restore_command): `global/pg_control` present, so a prefetcher's sweep keeps its area.
+fn fake_datadir(env: &TestEnv, name: &str) -> PathBuf {
+    let d = env.path().join(name);
+    std::fs::create_dir_all(d.join("global")).unwrap();
+    std::fs::write(d.join("global/pg_control"), b"not a real one").unwrap();
+    give_to(env.run_as.as_deref(), &d).unwrap();
+    d
+}
+
+/// `archive-get --prefetch NAME DEST` run in `datadir`, as PostgreSQL runs restore_command.
+fn get_in(env: &TestEnv, datadir: &Path, name: &str, dest: &Path) -> std::process::Output {
+    env.pgcairn_command(&["archive-get", "--prefetch", name, &p(dest)])
+        .current_dir(datadir)
+        .output()
+        .unwrap()
+}
+
+/// Two recoveries of one cluster from one repository on one host (a standby and a side PITR
+/// restore, each at its own place in the archive) prefetch into areas of their own: the one
+/// further ahead used to clean away the window of the other (segments "behind" its request)
+/// and the other found nothing prefetched. An area whose data directory is gone is swept by the
+/// next prefetcher that starts.
+#[test]
+fn two_recoveries_from_one_repository_keep_their_own_prefetched_segments() {
+    // (The environment's archive.idle_exit is 3 s.)
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let (segs, names) = archived_segments(&env, 6);
+    let standby = fake_datadir(&env, "standby");
+    let side = fake_datadir(&env, "side");
+    let out = dest_dir(&env, "out");
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // The standby asks for the first segment; its prefetcher fetches the ones after it.
+    assert_success(
+        &get_in(&env, &standby, &names[0], &out.join("s0")),
+        "standby's get",
+    );
+    let standby_area = env.prefetch_dir_of(&standby);
+    wait_for("the standby's window", &|| {
+        standby_area.join(&names[2]).exists()
+    });
+    // The side restore recovers further on, from the same repository.
+    assert_success(
+        &get_in(&env, &side, &names[4], &out.join("p4")),
+        "side restore's get",
+    );
+    let side_area = env.prefetch_dir_of(&side);
+    assert_ne!(standby_area, side_area, "an area per data directory");
+    wait_for("the side restore's window", &|| {
+        side_area.join(&names[5]).exists()
+    });
+    assert_eq!(
+        std::fs::read_to_string(standby_area.join(".requested")).unwrap(),
+        names[0],
+        "the standby's request is its own"
+    );
+    assert!(
+        standby_area.join(&names[1]).exists() && standby_area.join(&names[2]).exists(),
+        "the standby's window is still there"
+    );
+    // And it is served from there.
+    assert_success(
+        &get_in(&env, &standby, &names[1], &out.join("s1")),
+        "standby's next get",
+    );
+    assert_eq!(
+        std::fs::read(out.join("s1")).unwrap(),
+        std::fs::read(&segs[1]).unwrap()
+    );
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(standby_area.join("get-stats.json")).unwrap())
+            .unwrap();
+    assert_eq!(stats["from_spool"], 1, "{stats}");
+
+    // The side restore is removed; once the standby's prefetcher idles out, the next one that
+    // starts removes the side restore's area (and keeps the standby's).
+    std::fs::remove_dir_all(&side).unwrap();
+    let lock_free = |area: &Path| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(area.join("prefetcher.lock"));
+        f.is_ok_and(|f| f.try_lock().is_ok())
+    };
+    wait_for("both prefetchers to exit", &|| {
+        lock_free(&standby_area) && lock_free(&side_area)
+    });
+    assert!(side_area.exists(), "nothing swept it yet");
+    assert_success(
+        &get_in(&env, &standby, &names[2], &out.join("s2")),
+        "standby's get",
+    );
+    wait_for("the side restore's area to be swept", &|| {
+        !side_area.exists()
+    });
+    assert!(
+        standby_area.join(".requested").exists(),
+        "the standby's area stays"
+    );
 }
 
 // 3. Damaged objects --------------------------------------------------------------------------
@@ -320,11 +452,7 @@ fn a_prefetch_spool_that_fails_never_stops_a_fetch() {
 #[test]
 fn corrupt_truncated_or_missing_objects_abort_recovery() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let segs = real_segments(&env, 6);
-    for s in &segs {
-        assert_success(&env.pgcairn(&["archive-push", &p(s)]), "archive-push");
-    }
-    let names: Vec<String> = segs.iter().map(|s| file_name(s)).collect();
+    let (segs, names) = archived_segments(&env, 6);
     let dir = dest_dir(&env, "dest");
 
     // One byte flipped in the middle of the sealed object.

@@ -79,9 +79,9 @@ fn spawn_pusher(
         settings,
         &spool.log_path(),
         &[
-            "archive-push-daemon",
-            "--pg-wal",
-            &pg_wal.display().to_string(),
+            "archive-push-daemon".as_ref(),
+            "--pg-wal".as_ref(),
+            pg_wal.as_os_str(),
         ],
     )
 }
@@ -131,7 +131,7 @@ fn spawn_daemon(
     cli: &Cli,
     settings: &Settings,
     log_path: &Path,
-    args: &[&str],
+    args: &[&std::ffi::OsStr],
 ) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::new(ExitCode::Failed, format!("cannot find own executable: {e}")))?;
@@ -367,12 +367,22 @@ fn end_first_start(datadir: &Path) {
     }
 }
 
-/// The prefetch area of this cluster and repository in `archive.spool_dir`.
+/// The prefetch area of this cluster, repository and data directory in `archive.spool_dir`.
+/// PostgreSQL runs `restore_command` in the data directory: the working directory names the
+/// recovery (a standby and a side PITR restore of one cluster on one host each get their own
+/// area, see `pgcairn_engine::archive::prefetch_area`).
 fn prefetch_spool(settings: &Settings) -> Result<PrefetchSpool, Failure> {
+    let datadir = std::env::current_dir().map_err(|e| {
+        Failure::new(
+            ExitCode::Failed,
+            format!("the working directory (the data directory PostgreSQL runs restore_command in) is unknown: {e}"),
+        )
+    })?;
     Ok(PrefetchSpool::open(
         &settings.spool_dir,
         &settings.cluster,
         &repository_identity(settings)?,
+        &datadir,
     )?)
 }
 
@@ -424,7 +434,12 @@ fn ensure_prefetcher(cli: &Cli, settings: &Settings, spool: &PrefetchSpool) {
         Ok(Some(lock)) => {
             drop(lock);
             let log = spool.dir().join("prefetcher.log");
-            if let Err(f) = spawn_daemon(cli, settings, &log, &["archive-get-daemon"]) {
+            let args = [
+                "archive-get-daemon".as_ref(),
+                "--pgdata".as_ref(),
+                spool.datadir().as_os_str(),
+            ];
+            if let Err(f) = spawn_daemon(cli, settings, &log, &args) {
                 warn!("prefetcher not started: {}", f.message);
             }
         }
@@ -433,12 +448,14 @@ fn ensure_prefetcher(cli: &Cli, settings: &Settings, spool: &PrefetchSpool) {
     }
 }
 
-/// `archive-get-daemon`: the background prefetcher.
-pub async fn get_daemon(settings: &Settings) -> Result<(), Failure> {
+/// `archive-get-daemon --pgdata DIR`: the background prefetcher of the recovery of `DIR` (told
+/// by archive-get: the prefetcher works from `/`, never from the data directory, see `main`).
+pub async fn get_daemon(settings: &Settings, pgdata: &Path) -> Result<(), Failure> {
     let spool = match PrefetchSpool::open_existing(
         &settings.spool_dir,
         &settings.cluster,
         &repository_identity(settings)?,
+        pgdata,
     ) {
         Ok(spool) => spool,
         Err(e) => {

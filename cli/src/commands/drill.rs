@@ -151,10 +151,24 @@ async fn drill_in(
     // production spool may serve a standby of the same cluster on this host.
     let spool_dir = workdir.join("spool");
     let restore_cmd = restore_command_with(&copy, cli, settings, Fetch::PrefetchInto(&spool_dir));
+    // Its area is that of the instance's data directory, as archive-get finds it from its
+    // working directory (the resolved path: the work directory may be reached through a link).
+    let pgdata = std::fs::canonicalize(workdir)
+        .map_err(|e| {
+            Failure::new(
+                ExitCode::Failed,
+                format!(
+                    "cannot resolve the work directory {}: {e}",
+                    workdir.display()
+                ),
+            )
+        })?
+        .join("pgdata");
     let prefetch_spool = PrefetchSpool::open(
         &spool_dir,
         &settings.cluster,
         &super::archive::repository_identity(settings)?,
+        &pgdata,
     )?;
     let opts = DrillOptions {
         restore: RestoreOptions {

@@ -46,7 +46,7 @@ async fn run_command(cli: &Cli, settings: &Settings) -> Result<(), Failure> {
             dest_path,
             prefetch,
         } => archive::get(cli, settings, wal_name, dest_path, *prefetch).await,
-        Command::ArchiveGetDaemon => archive::get_daemon(settings).await,
+        Command::ArchiveGetDaemon { pgdata } => archive::get_daemon(settings, pgdata).await,
         Command::ArchivePushDaemon { pg_wal } => archive::daemon(settings, pg_wal).await,
         Command::Backup {
             backup_type,

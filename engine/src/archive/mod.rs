@@ -4,12 +4,15 @@
 //! - [`get`]: fetch one WAL file, telling "definitely absent" from "unknown".
 //! - [`spool`]: asynchronous archiving, a background pusher and acknowledgements in a spool
 //!   directory.
+//! - [`prefetch`], [`prefetch_area`]: archive-get's prefetch spool, one area per repository
+//!   and recovering data directory.
 //! - [`listing`]: archived ranges and gaps per timeline, for `info`.
 
 pub mod get;
 pub mod listing;
 pub mod mapped;
 pub mod prefetch;
+pub mod prefetch_area;
 pub mod push;
 pub mod spool;
 

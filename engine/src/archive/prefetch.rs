@@ -1,14 +1,16 @@
 //! archive-get prefetch: keep the next segments fetched and verified in the spool, so
 //! recovery does not wait on an object-store round trip per 16 MiB segment.
 //!
-//! Layout: `<spool>/<cluster>/prefetch/<repository key>/<WAL name>` (verified contents),
+//! Layout: `<spool>/<cluster>/prefetch/<area key>/<WAL name>` (verified contents),
 //! `.requested` (the last name PostgreSQL asked for), `prefetcher.lock`, `.repository` (the id
-//! of the repository the segments came from). The repository key is a hash of where the
-//! repository is (URL, and the endpoint, region or account the URL does not name): a spool is
-//! shared by every recovery of a cluster name on a host, and a segment prefetched from one
-//! repository must never be served to a recovery fetching from another (a cluster of the same
-//! name elsewhere; PostgreSQL would take its WAL for the end of the archive and end recovery
-//! early). A prefetcher starting in an area whose `.repository` names another repository (one
+//! of the repository the segments came from), `.datadir` (the data directory recovering). The
+//! area key is a hash of where the repository is (URL, and the endpoint, region or account the
+//! URL does not name) and of the data directory ([`super::prefetch_area`]): a spool is shared by
+//! every recovery of a cluster name on a host, a segment prefetched from one repository must
+//! never be served to a recovery fetching from another (a cluster of the same name elsewhere;
+//! PostgreSQL would take its WAL for the end of the archive and end recovery early), and two
+//! recoveries from one repository (a standby and a side PITR restore) must not take each
+//! other's requests for their own. A prefetcher starting in an area whose `.repository` names another repository (one
 //! re-created at the same place, or reached through an environment variable the key does not
 //! see) removes every segment there first. With `[archive] async = true`,
 //! `archive-get X`:
@@ -71,29 +73,40 @@ pub struct PrefetchSpool {
     /// The spool directory it was opened in.
     root: PathBuf,
     dir: PathBuf,
+    /// The data directory recovering through it.
+    datadir: PathBuf,
 }
 
 impl PrefetchSpool {
-    /// Opens (creating) `<spool_dir>/<cluster>/prefetch/<repository key>/`, the prefetch area
-    /// of one repository (`repository`: where it is, [`repository_identity`]): two
-    /// repositories holding a cluster of the same name never serve each other's WAL.
-    pub fn open(spool_dir: &Path, cluster: &str, repository: &str) -> Result<Self> {
-        let dir = Self::dir_for(spool_dir, cluster, repository);
+    /// Opens (creating) `<spool_dir>/<cluster>/prefetch/<area key>/`, the prefetch area of
+    /// the recovery of `datadir` from one repository (`repository`: where it is,
+    /// [`repository_identity`]): two repositories holding a cluster of the same name never
+    /// serve each other's WAL, and two data directories never share their requests.
+    pub fn open(spool_dir: &Path, cluster: &str, repository: &str, datadir: &Path) -> Result<Self> {
+        let dir = Self::dir_for(spool_dir, cluster, repository, datadir);
         crate::private_fs::check_own_tree(spool_dir, &dir)
             .map_err(|e| Error::io("archive.spool_dir".to_string(), e))?;
         crate::private_fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {} (archive.spool_dir)", dir.display()), e))?;
+        crate::archive::prefetch_area::record_datadir(&dir, datadir)
+            .map_err(|e| Error::io(format!("writing {}", dir.display()), e))?;
         Ok(PrefetchSpool {
             root: spool_dir.to_path_buf(),
             dir,
+            datadir: datadir.to_path_buf(),
         })
     }
 
     /// Opens the prefetch area only if it exists: the background prefetcher, started by an
     /// archive-get that created it, never recreates a spool removed meanwhile (a drill's, with
     /// its work directory).
-    pub fn open_existing(spool_dir: &Path, cluster: &str, repository: &str) -> Result<Self> {
-        let dir = Self::dir_for(spool_dir, cluster, repository);
+    pub fn open_existing(
+        spool_dir: &Path,
+        cluster: &str,
+        repository: &str,
+        datadir: &Path,
+    ) -> Result<Self> {
+        let dir = Self::dir_for(spool_dir, cluster, repository, datadir);
         if !dir.is_dir() {
             return Err(Error::NotFound(format!(
                 "{} (archive.spool_dir) is gone",
@@ -103,20 +116,24 @@ impl PrefetchSpool {
         Ok(PrefetchSpool {
             root: spool_dir.to_path_buf(),
             dir,
+            datadir: datadir.to_path_buf(),
         })
     }
 
-    /// `<spool_dir>/<cluster>/prefetch/<the first 16 hex digits of SHA-256(repository)>`,
-    /// where `repository` says where the repository is ([`repository_identity`]).
-    pub fn dir_for(spool_dir: &Path, cluster: &str, repository: &str) -> PathBuf {
-        use sha2::Digest;
-        let key = hex::encode(sha2::Sha256::digest(repository.as_bytes()));
-        spool_dir.join(cluster).join("prefetch").join(&key[..16])
+    /// The area of the recovery of `datadir` from the repository at `repository`
+    /// ([`repository_identity`]), see [`crate::archive::prefetch_area::area_dir`].
+    pub fn dir_for(spool_dir: &Path, cluster: &str, repository: &str, datadir: &Path) -> PathBuf {
+        crate::archive::prefetch_area::area_dir(spool_dir, cluster, repository, datadir)
     }
 
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The data directory whose recovery it serves.
+    pub fn datadir(&self) -> &Path {
+        &self.datadir
     }
 
     /// The spool directory it was opened in (the root of [`Self::dir`]).
@@ -643,6 +660,13 @@ pub async fn run_prefetcher(
     if spool.adopt(&repo.config().repo_id)? {
         tracing::info!(dir = %spool.dir().display(), "prefetched segments of another repository removed");
     }
+    let swept = crate::archive::prefetch_area::sweep_abandoned(spool.dir());
+    if swept > 0 {
+        tracing::info!(
+            swept,
+            "removed prefetch areas whose data directory is gone (or of the layout before areas were per data directory)"
+        );
+    }
     let mut last_seen: Option<WalFileName> = None;
     let mut idle_since = Instant::now();
     let mut in_flight = FuturesUnordered::new();
@@ -744,7 +768,8 @@ mod tests {
     /// without end; it must exit on its own, after its maximum run.
     async fn asked_without_pause(repo: &Repository, opts: &PrefetchOptions) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "memory://").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "memory://", Path::new("/pgdata")).unwrap();
         let asks = async {
             for n in 1u64.. {
                 let name: WalFileName = format!("0000000100000000000000{:02X}", n % 200)
@@ -799,7 +824,13 @@ mod tests {
     fn counters_read_beneath_a_trusted_directory_never_through_a_link() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
-        let spool = PrefetchSpool::open(&work.join("spool"), "main", "file:///repo").unwrap();
+        let spool = PrefetchSpool::open(
+            &work.join("spool"),
+            "main",
+            "file:///repo",
+            Path::new("/pgdata"),
+        )
+        .unwrap();
         spool
             .record(GetOutcome::FromSpool, Duration::from_millis(5))
             .unwrap();
@@ -827,7 +858,8 @@ mod tests {
     fn a_segment_of_another_cluster_is_never_served_and_empties_the_area() {
         use crate::pg::wal_header::tests::fake_segment;
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         let seg_size = 16u32 << 20;
         let put = |n: u64, sysid: u64| {
             let path = spool.dir().join(seg(n).to_string());
@@ -865,7 +897,8 @@ mod tests {
     #[test]
     fn the_next_prefetcher_goes_on_with_the_backoff_where_the_last_one_left_it() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         assert_eq!(ArchiveEnd::load(&spool), ArchiveEnd::new(), "nothing saved");
         let t0 = Instant::now();
         let mut end = ArchiveEnd::new();
@@ -967,7 +1000,8 @@ mod tests {
     #[test]
     fn archive_get_waits_for_the_prefetchers_fetch_of_the_same_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         let name = seg(5);
         // Nothing being fetched: no wait.
         let started = Instant::now();
@@ -999,7 +1033,8 @@ mod tests {
     #[test]
     fn every_call_is_counted_and_waits_are_told_apart_from_spool_hits() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         assert_eq!(spool.stats(), GetStats::default(), "no file: zero");
         spool
             .record(GetOutcome::FromSpool, Duration::from_millis(3))
@@ -1051,7 +1086,8 @@ mod tests {
     #[test]
     fn cleaning_keeps_the_requested_segment_and_a_vanished_one_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         for n in [4, 5, 6] {
             write_atomically(
                 &spool.dir().join(seg(n).to_string()),
@@ -1076,8 +1112,20 @@ mod tests {
     #[test]
     fn two_repositories_with_a_cluster_of_the_same_name_never_share_a_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let a = PrefetchSpool::open(dir.path(), "main", "s3://bucket-a/pgcairn").unwrap();
-        let b = PrefetchSpool::open(dir.path(), "main", "s3://bucket-b/pgcairn").unwrap();
+        let a = PrefetchSpool::open(
+            dir.path(),
+            "main",
+            "s3://bucket-a/pgcairn",
+            Path::new("/pgdata"),
+        )
+        .unwrap();
+        let b = PrefetchSpool::open(
+            dir.path(),
+            "main",
+            "s3://bucket-b/pgcairn",
+            Path::new("/pgdata"),
+        )
+        .unwrap();
         assert_ne!(a.dir(), b.dir());
         assert_eq!(a.root(), b.root());
         write_atomically(
@@ -1092,17 +1140,29 @@ mod tests {
             "b never serves a's segment"
         );
         assert!(!dest.exists());
-        let again = PrefetchSpool::open_existing(dir.path(), "main", "s3://bucket-a/pgcairn")
-            .expect("a's area exists");
+        let again = PrefetchSpool::open_existing(
+            dir.path(),
+            "main",
+            "s3://bucket-a/pgcairn",
+            Path::new("/pgdata"),
+        )
+        .expect("a's area exists");
         assert_eq!(again.dir(), a.dir());
         assert!(again.take(&seg(7), &dest, None).unwrap());
-        assert!(PrefetchSpool::open_existing(dir.path(), "main", "file:///elsewhere").is_err());
+        assert!(PrefetchSpool::open_existing(
+            dir.path(),
+            "main",
+            "file:///elsewhere",
+            Path::new("/pgdata")
+        )
+        .is_err());
     }
 
     #[test]
     fn a_prefetcher_keeps_its_repositorys_segments_and_removes_anothers() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         let put = |n: u64| {
             write_atomically(
                 &spool.dir().join(seg(n).to_string()),
@@ -1150,15 +1210,16 @@ mod tests {
         let b = repository_identity("s3://backups/pg", &opts);
         assert_ne!(a, b);
         assert_ne!(
-            PrefetchSpool::dir_for(Path::new("/s"), "main", &a),
-            PrefetchSpool::dir_for(Path::new("/s"), "main", &b)
+            PrefetchSpool::dir_for(Path::new("/s"), "main", &a, Path::new("/pgdata")),
+            PrefetchSpool::dir_for(Path::new("/s"), "main", &b, Path::new("/pgdata"))
         );
     }
 
     #[test]
     fn a_fetch_that_fails_or_a_leftover_marker_ends_the_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = PrefetchSpool::open(dir.path(), "main", "file:///repo").unwrap();
+        let spool =
+            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
         let name = seg(6);
         // The prefetcher's fetch fails: its marker goes, the wait ends without a file.
         let mark = spool.mark_fetching(&name);
