@@ -42,6 +42,8 @@
 #    restore_command: each tool's as its restore writes it. pgBackRest's fetches synchronously
 #    (archive-async=n, its default; PGBR_ARCHIVE_ASYNC=1 for its asynchronous archive-get);
 #    pgcairn's is `archive-get --prefetch` (prefetch through the spool, archiving unchanged).
+#    After pgcairn's recovery its archive-get counters are printed (calls served from the
+#    prefetch spool, fetched directly, and the seconds replay stood still waiting for WAL).
 #    Every restore (steps 4 and 5) starts after a `sync`, untimed: the previous step's writes
 #    and the removal of its multi-gigabyte data directory are flushed first, so neither tool
 #    pays for the other's writeback (at scale 500 the second restore of a pair measured
@@ -449,6 +451,20 @@ for round in $(seq 1 "$ROUNDS"); do
         printf '   %s time to recover to T: %.2f s (restore %s s, start %.2f s, replay %.2f s: WAL replay %.0f %%; polled %.2f s)\n' \
             "$tool" "$T_REC" "$T_WALL" "$T_STARTUP" "$T_REPLAY" "$(python3 -c "print(100 * $WAL_REPLAY / $T_REC)")" "$T_POLLED"
         check_fp "$tool recovery to T" "$F2" "$FP"
+        if [ "$tool" = pgcairn ]; then
+            # Did replay wait for WAL? archive-get's counters of this recovery (the spool was
+            # emptied before it): a call served from the prefetch spool kept replay going.
+            python3 - "$W/pgb-spool/main/prefetch" <<'PY'
+import glob, json, sys
+t = {}
+for f in glob.glob(sys.argv[1] + "/*/get-stats.json"):
+    for k, v in json.load(open(f)).items():
+        t[k] = t.get(k, 0) + v
+print(f"   pgcairn archive-get during that recovery: {t.get('calls', 0)} calls, {t.get('from_spool', 0)} from the prefetch spool, "
+      f"{t.get('waited', 0)} waited for the prefetcher, {t.get('direct', 0)} fetched directly; replay waited for WAL "
+      f"{t.get('wait_seconds', 0):.3f} s in all")
+PY
+        fi
     done
 done
 
