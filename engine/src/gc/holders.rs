@@ -1,8 +1,10 @@
 //! Referenced blocks and how many packs hold each: the mark's per-block state.
 //!
-//! In memory: one vector sorted by block id, 36 bytes per distinct referenced block (id and
-//! count), looked up by binary search (a hash map of the same cost about 45 to 90 bytes per
-//! block depending on its fill, and twice that while it grew). Past gc's `--index-memory`
+//! In memory: the ids sorted, looked up by binary search, and the counts in a vector beside
+//! them at each id's rank, 36 bytes per distinct referenced block (a hash map of the same cost
+//! about 45 to 90 bytes per block depending on its fill, and twice that while it grew). The
+//! ids are the vector the mark collected them in, kept as they are: copying them into (id,
+//! count) pairs held both, 68 bytes per block, at the mark's peak. Past gc's `--index-memory`
 //! budget: the ids in a sorted table on local disk ([`IdTable`], a quarter of a byte per block
 //! in memory, one page read per lookup) and the counts in a file beside it, one `u32` per
 //! block at the id's rank. Both answer the same questions; gc's decisions do not depend on
@@ -18,15 +20,23 @@ use crate::store::block_table::{read_error, spill_error, temp_file, IdTable, Ids
 /// Referenced block → number of holders.
 #[derive(Debug)]
 pub enum Holders {
-    /// Sorted by id.
-    Memory(Vec<(ContentId, u32)>),
+    /// Ids sorted, and the count of each at its rank.
+    Memory {
+        /// Sorted, distinct.
+        ids: Vec<ContentId>,
+        /// One per id.
+        counts: Vec<u32>,
+    },
     /// Ids on disk, counts on disk at each id's rank.
     Table { ids: IdTable, counts: File },
 }
 
 impl Default for Holders {
     fn default() -> Self {
-        Holders::Memory(Vec::new())
+        Holders::Memory {
+            ids: Vec::new(),
+            counts: Vec::new(),
+        }
     }
 }
 
@@ -34,7 +44,10 @@ impl Holders {
     /// The referenced blocks (sorted, distinct), each with no holder yet.
     pub fn new(ids: Ids) -> Result<Self> {
         Ok(match ids {
-            Ids::Memory(ids) => Holders::Memory(ids.into_iter().map(|id| (id, 0)).collect()),
+            Ids::Memory(ids) => Holders::Memory {
+                counts: vec![0; ids.len()],
+                ids,
+            },
             Ids::Table(ids) => {
                 let counts = temp_file(&std::env::temp_dir())?;
                 counts.set_len(ids.records() * 4).map_err(spill_error)?;
@@ -46,7 +59,7 @@ impl Holders {
     /// Where `id` is, if referenced (an index for [`Holders::seen_marks`]).
     pub fn position(&self, id: &ContentId) -> Result<Option<usize>> {
         Ok(match self {
-            Holders::Memory(v) => v.binary_search_by(|e| e.0.cmp(id)).ok(),
+            Holders::Memory { ids, .. } => ids.binary_search(id).ok(),
             Holders::Table { ids, .. } => ids.position(id)?.map(|n| n as usize),
         })
     }
@@ -69,7 +82,7 @@ impl Holders {
             .checked_add_signed(delta)
             .expect("a holder count never goes below zero: only a counted holder is taken away");
         match self {
-            Holders::Memory(v) => v[at].1 = now,
+            Holders::Memory { counts, .. } => counts[at] = now,
             Holders::Table { counts, .. } => counts
                 .write_all_at(&now.to_le_bytes(), at as u64 * 4)
                 .map_err(spill_error)?,
@@ -79,7 +92,7 @@ impl Holders {
 
     fn count_at(&self, at: usize) -> Result<u32> {
         Ok(match self {
-            Holders::Memory(v) => v[at].1,
+            Holders::Memory { counts, .. } => counts[at],
             Holders::Table { counts, .. } => {
                 let mut b = [0u8; 4];
                 counts
@@ -93,7 +106,7 @@ impl Holders {
     /// Sets every count to zero.
     pub fn reset(&mut self) -> Result<()> {
         match self {
-            Holders::Memory(v) => v.iter_mut().for_each(|e| e.1 = 0),
+            Holders::Memory { counts, .. } => counts.fill(0),
             Holders::Table { ids, counts } => {
                 counts.set_len(0).map_err(spill_error)?;
                 counts.set_len(ids.records() * 4).map_err(spill_error)?;
@@ -105,7 +118,7 @@ impl Holders {
     /// Distinct referenced blocks.
     pub fn len(&self) -> usize {
         match self {
-            Holders::Memory(v) => v.len(),
+            Holders::Memory { ids, .. } => ids.len(),
             Holders::Table { ids, .. } => ids.records() as usize,
         }
     }
@@ -119,7 +132,7 @@ impl Holders {
     /// the counts, else in a file beside them.
     pub fn seen_marks(&self) -> Result<SeenMarks> {
         Ok(match self {
-            Holders::Memory(v) => SeenMarks::Memory(vec![0; v.len().div_ceil(64)]),
+            Holders::Memory { ids, .. } => SeenMarks::Memory(vec![0; ids.len().div_ceil(64)]),
             Holders::Table { ids, .. } => {
                 let file = temp_file(&std::env::temp_dir())?;
                 file.set_len(ids.records().div_ceil(8))

@@ -170,16 +170,25 @@ pub(crate) struct Runs<T> {
     run_len: usize,
     /// Drop repeated records of a run (ids: only which, not how often, matters).
     dedup: bool,
+    /// With `dedup`: a full run left with at most this many distinct records after the
+    /// dedup stays in memory and goes on collecting (always less than `run_len`).
+    keep: usize,
+    /// With `dedup`: how many records at the start of `current` are sorted and distinct (what
+    /// the last [`Runs::absorb_tail`] left); the rest came after.
+    sorted: usize,
 }
 
 impl<T: Record + Eq> Runs<T> {
     fn new(dir: PathBuf, run_len: usize, dedup: bool) -> Self {
+        let run_len = run_len.max(1024);
         Runs {
             dir,
             current: Vec::new(),
             files: Vec::new(),
-            run_len: run_len.max(1024),
+            run_len,
             dedup,
+            keep: run_len / 2,
+            sorted: 0,
         }
     }
 
@@ -198,7 +207,7 @@ impl<T: Record + Eq> Runs<T> {
             crate::cpu::in_place(|| -> Result<()> {
                 self.sort_current();
                 // Mostly repeats: keep collecting in the same run.
-                if !self.dedup || self.current.len() > self.run_len / 2 {
+                if !self.dedup || self.current.len() > self.keep {
                     self.spill_current()?;
                 }
                 Ok(())
@@ -208,16 +217,72 @@ impl<T: Record + Eq> Runs<T> {
     }
 
     fn sort_current(&mut self) {
-        self.current.sort_unstable_by(|a, b| a.id().cmp(b.id()));
         if self.dedup {
-            self.current.dedup();
+            self.absorb_tail();
+        } else {
+            self.current.sort_unstable_by(|a, b| a.id().cmp(b.id()));
         }
+    }
+
+    /// Sorts and deduplicates `current` by bringing what came after its sorted prefix into it:
+    /// the tail is sorted alone, its records already in the prefix (with mostly repeated ids,
+    /// nearly all of them) are dropped in one galloping walk along the prefix, and the few new ones are merged in
+    /// from the back through a buffer of at most a sixteenth of a run; more new ones than that
+    /// and the whole run is sorted instead (which can happen only a few times before the run
+    /// holds more than `keep` and spills). A run kept in memory with its ids near its budget
+    /// is refilled often by a little; sorting all of it each time cost a full sort per refill.
+    fn absorb_tail(&mut self) {
+        let by_id = |a: &T, b: &T| a.id().cmp(b.id());
+        let k = self.sorted.min(self.current.len());
+        let (prefix, tail) = self.current.split_at_mut(k);
+        tail.sort_unstable_by(by_id);
+        // The tail is sorted: walk the prefix along with it, galloping (a few neighbouring
+        // compares per record rather than a binary search over the whole prefix, whose
+        // cache misses cost more than the sort).
+        let (mut fresh, mut at) = (0, 0);
+        for r in 0..tail.len() {
+            let rec = tail[r];
+            let mut step = 1;
+            while at + step < k && prefix[at + step].id() < rec.id() {
+                step *= 2;
+            }
+            let end = (at + step + 1).min(k);
+            at += prefix[at..end].partition_point(|p| p.id() < rec.id());
+            let repeat =
+                (fresh > 0 && tail[fresh - 1] == rec) || (at < k && prefix[at].id() == rec.id());
+            if !repeat {
+                tail[fresh] = rec;
+                fresh += 1;
+            }
+        }
+        self.current.truncate(k + fresh);
+        if k > 0 && fresh > 0 {
+            if fresh <= self.run_len / 16 {
+                let new: Vec<T> = self.current[k..].to_vec();
+                let (mut i, mut j) = (k, fresh);
+                let mut out = k + fresh;
+                while j > 0 {
+                    out -= 1;
+                    if i > 0 && by_id(&self.current[i - 1], &new[j - 1]).is_gt() {
+                        self.current[out] = self.current[i - 1];
+                        i -= 1;
+                    } else {
+                        self.current[out] = new[j - 1];
+                        j -= 1;
+                    }
+                }
+            } else {
+                self.current.sort_unstable_by(by_id);
+            }
+        }
+        self.sorted = self.current.len();
     }
 
     fn spill_current(&mut self) -> Result<()> {
         let file = write_records(&self.dir, self.current.iter().copied())?;
         self.files.push((0, file));
         self.current = Vec::new();
+        self.sorted = 0;
         loop {
             let level = self.files.last().map(|f| f.0).unwrap_or(0);
             let same = self.files.iter().rev().take_while(|f| f.0 == level).count();
@@ -404,20 +469,24 @@ pub enum Wanted {
 
 impl WantedIds {
     /// Ids kept in memory when at most `in_memory` distinct ones come; else a table on disk,
-    /// built from runs of at most `run_ids` (at least 1024, and more than twice `in_memory`:
-    /// a run goes to disk only once it holds more distinct ids than the budget, so a backup
-    /// whose distinct ids fit never spills, however often they repeat).
+    /// built from runs of at most `run_ids` (at least 1024, and at least a sixteenth more
+    /// than `in_memory`). A full run is sorted and deduplicated ([`Runs::absorb_tail`], with
+    /// a buffer of at most a sixteenth of a run), and goes to disk only when it still holds
+    /// more distinct ids than `in_memory`: a backup whose distinct ids fit never spills,
+    /// however often they repeat, and the ids never take more than `run_ids` and its buffer
+    /// (about 36 bytes per id of `in_memory`) in memory. Runs used to be at least twice
+    /// `in_memory`, so a gc whose ids nearly filled its half of the budget held up to twice
+    /// that half while collecting them.
     pub fn new(in_memory: usize, run_ids: usize) -> Self {
         Self::new_in(std::env::temp_dir(), in_memory, run_ids)
     }
 
     /// [`WantedIds::new`] spilling to `dir` instead of `TMPDIR`.
     pub fn new_in(dir: PathBuf, in_memory: usize, run_ids: usize) -> Self {
-        let run_ids = run_ids.max(in_memory.saturating_mul(2).saturating_add(2));
-        WantedIds {
-            runs: Runs::new(dir, run_ids, true),
-            in_memory,
-        }
+        let run_ids = run_ids.max(in_memory.saturating_add(in_memory / 16).saturating_add(1));
+        let mut runs = Runs::new(dir, run_ids, true);
+        runs.keep = runs.keep.max(in_memory).min(runs.run_len - 1);
+        WantedIds { runs, in_memory }
     }
 
     /// Adds an id (repeats allowed).
@@ -840,6 +909,59 @@ mod tests {
             err.contains("TMPDIR") && err.contains("--index-memory"),
             "{err}"
         );
+    }
+
+    /// Ids near the budget, repeated in a shuffled order (a gc reading thirty backups of one
+    /// cluster): the runs absorb new ids into their sorted part a few at a time (through the
+    /// buffer) and many at a time (a full sort), and what comes out is every distinct id once,
+    /// sorted, in memory when it fits and on disk when it does not.
+    #[test]
+    fn ids_absorbed_into_a_sorted_run_come_out_sorted_and_distinct() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (distinct, in_memory) in [(3000u64, 3000usize), (2990, 3000), (3000, 2900), (50, 3000)]
+        {
+            let mut w = WantedIds::new(in_memory, 1024);
+            // Mostly repeats of ids seen already, now and then a new one (the next few
+            // ids, so a refill brings few new ones), and bursts of new ones.
+            let mut seen = 0u64;
+            for round in 0..30_000u64 {
+                let n = if round % 5000 == 0 {
+                    seen = (seen + 700).min(distinct);
+                    seen - 1
+                } else if next() % 8 == 0 && seen < distinct {
+                    seen += 1;
+                    seen - 1
+                } else {
+                    next() % seen.max(1)
+                };
+                w.push(id(n)).unwrap();
+            }
+            for n in 0..distinct {
+                w.push(id(n)).unwrap();
+            }
+            let mut want: Vec<ContentId> = (0..distinct).map(id).collect();
+            want.sort_unstable();
+            match w.finish_ids().unwrap() {
+                Ids::Memory(ids) => {
+                    assert!(distinct as usize <= in_memory, "{distinct} in memory");
+                    assert_eq!(ids, want, "{distinct} distinct within {in_memory}");
+                }
+                Ids::Table(t) => {
+                    assert!(distinct as usize > in_memory, "{distinct} on disk");
+                    assert_eq!(t.records(), distinct);
+                    for w in &want {
+                        assert!(t.contains(w).unwrap());
+                    }
+                    assert!(!t.contains(&id(distinct)).unwrap());
+                }
+            }
+        }
     }
 
     /// A backup whose distinct ids fit the budget stays in memory however often its blocks
