@@ -174,8 +174,8 @@ Needs cluster.pgdata (read as the data directory's owner) and cluster.conninfo."
         /// Memory, in MiB, for the ids of the blocks already stored (half: 32 bytes per block
         /// of the repository, 64 MiB holds a million) and of those this backup stores (the
         /// other half: 40 bytes per block). Past its half, the repository's ids go to a sorted
-        /// table in TMPDIR (32 bytes of local disk per block; sorting them takes up to the
-        /// whole budget for a moment), and this backup forgets the blocks it stored so far (a
+        /// table in TMPDIR (32 bytes of local disk per block; sorting them stays within their
+        /// half and a sixteenth), and this backup forgets the blocks it stored so far (a
         /// block met again after that is stored twice), so a backup's memory stays bounded
         /// whatever the repository's size. TMPDIR must be on disk for that.
         #[arg(long, value_name = "MIB", default_value_t = 64)]

@@ -99,7 +99,9 @@ impl PrefetchSpool {
 
     /// Opens the prefetch area only if it exists: the background prefetcher, started by an
     /// archive-get that created it, never recreates a spool removed meanwhile (a drill's, with
-    /// its work directory).
+    /// its work directory). Its directories are checked again as [`Self::open`] checks them
+    /// (this user's own, no link below the spool directory): the prefetcher sweeps the areas
+    /// beside this one.
     pub fn open_existing(
         spool_dir: &Path,
         cluster: &str,
@@ -113,6 +115,8 @@ impl PrefetchSpool {
                 dir.display()
             )));
         }
+        crate::private_fs::check_own_tree(spool_dir, &dir)
+            .map_err(|e| Error::io("archive.spool_dir".to_string(), e))?;
         Ok(PrefetchSpool {
             root: spool_dir.to_path_buf(),
             dir,
@@ -660,13 +664,19 @@ pub async fn run_prefetcher(
     if spool.adopt(&repo.config().repo_id)? {
         tracing::info!(dir = %spool.dir().display(), "prefetched segments of another repository removed");
     }
-    let swept = crate::archive::prefetch_area::sweep_abandoned(spool.dir());
-    if swept > 0 {
-        tracing::info!(
-            swept,
-            "removed prefetch areas whose data directory is gone (or of the layout before areas were per data directory)"
-        );
-    }
+    // Beside the fetches, on a thread of its own that the process does not wait for: it
+    // looks at the data directories other areas name, and one on a hung mount must not hold
+    // up this recovery's prefetch (nor its exit).
+    let area = spool.dir().to_path_buf();
+    std::thread::spawn(move || {
+        let swept = crate::archive::prefetch_area::sweep_abandoned(&area);
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed prefetch areas whose data directory is gone (or of the layout before areas were per data directory)"
+            );
+        }
+    });
     let mut last_seen: Option<WalFileName> = None;
     let mut idle_since = Instant::now();
     let mut in_flight = FuturesUnordered::new();

@@ -17,8 +17,15 @@
 //! sweeps the others of the cluster: an area whose data directory no longer holds a
 //! `global/pg_control` (the restore was removed or moved; a hand-run archive-get outside any
 //! data directory), or that has no `.datadir` (the per-repository layout before this one), is
-//! removed, unless a prefetcher holds its lock. Nothing is lost by sweeping too eagerly: the
-//! next archive-get there recreates the area and fetches what it needs directly.
+//! removed, unless a prefetcher holds its lock (an area without `.datadir` only once it has not
+//! changed for ten minutes: a new one has none for a moment). Nothing is lost by sweeping too
+//! eagerly: the next archive-get there recreates the area and fetches what it needs directly.
+//! The sweep runs beside the prefetcher's fetches, never before them: a data directory named
+//! in `.datadir` on a hung mount must not hold up this recovery's prefetch.
+//!
+//! An area is per repository and data directory: after the repository moves (another URL or
+//! endpoint), the old area of a data directory that still exists stays until that directory
+//! goes; it holds at most one window of segments.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -59,11 +66,22 @@ pub fn recorded_datadir(area: &Path) -> Option<PathBuf> {
     Some(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
 }
 
-/// Is the area at `area` abandoned: no data directory recorded, or the one recorded is no
-/// longer a PostgreSQL data directory?
-fn abandoned(area: &Path) -> bool {
+/// How long an area without `.datadir` is left alone: one just created has none for a moment
+/// (`PrefetchSpool::open` makes the directory, then records it), one of the layout before was
+/// last changed long ago, or by a binary of that layout still at work.
+const UNNAMED_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Is the area at `area` abandoned: no data directory recorded (and, with `mind_age`, not
+/// changed for [`UNNAMED_GRACE`]), or the one recorded is no longer a PostgreSQL data
+/// directory?
+fn abandoned(area: &Path, mind_age: bool) -> bool {
     match recorded_datadir(area) {
-        None => true,
+        None if !mind_age => true,
+        None => fs::symlink_metadata(area)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UNNAMED_GRACE),
         Some(datadir) => !datadir.join("global").join("pg_control").is_file(),
     }
 }
@@ -79,16 +97,24 @@ pub fn sweep_abandoned(keep: &Path) -> usize {
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         let path = entry.path();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_dir || path == keep || !abandoned(&path) {
+        if !is_dir || path == keep || !abandoned(&path, true) {
             continue;
         }
         // A prefetcher working there holds this lock: that area is in use after all (its
         // data directory is being restored again, say). Held while removing, so no
-        // prefetcher starts in it meanwhile.
-        let Ok(Some(_lock)) = crate::archive::spool::try_lock_file(&path.join("prefetcher.lock"))
-        else {
-            continue;
+        // prefetcher starts in it meanwhile; and looked at again once held. A lock that is a
+        // link no prefetcher can hold (it is opened without following one): the area goes.
+        let lock_path = path.join("prefetcher.lock");
+        let _lock = match crate::archive::spool::try_lock_file(&lock_path) {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => continue,
+            Err(_) if fs::symlink_metadata(&lock_path).is_ok_and(|m| m.is_symlink()) => None,
+            Err(_) => continue,
         };
+        // (Its age was judged above: taking the lock may have just created the lock file.)
+        if !abandoned(&path, false) {
+            continue;
+        }
         match fs::remove_dir_all(&path) {
             Ok(()) => removed += 1,
             Err(e) => tracing::warn!(
@@ -156,6 +182,14 @@ mod tests {
         let old = mine.parent().unwrap().join("00112233aabbccdd");
         fs::create_dir_all(&old).unwrap();
         fs::write(old.join("000000010000000000000009"), b"segment").unwrap();
+        let long_ago = std::time::SystemTime::now() - 2 * UNNAMED_GRACE;
+        fs::File::open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        // One just created, before archive-get recorded its data directory.
+        let just_made = mine.parent().unwrap().join("0123456789abcdef");
+        fs::create_dir_all(&just_made).unwrap();
         // A data directory that exists but is no PostgreSQL data directory (any more).
         let emptied = root.path().join("emptied");
         fs::create_dir_all(&emptied).unwrap();
@@ -175,6 +209,10 @@ mod tests {
             "the removed data directory's area is gone"
         );
         assert!(!old.exists(), "the old layout's area is gone");
+        assert!(
+            just_made.exists(),
+            "an area just made is not taken for an old one"
+        );
         assert!(!of_emptied.exists());
         assert_eq!(sweep_abandoned(&mine), 0, "nothing left to sweep");
     }
@@ -212,12 +250,26 @@ mod tests {
         let naming = root.path().join("naming");
         fs::write(&naming, root.path().join("a").as_os_str().as_bytes()).unwrap();
         std::os::unix::fs::symlink(&naming, tricked.join(DATADIR_FILE)).unwrap();
+        // (Read as naming none, it is judged as an area of the layout before: by its age.)
+        let long_ago = std::time::SystemTime::now() - 2 * UNNAMED_GRACE;
+        fs::File::open(&tricked)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+
+        // And an abandoned area whose lock is a link (no prefetcher can hold that one).
+        let linked_lock = area_of(&spool, &root.path().join("never-existed"));
+        let lock_target = root.path().join("lock-target");
+        fs::write(&lock_target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&lock_target, linked_lock.join("prefetcher.lock")).unwrap();
 
         assert_eq!(
             sweep_abandoned(&mine),
-            1,
-            "only the area with a linked .datadir"
+            2,
+            "the area with a linked .datadir, and the one with a linked lock"
         );
+        assert!(!linked_lock.exists());
+        assert_eq!(fs::read(&lock_target).unwrap(), b"keep");
         assert_eq!(fs::read(victim.join("precious")).unwrap(), b"keep");
         assert!(mine.parent().unwrap().join("ffffffffffffffff").exists());
         assert!(!tricked.exists());

@@ -168,7 +168,8 @@ pub(crate) struct Runs<T> {
     /// Levels never increase along the vector.
     files: Vec<(u32, File)>,
     run_len: usize,
-    /// Drop repeated records of a run (ids: only which, not how often, matters).
+    /// Drop repeated records of a run (ids: only which, not how often, matters). Records of
+    /// one id are repeats whatever else they carry: only runs of ids deduplicate.
     dedup: bool,
     /// With `dedup`: a full run left with at most this many distinct records after the
     /// dedup stays in memory and goes on collecting (always less than `run_len`).
@@ -228,8 +229,9 @@ impl<T: Record + Eq> Runs<T> {
     /// the tail is sorted alone, its records already in the prefix (with mostly repeated ids,
     /// nearly all of them) are dropped in one galloping walk along the prefix, and the few new ones are merged in
     /// from the back through a buffer of at most a sixteenth of a run; more new ones than that
-    /// and the whole run is sorted instead (which can happen only a few times before the run
-    /// holds more than `keep` and spills). A run kept in memory with its ids near its budget
+    /// and the whole run is sorted instead (each time adds more than a sixteenth of a run of
+    /// distinct ids, so at most about sixteen times before the run holds more than `keep` and
+    /// spills). A run kept in memory with its ids near its budget
     /// is refilled often by a little; sorting all of it each time cost a full sort per refill.
     fn absorb_tail(&mut self) {
         let by_id = |a: &T, b: &T| a.id().cmp(b.id());
@@ -248,8 +250,8 @@ impl<T: Record + Eq> Runs<T> {
             }
             let end = (at + step + 1).min(k);
             at += prefix[at..end].partition_point(|p| p.id() < rec.id());
-            let repeat =
-                (fresh > 0 && tail[fresh - 1] == rec) || (at < k && prefix[at].id() == rec.id());
+            let repeat = (fresh > 0 && tail[fresh - 1].id() == rec.id())
+                || (at < k && prefix[at].id() == rec.id());
             if !repeat {
                 tail[fresh] = rec;
                 fresh += 1;

@@ -531,8 +531,8 @@ impl KnownBlocks {
             sorted.shrink_to_fit();
             return Ok(KnownBlocks::new(Ids::Memory(sorted), memory));
         }
-        // Runs of up to the whole budget while they are sorted (a run goes to disk once it
-        // holds twice the ids the half budget keeps), half of it once loaded.
+        // Runs of the half budget (and a sixteenth) while they are sorted (a run goes to disk
+        // once it holds more distinct ids than the half keeps, see `WantedIds::new`).
         let mut ids = WantedIds::new(in_memory, RUN_IDS);
         for_each_listed_segment(repo, keys, |entries, _| {
             entries
