@@ -774,12 +774,16 @@ pub async fn run_prefetcher(
 mod tests {
     use super::*;
 
+    /// The area of `repository`'s recovery of `/pgdata` in the spool at `spool_dir`.
+    fn area(spool_dir: &Path, repository: &str) -> PrefetchSpool {
+        PrefetchSpool::open(spool_dir, "main", repository, Path::new("/pgdata")).unwrap()
+    }
+
     /// Runs a prefetcher with `opts` while recovery asks for the next segment every 50 ms
     /// without end; it must exit on its own, after its maximum run.
     async fn asked_without_pause(repo: &Repository, opts: &PrefetchOptions) {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "memory://", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "memory://");
         let asks = async {
             for n in 1u64.. {
                 let name: WalFileName = format!("0000000100000000000000{:02X}", n % 200)
@@ -834,13 +838,7 @@ mod tests {
     fn counters_read_beneath_a_trusted_directory_never_through_a_link() {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
-        let spool = PrefetchSpool::open(
-            &work.join("spool"),
-            "main",
-            "file:///repo",
-            Path::new("/pgdata"),
-        )
-        .unwrap();
+        let spool = area(&work.join("spool"), "file:///repo");
         spool
             .record(GetOutcome::FromSpool, Duration::from_millis(5))
             .unwrap();
@@ -868,8 +866,7 @@ mod tests {
     fn a_segment_of_another_cluster_is_never_served_and_empties_the_area() {
         use crate::pg::wal_header::tests::fake_segment;
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         let seg_size = 16u32 << 20;
         let put = |n: u64, sysid: u64| {
             let path = spool.dir().join(seg(n).to_string());
@@ -907,8 +904,7 @@ mod tests {
     #[test]
     fn the_next_prefetcher_goes_on_with_the_backoff_where_the_last_one_left_it() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         assert_eq!(ArchiveEnd::load(&spool), ArchiveEnd::new(), "nothing saved");
         let t0 = Instant::now();
         let mut end = ArchiveEnd::new();
@@ -1010,8 +1006,7 @@ mod tests {
     #[test]
     fn archive_get_waits_for_the_prefetchers_fetch_of_the_same_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         let name = seg(5);
         // Nothing being fetched: no wait.
         let started = Instant::now();
@@ -1043,8 +1038,7 @@ mod tests {
     #[test]
     fn every_call_is_counted_and_waits_are_told_apart_from_spool_hits() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         assert_eq!(spool.stats(), GetStats::default(), "no file: zero");
         spool
             .record(GetOutcome::FromSpool, Duration::from_millis(3))
@@ -1096,8 +1090,7 @@ mod tests {
     #[test]
     fn cleaning_keeps_the_requested_segment_and_a_vanished_one_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         for n in [4, 5, 6] {
             write_atomically(
                 &spool.dir().join(seg(n).to_string()),
@@ -1122,20 +1115,8 @@ mod tests {
     #[test]
     fn two_repositories_with_a_cluster_of_the_same_name_never_share_a_segment() {
         let dir = tempfile::tempdir().unwrap();
-        let a = PrefetchSpool::open(
-            dir.path(),
-            "main",
-            "s3://bucket-a/pgcairn",
-            Path::new("/pgdata"),
-        )
-        .unwrap();
-        let b = PrefetchSpool::open(
-            dir.path(),
-            "main",
-            "s3://bucket-b/pgcairn",
-            Path::new("/pgdata"),
-        )
-        .unwrap();
+        let a = area(dir.path(), "s3://bucket-a/pgcairn");
+        let b = area(dir.path(), "s3://bucket-b/pgcairn");
         assert_ne!(a.dir(), b.dir());
         assert_eq!(a.root(), b.root());
         write_atomically(
@@ -1171,8 +1152,7 @@ mod tests {
     #[test]
     fn a_prefetcher_keeps_its_repositorys_segments_and_removes_anothers() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         let put = |n: u64| {
             write_atomically(
                 &spool.dir().join(seg(n).to_string()),
@@ -1228,8 +1208,7 @@ mod tests {
     #[test]
     fn a_fetch_that_fails_or_a_leftover_marker_ends_the_wait() {
         let dir = tempfile::tempdir().unwrap();
-        let spool =
-            PrefetchSpool::open(dir.path(), "main", "file:///repo", Path::new("/pgdata")).unwrap();
+        let spool = area(dir.path(), "file:///repo");
         let name = seg(6);
         // The prefetcher's fetch fails: its marker goes, the wait ends without a file.
         let mark = spool.mark_fetching(&name);

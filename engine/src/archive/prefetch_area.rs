@@ -137,6 +137,15 @@ mod tests {
         d
     }
 
+    /// Dates `area` back past [`UNNAMED_GRACE`].
+    fn unchanged_for_long(area: &Path) {
+        let long_ago = std::time::SystemTime::now() - 2 * UNNAMED_GRACE;
+        fs::File::open(area)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+    }
+
     fn area_of(spool: &Path, datadir: &Path) -> PathBuf {
         let a = area_dir(spool, "main", "file:///repo", datadir);
         fs::create_dir_all(&a).unwrap();
@@ -182,11 +191,7 @@ mod tests {
         let old = mine.parent().unwrap().join("00112233aabbccdd");
         fs::create_dir_all(&old).unwrap();
         fs::write(old.join("000000010000000000000009"), b"segment").unwrap();
-        let long_ago = std::time::SystemTime::now() - 2 * UNNAMED_GRACE;
-        fs::File::open(&old)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        unchanged_for_long(&old);
         // One just created, before archive-get recorded its data directory.
         let just_made = mine.parent().unwrap().join("0123456789abcdef");
         fs::create_dir_all(&just_made).unwrap();
@@ -251,11 +256,7 @@ mod tests {
         fs::write(&naming, root.path().join("a").as_os_str().as_bytes()).unwrap();
         std::os::unix::fs::symlink(&naming, tricked.join(DATADIR_FILE)).unwrap();
         // (Read as naming none, it is judged as an area of the layout before: by its age.)
-        let long_ago = std::time::SystemTime::now() - 2 * UNNAMED_GRACE;
-        fs::File::open(&tricked)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        unchanged_for_long(&tricked);
 
         // And an abandoned area whose lock is a link (no prefetcher can hold that one).
         let linked_lock = area_of(&spool, &root.path().join("never-existed"));

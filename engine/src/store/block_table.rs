@@ -919,13 +919,9 @@ mod tests {
     /// sorted, in memory when it fits and on disk when it does not.
     #[test]
     fn ids_absorbed_into_a_sorted_run_come_out_sorted_and_distinct() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let mut next = move || rng.gen::<u64>();
         for (distinct, in_memory) in [(3000u64, 3000usize), (2990, 3000), (3000, 2900), (50, 3000)]
         {
             let mut w = WantedIds::new(in_memory, 1024);
