@@ -460,6 +460,15 @@ pub struct RestoreArgs {
     /// Restore every tablespace under DIR/<oid>.
     #[arg(long, value_name = "DIR")]
     pub tablespace_map_all: Option<PathBuf>,
+    /// Restore only this database (name or OID; repeatable) with the system ones: every other
+    /// database's files are created sparse, neither read nor written, to be dropped after
+    /// recovery.
+    #[arg(long, value_name = "DB")]
+    pub db_include: Vec<String>,
+    /// Leave this database out (name or OID; repeatable): its files are created sparse, to be
+    /// dropped after recovery.
+    #[arg(long, value_name = "DB")]
+    pub db_exclude: Vec<String>,
 }
 
 /// Recovery target options shared by `restore` and `drill`.

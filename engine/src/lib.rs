@@ -29,6 +29,7 @@ pub mod backup;
 pub mod codec;
 pub(crate) mod cpu;
 pub mod crypto;
+pub mod db_select;
 pub mod direct_io;
 pub mod drill;
 pub mod error;

@@ -65,6 +65,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::codec::tree_hash::{PartHash, PartedHash};
 use crate::cpu::{self, CpuPool};
 use crate::crypto::ContentId;
+use crate::db_select::{self, DbSelection, LeftOut};
 use crate::direct_io;
 use crate::error::{Error, Result};
 use crate::fs_beneath;
@@ -157,6 +158,8 @@ pub struct RestoreOptions {
     /// fit ([`INDEX_BYTES_PER_BLOCK`] each) has its index in a table on local disk instead
     /// ([`crate::store::block_table`]).
     pub index_memory: u64,
+    /// Databases to restore or leave out ([`db_select`]); empty: all of them.
+    pub databases: DbSelection,
 }
 
 /// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
@@ -189,6 +192,7 @@ impl RestoreOptions {
             tablespace_map_all: None,
             direct_io: true,
             index_memory: DEFAULT_INDEX_MEMORY,
+            databases: DbSelection::default(),
         }
     }
 }
@@ -218,21 +222,30 @@ pub struct RestoreSummary {
     pub index_blocks: u64,
     /// Whether the block index was over `index_memory` and went to a table on local disk.
     pub index_on_disk: bool,
+    /// Databases left out ([`db_select`]): their files created sparse, to be dropped.
+    pub left_out: LeftOut,
+    /// Bytes of the files left out (created sparse, neither read nor written).
+    pub bytes_left_out: u64,
 }
 
 /// Checks that everything the backup references is present; returns the index of its
 /// blocks, in memory when it has at most `in_memory_blocks` distinct blocks, else in a table
 /// on local disk ([`crate::store::block_table`]). `files` is the backup's file list (spilled
-/// to local disk: read here twice at most, one entry at a time).
+/// to local disk: read here twice at most, one entry at a time). The files of databases
+/// `left_out` are not restored: their blocks are neither wanted nor checked.
 pub async fn preflight(
     repo: &Repository,
     m: &Manifest,
     files: &SpooledFiles,
     in_memory_blocks: usize,
+    left_out: &LeftOut,
 ) -> Result<BlockIndex> {
     let mut wanted = WantedIds::new(in_memory_blocks, block_table::RUN_IDS);
     for f in files.entries() {
         let f = f?;
+        if left_out.covers(&f.path) {
+            continue;
+        }
         for id in f.blocks.iter().filter_map(|b| b.0) {
             wanted.push(id)?;
         }
@@ -360,10 +373,19 @@ pub async fn restore(
         manifest::PartFingerprints::Drop,
     )
     .await?;
+    let left_out = db_select::select(&m.databases, files.paths(), &opts.databases)?;
+    if opts.standby && !left_out.databases.is_empty() {
+        return Err(Error::Config(
+            "--type standby restores every database (a standby must be able to take over): \
+             drop --db-include/--db-exclude, or restore without --type standby"
+                .into(),
+        ));
+    }
     let in_memory_blocks =
         usize::try_from(opts.index_memory / INDEX_BYTES_PER_BLOCK).unwrap_or(usize::MAX);
-    let index = Arc::new(preflight(repo, &m, &files, in_memory_blocks).await?);
+    let index = Arc::new(preflight(repo, &m, &files, in_memory_blocks, &left_out).await?);
     if opts.dry_run {
+        let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
             plan,
             bytes_reused: 0,
@@ -375,6 +397,8 @@ pub async fn restore(
             seconds: 0.0,
             index_blocks: index.wanted(),
             index_on_disk: index.on_disk(),
+            left_out,
+            bytes_left_out,
         });
     }
     remap_tablespaces(&mut m, opts)?;
@@ -484,12 +508,13 @@ pub async fn restore(
     progress.phase("restore", Some(total));
     let files = Arc::new(files);
     let tree = Arc::new(tree);
-    // pg_control is held back: written after everything else is durable.
-    let paths: Vec<String> = files
+    // pg_control is held back: written after everything else is durable. The files of
+    // databases left out are created sparse, after the others.
+    let (sparse, paths): (Vec<String>, Vec<String>) = files
         .paths()
         .filter(|p| *p != PG_CONTROL)
         .map(str::to_string)
-        .collect();
+        .partition(|p| left_out.covers(p));
     // One run in flight per thread of the pool.
     let threads = restore_threads();
     let pool = restore_pool(threads)?;
@@ -508,12 +533,18 @@ pub async fn restore(
     };
     // Small files whose blocks lie close together in a pack are read together: one range
     // read for many files ([`plan_work`]).
-    let work = plan_work(&files, paths, &index, opts.delta)?;
+    let mut work = plan_work(&files, paths, &index, opts.delta)?;
+    work.extend(sparse.into_iter().map(Work::Sparse));
     let mut writes = futures::stream::iter(work)
         .map(|item| {
             let files = files.clone();
             async move {
                 let (paths, span) = match item {
+                    Work::Sparse(path) => {
+                        let f = listed_entry(&files, &path)?;
+                        let written = job.create_sparse(&f).await?;
+                        return Ok(vec![(f.size, f.size, target.join(&f.path), written, true)]);
+                    }
                     Work::File(path) => (vec![path], None),
                     Work::Span { pack, range, paths } => {
                         let key = layout::pack(&pack);
@@ -527,7 +558,7 @@ pub async fn restore(
                     .map(|path| async move {
                         let f = listed_entry(files, &path)?;
                         let (reused, written) = job.restore_file(&f, span).await?;
-                        Ok::<_, Error>((f.size, reused, target.join(&f.path), written))
+                        Ok::<_, Error>((f.size, reused, target.join(&f.path), written, false))
                     })
                     .buffer_unordered(SPAN_FILES_AT_ONCE)
                     .try_collect::<Vec<_>>()
@@ -535,12 +566,16 @@ pub async fn restore(
             }
         })
         .buffer_unordered(opts.jobs.max(1));
-    let (mut bytes, mut bytes_reused, mut files_synced) = (0, 0, 0);
+    let (mut bytes, mut bytes_reused, mut files_synced, mut bytes_left_out) = (0, 0, 0, 0);
     let mut syncs = BackgroundSyncs::default();
     while let Some(r) = writes.next().await {
-        for (n, reused, path, written) in r? {
-            bytes += n;
-            bytes_reused += reused;
+        for (n, reused, path, written, sparse) in r? {
+            if sparse {
+                bytes_left_out += n;
+            } else {
+                bytes += n;
+                bytes_reused += reused;
+            }
             progress.advance(n, n - reused);
             syncs.push(path, written).await?;
             files_synced += 1;
@@ -580,7 +615,18 @@ pub async fn restore(
         seconds: started.elapsed().as_secs_f64(),
         index_blocks: index.wanted(),
         index_on_disk: index.on_disk(),
+        left_out,
+        bytes_left_out,
     })
+}
+
+/// Bytes of the files of the databases left out.
+fn left_out_bytes(files: &SpooledFiles, left_out: &LeftOut) -> u64 {
+    files
+        .paths()
+        .filter(|p| left_out.covers(p))
+        .filter_map(|p| files.size(p))
+        .sum()
 }
 
 /// Makes every restored directory's entries durable: each directory of the manifest, each
@@ -788,6 +834,20 @@ struct FileJob<'a> {
 }
 
 impl FileJob<'_> {
+    /// A file of a database left out ([`db_select`]): created (emptied, if a delta restore
+    /// finds it) and extended to its recorded size, all holes; owner and mode as recorded.
+    /// Returns its descriptor, to be made durable with the others.
+    async fn create_sparse(&self, f: &FileEntry) -> Result<Arc<std::fs::File>> {
+        let path = &self.target.join(&f.path);
+        let file = open_for_restore(self.tree, &f.path, true)
+            .await
+            .map_err(|e| io(path, e))?;
+        file.set_len(f.size).map_err(|e| io(path, e))?;
+        let owner = self.restore_owner.then_some((f.uid, f.gid));
+        fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
+        Ok(Arc::new(file))
+    }
+
     /// One file: runs of pack-adjacent blocks per range read, hashed in order, then fsynced.
     /// Opened once, beneath the data directory (or its tablespace location) without following
     /// a link; everything after that (delta comparison, writes, checksum read-back, owner,
@@ -1033,9 +1093,11 @@ async fn open_for_restore(
     .map_err(std::io::Error::other)?
 }
 
-/// What one restore task does: a file on its own, or small files read with one range read.
+/// What one restore task does: a file on its own, small files read with one range read, or a
+/// file of a database left out, created sparse.
 enum Work {
     File(String),
+    Sparse(String),
     Span {
         pack: PackId,
         range: std::ops::Range<u64>,

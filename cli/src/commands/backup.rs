@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use pgcairn_engine::backup::{
     check_archiving, create_and_record_restore_point, run_backup, BackupOptions, DEFAULT_BLOCK_SIZE,
 };
+use pgcairn_engine::db_select::DbSelection;
 use pgcairn_engine::recovery::{parse_target_time, Target, TimelineTarget};
 use pgcairn_engine::restore::{
     incomplete_hint, is_incomplete, recovery_settings, restore, RestoreOptions, INCOMPLETE_MARKER,
@@ -307,6 +308,10 @@ fn restore_options(
         index_memory: args.index_memory.saturating_mul(1 << 20),
         tablespace_map: map,
         tablespace_map_all: args.tablespace_map_all.clone(),
+        databases: DbSelection {
+            include: args.db_include.clone(),
+            exclude: args.db_exclude.clone(),
+        },
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }
@@ -366,7 +371,18 @@ pub async fn restore_cmd(
             std::env::temp_dir().display()
         );
     }
+    let left_out = |verb: &str| {
+        if !s.left_out.databases.is_empty() {
+            println!(
+                "databases {verb} out: {} ({:.1} MiB, files created sparse: neither read nor \
+                 written); after recovery they cannot be used: DROP DATABASE each",
+                s.left_out.describe(),
+                s.bytes_left_out as f64 / 1048576.0
+            );
+        }
+    };
     if opts.dry_run {
+        left_out("to be left");
         println!("dry run: the target is reachable; nothing was written");
         return Ok(());
     }
@@ -388,6 +404,7 @@ pub async fn restore_cmd(
             String::new()
         }
     );
+    left_out("left");
     for (k, v) in recovery_settings(&opts) {
         println!("  {k} = '{v}'");
     }

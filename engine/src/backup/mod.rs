@@ -54,7 +54,7 @@ use crate::store::blocks::{KnownBlocks, Packer};
 use crate::store::cluster::{self as store_cluster, ServerIdentity};
 use crate::store::manifest::file_spool::{FileSpool, SpooledFiles};
 use crate::store::manifest::{
-    self, BackupStats, BackupType, DirEntry, Manifest, PartFingerprints, MANIFEST_FORMAT,
+    self, BackupStats, BackupType, Database, DirEntry, Manifest, PartFingerprints, MANIFEST_FORMAT,
 };
 use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
@@ -104,6 +104,37 @@ pub(crate) fn pg_err(what: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string());
         Error::InvalidInput(format!("{what}: {detail}"))
+    }
+}
+
+/// The cluster's databases, for a restore that leaves some out by name. Every role can read
+/// `pg_database`; where it still fails (a connection lost just after the stop), the backup
+/// goes on without names and a selective restore of it takes OIDs, with a warning now.
+async fn databases(client: &tokio_postgres::Client) -> Vec<Database> {
+    match client
+        .query(
+            "select oid::int8, datname::text from pg_database order by oid",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| {
+                Some(Database {
+                    oid: u32::try_from(r.get::<_, i64>(0)).ok()?,
+                    name: r.get(1),
+                })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "{}; the backup records no database names: a selective restore of it names \
+                 databases by OID",
+                pg_err("reading pg_database")(e)
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -766,6 +797,7 @@ async fn backup_with_lease(
         .await
         .ok()
         .and_then(|r| r.get::<_, String>(0).parse().ok());
+    let databases = databases(&session.client).await;
     let seg = session.wal_segment_size;
     progress.phase("waiting for WAL", None);
     let wait = if from_standby {
@@ -859,6 +891,7 @@ async fn backup_with_lease(
         backup_label,
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
         tablespaces,
+        databases,
         directories,
         files: Vec::new(),
         stats,

@@ -790,7 +790,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let e = crate::restore::preflight(&repo, &m, &files, usize::MAX)
+        let e = crate::restore::preflight(&repo, &m, &files, usize::MAX, &Default::default())
             .await
             .unwrap_err()
             .to_string();

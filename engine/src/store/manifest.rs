@@ -88,6 +88,15 @@ pub struct DirEntry {
     pub gid: u32,
 }
 
+/// A database of the backed-up cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    /// `pg_database.oid`: its directory under `base/` and in each tablespace.
+    pub oid: u32,
+    /// `pg_database.datname`.
+    pub name: String,
+}
+
 /// The manifest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -144,6 +153,11 @@ pub struct Manifest {
     pub tablespace_map: Option<String>,
     /// Tablespaces.
     pub tablespaces: Vec<Tablespace>,
+    /// The cluster's databases (`pg_database` just after `pg_backup_stop`), so a restore can
+    /// leave some out by name ([`crate::db_select`]). Empty in backups taken before it was
+    /// recorded, or where `pg_database` could not be read: databases are then named by OID.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<Database>,
     /// Directories.
     pub directories: Vec<DirEntry>,
     /// Files.
@@ -178,6 +192,7 @@ impl Manifest {
             backup_label: self.backup_label.clone(),
             tablespace_map: self.tablespace_map.clone(),
             tablespaces: self.tablespaces.clone(),
+            databases: self.databases.clone(),
             directories: self.directories.clone(),
             files: Vec::new(),
             stats: self.stats.clone(),
