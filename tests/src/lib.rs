@@ -816,6 +816,20 @@ pub fn first_start_blocks(datadir: &Path) -> usize {
 }
 
 impl TestEnv {
+    /// Creates tablespace `extra` of the running `inst` at `<dir>/<dir_name>`, a directory
+    /// owned by PostgreSQL's user; returns that directory.
+    pub fn create_tablespace(&self, inst: &Instance, dir_name: &str) -> PathBuf {
+        let ts = self.path().join(dir_name);
+        std::fs::create_dir_all(&ts).unwrap();
+        give_to(self.run_as.as_deref(), &ts).unwrap();
+        inst.psql(
+            "postgres",
+            &format!("create tablespace extra location '{}'", ts.display()),
+        )
+        .unwrap();
+        ts
+    }
+
     /// The (not yet started) instance of the data directory restored into `<dir>/<name>`,
     /// under the server of its own major, archiving into this repository only when `archive`.
     pub fn restored_instance(&self, name: &str, archive: bool) -> Instance {

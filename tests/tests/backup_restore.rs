@@ -13,14 +13,7 @@ fn backups_restore_to_the_source_state(backend: Backend) {
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
     // A tablespace outside the data directory, owned by PostgreSQL's user.
-    let ts = env.path().join("ts_data");
-    std::fs::create_dir_all(&ts).unwrap();
-    give_to(env.run_as.as_deref(), &ts).unwrap();
-    pg.psql(
-        "postgres",
-        &format!("create tablespace extra location '{}'", ts.display()),
-    )
-    .unwrap();
+    let ts = env.create_tablespace(&pg, "ts_data");
     // Scale 6: pgbench_accounts is larger than a piece (64 MiB), so the backups read it in
     // pieces on both reader threads, and the incrementals patch blocks in its second piece.
     pg.pgbench(&["-i", "-s", "6", "-q"]).unwrap();

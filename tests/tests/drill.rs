@@ -1101,18 +1101,11 @@ fn a_database_named_like_a_connection_string_never_sends_the_checks_to_productio
 #[test]
 fn a_drill_keeps_tablespaces_in_its_work_directory() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let ts = env.path().join("production-ts");
-    std::fs::create_dir_all(&ts).unwrap();
-    give_to(env.run_as.as_deref(), &ts).unwrap();
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    pg.psql(
-        "postgres",
-        &format!("create tablespace extra location '{}'", ts.display()),
-    )
-    .unwrap();
+    let ts = env.create_tablespace(&pg, "production-ts");
     pg.psql(
         "postgres",
         "create table in_ts tablespace extra as select g as id from generate_series(1, 5000) g",

@@ -553,14 +553,7 @@ fn delta_standby_and_tablespace_remapping() {
     pg.start().unwrap();
     let stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    let ts = env.path().join("ts_src");
-    std::fs::create_dir_all(&ts).unwrap();
-    give_to(env.run_as.as_deref(), &ts).unwrap();
-    pg.psql(
-        "postgres",
-        &format!("create tablespace extra location '{}'", ts.display()),
-    )
-    .unwrap();
+    env.create_tablespace(&pg, "ts_src");
     pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
     pg.psql(
         "postgres",

@@ -57,14 +57,7 @@ fn one_database_comes_back(backend: Backend) {
     pg.start().unwrap();
     let stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    let ts = env.path().join("ts_data");
-    std::fs::create_dir_all(&ts).unwrap();
-    give_to(env.run_as.as_deref(), &ts).unwrap();
-    pg.psql(
-        "postgres",
-        &format!("create tablespace extra location '{}'", ts.display()),
-    )
-    .unwrap();
+    env.create_tablespace(&pg, "ts_data");
     pg.psql("postgres", "create database keep").unwrap();
     pg.psql("postgres", "create database big").unwrap();
     pg.psql("postgres", "create database moved tablespace extra")
