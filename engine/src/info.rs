@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::archive::listing::{list_wal, WalListing};
 use crate::error::Result;
 use crate::repo::Repository;
-use crate::store::manifest::{self, BackupStats, BackupType};
+use crate::store::manifest::{self, BackupStats, BackupType, Database};
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// One backup, summarised.
@@ -39,6 +39,9 @@ pub struct BackupSummary {
     pub from_standby: bool,
     /// WAL segments the backup carries itself (not archived when it finished).
     pub wal_in_backup: Vec<String>,
+    /// The cluster's databases at the backup's end (names for `restore --db-include`);
+    /// empty for backups taken before they were recorded.
+    pub databases: Vec<Database>,
 }
 
 /// From the oldest backup's consistency point to the end of continuous WAL after it.
@@ -126,6 +129,7 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
             bad_pages: m.bad_page_count(),
             from_standby: m.from_standby,
             wal_in_backup: m.wal_in_backup,
+            databases: m.databases,
             id: m.id,
             backup_type: m.backup_type,
             reference: m.reference,

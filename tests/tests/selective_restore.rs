@@ -80,6 +80,17 @@ fn one_database_comes_back(backend: Backend) {
     };
     let (keep, big, moved) = (oid("keep"), oid("big"), oid("moved"));
     let full = backup_json(&env, &["--type", "full"]);
+    // info names them, with the OIDs the restore takes too.
+    let info = env.pgcairn(&["info"]);
+    assert_success(&info, "info");
+    let text = String::from_utf8_lossy(&info.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("databases (newest backup): "))
+        .unwrap_or_else(|| panic!("{text}"));
+    for db in ["postgres", "keep", "big", "moved"] {
+        assert!(line.contains(&format!("{db} ({})", oid(db))), "{line}");
+    }
     // Changes after the backup in every database: replay rewrites pages of those left out.
     for db in ["keep", "big", "moved"] {
         pg.psql(db, "update t set v = 'after' where id % 7 = 0")

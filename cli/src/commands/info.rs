@@ -8,7 +8,8 @@
 //!                              "start_lsn", "stop_lsn", "stats": {"files", "size", "bytes_read",
 //!                              "bytes_new", "stored_new", "blocks", "blocks_new", "files_unchanged",
 //!                              "blocks_patched"},
-//!                              "dedup_ratio", "bad_pages", "from_standby", "wal_in_backup": ["name"]}],
+//!                              "dedup_ratio", "bad_pages", "from_standby", "wal_in_backup": ["name"],
+//!                              "databases": [{"oid", "name"}]}],
 //!                 "wal": {"cluster", "system_identifier", "wal_segment_size",
 //!                         "timelines": [{"timeline", "history_file", "segments",
 //!                          "ranges": [{"first","last","segments"}],
@@ -132,6 +133,15 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                     String::new()
                 }
             );
+        }
+        // The names a selective restore takes, as the newest backup recorded them.
+        if let Some(b) = c.backups.last().filter(|b| !b.databases.is_empty()) {
+            let dbs: Vec<String> = b
+                .databases
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.oid))
+                .collect();
+            println!("  databases (newest backup): {}", dbs.join(", "));
         }
         match c.catalog.generation {
             Some(g) => println!(
