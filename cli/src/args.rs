@@ -469,6 +469,11 @@ pub struct RestoreArgs {
     /// dropped after recovery.
     #[arg(long, value_name = "DB")]
     pub db_exclude: Vec<String>,
+    /// `off`: the restored cluster does not archive (`archive_mode = off` with the recovery
+    /// settings), for a copy promoted beside production that must not push its new timeline
+    /// into production's repository. `preserve` (default): as the backup had it.
+    #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
+    pub archive_mode: String,
 }
 
 /// Recovery target options shared by `restore` and `drill`.

@@ -160,6 +160,11 @@ pub struct RestoreOptions {
     pub index_memory: u64,
     /// Databases to restore or leave out ([`db_select`]); empty: all of them.
     pub databases: DbSelection,
+    /// `archive_mode = off` in the recovery settings: a copy restored beside production
+    /// (promoted to look at something, never to take over) must not archive its new
+    /// timeline into production's repository, where a later restore to the latest timeline
+    /// would follow it.
+    pub archive_off: bool,
 }
 
 /// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
@@ -193,6 +198,7 @@ impl RestoreOptions {
             direct_io: true,
             index_memory: DEFAULT_INDEX_MEMORY,
             databases: DbSelection::default(),
+            archive_off: false,
         }
     }
 }
@@ -354,6 +360,14 @@ pub async fn restore(
     }
     if let Some(c) = &opts.primary_conninfo {
         check_primary_conninfo(c, opts.standby)?;
+    }
+    if opts.standby && opts.archive_off {
+        return Err(Error::Config(
+            "--archive-mode off with --type standby: a standby is there to take over, and once \
+             promoted it must archive. Use --archive-mode off for a copy that is not to become \
+             the primary"
+                .into(),
+        ));
     }
     let (chosen, plan) = recovery::plan(
         repo,
@@ -1680,6 +1694,9 @@ pub fn recovery_settings(opts: &RestoreOptions) -> Vec<(&'static str, String)> {
             TimelineTarget::Id(n) => n.to_string(),
         },
     ));
+    if opts.archive_off {
+        v.push(("archive_mode", "off".into()));
+    }
     v
 }
 

@@ -357,3 +357,79 @@ fn a_delta_restore_of_a_patched_incremental_over_its_full_backup() {
     wait_recovered(&r, "delta", Duration::from_secs(180));
     assert_eq!(pgbench_fingerprint(&r), expected);
 }
+
+/// A copy restored beside the running production cluster and promoted, as a DBA does to
+/// look at yesterday's data: with `--archive-mode off` it archives nothing, so its new
+/// timeline never lands in production's repository (where a later restore to the latest
+/// timeline would follow it); restored the same way without the option, it does archive it.
+#[test]
+fn a_copy_restored_with_archive_mode_off_pushes_no_timeline_into_the_repository() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.started_pgbench_cluster("pg");
+    let _stop = StopOnDrop(&pg);
+    backup_json(&env, &["--type", "full"]);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+
+    // Refused where it makes no sense, before anything is written.
+    let target = env.path().join("standby").display().to_string();
+    let out = env.pgcairn(&[
+        "restore",
+        "--pgdata",
+        &target,
+        "--type",
+        "standby",
+        "--archive-mode",
+        "off",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("once promoted it must archive"),
+        "{}",
+        stderr(&out)
+    );
+
+    let promote = ["--target", "immediate", "--target-action", "promote"];
+    let mut args = promote.to_vec();
+    args.extend(["--archive-mode", "off"]);
+    let out = env.restore("copy", &args);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("archive_mode = 'off'"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Started with production's own settings: archive_command pushes into this repository.
+    let copy = env.restored_instance("copy", true);
+    copy.start().unwrap();
+    let stop_copy = StopOnDrop(&copy);
+    wait_recovered(&copy, "copy", Duration::from_secs(180));
+    assert_eq!(copy.psql("postgres", "show archive_mode").unwrap(), "off");
+    let conf = std::fs::read_to_string(env.path().join("copy/postgresql.conf")).unwrap();
+    assert!(conf.contains("archive-push"), "{conf}");
+    let tli = copy
+        .psql(
+            "postgres",
+            "select timeline_id from pg_control_checkpoint()",
+        )
+        .unwrap();
+    assert_eq!(tli, "2", "the copy forked timeline 2");
+    copy.psql("postgres", "create table made_in_copy as select 1 as x")
+        .unwrap();
+    let copy_segment = switch_wal(&copy);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !env.archived("00000002.history") && !env.archived(&copy_segment),
+        "the copy archived into production's repository"
+    );
+    drop(stop_copy);
+    copy.stop().unwrap();
+
+    // The same copy without the option archives its timeline: what the option prevents.
+    env.restore("copy2", &promote);
+    let copy2 = env.restored_instance("copy2", true);
+    copy2.start().unwrap();
+    let _stop_copy2 = StopOnDrop(&copy2);
+    wait_recovered(&copy2, "copy2", Duration::from_secs(180));
+    assert_eq!(copy2.psql("postgres", "show archive_mode").unwrap(), "on");
+    env.wait_in_repository("00000002.history", Duration::from_secs(60));
+}

@@ -312,6 +312,7 @@ fn restore_options(
             include: args.db_include.clone(),
             exclude: args.db_exclude.clone(),
         },
+        archive_off: args.archive_mode == "off",
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }
