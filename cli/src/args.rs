@@ -474,6 +474,9 @@ pub struct RestoreArgs {
     /// into production's repository. `preserve` (default): as the backup had it.
     #[arg(long, value_parser = ["preserve", "off"], default_value = "preserve")]
     pub archive_mode: String,
+    /// Output format: text, or json (one document on stdout, for automation).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// Recovery target options shared by `restore` and `drill`.

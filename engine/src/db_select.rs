@@ -80,11 +80,22 @@ impl LeftOut {
         self.databases
             .iter()
             .map(|(oid, name)| match name {
-                Some(n) => format!("{n} ({oid})"),
+                Some(n) => format!("{} ({oid})", shown(n)),
                 None => format!("OID {oid}"),
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// A database name as messages show it: as it is, or quoted and escaped when it holds
+/// control characters (a name is any text PostgreSQL took; one with terminal escapes must
+/// not reach a terminal raw) or a comma (the separator of lists of them).
+pub fn shown(name: &str) -> String {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c == ',') {
+        format!("{name:?}")
+    } else {
+        name.to_string()
     }
 }
 
@@ -147,7 +158,7 @@ pub fn select<'a>(
     let holds = || {
         held.iter()
             .map(|(oid, n)| match n {
-                Some(n) => format!("{n} ({oid})"),
+                Some(n) => format!("{} ({oid})", shown(n)),
                 None => oid.to_string(),
             })
             .collect::<Vec<_>>()
@@ -360,6 +371,18 @@ mod tests {
         }
         let l = select(&[], PATHS.iter().copied(), &excluded("16385")).unwrap();
         assert_eq!(oids(&l), vec![16385]);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_shown_escaped() {
+        assert_eq!(shown("sales"), "sales");
+        assert_eq!(shown("my db"), "my db");
+        assert_eq!(shown("a\u{1b}[2Jb"), "\"a\\u{1b}[2Jb\"");
+        assert_eq!(shown("a,b"), "\"a,b\"");
+        let l = LeftOut {
+            databases: vec![(16390, Some("x\ny".into()))],
+        };
+        assert_eq!(l.describe(), "\"x\\ny\" (16390)");
     }
 
     #[test]

@@ -145,6 +145,38 @@ fn one_database_comes_back(backend: Backend) {
         text.contains(&format!("to be left out: big ({big}), moved ({moved})")),
         "{text}"
     );
+    // The same as one JSON document, for automation.
+    let dry = run(&["--db-include", "keep", "--dry-run", "--output", "json"]);
+    assert_success(&dry, "dry run (json)");
+    let doc: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(doc["dry_run"], true, "{doc}");
+    assert_eq!(doc["backup_id"], full["id"], "{doc}");
+    let left: Vec<(String, String)> = doc["databases_left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["oid"].to_string(),
+                d["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            (big.clone(), "big".to_string()),
+            (moved.clone(), "moved".to_string())
+        ]
+    );
+    assert!(doc["bytes_left_out"].as_u64().unwrap() > 8 << 20, "{doc}");
+    assert!(
+        doc["recovery_settings"]["restore_command"]
+            .as_str()
+            .unwrap()
+            .contains("archive-get"),
+        "{doc}"
+    );
 
     let out = env.restore(
         "sel",

@@ -355,6 +355,33 @@ pub async fn restore_cmd(
             std::process::exit(143);
         }
     };
+    if args.output == OutputFormat::Json {
+        let doc = serde_json::json!({
+            "backup_id": s.backup_id,
+            "plan": s.plan,
+            "dry_run": opts.dry_run,
+            "pgdata": opts.target,
+            "files": s.files,
+            "bytes": s.bytes,
+            "bytes_reused": s.bytes_reused,
+            "files_removed": s.files_removed,
+            "files_synced": s.files_synced,
+            "seconds": s.seconds,
+            "block_index": {"blocks": s.index_blocks, "on_disk": s.index_on_disk},
+            "databases_left_out": s.left_out.databases.iter()
+                .map(|(oid, name)| serde_json::json!({"oid": oid, "name": name}))
+                .collect::<Vec<_>>(),
+            "bytes_left_out": s.bytes_left_out,
+            "recovery_settings": recovery_settings(&opts).into_iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+        if opts.restore_owner && !opts.dry_run {
+            warn_if_owner_cannot_run(&opts.target, settings);
+        }
+        return Ok(());
+    }
     let p = &s.plan;
     println!("backup {}: {}", p.backup_id, p.reason);
     println!(

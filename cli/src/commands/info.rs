@@ -139,7 +139,7 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
             let dbs: Vec<String> = b
                 .databases
                 .iter()
-                .map(|d| format!("{} ({})", d.name, d.oid))
+                .map(|d| format!("{} ({})", pgcairn_engine::db_select::shown(&d.name), d.oid))
                 .collect();
             println!("  databases (newest backup): {}", dbs.join(", "));
         }

@@ -23,9 +23,12 @@
 //! The sweep runs beside the prefetcher's fetches, never before them: a data directory named
 //! in `.datadir` on a hung mount must not hold up this recovery's prefetch.
 //!
-//! An area is per repository and data directory: after the repository moves (another URL or
-//! endpoint), the old area of a data directory that still exists stays until that directory
-//! goes; it holds at most one window of segments.
+//! An area is per repository and data directory, and a data directory recovers from one
+//! repository at a time (its `restore_command` names one configuration): so an area of the
+//! sweeping prefetcher's own data directory under another repository identity (the
+//! repository moved to another URL or endpoint) is removed too, unless its lock is held. Were
+//! that directory to recover from the old repository again, its next archive-get would
+//! recreate the area.
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -93,11 +96,14 @@ pub fn sweep_abandoned(keep: &Path) -> usize {
     let Some(parent) = keep.parent() else {
         return 0;
     };
+    // An area serving the same data directory from another repository is superseded.
+    let mine = recorded_datadir(keep);
+    let superseded = |area: &Path| mine.is_some() && recorded_datadir(area) == mine;
     let mut removed = 0;
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         let path = entry.path();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_dir || path == keep || !abandoned(&path, true) {
+        if !is_dir || path == keep || !(superseded(&path) || abandoned(&path, true)) {
             continue;
         }
         // A prefetcher working there holds this lock: that area is in use after all (its
@@ -112,7 +118,7 @@ pub fn sweep_abandoned(keep: &Path) -> usize {
             Err(_) => continue,
         };
         // (Its age was judged above: taking the lock may have just created the lock file.)
-        if !abandoned(&path, false) {
+        if !(superseded(&path) || abandoned(&path, false)) {
             continue;
         }
         match fs::remove_dir_all(&path) {
@@ -220,6 +226,41 @@ mod tests {
         );
         assert!(!of_emptied.exists());
         assert_eq!(sweep_abandoned(&mine), 0, "nothing left to sweep");
+    }
+
+    /// The repository moved: the data directory's area under the old repository identity
+    /// goes (unless its prefetcher runs); another data directory's area under the old one
+    /// stays.
+    #[test]
+    fn the_sweep_removes_the_area_of_the_same_data_directory_under_another_repository() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = root.path().join("spool");
+        let live = datadir_in(root.path(), "standby");
+        let other = datadir_in(root.path(), "pitr");
+        let old_area = |datadir: &Path| {
+            let a = area_dir(&spool, "main", "s3://old-endpoint/bucket", datadir);
+            fs::create_dir_all(&a).unwrap();
+            record_datadir(&a, datadir).unwrap();
+            fs::write(a.join("000000010000000000000003"), b"segment").unwrap();
+            a
+        };
+        let moved_from = old_area(&live);
+        let other_old = old_area(&other);
+        let mine = area_of(&spool, &live);
+        assert_ne!(moved_from, mine);
+
+        let lock = crate::archive::spool::try_lock_file(&moved_from.join("prefetcher.lock"))
+            .unwrap()
+            .expect("free");
+        assert_eq!(sweep_abandoned(&mine), 0, "its prefetcher still runs");
+        drop(lock);
+        assert_eq!(sweep_abandoned(&mine), 1);
+        assert!(!moved_from.exists());
+        assert!(
+            other_old.exists(),
+            "another data directory's area stays, whatever its repository"
+        );
+        assert!(mine.join("000000010000000000000003").exists());
     }
 
     #[test]
