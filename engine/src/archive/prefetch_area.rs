@@ -153,7 +153,13 @@ mod tests {
     }
 
     fn area_of(spool: &Path, datadir: &Path) -> PathBuf {
-        let a = area_dir(spool, "main", "file:///repo", datadir);
+        area_of_repository(spool, "file:///repo", datadir)
+    }
+
+    /// The area of `datadir`'s recovery from `repository`, with its data directory recorded
+    /// and one segment in it.
+    fn area_of_repository(spool: &Path, repository: &str, datadir: &Path) -> PathBuf {
+        let a = area_dir(spool, "main", repository, datadir);
         fs::create_dir_all(&a).unwrap();
         record_datadir(&a, datadir).unwrap();
         fs::write(a.join("000000010000000000000003"), b"segment").unwrap();
@@ -237,13 +243,7 @@ mod tests {
         let spool = root.path().join("spool");
         let live = datadir_in(root.path(), "standby");
         let other = datadir_in(root.path(), "pitr");
-        let old_area = |datadir: &Path| {
-            let a = area_dir(&spool, "main", "s3://old-endpoint/bucket", datadir);
-            fs::create_dir_all(&a).unwrap();
-            record_datadir(&a, datadir).unwrap();
-            fs::write(a.join("000000010000000000000003"), b"segment").unwrap();
-            a
-        };
+        let old_area = |datadir: &Path| area_of_repository(&spool, "s3://old/bucket", datadir);
         let moved_from = old_area(&live);
         let other_old = old_area(&other);
         let mine = area_of(&spool, &live);
