@@ -477,6 +477,12 @@ pub struct RestoreArgs {
     /// Output format: text, or json (one document on stdout, for automation).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// A setting of your own written with the recovery settings, after pgcairn's
+    /// (repeatable): primary_slot_name=standby1, recovery_min_apply_delay=1h, ... The
+    /// restore command, target settings, primary_conninfo and archive_mode have options of
+    /// their own and are refused here.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub recovery_option: Vec<String>,
 }
 
 /// Recovery target options shared by `restore` and `drill`.

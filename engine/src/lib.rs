@@ -46,6 +46,7 @@ pub mod pg;
 pub mod private_fs;
 pub mod progress;
 pub mod recovery;
+pub mod recovery_options;
 pub mod reencrypt;
 pub mod replay_speed;
 pub mod repo;

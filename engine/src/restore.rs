@@ -165,6 +165,9 @@ pub struct RestoreOptions {
     /// timeline into production's repository, where a later restore to the latest timeline
     /// would follow it.
     pub archive_off: bool,
+    /// The operator's own settings for the block ([`crate::recovery_options`]), written after
+    /// pgcairn's.
+    pub recovery_options: Vec<(String, String)>,
 }
 
 /// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
@@ -199,6 +202,7 @@ impl RestoreOptions {
             index_memory: DEFAULT_INDEX_MEMORY,
             databases: DbSelection::default(),
             archive_off: false,
+            recovery_options: Vec::new(),
         }
     }
 }
@@ -361,6 +365,7 @@ pub async fn restore(
     if let Some(c) = &opts.primary_conninfo {
         check_primary_conninfo(c, opts.standby)?;
     }
+    crate::recovery_options::check(&opts.recovery_options)?;
     if opts.standby && opts.archive_off {
         return Err(Error::Config(
             "--archive-mode off with --type standby: a standby is there to take over, and once \
@@ -1626,6 +1631,10 @@ pub const AUTO_CONF_BEGIN: &str = "# pgcairn recovery settings (begin)";
 /// End marker.
 pub const AUTO_CONF_END: &str = "# pgcairn recovery settings (end)";
 
+/// Comment above the operator's settings in the pgcairn block ([`crate::recovery_options`]).
+pub const RECOVERY_OPTIONS_NOTE: &str =
+    "# restore --recovery-option: the operator's own (they win over the lines above)";
+
 /// Comment above the replay settings in the pgcairn block ([`crate::replay_speed`]).
 pub const REPLAY_SETTINGS_NOTE: &str =
     "# faster WAL replay; read by PostgreSQL only during recovery, inert after promotion";
@@ -1746,6 +1755,13 @@ fn write_recovery_files(
         kept.push('\n');
         for (k, v) in replay {
             kept.push_str(&crate::pg::guc::line(k, &v));
+        }
+    }
+    if !opts.recovery_options.is_empty() {
+        kept.push_str(RECOVERY_OPTIONS_NOTE);
+        kept.push('\n');
+        for (k, v) in &opts.recovery_options {
+            kept.push_str(&crate::pg::guc::line(k, v));
         }
     }
     // Removed again by the first archive-get ([`crate::first_start`]).

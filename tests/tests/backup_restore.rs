@@ -389,9 +389,27 @@ fn a_copy_restored_with_archive_mode_off_pushes_no_timeline_into_the_repository(
         stderr(&out)
     );
 
+    // A target through --recovery-option would bypass the preflight: refused.
+    let out = env.pgcairn(&[
+        "restore",
+        "--pgdata",
+        &target,
+        "--recovery-option",
+        "recovery_target_time=2026-01-01 00:00:00+00",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--target-time"), "{}", stderr(&out));
+    assert!(
+        !env.path().join("standby").exists(),
+        "a refused restore wrote"
+    );
+
     let promote = ["--target", "immediate", "--target-action", "promote"];
     let mut args = promote.to_vec();
-    args.extend(["--archive-mode", "off"]);
+    // An operator's recovery_end_command, quotes, space and all, runs as written.
+    let ended = env.path().join("recovery ended");
+    let end_command = format!("recovery_end_command=touch '{}'", ended.display());
+    args.extend(["--archive-mode", "off", "--recovery-option", &end_command]);
     let out = env.restore("copy", &args);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("archive_mode = 'off'"),
@@ -404,6 +422,7 @@ fn a_copy_restored_with_archive_mode_off_pushes_no_timeline_into_the_repository(
     let stop_copy = StopOnDrop(&copy);
     wait_recovered(&copy, "copy", Duration::from_secs(180));
     assert_eq!(copy.psql("postgres", "show archive_mode").unwrap(), "off");
+    assert!(ended.exists(), "the recovery_end_command given did not run");
     let conf = std::fs::read_to_string(env.path().join("copy/postgresql.conf")).unwrap();
     assert!(conf.contains("archive-push"), "{conf}");
     let tli = copy

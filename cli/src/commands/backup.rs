@@ -313,6 +313,7 @@ fn restore_options(
             exclude: args.db_exclude.clone(),
         },
         archive_off: args.archive_mode == "off",
+        recovery_options: pgcairn_engine::recovery_options::parse(&args.recovery_option)?,
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }
@@ -373,7 +374,9 @@ pub async fn restore_cmd(
                 .collect::<Vec<_>>(),
             "bytes_left_out": s.bytes_left_out,
             "recovery_settings": recovery_settings(&opts).into_iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v)))
+                .map(|(k, v)| (k.to_string(), v))
+                .chain(opts.recovery_options.iter().cloned())
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
                 .collect::<serde_json::Map<_, _>>(),
         });
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
@@ -435,6 +438,9 @@ pub async fn restore_cmd(
     left_out("left");
     for (k, v) in recovery_settings(&opts) {
         println!("  {k} = '{v}'");
+    }
+    for (k, v) in &opts.recovery_options {
+        println!("  {k} = '{v}' (--recovery-option)");
     }
     if opts.restore_owner {
         warn_if_owner_cannot_run(&opts.target, settings);
