@@ -11,11 +11,23 @@
 //! only `PG_VERSION` is restored. Recovery still works: replay starts at the backup's
 //! checkpoint and, with `full_page_writes` on (PostgreSQL's default, and forced while a
 //! backup runs), the first change to any page after a checkpoint carries the whole page, so
-//! replay never reads a zeroed page it has not rewritten first. After recovery the database
+//! replay rewrites a zeroed page before it reads it (with the exceptions below). After recovery the database
 //! is listed but unusable (connecting fails on its zeroed catalog): `DROP DATABASE` it, as
 //! the restore's output says. With `full_page_writes = off` on the primary, replay past the
 //! backup could meet a zeroed page without its image and stop (PostgreSQL: "WAL contains
 //! references to invalid pages"); restore the whole cluster there.
+//!
+//! Not every WAL record that touches a page carries its image. Without data checksums (and
+//! without `wal_log_hints`), VACUUM marks a heap page all-visible with a record that has none
+//! (`XLOG_HEAP2_VISIBLE`), and hash indexes register pages they only lock the same way; replay
+//! meeting such a record on a zeroed page records an invalid page reference and stops
+//! (PANIC "WAL contains references to invalid pages", at the consistency point or at once
+//! after it; pgBackRest's users met it, its issue 1782). So a restore of a cluster without
+//! checksums that leaves databases out is refused unless the operator adds
+//! `--recovery-option ignore_invalid_pages=on` (PostgreSQL 13 and later: invalid references
+//! become warnings), and then checks the server log after recovery for warnings about the
+//! databases restored. With checksums the VACUUM case carries images; a hash index in a
+//! database left out can still stop replay, and the same option is the answer.
 //!
 //! The rules (pgBackRest's, with templates held back):
 //! - A database is named by OID or by the name the backup recorded (`pg_database` at its end,
@@ -97,6 +109,34 @@ pub fn shown(name: &str) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// Refuses to leave databases out of a cluster without data checksums unless the operator
+/// let recovery go past invalid page references (see the module docs).
+pub fn check_replayable(
+    left_out: &LeftOut,
+    checksums: bool,
+    recovery_options: &[(String, String)],
+) -> Result<()> {
+    if left_out.databases.is_empty() || checksums {
+        return Ok(());
+    }
+    let ignores = recovery_options.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("ignore_invalid_pages")
+            && ["on", "true", "yes", "1"].contains(&v.trim().to_ascii_lowercase().as_str())
+    });
+    if ignores {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "leaving {} out of a restore of a cluster without data checksums: there, VACUUM marks \
+         pages all-visible in WAL without their image, and replay meeting such a record on a \
+         page left out stops recovery (PostgreSQL: \"WAL contains references to invalid \
+         pages\"). Add --recovery-option ignore_invalid_pages=on and check the server log after \
+         recovery for invalid-page warnings about the databases you restored, or restore every \
+         database",
+        left_out.describe()
+    )))
 }
 
 /// The database directory a file lies in, and the file's name: `base/OID/NAME`, or
@@ -383,6 +423,22 @@ mod tests {
             databases: vec![(16390, Some("x\ny".into()))],
         };
         assert_eq!(l.describe(), "\"x\\ny\" (16390)");
+    }
+
+    #[test]
+    fn without_checksums_leaving_out_needs_ignore_invalid_pages() {
+        let l = pick(&["sales"], &[]).unwrap();
+        let opt = |v: &str| vec![("ignore_invalid_pages".to_string(), v.to_string())];
+        let e = check_replayable(&l, false, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("ignore_invalid_pages=on") && e.contains("hr (16385)"),
+            "{e}"
+        );
+        assert!(check_replayable(&l, false, &opt("off")).is_err());
+        assert!(check_replayable(&l, false, &opt("on")).is_ok());
+        assert!(check_replayable(&l, false, &opt(" TRUE ")).is_ok());
+        assert!(check_replayable(&l, true, &[]).is_ok());
+        assert!(check_replayable(&LeftOut::default(), false, &[]).is_ok());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! block.
 //!
 //! Refused, before anything is written: a name that is no setting name (letters, digits and
-//! `_`, one `.` for an extension's), a name given twice, and the settings pgcairn derives
+//! `_`, one `.` for an extension's), the `include` directives (they would make PostgreSQL read
+//! other files), a name given twice, and the settings pgcairn derives
 //! from its own options: the restore command (it must be this pgcairn with this
 //! configuration), the recovery target settings (the preflight proved that target reachable;
 //! another one would bypass it), `primary_conninfo` (`--primary-conninfo` refuses a password
@@ -69,6 +70,12 @@ pub fn check(settings: &[(String, String)]) -> Result<()> {
             )));
         }
         let lower = key.to_ascii_lowercase();
+        if ["include", "include_if_exists", "include_dir"].contains(&lower.as_str()) {
+            return Err(Error::Config(format!(
+                "--recovery-option {key}: {key} is a directive that reads other files, not a \
+                 setting; give the settings themselves"
+            )));
+        }
         if let Some((_, how)) = RESERVED.iter().find(|(k, _)| *k == lower) {
             return Err(Error::Config(format!(
                 "--recovery-option {key}: pgcairn writes {key} itself ({how})"
@@ -139,6 +146,8 @@ mod tests {
             ("RECOVERY_TARGET_LSN=0/1", "--target-lsn"),
             ("primary_conninfo=host=x password=y", "--primary-conninfo"),
             ("archive_mode=always", "--archive-mode"),
+            ("include_dir=/etc/evil", "directive"),
+            ("INCLUDE=/x.conf", "directive"),
         ] {
             let e = p(&[arg]).unwrap_err().to_string();
             assert!(e.contains(says), "{arg}: {e}");

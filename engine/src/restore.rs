@@ -400,6 +400,7 @@ pub async fn restore(
                 .into(),
         ));
     }
+    db_select::check_replayable(&left_out, m.checksums_verified, &opts.recovery_options)?;
     let in_memory_blocks =
         usize::try_from(opts.index_memory / INDEX_BYTES_PER_BLOCK).unwrap_or(usize::MAX);
     let index = Arc::new(preflight(repo, &m, &files, in_memory_blocks, &left_out).await?);
@@ -1764,8 +1765,15 @@ fn write_recovery_files(
             kept.push_str(&crate::pg::guc::line(k, v));
         }
     }
-    // Removed again by the first archive-get ([`crate::first_start`]).
-    kept.push_str(&crate::first_start::block(m.pg_version_num));
+    // Removed again by the first archive-get ([`crate::first_start`]); not written when the
+    // operator chose the first start's sync method (it would override theirs).
+    if !opts
+        .recovery_options
+        .iter()
+        .any(|(k, _)| k == "recovery_init_sync_method")
+    {
+        kept.push_str(&crate::first_start::block(m.pg_version_num));
+    }
     kept.push_str(AUTO_CONF_END);
     kept.push('\n');
     let mut conf = user;

@@ -361,7 +361,7 @@ pub async fn restore_cmd(
             "backup_id": s.backup_id,
             "plan": s.plan,
             "dry_run": opts.dry_run,
-            "pgdata": opts.target,
+            "pgdata": opts.target.to_string_lossy(),
             "files": s.files,
             "bytes": s.bytes,
             "bytes_reused": s.bytes_reused,

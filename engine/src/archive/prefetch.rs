@@ -673,7 +673,7 @@ pub async fn run_prefetcher(
         if swept > 0 {
             tracing::info!(
                 swept,
-                "removed prefetch areas whose data directory is gone (or of the layout before areas were per data directory)"
+                "removed prefetch areas whose data directory is gone, of this data directory under a repository's old address, or of the layout before areas were per data directory"
             );
         }
     });
