@@ -483,6 +483,11 @@ pub struct RestoreArgs {
     /// their own and are refused here.
     #[arg(long, value_name = "KEY=VALUE")]
     pub recovery_option: Vec<String>,
+    /// Keep WAL on its own disk: `pg_wal` becomes a link to DIR (absolute, outside the data
+    /// directory; new or empty, or holding only WAL with --delta). Without it `pg_wal` is a
+    /// directory in the data directory, and a delta restore over a linked `pg_wal` refuses.
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// Recovery target options shared by `restore` and `drill`.

@@ -20,8 +20,9 @@
 //! - removing a tree ([`remove_tree`]) unlinks links and never descends through them.
 //!
 //! The only links a data directory legitimately holds are the tablespace links
-//! `pg_tblspc/<oid>`; the restore recreates them itself and writes tablespace files relative
-//! to a descriptor of the location it set up ([`Tree`]), never through the link.
+//! `pg_tblspc/<oid>` and a `pg_wal` on its own disk; the restore recreates them itself (the
+//! latter only when told where, `--wal-dir`) and writes their files relative to a descriptor
+//! of the location it set up ([`Tree`]), never through the link.
 //!
 //! The roots themselves (the target directory and tablespace locations) are opened following
 //! links: the operator or the manifest named them. Files are opened with `O_NONBLOCK` so a FIFO
@@ -34,8 +35,8 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -319,6 +320,18 @@ pub fn sync(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rfs::fsync(fd)?)
 }
 
+/// Where the entry `name` in `dir` points, if it is a symbolic link (`None` if it is anything
+/// else or absent).
+pub fn link_target(dir: BorrowedFd<'_>, name: &Path) -> io::Result<Option<PathBuf>> {
+    match rfs::readlinkat(dir, name, Vec::new()) {
+        Ok(t) => Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(
+            t.into_bytes(),
+        )))),
+        Err(Errno::NOENT) | Err(Errno::INVAL) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether the entry `name` in `dir` is a symbolic link (`lstat`-like; absent: `false`).
 pub fn is_symlink(dir: BorrowedFd<'_>, name: &Path) -> io::Result<bool> {
     match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -363,15 +376,18 @@ pub fn components(rel: &str) -> io::Result<Vec<&str>> {
     Ok(parts)
 }
 
-/// A data directory being restored: the descriptor of its root and of each tablespace
-/// location the restore set up. Paths `pg_tblspc/<oid>/...` resolve beneath the location's
-/// descriptor, never through the link `pg_tblspc/<oid>`.
+/// A data directory being restored: the descriptor of its root, of each tablespace location
+/// and of the WAL directory the restore set up. Paths `pg_tblspc/<oid>/...` resolve beneath
+/// the location's descriptor, never through the link `pg_tblspc/<oid>`; with a WAL directory
+/// of its own, `pg_wal/...` resolves beneath it, never through the link `pg_wal`.
 #[derive(Debug)]
 pub struct Tree {
     /// The data directory.
     pub root: OwnedFd,
     /// Tablespace OID and its location's descriptor.
     pub tablespaces: Vec<(u32, OwnedFd)>,
+    /// The directory `pg_wal` links to (`restore --wal-dir`), if any.
+    pub wal: Option<OwnedFd>,
 }
 
 impl Tree {
@@ -384,6 +400,9 @@ impl Tree {
                     return Ok((fd.as_fd(), parts[2..].to_vec()));
                 }
             }
+        }
+        if let (Some(wal), true) = (&self.wal, parts.len() > 1 && parts[0] == "pg_wal") {
+            return Ok((wal.as_fd(), parts[1..].to_vec()));
         }
         Ok((self.root.as_fd(), parts))
     }
@@ -441,6 +460,7 @@ mod tests {
         Tree {
             root: open_root(root).unwrap(),
             tablespaces: Vec::new(),
+            wal: None,
         }
     }
 

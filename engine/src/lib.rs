@@ -58,6 +58,7 @@ pub mod store;
 pub mod types;
 pub mod untrusted_file;
 pub mod verify;
+pub mod wal_dir;
 pub mod walstream;
 
 #[cfg(test)]

@@ -26,8 +26,9 @@
 //! ([`crate::fs_beneath`]). A link where the backup has a directory or file is removed (the
 //! link, not its target) and the real thing created; the delta walk that removes extra files
 //! never descends through a link. The only links left are the tablespace links
-//! `pg_tblspc/<oid>`, which the restore recreates itself; files of a tablespace are written
-//! beneath a descriptor of the location the restore set up, never through the link. The
+//! `pg_tblspc/<oid>` and, with `--wal-dir`, `pg_wal` ([`wal_dir`]), which the restore
+//! recreates itself; files of a tablespace or of `pg_wal` are written beneath a descriptor of
+//! the location the restore set up, never through the link. The
 //! target directory and tablespace locations themselves are followed if they are links, unless
 //! the link sits in a directory owned by another user than the one restoring
 //! ([`fs_beneath::open_root_checked`]): that user could have pointed it anywhere.
@@ -81,6 +82,7 @@ use crate::store::manifest::entries::Patch;
 use crate::store::manifest::file_spool::SpooledFiles;
 use crate::store::manifest::{self, FileEntry, Manifest};
 use crate::store::patches;
+use crate::wal_dir;
 
 /// Largest single range read.
 const MAX_RUN: u64 = 8 << 20;
@@ -168,6 +170,9 @@ pub struct RestoreOptions {
     /// The operator's own settings for the block ([`crate::recovery_options`]), written after
     /// pgcairn's.
     pub recovery_options: Vec<(String, String)>,
+    /// Make `pg_wal` a link to this directory and restore its contents there
+    /// ([`crate::wal_dir`]); `None`: a directory in the data directory.
+    pub wal_dir: Option<PathBuf>,
 }
 
 /// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
@@ -203,6 +208,7 @@ impl RestoreOptions {
             databases: DbSelection::default(),
             archive_off: false,
             recovery_options: Vec::new(),
+            wal_dir: None,
         }
     }
 }
@@ -236,6 +242,8 @@ pub struct RestoreSummary {
     pub left_out: LeftOut,
     /// Bytes of the files left out (created sparse, neither read nor written).
     pub bytes_left_out: u64,
+    /// Where `pg_wal` was a link to when the backup was taken ([`Manifest::wal_link`]).
+    pub backup_wal_link: Option<PathBuf>,
 }
 
 /// Checks that everything the backup references is present; returns the index of its
@@ -404,6 +412,9 @@ pub async fn restore(
     let in_memory_blocks =
         usize::try_from(opts.index_memory / INDEX_BYTES_PER_BLOCK).unwrap_or(usize::MAX);
     let index = Arc::new(preflight(repo, &m, &files, in_memory_blocks, &left_out).await?);
+    remap_tablespaces(&mut m, opts)?;
+    let target = &opts.target;
+    check_wal_dir(&m, opts)?;
     if opts.dry_run {
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
@@ -419,10 +430,9 @@ pub async fn restore(
             index_on_disk: index.on_disk(),
             left_out,
             bytes_left_out,
+            backup_wal_link: m.wal_link.clone(),
         });
     }
-    remap_tablespaces(&mut m, opts)?;
-    let target = &opts.target;
     if opts.delta {
         std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
     } else {
@@ -471,6 +481,7 @@ pub async fn restore(
     let mut tree = fs_beneath::Tree {
         root,
         tablespaces: Vec::new(),
+        wal: None,
     };
     if opts.delta {
         if let Some((dir, name)) = tree
@@ -495,6 +506,10 @@ pub async fn restore(
         }
         tree.tablespaces.push((t.oid, fd));
     }
+    if let Some(w) = &opts.wal_dir {
+        std::fs::create_dir_all(w).map_err(|e| io(w, e))?;
+        tree.wal = Some(fs_beneath::open_root_checked(w, me).map_err(|e| io(w, e))?);
+    }
     for d in &m.directories {
         let path = target.join(&d.path);
         let tablespace = d
@@ -511,6 +526,21 @@ pub async fn restore(
                     owner.map(|_| (d.uid, d.gid)),
                 )
                 .map_err(|e| io(&path, e))?;
+            }
+            None if d.path == "pg_wal" && tree.wal.is_some() => {
+                let (wal, w) = (tree.wal.as_ref(), opts.wal_dir.as_deref());
+                let (Some(wal), Some(w)) = (wal, w) else {
+                    unreachable!("set up together above")
+                };
+                fs_beneath::ensure_symlink(
+                    tree.root.as_fd(),
+                    Path::new("pg_wal"),
+                    w,
+                    owner.map(|_| (d.uid, d.gid)),
+                )
+                .map_err(|e| io(&path, e))?;
+                fs_beneath::set_owner_mode(wal.as_fd(), owner.map(|_| (d.uid, d.gid)), d.mode)
+                    .map_err(|e| io(w, e))?;
             }
             None => {
                 let fd = tree.ensure_dir(&d.path, d.mode).map_err(|e| io(&path, e))?;
@@ -637,7 +667,29 @@ pub async fn restore(
         index_on_disk: index.on_disk(),
         left_out,
         bytes_left_out,
+        backup_wal_link: m.wal_link.clone(),
     })
+}
+
+/// `--wal-dir` where it can go and what it holds, and a delta restore over a linked `pg_wal`
+/// without it ([`wal_dir`]): before anything is written.
+fn check_wal_dir(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
+    let target = &opts.target;
+    match &opts.wal_dir {
+        Some(w) => {
+            let locations: Vec<&Path> =
+                m.tablespaces.iter().map(|t| t.location.as_path()).collect();
+            wal_dir::check_place(w, target, &locations)?;
+            wal_dir::check_contents(w, opts.delta)
+        }
+        // Read by path: it only decides a refusal. A link that appears after this check is
+        // replaced by a directory like any other link in the data directory.
+        None if opts.delta => match std::fs::read_link(target.join("pg_wal")) {
+            Ok(link) => Err(wal_dir::linked_without_option(target, &link)),
+            Err(_) => Ok(()),
+        },
+        None => Ok(()),
+    }
 }
 
 /// Bytes of the files of the databases left out.
@@ -657,7 +709,8 @@ fn sync_tree(m: &Manifest, tree: &fs_beneath::Tree, target: &Path) -> Result<()>
             .path
             .strip_prefix("pg_tblspc/")
             .and_then(|oid| oid.parse::<u32>().ok())
-            .is_some_and(|oid| tree.tablespace(oid).is_some());
+            .is_some_and(|oid| tree.tablespace(oid).is_some())
+            || (d.path == "pg_wal" && tree.wal.is_some());
         if is_link {
             continue;
         }
@@ -668,6 +721,9 @@ fn sync_tree(m: &Manifest, tree: &fs_beneath::Tree, target: &Path) -> Result<()>
     for (oid, fd) in &tree.tablespaces {
         fs_beneath::sync(fd.as_fd())
             .map_err(|e| io(&target.join(format!("pg_tblspc/{oid}")), e))?;
+    }
+    if let Some(wal) = &tree.wal {
+        fs_beneath::sync(wal.as_fd()).map_err(|e| io(&target.join("pg_wal"), e))?;
     }
     fs_beneath::sync(tree.root.as_fd()).map_err(|e| io(target, e))
 }
@@ -786,6 +842,10 @@ fn remove_extra_files<'a>(
                 .and_then(|oid| tree.tablespace(oid));
             match (ft, tablespace) {
                 (FileType::Symlink, Some(ts)) => stack.push((dup(ts, &path)?, path)),
+                (FileType::Symlink, None) if path == "pg_wal" && tree.wal.is_some() => {
+                    let wal = tree.wal.as_ref().expect("checked in the guard");
+                    stack.push((dup(wal.as_fd(), &path)?, path));
+                }
                 (FileType::Directory, _) if keep.contains(path.as_str()) => {
                     let sub = fs_beneath::open_dir(dir.as_fd(), name_p)
                         .map_err(|err| io(&at(&name), err))?;

@@ -292,6 +292,12 @@ fn restore_options(
         }
         map.push((oid, dir));
     }
+    if let Some(w) = args.wal_dir.as_ref().filter(|w| !w.is_absolute()) {
+        return Err(Failure::usage(format!(
+            "--wal-dir {}: DIR must be absolute",
+            w.display()
+        )));
+    }
     Ok(RestoreOptions {
         backup: args.backup.clone(),
         jobs: args.jobs.unwrap_or(settings.restore_jobs),
@@ -314,6 +320,7 @@ fn restore_options(
         },
         archive_off: args.archive_mode == "off",
         recovery_options: pgcairn_engine::recovery_options::parse(&args.recovery_option)?,
+        wal_dir: args.wal_dir.clone(),
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }
@@ -373,6 +380,8 @@ pub async fn restore_cmd(
                 .map(|(oid, name)| serde_json::json!({"oid": oid, "name": name}))
                 .collect::<Vec<_>>(),
             "bytes_left_out": s.bytes_left_out,
+            "wal_dir": opts.wal_dir.as_ref().map(|w| w.to_string_lossy()),
+            "backup_wal_link": s.backup_wal_link.as_ref().map(|w| w.to_string_lossy()),
             "recovery_settings": recovery_settings(&opts).into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .chain(opts.recovery_options.iter().cloned())
@@ -412,8 +421,20 @@ pub async fn restore_cmd(
             );
         }
     };
+    let wal_place = || {
+        match (&opts.wal_dir, &s.backup_wal_link) {
+        (Some(w), _) => println!("pg_wal: a link to {} (--wal-dir)", w.display()),
+        (None, Some(link)) => println!(
+            "note: the backup's pg_wal was a link to {}; it is restored as a directory in the              data directory (--wal-dir {} keeps WAL on its own disk)",
+            link.display(),
+            link.display()
+        ),
+        (None, None) => {}
+    }
+    };
     if opts.dry_run {
         left_out("to be left");
+        wal_place();
         println!("dry run: the target is reachable; nothing was written");
         return Ok(());
     }
@@ -436,6 +457,7 @@ pub async fn restore_cmd(
         }
     );
     left_out("left");
+    wal_place();
     for (k, v) in recovery_settings(&opts) {
         println!("  {k} = '{v}'");
     }

@@ -892,6 +892,7 @@ async fn backup_with_lease(
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
         tablespaces,
         databases,
+        wal_link: std::fs::read_link(opts.pgdata.join("pg_wal")).ok(),
         directories,
         files: Vec::new(),
         stats,

@@ -158,6 +158,10 @@ pub struct Manifest {
     /// recorded, or where `pg_database` could not be read: databases are then named by OID.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub databases: Vec<Database>,
+    /// Where `pg_wal` pointed, when it was a symbolic link (WAL on its own disk): a restore
+    /// puts it back there with `--wal-dir` ([`crate::wal_dir`]). Absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_link: Option<std::path::PathBuf>,
     /// Directories.
     pub directories: Vec<DirEntry>,
     /// Files.
@@ -193,6 +197,7 @@ impl Manifest {
             tablespace_map: self.tablespace_map.clone(),
             tablespaces: self.tablespaces.clone(),
             databases: self.databases.clone(),
+            wal_link: self.wal_link.clone(),
             directories: self.directories.clone(),
             files: Vec::new(),
             stats: self.stats.clone(),
