@@ -488,6 +488,11 @@ pub struct RestoreArgs {
     /// directory in the data directory, and a delta restore over a linked `pg_wal` refuses.
     #[arg(long, value_name = "DIR")]
     pub wal_dir: Option<PathBuf>,
+    /// Write the backup's configuration files from outside the data directory (Debian's
+    /// /etc/postgresql/...) under DIR at their recorded paths; `/` puts them back in place.
+    /// An existing file is never overwritten.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Recovery target options shared by `restore` and `drill`.

@@ -42,6 +42,11 @@ pub struct BackupSummary {
     /// The cluster's databases at the backup's end (names for `restore --db-include`);
     /// empty for backups taken before they were recorded.
     pub databases: Vec<Database>,
+    /// Where `pg_wal` pointed when it was a link (`restore --wal-dir`).
+    pub wal_link: Option<std::path::PathBuf>,
+    /// Configuration files from outside the data directory it holds (`restore
+    /// --config-dir`).
+    pub config_files: Vec<std::path::PathBuf>,
 }
 
 /// From the oldest backup's consistency point to the end of continuous WAL after it.
@@ -130,6 +135,8 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
             from_standby: m.from_standby,
             wal_in_backup: m.wal_in_backup,
             databases: m.databases,
+            wal_link: m.wal_link,
+            config_files: m.config_files.into_iter().map(|f| f.path).collect(),
             id: m.id,
             backup_type: m.backup_type,
             reference: m.reference,

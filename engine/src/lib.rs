@@ -27,6 +27,7 @@
 pub mod archive;
 pub mod backup;
 pub mod codec;
+pub mod config_files;
 pub(crate) mod cpu;
 pub mod crypto;
 pub mod db_select;

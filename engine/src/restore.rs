@@ -173,6 +173,9 @@ pub struct RestoreOptions {
     /// Make `pg_wal` a link to this directory and restore its contents there
     /// ([`crate::wal_dir`]); `None`: a directory in the data directory.
     pub wal_dir: Option<PathBuf>,
+    /// Write the backup's configuration files from outside the data directory under this
+    /// directory, at their recorded paths ([`crate::config_files`]); `None`: not written.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
@@ -209,6 +212,7 @@ impl RestoreOptions {
             archive_off: false,
             recovery_options: Vec::new(),
             wal_dir: None,
+            config_dir: None,
         }
     }
 }
@@ -244,6 +248,10 @@ pub struct RestoreSummary {
     pub bytes_left_out: u64,
     /// Where `pg_wal` was a link to when the backup was taken ([`Manifest::wal_link`]).
     pub backup_wal_link: Option<PathBuf>,
+    /// The backup's configuration files from outside the data directory (recorded paths).
+    pub config_files: Vec<PathBuf>,
+    /// Where `--config-dir` wrote them.
+    pub config_written: Vec<PathBuf>,
 }
 
 /// Checks that everything the backup references is present; returns the index of its
@@ -415,6 +423,10 @@ pub async fn restore(
     remap_tablespaces(&mut m, opts)?;
     let target = &opts.target;
     check_wal_dir(&m, opts)?;
+    if let Some(dir) = &opts.config_dir {
+        crate::config_files::check_free(dir, &m.config_files)?;
+    }
+    let config_files: Vec<PathBuf> = m.config_files.iter().map(|f| f.path.clone()).collect();
     if opts.dry_run {
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
@@ -431,6 +443,8 @@ pub async fn restore(
             left_out,
             bytes_left_out,
             backup_wal_link: m.wal_link.clone(),
+            config_files,
+            config_written: Vec::new(),
         });
     }
     if opts.delta {
@@ -464,10 +478,14 @@ pub async fn restore(
     let marker = format!(
         "pgcairn restore of backup {} into {} started and has not finished.\n\
          global/pg_control is written last, so PostgreSQL will not start this directory.\n\
-         Finish it with: pgcairn restore --delta --pgdata {}\n",
+         Finish it with: pgcairn restore --delta --pgdata {}{}\n",
         m.id,
         target.display(),
-        target.display()
+        target.display(),
+        opts.wal_dir
+            .as_ref()
+            .map(|w| format!(" --wal-dir {}", w.display()))
+            .unwrap_or_default()
     );
     fs_beneath::write_file(
         root.as_fd(),
@@ -507,7 +525,15 @@ pub async fn restore(
         tree.tablespaces.push((t.oid, fd));
     }
     if let Some(w) = &opts.wal_dir {
-        std::fs::create_dir_all(w).map_err(|e| io(w, e))?;
+        if !w.exists() {
+            std::fs::create_dir_all(w).map_err(|e| io(w, e))?;
+            // Its entry durable: a crash must not leave pg_wal linking to nothing.
+            if let Some(parent) = w.parent() {
+                std::fs::File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io(parent, e))?;
+            }
+        }
         tree.wal = Some(fs_beneath::open_root_checked(w, me).map_err(|e| io(w, e))?);
     }
     for d in &m.directories {
@@ -653,6 +679,16 @@ pub async fn restore(
     fs_beneath::remove_entry(tree.root.as_fd(), Path::new(INCOMPLETE_MARKER))
         .and_then(|()| fs_beneath::sync(tree.root.as_fd()))
         .map_err(|e| io(&target.join(INCOMPLETE_MARKER), e))?;
+    // Outside the data directory, once it is complete: a failure here leaves it restorable.
+    let config_written = match &opts.config_dir {
+        Some(dir) => crate::config_files::write_all(dir, &m.config_files, owner).map_err(|e| {
+            Error::Config(format!(
+                "{} is restored, but the configuration files were not all written: {e}",
+                target.display()
+            ))
+        })?,
+        None => Vec::new(),
+    };
     progress.finish();
     Ok(RestoreSummary {
         plan,
@@ -668,6 +704,8 @@ pub async fn restore(
         left_out,
         bytes_left_out,
         backup_wal_link: m.wal_link.clone(),
+        config_files,
+        config_written,
     })
 }
 
@@ -680,7 +718,7 @@ fn check_wal_dir(m: &Manifest, opts: &RestoreOptions) -> Result<()> {
             let locations: Vec<&Path> =
                 m.tablespaces.iter().map(|t| t.location.as_path()).collect();
             wal_dir::check_place(w, target, &locations)?;
-            wal_dir::check_contents(w, opts.delta)
+            wal_dir::check_contents(w, opts.delta, target)
         }
         // Read by path: it only decides a refusal. A link that appears after this check is
         // replaced by a directory like any other link in the data directory.

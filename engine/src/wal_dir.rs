@@ -15,9 +15,12 @@
 //!   the directory, never through the link ([`crate::fs_beneath::Tree`]);
 //! - the directory must not overlap the data directory or a tablespace (a delta restore would
 //!   remove one from the other); a plain restore wants it new or empty, like a tablespace
-//!   location; a delta restore empties it of stale WAL (segments of another history that
-//!   recovery could read from `pg_wal`), and refuses first if it holds anything that is not
-//!   WAL: a mistyped `--wal-dir /etc` must not be emptied.
+//!   location. A delta restore empties it of stale WAL (segments of another history that
+//!   recovery could read from `pg_wal`) only where it is the directory the data directory's
+//!   `pg_wal` already links to and belongs to the data directory's owner, and only if it
+//!   holds nothing but WAL; any other non-empty directory is refused. Names alone would not
+//!   do: a WAL archive of `cp %p`, a `pg_receivewal` directory or another cluster's `pg_wal`
+//!   hold only WAL-like names too, and a mistyped `--wal-dir` must empty none of them.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -29,6 +32,17 @@ pub fn check_place(wal_dir: &Path, target: &Path, tablespaces: &[&Path]) -> Resu
     if !wal_dir.is_absolute() {
         return Err(Error::Config(format!(
             "--wal-dir {}: give an absolute path",
+            wal_dir.display()
+        )));
+    }
+    // `a/link/..` is resolved by the kernel through the link, not textually: refused rather
+    // than judged by a spelling PostgreSQL would not follow.
+    if wal_dir
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Error::Config(format!(
+            "--wal-dir {}: give the path without . or .. components",
             wal_dir.display()
         )));
     }
@@ -49,24 +63,33 @@ pub fn check_place(wal_dir: &Path, target: &Path, tablespaces: &[&Path]) -> Resu
     Ok(())
 }
 
-/// Checks what `--wal-dir` holds before anything is written: nothing (or no such directory)
-/// for a plain restore; for a delta restore, only what PostgreSQL keeps in `pg_wal` (it is
-/// emptied of it).
-pub fn check_contents(wal_dir: &Path, delta: bool) -> Result<()> {
+/// Checks what `--wal-dir` holds before anything is written: nothing (or no such
+/// directory), unless this is a delta restore and it is the directory `target`'s `pg_wal`
+/// already links to, owned by the data directory's owner; then only what PostgreSQL keeps in
+/// `pg_wal` (it is emptied of it).
+pub fn check_contents(wal_dir: &Path, delta: bool, target: &Path) -> Result<()> {
     let entries = match std::fs::read_dir(wal_dir) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(wal_dir.display().to_string(), e)),
     };
+    let reusable = delta && already_linked(target, wal_dir);
     for e in entries {
         let e = e.map_err(|e| Error::io(wal_dir.display().to_string(), e))?;
         let name = e.file_name();
         let name = name.to_string_lossy();
-        if !delta {
+        if !reusable {
+            let mount = if name == "lost+found" {
+                " (a mount point: use a directory below it, as initdb -X asks too)"
+            } else {
+                ""
+            };
             return Err(Error::Config(format!(
-                "--wal-dir {} is not empty (it holds {name:?}); restore into a new or empty \
-                 directory (a delta restore, --delta, reuses one that holds only WAL)",
-                wal_dir.display()
+                "--wal-dir {} is not empty (it holds {name:?}){mount}; restore into a new or \
+                 empty directory. A delta restore (--delta) empties only the WAL directory that \
+                 {}/pg_wal already links to and the data directory's owner owns",
+                wal_dir.display(),
+                target.display()
             )));
         }
         if !is_wal_entry(&name) {
@@ -79,6 +102,24 @@ pub fn check_contents(wal_dir: &Path, delta: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `target/pg_wal` is a link that reaches `wal_dir` (the same directory, by device
+/// and inode) and `wal_dir` belongs to the owner of `target`.
+fn already_linked(target: &Path, wal_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let link = target.join("pg_wal");
+    let is_link = std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink());
+    match (
+        std::fs::metadata(&link),
+        std::fs::metadata(wal_dir),
+        std::fs::metadata(target),
+    ) {
+        (Ok(l), Ok(w), Ok(t)) => {
+            is_link && l.dev() == w.dev() && l.ino() == w.ino() && w.uid() == t.uid()
+        }
+        _ => false,
+    }
 }
 
 /// What a delta restore says when the data directory's `pg_wal` is a link and no
@@ -98,13 +139,17 @@ pub fn linked_without_option(target: &Path, link: &Path) -> Error {
 /// history files, `archive_status`, `summaries` (17), temporary files of segment creation
 /// and of `restore_command`.
 pub fn is_wal_entry(name: &str) -> bool {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    };
     if let Some((base, rest)) = name.split_once('.') {
         return match rest {
             "partial" => hex(base, 24),
             "history" => hex(base, 8),
             _ if base.len() == 24 && rest.ends_with(".backup") => {
-                hex(base, 24) && hex(rest.trim_end_matches(".backup"), 8)
+                hex(base, 24) && rest.strip_suffix(".backup").is_some_and(|o| hex(o, 8))
             }
             _ => base == "xlogtemp" && !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()),
         };
@@ -174,6 +219,8 @@ mod tests {
             "0000000100000000000000031",
             "00000002.history.bak",
             "000000010000000000000002.backup",
+            "000000010000000000000002.00000028.backup.backup",
+            "00000001000000000000000a",
             "xlogtemp.",
             "xlogtemp.12a",
             "PG_VERSION",
@@ -193,7 +240,6 @@ mod tests {
         for bad in [
             data.join("pg_wal"),
             t.path().join("alias/wal"),
-            t.path().join("data/../data/x"),
             t.path().to_path_buf(),
             ts.join("wal"),
         ] {
@@ -208,22 +254,31 @@ mod tests {
             check_place(Path::new("wal"), &data, &[]).is_err(),
             "relative"
         );
+        // Through a link, `..` is the link target's parent: not judged by its spelling.
+        let err = check_place(&t.path().join("alias/../wal"), &data, &[]).unwrap_err();
+        assert!(err.to_string().contains(".."), "{err}");
         check_place(&t.path().join("wal"), &data, &[&ts]).unwrap();
         check_place(&t.path().join("data-wal"), &data, &[&ts]).unwrap();
     }
 
     #[test]
-    fn a_plain_restore_wants_the_wal_dir_empty_and_a_delta_only_wal_in_it() {
+    fn a_plain_restore_wants_the_wal_dir_empty_and_a_delta_only_wal_in_its_own() {
         let t = tempfile::tempdir().unwrap();
-        let wal = t.path().join("wal");
-        check_contents(&wal, false).unwrap();
+        let (wal, data) = (t.path().join("wal"), t.path().join("data"));
+        std::fs::create_dir_all(&data).unwrap();
+        check_contents(&wal, false, &data).unwrap();
         std::fs::create_dir_all(wal.join("archive_status")).unwrap();
         std::fs::write(wal.join("000000010000000000000007"), b"").unwrap();
-        let err = check_contents(&wal, false).unwrap_err();
+        let err = check_contents(&wal, false, &data).unwrap_err();
         assert!(err.to_string().contains("not empty"), "{err}");
-        check_contents(&wal, true).unwrap();
+        // Only WAL names, but not the directory the data directory links to (an archive, a
+        // pg_receivewal directory, another cluster's pg_wal): a delta does not empty it.
+        let err = check_contents(&wal, true, &data).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        std::os::unix::fs::symlink(&wal, data.join("pg_wal")).unwrap();
+        check_contents(&wal, true, &data).unwrap();
         std::fs::write(wal.join("notes.txt"), b"").unwrap();
-        let err = check_contents(&wal, true).unwrap_err();
+        let err = check_contents(&wal, true, &data).unwrap_err();
         assert!(err.to_string().contains("\"notes.txt\""), "{err}");
     }
 }

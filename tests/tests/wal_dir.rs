@@ -149,6 +149,23 @@ fn wal_stays_on_its_own_disk(backend: Backend) {
         "the refused delta restore changed nothing"
     );
 
+    // A directory of WAL names that pg_wal does not link to (an archive of `cp %p`, a
+    // pg_receivewal directory, another cluster's pg_wal) is never emptied.
+    let archive = env.path().join("wal_archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::write(archive.join("000000010000000000000001"), b"archived").unwrap();
+    let out = run(&["--delta", "--wal-dir", archive.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "a WAL archive was taken as the WAL directory"
+    );
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(archive.join("000000010000000000000001")).unwrap(),
+        b"archived"
+    );
+    assert_eq!(std::fs::read_link(target.join("pg_wal")).unwrap(), wal_r);
+
     // With it: anything but WAL there is refused; stale WAL is removed.
     let stale = wal_r.join("0000000900000000000000AA");
     std::fs::write(&stale, b"a segment of another history").unwrap();
@@ -194,6 +211,16 @@ fn a_restore_without_wal_dir_names_where_the_backups_wal_was() {
     wait_archived(&pg, &last, Duration::from_secs(90));
     drop(stop);
     pg.stop().unwrap();
+    let info = env.pgcairn(&["info"]);
+    assert_success(&info, "info");
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains(&format!(
+            "pg_wal (newest backup): a link to {}",
+            wal_src.display()
+        )),
+        "{}",
+        String::from_utf8_lossy(&info.stdout)
+    );
     let out = env.restore("plain", &[]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(

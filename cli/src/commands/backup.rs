@@ -292,11 +292,16 @@ fn restore_options(
         }
         map.push((oid, dir));
     }
-    if let Some(w) = args.wal_dir.as_ref().filter(|w| !w.is_absolute()) {
-        return Err(Failure::usage(format!(
-            "--wal-dir {}: DIR must be absolute",
-            w.display()
-        )));
+    for (option, dir) in [
+        ("--wal-dir", &args.wal_dir),
+        ("--config-dir", &args.config_dir),
+    ] {
+        if let Some(d) = dir.as_ref().filter(|d| !d.is_absolute()) {
+            return Err(Failure::usage(format!(
+                "{option} {}: DIR must be absolute",
+                d.display()
+            )));
+        }
     }
     Ok(RestoreOptions {
         backup: args.backup.clone(),
@@ -321,6 +326,7 @@ fn restore_options(
         archive_off: args.archive_mode == "off",
         recovery_options: pgcairn_engine::recovery_options::parse(&args.recovery_option)?,
         wal_dir: args.wal_dir.clone(),
+        config_dir: args.config_dir.clone(),
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }
@@ -340,6 +346,9 @@ pub async fn restore_cmd(
     let hint = |target: &Path| {
         if !opts.dry_run && is_incomplete(target) {
             eprintln!("{}", incomplete_hint(target));
+            if let Some(w) = &opts.wal_dir {
+                eprintln!("(again with --wal-dir {}: pg_wal links there)", w.display());
+            }
         }
     };
     let s = tokio::select! {
@@ -382,6 +391,8 @@ pub async fn restore_cmd(
             "bytes_left_out": s.bytes_left_out,
             "wal_dir": opts.wal_dir.as_ref().map(|w| w.to_string_lossy()),
             "backup_wal_link": s.backup_wal_link.as_ref().map(|w| w.to_string_lossy()),
+            "config_files": s.config_files.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
+            "config_written": s.config_written.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
             "recovery_settings": recovery_settings(&opts).into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .chain(opts.recovery_options.iter().cloned())
@@ -421,20 +432,46 @@ pub async fn restore_cmd(
             );
         }
     };
-    let wal_place = || {
-        match (&opts.wal_dir, &s.backup_wal_link) {
+    let wal_place = || match (&opts.wal_dir, &s.backup_wal_link) {
         (Some(w), _) => println!("pg_wal: a link to {} (--wal-dir)", w.display()),
         (None, Some(link)) => println!(
-            "note: the backup's pg_wal was a link to {}; it is restored as a directory in the              data directory (--wal-dir {} keeps WAL on its own disk)",
-            link.display(),
+            "note: the backup's pg_wal was a link to {}; it is restored as a directory in the \
+             data directory (--wal-dir DIR keeps WAL on a disk of its own)",
             link.display()
         ),
         (None, None) => {}
-    }
+    };
+    let config_place = || {
+        let listed = || {
+            s.config_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !s.config_written.is_empty() {
+            for p in &s.config_written {
+                println!("configuration file written: {}", p.display());
+            }
+        } else if s.config_files.is_empty() {
+        } else if opts.config_dir.is_none() {
+            println!(
+                "note: the backup holds configuration files from outside the data directory \
+                 ({}); write them with --config-dir DIR (under DIR at their paths; / puts \
+                 them back in place)",
+                listed()
+            );
+        } else {
+            println!(
+                "configuration files to write under --config-dir: {}",
+                listed()
+            );
+        }
     };
     if opts.dry_run {
         left_out("to be left");
         wal_place();
+        config_place();
         println!("dry run: the target is reachable; nothing was written");
         return Ok(());
     }
@@ -458,6 +495,7 @@ pub async fn restore_cmd(
     );
     left_out("left");
     wal_place();
+    config_place();
     for (k, v) in recovery_settings(&opts) {
         println!("  {k} = '{v}'");
     }

@@ -143,6 +143,22 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
                 .collect();
             println!("  databases (newest backup): {}", dbs.join(", "));
         }
+        if let Some(b) = c.backups.last() {
+            if let Some(link) = &b.wal_link {
+                println!("  pg_wal (newest backup): a link to {}", link.display());
+            }
+            if !b.config_files.is_empty() {
+                let files: Vec<String> = b
+                    .config_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                println!(
+                    "  configuration files outside the data directory (newest backup): {}",
+                    files.join(", ")
+                );
+            }
+        }
         match c.catalog.generation {
             Some(g) => println!(
                 "  catalog head: generation {g}{}",

@@ -798,6 +798,7 @@ async fn backup_with_lease(
         .ok()
         .and_then(|r| r.get::<_, String>(0).parse().ok());
     let databases = databases(&session.client).await;
+    let config_files = crate::config_files::collect(&session.client, &opts.pgdata).await;
     let seg = session.wal_segment_size;
     progress.phase("waiting for WAL", None);
     let wait = if from_standby {
@@ -892,7 +893,15 @@ async fn backup_with_lease(
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
         tablespaces,
         databases,
-        wal_link: std::fs::read_link(opts.pgdata.join("pg_wal")).ok(),
+        // A relative link is recorded as the directory it reaches: --wal-dir takes absolute
+        // paths.
+        wal_link: std::fs::read_link(opts.pgdata.join("pg_wal"))
+            .ok()
+            .and_then(|l| match l.is_absolute() {
+                true => Some(l),
+                false => std::fs::canonicalize(opts.pgdata.join("pg_wal")).ok(),
+            }),
+        config_files,
         directories,
         files: Vec::new(),
         stats,

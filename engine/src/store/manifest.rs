@@ -162,6 +162,10 @@ pub struct Manifest {
     /// puts it back there with `--wal-dir` ([`crate::wal_dir`]). Absent in older backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wal_link: Option<std::path::PathBuf>,
+    /// Configuration files from outside the data directory (Debian's `/etc/postgresql/...`),
+    /// whole ([`crate::config_files`]). Empty in older backups and where all are inside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_files: Vec<crate::config_files::ConfigFile>,
     /// Directories.
     pub directories: Vec<DirEntry>,
     /// Files.
@@ -198,6 +202,7 @@ impl Manifest {
             tablespaces: self.tablespaces.clone(),
             databases: self.databases.clone(),
             wal_link: self.wal_link.clone(),
+            config_files: self.config_files.clone(),
             directories: self.directories.clone(),
             files: Vec::new(),
             stats: self.stats.clone(),
