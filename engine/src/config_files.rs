@@ -7,30 +7,42 @@
 //! longer has. Barman copies them with each backup; pgBackRest does not (its users keep asking).
 //!
 //! What: at the end of a backup, the files PostgreSQL names in `config_file`, `hba_file` and
-//! `ident_file`, and every file `pg_file_settings` lists as a source (the `include`,
-//! `include_if_exists` and `include_dir` files, readable by superusers and
-//! `pg_read_all_settings`), where they lie outside the data directory: each read whole (at most
-//! [`MAX_FILE_BYTES`], [`MAX_FILES`] of them) into the manifest, which is encrypted and
-//! authenticated like everything else. Files inside the data directory are backed up as
-//! files already. Failures to read one are warnings: the backup of the data does not depend on
-//! them.
+//! `ident_file` (relative ones are relative to the data directory, as PostgreSQL takes them),
+//! and the files `config_file` pulls in with `include`, `include_if_exists` and `include_dir`
+//! (read from the files themselves, [`includes`], so no privilege beyond the backup role's
+//! is needed: `pg_file_settings` is for superusers only), where they lie outside the data
+//! directory, both as PostgreSQL names them and as their links resolve (one inside is a file
+//! of the backup already). Each is read whole into the manifest, which is encrypted and
+//! authenticated like everything else: at most [`MAX_FILE_BYTES`] each, [`MAX_FILES`] files
+//! and [`MAX_TOTAL_BYTES`] in all, since the manifest's head is read by `info` and every
+//! restore. A file that cannot be read or is over a bound is a warning: the backup of the data
+//! does not depend on it.
+//!
+//! Reading as root: the backup may run as root while `/etc/postgresql/...` belongs to
+//! `postgres`, who could replace `pg_hba.conf` with a link to `/etc/shadow` and have it copied
+//! into the repository, then restored as their own. So each file is opened once (not blocking,
+//! so a FIFO cannot stall the backup), checked on the open descriptor (a regular file) and,
+//! when running as root, kept only if the data directory's owner could read it by its owner,
+//! group or other bits: what PostgreSQL itself could read, no more.
 //!
 //! Restore: never written unless asked, since they belong to the host, not the data directory.
 //! `restore --config-dir DIR` writes each under `DIR` at its recorded absolute path
-//! (`DIR/etc/postgresql/15/main/pg_hba.conf`), with its recorded mode and the data directory's
-//! owner; `--config-dir /` puts them back in place on a rebuilt host. An existing file is never
-//! overwritten (the restore refuses before writing anything, naming it), and no symbolic link
-//! below `DIR` is followed (a directory of `/etc/postgresql` owned by `postgres` must not let
-//! that user steer a root restore elsewhere): missing directories are created, a link on the
-//! way is refused.
+//! (`DIR/etc/postgresql/15/main/pg_hba.conf`) with its recorded mode (permission bits only)
+//! and, run as root, its recorded owner; `--config-dir /` puts them back in place on a
+//! rebuilt host. An existing file is never overwritten: one with the same contents counts as
+//! written (a restore run again), any other makes the restore refuse before it writes
+//! anything, naming it. No symbolic link below `DIR` is followed (a directory of
+//! `/etc/postgresql` owned by `postgres` must not steer a root restore elsewhere): a link or a
+//! file on the way is refused, by the same walk before anything is written and while writing.
+//! Directories the restore creates take the owner of the file it creates them for;
+//! existing ones are left as they are.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
-use rustix::fs::{self as rfs, Mode, OFlags};
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +52,10 @@ use crate::error::{Error, Result};
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Most configuration files kept per backup.
 pub const MAX_FILES: usize = 64;
+/// Most bytes of configuration files kept per backup, all together.
+pub const MAX_TOTAL_BYTES: u64 = 4 << 20;
+/// How deep `include` may nest before the rest is not followed (PostgreSQL stops at 10).
+const MAX_INCLUDE_DEPTH: usize = 10;
 
 /// One configuration file from outside the data directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +66,12 @@ pub struct ConfigFile {
     pub named_by: String,
     /// Permission bits.
     pub mode: u32,
+    /// Owner.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group.
+    #[serde(default)]
+    pub gid: u32,
     /// Its contents, base64.
     pub contents: String,
 }
@@ -80,77 +102,226 @@ pub async fn collect(client: &tokio_postgres::Client, pgdata: &Path) -> Vec<Conf
         )
         .await
     {
-        Ok(rows) => named.extend(
-            rows.iter()
-                .map(|r| (r.get::<_, String>(0), PathBuf::from(r.get::<_, String>(1)))),
+        Ok(rows) => named.extend(rows.iter().map(|r| {
+            // PostgreSQL takes relative paths as relative to the data directory.
+            (r.get::<_, String>(0), pgdata.join(r.get::<_, String>(1)))
+        })),
+        Err(e) => tracing::warn!(
+            "reading the configuration file settings: {e}; no configuration file from \
+             outside the data directory is kept with this backup"
         ),
-        Err(e) => tracing::warn!("reading the configuration file settings: {e}"),
     }
-    // Included files: readable by superusers and pg_read_all_settings only; without it the
-    // three above are kept.
-    if let Ok(rows) = client
-        .query(
-            "select distinct sourcefile from pg_file_settings where sourcefile is not null \
-             order by 1",
-            &[],
-        )
-        .await
-    {
-        named.extend(
-            rows.iter()
-                .map(|r| ("include".to_string(), PathBuf::from(r.get::<_, String>(0)))),
-        );
-    }
-    let data = std::fs::canonicalize(pgdata).unwrap_or_else(|_| pgdata.to_path_buf());
+    let reader = Reader::new(pgdata);
     let mut out: Vec<ConfigFile> = Vec::new();
-    for (named_by, path) in named {
-        let Ok(real) = std::fs::canonicalize(&path) else {
-            tracing::warn!(
-                "configuration file {} ({named_by}) could not be found: not kept with the backup",
-                path.display()
-            );
+    let mut total = 0u64;
+    let mut queue: Vec<(String, PathBuf, usize)> =
+        named.into_iter().rev().map(|(n, p)| (n, p, 0)).collect();
+    while let Some((named_by, path, depth)) = queue.pop() {
+        if out.iter().any(|f| f.path == path) {
             continue;
+        }
+        let read = match reader.read(&path) {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::warn!(
+                    "configuration file {} ({named_by}) not kept with the backup: {why}",
+                    path.display()
+                );
+                continue;
+            }
         };
-        if real.starts_with(&data) || out.iter().any(|f| f.path == path) {
-            continue;
+        if named_by == "config_file" || named_by == "include" {
+            if depth < MAX_INCLUDE_DEPTH {
+                let found = includes(&path, &String::from_utf8_lossy(&read.bytes));
+                queue.extend(
+                    found
+                        .into_iter()
+                        .rev()
+                        .map(|p| ("include".to_string(), p, depth + 1)),
+                );
+            } else {
+                tracing::warn!(
+                    "{}: includes nested more than {MAX_INCLUDE_DEPTH} deep are not followed",
+                    path.display()
+                );
+            }
         }
-        if out.len() == MAX_FILES {
-            tracing::warn!(
-                "more than {MAX_FILES} configuration files outside the data directory: {} and \
-                 the rest are not kept with the backup",
-                path.display()
-            );
-            break;
-        }
-        match read_one(&path) {
-            Ok((mode, bytes)) => out.push(ConfigFile {
+        if read.outside {
+            let size = read.bytes.len() as u64;
+            if out.len() == MAX_FILES || total + size > MAX_TOTAL_BYTES {
+                tracing::warn!(
+                    "configuration file {} not kept with the backup: past the bound of \
+                     {MAX_FILES} files or {MAX_TOTAL_BYTES} bytes kept per backup",
+                    path.display()
+                );
+                continue;
+            }
+            total += size;
+            out.push(ConfigFile {
                 path,
                 named_by,
-                mode,
-                contents: base64::engine::general_purpose::STANDARD.encode(bytes),
-            }),
-            Err(why) => tracing::warn!(
-                "configuration file {} ({named_by}) not kept with the backup: {why}",
-                path.display()
-            ),
+                mode: read.mode,
+                uid: read.uid,
+                gid: read.gid,
+                contents: base64::engine::general_purpose::STANDARD.encode(&read.bytes),
+            });
         }
     }
     out
 }
 
-fn read_one(path: &Path) -> std::result::Result<(u32, Vec<u8>), String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
+/// What [`Reader::read`] found.
+struct Read1 {
+    bytes: Vec<u8>,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    /// Outside the data directory (to be kept); inside ones are read for their includes.
+    outside: bool,
+}
+
+/// Reads configuration files the way the module docs say.
+struct Reader {
+    pgdata: PathBuf,
+    pgdata_real: PathBuf,
+    /// `(uid, gid)` of the data directory, when running as root: what it could read bounds
+    /// what is read.
+    as_owner: Option<(u32, u32)>,
+}
+
+impl Reader {
+    fn new(pgdata: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let as_owner = (crate::pg::instance::current_uid() == 0)
+            .then(|| std::fs::metadata(pgdata).ok().map(|m| (m.uid(), m.gid())))
+            .flatten();
+        Reader {
+            pgdata: pgdata.to_path_buf(),
+            pgdata_real: std::fs::canonicalize(pgdata).unwrap_or_else(|_| pgdata.to_path_buf()),
+            as_owner,
+        }
     }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "{} bytes, more than the {MAX_FILE_BYTES} kept",
-            meta.len()
-        ));
+
+    /// Reads `path` (following links, as PostgreSQL does); an error is the reason it is not
+    /// kept.
+    fn read(&self, path: &Path) -> std::result::Result<Read1, String> {
+        let real = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+        let outside = !path.starts_with(&self.pgdata) && !real.starts_with(&self.pgdata_real);
+        let fd = rfs::open(
+            path,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| e.to_string())?;
+        let st = rfs::fstat(&fd).map_err(|e| e.to_string())?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err("not a regular file".into());
+        }
+        let mode = st.st_mode & 0o7777;
+        if let Some((uid, gid)) = self.as_owner {
+            if !readable_by(st.st_uid, st.st_gid, mode, uid, gid) {
+                return Err(format!(
+                    "the data directory's owner (uid {uid}) could not read it; a backup run \
+                     as root keeps only what PostgreSQL itself can read"
+                ));
+            }
+        }
+        let mut bytes = Vec::new();
+        std::fs::File::from(fd)
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(format!(
+                "more than the {MAX_FILE_BYTES} bytes kept per file"
+            ));
+        }
+        Ok(Read1 {
+            bytes,
+            mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            outside,
+        })
     }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    Ok((meta.mode() & 0o7777, bytes))
+}
+
+/// Whether a file of `owner`/`group` with permission bits `mode` is readable by `uid`/`gid`
+/// (primary group only: a conservative answer).
+fn readable_by(owner: u32, group: u32, mode: u32, uid: u32, gid: u32) -> bool {
+    if owner == uid {
+        mode & 0o400 != 0
+    } else if group == gid {
+        mode & 0o040 != 0
+    } else {
+        mode & 0o004 != 0
+    }
+}
+
+/// The files `include`, `include_if_exists` and `include_dir` directives of the configuration
+/// file `file` (contents `text`) name, relative ones relative to its directory; an
+/// `include_dir`'s `*.conf` files (not starting with `.`) in name order, as PostgreSQL reads
+/// them.
+pub fn includes(file: &Path, text: &str) -> Vec<PathBuf> {
+    let base = file.parent().unwrap_or(Path::new("/"));
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let Some((key, rest)) = line.split_once(|c: char| c.is_whitespace() || c == '=') else {
+            continue;
+        };
+        if !matches!(key, "include" | "include_if_exists" | "include_dir") {
+            continue;
+        }
+        let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '=');
+        let Some(value) = quoted(rest) else { continue };
+        let target = base.join(value);
+        if key == "include_dir" {
+            let Ok(entries) = std::fs::read_dir(&target) else {
+                continue;
+            };
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy())
+                        .is_some_and(|n| n.ends_with(".conf") && !n.starts_with('.'))
+                })
+                .collect();
+            names.sort();
+            out.extend(names);
+        } else {
+            out.push(target);
+        }
+    }
+    out
+}
+
+/// The value of a single-quoted configuration value (`''` is a quote), or an unquoted word.
+fn quoted(s: &str) -> Option<String> {
+    let mut chars = s.chars().peekable();
+    if chars.peek() != Some(&'\'') {
+        let word: String = s
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '#')
+            .collect();
+        return (!word.is_empty()).then_some(word);
+    }
+    chars.next();
+    let mut out = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if chars.peek() == Some(&'\'') => {
+                chars.next();
+                out.push('\'');
+            }
+            '\'' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 fn corrupt(detail: String) -> Error {
@@ -160,10 +331,10 @@ fn corrupt(detail: String) -> Error {
     }
 }
 
-/// Where `f` goes under `dir`, refusing a recorded path that is not absolute or has `..`
-/// (the manifest is authenticated; this is a second line of defence).
-fn destination(dir: &Path, f: &ConfigFile) -> Result<PathBuf> {
-    let mut rel = PathBuf::new();
+/// Where `f` goes under `dir`, as the components below `dir`, refusing a recorded path that
+/// is not absolute or has `..` (the manifest is authenticated; this is a second line of
+/// defence).
+fn relative(f: &ConfigFile) -> Result<Vec<&std::ffi::OsStr>> {
     let mut comps = f.path.components();
     if comps.next() != Some(Component::RootDir) {
         return Err(corrupt(format!(
@@ -171,9 +342,10 @@ fn destination(dir: &Path, f: &ConfigFile) -> Result<PathBuf> {
             f.path.display()
         )));
     }
+    let mut out = Vec::new();
     for c in comps {
         match c {
-            Component::Normal(n) => rel.push(n),
+            Component::Normal(n) => out.push(n),
             _ => {
                 return Err(corrupt(format!(
                     "configuration file {} in the manifest is not a plain path",
@@ -182,14 +354,77 @@ fn destination(dir: &Path, f: &ConfigFile) -> Result<PathBuf> {
             }
         }
     }
-    if rel.as_os_str().is_empty() {
+    if out.is_empty() {
         return Err(corrupt("a configuration file named /".into()));
     }
-    Ok(dir.join(rel))
+    Ok(out)
 }
 
-/// Checks, before a restore writes anything, that none of `files` exists under `dir` and that
-/// `dir` is absolute.
+/// What is at a file's place under `--config-dir`, found without following links.
+enum Place {
+    /// Nothing yet (or a directory on the way is missing).
+    Free,
+    /// The same contents are there already.
+    Same,
+}
+
+/// Looks at `f`'s place under `root` (never following a link); errors say what is in the way.
+fn look(root: &OwnedFd, f: &ConfigFile, want: &[u8]) -> std::result::Result<Place, String> {
+    let parts = relative(f).map_err(|e| e.to_string())?;
+    let (name, parents) = parts.split_last().expect("not empty");
+    let mut at = root.try_clone().map_err(|e| e.to_string())?;
+    for p in parents {
+        match rfs::openat(&at, Path::new(p), DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => at = fd,
+            Err(Errno::NOENT) => return Ok(Place::Free),
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                return Err(format!(
+                    "{} is a symbolic link or not a directory: not followed",
+                    Path::new(p).display()
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    match rfs::statat(&at, Path::new(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => return Ok(Place::Free),
+        Err(e) => return Err(e.to_string()),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+            return Err("it exists and is not a regular file".into())
+        }
+        Ok(_) => {}
+    }
+    let fd = rfs::openat(
+        &at,
+        Path::new(name),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut have = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut have)
+        .map_err(|e| e.to_string())?;
+    if have == want {
+        Ok(Place::Same)
+    } else {
+        Err(
+            "it exists with other contents; the restore never overwrites a configuration \
+             file. Move it away, or give another --config-dir and compare"
+                .into(),
+        )
+    }
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Checks, before a restore writes anything, that every file of `files` can be written
+/// under `dir` (absolute): nothing in the way, no link on the way; a file already there with
+/// the same contents is fine.
 pub fn check_free(dir: &Path, files: &[ConfigFile]) -> Result<()> {
     if !dir.is_absolute() {
         return Err(Error::Config(format!(
@@ -197,48 +432,63 @@ pub fn check_free(dir: &Path, files: &[ConfigFile]) -> Result<()> {
             dir.display()
         )));
     }
+    let root = match crate::fs_beneath::open_root(dir) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir.display().to_string(), e)),
+    };
     for f in files {
-        let dest = destination(dir, f)?;
-        if std::fs::symlink_metadata(&dest).is_ok() {
-            return Err(Error::Config(format!(
-                "--config-dir {}: {} exists; the restore never overwrites a configuration file. \
-                 Move it away, or give another --config-dir and compare",
+        look(&root, f, &f.bytes()?).map_err(|why| {
+            Error::Config(format!(
+                "--config-dir {}: {}: {why}",
                 dir.display(),
-                dest.display()
-            )));
-        }
+                dir.join(f.path.strip_prefix("/").unwrap_or(&f.path))
+                    .display()
+            ))
+        })?;
     }
     Ok(())
 }
 
-/// Writes `files` under `dir` (see the module docs); returns where each went.
-pub fn write_all(
-    dir: &Path,
-    files: &[ConfigFile],
-    owner: Option<(u32, u32)>,
-) -> Result<Vec<PathBuf>> {
+/// Writes `files` under `dir` (see the module docs), with their recorded owners when
+/// `restore_owner`; returns where each is (also those found already written).
+pub fn write_all(dir: &Path, files: &[ConfigFile], restore_owner: bool) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
     let root =
         crate::fs_beneath::open_root(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
     let mut written = Vec::new();
     for f in files {
-        let dest = destination(dir, f)?;
-        let io = |e: std::io::Error| Error::io(dest.display().to_string(), e);
-        let rel = dest.strip_prefix(dir).expect("made under dir");
-        let (name, parents) = {
-            let mut parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
-            let name = parts.pop().expect("not empty");
-            (name, parts)
+        let parts = relative(f)?;
+        let dest = parts.iter().fold(dir.to_path_buf(), |p, c| p.join(c));
+        let failed = |why: String| {
+            Error::Config(format!(
+                "writing configuration file {}: {why}{}",
+                dest.display(),
+                if written.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (written before it: {}; a restore run again takes them as written)",
+                        written
+                            .iter()
+                            .map(|p: &PathBuf| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            ))
         };
-        let mut at: OwnedFd = root.try_clone().map_err(io)?;
+        let bytes = f.bytes()?;
+        if let Place::Same = look(&root, f, &bytes).map_err(&failed)? {
+            written.push(dest);
+            continue;
+        }
+        let owner = restore_owner.then_some((f.uid, f.gid));
+        let (name, parents) = parts.split_last().expect("not empty");
+        let mut at: OwnedFd = root.try_clone().map_err(|e| failed(e.to_string()))?;
         for p in parents {
-            at = descend(&at, Path::new(p), owner).map_err(|e| {
-                Error::Config(format!(
-                    "writing configuration file {}: {}: {e}",
-                    dest.display(),
-                    Path::new(p).display()
-                ))
-            })?;
+            at = descend(&at, Path::new(p), owner)
+                .map_err(|e| failed(format!("{}: {e}", Path::new(p).display())))?;
         }
         let fd = rfs::openat(
             &at,
@@ -246,17 +496,10 @@ pub fn write_all(
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(|e| {
-            io(if e == Errno::EXIST {
-                std::io::Error::other(
-                    "it exists; the restore never overwrites a configuration file",
-                )
-            } else {
-                e.into()
-            })
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
         let mut file = std::fs::File::from(fd);
-        file.write_all(&f.bytes()?).map_err(io)?;
+        let io = |e: std::io::Error| failed(e.to_string());
+        file.write_all(&bytes).map_err(io)?;
         crate::fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode & 0o777).map_err(io)?;
         file.sync_all().map_err(io)?;
         rfs::fsync(&at).map_err(|e| io(e.into()))?;
@@ -266,30 +509,29 @@ pub fn write_all(
 }
 
 /// The directory `name` in `at`, created (mode 0755, given to `owner`) when missing; a
-/// symbolic link or anything else there is refused, not followed or replaced.
+/// symbolic link or anything else there is refused, not followed or replaced. A directory
+/// that exists (or that someone else created meanwhile) is left as it is.
 fn descend(at: &OwnedFd, name: &Path, owner: Option<(u32, u32)>) -> std::io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rfs::openat(at, name, flags, Mode::empty()) {
+    let refused = || std::io::Error::other("is a symbolic link or not a directory: not followed");
+    match rfs::openat(at, name, DIR_FLAGS, Mode::empty()) {
         Ok(fd) => return Ok(fd),
         Err(Errno::NOENT) => {}
-        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
-            return Err(std::io::Error::other(
-                "is a symbolic link or not a directory: not followed",
-            ))
-        }
+        Err(Errno::LOOP) | Err(Errno::NOTDIR) => return Err(refused()),
         Err(e) => return Err(e.into()),
     }
-    match rfs::mkdirat(at, name, Mode::from_raw_mode(0o755)) {
-        Ok(()) | Err(Errno::EXIST) => {}
+    let created = match rfs::mkdirat(at, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) => true,
+        Err(Errno::EXIST) => false,
         Err(e) => return Err(e.into()),
-    }
-    let fd = rfs::openat(at, name, flags, Mode::empty()).map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => {
-            std::io::Error::other("is a symbolic link or not a directory: not followed")
-        }
+    };
+    let fd = rfs::openat(at, name, DIR_FLAGS, Mode::empty()).map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => refused(),
         e => e.into(),
     })?;
-    crate::fs_beneath::set_owner_mode(fd.as_fd(), owner, 0o755)?;
+    if created {
+        crate::fs_beneath::set_owner_mode(fd.as_fd(), owner, 0o755)?;
+        rfs::fsync(at)?;
+    }
     Ok(fd)
 }
 
@@ -302,12 +544,14 @@ mod tests {
             path: PathBuf::from(path),
             named_by: "hba_file".into(),
             mode: 0o640,
+            uid: 0,
+            gid: 0,
             contents: base64::engine::general_purpose::STANDARD.encode(body),
         }
     }
 
     #[test]
-    fn files_are_written_at_their_path_under_the_directory_and_never_over_one() {
+    fn files_are_written_at_their_path_under_the_directory_and_never_over_another() {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
         let files = [
@@ -321,7 +565,7 @@ mod tests {
             ),
         ];
         check_free(t.path(), &files).unwrap();
-        let written = write_all(t.path(), &files, None).unwrap();
+        let written = write_all(t.path(), &files, false).unwrap();
         let hba = t.path().join("etc/postgresql/15/main/pg_hba.conf");
         assert_eq!(written[0], hba);
         assert_eq!(std::fs::read(&hba).unwrap(), b"local all all peer\n");
@@ -333,30 +577,115 @@ mod tests {
             std::fs::read(t.path().join("etc/postgresql/15/main/conf.d/tune.conf")).unwrap(),
             b"work_mem = '8MB'\n"
         );
+        // Run again: the same contents count as written.
+        check_free(t.path(), &files).unwrap();
+        assert_eq!(write_all(t.path(), &files, false).unwrap(), written);
+        // Other contents are never overwritten.
+        std::fs::write(&hba, b"mine").unwrap();
         let err = check_free(t.path(), &files).unwrap_err();
-        assert!(err.to_string().contains("exists"), "{err}");
-        assert!(write_all(t.path(), &files, None).is_err());
-        assert_eq!(std::fs::read(&hba).unwrap(), b"local all all peer\n");
+        assert!(err.to_string().contains("other contents"), "{err}");
+        assert!(write_all(t.path(), &files, false).is_err());
+        assert_eq!(std::fs::read(&hba).unwrap(), b"mine");
     }
 
     #[test]
-    fn a_link_on_the_way_is_refused_not_followed() {
+    fn a_link_on_the_way_is_refused_before_anything_is_written_and_never_followed() {
         let t = tempfile::tempdir().unwrap();
         let (dir, elsewhere) = (t.path().join("dir"), t.path().join("elsewhere"));
         std::fs::create_dir_all(dir.join("etc/postgresql")).unwrap();
         std::fs::create_dir_all(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.join("etc/postgresql/15")).unwrap();
         let files = [file("/etc/postgresql/15/main/pg_hba.conf", b"x")];
-        let err = write_all(&dir, &files, None).unwrap_err();
+        let err = check_free(&dir, &files).unwrap_err();
+        assert!(err.to_string().contains("not followed"), "{err}");
+        let err = write_all(&dir, &files, false).unwrap_err();
         assert!(err.to_string().contains("not followed"), "{err}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+        // A link at the file's own place is refused too, its target untouched.
+        std::fs::remove_file(dir.join("etc/postgresql/15")).unwrap();
+        std::fs::create_dir_all(dir.join("etc/postgresql/15/main")).unwrap();
+        std::fs::write(elsewhere.join("victim"), b"precious").unwrap();
+        std::os::unix::fs::symlink(
+            elsewhere.join("victim"),
+            dir.join("etc/postgresql/15/main/pg_hba.conf"),
+        )
+        .unwrap();
+        assert!(check_free(&dir, &files).is_err());
+        assert!(write_all(&dir, &files, false).is_err());
+        assert_eq!(
+            std::fs::read(elsewhere.join("victim")).unwrap(),
+            b"precious"
+        );
     }
 
     #[test]
     fn recorded_paths_that_are_not_plain_and_absolute_are_refused() {
-        let t = tempfile::tempdir().unwrap();
         for bad in ["etc/x.conf", "/etc/../x.conf", "/"] {
-            assert!(destination(t.path(), &file(bad, b"")).is_err(), "{bad}");
+            assert!(relative(&file(bad, b"")).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn include_directives_are_found_as_postgresql_reads_them() {
+        let t = tempfile::tempdir().unwrap();
+        let conf = t.path().join("postgresql.conf");
+        std::fs::create_dir_all(t.path().join("conf.d")).unwrap();
+        for n in ["b.conf", "a.conf", ".hidden.conf", "notes.txt"] {
+            std::fs::write(t.path().join("conf.d").join(n), b"").unwrap();
+        }
+        let text = "shared_buffers = 1GB # include 'no.conf'\n\
+                    include_dir 'conf.d'\n\
+                    include = '/abs/it''s.conf'\n\
+                    \tinclude_if_exists 'maybe.conf'   # a comment\n\
+                    #include 'commented.conf'\n";
+        assert_eq!(
+            includes(&conf, text),
+            vec![
+                t.path().join("conf.d/a.conf"),
+                t.path().join("conf.d/b.conf"),
+                PathBuf::from("/abs/it's.conf"),
+                t.path().join("maybe.conf"),
+            ]
+        );
+    }
+
+    #[test]
+    fn as_root_a_file_the_data_directorys_owner_cannot_read_is_not_kept() {
+        if crate::pg::instance::current_uid() != 0 {
+            eprintln!("skipping: needs root (a root backup is what this guards)");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::chown(&data, Some(54321), Some(54321)).unwrap();
+        // Root's secret, as a link planted at pg_hba.conf would reach it.
+        let secret = t.path().join("shadow");
+        std::fs::write(&secret, b"root:secret").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let planted = t.path().join("pg_hba.conf");
+        std::os::unix::fs::symlink(&secret, &planted).unwrap();
+        let reader = Reader::new(&data);
+        let why = reader.read(&planted).err().expect("refused");
+        assert!(why.contains("could not read"), "{why}");
+        // What the owner can read is kept.
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(reader.read(&planted).unwrap().outside);
+        // A FIFO does not stall it.
+        let fifo = t.path().join("fifo.conf");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(reader
+            .read(&fifo)
+            .err()
+            .unwrap()
+            .contains("not a regular file"));
     }
 }

@@ -681,12 +681,13 @@ pub async fn restore(
         .map_err(|e| io(&target.join(INCOMPLETE_MARKER), e))?;
     // Outside the data directory, once it is complete: a failure here leaves it restorable.
     let config_written = match &opts.config_dir {
-        Some(dir) => crate::config_files::write_all(dir, &m.config_files, owner).map_err(|e| {
-            Error::Config(format!(
-                "{} is restored, but the configuration files were not all written: {e}",
-                target.display()
-            ))
-        })?,
+        Some(dir) => crate::config_files::write_all(dir, &m.config_files, owner.is_some())
+            .map_err(|e| {
+                Error::Config(format!(
+                    "{} is restored, but the configuration files were not all written: {e}",
+                    target.display()
+                ))
+            })?,
         None => Vec::new(),
     };
     progress.finish();
