@@ -281,4 +281,26 @@ mod tests {
         let err = check_contents(&wal, true, &data).unwrap_err();
         assert!(err.to_string().contains("\"notes.txt\""), "{err}");
     }
+
+    #[test]
+    fn as_root_a_linked_wal_dir_someone_else_owns_is_not_emptied() {
+        if crate::pg::instance::current_uid() != 0 {
+            eprintln!("skipping: needs root (a root delta restore is what this guards)");
+            return;
+        }
+        // The data directory's owner planted pg_wal -> a directory of WAL names root owns
+        // (an archive): a root delta restore told to use it refuses.
+        let t = tempfile::tempdir().unwrap();
+        let (wal, data) = (t.path().join("archive"), t.path().join("data"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&wal).unwrap();
+        std::fs::write(wal.join("000000010000000000000007"), b"archived").unwrap();
+        std::os::unix::fs::symlink(&wal, data.join("pg_wal")).unwrap();
+        std::os::unix::fs::chown(&data, Some(54321), Some(54321)).unwrap();
+        let err = check_contents(&wal, true, &data).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        // Given to the data directory's owner, it is that cluster's own WAL directory.
+        std::os::unix::fs::chown(&wal, Some(54321), Some(54321)).unwrap();
+        check_contents(&wal, true, &data).unwrap();
+    }
 }
