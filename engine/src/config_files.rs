@@ -116,8 +116,10 @@ pub async fn collect(client: &tokio_postgres::Client, pgdata: &Path) -> Vec<Conf
     let mut total = 0u64;
     let mut queue: Vec<(String, PathBuf, usize)> =
         named.into_iter().rev().map(|(n, p)| (n, p, 0)).collect();
+    // Each file read once: an include cycle (or a file included twice) is not read again.
+    let mut seen = std::collections::HashSet::new();
     while let Some((named_by, path, depth)) = queue.pop() {
-        if out.iter().any(|f| f.path == path) {
+        if !seen.insert(path.clone()) {
             continue;
         }
         let read = match reader.read(&path) {
