@@ -536,6 +536,8 @@ pub async fn restore(
         }
         tree.wal = Some(fs_beneath::open_root_checked(w, me).map_err(|e| io(w, e))?);
     }
+    // `pg_wal` as a link to `--wal-dir`: its descriptor and path, set up together above.
+    let wal_link = tree.wal.as_ref().zip(opts.wal_dir.as_deref());
     for d in &m.directories {
         let path = target.join(&d.path);
         let tablespace = d
@@ -553,11 +555,8 @@ pub async fn restore(
                 )
                 .map_err(|e| io(&path, e))?;
             }
-            None if d.path == "pg_wal" && tree.wal.is_some() => {
-                let (wal, w) = (tree.wal.as_ref(), opts.wal_dir.as_deref());
-                let (Some(wal), Some(w)) = (wal, w) else {
-                    unreachable!("set up together above")
-                };
+            None if d.path == "pg_wal" && wal_link.is_some() => {
+                let (wal, w) = wal_link.expect("checked in the guard");
                 fs_beneath::ensure_symlink(
                     tree.root.as_fd(),
                     Path::new("pg_wal"),

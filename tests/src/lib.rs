@@ -830,6 +830,13 @@ impl TestEnv {
         ts
     }
 
+    /// The text `pgcairn info` prints, asserting it succeeded.
+    pub fn info_text(&self) -> String {
+        let info = self.pgcairn(&["info"]);
+        assert_success(&info, "info");
+        String::from_utf8_lossy(&info.stdout).to_string()
+    }
+
     /// The (not yet started) instance of the data directory restored into `<dir>/<name>`,
     /// under the server of its own major, archiving into this repository only when `archive`.
     pub fn restored_instance(&self, name: &str, archive: bool) -> Instance {

@@ -191,15 +191,13 @@ fn without_config_dir_the_restore_names_the_files_and_writes_none() {
     backup_json(&env, &["--type", "full"]);
     drop(stop);
     pg.stop().unwrap();
-    let info = env.pgcairn(&["info"]);
-    assert_success(&info, "info");
+    let info = env.info_text();
     assert!(
-        String::from_utf8_lossy(&info.stdout).contains(&format!(
+        info.contains(&format!(
             "configuration files outside the data directory (newest backup): {}",
             etc.join("pg_ident.conf").display()
         )),
-        "{}",
-        String::from_utf8_lossy(&info.stdout)
+        "{info}"
     );
     let out = env.restore("plain", &[]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();

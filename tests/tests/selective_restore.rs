@@ -81,9 +81,7 @@ fn one_database_comes_back(backend: Backend) {
     let (keep, big, moved) = (oid("keep"), oid("big"), oid("moved"));
     let full = backup_json(&env, &["--type", "full"]);
     // info names them, with the OIDs the restore takes too.
-    let info = env.pgcairn(&["info"]);
-    assert_success(&info, "info");
-    let text = String::from_utf8_lossy(&info.stdout).to_string();
+    let text = env.info_text();
     let line = text
         .lines()
         .find(|l| l.contains("databases (newest backup): "))

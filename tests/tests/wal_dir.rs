@@ -211,15 +211,13 @@ fn a_restore_without_wal_dir_names_where_the_backups_wal_was() {
     wait_archived(&pg, &last, Duration::from_secs(90));
     drop(stop);
     pg.stop().unwrap();
-    let info = env.pgcairn(&["info"]);
-    assert_success(&info, "info");
+    let info = env.info_text();
     assert!(
-        String::from_utf8_lossy(&info.stdout).contains(&format!(
+        info.contains(&format!(
             "pg_wal (newest backup): a link to {}",
             wal_src.display()
         )),
-        "{}",
-        String::from_utf8_lossy(&info.stdout)
+        "{info}"
     );
     let out = env.restore("plain", &[]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
