@@ -268,17 +268,11 @@ pub fn includes(file: &Path, text: &str) -> Vec<PathBuf> {
     let base = file.parent().unwrap_or(Path::new("/"));
     let mut out = Vec::new();
     for line in text.lines() {
-        let line = line.trim_start();
-        let Some((key, rest)) = line.split_once(|c: char| c.is_whitespace() || c == '=') else {
+        let Some(d) = Setting::include(line) else {
             continue;
         };
-        if !matches!(key, "include" | "include_if_exists" | "include_dir") {
-            continue;
-        }
-        let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '=');
-        let Some(value) = quoted(rest) else { continue };
-        let target = base.join(value);
-        if key == "include_dir" {
+        let target = base.join(&d.value);
+        if d.key == "include_dir" {
             let Ok(entries) = std::fs::read_dir(&target) else {
                 continue;
             };
@@ -300,26 +294,152 @@ pub fn includes(file: &Path, text: &str) -> Vec<PathBuf> {
     out
 }
 
-/// The value of a single-quoted configuration value (`''` is a quote), or an unquoted word.
-fn quoted(s: &str) -> Option<String> {
-    let mut chars = s.chars().peekable();
-    if chars.peek() != Some(&'\'') {
+/// One `name = value` line of a configuration file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Setting<'a> {
+    /// The setting's name, or `include`, `include_if_exists`, `include_dir`.
+    pub key: &'a str,
+    /// Its value, unquoted.
+    pub value: String,
+    /// What follows the value on the line (spaces, a comment).
+    pub rest: &'a str,
+}
+
+impl<'a> Setting<'a> {
+    /// The setting on `line` (PostgreSQL's syntax: `name value` or `name = value`, the value
+    /// quoted or a bare word), or `None` for a comment, a blank or malformed line.
+    pub fn parse(line: &'a str) -> Option<Self> {
+        let line = line.trim_start();
+        let (key, rest) = line.split_once(|c: char| c.is_whitespace() || c == '=')?;
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
+            return None;
+        }
+        let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '=');
+        let (value, used) = quoted(rest)?;
+        Some(Setting {
+            key,
+            value,
+            rest: &rest[used..],
+        })
+    }
+
+    /// An `include`, `include_if_exists` or `include_dir` line on `line`.
+    pub fn include(line: &'a str) -> Option<Self> {
+        Self::parse(line)
+            .filter(|s| matches!(s.key, "include" | "include_if_exists" | "include_dir"))
+    }
+
+    /// The line again with `value` in place of the one it had.
+    pub fn with_value(&self, value: &str) -> String {
+        format!("{} = {}{}", self.key, quote(value), self.rest)
+    }
+}
+
+/// Settings that name places on the host. A server started on a copy of the configuration
+/// that keeps them uses the backed-up host's files and directories (Barman warns about much
+/// the same list after a recovery).
+const HOST_PATH_SETTINGS: &[&str] = &[
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "include",
+    "include_dir",
+    "include_if_exists",
+    "log_directory",
+    "ssl_ca_file",
+    "ssl_cert_file",
+    "ssl_crl_dir",
+    "ssl_crl_file",
+    "ssl_dh_params_file",
+    "ssl_key_file",
+    "stats_temp_directory",
+    "unix_socket_directories",
+];
+
+/// What to review in `files` once written under `dir` for the data directory `target`:
+/// a `data_directory` that is not `target` (a server started on the file would run that
+/// directory, not the restored one), and, unless `dir` is `/`, the absolute paths of the
+/// backed-up host the files name. One line each, naming the written file.
+pub fn review(files: &[ConfigFile], dir: &Path, target: &Path) -> Vec<String> {
+    let in_place = dir == Path::new("/");
+    let mut out = Vec::new();
+    for f in files
+        .iter()
+        .filter(|f| f.named_by == "config_file" || f.named_by == "include")
+    {
+        let written = dir.join(f.path.strip_prefix("/").unwrap_or(&f.path));
+        let Ok(bytes) = f.bytes() else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        let mut host_paths = Vec::new();
+        for s in text.lines().filter_map(Setting::parse) {
+            if !s.value.starts_with('/') {
+                continue;
+            }
+            if s.key == "data_directory" {
+                let same = Path::new(&s.value) == target
+                    || matches!(
+                        (std::fs::canonicalize(&s.value), std::fs::canonicalize(target)),
+                        (Ok(a), Ok(b)) if a == b
+                    );
+                if !same {
+                    out.push(format!(
+                        "{}: data_directory = {}, not the restored {}: a server started on this \
+                         file runs that directory. Edit it, or start with -c data_directory={}",
+                        written.display(),
+                        quote(&s.value),
+                        target.display(),
+                        target.display()
+                    ));
+                }
+            } else if !in_place && HOST_PATH_SETTINGS.contains(&s.key) {
+                host_paths.push(format!("{} = {}", s.key, quote(&s.value)));
+            }
+        }
+        if !host_paths.is_empty() {
+            out.push(format!(
+                "{} names paths of the backed-up host ({}): edit them before a server starts \
+                 on it (--config-dir / puts the files back where these paths point)",
+                written.display(),
+                host_paths.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// `value` as a single-quoted configuration value.
+pub fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The value of a single-quoted configuration value (`''` is a quote), or an unquoted word,
+/// and how many bytes of `s` it took.
+fn quoted(s: &str) -> Option<(String, usize)> {
+    if !s.starts_with('\'') {
         let word: String = s
             .chars()
             .take_while(|c| !c.is_whitespace() && *c != '#')
             .collect();
-        return (!word.is_empty()).then_some(word);
+        let used = word.len();
+        return (!word.is_empty()).then_some((word, used));
     }
-    chars.next();
+    let mut chars = s.char_indices().skip(1).peekable();
     let mut out = String::new();
-    while let Some(c) = chars.next() {
+    while let Some((_, c)) = chars.next() {
         match c {
-            '\'' if chars.peek() == Some(&'\'') => {
+            '\'' if chars.peek().map(|p| p.1) == Some('\'') => {
                 chars.next();
                 out.push('\'');
             }
-            '\'' => return Some(out),
-            '\\' => out.push(chars.next()?),
+            '\'' => {
+                let used = chars.peek().map_or(s.len(), |p| p.0);
+                return Some((out, used));
+            }
+            '\\' => out.push(chars.next()?.1),
             c => out.push(c),
         }
     }
@@ -648,6 +768,79 @@ mod tests {
                 PathBuf::from("/abs/it's.conf"),
                 t.path().join("maybe.conf"),
             ]
+        );
+    }
+
+    #[test]
+    fn settings_that_name_the_backed_up_hosts_places_are_named_for_review() {
+        let mut conf = file(
+            "/etc/p/postgresql.conf",
+            b"data_directory = '/var/lib/p/main'\n\
+              hba_file = '/etc/p/pg_hba.conf'  # auth\n\
+              include_dir 'conf.d'\n\
+              #ssl_cert_file = '/etc/ssl/x.pem'\n\
+              shared_buffers = '/not/a/path/setting'\n",
+        );
+        conf.named_by = "config_file".into();
+        let mut hba = file("/etc/p/pg_hba.conf", b"data_directory = '/elsewhere'\n");
+        hba.named_by = "hba_file".into();
+        let files = [conf, hba];
+        let got = review(&files, Path::new("/r"), Path::new("/var/lib/p/restored"));
+        assert_eq!(
+            got,
+            vec![
+                "/r/etc/p/postgresql.conf: data_directory = '/var/lib/p/main', not the restored \
+                 /var/lib/p/restored: a server started on this file runs that directory. Edit \
+                 it, or start with -c data_directory=/var/lib/p/restored"
+                    .to_string(),
+                "/r/etc/p/postgresql.conf names paths of the backed-up host (hba_file = \
+                 '/etc/p/pg_hba.conf'): edit them before a server starts on it (--config-dir / \
+                 puts the files back where these paths point)"
+                    .to_string(),
+            ]
+        );
+        // Back in place over the same data directory: nothing to review.
+        assert!(review(&files, Path::new("/"), Path::new("/var/lib/p/main")).is_empty());
+        // In place, another data directory: only data_directory.
+        let got = review(&files, Path::new("/"), Path::new("/srv/copy"));
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("/etc/p/postgresql.conf: data_directory"),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn a_setting_line_is_read_as_postgresql_reads_it() {
+        let s = Setting::parse("  work_mem = '4MB' # tuning").unwrap();
+        assert_eq!(
+            (s.key, s.value.as_str(), s.rest),
+            ("work_mem", "4MB", " # tuning")
+        );
+        let s = Setting::parse("cron.database_name postgres").unwrap();
+        assert_eq!(
+            (s.key, s.value.as_str()),
+            ("cron.database_name", "postgres")
+        );
+        assert_eq!(
+            Setting::parse(r"x = 'it''s a \'quote\''").unwrap().value,
+            "it's a 'quote'"
+        );
+        for not in [
+            "# work_mem = 1",
+            "",
+            "   ",
+            "work_mem =",
+            "= 4",
+            "bad-key = 1",
+        ] {
+            assert!(Setting::parse(not).is_none(), "{not:?}");
+        }
+        assert!(Setting::include("work_mem = 1").is_none());
+        let i = Setting::include("include_if_exists '/a b.conf'").unwrap();
+        assert_eq!(
+            i.with_value("/m/a b.conf"),
+            "include_if_exists = '/m/a b.conf'"
         );
     }
 

@@ -248,10 +248,12 @@ pub struct RestoreSummary {
     pub bytes_left_out: u64,
     /// Where `pg_wal` was a link to when the backup was taken ([`Manifest::wal_link`]).
     pub backup_wal_link: Option<PathBuf>,
-    /// The backup's configuration files from outside the data directory (recorded paths).
-    pub config_files: Vec<PathBuf>,
+    /// The backup's configuration files from outside the data directory, as recorded.
+    pub config_files: Vec<crate::config_files::ConfigFile>,
     /// Where `--config-dir` wrote them.
     pub config_written: Vec<PathBuf>,
+    /// What to review in the files written ([`crate::config_files::review`]).
+    pub config_review: Vec<String>,
 }
 
 /// Checks that everything the backup references is present; returns the index of its
@@ -426,7 +428,7 @@ pub async fn restore(
     if let Some(dir) = &opts.config_dir {
         crate::config_files::check_free(dir, &m.config_files)?;
     }
-    let config_files: Vec<PathBuf> = m.config_files.iter().map(|f| f.path.clone()).collect();
+    let config_files = m.config_files.clone();
     if opts.dry_run {
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
@@ -445,6 +447,7 @@ pub async fn restore(
             backup_wal_link: m.wal_link.clone(),
             config_files,
             config_written: Vec::new(),
+            config_review: Vec::new(),
         });
     }
     if opts.delta {
@@ -689,6 +692,10 @@ pub async fn restore(
             })?,
         None => Vec::new(),
     };
+    let config_review = match &opts.config_dir {
+        Some(dir) => crate::config_files::review(&m.config_files, dir, target),
+        None => Vec::new(),
+    };
     progress.finish();
     Ok(RestoreSummary {
         plan,
@@ -706,6 +713,7 @@ pub async fn restore(
         backup_wal_link: m.wal_link.clone(),
         config_files,
         config_written,
+        config_review,
     })
 }
 

@@ -380,6 +380,31 @@ pub fn assert_success(out: &Output, what: &str) {
     );
 }
 
+/// The JSON report of a drill that must have passed (exit 0, outcome `passed`).
+pub fn passed_drill(out: &Output) -> serde_json::Value {
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "drill output is not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(out)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["outcome"], "passed", "{doc:#}");
+    doc
+}
+
+/// The check of drill report `doc` whose name starts with `name`.
+pub fn drill_check(doc: &serde_json::Value, name: &str) -> serde_json::Value {
+    doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str().unwrap().starts_with(name))
+        .unwrap_or_else(|| panic!("no check {name}: {doc:#}"))
+        .clone()
+}
+
 /// Text of stderr.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()

@@ -15,10 +15,11 @@ fn under(dir: &Path, path: &Path) -> PathBuf {
     dir.join(path.strip_prefix("/").unwrap())
 }
 
-fn configuration_comes_back(backend: Backend) {
-    let env = TestEnv::new(EnvOptions::new(backend));
-    let pg = env.cluster("pg");
-    // Debian's layout: the configuration in its own directory, named by -c config_file.
+/// Lays `pg` out as Debian's `pg_createcluster` does: `postgresql.conf`, `pg_hba.conf`,
+/// `pg_ident.conf` and `conf.d/tune.conf` (work_mem 7MB) in `<env>/etc/postgresql/main`,
+/// `data_directory` naming the data directory, `extra` appended to `postgresql.conf`; starts
+/// it on that file (`-c config_file`) and returns the directory.
+fn debian_layout(env: &TestEnv, pg: &Instance, extra: &str) -> PathBuf {
     let etc = env.path().join("etc/postgresql/main");
     std::fs::create_dir_all(etc.join("conf.d")).unwrap();
     for f in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
@@ -27,7 +28,8 @@ fn configuration_comes_back(backend: Backend) {
     let conf = etc.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str(&format!(
-        "hba_file = '{}'\nident_file = '{}'\ninclude_dir = 'conf.d'\n",
+        "data_directory = '{}'\nhba_file = '{}'\nident_file = '{}'\ninclude_dir = 'conf.d'\n{extra}",
+        pg.datadir.display(),
         etc.join("pg_hba.conf").display(),
         etc.join("pg_ident.conf").display()
     ));
@@ -39,21 +41,35 @@ fn configuration_comes_back(backend: Backend) {
     )
     .unwrap();
     give_to(env.run_as.as_deref(), &env.path().join("etc")).unwrap();
-    let config_file = format!(
+    pg.start_with(&format!(
         "-c config_file={}",
         pgcairn_engine::pg::instance::sh_quote(&conf.display().to_string())
-    );
-    pg.start_with(&config_file).unwrap();
+    ))
+    .unwrap();
+    etc
+}
+
+/// Creates table `t` (answer 42), takes a full backup, archives its WAL and stops `pg`.
+fn backed_up_and_stopped(env: &TestEnv, pg: &Instance, running: StopOnDrop<'_>) {
+    pg.psql("postgres", "create table t as select 42 as answer")
+        .unwrap();
+    backup_json(env, &["--type", "full"]);
+    let last = switch_wal(pg);
+    wait_archived(pg, &last, Duration::from_secs(90));
+    drop(running);
+    pg.stop().unwrap();
+}
+
+fn configuration_comes_back(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let pg = env.cluster("pg");
+    // Debian's layout: the configuration in its own directory, named by -c config_file.
+    let etc = debian_layout(&env, &pg, "");
+    let conf = etc.join("postgresql.conf");
     let stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
     assert_eq!(pg.psql("postgres", "show work_mem").unwrap(), "7MB");
-    pg.psql("postgres", "create table t as select 42 as answer")
-        .unwrap();
-    backup_json(&env, &["--type", "full"]);
-    let last = switch_wal(&pg);
-    wait_archived(&pg, &last, Duration::from_secs(90));
-    drop(stop);
-    pg.stop().unwrap();
+    backed_up_and_stopped(&env, &pg, stop);
 
     let kept = [
         conf.clone(),
@@ -131,6 +147,25 @@ fn configuration_comes_back(backend: Backend) {
         assert_eq!(m.mode() & 0o777, orig.mode() & 0o777, "{}", f.display());
         assert_eq!(m.uid(), orig.uid(), "{}", f.display());
     }
+    // What would still point at the backed-up host is named for review.
+    let restored_conf = under(&etc_dir, &conf).display().to_string();
+    assert!(
+        text.contains(&format!(
+            "review: {restored_conf}: data_directory = '{}', not the restored {}",
+            pg.datadir.display(),
+            target.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "review: {restored_conf} names paths of the backed-up host (hba_file = '{}', \
+             ident_file = '{}')",
+            etc.join("pg_hba.conf").display(),
+            etc.join("pg_ident.conf").display()
+        )),
+        "{text}"
+    );
     // Run again (another restore, the same directory): the same contents count as written.
     let again = env.restore("r2", &["--config-dir", &etc_arg]);
     assert!(
@@ -147,10 +182,11 @@ fn configuration_comes_back(backend: Backend) {
         free_port().unwrap(),
         env.run_as.clone(),
     );
-    let restored_conf = under(&etc_dir, &conf).display().to_string();
+    // As the review says: the restored data directory, not the one the file names.
     r.start_with(&format!(
-        "-c config_file={} -c archive_mode=off",
-        pgcairn_engine::pg::instance::sh_quote(&restored_conf)
+        "-c config_file={} -c data_directory={} -c archive_mode=off",
+        pgcairn_engine::pg::instance::sh_quote(&restored_conf),
+        pgcairn_engine::pg::instance::sh_quote(&target.display().to_string())
     ))
     .unwrap();
     let _stop_r = StopOnDrop(&r);
@@ -211,5 +247,75 @@ fn without_config_dir_the_restore_names_the_files_and_writes_none() {
     assert!(
         !env.path().join("plain/pg_ident.conf").exists(),
         "a file outside the data directory was written into it"
+    );
+}
+
+/// A drill of a cluster laid out as Debian lays it out (no `postgresql.conf` in the data
+/// directory; `data_directory` naming production's) runs on the backup's configuration, read
+/// from its own copy: never on the host's files as they are now, never on production's data
+/// directory, and its log read whatever production's logging says.
+#[test]
+fn a_drill_runs_on_the_configuration_the_backup_kept() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    let shared = env.path().join("etc/postgresql/shared.conf");
+    std::fs::create_dir_all(shared.parent().unwrap()).unwrap();
+    std::fs::write(&shared, "maintenance_work_mem = '77MB'\n").unwrap();
+    let etc = debian_layout(
+        &env,
+        &pg,
+        &format!(
+            "include '{}'\nlogging_collector = on\nlog_destination = 'csvlog'\n\
+             log_directory = '{}'\nlog_min_messages = 'fatal'\n",
+            shared.display(),
+            env.path().join("pglog").display(),
+        ),
+    );
+    let conf = etc.join("postgresql.conf");
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    assert_eq!(
+        pg.psql("postgres", "show maintenance_work_mem").unwrap(),
+        "77MB"
+    );
+    backed_up_and_stopped(&env, &pg, stop);
+    // The host's files change after the backup: the drill must not read them.
+    std::fs::write(etc.join("conf.d/tune.conf"), "work_mem = '9MB'\n").unwrap();
+    std::fs::write(&shared, "maintenance_work_mem = '99MB'\n").unwrap();
+    let control = std::fs::read(pg.datadir.join("global/pg_control")).unwrap();
+
+    let checks = env.path().join("checks.sql");
+    std::fs::write(
+        &checks,
+        "select current_setting('work_mem') = '7MB';\n\
+         select current_setting('maintenance_work_mem') = '77MB';\n\
+         select answer = 42 from t;\n",
+    )
+    .unwrap();
+    give_to(env.run_as.as_deref(), &checks).unwrap();
+    let out = env.drill(&["--check-sql", &checks.display().to_string()]);
+    let doc = passed_drill(&out);
+    let check = |name: &str| drill_check(&doc, name);
+    let c = check("production configuration");
+    assert_eq!(c["status"], "passed", "{c}");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&conf.display().to_string())
+            && detail.contains("with the 2 files it includes"),
+        "{detail}"
+    );
+    for name in [
+        "isolated from production",
+        "recovery reached the target",
+        "check-sql #1",
+        "check-sql #2",
+    ] {
+        assert_eq!(check(name)["status"], "passed", "{name}: {doc:#}");
+    }
+    // Production's data directory was never started by the drill.
+    assert!(!pg.datadir.join("postmaster.pid").exists());
+    assert_eq!(
+        std::fs::read(pg.datadir.join("global/pg_control")).unwrap(),
+        control
     );
 }

@@ -175,24 +175,8 @@ fn end_to_end(major: u32) {
         "--check-sql",
         &checks.display().to_string(),
     ]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "drill output is not JSON ({e}): {}\n{}",
-            stdout(&out),
-            stderr(&out)
-        )
-    });
-    assert_eq!(out.status.code(), Some(0), "{doc:#}");
-    assert_eq!(doc["outcome"], "passed", "{doc:#}");
-    let status = |name: &str| {
-        doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"].as_str().unwrap().starts_with(name))
-            .unwrap_or_else(|| panic!("no check {name}: {doc:#}"))
-            .clone()
-    };
+    let doc = passed_drill(&out);
+    let status = |name: &str| drill_check(&doc, name);
     for name in [
         "recovery reached the target",
         "amcheck bt_index_check",

@@ -391,8 +391,9 @@ pub async fn restore_cmd(
             "bytes_left_out": s.bytes_left_out,
             "wal_dir": opts.wal_dir.as_ref().map(|w| w.to_string_lossy()),
             "backup_wal_link": s.backup_wal_link.as_ref().map(|w| w.to_string_lossy()),
-            "config_files": s.config_files.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
+            "config_files": s.config_files.iter().map(|f| f.path.to_string_lossy()).collect::<Vec<_>>(),
             "config_written": s.config_written.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
+            "config_review": s.config_review,
             "recovery_settings": recovery_settings(&opts).into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .chain(opts.recovery_options.iter().cloned())
@@ -445,13 +446,16 @@ pub async fn restore_cmd(
         let listed = || {
             s.config_files
                 .iter()
-                .map(|p| p.display().to_string())
+                .map(|f| f.path.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         };
         if !s.config_written.is_empty() {
             for p in &s.config_written {
                 println!("configuration file written: {}", p.display());
+            }
+            for r in &s.config_review {
+                println!("review: {r}");
             }
         } else if s.config_files.is_empty() {
         } else if opts.config_dir.is_none() {

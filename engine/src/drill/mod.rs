@@ -25,9 +25,19 @@
 //!   writes into the repository), `recovery_end_command`, `archive_cleanup_command` and
 //!   `external_pid_file` empty, `synchronous_standby_names = ''` (commits never wait for a
 //!   production standby), `cron.launch_active_jobs = off` (pg_cron);
+//! - its own data directory: `data_directory` on the command line (Debian's
+//!   `postgresql.conf` names production's, and a `data_directory` in the configuration
+//!   outranks `pg_ctl -D`), and before PostgreSQL 15 `stats_temp_directory = 'pg_stat_tmp'`
+//!   inside it (a production value, often a tmpfs the running cluster uses, would have the
+//!   drill's statistics collector overwrite its files);
 //! - `shared_preload_libraries` is kept: some extensions must be preloaded for their tables to
 //!   be read. A preloaded extension that connects out on its own (pglogical, a scheduler
 //!   running dblink jobs) is not stopped by the above; the README says so.
+//!
+//! Where the data directory has no `postgresql.conf` (Debian's layout keeps it in `/etc`),
+//! the instance reads the backup's own copy of it ([`configuration`]). Production's logging
+//! settings are overridden so that the drill can read its server's log (`lc_messages = C`,
+//! `log_destination = stderr`, `log_min_messages = warning`).
 //!
 //! # Measuring
 //!
@@ -87,6 +97,7 @@
 //! [`abort_cleanup`]. A first watchdog, which only removes the directory, runs from the start:
 //! a drill killed during its restore leaves no partial copy behind.
 
+mod configuration;
 mod moments;
 pub mod report;
 
@@ -357,8 +368,8 @@ fn write_auth_files(conf_dir: &Path) -> Result<(PathBuf, PathBuf)> {
 /// Settings by name, as the server must report them.
 type Settings = Vec<(&'static str, String)>;
 
-fn isolation_settings(hba: &Path, ident: &Path) -> Settings {
-    vec![
+fn isolation_settings(hba: &Path, ident: &Path, major: u32) -> Settings {
+    let mut s = vec![
         ("listen_addresses", String::new()),
         ("unix_socket_permissions", "0700".into()),
         ("unix_socket_group", String::new()),
@@ -375,7 +386,13 @@ fn isolation_settings(hba: &Path, ident: &Path) -> Settings {
         ("archive_cleanup_command", String::new()),
         ("external_pid_file", String::new()),
         ("synchronous_standby_names", String::new()),
-    ]
+    ];
+    // Before 15 the statistics collector writes where this says; a production value (a
+    // tmpfs shared with the running cluster) would have the drill overwrite its files.
+    if major <= 14 {
+        s.push(("stats_temp_directory", "pg_stat_tmp".into()));
+    }
+    s
 }
 
 /// Settings that are not about isolation: memory, hot standby, the log where and as the drill
@@ -388,6 +405,11 @@ const OTHER_SETTINGS: &[(&str, &str)] = &[
     // Each line starts with its moment on the host's clock ([`moments`]).
     ("log_line_prefix", "%m [%p] "),
     ("log_timezone", "UTC"),
+    // The drill reads its server's log: in English, to stderr (the file pg_ctl writes), with
+    // the LOG lines about recovery, whatever production's logging is.
+    ("lc_messages", "C"),
+    ("log_destination", "stderr"),
+    ("log_min_messages", "warning"),
     ("cron.launch_active_jobs", "off"),
 ];
 
@@ -516,8 +538,8 @@ fn isolation_check(inst: &Instance, settings: &[(&str, String)]) -> Check {
         name: ISOLATION_CHECK.into(),
         status: if wrong.is_empty() { "passed" } else { "error" }.into(),
         detail: if wrong.is_empty() {
-            "no network, own pg_hba.conf, no replication or apply workers, no archiving, \
-             no primary_conninfo, no synchronous standbys"
+            "no network, own pg_hba.conf and data directory, no replication or apply \
+             workers, no archiving, no primary_conninfo, no synchronous standbys"
                 .into()
         } else {
             format!("not isolated, stopped at once: {}", wrong.join("; "))
@@ -572,6 +594,12 @@ pub fn abort_cleanup(workdir: &Path, keep: bool) {
 }
 
 /// The OS user to run PostgreSQL as: the data directory's owner, when we are root.
+/// The owner and group of `dir`.
+fn owner_ids(dir: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))
+}
+
 fn owner_of(dir: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     if crate::pg::instance::current_uid() != 0 {
@@ -789,7 +817,7 @@ pub async fn run_drill(
     // An ephemeral instance cut off from production (module docs). Failing to set it up is
     // the drill not running, not a finding about the backup.
     let t = Instant::now();
-    let setup = (|| -> Result<(Instance, PgBinaries, Settings)> {
+    let setup = (|| -> Result<(Instance, PgBinaries, Settings, configuration::Source)> {
         // The server of the backup's major version: no other can run its data directory.
         let bin =
             PgBinaries::for_major(data_directory_major(&datadir)?, opts.pg_bindir.as_deref())?;
@@ -800,8 +828,15 @@ pub async fn run_drill(
         if let Some(spool) = &opts.prefetch_spool {
             give_to(run_as.as_deref(), spool.root())?;
         }
+        let major = data_directory_major(&datadir)?;
+        let source = configuration::prepare(
+            &datadir,
+            &opts.workdir.join("config"),
+            &restored.config_files,
+            run_as.as_ref().and(owner_ids(&datadir)),
+        )?;
         let (hba, ident) = write_auth_files(&opts.workdir.join("conf"))?;
-        let settings = isolation_settings(&hba, &ident);
+        let settings = isolation_settings(&hba, &ident, major);
         append_to_auto_conf(&datadir, &config_lines(&settings))?;
         let instance = Instance::new(
             bin.clone(),
@@ -810,14 +845,24 @@ pub async fn run_drill(
             free_port()?,
             run_as,
         );
-        Ok((instance, bin, settings))
+        Ok((instance, bin, settings, source))
     })();
-    let (instance, bin, settings) = match setup {
+    let (instance, bin, settings, source) = match setup {
         Ok(v) => v,
         Err(e) => {
             return finish_early(repo, opts, id, started_at, rpo, "startup", t, true, e).await;
         }
     };
+    checks.push(Check {
+        name: CONFIGURATION_CHECK.into(),
+        status: if source == configuration::Source::Defaults {
+            "skipped"
+        } else {
+            "passed"
+        }
+        .into(),
+        detail: source.describe(),
+    });
     let run_as = instance.run_as.clone();
     // The instance exists from here: a watchdog that also stops it takes over.
     if let Some(w) = early_watchdog.as_mut() {
@@ -1136,7 +1181,11 @@ async fn run_instance(
     let began = SystemTime::now();
     let t = Instant::now();
     let inst = instance.clone();
-    let mut all = settings.to_vec();
+    // Its own data directory, on the command line only (PostgreSQL takes it from no other
+    // place once started), whatever the configuration names (see [`configuration`]).
+    let mut checked = settings.to_vec();
+    checked.push(("data_directory", instance.datadir.display().to_string()));
+    let mut all = checked.clone();
     all.extend(startup_settings(data_dir_major(&instance.datadir)));
     let options = command_line(&all);
     let started = blocking(move || inst.start_with(&options)).await?;
@@ -1173,7 +1222,7 @@ async fn run_instance(
         share_of_mttr: None,
     });
     let inst = instance.clone();
-    let wanted = settings.to_vec();
+    let wanted = checked;
     let isolated = blocking(move || isolation_check(&inst, &wanted)).await?;
     let stop_now = isolated.status != "passed";
     checks.push(isolated);
@@ -1243,6 +1292,9 @@ async fn run_instance(
     });
     Ok(())
 }
+
+/// The name of the check that says which configuration the instance ran on.
+pub const CONFIGURATION_CHECK: &str = "production configuration";
 
 /// The name of the page checksum check in reports.
 pub const PAGE_CHECKSUMS_CHECK: &str = "page checksums";
