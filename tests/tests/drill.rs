@@ -1249,3 +1249,42 @@ fn every_table_read_in_full_reads_toasted_values() {
         .to_string();
     assert!(detail.contains("public.docs"), "{detail}");
 }
+
+/// Production settings of this host's own in the backup: `huge_pages = on` (huge pages
+/// reserved for production) does not stop a drill; a preloaded library this host lacks makes
+/// the drill an `error` (it could not run here), not a finding about the backup.
+#[test]
+fn production_settings_of_the_host_are_not_findings_about_the_backup() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let backed_up = |sql: &str| {
+        // ALTER SYSTEM: in the backup's postgresql.auto.conf, not in effect here until a restart.
+        pg.psql("postgres", sql).unwrap();
+        backup_json(&env, &["--type", "full"]);
+        let last = switch_wal(&pg);
+        wait_archived(&pg, &last, Duration::from_secs(90));
+    };
+    pg.psql("postgres", "create table t as select 1 as x")
+        .unwrap();
+    backed_up("alter system set huge_pages = on");
+    let (code, doc) = drill(&env, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    assert_eq!(doc["outcome"], "passed", "{doc:#}");
+
+    backed_up("alter system set shared_preload_libraries = 'pgcairn_not_installed_here'");
+    let (code, doc) = drill(&env, &[]);
+    assert_eq!(code, Some(1), "{doc:#}");
+    assert_eq!(doc["outcome"], "error", "{doc:#}");
+    let c = drill_check(&doc, "recovery reached the target");
+    assert_eq!(c["status"], "error", "{c}");
+    let detail = c["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pgcairn_not_installed_here")
+            && detail.contains("not installed on this host"),
+        "{detail}"
+    );
+    pg.psql("postgres", "alter system reset all").unwrap();
+}

@@ -410,6 +410,11 @@ const OTHER_SETTINGS: &[(&str, &str)] = &[
     ("lc_messages", "C"),
     ("log_destination", "stderr"),
     ("log_min_messages", "warning"),
+    // Production's huge pages are reserved for production: `huge_pages = on` from its
+    // configuration fails the drill's start on a host with none to spare.
+    ("huge_pages", "off"),
+    // Process titles say drill, not production's cluster name (monitoring by process name).
+    ("cluster_name", "pgcairn-drill"),
     ("cron.launch_active_jobs", "off"),
 ];
 
@@ -1203,11 +1208,16 @@ async fn run_instance(
             .rfind(|l| l.contains("FATAL"))
             .unwrap_or("")
             .to_string();
-        checks.push(check(
+        let mut c = check(
             "recovery reached the target",
             false,
             format!("PostgreSQL did not start: {reason} ({e})"),
-        ));
+        );
+        if let Some(why) = start_failure_outside_the_data(&reason) {
+            c.status = "error".into();
+            c.detail = format!("{} ({why})", c.detail);
+        }
+        checks.push(c);
         return Ok(());
     }
     let accepted = SystemTime::now();
@@ -1354,6 +1364,50 @@ fn page_checksum_check(instance: &Instance) -> Result<Check> {
         ));
     }
     Ok(check(PAGE_CHECKSUMS_CHECK, found.bad.is_empty(), detail))
+}
+
+/// Why the server's start failed for a reason of this host rather than of the backup, from
+/// its last FATAL line (in English: the drill runs it with `lc_messages = C`): a library in
+/// `shared_preload_libraries` not installed here, memory or semaphores the host will not
+/// give, a socket or lock file it cannot create. `None` for anything else, which stays a
+/// finding (a missing checkpoint, WAL ending before the backup's end, ...).
+fn start_failure_outside_the_data(fatal: &str) -> Option<&'static str> {
+    const HOST: &[(&str, &str)] = &[
+        (
+            "could not access file",
+            "a library the configuration preloads is not installed on this host: install it \
+             (a restore here would fail the same way) or drill on a host that has it",
+        ),
+        (
+            "could not load library",
+            "a library the configuration preloads does not load on this host",
+        ),
+        (
+            "could not map anonymous shared memory",
+            "this host is short of memory",
+        ),
+        (
+            "could not create shared memory segment",
+            "this host is short of shared memory",
+        ),
+        (
+            "could not create semaphores",
+            "this host is short of semaphores",
+        ),
+        ("out of memory", "this host is short of memory"),
+        (
+            "could not create lock file",
+            "the drill's socket directory is not usable",
+        ),
+        ("could not bind", "the drill's socket could not be created"),
+        (
+            "could not create any Unix-domain sockets",
+            "the drill's socket could not be created",
+        ),
+    ];
+    HOST.iter()
+        .find(|(pattern, _)| fatal.contains(pattern))
+        .map(|(_, why)| *why)
 }
 
 /// The line where `pgcairn archive-get` (restore_command) gave up because storage could not
@@ -1595,6 +1649,26 @@ mod tests {
         std::fs::remove_file(&auto).unwrap();
         append_to_auto_conf(&datadir, "port = 5499\n").unwrap();
         assert_eq!(std::fs::read_to_string(&auto).unwrap(), "port = 5499\n");
+    }
+
+    #[test]
+    fn a_start_failure_of_this_host_is_told_from_one_of_the_backup() {
+        for host in [
+            "FATAL:  could not access file \"pg_stat_statements\": No such file or directory",
+            "FATAL:  could not map anonymous shared memory: Cannot allocate memory",
+            "FATAL:  could not create any Unix-domain sockets",
+        ] {
+            assert!(start_failure_outside_the_data(host).is_some(), "{host}");
+        }
+        for backup in [
+            "PANIC:  could not locate a valid checkpoint record",
+            "FATAL:  WAL ends before end of online backup",
+            "FATAL:  requested recovery stop point is before consistent recovery point",
+            "FATAL:  database files are incompatible with server",
+            "",
+        ] {
+            assert!(start_failure_outside_the_data(backup).is_none(), "{backup}");
+        }
     }
 
     #[test]
