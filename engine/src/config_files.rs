@@ -271,8 +271,8 @@ pub fn includes(file: &Path, text: &str) -> Vec<PathBuf> {
         let Some(d) = Setting::include(line) else {
             continue;
         };
-        let target = base.join(&d.value);
-        if d.key == "include_dir" {
+        let target = lexical(&base.join(&d.value));
+        if d.key.eq_ignore_ascii_case("include_dir") {
             let Ok(entries) = std::fs::read_dir(&target) else {
                 continue;
             };
@@ -310,15 +310,21 @@ impl<'a> Setting<'a> {
     /// quoted or a bare word), or `None` for a comment, a blank or malformed line.
     pub fn parse(line: &'a str) -> Option<Self> {
         let line = line.trim_start();
-        let (key, rest) = line.split_once(|c: char| c.is_whitespace() || c == '=')?;
-        if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        {
+        // A name: a letter or `_`, then letters, digits, `_` and `.` (qualified names).
+        let end = line
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || !c.is_ascii()))
+            .unwrap_or(line.len());
+        let key = &line[..end];
+        if !key.starts_with(|c: char| c.is_alphabetic() || c == '_' || !c.is_ascii()) {
             return None;
         }
-        let rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '=');
+        let after = &line[end..];
+        // The name ends at a space, `=` or the quote of a value, nothing else.
+        if !after.starts_with(|c: char| c.is_whitespace() || c == '=' || c == '\'') {
+            return None;
+        }
+        let rest = after.trim_start();
+        let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
         let (value, used) = quoted(rest)?;
         Some(Setting {
             key,
@@ -327,10 +333,15 @@ impl<'a> Setting<'a> {
         })
     }
 
+    /// Whether this is the setting `name` (PostgreSQL compares names case-insensitively).
+    pub fn is(&self, name: &str) -> bool {
+        self.key.eq_ignore_ascii_case(name)
+    }
+
     /// An `include`, `include_if_exists` or `include_dir` line on `line`.
     pub fn include(line: &'a str) -> Option<Self> {
         Self::parse(line)
-            .filter(|s| matches!(s.key, "include" | "include_if_exists" | "include_dir"))
+            .filter(|s| s.is("include") || s.is("include_if_exists") || s.is("include_dir"))
     }
 
     /// The line again with `value` in place of the one it had.
@@ -375,28 +386,33 @@ pub fn review(files: &[ConfigFile], dir: &Path, target: &Path) -> Vec<String> {
         let Ok(bytes) = f.bytes() else { continue };
         let text = String::from_utf8_lossy(&bytes);
         let mut host_paths = Vec::new();
+        // The last data_directory of the file is the one in force (of those in it).
+        let mut data_directory = None;
         for s in text.lines().filter_map(Setting::parse) {
             if !s.value.starts_with('/') {
                 continue;
             }
-            if s.key == "data_directory" {
-                let same = Path::new(&s.value) == target
-                    || matches!(
-                        (std::fs::canonicalize(&s.value), std::fs::canonicalize(target)),
-                        (Ok(a), Ok(b)) if a == b
-                    );
-                if !same {
-                    out.push(format!(
-                        "{}: data_directory = {}, not the restored {}: a server started on this \
-                         file runs that directory. Edit it, or start with -c data_directory={}",
-                        written.display(),
-                        quote(&s.value),
-                        target.display(),
-                        target.display()
-                    ));
-                }
-            } else if !in_place && HOST_PATH_SETTINGS.contains(&s.key) {
+            if s.is("data_directory") {
+                data_directory = Some(s.value);
+            } else if !in_place && HOST_PATH_SETTINGS.iter().any(|n| s.is(n)) {
                 host_paths.push(format!("{} = {}", s.key, quote(&s.value)));
+            }
+        }
+        if let Some(value) = data_directory {
+            let same = Path::new(&value) == target
+                || matches!(
+                    (std::fs::canonicalize(&value), std::fs::canonicalize(target)),
+                    (Ok(a), Ok(b)) if a == b
+                );
+            if !same {
+                let restored = crate::pg::instance::sh_quote(&target.to_string_lossy());
+                out.push(format!(
+                    "{}: data_directory = {}, not the restored {}: a server started on this \
+                     file runs that directory. Edit it, or start with -c data_directory={restored}",
+                    written.display(),
+                    quote(&value),
+                    target.display(),
+                ));
             }
         }
         if !host_paths.is_empty() {
@@ -416,16 +432,20 @@ pub fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// The value of a single-quoted configuration value (`''` is a quote), or an unquoted word,
-/// and how many bytes of `s` it took.
+/// The value of a single-quoted configuration value (`''` is a quote; backslash escapes as
+/// PostgreSQL's `GUC_scanstr` reads them), or an unquoted word (a name, number or unquoted
+/// string: PostgreSQL refuses one that starts with `/`), and how many bytes of `s` it took.
 fn quoted(s: &str) -> Option<(String, usize)> {
     if !s.starts_with('\'') {
+        if !s.starts_with(|c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '+' | '.')) {
+            return None;
+        }
         let word: String = s
             .chars()
             .take_while(|c| !c.is_whitespace() && *c != '#')
             .collect();
         let used = word.len();
-        return (!word.is_empty()).then_some((word, used));
+        return Some((word, used));
     }
     let mut chars = s.char_indices().skip(1).peekable();
     let mut out = String::new();
@@ -439,7 +459,30 @@ fn quoted(s: &str) -> Option<(String, usize)> {
                 let used = chars.peek().map_or(s.len(), |p| p.0);
                 return Some((out, used));
             }
-            '\\' => out.push(chars.next()?.1),
+            '\\' => {
+                let (_, e) = chars.next()?;
+                match e {
+                    'b' => out.push('\u{8}'),
+                    'f' => out.push('\u{c}'),
+                    'n' => out.push('\n'),
+                    'r' => out.push('\r'),
+                    't' => out.push('\t'),
+                    '0'..='7' => {
+                        let mut v = e.to_digit(8).expect("octal");
+                        for _ in 0..2 {
+                            match chars.peek().and_then(|p| p.1.to_digit(8)) {
+                                Some(d) => {
+                                    v = v * 8 + d;
+                                    chars.next();
+                                }
+                                None => break,
+                            }
+                        }
+                        out.push(char::from_u32(v & 0xff).unwrap_or('?'));
+                    }
+                    other => out.push(other),
+                }
+            }
             c => out.push(c),
         }
     }
@@ -453,33 +496,46 @@ fn corrupt(detail: String) -> Error {
     }
 }
 
-/// Where `f` goes under `dir`, as the components below `dir`, refusing a recorded path that
-/// is not absolute or has `..` (the manifest is authenticated; this is a second line of
-/// defence).
-fn relative(f: &ConfigFile) -> Result<Vec<&std::ffi::OsStr>> {
-    let mut comps = f.path.components();
-    if comps.next() != Some(Component::RootDir) {
+/// Where `f` goes under `dir`, as the components below `dir`: its recorded path taken
+/// lexically ([`lexical`]: `..` never climbs above `dir`), refusing one that is not absolute
+/// or names `/` (the manifest is authenticated; this is a second line of defence). Backups
+/// before 2026-12-06 recorded `include '../x.conf'` as `/etc/p/main/../x.conf`.
+fn relative(f: &ConfigFile) -> Result<Vec<std::ffi::OsString>> {
+    if !f.path.is_absolute() {
         return Err(corrupt(format!(
             "configuration file {} in the manifest is not an absolute path",
             f.path.display()
         )));
     }
-    let mut out = Vec::new();
-    for c in comps {
-        match c {
-            Component::Normal(n) => out.push(n),
-            _ => {
-                return Err(corrupt(format!(
-                    "configuration file {} in the manifest is not a plain path",
-                    f.path.display()
-                )))
-            }
-        }
-    }
+    let out: Vec<std::ffi::OsString> = lexical(&f.path)
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
     if out.is_empty() {
         return Err(corrupt("a configuration file named /".into()));
     }
     Ok(out)
+}
+
+/// `path` made absolute (relative to `/`) and resolved lexically: `.` dropped, `..` removing
+/// the component before it and never climbing above `/`. PostgreSQL opens the path as given,
+/// and the kernel resolves `..` after links; configuration directories rarely hold links, and
+/// this is the one path the copy can be written at.
+pub fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// What is at a file's place under `--config-dir`, found without following links.
@@ -742,9 +798,13 @@ mod tests {
 
     #[test]
     fn recorded_paths_that_are_not_plain_and_absolute_are_refused() {
-        for bad in ["etc/x.conf", "/etc/../x.conf", "/"] {
+        for bad in ["etc/x.conf", "/", "/etc/../.."] {
             assert!(relative(&file(bad, b"")).is_err(), "{bad}");
         }
+        // `..` is taken lexically and never climbs above the directory written under.
+        let parts = |p: &str| relative(&file(p, b"")).unwrap();
+        assert_eq!(parts("/etc/p/main/../x.conf"), ["etc", "p", "x.conf"]);
+        assert_eq!(parts("/../../etc/./x.conf"), ["etc", "x.conf"]);
     }
 
     #[test]
@@ -791,7 +851,7 @@ mod tests {
             vec![
                 "/r/etc/p/postgresql.conf: data_directory = '/var/lib/p/main', not the restored \
                  /var/lib/p/restored: a server started on this file runs that directory. Edit \
-                 it, or start with -c data_directory=/var/lib/p/restored"
+                 it, or start with -c data_directory='/var/lib/p/restored'"
                     .to_string(),
                 "/r/etc/p/postgresql.conf names paths of the backed-up host (hba_file = \
                  '/etc/p/pg_hba.conf'): edit them before a server starts on it (--config-dir / \
@@ -826,6 +886,14 @@ mod tests {
             Setting::parse(r"x = 'it''s a \'quote\''").unwrap().value,
             "it's a 'quote'"
         );
+        // As PostgreSQL's lexer: no space needed before a quoted value, names without case,
+        // GUC_scanstr's escapes.
+        let s = Setting::include("Include'/etc/x.conf'").unwrap();
+        assert_eq!((s.key, s.value.as_str()), ("Include", "/etc/x.conf"));
+        assert_eq!(
+            Setting::parse(r"x = 'a\tb\101\\c'").unwrap().value,
+            "a\tbA\\c"
+        );
         for not in [
             "# work_mem = 1",
             "",
@@ -833,6 +901,8 @@ mod tests {
             "work_mem =",
             "= 4",
             "bad-key = 1",
+            "9lives = 1",
+            "include /etc/x.conf",
         ] {
             assert!(Setting::parse(not).is_none(), "{not:?}");
         }

@@ -265,9 +265,10 @@ fn a_drill_runs_on_the_configuration_the_backup_kept() {
         &env,
         &pg,
         &format!(
-            "include '{}'\nlogging_collector = on\nlog_destination = 'csvlog'\n\
+            // Relative, climbing out of the directory, the name in capitals: all as
+            // PostgreSQL reads them.
+            "Include '../shared.conf'\nlogging_collector = on\nlog_destination = 'csvlog'\n\
              log_directory = '{}'\nlog_min_messages = 'fatal'\n",
-            shared.display(),
             env.path().join("pglog").display(),
         ),
     );

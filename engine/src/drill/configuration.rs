@@ -30,7 +30,7 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::config_files::{quote, ConfigFile, Setting};
+use crate::config_files::{lexical, quote, ConfigFile, Setting};
 use crate::error::{Error, Result};
 
 /// Where the drill's instance got its configuration.
@@ -40,7 +40,11 @@ pub enum Source {
     DataDirectory,
     /// The backup's `postgresql.conf` from outside the data directory (its recorded path)
     /// and `includes` files it pulls in, read from the drill's copy.
-    Kept { path: PathBuf, includes: usize },
+    Kept {
+        path: PathBuf,
+        includes: usize,
+        not_kept: Vec<PathBuf>,
+    },
     /// No `postgresql.conf` anywhere in the backup.
     Defaults,
 }
@@ -50,14 +54,30 @@ impl Source {
     pub fn describe(&self) -> String {
         match self {
             Source::DataDirectory => "the data directory's own postgresql.conf".into(),
-            Source::Kept { path, includes } => format!(
+            Source::Kept {
+                path,
+                includes,
+                not_kept,
+            } => format!(
                 "{} as kept with the backup{} (the data directory has no postgresql.conf), \
-                 read from the drill's copy",
+                 read from the drill's copy{}",
                 path.display(),
                 match includes {
                     0 => String::new(),
                     1 => ", with the 1 file it includes".into(),
                     n => format!(", with the {n} files it includes"),
+                },
+                if not_kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; included but not kept with the backup, so not read: {}",
+                        not_kept
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
             ),
             Source::Defaults => "none: the data directory has no postgresql.conf and the backup \
@@ -105,8 +125,18 @@ pub fn prepare(
                 .iter()
                 .filter(|f| f.named_by == "config_file" || f.named_by == "include")
                 .collect();
-            let (copies, dirs) = rebased(&read, mirror)?;
-            let copies: Vec<ConfigFile> = copies
+            // Production's data directory, as its configuration names it: an include of a
+            // file in it reads the drill's restored copy of that file.
+            let production = main.bytes().ok().and_then(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .filter_map(Setting::parse)
+                    .rfind(|s| s.is("data_directory") && s.value.starts_with('/'))
+                    .map(|s| lexical(Path::new(&s.value)))
+            });
+            let copy = rebased(&read, mirror, production.as_deref().map(|p| (p, datadir)))?;
+            let copies: Vec<ConfigFile> = copy
+                .files
                 .into_iter()
                 .map(|f| ConfigFile {
                     mode: 0o600,
@@ -116,19 +146,19 @@ pub fn prepare(
                 })
                 .collect();
             // Every directory of the copy is the drill's own (created here, not by the
-            // writer, which would give them to the files' owner).
-            let mut needed: Vec<PathBuf> = dirs;
-            needed.extend(copies.iter().filter_map(|f| {
-                f.path
-                    .parent()
-                    .map(|p| mirror.join(p.strip_prefix("/").unwrap_or(p)))
-            }));
+            // writer, which would give them to the files' owner), 0755 whatever the umask.
+            let mut needed: Vec<PathBuf> = copy.dirs;
+            needed.extend(
+                copies
+                    .iter()
+                    .filter_map(|f| f.path.parent().map(|p| under(mirror, p))),
+            );
             super::private_dir(mirror, 0o755)?;
             for d in &needed {
-                std::fs::create_dir_all(d).map_err(|e| Error::io(d.display().to_string(), e))?;
+                directories_beneath(mirror, d)?;
             }
             crate::config_files::write_all(mirror, &copies, owner.is_some())?;
-            let copy = mirror.join(main.path.strip_prefix("/").unwrap_or(&main.path));
+            let main_copy = under(mirror, &main.path);
             let text = format!(
                 "# pgcairn drill: this data directory came without a postgresql.conf (the cluster\n\
                  # keeps its configuration outside it, as Debian's pg_createcluster does). The\n\
@@ -138,13 +168,14 @@ pub fn prepare(
                  # and the data directory is this one, whatever that file names:\n\
                  data_directory = {}\n",
                 main.path.display(),
-                quote(&copy.to_string_lossy()),
+                quote(&main_copy.to_string_lossy()),
                 quote(&datadir.to_string_lossy()),
             );
             (
                 Source::Kept {
                     path: main.path.clone(),
                     includes: read.len() - 1,
+                    not_kept: copy.not_kept,
                 },
                 text,
             )
@@ -168,18 +199,67 @@ pub fn prepare(
     Ok(source)
 }
 
-/// Copies of `files` that read only beneath `mirror`: each `include`, `include_if_exists`
-/// and `include_dir` with an absolute path names that path under `mirror` instead; every
-/// other line, and every file that is not UTF-8 line by line, is kept byte for byte. Also
-/// returns the directories (under `mirror`) that `include_dir` lines name.
-pub fn rebased(files: &[&ConfigFile], mirror: &Path) -> Result<(Vec<ConfigFile>, Vec<PathBuf>)> {
+/// `path` (absolute) resolved lexically and placed under `mirror`: never outside it.
+fn under(mirror: &Path, path: &Path) -> PathBuf {
+    let p = lexical(path);
+    mirror.join(p.strip_prefix("/").unwrap_or(&p))
+}
+
+/// Creates `dir` and the directories on the way to it below `mirror` (a directory of the
+/// drill's own: nobody else creates anything there), mode 0755 whatever the umask.
+fn directories_beneath(mirror: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let below = dir.strip_prefix(mirror).map_err(|_| {
+        Error::InvalidInput(format!(
+            "{} is not below {}",
+            dir.display(),
+            mirror.display()
+        ))
+    })?;
+    let mut at = mirror.to_path_buf();
+    for c in below.components() {
+        at.push(c);
+        match std::fs::DirBuilder::new().mode(0o755).create(&at) {
+            Ok(()) => std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(at.display().to_string(), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(at.display().to_string(), e)),
+        }
+    }
+    Ok(())
+}
+
+/// The drill's copy of the kept configuration files ([`rebased`]).
+#[derive(Debug)]
+pub struct Copy {
+    /// The files, at their recorded paths resolved lexically.
+    pub files: Vec<ConfigFile>,
+    /// Directories (under the mirror) that `include_dir` lines name.
+    pub dirs: Vec<PathBuf>,
+    /// Files `include` lines name that the backup did not keep.
+    pub not_kept: Vec<PathBuf>,
+}
+
+/// Copies of `files` that read nothing but the copy: every `include`, `include_if_exists`
+/// and `include_dir` (names compared as PostgreSQL does, without case) names an absolute
+/// path under `mirror`, relative ones resolved against the including file's recorded
+/// directory first, `..` lexically ([`lexical`]: never above the mirror). An include of a
+/// file inside `data` (production's data directory, the drill's) reads the drill's restored
+/// file; one the backup did not keep becomes `include_if_exists` of a path that does not
+/// exist (PostgreSQL logs that it skipped it) and is listed. Every other line, and any line
+/// that is not UTF-8, is kept byte for byte.
+pub fn rebased(files: &[&ConfigFile], mirror: &Path, data: Option<(&Path, &Path)>) -> Result<Copy> {
     use base64::Engine as _;
-    let under = |p: &Path| mirror.join(p.strip_prefix("/").unwrap_or(p));
-    let mut out = Vec::with_capacity(files.len());
-    let mut dirs = Vec::new();
+    let kept: std::collections::HashSet<PathBuf> = files.iter().map(|f| lexical(&f.path)).collect();
+    let mut copy = Copy {
+        files: Vec::with_capacity(files.len()),
+        dirs: Vec::new(),
+        not_kept: Vec::new(),
+    };
     for f in files {
         let bytes = f.bytes()?;
-        let base = f.path.parent().unwrap_or(Path::new("/"));
+        let path = lexical(&f.path);
+        let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut text: Vec<u8> = Vec::with_capacity(bytes.len());
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             let body_len = line
@@ -191,23 +271,36 @@ pub fn rebased(files: &[&ConfigFile], mirror: &Path) -> Result<(Vec<ConfigFile>,
                 text.extend_from_slice(line);
                 continue;
             };
-            let named = Path::new(&d.value);
-            if d.key == "include_dir" {
-                dirs.push(under(&base.join(named)));
-            }
-            if named.is_absolute() {
-                text.extend_from_slice(d.with_value(&under(named).to_string_lossy()).as_bytes());
-                text.extend_from_slice(end);
+            let target = lexical(&base.join(&d.value));
+            let in_data = data.and_then(|(prod, drill)| {
+                target.strip_prefix(prod).ok().map(|rest| drill.join(rest))
+            });
+            let rewritten = if d.is("include_dir") {
+                let to = under(mirror, &target);
+                copy.dirs.push(to.clone());
+                d.with_value(&to.to_string_lossy())
+            } else if kept.contains(&target) {
+                d.with_value(&under(mirror, &target).to_string_lossy())
+            } else if let Some(to) = in_data {
+                d.with_value(&to.to_string_lossy())
             } else {
-                text.extend_from_slice(line);
-            }
+                copy.not_kept.push(target.clone());
+                Setting {
+                    key: "include_if_exists",
+                    ..d
+                }
+                .with_value(&under(mirror, &target).to_string_lossy())
+            };
+            text.extend_from_slice(rewritten.as_bytes());
+            text.extend_from_slice(end);
         }
-        out.push(ConfigFile {
+        copy.files.push(ConfigFile {
+            path,
             contents: base64::engine::general_purpose::STANDARD.encode(&text),
             ..(*f).clone()
         });
     }
-    Ok((out, dirs))
+    Ok(copy)
 }
 
 #[cfg(test)]
@@ -231,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn absolute_includes_name_the_copy_and_everything_else_stays() {
+    fn every_include_names_the_copy_and_everything_else_stays() {
         let main = kept(
             "/etc/pg/main/postgresql.conf",
             "config_file",
@@ -239,32 +332,61 @@ mod tests {
              include_dir 'conf.d'\t# tuning\n\
              include = '/etc/pg/shared/it''s.conf' # shared\r\n\
              #include '/etc/commented.conf'\n\
-             include_if_exists /etc/pg/maybe.conf\n\
+             INCLUDE_IF_EXISTS'../maybe.conf'\n\
+             include '/var/lib/pg/main/in_data.conf'\n\
+             include '/etc/pg/gone.conf'\n\
              shared_buffers = 1GB",
         );
-        let (copies, dirs) = rebased(&[&main], Path::new("/w/config")).unwrap();
+        let shared = kept("/etc/pg/shared/it's.conf", "include", "work_mem = 1MB\n");
+        let maybe = kept("/etc/pg/main/../maybe.conf", "include", "");
+        let data = Some((Path::new("/var/lib/pg/main"), Path::new("/w/pgdata")));
+        let copy = rebased(&[&main, &shared, &maybe], Path::new("/w/config"), data).unwrap();
         assert_eq!(
-            text(&copies[0]),
+            text(&copy.files[0]),
             "data_directory = '/var/lib/pg/main'\n\
-             include_dir 'conf.d'\t# tuning\n\
+             include_dir = '/w/config/etc/pg/main/conf.d'\t# tuning\n\
              include = '/w/config/etc/pg/shared/it''s.conf' # shared\r\n\
              #include '/etc/commented.conf'\n\
-             include_if_exists = '/w/config/etc/pg/maybe.conf'\n\
+             INCLUDE_IF_EXISTS = '/w/config/etc/pg/maybe.conf'\n\
+             include = '/w/pgdata/in_data.conf'\n\
+             include_if_exists = '/w/config/etc/pg/gone.conf'\n\
              shared_buffers = 1GB"
         );
-        assert_eq!(dirs, vec![PathBuf::from("/w/config/etc/pg/main/conf.d")]);
-        // What PostgreSQL would read from the copy: only paths under the mirror.
+        assert_eq!(
+            copy.dirs,
+            vec![PathBuf::from("/w/config/etc/pg/main/conf.d")]
+        );
+        assert_eq!(copy.not_kept, vec![PathBuf::from("/etc/pg/gone.conf")]);
+        // The copies keep their recorded places, resolved.
+        assert_eq!(copy.files[0].path, main.path);
+        assert_eq!(copy.files[2].path, PathBuf::from("/etc/pg/maybe.conf"));
+    }
+
+    #[test]
+    fn no_include_reaches_outside_the_copy() {
+        let main = kept(
+            "/etc/pg/main/postgresql.conf",
+            "config_file",
+            "include_dir = '/../../../../etc/nologin'\n\
+             include_dir '../../../../../../tmp/x'\n\
+             include_if_exists '/etc/pg/../../../../root/.bashrc'\n",
+        );
+        let copy = rebased(&[&main], Path::new("/w/config"), None).unwrap();
+        let body = text(&copy.files[0]);
         let found = crate::config_files::includes(
             Path::new("/w/config/etc/pg/main/postgresql.conf"),
-            &text(&copies[0]),
+            &body,
         );
-        assert!(
-            found.iter().all(|p| p.starts_with("/w/config")),
-            "{found:?}"
-        );
+        assert!(found.iter().all(|p| p.starts_with("/w/config")), "{body}");
+        for d in &copy.dirs {
+            assert!(d.starts_with("/w/config"), "{d:?}");
+        }
         assert_eq!(
-            copies[0].path, main.path,
-            "the copy keeps its recorded place"
+            copy.dirs,
+            vec![
+                PathBuf::from("/w/config/etc/nologin"),
+                PathBuf::from("/w/config/tmp/x")
+            ]
         );
     }
 
@@ -273,10 +395,13 @@ mod tests {
         let mut f = kept("/etc/x.conf", "include", "");
         let body = b"cluster_name = '\xe9t\xe9'\ninclude '/etc/y.conf'\n".to_vec();
         f.contents = base64::engine::general_purpose::STANDARD.encode(&body);
-        let (copies, _) = rebased(&[&f], Path::new("/m")).unwrap();
-        let got = copies[0].bytes().unwrap();
+        let copy = rebased(&[&f], Path::new("/m"), None).unwrap();
+        let got = copy.files[0].bytes().unwrap();
         assert!(got.starts_with(b"cluster_name = '\xe9t\xe9'\n"));
-        assert!(got.ends_with(b"include = '/m/etc/y.conf'\n"), "{got:?}");
+        assert!(
+            got.ends_with(b"include_if_exists = '/m/etc/y.conf'\n"),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -320,7 +445,8 @@ mod tests {
             got,
             Source::Kept {
                 path: PathBuf::from("/etc/p/main/postgresql.conf"),
-                includes: 1
+                includes: 1,
+                not_kept: Vec::new(),
             }
         );
         let conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
