@@ -103,8 +103,12 @@ pub async fn collect(client: &tokio_postgres::Client, pgdata: &Path) -> Vec<Conf
         .await
     {
         Ok(rows) => named.extend(rows.iter().map(|r| {
-            // PostgreSQL takes relative paths as relative to the data directory.
-            (r.get::<_, String>(0), pgdata.join(r.get::<_, String>(1)))
+            // PostgreSQL takes relative paths as relative to the data directory. Resolved
+            // lexically: the file read is the one recorded (see `relative`).
+            (
+                r.get::<_, String>(0),
+                lexical(&pgdata.join(r.get::<_, String>(1))),
+            )
         })),
         Err(e) => tracing::warn!(
             "reading the configuration file settings: {e}; no configuration file from \
@@ -429,7 +433,19 @@ pub fn review(files: &[ConfigFile], dir: &Path, target: &Path) -> Vec<String> {
 
 /// `value` as a single-quoted configuration value.
 pub fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            // A line break would end the line: PostgreSQL reads `\ooo` back.
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The value of a single-quoted configuration value (`''` is a quote; backslash escapes as
@@ -437,7 +453,7 @@ pub fn quote(value: &str) -> String {
 /// string: PostgreSQL refuses one that starts with `/`), and how many bytes of `s` it took.
 fn quoted(s: &str) -> Option<(String, usize)> {
     if !s.starts_with('\'') {
-        if !s.starts_with(|c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '+' | '.')) {
+        if !s.starts_with(|c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '+')) {
             return None;
         }
         let word: String = s
@@ -496,24 +512,31 @@ fn corrupt(detail: String) -> Error {
     }
 }
 
-/// Where `f` goes under `dir`, as the components below `dir`: its recorded path taken
-/// lexically ([`lexical`]: `..` never climbs above `dir`), refusing one that is not absolute
-/// or names `/` (the manifest is authenticated; this is a second line of defence). Backups
-/// before 2026-12-06 recorded `include '../x.conf'` as `/etc/p/main/../x.conf`.
+/// Where `f` goes under `dir`, as the components below `dir`, refusing a recorded path that
+/// is not absolute or has `.` or `..` (the manifest is authenticated; this is a second line
+/// of defence). Backups record each path resolved lexically and read the file at that path
+/// ([`collect`]); a `..` here would be taken by the kernel after links, where the backup may
+/// have read another file than the one the restore would write.
 fn relative(f: &ConfigFile) -> Result<Vec<std::ffi::OsString>> {
-    if !f.path.is_absolute() {
+    let mut comps = f.path.components();
+    if comps.next() != Some(Component::RootDir) {
         return Err(corrupt(format!(
             "configuration file {} in the manifest is not an absolute path",
             f.path.display()
         )));
     }
-    let out: Vec<std::ffi::OsString> = lexical(&f.path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect();
+    let mut out = Vec::new();
+    for c in comps {
+        match c {
+            Component::Normal(n) => out.push(n.to_os_string()),
+            _ => {
+                return Err(corrupt(format!(
+                    "configuration file {} in the manifest is not a plain path",
+                    f.path.display()
+                )))
+            }
+        }
+    }
     if out.is_empty() {
         return Err(corrupt("a configuration file named /".into()));
     }
@@ -798,13 +821,21 @@ mod tests {
 
     #[test]
     fn recorded_paths_that_are_not_plain_and_absolute_are_refused() {
-        for bad in ["etc/x.conf", "/", "/etc/../.."] {
+        for bad in ["etc/x.conf", "/", "/etc/../x.conf"] {
             assert!(relative(&file(bad, b"")).is_err(), "{bad}");
         }
-        // `..` is taken lexically and never climbs above the directory written under.
-        let parts = |p: &str| relative(&file(p, b"")).unwrap();
-        assert_eq!(parts("/etc/p/main/../x.conf"), ["etc", "p", "x.conf"]);
-        assert_eq!(parts("/../../etc/./x.conf"), ["etc", "x.conf"]);
+        // What a backup records instead: the path resolved lexically, never above `/`.
+        assert_eq!(
+            lexical(Path::new("/etc/p/main/l/../../../../profile.d/x.sh")),
+            PathBuf::from("/profile.d/x.sh")
+        );
+        assert_eq!(
+            includes(
+                Path::new("/etc/p/main/postgresql.conf"),
+                "include '../x.conf'"
+            ),
+            vec![PathBuf::from("/etc/p/x.conf")]
+        );
     }
 
     #[test]
@@ -903,10 +934,15 @@ mod tests {
             "bad-key = 1",
             "9lives = 1",
             "include /etc/x.conf",
+            "include ../x.conf",
         ] {
             assert!(Setting::parse(not).is_none(), "{not:?}");
         }
         assert!(Setting::include("work_mem = 1").is_none());
+        // A line break in a value is written as PostgreSQL's escape, and read back.
+        let q = quote("a\nb'c");
+        assert_eq!(q, "'a\\012b''c'");
+        assert_eq!(Setting::parse(&format!("x = {q}")).unwrap().value, "a\nb'c");
         let i = Setting::include("include_if_exists '/a b.conf'").unwrap();
         assert_eq!(
             i.with_value("/m/a b.conf"),

@@ -1269,10 +1269,31 @@ fn production_settings_of_the_host_are_not_findings_about_the_backup() {
     };
     pg.psql("postgres", "create table t as select 1 as x")
         .unwrap();
+    // Settings of a database the restored catalog carries: the drill's sessions override them
+    // (a 1 ms statement_timeout cancelled the full read of a table; read-only refused amcheck).
+    pg.psql("postgres", "create database big").unwrap();
+    pg.psql(
+        "big",
+        "create table rows as select g, repeat('x', 100) as pad from generate_series(1, 300000) g",
+    )
+    .unwrap();
+    pg.psql(
+        "postgres",
+        "alter database big set statement_timeout = '1ms'; \
+         alter database big set default_transaction_read_only = on",
+    )
+    .unwrap();
     backed_up("alter system set huge_pages = on");
     let (code, doc) = drill(&env, &[]);
     assert_eq!(code, Some(0), "{doc:#}");
     assert_eq!(doc["outcome"], "passed", "{doc:#}");
+    let rows = doc["row_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["table"] == "big.public.rows")
+        .unwrap_or_else(|| panic!("{doc:#}"));
+    assert_eq!(rows["rows"], 300000, "{doc:#}");
 
     backed_up("alter system set shared_preload_libraries = 'pgcairn_not_installed_here'");
     let (code, doc) = drill(&env, &[]);

@@ -267,7 +267,10 @@ pub fn rebased(files: &[&ConfigFile], mirror: &Path, data: Option<(&Path, &Path)
                 .rposition(|b| *b != b'\n' && *b != b'\r')
                 .map_or(0, |i| i + 1);
             let (body, end) = line.split_at(body_len);
-            let Some(d) = std::str::from_utf8(body).ok().and_then(Setting::include) else {
+            // Read leniently, as the backup read it to find what to keep: an include line
+            // with a Latin-1 comment is still an include (the copy's comment may lose bytes).
+            let lenient = String::from_utf8_lossy(body);
+            let Some(d) = Setting::include(&lenient) else {
                 text.extend_from_slice(line);
                 continue;
             };
@@ -275,14 +278,14 @@ pub fn rebased(files: &[&ConfigFile], mirror: &Path, data: Option<(&Path, &Path)
             let in_data = data.and_then(|(prod, drill)| {
                 target.strip_prefix(prod).ok().map(|rest| drill.join(rest))
             });
-            let rewritten = if d.is("include_dir") {
+            let rewritten = if let Some(to) = in_data {
+                d.with_value(&to.to_string_lossy())
+            } else if d.is("include_dir") {
                 let to = under(mirror, &target);
                 copy.dirs.push(to.clone());
                 d.with_value(&to.to_string_lossy())
             } else if kept.contains(&target) {
                 d.with_value(&under(mirror, &target).to_string_lossy())
-            } else if let Some(to) = in_data {
-                d.with_value(&to.to_string_lossy())
             } else {
                 copy.not_kept.push(target.clone());
                 Setting {
@@ -398,6 +401,16 @@ mod tests {
         let copy = rebased(&[&f], Path::new("/m"), None).unwrap();
         let got = copy.files[0].bytes().unwrap();
         assert!(got.starts_with(b"cluster_name = '\xe9t\xe9'\n"));
+        // An include with a Latin-1 comment is an include all the same.
+        let mut g = kept("/etc/x.conf", "config_file", "");
+        g.contents = base64::engine::general_purpose::STANDARD
+            .encode(b"include_dir 'conf.d' # r\xe9glages\n");
+        let copy = rebased(&[&g], Path::new("/m"), None).unwrap();
+        assert_eq!(copy.dirs, vec![PathBuf::from("/m/etc/conf.d")]);
+        assert!(copy.files[0]
+            .bytes()
+            .unwrap()
+            .starts_with(b"include_dir = '/m/etc/conf.d' # r"));
         assert!(
             got.ends_with(b"include_if_exists = '/m/etc/y.conf'\n"),
             "{got:?}"

@@ -422,6 +422,21 @@ const OTHER_SETTINGS: &[(&str, &str)] = &[
     ("cron.launch_active_jobs", "off"),
 ];
 
+/// Options of every session the drill opens. The restored catalog carries production's
+/// `ALTER ROLE` / `ALTER DATABASE ... SET`: a `statement_timeout` of seconds cancelled the
+/// full read of a large table, and `default_transaction_read_only` refused `amcheck`, each a
+/// finding about a sound backup. Options sent by the client outrank those.
+fn session_options(major: u32) -> String {
+    let mut o = String::from(
+        "-c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+         -c default_transaction_read_only=off",
+    );
+    if major >= 17 {
+        o.push_str(" -c transaction_timeout=0");
+    }
+    o
+}
+
 /// Settings for the drill instance's start only (command line, never written to a file):
 /// `recovery_init_sync_method = syncfs` (PostgreSQL 14+). A restored `pg_control` says the
 /// server was running, so PostgreSQL fsyncs every file of the data directory before recovery,
@@ -853,13 +868,14 @@ pub async fn run_drill(
         let (hba, ident) = write_auth_files(&opts.workdir.join("conf"))?;
         let settings = isolation_settings(&hba, &ident, major);
         append_to_auto_conf(&datadir, &config_lines(&settings))?;
-        let instance = Instance::new(
+        let mut instance = Instance::new(
             bin.clone(),
             datadir.clone(),
             socket_dir.clone(),
             free_port()?,
             run_as,
         );
+        instance.session_options = session_options(major);
         Ok((instance, bin, settings, source))
     })();
     let (instance, bin, settings, source) = match setup {
@@ -1415,6 +1431,15 @@ fn start_failure_outside_the_data(fatal: &str) -> Option<&'static str> {
             "the drill's socket could not be created",
         ),
     ];
+    // "could not access file" is also how replay reports a file of the data directory
+    // (`pg_twophase/...`): only a library's name (bare, `$libdir/...` or absolute) is this
+    // host's.
+    if let Some(rest) = fatal.split("could not access file \"").nth(1) {
+        let name = rest.split('"').next().unwrap_or("");
+        if name.contains('/') && !name.starts_with('/') && !name.starts_with("$libdir/") {
+            return None;
+        }
+    }
     HOST.iter()
         .find(|(pattern, _)| fatal.contains(pattern))
         .map(|(_, why)| *why)
@@ -1667,6 +1692,7 @@ mod tests {
             "FATAL:  could not access file \"pg_stat_statements\": No such file or directory",
             "FATAL:  could not map anonymous shared memory: Cannot allocate memory",
             "FATAL:  could not create any Unix-domain sockets",
+            "FATAL:  could not access file \"$libdir/timescaledb-2.14.2\": No such file",
         ] {
             assert!(start_failure_outside_the_data(host).is_some(), "{host}");
         }
@@ -1675,6 +1701,7 @@ mod tests {
             "FATAL:  WAL ends before end of online backup",
             "FATAL:  requested recovery stop point is before consistent recovery point",
             "FATAL:  database files are incompatible with server",
+            "FATAL:  could not access file \"pg_twophase/0000030A\": Permission denied",
             "",
         ] {
             assert!(start_failure_outside_the_data(backup).is_none(), "{backup}");

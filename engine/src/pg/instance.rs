@@ -291,6 +291,9 @@ pub struct Instance {
     pub port: u16,
     /// OS user PostgreSQL runs as (when we are root).
     pub run_as: Option<String>,
+    /// Server options (`-c name=value ...`) for every session [`Instance::psql`] opens: they
+    /// outrank settings of the role and the database.
+    pub session_options: String,
 }
 
 impl Instance {
@@ -308,6 +311,7 @@ impl Instance {
             socket_dir,
             port,
             run_as,
+            session_options: String::new(),
         }
     }
 
@@ -418,6 +422,8 @@ impl Instance {
     pub fn psql_with_options(&self, db: &str, options: &str, sql: &str) -> Result<String> {
         let socket = self.socket_dir.display().to_string();
         let port = self.port.to_string();
+        let options = format!("{} {options}", self.session_options);
+        let options = options.trim();
         let mut pairs = vec![
             ("host", socket.as_str()),
             ("port", port.as_str()),
