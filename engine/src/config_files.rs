@@ -431,22 +431,7 @@ pub fn review(files: &[ConfigFile], dir: &Path, target: &Path) -> Vec<String> {
     out
 }
 
-/// `value` as a single-quoted configuration value.
-pub fn quote(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("''"),
-            // A line break would end the line: PostgreSQL reads `\ooo` back.
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\{:03o}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
+pub use crate::pg::guc::quote;
 
 /// The value of a single-quoted configuration value (`''` is a quote; backslash escapes as
 /// PostgreSQL's `GUC_scanstr` reads them), or an unquoted word (a name, number or unquoted
@@ -941,7 +926,7 @@ mod tests {
         assert!(Setting::include("work_mem = 1").is_none());
         // A line break in a value is written as PostgreSQL's escape, and read back.
         let q = quote("a\nb'c");
-        assert_eq!(q, "'a\\012b''c'");
+        assert_eq!(q, "'a\\nb''c'");
         assert_eq!(Setting::parse(&format!("x = {q}")).unwrap().value, "a\nb'c");
         let i = Setting::include("include_if_exists '/a b.conf'").unwrap();
         assert_eq!(
