@@ -354,6 +354,15 @@ impl<'a> Setting<'a> {
     }
 }
 
+/// The data directory the configuration text `text` names: its last absolute
+/// `data_directory` line (the one in force, of those in it).
+pub fn data_directory(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(Setting::parse)
+        .rfind(|s| s.is("data_directory") && s.value.starts_with('/'))
+        .map(|s| s.value)
+}
+
 /// Settings that name places on the host. A server started on a copy of the configuration
 /// that keeps them uses the backed-up host's files and directories (Barman warns about much
 /// the same list after a recovery).
@@ -389,26 +398,16 @@ pub fn review(files: &[ConfigFile], dir: &Path, target: &Path) -> Vec<String> {
         let written = dir.join(f.path.strip_prefix("/").unwrap_or(&f.path));
         let Ok(bytes) = f.bytes() else { continue };
         let text = String::from_utf8_lossy(&bytes);
-        let mut host_paths = Vec::new();
-        // The last data_directory of the file is the one in force (of those in it).
-        let mut data_directory = None;
-        for s in text.lines().filter_map(Setting::parse) {
-            if !s.value.starts_with('/') {
-                continue;
-            }
-            if s.is("data_directory") {
-                data_directory = Some(s.value);
-            } else if !in_place && HOST_PATH_SETTINGS.iter().any(|n| s.is(n)) {
-                host_paths.push(format!("{} = {}", s.key, quote(&s.value)));
-            }
-        }
-        if let Some(value) = data_directory {
-            let same = Path::new(&value) == target
-                || matches!(
-                    (std::fs::canonicalize(&value), std::fs::canonicalize(target)),
-                    (Ok(a), Ok(b)) if a == b
-                );
-            if !same {
+        let host_paths: Vec<String> = text
+            .lines()
+            .filter_map(Setting::parse)
+            .filter(|s| {
+                !in_place && s.value.starts_with('/') && HOST_PATH_SETTINGS.iter().any(|n| s.is(n))
+            })
+            .map(|s| format!("{} = {}", s.key, quote(&s.value)))
+            .collect();
+        if let Some(value) = data_directory(&text) {
+            if !crate::private_fs::same_path(Path::new(&value), target) {
                 let restored = crate::pg::instance::sh_quote(&target.to_string_lossy());
                 out.push(format!(
                     "{}: data_directory = {}, not the restored {}: a server started on this \

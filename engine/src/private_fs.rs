@@ -250,6 +250,16 @@ pub fn replace_with<E: From<io::Error>>(
     result
 }
 
+/// Whether `a` and `b` name the same place: equal as written, or once links and `.`/`..`
+/// are resolved (both must exist for that).
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (fs::canonicalize(a), fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

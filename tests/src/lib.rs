@@ -394,6 +394,17 @@ pub fn passed_drill(out: &Output) -> serde_json::Value {
     doc
 }
 
+/// The rows drill report `doc` counted in `table` (`db.schema.table`).
+pub fn drill_rows(doc: &serde_json::Value, table: &str) -> serde_json::Value {
+    doc["row_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["table"] == table)
+        .unwrap_or_else(|| panic!("no row count of {table}: {doc:#}"))["rows"]
+        .clone()
+}
+
 /// The check of drill report `doc` whose name starts with `name`.
 pub fn drill_check(doc: &serde_json::Value, name: &str) -> serde_json::Value {
     doc["checks"]

@@ -1126,13 +1126,7 @@ fn a_drill_keeps_tablespaces_in_its_work_directory() {
         ],
     );
     assert_eq!(code, Some(0), "{doc:#}");
-    let in_ts = doc["row_counts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == "postgres.public.in_ts")
-        .unwrap_or_else(|| panic!("{doc:#}"));
-    assert_eq!(in_ts["rows"], 5000);
+    assert_eq!(drill_rows(&doc, "postgres.public.in_ts"), 5000);
     assert_eq!(
         entries_beneath(&ts),
         before,
@@ -1287,13 +1281,7 @@ fn production_settings_of_the_host_are_not_findings_about_the_backup() {
     let (code, doc) = drill(&env, &[]);
     assert_eq!(code, Some(0), "{doc:#}");
     assert_eq!(doc["outcome"], "passed", "{doc:#}");
-    let rows = doc["row_counts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["table"] == "big.public.rows")
-        .unwrap_or_else(|| panic!("{doc:#}"));
-    assert_eq!(rows["rows"], 300000, "{doc:#}");
+    assert_eq!(drill_rows(&doc, "big.public.rows"), 300000, "{doc:#}");
 
     backed_up("alter system set shared_preload_libraries = 'pgcairn_not_installed_here'");
     let (code, doc) = drill(&env, &[]);

@@ -128,11 +128,8 @@ pub fn prepare(
             // Production's data directory, as its configuration names it: an include of a
             // file in it reads the drill's restored copy of that file.
             let production = main.bytes().ok().and_then(|b| {
-                String::from_utf8_lossy(&b)
-                    .lines()
-                    .filter_map(Setting::parse)
-                    .rfind(|s| s.is("data_directory") && s.value.starts_with('/'))
-                    .map(|s| lexical(Path::new(&s.value)))
+                crate::config_files::data_directory(&String::from_utf8_lossy(&b))
+                    .map(|d| lexical(Path::new(&d)))
             });
             let copy = rebased(&read, mirror, production.as_deref().map(|p| (p, datadir)))?;
             let copies: Vec<ConfigFile> = copy

@@ -552,10 +552,7 @@ fn isolation_check(inst: &Instance, settings: &[(&str, String)]) -> Check {
             seen += 1;
             // PostgreSQL reports its data directory canonical (`//` and `/./` gone).
             let same_dir = k == "data_directory"
-                && matches!(
-                    (std::fs::canonicalize(v), std::fs::canonicalize(want)),
-                    (Ok(a), Ok(b)) if a == b
-                );
+                && crate::private_fs::same_path(Path::new(v), Path::new(want));
             if v != want && !same_dir {
                 wrong.push(format!("{k} = {v:?}, not {want:?}"));
             }
@@ -623,13 +620,13 @@ pub fn abort_cleanup(workdir: &Path, keep: bool) {
     }
 }
 
-/// The OS user to run PostgreSQL as: the data directory's owner, when we are root.
 /// The owner and group of `dir`.
 fn owner_ids(dir: &Path) -> Option<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(dir).ok().map(|m| (m.uid(), m.gid()))
 }
 
+/// The OS user to run PostgreSQL as: the data directory's owner, when we are root.
 fn owner_of(dir: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     if crate::pg::instance::current_uid() != 0 {
@@ -849,8 +846,8 @@ pub async fn run_drill(
     let t = Instant::now();
     let setup = (|| -> Result<(Instance, PgBinaries, Settings, configuration::Source)> {
         // The server of the backup's major version: no other can run its data directory.
-        let bin =
-            PgBinaries::for_major(data_directory_major(&datadir)?, opts.pg_bindir.as_deref())?;
+        let major = data_directory_major(&datadir)?;
+        let bin = PgBinaries::for_major(major, opts.pg_bindir.as_deref())?;
         let run_as = owner_of(&datadir);
         private_dir(&socket_dir, 0o700)?;
         give_to(run_as.as_deref(), &socket_dir)?;
@@ -858,7 +855,6 @@ pub async fn run_drill(
         if let Some(spool) = &opts.prefetch_spool {
             give_to(run_as.as_deref(), spool.root())?;
         }
-        let major = data_directory_major(&datadir)?;
         let source = configuration::prepare(
             &datadir,
             &opts.workdir.join("config"),
