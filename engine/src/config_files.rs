@@ -617,7 +617,8 @@ pub fn check_free(dir: &Path, files: &[ConfigFile]) -> Result<()> {
             dir.display()
         )));
     }
-    let root = match crate::fs_beneath::open_root(dir) {
+    let me = crate::pg::instance::current_uid();
+    let root = match crate::fs_beneath::open_root_checked(dir, me) {
         Ok(fd) => fd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(dir.display().to_string(), e)),
@@ -638,9 +639,10 @@ pub fn check_free(dir: &Path, files: &[ConfigFile]) -> Result<()> {
 /// Writes `files` under `dir` (see the module docs), with their recorded owners when
 /// `restore_owner`; returns where each is (also those found already written).
 pub fn write_all(dir: &Path, files: &[ConfigFile], restore_owner: bool) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    let root =
-        crate::fs_beneath::open_root(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+    // Through links the running user or root made only ([`crate::fs_beneath`]).
+    let me = crate::pg::instance::current_uid();
+    let (root, _) = crate::fs_beneath::create_root_checked(dir, me, 0o755)
+        .map_err(|e| Error::io(dir.display().to_string(), e))?;
     let mut written = Vec::new();
     for f in files {
         let parts = relative(f)?;

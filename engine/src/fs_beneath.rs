@@ -66,45 +66,125 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Opens a root (the target directory, a tablespace location) like [`open_root`], but if its
-/// last component is a symbolic link in a directory owned by another user than `me`, refuses:
-/// that user (say `postgres`, owner of `/var/lib/postgresql/15`) could have pointed it
-/// anywhere, and the restore would then write, remove and chown there. A link in a directory
-/// of our own (or root's, when we are root) is followed: the operator made it.
+/// Opens a root (the target directory, a tablespace location, `--wal-dir`, `--config-dir`)
+/// like [`open_root`], resolving it one component at a time and following a symbolic link
+/// only where the link could not have been planted by another user ([`trusted_link`]). A
+/// link anywhere on the path (not just the last component) in a directory another user owns
+/// is refused: `postgres`, owner of `/var/lib/postgresql`, could point
+/// `/var/lib/postgresql/15` at `/etc`, and the restore would then create, empty and chown
+/// `/etc/main`. A link the operator (or root) made is followed: a data directory on a mount
+/// reached through a link is common.
 pub fn open_root_checked(path: &Path, me: u32) -> io::Result<OwnedFd> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return open_root(path);
-    };
-    let pfd = open_root(if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    })?;
-    match rfs::openat(&pfd, name, DIR_FLAGS, Mode::empty()) {
-        Ok(fd) => Ok(fd),
-        Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
-            let owner = rfs::fstat(&pfd)?.st_uid;
-            if owner != me && owner != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} is a symbolic link in {}, which belongs to uid {owner}, not to the user \
-                         running the restore (uid {me}): it could point anywhere. Name the \
-                         directory it points to instead",
-                        path.display(),
-                        parent.display()
-                    ),
-                ));
+    walk_root(path, me, None).map(|(fd, _)| fd)
+}
+
+/// [`open_root_checked`], creating missing directories on the way (mode `0755`, the last one
+/// `mode`, the running user's) instead of failing; says whether the last one was created
+/// (`true`) or already there.
+pub fn create_root_checked(path: &Path, me: u32, mode: u32) -> io::Result<(OwnedFd, bool)> {
+    walk_root(path, me, Some(mode))
+}
+
+/// Links followed while resolving one root before giving up (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, bool)> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    use std::path::Component;
+    let start = |absolute: bool| open_root(Path::new(if absolute { "/" } else { "." }));
+    let mut at = start(path.is_absolute())?;
+    let mut todo: VecDeque<OsString> = VecDeque::new();
+    let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push_front(n.to_os_string()),
+                Component::ParentDir => todo.push_front(OsString::from("..")),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
             }
-            Ok(rfs::openat(
-                &pfd,
-                name,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?)
         }
-        Err(e) => Err(e.into()),
+    };
+    push_front(&mut todo, path);
+    let mut links = 0;
+    let mut created = false;
+    while let Some(name) = todo.pop_front() {
+        let name = Path::new(&name);
+        created = false;
+        match rfs::openat(&at, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => at = fd,
+            Err(Errno::NOENT) if create.is_some() => {
+                let mode = match create {
+                    Some(last) if todo.is_empty() => last,
+                    _ => 0o755,
+                };
+                match rfs::mkdirat(&at, name, Mode::from_raw_mode(mode)) {
+                    Ok(()) => {
+                        rfs::fsync(&at)?;
+                        // Ours, unless swapped since: then this fails rather than follows.
+                        at = rfs::openat(&at, name, DIR_FLAGS, Mode::empty())?;
+                        created = true;
+                    }
+                    // Someone else made it meanwhile: it goes through the checks again.
+                    Err(Errno::EXIST) => todo.push_front(name.as_os_str().to_os_string()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                let target = match rfs::readlinkat(&at, name, Vec::new()) {
+                    Ok(t) => PathBuf::from(OsString::from_vec(t.into_bytes())),
+                    Err(Errno::INVAL) => return Err(Errno::NOTDIR.into()),
+                    Err(e) => return Err(e.into()),
+                };
+                trusted_link(at.as_fd(), name, me).map_err(|why| {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} leads through the symbolic link {} ({why}): it could point anywhere. \
+                             Name the directory it points to instead",
+                            path.display(),
+                            name.display()
+                        ),
+                    )
+                })?;
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(Errno::LOOP.into());
+                }
+                if target.is_absolute() {
+                    at = start(true)?;
+                }
+                push_front(&mut todo, &target);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok((at, created))
+}
+
+/// Whether the link `name` in `dir` can be followed by a user `me` that may be root: only
+/// `me` or root could have made it. The directory must be `me`'s or root's and writable by
+/// nobody else, or sticky (`/tmp`) with the link itself `me`'s or root's.
+fn trusted_link(dir: BorrowedFd<'_>, name: &Path, me: u32) -> Result<(), String> {
+    let ours = |uid: u32| uid == me || uid == 0;
+    let d = rfs::fstat(dir).map_err(|e| e.to_string())?;
+    if !ours(d.st_uid) {
+        return Err(format!(
+            "in a directory of uid {}, not of the user running this (uid {me})",
+            d.st_uid
+        ));
+    }
+    let writable_by_others = d.st_mode & 0o022 != 0;
+    let sticky = d.st_mode & 0o1000 != 0;
+    if writable_by_others {
+        let l = rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| e.to_string())?;
+        if !sticky || !ours(l.st_uid) {
+            return Err(format!(
+                "in a directory others can write to, made by uid {}",
+                l.st_uid
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the existing real directory `name` in `dir`; a link there is an error (`ELOOP` or
@@ -267,7 +347,12 @@ pub fn unlink(dir: BorrowedFd<'_>, name: &Path) -> io::Result<()> {
     }
 }
 
-/// `fchown` (when `owner` is given), then `fchmod`, on an open descriptor.
+/// `fchown` (when `owner` is given), then `fchmod`, on an open descriptor. Only the
+/// permission bits of `mode` are applied: setuid, setgid and sticky bits are dropped.
+/// PostgreSQL never sets them in a data directory, and the modes come from a manifest whose
+/// entries its OS user could shape (a file swapped for a link to a setuid program between two
+/// backups is recorded with that program's mode): a restore run as root must never create a
+/// setuid file.
 pub fn set_owner_mode(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>, mode: u32) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
         rfs::fchown(
@@ -276,9 +361,12 @@ pub fn set_owner_mode(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>, mode: u32) 
             Some(rfs::Gid::from_raw(gid)),
         )?;
     }
-    rfs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    rfs::fchmod(fd, Mode::from_raw_mode(mode & PERMISSION_BITS))?;
     Ok(())
 }
+
+/// The permission bits of a mode (no setuid, setgid or sticky).
+pub const PERMISSION_BITS: u32 = 0o777;
 
 /// Makes `name` in `dir` a symbolic link to `target`, unless it already is one: anything
 /// else there (another link, a file, a directory tree) is removed first.
@@ -598,6 +686,93 @@ mod tests {
         }
         // A real directory is fine wherever it is.
         open_root_checked(&real, me).unwrap();
+    }
+
+    #[test]
+    fn a_link_higher_up_in_another_users_directory_is_refused_and_nothing_is_created() {
+        use std::os::unix::fs::chown;
+        let me = crate::pg::instance::current_uid();
+        if me != 0 {
+            return; // needs a directory of another user
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (theirs, victim) = (t.path().join("theirs"), t.path().join("victim"));
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::create_dir_all(victim.join("main")).unwrap();
+        symlink(&victim, theirs.join("15")).unwrap();
+        chown(&theirs, Some(65534), Some(65534)).unwrap();
+        for p in [theirs.join("15/main"), theirs.join("15/new")] {
+            let err = open_root_checked(&p, me).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+            assert!(err.to_string().contains("15"), "{err}");
+            let err = create_root_checked(&p, me, 0o700).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        }
+        assert!(!victim.join("new").exists());
+        // The operator's own link, higher up, is followed.
+        let mine = t.path().join("mine");
+        symlink(&victim, &mine).unwrap();
+        let (_, created) = create_root_checked(&mine.join("new"), me, 0o700).unwrap();
+        assert!(created && victim.join("new").is_dir());
+    }
+
+    #[test]
+    fn a_link_in_a_sticky_shared_directory_is_followed_only_when_it_is_ours() {
+        use std::os::unix::fs::{lchown, PermissionsExt};
+        let me = crate::pg::instance::current_uid();
+        if me != 0 {
+            return; // needs a link owned by another user
+        }
+        let t = tempfile::tempdir().unwrap();
+        let (shared, victim) = (t.path().join("tmp"), t.path().join("victim"));
+        std::fs::create_dir_all(&shared).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        symlink(&victim, shared.join("restore")).unwrap();
+        open_root_checked(&shared.join("restore"), me).unwrap();
+        lchown(shared.join("restore"), Some(65534), Some(65534)).unwrap();
+        let err = open_root_checked(&shared.join("restore"), me).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        // Not sticky: anyone could have replaced even our link.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        lchown(shared.join("restore"), Some(0), Some(0)).unwrap();
+        let err = open_root_checked(&shared.join("restore"), me).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    }
+
+    #[test]
+    fn roots_resolve_like_the_kernel_through_trusted_links() {
+        let t = tempfile::tempdir().unwrap();
+        let me = crate::pg::instance::current_uid();
+        let real = t.path().join("a/b");
+        std::fs::create_dir_all(&real).unwrap();
+        // A chain of links, relative and absolute, and `..` after a link (physical, as the
+        // kernel takes it).
+        symlink("a/b", t.path().join("rel")).unwrap();
+        symlink(t.path().join("rel"), t.path().join("abs")).unwrap();
+        let (fd, created) = create_root_checked(&t.path().join("abs/../b/c/d"), me, 0o700).unwrap();
+        assert!(created && real.join("c/d").is_dir());
+        assert_eq!(
+            rfs::fstat(&fd).unwrap().st_ino,
+            std::fs::metadata(real.join("c/d")).unwrap().ino()
+        );
+        let (_, created) = create_root_checked(&real.join("c/d"), me, 0o700).unwrap();
+        assert!(!created);
+        // A file on the way is not a directory; a loop ends.
+        std::fs::write(t.path().join("f"), b"").unwrap();
+        assert_eq!(
+            open_root_checked(&t.path().join("f/x"), me)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+        symlink("loop", t.path().join("loop")).unwrap();
+        assert_eq!(
+            open_root_checked(&t.path().join("loop"), me)
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ELOOP)
+        );
     }
 
     #[test]

@@ -16,8 +16,12 @@
 //! checksum in the manifest ([`crate::codec::tree_hash`]). Files of [`direct_io::MIN_FILE_LEN`]
 //! or more are written with `O_DIRECT` ([`direct_io`]). Each file is fsynced in the background
 //! ([`BackgroundSyncs`]) while the next are written. Last, `backup_label`, `tablespace_map`,
-//! `recovery.signal` and the recovery settings. Run as root, ownership is restored from the
-//! manifest.
+//! `recovery.signal` and the recovery settings. Run as root, every directory and file goes to
+//! the data directory's owner (that of `PG_VERSION` in the manifest), with the recorded
+//! permission bits and never a setuid, setgid or sticky bit: PostgreSQL reads and writes
+//! everything in its data directory as one user, and per-file owners and modes from a manifest
+//! are what its OS user could shape (a file swapped for a link to `/usr/bin/passwd` between a
+//! full and an incremental backup is recorded with root's uid and mode `04755`).
 //!
 //! Hostile data directories: `restore` often runs as root into a directory owned by
 //! PostgreSQL's OS user, and `--delta` reuses whatever that user left there. Nothing here
@@ -361,11 +365,32 @@ fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))
-        }
+        // Created later, through trusted links only ([`fs_beneath::create_root_checked`]).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io(dir, e)),
     }
+}
+
+/// Refuses a tablespace location that is not a plain absolute path. The manifest records
+/// where `pg_tblspc/<oid>` pointed, which PostgreSQL's OS user can set to anything: a relative
+/// path would be taken from the restore's working directory and a `..` could lead elsewhere on
+/// this host than it did on the source.
+fn tablespace_location_is_plain(oid: u32, location: &Path) -> Result<()> {
+    use std::path::Component;
+    let plain = location.is_absolute()
+        && location
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && location.components().count() > 1;
+    if plain {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "tablespace {oid}: the backup records its location as {:?}, not a plain absolute path \
+         (no `.` or `..`, not `/`); restore it to a directory of your choice with \
+         --tablespace-map {oid}=DIR",
+        location.display().to_string()
+    )))
 }
 
 /// Restores a backup.
@@ -450,9 +475,10 @@ pub async fn restore(
             config_review: Vec::new(),
         });
     }
-    if opts.delta {
-        std::fs::create_dir_all(target).map_err(|e| io(target, e))?;
-    } else {
+    for t in &m.tablespaces {
+        tablespace_location_is_plain(t.oid, &t.location)?;
+    }
+    if !opts.delta {
         ensure_empty_dir(target, "target directory")?;
         for t in &m.tablespaces {
             ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?;
@@ -461,7 +487,8 @@ pub async fn restore(
     // Run as root into a directory someone else owns: its own path must not be a link that
     // user planted.
     let me = crate::pg::instance::current_uid();
-    let root = fs_beneath::open_root_checked(target, me).map_err(|e| io(target, e))?;
+    let (root, _) =
+        fs_beneath::create_root_checked(target, me, 0o700).map_err(|e| io(target, e))?;
     if opts.delta {
         refuse_running_postmaster(&root, target)?;
     }
@@ -515,9 +542,27 @@ pub async fn restore(
         }
     }
     for t in &m.tablespaces {
-        std::fs::create_dir_all(&t.location).map_err(|e| io(&t.location, e))?;
-        let fd = fs_beneath::open_root_checked(&t.location, me).map_err(|e| io(&t.location, e))?;
+        let (fd, created) = fs_beneath::create_root_checked(&t.location, me, 0o700)
+            .map_err(|e| io(&t.location, e))?;
         if let Some((uid, gid)) = owner {
+            // A location the manifest names and the host already has is given to nobody:
+            // the manifest's tablespace links are what PostgreSQL's OS user made them
+            // (`pg_tblspc/<oid>` pointing at `/usr/local/bin`), so only a directory this
+            // restore created, or one the data directory's owner already holds, is used.
+            let holder = rustix::fs::fstat(&fd)
+                .map_err(|e| io(&t.location, e.into()))?
+                .st_uid;
+            if !created && holder != uid {
+                return Err(Error::Config(format!(
+                    "tablespace {} location {} exists and belongs to uid {holder}, not to the \
+                     data directory's owner (uid {uid}); pgcairn does not give an existing \
+                     directory away. Give it to that user yourself if it is meant for this \
+                     tablespace, or restore the tablespace elsewhere with --tablespace-map {}=DIR",
+                    t.oid,
+                    t.location.display(),
+                    t.oid
+                )));
+            }
             rustix::fs::fchown(
                 &fd,
                 Some(rustix::fs::Uid::from_raw(uid)),
@@ -528,16 +573,10 @@ pub async fn restore(
         tree.tablespaces.push((t.oid, fd));
     }
     if let Some(w) = &opts.wal_dir {
-        if !w.exists() {
-            std::fs::create_dir_all(w).map_err(|e| io(w, e))?;
-            // Its entry durable: a crash must not leave pg_wal linking to nothing.
-            if let Some(parent) = w.parent() {
-                std::fs::File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io(parent, e))?;
-            }
-        }
-        tree.wal = Some(fs_beneath::open_root_checked(w, me).map_err(|e| io(w, e))?);
+        // Created durably (a crash must not leave pg_wal linking to nothing), through
+        // trusted links only.
+        let (fd, _) = fs_beneath::create_root_checked(w, me, 0o700).map_err(|e| io(w, e))?;
+        tree.wal = Some(fd);
     }
     // `pg_wal` as a link to `--wal-dir`: its descriptor and path, set up together above.
     let wal_link = tree.wal.as_ref().zip(opts.wal_dir.as_deref());
@@ -550,30 +589,18 @@ pub async fn restore(
         match tablespace.and_then(|oid| m.tablespaces.iter().find(|t| t.oid == oid)) {
             Some(t) => {
                 let (dir, name) = tree.parent_for_write(&d.path).map_err(|e| io(&path, e))?;
-                fs_beneath::ensure_symlink(
-                    dir.as_fd(),
-                    name,
-                    &t.location,
-                    owner.map(|_| (d.uid, d.gid)),
-                )
-                .map_err(|e| io(&path, e))?;
+                fs_beneath::ensure_symlink(dir.as_fd(), name, &t.location, owner)
+                    .map_err(|e| io(&path, e))?;
             }
             None if d.path == "pg_wal" && wal_link.is_some() => {
                 let (wal, w) = wal_link.expect("checked in the guard");
-                fs_beneath::ensure_symlink(
-                    tree.root.as_fd(),
-                    Path::new("pg_wal"),
-                    w,
-                    owner.map(|_| (d.uid, d.gid)),
-                )
-                .map_err(|e| io(&path, e))?;
-                fs_beneath::set_owner_mode(wal.as_fd(), owner.map(|_| (d.uid, d.gid)), d.mode)
-                    .map_err(|e| io(w, e))?;
+                fs_beneath::ensure_symlink(tree.root.as_fd(), Path::new("pg_wal"), w, owner)
+                    .map_err(|e| io(&path, e))?;
+                fs_beneath::set_owner_mode(wal.as_fd(), owner, d.mode).map_err(|e| io(w, e))?;
             }
             None => {
                 let fd = tree.ensure_dir(&d.path, d.mode).map_err(|e| io(&path, e))?;
-                fs_beneath::set_owner_mode(fd.as_fd(), owner.map(|_| (d.uid, d.gid)), d.mode)
-                    .map_err(|e| io(&path, e))?;
+                fs_beneath::set_owner_mode(fd.as_fd(), owner, d.mode).map_err(|e| io(&path, e))?;
             }
         }
     }
@@ -607,7 +634,7 @@ pub async fn restore(
         block_size: m.block_size as u64,
         delta: opts.delta,
         direct_io: opts.direct_io,
-        restore_owner: owner.is_some(),
+        owner,
     };
     // Small files whose blocks lie close together in a pack are read together: one range
     // read for many files ([`plan_work`]).
@@ -956,12 +983,14 @@ struct FileJob<'a> {
     block_size: u64,
     delta: bool,
     direct_io: bool,
-    restore_owner: bool,
+    /// Every restored file's owner (the data directory's), when restoring ownership.
+    owner: Option<(u32, u32)>,
 }
 
 impl FileJob<'_> {
     /// A file of a database left out ([`db_select`]): created (emptied, if a delta restore
-    /// finds it) and extended to its recorded size, all holes; owner and mode as recorded.
+    /// finds it) and extended to its recorded size, all holes; the data directory's owner, the
+    /// recorded mode without special bits ([`fs_beneath::set_owner_mode`]).
     /// Returns its descriptor, to be made durable with the others.
     async fn create_sparse(&self, f: &FileEntry) -> Result<Arc<std::fs::File>> {
         let path = &self.target.join(&f.path);
@@ -969,7 +998,7 @@ impl FileJob<'_> {
             .await
             .map_err(|e| io(path, e))?;
         file.set_len(f.size).map_err(|e| io(path, e))?;
-        let owner = self.restore_owner.then_some((f.uid, f.gid));
+        let owner = self.owner;
         fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(|e| io(path, e))?;
         Ok(Arc::new(file))
     }
@@ -1007,7 +1036,7 @@ impl FileJob<'_> {
                 .await
                 .map_err(|e| io(path, e))?,
         );
-        let owner = self.restore_owner.then_some((f.uid, f.gid));
+        let owner = self.owner;
         // Delta: blocks already right in an existing file are kept (compared by keyed id).
         let existing = if delta {
             read_existing_ids(repo, file.clone(), path, f, block_size).await?

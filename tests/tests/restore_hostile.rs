@@ -398,3 +398,76 @@ fn a_restore_that_runs_out_of_space_says_so_and_delta_finishes_it_with_room() {
     delta(&src, &dir);
     assert_starts_with_rows(&src, &dir);
 }
+
+/// What PostgreSQL's OS user can make a backup record must not become root's gift on a root
+/// restore: a tablespace link (`pg_tblspc/<oid>`, the user's own directory) at an existing
+/// root-owned directory, or at a relative path; a file recorded as root's and setuid (as
+/// a file swapped for a link to a setuid program between a full and an incremental backup is
+/// recorded). The restore refuses the locations, naming the way out (`--tablespace-map`),
+/// leaves the directory as it was, and restores the file as the cluster's, without the
+/// setuid bit.
+#[test]
+fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded() {
+    if !is_root() {
+        return;
+    }
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let bin_dir = tempfile::Builder::new()
+        .prefix("pgcairn-bin-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    symlink(bin_dir.path(), pg.datadir.join("pg_tblspc/99999")).unwrap();
+    std::fs::create_dir(pg.datadir.join("ts_rel")).unwrap();
+    give_to(env.run_as.as_deref(), &pg.datadir.join("ts_rel")).unwrap();
+    symlink("../ts_rel", pg.datadir.join("pg_tblspc/99998")).unwrap();
+    let probe = pg.datadir.join("base/1/setuid_probe");
+    std::fs::write(&probe, b"#!/bin/sh\nid\n").unwrap();
+    std::os::unix::fs::chown(&probe, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    backup_json(&env, &["--type", "full"]);
+    pg.stop().unwrap();
+
+    let relative = restore_as_root(&env, &env.path().join("r1"), &[]);
+    assert!(!relative.status.success(), "a relative location restored");
+    let err = stderr(&relative);
+    assert!(
+        err.contains("tablespace 99998") && err.contains("--tablespace-map 99998="),
+        "{err}"
+    );
+    let elsewhere = format!("99998={}", env.path().join("ts98").display());
+    let taken = restore_as_root(
+        &env,
+        &env.path().join("r2"),
+        &["--tablespace-map", &elsewhere],
+    );
+    assert!(!taken.status.success(), "root's directory was given away");
+    let err = stderr(&taken);
+    assert!(
+        err.contains("tablespace 99999") && err.contains("belongs to uid 0"),
+        "{err}"
+    );
+    let m = std::fs::metadata(bin_dir.path()).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o755), "{err}");
+    assert_eq!(std::fs::read_dir(bin_dir.path()).unwrap().count(), 0);
+
+    let dir = env.path().join("r3");
+    let both = format!("99999={}", env.path().join("ts99").display());
+    assert_success(
+        &restore_as_root(
+            &env,
+            &dir,
+            &["--tablespace-map", &elsewhere, "--tablespace-map", &both],
+        ),
+        "restore with both tablespaces mapped",
+    );
+    let owner = std::fs::metadata(dir.join("PG_VERSION")).unwrap().uid();
+    assert_ne!(owner, 0);
+    let m = std::fs::metadata(dir.join("base/1/setuid_probe")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "special bits restored");
+    assert_eq!(m.uid(), owner, "root's file restored as root's");
+}
