@@ -46,6 +46,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
+use crate::backup::owner_reads::OwnerReads;
 use crate::error::{Error, Result};
 
 /// Largest configuration file kept (a `postgresql.conf` is tens of KiB).
@@ -190,21 +191,19 @@ struct Read1 {
 struct Reader {
     pgdata: PathBuf,
     pgdata_real: PathBuf,
-    /// `(uid, gid)` of the data directory, when running as root: what it could read bounds
-    /// what is read.
-    as_owner: Option<(u32, u32)>,
+    /// What the data directory's owner could read bounds what is read, when another user
+    /// (root) runs the backup.
+    owner_reads: OwnerReads,
 }
 
 impl Reader {
     fn new(pgdata: &Path) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let as_owner = (crate::pg::instance::current_uid() == 0)
-            .then(|| std::fs::metadata(pgdata).ok().map(|m| (m.uid(), m.gid())))
-            .flatten();
+        let owner_reads = OwnerReads::of(pgdata, crate::pg::instance::current_uid())
+            .unwrap_or_else(|_| OwnerReads::unchecked());
         Reader {
             pgdata: pgdata.to_path_buf(),
             pgdata_real: std::fs::canonicalize(pgdata).unwrap_or_else(|_| pgdata.to_path_buf()),
-            as_owner,
+            owner_reads,
         }
     }
 
@@ -224,13 +223,12 @@ impl Reader {
             return Err("not a regular file".into());
         }
         let mode = st.st_mode & 0o7777;
-        if let Some((uid, gid)) = self.as_owner {
-            if !readable_by(st.st_uid, st.st_gid, mode, uid, gid) {
-                return Err(format!(
-                    "the data directory's owner (uid {uid}) could not read it; a backup run \
-                     as root keeps only what PostgreSQL itself can read"
-                ));
-            }
+        if !self.owner_reads.may_read(st.st_uid, st.st_gid, mode) {
+            return Err(format!(
+                "the data directory's owner (uid {}) could not read it; a backup run as \
+                 another user keeps only what PostgreSQL itself can read",
+                self.owner_reads.owner_uid().unwrap_or_default()
+            ));
         }
         let mut bytes = Vec::new();
         std::fs::File::from(fd)
@@ -249,18 +247,6 @@ impl Reader {
             gid: st.st_gid,
             outside,
         })
-    }
-}
-
-/// Whether a file of `owner`/`group` with permission bits `mode` is readable by `uid`/`gid`
-/// (primary group only: a conservative answer).
-fn readable_by(owner: u32, group: u32, mode: u32, uid: u32, gid: u32) -> bool {
-    if owner == uid {
-        mode & 0o400 != 0
-    } else if group == gid {
-        mode & 0o040 != 0
-    } else {
-        mode & 0o004 != 0
     }
 }
 

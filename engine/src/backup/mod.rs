@@ -31,6 +31,7 @@
 //! (about 35 bytes per block) while it is written. See the README's benchmarks.
 
 mod commit;
+pub mod owner_reads;
 pub mod reader;
 pub mod standby;
 
@@ -612,6 +613,10 @@ async fn backup_with_lease(
         start_lsn: start_lsn.0,
         known: known.clone(),
         sink: block_tx,
+        owner_reads: Arc::new(
+            owner_reads::OwnerReads::of(&opts.pgdata, crate::pg::instance::current_uid())
+                .map_err(|e| Error::io(opts.pgdata.display().to_string(), e))?,
+        ),
     };
     let results = {
         let block_size = opts.block_size;

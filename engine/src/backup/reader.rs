@@ -57,6 +57,8 @@ pub struct ReadContext {
     pub known: Arc<KnownBlocks>,
     /// Where new blocks go, a batch at a time.
     pub sink: mpsc::Sender<Vec<SealedBlock>>,
+    /// Which files the data directory's owner could read ([`super::owner_reads`]).
+    pub owner_reads: Arc<super::owner_reads::OwnerReads>,
 }
 
 /// Sealed bytes of new blocks a reader gathers before handing them to the packer.
@@ -125,19 +127,37 @@ pub fn pieces(size: u64, block_size: usize) -> Vec<(usize, Option<usize>)> {
 }
 
 /// Opens `entry` to read it; `None` if it was dropped since the walk (WAL replay does not
-/// need it).
-fn open(entry: &Entry) -> Result<Option<std::fs::File>> {
-    match std::fs::File::open(&entry.abs) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("reading {}", entry.abs.display()), e)),
+/// need it), or if what was opened is a file the data directory's owner could not read
+/// ([`super::owner_reads`]: a link to root's file planted for a backup run as root).
+fn open(ctx: &ReadContext, entry: &Entry) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match std::fs::File::open(&entry.abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", entry.abs.display()), e)),
+    };
+    let m = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", entry.abs.display()), e))?;
+    if !ctx.owner_reads.may_read(m.uid(), m.gid(), m.mode()) {
+        tracing::warn!(
+            "left out of the backup: {} (a file of uid {}, mode {:o}) is one the data directory's \
+             owner (uid {}) could not read, reached through a link or put there by another \
+             user; PostgreSQL cannot have needed it",
+            entry.abs.display(),
+            m.uid(),
+            m.mode() & 0o7777,
+            ctx.owner_reads.owner_uid().unwrap_or_default()
+        );
+        return Ok(None);
     }
+    Ok(Some(file))
 }
 
 /// Reads `entry` (a file) into blocks, whole, on this thread. `parent` is the reference
 /// backup's entry for the same path.
 pub fn read_file(ctx: &ReadContext, entry: &Entry, parent: Option<&FileEntry>) -> Result<FileRead> {
-    let Some(file) = open(entry)? else {
+    let Some(file) = open(ctx, entry)? else {
         return Ok(FileRead::vanished());
     };
     let piece = read_piece(ctx, entry, &file, parent, 0, None)?;
@@ -158,7 +178,7 @@ pub(crate) async fn read_in_pieces(
     // reads; pieces sharing one would look to it like reads jumping between offsets.
     let jobs = ranges.into_iter().map(|(first, end)| {
         let (ctx, entry, parent) = (ctx.clone(), entry.clone(), parent.clone());
-        pool.run(move || match open(&entry)? {
+        pool.run(move || match open(&ctx, &entry)? {
             Some(file) => {
                 read_piece(&ctx, &entry, &file, parent.as_ref().as_ref(), first, end).map(Some)
             }
@@ -566,6 +586,7 @@ mod tests {
             start_lsn: u64::MAX,
             known: Arc::new(KnownBlocks::default()),
             sink,
+            owner_reads: Arc::new(crate::backup::owner_reads::OwnerReads::unchecked()),
         };
         (ctx, rx)
     }
