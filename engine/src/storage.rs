@@ -67,7 +67,10 @@ pub enum CreateOutcome {
     /// The object was created by this call (including a retried attempt whose first try
     /// landed: the backend recognises its own bytes).
     Created,
-    /// An object already existed under that key; it was left untouched.
+    /// An object already existed under that key; it was left untouched, and neither read
+    /// nor made durable by this call: after a crash it may be torn or not yet synced. A
+    /// caller that relies on it reads it back, and makes it durable by creating it again
+    /// with the bytes read (`Created` then means durable).
     AlreadyExists,
 }
 

@@ -211,6 +211,36 @@ fn duplicate_push_is_free_and_different_content_is_refused() {
     }
 }
 
+// 1b. A data object torn by a crash before its record ---------------------------------------
+
+/// A power loss after a data object is linked into place but before its fsync leaves it empty
+/// or torn, with no record; after the reboot PostgreSQL pushes the segment again. That push
+/// must store the segment whole before it records it (and exits 0), not trust the object's
+/// name: PostgreSQL recycles a segment once its push succeeds.
+#[test]
+fn a_retried_push_rewrites_a_data_object_left_empty_or_torn_by_a_crash() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let (segs, names) = archived_segments(&env, 2);
+    let tli = env.path().join("repo/clusters/main/wal/00000001");
+    for (i, what) in [(0, "empty"), (1, "torn")] {
+        let data = waldata_path(&env, &names[i]);
+        let len = std::fs::metadata(&data).unwrap().len();
+        std::fs::remove_file(tli.join(&names[i])).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .unwrap()
+            .set_len(if i == 0 { 0 } else { len / 2 })
+            .unwrap();
+        let out = env.pgcairn(&["archive-push", &p(&segs[i])]);
+        assert_success(&out, &format!("archive-push over an {what} data object"));
+        assert!(
+            fetch(&env, &names[i]) == std::fs::read(&segs[i]).unwrap(),
+            "{what}: archive-get returns the segment pushed"
+        );
+    }
+}
+
 // 2. Wrong key, wrong passphrase ------------------------------------------------------------
 
 #[test]

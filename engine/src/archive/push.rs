@@ -7,9 +7,14 @@
 //! 2. Read the pointer `wal/<TLI>/<name>`: if it exists with the same content id the push is a
 //!    success with nothing uploaded; with another content id it is a [`Error::Conflict`]
 //!    naming both ids. PostgreSQL may legitimately re-push a segment after a crash. (If the
-//!    record's data object was lost, a push of the same content uploads it again: one HEAD
-//!    per duplicate push buys a way to repair a hole the restore preflight reports.)
-//! 3. Upload the sealed contents under `waldata/<TLI>/<name>.<content id>`.
+//!    record's data object was lost or torn, a push of the same content stores it again: a
+//!    duplicate push reads the object back and opens it, which buys a way to repair a hole
+//!    the restore preflight reports.)
+//! 3. Store the sealed contents under `waldata/<TLI>/<name>.<content id>`. An object already
+//!    there (left by an attempt that crashed before its record) is read back and opened, not
+//!    trusted for existing: after a crash it may be empty or torn, or sound but not yet
+//!    durable. A sound one is made durable, a damaged one replaced ([`ensure_data`]); only
+//!    then may the record name it.
 //! 4. Create the pointer (sealed for its name, see [`crate::store::sealed`]). This is the
 //!    commit point: a crash before it leaves garbage only. If another pusher created the
 //!    pointer meanwhile, the ids are compared as in 2.
@@ -28,7 +33,7 @@ use crate::pg::history;
 use crate::pg::wal_header::LongPageHeader;
 use crate::recovery::HistoryEntry;
 use crate::repo::{layout, ClusterRecord, Repository};
-use crate::storage::CreateOutcome;
+use crate::storage::{CreateOutcome, ObjectKey, StorageError};
 use crate::store::cluster::{self, ServerIdentity};
 use crate::store::head;
 use crate::store::sealed::{self, DocKind};
@@ -342,35 +347,34 @@ async fn store_wal(
 ) -> Result<PushOutcome> {
     let hex_id = id.to_hex();
     let stored_size = sealed.len() as u64;
+    let data = DataObject {
+        key: layout::wal_data(cluster, name, &id),
+        id,
+        size,
+        sealed: Bytes::from(sealed),
+    };
     if let Some(existing) = existing {
         if existing.content_id != hex_id {
             return Err(conflict(cluster, name, &existing.content_id, &hex_id));
         }
-        // The same content again: free, unless the record's data object was lost, in which
-        // case this push restores it (one HEAD; the record stays as it is).
-        let data_key = layout::wal_data(cluster, name, &id);
-        return match repo.storage().head(&data_key).await {
-            Ok(_) => {
+        // The same content again: free, unless the record's data object was lost or torn,
+        // in which case this push restores it (the record stays as it is).
+        return match ensure_data(repo, cluster, name, &data, false).await? {
+            DataWrite::Kept => {
                 debug!("already archived with the same content");
                 Ok(PushOutcome::AlreadyArchived)
             }
-            Err(e) if e.is_not_found() => {
+            DataWrite::Written => {
                 tracing::warn!(
-                    "{name} was recorded without its data object {data_key}: restoring it"
+                    "{name} was recorded without a sound data object {}: restored it",
+                    data.key
                 );
-                repo.storage()
-                    .put_create(&data_key, Bytes::from(sealed))
-                    .await?;
                 Ok(PushOutcome::Uploaded { stored_size })
             }
-            Err(e) => Err(e.into()),
         };
     }
-    // Data first. An existing data object under this name holds the same content (its name
-    // carries the content id), so AlreadyExists is fine here.
-    repo.storage()
-        .put_create(&layout::wal_data(cluster, name, &id), Bytes::from(sealed))
-        .await?;
+    // Data first, whole and durable, whatever an earlier attempt left under its name.
+    ensure_data(repo, cluster, name, &data, true).await?;
     let pointer = WalPointer {
         content_id: hex_id.clone(),
         size,
@@ -395,6 +399,115 @@ async fn store_wal(
             }
         }
     }
+}
+
+/// The data object a push stores: its key, the file's content id and size, and this push's
+/// sealing of it.
+struct DataObject {
+    key: ObjectKey,
+    id: ContentId,
+    size: u64,
+    sealed: Bytes,
+}
+
+/// What [`ensure_data`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataWrite {
+    /// This push's sealing is stored now (created, or replacing a damaged object).
+    Written,
+    /// A sound object was there already; it is durable now too.
+    Kept,
+}
+
+/// How many times [`ensure_data`] starts over when the object changes under it.
+const DATA_ATTEMPTS: usize = 3;
+
+/// Makes sure the data object holds this file, whole and durable, before a record may name
+/// it. `create_first`: try a create-only put before reading (the object is expected absent).
+///
+/// An object already under the name is not taken on trust: sealing uses a random nonce, so
+/// it never has this push's bytes, and the create-only put reports it as merely existing,
+/// without making it durable. After a crash it can be empty or torn (on `file://`, object
+/// stores link a file into place before its fsync), or sound but never synced. So it is read
+/// back and opened: a sound one is written back unchanged, which a create-only put
+/// recognises as its own bytes and returns only once they are durable (on `file://`, an
+/// fsync); a damaged one is replaced by compare-and-swap against the version read, so two
+/// pushers repairing at once cannot undo each other. Its name carries the content id, so a
+/// replaced object can only ever have been a broken copy of this very file.
+async fn ensure_data(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    data: &DataObject,
+    mut create_first: bool,
+) -> Result<DataWrite> {
+    let storage = repo.storage();
+    for _ in 0..DATA_ATTEMPTS {
+        if create_first
+            && storage.put_create(&data.key, data.sealed.clone()).await? == CreateOutcome::Created
+        {
+            return Ok(DataWrite::Written);
+        }
+        create_first = true;
+        let (stored, version) = match storage.get_versioned(&data.key).await {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => continue, // gone meanwhile: create it
+            Err(e) => return Err(e.into()),
+        };
+        let stored_len = stored.len();
+        if let Err(why) = holds_file(repo, cluster, name, data, stored.clone()).await {
+            tracing::warn!(
+                "{name}: the data object {} ({stored_len} bytes) is damaged ({why}), \
+                 probably by a crash while it was written: replacing it",
+                data.key
+            );
+            match storage
+                .put_swap(&data.key, data.sealed.clone(), Some(&version))
+                .await
+            {
+                Ok(_) => return Ok(DataWrite::Written),
+                Err(StorageError::Precondition { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if storage.put_create(&data.key, stored).await? == CreateOutcome::Created {
+            return Ok(DataWrite::Kept);
+        }
+    }
+    Err(StorageError::Transient {
+        op: "put",
+        key: data.key.to_string(),
+        detail: format!("the object kept changing while {name} was being archived"),
+    }
+    .into())
+}
+
+/// Whether `stored` opens as a sealing of exactly this file: authenticated for its name, with
+/// the plaintext's content id and size. `Err` says what is wrong. CPU work, on the CPU pool.
+async fn holds_file(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    data: &DataObject,
+    stored: Bytes,
+) -> std::result::Result<(), String> {
+    let codec = repo.codec().clone();
+    let context = wal_context(cluster, name);
+    let (id, size) = (data.id, data.size);
+    crate::cpu::run(move || {
+        let discard = |_: u64, _: &[u8]| Ok(());
+        let (len, got) = codec
+            .open_to(ObjectKind::Wal, &id, &context, &stored, &discard)
+            .map_err(|e| e.to_string())?;
+        if got != id {
+            return Err("its content does not match its content id".to_string());
+        }
+        if len != size {
+            return Err(format!("it holds {len} bytes, the file has {size}"));
+        }
+        Ok(())
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -513,6 +626,164 @@ pub(crate) mod tests {
             .unwrap();
         assert!(matches!(out, PushOutcome::Uploaded { .. }), "{out:?}");
         assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), data);
+    }
+
+    /// Records every create-only put (key and bytes), forwarding everything.
+    #[derive(Debug)]
+    struct NotesCreates {
+        inner: Arc<dyn Storage>,
+        creates: std::sync::Mutex<Vec<(String, Bytes)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for NotesCreates {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
+            self.inner.get(key).await
+        }
+        async fn get_versioned(
+            &self,
+            key: &ObjectKey,
+        ) -> std::result::Result<(Bytes, crate::storage::ObjectVersion), StorageError> {
+            self.inner.get_versioned(key).await
+        }
+        async fn get_range(
+            &self,
+            key: &ObjectKey,
+            range: std::ops::Range<u64>,
+        ) -> std::result::Result<Bytes, StorageError> {
+            self.inner.get_range(key, range).await
+        }
+        async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
+            self.inner.head(key).await
+        }
+        async fn put_create(
+            &self,
+            key: &ObjectKey,
+            data: Bytes,
+        ) -> std::result::Result<CreateOutcome, StorageError> {
+            self.creates
+                .lock()
+                .unwrap()
+                .push((key.to_string(), data.clone()));
+            self.inner.put_create(key, data).await
+        }
+        async fn put_swap(
+            &self,
+            key: &ObjectKey,
+            data: Bytes,
+            expected: Option<&crate::storage::ObjectVersion>,
+        ) -> std::result::Result<crate::storage::ObjectVersion, StorageError> {
+            self.inner.put_swap(key, data, expected).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+        ) -> std::result::Result<Vec<crate::storage::ObjectInfo>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    /// The test repository opened as archive-push opens it: append-only.
+    async fn append_only(mem: &Arc<MemoryStorage>) -> Repository {
+        crate::test_support::open_with(Arc::new(crate::store::append_only::AppendOnly::new(
+            mem.clone(),
+            "archive-push",
+        )))
+        .await
+    }
+
+    /// Another sealing of `data` for `name` (another nonce), as an earlier attempt left it.
+    fn earlier_sealing(repo: &Repository, name: &WalFileName, data: &[u8]) -> (ObjectKey, Bytes) {
+        let (id, sealed) =
+            repo.codec()
+                .seal_parallel(ObjectKind::Wal, &wal_context("main", name), data, 1);
+        (layout::wal_data("main", name, &id), Bytes::from(sealed))
+    }
+
+    #[tokio::test]
+    async fn an_empty_or_torn_data_object_left_by_a_crash_is_replaced_before_the_record() {
+        let (mem, _) = memory_repo().await;
+        let repo = append_only(&mem).await;
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 3] = [
+            ("empty", |v| v.clear()),
+            ("torn", |v| v.truncate(v.len() / 2)),
+            ("zeroed tail", |v| {
+                let n = v.len();
+                v[n / 2..].fill(0)
+            }),
+        ];
+        for (n, (what, damage)) in (3u64..).zip(damages) {
+            let (name, data) = seg(n, 42);
+            let (key, sealed) = earlier_sealing(&repo, &name, &data);
+            mem.put_create(&key, sealed).await.unwrap();
+            mem.tamper(key.as_str(), damage);
+            let out = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+                .await
+                .unwrap();
+            assert!(
+                matches!(out, PushOutcome::Uploaded { .. }),
+                "{what}: {out:?}"
+            );
+            assert!(
+                get_wal_file(&repo, "main", &name).await.unwrap() == data,
+                "{what}: archive-get serves the segment pushed"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sound_data_object_without_a_record_is_kept_and_made_durable() {
+        let (mem, _) = memory_repo().await;
+        let notes = Arc::new(NotesCreates {
+            inner: mem.clone(),
+            creates: Default::default(),
+        });
+        let repo = crate::test_support::open_with(notes.clone()).await;
+        let (name, data) = seg(3, 42);
+        let (key, sealed) = earlier_sealing(&repo, &name, &data);
+        mem.put_create(&key, sealed.clone()).await.unwrap();
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        assert!(mem.get(&key).await.unwrap() == sealed, "kept as it was");
+        // A create-only put of its own bytes is how storage is asked to make an object
+        // durable (file://: an fsync); it must come before the record.
+        let creates = notes.creates.lock().unwrap().clone();
+        let synced = creates
+            .iter()
+            .position(|(k, b)| *k == key.as_str() && *b == sealed)
+            .expect("the existing object was made durable");
+        let record = creates
+            .iter()
+            .position(|(k, _)| *k == layout::wal_pointer("main", &name).as_str())
+            .expect("a record");
+        assert!(synced < record, "{creates:?}");
+        assert!(get_wal_file(&repo, "main", &name).await.unwrap() == data);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_push_restores_a_torn_data_object_behind_a_record() {
+        let (mem, _) = memory_repo().await;
+        let repo = append_only(&mem).await;
+        let (name, data) = seg(3, 42);
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        let key = layout::wal_data("main", &name, &repo.codec().content_id(&data));
+        mem.tamper(key.as_str(), |v| v.truncate(v.len() / 3));
+        assert!(get_wal_file(&repo, "main", &name).await.is_err());
+        let out = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(out, PushOutcome::Uploaded { .. }), "{out:?}");
+        assert!(get_wal_file(&repo, "main", &name).await.unwrap() == data);
     }
 
     #[tokio::test]

@@ -168,6 +168,13 @@ pub fn parse_wal_pointer(cluster: &str, key: &str) -> Option<(TimelineId, WalFil
     (name.timeline().to_string() == tli).then_some((name.timeline(), name))
 }
 
+/// Whether `key` is a WAL data object of any cluster.
+pub fn is_wal_data(key: &str) -> bool {
+    key.strip_prefix("clusters/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(cluster, _)| parse_wal_data(cluster, key).is_some())
+}
+
 /// Parses a WAL data key back into its timeline folder and file name (the content id
 /// suffix, 64 hex digits, is checked and dropped).
 pub fn parse_wal_data(cluster: &str, key: &str) -> Option<(TimelineId, WalFileName)> {

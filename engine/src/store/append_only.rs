@@ -8,7 +8,13 @@
 //!   [`super::head`]) and of its status object (`status/cluster/<c>`, see [`super::status`]):
 //!   the mutable objects they update;
 //! - writes and deletes of `leases/` (a backup announces itself to gc with a lease it
-//!   refreshes and removes when it ends).
+//!   refreshes and removes when it ends);
+//! - compare-and-swap of a WAL data object against a version read, never a blind write:
+//!   archive-push replaces one only after reading it back and finding it does not open as
+//!   the file its name (which carries the content id) says, which is what a crash leaves
+//!   when it tears a local write ([`crate::archive::push`]). No sound object can be the one
+//!   replaced, because the replacement holds the same content. Object stores write objects
+//!   whole, so there this never happens, and a bucket policy that refuses it costs nothing.
 //!
 //! The same rules, as an S3 bucket policy for an append-only writer role, are in the README
 //! ("Least-privilege credentials"): `s3:PutObject` only with `If-None-Match: *` except on
@@ -90,6 +96,7 @@ impl Storage for AppendOnly {
         if layout::is_lease(key)
             || layout::parse_catalog_head(key.as_str()).is_some()
             || layout::parse_cluster_status(key.as_str()).is_some()
+            || (expected.is_some() && layout::is_wal_data(key.as_str()))
         {
             return self.inner.put_swap(key, data, expected).await;
         }
@@ -172,5 +179,19 @@ mod tests {
             );
         }
         assert!(s.delete(&status).await.is_err());
+        // A WAL data object: only swapped against a version read, never deleted.
+        let data = ObjectKey::new(format!(
+            "clusters/main/waldata/00000001/000000010000000000000001.{}",
+            "ab".repeat(32)
+        ));
+        s.put_create(&data, Bytes::from_static(b"torn"))
+            .await
+            .unwrap();
+        assert!(s.put_swap(&data, Bytes::new(), None).await.is_err());
+        let v = mem.get_versioned(&data).await.unwrap().1;
+        s.put_swap(&data, Bytes::from_static(b"whole"), Some(&v))
+            .await
+            .unwrap();
+        assert!(s.delete(&data).await.is_err());
     }
 }
