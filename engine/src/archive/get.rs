@@ -225,8 +225,24 @@ pub async fn get_wal_file_or_tail_to(
         Some(r) => r.wal_segment_size,
         None => return Err(Error::NotFound(absent)),
     };
-    match crate::walstream::chunks::read_tail(repo, cluster, name, seg_size).await {
-        Ok(Some((data, bytes))) => {
+    let tail = crate::walstream::chunks::read_tail(repo, cluster, name, seg_size).await;
+    // The receiver records a segment before it deletes its chunks (in parallel), so a tail
+    // read while it archives one can look absent, or shorter than what was streamed (chunk 0
+    // still there, later ones gone), or vanish mid-read. Every such read ends before the
+    // record is looked up again here: if the segment is archived now, the archived file is
+    // served, never a tail that may be short. With no record, the receiver has deleted none
+    // of this segment's chunks, and the tail is the whole durable stream up to the first
+    // hole, which only a receiver killed with two writes in flight leaves (what follows it
+    // was never acknowledged). `expire` also removes chunks of segments never archived under
+    // this name, but only of a tail that is not the newest and that a later timeline
+    // supersedes or no retained backup needs ([`crate::walstream::sweep`]).
+    match get_wal_file_to(repo, cluster, name, dest, durability).await {
+        Ok(()) => return Ok(GetSource::Archived),
+        Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match tail? {
+        Some((data, bytes)) => {
             validate_wal_head(name, &data, data.len())
                 .map_err(|e| Error::corrupt(name.to_string(), format!("streamed tail: {e}")))?;
             let dest = dest.to_path_buf();
@@ -235,13 +251,7 @@ pub async fn get_wal_file_or_tail_to(
                 .map_err(|e| Error::InvalidInput(format!("writing a WAL file failed: {e}")))??;
             Ok(GetSource::StreamedTail { bytes })
         }
-        Ok(None) => Err(Error::NotFound(absent)),
-        // The receiver may have completed and archived the segment meanwhile (deleting the
-        // chunks being read): then the archived file is there now.
-        Err(e) => match get_wal_file_to(repo, cluster, name, dest, durability).await {
-            Ok(()) => Ok(GetSource::Archived),
-            Err(_) => Err(e),
-        },
+        None => Err(Error::NotFound(absent)),
     }
 }
 
@@ -408,6 +418,146 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(err, Error::Io { .. }), "{err}");
+    }
+
+    /// Answers "not found" for the first `hide` reads of `key`: a lookup made before another
+    /// process created it.
+    #[derive(Debug)]
+    struct LateKey {
+        inner: std::sync::Arc<dyn crate::storage::Storage>,
+        key: crate::storage::ObjectKey,
+        hide: std::sync::atomic::AtomicUsize,
+    }
+
+    impl LateKey {
+        fn hidden(&self, key: &crate::storage::ObjectKey) -> bool {
+            use std::sync::atomic::Ordering;
+            *key == self.key
+                && self
+                    .hide
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+        }
+        fn not_found(key: &crate::storage::ObjectKey) -> StorageError {
+            StorageError::NotFound {
+                key: key.to_string(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::storage::Storage for LateKey {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn get(
+            &self,
+            key: &crate::storage::ObjectKey,
+        ) -> std::result::Result<bytes::Bytes, StorageError> {
+            if self.hidden(key) {
+                return Err(Self::not_found(key));
+            }
+            self.inner.get(key).await
+        }
+        async fn get_versioned(
+            &self,
+            key: &crate::storage::ObjectKey,
+        ) -> std::result::Result<(bytes::Bytes, crate::storage::ObjectVersion), StorageError>
+        {
+            if self.hidden(key) {
+                return Err(Self::not_found(key));
+            }
+            self.inner.get_versioned(key).await
+        }
+        async fn get_range(
+            &self,
+            key: &crate::storage::ObjectKey,
+            range: std::ops::Range<u64>,
+        ) -> std::result::Result<bytes::Bytes, StorageError> {
+            self.inner.get_range(key, range).await
+        }
+        async fn head(
+            &self,
+            key: &crate::storage::ObjectKey,
+        ) -> std::result::Result<u64, StorageError> {
+            self.inner.head(key).await
+        }
+        async fn put_create(
+            &self,
+            key: &crate::storage::ObjectKey,
+            data: bytes::Bytes,
+        ) -> std::result::Result<crate::storage::CreateOutcome, StorageError> {
+            self.inner.put_create(key, data).await
+        }
+        async fn put_swap(
+            &self,
+            key: &crate::storage::ObjectKey,
+            data: bytes::Bytes,
+            expected: Option<&crate::storage::ObjectVersion>,
+        ) -> std::result::Result<crate::storage::ObjectVersion, StorageError> {
+            self.inner.put_swap(key, data, expected).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+        ) -> std::result::Result<Vec<crate::storage::ObjectInfo>, StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(
+            &self,
+            key: &crate::storage::ObjectKey,
+        ) -> std::result::Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_segment_archived_while_its_tail_is_read_is_served_whole_from_the_archive() {
+        use crate::walstream::chunks;
+        let dir = tempfile::tempdir().unwrap();
+        let name: WalFileName = "000000010000000000000003".parse().unwrap();
+        let mut data = fake_segment(9, 1, 3 * (16 << 20), 16 << 20, 16 << 20);
+        for (i, b) in data.iter_mut().enumerate().skip(8192) {
+            *b = (i / 777 % 253) as u8;
+        }
+        // What the receiver leaves at each moment of its deletion of the chunks, after it
+        // archived the segment: chunk 0 gone (the tail looks absent), or only the first
+        // chunks left (the tail looks short).
+        for (what, kept) in [("chunk 0 deleted", 1..4), ("later chunks deleted", 0..2)] {
+            let (mem, repo) = memory_repo().await;
+            let mut keys = Vec::new();
+            for part in data.chunks(4 << 20) {
+                let start = keys.len() as u64 * (4 << 20);
+                let key = chunks::commit_chunk(&repo, "main", &name, start, part.to_vec())
+                    .await
+                    .unwrap();
+                keys.push(key);
+            }
+            push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+                .await
+                .unwrap();
+            use crate::storage::Storage;
+            for (i, key) in keys.iter().enumerate() {
+                if !kept.contains(&i) {
+                    mem.delete(key).await.unwrap();
+                }
+            }
+            // archive-get looked the segment up just before the receiver recorded it.
+            let late = crate::test_support::open_with(std::sync::Arc::new(LateKey {
+                inner: mem.clone(),
+                key: layout::wal_pointer("main", &name),
+                hide: 1.into(),
+            }))
+            .await;
+            let dest = dir.path().join("RECOVERYXLOG");
+            let got =
+                get_wal_file_or_tail_to(&late, "main", &name, &dest, Durability::Atomic).await;
+            assert!(matches!(got, Ok(GetSource::Archived)), "{what}: {got:?}");
+            assert!(
+                std::fs::read(&dest).unwrap() == data,
+                "{what}: the whole segment"
+            );
+        }
     }
 
     #[tokio::test]
