@@ -200,16 +200,21 @@ fn leave_start_directory(settings: &mut Settings) {
     }
 }
 
+/// The exit code of a failure before `command` itself ran, which would otherwise exit with
+/// `code`: for archive-get always [`ExitCode::AbortRecovery`], since its exit 1 tells
+/// PostgreSQL the file is absent, and recovery would end early.
+fn before_command(command: &Command, code: ExitCode) -> ExitCode {
+    match command {
+        Command::ArchiveGet { .. } => ExitCode::AbortRecovery,
+        _ => code,
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
-    let is_archive_get = matches!(cli.command, Command::ArchiveGet { .. });
-    let mut settings = match Settings::resolve(&cli) {
-        Ok(s) => s,
-        Err(mut f) if is_archive_get => {
-            f.code = ExitCode::AbortRecovery;
-            return Err(f);
-        }
-        Err(f) => return Err(f),
-    };
+    let mut settings = Settings::resolve(&cli).map_err(|mut f| {
+        f.code = before_command(&cli.command, f.code);
+        f
+    })?;
     if is_background(&cli.command) {
         leave_start_directory(&mut settings);
     }
@@ -228,7 +233,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     };
     let runtime = builder.enable_all().build().map_err(|e| {
         Failure::new(
-            ExitCode::Failed,
+            before_command(&cli.command, ExitCode::Failed),
             format!("cannot start the async runtime: {e}"),
         )
     })?;
@@ -239,6 +244,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn archive_get_failing_before_it_runs_aborts_recovery_instead_of_saying_not_found() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().command;
+        let get = parse(&["pgcairn", "archive-get", "000000010000000000000001", "x"]);
+        let push = parse(&["pgcairn", "archive-push", "x"]);
+        for code in [ExitCode::Failed, ExitCode::Usage] {
+            assert_eq!(before_command(&get, code), ExitCode::AbortRecovery);
+            assert_eq!(before_command(&push, code), code);
+        }
+    }
 
     #[allow(unsafe_code)]
     fn close_on_exec(fd: i32) -> bool {
