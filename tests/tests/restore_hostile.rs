@@ -403,15 +403,25 @@ fn a_restore_that_runs_out_of_space_says_so_and_delta_finishes_it_with_room() {
 /// restore: a tablespace link (`pg_tblspc/<oid>`, the user's own directory) at an existing
 /// root-owned directory, or at a relative path; a file recorded as root's and setuid (as
 /// a file swapped for a link to a setuid program between a full and an incremental backup is
-/// recorded). The restore refuses the locations, naming the way out (`--tablespace-map`),
-/// leaves the directory as it was, and restores the file as the cluster's, without the
-/// setuid bit.
+/// recorded); a link to a file of root's that user cannot read, for a backup run as root.
+/// The backup leaves the last out; the restore refuses the locations, naming the way out
+/// (`--tablespace-map`), leaves the directory as it was, and restores the file as the
+/// cluster's, without the setuid bit.
 #[test]
 fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded() {
     if !is_root() {
         return;
     }
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    // The backup runs as root, so the repository is an object store: in a directory, root's
+    // new files would stop PostgreSQL's user from archiving into it (which the backup waits
+    // for). Without a local S3 server the backup runs as that user and the root-only file is
+    // not attempted.
+    let on_s3 = s3_endpoint().is_some();
+    let env = TestEnv::new(EnvOptions::new(if on_s3 {
+        Backend::S3
+    } else {
+        Backend::File
+    }));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
@@ -429,7 +439,30 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
     std::fs::write(&probe, b"#!/bin/sh\nid\n").unwrap();
     std::os::unix::fs::chown(&probe, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    backup_json(&env, &["--type", "full"]);
+    // And a link to a file of root's that PostgreSQL's user cannot read, for a backup run as
+    // root to take.
+    let secret = bin_dir.path().join("../pgcairn-root-secret");
+    std::fs::write(&secret, b"root's secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let _remove_secret = RemoveOnDrop(secret.clone());
+    if on_s3 {
+        symlink(&secret, pg.datadir.join("base/1/secret_probe")).unwrap();
+        let as_root = Command::new(&env.bin)
+            .arg("--config")
+            .arg(&env.config)
+            .args(["--progress", "never", "backup", "--type", "full"])
+            .output()
+            .unwrap();
+        assert_success(&as_root, "backup as root");
+        assert!(
+            stderr(&as_root).contains("secret_probe")
+                && stderr(&as_root).contains("could not read"),
+            "{}",
+            stderr(&as_root)
+        );
+    } else {
+        backup_json(&env, &["--type", "full"]);
+    }
     pg.stop().unwrap();
 
     let relative = restore_as_root(&env, &env.path().join("r1"), &[]);
@@ -470,4 +503,17 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
     let m = std::fs::metadata(dir.join("base/1/setuid_probe")).unwrap();
     assert_eq!(m.mode() & 0o7777, 0o755, "special bits restored");
     assert_eq!(m.uid(), owner, "root's file restored as root's");
+    assert!(
+        !dir.join("base/1/secret_probe").exists(),
+        "a file only root could read came back in the cluster's directory"
+    );
+}
+
+/// Removes a file when dropped (also when an assertion fails).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
