@@ -81,9 +81,30 @@ async fn absent_or_lost(repo: &Repository, cluster: &str, name: &WalFileName) ->
                 ),
             )
         }
-        Ok(_) => Error::NotFound(format!(
+        Ok(Some(_)) => Error::NotFound(format!(
             "{name} is not in the archive of cluster {cluster:?}"
         )),
+        // No head, and this host never saw one (a new host restoring after a disaster): the
+        // head is created before the cluster record, so a bound cluster without one had it
+        // deleted, and what it recorded as archived cannot be told.
+        Ok(None) => match crate::store::cluster::read(repo, cluster).await {
+            Ok(None) => Error::NotFound(format!(
+                "{name} is not in the archive of cluster {cluster:?}"
+            )),
+            Ok(Some(_)) => Error::corrupt(
+                layout::catalog_head(cluster).to_string(),
+                format!(
+                    "{name} has no record, and whether it was archived cannot be told: the catalog head of cluster \
+                     {cluster:?} is missing although the cluster is bound (deleted outside pgcairn). Put the head \
+                     back from a copy, or run `pgcairn verify` to see what else is missing"
+                ),
+            ),
+            Err(e @ Error::Storage(_)) => e,
+            Err(e) => Error::corrupt(
+                pointer_key.to_string(),
+                format!("{name} has no record, and whether it should cannot be told: {e}"),
+            ),
+        },
         Err(e @ Error::Storage(_)) => e,
         Err(e) => Error::corrupt(
             pointer_key.to_string(),
@@ -338,6 +359,32 @@ mod tests {
             get_wal_file(&repo, "main", &name).await,
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    /// On a host that never saw the catalog head (no generation remembered), a deleted head
+    /// of a bound cluster makes a missing segment unknowable, not absent: exit 1 there would
+    /// end recovery early, at whatever segment was deleted with it.
+    #[tokio::test]
+    async fn a_missing_segment_behind_a_deleted_head_is_unknown_on_a_new_host() {
+        let (mem, repo) = memory_repo().await;
+        assert!(repo.generation_cache().is_none(), "a host that saw no head");
+        let first: WalFileName = "000000010000000000000001".parse().unwrap();
+        let data = fake_segment(9, 1, 16 << 20, 16 << 20, 16 << 20);
+        push_wal_file(&repo, "main", &first, WalSource::Bytes(data))
+            .await
+            .unwrap();
+        let next: WalFileName = "000000010000000000000002".parse().unwrap();
+        assert!(matches!(
+            get_wal_file(&repo, "main", &next).await,
+            Err(Error::NotFound(_))
+        ));
+        use crate::storage::Storage;
+        mem.delete(&layout::catalog_head("main")).await.unwrap();
+        let err = get_wal_file(&repo, "main", &next).await.unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("catalog head"), "{err}");
+        // The segment that is there is still served.
+        assert!(get_wal_file(&repo, "main", &first).await.is_ok());
     }
 
     #[tokio::test]
