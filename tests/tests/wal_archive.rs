@@ -1,7 +1,7 @@
 //! End to end: PostgreSQL archives through `pgcairn archive-push` and recovers through
 //! `pgcairn archive-get`, on `file://` and S3, synchronously and asynchronously.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use pgcairn_tests::*;
@@ -364,5 +364,74 @@ fn archive_get_as_root_leaves_postgresqls_spool_alone() {
         roots,
         Vec::<std::path::PathBuf>::new(),
         "nothing of root's in PostgreSQL's spool"
+    );
+}
+
+/// `repo.url` changed while an asynchronous pusher runs (it pushes to the repository it
+/// opened at its start, for up to its maximum run): archive-push, configured for the new
+/// repository, does not take the running pusher's ack for the old one as archived; it pushes
+/// the file to the new repository itself. Before, PostgreSQL got exit 0 and recycled a
+/// segment the new repository never had.
+#[test]
+fn a_changed_repository_is_not_served_by_the_pusher_started_for_the_old_one() {
+    let env = TestEnv::new(EnvOptions {
+        archive_async: true,
+        ..EnvOptions::new(Backend::File)
+    });
+    // The pusher stays up between segments.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.contains("idle_exit = \"3s\""), "{text}");
+    std::fs::write(
+        &env.config,
+        text.replace("idle_exit = \"3s\"", "idle_exit = \"120s\""),
+    )
+    .unwrap();
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql("postgres", "create table a as select 1 as x")
+        .unwrap();
+    let first = switch_wal(&pg);
+    wait_archived(&pg, &first, Duration::from_secs(60));
+    assert!(
+        !pgcairn_daemons_inside(env.path()).is_empty(),
+        "a pusher is running"
+    );
+
+    // Repository B, same key, and the configuration pointed at it (the pusher keeps A).
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let url_b = format!("file://{}/repo-b", env.path().display());
+    let b_text = text.replace(&env.repo_url, &url_b);
+    assert_ne!(b_text, text);
+    let b_config = env.path().join("b.toml");
+    std::fs::write(&b_config, &b_text).unwrap();
+    give_to(env.run_as.as_deref(), &b_config).unwrap();
+    std::fs::set_permissions(&b_config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key = env.key_file.display().to_string();
+    assert_success(
+        &env.pgcairn_with_config(&b_config, &["init", "--key-file", &key]),
+        "init B",
+    );
+    std::fs::write(&env.config, &b_text).unwrap();
+
+    pg.psql("postgres", "create table b as select 1 as x")
+        .unwrap();
+    let second = switch_wal(&pg);
+    wait_archived(&pg, &second, Duration::from_secs(60));
+    let dest = env.path().join("fetched");
+    std::fs::create_dir_all(&dest).unwrap();
+    give_to(env.run_as.as_deref(), &dest).unwrap();
+    let out = env.pgcairn_with_config(
+        &b_config,
+        &[
+            "archive-get",
+            &second,
+            &dest.join(&second).display().to_string(),
+        ],
+    );
+    assert_success(
+        &out,
+        "the segment archived after the change is in the new repository",
     );
 }

@@ -55,9 +55,15 @@ pub async fn push(cli: &Cli, settings: &Settings, wal_path: &Path) -> Result<(),
     if settings.archive_async {
         return push_async(cli, settings, &name, &path).await;
     }
+    push_sync(settings, &name, &path).await
+}
+
+/// Pushes `path` (`name`) to the repository itself, waiting until it is durable.
+async fn push_sync(settings: &Settings, name: &WalFileName, path: &Path) -> Result<(), Failure> {
+    let path = path.to_path_buf();
     let repo = open_repo_append_only(settings, "archive-push").await?;
     let started = Instant::now();
-    match push_wal_file(&repo, &settings.cluster, &name, WalSource::File(path)).await? {
+    match push_wal_file(&repo, &settings.cluster, name, WalSource::File(path)).await? {
         PushOutcome::Uploaded { stored_size } => {
             info!(wal = %name, stored_size, ms = started.elapsed().as_millis() as u64, "archived")
         }
@@ -183,14 +189,15 @@ async fn push_async(
         .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))??;
     let n = name.to_string();
     spool.clear_error(&n);
+    let repository = settings.require_repo_url()?.to_string();
     let deadline = Instant::now() + settings.archive_timeout;
     loop {
         if !spool.pusher_running()? {
             spawn_pusher(cli, settings, &spool, &pg_wal)?;
         }
-        let (s, n2, d2) = (spool.clone(), n.clone(), digest.clone());
+        let (s, n2, d2, r2) = (spool.clone(), n.clone(), digest.clone(), repository.clone());
         let outcome =
-            tokio::task::spawn_blocking(move || spool::wait_for_ack(&s, &n2, &d2, deadline))
+            tokio::task::spawn_blocking(move || spool::wait_for_ack(&s, &n2, &d2, &r2, deadline))
                 .await
                 .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))??;
         match outcome {
@@ -218,6 +225,14 @@ async fn push_async(
                 ))
             }
             WaitOutcome::NoPusher => continue,
+            WaitOutcome::OtherRepository(other) => {
+                // The configuration changed while a pusher runs: its acks say where it
+                // pushed. This file goes to the configured repository now, synchronously;
+                // the next pusher (started once that one exits) serves the new one.
+                warn!(wal = %n, pusher_repository = %other, repository = %repository,
+                    "the running pusher pushes to another repository; pushing this file directly");
+                return push_sync(settings, name, path).await;
+            }
         }
     }
 }
@@ -234,6 +249,7 @@ pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
         jobs: settings.archive_jobs,
         idle_exit: settings.idle_exit,
         queue_max: settings.queue_max,
+        repository: settings.require_repo_url()?.to_string(),
     };
     spool::run_pusher(&repo, &settings.cluster, &spool, pg_wal, &opts).await?;
     Ok(())

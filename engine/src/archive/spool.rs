@@ -44,6 +44,9 @@ pub struct PusherOptions {
     pub idle_exit: Duration,
     /// Backlog in bytes above which failing WAL is dropped; `None`: never drop.
     pub queue_max: Option<u64>,
+    /// The repository as configured (its URL), written into every ack: a foreground call
+    /// configured for another one does not take it.
+    pub repository: String,
 }
 
 /// What the pusher recorded for one file.
@@ -53,6 +56,10 @@ pub struct Ack {
     pub digest: String,
     /// `archived`, `already-archived` or `dropped`.
     pub outcome: String,
+    /// The repository the pusher pushed to, as configured (empty from pushers before
+    /// 2026-12-06, which no foreground call takes).
+    #[serde(default)]
+    pub repository: String,
 }
 
 /// The spool directory of one cluster.
@@ -266,13 +273,17 @@ pub enum WaitOutcome {
     TimedOut,
     /// No pusher holds the lock (it exited): the caller should start one and wait again.
     NoPusher,
+    /// The running pusher pushes to another repository (the configuration changed since it
+    /// started, for up to [`MAX_PUSHER_RUN`]): the caller pushes the file itself.
+    OtherRepository(String),
 }
 
-/// Waits for the pusher's answer about `name` with `digest`.
+/// Waits for the pusher's answer about `name` with `digest`, pushed to `repository`.
 pub fn wait_for_ack(
     spool: &Spool,
     name: &str,
     digest: &str,
+    repository: &str,
     deadline: Instant,
 ) -> Result<WaitOutcome> {
     // Poll often: PostgreSQL waits for this answer, and a stat is cheap. Back off only after
@@ -282,6 +293,10 @@ pub fn wait_for_ack(
     let mut last_lock_check = Instant::now();
     loop {
         if let Some(ack) = spool.read_ack(name) {
+            if ack.digest == digest && ack.repository != repository {
+                // Durable, but in the repository the pusher was started for, not this call's.
+                return Ok(WaitOutcome::OtherRepository(ack.repository));
+            }
             if ack.digest == digest {
                 return Ok(WaitOutcome::Acked(ack));
             }
@@ -464,6 +479,7 @@ pub async fn run_pusher(
                         &Ack {
                             digest,
                             outcome: outcome.into(),
+                            repository: opts.repository.clone(),
                         },
                     )?;
                 }
@@ -509,6 +525,7 @@ pub async fn run_pusher(
                         &Ack {
                             digest,
                             outcome: "dropped".into(),
+                            repository: opts.repository.clone(),
                         },
                     )?;
                 }
@@ -610,25 +627,33 @@ mod tests {
                 &Ack {
                     digest: "fp-a".to_string(),
                     outcome: "archived".into(),
+                    repository: "s3://a/x".into(),
                 },
             )
             .unwrap();
         let _lock = spool.try_lock_pusher().unwrap().unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
         assert!(matches!(
-            wait_for_ack(&spool, name, "fp-a", soon).unwrap(),
+            wait_for_ack(&spool, name, "fp-a", "s3://a/x", soon).unwrap(),
             WaitOutcome::Acked(_)
         ));
+        // Pushed by a pusher started for another repository: not taken, and kept.
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
-            wait_for_ack(&spool, name, "fp-b", soon).unwrap(),
+            wait_for_ack(&spool, name, "fp-a", "s3://b/x", soon).unwrap(),
+            WaitOutcome::OtherRepository("s3://a/x".into())
+        );
+        assert!(spool.read_ack(name).is_some());
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            wait_for_ack(&spool, name, "fp-b", "s3://a/x", soon).unwrap(),
             WaitOutcome::TimedOut
         );
         assert!(spool.read_ack(name).is_none(), "a stale ack is forgotten");
         spool.write_error(name, "boom").unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
-            wait_for_ack(&spool, name, "x", soon).unwrap(),
+            wait_for_ack(&spool, name, "x", "s3://a/x", soon).unwrap(),
             WaitOutcome::Failed("boom".into())
         );
     }
