@@ -47,6 +47,13 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NOFOLLOW)
     .union(OFlags::CLOEXEC);
 
+/// How a root's components are walked through: never through a link, and for search only
+/// (`O_PATH`: no read permission needed, as for a path lookup).
+const PATH_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 /// Attempts before giving up on an entry that keeps changing under us.
 const ATTEMPTS: usize = 4;
 
@@ -92,7 +99,10 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
     use std::collections::VecDeque;
     use std::ffi::OsString;
     use std::path::Component;
-    let start = |absolute: bool| open_root(Path::new(if absolute { "/" } else { "." }));
+    // Components are opened `O_PATH`: walking through needs search permission only, as a
+    // path lookup does; the last one is opened for reading at the end.
+    let start =
+        |absolute: bool| rfs::open(if absolute { "/" } else { "." }, PATH_FLAGS, Mode::empty());
     let mut at = start(path.is_absolute())?;
     let mut todo: VecDeque<OsString> = VecDeque::new();
     let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
@@ -110,7 +120,7 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
     while let Some(name) = todo.pop_front() {
         let name = Path::new(&name);
         created = false;
-        match rfs::openat(&at, name, DIR_FLAGS, Mode::empty()) {
+        match rfs::openat(&at, name, PATH_FLAGS, Mode::empty()) {
             Ok(fd) => at = fd,
             Err(Errno::NOENT) if create.is_some() => {
                 let mode = match create {
@@ -119,9 +129,15 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
                 };
                 match rfs::mkdirat(&at, name, Mode::from_raw_mode(mode)) {
                     Ok(()) => {
-                        rfs::fsync(&at)?;
+                        // Its entry durable (a directory we may write but not read cannot be
+                        // opened to be synced: the restore's own syncs cover what is inside).
+                        match rfs::openat(&at, ".", DIR_FLAGS, Mode::empty()) {
+                            Ok(dir) => rfs::fsync(&dir)?,
+                            Err(Errno::ACCESS) => {}
+                            Err(e) => return Err(e.into()),
+                        }
                         // Ours, unless swapped since: then this fails rather than follows.
-                        at = rfs::openat(&at, name, DIR_FLAGS, Mode::empty())?;
+                        at = rfs::openat(&at, name, PATH_FLAGS, Mode::empty())?;
                         created = true;
                     }
                     // Someone else made it meanwhile: it goes through the checks again.
@@ -158,7 +174,8 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
             Err(e) => return Err(e.into()),
         }
     }
-    Ok((at, created))
+    let dir = rfs::openat(&at, ".", DIR_FLAGS, Mode::empty())?;
+    Ok((dir, created))
 }
 
 /// Whether the link `name` in `dir` can be followed by a user `me` that may be root: only

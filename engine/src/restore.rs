@@ -371,6 +371,26 @@ fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
     }
 }
 
+/// The `(uid, gid)` every restored entry gets when restoring as root: PG_VERSION's. Root
+/// itself is refused (PostgreSQL never runs as root, and everything restored, a tablespace
+/// location included, would be root's as the manifest dictates): a manifest can say so only
+/// if PG_VERSION was missing or a link to a file of root's when the backup read it.
+fn data_directory_owner(backup: &str, pg_version: Option<FileEntry>) -> Result<(u32, u32)> {
+    match pg_version {
+        Some(f) if f.uid != 0 => Ok((f.uid, f.gid)),
+        found => Err(Error::Config(format!(
+            "backup {backup} {}: PostgreSQL never runs as root, so a root restore has no owner \
+             to give the files. Restore as the cluster's OS user (`runuser -u postgres -- pgcairn \
+             restore ...`), into a directory that user can write",
+            if found.is_some() {
+                "records PG_VERSION as root's"
+            } else {
+                "has no PG_VERSION"
+            }
+        ))),
+    }
+}
+
 /// Refuses a tablespace location that is not a plain absolute path. The manifest records
 /// where `pg_tblspc/<oid>` pointed, which PostgreSQL's OS user can set to anything: a relative
 /// path would be taken from the restore's working directory and a `..` could lead elsewhere on
@@ -454,6 +474,18 @@ pub async fn restore(
         crate::config_files::check_free(dir, &m.config_files)?;
     }
     let config_files = m.config_files.clone();
+    for t in &m.tablespaces {
+        tablespace_location_is_plain(t.oid, &t.location)?;
+    }
+    // The owner of the data directory: that of PG_VERSION, which every cluster has.
+    let owner = if opts.restore_owner {
+        Some(data_directory_owner(
+            &m.id.to_string(),
+            files.get("PG_VERSION")?,
+        )?)
+    } else {
+        None
+    };
     if opts.dry_run {
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
@@ -475,9 +507,6 @@ pub async fn restore(
             config_review: Vec::new(),
         });
     }
-    for t in &m.tablespaces {
-        tablespace_location_is_plain(t.oid, &t.location)?;
-    }
     if !opts.delta {
         ensure_empty_dir(target, "target directory")?;
         for t in &m.tablespaces {
@@ -492,17 +521,6 @@ pub async fn restore(
     if opts.delta {
         refuse_running_postmaster(&root, target)?;
     }
-    // The owner of the data directory: that of PG_VERSION, which every cluster has.
-    let owner = if opts.restore_owner {
-        Some(
-            files
-                .get("PG_VERSION")?
-                .map(|f| (f.uid, f.gid))
-                .unwrap_or((0, 0)),
-        )
-    } else {
-        None
-    };
     // Unfinished until proven otherwise: the marker first, and no pg_control until the end.
     fs_beneath::set_owner_mode(root.as_fd(), owner, 0o700).map_err(|e| io(target, e))?;
     let marker = format!(
@@ -552,7 +570,11 @@ pub async fn restore(
             let holder = rustix::fs::fstat(&fd)
                 .map_err(|e| io(&t.location, e.into()))?
                 .st_uid;
-            if !created && holder != uid {
+            // A location the operator named (`--tablespace-map`, `--tablespace-map-all`), a
+            // mount point made for it say, is theirs to give.
+            let named = opts.tablespace_map.iter().any(|(oid, _)| *oid == t.oid)
+                || opts.tablespace_map_all.is_some();
+            if !created && !named && holder != uid {
                 return Err(Error::Config(format!(
                     "tablespace {} location {} exists and belongs to uid {holder}, not to the \
                      data directory's owner (uid {uid}); pgcairn does not give an existing \

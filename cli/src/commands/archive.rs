@@ -189,7 +189,7 @@ async fn push_async(
         .map_err(|e| Failure::new(ExitCode::Failed, e.to_string()))??;
     let n = name.to_string();
     spool.clear_error(&n);
-    let repository = settings.require_repo_url()?.to_string();
+    let repository = repository_identity(settings)?;
     let deadline = Instant::now() + settings.archive_timeout;
     loop {
         if !spool.pusher_running()? {
@@ -249,7 +249,7 @@ pub async fn daemon(settings: &Settings, pg_wal: &Path) -> Result<(), Failure> {
         jobs: settings.archive_jobs,
         idle_exit: settings.idle_exit,
         queue_max: settings.queue_max,
-        repository: settings.require_repo_url()?.to_string(),
+        repository: repository_identity(settings)?,
     };
     spool::run_pusher(&repo, &settings.cluster, &spool, pg_wal, &opts).await?;
     Ok(())

@@ -357,8 +357,15 @@ async fn store_wal(
         if existing.content_id != hex_id {
             return Err(conflict(cluster, name, &existing.content_id, &hex_id));
         }
-        // The same content again: free, unless the record's data object was lost or torn,
-        // in which case this push restores it (the record stays as it is).
+        // The same content again: one HEAD, the object's size against the record's (standbys
+        // archiving with `archive_mode = always` push every segment again). The record was
+        // written after its object was durable, so only a lost object or one damaged since
+        // differs; a size that does not match makes this push read it and restore it (the
+        // record stays as it is).
+        if matches!(repo.storage().head(&data.key).await, Ok(len) if len == existing.stored_size) {
+            debug!("already archived with the same content");
+            return Ok(PushOutcome::AlreadyArchived);
+        }
         return match ensure_data(repo, cluster, name, &data, false).await? {
             DataWrite::Kept => {
                 debug!("already archived with the same content");

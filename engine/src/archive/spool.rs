@@ -44,8 +44,8 @@ pub struct PusherOptions {
     pub idle_exit: Duration,
     /// Backlog in bytes above which failing WAL is dropped; `None`: never drop.
     pub queue_max: Option<u64>,
-    /// The repository as configured (its URL), written into every ack: a foreground call
-    /// configured for another one does not take it.
+    /// The repository as configured (its URL and endpoint, [`super::prefetch::repository_identity`]),
+    /// written into every ack: a foreground call configured for another one does not take it.
     pub repository: String,
 }
 

@@ -658,9 +658,13 @@ async fn backup_with_lease(
                     if let (Some(p), EntryKind::File { size, mtime_ns }, false) =
                         (&parent, &e.kind, checksum_delta)
                     {
+                        // A file the data directory's owner could not read is read (and left
+                        // out, [`owner_reads`]) rather than carried over from the reference: an
+                        // older root backup may have kept one through a planted link.
                         if p.size == *size
                             && p.mtime_ns == *mtime_ns
                             && *mtime_ns < reference_start_ns - MTIME_SAFETY_NS
+                            && ctx.owner_reads.may_read(e.uid, e.gid, e.mode)
                         {
                             let mut unchanged = parent.expect("matched above");
                             if unchanged.block_lists.is_empty() {

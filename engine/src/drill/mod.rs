@@ -1044,14 +1044,13 @@ pub async fn run_drill(
 }
 
 /// Stores the report in the repository and writes JSON, Markdown and HTML locally.
-/// The report directory, created if needed, opened refusing a link in another user's
-/// directory ([`crate::fs_beneath::open_root_checked`]). Opened once before the drill starts,
-/// so that a directory the reports could not be written to stops the drill before its
-/// restore, and again when the reports are written.
+/// The report directory, created if needed (mode 0755), never through a link another user
+/// could have planted anywhere on its path ([`crate::fs_beneath::create_root_checked`]).
+/// Opened once before the drill starts, so that a directory the reports could not be written
+/// to stops the drill before its restore, and again when the reports are written.
 fn open_report_dir(report_dir: &Path) -> Result<std::os::fd::OwnedFd> {
-    std::fs::create_dir_all(report_dir)
-        .map_err(|e| Error::io(format!("creating {}", report_dir.display()), e))?;
-    crate::fs_beneath::open_root_checked(report_dir, crate::pg::instance::current_uid())
+    crate::fs_beneath::create_root_checked(report_dir, crate::pg::instance::current_uid(), 0o755)
+        .map(|(fd, _)| fd)
         .map_err(|e| Error::io(format!("opening {}", report_dir.display()), e))
 }
 
