@@ -407,7 +407,7 @@ fn tablespace_location_is_plain(oid: u32, location: &Path) -> Result<()> {
     }
     Err(Error::Config(format!(
         "tablespace {oid}: the backup records its location as {:?}, not a plain absolute path \
-         (no `.` or `..`, not `/`); restore it to a directory of your choice with \
+         (no `..`, not relative, not `/`); restore it to a directory of your choice with \
          --tablespace-map {oid}=DIR",
         location.display().to_string()
     )))
@@ -1942,6 +1942,38 @@ fn write_recovery_files(
 mod tests {
     use super::*;
     use crate::store::manifest::BlockRef;
+
+    #[test]
+    fn a_root_restore_has_an_owner_to_give_or_refuses() {
+        let mut pg_version = entry(b"15\n", 8192);
+        pg_version.uid = 105;
+        pg_version.gid = 110;
+        assert_eq!(
+            data_directory_owner("b1", Some(pg_version.clone())).unwrap(),
+            (105, 110)
+        );
+        pg_version.uid = 0;
+        let err = data_directory_owner("b1", Some(pg_version))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("root's") && err.contains("runuser -u postgres"),
+            "{err}"
+        );
+        let err = data_directory_owner("b1", None).unwrap_err().to_string();
+        assert!(err.contains("no PG_VERSION"), "{err}");
+    }
+
+    #[test]
+    fn tablespace_locations_must_be_plain_absolute_paths() {
+        tablespace_location_is_plain(1, Path::new("/srv/ts")).unwrap();
+        for bad in ["ts", "../ts", "/srv/../usr/local/bin", "./ts", "/"] {
+            let err = tablespace_location_is_plain(7, Path::new(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--tablespace-map 7="), "{bad}: {err}");
+        }
+    }
 
     fn entry(data: &[u8], block_size: usize) -> FileEntry {
         FileEntry {
