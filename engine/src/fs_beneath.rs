@@ -104,6 +104,8 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
     let start =
         |absolute: bool| rfs::open(if absolute { "/" } else { "." }, PATH_FLAGS, Mode::empty());
     let mut at = start(path.is_absolute())?;
+    // Where the walk is, for messages (links already followed).
+    let mut walked = PathBuf::from(if path.is_absolute() { "/" } else { "." });
     let mut todo: VecDeque<OsString> = VecDeque::new();
     let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
         for c in p.components().rev() {
@@ -121,7 +123,10 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
         let name = Path::new(&name);
         created = false;
         match rfs::openat(&at, name, PATH_FLAGS, Mode::empty()) {
-            Ok(fd) => at = fd,
+            Ok(fd) => {
+                at = fd;
+                walked.push(name);
+            }
             Err(Errno::NOENT) if create.is_some() => {
                 let mode = match create {
                     Some(last) if todo.is_empty() => last,
@@ -138,6 +143,7 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
                         }
                         // Ours, unless swapped since: then this fails rather than follows.
                         at = rfs::openat(&at, name, PATH_FLAGS, Mode::empty())?;
+                        walked.push(name);
                         created = true;
                     }
                     // Someone else made it meanwhile: it goes through the checks again.
@@ -158,7 +164,7 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
                             "{} leads through the symbolic link {} ({why}): it could point anywhere. \
                              Name the directory it points to instead",
                             path.display(),
-                            name.display()
+                            walked.join(name).display()
                         ),
                     )
                 })?;
@@ -168,6 +174,7 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
                 }
                 if target.is_absolute() {
                     at = start(true)?;
+                    walked = PathBuf::from("/");
                 }
                 push_front(&mut todo, &target);
             }
@@ -721,7 +728,11 @@ mod tests {
         for p in [theirs.join("15/main"), theirs.join("15/new")] {
             let err = open_root_checked(&p, me).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
-            assert!(err.to_string().contains("15"), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("symbolic link {}", theirs.join("15").display())),
+                "names the link by its whole path: {err}"
+            );
             let err = create_root_checked(&p, me, 0o700).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         }

@@ -295,6 +295,7 @@ fn restore_options(
     for (option, dir) in [
         ("--wal-dir", &args.wal_dir),
         ("--config-dir", &args.config_dir),
+        ("--tablespace-map-all", &args.tablespace_map_all),
     ] {
         if let Some(d) = dir.as_ref().filter(|d| !d.is_absolute()) {
             return Err(Failure::usage(format!(

@@ -153,17 +153,17 @@ async fn drill_in(
     let restore_cmd = restore_command_with(&copy, cli, settings, Fetch::PrefetchInto(&spool_dir));
     // Its area is that of the instance's data directory, as archive-get finds it from its
     // working directory (the resolved path: the work directory may be reached through a link).
-    let pgdata = std::fs::canonicalize(workdir)
-        .map_err(|e| {
-            Failure::new(
-                ExitCode::Failed,
-                format!(
-                    "cannot resolve the work directory {}: {e}",
-                    workdir.display()
-                ),
-            )
-        })?
-        .join("pgdata");
+    // Tablespaces go beneath it too, by an absolute path (a restore takes no other).
+    let resolved = std::fs::canonicalize(workdir).map_err(|e| {
+        Failure::new(
+            ExitCode::Failed,
+            format!(
+                "cannot resolve the work directory {}: {e}",
+                workdir.display()
+            ),
+        )
+    })?;
+    let pgdata = resolved.join("pgdata");
     let prefetch_spool = PrefetchSpool::open(
         &spool_dir,
         &settings.cluster,
@@ -180,7 +180,7 @@ async fn drill_in(
             target_timeline: planned.timeline,
             // Tablespaces inside the work directory, never at the locations the backup
             // recorded: on the database host those are production's own directories.
-            tablespace_map_all: Some(workdir.join("tablespaces")),
+            tablespace_map_all: Some(resolved.join("tablespaces")),
             ..RestoreOptions::new(&settings.cluster, workdir.join("pgdata"), restore_cmd)
         },
         workdir: workdir.to_path_buf(),
