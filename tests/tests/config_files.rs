@@ -319,4 +319,45 @@ fn a_drill_runs_on_the_configuration_the_backup_kept() {
         std::fs::read(pg.datadir.join("global/pg_control")).unwrap(),
         control
     );
+
+    // As root, as drills are often scheduled (the fixtures run pgcairn as PostgreSQL's user):
+    // the kept copy and its directories go to the instance's user, and the drill passes on the
+    // backup's values the same way.
+    if pgcairn_engine::pg::instance::current_uid() == 0 {
+        let reports = env.path().join("root-reports");
+        let out = std::process::Command::new(&env.bin)
+            .arg("--config")
+            .arg(&env.config)
+            .args([
+                "--progress",
+                "never",
+                "drill",
+                "--output",
+                "json",
+                "--report-dir",
+            ])
+            .arg(&reports)
+            .args(["--check-sql", &checks.display().to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let doc = passed_drill(&out);
+        for name in [
+            "production configuration",
+            "isolated from production",
+            "check-sql #1",
+            "check-sql #2",
+        ] {
+            assert_eq!(
+                drill_check(&doc, name)["status"],
+                "passed",
+                "{name}: {doc:#}"
+            );
+        }
+        assert!(!pg.datadir.join("postmaster.pid").exists());
+        assert_eq!(
+            std::fs::read(pg.datadir.join("global/pg_control")).unwrap(),
+            control
+        );
+    }
 }
