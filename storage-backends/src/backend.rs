@@ -43,6 +43,8 @@ pub struct ObjectStoreBackend {
     prefix: String,
     /// Root directory for `file://`: enables fsync and local compare-and-swap.
     local_root: Option<PathBuf>,
+    /// Who new files and directories of a local repository go to ([`local::owner_for`]).
+    local_owner: Option<(u32, u32)>,
     describe: String,
     multipart_threshold: usize,
 }
@@ -81,10 +83,12 @@ impl ObjectStoreBackend {
         }
         let store = object_store::local::LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| backend_err(url, e))?;
+        let local_owner = crate::local::owner_for(&root);
         Ok(ObjectStoreBackend {
             store: Arc::new(store),
             prefix: String::new(),
             local_root: Some(root),
+            local_owner,
             describe: url.to_string(),
             multipart_threshold: options.multipart_threshold()?,
         })
@@ -96,6 +100,7 @@ impl ObjectStoreBackend {
             store: Arc::new(object_store::memory::InMemory::new()),
             prefix: String::new(),
             local_root: None,
+            local_owner: None,
             describe: url.to_string(),
             multipart_threshold: options.multipart_threshold()?,
         })
@@ -285,6 +290,7 @@ impl ObjectStoreBackend {
             store,
             prefix,
             local_root: None,
+            local_owner: None,
             describe: describe.to_string(),
             multipart_threshold: options.multipart_threshold()?,
         })
@@ -297,8 +303,9 @@ impl ObjectStoreBackend {
     async fn sync_local(&self, key: &ObjectKey, dirs: Vec<PathBuf>) -> Result<(), StorageError> {
         if let Some(root) = &self.local_root {
             let path = root.join(key.as_str());
+            let owner = self.local_owner;
             local_blocking("fsync", key, move || {
-                local::sync_file_and_dirs(&path, &dirs)
+                local::sync_file_and_dirs(&path, &dirs, owner)
             })
             .await?;
         }
@@ -490,8 +497,9 @@ impl Storage for ObjectStoreBackend {
         if let Some(root) = self.local_root.clone() {
             let k = key.as_str().to_string();
             let expected = expected.cloned();
+            let owner = self.local_owner;
             return local_blocking("put", key, move || {
-                local::cas_write(&root, &k, &data, expected.as_ref())
+                local::cas_write(&root, &k, &data, expected.as_ref(), owner)
             })
             .await;
         }

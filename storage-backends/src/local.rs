@@ -48,13 +48,41 @@ pub fn create_root(root: &Path) -> std::io::Result<()> {
     pgcairn_engine::private_fs::create_dir_all(root)
 }
 
+/// Who the files and directories a command creates in the local repository `root` go to:
+/// the repository's owner when root runs the command in a repository another user owns
+/// (`postgres`, whose `archive_command` writes and reads it), else nobody (`None`: they stay
+/// the running user's). A root-run backup, drill, verify or restore (its audit record)
+/// otherwise left root's 0600 files and 0700 directories there (the catalog head replaced by
+/// compare-and-swap among them), which PostgreSQL's user could then neither read nor write.
+pub fn owner_for(root: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let m = fs::metadata(root).ok()?;
+    (m.uid() != 0).then_some((m.uid(), m.gid()))
+}
+
+fn give(f: &fs::File, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
 /// fsyncs a file and the given directories (from [`dirs_to_sync`]), and makes the file 0600
 /// and the directories the put created 0700: repository objects are for their owner only,
-/// whatever the umask.
-pub fn sync_file_and_dirs(path: &Path, dirs: &[PathBuf]) -> Result<(), StorageError> {
+/// whatever the umask. With `owner` ([`owner_for`]), the file and those directories are given
+/// to it.
+pub fn sync_file_and_dirs(
+    path: &Path,
+    dirs: &[PathBuf],
+    owner: Option<(u32, u32)>,
+) -> Result<(), StorageError> {
     use std::os::unix::fs::PermissionsExt;
     fs::File::open(path)
         .and_then(|f| {
+            give(&f, owner)?;
             f.set_permissions(fs::Permissions::from_mode(0o600))?;
             f.sync_all()
         })
@@ -65,6 +93,7 @@ pub fn sync_file_and_dirs(path: &Path, dirs: &[PathBuf]) -> Result<(), StorageEr
         fs::File::open(d)
             .and_then(|f| {
                 if i < created {
+                    give(&f, owner)?;
                     f.set_permissions(fs::Permissions::from_mode(0o700))?;
                 }
                 f.sync_all()
@@ -95,16 +124,25 @@ pub fn cas_write(
     key: &str,
     data: &[u8],
     expected: Option<&ObjectVersion>,
+    owner: Option<(u32, u32)>,
 ) -> Result<ObjectVersion, StorageError> {
     let path = root.join(key);
-    let lock_path = root.join(LOCK_DIR).join(key.replace('/', "%"));
-    fs::create_dir_all(root.join(LOCK_DIR)).map_err(|e| io_err("mkdir", &lock_path, e))?;
+    let lock_dir = root.join(LOCK_DIR);
+    let lock_path = lock_dir.join(key.replace('/', "%"));
+    fs::create_dir_all(&lock_dir).map_err(|e| io_err("mkdir", &lock_path, e))?;
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
         .map_err(|e| io_err("open", &lock_path, e))?;
+    // The lock file and its directory too: the repository's owner opens them for writing.
+    if owner.is_some() {
+        fs::File::open(&lock_dir)
+            .and_then(|d| give(&d, owner))
+            .and_then(|()| give(&lock, owner))
+            .map_err(|e| io_err("chown", &lock_path, e))?;
+    }
     lock.lock().map_err(|e| io_err("lock", &lock_path, e))?;
     let current = match fs::read(&path) {
         Ok(b) => Some(version_of(&b)),
@@ -133,7 +171,7 @@ pub fn cas_write(
         fs::rename(&tmp, &path)
     };
     write().map_err(|e| io_err("write", &path, e))?;
-    sync_file_and_dirs(&path, &dirs)?;
+    sync_file_and_dirs(&path, &dirs, owner)?;
     drop(lock);
     Ok(version_of(data))
 }
@@ -142,20 +180,58 @@ pub fn cas_write(
 mod tests {
     use super::*;
 
+    /// Run as root in a repository another user owns, what a write creates is that user's:
+    /// the object, the directories made for it, the lock file and its directory.
+    #[test]
+    fn as_root_new_objects_go_to_the_repositorys_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        if !rustix::process::geteuid().is_root() {
+            assert_eq!(owner_for(dir.path()), None);
+            return;
+        }
+        // Root's own repository: nothing to give.
+        assert_eq!(owner_for(dir.path()), None);
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65533)).unwrap();
+        let owner = owner_for(dir.path());
+        assert_eq!(owner, Some((65534, 65533)));
+        let v1 = cas_write(dir.path(), "clusters/main/head", b"one", None, owner).unwrap();
+        cas_write(dir.path(), "clusters/main/head", b"two", Some(&v1), owner).unwrap();
+        let path = dir.path().join("clusters/main/head");
+        let dirs = dirs_to_sync(dir.path(), &dir.path().join("packs/ab/cd/x"));
+        std::fs::create_dir_all(dir.path().join("packs/ab/cd")).unwrap();
+        std::fs::write(dir.path().join("packs/ab/cd/x"), b"pack").unwrap();
+        sync_file_and_dirs(&dir.path().join("packs/ab/cd/x"), &dirs, owner).unwrap();
+        for p in [
+            path.clone(),
+            dir.path().join("clusters"),
+            dir.path().join("clusters/main"),
+            dir.path().join(LOCK_DIR),
+            dir.path().join(LOCK_DIR).join("clusters%main%head"),
+            dir.path().join("packs"),
+            dir.path().join("packs/ab/cd"),
+            dir.path().join("packs/ab/cd/x"),
+        ] {
+            let m = fs::metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65533), "{}", p.display());
+        }
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+    }
+
     #[test]
     fn cas_detects_a_lost_race() {
         let dir = tempfile::tempdir().unwrap();
-        let v1 = cas_write(dir.path(), "a/b", b"one", None).unwrap();
+        let v1 = cas_write(dir.path(), "a/b", b"one", None, None).unwrap();
         assert!(matches!(
-            cas_write(dir.path(), "a/b", b"x", None),
+            cas_write(dir.path(), "a/b", b"x", None, None),
             Err(StorageError::Precondition { .. })
         ));
-        let v2 = cas_write(dir.path(), "a/b", b"two", Some(&v1)).unwrap();
+        let v2 = cas_write(dir.path(), "a/b", b"two", Some(&v1), None).unwrap();
         assert!(matches!(
-            cas_write(dir.path(), "a/b", b"three", Some(&v1)),
+            cas_write(dir.path(), "a/b", b"three", Some(&v1), None),
             Err(StorageError::Precondition { .. })
         ));
-        cas_write(dir.path(), "a/b", b"three", Some(&v2)).unwrap();
+        cas_write(dir.path(), "a/b", b"three", Some(&v2), None).unwrap();
         assert_eq!(fs::read(dir.path().join("a/b")).unwrap(), b"three");
     }
 

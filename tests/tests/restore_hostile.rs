@@ -403,7 +403,8 @@ fn a_restore_that_runs_out_of_space_says_so_and_delta_finishes_it_with_room() {
 /// restore: a tablespace link (`pg_tblspc/<oid>`, the user's own directory) at an existing
 /// root-owned directory, or at a relative path; a file recorded as root's and setuid (as
 /// a file swapped for a link to a setuid program between a full and an incremental backup is
-/// recorded); a link to a file of root's that user cannot read, for a backup run as root.
+/// recorded); a link to a file of root's that user cannot read, for a backup run as root
+/// into the directory repository that user owns (and archives into, before and after).
 /// The backup leaves the last out; the restore refuses the locations, naming the way out
 /// (`--tablespace-map`), leaves the directory as it was, and restores the file as the
 /// cluster's, without the setuid bit.
@@ -412,16 +413,10 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
     if !is_root() {
         return;
     }
-    // The backup runs as root, so the repository is an object store: in a directory, root's
-    // new files would stop PostgreSQL's user from archiving into it (which the backup waits
-    // for). Without a local S3 server the backup runs as that user and the root-only file is
-    // not attempted.
-    let on_s3 = s3_endpoint().is_some();
-    let env = TestEnv::new(EnvOptions::new(if on_s3 {
-        Backend::S3
-    } else {
-        Backend::File
-    }));
+    // The backup runs as root into a directory repository PostgreSQL's user owns and archives
+    // into meanwhile: what root creates there goes to that user (local::owner_for), or the
+    // archiving the backup waits for would fail on root's files.
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
@@ -445,7 +440,7 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
     std::fs::write(&secret, b"root's secret\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let _remove_secret = RemoveOnDrop(secret.clone());
-    if on_s3 {
+    {
         symlink(&secret, pg.datadir.join("base/1/secret_probe")).unwrap();
         let as_root = Command::new(&env.bin)
             .arg("--config")
@@ -460,9 +455,15 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
             "{}",
             stderr(&as_root)
         );
-    } else {
-        backup_json(&env, &["--type", "full"]);
     }
+    // PostgreSQL's user goes on archiving into the repository root wrote into.
+    pg.psql(
+        "postgres",
+        "create table after_the_root_backup as select 1 as x",
+    )
+    .unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
     pg.stop().unwrap();
 
     let relative = restore_as_root(&env, &env.path().join("r1"), &[]);
