@@ -673,7 +673,7 @@ pub fn write_all(dir: &Path, files: &[ConfigFile], restore_owner: bool) -> Resul
         let mut file = std::fs::File::from(fd);
         let io = |e: std::io::Error| failed(e.to_string());
         file.write_all(&bytes).map_err(io)?;
-        crate::fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode & 0o777).map_err(io)?;
+        crate::fs_beneath::set_owner_mode(file.as_fd(), owner, f.mode).map_err(io)?;
         file.sync_all().map_err(io)?;
         rfs::fsync(&at).map_err(|e| io(e.into()))?;
         written.push(dest);

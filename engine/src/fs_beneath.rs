@@ -390,7 +390,7 @@ pub fn set_owner_mode(fd: BorrowedFd<'_>, owner: Option<(u32, u32)>, mode: u32) 
 }
 
 /// The permission bits of a mode (no setuid, setgid or sticky).
-pub const PERMISSION_BITS: u32 = 0o777;
+const PERMISSION_BITS: u32 = 0o777;
 
 /// Makes `name` in `dir` a symbolic link to `target`, unless it already is one: anything
 /// else there (another link, a file, a directory tree) is removed first.

@@ -1,5 +1,6 @@
 //! Shared helpers for the engine's unit tests: synthetic manifests without a PostgreSQL, and
-//! storage that fails on cue ([`FailAfter`], [`LeaseFaults`]) or answers late ([`SlowReads`]).
+//! storage that fails on cue ([`FailAfter`], [`LeaseFaults`]), answers late ([`SlowReads`]) or
+//! lets a test see or answer single calls ([`Hooked`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -251,6 +252,97 @@ impl Storage for SlowReads {
     }
     async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
         tokio::time::sleep(self.delay).await;
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A call [`Hooked`] shows its hook before forwarding it.
+#[derive(Debug, Clone, Copy)]
+pub enum Call<'a> {
+    /// `get` or `get_versioned` of a key.
+    Read(&'a ObjectKey),
+    /// `put_create` of a key with these bytes.
+    Create(&'a ObjectKey, &'a Bytes),
+}
+
+/// The hook of a [`Hooked`] storage: `Err` is answered instead of forwarding the call.
+type Hook = Box<dyn Fn(Call<'_>) -> std::result::Result<(), StorageError> + Send + Sync>;
+
+/// Storage that shows reads and creates to a hook (to record them, or to answer one in its
+/// stead) and forwards everything else untouched: one wrapper for tests that need a single
+/// call to behave differently.
+pub struct Hooked {
+    inner: Arc<dyn Storage>,
+    hook: Hook,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooked")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hooked {
+    /// `inner`, its reads and creates shown to `hook` first.
+    pub fn new(
+        inner: Arc<dyn Storage>,
+        hook: impl Fn(Call<'_>) -> std::result::Result<(), StorageError> + Send + Sync + 'static,
+    ) -> Self {
+        Hooked {
+            inner,
+            hook: Box::new(hook),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for Hooked {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
+        (self.hook)(Call::Read(key))?;
+        self.inner.get(key).await
+    }
+    async fn get_versioned(
+        &self,
+        key: &ObjectKey,
+    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
+        (self.hook)(Call::Read(key))?;
+        self.inner.get_versioned(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> std::result::Result<Bytes, StorageError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> std::result::Result<CreateOutcome, StorageError> {
+        (self.hook)(Call::Create(key, &data))?;
+        self.inner.put_create(key, data).await
+    }
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> std::result::Result<ObjectVersion, StorageError> {
+        self.inner.put_swap(key, data, expected).await
+    }
+    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
         self.inner.list(prefix).await
     }
     async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {

@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use pgcairn_engine::pg::instance::{
@@ -789,6 +789,19 @@ impl TestEnv {
     pub fn drill_command(&self, extra: &[&str]) -> Command {
         let args = self.drill_args(extra);
         self.pgcairn_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// `pgcairn drill --output json --report-dir DIR` run as root, this process's user (the
+    /// fixtures run pgcairn as PostgreSQL's user).
+    pub fn root_drill_command(&self, report_dir: &Path) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config")
+            .arg(&self.config)
+            .args(["--progress", "never", "drill", "--output", "json"])
+            .arg("--report-dir")
+            .arg(report_dir)
+            .stdin(Stdio::null());
+        c
     }
 
     /// Runs `pgcairn drill --output json` like [`TestEnv::drill_command`] (through

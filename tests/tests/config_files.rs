@@ -324,21 +324,9 @@ fn a_drill_runs_on_the_configuration_the_backup_kept() {
     // the kept copy and its directories go to the instance's user, and the drill passes on the
     // backup's values the same way.
     if pgcairn_engine::pg::instance::current_uid() == 0 {
-        let reports = env.path().join("root-reports");
-        let out = std::process::Command::new(&env.bin)
-            .arg("--config")
-            .arg(&env.config)
-            .args([
-                "--progress",
-                "never",
-                "drill",
-                "--output",
-                "json",
-                "--report-dir",
-            ])
-            .arg(&reports)
+        let out = env
+            .root_drill_command(&env.path().join("root-reports"))
             .args(["--check-sql", &checks.display().to_string()])
-            .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
         let doc = passed_drill(&out);

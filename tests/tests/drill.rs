@@ -130,19 +130,6 @@ fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// `pgcairn drill --output json --report-dir DIR` run as root, this process's user (the
-/// fixtures run pgcairn as PostgreSQL's user).
-fn root_drill_command(env: &TestEnv, report_dir: &Path) -> Command {
-    let mut c = Command::new(&env.bin);
-    c.arg("--config")
-        .arg(&env.config)
-        .args(["--progress", "never", "drill", "--output", "json"])
-        .arg("--report-dir")
-        .arg(report_dir)
-        .stdin(Stdio::null());
-    c
-}
-
 fn is_root() -> bool {
     pgcairn_engine::pg::instance::current_uid() == 0
 }
@@ -727,7 +714,8 @@ fn as_root_the_instance_user_cannot_replace_anything_in_the_work_directory() {
     let pg_uid = std::fs::metadata(env.path()).unwrap().uid();
     let work = env.path().join("rootwork");
     let reports = env.path().join("root-reports");
-    let mut child = root_drill_command(&env, &reports)
+    let mut child = env
+        .root_drill_command(&reports)
         .arg("--workdir")
         .arg(&work)
         .stdout(Stdio::piped())
@@ -1000,7 +988,7 @@ fn as_root_links_planted_for_the_reports_are_never_written_through() {
         }
     }
     assert!(planted > 500, "{planted}");
-    let root_drill = |report_dir: &Path| root_drill_command(&env, report_dir).output().unwrap();
+    let root_drill = |report_dir: &Path| env.root_drill_command(report_dir).output().unwrap();
     let out = root_drill(&reports);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched\n");

@@ -320,6 +320,8 @@ mod tests {
     use crate::archive::push::tests::memory_repo;
     use crate::archive::push::{push_wal_file, WalSource};
     use crate::pg::wal_header::tests::fake_segment;
+    use crate::test_support::{Call, Hooked};
+    use std::sync::atomic::Ordering;
 
     #[tokio::test]
     async fn absent_is_not_found_but_damage_is_corruption() {
@@ -467,97 +469,6 @@ mod tests {
         assert!(matches!(err, Error::Io { .. }), "{err}");
     }
 
-    /// Answers "not found" for the first `hide` reads of `key`: a lookup made before another
-    /// process created it.
-    #[derive(Debug)]
-    struct LateKey {
-        inner: std::sync::Arc<dyn crate::storage::Storage>,
-        key: crate::storage::ObjectKey,
-        hide: std::sync::atomic::AtomicUsize,
-    }
-
-    impl LateKey {
-        fn hidden(&self, key: &crate::storage::ObjectKey) -> bool {
-            use std::sync::atomic::Ordering;
-            *key == self.key
-                && self
-                    .hide
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_ok()
-        }
-        fn not_found(key: &crate::storage::ObjectKey) -> StorageError {
-            StorageError::NotFound {
-                key: key.to_string(),
-            }
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl crate::storage::Storage for LateKey {
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        async fn get(
-            &self,
-            key: &crate::storage::ObjectKey,
-        ) -> std::result::Result<bytes::Bytes, StorageError> {
-            if self.hidden(key) {
-                return Err(Self::not_found(key));
-            }
-            self.inner.get(key).await
-        }
-        async fn get_versioned(
-            &self,
-            key: &crate::storage::ObjectKey,
-        ) -> std::result::Result<(bytes::Bytes, crate::storage::ObjectVersion), StorageError>
-        {
-            if self.hidden(key) {
-                return Err(Self::not_found(key));
-            }
-            self.inner.get_versioned(key).await
-        }
-        async fn get_range(
-            &self,
-            key: &crate::storage::ObjectKey,
-            range: std::ops::Range<u64>,
-        ) -> std::result::Result<bytes::Bytes, StorageError> {
-            self.inner.get_range(key, range).await
-        }
-        async fn head(
-            &self,
-            key: &crate::storage::ObjectKey,
-        ) -> std::result::Result<u64, StorageError> {
-            self.inner.head(key).await
-        }
-        async fn put_create(
-            &self,
-            key: &crate::storage::ObjectKey,
-            data: bytes::Bytes,
-        ) -> std::result::Result<crate::storage::CreateOutcome, StorageError> {
-            self.inner.put_create(key, data).await
-        }
-        async fn put_swap(
-            &self,
-            key: &crate::storage::ObjectKey,
-            data: bytes::Bytes,
-            expected: Option<&crate::storage::ObjectVersion>,
-        ) -> std::result::Result<crate::storage::ObjectVersion, StorageError> {
-            self.inner.put_swap(key, data, expected).await
-        }
-        async fn list(
-            &self,
-            prefix: &str,
-        ) -> std::result::Result<Vec<crate::storage::ObjectInfo>, StorageError> {
-            self.inner.list(prefix).await
-        }
-        async fn delete(
-            &self,
-            key: &crate::storage::ObjectKey,
-        ) -> std::result::Result<(), StorageError> {
-            self.inner.delete(key).await
-        }
-    }
-
     #[tokio::test]
     async fn a_segment_archived_while_its_tail_is_read_is_served_whole_from_the_archive() {
         use crate::walstream::chunks;
@@ -589,13 +500,17 @@ mod tests {
                     mem.delete(key).await.unwrap();
                 }
             }
-            // archive-get looked the segment up just before the receiver recorded it.
-            let late = crate::test_support::open_with(std::sync::Arc::new(LateKey {
-                inner: mem.clone(),
-                key: layout::wal_pointer("main", &name),
-                hide: 1.into(),
-            }))
-            .await;
+            // archive-get looked the segment up just before the receiver recorded it: the
+            // record's first read answers "not found".
+            let record = layout::wal_pointer("main", &name);
+            let hidden = std::sync::atomic::AtomicBool::new(true);
+            let late_key = Hooked::new(mem.clone(), move |call| match call {
+                Call::Read(k) if *k == record && hidden.swap(false, Ordering::SeqCst) => {
+                    Err(StorageError::NotFound { key: k.to_string() })
+                }
+                _ => Ok(()),
+            });
+            let late = crate::test_support::open_with(std::sync::Arc::new(late_key)).await;
             let dest = dir.path().join("RECOVERYXLOG");
             let got =
                 get_wal_file_or_tail_to(&late, "main", &name, &dest, Durability::Atomic).await;

@@ -635,67 +635,6 @@ pub(crate) mod tests {
         assert_eq!(get_wal_file(&repo, "main", &name).await.unwrap(), data);
     }
 
-    /// Records every create-only put (key and bytes), forwarding everything.
-    #[derive(Debug)]
-    struct NotesCreates {
-        inner: Arc<dyn Storage>,
-        creates: std::sync::Mutex<Vec<(String, Bytes)>>,
-    }
-
-    #[async_trait::async_trait]
-    impl Storage for NotesCreates {
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
-            self.inner.get(key).await
-        }
-        async fn get_versioned(
-            &self,
-            key: &ObjectKey,
-        ) -> std::result::Result<(Bytes, crate::storage::ObjectVersion), StorageError> {
-            self.inner.get_versioned(key).await
-        }
-        async fn get_range(
-            &self,
-            key: &ObjectKey,
-            range: std::ops::Range<u64>,
-        ) -> std::result::Result<Bytes, StorageError> {
-            self.inner.get_range(key, range).await
-        }
-        async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
-            self.inner.head(key).await
-        }
-        async fn put_create(
-            &self,
-            key: &ObjectKey,
-            data: Bytes,
-        ) -> std::result::Result<CreateOutcome, StorageError> {
-            self.creates
-                .lock()
-                .unwrap()
-                .push((key.to_string(), data.clone()));
-            self.inner.put_create(key, data).await
-        }
-        async fn put_swap(
-            &self,
-            key: &ObjectKey,
-            data: Bytes,
-            expected: Option<&crate::storage::ObjectVersion>,
-        ) -> std::result::Result<crate::storage::ObjectVersion, StorageError> {
-            self.inner.put_swap(key, data, expected).await
-        }
-        async fn list(
-            &self,
-            prefix: &str,
-        ) -> std::result::Result<Vec<crate::storage::ObjectInfo>, StorageError> {
-            self.inner.list(prefix).await
-        }
-        async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
-            self.inner.delete(key).await
-        }
-    }
-
     /// The test repository opened as archive-push opens it: append-only.
     async fn append_only(mem: &Arc<MemoryStorage>) -> Repository {
         crate::test_support::open_with(Arc::new(crate::store::append_only::AppendOnly::new(
@@ -748,11 +687,16 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_sound_data_object_without_a_record_is_kept_and_made_durable() {
         let (mem, _) = memory_repo().await;
-        let notes = Arc::new(NotesCreates {
-            inner: mem.clone(),
-            creates: Default::default(),
+        // Every create-only put, key and bytes, in order.
+        let creates: Arc<std::sync::Mutex<Vec<(String, Bytes)>>> = Default::default();
+        let noted = creates.clone();
+        let notes = crate::test_support::Hooked::new(mem.clone(), move |call| {
+            if let crate::test_support::Call::Create(k, b) = call {
+                noted.lock().unwrap().push((k.to_string(), b.clone()));
+            }
+            Ok(())
         });
-        let repo = crate::test_support::open_with(notes.clone()).await;
+        let repo = crate::test_support::open_with(Arc::new(notes)).await;
         let (name, data) = seg(3, 42);
         let (key, sealed) = earlier_sealing(&repo, &name, &data);
         mem.put_create(&key, sealed.clone()).await.unwrap();
@@ -762,7 +706,7 @@ pub(crate) mod tests {
         assert!(mem.get(&key).await.unwrap() == sealed, "kept as it was");
         // A create-only put of its own bytes is how storage is asked to make an object
         // durable (file://: an fsync); it must come before the record.
-        let creates = notes.creates.lock().unwrap().clone();
+        let creates = creates.lock().unwrap().clone();
         let synced = creates
             .iter()
             .position(|(k, b)| *k == key.as_str() && *b == sealed)
