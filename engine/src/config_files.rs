@@ -22,8 +22,9 @@
 //! `postgres`, who could replace `pg_hba.conf` with a link to `/etc/shadow` and have it copied
 //! into the repository, then restored as their own. So each file is opened once (not blocking,
 //! so a FIFO cannot stall the backup), checked on the open descriptor (a regular file) and,
-//! when running as root, kept only if the data directory's owner could read it by its owner,
-//! group or other bits: what PostgreSQL itself could read, no more.
+//! when running as root, kept only if the data directory's owner could reach and read it
+//! (every directory on the way, links followed, [`crate::backup::owner_reads`]): what
+//! PostgreSQL itself could read, no more.
 //!
 //! Restore: never written unless asked, since they belong to the host, not the data directory.
 //! `restore --config-dir DIR` writes each under `DIR` at its recorded absolute path
@@ -46,7 +47,7 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::backup::owner_reads::OwnerReads;
+use crate::backup::owner_reads::{OwnerReads, Reached};
 use crate::error::{Error, Result};
 
 /// Largest configuration file kept (a `postgresql.conf` is tens of KiB).
@@ -212,27 +213,23 @@ impl Reader {
     fn read(&self, path: &Path) -> std::result::Result<Read1, String> {
         let real = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
         let outside = !path.starts_with(&self.pgdata) && !real.starts_with(&self.pgdata_real);
-        let fd = rfs::open(
-            path,
-            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| e.to_string())?;
-        let st = rfs::fstat(&fd).map_err(|e| e.to_string())?;
-        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-            return Err("not a regular file".into());
-        }
+        let file = match self
+            .owner_reads
+            .open_file(path)
+            .map_err(|e| e.to_string())?
+        {
+            Reached::File(f) => f,
+            Reached::Refused(why) => {
+                return Err(format!(
+                    "{why}; a backup run as another user keeps only what PostgreSQL itself can \
+                     read"
+                ))
+            }
+        };
+        let st = rfs::fstat(&file).map_err(|e| e.to_string())?;
         let mode = st.st_mode & 0o7777;
-        if !self.owner_reads.may_read(st.st_uid, st.st_gid, mode) {
-            return Err(format!(
-                "the data directory's owner (uid {}) could not read it; a backup run as \
-                 another user keeps only what PostgreSQL itself can read",
-                self.owner_reads.owner_uid().unwrap_or_default()
-            ));
-        }
         let mut bytes = Vec::new();
-        std::fs::File::from(fd)
-            .take(MAX_FILE_BYTES + 1)
+        file.take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| e.to_string())?;
         if bytes.len() as u64 > MAX_FILE_BYTES {

@@ -403,9 +403,10 @@ fn a_restore_that_runs_out_of_space_says_so_and_delta_finishes_it_with_room() {
 /// restore: a tablespace link (`pg_tblspc/<oid>`, the user's own directory) at an existing
 /// root-owned directory, or at a relative path; a file recorded as root's and setuid (as
 /// a file swapped for a link to a setuid program between a full and an incremental backup is
-/// recorded); a link to a file of root's that user cannot read, for a backup run as root
-/// into the directory repository that user owns (and archives into, before and after).
-/// The backup leaves the last out; the restore refuses the locations, naming the way out
+/// recorded); a link to a file of root's that user cannot read, and links to a
+/// world-readable file and its directory where that user cannot enter, for a backup run as
+/// root into the directory repository that user owns (and archives into, before and after).
+/// The backup leaves the links out; the restore refuses the locations, naming the way out
 /// (`--tablespace-map`), leaves the directory as it was, and restores the file as the
 /// cluster's, without the setuid bit.
 #[test]
@@ -440,6 +441,25 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
     std::fs::write(&secret, b"root's secret\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let _remove_secret = RemoveOnDrop(secret.clone());
+    // And links to a world-readable file, and to the directory holding it, where that user
+    // cannot enter (a script in `/root`).
+    let hidden = tempfile::Builder::new()
+        .prefix("pgcairn-root-dir-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(hidden.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(hidden.path().join("dump.sh"), b"PGPASSWORD=root's\n").unwrap();
+    std::fs::set_permissions(
+        hidden.path().join("dump.sh"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    symlink(
+        hidden.path().join("dump.sh"),
+        pg.datadir.join("base/1/hidden_probe"),
+    )
+    .unwrap();
+    symlink(hidden.path(), pg.datadir.join("hidden_dir")).unwrap();
     {
         symlink(&secret, pg.datadir.join("base/1/secret_probe")).unwrap();
         let as_root = Command::new(&env.bin)
@@ -455,6 +475,18 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
             "{}",
             stderr(&as_root)
         );
+        for (probe, why) in [
+            ("hidden_probe", "could not enter"),
+            ("hidden_dir", "could not list"),
+        ] {
+            assert!(
+                stderr(&as_root)
+                    .lines()
+                    .any(|l| l.contains(probe) && l.contains(why)),
+                "{}",
+                stderr(&as_root)
+            );
+        }
     }
     // PostgreSQL's user goes on archiving into the repository root wrote into.
     pg.psql(
@@ -508,6 +540,12 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
         !dir.join("base/1/secret_probe").exists(),
         "a file only root could read came back in the cluster's directory"
     );
+    for probe in ["base/1/hidden_probe", "hidden_dir"] {
+        assert!(
+            std::fs::symlink_metadata(dir.join(probe)).is_err(),
+            "{probe}: what only root could reach came back in the cluster's directory"
+        );
+    }
 }
 
 /// Removes a file when dropped (also when an assertion fails).

@@ -572,11 +572,17 @@ async fn backup_with_lease(
     .map_err(|e| Error::InvalidInput(e.to_string()))??;
     progress.phase("backup", Some(total));
 
+    // What the data directory's owner could read bounds what is taken ([`owner_reads`]).
+    let owner_reads = Arc::new(
+        owner_reads::OwnerReads::of(&opts.pgdata, crate::pg::instance::current_uid())
+            .map_err(|e| Error::io(opts.pgdata.display().to_string(), e))?,
+    );
     // The walk runs on a blocking thread and streams entries through a bounded channel.
     let (entry_tx, mut entry_rx) = mpsc::channel::<Entry>(256);
     let pgdata = opts.pgdata.clone();
+    let walk_owner = owner_reads.clone();
     let walker = tokio::task::spawn_blocking(move || {
-        datadir::walk(&pgdata, |e| {
+        datadir::walk_as(&pgdata, &walk_owner, |e| {
             entry_tx
                 .blocking_send(e)
                 .map_err(|_| Error::InvalidInput("backup aborted".into()))
@@ -613,10 +619,7 @@ async fn backup_with_lease(
         start_lsn: start_lsn.0,
         known: known.clone(),
         sink: block_tx,
-        owner_reads: Arc::new(
-            owner_reads::OwnerReads::of(&opts.pgdata, crate::pg::instance::current_uid())
-                .map_err(|e| Error::io(opts.pgdata.display().to_string(), e))?,
-        ),
+        owner_reads,
     };
     let results = {
         let block_size = opts.block_size;

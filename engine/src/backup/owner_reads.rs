@@ -12,11 +12,33 @@
 //!
 //! The owner's groups are its primary group and the groups `/etc/group` lists it in (users
 //! and groups from a directory service are not enumerated: a file readable only through such
-//! a group is left out, and the warning says why). Directories on the way are not checked: a
-//! world-readable file inside a directory the owner cannot enter is taken.
+//! a group is left out, and the warning says why).
+//!
+//! Directories on the way count too: a world-readable file inside a directory the owner cannot
+//! enter (`/root/bin/dump.sh`, 0644 in a 0700 `/root`) is out of its reach, and a link to it
+//! would hand it over. So a file is not opened by its path but reached as the owner's own
+//! lookup would reach it ([`OwnerReads::open_file`]): one component at a time from `/`
+//! (`O_PATH`, never following a link by itself), each link's target walked the same way, and
+//! every directory on the way, including those a link leads through, must be one the owner
+//! may search. The file is then opened relative to the last directory without following a
+//! link, and must be the very file the walk found (device and inode), else the walk is done
+//! again. A directory the walk would descend into must also be one the owner may list
+//! ([`OwnerReads::may_list`]): a link to `/root` would otherwise put its names in the
+//! manifest. (That check is by path, so a link swapped between it and the listing can still
+//! show names, never contents.) Only permission bits are consulted: access granted by an ACL
+//! alone is not seen, and such a file is left out with a warning.
 
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{self as rfs, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 /// The data directory's owner, as far as reading files goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,21 +77,205 @@ impl OwnerReads {
 
     /// Whether the owner could read a file of this owner, group and mode.
     pub fn may_read(&self, uid: u32, gid: u32, mode: u32) -> bool {
-        let Some(o) = &self.owner else {
-            return true;
-        };
-        if uid == o.uid {
-            mode & 0o400 != 0
-        } else if o.gids.contains(&gid) {
-            mode & 0o040 != 0
-        } else {
-            mode & 0o004 != 0
+        match &self.owner {
+            Some(o) => o.may(uid, gid, mode, READ),
+            None => true,
         }
     }
 
-    /// Who the check is for, for a warning.
-    pub fn owner_uid(&self) -> Option<u32> {
-        self.owner.as_ref().map(|o| o.uid)
+    /// Opens the regular file at `path` for reading, as the owner could
+    /// ([module docs](self)): `Refused` with the reason when the owner could not reach or read
+    /// it, or it is not a regular file (a FIFO swapped in cannot stall the backup: it is
+    /// opened without blocking). An error is an I/O error (`NotFound` when it is gone).
+    pub fn open_file(&self, path: &Path) -> io::Result<Reached> {
+        let Some(o) = &self.owner else {
+            let fd = rfs::open(path, OPEN_FLAGS, Mode::empty())?;
+            let st = rfs::fstat(&fd)?;
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                return Ok(Reached::Refused("not a regular file".into()));
+            }
+            return Ok(Reached::File(File::from(fd)));
+        };
+        for _ in 0..ATTEMPTS {
+            let (parent, name, found) = match o.reach(path)? {
+                Ok(r) => r,
+                Err(why) => return Ok(Reached::Refused(why)),
+            };
+            if FileType::from_raw_mode(found.st_mode) != FileType::RegularFile {
+                return Ok(Reached::Refused("not a regular file".into()));
+            }
+            let fd = match rfs::openat(&parent, &name, OPEN_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+            {
+                Ok(fd) => fd,
+                // Swapped for a link since the walk: walk again.
+                Err(Errno::LOOP) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let st = rfs::fstat(&fd)?;
+            if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
+                continue;
+            }
+            if !o.may(st.st_uid, st.st_gid, st.st_mode, READ) {
+                return Ok(Reached::Refused(format!(
+                    "a file of uid {}, mode {:o}, that the data directory's owner (uid {}) could \
+                     not read",
+                    st.st_uid,
+                    st.st_mode & 0o7777,
+                    o.uid
+                )));
+            }
+            return Ok(Reached::File(File::from(fd)));
+        }
+        Ok(Reached::Refused(
+            "it kept changing while it was being opened".into(),
+        ))
+    }
+
+    /// `None` when the owner could reach the entry at `path` (links followed) and read it, a
+    /// directory list it (or nothing is checked), else the reason it could not.
+    pub fn refusal(&self, path: &Path) -> io::Result<Option<String>> {
+        let Some(o) = &self.owner else {
+            return Ok(None);
+        };
+        let found = match o.reach(path)? {
+            Ok((_, _, found)) => found,
+            Err(why) => return Ok(Some(why)),
+        };
+        let (want, what) = match FileType::from_raw_mode(found.st_mode) {
+            FileType::Directory => (READ | SEARCH, "list"),
+            _ => (READ, "read"),
+        };
+        if !o.may(found.st_uid, found.st_gid, found.st_mode, want) {
+            return Ok(Some(format!(
+                "an entry of uid {}, mode {:o}, that the data directory's owner (uid {}) could \
+                 not {what}",
+                found.st_uid,
+                found.st_mode & 0o7777,
+                o.uid
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Whether anything is checked (the backup runs as another user than the owner).
+    pub fn checks(&self) -> bool {
+        self.owner.is_some()
+    }
+}
+
+/// What [`OwnerReads::open_file`] found.
+#[derive(Debug)]
+pub enum Reached {
+    /// The file, open for reading.
+    File(File),
+    /// Left out, and why.
+    Refused(String),
+}
+
+/// Permission bits, as the "other" class has them (shifted for the owner and group classes).
+const READ: u32 = 0o4;
+const SEARCH: u32 = 0o1;
+
+/// How a file is opened for reading: without blocking on a FIFO.
+const OPEN_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+
+/// How the walk holds each component: the entry itself, not what a link points to.
+const WALK_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// Links followed on one path before giving up (the kernel's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Walks before a file that keeps being swapped is given up on.
+const ATTEMPTS: usize = 4;
+
+impl Owner {
+    /// Whether this owner has all of `want` ([`READ`], [`SEARCH`]) on an entry of `uid`,
+    /// `gid` and `mode`, by the class the kernel would use.
+    fn may(&self, uid: u32, gid: u32, mode: u32, want: u32) -> bool {
+        let shift = if uid == self.uid {
+            6
+        } else if self.gids.contains(&gid) {
+            3
+        } else {
+            0
+        };
+        (mode >> shift) & want == want
+    }
+
+    /// Resolves `path` as this owner's lookup would: the directory holding the last entry,
+    /// that entry's name and what it is (links, the last one's too, followed). `Err` with the
+    /// reason when a directory on the way is not one the owner may search.
+    #[allow(clippy::type_complexity)]
+    fn reach(&self, path: &Path) -> io::Result<Result<(OwnedFd, PathBuf, rfs::Stat), String>> {
+        let root = || rfs::open("/", WALK_FLAGS | OFlags::DIRECTORY, Mode::empty());
+        let mut at = if path.is_absolute() {
+            root()?
+        } else {
+            rfs::open(".", WALK_FLAGS | OFlags::DIRECTORY, Mode::empty())?
+        };
+        let mut walked = PathBuf::from(if path.is_absolute() { "/" } else { "." });
+        let mut todo: VecDeque<OsString> = VecDeque::new();
+        let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
+            for c in p.components().rev() {
+                match c {
+                    Component::Normal(n) => todo.push_front(n.to_os_string()),
+                    Component::ParentDir => todo.push_front(OsString::from("..")),
+                    Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+                }
+            }
+        };
+        push_front(&mut todo, path);
+        let mut links = 0;
+        let mut last: Option<(PathBuf, rfs::Stat)> = None;
+        while let Some(name) = todo.pop_front() {
+            // Looking a name up in `at` takes search permission on it.
+            let dir = rfs::fstat(&at)?;
+            if !self.may(dir.st_uid, dir.st_gid, dir.st_mode, SEARCH) {
+                return Ok(Err(format!(
+                    "reached through {}, a directory of uid {}, mode {:o}, that the data \
+                     directory's owner (uid {}) could not enter",
+                    walked.display(),
+                    dir.st_uid,
+                    dir.st_mode & 0o7777,
+                    self.uid
+                )));
+            }
+            let name = PathBuf::from(name);
+            let fd = rfs::openat(&at, &name, WALK_FLAGS, Mode::empty())?;
+            let st = rfs::fstat(&fd)?;
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Symlink => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(Errno::LOOP.into());
+                    }
+                    let target = rfs::readlinkat(&fd, "", Vec::new())?;
+                    let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                    if target.is_absolute() {
+                        at = root()?;
+                        walked = PathBuf::from("/");
+                    }
+                    push_front(&mut todo, &target);
+                    last = None;
+                }
+                _ if todo.is_empty() => last = Some((name, st)),
+                FileType::Directory => {
+                    walked.push(&name);
+                    at = fd;
+                }
+                _ => return Err(Errno::NOTDIR.into()),
+            }
+        }
+        match last {
+            Some((name, st)) => Ok(Ok((at, name, st))),
+            // The path ended in `/`, `.` or `..`: the directory the walk is in.
+            None => {
+                let st = rfs::fstat(&at)?;
+                Ok(Ok((at, PathBuf::from("."), st)))
+            }
+        }
     }
 }
 
@@ -146,8 +352,133 @@ mod tests {
         if me == 0 {
             std::os::unix::fs::chown(d.path(), Some(65534), Some(65534)).unwrap();
             let r = OwnerReads::of(d.path(), 0).unwrap();
-            assert_eq!(r.owner_uid(), Some(65534));
+            assert!(r.checks());
             assert!(!r.may_read(0, 0, 0o600));
         }
+    }
+
+    /// A tree where everything belongs to the user running the test, judged for another
+    /// owner (uid 4242): only the "other" bits count for it.
+    fn tree() -> (tempfile::TempDir, OwnerReads) {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let mode = |path: &Path, m: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        for (dir, m) in [
+            ("pgdata", 0o755),
+            ("secret", 0o700),
+            ("open", 0o755),
+            ("unlisted", 0o711),
+        ] {
+            std::fs::create_dir(p.join(dir)).unwrap();
+            mode(&p.join(dir), m);
+        }
+        for f in [
+            "secret/dump.sh",
+            "open/pub.conf",
+            "unlisted/known.conf",
+            "pgdata/PG_VERSION",
+        ] {
+            std::fs::write(p.join(f), f).unwrap();
+            mode(&p.join(f), 0o644);
+        }
+        mode(p, 0o755);
+        symlink(p.join("secret/dump.sh"), p.join("pgdata/to_secret_file")).unwrap();
+        symlink(p.join("secret"), p.join("pgdata/to_secret_dir")).unwrap();
+        symlink(p.join("open/pub.conf"), p.join("pgdata/to_open_file")).unwrap();
+        // A chain: a relative link through `..`, then a link in a searchable directory.
+        symlink("../open/hop", p.join("pgdata/chain")).unwrap();
+        symlink(p.join("secret/dump.sh"), p.join("open/hop")).unwrap();
+        symlink("../unlisted/known.conf", p.join("pgdata/to_unlisted_file")).unwrap();
+        symlink(p.join("unlisted"), p.join("pgdata/to_unlisted_dir")).unwrap();
+        let r = OwnerReads {
+            owner: Some(Owner {
+                uid: 4242,
+                gids: vec![4242],
+            }),
+        };
+        (d, r)
+    }
+
+    fn opened(r: &OwnerReads, path: &Path) -> Result<String, String> {
+        match r.open_file(path).unwrap() {
+            Reached::File(mut f) => {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut f, &mut s).unwrap();
+                Ok(s)
+            }
+            Reached::Refused(why) => Err(why),
+        }
+    }
+
+    #[test]
+    fn a_file_in_a_directory_the_owner_cannot_enter_is_out_of_reach_whatever_its_own_bits() {
+        let (d, r) = tree();
+        let pg = d.path().join("pgdata");
+        let why = opened(&r, &pg.join("to_secret_file")).unwrap_err();
+        assert!(
+            why.contains("secret") && why.contains("could not enter"),
+            "{why}"
+        );
+        let why = opened(&r, &pg.join("chain")).unwrap_err();
+        assert!(why.contains("secret"), "{why}");
+        assert_eq!(
+            opened(&r, &pg.join("to_open_file")).unwrap(),
+            "open/pub.conf"
+        );
+        assert_eq!(
+            opened(&r, &pg.join("PG_VERSION")).unwrap(),
+            "pgdata/PG_VERSION"
+        );
+        // Searchable, not listable: a file named inside it is reachable, the listing is not.
+        assert_eq!(
+            opened(&r, &pg.join("to_unlisted_file")).unwrap(),
+            "unlisted/known.conf"
+        );
+        assert!(r.refusal(&pg.join("to_unlisted_dir")).unwrap().is_some());
+        assert!(r.refusal(&pg.join("to_secret_dir")).unwrap().is_some());
+        assert_eq!(r.refusal(&pg.join("to_open_file")).unwrap(), None);
+        // Run as the owner: the kernel decides, and this user may read all of it.
+        let me = OwnerReads::unchecked();
+        assert_eq!(
+            opened(&me, &pg.join("to_secret_file")).unwrap(),
+            "secret/dump.sh"
+        );
+        assert_eq!(me.refusal(&pg.join("to_secret_dir")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_fifo_or_a_missing_file_is_not_opened() {
+        let (d, r) = tree();
+        let fifo = d.path().join("pgdata/fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        for who in [&r, &OwnerReads::unchecked()] {
+            assert_eq!(opened(who, &fifo).unwrap_err(), "not a regular file");
+            let gone = who.open_file(&d.path().join("pgdata/gone")).unwrap_err();
+            assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        }
+    }
+
+    #[test]
+    fn the_walk_leaves_out_what_the_owner_could_not_reach() {
+        let (d, r) = tree();
+        let mut seen = Vec::new();
+        crate::pg::datadir::walk_as(&d.path().join("pgdata"), &r, |e| {
+            seen.push(e.path);
+            Ok(())
+        })
+        .unwrap();
+        // Links to the file in `secret` (direct or chained) and the directories the owner
+        // could not list are left out by the walk itself.
+        assert_eq!(seen, ["PG_VERSION", "to_open_file", "to_unlisted_file"]);
     }
 }

@@ -128,36 +128,30 @@ pub fn pieces(size: u64, block_size: usize) -> Vec<(usize, Option<usize>)> {
 
 /// Opens `entry` to read it; `None` if it was dropped since the walk (WAL replay does not
 /// need it), or if what was opened is a file the data directory's owner could not read
-/// ([`super::owner_reads`]: a link to root's file planted for a backup run as root).
-fn open(ctx: &ReadContext, entry: &Entry) -> Result<Option<std::fs::File>> {
-    use std::os::unix::fs::MetadataExt;
-    let file = match std::fs::File::open(&entry.abs) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("reading {}", entry.abs.display()), e)),
-    };
-    let m = file
-        .metadata()
-        .map_err(|e| Error::io(format!("reading {}", entry.abs.display()), e))?;
-    if !ctx.owner_reads.may_read(m.uid(), m.gid(), m.mode()) {
-        tracing::warn!(
-            "left out of the backup: {} (a file of uid {}, mode {:o}) is one the data directory's \
-             owner (uid {}) could not read, reached through a link or put there by another \
-             user; PostgreSQL cannot have needed it",
-            entry.abs.display(),
-            m.uid(),
-            m.mode() & 0o7777,
-            ctx.owner_reads.owner_uid().unwrap_or_default()
-        );
-        return Ok(None);
+/// ([`super::owner_reads`]: a link to root's file planted for a backup run as root), said
+/// in a warning when `warn` (once per file: a large file's pieces each open it).
+fn open(ctx: &ReadContext, entry: &Entry, warn: bool) -> Result<Option<std::fs::File>> {
+    use super::owner_reads::Reached;
+    match ctx.owner_reads.open_file(&entry.abs) {
+        Ok(Reached::File(f)) => Ok(Some(f)),
+        Ok(Reached::Refused(_)) if !warn => Ok(None),
+        Ok(Reached::Refused(why)) => {
+            tracing::warn!(
+                "left out of the backup: {} ({why}; reached through a link or put there by \
+                 another user, so PostgreSQL cannot have needed it)",
+                entry.abs.display()
+            );
+            Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("reading {}", entry.abs.display()), e)),
     }
-    Ok(Some(file))
 }
 
 /// Reads `entry` (a file) into blocks, whole, on this thread. `parent` is the reference
 /// backup's entry for the same path.
 pub fn read_file(ctx: &ReadContext, entry: &Entry, parent: Option<&FileEntry>) -> Result<FileRead> {
-    let Some(file) = open(ctx, entry)? else {
+    let Some(file) = open(ctx, entry, true)? else {
         return Ok(FileRead::vanished());
     };
     let piece = read_piece(ctx, entry, &file, parent, 0, None)?;
@@ -178,7 +172,7 @@ pub(crate) async fn read_in_pieces(
     // reads; pieces sharing one would look to it like reads jumping between offsets.
     let jobs = ranges.into_iter().map(|(first, end)| {
         let (ctx, entry, parent) = (ctx.clone(), entry.clone(), parent.clone());
-        pool.run(move || match open(&ctx, &entry)? {
+        pool.run(move || match open(&ctx, &entry, first == 0)? {
             Some(file) => {
                 read_piece(&ctx, &entry, &file, parent.as_ref().as_ref(), first, end).map(Some)
             }

@@ -11,6 +11,11 @@
 //! the path `pg_tblspc/<oid>/...` and the link target is returned, so a restore can recreate
 //! the link (or remap it).
 //!
+//! Run by another user than the data directory's owner (root, from cron), the walk enters only
+//! directories the owner could list and takes a link to a file only where the owner could
+//! reach and read what it points to ([`walk_as`], [`crate::backup::owner_reads`]); the rest is
+//! left out with a warning.
+//!
 //! Memory: the walk holds one sorted listing per directory on its current path, never the
 //! whole tree; entries go to a callback as they are found.
 
@@ -19,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backup::owner_reads::OwnerReads;
 use crate::error::{Error, Result};
 
 const SKIP_CONTENTS: &[&str] = &[
@@ -91,10 +97,31 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Walks `pgdata`, calling `visit` for each entry to back up (parents before children).
-pub fn walk(pgdata: &Path, mut visit: impl FnMut(Entry) -> Result<()>) -> Result<Vec<Tablespace>> {
+pub fn walk(pgdata: &Path, visit: impl FnMut(Entry) -> Result<()>) -> Result<Vec<Tablespace>> {
+    walk_as(pgdata, &OwnerReads::unchecked(), visit)
+}
+
+/// [`walk`], leaving out (with a warning) directories `owner` could not list and links to
+/// files it could not reach and read.
+pub fn walk_as(
+    pgdata: &Path,
+    owner: &OwnerReads,
+    mut visit: impl FnMut(Entry) -> Result<()>,
+) -> Result<Vec<Tablespace>> {
     let mut tablespaces = Vec::new();
-    walk_dir(pgdata, "", true, &mut tablespaces, &mut visit)?;
+    let mut walk = Walk {
+        owner,
+        tablespaces: &mut tablespaces,
+        visit: &mut visit,
+    };
+    walk.dir(pgdata, "", true)?;
     Ok(tablespaces)
+}
+
+struct Walk<'a> {
+    owner: &'a OwnerReads,
+    tablespaces: &'a mut Vec<Tablespace>,
+    visit: &'a mut dyn FnMut(Entry) -> Result<()>,
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<String>> {
@@ -120,82 +147,107 @@ fn fork_node(name: &str) -> &str {
     base.split('_').next().unwrap_or(base)
 }
 
-fn walk_dir(
-    dir: &Path,
-    rel: &str,
-    top: bool,
-    tablespaces: &mut Vec<Tablespace>,
-    visit: &mut dyn FnMut(Entry) -> Result<()>,
-) -> Result<()> {
-    let names = sorted_names(dir)?;
-    let unlogged = unlogged_nodes(&names);
-    for name in &names {
-        if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
-            continue;
+impl Walk<'_> {
+    /// Whether `owner` could have what `abs` is (`meta`, links followed); `false` after
+    /// warning why not.
+    fn owner_could(&self, abs: &Path, meta: &std::fs::Metadata) -> Result<bool> {
+        if !self.owner.checks() {
+            return Ok(true);
         }
-        if top && SKIP_TOP_FILES.contains(&name.as_str()) {
-            continue;
+        // A file in a directory walked already: its own bits are checked once open, unless it
+        // is a link (to a file wherever the owner chose).
+        if !meta.is_dir() && !std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_symlink()) {
+            return Ok(true);
         }
-        if !name.ends_with("_init") && unlogged.contains(&fork_node(name)) {
-            continue;
-        }
-        let abs = dir.join(name);
-        let path = if rel.is_empty() {
-            name.clone()
-        } else {
-            format!("{rel}/{name}")
-        };
-        // Follow symlinks (pg_wal and tablespaces are often links); vanished entries are skipped:
-        // PostgreSQL drops files while a backup runs, and WAL replay recreates what matters.
-        let meta = match std::fs::metadata(&abs) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io(&abs, e)),
-        };
-        let entry = |kind| Entry {
-            path: path.clone(),
-            abs: abs.clone(),
-            kind,
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-        };
-        if meta.is_dir() {
-            visit(entry(EntryKind::Dir))?;
-            if rel == "pg_tblspc" {
-                if let (Ok(oid), Ok(target)) = (name.parse::<u32>(), std::fs::read_link(&abs)) {
-                    tablespaces.push(Tablespace {
-                        oid,
-                        location: target,
-                    });
-                }
+        match self.owner.refusal(abs) {
+            Ok(None) => Ok(true),
+            Ok(Some(why)) => {
+                tracing::warn!(
+                    "left out of the backup: {} ({why}; reached through a link or put there by \
+                     another user, so PostgreSQL cannot have needed it)",
+                    abs.display()
+                );
+                Ok(false)
             }
-            if top && SKIP_CONTENTS.contains(&name.as_str()) {
-                if name == "pg_wal" {
-                    let status = abs.join("archive_status");
-                    if let Ok(m) = std::fs::metadata(&status) {
-                        visit(Entry {
-                            path: "pg_wal/archive_status".into(),
-                            abs: status,
-                            kind: EntryKind::Dir,
-                            mode: m.mode() & 0o7777,
-                            uid: m.uid(),
-                            gid: m.gid(),
-                        })?;
-                    }
-                }
-                continue;
-            }
-            walk_dir(&abs, &path, false, tablespaces, visit)?;
-        } else if meta.is_file() {
-            let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
-            visit(entry(EntryKind::File {
-                size: meta.len(),
-                mtime_ns,
-            }))?;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(abs, e)),
         }
     }
-    Ok(())
+
+    fn dir(&mut self, dir: &Path, rel: &str, top: bool) -> Result<()> {
+        let names = sorted_names(dir)?;
+        let unlogged = unlogged_nodes(&names);
+        for name in &names {
+            if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
+                continue;
+            }
+            if top && SKIP_TOP_FILES.contains(&name.as_str()) {
+                continue;
+            }
+            if !name.ends_with("_init") && unlogged.contains(&fork_node(name)) {
+                continue;
+            }
+            let abs = dir.join(name);
+            let path = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            // Follow symlinks (pg_wal and tablespaces are often links); vanished entries are skipped:
+            // PostgreSQL drops files while a backup runs, and WAL replay recreates what matters.
+            let meta = match std::fs::metadata(&abs) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&abs, e)),
+            };
+            if !self.owner_could(&abs, &meta)? {
+                continue;
+            }
+            let entry = |kind| Entry {
+                path: path.clone(),
+                abs: abs.clone(),
+                kind,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            };
+            if meta.is_dir() {
+                (self.visit)(entry(EntryKind::Dir))?;
+                if rel == "pg_tblspc" {
+                    if let (Ok(oid), Ok(target)) = (name.parse::<u32>(), std::fs::read_link(&abs)) {
+                        self.tablespaces.push(Tablespace {
+                            oid,
+                            location: target,
+                        });
+                    }
+                }
+                if top && SKIP_CONTENTS.contains(&name.as_str()) {
+                    if name == "pg_wal" {
+                        let status = abs.join("archive_status");
+                        if let Ok(m) = std::fs::metadata(&status) {
+                            (self.visit)(Entry {
+                                path: "pg_wal/archive_status".into(),
+                                abs: status,
+                                kind: EntryKind::Dir,
+                                mode: m.mode() & 0o7777,
+                                uid: m.uid(),
+                                gid: m.gid(),
+                            })?;
+                        }
+                    }
+                    continue;
+                }
+                self.dir(&abs, &path, false)?;
+            } else if meta.is_file() {
+                let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+                (self.visit)(entry(EntryKind::File {
+                    size: meta.len(),
+                    mtime_ns,
+                }))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
