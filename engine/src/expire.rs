@@ -180,12 +180,27 @@ pub async fn expire(
     policy: &Policy,
     lease_wait: std::time::Duration,
 ) -> Result<ExpireReport> {
-    let work = expire_locked(repo, cluster, policy);
+    if repo.is_dry_run() {
+        return expire_locked(repo, cluster, policy, None).await;
+    }
     let name = format!("expire-{cluster}");
-    crate::lease::exclusive(repo, &name, cluster, lease_wait, work).await
+    let lease = crate::lease::acquire_exclusive(repo, &name, cluster, lease_wait).await?;
+    let result = expire_locked(repo, cluster, policy, Some(&lease)).await;
+    lease.release().await;
+    result
 }
 
-async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Result<ExpireReport> {
+/// [`expire`]'s work under `lease` (`None` on a dry run). What it decided stands only while
+/// the lease holds: a run stalled past the lease's expiry (a paused VM, an unreachable store)
+/// may have been taken over by `pin`, which then pinned a backup this run had listed as
+/// unpinned; so the lease is checked before the head is changed and before each deletion.
+async fn expire_locked(
+    repo: &Repository,
+    cluster: &str,
+    policy: &Policy,
+    lease: Option<&crate::lease::Lease>,
+) -> Result<ExpireReport> {
+    let held = || lease.map_or(Ok(()), crate::lease::Lease::ensure_held);
     let mut candidates = Vec::new();
     let mut needs = Vec::new();
     let seg_size = crate::store::cluster::read(repo, cluster)
@@ -351,6 +366,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         })
         .collect();
     if !gone.is_empty() || !gone_wal.is_empty() {
+        held()?;
         head::update(repo, cluster, seg_size, |h| {
             let mut changed = false;
             for id in &gone {
@@ -364,6 +380,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
         .await?;
     }
     for d in decisions.iter().filter(|d| !d.keep) {
+        held()?;
         manifest::delete(repo, cluster, &d.id).await?;
     }
     if !wal.is_empty() {
@@ -372,6 +389,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
             .list(&layout::wal_data_prefix(cluster))
             .await?;
         for name in &wal {
+            held()?;
             repo.storage()
                 .delete(&layout::wal_pointer(cluster, name))
                 .await?;
@@ -385,6 +403,7 @@ async fn expire_locked(repo: &Repository, cluster: &str, policy: &Policy) -> Res
             }
         }
     }
+    held()?;
     crate::walstream::sweep::remove(repo, &tails).await?;
     record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     Ok(ExpireReport {
@@ -437,6 +456,59 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// An expire whose lease stopped being refreshed (a stalled run, an unreachable store)
+    /// for longer than others wait before taking it over deletes nothing: `pin` may have
+    /// taken the lease meanwhile and pinned a backup this run listed as unpinned.
+    #[tokio::test(start_paused = true)]
+    async fn an_expire_that_lost_its_lease_deletes_nothing() {
+        use crate::test_support::{LeaseFaults, SlowReads};
+        use std::sync::Arc;
+        let (mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        for (id, lsn, t) in [
+            (old, "0/300028", "2026-11-01T00:00:00Z"),
+            (new, "0/900028", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
+                .await
+                .unwrap();
+        }
+        let before = archived(&repo).await;
+        // Every read takes 30 s, and no refresh of the lease lands.
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            fail_swaps: 1000.into(),
+            ..Default::default()
+        });
+        let slow = crate::test_support::open_with(Arc::new(SlowReads::new(
+            faults,
+            std::time::Duration::from_secs(30),
+        )))
+        .await;
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let err = expire(&slow, "main", &policy, Default::default())
+            .await
+            .expect_err("expired without its lease")
+            .to_string();
+        assert!(
+            err.contains("leases/expire-main") && err.contains("no longer protects"),
+            "{err}"
+        );
+        assert_eq!(manifest::list_ids(&repo, "main").await.unwrap().len(), 2);
+        assert_eq!(archived(&repo).await, before);
+        // With its refreshes landing, the same expire removes the older backup.
+        let report = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(report.backups.iter().filter(|b| !b.keep).count(), 1);
     }
 
     /// A pin waits for a running expire: that expire read the pins before the pin landed.
