@@ -7,7 +7,12 @@
 //! - `full = N`: the N newest full backups, and every backup newer than the oldest of them;
 //! - `keep_within = DURATION`: backups whose consistency point is within that age;
 //! - calendar buckets: the newest backup of each of the last `daily` days, `weekly` ISO weeks
-//!   and `monthly` months (UTC).
+//!   and `monthly` months (UTC);
+//! - `pitr_window = D`: the newest backup that ended before the window's first moment (now −
+//!   D), since recovery to any time inside the window starts from it. Without this rule
+//!   `keep_within = 7d` with `pitr_window = 7d` and daily backups expired it, and the
+//!   window silently began at the oldest backup left, up to a day short (Barman's recovery
+//!   window keeps the same backup).
 //!
 //! With no rule configured nothing is expired: deleting needs an explicit policy.
 //! Every backup is self-contained, so expiring one never breaks another.
@@ -214,6 +219,15 @@ pub fn decide(backups: &[Candidate], policy: &Policy, now: OffsetDateTime) -> Ve
         }
         out
     };
+    // The backup recovery to the window's first moment starts from.
+    let window_base = policy.pitr_window.and_then(|w| {
+        let edge = now - time::Duration::try_from(w).unwrap_or(time::Duration::MAX);
+        sorted
+            .iter()
+            .rev()
+            .find(|b| b.stop_time <= edge)
+            .map(|b| b.id.clone())
+    });
     let mut calendar = Vec::new();
     calendar.extend(bucket_keep(
         &|t| (t.year(), t.ordinal() as u32),
@@ -256,6 +270,12 @@ pub fn decide(backups: &[Candidate], policy: &Policy, now: OffsetDateTime) -> Ve
                 if now - b.stop_time <= time::Duration::try_from(d).unwrap_or(time::Duration::MAX) {
                     reasons.push(format!("younger than keep_within ({}s)", d.as_secs()));
                 }
+            }
+            if window_base.as_deref() == Some(b.id.as_str()) {
+                reasons.push(format!(
+                    "point-in-time recovery to the start of pitr_window ({}s) starts from it",
+                    policy.pitr_window.unwrap_or_default().as_secs()
+                ));
             }
             reasons.extend(
                 calendar
@@ -479,5 +499,46 @@ mod tests {
             now,
         );
         assert_eq!(kept(&weekly), ["d"]);
+    }
+
+    /// `keep_within` and `pitr_window` both a week, daily backups: the backup that ended just
+    /// before the window opened stays, or recovery to the window's first hours is impossible.
+    #[test]
+    fn the_backup_the_pitr_window_starts_from_is_kept() {
+        let now = datetime!(2026-11-24 02:00 UTC);
+        let week = Duration::from_secs(7 * 86_400);
+        let backups: Vec<Candidate> = (1..=8)
+            .map(|d| Candidate {
+                id: format!("d{d}"),
+                backup_type: BackupType::Full,
+                stop_time: datetime!(2026-11-16 01:30 UTC) + time::Duration::days(d - 1),
+                pinned: false,
+            })
+            .collect();
+        let policy = Policy {
+            keep_within: Some(week),
+            pitr_window: Some(week),
+            ..Policy::default()
+        };
+        let kept = |p: &Policy| -> Vec<String> {
+            decide(&backups, p, now)
+                .into_iter()
+                .filter(|d| d.keep)
+                .map(|d| d.id)
+                .collect()
+        };
+        // d2 (11-17 01:30) ended 30 minutes before the window opened (11-17 02:00).
+        assert_eq!(kept(&policy), ["d2", "d3", "d4", "d5", "d6", "d7", "d8"]);
+        let d = decide(&backups, &policy, now);
+        assert!(
+            d[1].reasons.iter().any(|r| r.contains("pitr_window")),
+            "{d:?}"
+        );
+        // Without the window, keep_within alone lets it go too.
+        let no_window = Policy {
+            pitr_window: None,
+            ..policy.clone()
+        };
+        assert_eq!(kept(&no_window), ["d3", "d4", "d5", "d6", "d7", "d8"]);
     }
 }
