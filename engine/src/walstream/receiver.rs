@@ -4,11 +4,13 @@
 //! 1. `IDENTIFY_SYSTEM`, `SHOW wal_segment_size`/`server_version_num`; the cluster record is
 //!    checked (or bound) exactly as `archive-push` does, so a receiver pointed at another
 //!    server is refused before anything is written.
-//! 2. The resume point comes from the repository, never from local state: the newest
-//!    segment's contiguous chunks (see [`super::chunks`]); with none, the segment after the
-//!    newest archived one on the server's timeline; with none either, the start of the
-//!    server's current segment. On the way, leftovers of a crash are settled: chunks of a
-//!    segment already archived are deleted, a complete but unarchived segment is archived.
+//! 2. The resume point comes from the repository, never from local state: on the newest
+//!    timeline of the server's history that has WAL there, the later of its newest segment's
+//!    contiguous chunks (see [`super::chunks`]) and the end of its newest archived segment
+//!    ([`Receiver::resume_point`]); with none on any, the start of the server's current
+//!    segment, acknowledged only once its first chunk is durable. On the way, leftovers of a
+//!    crash are settled: chunks of a segment already archived are deleted, a complete but
+//!    unarchived segment is archived.
 //! 3. `START_REPLICATION [SLOT s] PHYSICAL <resume point> TIMELINE <tli>`, then the loop:
 //!    XLogData is appended to the current segment's buffer; a chunk is committed as soon as
 //!    the connection holds no more WAL, or when the oldest uncommitted byte is
@@ -229,6 +231,9 @@ struct Current {
     buf: Vec<u8>,
     /// Bytes `0..durable` are committed.
     durable: usize,
+    /// The repository holds the WAL before this segment: false on a first start until its
+    /// first chunk is committed, and nothing is acknowledged meanwhile.
+    proven: bool,
     /// When the oldest uncommitted byte arrived.
     pending_since: Option<Instant>,
 }
@@ -241,8 +246,22 @@ impl Current {
         Lsn(self.start_lsn() + self.buf.len() as u64)
     }
     fn flushed(&self) -> Lsn {
+        if !self.proven {
+            return Lsn(0);
+        }
         Lsn(self.start_lsn() + self.durable as u64)
     }
+}
+
+/// Where a session resumes ([`Receiver::resume_point`]).
+struct Resume {
+    tli: u32,
+    segno: u64,
+    /// The durable prefix of that segment.
+    prefix: Vec<u8>,
+    /// The repository holds the WAL before `segno` (or the session is refused): false only
+    /// on a first start.
+    proven: bool,
 }
 
 impl Receiver<'_> {
@@ -309,15 +328,40 @@ impl Receiver<'_> {
     }
 
     /// Settles what a crash left and returns where streaming resumes: (timeline, segment,
-    /// durable prefix of that segment).
+    /// durable prefix of that segment, whether the repository holds the WAL before it).
+    ///
+    /// The resume point is the newest durable position on the newest timeline of the
+    /// server's history (`history`: its ancestors, oldest first) that has any: that timeline's
+    /// newest streamed tail or the end of its newest archived segment, whichever is later.
+    /// Not the newest tail of any timeline: an older timeline's partial switch segment stays
+    /// as its tail after a promotion, and once the new timeline's chunks were archived and
+    /// deleted it was the only tail left, so a restart went back to the switch point (and
+    /// looped on "requested WAL segment has already been removed" once the server had
+    /// recycled it, holding every synchronous commit). Nor the server's current segment when
+    /// only an ancestor has WAL: after a failover with the receiver down, that skipped the new
+    /// timeline's first segments and acknowledged them as flushed. Only with no WAL of any
+    /// timeline of the server's history in the repository (a first start) does streaming
+    /// begin at the server's current segment, and nothing is acknowledged before its first
+    /// chunk is durable.
     async fn resume_point(
         &mut self,
         server_tli: u32,
         server_pos: Lsn,
         seg_size: u64,
-    ) -> Result<(u32, u64, Vec<u8>)> {
+        history: &[crate::recovery::HistoryEntry],
+    ) -> Result<Resume> {
         let all = chunks::list_all(self.repo, self.cluster, seg_size).await?;
-        let newest = all.keys().next_back().copied();
+        // Another timeline's WAL past the server's: the session refuses it.
+        if let Some(&(tli, segno)) = all.keys().filter(|(t, _)| *t > server_tli).next_back() {
+            return Ok(Resume {
+                tli,
+                segno,
+                prefix: Vec::new(),
+                proven: true,
+            });
+        }
+        // The newest partial (unarchived, incomplete) segment of each timeline.
+        let mut tails: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
         for ((tli, segno), list) in &all {
             let name = chunks::segment_name(*tli, *segno, seg_size);
             let archived = crate::archive::push::read_wal_record(self.repo, self.cluster, &name)
@@ -335,23 +379,48 @@ impl Receiver<'_> {
                 let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
                 archive_segment(self.repo.clone(), self.cluster.to_string(), name, data).await?;
                 self.status.segments_archived += 1;
-            } else if Some((*tli, *segno)) == newest {
-                let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
-                return Ok((*tli, *segno, data));
-            }
-            // else: the partial end of an older timeline; it stays as that timeline's tail
-            // until `expire` finds it superseded (see [`super::sweep`]).
-        }
-        if let Some((tli, segno)) = newest {
-            // Newest segment complete or archived: resume at the next one.
-            return Ok((tli, segno + 1, Vec::new()));
-        }
-        if let Some(segno) = self.newest_archived(server_tli, seg_size).await? {
-            if segno < server_pos.segment_no(seg_size) {
-                return Ok((server_tli, segno + 1, Vec::new()));
+            } else {
+                // Older partial segments of a timeline stay until archived or expired (see
+                // [`super::sweep`]); the newest is where that timeline's stream stopped.
+                tails.insert(*tli, (*segno, end));
             }
         }
-        Ok((server_tli, server_pos.segment_no(seg_size), Vec::new()))
+        let timelines = std::iter::once(server_tli).chain(history.iter().rev().map(|e| e.parent));
+        for tli in timelines {
+            let archived_end = self
+                .newest_archived(tli, seg_size)
+                .await?
+                .map(|segno| (segno + 1) * seg_size);
+            let tail = tails.get(&tli).copied();
+            let tail_end = tail.map(|(segno, end)| segno * seg_size + end);
+            match (tail, archived_end) {
+                (Some((segno, _)), a) if tail_end > a => {
+                    let list = &all[&(tli, segno)];
+                    let prefix = chunks::read_prefix(self.repo, self.cluster, list).await?;
+                    return Ok(Resume {
+                        tli,
+                        segno,
+                        prefix,
+                        proven: true,
+                    });
+                }
+                (_, Some(end)) => {
+                    return Ok(Resume {
+                        tli,
+                        segno: end / seg_size,
+                        prefix: Vec::new(),
+                        proven: true,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(Resume {
+            tli: server_tli,
+            segno: server_pos.segment_no(seg_size),
+            prefix: Vec::new(),
+            proven: false,
+        })
     }
 
     /// Archives the history file of `tli` (a no-op when it is already).
@@ -394,15 +463,24 @@ impl Receiver<'_> {
                 info!("created physical replication slot {slot:?}");
             }
         }
-        let (mut tli, mut segno, mut prefix) = self
-            .resume_point(ident.timeline, ident.xlogpos, seg_size)
+        let history = if ident.timeline > 1 {
+            let (_, text) = conn.timeline_history(ident.timeline).await?;
+            crate::recovery::parse_history(&String::from_utf8_lossy(&text))
+        } else {
+            Vec::new()
+        };
+        let Resume {
+            mut tli,
+            mut segno,
+            mut prefix,
+            proven,
+        } = self
+            .resume_point(ident.timeline, ident.xlogpos, seg_size, &history)
             .await?;
         if tli < ident.timeline {
             // Where did our timeline end, in the server's history? Past that point the
             // stream continues on the next timeline, from the start of the segment holding the
             // switch (the new timeline's copy of it).
-            let (_, text) = conn.timeline_history(ident.timeline).await?;
-            let history = crate::recovery::parse_history(&String::from_utf8_lossy(&text));
             while let Some(i) = history.iter().position(|e| e.parent == tli) {
                 let switch = history[i].switch_lsn;
                 let pos = segno * seg_size + prefix.len() as u64;
@@ -437,6 +515,7 @@ impl Receiver<'_> {
             name: chunks::segment_name(tli, segno, seg_size),
             seg_size,
             durable: prefix.len(),
+            proven,
             buf: {
                 let mut b = Vec::with_capacity(seg_size as usize);
                 b.extend_from_slice(&prefix);
@@ -461,8 +540,8 @@ impl Receiver<'_> {
         self.status.state = "streaming".into();
         self.status.timeline = tli;
         self.status.last_error = None;
-        self.status.flush_lsn = Some(start.to_string());
-        conn.send_status(start, start).await?;
+        self.status.flush_lsn = proven.then(|| start.to_string());
+        conn.send_status(start, cur.flushed()).await?;
         self.write_status(true);
         let mut archiving: Option<tokio::task::JoinHandle<Result<(), Error>>> = None;
         let mut last_status = Instant::now();
@@ -526,6 +605,7 @@ impl Receiver<'_> {
         let data = cur.buf[cur.durable..].to_vec();
         chunks::commit_chunk(self.repo, self.cluster, &cur.name, cur.durable as u64, data).await?;
         cur.durable = cur.buf.len();
+        cur.proven = true;
         cur.pending_since = None;
         let flushed = cur.flushed();
         conn.send_status(flushed, flushed).await?;
@@ -729,5 +809,122 @@ mod tests {
             message: "password authentication failed".into(),
         });
         assert!(auth.is_permanent());
+    }
+
+    const SEG: u64 = 1 << 20;
+
+    async fn archive(repo: &Repository, tli: u32, segno: u64) {
+        let data = crate::pg::wal_header::tests::fake_segment(
+            9,
+            tli,
+            segno * SEG,
+            SEG as u32,
+            SEG as usize,
+        );
+        push_wal_file(
+            repo,
+            "main",
+            &chunks::segment_name(tli, segno, SEG),
+            WalSource::Bytes(data),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn resume(
+        repo: &Repository,
+        server_tli: u32,
+        server_segno: u64,
+        history: &[(u32, u64)],
+    ) -> (u32, u64, usize, bool) {
+        let opts = ReceiverOptions {
+            conninfo: crate::pg::conninfo::parse("host=/nowhere").unwrap(),
+            application_name: "pgcairn".into(),
+            slot: None,
+            create_slot: false,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+            status_interval: Duration::from_secs(10),
+            status_file: None,
+        };
+        let mut r = Receiver {
+            repo,
+            cluster: "main",
+            opts: &opts,
+            status: ReceiverStatus::default(),
+            status_written: None,
+            status_dirty: false,
+        };
+        let history: Vec<crate::recovery::HistoryEntry> = history
+            .iter()
+            .map(|&(parent, switch)| crate::recovery::HistoryEntry {
+                parent,
+                switch_lsn: Lsn(switch),
+            })
+            .collect();
+        let at = r
+            .resume_point(server_tli, Lsn(server_segno * SEG + 4096), SEG, &history)
+            .await
+            .unwrap();
+        (at.tli, at.segno, at.prefix.len(), at.proven)
+    }
+
+    /// After a failover with the receiver down at a segment boundary (nothing streamed on
+    /// the new timeline, nothing of it archived yet), streaming resumes after the old
+    /// timeline's last archived segment, not at the new primary's current segment: the
+    /// segments between were never in the repository, and were acknowledged as flushed.
+    #[tokio::test]
+    async fn after_a_failover_streaming_resumes_where_the_repository_stops_not_where_the_server_is()
+    {
+        let (_mem, repo) = crate::test_support::memory_repo().await;
+        for segno in 1..=4 {
+            archive(&repo, 1, segno).await;
+        }
+        let history = [(1, 5 * SEG + 0x100)];
+        assert_eq!(resume(&repo, 2, 9, &history).await, (1, 5, 0, true));
+        // Once the new timeline has archived WAL, it is the one that counts.
+        archive(&repo, 2, 5).await;
+        assert_eq!(resume(&repo, 2, 9, &history).await, (2, 6, 0, true));
+    }
+
+    /// An old timeline's partial switch segment (its tail, kept after a promotion) does not
+    /// win over the new timeline's archived WAL once that timeline's chunks are gone.
+    #[tokio::test]
+    async fn an_old_timelines_tail_does_not_send_streaming_back_to_the_switch() {
+        let (_mem, repo) = crate::test_support::memory_repo().await;
+        let tail = chunks::segment_name(1, 5, SEG);
+        chunks::commit_chunk(&repo, "main", &tail, 0, vec![7; 40_000])
+            .await
+            .unwrap();
+        for segno in 5..=9 {
+            archive(&repo, 2, segno).await;
+        }
+        let history = [(1, 5 * SEG + 40_000)];
+        assert_eq!(resume(&repo, 2, 10, &history).await, (2, 10, 0, true));
+        // The new timeline's own tail, when it has one, is where it resumes.
+        let own = chunks::segment_name(2, 10, SEG);
+        chunks::commit_chunk(&repo, "main", &own, 0, vec![8; 1000])
+            .await
+            .unwrap();
+        assert_eq!(resume(&repo, 2, 10, &history).await, (2, 10, 1000, true));
+    }
+
+    /// A first start (no WAL of the server's history in the repository) begins at the
+    /// server's current segment and vouches for nothing before it.
+    #[tokio::test]
+    async fn a_first_start_acknowledges_nothing_it_has_not_written() {
+        let (_mem, repo) = crate::test_support::memory_repo().await;
+        assert_eq!(resume(&repo, 1, 7, &[]).await, (1, 7, 0, false));
+        let cur = Current {
+            tli: 1,
+            segno: 7,
+            name: chunks::segment_name(1, 7, SEG),
+            seg_size: SEG,
+            buf: Vec::new(),
+            durable: 0,
+            proven: false,
+            pending_since: None,
+        };
+        assert_eq!(cur.flushed(), Lsn(0));
+        assert_eq!(cur.received(), Lsn(7 * SEG));
     }
 }
