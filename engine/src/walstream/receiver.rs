@@ -352,7 +352,7 @@ impl Receiver<'_> {
     ) -> Result<Resume> {
         let all = chunks::list_all(self.repo, self.cluster, seg_size).await?;
         // Another timeline's WAL past the server's: the session refuses it.
-        if let Some(&(tli, segno)) = all.keys().filter(|(t, _)| *t > server_tli).next_back() {
+        if let Some(&(tli, segno)) = all.keys().rfind(|(t, _)| *t > server_tli) {
             return Ok(Resume {
                 tli,
                 segno,
