@@ -454,6 +454,12 @@ pub struct RestoreArgs {
     /// where /tmp is a tmpfs, point TMPDIR elsewhere.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub index_memory: u64,
+    /// Keep `expire` from removing the backup restored and the WAL after it for this long
+    /// once the restore ends, while PostgreSQL's recovery may still ask for it ("24h",
+    /// "90m"; "0": no hold). Taken under the cluster's expire lease, waiting for a running
+    /// expire; a restore that cannot write it (read-only credentials) warns and goes on.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub hold: String,
     /// Restore tablespace OID to DIR instead of its recorded location (repeatable).
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,

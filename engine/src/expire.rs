@@ -275,11 +275,33 @@ async fn expire_locked(
             }
         }
     }
+    // A backup a restore or a drill is recovering from stays, with the WAL after it
+    // ([`crate::hold`]).
+    let (holds, ended_holds) = crate::hold::list(repo, cluster).await?;
+    for h in &holds {
+        if let Some(d) = decisions.iter_mut().find(|d| d.id == h.backup_id) {
+            if !d.keep {
+                d.keep = true;
+                d.reasons.clear();
+            }
+            d.reasons.push(h.describe());
+        }
+    }
     let retained: Vec<WalNeed> = needs
         .into_iter()
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
         .collect();
-    let plan = wal_plan(&retained, policy.pitr_window, now.datetime());
+    let mut plan = wal_plan(&retained, policy.pitr_window, now.datetime());
+    if let Some(p) = plan.as_mut() {
+        for n in retained
+            .iter()
+            .filter(|n| holds.iter().any(|h| h.backup_id == n.id))
+        {
+            if n.start_seg < p.pitr_from.0 {
+                p.pitr_from = (n.start_seg, format!("{} (held by a recovery)", n.id));
+            }
+        }
+    }
     // Every archived WAL file with its decision; history files always stay.
     let pointers = repo
         .storage()
@@ -405,6 +427,9 @@ async fn expire_locked(
     }
     held()?;
     crate::walstream::sweep::remove(repo, &tails).await?;
+    for k in &ended_holds {
+        repo.storage().delete(k).await?;
+    }
     record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     Ok(ExpireReport {
         backups: decisions,
@@ -444,6 +469,24 @@ mod tests {
             .unwrap();
     }
 
+    /// Segments 1..=10 archived, and two full backups: the older starting in segment 3, the
+    /// newer in segment 9.
+    async fn two_backups(repo: &Repository) -> (&'static str, &'static str) {
+        for n in 1..=10 {
+            push(repo, 1, n).await;
+        }
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        for (id, lsn, t) in [
+            (old, "0/300028", "2026-11-01T00:00:00Z"),
+            (new, "0/900028", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(repo, &manifest(id, lsn, lsn, t, &[]))
+                .await
+                .unwrap();
+        }
+        (old, new)
+    }
+
     async fn archived(repo: &Repository) -> Vec<String> {
         let mut v: Vec<String> = repo
             .storage()
@@ -466,18 +509,7 @@ mod tests {
         use crate::test_support::{LeaseFaults, SlowReads};
         use std::sync::Arc;
         let (mem, repo) = memory_repo().await;
-        for n in 1..=10 {
-            push(&repo, 1, n).await;
-        }
-        let (old, new) = ("20261101-000000F", "20261120-000000F");
-        for (id, lsn, t) in [
-            (old, "0/300028", "2026-11-01T00:00:00Z"),
-            (new, "0/900028", "2026-11-20T00:00:00Z"),
-        ] {
-            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
-                .await
-                .unwrap();
-        }
+        two_backups(&repo).await;
         let before = archived(&repo).await;
         // Every read takes 30 s, and no refresh of the lease lands.
         let faults = Arc::new(LeaseFaults {
@@ -509,6 +541,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.backups.iter().filter(|b| !b.keep).count(), 1);
+    }
+
+    /// A restore of the older of two backups holds it: expire keeps it and the WAL from its
+    /// start onward (pitr_window notwithstanding) while the hold lasts, and removes both, and
+    /// the ended hold, after.
+    #[tokio::test]
+    async fn a_held_backup_and_the_wal_after_it_stay_while_a_recovery_may_need_them() {
+        let (_mem, repo) = memory_repo().await;
+        let (old, new) = two_backups(&repo).await;
+        let before = archived(&repo).await;
+        let day = std::time::Duration::from_secs(86_400);
+        let hold = crate::hold::take(&repo, "main", old, day, Default::default())
+            .await
+            .unwrap();
+        let policy = Policy {
+            full: Some(1),
+            pitr_window: Some(std::time::Duration::from_secs(1)),
+            ..Policy::default()
+        };
+        let report = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let d = report.backups.iter().find(|d| d.id == old).unwrap();
+        assert!(d.keep && d.reasons[0].contains("recovery"), "{d:?}");
+        // Only what is below its start went (segments 1 and 2).
+        assert_eq!(archived(&repo).await, before[2..]);
+        // The hold ended: the backup and the WAL below the newer one go, and so does the hold.
+        crate::hold::extend(&repo, "main", old, &hold, Default::default())
+            .await
+            .unwrap();
+        expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            manifest::list_ids(&repo, "main").await.unwrap(),
+            vec![new.to_string()]
+        );
+        assert_eq!(
+            archived(&repo).await.first().map(String::as_str),
+            Some("000000010000000000000009")
+        );
+        assert_eq!(
+            crate::hold::list(&repo, "main").await.unwrap(),
+            (vec![], vec![])
+        );
     }
 
     /// A pin waits for a running expire: that expire read the pins before the pin landed.
@@ -567,18 +644,7 @@ mod tests {
     #[tokio::test]
     async fn a_pin_deleted_outside_pgcairn_still_keeps_its_backup_and_is_reported() {
         let (mem, repo) = memory_repo().await;
-        for n in 1..=10 {
-            push(&repo, 1, n).await;
-        }
-        let (old, new) = ("20261101-000000F", "20261120-000000F");
-        for (id, lsn, t) in [
-            (old, "0/300028", "2026-11-01T00:00:00Z"),
-            (new, "0/900028", "2026-11-20T00:00:00Z"),
-        ] {
-            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
-                .await
-                .unwrap();
-        }
+        let (old, new) = two_backups(&repo).await;
         set_pin(&repo, "main", old, true).await.unwrap();
         let audit = |repo: Repository| async move {
             crate::store::audit::audit(&repo, "main", None)
@@ -668,17 +734,7 @@ mod tests {
     #[tokio::test]
     async fn object_lock_keeps_what_is_still_under_retention_and_says_until_when() {
         let (mem, repo) = memory_repo().await;
-        for n in 1..=10 {
-            push(&repo, 1, n).await;
-        }
-        for (id, lsn, t) in [
-            ("20261101-000000F", "0/300028", "2026-11-01T00:00:00Z"),
-            ("20261120-000000F", "0/900028", "2026-11-20T00:00:00Z"),
-        ] {
-            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
-                .await
-                .unwrap();
-        }
+        two_backups(&repo).await;
         let policy = Policy {
             full: Some(1),
             object_lock: Some(std::time::Duration::from_secs(86_400)),

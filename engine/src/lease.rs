@@ -104,6 +104,10 @@ pub struct LeaseBody {
     /// The holder's process start time, clock ticks after boot (field 22 of `/proc/self/stat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_ticks: Option<u64>,
+    /// A recovery hold's end, unix seconds ([`crate::hold`]): holds outlive their holder
+    /// (the restore exits, PostgreSQL's recovery goes on), so they end by time, not heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
 }
 
 /// A live lease found in the repository.
@@ -199,7 +203,7 @@ fn holder_dead_here(body: &LeaseBody, here: &PidScope, probe: impl Fn(u32) -> Pr
 }
 
 /// A lease body for this process.
-fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
+pub(crate) fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
     let here = PidScope::here();
     LeaseBody {
         kind,
@@ -211,6 +215,7 @@ fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody {
         boot_id: here.boot_id,
         pid_ns: here.pid_ns,
         start_ticks: own_start_ticks(),
+        until: None,
     }
 }
 
@@ -681,6 +686,7 @@ mod tests {
             boot_id: scope.boot_id.clone(),
             pid_ns: scope.pid_ns.clone(),
             start_ticks,
+            until: None,
         }
     }
 

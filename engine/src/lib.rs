@@ -38,6 +38,7 @@ pub mod expire;
 pub mod first_start;
 pub mod fs_beneath;
 pub mod gc;
+pub mod hold;
 pub mod index;
 pub mod info;
 pub mod lease;

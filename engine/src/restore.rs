@@ -180,7 +180,13 @@ pub struct RestoreOptions {
     /// Write the backup's configuration files from outside the data directory under this
     /// directory, at their recorded paths ([`crate::config_files`]); `None`: not written.
     pub config_dir: Option<PathBuf>,
+    /// Keep `expire` away from the backup restored and the WAL after it for this long after
+    /// the restore ends ([`crate::hold`]); `None`: no hold.
+    pub hold: Option<std::time::Duration>,
 }
+
+/// Default [`RestoreOptions::hold`]: a day, for the recovery that follows the restore.
+pub const DEFAULT_HOLD: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// Default [`RestoreOptions::index_memory`]: 64 MiB, the index of about 800 000 blocks
 /// (50 GiB of data in 64 KiB blocks) held in memory.
@@ -213,6 +219,7 @@ impl RestoreOptions {
             direct_io: true,
             index_memory: DEFAULT_INDEX_MEMORY,
             databases: DbSelection::default(),
+            hold: Some(DEFAULT_HOLD),
             archive_off: false,
             recovery_options: Vec::new(),
             wal_dir: None,
@@ -258,6 +265,9 @@ pub struct RestoreSummary {
     pub config_written: Vec<PathBuf>,
     /// What to review in the files written ([`crate::config_files::review`]).
     pub config_review: Vec<String>,
+    /// The hold keeping expire away from the backup and its WAL ([`crate::hold`]), if one
+    /// was taken.
+    pub hold: Option<crate::storage::ObjectKey>,
 }
 
 /// Checks that everything the backup references is present; returns the index of its
@@ -437,14 +447,95 @@ pub async fn restore(
                 .into(),
         ));
     }
-    let (chosen, plan) = recovery::plan(
-        repo,
-        &opts.cluster,
-        opts.backup.as_deref(),
-        &opts.target_spec,
-        opts.target_timeline,
-    )
-    .await?;
+    let (chosen, plan, hold) = plan_and_hold(repo, opts).await?;
+    let result = restore_planned(repo, opts, progress, started, chosen, plan).await;
+    match (&result, hold) {
+        (Ok(_), Some((id, key))) => {
+            // The recovery starts now: the hold lasts from here.
+            let d = opts.hold.unwrap_or_default();
+            if let Err(e) = crate::hold::extend(repo, &opts.cluster, &id, &key, d).await {
+                tracing::warn!("could not extend the hold {key} on backup {id}: {e}");
+            }
+            result.map(|s| RestoreSummary {
+                hold: Some(key),
+                ..s
+            })
+        }
+        (Err(_), Some((_, key))) => {
+            let _ = crate::hold::release(repo, &key).await;
+            result
+        }
+        (_, None) => result,
+    }
+}
+
+/// Chooses the backup and, unless told not to or dry, holds it against `expire`
+/// ([`crate::hold`]), then plans again: whatever an expire removed before the hold is then
+/// missing, before anything is written. Returns the hold (backup id, object) with the plan.
+#[allow(clippy::type_complexity)]
+async fn plan_and_hold(
+    repo: &Repository,
+    opts: &RestoreOptions,
+) -> Result<(Manifest, Plan, Option<(String, crate::storage::ObjectKey)>)> {
+    let plan_once = || {
+        recovery::plan(
+            repo,
+            &opts.cluster,
+            opts.backup.as_deref(),
+            &opts.target_spec,
+            opts.target_timeline,
+        )
+    };
+    let (mut chosen, mut plan) = plan_once().await?;
+    let Some(d) = opts.hold.filter(|_| !opts.dry_run && !repo.is_dry_run()) else {
+        return Ok((chosen, plan, None));
+    };
+    let mut held: Option<(String, crate::storage::ObjectKey)> = None;
+    // A backup committed between two plans may be chosen instead: held in turn.
+    for _ in 0..3 {
+        if let Some((_, key)) = held.take() {
+            let _ = crate::hold::release(repo, &key).await;
+        }
+        match crate::hold::take(repo, &opts.cluster, &chosen.id, d, crate::hold::EXPIRE_WAIT).await
+        {
+            Ok(key) => held = Some((chosen.id.clone(), key)),
+            Err(e) => {
+                tracing::warn!(
+                    "could not hold backup {} against expire ({e}): an expire running during \
+                     the recovery may remove WAL it needs",
+                    chosen.id
+                );
+                return Ok((chosen, plan, None));
+            }
+        }
+        let again = plan_once().await;
+        let (c, p) = match again {
+            Ok(cp) => cp,
+            Err(e) => {
+                if let Some((_, key)) = held.take() {
+                    let _ = crate::hold::release(repo, &key).await;
+                }
+                return Err(e);
+            }
+        };
+        let same = c.id == chosen.id;
+        (chosen, plan) = (c, p);
+        if same {
+            return Ok((chosen, plan, held));
+        }
+    }
+    Ok((chosen, plan, held))
+}
+
+/// [`restore`] of the backup `chosen`, as `plan` says.
+async fn restore_planned(
+    repo: &Repository,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+    started: Instant,
+    chosen: Manifest,
+    plan: Plan,
+) -> Result<RestoreSummary> {
     // The file list goes to local disk as the manifest is parsed: memory holds the index of
     // the backup's blocks (up to `index_memory`, then a table on disk) and each file's path,
     // not the block lists.
@@ -505,6 +596,7 @@ pub async fn restore(
             config_files,
             config_written: Vec::new(),
             config_review: Vec::new(),
+            hold: None,
         });
     }
     if !opts.delta {
@@ -763,6 +855,7 @@ pub async fn restore(
         config_files,
         config_written,
         config_review,
+        hold: None,
     })
 }
 

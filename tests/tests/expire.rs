@@ -817,3 +817,84 @@ fn gc_merges_small_index_segments_and_backups_still_restore() {
         history
     );
 }
+
+/// A point-in-time restore of the older of two backups, to a moment before the newer one,
+/// then an expire (the nightly backup's `retention.auto`) before PostgreSQL replays: the
+/// restore's hold keeps the backup and the WAL its recovery asks for, and the recovery reaches
+/// its target. Without the hold (`--hold 0`) that expire would remove both.
+#[test]
+fn an_expire_during_a_recovery_keeps_the_backup_and_wal_it_replays() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table marks(n int, at timestamptz default clock_timestamp())",
+    )
+    .unwrap();
+    let older = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=3 {
+        pg.psql("postgres", &format!("insert into marks(n) values ({n})"))
+            .unwrap();
+        switch_wal(&pg);
+    }
+    backup_json(&env, &["--type", "full"]);
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
+    let target = pg
+        .psql(
+            "postgres",
+            "select to_char((at + interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' from marks where n = 2",
+        )
+        .unwrap();
+    let pitr = [
+        "--backup",
+        older.as_str(),
+        "--target-time",
+        target.as_str(),
+        "--target-action",
+        "promote",
+    ];
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 1\n");
+    env.replace_config(&cfg);
+    let would_expire = |env: &TestEnv| -> bool {
+        let out = env.pgcairn(&["expire", "--dry-run", "--output", "json"]);
+        assert_success(&out, "expire --dry-run");
+        let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["id"] == older.as_str() && !b["keep"].as_bool().unwrap())
+    };
+    // Unheld, the older backup is what the policy removes.
+    env.restore("unheld", &[&pitr[..], &["--hold", "0"]].concat());
+    assert!(would_expire(&env), "the premise: full = 1 expires it");
+
+    let out = env.restore("held", &pitr);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("held against expire"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!would_expire(&env), "held, it stays");
+    assert_success(&env.pgcairn(&["expire"]), "expire during the recovery");
+    let inst = env.restored_instance("held", false);
+    inst.start().unwrap();
+    let _stop_held = StopOnDrop(&inst);
+    wait_recovered(&inst, "held", Duration::from_secs(180));
+    assert_eq!(
+        inst.psql(
+            "postgres",
+            "select string_agg(n::text, ',' order by n) from marks"
+        )
+        .unwrap(),
+        "1,2"
+    );
+}

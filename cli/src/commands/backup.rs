@@ -328,6 +328,16 @@ fn restore_options(
         recovery_options: pgcairn_engine::recovery_options::parse(&args.recovery_option)?,
         wal_dir: args.wal_dir.clone(),
         config_dir: args.config_dir.clone(),
+        hold: match pgcairn_storage::parse_duration(&args.hold) {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => {
+                return Err(Failure::usage(format!(
+                    "--hold {:?}: give a duration such as 24h, 90m or 0",
+                    args.hold
+                )))
+            }
+        },
         ..RestoreOptions::new(&settings.cluster, target, restore_command(cli, settings)?)
     })
 }
@@ -395,6 +405,7 @@ pub async fn restore_cmd(
             "config_files": s.config_files.iter().map(|f| f.path.to_string_lossy()).collect::<Vec<_>>(),
             "config_written": s.config_written.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>(),
             "config_review": s.config_review,
+            "hold": s.hold.as_ref().map(|k| k.to_string()),
             "recovery_settings": recovery_settings(&opts).into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .chain(opts.recovery_options.iter().cloned())
@@ -417,6 +428,13 @@ pub async fn restore_cmd(
         p.timeline,
         p.restore_bytes as f64 / 1048576.0
     );
+    if let Some(k) = &s.hold {
+        println!(
+            "held against expire for {} ({k}): the backup and the WAL after it stay while the \
+             recovery may need them",
+            args.hold
+        );
+    }
     if s.index_on_disk {
         println!(
             "block index: {} blocks, more than --index-memory holds: kept in a table in {}",

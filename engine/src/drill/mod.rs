@@ -736,10 +736,31 @@ async fn newest_wal_age(repo: &Repository, cluster: &str) -> Option<f64> {
 }
 
 /// Runs a drill; the report is stored in the repository and written to `report_dir`.
+///
+/// The restore holds its backup against `expire` ([`crate::hold`]) until the drill is done:
+/// a drill of the oldest backup, running beside the nightly backup's expire, would otherwise
+/// see its WAL removed mid-recovery and report a sound backup as failed. A drill killed
+/// before it removes its hold leaves it for `recovery_timeout` plus an hour.
 pub async fn run_drill(
     repo: &Repository,
     opts: &DrillOptions,
     progress: &dyn Progress,
+) -> Result<(DrillReport, DrillFiles)> {
+    let mut hold = None;
+    let result = drill_held(repo, opts, progress, &mut hold).await;
+    if let Some(key) = hold {
+        if let Err(e) = crate::hold::release(repo, &key).await {
+            tracing::warn!("could not remove the drill's hold {key}: {e}");
+        }
+    }
+    result
+}
+
+async fn drill_held(
+    repo: &Repository,
+    opts: &DrillOptions,
+    progress: &dyn Progress,
+    hold: &mut Option<crate::storage::ObjectKey>,
 ) -> Result<(DrillReport, DrillFiles)> {
     open_report_dir(&opts.report_dir)?;
     let started_at = now();
@@ -809,8 +830,12 @@ pub async fn run_drill(
     let t = Instant::now();
     ropts.dry_run = false;
     ropts.target_action = Some("promote".into());
+    ropts.hold = Some(opts.recovery_timeout + Duration::from_secs(3600));
     let restored = match restore(repo, &ropts, progress).await {
-        Ok(r) => r,
+        Ok(r) => {
+            hold.clone_from(&r.hold);
+            r
+        }
         Err(e) => {
             let operational = e.is_operational();
             let e = Error::InvalidInput(format!("backup {}: {e}", planned.plan.backup_id));

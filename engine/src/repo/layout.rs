@@ -92,6 +92,18 @@ pub fn parse_backup_lease<'a>(cluster: &str, key: &'a str) -> Option<&'a str> {
         .strip_prefix('-')
 }
 
+/// A recovery hold on a backup of `cluster` ([`crate::hold`]); `nonce` tells holds apart.
+/// Not under `leases/`: earlier versions refuse to go on past a lease of a kind they do not
+/// know.
+pub fn recovery_hold(cluster: &str, nonce: &str) -> ObjectKey {
+    ObjectKey::new(format!("clusters/{cluster}/holds/{nonce}"))
+}
+
+/// Where the recovery holds of `cluster` are listed from.
+pub fn recovery_holds_prefix(cluster: &str) -> String {
+    format!("clusters/{cluster}/holds/")
+}
+
 /// An exclusive lease: `gc`, or `expire-<cluster>`.
 pub fn exclusive_lease(name: &str) -> ObjectKey {
     ObjectKey::new(format!("{LEASES_PREFIX}{name}"))
