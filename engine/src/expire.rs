@@ -428,7 +428,7 @@ async fn expire_locked(
     held()?;
     crate::walstream::sweep::remove(repo, &tails).await?;
     for k in &ended_holds {
-        repo.storage().delete(k).await?;
+        crate::hold::remove_if_ended(repo, k).await?;
     }
     record_in_status(repo, cluster, seg_size, &decisions, wal.len()).await;
     Ok(ExpireReport {

@@ -16,9 +16,10 @@
 //! on past a kind they do not know), naming the backup, the host and process that took it, and
 //! the time it ends. `expire` keeps every held backup and the WAL from its start onward
 //! (whatever `pitr_window` says), and names the hold in its report. A hold ends by time, not
-//! by heartbeat, since it must outlive the restore that took it: `restore` holds for
-//! `--hold` (24 hours by default) after it finishes, a drill until it is done (it removes its
-//! hold then). Ended holds are ignored, and removed by the next `expire`.
+//! by heartbeat, since it must outlive the restore that took it: `restore` extends it every
+//! [`EXTEND_EVERY`] while it runs and holds for `--hold` (24 hours by default) after it
+//! finishes; a drill holds until it is done (it removes its hold then). Ended holds are
+//! ignored, and removed by the next `expire` (read again first: one extended meanwhile stays).
 //!
 //! The race: a restore that chose its backup while an expire was deciding could lose it all
 //! the same. So a hold is taken under the cluster's expire lease (as `pin` is: a running
@@ -41,6 +42,12 @@ use crate::store::Timestamp;
 /// How long a restore waits for a running expire before giving up on its hold (an expire
 /// takes seconds; one deleting a long archive from object storage, minutes).
 pub const EXPIRE_WAIT: Duration = Duration::from_secs(300);
+
+/// How often a restore extends its hold while it runs (at most: half the hold if shorter).
+pub const EXTEND_EVERY: Duration = Duration::from_secs(600);
+
+/// Longest hold (`restore --hold`): ten years, far from overflowing a timestamp.
+pub const MAX_HOLD: Duration = Duration::from_secs(3650 * 86_400);
 
 /// A live hold of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +94,7 @@ pub async fn take(
 ) -> Result<ObjectKey> {
     let nonce = format!("{}-{:016x}", backup_id, rand::random::<u64>());
     let key = layout::recovery_hold(cluster, &nonce);
-    let until = Timestamp::now().unix_seconds() + hold.as_secs() as i64;
+    let until = Timestamp::now().unix_seconds() + hold.min(MAX_HOLD).as_secs() as i64;
     let raw = sealed::seal(repo, DocKind::Lease, &key, &body(cluster, backup_id, until));
     let name = format!("expire-{cluster}");
     let k = key.clone();
@@ -107,7 +114,7 @@ pub async fn extend(
     key: &ObjectKey,
     hold: Duration,
 ) -> Result<()> {
-    let until = Timestamp::now().unix_seconds() + hold.as_secs() as i64;
+    let until = Timestamp::now().unix_seconds() + hold.min(MAX_HOLD).as_secs() as i64;
     let raw = sealed::seal(repo, DocKind::Lease, key, &body(cluster, backup_id, until));
     let (_, version) = repo.storage().get_versioned(key).await?;
     repo.storage().put_swap(key, raw, Some(&version)).await?;
@@ -117,6 +124,21 @@ pub async fn extend(
 /// Ends the hold at `key`.
 pub async fn release(repo: &Repository, key: &ObjectKey) -> Result<()> {
     Ok(repo.storage().delete(key).await?)
+}
+
+/// Removes the hold at `key` if it has still ended (`expire`, which listed it as ended: a
+/// restore may have extended it since).
+pub async fn remove_if_ended(repo: &Repository, key: &ObjectKey) -> Result<()> {
+    let raw = match repo.storage().get(key).await {
+        Ok(raw) => raw,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let b: LeaseBody = sealed::open(repo, DocKind::Lease, key, &raw)?;
+    if b.until.unwrap_or(0) > Timestamp::now().unix_seconds() {
+        return Ok(());
+    }
+    release(repo, key).await
 }
 
 /// The holds of `cluster`: live ones, and the keys of ended ones (for `expire` to remove).
@@ -131,7 +153,15 @@ pub async fn list(repo: &Repository, cluster: &str) -> Result<(Vec<Hold>, Vec<Ob
             Err(e) => return Err(e.into()),
         };
         // Unreadable: fails closed, as leases do (it may hold a running recovery's WAL).
-        let b: LeaseBody = sealed::open(repo, DocKind::Lease, &o.key, &raw)?;
+        let b: LeaseBody = sealed::open(repo, DocKind::Lease, &o.key, &raw).map_err(|e| {
+            crate::error::Error::corrupt(
+                o.key.to_string(),
+                format!(
+                    "{e}. It is a recovery hold: expire stops while it cannot read \
+                     it. Once no restore or drill of cluster {cluster:?} is running, delete it"
+                ),
+            )
+        })?;
         if b.kind != "hold" || b.cluster != cluster {
             continue;
         }
@@ -180,7 +210,16 @@ mod tests {
         let (live, ended) = list(&repo, "main").await.unwrap();
         assert!(live.is_empty(), "{live:?}");
         assert_eq!(ended, vec![k.clone()]);
-        release(&repo, &k).await.unwrap();
+        // Extended again after being listed as ended: not removed.
+        extend(&repo, "main", "20261101-000000F", &k, day)
+            .await
+            .unwrap();
+        remove_if_ended(&repo, &k).await.unwrap();
+        assert_eq!(list(&repo, "main").await.unwrap().0.len(), 1);
+        extend(&repo, "main", "20261101-000000F", &k, Duration::ZERO)
+            .await
+            .unwrap();
+        remove_if_ended(&repo, &k).await.unwrap();
         assert_eq!(list(&repo, "main").await.unwrap(), (vec![], vec![]));
     }
 

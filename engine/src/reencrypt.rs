@@ -210,6 +210,10 @@ fn binding_of(key: &ObjectKey) -> Option<Binding> {
             })
         }
         "pins" if key == &layout::pin(cluster, name) => Some(catalog(DocKind::Pin, false)),
+        // Extended by compare-and-swap while a restore runs ([`crate::hold`]).
+        "holds" if key == &layout::recovery_hold(cluster, name) => {
+            Some(catalog(DocKind::Lease, true))
+        }
         "restore-points" => Some(catalog(DocKind::RestorePoint, false)),
         "drills" if key == &layout::drill_report(cluster, name) => Some(Binding {
             kind: ObjectKind::Document,

@@ -448,24 +448,46 @@ pub async fn restore(
         ));
     }
     let (chosen, plan, hold) = plan_and_hold(repo, opts).await?;
-    let result = restore_planned(repo, opts, progress, started, chosen, plan).await;
-    match (&result, hold) {
-        (Ok(_), Some((id, key))) => {
-            // The recovery starts now: the hold lasts from here.
-            let d = opts.hold.unwrap_or_default();
+    let work = restore_planned(repo, opts, progress, started, chosen, plan);
+    let Some((id, key)) = hold else {
+        return work.await;
+    };
+    // Kept alive while the restore runs (a restore can outlast the hold: hours of data, a
+    // short `--hold`), then extended from its end, when the recovery starts.
+    let d = opts.hold.unwrap_or_default();
+    let keep = async {
+        loop {
+            tokio::time::sleep(
+                (d / 2).clamp(std::time::Duration::from_secs(1), crate::hold::EXTEND_EVERY),
+            )
+            .await;
             if let Err(e) = crate::hold::extend(repo, &opts.cluster, &id, &key, d).await {
                 tracing::warn!("could not extend the hold {key} on backup {id}: {e}");
             }
-            result.map(|s| RestoreSummary {
+        }
+    };
+    let result = tokio::select! {
+        r = work => r,
+        _ = keep => unreachable!("the hold is kept until the restore ends"),
+    };
+    match result {
+        Ok(s) => match crate::hold::extend(repo, &opts.cluster, &id, &key, d).await {
+            Ok(()) => Ok(RestoreSummary {
                 hold: Some(key),
                 ..s
-            })
-        }
-        (Err(_), Some((_, key))) => {
+            }),
+            Err(e) => {
+                tracing::warn!(
+                    "could not extend the hold {key} on backup {id} ({e}): an expire running \
+                     during the recovery may remove WAL it needs"
+                );
+                Ok(s)
+            }
+        },
+        Err(e) => {
             let _ = crate::hold::release(repo, &key).await;
-            result
+            Err(e)
         }
-        (_, None) => result,
     }
 }
 
@@ -496,20 +518,18 @@ async fn plan_and_hold(
         if let Some((_, key)) = held.take() {
             let _ = crate::hold::release(repo, &key).await;
         }
-        match crate::hold::take(repo, &opts.cluster, &chosen.id, d, crate::hold::EXPIRE_WAIT).await
-        {
+        let took =
+            crate::hold::take(repo, &opts.cluster, &chosen.id, d, crate::hold::EXPIRE_WAIT).await;
+        match took {
             Ok(key) => held = Some((chosen.id.clone(), key)),
-            Err(e) => {
-                tracing::warn!(
-                    "could not hold backup {} against expire ({e}): an expire running during \
-                     the recovery may remove WAL it needs",
-                    chosen.id
-                );
-                return Ok((chosen, plan, None));
-            }
+            Err(e) => tracing::warn!(
+                "could not hold backup {} against expire ({e}): an expire running during the \
+                 recovery may remove WAL it needs",
+                chosen.id
+            ),
         }
-        let again = plan_once().await;
-        let (c, p) = match again {
+        // Planned again in any case: an expire may have run while the hold waited.
+        let (c, p) = match plan_once().await {
             Ok(cp) => cp,
             Err(e) => {
                 if let Some((_, key)) = held.take() {
@@ -520,11 +540,20 @@ async fn plan_and_hold(
         };
         let same = c.id == chosen.id;
         (chosen, plan) = (c, p);
-        if same {
+        if same || held.is_none() {
             return Ok((chosen, plan, held));
         }
     }
-    Ok((chosen, plan, held))
+    // Another backup each time: go on with the last plan, unheld.
+    if let Some((_, key)) = held.take() {
+        let _ = crate::hold::release(repo, &key).await;
+    }
+    tracing::warn!(
+        "backup {} was not held against expire (newer backups kept arriving while the restore \
+         planned)",
+        chosen.id
+    );
+    Ok((chosen, plan, None))
 }
 
 /// [`restore`] of the backup `chosen`, as `plan` says.
@@ -567,6 +596,13 @@ async fn restore_planned(
     let config_files = m.config_files.clone();
     for t in &m.tablespaces {
         tablespace_location_is_plain(t.oid, &t.location)?;
+    }
+    if files.get(PG_CONTROL)?.is_none() {
+        return Err(Error::corrupt(
+            format!("backup {}", m.id),
+            "it holds no global/pg_control, so no restore of it can start: restore another \
+             backup",
+        ));
     }
     // The owner of the data directory: that of PG_VERSION, which every cluster has.
     let owner = if opts.restore_owner {

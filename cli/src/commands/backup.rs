@@ -329,7 +329,7 @@ fn restore_options(
         wal_dir: args.wal_dir.clone(),
         config_dir: args.config_dir.clone(),
         hold: match pgcairn_storage::parse_duration(&args.hold) {
-            Some(d) if d.is_zero() => None,
+            Some(d) if d.as_secs() == 0 => None,
             Some(d) => Some(d),
             None => {
                 return Err(Failure::usage(format!(

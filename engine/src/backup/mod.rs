@@ -770,8 +770,19 @@ async fn backup_with_lease(
     tablespaces.sort_by_key(|t| t.oid);
     // pg_control, then any WAL copies: read one at a time after the parallel walk.
     let alone = AloneReader { ctx: read_ctx };
-    if let Some(e) = held_control {
-        alone.read(e, &mut files, &mut stats, progress).await?;
+    // No backup without it: a restore of one would not start (a walk that took nothing, the
+    // owner's checks refusing the whole data directory, must fail here, not in a restore).
+    let control_stored = match held_control {
+        Some(e) => alone.read(e, &mut files, &mut stats, progress).await?,
+        None => false,
+    };
+    if !control_stored {
+        packer_task.abort();
+        return Err(Error::InvalidInput(format!(
+            "{}: global/pg_control was not found or not read (see the warnings above); a \
+             backup without it cannot be restored. Is this the data directory of a cluster?",
+            opts.pgdata.display()
+        )));
     }
 
     let stop = session
@@ -953,7 +964,7 @@ impl AloneReader {
         files: &mut FileSpool,
         stats: &mut BackupStats,
         progress: &dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let ctx = self.ctx.clone();
         // A blocking thread, not the shared CPU pool: the reader may wait for the packer
         // (see the readers' pool in the parallel walk).
@@ -961,10 +972,11 @@ impl AloneReader {
             .await
             .map_err(|e| Error::InvalidInput(format!("reading a file failed: {e}")))??;
         tally(&read, stats, progress);
+        let stored = read.entry.is_some();
         if let Some(f) = read.entry {
             files.push(&f, stats)?;
         }
-        Ok(())
+        Ok(stored)
     }
 }
 

@@ -17,13 +17,16 @@
 //! Directories on the way count too: a world-readable file inside a directory the owner cannot
 //! enter (`/root/bin/dump.sh`, 0644 in a 0700 `/root`) is out of its reach, and a link to it
 //! would hand it over. So a file is not opened by its path but reached as the owner's own
-//! lookup would reach it ([`OwnerReads::open_file`]): one component at a time from `/`
-//! (`O_PATH`, never following a link by itself), each link's target walked the same way, and
-//! every directory on the way, including those a link leads through, must be one the owner
-//! may search. The file is then opened relative to the last directory without following a
+//! lookup would reach it ([`OwnerReads::open_file`]): one component at a time (`O_PATH`,
+//! never following a link by itself), each link's target walked the same way, and every
+//! directory on the way, including those a link leads through, must be one the owner may
+//! search. Paths inside the data directory are walked from the data directory itself, which
+//! PostgreSQL reaches (possibly by another path: root backing up a container's volume
+//! reaches it through `/var/lib/docker`, 0710 root, which the owner's uid may not search);
+//! a link's absolute target is walked from `/`. The file is then opened relative to the last directory without following a
 //! link, and must be the very file the walk found (device and inode), else the walk is done
 //! again. A directory the walk would descend into must also be one the owner may list
-//! ([`OwnerReads::may_list`]): a link to `/root` would otherwise put its names in the
+//! ([`OwnerReads::refusal`]): a link to `/root` would otherwise put its names in the
 //! manifest. (That check is by path, so a link swapped between it and the listing can still
 //! show names, never contents.) Only permission bits are consulted: access granted by an ACL
 //! alone is not seen, and such a file is left out with a warning.
@@ -51,6 +54,8 @@ pub struct OwnerReads {
 struct Owner {
     uid: u32,
     gids: Vec<u32>,
+    /// The data directory, as the backup names it: paths beneath it are walked from it.
+    pgdata: PathBuf,
 }
 
 impl OwnerReads {
@@ -66,6 +71,7 @@ impl OwnerReads {
             owner: Some(Owner {
                 uid: m.uid(),
                 gids: groups_of(m.uid(), m.gid(), &passwd, &group),
+                pgdata: pgdata.to_path_buf(),
             }),
         })
     }
@@ -210,12 +216,25 @@ impl Owner {
     #[allow(clippy::type_complexity)]
     fn reach(&self, path: &Path) -> io::Result<Result<(OwnedFd, PathBuf, rfs::Stat), String>> {
         let root = || rfs::open("/", WALK_FLAGS | OFlags::DIRECTORY, Mode::empty());
-        let mut at = if path.is_absolute() {
-            root()?
-        } else {
-            rfs::open(".", WALK_FLAGS | OFlags::DIRECTORY, Mode::empty())?
+        // Beneath the data directory: from the data directory (its own path followed as
+        // given, like the backup's `pgdata`).
+        let (mut at, mut walked, path) = match path.strip_prefix(&self.pgdata) {
+            Ok(rest) => (
+                rfs::open(
+                    &self.pgdata,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?,
+                self.pgdata.clone(),
+                rest,
+            ),
+            Err(_) if path.is_absolute() => (root()?, PathBuf::from("/"), path),
+            Err(_) => (
+                rfs::open(".", WALK_FLAGS | OFlags::DIRECTORY, Mode::empty())?,
+                PathBuf::from("."),
+                path,
+            ),
         };
-        let mut walked = PathBuf::from(if path.is_absolute() { "/" } else { "." });
         let mut todo: VecDeque<OsString> = VecDeque::new();
         let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
             for c in p.components().rev() {
@@ -326,6 +345,7 @@ mod tests {
             owner: Some(Owner {
                 uid: 105,
                 gids: vec![110, 111],
+                pgdata: PathBuf::from("/var/lib/postgresql/15/main"),
             }),
         };
         // Its own files, by its own bits.
@@ -397,6 +417,7 @@ mod tests {
             owner: Some(Owner {
                 uid: 4242,
                 gids: vec![4242],
+                pgdata: p.join("pgdata"),
             }),
         };
         (d, r)
@@ -480,5 +501,40 @@ mod tests {
         // Links to the file in `secret` (direct or chained) and the directories the owner
         // could not list are left out by the walk itself.
         assert_eq!(seen, ["PG_VERSION", "to_open_file", "to_unlisted_file"]);
+    }
+
+    /// The owner cannot search a directory above the data directory (root backing up a
+    /// container's volume under `/var/lib/docker`, 0710 root): the data directory's own files
+    /// are still taken, since they are walked from the data directory.
+    #[test]
+    fn a_directory_above_the_data_directory_the_owner_cannot_search_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let pgdata = d.path().join("guard/pgdata");
+        std::fs::create_dir_all(pgdata.join("global")).unwrap();
+        std::fs::set_permissions(
+            d.path().join("guard"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        std::fs::write(pgdata.join("global/pg_control"), b"control").unwrap();
+        let r = OwnerReads {
+            owner: Some(Owner {
+                uid: 4242,
+                gids: vec![4242],
+                pgdata: pgdata.clone(),
+            }),
+        };
+        assert_eq!(
+            opened(&r, &pgdata.join("global/pg_control")).unwrap(),
+            "control"
+        );
+        let mut seen = Vec::new();
+        crate::pg::datadir::walk_as(&pgdata, &r, |e| {
+            seen.push(e.path);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, ["global", "global/pg_control"]);
     }
 }

@@ -619,7 +619,8 @@ impl Receiver<'_> {
 
     fn note_server_end(&mut self, server_end: Lsn, flushed: Lsn) {
         self.status.server_wal_end = Some(server_end.to_string());
-        self.status.lag_bytes = Some(server_end.0.saturating_sub(flushed.0));
+        // Nothing durable yet (a first start): no lag to speak of, not the whole LSN.
+        self.status.lag_bytes = (flushed.0 != 0).then(|| server_end.0.saturating_sub(flushed.0));
     }
 
     /// The segment is complete and committed: hand it to the archiver, start the next.
