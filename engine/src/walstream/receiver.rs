@@ -396,7 +396,7 @@ impl Receiver<'_> {
             match (tail, archived_end) {
                 (Some((segno, _)), a) if tail_end > a => {
                     let list = &all[&(tli, segno)];
-                    let prefix = chunks::read_prefix(self.repo, self.cluster, list).await?;
+                    let prefix = self.read_tail(list).await?;
                     return Ok(Resume {
                         tli,
                         segno,
@@ -421,6 +421,42 @@ impl Receiver<'_> {
             prefix: Vec::new(),
             proven: false,
         })
+    }
+
+    /// The durable prefix of a segment's streamed chunks. A damaged last chunk is set aside
+    /// (deleted, with an error in the log) and the prefix ends before it: a chunk is
+    /// acknowledged only once its put returned, which on `file://` is after its fsync, so the
+    /// last chunk can be torn only by a crash or power loss during its write, before it was
+    /// acknowledged; the server still has its WAL, and streaming resumes there. Any other
+    /// damaged chunk is an error: acknowledged WAL is missing.
+    async fn read_tail(&self, list: &[chunks::Chunk]) -> Result<Vec<u8>> {
+        let whole = chunks::read_prefix(self.repo, self.cluster, list).await;
+        let Err(Error::Corrupt { .. }) = &whole else {
+            return Ok(whole?);
+        };
+        let (run, _) = chunks::contiguous(list);
+        let Some(last) = run.last().copied().cloned() else {
+            return Ok(whole?);
+        };
+        let rest: Vec<chunks::Chunk> = list.iter().filter(|c| **c != last).cloned().collect();
+        let Ok(prefix) = chunks::read_prefix(self.repo, self.cluster, &rest).await else {
+            return Ok(whole?);
+        };
+        tracing::error!(
+            "the last streamed chunk {} does not open ({}): a crash or power loss during its \
+             write, before it was acknowledged; it is set aside and streaming resumes at byte {} \
+             of {}",
+            last.key,
+            whole.err().map(|e| e.to_string()).unwrap_or_default(),
+            prefix.len(),
+            last.segment
+        );
+        self.repo
+            .storage()
+            .delete(&last.key)
+            .await
+            .map_err(Error::from)?;
+        Ok(prefix)
     }
 
     /// Archives the history file of `tli` (a no-op when it is already).
@@ -832,13 +868,8 @@ mod tests {
         .unwrap();
     }
 
-    async fn resume(
-        repo: &Repository,
-        server_tli: u32,
-        server_segno: u64,
-        history: &[(u32, u64)],
-    ) -> (u32, u64, usize, bool) {
-        let opts = ReceiverOptions {
+    fn options() -> ReceiverOptions {
+        ReceiverOptions {
             conninfo: crate::pg::conninfo::parse("host=/nowhere").unwrap(),
             application_name: "pgcairn".into(),
             slot: None,
@@ -846,15 +877,28 @@ mod tests {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             status_interval: Duration::from_secs(10),
             status_file: None,
-        };
-        let mut r = Receiver {
+        }
+    }
+
+    fn receiver<'a>(repo: &'a Repository, opts: &'a ReceiverOptions) -> Receiver<'a> {
+        Receiver {
             repo,
             cluster: "main",
-            opts: &opts,
+            opts,
             status: ReceiverStatus::default(),
             status_written: None,
             status_dirty: false,
-        };
+        }
+    }
+
+    async fn resume(
+        repo: &Repository,
+        server_tli: u32,
+        server_segno: u64,
+        history: &[(u32, u64)],
+    ) -> (u32, u64, usize, bool) {
+        let opts = options();
+        let mut r = receiver(repo, &opts);
         let history: Vec<crate::recovery::HistoryEntry> = history
             .iter()
             .map(|&(parent, switch)| crate::recovery::HistoryEntry {
@@ -927,5 +971,51 @@ mod tests {
         };
         assert_eq!(cur.flushed(), Lsn(0));
         assert_eq!(cur.received(), Lsn(7 * SEG));
+    }
+
+    /// A power loss while the last chunk was written leaves it torn (linked, never synced,
+    /// never acknowledged): the restart sets it aside and resumes before it, where it used to
+    /// stop for good. A damaged chunk before the last is still an error.
+    #[tokio::test]
+    async fn a_torn_last_chunk_is_set_aside_and_streaming_resumes_before_it() {
+        let (mem, repo) = crate::test_support::memory_repo().await;
+        let seg = chunks::segment_name(1, 5, SEG);
+        for (start, len) in [(0u64, 1000usize), (1000, 500), (1500, 700)] {
+            chunks::commit_chunk(&repo, "main", &seg, start, vec![start as u8; len])
+                .await
+                .unwrap();
+        }
+        let listed = chunks::list_all(&repo, "main", SEG).await.unwrap();
+        let keys: Vec<crate::storage::ObjectKey> =
+            listed[&(1, 5)].iter().map(|c| c.key.clone()).collect();
+        let tear = |k: &crate::storage::ObjectKey| {
+            let mem = mem.clone();
+            let k = k.clone();
+            async move {
+                crate::storage::Storage::delete(&*mem, &k).await.unwrap();
+                crate::storage::Storage::put_create(&*mem, &k, bytes::Bytes::from_static(b""))
+                    .await
+                    .unwrap();
+            }
+        };
+        tear(&keys[2]).await;
+        assert_eq!(resume(&repo, 1, 5, &[]).await, (1, 5, 1500, true));
+        assert!(
+            crate::storage::Storage::head(&*mem, &keys[2])
+                .await
+                .is_err(),
+            "set aside"
+        );
+        // A torn chunk in the middle: acknowledged WAL is gone, and that is an error.
+        tear(&keys[0]).await;
+        let opts = options();
+        let err = receiver(&repo, &opts)
+            .resume_point(1, Lsn(5 * SEG), SEG, &[])
+            .await
+            .err();
+        assert!(matches!(
+            err,
+            Some(ReceiveError::Repository(Error::Corrupt { .. }))
+        ));
     }
 }
