@@ -9,8 +9,10 @@
 //! lists of unchanged files without reading them. So that manifest is removed again before
 //! the backup fails, also when the write itself reported an error (a timeout on a struggling
 //! store may come after the object landed). It was not recorded in the catalog head yet, so
-//! the audit does not report it missing; only where the repository refuses the delete
-//! (append-only access, Object Lock) does it stay, and the error says to verify it.
+//! the audit does not report it missing. The append-only wrapper every backup runs behind
+//! lets it take back a manifest it created itself ([`crate::store::append_only`]); only where
+//! the storage refuses the delete (a bucket policy for append-only writers, Object Lock) does
+//! it stay, and the error says to verify it.
 //!
 //! This narrows the window, it does not close it: backups and restores find manifests by
 //! listing, so one that lists the manifest between its write and its removal may still take
@@ -143,5 +145,26 @@ mod tests {
         let id = "20261124-000100F";
         commit(&repo, id).await.unwrap();
         assert_eq!(written(&repo).await, vec![id.to_string()]);
+    }
+
+    /// The same through the append-only wrapper every `backup` runs behind: it refused the
+    /// delete, so the manifest stayed, and later backups took it as their reference.
+    #[tokio::test(start_paused = true)]
+    async fn an_append_only_backup_takes_back_the_manifest_it_wrote_when_its_lease_lapsed() {
+        let (mem, _) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem,
+            fail_swaps: 1000.into(),
+            slow_creates: Some(("/manifest".into(), Duration::from_secs(80))),
+            ..Default::default()
+        });
+        let repo = crate::test_support::open_with(Arc::new(
+            crate::store::append_only::AppendOnly::new(faults, "backup"),
+        ))
+        .await;
+        let id = "20261124-000000F";
+        let err = commit(&repo, id).await.unwrap_err().to_string();
+        assert!(err.contains("was removed again"), "{err}");
+        assert!(written(&repo).await.is_empty(), "the manifest stayed");
     }
 }

@@ -16,6 +16,13 @@
 //!   replaced, because the replacement holds the same content. Object stores write objects
 //!   whole, so there this never happens, and a bucket policy that refuses it costs nothing.
 //!
+//! - deletes of a manifest this very wrapper created (in this process, and not there before):
+//!   a backup whose lease lapsed while its manifest was written takes that manifest back
+//!   ([`crate::backup::commit`]); left there, later backups took it as their reference and
+//!   `expire` as the newest backup. Nothing written before, by this process or another, can
+//!   go this way. (A bucket policy for append-only writers refuses these deletes too; the
+//!   backup then says to verify that backup.)
+//!
 //! The same rules, as an S3 bucket policy for an append-only writer role, are in the README
 //! ("Least-privilege credentials"): `s3:PutObject` only with `If-None-Match: *` except on
 //! heads and leases, `s3:DeleteObject` only under `leases/`. The wrapper is what makes the
@@ -36,12 +43,18 @@ use crate::storage::{CreateOutcome, ObjectInfo, ObjectKey, ObjectVersion, Storag
 pub struct AppendOnly {
     inner: Arc<dyn Storage>,
     command: &'static str,
+    /// What this wrapper created: it may take those back.
+    created: std::sync::Mutex<std::collections::HashSet<ObjectKey>>,
 }
 
 impl AppendOnly {
     /// Wraps `inner` for `command` (named in refusals).
     pub fn new(inner: Arc<dyn Storage>, command: &'static str) -> Self {
-        AppendOnly { inner, command }
+        AppendOnly {
+            inner,
+            command,
+            created: Default::default(),
+        }
     }
 
     fn refuse(&self, op: &'static str, key: &ObjectKey) -> StorageError {
@@ -55,6 +68,17 @@ impl AppendOnly {
             ),
         }
     }
+}
+
+/// A backup's manifest (`clusters/<c>/backups/<id>/manifest`).
+fn is_manifest(key: &ObjectKey) -> bool {
+    key.as_str()
+        .strip_prefix("clusters/")
+        .and_then(|rest| rest.split_once("/backups/"))
+        .is_some_and(|(_, id)| {
+            id.strip_suffix("/manifest")
+                .is_some_and(|i| !i.contains('/'))
+        })
 }
 
 #[async_trait]
@@ -84,7 +108,25 @@ impl Storage for AppendOnly {
         key: &ObjectKey,
         data: Bytes,
     ) -> Result<CreateOutcome, StorageError> {
-        self.inner.put_create(key, data).await
+        if !is_manifest(key) {
+            return self.inner.put_create(key, data).await;
+        }
+        // `Created` also answers a put of the bytes already there (a retry whose first try
+        // landed): only a manifest that was not there before is this wrapper's to take back,
+        // or a process could re-put any manifest it can read and then delete it.
+        let was_there = match self.inner.head(key).await {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e),
+        };
+        let outcome = self.inner.put_create(key, data).await?;
+        if outcome == CreateOutcome::Created && !was_there {
+            self.created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone());
+        }
+        Ok(outcome)
     }
 
     async fn put_swap(
@@ -112,7 +154,12 @@ impl Storage for AppendOnly {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        if layout::is_lease(key) {
+        let ours = self
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key);
+        if layout::is_lease(key) || ours {
             return self.inner.delete(key).await;
         }
         Err(self.refuse("delete", key))
@@ -193,5 +240,31 @@ mod tests {
             .await
             .unwrap();
         assert!(s.delete(&data).await.is_err());
+    }
+
+    /// What this wrapper created it may take back; what was there before, or another
+    /// wrapper (process) wrote, it may not.
+    #[tokio::test]
+    async fn only_what_it_created_itself_may_be_taken_back() {
+        let mem: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let before = ObjectKey::new("clusters/main/backups/20261101-000000F/manifest");
+        mem.put_create(&before, Bytes::from_static(b"old"))
+            .await
+            .unwrap();
+        let s = AppendOnly::new(mem.clone(), "backup");
+        // Already there (the same bytes put again answer `Created`): not its to delete.
+        s.put_create(&before, Bytes::from_static(b"old"))
+            .await
+            .unwrap();
+        assert!(s.delete(&before).await.is_err());
+        let mine = ObjectKey::new("clusters/main/backups/20261102-000000F/manifest");
+        s.put_create(&mine, Bytes::from_static(b"new"))
+            .await
+            .unwrap();
+        let other = AppendOnly::new(mem.clone(), "backup");
+        assert!(other.delete(&mine).await.is_err(), "another process's");
+        s.delete(&mine).await.unwrap();
+        assert!(mem.head(&mine).await.is_err());
+        assert!(mem.head(&before).await.is_ok());
     }
 }
