@@ -500,8 +500,20 @@ impl Receiver<'_> {
             }
         }
         let history = if ident.timeline > 1 {
-            let (_, text) = conn.timeline_history(ident.timeline).await?;
-            crate::recovery::parse_history(&String::from_utf8_lossy(&text))
+            match conn.timeline_history(ident.timeline).await {
+                Ok((_, text)) => crate::recovery::parse_history(&String::from_utf8_lossy(&text)),
+                // Its history file removed by hand: the server's own timeline is all there is
+                // to resume on (WAL of an older one is then refused below).
+                Err(ProtocolError::Server { code, message }) => {
+                    warn!(
+                        "the server has no history of its timeline {} ({code}: {message}); \
+                         resuming from its own timeline's WAL only",
+                        ident.timeline
+                    );
+                    Vec::new()
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             Vec::new()
         };
