@@ -29,7 +29,10 @@
 //! ([`OwnerReads::refusal`]): a link to `/root` would otherwise put its names in the
 //! manifest. (That check is by path, so a link swapped between it and the listing can still
 //! show names, never contents.) Only permission bits are consulted: access granted by an ACL
-//! alone is not seen, and such a file is left out with a warning.
+//! alone is not seen, and such a file is left out with a warning; one an ACL denies the owner
+//! is taken. Files of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
+//! bits do not say who may read them (`/proc/kallsyms` is world-readable and shows addresses
+//! to root only).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -121,6 +124,13 @@ impl OwnerReads {
             if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
                 continue;
             }
+            if is_kernel_fs(&fd)? {
+                return Ok(Reached::Refused(
+                    "a file of a kernel filesystem (proc, sysfs, ...), whose permission bits \
+                     do not say who may read it"
+                        .into(),
+                ));
+            }
             if !o.may(st.st_uid, st.st_gid, st.st_mode, READ) {
                 return Ok(Reached::Refused(format!(
                     "a file of uid {}, mode {:o}, that the data directory's owner (uid {}) could \
@@ -167,6 +177,28 @@ impl OwnerReads {
     pub fn checks(&self) -> bool {
         self.owner.is_some()
     }
+}
+
+/// Kernel filesystems whose files' permission bits do not say who may read them: a
+/// world-readable `/proc/kallsyms` shows real addresses to root only, `/proc/<pid>/maps` of
+/// a root process is checked against the reader's privileges. Magic numbers from
+/// `statfs(2)`: proc, sysfs, debugfs, securityfs, tracefs, bpf, configfs, efivarfs.
+const KERNEL_FS: &[i64] = &[
+    0x9fa0,
+    0x6265_6572,
+    0x6462_6720,
+    0x7363_6673,
+    0x7472_6163,
+    0xcafe_4a11,
+    0x6265_6570,
+    0xde5e_81e4,
+];
+
+fn is_kernel_fs(fd: &OwnedFd) -> io::Result<bool> {
+    let fs = rfs::fstatfs(fd)?;
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.f_type as i64;
+    Ok(KERNEL_FS.contains(&kind))
 }
 
 /// What [`OwnerReads::open_file`] found.
@@ -536,5 +568,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, ["global", "global/pg_control"]);
+    }
+
+    /// A link to `/proc/kallsyms` (world-readable, real addresses for root only) is left out.
+    #[test]
+    fn a_kernel_file_is_never_taken_for_the_owner() {
+        let (d, r) = tree();
+        let link = d.path().join("pgdata/kallsyms");
+        std::os::unix::fs::symlink("/proc/kallsyms", &link).unwrap();
+        let why = opened(&r, &link).unwrap_err();
+        assert!(why.contains("kernel filesystem"), "{why}");
+        // Run as the owner, the kernel decides (and this user may read it).
+        assert!(opened(&OwnerReads::unchecked(), &link).is_ok());
     }
 }
