@@ -944,14 +944,7 @@ mod tests {
         assert!(reader.read(&planted).unwrap().outside);
         // A FIFO does not stall it.
         let fifo = t.path().join("fifo.conf");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        crate::test_support::make_fifo(&fifo);
         assert!(reader
             .read(&fifo)
             .err()

@@ -36,7 +36,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -92,13 +92,24 @@ pub fn create_root_checked(path: &Path, me: u32, mode: u32) -> io::Result<(Owned
     walk_root(path, me, Some(mode))
 }
 
-/// Links followed while resolving one root before giving up (the kernel's own limit).
-const MAX_LINKS: usize = 40;
+/// Links followed while resolving one path before giving up (the kernel's own limit).
+pub(crate) const MAX_LINKS: usize = 40;
+
+/// Puts `p`'s components in front of what is left to walk (`..` kept, `/` and `.` dropped):
+/// a walk one component at a time, where a link's target goes before the rest of the path.
+pub(crate) fn push_components(todo: &mut std::collections::VecDeque<std::ffi::OsString>, p: &Path) {
+    for c in p.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push_front(n.to_os_string()),
+            Component::ParentDir => todo.push_front(std::ffi::OsString::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
 
 fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, bool)> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
-    use std::path::Component;
     // Components are opened `O_PATH`: walking through needs search permission only, as a
     // path lookup does; the last one is opened for reading at the end.
     let start =
@@ -107,16 +118,7 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
     // Where the walk is, for messages (links already followed).
     let mut walked = PathBuf::from(if path.is_absolute() { "/" } else { "." });
     let mut todo: VecDeque<OsString> = VecDeque::new();
-    let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
-        for c in p.components().rev() {
-            match c {
-                Component::Normal(n) => todo.push_front(n.to_os_string()),
-                Component::ParentDir => todo.push_front(OsString::from("..")),
-                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-            }
-        }
-    };
-    push_front(&mut todo, path);
+    push_components(&mut todo, path);
     let mut links = 0;
     let mut created = false;
     while let Some(name) = todo.pop_front() {
@@ -176,7 +178,7 @@ fn walk_root(path: &Path, me: u32, create: Option<u32>) -> io::Result<(OwnedFd, 
                     at = start(true)?;
                     walked = PathBuf::from("/");
                 }
-                push_front(&mut todo, &target);
+                push_components(&mut todo, &target);
             }
             Err(e) => return Err(e.into()),
         }

@@ -503,6 +503,19 @@ impl Storage for LeaseFaults {
     }
 }
 
+/// Makes a FIFO at `path` (something planted where a file should be: opening it for reading
+/// would block).
+pub fn make_fifo(path: &std::path::Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+}
+
 /// This process's peak RSS, printed for [`peak_rss_of_child`].
 pub fn report_peak_rss() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -41,7 +41,9 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use crate::fs_beneath::{push_components, MAX_LINKS};
 
 use rustix::fs::{self as rfs, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -222,9 +224,6 @@ const OPEN_FLAGS: OFlags = OFlags::RDONLY
 /// How the walk holds each component: the entry itself, not what a link points to.
 const WALK_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
-/// Links followed on one path before giving up (the kernel's own limit).
-const MAX_LINKS: usize = 40;
-
 /// Walks before a file that keeps being swapped is given up on.
 const ATTEMPTS: usize = 4;
 
@@ -268,16 +267,7 @@ impl Owner {
             ),
         };
         let mut todo: VecDeque<OsString> = VecDeque::new();
-        let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
-            for c in p.components().rev() {
-                match c {
-                    Component::Normal(n) => todo.push_front(n.to_os_string()),
-                    Component::ParentDir => todo.push_front(OsString::from("..")),
-                    Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-                }
-            }
-        };
-        push_front(&mut todo, path);
+        push_components(&mut todo, path);
         let mut links = 0;
         let mut last: Option<(PathBuf, rfs::Stat)> = None;
         while let Some(name) = todo.pop_front() {
@@ -308,7 +298,7 @@ impl Owner {
                         at = root()?;
                         walked = PathBuf::from("/");
                     }
-                    push_front(&mut todo, &target);
+                    push_components(&mut todo, &target);
                     last = None;
                 }
                 _ if todo.is_empty() => last = Some((name, st)),
@@ -506,14 +496,7 @@ mod tests {
     fn a_fifo_or_a_missing_file_is_not_opened() {
         let (d, r) = tree();
         let fifo = d.path().join("pgdata/fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            FileType::Fifo,
-            Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        crate::test_support::make_fifo(&fifo);
         for who in [&r, &OwnerReads::unchecked()] {
             assert_eq!(opened(who, &fifo).unwrap_err(), "not a regular file");
             let gone = who.open_file(&d.path().join("pgdata/gone")).unwrap_err();
