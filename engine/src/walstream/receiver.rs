@@ -429,10 +429,24 @@ impl Receiver<'_> {
     /// last chunk can be torn only by a crash or power loss during its write, before it was
     /// acknowledged; the server still has its WAL, and streaming resumes there. Any other
     /// damaged chunk is an error: acknowledged WAL is missing.
+    ///
+    /// The last chunk is also made durable before anything is acknowledged from it: a receiver
+    /// killed between a chunk's link into place and its fsync (`file://`) left one that the
+    /// restart read from the page cache and acknowledged, and an OS crash after that lost it.
+    /// Creating it again with the bytes read syncs it ([`crate::storage::CreateOutcome`]).
     async fn read_tail(&self, list: &[chunks::Chunk]) -> Result<Vec<u8>> {
         let whole = chunks::read_prefix(self.repo, self.cluster, list).await;
         let Err(Error::Corrupt { .. }) = &whole else {
-            return Ok(whole?);
+            let prefix = whole?;
+            if let Some(last) = chunks::contiguous(list).0.last() {
+                let storage = self.repo.storage();
+                let raw = storage.get(&last.key).await.map_err(Error::from)?;
+                storage
+                    .put_create(&last.key, raw)
+                    .await
+                    .map_err(Error::from)?;
+            }
+            return Ok(prefix);
         };
         let (run, _) = chunks::contiguous(list);
         let Some(last) = run.last().copied().cloned() else {
@@ -1029,5 +1043,33 @@ mod tests {
             err,
             Some(ReceiveError::Repository(Error::Corrupt { .. }))
         ));
+    }
+
+    /// On resume the last chunk is created again with the bytes stored (which syncs it on
+    /// `file://`) before the session acknowledges anything from it; earlier chunks are not.
+    #[tokio::test]
+    async fn the_last_chunk_is_made_durable_before_it_is_acknowledged_again() {
+        use std::sync::{Arc, Mutex};
+        let (mem, repo) = crate::archive::push::tests::memory_repo().await;
+        let seg = chunks::segment_name(1, 5, SEG);
+        for (start, len) in [(0u64, 1000usize), (1000, 500)] {
+            chunks::commit_chunk(&repo, "main", &seg, start, vec![start as u8; len])
+                .await
+                .unwrap();
+        }
+        let listed = chunks::list_all(&repo, "main", SEG).await.unwrap();
+        let last = listed[&(1, 5)][1].key.clone();
+        let stored = crate::storage::Storage::get(&*mem, &last).await.unwrap();
+        let created = Arc::new(Mutex::new(Vec::new()));
+        let seen = created.clone();
+        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| {
+            if let crate::test_support::Call::Create(k, bytes) = call {
+                seen.lock().unwrap().push((k.clone(), bytes.clone()));
+            }
+            Ok(())
+        });
+        let again = crate::test_support::open_with(Arc::new(hooked)).await;
+        assert_eq!(resume(&again, 1, 5, &[]).await, (1, 5, 1500, true));
+        assert_eq!(*created.lock().unwrap(), vec![(last, stored)]);
     }
 }
