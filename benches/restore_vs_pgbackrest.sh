@@ -339,7 +339,10 @@ recover() {
     local t_ro t_rw
     t_ro=$(log_moment "$dir.log" "database system is ready to accept read-only connections")
     t_rw=$(log_moment "$dir.log" "database system is ready to accept connections")
-    [ -n "$t_ro" ] && [ -n "$t_rw" ] && [ "$t_rw" -le "$t1" ] \
+    # A session sees pg_is_in_recovery() false once the startup process has ended recovery,
+    # a few milliseconds before the postmaster logs "ready to accept connections" (it does
+    # so when the startup process has exited), so the logged moment may follow the poll's.
+    [ -n "$t_ro" ] && [ -n "$t_rw" ] && [ "$t_rw" -le "$((t1 + 1000000000))" ] \
         || { echo "!! no ready lines in the log of the cluster restored by $tool ($kind)" >&2; tail -30 "$dir.log" >&2; exit 1; }
     T_REC=$(python3 -c "print(($t_rw - $t0) / 1e9)")
     T_STARTUP=$(python3 -c "print(($t_ro - $ts) / 1e9)")
