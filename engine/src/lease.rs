@@ -32,7 +32,7 @@
 //! object.
 //!
 //! - `leases/backup-<cluster>-<id>`: one per running backup. GC reads them (a backup that
-//!   started before a pack was condemned may depend on it); a second backup of the same
+//!   that read the gc state before a pack was condemned may depend on it); a second backup of the same
 //!   cluster waits or fails.
 //! - `leases/gc` and `leases/expire-<cluster>`: exclusive, taken by compare-and-swap (create if
 //!   absent, or replace a dead holder's object at the version read), so two runs never overlap.
@@ -108,6 +108,16 @@ pub struct LeaseBody {
     /// (the restore exits, PostgreSQL's recovery goes on), so they end by time, not heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<i64>,
+    /// A backup's reference backup (incremental and differential), whose blocks it may carry
+    /// over without looking them up: gc sweeps nothing while it runs if that manifest is gone
+    /// ([`crate::gc`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// The generation of `gc/state` a backup read before it loaded the block index: it never
+    /// deduplicates against packs condemned in that generation or before. Absent until it has
+    /// read it (and in leases of older versions): gc then sweeps nothing while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_seen: Option<u64>,
 }
 
 /// A live lease found in the repository.
@@ -216,6 +226,8 @@ pub(crate) fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody
         pid_ns: here.pid_ns,
         start_ticks: own_start_ticks(),
         until: None,
+        reference: None,
+        gc_seen: None,
     }
 }
 
@@ -312,6 +324,17 @@ pub struct Lease {
     key: ObjectKey,
     heartbeat: tokio::task::JoinHandle<()>,
     health: Arc<Mutex<Health>>,
+    /// What the lease says and the bytes last written: the heartbeat and
+    /// [`Lease::record_gc_seen`] write one at a time.
+    written: Arc<tokio::sync::Mutex<Written>>,
+}
+
+/// A lease's body, its sealed bytes, and the version of the object the holder last knew.
+#[derive(Debug)]
+struct Written {
+    body: LeaseBody,
+    raw: Bytes,
+    version: crate::storage::ObjectVersion,
 }
 
 /// A moment on two clocks: tokio's (monotonic, and paused in tests) and the kernel's boot
@@ -409,12 +432,24 @@ impl Health {
     }
 }
 
-/// Takes the backup lease of `cluster`, waiting up to `wait` for another backup of the same
-/// cluster to finish; fails with who holds it.
+/// Takes the backup lease of `cluster` for a full backup ([`acquire_backup_with`]).
 pub async fn acquire_backup(
     repo: &Repository,
     cluster: &str,
     backup_id: &str,
+    wait: Duration,
+) -> Result<Lease> {
+    acquire_backup_with(repo, cluster, backup_id, None, wait).await
+}
+
+/// Takes the backup lease of `cluster` for backup `backup_id` of reference `reference`,
+/// waiting up to `wait` for another backup of the same cluster to finish; fails with who
+/// holds it.
+pub async fn acquire_backup_with(
+    repo: &Repository,
+    cluster: &str,
+    backup_id: &str,
+    reference: Option<&str>,
     wait: Duration,
 ) -> Result<Lease> {
     let deadline = tokio::time::Instant::now() + wait;
@@ -438,7 +473,8 @@ pub async fn acquire_backup(
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
-        let body = my_body(backup_kind(), cluster, backup_id);
+        let mut body = my_body(backup_kind(), cluster, backup_id);
+        body.reference = reference.map(str::to_string);
         let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
         let sent = Stamp::now();
         let version = repo.storage().put_swap(&k, raw.clone(), None).await?;
@@ -452,7 +488,7 @@ pub async fn acquire_backup(
             }
         };
         let Some(h) = others.first() else {
-            return Ok(Lease::hold(repo, k, raw, version, sent));
+            return Ok(Lease::hold(repo, k, body, raw, version, sent));
         };
         remove_stepping_back(repo, &k).await;
         if tokio::time::Instant::now() >= deadline && stepped_back {
@@ -548,7 +584,7 @@ pub async fn acquire_exclusive(
         let expected = current.as_ref().map(|(_, v)| v);
         let sent = Stamp::now();
         match repo.storage().put_swap(&k, raw.clone(), expected).await {
-            Ok(version) => return Ok(Lease::hold(repo, k, raw, version, sent)),
+            Ok(version) => return Ok(Lease::hold(repo, k, body, raw, version, sent)),
             // Someone else took it between our read and our write: look again.
             Err(crate::storage::StorageError::Precondition { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -575,50 +611,60 @@ pub async fn exclusive<T>(
     result
 }
 
+/// Writes the lease's current bytes over the version last known, and records in `health`
+/// whether it landed.
+async fn refresh(repo: &Repository, k: &ObjectKey, health: &Mutex<Health>, w: &mut Written) {
+    Health::update(health, |s| s.sending(Stamp::now()));
+    match repo
+        .storage()
+        .put_swap(k, w.raw.clone(), Some(&w.version))
+        .await
+    {
+        Ok(v) => {
+            w.version = v;
+            Health::update(health, |s| s.landed(Stamp::now()));
+        }
+        // An earlier refresh may have landed with its answer lost (a timeout): the lease is
+        // still ours if it holds our bytes, at a version we did not see. Without this every
+        // later refresh failed, and the lease expired under a holder that went on working.
+        // (After a change of body whose write failed, the next refresh writes it again: the
+        // object then still holds the older bytes, at the version we know.)
+        Err(crate::storage::StorageError::Precondition { .. }) => {
+            match repo.storage().get_versioned(k).await {
+                Ok((bytes, v)) if bytes == w.raw => {
+                    w.version = v;
+                    Health::update(health, |s| s.landed(Stamp::now()));
+                }
+                Ok(_) => {
+                    Health::update(health, Health::taken_over);
+                    tracing::error!("lease {k} now holds another holder's record: this command no longer holds it")
+                }
+                Err(e) => tracing::warn!("lease heartbeat failed, and re-reading {k}: {e}"),
+            }
+        }
+        Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
+    }
+}
+
 impl Lease {
     /// Holds a lease just written at `version` (the write sent at `sent`), refreshing it
     /// every [`HEARTBEAT`].
     fn hold(
         repo: &Repository,
         k: ObjectKey,
+        body: LeaseBody,
         raw: Bytes,
-        mut version: crate::storage::ObjectVersion,
+        version: crate::storage::ObjectVersion,
         sent: Stamp,
     ) -> Lease {
         let health = Arc::new(Mutex::new(Health::new(sent)));
-        let (r, k2, h) = (repo.clone(), k.clone(), health.clone());
+        let written = Arc::new(tokio::sync::Mutex::new(Written { body, raw, version }));
+        let (r, k2, h, w) = (repo.clone(), k.clone(), health.clone(), written.clone());
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                Health::update(&h, |s| s.sending(Stamp::now()));
-                match r.storage().put_swap(&k2, raw.clone(), Some(&version)).await {
-                    Ok(v) => {
-                        version = v;
-                        Health::update(&h, |s| s.landed(Stamp::now()));
-                    }
-                    // An earlier refresh may have landed with its answer lost (a timeout): the
-                    // lease is still ours if it holds our bytes, at a version we did not see.
-                    // Without this every later refresh failed, and the lease expired under a
-                    // holder that went on working.
-                    Err(crate::storage::StorageError::Precondition { .. }) => {
-                        match r.storage().get_versioned(&k2).await {
-                            Ok((bytes, v)) if bytes == raw => {
-                                version = v;
-                                Health::update(&h, |s| s.landed(Stamp::now()));
-                            }
-                            Ok(_) => {
-                                Health::update(&h, Health::taken_over);
-                                tracing::error!(
-                                "lease {k2} now holds another holder's record: this command no longer holds it"
-                            )
-                            }
-                            Err(e) => {
-                                tracing::warn!("lease heartbeat failed, and re-reading {k2}: {e}")
-                            }
-                        }
-                    }
-                    Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
-                }
+                let mut w = w.lock().await;
+                refresh(&r, &k2, &h, &mut w).await;
             }
         });
         Lease {
@@ -626,7 +672,23 @@ impl Lease {
             key: k,
             heartbeat,
             health,
+            written,
         }
+    }
+
+    /// Records in the lease the generation of `gc/state` its backup read (see
+    /// [`LeaseBody::gc_seen`]), writing it now; if that write fails, the heartbeat writes it.
+    /// Until it lands gc sweeps nothing, which is safe, only later.
+    pub async fn record_gc_seen(&self, generation: u64) {
+        let mut w = self.written.lock().await;
+        w.body.gc_seen = Some(generation);
+        w.raw = sealed::seal(&self.repo, DocKind::Lease, &self.key, &w.body);
+        refresh(&self.repo, &self.key, &self.health, &mut w).await;
+    }
+
+    /// What the lease says now.
+    pub async fn body(&self) -> LeaseBody {
+        self.written.lock().await.body.clone()
     }
 
     /// Fails, naming the lease and why, if others may have judged it dead at any moment since
@@ -687,6 +749,8 @@ mod tests {
             pid_ns: scope.pid_ns.clone(),
             start_ticks,
             until: None,
+            reference: None,
+            gc_seen: None,
         }
     }
 
@@ -1091,6 +1155,54 @@ mod tests {
             "refreshes after the lost answer landed"
         );
         lease.ensure_held().unwrap();
+        lease.release().await;
+    }
+
+    async fn stored_backup_lease(repo: &Repository, id: &str) -> LeaseBody {
+        live(repo)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.body.backup_id == id)
+            .expect("the backup's lease is live")
+            .body
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backup_lease_says_which_gc_state_it_read_and_its_refreshes_keep_saying_it() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            ..Default::default()
+        });
+        let repo = Repository::open(
+            faults.clone(),
+            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
+        )
+        .await
+        .unwrap();
+        let id = "20261124-000100I";
+        let lease =
+            acquire_backup_with(&repo, "main", id, Some("20261124-000000F"), Duration::ZERO)
+                .await
+                .unwrap();
+        let body = stored_backup_lease(&repo, id).await;
+        assert_eq!(body.reference.as_deref(), Some("20261124-000000F"));
+        assert_eq!(body.gc_seen, None, "not read yet: gc sweeps nothing");
+        // The write lands but its answer is lost: the next refresh finds the new bytes.
+        faults.lose_swap_answers.store(1, SeqCst);
+        lease.record_gc_seen(7).await;
+        assert_eq!(stored_backup_lease(&repo, id).await.gc_seen, Some(7));
+        tokio::time::sleep(HEARTBEAT * 3 + Duration::from_secs(1)).await;
+        lease.ensure_held().unwrap();
+        let body = stored_backup_lease(&repo, id).await;
+        assert_eq!(
+            body.gc_seen,
+            Some(7),
+            "a refresh wrote the lease as first taken"
+        );
+        assert_eq!(lease.body().await, body);
         lease.release().await;
     }
 

@@ -75,6 +75,10 @@ use crate::repo::{layout, Repository};
 use crate::storage::{ObjectKey, StorageError};
 use crate::store::sealed::DocKind;
 
+/// A backup lease that started less than this after the last key change may have read the
+/// configuration before it: slack for clock differences between its host and the host that
+/// changed the keys (a check that only delays dropping old epochs, never loses data).
+const KEY_CHANGE_MARGIN: i64 = 60;
 /// How many objects still under an old epoch a report names (the count is always complete).
 const NAMED_REMAINING: usize = 20;
 /// Attempts at resealing one object that keeps changing under us.
@@ -496,7 +500,7 @@ async fn reencrypt_locked(
     let early = crate::lease::live(repo)
         .await?
         .into_iter()
-        .filter(|l| l.body.started <= changed + crate::gc::CONDEMN_MARGIN)
+        .filter(|l| l.body.started <= changed + KEY_CHANGE_MARGIN)
         .map(|l| format!("{} of cluster {}", l.body.backup_id, l.body.cluster))
         .collect::<Vec<_>>();
     if !early.is_empty() {

@@ -161,7 +161,7 @@ pub async fn gc(
         grace.as_secs(),
         if r.waiting_for_backups > 0 {
             format!(
-                "; {} packs wait for backups that started before they were condemned",
+                "; {} packs wait for running backups that may use them",
                 r.waiting_for_backups
             )
         } else {

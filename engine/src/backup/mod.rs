@@ -437,11 +437,13 @@ pub async fn run_backup(
     )
     .await?;
 
-    // The reference is chosen from the listing, and read only once the lease is held: a
-    // reference expired (and its blocks condemned) before that would be gone by then; one
-    // expired after it has its blocks' sweep held by this backup's lease. Its unchanged
-    // files' block lists are reused as they are, so reading it earlier could carry blocks of
-    // packs gc was free to sweep into this backup.
+    // The reference is chosen from the listing, and read only once the lease (which names it)
+    // is held: a reference expired before that would be gone by then; while it is gone and
+    // this backup runs, gc sweeps nothing ([`crate::gc`]). Its unchanged files' block lists
+    // are reused as they are, without looking the blocks up, and some may sit only in packs
+    // gc condemned after the reference was written (their reprieve waits for a gc that sees
+    // a manifest naming them): if the reference expired first, only this backup's manifest
+    // will name them.
     let ids = manifest::list_ids(repo, &opts.cluster).await?;
     let reference_id = ids
         .iter()
@@ -465,7 +467,14 @@ pub async fn run_backup(
 
     // The lease first, then the reference, the GC state and the index: a GC that condemns a
     // pack after this point sees the lease and does not sweep it until this backup ends.
-    let lease = crate::lease::acquire_backup(repo, &opts.cluster, &id, opts.lease_wait).await?;
+    let lease = crate::lease::acquire_backup_with(
+        repo,
+        &opts.cluster,
+        &id,
+        reference_id.as_deref(),
+        opts.lease_wait,
+    )
+    .await?;
     let reference = match &reference_id {
         None => Ok(None),
         Some(r) => match manifest::load_spilled(repo, &opts.cluster, r, PartFingerprints::Keep)
@@ -513,7 +522,10 @@ async fn backup_with_lease(
     id: String,
 ) -> Result<BackupDone> {
     progress.phase("loading the block index", None);
-    let condemned = crate::store::condemned::condemned_packs(repo).await?;
+    // gc sweeps a pack condemned after the generation read here only once this backup has
+    // ended (its lease says which generation it read).
+    let (condemned, gc_seen) = crate::store::condemned::condemned_packs_seen(repo).await?;
+    lease.record_gc_seen(gc_seen).await;
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned, opts.index_memory).await?);
     // The reference's file entries stay in its spool (memory holds their paths); each file's
     // lookup takes its entry out.

@@ -100,6 +100,9 @@ pub struct RepoUsage {
     pub bytes_read: u64,
     /// Manifests read.
     pub manifests: usize,
+    /// The backups whose manifests were read, as (cluster, backup id): gc asks whether a
+    /// running backup's reference is among them.
+    pub backups: HashSet<(String, String)>,
     /// Index entries naming a pack that does not exist (should be none).
     pub dangling_entries: usize,
 }
@@ -193,6 +196,7 @@ impl RepoUsage {
             for id in manifest::list_ids(repo, &c).await? {
                 let m = manifest::load_unexpanded(repo, &c, &id).await?;
                 usage.manifests += 1;
+                usage.backups.insert((c.clone(), id.clone()));
                 for f in &m.files {
                     for id in f.blocks.iter().filter_map(|b| b.0) {
                         referenced.push(id)?;

@@ -31,9 +31,15 @@
 //!    deduplication, and readers prefer another copy.
 //! 6. **Sweep** (a later run, or the same run with a zero grace period). A condemned pack is
 //!    deleted only if (a) it was condemned at least a grace period ago, (b) it survived step 3
-//!    of *this* run, and (c) no live backup lease started before its condemnation plus
-//!    [`CONDEMN_MARGIN`] (such a backup may have read the index before `gc/state` said
-//!    so, and deduplicated against it; its manifest is not written yet). Index segments listing
+//!    of *this* run, and (c) no running backup may use it ([`RunningBackups`]): every live
+//!    backup lease says it read a `gc/state` generation at or after the one that recorded the
+//!    condemnation (a backup records the generation it read in its lease before it loads the
+//!    index, and never deduplicates against a pack condemned by then), and every running
+//!    incremental's reference backup is among the manifests the mark read (it carries blocks
+//!    over from its reference without looking them up; with the reference expired, those
+//!    blocks are referenced by no manifest gc can see until the backup commits, so nothing is
+//!    swept meanwhile). A lease that names no generation (a backup starting, or an older
+//!    version's) holds every sweep. Index segments listing
 //!    a swept pack are first rewritten without its entries (new segment created, then the old
 //!    one deleted), then the pack is deleted, then `gc/state` forgets it.
 //! 7. **Merge index segments** ([`merge_index`]): once there are enough small ones, they are
@@ -46,8 +52,13 @@
 //! backups that might reference a condemned pack's other blocks are excluded by (c) and then
 //! reprieve it). A crash anywhere leaves at worst an extra index segment or pack (duplicates
 //! are harmless), or a condemned pack not yet swept: the next run completes the work. WAL
-//! objects are not gc's business (expire removes them). Clocks: (a) and (c) compare times from
-//! different hosts; they must agree to within [`CONDEMN_MARGIN`]. Readers hold no lease: a
+//! objects are not gc's business (expire removes them).
+//!
+//! Clocks: (c) compares generations of `gc/state`, which only gc's compare-and-swap advances,
+//! never times. It used to compare a backup lease's start (the backup host's clock) with the
+//! condemnation time (gc's) plus a minute; a backup host a minute ahead, or a slow
+//! `gc/state` write, used that minute up, and gc could sweep a pack a running backup had
+//! just deduplicated against. Only (a) reads a clock, against a grace period of hours. Readers hold no lease: a
 //! restore, drill or verify that located a block in a pack before it was condemned may read
 //! that pack for up to a grace period afterwards, so the grace period must outlast them too.
 
@@ -71,10 +82,41 @@ use crate::store::condemned as state;
 pub use crate::store::condemned::{condemned_packs, read_state, GcState};
 pub use liveness::SpaceSummary;
 
-/// A backup lease that started less than this after a condemnation still blocks the sweep of
-/// that pack: slack for the time between recording the condemnation and a backup reading it,
-/// and for clock differences between hosts.
-pub const CONDEMN_MARGIN: i64 = 60;
+/// What the running backups (their leases, read before the manifests) allow gc to sweep.
+struct RunningBackups {
+    /// Some backup may carry any block over: it has not said which `gc/state` it read (it is
+    /// starting, or an older version wrote its lease), or its reference backup's manifest is
+    /// gone, so the blocks it takes from there are referenced by no manifest gc read.
+    hold_all: bool,
+    /// The oldest `gc/state` generation a running backup read.
+    oldest_seen: Option<u64>,
+}
+
+impl RunningBackups {
+    fn of(
+        leases: &[crate::lease::LiveLease],
+        manifests: &HashSet<(String, String)>,
+    ) -> RunningBackups {
+        let reference_gone = |l: &crate::lease::LiveLease| {
+            l.body
+                .reference
+                .as_ref()
+                .is_some_and(|r| !manifests.contains(&(l.body.cluster.clone(), r.clone())))
+        };
+        RunningBackups {
+            hold_all: leases
+                .iter()
+                .any(|l| l.body.gc_seen.is_none() || reference_gone(l)),
+            oldest_seen: leases.iter().filter_map(|l| l.body.gc_seen).min(),
+        }
+    }
+
+    /// Whether a running backup may use a pack condemned in gc/state generation `condemned_in`:
+    /// one that read an older generation may have deduplicated against it.
+    fn may_use(&self, condemned_in: u64) -> bool {
+        self.hold_all || self.oldest_seen.is_some_and(|seen| seen < condemned_in)
+    }
+}
 
 /// How gc runs.
 #[derive(Debug, Clone)]
@@ -136,7 +178,7 @@ pub struct GcReport {
     pub reclaimed_bytes: u64,
     /// Bytes held by condemned packs not yet swept.
     pub pending_bytes: u64,
-    /// Condemned packs whose sweep waits for a backup that started before their condemnation.
+    /// Condemned packs whose sweep waits for a running backup that may use them.
     pub waiting_for_backups: usize,
     /// Condemned packs still under the bucket's Object Lock retention: swept once it ends.
     pub waiting_for_object_lock: usize,
@@ -249,13 +291,13 @@ pub(crate) async fn gc_locked_with(
     report.mark_on_disk = usage.on_disk();
     report.packs = usage.packs.len();
     let (mut state, version) = read_state(repo).await?;
-    state.condemned.retain(|id, _| usage.packs.contains_key(id));
+    state.retain(|id| usage.packs.contains_key(id));
     let condemned: HashSet<PackId> = state.condemned.keys().copied().collect();
     usage.count_holders(&condemned)?;
     // 3. Reprieve.
     for id in &condemned {
         if usage.needed_while_condemned(id)? {
-            state.condemned.remove(id);
+            state.forget(id);
             usage.add_holder(id)?;
             report.reprieved.push(*id);
         }
@@ -336,11 +378,11 @@ pub(crate) async fn gc_locked_with(
         let would_empty = plan_only && report.repacked.contains(id);
         if would_empty || usage.try_condemn(id)? {
             report.condemned.push(*id);
-            state.condemned.insert(*id, condemned_at);
+            state.condemn(*id, condemned_at);
         }
     }
     // 6. Sweep candidates.
-    let oldest_lease = leases.iter().map(|l| l.body.started).min();
+    let backups = RunningBackups::of(&leases, &usage.backups);
     let mut sweep: Vec<PackId> = Vec::new();
     for (&id, at) in &state.condemned {
         // The clock read at condemnation, not at the start: with a zero grace period, packs
@@ -348,7 +390,7 @@ pub(crate) async fn gc_locked_with(
         if condemned_at - at < grace_s {
             continue;
         }
-        if oldest_lease.is_some_and(|l| l <= at + CONDEMN_MARGIN) {
+        if backups.may_use(state.condemned_in(&id)) {
             report.waiting_for_backups += 1;
             continue;
         }
@@ -384,7 +426,7 @@ pub(crate) async fn gc_locked_with(
         for id in &sweep {
             crate::lease::Lease::ensure_all_held(held)?;
             repo.storage().delete(&layout::pack(id)).await?;
-            state.condemned.remove(id);
+            state.forget(id);
             usage.packs.remove(id);
         }
         state::write_state(repo, &mut state, Some(&version), "sweeping").await?;

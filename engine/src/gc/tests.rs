@@ -232,6 +232,147 @@ async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep()
     assert_readable(&repo, &a[..1]).await;
 }
 
+/// Writes the live lease of a running backup `id` of cluster `main` that names `reference`
+/// and says it read gc/state generation `gc_seen`, started `started_in` seconds from now by
+/// its host's clock.
+async fn put_backup_lease(
+    repo: &Repository,
+    id: &str,
+    reference: Option<&str>,
+    gc_seen: Option<u64>,
+    started_in: i64,
+) {
+    let mut body = crate::lease::my_body("backup".into(), "main", id);
+    body.reference = reference.map(str::to_string);
+    body.gc_seen = gc_seen;
+    body.started += started_in;
+    // Not this process: a lease judged by its heartbeat only, as one from another host.
+    body.boot_id = None;
+    let k = layout::backup_lease("main", id);
+    let raw = crate::store::sealed::seal(repo, crate::store::sealed::DocKind::Lease, &k, &body);
+    // Replaces the lease a previous call wrote, as its holder's refresh would.
+    let version = repo.storage().get_versioned(&k).await.ok().map(|(_, v)| v);
+    repo.storage()
+        .put_swap(&k, raw, version.as_ref())
+        .await
+        .unwrap();
+}
+
+async fn generation(repo: &Repository) -> u64 {
+    read_state(repo).await.unwrap().0.generation
+}
+
+async fn a_backup_that_read_an_older_gc_state_holds_the_sweep_whatever_its_clock_says() {
+    let repo = repo().await;
+    let a = pack_of(&repo, 0..5).await;
+    save_manifest(&repo, "20261124-000000F", &a).await;
+    repo.storage()
+        .delete(&layout::backup_manifest("main", "20261124-000000F"))
+        .await
+        .unwrap();
+    // A backup read gc/state before this gc condemned the pack, and may deduplicate against
+    // it; its host's clock is an hour ahead, so by the clocks it started long after the
+    // condemnation (the rule gc had until now swept the pack).
+    let before = generation(&repo).await;
+    put_backup_lease(&repo, "20261124-000200I", None, Some(before), 3600).await;
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.condemned.len(), 1, "{r:?}");
+    assert!(r.swept.is_empty(), "{r:?}");
+    assert_eq!(r.waiting_for_backups, 1);
+    let (state, _) = read_state(&repo).await.unwrap();
+    assert_eq!(state.condemned_in(&r.condemned[0]), before + 1);
+    // Once the running backup has read the generation that condemned it (it leaves the pack
+    // out of its deduplication), the pack goes, whatever its clock said.
+    put_backup_lease(&repo, "20261124-000200I", None, Some(before + 1), -3600).await;
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.swept.len(), 1, "{r:?}");
+    assert_eq!(r.waiting_for_backups, 0);
+}
+
+async fn a_backup_whose_reference_expired_holds_every_sweep_until_it_commits() {
+    let repo = repo().await;
+    // A pack whose blocks no manifest names is condemned while backup R runs (R read an
+    // older gc/state, so the sweep waits for it).
+    let a = pack_of(&repo, 0..5).await;
+    save_manifest(&repo, "20261124-000000F", &a).await;
+    repo.storage()
+        .delete(&layout::backup_manifest("main", "20261124-000000F"))
+        .await
+        .unwrap();
+    let before = generation(&repo).await;
+    put_backup_lease(&repo, "20261124-000100I", None, Some(before), 0).await;
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.condemned.len(), 1, "{r:?}");
+    assert!(r.swept.is_empty(), "{r:?}");
+    // R commits naming two of its blocks (it deduplicated against the pack before the
+    // condemnation): the pack's reprieve waits for the next gc.
+    save_manifest(&repo, "20261124-000100I", &a[..2]).await;
+    repo.storage()
+        .delete(&layout::backup_lease("main", "20261124-000100I"))
+        .await
+        .unwrap();
+    // An hour later the next incremental starts, with R as its reference: it read the newest
+    // gc/state, and carries R's unchanged files over, blocks of the condemned pack among them.
+    let now = generation(&repo).await;
+    put_backup_lease(
+        &repo,
+        "20261124-010000I",
+        Some("20261124-000100I"),
+        Some(now),
+        3600,
+    )
+    .await;
+    // R expires before gc runs again (a calendar-only policy): no manifest gc can read names
+    // those blocks, so there is no reprieve; the incremental will name them when it commits.
+    repo.storage()
+        .delete(&layout::backup_manifest("main", "20261124-000100I"))
+        .await
+        .unwrap();
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert!(
+        r.swept.is_empty(),
+        "the running backup carries blocks of the pack over from its expired reference: {r:?}"
+    );
+    assert_eq!(r.waiting_for_backups, 1);
+    // It commits and ends: the pack is reprieved, its blocks readable.
+    save_manifest(&repo, "20261124-010000I", &a[..2]).await;
+    repo.storage()
+        .delete(&layout::backup_lease("main", "20261124-010000I"))
+        .await
+        .unwrap();
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.reprieved.len(), 1, "{r:?}");
+    assert_readable(&repo, &a[..2]).await;
+}
+
+async fn a_backup_lease_without_a_gc_generation_holds_every_sweep() {
+    let repo = repo().await;
+    let a = pack_of(&repo, 0..5).await;
+    save_manifest(&repo, "20261124-000000F", &a).await;
+    repo.storage()
+        .delete(&layout::backup_manifest("main", "20261124-000000F"))
+        .await
+        .unwrap();
+    // A backup that has not said which gc/state it read (starting, or an older version).
+    put_backup_lease(&repo, "20261124-000200I", None, None, 3600).await;
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.condemned.len(), 1, "{r:?}");
+    assert!(r.swept.is_empty(), "{r:?}");
+    // A lease that read the newest generation and whose reference is there holds nothing.
+    save_manifest(&repo, "20261124-000300F", &[]).await;
+    let now = generation(&repo).await;
+    put_backup_lease(
+        &repo,
+        "20261124-000200I",
+        Some("20261124-000300F"),
+        Some(now),
+        0,
+    )
+    .await;
+    let r = gc(&repo, &opts()).await.unwrap();
+    assert_eq!(r.swept.len(), 1, "{r:?}");
+}
+
 async fn packs_younger_than_the_grace_period_are_never_condemned() {
     let (mem, repo) = crate::test_support::memory_repo().await;
     pack_of(&repo, 0..5).await; // no manifest: like a backup still running
@@ -560,6 +701,9 @@ both_modes!(
     a_pack_whose_blocks_are_all_referenced_is_never_repacked_however_small,
     a_damaged_pack_is_not_repacked_nor_deleted,
     a_running_backup_that_started_before_the_condemnation_holds_the_sweep,
+    a_backup_that_read_an_older_gc_state_holds_the_sweep_whatever_its_clock_says,
+    a_backup_whose_reference_expired_holds_every_sweep_until_it_commits,
+    a_backup_lease_without_a_gc_generation_holds_every_sweep,
     packs_younger_than_the_grace_period_are_never_condemned,
     when_a_source_and_its_copy_both_hold_blocks_the_source_goes,
     index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_the_rest_again,

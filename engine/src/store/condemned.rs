@@ -26,6 +26,40 @@ pub struct GcState {
     /// sweep a pack it had since rescued because a backup uses it again.
     #[serde(default)]
     pub generation: u64,
+    /// The generation whose write recorded each condemnation (packs condemned by versions
+    /// that did not record it have none: see [`GcState::condemned_in`]). A backup that read
+    /// an older generation may deduplicate against the pack; gc compares these, not clocks.
+    #[serde(default)]
+    pub condemned_gen: BTreeMap<PackId, u64>,
+}
+
+impl GcState {
+    /// Condemns `id` at unix time `at`, in the generation the next write makes.
+    pub fn condemn(&mut self, id: PackId, at: i64) {
+        self.condemned.insert(id, at);
+        self.condemned_gen.insert(id, self.generation + 1);
+    }
+
+    /// Forgets `id` (reprieved, swept, or gone).
+    pub fn forget(&mut self, id: &PackId) {
+        self.condemned.remove(id);
+        self.condemned_gen.remove(id);
+    }
+
+    /// Keeps only the condemnations `keep` says to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&PackId) -> bool) {
+        self.condemned.retain(|id, _| keep(id));
+        self.condemned_gen.retain(|id, _| keep(id));
+    }
+
+    /// The generation that recorded `id`'s condemnation; for one recorded by an older version,
+    /// the generation read (it was recorded in that one or before, so no later one is claimed).
+    pub fn condemned_in(&self, id: &PackId) -> u64 {
+        self.condemned_gen
+            .get(id)
+            .copied()
+            .unwrap_or(self.generation)
+    }
 }
 
 /// The name under which hosts remember the gc state's generation.
@@ -100,6 +134,12 @@ pub async fn write_state(
 
 /// Packs condemned by GC: backups must not deduplicate against them.
 pub async fn condemned_packs(repo: &Repository) -> Result<HashSet<PackId>> {
+    Ok(condemned_packs_seen(repo).await?.0)
+}
+
+/// [`condemned_packs`], and the generation of the state they were read from (a backup records
+/// it in its lease: [`crate::lease::Lease::record_gc_seen`]).
+pub async fn condemned_packs_seen(repo: &Repository) -> Result<(HashSet<PackId>, u64)> {
     let (state, _) = read_state(repo).await?;
-    Ok(state.condemned.keys().copied().collect())
+    Ok((state.condemned.keys().copied().collect(), state.generation))
 }
