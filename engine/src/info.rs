@@ -7,6 +7,7 @@ use crate::archive::listing::{list_wal, WalListing};
 use crate::error::Result;
 use crate::repo::Repository;
 use crate::store::manifest::{self, BackupStats, BackupType, Database};
+use crate::store::Timestamp;
 use crate::types::{Lsn, SegmentNo, TimelineId, WalFileName};
 
 /// One backup, summarised.
@@ -86,6 +87,27 @@ pub struct ClusterInfo {
     pub catalog: crate::store::audit::HeadAudit,
     /// What `wal-receive` streamed (see [`crate::walstream`]).
     pub wal_receive: WalReceiveInfo,
+    /// Recovery holds in force ([`crate::hold`]): backups `expire` keeps, with the WAL after
+    /// them, because a restore or drill of them may still be recovering.
+    pub holds: Vec<HoldInfo>,
+    /// Why the holds could not be read, if they could not (`expire` stops on the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds_problem: Option<String>,
+}
+
+/// A recovery hold, for `info`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldInfo {
+    /// The backup held.
+    pub backup_id: String,
+    /// Until when.
+    pub until: Timestamp,
+    /// Host and process of the restore or drill that took it.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its object in the repository.
+    pub object: String,
 }
 
 /// The streamed tail in the repository, and the running receiver's own report.
@@ -164,7 +186,24 @@ pub async fn cluster_info(repo: &Repository, cluster: &str) -> Result<ClusterInf
             backup_id: r.backup_id,
             summary: r.summary,
         });
+    let (holds, holds_problem) = match crate::hold::list(repo, cluster).await {
+        Ok((live, _ended)) => (
+            live.into_iter()
+                .map(|h| HoldInfo {
+                    backup_id: h.backup_id,
+                    until: Timestamp::from_unix_seconds(h.until),
+                    host: h.host,
+                    pid: h.pid,
+                    object: h.key.to_string(),
+                })
+                .collect(),
+            None,
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     Ok(ClusterInfo {
+        holds,
+        holds_problem,
         name: cluster.to_string(),
         system_identifier: wal.system_identifier.clone(),
         wal_segment_size: wal.wal_segment_size,

@@ -884,6 +884,25 @@ fn an_expire_during_a_recovery_keeps_the_backup_and_wal_it_replays() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(!would_expire(&env), "held, it stays");
+    // info names the hold: which backup, until when (the default 24 hours), and whose.
+    let out = env.pgcairn(&["info", "--output", "json"]);
+    assert_success(&out, "info");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let holds = doc["clusters"][0]["holds"].as_array().unwrap().clone();
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0]["backup_id"], older.as_str());
+    let until =
+        pgcairn_engine::store::Timestamp::parse(holds[0]["until"].as_str().unwrap()).unwrap();
+    let left = until.unix_seconds() - pgcairn_engine::store::Timestamp::now().unix_seconds();
+    assert!((23 * 3600..=24 * 3600).contains(&left), "held {left}s more");
+    assert!(holds[0]["object"].as_str().unwrap().contains("/holds/"));
+    let text = env.pgcairn(&["info"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .contains(&format!("held against expire: backup {older}")),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     assert_success(&env.pgcairn(&["expire"]), "expire during the recovery");
     let inst = env.restored_instance("held", false);
     inst.start().unwrap();

@@ -17,6 +17,7 @@
 //!                          "partial_files", "backup_history_files"}]},
 //!                 "recoverable": null | {"from_lsn", "from_time", "to_lsn", "to_wal", "timeline"},
 //!                 "last_drill": null | {"id", "outcome", "mttr_seconds", "backup_id", "summary"},
+//!                 "holds": [{"backup_id", "until", "host", "pid", "object"}], "holds_problem"?: "...",
 //!                 "catalog": {"cluster", "generation": null | N, "head_problem": null | "...",
 //!                             "missing_backups": ["id"], "missing_history": ["file"], "missing_pins": ["id"],
 //!                             "missing_wal": [{"timeline", "first", "last", "segments", "what"}],
@@ -176,6 +177,15 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
         }
         for (object, detail) in c.catalog.findings() {
             println!("  MISSING {object}: {detail}");
+        }
+        for h in &c.holds {
+            println!(
+                "  held against expire: backup {} until {} (a recovery by pid {} on {}; {})",
+                h.backup_id, h.until, h.pid, h.host, h.object
+            );
+        }
+        if let Some(why) = &c.holds_problem {
+            println!("  HOLDS UNREADABLE (expire stops on them): {why}");
         }
         if let Some(d) = &c.last_drill {
             println!(
