@@ -1139,12 +1139,7 @@ mod tests {
             lose_swap_answers: 1.into(),
             ..Default::default()
         });
-        let repo = Repository::open(
-            faults.clone(),
-            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
-        )
-        .await
-        .unwrap();
+        let repo = crate::test_support::open_with(faults.clone()).await;
         let lease = acquire_exclusive(&repo, "gc", "", Duration::ZERO)
             .await
             .unwrap();
@@ -1176,12 +1171,7 @@ mod tests {
             inner: mem.clone(),
             ..Default::default()
         });
-        let repo = Repository::open(
-            faults.clone(),
-            Some(&crate::crypto::Unlock::Passphrase("pw".into())),
-        )
-        .await
-        .unwrap();
+        let repo = crate::test_support::open_with(faults.clone()).await;
         let id = "20261124-000100I";
         let lease =
             acquire_backup_with(&repo, "main", id, Some("20261124-000000F"), Duration::ZERO)

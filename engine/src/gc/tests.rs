@@ -32,6 +32,17 @@ async fn pack_of(repo: &Repository, ns: std::ops::Range<u32>) -> Vec<ContentId> 
     pack_holding(repo, ns.map(block).collect()).await
 }
 
+/// One pack whose blocks a backup named, and that backup expired: garbage. Returns its blocks.
+async fn garbage_pack(repo: &Repository) -> Vec<ContentId> {
+    let a = pack_of(repo, 0..5).await;
+    save_manifest(repo, "20261124-000000F", &a).await;
+    repo.storage()
+        .delete(&layout::backup_manifest("main", "20261124-000000F"))
+        .await
+        .unwrap();
+    a
+}
+
 /// The keys under `prefix`, sorted.
 async fn keys_under(repo: &Repository, prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = repo
@@ -196,12 +207,7 @@ async fn a_damaged_pack_is_not_repacked_nor_deleted() {
 
 async fn a_running_backup_that_started_before_the_condemnation_holds_the_sweep() {
     let repo = repo().await;
-    let a = pack_of(&repo, 0..5).await;
-    save_manifest(&repo, "20261124-000000F", &a).await;
-    repo.storage()
-        .delete(&layout::backup_manifest("main", "20261124-000000F"))
-        .await
-        .unwrap();
+    let a = garbage_pack(&repo).await;
     let lease = crate::lease::acquire_backup(&repo, "main", "20261124-000200I", Duration::ZERO)
         .await
         .unwrap();
@@ -264,12 +270,7 @@ async fn generation(repo: &Repository) -> u64 {
 
 async fn a_backup_that_read_an_older_gc_state_holds_the_sweep_whatever_its_clock_says() {
     let repo = repo().await;
-    let a = pack_of(&repo, 0..5).await;
-    save_manifest(&repo, "20261124-000000F", &a).await;
-    repo.storage()
-        .delete(&layout::backup_manifest("main", "20261124-000000F"))
-        .await
-        .unwrap();
+    garbage_pack(&repo).await;
     // A backup read gc/state before this gc condemned the pack, and may deduplicate against
     // it; its host's clock is an hour ahead, so by the clocks it started long after the
     // condemnation (the rule gc had until now swept the pack).
@@ -293,12 +294,7 @@ async fn a_backup_whose_reference_expired_holds_every_sweep_until_it_commits() {
     let repo = repo().await;
     // A pack whose blocks no manifest names is condemned while backup R runs (R read an
     // older gc/state, so the sweep waits for it).
-    let a = pack_of(&repo, 0..5).await;
-    save_manifest(&repo, "20261124-000000F", &a).await;
-    repo.storage()
-        .delete(&layout::backup_manifest("main", "20261124-000000F"))
-        .await
-        .unwrap();
+    let a = garbage_pack(&repo).await;
     let before = generation(&repo).await;
     put_backup_lease(&repo, "20261124-000100I", None, Some(before), 0).await;
     let r = gc(&repo, &opts()).await.unwrap();
@@ -347,12 +343,7 @@ async fn a_backup_whose_reference_expired_holds_every_sweep_until_it_commits() {
 
 async fn a_backup_lease_without_a_gc_generation_holds_every_sweep() {
     let repo = repo().await;
-    let a = pack_of(&repo, 0..5).await;
-    save_manifest(&repo, "20261124-000000F", &a).await;
-    repo.storage()
-        .delete(&layout::backup_manifest("main", "20261124-000000F"))
-        .await
-        .unwrap();
+    garbage_pack(&repo).await;
     // A backup that has not said which gc/state it read (starting, or an older version).
     put_backup_lease(&repo, "20261124-000200I", None, None, 3600).await;
     let r = gc(&repo, &opts()).await.unwrap();
