@@ -334,6 +334,9 @@ pub struct Lease {
 struct Written {
     body: LeaseBody,
     raw: Bytes,
+    /// The bytes before each change of body since the last write known to have landed: one
+    /// of them may have landed with its answer lost, at a version the holder did not see.
+    before: Vec<Bytes>,
     version: crate::storage::ObjectVersion,
 }
 
@@ -615,34 +618,54 @@ pub async fn exclusive<T>(
 /// whether it landed.
 async fn refresh(repo: &Repository, k: &ObjectKey, health: &Mutex<Health>, w: &mut Written) {
     Health::update(health, |s| s.sending(Stamp::now()));
-    match repo
-        .storage()
-        .put_swap(k, w.raw.clone(), Some(&w.version))
-        .await
-    {
-        Ok(v) => {
-            w.version = v;
-            Health::update(health, |s| s.landed(Stamp::now()));
-        }
-        // An earlier refresh may have landed with its answer lost (a timeout): the lease is
-        // still ours if it holds our bytes, at a version we did not see. Without this every
-        // later refresh failed, and the lease expired under a holder that went on working.
-        // (After a change of body whose write failed, the next refresh writes it again: the
-        // object then still holds the older bytes, at the version we know.)
-        Err(crate::storage::StorageError::Precondition { .. }) => {
-            match repo.storage().get_versioned(k).await {
-                Ok((bytes, v)) if bytes == w.raw => {
-                    w.version = v;
-                    Health::update(health, |s| s.landed(Stamp::now()));
+    // Twice at most: once more after finding our own earlier bytes at a version we missed.
+    for _ in 0..2 {
+        match repo
+            .storage()
+            .put_swap(k, w.raw.clone(), Some(&w.version))
+            .await
+        {
+            Ok(v) => {
+                w.version = v;
+                w.before.clear();
+                Health::update(health, |s| s.landed(Stamp::now()));
+                return;
+            }
+            // An earlier write may have landed with its answer lost (a timeout): the lease is
+            // still ours if it holds our bytes (these, or those before a change of body), at a
+            // version we did not see. Without this every later refresh failed, and the lease
+            // expired under a holder that went on working.
+            Err(crate::storage::StorageError::Precondition { .. }) => {
+                match repo.storage().get_versioned(k).await {
+                    Ok((bytes, v)) if bytes == w.raw => {
+                        w.version = v;
+                        w.before.clear();
+                        Health::update(health, |s| s.landed(Stamp::now()));
+                        return;
+                    }
+                    // Ours before the change: fresh, and the change is written next.
+                    Ok((bytes, v)) if w.before.contains(&bytes) => {
+                        w.version = v;
+                        Health::update(health, |s| s.landed(Stamp::now()));
+                    }
+                    Ok(_) => {
+                        Health::update(health, Health::taken_over);
+                        tracing::error!(
+                            "lease {k} now holds another holder's record: this command no longer holds it"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!("lease heartbeat failed, and re-reading {k}: {e}");
+                        return;
+                    }
                 }
-                Ok(_) => {
-                    Health::update(health, Health::taken_over);
-                    tracing::error!("lease {k} now holds another holder's record: this command no longer holds it")
-                }
-                Err(e) => tracing::warn!("lease heartbeat failed, and re-reading {k}: {e}"),
+            }
+            Err(e) => {
+                tracing::warn!("lease heartbeat failed: {e}");
+                return;
             }
         }
-        Err(e) => tracing::warn!("lease heartbeat failed: {e}"),
     }
 }
 
@@ -658,7 +681,12 @@ impl Lease {
         sent: Stamp,
     ) -> Lease {
         let health = Arc::new(Mutex::new(Health::new(sent)));
-        let written = Arc::new(tokio::sync::Mutex::new(Written { body, raw, version }));
+        let written = Arc::new(tokio::sync::Mutex::new(Written {
+            body,
+            raw,
+            before: Vec::new(),
+            version,
+        }));
         let (r, k2, h, w) = (repo.clone(), k.clone(), health.clone(), written.clone());
         let heartbeat = tokio::spawn(async move {
             loop {
@@ -682,7 +710,10 @@ impl Lease {
     pub async fn record_gc_seen(&self, generation: u64) {
         let mut w = self.written.lock().await;
         w.body.gc_seen = Some(generation);
-        w.raw = sealed::seal(&self.repo, DocKind::Lease, &self.key, &w.body);
+        let raw = sealed::seal(&self.repo, DocKind::Lease, &self.key, &w.body);
+        // Until the new bytes land, the stored ones may still be older ones.
+        let older = std::mem::replace(&mut w.raw, raw);
+        w.before.push(older);
         refresh(&self.repo, &self.key, &self.health, &mut w).await;
     }
 
@@ -1193,6 +1224,32 @@ mod tests {
             "a refresh wrote the lease as first taken"
         );
         assert_eq!(lease.body().await, body);
+        lease.release().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_of_body_after_a_refresh_whose_answer_was_lost_lands() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem.clone(),
+            ..Default::default()
+        });
+        let repo = crate::test_support::open_with(faults.clone()).await;
+        let id = "20261124-000100I";
+        let lease = acquire_backup_with(&repo, "main", id, None, Duration::ZERO)
+            .await
+            .unwrap();
+        // A refresh lands, its answer lost: the holder does not know the version it made.
+        faults.lose_swap_answers.store(1, SeqCst);
+        tokio::time::sleep(HEARTBEAT + Duration::from_secs(1)).await;
+        // The change finds the older bytes of its own at that version, and is written.
+        lease.record_gc_seen(7).await;
+        lease.ensure_held().unwrap();
+        assert_eq!(stored_backup_lease(&repo, id).await.gc_seen, Some(7));
+        tokio::time::sleep(HEARTBEAT * 5).await;
+        lease.ensure_held().unwrap();
+        assert_eq!(stored_backup_lease(&repo, id).await.gc_seen, Some(7));
         lease.release().await;
     }
 

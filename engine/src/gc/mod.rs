@@ -39,7 +39,10 @@
 //!    over from its reference without looking them up; with the reference expired, those
 //!    blocks are referenced by no manifest gc can see until the backup commits, so nothing is
 //!    swept meanwhile). A lease that names no generation (a backup starting, or an older
-//!    version's) holds every sweep. Index segments listing
+//!    version's) holds every sweep. The leases and then the manifests are read again after
+//!    the condemnations are written, before anything is deleted: a backup that began after
+//!    the first read shows in one or the other, and a manifest the mark did not read holds
+//!    every sweep of this run. Index segments listing
 //!    a swept pack are first rewritten without its entries (new segment created, then the old
 //!    one deleted), then the pack is deleted, then `gc/state` forgets it.
 //! 7. **Merge index segments** ([`merge_index`]): once there are enough small ones, they are
@@ -292,6 +295,9 @@ pub(crate) async fn gc_locked_with(
     report.packs = usage.packs.len();
     let (mut state, version) = read_state(repo).await?;
     state.retain(|id| usage.packs.contains_key(id));
+    // Condemnations recorded without their generation (by older versions) get the one read,
+    // at or after theirs: written back below, it stops rising with every run.
+    state.date_condemnations();
     let condemned: HashSet<PackId> = state.condemned.keys().copied().collect();
     usage.count_holders(&condemned)?;
     // 3. Reprieve.
@@ -406,6 +412,20 @@ pub(crate) async fn gc_locked_with(
         }
         sweep.push(id);
     }
+    // Record condemnations first: backups starting from now on avoid these packs.
+    crate::lease::Lease::ensure_all_held(held)?;
+    let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
+    // Backups that began after the leases were read: one may have read the generation before
+    // that write, or a reference the mark did not see (expired since); one that has already
+    // ended wrote a manifest the mark did not read. The leases again, then the manifests (a
+    // backup writes its manifest before it lets its lease go): either shows each of them.
+    if !sweep.is_empty() {
+        let later = RunningBackups::of(&crate::lease::live(repo).await?, &usage.backups);
+        let committed = manifests_since(repo, &usage.backups).await?;
+        let before = sweep.len();
+        sweep.retain(|id| !committed && !later.may_use(state.condemned_in(id)));
+        report.waiting_for_backups += before - sweep.len();
+    }
     let size = |id: &PackId| usage.packs.get(id).map_or(0, |p| p.size);
     report.pending_bytes = state
         .condemned
@@ -416,9 +436,6 @@ pub(crate) async fn gc_locked_with(
     report.reclaimed_bytes = sweep.iter().map(size).sum();
     report.swept = sweep.clone();
     report.live_packs = usage.packs.len() - state.condemned.len();
-    // Record condemnations first: backups starting from now on avoid these packs.
-    crate::lease::Lease::ensure_all_held(held)?;
-    let version = state::write_state(repo, &mut state, version.as_ref(), "condemning").await?;
     if !sweep.is_empty() {
         crate::lease::Lease::ensure_all_held(held)?;
         let doomed: HashSet<PackId> = sweep.iter().copied().collect();
@@ -439,6 +456,19 @@ pub(crate) async fn gc_locked_with(
     report.index_merged_into = merged.written;
     report.space = usage.space()?;
     Ok((report, clean))
+}
+
+/// Whether a backup manifest exists that is not among `read` (a backup committed while gc
+/// marked).
+async fn manifests_since(repo: &Repository, read: &HashSet<(String, String)>) -> Result<bool> {
+    for c in crate::store::manifest::cluster_names(repo).await? {
+        for id in crate::store::manifest::list_ids(repo, &c).await? {
+            if !read.contains(&(c.clone(), id)) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Rewrites every index segment naming a doomed pack without those entries (new segment

@@ -364,6 +364,135 @@ async fn a_backup_lease_without_a_gc_generation_holds_every_sweep() {
     assert_eq!(r.swept.len(), 1, "{r:?}");
 }
 
+/// Storage over `mem` that runs `then` on `mem` the first time a key starting with `prefix`
+/// is read, before the read: something another host does at that moment of a gc.
+fn on_first_read(
+    mem: &Arc<crate::storage::MemoryStorage>,
+    prefix: String,
+    then: impl FnOnce(&crate::storage::MemoryStorage) + Send + 'static,
+) -> Arc<dyn Storage> {
+    let then = std::sync::Mutex::new(Some(then));
+    let m = mem.clone();
+    Arc::new(crate::test_support::Hooked::new(mem.clone(), move |call| {
+        if let crate::test_support::Call::Read(k) = call {
+            if k.as_str().starts_with(&prefix) {
+                if let Some(then) = then.lock().unwrap().take() {
+                    then(&m);
+                }
+            }
+        }
+        Ok(())
+    }))
+}
+
+/// R committed blocks of a pack gc had condemned (the reprieve waits for the next gc); the
+/// next gc reads the (no) leases, and while it reads the index an incremental B of reference
+/// R begins, reads the newest gc/state and carries R's blocks over, and R expires. Neither
+/// the first lease read nor the mark sees B or R: gc must not sweep the pack.
+#[tokio::test]
+async fn a_backup_that_began_during_the_mark_and_still_runs_holds_the_sweep() {
+    use crate::store::sealed::{seal, DocKind};
+    let (mem, plain) = crate::archive::push::tests::memory_repo().await;
+    let a = garbage_pack(&plain).await;
+    let r_id = "20261124-000100I";
+    put_backup_lease(&plain, r_id, None, Some(generation(&plain).await), 0).await;
+    let r = gc(&plain, &opts()).await.unwrap();
+    assert_eq!((r.condemned.len(), r.swept.len()), (1, 0), "{r:?}");
+    save_manifest(&plain, r_id, &a[..2]).await;
+    plain
+        .storage()
+        .delete(&layout::backup_lease("main", r_id))
+        .await
+        .unwrap();
+    let b_id = "20261124-010000I";
+    let mut body = crate::lease::my_body("backup".into(), "main", b_id);
+    body.reference = Some(r_id.into());
+    body.gc_seen = Some(generation(&plain).await);
+    body.boot_id = None;
+    let b_lease = layout::backup_lease("main", b_id);
+    let raw = seal(&plain, DocKind::Lease, &b_lease, &body);
+    let r_manifest = layout::backup_manifest("main", r_id);
+    let (k, gone) = (b_lease.clone(), r_manifest.clone());
+    let storage = on_first_read(&mem, layout::INDEX_PREFIX.into(), move |m| {
+        // In-memory storage: its futures complete without a runtime.
+        futures::executor::block_on(m.put_create(&k, raw)).unwrap();
+        futures::executor::block_on(m.delete(&gone)).unwrap();
+    });
+    let r = gc(&crate::test_support::open_with(storage).await, &opts())
+        .await
+        .unwrap();
+    assert!(
+        r.swept.is_empty(),
+        "B carries the pack's blocks over from R, which expired: {r:?}"
+    );
+    assert!(mem.head(&r_manifest).await.is_err(), "R expired");
+    // B commits and ends: the next gc sees its manifest and reprieves the pack.
+    save_manifest(&plain, b_id, &a[..2]).await;
+    mem.delete(&b_lease).await.unwrap();
+    let r = gc(&plain, &opts()).await.unwrap();
+    assert_eq!(r.reprieved.len(), 1, "{r:?}");
+    assert_readable(&plain, &a[..2]).await;
+}
+
+/// With no grace period gc condemns and sweeps in one run. A backup B that begins after gc
+/// read the leases reads gc/state before the condemnation is written, deduplicates against
+/// the pack, and commits and ends while gc reads the manifests it listed: neither lease read
+/// sees it and the mark did not read its manifest. gc must not sweep the pack.
+#[tokio::test]
+async fn a_backup_that_began_and_ended_during_the_mark_holds_the_sweep() {
+    let (mem, plain) = crate::archive::push::tests::memory_repo().await;
+    let a = garbage_pack(&plain).await;
+    save_manifest(&plain, "20261124-000050F", &[]).await;
+    let b_manifest = layout::backup_manifest("main", "20261124-010000I");
+    save_manifest(&plain, "20261124-010000I", &a[..2]).await;
+    let raw = mem.get(&b_manifest).await.unwrap();
+    mem.delete(&b_manifest).await.unwrap();
+    let k = b_manifest.clone();
+    let listed = layout::backup_manifest("main", "20261124-000050F");
+    let storage = on_first_read(&mem, listed.to_string(), move |m| {
+        futures::executor::block_on(m.put_create(&k, raw)).unwrap();
+    });
+    let r = gc(&crate::test_support::open_with(storage).await, &opts())
+        .await
+        .unwrap();
+    assert_eq!(r.condemned.len(), 1, "{r:?}");
+    assert!(
+        r.swept.is_empty(),
+        "B committed blocks of the pack while gc marked: {r:?}"
+    );
+    let r = gc(&plain, &opts()).await.unwrap();
+    assert_eq!(r.reprieved.len(), 1, "{r:?}");
+    assert_readable(&plain, &a[..2]).await;
+}
+
+/// A condemnation an older version recorded (no generation) is dated with the generation
+/// read, once: a backup that read that generation does not hold it in later runs, however
+/// many writes gc makes meanwhile.
+async fn a_condemnation_without_a_generation_is_dated_once() {
+    let repo = repo().await;
+    garbage_pack(&repo).await;
+    // Condemned by an older version: a time, no generation.
+    let (mut state, v) = read_state(&repo).await.unwrap();
+    let pack = pack_names(&repo).await[0];
+    state
+        .condemned
+        .insert(pack, Timestamp::now().unix_seconds() - 1800);
+    state::write_state(&repo, &mut state, v.as_ref(), "test")
+        .await
+        .unwrap();
+    let dated = generation(&repo).await;
+    // A backup reads that state (it leaves the pack out) and runs through two gc runs.
+    put_backup_lease(&repo, "20261124-000200I", None, Some(dated), 0).await;
+    let r = gc(&repo, &GcOptions::with_grace(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert!(r.swept.is_empty(), "within its grace period: {r:?}");
+    let r = gc(&repo, &GcOptions::with_grace(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    assert_eq!(r.swept, vec![pack], "{r:?}");
+}
+
 async fn packs_younger_than_the_grace_period_are_never_condemned() {
     let (mem, repo) = crate::test_support::memory_repo().await;
     pack_of(&repo, 0..5).await; // no manifest: like a backup still running
@@ -695,6 +824,7 @@ both_modes!(
     a_backup_that_read_an_older_gc_state_holds_the_sweep_whatever_its_clock_says,
     a_backup_whose_reference_expired_holds_every_sweep_until_it_commits,
     a_backup_lease_without_a_gc_generation_holds_every_sweep,
+    a_condemnation_without_a_generation_is_dated_once,
     packs_younger_than_the_grace_period_are_never_condemned,
     when_a_source_and_its_copy_both_hold_blocks_the_source_goes,
     index_lookups_take_the_copy_outside_a_condemned_pack_and_backups_store_the_rest_again,

@@ -52,6 +52,15 @@ impl GcState {
         self.condemned_gen.retain(|id, _| keep(id));
     }
 
+    /// Gives every condemnation recorded without its generation (by an older version) the
+    /// generation read, at or after the one that recorded it, so that the next write records
+    /// it and it no longer rises with every write ([`GcState::condemned_in`]).
+    pub fn date_condemnations(&mut self) {
+        for id in self.condemned.keys() {
+            self.condemned_gen.entry(*id).or_insert(self.generation);
+        }
+    }
+
     /// The generation that recorded `id`'s condemnation; for one recorded by an older version,
     /// the generation read (it was recorded in that one or before, so no later one is claimed).
     pub fn condemned_in(&self, id: &PackId) -> u64 {
