@@ -536,35 +536,39 @@ fn wait_flushed(receiver: &Receiver, target: &str) {
     }
 }
 
-#[test]
-fn after_a_failover_the_receiver_follows_the_new_timeline() {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let status = configure_receiver(&env, "");
+/// A primary streamed to the receiver (100 rows `old`, a full backup before them; with
+/// `at_boundary`, a WAL switch after them, so the receiver's tail ends at a segment boundary)
+/// is lost with the receiver (both killed with -9); the new primary is recovered from the
+/// repository (the tail included) and promoted, on timeline 2, without archiving: only a
+/// receiver can bring its WAL. Returns it, started.
+fn fail_over_from_the_repository(env: &TestEnv, status: &Path, at_boundary: bool) -> Instance {
     let old = env.cluster("old");
     old.start().unwrap();
     let guard = StopOnDrop(&old);
     env.use_cluster(&old);
     old.psql("postgres", "create table t(i int, tl text)")
         .unwrap();
-    backup_json(&env, &["--type", "full"]);
-    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
+    backup_json(env, &["--type", "full"]);
+    let mut receiver = Receiver::start(env, status, &["--create-slot"], "receiver-1.log");
     wait_standby(&old, None);
     old.psql(
         "postgres",
         "insert into t select i, 'old' from generate_series(1, 100) i",
     )
     .unwrap();
+    if at_boundary {
+        old.psql("postgres", "select pg_switch_wal()").unwrap();
+    }
     let end = old.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    if at_boundary {
+        assert_eq!(lsn(&end) % (16 << 20), 0, "{end} is a segment's start");
+    }
     wait_flushed(&receiver, &end);
     receiver.kill9();
     old.crash().unwrap();
     drop(guard);
     std::fs::remove_dir_all(&old.datadir).unwrap();
-
-    // The new primary: recovered from the repository (the tail included) and promoted, on
-    // timeline 2. It does not archive: the receiver must bring its history and WAL.
     let new = env.restore_and_start("new", None);
-    let _guard_new = StopOnDrop(&new);
     assert_eq!(
         new.psql("postgres", "select count(*) from t").unwrap(),
         "100"
@@ -577,6 +581,26 @@ fn after_a_failover_the_receiver_follows_the_new_timeline() {
         .unwrap();
     assert_eq!(tli, "2");
     env.use_cluster(&new);
+    new
+}
+
+/// Restores the repository's newest state into a fresh cluster: its rows of `t` by timeline.
+fn rows_by_timeline_after_restore(env: &TestEnv, name: &str) -> String {
+    let last = env.restore_and_start(name, None);
+    let _guard_last = StopOnDrop(&last);
+    last.psql(
+        "postgres",
+        "select tl || count(*) from t group by tl order by tl",
+    )
+    .unwrap()
+}
+
+#[test]
+fn after_a_failover_the_receiver_follows_the_new_timeline() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let new = fail_over_from_the_repository(&env, &status, false);
+    let _guard_new = StopOnDrop(&new);
     let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
     wait_standby(&new, None);
     new.psql(
@@ -595,17 +619,49 @@ fn after_a_failover_the_receiver_follows_the_new_timeline() {
     drop(receiver);
     kill9_server(&new);
     std::fs::remove_dir_all(&new.datadir).unwrap();
-
     // Restored again: both timelines' rows are there.
-    let last = env.restore_and_start("last", None);
-    let _guard_last = StopOnDrop(&last);
     assert_eq!(
-        last.psql(
-            "postgres",
-            "select tl || count(*) from t group by tl order by tl"
-        )
-        .unwrap(),
+        rows_by_timeline_after_restore(&env, "last"),
         "new50\nold100"
+    );
+}
+
+/// The receiver was down when the primary failed, its tail ending exactly at a segment
+/// boundary, and the new primary wrote three segments of timeline 2 before the receiver came
+/// back. It must stream timeline 2 from its first segment (the switch point), not from the
+/// new primary's current segment: it acknowledged those first segments without having them,
+/// and a restore ended at the switch.
+#[test]
+fn after_a_failover_at_a_segment_boundary_the_receiver_streams_the_new_timeline_from_its_start() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let new = fail_over_from_the_repository(&env, &status, true);
+    let _guard_new = StopOnDrop(&new);
+    for _ in 0..3 {
+        new.psql(
+            "postgres",
+            "insert into t select i, 'early' from generate_series(1, 10) i",
+        )
+        .unwrap();
+        new.psql("postgres", "select pg_switch_wal()").unwrap();
+    }
+    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
+    wait_standby(&new, None);
+    new.psql(
+        "postgres",
+        "insert into t select i, 'new' from generate_series(101, 150) i",
+    )
+    .unwrap();
+    let end = new.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &end);
+    assert_eq!(receiver.status().unwrap()["timeline"], 2);
+    drop(receiver);
+    kill9_server(&new);
+    std::fs::remove_dir_all(&new.datadir).unwrap();
+    assert_eq!(
+        rows_by_timeline_after_restore(&env, "last"),
+        "early30\nnew50\nold100",
+        "timeline 2's first segments were streamed"
     );
 }
 
