@@ -32,6 +32,7 @@
 
 mod commit;
 pub mod owner_reads;
+mod posix_acl;
 pub mod reader;
 pub mod standby;
 

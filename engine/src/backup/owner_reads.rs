@@ -28,9 +28,9 @@
 //! again. A directory the walk would descend into must also be one the owner may list
 //! ([`OwnerReads::refusal`]): a link to `/root` would otherwise put its names in the
 //! manifest. (That check is by path, so a link swapped between it and the listing can still
-//! show names, never contents.) Only permission bits are consulted: access granted by an ACL
-//! alone is not seen, and such a file is left out with a warning; one an ACL denies the owner
-//! is taken. Files of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
+//! show names, never contents.) An entry with a POSIX access ACL is judged by its ACL, as the
+//! kernel would ([`super::posix_acl`]): one an ACL closes to the owner is left out whatever its
+//! bits, one it opens to a group of the owner's is taken. Files of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
 //! bits do not say who may read them (`/proc/kallsyms` is world-readable and shows addresses
 //! to root only).
 
@@ -133,10 +133,10 @@ impl OwnerReads {
                         .into(),
                 ));
             }
-            if !o.may(st.st_uid, st.st_gid, st.st_mode, READ) {
+            if !o.may_at(&fd, &st, READ) {
                 return Ok(Reached::Refused(format!(
-                    "a file of uid {}, mode {:o}, that the data directory's owner (uid {}) could \
-                     not read",
+                    "a file of uid {}, mode {:o} (and its ACL, if any), that the data directory's \
+                     owner (uid {}) could not read",
                     st.st_uid,
                     st.st_mode & 0o7777,
                     o.uid
@@ -155,18 +155,19 @@ impl OwnerReads {
         let Some(o) = &self.owner else {
             return Ok(None);
         };
-        let found = match o.reach(path)? {
-            Ok((_, _, found)) => found,
+        let (parent, name, found) = match o.reach(path)? {
+            Ok(r) => r,
             Err(why) => return Ok(Some(why)),
         };
         let (want, what) = match FileType::from_raw_mode(found.st_mode) {
             FileType::Directory => (READ | SEARCH, "list"),
             _ => (READ, "read"),
         };
-        if !o.may(found.st_uid, found.st_gid, found.st_mode, want) {
+        let entry = rfs::openat(&parent, &name, WALK_FLAGS, Mode::empty())?;
+        if !o.may_at(&entry, &found, want) {
             return Ok(Some(format!(
-                "an entry of uid {}, mode {:o}, that the data directory's owner (uid {}) could \
-                 not {what}",
+                "an entry of uid {}, mode {:o} (and its ACL, if any), that the data directory's \
+                 owner (uid {}) could not {what}",
                 found.st_uid,
                 found.st_mode & 0o7777,
                 o.uid
@@ -241,6 +242,17 @@ impl Owner {
         (mode >> shift) & want == want
     }
 
+    /// [`Owner::may`] for the entry `fd` holds (its status `st`), by its access ACL when it
+    /// has one ([`super::posix_acl`]), as the kernel would decide.
+    fn may_at(&self, fd: &OwnedFd, st: &rfs::Stat, want: u32) -> bool {
+        use super::posix_acl::{self, Found};
+        match posix_acl::of(fd) {
+            Found::None => self.may(st.st_uid, st.st_gid, st.st_mode, want),
+            Found::Acl(acl) => acl.grants(self.uid, &self.gids, st.st_uid, st.st_gid, want as u16),
+            Found::Invalid => false,
+        }
+    }
+
     /// Resolves `path` as this owner's lookup would: the directory holding the last entry,
     /// that entry's name and what it is (links, the last one's too, followed). `Err` with the
     /// reason when a directory on the way is not one the owner may search.
@@ -273,7 +285,7 @@ impl Owner {
         while let Some(name) = todo.pop_front() {
             // Looking a name up in `at` takes search permission on it.
             let dir = rfs::fstat(&at)?;
-            if !self.may(dir.st_uid, dir.st_gid, dir.st_mode, SEARCH) {
+            if !self.may_at(&at, &dir, SEARCH) {
                 return Ok(Err(format!(
                     "reached through {}, a directory of uid {}, mode {:o}, that the data \
                      directory's owner (uid {}) could not enter",
@@ -490,6 +502,64 @@ mod tests {
             "secret/dump.sh"
         );
         assert_eq!(me.refusal(&pg.join("to_secret_dir")).unwrap(), None);
+    }
+
+    #[test]
+    fn an_acl_decides_for_the_owner_where_there_is_one() {
+        use crate::backup::posix_acl::testing::{self, ANY, GROUP, GROUP_OBJ, MASK, OTHER};
+        use crate::backup::posix_acl::testing::{USER, USER_OBJ};
+        use std::os::unix::fs::PermissionsExt;
+        let (d, r) = tree();
+        let open = d.path().join("open");
+        // 0644 by its bits, closed to uid 4242 by its ACL.
+        let denied = open.join("denied.conf");
+        std::fs::write(&denied, "denied").unwrap();
+        // 0600 by its bits, open to group 4242 by its ACL; the directory to list, likewise.
+        let granted = open.join("granted.conf");
+        std::fs::write(&granted, "granted").unwrap();
+        let closed = d.path().join("pgdata/closed");
+        std::fs::create_dir(&closed).unwrap();
+        let set = testing::set(
+            &denied,
+            &[
+                (USER_OBJ, 6, ANY),
+                (USER, 0, 4242),
+                (GROUP_OBJ, 4, ANY),
+                (MASK, 4, ANY),
+                (OTHER, 4, ANY),
+            ],
+        );
+        if !set {
+            eprintln!("no ACLs on this file system: skipped");
+            return;
+        }
+        let by_group = [
+            (USER_OBJ, 7, ANY),
+            (GROUP_OBJ, 0, ANY),
+            (GROUP, 5, 4242),
+            (MASK, 5, ANY),
+            (OTHER, 0, ANY),
+        ];
+        assert!(testing::set(&granted, &by_group));
+        assert!(testing::set(&closed, &by_group));
+        assert_eq!(
+            std::fs::metadata(&denied).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let why = opened(&r, &denied).unwrap_err();
+        assert!(why.contains("ACL"), "{why}");
+        assert_eq!(opened(&r, &granted).unwrap(), "granted");
+        assert_eq!(
+            r.refusal(&closed).unwrap(),
+            None,
+            "listable through its ACL"
+        );
+        // The bits alone would have said the opposite three times.
+        let bits = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            r.may_read(m.uid(), m.gid(), m.mode())
+        };
+        assert!(bits(&denied) && !bits(&granted));
     }
 
     #[test]
