@@ -16,6 +16,11 @@
 //! reach and read what it points to ([`walk_as`], [`crate::backup::owner_reads`]); the rest is
 //! left out with a warning.
 //!
+//! A link to a directory that holds the data directory (`/`, `..`, the data directory itself)
+//! or to a directory the walk is inside is left out with a warning: followed, it would walk
+//! the data directory again inside itself, without end (the backup failed once the path grew
+//! too long), or the whole file system. The owner of the data directory can plant such a link.
+//!
 //! Memory: the walk holds one sorted listing per directory on its current path, never the
 //! whole tree; entries go to a callback as they are found.
 
@@ -113,15 +118,34 @@ pub fn walk_as(
         owner,
         tablespaces: &mut tablespaces,
         visit: &mut visit,
+        around: holding(pgdata)?,
     };
     walk.dir(pgdata, "", true)?;
     Ok(tablespaces)
+}
+
+/// Device and inode of a directory.
+type DirId = (u64, u64);
+
+/// The data directory and every directory above it, up to `/`.
+fn holding(pgdata: &Path) -> Result<Vec<DirId>> {
+    let canonical = std::fs::canonicalize(pgdata).map_err(|e| io(pgdata, e))?;
+    canonical
+        .ancestors()
+        .map(|d| {
+            let m = std::fs::metadata(d).map_err(|e| io(d, e))?;
+            Ok((m.dev(), m.ino()))
+        })
+        .collect()
 }
 
 struct Walk<'a> {
     owner: &'a OwnerReads,
     tablespaces: &'a mut Vec<Tablespace>,
     visit: &'a mut dyn FnMut(Entry) -> Result<()>,
+    /// Directories a link must not lead to: the data directory, those above it, and those
+    /// the walk is inside (pushed on the way down, popped on the way up).
+    around: Vec<DirId>,
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<String>> {
@@ -212,6 +236,15 @@ impl Walk<'_> {
                 gid: meta.gid(),
             };
             if meta.is_dir() {
+                let id = (meta.dev(), meta.ino());
+                if self.around.contains(&id) {
+                    tracing::warn!(
+                        "left out of the backup: {} (a link to a directory that holds the data \
+                         directory or this very directory: followed, the walk would never end)",
+                        abs.display()
+                    );
+                    continue;
+                }
                 (self.visit)(entry(EntryKind::Dir))?;
                 if rel == "pg_tblspc" {
                     if let (Ok(oid), Ok(target)) = (name.parse::<u32>(), std::fs::read_link(&abs)) {
@@ -237,7 +270,9 @@ impl Walk<'_> {
                     }
                     continue;
                 }
+                self.around.push(id);
                 self.dir(&abs, &path, false)?;
+                self.around.pop();
             } else if meta.is_file() {
                 let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
                 (self.visit)(entry(EntryKind::File {
@@ -253,6 +288,41 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_to_the_data_directory_or_above_it_are_left_out() {
+        use std::os::unix::fs::symlink;
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("pgdata");
+        std::fs::create_dir_all(d.join("base/1")).unwrap();
+        std::fs::create_dir_all(root.path().join("elsewhere")).unwrap();
+        std::fs::write(d.join("PG_VERSION"), "15").unwrap();
+        std::fs::write(d.join("base/1/1259"), "x").unwrap();
+        std::fs::write(root.path().join("elsewhere/kept.conf"), "x").unwrap();
+        symlink(&d, d.join("itself")).unwrap();
+        symlink("..", d.join("up")).unwrap();
+        symlink("/", d.join("root")).unwrap();
+        symlink("../..", d.join("base/1/loop")).unwrap();
+        symlink("../elsewhere", d.join("conf.d")).unwrap();
+        let mut paths = Vec::new();
+        walk(&d, |e| {
+            paths.push(e.path);
+            Ok(())
+        })
+        .unwrap();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "PG_VERSION",
+                "base",
+                "base/1",
+                "base/1/1259",
+                "conf.d",
+                "conf.d/kept.conf"
+            ]
+        );
+    }
 
     #[test]
     fn skips_what_postgres_says_to_skip_and_follows_tablespaces() {
