@@ -15,6 +15,13 @@
 //!
 //! Durability contract: a successful put means the object is durable (for local disks the
 //! backend fsyncs the file and its directory before returning).
+//!
+//! Wrappers: behaviour that cuts across every command (dry runs, the request cap, refused
+//! deletes and overwrites, following key rotations, the tests' fault injection) lives in
+//! storage wrappers around the backend. A wrapper implements [`StorageWrapper`], names its
+//! inner storage and states only the operations it changes; the rest forward by default, and
+//! one blanket impl makes every wrapper a [`Storage`]. A new storage operation is then
+//! written once here and forwarded by every wrapper, instead of by hand in each.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -153,6 +160,134 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+}
+
+/// A [`Storage`] that wraps another and changes some of its operations (see the module
+/// docs). Every operation forwards to [`StorageWrapper::inner`] unless the wrapper says
+/// otherwise, except [`StorageWrapper::list_after`], which like [`Storage::list_after`] lists
+/// with the wrapper's own [`StorageWrapper::list`] and filters: a wrapper that changes
+/// `list` changes its tail listings too.
+///
+/// Wrappers implement it by path (`impl crate::storage::StorageWrapper for ...`) rather than
+/// importing it, so that calling an operation on a wrapper resolves to [`Storage`] alone.
+#[async_trait]
+pub trait StorageWrapper: Send + Sync + fmt::Debug {
+    /// The storage this wraps.
+    fn inner(&self) -> &dyn Storage;
+
+    /// See [`Storage::describe`].
+    fn describe(&self) -> String {
+        self.inner().describe()
+    }
+
+    /// See [`Storage::get`].
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+        self.inner().get(key).await
+    }
+
+    /// See [`Storage::get_versioned`].
+    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
+        self.inner().get_versioned(key).await
+    }
+
+    /// See [`Storage::get_range`].
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        self.inner().get_range(key, range).await
+    }
+
+    /// See [`Storage::head`].
+    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+        self.inner().head(key).await
+    }
+
+    /// See [`Storage::put_create`].
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> Result<CreateOutcome, StorageError> {
+        self.inner().put_create(key, data).await
+    }
+
+    /// See [`Storage::put_swap`].
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion, StorageError> {
+        self.inner().put_swap(key, data, expected).await
+    }
+
+    /// See [`Storage::list`].
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        self.inner().list(prefix).await
+    }
+
+    /// See [`Storage::list_after`]. Not forwarded by default: lists with this wrapper's own
+    /// `list` and filters, as [`Storage::list_after`] does.
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        let mut all = StorageWrapper::list(self, prefix).await?;
+        all.retain(|o| o.key.as_str() > after);
+        Ok(all)
+    }
+
+    /// See [`Storage::delete`].
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.inner().delete(key).await
+    }
+}
+
+#[async_trait]
+impl<W: StorageWrapper> Storage for W {
+    fn describe(&self) -> String {
+        StorageWrapper::describe(self)
+    }
+
+    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
+        StorageWrapper::get(self, key).await
+    }
+
+    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
+        StorageWrapper::get_versioned(self, key).await
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
+        StorageWrapper::get_range(self, key, range).await
+    }
+
+    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
+        StorageWrapper::head(self, key).await
+    }
+
+    async fn put_create(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+    ) -> Result<CreateOutcome, StorageError> {
+        StorageWrapper::put_create(self, key, data).await
+    }
+
+    async fn put_swap(
+        &self,
+        key: &ObjectKey,
+        data: Bytes,
+        expected: Option<&ObjectVersion>,
+    ) -> Result<ObjectVersion, StorageError> {
+        StorageWrapper::put_swap(self, key, data, expected).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        StorageWrapper::list(self, prefix).await
+    }
+
+    async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
+        StorageWrapper::list_after(self, prefix, after).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        StorageWrapper::delete(self, key).await
+    }
 }
 
 fn unix_now() -> i64 {

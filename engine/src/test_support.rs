@@ -143,28 +143,9 @@ impl FailAfter {
 }
 
 #[async_trait]
-impl Storage for FailAfter {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get(key).await
-    }
-    async fn get_versioned(
-        &self,
-        key: &ObjectKey,
-    ) -> std::result::Result<(Bytes, ObjectVersion), StorageError> {
-        self.inner.get_versioned(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        range: std::ops::Range<u64>,
-    ) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
-        self.inner.head(key).await
+impl crate::storage::StorageWrapper for FailAfter {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
     async fn put_create(
         &self,
@@ -182,9 +163,6 @@ impl Storage for FailAfter {
     ) -> std::result::Result<ObjectVersion, StorageError> {
         self.spend(key)?;
         self.inner.put_swap(key, data, expected).await
-    }
-    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
     }
     async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
         self.spend(key)?;
@@ -208,9 +186,9 @@ impl SlowReads {
 }
 
 #[async_trait]
-impl Storage for SlowReads {
-    fn describe(&self) -> String {
-        self.inner.describe()
+impl crate::storage::StorageWrapper for SlowReads {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
     async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
         tokio::time::sleep(self.delay).await;
@@ -235,27 +213,9 @@ impl Storage for SlowReads {
         tokio::time::sleep(self.delay).await;
         self.inner.head(key).await
     }
-    async fn put_create(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-    ) -> std::result::Result<CreateOutcome, StorageError> {
-        self.inner.put_create(key, data).await
-    }
-    async fn put_swap(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-        expected: Option<&ObjectVersion>,
-    ) -> std::result::Result<ObjectVersion, StorageError> {
-        self.inner.put_swap(key, data, expected).await
-    }
     async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
         tokio::time::sleep(self.delay).await;
         self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
-        self.inner.delete(key).await
     }
 }
 
@@ -301,9 +261,9 @@ impl Hooked {
 }
 
 #[async_trait]
-impl Storage for Hooked {
-    fn describe(&self) -> String {
-        self.inner.describe()
+impl crate::storage::StorageWrapper for Hooked {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
     async fn get(&self, key: &ObjectKey) -> std::result::Result<Bytes, StorageError> {
         (self.hook)(Call::Read(key))?;
@@ -316,16 +276,6 @@ impl Storage for Hooked {
         (self.hook)(Call::Read(key))?;
         self.inner.get_versioned(key).await
     }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        range: std::ops::Range<u64>,
-    ) -> std::result::Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> std::result::Result<u64, StorageError> {
-        self.inner.head(key).await
-    }
     async fn put_create(
         &self,
         key: &ObjectKey,
@@ -333,20 +283,6 @@ impl Storage for Hooked {
     ) -> std::result::Result<CreateOutcome, StorageError> {
         (self.hook)(Call::Create(key, &data))?;
         self.inner.put_create(key, data).await
-    }
-    async fn put_swap(
-        &self,
-        key: &ObjectKey,
-        data: Bytes,
-        expected: Option<&ObjectVersion>,
-    ) -> std::result::Result<ObjectVersion, StorageError> {
-        self.inner.put_swap(key, data, expected).await
-    }
-    async fn list(&self, prefix: &str) -> std::result::Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &ObjectKey) -> std::result::Result<(), StorageError> {
-        self.inner.delete(key).await
     }
 }
 
@@ -396,10 +332,10 @@ fn denied(key: &ObjectKey) -> StorageError {
     }
 }
 
-#[async_trait::async_trait]
-impl Storage for LeaseFaults {
-    fn describe(&self) -> String {
-        self.inner.describe()
+#[async_trait]
+impl crate::storage::StorageWrapper for LeaseFaults {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
         if self.reads_fail && self.is_lease(key) {
@@ -412,16 +348,6 @@ impl Storage for LeaseFaults {
             return Err(denied(key));
         }
         self.inner.get_versioned(key).await
-    }
-    async fn get_range(
-        &self,
-        key: &ObjectKey,
-        range: std::ops::Range<u64>,
-    ) -> Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
-        self.inner.head(key).await
     }
     async fn put_create(
         &self,
@@ -497,9 +423,6 @@ impl Storage for LeaseFaults {
             b.wait().await;
         }
         listed
-    }
-    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        self.inner.delete(key).await
     }
 }
 

@@ -282,9 +282,9 @@ impl FollowKeys {
 }
 
 #[async_trait]
-impl Storage for FollowKeys {
-    fn describe(&self) -> String {
-        self.inner.describe()
+impl crate::storage::StorageWrapper for FollowKeys {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
@@ -303,10 +303,6 @@ impl Storage for FollowKeys {
         let b = self.inner.get_range(key, range).await?;
         self.peek(&b).await;
         Ok(b)
-    }
-
-    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
-        self.inner.head(key).await
     }
 
     async fn put_create(
@@ -328,16 +324,8 @@ impl Storage for FollowKeys {
         self.inner.put_swap(key, data, expected).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
-    }
-
     async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         self.inner.list_after(prefix, after).await
-    }
-
-    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        self.inner.delete(key).await
     }
 }
 

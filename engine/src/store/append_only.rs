@@ -29,7 +29,6 @@
 //! commands work under such a policy, and what enforces the rule where storage cannot
 //! (local disks).
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -82,25 +81,9 @@ fn is_manifest(key: &ObjectKey) -> bool {
 }
 
 #[async_trait]
-impl Storage for AppendOnly {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
-        self.inner.get(key).await
-    }
-
-    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
-        self.inner.get_versioned(key).await
-    }
-
-    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-
-    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
-        self.inner.head(key).await
+impl crate::storage::StorageWrapper for AppendOnly {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
 
     async fn put_create(
@@ -143,10 +126,6 @@ impl Storage for AppendOnly {
             return self.inner.put_swap(key, data, expected).await;
         }
         Err(self.refuse("overwrite", key))
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
     }
 
     async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {

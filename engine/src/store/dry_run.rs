@@ -23,7 +23,6 @@
 //! [`crate::repo::keys::GenerationCache`]).
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -106,25 +105,9 @@ impl DryRun {
 }
 
 #[async_trait]
-impl Storage for DryRun {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    async fn get(&self, key: &ObjectKey) -> Result<Bytes, StorageError> {
-        self.inner.get(key).await
-    }
-
-    async fn get_versioned(&self, key: &ObjectKey) -> Result<(Bytes, ObjectVersion), StorageError> {
-        self.inner.get_versioned(key).await
-    }
-
-    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, StorageError> {
-        self.inner.get_range(key, range).await
-    }
-
-    async fn head(&self, key: &ObjectKey) -> Result<u64, StorageError> {
-        self.inner.head(key).await
+impl crate::storage::StorageWrapper for DryRun {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
     }
 
     async fn put_create(
@@ -178,10 +161,6 @@ impl Storage for DryRun {
         let version = ObjectVersion(format!("dry-run-{}", log.next));
         log.versions.insert(key.clone(), version.clone());
         Ok(version)
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StorageError> {
-        self.inner.list(prefix).await
     }
 
     async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {

@@ -47,7 +47,11 @@ impl Limited {
 }
 
 #[async_trait]
-impl Storage for Limited {
+impl crate::storage::StorageWrapper for Limited {
+    fn inner(&self) -> &dyn Storage {
+        &*self.inner
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (at most {} requests at a time)",
@@ -136,7 +140,10 @@ mod tests {
     }
 
     #[async_trait]
-    impl Storage for Slow {
+    impl crate::storage::StorageWrapper for Slow {
+        fn inner(&self) -> &dyn Storage {
+            &self.mem
+        }
         fn describe(&self) -> String {
             "slow".into()
         }
