@@ -1184,6 +1184,17 @@ mod tests {
         lease.release().await;
     }
 
+    /// The test repository over storage with lease faults, none armed yet.
+    async fn faulty_repo() -> (Arc<LeaseFaults>, Repository) {
+        let (mem, _repo) = memory_repo().await;
+        let faults = Arc::new(LeaseFaults {
+            inner: mem,
+            ..Default::default()
+        });
+        let repo = crate::test_support::open_with(faults.clone()).await;
+        (faults, repo)
+    }
+
     async fn stored_backup_lease(repo: &Repository, id: &str) -> LeaseBody {
         live(repo)
             .await
@@ -1197,12 +1208,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_backup_lease_says_which_gc_state_it_read_and_its_refreshes_keep_saying_it() {
         use std::sync::atomic::Ordering::SeqCst;
-        let (mem, _repo) = memory_repo().await;
-        let faults = Arc::new(LeaseFaults {
-            inner: mem.clone(),
-            ..Default::default()
-        });
-        let repo = crate::test_support::open_with(faults.clone()).await;
+        let (faults, repo) = faulty_repo().await;
         let id = "20261124-000100I";
         let lease =
             acquire_backup_with(&repo, "main", id, Some("20261124-000000F"), Duration::ZERO)
@@ -1230,12 +1236,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_change_of_body_after_a_refresh_whose_answer_was_lost_lands() {
         use std::sync::atomic::Ordering::SeqCst;
-        let (mem, _repo) = memory_repo().await;
-        let faults = Arc::new(LeaseFaults {
-            inner: mem.clone(),
-            ..Default::default()
-        });
-        let repo = crate::test_support::open_with(faults.clone()).await;
+        let (faults, repo) = faulty_repo().await;
         let id = "20261124-000100I";
         let lease = acquire_backup_with(&repo, "main", id, None, Duration::ZERO)
             .await

@@ -584,24 +584,12 @@ fn fail_over_from_the_repository(env: &TestEnv, status: &Path, at_boundary: bool
     new
 }
 
-/// Restores the repository's newest state into a fresh cluster: its rows of `t` by timeline.
-fn rows_by_timeline_after_restore(env: &TestEnv, name: &str) -> String {
-    let last = env.restore_and_start(name, None);
-    let _guard_last = StopOnDrop(&last);
-    last.psql(
-        "postgres",
-        "select tl || count(*) from t group by tl order by tl",
-    )
-    .unwrap()
-}
-
-#[test]
-fn after_a_failover_the_receiver_follows_the_new_timeline() {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let status = configure_receiver(&env, "");
-    let new = fail_over_from_the_repository(&env, &status, false);
+/// A receiver for the new primary `new` (timeline 2): 50 rows `new` streamed and flushed,
+/// timeline 2's history archived; then the receiver stops and `new` is lost (killed with -9,
+/// its data directory deleted).
+fn stream_50_rows_then_lose_the_new_primary(env: &TestEnv, status: &Path, new: Instance) {
     let _guard_new = StopOnDrop(&new);
-    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
+    let receiver = Receiver::start(env, status, &["--create-slot"], "receiver-2.log");
     wait_standby(&new, None);
     new.psql(
         "postgres",
@@ -619,6 +607,25 @@ fn after_a_failover_the_receiver_follows_the_new_timeline() {
     drop(receiver);
     kill9_server(&new);
     std::fs::remove_dir_all(&new.datadir).unwrap();
+}
+
+/// Restores the repository's newest state into a fresh cluster: its rows of `t` by timeline.
+fn rows_by_timeline_after_restore(env: &TestEnv, name: &str) -> String {
+    let last = env.restore_and_start(name, None);
+    let _guard_last = StopOnDrop(&last);
+    last.psql(
+        "postgres",
+        "select tl || count(*) from t group by tl order by tl",
+    )
+    .unwrap()
+}
+
+#[test]
+fn after_a_failover_the_receiver_follows_the_new_timeline() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let new = fail_over_from_the_repository(&env, &status, false);
+    stream_50_rows_then_lose_the_new_primary(&env, &status, new);
     // Restored again: both timelines' rows are there.
     assert_eq!(
         rows_by_timeline_after_restore(&env, "last"),
@@ -636,7 +643,6 @@ fn after_a_failover_at_a_segment_boundary_the_receiver_streams_the_new_timeline_
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     let status = configure_receiver(&env, "");
     let new = fail_over_from_the_repository(&env, &status, true);
-    let _guard_new = StopOnDrop(&new);
     for _ in 0..3 {
         new.psql(
             "postgres",
@@ -645,19 +651,7 @@ fn after_a_failover_at_a_segment_boundary_the_receiver_streams_the_new_timeline_
         .unwrap();
         new.psql("postgres", "select pg_switch_wal()").unwrap();
     }
-    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
-    wait_standby(&new, None);
-    new.psql(
-        "postgres",
-        "insert into t select i, 'new' from generate_series(101, 150) i",
-    )
-    .unwrap();
-    let end = new.psql("postgres", "select pg_current_wal_lsn()").unwrap();
-    wait_flushed(&receiver, &end);
-    assert_eq!(receiver.status().unwrap()["timeline"], 2);
-    drop(receiver);
-    kill9_server(&new);
-    std::fs::remove_dir_all(&new.datadir).unwrap();
+    stream_50_rows_then_lose_the_new_primary(&env, &status, new);
     assert_eq!(
         rows_by_timeline_after_restore(&env, "last"),
         "early30\nnew50\nold100",
