@@ -8,6 +8,10 @@
 //! place that holds for every command at once, whatever its own settings. A request waits for
 //! a permit before it starts and keeps it until its answer is read (a listing's pages, a
 //! range read's body), so the cap is on requests the store is working on.
+//!
+//! Unlike most wrappers it changes every operation, so it states each one: a storage operation
+//! added later is forwarded uncapped by [`crate::storage::StorageWrapper`]'s default until it
+//! is added here too.
 
 use std::ops::Range;
 use std::sync::Arc;
