@@ -617,9 +617,10 @@ pub async fn exclusive<T>(
 /// Writes the lease's current bytes over the version last known, and records in `health`
 /// whether it landed.
 async fn refresh(repo: &Repository, k: &ObjectKey, health: &Mutex<Health>, w: &mut Written) {
-    Health::update(health, |s| s.sending(Stamp::now()));
     // Twice at most: once more after finding our own earlier bytes at a version we missed.
     for _ in 0..2 {
+        // Each write counts from when it was sent: a landing only vouches for that moment.
+        Health::update(health, |s| s.sending(Stamp::now()));
         match repo
             .storage()
             .put_swap(k, w.raw.clone(), Some(&w.version))

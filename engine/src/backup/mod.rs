@@ -680,7 +680,7 @@ async fn backup_with_lease(
                         if p.size == *size
                             && p.mtime_ns == *mtime_ns
                             && *mtime_ns < reference_start_ns - MTIME_SAFETY_NS
-                            && ctx.owner_reads.may_read(e.uid, e.gid, e.mode)
+                            && ctx.owner_reads.could_read(&e.abs)
                         {
                             let mut unchanged = parent.expect("matched above");
                             if unchanged.block_lists.is_empty() {
@@ -910,6 +910,7 @@ async fn backup_with_lease(
         id,
         backup_type,
         reference: reference_id,
+        gc_seen: Some(gc_seen),
         cluster: opts.cluster.clone(),
         system_identifier: control.system_identifier.to_string(),
         pg_version_num: session.version_num,

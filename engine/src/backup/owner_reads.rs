@@ -27,8 +27,8 @@
 //! link, and must be the very file the walk found (device and inode), else the walk is done
 //! again. A directory the walk would descend into must also be one the owner may list
 //! ([`OwnerReads::refusal`]): a link to `/root` would otherwise put its names in the
-//! manifest. (That check is by path, so a link swapped between it and the listing can still
-//! show names, never contents.) An entry with a POSIX access ACL is judged by its ACL, as the
+//! manifest. (That check is of the entry the walk found, but the listing that follows opens
+//! it by path again, so a link swapped in between can still show names, never contents.) An entry with a POSIX access ACL is judged by its ACL, as the
 //! kernel would ([`super::posix_acl`]): one an ACL closes to the owner is left out whatever its
 //! bits, one it opens to a group of the owner's is taken. Files of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
 //! bits do not say who may read them (`/proc/kallsyms` is world-readable and shows addresses
@@ -70,6 +70,12 @@ impl OwnerReads {
         if m.uid() == running_uid || m.uid() == 0 {
             return Ok(OwnerReads { owner: None });
         }
+        if !super::posix_acl::readable_through_proc() {
+            tracing::warn!(
+                "/proc is not mounted: the ACLs of directories on the way to each file are not \
+                 seen (their permission bits decide); files' own ACLs still are"
+            );
+        }
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
         Ok(OwnerReads {
@@ -108,7 +114,12 @@ impl OwnerReads {
             return Ok(Reached::File(File::from(fd)));
         };
         for _ in 0..ATTEMPTS {
-            let (parent, name, found) = match o.reach(path)? {
+            let Reach {
+                parent,
+                name,
+                st: found,
+                ..
+            } = match o.reach(path)? {
                 Ok(r) => r,
                 Err(why) => return Ok(Reached::Refused(why)),
             };
@@ -155,7 +166,9 @@ impl OwnerReads {
         let Some(o) = &self.owner else {
             return Ok(None);
         };
-        let (parent, name, found) = match o.reach(path)? {
+        let Reach {
+            st: found, entry, ..
+        } = match o.reach(path)? {
             Ok(r) => r,
             Err(why) => return Ok(Some(why)),
         };
@@ -163,7 +176,6 @@ impl OwnerReads {
             FileType::Directory => (READ | SEARCH, "list"),
             _ => (READ, "read"),
         };
-        let entry = rfs::openat(&parent, &name, WALK_FLAGS, Mode::empty())?;
         if !o.may_at(&entry, &found, want) {
             return Ok(Some(format!(
                 "an entry of uid {}, mode {:o} (and its ACL, if any), that the data directory's \
@@ -174,6 +186,13 @@ impl OwnerReads {
             )));
         }
         Ok(None)
+    }
+
+    /// Whether the owner could reach and read the file at `path` (its ACL included; always,
+    /// when nothing is checked): an unchanged file is carried over from the reference only
+    /// then, since an ACL added since changes its ctime, not what the reference compares.
+    pub fn could_read(&self, path: &Path) -> bool {
+        matches!(self.refusal(path), Ok(None))
     }
 
     /// Whether anything is checked (the backup runs as another user than the owner).
@@ -246,18 +265,21 @@ impl Owner {
     /// has one ([`super::posix_acl`]), as the kernel would decide.
     fn may_at(&self, fd: &OwnedFd, st: &rfs::Stat, want: u32) -> bool {
         use super::posix_acl::{self, Found};
+        // The kernel: the owning user by its bits; the ACL only when the mask is not `---`.
+        if st.st_uid == self.uid || st.st_mode & 0o070 == 0 {
+            return self.may(st.st_uid, st.st_gid, st.st_mode, want);
+        }
         match posix_acl::of(fd) {
-            Found::None => self.may(st.st_uid, st.st_gid, st.st_mode, want),
+            Found::None | Found::NoProc => self.may(st.st_uid, st.st_gid, st.st_mode, want),
             Found::Acl(acl) => acl.grants(self.uid, &self.gids, st.st_uid, st.st_gid, want as u16),
             Found::Invalid => false,
         }
     }
 
-    /// Resolves `path` as this owner's lookup would: the directory holding the last entry,
-    /// that entry's name and what it is (links, the last one's too, followed). `Err` with the
-    /// reason when a directory on the way is not one the owner may search.
-    #[allow(clippy::type_complexity)]
-    fn reach(&self, path: &Path) -> io::Result<Result<(OwnedFd, PathBuf, rfs::Stat), String>> {
+    /// Resolves `path` as this owner's lookup would ([`Reach`]; links, the last one's too,
+    /// followed). `Err` with the reason when a directory on the way is not one the owner may
+    /// search.
+    fn reach(&self, path: &Path) -> io::Result<Result<Reach, String>> {
         let root = || rfs::open("/", WALK_FLAGS | OFlags::DIRECTORY, Mode::empty());
         // Beneath the data directory: from the data directory (its own path followed as
         // given, like the backup's `pgdata`).
@@ -281,7 +303,7 @@ impl Owner {
         let mut todo: VecDeque<OsString> = VecDeque::new();
         push_components(&mut todo, path);
         let mut links = 0;
-        let mut last: Option<(PathBuf, rfs::Stat)> = None;
+        let mut last: Option<(PathBuf, rfs::Stat, OwnedFd)> = None;
         while let Some(name) = todo.pop_front() {
             // Looking a name up in `at` takes search permission on it.
             let dir = rfs::fstat(&at)?;
@@ -313,7 +335,7 @@ impl Owner {
                     push_components(&mut todo, &target);
                     last = None;
                 }
-                _ if todo.is_empty() => last = Some((name, st)),
+                _ if todo.is_empty() => last = Some((name, st, fd)),
                 FileType::Directory => {
                     walked.push(&name);
                     at = fd;
@@ -321,15 +343,31 @@ impl Owner {
                 _ => return Err(Errno::NOTDIR.into()),
             }
         }
-        match last {
-            Some((name, st)) => Ok(Ok((at, name, st))),
+        Ok(Ok(match last {
+            Some((name, st, entry)) => Reach {
+                parent: at,
+                name,
+                st,
+                entry,
+            },
             // The path ended in `/`, `.` or `..`: the directory the walk is in.
-            None => {
-                let st = rfs::fstat(&at)?;
-                Ok(Ok((at, PathBuf::from("."), st)))
-            }
-        }
+            None => Reach {
+                entry: rfs::openat(&at, ".", WALK_FLAGS, Mode::empty())?,
+                st: rfs::fstat(&at)?,
+                parent: at,
+                name: PathBuf::from("."),
+            },
+        }))
     }
+}
+
+/// Where [`Owner::reach`] ended: the directory holding the last entry, that entry's name, its
+/// status, and an `O_PATH` descriptor of it (what was found, whatever its name holds later).
+struct Reach {
+    parent: OwnedFd,
+    name: PathBuf,
+    st: rfs::Stat,
+    entry: OwnedFd,
 }
 
 /// `primary` and the groups `group` (an `/etc/group`) lists `uid`'s name in, the name taken
@@ -549,6 +587,23 @@ mod tests {
         let why = opened(&r, &denied).unwrap_err();
         assert!(why.contains("ACL"), "{why}");
         assert_eq!(opened(&r, &granted).unwrap(), "granted");
+        // What carries an unchanged file over from the reference decides the same way.
+        assert!(!r.could_read(&denied) && r.could_read(&granted));
+        // A mask of `---` (group bits 0): the kernel ignores the ACL and the bits decide,
+        // here the "other" read bit the named entry for 4242 does not reach.
+        let masked = open.join("masked.conf");
+        std::fs::write(&masked, "masked").unwrap();
+        assert!(testing::set(
+            &masked,
+            &[
+                (USER_OBJ, 6, ANY),
+                (USER, 6, 4242),
+                (GROUP_OBJ, 0, ANY),
+                (MASK, 0, ANY),
+                (OTHER, 4, ANY),
+            ],
+        ));
+        assert_eq!(opened(&r, &masked).unwrap(), "masked");
         assert_eq!(
             r.refusal(&closed).unwrap(),
             None,

@@ -9,11 +9,18 @@
 //! `system.posix_acl_access`, in the kernel's format (`include/uapi/linux/posix_acl_xattr.h`),
 //! and it is evaluated as the kernel's `posix_acl_permission` does.
 //!
-//! The walk holds `O_PATH` descriptors, on which `fgetxattr` is refused, so the attribute is
-//! read through `/proc/self/fd/N`, which names exactly the entry the descriptor holds.
-//! Without `/proc`, or on a file system without ACLs, only the bits count, as before.
+//! The kernel consults the ACL only when the group bits of the mode (the ACL's mask) are not
+//! all clear; so does this. An opened file's attribute is read from its descriptor. The walk
+//! holds `O_PATH` descriptors, on which `fgetxattr` is refused, so theirs is read through
+//! `/proc/self/fd/N`, which names exactly the entry the descriptor holds (a link's own, not
+//! its target's). On a file system without ACLs the bits decide; without `/proc` they decide
+//! for directories on the walk, and the backup warns once that ACLs are not seen there. An
+//! attribute that cannot be read for any other reason (a security module, an I/O error), or
+//! is not a valid ACL, grants nothing.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+
+use rustix::io::Errno;
 
 /// The access ACL's extended attribute.
 const ACCESS_ACL: &str = "system.posix_acl_access";
@@ -42,26 +49,46 @@ pub struct Acl(Vec<Entry>);
 /// What reading an entry's ACL found.
 #[derive(Debug)]
 pub enum Found {
-    /// It has none (or none can be read here): its bits decide.
+    /// It has none (or the file system has no ACLs): its bits decide.
     None,
+    /// It could not be looked at: an `O_PATH` descriptor and no `/proc` to read it through.
+    /// Its bits decide ([`super::owner_reads::OwnerReads::of`] warns once that ACLs are not
+    /// seen).
+    NoProc,
     /// Its ACL.
     Acl(Acl),
     /// An attribute that is not a valid ACL (or one too long to read): nothing is granted.
     Invalid,
 }
 
-/// The access ACL of the entry `fd` holds (an `O_PATH` descriptor will do).
+/// The access ACL of the entry `fd` holds: read from the descriptor, or for an `O_PATH` one
+/// (refused by `fgetxattr`) through `/proc/self/fd/N`, which names that very entry.
 pub fn of(fd: &OwnedFd) -> Found {
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     // 4 KiB holds about 500 entries; the kernel's limit for ext4 is 32 in-inode (more in a
     // block, up to a page). A longer ACL is refused (`ERANGE`) and grants nothing.
     let mut buf = [0u8; 4096];
-    match rustix::fs::getxattr(path.as_str(), ACCESS_ACL, &mut buf[..]) {
+    let read = match rustix::fs::fgetxattr(fd, ACCESS_ACL, &mut buf[..]) {
+        Err(Errno::BADF) => {
+            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            match rustix::fs::getxattr(path.as_str(), ACCESS_ACL, &mut buf[..]) {
+                Err(Errno::NOENT) => return Found::NoProc,
+                other => other,
+            }
+        }
+        other => other,
+    };
+    match read {
         Ok(n) => parse(&buf[..n]).map_or(Found::Invalid, Found::Acl),
-        Err(rustix::io::Errno::RANGE) => Found::Invalid,
-        // ENODATA: no ACL; ENOTSUP: no ACLs on this file system; ENOENT: no /proc.
-        Err(_) => Found::None,
+        // No ACL, or none on this file system.
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Found::None,
+        // Too long, refused by a security module, an I/O error: nothing is granted.
+        Err(_) => Found::Invalid,
     }
+}
+
+/// Whether ACLs can be read through `/proc` here (the walk's `O_PATH` descriptors need it).
+pub fn readable_through_proc() -> bool {
+    std::path::Path::new("/proc/self/fd").is_dir()
 }
 
 /// The ACL in `raw`, or `None` if it is not one (length, version or tag).

@@ -41,8 +41,9 @@
 //!    swept meanwhile). A lease that names no generation (a backup starting, or an older
 //!    version's) holds every sweep. The leases and then the manifests are read again after
 //!    the condemnations are written, before anything is deleted: a backup that began after
-//!    the first read shows in one or the other, and a manifest the mark did not read holds
-//!    every sweep of this run. Index segments listing
+//!    the first read shows in one or the other, and a manifest the mark did not read is
+//!    judged like a lease (the manifest records the generation its backup read, and its
+//!    reference); one of an older version, which records none, holds every sweep of the run. Index segments listing
 //!    a swept pack are first rewritten without its entries (new segment created, then the old
 //!    one deleted), then the pack is deleted, then `gc/state` forgets it.
 //! 7. **Merge index segments** ([`merge_index`]): once there are enough small ones, they are
@@ -85,33 +86,65 @@ use crate::store::condemned as state;
 pub use crate::store::condemned::{condemned_packs, read_state, GcState};
 pub use liveness::SpaceSummary;
 
-/// What the running backups (their leases, read before the manifests) allow gc to sweep.
+/// What a backup tells gc about what it may use: from its live lease while it runs, from its
+/// manifest once it has committed.
+struct BackupSays<'a> {
+    cluster: &'a str,
+    reference: Option<&'a str>,
+    gc_seen: Option<u64>,
+}
+
+impl<'a> From<&'a crate::lease::LiveLease> for BackupSays<'a> {
+    fn from(l: &'a crate::lease::LiveLease) -> Self {
+        BackupSays {
+            cluster: &l.body.cluster,
+            reference: l.body.reference.as_deref(),
+            gc_seen: l.body.gc_seen,
+        }
+    }
+}
+
+impl<'a> From<&'a crate::store::manifest::Manifest> for BackupSays<'a> {
+    fn from(m: &'a crate::store::manifest::Manifest) -> Self {
+        BackupSays {
+            cluster: &m.cluster,
+            reference: m.reference.as_deref(),
+            gc_seen: m.gc_seen,
+        }
+    }
+}
+
+/// What the backups the mark did not see (running ones, from their leases; ones committed
+/// while gc marked, from their manifests) allow gc to sweep.
 struct RunningBackups {
     /// Some backup may carry any block over: it has not said which `gc/state` it read (it is
-    /// starting, or an older version wrote its lease), or its reference backup's manifest is
-    /// gone, so the blocks it takes from there are referenced by no manifest gc read.
+    /// starting, or an older version wrote it), or its reference backup's manifest is not
+    /// among those the mark read, so the blocks it takes from there may be referenced by no
+    /// manifest gc read.
     hold_all: bool,
-    /// The oldest `gc/state` generation a running backup read.
+    /// The oldest `gc/state` generation such a backup read.
     oldest_seen: Option<u64>,
 }
 
 impl RunningBackups {
-    fn of(
-        leases: &[crate::lease::LiveLease],
+    fn of<'a>(
+        backups: impl IntoIterator<Item = BackupSays<'a>>,
         manifests: &HashSet<(String, String)>,
     ) -> RunningBackups {
-        let reference_gone = |l: &crate::lease::LiveLease| {
-            l.body
-                .reference
-                .as_ref()
-                .is_some_and(|r| !manifests.contains(&(l.body.cluster.clone(), r.clone())))
+        let mut r = RunningBackups {
+            hold_all: false,
+            oldest_seen: None,
         };
-        RunningBackups {
-            hold_all: leases
-                .iter()
-                .any(|l| l.body.gc_seen.is_none() || reference_gone(l)),
-            oldest_seen: leases.iter().filter_map(|l| l.body.gc_seen).min(),
+        for b in backups {
+            let reference_unread = b
+                .reference
+                .is_some_and(|id| !manifests.contains(&(b.cluster.to_string(), id.to_string())));
+            r.hold_all |= b.gc_seen.is_none() || reference_unread;
+            if let Some(g) = b.gc_seen {
+                r.oldest_seen = Some(r.oldest_seen.map_or(g, |o| o.min(g)));
+            }
         }
+        r
     }
 
     /// Whether a running backup may use a pack condemned in gc/state generation `condemned_in`:
@@ -388,7 +421,7 @@ pub(crate) async fn gc_locked_with(
         }
     }
     // 6. Sweep candidates.
-    let backups = RunningBackups::of(&leases, &usage.backups);
+    let backups = RunningBackups::of(leases.iter().map(BackupSays::from), &usage.backups);
     let mut sweep: Vec<PackId> = Vec::new();
     for (&id, at) in &state.condemned {
         // The clock read at condemnation, not at the start: with a zero grace period, packs
@@ -420,11 +453,19 @@ pub(crate) async fn gc_locked_with(
     // ended wrote a manifest the mark did not read. The leases again, then the manifests (a
     // backup writes its manifest before it lets its lease go): either shows each of them.
     if !sweep.is_empty() {
-        let later = RunningBackups::of(&crate::lease::live(repo).await?, &usage.backups);
+        let running = crate::lease::live(repo).await?;
         let committed = manifests_since(repo, &usage.backups).await?;
+        let later = RunningBackups::of(
+            running
+                .iter()
+                .map(BackupSays::from)
+                .chain(committed.iter().map(BackupSays::from)),
+            &usage.backups,
+        );
         let before = sweep.len();
-        sweep.retain(|id| !committed && !later.may_use(state.condemned_in(id)));
+        sweep.retain(|id| !later.may_use(state.condemned_in(id)));
         report.waiting_for_backups += before - sweep.len();
+        report.manifests += committed.len();
     }
     let size = |id: &PackId| usage.packs.get(id).map_or(0, |p| p.size);
     report.pending_bytes = state
@@ -458,17 +499,27 @@ pub(crate) async fn gc_locked_with(
     Ok((report, clean))
 }
 
-/// Whether a backup manifest exists that is not among `read` (a backup committed while gc
-/// marked).
-async fn manifests_since(repo: &Repository, read: &HashSet<(String, String)>) -> Result<bool> {
+/// The manifests (without their file lists) of backups not among `read`: committed while gc
+/// marked.
+async fn manifests_since(
+    repo: &Repository,
+    read: &HashSet<(String, String)>,
+) -> Result<Vec<crate::store::manifest::Manifest>> {
+    let mut out = Vec::new();
     for c in crate::store::manifest::cluster_names(repo).await? {
         for id in crate::store::manifest::list_ids(repo, &c).await? {
-            if !read.contains(&(c.clone(), id)) {
-                return Ok(true);
+            if read.contains(&(c.clone(), id.clone())) {
+                continue;
+            }
+            match crate::store::manifest::load_unexpanded(repo, &c, &id).await {
+                Ok(m) => out.push(m.clone_head()),
+                // Expired since the listing: it carries nothing into the future.
+                Err(crate::error::Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
     }
-    Ok(false)
+    Ok(out)
 }
 
 /// Rewrites every index segment naming a doomed pack without those entries (new segment

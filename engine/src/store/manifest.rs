@@ -109,6 +109,11 @@ pub struct Manifest {
     pub backup_type: BackupType,
     /// The backup whose file list decided what to re-read (informational: nothing depends on it).
     pub reference: Option<String>,
+    /// The generation of `gc/state` the backup read before it loaded the block index (as its
+    /// lease said while it ran; none in manifests of older versions): gc judges a backup that
+    /// committed while it marked by this and `reference`, as it judges a running one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_seen: Option<u64>,
     /// Cluster name.
     pub cluster: String,
     /// System identifier (decimal).
@@ -182,6 +187,7 @@ impl Manifest {
             id: self.id.clone(),
             backup_type: self.backup_type,
             reference: self.reference.clone(),
+            gc_seen: self.gc_seen,
             cluster: self.cluster.clone(),
             system_identifier: self.system_identifier.clone(),
             pg_version_num: self.pg_version_num,
