@@ -23,6 +23,9 @@ const CONSISTENT: &str = "database system is ready to accept read-only connectio
 /// What every major logs once recovery has ended and the server is promoted.
 const PROMOTED: &str = "database system is ready to accept connections";
 
+/// How long after the poll that found recovery over the server may log its promotion.
+const POLL_LEAD: Duration = Duration::from_secs(1);
+
 /// The words of the server log lines [`phases`] reads (for the drill's log filter).
 pub const LOG_LINES: &str = "database system is ready to accept";
 
@@ -39,8 +42,11 @@ pub fn phases(
     let consistent = last_moment(log, &[CONSISTENT, CONSISTENT_13])
         .filter(|m| *m >= began && *m <= accepted)
         .unwrap_or(accepted);
+    // A session sees recovery over (the poll) once the startup process has ended it, a few
+    // milliseconds before the postmaster logs the promotion (when that process has exited):
+    // the logged moment may follow the poll's by that much.
     let promoted = last_moment(log, &[PROMOTED])
-        .filter(|m| *m >= consistent && *m <= ended)
+        .filter(|m| *m >= consistent && *m <= ended + POLL_LEAD)
         .unwrap_or(ended);
     let since = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap_or_default();
     (since(began, consistent), since(consistent, promoted))
@@ -82,6 +88,19 @@ mod tests {
         let ended = at("2026-12-06 05:15:29.950Z");
         let (startup, replay) = phases(LOG, began, accepted, ended);
         assert_eq!(startup, Duration::from_millis(133));
+        assert_eq!(replay, Duration::from_millis(629));
+    }
+
+    #[test]
+    fn a_promotion_logged_just_after_the_poll_saw_it_is_the_logged_moment() {
+        // The session saw recovery over 4 ms before the postmaster logged it.
+        let ended = at("2026-12-06 05:15:29.808Z");
+        let (_, replay) = phases(
+            LOG,
+            at("2026-12-06 05:15:29.050Z"),
+            at("2026-12-06 05:15:29.290Z"),
+            ended,
+        );
         assert_eq!(replay, Duration::from_millis(629));
     }
 
