@@ -824,7 +824,17 @@ fn gc_merges_small_index_segments_and_backups_still_restore() {
 /// its target. Without the hold (`--hold 0`) that expire would remove both.
 #[test]
 fn an_expire_during_a_recovery_keeps_the_backup_and_wal_it_replays() {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    expire_during_a_recovery(Backend::File)
+}
+
+/// The same on S3: the hold is created, extended and read through the object store.
+#[test]
+fn an_expire_during_a_recovery_keeps_the_backup_and_wal_it_replays_on_s3() {
+    expire_during_a_recovery(Backend::S3)
+}
+
+fn expire_during_a_recovery(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);
