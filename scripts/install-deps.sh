@@ -74,6 +74,7 @@ packages=(
     curl
     procps
     util-linux                  # runuser, flock
+    acl                         # setfacl: the root-backup end-to-end test sets POSIX ACLs
     build-essential             # cc/ld for -sys crates (zstd-sys, aws-lc-sys)
     pkg-config
     time                        # /usr/bin/time: peak RSS in benchmarks

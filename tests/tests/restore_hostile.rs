@@ -460,6 +460,39 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
     )
     .unwrap();
     symlink(hidden.path(), pg.datadir.join("hidden_dir")).unwrap();
+    // And POSIX ACLs that say the opposite of the permission bits (the kernel decides by the
+    // ACL): a world-readable file closed to that user, and a root-only file opened to it.
+    let owner = env
+        .run_as
+        .clone()
+        .expect("root runs PostgreSQL as its own user");
+    let acls = tempfile::Builder::new()
+        .prefix("pgcairn-acl-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(acls.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, mode, acl) in [
+        ("closed.conf", 0o644, format!("u:{owner}:---")),
+        ("opened.conf", 0o600, format!("u:{owner}:r--")),
+    ] {
+        let f = acls.path().join(name);
+        std::fs::write(&f, name).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        let set = Command::new("setfacl")
+            .args(["-m", &acl])
+            .arg(&f)
+            .output()
+            .expect("setfacl (package acl, installed by scripts/install-deps.sh)");
+        assert_success(&set, &format!("setfacl -m {acl} {}", f.display()));
+        // The kernel agrees with what the test expects of it.
+        let read = Command::new("runuser")
+            .args(["-u", &owner, "--", "cat"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert_eq!(read.status.success(), name == "opened.conf", "{name}");
+        symlink(&f, pg.datadir.join(format!("base/1/acl_{name}"))).unwrap();
+    }
     {
         symlink(&secret, pg.datadir.join("base/1/secret_probe")).unwrap();
         let as_root = Command::new(&env.bin)
@@ -478,6 +511,7 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
         for (probe, why) in [
             ("hidden_probe", "could not enter"),
             ("hidden_dir", "could not list"),
+            ("acl_closed.conf", "could not read"),
         ] {
             assert!(
                 stderr(&as_root)
@@ -540,7 +574,16 @@ fn a_root_restore_gives_away_no_directory_and_no_setuid_file_the_backup_recorded
         !dir.join("base/1/secret_probe").exists(),
         "a file only root could read came back in the cluster's directory"
     );
-    for probe in ["base/1/hidden_probe", "hidden_dir"] {
+    assert_eq!(
+        std::fs::read_to_string(dir.join("base/1/acl_opened.conf")).unwrap(),
+        "opened.conf",
+        "a file an ACL opened to PostgreSQL's user was left out"
+    );
+    for probe in [
+        "base/1/hidden_probe",
+        "hidden_dir",
+        "base/1/acl_closed.conf",
+    ] {
         assert!(
             std::fs::symlink_metadata(dir.join(probe)).is_err(),
             "{probe}: what only root could reach came back in the cluster's directory"

@@ -26,9 +26,9 @@
 //! a link's absolute target is walked from `/`. The file is then opened relative to the last directory without following a
 //! link, and must be the very file the walk found (device and inode), else the walk is done
 //! again. A directory the walk would descend into must also be one the owner may list
-//! ([`OwnerReads::refusal`]): a link to `/root` would otherwise put its names in the
-//! manifest. (That check is of the entry the walk found, but the listing that follows opens
-//! it by path again, so a link swapped in between can still show names, never contents.) An entry with a POSIX access ACL is judged by its ACL, as the
+//! ([`OwnerReads::open_dir`]): a link to `/root` would otherwise put its names in the
+//! manifest. It is opened the same way, checked on its descriptor and listed from it, so a
+//! link swapped in after the check lists nothing the owner could not. An entry with a POSIX access ACL is judged by its ACL, as the
 //! kernel would ([`super::posix_acl`]): one an ACL closes to the owner is left out whatever its
 //! bits, one it opens to a group of the owner's is taken. Files of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
 //! bits do not say who may read them (`/proc/kallsyms` is world-readable and shows addresses
@@ -160,6 +160,55 @@ impl OwnerReads {
         ))
     }
 
+    /// Opens the directory at `path` for listing, as the owner could list it ([module
+    /// docs](self)): reached like a file, opened relative to the directory holding it without
+    /// following a link, and checked on that descriptor, so the names listed are those of the
+    /// directory checked, whatever was swapped in since. `Refused` with the reason when the
+    /// owner could not reach or list it, or it is not a directory.
+    pub fn open_dir(&self, path: &Path) -> io::Result<DirReached> {
+        let Some(o) = &self.owner else {
+            return Ok(DirReached::Dir(rfs::open(path, LIST_FLAGS, Mode::empty())?));
+        };
+        for _ in 0..ATTEMPTS {
+            let Reach {
+                parent,
+                name,
+                st: found,
+                ..
+            } = match o.reach(path)? {
+                Ok(r) => r,
+                Err(why) => return Ok(DirReached::Refused(why)),
+            };
+            if FileType::from_raw_mode(found.st_mode) != FileType::Directory {
+                return Ok(DirReached::Refused("not a directory".into()));
+            }
+            let fd = match rfs::openat(&parent, &name, LIST_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+            {
+                Ok(fd) => fd,
+                // Swapped for a link or a file since the walk: walk again.
+                Err(Errno::LOOP | Errno::NOTDIR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let st = rfs::fstat(&fd)?;
+            if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
+                continue;
+            }
+            if !o.may_at(&fd, &st, READ | SEARCH) {
+                return Ok(DirReached::Refused(format!(
+                    "a directory of uid {}, mode {:o} (and its ACL, if any), that the data \
+                     directory's owner (uid {}) could not list",
+                    st.st_uid,
+                    st.st_mode & 0o7777,
+                    o.uid
+                )));
+            }
+            return Ok(DirReached::Dir(fd));
+        }
+        Ok(DirReached::Refused(
+            "it kept changing while it was being opened".into(),
+        ))
+    }
+
     /// `None` when the owner could reach the entry at `path` (links followed) and read it, a
     /// directory list it (or nothing is checked), else the reason it could not.
     pub fn refusal(&self, path: &Path) -> io::Result<Option<String>> {
@@ -231,6 +280,33 @@ pub enum Reached {
     /// Left out, and why.
     Refused(String),
 }
+
+/// What [`OwnerReads::open_dir`] found.
+#[derive(Debug)]
+pub enum DirReached {
+    /// The directory, open for listing ([`names_in`]).
+    Dir(OwnedFd),
+    /// Left out, and why.
+    Refused(String),
+}
+
+/// The names in the directory open at `fd` (`.` and `..` left out), sorted.
+pub fn names_in(fd: OwnedFd) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in rfs::Dir::new(fd)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// How a directory is opened for listing.
+const LIST_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
 
 /// Permission bits, as the "other" class has them (shifted for the owner and group classes).
 const READ: u32 = 0o4;
@@ -627,6 +703,39 @@ mod tests {
             let gone = who.open_file(&d.path().join("pgdata/gone")).unwrap_err();
             assert_eq!(gone.kind(), io::ErrorKind::NotFound);
         }
+    }
+
+    #[test]
+    fn a_directory_is_listed_from_what_was_checked_whatever_its_name_holds_later() {
+        let (d, r) = tree();
+        let p = d.path();
+        let names = |who: &OwnerReads, path: &Path| match who.open_dir(path).unwrap() {
+            DirReached::Dir(fd) => Ok(names_in(fd).unwrap()),
+            DirReached::Refused(why) => Err(why),
+        };
+        let refused = names(&r, &p.join("pgdata/to_secret_dir")).unwrap_err();
+        assert!(refused.contains("could not list"), "{refused}");
+        assert!(names(&r, &p.join("pgdata/to_unlisted_dir")).is_err());
+        assert_eq!(
+            names(&r, &p.join("pgdata/PG_VERSION")).unwrap_err(),
+            "not a directory"
+        );
+        // Root, or the owner itself, lists what the kernel lets it.
+        assert_eq!(
+            names(&OwnerReads::unchecked(), &p.join("secret")).unwrap(),
+            ["dump.sh"]
+        );
+        // Checked, then swapped for a link to a directory the owner may not list: the listing
+        // is still of the directory that was checked.
+        let swapped = p.join("pgdata/conf.d");
+        std::fs::create_dir(&swapped).unwrap();
+        std::fs::write(swapped.join("mine.conf"), "x").unwrap();
+        let DirReached::Dir(fd) = r.open_dir(&swapped).unwrap() else {
+            panic!("conf.d is the owner's to list");
+        };
+        std::fs::rename(&swapped, p.join("pgdata/conf.d.old")).unwrap();
+        std::os::unix::fs::symlink(p.join("secret"), &swapped).unwrap();
+        assert_eq!(names_in(fd).unwrap(), ["mine.conf"]);
     }
 
     #[test]

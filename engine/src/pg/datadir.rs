@@ -24,12 +24,13 @@
 //! Memory: the walk holds one sorted listing per directory on its current path, never the
 //! whole tree; entries go to a callback as they are found.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::owner_reads::OwnerReads;
+use crate::backup::owner_reads::{names_in, DirReached, OwnerReads};
 use crate::error::{Error, Result};
 
 const SKIP_CONTENTS: &[&str] = &[
@@ -120,7 +121,16 @@ pub fn walk_as(
         visit: &mut visit,
         around: holding(pgdata)?,
     };
-    walk.dir(pgdata, "", true)?;
+    let top = match owner.open_dir(pgdata).map_err(|e| io(pgdata, e))? {
+        DirReached::Dir(fd) => fd,
+        DirReached::Refused(why) => {
+            return Err(Error::io(
+                format!("listing {}", pgdata.display()),
+                std::io::Error::new(std::io::ErrorKind::PermissionDenied, why),
+            ))
+        }
+    };
+    walk.dir(top, pgdata, "", true)?;
     Ok(tablespaces)
 }
 
@@ -148,16 +158,6 @@ struct Walk<'a> {
     around: Vec<DirId>,
 }
 
-fn sorted_names(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
-        let e = e.map_err(|e| io(dir, e))?;
-        names.push(e.file_name().to_string_lossy().to_string());
-    }
-    names.sort();
-    Ok(names)
-}
-
 /// Relfilenodes in `names` that have an `_init` fork (unlogged relations).
 fn unlogged_nodes(names: &[String]) -> Vec<&str> {
     names
@@ -172,25 +172,21 @@ fn fork_node(name: &str) -> &str {
 }
 
 impl Walk<'_> {
-    /// Whether `owner` could have what `abs` is (`meta`, links followed); `false` after
-    /// warning why not.
-    fn owner_could(&self, abs: &Path, meta: &std::fs::Metadata) -> Result<bool> {
+    /// Whether `owner` could have the file `abs` (links followed); `false` after warning why
+    /// not. Directories are checked as they are opened ([`Walk::open`]).
+    fn owner_could(&self, abs: &Path) -> Result<bool> {
         if !self.owner.checks() {
             return Ok(true);
         }
         // A file in a directory walked already: its own bits are checked once open, unless it
         // is a link (to a file wherever the owner chose).
-        if !meta.is_dir() && !std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_symlink()) {
+        if !std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_symlink()) {
             return Ok(true);
         }
         match self.owner.refusal(abs) {
             Ok(None) => Ok(true),
             Ok(Some(why)) => {
-                tracing::warn!(
-                    "left out of the backup: {} ({why}; reached through a link or put there by \
-                     another user, so PostgreSQL cannot have needed it)",
-                    abs.display()
-                );
+                left_out(abs, &why);
                 Ok(false)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -198,8 +194,23 @@ impl Walk<'_> {
         }
     }
 
-    fn dir(&mut self, dir: &Path, rel: &str, top: bool) -> Result<()> {
-        let names = sorted_names(dir)?;
+    /// The directory `abs`, open for listing when `owner` could list it; `None` after warning
+    /// why not, or when it is gone.
+    fn open(&self, abs: &Path) -> Result<Option<OwnedFd>> {
+        match self.owner.open_dir(abs) {
+            Ok(DirReached::Dir(fd)) => Ok(Some(fd)),
+            Ok(DirReached::Refused(why)) => {
+                left_out(abs, &why);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(abs, e)),
+        }
+    }
+
+    /// Walks the directory open at `fd` (`dir`, at `rel`), listing it from that descriptor.
+    fn dir(&mut self, fd: OwnedFd, dir: &Path, rel: &str, top: bool) -> Result<()> {
+        let names = names_in(fd).map_err(|e| io(dir, e))?;
         let unlogged = unlogged_nodes(&names);
         for name in &names {
             if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
@@ -224,9 +235,18 @@ impl Walk<'_> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(&abs, e)),
             };
-            if !self.owner_could(&abs, &meta)? {
-                continue;
-            }
+            // Checked and listed from one descriptor: the names are those of what was checked.
+            let listing = if meta.is_dir() {
+                match self.open(&abs)? {
+                    Some(fd) => Some(fd),
+                    None => continue,
+                }
+            } else {
+                if !self.owner_could(&abs)? {
+                    continue;
+                }
+                None
+            };
             let entry = |kind| Entry {
                 path: path.clone(),
                 abs: abs.clone(),
@@ -235,8 +255,10 @@ impl Walk<'_> {
                 uid: meta.uid(),
                 gid: meta.gid(),
             };
-            if meta.is_dir() {
-                let id = (meta.dev(), meta.ino());
+            if let Some(listing) = listing {
+                let st = rustix::fs::fstat(&listing).map_err(|e| io(&abs, e.into()))?;
+                #[allow(clippy::unnecessary_cast)]
+                let id = (st.st_dev as u64, st.st_ino as u64);
                 if self.around.contains(&id) {
                     tracing::warn!(
                         "left out of the backup: {} (a link to a directory that holds the data \
@@ -271,7 +293,7 @@ impl Walk<'_> {
                     continue;
                 }
                 self.around.push(id);
-                self.dir(&abs, &path, false)?;
+                self.dir(listing, &abs, &path, false)?;
                 self.around.pop();
             } else if meta.is_file() {
                 let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
@@ -283,6 +305,14 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+fn left_out(abs: &Path, why: &str) {
+    tracing::warn!(
+        "left out of the backup: {} ({why}; reached through a link or put there by another \
+         user, so PostgreSQL cannot have needed it)",
+        abs.display()
+    );
 }
 
 #[cfg(test)]
