@@ -214,6 +214,7 @@ async fn expire_locked(
         None => Default::default(),
     };
     let mut unrecorded_pins = Vec::new();
+    let mut bases = Vec::new();
     for id in manifest::list_ids(repo, cluster).await? {
         let m = manifest::load_head(repo, cluster, &id).await?;
         let stop_time = m.stop_time.datetime();
@@ -226,6 +227,12 @@ async fn expire_locked(
             pinned: in_head || has_object,
             id: id.clone(),
             backup_type: m.backup_type,
+            stop_time,
+        });
+        bases.push(Base {
+            id: id.clone(),
+            timeline: m.timeline,
+            stop_lsn: m.stop_lsn,
             stop_time,
         });
         needs.push(WalNeed {
@@ -287,26 +294,39 @@ async fn expire_locked(
             d.reasons.push(h.describe());
         }
     }
+    // Every archived WAL file; history files always stay.
+    let pointers = repo
+        .storage()
+        .list(&layout::wal_pointer_prefix(cluster))
+        .await?;
+    let latest = pointers
+        .iter()
+        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()))
+        .map(|(_, n)| n.timeline().0)
+        .max();
+    let base_of_latest = match latest {
+        Some(tli) => keep_a_base_of(repo, cluster, seg_size, tli, &bases, &mut decisions).await?,
+        None => None,
+    };
     let retained: Vec<WalNeed> = needs
         .into_iter()
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
         .collect();
     let mut plan = wal_plan(&retained, policy.pitr_window, now.datetime());
     if let Some(p) = plan.as_mut() {
-        for n in retained
-            .iter()
-            .filter(|n| holds.iter().any(|h| h.backup_id == n.id))
-        {
+        for n in &retained {
+            let why = if holds.iter().any(|h| h.backup_id == n.id) {
+                "held by a recovery"
+            } else if base_of_latest.as_deref() == Some(n.id.as_str()) {
+                "the latest timeline's only base"
+            } else {
+                continue;
+            };
             if n.start_seg < p.pitr_from.0 {
-                p.pitr_from = (n.start_seg, format!("{} (held by a recovery)", n.id));
+                p.pitr_from = (n.start_seg, format!("{} ({why})", n.id));
             }
         }
     }
-    // Every archived WAL file with its decision; history files always stay.
-    let pointers = repo
-        .storage()
-        .list(&layout::wal_pointer_prefix(cluster))
-        .await?;
     let pointer_written: HashMap<String, Option<i64>> = pointers
         .iter()
         .map(|o| (o.key.as_str().to_string(), o.modified))
@@ -450,6 +470,65 @@ pub fn locked_until(
     let written = written.unwrap_or(now.unix_seconds());
     let until = written.saturating_add(lock.as_secs() as i64);
     (until > now.unix_seconds()).then(|| Timestamp::from_unix_seconds(until))
+}
+
+/// What [`keep_a_base_of`] needs to know of a backup.
+struct Base {
+    id: String,
+    timeline: u32,
+    stop_lsn: crate::types::Lsn,
+    stop_time: time::OffsetDateTime,
+}
+
+/// Keeps the newest backup a restore of timeline `latest` could start from, when retention
+/// kept none: returns its id. `latest` is the newest timeline archived, the one a restore
+/// recovers along by default (`recovery_target_timeline = 'latest'`).
+///
+/// Why: a point-in-time recovery that promotes forks a new timeline below the newer backups
+/// of the old one, which are then off its history (PostgreSQL refuses to start from them).
+/// Its only base is the backup the recovery started from, held for a day ([`crate::hold`]).
+/// Retention counts backups, not timelines: once the hold ended, before the first backup of
+/// the new timeline (a failing nightly backup, a weekend), expire removed that base and its
+/// WAL, and the cluster running on the new timeline had no restorable backup at all. It is
+/// kept now, with the WAL after it, until a backup of the new timeline is retained.
+async fn keep_a_base_of(
+    repo: &Repository,
+    cluster: &str,
+    seg_size: u64,
+    latest: u32,
+    bases: &[Base],
+    decisions: &mut [Decision],
+) -> Result<Option<String>> {
+    let mut view = crate::recovery::ArchiveView::new(seg_size);
+    view.probe_histories(
+        repo,
+        cluster,
+        latest,
+        crate::recovery::TimelineTarget::Latest,
+    )
+    .await?;
+    let mut on_path: Vec<&Base> = bases
+        .iter()
+        .filter(|b| view.on_path(latest, b.timeline, b.stop_lsn))
+        .collect();
+    let kept = |b: &&Base| decisions.iter().any(|d| d.keep && d.id == b.id);
+    if on_path.iter().any(kept) {
+        return Ok(None);
+    }
+    on_path.sort_by_key(|b| (b.stop_time, b.stop_lsn));
+    let Some(newest) = on_path.last() else {
+        return Ok(None);
+    };
+    let Some(d) = decisions.iter_mut().find(|d| d.id == newest.id) else {
+        return Ok(None);
+    };
+    d.keep = true;
+    d.reasons = vec![format!(
+        "the newest backup on the history of timeline {latest}, the latest (what a restore \
+         recovers along by default), which has no backup of its own yet: kept, with the WAL \
+         after it, until one is (take a backup now)"
+    )];
+    Ok(Some(newest.id.clone()))
 }
 
 #[cfg(test)]
@@ -798,13 +877,16 @@ mod tests {
             "2026-11-01T00:00:00Z",
             &[],
         );
-        let new = manifest(
+        // The newer backup is of timeline 2 (a backup of timeline 1 that late would be off
+        // timeline 2's history: see the next test).
+        let mut new = manifest(
             "20261120-000000F",
             "0/900028",
             "0/900100",
             "2026-11-20T00:00:00Z",
             &[],
         );
+        new.timeline = 2;
         manifest::save(&repo, &old).await.unwrap();
         manifest::save(&repo, &new).await.unwrap();
         let policy = Policy {
@@ -861,5 +943,93 @@ mod tests {
             .unwrap()
             .iter()
             .all(|id| id == "20261120-000000F"));
+    }
+
+    /// A point-in-time recovery forked timeline 2 in segment 8, below the newer backup of
+    /// timeline 1, which is then off timeline 2's history. Retention (one full) would keep
+    /// that newer backup only, and the cluster running on timeline 2 would have no restorable
+    /// backup: the older one stays, with the WAL after it, until timeline 2 has a backup.
+    #[tokio::test]
+    async fn the_latest_timelines_only_base_stays_until_it_has_a_backup_of_its_own() {
+        let (_mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        let history = "00000002.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &history,
+            WalSource::Bytes(b"1\t0/800000\tbefore transaction 1234\n".to_vec()),
+        )
+        .await
+        .unwrap();
+        for n in 8..=12 {
+            push(&repo, 2, n).await;
+        }
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        for (id, start, stop, t) in [
+            (old, "0/300028", "0/300100", "2026-11-01T00:00:00Z"),
+            (new, "0/900028", "0/900100", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(&repo, &manifest(id, start, stop, t, &[]))
+                .await
+                .unwrap();
+        }
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let kept = done.backups.iter().find(|d| d.id == old).unwrap();
+        assert!(kept.keep, "{done:?}");
+        assert!(kept.reasons[0].contains("timeline 2"), "{kept:?}");
+        assert!(done.backups.iter().all(|d| d.keep), "{done:?}");
+        // Its WAL onward stays on both timelines; below its start it goes.
+        let wal = archived(&repo).await;
+        assert_eq!(wal.len(), 8 + 1 + 5, "{wal:?}");
+        assert_eq!(wal[0], "000000010000000000000003");
+        // Restorable: a plan along the latest timeline chooses it.
+        let (chosen, _) = crate::recovery::plan(
+            &repo,
+            "main",
+            None,
+            &crate::recovery::Target::EndOfArchive,
+            crate::recovery::TimelineTarget::Latest,
+        )
+        .await
+        .unwrap();
+        assert_eq!(chosen.id, old);
+
+        // Timeline 2 gets a backup: retention decides alone again.
+        let mut own = manifest(
+            "20261121-000000F",
+            "0/B00028",
+            "0/B00100",
+            "2026-11-21T00:00:00Z",
+            &[],
+        );
+        own.timeline = 2;
+        manifest::save(&repo, &own).await.unwrap();
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let kept: Vec<&str> = done
+            .backups
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(kept, ["20261121-000000F"], "{done:?}");
+        assert_eq!(
+            archived(&repo).await,
+            [
+                "00000002.history",
+                "00000002000000000000000B",
+                "00000002000000000000000C",
+            ]
+        );
     }
 }
