@@ -22,11 +22,10 @@
 //! ignored, and removed by the next `expire` (read again first: one extended meanwhile stays).
 //!
 //! The race: a restore that chose its backup while an expire was deciding could lose it all
-//! the same. So the restore plans under the cluster's expire lease (as `pin` does: a running
-//! expire is waited for) and writes its hold before letting the lease go
-//! ([`plan_and_take`]): what an expire removed before is reported missing by that plan,
-//! before anything is written, and nothing goes between the plan and the hold. (It used to
-//! plan, hold, then plan again, a second WAL listing on long archives.)
+//! the same. So a hold is taken under the cluster's expire lease (as `pin` is: a running
+//! expire is waited for), and the restore plans again after holding: a backup or WAL that
+//! went before the hold is then reported as missing, before anything is written, as it would
+//! be for a restore started a moment later.
 //!
 //! A hold is a courtesy, not a condition: a restore with read-only storage credentials (see
 //! Security in the README) cannot write one, and goes on with a warning.
@@ -93,74 +92,18 @@ pub async fn take(
     hold: Duration,
     expire_wait: Duration,
 ) -> Result<ObjectKey> {
-    let name = format!("expire-{cluster}");
-    lease::exclusive(
-        repo,
-        &name,
-        cluster,
-        expire_wait,
-        put(repo, cluster, backup_id, hold),
-    )
-    .await
-}
-
-/// Writes a hold of `backup_id` (the caller holds the cluster's expire lease).
-async fn put(
-    repo: &Repository,
-    cluster: &str,
-    backup_id: &str,
-    hold: Duration,
-) -> Result<ObjectKey> {
     let nonce = format!("{}-{:016x}", backup_id, rand::random::<u64>());
     let key = layout::recovery_hold(cluster, &nonce);
     let until = Timestamp::now().unix_seconds() + hold.min(MAX_HOLD).as_secs() as i64;
     let raw = sealed::seal(repo, DocKind::Lease, &key, &body(cluster, backup_id, until));
-    repo.storage().put_create(&key, raw).await?;
-    Ok(key)
-}
-
-/// Runs `plan` (which chooses a backup, `backup_of` its result) under the cluster's expire
-/// lease and holds the chosen backup before letting the lease go: no expire can remove the
-/// backup or its WAL between the plan and the hold, so one plan is enough. A restore that
-/// cannot take the lease or write the hold (read-only credentials, a long-running expire)
-/// warns and goes on unheld; a plan that fails is the caller's error.
-pub async fn plan_and_take<T>(
-    repo: &Repository,
-    cluster: &str,
-    hold: Duration,
-    expire_wait: Duration,
-    plan: impl std::future::Future<Output = Result<T>>,
-    backup_of: impl Fn(&T) -> &str,
-) -> Result<(T, Option<ObjectKey>)> {
     let name = format!("expire-{cluster}");
-    let lease = match lease::acquire_exclusive(repo, &name, cluster, expire_wait).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(
-                "could not take the expire lease of cluster {cluster} to hold the backup \
-                 against expire ({e}): an expire running during the recovery may remove WAL it \
-                 needs"
-            );
-            return Ok((plan.await?, None));
-        }
-    };
-    let planned = plan.await;
-    let held = match &planned {
-        Ok(p) => match put(repo, cluster, backup_of(p), hold).await {
-            Ok(key) => Some(key),
-            Err(e) => {
-                tracing::warn!(
-                    "could not hold backup {} against expire ({e}): an expire running during \
-                     the recovery may remove WAL it needs",
-                    backup_of(p)
-                );
-                None
-            }
-        },
-        Err(_) => None,
-    };
-    lease.release().await;
-    Ok((planned?, held))
+    let k = key.clone();
+    lease::exclusive(repo, &name, cluster, expire_wait, async move {
+        repo.storage().put_create(&k, raw).await?;
+        Ok(())
+    })
+    .await?;
+    Ok(key)
 }
 
 /// Moves the end of the hold at `key` (of `backup_id`) to `hold` from now.

@@ -492,36 +492,68 @@ pub async fn restore(
 }
 
 /// Chooses the backup and, unless told not to or dry, holds it against `expire`
-/// ([`crate::hold::plan_and_take`]: planned under the expire lease, so nothing an expire
-/// removes can go between the plan and the hold). Returns the hold (backup id, object) with
-/// the plan.
+/// ([`crate::hold`]), then plans again: whatever an expire removed before the hold is then
+/// missing, before anything is written. Returns the hold (backup id, object) with the plan.
 #[allow(clippy::type_complexity)]
 async fn plan_and_hold(
     repo: &Repository,
     opts: &RestoreOptions,
 ) -> Result<(Manifest, Plan, Option<(String, crate::storage::ObjectKey)>)> {
-    let plan = recovery::plan(
-        repo,
-        &opts.cluster,
-        opts.backup.as_deref(),
-        &opts.target_spec,
-        opts.target_timeline,
-    );
+    let plan_once = || {
+        recovery::plan(
+            repo,
+            &opts.cluster,
+            opts.backup.as_deref(),
+            &opts.target_spec,
+            opts.target_timeline,
+        )
+    };
+    let (mut chosen, mut plan) = plan_once().await?;
     let Some(d) = opts.hold.filter(|_| !opts.dry_run && !repo.is_dry_run()) else {
-        let (chosen, plan) = plan.await?;
         return Ok((chosen, plan, None));
     };
-    let ((chosen, plan), held) = crate::hold::plan_and_take(
-        repo,
-        &opts.cluster,
-        d,
-        crate::hold::EXPIRE_WAIT,
-        plan,
-        |(m, _)| m.id.as_str(),
-    )
-    .await?;
-    let held = held.map(|key| (chosen.id.clone(), key));
-    Ok((chosen, plan, held))
+    let mut held: Option<(String, crate::storage::ObjectKey)> = None;
+    // A backup committed between two plans may be chosen instead: held in turn.
+    for _ in 0..3 {
+        if let Some((_, key)) = held.take() {
+            let _ = crate::hold::release(repo, &key).await;
+        }
+        let took =
+            crate::hold::take(repo, &opts.cluster, &chosen.id, d, crate::hold::EXPIRE_WAIT).await;
+        match took {
+            Ok(key) => held = Some((chosen.id.clone(), key)),
+            Err(e) => tracing::warn!(
+                "could not hold backup {} against expire ({e}): an expire running during the \
+                 recovery may remove WAL it needs",
+                chosen.id
+            ),
+        }
+        // Planned again in any case: an expire may have run while the hold waited.
+        let (c, p) = match plan_once().await {
+            Ok(cp) => cp,
+            Err(e) => {
+                if let Some((_, key)) = held.take() {
+                    let _ = crate::hold::release(repo, &key).await;
+                }
+                return Err(e);
+            }
+        };
+        let same = c.id == chosen.id;
+        (chosen, plan) = (c, p);
+        if same || held.is_none() {
+            return Ok((chosen, plan, held));
+        }
+    }
+    // Another backup each time: go on with the last plan, unheld.
+    if let Some((_, key)) = held.take() {
+        let _ = crate::hold::release(repo, &key).await;
+    }
+    tracing::warn!(
+        "backup {} was not held against expire (newer backups kept arriving while the restore \
+         planned)",
+        chosen.id
+    );
+    Ok((chosen, plan, None))
 }
 
 /// [`restore`] of the backup `chosen`, as `plan` says.
