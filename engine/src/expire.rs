@@ -299,13 +299,28 @@ async fn expire_locked(
         .storage()
         .list(&layout::wal_pointer_prefix(cluster))
         .await?;
-    let latest = pointers
+    // The timeline archived to last (ties: the higher one): the cluster's live timeline.
+    let live = pointers
         .iter()
-        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()))
-        .map(|(_, n)| n.timeline().0)
-        .max();
-    let base_of_latest = match latest {
-        Some(tli) => keep_a_base_of(repo, cluster, seg_size, tli, &bases, &mut decisions).await?,
+        .filter_map(|o| {
+            let (_, n) = layout::parse_wal_pointer(cluster, o.key.as_str())?;
+            Some((o.modified.unwrap_or(0), n.timeline().0))
+        })
+        .max()
+        .map(|(_, tli)| tli);
+    let base_of_live = match live {
+        Some(tli) => {
+            match keep_a_base_of(repo, cluster, seg_size, tli, &bases, &mut decisions).await {
+                Ok(base) => base,
+                Err(e) => {
+                    tracing::warn!(
+                        "could not read the history of timeline {tli} ({e}): expire does not \
+                         check that a backup of it stays restorable"
+                    );
+                    None
+                }
+            }
+        }
         None => None,
     };
     let retained: Vec<WalNeed> = needs
@@ -317,8 +332,8 @@ async fn expire_locked(
         for n in &retained {
             let why = if holds.iter().any(|h| h.backup_id == n.id) {
                 "held by a recovery"
-            } else if base_of_latest.as_deref() == Some(n.id.as_str()) {
-                "the latest timeline's only base"
+            } else if base_of_live.as_deref() == Some(n.id.as_str()) {
+                "the newest base of the live timeline"
             } else {
                 continue;
             };
@@ -480,22 +495,24 @@ struct Base {
     stop_time: time::OffsetDateTime,
 }
 
-/// Keeps the newest backup a restore of timeline `latest` could start from, when retention
-/// kept none: returns its id. `latest` is the newest timeline archived, the one a restore
-/// recovers along by default (`recovery_target_timeline = 'latest'`).
+/// The newest retained backup a restore of timeline `live` can start from (the newest one on
+/// its history, kept now if no rule kept it), whose WAL from its start must stay: its id, or
+/// `None` when no backup lies on that history. `live` is the timeline archived to last.
 ///
 /// Why: a point-in-time recovery that promotes forks a new timeline below the newer backups
 /// of the old one, which are then off its history (PostgreSQL refuses to start from them).
 /// Its only base is the backup the recovery started from, held for a day ([`crate::hold`]).
 /// Retention counts backups, not timelines: once the hold ended, before the first backup of
 /// the new timeline (a failing nightly backup, a weekend), expire removed that base and its
-/// WAL, and the cluster running on the new timeline had no restorable backup at all. It is
-/// kept now, with the WAL after it, until a backup of the new timeline is retained.
+/// WAL (or, with `pitr_window`, kept the backup and only its consistency range), and the
+/// cluster running on the new timeline had no restorable backup at all. The timeline archived
+/// to last, not the highest: a stray clone that promoted into the repository and stopped
+/// must not keep an old backup and its WAL for ever.
 async fn keep_a_base_of(
     repo: &Repository,
     cluster: &str,
     seg_size: u64,
-    latest: u32,
+    live: u32,
     bases: &[Base],
     decisions: &mut [Decision],
 ) -> Result<Option<String>> {
@@ -503,19 +520,19 @@ async fn keep_a_base_of(
     view.probe_histories(
         repo,
         cluster,
-        latest,
-        crate::recovery::TimelineTarget::Latest,
+        live,
+        crate::recovery::TimelineTarget::Id(live),
     )
     .await?;
     let mut on_path: Vec<&Base> = bases
         .iter()
-        .filter(|b| view.on_path(latest, b.timeline, b.stop_lsn))
+        .filter(|b| view.on_path(live, b.timeline, b.stop_lsn))
         .collect();
-    let kept = |b: &&Base| decisions.iter().any(|d| d.keep && d.id == b.id);
-    if on_path.iter().any(kept) {
-        return Ok(None);
-    }
     on_path.sort_by_key(|b| (b.stop_time, b.stop_lsn));
+    let kept = |b: &&&Base| decisions.iter().any(|d| d.keep && d.id == b.id);
+    if let Some(b) = on_path.iter().rev().find(kept) {
+        return Ok(Some(b.id.clone()));
+    }
     let Some(newest) = on_path.last() else {
         return Ok(None);
     };
@@ -524,9 +541,9 @@ async fn keep_a_base_of(
     };
     d.keep = true;
     d.reasons = vec![format!(
-        "the newest backup on the history of timeline {latest}, the latest (what a restore \
-         recovers along by default), which has no backup of its own yet: kept, with the WAL \
-         after it, until one is (take a backup now)"
+        "the newest backup on the history of timeline {live}, the one archived to last, which \
+         has no backup of its own yet: kept, with the WAL after it, until one is (take a \
+         backup now)"
     )];
     Ok(Some(newest.id.clone()))
 }
@@ -950,7 +967,7 @@ mod tests {
     /// that newer backup only, and the cluster running on timeline 2 would have no restorable
     /// backup: the older one stays, with the WAL after it, until timeline 2 has a backup.
     #[tokio::test]
-    async fn the_latest_timelines_only_base_stays_until_it_has_a_backup_of_its_own() {
+    async fn the_live_timelines_only_base_stays_until_it_has_a_backup_of_its_own() {
         let (_mem, repo) = memory_repo().await;
         for n in 1..=10 {
             push(&repo, 1, n).await;
@@ -1031,5 +1048,130 @@ mod tests {
                 "00000002000000000000000C",
             ]
         );
+    }
+
+    /// Timeline 2 forked in segment 4 from the oldest of three backups of timeline 1, all
+    /// three kept by `full = 3`. With `pitr_window`, WAL stays from the newest backup before
+    /// the window only (the newest here), the older two keep their consistency ranges, and
+    /// timeline 2's WAL below it would go: the base stays whole, WAL from its start too.
+    #[tokio::test]
+    async fn with_a_pitr_window_the_live_timelines_base_keeps_its_wal_too() {
+        let (_mem, repo) = memory_repo().await;
+        for n in 1..=12 {
+            push(&repo, 1, n).await;
+        }
+        let history = "00000002.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &history,
+            WalSource::Bytes(b"1\t0/400000\tbefore 2026-11-02\n".to_vec()),
+        )
+        .await
+        .unwrap();
+        for n in 4..=8 {
+            push(&repo, 2, n).await;
+        }
+        let base = "20261101-000000F";
+        for (id, start, stop, t) in [
+            (base, "0/200028", "0/200100", "2026-11-01T00:00:00Z"),
+            (
+                "20261110-000000F",
+                "0/600028",
+                "0/600100",
+                "2026-11-10T00:00:00Z",
+            ),
+            (
+                "20261120-000000F",
+                "0/A00028",
+                "0/A00100",
+                "2026-11-20T00:00:00Z",
+            ),
+        ] {
+            manifest::save(&repo, &manifest(id, start, stop, t, &[]))
+                .await
+                .unwrap();
+        }
+        let policy = Policy {
+            full: Some(3),
+            pitr_window: Some(std::time::Duration::from_secs(7 * 86_400)),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert!(done.backups.iter().all(|d| d.keep), "{done:?}");
+        let from_base = done
+            .wal_ranges
+            .iter()
+            .find(|r| r.first == "000000010000000000000002")
+            .unwrap();
+        assert!(
+            from_base.keep
+                && from_base
+                    .reason
+                    .contains("newest base of the live timeline"),
+            "{from_base:?}"
+        );
+        let wal = archived(&repo).await;
+        assert_eq!(wal.len(), 11 + 1 + 5, "only segment 1 goes: {wal:?}");
+        let (chosen, _) = crate::recovery::plan(
+            &repo,
+            "main",
+            None,
+            &crate::recovery::Target::EndOfArchive,
+            crate::recovery::TimelineTarget::Latest,
+        )
+        .await
+        .unwrap();
+        assert_eq!(chosen.id, base);
+    }
+
+    /// A clone promoted into the repository (timeline 2) and stopped archiving long ago,
+    /// while the primary goes on along timeline 1: timeline 1 is the one archived to last,
+    /// and retention decides alone (the old backup goes).
+    #[tokio::test]
+    async fn an_abandoned_fork_keeps_nothing() {
+        let (mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        let history = "00000002.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &history,
+            WalSource::Bytes(b"1\t0/400000\tno recovery target specified\n".to_vec()),
+        )
+        .await
+        .unwrap();
+        push(&repo, 2, 4).await;
+        for o in repo
+            .storage()
+            .list(&layout::wal_pointer_prefix("main"))
+            .await
+            .unwrap()
+        {
+            mem.backdate(o.key.as_str(), 30 * 86_400);
+        }
+        push(&repo, 1, 11).await;
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        for (id, lsn, t) in [
+            (old, "0/300028", "2026-11-01T00:00:00Z"),
+            (new, "0/900028", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
+                .await
+                .unwrap();
+        }
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let d = done.backups.iter().find(|d| d.id == old).unwrap();
+        assert!(!d.keep, "{done:?}");
     }
 }
