@@ -203,7 +203,15 @@ impl Walk<'_> {
                 left_out(abs, &why);
                 Ok(None)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // Gone, or no longer a directory, since the walk looked: as for a vanished file.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(io(abs, e)),
         }
     }
@@ -267,7 +275,13 @@ impl Walk<'_> {
                     );
                     continue;
                 }
-                (self.visit)(entry(EntryKind::Dir))?;
+                // Its mode and owner as listed, not as the path showed them a moment before.
+                (self.visit)(Entry {
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    ..entry(EntryKind::Dir)
+                })?;
                 if rel == "pg_tblspc" {
                     if let (Ok(oid), Ok(target)) = (name.parse::<u32>(), std::fs::read_link(&abs)) {
                         self.tablespaces.push(Tablespace {
