@@ -10,9 +10,9 @@
 //! the owner could not read is left out with a warning, as if it had vanished. Run as the
 //! owner, the kernel already enforces this, and nothing is checked.
 //!
-//! The owner's groups are its primary group and the groups `/etc/group` lists it in (users
-//! and groups from a directory service are not enumerated: a file readable only through such
-//! a group is left out, and the warning says why).
+//! The owner's groups are those the system's name service gives its processes (`id -G`:
+//! `/etc/group`, and LDAP or SSSD where `nsswitch.conf` says so); where that cannot say,
+//! the data directory's group and the groups `/etc/group` lists the owner in.
 //!
 //! Directories on the way count too: a world-readable file inside a directory the owner cannot
 //! enter (`/root/bin/dump.sh`, 0644 in a 0700 `/root`) is out of its reach, and a link to it
@@ -76,12 +76,15 @@ impl OwnerReads {
                  seen (their permission bits decide); files' own ACLs still are"
             );
         }
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let gids = name_service_groups(m.uid()).unwrap_or_else(|| {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+            groups_of(m.uid(), m.gid(), &passwd, &group)
+        });
         Ok(OwnerReads {
             owner: Some(Owner {
                 uid: m.uid(),
-                gids: groups_of(m.uid(), m.gid(), &passwd, &group),
+                gids,
                 pgdata: pgdata.to_path_buf(),
             }),
         })
@@ -446,6 +449,29 @@ struct Reach {
     entry: OwnedFd,
 }
 
+/// The groups of `uid` as the system's name service gives them to its processes (`id -G`:
+/// `/etc/group`, and LDAP or SSSD where `nsswitch.conf` says so), `None` when it has no such
+/// user or `id` cannot be run. `id` rather than `getgrouplist(3)`: no `unsafe` for a call
+/// made once per backup.
+fn name_service_groups(uid: u32) -> Option<Vec<u32>> {
+    let out = std::process::Command::new("id")
+        .arg("-G")
+        .arg(uid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let gids: Vec<u32> = std::str::from_utf8(&out.stdout)
+        .ok()?
+        .split_whitespace()
+        .map(|g| g.parse().ok())
+        .collect::<Option<_>>()?;
+    (!gids.is_empty()).then_some(gids)
+}
+
 /// `primary` and the groups `group` (an `/etc/group`) lists `uid`'s name in, the name taken
 /// from `passwd` (an `/etc/passwd`).
 fn groups_of(uid: u32, primary: u32, passwd: &str, group: &str) -> Vec<u32> {
@@ -485,6 +511,39 @@ mod tests {
         assert_eq!(groups_of(105, 110, PASSWD, GROUP), vec![110, 111]);
         // A uid without a name: its primary group only.
         assert_eq!(groups_of(999, 998, PASSWD, GROUP), vec![998]);
+    }
+
+    #[test]
+    fn the_name_service_gives_the_groups_id_would_show() {
+        // Root is in group 0 wherever `id` runs.
+        assert!(name_service_groups(0).is_some_and(|g| g.contains(&0)));
+        // A uid no name service knows: the files decide instead.
+        assert_eq!(name_service_groups(3_999_999_999), None);
+        // PostgreSQL's user (Debian's package puts it in ssl-cert): the same groups as the
+        // files give it here, where the files are the only name service.
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let group = std::fs::read_to_string("/etc/group").unwrap();
+        let nss = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
+        let files_only = nss
+            .lines()
+            .find_map(|l| l.strip_prefix("group:"))
+            .is_none_or(|srcs| {
+                srcs.split_whitespace()
+                    .all(|s| s == "files" || s == "systemd")
+            });
+        let Some(pg) = passwd.lines().find(|l| l.starts_with("postgres:")) else {
+            return;
+        };
+        if !files_only {
+            return;
+        }
+        let f: Vec<&str> = pg.split(':').collect();
+        let (uid, gid) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+        let mut by_id = name_service_groups(uid).unwrap();
+        let mut by_files = groups_of(uid, gid, &passwd, &group);
+        by_id.sort_unstable();
+        by_files.sort_unstable();
+        assert_eq!(by_id, by_files);
     }
 
     #[test]
