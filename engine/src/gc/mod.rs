@@ -511,8 +511,10 @@ async fn manifests_since(
             if read.contains(&(c.clone(), id.clone())) {
                 continue;
             }
-            match crate::store::manifest::load_unexpanded(repo, &c, &id).await {
-                Ok(m) => out.push(m.clone_head()),
+            // The head only: its file list is parsed past, never held (a manifest of a
+            // million files does not land in memory whole at the end of the mark).
+            match crate::store::manifest::load_head(repo, &c, &id).await {
+                Ok(m) => out.push(m),
                 // Expired since the listing: it carries nothing into the future.
                 Err(crate::error::Error::NotFound(_)) => {}
                 Err(e) => return Err(e),
