@@ -927,3 +927,125 @@ fn expire_during_a_recovery(backend: Backend) {
         "1,2"
     );
 }
+
+/// A point-in-time recovery promoted below the newer backup forks timeline 2, whose only base
+/// is the older backup. With `full = 1` and no hold (`--hold 0`, or a day later), expire used
+/// to remove that base and its WAL: the cluster now running on timeline 2 had no restorable
+/// backup. It stays until timeline 2 has a backup of its own, and a restore along timeline 2
+/// from it returns the fork's rows; then retention decides alone again.
+#[test]
+fn the_live_timelines_only_base_survives_expire_until_it_has_a_backup() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop_pg = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table marks(n int, at timestamptz default clock_timestamp())",
+    )
+    .unwrap();
+    let base = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for n in 1..=3 {
+        pg.psql("postgres", &format!("insert into marks(n) values ({n})"))
+            .unwrap();
+        switch_wal(&pg);
+    }
+    let newer = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(60));
+    let target = pg
+        .psql(
+            "postgres",
+            "select to_char((at + interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' from marks where n = 2",
+        )
+        .unwrap();
+    // The old primary is gone (the reason for going back); the fork takes over, archiving.
+    drop(stop_pg);
+    env.restore(
+        "fork",
+        &[
+            "--backup",
+            base.as_str(),
+            "--target-time",
+            target.as_str(),
+            "--target-action",
+            "promote",
+            "--hold",
+            "0",
+        ],
+    );
+    let fork = env.restored_instance("fork", true);
+    fork.start().unwrap();
+    let _stop_fork = StopOnDrop(&fork);
+    wait_recovered(&fork, "fork", Duration::from_secs(180));
+    fork.psql("postgres", "insert into marks(n) values (10)")
+        .unwrap();
+    let last = switch_wal(&fork);
+    assert!(last.starts_with("00000002"), "{last}");
+    wait_archived(&fork, &last, Duration::from_secs(60));
+
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str("\n[retention]\nfull = 1\n");
+    env.replace_config(&cfg);
+    let out = env.pgcairn(&["expire", "--output", "json"]);
+    assert_success(&out, "expire");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = |id: &str| {
+        report["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {report}"))
+            .clone()
+    };
+    let b = kept(&base);
+    assert!(b["keep"].as_bool().unwrap(), "{report}");
+    assert!(
+        b["reasons"][0].as_str().unwrap().contains("timeline 2"),
+        "{report}"
+    );
+    assert!(kept(&newer)["keep"].as_bool().unwrap(), "the newest stays");
+
+    // Restorable: along the latest timeline (the default), from the base, to the fork's rows.
+    env.restore("again", &["--archive-mode", "off", "--hold", "0"]);
+    let again = env.restored_instance("again", false);
+    again.start().unwrap();
+    let stop_again = StopOnDrop(&again);
+    wait_recovered(&again, "again", Duration::from_secs(180));
+    assert_eq!(
+        again
+            .psql(
+                "postgres",
+                "select string_agg(n::text, ',' order by n) from marks"
+            )
+            .unwrap(),
+        "1,2,10"
+    );
+    drop(stop_again);
+
+    // Timeline 2 gets its backup: the base goes (and the newer one of timeline 1).
+    env.use_cluster(&fork);
+    let own = backup_json(&env, &["--type", "full"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.pgcairn(&["expire", "--output", "json"]);
+    assert_success(&out, "expire after the fork's backup");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept: Vec<&str> = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["keep"].as_bool().unwrap())
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [own.as_str()], "{report}");
+}
