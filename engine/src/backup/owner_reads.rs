@@ -10,9 +10,9 @@
 //! the owner could not read is left out with a warning, as if it had vanished. Run as the
 //! owner, the kernel already enforces this, and nothing is checked.
 //!
-//! The owner's groups are those the system's name service gives its processes (`id -G`:
-//! `/etc/group`, and LDAP or SSSD where `nsswitch.conf` says so); where that cannot say,
-//! the data directory's group and the groups `/etc/group` lists the owner in.
+//! The owner's groups are those of the running postmaster (from `/proc`: whatever gave them,
+//! `/etc/group`, LDAP or SSSD, a systemd unit); with no postmaster to read them from, the data
+//! directory's group and the groups `/etc/group` lists the owner in.
 //!
 //! Directories on the way count too: a world-readable file inside a directory the owner cannot
 //! enter (`/root/bin/dump.sh`, 0644 in a 0700 `/root`) is out of its reach, and a link to it
@@ -76,7 +76,12 @@ impl OwnerReads {
                  seen (their permission bits decide); files' own ACLs still are"
             );
         }
-        let gids = name_service_groups(m.uid()).unwrap_or_else(|| {
+        let gids = postmaster_groups(pgdata, m.uid()).unwrap_or_else(|| {
+            tracing::info!(
+                "the groups of the data directory's owner are taken from /etc/group (no running \
+                 postmaster of uid {} to read them from)",
+                m.uid()
+            );
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
             let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
             groups_of(m.uid(), m.gid(), &passwd, &group)
@@ -449,27 +454,43 @@ struct Reach {
     entry: OwnedFd,
 }
 
-/// The groups of `uid` as the system's name service gives them to its processes (`id -G`:
-/// `/etc/group`, and LDAP or SSSD where `nsswitch.conf` says so), `None` when it has no such
-/// user or `id` cannot be run. `id` rather than `getgrouplist(3)`: no `unsafe` for a call
-/// made once per backup.
-fn name_service_groups(uid: u32) -> Option<Vec<u32>> {
-    let out = std::process::Command::new("id")
-        .arg("-G")
-        .arg(uid.to_string())
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    if !out.status.success() {
+/// The groups the running postmaster of `pgdata` has (`Gid:` and `Groups:` of
+/// `/proc/<pid>/status`, the pid from `postmaster.pid`): what PostgreSQL itself reads files
+/// with, whatever gave them (`/etc/group`, LDAP or SSSD through the name service, a systemd
+/// unit's `SupplementaryGroups=`). `None` when no postmaster of `uid` runs there (a stale pid
+/// file, a pid reused by another user's process, no `/proc`). Read from the kernel, not asked
+/// of the name service: nothing to hang on a slow directory server while the backup holds
+/// its session open.
+fn postmaster_groups(pgdata: &Path, uid: u32) -> Option<Vec<u32>> {
+    let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid: u32 = pid_file.lines().next()?.trim().parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    process_groups(&status, uid)
+}
+
+/// The primary and supplementary groups in a `/proc/<pid>/status`, if its real uid is `uid`.
+fn process_groups(status: &str, uid: u32) -> Option<Vec<u32>> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(str::parse::<u32>)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+    };
+    let uids = field("Uid:")?.ok()?;
+    if uids.first() != Some(&uid) {
         return None;
     }
-    let gids: Vec<u32> = std::str::from_utf8(&out.stdout)
-        .ok()?
-        .split_whitespace()
-        .map(|g| g.parse().ok())
-        .collect::<Option<_>>()?;
-    (!gids.is_empty()).then_some(gids)
+    let mut gids = vec![*field("Gid:")?.ok()?.first()?];
+    for g in field("Groups:")?.ok()? {
+        if !gids.contains(&g) {
+            gids.push(g);
+        }
+    }
+    Some(gids)
 }
 
 /// `primary` and the groups `group` (an `/etc/group`) lists `uid`'s name in, the name taken
@@ -514,36 +535,30 @@ mod tests {
     }
 
     #[test]
-    fn the_name_service_gives_the_groups_id_would_show() {
-        // Root is in group 0 wherever `id` runs.
-        assert!(name_service_groups(0).is_some_and(|g| g.contains(&0)));
-        // A uid no name service knows: the files decide instead.
-        assert_eq!(name_service_groups(3_999_999_999), None);
-        // PostgreSQL's user (Debian's package puts it in ssl-cert): the same groups as the
-        // files give it here, where the files are the only name service.
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        let group = std::fs::read_to_string("/etc/group").unwrap();
-        let nss = std::fs::read_to_string("/etc/nsswitch.conf").unwrap_or_default();
-        let files_only = nss
-            .lines()
-            .find_map(|l| l.strip_prefix("group:"))
-            .is_none_or(|srcs| {
-                srcs.split_whitespace()
-                    .all(|s| s == "files" || s == "systemd")
-            });
-        let Some(pg) = passwd.lines().find(|l| l.starts_with("postgres:")) else {
-            return;
-        };
-        if !files_only {
-            return;
-        }
-        let f: Vec<&str> = pg.split(':').collect();
-        let (uid, gid) = (f[2].parse().unwrap(), f[3].parse().unwrap());
-        let mut by_id = name_service_groups(uid).unwrap();
-        let mut by_files = groups_of(uid, gid, &passwd, &group);
-        by_id.sort_unstable();
-        by_files.sort_unstable();
-        assert_eq!(by_id, by_files);
+    fn the_owners_groups_are_the_running_postmasters() {
+        let status = "Name:\tpostgres\nUid:\t101\t101\t101\t101\nGid:\t104\t104\t104\t104\n\
+                      Groups:\t103 104 2001 \nVmPeak:\t1 kB\n";
+        assert_eq!(process_groups(status, 101), Some(vec![104, 103, 2001]));
+        // Another user's process under a reused pid: not the owner's groups.
+        assert_eq!(process_groups(status, 105), None);
+        assert_eq!(process_groups("Uid:\t101\n", 101), None, "no Gid: line");
+        // No groups beyond the primary one.
+        let lone = "Uid:\t7 7 7 7\nGid:\t9 9 9 9\nGroups:\t\n";
+        assert_eq!(process_groups(lone, 7), Some(vec![9]));
+        // A data directory with this very process as its postmaster.
+        let d = tempfile::tempdir().unwrap();
+        let me = crate::pg::instance::current_uid();
+        std::fs::write(
+            d.path().join("postmaster.pid"),
+            format!("{}\n{}\n", std::process::id(), d.path().display()),
+        )
+        .unwrap();
+        let mine = postmaster_groups(d.path(), me).unwrap();
+        let m = std::fs::metadata(d.path()).unwrap();
+        assert!(mine.contains(&m.gid()), "{mine:?}");
+        assert_eq!(postmaster_groups(d.path(), me + 1), None);
+        std::fs::write(d.path().join("postmaster.pid"), "4194305\n").unwrap();
+        assert_eq!(postmaster_groups(d.path(), me), None, "no such process");
     }
 
     #[test]
