@@ -299,30 +299,9 @@ async fn expire_locked(
         .storage()
         .list(&layout::wal_pointer_prefix(cluster))
         .await?;
-    // The timeline archived to last (ties: the higher one): the cluster's live timeline.
-    let live = pointers
-        .iter()
-        .filter_map(|o| {
-            let (_, n) = layout::parse_wal_pointer(cluster, o.key.as_str())?;
-            Some((o.modified.unwrap_or(0), n.timeline().0))
-        })
-        .max()
-        .map(|(_, tli)| tli);
-    let base_of_live = match live {
-        Some(tli) => {
-            match keep_a_base_of(repo, cluster, seg_size, tli, &bases, &mut decisions).await {
-                Ok(base) => base,
-                Err(e) => {
-                    tracing::warn!(
-                        "could not read the history of timeline {tli} ({e}): expire does not \
-                         check that a backup of it stays restorable"
-                    );
-                    None
-                }
-            }
-        }
-        None => None,
-    };
+    let live = live_timelines(cluster, &pointers, &bases);
+    let bases_of_live =
+        keep_bases_of(repo, cluster, seg_size, &live, &bases, &mut decisions).await?;
     let retained: Vec<WalNeed> = needs
         .into_iter()
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
@@ -332,7 +311,7 @@ async fn expire_locked(
         for n in &retained {
             let why = if holds.iter().any(|h| h.backup_id == n.id) {
                 "held by a recovery"
-            } else if base_of_live.as_deref() == Some(n.id.as_str()) {
+            } else if bases_of_live.contains(&n.id) {
                 "the newest base of the live timeline"
             } else {
                 continue;
@@ -495,9 +474,50 @@ struct Base {
     stop_time: time::OffsetDateTime,
 }
 
-/// The newest retained backup a restore of timeline `live` can start from (the newest one on
-/// its history, kept now if no rule kept it), whose WAL from its start must stay: its id, or
-/// `None` when no backup lies on that history. `live` is the timeline archived to last.
+/// The timelines WAL is archived on now: the one archived to last (ties: the higher one), and
+/// every one archived to since the newest backup ended. Partial segments and backup history
+/// files do not count: a promoted standby archives its old timeline's `.partial` after the
+/// new timeline's history file.
+fn live_timelines(
+    cluster: &str,
+    pointers: &[crate::storage::ObjectInfo],
+    bases: &[Base],
+) -> Vec<u32> {
+    let mut last: HashMap<u32, i64> = HashMap::new();
+    for o in pointers {
+        let Some((_, n)) = layout::parse_wal_pointer(cluster, o.key.as_str()) else {
+            continue;
+        };
+        if matches!(
+            n,
+            WalFileName::Partial { .. } | WalFileName::BackupHistory { .. }
+        ) {
+            continue;
+        }
+        let at = last.entry(n.timeline().0).or_insert(i64::MIN);
+        *at = (*at).max(o.modified.unwrap_or(i64::MIN));
+    }
+    let newest_backup = bases
+        .iter()
+        .map(|b| b.stop_time.unix_timestamp())
+        .max()
+        .unwrap_or(i64::MIN);
+    let mut live: Vec<u32> = last
+        .iter()
+        .filter(|(_, at)| **at >= newest_backup)
+        .map(|(tli, _)| *tli)
+        .collect();
+    if let Some((_, tli)) = last.iter().map(|(tli, at)| (*at, *tli)).max() {
+        live.push(tli);
+    }
+    live.sort_unstable();
+    live.dedup();
+    live
+}
+
+/// For each of the `live` timelines, the newest retained backup a restore along it can start
+/// from (the newest one on its history, kept now if no rule kept it): their ids, whose WAL
+/// from their start must stay.
 ///
 /// Why: a point-in-time recovery that promotes forks a new timeline below the newer backups
 /// of the old one, which are then off its history (PostgreSQL refuses to start from them).
@@ -505,47 +525,87 @@ struct Base {
 /// Retention counts backups, not timelines: once the hold ended, before the first backup of
 /// the new timeline (a failing nightly backup, a weekend), expire removed that base and its
 /// WAL (or, with `pitr_window`, kept the backup and only its consistency range), and the
-/// cluster running on the new timeline had no restorable backup at all. The timeline archived
-/// to last, not the highest: a stray clone that promoted into the repository and stopped
-/// must not keep an old backup and its WAL for ever.
-async fn keep_a_base_of(
+/// cluster running on the new timeline had no restorable backup at all. Live timelines only
+/// ([`live_timelines`]): a clone that promoted into the repository and stopped must not keep
+/// an old backup and its WAL for ever.
+///
+/// A history file that cannot be read fails the run (nothing is deleted): without it expire
+/// cannot tell which backup the timeline needs.
+async fn keep_bases_of(
     repo: &Repository,
     cluster: &str,
     seg_size: u64,
-    live: u32,
+    live: &[u32],
     bases: &[Base],
     decisions: &mut [Decision],
-) -> Result<Option<String>> {
-    let mut view = crate::recovery::ArchiveView::new(seg_size);
-    view.probe_histories(
-        repo,
-        cluster,
-        live,
-        crate::recovery::TimelineTarget::Id(live),
-    )
-    .await?;
+) -> Result<Vec<String>> {
+    let mut kept_for = Vec::new();
+    for &tli in live {
+        let mut view = crate::recovery::ArchiveView::new(seg_size);
+        if tli > 1 {
+            let name = WalFileName::History {
+                tli: crate::types::TimelineId(tli),
+            };
+            match crate::archive::get::get_wal_file(repo, cluster, &name).await {
+                Ok(text) => {
+                    view.histories.insert(
+                        tli,
+                        crate::recovery::parse_history(&String::from_utf8_lossy(&text)),
+                    );
+                }
+                Err(crate::error::Error::NotFound(_)) => tracing::warn!(
+                    "timeline {tli} has WAL but no history file in the repository: expire cannot \
+                     tell which older backup a restore along it would start from"
+                ),
+                Err(crate::error::Error::Storage(e)) if e.is_not_found() => tracing::warn!(
+                    "timeline {tli} has WAL but no history file in the repository: expire cannot \
+                     tell which older backup a restore along it would start from"
+                ),
+                Err(e) => {
+                    tracing::error!(
+                        "reading the history file of timeline {tli}: expire removes nothing while \
+                         it cannot tell which backup that timeline needs (`pgcairn verify` checks \
+                         the archive)"
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(id) = keep_a_base_of(&view, tli, bases, decisions) {
+            if !kept_for.contains(&id) {
+                kept_for.push(id);
+            }
+        }
+    }
+    Ok(kept_for)
+}
+
+/// The newest retained backup on timeline `tli`'s history (`view` holds that history), kept
+/// now if no rule kept it; `None` when no backup lies on it.
+fn keep_a_base_of(
+    view: &crate::recovery::ArchiveView,
+    tli: u32,
+    bases: &[Base],
+    decisions: &mut [Decision],
+) -> Option<String> {
     let mut on_path: Vec<&Base> = bases
         .iter()
-        .filter(|b| view.on_path(live, b.timeline, b.stop_lsn))
+        .filter(|b| view.on_path(tli, b.timeline, b.stop_lsn))
         .collect();
     on_path.sort_by_key(|b| (b.stop_time, b.stop_lsn));
     let kept = |b: &&&Base| decisions.iter().any(|d| d.keep && d.id == b.id);
     if let Some(b) = on_path.iter().rev().find(kept) {
-        return Ok(Some(b.id.clone()));
+        return Some(b.id.clone());
     }
-    let Some(newest) = on_path.last() else {
-        return Ok(None);
-    };
-    let Some(d) = decisions.iter_mut().find(|d| d.id == newest.id) else {
-        return Ok(None);
-    };
+    let newest = on_path.last()?;
+    let d = decisions.iter_mut().find(|d| d.id == newest.id)?;
     d.keep = true;
     d.reasons = vec![format!(
-        "the newest backup on the history of timeline {live}, the one archived to last, which \
-         has no backup of its own yet: kept, with the WAL after it, until one is (take a \
+        "the newest backup on the history of timeline {tli}, which WAL is archived on and \
+         which has no backup of its own yet: kept, with the WAL after it, until one is (take a \
          backup now)"
     )];
-    Ok(Some(newest.id.clone()))
+    Some(newest.id.clone())
 }
 
 #[cfg(test)]
@@ -595,6 +655,26 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    /// Dates the WAL archived on timeline `tli` back to `at` (RFC 3339): when its primary
+    /// archived it, for the rule that keeps a base for live timelines.
+    fn archived_on(
+        mem: &crate::storage::MemoryStorage,
+        keys: &[crate::storage::ObjectInfo],
+        tli: u32,
+        at: &str,
+    ) {
+        let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp();
+        let prefix = format!("{tli:08X}");
+        for o in keys {
+            let name = o.key.as_str().rsplit('/').next().unwrap();
+            if name.starts_with(&prefix) {
+                mem.backdate(o.key.as_str(), o.modified.unwrap() - at);
+            }
+        }
     }
 
     /// An expire whose lease stopped being refreshed (a stalled run, an unreachable store)
@@ -906,6 +986,13 @@ mod tests {
         new.timeline = 2;
         manifest::save(&repo, &old).await.unwrap();
         manifest::save(&repo, &new).await.unwrap();
+        // Timeline 1's primary archived its last before the fork's backup.
+        let keys = repo
+            .storage()
+            .list(&layout::wal_pointer_prefix("main"))
+            .await
+            .unwrap();
+        archived_on(&_mem, &keys, 1, "2026-11-15T00:00:00Z");
         let policy = Policy {
             full: Some(1),
             ..Policy::default()
@@ -997,6 +1084,22 @@ mod tests {
             full: Some(1),
             ..Policy::default()
         };
+        // A history file that cannot be read fails the run before anything is deleted.
+        let history_key = layout::wal_pointer("main", &history);
+        _mem.tamper(history_key.as_str(), |v| {
+            let last = v.len() - 1;
+            v[last] ^= 1;
+        });
+        let before = archived(&repo).await;
+        assert!(expire(&repo, "main", &policy, Default::default())
+            .await
+            .is_err());
+        assert_eq!(archived(&repo).await, before);
+        assert_eq!(manifest::list_ids(&repo, "main").await.unwrap().len(), 2);
+        _mem.tamper(history_key.as_str(), |v| {
+            let last = v.len() - 1;
+            v[last] ^= 1;
+        });
         let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
@@ -1030,6 +1133,13 @@ mod tests {
         );
         own.timeline = 2;
         manifest::save(&repo, &own).await.unwrap();
+        // Timeline 1's primary archived its last just after its own backup, before this one.
+        let keys = repo
+            .storage()
+            .list(&layout::wal_pointer_prefix("main"))
+            .await
+            .unwrap();
+        archived_on(&_mem, &keys, 1, "2026-11-20T00:10:00Z");
         let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
@@ -1173,5 +1283,53 @@ mod tests {
             .unwrap();
         let d = done.backups.iter().find(|d| d.id == old).unwrap();
         assert!(!d.keep, "{done:?}");
+    }
+
+    /// The old primary archives once more after the fork (a split brain, or a standby with
+    /// `archive_mode = always`), so timeline 1 is the one archived to last; timeline 2, quiet
+    /// since but archived to after the newest backup ended, is live all the same.
+    #[tokio::test]
+    async fn a_quiet_fork_stays_live_when_the_old_timeline_archives_after_it() {
+        let (mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 1, n).await;
+        }
+        let history = "00000002.history".parse().unwrap();
+        push_wal_file(
+            &repo,
+            "main",
+            &history,
+            WalSource::Bytes(b"1\t0/800000\tbefore transaction 1234\n".to_vec()),
+        )
+        .await
+        .unwrap();
+        push(&repo, 2, 8).await;
+        for o in repo
+            .storage()
+            .list(&layout::wal_pointer_prefix("main"))
+            .await
+            .unwrap()
+        {
+            mem.backdate(o.key.as_str(), 3600);
+        }
+        push(&repo, 1, 11).await;
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        for (id, start, stop, t) in [
+            (old, "0/300028", "0/300100", "2026-11-01T00:00:00Z"),
+            (new, "0/900028", "0/900100", "2026-11-20T00:00:00Z"),
+        ] {
+            manifest::save(&repo, &manifest(id, start, stop, t, &[]))
+                .await
+                .unwrap();
+        }
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let d = done.backups.iter().find(|d| d.id == old).unwrap();
+        assert!(d.keep && d.reasons[0].contains("timeline 2"), "{done:?}");
     }
 }
