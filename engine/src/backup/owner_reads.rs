@@ -121,51 +121,10 @@ impl OwnerReads {
             }
             return Ok(Reached::File(File::from(fd)));
         };
-        for _ in 0..ATTEMPTS {
-            let Reach {
-                parent,
-                name,
-                st: found,
-                ..
-            } = match o.reach(path)? {
-                Ok(r) => r,
-                Err(why) => return Ok(Reached::Refused(why)),
-            };
-            if FileType::from_raw_mode(found.st_mode) != FileType::RegularFile {
-                return Ok(Reached::Refused("not a regular file".into()));
-            }
-            let fd = match rfs::openat(&parent, &name, OPEN_FLAGS | OFlags::NOFOLLOW, Mode::empty())
-            {
-                Ok(fd) => fd,
-                // Swapped for a link since the walk: walk again.
-                Err(Errno::LOOP) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let st = rfs::fstat(&fd)?;
-            if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
-                continue;
-            }
-            if is_kernel_fs(&fd)? {
-                return Ok(Reached::Refused(
-                    "a file of a kernel filesystem (proc, sysfs, ...), whose permission bits \
-                     do not say who may read it"
-                        .into(),
-                ));
-            }
-            if !o.may_at(&fd, &st, READ) {
-                return Ok(Reached::Refused(format!(
-                    "a file of uid {}, mode {:o} (and its ACL, if any), that the data directory's \
-                     owner (uid {}) could not read",
-                    st.st_uid,
-                    st.st_mode & 0o7777,
-                    o.uid
-                )));
-            }
-            return Ok(Reached::File(File::from(fd)));
-        }
-        Ok(Reached::Refused(
-            "it kept changing while it was being opened".into(),
-        ))
+        Ok(match o.open_as(path, Opening::Read)? {
+            Ok(fd) => Reached::File(File::from(fd)),
+            Err(why) => Reached::Refused(why),
+        })
     }
 
     /// Opens the directory at `path` for listing, as the owner could list it ([module
@@ -177,44 +136,10 @@ impl OwnerReads {
         let Some(o) = &self.owner else {
             return Ok(DirReached::Dir(rfs::open(path, LIST_FLAGS, Mode::empty())?));
         };
-        for _ in 0..ATTEMPTS {
-            let Reach {
-                parent,
-                name,
-                st: found,
-                ..
-            } = match o.reach(path)? {
-                Ok(r) => r,
-                Err(why) => return Ok(DirReached::Refused(why)),
-            };
-            if FileType::from_raw_mode(found.st_mode) != FileType::Directory {
-                return Ok(DirReached::Refused("not a directory".into()));
-            }
-            let fd = match rfs::openat(&parent, &name, LIST_FLAGS | OFlags::NOFOLLOW, Mode::empty())
-            {
-                Ok(fd) => fd,
-                // Swapped for a link or a file since the walk: walk again.
-                Err(Errno::LOOP | Errno::NOTDIR) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let st = rfs::fstat(&fd)?;
-            if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
-                continue;
-            }
-            if !o.may_at(&fd, &st, READ | SEARCH) {
-                return Ok(DirReached::Refused(format!(
-                    "a directory of uid {}, mode {:o} (and its ACL, if any), that the data \
-                     directory's owner (uid {}) could not list",
-                    st.st_uid,
-                    st.st_mode & 0o7777,
-                    o.uid
-                )));
-            }
-            return Ok(DirReached::Dir(fd));
-        }
-        Ok(DirReached::Refused(
-            "it kept changing while it was being opened".into(),
-        ))
+        Ok(match o.open_as(path, Opening::List)? {
+            Ok(fd) => DirReached::Dir(fd),
+            Err(why) => DirReached::Refused(why),
+        })
     }
 
     /// `None` when the owner could reach the entry at `path` (links followed) and read it, a
@@ -331,7 +256,114 @@ const WALK_FLAGS: OFlags = OFlags::PATH.union(OFlags::NOFOLLOW).union(OFlags::CL
 /// Walks before a file that keeps being swapped is given up on.
 const ATTEMPTS: usize = 4;
 
+/// What the owner is to open: a regular file to read, or a directory to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    Read,
+    List,
+}
+
+impl Opening {
+    fn kind(self) -> FileType {
+        match self {
+            Opening::Read => FileType::RegularFile,
+            Opening::List => FileType::Directory,
+        }
+    }
+
+    fn flags(self) -> OFlags {
+        match self {
+            Opening::Read => OPEN_FLAGS,
+            Opening::List => LIST_FLAGS,
+        }
+    }
+
+    /// The permission the owner needs, and its name.
+    fn want(self) -> (u32, &'static str) {
+        match self {
+            Opening::Read => (READ, "read"),
+            Opening::List => (READ | SEARCH, "list"),
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Opening::Read => "file",
+            Opening::List => "directory",
+        }
+    }
+
+    fn not_one(self) -> &'static str {
+        match self {
+            Opening::Read => "not a regular file",
+            Opening::List => "not a directory",
+        }
+    }
+
+    /// Whether `openat` failing with `e` means the entry was swapped since the walk found it
+    /// (for a link: `O_NOFOLLOW`; for a file where a directory was: `O_DIRECTORY`).
+    fn swapped(self, e: Errno) -> bool {
+        e == Errno::LOOP || (self == Opening::List && e == Errno::NOTDIR)
+    }
+}
+
 impl Owner {
+    /// Opens the entry at `path` as `how` says, as this owner's own lookup would reach it
+    /// ([module docs](self)): reached one component at a time ([`Owner::reach`]), opened
+    /// relative to the directory holding it without following a link, and the very entry the
+    /// walk found (device and inode; else the walk is done again); then checked on that
+    /// descriptor. `Err` with the reason when the owner could not reach, read or list it.
+    fn open_as(&self, path: &Path, how: Opening) -> io::Result<Result<OwnedFd, String>> {
+        for _ in 0..ATTEMPTS {
+            let Reach {
+                parent,
+                name,
+                st: found,
+                ..
+            } = match self.reach(path)? {
+                Ok(r) => r,
+                Err(why) => return Ok(Err(why)),
+            };
+            if FileType::from_raw_mode(found.st_mode) != how.kind() {
+                return Ok(Err(how.not_one().into()));
+            }
+            let fd = match rfs::openat(
+                &parent,
+                &name,
+                how.flags() | OFlags::NOFOLLOW,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(e) if how.swapped(e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let st = rfs::fstat(&fd)?;
+            if (st.st_dev, st.st_ino) != (found.st_dev, found.st_ino) {
+                continue;
+            }
+            if is_kernel_fs(&fd)? {
+                return Ok(Err(format!(
+                    "a {} of a kernel filesystem (proc, sysfs, ...), whose permission bits do \
+                     not say who may read it",
+                    how.noun()
+                )));
+            }
+            let (want, verb) = how.want();
+            if !self.may_at(&fd, &st, want) {
+                return Ok(Err(format!(
+                    "a {} of uid {}, mode {:o} (and its ACL, if any), that the data directory's \
+                     owner (uid {}) could not {verb}",
+                    how.noun(),
+                    st.st_uid,
+                    st.st_mode & 0o7777,
+                    self.uid
+                )));
+            }
+            return Ok(Ok(fd));
+        }
+        Ok(Err("it kept changing while it was being opened".into()))
+    }
+
     /// Whether this owner has all of `want` ([`READ`], [`SEARCH`]) on an entry of `uid`,
     /// `gid` and `mode`, by the class the kernel would use.
     fn may(&self, uid: u32, gid: u32, mode: u32, want: u32) -> bool {
