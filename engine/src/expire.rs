@@ -657,19 +657,55 @@ mod tests {
         v
     }
 
+    /// Saves a full backup `id` of timeline `tli` from `start` to `stop`, ended at `t`.
+    async fn save_full(
+        repo: &Repository,
+        id: &str,
+        (start, stop): (&str, &str),
+        t: &str,
+        tli: u32,
+    ) {
+        let mut m = manifest(id, start, stop, t, &[]);
+        m.timeline = tli;
+        manifest::save(repo, &m).await.unwrap();
+    }
+
+    /// Timeline 2 forked from timeline 1 at `lsn`: its history file and segments `segments`
+    /// archived. Returns the history file's name.
+    async fn fork(
+        repo: &Repository,
+        lsn: &str,
+        segments: std::ops::RangeInclusive<u64>,
+    ) -> WalFileName {
+        let history: WalFileName = "00000002.history".parse().unwrap();
+        let text = format!("1\t{lsn}\tbefore the target\n");
+        push_wal_file(repo, "main", &history, WalSource::Bytes(text.into_bytes()))
+            .await
+            .unwrap();
+        for n in segments {
+            push(repo, 2, n).await;
+        }
+        history
+    }
+
     /// Dates the WAL archived on timeline `tli` back to `at` (RFC 3339): when its primary
     /// archived it, for the rule that keeps a base for live timelines.
-    fn archived_on(
+    async fn archived_on(
+        repo: &Repository,
         mem: &crate::storage::MemoryStorage,
-        keys: &[crate::storage::ObjectInfo],
         tli: u32,
         at: &str,
     ) {
+        let keys = repo
+            .storage()
+            .list(&layout::wal_pointer_prefix("main"))
+            .await
+            .unwrap();
         let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
             .unwrap()
             .unix_timestamp();
         let prefix = format!("{tli:08X}");
-        for o in keys {
+        for o in &keys {
             let name = o.key.as_str().rsplit('/').next().unwrap();
             if name.starts_with(&prefix) {
                 mem.backdate(o.key.as_str(), o.modified.unwrap() - at);
@@ -955,18 +991,7 @@ mod tests {
             push(&repo, 1, n).await;
         }
         // Timeline 2 forked in segment 8.
-        let history = "00000002.history".parse().unwrap();
-        push_wal_file(
-            &repo,
-            "main",
-            &history,
-            WalSource::Bytes(b"1\t0/800000\tno recovery target specified\n".to_vec()),
-        )
-        .await
-        .unwrap();
-        for n in 8..=12 {
-            push(&repo, 2, n).await;
-        }
+        fork(&repo, "0/800000", 8..=12).await;
         let old = manifest(
             "20261101-000000F",
             "0/300028",
@@ -976,23 +1001,11 @@ mod tests {
         );
         // The newer backup is of timeline 2 (a backup of timeline 1 that late would be off
         // timeline 2's history: see the next test).
-        let mut new = manifest(
-            "20261120-000000F",
-            "0/900028",
-            "0/900100",
-            "2026-11-20T00:00:00Z",
-            &[],
-        );
-        new.timeline = 2;
         manifest::save(&repo, &old).await.unwrap();
-        manifest::save(&repo, &new).await.unwrap();
+        let new = ("0/900028", "0/900100");
+        save_full(&repo, "20261120-000000F", new, "2026-11-20T00:00:00Z", 2).await;
         // Timeline 1's primary archived its last before the fork's backup.
-        let keys = repo
-            .storage()
-            .list(&layout::wal_pointer_prefix("main"))
-            .await
-            .unwrap();
-        archived_on(&_mem, &keys, 1, "2026-11-15T00:00:00Z");
+        archived_on(&repo, &_mem, 1, "2026-11-15T00:00:00Z").await;
         let policy = Policy {
             full: Some(1),
             ..Policy::default()
@@ -1059,18 +1072,7 @@ mod tests {
         for n in 1..=10 {
             push(&repo, 1, n).await;
         }
-        let history = "00000002.history".parse().unwrap();
-        push_wal_file(
-            &repo,
-            "main",
-            &history,
-            WalSource::Bytes(b"1\t0/800000\tbefore transaction 1234\n".to_vec()),
-        )
-        .await
-        .unwrap();
-        for n in 8..=12 {
-            push(&repo, 2, n).await;
-        }
+        let history = fork(&repo, "0/800000", 8..=12).await;
         let (old, new) = ("20261101-000000F", "20261120-000000F");
         for (id, start, stop, t) in [
             (old, "0/300028", "0/300100", "2026-11-01T00:00:00Z"),
@@ -1124,22 +1126,10 @@ mod tests {
         assert_eq!(chosen.id, old);
 
         // Timeline 2 gets a backup: retention decides alone again.
-        let mut own = manifest(
-            "20261121-000000F",
-            "0/B00028",
-            "0/B00100",
-            "2026-11-21T00:00:00Z",
-            &[],
-        );
-        own.timeline = 2;
-        manifest::save(&repo, &own).await.unwrap();
+        let own = ("0/B00028", "0/B00100");
+        save_full(&repo, "20261121-000000F", own, "2026-11-21T00:00:00Z", 2).await;
         // Timeline 1's primary archived its last just after its own backup, before this one.
-        let keys = repo
-            .storage()
-            .list(&layout::wal_pointer_prefix("main"))
-            .await
-            .unwrap();
-        archived_on(&_mem, &keys, 1, "2026-11-20T00:10:00Z");
+        archived_on(&repo, &_mem, 1, "2026-11-20T00:10:00Z").await;
         let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
@@ -1170,18 +1160,7 @@ mod tests {
         for n in 1..=12 {
             push(&repo, 1, n).await;
         }
-        let history = "00000002.history".parse().unwrap();
-        push_wal_file(
-            &repo,
-            "main",
-            &history,
-            WalSource::Bytes(b"1\t0/400000\tbefore 2026-11-02\n".to_vec()),
-        )
-        .await
-        .unwrap();
-        for n in 4..=8 {
-            push(&repo, 2, n).await;
-        }
+        fork(&repo, "0/400000", 4..=8).await;
         let base = "20261101-000000F";
         for (id, start, stop, t) in [
             (base, "0/200028", "0/200100", "2026-11-01T00:00:00Z"),
@@ -1246,16 +1225,7 @@ mod tests {
         for n in 1..=10 {
             push(&repo, 1, n).await;
         }
-        let history = "00000002.history".parse().unwrap();
-        push_wal_file(
-            &repo,
-            "main",
-            &history,
-            WalSource::Bytes(b"1\t0/400000\tno recovery target specified\n".to_vec()),
-        )
-        .await
-        .unwrap();
-        push(&repo, 2, 4).await;
+        fork(&repo, "0/400000", 4..=4).await;
         for o in repo
             .storage()
             .list(&layout::wal_pointer_prefix("main"))
@@ -1294,16 +1264,7 @@ mod tests {
         for n in 1..=10 {
             push(&repo, 1, n).await;
         }
-        let history = "00000002.history".parse().unwrap();
-        push_wal_file(
-            &repo,
-            "main",
-            &history,
-            WalSource::Bytes(b"1\t0/800000\tbefore transaction 1234\n".to_vec()),
-        )
-        .await
-        .unwrap();
-        push(&repo, 2, 8).await;
+        fork(&repo, "0/800000", 8..=8).await;
         for o in repo
             .storage()
             .list(&layout::wal_pointer_prefix("main"))

@@ -833,35 +833,45 @@ fn an_expire_during_a_recovery_keeps_the_backup_and_wal_it_replays_on_s3() {
     expire_during_a_recovery(Backend::S3)
 }
 
-fn expire_during_a_recovery(backend: Backend) {
-    let env = TestEnv::new(EnvOptions::new(backend));
-    let pg = env.cluster("pg");
-    pg.start().unwrap();
-    let _stop = StopOnDrop(&pg);
-    env.use_cluster(&pg);
+/// A table `marks`, a full backup, rows 1 to 3 (a WAL switch after each), a second full
+/// backup, all archived: the two backups' ids and a recovery target just after row 2.
+fn two_backups_around_marks(env: &TestEnv, pg: &Instance) -> (String, String, String) {
     pg.psql(
         "postgres",
         "create table marks(n int, at timestamptz default clock_timestamp())",
     )
     .unwrap();
-    let older = backup_json(&env, &["--type", "full"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let full = || {
+        backup_json(env, &["--type", "full"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let older = full();
     for n in 1..=3 {
         pg.psql("postgres", &format!("insert into marks(n) values ({n})"))
             .unwrap();
-        switch_wal(&pg);
+        switch_wal(pg);
     }
-    backup_json(&env, &["--type", "full"]);
-    let last = switch_wal(&pg);
-    wait_archived(&pg, &last, Duration::from_secs(60));
+    let newer = full();
+    let last = switch_wal(pg);
+    wait_archived(pg, &last, Duration::from_secs(60));
     let target = pg
         .psql(
             "postgres",
             "select to_char((at + interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' from marks where n = 2",
         )
         .unwrap();
+    (older, newer, target)
+}
+
+fn expire_during_a_recovery(backend: Backend) {
+    let env = TestEnv::new(EnvOptions::new(backend));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let (older, _, target) = two_backups_around_marks(&env, &pg);
     let pitr = [
         "--backup",
         older.as_str(),
@@ -940,32 +950,7 @@ fn the_live_timelines_only_base_survives_expire_until_it_has_a_backup() {
     pg.start().unwrap();
     let stop_pg = StopOnDrop(&pg);
     env.use_cluster(&pg);
-    pg.psql(
-        "postgres",
-        "create table marks(n int, at timestamptz default clock_timestamp())",
-    )
-    .unwrap();
-    let base = backup_json(&env, &["--type", "full"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    for n in 1..=3 {
-        pg.psql("postgres", &format!("insert into marks(n) values ({n})"))
-            .unwrap();
-        switch_wal(&pg);
-    }
-    let newer = backup_json(&env, &["--type", "full"])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let last = switch_wal(&pg);
-    wait_archived(&pg, &last, Duration::from_secs(60));
-    let target = pg
-        .psql(
-            "postgres",
-            "select to_char((at + interval '1 millisecond') at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' from marks where n = 2",
-        )
-        .unwrap();
+    let (base, newer, target) = two_backups_around_marks(&env, &pg);
     // The old primary is gone (the reason for going back); the fork takes over, archiving.
     drop(stop_pg);
     env.restore(
