@@ -657,6 +657,29 @@ mod tests {
         v
     }
 
+    /// Two full backups of timeline 1: the older in segment 3 (Nov 1), the newer in segment 9
+    /// (Nov 20). Returns their ids.
+    async fn old_and_new(repo: &Repository) -> (&'static str, &'static str) {
+        let (old, new) = ("20261101-000000F", "20261120-000000F");
+        save_full(
+            repo,
+            old,
+            ("0/300028", "0/300100"),
+            "2026-11-01T00:00:00Z",
+            1,
+        )
+        .await;
+        save_full(
+            repo,
+            new,
+            ("0/900028", "0/900100"),
+            "2026-11-20T00:00:00Z",
+            1,
+        )
+        .await;
+        (old, new)
+    }
+
     /// Saves a full backup `id` of timeline `tli` from `start` to `stop`, ended at `t`.
     async fn save_full(
         repo: &Repository,
@@ -1073,15 +1096,7 @@ mod tests {
             push(&repo, 1, n).await;
         }
         let history = fork(&repo, "0/800000", 8..=12).await;
-        let (old, new) = ("20261101-000000F", "20261120-000000F");
-        for (id, start, stop, t) in [
-            (old, "0/300028", "0/300100", "2026-11-01T00:00:00Z"),
-            (new, "0/900028", "0/900100", "2026-11-20T00:00:00Z"),
-        ] {
-            manifest::save(&repo, &manifest(id, start, stop, t, &[]))
-                .await
-                .unwrap();
-        }
+        let (old, _) = old_and_new(&repo).await;
         let policy = Policy {
             full: Some(1),
             ..Policy::default()
@@ -1216,34 +1231,20 @@ mod tests {
         assert_eq!(chosen.id, base);
     }
 
-    /// A clone promoted into the repository (timeline 2) and stopped archiving long ago,
-    /// while the primary goes on along timeline 1: timeline 1 is the one archived to last,
-    /// and retention decides alone (the old backup goes).
-    #[tokio::test]
-    async fn an_abandoned_fork_keeps_nothing() {
+    /// Timeline 2 forked in segment 4 from the older of [`old_and_new`] and archived on last
+    /// at `quiet_since`, then timeline 1 archives once more; expire with `full = 1`. Returns
+    /// what it decided for the older backup (timeline 2's only base).
+    async fn fork_quiet_since(quiet_since: &str) -> Decision {
         let (mem, repo) = memory_repo().await;
         for n in 1..=10 {
             push(&repo, 1, n).await;
         }
         fork(&repo, "0/400000", 4..=4).await;
-        for o in repo
-            .storage()
-            .list(&layout::wal_pointer_prefix("main"))
-            .await
-            .unwrap()
-        {
-            mem.backdate(o.key.as_str(), 30 * 86_400);
+        for tli in [1, 2] {
+            archived_on(&repo, &mem, tli, quiet_since).await;
         }
         push(&repo, 1, 11).await;
-        let (old, new) = ("20261101-000000F", "20261120-000000F");
-        for (id, lsn, t) in [
-            (old, "0/300028", "2026-11-01T00:00:00Z"),
-            (new, "0/900028", "2026-11-20T00:00:00Z"),
-        ] {
-            manifest::save(&repo, &manifest(id, lsn, lsn, t, &[]))
-                .await
-                .unwrap();
-        }
+        let (old, _) = old_and_new(&repo).await;
         let policy = Policy {
             full: Some(1),
             ..Policy::default()
@@ -1251,8 +1252,16 @@ mod tests {
         let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
-        let d = done.backups.iter().find(|d| d.id == old).unwrap();
-        assert!(!d.keep, "{done:?}");
+        done.backups.into_iter().find(|d| d.id == old).unwrap()
+    }
+
+    /// A clone promoted into the repository (timeline 2) and stopped archiving before the
+    /// newest backup, while the primary goes on along timeline 1: retention decides alone
+    /// (the old backup goes).
+    #[tokio::test]
+    async fn an_abandoned_fork_keeps_nothing() {
+        let d = fork_quiet_since("2026-11-07T00:00:00Z").await;
+        assert!(!d.keep, "{d:?}");
     }
 
     /// The old primary archives once more after the fork (a split brain, or a standby with
@@ -1260,37 +1269,7 @@ mod tests {
     /// since but archived to after the newest backup ended, is live all the same.
     #[tokio::test]
     async fn a_quiet_fork_stays_live_when_the_old_timeline_archives_after_it() {
-        let (mem, repo) = memory_repo().await;
-        for n in 1..=10 {
-            push(&repo, 1, n).await;
-        }
-        fork(&repo, "0/800000", 8..=8).await;
-        for o in repo
-            .storage()
-            .list(&layout::wal_pointer_prefix("main"))
-            .await
-            .unwrap()
-        {
-            mem.backdate(o.key.as_str(), 3600);
-        }
-        push(&repo, 1, 11).await;
-        let (old, new) = ("20261101-000000F", "20261120-000000F");
-        for (id, start, stop, t) in [
-            (old, "0/300028", "0/300100", "2026-11-01T00:00:00Z"),
-            (new, "0/900028", "0/900100", "2026-11-20T00:00:00Z"),
-        ] {
-            manifest::save(&repo, &manifest(id, start, stop, t, &[]))
-                .await
-                .unwrap();
-        }
-        let policy = Policy {
-            full: Some(1),
-            ..Policy::default()
-        };
-        let done = expire(&repo, "main", &policy, Default::default())
-            .await
-            .unwrap();
-        let d = done.backups.iter().find(|d| d.id == old).unwrap();
-        assert!(d.keep && d.reasons[0].contains("timeline 2"), "{done:?}");
+        let d = fork_quiet_since("2026-11-25T00:00:00Z").await;
+        assert!(d.keep && d.reasons[0].contains("timeline 2"), "{d:?}");
     }
 }
