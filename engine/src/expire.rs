@@ -300,8 +300,24 @@ async fn expire_locked(
         .list(&layout::wal_pointer_prefix(cluster))
         .await?;
     let live = live_timelines(cluster, &pointers, &bases);
-    let bases_of_live =
-        keep_bases_of(repo, cluster, seg_size, &live, &bases, &mut decisions).await?;
+    // Timelines whose history file the repository holds (one never archived, as for a
+    // cluster already past timeline 1 when pgcairn was set up, is not read).
+    let histories: Vec<u32> = pointers
+        .iter()
+        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()))
+        .filter(|(_, n)| matches!(n, WalFileName::History { .. }))
+        .map(|(_, n)| n.timeline().0)
+        .collect();
+    let bases_of_live = keep_bases_of(
+        repo,
+        cluster,
+        seg_size,
+        &live,
+        &histories,
+        &bases,
+        &mut decisions,
+    )
+    .await?;
     let retained: Vec<WalNeed> = needs
         .into_iter()
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
@@ -529,20 +545,30 @@ fn live_timelines(
 /// ([`live_timelines`]): a clone that promoted into the repository and stopped must not keep
 /// an old backup and its WAL for ever.
 ///
-/// A history file that cannot be read fails the run (nothing is deleted): without it expire
-/// cannot tell which backup the timeline needs.
+/// A history file the repository lists but that cannot be read fails the run (nothing is
+/// deleted): without it expire cannot tell which backup the timeline needs. One it does not
+/// hold at all (never archived) is warned about: the timeline's own backups still count.
 async fn keep_bases_of(
     repo: &Repository,
     cluster: &str,
     seg_size: u64,
     live: &[u32],
+    histories: &[u32],
     bases: &[Base],
     decisions: &mut [Decision],
 ) -> Result<Vec<String>> {
     let mut kept_for = Vec::new();
+    if bases.is_empty() {
+        return Ok(kept_for);
+    }
     for &tli in live {
         let mut view = crate::recovery::ArchiveView::new(seg_size);
-        if tli > 1 {
+        if tli > 1 && !histories.contains(&tli) {
+            tracing::warn!(
+                "timeline {tli} has WAL but no history file in the repository: expire cannot \
+                 tell which older backup a restore along it would start from"
+            );
+        } else if tli > 1 {
             let name = WalFileName::History {
                 tli: crate::types::TimelineId(tli),
             };
@@ -553,14 +579,6 @@ async fn keep_bases_of(
                         crate::recovery::parse_history(&String::from_utf8_lossy(&text)),
                     );
                 }
-                Err(crate::error::Error::NotFound(_)) => tracing::warn!(
-                    "timeline {tli} has WAL but no history file in the repository: expire cannot \
-                     tell which older backup a restore along it would start from"
-                ),
-                Err(crate::error::Error::Storage(e)) if e.is_not_found() => tracing::warn!(
-                    "timeline {tli} has WAL but no history file in the repository: expire cannot \
-                     tell which older backup a restore along it would start from"
-                ),
                 Err(e) => {
                     tracing::error!(
                         "reading the history file of timeline {tli}: expire removes nothing while \
@@ -1271,5 +1289,46 @@ mod tests {
     async fn a_quiet_fork_stays_live_when_the_old_timeline_archives_after_it() {
         let d = fork_quiet_since("2026-11-25T00:00:00Z").await;
         assert!(d.keep && d.reasons[0].contains("timeline 2"), "{d:?}");
+    }
+
+    /// A cluster already on timeline 2 when pgcairn was set up: its history file was never
+    /// archived. Expire still runs (it warns), and retention decides as before.
+    #[tokio::test]
+    async fn a_timeline_whose_history_was_never_archived_does_not_stop_expire() {
+        let (_mem, repo) = memory_repo().await;
+        for n in 1..=10 {
+            push(&repo, 2, n).await;
+        }
+        save_full(
+            &repo,
+            "20261101-000000F",
+            ("0/300028", "0/300100"),
+            "2026-11-01T00:00:00Z",
+            2,
+        )
+        .await;
+        save_full(
+            &repo,
+            "20261120-000000F",
+            ("0/900028", "0/900100"),
+            "2026-11-20T00:00:00Z",
+            2,
+        )
+        .await;
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let kept: Vec<&str> = done
+            .backups
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.as_str())
+            .collect();
+        assert_eq!(kept, ["20261120-000000F"], "{done:?}");
+        assert_eq!(archived(&repo).await.len(), 2, "segments 9 and 10 stay");
     }
 }

@@ -30,7 +30,7 @@
 //! manifest. It is opened the same way, checked on its descriptor and listed from it, so a
 //! link swapped in after the check lists nothing the owner could not. An entry with a POSIX access ACL is judged by its ACL, as the
 //! kernel would ([`super::posix_acl`]): one an ACL closes to the owner is left out whatever its
-//! bits, one it opens to a group of the owner's is taken. Files of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
+//! bits, one it opens to a group of the owner's is taken. Files and directories of kernel filesystems (`/proc`, `/sys`, ...) are always left out: their
 //! bits do not say who may read them (`/proc/kallsyms` is world-readable and shows addresses
 //! to root only).
 
