@@ -299,14 +299,23 @@ async fn expire_locked(
         .storage()
         .list(&layout::wal_pointer_prefix(cluster))
         .await?;
-    let live = live_timelines(cluster, &pointers, &bases);
+    // Each archived WAL file's name, with when it was archived.
+    let mut listed: Vec<(WalFileName, Option<i64>)> = pointers
+        .iter()
+        .filter_map(|o| {
+            Some((
+                layout::parse_wal_pointer(cluster, o.key.as_str())?.1,
+                o.modified,
+            ))
+        })
+        .collect();
+    let live = live_timelines(&listed, &bases);
     // Timelines whose history file the repository holds (one never archived, as for a
     // cluster already past timeline 1 when pgcairn was set up, is not read).
-    let histories: Vec<u32> = pointers
+    let histories: Vec<u32> = listed
         .iter()
-        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()))
-        .filter(|(_, n)| matches!(n, WalFileName::History { .. }))
-        .map(|(_, n)| n.timeline().0)
+        .filter(|(n, _)| matches!(n, WalFileName::History { .. }))
+        .map(|(n, _)| n.timeline().0)
         .collect();
     let bases_of_live = keep_bases_of(
         repo,
@@ -341,11 +350,8 @@ async fn expire_locked(
         .iter()
         .map(|o| (o.key.as_str().to_string(), o.modified))
         .collect();
-    let mut names: Vec<WalFileName> = pointers
-        .iter()
-        .filter_map(|o| layout::parse_wal_pointer(cluster, o.key.as_str()).map(|(_, n)| n))
-        .collect();
-    names.sort_by_key(|n| (n.timeline(), n.to_string()));
+    listed.sort_by_key(|(n, _)| (n.timeline(), n.to_string()));
+    let names: Vec<WalFileName> = listed.into_iter().map(|(n, _)| n).collect();
     let mut wal: Vec<WalFileName> = Vec::new();
     let mut ranges: Vec<WalRange> = Vec::new();
     for name in names {
@@ -494,16 +500,9 @@ struct Base {
 /// every one archived to since the newest backup ended. Partial segments and backup history
 /// files do not count: a promoted standby archives its old timeline's `.partial` after the
 /// new timeline's history file.
-fn live_timelines(
-    cluster: &str,
-    pointers: &[crate::storage::ObjectInfo],
-    bases: &[Base],
-) -> Vec<u32> {
+fn live_timelines(listed: &[(WalFileName, Option<i64>)], bases: &[Base]) -> Vec<u32> {
     let mut last: HashMap<u32, i64> = HashMap::new();
-    for o in pointers {
-        let Some((_, n)) = layout::parse_wal_pointer(cluster, o.key.as_str()) else {
-            continue;
-        };
+    for (n, modified) in listed {
         if matches!(
             n,
             WalFileName::Partial { .. } | WalFileName::BackupHistory { .. }
@@ -511,7 +510,7 @@ fn live_timelines(
             continue;
         }
         let at = last.entry(n.timeline().0).or_insert(i64::MIN);
-        *at = (*at).max(o.modified.unwrap_or(i64::MIN));
+        *at = (*at).max(modified.unwrap_or(i64::MIN));
     }
     let newest_backup = bases
         .iter()
@@ -696,6 +695,26 @@ mod tests {
         )
         .await;
         (old, new)
+    }
+
+    /// The ids of the backups `report` keeps.
+    fn kept_ids(report: &ExpireReport) -> Vec<&str> {
+        report
+            .backups
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.id.as_str())
+            .collect()
+    }
+
+    /// The backup a restore with no target or timeline chooses (the latest timeline).
+    async fn default_restore_base(repo: &Repository) -> crate::store::manifest::Manifest {
+        let target = crate::recovery::Target::EndOfArchive;
+        let latest = crate::recovery::TimelineTarget::Latest;
+        let (chosen, _) = crate::recovery::plan(repo, "main", None, &target, latest)
+            .await
+            .unwrap();
+        chosen
     }
 
     /// Saves a full backup `id` of timeline `tli` from `start` to `stop`, ended at `t`.
@@ -1147,15 +1166,7 @@ mod tests {
         assert_eq!(wal.len(), 8 + 1 + 5, "{wal:?}");
         assert_eq!(wal[0], "000000010000000000000003");
         // Restorable: a plan along the latest timeline chooses it.
-        let (chosen, _) = crate::recovery::plan(
-            &repo,
-            "main",
-            None,
-            &crate::recovery::Target::EndOfArchive,
-            crate::recovery::TimelineTarget::Latest,
-        )
-        .await
-        .unwrap();
+        let chosen = default_restore_base(&repo).await;
         assert_eq!(chosen.id, old);
 
         // Timeline 2 gets a backup: retention decides alone again.
@@ -1166,13 +1177,7 @@ mod tests {
         let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
-        let kept: Vec<&str> = done
-            .backups
-            .iter()
-            .filter(|d| d.keep)
-            .map(|d| d.id.as_str())
-            .collect();
-        assert_eq!(kept, ["20261121-000000F"], "{done:?}");
+        assert_eq!(kept_ids(&done), ["20261121-000000F"], "{done:?}");
         assert_eq!(
             archived(&repo).await,
             [
@@ -1237,15 +1242,7 @@ mod tests {
         );
         let wal = archived(&repo).await;
         assert_eq!(wal.len(), 11 + 1 + 5, "only segment 1 goes: {wal:?}");
-        let (chosen, _) = crate::recovery::plan(
-            &repo,
-            "main",
-            None,
-            &crate::recovery::Target::EndOfArchive,
-            crate::recovery::TimelineTarget::Latest,
-        )
-        .await
-        .unwrap();
+        let chosen = default_restore_base(&repo).await;
         assert_eq!(chosen.id, base);
     }
 
@@ -1322,13 +1319,7 @@ mod tests {
         let done = expire(&repo, "main", &policy, Default::default())
             .await
             .unwrap();
-        let kept: Vec<&str> = done
-            .backups
-            .iter()
-            .filter(|d| d.keep)
-            .map(|d| d.id.as_str())
-            .collect();
-        assert_eq!(kept, ["20261120-000000F"], "{done:?}");
+        assert_eq!(kept_ids(&done), ["20261120-000000F"], "{done:?}");
         assert_eq!(archived(&repo).await.len(), 2, "segments 9 and 10 stay");
     }
 }
