@@ -273,6 +273,49 @@ fn a_backup_of_many_small_blocks_finishes_and_restores() {
     assert_eq!(pgbench_fingerprint(&restored), expected);
 }
 
+/// `backup.block_size` changed between a full backup and an incremental: an unchanged file's
+/// block list is positional in the block size its manifest declares, so the incremental reads
+/// every file again instead of carrying the full backup's lists over (carried over, they made
+/// the incremental, and every later one, unrestorable: "lists N blocks for S bytes").
+#[test]
+fn an_incremental_after_a_block_size_change_reads_every_file_and_restores() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
+    // Older than the full backup's start by more than the mtime margin: unchanged files.
+    std::thread::sleep(Duration::from_secs(3));
+    let full = backup_json(&env, &["--type", "full"]);
+    let carried = backup_json(&env, &[]);
+    assert!(
+        carried["stats"]["files_unchanged"].as_u64().unwrap() > 100,
+        "the scenario needs files an incremental carries over: {}",
+        carried["stats"]
+    );
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    env.replace_config(&format!("{config}\n[backup]\nblock_size = \"16KiB\"\n"));
+    let incr = backup_json(&env, &[]);
+    let expected = pgbench_fingerprint(&pg);
+    let restored = env.restore_and_start("restored", incr["id"].as_str());
+    let _stop_restored = StopOnDrop(&restored);
+    assert_eq!(pgbench_fingerprint(&restored), expected);
+    assert_eq!(incr["type"], "incr", "{incr}");
+    assert_eq!(
+        incr["stats"]["files_unchanged"].as_u64(),
+        Some(0),
+        "nothing carried over from blocks of another size: {}",
+        incr["stats"]
+    );
+    assert!(
+        incr["stats"]["bytes_read"].as_u64() >= full["stats"]["bytes_read"].as_u64(),
+        "every file read again: {} against the full backup's {}",
+        incr["stats"],
+        full["stats"]
+    );
+}
+
 /// A delta restore of an incremental whose changed blocks are patches, into a directory that
 /// holds the full backup the patches apply to: blocks already right are kept (compared with
 /// what the block is, the patched block's id, not its base's), the others written as base

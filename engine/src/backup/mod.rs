@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tracing::{info, instrument};
+use tracing::{info, instrument, warn};
 
 use self::reader::{read_file, read_in_pieces, FileRead, ReadContext};
 use crate::cpu::CpuPool;
@@ -530,10 +530,25 @@ async fn backup_with_lease(
     let known = Arc::new(KnownBlocks::load_excluding(repo, &condemned, opts.index_memory).await?);
     // The reference's file entries stay in its spool (memory holds their paths); each file's
     // lookup takes its entry out.
+    //
+    // Only a reference cut into blocks of this backup's size lends its entries: an unchanged
+    // file's block list is positional (block `i` at `i * block_size`, the size this manifest
+    // declares), so one carried over from a backup of another `backup.block_size` would make
+    // this backup unrestorable, and every incremental after it that carries it on. After a
+    // change of the setting every file is read again (its blocks are new anyway: ids of
+    // blocks of another size never match).
     let (reference_id, reference_start_ns, reference_files) = match reference {
-        Some((r, files)) => {
+        Some((r, files)) if r.block_size as usize == opts.block_size => {
             let start_ns = r.start_time.unix_nanos() as i64;
             (Some(r.id), start_ns, Some(files))
+        }
+        Some((r, _)) => {
+            warn!(
+                reference = %r.id,
+                "backup.block_size changed from {} to {} bytes since the reference: every file is read and stored again",
+                r.block_size, opts.block_size
+            );
+            (Some(r.id), 0, None)
         }
         None => (None, 0, None),
     };
