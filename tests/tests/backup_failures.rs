@@ -108,6 +108,81 @@ fn damaged_pages_are_reported_and_the_backup_completes() {
     assert_eq!(doc["clusters"][0]["backups"][0]["bad_pages"], 1);
 }
 
+/// A `global/pg_control` whose CRC does not match (as a read torn by PostgreSQL's rewrite of
+/// it returns, and as a damaged file is) fails the backup after it was read again: stored,
+/// it made a backup that reported success and restored into a cluster PostgreSQL refused to
+/// start ("incorrect checksum in control file"). The file is damaged once the backup has
+/// started (paused at its first phase after `pg_backup_start`, whose checkpoint rewrites it);
+/// once the server rewrites it (a checkpoint), the next backup takes it and restores.
+#[test]
+fn a_pg_control_without_a_matching_crc_fails_the_backup() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.pgbench(&["-i", "-s", "1", "-q"]).unwrap();
+    let expected = pgbench_fingerprint(&pg);
+    let pause = env.path().join("pause");
+    std::fs::create_dir(&pause).unwrap();
+    give_to(env.run_as.as_deref(), &pause).unwrap();
+    let backup = env
+        .pgcairn_command(&["--progress", "never", "backup", "--type", "full"])
+        .env(
+            "PGCAIRN_TEST_PAUSE",
+            format!("phase:backup@{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = pause.join("phase-backup.paused");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never reached its copy phase"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Behind the running server's back, past the head pgcairn reads (identifier, versions,
+    // checkpoint): the server reads the file only at its start and rewrites it whole.
+    let path = pg.datadir.join("global/pg_control");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let started = Instant::now();
+    std::fs::write(pause.join("phase-backup.go"), b"").unwrap();
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "a backup stored a damaged pg_control"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("global/pg_control") && err.contains("never with a matching CRC"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "read again for about a second before giving up: {:?}",
+        started.elapsed()
+    );
+    let info = env.pgcairn(&["info", "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let backups = doc["clusters"][0]["backups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(backups.is_empty(), "no backup recorded: {doc}");
+
+    pg.psql("postgres", "checkpoint").unwrap();
+    let b = backup_json(&env, &["--type", "full"]);
+    let restored = env.restore_and_start("restored", b["id"].as_str());
+    let _stop_restored = StopOnDrop(&restored);
+    assert_eq!(pgbench_fingerprint(&restored), expected);
+}
+
 #[test]
 fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));

@@ -997,9 +997,15 @@ impl AloneReader {
         let ctx = self.ctx.clone();
         // A blocking thread, not the shared CPU pool: the reader may wait for the packer
         // (see the readers' pool in the parallel walk).
-        let read = tokio::task::spawn_blocking(move || read_file(&ctx, &e, None))
-            .await
-            .map_err(|e| Error::InvalidInput(format!("reading a file failed: {e}")))??;
+        let read = tokio::task::spawn_blocking(move || {
+            if e.path == PG_CONTROL {
+                reader::read_control_file(&ctx, &e)
+            } else {
+                read_file(&ctx, &e, None)
+            }
+        })
+        .await
+        .map_err(|e| Error::InvalidInput(format!("reading a file failed: {e}")))??;
         tally(&read, stats, progress);
         let stored = read.entry.is_some();
         if let Some(f) = read.entry {

@@ -158,6 +158,49 @@ pub fn read_file(ctx: &ReadContext, entry: &Entry, parent: Option<&FileEntry>) -
     assemble(ctx, entry, vec![piece])
 }
 
+/// Reads `global/pg_control` (`entry`) into blocks: a copy whose CRC matches, read again
+/// while PostgreSQL's rewrites tear it ([`crate::pg::control_crc`]), stored as read. A backup
+/// fails rather than store a copy that never matched: its restore would not start.
+pub fn read_control_file(ctx: &ReadContext, entry: &Entry) -> Result<FileRead> {
+    use crate::pg::control_crc::{read_whole, Unread, ATTEMPTS, PAUSE};
+    let Some(file) = open(ctx, entry, true)? else {
+        return Ok(FileRead::vanished());
+    };
+    let read_all = || {
+        let mut bytes = Vec::with_capacity(8192);
+        std::io::Read::read_to_end(
+            &mut At {
+                file: &file,
+                pos: 0,
+            },
+            &mut bytes,
+        )?;
+        Ok(bytes)
+    };
+    let bytes = read_whole(read_all, ATTEMPTS, PAUSE).map_err(|e| match e {
+        Unread::Io(e) => Error::io(format!("reading {}", entry.abs.display()), e),
+        Unread::NoMatchingCrc { attempts } => Error::InvalidInput(format!(
+            "{}: read {attempts} times, never with a matching CRC: it is damaged (PostgreSQL \
+             itself would refuse to start with it) or was being rewritten during every read. \
+             No backup was written; check the server's log and run the backup again",
+            entry.abs.display()
+        )),
+    })?;
+    // Blocks from the copy that passed, not from another read of the file.
+    let copy = memory_file(&bytes)
+        .map_err(|e| Error::io(format!("copying {}", entry.abs.display()), e))?;
+    let piece = read_piece(ctx, entry, &copy, None, 0, None)?;
+    assemble(ctx, entry, vec![piece])
+}
+
+/// An anonymous in-memory file holding `bytes` (`memfd_create`), read like the file it copies.
+fn memory_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    let fd = rustix::fs::memfd_create("pgcairn-pg_control", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let file = std::fs::File::from(fd);
+    file.write_all_at(bytes, 0)?;
+    Ok(file)
+}
+
 /// Reads `entry` in the pieces `ranges` ([`pieces`]), each a job on `pool`, and puts them
 /// together.
 pub(crate) async fn read_in_pieces(

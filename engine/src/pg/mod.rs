@@ -16,6 +16,7 @@ pub mod auto_conf;
 pub mod checksum;
 pub mod conninfo;
 pub mod control;
+pub mod control_crc;
 pub mod datadir;
 pub mod guc;
 pub mod history;
