@@ -335,6 +335,26 @@ pub async fn push_wal_file(
     Ok(outcome)
 }
 
+/// Makes the record of `name` durable before a push that found it says "archived":
+/// PostgreSQL then recycles the segment. The record a push finds may be one a killed push
+/// linked into place and never synced (on `file://`, a create is written, linked, then
+/// fsynced; the record's bytes differ from one attempt to the next, by their time, so the
+/// retry's own create finds the name taken and syncs nothing), and a power loss would then
+/// take the record, and the segment with it, after PostgreSQL was told it was archived. A
+/// create-only put of the record's own bytes is how storage is asked to make an object
+/// durable (`file://`: an fsync of it and its directories; an object store: nothing more
+/// than a refused put). A record gone meanwhile (expire) needs nothing.
+async fn make_record_durable(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<()> {
+    let key = layout::wal_pointer(cluster, name);
+    let bytes = match repo.storage().get(&key).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    repo.storage().put_create(&key, bytes).await?;
+    Ok(())
+}
+
 /// Steps 2 to 4 of the module docs: compare with an existing record, upload data, commit.
 async fn store_wal(
     repo: &Repository,
@@ -364,21 +384,24 @@ async fn store_wal(
         // record stays as it is).
         if matches!(repo.storage().head(&data.key).await, Ok(len) if len == existing.stored_size) {
             debug!("already archived with the same content");
+            make_record_durable(repo, cluster, name).await?;
             return Ok(PushOutcome::AlreadyArchived);
         }
-        return match ensure_data(repo, cluster, name, &data, false).await? {
+        let outcome = match ensure_data(repo, cluster, name, &data, false).await? {
             DataWrite::Kept => {
                 debug!("already archived with the same content");
-                Ok(PushOutcome::AlreadyArchived)
+                PushOutcome::AlreadyArchived
             }
             DataWrite::Written => {
                 tracing::warn!(
                     "{name} was recorded without a sound data object {}: restored it",
                     data.key
                 );
-                Ok(PushOutcome::Uploaded { stored_size })
+                PushOutcome::Uploaded { stored_size }
             }
         };
+        make_record_durable(repo, cluster, name).await?;
+        return Ok(outcome);
     }
     // Data first, whole and durable, whatever an earlier attempt left under its name.
     ensure_data(repo, cluster, name, &data, true).await?;
@@ -400,6 +423,7 @@ async fn store_wal(
                 Error::NotFound(format!("pointer of {name} vanished during push"))
             })?;
             if existing.content_id == hex_id {
+                make_record_durable(repo, cluster, name).await?;
                 Ok(PushOutcome::AlreadyArchived)
             } else {
                 Err(conflict(cluster, name, &existing.content_id, &hex_id))
@@ -717,6 +741,42 @@ pub(crate) mod tests {
             .expect("a record");
         assert!(synced < record, "{creates:?}");
         assert!(get_wal_file(&repo, "main", &name).await.unwrap() == data);
+    }
+
+    #[tokio::test]
+    async fn a_push_that_finds_its_record_makes_the_record_durable() {
+        let (mem, _) = memory_repo().await;
+        let creates: Arc<std::sync::Mutex<Vec<(String, Bytes)>>> = Default::default();
+        let noted = creates.clone();
+        let notes = crate::test_support::Hooked::new(mem.clone(), move |call| {
+            if let crate::test_support::Call::Create(k, b) = call {
+                noted.lock().unwrap().push((k.to_string(), b.clone()));
+            }
+            Ok(())
+        });
+        let repo = crate::test_support::open_with(Arc::new(notes)).await;
+        let (name, data) = seg(3, 42);
+        // The first push, killed after its record was linked and before it was synced, left
+        // exactly this: the record and its object in place.
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        let pointer = layout::wal_pointer("main", &name);
+        let record = mem.get(&pointer).await.unwrap();
+        creates.lock().unwrap().clear();
+        let again = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        assert_eq!(again, PushOutcome::AlreadyArchived);
+        let creates = creates.lock().unwrap().clone();
+        assert!(
+            creates
+                .iter()
+                .any(|(k, b)| *k == pointer.as_str() && *b == record),
+            "the record found was asked to be made durable (a create-only put of its own \
+             bytes) before PostgreSQL is told the segment is archived: {creates:?}"
+        );
+        assert!(mem.get(&pointer).await.unwrap() == record, "kept as it was");
     }
 
     #[tokio::test]
