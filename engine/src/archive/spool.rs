@@ -17,10 +17,13 @@
 //!
 //! When the repository is unreachable, pushes fail and error files say why; PostgreSQL keeps
 //! its WAL and retries, so nothing is lost. Only if the operator sets `archive.queue_max`
-//! (bytes) and the `.ready` backlog exceeds it while pushes fail does the pusher acknowledge
-//! the backlog as **dropped** (loudly, in every message) so PostgreSQL can recycle WAL and the
-//! primary survives; the dropped range then shows as a gap in `info`.
+//! (bytes) and the backlog (`.ready` files not acknowledged yet) exceeds it while a file keeps
+//! failing ([`DROP_AFTER_FAILURES`] attempts in a row) does the pusher acknowledge that file
+//! as **dropped** (loudly, in every message) so PostgreSQL can recycle WAL and the primary
+//! survives; the dropped range then shows as a gap in `info`. A single failed request while
+//! the repository works is retried like any other, never dropped.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -394,6 +397,10 @@ async fn note_batch(
 /// should it fail to (see [`crate::reencrypt`]).
 pub const MAX_PUSHER_RUN: Duration = Duration::from_secs(300);
 
+/// Consecutive failed attempts after which a file may be dropped under `queue_max` (with the
+/// pusher's backoff, a second or more of a failing repository).
+pub const DROP_AFTER_FAILURES: u32 = 3;
+
 /// Runs the background pusher until it has been idle for `opts.idle_exit`, or for at most
 /// [`MAX_PUSHER_RUN`].
 /// The caller holds the pusher lock for the whole run.
@@ -409,6 +416,8 @@ pub async fn run_pusher(
     let mut backoff = Duration::from_millis(250);
     let mut seg_size: Option<u64> = None;
     let mut reported_dropped = 0;
+    // Consecutive failed attempts per file, for `queue_max`.
+    let mut failures: HashMap<String, u32> = HashMap::new();
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
         if started.elapsed() >= MAX_PUSHER_RUN {
@@ -469,6 +478,7 @@ pub async fn run_pusher(
             let n = name.to_string();
             match res {
                 Ok((digest, outcome)) => {
+                    failures.remove(&n);
                     pushed.push(name.clone());
                     let outcome = match outcome {
                         PushOutcome::Uploaded { .. } => "archived",
@@ -486,6 +496,7 @@ pub async fn run_pusher(
                 Err(e) => {
                     warn!(wal = %n, error = %e, "push failed");
                     spool.write_error(&n, &e.to_string())?;
+                    *failures.entry(n).or_default() += 1;
                     failed.push(name);
                 }
             }
@@ -514,8 +525,24 @@ pub async fn run_pusher(
             continue;
         }
         if let Some(cap) = opts.queue_max {
-            let backlog: u64 = ready_files(pg_wal)?.iter().map(|(_, s)| s).sum();
-            if backlog > cap {
+            // What waits to be archived: `.ready` files without an ack (an acked one is
+            // archived, only not yet renamed by PostgreSQL). A file is dropped only once it
+            // failed [`DROP_AFTER_FAILURES`] times in a row: one failed request (after its own
+            // retries) while the repository works, or a file that changed while it was read,
+            // is retried, not dropped.
+            let backlog: u64 = ready_files(pg_wal)?
+                .iter()
+                .filter(|(n, _)| spool.read_ack(&n.to_string()).is_none())
+                .map(|(_, s)| s)
+                .sum();
+            let failing: Vec<&WalFileName> = failed
+                .iter()
+                .filter(|n| {
+                    failures.get(&n.to_string()).copied().unwrap_or(0) >= DROP_AFTER_FAILURES
+                })
+                .collect();
+            if backlog > cap && !failing.is_empty() {
+                let failed = failing;
                 for name in &failed {
                     let n = name.to_string();
                     let digest = file_fingerprint(&pg_wal.join(&n)).unwrap_or_default();
@@ -528,6 +555,9 @@ pub async fn run_pusher(
                             repository: opts.repository.clone(),
                         },
                     )?;
+                }
+                for name in &failed {
+                    failures.remove(&name.to_string());
                 }
                 let total = spool.add_dropped(failed.len() as u64)?;
                 // Usually fails too (the repository is what fails); the next batch retries.
@@ -547,6 +577,65 @@ pub async fn run_pusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// `queue_max` drops a file only after it failed [`DROP_AFTER_FAILURES`] times in a row:
+    /// one failed request (the first record of segment 3) while the repository works is
+    /// retried and archived, even with the backlog over the cap (it was dropped at once).
+    #[tokio::test]
+    async fn one_failed_push_over_queue_max_is_retried_not_dropped() {
+        let (mem, _) = crate::archive::push::tests::memory_repo().await;
+        const SEG: u64 = 1 << 20;
+        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
+        let third = crate::repo::layout::wal_pointer("main", &name(3));
+        let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fail = failed_once.clone();
+        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| match call {
+            crate::test_support::Call::Create(k, _)
+                if *k == third && !fail.swap(true, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(crate::storage::StorageError::Transient {
+                    op: "put",
+                    key: k.to_string(),
+                    detail: "503 Slow Down (injected, once)".into(),
+                })
+            }
+            _ => Ok(()),
+        });
+        let repo = crate::test_support::open_with(Arc::new(hooked)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let pg_wal = dir.path().join("pg_wal");
+        fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        for n in 1..=4 {
+            let data =
+                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
+            fs::write(pg_wal.join(name(n).to_string()), data).unwrap();
+            fs::write(
+                pg_wal.join(format!("archive_status/{}.ready", name(n))),
+                b"",
+            )
+            .unwrap();
+        }
+        let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
+        let opts = PusherOptions {
+            jobs: 1,
+            idle_exit: Duration::from_millis(200),
+            queue_max: Some(SEG / 2),
+            repository: "memory://test".into(),
+        };
+        run_pusher(&repo, "main", &spool, &pg_wal, &opts)
+            .await
+            .unwrap();
+        assert!(
+            failed_once.load(std::sync::atomic::Ordering::SeqCst),
+            "the failure was injected"
+        );
+        for n in 1..=4 {
+            let ack = spool.read_ack(&name(n).to_string()).expect("acked");
+            assert_eq!(ack.outcome, "archived", "segment {n}: {ack:?}");
+        }
+        assert_eq!(spool.dropped_total(), 0);
+    }
 
     #[tokio::test]
     async fn a_batch_raises_the_high_water_mark_only_below_its_first_failure() {
