@@ -522,7 +522,7 @@ pub async fn plan(
         let fits = match target {
             Target::Time(t) => m.stop_time.datetime() < *t,
             Target::Lsn(l) => m.stop_lsn <= *l,
-            Target::Xid(x) => m.xmin_after_stop.is_none_or(|xmin| *x >= xmin),
+            Target::Xid(x) => m.may_commit_after_stop(*x),
             Target::Name(_) => named_lsn.is_none_or(|l| m.stop_lsn <= l),
             _ => true,
         };
@@ -552,8 +552,13 @@ pub async fn plan(
                 Target::Time(t) => format!("newest backup whose consistency point ({}) precedes {}", m.stop_time, rfc3339(*t)),
                 Target::Lsn(l) => format!("newest backup whose consistency point (lsn {}) precedes lsn {l}", m.stop_lsn),
                 Target::Xid(x) => format!(
-                    "newest backup consistent before transaction {x} committed (oldest running xid after its stop: {})",
-                    m.xmin_after_stop.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
+                    "newest backup consistent before transaction {x} committed ({})",
+                    match (m.xmax_after_stop, m.xmin_after_stop) {
+                        (Some(xmax), _) if *x >= xmax => format!("it had not started when the backup stopped: next xid then {xmax}"),
+                        (Some(_), _) => "it was still running when the backup stopped".into(),
+                        (None, Some(xmin)) => format!("oldest running xid after its stop: {xmin}"),
+                        (None, None) => "the backup recorded no snapshot".into(),
+                    }
                 ),
                 Target::Name(n) => match named_lsn {
                     Some(l) => format!("newest backup whose consistency point (lsn {}) precedes restore point {n:?} (lsn {l})", m.stop_lsn),

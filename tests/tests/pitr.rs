@@ -447,6 +447,98 @@ fn restore_refuses_a_wal_record_whose_data_object_is_gone() {
     }
 }
 
+/// A restore to a transaction id starts from the newest backup consistent before that
+/// transaction committed. A transaction X that commits while an older one L stays open lies
+/// between the snapshot's xmin and xmax at the next backup's stop without being running:
+/// that backup is after X's commit. Judged by xmin alone it was chosen, and PostgreSQL,
+/// replaying from after the commit, ended with "recovery ended before configured recovery
+/// target was reached"; the backup before it is the right one.
+#[test]
+fn an_xid_target_committed_while_an_older_transaction_was_open_restores_from_the_backup_before_it()
+{
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql(
+        "postgres",
+        "create table t(x int, xid bigint not null default txid_current())",
+    )
+    .unwrap();
+    let before = backup_json(&env, &["--type", "full"]);
+    // L: an open transaction with an xid, older than X.
+    let open = {
+        let pg = pg.clone();
+        std::thread::spawn(move || {
+            pg.psql(
+                "postgres",
+                "begin; select txid_current(); select pg_sleep(120); commit",
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while pg
+        .psql(
+            "postgres",
+            "select count(*) from pg_stat_activity where backend_xid is not null and query like '%pg_sleep(120)%'",
+        )
+        .unwrap()
+        != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the open transaction never got its xid");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.psql("postgres", "insert into t(x) values (1)").unwrap();
+    let xid_x = pg
+        .psql("postgres", "select xid from t where x = 1")
+        .unwrap();
+    let after = backup_json(&env, &["--type", "full"]);
+    pg.psql(
+        "postgres",
+        "select pg_terminate_backend(pid) from pg_stat_activity where query like '%pg_sleep(120)%' and pid <> pg_backend_pid()",
+    )
+    .unwrap();
+    let _ = open.join();
+    pg.psql("postgres", "insert into t(x) values (2)").unwrap();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+
+    let target = env.path().join("xid_plan");
+    let plan = env.pgcairn(&[
+        "restore",
+        "--dry-run",
+        "--pgdata",
+        &target.display().to_string(),
+        "--target-xid",
+        &xid_x,
+    ]);
+    assert_success(&plan, "restore --dry-run --target-xid");
+    let text = String::from_utf8_lossy(&plan.stdout).to_string() + &stderr(&plan);
+    let (before_id, after_id) = (
+        before["id"].as_str().unwrap(),
+        after["id"].as_str().unwrap(),
+    );
+    assert!(
+        text.contains(before_id) && !text.contains(after_id),
+        "the backup before transaction {xid_x} committed ({before_id}), not {after_id}: {text}"
+    );
+    let r = env.restore_and_start_with(
+        "xid",
+        &["--target-xid", &xid_x, "--target-action", "promote"],
+        false,
+    );
+    assert_eq!(
+        r.psql(
+            "postgres",
+            "select string_agg(x::text, ',' order by x) from t"
+        )
+        .unwrap(),
+        "1"
+    );
+    r.stop().unwrap();
+}
+
 #[test]
 fn timelines_restore_to_either_side_of_a_fork() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));

@@ -839,15 +839,13 @@ async fn backup_with_lease(
             (start_tli, true)
         }
     };
-    let xmin_after_stop: Option<u64> = session
+    // Which transactions had committed by the consistency point, for a restore to an xid.
+    let snapshot_after_stop = session
         .client
-        .query_one(
-            "select txid_snapshot_xmin(txid_current_snapshot())::text",
-            &[],
-        )
+        .query_one("select txid_current_snapshot()::text", &[])
         .await
         .ok()
-        .and_then(|r| r.get::<_, String>(0).parse().ok());
+        .and_then(|r| crate::pg::txid_snapshot::parse(&r.get::<_, String>(0)));
     let databases = databases(&session.client).await;
     let config_files = crate::config_files::collect(&session.client, &opts.pgdata).await;
     let seg = session.wal_segment_size;
@@ -937,7 +935,9 @@ async fn backup_with_lease(
         start_time,
         stop_time,
         block_size: opts.block_size as u32,
-        xmin_after_stop,
+        xmin_after_stop: snapshot_after_stop.as_ref().map(|s| s.xmin),
+        xmax_after_stop: snapshot_after_stop.as_ref().map(|s| s.xmax),
+        running_xids_after_stop: snapshot_after_stop.map(|s| s.running).unwrap_or_default(),
         checksums_verified: verify,
         from_standby,
         wal_in_backup,

@@ -22,4 +22,5 @@ pub mod guc;
 pub mod history;
 pub mod instance;
 pub mod tls;
+pub mod txid_snapshot;
 pub mod wal_header;

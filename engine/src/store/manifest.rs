@@ -140,6 +140,14 @@ pub struct Manifest {
     /// committed before this backup was consistent, so replay from it cannot reach it.
     #[serde(default)]
     pub xmin_after_stop: Option<u64>,
+    /// The first transaction id not yet assigned just after `pg_backup_stop` (the snapshot's
+    /// xmax): a transaction at or above it committed after this backup was consistent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xmax_after_stop: Option<u64>,
+    /// The transactions still running just after `pg_backup_stop` (prepared ones included):
+    /// below xmax, the only ones whose commit can come after the consistency point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_xids_after_stop: Vec<u64>,
     /// Whether page checksums were verified.
     pub checksums_verified: bool,
     /// Taken on a standby (`pg_is_in_recovery()`): its consistency point is the standby's
@@ -180,6 +188,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether transaction `xid` can commit after this backup's consistency point, so that a
+    /// recovery from this backup can stop at that commit: it was running just after
+    /// `pg_backup_stop`, or had not started ([`crate::pg::txid_snapshot`]). Backups before
+    /// 2026-12-07 recorded the snapshot's xmin only, which also counts the transactions
+    /// between xmin and xmax that had ended; without a snapshot every backup qualifies.
+    pub fn may_commit_after_stop(&self, xid: u64) -> bool {
+        match (self.xmax_after_stop, self.xmin_after_stop) {
+            (Some(xmax), _) => xid >= xmax || self.running_xids_after_stop.contains(&xid),
+            (None, Some(xmin)) => xid >= xmin,
+            (None, None) => true,
+        }
+    }
+
     /// Everything but the file list.
     pub fn clone_head(&self) -> Manifest {
         Manifest {
@@ -200,6 +221,8 @@ impl Manifest {
             stop_time: self.stop_time,
             block_size: self.block_size,
             xmin_after_stop: self.xmin_after_stop,
+            xmax_after_stop: self.xmax_after_stop,
+            running_xids_after_stop: self.running_xids_after_stop.clone(),
             checksums_verified: self.checksums_verified,
             from_standby: self.from_standby,
             wal_in_backup: self.wal_in_backup.clone(),
@@ -680,6 +703,40 @@ mod tests {
         assert_eq!(last_segment_before(start, Lsn(3 * seg + 0x60), seg), 3);
         assert_eq!(last_segment_before(start, start, seg), 2);
         assert_eq!(last_segment_before(Lsn(3 * seg), Lsn(3 * seg), seg), 3);
+    }
+
+    /// A transaction between the snapshot's xmin and xmax that had ended (committed while an
+    /// older one stayed open) committed before the backup's consistency point: a recovery
+    /// from this backup cannot reach it, whatever xmin says.
+    #[test]
+    fn an_xid_target_fits_a_backup_only_if_it_was_running_or_not_started_at_the_stop() {
+        let mut m = crate::test_support::manifest_of("20261207-000000F", &[]);
+        assert!(
+            m.may_commit_after_stop(5),
+            "no snapshot recorded: any backup"
+        );
+        m.xmin_after_stop = Some(736);
+        assert!(!m.may_commit_after_stop(735));
+        assert!(
+            m.may_commit_after_stop(738),
+            "xmin only (older backups): from xmin on"
+        );
+        (m.xmax_after_stop, m.running_xids_after_stop) = (Some(741), vec![736, 739]);
+        for (xid, fits) in [
+            (735, false),
+            (736, true),
+            (738, false),
+            (739, true),
+            (740, false),
+        ] {
+            assert_eq!(m.may_commit_after_stop(xid), fits, "{xid}");
+        }
+        assert!(m.may_commit_after_stop(741) && m.may_commit_after_stop(9000));
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(
+            (back.xmax_after_stop, back.running_xids_after_stop),
+            (Some(741), vec![736, 739])
+        );
     }
 
     #[test]
