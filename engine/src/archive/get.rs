@@ -75,7 +75,10 @@ async fn absent_or_lost(repo: &Repository, cluster: &str, name: &WalFileName) ->
             Error::corrupt(
                 pointer_key.to_string(),
                 format!(
-                    "{name} is missing from the archive of cluster {cluster:?}, but the catalog head (generation {}) records                      it as archived (timeline {} is archived up to {high}): it was deleted outside pgcairn. Recovery                      past this point needs that file: restore it into the repository (or `pgcairn archive-push` it again                      from a server that still has it), or recover to a target before it",
+                    "{name} is missing from the archive of cluster {cluster:?}, but the catalog head (generation {}) records \
+                     it as archived (timeline {} is archived up to {high}): it was deleted outside pgcairn. Recovery \
+                     past this point needs that file: restore it into the repository (or `pgcairn archive-push` it again \
+                     from a server that still has it), or recover to a target before it",
                     head.generation,
                     name.timeline().0
                 ),

@@ -284,13 +284,45 @@ fn seal_wal(
     }
 }
 
-/// Archives one WAL file.
-#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
+/// Archives one WAL file, and every 16th segment raises the catalog head's high-water mark
+/// to it: the archiver pushes in order, so everything below it is archived.
 pub async fn push_wal_file(
     repo: &Repository,
     cluster: &str,
     name: &WalFileName,
     source: WalSource,
+) -> Result<PushOutcome> {
+    push(repo, cluster, name, source, HeadNote::InOrder).await
+}
+
+/// Archives one WAL file pushed out of order (the asynchronous pusher's parallel pushes):
+/// the high-water mark is left to the caller, who knows which lower segments are archived
+/// ([`crate::archive::spool`]). Raised here, a segment that finished while a lower one was
+/// still uploading, or failed, made `archive-get` of that lower one abort recovery (exit
+/// 200: "deleted outside pgcairn") instead of answering "not yet archived".
+pub async fn push_wal_file_unordered(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    source: WalSource,
+) -> Result<PushOutcome> {
+    push(repo, cluster, name, source, HeadNote::Caller).await
+}
+
+/// Who records a pushed segment in the catalog head.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeadNote {
+    InOrder,
+    Caller,
+}
+
+#[instrument(skip_all, fields(cluster = cluster, wal = %name))]
+async fn push(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    source: WalSource,
+    head_note: HeadNote,
 ) -> Result<PushOutcome> {
     let codec = repo.codec().clone();
     let level = repo.config().wal_compress_level;
@@ -329,7 +361,9 @@ pub async fn push_wal_file(
     }
     let outcome = store_wal(repo, cluster, name, existing?, id, sealed, size).await?;
     if let Some(seg_size) = seg_size {
-        head::note_pushed(repo, cluster, name, seg_size).await;
+        if head_note == HeadNote::InOrder {
+            head::note_pushed(repo, cluster, name, seg_size).await;
+        }
         crate::store::status::note_pushed(repo, cluster, name, seg_size, mtime).await;
     }
     Ok(outcome)

@@ -33,7 +33,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::archive::push::{push_wal_file, PushOutcome, WalSource};
+use crate::archive::push::{push_wal_file_unordered, PushOutcome, WalSource};
 use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::types::WalFileName;
@@ -455,9 +455,13 @@ pub async fn run_pusher(
                     let path = pg_wal.join(name.to_string());
                     let res = async {
                         let before = file_fingerprint(&path)?;
-                        let outcome =
-                            push_wal_file(repo, cluster, &name, WalSource::File(path.clone()))
-                                .await?;
+                        let outcome = push_wal_file_unordered(
+                            repo,
+                            cluster,
+                            &name,
+                            WalSource::File(path.clone()),
+                        )
+                        .await?;
                         if file_fingerprint(&path)? != before {
                             return Err(Error::InvalidInput(format!(
                                 "{} changed while it was archived; PostgreSQL will retry",
@@ -577,6 +581,7 @@ pub async fn run_pusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::push::push_wal_file;
     use std::sync::Arc;
 
     /// `queue_max` drops a file only after it failed [`DROP_AFTER_FAILURES`] times in a row:
@@ -635,6 +640,86 @@ mod tests {
             assert_eq!(ack.outcome, "archived", "segment {n}: {ack:?}");
         }
         assert_eq!(spool.dropped_total(), 0);
+    }
+
+    /// Segment 0x10 (a multiple of 16: the pushes that raise the catalog head's high-water
+    /// mark) finishes while 0x0F, pushed beside it, fails: until 0x0F is archived, fetching it
+    /// must say "not archived yet" (exit 1: PostgreSQL waits or ends recovery there), never
+    /// "deleted outside pgcairn" (exit 200: recovery aborts), which it said once 0x10 raised the
+    /// mark from inside the push.
+    #[tokio::test]
+    async fn a_segment_pushed_beside_a_failing_lower_one_does_not_mark_it_archived() {
+        let (mem, _) = crate::archive::push::tests::memory_repo().await;
+        const SEG: u64 = 1 << 20;
+        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
+        let lower = crate::repo::layout::wal_pointer("main", &name(0x0F));
+        let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = failures.clone();
+        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| match call {
+            crate::test_support::Call::Create(k, _)
+                if *k == lower && counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 =>
+            {
+                Err(crate::storage::StorageError::Transient {
+                    op: "put",
+                    key: k.to_string(),
+                    detail: "503 (injected, twice)".into(),
+                })
+            }
+            _ => Ok(()),
+        });
+        let repo = crate::test_support::open_with(Arc::new(hooked)).await;
+        // The head records timeline 1 from segment 1 on, as after any earlier push.
+        let first = crate::pg::wal_header::tests::fake_segment(9, 1, SEG, SEG as u32, SEG as usize);
+        push_wal_file(&repo, "main", &name(1), WalSource::Bytes(first))
+            .await
+            .unwrap();
+        crate::store::head::note_segments(&repo, "main", SEG, &[(1, 1)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let pg_wal = dir.path().join("pg_wal");
+        fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        for n in [0x0F, 0x10] {
+            let data =
+                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
+            fs::write(pg_wal.join(name(n).to_string()), data).unwrap();
+            fs::write(
+                pg_wal.join(format!("archive_status/{}.ready", name(n))),
+                b"",
+            )
+            .unwrap();
+        }
+        let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
+        let opts = PusherOptions {
+            jobs: 2,
+            idle_exit: Duration::from_millis(200),
+            queue_max: None,
+            repository: "memory://test".into(),
+        };
+        let pusher = {
+            let (repo, pg_wal, spool_dir) =
+                (repo.clone(), pg_wal.clone(), dir.path().join("spool"));
+            tokio::spawn(async move {
+                let spool = Spool::open(&spool_dir, "main").unwrap();
+                run_pusher(&repo, "main", &spool, &pg_wal, &opts).await
+            })
+        };
+        let mut looked = 0;
+        while !pusher.is_finished() {
+            match crate::archive::get::get_wal_file(&repo, "main", &name(0x0F)).await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => panic!("0x0F while it was still failing: {e}"),
+            }
+            looked += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pusher.await.unwrap().unwrap();
+        assert!(failures.load(std::sync::atomic::Ordering::SeqCst) >= 2 && looked > 10);
+        assert_eq!(
+            spool.read_ack(&name(0x0F).to_string()).unwrap().outcome,
+            "archived"
+        );
+        crate::archive::get::get_wal_file(&repo, "main", &name(0x0F))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
