@@ -742,11 +742,12 @@ pub(crate) mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_sound_data_object_without_a_record_is_kept_and_made_durable() {
-        let (mem, _) = memory_repo().await;
-        // Every create-only put, key and bytes, in order.
-        let creates: Arc<std::sync::Mutex<Vec<(String, Bytes)>>> = Default::default();
+    /// Every create-only put, key and bytes, in order.
+    type Creates = Arc<std::sync::Mutex<Vec<(String, Bytes)>>>;
+
+    /// A repository over `mem` that records its creates.
+    async fn recording_creates(mem: &Arc<MemoryStorage>) -> (Repository, Creates) {
+        let creates: Creates = Default::default();
         let noted = creates.clone();
         let notes = crate::test_support::Hooked::new(mem.clone(), move |call| {
             if let crate::test_support::Call::Create(k, b) = call {
@@ -754,7 +755,16 @@ pub(crate) mod tests {
             }
             Ok(())
         });
-        let repo = crate::test_support::open_with(Arc::new(notes)).await;
+        (
+            crate::test_support::open_with(Arc::new(notes)).await,
+            creates,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_sound_data_object_without_a_record_is_kept_and_made_durable() {
+        let (mem, _) = memory_repo().await;
+        let (repo, creates) = recording_creates(&mem).await;
         let (name, data) = seg(3, 42);
         let (key, sealed) = earlier_sealing(&repo, &name, &data);
         mem.put_create(&key, sealed.clone()).await.unwrap();
@@ -780,15 +790,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_push_that_finds_its_record_makes_the_record_durable() {
         let (mem, _) = memory_repo().await;
-        let creates: Arc<std::sync::Mutex<Vec<(String, Bytes)>>> = Default::default();
-        let noted = creates.clone();
-        let notes = crate::test_support::Hooked::new(mem.clone(), move |call| {
-            if let crate::test_support::Call::Create(k, b) = call {
-                noted.lock().unwrap().push((k.to_string(), b.clone()));
-            }
-            Ok(())
-        });
-        let repo = crate::test_support::open_with(Arc::new(notes)).await;
+        let (repo, creates) = recording_creates(&mem).await;
         let (name, data) = seg(3, 42);
         // The first push, killed after its record was linked and before it was synced, left
         // exactly this: the record and its object in place.

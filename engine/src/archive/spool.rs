@@ -584,43 +584,67 @@ mod tests {
     use crate::archive::push::push_wal_file;
     use std::sync::Arc;
 
+    const SEG: u64 = 1 << 20;
+
+    fn seg_name(n: u64) -> WalFileName {
+        format!("0000000100000000{n:08X}").parse().unwrap()
+    }
+
+    /// A repository whose first `times` creates of `key` fail (a 503 after the client's own
+    /// retries), and the count of creates of it so far.
+    async fn failing_creates_of(
+        mem: &Arc<crate::storage::MemoryStorage>,
+        key: crate::storage::ObjectKey,
+        times: u32,
+    ) -> (Repository, Arc<std::sync::atomic::AtomicU32>) {
+        let creates = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = creates.clone();
+        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| match call {
+            crate::test_support::Call::Create(k, _)
+                if *k == key
+                    && counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times =>
+            {
+                Err(crate::storage::StorageError::Transient {
+                    op: "put",
+                    key: k.to_string(),
+                    detail: "503 Slow Down (injected)".into(),
+                })
+            }
+            _ => Ok(()),
+        });
+        (
+            crate::test_support::open_with(Arc::new(hooked)).await,
+            creates,
+        )
+    }
+
+    /// A `pg_wal` under `dir` holding segments `ns` (1 MiB), each with its `.ready` file.
+    fn pg_wal_with_ready(dir: &Path, ns: &[u64]) -> PathBuf {
+        let pg_wal = dir.join("pg_wal");
+        fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        for &n in ns {
+            let data =
+                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
+            fs::write(pg_wal.join(seg_name(n).to_string()), data).unwrap();
+            fs::write(
+                pg_wal.join(format!("archive_status/{}.ready", seg_name(n))),
+                b"",
+            )
+            .unwrap();
+        }
+        pg_wal
+    }
+
     /// `queue_max` drops a file only after it failed [`DROP_AFTER_FAILURES`] times in a row:
     /// one failed request (the first record of segment 3) while the repository works is
     /// retried and archived, even with the backlog over the cap (it was dropped at once).
     #[tokio::test]
     async fn one_failed_push_over_queue_max_is_retried_not_dropped() {
         let (mem, _) = crate::archive::push::tests::memory_repo().await;
-        const SEG: u64 = 1 << 20;
-        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
-        let third = crate::repo::layout::wal_pointer("main", &name(3));
-        let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let fail = failed_once.clone();
-        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| match call {
-            crate::test_support::Call::Create(k, _)
-                if *k == third && !fail.swap(true, std::sync::atomic::Ordering::SeqCst) =>
-            {
-                Err(crate::storage::StorageError::Transient {
-                    op: "put",
-                    key: k.to_string(),
-                    detail: "503 Slow Down (injected, once)".into(),
-                })
-            }
-            _ => Ok(()),
-        });
-        let repo = crate::test_support::open_with(Arc::new(hooked)).await;
+        let third = crate::repo::layout::wal_pointer("main", &seg_name(3));
+        let (repo, creates) = failing_creates_of(&mem, third, 1).await;
         let dir = tempfile::tempdir().unwrap();
-        let pg_wal = dir.path().join("pg_wal");
-        fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-        for n in 1..=4 {
-            let data =
-                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
-            fs::write(pg_wal.join(name(n).to_string()), data).unwrap();
-            fs::write(
-                pg_wal.join(format!("archive_status/{}.ready", name(n))),
-                b"",
-            )
-            .unwrap();
-        }
+        let pg_wal = pg_wal_with_ready(dir.path(), &[1, 2, 3, 4]);
         let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
         let opts = PusherOptions {
             jobs: 1,
@@ -632,11 +656,11 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            failed_once.load(std::sync::atomic::Ordering::SeqCst),
+            creates.load(std::sync::atomic::Ordering::SeqCst) >= 2,
             "the failure was injected"
         );
         for n in 1..=4 {
-            let ack = spool.read_ack(&name(n).to_string()).expect("acked");
+            let ack = spool.read_ack(&seg_name(n).to_string()).expect("acked");
             assert_eq!(ack.outcome, "archived", "segment {n}: {ack:?}");
         }
         assert_eq!(spool.dropped_total(), 0);
@@ -650,43 +674,16 @@ mod tests {
     #[tokio::test]
     async fn a_segment_pushed_beside_a_failing_lower_one_does_not_mark_it_archived() {
         let (mem, _) = crate::archive::push::tests::memory_repo().await;
-        const SEG: u64 = 1 << 20;
-        let name = |n: u64| -> WalFileName { format!("0000000100000000{n:08X}").parse().unwrap() };
-        let lower = crate::repo::layout::wal_pointer("main", &name(0x0F));
-        let failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let counted = failures.clone();
-        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| match call {
-            crate::test_support::Call::Create(k, _)
-                if *k == lower && counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 =>
-            {
-                Err(crate::storage::StorageError::Transient {
-                    op: "put",
-                    key: k.to_string(),
-                    detail: "503 (injected, twice)".into(),
-                })
-            }
-            _ => Ok(()),
-        });
-        let repo = crate::test_support::open_with(Arc::new(hooked)).await;
+        let lower = crate::repo::layout::wal_pointer("main", &seg_name(0x0F));
+        let (repo, creates) = failing_creates_of(&mem, lower, 2).await;
         // The head records timeline 1 from segment 1 on, as after any earlier push.
         let first = crate::pg::wal_header::tests::fake_segment(9, 1, SEG, SEG as u32, SEG as usize);
-        push_wal_file(&repo, "main", &name(1), WalSource::Bytes(first))
+        push_wal_file(&repo, "main", &seg_name(1), WalSource::Bytes(first))
             .await
             .unwrap();
         crate::store::head::note_segments(&repo, "main", SEG, &[(1, 1)]).await;
         let dir = tempfile::tempdir().unwrap();
-        let pg_wal = dir.path().join("pg_wal");
-        fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-        for n in [0x0F, 0x10] {
-            let data =
-                crate::pg::wal_header::tests::fake_segment(9, 1, n * SEG, SEG as u32, SEG as usize);
-            fs::write(pg_wal.join(name(n).to_string()), data).unwrap();
-            fs::write(
-                pg_wal.join(format!("archive_status/{}.ready", name(n))),
-                b"",
-            )
-            .unwrap();
-        }
+        let pg_wal = pg_wal_with_ready(dir.path(), &[0x0F, 0x10]);
         let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
         let opts = PusherOptions {
             jobs: 2,
@@ -704,7 +701,7 @@ mod tests {
         };
         let mut looked = 0;
         while !pusher.is_finished() {
-            match crate::archive::get::get_wal_file(&repo, "main", &name(0x0F)).await {
+            match crate::archive::get::get_wal_file(&repo, "main", &seg_name(0x0F)).await {
                 Ok(_) | Err(Error::NotFound(_)) => {}
                 Err(e) => panic!("0x0F while it was still failing: {e}"),
             }
@@ -712,12 +709,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         pusher.await.unwrap().unwrap();
-        assert!(failures.load(std::sync::atomic::Ordering::SeqCst) >= 2 && looked > 10);
+        assert!(creates.load(std::sync::atomic::Ordering::SeqCst) >= 3 && looked > 10);
         assert_eq!(
-            spool.read_ack(&name(0x0F).to_string()).unwrap().outcome,
+            spool.read_ack(&seg_name(0x0F).to_string()).unwrap().outcome,
             "archived"
         );
-        crate::archive::get::get_wal_file(&repo, "main", &name(0x0F))
+        crate::archive::get::get_wal_file(&repo, "main", &seg_name(0x0F))
             .await
             .unwrap();
     }
