@@ -1185,7 +1185,14 @@ fn queue_max_drops_wal_loudly_when_the_repository_fails() {
     )
     .unwrap();
     let dropped = switch_wal(&pg);
-    wait_archived(&pg, &dropped, Duration::from_secs(60));
+    // Dropped once it has been failing for 30 s (archive::spool::DROP_AFTER_FAILING).
+    let failing_from = std::time::Instant::now();
+    wait_archived(&pg, &dropped, Duration::from_secs(120));
+    assert!(
+        failing_from.elapsed() >= Duration::from_secs(25),
+        "dropped after one failed attempt ({:?}): a request that fails once is retried",
+        failing_from.elapsed()
+    );
     chmod("u+w");
     let log = std::fs::read_to_string(pg.datadir.join("pgcairn-server.log")).unwrap();
     assert!(

@@ -385,8 +385,13 @@ async fn make_record_durable(repo: &Repository, cluster: &str, name: &WalFileNam
         Err(e) if e.is_not_found() => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    repo.storage().put_create(&key, bytes).await?;
-    Ok(())
+    match repo.storage().put_create(&key, bytes).await? {
+        CreateOutcome::Created => Ok(()),
+        CreateOutcome::AlreadyExists => Err(Error::Conflict(format!(
+            "the record of {name} changed while this push made it durable ({key}); PostgreSQL \
+             will retry"
+        ))),
+    }
 }
 
 /// Steps 2 to 4 of the module docs: compare with an existing record, upload data, commit.

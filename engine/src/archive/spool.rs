@@ -18,12 +18,11 @@
 //! When the repository is unreachable, pushes fail and error files say why; PostgreSQL keeps
 //! its WAL and retries, so nothing is lost. Only if the operator sets `archive.queue_max`
 //! (bytes) and the backlog (`.ready` files not acknowledged yet) exceeds it while a file keeps
-//! failing ([`DROP_AFTER_FAILURES`] attempts in a row) does the pusher acknowledge that file
+//! failing (for [`DROP_AFTER_FAILING`]) does the pusher acknowledge that file
 //! as **dropped** (loudly, in every message) so PostgreSQL can recycle WAL and the primary
 //! survives; the dropped range then shows as a gap in `info`. A single failed request while
 //! the repository works is retried like any other, never dropped.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -141,7 +140,7 @@ impl Spool {
         let root = spool_dir.join(cluster);
         crate::private_fs::check_own_tree(spool_dir, &root)
             .map_err(|e| Error::io("archive.spool_dir".to_string(), e))?;
-        for sub in ["ack", "error"] {
+        for sub in ["ack", "error", "failing"] {
             crate::private_fs::create_dir_all(&root.join(sub)).map_err(|e| {
                 Error::io(
                     format!(
@@ -185,6 +184,30 @@ impl Spool {
         self.root.join("error").join(name)
     }
 
+    fn failing_path(&self, name: &str) -> PathBuf {
+        self.root.join("failing").join(name)
+    }
+
+    /// Records that pushing `name` failed, and returns how long it has been failing: since
+    /// the first failure recorded (`failing/<name>`, made then, removed by its ack), so the
+    /// time survives the pusher's exits and restarts. `Duration::ZERO` if the spool cannot
+    /// say (it never counts towards dropping).
+    pub fn note_failing(&self, name: &str) -> Duration {
+        let path = self.failing_path(name);
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default()
+    }
+
     /// Path of the pusher's lock file.
     pub fn lock_path(&self) -> PathBuf {
         self.root.join("pusher.lock")
@@ -213,6 +236,7 @@ impl Spool {
     /// Records a successful (or dropped) push.
     pub fn write_ack(&self, name: &str, ack: &Ack) -> Result<()> {
         let _ = fs::remove_file(self.error_path(name));
+        let _ = fs::remove_file(self.failing_path(name));
         Self::write_small(
             &self.ack_path(name),
             &serde_json::to_vec(ack).expect("ack serialises"),
@@ -254,6 +278,17 @@ impl Spool {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if !name.ends_with(".tmp") && !ready.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        // And the failure times of files PostgreSQL no longer lists (archived by a call of
+        // its own, or the cluster's WAL removed).
+        for e in fs::read_dir(self.root.join("failing"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !ready.contains(&e.file_name().to_string_lossy().to_string()) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -397,9 +432,9 @@ async fn note_batch(
 /// should it fail to (see [`crate::reencrypt`]).
 pub const MAX_PUSHER_RUN: Duration = Duration::from_secs(300);
 
-/// Consecutive failed attempts after which a file may be dropped under `queue_max` (with the
-/// pusher's backoff, a second or more of a failing repository).
-pub const DROP_AFTER_FAILURES: u32 = 3;
+/// How long a file must have been failing before `queue_max` may drop it: a repository
+/// down, not one failed request (which is retried within a second).
+pub const DROP_AFTER_FAILING: Duration = Duration::from_secs(30);
 
 /// Runs the background pusher until it has been idle for `opts.idle_exit`, or for at most
 /// [`MAX_PUSHER_RUN`].
@@ -416,8 +451,6 @@ pub async fn run_pusher(
     let mut backoff = Duration::from_millis(250);
     let mut seg_size: Option<u64> = None;
     let mut reported_dropped = 0;
-    // Consecutive failed attempts per file, for `queue_max`.
-    let mut failures: HashMap<String, u32> = HashMap::new();
     info!(pg_wal = %pg_wal.display(), jobs = opts.jobs, "pusher started");
     loop {
         if started.elapsed() >= MAX_PUSHER_RUN {
@@ -482,7 +515,6 @@ pub async fn run_pusher(
             let n = name.to_string();
             match res {
                 Ok((digest, outcome)) => {
-                    failures.remove(&n);
                     pushed.push(name.clone());
                     let outcome = match outcome {
                         PushOutcome::Uploaded { .. } => "archived",
@@ -500,13 +532,13 @@ pub async fn run_pusher(
                 Err(e) => {
                     warn!(wal = %n, error = %e, "push failed");
                     spool.write_error(&n, &e.to_string())?;
-                    *failures.entry(n).or_default() += 1;
-                    failed.push(name);
+                    failed.push((name, spool.note_failing(&n)));
                 }
             }
         }
         drop(results);
-        note_batch(repo, cluster, &pushed, &failed, &mut seg_size).await;
+        let failed_names: Vec<WalFileName> = failed.iter().map(|(n, _)| n.clone()).collect();
+        note_batch(repo, cluster, &pushed, &failed_names, &mut seg_size).await;
         // Drops recorded in the spool while the repository failed reach the status object once
         // pushes succeed again.
         let dropped = spool.dropped_total();
@@ -530,8 +562,9 @@ pub async fn run_pusher(
         }
         if let Some(cap) = opts.queue_max {
             // What waits to be archived: `.ready` files without an ack (an acked one is
-            // archived, only not yet renamed by PostgreSQL). A file is dropped only once it
-            // failed [`DROP_AFTER_FAILURES`] times in a row: one failed request (after its own
+            // archived, only not yet renamed by PostgreSQL). A file is dropped only once it has
+            // been failing for [`DROP_AFTER_FAILING`] (since its first failure, recorded in the
+            // spool, so through the pusher's restarts): one failed request (after its own
             // retries) while the repository works, or a file that changed while it was read,
             // is retried, not dropped.
             let backlog: u64 = ready_files(pg_wal)?
@@ -539,14 +572,12 @@ pub async fn run_pusher(
                 .filter(|(n, _)| spool.read_ack(&n.to_string()).is_none())
                 .map(|(_, s)| s)
                 .sum();
-            let failing: Vec<&WalFileName> = failed
+            let failed: Vec<&WalFileName> = failed
                 .iter()
-                .filter(|n| {
-                    failures.get(&n.to_string()).copied().unwrap_or(0) >= DROP_AFTER_FAILURES
-                })
+                .filter(|(_, for_how_long)| *for_how_long >= DROP_AFTER_FAILING)
+                .map(|(n, _)| n)
                 .collect();
-            if backlog > cap && !failing.is_empty() {
-                let failed = failing;
+            if backlog > cap && !failed.is_empty() {
                 for name in &failed {
                     let n = name.to_string();
                     let digest = file_fingerprint(&pg_wal.join(&n)).unwrap_or_default();
@@ -559,9 +590,6 @@ pub async fn run_pusher(
                             repository: opts.repository.clone(),
                         },
                     )?;
-                }
-                for name in &failed {
-                    failures.remove(&name.to_string());
                 }
                 let total = spool.add_dropped(failed.len() as u64)?;
                 // Usually fails too (the repository is what fails); the next batch retries.
@@ -635,7 +663,7 @@ mod tests {
         pg_wal
     }
 
-    /// `queue_max` drops a file only after it failed [`DROP_AFTER_FAILURES`] times in a row:
+    /// `queue_max` drops a file only after it has been failing for [`DROP_AFTER_FAILING`]:
     /// one failed request (the first record of segment 3) while the repository works is
     /// retried and archived, even with the backlog over the cap (it was dropped at once).
     #[tokio::test]
@@ -664,6 +692,53 @@ mod tests {
             assert_eq!(ack.outcome, "archived", "segment {n}: {ack:?}");
         }
         assert_eq!(spool.dropped_total(), 0);
+    }
+
+    /// A file that has been failing since before this pusher started (the time is the
+    /// spool's, not the process's: a pusher exits every few minutes, and under a slow
+    /// outage each attempt takes a minute) is dropped at its next failure over the cap.
+    #[tokio::test]
+    async fn a_file_failing_since_an_earlier_pusher_is_dropped_over_queue_max() {
+        let (mem, _) = crate::archive::push::tests::memory_repo().await;
+        let second = crate::repo::layout::wal_pointer("main", &seg_name(2));
+        let (repo, _) = failing_creates_of(&mem, second, u32::MAX).await;
+        let dir = tempfile::tempdir().unwrap();
+        let pg_wal = pg_wal_with_ready(dir.path(), &[1, 2]);
+        let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
+        assert!(spool.note_failing(&seg_name(2).to_string()) < Duration::from_secs(5));
+        let marker = fs::File::options()
+            .write(true)
+            .open(spool.root().join("failing").join(seg_name(2).to_string()))
+            .unwrap();
+        marker
+            .set_modified(std::time::SystemTime::now() - DROP_AFTER_FAILING)
+            .unwrap();
+        let opts = PusherOptions {
+            jobs: 1,
+            idle_exit: Duration::from_millis(200),
+            queue_max: Some(SEG / 2),
+            repository: "memory://test".into(),
+        };
+        run_pusher(&repo, "main", &spool, &pg_wal, &opts)
+            .await
+            .unwrap();
+        assert_eq!(
+            spool.read_ack(&seg_name(1).to_string()).unwrap().outcome,
+            "archived"
+        );
+        assert_eq!(
+            spool.read_ack(&seg_name(2).to_string()).unwrap().outcome,
+            "dropped"
+        );
+        assert_eq!(spool.dropped_total(), 1);
+        assert!(
+            !spool
+                .root()
+                .join("failing")
+                .join(seg_name(2).to_string())
+                .exists(),
+            "its failure time goes with its ack"
+        );
     }
 
     /// Segment 0x10 (a multiple of 16: the pushes that raise the catalog head's high-water

@@ -935,9 +935,18 @@ async fn backup_with_lease(
         start_time,
         stop_time,
         block_size: opts.block_size as u32,
+        // A hot standby's snapshot lists no running transactions (PostgreSQL keeps them in
+        // its subtransaction array, which txid_current_snapshot() leaves out): xmax and an
+        // empty list would count the primary's open transactions as ended. Its xmin only.
         xmin_after_stop: snapshot_after_stop.as_ref().map(|s| s.xmin),
-        xmax_after_stop: snapshot_after_stop.as_ref().map(|s| s.xmax),
-        running_xids_after_stop: snapshot_after_stop.map(|s| s.running).unwrap_or_default(),
+        xmax_after_stop: snapshot_after_stop
+            .as_ref()
+            .filter(|_| !from_standby)
+            .map(|s| s.xmax),
+        running_xids_after_stop: snapshot_after_stop
+            .filter(|_| !from_standby)
+            .map(|s| s.running)
+            .unwrap_or_default(),
         checksums_verified: verify,
         from_standby,
         wal_in_backup,

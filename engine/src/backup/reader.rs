@@ -193,10 +193,14 @@ pub fn read_control_file(ctx: &ReadContext, entry: &Entry) -> Result<FileRead> {
     assemble(ctx, entry, vec![piece])
 }
 
-/// An anonymous in-memory file holding `bytes` (`memfd_create`), read like the file it copies.
+/// An anonymous file holding `bytes`, read like the file it copies: in memory
+/// (`memfd_create`), or where a sandbox refuses that, an unlinked file in `TMPDIR`.
 fn memory_file(bytes: &[u8]) -> std::io::Result<std::fs::File> {
-    let fd = rustix::fs::memfd_create("pgcairn-pg_control", rustix::fs::MemfdFlags::CLOEXEC)?;
-    let file = std::fs::File::from(fd);
+    let file = match rustix::fs::memfd_create("pgcairn-pg_control", rustix::fs::MemfdFlags::CLOEXEC)
+    {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(_) => tempfile::tempfile()?,
+    };
     file.write_all_at(bytes, 0)?;
     Ok(file)
 }

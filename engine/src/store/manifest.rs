@@ -193,10 +193,17 @@ impl Manifest {
     /// `pg_backup_stop`, or had not started ([`crate::pg::txid_snapshot`]). Backups before
     /// 2026-12-07 recorded the snapshot's xmin only, which also counts the transactions
     /// between xmin and xmax that had ended; without a snapshot every backup qualifies.
+    ///
+    /// `xid` may be given without its epoch (PostgreSQL takes `recovery_target_xid` as 32
+    /// bits; logs and `pg_stat_activity` show 32-bit ids): it is then read in the epoch that
+    /// puts it nearest the snapshot ([`with_epoch_near`]).
     pub fn may_commit_after_stop(&self, xid: u64) -> bool {
         match (self.xmax_after_stop, self.xmin_after_stop) {
-            (Some(xmax), _) => xid >= xmax || self.running_xids_after_stop.contains(&xid),
-            (None, Some(xmin)) => xid >= xmin,
+            (Some(xmax), _) => {
+                let xid = with_epoch_near(xid, xmax);
+                xid >= xmax || self.running_xids_after_stop.contains(&xid)
+            }
+            (None, Some(xmin)) => with_epoch_near(xid, xmin) >= xmin,
             (None, None) => true,
         }
     }
@@ -687,6 +694,23 @@ pub fn newer(a: &str, b: &str) -> bool {
     (id_time(a), a) > (id_time(b), b)
 }
 
+/// `xid` as a 64-bit (epoch-qualified) transaction id: as given when it has an epoch part,
+/// else the 32-bit id in the epoch that puts it within 2^31 of `near` (a snapshot's
+/// epoch-qualified xmin or xmax), as PostgreSQL compares 32-bit ids.
+pub fn with_epoch_near(xid: u64, near: u64) -> u64 {
+    if xid >> 32 != 0 {
+        return xid;
+    }
+    let candidate = (near & !0xFFFF_FFFF) | xid;
+    if candidate > near.saturating_add(1 << 31) && candidate >= 1 << 32 {
+        candidate - (1 << 32)
+    } else if candidate.saturating_add(1 << 31) < near {
+        candidate + (1 << 32)
+    } else {
+        candidate
+    }
+}
+
 fn id_time(id: &str) -> &str {
     id.get(..15).unwrap_or(id)
 }
@@ -736,6 +760,24 @@ mod tests {
         assert_eq!(
             (back.xmax_after_stop, back.running_xids_after_stop),
             (Some(741), vec![736, 739])
+        );
+        // After a wraparound: the snapshot in epoch 3, the target given as 32 bits.
+        let e = 3u64 << 32;
+        m.xmin_after_stop = Some(e + 736);
+        (m.xmax_after_stop, m.running_xids_after_stop) = (Some(e + 741), vec![e + 739]);
+        for (xid, fits) in [(738, false), (739, true), (741, true), (e + 738, false)] {
+            assert_eq!(m.may_commit_after_stop(xid), fits, "{xid}");
+        }
+        assert_eq!(
+            with_epoch_near(5, e + 0xFFFF_FFF0),
+            (4 << 32) + 5,
+            "just past the wrap"
+        );
+        assert_eq!(with_epoch_near(0xFFFF_FFF0, e + 5), (2 << 32) + 0xFFFF_FFF0);
+        assert_eq!(
+            with_epoch_near(0xFFFF_FFF0, 5),
+            0xFFFF_FFF0,
+            "epoch 0 stays"
         );
     }
 
