@@ -646,6 +646,16 @@ mod tests {
         )
     }
 
+    /// A pusher of `jobs` for these tests: quick to exit once idle.
+    fn test_pusher(jobs: usize, queue_max: Option<u64>) -> PusherOptions {
+        PusherOptions {
+            jobs,
+            idle_exit: Duration::from_millis(200),
+            queue_max,
+            repository: "memory://test".into(),
+        }
+    }
+
     /// A `pg_wal` under `dir` holding segments `ns` (1 MiB), each with its `.ready` file.
     fn pg_wal_with_ready(dir: &Path, ns: &[u64]) -> PathBuf {
         let pg_wal = dir.join("pg_wal");
@@ -674,12 +684,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pg_wal = pg_wal_with_ready(dir.path(), &[1, 2, 3, 4]);
         let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
-        let opts = PusherOptions {
-            jobs: 1,
-            idle_exit: Duration::from_millis(200),
-            queue_max: Some(SEG / 2),
-            repository: "memory://test".into(),
-        };
+        let opts = test_pusher(1, Some(SEG / 2));
         run_pusher(&repo, "main", &spool, &pg_wal, &opts)
             .await
             .unwrap();
@@ -713,12 +718,7 @@ mod tests {
         marker
             .set_modified(std::time::SystemTime::now() - DROP_AFTER_FAILING)
             .unwrap();
-        let opts = PusherOptions {
-            jobs: 1,
-            idle_exit: Duration::from_millis(200),
-            queue_max: Some(SEG / 2),
-            repository: "memory://test".into(),
-        };
+        let opts = test_pusher(1, Some(SEG / 2));
         run_pusher(&repo, "main", &spool, &pg_wal, &opts)
             .await
             .unwrap();
@@ -760,12 +760,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pg_wal = pg_wal_with_ready(dir.path(), &[0x0F, 0x10]);
         let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
-        let opts = PusherOptions {
-            jobs: 2,
-            idle_exit: Duration::from_millis(200),
-            queue_max: None,
-            repository: "memory://test".into(),
-        };
+        let opts = test_pusher(2, None);
         let pusher = {
             let (repo, pg_wal, spool_dir) =
                 (repo.clone(), pg_wal.clone(), dir.path().join("spool"));
