@@ -76,6 +76,7 @@ use crate::error::{Error, Result};
 use crate::fs_beneath;
 use crate::index::IndexEntry;
 use crate::pack::{open_block, open_block_authenticated, open_block_authenticated_into};
+use crate::pg::tablespace_dir;
 use crate::progress::Progress;
 use crate::recovery::{self, Plan, Target, TimelineTarget};
 use crate::repo::{layout, Repository};
@@ -575,6 +576,20 @@ async fn restore_planned(
         manifest::PartFingerprints::Drop,
     )
     .await?;
+    // Only this cluster's directory of each tablespace location is restored: backups from
+    // before its name was recorded also hold what other clusters keep there.
+    let own_tablespace_dir = m.own_tablespace_dir();
+    let before = m.directories.len();
+    m.directories
+        .retain(|d| !own_tablespace_dir.excludes(&d.path));
+    if m.directories.len() < before {
+        tracing::warn!(
+            "backup {} holds directories of other clusters sharing its tablespace locations \
+             (taken before pgcairn backed up only this cluster's {}): they are not restored",
+            m.id,
+            tablespace_dir_label(&own_tablespace_dir)
+        );
+    }
     let left_out = db_select::select(&m.databases, files.paths(), &opts.databases)?;
     if opts.standby && !left_out.databases.is_empty() {
         return Err(Error::Config(
@@ -638,7 +653,17 @@ async fn restore_planned(
     if !opts.delta {
         ensure_empty_dir(target, "target directory")?;
         for t in &m.tablespaces {
-            ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?;
+            // PostgreSQL's own rule: the location may hold anything but this cluster's
+            // directory (another major's, kept by pg_upgrade; a mount point's lost+found).
+            match &own_tablespace_dir {
+                tablespace_dir::Own::Named(name) => ensure_empty_dir(
+                    &t.location.join(name),
+                    &format!("tablespace {} directory", t.oid),
+                )?,
+                tablespace_dir::Own::Major(_) => {
+                    ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?
+                }
+            }
         }
     }
     // Run as root into a directory someone else owns: its own path must not be a link that
@@ -767,7 +792,7 @@ async fn restore_planned(
     // databases left out are created sparse, after the others.
     let (sparse, paths): (Vec<String>, Vec<String>) = files
         .paths()
-        .filter(|p| *p != PG_CONTROL)
+        .filter(|p| *p != PG_CONTROL && !own_tablespace_dir.excludes(p))
         .map(str::to_string)
         .partition(|p| left_out.covers(p));
     // One run in flight per thread of the pool.
@@ -1012,7 +1037,8 @@ fn refuse_running_postmaster(root: &OwnedFd, target: &Path) -> Result<()> {
 /// Walks by descriptor and never descends through a link: links are removed (a link where
 /// the backup has a file is removed too, the file is then written anew), except the
 /// tablespace links the restore set up, whose locations are walked through their own
-/// descriptors.
+/// descriptors. In a location only this cluster's directory is cleaned: the rest is other
+/// clusters' ([`tablespace_dir`]).
 fn remove_extra_files<'a>(
     m: &'a Manifest,
     file_paths: impl Iterator<Item = &'a str>,
@@ -1027,6 +1053,7 @@ fn remove_extra_files<'a>(
         fd.try_clone_to_owned()
             .map_err(|e| io(&target.join(rel), e))
     };
+    let own = m.own_tablespace_dir();
     let mut removed = 0;
     let mut stack = vec![(dup(tree.root.as_fd(), "")?, String::new())];
     while let Some((dir, rel)) = stack.pop() {
@@ -1054,6 +1081,9 @@ fn remove_extra_files<'a>(
             } else {
                 format!("{rel}/{name}")
             };
+            if own.excludes(&path) {
+                continue;
+            }
             let mut ft = e.file_type();
             if ft == FileType::Unknown {
                 ft = rustix::fs::statat(&dir, name_p, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
@@ -1096,6 +1126,14 @@ fn remove_extra_files<'a>(
         }
     }
     Ok(removed)
+}
+
+/// How a message names this cluster's directory in tablespace locations.
+fn tablespace_dir_label(own: &tablespace_dir::Own) -> String {
+    match own {
+        tablespace_dir::Own::Named(name) => name.clone(),
+        tablespace_dir::Own::Major(major) => format!("PG_{major}_<catversion>"),
+    }
 }
 
 /// The restore's threads per core. Each opens a run's blocks (CPU) and writes them, and a

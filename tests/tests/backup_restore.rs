@@ -495,3 +495,131 @@ fn a_copy_restored_with_archive_mode_off_pushes_no_timeline_into_the_repository(
     assert_eq!(copy2.psql("postgres", "show archive_mode").unwrap(), "on");
     env.wait_in_repository("00000002.history", Duration::from_secs(60));
 }
+
+/// A tablespace location shared with another cluster (`pg_upgrade` keeps the old cluster's
+/// `PG_14_...` beside the new one's, for a rollback): the backup takes only this cluster's
+/// directory, a restore into a location holding another cluster's is accepted, and a delta
+/// restore over the source leaves the other cluster's files as they are now, a directory made
+/// after the backup included. Before, the backup took the whole location and the delta
+/// restore put the old copy back and deleted the new directory.
+#[test]
+fn a_tablespace_location_shared_with_another_cluster_is_left_to_it() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let pg = env.cluster("pg");
+    pg.start().unwrap();
+    let stop = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    let ts = env.create_tablespace(&pg, "shared_ts");
+    let old = ts.join("PG_14_202007201");
+    std::fs::create_dir_all(old.join("16384")).unwrap();
+    std::fs::write(
+        old.join("16384/16385"),
+        b"the old cluster, before the backup",
+    )
+    .unwrap();
+    pg.psql(
+        "postgres",
+        "create table in_ts tablespace extra as select g as id from generate_series(1, 5000) g",
+    )
+    .unwrap();
+    let oid = pg
+        .psql(
+            "postgres",
+            "select oid from pg_tablespace where spcname = 'extra'",
+        )
+        .unwrap();
+    let b = backup_json(&env, &["--type", "full"]);
+    let id = b["id"].as_str().unwrap().to_string();
+    let last = switch_wal(&pg);
+    wait_archived(&pg, &last, Duration::from_secs(90));
+    drop(stop);
+    pg.stop().unwrap();
+    let own: Vec<String> = std::fs::read_dir(&ts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("PG_15_"))
+        .collect();
+    assert_eq!(own.len(), 1, "this cluster's directory: {own:?}");
+
+    // Elsewhere, into a location that holds another cluster's directory already.
+    let elsewhere = env.path().join("elsewhere_ts");
+    std::fs::create_dir_all(elsewhere.join("PG_13_202007201")).unwrap();
+    std::fs::write(elsewhere.join("PG_13_202007201/kept"), b"other").unwrap();
+    give_to(env.run_as.as_deref(), &elsewhere).unwrap();
+    let map = format!("{oid}={}", elsewhere.display());
+    let r = env.restore_and_start_with("copy", &["--tablespace-map", &map, "--backup", &id], false);
+    assert_eq!(
+        r.psql("postgres", "select count(*) from in_ts").unwrap(),
+        "5000"
+    );
+    r.stop().unwrap();
+    assert!(
+        !elsewhere.join("PG_14_202007201").exists(),
+        "the other cluster's directory is not in the backup"
+    );
+    assert_eq!(
+        std::fs::read(elsewhere.join("PG_13_202007201/kept")).unwrap(),
+        b"other"
+    );
+    // A location holding this cluster's directory is refused, as PostgreSQL refuses it.
+    let second = env.path().join("second").display().to_string();
+    let out = env.pgcairn(&[
+        "restore",
+        "--pgdata",
+        &second,
+        "--tablespace-map",
+        &map,
+        "--backup",
+        &id,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{}/{}", elsewhere.display(), own[0]))
+            && stderr(&out).contains("not empty"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A delta restore over the source, after the other cluster changed and a third appeared.
+    std::fs::write(
+        old.join("16384/16385"),
+        b"the old cluster, after the backup",
+    )
+    .unwrap();
+    let newer = ts.join("PG_16_202307071");
+    std::fs::create_dir_all(&newer).unwrap();
+    std::fs::write(newer.join("PG_VERSION"), b"16").unwrap();
+    std::fs::write(ts.join(&own[0]).join("stray"), b"x").unwrap();
+    give_to(env.run_as.as_deref(), &ts).unwrap();
+    let out = env.pgcairn(&[
+        "--progress",
+        "never",
+        "restore",
+        "--pgdata",
+        &pg.datadir.display().to_string(),
+        "--delta",
+        "--backup",
+        &id,
+    ]);
+    assert_success(&out, "delta restore over the source");
+    assert_eq!(
+        std::fs::read(old.join("16384/16385")).unwrap(),
+        b"the old cluster, after the backup",
+        "the other cluster's file is left as it is"
+    );
+    assert!(
+        newer.join("PG_VERSION").exists(),
+        "a directory another cluster made after the backup is left"
+    );
+    assert!(
+        !ts.join(&own[0]).join("stray").exists(),
+        "this cluster's directory is cleaned"
+    );
+    pg.start().unwrap();
+    let _stop = StopOnDrop(&pg);
+    wait_recovered(&pg, "the delta restore", Duration::from_secs(120));
+    assert_eq!(
+        pg.psql("postgres", "select count(*) from in_ts").unwrap(),
+        "5000"
+    );
+}

@@ -585,10 +585,13 @@ async fn backup_with_lease(
     };
 
     // Size first, for progress and ETA (a stat-only walk).
+    let tablespace_dir =
+        crate::pg::tablespace_dir::name(session.version_num / 10000, control.catalog_version);
     let pgdata = opts.pgdata.clone();
+    let dir = tablespace_dir.clone();
     let total: u64 = tokio::task::spawn_blocking(move || {
         let mut total = 0u64;
-        datadir::walk(&pgdata, |e| {
+        datadir::walk(&pgdata, &dir, |e| {
             if let EntryKind::File { size, .. } = e.kind {
                 total += size;
             }
@@ -609,8 +612,9 @@ async fn backup_with_lease(
     let (entry_tx, mut entry_rx) = mpsc::channel::<Entry>(256);
     let pgdata = opts.pgdata.clone();
     let walk_owner = owner_reads.clone();
+    let dir = tablespace_dir.clone();
     let walker = tokio::task::spawn_blocking(move || {
-        datadir::walk_as(&pgdata, &walk_owner, |e| {
+        datadir::walk_as(&pgdata, &dir, &walk_owner, |e| {
             entry_tx
                 .blocking_send(e)
                 .map_err(|_| Error::InvalidInput("backup aborted".into()))
@@ -953,6 +957,7 @@ async fn backup_with_lease(
         backup_label,
         tablespace_map: spcmap.filter(|s| !s.is_empty()),
         tablespaces,
+        tablespace_dir: Some(tablespace_dir),
         databases,
         // A relative link is recorded as the directory it reaches: --wal-dir takes absolute
         // paths.

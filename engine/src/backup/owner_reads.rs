@@ -848,7 +848,7 @@ mod tests {
     fn the_walk_leaves_out_what_the_owner_could_not_reach() {
         let (d, r) = tree();
         let mut seen = Vec::new();
-        crate::pg::datadir::walk_as(&d.path().join("pgdata"), &r, |e| {
+        crate::pg::datadir::walk_as(&d.path().join("pgdata"), "PG_15_1", &r, |e| {
             seen.push(e.path);
             Ok(())
         })
@@ -885,7 +885,7 @@ mod tests {
             "control"
         );
         let mut seen = Vec::new();
-        crate::pg::datadir::walk_as(&pgdata, &r, |e| {
+        crate::pg::datadir::walk_as(&pgdata, "PG_15_1", &r, |e| {
             seen.push(e.path);
             Ok(())
         })

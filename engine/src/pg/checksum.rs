@@ -120,7 +120,8 @@ pub fn verify_data_directory(pgdata: &std::path::Path) -> crate::error::Result<D
     use std::io::Read;
     let mut found = DirectoryChecksums::default();
     let mut buf = vec![0u8; 128 * BLCKSZ];
-    crate::pg::datadir::walk(pgdata, |e| {
+    let tablespace_dir = crate::pg::tablespace_dir::of_data_directory(pgdata)?;
+    crate::pg::datadir::walk(pgdata, &tablespace_dir, |e| {
         let crate::pg::datadir::EntryKind::File { .. } = e.kind else {
             return Ok(());
         };
@@ -217,6 +218,9 @@ mod tests {
         file.extend_from_slice(&vec![0u8; BLCKSZ]); // a new page: not checked
         std::fs::write(db.join("16384"), &file).unwrap();
         std::fs::write(db.join("PG_VERSION"), "17\n").unwrap();
+        // What names this cluster's directory in tablespaces.
+        std::fs::write(dir.path().join("PG_VERSION"), "17\n").unwrap();
+        std::fs::write(dir.path().join("global/pg_control"), [0u8; 64]).unwrap();
         let clean = verify_data_directory(dir.path()).unwrap();
         assert_eq!((clean.files, clean.pages, clean.bad.len()), (1, 3, 0));
         file[BLCKSZ + 8100] ^= 0x10;

@@ -20,6 +20,9 @@ pub struct ControlFile {
     pub system_identifier: u64,
     /// `pg_control_version` (1300 for PostgreSQL 13 to 16, 1700 for 17, 1800 for 18).
     pub control_version: u32,
+    /// `catalog_version_no` (offset 12): with the major version it names this cluster's
+    /// directory in each tablespace location ([`crate::pg::tablespace_dir`]).
+    pub catalog_version: u32,
     /// The latest checkpoint's location (`checkPoint`, at offset 32 in PostgreSQL 13 to 18:
     /// after `state` (4 bytes, padded) and `time` (8 bytes)); `None` in a short file.
     pub checkpoint: Option<crate::types::Lsn>,
@@ -75,6 +78,7 @@ pub fn read(pgdata: &Path) -> Result<ControlFile> {
     Ok(ControlFile {
         system_identifier: u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
         control_version: u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")),
+        catalog_version: u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes")),
         checkpoint: bytes
             .get(32..40)
             .map(|b| crate::types::Lsn(u64::from_le_bytes(b.try_into().expect("8 bytes")))),
@@ -89,6 +93,7 @@ mod tests {
         ControlFile {
             system_identifier: 1,
             control_version: version,
+            catalog_version: 202209061,
             checkpoint: None,
         }
     }

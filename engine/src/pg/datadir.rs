@@ -7,9 +7,11 @@
 //! `standby.signal`, `postgresql.auto.conf.tmp`; `pg_internal.init` and `pgsql_tmp*` anywhere;
 //! every fork of an unlogged relation except its `_init` fork.
 //!
-//! Tablespaces: each `pg_tblspc/<oid>` symlink is followed; its contents are reported under
-//! the path `pg_tblspc/<oid>/...` and the link target is returned, so a restore can recreate
-//! the link (or remap it).
+//! Tablespaces: each `pg_tblspc/<oid>` symlink is followed; the contents of this cluster's
+//! directory there (`PG_<major>_<catversion>`, [`crate::pg::tablespace_dir`]) are reported under
+//! the path `pg_tblspc/<oid>/...`, the rest of the location (another cluster's directory) is
+//! left alone, and the link target is returned, so a restore can recreate the link (or remap
+//! it).
 //!
 //! Run by another user than the data directory's owner (root, from cron), the walk enters only
 //! directories the owner could list and takes a link to a file only where the owner could
@@ -102,20 +104,27 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     Error::io(format!("reading {}", path.display()), e)
 }
 
-/// Walks `pgdata`, calling `visit` for each entry to back up (parents before children).
-pub fn walk(pgdata: &Path, visit: impl FnMut(Entry) -> Result<()>) -> Result<Vec<Tablespace>> {
-    walk_as(pgdata, &OwnerReads::unchecked(), visit)
+/// Walks `pgdata`, calling `visit` for each entry to back up (parents before children); in
+/// tablespace locations, only the directory named `tablespace_dir` is entered.
+pub fn walk(
+    pgdata: &Path,
+    tablespace_dir: &str,
+    visit: impl FnMut(Entry) -> Result<()>,
+) -> Result<Vec<Tablespace>> {
+    walk_as(pgdata, tablespace_dir, &OwnerReads::unchecked(), visit)
 }
 
 /// [`walk`], leaving out (with a warning) directories `owner` could not list and links to
 /// files it could not reach and read.
 pub fn walk_as(
     pgdata: &Path,
+    tablespace_dir: &str,
     owner: &OwnerReads,
     mut visit: impl FnMut(Entry) -> Result<()>,
 ) -> Result<Vec<Tablespace>> {
     let mut tablespaces = Vec::new();
     let mut walk = Walk {
+        tablespace_dir,
         owner,
         tablespaces: &mut tablespaces,
         visit: &mut visit,
@@ -150,6 +159,8 @@ fn holding(pgdata: &Path) -> Result<Vec<DirId>> {
 }
 
 struct Walk<'a> {
+    /// This cluster's directory in each tablespace location.
+    tablespace_dir: &'a str,
     owner: &'a OwnerReads,
     tablespaces: &'a mut Vec<Tablespace>,
     visit: &'a mut dyn FnMut(Entry) -> Result<()>,
@@ -220,8 +231,20 @@ impl Walk<'_> {
     fn dir(&mut self, fd: OwnedFd, dir: &Path, rel: &str, top: bool) -> Result<()> {
         let names = names_in(fd).map_err(|e| io(dir, e))?;
         let unlogged = unlogged_nodes(&names);
+        let in_location = rel
+            .strip_prefix("pg_tblspc/")
+            .is_some_and(|oid| !oid.contains('/'));
         for name in &names {
             if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
+                continue;
+            }
+            if in_location && name != self.tablespace_dir {
+                tracing::info!(
+                    "not backed up: {} (in tablespace location {rel}, but not this cluster's \
+                     directory {}: another cluster's, or not PostgreSQL's)",
+                    dir.join(name).display(),
+                    self.tablespace_dir
+                );
                 continue;
             }
             if top && SKIP_TOP_FILES.contains(&name.as_str()) {
@@ -349,7 +372,7 @@ mod tests {
         symlink("../..", d.join("base/1/loop")).unwrap();
         symlink("../elsewhere", d.join("conf.d")).unwrap();
         let mut paths = Vec::new();
-        walk(&d, |e| {
+        walk(&d, "PG_15_x", |e| {
             paths.push(e.path);
             Ok(())
         })
@@ -369,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn skips_what_postgres_says_to_skip_and_follows_tablespaces() {
+    fn skips_what_postgres_says_to_skip_and_follows_tablespaces_into_this_clusters_directory() {
         let root = tempfile::tempdir().unwrap();
         let d = root.path().join("pgdata");
         let ts = root.path().join("ts1");
@@ -401,8 +424,12 @@ mod tests {
             std::fs::write(d.join(f), b"x").unwrap();
         }
         std::fs::write(ts.join("PG_15_x/5/123"), b"y").unwrap();
+        // Another cluster's directory, and a mount point's: not this cluster's to back up.
+        std::fs::create_dir_all(ts.join("PG_14_202007201/5")).unwrap();
+        std::fs::write(ts.join("PG_14_202007201/5/123"), b"z").unwrap();
+        std::fs::create_dir_all(ts.join("lost+found")).unwrap();
         let mut seen = Vec::new();
-        let tbs = walk(&d, |e| {
+        let tbs = walk(&d, "PG_15_x", |e| {
             seen.push(e.path);
             Ok(())
         })

@@ -21,6 +21,7 @@ pub mod datadir;
 pub mod guc;
 pub mod history;
 pub mod instance;
+pub mod tablespace_dir;
 pub mod tls;
 pub mod txid_snapshot;
 pub mod wal_header;

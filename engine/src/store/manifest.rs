@@ -166,6 +166,11 @@ pub struct Manifest {
     pub tablespace_map: Option<String>,
     /// Tablespaces.
     pub tablespaces: Vec<Tablespace>,
+    /// This cluster's directory in each tablespace location, `PG_<major>_<catversion>`: the
+    /// only part of a location the backup took and a restore touches
+    /// ([`crate::pg::tablespace_dir`]). Absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tablespace_dir: Option<String>,
     /// The cluster's databases (`pg_database` just after `pg_backup_stop`), so a restore can
     /// leave some out by name ([`crate::db_select`]). Empty in backups taken before it was
     /// recorded, or where `pg_database` could not be read: databases are then named by OID.
@@ -208,6 +213,11 @@ impl Manifest {
         }
     }
 
+    /// This cluster's directory in tablespace locations, as the manifest tells it.
+    pub fn own_tablespace_dir(&self) -> crate::pg::tablespace_dir::Own {
+        crate::pg::tablespace_dir::Own::of(self.tablespace_dir.as_deref(), self.pg_version_num)
+    }
+
     /// Everything but the file list.
     pub fn clone_head(&self) -> Manifest {
         Manifest {
@@ -236,6 +246,7 @@ impl Manifest {
             backup_label: self.backup_label.clone(),
             tablespace_map: self.tablespace_map.clone(),
             tablespaces: self.tablespaces.clone(),
+            tablespace_dir: self.tablespace_dir.clone(),
             databases: self.databases.clone(),
             wal_link: self.wal_link.clone(),
             config_files: self.config_files.clone(),
