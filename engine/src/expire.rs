@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::repo::{layout, Repository};
 use crate::retention::{decide, wal_plan, Candidate, Decision, Policy, WalNeed};
+use crate::storage::ObjectKey;
 use crate::store::head;
 use crate::store::ids::BackupId;
 use crate::store::manifest;
@@ -442,22 +443,26 @@ async fn expire_locked(
         manifest::delete(repo, cluster, &d.id).await?;
     }
     if !wal.is_empty() {
-        let data = repo
+        // Each file's data objects by its exact name: a prefix `<segment>.` also matched
+        // that segment's `.partial` and `.backup` files, whose records may stay (written
+        // later, under Object Lock) and would then name deleted data.
+        let mut data: HashMap<WalFileName, Vec<ObjectKey>> = HashMap::new();
+        for o in repo
             .storage()
             .list(&layout::wal_data_prefix(cluster))
-            .await?;
+            .await?
+        {
+            if let Some((_, name)) = layout::parse_wal_data(cluster, o.key.as_str()) {
+                data.entry(name).or_default().push(o.key);
+            }
+        }
         for name in &wal {
             held()?;
             repo.storage()
                 .delete(&layout::wal_pointer(cluster, name))
                 .await?;
-            let prefix = format!(
-                "{}{}/{name}.",
-                layout::wal_data_prefix(cluster),
-                name.timeline()
-            );
-            for o in data.iter().filter(|o| o.key.as_str().starts_with(&prefix)) {
-                repo.storage().delete(&o.key).await?;
+            for key in data.get(name).into_iter().flatten() {
+                repo.storage().delete(key).await?;
             }
         }
     }
@@ -1042,6 +1047,52 @@ mod tests {
         assert!(!done.backups[0].keep, "{done:?}");
         assert_eq!(done.wal_files, 8, "{done:?}");
         assert_eq!(manifest::list_ids(&repo, "main").await.unwrap().len(), 1);
+    }
+
+    /// A segment's `.partial` archived after it (a standby promoted with `archive_mode =
+    /// always`) is still under Object Lock when the segment's retention has ended: the segment
+    /// goes, the partial's record and its data stay. Its data was deleted with the segment's
+    /// when data objects were matched by the prefix `<segment>.`.
+    #[tokio::test]
+    async fn a_kept_partial_keeps_its_data_when_its_segment_goes() {
+        let (mem, repo) = memory_repo().await;
+        two_backups(&repo).await;
+        for o in crate::storage::Storage::list(&*mem, "").await.unwrap() {
+            mem.backdate(o.key.as_str(), 2 * 86_400);
+        }
+        let partial: WalFileName = "000000010000000000000002.partial".parse().unwrap();
+        let data = fake_segment(9, 1, 2 * SEG, SEG as u32, SEG as usize);
+        push_wal_file(&repo, "main", &partial, WalSource::Bytes(data))
+            .await
+            .unwrap();
+        let policy = Policy {
+            full: Some(1),
+            object_lock: Some(std::time::Duration::from_secs(86_400)),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let names = archived(&repo).await;
+        assert!(
+            !names.contains(&"000000010000000000000002".to_string())
+                && names.contains(&partial.to_string()),
+            "{names:?} {done:?}"
+        );
+        let data: Vec<WalFileName> = repo
+            .storage()
+            .list(&layout::wal_data_prefix("main"))
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|o| layout::parse_wal_data("main", o.key.as_str()))
+            .map(|(_, n)| n)
+            .collect();
+        assert!(
+            data.contains(&partial),
+            "the partial's data stays: {data:?}"
+        );
+        assert_eq!(data.len(), names.len(), "{data:?} {names:?}");
     }
 
     #[tokio::test]
