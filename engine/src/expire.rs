@@ -318,13 +318,20 @@ async fn expire_locked(
         .filter(|(n, _)| matches!(n, WalFileName::History { .. }))
         .map(|(n, _)| n.timeline().0)
         .collect();
-    let bases_of_live = keep_bases_of(
+    let window_edge = policy
+        .pitr_window
+        .map(|w| now.datetime() - time::Duration::try_from(w).unwrap_or(time::Duration::MAX));
+    let LiveBases {
+        newest: bases_of_live,
+        window: window_bases,
+    } = keep_bases_of(
         repo,
         cluster,
         seg_size,
         &live,
         &histories,
         &bases,
+        window_edge,
         &mut decisions,
     )
     .await?;
@@ -339,6 +346,8 @@ async fn expire_locked(
                 "held by a recovery"
             } else if bases_of_live.contains(&n.id) {
                 "the newest base of the live timeline"
+            } else if window_bases.contains(&n.id) {
+                "the start of pitr_window on the live timeline"
             } else {
                 continue;
             };
@@ -549,9 +558,17 @@ fn live_timelines(listed: &[(WalFileName, Option<i64>)], bases: &[Base]) -> Vec<
 /// ([`live_timelines`]): a clone that promoted into the repository and stopped must not keep
 /// an old backup and its WAL for ever.
 ///
+/// With `pitr_window`, the same holds for the window's first moment (`window_edge`): the
+/// backup a recovery to it along a live timeline starts from is the newest one on that
+/// timeline's history that ended before it ([`LiveBases::window`]). [`decide`] picks the
+/// newest by time alone, which after a fork may be a backup of the old timeline, off the new
+/// one's history: the WAL from the fork's true base to the new timeline's first backup then
+/// went, and recovery to a moment inside the window along the live timeline was lost.
+///
 /// A history file the repository lists but that cannot be read fails the run (nothing is
 /// deleted): without it expire cannot tell which backup the timeline needs. One it does not
 /// hold at all (never archived) is warned about: the timeline's own backups still count.
+#[allow(clippy::too_many_arguments)]
 async fn keep_bases_of(
     repo: &Repository,
     cluster: &str,
@@ -559,11 +576,12 @@ async fn keep_bases_of(
     live: &[u32],
     histories: &[u32],
     bases: &[Base],
+    window_edge: Option<time::OffsetDateTime>,
     decisions: &mut [Decision],
-) -> Result<Vec<String>> {
-    let mut kept_for = Vec::new();
+) -> Result<LiveBases> {
+    let mut kept = LiveBases::default();
     if bases.is_empty() {
-        return Ok(kept_for);
+        return Ok(kept);
     }
     for &tli in live {
         let mut view = crate::recovery::ArchiveView::new(seg_size);
@@ -594,12 +612,53 @@ async fn keep_bases_of(
             }
         }
         if let Some(id) = keep_a_base_of(&view, tli, bases, decisions) {
-            if !kept_for.contains(&id) {
-                kept_for.push(id);
+            if !kept.newest.contains(&id) {
+                kept.newest.push(id);
+            }
+        }
+        if let Some(edge) = window_edge {
+            if let Some(id) = keep_window_base_of(&view, tli, bases, edge, decisions) {
+                if !kept.window.contains(&id) {
+                    kept.window.push(id);
+                }
             }
         }
     }
-    Ok(kept_for)
+    Ok(kept)
+}
+
+/// The backups [`keep_bases_of`] keeps for the live timelines.
+#[derive(Debug, Default)]
+struct LiveBases {
+    /// The newest base of each live timeline: recovery to its present starts there.
+    newest: Vec<String>,
+    /// Where recovery along each live timeline to the first moment of `pitr_window` starts.
+    window: Vec<String>,
+}
+
+/// The newest backup on timeline `tli`'s history that ended at or before `edge` (the first
+/// moment of `pitr_window`), kept now if no rule kept it; `None` when none did (the window
+/// then starts at the timeline's oldest backup, as it does without a fork).
+fn keep_window_base_of(
+    view: &crate::recovery::ArchiveView,
+    tli: u32,
+    bases: &[Base],
+    edge: time::OffsetDateTime,
+    decisions: &mut [Decision],
+) -> Option<String> {
+    let base = bases
+        .iter()
+        .filter(|b| b.stop_time <= edge && view.on_path(tli, b.timeline, b.stop_lsn))
+        .max_by_key(|b| (b.stop_time, b.stop_lsn))?;
+    let d = decisions.iter_mut().find(|d| d.id == base.id)?;
+    if !d.keep {
+        d.keep = true;
+        d.reasons = vec![format!(
+            "point-in-time recovery along timeline {tli} to the start of pitr_window starts \
+             from it (the newest backup on that timeline's history before the window)"
+        )];
+    }
+    Some(base.id.clone())
 }
 
 /// The newest retained backup on timeline `tli`'s history (`view` holds that history), kept
@@ -1295,6 +1354,67 @@ mod tests {
         assert_eq!(wal.len(), 11 + 1 + 5, "only segment 1 goes: {wal:?}");
         let chosen = default_restore_base(&repo).await;
         assert_eq!(chosen.id, base);
+    }
+
+    /// Timeline 2 forked in segment 4 from backup A (segment 2); backup B of timeline 1
+    /// (segment 6) is off its history; backup C of timeline 2 ended a day ago. The window's
+    /// first moment lies between B and C: recovery to it along timeline 2 starts from A, so
+    /// A stays and so does the WAL from segment 2. By time alone B was the window's base and
+    /// segments 3 to 5 went.
+    #[tokio::test]
+    async fn a_pitr_window_after_a_fork_starts_from_the_live_timelines_base() {
+        let (_mem, repo) = memory_repo().await;
+        for n in 1..=12 {
+            push(&repo, 1, n).await;
+        }
+        fork(&repo, "0/400000", 4..=10).await;
+        let now = time::OffsetDateTime::now_utc();
+        let rfc = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let a = "20261101-000000F";
+        save_full(
+            &repo,
+            a,
+            ("0/200028", "0/200100"),
+            "2026-11-01T00:00:00Z",
+            1,
+        )
+        .await;
+        let b = "20261110-000000F";
+        save_full(
+            &repo,
+            b,
+            ("0/600028", "0/600100"),
+            "2026-11-10T00:00:00Z",
+            1,
+        )
+        .await;
+        let c = rfc(now - time::Duration::days(1));
+        save_full(&repo, "29991231-000000F", ("0/900028", "0/900100"), &c, 2).await;
+        let edge = time::macros::datetime!(2026-11-12 00:00 UTC);
+        let policy = Policy {
+            full: Some(1),
+            pitr_window: Some(std::time::Duration::from_secs(
+                (now - edge).whole_seconds() as u64
+            )),
+            ..Policy::default()
+        };
+        let done = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        let a_kept = done.backups.iter().find(|d| d.id == a).unwrap();
+        assert!(
+            a_kept.keep && a_kept.reasons[0].contains("along timeline 2"),
+            "{done:?}"
+        );
+        let wal = archived(&repo).await;
+        assert!(
+            wal.contains(&"000000010000000000000003".to_string()),
+            "the WAL from A to the fork stays: {wal:?}"
+        );
+        assert_eq!(wal.len(), 11 + 1 + 7, "only segment 1 goes: {wal:?}");
     }
 
     /// Timeline 2 forked in segment 4 from the older of [`old_and_new`] and archived on last

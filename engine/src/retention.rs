@@ -12,7 +12,9 @@
 //!   D), since recovery to any time inside the window starts from it. Without this rule
 //!   `keep_within = 7d` with `pitr_window = 7d` and daily backups expired it, and the
 //!   window silently began at the oldest backup left, up to a day short (Barman's recovery
-//!   window keeps the same backup).
+//!   window keeps the same backup). By time alone: after a point-in-time restore forked a
+//!   timeline, `expire` also keeps the newest backup before the window on each live
+//!   timeline's history, which needs the archive's history files (`expire::keep_bases_of`).
 //!
 //! With no rule configured nothing is expired: deleting needs an explicit policy.
 //! Every backup is self-contained, so expiring one never breaks another.
