@@ -436,6 +436,76 @@ pub const MAX_PUSHER_RUN: Duration = Duration::from_secs(300);
 /// down, not one failed request (which is retried within a second).
 pub const DROP_AFTER_FAILING: Duration = Duration::from_secs(30);
 
+/// Pushes `names` from `pg_wal`, `opts.jobs` at a time, acknowledging each in the spool as it
+/// completes (so PostgreSQL's call for the oldest returns while later ones still upload);
+/// records what was pushed in `pushed` and what failed, with how long it has been failing, in
+/// `failed`.
+#[allow(clippy::too_many_arguments)]
+async fn push_and_ack(
+    repo: &Repository,
+    cluster: &str,
+    spool: &Spool,
+    pg_wal: &Path,
+    opts: &PusherOptions,
+    names: Vec<WalFileName>,
+    pushed: &mut Vec<WalFileName>,
+    failed: &mut Vec<(WalFileName, Duration)>,
+) -> Result<()> {
+    let mut results = Box::pin(
+        futures::stream::iter(names)
+            .map(|name| async move {
+                let path = pg_wal.join(name.to_string());
+                let res = async {
+                    let before = file_fingerprint(&path)?;
+                    let outcome = push_wal_file_unordered(
+                        repo,
+                        cluster,
+                        &name,
+                        WalSource::File(path.clone()),
+                    )
+                    .await?;
+                    if file_fingerprint(&path)? != before {
+                        return Err(Error::InvalidInput(format!(
+                            "{} changed while it was archived; PostgreSQL will retry",
+                            path.display()
+                        )));
+                    }
+                    let digest = before;
+                    Ok((digest, outcome))
+                }
+                .await;
+                (name, res)
+            })
+            .buffered(opts.jobs.max(1)),
+    );
+    while let Some((name, res)) = results.next().await {
+        let n = name.to_string();
+        match res {
+            Ok((digest, outcome)) => {
+                pushed.push(name.clone());
+                let outcome = match outcome {
+                    PushOutcome::Uploaded { .. } => "archived",
+                    PushOutcome::AlreadyArchived => "already-archived",
+                };
+                spool.write_ack(
+                    &n,
+                    &Ack {
+                        digest,
+                        outcome: outcome.into(),
+                        repository: opts.repository.clone(),
+                    },
+                )?;
+            }
+            Err(e) => {
+                warn!(wal = %n, error = %e, "push failed");
+                spool.write_error(&n, &e.to_string())?;
+                failed.push((name, spool.note_failing(&n)));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs the background pusher until it has been idle for `opts.idle_exit`, or for at most
 /// [`MAX_PUSHER_RUN`].
 /// The caller holds the pusher lock for the whole run.
@@ -480,63 +550,59 @@ pub async fn run_pusher(
             continue;
         }
         idle_since = Instant::now();
-        // Acks are written as each push completes, so PostgreSQL's call for the oldest segment
-        // returns while later ones are still uploading.
-        let mut results = Box::pin(
-            futures::stream::iter(todo)
-                .map(|(name, _)| async move {
-                    let path = pg_wal.join(name.to_string());
-                    let res = async {
-                        let before = file_fingerprint(&path)?;
-                        let outcome = push_wal_file_unordered(
-                            repo,
-                            cluster,
-                            &name,
-                            WalSource::File(path.clone()),
-                        )
-                        .await?;
-                        if file_fingerprint(&path)? != before {
-                            return Err(Error::InvalidInput(format!(
-                                "{} changed while it was archived; PostgreSQL will retry",
-                                path.display()
-                            )));
-                        }
-                        let digest = before;
-                        Ok((digest, outcome))
-                    }
-                    .await;
-                    (name, res)
-                })
-                .buffered(opts.jobs.max(1)),
-        );
+        // A timeline's history file first, as PostgreSQL's archiver does: while it fails (a
+        // conflict with another cluster's timeline of that number after a split brain, or an
+        // outage), no WAL of that timeline or a later one is pushed, or the archive would hold
+        // a timeline's segments under another history.
+        let (histories, segments): (Vec<_>, Vec<_>) = todo
+            .into_iter()
+            .map(|(n, _)| n)
+            .partition(|n| matches!(n, WalFileName::History { .. }));
         let mut failed = Vec::new();
         let mut pushed: Vec<WalFileName> = Vec::new();
-        while let Some((name, res)) = results.next().await {
+        push_and_ack(
+            repo,
+            cluster,
+            spool,
+            pg_wal,
+            opts,
+            histories,
+            &mut pushed,
+            &mut failed,
+        )
+        .await?;
+        let held_from = failed
+            .iter()
+            .filter(|(n, _)| matches!(n, WalFileName::History { .. }))
+            .map(|(n, _)| n.timeline().0)
+            .min();
+        let (held, segments): (Vec<_>, Vec<_>) = segments
+            .into_iter()
+            .partition(|n| held_from.is_some_and(|t| n.timeline().0 >= t));
+        for name in held {
             let n = name.to_string();
-            match res {
-                Ok((digest, outcome)) => {
-                    pushed.push(name.clone());
-                    let outcome = match outcome {
-                        PushOutcome::Uploaded { .. } => "archived",
-                        PushOutcome::AlreadyArchived => "already-archived",
-                    };
-                    spool.write_ack(
-                        &n,
-                        &Ack {
-                            digest,
-                            outcome: outcome.into(),
-                            repository: opts.repository.clone(),
-                        },
-                    )?;
-                }
-                Err(e) => {
-                    warn!(wal = %n, error = %e, "push failed");
-                    spool.write_error(&n, &e.to_string())?;
-                    failed.push((name, spool.note_failing(&n)));
-                }
-            }
+            spool.write_error(
+                &n,
+                &format!(
+                    "held back: the history file of timeline {:08X} failed to archive (see its \
+                     error); WAL of that timeline and later ones is archived after it, as \
+                     PostgreSQL's archiver does",
+                    held_from.unwrap_or_default()
+                ),
+            )?;
+            failed.push((name, spool.note_failing(&n)));
         }
-        drop(results);
+        push_and_ack(
+            repo,
+            cluster,
+            spool,
+            pg_wal,
+            opts,
+            segments,
+            &mut pushed,
+            &mut failed,
+        )
+        .await?;
         let failed_names: Vec<WalFileName> = failed.iter().map(|(n, _)| n.clone()).collect();
         note_batch(repo, cluster, &pushed, &failed_names, &mut seg_size).await;
         // Drops recorded in the spool while the repository failed reach the status object once
@@ -787,6 +853,70 @@ mod tests {
         crate::archive::get::get_wal_file(&repo, "main", &seg_name(0x0F))
             .await
             .unwrap();
+    }
+
+    /// A timeline's history file that fails (timeline 2 is another cluster's in the
+    /// repository, after a split brain) holds back that timeline's WAL, as PostgreSQL's
+    /// archiver would; the old timeline's goes on. Pushed beside it, this cluster's timeline
+    /// 2 segments went into the other one's timeline.
+    #[tokio::test]
+    async fn a_failing_history_file_holds_back_its_timelines_wal() {
+        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+        let history: WalFileName = "00000002.history".parse().unwrap();
+        let theirs = b"1\t0/5000000\tanother cluster's fork\n".to_vec();
+        push_wal_file(&repo, "main", &history, WalSource::Bytes(theirs))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pg_wal = pg_wal_with_ready(dir.path(), &[4]);
+        let tl2: WalFileName = "000000020000000000000005".parse().unwrap();
+        let data =
+            crate::pg::wal_header::tests::fake_segment(9, 2, 5 * SEG, SEG as u32, SEG as usize);
+        fs::write(pg_wal.join(tl2.to_string()), data).unwrap();
+        fs::write(
+            pg_wal.join("00000002.history"),
+            b"1\t0/4800000\tthis fork\n",
+        )
+        .unwrap();
+        for n in [tl2.to_string(), history.to_string()] {
+            fs::write(pg_wal.join(format!("archive_status/{n}.ready")), b"").unwrap();
+        }
+        let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
+        let pusher = {
+            let (repo, pg_wal, spool_dir) =
+                (repo.clone(), pg_wal.clone(), dir.path().join("spool"));
+            tokio::spawn(async move {
+                let spool = Spool::open(&spool_dir, "main").unwrap();
+                run_pusher(&repo, "main", &spool, &pg_wal, &test_pusher(2, None)).await
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while spool.read_ack(&seg_name(4).to_string()).is_none()
+            || (spool.read_error(&tl2.to_string()).is_none()
+                && spool.read_ack(&tl2.to_string()).is_none())
+        {
+            assert!(Instant::now() < deadline, "the pusher never got to them");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Another round, still held back.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        pusher.abort();
+        assert_eq!(
+            spool.read_ack(&seg_name(4).to_string()).unwrap().outcome,
+            "archived"
+        );
+        assert!(
+            spool.read_ack(&tl2.to_string()).is_none(),
+            "timeline 2's segment was pushed under another cluster's history"
+        );
+        let held = spool.read_error(&tl2.to_string()).unwrap();
+        assert!(held.contains("held back"), "{held}");
+        let conflict = spool.read_error(&history.to_string()).unwrap();
+        assert!(!conflict.contains("held back"), "{conflict}");
+        assert!(matches!(
+            crate::archive::get::get_wal_file(&repo, "main", &tl2).await,
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[tokio::test]
