@@ -577,11 +577,27 @@ async fn restore_planned(
     )
     .await?;
     // Only this cluster's directory of each tablespace location is restored: backups from
-    // before its name was recorded also hold what other clusters keep there.
+    // before its name was recorded also hold what other clusters keep there, left out here
+    // before anything counts them (database selection, the preflight, sizes).
     let own_tablespace_dir = m.own_tablespace_dir();
     let before = m.directories.len();
     m.directories
         .retain(|d| !own_tablespace_dir.excludes(&d.path));
+    let files = if files.paths().any(|p| own_tablespace_dir.excludes(p)) {
+        let mut kept = crate::store::manifest::file_spool::FileSpool::new()?;
+        let mut stats = crate::store::manifest::BackupStats::default();
+        for f in files.entries() {
+            let f = f?;
+            if !own_tablespace_dir.excludes(&f.path) {
+                kept.push(&f, &mut stats)?;
+            }
+        }
+        m.stats.files = stats.files;
+        m.stats.size = stats.size;
+        kept.into_lookup()?
+    } else {
+        files
+    };
     if m.directories.len() < before {
         tracing::warn!(
             "backup {} holds directories of other clusters sharing its tablespace locations \
@@ -661,7 +677,12 @@ async fn restore_planned(
                     &format!("tablespace {} directory", t.oid),
                 )?,
                 tablespace_dir::Own::Major(_) => {
-                    ensure_empty_dir(&t.location, &format!("tablespace {} location", t.oid))?
+                    for name in own_dirs_in(&t.location, &own_tablespace_dir)? {
+                        ensure_empty_dir(
+                            &t.location.join(name),
+                            &format!("tablespace {} directory", t.oid),
+                        )?;
+                    }
                 }
             }
         }
@@ -1126,6 +1147,24 @@ fn remove_extra_files<'a>(
         }
     }
     Ok(removed)
+}
+
+/// The entries of tablespace location `location` that are this cluster's directory (none
+/// when the location does not exist yet).
+fn own_dirs_in(location: &Path, own: &tablespace_dir::Own) -> Result<Vec<std::ffi::OsString>> {
+    let entries = match std::fs::read_dir(location) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(location, e)),
+    };
+    let mut own_dirs = Vec::new();
+    for e in entries {
+        let name = e.map_err(|e| io(location, e))?.file_name();
+        if name.to_str().is_some_and(|n| own.is(n)) {
+            own_dirs.push(name);
+        }
+    }
+    Ok(own_dirs)
 }
 
 /// How a message names this cluster's directory in tablespace locations.
@@ -2109,6 +2148,29 @@ fn write_recovery_files(
 mod tests {
     use super::*;
     use crate::store::manifest::BlockRef;
+
+    /// A backup from before the directory's name was recorded knows it by major version: a
+    /// non-delta restore checks only those entries of a location for emptiness, not what
+    /// other clusters or the file system keep there.
+    #[test]
+    fn an_old_manifests_own_directories_are_told_by_major_version() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "PG_15_202209061",
+            "PG_14_202107181",
+            "lost+found",
+            "PG_15_x",
+        ] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        let own = own_dirs_in(d.path(), &tablespace_dir::Own::Major(15)).unwrap();
+        assert_eq!(own, ["PG_15_202209061"]);
+        assert!(
+            own_dirs_in(&d.path().join("missing"), &tablespace_dir::Own::Major(15))
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn a_root_restore_has_an_owner_to_give_or_refuses() {

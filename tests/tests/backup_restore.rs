@@ -510,18 +510,24 @@ fn a_tablespace_location_shared_with_another_cluster_is_left_to_it() {
     let stop = StopOnDrop(&pg);
     env.use_cluster(&pg);
     let ts = env.create_tablespace(&pg, "shared_ts");
-    let old = ts.join("PG_14_202007201");
-    std::fs::create_dir_all(old.join("16384")).unwrap();
-    std::fs::write(
-        old.join("16384/16385"),
-        b"the old cluster, before the backup",
-    )
-    .unwrap();
     pg.psql(
         "postgres",
         "create table in_ts tablespace extra as select g as id from generate_series(1, 5000) g",
     )
     .unwrap();
+    let alone = backup_json(&env, &["--type", "full"]);
+    // The old cluster's directory, as pg_upgrade leaves it, with a hundred files.
+    let old = ts.join("PG_14_202107181");
+    std::fs::create_dir_all(old.join("16384")).unwrap();
+    for n in 0..100 {
+        std::fs::write(old.join(format!("16384/{}", 20000 + n)), b"the old cluster").unwrap();
+    }
+    std::fs::write(
+        old.join("16384/16385"),
+        b"the old cluster, before the backup",
+    )
+    .unwrap();
+    give_to(env.run_as.as_deref(), &old).unwrap();
     let oid = pg
         .psql(
             "postgres",
@@ -530,6 +536,13 @@ fn a_tablespace_location_shared_with_another_cluster_is_left_to_it() {
         .unwrap();
     let b = backup_json(&env, &["--type", "full"]);
     let id = b["id"].as_str().unwrap().to_string();
+    let files = |b: &serde_json::Value| b["stats"]["files"].as_u64().unwrap();
+    assert!(
+        files(&b) < files(&alone) + 50,
+        "the other cluster's hundred files are not in the backup: {} then {} files",
+        files(&alone),
+        files(&b)
+    );
     let last = switch_wal(&pg);
     wait_archived(&pg, &last, Duration::from_secs(90));
     drop(stop);
@@ -554,7 +567,7 @@ fn a_tablespace_location_shared_with_another_cluster_is_left_to_it() {
     );
     r.stop().unwrap();
     assert!(
-        !elsewhere.join("PG_14_202007201").exists(),
+        !elsewhere.join("PG_14_202107181").exists(),
         "the other cluster's directory is not in the backup"
     );
     assert_eq!(

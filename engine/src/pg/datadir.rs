@@ -105,26 +105,46 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Walks `pgdata`, calling `visit` for each entry to back up (parents before children); in
-/// tablespace locations, only the directory named `tablespace_dir` is entered.
+/// tablespace locations, only the directory named `tablespace_dir` is entered. Says nothing
+/// of what it leaves out of tablespace locations ([`walk_as`] does).
 pub fn walk(
     pgdata: &Path,
     tablespace_dir: &str,
     visit: impl FnMut(Entry) -> Result<()>,
 ) -> Result<Vec<Tablespace>> {
-    walk_as(pgdata, tablespace_dir, &OwnerReads::unchecked(), visit)
+    run(
+        pgdata,
+        tablespace_dir,
+        &OwnerReads::unchecked(),
+        false,
+        visit,
+    )
 }
 
 /// [`walk`], leaving out (with a warning) directories `owner` could not list and links to
-/// files it could not reach and read.
+/// files it could not reach and read, and saying what it leaves out of tablespace locations
+/// (a warning when a location holds no `tablespace_dir`: the tablespace is then empty in the
+/// backup).
 pub fn walk_as(
     pgdata: &Path,
     tablespace_dir: &str,
     owner: &OwnerReads,
+    visit: impl FnMut(Entry) -> Result<()>,
+) -> Result<Vec<Tablespace>> {
+    run(pgdata, tablespace_dir, owner, true, visit)
+}
+
+fn run(
+    pgdata: &Path,
+    tablespace_dir: &str,
+    owner: &OwnerReads,
+    report: bool,
     mut visit: impl FnMut(Entry) -> Result<()>,
 ) -> Result<Vec<Tablespace>> {
     let mut tablespaces = Vec::new();
     let mut walk = Walk {
         tablespace_dir,
+        report,
         owner,
         tablespaces: &mut tablespaces,
         visit: &mut visit,
@@ -161,6 +181,8 @@ fn holding(pgdata: &Path) -> Result<Vec<DirId>> {
 struct Walk<'a> {
     /// This cluster's directory in each tablespace location.
     tablespace_dir: &'a str,
+    /// Whether to say what is left out of tablespace locations.
+    report: bool,
     owner: &'a OwnerReads,
     tablespaces: &'a mut Vec<Tablespace>,
     visit: &'a mut dyn FnMut(Entry) -> Result<()>,
@@ -227,6 +249,37 @@ impl Walk<'_> {
         }
     }
 
+    /// Says what of the tablespace location `dir` (at `rel`, holding `names`) is not this
+    /// cluster's and left out; warns when nothing is (the tablespace is then empty in the
+    /// backup: a location emptied by hand, or a catalog version that is not the server's).
+    fn report_location(&self, dir: &Path, rel: &str, names: &[String]) {
+        let others: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != self.tablespace_dir)
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        if others.len() == names.len() {
+            tracing::warn!(
+                "tablespace location {} ({rel}) holds no directory {} of this cluster, only \
+                 {}: nothing of it is backed up",
+                dir.display(),
+                self.tablespace_dir,
+                others.join(", ")
+            );
+        } else {
+            tracing::info!(
+                "not backed up from tablespace location {} ({rel}): {} (not this cluster's \
+                 directory {}: another cluster's, or not PostgreSQL's)",
+                dir.display(),
+                others.join(", "),
+                self.tablespace_dir
+            );
+        }
+    }
+
     /// Walks the directory open at `fd` (`dir`, at `rel`), listing it from that descriptor.
     fn dir(&mut self, fd: OwnedFd, dir: &Path, rel: &str, top: bool) -> Result<()> {
         let names = names_in(fd).map_err(|e| io(dir, e))?;
@@ -234,17 +287,14 @@ impl Walk<'_> {
         let in_location = rel
             .strip_prefix("pg_tblspc/")
             .is_some_and(|oid| !oid.contains('/'));
+        if in_location && self.report {
+            self.report_location(dir, rel, &names);
+        }
         for name in &names {
             if name == "pg_internal.init" || name.starts_with("pgsql_tmp") {
                 continue;
             }
             if in_location && name != self.tablespace_dir {
-                tracing::info!(
-                    "not backed up: {} (in tablespace location {rel}, but not this cluster's \
-                     directory {}: another cluster's, or not PostgreSQL's)",
-                    dir.join(name).display(),
-                    self.tablespace_dir
-                );
                 continue;
             }
             if top && SKIP_TOP_FILES.contains(&name.as_str()) {
