@@ -426,6 +426,26 @@ async fn note_batch(
     crate::store::head::note_segments(repo, cluster, size, &segs).await;
 }
 
+/// A file a round of the pusher could not push.
+#[derive(Debug)]
+struct Failing {
+    name: WalFileName,
+    /// Since its first failure, as the spool recorded it ([`Spool::note_failing`]).
+    for_how_long: Duration,
+    why: Why,
+}
+
+/// Why a push failed, for what `queue_max` may drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Storage failed (unreachable, timing out, refusing credentials).
+    Storage,
+    /// The repository or the checks refused the file (a conflict, a file that changed).
+    Refused,
+    /// Not pushed: its timeline's history file (or an earlier one's) fails.
+    HeldBack,
+}
+
 /// The longest a pusher runs before it exits (the next `archive-push` starts another, which
 /// opens the repository again). A running pusher follows a `key rotate` by itself
 /// ([`crate::repo::follow`]); this bounds how long it could seal under an old key epoch
@@ -449,7 +469,7 @@ async fn push_and_ack(
     opts: &PusherOptions,
     names: Vec<WalFileName>,
     pushed: &mut Vec<WalFileName>,
-    failed: &mut Vec<(WalFileName, Duration)>,
+    failed: &mut Vec<Failing>,
 ) -> Result<()> {
     let mut results = Box::pin(
         futures::stream::iter(names)
@@ -499,7 +519,15 @@ async fn push_and_ack(
             Err(e) => {
                 warn!(wal = %n, error = %e, "push failed");
                 spool.write_error(&n, &e.to_string())?;
-                failed.push((name, spool.note_failing(&n)));
+                let why = match e {
+                    Error::Storage(_) => Why::Storage,
+                    _ => Why::Refused,
+                };
+                failed.push(Failing {
+                    for_how_long: spool.note_failing(&n),
+                    name,
+                    why,
+                });
             }
         }
     }
@@ -573,8 +601,8 @@ pub async fn run_pusher(
         .await?;
         let held_from = failed
             .iter()
-            .filter(|(n, _)| matches!(n, WalFileName::History { .. }))
-            .map(|(n, _)| n.timeline().0)
+            .filter(|f| matches!(f.name, WalFileName::History { .. }))
+            .map(|f| f.name.timeline().0)
             .min();
         let (held, segments): (Vec<_>, Vec<_>) = segments
             .into_iter()
@@ -590,7 +618,11 @@ pub async fn run_pusher(
                     held_from.unwrap_or_default()
                 ),
             )?;
-            failed.push((name, spool.note_failing(&n)));
+            failed.push(Failing {
+                for_how_long: spool.note_failing(&n),
+                name,
+                why: Why::HeldBack,
+            });
         }
         push_and_ack(
             repo,
@@ -603,7 +635,7 @@ pub async fn run_pusher(
             &mut failed,
         )
         .await?;
-        let failed_names: Vec<WalFileName> = failed.iter().map(|(n, _)| n.clone()).collect();
+        let failed_names: Vec<WalFileName> = failed.iter().map(|f| f.name.clone()).collect();
         note_batch(repo, cluster, &pushed, &failed_names, &mut seg_size).await;
         // Drops recorded in the spool while the repository failed reach the status object once
         // pushes succeed again.
@@ -632,22 +664,29 @@ pub async fn run_pusher(
             // been failing for [`DROP_AFTER_FAILING`] (since its first failure, recorded in the
             // spool, so through the pusher's restarts): one failed request (after its own
             // retries) while the repository works, or a file that changed while it was read,
-            // is retried, not dropped.
+            // is retried, not dropped. A history file is dropped only while storage fails: one
+            // the repository refuses (another cluster's timeline of that number, after a split
+            // brain) would, once dropped, let this timeline's WAL into the other's.
             let backlog: u64 = ready_files(pg_wal)?
                 .iter()
                 .filter(|(n, _)| spool.read_ack(&n.to_string()).is_none())
                 .map(|(_, s)| s)
                 .sum();
-            let failed: Vec<&WalFileName> = failed
+            let failed: Vec<&Failing> = failed
                 .iter()
-                .filter(|(_, for_how_long)| *for_how_long >= DROP_AFTER_FAILING)
-                .map(|(n, _)| n)
+                .filter(|f| f.for_how_long >= DROP_AFTER_FAILING)
+                .filter(|f| !matches!(f.name, WalFileName::History { .. }) || f.why == Why::Storage)
                 .collect();
             if backlog > cap && !failed.is_empty() {
-                for name in &failed {
-                    let n = name.to_string();
+                for f in &failed {
+                    let n = f.name.to_string();
                     let digest = file_fingerprint(&pg_wal.join(&n)).unwrap_or_default();
-                    warn!(wal = %n, backlog, queue_max = cap, "WAL DROPPED: backlog exceeds archive.queue_max while the repository fails; this segment is NOT archived and point-in-time recovery across it is impossible");
+                    let cause = match f.why {
+                        Why::Storage => "while the repository fails",
+                        Why::Refused => "while the repository refuses it",
+                        Why::HeldBack => "while its timeline's history file cannot be archived",
+                    };
+                    warn!(wal = %n, backlog, queue_max = cap, "WAL DROPPED: backlog exceeds archive.queue_max {cause}; this file is NOT archived and point-in-time recovery across it is impossible");
                     spool.write_ack(
                         &n,
                         &Ack {
@@ -855,68 +894,104 @@ mod tests {
             .unwrap();
     }
 
-    /// A timeline's history file that fails (timeline 2 is another cluster's in the
-    /// repository, after a split brain) holds back that timeline's WAL, as PostgreSQL's
-    /// archiver would; the old timeline's goes on. Pushed beside it, this cluster's timeline
-    /// 2 segments went into the other one's timeline.
-    #[tokio::test]
-    async fn a_failing_history_file_holds_back_its_timelines_wal() {
+    /// After a split brain the repository's timeline 2 is another cluster's: this one's
+    /// timeline 2 history file is refused (a conflict), beside its segment 5 of timeline 2 and
+    /// segment 4 of timeline 1. Runs a pusher with `queue_max` over that, every file failing
+    /// for long already, until it has answered for both segments and gone round again.
+    /// Returns the spool and the repository.
+    async fn split_brain_push(queue_max: Option<u64>) -> (tempfile::TempDir, Spool, Repository) {
         let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
-        let history: WalFileName = "00000002.history".parse().unwrap();
         let theirs = b"1\t0/5000000\tanother cluster's fork\n".to_vec();
-        push_wal_file(&repo, "main", &history, WalSource::Bytes(theirs))
+        push_wal_file(&repo, "main", &history2(), WalSource::Bytes(theirs))
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let pg_wal = pg_wal_with_ready(dir.path(), &[4]);
-        let tl2: WalFileName = "000000020000000000000005".parse().unwrap();
         let data =
             crate::pg::wal_header::tests::fake_segment(9, 2, 5 * SEG, SEG as u32, SEG as usize);
-        fs::write(pg_wal.join(tl2.to_string()), data).unwrap();
+        fs::write(pg_wal.join(tl2_seg5().to_string()), data).unwrap();
         fs::write(
             pg_wal.join("00000002.history"),
             b"1\t0/4800000\tthis fork\n",
         )
         .unwrap();
-        for n in [tl2.to_string(), history.to_string()] {
-            fs::write(pg_wal.join(format!("archive_status/{n}.ready")), b"").unwrap();
-        }
         let spool = Spool::open(&dir.path().join("spool"), "main").unwrap();
+        for n in [history2().to_string(), tl2_seg5().to_string()] {
+            fs::write(pg_wal.join(format!("archive_status/{n}.ready")), b"").unwrap();
+            spool.note_failing(&n);
+            fs::File::options()
+                .write(true)
+                .open(spool.root().join("failing").join(&n))
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - DROP_AFTER_FAILING)
+                .unwrap();
+        }
         let pusher = {
-            let (repo, pg_wal, spool_dir) =
-                (repo.clone(), pg_wal.clone(), dir.path().join("spool"));
+            let (repo, spool_dir) = (repo.clone(), dir.path().join("spool"));
             tokio::spawn(async move {
                 let spool = Spool::open(&spool_dir, "main").unwrap();
-                run_pusher(&repo, "main", &spool, &pg_wal, &test_pusher(2, None)).await
+                run_pusher(&repo, "main", &spool, &pg_wal, &test_pusher(2, queue_max)).await
             })
         };
+        let tl2 = tl2_seg5().to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         while spool.read_ack(&seg_name(4).to_string()).is_none()
-            || (spool.read_error(&tl2.to_string()).is_none()
-                && spool.read_ack(&tl2.to_string()).is_none())
+            || (spool.read_error(&tl2).is_none() && spool.read_ack(&tl2).is_none())
         {
             assert!(Instant::now() < deadline, "the pusher never got to them");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Another round, still held back.
         tokio::time::sleep(Duration::from_millis(600)).await;
         pusher.abort();
         assert_eq!(
             spool.read_ack(&seg_name(4).to_string()).unwrap().outcome,
-            "archived"
+            "archived",
+            "the old timeline's WAL goes on"
         );
         assert!(
-            spool.read_ack(&tl2.to_string()).is_none(),
-            "timeline 2's segment was pushed under another cluster's history"
+            spool.read_ack(&history2().to_string()).is_none(),
+            "a refused history file is never acknowledged, dropped or not"
         );
-        let held = spool.read_error(&tl2.to_string()).unwrap();
-        assert!(held.contains("held back"), "{held}");
-        let conflict = spool.read_error(&history.to_string()).unwrap();
+        let conflict = spool.read_error(&history2().to_string()).unwrap();
         assert!(!conflict.contains("held back"), "{conflict}");
-        assert!(matches!(
-            crate::archive::get::get_wal_file(&repo, "main", &tl2).await,
-            Err(Error::NotFound(_))
-        ));
+        assert!(
+            matches!(
+                crate::archive::get::get_wal_file(&repo, "main", &tl2_seg5()).await,
+                Err(Error::NotFound(_))
+            ),
+            "timeline 2's segment never goes under another cluster's history"
+        );
+        (dir, spool, repo)
+    }
+
+    fn history2() -> WalFileName {
+        "00000002.history".parse().unwrap()
+    }
+
+    fn tl2_seg5() -> WalFileName {
+        "000000020000000000000005".parse().unwrap()
+    }
+
+    /// A failing history file holds back its timeline's WAL (pushed beside it, this
+    /// cluster's timeline 2 segments went into the other cluster's timeline 2).
+    #[tokio::test]
+    async fn a_failing_history_file_holds_back_its_timelines_wal() {
+        let (_dir, spool, _repo) = split_brain_push(None).await;
+        assert!(spool.read_ack(&tl2_seg5().to_string()).is_none());
+        let held = spool.read_error(&tl2_seg5().to_string()).unwrap();
+        assert!(held.contains("held back"), "{held}");
+    }
+
+    /// Over `queue_max`, the held-back segment is dropped, but the history file the
+    /// repository refuses is not: once acknowledged, the timeline's later WAL would go into
+    /// the other cluster's timeline.
+    #[tokio::test]
+    async fn queue_max_drops_held_back_wal_but_never_a_refused_history_file() {
+        let (_dir, spool, _repo) = split_brain_push(Some(1)).await;
+        assert_eq!(
+            spool.read_ack(&tl2_seg5().to_string()).unwrap().outcome,
+            "dropped"
+        );
     }
 
     #[tokio::test]
