@@ -318,9 +318,10 @@ async fn expire_locked(
         .filter(|(n, _)| matches!(n, WalFileName::History { .. }))
         .map(|(n, _)| n.timeline().0)
         .collect();
-    let window_edge = policy
-        .pitr_window
-        .map(|w| now.datetime() - time::Duration::try_from(w).unwrap_or(time::Duration::MAX));
+    let window_edge = policy.pitr_window.map(|w| {
+        now.datetime()
+            .saturating_sub(time::Duration::try_from(w).unwrap_or(time::Duration::MAX))
+    });
     let LiveBases {
         newest: bases_of_live,
         window: window_bases,

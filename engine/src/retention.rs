@@ -121,7 +121,8 @@ pub fn wal_plan(
     let anchor = match pitr_window {
         None => oldest,
         Some(w) => {
-            let edge = now - time::Duration::try_from(w).unwrap_or(time::Duration::MAX);
+            let edge =
+                now.saturating_sub(time::Duration::try_from(w).unwrap_or(time::Duration::MAX));
             sorted
                 .iter()
                 .rev()
@@ -223,7 +224,7 @@ pub fn decide(backups: &[Candidate], policy: &Policy, now: OffsetDateTime) -> Ve
     };
     // The backup recovery to the window's first moment starts from.
     let window_base = policy.pitr_window.and_then(|w| {
-        let edge = now - time::Duration::try_from(w).unwrap_or(time::Duration::MAX);
+        let edge = now.saturating_sub(time::Duration::try_from(w).unwrap_or(time::Duration::MAX));
         sorted
             .iter()
             .rev()
@@ -505,6 +506,31 @@ mod tests {
 
     /// `keep_within` and `pitr_window` both a week, daily backups: the backup that ended just
     /// before the window opened stays, or recovery to the window's first hours is impossible.
+    /// An absurd window (`pitr_window = "100000000000d"`) reaches before every backup; it
+    /// overflowed the subtraction from now and panicked.
+    #[test]
+    fn a_window_longer_than_time_keeps_everything_from_the_oldest() {
+        let now = datetime!(2026-11-24 12:00 UTC);
+        let forever = Duration::from_secs(u64::MAX / 2);
+        let b = vec![
+            need("b1", datetime!(2026-11-01 01:00 UTC), 10, 11),
+            need("b2", datetime!(2026-11-20 01:00 UTC), 50, 52),
+        ];
+        let p = wal_plan(&b, Some(forever), now).unwrap();
+        assert_eq!(p.pitr_from, (10, "b1".to_string()));
+        let policy = Policy {
+            full: Some(1),
+            pitr_window: Some(forever),
+            ..Policy::default()
+        };
+        let backups = [
+            c("b1", BackupType::Full, datetime!(2026-11-01 01:00 UTC)),
+            c("b2", BackupType::Full, datetime!(2026-11-20 01:00 UTC)),
+        ];
+        let d = decide(&backups, &policy, now);
+        assert!(!d[0].keep && d[1].keep, "{d:?}");
+    }
+
     #[test]
     fn the_backup_the_pitr_window_starts_from_is_kept() {
         let now = datetime!(2026-11-24 02:00 UTC);
