@@ -160,6 +160,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Deletes an object; deleting a missing object is not an error.
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// Makes an object that exists durable where storage can hold one that is not, and says
+    /// what it made durable. On local disk a create links the name before it syncs, so an
+    /// object a killed process created may sit in the page cache only: its bytes are read,
+    /// it and its directories up to the root are fsynced, and the bytes returned. `None`:
+    /// the object is missing, or this storage holds nothing readable that is not durable
+    /// (an object store acknowledges a PUT once it is durable), so no request is made.
+    async fn sync_existing(&self, _key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// A [`Storage`] that wraps another and changes some of its operations (see the module
@@ -236,6 +246,11 @@ pub trait StorageWrapper: Send + Sync + fmt::Debug {
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         self.inner().delete(key).await
     }
+
+    /// See [`Storage::sync_existing`].
+    async fn sync_existing(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
+        self.inner().sync_existing(key).await
+    }
 }
 
 #[async_trait]
@@ -287,6 +302,10 @@ impl<W: StorageWrapper> Storage for W {
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
         StorageWrapper::delete(self, key).await
+    }
+
+    async fn sync_existing(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
+        StorageWrapper::sync_existing(self, key).await
     }
 }
 

@@ -226,6 +226,8 @@ pub enum Call<'a> {
     Read(&'a ObjectKey),
     /// `put_create` of a key with these bytes.
     Create(&'a ObjectKey, &'a Bytes),
+    /// `sync_existing` of a key.
+    Sync(&'a ObjectKey),
 }
 
 /// The hook of a [`Hooked`] storage: `Err` is answered instead of forwarding the call.
@@ -283,6 +285,13 @@ impl crate::storage::StorageWrapper for Hooked {
     ) -> std::result::Result<CreateOutcome, StorageError> {
         (self.hook)(Call::Create(key, &data))?;
         self.inner.put_create(key, data).await
+    }
+    async fn sync_existing(
+        &self,
+        key: &ObjectKey,
+    ) -> std::result::Result<Option<Bytes>, StorageError> {
+        (self.hook)(Call::Sync(key))?;
+        self.inner.sync_existing(key).await
     }
 }
 

@@ -314,6 +314,14 @@ impl ObjectStoreBackend {
 
     /// A create found `key` taken. A retried request whose first attempt landed looks exactly
     /// like this; so does an identical object written earlier. Both are our object.
+    ///
+    /// On local disk an empty object is not ours but what a power loss leaves of a create:
+    /// the name is linked before the data are synced ([`Self::sync_local`] follows), so after
+    /// a crash the name may hold nothing. No repository object is empty, and every retry of
+    /// that create (PostgreSQL's `archive-push` of a segment whose record is empty, the
+    /// cluster record's first write) found the name taken and failed for ever. It is
+    /// replaced, under the compare-and-swap lock and only while still empty
+    /// ([`local::cas_write`]).
     async fn compare_existing(
         &self,
         key: &ObjectKey,
@@ -324,6 +332,30 @@ impl ObjectStoreBackend {
             Ok(existing) if existing == *data => {
                 self.sync_local(key, dirs).await?;
                 Ok(CreateOutcome::Created)
+            }
+            Ok(existing) if existing.is_empty() && self.local_root.is_some() => {
+                let root = self.local_root.clone().expect("checked in the guard");
+                let (k, bytes, owner) = (key.as_str().to_string(), data.clone(), self.local_owner);
+                let empty = local::version_of(b"");
+                let swapped = local_blocking("put", key, move || {
+                    local::cas_write(&root, &k, &bytes, Some(&empty), owner)
+                })
+                .await;
+                match swapped {
+                    Ok(_) => {
+                        tracing::warn!(
+                            "{key} was empty (left by a crash before its create was synced): \
+                             written again"
+                        );
+                        Ok(CreateOutcome::Created)
+                    }
+                    // Another create replaced it first: compared as any object found.
+                    Err(StorageError::Precondition { .. }) => match self.get(key).await? {
+                        existing if existing == *data => Ok(CreateOutcome::Created),
+                        _ => Ok(CreateOutcome::AlreadyExists),
+                    },
+                    Err(e) => Err(e),
+                }
             }
             Ok(_) => Ok(CreateOutcome::AlreadyExists),
             Err(e) => Err(e),
@@ -545,6 +577,16 @@ impl Storage for ObjectStoreBackend {
         // Keys are compared as the store spells them; the contract is our keys' byte order.
         out.retain(|o| o.key.as_str() > after);
         Ok(out)
+    }
+
+    async fn sync_existing(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(None);
+        };
+        let path = root.join(key.as_str());
+        local_blocking("fsync", key, move || local::sync_existing(&root, &path))
+            .await
+            .map(|b| b.map(Bytes::from))
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {

@@ -10,7 +10,7 @@
 //!   the directory. Versions on local disk are BLAKE3 hashes of the content.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use pgcairn_engine::storage::{ObjectVersion, StorageError};
@@ -101,6 +101,29 @@ pub fn sync_file_and_dirs(
             .map_err(|e| io_err("fsync", d, e))?;
     }
     Ok(())
+}
+
+/// Reads the object at `path` and fsyncs it and every directory from its parent up to `root`
+/// (a killed create may have linked it, in directories it made, and never synced either);
+/// returns what it made durable, or `None` when there is no object.
+pub fn sync_existing(root: &Path, path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open", path, e)),
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err("fsync", path, e))?;
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+        fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err("fsync", d, e))?;
+        dir = d.parent();
+    }
+    Ok(Some(bytes))
 }
 
 /// Content version of a local object.

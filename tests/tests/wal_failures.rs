@@ -204,6 +204,52 @@ fn duplicate_push(backend: Backend) {
     assert_success(&out, &format!("{backend:?}: original pushed again"));
 }
 
+/// On `file://` a power loss between a create's link and its fsync leaves the name holding
+/// nothing: an empty cluster record after the first push, an empty WAL record after any.
+/// PostgreSQL retries that push, which must write them and succeed: it failed with "corrupt"
+/// on every retry, and the primary's `pg_wal` filled.
+#[test]
+fn empty_records_left_by_a_power_loss_are_written_by_the_retry() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let segs = real_segments(&env, 2);
+    let repo = env.path().join("repo");
+    assert_success(
+        &env.pgcairn(&["archive-push", &p(&segs[0])]),
+        "the first push",
+    );
+    let name = file_name(&segs[0]);
+    let cluster_record = repo.join("clusters/main/cluster.json");
+    let record = repo.join(format!("clusters/main/wal/{}/{name}", &name[..8]));
+    for f in [&cluster_record, &record] {
+        assert!(std::fs::metadata(f).unwrap().len() > 0, "{}", f.display());
+        std::fs::write(f, b"").unwrap();
+    }
+    assert_success(
+        &env.pgcairn(&["archive-push", &p(&segs[0])]),
+        "the retried push",
+    );
+    for f in [&cluster_record, &record] {
+        assert!(
+            std::fs::metadata(f).unwrap().len() > 0,
+            "{} written",
+            f.display()
+        );
+    }
+    let dest = dest_dir(&env, "fetched");
+    assert_success(
+        &env.pgcairn(&["archive-get", &name, &p(&dest.join(&name))]),
+        "archive-get",
+    );
+    assert_eq!(
+        std::fs::read(dest.join(&name)).unwrap(),
+        std::fs::read(&segs[0]).unwrap()
+    );
+    assert_success(
+        &env.pgcairn(&["archive-push", &p(&segs[1])]),
+        "the next push, checked against the cluster record written again",
+    );
+}
+
 #[test]
 fn duplicate_push_is_free_and_different_content_is_refused() {
     for b in backends() {

@@ -335,15 +335,18 @@ async fn push(
         WalSource::File(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
         WalSource::Bytes(_) => None,
     };
+    // An empty record or cluster record (a crash before an earlier create was synced, on
+    // `file://`) is read as absent, so that this push's create writes it.
+    let record_key = layout::wal_pointer(cluster, name);
     let (sealed, record, existing) = tokio::join!(
         crate::cpu::run(move || seal_wal(&codec, &wal_name, &context, level, source)),
         async {
             match has_pages {
-                true => cluster::read(repo, cluster).await,
+                true => cluster::read_for_create(repo, cluster).await,
                 false => Ok(None), // history files carry no header to check
             }
         },
-        read_wal_record(repo, cluster, name),
+        sealed::read_for_create(repo, DocKind::WalRecord, &record_key),
     );
     let Sealed {
         header,
@@ -374,24 +377,31 @@ async fn push(
 /// linked into place and never synced (on `file://`, a create is written, linked, then
 /// fsynced; the record's bytes differ from one attempt to the next, by their time, so the
 /// retry's own create finds the name taken and syncs nothing), and a power loss would then
-/// take the record, and the segment with it, after PostgreSQL was told it was archived. A
-/// create-only put of the record's own bytes is how storage is asked to make an object
-/// durable (`file://`: an fsync of it and its directories; an object store: nothing more
-/// than a refused put). A record gone meanwhile (expire) needs nothing.
-async fn make_record_durable(repo: &Repository, cluster: &str, name: &WalFileName) -> Result<()> {
+/// take the record, and the segment with it, after PostgreSQL was told it was archived.
+/// [`crate::storage::Storage::sync_existing`] fsyncs it there and costs no request on an
+/// object store, where an acknowledged PUT is durable (a create-only put of its bytes, read
+/// first, did the same at three requests per duplicate push). The record made durable must
+/// still name `id`: one replaced meanwhile (expire, then another push) is a conflict. A
+/// record gone meanwhile (expire) needs nothing.
+async fn make_record_durable(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    id: &str,
+) -> Result<()> {
     let key = layout::wal_pointer(cluster, name);
-    let bytes = match repo.storage().get(&key).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some(bytes) = repo.storage().sync_existing(&key).await? else {
+        return Ok(());
     };
-    match repo.storage().put_create(&key, bytes).await? {
-        CreateOutcome::Created => Ok(()),
-        CreateOutcome::AlreadyExists => Err(Error::Conflict(format!(
-            "the record of {name} changed while this push made it durable ({key}); PostgreSQL \
-             will retry"
-        ))),
+    let found: WalPointer = sealed::open(repo, DocKind::WalRecord, &key, &bytes)?;
+    if found.content_id != id {
+        return Err(Error::Conflict(format!(
+            "the record of {name} changed while this push made it durable ({key} now names \
+             {}); PostgreSQL will retry",
+            found.content_id
+        )));
     }
+    Ok(())
 }
 
 /// Steps 2 to 4 of the module docs: compare with an existing record, upload data, commit.
@@ -423,7 +433,7 @@ async fn store_wal(
         // record stays as it is).
         if matches!(repo.storage().head(&data.key).await, Ok(len) if len == existing.stored_size) {
             debug!("already archived with the same content");
-            make_record_durable(repo, cluster, name).await?;
+            make_record_durable(repo, cluster, name, &hex_id).await?;
             return Ok(PushOutcome::AlreadyArchived);
         }
         let outcome = match ensure_data(repo, cluster, name, &data, false).await? {
@@ -439,7 +449,7 @@ async fn store_wal(
                 PushOutcome::Uploaded { stored_size }
             }
         };
-        make_record_durable(repo, cluster, name).await?;
+        make_record_durable(repo, cluster, name, &hex_id).await?;
         return Ok(outcome);
     }
     // Data first, whole and durable, whatever an earlier attempt left under its name.
@@ -462,7 +472,7 @@ async fn store_wal(
                 Error::NotFound(format!("pointer of {name} vanished during push"))
             })?;
             if existing.content_id == hex_id {
-                make_record_durable(repo, cluster, name).await?;
+                make_record_durable(repo, cluster, name, &hex_id).await?;
                 Ok(PushOutcome::AlreadyArchived)
             } else {
                 Err(conflict(cluster, name, &existing.content_id, &hex_id))
@@ -795,7 +805,21 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_push_that_finds_its_record_makes_the_record_durable() {
         let (mem, _) = memory_repo().await;
-        let (repo, creates) = recording_creates(&mem).await;
+        let calls: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let noted = calls.clone();
+        let hooked = crate::test_support::Hooked::new(mem.clone(), move |call| {
+            match call {
+                crate::test_support::Call::Sync(k) => {
+                    noted.lock().unwrap().push(format!("sync {k}"))
+                }
+                crate::test_support::Call::Create(k, _) => {
+                    noted.lock().unwrap().push(format!("create {k}"))
+                }
+                crate::test_support::Call::Read(_) => {}
+            }
+            Ok(())
+        });
+        let repo = crate::test_support::open_with(Arc::new(hooked)).await;
         let (name, data) = seg(3, 42);
         // The first push, killed after its record was linked and before it was synced, left
         // exactly this: the record and its object in place.
@@ -804,18 +828,17 @@ pub(crate) mod tests {
             .unwrap();
         let pointer = layout::wal_pointer("main", &name);
         let record = mem.get(&pointer).await.unwrap();
-        creates.lock().unwrap().clear();
+        calls.lock().unwrap().clear();
         let again = push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
             .await
             .unwrap();
         assert_eq!(again, PushOutcome::AlreadyArchived);
-        let creates = creates.lock().unwrap().clone();
-        assert!(
-            creates
-                .iter()
-                .any(|(k, b)| *k == pointer.as_str() && *b == record),
-            "the record found was asked to be made durable (a create-only put of its own \
-             bytes) before PostgreSQL is told the segment is archived: {creates:?}"
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            [format!("sync {pointer}")],
+            "the record found is made durable before PostgreSQL is told the segment is \
+             archived, and nothing is written"
         );
         assert!(mem.get(&pointer).await.unwrap() == record, "kept as it was");
     }

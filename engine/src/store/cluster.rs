@@ -91,6 +91,17 @@ pub async fn read(repo: &Repository, cluster: &str) -> Result<Option<ClusterReco
     .await
 }
 
+/// [`read`] before a bind: an empty record (left by a crash before its create was synced, on
+/// `file://`) counts as absent, and the bind's create writes it ([`sealed::read_for_create`]).
+pub async fn read_for_create(repo: &Repository, cluster: &str) -> Result<Option<ClusterRecord>> {
+    sealed::read_for_create(
+        repo,
+        DocKind::ClusterRecord,
+        &layout::cluster_record(cluster),
+    )
+    .await
+}
+
 /// Binds a cluster: creates its catalog head, then its record (create-only). Returns the
 /// record now in force: `record`, or the one another writer created first (the caller
 /// compares). The head comes first so that a record without a head always means the head
@@ -118,7 +129,7 @@ pub async fn bind_or_check(
 ) -> Result<std::result::Result<ClusterRecord, Mismatch>> {
     let record = match known {
         Some(r) => r,
-        None => match read(repo, cluster).await? {
+        None => match read_for_create(repo, cluster).await? {
             Some(r) => r,
             // Someone may bind it at the same moment: theirs is compared below.
             None => {

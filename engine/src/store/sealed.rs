@@ -126,6 +126,26 @@ pub async fn read<T: DeserializeOwned>(
     }
 }
 
+/// [`read`] for a writer about to create `key`: an empty object counts as absent. No sealed
+/// document is empty; on local disk a power loss between a create's link and its fsync leaves
+/// the name holding nothing, and the storage backend's next create of that name writes it
+/// ([`crate::storage::Storage::put_create`] on `file://`). Read as corrupt, it failed every
+/// retry of that create before the create was tried (an `archive-push` of a segment whose
+/// record a crash left empty, for ever). Elsewhere an empty object stays taken: the create
+/// finds the name taken and the caller reads it as corrupt.
+pub async fn read_for_create<T: DeserializeOwned>(
+    repo: &Repository,
+    kind: DocKind,
+    key: &ObjectKey,
+) -> Result<Option<T>> {
+    match repo.storage().get(key).await {
+        Ok(raw) if raw.is_empty() => Ok(None),
+        Ok(raw) => open(repo, kind, key, &raw).map(Some),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
