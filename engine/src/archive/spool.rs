@@ -140,7 +140,7 @@ impl Spool {
         let root = spool_dir.join(cluster);
         crate::private_fs::check_own_tree(spool_dir, &root)
             .map_err(|e| Error::io("archive.spool_dir".to_string(), e))?;
-        for sub in ["ack", "error", "failing"] {
+        for sub in ["ack", "error", "failing", "refused"] {
             crate::private_fs::create_dir_all(&root.join(sub)).map_err(|e| {
                 Error::io(
                     format!(
@@ -208,6 +208,26 @@ impl Spool {
             .unwrap_or_default()
     }
 
+    fn refused_path(&self, name: &str) -> PathBuf {
+        self.root.join("refused").join(name)
+    }
+
+    /// Records that the repository refused `name` (a conflict, not a storage failure): kept
+    /// until its ack, so that one later round failing on storage does not make it droppable.
+    pub fn note_refused(&self, name: &str) {
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.refused_path(name));
+    }
+
+    /// Whether the repository refused `name` since it was last acknowledged.
+    pub fn was_refused(&self, name: &str) -> bool {
+        fs::symlink_metadata(self.refused_path(name)).is_ok_and(|m| m.file_type().is_file())
+    }
+
     /// Path of the pusher's lock file.
     pub fn lock_path(&self) -> PathBuf {
         self.root.join("pusher.lock")
@@ -237,6 +257,7 @@ impl Spool {
     pub fn write_ack(&self, name: &str, ack: &Ack) -> Result<()> {
         let _ = fs::remove_file(self.error_path(name));
         let _ = fs::remove_file(self.failing_path(name));
+        let _ = fs::remove_file(self.refused_path(name));
         Self::write_small(
             &self.ack_path(name),
             &serde_json::to_vec(ack).expect("ack serialises"),
@@ -281,13 +302,14 @@ impl Spool {
                 let _ = fs::remove_file(e.path());
             }
         }
-        // And the failure times of files PostgreSQL no longer lists (archived by a call of
-        // its own, or the cluster's WAL removed).
-        for e in fs::read_dir(self.root.join("failing"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        // And the failure times and refusals of files PostgreSQL no longer lists (archived by
+        // a call of its own, or the cluster's WAL removed).
+        for e in ["failing", "refused"].into_iter().flat_map(|d| {
+            fs::read_dir(self.root.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        }) {
             if !ready.contains(&e.file_name().to_string_lossy().to_string()) {
                 let _ = fs::remove_file(e.path());
             }
@@ -521,7 +543,10 @@ async fn push_and_ack(
                 spool.write_error(&n, &e.to_string())?;
                 let why = match e {
                     Error::Storage(_) => Why::Storage,
-                    _ => Why::Refused,
+                    _ => {
+                        spool.note_refused(&n);
+                        Why::Refused
+                    }
                 };
                 failed.push(Failing {
                     for_how_long: spool.note_failing(&n),
@@ -664,9 +689,11 @@ pub async fn run_pusher(
             // been failing for [`DROP_AFTER_FAILING`] (since its first failure, recorded in the
             // spool, so through the pusher's restarts): one failed request (after its own
             // retries) while the repository works, or a file that changed while it was read,
-            // is retried, not dropped. A history file is dropped only while storage fails: one
-            // the repository refuses (another cluster's timeline of that number, after a split
-            // brain) would, once dropped, let this timeline's WAL into the other's.
+            // is retried, not dropped. A history file is dropped only while storage fails, and
+            // never once the repository refused it (another cluster's timeline of that number,
+            // after a split brain): acknowledged, it would let this timeline's WAL into the
+            // other's. WAL held back behind a history file is not dropped: the history file is,
+            // if anything, and then the WAL is pushed (and dropped) like any other.
             let backlog: u64 = ready_files(pg_wal)?
                 .iter()
                 .filter(|(n, _)| spool.read_ack(&n.to_string()).is_none())
@@ -675,16 +702,23 @@ pub async fn run_pusher(
             let failed: Vec<&Failing> = failed
                 .iter()
                 .filter(|f| f.for_how_long >= DROP_AFTER_FAILING)
-                .filter(|f| !matches!(f.name, WalFileName::History { .. }) || f.why == Why::Storage)
+                .filter(|f| match (&f.name, f.why) {
+                    // PostgreSQL asks for no segment of a timeline whose history file fails:
+                    // dropping one held back frees nothing, and loses it.
+                    (_, Why::HeldBack) => false,
+                    (WalFileName::History { .. }, why) => {
+                        why == Why::Storage && !spool.was_refused(&f.name.to_string())
+                    }
+                    _ => true,
+                })
                 .collect();
             if backlog > cap && !failed.is_empty() {
                 for f in &failed {
                     let n = f.name.to_string();
                     let digest = file_fingerprint(&pg_wal.join(&n)).unwrap_or_default();
                     let cause = match f.why {
-                        Why::Storage => "while the repository fails",
                         Why::Refused => "while the repository refuses it",
-                        Why::HeldBack => "while its timeline's history file cannot be archived",
+                        _ => "while the repository fails",
                     };
                     warn!(wal = %n, backlog, queue_max = cap, "WAL DROPPED: backlog exceeds archive.queue_max {cause}; this file is NOT archived and point-in-time recovery across it is impossible");
                     spool.write_ack(
@@ -898,9 +932,11 @@ mod tests {
     /// timeline 2 history file is refused (a conflict), beside its segment 5 of timeline 2 and
     /// segment 4 of timeline 1. Runs a pusher with `queue_max` over that, every file failing
     /// for long already, until it has answered for both segments and gone round again.
-    /// Returns the spool and the repository.
-    async fn split_brain_push(queue_max: Option<u64>) -> (tempfile::TempDir, Spool, Repository) {
-        let (_mem, repo) = crate::archive::push::tests::memory_repo().await;
+    /// Returns the spool and the repository's storage.
+    async fn split_brain_push(
+        queue_max: Option<u64>,
+    ) -> (tempfile::TempDir, Spool, Arc<crate::storage::MemoryStorage>) {
+        let (mem, repo) = crate::archive::push::tests::memory_repo().await;
         let theirs = b"1\t0/5000000\tanother cluster's fork\n".to_vec();
         push_wal_file(&repo, "main", &history2(), WalSource::Bytes(theirs))
             .await
@@ -961,7 +997,7 @@ mod tests {
             ),
             "timeline 2's segment never goes under another cluster's history"
         );
-        (dir, spool, repo)
+        (dir, spool, mem)
     }
 
     fn history2() -> WalFileName {
@@ -976,21 +1012,47 @@ mod tests {
     /// cluster's timeline 2 segments went into the other cluster's timeline 2).
     #[tokio::test]
     async fn a_failing_history_file_holds_back_its_timelines_wal() {
-        let (_dir, spool, _repo) = split_brain_push(None).await;
+        let (_dir, spool, _) = split_brain_push(None).await;
         assert!(spool.read_ack(&tl2_seg5().to_string()).is_none());
         let held = spool.read_error(&tl2_seg5().to_string()).unwrap();
         assert!(held.contains("held back"), "{held}");
     }
 
-    /// Over `queue_max`, the held-back segment is dropped, but the history file the
-    /// repository refuses is not: once acknowledged, the timeline's later WAL would go into
-    /// the other cluster's timeline.
+    /// Over `queue_max`, neither the history file the repository refuses (once acknowledged,
+    /// the timeline's later WAL would go into the other cluster's timeline) nor the segment
+    /// held back behind it (PostgreSQL asks for none while its history file fails: dropping it
+    /// would free nothing, and lose it) is dropped; nor the history file when one later round
+    /// fails on storage: the refusal stays until its ack.
     #[tokio::test]
-    async fn queue_max_drops_held_back_wal_but_never_a_refused_history_file() {
-        let (_dir, spool, _repo) = split_brain_push(Some(1)).await;
-        assert_eq!(
-            spool.read_ack(&tl2_seg5().to_string()).unwrap().outcome,
-            "dropped"
+    async fn queue_max_drops_neither_a_refused_history_file_nor_the_wal_it_holds_back() {
+        let (dir, spool, mem) = split_brain_push(Some(1)).await;
+        assert!(spool.read_ack(&tl2_seg5().to_string()).is_none());
+        assert!(spool.was_refused(&history2().to_string()));
+        // A round in which storage fails for the history file.
+        let key = crate::repo::layout::wal_pointer("main", &history2());
+        let failing = crate::test_support::Hooked::new(mem, move |call| match call {
+            crate::test_support::Call::Read(k) if *k == key => {
+                Err(crate::storage::StorageError::Transient {
+                    op: "get",
+                    key: k.to_string(),
+                    detail: "503 Slow Down (injected)".into(),
+                })
+            }
+            _ => Ok(()),
+        });
+        let repo = crate::test_support::open_with(Arc::new(failing)).await;
+        let pg_wal = dir.path().join("pg_wal");
+        let opts = test_pusher(2, Some(1));
+        let pusher = run_pusher(&repo, "main", &spool, &pg_wal, &opts);
+        let _ = tokio::time::timeout(Duration::from_millis(800), pusher).await;
+        let error = spool.read_error(&history2().to_string()).unwrap();
+        assert!(
+            error.contains("503"),
+            "the round failed on storage: {error}"
+        );
+        assert!(
+            spool.read_ack(&history2().to_string()).is_none(),
+            "refused before, so never dropped"
         );
     }
 
