@@ -351,7 +351,10 @@ impl ObjectStoreBackend {
                     }
                     // Another create replaced it first: compared as any object found.
                     Err(StorageError::Precondition { .. }) => match self.get(key).await? {
-                        existing if existing == *data => Ok(CreateOutcome::Created),
+                        existing if existing == *data => {
+                            self.sync_local(key, dirs).await?;
+                            Ok(CreateOutcome::Created)
+                        }
                         _ => Ok(CreateOutcome::AlreadyExists),
                     },
                     Err(e) => Err(e),

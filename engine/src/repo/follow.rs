@@ -327,6 +327,15 @@ impl crate::storage::StorageWrapper for FollowKeys {
     async fn list_after(&self, prefix: &str, after: &str) -> Result<Vec<ObjectInfo>, StorageError> {
         self.inner.list_after(prefix, after).await
     }
+
+    /// Bytes read back to be opened, like a read's.
+    async fn sync_existing(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
+        let b = self.inner.sync_existing(key).await?;
+        if let Some(b) = &b {
+            self.peek(b).await;
+        }
+        Ok(b)
+    }
 }
 
 #[cfg(test)]

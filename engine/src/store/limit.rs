@@ -117,6 +117,11 @@ impl crate::storage::StorageWrapper for Limited {
         let _p = self.permit().await;
         self.inner.delete(key).await
     }
+
+    async fn sync_existing(&self, key: &ObjectKey) -> Result<Option<Bytes>, StorageError> {
+        let _p = self.permit().await;
+        self.inner.sync_existing(key).await
+    }
 }
 
 #[cfg(test)]
