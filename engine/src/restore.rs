@@ -564,7 +564,7 @@ async fn restore_planned(
     progress: &dyn Progress,
     started: Instant,
     chosen: Manifest,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Result<RestoreSummary> {
     // The file list goes to local disk as the manifest is parsed: memory holds the index of
     // the backup's blocks (up to `index_memory`, then a table on disk) and each file's path,
@@ -583,20 +583,25 @@ async fn restore_planned(
     let before = m.directories.len();
     m.directories
         .retain(|d| !own_tablespace_dir.excludes(&d.path));
-    let files = if files.paths().any(|p| own_tablespace_dir.excludes(p)) {
-        let mut kept = crate::store::manifest::file_spool::FileSpool::new()?;
-        let mut stats = crate::store::manifest::BackupStats::default();
-        for f in files.entries() {
-            let f = f?;
-            if !own_tablespace_dir.excludes(&f.path) {
-                kept.push(&f, &mut stats)?;
+    // The whole list is dropped once copied: it holds a spool file and every path.
+    let files = {
+        let all = files;
+        if all.paths().any(|p| own_tablespace_dir.excludes(p)) {
+            let mut kept = crate::store::manifest::file_spool::FileSpool::new()?;
+            let mut stats = crate::store::manifest::BackupStats::default();
+            for f in all.entries() {
+                let f = f?;
+                if !own_tablespace_dir.excludes(&f.path) {
+                    kept.push(&f, &mut stats)?;
+                }
             }
+            m.stats.files = stats.files;
+            m.stats.size = stats.size;
+            plan.restore_bytes = stats.size;
+            kept.into_lookup()?
+        } else {
+            all
         }
-        m.stats.files = stats.files;
-        m.stats.size = stats.size;
-        kept.into_lookup()?
-    } else {
-        files
     };
     if m.directories.len() < before {
         tracing::warn!(

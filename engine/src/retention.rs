@@ -504,8 +504,6 @@ mod tests {
         assert_eq!(kept(&weekly), ["d"]);
     }
 
-    /// `keep_within` and `pitr_window` both a week, daily backups: the backup that ended just
-    /// before the window opened stays, or recovery to the window's first hours is impossible.
     /// An absurd window (`pitr_window = "100000000000d"`) reaches before every backup; it
     /// overflowed the subtraction from now and panicked.
     #[test]
@@ -531,6 +529,8 @@ mod tests {
         assert!(!d[0].keep && d[1].keep, "{d:?}");
     }
 
+    /// `keep_within` and `pitr_window` both a week, daily backups: the backup that ended just
+    /// before the window opened stays, or recovery to the window's first hours is impossible.
     #[test]
     fn the_backup_the_pitr_window_starts_from_is_kept() {
         let now = datetime!(2026-11-24 02:00 UTC);

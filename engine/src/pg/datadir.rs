@@ -258,6 +258,15 @@ impl Walk<'_> {
             .map(String::as_str)
             .filter(|n| *n != self.tablespace_dir)
             .collect();
+        if names.is_empty() {
+            tracing::warn!(
+                "tablespace location {} ({rel}) is empty, without this cluster's directory {}: \
+                 nothing of it is backed up",
+                dir.display(),
+                self.tablespace_dir
+            );
+            return;
+        }
         if others.is_empty() {
             return;
         }
