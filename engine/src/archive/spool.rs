@@ -478,85 +478,96 @@ pub const MAX_PUSHER_RUN: Duration = Duration::from_secs(300);
 /// down, not one failed request (which is retried within a second).
 pub const DROP_AFTER_FAILING: Duration = Duration::from_secs(30);
 
-/// Pushes `names` from `pg_wal`, `opts.jobs` at a time, acknowledging each in the spool as it
-/// completes (so PostgreSQL's call for the oldest returns while later ones still upload);
-/// records what was pushed in `pushed` and what failed, with how long it has been failing, in
-/// `failed`.
-#[allow(clippy::too_many_arguments)]
-async fn push_and_ack(
-    repo: &Repository,
-    cluster: &str,
-    spool: &Spool,
-    pg_wal: &Path,
-    opts: &PusherOptions,
-    names: Vec<WalFileName>,
-    pushed: &mut Vec<WalFileName>,
-    failed: &mut Vec<Failing>,
-) -> Result<()> {
-    let mut results = Box::pin(
-        futures::stream::iter(names)
-            .map(|name| async move {
-                let path = pg_wal.join(name.to_string());
-                let res = async {
-                    let before = file_fingerprint(&path)?;
-                    let outcome = push_wal_file_unordered(
-                        repo,
-                        cluster,
-                        &name,
-                        WalSource::File(path.clone()),
-                    )
-                    .await?;
-                    if file_fingerprint(&path)? != before {
-                        return Err(Error::InvalidInput(format!(
-                            "{} changed while it was archived; PostgreSQL will retry",
-                            path.display()
-                        )));
+/// One round of the pusher: what it pushes with, and what it pushed and what failed.
+struct Round<'a> {
+    repo: &'a Repository,
+    cluster: &'a str,
+    spool: &'a Spool,
+    pg_wal: &'a Path,
+    opts: &'a PusherOptions,
+    pushed: Vec<WalFileName>,
+    failed: Vec<Failing>,
+}
+
+impl Round<'_> {
+    /// Pushes `names` from `pg_wal`, `opts.jobs` at a time, acknowledging each in the spool
+    /// as it completes (so PostgreSQL's call for the oldest returns while later ones still
+    /// upload); records what was pushed and what failed, with how long it has been failing.
+    async fn push(&mut self, names: Vec<WalFileName>) -> Result<()> {
+        let Round {
+            repo,
+            cluster,
+            spool,
+            pg_wal,
+            opts,
+            ..
+        } = *self;
+        let (pushed, failed) = (&mut self.pushed, &mut self.failed);
+        let mut results = Box::pin(
+            futures::stream::iter(names)
+                .map(|name| async move {
+                    let path = pg_wal.join(name.to_string());
+                    let res = async {
+                        let before = file_fingerprint(&path)?;
+                        let outcome = push_wal_file_unordered(
+                            repo,
+                            cluster,
+                            &name,
+                            WalSource::File(path.clone()),
+                        )
+                        .await?;
+                        if file_fingerprint(&path)? != before {
+                            return Err(Error::InvalidInput(format!(
+                                "{} changed while it was archived; PostgreSQL will retry",
+                                path.display()
+                            )));
+                        }
+                        let digest = before;
+                        Ok((digest, outcome))
                     }
-                    let digest = before;
-                    Ok((digest, outcome))
+                    .await;
+                    (name, res)
+                })
+                .buffered(opts.jobs.max(1)),
+        );
+        while let Some((name, res)) = results.next().await {
+            let n = name.to_string();
+            match res {
+                Ok((digest, outcome)) => {
+                    pushed.push(name.clone());
+                    let outcome = match outcome {
+                        PushOutcome::Uploaded { .. } => "archived",
+                        PushOutcome::AlreadyArchived => "already-archived",
+                    };
+                    spool.write_ack(
+                        &n,
+                        &Ack {
+                            digest,
+                            outcome: outcome.into(),
+                            repository: opts.repository.clone(),
+                        },
+                    )?;
                 }
-                .await;
-                (name, res)
-            })
-            .buffered(opts.jobs.max(1)),
-    );
-    while let Some((name, res)) = results.next().await {
-        let n = name.to_string();
-        match res {
-            Ok((digest, outcome)) => {
-                pushed.push(name.clone());
-                let outcome = match outcome {
-                    PushOutcome::Uploaded { .. } => "archived",
-                    PushOutcome::AlreadyArchived => "already-archived",
-                };
-                spool.write_ack(
-                    &n,
-                    &Ack {
-                        digest,
-                        outcome: outcome.into(),
-                        repository: opts.repository.clone(),
-                    },
-                )?;
-            }
-            Err(e) => {
-                warn!(wal = %n, error = %e, "push failed");
-                spool.write_error(&n, &e.to_string())?;
-                let why = match e {
-                    Error::Storage(_) => Why::Storage,
-                    _ => {
-                        spool.note_refused(&n);
-                        Why::Refused
-                    }
-                };
-                failed.push(Failing {
-                    for_how_long: spool.note_failing(&n),
-                    name,
-                    why,
-                });
+                Err(e) => {
+                    warn!(wal = %n, error = %e, "push failed");
+                    spool.write_error(&n, &e.to_string())?;
+                    let why = match e {
+                        Error::Storage(_) => Why::Storage,
+                        _ => {
+                            spool.note_refused(&n);
+                            Why::Refused
+                        }
+                    };
+                    failed.push(Failing {
+                        for_how_long: spool.note_failing(&n),
+                        name,
+                        why,
+                    });
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Runs the background pusher until it has been idle for `opts.idle_exit`, or for at most
@@ -611,20 +622,18 @@ pub async fn run_pusher(
             .into_iter()
             .map(|(n, _)| n)
             .partition(|n| matches!(n, WalFileName::History { .. }));
-        let mut failed = Vec::new();
-        let mut pushed: Vec<WalFileName> = Vec::new();
-        push_and_ack(
+        let mut round = Round {
             repo,
             cluster,
             spool,
             pg_wal,
             opts,
-            histories,
-            &mut pushed,
-            &mut failed,
-        )
-        .await?;
-        let held_from = failed
+            pushed: Vec::new(),
+            failed: Vec::new(),
+        };
+        round.push(histories).await?;
+        let held_from = round
+            .failed
             .iter()
             .filter(|f| matches!(f.name, WalFileName::History { .. }))
             .map(|f| f.name.timeline().0)
@@ -643,23 +652,14 @@ pub async fn run_pusher(
                     held_from.unwrap_or_default()
                 ),
             )?;
-            failed.push(Failing {
+            round.failed.push(Failing {
                 for_how_long: spool.note_failing(&n),
                 name,
                 why: Why::HeldBack,
             });
         }
-        push_and_ack(
-            repo,
-            cluster,
-            spool,
-            pg_wal,
-            opts,
-            segments,
-            &mut pushed,
-            &mut failed,
-        )
-        .await?;
+        round.push(segments).await?;
+        let Round { pushed, failed, .. } = round;
         let failed_names: Vec<WalFileName> = failed.iter().map(|f| f.name.clone()).collect();
         note_batch(repo, cluster, &pushed, &failed_names, &mut seg_size).await;
         // Drops recorded in the spool while the repository failed reach the status object once

@@ -119,8 +119,16 @@ pub async fn read<T: DeserializeOwned>(
     kind: DocKind,
     key: &ObjectKey,
 ) -> Result<Option<T>> {
+    read_raw(repo, key)
+        .await?
+        .map(|raw| open(repo, kind, key, &raw))
+        .transpose()
+}
+
+/// The stored bytes of `key`; `None` when it does not exist.
+async fn read_raw(repo: &Repository, key: &ObjectKey) -> Result<Option<bytes::Bytes>> {
     match repo.storage().get(key).await {
-        Ok(raw) => open(repo, kind, key, &raw).map(Some),
+        Ok(raw) => Ok(Some(raw)),
         Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -138,12 +146,11 @@ pub async fn read_for_create<T: DeserializeOwned>(
     kind: DocKind,
     key: &ObjectKey,
 ) -> Result<Option<T>> {
-    match repo.storage().get(key).await {
-        Ok(raw) if raw.is_empty() => Ok(None),
-        Ok(raw) => open(repo, kind, key, &raw).map(Some),
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    read_raw(repo, key)
+        .await?
+        .filter(|raw| !raw.is_empty())
+        .map(|raw| open(repo, kind, key, &raw))
+        .transpose()
 }
 
 #[cfg(test)]
