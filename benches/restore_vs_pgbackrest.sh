@@ -347,6 +347,12 @@ recover() {
     T_REC=$(python3 -c "print(($t_rw - $t0) / 1e9)")
     T_STARTUP=$(python3 -c "print(($t_ro - $ts) / 1e9)")
     T_REPLAY=$(python3 -c "print(($t_rw - $t_ro) / 1e9)")
+    # The end of recovery: from the target's "recovery stopping" to "ready to accept
+    # connections" (the end-of-recovery checkpoint or record, and the promotion).
+    local t_stop
+    t_stop=$(log_moment "$dir.log" "" "recovery stopping")
+    T_PROMOTE=$(python3 -c "print(($t_rw - ${t_stop:-$t_rw}) / 1e9)")
+    END_CKPT=$(grep -o 'checkpoint complete:.*' "$dir.log" | head -1 | grep -o 'write=[0-9.]* s, sync=[0-9.]* s, total=[0-9.]* s' || true)
     FP=$(psql_at "$port" "$FP_SQL")
     # The restored cluster recovered through its own tool and does not archive.
     local rcmd am
@@ -362,14 +368,15 @@ recover() {
     as_pg rm -rf "$dir"
 }
 
-# The moment (ns since the epoch) of the last line of server log $1 that ends with $2, from its
-# log_line_prefix's %m (PostgreSQL's default prefix; the server runs with log_timezone=UTC).
+# The moment (ns since the epoch) of the last line of server log $1 that ends with $2 (and
+# contains $3 if given), from its log_line_prefix's %m (PostgreSQL's default prefix; the server
+# runs with log_timezone=UTC).
 log_moment() {
-    python3 - "$1" "$2" <<'PY'
+    python3 - "$1" "$2" "${3:-}" <<'PY'
 import sys, datetime
 stamp = None
 for line in open(sys.argv[1], errors="replace"):
-    if line.rstrip("\n").endswith(sys.argv[2]):
+    if line.rstrip("\n").endswith(sys.argv[2]) and sys.argv[3] in line:
         stamp = line[:23]
 if stamp:
     t = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
@@ -453,6 +460,8 @@ for round in $(seq 1 "$ROUNDS"); do
         keep "$tool-walreplay" "$WAL_REPLAY" min
         printf '   %s time to recover to T: %.2f s (restore %s s, start %.2f s, replay %.2f s: WAL replay %.0f %%; polled %.2f s)\n' \
             "$tool" "$T_REC" "$T_WALL" "$T_STARTUP" "$T_REPLAY" "$(python3 -c "print(100 * $WAL_REPLAY / $T_REC)")" "$T_POLLED"
+        printf '   %s end of recovery (target reached to ready): %.2f s; end-of-recovery checkpoint: %s\n' \
+            "$tool" "$T_PROMOTE" "${END_CKPT:-none}"
         check_fp "$tool recovery to T" "$F2" "$FP"
         if [ "$tool" = pgcairn ]; then
             # Did replay wait for WAL? archive-get's counters of this recovery (the spool was
