@@ -4,8 +4,8 @@
 //! manifest is a backup's commit record: once it is gone the backup is gone, and since every
 //! backup is self-contained no other backup is affected); then delete WAL no retained backup
 //! needs ([`crate::retention::wal_plan`]: below the oldest retained backup's start, or with
-//! `pitr_window` also between older backups' consistency ranges), on every timeline (history
-//! files are kept); then streamed WAL chunks the archive made redundant or that no retained backup
+//! `pitr_window` also between older backups' consistency ranges, and never above the start a
+//! running backup recorded in its lease), on every timeline (history files are kept); then streamed WAL chunks the archive made redundant or that no retained backup
 //! needs ([`crate::walstream::sweep`]; never the newest tail). One expire per cluster runs at a time (lease `leases/expire-<cluster>`). For each WAL file the pointer goes first, then its data,
 //! so a crash in between leaves garbage, never a pointer to missing data. Packs and index
 //! entries only expired backups used are garbage for `gc`.
@@ -341,7 +341,30 @@ async fn expire_locked(
         .filter(|n| decisions.iter().any(|d| d.keep && d.id == n.id))
         .collect();
     let mut plan = wal_plan(&retained, policy.pitr_window, now.datetime());
+    // A backup still running needs the WAL from its start: read after this run took its
+    // lease, so a backup that recorded its start before then is seen here, and one recording
+    // it later checks its WAL only once this run has ended ([`crate::backup`]).
+    let running: Vec<(u64, String)> = crate::lease::live(repo)
+        .await?
+        .into_iter()
+        .filter(|l| l.body.cluster == cluster)
+        .filter_map(|l| {
+            let start = crate::types::Lsn(l.body.start_lsn?);
+            Some((
+                start.segment_no(seg_size),
+                format!(
+                    "{} (a backup running on host {}, from its start at {start})",
+                    l.body.backup_id, l.body.host
+                ),
+            ))
+        })
+        .collect();
     if let Some(p) = plan.as_mut() {
+        for (seg, who) in &running {
+            if *seg < p.pitr_from.0 {
+                p.pitr_from = (*seg, who.clone());
+            }
+        }
         for n in &retained {
             let why = if holds.iter().any(|h| h.backup_id == n.id) {
                 "held by a recovery"
@@ -922,6 +945,51 @@ mod tests {
         assert_eq!(
             crate::hold::list(&repo, "main").await.unwrap(),
             (vec![], vec![])
+        );
+    }
+
+    /// A backup still running (from a standby, say) whose start lies below the newest stored
+    /// backup's: the WAL from the start its lease records stays while the lease is live, and
+    /// goes once the backup has ended.
+    #[tokio::test]
+    async fn a_running_backup_keeps_the_wal_from_the_start_in_its_lease() {
+        let (_mem, repo) = memory_repo().await;
+        let (old, new) = two_backups(&repo).await;
+        let before = archived(&repo).await;
+        let running = crate::lease::acquire_backup(
+            &repo,
+            "main",
+            "20261121-000000F",
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        running
+            .record_start(crate::types::Lsn(5 * SEG + 0x28))
+            .await
+            .unwrap();
+        let policy = Policy {
+            full: Some(1),
+            ..Policy::default()
+        };
+        let report = expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(kept_ids(&report), [new], "{old} expires");
+        assert_eq!(archived(&repo).await, before[4..], "segments 1 to 4 go");
+        let kept = report.wal_ranges.iter().find(|r| r.keep).unwrap();
+        assert!(
+            kept.reason
+                .contains("20261121-000000F (a backup running on host"),
+            "{kept:?}"
+        );
+        running.release().await;
+        expire(&repo, "main", &policy, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            archived(&repo).await.first().map(String::as_str),
+            Some("000000010000000000000009")
         );
     }
 

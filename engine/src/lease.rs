@@ -118,6 +118,13 @@ pub struct LeaseBody {
     /// read it (and in leases of older versions): gc then sweeps nothing while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gc_seen: Option<u64>,
+    /// A running backup's start (the LSN `pg_backup_start` returned), once known: `expire`
+    /// keeps the WAL from its segment on while the lease is live. A backup from a standby
+    /// starts at the standby's last restartpoint, which may lie below the newest committed
+    /// backup's start, where an `expire` on another host would otherwise cut ([`crate::backup`]
+    /// explains how the two meet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_lsn: Option<u64>,
 }
 
 /// A live lease found in the repository.
@@ -228,6 +235,7 @@ pub(crate) fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody
         until: None,
         reference: None,
         gc_seen: None,
+        start_lsn: None,
     }
 }
 
@@ -709,13 +717,43 @@ impl Lease {
     /// [`LeaseBody::gc_seen`]), writing it now; if that write fails, the heartbeat writes it.
     /// Until it lands gc sweeps nothing, which is safe, only later.
     pub async fn record_gc_seen(&self, generation: u64) {
+        self.change_body(|b| b.gc_seen = Some(generation)).await;
+    }
+
+    /// Records in the lease its backup's start (see [`LeaseBody::start_lsn`]) and returns once
+    /// the lease holding it has landed: from then on every `expire` that reads the leases
+    /// keeps the WAL from it. Fails when no write lands after a few tries.
+    pub async fn record_start(&self, start_lsn: crate::types::Lsn) -> Result<()> {
+        let mut landed = self.change_body(|b| b.start_lsn = Some(start_lsn.0)).await;
+        for attempt in 1..=3u64 {
+            if landed {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+            let mut w = self.written.lock().await;
+            refresh(&self.repo, &self.key, &self.health, &mut w).await;
+            landed = w.before.is_empty();
+        }
+        if landed {
+            return Ok(());
+        }
+        Err(Error::Conflict(format!(
+            "could not record this backup's start in its lease {} (the repository did not take the write):              an expire on another host could remove the WAL this backup needs. No manifest was written;              take the backup again once the repository answers",
+            self.key
+        )))
+    }
+
+    /// Changes what the lease says and writes it now; if that write fails, the heartbeat
+    /// writes it. True when the new bytes are known to have landed.
+    async fn change_body(&self, change: impl FnOnce(&mut LeaseBody)) -> bool {
         let mut w = self.written.lock().await;
-        w.body.gc_seen = Some(generation);
+        change(&mut w.body);
         let raw = sealed::seal(&self.repo, DocKind::Lease, &self.key, &w.body);
         // Until the new bytes land, the stored ones may still be older ones.
         let older = std::mem::replace(&mut w.raw, raw);
         w.before.push(older);
         refresh(&self.repo, &self.key, &self.health, &mut w).await;
+        w.before.is_empty()
     }
 
     /// What the lease says now.
@@ -783,6 +821,7 @@ mod tests {
             until: None,
             reference: None,
             gc_seen: None,
+            start_lsn: None,
         }
     }
 

@@ -386,6 +386,108 @@ fn failover_archives_on_timeline_2_and_pitr_reaches_both_sides() {
     assert_eq!(rows(&latest, "true"), "400:80200");
 }
 
+/// A backup from a standby whose replay lags (a delayed standby) starts below the newest
+/// backup of the primary. An `expire` keeping one full backup, run while that standby backup
+/// is between its WAL check and its manifest, keeps the WAL from the standby backup's start
+/// (recorded in its lease), so the backup it then commits restores. Before, the expire removed
+/// that WAL and a backup recorded as good could not be restored.
+#[test]
+fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    env.append_config(
+        "[backup]\nstandby_wal_wait = \"15s\"\narchive_timeout = \"90s\"\n[retention]\nfull = 1\n",
+    );
+    let (primary, standby) = primary_and_standby(&env, &PgBinaries::find().unwrap(), 1000);
+    let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
+    // The standby stops replaying: its restartpoints stay below what the primary does next.
+    standby
+        .psql("postgres", "select pg_wal_replay_pause()")
+        .unwrap();
+    env.use_cluster(&primary);
+    let newest = backup_json(&env, &["--type", "full"]);
+    primary
+        .psql(
+            "postgres",
+            "insert into t select generate_series(1001, 2000)",
+        )
+        .unwrap();
+    switch_wal(&primary);
+
+    env.use_cluster(&standby);
+    let pause = env.private_dir("pause");
+    let mut lagging = env
+        .pgcairn_command(&[
+            "--progress",
+            "never",
+            "backup",
+            "--type",
+            "full",
+            "--output",
+            "json",
+        ])
+        .env(
+            "PGCAIRN_TEST_PAUSE",
+            format!("phase:writing the manifest@{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = pause.join("phase-writing-the-manifest.paused");
+    let deadline = std::time::Instant::now() + 3 * MINUTE;
+    while !paused.exists() {
+        assert!(
+            std::time::Instant::now() < deadline && lagging.try_wait().unwrap().is_none(),
+            "the standby backup ended or never reached its manifest"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = env.pgcairn(&["expire", "--output", "json"]);
+    assert_success(&out, "expire during the standby backup");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept_for_it = report["wal_ranges"].as_array().unwrap().iter().any(|r| {
+        r["keep"] == true
+            && r["reason"]
+                .as_str()
+                .unwrap()
+                .contains("a backup running on host")
+    });
+    assert!(kept_for_it, "no WAL kept for the running backup: {report}");
+    std::fs::write(pause.join("phase-writing-the-manifest.go"), b"").unwrap();
+    let done = lagging.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "the standby backup: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let lagging: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(lagging["from_standby"], true, "{lagging}");
+    assert!(
+        lsn(&lagging["start_lsn"]) < lsn(&newest["start_lsn"]),
+        "the standby backup starts below the primary's: {lagging} / {newest}"
+    );
+    let restored = env.restore_and_start_with(
+        "restored",
+        &[
+            "--backup",
+            lagging["id"].as_str().unwrap(),
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+        false,
+    );
+    let _r = StopOnDrop(&restored);
+    assert_eq!(rows(&restored, "true"), "1000:500500");
+}
+
+/// An LSN as `backup --output json` prints it (`"X/Y"`), as a number.
+fn lsn(v: &serde_json::Value) -> u64 {
+    let (hi, lo) = v.as_str().unwrap().split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
 #[test]
 fn a_replica_built_with_restore_type_standby_catches_up_and_streams() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
