@@ -649,6 +649,29 @@ async fn restore_planned(
     } else {
         None
     };
+    if !opts.delta {
+        ensure_empty_dir(target, "target directory")?;
+        for t in &m.tablespaces {
+            // PostgreSQL's own rule: the location may hold anything but this cluster's
+            // directory (another major's, kept by pg_upgrade; a mount point's lost+found).
+            match &own_tablespace_dir {
+                tablespace_dir::Own::Named(name) => ensure_empty_dir(
+                    &t.location.join(name),
+                    &format!("tablespace {} directory", t.oid),
+                )?,
+                tablespace_dir::Own::Major(_) => {
+                    for name in own_dirs_in(&t.location, &own_tablespace_dir)? {
+                        ensure_empty_dir(
+                            &t.location.join(name),
+                            &format!("tablespace {} directory", t.oid),
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    // A dry run checks what the restore would refuse (a target or tablespace directory not
+    // empty) and stops before writing anything.
     if opts.dry_run {
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
@@ -670,27 +693,6 @@ async fn restore_planned(
             config_review: Vec::new(),
             hold: None,
         });
-    }
-    if !opts.delta {
-        ensure_empty_dir(target, "target directory")?;
-        for t in &m.tablespaces {
-            // PostgreSQL's own rule: the location may hold anything but this cluster's
-            // directory (another major's, kept by pg_upgrade; a mount point's lost+found).
-            match &own_tablespace_dir {
-                tablespace_dir::Own::Named(name) => ensure_empty_dir(
-                    &t.location.join(name),
-                    &format!("tablespace {} directory", t.oid),
-                )?,
-                tablespace_dir::Own::Major(_) => {
-                    for name in own_dirs_in(&t.location, &own_tablespace_dir)? {
-                        ensure_empty_dir(
-                            &t.location.join(name),
-                            &format!("tablespace {} directory", t.oid),
-                        )?;
-                    }
-                }
-            }
-        }
     }
     // Run as root into a directory someone else owns: its own path must not be a link that
     // user planted.

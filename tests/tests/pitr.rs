@@ -141,6 +141,37 @@ fn pitr_targets(backend: Backend) {
         !env.path().join("by_time_plan").join("PG_VERSION").exists(),
         "--dry-run writes nothing"
     );
+    // A dry run refuses what the restore would: a target in use, unless --delta says to
+    // restore over it.
+    let target = env.path().join("by_time_plan");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("in-use"), b"x").unwrap();
+    let out = env.pgcairn(&[
+        "restore",
+        "--pgdata",
+        target.to_str().unwrap(),
+        "--target-time",
+        &t,
+        "--dry-run",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("is not empty"),
+        "a dry run into a directory in use: {}",
+        stderr(&out)
+    );
+    let out = env.restore(
+        "by_time_plan",
+        &["--target-time", &t, "--dry-run", "--delta"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&full),
+        "with --delta the dry run plans over it"
+    );
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        1,
+        "--dry-run --delta writes nothing"
+    );
 
     // XID, inclusive and exclusive.
     let xid = src.q(&format!("select xid from stamps where seq = {k}"));
