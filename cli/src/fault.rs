@@ -9,11 +9,10 @@
 //! `PGCAIRN_TEST_PANIC=<point>` makes the named point panic (on a thread of its own, as a
 //! worker would): the end-to-end tests use it to prove the policy.
 //!
-//! `PGCAIRN_TEST_PAUSE=<point>@<dir>` makes the named point stop: it creates
-//! `<dir>/<point>.paused` and waits (at most [`PAUSE_MAX`]) until `<dir>/<point>.go` exists, so
-//! a test can change the repository at an exact moment of a running command (a key rotation
-//! while a backup loads its block index). The points are progress phases, `phase:<name>`.
-//! The wait blocks the thread that reaches the point (tests only).
+//! `PGCAIRN_TEST_PAUSE=<point>@<dir>` makes the named point stop until a file says go
+//! ([`pgcairn_engine::pause_point`]), so a test can change the repository at an exact moment of
+//! a running command (a key rotation while a backup loads its block index). The CLI's points
+//! are progress phases, `phase:<name>`.
 //!
 //! The settings resolver ignores `PGCAIRN_TEST_*`.
 
@@ -43,35 +42,8 @@ pub fn panic_point(point: &str) {
     }
 }
 
-/// The longest a paused point waits for its go-ahead.
-pub const PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(600);
-
-/// Waits for the go-ahead when `PGCAIRN_TEST_PAUSE` names `point` (see the module docs).
+/// Waits for the go-ahead when `PGCAIRN_TEST_PAUSE` names `point`
+/// ([`pgcairn_engine::pause_point`]).
 pub fn pause_point(point: &str) {
-    let Ok(spec) = std::env::var("PGCAIRN_TEST_PAUSE") else {
-        return;
-    };
-    let Some((name, dir)) = spec.split_once('@') else {
-        return;
-    };
-    if name != point {
-        return;
-    }
-    let dir = std::path::Path::new(dir);
-    let slug: String = point
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let go = dir.join(format!("{slug}.go"));
-    if let Err(e) = std::fs::write(dir.join(format!("{slug}.paused")), b"") {
-        eprintln!(
-            "pgcairn: PGCAIRN_TEST_PAUSE: cannot mark {point} paused in {}: {e}",
-            dir.display()
-        );
-        return;
-    }
-    let started = std::time::Instant::now();
-    while !go.exists() && started.elapsed() < PAUSE_MAX {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    pgcairn_engine::pause_point::pause(point);
 }

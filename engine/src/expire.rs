@@ -5,10 +5,13 @@
 //! backup is self-contained no other backup is affected); then delete WAL no retained backup
 //! needs ([`crate::retention::wal_plan`]: below the oldest retained backup's start, or with
 //! `pitr_window` also between older backups' consistency ranges, and never above the start a
-//! running backup recorded in its lease), on every timeline (history files are kept); then streamed WAL chunks the archive made redundant or that no retained backup
-//! needs ([`crate::walstream::sweep`]; never the newest tail). One expire per cluster runs at a time (lease `leases/expire-<cluster>`). For each WAL file the pointer goes first, then its data,
-//! so a crash in between leaves garbage, never a pointer to missing data. Packs and index
-//! entries only expired backups used are garbage for `gc`.
+//! running backup recorded in its lease), on every timeline (history files are kept); then
+//! streamed WAL chunks the archive made redundant or that no retained backup needs
+//! ([`crate::walstream::sweep`]; never the newest tail). One expire per cluster runs at a time
+//! (lease `leases/expire-<cluster>`), and it reads the backup leases under it: an unreadable
+//! lease stops it, as it stops gc and backups ([`crate::lease`]). For each WAL file the
+//! pointer goes first, then its data, so a crash in between leaves garbage, never a pointer to
+//! missing data. Packs and index entries only expired backups used are garbage for `gc`.
 
 use std::collections::HashMap;
 
@@ -457,6 +460,7 @@ async fn expire_locked(
             _ => None,
         })
         .collect();
+    crate::pause_point::pause("expire:removing");
     if !gone.is_empty() || !gone_wal.is_empty() {
         held()?;
         head::update(repo, cluster, seg_size, |h| {
@@ -964,10 +968,11 @@ mod tests {
         )
         .await
         .unwrap();
-        running
-            .record_start(crate::types::Lsn(5 * SEG + 0x28))
-            .await
-            .unwrap();
+        assert!(
+            running
+                .record_start(crate::types::Lsn(5 * SEG + 0x28))
+                .await
+        );
         let policy = Policy {
             full: Some(1),
             ..Policy::default()

@@ -537,6 +537,39 @@ async fn other_backups(repo: &Repository, cluster: &str, mine: &str) -> Result<V
         .collect())
 }
 
+/// The holder of exclusive lease `k` whose bytes are `bytes`, if it is live: fresh by the
+/// storage's modification time and not known dead here. Fails closed on a lease that is not
+/// one.
+async fn live_holder(
+    repo: &Repository,
+    k: &ObjectKey,
+    bytes: &[u8],
+    here: &PidScope,
+) -> Result<Option<LeaseBody>> {
+    let body = parse_lease(repo, k, bytes)?;
+    let fresh = repo
+        .storage()
+        .list(layout::LEASES_PREFIX)
+        .await?
+        .into_iter()
+        .find(|o| &o.key == k)
+        .is_some_and(|o| {
+            o.modified
+                .is_none_or(|m| Timestamp::now().unix_seconds() - m <= EXPIRY.as_secs() as i64)
+        });
+    Ok((fresh && !holder_dead_here(&body, here, probe)).then_some(body))
+}
+
+/// Who holds the exclusive lease `name` (`expire-<cluster>`, `gc`) now, if anyone live does.
+pub async fn exclusive_holder(repo: &Repository, name: &str) -> Result<Option<LeaseBody>> {
+    let k = layout::exclusive_lease(name);
+    match repo.storage().get(&k).await {
+        Ok(bytes) => live_holder(repo, &k, &bytes, &PidScope::here()).await,
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Takes the exclusive lease `name` (`gc`, `expire-<cluster>`) for `what`, waiting up to
 /// `wait` for a live holder; a dead holder's lease is taken over by compare-and-swap.
 pub async fn acquire_exclusive(
@@ -562,21 +595,7 @@ pub async fn acquire_exclusive(
         };
         let holder = match &current {
             None => None,
-            Some((bytes, _)) => {
-                let body = parse_lease(repo, &k, bytes)?;
-                let fresh = repo
-                    .storage()
-                    .list(layout::LEASES_PREFIX)
-                    .await?
-                    .into_iter()
-                    .find(|o| o.key == k)
-                    .is_some_and(|o| {
-                        o.modified.is_none_or(|m| {
-                            Timestamp::now().unix_seconds() - m <= EXPIRY.as_secs() as i64
-                        })
-                    });
-                (fresh && !holder_dead_here(&body, &here, probe)).then_some(body)
-            }
+            Some((bytes, _)) => live_holder(repo, &k, bytes, &here).await?,
         };
         if let Some(h) = holder {
             if tokio::time::Instant::now() >= deadline {
@@ -720,27 +739,32 @@ impl Lease {
         self.change_body(|b| b.gc_seen = Some(generation)).await;
     }
 
-    /// Records in the lease its backup's start (see [`LeaseBody::start_lsn`]) and returns once
-    /// the lease holding it has landed: from then on every `expire` that reads the leases
-    /// keeps the WAL from it. Fails when no write lands after a few tries.
-    pub async fn record_start(&self, start_lsn: crate::types::Lsn) -> Result<()> {
-        let mut landed = self.change_body(|b| b.start_lsn = Some(start_lsn.0)).await;
-        for attempt in 1..=3u64 {
-            if landed {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+    /// Records in the lease its backup's start (see [`LeaseBody::start_lsn`]), trying a few
+    /// times for a second or two; true once the lease holding it has landed: from then on
+    /// every `expire` that reads the leases keeps the WAL from it. Otherwise the heartbeat
+    /// writes it later ([`Lease::start_landed`] asks again).
+    pub async fn record_start(&self, start_lsn: crate::types::Lsn) -> bool {
+        let landed = self.change_body(|b| b.start_lsn = Some(start_lsn.0)).await;
+        landed || self.start_landed(3).await
+    }
+
+    /// Whether what the lease says now (its recorded start) has landed, writing it again up
+    /// to `tries` times, a little longer apart each time, until it does.
+    pub async fn start_landed(&self, tries: u64) -> bool {
+        for attempt in 0..=tries {
             let mut w = self.written.lock().await;
+            if w.before.is_empty() {
+                return true;
+            }
+            if attempt == tries {
+                return false;
+            }
+            drop(w);
+            tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+            w = self.written.lock().await;
             refresh(&self.repo, &self.key, &self.health, &mut w).await;
-            landed = w.before.is_empty();
         }
-        if landed {
-            return Ok(());
-        }
-        Err(Error::Conflict(format!(
-            "could not record this backup's start in its lease {} (the repository did not take the write):              an expire on another host could remove the WAL this backup needs. No manifest was written;              take the backup again once the repository answers",
-            self.key
-        )))
+        false
     }
 
     /// Changes what the lease says and writes it now; if that write fails, the heartbeat

@@ -44,6 +44,7 @@ pub mod info;
 pub mod lease;
 pub mod metrics;
 pub mod pack;
+pub mod pause_point;
 pub mod pg;
 pub mod private_fs;
 pub mod progress;

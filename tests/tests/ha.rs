@@ -179,20 +179,7 @@ fn standby_backups_with_the_primary_up_and_down_restore_the_exact_rows() {
     let _r = StopOnDrop(&restored);
     assert_eq!(rows(&restored, "true"), "3000:4501500");
     restored.stop().unwrap();
-    let restored = env.restore_and_start_with(
-        "restored_up",
-        &[
-            "--backup",
-            &up_id,
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-        false,
-    );
-    let _r = StopOnDrop(&restored);
-    assert_eq!(rows(&restored, "true"), "1000:500500");
+    restores_the_standbys_rows(&env, "restored_up", &up_id);
 }
 
 #[test]
@@ -386,25 +373,22 @@ fn failover_archives_on_timeline_2_and_pitr_reaches_both_sides() {
     assert_eq!(rows(&latest, "true"), "400:80200");
 }
 
-/// A backup from a standby whose replay lags (a delayed standby) starts below the newest
-/// backup of the primary. An `expire` keeping one full backup, run while that standby backup
-/// is between its WAL check and its manifest, keeps the WAL from the standby backup's start
-/// (recorded in its lease), so the backup it then commits restores. Before, the expire removed
-/// that WAL and a backup recorded as good could not be restored.
-#[test]
-fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
+/// A primary and a standby whose replay is paused (as a delayed standby's lags), then a full
+/// backup of the primary (returned), rows 1001..=2000 on the primary, and the configuration
+/// pointed at the standby: a backup from it now starts below the primary's backup.
+fn lagging_standby_below_a_primary_backup(
+    env: &TestEnv,
+) -> (Instance, Instance, serde_json::Value) {
     env.append_config(
         "[backup]\nstandby_wal_wait = \"15s\"\narchive_timeout = \"90s\"\n[retention]\nfull = 1\n",
     );
-    let (primary, standby) = primary_and_standby(&env, &PgBinaries::find().unwrap(), 1000);
-    let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
+    let (primary, standby) = primary_and_standby(env, &PgBinaries::find().unwrap(), 1000);
     // The standby stops replaying: its restartpoints stay below what the primary does next.
     standby
         .psql("postgres", "select pg_wal_replay_pause()")
         .unwrap();
     env.use_cluster(&primary);
-    let newest = backup_json(&env, &["--type", "full"]);
+    let newest = backup_json(env, &["--type", "full"]);
     primary
         .psql(
             "postgres",
@@ -412,36 +396,103 @@ fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
         )
         .unwrap();
     switch_wal(&primary);
-
     env.use_cluster(&standby);
-    let pause = env.private_dir("pause");
-    let mut lagging = env
-        .pgcairn_command(&[
-            "--progress",
-            "never",
-            "backup",
-            "--type",
-            "full",
-            "--output",
-            "json",
-        ])
-        .env(
-            "PGCAIRN_TEST_PAUSE",
-            format!("phase:writing the manifest@{}", pause.display()),
-        )
+    (primary, standby, newest)
+}
+
+/// Spawns `pgcairn ARGS` held at `point` (`PGCAIRN_TEST_PAUSE`, go-ahead files in `dir`).
+fn spawn_held(
+    env: &TestEnv,
+    args: &[&str],
+    point: &str,
+    dir: &std::path::Path,
+) -> std::process::Child {
+    env.pgcairn_command(args)
+        .env("PGCAIRN_TEST_PAUSE", format!("{point}@{}", dir.display()))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    let paused = pause.join("phase-writing-the-manifest.paused");
+        .unwrap()
+}
+
+/// The `.paused` and `.go` files of `point` in `dir`.
+fn hold_files(dir: &std::path::Path, point: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let slug: String = point
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    (
+        dir.join(format!("{slug}.paused")),
+        dir.join(format!("{slug}.go")),
+    )
+}
+
+/// Waits until `child` is held at `point`, or fails if it ends first.
+fn wait_held(child: &mut std::process::Child, dir: &std::path::Path, point: &str) {
     let deadline = std::time::Instant::now() + 3 * MINUTE;
-    while !paused.exists() {
+    while !hold_files(dir, point).0.exists() {
         assert!(
-            std::time::Instant::now() < deadline && lagging.try_wait().unwrap().is_none(),
-            "the standby backup ended or never reached its manifest"
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the command ended or never reached {point}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The output of `child`, asserted successful, as JSON.
+fn finished_json(child: std::process::Child, what: &str) -> serde_json::Value {
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    serde_json::from_slice(&done.stdout).unwrap()
+}
+
+/// Restores backup `id` to its consistency point, promoted, and checks its rows are 1..=1000
+/// (the standby's when it was backed up).
+fn restores_the_standbys_rows(env: &TestEnv, name: &str, id: &str) {
+    let restored = env.restore_and_start_with(
+        name,
+        &[
+            "--backup",
+            id,
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+        ],
+        false,
+    );
+    let _r = StopOnDrop(&restored);
+    assert_eq!(rows(&restored, "true"), "1000:500500");
+}
+
+const BACKUP_JSON: [&str; 7] = [
+    "--progress",
+    "never",
+    "backup",
+    "--type",
+    "full",
+    "--output",
+    "json",
+];
+const AT_MANIFEST: &str = "phase:writing the manifest";
+
+/// A backup from a standby whose replay lags starts below the newest backup of the primary.
+/// An `expire` keeping one full backup, run while that standby backup is between its WAL
+/// check and its manifest, keeps the WAL from the standby backup's start (recorded in its
+/// lease), so the backup it then commits restores. Before, the expire removed that WAL and a
+/// backup recorded as good could not be restored.
+#[test]
+fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let (primary, standby, newest) = lagging_standby_below_a_primary_backup(&env);
+    let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
+    let dir = env.private_dir("hold");
+    let mut lagging = spawn_held(&env, &BACKUP_JSON, AT_MANIFEST, &dir);
+    wait_held(&mut lagging, &dir, AT_MANIFEST);
     let out = env.pgcairn(&["expire", "--output", "json"]);
     assert_success(&out, "expire during the standby backup");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -453,33 +504,56 @@ fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
                 .contains("a backup running on host")
     });
     assert!(kept_for_it, "no WAL kept for the running backup: {report}");
-    std::fs::write(pause.join("phase-writing-the-manifest.go"), b"").unwrap();
-    let done = lagging.wait_with_output().unwrap();
-    assert!(
-        done.status.success(),
-        "the standby backup: {}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    let lagging: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    std::fs::write(hold_files(&dir, AT_MANIFEST).1, b"").unwrap();
+    let lagging = finished_json(lagging, "the standby backup");
     assert_eq!(lagging["from_standby"], true, "{lagging}");
     assert!(
         lsn(&lagging["start_lsn"]) < lsn(&newest["start_lsn"]),
         "the standby backup starts below the primary's: {lagging} / {newest}"
     );
-    let restored = env.restore_and_start_with(
-        "restored",
-        &[
-            "--backup",
-            lagging["id"].as_str().unwrap(),
-            "--target",
-            "immediate",
-            "--target-action",
-            "promote",
-        ],
-        false,
+    restores_the_standbys_rows(&env, "restored", lagging["id"].as_str().unwrap());
+}
+
+/// The other half: an `expire` already running when the lagging standby backup starts (it
+/// read the leases before that backup's start was in its lease) is waited for before the
+/// backup checks its WAL. It removes the WAL below the primary's backup, which the standby
+/// backup then finds missing: it carries those segments from the standby's `pg_wal` instead
+/// of committing a backup whose WAL is gone. Before, the backup checked its WAL while the
+/// expire was still deciding, committed, and the expire then removed that WAL.
+#[test]
+fn a_lagging_standby_backup_waits_for_an_expire_that_ran_before_its_start() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let (primary, standby, _newest) = lagging_standby_below_a_primary_backup(&env);
+    let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
+    let dir = env.private_dir("hold");
+    const REMOVING: &str = "expire:removing";
+    let mut expire = spawn_held(&env, &["expire", "--output", "json"], REMOVING, &dir);
+    wait_held(&mut expire, &dir, REMOVING);
+    let mut lagging = spawn_held(&env, &BACKUP_JSON, AT_MANIFEST, &dir);
+    // A backup of a thousand rows reaches its manifest in a few seconds; this one waits.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < until {
+        assert!(
+            !hold_files(&dir, AT_MANIFEST).0.exists(),
+            "the standby backup went past its WAL check while an expire that had not seen its start ran"
+        );
+        assert!(
+            lagging.try_wait().unwrap().is_none(),
+            "the standby backup ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(hold_files(&dir, REMOVING).1, b"").unwrap();
+    let report = finished_json(expire, "the expire");
+    assert!(report["wal_files"].as_u64().unwrap() > 0, "{report}");
+    wait_held(&mut lagging, &dir, AT_MANIFEST);
+    std::fs::write(hold_files(&dir, AT_MANIFEST).1, b"").unwrap();
+    let lagging = finished_json(lagging, "the standby backup");
+    assert!(
+        !lagging["wal_in_backup"].as_array().unwrap().is_empty(),
+        "the segments the expire removed are carried from the standby's pg_wal: {lagging}"
     );
-    let _r = StopOnDrop(&restored);
-    assert_eq!(rows(&restored, "true"), "1000:500500");
+    restores_the_standbys_rows(&env, "restored", lagging["id"].as_str().unwrap());
 }
 
 /// An LSN as `backup --output json` prints it (`"X/Y"`), as a number.

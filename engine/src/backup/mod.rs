@@ -8,7 +8,7 @@
 //!    backup becomes `full`) and load the repository's block index;
 //! 3. `pg_backup_start(label, fast => true)` on that session (non-exclusive: the backup is
 //!    aborted by PostgreSQL if the session dies); the start goes into the backup's lease, so
-//!    that `expire` keeps the WAL from it ([`wal_guard`]);
+//!    that `expire` keeps the WAL from it (`wal_guard`);
 //! 4. walk the data directory (see [`crate::pg::datadir`]) and read files in parallel on the
 //!    CPU pool ([`reader`]): files whose size and mtime match the reference backup, and whose
 //!    mtime is older than the reference's start minus a safety window, are taken from the
@@ -18,7 +18,7 @@
 //! 5. new blocks flow through a bounded channel into the [`crate::store::blocks::Packer`]: packs, then
 //!    index segments;
 //! 6. `pg_backup_stop(wait_for_archive => false)`, then (after any `expire` that may not
-//!    have seen the start has ended, [`wal_guard`]) wait (bounded) until every WAL segment
+//!    have seen the start has ended, `wal_guard`) wait (bounded) until every WAL segment
 //!    from the start to the stop LSN is in the repository, so the backup is restorable (on a
 //!    standby, what is still missing after `standby_wal_wait` is carried in the backup from
 //!    its `pg_wal`, see [`standby`]);
@@ -568,8 +568,8 @@ async fn backup_with_lease(
     let start_lsn: Lsn = start_text
         .parse()
         .map_err(|e| Error::InvalidInput(format!("{e}")))?;
-    // From now on an expire keeps the WAL from this start ([`wal_guard`]).
-    lease.record_start(start_lsn).await?;
+    // From now on an expire keeps the WAL from this start (see `wal_guard`).
+    let start_record = wal_guard::record_start(repo, lease, &opts.cluster, start_lsn).await?;
     // A standby refuses pg_walfile_name(): its timeline comes from the label at the stop.
     let primary_timeline = if session.in_recovery {
         None
@@ -859,13 +859,14 @@ async fn backup_with_lease(
     let config_files = crate::config_files::collect(&session.client, &opts.pgdata).await;
     let seg = session.wal_segment_size;
     progress.phase("waiting for WAL", None);
-    // An expire that read the leases before this backup's start landed in its lease has
-    // ended before the check below, so the check sees what it removed ([`wal_guard`]).
-    wal_guard::wait_for_running_expire(
+    // An expire that may have read the leases before this backup's start landed in its lease
+    // has ended before the check below, so the check sees what it removed (see `wal_guard`).
+    wal_guard::before_wal_check(
         repo,
+        lease,
         &opts.cluster,
-        start_lsn,
-        seg,
+        (start_lsn, seg),
+        start_record,
         opts.archive_timeout.max(opts.lease_wait),
     )
     .await?;
