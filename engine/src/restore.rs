@@ -671,8 +671,14 @@ async fn restore_planned(
         }
     }
     // A dry run checks what the restore would refuse (a target or tablespace directory not
-    // empty) and stops before writing anything.
+    // empty; with --delta, a target a running server uses) and stops before writing anything.
     if opts.dry_run {
+        if opts.delta {
+            // Read only, not through the checked root the restore creates: nothing is created.
+            if let Ok(bytes) = std::fs::read(target.join("postmaster.pid")) {
+                refuse_live_postmaster(&bytes, target)?;
+            }
+        }
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
             plan,
@@ -1045,7 +1051,12 @@ fn refuse_running_postmaster(root: &OwnedFd, target: &Path) -> Result<()> {
     let Ok(Some(bytes)) = fs_beneath::read_file(root.as_fd(), Path::new("postmaster.pid")) else {
         return Ok(());
     };
-    let text = String::from_utf8_lossy(&bytes);
+    refuse_live_postmaster(&bytes, target)
+}
+
+/// Refuses a target whose `postmaster.pid` (its bytes) names a live process.
+fn refuse_live_postmaster(pid_file: &[u8], target: &Path) -> Result<()> {
+    let text = String::from_utf8_lossy(pid_file);
     if let Some(pid) = text
         .lines()
         .next()

@@ -172,6 +172,21 @@ fn pitr_targets(backend: Backend) {
         1,
         "--dry-run --delta writes nothing"
     );
+    // Over the data directory of a running server, --delta is refused, dry run or not.
+    let out = env.pgcairn(&[
+        "restore",
+        "--pgdata",
+        pg.datadir.to_str().unwrap(),
+        "--target-time",
+        &t,
+        "--dry-run",
+        "--delta",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("in use by a running PostgreSQL"),
+        "a dry run over a running server's directory: {}",
+        stderr(&out)
+    );
 
     // XID, inclusive and exclusive.
     let xid = src.q(&format!("select xid from stamps where seq = {k}"));
