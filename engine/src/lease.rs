@@ -740,7 +740,7 @@ impl Lease {
     }
 
     /// Records in the lease its backup's start (see [`LeaseBody::start_lsn`]), trying a few
-    /// times for a second or two; true once the lease holding it has landed: from then on
+    /// times for about three seconds; true once the lease holding it has landed: from then on
     /// every `expire` that reads the leases keeps the WAL from it. Otherwise the heartbeat
     /// writes it later ([`Lease::start_landed`] asks again).
     pub async fn record_start(&self, start_lsn: crate::types::Lsn) -> bool {
@@ -762,7 +762,10 @@ impl Lease {
             drop(w);
             tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
             w = self.written.lock().await;
-            refresh(&self.repo, &self.key, &self.health, &mut w).await;
+            // The heartbeat may have landed it meanwhile.
+            if !w.before.is_empty() {
+                refresh(&self.repo, &self.key, &self.health, &mut w).await;
+            }
         }
         false
     }

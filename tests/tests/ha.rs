@@ -388,6 +388,8 @@ fn lagging_standby_below_a_primary_backup(
         .psql("postgres", "select pg_wal_replay_pause()")
         .unwrap();
     env.use_cluster(&primary);
+    // The primary's backup starts in a segment of its own, above the standby's restartpoint.
+    switch_wal(&primary);
     let newest = backup_json(env, &["--type", "full"]);
     primary
         .psql(
@@ -507,10 +509,7 @@ fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
     std::fs::write(hold_files(&dir, AT_MANIFEST).1, b"").unwrap();
     let lagging = finished_json(lagging, "the standby backup");
     assert_eq!(lagging["from_standby"], true, "{lagging}");
-    assert!(
-        lsn(&lagging["start_lsn"]) < lsn(&newest["start_lsn"]),
-        "the standby backup starts below the primary's: {lagging} / {newest}"
-    );
+    starts_in_a_lower_segment(&lagging, &newest);
     restores_the_standbys_rows(&env, "restored", lagging["id"].as_str().unwrap());
 }
 
@@ -523,7 +522,7 @@ fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
 #[test]
 fn a_lagging_standby_backup_waits_for_an_expire_that_ran_before_its_start() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let (primary, standby, _newest) = lagging_standby_below_a_primary_backup(&env);
+    let (primary, standby, newest) = lagging_standby_below_a_primary_backup(&env);
     let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
     let dir = env.private_dir("hold");
     const REMOVING: &str = "expire:removing";
@@ -549,11 +548,21 @@ fn a_lagging_standby_backup_waits_for_an_expire_that_ran_before_its_start() {
     wait_held(&mut lagging, &dir, AT_MANIFEST);
     std::fs::write(hold_files(&dir, AT_MANIFEST).1, b"").unwrap();
     let lagging = finished_json(lagging, "the standby backup");
+    starts_in_a_lower_segment(&lagging, &newest);
     assert!(
         !lagging["wal_in_backup"].as_array().unwrap().is_empty(),
         "the segments the expire removed are carried from the standby's pg_wal: {lagging}"
     );
     restores_the_standbys_rows(&env, "restored", lagging["id"].as_str().unwrap());
+}
+
+/// Asserts that backup `lagging` starts in a segment (16 MiB) below backup `newest`'s start:
+/// only there can an expire keeping `newest` cut.
+fn starts_in_a_lower_segment(lagging: &serde_json::Value, newest: &serde_json::Value) {
+    assert!(
+        lsn(&lagging["start_lsn"]) >> 24 < lsn(&newest["start_lsn"]) >> 24,
+        "the standby backup starts in a segment below the primary's: {lagging} / {newest}"
+    );
 }
 
 /// An LSN as `backup --output json` prints it (`"X/Y"`), as a number.

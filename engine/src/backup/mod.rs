@@ -569,7 +569,7 @@ async fn backup_with_lease(
         .parse()
         .map_err(|e| Error::InvalidInput(format!("{e}")))?;
     // From now on an expire keeps the WAL from this start (see `wal_guard`).
-    let start_record = wal_guard::record_start(repo, lease, &opts.cluster, start_lsn).await?;
+    let start_record = wal_guard::record_start(repo, lease, &opts.cluster, start_lsn).await;
     // A standby refuses pg_walfile_name(): its timeline comes from the label at the stop.
     let primary_timeline = if session.in_recovery {
         None

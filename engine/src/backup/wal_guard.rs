@@ -21,13 +21,17 @@
 //!    backup fails (from a standby, it first carries the segments from `pg_wal`) instead of
 //!    committing. A later holder saw the start and is not waited for.
 //!
-//! Step 2 applies only when an `expire` could cut above the start at all: `expire` keeps the
-//! newest backup and the WAL from its start, so a start at or above the start of every stored
-//! backup (the catalog head's, and any manifest the head does not list: a crash between a
-//! manifest and its head update, an older version) needs nothing, which is every backup of a
-//! primary but after a fork. For the same reason a start that did not land by then fails only
-//! such a backup. `pin` and recovery holds take the same lease for a moment and are waited for
-//! like an `expire`.
+//! The common case costs one write and one read: the start lands at once and no one holds the
+//! expire lease then, so step 2 has nothing to do. Otherwise step 2 applies only when an
+//! `expire` could cut above the start at all: `expire` keeps the newest backup and the WAL
+//! from its start, so a start at or above the start of every stored backup needs nothing
+//! (the catalog head's backups are looked at first, then any manifest the head does not list:
+//! a crash between a manifest and its head update, an older version). That is every backup of
+//! a primary but after a fork. For the same reason what step 1 could not learn (a start that
+//! has not landed yet, an expire lease that could not be read) fails only a backup below that
+//! start, and only if step 2 cannot learn it either. Whoever takes the expire lease is waited
+//! for like an `expire`: a `pin` and a recovery hold take it for a moment, a re-encryption
+//! (`key rotate --reencrypt`) for its whole run.
 //!
 //! Every host running `expire` must know the recorded start: an `expire` from before
 //! 2026-12-07 ignores it (and a backup from before then records none).
@@ -42,30 +46,36 @@ use crate::types::Lsn;
 
 /// What step 1 left for step 2 (see the module docs).
 #[derive(Debug)]
-pub struct StartRecord {
-    /// The start landed in the lease.
-    landed: bool,
-    /// Who held the expire lease once it had.
-    expire_then: Option<LeaseBody>,
+pub enum StartRecord {
+    /// The start landed, and then this was the live holder of the expire lease (`None`: no
+    /// one held it).
+    Landed(Option<Box<LeaseBody>>),
+    /// The start landed, but who held the expire lease could not be read then: step 2 looks
+    /// again (a holder found later is waited for too, which is safe, only maybe longer).
+    LandedHolderUnknown,
+    /// The start has not landed yet.
+    NotLanded,
 }
 
 /// Step 1: records `start` in the backup's `lease` and, once that landed, who holds the
-/// cluster's expire lease.
+/// cluster's expire lease. Never fails: what it could not learn, step 2 settles, and only
+/// for a backup that needs it.
 pub async fn record_start(
     repo: &Repository,
     lease: &Lease,
     cluster: &str,
     start: Lsn,
-) -> Result<StartRecord> {
-    let landed = lease.record_start(start).await;
-    let expire_then = match landed {
-        true => crate::lease::exclusive_holder(repo, &expire_lease(cluster)).await?,
-        false => None,
-    };
-    Ok(StartRecord {
-        landed,
-        expire_then,
-    })
+) -> StartRecord {
+    if !lease.record_start(start).await {
+        return StartRecord::NotLanded;
+    }
+    match crate::lease::exclusive_holder(repo, &expire_lease(cluster)).await {
+        Ok(holder) => StartRecord::Landed(holder.map(Box::new)),
+        Err(e) => {
+            tracing::debug!("reading the expire lease after recording this backup's start: {e}");
+            StartRecord::LandedHolderUnknown
+        }
+    }
 }
 
 /// Step 2: before the WAL check of a backup that started at `start`, waits (up to `wait`)
@@ -80,42 +90,57 @@ pub async fn before_wal_check(
     record: StartRecord,
     wait: Duration,
 ) -> Result<()> {
-    let Some(newest) = newest_stored_start(repo, cluster).await? else {
-        // Nothing stored: an expire has no backup to keep WAL for and removes none.
-        return Ok(());
-    };
-    if newest.segment_no(seg_size) <= start.segment_no(seg_size) {
+    if matches!(record, StartRecord::Landed(None)) {
+        // No expire held the lease when the start landed: every later one reads it.
         return Ok(());
     }
+    let Some(newest) =
+        stored_start_above(repo, cluster, start.segment_no(seg_size) + 1, seg_size).await?
+    else {
+        // Every stored backup starts in this segment or below (or none is stored): no expire
+        // cuts above this start.
+        return Ok(());
+    };
     let below = format!(
         "this backup starts at {start}, in a segment below the start of a backup already stored ({newest})"
     );
-    let expire_then = if record.landed {
-        record.expire_then
-    } else if lease.start_landed(6).await {
-        crate::lease::exclusive_holder(repo, &expire_lease(cluster)).await?
-    } else {
-        return Err(Error::Conflict(format!(
-            "{below}, and its start could not be recorded in its lease (the repository did not take the \
-             write), so an expire on another host could remove the WAL it needs. No manifest was written; \
-             take the backup again once the repository answers"
-        )));
-    };
-    let Some(then) = expire_then else {
-        return Ok(());
-    };
     let deadline = tokio::time::Instant::now() + wait;
+    let landed_late = match record {
+        StartRecord::NotLanded => lease.start_landed(6).await,
+        _ => true,
+    };
+    let then = match record {
+        StartRecord::Landed(holder) => holder,
+        StartRecord::NotLanded if !landed_late => {
+            return Err(Error::Conflict(format!(
+                "{below}, and its start could not be recorded in its lease (the repository did not take the \
+                 write, or the lease no longer holds this backup's record), so an expire on another host could \
+                 remove the WAL it needs. No manifest was written; take the backup again once the repository \
+                 answers"
+            )));
+        }
+        // Landed now (or landed with the holder unread): whoever holds the lease now is
+        // waited for; one that held it at the landing and is gone has ended.
+        _ => None,
+    };
+    let then = match then {
+        Some(h) => *h,
+        None => match holder_now(repo, cluster, deadline, &below).await? {
+            Some(h) => h,
+            None => return Ok(()),
+        },
+    };
     loop {
-        match crate::lease::exclusive_holder(repo, &expire_lease(cluster)).await? {
+        match holder_now(repo, cluster, deadline, &below).await? {
             Some(now) if now == then => {}
             _ => return Ok(()),
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "{below}, and the expire of cluster {cluster:?} (or pin, or recovery hold, under the same lease) \
-                 running on host {} (pid {}, since {}) when this backup's start was recorded, which may remove WAL \
-                 from there, did not end within {}s. No manifest was written: take the backup again once it has \
-                 ended, or raise backup.archive_timeout",
+                "{below}, and the holder of the expire lease of cluster {cluster:?} when this backup's start was \
+                 recorded (an expire, a pin, a recovery hold or a re-encryption) on host {} (pid {}, since {}), \
+                 which may remove WAL from there, did not end within {}s. No manifest was written: take the backup \
+                 again once it has ended, or raise backup.archive_timeout",
                 then.host,
                 then.pid,
                 crate::store::Timestamp::from_unix_seconds(then.started),
@@ -126,30 +151,76 @@ pub async fn before_wal_check(
     }
 }
 
+/// The live holder of the cluster's expire lease now; a read that fails is tried again each
+/// second until `deadline`, then fails naming `below` (the backup cannot tell whether an
+/// expire removes its WAL).
+async fn holder_now(
+    repo: &Repository,
+    cluster: &str,
+    deadline: tokio::time::Instant,
+    below: &str,
+) -> Result<Option<LeaseBody>> {
+    loop {
+        match crate::lease::exclusive_holder(repo, &expire_lease(cluster)).await {
+            Ok(h) => return Ok(h),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::Conflict(format!(
+                    "{below}, and the expire lease of cluster {cluster:?} could not be read ({e}), so an expire \
+                     on another host may remove the WAL it needs. No manifest was written"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
 fn expire_lease(cluster: &str) -> String {
     format!("expire-{cluster}")
 }
 
-/// The highest start of the cluster's stored backups: those the catalog head records, and any
-/// manifest it does not list.
-async fn newest_stored_start(repo: &Repository, cluster: &str) -> Result<Option<Lsn>> {
+/// The start of a stored backup in segment `from_seg` or above, if any: the catalog head's
+/// backups first, then manifests the head does not list (a crash between a manifest and its
+/// head update, an older version), stopping at the first found. A manifest deleted since the
+/// listing (an expire removing it) is skipped.
+async fn stored_start_above(
+    repo: &Repository,
+    cluster: &str,
+    from_seg: u64,
+    seg_size: u64,
+) -> Result<Option<Lsn>> {
+    let above = |l: Lsn| l.segment_no(seg_size) >= from_seg;
     let head = crate::store::head::read(repo, cluster)
         .await?
         .map(|(h, _)| h);
-    let mut newest = head
-        .as_ref()
-        .and_then(|h| h.backups.values().map(|b| b.start_lsn).max());
+    if let Some(l) = head
+        .iter()
+        .flat_map(|h| h.backups.values().map(|b| b.start_lsn))
+        .filter(|l| above(*l))
+        .max()
+    {
+        return Ok(Some(l));
+    }
     let recorded: HashSet<&str> = head
         .iter()
         .flat_map(|h| h.backups.keys().map(|id| id.as_str()))
         .collect();
-    for id in crate::store::manifest::list_ids(repo, cluster).await? {
-        if !recorded.contains(id.as_str()) {
-            let m = crate::store::manifest::load_head(repo, cluster, &id).await?;
-            newest = newest.max(Some(m.start_lsn));
+    // Newest first: a backup above this start is most likely among the latest.
+    for id in crate::store::manifest::list_ids(repo, cluster)
+        .await?
+        .iter()
+        .rev()
+    {
+        if recorded.contains(id.as_str()) {
+            continue;
+        }
+        match crate::store::manifest::load_head(repo, cluster, id).await {
+            Ok(m) if above(m.start_lsn) => return Ok(Some(m.start_lsn)),
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
-    Ok(newest)
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -198,7 +269,7 @@ mod tests {
 
         // The start lands first, then an expire begins: it reads the start; no wait.
         let lease = backup_lease(&repo, "20261121-000000F").await;
-        let record = record_start(&repo, &lease, "main", below).await.unwrap();
+        let record = record_start(&repo, &lease, "main", below).await;
         let expire = crate::lease::acquire_exclusive(&repo, "expire-main", "main", short)
             .await
             .unwrap();
@@ -209,7 +280,7 @@ mod tests {
 
         // An expire runs when the start lands: the backup below waits for it.
         let lease = backup_lease(&repo, "20261122-000000F").await;
-        let record = record_start(&repo, &lease, "main", below).await.unwrap();
+        let record = record_start(&repo, &lease, "main", below).await;
         let e = before_wal_check(&repo, &lease, "main", (below, SEG), record, short)
             .await
             .expect_err("the expire still runs");
@@ -219,13 +290,13 @@ mod tests {
         );
         // In the newest start's segment, or above it: no expire cuts there, so no wait.
         for start in [Lsn(9 * SEG), Lsn(9 * SEG + 0x28), Lsn(10 * SEG)] {
-            let record = record_start(&repo, &lease, "main", start).await.unwrap();
+            let record = record_start(&repo, &lease, "main", start).await;
             before_wal_check(&repo, &lease, "main", (start, SEG), record, short)
                 .await
                 .unwrap();
         }
         // Once that expire has ended, the backup below goes on.
-        let record = record_start(&repo, &lease, "main", below).await.unwrap();
+        let record = record_start(&repo, &lease, "main", below).await;
         let waiting = tokio::spawn({
             let repo = repo.clone();
             async move {
@@ -260,7 +331,7 @@ mod tests {
             .await
             .unwrap();
         // Nothing stored: nothing to wait for.
-        let record = record_start(&repo, &lease, "main", below).await.unwrap();
+        let record = record_start(&repo, &lease, "main", below).await;
         before_wal_check(&repo, &lease, "main", (below, SEG), record, short)
             .await
             .unwrap();
@@ -276,7 +347,7 @@ mod tests {
         )
         .await
         .unwrap();
-        let record = record_start(&repo, &lease, "main", below).await.unwrap();
+        let record = record_start(&repo, &lease, "main", below).await;
         before_wal_check(&repo, &lease, "main", (below, SEG), record, short)
             .await
             .expect_err("the manifest's start is above");
