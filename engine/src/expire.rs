@@ -92,6 +92,7 @@ pub async fn pin(
         repo,
         &name,
         cluster,
+        crate::lease::Purpose::Pin,
         lease_wait,
         set_pin(repo, cluster, id, pinned),
     )
@@ -188,7 +189,14 @@ pub async fn expire(
         return expire_locked(repo, cluster, policy, None).await;
     }
     let name = format!("expire-{cluster}");
-    let lease = crate::lease::acquire_exclusive(repo, &name, cluster, lease_wait).await?;
+    let lease = crate::lease::acquire_exclusive(
+        repo,
+        &name,
+        cluster,
+        crate::lease::Purpose::Expire,
+        lease_wait,
+    )
+    .await?;
     let result = expire_locked(repo, cluster, policy, Some(&lease)).await;
     lease.release().await;
     result
@@ -1018,6 +1026,7 @@ mod tests {
             &repo,
             "expire-main",
             "main",
+            crate::lease::Purpose::Expire,
             std::time::Duration::from_secs(1),
         )
         .await

@@ -98,10 +98,17 @@ pub async fn take(
     let raw = sealed::seal(repo, DocKind::Lease, &key, &body(cluster, backup_id, until));
     let name = format!("expire-{cluster}");
     let k = key.clone();
-    lease::exclusive(repo, &name, cluster, expire_wait, async move {
-        repo.storage().put_create(&k, raw).await?;
-        Ok(())
-    })
+    lease::exclusive(
+        repo,
+        &name,
+        cluster,
+        lease::Purpose::Hold,
+        expire_wait,
+        async move {
+            repo.storage().put_create(&k, raw).await?;
+            Ok(())
+        },
+    )
     .await?;
     Ok(key)
 }
@@ -227,10 +234,15 @@ mod tests {
     #[tokio::test]
     async fn a_hold_waits_for_a_running_expire() {
         let (_mem, repo) = memory_repo().await;
-        let running =
-            crate::lease::acquire_exclusive(&repo, "expire-main", "main", Duration::from_secs(1))
-                .await
-                .unwrap();
+        let running = crate::lease::acquire_exclusive(
+            &repo,
+            "expire-main",
+            "main",
+            crate::lease::Purpose::Expire,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         let day = Duration::from_secs(86_400);
         take(&repo, "main", "x", day, Duration::from_millis(300))
             .await

@@ -36,6 +36,10 @@
 //!   cluster waits or fails.
 //! - `leases/gc` and `leases/expire-<cluster>`: exclusive, taken by compare-and-swap (create if
 //!   absent, or replace a dead holder's object at the version read), so two runs never overlap.
+//!   The holder says what for ([`Purpose`]): `expire-<cluster>` is taken by `expire`, but also
+//!   for a moment by `pin` and a recovery hold, and for a whole run by a re-encryption, and
+//!   only `expire` removes WAL, which is what a running backup waits on
+//!   ([`crate::backup::wal_guard`]).
 //!
 //! Leases never stop archive-push: it takes none and checks none.
 //!
@@ -125,6 +129,59 @@ pub struct LeaseBody {
     /// explains how the two meet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_lsn: Option<u64>,
+    /// What an exclusive lease is held for; absent in backup leases and in exclusive leases
+    /// of versions before 2026-12-07 (taken then as "may be anything").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<Purpose>,
+}
+
+/// What the holder of an exclusive lease is doing. Several commands take the same lease to
+/// keep out of each other's way, and whoever waits on it may care which one runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// `expire`: removes backups and the WAL below the ones it keeps.
+    Expire,
+    /// `pin`/`unpin`: rewrites the catalog head for a moment.
+    Pin,
+    /// A restore or drill taking a recovery hold ([`crate::hold`]).
+    Hold,
+    /// A re-encryption ([`crate::reencrypt`]): reseals objects in place, removes nothing
+    /// under the expire leases (its pack copies are swept by gc's protocol).
+    Reencrypt,
+    /// `gc`: sweeps unreferenced packs.
+    Gc,
+    /// Written by a newer version.
+    #[serde(other)]
+    Other,
+}
+
+impl Purpose {
+    /// Whether the holder may remove WAL (a purpose this version does not know may).
+    pub fn may_remove_wal(self) -> bool {
+        matches!(self, Purpose::Expire | Purpose::Other)
+    }
+
+    /// For messages: "an expire", "a pin", ...
+    pub fn describe(self) -> &'static str {
+        match self {
+            Purpose::Expire => "an expire",
+            Purpose::Pin => "a pin",
+            Purpose::Hold => "a restore or drill taking a recovery hold",
+            Purpose::Reencrypt => "a key re-encryption",
+            Purpose::Gc => "a gc",
+            Purpose::Other => "a command of a newer pgcairn",
+        }
+    }
+}
+
+/// For messages: what `holder` of the exclusive lease `name` is doing, as far as its lease
+/// says.
+pub fn holder_activity(name: &str, holder: &LeaseBody) -> String {
+    match holder.purpose {
+        Some(p) => p.describe().to_string(),
+        None => format!("another {name} or a command of an older pgcairn sharing its lease"),
+    }
 }
 
 /// A live lease found in the repository.
@@ -236,6 +293,7 @@ pub(crate) fn my_body(kind: String, cluster: &str, backup_id: &str) -> LeaseBody
         reference: None,
         gc_seen: None,
         start_lsn: None,
+        purpose: None,
     }
 }
 
@@ -576,14 +634,18 @@ pub async fn acquire_exclusive(
     repo: &Repository,
     name: &str,
     cluster: &str,
+    purpose: Purpose,
     wait: Duration,
 ) -> Result<Lease> {
     let k = layout::exclusive_lease(name);
-    let body = my_body(
-        name.split('-').next().unwrap_or(name).to_string(),
-        cluster,
-        "",
-    );
+    let body = LeaseBody {
+        purpose: Some(purpose),
+        ..my_body(
+            name.split('-').next().unwrap_or(name).to_string(),
+            cluster,
+            "",
+        )
+    };
     let raw = sealed::seal(repo, DocKind::Lease, &k, &body);
     let deadline = tokio::time::Instant::now() + wait;
     let here = PidScope::here();
@@ -600,11 +662,13 @@ pub async fn acquire_exclusive(
         if let Some(h) = holder {
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Conflict(format!(
-                    "another {name} is running (host {}, pid {}, started {}); not starting a second one. \
+                    "the lease {name} is held by {} (host {}, pid {}, started {}); not starting {} alongside it. \
                      Wait for it to finish (a holder that died is forgotten within {}s)",
+                    holder_activity(name, &h),
                     h.host,
                     h.pid,
                     Timestamp::from_unix_seconds(h.started),
+                    purpose.describe(),
                     EXPIRY.as_secs()
                 )));
             }
@@ -629,13 +693,14 @@ pub async fn exclusive<T>(
     repo: &Repository,
     name: &str,
     cluster: &str,
+    purpose: Purpose,
     wait: Duration,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<T> {
     if repo.is_dry_run() {
         return work.await;
     }
-    let lease = acquire_exclusive(repo, name, cluster, wait).await?;
+    let lease = acquire_exclusive(repo, name, cluster, purpose, wait).await?;
     let result = work.await;
     lease.release().await;
     result
@@ -834,6 +899,27 @@ mod tests {
     use crate::test_support::LeaseFaults;
     use std::sync::Arc;
 
+    /// A purpose from a newer version reads as one that may remove WAL; none (an older
+    /// version's lease) reads as absent, and messages then say it may be any holder.
+    #[test]
+    fn purposes_unknown_here_are_taken_as_possibly_removing_wal() {
+        let mut v = serde_json::to_value(my_body("expire".into(), "main", "")).unwrap();
+        assert!(v.get("purpose").is_none(), "absent until set: {v}");
+        let old: LeaseBody = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(old.purpose, None);
+        assert!(holder_activity("expire-main", &old).contains("of an older pgcairn"));
+        v["purpose"] = "compact".into();
+        let newer: LeaseBody = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(newer.purpose, Some(Purpose::Other));
+        assert!(Purpose::Other.may_remove_wal() && Purpose::Expire.may_remove_wal());
+        for p in [Purpose::Pin, Purpose::Hold, Purpose::Reencrypt, Purpose::Gc] {
+            assert!(!p.may_remove_wal(), "{p:?}");
+            v["purpose"] = serde_json::to_value(p).unwrap();
+            let b: LeaseBody = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(b.purpose, Some(p));
+        }
+    }
+
     fn body(scope: &PidScope, pid: u32, start_ticks: Option<u64>) -> LeaseBody {
         LeaseBody {
             kind: "backup".into(),
@@ -849,6 +935,7 @@ mod tests {
             reference: None,
             gc_seen: None,
             start_lsn: None,
+            purpose: None,
         }
     }
 
@@ -1060,10 +1147,16 @@ mod tests {
             .await
             .unwrap();
         mem.backdate(k.as_str(), 3600);
-        let err = acquire_exclusive(&repo, "expire-main", "main", Duration::ZERO)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = acquire_exclusive(
+            &repo,
+            "expire-main",
+            "main",
+            Purpose::Expire,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("leases/expire-main"), "{err}");
         assert_eq!(
             mem.get(&k).await.unwrap().as_ref(),
@@ -1151,7 +1244,7 @@ mod tests {
             ..Default::default()
         }))
         .await;
-        let lease = acquire_exclusive(&repo, "gc", "", Duration::ZERO)
+        let lease = acquire_exclusive(&repo, "gc", "", Purpose::Gc, Duration::ZERO)
             .await
             .unwrap();
         let k = layout::exclusive_lease("gc");
@@ -1238,7 +1331,7 @@ mod tests {
             ..Default::default()
         });
         let repo = crate::test_support::open_with(faults.clone()).await;
-        let lease = acquire_exclusive(&repo, "gc", "", Duration::ZERO)
+        let lease = acquire_exclusive(&repo, "gc", "", Purpose::Gc, Duration::ZERO)
             .await
             .unwrap();
         // The first refresh lands unanswered; three more follow.

@@ -306,7 +306,16 @@ pub async fn reencrypt(
                 .into(),
         ));
     }
-    let mut leases = vec![crate::lease::acquire_exclusive(repo, "gc", "", opts.lease_wait).await?];
+    let mut leases = vec![
+        crate::lease::acquire_exclusive(
+            repo,
+            "gc",
+            "",
+            crate::lease::Purpose::Reencrypt,
+            opts.lease_wait,
+        )
+        .await?,
+    ];
     let clusters = crate::store::manifest::cluster_names(repo).await;
     let result = match clusters {
         Ok(clusters) => {
@@ -316,6 +325,7 @@ pub async fn reencrypt(
                     repo,
                     &format!("expire-{c}"),
                     c,
+                    crate::lease::Purpose::Reencrypt,
                     opts.lease_wait,
                 )
                 .await

@@ -550,8 +550,26 @@ fn gc_and_expire_leases_keep_a_second_run_out_until_the_holder_is_gone() {
         assert!(!out.status.success(), "{name}: a second run must not start");
         let err = stderr(&out);
         assert!(
-            err.contains("is running (host db-other, pid 4242"),
+            err.contains(&format!(
+                "held by another {name} or a command of an older pgcairn"
+            )),
+            "{name}: a lease that does not say what it is for: {err}"
+        );
+        assert!(
+            err.contains(&format!("the lease {name} is held by"))
+                && err.contains("(host db-other, pid 4242"),
             "{name}: the error names the holder: {err}"
+        );
+        // A lease that says what it is for is named by it.
+        let mut said = doc.clone();
+        said["purpose"] = "reencrypt".into();
+        std::fs::write(&lease, sealed_lease(&env, name, &said)).unwrap();
+        let err = stderr(&env.pgcairn(args));
+        assert!(
+            err.contains(&format!(
+                "the lease {name} is held by a key re-encryption (host db-other"
+            )),
+            "{name}: {err}"
         );
         // Its heartbeat stops: the lease expires and the next run takes it over.
         let status = std::process::Command::new("touch")

@@ -29,9 +29,11 @@
 //! a crash between a manifest and its head update, an older version). That is every backup of
 //! a primary but after a fork. For the same reason what step 1 could not learn (a start that
 //! has not landed yet, an expire lease that could not be read) fails only a backup below that
-//! start, and only if step 2 cannot learn it either. Whoever takes the expire lease is waited
-//! for like an `expire`: a `pin` and a recovery hold take it for a moment, a re-encryption
-//! (`key rotate --reencrypt`) for its whole run.
+//! start, and only if step 2 cannot learn it either. The holder's lease says what it does
+//! ([`crate::lease::Purpose`]): a `pin` and a recovery hold take the expire lease for a
+//! moment, a re-encryption (`key rotate --reencrypt`) for its whole run, and none of them
+//! removes WAL, so only an `expire` is waited for (and a holder from an older version, whose
+//! lease does not say).
 //!
 //! Every host running `expire` must know the recorded start: an `expire` from before
 //! 2026-12-07 ignores it (and a backup from before then records none).
@@ -130,6 +132,11 @@ pub async fn before_wal_check(
             None => return Ok(()),
         },
     };
+    if then.purpose.is_some_and(|p| !p.may_remove_wal()) {
+        // A pin, a hold or a re-encryption removes no WAL; whoever takes the lease after it
+        // reads this backup's start.
+        return Ok(());
+    }
     loop {
         match holder_now(repo, cluster, deadline, &below).await? {
             Some(now) if now == then => {}
@@ -138,9 +145,10 @@ pub async fn before_wal_check(
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
                 "{below}, and the holder of the expire lease of cluster {cluster:?} when this backup's start was \
-                 recorded (an expire, a pin, a recovery hold or a re-encryption) on host {} (pid {}, since {}), \
-                 which may remove WAL from there, did not end within {}s. No manifest was written: take the backup \
-                 again once it has ended, or raise backup.archive_timeout",
+                 recorded ({}) on host {} (pid {}, since {}), which may remove WAL from there, did not end within \
+                 {}s. No manifest was written: take the backup again once it has ended, or raise \
+                 backup.archive_timeout",
+                crate::lease::holder_activity(&expire_lease(cluster), &then),
                 then.host,
                 then.pid,
                 crate::store::Timestamp::from_unix_seconds(then.started),
@@ -227,6 +235,7 @@ async fn stored_start_above(
 mod tests {
     use super::*;
     use crate::archive::push::tests::memory_repo;
+    use crate::lease::Purpose;
     use crate::store::head::HeadBackup;
     use crate::store::ids::BackupId;
     use crate::store::Timestamp;
@@ -270,9 +279,10 @@ mod tests {
         // The start lands first, then an expire begins: it reads the start; no wait.
         let lease = backup_lease(&repo, "20261121-000000F").await;
         let record = record_start(&repo, &lease, "main", below).await;
-        let expire = crate::lease::acquire_exclusive(&repo, "expire-main", "main", short)
-            .await
-            .unwrap();
+        let expire =
+            crate::lease::acquire_exclusive(&repo, "expire-main", "main", Purpose::Expire, short)
+                .await
+                .unwrap();
         before_wal_check(&repo, &lease, "main", (below, SEG), record, short)
             .await
             .unwrap();
@@ -319,6 +329,50 @@ mod tests {
         waiting.await.unwrap().unwrap();
     }
 
+    /// Only an `expire` removes WAL: a backup below the newest stored start does not wait for
+    /// a pin, a recovery hold or a re-encryption that held the expire lease when its start
+    /// landed. A holder whose lease does not say what it does (an older version) is waited
+    /// for, and named as possibly any of them.
+    #[tokio::test]
+    async fn a_backup_waits_only_for_a_holder_that_may_remove_wal() {
+        let (_mem, repo) = memory_repo().await;
+        record_backup_starting_at(&repo, Lsn(9 * SEG + 0x28)).await;
+        let short = Duration::from_millis(300);
+        let below = Lsn(5 * SEG + 0x28);
+        let lease = backup_lease(&repo, "20261122-000000F").await;
+        for purpose in [Purpose::Pin, Purpose::Hold, Purpose::Reencrypt] {
+            let holder =
+                crate::lease::acquire_exclusive(&repo, "expire-main", "main", purpose, short)
+                    .await
+                    .unwrap();
+            let record = record_start(&repo, &lease, "main", below).await;
+            assert!(
+                matches!(&record, StartRecord::Landed(Some(h)) if h.purpose == Some(purpose)),
+                "{record:?}"
+            );
+            before_wal_check(&repo, &lease, "main", (below, SEG), record, short)
+                .await
+                .unwrap_or_else(|e| panic!("{purpose:?}: {e}"));
+            holder.release().await;
+        }
+        // The lease of an older version's holder: no purpose.
+        let key = crate::repo::layout::exclusive_lease("expire-main");
+        let old = crate::lease::my_body("expire".into(), "main", "");
+        let raw =
+            crate::store::sealed::seal(&repo, crate::store::sealed::DocKind::Lease, &key, &old);
+        repo.storage().put_create(&key, raw).await.unwrap();
+        let record = record_start(&repo, &lease, "main", below).await;
+        let e = before_wal_check(&repo, &lease, "main", (below, SEG), record, short)
+            .await
+            .expect_err("an older holder may be an expire");
+        assert!(
+            e.to_string().contains("did not end within")
+                && e.to_string().contains("of an older pgcairn"),
+            "{e}"
+        );
+        lease.release().await;
+    }
+
     /// A manifest the catalog head does not list (a crash between the two) still counts as
     /// stored: a backup below its start waits for a running expire.
     #[tokio::test]
@@ -327,9 +381,10 @@ mod tests {
         let short = Duration::from_millis(300);
         let below = Lsn(5 * SEG + 0x28);
         let lease = backup_lease(&repo, "20261122-000000F").await;
-        let expire = crate::lease::acquire_exclusive(&repo, "expire-main", "main", short)
-            .await
-            .unwrap();
+        let expire =
+            crate::lease::acquire_exclusive(&repo, "expire-main", "main", Purpose::Expire, short)
+                .await
+                .unwrap();
         // Nothing stored: nothing to wait for.
         let record = record_start(&repo, &lease, "main", below).await;
         before_wal_check(&repo, &lease, "main", (below, SEG), record, short)

@@ -275,7 +275,16 @@ pub async fn gc(repo: &Repository, opts: &GcOptions) -> Result<GcReport> {
     let held: Vec<crate::lease::Lease> = if repo.is_dry_run() {
         Vec::new()
     } else {
-        vec![crate::lease::acquire_exclusive(repo, "gc", "", opts.lease_wait).await?]
+        vec![
+            crate::lease::acquire_exclusive(
+                repo,
+                "gc",
+                "",
+                crate::lease::Purpose::Gc,
+                opts.lease_wait,
+            )
+            .await?,
+        ]
     };
     let result = gc_locked_with(repo, opts, &held).await.map(|(r, _)| r);
     for lease in held {

@@ -786,9 +786,10 @@ async fn a_gc_whose_lease_lapsed_condemns_and_deletes_nothing() {
     // A pack no backup references: garbage, swept at once with a zero grace period.
     pack_of(&repo, 0..5).await;
     let packs = pack_names(&repo).await;
-    let lease = crate::lease::acquire_exclusive(&repo, "gc", "", Duration::ZERO)
-        .await
-        .unwrap();
+    let lease =
+        crate::lease::acquire_exclusive(&repo, "gc", "", crate::lease::Purpose::Gc, Duration::ZERO)
+            .await
+            .unwrap();
     tokio::time::sleep(Duration::from_secs(100)).await;
     let err = gc_locked_with(&repo, &opts(), std::slice::from_ref(&lease))
         .await

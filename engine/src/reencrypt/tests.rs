@@ -61,9 +61,15 @@ async fn rotated_repo_with(
 ) -> (Unlock, Vec<ContentId>, Vec<(WalFileName, Vec<u8>)>) {
     let (unlock, repo) = crate::test_support::init_repo(storage.clone()).await;
     if leave_lease {
-        let lease = crate::lease::acquire_exclusive(&repo, "expire-other", "other", Duration::ZERO)
-            .await
-            .unwrap();
+        let lease = crate::lease::acquire_exclusive(
+            &repo,
+            "expire-other",
+            "other",
+            crate::lease::Purpose::Expire,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
         std::mem::forget(lease);
     }
     let ids = pack_holding(&repo, (0..40).map(block).collect()).await;
