@@ -675,9 +675,12 @@ async fn restore_planned(
     if opts.dry_run {
         if opts.delta {
             // Read only, not through the checked root the restore creates: nothing is created.
-            if let Ok(bytes) = std::fs::read(target.join("postmaster.pid")) {
-                refuse_live_postmaster(&bytes, target)?;
-            }
+            let read = match std::fs::read(target.join("postmaster.pid")) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            };
+            refuse_postmaster_read(read, target)?;
         }
         let bytes_left_out = left_out_bytes(&files, &left_out);
         return Ok(RestoreSummary {
@@ -1048,10 +1051,26 @@ fn remap_tablespaces(m: &mut Manifest, opts: &RestoreOptions) -> Result<()> {
 
 /// Delta restore needs PostgreSQL stopped: refuse if `postmaster.pid` names a live process.
 fn refuse_running_postmaster(root: &OwnedFd, target: &Path) -> Result<()> {
-    let Ok(Some(bytes)) = fs_beneath::read_file(root.as_fd(), Path::new("postmaster.pid")) else {
-        return Ok(());
-    };
-    refuse_live_postmaster(&bytes, target)
+    refuse_postmaster_read(
+        fs_beneath::read_file(root.as_fd(), Path::new("postmaster.pid")),
+        target,
+    )
+}
+
+/// Refuses a target whose `postmaster.pid` (as read: absent is `Ok(None)`) names a live
+/// process, or could not be read: a delta restore over a running server's files corrupts
+/// them, so not knowing is a refusal too.
+fn refuse_postmaster_read(read: std::io::Result<Option<Vec<u8>>>, target: &Path) -> Result<()> {
+    match read {
+        Ok(None) => Ok(()),
+        Ok(Some(bytes)) => refuse_live_postmaster(&bytes, target),
+        Err(e) => Err(Error::Config(format!(
+            "cannot read {} ({e}), so cannot tell whether a PostgreSQL server runs there; a delta restore \
+             over a running server's files would corrupt them. Run the restore as the data directory's owner \
+             or as root, or, if no server runs there, remove postmaster.pid",
+            target.join("postmaster.pid").display()
+        ))),
+    }
 }
 
 /// Refuses a target whose `postmaster.pid` (its bytes) names a live process.
@@ -2259,6 +2278,29 @@ mod tests {
         assert_eq!(data_ranges(&[9], b, size), vec![(0, 9 * b)]);
         assert_eq!(data_ranges(&[0, 1], b, 2 * b), Vec::<(u64, u64)>::new());
         assert_eq!(data_ranges(&[], b, 0), Vec::<(u64, u64)>::new());
+    }
+
+    /// A delta restore goes on only when `postmaster.pid` is absent or names no live process:
+    /// one that cannot be read (run as another user than its owner) is refused, naming it.
+    #[test]
+    fn a_postmaster_pid_that_cannot_be_read_is_refused() {
+        let target = Path::new("/srv/pg");
+        refuse_postmaster_read(Ok(None), target).unwrap();
+        let gone = format!("{}\n/srv/pg\n", u32::MAX - 1);
+        refuse_postmaster_read(Ok(Some(gone.into_bytes())), target).unwrap();
+        let live = format!("{}\n/srv/pg\n", std::process::id());
+        let e = refuse_postmaster_read(Ok(Some(live.into_bytes())), target).unwrap_err();
+        assert!(
+            e.to_string().contains("in use by a running PostgreSQL"),
+            "{e}"
+        );
+        let denied = std::io::Error::from_raw_os_error(13);
+        let e = refuse_postmaster_read(Err(denied), target).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot read /srv/pg/postmaster.pid")
+                && e.to_string().contains("remove postmaster.pid"),
+            "{e}"
+        );
     }
 
     #[test]
