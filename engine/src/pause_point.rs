@@ -21,16 +21,11 @@ pub fn pause(point: &str) {
     if name != point {
         return;
     }
-    let dir = std::path::Path::new(dir);
-    let slug: String = point
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let go = dir.join(format!("{slug}.go"));
-    if let Err(e) = std::fs::write(dir.join(format!("{slug}.paused")), b"") {
+    let (paused, go) = files(std::path::Path::new(dir), point);
+    if let Err(e) = std::fs::write(&paused, b"") {
         eprintln!(
-            "pgcairn: PGCAIRN_TEST_PAUSE: cannot mark {point} paused in {}: {e}",
-            dir.display()
+            "pgcairn: PGCAIRN_TEST_PAUSE: cannot mark {point} paused ({}): {e}",
+            paused.display()
         );
         return;
     }
@@ -38,4 +33,17 @@ pub fn pause(point: &str) {
     while !go.exists() && started.elapsed() < PAUSE_MAX {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// The files of `point` in `dir`: the one the point creates when it is reached
+/// (`<slug>.paused`) and the one it waits for (`<slug>.go`).
+pub fn files(dir: &std::path::Path, point: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let slug: String = point
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    (
+        dir.join(format!("{slug}.paused")),
+        dir.join(format!("{slug}.go")),
+    )
 }

@@ -136,7 +136,7 @@ fn a_pg_control_without_a_matching_crc_fails_the_backup() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let paused = pause.join("phase-backup.paused");
+    let (paused, go) = pgcairn_engine::pause_point::files(&pause, "phase:backup");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !paused.exists() {
         assert!(
@@ -152,7 +152,7 @@ fn a_pg_control_without_a_matching_crc_fails_the_backup() {
     bytes[100] ^= 0xFF;
     std::fs::write(&path, &bytes).unwrap();
     let started = Instant::now();
-    std::fs::write(pause.join("phase-backup.go"), b"").unwrap();
+    std::fs::write(go, b"").unwrap();
     let out = backup.wait_with_output().unwrap();
     assert!(
         !out.status.success(),
@@ -434,7 +434,7 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
         .spawn()
         .unwrap();
     let leases = env.path().join("repo/leases");
-    let paused = pause.join("phase-loading-the-block-index.paused");
+    let (paused, go) = pgcairn_engine::pause_point::files(&pause, "phase:loading the block index");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !paused.exists() || std::fs::read_dir(&leases).map(|d| d.count()).unwrap_or(0) == 0 {
         assert!(
@@ -448,7 +448,7 @@ fn a_second_backup_of_the_same_cluster_fails_clearly_and_never_kills_the_first()
         std::thread::sleep(Duration::from_millis(20));
     }
     let second = env.pgcairn(&["--progress", "never", "backup", "--type", "full"]);
-    std::fs::write(pause.join("phase-loading-the-block-index.go"), b"").unwrap();
+    std::fs::write(go, b"").unwrap();
     assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
     assert!(
         stderr(&second).contains("another backup of cluster \"main\" is running"),

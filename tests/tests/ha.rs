@@ -417,22 +417,10 @@ fn spawn_held(
         .unwrap()
 }
 
-/// The `.paused` and `.go` files of `point` in `dir`.
-fn hold_files(dir: &std::path::Path, point: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let slug: String = point
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    (
-        dir.join(format!("{slug}.paused")),
-        dir.join(format!("{slug}.go")),
-    )
-}
-
 /// Waits until `child` is held at `point`, or fails if it ends first.
 fn wait_held(child: &mut std::process::Child, dir: &std::path::Path, point: &str) {
     let deadline = std::time::Instant::now() + 3 * MINUTE;
-    while !hold_files(dir, point).0.exists() {
+    while !pgcairn_engine::pause_point::files(dir, point).0.exists() {
         assert!(
             std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
             "the command ended or never reached {point}"
@@ -506,7 +494,7 @@ fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
                 .contains("a backup running on host")
     });
     assert!(kept_for_it, "no WAL kept for the running backup: {report}");
-    std::fs::write(hold_files(&dir, AT_MANIFEST).1, b"").unwrap();
+    std::fs::write(pgcairn_engine::pause_point::files(&dir, AT_MANIFEST).1, b"").unwrap();
     let lagging = finished_json(lagging, "the standby backup");
     assert_eq!(lagging["from_standby"], true, "{lagging}");
     starts_in_a_lower_segment(&lagging, &newest);
@@ -533,7 +521,7 @@ fn a_lagging_standby_backup_waits_for_an_expire_that_ran_before_its_start() {
     let until = std::time::Instant::now() + Duration::from_secs(15);
     while std::time::Instant::now() < until {
         assert!(
-            !hold_files(&dir, AT_MANIFEST).0.exists(),
+            !pgcairn_engine::pause_point::files(&dir, AT_MANIFEST).0.exists(),
             "the standby backup went past its WAL check while an expire that had not seen its start ran"
         );
         assert!(
@@ -542,11 +530,11 @@ fn a_lagging_standby_backup_waits_for_an_expire_that_ran_before_its_start() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::fs::write(hold_files(&dir, REMOVING).1, b"").unwrap();
+    std::fs::write(pgcairn_engine::pause_point::files(&dir, REMOVING).1, b"").unwrap();
     let report = finished_json(expire, "the expire");
     assert!(report["wal_files"].as_u64().unwrap() > 0, "{report}");
     wait_held(&mut lagging, &dir, AT_MANIFEST);
-    std::fs::write(hold_files(&dir, AT_MANIFEST).1, b"").unwrap();
+    std::fs::write(pgcairn_engine::pause_point::files(&dir, AT_MANIFEST).1, b"").unwrap();
     let lagging = finished_json(lagging, "the standby backup");
     starts_in_a_lower_segment(&lagging, &newest);
     assert!(

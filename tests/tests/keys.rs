@@ -994,10 +994,7 @@ impl PausedBackup {
         std::fs::create_dir(&dir).unwrap();
         give_to(env.run_as.as_deref(), &dir).unwrap();
         let point = format!("phase:{phase}");
-        let slug: String = point
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
+        let (paused, go) = pgcairn_engine::pause_point::files(&dir, &point);
         let mut child = env
             .pgcairn_command(&[
                 "--progress",
@@ -1013,7 +1010,6 @@ impl PausedBackup {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start backup");
-        let paused = dir.join(format!("{slug}.paused"));
         let deadline = Instant::now() + Duration::from_secs(180);
         while !paused.exists() {
             if let Some(status) = child.try_wait().unwrap() {
@@ -1031,7 +1027,7 @@ impl PausedBackup {
         }
         PausedBackup {
             child: Some(child),
-            go: dir.join(format!("{slug}.go")),
+            go,
         }
     }
 

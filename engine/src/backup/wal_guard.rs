@@ -107,13 +107,9 @@ pub async fn before_wal_check(
         "this backup starts at {start}, in a segment below the start of a backup already stored ({newest})"
     );
     let deadline = tokio::time::Instant::now() + wait;
-    let landed_late = match record {
-        StartRecord::NotLanded => lease.start_landed(6).await,
-        _ => true,
-    };
     let then = match record {
         StartRecord::Landed(holder) => holder,
-        StartRecord::NotLanded if !landed_late => {
+        StartRecord::NotLanded if !lease.start_landed(6).await => {
             return Err(Error::Conflict(format!(
                 "{below}, and its start could not be recorded in its lease (the repository did not take the \
                  write, or the lease no longer holds this backup's record), so an expire on another host could \
@@ -123,7 +119,7 @@ pub async fn before_wal_check(
         }
         // Landed now (or landed with the holder unread): whoever holds the lease now is
         // waited for; one that held it at the landing and is gone has ended.
-        _ => None,
+        StartRecord::NotLanded | StartRecord::LandedHolderUnknown => None,
     };
     let then = match then {
         Some(h) => *h,
