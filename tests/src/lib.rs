@@ -69,6 +69,16 @@ pub fn pg_binaries_for(datadir: &Path) -> PgBinaries {
     PgBinaries::for_major(major, None).unwrap()
 }
 
+/// The one backend to run a scenario on when it runs once: the local S3 server when there is
+/// one, else `file://`.
+pub fn preferred_backend() -> Backend {
+    if s3_endpoint().is_some() {
+        Backend::S3
+    } else {
+        Backend::File
+    }
+}
+
 /// The backends to run a scenario on: always `file://`, and S3 when available.
 pub fn backends() -> Vec<Backend> {
     let mut v = vec![Backend::File];

@@ -765,12 +765,7 @@ fn a_forged_or_copied_lease_is_an_integrity_error_naming_it() {
 /// to the source's state.
 #[test]
 fn gc_merges_small_index_segments_and_backups_still_restore() {
-    let backend = if s3_endpoint().is_some() {
-        Backend::S3
-    } else {
-        Backend::File
-    };
-    let env = TestEnv::new(EnvOptions::new(backend));
+    let env = TestEnv::new(EnvOptions::new(preferred_backend()));
     let pg = env.cluster("pg");
     pg.start().unwrap();
     let _stop = StopOnDrop(&pg);

@@ -479,12 +479,7 @@ const AT_MANIFEST: &str = "phase:writing the manifest";
 /// leases there); the next test runs on `file://`.
 #[test]
 fn an_expire_during_a_lagging_standby_backup_keeps_the_wal_that_backup_needs() {
-    let backend = if s3_endpoint().is_some() {
-        Backend::S3
-    } else {
-        Backend::File
-    };
-    let env = TestEnv::new(EnvOptions::new(backend));
+    let env = TestEnv::new(EnvOptions::new(preferred_backend()));
     let (primary, standby, newest) = lagging_standby_below_a_primary_backup(&env);
     let (_p, _s) = (StopOnDrop(&primary), StopOnDrop(&standby));
     let dir = env.private_dir("hold");

@@ -16,14 +16,6 @@ use pgcairn_engine::crypto::{KeyFile, KeyUse, RepoKeys, Unlock};
 use pgcairn_engine::repo::RepoConfig;
 use pgcairn_tests::*;
 
-fn backend() -> Backend {
-    if s3_endpoint().is_some() {
-        Backend::S3
-    } else {
-        Backend::File
-    }
-}
-
 /// A config file like the fixture's (root:postgres 0640 when root), with `[repo]` lines
 /// `key_file` replaced by `unlock_line` and `state_dir` set.
 fn config_variant(env: &TestEnv, name: &str, unlock_line: &str, state_dir: &Path) -> PathBuf {
@@ -126,7 +118,7 @@ fn key_list(env: &TestEnv, config: &Path) -> serde_json::Value {
 
 #[test]
 fn leaked_key_removed_and_rotated_opens_nothing_new_and_age_slot_serves_everything() {
-    let env = TestEnv::new(EnvOptions::new(backend()));
+    let env = TestEnv::new(EnvOptions::new(preferred_backend()));
     // The leaked key is the one `init` made (repo.key).
     let leaked = env.key_file.clone();
 
@@ -687,7 +679,7 @@ fn reencrypt_proof(backend: Backend) {
 /// the new passphrase file) keeps archiving; every segment comes back.
 #[test]
 fn passwd_changes_a_passphrase_slot_and_archiving_goes_on() {
-    let env = TestEnv::new(EnvOptions::new(backend()));
+    let env = TestEnv::new(EnvOptions::new(preferred_backend()));
     let secret_file = |name: &str, text: &str| {
         let p = env.path().join(name);
         std::fs::write(&p, format!("{text}\n")).unwrap();
@@ -882,7 +874,7 @@ fn archiving_with_state_dir(options: EnvOptions) -> (TestEnv, Instance) {
 /// archived WAL file comes back, every backup restores, and nothing is under the old epoch.
 #[test]
 fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
-    let (env, pg) = archiving_with_state_dir(EnvOptions::new(backend()));
+    let (env, pg) = archiving_with_state_dir(EnvOptions::new(preferred_backend()));
     let _stop = StopOnDrop(&pg);
     pg.pgbench(&["-i", "-s", "3", "-q"]).unwrap();
     let b1 = backup_json(&env, &["--type", "full"])["id"]
@@ -1067,7 +1059,7 @@ impl Drop for PausedBackup {
 /// records or the catalog head sealed under an epoch it did not hold).
 #[test]
 fn a_backup_running_across_a_key_rotation_succeeds_and_restores_exactly() {
-    let (env, pg) = archiving_with_state_dir(EnvOptions::new(backend()));
+    let (env, pg) = archiving_with_state_dir(EnvOptions::new(preferred_backend()));
     let _stop = StopOnDrop(&pg);
     pg.pgbench(&["-i", "-s", "2", "-q"]).unwrap();
     // Index segments for the backups below to load.
@@ -1126,7 +1118,7 @@ fn a_backup_running_across_a_key_rotation_succeeds_and_restores_exactly() {
 /// no push fails, and WAL switched after the rotation is archived by the same pusher.
 #[test]
 fn the_async_pusher_keeps_archiving_across_a_key_rotation() {
-    let mut options = EnvOptions::new(backend());
+    let mut options = EnvOptions::new(preferred_backend());
     options.archive_async = true;
     let env = TestEnv::new(options);
     config_variant(

@@ -92,9 +92,15 @@ pub async fn before_wal_check(
     record: StartRecord,
     wait: Duration,
 ) -> Result<()> {
-    if matches!(record, StartRecord::Landed(None)) {
-        // No expire held the lease when the start landed: every later one reads it.
-        return Ok(());
+    // A pin, a hold or a re-encryption removes no WAL; whoever takes the lease after it reads
+    // this backup's start.
+    let removes_no_wal = |h: &LeaseBody| h.purpose.is_some_and(|p| !p.may_remove_wal());
+    if let StartRecord::Landed(holder) = &record {
+        if holder.as_deref().is_none_or(removes_no_wal) {
+            // No one that removes WAL held the lease when the start landed: every later
+            // holder reads it.
+            return Ok(());
+        }
     }
     let Some(newest) =
         stored_start_above(repo, cluster, start.segment_no(seg_size) + 1, seg_size).await?
@@ -128,9 +134,7 @@ pub async fn before_wal_check(
             None => return Ok(()),
         },
     };
-    if then.purpose.is_some_and(|p| !p.may_remove_wal()) {
-        // A pin, a hold or a re-encryption removes no WAL; whoever takes the lease after it
-        // reads this backup's start.
+    if removes_no_wal(&then) {
         return Ok(());
     }
     loop {
