@@ -317,7 +317,7 @@ fn read_piece(
         let id = match parts {
             Some(k) if n == ctx.block_size => {
                 let id = ctx.codec.content_id_parted(data, PART_LEN, &mut p.fps);
-                debug_assert_eq!(p.fps.len(), fps_at + k);
+                assert_eq!(p.fps.len(), fps_at + k);
                 id
             }
             Some(k) => {

@@ -28,7 +28,7 @@ fn comp(sum: &mut u32, value: u32) {
 
 /// `pg_checksum_page(page, blkno)`; `page` must be [`BLCKSZ`] bytes.
 pub fn checksum_page(page: &[u8], blkno: u32) -> u16 {
-    debug_assert_eq!(page.len(), BLCKSZ);
+    assert_eq!(page.len(), BLCKSZ);
     let mut sums = BASE_OFFSETS;
     for (i, row) in page.chunks_exact(4 * N_SUMS).enumerate() {
         for (j, word) in row.chunks_exact(4).enumerate() {

@@ -226,7 +226,7 @@ pub fn list(
         0 => fps.len() / blocks.len(),
         _ => 0,
     };
-    debug_assert!(
+    assert!(
         patches.windows(2).all(|w| w[0].pos < w[1].pos)
             && patches
                 .iter()
