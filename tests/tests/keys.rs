@@ -885,9 +885,12 @@ fn reencrypt_while_archiving_and_backing_up_loses_nothing() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (b2, runs) = std::thread::scope(|s| {
         let _stop_load = StopLoad(&stop);
+        // Writes for the whole run (minutes: the old epoch stays until writers have settled),
+        // rate-limited so that they do not starve the tests running beside this one.
         let load = s.spawn(|| {
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                pg.pgbench(&["-T", "2", "-c", "2"]).expect("pgbench");
+                pg.pgbench(&["-T", "2", "-c", "2", "-R", "100"])
+                    .expect("pgbench");
                 switch_wal(&pg);
             }
         });
