@@ -5,12 +5,12 @@
 #
 # Steps: dependencies (scripts/install-deps.sh), formatting and clippy gates, a local
 # S3-compatible server (scripts/s3-local.sh) and the Azure Blob emulator Azurite
-# (scripts/cloud-emulators.sh) on loopback, then `cargo test` for the whole workspace: unit
-# tests, the storage conformance suite (memory, file, S3, Azure) and end-to-end tests against
-# real PostgreSQL 15 clusters, plus one end-to-end test for each of 13, 14, 16, 17 and 18. S3,
-# Azure and every PostgreSQL major are required here (PGCAIRN_REQUIRE_S3=1,
-# PGCAIRN_REQUIRE_AZURE=1, PGCAIRN_REQUIRE_PG_MAJORS=1): a missing one fails the run instead of
-# silently skipping.
+# (scripts/cloud-emulators.sh) on loopback, then every test of the workspace, in two lanes
+# (scripts/test-lanes.sh): unit tests, the storage conformance suite (memory, file, S3,
+# Azure) and end-to-end tests against real PostgreSQL 15 clusters, plus one end-to-end test
+# for each of 13, 14, 16, 17 and 18. S3, Azure and every PostgreSQL major are required here
+# (PGCAIRN_REQUIRE_S3=1, PGCAIRN_REQUIRE_AZURE=1, PGCAIRN_REQUIRE_PG_MAJORS=1): a missing one
+# fails the run instead of silently skipping.
 # (No GCS emulator runs: see scripts/cloud-emulators.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,7 +61,10 @@ step "tests"
 # End-to-end tests run the release binary the package holds (PGCAIRN_BIN): it is what ships,
 # and it makes backup and restore scenarios several times faster than the debug build.
 export PGCAIRN_BIN=${PGCAIRN_BIN:-$PWD/target/release/pgcairn}
-# Two cores: end-to-end tests start PostgreSQL clusters, so keep parallelism modest.
-cargo test --workspace --locked --no-fail-fast -- --test-threads "${PGCAIRN_TEST_THREADS:-2}"
+# Every test binary is built first, then run in two lanes side by side, each binary two tests
+# at a time (scripts/test-lanes.sh: end-to-end binaries spend much of their time waiting on
+# PostgreSQL and the clock, and one that waits no longer holds up the rest).
+cargo test --workspace --locked --no-run
+./scripts/test-lanes.sh "${PGCAIRN_TEST_THREADS:-2}"
 
 step "done"
