@@ -221,9 +221,14 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // runuser forwards SIGKILL poorly: kill the real pgcairn process by its command line.
+    // runuser forwards SIGKILL poorly: kill the real pgcairn process by its command line (this
+    // test's config only: tests run side by side).
     let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &format!("{} --config", env.bin.display())])
+        .args([
+            "-KILL",
+            "-f",
+            &format!("{} --config {} ", env.bin.display(), env.config.display()),
+        ])
         .status();
     let _ = child.kill();
     let _ = child.wait();
