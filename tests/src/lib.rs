@@ -638,7 +638,7 @@ pub fn start_forwarder(listen: u16, target: &str) -> Forwarder {
         .spawn()
         .expect("socat (scripts/install-deps.sh installs it)");
     let fwd = Forwarder(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
         assert!(
             Instant::now() < deadline,

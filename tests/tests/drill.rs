@@ -450,7 +450,7 @@ fn a_drill_killed_mid_run_leaves_no_postgres_behind() {
             .arg(child.id().to_string())
             .status();
         let _ = child.wait();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while postgres_running_in(&workdir) || workdir.exists() {
             assert!(
                 Instant::now() < deadline,
@@ -1167,7 +1167,7 @@ fn a_drill_killed_during_its_restore_leaves_no_copy_behind() {
         .arg(child.id().to_string())
         .status();
     let _ = child.wait();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while workdir.exists() {
         assert!(
             Instant::now() < deadline,

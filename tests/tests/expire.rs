@@ -194,7 +194,7 @@ fn kill_gc_at_several_points(env: &TestEnv) {
         // Kill until none is left: a kill that lands between runuser's fork and its child's
         // exec would otherwise leave an orphan gc running into the next step.
         let pattern = format!("{} --config {} gc", env.bin.display(), env.config.display());
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let _ = std::process::Command::new("pkill")
                 .args(["-KILL", "-f", &pattern])

@@ -206,7 +206,7 @@ fn recovery_from_archive(backend: Backend, get: Get) {
                 .filter(|n| n.len() == 24 && *n < last)
                 .collect()
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut left = stale();
         while !left.is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -271,7 +271,7 @@ fn a_prefetcher_keeps_no_descriptor_postgresql_left_open() {
     .output()
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "absent: {out:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut daemons = pgcairn_daemon_pids(&env.bin);
     while daemons.is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -1175,8 +1175,9 @@ fn async_spool_forgets_acks_once_postgresql_is_answered() {
     }
     wait_archived(&pg, &last, Duration::from_secs(60));
     let ack_dir = env.path().join("spool/main/ack");
-    // Allow the pusher its idle time (archive.idle_exit = 3s) and then some.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Allow the pusher its idle time (archive.idle_exit = 3s) and then some (other tests run
+    // beside this one).
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done = done_files(&pg);
         let stale: Vec<String> = std::fs::read_dir(&ack_dir)
