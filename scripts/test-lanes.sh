@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace in lanes side by side (scripts/test.sh calls it once the
+# Runs every test of the workspace in lanes side by side (scripts/test.sh calls it once its
 # test binaries are built).
 #
 #   ./scripts/test-lanes.sh [THREADS]    # PGCAIRN_TEST_LANES=1 runs one binary at a time

@@ -61,10 +61,10 @@ step "tests"
 # End-to-end tests run the release binary the package holds (PGCAIRN_BIN): it is what ships,
 # and it makes backup and restore scenarios several times faster than the debug build.
 export PGCAIRN_BIN=${PGCAIRN_BIN:-$PWD/target/release/pgcairn}
-# Every test binary is built first, then run in two lanes side by side, each binary two tests
-# at a time (scripts/test-lanes.sh: end-to-end binaries spend much of their time waiting on
-# PostgreSQL and the clock, and one that waits no longer holds up the rest).
-cargo test --workspace --locked --no-run
+# Every test binary was built by the build step above; they run in two lanes side by side,
+# each binary two tests at a time (scripts/test-lanes.sh: end-to-end binaries spend much of
+# their time waiting on PostgreSQL and the clock, and one that waits no longer holds up the
+# rest).
 ./scripts/test-lanes.sh "${PGCAIRN_TEST_THREADS:-2}"
 
 step "done"

@@ -221,14 +221,10 @@ fn a_killed_backup_leaves_no_manifest_and_the_next_one_reuses_its_uploads() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // runuser forwards SIGKILL poorly: kill the real pgcairn process by its command line (this
-    // test's config only: tests run side by side).
+    // runuser forwards SIGKILL poorly: kill the real pgcairn process by its command line
+    // (`env.bin` is this environment's own copy, so tests running beside it are left alone).
     let _ = std::process::Command::new("pkill")
-        .args([
-            "-KILL",
-            "-f",
-            &format!("{} --config {} ", env.bin.display(), env.config.display()),
-        ])
+        .args(["-KILL", "-f", &format!("{} --config", env.bin.display())])
         .status();
     let _ = child.kill();
     let _ = child.wait();
