@@ -202,6 +202,15 @@ fn binding_of(key: &ObjectKey) -> Option<Binding> {
             mutable: false,
         });
     }
+    // wal-receive's chunks: an old timeline's tail can stay for the whole retention period.
+    if let Some((segment, start, end, id)) = layout::parse_walstream_chunk(cluster, k) {
+        return Some(Binding {
+            kind: ObjectKind::Wal,
+            id,
+            context: crate::walstream::chunks::context(cluster, &segment, start, end),
+            mutable: false,
+        });
+    }
     let (folder, name) = tail.split_once('/')?;
     match folder {
         "backups" => {

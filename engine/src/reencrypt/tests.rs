@@ -88,6 +88,11 @@ async fn rotated_repo_with(
             .unwrap();
         wal.push((name, data));
     }
+    // A wal-receive tail (an old timeline's can stay as long as the retention period).
+    let (name, data) = segment(18);
+    crate::walstream::chunks::commit_chunk(&repo, "main", &name, 0, data[..50_000].to_vec())
+        .await
+        .unwrap();
     crate::gc::gc(&repo, &GcOptions::with_grace(Duration::from_secs(3600)))
         .await
         .unwrap();
@@ -203,6 +208,16 @@ async fn resealed_and_dropped(opts: ReencryptOptions) {
     assert_eq!(after.codec().epochs(), vec![2]);
     assert_nothing_below(&storage, &after, 2).await;
     assert_everything_reads(&storage, &unlock, &ids, &wal).await;
+    let (name, data) = segment(18);
+    let (tail, streamed) = crate::walstream::chunks::read_tail(&after, "main", &name, 16 << 20)
+        .await
+        .unwrap()
+        .expect("the streamed tail is still there");
+    assert_eq!(streamed, 50_000);
+    assert!(
+        tail[..50_000] == data[..50_000],
+        "the tail reads back resealed"
+    );
     for o in &before {
         assert!(
             storage.get(&o.key).await.unwrap_err().is_not_found(),
