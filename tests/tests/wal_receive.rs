@@ -372,6 +372,88 @@ fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
     assert_eq!(wr["streamed_end_lsn"], st["flush_lsn"], "{info}");
 }
 
+/// With asynchronous archiving a later segment can be stored while an earlier one is still
+/// being pushed, or was dropped (`queue_max`). Here archiving takes the receiver's segment
+/// and the next as done without storing them, and the next reaches the repository by hand.
+/// The restarted receiver resumes at its own tail and streams the missing segment from its
+/// slot, instead of acknowledging everything up to the stored one: the restore after losing
+/// the primary has every row (before the fix: 1000 of 4000, recovery ended in the gap).
+#[test]
+fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    pg.start().unwrap();
+    let guard = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql("postgres", "create table t(i int)").unwrap();
+    backup_json(&env, &["--type", "full"]);
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
+    wait_standby(&pg, None);
+    pg.psql("postgres", "insert into t select generate_series(1, 1000)")
+        .unwrap();
+    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &written);
+    assert!(receiver.sigterm().success());
+
+    let set_archive_command = |cmd: &str| {
+        pg.psql(
+            "postgres",
+            &format!(
+                "alter system set archive_command = '{}'",
+                cmd.replace('\'', "''")
+            ),
+        )
+        .unwrap();
+        pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    };
+    set_archive_command("/bin/true");
+    pg.psql(
+        "postgres",
+        "insert into t select generate_series(1001, 2000)",
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_switch_wal()").unwrap();
+    pg.psql(
+        "postgres",
+        "insert into t select generate_series(2001, 3000)",
+    )
+    .unwrap();
+    let next = pg
+        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
+        .unwrap();
+    pg.psql("postgres", "select pg_switch_wal()").unwrap();
+    let segment = pg.datadir.join("pg_wal").join(&next);
+    let out = env.pgcairn(&["archive-push", segment.to_str().unwrap()]);
+    assert_success(&out, "archive-push of the segment after the gap");
+    set_archive_command(&env.archive_command());
+
+    let mut receiver = Receiver::start(&env, &status, &[], "receiver-2.log");
+    wait_standby(&pg, None);
+    make_synchronous(&pg);
+    pg.psql(
+        "postgres",
+        "insert into t select generate_series(3001, 4000)",
+    )
+    .unwrap();
+    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &written);
+    let log = std::fs::read_to_string(&receiver.log).unwrap();
+    assert!(
+        log.contains("is not in the repository, though later segments"),
+        "the receiver says why it resumes below the newest archived segment:\n{log}"
+    );
+
+    kill9_server(&pg);
+    receiver.kill9();
+    drop(guard);
+    std::fs::remove_dir_all(&pg.datadir).unwrap();
+    let restored = env.restore_and_start("restored", None);
+    let _guard = StopOnDrop(&restored);
+    let rows = restored.psql("postgres", "select count(*) from t").unwrap();
+    assert_eq!(rows, "4000", "every acknowledged row is restored");
+}
+
 /// Runs one statement in the background through psql (autocommit).
 fn spawn_sql(env: &TestEnv, pg: &Instance, sql: &str) -> Child {
     psql_command(env, pg)

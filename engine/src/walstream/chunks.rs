@@ -58,7 +58,8 @@ pub fn segment_name(tli: u32, segno: u64, seg_size: u64) -> WalFileName {
     }
 }
 
-fn context(cluster: &str, segment: &WalFileName, start: u64, end: u64) -> Vec<u8> {
+/// The associated data a chunk is sealed with: its cluster, segment and byte range.
+pub(crate) fn context(cluster: &str, segment: &WalFileName, start: u64, end: u64) -> Vec<u8> {
     format!("walstream/{cluster}/{segment}/{start:X}-{end:X}").into_bytes()
 }
 
@@ -218,10 +219,38 @@ pub async fn read_prefix(repo: &Repository, cluster: &str, chunks: &[Chunk]) -> 
     Ok(out)
 }
 
+/// As [`read_prefix`], and when only the run's last chunk does not open, the prefix before
+/// it, with that chunk and why it did not open. A chunk is acknowledged only once its put
+/// returned (on `file://`, after its fsync), so the last one can be torn by a crash or power
+/// loss during its write, before it was acknowledged; what precedes it is the durable stream.
+/// Any other damaged chunk is an error: acknowledged WAL is missing.
+pub async fn read_prefix_or_before_last(
+    repo: &Repository,
+    cluster: &str,
+    chunks: &[Chunk],
+) -> Result<(Vec<u8>, Option<(Chunk, Error)>)> {
+    let whole = read_prefix(repo, cluster, chunks).await;
+    let Err(Error::Corrupt { .. }) = &whole else {
+        return Ok((whole?, None));
+    };
+    let Some(last) = contiguous(chunks).0.last().copied().cloned() else {
+        return Ok((whole?, None));
+    };
+    let rest: Vec<Chunk> = chunks.iter().filter(|c| **c != last).cloned().collect();
+    match (read_prefix(repo, cluster, &rest).await, whole) {
+        (Ok(prefix), Err(why)) => Ok((prefix, Some((last, why)))),
+        (_, whole) => Ok((whole?, None)),
+    }
+}
+
 /// The streamed tail of `segment`, as `archive-get` serves it: the durable prefix, padded
 /// with zeros to the segment size like a `.partial` file of `pg_receivewal` (recovery reads up
 /// to the last complete record and stops at the zeros). `None` when nothing was streamed for
-/// it. Also returns how many bytes were streamed.
+/// it. Also returns how many bytes were streamed. A last chunk that does not open (torn by a
+/// crash of the receiver's host before it was acknowledged, see
+/// [`read_prefix_or_before_last`]) is left out, with an error in the log, as the receiver
+/// sets it aside when it starts: a recovery before that restart still reaches every
+/// acknowledged commit instead of stopping at an error.
 pub async fn read_tail(
     repo: &Repository,
     cluster: &str,
@@ -232,7 +261,22 @@ pub async fn read_tail(
     if contiguous(&chunks).1 == 0 {
         return Ok(None);
     }
-    let mut data = read_prefix(repo, cluster, &chunks).await?;
+    let mut data = match read_prefix_or_before_last(repo, cluster, &chunks).await? {
+        (prefix, None) => prefix,
+        // Nothing before it: no stream to serve, and a lone chunk that does not open is
+        // not told apart from one put there by someone else.
+        (prefix, Some((_, why))) if prefix.is_empty() => return Err(why),
+        (prefix, Some((last, why))) => {
+            tracing::error!(
+                "the last streamed chunk {} of {segment} does not open ({why}): a crash during \
+                 its write, before it was acknowledged; serving the {} bytes before it \
+                 (wal-receive sets it aside when it starts)",
+                last.key,
+                prefix.len()
+            );
+            prefix
+        }
+    };
     let bytes = data.len() as u64;
     data.resize(seg_size as usize, 0);
     Ok(Some((data, bytes)))
@@ -340,6 +384,31 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+
+        // A torn last chunk (a crash during its write, never acknowledged): the tail is
+        // served up to it; a damaged chunk before the last is still an error.
+        {
+            use crate::storage::Storage;
+            mem.delete(&chunks[1].key).await.unwrap();
+            mem.put_create(&chunks[1].key, bytes::Bytes::from_static(b"torn"))
+                .await
+                .unwrap();
+            let (tail, bytes) = read_tail(&repo, "main", &segment, seg_size)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(bytes, 40_000);
+            assert!(tail[..40_000] == data[..40_000]);
+            assert!(tail[40_000..].iter().all(|&b| b == 0));
+            mem.delete(&chunks[0].key).await.unwrap();
+            mem.put_create(&chunks[0].key, bytes::Bytes::from_static(b"torn"))
+                .await
+                .unwrap();
+            let err = read_tail(&repo, "main", &segment, seg_size)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        }
 
         remove(&repo, &chunks).await.unwrap();
         assert!(read_tail(&repo, "main", &segment, seg_size)

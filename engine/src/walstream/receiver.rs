@@ -40,6 +40,7 @@
 //! synchronous primary waits (that is the point). Errors that retrying cannot fix (bad
 //! credentials, another system, a conflicting segment) stop the daemon.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
@@ -119,6 +120,28 @@ impl ReceiveError {
 
 type Result<T, E = ReceiveError> = std::result::Result<T, E>;
 
+/// What to do about a server error that retrying fixes only once something else changes.
+/// Retried all the same: archiving may still store the segment the server no longer has (the
+/// receiver then resumes after it), and an operator may recreate the slot.
+fn retry_hint(e: &ReceiveError) -> &'static str {
+    match e {
+        // "requested WAL segment ... has already been removed".
+        ReceiveError::Protocol(p) if p.code() == Some("58P01") => {
+            " (the server no longer has the WAL the repository needs next: the receiver \
+             resumes once archive-push has stored it; if archiving lost it, the repository has a \
+             gap there, so take a new backup; a replication slot (`--create-slot`) keeps the \
+             server from removing WAL the receiver has not stored)"
+        }
+        // A slot that cannot be used, e.g. invalidated by max_slot_wal_keep_size.
+        ReceiveError::Protocol(p) if p.code() == Some("55000") => {
+            " (the replication slot cannot be used: if max_slot_wal_keep_size invalidated it, \
+             drop it on the server, start `pgcairn wal-receive --create-slot`, and take a new \
+             backup, since WAL between may be missing from the repository)"
+        }
+        _ => "",
+    }
+}
+
 /// How a session ended without an error.
 enum SessionEnd {
     /// Asked to stop.
@@ -164,6 +187,9 @@ struct Receiver<'a> {
     status_written: Option<Instant>,
     /// The status changed since the file was last written (a write skipped as too soon).
     status_dirty: bool,
+    /// A segment missing from the repository below an archived one that the server said it
+    /// no longer has: the next resume goes past it (see [`Receiver::resume_point`]).
+    lost_gap: Option<(u32, u64)>,
 }
 
 /// Runs the receiver until `stop` turns true (SIGTERM), or an error retrying cannot fix.
@@ -186,6 +212,7 @@ pub async fn run(
         },
         status_written: None,
         status_dirty: false,
+        lost_gap: None,
     };
     let mut backoff = Duration::from_secs(1);
     let result = loop {
@@ -201,9 +228,10 @@ pub async fn run(
                 if r.status.chunks_committed > committed_before {
                     backoff = Duration::from_secs(1);
                 }
-                warn!("wal-receive: {e}; not acknowledging anything more; retrying in {backoff:?}");
+                let hint = retry_hint(&e);
+                warn!("wal-receive: {e}{hint}; not acknowledging anything more; retrying in {backoff:?}");
                 r.status.state = "retrying".into();
-                r.status.last_error = Some(e.to_string());
+                r.status.last_error = Some(format!("{e}{hint}"));
                 r.write_status(true);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -259,6 +287,8 @@ struct Resume {
     segno: u64,
     /// The durable prefix of that segment.
     prefix: Vec<u8>,
+    /// A later segment of the timeline is archived: this one is a gap to fill.
+    gap: bool,
     /// The repository holds the WAL before `segno` (or the session is refused): false only
     /// on a first start.
     proven: bool,
@@ -307,10 +337,11 @@ impl Receiver<'_> {
         }
     }
 
-    /// The newest archived segment on `tli` (one LIST of that timeline's pointers).
-    async fn newest_archived(&self, tli: u32, seg_size: u64) -> Result<Option<u64>> {
+    /// The archived segments of `tli`, as absolute segment numbers (one LIST of that
+    /// timeline's pointers).
+    async fn archived_segments(&self, tli: u32, seg_size: u64) -> Result<BTreeSet<u64>> {
         let prefix = layout::wal_pointer_timeline_prefix(self.cluster, TimelineId(tli));
-        let mut newest = None;
+        let mut archived = BTreeSet::new();
         for o in self
             .repo
             .storage()
@@ -321,18 +352,28 @@ impl Receiver<'_> {
             if let Some((_, WalFileName::Segment { segno, .. })) =
                 layout::parse_wal_pointer(self.cluster, o.key.as_str())
             {
-                newest = newest.max(Some(segno.absolute(seg_size)));
+                archived.insert(segno.absolute(seg_size));
             }
         }
-        Ok(newest)
+        Ok(archived)
     }
 
     /// Settles what a crash left and returns where streaming resumes: (timeline, segment,
     /// durable prefix of that segment, whether the repository holds the WAL before it).
     ///
-    /// The resume point is the newest durable position on the newest timeline of the
-    /// server's history (`history`: its ancestors, oldest first) that has any: that timeline's
-    /// newest streamed tail or the end of its newest archived segment, whichever is later.
+    /// The resume point is on the newest timeline of the server's history (`history`: its
+    /// ancestors, oldest first) that has any WAL in the repository. On it, the receiver's
+    /// own newest streamed segment says where its acknowledged WAL ends: a partial one (the
+    /// tail) is where streaming resumes, whatever is archived after it; one that is whole
+    /// (archived, or archived here) is followed over the archived segments after it, and
+    /// streaming resumes at the first one missing. Not the end of the newest archived
+    /// segment: with asynchronous archiving a later segment can land while an earlier one
+    /// is still being pushed (or was dropped by the spool's `queue_max`), and a restart that
+    /// resumed after it acknowledged the missing segment as flushed, so a recovery stopped
+    /// inside it, before commits the receiver had acknowledged. The server still has that
+    /// segment (the slot holds it from the position last acknowledged). With no chunk of
+    /// the timeline left (`expire` removed those of archived segments), the end of its
+    /// newest archived segment is all there is to go by.
     /// Not the newest tail of any timeline: an older timeline's partial switch segment stays
     /// as its tail after a promotion, and once the new timeline's chunks were archived and
     /// deleted it was the only tail left, so a restart went back to the switch point (and
@@ -357,11 +398,13 @@ impl Receiver<'_> {
                 tli,
                 segno,
                 prefix: Vec::new(),
+                gap: false,
                 proven: true,
             });
         }
-        // The newest partial (unarchived, incomplete) segment of each timeline.
-        let mut tails: std::collections::BTreeMap<u32, (u64, u64)> = Default::default();
+        // The newest streamed segment of each timeline, with its durable prefix when it is
+        // partial (not archived, not whole); `None` when it is whole.
+        let mut newest: std::collections::BTreeMap<u32, (u64, Option<u64>)> = Default::default();
         for ((tli, segno), list) in &all {
             let name = chunks::segment_name(*tli, *segno, seg_size);
             let archived = crate::archive::push::read_wal_record(self.repo, self.cluster, &name)
@@ -374,51 +417,74 @@ impl Receiver<'_> {
                     list.len()
                 );
                 chunks::remove(self.repo, list).await?;
+                newest.insert(*tli, (*segno, None));
             } else if end == seg_size {
                 info!("{name} was streamed completely but not archived (crash?): archiving it now");
                 let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
                 archive_segment(self.repo.clone(), self.cluster.to_string(), name, data).await?;
                 self.status.segments_archived += 1;
+                newest.insert(*tli, (*segno, None));
             } else {
                 // Older partial segments of a timeline stay until archived or expired (see
                 // [`super::sweep`]); the newest is where that timeline's stream stopped.
-                tails.insert(*tli, (*segno, end));
+                newest.insert(*tli, (*segno, Some(end)));
             }
         }
         let timelines = std::iter::once(server_tli).chain(history.iter().rev().map(|e| e.parent));
         for tli in timelines {
-            let archived_end = self
-                .newest_archived(tli, seg_size)
-                .await?
-                .map(|segno| (segno + 1) * seg_size);
-            let tail = tails.get(&tli).copied();
-            let tail_end = tail.map(|(segno, end)| segno * seg_size + end);
-            match (tail, archived_end) {
-                (Some((segno, _)), a) if tail_end > a => {
-                    let list = &all[&(tli, segno)];
-                    let prefix = self.read_tail(list).await?;
+            let archived = self.archived_segments(tli, seg_size).await?;
+            let (segno, prefix) = match newest.get(&tli).copied() {
+                Some((segno, Some(_))) => (segno, self.read_tail(&all[&(tli, segno)]).await?),
+                Some((whole, None)) => {
+                    let first_missing = (whole + 1..)
+                        .find(|s| !archived.contains(s))
+                        .expect("a finite set leaves a segment out");
+                    (first_missing, Vec::new())
+                }
+                None => match archived.last() {
+                    Some(last) => (last + 1, Vec::new()),
+                    None => continue,
+                },
+            };
+            let mut gap = false;
+            if let Some(&last) = archived.last().filter(|&&last| last > segno) {
+                let name = chunks::segment_name(tli, segno, seg_size);
+                if self.lost_gap == Some((tli, segno)) {
+                    tracing::error!(
+                        "{name} is not in the repository and the server no longer has it: \
+                         point-in-time recovery from the backups before it stops there, so \
+                         take a new backup now; streaming resumes after the newest archived \
+                         segment, {}",
+                        chunks::segment_name(tli, last, seg_size)
+                    );
                     return Ok(Resume {
                         tli,
-                        segno,
-                        prefix,
+                        segno: last + 1,
+                        prefix: Vec::new(),
+                        gap: false,
                         proven: true,
                     });
                 }
-                (_, Some(end)) => {
-                    return Ok(Resume {
-                        tli,
-                        segno: end / seg_size,
-                        prefix: Vec::new(),
-                        proven: true,
-                    })
-                }
-                _ => {}
+                warn!(
+                    "{name} is not in the repository, though later segments of timeline {tli} \
+                     are (archiving still pushing it, or it was dropped): streaming resumes \
+                     there, and nothing after it is acknowledged before it is stored"
+                );
+                gap = true;
             }
+            return Ok(Resume {
+                tli,
+                segno,
+                prefix,
+                gap,
+                proven: true,
+            });
         }
         Ok(Resume {
             tli: server_tli,
             segno: server_pos.segment_no(seg_size),
             prefix: Vec::new(),
+            gap: false,
             proven: false,
         })
     }
@@ -435,42 +501,35 @@ impl Receiver<'_> {
     /// restart read from the page cache and acknowledged, and an OS crash after that lost it.
     /// Creating it again with the bytes read syncs it ([`crate::storage::CreateOutcome`]).
     async fn read_tail(&self, list: &[chunks::Chunk]) -> Result<Vec<u8>> {
-        let whole = chunks::read_prefix(self.repo, self.cluster, list).await;
-        let Err(Error::Corrupt { .. }) = &whole else {
-            let prefix = whole?;
-            if let Some(last) = chunks::contiguous(list).0.last() {
-                let storage = self.repo.storage();
-                let raw = storage.get(&last.key).await.map_err(Error::from)?;
-                storage
-                    .put_create(&last.key, raw)
+        match chunks::read_prefix_or_before_last(self.repo, self.cluster, list).await? {
+            (prefix, None) => {
+                if let Some(last) = chunks::contiguous(list).0.last() {
+                    let storage = self.repo.storage();
+                    let raw = storage.get(&last.key).await.map_err(Error::from)?;
+                    storage
+                        .put_create(&last.key, raw)
+                        .await
+                        .map_err(Error::from)?;
+                }
+                Ok(prefix)
+            }
+            (prefix, Some((last, why))) => {
+                tracing::error!(
+                    "the last streamed chunk {} does not open ({why}): a crash or power loss \
+                     during its write, before it was acknowledged; it is set aside and \
+                     streaming resumes at byte {} of {}",
+                    last.key,
+                    prefix.len(),
+                    last.segment
+                );
+                self.repo
+                    .storage()
+                    .delete(&last.key)
                     .await
                     .map_err(Error::from)?;
+                Ok(prefix)
             }
-            return Ok(prefix);
-        };
-        let (run, _) = chunks::contiguous(list);
-        let Some(last) = run.last().copied().cloned() else {
-            return Ok(whole?);
-        };
-        let rest: Vec<chunks::Chunk> = list.iter().filter(|c| **c != last).cloned().collect();
-        let Ok(prefix) = chunks::read_prefix(self.repo, self.cluster, &rest).await else {
-            return Ok(whole?);
-        };
-        tracing::error!(
-            "the last streamed chunk {} does not open ({}): a crash or power loss during its \
-             write, before it was acknowledged; it is set aside and streaming resumes at byte {} \
-             of {}",
-            last.key,
-            whole.err().map(|e| e.to_string()).unwrap_or_default(),
-            prefix.len(),
-            last.segment
-        );
-        self.repo
-            .storage()
-            .delete(&last.key)
-            .await
-            .map_err(Error::from)?;
-        Ok(prefix)
+        }
     }
 
     /// Archives the history file of `tli` (a no-op when it is already).
@@ -535,10 +594,12 @@ impl Receiver<'_> {
             mut tli,
             mut segno,
             mut prefix,
+            gap,
             proven,
         } = self
             .resume_point(ident.timeline, ident.xlogpos, seg_size, &history)
             .await?;
+        let gap_at = gap.then_some((tli, segno));
         if tli < ident.timeline {
             // Where did our timeline end, in the server's history? Past that point the
             // stream continues on the next timeline, from the start of the segment holding the
@@ -597,6 +658,11 @@ impl Receiver<'_> {
                     "{e}: create it once with `pgcairn wal-receive --create-slot` (or \
                      pg_create_physical_replication_slot on the server)"
                 )),
+                // The gap cannot be filled from this server: the next try goes past it.
+                Some("58P01") if gap_at.is_some() => {
+                    self.lost_gap = gap_at;
+                    e.into()
+                }
                 _ => e.into(),
             })?;
         self.status.state = "streaming".into();
@@ -872,6 +938,20 @@ mod tests {
             message: "password authentication failed".into(),
         });
         assert!(auth.is_permanent());
+        assert_eq!(retry_hint(&auth), "");
+        // Retried, and the log says what would end it.
+        let removed = ReceiveError::Protocol(ProtocolError::Server {
+            code: "58P01".into(),
+            message: "requested WAL segment 000000010000000000000005 has already been removed"
+                .into(),
+        });
+        assert!(!removed.is_permanent());
+        assert!(retry_hint(&removed).contains("new backup"));
+        let slot = ReceiveError::Protocol(ProtocolError::Server {
+            code: "55000".into(),
+            message: "cannot read from replication slot".into(),
+        });
+        assert!(retry_hint(&slot).contains("--create-slot"));
     }
 
     const SEG: u64 = 1 << 20;
@@ -914,6 +994,7 @@ mod tests {
             status: ReceiverStatus::default(),
             status_written: None,
             status_dirty: false,
+            lost_gap: None,
         }
     }
 
@@ -977,6 +1058,51 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resume(&repo, 2, 10, &history).await, (2, 10, 1000, true));
+    }
+
+    /// With asynchronous archiving a later segment can be stored while an earlier one is
+    /// still being pushed (or was dropped). A restart resumes where the receiver's own WAL
+    /// ends, not after the newest archived segment: that acknowledged the missing segment as
+    /// flushed, and a recovery stopped inside it, before commits acknowledged after it.
+    #[tokio::test]
+    async fn a_restart_does_not_jump_over_a_segment_missing_from_the_repository() {
+        let (_mem, repo) = crate::test_support::memory_repo().await;
+        for segno in 1..=4 {
+            archive(&repo, 1, segno).await;
+        }
+        // The receiver stopped inside 1/5; archiving stored 6 while 5 was still on its way.
+        let tail = chunks::segment_name(1, 5, SEG);
+        chunks::commit_chunk(&repo, "main", &tail, 0, vec![7; 40_000])
+            .await
+            .unwrap();
+        archive(&repo, 1, 6).await;
+        assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 5, 40_000, true));
+        // Once the server has said it no longer has that segment, the gap cannot be filled:
+        // streaming goes on after the archived one (with an error saying to take a backup)
+        // rather than holding every synchronous commit for good.
+        let opts = options();
+        let mut r = receiver(&repo, &opts);
+        r.lost_gap = Some((1, 5));
+        let at = r.resume_point(1, Lsn(9 * SEG), SEG, &[]).await.unwrap();
+        assert_eq!(
+            (at.tli, at.segno, at.prefix.len(), at.gap),
+            (1, 7, 0, false)
+        );
+
+        // The receiver's segment was archived meanwhile (its chunks are removed on resume):
+        // it follows the archived segments after it to the first one missing.
+        let (_mem, repo) = crate::test_support::memory_repo().await;
+        for segno in [1, 2, 3, 5] {
+            archive(&repo, 1, segno).await;
+        }
+        let streamed = chunks::segment_name(1, 3, SEG);
+        chunks::commit_chunk(&repo, "main", &streamed, 0, vec![7; 40_000])
+            .await
+            .unwrap();
+        assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 4, 0, true));
+        // Segment 4 lands: the receiver's chunks are gone now, and the archive is whole.
+        archive(&repo, 1, 4).await;
+        assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 6, 0, true));
     }
 
     /// A first start (no WAL of the server's history in the repository) begins at the
