@@ -454,6 +454,77 @@ fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
     assert_eq!(rows, "4000", "every acknowledged row is restored");
 }
 
+/// A client committing one row at a time makes a chunk per commit; the receiver merges
+/// them as it goes, so the newest segment is a few objects, not thousands (every
+/// `archive-get` of it and every restart reads them all). What was acknowledged reads back
+/// whole after a restart.
+#[test]
+fn one_row_commits_are_merged_into_few_chunks() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    pg.start().unwrap();
+    let _guard = StopOnDrop(&pg);
+    env.use_cluster(&pg);
+    pg.psql("postgres", "create table t(i int)").unwrap();
+    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
+    wait_standby(&pg, None);
+    make_synchronous(&pg);
+    let script = env.path().join("one-row-commits.sql");
+    let sql: String = (1..=1500)
+        .map(|n| format!("insert into t values ({n});\n"))
+        .collect();
+    std::fs::write(&script, sql).unwrap();
+    give_to(env.run_as.as_deref(), &script).unwrap();
+    let out = psql_command(&env, &pg)
+        .arg("-f")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &written);
+    let segment = pg
+        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
+        .unwrap();
+    let committed = receiver.status().unwrap()["chunks_committed"]
+        .as_u64()
+        .unwrap();
+    let stored = chunk_objects(&env, &segment).len() as u64;
+    assert!(
+        committed >= 1000,
+        "one chunk per synchronous commit: {committed} chunks committed"
+    );
+    assert!(
+        stored <= committed / 64 + 64 + 16,
+        "{stored} chunk objects stored for {committed} chunks committed: not merged: {:?}\n{}",
+        chunk_objects(&env, &segment),
+        std::fs::read_to_string(&receiver.log).unwrap_or_default()
+    );
+    assert!(receiver.sigterm().success());
+    let flushed = receiver.status().unwrap()["flush_lsn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.pgcairn(&["info", "--output", "json"]);
+    assert_success(&out, "pgcairn info");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        info["clusters"][0]["wal_receive"]["streamed_end_lsn"], flushed,
+        "the merged chunks cover everything acknowledged: {info}"
+    );
+    // A restart reads them back and goes on from the same position.
+    let receiver = Receiver::start(&env, &status, &[], "receiver-2.log");
+    wait_standby(&pg, Some("sync"));
+    pg.psql("postgres", "insert into t values (0)").unwrap();
+    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
+    wait_flushed(&receiver, &written);
+}
+
 /// Runs one statement in the background through psql (autocommit).
 fn spawn_sql(env: &TestEnv, pg: &Instance, sql: &str) -> Child {
     psql_command(env, pg)

@@ -236,6 +236,14 @@ pub async fn read_prefix_or_before_last(
     let Some(last) = contiguous(chunks).0.last().copied().cloned() else {
         return Ok((whole?, None));
     };
+    // A chunk deleted while it was read (its segment archived, or merged into a larger
+    // chunk by the receiver) is not a torn one: the caller lists the chunks again.
+    if let Err(e) = repo.storage().head(&last.key).await {
+        return match e.is_not_found() {
+            true => Ok((whole?, None)),
+            false => Err(e.into()),
+        };
+    }
     let rest: Vec<Chunk> = chunks.iter().filter(|c| **c != last).cloned().collect();
     match (read_prefix(repo, cluster, &rest).await, whole) {
         (Ok(prefix), Err(why)) => Ok((prefix, Some((last, why)))),
@@ -257,11 +265,23 @@ pub async fn read_tail(
     segment: &WalFileName,
     seg_size: u64,
 ) -> Result<Option<(Vec<u8>, u64)>> {
-    let chunks = list_segment(repo, cluster, segment).await?;
-    if contiguous(&chunks).1 == 0 {
-        return Ok(None);
-    }
-    let mut data = match read_prefix_or_before_last(repo, cluster, &chunks).await? {
+    // The receiver merges small chunks into larger ones and deletes them: a read that lost
+    // the race lists again.
+    let mut attempts = 0;
+    let read = loop {
+        let chunks = list_segment(repo, cluster, segment).await?;
+        if contiguous(&chunks).1 == 0 {
+            return Ok(None);
+        }
+        match read_prefix_or_before_last(repo, cluster, &chunks).await {
+            Err(e) if attempts < 3 && !all_present(repo, &chunks).await? => {
+                tracing::debug!("a streamed chunk of {segment} went while read ({e}): again");
+                attempts += 1;
+            }
+            read => break read?,
+        }
+    };
+    let mut data = match read {
         (prefix, None) => prefix,
         // Nothing before it: no stream to serve, and a lone chunk that does not open is
         // not told apart from one put there by someone else.
@@ -282,10 +302,27 @@ pub async fn read_tail(
     Ok(Some((data, bytes)))
 }
 
+/// Whether every chunk of the run from offset 0 is still stored.
+async fn all_present(repo: &Repository, chunks: &[Chunk]) -> Result<bool> {
+    for c in contiguous(chunks).0 {
+        match repo.storage().head(&c.key).await {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
 /// Deletes chunks (after their segment is archived).
 pub async fn remove(repo: &Repository, chunks: &[Chunk]) -> Result<()> {
-    let storage = repo.storage().clone();
     let keys: Vec<ObjectKey> = chunks.iter().map(|c| c.key.clone()).collect();
+    remove_keys(repo, keys).await
+}
+
+/// Deletes chunk objects by key (after their segment is archived, or once merged).
+pub async fn remove_keys(repo: &Repository, keys: Vec<ObjectKey>) -> Result<()> {
+    let storage = repo.storage().clone();
     futures::stream::iter(keys)
         .map(|key| {
             let storage = storage.clone();
@@ -408,6 +445,34 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        }
+
+        // A last chunk that went while it was read (merged by the receiver into a larger
+        // one) is not taken for a torn one: no shorter tail from the old listing, and a new
+        // listing reads the merged chunk.
+        {
+            use crate::storage::Storage;
+            let seg = segment_name(1, 9, seg_size);
+            commit_chunk(&repo, "main", &seg, 0, data[..1000].to_vec())
+                .await
+                .unwrap();
+            commit_chunk(&repo, "main", &seg, 1000, data[1000..1500].to_vec())
+                .await
+                .unwrap();
+            let listed = list_segment(&repo, "main", &seg).await.unwrap();
+            commit_chunk(&repo, "main", &seg, 0, data[..1500].to_vec())
+                .await
+                .unwrap();
+            mem.delete(&listed[1].key).await.unwrap();
+            assert!(read_prefix_or_before_last(&repo, "main", &listed)
+                .await
+                .is_err());
+            let (tail, bytes) = read_tail(&repo, "main", &seg, seg_size)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(bytes, 1500);
+            assert!(tail[..1500] == data[..1500]);
         }
 
         remove(&repo, &chunks).await.unwrap();

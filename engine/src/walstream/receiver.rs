@@ -64,6 +64,11 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(5);
 /// Default interval of status updates while idle (PostgreSQL's `wal_receiver_status_interval`).
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Chunks of a segment merged into one once there are this many since the last merge.
+const MERGE_AFTER: usize = 64;
+/// A chunk of this size or more stays as it is (so a merged chunk holds at most
+/// `MERGE_AFTER` times this).
+const SMALL_CHUNK: usize = 64 << 10;
 const STATUS_FILE_EVERY: Duration = Duration::from_secs(1);
 
 /// How the receiver runs.
@@ -264,6 +269,10 @@ struct Current {
     proven: bool,
     /// When the oldest uncommitted byte arrived.
     pending_since: Option<Instant>,
+    /// Chunks committed since `merged_to`, not yet merged ([`MERGE_AFTER`]).
+    small: Vec<crate::storage::ObjectKey>,
+    /// Where the chunks not yet merged start.
+    merged_to: usize,
 }
 
 impl Current {
@@ -632,6 +641,7 @@ impl Receiver<'_> {
             )));
         }
         self.archive_history(&mut conn, tli).await?;
+        let prefix_len = prefix.len();
         let mut cur = Current {
             tli,
             segno,
@@ -645,6 +655,8 @@ impl Receiver<'_> {
                 b
             },
             pending_since: None,
+            small: Vec::new(),
+            merged_to: prefix_len,
         };
         let start = cur.received();
         info!(
@@ -731,7 +743,9 @@ impl Receiver<'_> {
             return Ok(());
         }
         let data = cur.buf[cur.durable..].to_vec();
-        chunks::commit_chunk(self.repo, self.cluster, &cur.name, cur.durable as u64, data).await?;
+        let start = cur.durable;
+        let key =
+            chunks::commit_chunk(self.repo, self.cluster, &cur.name, start as u64, data).await?;
         cur.durable = cur.buf.len();
         cur.proven = true;
         cur.pending_since = None;
@@ -742,7 +756,47 @@ impl Receiver<'_> {
         self.status.last_commit_at = Some(crate::store::Timestamp::now().to_string());
         self.note_server_end(server_end, flushed);
         self.write_status(false);
+        if cur.durable - start >= SMALL_CHUNK {
+            // Large enough as it is; the small chunks before it are merged.
+            self.merge(cur, start).await;
+            cur.merged_to = cur.durable;
+        } else {
+            cur.small.push(key);
+            if cur.small.len() >= MERGE_AFTER {
+                self.merge(cur, cur.durable).await;
+            }
+        }
         Ok(())
+    }
+
+    /// Replaces the small chunks committed since the last merge, up to `end`, by one (after
+    /// [`MERGE_AFTER`] of them, or before a large chunk): a client
+    /// committing one row at a time makes a chunk per commit, and every chunk of the newest
+    /// segment is read by each `archive-get` of it and by every restart (16 reads at a time).
+    /// The merged chunk is durable before the small ones go, and a reader prefers the longer
+    /// chunk ([`chunks::contiguous`]), so a crash at any point leaves the same bytes readable.
+    /// Already acknowledged, so a failure here is only logged: the small chunks stay until
+    /// their segment is archived.
+    async fn merge(&mut self, cur: &mut Current, end: usize) {
+        let small = std::mem::take(&mut cur.small);
+        let from = std::mem::replace(&mut cur.merged_to, end);
+        if small.len() < 2 {
+            return;
+        }
+        let data = cur.buf[from..end].to_vec();
+        if let Err(e) =
+            chunks::commit_chunk(self.repo, self.cluster, &cur.name, from as u64, data).await
+        {
+            warn!(
+                "merging {} streamed chunks of {}: {e}",
+                small.len(),
+                cur.name
+            );
+            return;
+        }
+        if let Err(e) = chunks::remove_keys(self.repo, small).await {
+            warn!("removing merged chunks of {}: {e}", cur.name);
+        }
     }
 
     fn note_server_end(&mut self, server_end: Lsn, flushed: Lsn) {
@@ -770,6 +824,8 @@ impl Receiver<'_> {
         );
         cur.segno = next;
         cur.durable = 0;
+        cur.small.clear();
+        cur.merged_to = 0;
         *archiving = Some(tokio::spawn(archive_segment(
             self.repo.clone(),
             self.cluster.to_string(),
@@ -1120,6 +1176,8 @@ mod tests {
             durable: 0,
             proven: false,
             pending_since: None,
+            small: Vec::new(),
+            merged_to: 0,
         };
         assert_eq!(cur.flushed(), Lsn(0));
         assert_eq!(cur.received(), Lsn(7 * SEG));
