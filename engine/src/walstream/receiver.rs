@@ -66,7 +66,7 @@ pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Chunks of a segment merged into one once there are this many since the last merge.
 const MERGE_AFTER: usize = 64;
-/// A chunk of this size or more stays as it is (so a merged chunk holds at most
+/// A chunk of this size or more stays as it is (so a merged chunk holds less than
 /// `MERGE_AFTER` times this).
 const SMALL_CHUNK: usize = 64 << 10;
 const STATUS_FILE_EVERY: Duration = Duration::from_secs(1);
@@ -176,11 +176,40 @@ async fn archive_segment(
     cluster: String,
     name: WalFileName,
     data: Vec<u8>,
+    seg_size: u64,
 ) -> Result<(), Error> {
     let outcome = push_wal_file(&repo, &cluster, &name, WalSource::Bytes(data)).await?;
     debug!("{name} archived from the stream: {outcome:?}");
-    let leftovers = chunks::list_segment(&repo, &cluster, &name).await?;
-    chunks::remove(&repo, &leftovers).await
+    remove_archived_before(&repo, &cluster, &name, seg_size).await
+}
+
+/// Deletes the chunks of the archived segments of `name`'s timeline before it. The chunks
+/// of the newest segment the receiver completed stay, as its mark: they say where its
+/// acknowledged WAL ends when it restarts before writing into the next segment, which the
+/// archive alone cannot say (asynchronous archiving may have stored a later segment first;
+/// see [`Receiver::resume_point`]). `expire` keeps them too ([`super::sweep`]).
+async fn remove_archived_before(
+    repo: &Repository,
+    cluster: &str,
+    name: &WalFileName,
+    seg_size: u64,
+) -> Result<(), Error> {
+    let (Some(segno), tli) = (name.segment(), name.timeline()) else {
+        return Ok(());
+    };
+    for ((t, s), list) in chunks::list_all(repo, cluster, seg_size).await? {
+        if t != tli.0 || s >= segno.absolute(seg_size) {
+            continue;
+        }
+        let older = chunks::segment_name(t, s, seg_size);
+        if crate::archive::push::read_wal_record(repo, cluster, &older)
+            .await?
+            .is_some()
+        {
+            chunks::remove(repo, &list).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The receiver: state shared by its sessions.
@@ -273,6 +302,8 @@ struct Current {
     small: Vec<crate::storage::ObjectKey>,
     /// Where the chunks not yet merged start.
     merged_to: usize,
+    /// The small chunks the last merge covered, deleted at the next one.
+    merged_small: Vec<crate::storage::ObjectKey>,
 }
 
 impl Current {
@@ -414,6 +445,7 @@ impl Receiver<'_> {
         // The newest streamed segment of each timeline, with its durable prefix when it is
         // partial (not archived, not whole); `None` when it is whole.
         let mut newest: std::collections::BTreeMap<u32, (u64, Option<u64>)> = Default::default();
+        let last_of: std::collections::BTreeMap<u32, u64> = all.keys().copied().collect();
         for ((tli, segno), list) in &all {
             let name = chunks::segment_name(*tli, *segno, seg_size);
             let archived = crate::archive::push::read_wal_record(self.repo, self.cluster, &name)
@@ -421,16 +453,27 @@ impl Receiver<'_> {
                 .is_some();
             let (_, end) = chunks::contiguous(list);
             if archived {
-                info!(
-                    "{name} is archived: deleting its {} streamed chunks",
-                    list.len()
-                );
-                chunks::remove(self.repo, list).await?;
+                // The newest is the mark of where the stream stopped (see
+                // [`remove_archived_before`]); it goes once a later segment is archived.
+                if last_of.get(tli) != Some(segno) {
+                    info!(
+                        "{name} is archived: deleting its {} streamed chunks",
+                        list.len()
+                    );
+                    chunks::remove(self.repo, list).await?;
+                }
                 newest.insert(*tli, (*segno, None));
             } else if end == seg_size {
                 info!("{name} was streamed completely but not archived (crash?): archiving it now");
                 let data = chunks::read_prefix(self.repo, self.cluster, list).await?;
-                archive_segment(self.repo.clone(), self.cluster.to_string(), name, data).await?;
+                archive_segment(
+                    self.repo.clone(),
+                    self.cluster.to_string(),
+                    name,
+                    data,
+                    seg_size,
+                )
+                .await?;
                 self.status.segments_archived += 1;
                 newest.insert(*tli, (*segno, None));
             } else {
@@ -608,7 +651,7 @@ impl Receiver<'_> {
         } = self
             .resume_point(ident.timeline, ident.xlogpos, seg_size, &history)
             .await?;
-        let gap_at = gap.then_some((tli, segno));
+        let resumed_at = (tli, segno);
         if tli < ident.timeline {
             // Where did our timeline end, in the server's history? Past that point the
             // stream continues on the next timeline, from the start of the segment holding the
@@ -640,6 +683,8 @@ impl Receiver<'_> {
                 ident.timeline
             )));
         }
+        // Only a gap streaming starts in (not one a timeline switch moved past).
+        let gap_at = (gap && (tli, segno) == resumed_at).then_some(resumed_at);
         self.archive_history(&mut conn, tli).await?;
         let prefix_len = prefix.len();
         let mut cur = Current {
@@ -657,6 +702,7 @@ impl Receiver<'_> {
             pending_since: None,
             small: Vec::new(),
             merged_to: prefix_len,
+            merged_small: Vec::new(),
         };
         let start = cur.received();
         info!(
@@ -728,6 +774,17 @@ impl Receiver<'_> {
                     ))),
                 }
             }
+            // PostgreSQL reports a removed segment once streaming has begun, not in answer
+            // to START_REPLICATION: nothing past the prefix arrived, so the gap cannot be
+            // filled from this server, and the next session goes past it.
+            Err(ReceiveError::Protocol(p))
+                if p.code() == Some("58P01")
+                    && gap_at == Some((cur.tli, cur.segno))
+                    && cur.buf.len() == prefix_len =>
+            {
+                self.lost_gap = gap_at;
+                Err(ReceiveError::Protocol(p))
+            }
             Err(e) => Err(e),
         }
     }
@@ -757,33 +814,33 @@ impl Receiver<'_> {
         self.note_server_end(server_end, flushed);
         self.write_status(false);
         if cur.durable - start >= SMALL_CHUNK {
-            // Large enough as it is; the small chunks before it are merged.
-            self.merge(cur, start).await;
+            // Large enough: the small chunks before it stay as they are. Merging them now
+            // would put a chunk in the middle of the run after a later one is durable, and
+            // a crash during that put would leave the longest chunk there torn and not last.
+            cur.small.clear();
             cur.merged_to = cur.durable;
         } else {
             cur.small.push(key);
             if cur.small.len() >= MERGE_AFTER {
-                self.merge(cur, cur.durable).await;
+                self.merge(cur).await;
             }
         }
         Ok(())
     }
 
-    /// Replaces the small chunks committed since the last merge, up to `end`, by one (after
-    /// [`MERGE_AFTER`] of them, or before a large chunk): a client
-    /// committing one row at a time makes a chunk per commit, and every chunk of the newest
-    /// segment is read by each `archive-get` of it and by every restart (16 reads at a time).
-    /// The merged chunk is durable before the small ones go, and a reader prefers the longer
-    /// chunk ([`chunks::contiguous`]), so a crash at any point leaves the same bytes readable.
-    /// Already acknowledged, so a failure here is only logged: the small chunks stay until
-    /// their segment is archived.
-    async fn merge(&mut self, cur: &mut Current, end: usize) {
+    /// Replaces the last [`MERGE_AFTER`] chunks, all small, by one: a client committing one
+    /// row at a time makes a chunk per commit, and every chunk of the newest segment is read
+    /// by each `archive-get` of it and by every restart (16 reads at a time). The merged chunk
+    /// ends where the run ends, so while it is written it is the last chunk: torn by a crash,
+    /// it is set aside and the small ones are read instead. A reader prefers the longer chunk
+    /// ([`chunks::contiguous`]). The small chunks are deleted one merge later (or with their
+    /// segment), so a listing that is not a snapshot (a paged LIST, a directory read in
+    /// batches) and missed the merged chunk still finds them. Already acknowledged, so a
+    /// failure here is only logged: the small chunks stay until their segment is archived.
+    async fn merge(&mut self, cur: &mut Current) {
         let small = std::mem::take(&mut cur.small);
-        let from = std::mem::replace(&mut cur.merged_to, end);
-        if small.len() < 2 {
-            return;
-        }
-        let data = cur.buf[from..end].to_vec();
+        let from = std::mem::replace(&mut cur.merged_to, cur.durable);
+        let data = cur.buf[from..cur.durable].to_vec();
         if let Err(e) =
             chunks::commit_chunk(self.repo, self.cluster, &cur.name, from as u64, data).await
         {
@@ -794,7 +851,8 @@ impl Receiver<'_> {
             );
             return;
         }
-        if let Err(e) = chunks::remove_keys(self.repo, small).await {
+        let merged_before = std::mem::replace(&mut cur.merged_small, small);
+        if let Err(e) = chunks::remove_keys(self.repo, merged_before).await {
             warn!("removing merged chunks of {}: {e}", cur.name);
         }
     }
@@ -826,11 +884,13 @@ impl Receiver<'_> {
         cur.durable = 0;
         cur.small.clear();
         cur.merged_to = 0;
+        cur.merged_small.clear();
         *archiving = Some(tokio::spawn(archive_segment(
             self.repo.clone(),
             self.cluster.to_string(),
             name,
             data,
+            cur.seg_size,
         )));
         Ok(())
     }
@@ -1145,8 +1205,10 @@ mod tests {
             (1, 7, 0, false)
         );
 
-        // The receiver's segment was archived meanwhile (its chunks are removed on resume):
-        // it follows the archived segments after it to the first one missing.
+        // The receiver's segment was archived meanwhile (by archive_command, or by the
+        // receiver itself when it completed it and stopped at the boundary): it follows the
+        // archived segments after it to the first one missing. Its chunks stay as the mark of
+        // where the stream stopped, so the next restart knows it too.
         let (_mem, repo) = crate::test_support::memory_repo().await;
         for segno in [1, 2, 3, 5] {
             archive(&repo, 1, segno).await;
@@ -1156,8 +1218,18 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 4, 0, true));
-        // Segment 4 lands: the receiver's chunks are gone now, and the archive is whole.
+        assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 4, 0, true));
+        let marks = chunks::list_all(&repo, "main", SEG).await.unwrap();
+        assert_eq!(marks.keys().collect::<Vec<_>>(), vec![&(1, 3)]);
+        // Segment 4 lands: the archive is whole up to 5.
         archive(&repo, 1, 4).await;
+        assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 6, 0, true));
+        // With no chunk of the timeline left (expire removed them), the end of the newest
+        // archived segment is all there is to go by.
+        let (_mem, repo) = crate::test_support::memory_repo().await;
+        for segno in [1, 2, 3, 5] {
+            archive(&repo, 1, segno).await;
+        }
         assert_eq!(resume(&repo, 1, 9, &[]).await, (1, 6, 0, true));
     }
 
@@ -1178,6 +1250,7 @@ mod tests {
             pending_since: None,
             small: Vec::new(),
             merged_to: 0,
+            merged_small: Vec::new(),
         };
         assert_eq!(cur.flushed(), Lsn(0));
         assert_eq!(cur.received(), Lsn(7 * SEG));

@@ -9,7 +9,11 @@
 //! streamed and archived. `expire` removes chunks here, and only when they are not the only
 //! copy of acknowledged WAL:
 //!
-//! 1. the segment is archived (same name): the archive holds the whole segment;
+//! 1. the segment is archived (same name): the archive holds the whole segment. Except the
+//!    newest streamed segment: the receiver keeps the chunks of the newest segment it
+//!    completed as the mark of where its acknowledged WAL ends, so that a restart before it
+//!    writes into the next segment does not take a later segment that asynchronous archiving
+//!    stored first for the end of the stream (see `Receiver::resume_point`);
 //! 2. not the newest tail, and an archived `.partial` of the same segment, or an archived
 //!    segment of the same number on a later timeline, starts with exactly the tail's bytes:
 //!    the tail is superseded. The bytes are compared, not inferred from history files, so a
@@ -67,10 +71,19 @@ pub async fn decide(
         let name = chunks::segment_name(tli, segno, seg_size);
         let (_, end) = chunks::contiguous(&list);
         let (keep, reason) = if archived.contains(&name.to_string()) {
-            (
-                false,
-                "the segment is archived: the chunks are a copy".to_string(),
-            )
+            if Some((tli, segno)) == newest {
+                (
+                    true,
+                    "the receiver's mark: the newest segment it completed, where its \
+                     acknowledged WAL ends until it writes into the next (then it removes it)"
+                        .to_string(),
+                )
+            } else {
+                (
+                    false,
+                    "the segment is archived: the chunks are a copy".to_string(),
+                )
+            }
         } else if Some((tli, segno)) == newest {
             (
                 true,
