@@ -115,7 +115,9 @@ pub struct HoldInfo {
 pub struct WalReceiveInfo {
     /// Timeline of the newest streamed segment.
     pub streamed_timeline: Option<u32>,
-    /// The newest streamed segment not archived yet (the tail `archive-get` serves).
+    /// The newest streamed segment: the tail `archive-get` serves, or, when the stream sits
+    /// at a segment boundary, the segment it completed last (its chunks stay after it is
+    /// archived, as the receiver's mark, until the next one is).
     pub streamed_segment: Option<String>,
     /// End of the durable stream: the last position the receiver acknowledged (none when
     /// nothing is streamed, or the stream sits exactly at a segment boundary).

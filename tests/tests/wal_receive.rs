@@ -409,6 +409,7 @@ fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
         pg.psql("postgres", "select pg_reload_conf()").unwrap();
     };
     set_archive_command("/bin/true");
+    wait_archive_command(&pg, "/bin/true");
     pg.psql(
         "postgres",
         "insert into t select generate_series(1001, 2000)",
@@ -482,6 +483,7 @@ fn a_gap_the_server_no_longer_has_is_reported_and_streaming_goes_on_after_it() {
     pg.psql("postgres", "alter system set archive_command = '/bin/true'")
         .unwrap();
     pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    wait_archive_command(&pg, "/bin/true");
     pg.psql(
         "postgres",
         "insert into t select generate_series(1001, 2000)",
@@ -500,6 +502,17 @@ fn a_gap_the_server_no_longer_has_is_reported_and_streaming_goes_on_after_it() {
     let segment = pg.datadir.join("pg_wal").join(&next);
     let out = env.pgcairn(&["archive-push", segment.to_str().unwrap()]);
     assert_success(&out, "archive-push of the segment after the gap");
+    // Archiving back to normal first: what the loop below completes is really archived.
+    pg.psql(
+        "postgres",
+        &format!(
+            "alter system set archive_command = '{}'",
+            env.archive_command().replace('\'', "''")
+        ),
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    wait_archive_command(&pg, &env.archive_command());
     pg.psql("postgres", "select pg_drop_replication_slot('pgcairn')")
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -517,16 +530,6 @@ fn a_gap_the_server_no_longer_has_is_reported_and_streaming_goes_on_after_it() {
         }
         assert!(Instant::now() < deadline, "{gap} was not recycled");
     }
-    pg.psql(
-        "postgres",
-        &format!(
-            "alter system set archive_command = '{}'",
-            env.archive_command().replace('\'', "''")
-        ),
-    )
-    .unwrap();
-    pg.psql("postgres", "select pg_reload_conf()").unwrap();
-
     let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
     wait_standby(&pg, None);
     make_synchronous(&pg);
@@ -617,6 +620,17 @@ fn one_row_commits_are_merged_into_few_chunks() {
     pg.psql("postgres", "insert into t values (0)").unwrap();
     let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
     wait_flushed(&receiver, &written);
+}
+
+/// Waits until a new session sees `archive_command` as `cmd` after a reload (the archiver
+/// rereads its configuration at the same signal), and a moment more for the archiver itself.
+fn wait_archive_command(pg: &Instance, cmd: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("postgres", "show archive_command").unwrap() != cmd {
+        assert!(Instant::now() < deadline, "archive_command is not {cmd:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
 }
 
 /// Runs one statement in the background through psql (autocommit).

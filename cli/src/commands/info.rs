@@ -209,7 +209,7 @@ pub async fn run(settings: &Settings, output: OutputFormat) -> Result<(), Failur
         }
         let wr = &c.wal_receive;
         if let (Some(seg), Some(end)) = (&wr.streamed_segment, &wr.streamed_end_lsn) {
-            println!("  wal-receive: streamed and durable up to lsn {end} (tail {seg})");
+            println!("  wal-receive: streamed and durable up to lsn {end} (segment {seg})");
         }
         if let Some(r) = &wr.receiver {
             println!(

@@ -498,25 +498,24 @@ impl Receiver<'_> {
                     None => continue,
                 },
             };
+            let (mut segno, mut prefix) = (segno, prefix);
+            if self.lost_gap == Some((tli, segno)) && archived.last().is_some_and(|&l| l > segno) {
+                self.lost_gap = None;
+                let next = (segno + 1..)
+                    .find(|s| !archived.contains(s))
+                    .expect("a finite set leaves a segment out");
+                tracing::error!(
+                    "{} is not in the repository and the server no longer has it: \
+                     point-in-time recovery from the backups before it stops there, so take a \
+                     new backup now; streaming resumes at {}, the next segment missing",
+                    chunks::segment_name(tli, segno, seg_size),
+                    chunks::segment_name(tli, next, seg_size)
+                );
+                (segno, prefix) = (next, Vec::new());
+            }
             let mut gap = false;
-            if let Some(&last) = archived.last().filter(|&&last| last > segno) {
+            if archived.last().is_some_and(|&last| last > segno) {
                 let name = chunks::segment_name(tli, segno, seg_size);
-                if self.lost_gap == Some((tli, segno)) {
-                    tracing::error!(
-                        "{name} is not in the repository and the server no longer has it: \
-                         point-in-time recovery from the backups before it stops there, so \
-                         take a new backup now; streaming resumes after the newest archived \
-                         segment, {}",
-                        chunks::segment_name(tli, last, seg_size)
-                    );
-                    return Ok(Resume {
-                        tli,
-                        segno: last + 1,
-                        prefix: Vec::new(),
-                        gap: false,
-                        proven: true,
-                    });
-                }
                 warn!(
                     "{name} is not in the repository, though later segments of timeline {tli} \
                      are (archiving still pushing it, or it was dropped): streaming resumes \
@@ -1204,6 +1203,12 @@ mod tests {
             (at.tli, at.segno, at.prefix.len(), at.gap),
             (1, 7, 0, false)
         );
+        // Past the lost one, the next missing segment (still being pushed, say) is a gap to
+        // fill in turn, not something to acknowledge.
+        archive(&repo, 1, 8).await;
+        r.lost_gap = Some((1, 5));
+        let at = r.resume_point(1, Lsn(9 * SEG), SEG, &[]).await.unwrap();
+        assert_eq!((at.tli, at.segno, at.prefix.len(), at.gap), (1, 7, 0, true));
 
         // The receiver's segment was archived meanwhile (by archive_command, or by the
         // receiver itself when it completed it and stopped at the boundary): it follows the

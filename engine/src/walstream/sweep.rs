@@ -84,6 +84,14 @@ pub async fn decide(
                     "the segment is archived: the chunks are a copy".to_string(),
                 )
             }
+        } else if Some((tli, segno)) == newest && end == seg_size && unneeded(segno).is_some() {
+            (
+                false,
+                format!(
+                    "the receiver's mark, whose archived copy retention removed: {}",
+                    unneeded(segno).unwrap_or_default()
+                ),
+            )
         } else if Some((tli, segno)) == newest {
             (
                 true,
@@ -191,6 +199,42 @@ mod tests {
             .filter_map(|o| crate::repo::layout::parse_wal_pointer("main", o.key.as_str()))
             .map(|(_, n)| n.to_string())
             .collect()
+    }
+
+    /// The chunks of the newest segment the receiver completed stay, archived, as the mark
+    /// of where its stream stopped; once a later segment is streamed, or retention removed
+    /// the archived copy, they go.
+    #[tokio::test]
+    async fn the_receivers_mark_stays_until_a_later_segment_is_streamed() {
+        let (_mem, repo) = memory_repo().await;
+        let data = segment(1, 3);
+        let name = chunks::segment_name(1, 3, SEG);
+        push_wal_file(&repo, "main", &name, WalSource::Bytes(data.clone()))
+            .await
+            .unwrap();
+        chunks::commit_chunk(&repo, "main", &name, 0, data.clone())
+            .await
+            .unwrap();
+        let archived = archived_names(&repo).await;
+        let d = decide(&repo, "main", SEG, &archived, |_| None)
+            .await
+            .unwrap();
+        assert!(d[0].keep && d[0].reason.contains("mark"), "{d:?}");
+        let d = decide(&repo, "main", SEG, &HashSet::new(), |_| {
+            Some("no retained backup needs it".into())
+        })
+        .await
+        .unwrap();
+        assert!(!d[0].keep, "retention removed its archived copy: {d:?}");
+        let next = chunks::segment_name(1, 4, SEG);
+        chunks::commit_chunk(&repo, "main", &next, 0, segment(1, 4)[..1000].to_vec())
+            .await
+            .unwrap();
+        let d = decide(&repo, "main", SEG, &archived, |_| None)
+            .await
+            .unwrap();
+        let mark = d.iter().find(|d| d.segment == name.to_string()).unwrap();
+        assert!(!mark.keep, "{d:?}");
     }
 
     #[tokio::test]
