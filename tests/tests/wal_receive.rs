@@ -373,43 +373,43 @@ fn sigterm_commits_what_was_received_reports_it_and_exits_zero() {
     assert_eq!(wr["streamed_end_lsn"], st["flush_lsn"], "{info}");
 }
 
-/// With asynchronous archiving a later segment can be stored while an earlier one is still
-/// being pushed, or was dropped (`queue_max`). Here archiving takes the receiver's segment
-/// and the next as done without storing them, and the next reaches the repository by hand.
-/// The restarted receiver resumes at its own tail and streams the missing segment from its
-/// slot, instead of acknowledging everything up to the stored one: the restore after losing
-/// the primary has every row (before the fix: 1000 of 4000, recovery ended in the gap).
-#[test]
-fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
-    let env = TestEnv::new(EnvOptions::new(Backend::File));
-    let status = configure_receiver(&env, "");
-    let pg = env.cluster("primary");
+/// Sets the primary's `archive_command` (in `postgresql.auto.conf`) and waits until the
+/// archiver has it.
+fn set_archive_command(pg: &Instance, cmd: &str) {
+    pg.psql(
+        "postgres",
+        &format!(
+            "alter system set archive_command = '{}'",
+            cmd.replace('\'', "''")
+        ),
+    )
+    .unwrap();
+    pg.psql("postgres", "select pg_reload_conf()").unwrap();
+    wait_archive_command(pg, cmd);
+}
+
+/// The gap of the two tests below: a receiver streams rows 1-1000 and stops inside segment
+/// G; archiving then takes G and G+1 (rows 1001-3000) as done without storing them, and
+/// G+1 reaches the repository by hand, as asynchronous archiving can store a later segment
+/// while an earlier one is still being pushed, or was dropped (`queue_max`). Starts the
+/// primary; returns G's name, with archiving back to normal.
+fn stream_then_leave_a_gap(env: &TestEnv, status: &Path, pg: &Instance) -> String {
     pg.start().unwrap();
-    let guard = StopOnDrop(&pg);
-    env.use_cluster(&pg);
+    env.use_cluster(pg);
     pg.psql("postgres", "create table t(i int)").unwrap();
-    backup_json(&env, &["--type", "full"]);
-    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
-    wait_standby(&pg, None);
+    backup_json(env, &["--type", "full"]);
+    let mut receiver = Receiver::start(env, status, &["--create-slot"], "receiver-1.log");
+    wait_standby(pg, None);
     pg.psql("postgres", "insert into t select generate_series(1, 1000)")
         .unwrap();
     let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
     wait_flushed(&receiver, &written);
     assert!(receiver.sigterm().success());
-
-    let set_archive_command = |cmd: &str| {
-        pg.psql(
-            "postgres",
-            &format!(
-                "alter system set archive_command = '{}'",
-                cmd.replace('\'', "''")
-            ),
-        )
+    let gap = pg
+        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
         .unwrap();
-        pg.psql("postgres", "select pg_reload_conf()").unwrap();
-    };
-    set_archive_command("/bin/true");
-    wait_archive_command(&pg, "/bin/true");
+
+    set_archive_command(pg, "/bin/true");
     pg.psql(
         "postgres",
         "insert into t select generate_series(1001, 2000)",
@@ -428,11 +428,16 @@ fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
     let segment = pg.datadir.join("pg_wal").join(&next);
     let out = env.pgcairn(&["archive-push", segment.to_str().unwrap()]);
     assert_success(&out, "archive-push of the segment after the gap");
-    set_archive_command(&env.archive_command());
+    set_archive_command(pg, &env.archive_command());
+    gap
+}
 
-    let mut receiver = Receiver::start(&env, &status, &[], "receiver-2.log");
-    wait_standby(&pg, None);
-    make_synchronous(&pg);
+/// A receiver restarted on the primary after [`stream_then_leave_a_gap`], made its
+/// synchronous standby; rows 3001-4000 committed through it. Returns it with its log.
+fn restart_and_commit_through(env: &TestEnv, status: &Path, pg: &Instance) -> (Receiver, String) {
+    let receiver = Receiver::start(env, status, &["--create-slot"], "receiver-2.log");
+    wait_standby(pg, None);
+    make_synchronous(pg);
     pg.psql(
         "postgres",
         "insert into t select generate_series(3001, 4000)",
@@ -441,6 +446,21 @@ fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
     let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
     wait_flushed(&receiver, &written);
     let log = std::fs::read_to_string(&receiver.log).unwrap();
+    (receiver, log)
+}
+
+/// The restarted receiver resumes at its own tail in the gap and streams the missing
+/// segment from its slot, instead of acknowledging everything up to the stored one: the
+/// restore after losing the primary has every row (before the fix: 1000 of 4000, recovery
+/// ended in the gap).
+#[test]
+fn a_restarted_receiver_streams_a_segment_missing_below_an_archived_one() {
+    let env = TestEnv::new(EnvOptions::new(Backend::File));
+    let status = configure_receiver(&env, "");
+    let pg = env.cluster("primary");
+    let guard = StopOnDrop(&pg);
+    stream_then_leave_a_gap(&env, &status, &pg);
+    let (mut receiver, log) = restart_and_commit_through(&env, &status, &pg);
     assert!(
         log.contains("is not in the repository, though later segments"),
         "the receiver says why it resumes below the newest archived segment:\n{log}"
@@ -465,54 +485,8 @@ fn a_gap_the_server_no_longer_has_is_reported_and_streaming_goes_on_after_it() {
     let env = TestEnv::new(EnvOptions::new(Backend::File));
     let status = configure_receiver(&env, "");
     let pg = env.cluster("primary");
-    pg.start().unwrap();
     let _guard = StopOnDrop(&pg);
-    env.use_cluster(&pg);
-    pg.psql("postgres", "create table t(i int)").unwrap();
-    let mut receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-1.log");
-    wait_standby(&pg, None);
-    pg.psql("postgres", "insert into t select generate_series(1, 1000)")
-        .unwrap();
-    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
-    wait_flushed(&receiver, &written);
-    assert!(receiver.sigterm().success());
-    let gap = pg
-        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
-        .unwrap();
-
-    pg.psql("postgres", "alter system set archive_command = '/bin/true'")
-        .unwrap();
-    pg.psql("postgres", "select pg_reload_conf()").unwrap();
-    wait_archive_command(&pg, "/bin/true");
-    pg.psql(
-        "postgres",
-        "insert into t select generate_series(1001, 2000)",
-    )
-    .unwrap();
-    pg.psql("postgres", "select pg_switch_wal()").unwrap();
-    pg.psql(
-        "postgres",
-        "insert into t select generate_series(2001, 3000)",
-    )
-    .unwrap();
-    let next = pg
-        .psql("postgres", "select pg_walfile_name(pg_current_wal_lsn())")
-        .unwrap();
-    pg.psql("postgres", "select pg_switch_wal()").unwrap();
-    let segment = pg.datadir.join("pg_wal").join(&next);
-    let out = env.pgcairn(&["archive-push", segment.to_str().unwrap()]);
-    assert_success(&out, "archive-push of the segment after the gap");
-    // Archiving back to normal first: what the loop below completes is really archived.
-    pg.psql(
-        "postgres",
-        &format!(
-            "alter system set archive_command = '{}'",
-            env.archive_command().replace('\'', "''")
-        ),
-    )
-    .unwrap();
-    pg.psql("postgres", "select pg_reload_conf()").unwrap();
-    wait_archive_command(&pg, &env.archive_command());
+    let gap = stream_then_leave_a_gap(&env, &status, &pg);
     pg.psql("postgres", "select pg_drop_replication_slot('pgcairn')")
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -530,17 +504,7 @@ fn a_gap_the_server_no_longer_has_is_reported_and_streaming_goes_on_after_it() {
         }
         assert!(Instant::now() < deadline, "{gap} was not recycled");
     }
-    let receiver = Receiver::start(&env, &status, &["--create-slot"], "receiver-2.log");
-    wait_standby(&pg, None);
-    make_synchronous(&pg);
-    pg.psql(
-        "postgres",
-        "insert into t select generate_series(3001, 4000)",
-    )
-    .unwrap();
-    let written: String = pg.psql("postgres", "select pg_current_wal_lsn()").unwrap();
-    wait_flushed(&receiver, &written);
-    let log = std::fs::read_to_string(&receiver.log).unwrap();
+    let (_receiver, log) = restart_and_commit_through(&env, &status, &pg);
     assert!(
         log.contains(&format!(
             "{gap} is not in the repository and the server no longer has it"

@@ -426,10 +426,16 @@ mod tests {
         // served up to it; a damaged chunk before the last is still an error.
         {
             use crate::storage::Storage;
-            mem.delete(&chunks[1].key).await.unwrap();
-            mem.put_create(&chunks[1].key, bytes::Bytes::from_static(b"torn"))
-                .await
-                .unwrap();
+            let tear = |key: &ObjectKey| {
+                let (mem, key) = (mem.clone(), key.clone());
+                async move {
+                    mem.delete(&key).await.unwrap();
+                    mem.put_create(&key, bytes::Bytes::from_static(b"torn"))
+                        .await
+                        .unwrap();
+                }
+            };
+            tear(&chunks[1].key).await;
             let (tail, bytes) = read_tail(&repo, "main", &segment, seg_size)
                 .await
                 .unwrap()
@@ -437,10 +443,7 @@ mod tests {
             assert_eq!(bytes, 40_000);
             assert!(tail[..40_000] == data[..40_000]);
             assert!(tail[40_000..].iter().all(|&b| b == 0));
-            mem.delete(&chunks[0].key).await.unwrap();
-            mem.put_create(&chunks[0].key, bytes::Bytes::from_static(b"torn"))
-                .await
-                .unwrap();
+            tear(&chunks[0].key).await;
             let err = read_tail(&repo, "main", &segment, seg_size)
                 .await
                 .unwrap_err();
