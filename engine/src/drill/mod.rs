@@ -1309,7 +1309,16 @@ async fn run_instance(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ended = SystemTime::now();
-    let log = server_log_lines(&log_path);
+    // The promotion's line follows the poll by a few milliseconds: read until it is there
+    // (up to a second), or the polled moment stands in for it.
+    let mut log = server_log_lines(&log_path);
+    for _ in 0..50 {
+        if moments::promotion_logged(&log, began) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log = server_log_lines(&log_path);
+    }
     let (startup_took, replay_took) = moments::phases(&log, began, accepted, ended);
     phases[startup].seconds = startup_took.as_secs_f64();
     phases.push(Phase {

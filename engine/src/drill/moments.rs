@@ -52,6 +52,13 @@ pub fn phases(
     (since(began, consistent), since(consistent, promoted))
 }
 
+/// Whether the log already holds the promotion of the server started at `began`. The
+/// postmaster logs it a few milliseconds after a session can see recovery over (once the
+/// startup process has exited), so a log read right after the poll may not have it yet.
+pub fn promotion_logged(log: &str, began: SystemTime) -> bool {
+    last_moment(log, &[PROMOTED]).is_some_and(|m| m >= began)
+}
+
 /// The timestamp of the last line that ends with one of `phrases`.
 fn last_moment(log: &str, phrases: &[&str]) -> Option<SystemTime> {
     let line = log
@@ -102,6 +109,18 @@ mod tests {
             ended,
         );
         assert_eq!(replay, Duration::from_millis(629));
+    }
+
+    /// The drill reads the log again until the promotion is in it: a read right after the
+    /// poll could miss the line, and the polled moment then stood in for it.
+    #[test]
+    fn the_promotion_is_logged_only_once_its_line_is_there() {
+        let began = at("2026-12-06 05:15:29.050Z");
+        assert!(promotion_logged(LOG, began));
+        let before_promotion: String = LOG.lines().take(4).map(|l| format!("{l}\n")).collect();
+        assert!(!promotion_logged(&before_promotion, began));
+        // A promotion of an earlier start of the same directory does not count.
+        assert!(!promotion_logged(LOG, at("2026-12-06 05:15:30.000Z")));
     }
 
     #[test]
