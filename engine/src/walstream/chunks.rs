@@ -265,8 +265,8 @@ pub async fn read_tail(
     segment: &WalFileName,
     seg_size: u64,
 ) -> Result<Option<(Vec<u8>, u64)>> {
-    // The receiver merges small chunks into larger ones and deletes them: a read that lost
-    // the race lists again.
+    // The receiver merges small chunks into larger ones and deletes them: a read that failed
+    // while the listing changed lists and reads again.
     let mut attempts = 0;
     let read = loop {
         let chunks = list_segment(repo, cluster, segment).await?;
@@ -274,7 +274,7 @@ pub async fn read_tail(
             return Ok(None);
         }
         match read_prefix_or_before_last(repo, cluster, &chunks).await {
-            Err(e) if attempts < 3 && !all_present(repo, &chunks).await? => {
+            Err(e) if attempts < 3 && list_segment(repo, cluster, segment).await? != chunks => {
                 tracing::debug!("a streamed chunk of {segment} went while read ({e}): again");
                 attempts += 1;
             }
@@ -300,18 +300,6 @@ pub async fn read_tail(
     let bytes = data.len() as u64;
     data.resize(seg_size as usize, 0);
     Ok(Some((data, bytes)))
-}
-
-/// Whether every chunk of the run from offset 0 is still stored.
-async fn all_present(repo: &Repository, chunks: &[Chunk]) -> Result<bool> {
-    for c in contiguous(chunks).0 {
-        match repo.storage().head(&c.key).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(true)
 }
 
 /// Deletes chunks (after their segment is archived).

@@ -212,6 +212,13 @@ async fn remove_archived_before(
     Ok(())
 }
 
+/// The first segment after `segno` that `archived` does not hold.
+fn first_missing_after(archived: &BTreeSet<u64>, segno: u64) -> u64 {
+    (segno + 1..)
+        .find(|s| !archived.contains(s))
+        .expect("a finite set leaves a segment out")
+}
+
 /// The receiver: state shared by its sessions.
 struct Receiver<'a> {
     repo: &'a Repository,
@@ -485,25 +492,17 @@ impl Receiver<'_> {
         let timelines = std::iter::once(server_tli).chain(history.iter().rev().map(|e| e.parent));
         for tli in timelines {
             let archived = self.archived_segments(tli, seg_size).await?;
-            let (segno, prefix) = match newest.get(&tli).copied() {
+            let (mut segno, mut prefix) = match newest.get(&tli).copied() {
                 Some((segno, Some(_))) => (segno, self.read_tail(&all[&(tli, segno)]).await?),
-                Some((whole, None)) => {
-                    let first_missing = (whole + 1..)
-                        .find(|s| !archived.contains(s))
-                        .expect("a finite set leaves a segment out");
-                    (first_missing, Vec::new())
-                }
+                Some((whole, None)) => (first_missing_after(&archived, whole), Vec::new()),
                 None => match archived.last() {
                     Some(last) => (last + 1, Vec::new()),
                     None => continue,
                 },
             };
-            let (mut segno, mut prefix) = (segno, prefix);
             if self.lost_gap == Some((tli, segno)) && archived.last().is_some_and(|&l| l > segno) {
                 self.lost_gap = None;
-                let next = (segno + 1..)
-                    .find(|s| !archived.contains(s))
-                    .expect("a finite set leaves a segment out");
+                let next = first_missing_after(&archived, segno);
                 tracing::error!(
                     "{} is not in the repository and the server no longer has it: \
                      point-in-time recovery from the backups before it stops there, so take a \
@@ -715,11 +714,6 @@ impl Receiver<'_> {
                     "{e}: create it once with `pgcairn wal-receive --create-slot` (or \
                      pg_create_physical_replication_slot on the server)"
                 )),
-                // The gap cannot be filled from this server: the next try goes past it.
-                Some("58P01") if gap_at.is_some() => {
-                    self.lost_gap = gap_at;
-                    e.into()
-                }
                 _ => e.into(),
             })?;
         self.status.state = "streaming".into();

@@ -70,29 +70,29 @@ pub async fn decide(
     for ((tli, segno), list) in all {
         let name = chunks::segment_name(tli, segno, seg_size);
         let (_, end) = chunks::contiguous(&list);
-        let (keep, reason) = if archived.contains(&name.to_string()) {
-            if Some((tli, segno)) == newest {
-                (
-                    true,
-                    "the receiver's mark: the newest segment it completed, where its \
-                     acknowledged WAL ends until it writes into the next (then it removes it)"
-                        .to_string(),
-                )
-            } else {
-                (
-                    false,
-                    "the segment is archived: the chunks are a copy".to_string(),
-                )
-            }
-        } else if Some((tli, segno)) == newest && end == seg_size && unneeded(segno).is_some() {
+        let is_newest = Some((tli, segno)) == newest;
+        // A whole newest segment no longer archived: the mark, its archived copy expired.
+        let mark_expired = (is_newest && end == seg_size)
+            .then(|| unneeded(segno))
+            .flatten();
+        let (keep, reason) = if archived.contains(&name.to_string()) && is_newest {
+            (
+                true,
+                "the receiver's mark: the newest segment it completed, where its \
+                 acknowledged WAL ends until it writes into the next (then it removes it)"
+                    .to_string(),
+            )
+        } else if archived.contains(&name.to_string()) {
             (
                 false,
-                format!(
-                    "the receiver's mark, whose archived copy retention removed: {}",
-                    unneeded(segno).unwrap_or_default()
-                ),
+                "the segment is archived: the chunks are a copy".to_string(),
             )
-        } else if Some((tli, segno)) == newest {
+        } else if let Some(why) = mark_expired {
+            (
+                false,
+                format!("the receiver's mark, whose archived copy retention removed: {why}"),
+            )
+        } else if is_newest {
             (
                 true,
                 "the newest streamed tail: the only copy of the last acknowledged WAL".to_string(),
